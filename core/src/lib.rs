@@ -1,0 +1,26 @@
+//! Tidings' domain: the types every other crate speaks, the delivery state machine, and
+//! the [`Store`](store::Store) with its SQLite and PostgreSQL implementations.
+//!
+//! Nothing here knows about HTTP, providers or the CLI. Values are parsed at the edge into
+//! the newtypes below; once a crate holds a [`PhoneNumber`] or a [`DeliveryId`], it is valid.
+
+pub mod channel;
+pub mod contact;
+pub mod delivery;
+pub mod id;
+pub mod message;
+pub mod secret;
+pub mod staff;
+pub mod store;
+mod stored_enum;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod time;
+
+pub use channel::Channel;
+pub use contact::{EmailAddress, InvalidEmailAddress, InvalidPhoneNumber, PhoneNumber};
+pub use delivery::{Decision, DeliveryEvent, DeliveryState};
+pub use id::*;
+pub use message::{DeliveryGuarantee, Lane, MessageKind};
+pub use staff::{Role, Staff};
+pub use stored_enum::UnknownName;

@@ -1,0 +1,376 @@
+//! The `Store`: every durable read and write Tidings makes, behind one trait with two
+//! implementations — SQLite (embedded, the default) and PostgreSQL (production,
+//! scale-out). Both pass the same conformance suite (`core/tests/store_conformance.rs`).
+//!
+//! SQL lives in the dialect modules and nowhere else. The store enforces invariants
+//! through the schema (uniqueness, foreign keys, CHECKs on state names); it never decides
+//! what a transition means — that is [`crate::delivery::next`] — it only applies one with a
+//! compare-and-swap.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crate::delivery::{Actor, Delivery, DeliveryEventRecord, Transition};
+use crate::{
+    ApiTokenId, Channel, DeliveryGuarantee, DeliveryId, DistrictId, EmailAddress, GuardianId, Lane,
+    MessageId, MessageKind, RecipientId, Role, SchoolId, Staff, StaffId,
+};
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot open the database at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A uniqueness rule of the schema refused the write; the name is the constraint's
+    /// (or, on SQLite, the columns').
+    #[error("already exists ({0})")]
+    AlreadyExists(String),
+    #[error("a stored row is not valid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            if db.is_unique_violation() {
+                let name = db
+                    .constraint()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| db.message().to_owned());
+                return StoreError::AlreadyExists(name);
+            }
+        }
+        StoreError::Database(error)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether the schema is the one this binary expects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub backend: Backend,
+    /// Migrations this binary carries.
+    pub expected_migrations: usize,
+    /// Of those, how many the database has applied successfully.
+    pub applied_migrations: usize,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.applied_migrations == self.expected_migrations
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct District {
+    pub id: DistrictId,
+    pub name: String,
+    pub default_language: String,
+    pub timezone: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSchool {
+    pub district_id: DistrictId,
+    pub name: String,
+    pub timezone: String,
+    pub sourced_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct School {
+    pub id: SchoolId,
+    pub district_id: DistrictId,
+    pub name: String,
+    pub timezone: String,
+    pub sourced_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewStaff {
+    pub district_id: DistrictId,
+    pub email: EmailAddress,
+    pub display_name: String,
+    pub role: Role,
+    /// argon2id PHC string; `None` for staff who have not been invited to sign in.
+    pub password_hash: Option<String>,
+}
+
+/// The district and administrator created on an empty database.
+#[derive(Debug, Clone)]
+pub struct FirstAdmin {
+    pub district_name: String,
+    pub email: EmailAddress,
+    pub display_name: String,
+    pub password_hash: String,
+}
+
+/// A stored API token with its owner, for authenticating a bearer.
+#[derive(Debug, Clone)]
+pub struct ApiTokenRecord {
+    pub id: ApiTokenId,
+    pub staff: Staff,
+    pub secret_hash: Vec<u8>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewGuardian {
+    pub district_id: DistrictId,
+    pub given_name: String,
+    pub family_name: String,
+    pub preferred_language: Option<String>,
+    pub sourced_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Guardian {
+    pub id: GuardianId,
+    pub district_id: DistrictId,
+    pub given_name: String,
+    pub family_name: String,
+    pub preferred_language: Option<String>,
+    pub sourced_id: Option<String>,
+}
+
+/// A message with its recipients and deliveries, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub district_id: DistrictId,
+    pub author_id: StaffId,
+    pub kind: MessageKind,
+    pub lane: Lane,
+    pub guarantee: DeliveryGuarantee,
+    pub subject: String,
+    pub body: String,
+    pub channels: Vec<Channel>,
+    pub audience: serde_json::Value,
+    pub requires_ack: bool,
+    pub recipients: Vec<NewRecipient>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRecipient {
+    pub id: RecipientId,
+    pub guardian_id: GuardianId,
+    pub language: String,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One delivery to create. It starts CREATED, or SUPPRESSED when a reason is given.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: DeliveryId,
+    pub channel: Channel,
+    pub address: Option<String>,
+    pub suppressed_reason: Option<String>,
+}
+
+/// The result of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The delivery moved; this is it afterwards.
+    Applied(Delivery),
+    /// Someone moved it first (or it is not in the expected state): this is what it is now.
+    Conflict(Delivery),
+    NotFound,
+}
+
+/// Every durable operation. Implementations are cheap to clone handles on a pool.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Applies the migrations this binary carries. Safe to run from several processes at
+    /// once (PostgreSQL takes an advisory lock).
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Whether the database answers and has every migration applied.
+    async fn readiness(&self) -> StoreResult<Readiness>;
+
+    /// On a database with no staff at all, creates a district and its first administrator
+    /// in one transaction and returns them; otherwise changes nothing and returns `None`.
+    async fn bootstrap(
+        &self,
+        first: &FirstAdmin,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<(District, Staff)>>;
+
+    async fn create_district(&self, name: &str, at: DateTime<Utc>) -> StoreResult<District>;
+
+    async fn create_school(&self, school: &NewSchool, at: DateTime<Utc>) -> StoreResult<School>;
+
+    async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff>;
+
+    /// An enabled staff member by sign-in email.
+    async fn staff_by_email(&self, email: &EmailAddress) -> StoreResult<Option<Staff>>;
+
+    async fn create_api_token(
+        &self,
+        id: ApiTokenId,
+        staff: &Staff,
+        name: &str,
+        secret_hash: &[u8],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// A token and its owner, if the owner is still enabled. The caller checks the secret,
+    /// expiry and revocation.
+    async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>>;
+
+    async fn create_guardian(
+        &self,
+        guardian: &NewGuardian,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Guardian>;
+
+    /// Writes a message, its recipients and their deliveries atomically, in bulk.
+    async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()>;
+
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>>;
+
+    /// Compare-and-swap: moves the delivery from `transition.from` at `transition.seen_version`
+    /// to `transition.to` and appends the event row, in one transaction — or changes nothing
+    /// and reports what the delivery is now.
+    async fn transition(&self, transition: &Transition) -> StoreResult<CasOutcome>;
+
+    /// The audit trail of one delivery, oldest first.
+    async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>>;
+
+    /// Appends a staff action to the audit log.
+    async fn audit(
+        &self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Connections in the pool (PostgreSQL) or readers (SQLite).
+    pub max_connections: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+        }
+    }
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://…`.
+pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, options).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A database URL with its password replaced, fit for an error message or a log line.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{masked}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Counts migrations in `applied` (versions applied successfully) that this binary carries.
+fn readiness_from(
+    backend: Backend,
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[i64],
+) -> Readiness {
+    let expected: Vec<i64> = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    Readiness {
+        backend,
+        expected_migrations: expected.len(),
+        applied_migrations: expected.iter().filter(|v| applied.contains(v)).count(),
+    }
+}
+
+/// A short fingerprint of a migrator's migrations (versions and checksums): test
+/// harnesses name template databases with it.
+pub fn migrations_fingerprint(migrator: &sqlx::migrate::Migrator) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for migration in migrator.iter() {
+        hasher.update(migration.version.to_be_bytes());
+        hasher.update(&migration.checksum);
+    }
+    hasher.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_redacted_urls() {
+        assert_eq!(
+            redact_url("postgres://tidings:s3cret@db.example.org:5432/tidings"),
+            "postgres://tidings:***@db.example.org:5432/tidings"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+        assert_eq!(redact_url("sqlite://tidings.db"), "sqlite://tidings.db");
+        assert_eq!(
+            redact_url("postgres://a:b:c@h/d?x=1"),
+            "postgres://a:***@h/d?x=1"
+        );
+    }
+}

@@ -1,0 +1,561 @@
+//! The PostgreSQL store: production, and several dispatcher processes sharing one
+//! database.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{
+    readiness_from, ApiTokenRecord, Backend, CasOutcome, ConnectOptions, District, FirstAdmin,
+    Guardian, NewGuardian, NewMessage, NewSchool, NewStaff, Readiness, School, Store, StoreError,
+    StoreResult,
+};
+use crate::delivery::{Actor, Delivery, DeliveryEventRecord, DeliveryState, Transition};
+use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
+
+/// The migrations of `migrations/postgres/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Serialises first-run bootstrap between processes starting on the same empty database.
+const BOOTSTRAP_LOCK: i64 = 0x7469_6469_6e67_0001;
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let connect_error = |source| StoreError::Connect {
+            url: super::redact_url(url),
+            source,
+        };
+        let connect_options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect_options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn parse<T: FromStr>(row: &PgRow, column: &str) -> StoreResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let raw: String = row.try_get(column)?;
+    raw.parse().map_err(|e| corrupt(format!("{column}: {e}")))
+}
+
+fn staff_from_row(row: &PgRow) -> StoreResult<Staff> {
+    Ok(Staff {
+        id: crate::StaffId::from_uuid(row.try_get("id")?),
+        district_id: DistrictId::from_uuid(row.try_get("district_id")?),
+        email: parse::<EmailAddress>(row, "email")?,
+        display_name: row.try_get("display_name")?,
+        role: parse(row, "role")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn district_from_row(row: &PgRow) -> StoreResult<District> {
+    Ok(District {
+        id: DistrictId::from_uuid(row.try_get("id")?),
+        name: row.try_get("name")?,
+        default_language: row.try_get("default_language")?,
+        timezone: row.try_get("timezone")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
+     address, state, version, attempts, idempotency_key, provider_ref, last_error, \
+     suppressed_reason, created_at, updated_at";
+
+fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
+    Ok(Delivery {
+        id: DeliveryId::from_uuid(row.try_get("id")?),
+        district_id: DistrictId::from_uuid(row.try_get("district_id")?),
+        message_id: crate::MessageId::from_uuid(row.try_get("message_id")?),
+        recipient_id: crate::RecipientId::from_uuid(row.try_get("recipient_id")?),
+        guardian_id: crate::GuardianId::from_uuid(row.try_get("guardian_id")?),
+        channel: parse(row, "channel")?,
+        address: row.try_get("address")?,
+        state: parse(row, "state")?,
+        version: row.try_get("version")?,
+        attempts: row.try_get("attempts")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        provider_ref: row.try_get("provider_ref")?,
+        last_error: row.try_get("last_error")?,
+        suppressed_reason: row.try_get("suppressed_reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// The column that records when a delivery entered `state`.
+const fn state_timestamp_column(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Created => "created_at",
+        DeliveryState::Queued => "queued_at",
+        DeliveryState::Sent => "sent_at",
+        DeliveryState::Delivered => "delivered_at",
+        DeliveryState::Acked => "acked_at",
+        DeliveryState::Failed => "failed_at",
+        DeliveryState::Cancelled => "cancelled_at",
+        DeliveryState::Suppressed => "suppressed_at",
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn readiness(&self) -> StoreResult<Readiness> {
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&self.pool)
+                .await?;
+        let applied: Vec<i64> = match table {
+            Some(_) => {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        Ok(readiness_from(Backend::Postgres, &MIGRATOR, &applied))
+    }
+
+    async fn bootstrap(
+        &self,
+        first: &FirstAdmin,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<(District, Staff)>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(BOOTSTRAP_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let has_staff: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM staff)")
+            .fetch_one(&mut *tx)
+            .await?;
+        if has_staff {
+            return Ok(None);
+        }
+        let district = sqlx::query(
+            "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) \
+             RETURNING id, name, default_language, timezone, created_at",
+        )
+        .bind(Uuid::from(DistrictId::new()))
+        .bind(&first.district_name)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let district = district_from_row(&district)?;
+        let staff = insert_staff(
+            &mut tx,
+            &NewStaff {
+                district_id: district.id,
+                email: first.email.clone(),
+                display_name: first.display_name.clone(),
+                role: crate::Role::DistrictAdmin,
+                password_hash: Some(first.password_hash.clone()),
+            },
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some((district, staff)))
+    }
+
+    async fn create_district(&self, name: &str, at: DateTime<Utc>) -> StoreResult<District> {
+        let row = sqlx::query(
+            "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) \
+             RETURNING id, name, default_language, timezone, created_at",
+        )
+        .bind(Uuid::from(DistrictId::new()))
+        .bind(name)
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await?;
+        district_from_row(&row)
+    }
+
+    async fn create_school(&self, school: &NewSchool, at: DateTime<Utc>) -> StoreResult<School> {
+        let id = crate::SchoolId::new();
+        sqlx::query(
+            "INSERT INTO schools (id, district_id, sourced_id, name, timezone, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(Uuid::from(id))
+        .bind(Uuid::from(school.district_id))
+        .bind(&school.sourced_id)
+        .bind(&school.name)
+        .bind(&school.timezone)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(School {
+            id,
+            district_id: school.district_id,
+            name: school.name.clone(),
+            timezone: school.timezone.clone(),
+            sourced_id: school.sourced_id.clone(),
+        })
+    }
+
+    async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
+        let mut tx = self.pool.begin().await?;
+        let staff = insert_staff(&mut tx, staff, at).await?;
+        tx.commit().await?;
+        Ok(staff)
+    }
+
+    async fn staff_by_email(&self, email: &EmailAddress) -> StoreResult<Option<Staff>> {
+        sqlx::query(
+            "SELECT id, district_id, email, display_name, role, created_at FROM staff \
+             WHERE email = $1 AND disabled_at IS NULL",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| staff_from_row(&row))
+        .transpose()
+    }
+
+    async fn create_api_token(
+        &self,
+        id: ApiTokenId,
+        staff: &Staff,
+        name: &str,
+        secret_hash: &[u8],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(Uuid::from(id))
+        .bind(Uuid::from(staff.district_id))
+        .bind(Uuid::from(staff.id))
+        .bind(name)
+        .bind(secret_hash)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>> {
+        let Some(row) = sqlx::query(
+            "SELECT t.id AS token_id, t.secret_hash, t.expires_at, t.revoked_at, \
+                    s.id, s.district_id, s.email, s.display_name, s.role, s.created_at \
+             FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
+             WHERE t.id = $1 AND s.disabled_at IS NULL",
+        )
+        .bind(Uuid::from(id))
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ApiTokenRecord {
+            id: ApiTokenId::from_uuid(row.try_get("token_id")?),
+            staff: staff_from_row(&row)?,
+            secret_hash: row.try_get("secret_hash")?,
+            expires_at: row.try_get("expires_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+        }))
+    }
+
+    async fn create_guardian(
+        &self,
+        guardian: &NewGuardian,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Guardian> {
+        let id = crate::GuardianId::new();
+        sqlx::query(
+            "INSERT INTO guardians (id, district_id, sourced_id, given_name, family_name, \
+                                    preferred_language, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(Uuid::from(id))
+        .bind(Uuid::from(guardian.district_id))
+        .bind(&guardian.sourced_id)
+        .bind(&guardian.given_name)
+        .bind(&guardian.family_name)
+        .bind(&guardian.preferred_language)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(Guardian {
+            id,
+            district_id: guardian.district_id,
+            given_name: guardian.given_name.clone(),
+            family_name: guardian.family_name.clone(),
+            preferred_language: guardian.preferred_language.clone(),
+            sourced_id: guardian.sourced_id.clone(),
+        })
+    }
+
+    async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
+                                   subject, body, channels, audience, requires_ack, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(Uuid::from(message.id))
+        .bind(Uuid::from(message.district_id))
+        .bind(Uuid::from(message.author_id))
+        .bind(message.kind.as_str())
+        .bind(message.lane.as_str())
+        .bind(message.guarantee.as_str())
+        .bind(&message.subject)
+        .bind(&message.body)
+        .bind(sqlx::types::Json(&message.channels))
+        .bind(&message.audience)
+        .bind(message.requires_ack)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+
+        // One statement per table, whatever the audience size: arrays in, unnest out.
+        let ack_state = if message.requires_ack {
+            "pending"
+        } else {
+            "not_required"
+        };
+        let (ids, guardians, languages): (Vec<Uuid>, Vec<Uuid>, Vec<&str>) = message
+            .recipients
+            .iter()
+            .map(|r| {
+                (
+                    Uuid::from(r.id),
+                    Uuid::from(r.guardian_id),
+                    r.language.as_str(),
+                )
+            })
+            .fold(
+                (Vec::new(), Vec::new(), Vec::new()),
+                |mut acc, (a, b, c)| {
+                    acc.0.push(a);
+                    acc.1.push(b);
+                    acc.2.push(c);
+                    acc
+                },
+            );
+        sqlx::query(
+            "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) \
+             SELECT id, $1, $2, guardian_id, language, $3 \
+             FROM unnest($4::uuid[], $5::uuid[], $6::text[]) AS r(id, guardian_id, language)",
+        )
+        .bind(Uuid::from(message.district_id))
+        .bind(Uuid::from(message.id))
+        .bind(ack_state)
+        .bind(&ids)
+        .bind(&guardians)
+        .bind(&languages)
+        .execute(&mut *tx)
+        .await?;
+
+        let mut d_ids = Vec::new();
+        let mut d_recipients = Vec::new();
+        let mut d_guardians = Vec::new();
+        let mut d_channels = Vec::new();
+        let mut d_addresses: Vec<Option<String>> = Vec::new();
+        let mut d_states = Vec::new();
+        let mut d_reasons: Vec<Option<String>> = Vec::new();
+        for recipient in &message.recipients {
+            for delivery in &recipient.deliveries {
+                d_ids.push(Uuid::from(delivery.id));
+                d_recipients.push(Uuid::from(recipient.id));
+                d_guardians.push(Uuid::from(recipient.guardian_id));
+                d_channels.push(delivery.channel.as_str());
+                d_addresses.push(delivery.address.clone());
+                d_states.push(match delivery.suppressed_reason {
+                    Some(_) => DeliveryState::Suppressed.as_str(),
+                    None => DeliveryState::Created.as_str(),
+                });
+                d_reasons.push(delivery.suppressed_reason.clone());
+            }
+        }
+        sqlx::query(
+            "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
+                                     address, state, idempotency_key, suppressed_reason, created_at, \
+                                     updated_at, suppressed_at) \
+             SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
+                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END \
+             FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[]) \
+                  AS d(id, recipient_id, guardian_id, channel, address, state, reason)",
+        )
+        .bind(Uuid::from(message.district_id))
+        .bind(Uuid::from(message.id))
+        .bind(at)
+        .bind(&d_ids)
+        .bind(&d_recipients)
+        .bind(&d_guardians)
+        .bind(&d_channels)
+        .bind(&d_addresses)
+        .bind(&d_states)
+        .bind(&d_reasons)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {
+        sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"
+        ))
+        .bind(Uuid::from(id))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| delivery_from_row(&row))
+        .transpose()
+    }
+
+    async fn transition(&self, t: &Transition) -> StoreResult<CasOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let column = state_timestamp_column(t.to);
+        let moved = sqlx::query(&format!(
+            "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
+                    last_error = CASE WHEN $1 = 'FAILED' THEN $3 ELSE last_error END \
+             WHERE id = $4 AND version = $5 AND state = $6 \
+             RETURNING {DELIVERY_COLUMNS}"
+        ))
+        .bind(t.to.as_str())
+        .bind(t.at)
+        .bind(&t.detail)
+        .bind(Uuid::from(t.delivery_id))
+        .bind(t.seen_version)
+        .bind(t.from.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = moved else {
+            tx.rollback().await?;
+            return Ok(match self.delivery(t.delivery_id).await? {
+                Some(current) => CasOutcome::Conflict(current),
+                None => CasOutcome::NotFound,
+            });
+        };
+        let delivery = delivery_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                          actor_kind, actor_ref, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(Uuid::from(delivery.district_id))
+        .bind(Uuid::from(delivery.id))
+        .bind(t.from.as_str())
+        .bind(t.to.as_str())
+        .bind(delivery.version)
+        .bind(t.at)
+        .bind(t.actor.kind.as_str())
+        .bind(&t.actor.reference)
+        .bind(&t.detail)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CasOutcome::Applied(delivery))
+    }
+
+    async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>> {
+        let rows = sqlx::query(
+            "SELECT delivery_id, from_state, to_state, version, at, actor_kind, actor_ref, detail \
+             FROM delivery_events WHERE delivery_id = $1 ORDER BY version",
+        )
+        .bind(Uuid::from(id))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeliveryEventRecord {
+                    delivery_id: DeliveryId::from_uuid(row.try_get("delivery_id")?),
+                    from: parse(row, "from_state")?,
+                    to: parse(row, "to_state")?,
+                    version: row.try_get("version")?,
+                    at: row.try_get("at")?,
+                    actor: Actor {
+                        kind: parse(row, "actor_kind")?,
+                        reference: row.try_get("actor_ref")?,
+                    },
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit(
+        &self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let staff_id = match actor.kind {
+            crate::delivery::ActorKind::Staff => actor.reference.parse::<Uuid>().ok(),
+            _ => None,
+        };
+        sqlx::query(
+            "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(Uuid::from(district_id))
+        .bind(staff_id)
+        .bind(action)
+        .bind(detail)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn insert_staff(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    staff: &NewStaff,
+    at: DateTime<Utc>,
+) -> StoreResult<Staff> {
+    let row = sqlx::query(
+        "INSERT INTO staff (id, district_id, email, display_name, role, password_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         RETURNING id, district_id, email, display_name, role, created_at",
+    )
+    .bind(Uuid::from(crate::StaffId::new()))
+    .bind(Uuid::from(staff.district_id))
+    .bind(staff.email.as_str())
+    .bind(&staff.display_name)
+    .bind(staff.role.as_str())
+    .bind(&staff.password_hash)
+    .bind(at)
+    .fetch_one(&mut **tx)
+    .await?;
+    staff_from_row(&row)
+}

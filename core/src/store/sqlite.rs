@@ -1,0 +1,547 @@
+//! The SQLite store: the embedded default. One file, WAL journal, foreign keys on.
+//! Ids are stored as hyphenated text and timestamps as RFC 3339 text in UTC.
+//!
+//! Write transactions start with a write, so SQLite takes the write lock up front and a
+//! concurrent writer waits (busy timeout) instead of failing on a lock upgrade.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use uuid::Uuid;
+
+use super::{
+    readiness_from, ApiTokenRecord, Backend, CasOutcome, ConnectOptions, District, FirstAdmin,
+    Guardian, NewGuardian, NewMessage, NewSchool, NewStaff, Readiness, School, Store, StoreError,
+    StoreResult,
+};
+use crate::delivery::{Actor, Delivery, DeliveryEventRecord, DeliveryState, Transition};
+use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
+
+/// Rows per multi-row INSERT: 13 columns × 2,000 stays under SQLite's 32,766 parameters.
+const BULK_ROWS: usize = 2_000;
+
+/// The migrations of `migrations/sqlite/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let connect_error = |source| StoreError::Connect {
+            url: super::redact_url(url),
+            source,
+        };
+        let connect_options = SqliteConnectOptions::from_str(url)
+            .map_err(connect_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect_options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn text_id(id: impl Into<Uuid>) -> String {
+    id.into().hyphenated().to_string()
+}
+
+fn uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let raw: String = row.try_get(column)?;
+    Uuid::parse_str(&raw).map_err(|e| corrupt(format!("{column}: {e}")))
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn parse<T: FromStr>(row: &SqliteRow, column: &str) -> StoreResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let raw: String = row.try_get(column)?;
+    raw.parse().map_err(|e| corrupt(format!("{column}: {e}")))
+}
+
+fn staff_from_row(row: &SqliteRow) -> StoreResult<Staff> {
+    Ok(Staff {
+        id: crate::StaffId::from_uuid(uuid(row, "id")?),
+        district_id: DistrictId::from_uuid(uuid(row, "district_id")?),
+        email: parse::<EmailAddress>(row, "email")?,
+        display_name: row.try_get("display_name")?,
+        role: parse(row, "role")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
+    Ok(District {
+        id: DistrictId::from_uuid(uuid(row, "id")?),
+        name: row.try_get("name")?,
+        default_language: row.try_get("default_language")?,
+        timezone: row.try_get("timezone")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
+     address, state, version, attempts, idempotency_key, provider_ref, last_error, \
+     suppressed_reason, created_at, updated_at";
+
+fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
+    Ok(Delivery {
+        id: DeliveryId::from_uuid(uuid(row, "id")?),
+        district_id: DistrictId::from_uuid(uuid(row, "district_id")?),
+        message_id: crate::MessageId::from_uuid(uuid(row, "message_id")?),
+        recipient_id: crate::RecipientId::from_uuid(uuid(row, "recipient_id")?),
+        guardian_id: crate::GuardianId::from_uuid(uuid(row, "guardian_id")?),
+        channel: parse(row, "channel")?,
+        address: row.try_get("address")?,
+        state: parse(row, "state")?,
+        version: row.try_get("version")?,
+        attempts: row.try_get("attempts")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        provider_ref: row.try_get("provider_ref")?,
+        last_error: row.try_get("last_error")?,
+        suppressed_reason: row.try_get("suppressed_reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// The column that records when a delivery entered `state`.
+const fn state_timestamp_column(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Created => "created_at",
+        DeliveryState::Queued => "queued_at",
+        DeliveryState::Sent => "sent_at",
+        DeliveryState::Delivered => "delivered_at",
+        DeliveryState::Acked => "acked_at",
+        DeliveryState::Failed => "failed_at",
+        DeliveryState::Cancelled => "cancelled_at",
+        DeliveryState::Suppressed => "suppressed_at",
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn readiness(&self) -> StoreResult<Readiness> {
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let applied: Vec<i64> = match table {
+            Some(_) => {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        Ok(readiness_from(Backend::Sqlite, &MIGRATOR, &applied))
+    }
+
+    async fn bootstrap(
+        &self,
+        first: &FirstAdmin,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<(District, Staff)>> {
+        let mut tx = self.pool.begin().await?;
+        // The insert is the transaction's first statement: it takes the write lock, so a
+        // second process bootstrapping at the same moment waits and then finds the staff.
+        let district = sqlx::query(
+            "INSERT INTO districts (id, name, created_at) \
+             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM staff) \
+             RETURNING id, name, default_language, timezone, created_at",
+        )
+        .bind(text_id(DistrictId::new()))
+        .bind(&first.district_name)
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(district) = district else {
+            return Ok(None);
+        };
+        let district = district_from_row(&district)?;
+        let staff = insert_staff(
+            &mut tx,
+            &NewStaff {
+                district_id: district.id,
+                email: first.email.clone(),
+                display_name: first.display_name.clone(),
+                role: crate::Role::DistrictAdmin,
+                password_hash: Some(first.password_hash.clone()),
+            },
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some((district, staff)))
+    }
+
+    async fn create_district(&self, name: &str, at: DateTime<Utc>) -> StoreResult<District> {
+        let row = sqlx::query(
+            "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) \
+             RETURNING id, name, default_language, timezone, created_at",
+        )
+        .bind(text_id(DistrictId::new()))
+        .bind(name)
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await?;
+        district_from_row(&row)
+    }
+
+    async fn create_school(&self, school: &NewSchool, at: DateTime<Utc>) -> StoreResult<School> {
+        let id = crate::SchoolId::new();
+        sqlx::query(
+            "INSERT INTO schools (id, district_id, sourced_id, name, timezone, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(text_id(id))
+        .bind(text_id(school.district_id))
+        .bind(&school.sourced_id)
+        .bind(&school.name)
+        .bind(&school.timezone)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(School {
+            id,
+            district_id: school.district_id,
+            name: school.name.clone(),
+            timezone: school.timezone.clone(),
+            sourced_id: school.sourced_id.clone(),
+        })
+    }
+
+    async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
+        let mut tx = self.pool.begin().await?;
+        let staff = insert_staff(&mut tx, staff, at).await?;
+        tx.commit().await?;
+        Ok(staff)
+    }
+
+    async fn staff_by_email(&self, email: &EmailAddress) -> StoreResult<Option<Staff>> {
+        sqlx::query(
+            "SELECT id, district_id, email, display_name, role, created_at FROM staff \
+             WHERE email = $1 AND disabled_at IS NULL",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| staff_from_row(&row))
+        .transpose()
+    }
+
+    async fn create_api_token(
+        &self,
+        id: ApiTokenId,
+        staff: &Staff,
+        name: &str,
+        secret_hash: &[u8],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(text_id(id))
+        .bind(text_id(staff.district_id))
+        .bind(text_id(staff.id))
+        .bind(name)
+        .bind(secret_hash)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>> {
+        let Some(row) = sqlx::query(
+            "SELECT t.id AS token_id, t.secret_hash, t.expires_at, t.revoked_at, \
+                    s.id, s.district_id, s.email, s.display_name, s.role, s.created_at \
+             FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
+             WHERE t.id = $1 AND s.disabled_at IS NULL",
+        )
+        .bind(text_id(id))
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ApiTokenRecord {
+            id: ApiTokenId::from_uuid(uuid(&row, "token_id")?),
+            staff: staff_from_row(&row)?,
+            secret_hash: row.try_get("secret_hash")?,
+            expires_at: row.try_get("expires_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+        }))
+    }
+
+    async fn create_guardian(
+        &self,
+        guardian: &NewGuardian,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Guardian> {
+        let id = crate::GuardianId::new();
+        sqlx::query(
+            "INSERT INTO guardians (id, district_id, sourced_id, given_name, family_name, \
+                                    preferred_language, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(text_id(id))
+        .bind(text_id(guardian.district_id))
+        .bind(&guardian.sourced_id)
+        .bind(&guardian.given_name)
+        .bind(&guardian.family_name)
+        .bind(&guardian.preferred_language)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(Guardian {
+            id,
+            district_id: guardian.district_id,
+            given_name: guardian.given_name.clone(),
+            family_name: guardian.family_name.clone(),
+            preferred_language: guardian.preferred_language.clone(),
+            sourced_id: guardian.sourced_id.clone(),
+        })
+    }
+
+    async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
+                                   subject, body, channels, audience, requires_ack, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(text_id(message.id))
+        .bind(text_id(message.district_id))
+        .bind(text_id(message.author_id))
+        .bind(message.kind.as_str())
+        .bind(message.lane.as_str())
+        .bind(message.guarantee.as_str())
+        .bind(&message.subject)
+        .bind(&message.body)
+        .bind(serde_json::to_string(&message.channels).map_err(corrupt)?)
+        .bind(message.audience.to_string())
+        .bind(message.requires_ack)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+
+        // Multi-row INSERTs in chunks that stay under SQLite's bound-parameter limit.
+        let ack_state = if message.requires_ack {
+            "pending"
+        } else {
+            "not_required"
+        };
+        for chunk in message.recipients.chunks(BULK_ROWS) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) ",
+            );
+            insert.push_values(chunk, |mut row, recipient| {
+                row.push_bind(text_id(recipient.id))
+                    .push_bind(text_id(message.district_id))
+                    .push_bind(text_id(message.id))
+                    .push_bind(text_id(recipient.guardian_id))
+                    .push_bind(&recipient.language)
+                    .push_bind(ack_state);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        let deliveries: Vec<_> = message
+            .recipients
+            .iter()
+            .flat_map(|r| r.deliveries.iter().map(move |d| (r, d)))
+            .collect();
+        for chunk in deliveries.chunks(BULK_ROWS) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
+                                         address, state, idempotency_key, suppressed_reason, created_at, \
+                                         updated_at, suppressed_at) ",
+            );
+            insert.push_values(chunk, |mut row, (recipient, delivery)| {
+                let suppressed = delivery.suppressed_reason.is_some();
+                row.push_bind(text_id(delivery.id))
+                    .push_bind(text_id(message.district_id))
+                    .push_bind(text_id(message.id))
+                    .push_bind(text_id(recipient.id))
+                    .push_bind(text_id(recipient.guardian_id))
+                    .push_bind(delivery.channel.as_str())
+                    .push_bind(&delivery.address)
+                    .push_bind(if suppressed { "SUPPRESSED" } else { "CREATED" })
+                    .push_bind(text_id(delivery.id))
+                    .push_bind(&delivery.suppressed_reason)
+                    .push_bind(at)
+                    .push_bind(at)
+                    .push_bind(suppressed.then_some(at));
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {
+        sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"
+        ))
+        .bind(text_id(id))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| delivery_from_row(&row))
+        .transpose()
+    }
+
+    async fn transition(&self, t: &Transition) -> StoreResult<CasOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let column = state_timestamp_column(t.to);
+        let moved = sqlx::query(&format!(
+            "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
+                    last_error = CASE WHEN $1 = 'FAILED' THEN $3 ELSE last_error END \
+             WHERE id = $4 AND version = $5 AND state = $6 \
+             RETURNING {DELIVERY_COLUMNS}"
+        ))
+        .bind(t.to.as_str())
+        .bind(t.at)
+        .bind(&t.detail)
+        .bind(text_id(t.delivery_id))
+        .bind(t.seen_version)
+        .bind(t.from.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = moved else {
+            tx.rollback().await?;
+            return Ok(match self.delivery(t.delivery_id).await? {
+                Some(current) => CasOutcome::Conflict(current),
+                None => CasOutcome::NotFound,
+            });
+        };
+        let delivery = delivery_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                          actor_kind, actor_ref, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(text_id(delivery.district_id))
+        .bind(text_id(delivery.id))
+        .bind(t.from.as_str())
+        .bind(t.to.as_str())
+        .bind(delivery.version)
+        .bind(t.at)
+        .bind(t.actor.kind.as_str())
+        .bind(&t.actor.reference)
+        .bind(&t.detail)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CasOutcome::Applied(delivery))
+    }
+
+    async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>> {
+        let rows = sqlx::query(
+            "SELECT delivery_id, from_state, to_state, version, at, actor_kind, actor_ref, detail \
+             FROM delivery_events WHERE delivery_id = $1 ORDER BY version",
+        )
+        .bind(text_id(id))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeliveryEventRecord {
+                    delivery_id: DeliveryId::from_uuid(uuid(row, "delivery_id")?),
+                    from: parse(row, "from_state")?,
+                    to: parse(row, "to_state")?,
+                    version: row.try_get("version")?,
+                    at: row.try_get("at")?,
+                    actor: Actor {
+                        kind: parse(row, "actor_kind")?,
+                        reference: row.try_get("actor_ref")?,
+                    },
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit(
+        &self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let staff_id = match actor.kind {
+            crate::delivery::ActorKind::Staff => Some(actor.reference.clone()),
+            _ => None,
+        };
+        sqlx::query(
+            "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(text_id(district_id))
+        .bind(staff_id)
+        .bind(action)
+        .bind(detail.to_string())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn insert_staff(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    staff: &NewStaff,
+    at: DateTime<Utc>,
+) -> StoreResult<Staff> {
+    let row = sqlx::query(
+        "INSERT INTO staff (id, district_id, email, display_name, role, password_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         RETURNING id, district_id, email, display_name, role, created_at",
+    )
+    .bind(text_id(crate::StaffId::new()))
+    .bind(text_id(staff.district_id))
+    .bind(staff.email.as_str())
+    .bind(&staff.display_name)
+    .bind(staff.role.as_str())
+    .bind(&staff.password_hash)
+    .bind(at)
+    .fetch_one(&mut **tx)
+    .await?;
+    staff_from_row(&row)
+}

@@ -1,0 +1,215 @@
+//! Fresh databases for tests: a new PostgreSQL database per test, cloned from a migrated
+//! template, or a new SQLite file in a temporary directory. Dropped when the test ends.
+//!
+//! PostgreSQL is found at `TIDINGS_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). If it does not answer, the test fails
+//! and says how to start it: tests never skip silently.
+
+use std::sync::Arc;
+
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::store::{self, ConnectOptions, PostgresStore, SqliteStore, Store};
+
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Serialises template creation and cloning across test processes.
+const TEMPLATE_LOCK: i64 = 0x7469_6469_6e67_7465;
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    /// The URL a store or the `tidings` binary connects with.
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Postgres { admin_url: String, name: String },
+    Sqlite { _dir: tempfile::TempDir },
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("TIDINGS_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// `postgres://…/old` with the database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+impl TestDatabase {
+    /// A new, migrated PostgreSQL database.
+    pub async fn postgres() -> Self {
+        let admin_url = pg_admin_url();
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL for tests is not reachable at {}: {e}\n\
+                 Start the test services with `scripts/test-services` (or point \
+                 TIDINGS_TEST_PG_URL at a server where this user may create databases).",
+                store::redact_url(&admin_url)
+            )
+        });
+        let template = format!(
+            "tidings_template_{}",
+            store::migrations_fingerprint(&store::postgres::MIGRATOR)
+        );
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(TEMPLATE_LOCK)
+            .execute(&mut admin)
+            .await
+            .expect("take the template lock");
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&template)
+                .fetch_one(&mut admin)
+                .await
+                .expect("look for the template database");
+        if !exists {
+            // Built under another name and renamed when complete, so that a test process
+            // killed half-way never leaves a half-migrated template behind.
+            let building = format!("{template}_building");
+            admin
+                .execute(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)").as_str())
+                .await
+                .expect("drop a stale template");
+            admin
+                .execute(format!("CREATE DATABASE {building}").as_str())
+                .await
+                .expect("create the template database");
+            let store = PostgresStore::connect(
+                &with_database(&admin_url, &building),
+                &ConnectOptions { max_connections: 1 },
+            )
+            .await
+            .expect("connect to the template database");
+            store
+                .migrate()
+                .await
+                .expect("migrate the template database");
+            store.pool().close().await;
+            admin
+                .execute(format!("ALTER DATABASE {building} RENAME TO {template}").as_str())
+                .await
+                .expect("publish the template database");
+        }
+        let name = format!("tidings_test_{}", uuid::Uuid::now_v7().simple());
+        admin
+            .execute(format!("CREATE DATABASE {name} TEMPLATE {template}").as_str())
+            .await
+            .expect("clone the template database");
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(TEMPLATE_LOCK)
+            .execute(&mut admin)
+            .await
+            .expect("release the template lock");
+        let _ = admin.close().await;
+        Self {
+            url: with_database(&admin_url, &name),
+            cleanup: Cleanup::Postgres { admin_url, name },
+        }
+    }
+
+    /// A new, empty PostgreSQL database with no migrations applied.
+    pub async fn postgres_empty() -> Self {
+        let admin_url = pg_admin_url();
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL for tests is not reachable: {e}; run scripts/test-services")
+        });
+        let name = format!("tidings_test_{}", uuid::Uuid::now_v7().simple());
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create an empty database");
+        let _ = admin.close().await;
+        Self {
+            url: with_database(&admin_url, &name),
+            cleanup: Cleanup::Postgres { admin_url, name },
+        }
+    }
+
+    /// A path for a new SQLite database (the file is created on first connect).
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("tidings.db").display());
+        Self {
+            url,
+            cleanup: Cleanup::Sqlite { _dir: dir },
+        }
+    }
+
+    /// A migrated store on this database.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        let store = store::connect(&self.url, &ConnectOptions::default())
+            .await
+            .expect("connect to the test database");
+        store.migrate().await.expect("migrate the test database");
+        store
+    }
+
+    /// A migrated SQLite store, typed.
+    pub async fn sqlite_store(&self) -> SqliteStore {
+        let store = SqliteStore::connect(&self.url, &ConnectOptions::default())
+            .await
+            .expect("connect to the test database");
+        store.migrate().await.expect("migrate the test database");
+        store
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
+            return;
+        };
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on: the database is
+        // dropped from a thread with its own small runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build a runtime to drop the test database");
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                admin
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop test database {}", self.url);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_names_are_replaced_in_urls() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,601 @@
+//! The store conformance suite: written once, run against SQLite and PostgreSQL. Every
+//! behaviour the rest of Tidings relies on from a `Store` is pinned here.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use tidings_core::delivery::{self, Actor, ActorKind, Applied, Ignored, Transition};
+use tidings_core::secret::ApiToken;
+use tidings_core::store::{
+    CasOutcome, FirstAdmin, Guardian, NewDelivery, NewGuardian, NewMessage, NewRecipient, NewStaff,
+    Store, StoreError,
+};
+use tidings_core::testing::TestDatabase;
+use tidings_core::time::now;
+use tidings_core::*;
+use tokio::sync::Barrier;
+
+/// Generates one test per backend for each suite function.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDatabase::sqlite();
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDatabase::postgres().await;
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    a_migrated_store_is_ready,
+    bootstrap_creates_the_first_admin_only_on_an_empty_database,
+    staff_emails_are_unique,
+    api_tokens_resolve_to_their_enabled_owner,
+    a_message_is_written_with_every_delivery_exactly_once,
+    a_failed_fan_out_leaves_nothing_behind,
+    a_transition_is_a_compare_and_swap_with_an_event_row,
+    apply_follows_the_state_machine_and_records_the_actor,
+    stale_and_duplicate_events_are_ignored_without_a_write,
+    racing_writers_have_exactly_one_winner_per_step,
+    audit_entries_must_belong_to_a_district,
+}
+
+struct Seed {
+    staff: Staff,
+    guardians: Vec<Guardian>,
+}
+
+async fn seed(store: &dyn Store, guardians: usize) -> Seed {
+    let at = now();
+    let first = FirstAdmin {
+        district_name: "Riverside Unified".into(),
+        email: EmailAddress::parse("admin@riverside.example.org").unwrap(),
+        display_name: "Administrator".into(),
+        password_hash: secret::hash_password("not-used").unwrap(),
+    };
+    let (district, staff) = store
+        .bootstrap(&first, at)
+        .await
+        .unwrap()
+        .expect("empty database");
+    let mut created = Vec::new();
+    for i in 0..guardians {
+        let guardian = NewGuardian {
+            district_id: district.id,
+            given_name: format!("Guardian{i}"),
+            family_name: "Example".into(),
+            preferred_language: Some("en".into()),
+            sourced_id: Some(format!("g-{i}")),
+        };
+        created.push(store.create_guardian(&guardian, at).await.unwrap());
+    }
+    Seed {
+        staff,
+        guardians: created,
+    }
+}
+
+fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
+    NewMessage {
+        id: MessageId::new(),
+        district_id: seed.staff.district_id,
+        author_id: seed.staff.id,
+        kind: MessageKind::Emergency,
+        lane: Lane::Emergency,
+        guarantee: DeliveryGuarantee::AtLeastOnce,
+        subject: "Shelter in place".into(),
+        body: "All schools are sheltering in place. Students are safe.".into(),
+        channels: channels.to_vec(),
+        audience: serde_json::json!({"district": true}),
+        requires_ack: true,
+        recipients: seed
+            .guardians
+            .iter()
+            .map(|g| NewRecipient {
+                id: RecipientId::new(),
+                guardian_id: g.id,
+                language: "en".into(),
+                deliveries: channels
+                    .iter()
+                    .map(|&channel| NewDelivery {
+                        id: DeliveryId::new(),
+                        channel,
+                        address: Some(format!("{}-{channel}", g.given_name)),
+                        suppressed_reason: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
+    message
+        .recipients
+        .iter()
+        .flat_map(|r| r.deliveries.iter().map(|d| d.id))
+        .collect()
+}
+
+async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
+    let seed = seed(store, 1).await;
+    let message = message_to(&seed, &[Channel::Sms]);
+    store.create_message(&message, now()).await.unwrap();
+    let id = delivery_ids(&message)[0];
+    (seed, id)
+}
+
+async fn a_migrated_store_is_ready(store: Arc<dyn Store>) {
+    let readiness = store.readiness().await.unwrap();
+    assert!(readiness.expected_migrations > 0);
+    assert!(readiness.is_ready(), "{readiness:?}");
+    // Migrating again is a no-op.
+    store.migrate().await.unwrap();
+    assert!(store.readiness().await.unwrap().is_ready());
+}
+
+async fn bootstrap_creates_the_first_admin_only_on_an_empty_database(store: Arc<dyn Store>) {
+    let first = FirstAdmin {
+        district_name: "Lakeside".into(),
+        email: EmailAddress::parse("Admin@Lakeside.example.org").unwrap(),
+        display_name: "Administrator".into(),
+        password_hash: secret::hash_password("pw").unwrap(),
+    };
+    let (district, admin) = store
+        .bootstrap(&first, now())
+        .await
+        .unwrap()
+        .expect("created");
+    assert_eq!(district.name, "Lakeside");
+    assert_eq!(admin.role, Role::DistrictAdmin);
+    assert_eq!(admin.district_id, district.id);
+    assert_eq!(admin.email.as_str(), "admin@lakeside.example.org");
+
+    let again = FirstAdmin {
+        email: EmailAddress::parse("other@x.example.org").unwrap(),
+        ..first
+    };
+    assert!(
+        store.bootstrap(&again, now()).await.unwrap().is_none(),
+        "second bootstrap is a no-op"
+    );
+    assert!(store.staff_by_email(&again.email).await.unwrap().is_none());
+    assert_eq!(
+        store.staff_by_email(&admin.email).await.unwrap(),
+        Some(admin)
+    );
+}
+
+async fn staff_emails_are_unique(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 0).await;
+    let teacher = NewStaff {
+        district_id: seed.staff.district_id,
+        email: EmailAddress::parse("teacher@riverside.example.org").unwrap(),
+        display_name: "T. Eacher".into(),
+        role: Role::Teacher,
+        password_hash: None,
+    };
+    let created = store.create_staff(&teacher, now()).await.unwrap();
+    assert_eq!(created.role, Role::Teacher);
+    let duplicate = store.create_staff(&teacher, now()).await.unwrap_err();
+    assert!(
+        matches!(duplicate, StoreError::AlreadyExists(_)),
+        "{duplicate:?}"
+    );
+}
+
+async fn api_tokens_resolve_to_their_enabled_owner(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 0).await;
+    let token = ApiToken::generate();
+    store
+        .create_api_token(token.id, &seed.staff, "cli", &token.secret_hash(), now())
+        .await
+        .unwrap();
+    let record = store.api_token(token.id).await.unwrap().expect("stored");
+    assert_eq!(record.staff, seed.staff);
+    assert!(token.matches(&record.secret_hash));
+    assert_eq!(record.revoked_at, None);
+    assert!(store.api_token(ApiTokenId::new()).await.unwrap().is_none());
+}
+
+async fn a_message_is_written_with_every_delivery_exactly_once(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 3).await;
+    let mut message = message_to(&seed, &[Channel::Sms, Channel::Email]);
+    message.recipients[2].deliveries[1].address = None;
+    message.recipients[2].deliveries[1].suppressed_reason = Some("no_address".into());
+    let at = now();
+    store.create_message(&message, at).await.unwrap();
+
+    for recipient in &message.recipients {
+        for planned in &recipient.deliveries {
+            let stored = store
+                .delivery(planned.id)
+                .await
+                .unwrap()
+                .expect("delivery stored");
+            assert_eq!(stored.message_id, message.id);
+            assert_eq!(stored.recipient_id, recipient.id);
+            assert_eq!(stored.guardian_id, recipient.guardian_id);
+            assert_eq!(stored.channel, planned.channel);
+            assert_eq!(stored.address, planned.address);
+            assert_eq!(stored.version, 0);
+            assert_eq!(stored.created_at, at);
+            assert_eq!(stored.idempotency_key, planned.id.to_string());
+            let expected = if planned.suppressed_reason.is_some() {
+                DeliveryState::Suppressed
+            } else {
+                DeliveryState::Created
+            };
+            assert_eq!(stored.state, expected);
+            assert_eq!(stored.suppressed_reason, planned.suppressed_reason);
+        }
+    }
+
+    // The same message again is refused by the database, not duplicated.
+    let again = store.create_message(&message, now()).await.unwrap_err();
+    assert!(matches!(again, StoreError::AlreadyExists(_)), "{again:?}");
+}
+
+async fn a_failed_fan_out_leaves_nothing_behind(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 2).await;
+    let mut message = message_to(&seed, &[Channel::Sms]);
+    // The second recipient repeats the first guardian: one recipient per guardian is a
+    // rule of the schema, and breaking it must fail the whole message.
+    message.recipients[1].guardian_id = message.recipients[0].guardian_id;
+    let err = store.create_message(&message, now()).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    for id in delivery_ids(&message) {
+        assert!(
+            store.delivery(id).await.unwrap().is_none(),
+            "no delivery may survive"
+        );
+    }
+    // And the message id is free: nothing of it was committed.
+    let mut fixed = message_to(&seed, &[Channel::Sms]);
+    fixed.id = message.id;
+    store.create_message(&fixed, now()).await.unwrap();
+}
+
+async fn a_transition_is_a_compare_and_swap_with_an_event_row(store: Arc<dyn Store>) {
+    let (_, id) = one_delivery(store.as_ref()).await;
+    let at = now() + Duration::seconds(1);
+    let queue = Transition {
+        delivery_id: id,
+        from: DeliveryState::Created,
+        seen_version: 0,
+        to: DeliveryState::Queued,
+        actor: Actor::dispatcher("dispatcher-1"),
+        detail: None,
+        at,
+    };
+    let CasOutcome::Applied(moved) = store.transition(&queue).await.unwrap() else {
+        panic!("first swap applies");
+    };
+    assert_eq!(
+        (moved.state, moved.version, moved.updated_at),
+        (DeliveryState::Queued, 1, at)
+    );
+
+    // The same swap again finds version 1, not 0: it changes nothing and says why.
+    let CasOutcome::Conflict(current) = store.transition(&queue).await.unwrap() else {
+        panic!("a stale version must conflict");
+    };
+    assert_eq!(current, moved);
+
+    // A right version with a wrong state is refused too.
+    let wrong_state = Transition {
+        from: DeliveryState::Sent,
+        seen_version: 1,
+        ..queue.clone()
+    };
+    assert!(matches!(
+        store.transition(&wrong_state).await.unwrap(),
+        CasOutcome::Conflict(_)
+    ));
+
+    let missing = Transition {
+        delivery_id: DeliveryId::new(),
+        ..queue
+    };
+    assert_eq!(
+        store.transition(&missing).await.unwrap(),
+        CasOutcome::NotFound
+    );
+
+    let events = store.delivery_events(id).await.unwrap();
+    assert_eq!(events.len(), 1, "only the applied swap is recorded");
+    assert_eq!(events[0].from, DeliveryState::Created);
+    assert_eq!(events[0].to, DeliveryState::Queued);
+    assert_eq!(events[0].version, 1);
+    assert_eq!(events[0].at, at);
+    assert_eq!(events[0].actor, Actor::dispatcher("dispatcher-1"));
+}
+
+async fn apply_follows_the_state_machine_and_records_the_actor(store: Arc<dyn Store>) {
+    let (seed, id) = one_delivery(store.as_ref()).await;
+    let s = store.as_ref();
+    let twilio = Actor::provider("twilio", "SM123:delivered");
+    delivery::apply(
+        s,
+        id,
+        DeliveryEvent::Enqueue,
+        &Actor::dispatcher("d1"),
+        None,
+    )
+    .await
+    .unwrap();
+    // DELIVERED before SENT was recorded: the delivery moves forward, skipping SENT.
+    let delivered = delivery::apply(s, id, DeliveryEvent::Delivered, &twilio, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        delivered,
+        Applied::Moved { from: DeliveryState::Queued, ref delivery } if delivery.state == DeliveryState::Delivered
+    ));
+    delivery::apply(
+        s,
+        id,
+        DeliveryEvent::Acknowledged,
+        &Actor::guardian("link"),
+        None,
+    )
+    .await
+    .unwrap();
+    let staff = Actor::staff(seed.staff.id);
+    let late = delivery::apply(s, id, DeliveryEvent::Failed, &staff, Some("late bounce"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        late,
+        Applied::Ignored {
+            reason: Ignored::Final,
+            ..
+        }
+    ));
+
+    let events = store.delivery_events(id).await.unwrap();
+    let path: Vec<_> = events
+        .iter()
+        .map(|e| (e.from, e.to, e.version, e.actor.kind))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            (
+                DeliveryState::Created,
+                DeliveryState::Queued,
+                1,
+                ActorKind::Dispatcher
+            ),
+            (
+                DeliveryState::Queued,
+                DeliveryState::Delivered,
+                2,
+                ActorKind::Provider
+            ),
+            (
+                DeliveryState::Delivered,
+                DeliveryState::Acked,
+                3,
+                ActorKind::Guardian
+            ),
+        ]
+    );
+    assert_eq!(events[1].actor.reference, "twilio:SM123:delivered");
+    let stored = store.delivery(id).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.version), (DeliveryState::Acked, 3));
+}
+
+async fn stale_and_duplicate_events_are_ignored_without_a_write(store: Arc<dyn Store>) {
+    let (_, id) = one_delivery(store.as_ref()).await;
+    let s = store.as_ref();
+    let provider = Actor::provider("kannel", "dlr-1");
+    for event in [
+        DeliveryEvent::Enqueue,
+        DeliveryEvent::Accepted,
+        DeliveryEvent::Delivered,
+    ] {
+        delivery::apply(s, id, event, &provider, None)
+            .await
+            .unwrap();
+    }
+    let stale = delivery::apply(s, id, DeliveryEvent::Accepted, &provider, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        stale,
+        Applied::Ignored {
+            reason: Ignored::Stale,
+            ..
+        }
+    ));
+    let duplicate = delivery::apply(s, id, DeliveryEvent::Delivered, &provider, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        duplicate,
+        Applied::Ignored {
+            reason: Ignored::Duplicate,
+            ..
+        }
+    ));
+    let too_late = delivery::apply(s, id, DeliveryEvent::Cancel, &provider, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        too_late,
+        Applied::Ignored {
+            reason: Ignored::AlreadySent,
+            ..
+        }
+    ));
+
+    let stored = store.delivery(id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.version),
+        (DeliveryState::Delivered, 3)
+    );
+    assert_eq!(store.delivery_events(id).await.unwrap().len(), 3);
+}
+
+async fn racing_writers_have_exactly_one_winner_per_step(store: Arc<dyn Store>) {
+    const WRITERS: usize = 8;
+    const DELIVERIES: usize = 6;
+    let steps = [
+        DeliveryState::Queued,
+        DeliveryState::Sent,
+        DeliveryState::Delivered,
+        DeliveryState::Acked,
+    ];
+    let seed = seed(store.as_ref(), DELIVERIES).await;
+    let message = message_to(&seed, &[Channel::Push]);
+    store.create_message(&message, now()).await.unwrap();
+    let ids = delivery_ids(&message);
+
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let (store, barrier, ids) = (store.clone(), barrier.clone(), ids.clone());
+        writers.spawn(async move {
+            let mut wins = Vec::new();
+            for &id in &ids {
+                for to in steps {
+                    // Everyone reads the same version, then everyone tries to swap it.
+                    barrier.wait().await;
+                    let seen = store.delivery(id).await.unwrap().unwrap();
+                    barrier.wait().await;
+                    let attempt = Transition {
+                        delivery_id: id,
+                        from: seen.state,
+                        seen_version: seen.version,
+                        to,
+                        actor: Actor::dispatcher(format!("writer-{writer}")),
+                        detail: None,
+                        at: now(),
+                    };
+                    match store.transition(&attempt).await.unwrap() {
+                        CasOutcome::Applied(_) => wins.push((id, to)),
+                        CasOutcome::Conflict(current) => assert!(current.version > seen.version),
+                        CasOutcome::NotFound => panic!("delivery vanished"),
+                    }
+                }
+            }
+            wins
+        });
+    }
+    let mut wins = Vec::new();
+    while let Some(result) = writers.join_next().await {
+        wins.extend(result.unwrap());
+    }
+    wins.sort();
+    let mut expected: Vec<_> = ids
+        .iter()
+        .flat_map(|&id| steps.map(|to| (id, to)))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        wins, expected,
+        "exactly one writer wins each step of each delivery"
+    );
+
+    for id in ids {
+        let events = store.delivery_events(id).await.unwrap();
+        let versions: Vec<_> = events.iter().map(|e| e.version).collect();
+        assert_eq!(
+            versions,
+            [1, 2, 3, 4],
+            "one event row per step, none lost, none doubled"
+        );
+        let to: Vec<_> = events.iter().map(|e| e.to).collect();
+        assert_eq!(to, steps);
+        assert_eq!(store.delivery(id).await.unwrap().unwrap().version, 4);
+    }
+}
+
+async fn audit_entries_must_belong_to_a_district(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 0).await;
+    let district = seed.staff.district_id;
+    let detail = serde_json::json!({"name": "cli"});
+    store
+        .audit(
+            district,
+            &Actor::staff(seed.staff.id),
+            "token.create",
+            detail,
+            now(),
+        )
+        .await
+        .unwrap();
+    store
+        .audit(
+            district,
+            &Actor::system("bootstrap"),
+            "staff.bootstrap",
+            serde_json::json!({}),
+            now(),
+        )
+        .await
+        .unwrap();
+    let unknown = store
+        .audit(
+            DistrictId::new(),
+            &Actor::system("x"),
+            "nothing",
+            serde_json::json!({}),
+            now(),
+        )
+        .await;
+    assert!(
+        unknown.is_err(),
+        "an audit entry must belong to an existing district"
+    );
+}
+
+#[tokio::test]
+async fn an_unmigrated_sqlite_database_is_not_ready() {
+    let db = TestDatabase::sqlite();
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let readiness = store.readiness().await.unwrap();
+    assert_eq!(readiness.applied_migrations, 0);
+    assert!(!readiness.is_ready());
+}
+
+#[tokio::test]
+async fn an_unmigrated_postgres_database_is_not_ready() {
+    let db = TestDatabase::postgres_empty().await;
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let readiness = store.readiness().await.unwrap();
+    assert_eq!(readiness.applied_migrations, 0);
+    assert!(!readiness.is_ready());
+}
+
+#[tokio::test]
+async fn an_unknown_database_scheme_is_refused_with_the_expected_forms() {
+    let Err(err) =
+        tidings_core::store::connect("mysql://root@localhost/x", &Default::default()).await
+    else {
+        panic!("mysql is not supported");
+    };
+    assert!(
+        err.to_string()
+            .contains("expected sqlite://PATH or postgres://"),
+        "{err}"
+    );
+}
