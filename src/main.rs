@@ -1,1 +1,104 @@
-fn main() {}
+//! `tidings`: the command line. It parses arguments, loads configuration and calls the
+//! application; everything else lives in library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tidings::commands;
+use tidings::config::{Config, LogFormat};
+
+/// School-to-guardian notifications over SMS, email and push.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version)]
+struct Cli {
+    /// TOML configuration file; `TIDINGS_*` environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: API, web admin, callbacks and dispatcher.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage staff API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a bearer token for a staff member; it is printed once, as the last line.
+    Create {
+        /// The staff member's sign-in email.
+        #[arg(long)]
+        email: String,
+        /// A label to recognise the token by later.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!(
+                "error: {}",
+                tidings_core::store::error_chain(error.as_ref())
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve => commands::serve(&config, shutdown_signal()?).await,
+            Command::Migrate => commands::migrate(&config).await,
+            Command::Token {
+                command: TokenCommand::Create { email, name },
+            } => commands::create_token(&config, &email, &name).await,
+        }
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed here, before the
+/// server starts, so that a signal arriving during start-up is not fatal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+}

@@ -37,13 +37,13 @@ pub enum Backend {
 pub enum StoreError {
     #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
-    #[error("cannot open the database at {url}: {source}")]
+    #[error("cannot open the database at {url}")]
     Connect {
         url: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("database migration failed: {0}")]
+    #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A uniqueness rule of the schema refused the write; the name is the constraint's
     /// (or, on SQLite, the columns').
@@ -51,7 +51,7 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("a stored row is not valid: {0}")]
     Corrupt(String),
-    #[error("database error: {0}")]
+    #[error("database error")]
     Database(#[source] sqlx::Error),
 }
 
@@ -304,6 +304,24 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Arc<dyn
     }
 }
 
+/// An error and its causes on one line, for logs and the CLI. A cause whose text its
+/// parent already printed (many drivers' errors include their source) is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut last = line.clone();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        last = text;
+        source = cause.source();
+    }
+    line
+}
+
 /// A database URL with its password replaced, fit for an error message or a log line.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -356,6 +374,19 @@ pub fn migrations_fingerprint(migrator: &sqlx::migrate::Migrator) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chains_print_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = StoreError::Connect {
+            url: "postgres://h/db".into(),
+            source: sqlx::Error::Io(io),
+        };
+        assert_eq!(
+            error_chain(&err),
+            "cannot open the database at postgres://h/db: error communicating with database: connection refused"
+        );
+    }
 
     #[test]
     fn passwords_never_appear_in_redacted_urls() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
@@ -20,6 +20,8 @@ use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
 
 /// The migrations of `migrations/postgres/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serialises first-run bootstrap between processes starting on the same empty database.
 const BOOTSTRAP_LOCK: i64 = 0x7469_6469_6e67_0001;
@@ -36,12 +38,20 @@ impl PostgresStore {
             source,
         };
         let connect_options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+        // One direct connection first: a pool would retry until its timeout and then
+        // report only "timed out", hiding "connection refused" or "password failed".
+        let probe = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            PgConnection::connect_with(&connect_options),
+        )
+        .await
+        .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
+        .map_err(connect_error)?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(connect_options)
-            .await
-            .map_err(connect_error)?;
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(connect_options);
         Ok(Self { pool })
     }
 

@@ -1,0 +1,110 @@
+//! `ApiError`: every error the HTTP surface returns, rendered as RFC 9457
+//! `application/problem+json` with a stable `type` per variant. Handlers return
+//! `Result<_, ApiError>` and never build error responses by hand.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tidings_core::store::StoreError;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid bearer token or session is required")]
+    Unauthorized,
+    #[error("you may not do this")]
+    Forbidden,
+    #[error("no such resource")]
+    NotFound,
+    #[error("the request body is not valid: {0}")]
+    InvalidBody(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// Something failed on our side. The cause is logged with the request id, never
+    /// returned: it may name tables, hosts or data.
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(error)
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Stable identifier of the kind of problem, e.g. `/problems/unauthorized`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Short, human-readable summary of the kind of problem.
+    pub title: &'static str,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ApiError {
+    /// The status, stable `type` and title of each variant. The README lists these.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "/problems/unauthorized",
+                "Authentication required",
+            ),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "/problems/forbidden", "Forbidden"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "/problems/not-found", "Not found"),
+            ApiError::InvalidBody(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/invalid-body",
+                "Invalid request body",
+            ),
+            ApiError::NotReady(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/not-ready",
+                "Not ready",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "/problems/internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        let detail = match &self {
+            ApiError::Internal(source) => {
+                tracing::error!(error = %tidings_core::store::error_chain(source), "request failed");
+                None
+            }
+            other => Some(other.to_string()),
+        };
+        let problem = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

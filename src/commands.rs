@@ -1,0 +1,134 @@
+//! What each CLI command does.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tidings_core::delivery::Actor;
+use tidings_core::secret::{self, ApiToken};
+use tidings_core::store::{self, ConnectOptions, FirstAdmin, Store};
+use tidings_core::time::now;
+use tidings_core::EmailAddress;
+
+use crate::Config;
+
+/// Opens the configured database, applying migrations when asked to.
+pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
+    let options = ConnectOptions {
+        max_connections: config.database_max_connections,
+    };
+    let store = store::connect(&config.database_url, &options).await?;
+    if migrate {
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("migrating {}", config.database_url_redacted()))?;
+    }
+    Ok(store)
+}
+
+/// `tidings migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config, true).await?;
+    let readiness = store.readiness().await?;
+    println!(
+        "{} migrations applied to {}",
+        readiness.applied_migrations,
+        config.database_url_redacted()
+    );
+    Ok(())
+}
+
+/// `tidings serve`: everything in one process, until SIGTERM or Ctrl-C.
+pub async fn serve(
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    let readiness = store.readiness().await?;
+    if !readiness.is_ready() {
+        anyhow::bail!(
+            "the database has {} of {} migrations applied: run `tidings migrate` first",
+            readiness.applied_migrations,
+            readiness.expected_migrations
+        );
+    }
+    bootstrap(config, store.as_ref()).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, database = %config.database_url_redacted(), "serving");
+    // Scripts and tests read this line to find the port when listening on port 0.
+    println!("Tidings is listening on http://{address}");
+
+    let router = tidings_api::router(tidings_api::AppState { store });
+    tidings_api::serve(listener, router, shutdown)
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On an empty database: create the district and its first administrator, and print the
+/// credential once. It is not logged and cannot be shown again.
+async fn bootstrap(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
+    let email = EmailAddress::parse(&config.first_admin_email)
+        .context("invalid configuration: first_admin_email")?;
+    let password = secret::generate_password();
+    let first = FirstAdmin {
+        district_name: config.district_name.clone(),
+        email,
+        display_name: "District administrator".into(),
+        password_hash: secret::hash_password(&password)?,
+    };
+    if let Some((district, admin)) = store.bootstrap(&first, now()).await? {
+        store
+            .audit(
+                district.id,
+                &Actor::system("first start"),
+                "staff.bootstrap",
+                serde_json::json!({ "staff_id": admin.id }),
+                now(),
+            )
+            .await?;
+        tracing::info!(district_id = %district.id, staff_id = %admin.id, "created the first administrator");
+        println!(
+            "Created district {:?} and its first administrator.",
+            district.name
+        );
+        println!("  Sign in as: {}", admin.email);
+        println!("  Password:   {password}");
+        println!("This password is shown once and never again: keep it somewhere safe.");
+    }
+    Ok(())
+}
+
+/// `tidings token create --email EMAIL`: prints a new bearer token as its last line.
+pub async fn create_token(config: &Config, email: &str, name: &str) -> anyhow::Result<()> {
+    let email = EmailAddress::parse(email)?;
+    let store = open_store(config, config.migrate_on_start).await?;
+    let staff = store
+        .staff_by_email(&email)
+        .await?
+        .with_context(|| format!("no enabled staff member signs in as {email}"))?;
+    let token = ApiToken::generate();
+    store
+        .create_api_token(token.id, &staff, name, &token.secret_hash(), now())
+        .await?;
+    store
+        .audit(
+            staff.district_id,
+            &Actor::staff(staff.id),
+            "api_token.create",
+            serde_json::json!({ "token_id": token.id, "name": name }),
+            now(),
+        )
+        .await?;
+    eprintln!(
+        "API token {:?} for {email} (shown once; send it as `Authorization: Bearer …`):",
+        name
+    );
+    println!("{}", token.reveal());
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Configuration: defaults, then a TOML file (`--config FILE`), then `TIDINGS_*`
+//! environment variables, each overriding the one before. Secrets (the database password,
+//! provider keys) belong in the environment or in files readable only by the service,
+//! never in logs: [`Config::database_url_redacted`] is what may be printed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `sqlite://PATH` (embedded, created if missing) or `postgres://USER:PASSWORD@HOST/DB`.
+    /// Env: `TIDINGS_DATABASE_URL`.
+    pub database_url: String,
+    /// Address the HTTP server binds. Env: `TIDINGS_LISTEN`.
+    pub listen: SocketAddr,
+    /// Connections kept open to the database. Env: `TIDINGS_DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// Apply pending migrations when `serve` starts. Turn off where migrations are run as a
+    /// separate deployment step (`tidings migrate`). Env: `TIDINGS_MIGRATE_ON_START`.
+    pub migrate_on_start: bool,
+    /// `text` for people, `json` for log collectors. Env: `TIDINGS_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// Name of the district created on an empty database. Env: `TIDINGS_DISTRICT_NAME`.
+    pub district_name: String,
+    /// Sign-in email of the administrator created on an empty database.
+    /// Env: `TIDINGS_FIRST_ADMIN_EMAIL`.
+    pub first_admin_email: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://tidings.db".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_max_connections: 10,
+            migrate_on_start: true,
+            log_format: LogFormat::Text,
+            district_name: "My District".into(),
+            first_admin_email: "admin@tidings.local".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults < `file` < environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::new().merge(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("TIDINGS_"))
+            .extract()
+            .map_err(|e| anyhow::anyhow!(one_line(&e)))
+            .context("invalid configuration")?;
+        if config.database_max_connections == 0 {
+            bail!("invalid configuration: database_max_connections must be at least 1");
+        }
+        Ok(config)
+    }
+
+    pub fn database_url_redacted(&self) -> String {
+        tidings_core::store::redact_url(&self.database_url)
+    }
+}
+
+/// figment's errors can span lines when several keys are wrong; users get one line each.
+fn one_line(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+// figment's `Jail` closures must return its large error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_run_on_sqlite_on_loopback() {
+        Jail::expect_with(|_| {
+            let config = Config::load(None).unwrap();
+            assert_eq!(config, Config::default());
+            assert_eq!(config.database_url, "sqlite://tidings.db");
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_which_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tidings.toml",
+                "listen = \"0.0.0.0:9000\"\ndatabase_url = \"sqlite://from-file.db\"\nlog_format = \"json\"\n",
+            )?;
+            jail.set_env("TIDINGS_DATABASE_URL", "postgres://u:pw@db/tidings");
+            let config = Config::load(Some(Path::new("tidings.toml"))).unwrap();
+            assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+            assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(config.database_url, "postgres://u:pw@db/tidings");
+            assert_eq!(
+                config.database_url_redacted(),
+                "postgres://u:***@db/tidings"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_on_one_line() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TIDINGS_LISTEN", "not-an-address");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.to_lowercase().contains("listen"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+            Ok(())
+        });
+    }
+
+    /// The README's settings table lists every setting, its variable and its default.
+    #[test]
+    fn the_readme_documents_every_setting_with_its_default() {
+        let readme = include_str!("../README.md");
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let defaults = defaults.as_object().unwrap();
+        for (key, default) in defaults {
+            let env = format!("TIDINGS_{}", key.to_uppercase());
+            let default = default
+                .as_str()
+                .map_or_else(|| default.to_string(), str::to_owned);
+            let row = format!("| `{key}` | `{env}` | `{default}` |");
+            assert!(
+                readme.contains(&row),
+                "README.md lacks the row starting {row}"
+            );
+        }
+        let rows = readme
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.contains("| `TIDINGS_"))
+            .count();
+        assert_eq!(
+            rows,
+            defaults.len(),
+            "README.md documents a setting that does not exist"
+        );
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_not_a_silent_default() {
+        Jail::expect_with(|_| {
+            let err = Config::load(Some(Path::new("nope.toml"))).unwrap_err();
+            assert_eq!(err.to_string(), "config file nope.toml does not exist");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,7 @@
+//! The `tidings` application: configuration and the commands of the CLI, wired from the
+//! library crates. `main.rs` only parses arguments and calls into here.
+
+pub mod commands;
+pub mod config;
+
+pub use config::Config;

@@ -1,0 +1,220 @@
+//! `tidings serve`, `migrate` and `token create`, run as a user runs them.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{first_login, tidings, Server};
+use tidings_core::testing::TestDatabase;
+
+async fn get(url: &str, token: Option<&str>) -> (StatusCode, Option<String>, Value) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, content_type, body)
+}
+
+#[tokio::test]
+async fn first_start_on_sqlite_prints_the_login_once_and_is_ready() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start(&mut tidings(&db.url)).await;
+    let (email, password) = first_login(&server.banner).expect("a first login is printed");
+    assert_eq!(email, "admin@tidings.local");
+    assert_eq!(password.len(), 20);
+
+    let (status, _, body) = get(&server.url("/healthz"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    let (status, _, body) = get(&server.url("/readyz"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["backend"], "sqlite");
+
+    let exit = server.terminate().await;
+    assert!(exit.success(), "SIGTERM is a clean shutdown, got {exit:?}");
+
+    // The second start finds the administrator and prints no password.
+    let again = Server::start(&mut tidings(&db.url)).await;
+    assert_eq!(first_login(&again.banner), None, "{:?}", again.banner);
+    assert!(again.terminate().await.success());
+}
+
+#[tokio::test]
+async fn serve_on_an_empty_postgres_database_migrates_and_is_ready() {
+    let db = TestDatabase::postgres_empty().await;
+    let server = Server::start(&mut tidings(&db.url)).await;
+    assert!(first_login(&server.banner).is_some());
+    let (status, _, body) = get(&server.url("/readyz"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["backend"], "postgres");
+    assert!(body["migrations"].as_u64().unwrap() >= 1);
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn without_migrations_serve_refuses_to_start_and_says_what_to_run() {
+    let db = TestDatabase::postgres_empty().await;
+    let output = tidings(&db.url)
+        .env("TIDINGS_MIGRATE_ON_START", "false")
+        .arg("serve")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("run `tidings migrate` first"), "{stderr}");
+
+    let migrated = tidings(&db.url).arg("migrate").output().await.unwrap();
+    assert!(migrated.status.success());
+    let server = Server::start(tidings(&db.url).env("TIDINGS_MIGRATE_ON_START", "false")).await;
+    assert_eq!(get(&server.url("/readyz"), None).await.0, StatusCode::OK);
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_created_token_authenticates_and_a_forged_one_does_not() {
+    let db = TestDatabase::sqlite();
+    let server =
+        Server::start(tidings(&db.url).env("TIDINGS_FIRST_ADMIN_EMAIL", "it@district.example.org"))
+            .await;
+    let output = tidings(&db.url)
+        .args(["token", "create", "--email", "IT@district.example.org"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let token = stdout
+        .lines()
+        .last()
+        .expect("the token is the last line")
+        .to_owned();
+
+    let (status, _, me) = get(&server.url("/api/v1/me"), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["email"], "it@district.example.org");
+    assert_eq!(me["role"], "district_admin");
+
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'x' { 'y' } else { 'x' });
+    for bad in [Some(forged.as_str()), Some("tid_garbage"), None] {
+        let (status, content_type, problem) = get(&server.url("/api/v1/me"), bad).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+        assert_eq!(problem["type"], "/problems/unauthorized");
+        assert_eq!(problem["status"], 401);
+    }
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn token_create_for_an_unknown_email_fails_clearly() {
+    let db = TestDatabase::sqlite();
+    let output = tidings(&db.url)
+        .args(["token", "create", "--email", "nobody@example.org"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr.trim(),
+        "error: no enabled staff member signs in as nobody@example.org"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_are_problem_json_and_the_openapi_document_lists_the_routes() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start(&mut tidings(&db.url)).await;
+    let (status, content_type, problem) = get(&server.url("/api/v1/nothing-here"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    assert_eq!(problem["type"], "/problems/not-found");
+
+    let (status, _, doc) = get(&server.url("/api/v1/openapi.json"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/healthz", "/readyz", "/api/v1/me"] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_bad_config_value_is_one_clear_line_and_a_failure_exit() {
+    let db = TestDatabase::sqlite();
+    let output = tidings(&db.url)
+        .env("TIDINGS_LISTEN", "not-an-address")
+        .arg("serve")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: invalid configuration"),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("listen"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_one_clear_line_without_the_password() {
+    let output = tidings("postgres://tidings:hunter2@127.0.0.1:1/tidings")
+        .arg("serve")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: cannot open the database at postgres://tidings:***@127.0.0.1:1/tidings"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_config_file_is_read_and_the_environment_overrides_it() {
+    let db = TestDatabase::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tidings.toml");
+    std::fs::write(
+        &file,
+        "database_url = \"sqlite:///nonexistent/ignored.db\"\n\
+         district_name = \"Hill Valley\"\n\
+         first_admin_email = \"boss@hill-valley.example.org\"\n",
+    )
+    .unwrap();
+    let mut command = tidings(&db.url);
+    command.arg("--config").arg(&file);
+    let server = Server::start(&mut command).await;
+    let banner = server.banner.join("\n");
+    assert!(banner.contains("\"Hill Valley\""), "{banner}");
+    assert_eq!(
+        first_login(&server.banner).unwrap().0,
+        "boss@hill-valley.example.org"
+    );
+    assert!(server.terminate().await.success());
+}
