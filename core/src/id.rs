@@ -81,6 +81,8 @@ ids! {
     RecipientId => "recipient";
     /// One message to one guardian over one channel: the unit that is sent.
     DeliveryId => "delivery";
+    /// One run of a roster import.
+    ImportId => "import";
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod contact;
 pub mod delivery;
 pub mod id;
 pub mod message;
+pub mod roster;
 pub mod secret;
 pub mod staff;
 pub mod store;

@@ -8,6 +8,8 @@
 //! compare-and-swap.
 
 pub mod postgres;
+pub mod roster;
+mod roster_sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -21,8 +23,8 @@ pub use sqlite::SqliteStore;
 
 use crate::delivery::{Actor, Delivery, DeliveryEventRecord, Transition};
 use crate::{
-    ApiTokenId, Channel, DeliveryGuarantee, DeliveryId, DistrictId, EmailAddress, GuardianId, Lane,
-    MessageId, MessageKind, RecipientId, Role, SchoolId, Staff, StaffId,
+    ApiTokenId, Channel, DeliveryGuarantee, DeliveryId, DistrictId, EmailAddress, GuardianId,
+    ImportId, Lane, MessageId, MessageKind, RecipientId, Role, SchoolId, Staff, StaffId,
 };
 
 /// Which database a store talks to.
@@ -131,6 +133,61 @@ pub struct FirstAdmin {
     pub email: EmailAddress,
     pub display_name: String,
     pub password_hash: String,
+}
+
+/// Live (not deleted or disabled) rows of a district's directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DirectoryCounts {
+    pub schools: i64,
+    pub students: i64,
+    pub guardians: i64,
+    pub staff: i64,
+    pub classes: i64,
+    pub enrollments: i64,
+    pub guardian_links: i64,
+    pub active_contact_points: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardianDetail {
+    pub guardian: Guardian,
+    pub deleted: bool,
+    /// sourcedIds of the live students they are linked to, sorted.
+    pub students: Vec<String>,
+    pub contact_points: Vec<ContactPointView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContactPointView {
+    pub kind: Channel,
+    pub address: String,
+    pub active: bool,
+    pub inactive_reason: Option<String>,
+    pub source: String,
+}
+
+/// An import about to run.
+#[derive(Debug, Clone)]
+pub struct NewImport {
+    pub id: ImportId,
+    pub district_id: DistrictId,
+    pub staff_id: Option<StaffId>,
+    /// The file or directory name, for people reading the history.
+    pub source_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImportRecord {
+    pub id: ImportId,
+    pub district_id: DistrictId,
+    pub staff_id: Option<StaffId>,
+    pub source_name: String,
+    /// running, succeeded or failed.
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub report: Option<serde_json::Value>,
+    pub error: Option<String>,
 }
 
 /// A stored API token with its owner, for authenticating a bearer.
@@ -266,6 +323,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// The audit trail of one delivery, oldest first.
     async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>>;
+
+    /// How many live rows the district's directory has, per table.
+    async fn directory_counts(&self, district: DistrictId) -> StoreResult<DirectoryCounts>;
+
+    /// A guardian by sourcedId, with their students' sourcedIds and their contact points.
+    async fn guardian_by_sourced_id(
+        &self,
+        district: DistrictId,
+        sourced_id: &str,
+    ) -> StoreResult<Option<GuardianDetail>>;
+
+    /// Every district, oldest first.
+    async fn districts(&self) -> StoreResult<Vec<District>>;
+
+    /// Opens the one transaction a roster import runs in.
+    async fn begin_roster_import(
+        &self,
+        district: DistrictId,
+    ) -> StoreResult<Box<dyn roster::RosterWriter>>;
+
+    /// Records that an import started (outside its transaction, so a failure is kept too).
+    async fn start_import(&self, import: &NewImport, at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// Records how an import ended: its report, or the error that stopped it.
+    async fn finish_import(
+        &self,
+        id: ImportId,
+        outcome: Result<&serde_json::Value, &str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// One import of a district.
+    async fn import_record(
+        &self,
+        district: DistrictId,
+        id: ImportId,
+    ) -> StoreResult<Option<ImportRecord>>;
 
     /// Appends a staff action to the audit log.
     async fn audit(

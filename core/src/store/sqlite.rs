@@ -496,6 +496,186 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn directory_counts(&self, district: DistrictId) -> StoreResult<super::DirectoryCounts> {
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT count(*) FROM schools WHERE district_id = $1 AND deleted_at IS NULL) AS schools, \
+               (SELECT count(*) FROM students WHERE district_id = $1 AND deleted_at IS NULL) AS students, \
+               (SELECT count(*) FROM guardians WHERE district_id = $1 AND deleted_at IS NULL) AS guardians, \
+               (SELECT count(*) FROM staff WHERE district_id = $1 AND disabled_at IS NULL) AS staff, \
+               (SELECT count(*) FROM classes WHERE district_id = $1 AND deleted_at IS NULL) AS classes, \
+               (SELECT count(*) FROM enrollments WHERE district_id = $1 AND deleted_at IS NULL) AS enrollments, \
+               (SELECT count(*) FROM guardian_students WHERE district_id = $1 AND deleted_at IS NULL) AS guardian_links, \
+               (SELECT count(*) FROM contact_points WHERE district_id = $1 AND active) AS active_contact_points",
+        )
+        .bind(text_id(district))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(super::DirectoryCounts {
+            schools: row.try_get("schools")?,
+            students: row.try_get("students")?,
+            guardians: row.try_get("guardians")?,
+            staff: row.try_get("staff")?,
+            classes: row.try_get("classes")?,
+            enrollments: row.try_get("enrollments")?,
+            guardian_links: row.try_get("guardian_links")?,
+            active_contact_points: row.try_get("active_contact_points")?,
+        })
+    }
+
+    async fn guardian_by_sourced_id(
+        &self,
+        district: DistrictId,
+        sourced_id: &str,
+    ) -> StoreResult<Option<super::GuardianDetail>> {
+        let Some(row) = sqlx::query(
+            "SELECT id, district_id, given_name, family_name, preferred_language, sourced_id, \
+                    deleted_at IS NOT NULL AS deleted \
+             FROM guardians WHERE district_id = $1 AND sourced_id = $2",
+        )
+        .bind(text_id(district))
+        .bind(sourced_id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let id = uuid(&row, "id")?;
+        let guardian = Guardian {
+            id: crate::GuardianId::from_uuid(id),
+            district_id: district,
+            given_name: row.try_get("given_name")?,
+            family_name: row.try_get("family_name")?,
+            preferred_language: row.try_get("preferred_language")?,
+            sourced_id: row.try_get("sourced_id")?,
+        };
+        let deleted: bool = row.try_get("deleted")?;
+        let students: Vec<String> = sqlx::query_scalar(
+            "SELECT s.sourced_id FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
+             WHERE gs.guardian_id = $1 AND gs.deleted_at IS NULL AND s.deleted_at IS NULL \
+             ORDER BY s.sourced_id",
+        )
+        .bind(text_id(crate::GuardianId::from_uuid(id)))
+        .fetch_all(&self.pool)
+        .await?;
+        let contact_points = sqlx::query(
+            "SELECT kind, address, active, inactive_reason, source FROM contact_points \
+             WHERE guardian_id = $1 ORDER BY kind, address",
+        )
+        .bind(text_id(crate::GuardianId::from_uuid(id)))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(super::ContactPointView {
+                kind: parse(row, "kind")?,
+                address: row.try_get("address")?,
+                active: row.try_get("active")?,
+                inactive_reason: row.try_get("inactive_reason")?,
+                source: row.try_get("source")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(super::GuardianDetail {
+            guardian,
+            deleted,
+            students,
+            contact_points,
+        }))
+    }
+
+    async fn districts(&self) -> StoreResult<Vec<District>> {
+        sqlx::query("SELECT id, name, default_language, timezone, created_at FROM districts ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(district_from_row)
+            .collect()
+    }
+
+    async fn begin_roster_import(
+        &self,
+        district: DistrictId,
+    ) -> StoreResult<Box<dyn super::roster::RosterWriter>> {
+        Ok(Box::new(
+            roster::RosterTx::begin(&self.pool, *district.as_uuid()).await?,
+        ))
+    }
+
+    async fn start_import(&self, import: &super::NewImport, at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO imports (id, district_id, staff_id, format, source_name, status, started_at) \
+             VALUES ($1, $2, $3, 'oneroster', $4, 'running', $5)",
+        )
+        .bind(text_id(import.id))
+        .bind(text_id(import.district_id))
+        .bind(import.staff_id.map(text_id))
+        .bind(&import.source_name)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_import(
+        &self,
+        id: crate::ImportId,
+        outcome: Result<&serde_json::Value, &str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (status, report, error) = match outcome {
+            Ok(report) => ("succeeded", Some(report), None),
+            Err(error) => ("failed", None, Some(error)),
+        };
+        sqlx::query("UPDATE imports SET status = $1, report = $2, error = $3, finished_at = $4 WHERE id = $5")
+            .bind(status)
+            .bind(report.map(|r| r.to_string()))
+            .bind(error)
+            .bind(at)
+            .bind(text_id(id))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn import_record(
+        &self,
+        district: DistrictId,
+        id: crate::ImportId,
+    ) -> StoreResult<Option<super::ImportRecord>> {
+        let Some(row) = sqlx::query(
+            "SELECT id, district_id, staff_id, source_name, status, started_at, finished_at, report, error \
+             FROM imports WHERE id = $1 AND district_id = $2",
+        )
+        .bind(text_id(id))
+        .bind(text_id(district))
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(super::ImportRecord {
+            id: crate::ImportId::from_uuid(uuid(&row, "id")?),
+            district_id: DistrictId::from_uuid(uuid(&row, "district_id")?),
+            staff_id: row
+                .try_get::<Option<String>, _>("staff_id")?
+                .map(|s| Uuid::parse_str(&s))
+                .transpose()
+                .map_err(corrupt)?
+                .map(crate::StaffId::from_uuid),
+            source_name: row.try_get("source_name")?,
+            status: row.try_get("status")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            report: row
+                .try_get::<Option<String>, _>("report")?
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .map_err(corrupt)?,
+            error: row.try_get("error")?,
+        }))
+    }
+
     async fn audit(
         &self,
         district_id: DistrictId,
@@ -544,4 +724,19 @@ async fn insert_staff(
     .fetch_one(&mut **tx)
     .await?;
     staff_from_row(&row)
+}
+
+/// The roster import's SQL, bound the SQLite way: ids as hyphenated text.
+mod roster {
+    use super::{uuid, SqliteRow, StoreResult};
+
+    fn enc(id: uuid::Uuid) -> String {
+        id.hyphenated().to_string()
+    }
+
+    fn dec(row: &SqliteRow, column: &str) -> StoreResult<uuid::Uuid> {
+        uuid(row, column)
+    }
+
+    crate::store::roster_sql::roster_writer!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "");
 }

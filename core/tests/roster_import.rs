@@ -1,0 +1,525 @@
+//! OneRoster 1.1 import, run against both stores with spec-shaped bundles: siblings,
+//! multi-household students, a byte-order mark, quoting, bad rows, re-import, deletion.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use tidings_core::roster::{self, Bundle, EntityCounts, ImportError, ImportOptions, ImportReport};
+use tidings_core::store::{FirstAdmin, Store};
+use tidings_core::testing::TestDatabase;
+use tidings_core::time::now;
+use tidings_core::{secret, DistrictId, EmailAddress};
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDatabase::sqlite();
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDatabase::postgres().await;
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores! {
+    a_bundle_becomes_the_directory_with_every_bad_row_reported,
+    importing_the_same_bundle_twice_changes_nothing,
+    a_later_bundle_updates_deletes_and_deactivates,
+    a_zip_imports_like_its_directory,
+    a_file_with_a_broken_header_deletes_nothing,
+    a_failed_import_leaves_the_previous_directory_intact,
+}
+
+const MANIFEST: &str = "propertyName,value
+manifest.version,1.0
+oneroster.version,1.1
+file.academicSessions,bulk
+file.categories,absent
+file.classes,bulk
+file.classResources,absent
+file.courses,bulk
+file.courseResources,absent
+file.demographics,bulk
+file.enrollments,bulk
+file.lineItems,absent
+file.orgs,bulk
+file.resources,absent
+file.results,absent
+file.users,bulk
+source.systemName,Example SIS
+";
+
+// A byte-order mark and CRLF line ends, as Excel-touched exports have.
+const ORGS: &str =
+    "\u{feff}sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId\r
+d1,active,2026-08-01T00:00:00Z,Riverside Unified,district,,\r
+sch1,active,2026-08-01T00:00:00Z,\"Lincoln Elementary, Main Campus\",school,101,d1\r
+sch2,active,2026-08-01T00:00:00Z,Roosevelt Middle,school,102,d1\r
+dep1,active,2026-08-01T00:00:00Z,Athletics,department,,sch2\r
+";
+
+const SESSIONS: &str =
+    "sourcedId,status,dateLastModified,title,type,startDate,endDate,parentSourcedId,schoolYear
+t2026,active,2026-08-01T00:00:00Z,2026-2027,schoolYear,2026-08-15,2027-06-10,,2027
+";
+
+const COURSES: &str = "sourcedId,status,dateLastModified,schoolYearSourcedId,title,courseCode,grades,orgSourcedId,subjects,subjectCodes
+co1,active,2026-08-01T00:00:00Z,t2026,Grade 3,G3,03,sch1,,
+co2,active,2026-08-01T00:00:00Z,t2026,Math 7,M7,07,sch2,,
+";
+
+// Columns deliberately out of the specification's order: they are found by name.
+const CLASSES: &str = "title,sourcedId,status,dateLastModified,grades,courseSourcedId,classCode,classType,location,schoolSourcedId,termSourcedIds,subjects,subjectCodes,periods
+\"Grade 3, Room 12\",c1,active,2026-08-01T00:00:00Z,03,co1,G3-12,homeroom,12,sch1,t2026,,,
+Math 7,c2,active,2026-08-01T00:00:00Z,07,co2,M7-1,scheduled,B4,sch2,t2026,math,,1
+Lost,c3,active,2026-08-01T00:00:00Z,07,co2,L,scheduled,,nope,t2026,,,
+";
+
+const USERS_HEADER: &str = "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,userIds,givenName,familyName,middleName,identifier,email,sms,phone,agentSourcedIds,grades,password\n";
+
+/// Lines: header 1; stu1 2; stu2 3; stu3 4–5 (a quoted line break in familyName);
+/// p1 6; p2 7; p3 8; p4 9; t1 10; a1 11; x1 12; stu1 again 13; stu4 14; aide1 15; t2 16.
+const USERS_ROWS: &str = "stu1,active,2026-08-01T00:00:00Z,true,sch1,student,ana,,Ana,Lee,,,,,,\"p1,p2\",03,
+stu2,active,2026-08-01T00:00:00Z,true,sch2,student,ben,,Ben,Lee,,,,,,p1,07,
+stu3,active,2026-08-01T00:00:00Z,true,sch1,student,cal,,\"Cal \"\"CJ\"\"\",\"Diaz
+Moreno\",,,,,,p3,03,
+p1,active,2026-08-01T00:00:00Z,true,sch1,parent,,,Maria,Lee,,,Maria.Lee@Example.org,(202) 555-0143,,\"stu1,stu2\",,
+p2,active,2026-08-01T00:00:00Z,true,sch1,guardian,,,Tom,Lee,,,,,+44 20 7946 0958,,,
+p3,active,2026-08-01T00:00:00Z,true,sch1,parent,,,Rosa,Diaz,,,rosa@diaz.example.net,12345,,,,
+p4,active,2026-08-01T00:00:00Z,true,sch1,relative,,,Luis,Moreno,,,,,,stu3,,
+t1,active,2026-08-01T00:00:00Z,true,sch1,teacher,pquinn,,Pat,Quinn,,,Pat.Quinn@riverside.example.org,,,,,
+a1,active,2026-08-01T00:00:00Z,true,sch2,administrator,,,Alex,Park,,,alex.park@riverside.example.org,,,,,
+x1,active,2026-08-01T00:00:00Z,true,sch1,janitor,,,Sam,Vale,,,,,,,,
+stu1,active,2026-08-01T00:00:00Z,true,sch1,student,ana2,,Ana,Lee,,,,,,,03,
+stu4,active,2026-08-01T00:00:00Z,true,nope,student,,,Dee,Nobody,,,,,,,05,
+aide1,active,2026-08-01T00:00:00Z,true,sch1,aide,,,Ida,Aide,,,,,,,,
+t2,active,2026-08-01T00:00:00Z,true,sch1,teacher,,,No,Email,,,,,,,,
+";
+
+const ENROLLMENTS: &str = "sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,userSourcedId,role,primary,beginDate,endDate
+e1,active,2026-08-01T00:00:00Z,c1,sch1,stu1,student,false,,
+e2,active,2026-08-01T00:00:00Z,c1,sch1,stu3,student,false,,
+e3,active,2026-08-01T00:00:00Z,c2,sch2,stu2,student,false,,
+e4,active,2026-08-01T00:00:00Z,c1,sch1,t1,teacher,true,,
+e5,active,2026-08-01T00:00:00Z,c2,sch2,a1,administrator,false,,
+e6,active,2026-08-01T00:00:00Z,c1,sch1,ghost,student,false,,
+e7,active,2026-08-01T00:00:00Z,c3,sch2,stu1,student,false,,
+";
+
+const DEMOGRAPHICS: &str = "sourcedId,status,dateLastModified,birthDate,sex
+stu1,active,2026-08-01T00:00:00Z,2018-03-04,female
+";
+
+fn files(users_rows: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("manifest.csv", MANIFEST.to_owned()),
+        ("orgs.csv", ORGS.to_owned()),
+        ("academicSessions.csv", SESSIONS.to_owned()),
+        ("courses.csv", COURSES.to_owned()),
+        ("classes.csv", CLASSES.to_owned()),
+        ("users.csv", format!("{USERS_HEADER}{users_rows}")),
+        ("enrollments.csv", ENROLLMENTS.to_owned()),
+        ("demographics.csv", DEMOGRAPHICS.to_owned()),
+    ]
+}
+
+fn write_dir(dir: &Path, files: &[(&str, String)]) {
+    for (name, body) in files {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+}
+
+async fn district(store: &dyn Store) -> DistrictId {
+    let first = FirstAdmin {
+        district_name: "Riverside Unified".into(),
+        email: EmailAddress::parse("admin@riverside.example.org").unwrap(),
+        display_name: "Administrator".into(),
+        password_hash: secret::hash_password("x").unwrap(),
+    };
+    store.bootstrap(&first, now()).await.unwrap().unwrap().0.id
+}
+
+async fn import_dir(
+    store: &dyn Store,
+    district: DistrictId,
+    files: &[(&str, String)],
+) -> Result<ImportReport, ImportError> {
+    let dir = tempfile::tempdir().unwrap();
+    write_dir(dir.path(), files);
+    let bundle = Bundle::open(dir.path()).unwrap();
+    roster::import(store, district, &bundle, &ImportOptions::default(), &|_| {}).await
+}
+
+fn counts(
+    created: u64,
+    updated: u64,
+    deleted: u64,
+    unchanged: u64,
+    rejected: u64,
+    ignored: u64,
+) -> EntityCounts {
+    EntityCounts {
+        created,
+        updated,
+        deleted,
+        unchanged,
+        rejected,
+        ignored,
+    }
+}
+
+async fn a_bundle_becomes_the_directory_with_every_bad_row_reported(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    let report = import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+
+    assert_eq!(report.entities["schools"], counts(2, 0, 0, 0, 0, 1));
+    assert_eq!(report.entities["students"], counts(3, 0, 0, 0, 1, 0));
+    assert_eq!(report.entities["guardians"], counts(4, 0, 0, 0, 0, 0));
+    assert_eq!(report.entities["staff"], counts(2, 0, 0, 0, 1, 1));
+    assert_eq!(report.entities["classes"], counts(2, 0, 0, 0, 1, 0));
+    assert_eq!(report.entities["enrollments"], counts(4, 0, 0, 0, 2, 1));
+    assert_eq!(
+        report.entities["users"].rejected, 2,
+        "bad role and duplicate sourcedId"
+    );
+
+    let mut rejected: Vec<(&str, u64, Option<&str>)> = report
+        .rejected
+        .iter()
+        .map(|r| (r.file, r.line, r.sourced_id.as_deref()))
+        .collect();
+    rejected.sort();
+    assert_eq!(
+        rejected,
+        [
+            ("classes.csv", 4, Some("c3")),
+            ("enrollments.csv", 7, Some("e6")),
+            ("enrollments.csv", 8, Some("e7")),
+            ("users.csv", 12, Some("x1")),
+            ("users.csv", 13, Some("stu1")),
+            ("users.csv", 14, Some("stu4")),
+            ("users.csv", 16, Some("t2")),
+        ]
+    );
+    let reason = |sid: &str| {
+        report
+            .rejected
+            .iter()
+            .find(|r| r.sourced_id.as_deref() == Some(sid))
+            .unwrap()
+            .reason
+            .clone()
+    };
+    assert_eq!(reason("x1"), "invalid role \"janitor\"");
+    assert_eq!(reason("stu1"), "duplicate sourcedId (first on line 2)");
+    assert!(
+        reason("stu4").starts_with("unknown reference"),
+        "{}",
+        reason("stu4")
+    );
+    assert!(
+        reason("c3").contains("schoolSourcedId \"nope\""),
+        "{}",
+        reason("c3")
+    );
+    assert!(
+        reason("e6").contains("userSourcedId \"ghost\""),
+        "{}",
+        reason("e6")
+    );
+    assert!(
+        reason("e7").contains("classSourcedId \"c3\""),
+        "{}",
+        reason("e7")
+    );
+    assert!(reason("t2").contains("email"), "{}", reason("t2"));
+
+    // p3's "12345" is not a phone number: the guardian is imported, the number is not.
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert_eq!(
+        (
+            report.warnings[0].line,
+            report.warnings[0].sourced_id.as_deref()
+        ),
+        (8, Some("p3"))
+    );
+    assert!(
+        report.warnings[0].reason.starts_with("sms not stored"),
+        "{}",
+        report.warnings[0].reason
+    );
+
+    let directory = store.directory_counts(district).await.unwrap();
+    assert_eq!(directory.schools, 2);
+    assert_eq!(directory.students, 3);
+    assert_eq!(directory.guardians, 4);
+    assert_eq!(
+        directory.staff, 3,
+        "the administrator, the teacher and the school admin"
+    );
+    assert_eq!(directory.classes, 2);
+    assert_eq!(directory.enrollments, 4);
+    // stu1–p1, stu1–p2, stu2–p1 (siblings share p1), stu3–p3, stu3–p4 (two households).
+    assert_eq!(directory.guardian_links, 5);
+    assert_eq!(directory.active_contact_points, 4);
+
+    let p1 = store
+        .guardian_by_sourced_id(district, "p1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p1.students,
+        ["stu1", "stu2"],
+        "one guardian of two siblings"
+    );
+    let addresses: Vec<_> = p1
+        .contact_points
+        .iter()
+        .map(|c| (c.kind.as_str(), c.address.as_str(), c.active))
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            ("email", "maria.lee@example.org", true),
+            ("sms", "+12025550143", true)
+        ]
+    );
+    let p2 = store
+        .guardian_by_sourced_id(district, "p2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p2.contact_points[0].address, "+442079460958",
+        "phone is used when sms is blank"
+    );
+    let p4 = store
+        .guardian_by_sourced_id(district, "p4")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p4.students, ["stu3"], "linked from the guardian's side");
+    assert!(p4.contact_points.is_empty());
+    let p3 = store
+        .guardian_by_sourced_id(district, "p3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p3.students, ["stu3"], "linked from the student's side");
+    assert_eq!(
+        report.rows_read["users.csv"], 14,
+        "records, not lines: stu3 spans two"
+    );
+}
+
+async fn importing_the_same_bundle_twice_changes_nothing(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let before = store
+        .guardian_by_sourced_id(district, "p1")
+        .await
+        .unwrap()
+        .unwrap();
+    let directory = store.directory_counts(district).await.unwrap();
+
+    let again = import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    for (entity, c) in &again.entities {
+        assert_eq!(
+            (c.created, c.updated, c.deleted),
+            (0, 0, 0),
+            "{entity}: {c:?}"
+        );
+    }
+    assert_eq!(again.entities["students"].unchanged, 3);
+    assert_eq!(again.entities["enrollments"].unchanged, 4);
+    assert_eq!(store.directory_counts(district).await.unwrap(), directory);
+    assert_eq!(
+        store
+            .guardian_by_sourced_id(district, "p1")
+            .await
+            .unwrap()
+            .unwrap(),
+        before
+    );
+}
+
+async fn a_later_bundle_updates_deletes_and_deactivates(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+
+    // Next night: Maria has a new email, Ben (stu2) left the district, Cal (stu3) is marked
+    // tobedeleted, and Ben's enrollment is gone with him.
+    let users = USERS_ROWS
+        .replace("Maria.Lee@Example.org", "maria@lee.example.com")
+        .replace(
+            "stu2,active,2026-08-01T00:00:00Z,true,sch2,student,ben,,Ben,Lee,,,,,,p1,07,\n",
+            "",
+        )
+        .replace("stu3,active", "stu3,tobedeleted")
+        .replace("\"stu1,stu2\"", "stu1");
+    let mut later = files(&users);
+    later[6].1 = ENROLLMENTS.replace(
+        "e3,active,2026-08-01T00:00:00Z,c2,sch2,stu2,student,false,,\n",
+        "",
+    );
+    let report = import_dir(store.as_ref(), district, &later).await.unwrap();
+
+    assert_eq!(
+        report.entities["guardians"],
+        counts(0, 0, 0, 4, 0, 0),
+        "names unchanged"
+    );
+    assert_eq!(
+        report.entities["students"].deleted, 2,
+        "stu3 by status, stu2 by absence"
+    );
+    assert_eq!(report.entities["enrollments"].deleted, 1);
+
+    let p1 = store
+        .guardian_by_sourced_id(district, "p1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p1.students, ["stu1"]);
+    let emails: Vec<_> = p1
+        .contact_points
+        .iter()
+        .filter(|c| c.kind.as_str() == "email")
+        .map(|c| (c.address.as_str(), c.active, c.inactive_reason.as_deref()))
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            ("maria.lee@example.org", false, Some("removed from roster")),
+            ("maria@lee.example.com", true, None)
+        ]
+    );
+    let directory = store.directory_counts(district).await.unwrap();
+    assert_eq!(directory.students, 1);
+    assert_eq!(
+        directory.enrollments, 3,
+        "e3 went with the bundle; e2 stays, as its row is still there"
+    );
+}
+
+async fn a_zip_imports_like_its_directory(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, body) in files(USERS_ROWS) {
+        // Exports often wrap the files in one folder.
+        zip.start_file(
+            format!("export-2026-11-24/{name}"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.write_all(body.as_bytes()).unwrap();
+    }
+    // Nothing outside the known files is ever extracted.
+    zip.start_file(
+        "../../etc/evil.csv",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    zip.write_all(b"x").unwrap();
+    let bytes = zip.finish().unwrap().into_inner();
+    let bundle = Bundle::from_zip(std::io::Cursor::new(bytes)).unwrap();
+    let from_zip = roster::import(
+        store.as_ref(),
+        district,
+        &bundle,
+        &ImportOptions::default(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(from_zip.entities["students"].created, 3);
+    assert_eq!(from_zip.rejected.len(), 7);
+    assert_eq!(
+        store
+            .directory_counts(district)
+            .await
+            .unwrap()
+            .guardian_links,
+        5
+    );
+}
+
+async fn a_file_with_a_broken_header_deletes_nothing(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let before = store.directory_counts(district).await.unwrap();
+
+    let mut broken = files(USERS_ROWS);
+    broken[5].1 = broken[5].1.replacen("givenName", "first_name", 1);
+    let report = import_dir(store.as_ref(), district, &broken).await.unwrap();
+    let header = report
+        .rejected
+        .iter()
+        .find(|r| r.file == "users.csv")
+        .unwrap();
+    assert_eq!(header.line, 1);
+    assert!(
+        header
+            .reason
+            .starts_with("missing required column(s): givenName"),
+        "{}",
+        header.reason
+    );
+    let after = store.directory_counts(district).await.unwrap();
+    assert_eq!(
+        after.students, before.students,
+        "a bulk file that could not be read deletes nothing"
+    );
+    assert_eq!(after.guardians, before.guardians);
+}
+
+async fn a_failed_import_leaves_the_previous_directory_intact(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+
+    // A school renamed, then a row claiming another district: the import must fail as a
+    // whole, and the rename must not survive.
+    let mut wrong = files(USERS_ROWS);
+    wrong[1].1 = format!(
+        "{}d9,active,2026-08-01T00:00:00Z,Other District,district,,\r\n",
+        ORGS.replace("Roosevelt Middle", "Renamed Middle")
+    );
+    let err = import_dir(store.as_ref(), district, &wrong)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImportError::WrongDistrict { .. }), "{err:?}");
+    let report = import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.entities["schools"],
+        counts(0, 0, 0, 2, 0, 1),
+        "the rename was rolled back"
+    );
+}
