@@ -41,6 +41,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// `tidings serve`: everything in one process, until SIGTERM or Ctrl-C.
 pub async fn serve(
     config: &Config,
+    demo: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(config, config.migrate_on_start).await?;
@@ -53,6 +54,13 @@ pub async fn serve(
         );
     }
     bootstrap(config, store.as_ref()).await?;
+    if demo {
+        let district = crate::import::choose_district(store.as_ref(), None).await?;
+        if let Some(report) = crate::import::load_demo(store.as_ref(), district).await? {
+            let students = report.entities.get("students").map_or(0, |c| c.created);
+            println!("Loaded the demo district: {students} students and their guardians.");
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -72,7 +80,7 @@ pub async fn serve(
 
 /// On an empty database: create the district and its first administrator, and print the
 /// credential once. It is not logged and cannot be shown again.
-async fn bootstrap(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
+pub async fn bootstrap(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
     let email = EmailAddress::parse(&config.first_admin_email)
         .context("invalid configuration: first_admin_email")?;
     let password = secret::generate_password();

@@ -31,6 +31,9 @@ pub struct Config {
     /// Sign-in email of the administrator created on an empty database.
     /// Env: `TIDINGS_FIRST_ADMIN_EMAIL`.
     pub first_admin_email: String,
+    /// Country (ISO 3166 code) for roster phone numbers written without a country code.
+    /// Env: `TIDINGS_DEFAULT_PHONE_REGION`.
+    pub default_phone_region: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             district_name: "My District".into(),
             first_admin_email: "admin@tidings.local".into(),
+            default_phone_region: "US".into(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The `tidings` application: configuration and the commands of the CLI, wired from the
 //! library crates. `main.rs` only parses arguments and calls into here.
 
+pub mod bench;
 pub mod commands;
 pub mod config;
+pub mod import;
 
 pub use config::Config;

@@ -22,13 +22,50 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run everything in one process: API, web admin, callbacks and dispatcher.
-    Serve,
+    Serve {
+        /// Load the bundled demo district into an empty database.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Apply database migrations and exit.
     Migrate,
+    /// Import a roster.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+    /// Measure performance; prints a JSON object as its last line.
+    Bench {
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
     /// Manage staff API tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// A OneRoster 1.1 CSV bundle: a directory or a .zip, as the SIS exports it.
+    Oneroster {
+        path: PathBuf,
+        /// The district to import into (needed only when the database has several).
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchSuite {
+    /// Generate a synthetic district and import it (then re-import it).
+    Import {
+        #[arg(long, default_value_t = 10_000)]
+        students: usize,
+        /// Database to import into; a temporary SQLite file if not given.
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -67,7 +104,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve => commands::serve(&config, shutdown_signal()?).await,
+            Command::Serve { demo } => commands::serve(&config, demo, shutdown_signal()?).await,
+            Command::Import {
+                command: ImportCommand::Oneroster { path, district },
+            } => tidings::import::oneroster(&config, &path, district).await,
+            Command::Bench {
+                suite:
+                    BenchSuite::Import {
+                        students,
+                        database_url,
+                    },
+            } => tidings::bench::import(students, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
             Command::Token {
                 command: TokenCommand::Create { email, name },

@@ -37,8 +37,14 @@ pub struct Server {
 impl Server {
     /// Starts `command serve` and waits (with a deadline) for its listening line.
     pub async fn start(command: &mut Command) -> Server {
+        Self::start_with(command, &[]).await
+    }
+
+    /// Starts `command serve ARGS…`.
+    pub async fn start_with(command: &mut Command, args: &[&str]) -> Server {
         let mut child = command
             .arg("serve")
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

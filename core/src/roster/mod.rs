@@ -18,6 +18,7 @@
 mod bundle;
 pub mod oneroster;
 mod report;
+pub mod synthetic;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;

@@ -1,0 +1,196 @@
+//! `tidings import oneroster PATH` and the bundled demo district.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tidings_core::delivery::Actor;
+use tidings_core::roster::{self, Bundle, ImportOptions, ImportReport};
+use tidings_core::store::{NewImport, Store};
+use tidings_core::time::now;
+use tidings_core::{DistrictId, ImportId};
+
+use crate::commands::open_store;
+use crate::Config;
+
+/// Rejections printed by the CLI; the stored report keeps them all (up to its limit).
+const PRINTED: usize = 50;
+
+/// The district to import into: the one named, or the only one there is.
+pub async fn choose_district(
+    store: &dyn Store,
+    asked: Option<DistrictId>,
+) -> anyhow::Result<DistrictId> {
+    let districts = store.districts().await?;
+    match asked {
+        Some(id) if districts.iter().any(|d| d.id == id) => Ok(id),
+        Some(id) => bail!("no district {id}"),
+        None => match districts.as_slice() {
+            [only] => Ok(only.id),
+            [] => bail!("the database has no district yet"),
+            many => bail!(
+                "the database has {} districts; choose one with --district ({})",
+                many.len(),
+                many.iter()
+                    .map(|d| format!("{} {}", d.id, d.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    }
+}
+
+/// Imports a bundle, recording the run (and its failure, if it fails) in the import history.
+pub async fn run_import(
+    store: &dyn Store,
+    district: DistrictId,
+    bundle: &Bundle,
+    source_name: &str,
+    options: &ImportOptions,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> anyhow::Result<(ImportId, ImportReport)> {
+    let id = ImportId::new();
+    let record = NewImport {
+        id,
+        district_id: district,
+        staff_id: None,
+        source_name: source_name.to_owned(),
+    };
+    store.start_import(&record, now()).await?;
+    match roster::import(store, district, bundle, options, progress).await {
+        Ok(report) => {
+            let json = serde_json::to_value(&report)?;
+            store.finish_import(id, Ok(&json), now()).await?;
+            let detail = serde_json::json!({ "import_id": id, "source": source_name, "entities": json["entities"] });
+            store
+                .audit(
+                    district,
+                    &Actor::system("cli"),
+                    "roster.import",
+                    detail,
+                    now(),
+                )
+                .await?;
+            Ok((id, report))
+        }
+        Err(error) => {
+            let message = tidings_core::store::error_chain(&error);
+            store.finish_import(id, Err(&message), now()).await?;
+            Err(error).context("the import was rolled back; the directory is as it was")
+        }
+    }
+}
+
+/// `tidings import oneroster PATH`.
+pub async fn oneroster(
+    config: &Config,
+    path: &Path,
+    district: Option<DistrictId>,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    crate::commands::bootstrap(config, store.as_ref()).await?;
+    let district = choose_district(store.as_ref(), district).await?;
+    let bundle = Bundle::open(path)?;
+    let options = ImportOptions {
+        default_region: config.default_phone_region.clone(),
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {human_pos} rows imported ({per_sec}, {elapsed})",
+        )
+        .expect("a valid progress template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let progress = {
+        let bar = bar.clone();
+        move |rows: u64| bar.set_position(rows)
+    };
+    let result = run_import(
+        store.as_ref(),
+        district,
+        &bundle,
+        &path.display().to_string(),
+        &options,
+        &progress,
+    )
+    .await;
+    bar.finish_and_clear();
+    let (id, report) = result?;
+    print!("{}", report.summary_table());
+    for problem in report.rejected.iter().take(PRINTED) {
+        println!(
+            "rejected {}:{} {}: {}",
+            problem.file,
+            problem.line,
+            problem.sourced_id.as_deref().unwrap_or("-"),
+            problem.reason
+        );
+    }
+    for problem in report
+        .warnings
+        .iter()
+        .take(PRINTED.saturating_sub(report.rejected.len()))
+    {
+        println!(
+            "warning  {}:{} {}: {}",
+            problem.file,
+            problem.line,
+            problem.sourced_id.as_deref().unwrap_or("-"),
+            problem.reason
+        );
+    }
+    let listed = report.rejected.len() + report.warnings.len();
+    if listed > PRINTED {
+        println!(
+            "… {} more rows with problems are in the stored report",
+            listed - PRINTED
+        );
+    }
+    println!(
+        "import {id}: {} rejected rows, {} warnings",
+        report.rejected.len(),
+        report.warnings.len()
+    );
+    Ok(())
+}
+
+/// The demo district of `demo/`, compiled into the binary so that `serve --demo` works
+/// wherever the binary is.
+const DEMO_FILES: [(&str, &str); 7] = [
+    ("manifest.csv", include_str!("../demo/manifest.csv")),
+    ("orgs.csv", include_str!("../demo/orgs.csv")),
+    (
+        "academicSessions.csv",
+        include_str!("../demo/academicSessions.csv"),
+    ),
+    ("courses.csv", include_str!("../demo/courses.csv")),
+    ("classes.csv", include_str!("../demo/classes.csv")),
+    ("users.csv", include_str!("../demo/users.csv")),
+    ("enrollments.csv", include_str!("../demo/enrollments.csv")),
+];
+
+/// Loads the demo district into an empty directory; does nothing if students exist.
+pub async fn load_demo(
+    store: &dyn Store,
+    district: DistrictId,
+) -> anyhow::Result<Option<ImportReport>> {
+    if store.directory_counts(district).await?.students > 0 {
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir()?;
+    for (name, body) in DEMO_FILES {
+        std::fs::write(dir.path().join(name), body)?;
+    }
+    let bundle = Bundle::open(dir.path())?;
+    let (_, report) = run_import(
+        store,
+        district,
+        &bundle,
+        "demo district",
+        &ImportOptions::default(),
+        &|_| {},
+    )
+    .await?;
+    Ok(Some(report))
+}
