@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tidings_core::roster::{self, Bundle, EntityCounts, ImportError, ImportOptions, ImportReport};
-use tidings_core::store::{FirstAdmin, Store};
+use tidings_core::store::{FirstAdmin, GuardianDetail, GuardianRef, PageRequest, Scope, Store};
 use tidings_core::testing::TestDatabase;
 use tidings_core::time::now;
-use tidings_core::{secret, DistrictId, EmailAddress};
+use tidings_core::{secret, Channel, DistrictId, EmailAddress, GuardianId};
 
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -41,6 +41,8 @@ on_both_stores! {
     a_zip_imports_like_its_directory,
     a_file_with_a_broken_header_deletes_nothing,
     a_failed_import_leaves_the_previous_directory_intact,
+    each_role_sees_only_its_part_of_the_directory,
+    staff_edit_contact_points_and_opt_outs_but_not_a_carrier_stop,
 }
 
 const MANIFEST: &str = "propertyName,value
@@ -181,6 +183,23 @@ fn counts(
     }
 }
 
+async fn guardian(store: &dyn Store, district: DistrictId, sourced_id: &str) -> GuardianDetail {
+    let which = GuardianRef::SourcedId(sourced_id.to_owned());
+    store
+        .guardian_detail(&Scope::District(district), &which)
+        .await
+        .unwrap()
+        .expect("guardian visible")
+}
+
+fn sids(detail: &GuardianDetail) -> Vec<&str> {
+    detail
+        .students
+        .iter()
+        .map(|s| s.sourced_id.as_deref().unwrap())
+        .collect()
+}
+
 async fn a_bundle_becomes_the_directory_with_every_bad_row_reported(store: Arc<dyn Store>) {
     let district = district(store.as_ref()).await;
     let report = import_dir(store.as_ref(), district, &files(USERS_ROWS))
@@ -278,16 +297,8 @@ async fn a_bundle_becomes_the_directory_with_every_bad_row_reported(store: Arc<d
     assert_eq!(directory.guardian_links, 5);
     assert_eq!(directory.active_contact_points, 4);
 
-    let p1 = store
-        .guardian_by_sourced_id(district, "p1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        p1.students,
-        ["stu1", "stu2"],
-        "one guardian of two siblings"
-    );
+    let p1 = guardian(store.as_ref(), district, "p1").await;
+    assert_eq!(sids(&p1), ["stu1", "stu2"], "one guardian of two siblings");
     let addresses: Vec<_> = p1
         .contact_points
         .iter()
@@ -300,28 +311,16 @@ async fn a_bundle_becomes_the_directory_with_every_bad_row_reported(store: Arc<d
             ("sms", "+12025550143", true)
         ]
     );
-    let p2 = store
-        .guardian_by_sourced_id(district, "p2")
-        .await
-        .unwrap()
-        .unwrap();
+    let p2 = guardian(store.as_ref(), district, "p2").await;
     assert_eq!(
         p2.contact_points[0].address, "+442079460958",
         "phone is used when sms is blank"
     );
-    let p4 = store
-        .guardian_by_sourced_id(district, "p4")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(p4.students, ["stu3"], "linked from the guardian's side");
+    let p4 = guardian(store.as_ref(), district, "p4").await;
+    assert_eq!(sids(&p4), ["stu3"], "linked from the guardian's side");
     assert!(p4.contact_points.is_empty());
-    let p3 = store
-        .guardian_by_sourced_id(district, "p3")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(p3.students, ["stu3"], "linked from the student's side");
+    let p3 = guardian(store.as_ref(), district, "p3").await;
+    assert_eq!(sids(&p3), ["stu3"], "linked from the student's side");
     assert_eq!(
         report.rows_read["users.csv"], 14,
         "records, not lines: stu3 spans two"
@@ -333,11 +332,7 @@ async fn importing_the_same_bundle_twice_changes_nothing(store: Arc<dyn Store>) 
     import_dir(store.as_ref(), district, &files(USERS_ROWS))
         .await
         .unwrap();
-    let before = store
-        .guardian_by_sourced_id(district, "p1")
-        .await
-        .unwrap()
-        .unwrap();
+    let before = guardian(store.as_ref(), district, "p1").await;
     let directory = store.directory_counts(district).await.unwrap();
 
     let again = import_dir(store.as_ref(), district, &files(USERS_ROWS))
@@ -353,14 +348,7 @@ async fn importing_the_same_bundle_twice_changes_nothing(store: Arc<dyn Store>) 
     assert_eq!(again.entities["students"].unchanged, 3);
     assert_eq!(again.entities["enrollments"].unchanged, 4);
     assert_eq!(store.directory_counts(district).await.unwrap(), directory);
-    assert_eq!(
-        store
-            .guardian_by_sourced_id(district, "p1")
-            .await
-            .unwrap()
-            .unwrap(),
-        before
-    );
+    assert_eq!(guardian(store.as_ref(), district, "p1").await, before);
 }
 
 async fn a_later_bundle_updates_deletes_and_deactivates(store: Arc<dyn Store>) {
@@ -397,12 +385,8 @@ async fn a_later_bundle_updates_deletes_and_deactivates(store: Arc<dyn Store>) {
     );
     assert_eq!(report.entities["enrollments"].deleted, 1);
 
-    let p1 = store
-        .guardian_by_sourced_id(district, "p1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(p1.students, ["stu1"]);
+    let p1 = guardian(store.as_ref(), district, "p1").await;
+    assert_eq!(sids(&p1), ["stu1"]);
     let emails: Vec<_> = p1
         .contact_points
         .iter()
@@ -490,6 +474,20 @@ async fn a_file_with_a_broken_header_deletes_nothing(store: Arc<dyn Store>) {
         header.reason
     );
     let after = store.directory_counts(district).await.unwrap();
+    // A row that is bad tonight leaves the person as they were: rejected, not deleted.
+    let nameless = USERS_ROWS.replace(",Ben,Lee,", ",,Lee,");
+    let report = import_dir(store.as_ref(), district, &files(&nameless))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.entities["students"].rejected, 2,
+        "Ben, and stu4 as always"
+    );
+    assert_eq!(report.entities["students"].deleted, 0);
+    assert_eq!(
+        store.directory_counts(district).await.unwrap().students,
+        before.students
+    );
     assert_eq!(
         after.students, before.students,
         "a bulk file that could not be read deletes nothing"
@@ -521,5 +519,234 @@ async fn a_failed_import_leaves_the_previous_directory_intact(store: Arc<dyn Sto
         report.entities["schools"],
         counts(0, 0, 0, 2, 0, 1),
         "the rename was rolled back"
+    );
+}
+
+fn all() -> PageRequest {
+    PageRequest {
+        after: None,
+        limit: 100,
+        search: None,
+    }
+}
+
+async fn scope_of(store: &dyn Store, email: &str) -> Scope {
+    let staff = store
+        .staff_by_email(&EmailAddress::parse(email).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    Scope::of(&staff)
+}
+
+async fn each_role_sees_only_its_part_of_the_directory(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let s = store.as_ref();
+    let names = |v: Vec<tidings_core::store::StudentView>| -> Vec<String> {
+        let mut sids: Vec<String> = v.into_iter().map(|s| s.sourced_id.unwrap()).collect();
+        sids.sort();
+        sids
+    };
+    let gnames = |v: Vec<tidings_core::store::GuardianView>| -> Vec<String> {
+        let mut sids: Vec<String> = v.into_iter().map(|g| g.sourced_id.unwrap()).collect();
+        sids.sort();
+        sids
+    };
+
+    // Pat Quinn teaches c1: Ana (stu1) and Cal (stu3), and sees their guardians.
+    let teacher = scope_of(s, "pat.quinn@riverside.example.org").await;
+    assert!(matches!(teacher, Scope::Teacher(..)));
+    assert_eq!(
+        names(s.students(&teacher, &all()).await.unwrap()),
+        ["stu1", "stu3"]
+    );
+    assert_eq!(
+        gnames(s.guardians(&teacher, &all()).await.unwrap()),
+        ["p1", "p2", "p3", "p4"]
+    );
+    let classes: Vec<_> = s
+        .classes(&teacher, &all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.sourced_id.unwrap())
+        .collect();
+    assert_eq!(classes, ["c1"]);
+    let schools: Vec<_> = s
+        .schools(&teacher, &all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.sourced_id.unwrap())
+        .collect();
+    assert_eq!(schools, ["sch1"]);
+    // Maria (p1) also has Ben at Roosevelt Middle: the teacher does not see him.
+    let p1 = s
+        .guardian_detail(&teacher, &GuardianRef::SourcedId("p1".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sids(&p1), ["stu1"]);
+
+    // Alex Park administers Roosevelt Middle (sch2): Ben, and Maria through him.
+    let school_admin = scope_of(s, "alex.park@riverside.example.org").await;
+    assert!(matches!(school_admin, Scope::Schools(..)));
+    assert_eq!(
+        names(s.students(&school_admin, &all()).await.unwrap()),
+        ["stu2"]
+    );
+    assert_eq!(
+        gnames(s.guardians(&school_admin, &all()).await.unwrap()),
+        ["p1"]
+    );
+    let p1 = s
+        .guardian_detail(&school_admin, &GuardianRef::SourcedId("p1".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sids(&p1), ["stu2"]);
+    let hidden = s
+        .guardian_detail(&school_admin, &GuardianRef::SourcedId("p3".into()))
+        .await
+        .unwrap();
+    assert!(
+        hidden.is_none(),
+        "a guardian of another school's student is not visible"
+    );
+    let by_id = s
+        .guardian_detail(
+            &school_admin,
+            &GuardianRef::Id(guardian(s, district, "p3").await.guardian.id),
+        )
+        .await
+        .unwrap();
+    assert!(by_id.is_none(), "not by id either");
+
+    // The district administrator sees everyone; search and paging work on names and sourcedIds.
+    let admin = scope_of(s, "admin@riverside.example.org").await;
+    assert_eq!(
+        names(s.students(&admin, &all()).await.unwrap()),
+        ["stu1", "stu2", "stu3"]
+    );
+    let lee = PageRequest {
+        search: Some("LEE".into()),
+        ..all()
+    };
+    assert_eq!(
+        names(s.students(&admin, &lee).await.unwrap()),
+        ["stu1", "stu2"]
+    );
+    let by_sid = PageRequest {
+        search: Some("stu3".into()),
+        ..all()
+    };
+    assert_eq!(names(s.students(&admin, &by_sid).await.unwrap()), ["stu3"]);
+    let wildcard = PageRequest {
+        search: Some("%".into()),
+        ..all()
+    };
+    assert!(
+        s.students(&admin, &wildcard).await.unwrap().is_empty(),
+        "% is a literal, not a wildcard"
+    );
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .guardians(
+                &admin,
+                &PageRequest {
+                    after,
+                    limit: 3,
+                    search: None,
+                },
+            )
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|g| g.id);
+        seen.extend(page.into_iter().map(|g| g.sourced_id.unwrap()));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["p1", "p2", "p3", "p4"],
+        "pages cover every guardian once"
+    );
+}
+
+async fn staff_edit_contact_points_and_opt_outs_but_not_a_carrier_stop(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let s = store.as_ref();
+    let p2 = guardian(s, district, "p2").await;
+    let id = GuardianId::from_uuid(p2.guardian.id);
+    let at = now();
+
+    let added = s
+        .add_contact_point(district, id, Channel::Email, "tom@lee.example.org", at)
+        .await
+        .unwrap();
+    assert_eq!((added.source.as_str(), added.active), ("staff", true));
+    let off = s
+        .set_contact_point_active(
+            id,
+            tidings_core::ContactPointId::from_uuid(added.id),
+            false,
+            at,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (off.active, off.inactive_reason.as_deref()),
+        (false, Some("deactivated by staff"))
+    );
+    let again = s
+        .add_contact_point(district, id, Channel::Email, "tom@lee.example.org", at)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.id, again.active),
+        (added.id, true),
+        "re-adding reactivates the same contact point"
+    );
+
+    let first = s
+        .add_opt_out(district, id, Channel::Email, "staff", at)
+        .await
+        .unwrap();
+    let second = s
+        .add_opt_out(district, id, Channel::Email, "staff", at)
+        .await
+        .unwrap();
+    assert_eq!(first.id, second.id, "opting out twice is one opt-out");
+    let stop = s
+        .add_opt_out(district, id, Channel::Sms, "carrier", at)
+        .await
+        .unwrap();
+    assert_eq!(guardian(s, district, "p2").await.opt_outs.len(), 2);
+
+    let revoked = s.revoke_opt_out(id, first.id, at).await.unwrap().unwrap();
+    assert_eq!(revoked.source, "staff");
+    let kept = s.revoke_opt_out(id, stop.id, at).await.unwrap().unwrap();
+    assert_eq!(kept.source, "carrier");
+    let remaining: Vec<_> = guardian(s, district, "p2")
+        .await
+        .opt_outs
+        .into_iter()
+        .map(|o| o.source)
+        .collect();
+    assert_eq!(
+        remaining,
+        ["carrier"],
+        "only the guardian's START undoes a carrier STOP"
     );
 }

@@ -478,6 +478,7 @@ impl Run<'_> {
             grade: Option<String>,
         }
         let (mut students, mut guardians, mut staff) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seen: HashMap<&'static str, Vec<(String, u64)>> = HashMap::new();
         for record in records {
             let sid = file.get(&record, "sourcedId").to_owned();
             let role = file.get(&record, "role").to_ascii_lowercase();
@@ -497,6 +498,11 @@ impl Run<'_> {
                     continue;
                 }
             };
+            // Marked seen even when rejected below: a bad row leaves the person as they
+            // were, it does not delete them.
+            seen.entry(entity)
+                .or_default()
+                .push((sid.clone(), record.line));
             let st = match status(file.get(&record, "status")) {
                 Ok(st) => st,
                 Err(reason) => {
@@ -526,13 +532,16 @@ impl Run<'_> {
                 self.rejected_user_lines.insert(user.line);
                 continue;
             }
-            let keys = [(user.sid.clone(), user.line)];
-            self.writer.mark_seen(entity, &keys).await?;
             match entity {
                 "students" => students.push((user, false)),
                 "guardians" => guardians.push(user),
                 _ => staff.push((user, role == "administrator")),
             }
+        }
+
+        // What the bundle contains, per role, for deleting what it no longer does.
+        for (entity, keys) in seen {
+            self.writer.mark_seen(entity, &keys).await?;
         }
 
         // Students: their school is the first of their orgs that is a school.

@@ -7,6 +7,8 @@
 //! what a transition means — that is [`crate::delivery::next`] — it only applies one with a
 //! compare-and-swap.
 
+pub mod directory;
+mod directory_sql;
 pub mod postgres;
 pub mod roster;
 mod roster_sql;
@@ -18,13 +20,18 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use directory::{
+    ClassView, ContactPointView, GuardianDetail, GuardianRef, GuardianView, OptOutView,
+    PageRequest, SchoolView, Scope, StudentView,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::delivery::{Actor, Delivery, DeliveryEventRecord, Transition};
 use crate::{
-    ApiTokenId, Channel, DeliveryGuarantee, DeliveryId, DistrictId, EmailAddress, GuardianId,
-    ImportId, Lane, MessageId, MessageKind, RecipientId, Role, SchoolId, Staff, StaffId,
+    ApiTokenId, Channel, ContactPointId, DeliveryGuarantee, DeliveryId, DistrictId, EmailAddress,
+    GuardianId, ImportId, Lane, MessageId, MessageKind, RecipientId, Role, SchoolId, Staff,
+    StaffId,
 };
 
 /// Which database a store talks to.
@@ -146,24 +153,6 @@ pub struct DirectoryCounts {
     pub enrollments: i64,
     pub guardian_links: i64,
     pub active_contact_points: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GuardianDetail {
-    pub guardian: Guardian,
-    pub deleted: bool,
-    /// sourcedIds of the live students they are linked to, sorted.
-    pub students: Vec<String>,
-    pub contact_points: Vec<ContactPointView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ContactPointView {
-    pub kind: Channel,
-    pub address: String,
-    pub active: bool,
-    pub inactive_reason: Option<String>,
-    pub source: String,
 }
 
 /// An import about to run.
@@ -327,12 +316,55 @@ pub trait Store: Send + Sync + 'static {
     /// How many live rows the district's directory has, per table.
     async fn directory_counts(&self, district: DistrictId) -> StoreResult<DirectoryCounts>;
 
-    /// A guardian by sourcedId, with their students' sourcedIds and their contact points.
-    async fn guardian_by_sourced_id(
+    async fn schools(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<SchoolView>>;
+    async fn classes(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<ClassView>>;
+    async fn students(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<StudentView>>;
+    async fn guardians(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<GuardianView>>;
+
+    /// A guardian the scope may see, with the students the scope may see among theirs,
+    /// their contact points and their active opt-outs.
+    async fn guardian_detail(
+        &self,
+        scope: &Scope,
+        which: &GuardianRef,
+    ) -> StoreResult<Option<GuardianDetail>>;
+
+    /// Adds (or reactivates) a contact point entered by staff.
+    async fn add_contact_point(
         &self,
         district: DistrictId,
-        sourced_id: &str,
-    ) -> StoreResult<Option<GuardianDetail>>;
+        guardian: GuardianId,
+        kind: Channel,
+        address: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ContactPointView>;
+
+    async fn set_contact_point_active(
+        &self,
+        guardian: GuardianId,
+        contact_point: ContactPointId,
+        active: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<ContactPointView>>;
+
+    /// Records an opt-out (idempotent: an active one of the same source is returned).
+    async fn add_opt_out(
+        &self,
+        district: DistrictId,
+        guardian: GuardianId,
+        channel: Channel,
+        source: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<OptOutView>;
+
+    /// Revokes an opt-out unless it is a carrier STOP (which only the guardian's START
+    /// undoes); returns the opt-out found, revoked or not.
+    async fn revoke_opt_out(
+        &self,
+        guardian: GuardianId,
+        opt_out: uuid::Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<OptOutView>>;
 
     /// Every district, oldest first.
     async fn districts(&self) -> StoreResult<Vec<District>>;

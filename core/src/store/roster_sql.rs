@@ -8,9 +8,10 @@
 /// - `db`: the sqlx database type;
 /// - `enc`: `fn(Uuid) -> T` where `T` is how that dialect binds an id;
 /// - `dec`: `fn(&Row, &str) -> StoreResult<Uuid>`;
-/// - `as_text`: SQL suffix turning an id column into hyphenated text (`"::text"` or `""`).
+/// - `as_text`: SQL suffix turning an id column into hyphenated text (`"::text"` or `""`);
+/// - `setup`: statements run first in the import's transaction.
 macro_rules! roster_writer {
-    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal) => {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal, setup: [$($setup:literal),*]) => {
         use $crate::store::roster::{
             ClassRow, EnrollmentRow, ExistingRow, GuardianLink, GuardianRow,
             RosterContact, RosterTable, RosterWriter, SchoolRow, StaffByEmail, StaffRow,
@@ -32,6 +33,7 @@ macro_rules! roster_writer {
                 district: uuid::Uuid,
             ) -> $crate::store::StoreResult<Self> {
                 let mut tx = pool.begin().await?;
+                $(sqlx::query($setup).execute(&mut *tx).await?;)*
                 sqlx::query(
                     "CREATE TEMP TABLE roster_seen (entity TEXT NOT NULL, key TEXT NOT NULL, \
                      line BIGINT NOT NULL, PRIMARY KEY (entity, key))",

@@ -1,0 +1,344 @@
+//! The directory's SQL, written once for both dialects (like `roster_sql`): the scope of
+//! the caller is a fragment of the WHERE clause, chosen here, never by a handler.
+
+use super::directory::Scope;
+
+/// Students (aliased `alias`) the scope may see. Uses `$2` for the staff id.
+pub(crate) fn student_filter(scope: &Scope, alias: &str) -> String {
+    match scope {
+        Scope::District(_) => "TRUE".to_owned(),
+        Scope::Schools(..) => format!("{alias}.school_id IN (SELECT school_id FROM staff_schools WHERE staff_id = $2)"),
+        Scope::Teacher(..) => format!(
+            "{alias}.id IN (SELECT e.student_id FROM enrollments e JOIN enrollments t ON t.class_id = e.class_id \
+             WHERE t.staff_id = $2 AND t.role = 'teacher' AND t.deleted_at IS NULL \
+             AND e.role = 'student' AND e.deleted_at IS NULL)"
+        ),
+    }
+}
+
+pub(crate) fn school_filter(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::District(_) => "TRUE",
+        Scope::Schools(..) => "x.id IN (SELECT school_id FROM staff_schools WHERE staff_id = $2)",
+        Scope::Teacher(..) => {
+            "x.id IN (SELECT c.school_id FROM classes c JOIN enrollments t ON t.class_id = c.id \
+             WHERE t.staff_id = $2 AND t.role = 'teacher' AND t.deleted_at IS NULL AND c.deleted_at IS NULL)"
+        }
+    }
+}
+
+pub(crate) fn class_filter(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::District(_) => "TRUE",
+        Scope::Schools(..) => "x.school_id IN (SELECT school_id FROM staff_schools WHERE staff_id = $2)",
+        Scope::Teacher(..) => {
+            "x.id IN (SELECT class_id FROM enrollments WHERE staff_id = $2 AND role = 'teacher' AND deleted_at IS NULL)"
+        }
+    }
+}
+
+pub(crate) fn guardian_filter(scope: &Scope) -> String {
+    match scope {
+        Scope::District(_) => "TRUE".to_owned(),
+        other => format!(
+            "x.id IN (SELECT gs.guardian_id FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
+             WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL AND {})",
+            student_filter(other, "s")
+        ),
+    }
+}
+
+/// `SELECT … FROM table x` scoped and paged: `$1` district, `$2` staff, `$3` after,
+/// `$4` search pattern, `$5` limit.
+pub(crate) fn page_query(columns: &str, table: &str, filter: &str, name: &str) -> String {
+    format!(
+        "SELECT {columns} FROM {table} x WHERE x.district_id = $1 AND x.deleted_at IS NULL AND ({filter}) \
+         AND ($3 IS NULL OR x.id > $3) \
+         AND ($4 IS NULL OR lower({name}) LIKE $4 ESCAPE '\\' OR lower(x.sourced_id) LIKE $4 ESCAPE '\\') \
+         ORDER BY x.id LIMIT $5"
+    )
+}
+
+/// Expands to `Directory`, the directory queries of one dialect, as free functions on a
+/// pool. Parameters as for `roster_writer!`.
+macro_rules! directory_queries {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path) => {
+        use $crate::store::directory::{
+            ClassView, ContactPointView, GuardianDetail, GuardianRef, GuardianView, OptOutView, PageRequest,
+            SchoolView, Scope, StudentView,
+        };
+        use $crate::store::directory_sql::{class_filter, guardian_filter, page_query, school_filter, student_filter};
+        use $crate::store::StoreResult;
+
+        type Row = <$db as sqlx::Database>::Row;
+        #[allow(unused_imports)]
+        use sqlx::Row as _RowTrait;
+
+        fn parse_col<T: std::str::FromStr>(row: &Row, column: &str) -> StoreResult<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            let raw: String = row.try_get(column)?;
+            raw.parse().map_err(|e| $crate::store::StoreError::Corrupt(format!("{column}: {e}")))
+        }
+
+        fn student(row: &Row) -> StoreResult<StudentView> {
+            Ok(StudentView {
+                id: $dec(row, "id")?,
+                sourced_id: row.try_get("sourced_id")?,
+                school_id: $dec(row, "school_id")?,
+                given_name: row.try_get("given_name")?,
+                family_name: row.try_get("family_name")?,
+                grade: row.try_get("grade")?,
+            })
+        }
+
+        fn guardian(row: &Row) -> StoreResult<GuardianView> {
+            Ok(GuardianView {
+                id: $dec(row, "id")?,
+                sourced_id: row.try_get("sourced_id")?,
+                given_name: row.try_get("given_name")?,
+                family_name: row.try_get("family_name")?,
+                preferred_language: row.try_get("preferred_language")?,
+            })
+        }
+
+        fn contact(row: &Row) -> StoreResult<ContactPointView> {
+            Ok(ContactPointView {
+                id: $dec(row, "id")?,
+                kind: parse_col(row, "kind")?,
+                address: row.try_get("address")?,
+                active: row.try_get("active")?,
+                inactive_reason: row.try_get("inactive_reason")?,
+                source: row.try_get("source")?,
+            })
+        }
+
+        fn opt_out(row: &Row) -> StoreResult<OptOutView> {
+            Ok(OptOutView {
+                id: $dec(row, "id")?,
+                channel: parse_col(row, "channel")?,
+                source: row.try_get("source")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        const STUDENT_COLUMNS: &str = "x.id, x.sourced_id, x.school_id, x.given_name, x.family_name, x.grade";
+        const GUARDIAN_COLUMNS: &str = "x.id, x.sourced_id, x.given_name, x.family_name, x.preferred_language";
+
+        async fn page(
+            pool: &sqlx::Pool<$db>,
+            sql: &str,
+            scope: &Scope,
+            page: &PageRequest,
+        ) -> StoreResult<Vec<Row>> {
+            Ok(sqlx::query(sql)
+                .bind($enc(*scope.district().as_uuid()))
+                .bind($enc(scope.staff()))
+                .bind(page.after.map($enc))
+                .bind(page.pattern())
+                .bind(i64::from(page.limit))
+                .fetch_all(pool)
+                .await?)
+        }
+
+        pub async fn schools(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<SchoolView>> {
+            let sql = page_query("x.id, x.sourced_id, x.name, x.timezone", "schools", school_filter(scope), "x.name");
+            page(pool, &sql, scope, request).await?.iter().map(|row| Ok(SchoolView {
+                id: $dec(row, "id")?,
+                sourced_id: row.try_get("sourced_id")?,
+                name: row.try_get("name")?,
+                timezone: row.try_get("timezone")?,
+            })).collect()
+        }
+
+        pub async fn classes(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<ClassView>> {
+            let sql = page_query("x.id, x.sourced_id, x.school_id, x.title", "classes", class_filter(scope), "x.title");
+            page(pool, &sql, scope, request).await?.iter().map(|row| Ok(ClassView {
+                id: $dec(row, "id")?,
+                sourced_id: row.try_get("sourced_id")?,
+                school_id: $dec(row, "school_id")?,
+                title: row.try_get("title")?,
+            })).collect()
+        }
+
+        pub async fn students(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<StudentView>> {
+            let sql = page_query(STUDENT_COLUMNS, "students", &student_filter(scope, "x"), "x.given_name || ' ' || x.family_name");
+            page(pool, &sql, scope, request).await?.iter().map(student).collect()
+        }
+
+        pub async fn guardians(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<GuardianView>> {
+            let sql = page_query(GUARDIAN_COLUMNS, "guardians", &guardian_filter(scope), "x.given_name || ' ' || x.family_name");
+            page(pool, &sql, scope, request).await?.iter().map(guardian).collect()
+        }
+
+        /// A guardian the scope may see, with the students the scope may see among theirs.
+        pub async fn guardian_detail(pool: &sqlx::Pool<$db>, scope: &Scope, which: &GuardianRef) -> StoreResult<Option<GuardianDetail>> {
+            let key = match which {
+                GuardianRef::Id(_) => "x.id = $3",
+                GuardianRef::SourcedId(_) => "x.sourced_id = $3",
+            };
+            let sql = format!(
+                "SELECT {GUARDIAN_COLUMNS} FROM guardians x WHERE x.district_id = $1 AND x.deleted_at IS NULL \
+                 AND ({}) AND {key}",
+                guardian_filter(scope)
+            );
+            let query = sqlx::query(&sql).bind($enc(*scope.district().as_uuid())).bind($enc(scope.staff()));
+            let query = match which {
+                GuardianRef::Id(id) => query.bind($enc(*id)),
+                GuardianRef::SourcedId(sid) => query.bind(sid.as_str()),
+            };
+            let Some(row) = query.fetch_optional(pool).await? else {
+                return Ok(None);
+            };
+            let found = guardian(&row)?;
+            let students_sql = format!(
+                "SELECT {STUDENT_COLUMNS} FROM students x JOIN guardian_students gs ON gs.student_id = x.id \
+                 WHERE x.district_id = $1 AND gs.guardian_id = $3 AND gs.deleted_at IS NULL AND x.deleted_at IS NULL \
+                 AND ({}) ORDER BY x.family_name, x.given_name, x.id",
+                student_filter(scope, "x")
+            );
+            let students = sqlx::query(&students_sql)
+                .bind($enc(*scope.district().as_uuid()))
+                .bind($enc(scope.staff()))
+                .bind($enc(found.id))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(student)
+                .collect::<StoreResult<Vec<_>>>()?;
+            let contact_points = sqlx::query(
+                "SELECT id, kind, address, active, inactive_reason, source FROM contact_points \
+                 WHERE guardian_id = $1 ORDER BY kind, address",
+            )
+            .bind($enc(found.id))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(contact)
+            .collect::<StoreResult<Vec<_>>>()?;
+            let opt_outs = sqlx::query(
+                "SELECT id, channel, source, created_at FROM opt_outs \
+                 WHERE guardian_id = $1 AND revoked_at IS NULL ORDER BY created_at",
+            )
+            .bind($enc(found.id))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(opt_out)
+            .collect::<StoreResult<Vec<_>>>()?;
+            Ok(Some(GuardianDetail { guardian: found, students, contact_points, opt_outs }))
+        }
+
+        pub async fn add_contact_point(
+            pool: &sqlx::Pool<$db>,
+            district: uuid::Uuid,
+            guardian: uuid::Uuid,
+            kind: $crate::Channel,
+            address: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<ContactPointView> {
+            let row = sqlx::query(
+                "INSERT INTO contact_points (id, district_id, guardian_id, kind, address, source, verified, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'staff', false, $6, $6) \
+                 ON CONFLICT (guardian_id, kind, address) DO UPDATE SET active = true, inactive_reason = NULL, \
+                 updated_at = excluded.updated_at \
+                 RETURNING id, kind, address, active, inactive_reason, source",
+            )
+            .bind($enc(uuid::Uuid::now_v7()))
+            .bind($enc(district))
+            .bind($enc(guardian))
+            .bind(kind.as_str())
+            .bind(address)
+            .bind(at)
+            .fetch_one(pool)
+            .await?;
+            contact(&row)
+        }
+
+        pub async fn set_contact_point_active(
+            pool: &sqlx::Pool<$db>,
+            guardian: uuid::Uuid,
+            contact_point: uuid::Uuid,
+            active: bool,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<Option<ContactPointView>> {
+            let row = sqlx::query(
+                "UPDATE contact_points SET active = $1, \
+                 inactive_reason = CASE WHEN $1 THEN NULL ELSE 'deactivated by staff' END, updated_at = $2 \
+                 WHERE id = $3 AND guardian_id = $4 \
+                 RETURNING id, kind, address, active, inactive_reason, source",
+            )
+            .bind(active)
+            .bind(at)
+            .bind($enc(contact_point))
+            .bind($enc(guardian))
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(contact).transpose()
+        }
+
+        pub async fn add_opt_out(
+            pool: &sqlx::Pool<$db>,
+            district: uuid::Uuid,
+            guardian: uuid::Uuid,
+            channel: $crate::Channel,
+            source: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<OptOutView> {
+            sqlx::query(
+                "INSERT INTO opt_outs (id, district_id, guardian_id, channel, source, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (guardian_id, channel, source) WHERE revoked_at IS NULL DO NOTHING",
+            )
+            .bind($enc(uuid::Uuid::now_v7()))
+            .bind($enc(district))
+            .bind($enc(guardian))
+            .bind(channel.as_str())
+            .bind(source)
+            .bind(at)
+            .execute(pool)
+            .await?;
+            let row = sqlx::query(
+                "SELECT id, channel, source, created_at FROM opt_outs \
+                 WHERE guardian_id = $1 AND channel = $2 AND source = $3 AND revoked_at IS NULL",
+            )
+            .bind($enc(guardian))
+            .bind(channel.as_str())
+            .bind(source)
+            .fetch_one(pool)
+            .await?;
+            opt_out(&row)
+        }
+
+        /// Revokes an opt-out that is not a carrier STOP; returns the opt-out as it was.
+        pub async fn revoke_opt_out(
+            pool: &sqlx::Pool<$db>,
+            guardian: uuid::Uuid,
+            id: uuid::Uuid,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<Option<OptOutView>> {
+            let row = sqlx::query(
+                "SELECT id, channel, source, created_at FROM opt_outs \
+                 WHERE id = $1 AND guardian_id = $2 AND revoked_at IS NULL",
+            )
+            .bind($enc(id))
+            .bind($enc(guardian))
+            .fetch_optional(pool)
+            .await?;
+            let Some(found) = row.as_ref().map(opt_out).transpose()? else {
+                return Ok(None);
+            };
+            if found.source != "carrier" {
+                sqlx::query("UPDATE opt_outs SET revoked_at = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind($enc(id))
+                    .execute(pool)
+                    .await?;
+            }
+            Ok(Some(found))
+        }
+    };
+}
+
+pub(crate) use directory_queries;
