@@ -70,7 +70,10 @@ pub async fn serve(
     // Scripts and tests read this line to find the port when listening on port 0.
     println!("Tidings is listening on http://{address}");
 
-    let router = tidings_api::router(tidings_api::AppState { store });
+    let router = tidings_api::router(tidings_api::AppState {
+        store,
+        default_phone_region: config.default_phone_region.clone(),
+    });
     tidings_api::serve(listener, router, shutdown)
         .await
         .context("HTTP server failed")?;

@@ -4,10 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tidings_core::delivery::Actor;
 use tidings_core::roster::{self, Bundle, ImportOptions, ImportReport};
-use tidings_core::store::{NewImport, Store};
-use tidings_core::time::now;
+use tidings_core::store::Store;
 use tidings_core::{DistrictId, ImportId};
 
 use crate::commands::open_store;
@@ -40,7 +38,7 @@ pub async fn choose_district(
     }
 }
 
-/// Imports a bundle, recording the run (and its failure, if it fails) in the import history.
+/// Imports a bundle from the command line, recording the run in the import history.
 pub async fn run_import(
     store: &dyn Store,
     district: DistrictId,
@@ -49,36 +47,17 @@ pub async fn run_import(
     options: &ImportOptions,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> anyhow::Result<(ImportId, ImportReport)> {
-    let id = ImportId::new();
-    let record = NewImport {
-        id,
-        district_id: district,
-        staff_id: None,
-        source_name: source_name.to_owned(),
-    };
-    store.start_import(&record, now()).await?;
-    match roster::import(store, district, bundle, options, progress).await {
-        Ok(report) => {
-            let json = serde_json::to_value(&report)?;
-            store.finish_import(id, Ok(&json), now()).await?;
-            let detail = serde_json::json!({ "import_id": id, "source": source_name, "entities": json["entities"] });
-            store
-                .audit(
-                    district,
-                    &Actor::system("cli"),
-                    "roster.import",
-                    detail,
-                    now(),
-                )
-                .await?;
-            Ok((id, report))
-        }
-        Err(error) => {
-            let message = tidings_core::store::error_chain(&error);
-            store.finish_import(id, Err(&message), now()).await?;
-            Err(error).context("the import was rolled back; the directory is as it was")
-        }
-    }
+    roster::import_recorded(
+        store,
+        district,
+        None,
+        bundle,
+        source_name,
+        options,
+        progress,
+    )
+    .await
+    .context("the import was rolled back; the directory is as it was")
 }
 
 /// `tidings import oneroster PATH`.

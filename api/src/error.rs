@@ -18,6 +18,14 @@ pub enum ApiError {
     NotFound,
     #[error("the request body is not valid: {0}")]
     InvalidBody(String),
+    #[error("the query string is not valid: {0}")]
+    InvalidQuery(String),
+    #[error("the request body is larger than this endpoint accepts")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the roster could not be imported: {0}")]
+    InvalidRoster(String),
     #[error("not ready: {0}")]
     NotReady(String),
     /// Something failed on our side. The cause is logged with the request id, never
@@ -63,6 +71,22 @@ impl ApiError {
                 "/problems/invalid-body",
                 "Invalid request body",
             ),
+            ApiError::InvalidQuery(_) => (
+                StatusCode::BAD_REQUEST,
+                "/problems/invalid-query",
+                "Invalid query string",
+            ),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "/problems/payload-too-large",
+                "Request body too large",
+            ),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "/problems/conflict", "Conflict"),
+            ApiError::InvalidRoster(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/invalid-roster",
+                "Roster not imported",
+            ),
             ApiError::NotReady(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "/problems/not-ready",
@@ -106,5 +130,33 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every problem type is documented in the README's errors table, with its status.
+    #[test]
+    fn the_readme_lists_every_problem_type() {
+        let readme = include_str!("../../README.md");
+        let every = [
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::NotFound,
+            ApiError::InvalidBody(String::new()),
+            ApiError::InvalidQuery(String::new()),
+            ApiError::PayloadTooLarge,
+            ApiError::Conflict(String::new()),
+            ApiError::InvalidRoster(String::new()),
+            ApiError::NotReady(String::new()),
+            ApiError::Internal(StoreError::Corrupt(String::new())),
+        ];
+        for error in every {
+            let (status, kind, _) = error.parts();
+            let row = format!("| `{kind}` | {} |", status.as_u16());
+            assert!(readme.contains(&row), "README.md lacks {row}");
+        }
     }
 }

@@ -3,15 +3,18 @@
 //! `Result<_, ApiError>`; they hold no SQL and no provider logic.
 
 mod auth;
+mod directory;
 pub mod error;
+mod extract;
 mod health;
+mod imports;
 mod openapi;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use tidings_core::store::Store;
 use tower_http::trace::TraceLayer;
@@ -28,6 +31,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Region for phone numbers staff type without a country code (ISO 3166, e.g. "US").
+    pub default_phone_region: String,
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for
@@ -41,6 +46,32 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(ApiDoc::openapi()) }),
         )
         .route("/api/v1/me", get(auth::me))
+        .route("/api/v1/schools", get(directory::list_schools))
+        .route("/api/v1/classes", get(directory::list_classes))
+        .route("/api/v1/students", get(directory::list_students))
+        .route("/api/v1/guardians", get(directory::list_guardians))
+        .route("/api/v1/guardians/{id}", get(directory::get_guardian))
+        .route(
+            "/api/v1/guardians/{id}/contact-points",
+            post(directory::add_contact_point),
+        )
+        .route(
+            "/api/v1/guardians/{id}/contact-points/{contact_point}",
+            patch(directory::change_contact_point),
+        )
+        .route(
+            "/api/v1/guardians/{id}/opt-outs",
+            post(directory::add_opt_out),
+        )
+        .route(
+            "/api/v1/guardians/{id}/opt-outs/{opt_out}",
+            delete(directory::revoke_opt_out),
+        )
+        .route(
+            "/api/v1/imports/oneroster",
+            post(imports::import_oneroster).layer(DefaultBodyLimit::max(imports::MAX_ROSTER_BYTES)),
+        )
+        .route("/api/v1/imports/{id}", get(imports::get_import))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -7,7 +7,22 @@ use utoipa::{Modify, OpenApi};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tidings", description = "School-to-guardian notifications. Errors are RFC 9457 problem+json."),
-    paths(crate::health::healthz, crate::health::readyz, crate::auth::me),
+    paths(
+        crate::health::healthz,
+        crate::health::readyz,
+        crate::auth::me,
+        crate::directory::list_schools,
+        crate::directory::list_classes,
+        crate::directory::list_students,
+        crate::directory::list_guardians,
+        crate::directory::get_guardian,
+        crate::directory::add_contact_point,
+        crate::directory::change_contact_point,
+        crate::directory::add_opt_out,
+        crate::directory::revoke_opt_out,
+        crate::imports::import_oneroster,
+        crate::imports::get_import,
+    ),
     components(schemas(crate::error::Problem)),
     modifiers(&BearerAuth),
 )]

@@ -38,6 +38,56 @@ use crate::store::StoreError;
 use crate::{Channel, DistrictId, EmailAddress, PhoneNumber, Role};
 use oneroster::{list, status, CsvFile, Mode, Record, Status};
 
+/// Imports a bundle and keeps the run in the import history — its report, or the error
+/// that rolled it back — and in the audit log.
+pub async fn import_recorded(
+    store: &dyn crate::store::Store,
+    district: DistrictId,
+    staff: Option<crate::StaffId>,
+    bundle: &Bundle,
+    source_name: &str,
+    options: &ImportOptions,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(crate::ImportId, ImportReport), ImportError> {
+    use crate::delivery::Actor;
+    let id = crate::ImportId::new();
+    let record = crate::store::NewImport {
+        id,
+        district_id: district,
+        staff_id: staff,
+        source_name: source_name.to_owned(),
+    };
+    store.start_import(&record, crate::time::now()).await?;
+    match import(store, district, bundle, options, progress).await {
+        Ok(report) => {
+            let json = serde_json::to_value(&report)
+                .map_err(|e| ImportError::Bundle(format!("report: {e}")))?;
+            store
+                .finish_import(id, Ok(&json), crate::time::now())
+                .await?;
+            let actor = staff.map_or_else(|| Actor::system("cli"), Actor::staff);
+            let detail = serde_json::json!({ "import_id": id, "source": source_name, "entities": json["entities"] });
+            store
+                .audit(
+                    district,
+                    &actor,
+                    "roster.import",
+                    detail,
+                    crate::time::now(),
+                )
+                .await?;
+            Ok((id, report))
+        }
+        Err(error) => {
+            let message = crate::store::error_chain(&error);
+            store
+                .finish_import(id, Err(&message), crate::time::now())
+                .await?;
+            Err(error)
+        }
+    }
+}
+
 /// Records per batch: one lookup and one upsert statement per batch and table.
 const BATCH: usize = 1_000;
 

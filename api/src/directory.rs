@@ -1,0 +1,297 @@
+//! The guardian directory: schools, classes, students and guardians, each listing scoped
+//! to what the caller's role may see; contact points and opt-outs edited by
+//! administrators, every edit audited.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use tidings_core::delivery::Actor;
+use tidings_core::store::{GuardianDetail, GuardianRef, PageRequest, Scope};
+use tidings_core::time::now;
+use tidings_core::{Channel, ContactPointId, EmailAddress, GuardianId, PhoneNumber, Role};
+use uuid::Uuid;
+
+use crate::extract::{Json, Path, Query};
+use crate::{ApiError, AppState, Caller};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+/// `?after=<id>&limit=<n>&q=<search>`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// The `next_after` of the previous page.
+    pub after: Option<Uuid>,
+    /// Rows per page (default 50, at most 500).
+    pub limit: Option<u32>,
+    /// Case-insensitive search in names and sourcedIds.
+    pub q: Option<String>,
+}
+
+impl ListQuery {
+    fn page(&self) -> PageRequest {
+        PageRequest {
+            after: self.after,
+            limit: self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+            search: self.q.clone(),
+        }
+    }
+}
+
+/// One page of a listing; pass `next_after` back as `after` for the next one.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_after: Option<Uuid>,
+}
+
+fn page<T>(items: Vec<T>, request: &PageRequest, id: impl Fn(&T) -> Uuid) -> axum::Json<Page<T>> {
+    let next_after = (items.len() == request.limit as usize)
+        .then(|| items.last().map(&id))
+        .flatten();
+    axum::Json(Page { items, next_after })
+}
+
+macro_rules! listing {
+    ($name:ident, $path:literal, $method:ident, $tag:literal) => {
+        #[utoipa::path(get, path = $path, tag = $tag, params(ListQuery), security(("bearer" = [])),
+            responses(
+                (status = 200, description = "One page, scoped to what the caller may see", body = serde_json::Value),
+                (status = 401, description = "No valid credentials", body = crate::error::Problem, content_type = "application/problem+json"),
+            ))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            Caller(staff): Caller,
+            Query(query): Query<ListQuery>,
+        ) -> Result<impl IntoResponse, ApiError> {
+            let request = query.page();
+            let items = state.store.$method(&Scope::of(&staff), &request).await?;
+            Ok(page(items, &request, |item| item.id))
+        }
+    };
+}
+
+listing!(list_schools, "/api/v1/schools", schools, "directory");
+listing!(list_classes, "/api/v1/classes", classes, "directory");
+listing!(list_students, "/api/v1/students", students, "directory");
+listing!(list_guardians, "/api/v1/guardians", guardians, "directory");
+
+async fn visible_guardian(
+    state: &AppState,
+    scope: &Scope,
+    id: Uuid,
+) -> Result<GuardianDetail, ApiError> {
+    state
+        .store
+        .guardian_detail(scope, &GuardianRef::Id(id))
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// A guardian with the students (that the caller may see), contact points and opt-outs.
+#[utoipa::path(get, path = "/api/v1/guardians/{id}", tag = "directory", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The guardian", body = serde_json::Value),
+        (status = 404, description = "No such guardian, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_guardian(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<GuardianDetail>, ApiError> {
+    Ok(axum::Json(
+        visible_guardian(&state, &Scope::of(&staff), id).await?,
+    ))
+}
+
+/// Administrators may edit how a guardian is reached; teachers and viewers may not.
+fn may_edit(staff: &tidings_core::Staff) -> Result<(), ApiError> {
+    match staff.role {
+        Role::DistrictAdmin | Role::SchoolAdmin => Ok(()),
+        Role::Teacher | Role::Viewer => Err(ApiError::Forbidden),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewContactPoint {
+    /// `sms` or `email` (devices are registered by the guardian app).
+    pub kind: String,
+    /// A phone number (international form, or national in the district's region) or an
+    /// email address.
+    pub address: String,
+}
+
+/// Adds a contact point (or reactivates it).
+#[utoipa::path(post, path = "/api/v1/guardians/{id}/contact-points", tag = "directory", security(("bearer" = [])),
+    request_body = NewContactPoint,
+    responses(
+        (status = 201, description = "The contact point", body = serde_json::Value),
+        (status = 422, description = "Not a valid number or address", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_contact_point(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+    Json(body): Json<NewContactPoint>,
+) -> Result<impl IntoResponse, ApiError> {
+    may_edit(&staff)?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let kind: Channel = body
+        .kind
+        .parse()
+        .map_err(|e: tidings_core::UnknownName| ApiError::InvalidBody(e.to_string()))?;
+    let address = match kind {
+        Channel::Sms => PhoneNumber::parse_in(&body.address, &state.default_phone_region)
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))?
+            .to_string(),
+        Channel::Email => EmailAddress::parse(&body.address)
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))?
+            .to_string(),
+        Channel::Push => {
+            return Err(ApiError::InvalidBody(
+                "push devices are registered by the guardian app, not by staff".into(),
+            ))
+        }
+    };
+    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
+    let contact = state
+        .store
+        .add_contact_point(staff.district_id, guardian_id, kind, &address, now())
+        .await?;
+    let detail = serde_json::json!({ "guardian_id": guardian_id, "contact_point_id": contact.id, "kind": kind });
+    state
+        .store
+        .audit(
+            staff.district_id,
+            &Actor::staff(staff.id),
+            "contact_point.add",
+            detail,
+            now(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(contact)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ContactPointChange {
+    pub active: bool,
+}
+
+/// Deactivates or reactivates a contact point.
+#[utoipa::path(patch, path = "/api/v1/guardians/{id}/contact-points/{contact_point}", tag = "directory",
+    security(("bearer" = [])), request_body = ContactPointChange,
+    responses((status = 200, description = "The contact point", body = serde_json::Value)))]
+pub async fn change_contact_point(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path((id, contact_point)): Path<(Uuid, Uuid)>,
+    Json(body): Json<ContactPointChange>,
+) -> Result<impl IntoResponse, ApiError> {
+    may_edit(&staff)?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
+    let changed = state
+        .store
+        .set_contact_point_active(
+            guardian_id,
+            ContactPointId::from_uuid(contact_point),
+            body.active,
+            now(),
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let detail = serde_json::json!({ "guardian_id": guardian_id, "contact_point_id": contact_point, "active": body.active });
+    state
+        .store
+        .audit(
+            staff.district_id,
+            &Actor::staff(staff.id),
+            "contact_point.change",
+            detail,
+            now(),
+        )
+        .await?;
+    Ok(axum::Json(changed))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewOptOut {
+    /// `sms`, `email` or `push`.
+    pub channel: String,
+}
+
+/// Records that the guardian asked not to be contacted on a channel (emergencies still
+/// reach them, except by SMS after a carrier STOP).
+#[utoipa::path(post, path = "/api/v1/guardians/{id}/opt-outs", tag = "directory", security(("bearer" = [])),
+    request_body = NewOptOut,
+    responses((status = 201, description = "The opt-out", body = serde_json::Value)))]
+pub async fn add_opt_out(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+    Json(body): Json<NewOptOut>,
+) -> Result<impl IntoResponse, ApiError> {
+    may_edit(&staff)?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let channel: Channel = body
+        .channel
+        .parse()
+        .map_err(|e: tidings_core::UnknownName| ApiError::InvalidBody(e.to_string()))?;
+    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
+    let opt_out = state
+        .store
+        .add_opt_out(staff.district_id, guardian_id, channel, "staff", now())
+        .await?;
+    let detail = serde_json::json!({ "guardian_id": guardian_id, "opt_out_id": opt_out.id, "channel": channel });
+    state
+        .store
+        .audit(
+            staff.district_id,
+            &Actor::staff(staff.id),
+            "opt_out.add",
+            detail,
+            now(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(opt_out)))
+}
+
+/// Revokes an opt-out. A carrier STOP cannot be revoked by staff: only the guardian's
+/// START does that (409).
+#[utoipa::path(delete, path = "/api/v1/guardians/{id}/opt-outs/{opt_out}", tag = "directory", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 409, description = "A carrier STOP", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke_opt_out(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path((id, opt_out)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    may_edit(&staff)?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
+    let found = state
+        .store
+        .revoke_opt_out(guardian_id, opt_out, now())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if found.source == "carrier" {
+        return Err(ApiError::Conflict(
+            "this is a carrier STOP: only the guardian can undo it, by texting START".into(),
+        ));
+    }
+    let detail = serde_json::json!({ "guardian_id": guardian_id, "opt_out_id": opt_out });
+    state
+        .store
+        .audit(
+            staff.district_id,
+            &Actor::staff(staff.id),
+            "opt_out.revoke",
+            detail,
+            now(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

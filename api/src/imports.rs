@@ -1,0 +1,116 @@
+//! Roster imports over HTTP: a district administrator uploads the SIS's OneRoster zip,
+//! and the import's report is kept and can be read back.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use tidings_core::roster::{self, Bundle, ImportError, ImportOptions};
+use tidings_core::store::ImportRecord;
+use tidings_core::{ImportId, Role};
+use uuid::Uuid;
+
+use crate::extract::Path;
+use crate::{ApiError, AppState, Caller};
+
+/// Largest roster zip accepted: a 100,000-student district exports about 40 MB.
+pub const MAX_ROSTER_BYTES: usize = 256 * 1024 * 1024;
+
+/// The zip, sent as the body (`Content-Type: application/zip`) or as the `file` field of a
+/// multipart form.
+async fn zip_of(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = |status: StatusCode| {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::InvalidBody("unreadable body".into())
+        }
+    };
+    if !multipart {
+        return Bytes::from_request(request, state)
+            .await
+            .map_err(|r| too_large(r.status()));
+    }
+    let mut form = Multipart::from_request(request, state)
+        .await
+        .map_err(|r| ApiError::InvalidBody(r.body_text()))?;
+    while let Some(field) = form.next_field().await.map_err(|e| too_large(e.status()))? {
+        if field.name() == Some("file") {
+            return field.bytes().await.map_err(|e| too_large(e.status()));
+        }
+    }
+    Err(ApiError::InvalidBody("the form has no `file` field".into()))
+}
+
+/// Imports a OneRoster 1.1 CSV bundle (zip) into the caller's district, in one
+/// transaction, and answers with the import's report. District administrators only.
+#[utoipa::path(post, path = "/api/v1/imports/oneroster", tag = "imports", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/zip", description = "The bundle, or a multipart form with a `file` field"),
+    responses(
+        (status = 201, description = "Imported; the report lists every rejected row", body = serde_json::Value),
+        (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a bundle, or the bundle cannot be imported; nothing changed", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn import_oneroster(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    request: Request,
+) -> Result<impl IntoResponse, ApiError> {
+    if staff.role != Role::DistrictAdmin {
+        return Err(ApiError::Forbidden);
+    }
+    let zip = zip_of(request, &state).await?;
+    let bundle = Bundle::from_zip(std::io::Cursor::new(zip))
+        .map_err(|e| ApiError::InvalidRoster(e.to_string()))?;
+    let options = ImportOptions {
+        default_region: state.default_phone_region.clone(),
+    };
+    let result = roster::import_recorded(
+        state.store.as_ref(),
+        staff.district_id,
+        Some(staff.id),
+        &bundle,
+        "upload",
+        &options,
+        &|_| {},
+    )
+    .await;
+    let id = match result {
+        Ok((id, _)) => id,
+        Err(ImportError::Store(error)) => return Err(ApiError::Internal(error)),
+        Err(other) => return Err(ApiError::InvalidRoster(other.to_string())),
+    };
+    let record = state
+        .store
+        .import_record(staff.district_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok((StatusCode::CREATED, axum::Json(record)))
+}
+
+/// One import of the caller's district: status, report or error.
+#[utoipa::path(get, path = "/api/v1/imports/{id}", tag = "imports", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The import", body = serde_json::Value),
+        (status = 404, description = "No such import in the caller's district", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_import(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<ImportRecord>, ApiError> {
+    if !matches!(staff.role, Role::DistrictAdmin | Role::SchoolAdmin) {
+        return Err(ApiError::Forbidden);
+    }
+    let record = state
+        .store
+        .import_record(staff.district_id, ImportId::from_uuid(id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(record))
+}
