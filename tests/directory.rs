@@ -90,9 +90,10 @@ impl Api {
         let mut items = Vec::new();
         let mut after: Option<String> = None;
         loop {
+            let joiner = if path.contains('?') { '&' } else { '?' };
             let url = match &after {
-                Some(a) => format!("{path}?limit=100&after={a}"),
-                None => format!("{path}?limit=100"),
+                Some(a) => format!("{path}{joiner}limit=100&after={a}"),
+                None => format!("{path}{joiner}limit=100"),
             };
             let (status, page) = self.get(&url, token).await;
             assert_eq!(status, StatusCode::OK, "{page}");
@@ -178,9 +179,12 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
     // A teacher sees the students of their class, and no one else.
     let (teacher_email, expected) = a_teacher_and_their_students();
     let teacher = token_for(&db, &teacher_email).await;
-    let mut seen: Vec<String> = api
-        .all("/api/v1/students", &teacher)
-        .await
+    let theirs_students = api.all("/api/v1/students", &teacher).await;
+    let seen_ids: Vec<String> = theirs_students
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut seen: Vec<String> = theirs_students
         .iter()
         .map(|s| s["sourced_id"].as_str().unwrap().to_owned())
         .collect();
@@ -293,6 +297,69 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, detail) = api.get(&format!("/api/v1/guardians/{mine}"), &admin).await;
     assert!(detail["opt_outs"].as_array().unwrap().is_empty());
+
+    // Every change is in the audit log, with who made it.
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let mut actions: Vec<String> = store
+        .audit_entries(district, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.staff_id.is_some())
+        .map(|e| e.action)
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "api_token.create",
+            "api_token.create",
+            "contact_point.add",
+            "contact_point.change",
+            "opt_out.add",
+            "opt_out.revoke",
+            "roster.import"
+        ]
+    );
+
+    // Single rows and filters follow the same scope.
+    let (status, _) = api
+        .get(&format!("/api/v1/students/{}", seen_ids[0]), &teacher)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let other = api
+        .all("/api/v1/students", &admin)
+        .await
+        .into_iter()
+        .find(|s| !seen_ids.contains(&s["id"].as_str().unwrap().to_owned()))
+        .unwrap();
+    let (status, _) = api
+        .get(
+            &format!("/api/v1/students/{}", other["id"].as_str().unwrap()),
+            &teacher,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .get(
+            &format!("/api/v1/students/{}", other["id"].as_str().unwrap()),
+            &admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let of_other = api
+        .all(
+            &format!(
+                "/api/v1/guardians?student={}",
+                other["id"].as_str().unwrap()
+            ),
+            &teacher,
+        )
+        .await;
+    assert!(of_other.is_empty(), "a filter never widens the scope");
     assert!(api.server.terminate().await.success());
 }
 

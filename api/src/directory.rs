@@ -27,6 +27,12 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// Case-insensitive search in names and sourcedIds.
     pub q: Option<String>,
+    /// Only rows of this school (guardians: of its students).
+    pub school: Option<Uuid>,
+    /// Only rows of this class (students enrolled, their guardians).
+    pub class: Option<Uuid>,
+    /// Only rows of this student (their guardians, their classes).
+    pub student: Option<Uuid>,
 }
 
 impl ListQuery {
@@ -35,6 +41,10 @@ impl ListQuery {
             after: self.after,
             limit: self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
             search: self.q.clone(),
+            only: None,
+            school: self.school,
+            class: self.class,
+            student: self.student,
         }
     }
 }
@@ -71,6 +81,29 @@ macro_rules! listing {
         }
     };
 }
+
+macro_rules! single {
+    ($name:ident, $path:literal, $method:ident, $tag:literal) => {
+        #[utoipa::path(get, path = $path, tag = $tag, security(("bearer" = [])),
+            responses(
+                (status = 200, description = "The row", body = serde_json::Value),
+                (status = 404, description = "No such row, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
+            ))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            Caller(staff): Caller,
+            Path(id): Path<Uuid>,
+        ) -> Result<impl IntoResponse, ApiError> {
+            let request = PageRequest { limit: 1, only: Some(id), ..PageRequest::default() };
+            let mut found = state.store.$method(&Scope::of(&staff), &request).await?;
+            found.pop().map(axum::Json).ok_or(ApiError::NotFound)
+        }
+    };
+}
+
+single!(get_school, "/api/v1/schools/{id}", schools, "directory");
+single!(get_class, "/api/v1/classes/{id}", classes, "directory");
+single!(get_student, "/api/v1/students/{id}", students, "directory");
 
 listing!(list_schools, "/api/v1/schools", schools, "directory");
 listing!(list_classes, "/api/v1/classes", classes, "directory");

@@ -50,6 +50,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/classes", get(directory::list_classes))
         .route("/api/v1/students", get(directory::list_students))
         .route("/api/v1/guardians", get(directory::list_guardians))
+        .route("/api/v1/schools/{id}", get(directory::get_school))
+        .route("/api/v1/classes/{id}", get(directory::get_class))
+        .route("/api/v1/students/{id}", get(directory::get_student))
         .route("/api/v1/guardians/{id}", get(directory::get_guardian))
         .route(
             "/api/v1/guardians/{id}/contact-points",

@@ -524,9 +524,8 @@ async fn a_failed_import_leaves_the_previous_directory_intact(store: Arc<dyn Sto
 
 fn all() -> PageRequest {
     PageRequest {
-        after: None,
         limit: 100,
-        search: None,
+        ..PageRequest::default()
     }
 }
 
@@ -661,7 +660,7 @@ async fn each_role_sees_only_its_part_of_the_directory(store: Arc<dyn Store>) {
                 &PageRequest {
                     after,
                     limit: 3,
-                    search: None,
+                    ..all()
                 },
             )
             .await

@@ -44,12 +44,21 @@ impl Scope {
 }
 
 /// One page of a listing: rows after `after` (ids are time-ordered), at most `limit`,
-/// optionally matching `search` in names.
+/// optionally matching `search` in names and sourcedIds, and narrowed to one row, school,
+/// class or student. Filters never widen the caller's scope.
 #[derive(Debug, Clone, Default)]
 pub struct PageRequest {
     pub after: Option<Uuid>,
     pub limit: u32,
     pub search: Option<String>,
+    /// Only the row with this id.
+    pub only: Option<Uuid>,
+    /// Rows of this school (for guardians: guardians of its students).
+    pub school: Option<Uuid>,
+    /// Rows of this class (students enrolled, their guardians, its school).
+    pub class: Option<Uuid>,
+    /// Rows of this student (their guardians, classes, school).
+    pub student: Option<Uuid>,
 }
 
 impl PageRequest {

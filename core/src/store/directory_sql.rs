@@ -48,14 +48,57 @@ pub(crate) fn guardian_filter(scope: &Scope) -> String {
     }
 }
 
-/// `SELECT … FROM table x` scoped and paged: `$1` district, `$2` staff, `$3` after,
-/// `$4` search pattern, `$5` limit.
-pub(crate) fn page_query(columns: &str, table: &str, filter: &str, name: &str) -> String {
+/// How one table is narrowed by the optional filters `$6` id, `$7` school, `$8` class and
+/// `$9` student: the condition each imposes on a row `x` when given.
+pub(crate) struct Related {
+    pub school: &'static str,
+    pub class: &'static str,
+    pub student: &'static str,
+}
+
+pub(crate) const SCHOOLS: Related = Related {
+    school: "x.id = $7",
+    class: "x.id IN (SELECT school_id FROM classes WHERE id = $8)",
+    student: "x.id IN (SELECT school_id FROM students WHERE id = $9)",
+};
+
+pub(crate) const CLASSES: Related = Related {
+    school: "x.school_id = $7",
+    class: "x.id = $8",
+    student:
+        "x.id IN (SELECT class_id FROM enrollments WHERE student_id = $9 AND deleted_at IS NULL)",
+};
+
+pub(crate) const STUDENTS: Related = Related {
+    school: "x.school_id = $7",
+    class: "x.id IN (SELECT student_id FROM enrollments WHERE class_id = $8 AND role = 'student' AND deleted_at IS NULL)",
+    student: "x.id = $9",
+};
+
+pub(crate) const GUARDIANS: Related = Related {
+    school: "x.id IN (SELECT gs.guardian_id FROM guardian_students gs JOIN students s7 ON s7.id = gs.student_id \
+             WHERE s7.school_id = $7 AND gs.deleted_at IS NULL AND s7.deleted_at IS NULL)",
+    class: "x.id IN (SELECT gs.guardian_id FROM guardian_students gs JOIN enrollments e8 ON e8.student_id = gs.student_id \
+            WHERE e8.class_id = $8 AND e8.role = 'student' AND e8.deleted_at IS NULL AND gs.deleted_at IS NULL)",
+    student: "x.id IN (SELECT guardian_id FROM guardian_students WHERE student_id = $9 AND deleted_at IS NULL)",
+};
+
+/// `SELECT … FROM table x` scoped, filtered and paged: `$1` district, `$2` staff, `$3`
+/// after, `$4` search pattern, `$5` limit, `$6`–`$9` the filters of [`Related`].
+pub(crate) fn page_query(
+    columns: &str,
+    table: &str,
+    filter: &str,
+    name: &str,
+    related: &Related,
+) -> String {
     format!(
         "SELECT {columns} FROM {table} x WHERE x.district_id = $1 AND x.deleted_at IS NULL AND ({filter}) \
          AND ($3 IS NULL OR x.id > $3) \
          AND ($4 IS NULL OR lower({name}) LIKE $4 ESCAPE '\\' OR lower(x.sourced_id) LIKE $4 ESCAPE '\\') \
-         ORDER BY x.id LIMIT $5"
+         AND ($6 IS NULL OR x.id = $6) AND ($7 IS NULL OR {}) AND ($8 IS NULL OR {}) AND ($9 IS NULL OR {}) \
+         ORDER BY x.id LIMIT $5",
+        related.school, related.class, related.student
     )
 }
 
@@ -67,7 +110,9 @@ macro_rules! directory_queries {
             ClassView, ContactPointView, GuardianDetail, GuardianRef, GuardianView, OptOutView, PageRequest,
             SchoolView, Scope, StudentView,
         };
-        use $crate::store::directory_sql::{class_filter, guardian_filter, page_query, school_filter, student_filter};
+        use $crate::store::directory_sql::{
+            class_filter, guardian_filter, page_query, school_filter, student_filter, CLASSES, GUARDIANS, SCHOOLS, STUDENTS,
+        };
         use $crate::store::StoreResult;
 
         type Row = <$db as sqlx::Database>::Row;
@@ -138,12 +183,16 @@ macro_rules! directory_queries {
                 .bind(page.after.map($enc))
                 .bind(page.pattern())
                 .bind(i64::from(page.limit))
+                .bind(page.only.map($enc))
+                .bind(page.school.map($enc))
+                .bind(page.class.map($enc))
+                .bind(page.student.map($enc))
                 .fetch_all(pool)
                 .await?)
         }
 
         pub async fn schools(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<SchoolView>> {
-            let sql = page_query("x.id, x.sourced_id, x.name, x.timezone", "schools", school_filter(scope), "x.name");
+            let sql = page_query("x.id, x.sourced_id, x.name, x.timezone", "schools", school_filter(scope), "x.name", &SCHOOLS);
             page(pool, &sql, scope, request).await?.iter().map(|row| Ok(SchoolView {
                 id: $dec(row, "id")?,
                 sourced_id: row.try_get("sourced_id")?,
@@ -153,7 +202,7 @@ macro_rules! directory_queries {
         }
 
         pub async fn classes(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<ClassView>> {
-            let sql = page_query("x.id, x.sourced_id, x.school_id, x.title", "classes", class_filter(scope), "x.title");
+            let sql = page_query("x.id, x.sourced_id, x.school_id, x.title", "classes", class_filter(scope), "x.title", &CLASSES);
             page(pool, &sql, scope, request).await?.iter().map(|row| Ok(ClassView {
                 id: $dec(row, "id")?,
                 sourced_id: row.try_get("sourced_id")?,
@@ -163,12 +212,12 @@ macro_rules! directory_queries {
         }
 
         pub async fn students(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<StudentView>> {
-            let sql = page_query(STUDENT_COLUMNS, "students", &student_filter(scope, "x"), "x.given_name || ' ' || x.family_name");
+            let sql = page_query(STUDENT_COLUMNS, "students", &student_filter(scope, "x"), "x.given_name || ' ' || x.family_name", &STUDENTS);
             page(pool, &sql, scope, request).await?.iter().map(student).collect()
         }
 
         pub async fn guardians(pool: &sqlx::Pool<$db>, scope: &Scope, request: &PageRequest) -> StoreResult<Vec<GuardianView>> {
-            let sql = page_query(GUARDIAN_COLUMNS, "guardians", &guardian_filter(scope), "x.given_name || ' ' || x.family_name");
+            let sql = page_query(GUARDIAN_COLUMNS, "guardians", &guardian_filter(scope), "x.given_name || ' ' || x.family_name", &GUARDIANS);
             page(pool, &sql, scope, request).await?.iter().map(guardian).collect()
         }
 

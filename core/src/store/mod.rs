@@ -155,6 +155,15 @@ pub struct DirectoryCounts {
     pub active_contact_points: i64,
 }
 
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub staff_id: Option<StaffId>,
+    pub action: String,
+    pub detail: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
 /// An import about to run.
 #[derive(Debug, Clone)]
 pub struct NewImport {
@@ -392,6 +401,10 @@ pub trait Store: Send + Sync + 'static {
         district: DistrictId,
         id: ImportId,
     ) -> StoreResult<Option<ImportRecord>>;
+
+    /// The district's most recent audit entries, newest first.
+    async fn audit_entries(&self, district: DistrictId, limit: u32)
+        -> StoreResult<Vec<AuditEntry>>;
 
     /// Appends a staff action to the audit log.
     async fn audit(

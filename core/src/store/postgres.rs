@@ -736,6 +736,28 @@ impl Store for PostgresStore {
         }))
     }
 
+    async fn audit_entries(
+        &self,
+        district: DistrictId,
+        limit: u32,
+    ) -> StoreResult<Vec<super::AuditEntry>> {
+        sqlx::query("SELECT staff_id, action, detail, at FROM audit_log WHERE district_id = $1 ORDER BY at DESC, id DESC LIMIT $2")
+            .bind(Uuid::from(district))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(super::AuditEntry {
+                    staff_id: row.try_get::<Option<Uuid>, _>("staff_id")?.map(crate::StaffId::from_uuid),
+                    action: row.try_get("action")?,
+                    detail: row.try_get("detail")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn audit(
         &self,
         district_id: DistrictId,

@@ -719,6 +719,28 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn audit_entries(
+        &self,
+        district: DistrictId,
+        limit: u32,
+    ) -> StoreResult<Vec<super::AuditEntry>> {
+        sqlx::query("SELECT staff_id, action, detail, at FROM audit_log WHERE district_id = $1 ORDER BY at DESC, id DESC LIMIT $2")
+            .bind(text_id(district))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(super::AuditEntry {
+                    staff_id: row.try_get::<Option<String>, _>("staff_id")?.map(|s| Uuid::parse_str(&s)).transpose().map_err(corrupt)?.map(crate::StaffId::from_uuid),
+                    action: row.try_get("action")?,
+                    detail: serde_json::from_str(&row.try_get::<String, _>("detail")?).map_err(corrupt)?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn audit(
         &self,
         district_id: DistrictId,
