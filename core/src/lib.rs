@@ -8,6 +8,7 @@ pub mod channel;
 pub mod contact;
 pub mod delivery;
 pub mod id;
+pub mod log;
 pub mod message;
 pub mod roster;
 pub mod secret;

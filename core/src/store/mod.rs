@@ -232,6 +232,29 @@ pub struct NewMessage {
     pub audience: serde_json::Value,
     pub requires_ack: bool,
     pub recipients: Vec<NewRecipient>,
+    /// Partitions of the log's lanes: each delivery to send gets an entry in partition
+    /// `PartitionId::of(guardian, partitions)` of the message's lane.
+    pub partitions: u32,
+}
+
+impl NewMessage {
+    /// The deliveries to put on the log (not the suppressed ones), per partition, in the
+    /// order they take offsets. Partitions come in ascending order, which is also the order
+    /// their head rows are locked in, so two fan-outs can never deadlock.
+    pub fn log_plan(&self) -> std::collections::BTreeMap<crate::log::PartitionId, Vec<DeliveryId>> {
+        let mut plan: std::collections::BTreeMap<_, Vec<_>> = std::collections::BTreeMap::new();
+        for recipient in &self.recipients {
+            let partition = crate::log::PartitionId::of(recipient.guardian_id, self.partitions);
+            for delivery in recipient
+                .deliveries
+                .iter()
+                .filter(|d| d.suppressed_reason.is_none())
+            {
+                plan.entry(partition).or_default().push(delivery.id);
+            }
+        }
+        plan
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -309,10 +332,21 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<Guardian>;
 
-    /// Writes a message, its recipients and their deliveries atomically, in bulk.
+    /// Writes a message, its recipients, their deliveries and the deliveries' log entries
+    /// in one transaction, in bulk: after a crash there is either no message, or one whose
+    /// every delivery and entry exists exactly once.
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()>;
 
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>>;
+
+    /// Entries of one partition after `after` (all of them for `None`), in offset order.
+    async fn read_log(
+        &self,
+        lane: Lane,
+        partition: crate::log::PartitionId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::log::LogEntry>>;
 
     /// Compare-and-swap: moves the delivery from `transition.from` at `transition.seen_version`
     /// to `transition.to` and appends the event row, in one transaction — or changes nothing

@@ -434,8 +434,77 @@ impl Store for PostgresStore {
         .bind(&d_reasons)
         .execute(&mut *tx)
         .await?;
+        // The log: take offsets from the partitions' head rows (ascending, locked until
+        // commit), then write every entry in one statement.
+        let plan = message.log_plan();
+        let partitions: Vec<i32> = plan.keys().map(|p| p.get() as i32).collect();
+        let counts: Vec<i64> = plan.values().map(|d| d.len() as i64).collect();
+        let heads: Vec<(i32, i64)> = sqlx::query_as(
+            "INSERT INTO log_heads (lane, partition, next_offset) \
+             SELECT $1, p, n FROM unnest($2::int[], $3::bigint[]) AS h(p, n) ORDER BY p \
+             ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
+             RETURNING partition, next_offset",
+        )
+        .bind(message.lane.as_str())
+        .bind(&partitions)
+        .bind(&counts)
+        .fetch_all(&mut *tx)
+        .await?;
+        let next: std::collections::HashMap<i32, i64> = heads.into_iter().collect();
+        let (mut e_partitions, mut e_offsets, mut e_deliveries) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for (partition, deliveries) in &plan {
+            let p = partition.get() as i32;
+            let first = next[&p] - deliveries.len() as i64;
+            for (i, delivery) in deliveries.iter().enumerate() {
+                e_partitions.push(p);
+                e_offsets.push(first + i as i64);
+                e_deliveries.push(Uuid::from(*delivery));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) \
+             SELECT $1, p, o, $2, d, $3 FROM unnest($4::int[], $5::bigint[], $6::uuid[]) AS e(p, o, d)",
+        )
+        .bind(message.lane.as_str())
+        .bind(Uuid::from(message.district_id))
+        .bind(at)
+        .bind(&e_partitions)
+        .bind(&e_offsets)
+        .bind(&e_deliveries)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn read_log(
+        &self,
+        lane: crate::Lane,
+        partition: crate::log::PartitionId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::log::LogEntry>> {
+        let rows: Vec<(i64, Uuid, Uuid)> = sqlx::query_as(
+            "SELECT \"offset\", district_id, delivery_id FROM log_entries \
+             WHERE lane = $1 AND partition = $2 AND \"offset\" > $3 ORDER BY \"offset\" LIMIT $4",
+        )
+        .bind(lane.as_str())
+        .bind(partition.get() as i32)
+        .bind(after.unwrap_or(-1))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(offset, district, delivery)| crate::log::LogEntry {
+                lane,
+                partition,
+                offset,
+                district_id: DistrictId::from_uuid(district),
+                delivery_id: DeliveryId::from_uuid(delivery),
+            })
+            .collect())
     }
 
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {

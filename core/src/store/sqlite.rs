@@ -410,8 +410,87 @@ impl Store for SqliteStore {
             });
             insert.build().execute(&mut *tx).await?;
         }
+        // The log: SQLite has one writer at a time, so offsets are taken and entries written
+        // in the same order they become visible.
+        let plan = message.log_plan();
+        let mut heads =
+            QueryBuilder::<Sqlite>::new("INSERT INTO log_heads (lane, partition, next_offset) ");
+        heads.push_values(&plan, |mut row, (partition, deliveries)| {
+            row.push_bind(message.lane.as_str())
+                .push_bind(partition.get() as i64)
+                .push_bind(deliveries.len() as i64);
+        });
+        heads.push(
+            " ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
+             RETURNING partition, next_offset",
+        );
+        let next: std::collections::HashMap<i64, i64> = if plan.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            heads
+                .build_query_as::<(i64, i64)>()
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let entries: Vec<(i64, i64, DeliveryId)> = plan
+            .iter()
+            .flat_map(|(partition, deliveries)| {
+                let p = partition.get() as i64;
+                let first = next[&p] - deliveries.len() as i64;
+                deliveries
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, d)| (p, first + i as i64, *d))
+            })
+            .collect();
+        for chunk in entries.chunks(BULK_ROWS) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, (partition, offset, delivery)| {
+                row.push_bind(message.lane.as_str())
+                    .push_bind(*partition)
+                    .push_bind(*offset)
+                    .push_bind(text_id(message.district_id))
+                    .push_bind(text_id(*delivery))
+                    .push_bind(at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn read_log(
+        &self,
+        lane: crate::Lane,
+        partition: crate::log::PartitionId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::log::LogEntry>> {
+        let rows = sqlx::query(
+            "SELECT \"offset\", district_id, delivery_id FROM log_entries \
+             WHERE lane = $1 AND partition = $2 AND \"offset\" > $3 ORDER BY \"offset\" LIMIT $4",
+        )
+        .bind(lane.as_str())
+        .bind(partition.get() as i64)
+        .bind(after.unwrap_or(-1))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::log::LogEntry {
+                    lane,
+                    partition,
+                    offset: row.try_get("offset")?,
+                    district_id: DistrictId::from_uuid(uuid(row, "district_id")?),
+                    delivery_id: DeliveryId::from_uuid(uuid(row, "delivery_id")?),
+                })
+            })
+            .collect()
     }
 
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {
