@@ -4,9 +4,11 @@
 //! Nothing here knows about HTTP, providers or the CLI. Values are parsed at the edge into
 //! the newtypes below; once a crate holds a [`PhoneNumber`] or a [`DeliveryId`], it is valid.
 
+pub mod audience;
 pub mod channel;
 pub mod contact;
 pub mod delivery;
+pub mod fanout;
 pub mod id;
 pub mod log;
 pub mod message;

@@ -43,6 +43,7 @@ on_both_stores! {
     a_failed_import_leaves_the_previous_directory_intact,
     each_role_sees_only_its_part_of_the_directory,
     staff_edit_contact_points_and_opt_outs_but_not_a_carrier_stop,
+    audiences_resolve_to_each_guardian_once_within_the_senders_scope,
 }
 
 const MANIFEST: &str = "propertyName,value
@@ -748,4 +749,123 @@ async fn staff_edit_contact_points_and_opt_outs_but_not_a_carrier_stop(store: Ar
         ["carrier"],
         "only the guardian's START undoes a carrier STOP"
     );
+}
+
+async fn audiences_resolve_to_each_guardian_once_within_the_senders_scope(store: Arc<dyn Store>) {
+    use tidings_core::audience::Audience;
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let s = store.as_ref();
+    let admin = scope_of(s, "admin@riverside.example.org").await;
+    let teacher = scope_of(s, "pat.quinn@riverside.example.org").await;
+    let sids = |members: Vec<tidings_core::audience::AudienceMember>| async move {
+        let mut out = Vec::new();
+        for m in members {
+            let which = GuardianRef::Id(m.guardian_id);
+            let detail = s
+                .guardian_detail(&Scope::District(district), &which)
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(detail.guardian.sourced_id.unwrap());
+        }
+        out.sort();
+        out
+    };
+    let list = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let resolve = |scope: Scope, audience: Audience| async move {
+        s.resolve_audience(&scope, &audience).await.unwrap()
+    };
+
+    let c1 = Audience {
+        classes: list(&["c1"]),
+        ..Audience::default()
+    };
+    assert_eq!(
+        sids(resolve(admin, c1.clone()).await.unwrap()).await,
+        ["p1", "p2", "p3", "p4"]
+    );
+    let siblings = Audience {
+        students: list(&["stu1", "stu2"]),
+        ..Audience::default()
+    };
+    assert_eq!(
+        sids(resolve(admin, siblings).await.unwrap()).await,
+        ["p1", "p2"],
+        "Maria once for two children"
+    );
+    let school = Audience {
+        schools: list(&["sch2"]),
+        ..Audience::default()
+    };
+    assert_eq!(sids(resolve(admin, school).await.unwrap()).await, ["p1"]);
+    let grade = Audience {
+        grades: list(&["07"]),
+        ..Audience::default()
+    };
+    assert_eq!(sids(resolve(admin, grade).await.unwrap()).await, ["p1"]);
+    let everyone = Audience {
+        district: true,
+        ..Audience::default()
+    };
+    assert_eq!(
+        sids(resolve(admin, everyone.clone()).await.unwrap()).await,
+        ["p1", "p2", "p3", "p4"]
+    );
+    let p3 = guardian(s, district, "p3").await.guardian.id.to_string();
+    let by_id = Audience {
+        guardians: vec![p3],
+        ..Audience::default()
+    };
+    assert_eq!(
+        sids(resolve(admin, by_id).await.unwrap()).await,
+        ["p3"],
+        "ids work as well as sourcedIds"
+    );
+
+    let unknown = resolve(
+        admin,
+        Audience {
+            classes: list(&["c1", "nope"]),
+            ..Audience::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.unknown, ["classes:nope"]);
+
+    // The teacher may message their class, and nothing beyond it.
+    assert_eq!(
+        sids(resolve(teacher, c1).await.unwrap()).await,
+        ["p1", "p2", "p3", "p4"]
+    );
+    let beyond = Audience {
+        classes: list(&["c2"]),
+        students: list(&["stu2"]),
+        ..everyone
+    };
+    let refused = resolve(teacher, beyond).await.unwrap_err();
+    assert_eq!(
+        refused.forbidden,
+        ["district", "classes:c2", "students:stu2"]
+    );
+    assert!(refused.unknown.is_empty());
+
+    let members = resolve(
+        admin,
+        Audience {
+            guardians: list(&["p1"]),
+            ..Audience::default()
+        },
+    )
+    .await
+    .unwrap();
+    let kinds: Vec<_> = members[0]
+        .contacts
+        .iter()
+        .map(|c| c.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["email", "sms"]);
 }

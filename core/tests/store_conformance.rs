@@ -103,6 +103,7 @@ fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
         body: "All schools are sheltering in place. Students are safe.".into(),
         channels: channels.to_vec(),
         audience: serde_json::json!({"district": true}),
+        translations: serde_json::json!({}),
         requires_ack: true,
         partitions: 4,
         recipients: seed

@@ -7,6 +7,7 @@
 //! what a transition means — that is [`crate::delivery::next`] — it only applies one with a
 //! compare-and-swap.
 
+mod audience_sql;
 pub mod directory;
 mod directory_sql;
 pub mod postgres;
@@ -155,6 +156,48 @@ pub struct DirectoryCounts {
     pub active_contact_points: i64,
 }
 
+/// What an idempotency key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// New: the caller handles the request and completes or releases the key.
+    Claimed,
+    /// The same request was answered before: replay this.
+    Replay { status: u16, body: Vec<u8> },
+    /// The same key is being handled right now.
+    InFlight,
+    /// The key was used for a different request.
+    Mismatch,
+}
+
+/// Which messages a staff member may read: the whole district's (district administrators)
+/// or their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageScope {
+    District(DistrictId),
+    Author(DistrictId, StaffId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageSummary {
+    pub id: MessageId,
+    pub kind: MessageKind,
+    pub subject: String,
+    pub author_id: StaffId,
+    pub requires_ack: bool,
+    pub created_at: DateTime<Utc>,
+    pub recipients: i64,
+    pub acknowledged: i64,
+    /// Deliveries per channel and state.
+    pub counts: Vec<DeliveryCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryCount {
+    pub channel: Channel,
+    pub state: crate::DeliveryState,
+    pub count: i64,
+}
+
 /// One row of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEntry {
@@ -229,6 +272,8 @@ pub struct NewMessage {
     pub subject: String,
     pub body: String,
     pub channels: Vec<Channel>,
+    /// `{"es": {"subject": …, "body": …}}`.
+    pub translations: serde_json::Value,
     pub audience: serde_json::Value,
     pub requires_ack: bool,
     pub recipients: Vec<NewRecipient>,
@@ -435,6 +480,45 @@ pub trait Store: Send + Sync + 'static {
         district: DistrictId,
         id: ImportId,
     ) -> StoreResult<Option<ImportRecord>>;
+
+    /// The guardians an audience reaches within the sender's scope, each once, with their
+    /// active contact points and opt-outs — or the references that are unknown or outside
+    /// the scope.
+    async fn resolve_audience(
+        &self,
+        scope: &Scope,
+        audience: &crate::audience::Audience,
+    ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>;
+
+    /// Claims `(scope, key)` for a request with this hash, or says what the key already
+    /// holds. Keys older than `keep` are forgotten and can be claimed again.
+    async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+        keep: chrono::Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<IdempotencyClaim>;
+
+    /// Stores the response of a claimed key, to be replayed to repeats.
+    async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &[u8],
+    ) -> StoreResult<()>;
+
+    /// Forgets a claimed key whose request failed on our side, so that it can be retried.
+    async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()>;
+
+    /// A message with its delivery counts by channel and state, if the scope may see it.
+    async fn message_summary(
+        &self,
+        scope: &MessageScope,
+        id: MessageId,
+    ) -> StoreResult<Option<MessageSummary>>;
 
     /// The district's most recent audit entries, newest first.
     async fn audit_entries(&self, district: DistrictId, limit: u32)

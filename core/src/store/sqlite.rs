@@ -343,8 +343,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
-                                   subject, body, channels, audience, requires_ack, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                   subject, body, channels, audience, requires_ack, created_at, translations) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(text_id(message.id))
         .bind(text_id(message.district_id))
@@ -358,6 +358,7 @@ impl Store for SqliteStore {
         .bind(message.audience.to_string())
         .bind(message.requires_ack)
         .bind(at)
+        .bind(message.translations.to_string())
         .execute(&mut *tx)
         .await?;
 
@@ -798,6 +799,151 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn resolve_audience(
+        &self,
+        scope: &super::Scope,
+        audience: &crate::audience::Audience,
+    ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>
+    {
+        audience::resolve(&self.pool, scope, audience).await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+        keep: chrono::Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::IdempotencyClaim> {
+        // A key older than `keep` is forgotten: the next request with it is a new one.
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(at - keep)
+        .execute(&self.pool)
+        .await?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(request_hash)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if claimed == 1 {
+            return Ok(super::IdempotencyClaim::Claimed);
+        }
+        let Some(row) = sqlx::query(
+            "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            // Released between our insert and read: the caller may simply try again.
+            return Ok(super::IdempotencyClaim::InFlight);
+        };
+        let stored: Vec<u8> = row.try_get("request_hash")?;
+        if stored != request_hash {
+            return Ok(super::IdempotencyClaim::Mismatch);
+        }
+        let status: Option<i64> = row.try_get("response_status")?;
+        Ok(match status {
+            None => super::IdempotencyClaim::InFlight,
+            Some(status) => super::IdempotencyClaim::Replay {
+                status: status as u16,
+                body: row
+                    .try_get::<Option<Vec<u8>>, _>("response_body")?
+                    .unwrap_or_default(),
+            },
+        })
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &[u8],
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE scope = $3 AND key = $4")
+            .bind(status as i64)
+            .bind(body)
+            .bind(scope)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL")
+            .bind(scope)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn message_summary(
+        &self,
+        scope: &super::MessageScope,
+        id: crate::MessageId,
+    ) -> StoreResult<Option<super::MessageSummary>> {
+        let (district, author) = match *scope {
+            super::MessageScope::District(d) => (d, None),
+            super::MessageScope::Author(d, s) => (d, Some(s)),
+        };
+        let Some(row) = sqlx::query(
+            "SELECT id, kind, subject, author_id, requires_ack, created_at, \
+                    (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
+                    (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
+             FROM messages m WHERE id = $3 AND district_id = $1 AND ($2 IS NULL OR author_id = $2)",
+        )
+        .bind(text_id(district))
+        .bind(author.map(text_id))
+        .bind(text_id(id))
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let counts = sqlx::query(
+            "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
+             GROUP BY channel, state ORDER BY channel, state",
+        )
+        .bind(text_id(id))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(super::DeliveryCount {
+                channel: parse(row, "channel")?,
+                state: parse(row, "state")?,
+                count: row.try_get("n")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(super::MessageSummary {
+            id,
+            kind: parse(&row, "kind")?,
+            subject: row.try_get("subject")?,
+            author_id: crate::StaffId::from_uuid(uuid(&row, "author_id")?),
+            requires_ack: row.try_get("requires_ack")?,
+            created_at: row.try_get("created_at")?,
+            recipients: row.try_get("recipients")?,
+            acknowledged: row.try_get("acknowledged")?,
+            counts,
+        }))
+    }
+
     async fn audit_entries(
         &self,
         district: DistrictId,
@@ -898,4 +1044,17 @@ mod directory {
     }
 
     crate::store::directory_sql::directory_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
+}
+
+/// Audiences, bound the SQLite way.
+mod audience {
+    fn enc(id: uuid::Uuid) -> String {
+        id.hyphenated().to_string()
+    }
+
+    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
+        super::uuid(row, column)
+    }
+
+    crate::store::audience_sql::audience_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "");
 }

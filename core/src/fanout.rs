@@ -1,0 +1,265 @@
+//! Planning a message: from the guardians an audience reached to one delivery per
+//! guardian and channel, each either ready to send or suppressed with its reason (so the
+//! report shows who could not be reached, and why). Pure: the store writes the plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::audience::AudienceMember;
+use crate::store::{NewDelivery, NewMessage, NewRecipient};
+use crate::{
+    Channel, DeliveryGuarantee, DeliveryId, DistrictId, GuardianId, MessageId, MessageKind,
+    RecipientId, StaffId,
+};
+
+/// The subject and body in one language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Translation {
+    pub subject: String,
+    pub body: String,
+}
+
+/// A message as staff wrote it, already validated.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub district_id: DistrictId,
+    pub author_id: StaffId,
+    pub kind: MessageKind,
+    pub channels: BTreeSet<Channel>,
+    pub subject: String,
+    pub body: String,
+    /// Other languages, keyed by language tag ("es", "vi").
+    pub translations: BTreeMap<String, Translation>,
+    pub requires_ack: bool,
+    pub guarantee: DeliveryGuarantee,
+    /// The audience as asked for, kept with the message.
+    pub audience: serde_json::Value,
+}
+
+/// Why a delivery is not sent.
+pub mod reason {
+    /// The guardian texted STOP: carriers forbid any further SMS, emergencies included.
+    pub const CARRIER_STOP: &str = "carrier_stop";
+    /// The guardian (or staff on their behalf) opted out of this channel.
+    pub const OPTED_OUT: &str = "opted_out";
+    /// No active address or device for this channel.
+    pub const NO_ADDRESS: &str = "no_address";
+}
+
+/// One recipient per guardian, one delivery per guardian and channel.
+///
+/// - A carrier STOP suppresses SMS for every kind of message.
+/// - Other opt-outs suppress everything but emergencies.
+/// - The guardian's language is used when the message has it, else the district's.
+pub fn plan(
+    draft: &Draft,
+    default_language: &str,
+    members: &[AudienceMember],
+    partitions: u32,
+) -> NewMessage {
+    let mut seen = BTreeSet::new();
+    let recipients = members
+        .iter()
+        .filter(|m| seen.insert(m.guardian_id))
+        .map(|member| {
+            let language = member
+                .preferred_language
+                .as_deref()
+                .filter(|l| draft.translations.contains_key(*l))
+                .unwrap_or(default_language)
+                .to_owned();
+            let deliveries = draft
+                .channels
+                .iter()
+                .map(|&channel| {
+                    let opted_out = |carrier: bool| {
+                        member
+                            .opt_outs
+                            .iter()
+                            .any(|(c, source)| *c == channel && (source == "carrier") == carrier)
+                    };
+                    let contact = member.contacts.iter().find(|c| c.kind == channel);
+                    let suppressed = if channel == Channel::Sms && opted_out(true) {
+                        Some(reason::CARRIER_STOP)
+                    } else if draft.kind != MessageKind::Emergency && opted_out(false) {
+                        Some(reason::OPTED_OUT)
+                    } else if contact.is_none() {
+                        Some(reason::NO_ADDRESS)
+                    } else {
+                        None
+                    };
+                    NewDelivery {
+                        id: DeliveryId::new(),
+                        channel,
+                        address: contact.map(|c| c.address.clone()),
+                        suppressed_reason: suppressed.map(str::to_owned),
+                    }
+                })
+                .collect();
+            NewRecipient {
+                id: RecipientId::new(),
+                guardian_id: GuardianId::from_uuid(member.guardian_id),
+                language,
+                deliveries,
+            }
+        })
+        .collect();
+    NewMessage {
+        id: MessageId::new(),
+        district_id: draft.district_id,
+        author_id: draft.author_id,
+        kind: draft.kind,
+        lane: draft.kind.lane(),
+        guarantee: draft.guarantee.effective(draft.kind),
+        subject: draft.subject.clone(),
+        body: draft.body.clone(),
+        translations: serde_json::to_value(&draft.translations).unwrap_or_default(),
+        channels: draft.channels.iter().copied().collect(),
+        audience: draft.audience.clone(),
+        requires_ack: draft.requires_ack,
+        recipients,
+        partitions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audience::MemberContact;
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    fn draft(kind: MessageKind, channels: &[Channel]) -> Draft {
+        Draft {
+            district_id: DistrictId::new(),
+            author_id: StaffId::new(),
+            kind,
+            channels: channels.iter().copied().collect(),
+            subject: "Snow day".into(),
+            body: "Schools are closed today.".into(),
+            translations: [(
+                "es".to_owned(),
+                Translation {
+                    subject: "Día de nieve".into(),
+                    body: "Cerrado.".into(),
+                },
+            )]
+            .into(),
+            requires_ack: false,
+            guarantee: DeliveryGuarantee::AtLeastOnce,
+            audience: serde_json::json!({"district": true}),
+        }
+    }
+
+    fn any_member() -> impl Strategy<Value = AudienceMember> {
+        let channel = proptest::sample::select(Channel::ALL.to_vec());
+        let source = proptest::sample::select(vec!["carrier", "guardian", "staff", "complaint"]);
+        (
+            any::<u128>(),
+            proptest::option::of(proptest::sample::select(vec!["en", "es", "vi"])),
+            proptest::collection::vec(channel.clone(), 0..4),
+            proptest::collection::vec((channel, source), 0..3),
+        )
+            .prop_map(|(id, language, kinds, opt_outs)| AudienceMember {
+                guardian_id: Uuid::from_u128(id),
+                preferred_language: language.map(str::to_owned),
+                contacts: kinds
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, kind)| MemberContact {
+                        id: Uuid::from_u128(i as u128),
+                        kind,
+                        address: format!("a{i}"),
+                    })
+                    .collect(),
+                opt_outs: opt_outs
+                    .into_iter()
+                    .map(|(c, s)| (c, s.to_owned()))
+                    .collect(),
+            })
+    }
+
+    #[test]
+    fn a_guardian_who_texted_stop_gets_no_sms_even_in_an_emergency() {
+        let member = AudienceMember {
+            guardian_id: Uuid::now_v7(),
+            preferred_language: Some("es".into()),
+            contacts: vec![
+                MemberContact {
+                    id: Uuid::now_v7(),
+                    kind: Channel::Sms,
+                    address: "+12025550143".into(),
+                },
+                MemberContact {
+                    id: Uuid::now_v7(),
+                    kind: Channel::Email,
+                    address: "a@example.org".into(),
+                },
+            ],
+            opt_outs: vec![
+                (Channel::Sms, "carrier".into()),
+                (Channel::Email, "guardian".into()),
+            ],
+        };
+        let emergency = plan(
+            &draft(MessageKind::Emergency, &[Channel::Sms, Channel::Email]),
+            "en",
+            &[member.clone()],
+            64,
+        );
+        let d = &emergency.recipients[0].deliveries;
+        assert_eq!(
+            d[0].suppressed_reason.as_deref(),
+            Some(reason::CARRIER_STOP)
+        );
+        assert_eq!(
+            d[1].suppressed_reason, None,
+            "emergencies reach an email opt-out"
+        );
+        assert_eq!(emergency.recipients[0].language, "es");
+        let general = plan(
+            &draft(MessageKind::General, &[Channel::Email]),
+            "en",
+            &[member],
+            64,
+        );
+        assert_eq!(
+            general.recipients[0].deliveries[0]
+                .suppressed_reason
+                .as_deref(),
+            Some(reason::OPTED_OUT)
+        );
+    }
+
+    proptest! {
+        /// Whatever the audience: one recipient per guardian, one delivery per channel,
+        /// and a delivery is sent exactly when nothing forbids it.
+        #[test]
+        fn every_guardian_gets_one_delivery_per_channel_sent_or_suppressed_for_a_reason(
+            members in proptest::collection::vec(any_member(), 0..20),
+            emergency in any::<bool>(),
+            channels in proptest::collection::btree_set(proptest::sample::select(Channel::ALL.to_vec()), 1..4),
+        ) {
+            let kind = if emergency { MessageKind::Emergency } else { MessageKind::Attendance };
+            let channels: Vec<Channel> = channels.into_iter().collect();
+            let message = plan(&draft(kind, &channels), "en", &members, 64);
+            let distinct: BTreeSet<Uuid> = members.iter().map(|m| m.guardian_id).collect();
+            prop_assert_eq!(message.recipients.len(), distinct.len());
+            for recipient in &message.recipients {
+                let member = members.iter().find(|m| m.guardian_id == *recipient.guardian_id.as_uuid()).unwrap();
+                prop_assert_eq!(recipient.deliveries.len(), channels.len());
+                prop_assert!(recipient.language == "en" || recipient.language == "es");
+                for (delivery, channel) in recipient.deliveries.iter().zip(&channels) {
+                    prop_assert_eq!(delivery.channel, *channel);
+                    let stop = member.opt_outs.iter().any(|(c, s)| c == channel && s == "carrier");
+                    let opted = member.opt_outs.iter().any(|(c, s)| c == channel && s != "carrier");
+                    let reachable = member.contacts.iter().any(|c| c.kind == *channel);
+                    let blocked = (stop && *channel == Channel::Sms) || (opted && !emergency) || !reachable;
+                    prop_assert_eq!(delivery.suppressed_reason.is_some(), blocked);
+                    prop_assert_eq!(delivery.address.is_some(), reachable);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Resolving an audience, and the idempotency keys of the messages API, written once for
+//! both dialects (see `roster_sql`).
+
+/// Expands to the audience and idempotency queries of one dialect.
+/// `as_text` turns an id column into hyphenated text (`"::text"` or `""`).
+macro_rules! audience_queries {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal) => {
+        use std::collections::{HashMap, HashSet};
+
+        use sqlx::Row as _;
+        use $crate::audience::{Audience, AudienceMember, AudienceProblems, MemberContact};
+        use $crate::store::directory::Scope;
+        use $crate::store::directory_sql::{class_filter, guardian_filter, school_filter, student_filter};
+        use $crate::store::StoreResult;
+
+        const CHUNK: usize = 1_000;
+
+        /// Resolves `references` (ids or sourcedIds) of `table` in the district: their ids,
+        /// and the references that are unknown or outside the scope.
+        async fn references(
+            pool: &sqlx::Pool<$db>,
+            scope: &Scope,
+            table: &str,
+            visible: &str,
+            label: &str,
+            references: &[String],
+            problems: &mut AudienceProblems,
+        ) -> StoreResult<Vec<uuid::Uuid>> {
+            let mut found: HashMap<String, (uuid::Uuid, bool)> = HashMap::new();
+            for chunk in references.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT x.id, x.id{t} AS id_text, x.sourced_id, ({visible}) AS visible FROM {table} x \
+                     WHERE x.deleted_at IS NULL AND x.district_id = ",
+                    t = $as_text
+                ));
+                q.push_bind($enc(*scope.district().as_uuid()));
+                // `$2` in the scope filters is the staff id: bound second, whatever the text.
+                q.push(" AND (x.id IS NOT NULL OR x.id = ").push_bind($enc(scope.staff())).push(")");
+                q.push(format!(" AND (x.id{} IN (", $as_text));
+                let mut list = q.separated(", ");
+                for r in chunk {
+                    list.push_bind(r.to_lowercase());
+                }
+                q.push(") OR x.sourced_id IN (");
+                let mut list = q.separated(", ");
+                for r in chunk {
+                    list.push_bind(r.as_str());
+                }
+                q.push("))");
+                for row in q.build().fetch_all(pool).await? {
+                    let id = $dec(&row, "id")?;
+                    let visible: bool = row.try_get("visible")?;
+                    let id_text: String = row.try_get("id_text")?;
+                    found.insert(id_text, (id, visible));
+                    if let Some(sid) = row.try_get::<Option<String>, _>("sourced_id")? {
+                        found.insert(sid, (id, visible));
+                    }
+                }
+            }
+            let mut ids = Vec::new();
+            for r in references {
+                match found.get(r.as_str()).or_else(|| found.get(&r.to_lowercase())) {
+                    Some((id, true)) => ids.push(*id),
+                    Some((_, false)) => problems.forbidden.push(format!("{label}:{r}")),
+                    None => problems.unknown.push(format!("{label}:{r}")),
+                }
+            }
+            Ok(ids)
+        }
+
+        fn push_ids(q: &mut sqlx::QueryBuilder<'_, $db>, ids: &[uuid::Uuid]) {
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind($enc(*id));
+            }
+        }
+
+        /// The guardians an audience reaches within `scope`, each once, with their active
+        /// contact points and opt-outs; or what is wrong with the audience.
+        pub async fn resolve(
+            pool: &sqlx::Pool<$db>,
+            scope: &Scope,
+            audience: &Audience,
+        ) -> StoreResult<Result<Vec<AudienceMember>, AudienceProblems>> {
+            let mut problems = AudienceProblems::default();
+            if audience.district && !matches!(scope, Scope::District(_)) {
+                problems.forbidden.push("district".into());
+            }
+            let schools = references(pool, scope, "schools", school_filter(scope), "schools", &audience.schools, &mut problems).await?;
+            let classes = references(pool, scope, "classes", class_filter(scope), "classes", &audience.classes, &mut problems).await?;
+            let students = references(pool, scope, "students", &student_filter(scope, "x"), "students", &audience.students, &mut problems).await?;
+            let guardians = references(pool, scope, "guardians", &guardian_filter(scope), "guardians", &audience.guardians, &mut problems).await?;
+            if !problems.is_empty() {
+                return Ok(Err(problems));
+            }
+
+            // Guardians reached through students, then guardians named directly or the
+            // whole district; the scope applies to every path.
+            let mut targets: HashSet<uuid::Uuid> = HashSet::new();
+            let through_students = !schools.is_empty() || !classes.is_empty() || !students.is_empty() || !audience.grades.is_empty();
+            if through_students {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT DISTINCT gs.guardian_id FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
+                     JOIN guardians g ON g.id = gs.guardian_id \
+                     WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL AND g.deleted_at IS NULL AND s.district_id = ",
+                );
+                q.push_bind($enc(*scope.district().as_uuid()));
+                q.push(" AND (s.id IS NOT NULL OR s.id = ").push_bind($enc(scope.staff())).push(")");
+                q.push(format!(" AND ({}) AND (FALSE", student_filter(scope, "s")));
+                if !schools.is_empty() {
+                    q.push(" OR s.school_id IN (");
+                    push_ids(&mut q, &schools);
+                    q.push(")");
+                }
+                if !audience.grades.is_empty() {
+                    q.push(" OR s.grade IN (");
+                    let mut list = q.separated(", ");
+                    for grade in &audience.grades {
+                        list.push_bind(grade.as_str());
+                    }
+                    q.push(")");
+                }
+                if !classes.is_empty() {
+                    q.push(" OR s.id IN (SELECT student_id FROM enrollments WHERE role = 'student' AND deleted_at IS NULL AND class_id IN (");
+                    push_ids(&mut q, &classes);
+                    q.push("))");
+                }
+                if !students.is_empty() {
+                    q.push(" OR s.id IN (");
+                    push_ids(&mut q, &students);
+                    q.push(")");
+                }
+                q.push(")");
+                for row in q.build().fetch_all(pool).await? {
+                    targets.insert($dec(&row, "guardian_id")?);
+                }
+            }
+            if audience.district {
+                let rows = sqlx::query("SELECT id FROM guardians WHERE district_id = $1 AND deleted_at IS NULL")
+                    .bind($enc(*scope.district().as_uuid()))
+                    .fetch_all(pool)
+                    .await?;
+                for row in rows {
+                    targets.insert($dec(&row, "id")?);
+                }
+            }
+            targets.extend(guardians);
+
+            let mut ids: Vec<uuid::Uuid> = targets.into_iter().collect();
+            ids.sort();
+            let mut members: HashMap<uuid::Uuid, AudienceMember> = HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT id, preferred_language FROM guardians WHERE id IN (");
+                push_ids(&mut q, chunk);
+                q.push(")");
+                for row in q.build().fetch_all(pool).await? {
+                    let id = $dec(&row, "id")?;
+                    members.insert(id, AudienceMember {
+                        guardian_id: id,
+                        preferred_language: row.try_get("preferred_language")?,
+                        contacts: Vec::new(),
+                        opt_outs: Vec::new(),
+                    });
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, guardian_id, kind, address FROM contact_points WHERE active AND guardian_id IN (",
+                );
+                push_ids(&mut q, chunk);
+                q.push(") ORDER BY created_at, id");
+                for row in q.build().fetch_all(pool).await? {
+                    let guardian = $dec(&row, "guardian_id")?;
+                    let kind: String = row.try_get("kind")?;
+                    if let (Some(member), Ok(kind)) = (members.get_mut(&guardian), kind.parse()) {
+                        member.contacts.push(MemberContact { id: $dec(&row, "id")?, kind, address: row.try_get("address")? });
+                    }
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT guardian_id, channel, source FROM opt_outs WHERE revoked_at IS NULL AND guardian_id IN (",
+                );
+                push_ids(&mut q, chunk);
+                q.push(")");
+                for row in q.build().fetch_all(pool).await? {
+                    let guardian = $dec(&row, "guardian_id")?;
+                    let channel: String = row.try_get("channel")?;
+                    if let (Some(member), Ok(channel)) = (members.get_mut(&guardian), channel.parse()) {
+                        member.opt_outs.push((channel, row.try_get("source")?));
+                    }
+                }
+            }
+            let mut members: Vec<AudienceMember> = members.into_values().collect();
+            members.sort_by_key(|m| m.guardian_id);
+            Ok(Ok(members))
+        }
+    };
+}
+
+pub(crate) use audience_queries;
