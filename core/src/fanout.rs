@@ -205,7 +205,7 @@ mod tests {
         let emergency = plan(
             &draft(MessageKind::Emergency, &[Channel::Sms, Channel::Email]),
             "en",
-            &[member.clone()],
+            std::slice::from_ref(&member),
             64,
         );
         let d = &emergency.recipients[0].deliveries;
