@@ -73,6 +73,7 @@ pub async fn serve(
     let router = tidings_api::router(tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
+        partitions: config.log_partitions,
     });
     tidings_api::serve(listener, router, shutdown)
         .await

@@ -34,6 +34,9 @@ pub struct Config {
     /// Country (ISO 3166 code) for roster phone numbers written without a country code.
     /// Env: `TIDINGS_DEFAULT_PHONE_REGION`.
     pub default_phone_region: String,
+    /// Partitions per lane of the delivery log; deliveries of one guardian share one.
+    /// Env: `TIDINGS_LOG_PARTITIONS`.
+    pub log_partitions: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +57,7 @@ impl Default for Config {
             district_name: "My District".into(),
             first_admin_email: "admin@tidings.local".into(),
             default_phone_region: "US".into(),
+            log_partitions: tidings_core::log::DEFAULT_PARTITIONS,
         }
     }
 }
@@ -73,6 +77,9 @@ impl Config {
             .extract()
             .map_err(|e| anyhow::anyhow!(one_line(&e)))
             .context("invalid configuration")?;
+        if config.log_partitions == 0 || config.log_partitions > 4096 {
+            bail!("invalid configuration: log_partitions must be between 1 and 4096");
+        }
         if config.database_max_connections == 0 {
             bail!("invalid configuration: database_max_connections must be at least 1");
         }

@@ -2,49 +2,13 @@
 
 mod support;
 
-use std::io::Write;
-
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use support::{tidings, Server};
+use support::{demo_zip, tidings, token_for, Server};
 use tidings_core::testing::TestDatabase;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo");
 const ADMIN: &str = "it@district.example.org";
-
-fn demo_zip() -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for entry in std::fs::read_dir(DEMO).unwrap() {
-        let entry = entry.unwrap();
-        zip.start_file(
-            entry.file_name().to_string_lossy(),
-            zip::write::SimpleFileOptions::default(),
-        )
-        .unwrap();
-        zip.write_all(&std::fs::read(entry.path()).unwrap())
-            .unwrap();
-    }
-    zip.finish().unwrap().into_inner()
-}
-
-async fn token_for(db: &TestDatabase, email: &str) -> String {
-    let output = tidings(&db.url)
-        .args(["token", "create", "--email", email])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
-}
 
 struct Api {
     client: Client,
@@ -138,7 +102,7 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
         client: Client::new(),
         server,
     };
-    let admin = token_for(&db, ADMIN).await;
+    let admin = token_for(&db.url, ADMIN).await;
 
     let response = api
         .client
@@ -178,7 +142,7 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
 
     // A teacher sees the students of their class, and no one else.
     let (teacher_email, expected) = a_teacher_and_their_students();
-    let teacher = token_for(&db, &teacher_email).await;
+    let teacher = token_for(&db.url, &teacher_email).await;
     let theirs_students = api.all("/api/v1/students", &teacher).await;
     let seen_ids: Vec<String> = theirs_students
         .iter()
@@ -371,7 +335,7 @@ async fn bad_uploads_and_bad_requests_are_problems_that_change_nothing() {
         client: Client::new(),
         server,
     };
-    let admin = token_for(&db, ADMIN).await;
+    let admin = token_for(&db.url, ADMIN).await;
 
     let garbage = api
         .client

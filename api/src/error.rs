@@ -26,6 +26,14 @@ pub enum ApiError {
     Conflict(String),
     #[error("the roster could not be imported: {0}")]
     InvalidRoster(String),
+    #[error("the audience names what does not exist in this district: {0}")]
+    UnknownAudience(String),
+    #[error("the audience reaches beyond what you may message: {0}")]
+    ForbiddenAudience(String),
+    #[error("a request with this Idempotency-Key is still being handled; retry shortly")]
+    IdempotencyInFlight,
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyMismatch,
     #[error("not ready: {0}")]
     NotReady(String),
     /// Something failed on our side. The cause is logged with the request id, never
@@ -87,6 +95,26 @@ impl ApiError {
                 "/problems/invalid-roster",
                 "Roster not imported",
             ),
+            ApiError::UnknownAudience(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/unknown-audience",
+                "Unknown audience",
+            ),
+            ApiError::ForbiddenAudience(_) => (
+                StatusCode::FORBIDDEN,
+                "/problems/forbidden-audience",
+                "Audience not allowed",
+            ),
+            ApiError::IdempotencyInFlight => (
+                StatusCode::CONFLICT,
+                "/problems/idempotency-key-in-flight",
+                "Request in progress",
+            ),
+            ApiError::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
             ApiError::NotReady(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "/problems/not-ready",
@@ -101,14 +129,12 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document, serialised. An internal error's cause is not in it.
+    pub fn problem_body(&self) -> Vec<u8> {
         let (status, kind, title) = self.parts();
-        let detail = match &self {
-            ApiError::Internal(source) => {
-                tracing::error!(error = %tidings_core::store::error_chain(source), "request failed");
-                None
-            }
+        let detail = match self {
+            ApiError::Internal(_) => None,
             other => Some(other.to_string()),
         };
         let problem = Problem {
@@ -117,7 +143,17 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        serde_json::to_vec(&problem).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.parts();
+        if let ApiError::Internal(source) = &self {
+            tracing::error!(error = %tidings_core::store::error_chain(source), "request failed");
+        }
+        let body = self.problem_body();
         let mut response = (status, body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -150,6 +186,10 @@ mod tests {
             ApiError::PayloadTooLarge,
             ApiError::Conflict(String::new()),
             ApiError::InvalidRoster(String::new()),
+            ApiError::UnknownAudience(String::new()),
+            ApiError::ForbiddenAudience(String::new()),
+            ApiError::IdempotencyInFlight,
+            ApiError::IdempotencyMismatch,
             ApiError::NotReady(String::new()),
             ApiError::Internal(StoreError::Corrupt(String::new())),
         ];

@@ -8,6 +8,7 @@ pub mod error;
 mod extract;
 mod health;
 mod imports;
+mod messages;
 mod openapi;
 
 use std::future::Future;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Region for phone numbers staff type without a country code (ISO 3166, e.g. "US").
     pub default_phone_region: String,
+    /// Partitions per lane of the delivery log.
+    pub partitions: u32,
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for
@@ -75,6 +78,8 @@ pub fn router(state: AppState) -> Router {
             post(imports::import_oneroster).layer(DefaultBodyLimit::max(imports::MAX_ROSTER_BYTES)),
         )
         .route("/api/v1/imports/{id}", get(imports::get_import))
+        .route("/api/v1/messages", post(messages::send_message))
+        .route("/api/v1/messages/{id}", get(messages::get_message))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

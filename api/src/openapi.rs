@@ -25,6 +25,8 @@ use utoipa::{Modify, OpenApi};
         crate::directory::revoke_opt_out,
         crate::imports::import_oneroster,
         crate::imports::get_import,
+        crate::messages::send_message,
+        crate::messages::get_message,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&BearerAuth),

@@ -105,3 +105,41 @@ pub fn first_login(banner: &[String]) -> Option<(String, String)> {
         .find_map(|l| l.trim().strip_prefix("Password:"))?;
     Some((email.trim().to_owned(), password.trim().to_owned()))
 }
+
+/// The demo district's bundle, zipped as an SIS exports it.
+pub fn demo_zip() -> Vec<u8> {
+    use std::io::Write;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/demo");
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        zip.start_file(
+            entry.file_name().to_string_lossy(),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.write_all(&std::fs::read(entry.path()).unwrap())
+            .unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+/// A new API token for the staff member with this email, made with `tidings token create`.
+pub async fn token_for(database_url: &str, email: &str) -> String {
+    let output = tidings(database_url)
+        .args(["token", "create", "--email", email])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}

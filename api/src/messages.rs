@@ -1,0 +1,318 @@
+//! Sending messages: `POST /api/v1/messages` resolves the audience within what the sender
+//! may message, plans one delivery per guardian and channel, and writes the message, its
+//! deliveries and their log entries in one transaction. `Idempotency-Key` makes a retried
+//! request replay the first answer instead of sending twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tidings_core::audience::{Audience, MAX_REFERENCES};
+use tidings_core::delivery::Actor;
+use tidings_core::fanout::{self, Draft, Translation};
+use tidings_core::store::{IdempotencyClaim, MessageScope, MessageSummary, Scope};
+use tidings_core::time::now;
+use tidings_core::{Channel, DeliveryGuarantee, MessageId, MessageKind, Role, Staff};
+use uuid::Uuid;
+
+use crate::extract::Path;
+use crate::{ApiError, AppState, Caller};
+
+/// Longest subject, in characters.
+pub const MAX_SUBJECT: usize = 200;
+/// Longest body, in characters (about ten SMS segments).
+pub const MAX_BODY: usize = 1_600;
+/// Idempotency keys are kept at least this long.
+pub const KEEP_KEYS_HOURS: i64 = 24;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// `{"district": true}` or lists of ids or sourcedIds: `schools`, `grades`, `classes`,
+    /// `students`, `guardians`.
+    #[schema(value_type = Object)]
+    pub audience: Audience,
+    /// Any of `sms`, `email`, `push`.
+    pub channels: Vec<String>,
+    /// `emergency`, `attendance` or `general`.
+    pub kind: String,
+    pub subject: String,
+    pub body: String,
+    /// Other languages: `{"es": {"subject": …, "body": …}}`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub translations: BTreeMap<String, Translation>,
+    #[serde(default)]
+    pub requires_ack: bool,
+    /// `at_least_once` (default; always for emergencies) or `at_most_once`.
+    pub delivery: Option<String>,
+    /// Not available yet: a request with it is refused rather than sent at once.
+    pub scheduled_at: Option<String>,
+    /// Not available yet: a request with it is refused.
+    pub ack_deadline: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sent {
+    pub id: MessageId,
+    /// Guardians reached.
+    pub recipients: usize,
+    /// Deliveries created, one per guardian and channel.
+    pub deliveries: usize,
+    /// Of those, the ones that will not be sent (no address, opted out), by reason.
+    pub suppressed: BTreeMap<String, usize>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidBody(message.into())
+}
+
+fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(invalid(format!("{field} is empty")));
+    }
+    if value.chars().count() > max {
+        return Err(invalid(format!("{field} is longer than {max} characters")));
+    }
+    Ok(value.to_owned())
+}
+
+fn draft(staff: &Staff, request: SendMessage) -> Result<Draft, ApiError> {
+    if request.scheduled_at.is_some() || request.ack_deadline.is_some() {
+        return Err(invalid(
+            "scheduled_at and ack_deadline are not available yet; send without them",
+        ));
+    }
+    let kind: MessageKind = request
+        .kind
+        .parse()
+        .map_err(|e: tidings_core::UnknownName| invalid(e.to_string()))?;
+    let channels = request
+        .channels
+        .iter()
+        .map(|c| c.parse::<Channel>().map_err(|e| invalid(e.to_string())))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if channels.is_empty() {
+        return Err(invalid("channels is empty"));
+    }
+    let guarantee = match request.delivery.as_deref() {
+        None => DeliveryGuarantee::AtLeastOnce,
+        Some(g) => g
+            .parse()
+            .map_err(|e: tidings_core::UnknownName| invalid(e.to_string()))?,
+    };
+    let audience = request.audience;
+    if audience.is_empty() {
+        return Err(invalid("audience names no one"));
+    }
+    let lists = [
+        &audience.schools,
+        &audience.grades,
+        &audience.classes,
+        &audience.students,
+        &audience.guardians,
+    ];
+    if lists.iter().any(|l| l.len() > MAX_REFERENCES) {
+        return Err(invalid(format!(
+            "an audience list holds more than {MAX_REFERENCES} references"
+        )));
+    }
+    let mut translations = BTreeMap::new();
+    for (language, t) in request.translations {
+        let subject = text(
+            &format!("translations.{language}.subject"),
+            &t.subject,
+            MAX_SUBJECT,
+        )?;
+        let body = text(&format!("translations.{language}.body"), &t.body, MAX_BODY)?;
+        translations.insert(language, Translation { subject, body });
+    }
+    let audience_json = serde_json::json!({
+        "district": audience.district, "schools": audience.schools, "grades": audience.grades,
+        "classes": audience.classes, "students": audience.students, "guardians": audience.guardians,
+    });
+    Ok(Draft {
+        district_id: staff.district_id,
+        author_id: staff.id,
+        kind,
+        channels,
+        subject: text("subject", &request.subject, MAX_SUBJECT)?,
+        body: text("body", &request.body, MAX_BODY)?,
+        translations,
+        requires_ack: request.requires_ack,
+        guarantee,
+        audience: audience_json,
+    })
+}
+
+async fn send(
+    state: &AppState,
+    staff: &Staff,
+    body: &[u8],
+) -> Result<(StatusCode, Sent), ApiError> {
+    if staff.role == Role::Viewer {
+        return Err(ApiError::Forbidden);
+    }
+    let request: SendMessage = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let audience = request.audience.clone();
+    let draft = draft(staff, request)?;
+    let members = match state
+        .store
+        .resolve_audience(&Scope::of(staff), &audience)
+        .await?
+    {
+        Ok(members) => members,
+        Err(problems) if !problems.forbidden.is_empty() => {
+            return Err(ApiError::ForbiddenAudience(problems.forbidden.join(", ")))
+        }
+        Err(problems) => return Err(ApiError::UnknownAudience(problems.unknown.join(", "))),
+    };
+    let district = state
+        .store
+        .districts()
+        .await?
+        .into_iter()
+        .find(|d| d.id == staff.district_id)
+        .ok_or(ApiError::Forbidden)?;
+    let message = fanout::plan(
+        &draft,
+        &district.default_language,
+        &members,
+        state.partitions,
+    );
+    state.store.create_message(&message, now()).await?;
+    let mut suppressed = BTreeMap::new();
+    let mut deliveries = 0;
+    for delivery in message.recipients.iter().flat_map(|r| &r.deliveries) {
+        deliveries += 1;
+        if let Some(reason) = &delivery.suppressed_reason {
+            *suppressed.entry(reason.clone()).or_insert(0) += 1;
+        }
+    }
+    let detail = serde_json::json!({
+        "message_id": message.id, "kind": message.kind, "recipients": message.recipients.len(), "deliveries": deliveries,
+    });
+    state
+        .store
+        .audit(
+            staff.district_id,
+            &Actor::staff(staff.id),
+            "message.send",
+            detail,
+            now(),
+        )
+        .await?;
+    tracing::info!(message_id = %message.id, recipients = message.recipients.len(), deliveries, "message accepted");
+    let sent = Sent {
+        id: message.id,
+        recipients: message.recipients.len(),
+        deliveries,
+        suppressed,
+    };
+    Ok((StatusCode::CREATED, sent))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Sends a message to an audience, or replays the answer to an earlier request with the
+/// same `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/messages", tag = "messages", security(("bearer" = [])),
+    request_body = SendMessage,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body replay the first answer; kept 24 h, per staff member")),
+    responses(
+        (status = 201, description = "Accepted: the message and every delivery are on the log", body = serde_json::Value),
+        (status = 403, description = "The audience reaches beyond what the sender may message", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still being handled", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid body, unknown audience references, or an Idempotency-Key reused for a different body", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn send_message(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .map_err(|_| invalid("Idempotency-Key is not text"))?;
+            if key.is_empty() || key.len() > 255 {
+                return Err(invalid("Idempotency-Key must be 1 to 255 characters"));
+            }
+            Some(key.to_owned())
+        }
+    };
+    let Some(key) = key else {
+        let (status, sent) = send(&state, &staff, &body).await?;
+        return Ok((status, axum::Json(sent)).into_response());
+    };
+    let scope = format!("staff:{}", staff.id);
+    let hash = Sha256::digest(&body);
+    let keep = chrono::Duration::hours(KEEP_KEYS_HOURS);
+    match state
+        .store
+        .claim_idempotency_key(&scope, &key, &hash, keep, now())
+        .await?
+    {
+        IdempotencyClaim::Replay { status, body } => {
+            return Ok(json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                body,
+            ))
+        }
+        IdempotencyClaim::InFlight => return Err(ApiError::IdempotencyInFlight),
+        IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
+        IdempotencyClaim::Claimed => {}
+    }
+    let (status, stored) = match send(&state, &staff, &body).await {
+        Ok((status, sent)) => (status, serde_json::to_vec(&sent).unwrap_or_default()),
+        Err(error) if error.parts().0.is_server_error() => {
+            // Our failure, not the request's: let the client retry with the same key.
+            state.store.release_idempotency_key(&scope, &key).await?;
+            return Err(error);
+        }
+        // The request's own fault: replayed like a success, so a retry learns the same.
+        Err(error) => (error.parts().0, error.problem_body()),
+    };
+    state
+        .store
+        .complete_idempotency_key(&scope, &key, status.as_u16(), &stored)
+        .await?;
+    Ok(json_response(status, stored))
+}
+
+/// A message with its delivery counts by channel and state. District administrators see
+/// every message of the district; other staff the messages they sent.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The message and its counts", body = serde_json::Value),
+        (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_message(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<MessageSummary>, ApiError> {
+    let scope = match staff.role {
+        Role::DistrictAdmin => MessageScope::District(staff.district_id),
+        _ => MessageScope::Author(staff.district_id, staff.id),
+    };
+    let summary = state
+        .store
+        .message_summary(&scope, MessageId::from_uuid(id))
+        .await?;
+    summary.map(axum::Json).ok_or(ApiError::NotFound)
+}

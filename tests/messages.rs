@@ -1,0 +1,338 @@
+//! Sending a message over the API: audience, scope, idempotency and the report counts.
+
+mod support;
+
+use std::collections::HashSet;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use support::{demo_zip, tidings, token_for, Server};
+use tidings_core::testing::TestDatabase;
+
+const ADMIN: &str = "it@district.example.org";
+
+struct District {
+    db: TestDatabase,
+    server: Server,
+    client: Client,
+    admin: String,
+}
+
+async fn demo_district(db: TestDatabase) -> District {
+    let server = Server::start(tidings(&db.url).env("TIDINGS_FIRST_ADMIN_EMAIL", ADMIN)).await;
+    let client = Client::new();
+    let admin = token_for(&db.url, ADMIN).await;
+    let imported = client
+        .post(server.url("/api/v1/imports/oneroster"))
+        .bearer_auth(&admin)
+        .body(demo_zip())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.status(), StatusCode::CREATED);
+    District {
+        db,
+        server,
+        client,
+        admin,
+    }
+}
+
+impl District {
+    async fn send(&self, token: &str, key: Option<&str>, body: &Value) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.server.url("/api/v1/messages"))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let problem = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v == "application/problem+json");
+        assert_eq!(
+            problem,
+            !status.is_success(),
+            "errors, and only errors, are problem+json"
+        );
+        (status, response.json().await.unwrap())
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.server.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn sends_recorded(&self) -> usize {
+        let store = tidings_core::store::connect(&self.db.url, &Default::default())
+            .await
+            .unwrap();
+        let district = store.districts().await.unwrap()[0].id;
+        store
+            .audit_entries(district, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "message.send")
+            .count()
+    }
+}
+
+fn closure(audience: Value) -> Value {
+    json!({
+        "audience": audience,
+        "channels": ["sms", "email"],
+        "kind": "emergency",
+        "subject": "Early dismissal",
+        "body": "A water main broke. Students will be dismissed at 12:30.",
+        "translations": {"es": {"subject": "Salida temprana", "body": "Salida a las 12:30."}},
+        "requires_ack": true
+    })
+}
+
+#[tokio::test]
+async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
+    let d = demo_district(TestDatabase::sqlite()).await;
+    let (status, sent) = d
+        .send(&d.admin, None, &closure(json!({"schools": ["school-0"]})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let recipients = sent["recipients"].as_u64().unwrap();
+    assert!(recipients > 50, "{sent}");
+    assert_eq!(
+        sent["deliveries"].as_u64().unwrap(),
+        2 * recipients,
+        "one per guardian and channel"
+    );
+
+    let (status, summary) = d
+        .get(
+            &d.admin,
+            &format!("/api/v1/messages/{}", sent["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(summary["recipients"].as_u64(), Some(recipients));
+    let counts = summary["counts"].as_array().unwrap();
+    let total: u64 = counts.iter().map(|c| c["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 2 * recipients);
+    let suppressed: u64 = counts
+        .iter()
+        .filter(|c| c["state"] == "SUPPRESSED")
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    let reported: u64 = sent["suppressed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        suppressed, reported,
+        "the demo has guardians without a phone or email"
+    );
+    assert!(suppressed > 0 && suppressed < total);
+    assert!(counts
+        .iter()
+        .all(|c| c["state"] == "CREATED" || c["state"] == "SUPPRESSED"));
+
+    // The whole district reaches more guardians than one school, each still once.
+    let (_, all) = d
+        .send(&d.admin, None, &closure(json!({"district": true})))
+        .await;
+    assert!(all["recipients"].as_u64().unwrap() > recipients);
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_replays_and_a_different_body_is_refused() {
+    let d = demo_district(TestDatabase::sqlite()).await;
+    let body = closure(json!({"classes": ["class-0"]}));
+    let (first_status, first) = d.send(&d.admin, Some("snow-day-1"), &body).await;
+    assert_eq!(first_status, StatusCode::CREATED);
+    let (again_status, again) = d.send(&d.admin, Some("snow-day-1"), &body).await;
+    assert_eq!(
+        (again_status, &again),
+        (StatusCode::CREATED, &first),
+        "the first answer, replayed"
+    );
+    assert_eq!(d.sends_recorded().await, 1, "and no second message");
+
+    let mut changed = body.clone();
+    changed["subject"] = json!("Something else");
+    let (status, problem) = d.send(&d.admin, Some("snow-day-1"), &changed).await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("/problems/idempotency-key-reused")
+        )
+    );
+
+    // A refused request is replayed as refused, and keys are per staff member.
+    let bad = closure(json!({"classes": ["class-999"]}));
+    let (status, problem) = d.send(&d.admin, Some("typo"), &bad).await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("/problems/unknown-audience")
+        )
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("classes:class-999"),
+        "{problem}"
+    );
+    let (status, replay) = d.send(&d.admin, Some("typo"), &bad).await;
+    assert_eq!(
+        (status, &replay),
+        (StatusCode::UNPROCESSABLE_ENTITY, &problem)
+    );
+    assert_eq!(d.sends_recorded().await, 1);
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_send_one_message_on_postgres() {
+    let d = demo_district(TestDatabase::postgres().await).await;
+    let body = closure(json!({"schools": ["school-1"]}));
+    let mut requests = tokio::task::JoinSet::new();
+    let d = std::sync::Arc::new(d);
+    for _ in 0..8 {
+        let (d, body) = (d.clone(), body.clone());
+        requests.spawn(async move { d.send(&d.admin, Some("lockdown-drill"), &body).await });
+    }
+    let mut ids = HashSet::new();
+    while let Some(result) = requests.join_next().await {
+        let (status, answer) = result.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                ids.insert(answer["id"].as_str().unwrap().to_owned());
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(answer["type"], "/problems/idempotency-key-in-flight")
+            }
+            other => panic!("unexpected {other}: {answer}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "every success names the same message");
+    assert_eq!(d.sends_recorded().await, 1, "exactly one message was sent");
+}
+
+#[tokio::test]
+async fn a_teacher_messages_their_class_and_nothing_beyond() {
+    let d = demo_district(TestDatabase::sqlite()).await;
+    let mut users =
+        csv::Reader::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/users.csv")).unwrap();
+    let headers = users.headers().unwrap().clone();
+    let (sid, role, email) = (
+        headers.iter().position(|h| h == "sourcedId").unwrap(),
+        headers.iter().position(|h| h == "role").unwrap(),
+        headers.iter().position(|h| h == "email").unwrap(),
+    );
+    let teacher_row = users
+        .records()
+        .map(|r| r.unwrap())
+        .find(|r| &r[role] == "teacher")
+        .unwrap();
+    let class = format!("class-{}", teacher_row[sid].trim_start_matches("teacher-"));
+    let teacher = token_for(&d.db.url, &teacher_row[email]).await;
+
+    let (status, sent) = d
+        .send(&teacher, None, &closure(json!({"classes": [class]})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let (status, problem) = d
+        .send(
+            &teacher,
+            None,
+            &closure(json!({"classes": ["class-1", "class-2"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (StatusCode::FORBIDDEN, Some("/problems/forbidden-audience"))
+    );
+    let (status, problem) = d
+        .send(&teacher, None, &closure(json!({"district": true})))
+        .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (StatusCode::FORBIDDEN, Some("/problems/forbidden-audience"))
+    );
+
+    // Teachers read their own messages, not the district's.
+    let (status, _) = d
+        .get(
+            &teacher,
+            &format!("/api/v1/messages/{}", sent["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, admins) = d
+        .send(&d.admin, None, &closure(json!({"schools": ["school-0"]})))
+        .await;
+    let (status, _) = d
+        .get(
+            &teacher,
+            &format!("/api/v1/messages/{}", admins["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn invalid_messages_are_refused_with_the_reason() {
+    let d = demo_district(TestDatabase::sqlite()).await;
+    let cases = [
+        (json!({"channels": []}), "channels is empty"),
+        (json!({"channels": ["fax"]}), "unknown channel"),
+        (json!({"kind": "gossip"}), "unknown message kind"),
+        (json!({"subject": "  "}), "subject is empty"),
+        (
+            json!({"body": "x".repeat(1601)}),
+            "body is longer than 1600",
+        ),
+        (json!({"audience": {}}), "audience names no one"),
+        (
+            json!({"scheduled_at": "2026-12-01T07:00:00Z"}),
+            "not available yet",
+        ),
+        (
+            json!({"audience": {"clases": ["class-0"]}}),
+            "unknown field",
+        ),
+    ];
+    for (change, reason) in cases {
+        let mut body = closure(json!({"classes": ["class-0"]}));
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, problem) = d.send(&d.admin, None, &body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{change}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(reason),
+            "{change}: {problem}"
+        );
+    }
+    assert_eq!(d.sends_recorded().await, 0);
+    assert!(d.server.terminate().await.success());
+}
