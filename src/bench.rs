@@ -101,3 +101,105 @@ fn peak_rss_mb() -> anyhow::Result<f64> {
         .context("no VmHWM in /proc/self/status")?;
     Ok((kib / 1024.0 * 10.0).round() / 10.0)
 }
+
+/// `tidings bench fanout --students N --channels C`: imports a synthetic district, then
+/// sends one message to the whole district and times the audience resolution and the
+/// atomic write of the message, its deliveries and their log entries.
+pub async fn fanout(
+    students: usize,
+    channels: usize,
+    database_url: Option<&str>,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+    use tidings_core::fanout::{plan, Draft};
+    use tidings_core::store::Scope;
+    use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
+
+    let scratch = tempfile::tempdir()?;
+    let bundle_dir = scratch.path().join("bundle");
+    std::fs::create_dir(&bundle_dir)?;
+    let spec = SyntheticDistrict {
+        students,
+        schools: (students / 500).clamp(1, 200),
+        seed: 2,
+    };
+    write_bundle(&bundle_dir, &spec)?;
+    let url = match database_url {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite://{}", scratch.path().join("bench.db").display()),
+    };
+    let store = store::connect(&url, &ConnectOptions::default()).await?;
+    store.migrate().await?;
+    let first = FirstAdmin {
+        district_name: "Bench".into(),
+        email: EmailAddress::parse("bench@bench.example.org")?,
+        display_name: "Bench".into(),
+        password_hash: secret::hash_password(&secret::generate_password())?,
+    };
+    let (district, admin) = store
+        .bootstrap(&first, now())
+        .await?
+        .context("the benchmark needs an empty database")?;
+    let bundle = Bundle::open(&bundle_dir)?;
+    crate::import::run_import(
+        store.as_ref(),
+        district.id,
+        &bundle,
+        "bench",
+        &ImportOptions::default(),
+        &|_| {},
+    )
+    .await?;
+
+    let channels: BTreeSet<Channel> = Channel::ALL
+        .iter()
+        .copied()
+        .take(channels.clamp(1, 3))
+        .collect();
+    let draft = Draft {
+        district_id: district.id,
+        author_id: admin.id,
+        kind: MessageKind::Emergency,
+        channels,
+        subject: "Bench".into(),
+        body: "Benchmark broadcast.".into(),
+        translations: Default::default(),
+        requires_ack: true,
+        guarantee: DeliveryGuarantee::AtLeastOnce,
+        audience: serde_json::json!({"district": true}),
+    };
+    let audience = tidings_core::audience::Audience {
+        district: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let members = store
+        .resolve_audience(&Scope::District(district.id), &audience)
+        .await?
+        .map_err(|p| anyhow::anyhow!("audience: {p:?}"))?;
+    let resolve_seconds = started.elapsed().as_secs_f64();
+    let message = plan(
+        &draft,
+        "en",
+        &members,
+        tidings_core::log::DEFAULT_PARTITIONS,
+    );
+    let deliveries: usize = message.recipients.iter().map(|r| r.deliveries.len()).sum();
+    let write_started = Instant::now();
+    store.create_message(&message, now()).await?;
+    let write_seconds = write_started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
+    let result = serde_json::json!({
+        "suite": "fanout",
+        "store": store.backend(),
+        "guardians": members.len(),
+        "deliveries": deliveries,
+        "resolve_seconds": round(resolve_seconds),
+        "write_seconds": round(write_seconds),
+        "seconds": round(seconds),
+        "deliveries_per_s": (deliveries as f64 / seconds).round(),
+        "peak_rss_mb": peak_rss_mb()?,
+    });
+    println!("{result}");
+    Ok(())
+}

@@ -67,6 +67,18 @@ enum BenchSuite {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Send one message to a whole synthetic district and time the fan-out.
+    Fanout {
+        /// District size in students (guardians are about as many).
+        #[arg(long, default_value_t = 10_000)]
+        students: usize,
+        /// Channels per guardian (1 to 3).
+        #[arg(long, default_value_t = 2)]
+        channels: usize,
+        /// An empty database to use; a temporary SQLite file if not given.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +127,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         database_url,
                     },
             } => tidings::bench::import(students, database_url.as_deref()).await,
+            Command::Bench {
+                suite:
+                    BenchSuite::Fanout {
+                        students,
+                        channels,
+                        database_url,
+                    },
+            } => tidings::bench::fanout(students, channels, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
             Command::Token {
                 command: TokenCommand::Create { email, name },
