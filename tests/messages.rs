@@ -146,6 +146,40 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
         .iter()
         .all(|c| c["state"] == "CREATED" || c["state"] == "SUPPRESSED"));
 
+    // Nothing has been sent yet, so a recall cancels every delivery that was to be sent,
+    // and everyone is still to acknowledge.
+    let id = sent["id"].as_str().unwrap();
+    let (status, pending) = d
+        .get(
+            &d.admin,
+            &format!("/api/v1/messages/{id}/recipients?acked=false&limit=1000"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        pending["items"].as_array().unwrap().len() as u64,
+        recipients
+    );
+    let response = d
+        .client
+        .post(d.server.url(&format!("/api/v1/messages/{id}/cancel")))
+        .bearer_auth(&d.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["cancelled"].as_u64(), Some(total - suppressed));
+    assert_eq!(outcome["already_sent"].as_u64(), Some(0));
+    let (_, summary) = d.get(&d.admin, &format!("/api/v1/messages/{id}")).await;
+    let states: HashSet<&str> = summary["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, HashSet::from(["CANCELLED", "SUPPRESSED"]));
+
     // The whole district reaches more guardians than one school, each still once.
     let (_, all) = d
         .send(&d.admin, None, &closure(json!({"district": true})))

@@ -78,7 +78,18 @@ pub fn router(state: AppState) -> Router {
             post(imports::import_oneroster).layer(DefaultBodyLimit::max(imports::MAX_ROSTER_BYTES)),
         )
         .route("/api/v1/imports/{id}", get(imports::get_import))
-        .route("/api/v1/messages", post(messages::send_message))
+        .route(
+            "/api/v1/messages",
+            post(messages::send_message).get(messages::list_messages),
+        )
+        .route(
+            "/api/v1/messages/{id}/recipients",
+            get(messages::list_recipients),
+        )
+        .route(
+            "/api/v1/messages/{id}/cancel",
+            post(messages::cancel_message),
+        )
         .route("/api/v1/messages/{id}", get(messages::get_message))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -19,7 +19,7 @@ use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, MessageId, MessageKind, Role, Staff};
 use uuid::Uuid;
 
-use crate::extract::Path;
+use crate::extract::{Path, Query};
 use crate::{ApiError, AppState, Caller};
 
 /// Longest subject, in characters.
@@ -292,6 +292,124 @@ pub async fn send_message(
         .complete_idempotency_key(&scope, &key, status.as_u16(), &stored)
         .await?;
     Ok(json_response(status, stored))
+}
+
+fn message_scope(staff: &Staff) -> MessageScope {
+    match staff.role {
+        Role::DistrictAdmin => MessageScope::District(staff.district_id),
+        _ => MessageScope::Author(staff.district_id, staff.id),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct MessagesQuery {
+    /// The `next_before` of the previous page.
+    pub before: Option<Uuid>,
+    /// Rows per page (default 50, at most 500).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessagePage {
+    pub items: Vec<tidings_core::store::MessageListItem>,
+    pub next_before: Option<Uuid>,
+}
+
+/// Messages the caller may see, newest first.
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(MessagesQuery), security(("bearer" = [])),
+    responses((status = 200, description = "One page, newest first", body = serde_json::Value)))]
+pub async fn list_messages(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Query(query): Query<MessagesQuery>,
+) -> Result<axum::Json<MessagePage>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let items = state
+        .store
+        .messages(&message_scope(&staff), query.before, limit)
+        .await?;
+    let next_before = (items.len() == limit as usize)
+        .then(|| items.last().map(|m| *m.id.as_uuid()))
+        .flatten();
+    Ok(axum::Json(MessagePage { items, next_before }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RecipientsQuery {
+    /// `false`: only those who have not acknowledged; `true`: only those who have.
+    pub acked: Option<bool>,
+    pub after: Option<Uuid>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecipientPage {
+    pub items: Vec<tidings_core::store::RecipientView>,
+    pub next_after: Option<Uuid>,
+}
+
+/// The guardians a message went to, e.g. `?acked=false` for who still has to acknowledge.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/recipients", tag = "messages", params(RecipientsQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of recipients", body = serde_json::Value),
+        (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_recipients(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+    Query(query): Query<RecipientsQuery>,
+) -> Result<axum::Json<RecipientPage>, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let items = state
+        .store
+        .recipients(
+            &message_scope(&staff),
+            MessageId::from_uuid(id),
+            query.acked,
+            query.after,
+            limit,
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let next_after = (items.len() == limit as usize)
+        .then(|| items.last().map(|r| r.id))
+        .flatten();
+    Ok(axum::Json(RecipientPage { items, next_after }))
+}
+
+/// Recalls a message: deliveries not yet handed to a provider are cancelled; those
+/// already sent cannot be unsent and are counted in `already_sent`.
+#[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What was cancelled and what had already gone", body = serde_json::Value),
+        (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel_message(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<tidings_core::store::CancelOutcome>, ApiError> {
+    if staff.role == Role::Viewer {
+        return Err(ApiError::Forbidden);
+    }
+    let actor = Actor::staff(staff.id);
+    let outcome = state
+        .store
+        .cancel_message(
+            &message_scope(&staff),
+            MessageId::from_uuid(id),
+            &actor,
+            now(),
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let detail = serde_json::json!({ "message_id": id, "cancelled": outcome.cancelled, "already_sent": outcome.already_sent });
+    state
+        .store
+        .audit(staff.district_id, &actor, "message.cancel", detail, now())
+        .await?;
+    Ok(axum::Json(outcome))
 }
 
 /// A message with its delivery counts by channel and state. District administrators see

@@ -54,6 +54,7 @@ conformance! {
     audit_entries_must_belong_to_a_district,
     fan_out_puts_every_delivery_to_send_on_the_log_once,
     concurrent_fan_outs_never_let_a_reader_skip_an_entry,
+    a_recall_cancels_what_was_not_sent_and_reports_the_rest,
 }
 
 struct Seed {
@@ -767,4 +768,102 @@ async fn concurrent_fan_outs_never_let_a_reader_skip_an_entry(store: Arc<dyn Sto
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), total, "every entry exactly once");
+}
+
+async fn a_recall_cancels_what_was_not_sent_and_reports_the_rest(store: Arc<dyn Store>) {
+    use tidings_core::store::MessageScope;
+    let seed = seed(store.as_ref(), 4).await;
+    let message = message_to(&seed, &[Channel::Sms]);
+    store.create_message(&message, now()).await.unwrap();
+    let ids = delivery_ids(&message);
+    let s = store.as_ref();
+    let provider = Actor::provider("twilio", "x");
+    delivery::apply(s, ids[0], DeliveryEvent::Enqueue, &provider, None)
+        .await
+        .unwrap();
+    delivery::apply(s, ids[1], DeliveryEvent::Accepted, &provider, None)
+        .await
+        .unwrap();
+    delivery::apply(s, ids[2], DeliveryEvent::Delivered, &provider, None)
+        .await
+        .unwrap();
+
+    let district = seed.staff.district_id;
+    let someone_else = MessageScope::Author(district, StaffId::new());
+    let staff = Actor::staff(seed.staff.id);
+    assert_eq!(
+        s.cancel_message(&someone_else, message.id, &staff, now())
+            .await
+            .unwrap(),
+        None,
+        "not theirs"
+    );
+
+    let scope = MessageScope::Author(district, seed.staff.id);
+    let outcome = s
+        .cancel_message(&scope, message.id, &staff, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((outcome.cancelled, outcome.already_sent), (2, 2));
+    let states: Vec<_> = futures_states(s, &ids).await;
+    assert_eq!(
+        states,
+        [
+            DeliveryState::Cancelled,
+            DeliveryState::Sent,
+            DeliveryState::Delivered,
+            DeliveryState::Cancelled
+        ]
+    );
+    let events = s.delivery_events(ids[0]).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.from, last.to, last.version),
+        (DeliveryState::Queued, DeliveryState::Cancelled, 2)
+    );
+    assert_eq!(last.actor, staff);
+    let again = s
+        .cancel_message(&scope, message.id, &staff, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.cancelled, again.already_sent),
+        (0, 2),
+        "a second recall changes nothing"
+    );
+
+    let listed = s
+        .messages(&MessageScope::District(district), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].cancelled_at.is_some());
+    let pending = s
+        .recipients(&scope, message.id, Some(false), None, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.len(), 4);
+    assert!(s
+        .recipients(&scope, message.id, Some(true), None, 100)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.recipients(&someone_else, message.id, None, None, 100)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn futures_states(store: &dyn Store, ids: &[DeliveryId]) -> Vec<DeliveryState> {
+    let mut states = Vec::new();
+    for id in ids {
+        states.push(store.delivery(*id).await.unwrap().unwrap().state);
+    }
+    states
 }

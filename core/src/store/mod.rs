@@ -10,6 +10,7 @@
 mod audience_sql;
 pub mod directory;
 mod directory_sql;
+mod message_sql;
 pub mod postgres;
 pub mod roster;
 mod roster_sql;
@@ -196,6 +197,40 @@ pub struct DeliveryCount {
     pub channel: Channel,
     pub state: crate::DeliveryState,
     pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageListItem {
+    pub id: MessageId,
+    pub kind: MessageKind,
+    pub subject: String,
+    pub author_id: StaffId,
+    pub requires_ack: bool,
+    pub created_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientView {
+    pub id: uuid::Uuid,
+    pub guardian_id: uuid::Uuid,
+    pub given_name: String,
+    pub family_name: String,
+    pub language: String,
+    /// not_required, pending or acked.
+    pub ack_state: String,
+    pub acked_at: Option<DateTime<Utc>>,
+    pub ack_via: Option<String>,
+}
+
+/// What a recall did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CancelOutcome {
+    /// Deliveries moved to CANCELLED.
+    pub cancelled: u64,
+    /// Deliveries already with a provider (or delivered, acknowledged, failed): left as
+    /// they are, and shown in the report.
+    pub already_sent: u64,
 }
 
 /// One row of the audit log.
@@ -519,6 +554,35 @@ pub trait Store: Send + Sync + 'static {
         scope: &MessageScope,
         id: MessageId,
     ) -> StoreResult<Option<MessageSummary>>;
+
+    /// Messages the scope may see, newest first, older than `before`.
+    async fn messages(
+        &self,
+        scope: &MessageScope,
+        before: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<MessageListItem>>;
+
+    /// Recipients of a message the scope may see (`None` if it may not), optionally by
+    /// whether they acknowledged, paged by id.
+    async fn recipients(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        acked: Option<bool>,
+        after: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<RecipientView>>>;
+
+    /// Recalls a message: deliveries not yet handed to a provider become CANCELLED (each
+    /// with its event row); the others are left as they are and counted.
+    async fn cancel_message(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<CancelOutcome>>;
 
     /// The district's most recent audit entries, newest first.
     async fn audit_entries(&self, district: DistrictId, limit: u32)

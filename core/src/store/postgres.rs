@@ -951,6 +951,43 @@ impl Store for PostgresStore {
         }))
     }
 
+    async fn messages(
+        &self,
+        scope: &super::MessageScope,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<super::MessageListItem>> {
+        messages::list(&self.pool, scope, before, limit).await
+    }
+
+    async fn recipients(
+        &self,
+        scope: &super::MessageScope,
+        message: crate::MessageId,
+        acked: Option<bool>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<super::RecipientView>>> {
+        messages::recipients(&self.pool, scope, message.into(), acked, after, limit).await
+    }
+
+    async fn cancel_message(
+        &self,
+        scope: &super::MessageScope,
+        message: crate::MessageId,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<super::CancelOutcome>> {
+        Ok(
+            messages::cancel(&self.pool, scope, message.into(), actor, at)
+                .await?
+                .map(|(cancelled, already_sent)| super::CancelOutcome {
+                    cancelled,
+                    already_sent,
+                }),
+        )
+    }
+
     async fn audit_entries(
         &self,
         district: DistrictId,
@@ -1073,4 +1110,17 @@ mod audience {
     }
 
     crate::store::audience_sql::audience_queries!(db: sqlx::Postgres, enc: enc, dec: dec, as_text: "::text");
+}
+
+/// Messages, bound the PostgreSQL way.
+mod messages {
+    fn enc(id: uuid::Uuid) -> uuid::Uuid {
+        id
+    }
+
+    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
+        Ok(sqlx::Row::try_get(row, column)?)
+    }
+
+    crate::store::message_sql::message_queries!(db: sqlx::Postgres, enc: enc, dec: dec);
 }

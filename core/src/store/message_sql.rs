@@ -1,0 +1,184 @@
+//! The messages' read side and recall, written once for both dialects (see `roster_sql`).
+
+/// Expands to the message queries of one dialect.
+macro_rules! message_queries {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path) => {
+        use sqlx::Row as _;
+        use $crate::store::{MessageListItem, MessageScope, RecipientView, StoreError, StoreResult};
+        use $crate::{DeliveryEvent, DeliveryState};
+
+        fn scope_parts(scope: &MessageScope) -> (uuid::Uuid, Option<uuid::Uuid>) {
+            match *scope {
+                MessageScope::District(d) => (*d.as_uuid(), None),
+                MessageScope::Author(d, s) => (*d.as_uuid(), Some(*s.as_uuid())),
+            }
+        }
+
+        fn parse_col<T: std::str::FromStr>(row: &<$db as sqlx::Database>::Row, column: &str) -> StoreResult<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            let raw: String = row.try_get(column)?;
+            raw.parse().map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+        }
+
+        /// Whether the scope may see the message.
+        async fn visible(pool: &sqlx::Pool<$db>, scope: &MessageScope, message: uuid::Uuid) -> StoreResult<bool> {
+            let (district, author) = scope_parts(scope);
+            let found: Option<String> = sqlx::query_scalar(
+                "SELECT 'yes' FROM messages WHERE id = $1 AND district_id = $2 AND ($3 IS NULL OR author_id = $3)",
+            )
+            .bind($enc(message))
+            .bind($enc(district))
+            .bind(author.map($enc))
+            .fetch_optional(pool)
+            .await?;
+            Ok(found.is_some())
+        }
+
+        pub async fn list(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            before: Option<uuid::Uuid>,
+            limit: u32,
+        ) -> StoreResult<Vec<MessageListItem>> {
+            let (district, author) = scope_parts(scope);
+            // Newest first: ids are time-ordered, so paging goes by id downward.
+            sqlx::query(
+                "SELECT id, kind, subject, author_id, requires_ack, created_at, cancelled_at FROM messages \
+                 WHERE district_id = $1 AND ($2 IS NULL OR author_id = $2) AND ($3 IS NULL OR id < $3) \
+                 ORDER BY id DESC LIMIT $4",
+            )
+            .bind($enc(district))
+            .bind(author.map($enc))
+            .bind(before.map($enc))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(MessageListItem {
+                    id: $crate::MessageId::from_uuid($dec(row, "id")?),
+                    kind: parse_col(row, "kind")?,
+                    subject: row.try_get("subject")?,
+                    author_id: $crate::StaffId::from_uuid($dec(row, "author_id")?),
+                    requires_ack: row.try_get("requires_ack")?,
+                    created_at: row.try_get("created_at")?,
+                    cancelled_at: row.try_get("cancelled_at")?,
+                })
+            })
+            .collect()
+        }
+
+        /// Recipients of a message the scope may see (`None` otherwise), optionally only the
+        /// acknowledged (`Some(true)`) or not yet acknowledged (`Some(false)`) ones.
+        pub async fn recipients(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            message: uuid::Uuid,
+            acked: Option<bool>,
+            after: Option<uuid::Uuid>,
+            limit: u32,
+        ) -> StoreResult<Option<Vec<RecipientView>>> {
+            if !visible(pool, scope, message).await? {
+                return Ok(None);
+            }
+            let rows = sqlx::query(
+                "SELECT r.id, r.guardian_id, g.given_name, g.family_name, r.language, r.ack_state, r.acked_at, r.ack_via \
+                 FROM recipients r JOIN guardians g ON g.id = r.guardian_id \
+                 WHERE r.message_id = $1 AND ($2 IS NULL OR (r.ack_state = 'acked') = $2) \
+                 AND ($3 IS NULL OR r.id > $3) ORDER BY r.id LIMIT $4",
+            )
+            .bind($enc(message))
+            .bind(acked)
+            .bind(after.map($enc))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(RecipientView {
+                        id: $dec(row, "id")?,
+                        guardian_id: $dec(row, "guardian_id")?,
+                        given_name: row.try_get("given_name")?,
+                        family_name: row.try_get("family_name")?,
+                        language: row.try_get("language")?,
+                        ack_state: row.try_get("ack_state")?,
+                        acked_at: row.try_get("acked_at")?,
+                        ack_via: row.try_get("ack_via")?,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()
+                .map(Some)
+        }
+
+        /// Recalls a message: every delivery the state machine lets a cancel move is moved
+        /// to CANCELLED by a set compare-and-swap (`WHERE state = <legal>`), with its event
+        /// row, in one transaction. Returns `None` if the scope may not see the message,
+        /// else (cancelled, left as they were) counts.
+        pub async fn cancel(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            message: uuid::Uuid,
+            actor: &$crate::delivery::Actor,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<Option<(u64, u64)>> {
+            if !visible(pool, scope, message).await? {
+                return Ok(None);
+            }
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE messages SET cancelled_at = COALESCE(cancelled_at, $1) WHERE id = $2")
+                .bind(at)
+                .bind($enc(message))
+                .execute(&mut *tx)
+                .await?;
+            let mut cancelled = 0;
+            for from in DeliveryState::ALL {
+                if $crate::delivery::next(from, DeliveryEvent::Cancel) != $crate::Decision::Move(DeliveryState::Cancelled) {
+                    continue;
+                }
+                let moved = sqlx::query(
+                    "UPDATE deliveries SET state = 'CANCELLED', version = version + 1, updated_at = $1, cancelled_at = $1 \
+                     WHERE message_id = $2 AND state = $3 RETURNING id, district_id, version",
+                )
+                .bind(at)
+                .bind($enc(message))
+                .bind(from.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                for chunk in moved.chunks(1_000) {
+                    let mut events = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                         actor_kind, actor_ref) ",
+                    );
+                    let mut values = Vec::with_capacity(chunk.len());
+                    for row in chunk {
+                        values.push(($dec(row, "district_id")?, $dec(row, "id")?, row.try_get::<i64, _>("version")?));
+                    }
+                    events.push_values(values, |mut b, (district, delivery, version)| {
+                        b.push_bind($enc(district))
+                            .push_bind($enc(delivery))
+                            .push_bind(from.as_str())
+                            .push_bind("CANCELLED")
+                            .push_bind(version)
+                            .push_bind(at)
+                            .push_bind(actor.kind.as_str())
+                            .push_bind(actor.reference.clone());
+                    });
+                    events.build().execute(&mut *tx).await?;
+                }
+                cancelled += moved.len() as u64;
+            }
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM deliveries WHERE message_id = $1 AND state NOT IN ('CANCELLED', 'SUPPRESSED')",
+            )
+            .bind($enc(message))
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some((cancelled, left as u64)))
+        }
+    };
+}
+
+pub(crate) use message_queries;
