@@ -144,3 +144,44 @@ pub async fn create_token(config: &Config, email: &str, name: &str) -> anyhow::R
     println!("{}", token.reveal());
     Ok(())
 }
+
+/// `tidings district quotas`: prints the quotas after applying any given (0 = no limit).
+pub async fn quotas(
+    config: &Config,
+    district: Option<tidings_core::DistrictId>,
+    max_recipients_per_message: Option<u32>,
+    max_messages_per_hour: Option<u32>,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    let id = crate::import::choose_district(store.as_ref(), district).await?;
+    let current = store
+        .districts()
+        .await?
+        .into_iter()
+        .find(|d| d.id == id)
+        .context("district vanished")?;
+    let limit = |given: Option<u32>, now: Option<i32>| -> anyhow::Result<Option<i32>> {
+        match given {
+            None => Ok(now),
+            Some(0) => Ok(None),
+            Some(n) => Ok(Some(i32::try_from(n).context("quota too large")?)),
+        }
+    };
+    let recipients = limit(
+        max_recipients_per_message,
+        current.max_recipients_per_message,
+    )?;
+    let hourly = limit(max_messages_per_hour, current.max_messages_per_hour)?;
+    if max_recipients_per_message.is_some() || max_messages_per_hour.is_some() {
+        store.set_district_quotas(id, recipients, hourly).await?;
+        let detail = serde_json::json!({ "max_recipients_per_message": recipients, "max_messages_per_hour": hourly });
+        store
+            .audit(id, &Actor::system("cli"), "district.quotas", detail, now())
+            .await?;
+    }
+    let show = |v: Option<i32>| v.map_or_else(|| "no limit".to_owned(), |v| v.to_string());
+    println!("district {} {:?}", id, current.name);
+    println!("  max recipients per message: {}", show(recipients));
+    println!("  max messages per hour:      {}", show(hourly));
+    Ok(())
+}

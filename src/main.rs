@@ -39,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         suite: BenchSuite,
     },
+    /// District settings.
+    District {
+        #[command(subcommand)]
+        command: DistrictCommand,
+    },
     /// Manage staff API tokens.
     Token {
         #[command(subcommand)]
@@ -78,6 +83,19 @@ enum BenchSuite {
         /// An empty database to use; a temporary SQLite file if not given.
         #[arg(long)]
         database_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DistrictCommand {
+    /// Show or set the quotas on non-emergency messages (0 removes a limit).
+    Quotas {
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
+        #[arg(long)]
+        max_recipients_per_message: Option<u32>,
+        #[arg(long)]
+        max_messages_per_hour: Option<u32>,
     },
 }
 
@@ -136,6 +154,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
             } => tidings::bench::fanout(students, channels, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
+            Command::District {
+                command:
+                    DistrictCommand::Quotas {
+                        district,
+                        max_recipients_per_message,
+                        max_messages_per_hour,
+                    },
+            } => {
+                commands::quotas(
+                    &config,
+                    district,
+                    max_recipients_per_message,
+                    max_messages_per_hour,
+                )
+                .await
+            }
             Command::Token {
                 command: TokenCommand::Create { email, name },
             } => commands::create_token(&config, &email, &name).await,

@@ -370,3 +370,63 @@ async fn invalid_messages_are_refused_with_the_reason() {
     assert_eq!(d.sends_recorded().await, 0);
     assert!(d.server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn district_quotas_hold_back_newsletters_but_never_an_emergency() {
+    let d = demo_district(TestDatabase::sqlite()).await;
+    let set = tidings(&d.db.url)
+        .args([
+            "district",
+            "quotas",
+            "--max-recipients-per-message",
+            "10",
+            "--max-messages-per-hour",
+            "1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(set.stdout).unwrap();
+    assert!(
+        set.status.success() && stdout.contains("max recipients per message: 10"),
+        "{stdout}"
+    );
+
+    let mut newsletter = closure(json!({"schools": ["school-0"]}));
+    newsletter["kind"] = json!("general");
+    let (status, problem) = d.send(&d.admin, None, &newsletter).await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("/problems/quota-exceeded")
+        )
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("allows 10 per message"),
+        "{problem}"
+    );
+
+    let mut small = closure(json!({"guardians": ["guardian-0"]}));
+    small["kind"] = json!("general");
+    assert_eq!(d.send(&d.admin, None, &small).await.0, StatusCode::CREATED);
+    let (status, problem) = d.send(&d.admin, None, &small).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "one general message per hour: {problem}"
+    );
+
+    let (status, sent) = d
+        .send(&d.admin, None, &closure(json!({"district": true})))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "an emergency goes out whatever the quotas: {sent}"
+    );
+    assert!(d.server.terminate().await.success());
+}

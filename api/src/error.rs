@@ -34,6 +34,8 @@ pub enum ApiError {
     IdempotencyInFlight,
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyMismatch,
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("not ready: {0}")]
     NotReady(String),
     /// Something failed on our side. The cause is logged with the request id, never
@@ -114,6 +116,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "/problems/idempotency-key-reused",
                 "Idempotency-Key reused",
+            ),
+            ApiError::QuotaExceeded(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/quota-exceeded",
+                "District quota exceeded",
             ),
             ApiError::NotReady(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -179,6 +179,33 @@ async fn send(
         .into_iter()
         .find(|d| d.id == staff.district_id)
         .ok_or(ApiError::Forbidden)?;
+    // Quotas keep one district's newsletters from swamping everyone's providers; they never
+    // hold back an emergency.
+    if draft.kind != MessageKind::Emergency {
+        if let Some(max) = district
+            .max_recipients_per_message
+            .and_then(|m| usize::try_from(m).ok())
+        {
+            if members.len() > max {
+                return Err(ApiError::QuotaExceeded(format!(
+                    "this message would reach {} guardians; the district allows {max} per message",
+                    members.len()
+                )));
+            }
+        }
+        if let Some(max) = district.max_messages_per_hour {
+            let hour_ago = now() - chrono::Duration::hours(1);
+            let sent = state
+                .store
+                .non_emergency_messages_since(district.id, hour_ago)
+                .await?;
+            if sent >= i64::from(max) {
+                return Err(ApiError::QuotaExceeded(format!(
+                    "the district has sent {sent} messages in the last hour and allows {max}; emergencies are not limited"
+                )));
+            }
+        }
+    }
     let message = fanout::plan(
         &draft,
         &district.default_language,

@@ -106,6 +106,10 @@ pub struct District {
     pub default_language: String,
     pub timezone: String,
     pub created_at: DateTime<Utc>,
+    /// Largest audience of one non-emergency message; `None`: no limit.
+    pub max_recipients_per_message: Option<i32>,
+    /// Non-emergency messages per rolling hour; `None`: no limit.
+    pub max_messages_per_hour: Option<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -488,6 +492,21 @@ pub trait Store: Send + Sync + 'static {
         opt_out: uuid::Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<OptOutView>>;
+
+    /// Sets a district's quotas (`None` removes a limit).
+    async fn set_district_quotas(
+        &self,
+        district: DistrictId,
+        max_recipients_per_message: Option<i32>,
+        max_messages_per_hour: Option<i32>,
+    ) -> StoreResult<()>;
+
+    /// Messages of a kind other than `emergency` the district created since `since`.
+    async fn non_emergency_messages_since(
+        &self,
+        district: DistrictId,
+        since: DateTime<Utc>,
+    ) -> StoreResult<i64>;
 
     /// Every district, oldest first.
     async fn districts(&self) -> StoreResult<Vec<District>>;

@@ -101,6 +101,8 @@ fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
         default_language: row.try_get("default_language")?,
         timezone: row.try_get("timezone")?,
         created_at: row.try_get("created_at")?,
+        max_recipients_per_message: row.try_get("max_recipients_per_message")?,
+        max_messages_per_hour: row.try_get("max_messages_per_hour")?,
     })
 }
 
@@ -182,7 +184,7 @@ impl Store for SqliteStore {
         let district = sqlx::query(
             "INSERT INTO districts (id, name, created_at) \
              SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM staff) \
-             RETURNING id, name, default_language, timezone, created_at",
+             RETURNING id, name, default_language, timezone, created_at, max_recipients_per_message, max_messages_per_hour",
         )
         .bind(text_id(DistrictId::new()))
         .bind(&first.district_name)
@@ -212,7 +214,7 @@ impl Store for SqliteStore {
     async fn create_district(&self, name: &str, at: DateTime<Utc>) -> StoreResult<District> {
         let row = sqlx::query(
             "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) \
-             RETURNING id, name, default_language, timezone, created_at",
+             RETURNING id, name, default_language, timezone, created_at, max_recipients_per_message, max_messages_per_hour",
         )
         .bind(text_id(DistrictId::new()))
         .bind(name)
@@ -707,8 +709,37 @@ impl Store for SqliteStore {
         directory::revoke_opt_out(&self.pool, guardian.into(), opt_out, at).await
     }
 
+    async fn set_district_quotas(
+        &self,
+        district: DistrictId,
+        max_recipients_per_message: Option<i32>,
+        max_messages_per_hour: Option<i32>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE districts SET max_recipients_per_message = $1, max_messages_per_hour = $2 WHERE id = $3")
+            .bind(max_recipients_per_message)
+            .bind(max_messages_per_hour)
+            .bind(text_id(district))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn non_emergency_messages_since(
+        &self,
+        district: DistrictId,
+        since: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM messages WHERE district_id = $1 AND created_at >= $2 AND kind <> 'emergency'",
+        )
+        .bind(text_id(district))
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn districts(&self) -> StoreResult<Vec<District>> {
-        sqlx::query("SELECT id, name, default_language, timezone, created_at FROM districts ORDER BY created_at, id")
+        sqlx::query("SELECT id, name, default_language, timezone, created_at, max_recipients_per_message, max_messages_per_hour FROM districts ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await?
             .iter()
