@@ -167,6 +167,7 @@ pub async fn fanout(
         requires_ack: true,
         guarantee: DeliveryGuarantee::AtLeastOnce,
         audience: serde_json::json!({"district": true}),
+        renotify_of: None,
     };
     let audience = tidings_core::audience::Audience {
         district: true,

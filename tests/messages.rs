@@ -430,3 +430,57 @@ async fn district_quotas_hold_back_newsletters_but_never_an_emergency() {
     );
     assert!(d.server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn renotify_reminds_only_those_who_have_not_acknowledged_once_per_key() {
+    let d = demo_district(TestDatabase::sqlite()).await;
+    let (_, sent) = d
+        .send(&d.admin, None, &closure(json!({"classes": ["class-0"]})))
+        .await;
+    let id = sent["id"].as_str().unwrap();
+    let renotify = |key: &'static str, body: Value| {
+        let request = d
+            .client
+            .post(d.server.url(&format!("/api/v1/messages/{id}/renotify")))
+            .bearer_auth(&d.admin)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    // No one can acknowledge yet, so everyone is reminded, here by email only.
+    let (status, reminder) = renotify("remind-1", json!({"channels": ["email"]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{reminder}");
+    assert_eq!(reminder["recipients"], sent["recipients"]);
+    assert_eq!(
+        reminder["deliveries"], sent["recipients"],
+        "one channel this time"
+    );
+    assert_ne!(reminder["id"], sent["id"]);
+    let (status, again) = renotify("remind-1", json!({"channels": ["email"]})).await;
+    assert_eq!(
+        (status, &again),
+        (StatusCode::CREATED, &reminder),
+        "a double click reminds once"
+    );
+    assert_eq!(d.sends_recorded().await, 2);
+
+    let mut no_ack = closure(json!({"classes": ["class-0"]}));
+    no_ack["requires_ack"] = json!(false);
+    let (_, plain) = d.send(&d.admin, None, &no_ack).await;
+    let response = d
+        .client
+        .post(d.server.url(&format!(
+            "/api/v1/messages/{}/renotify",
+            plain["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&d.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(d.server.terminate().await.success());
+}

@@ -7,6 +7,7 @@ mod directory;
 pub mod error;
 mod extract;
 mod health;
+mod idempotency;
 mod imports;
 mod messages;
 mod openapi;
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/messages/{id}/cancel",
             post(messages::cancel_message),
         )
+        .route("/api/v1/messages/{id}/renotify", post(messages::renotify))
         .route("/api/v1/messages/{id}", get(messages::get_message))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -7,27 +7,25 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tidings_core::audience::{Audience, MAX_REFERENCES};
 use tidings_core::delivery::Actor;
 use tidings_core::fanout::{self, Draft, Translation};
-use tidings_core::store::{IdempotencyClaim, MessageScope, MessageSummary, Scope};
+use tidings_core::store::{MessageScope, MessageSummary, Scope};
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, MessageId, MessageKind, Role, Staff};
 use uuid::Uuid;
 
-use crate::extract::{Path, Query};
+use crate::extract::{Json, Path, Query};
+use crate::idempotency::idempotent;
 use crate::{ApiError, AppState, Caller};
 
 /// Longest subject, in characters.
 pub const MAX_SUBJECT: usize = 200;
 /// Longest body, in characters (about ten SMS segments).
 pub const MAX_BODY: usize = 1_600;
-/// Idempotency keys are kept at least this long.
-pub const KEEP_KEYS_HOURS: i64 = 24;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +145,7 @@ fn draft(staff: &Staff, request: SendMessage) -> Result<Draft, ApiError> {
         requires_ack: request.requires_ack,
         guarantee,
         audience: audience_json,
+        renotify_of: None,
     })
 }
 
@@ -161,6 +160,17 @@ async fn send(
     let request: SendMessage = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
     let audience = request.audience.clone();
     let draft = draft(staff, request)?;
+    deliver(state, staff, draft, &audience).await
+}
+
+/// Resolves the audience, checks the district's quotas, and writes the message with its
+/// deliveries and log entries.
+async fn deliver(
+    state: &AppState,
+    staff: &Staff,
+    draft: Draft,
+    audience: &Audience,
+) -> Result<(StatusCode, Sent), ApiError> {
     let members = match state
         .store
         .resolve_audience(&Scope::of(staff), &audience)
@@ -244,15 +254,6 @@ async fn send(
     Ok((StatusCode::CREATED, sent))
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let content_type = if status.is_success() {
-        "application/json"
-    } else {
-        "application/problem+json"
-    };
-    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
-}
-
 /// Sends a message to an audience, or replays the answer to an earlier request with the
 /// same `Idempotency-Key`.
 #[utoipa::path(post, path = "/api/v1/messages", tag = "messages", security(("bearer" = [])),
@@ -270,55 +271,11 @@ pub async fn send_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => {
-            let key = value
-                .to_str()
-                .map_err(|_| invalid("Idempotency-Key is not text"))?;
-            if key.is_empty() || key.len() > 255 {
-                return Err(invalid("Idempotency-Key must be 1 to 255 characters"));
-            }
-            Some(key.to_owned())
-        }
-    };
-    let Some(key) = key else {
+    idempotent(&state, &staff, "", &headers, &body, async || {
         let (status, sent) = send(&state, &staff, &body).await?;
-        return Ok((status, axum::Json(sent)).into_response());
-    };
-    let scope = format!("staff:{}", staff.id);
-    let hash = Sha256::digest(&body);
-    let keep = chrono::Duration::hours(KEEP_KEYS_HOURS);
-    match state
-        .store
-        .claim_idempotency_key(&scope, &key, &hash, keep, now())
-        .await?
-    {
-        IdempotencyClaim::Replay { status, body } => {
-            return Ok(json_response(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                body,
-            ))
-        }
-        IdempotencyClaim::InFlight => return Err(ApiError::IdempotencyInFlight),
-        IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
-        IdempotencyClaim::Claimed => {}
-    }
-    let (status, stored) = match send(&state, &staff, &body).await {
-        Ok((status, sent)) => (status, serde_json::to_vec(&sent).unwrap_or_default()),
-        Err(error) if error.parts().0.is_server_error() => {
-            // Our failure, not the request's: let the client retry with the same key.
-            state.store.release_idempotency_key(&scope, &key).await?;
-            return Err(error);
-        }
-        // The request's own fault: replayed like a success, so a retry learns the same.
-        Err(error) => (error.parts().0, error.problem_body()),
-    };
-    state
-        .store
-        .complete_idempotency_key(&scope, &key, status.as_u16(), &stored)
-        .await?;
-    Ok(json_response(status, stored))
+        Ok((status, serde_json::to_vec(&sent).unwrap_or_default()))
+    })
+    .await
 }
 
 fn message_scope(staff: &Staff) -> MessageScope {
@@ -460,4 +417,88 @@ pub async fn get_message(
         .message_summary(&scope, MessageId::from_uuid(id))
         .await?;
     summary.map(axum::Json).ok_or(ApiError::NotFound)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Renotify {
+    /// Channels for the reminder; the original message's when not given.
+    pub channels: Option<Vec<String>>,
+}
+
+/// Sends the message again, as a new message linked to it, to the guardians who have not
+/// acknowledged it yet (only for messages that asked for acknowledgment).
+#[utoipa::path(post, path = "/api/v1/messages/{id}/renotify", tag = "messages", security(("bearer" = [])),
+    request_body = Renotify,
+    params(("Idempotency-Key" = Option<String>, Header, description = "As for sending")),
+    responses(
+        (status = 201, description = "The reminder", body = serde_json::Value),
+        (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The message asked for no acknowledgment, or everyone acknowledged", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn renotify(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    Json(request): Json<Renotify>,
+) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(&request.channels).unwrap_or_default();
+    idempotent(
+        &state,
+        &staff,
+        &format!(":renotify:{id}"),
+        &headers,
+        &body,
+        async || {
+            if staff.role == Role::Viewer {
+                return Err(ApiError::Forbidden);
+            }
+            let original = MessageId::from_uuid(id);
+            let content = state
+                .store
+                .message_content(&message_scope(&staff), original)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            if !content.requires_ack {
+                return Err(invalid(
+                    "this message asked for no acknowledgment: there is no one to remind",
+                ));
+            }
+            let pending = state.store.pending_guardians(original).await?;
+            if pending.is_empty() {
+                return Err(invalid("every recipient has acknowledged"));
+            }
+            let channels = match &request.channels {
+                None => content.channels.iter().copied().collect(),
+                Some(asked) => asked
+                    .iter()
+                    .map(|c| c.parse::<Channel>().map_err(|e| invalid(e.to_string())))
+                    .collect::<Result<BTreeSet<_>, _>>()?,
+            };
+            if channels.is_empty() {
+                return Err(invalid("channels is empty"));
+            }
+            let audience = Audience {
+                guardians: pending.iter().map(Uuid::to_string).collect(),
+                ..Audience::default()
+            };
+            let draft = Draft {
+                district_id: staff.district_id,
+                author_id: staff.id,
+                kind: content.kind,
+                channels,
+                subject: content.subject,
+                body: content.body,
+                translations: serde_json::from_value(content.translations).unwrap_or_default(),
+                requires_ack: true,
+                guarantee: content.guarantee,
+                audience: serde_json::json!({ "renotify_of": id, "guardians": pending.len() }),
+                renotify_of: Some(original),
+            };
+            let (status, sent) = deliver(&state, &staff, draft, &audience).await?;
+            Ok((status, serde_json::to_vec(&sent).unwrap_or_default()))
+        },
+    )
+    .await
 }

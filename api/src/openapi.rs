@@ -30,6 +30,7 @@ use utoipa::{Modify, OpenApi};
         crate::messages::list_messages,
         crate::messages::list_recipients,
         crate::messages::cancel_message,
+        crate::messages::renotify,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&BearerAuth),

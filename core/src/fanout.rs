@@ -35,6 +35,8 @@ pub struct Draft {
     pub guarantee: DeliveryGuarantee,
     /// The audience as asked for, kept with the message.
     pub audience: serde_json::Value,
+    /// Set when this is a reminder to those who did not acknowledge an earlier message.
+    pub renotify_of: Option<MessageId>,
 }
 
 /// Why a delivery is not sent.
@@ -119,6 +121,7 @@ pub fn plan(
         audience: draft.audience.clone(),
         requires_ack: draft.requires_ack,
         recipients,
+        renotify_of: draft.renotify_of,
         partitions,
     }
 }
@@ -149,6 +152,7 @@ mod tests {
             requires_ack: false,
             guarantee: DeliveryGuarantee::AtLeastOnce,
             audience: serde_json::json!({"district": true}),
+            renotify_of: None,
         }
     }
 

@@ -107,6 +107,7 @@ fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
         translations: serde_json::json!({}),
         requires_ack: true,
         partitions: 4,
+        renotify_of: None,
         recipients: seed
             .guardians
             .iter()

@@ -112,6 +112,55 @@ macro_rules! message_queries {
                 .map(Some)
         }
 
+        pub async fn content(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            message: uuid::Uuid,
+        ) -> StoreResult<Option<$crate::store::MessageContent>> {
+            let (district, author) = scope_parts(scope);
+            let Some(row) = sqlx::query(
+                "SELECT kind, delivery_guarantee, subject, body, translations, channels, requires_ack FROM messages \
+                 WHERE id = $1 AND district_id = $2 AND ($3 IS NULL OR author_id = $3)",
+            )
+            .bind($enc(message))
+            .bind($enc(district))
+            .bind(author.map($enc))
+            .fetch_optional(pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let json = |column: &str| -> StoreResult<serde_json::Value> {
+                // jsonb on PostgreSQL, text on SQLite.
+                if let Ok(value) = row.try_get::<serde_json::Value, _>(column) {
+                    return Ok(value);
+                }
+                let text: String = row.try_get(column)?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+            };
+            let channels: Vec<$crate::Channel> = serde_json::from_value(json("channels")?)
+                .map_err(|e| StoreError::Corrupt(format!("channels: {e}")))?;
+            Ok(Some($crate::store::MessageContent {
+                kind: parse_col(&row, "kind")?,
+                guarantee: parse_col(&row, "delivery_guarantee")?,
+                subject: row.try_get("subject")?,
+                body: row.try_get("body")?,
+                translations: json("translations")?,
+                channels,
+                requires_ack: row.try_get("requires_ack")?,
+            }))
+        }
+
+        pub async fn pending_guardians(pool: &sqlx::Pool<$db>, message: uuid::Uuid) -> StoreResult<Vec<uuid::Uuid>> {
+            sqlx::query("SELECT guardian_id FROM recipients WHERE message_id = $1 AND ack_state = 'pending' ORDER BY guardian_id")
+                .bind($enc(message))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| $dec(row, "guardian_id"))
+                .collect()
+        }
+
         /// Recalls a message: every delivery the state machine lets a cancel move is moved
         /// to CANCELLED by a set compare-and-swap (`WHERE state = <legal>`), with its event
         /// row, in one transaction. Returns `None` if the scope may not see the message,

@@ -227,6 +227,18 @@ pub struct RecipientView {
     pub ack_via: Option<String>,
 }
 
+/// What a message said and how it was to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageContent {
+    pub kind: MessageKind,
+    pub guarantee: DeliveryGuarantee,
+    pub subject: String,
+    pub body: String,
+    pub translations: serde_json::Value,
+    pub channels: Vec<Channel>,
+    pub requires_ack: bool,
+}
+
 /// What a recall did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CancelOutcome {
@@ -316,6 +328,8 @@ pub struct NewMessage {
     pub audience: serde_json::Value,
     pub requires_ack: bool,
     pub recipients: Vec<NewRecipient>,
+    /// The message this one re-notifies the non-acknowledgers of.
+    pub renotify_of: Option<MessageId>,
     /// Partitions of the log's lanes: each delivery to send gets an entry in partition
     /// `PartitionId::of(guardian, partitions)` of the message's lane.
     pub partitions: u32,
@@ -592,6 +606,16 @@ pub trait Store: Send + Sync + 'static {
         after: Option<uuid::Uuid>,
         limit: u32,
     ) -> StoreResult<Option<Vec<RecipientView>>>;
+
+    /// What a message said, for sending it again, if the scope may see it.
+    async fn message_content(
+        &self,
+        scope: &MessageScope,
+        id: MessageId,
+    ) -> StoreResult<Option<MessageContent>>;
+
+    /// Guardians of a message who have not acknowledged it yet.
+    async fn pending_guardians(&self, id: MessageId) -> StoreResult<Vec<uuid::Uuid>>;
 
     /// Recalls a message: deliveries not yet handed to a provider become CANCELLED (each
     /// with its event row); the others are left as they are and counted.

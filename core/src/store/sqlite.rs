@@ -345,8 +345,9 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
-                                   subject, body, channels, audience, requires_ack, created_at, translations) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                   subject, body, channels, audience, requires_ack, created_at, translations, \
+                                   renotify_of) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(text_id(message.id))
         .bind(text_id(message.district_id))
@@ -361,6 +362,7 @@ impl Store for SqliteStore {
         .bind(message.requires_ack)
         .bind(at)
         .bind(message.translations.to_string())
+        .bind(message.renotify_of.map(text_id))
         .execute(&mut *tx)
         .await?;
 
@@ -993,6 +995,18 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Option<Vec<super::RecipientView>>> {
         messages::recipients(&self.pool, scope, message.into(), acked, after, limit).await
+    }
+
+    async fn message_content(
+        &self,
+        scope: &super::MessageScope,
+        id: crate::MessageId,
+    ) -> StoreResult<Option<super::MessageContent>> {
+        messages::content(&self.pool, scope, id.into()).await
+    }
+
+    async fn pending_guardians(&self, id: crate::MessageId) -> StoreResult<Vec<Uuid>> {
+        messages::pending_guardians(&self.pool, id.into()).await
     }
 
     async fn cancel_message(
