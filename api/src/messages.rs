@@ -173,7 +173,7 @@ async fn deliver(
 ) -> Result<(StatusCode, Sent), ApiError> {
     let members = match state
         .store
-        .resolve_audience(&Scope::of(staff), &audience)
+        .resolve_audience(&Scope::of(staff), audience)
         .await?
     {
         Ok(members) => members,
