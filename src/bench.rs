@@ -168,6 +168,8 @@ pub async fn fanout(
         guarantee: DeliveryGuarantee::AtLeastOnce,
         audience: serde_json::json!({"district": true}),
         renotify_of: None,
+        scheduled_at: None,
+        ack_deadline: None,
     };
     let audience = tidings_core::audience::Audience {
         district: true,
@@ -184,6 +186,7 @@ pub async fn fanout(
         "en",
         &members,
         tidings_core::log::DEFAULT_PARTITIONS,
+        now(),
     );
     let deliveries: usize = message.recipients.iter().map(|r| r.deliveries.len()).sum();
     let write_started = Instant::now();

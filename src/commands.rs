@@ -185,3 +185,52 @@ pub async fn quotas(
     println!("  max messages per hour:      {}", show(hourly));
     Ok(())
 }
+
+/// `tidings school quiet-hours SCHOOL --start HH:MM --end HH:MM --timezone TZ` (or `--off`).
+pub async fn quiet_hours(
+    config: &Config,
+    district: Option<tidings_core::DistrictId>,
+    school: &str,
+    window: Option<(Option<String>, Option<String>, Option<String>)>,
+) -> anyhow::Result<()> {
+    use tidings_core::quiet_hours::QuietHours;
+    let quiet = match window {
+        None => None,
+        Some((Some(start), Some(end), Some(timezone))) => Some(QuietHours::new(
+            &timezone,
+            QuietHours::parse_time(&start)?,
+            QuietHours::parse_time(&end)?,
+        )?),
+        Some(_) => anyhow::bail!("give --start, --end and --timezone, or --off"),
+    };
+    let store = open_store(config, config.migrate_on_start).await?;
+    let id = crate::import::choose_district(store.as_ref(), district).await?;
+    if !store.set_school_quiet_hours(id, school, quiet).await? {
+        anyhow::bail!("no school {school:?} in this district");
+    }
+    let detail = serde_json::json!({
+        "school": school,
+        "quiet_hours": quiet.map(|q| serde_json::json!({"timezone": q.timezone.name(), "start_minute": q.start_minute, "end_minute": q.end_minute})),
+    });
+    store
+        .audit(
+            id,
+            &Actor::system("cli"),
+            "school.quiet_hours",
+            detail,
+            now(),
+        )
+        .await?;
+    match quiet {
+        Some(q) => println!(
+            "{school}: non-urgent messages wait from {:02}:{:02} to {:02}:{:02} ({})",
+            q.start_minute / 60,
+            q.start_minute % 60,
+            q.end_minute / 60,
+            q.end_minute % 60,
+            q.timezone.name()
+        ),
+        None => println!("{school}: no quiet hours"),
+    }
+    Ok(())
+}

@@ -39,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         suite: BenchSuite,
     },
+    /// School settings.
+    School {
+        #[command(subcommand)]
+        command: SchoolCommand,
+    },
     /// District settings.
     District {
         #[command(subcommand)]
@@ -83,6 +88,29 @@ enum BenchSuite {
         /// An empty database to use; a temporary SQLite file if not given.
         #[arg(long)]
         database_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchoolCommand {
+    /// Set when non-urgent messages wait (emergencies never do), in the school's time zone.
+    QuietHours {
+        /// The school's id or sourcedId.
+        school: String,
+        /// Start of the quiet window, HH:MM.
+        #[arg(long, required_unless_present = "off")]
+        start: Option<String>,
+        /// End of the quiet window, HH:MM (may be after midnight).
+        #[arg(long, required_unless_present = "off")]
+        end: Option<String>,
+        /// IANA time zone of the school, e.g. America/Chicago.
+        #[arg(long, required_unless_present = "off")]
+        timezone: Option<String>,
+        /// Remove the school's quiet hours.
+        #[arg(long, conflicts_with_all = ["start", "end", "timezone"])]
+        off: bool,
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
     },
 }
 
@@ -154,6 +182,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
             } => tidings::bench::fanout(students, channels, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
+            Command::School {
+                command:
+                    SchoolCommand::QuietHours {
+                        school,
+                        start,
+                        end,
+                        timezone,
+                        off,
+                        district,
+                    },
+            } => {
+                let window = (!off).then_some((start, end, timezone));
+                commands::quiet_hours(&config, district, &school, window).await
+            }
             Command::District {
                 command:
                     DistrictCommand::Quotas {

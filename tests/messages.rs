@@ -343,8 +343,12 @@ async fn invalid_messages_are_refused_with_the_reason() {
         ),
         (json!({"audience": {}}), "audience names no one"),
         (
-            json!({"scheduled_at": "2026-12-01T07:00:00Z"}),
-            "not available yet",
+            json!({"scheduled_at": "2020-01-01T07:00:00Z"}),
+            "scheduled_at is in the past",
+        ),
+        (
+            json!({"ack_deadline": "2020-01-01T07:00:00Z"}),
+            "before the message goes out",
         ),
         (
             json!({"audience": {"clases": ["class-0"]}}),
@@ -482,5 +486,92 @@ async fn renotify_reminds_only_those_who_have_not_acknowledged_once_per_key() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn quiet_hours_and_schedules_defer_deliveries_but_never_an_emergency() {
+    let d = demo_district(TestDatabase::sqlite()).await;
+    // A window around the current minute, in UTC, so that "now" is inside it.
+    let now = chrono::Utc::now();
+    let minute = |offset: i64| {
+        let m = (i64::from(chrono::Timelike::hour(&now)) * 60
+            + i64::from(chrono::Timelike::minute(&now))
+            + offset)
+            .rem_euclid(1440);
+        format!("{:02}:{:02}", m / 60, m % 60)
+    };
+    let set = tidings(&d.db.url)
+        .args([
+            "school",
+            "quiet-hours",
+            "school-0",
+            "--start",
+            &minute(-60),
+            "--end",
+            &minute(60),
+            "--timezone",
+            "UTC",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+
+    let mut general = closure(json!({"schools": ["school-0"]}));
+    general["kind"] = json!("general");
+    let (status, sent) = d.send(&d.admin, None, &general).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let suppressed: u64 = sent["suppressed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sent["deferred"].as_u64().unwrap(),
+        sent["deliveries"].as_u64().unwrap() - suppressed,
+        "{sent}"
+    );
+
+    let (_, emergency) = d
+        .send(&d.admin, None, &closure(json!({"schools": ["school-0"]})))
+        .await;
+    assert_eq!(emergency["deferred"], 0, "emergencies ignore quiet hours");
+
+    let tomorrow = (now + chrono::Duration::days(1)).to_rfc3339();
+    let mut scheduled = closure(json!({"schools": ["school-1"]}));
+    scheduled["scheduled_at"] = json!(tomorrow);
+    let (status, later) = d.send(&d.admin, None, &scheduled).await;
+    assert_eq!(status, StatusCode::CREATED, "{later}");
+    let suppressed: u64 = later["suppressed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        later["deferred"].as_u64().unwrap(),
+        later["deliveries"].as_u64().unwrap() - suppressed
+    );
+    let (_, summary) = d
+        .get(
+            &d.admin,
+            &format!("/api/v1/messages/{}", later["id"].as_str().unwrap()),
+        )
+        .await;
+    assert!(summary["scheduled_at"].is_string(), "{summary}");
+
+    let off = tidings(&d.db.url)
+        .args(["school", "quiet-hours", "no-such-school", "--off"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!off.status.success());
+    assert!(String::from_utf8_lossy(&off.stderr).contains("no school \"no-such-school\""));
     assert!(d.server.terminate().await.success());
 }

@@ -48,10 +48,10 @@ pub struct SendMessage {
     pub requires_ack: bool,
     /// `at_least_once` (default; always for emergencies) or `at_most_once`.
     pub delivery: Option<String>,
-    /// Not available yet: a request with it is refused rather than sent at once.
-    pub scheduled_at: Option<String>,
-    /// Not available yet: a request with it is refused.
-    pub ack_deadline: Option<String>,
+    /// When to send (RFC 3339, within a year); now when not given.
+    pub scheduled_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When acknowledgments are due (needs `requires_ack`).
+    pub ack_deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +63,8 @@ pub struct Sent {
     pub deliveries: usize,
     /// Of those, the ones that will not be sent (no address, opted out), by reason.
     pub suppressed: BTreeMap<String, usize>,
+    /// Deliveries that wait: for `scheduled_at`, or for the end of quiet hours.
+    pub deferred: usize,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -81,10 +83,22 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
 }
 
 fn draft(staff: &Staff, request: SendMessage) -> Result<Draft, ApiError> {
-    if request.scheduled_at.is_some() || request.ack_deadline.is_some() {
-        return Err(invalid(
-            "scheduled_at and ack_deadline are not available yet; send without them",
-        ));
+    let at = now();
+    if let Some(when) = request.scheduled_at {
+        if when < at - chrono::Duration::minutes(1) {
+            return Err(invalid("scheduled_at is in the past"));
+        }
+        if when > at + chrono::Duration::days(366) {
+            return Err(invalid("scheduled_at is more than a year away"));
+        }
+    }
+    if let Some(deadline) = request.ack_deadline {
+        if !request.requires_ack {
+            return Err(invalid("ack_deadline needs requires_ack"));
+        }
+        if deadline <= request.scheduled_at.unwrap_or(at) {
+            return Err(invalid("ack_deadline is before the message goes out"));
+        }
     }
     let kind: MessageKind = request
         .kind
@@ -146,6 +160,8 @@ fn draft(staff: &Staff, request: SendMessage) -> Result<Draft, ApiError> {
         guarantee,
         audience: audience_json,
         renotify_of: None,
+        scheduled_at: request.scheduled_at,
+        ack_deadline: request.ack_deadline,
     })
 }
 
@@ -221,12 +237,14 @@ async fn deliver(
         &district.default_language,
         &members,
         state.partitions,
+        now(),
     );
     state.store.create_message(&message, now()).await?;
     let mut suppressed = BTreeMap::new();
-    let mut deliveries = 0;
+    let (mut deliveries, mut deferred) = (0, 0);
     for delivery in message.recipients.iter().flat_map(|r| &r.deliveries) {
         deliveries += 1;
+        deferred += usize::from(delivery.not_before.is_some());
         if let Some(reason) = &delivery.suppressed_reason {
             *suppressed.entry(reason.clone()).or_insert(0) += 1;
         }
@@ -250,6 +268,7 @@ async fn deliver(
         recipients: message.recipients.len(),
         deliveries,
         suppressed,
+        deferred,
     };
     Ok((StatusCode::CREATED, sent))
 }
@@ -495,6 +514,8 @@ pub async fn renotify(
                 guarantee: content.guarantee,
                 audience: serde_json::json!({ "renotify_of": id, "guardians": pending.len() }),
                 renotify_of: Some(original),
+                scheduled_at: None,
+                ack_deadline: None,
             };
             let (status, sent) = deliver(&state, &staff, draft, &audience).await?;
             Ok((status, serde_json::to_vec(&sent).unwrap_or_default()))

@@ -57,6 +57,8 @@ pub struct AudienceMember {
     pub contacts: Vec<MemberContact>,
     /// Active opt-outs: (channel, source).
     pub opt_outs: Vec<(Channel, String)>,
+    /// The guardian's quiet hours: their own if set, else their (first) school's.
+    pub quiet: Option<crate::quiet_hours::QuietHours>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::audience::AudienceMember;
@@ -37,6 +38,10 @@ pub struct Draft {
     pub audience: serde_json::Value,
     /// Set when this is a reminder to those who did not acknowledge an earlier message.
     pub renotify_of: Option<MessageId>,
+    /// When to send; `None`: now.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// When acknowledgments are due.
+    pub ack_deadline: Option<DateTime<Utc>>,
 }
 
 /// Why a delivery is not sent.
@@ -54,12 +59,17 @@ pub mod reason {
 /// - A carrier STOP suppresses SMS for every kind of message.
 /// - Other opt-outs suppress everything but emergencies.
 /// - The guardian's language is used when the message has it, else the district's.
+/// - A scheduled message waits for its time; a non-emergency message that would arrive
+///   inside the guardian's quiet hours waits until they end. Emergencies never wait for
+///   quiet hours.
 pub fn plan(
     draft: &Draft,
     default_language: &str,
     members: &[AudienceMember],
     partitions: u32,
+    now: DateTime<Utc>,
 ) -> NewMessage {
+    let send_at = draft.scheduled_at.filter(|at| *at > now).unwrap_or(now);
     let mut seen = BTreeSet::new();
     let recipients = members
         .iter()
@@ -71,6 +81,11 @@ pub fn plan(
                 .filter(|l| draft.translations.contains_key(*l))
                 .unwrap_or(default_language)
                 .to_owned();
+            let quiet_end = match draft.kind {
+                MessageKind::Emergency => None,
+                _ => member.quiet.and_then(|q| q.ends_after(send_at)),
+            };
+            let not_before = quiet_end.or(draft.scheduled_at.filter(|at| *at > now));
             let deliveries = draft
                 .channels
                 .iter()
@@ -96,6 +111,7 @@ pub fn plan(
                         channel,
                         address: contact.map(|c| c.address.clone()),
                         suppressed_reason: suppressed.map(str::to_owned),
+                        not_before: not_before.filter(|_| suppressed.is_none()),
                     }
                 })
                 .collect();
@@ -122,6 +138,8 @@ pub fn plan(
         requires_ack: draft.requires_ack,
         recipients,
         renotify_of: draft.renotify_of,
+        scheduled_at: draft.scheduled_at,
+        ack_deadline: draft.ack_deadline,
         partitions,
     }
 }
@@ -153,6 +171,8 @@ mod tests {
             guarantee: DeliveryGuarantee::AtLeastOnce,
             audience: serde_json::json!({"district": true}),
             renotify_of: None,
+            scheduled_at: None,
+            ack_deadline: None,
         }
     }
 
@@ -181,6 +201,7 @@ mod tests {
                     .into_iter()
                     .map(|(c, s)| (c, s.to_owned()))
                     .collect(),
+                quiet: None,
             })
     }
 
@@ -205,12 +226,14 @@ mod tests {
                 (Channel::Sms, "carrier".into()),
                 (Channel::Email, "guardian".into()),
             ],
+            quiet: None,
         };
         let emergency = plan(
             &draft(MessageKind::Emergency, &[Channel::Sms, Channel::Email]),
             "en",
             std::slice::from_ref(&member),
             64,
+            chrono::Utc::now(),
         );
         let d = &emergency.recipients[0].deliveries;
         assert_eq!(
@@ -227,6 +250,7 @@ mod tests {
             "en",
             &[member],
             64,
+            chrono::Utc::now(),
         );
         assert_eq!(
             general.recipients[0].deliveries[0]
@@ -234,6 +258,50 @@ mod tests {
                 .as_deref(),
             Some(reason::OPTED_OUT)
         );
+    }
+
+    #[test]
+    fn inside_quiet_hours_only_non_emergencies_wait_and_a_schedule_is_kept() {
+        use crate::quiet_hours::QuietHours;
+        let now: DateTime<Utc> = "2026-11-24T03:30:00Z".parse().unwrap(); // 21:30 in Chicago
+        let member = AudienceMember {
+            guardian_id: Uuid::now_v7(),
+            preferred_language: None,
+            contacts: vec![MemberContact {
+                id: Uuid::now_v7(),
+                kind: Channel::Email,
+                address: "a@example.org".into(),
+            }],
+            opt_outs: vec![],
+            quiet: Some(QuietHours::new("America/Chicago", 21 * 60, 7 * 60).unwrap()),
+        };
+        let morning: DateTime<Utc> = "2026-11-24T13:00:00Z".parse().unwrap();
+        let general = plan(
+            &draft(MessageKind::General, &[Channel::Email]),
+            "en",
+            std::slice::from_ref(&member),
+            64,
+            now,
+        );
+        assert_eq!(
+            general.recipients[0].deliveries[0].not_before,
+            Some(morning)
+        );
+        let emergency = plan(
+            &draft(MessageKind::Emergency, &[Channel::Email]),
+            "en",
+            std::slice::from_ref(&member),
+            64,
+            now,
+        );
+        assert_eq!(emergency.recipients[0].deliveries[0].not_before, None);
+        // Scheduled for noon in Chicago: outside quiet hours, so it waits for its time only.
+        let noon: DateTime<Utc> = "2026-11-24T18:00:00Z".parse().unwrap();
+        let mut scheduled = draft(MessageKind::General, &[Channel::Email]);
+        scheduled.scheduled_at = Some(noon);
+        let later = plan(&scheduled, "en", std::slice::from_ref(&member), 64, now);
+        assert_eq!(later.recipients[0].deliveries[0].not_before, Some(noon));
+        assert_eq!(later.scheduled_at, Some(noon));
     }
 
     proptest! {
@@ -247,7 +315,7 @@ mod tests {
         ) {
             let kind = if emergency { MessageKind::Emergency } else { MessageKind::Attendance };
             let channels: Vec<Channel> = channels.into_iter().collect();
-            let message = plan(&draft(kind, &channels), "en", &members, 64);
+            let message = plan(&draft(kind, &channels), "en", &members, 64, chrono::Utc::now());
             let distinct: BTreeSet<Uuid> = members.iter().map(|m| m.guardian_id).collect();
             prop_assert_eq!(message.recipients.len(), distinct.len());
             for recipient in &message.recipients {

@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod id;
 pub mod log;
 pub mod message;
+pub mod quiet_hours;
 pub mod roster;
 pub mod secret;
 pub mod staff;

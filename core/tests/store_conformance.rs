@@ -108,6 +108,8 @@ fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
         requires_ack: true,
         partitions: 4,
         renotify_of: None,
+        scheduled_at: None,
+        ack_deadline: None,
         recipients: seed
             .guardians
             .iter()
@@ -122,6 +124,7 @@ fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
                         channel,
                         address: Some(format!("{}-{channel}", g.given_name)),
                         suppressed_reason: None,
+                        not_before: None,
                     })
                     .collect(),
             })
@@ -224,6 +227,8 @@ async fn a_message_is_written_with_every_delivery_exactly_once(store: Arc<dyn St
     message.recipients[2].deliveries[1].address = None;
     message.recipients[2].deliveries[1].suppressed_reason = Some("no_address".into());
     let at = now();
+    let morning = at + Duration::hours(9);
+    message.recipients[0].deliveries[0].not_before = Some(morning);
     store.create_message(&message, at).await.unwrap();
 
     for recipient in &message.recipients {
@@ -248,6 +253,10 @@ async fn a_message_is_written_with_every_delivery_exactly_once(store: Arc<dyn St
             };
             assert_eq!(stored.state, expected);
             assert_eq!(stored.suppressed_reason, planned.suppressed_reason);
+            assert_eq!(
+                stored.next_attempt_at, planned.not_before,
+                "deferred until quiet hours end"
+            );
         }
     }
 

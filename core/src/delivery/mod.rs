@@ -29,6 +29,8 @@ pub struct Delivery {
     /// Incremented by every transition; the compare-and-swap guard.
     pub version: i64,
     pub attempts: i32,
+    /// Not to be sent (or retried) before this.
+    pub next_attempt_at: Option<DateTime<Utc>>,
     pub idempotency_key: String,
     pub provider_ref: Option<String>,
     pub last_error: Option<String>,

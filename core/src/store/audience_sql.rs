@@ -160,6 +160,7 @@ macro_rules! audience_queries {
                         preferred_language: row.try_get("preferred_language")?,
                         contacts: Vec::new(),
                         opt_outs: Vec::new(),
+                        quiet: None,
                     });
                 }
                 let mut q = sqlx::QueryBuilder::<$db>::new(
@@ -185,6 +186,34 @@ macro_rules! audience_queries {
                     if let (Some(member), Ok(channel)) = (members.get_mut(&guardian), channel.parse()) {
                         member.opt_outs.push((channel, row.try_get("source")?));
                     }
+                }
+            }
+            // Quiet hours: the guardian's own window, else that of their first school that
+            // has one, in that school's time zone.
+            for chunk in ids.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT gs.guardian_id, sch.timezone, \
+                            CAST(sch.quiet_start_minute AS INTEGER) AS s_start, CAST(sch.quiet_end_minute AS INTEGER) AS s_end, \
+                            CAST(g.quiet_start_minute AS INTEGER) AS g_start, CAST(g.quiet_end_minute AS INTEGER) AS g_end \
+                     FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
+                     JOIN schools sch ON sch.id = s.school_id JOIN guardians g ON g.id = gs.guardian_id \
+                     WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL AND gs.guardian_id IN (",
+                );
+                push_ids(&mut q, chunk);
+                q.push(") ORDER BY gs.guardian_id, sch.id");
+                for row in q.build().fetch_all(pool).await? {
+                    let guardian = $dec(&row, "guardian_id")?;
+                    let Some(member) = members.get_mut(&guardian) else { continue };
+                    if member.quiet.is_some() {
+                        continue;
+                    }
+                    let timezone: String = row.try_get("timezone")?;
+                    let window = |a: Option<i32>, b: Option<i32>| match (a, b) {
+                        (Some(a), Some(b)) => $crate::quiet_hours::QuietHours::new(&timezone, a as u16, b as u16).ok(),
+                        _ => None,
+                    };
+                    member.quiet = window(row.try_get("g_start")?, row.try_get("g_end")?)
+                        .or(window(row.try_get("s_start")?, row.try_get("s_end")?));
                 }
             }
             let mut members: Vec<AudienceMember> = members.into_values().collect();

@@ -185,6 +185,7 @@ pub enum MessageScope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageSummary {
     pub id: MessageId,
+    pub scheduled_at: Option<DateTime<Utc>>,
     pub kind: MessageKind,
     pub subject: String,
     pub author_id: StaffId,
@@ -330,6 +331,10 @@ pub struct NewMessage {
     pub recipients: Vec<NewRecipient>,
     /// The message this one re-notifies the non-acknowledgers of.
     pub renotify_of: Option<MessageId>,
+    /// When it is to go out; `None`: now.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// When acknowledgments are due.
+    pub ack_deadline: Option<DateTime<Utc>>,
     /// Partitions of the log's lanes: each delivery to send gets an entry in partition
     /// `PartitionId::of(guardian, partitions)` of the message's lane.
     pub partitions: u32,
@@ -370,6 +375,8 @@ pub struct NewDelivery {
     pub channel: Channel,
     pub address: Option<String>,
     pub suppressed_reason: Option<String>,
+    /// Not to be sent before this (a scheduled message, quiet hours).
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// The result of a compare-and-swap.
@@ -506,6 +513,15 @@ pub trait Store: Send + Sync + 'static {
         opt_out: uuid::Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<OptOutView>>;
+
+    /// Sets a school's time zone and quiet hours (`None` removes them); the school is named
+    /// by id or sourcedId. Returns whether such a school exists.
+    async fn set_school_quiet_hours(
+        &self,
+        district: DistrictId,
+        school: &str,
+        quiet: Option<crate::quiet_hours::QuietHours>,
+    ) -> StoreResult<bool>;
 
     /// Sets a district's quotas (`None` removes a limit).
     async fn set_district_quotas(

@@ -96,7 +96,7 @@ fn district_from_row(row: &PgRow) -> StoreResult<District> {
 }
 
 const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
-     address, state, version, attempts, idempotency_key, provider_ref, last_error, \
+     address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
      suppressed_reason, created_at, updated_at";
 
 fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
@@ -111,6 +111,7 @@ fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
         state: parse(row, "state")?,
         version: row.try_get("version")?,
         attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
         idempotency_key: row.try_get("idempotency_key")?,
         provider_ref: row.try_get("provider_ref")?,
         last_error: row.try_get("last_error")?,
@@ -338,8 +339,8 @@ impl Store for PostgresStore {
         sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
                                    subject, body, channels, audience, requires_ack, created_at, translations, \
-                                   renotify_of) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                   renotify_of, scheduled_at, ack_deadline) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(Uuid::from(message.id))
         .bind(Uuid::from(message.district_id))
@@ -355,6 +356,8 @@ impl Store for PostgresStore {
         .bind(at)
         .bind(&message.translations)
         .bind(message.renotify_of.map(Uuid::from))
+        .bind(message.scheduled_at)
+        .bind(message.ack_deadline)
         .execute(&mut *tx)
         .await?;
 
@@ -404,6 +407,7 @@ impl Store for PostgresStore {
         let mut d_addresses: Vec<Option<String>> = Vec::new();
         let mut d_states = Vec::new();
         let mut d_reasons: Vec<Option<String>> = Vec::new();
+        let mut d_not_before: Vec<Option<DateTime<Utc>>> = Vec::new();
         for recipient in &message.recipients {
             for delivery in &recipient.deliveries {
                 d_ids.push(Uuid::from(delivery.id));
@@ -416,16 +420,18 @@ impl Store for PostgresStore {
                     None => DeliveryState::Created.as_str(),
                 });
                 d_reasons.push(delivery.suppressed_reason.clone());
+                d_not_before.push(delivery.not_before);
             }
         }
         sqlx::query(
             "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
                                      address, state, idempotency_key, suppressed_reason, created_at, \
-                                     updated_at, suppressed_at) \
+                                     updated_at, suppressed_at, next_attempt_at) \
              SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
-                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END \
-             FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[]) \
-                  AS d(id, recipient_id, guardian_id, channel, address, state, reason)",
+                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END, not_before \
+             FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                         $11::timestamptz[]) \
+                  AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before)",
         )
         .bind(Uuid::from(message.district_id))
         .bind(Uuid::from(message.id))
@@ -437,6 +443,7 @@ impl Store for PostgresStore {
         .bind(&d_addresses)
         .bind(&d_states)
         .bind(&d_reasons)
+        .bind(&d_not_before)
         .execute(&mut *tx)
         .await?;
         // The log: take offsets from the partitions' head rows (ascending, locked until
@@ -725,6 +732,29 @@ impl Store for PostgresStore {
         directory::revoke_opt_out(&self.pool, guardian.into(), opt_out, at).await
     }
 
+    async fn set_school_quiet_hours(
+        &self,
+        district: DistrictId,
+        school: &str,
+        quiet: Option<crate::quiet_hours::QuietHours>,
+    ) -> StoreResult<bool> {
+        let updated = sqlx::query(
+            "UPDATE schools SET timezone = COALESCE($1, timezone), quiet_start_minute = $2, quiet_end_minute = $3, \
+             updated_at = $4 WHERE district_id = $5 AND deleted_at IS NULL AND (id::text = $6 OR sourced_id = $7)",
+        )
+        .bind(quiet.map(|q| q.timezone.name().to_owned()))
+        .bind(quiet.map(|q| q.start_minute as i16))
+        .bind(quiet.map(|q| q.end_minute as i16))
+        .bind(crate::time::now())
+        .bind(Uuid::from(district))
+        .bind(school.trim().to_lowercase())
+        .bind(school.trim())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
     async fn set_district_quotas(
         &self,
         district: DistrictId,
@@ -942,7 +972,7 @@ impl Store for PostgresStore {
             super::MessageScope::Author(d, s) => (d, Some(s)),
         };
         let Some(row) = sqlx::query(
-            "SELECT id, kind, subject, author_id, requires_ack, created_at, \
+            "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, \
                     (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
                     (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
              FROM messages m WHERE id = $3 AND district_id = $1 AND ($2 IS NULL OR author_id = $2)",
@@ -973,6 +1003,7 @@ impl Store for PostgresStore {
         .collect::<StoreResult<Vec<_>>>()?;
         Ok(Some(super::MessageSummary {
             id,
+            scheduled_at: row.try_get("scheduled_at")?,
             kind: parse(&row, "kind")?,
             subject: row.try_get("subject")?,
             author_id: crate::StaffId::from_uuid(row.try_get::<Uuid, _>("author_id")?),

@@ -107,7 +107,7 @@ fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
 }
 
 const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
-     address, state, version, attempts, idempotency_key, provider_ref, last_error, \
+     address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
      suppressed_reason, created_at, updated_at";
 
 fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
@@ -122,6 +122,7 @@ fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
         state: parse(row, "state")?,
         version: row.try_get("version")?,
         attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
         idempotency_key: row.try_get("idempotency_key")?,
         provider_ref: row.try_get("provider_ref")?,
         last_error: row.try_get("last_error")?,
@@ -346,8 +347,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
                                    subject, body, channels, audience, requires_ack, created_at, translations, \
-                                   renotify_of) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                   renotify_of, scheduled_at, ack_deadline) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(text_id(message.id))
         .bind(text_id(message.district_id))
@@ -363,6 +364,8 @@ impl Store for SqliteStore {
         .bind(at)
         .bind(message.translations.to_string())
         .bind(message.renotify_of.map(text_id))
+        .bind(message.scheduled_at)
+        .bind(message.ack_deadline)
         .execute(&mut *tx)
         .await?;
 
@@ -395,7 +398,7 @@ impl Store for SqliteStore {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
                                          address, state, idempotency_key, suppressed_reason, created_at, \
-                                         updated_at, suppressed_at) ",
+                                         updated_at, suppressed_at, next_attempt_at) ",
             );
             insert.push_values(chunk, |mut row, (recipient, delivery)| {
                 let suppressed = delivery.suppressed_reason.is_some();
@@ -411,7 +414,8 @@ impl Store for SqliteStore {
                     .push_bind(&delivery.suppressed_reason)
                     .push_bind(at)
                     .push_bind(at)
-                    .push_bind(suppressed.then_some(at));
+                    .push_bind(suppressed.then_some(at))
+                    .push_bind(delivery.not_before);
             });
             insert.build().execute(&mut *tx).await?;
         }
@@ -711,6 +715,29 @@ impl Store for SqliteStore {
         directory::revoke_opt_out(&self.pool, guardian.into(), opt_out, at).await
     }
 
+    async fn set_school_quiet_hours(
+        &self,
+        district: DistrictId,
+        school: &str,
+        quiet: Option<crate::quiet_hours::QuietHours>,
+    ) -> StoreResult<bool> {
+        let updated = sqlx::query(
+            "UPDATE schools SET timezone = COALESCE($1, timezone), quiet_start_minute = $2, quiet_end_minute = $3, \
+             updated_at = $4 WHERE district_id = $5 AND deleted_at IS NULL AND (id = $6 OR sourced_id = $7)",
+        )
+        .bind(quiet.map(|q| q.timezone.name().to_owned()))
+        .bind(quiet.map(|q| q.start_minute as i16))
+        .bind(quiet.map(|q| q.end_minute as i16))
+        .bind(crate::time::now())
+        .bind(text_id(district))
+        .bind(school.trim().to_lowercase())
+        .bind(school.trim())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
     async fn set_district_quotas(
         &self,
         district: DistrictId,
@@ -935,7 +962,7 @@ impl Store for SqliteStore {
             super::MessageScope::Author(d, s) => (d, Some(s)),
         };
         let Some(row) = sqlx::query(
-            "SELECT id, kind, subject, author_id, requires_ack, created_at, \
+            "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, \
                     (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
                     (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
              FROM messages m WHERE id = $3 AND district_id = $1 AND ($2 IS NULL OR author_id = $2)",
@@ -966,6 +993,7 @@ impl Store for SqliteStore {
         .collect::<StoreResult<Vec<_>>>()?;
         Ok(Some(super::MessageSummary {
             id,
+            scheduled_at: row.try_get("scheduled_at")?,
             kind: parse(&row, "kind")?,
             subject: row.try_get("subject")?,
             author_id: crate::StaffId::from_uuid(uuid(&row, "author_id")?),
