@@ -193,6 +193,9 @@ pub async fn fanout(
     store.create_message(&message, now()).await?;
     let write_seconds = write_started.elapsed().as_secs_f64();
     let seconds = started.elapsed().as_secs_f64();
+    // The same number of plain rows, written the same way into the same database.
+    let raw_seconds = store.measure_raw_insert(deliveries).await?;
+    let raw_rows_per_s = deliveries as f64 / raw_seconds;
     let result = serde_json::json!({
         "suite": "fanout",
         "store": store.backend(),
@@ -202,6 +205,9 @@ pub async fn fanout(
         "write_seconds": round(write_seconds),
         "seconds": round(seconds),
         "deliveries_per_s": (deliveries as f64 / seconds).round(),
+        "raw_insert_seconds": round(raw_seconds),
+        "raw_rows_per_s": raw_rows_per_s.round(),
+        "ratio_to_raw": round(deliveries as f64 / seconds / raw_rows_per_s),
         "peak_rss_mb": peak_rss_mb()?,
     });
     println!("{result}");

@@ -33,12 +33,15 @@ stored_enum! {
 }
 
 impl MessageKind {
-    /// The lane a message of this kind travels in. General messages are bulk when they
-    /// go to a whole district or school; callers choose that with [`Lane::Bulk`] directly.
+    /// The lane a message of this kind travels in: emergencies first, attendance notices
+    /// (time-sensitive, one family at a time) next, general news (newsletters, closures
+    /// announced ahead) last, so a district-wide newsletter never delays a lockdown alert
+    /// or an absence call.
     pub const fn lane(self) -> Lane {
         match self {
             MessageKind::Emergency => Lane::Emergency,
-            MessageKind::Attendance | MessageKind::General => Lane::Normal,
+            MessageKind::Attendance => Lane::Normal,
+            MessageKind::General => Lane::Bulk,
         }
     }
 }
@@ -61,7 +64,8 @@ mod tests {
     #[test]
     fn emergencies_travel_in_the_emergency_lane_at_least_once() {
         assert_eq!(MessageKind::Emergency.lane(), Lane::Emergency);
-        assert_eq!(MessageKind::General.lane(), Lane::Normal);
+        assert_eq!(MessageKind::Attendance.lane(), Lane::Normal);
+        assert_eq!(MessageKind::General.lane(), Lane::Bulk);
         assert_eq!(
             DeliveryGuarantee::AtMostOnce.effective(MessageKind::Emergency),
             DeliveryGuarantee::AtLeastOnce

@@ -643,6 +643,11 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<CancelOutcome>>;
 
+    /// Writes `rows` plain rows (an id, two short texts, a timestamp) into a temporary table
+    /// the way the store writes in bulk, and returns the seconds it took: the raw write
+    /// speed of this database, which `tidings bench fanout` compares the fan-out against.
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64>;
+
     /// The district's most recent audit entries, newest first.
     async fn audit_entries(&self, district: DistrictId, limit: u32)
         -> StoreResult<Vec<AuditEntry>>;

@@ -1064,6 +1064,27 @@ impl Store for PostgresStore {
         )
     }
 
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TEMP TABLE raw_rows (id uuid PRIMARY KEY, a text, b text, at timestamptz) ON COMMIT DROP")
+            .execute(&mut *tx)
+            .await?;
+        let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
+        let a: Vec<String> = (0..rows).map(|i| format!("row-{i}")).collect();
+        let started = std::time::Instant::now();
+        // Same shape as the fan-out: arrays in, one statement per 100,000 rows.
+        for ((ids, a), _) in ids.chunks(100_000).zip(a.chunks(100_000)).zip(0..) {
+            sqlx::query("INSERT INTO raw_rows SELECT id, a, 'sms', $3 FROM unnest($1::uuid[], $2::text[]) AS r(id, a)")
+                .bind(ids)
+                .bind(a)
+                .bind(crate::time::now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+
     async fn audit_entries(
         &self,
         district: DistrictId,

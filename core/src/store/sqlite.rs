@@ -1054,6 +1054,31 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TEMP TABLE raw_rows (id TEXT PRIMARY KEY, a TEXT, b TEXT, at TEXT)")
+            .execute(&mut *tx)
+            .await?;
+        let items: Vec<(String, String)> = (0..rows)
+            .map(|i| (Uuid::now_v7().to_string(), format!("row-{i}")))
+            .collect();
+        let at = crate::time::now();
+        let started = std::time::Instant::now();
+        for chunk in items.chunks(BULK_ROWS) {
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO raw_rows (id, a, b, at) ");
+            insert.push_values(chunk, |mut row, (id, a)| {
+                row.push_bind(id)
+                    .push_bind(a)
+                    .push_bind("sms")
+                    .push_bind(at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        sqlx::query("DROP TABLE raw_rows").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+
     async fn audit_entries(
         &self,
         district: DistrictId,
