@@ -1066,15 +1066,18 @@ impl Store for PostgresStore {
 
     async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("CREATE TEMP TABLE raw_rows (id uuid PRIMARY KEY, a text, b text, at timestamptz) ON COMMIT DROP")
-            .execute(&mut *tx)
-            .await?;
+        // A real (logged) table, like the ones the fan-out writes; dropped with the test.
+        sqlx::query(
+            "CREATE TABLE bench_raw_rows (id uuid PRIMARY KEY, a text, b text, at timestamptz)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
         let a: Vec<String> = (0..rows).map(|i| format!("row-{i}")).collect();
         let started = std::time::Instant::now();
         // Same shape as the fan-out: arrays in, one statement per 100,000 rows.
         for ((ids, a), _) in ids.chunks(100_000).zip(a.chunks(100_000)).zip(0..) {
-            sqlx::query("INSERT INTO raw_rows SELECT id, a, 'sms', $3 FROM unnest($1::uuid[], $2::text[]) AS r(id, a)")
+            sqlx::query("INSERT INTO bench_raw_rows SELECT id, a, 'sms', $3 FROM unnest($1::uuid[], $2::text[]) AS r(id, a)")
                 .bind(ids)
                 .bind(a)
                 .bind(crate::time::now())
@@ -1082,7 +1085,11 @@ impl Store for PostgresStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(started.elapsed().as_secs_f64())
+        let seconds = started.elapsed().as_secs_f64();
+        sqlx::query("DROP TABLE bench_raw_rows")
+            .execute(&self.pool)
+            .await?;
+        Ok(seconds)
     }
 
     async fn audit_entries(
