@@ -2,11 +2,13 @@
 //! both dialects (see `roster_sql`).
 
 /// Expands to the audience and idempotency queries of one dialect.
-/// `as_text` turns an id column into hyphenated text (`"::text"` or `""`).
+/// `as_text` turns an id column into hyphenated text (`"::text"` or `""`); `id_type` is
+/// the column type of ids (`"uuid"` or `"TEXT"`).
 macro_rules! audience_queries {
-    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal) => {
-        use std::collections::{HashMap, HashSet};
+    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal, id_type: $id_type:literal) => {
+        use std::collections::HashMap;
 
+        use futures_util::TryStreamExt as _;
         use sqlx::Row as _;
         use $crate::audience::{Audience, AudienceMember, AudienceProblems, MemberContact};
         use $crate::store::directory::Scope;
@@ -94,13 +96,18 @@ macro_rules! audience_queries {
                 return Ok(Err(problems));
             }
 
-            // Guardians reached through students, then guardians named directly or the
-            // whole district; the scope applies to every path.
-            let mut targets: HashSet<uuid::Uuid> = HashSet::new();
+            // The reached guardians go into a temporary table on one connection, and the
+            // details are read by joining it: four statements whatever the audience size,
+            // instead of a lookup per thousand guardians.
+            let mut tx = pool.begin().await?;
+            sqlx::query(concat!("CREATE TEMP TABLE audience_targets (id ", $id_type, " PRIMARY KEY)"))
+                .execute(&mut *tx)
+                .await?;
             let through_students = !schools.is_empty() || !classes.is_empty() || !students.is_empty() || !audience.grades.is_empty();
             if through_students {
                 let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT DISTINCT gs.guardian_id FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
+                    "INSERT INTO audience_targets (id) \
+                     SELECT DISTINCT gs.guardian_id FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
                      JOIN guardians g ON g.id = gs.guardian_id \
                      WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL AND g.deleted_at IS NULL AND s.district_id = ",
                 );
@@ -130,92 +137,99 @@ macro_rules! audience_queries {
                     push_ids(&mut q, &students);
                     q.push(")");
                 }
-                q.push(")");
-                for row in q.build().fetch_all(pool).await? {
-                    targets.insert($dec(&row, "guardian_id")?);
-                }
+                q.push(") ON CONFLICT (id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
             }
             if audience.district {
-                let rows = sqlx::query("SELECT id FROM guardians WHERE district_id = $1 AND deleted_at IS NULL")
-                    .bind($enc(*scope.district().as_uuid()))
-                    .fetch_all(pool)
-                    .await?;
-                for row in rows {
-                    targets.insert($dec(&row, "id")?);
+                sqlx::query(
+                    "INSERT INTO audience_targets (id) SELECT id FROM guardians WHERE district_id = $1 AND deleted_at IS NULL \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind($enc(*scope.district().as_uuid()))
+                .execute(&mut *tx)
+                .await?;
+            }
+            for chunk in guardians.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("INSERT INTO audience_targets (id) ");
+                q.push_values(chunk, |mut row, id| {
+                    row.push_bind($enc(*id));
+                });
+                q.push(" ON CONFLICT (id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+
+            let mut members: HashMap<uuid::Uuid, AudienceMember> = HashMap::new();
+            // Rows are streamed, not collected: memory holds the members, not the result sets.
+            let mut rows = sqlx::query("SELECT g.id, g.preferred_language FROM guardians g JOIN audience_targets t ON t.id = g.id")
+                .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let id = $dec(&row, "id")?;
+                members.insert(id, AudienceMember {
+                    guardian_id: id,
+                    preferred_language: row.try_get("preferred_language")?,
+                    contacts: Vec::new(),
+                    opt_outs: Vec::new(),
+                    quiet: None,
+                });
+            }
+            drop(rows);
+            let mut rows = sqlx::query(
+                "SELECT c.id, c.guardian_id, c.kind, c.address FROM contact_points c \
+                 JOIN audience_targets t ON t.id = c.guardian_id WHERE c.active ORDER BY c.created_at, c.id",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let guardian = $dec(&row, "guardian_id")?;
+                let kind: String = row.try_get("kind")?;
+                if let (Some(member), Ok(kind)) = (members.get_mut(&guardian), kind.parse()) {
+                    member.contacts.push(MemberContact { id: $dec(&row, "id")?, kind, address: row.try_get("address")? });
                 }
             }
-            targets.extend(guardians);
-
-            let mut ids: Vec<uuid::Uuid> = targets.into_iter().collect();
-            ids.sort();
-            let mut members: HashMap<uuid::Uuid, AudienceMember> = HashMap::with_capacity(ids.len());
-            for chunk in ids.chunks(CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT id, preferred_language FROM guardians WHERE id IN (");
-                push_ids(&mut q, chunk);
-                q.push(")");
-                for row in q.build().fetch_all(pool).await? {
-                    let id = $dec(&row, "id")?;
-                    members.insert(id, AudienceMember {
-                        guardian_id: id,
-                        preferred_language: row.try_get("preferred_language")?,
-                        contacts: Vec::new(),
-                        opt_outs: Vec::new(),
-                        quiet: None,
-                    });
-                }
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, guardian_id, kind, address FROM contact_points WHERE active AND guardian_id IN (",
-                );
-                push_ids(&mut q, chunk);
-                q.push(") ORDER BY created_at, id");
-                for row in q.build().fetch_all(pool).await? {
-                    let guardian = $dec(&row, "guardian_id")?;
-                    let kind: String = row.try_get("kind")?;
-                    if let (Some(member), Ok(kind)) = (members.get_mut(&guardian), kind.parse()) {
-                        member.contacts.push(MemberContact { id: $dec(&row, "id")?, kind, address: row.try_get("address")? });
-                    }
-                }
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT guardian_id, channel, source FROM opt_outs WHERE revoked_at IS NULL AND guardian_id IN (",
-                );
-                push_ids(&mut q, chunk);
-                q.push(")");
-                for row in q.build().fetch_all(pool).await? {
-                    let guardian = $dec(&row, "guardian_id")?;
-                    let channel: String = row.try_get("channel")?;
-                    if let (Some(member), Ok(channel)) = (members.get_mut(&guardian), channel.parse()) {
-                        member.opt_outs.push((channel, row.try_get("source")?));
-                    }
+            drop(rows);
+            let mut rows = sqlx::query(
+                "SELECT o.guardian_id, o.channel, o.source FROM opt_outs o \
+                 JOIN audience_targets t ON t.id = o.guardian_id WHERE o.revoked_at IS NULL",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let guardian = $dec(&row, "guardian_id")?;
+                let channel: String = row.try_get("channel")?;
+                if let (Some(member), Ok(channel)) = (members.get_mut(&guardian), channel.parse()) {
+                    member.opt_outs.push((channel, row.try_get("source")?));
                 }
             }
             // Quiet hours: the guardian's own window, else that of their first school that
             // has one, in that school's time zone.
-            for chunk in ids.chunks(CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT gs.guardian_id, sch.timezone, \
-                            CAST(sch.quiet_start_minute AS INTEGER) AS s_start, CAST(sch.quiet_end_minute AS INTEGER) AS s_end, \
-                            CAST(g.quiet_start_minute AS INTEGER) AS g_start, CAST(g.quiet_end_minute AS INTEGER) AS g_end \
-                     FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
-                     JOIN schools sch ON sch.id = s.school_id JOIN guardians g ON g.id = gs.guardian_id \
-                     WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL AND gs.guardian_id IN (",
-                );
-                push_ids(&mut q, chunk);
-                q.push(") ORDER BY gs.guardian_id, sch.id");
-                for row in q.build().fetch_all(pool).await? {
-                    let guardian = $dec(&row, "guardian_id")?;
-                    let Some(member) = members.get_mut(&guardian) else { continue };
-                    if member.quiet.is_some() {
-                        continue;
-                    }
-                    let timezone: String = row.try_get("timezone")?;
-                    let window = |a: Option<i32>, b: Option<i32>| match (a, b) {
-                        (Some(a), Some(b)) => $crate::quiet_hours::QuietHours::new(&timezone, a as u16, b as u16).ok(),
-                        _ => None,
-                    };
-                    member.quiet = window(row.try_get("g_start")?, row.try_get("g_end")?)
-                        .or(window(row.try_get("s_start")?, row.try_get("s_end")?));
+            drop(rows);
+            let mut rows = sqlx::query(
+                "SELECT gs.guardian_id, sch.timezone, \
+                        CAST(sch.quiet_start_minute AS INTEGER) AS s_start, CAST(sch.quiet_end_minute AS INTEGER) AS s_end, \
+                        CAST(g.quiet_start_minute AS INTEGER) AS g_start, CAST(g.quiet_end_minute AS INTEGER) AS g_end \
+                 FROM audience_targets t JOIN guardian_students gs ON gs.guardian_id = t.id \
+                 JOIN students s ON s.id = gs.student_id JOIN schools sch ON sch.id = s.school_id \
+                 JOIN guardians g ON g.id = gs.guardian_id \
+                 WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL \
+                 AND (g.quiet_start_minute IS NOT NULL OR sch.quiet_start_minute IS NOT NULL) \
+                 ORDER BY gs.guardian_id, sch.id",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let guardian = $dec(&row, "guardian_id")?;
+                let Some(member) = members.get_mut(&guardian) else { continue };
+                if member.quiet.is_some() {
+                    continue;
                 }
+                let timezone: String = row.try_get("timezone")?;
+                let window = |a: Option<i32>, b: Option<i32>| match (a, b) {
+                    (Some(a), Some(b)) => $crate::quiet_hours::QuietHours::new(&timezone, a as u16, b as u16).ok(),
+                    _ => None,
+                };
+                member.quiet = window(row.try_get("g_start")?, row.try_get("g_end")?)
+                    .or(window(row.try_get("s_start")?, row.try_get("s_end")?));
             }
+            drop(rows);
+            // Nothing was written but the temporary table: rolling back discards it.
+            tx.rollback().await?;
             let mut members: Vec<AudienceMember> = members.into_values().collect();
             members.sort_by_key(|m| m.guardian_id);
             Ok(Ok(members))

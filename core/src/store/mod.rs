@@ -643,6 +643,11 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<CancelOutcome>>;
 
+    /// Refreshes the query planner's statistics of the directory tables: after a bulk
+    /// import they describe the tables as they were, and the first broadcast after an
+    /// import would be planned for a near-empty directory.
+    async fn refresh_directory_statistics(&self) -> StoreResult<()>;
+
     /// Writes `rows` plain rows (an id, two short texts, a timestamp) into a temporary table
     /// the way the store writes in bulk, and returns the seconds it took: the raw write
     /// speed of this database, which `tidings bench fanout` compares the fan-out against.

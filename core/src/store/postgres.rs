@@ -1064,6 +1064,11 @@ impl Store for PostgresStore {
         )
     }
 
+    async fn refresh_directory_statistics(&self) -> StoreResult<()> {
+        sqlx::query("ANALYZE schools, students, guardians, guardian_students, contact_points, opt_outs, staff, staff_schools, classes, enrollments").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
         let mut tx = self.pool.begin().await?;
         // A real (logged) table, like the ones the fan-out writes; dropped with the test.
@@ -1213,7 +1218,7 @@ mod audience {
         Ok(sqlx::Row::try_get(row, column)?)
     }
 
-    crate::store::audience_sql::audience_queries!(db: sqlx::Postgres, enc: enc, dec: dec, as_text: "::text");
+    crate::store::audience_sql::audience_queries!(db: sqlx::Postgres, enc: enc, dec: dec, as_text: "::text", id_type: "uuid");
 }
 
 /// Messages, bound the PostgreSQL way.

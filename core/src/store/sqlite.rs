@@ -1054,6 +1054,11 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn refresh_directory_statistics(&self) -> StoreResult<()> {
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
         let mut tx = self.pool.begin().await?;
         // A table in the database file, like the ones the fan-out writes.
@@ -1196,7 +1201,7 @@ mod audience {
         super::uuid(row, column)
     }
 
-    crate::store::audience_sql::audience_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "");
+    crate::store::audience_sql::audience_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "", id_type: "TEXT");
 }
 
 /// Messages, bound the SQLite way.
