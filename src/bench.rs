@@ -10,61 +10,85 @@ use tidings_core::store::{self, ConnectOptions, FirstAdmin};
 use tidings_core::time::now;
 use tidings_core::EmailAddress;
 
+/// A scratch directory holding a synthetic district's bundle, and a migrated store with an
+/// empty district to import it into (a temporary SQLite file unless `database_url` is
+/// given, which must name an empty database).
+struct Setup {
+    scratch: tempfile::TempDir,
+    store: std::sync::Arc<dyn store::Store>,
+    district: tidings_core::DistrictId,
+    admin: tidings_core::StaffId,
+    stats: tidings_core::roster::synthetic::BundleStats,
+    generate_seconds: f64,
+}
+
+impl Setup {
+    async fn new(students: usize, seed: u64, database_url: Option<&str>) -> anyhow::Result<Self> {
+        let scratch = tempfile::tempdir()?;
+        std::fs::create_dir(scratch.path().join("bundle"))?;
+        let started = Instant::now();
+        let spec = SyntheticDistrict {
+            students,
+            schools: (students / 500).clamp(1, 200),
+            seed,
+        };
+        let stats = write_bundle(&scratch.path().join("bundle"), &spec)?;
+        let generate_seconds = started.elapsed().as_secs_f64();
+        let url = match database_url {
+            Some(url) => url.to_owned(),
+            None => format!("sqlite://{}", scratch.path().join("bench.db").display()),
+        };
+        let store = store::connect(&url, &ConnectOptions::default()).await?;
+        store.migrate().await?;
+        let first = FirstAdmin {
+            district_name: "Bench".into(),
+            email: EmailAddress::parse("bench@bench.example.org")?,
+            display_name: "Bench".into(),
+            password_hash: secret::hash_password(&secret::generate_password())?,
+        };
+        let (district, admin) = store
+            .bootstrap(&first, now())
+            .await?
+            .context("the benchmark needs an empty database")?;
+        Ok(Self {
+            scratch,
+            store,
+            district: district.id,
+            admin: admin.id,
+            stats,
+            generate_seconds,
+        })
+    }
+
+    fn bundle(&self) -> anyhow::Result<Bundle> {
+        Ok(Bundle::open(&self.scratch.path().join("bundle"))?)
+    }
+
+    async fn import(&self, name: &str) -> anyhow::Result<tidings_core::roster::ImportReport> {
+        let bundle = self.bundle()?;
+        let (_, report) = crate::import::run_import(
+            self.store.as_ref(),
+            self.district,
+            &bundle,
+            name,
+            &ImportOptions::default(),
+            &|_| {},
+        )
+        .await?;
+        Ok(report)
+    }
+}
+
 /// `tidings bench import --students N`: generates a synthetic district, imports it, then
 /// imports it again (the nightly re-import of an unchanged roster).
 pub async fn import(students: usize, database_url: Option<&str>) -> anyhow::Result<()> {
-    let scratch = tempfile::tempdir()?;
-    let bundle_dir = scratch.path().join("bundle");
-    std::fs::create_dir(&bundle_dir)?;
+    let setup = Setup::new(students, 1, database_url).await?;
+    let (store, stats, generate_seconds) = (&setup.store, &setup.stats, setup.generate_seconds);
     let started = Instant::now();
-    let spec = SyntheticDistrict {
-        students,
-        schools: (students / 500).clamp(1, 200),
-        seed: 1,
-    };
-    let stats = write_bundle(&bundle_dir, &spec)?;
-    let generate_seconds = started.elapsed().as_secs_f64();
-
-    let url = match database_url {
-        Some(url) => url.to_owned(),
-        None => format!("sqlite://{}", scratch.path().join("bench.db").display()),
-    };
-    let store = store::connect(&url, &ConnectOptions::default()).await?;
-    store.migrate().await?;
-    let first = FirstAdmin {
-        district_name: "Bench".into(),
-        email: EmailAddress::parse("bench@bench.example.org")?,
-        display_name: "Bench".into(),
-        password_hash: secret::hash_password(&secret::generate_password())?,
-    };
-    let district = match store.bootstrap(&first, now()).await? {
-        Some((district, _)) => district.id,
-        None => crate::import::choose_district(store.as_ref(), None).await?,
-    };
-    let bundle = Bundle::open(&bundle_dir)?;
-    let options = ImportOptions::default();
-
-    let started = Instant::now();
-    let (_, report) = crate::import::run_import(
-        store.as_ref(),
-        district,
-        &bundle,
-        "bench",
-        &options,
-        &|_| {},
-    )
-    .await?;
+    let report = setup.import("bench").await?;
     let seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let (_, again) = crate::import::run_import(
-        store.as_ref(),
-        district,
-        &bundle,
-        "bench again",
-        &options,
-        &|_| {},
-    )
-    .await?;
+    let again = setup.import("bench again").await?;
     let reimport_seconds = started.elapsed().as_secs_f64();
     let unchanged: u64 = again.entities.values().map(|c| c.unchanged).sum();
 
@@ -115,50 +139,18 @@ pub async fn fanout(
     use tidings_core::store::Scope;
     use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
 
-    let scratch = tempfile::tempdir()?;
-    let bundle_dir = scratch.path().join("bundle");
-    std::fs::create_dir(&bundle_dir)?;
-    let spec = SyntheticDistrict {
-        students,
-        schools: (students / 500).clamp(1, 200),
-        seed: 2,
-    };
-    write_bundle(&bundle_dir, &spec)?;
-    let url = match database_url {
-        Some(url) => url.to_owned(),
-        None => format!("sqlite://{}", scratch.path().join("bench.db").display()),
-    };
-    let store = store::connect(&url, &ConnectOptions::default()).await?;
-    store.migrate().await?;
-    let first = FirstAdmin {
-        district_name: "Bench".into(),
-        email: EmailAddress::parse("bench@bench.example.org")?,
-        display_name: "Bench".into(),
-        password_hash: secret::hash_password(&secret::generate_password())?,
-    };
-    let (district, admin) = store
-        .bootstrap(&first, now())
-        .await?
-        .context("the benchmark needs an empty database")?;
-    let bundle = Bundle::open(&bundle_dir)?;
-    crate::import::run_import(
-        store.as_ref(),
-        district.id,
-        &bundle,
-        "bench",
-        &ImportOptions::default(),
-        &|_| {},
-    )
-    .await?;
-
+    let setup = Setup::new(students, 2, database_url).await?;
+    setup.import("bench").await?;
+    let store = &setup.store;
+    let (district_id, admin_id) = (setup.district, setup.admin);
     let channels: BTreeSet<Channel> = Channel::ALL
         .iter()
         .copied()
         .take(channels.clamp(1, 3))
         .collect();
     let draft = Draft {
-        district_id: district.id,
-        author_id: admin.id,
+        district_id,
+        author_id: admin_id,
         kind: MessageKind::Emergency,
         channels,
         subject: "Bench".into(),
@@ -177,7 +169,7 @@ pub async fn fanout(
     };
     let started = Instant::now();
     let members = store
-        .resolve_audience(&Scope::District(district.id), &audience)
+        .resolve_audience(&Scope::District(district_id), &audience)
         .await?
         .map_err(|p| anyhow::anyhow!("audience: {p:?}"))?;
     let resolve_seconds = started.elapsed().as_secs_f64();

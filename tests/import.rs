@@ -135,3 +135,54 @@ async fn serve_demo_loads_the_demo_district_once() {
     );
     assert!(again.terminate().await.success());
 }
+
+/// The benchmarks run end to end and their last line is the JSON object they promise.
+#[tokio::test]
+async fn the_benchmarks_print_their_figures_as_json() {
+    let last_json = |output: std::process::Output| -> serde_json::Value {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    };
+    let import = last_json(
+        support::tidings("sqlite://unused.db")
+            .args(["bench", "import", "--students", "200"])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(import["suite"], "import");
+    assert_eq!(import["rejected"], 0);
+    assert_eq!(
+        import["reimport_unchanged_rows"], import["rows"],
+        "an unchanged roster re-imports as unchanged"
+    );
+    assert!(import["rows_per_s"].as_f64().unwrap() > 0.0);
+
+    let db = TestDatabase::postgres_empty().await;
+    let fanout = last_json(
+        support::tidings("sqlite://unused.db")
+            .args([
+                "bench",
+                "fanout",
+                "--students",
+                "200",
+                "--channels",
+                "2",
+                "--database-url",
+                &db.url,
+            ])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(fanout["store"], "postgres");
+    assert_eq!(
+        fanout["deliveries"].as_u64().unwrap(),
+        2 * fanout["guardians"].as_u64().unwrap()
+    );
+}
