@@ -56,6 +56,7 @@ conformance! {
     concurrent_fan_outs_never_let_a_reader_skip_an_entry,
     a_recall_cancels_what_was_not_sent_and_reports_the_rest,
     maintenance_and_measurement_leave_nothing_behind,
+    idempotency_keys_claim_replay_mismatch_and_expire,
 }
 
 struct Seed {
@@ -888,4 +889,48 @@ async fn maintenance_and_measurement_leave_nothing_behind(store: Arc<dyn Store>)
         assert!(seconds > 0.0);
     }
     assert!(store.readiness().await.unwrap().is_ready());
+}
+
+async fn idempotency_keys_claim_replay_mismatch_and_expire(store: Arc<dyn Store>) {
+    use tidings_core::store::IdempotencyClaim;
+    let s = store.as_ref();
+    let keep = Duration::hours(24);
+    let at = now();
+    let claim = |hash: &'static [u8], at| async move {
+        s.claim_idempotency_key("staff:1", "k", hash, keep, at)
+            .await
+            .unwrap()
+    };
+    assert_eq!(claim(b"one", at).await, IdempotencyClaim::Claimed);
+    assert_eq!(claim(b"one", at).await, IdempotencyClaim::InFlight);
+    assert_eq!(claim(b"two", at).await, IdempotencyClaim::Mismatch);
+    s.complete_idempotency_key("staff:1", "k", 201, b"{\"id\":1}")
+        .await
+        .unwrap();
+    s.release_idempotency_key("staff:1", "k").await.unwrap();
+    assert_eq!(
+        claim(b"one", at).await,
+        IdempotencyClaim::Replay {
+            status: 201,
+            body: b"{\"id\":1}".to_vec()
+        },
+        "a completed key is not released"
+    );
+    // Another scope is another key space; a key older than `keep` is forgotten.
+    assert_eq!(
+        s.claim_idempotency_key("staff:2", "k", b"one", keep, at)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        claim(b"other", at + Duration::hours(25)).await,
+        IdempotencyClaim::Claimed
+    );
+    s.release_idempotency_key("staff:1", "k").await.unwrap();
+    assert_eq!(
+        claim(b"other", at + Duration::hours(25)).await,
+        IdempotencyClaim::Claimed,
+        "a released key can be claimed again"
+    );
 }

@@ -105,7 +105,7 @@ pub(crate) fn page_query(
 /// Expands to `Directory`, the directory queries of one dialect, as free functions on a
 /// pool. Parameters as for `roster_writer!`.
 macro_rules! directory_queries {
-    (db: $db:ty, enc: $enc:path, dec: $dec:path) => {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal) => {
         use $crate::store::directory::{
             ClassView, ContactPointView, GuardianDetail, GuardianRef, GuardianView, OptOutView, PageRequest,
             SchoolView, Scope, StudentView,
@@ -386,6 +386,72 @@ macro_rules! directory_queries {
                     .await?;
             }
             Ok(Some(found))
+        }
+        pub async fn counts(pool: &sqlx::Pool<$db>, district: uuid::Uuid) -> StoreResult<$crate::store::DirectoryCounts> {
+            let row = sqlx::query(
+                "SELECT \
+                   (SELECT count(*) FROM schools WHERE district_id = $1 AND deleted_at IS NULL) AS schools, \
+                   (SELECT count(*) FROM students WHERE district_id = $1 AND deleted_at IS NULL) AS students, \
+                   (SELECT count(*) FROM guardians WHERE district_id = $1 AND deleted_at IS NULL) AS guardians, \
+                   (SELECT count(*) FROM staff WHERE district_id = $1 AND disabled_at IS NULL) AS staff, \
+                   (SELECT count(*) FROM classes WHERE district_id = $1 AND deleted_at IS NULL) AS classes, \
+                   (SELECT count(*) FROM enrollments WHERE district_id = $1 AND deleted_at IS NULL) AS enrollments, \
+                   (SELECT count(*) FROM guardian_students WHERE district_id = $1 AND deleted_at IS NULL) AS guardian_links, \
+                   (SELECT count(*) FROM contact_points WHERE district_id = $1 AND active) AS active_contact_points",
+            )
+            .bind($enc(district))
+            .fetch_one(pool)
+            .await?;
+            Ok($crate::store::DirectoryCounts {
+                schools: row.try_get("schools")?,
+                students: row.try_get("students")?,
+                guardians: row.try_get("guardians")?,
+                staff: row.try_get("staff")?,
+                classes: row.try_get("classes")?,
+                enrollments: row.try_get("enrollments")?,
+                guardian_links: row.try_get("guardian_links")?,
+                active_contact_points: row.try_get("active_contact_points")?,
+            })
+        }
+
+        /// Sets a school's time zone and quiet hours; the school by id or sourcedId.
+        pub async fn set_school_quiet_hours(
+            pool: &sqlx::Pool<$db>,
+            district: uuid::Uuid,
+            school: &str,
+            quiet: Option<$crate::quiet_hours::QuietHours>,
+        ) -> StoreResult<bool> {
+            let updated = sqlx::query(&format!(
+                "UPDATE schools SET timezone = COALESCE($1, timezone), quiet_start_minute = $2, quiet_end_minute = $3, \
+                 updated_at = $4 WHERE district_id = $5 AND deleted_at IS NULL AND (id{} = $6 OR sourced_id = $7)",
+                $as_text
+            ))
+            .bind(quiet.map(|q| q.timezone.name().to_owned()))
+            .bind(quiet.map(|q| q.start_minute as i16))
+            .bind(quiet.map(|q| q.end_minute as i16))
+            .bind($crate::time::now())
+            .bind($enc(district))
+            .bind(school.trim().to_lowercase())
+            .bind(school.trim())
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(updated > 0)
+        }
+
+        pub async fn set_district_quotas(
+            pool: &sqlx::Pool<$db>,
+            district: uuid::Uuid,
+            max_recipients_per_message: Option<i32>,
+            max_messages_per_hour: Option<i32>,
+        ) -> StoreResult<()> {
+            sqlx::query("UPDATE districts SET max_recipients_per_message = $1, max_messages_per_hour = $2 WHERE id = $3")
+                .bind(max_recipients_per_message)
+                .bind(max_messages_per_hour)
+                .bind($enc(district))
+                .execute(pool)
+                .await?;
+            Ok(())
         }
     };
 }

@@ -227,6 +227,153 @@ macro_rules! message_queries {
             tx.commit().await?;
             Ok(Some((cancelled, left as u64)))
         }
+        /// Claims an idempotency key, or says what it already holds (see `Store`).
+        pub async fn claim_idempotency_key(
+            pool: &sqlx::Pool<$db>,
+            scope: &str,
+            key: &str,
+            request_hash: &[u8],
+            keep: chrono::Duration,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<$crate::store::IdempotencyClaim> {
+            use $crate::store::IdempotencyClaim;
+            // A key older than `keep` is forgotten: the next request with it is a new one.
+            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3")
+                .bind(scope)
+                .bind(key)
+                .bind(at - keep)
+                .execute(pool)
+                .await?;
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (scope, key) DO NOTHING",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(request_hash)
+            .bind(at)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if claimed == 1 {
+                return Ok(IdempotencyClaim::Claimed);
+            }
+            let Some(row) = sqlx::query(
+                "SELECT request_hash, CAST(response_status AS INTEGER) AS response_status, response_body \
+                 FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?
+            else {
+                // Released between our insert and read: the caller may simply try again.
+                return Ok(IdempotencyClaim::InFlight);
+            };
+            let stored: Vec<u8> = row.try_get("request_hash")?;
+            if stored != request_hash {
+                return Ok(IdempotencyClaim::Mismatch);
+            }
+            let status: Option<i32> = row.try_get("response_status")?;
+            Ok(match status {
+                None => IdempotencyClaim::InFlight,
+                Some(status) => IdempotencyClaim::Replay {
+                    status: status as u16,
+                    body: row.try_get::<Option<Vec<u8>>, _>("response_body")?.unwrap_or_default(),
+                },
+            })
+        }
+
+        pub async fn complete_idempotency_key(
+            pool: &sqlx::Pool<$db>,
+            scope: &str,
+            key: &str,
+            status: u16,
+            body: &[u8],
+        ) -> StoreResult<()> {
+            sqlx::query("UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE scope = $3 AND key = $4")
+                .bind(i32::from(status))
+                .bind(body)
+                .bind(scope)
+                .bind(key)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        pub async fn release_idempotency_key(pool: &sqlx::Pool<$db>, scope: &str, key: &str) -> StoreResult<()> {
+            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL")
+                .bind(scope)
+                .bind(key)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        pub async fn summary(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            id: uuid::Uuid,
+        ) -> StoreResult<Option<$crate::store::MessageSummary>> {
+            let (district, author) = scope_parts(scope);
+            let Some(row) = sqlx::query(
+                "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, \
+                        (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
+                        (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
+                 FROM messages m WHERE id = $3 AND district_id = $1 AND ($2 IS NULL OR author_id = $2)",
+            )
+            .bind($enc(district))
+            .bind(author.map($enc))
+            .bind($enc(id))
+            .fetch_optional(pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let counts = sqlx::query(
+                "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
+                 GROUP BY channel, state ORDER BY channel, state",
+            )
+            .bind($enc(id))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok($crate::store::DeliveryCount {
+                    channel: parse_col(row, "channel")?,
+                    state: parse_col(row, "state")?,
+                    count: row.try_get("n")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+            Ok(Some($crate::store::MessageSummary {
+                id: $crate::MessageId::from_uuid(id),
+                scheduled_at: row.try_get("scheduled_at")?,
+                kind: parse_col(&row, "kind")?,
+                subject: row.try_get("subject")?,
+                author_id: $crate::StaffId::from_uuid($dec(&row, "author_id")?),
+                requires_ack: row.try_get("requires_ack")?,
+                created_at: row.try_get("created_at")?,
+                recipients: row.try_get("recipients")?,
+                acknowledged: row.try_get("acknowledged")?,
+                counts,
+            }))
+        }
+
+        /// Messages of a kind other than emergency the district created since `since`.
+        pub async fn non_emergency_since(
+            pool: &sqlx::Pool<$db>,
+            district: uuid::Uuid,
+            since: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<i64> {
+            Ok(sqlx::query_scalar(
+                "SELECT count(*) FROM messages WHERE district_id = $1 AND created_at >= $2 AND kind <> 'emergency'",
+            )
+            .bind($enc(district))
+            .bind(since)
+            .fetch_one(pool)
+            .await?)
+        }
     };
 }
 

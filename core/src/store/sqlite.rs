@@ -585,30 +585,7 @@ impl Store for SqliteStore {
     }
 
     async fn directory_counts(&self, district: DistrictId) -> StoreResult<super::DirectoryCounts> {
-        let row = sqlx::query(
-            "SELECT \
-               (SELECT count(*) FROM schools WHERE district_id = $1 AND deleted_at IS NULL) AS schools, \
-               (SELECT count(*) FROM students WHERE district_id = $1 AND deleted_at IS NULL) AS students, \
-               (SELECT count(*) FROM guardians WHERE district_id = $1 AND deleted_at IS NULL) AS guardians, \
-               (SELECT count(*) FROM staff WHERE district_id = $1 AND disabled_at IS NULL) AS staff, \
-               (SELECT count(*) FROM classes WHERE district_id = $1 AND deleted_at IS NULL) AS classes, \
-               (SELECT count(*) FROM enrollments WHERE district_id = $1 AND deleted_at IS NULL) AS enrollments, \
-               (SELECT count(*) FROM guardian_students WHERE district_id = $1 AND deleted_at IS NULL) AS guardian_links, \
-               (SELECT count(*) FROM contact_points WHERE district_id = $1 AND active) AS active_contact_points",
-        )
-        .bind(text_id(district))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(super::DirectoryCounts {
-            schools: row.try_get("schools")?,
-            students: row.try_get("students")?,
-            guardians: row.try_get("guardians")?,
-            staff: row.try_get("staff")?,
-            classes: row.try_get("classes")?,
-            enrollments: row.try_get("enrollments")?,
-            guardian_links: row.try_get("guardian_links")?,
-            active_contact_points: row.try_get("active_contact_points")?,
-        })
+        directory::counts(&self.pool, district.into()).await
     }
 
     async fn schools(
@@ -721,21 +698,7 @@ impl Store for SqliteStore {
         school: &str,
         quiet: Option<crate::quiet_hours::QuietHours>,
     ) -> StoreResult<bool> {
-        let updated = sqlx::query(
-            "UPDATE schools SET timezone = COALESCE($1, timezone), quiet_start_minute = $2, quiet_end_minute = $3, \
-             updated_at = $4 WHERE district_id = $5 AND deleted_at IS NULL AND (id = $6 OR sourced_id = $7)",
-        )
-        .bind(quiet.map(|q| q.timezone.name().to_owned()))
-        .bind(quiet.map(|q| q.start_minute as i16))
-        .bind(quiet.map(|q| q.end_minute as i16))
-        .bind(crate::time::now())
-        .bind(text_id(district))
-        .bind(school.trim().to_lowercase())
-        .bind(school.trim())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated > 0)
+        directory::set_school_quiet_hours(&self.pool, district.into(), school, quiet).await
     }
 
     async fn set_district_quotas(
@@ -744,13 +707,13 @@ impl Store for SqliteStore {
         max_recipients_per_message: Option<i32>,
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE districts SET max_recipients_per_message = $1, max_messages_per_hour = $2 WHERE id = $3")
-            .bind(max_recipients_per_message)
-            .bind(max_messages_per_hour)
-            .bind(text_id(district))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        directory::set_district_quotas(
+            &self.pool,
+            district.into(),
+            max_recipients_per_message,
+            max_messages_per_hour,
+        )
+        .await
     }
 
     async fn non_emergency_messages_since(
@@ -758,13 +721,7 @@ impl Store for SqliteStore {
         district: DistrictId,
         since: DateTime<Utc>,
     ) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM messages WHERE district_id = $1 AND created_at >= $2 AND kind <> 'emergency'",
-        )
-        .bind(text_id(district))
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?)
+        messages::non_emergency_since(&self.pool, district.into(), since).await
     }
 
     async fn districts(&self) -> StoreResult<Vec<District>> {
@@ -876,54 +833,7 @@ impl Store for SqliteStore {
         keep: chrono::Duration,
         at: DateTime<Utc>,
     ) -> StoreResult<super::IdempotencyClaim> {
-        // A key older than `keep` is forgotten: the next request with it is a new one.
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(at - keep)
-        .execute(&self.pool)
-        .await?;
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (scope, key) DO NOTHING",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(request_hash)
-        .bind(at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if claimed == 1 {
-            return Ok(super::IdempotencyClaim::Claimed);
-        }
-        let Some(row) = sqlx::query(
-            "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            // Released between our insert and read: the caller may simply try again.
-            return Ok(super::IdempotencyClaim::InFlight);
-        };
-        let stored: Vec<u8> = row.try_get("request_hash")?;
-        if stored != request_hash {
-            return Ok(super::IdempotencyClaim::Mismatch);
-        }
-        let status: Option<i64> = row.try_get("response_status")?;
-        Ok(match status {
-            None => super::IdempotencyClaim::InFlight,
-            Some(status) => super::IdempotencyClaim::Replay {
-                status: status as u16,
-                body: row
-                    .try_get::<Option<Vec<u8>>, _>("response_body")?
-                    .unwrap_or_default(),
-            },
-        })
+        messages::claim_idempotency_key(&self.pool, scope, key, request_hash, keep, at).await
     }
 
     async fn complete_idempotency_key(
@@ -933,23 +843,11 @@ impl Store for SqliteStore {
         status: u16,
         body: &[u8],
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE scope = $3 AND key = $4")
-            .bind(status as i64)
-            .bind(body)
-            .bind(scope)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        messages::complete_idempotency_key(&self.pool, scope, key, status, body).await
     }
 
     async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL")
-            .bind(scope)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        messages::release_idempotency_key(&self.pool, scope, key).await
     }
 
     async fn message_summary(
@@ -957,52 +855,7 @@ impl Store for SqliteStore {
         scope: &super::MessageScope,
         id: crate::MessageId,
     ) -> StoreResult<Option<super::MessageSummary>> {
-        let (district, author) = match *scope {
-            super::MessageScope::District(d) => (d, None),
-            super::MessageScope::Author(d, s) => (d, Some(s)),
-        };
-        let Some(row) = sqlx::query(
-            "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, \
-                    (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
-                    (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
-             FROM messages m WHERE id = $3 AND district_id = $1 AND ($2 IS NULL OR author_id = $2)",
-        )
-        .bind(text_id(district))
-        .bind(author.map(text_id))
-        .bind(text_id(id))
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let counts = sqlx::query(
-            "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
-             GROUP BY channel, state ORDER BY channel, state",
-        )
-        .bind(text_id(id))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(super::DeliveryCount {
-                channel: parse(row, "channel")?,
-                state: parse(row, "state")?,
-                count: row.try_get("n")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Some(super::MessageSummary {
-            id,
-            scheduled_at: row.try_get("scheduled_at")?,
-            kind: parse(&row, "kind")?,
-            subject: row.try_get("subject")?,
-            author_id: crate::StaffId::from_uuid(uuid(&row, "author_id")?),
-            requires_ack: row.try_get("requires_ack")?,
-            created_at: row.try_get("created_at")?,
-            recipients: row.try_get("recipients")?,
-            acknowledged: row.try_get("acknowledged")?,
-            counts,
-        }))
+        messages::summary(&self.pool, scope, id.into()).await
     }
 
     async fn messages(
@@ -1188,7 +1041,7 @@ mod directory {
         read_uuid(row, column)
     }
 
-    crate::store::directory_sql::directory_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
+    crate::store::directory_sql::directory_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "");
 }
 
 /// Audiences, bound the SQLite way.
