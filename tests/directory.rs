@@ -2,73 +2,12 @@
 
 mod support;
 
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{demo_zip, tidings, token_for, Server};
+use support::{demo_zip, token_for, District, Server};
 use tidings_core::testing::TestDatabase;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo");
-const ADMIN: &str = "it@district.example.org";
-
-struct Api {
-    client: Client,
-    server: Server,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, self.server.url(path))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        if status != StatusCode::NO_CONTENT {
-            let problem = response
-                .headers()
-                .get("content-type")
-                .is_some_and(|v| v == "application/problem+json");
-            assert_eq!(
-                problem,
-                !status.is_success(),
-                "errors, and only errors, are problem+json"
-            );
-        }
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, token, None).await
-    }
-
-    async fn all(&self, path: &str, token: &str) -> Vec<Value> {
-        let mut items = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let joiner = if path.contains('?') { '&' } else { '?' };
-            let url = match &after {
-                Some(a) => format!("{path}{joiner}limit=100&after={a}"),
-                None => format!("{path}{joiner}limit=100"),
-            };
-            let (status, page) = self.get(&url, token).await;
-            assert_eq!(status, StatusCode::OK, "{page}");
-            items.extend(page["items"].as_array().unwrap().iter().cloned());
-            match page["next_after"].as_str() {
-                Some(next) => after = Some(next.to_owned()),
-                None => return items,
-            }
-        }
-    }
-}
 
 /// A teacher of the demo district: their email and the sourcedIds of their students.
 fn a_teacher_and_their_students() -> (String, Vec<String>) {
@@ -97,12 +36,8 @@ fn a_teacher_and_their_students() -> (String, Vec<String>) {
 #[tokio::test]
 async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
     let db = TestDatabase::sqlite();
-    let server = Server::start(tidings(&db.url).env("TIDINGS_FIRST_ADMIN_EMAIL", ADMIN)).await;
-    let api = Api {
-        client: Client::new(),
-        server,
-    };
-    let admin = token_for(&db.url, ADMIN).await;
+    let api = District::start(db).await;
+    let admin = api.admin.clone();
 
     let response = api
         .client
@@ -142,7 +77,7 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
 
     // A teacher sees the students of their class, and no one else.
     let (teacher_email, expected) = a_teacher_and_their_students();
-    let teacher = token_for(&db.url, &teacher_email).await;
+    let teacher = token_for(&api.db.url, &teacher_email).await;
     let theirs_students = api.all("/api/v1/students", &teacher).await;
     let seen_ids: Vec<String> = theirs_students
         .iter()
@@ -263,7 +198,7 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
     assert!(detail["opt_outs"].as_array().unwrap().is_empty());
 
     // Every change is in the audit log, with who made it.
-    let store = tidings_core::store::connect(&db.url, &Default::default())
+    let store = tidings_core::store::connect(&api.db.url, &Default::default())
         .await
         .unwrap();
     let district = store.districts().await.unwrap()[0].id;
@@ -330,12 +265,8 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
 #[tokio::test]
 async fn bad_uploads_and_bad_requests_are_problems_that_change_nothing() {
     let db = TestDatabase::sqlite();
-    let server = Server::start(tidings(&db.url).env("TIDINGS_FIRST_ADMIN_EMAIL", ADMIN)).await;
-    let api = Api {
-        client: Client::new(),
-        server,
-    };
-    let admin = token_for(&db.url, ADMIN).await;
+    let api = District::start(db).await;
+    let admin = api.admin.clone();
 
     let garbage = api
         .client

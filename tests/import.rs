@@ -3,30 +3,26 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 
-use support::{tidings, Server};
+use support::{demo_zip_with, one_line_error, tidings, Server};
 use tidings_core::testing::TestDatabase;
 
-const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo");
-
-fn zip_of(dir: &Path, replace: Option<(&str, &str, &str)>) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let mut body = std::fs::read_to_string(entry.path()).unwrap();
-        if let Some((file, from, to)) = replace {
-            if name == file {
-                body = body.replacen(from, to, 1);
-            }
-        }
-        zip.start_file(name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zip.write_all(body.as_bytes()).unwrap();
-    }
-    zip.finish().unwrap().into_inner()
+/// `tidings import oneroster PATH`: its stdout, after checking it succeeded.
+async fn import(db: &TestDatabase, path: &Path) -> String {
+    let output = tidings(&db.url)
+        .args(["import", "oneroster"])
+        .arg(path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 #[tokio::test]
@@ -37,25 +33,11 @@ async fn a_zip_with_a_bad_row_imports_the_rest_and_names_the_row() {
     // One student pointed at a school that does not exist.
     std::fs::write(
         &path,
-        zip_of(
-            Path::new(DEMO),
-            Some(("users.csv", "school-0,student", "school-99,student")),
-        ),
+        demo_zip_with(Some(("users.csv", "school-0,student", "school-99,student"))),
     )
     .unwrap();
 
-    let output = tidings(&db.url)
-        .args(["import", "oneroster"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = import(&db, &path).await;
     let students = stdout
         .lines()
         .find(|l| l.starts_with("students"))
@@ -83,13 +65,7 @@ async fn a_zip_with_a_bad_row_imports_the_rest_and_names_the_row() {
     );
 
     // The same bundle again: nothing created, nothing deleted.
-    let again = tidings(&db.url)
-        .args(["import", "oneroster"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8(again.stdout).unwrap();
+    let stdout = import(&db, &path).await;
     let students = stdout.lines().find(|l| l.starts_with("students")).unwrap();
     assert_eq!(
         students.split_whitespace().collect::<Vec<_>>(),
@@ -109,9 +85,7 @@ async fn a_path_that_is_not_a_bundle_is_one_clear_line() {
         .output()
         .await
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = one_line_error(&output);
     assert!(
         stderr.starts_with("error: not a directory or a zip file"),
         "{stderr}"

@@ -4,73 +4,22 @@ mod support;
 
 use std::collections::HashSet;
 
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{demo_zip, tidings, token_for, Server};
+use support::{tidings, token_for, District};
 use tidings_core::testing::TestDatabase;
-
-const ADMIN: &str = "it@district.example.org";
-
-struct District {
-    db: TestDatabase,
-    server: Server,
-    client: Client,
-    admin: String,
-}
-
-async fn demo_district(db: TestDatabase) -> District {
-    let server = Server::start(tidings(&db.url).env("TIDINGS_FIRST_ADMIN_EMAIL", ADMIN)).await;
-    let client = Client::new();
-    let admin = token_for(&db.url, ADMIN).await;
-    let imported = client
-        .post(server.url("/api/v1/imports/oneroster"))
-        .bearer_auth(&admin)
-        .body(demo_zip())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(imported.status(), StatusCode::CREATED);
-    District {
-        db,
-        server,
-        client,
-        admin,
-    }
-}
 
 impl District {
     async fn send(&self, token: &str, key: Option<&str>, body: &Value) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .post(self.server.url("/api/v1/messages"))
-            .bearer_auth(token)
-            .json(body);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let problem = response
-            .headers()
-            .get("content-type")
-            .is_some_and(|v| v == "application/problem+json");
-        assert_eq!(
-            problem,
-            !status.is_success(),
-            "errors, and only errors, are problem+json"
-        );
-        (status, response.json().await.unwrap())
-    }
-
-    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(self.server.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
+        let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        self.call_with(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            token,
+            Some(body),
+            &headers,
+        )
+        .await
     }
 
     async fn sends_recorded(&self) -> usize {
@@ -102,7 +51,7 @@ fn closure(audience: Value) -> Value {
 
 #[tokio::test]
 async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
-    let d = demo_district(TestDatabase::sqlite()).await;
+    let d = District::with_demo(TestDatabase::sqlite()).await;
     let (status, sent) = d
         .send(&d.admin, None, &closure(json!({"schools": ["school-0"]})))
         .await;
@@ -117,8 +66,8 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
 
     let (status, summary) = d
         .get(
-            &d.admin,
             &format!("/api/v1/messages/{}", sent["id"].as_str().unwrap()),
+            &d.admin,
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -151,8 +100,8 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
     let id = sent["id"].as_str().unwrap();
     let (status, pending) = d
         .get(
-            &d.admin,
             &format!("/api/v1/messages/{id}/recipients?acked=false&limit=1000"),
+            &d.admin,
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -171,7 +120,7 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
     let outcome: Value = response.json().await.unwrap();
     assert_eq!(outcome["cancelled"].as_u64(), Some(total - suppressed));
     assert_eq!(outcome["already_sent"].as_u64(), Some(0));
-    let (_, summary) = d.get(&d.admin, &format!("/api/v1/messages/{id}")).await;
+    let (_, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
     let states: HashSet<&str> = summary["counts"]
         .as_array()
         .unwrap()
@@ -190,7 +139,7 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
 
 #[tokio::test]
 async fn the_same_idempotency_key_replays_and_a_different_body_is_refused() {
-    let d = demo_district(TestDatabase::sqlite()).await;
+    let d = District::with_demo(TestDatabase::sqlite()).await;
     let body = closure(json!({"classes": ["class-0"]}));
     let (first_status, first) = d.send(&d.admin, Some("snow-day-1"), &body).await;
     assert_eq!(first_status, StatusCode::CREATED);
@@ -241,7 +190,7 @@ async fn the_same_idempotency_key_replays_and_a_different_body_is_refused() {
 
 #[tokio::test]
 async fn concurrent_requests_with_one_key_send_one_message_on_postgres() {
-    let d = demo_district(TestDatabase::postgres().await).await;
+    let d = District::with_demo(TestDatabase::postgres().await).await;
     let body = closure(json!({"schools": ["school-1"]}));
     let mut requests = tokio::task::JoinSet::new();
     let d = std::sync::Arc::new(d);
@@ -268,7 +217,7 @@ async fn concurrent_requests_with_one_key_send_one_message_on_postgres() {
 
 #[tokio::test]
 async fn a_teacher_messages_their_class_and_nothing_beyond() {
-    let d = demo_district(TestDatabase::sqlite()).await;
+    let d = District::with_demo(TestDatabase::sqlite()).await;
     let mut users =
         csv::Reader::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/users.csv")).unwrap();
     let headers = users.headers().unwrap().clone();
@@ -311,8 +260,8 @@ async fn a_teacher_messages_their_class_and_nothing_beyond() {
     // Teachers read their own messages, not the district's.
     let (status, _) = d
         .get(
-            &teacher,
             &format!("/api/v1/messages/{}", sent["id"].as_str().unwrap()),
+            &teacher,
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -321,8 +270,8 @@ async fn a_teacher_messages_their_class_and_nothing_beyond() {
         .await;
     let (status, _) = d
         .get(
-            &teacher,
             &format!("/api/v1/messages/{}", admins["id"].as_str().unwrap()),
+            &teacher,
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -331,7 +280,7 @@ async fn a_teacher_messages_their_class_and_nothing_beyond() {
 
 #[tokio::test]
 async fn invalid_messages_are_refused_with_the_reason() {
-    let d = demo_district(TestDatabase::sqlite()).await;
+    let d = District::with_demo(TestDatabase::sqlite()).await;
     let cases = [
         (json!({"channels": []}), "channels is empty"),
         (json!({"channels": ["fax"]}), "unknown channel"),
@@ -377,7 +326,7 @@ async fn invalid_messages_are_refused_with_the_reason() {
 
 #[tokio::test]
 async fn district_quotas_hold_back_newsletters_but_never_an_emergency() {
-    let d = demo_district(TestDatabase::sqlite()).await;
+    let d = District::with_demo(TestDatabase::sqlite()).await;
     let set = tidings(&d.db.url)
         .args([
             "district",
@@ -437,7 +386,7 @@ async fn district_quotas_hold_back_newsletters_but_never_an_emergency() {
 
 #[tokio::test]
 async fn renotify_reminds_only_those_who_have_not_acknowledged_once_per_key() {
-    let d = demo_district(TestDatabase::sqlite()).await;
+    let d = District::with_demo(TestDatabase::sqlite()).await;
     let (_, sent) = d
         .send(&d.admin, None, &closure(json!({"classes": ["class-0"]})))
         .await;
@@ -491,7 +440,7 @@ async fn renotify_reminds_only_those_who_have_not_acknowledged_once_per_key() {
 
 #[tokio::test]
 async fn quiet_hours_and_schedules_defer_deliveries_but_never_an_emergency() {
-    let d = demo_district(TestDatabase::sqlite()).await;
+    let d = District::with_demo(TestDatabase::sqlite()).await;
     // A window around the current minute, in UTC, so that "now" is inside it.
     let now = chrono::Utc::now();
     let minute = |offset: i64| {
@@ -560,8 +509,8 @@ async fn quiet_hours_and_schedules_defer_deliveries_but_never_an_emergency() {
     );
     let (_, summary) = d
         .get(
-            &d.admin,
             &format!("/api/v1/messages/{}", later["id"].as_str().unwrap()),
+            &d.admin,
         )
         .await;
     assert!(summary["scheduled_at"].is_string(), "{summary}");

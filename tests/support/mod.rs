@@ -106,22 +106,38 @@ pub fn first_login(banner: &[String]) -> Option<(String, String)> {
     Some((email.trim().to_owned(), password.trim().to_owned()))
 }
 
-/// The demo district's bundle, zipped as an SIS exports it.
-pub fn demo_zip() -> Vec<u8> {
+/// The demo district's bundle, zipped as an SIS exports it, with an optional edit: in
+/// `file`, the first `from` replaced by `to`.
+pub fn demo_zip_with(edit: Option<(&str, &str, &str)>) -> Vec<u8> {
     use std::io::Write;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/demo");
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
-        zip.start_file(
-            entry.file_name().to_string_lossy(),
-            zip::write::SimpleFileOptions::default(),
-        )
-        .unwrap();
-        zip.write_all(&std::fs::read(entry.path()).unwrap())
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut body = std::fs::read_to_string(entry.path()).unwrap();
+        if let Some((_, from, to)) = edit.filter(|(file, _, _)| *file == name) {
+            body = body.replacen(from, to, 1);
+        }
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
             .unwrap();
+        zip.write_all(body.as_bytes()).unwrap();
     }
     zip.finish().unwrap().into_inner()
+}
+
+/// The demo district's bundle, zipped as an SIS exports it.
+pub fn demo_zip() -> Vec<u8> {
+    demo_zip_with(None)
+}
+
+/// The stderr of a command that must fail with exit status 1 and one line of error.
+pub fn one_line_error(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
 }
 
 /// A new API token for the staff member with this email, made with `tidings token create`.
@@ -142,4 +158,117 @@ pub async fn token_for(database_url: &str, email: &str) -> String {
         .last()
         .unwrap()
         .to_owned()
+}
+
+/// Sign-in of the first administrator in end-to-end tests.
+pub const ADMIN: &str = "it@district.example.org";
+
+/// A running `tidings serve` on its own database, with an API token of its first
+/// administrator, and requests that check every error is problem+json.
+pub struct District {
+    pub db: tidings_core::testing::TestDatabase,
+    pub server: Server,
+    pub client: reqwest::Client,
+    pub admin: String,
+}
+
+impl District {
+    pub async fn start(db: tidings_core::testing::TestDatabase) -> Self {
+        let server = Server::start(tidings(&db.url).env("TIDINGS_FIRST_ADMIN_EMAIL", ADMIN)).await;
+        let admin = token_for(&db.url, ADMIN).await;
+        Self {
+            db,
+            server,
+            client: reqwest::Client::new(),
+            admin,
+        }
+    }
+
+    /// A district with the demo roster uploaded through the API.
+    pub async fn with_demo(db: tidings_core::testing::TestDatabase) -> Self {
+        let district = Self::start(db).await;
+        let imported = district
+            .client
+            .post(district.server.url("/api/v1/imports/oneroster"))
+            .bearer_auth(&district.admin)
+            .body(demo_zip())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(imported.status(), reqwest::StatusCode::CREATED);
+        district
+    }
+
+    /// A JSON request; errors, and only errors, must come back as problem+json.
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self
+            .client
+            .request(method, self.server.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        if status != reqwest::StatusCode::NO_CONTENT {
+            let problem = response
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v == "application/problem+json");
+            assert_eq!(
+                problem,
+                !status.is_success(),
+                "errors, and only errors, are problem+json"
+            );
+        }
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call_with(method, path, token, body.as_ref(), &[])
+            .await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// Every item of a paged listing, following `next_after`.
+    pub async fn all(&self, path: &str, token: &str) -> Vec<serde_json::Value> {
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let joiner = if path.contains('?') { '&' } else { '?' };
+            let url = match &after {
+                Some(a) => format!("{path}{joiner}limit=100&after={a}"),
+                None => format!("{path}{joiner}limit=100"),
+            };
+            let (status, page) = self.get(&url, token).await;
+            assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+            items.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_after"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => return items,
+            }
+        }
+    }
 }
