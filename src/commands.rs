@@ -154,12 +154,7 @@ pub async fn quotas(
 ) -> anyhow::Result<()> {
     let store = open_store(config, config.migrate_on_start).await?;
     let id = crate::import::choose_district(store.as_ref(), district).await?;
-    let current = store
-        .districts()
-        .await?
-        .into_iter()
-        .find(|d| d.id == id)
-        .context("district vanished")?;
+    let current = store.district(id).await?.context("district vanished")?;
     let limit = |given: Option<u32>, now: Option<i32>| -> anyhow::Result<Option<i32>> {
         match given {
             None => Ok(now),

@@ -200,10 +200,8 @@ async fn deliver(
     };
     let district = state
         .store
-        .districts()
+        .district(staff.district_id)
         .await?
-        .into_iter()
-        .find(|d| d.id == staff.district_id)
         .ok_or(ApiError::Forbidden)?;
     // Quotas keep one district's newsletters from swamping everyone's providers; they never
     // hold back an emergency.

@@ -172,6 +172,11 @@ async fn bootstrap_creates_the_first_admin_only_on_an_empty_database(store: Arc<
         .unwrap()
         .expect("created");
     assert_eq!(district.name, "Lakeside");
+    assert_eq!(
+        store.district(district.id).await.unwrap(),
+        Some(district.clone())
+    );
+    assert_eq!(store.district(DistrictId::new()).await.unwrap(), None);
     assert_eq!(admin.role, Role::DistrictAdmin);
     assert_eq!(admin.district_id, district.id);
     assert_eq!(admin.email.as_str(), "admin@lakeside.example.org");
@@ -818,7 +823,7 @@ async fn a_recall_cancels_what_was_not_sent_and_reports_the_rest(store: Arc<dyn 
         .unwrap()
         .unwrap();
     assert_eq!((outcome.cancelled, outcome.already_sent), (2, 2));
-    let states: Vec<_> = futures_states(s, &ids).await;
+    let states: Vec<_> = states_of(s, &ids).await;
     assert_eq!(
         states,
         [
@@ -872,7 +877,7 @@ async fn a_recall_cancels_what_was_not_sent_and_reports_the_rest(store: Arc<dyn 
     );
 }
 
-async fn futures_states(store: &dyn Store, ids: &[DeliveryId]) -> Vec<DeliveryState> {
+async fn states_of(store: &dyn Store, ids: &[DeliveryId]) -> Vec<DeliveryState> {
     let mut states = Vec::new();
     for id in ids {
         states.push(store.delivery(*id).await.unwrap().unwrap().state);

@@ -439,6 +439,28 @@ macro_rules! directory_queries {
             Ok(updated > 0)
         }
 
+        pub async fn district(pool: &sqlx::Pool<$db>, id: uuid::Uuid) -> StoreResult<Option<$crate::store::District>> {
+            let Some(row) = sqlx::query(
+                "SELECT id, name, default_language, timezone, created_at, max_recipients_per_message, \
+                 max_messages_per_hour FROM districts WHERE id = $1",
+            )
+            .bind($enc(id))
+            .fetch_optional(pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            Ok(Some($crate::store::District {
+                id: $crate::DistrictId::from_uuid($dec(&row, "id")?),
+                name: row.try_get("name")?,
+                default_language: row.try_get("default_language")?,
+                timezone: row.try_get("timezone")?,
+                created_at: row.try_get("created_at")?,
+                max_recipients_per_message: row.try_get("max_recipients_per_message")?,
+                max_messages_per_hour: row.try_get("max_messages_per_hour")?,
+            }))
+        }
+
         pub async fn set_district_quotas(
             pool: &sqlx::Pool<$db>,
             district: uuid::Uuid,

@@ -538,6 +538,9 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> StoreResult<i64>;
 
+    /// One district, with its settings.
+    async fn district(&self, id: DistrictId) -> StoreResult<Option<District>>;
+
     /// Every district, oldest first.
     async fn districts(&self) -> StoreResult<Vec<District>>;
 

@@ -724,6 +724,10 @@ impl Store for SqliteStore {
         messages::non_emergency_since(&self.pool, district.into(), since).await
     }
 
+    async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
+        directory::district(&self.pool, id.into()).await
+    }
+
     async fn districts(&self) -> StoreResult<Vec<District>> {
         sqlx::query("SELECT id, name, default_language, timezone, created_at, max_recipients_per_message, max_messages_per_hour FROM districts ORDER BY created_at, id")
             .fetch_all(&self.pool)
