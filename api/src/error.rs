@@ -46,7 +46,10 @@ pub enum ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(error)
+        match error {
+            StoreError::HourlyQuota { .. } => ApiError::QuotaExceeded(error.to_string()),
+            error => ApiError::Internal(error),
+        }
     }
 }
 

@@ -217,26 +217,17 @@ async fn deliver(
                 )));
             }
         }
-        if let Some(max) = district.max_messages_per_hour {
-            let hour_ago = now() - chrono::Duration::hours(1);
-            let sent = state
-                .store
-                .non_emergency_messages_since(district.id, hour_ago)
-                .await?;
-            if sent >= i64::from(max) {
-                return Err(ApiError::QuotaExceeded(format!(
-                    "the district has sent {sent} messages in the last hour and allows {max}; emergencies are not limited"
-                )));
-            }
-        }
     }
-    let message = fanout::plan(
+    let mut message = fanout::plan(
         &draft,
         &district.default_language,
         &members,
         state.partitions,
         now(),
     );
+    if draft.kind != MessageKind::Emergency {
+        message.hourly_quota = district.max_messages_per_hour;
+    }
     state.store.create_message(&message, now()).await?;
     let mut suppressed = BTreeMap::new();
     let (mut deliveries, mut deferred) = (0, 0);

@@ -1,3 +1,66 @@
 //! Channel adapters: one module per provider (Twilio, Kannel, SMTP, APNs, FCM), each
 //! carrying the delivery's idempotency key the way that provider deduplicates, and
 //! classifying every outcome. Adapters know nothing about the log or the store.
+//!
+//! The dispatcher sees every provider through [`ChannelAdapter`]: a batch of
+//! [`Outgoing`] sends in, one [`SendOutcome`] per send out, in the same order.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
+
+/// One send, as a provider needs it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outgoing {
+    pub delivery_id: DeliveryId,
+    pub message_id: MessageId,
+    /// The same on every attempt of the delivery: the provider deduplicates on it.
+    pub idempotency_key: String,
+    pub channel: Channel,
+    /// E.164 number, email address or device token.
+    pub address: String,
+    pub kind: MessageKind,
+    pub subject: String,
+    pub body: String,
+}
+
+/// How one send ended, as far as the caller can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Accepted; `provider_ref` is what the provider's callbacks will name it by.
+    Sent { provider_ref: String },
+    /// Not sent, and trying again may work (timeout before sending, 5xx, 429, 4xx SMTP).
+    /// `retry_after` is the provider's own wish, when it said one.
+    Transient {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// Not sent, and it never will be to this address (invalid number, unregistered
+    /// device, hard bounce).
+    Permanent { error: String },
+    /// The request may or may not have reached the provider (connection lost after the
+    /// request went out, timeout waiting for the answer).
+    InDoubt { error: String },
+}
+
+impl SendOutcome {
+    pub fn transient(error: impl Into<String>) -> Self {
+        SendOutcome::Transient {
+            error: error.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A provider account able to send on one channel.
+#[async_trait]
+pub trait ChannelAdapter: Send + Sync {
+    /// The provider's name as recorded on deliveries and attempts ("twilio", "smtp", …).
+    fn provider(&self) -> &str;
+
+    /// Sends each of `batch`; returns exactly one outcome per send, in order. Never
+    /// panics on what a provider answers: garbage is classified, not trusted.
+    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome>;
+}

@@ -140,6 +140,7 @@ pub fn plan(
         renotify_of: draft.renotify_of,
         scheduled_at: draft.scheduled_at,
         ack_deadline: draft.ack_deadline,
+        hourly_quota: None,
         partitions,
     }
 }

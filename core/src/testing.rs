@@ -9,7 +9,15 @@ use std::sync::Arc;
 
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::store::{self, ConnectOptions, PostgresStore, SqliteStore, Store};
+use crate::store::{
+    self, ConnectOptions, FirstAdmin, Guardian, NewDelivery, NewGuardian, NewMessage,
+    NewRecipient, PostgresStore, SqliteStore, Store,
+};
+use crate::time::now;
+use crate::{
+    secret, Channel, DeliveryGuarantee, DeliveryId, EmailAddress, Lane, MessageId, MessageKind,
+    RecipientId, Staff,
+};
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -213,3 +221,92 @@ mod tests {
         );
     }
 }
+
+/// A district with its first admin and some guardians.
+pub struct Seed {
+    pub staff: Staff,
+    pub guardians: Vec<Guardian>,
+}
+
+/// Bootstraps an empty store and adds `guardians` guardians.
+pub async fn seed(store: &dyn Store, guardians: usize) -> Seed {
+    let at = now();
+    let first = FirstAdmin {
+        district_name: "Riverside Unified".into(),
+        email: EmailAddress::parse("admin@riverside.example.org").unwrap(),
+        display_name: "Administrator".into(),
+        password_hash: secret::hash_password("not-used").unwrap(),
+    };
+    let (district, staff) = store
+        .bootstrap(&first, at)
+        .await
+        .unwrap()
+        .expect("empty database");
+    let mut created = Vec::new();
+    for i in 0..guardians {
+        let guardian = NewGuardian {
+            district_id: district.id,
+            given_name: format!("Guardian{i}"),
+            family_name: "Example".into(),
+            preferred_language: Some("en".into()),
+            sourced_id: Some(format!("g-{i}")),
+        };
+        created.push(store.create_guardian(&guardian, at).await.unwrap());
+    }
+    Seed {
+        staff,
+        guardians: created,
+    }
+}
+
+/// An emergency to every seeded guardian on `channels`, one address per channel.
+pub fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
+    NewMessage {
+        id: MessageId::new(),
+        district_id: seed.staff.district_id,
+        author_id: seed.staff.id,
+        kind: MessageKind::Emergency,
+        lane: Lane::Emergency,
+        guarantee: DeliveryGuarantee::AtLeastOnce,
+        subject: "Shelter in place".into(),
+        body: "All schools are sheltering in place. Students are safe.".into(),
+        channels: channels.to_vec(),
+        audience: serde_json::json!({"district": true}),
+        translations: serde_json::json!({}),
+        requires_ack: true,
+        partitions: 4,
+        hourly_quota: None,
+        renotify_of: None,
+        scheduled_at: None,
+        ack_deadline: None,
+        recipients: seed
+            .guardians
+            .iter()
+            .map(|g| NewRecipient {
+                id: RecipientId::new(),
+                guardian_id: g.id,
+                language: "en".into(),
+                deliveries: channels
+                    .iter()
+                    .map(|&channel| NewDelivery {
+                        id: DeliveryId::new(),
+                        channel,
+                        address: Some(format!("{}-{channel}", g.given_name)),
+                        suppressed_reason: None,
+                        not_before: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Every delivery of a message, in order.
+pub fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
+    message
+        .recipients
+        .iter()
+        .flat_map(|r| r.deliveries.iter().map(|d| d.id))
+        .collect()
+}
+

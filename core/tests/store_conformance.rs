@@ -11,7 +11,7 @@ use tidings_core::store::{
     CasOutcome, FirstAdmin, Guardian, NewDelivery, NewGuardian, NewMessage, NewRecipient, NewStaff,
     Store, StoreError,
 };
-use tidings_core::testing::TestDatabase;
+use tidings_core::testing::{delivery_ids, message_to, seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::*;
 use tokio::sync::Barrier;
@@ -57,89 +57,7 @@ conformance! {
     a_recall_cancels_what_was_not_sent_and_reports_the_rest,
     maintenance_and_measurement_leave_nothing_behind,
     idempotency_keys_claim_replay_mismatch_and_expire,
-}
-
-struct Seed {
-    staff: Staff,
-    guardians: Vec<Guardian>,
-}
-
-async fn seed(store: &dyn Store, guardians: usize) -> Seed {
-    let at = now();
-    let first = FirstAdmin {
-        district_name: "Riverside Unified".into(),
-        email: EmailAddress::parse("admin@riverside.example.org").unwrap(),
-        display_name: "Administrator".into(),
-        password_hash: secret::hash_password("not-used").unwrap(),
-    };
-    let (district, staff) = store
-        .bootstrap(&first, at)
-        .await
-        .unwrap()
-        .expect("empty database");
-    let mut created = Vec::new();
-    for i in 0..guardians {
-        let guardian = NewGuardian {
-            district_id: district.id,
-            given_name: format!("Guardian{i}"),
-            family_name: "Example".into(),
-            preferred_language: Some("en".into()),
-            sourced_id: Some(format!("g-{i}")),
-        };
-        created.push(store.create_guardian(&guardian, at).await.unwrap());
-    }
-    Seed {
-        staff,
-        guardians: created,
-    }
-}
-
-fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
-    NewMessage {
-        id: MessageId::new(),
-        district_id: seed.staff.district_id,
-        author_id: seed.staff.id,
-        kind: MessageKind::Emergency,
-        lane: Lane::Emergency,
-        guarantee: DeliveryGuarantee::AtLeastOnce,
-        subject: "Shelter in place".into(),
-        body: "All schools are sheltering in place. Students are safe.".into(),
-        channels: channels.to_vec(),
-        audience: serde_json::json!({"district": true}),
-        translations: serde_json::json!({}),
-        requires_ack: true,
-        partitions: 4,
-        renotify_of: None,
-        scheduled_at: None,
-        ack_deadline: None,
-        recipients: seed
-            .guardians
-            .iter()
-            .map(|g| NewRecipient {
-                id: RecipientId::new(),
-                guardian_id: g.id,
-                language: "en".into(),
-                deliveries: channels
-                    .iter()
-                    .map(|&channel| NewDelivery {
-                        id: DeliveryId::new(),
-                        channel,
-                        address: Some(format!("{}-{channel}", g.given_name)),
-                        suppressed_reason: None,
-                        not_before: None,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
-}
-
-fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
-    message
-        .recipients
-        .iter()
-        .flat_map(|r| r.deliveries.iter().map(|d| d.id))
-        .collect()
+    the_hourly_quota_is_reserved_by_concurrent_sends,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -938,4 +856,36 @@ async fn idempotency_keys_claim_replay_mismatch_and_expire(store: Arc<dyn Store>
         IdempotencyClaim::Claimed,
         "a released key can be claimed again"
     );
+}
+
+async fn the_hourly_quota_is_reserved_by_concurrent_sends(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 2).await;
+    let newsletter = |quota| NewMessage {
+        kind: MessageKind::General,
+        lane: Lane::Bulk,
+        hourly_quota: Some(quota),
+        ..message_to(&seed, &[Channel::Email])
+    };
+    // Quota 2, one already sent: of eight concurrent sends exactly one more may pass.
+    store.create_message(&newsletter(2), now()).await.unwrap();
+    let sends: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, message) = (store.clone(), newsletter(2));
+            tokio::spawn(async move { store.create_message(&message, now()).await })
+        })
+        .collect();
+    let mut passed = 0;
+    for send in sends {
+        match send.await.unwrap() {
+            Ok(()) => passed += 1,
+            Err(StoreError::HourlyQuota { sent, max }) => assert_eq!((sent, max), (2, 2)),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(passed, 1);
+    // Emergencies carry no quota and still go out.
+    store
+        .create_message(&message_to(&seed, &[Channel::Sms]), now())
+        .await
+        .unwrap();
 }

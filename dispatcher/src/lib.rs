@@ -1,4 +1,600 @@
 //! The dispatcher: reads the partitioned delivery log in offset order, owns partitions by
 //! lease, sends through the channel adapters, and records every attempt and outcome before
 //! committing an offset. It never decides a transition itself: `tidings_core::delivery::next`
-//! does.
+//! does, and the store's compare-and-swap refuses anything stale.
+//!
+//! One pass of the loop:
+//! 1. renew the leases (and take free or expired partitions);
+//! 2. for each owned partition with entries past its committed offset, emergency lane
+//!    first, read a batch, send it, record the outcomes, commit the offset — going back to
+//!    the emergency lane after every batch of a lower one;
+//! 3. send what has come due: retries, scheduled sends, unfinished attempts of a
+//!    dispatcher that stopped.
+//!
+//! A batch ends before the second entry for the same guardian and channel, so a guardian's
+//! messages on one channel go out in the order they were written.
+
+pub mod retry;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+use tidings_core::log::PartitionId;
+use tidings_core::store::dispatch::{AttemptResult, AttemptStart, Lease, Outbound};
+use tidings_core::store::{CasOutcome, Store, StoreError};
+use tidings_core::time::now;
+use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane};
+
+pub use retry::RetryPolicy;
+pub use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
+
+/// The consumer group whose offsets the dispatcher commits.
+pub const CONSUMER_GROUP: &str = "dispatcher";
+
+/// How a dispatcher runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This process's name on its leases, unique among the dispatchers.
+    pub owner: String,
+    /// Partitions per lane (as configured for the log).
+    pub partitions: u32,
+    /// A lease lasts this long unless renewed; a dead dispatcher's partitions move after it.
+    pub lease_ttl: Duration,
+    /// Entries read (and in flight) per partition at a time.
+    pub batch: u32,
+    /// Store writes in flight at once.
+    pub write_concurrency: usize,
+    /// How long to wait when there is nothing to do.
+    pub idle_wait: Duration,
+    pub retry: RetryPolicy,
+    /// An attempt left unfinished this long (its dispatcher stopped mid-call) is taken up
+    /// again as in doubt. Longer than any provider call may take.
+    pub in_doubt_after: Duration,
+    /// Seed for retry jitter.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            owner: format!(
+                "dispatch-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::now_v7().simple().to_string()[24..]
+            ),
+            partitions: tidings_core::log::DEFAULT_PARTITIONS,
+            lease_ttl: Duration::from_secs(15),
+            batch: 256,
+            write_concurrency: 8,
+            idle_wait: Duration::from_millis(20),
+            retry: RetryPolicy::default(),
+            in_doubt_after: Duration::from_secs(120),
+            seed: rand::random(),
+        }
+    }
+}
+
+/// The provider account for each channel.
+#[derive(Clone, Default)]
+pub struct Adapters(HashMap<Channel, Arc<dyn ChannelAdapter>>);
+
+impl Adapters {
+    pub fn with(mut self, channel: Channel, adapter: Arc<dyn ChannelAdapter>) -> Self {
+        self.0.insert(channel, adapter);
+        self
+    }
+
+    fn get(&self, channel: Channel) -> Option<&Arc<dyn ChannelAdapter>> {
+        self.0.get(&channel)
+    }
+}
+
+/// What a dispatcher has done since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    /// Attempts that may have reached the provider without an answer (timeouts after
+    /// sending, and unfinished attempts taken up after a crash): each may be a duplicate.
+    pub in_doubt: AtomicU64,
+    /// At-most-once deliveries given up because an attempt was in doubt.
+    pub lost_in_doubt: AtomicU64,
+    /// Writes refused because another dispatcher had taken the partition over.
+    pub fenced: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub sent: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub in_doubt: u64,
+    pub lost_in_doubt: u64,
+    pub fenced: u64,
+}
+
+impl Counters {
+    pub fn totals(&self) -> Totals {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Totals {
+            sent: get(&self.sent),
+            retried: get(&self.retried),
+            failed: get(&self.failed),
+            in_doubt: get(&self.in_doubt),
+            lost_in_doubt: get(&self.lost_in_doubt),
+            fenced: get(&self.fenced),
+        }
+    }
+
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Key = (Lane, PartitionId);
+
+/// Sends what is on the log. Cheap to share: clones run the same dispatcher.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    adapters: Adapters,
+    config: Config,
+    counters: Arc<Counters>,
+    rng: Mutex<StdRng>,
+    /// Deliveries this process is sending right now: never taken up as unfinished.
+    in_flight: Mutex<HashSet<DeliveryId>>,
+}
+
+/// The dispatcher's view of its partitions.
+#[derive(Default)]
+struct Partitions {
+    leases: BTreeMap<Key, Lease>,
+    /// Committed offset per owned partition (-1: nothing yet).
+    committed: HashMap<Key, i64>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, adapters: Adapters, config: Config) -> Self {
+        Self {
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            store,
+            adapters,
+            config,
+            counters: Arc::default(),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Runs until `stop` turns true, then finishes the batch in hand, records its
+    /// outcomes and hands its partitions back.
+    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<(), DispatchError> {
+        let mut partitions = Partitions::default();
+        let mut renewed: Option<tokio::time::Instant> = None;
+        tracing::info!(owner = %self.config.owner, "dispatcher started");
+        while !*stop.borrow() {
+            if renewed.is_none_or(|at| at.elapsed() >= self.config.lease_ttl / 3) {
+                self.renew(&mut partitions).await?;
+                renewed = Some(tokio::time::Instant::now());
+            }
+            let mut worked = self.drain_lanes(&mut partitions).await?;
+            worked |= self.send_due(&partitions).await? > 0;
+            if !worked {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.idle_wait) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        self.store.release_leases(&self.config.owner, now()).await?;
+        tracing::info!(owner = %self.config.owner, "dispatcher stopped; partitions released");
+        Ok(())
+    }
+
+    /// Runs passes until the log is drained and nothing is due, then hands the partitions
+    /// back (for tests and benches); returns the number of passes.
+    pub async fn run_until_idle(&self) -> Result<usize, DispatchError> {
+        let mut partitions = Partitions::default();
+        self.renew(&mut partitions).await?;
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            let mut worked = self.drain_lanes(&mut partitions).await?;
+            worked |= self.send_due(&partitions).await? > 0;
+            if !worked {
+                self.store.release_leases(&self.config.owner, now()).await?;
+                return Ok(passes);
+            }
+        }
+    }
+
+    async fn renew(&self, partitions: &mut Partitions) -> Result<(), DispatchError> {
+        let wanted: Vec<Key> = Lane::ALL
+            .iter()
+            .flat_map(|&lane| (0..self.config.partitions).map(move |p| (lane, PartitionId::new(p))))
+            .collect();
+        let ttl = chrono::Duration::from_std(self.config.lease_ttl).unwrap_or(chrono::Duration::seconds(15));
+        let held = self
+            .store
+            .claim_leases(&self.config.owner, &wanted, ttl, now())
+            .await?;
+        let before = partitions.leases.len();
+        partitions.leases = held.into_iter().map(|l| ((l.lane, l.partition), l)).collect();
+        partitions.committed.retain(|key, _| partitions.leases.contains_key(key));
+        for key in partitions.leases.keys() {
+            if !partitions.committed.contains_key(key) {
+                let offset = self
+                    .store
+                    .committed_offset(CONSUMER_GROUP, key.0, key.1)
+                    .await?
+                    .unwrap_or(-1);
+                partitions.committed.insert(*key, offset);
+            }
+        }
+        if partitions.leases.len() != before {
+            tracing::info!(owner = %self.config.owner, held = partitions.leases.len(), "partition leases changed");
+        }
+        Ok(())
+    }
+
+    /// Owned partitions with unread entries, per lane.
+    async fn backlog(&self, partitions: &Partitions) -> Result<BTreeMap<Lane, Vec<Lease>>, DispatchError> {
+        let mut backlog: BTreeMap<Lane, Vec<Lease>> = BTreeMap::new();
+        for (lane, partition, next) in self.store.log_heads().await? {
+            let key = (lane, partition);
+            if let (Some(lease), Some(&committed)) =
+                (partitions.leases.get(&key), partitions.committed.get(&key))
+            {
+                if next - 1 > committed {
+                    backlog.entry(lane).or_default().push(*lease);
+                }
+            }
+        }
+        Ok(backlog)
+    }
+
+    /// One batch from every partition with a backlog, emergency lane first; whenever the
+    /// emergency lane has nothing in hand, it is looked at again before the next batch.
+    async fn drain_lanes(&self, partitions: &mut Partitions) -> Result<bool, DispatchError> {
+        let mut worked = false;
+        let mut backlog = self.backlog(partitions).await?;
+        while let Some(lane) = backlog.keys().next().copied() {
+            let lease = backlog.get_mut(&lane).and_then(Vec::pop);
+            let Some(lease) = lease else {
+                backlog.remove(&lane);
+                continue;
+            };
+            worked = true;
+            self.drain_batch(partitions, lease).await?;
+            // Before any further batch of a lower lane, look for new emergencies.
+            if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
+                let urgent = self.backlog(partitions).await?.remove(&Lane::Emergency);
+                if let Some(urgent) = urgent {
+                    backlog.insert(Lane::Emergency, urgent);
+                }
+            }
+        }
+        Ok(worked)
+    }
+
+    async fn drain_batch(&self, partitions: &mut Partitions, lease: Lease) -> Result<(), DispatchError> {
+        let key = (lease.lane, lease.partition);
+        let after = partitions.committed.get(&key).copied().unwrap_or(-1);
+        let mut entries = self
+            .store
+            .read_outbound(lease.lane, lease.partition, Some(after), self.config.batch)
+            .await?;
+        // Stop before a second entry for the same guardian and channel: it goes after the
+        // first one's outcome is recorded.
+        let mut seen = HashSet::new();
+        if let Some(cut) = entries
+            .iter()
+            .position(|o| !seen.insert((o.delivery.guardian_id, o.delivery.channel)))
+        {
+            entries.truncate(cut);
+        }
+        let Some(last) = entries.last().and_then(|o| o.offset) else {
+            return Ok(());
+        };
+        let at = now();
+        let ready: Vec<Outbound> = entries.into_iter().filter(|o| self.ready(o, at)).collect();
+        let outcome = self.send(&lease, ready, Some(last)).await;
+        match outcome {
+            Ok(()) => match self.store.commit_offset(CONSUMER_GROUP, &lease, last, now()).await {
+                Ok(()) => {
+                    partitions.committed.insert(key, last);
+                    Ok(())
+                }
+                Err(StoreError::Fenced { .. }) => {
+                    self.lose(partitions, key);
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            Err(DispatchError::Store(StoreError::Fenced { .. })) => {
+                self.lose(partitions, key);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lose(&self, partitions: &mut Partitions, key: Key) {
+        Counters::add(&self.counters.fenced);
+        tracing::warn!(owner = %self.config.owner, lane = %key.0, partition = %key.1, "partition taken over by another dispatcher");
+        partitions.leases.remove(&key);
+        partitions.committed.remove(&key);
+    }
+
+    /// Whether a delivery read off the log (or found due) is to be sent now.
+    fn ready(&self, o: &Outbound, at: DateTime<Utc>) -> bool {
+        let d = &o.delivery;
+        if !matches!(d.state, DeliveryState::Created | DeliveryState::Queued) {
+            return false; // sent, cancelled, suppressed or finished already
+        }
+        if self.lock_in_flight().contains(&d.id) {
+            return false;
+        }
+        // An unfinished attempt found on the log is taken up now (we own the partition, so
+        // whoever started it has lost it); otherwise wait for the scheduled time.
+        o.unfinished_attempt.is_some() || d.next_attempt_at.is_none_or(|t| t <= at)
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<DeliveryId>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deliveries whose time has come, in partitions this process owns.
+    async fn send_due(&self, partitions: &Partitions) -> Result<usize, DispatchError> {
+        let at = now();
+        let due = self.store.due_outbound(at, self.config.batch).await?;
+        let mut per_lease: BTreeMap<Key, Vec<Outbound>> = BTreeMap::new();
+        for o in due {
+            let key = (o.lane, o.partition);
+            if partitions.leases.contains_key(&key) && self.ready(&o, at) {
+                per_lease.entry(key).or_default().push(o);
+            }
+        }
+        let mut sent = 0;
+        for (key, batch) in per_lease {
+            sent += batch.len();
+            match self.send(&partitions.leases[&key], batch, None).await {
+                Ok(()) | Err(DispatchError::Store(StoreError::Fenced { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Records an attempt for each delivery, calls the providers, records the outcomes.
+    /// `offset`: the batch's last log offset, committed before the calls when an
+    /// at-most-once delivery is among them.
+    async fn send(&self, lease: &Lease, batch: Vec<Outbound>, offset: Option<i64>) -> Result<(), DispatchError> {
+        let owner = self.config.owner.as_str();
+        let recover_at = now()
+            + chrono::Duration::from_std(self.config.in_doubt_after).unwrap_or(chrono::Duration::minutes(2));
+        // 1. Attempts recorded before any call.
+        let started: Vec<Option<(Outbound, i32)>> = stream::iter(batch)
+            .map(|o| async move { self.start(lease, o, owner, recover_at).await })
+            .buffered(self.config.write_concurrency)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let started: Vec<(Outbound, i32)> = started.into_iter().flatten().collect();
+        if started.is_empty() {
+            return Ok(());
+        }
+        // 2. At most once: the offset moves before the call, so a crash can lose the send
+        //    but never repeat it.
+        if let Some(offset) = offset {
+            if started.iter().any(|(o, _)| o.guarantee == DeliveryGuarantee::AtMostOnce) {
+                self.store.commit_offset(CONSUMER_GROUP, lease, offset, now()).await?;
+            }
+        }
+        // 3. The calls, one batch per channel, channels side by side.
+        let mut per_channel: BTreeMap<Channel, Vec<(Outbound, i32)>> = BTreeMap::new();
+        for s in started {
+            per_channel.entry(s.0.delivery.channel).or_default().push(s);
+        }
+        let calls = per_channel.into_iter().map(|(channel, sends)| async move {
+            let outgoing: Vec<Outgoing> = sends.iter().map(|(o, _)| outgoing(o)).collect();
+            let mut outcomes = match self.adapters.get(channel) {
+                Some(adapter) => adapter.send(&outgoing).await,
+                None => Vec::new(), // cannot happen: such attempts end when they start
+            };
+            outcomes.resize_with(sends.len(), || SendOutcome::InDoubt {
+                error: "the adapter answered fewer sends than it was given".into(),
+            });
+            sends.into_iter().zip(outcomes).collect::<Vec<_>>()
+        });
+        let answered: Vec<((Outbound, i32), SendOutcome)> =
+            futures_util::future::join_all(calls).await.into_iter().flatten().collect();
+        // 4. Outcomes recorded.
+        let results: Vec<Result<(), DispatchError>> = stream::iter(answered)
+            .map(|((o, attempt), outcome)| async move {
+                let result = self.classify(&o, attempt, outcome);
+                let finished = self.finish(lease, &o, attempt, &result).await;
+                self.lock_in_flight().remove(&o.delivery.id);
+                finished
+            })
+            .buffer_unordered(self.config.write_concurrency)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Starts an attempt; `None` when there is nothing to send after all.
+    async fn start(
+        &self,
+        lease: &Lease,
+        mut o: Outbound,
+        owner: &str,
+        recover_at: DateTime<Utc>,
+    ) -> Result<Option<(Outbound, i32)>, DispatchError> {
+        let at = now();
+        // At most once: an attempt that may have reached the provider is never repeated.
+        if let (Some(attempt), DeliveryGuarantee::AtMostOnce) = (o.unfinished_attempt, o.guarantee) {
+            let result = AttemptResult::Failed {
+                in_doubt: true,
+                permanent: false,
+                error: "in_doubt: the dispatcher stopped before the provider answered".into(),
+            };
+            Counters::add(&self.counters.in_doubt);
+            if let CasOutcome::Applied(_) = self
+                .store
+                .finish_attempt(lease, &o.delivery, attempt, &result, owner, at)
+                .await?
+            {
+                Counters::add(&self.counters.lost_in_doubt);
+                Counters::add(&self.counters.failed);
+            }
+            return Ok(None);
+        }
+        let adapter = self.adapters.get(o.delivery.channel);
+        let provider = adapter.map_or("unconfigured", |a| a.provider());
+        match self
+            .store
+            .start_attempt(lease, &o.delivery, provider, owner, recover_at, at)
+            .await?
+        {
+            AttemptStart::Started {
+                delivery, attempt, ..
+            } if adapter.is_none() => {
+                // A dead letter staff can see and replay once the channel is configured,
+                // rather than a delivery that silently never goes.
+                tracing::error!(delivery_id = %delivery.id, channel = %delivery.channel, "no provider is configured for this channel");
+                let result = AttemptResult::Failed {
+                    in_doubt: false,
+                    permanent: false,
+                    error: format!("no provider is configured for {}", delivery.channel),
+                };
+                o.delivery = delivery;
+                self.finish(lease, &o, attempt, &result).await?;
+                Ok(None)
+            }
+            AttemptStart::Started {
+                delivery,
+                attempt,
+                earlier_in_doubt,
+            } => {
+                if earlier_in_doubt {
+                    Counters::add(&self.counters.in_doubt);
+                }
+                self.lock_in_flight().insert(delivery.id);
+                o.delivery = delivery;
+                Ok(Some((o, attempt)))
+            }
+            AttemptStart::Moved(_) => Ok(None),
+        }
+    }
+
+    fn classify(&self, o: &Outbound, attempt: i32, outcome: SendOutcome) -> AttemptResult {
+        let at_most_once = o.guarantee == DeliveryGuarantee::AtMostOnce;
+        let (error, retry_after, in_doubt) = match outcome {
+            SendOutcome::Sent { provider_ref } => return AttemptResult::Sent { provider_ref },
+            SendOutcome::Permanent { error } => {
+                return AttemptResult::Failed {
+                    in_doubt: false,
+                    permanent: true,
+                    error,
+                }
+            }
+            SendOutcome::Transient { error, retry_after } => (error, retry_after, false),
+            SendOutcome::InDoubt { error } => (error, None, true),
+        };
+        if at_most_once {
+            let error = if in_doubt { format!("in_doubt: {error}") } else { error };
+            return AttemptResult::Failed {
+                in_doubt,
+                permanent: false,
+                error,
+            };
+        }
+        let delay = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            self.config.retry.delay_after(attempt as u32, retry_after, &mut *rng)
+        };
+        match delay {
+            Some(delay) => AttemptResult::Retry {
+                at: now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(5)),
+                in_doubt,
+                error,
+            },
+            None => AttemptResult::Failed {
+                in_doubt,
+                permanent: false,
+                error: format!("gave up after {attempt} attempts: {error}"),
+            },
+        }
+    }
+
+    async fn finish(
+        &self,
+        lease: &Lease,
+        o: &Outbound,
+        attempt: i32,
+        result: &AttemptResult,
+    ) -> Result<(), DispatchError> {
+        let applied = self
+            .store
+            .finish_attempt(lease, &o.delivery, attempt, result, &self.config.owner, now())
+            .await;
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(StoreError::Fenced { .. }) => {
+                // The new owner takes the attempt up as unfinished.
+                Counters::add(&self.counters.fenced);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let CasOutcome::Applied(_) = applied {
+            let counter = match result {
+                AttemptResult::Sent { .. } => &self.counters.sent,
+                AttemptResult::Retry { .. } => &self.counters.retried,
+                AttemptResult::Failed { .. } => &self.counters.failed,
+            };
+            Counters::add(counter);
+            if let AttemptResult::Retry { in_doubt: true, .. } | AttemptResult::Failed { in_doubt: true, .. } = result {
+                Counters::add(&self.counters.in_doubt);
+            }
+            if let AttemptResult::Failed { in_doubt: true, .. } = result {
+                if o.guarantee == DeliveryGuarantee::AtMostOnce {
+                    Counters::add(&self.counters.lost_in_doubt);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn outgoing(o: &Outbound) -> Outgoing {
+    Outgoing {
+        delivery_id: o.delivery.id,
+        message_id: o.delivery.message_id,
+        idempotency_key: o.delivery.idempotency_key.clone(),
+        channel: o.delivery.channel,
+        address: o.delivery.address.clone().unwrap_or_default(),
+        kind: o.kind,
+        subject: o.subject.clone(),
+        body: o.body.clone(),
+    }
+}

@@ -1,2 +1,252 @@
-//! The provider sandbox: speaks the Twilio, APNs and FCM HTTP APIs on loopback, sends
-//! their signed callbacks, and injects faults on demand, for demos, staging and tests.
+//! The provider sandbox: stands in for Twilio, APNs, FCM and email providers on loopback,
+//! sends their callbacks signed as they do, and injects faults on demand, so that demos,
+//! staging and tests exercise every path without a provider account.
+//!
+//! This module is the in-process provider: a [`ChannelAdapter`] per channel that accepts
+//! sends like a provider that does *not* deduplicate (so every duplicate is visible),
+//! keeps what it accepted, and fails on a seeded schedule.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
+use tidings_core::{Channel, DeliveryId};
+
+/// How often each kind of failure happens, as a fraction of sends (0.0–1.0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Faults {
+    /// Refused before sending, worth retrying (a 5xx or 429).
+    pub transient: f64,
+    /// Refused for good (invalid number, unregistered device).
+    pub permanent: f64,
+    /// Accepted, but the answer never arrives (a timeout after the provider took it).
+    pub in_doubt: f64,
+    /// Seed of the schedule: the same seed and the same sequence of sends fail the same way.
+    pub seed: u64,
+}
+
+/// One send the sandbox accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    pub delivery_id: DeliveryId,
+    pub idempotency_key: String,
+    pub channel: Channel,
+    pub address: String,
+    pub provider_ref: String,
+}
+
+#[derive(Debug)]
+struct State {
+    faults: Faults,
+    rng: StdRng,
+    received: Vec<Received>,
+    sends: u64,
+}
+
+/// The in-process provider; clones share what it received.
+#[derive(Debug, Clone)]
+pub struct InProcessProvider {
+    state: Arc<Mutex<State>>,
+    latency: Duration,
+}
+
+impl Default for InProcessProvider {
+    fn default() -> Self {
+        Self::new(Faults::default())
+    }
+}
+
+impl InProcessProvider {
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                faults,
+                rng: StdRng::seed_from_u64(faults.seed),
+                received: Vec::new(),
+                sends: 0,
+            })),
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// Every send waits this long before it is answered.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Changes the faults from now on (the schedule restarts from their seed).
+    pub fn set_faults(&self, faults: Faults) {
+        let mut state = self.lock();
+        state.faults = faults;
+        state.rng = StdRng::seed_from_u64(faults.seed);
+    }
+
+    /// An adapter for `channel` that sends here.
+    pub fn adapter(&self, channel: Channel) -> Arc<dyn ChannelAdapter> {
+        Arc::new(SandboxAdapter {
+            provider: self.clone(),
+            channel,
+        })
+    }
+
+    /// Everything accepted so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    /// Sends accepted more than once for the same idempotency key.
+    pub fn duplicates(&self) -> usize {
+        let state = self.lock();
+        let mut per_key: HashMap<&str, usize> = HashMap::new();
+        for r in &state.received {
+            *per_key.entry(&r.idempotency_key).or_default() += 1;
+        }
+        per_key.values().map(|n| n - 1).sum()
+    }
+
+    /// Sends asked of the sandbox, accepted or not.
+    pub fn sends(&self) -> u64 {
+        self.lock().sends
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self, send: &Outgoing) -> SendOutcome {
+        let mut state = self.lock();
+        state.sends += 1;
+        let faults = state.faults;
+        let roll: f64 = state.rng.gen();
+        let mut accept = || {
+            let provider_ref = format!("SB{:010}", state.received.len() + 1);
+            state.received.push(Received {
+                delivery_id: send.delivery_id,
+                idempotency_key: send.idempotency_key.clone(),
+                channel: send.channel,
+                address: send.address.clone(),
+                provider_ref: provider_ref.clone(),
+            });
+            provider_ref
+        };
+        if roll < faults.transient {
+            SendOutcome::transient("sandbox: 503 Service Unavailable")
+        } else if roll < faults.transient + faults.permanent {
+            SendOutcome::Permanent {
+                error: "sandbox: 400 invalid recipient".into(),
+            }
+        } else if roll < faults.transient + faults.permanent + faults.in_doubt {
+            accept();
+            SendOutcome::InDoubt {
+                error: "sandbox: timed out waiting for the answer".into(),
+            }
+        } else {
+            SendOutcome::Sent {
+                provider_ref: accept(),
+            }
+        }
+    }
+}
+
+struct SandboxAdapter {
+    provider: InProcessProvider,
+    channel: Channel,
+}
+
+#[async_trait]
+impl ChannelAdapter for SandboxAdapter {
+    fn provider(&self) -> &str {
+        "sandbox"
+    }
+
+    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
+        if !self.provider.latency.is_zero() {
+            tokio::time::sleep(self.provider.latency).await;
+        }
+        batch
+            .iter()
+            .map(|send| {
+                debug_assert_eq!(send.channel, self.channel);
+                self.provider.take(send)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_core::{MessageId, MessageKind};
+
+    fn send(n: usize) -> Outgoing {
+        Outgoing {
+            delivery_id: DeliveryId::new(),
+            message_id: MessageId::new(),
+            idempotency_key: format!("key-{n}"),
+            channel: Channel::Sms,
+            address: "+15555550100".into(),
+            kind: MessageKind::General,
+            subject: String::new(),
+            body: "Hello".into(),
+        }
+    }
+
+    fn outcomes(faults: Faults) -> Vec<SendOutcome> {
+        let provider = InProcessProvider::new(faults);
+        (0..200).map(|n| provider.take(&send(n))).collect()
+    }
+
+    #[test]
+    fn the_same_seed_fails_the_same_sends() {
+        let faults = Faults {
+            transient: 0.2,
+            permanent: 0.1,
+            in_doubt: 0.1,
+            seed: 7,
+        };
+        let kinds = |o: &[SendOutcome]| {
+            o.iter()
+                .map(|o| std::mem::discriminant(o))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&outcomes(faults)), kinds(&outcomes(faults)));
+        let other = kinds(&outcomes(Faults { seed: 8, ..faults }));
+        assert_ne!(kinds(&outcomes(faults)), other);
+    }
+
+    #[test]
+    fn in_doubt_sends_are_received_and_repeats_are_counted_as_duplicates() {
+        let provider = InProcessProvider::new(Faults {
+            in_doubt: 1.0,
+            ..Faults::default()
+        });
+        let first = send(1);
+        assert!(matches!(provider.take(&first), SendOutcome::InDoubt { .. }));
+        provider.set_faults(Faults::default());
+        assert!(matches!(provider.take(&first), SendOutcome::Sent { .. }));
+        assert!(matches!(provider.take(&send(2)), SendOutcome::Sent { .. }));
+        assert_eq!(provider.received().len(), 3);
+        assert_eq!(provider.duplicates(), 1);
+        assert_eq!(provider.sends(), 3);
+    }
+
+    #[test]
+    fn refused_sends_are_not_received() {
+        let provider = InProcessProvider::new(Faults {
+            transient: 0.5,
+            permanent: 0.5,
+            ..Faults::default()
+        });
+        for n in 0..50 {
+            assert!(!matches!(provider.take(&send(n)), SendOutcome::Sent { .. }));
+        }
+        assert!(provider.received().is_empty());
+    }
+}

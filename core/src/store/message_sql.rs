@@ -361,19 +361,32 @@ macro_rules! message_queries {
         }
 
         /// Messages of a kind other than emergency the district created since `since`.
-        pub async fn non_emergency_since(
-            pool: &sqlx::Pool<$db>,
+        /// Takes the district's row lock (held to commit) and refuses the send when the
+        /// district already has `max` non-emergency messages in the hour before `at`: two
+        /// concurrent sends at the limit cannot both pass.
+        pub async fn reserve_hourly_quota(
+            tx: &mut sqlx::Transaction<'_, $db>,
             district: uuid::Uuid,
-            since: chrono::DateTime<chrono::Utc>,
-        ) -> StoreResult<i64> {
-            Ok(sqlx::query_scalar(
+            max: u32,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<()> {
+            sqlx::query("UPDATE districts SET name = name WHERE id = $1")
+                .bind($enc(district))
+                .execute(&mut **tx)
+                .await?;
+            let sent: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM messages WHERE district_id = $1 AND created_at >= $2 AND kind <> 'emergency'",
             )
             .bind($enc(district))
-            .bind(since)
-            .fetch_one(pool)
-            .await?)
+            .bind(at - chrono::Duration::hours(1))
+            .fetch_one(&mut **tx)
+            .await?;
+            if sent >= i64::from(max) {
+                return Err(StoreError::HourlyQuota { sent, max });
+            }
+            Ok(())
         }
+
     };
 }
 

@@ -8,6 +8,8 @@
 //! compare-and-swap.
 
 mod audience_sql;
+pub mod dispatch;
+mod dispatch_sql;
 pub mod directory;
 mod directory_sql;
 mod message_sql;
@@ -60,6 +62,16 @@ pub enum StoreError {
     /// (or, on SQLite, the columns').
     #[error("already exists ({0})")]
     AlreadyExists(String),
+    /// The district's hourly message quota is used up (checked inside the send's
+    /// transaction, so it is a reservation, not a race).
+    #[error("the district has sent {sent} messages in the last hour and allows {max}; emergencies are not limited")]
+    HourlyQuota { sent: i64, max: u32 },
+    /// Another dispatcher owns the partition now: the write was refused.
+    #[error("the lease on {lane} partition {partition} has passed to another dispatcher")]
+    Fenced {
+        lane: crate::Lane,
+        partition: crate::log::PartitionId,
+    },
     #[error("a stored row is not valid: {0}")]
     Corrupt(String),
     #[error("database error")]
@@ -335,6 +347,9 @@ pub struct NewMessage {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// When acknowledgments are due.
     pub ack_deadline: Option<DateTime<Utc>>,
+    /// At most this many non-emergency messages of the district in the hour before the
+    /// send; checked and reserved inside the send's transaction.
+    pub hourly_quota: Option<u32>,
     /// Partitions of the log's lanes: each delivery to send gets an entry in partition
     /// `PartitionId::of(guardian, partitions)` of the message's lane.
     pub partitions: u32,
@@ -391,7 +406,7 @@ pub enum CasOutcome {
 
 /// Every durable operation. Implementations are cheap to clone handles on a pool.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies the migrations this binary carries. Safe to run from several processes at
@@ -530,13 +545,6 @@ pub trait Store: Send + Sync + 'static {
         max_recipients_per_message: Option<i32>,
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()>;
-
-    /// Messages of a kind other than `emergency` the district created since `since`.
-    async fn non_emergency_messages_since(
-        &self,
-        district: DistrictId,
-        since: DateTime<Utc>,
-    ) -> StoreResult<i64>;
 
     /// One district, with its settings.
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>>;

@@ -336,6 +336,9 @@ impl Store for PostgresStore {
 
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
+        if let Some(max) = message.hourly_quota {
+            messages::reserve_hourly_quota(&mut tx, *message.district_id.as_uuid(), max, at).await?;
+        }
         sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
                                    subject, body, channels, audience, requires_ack, created_at, translations, \
@@ -733,13 +736,6 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn non_emergency_messages_since(
-        &self,
-        district: DistrictId,
-        since: DateTime<Utc>,
-    ) -> StoreResult<i64> {
-        messages::non_emergency_since(&self.pool, district.into(), since).await
-    }
 
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
         directory::district(&self.pool, id.into()).await
@@ -1089,4 +1085,15 @@ mod messages {
     }
 
     crate::store::message_sql::message_queries!(db: sqlx::Postgres, enc: enc, dec: dec);
+}
+
+crate::store::dispatch_sql::dispatch_store_impl!(PostgresStore);
+
+/// The dispatcher's queries, bound this dialect's way.
+mod dispatching {
+    fn enc(id: uuid::Uuid) -> uuid::Uuid {
+        id
+    }
+
+    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Postgres, enc: enc);
 }

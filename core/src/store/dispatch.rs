@@ -1,0 +1,151 @@
+//! What the dispatcher asks of a store: partition leases with fencing tokens, consumer
+//! offsets, the deliveries to send with their content, and attempts recorded before and
+//! after each provider call.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::delivery::Delivery;
+use crate::log::PartitionId;
+use crate::store::{CasOutcome, StoreResult};
+use crate::{DeliveryGuarantee, Lane, MessageKind};
+
+/// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
+/// token; once another process has taken the partition over they are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Lease {
+    pub lane: Lane,
+    pub partition: PartitionId,
+    pub fencing_token: i64,
+}
+
+/// A delivery with everything a provider call needs: the address, the words in the
+/// recipient's language, and how the message asked to be sent.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub delivery: Delivery,
+    pub lane: Lane,
+    pub partition: PartitionId,
+    /// The entry's offset, for deliveries read off the log; `None` when a due retry or
+    /// a scheduled send found it.
+    pub offset: Option<i64>,
+    pub kind: MessageKind,
+    pub guarantee: DeliveryGuarantee,
+    pub requires_ack: bool,
+    pub subject: String,
+    pub body: String,
+    /// The latest attempt, if it was started and never finished: whoever made it may have
+    /// reached the provider before it stopped.
+    pub unfinished_attempt: Option<i32>,
+}
+
+/// What a provider call came to, as the dispatcher records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// The provider accepted the send.
+    Sent { provider_ref: String },
+    /// Try again at `at`; the attempt failed (or ended in doubt) for a reason that may pass.
+    Retry {
+        at: DateTime<Utc>,
+        in_doubt: bool,
+        error: String,
+    },
+    /// No more attempts: a permanent error, the last attempt spent, or an in-doubt attempt
+    /// of an at-most-once message.
+    Failed {
+        in_doubt: bool,
+        permanent: bool,
+        error: String,
+    },
+}
+
+/// What starting an attempt did.
+#[derive(Debug, Clone)]
+pub enum AttemptStart {
+    /// Recorded: the delivery is QUEUED with `attempt` in flight.
+    Started {
+        delivery: Delivery,
+        attempt: i32,
+        /// An earlier attempt was found unfinished and is now recorded as in doubt.
+        earlier_in_doubt: bool,
+    },
+    /// The delivery is no longer what the caller read (sent, cancelled, or retried by
+    /// someone else): nothing was written.
+    Moved(Delivery),
+}
+
+/// The dispatcher's side of a store; every `Store` is one.
+#[async_trait]
+pub trait DispatchStore: Send + Sync {
+    /// Takes each (lane, partition) of `wanted` that is free, expired or already
+    /// `owner`'s (renewing it for `ttl`), and returns every lease `owner` holds now.
+    async fn claim_leases(
+        &self,
+        owner: &str,
+        wanted: &[(Lane, PartitionId)],
+        ttl: chrono::Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<Lease>>;
+
+    /// Ends `owner`'s leases now (a graceful stop), so others take them at once.
+    async fn release_leases(&self, owner: &str, at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// The last offset of the partition the group has finished with.
+    async fn committed_offset(
+        &self,
+        group: &str,
+        lane: Lane,
+        partition: PartitionId,
+    ) -> StoreResult<Option<i64>>;
+
+    /// Moves the group's offset forward; `StoreError::Fenced` if the lease is stale.
+    async fn commit_offset(
+        &self,
+        group: &str,
+        lease: &Lease,
+        offset: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// The next offset every (lane, partition) will hand out.
+    async fn log_heads(&self) -> StoreResult<Vec<(Lane, PartitionId, i64)>>;
+
+    /// A partition's entries after `after`, with their deliveries and content.
+    async fn read_outbound(
+        &self,
+        lane: Lane,
+        partition: PartitionId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Outbound>>;
+
+    /// Deliveries whose `next_attempt_at` has come, oldest first.
+    async fn due_outbound(&self, at: DateTime<Utc>, limit: u32)
+        -> StoreResult<Vec<Outbound>>;
+
+    /// Records a new attempt as in flight before the provider call (see `dispatch_sql`).
+    async fn start_attempt(
+        &self,
+        lease: &Lease,
+        seen: &Delivery,
+        provider: &str,
+        actor: &str,
+        recover_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<AttemptStart>;
+
+    /// Records how an attempt ended and moves the delivery.
+    async fn finish_attempt(
+        &self,
+        lease: &Lease,
+        seen: &Delivery,
+        attempt: i32,
+        result: &AttemptResult,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<CasOutcome>;
+
+    /// Attempts recorded, by outcome (`sent`, `in_doubt`, …).
+    async fn attempt_outcomes(&self) -> StoreResult<std::collections::BTreeMap<String, i64>>;
+}

@@ -1,0 +1,542 @@
+//! The dispatcher's queries, written once for both dialects (see `roster_sql`). The
+//! invoking module's parent provides `DELIVERY_COLUMNS` and `delivery_from_row`.
+
+/// Expands to the dispatcher queries of one dialect.
+macro_rules! dispatch_queries {
+    (db: $db:ty, enc: $enc:path) => {
+        use chrono::{DateTime, Utc};
+        use sqlx::Row as _;
+        use $crate::delivery::Delivery;
+        use $crate::log::PartitionId;
+        use $crate::store::dispatch::{AttemptResult, AttemptStart, Lease, Outbound};
+        use $crate::store::{CasOutcome, StoreError, StoreResult};
+        use $crate::{DeliveryId, Lane};
+
+        type Tx<'c> = sqlx::Transaction<'c, $db>;
+
+        fn parse_col<T: std::str::FromStr>(row: &<$db as sqlx::Database>::Row, column: &str) -> StoreResult<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            let raw: String = row.try_get(column)?;
+            raw.parse().map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+        }
+
+        /// Takes every (lane, partition) of `wanted` that is free, expired or already ours,
+        /// and returns what `owner` holds afterwards. A change of owner increments the
+        /// fencing token; a renewal keeps it.
+        pub async fn claim(
+            pool: &sqlx::Pool<$db>,
+            owner: &str,
+            wanted: &[(Lane, PartitionId)],
+            ttl: chrono::Duration,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<Lease>> {
+            let mut tx = pool.begin().await?;
+            for chunk in wanted.chunks(200) {
+                let mut insert = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO partition_leases (lane, partition, owner, fencing_token, expires_at) ",
+                );
+                insert.push_values(chunk, |mut row, (lane, partition)| {
+                    row.push_bind(lane.as_str())
+                        .push_bind(partition.get() as i32)
+                        .push_bind(owner)
+                        .push_bind(1_i64)
+                        .push_bind(at + ttl);
+                });
+                insert.push(
+                    " ON CONFLICT (lane, partition) DO UPDATE SET \
+                       fencing_token = partition_leases.fencing_token \
+                           + CASE WHEN partition_leases.owner = excluded.owner THEN 0 ELSE 1 END, \
+                       owner = excluded.owner, expires_at = excluded.expires_at \
+                     WHERE partition_leases.owner = excluded.owner OR partition_leases.expires_at <= ",
+                );
+                insert.push_bind(at);
+                insert.build().execute(&mut *tx).await?;
+            }
+            let rows = sqlx::query(
+                "SELECT lane, partition, fencing_token FROM partition_leases \
+                 WHERE owner = $1 AND expires_at > $2 ORDER BY lane, partition",
+            )
+            .bind(owner)
+            .bind(at)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(Lease {
+                        lane: parse_col(row, "lane")?,
+                        partition: PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
+                        fencing_token: row.try_get("fencing_token")?,
+                    })
+                })
+                .collect()
+        }
+
+        /// Lets `owner`'s leases expire now, so that others take them at once.
+        pub async fn release(pool: &sqlx::Pool<$db>, owner: &str, at: DateTime<Utc>) -> StoreResult<()> {
+            sqlx::query("UPDATE partition_leases SET expires_at = $1 WHERE owner = $2 AND expires_at > $1")
+                .bind(at)
+                .bind(owner)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        /// Refuses the transaction's writes unless `lease` is still the partition's
+        /// current one; holds the lease row until commit so no takeover slips in between.
+        async fn fence(tx: &mut Tx<'_>, lease: &Lease) -> StoreResult<()> {
+            let held = sqlx::query(
+                "UPDATE partition_leases SET fencing_token = fencing_token \
+                 WHERE lane = $1 AND partition = $2 AND fencing_token = $3",
+            )
+            .bind(lease.lane.as_str())
+            .bind(lease.partition.get() as i32)
+            .bind(lease.fencing_token)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                return Err(StoreError::Fenced {
+                    lane: lease.lane,
+                    partition: lease.partition,
+                });
+            }
+            Ok(())
+        }
+
+        pub async fn committed_offset(
+            pool: &sqlx::Pool<$db>,
+            group: &str,
+            lane: Lane,
+            partition: PartitionId,
+        ) -> StoreResult<Option<i64>> {
+            Ok(sqlx::query_scalar(
+                "SELECT committed_offset FROM consumer_offsets \
+                 WHERE consumer_group = $1 AND lane = $2 AND partition = $3",
+            )
+            .bind(group)
+            .bind(lane.as_str())
+            .bind(partition.get() as i32)
+            .fetch_optional(pool)
+            .await?)
+        }
+
+        /// Moves the group's offset of the lease's partition forward to `offset`.
+        pub async fn commit_offset(
+            pool: &sqlx::Pool<$db>,
+            group: &str,
+            lease: &Lease,
+            offset: i64,
+            at: DateTime<Utc>,
+        ) -> StoreResult<()> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            sqlx::query(
+                "INSERT INTO consumer_offsets (consumer_group, lane, partition, committed_offset, fencing_token, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (consumer_group, lane, partition) DO UPDATE SET \
+                    committed_offset = excluded.committed_offset, fencing_token = excluded.fencing_token, \
+                    updated_at = excluded.updated_at \
+                 WHERE consumer_offsets.committed_offset < excluded.committed_offset",
+            )
+            .bind(group)
+            .bind(lease.lane.as_str())
+            .bind(lease.partition.get() as i32)
+            .bind(offset)
+            .bind(lease.fencing_token)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// The next offset each (lane, partition) will hand out: a partition has entries
+        /// to read while its head is past the committed offset + 1.
+        pub async fn heads(pool: &sqlx::Pool<$db>) -> StoreResult<Vec<(Lane, PartitionId, i64)>> {
+            let rows = sqlx::query("SELECT lane, partition, next_offset FROM log_heads")
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        parse_col(row, "lane")?,
+                        PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
+                        row.try_get("next_offset")?,
+                    ))
+                })
+                .collect()
+        }
+
+        fn outbound_select() -> String {
+            let delivery_columns = super::DELIVERY_COLUMNS
+                .split(',')
+                .map(|c| format!("d.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "SELECT {delivery_columns}, l.lane, l.partition, l.\"offset\", m.kind, m.delivery_guarantee, \
+                        m.requires_ack, m.subject, m.body, m.translations, r.language, \
+                        (SELECT max(a.attempt) FROM delivery_attempts a \
+                         WHERE a.delivery_id = d.id AND a.outcome = 'in_flight') AS unfinished_attempt \
+                 FROM log_entries l \
+                 JOIN deliveries d ON d.id = l.delivery_id \
+                 JOIN messages m ON m.id = d.message_id \
+                 JOIN recipients r ON r.id = d.recipient_id "
+            )
+        }
+
+        fn outbound_from_row(row: &<$db as sqlx::Database>::Row, from_log: bool) -> StoreResult<Outbound> {
+            let language: String = row.try_get("language")?;
+            let translations: sqlx::types::Json<serde_json::Value> = row.try_get("translations")?;
+            let translated = |field: &str| {
+                translations
+                    .get(&language)
+                    .and_then(|t| t.get(field))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            Ok(Outbound {
+                delivery: super::delivery_from_row(row)?,
+                lane: parse_col(row, "lane")?,
+                partition: PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
+                offset: if from_log { Some(row.try_get("offset")?) } else { None },
+                kind: parse_col(row, "kind")?,
+                guarantee: parse_col(row, "delivery_guarantee")?,
+                requires_ack: row.try_get("requires_ack")?,
+                subject: translated("subject").map_or_else(|| row.try_get("subject"), Ok)?,
+                body: translated("body").map_or_else(|| row.try_get("body"), Ok)?,
+                unfinished_attempt: row.try_get("unfinished_attempt")?,
+            })
+        }
+
+        /// The log's entries of one partition after `after`, with their deliveries.
+        pub async fn read_outbound(
+            pool: &sqlx::Pool<$db>,
+            lane: Lane,
+            partition: PartitionId,
+            after: Option<i64>,
+            limit: u32,
+        ) -> StoreResult<Vec<Outbound>> {
+            let rows = sqlx::query(&format!(
+                "{} WHERE l.lane = $1 AND l.partition = $2 AND l.\"offset\" > $3 ORDER BY l.\"offset\" LIMIT $4",
+                outbound_select()
+            ))
+            .bind(lane.as_str())
+            .bind(partition.get() as i32)
+            .bind(after.unwrap_or(-1))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| outbound_from_row(row, true)).collect()
+        }
+
+        /// Deliveries waiting for a time that has come: retries, scheduled sends, quiet
+        /// hours that ended, and attempts whose dispatcher stopped before recording them.
+        pub async fn due(pool: &sqlx::Pool<$db>, at: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Outbound>> {
+            let rows = sqlx::query(&format!(
+                "{} WHERE d.state IN ('CREATED', 'QUEUED') AND d.next_attempt_at IS NOT NULL \
+                      AND d.next_attempt_at <= $1 \
+                 ORDER BY d.next_attempt_at LIMIT $2",
+                outbound_select()
+            ))
+            .bind(at)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| outbound_from_row(row, false)).collect()
+        }
+
+        async fn event(
+            tx: &mut Tx<'_>,
+            delivery: &Delivery,
+            from: &str,
+            actor: &str,
+            detail: Option<&str>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                              actor_kind, actor_ref, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'dispatcher', $7, $8)",
+            )
+            .bind($enc(*delivery.district_id.as_uuid()))
+            .bind($enc(*delivery.id.as_uuid()))
+            .bind(from)
+            .bind(delivery.state.as_str())
+            .bind(delivery.version)
+            .bind(at)
+            .bind(actor)
+            .bind(detail)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn current(tx: &mut Tx<'_>, id: DeliveryId) -> StoreResult<Delivery> {
+            let row = sqlx::query(&format!("SELECT {} FROM deliveries WHERE id = $1", super::DELIVERY_COLUMNS))
+                .bind($enc(*id.as_uuid()))
+                .fetch_one(&mut **tx)
+                .await?;
+            super::delivery_from_row(&row)
+        }
+
+        /// Records attempt `attempts + 1` as in flight and the delivery as QUEUED (compare
+        /// and swap on the version read), before the provider is called. An unfinished
+        /// earlier attempt is recorded as in doubt. `recover_at` is when the delivery comes
+        /// due again should its outcome never be recorded.
+        #[allow(clippy::too_many_arguments)]
+        pub async fn start_attempt(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            seen: &Delivery,
+            provider: &str,
+            actor: &str,
+            recover_at: DateTime<Utc>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<AttemptStart> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let moved = sqlx::query(&format!(
+                "UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempts = attempts + 1, \
+                        next_attempt_at = $1, provider = $2, queued_at = COALESCE(queued_at, $3), updated_at = $3 \
+                 WHERE id = $4 AND version = $5 AND state IN ('CREATED', 'QUEUED') \
+                 RETURNING {}",
+                super::DELIVERY_COLUMNS
+            ))
+            .bind(recover_at)
+            .bind(provider)
+            .bind(at)
+            .bind($enc(*seen.id.as_uuid()))
+            .bind(seen.version)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = moved else {
+                let now = current(&mut tx, seen.id).await?;
+                tx.rollback().await?;
+                return Ok(AttemptStart::Moved(now));
+            };
+            let delivery = super::delivery_from_row(&row)?;
+            let in_doubt = sqlx::query(
+                "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
+                        error = 'unfinished: the dispatcher stopped before recording the outcome' \
+                 WHERE delivery_id = $2 AND outcome = 'in_flight'",
+            )
+            .bind(at)
+            .bind($enc(*seen.id.as_uuid()))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "INSERT INTO delivery_attempts (district_id, delivery_id, attempt, idempotency_key, provider, \
+                                                started_at, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'in_flight')",
+            )
+            .bind($enc(*delivery.district_id.as_uuid()))
+            .bind($enc(*delivery.id.as_uuid()))
+            .bind(delivery.attempts)
+            .bind(&delivery.idempotency_key)
+            .bind(provider)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            if seen.state != delivery.state {
+                event(&mut tx, &delivery, seen.state.as_str(), actor, None, at).await?;
+            }
+            tx.commit().await?;
+            Ok(AttemptStart::Started {
+                attempt: delivery.attempts,
+                delivery,
+                earlier_in_doubt: in_doubt > 0,
+            })
+        }
+
+        /// Records how attempt `attempt` ended and moves the delivery accordingly (compare
+        /// and swap on `seen`). An attempt someone else already closed (recovered as in
+        /// doubt) changes nothing: `Conflict` with the delivery as it is.
+        #[allow(clippy::too_many_arguments)]
+        pub async fn finish_attempt(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            seen: &Delivery,
+            attempt: i32,
+            result: &AttemptResult,
+            actor: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<CasOutcome> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let (outcome, error) = match result {
+                AttemptResult::Sent { .. } => ("sent", None),
+                AttemptResult::Retry { in_doubt: true, error, .. }
+                | AttemptResult::Failed { in_doubt: true, error, .. } => ("in_doubt", Some(error.as_str())),
+                AttemptResult::Retry { error, .. } => ("transient", Some(error.as_str())),
+                AttemptResult::Failed { permanent: true, error, .. } => ("permanent", Some(error.as_str())),
+                AttemptResult::Failed { error, .. } => ("transient", Some(error.as_str())),
+            };
+            let closed = sqlx::query(
+                "UPDATE delivery_attempts SET outcome = $1, error = $2, finished_at = $3 \
+                 WHERE delivery_id = $4 AND attempt = $5 AND outcome = 'in_flight'",
+            )
+            .bind(outcome)
+            .bind(error)
+            .bind(at)
+            .bind($enc(*seen.id.as_uuid()))
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if closed == 0 {
+                let now = current(&mut tx, seen.id).await?;
+                tx.rollback().await?;
+                return Ok(CasOutcome::Conflict(now));
+            }
+            let query = match result {
+                AttemptResult::Sent { .. } => {
+                    "UPDATE deliveries SET state = 'SENT', version = version + 1, provider_ref = $1, \
+                            sent_at = $2, updated_at = $2, next_attempt_at = NULL \
+                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
+                }
+                AttemptResult::Retry { .. } => {
+                    "UPDATE deliveries SET version = version + 1, last_error = $1, next_attempt_at = $5, updated_at = $2 \
+                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
+                }
+                AttemptResult::Failed { .. } => {
+                    "UPDATE deliveries SET state = 'FAILED', version = version + 1, last_error = $1, \
+                            failed_at = $2, updated_at = $2, next_attempt_at = NULL \
+                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
+                }
+            };
+            let (text, retry_at) = match result {
+                AttemptResult::Sent { provider_ref } => (provider_ref.as_str(), None),
+                AttemptResult::Retry { at, error, .. } => (error.as_str(), Some(*at)),
+                AttemptResult::Failed { error, .. } => (error.as_str(), None),
+            };
+            let sql = format!("{query} RETURNING {}", super::DELIVERY_COLUMNS);
+            let mut update = sqlx::query(&sql)
+                .bind(text)
+                .bind(at)
+                .bind($enc(*seen.id.as_uuid()))
+                .bind(seen.version);
+            if retry_at.is_some() {
+                update = update.bind(retry_at);
+            }
+            let Some(row) = update.fetch_optional(&mut *tx).await? else {
+                // Moved meanwhile (a callback or a recall): the attempt's record stands.
+                let now = current(&mut tx, seen.id).await?;
+                tx.commit().await?;
+                return Ok(CasOutcome::Conflict(now));
+            };
+            let delivery = super::delivery_from_row(&row)?;
+            if delivery.state != seen.state {
+                event(&mut tx, &delivery, seen.state.as_str(), actor, error, at).await?;
+            }
+            tx.commit().await?;
+            Ok(CasOutcome::Applied(delivery))
+        }
+
+        pub async fn attempt_outcomes(pool: &sqlx::Pool<$db>) -> StoreResult<std::collections::BTreeMap<String, i64>> {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT outcome, count(*) FROM delivery_attempts GROUP BY outcome")
+                    .fetch_all(pool)
+                    .await?;
+            Ok(rows.into_iter().collect())
+        }
+    };
+}
+
+/// Expands to `impl DispatchStore for $store` (a store with a `pool`), calling the
+/// module `dispatching` made by `dispatch_queries!`.
+macro_rules! dispatch_store_impl {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl crate::store::dispatch::DispatchStore for $store {
+        async fn claim_leases(
+            &self,
+            owner: &str,
+            wanted: &[(crate::Lane, crate::log::PartitionId)],
+            ttl: chrono::Duration,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<crate::store::dispatch::Lease>> {
+            dispatching::claim(&self.pool, owner, wanted, ttl, at).await
+        }
+
+        async fn release_leases(&self, owner: &str, at: DateTime<Utc>) -> StoreResult<()> {
+            dispatching::release(&self.pool, owner, at).await
+        }
+
+        async fn committed_offset(
+            &self,
+            group: &str,
+            lane: crate::Lane,
+            partition: crate::log::PartitionId,
+        ) -> StoreResult<Option<i64>> {
+            dispatching::committed_offset(&self.pool, group, lane, partition).await
+        }
+
+        async fn commit_offset(
+            &self,
+            group: &str,
+            lease: &crate::store::dispatch::Lease,
+            offset: i64,
+            at: DateTime<Utc>,
+        ) -> StoreResult<()> {
+            dispatching::commit_offset(&self.pool, group, lease, offset, at).await
+        }
+
+        async fn log_heads(&self) -> StoreResult<Vec<(crate::Lane, crate::log::PartitionId, i64)>> {
+            dispatching::heads(&self.pool).await
+        }
+
+        async fn read_outbound(
+            &self,
+            lane: crate::Lane,
+            partition: crate::log::PartitionId,
+            after: Option<i64>,
+            limit: u32,
+        ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
+            dispatching::read_outbound(&self.pool, lane, partition, after, limit).await
+        }
+
+        async fn due_outbound(
+            &self,
+            at: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
+            dispatching::due(&self.pool, at, limit).await
+        }
+
+        async fn start_attempt(
+            &self,
+            lease: &crate::store::dispatch::Lease,
+            seen: &Delivery,
+            provider: &str,
+            actor: &str,
+            recover_at: DateTime<Utc>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<crate::store::dispatch::AttemptStart> {
+            dispatching::start_attempt(&self.pool, lease, seen, provider, actor, recover_at, at).await
+        }
+
+        async fn finish_attempt(
+            &self,
+            lease: &crate::store::dispatch::Lease,
+            seen: &Delivery,
+            attempt: i32,
+            result: &crate::store::dispatch::AttemptResult,
+            actor: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<CasOutcome> {
+            dispatching::finish_attempt(&self.pool, lease, seen, attempt, result, actor, at).await
+        }
+
+        async fn attempt_outcomes(&self) -> StoreResult<std::collections::BTreeMap<String, i64>> {
+            dispatching::attempt_outcomes(&self.pool).await
+        }
+        }
+    };
+}
+
+pub(crate) use {dispatch_queries, dispatch_store_impl};

@@ -1,0 +1,403 @@
+//! The dispatcher against both stores and the in-process provider sandbox with seeded
+//! faults: every delivery ends sent, failed or scheduled; duplicates happen only where an
+//! attempt was in doubt, and never for at-most-once messages; a stale owner is fenced out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidings_core::log::PartitionId;
+use tidings_core::store::dispatch::{AttemptStart, Lease};
+use tidings_core::store::{NewMessage, Store, StoreError};
+use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
+use tidings_core::time::now;
+use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane, MessageKind};
+use tidings_dispatcher::{Adapters, Config, Dispatcher, RetryPolicy, CONSUMER_GROUP};
+use tidings_sandbox::{Faults, InProcessProvider};
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDatabase::sqlite();
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDatabase::postgres().await;
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores! {
+    every_delivery_is_sent_once_and_every_offset_committed,
+    transient_failures_are_retried_until_sent,
+    duplicates_equal_the_attempts_in_doubt,
+    at_most_once_never_sends_twice,
+    permanent_errors_fail_at_once_and_the_last_attempt_gives_up,
+    an_unfinished_attempt_is_taken_up_after_its_dispatcher_dies,
+    a_stale_owner_is_fenced_out,
+    an_emergency_overtakes_a_draining_broadcast,
+    a_channel_without_a_provider_fails_visibly,
+}
+
+const PARTITIONS: u32 = 4;
+
+fn config(seed: u64) -> Config {
+    Config {
+        partitions: PARTITIONS,
+        batch: 64,
+        retry: RetryPolicy {
+            schedule: vec![Duration::ZERO; 12],
+        },
+        seed,
+        ..Config::default()
+    }
+}
+
+fn dispatcher(store: &Arc<dyn Store>, provider: &InProcessProvider, config: Config) -> Dispatcher {
+    let adapters = [Channel::Sms, Channel::Email, Channel::Push]
+        .into_iter()
+        .fold(Adapters::default(), |a, c| a.with(c, provider.adapter(c)));
+    Dispatcher::new(store.clone(), adapters, config)
+}
+
+fn with_partitions(mut message: NewMessage) -> NewMessage {
+    message.partitions = PARTITIONS;
+    message
+}
+
+fn newsletter(seed: &Seed, guarantee: DeliveryGuarantee) -> NewMessage {
+    NewMessage {
+        kind: MessageKind::General,
+        lane: Lane::Bulk,
+        guarantee,
+        ..with_partitions(message_to(seed, &[Channel::Sms, Channel::Email]))
+    }
+}
+
+async fn states(store: &dyn Store, ids: &[DeliveryId]) -> BTreeMap<DeliveryState, usize> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        let d = store.delivery(*id).await.unwrap().unwrap();
+        *counts.entry(d.state).or_default() += 1;
+    }
+    counts
+}
+
+async fn every_delivery_is_sent_once_and_every_offset_committed(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 40).await;
+    let message = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::default();
+    let dispatcher = dispatcher(&store, &provider, config(1));
+    dispatcher.run_until_idle().await.unwrap();
+
+    let ids = delivery_ids(&message);
+    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Sent, 80)]));
+    assert_eq!(provider.received().len(), 80);
+    assert_eq!(provider.duplicates(), 0);
+    let sent = store.delivery(ids[0]).await.unwrap().unwrap();
+    assert!(sent.provider_ref.is_some_and(|r| r.starts_with("SB")));
+    assert_eq!(sent.attempts, 1);
+    // Every partition's offset is committed up to its head.
+    for (lane, partition, next) in store.log_heads().await.unwrap() {
+        let committed = store.committed_offset(CONSUMER_GROUP, lane, partition).await.unwrap();
+        assert_eq!(committed, Some(next - 1), "{lane} {partition}");
+    }
+    assert_eq!(store.attempt_outcomes().await.unwrap(), BTreeMap::from([("sent".into(), 80)]));
+    // The audit trail of a delivery shows the dispatcher's two steps.
+    let events = store.delivery_events(ids[0]).await.unwrap();
+    let steps: Vec<_> = events.iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(
+        steps,
+        [(DeliveryState::Created, DeliveryState::Queued), (DeliveryState::Queued, DeliveryState::Sent)]
+    );
+    // A second run finds nothing to do and sends nothing again.
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(provider.sends(), 80);
+}
+
+async fn transient_failures_are_retried_until_sent(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 30).await;
+    let message = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::new(Faults {
+        transient: 0.4,
+        seed: 11,
+        ..Faults::default()
+    });
+    let dispatcher = dispatcher(&store, &provider, config(2));
+    dispatcher.run_until_idle().await.unwrap();
+
+    let ids = delivery_ids(&message);
+    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Sent, 60)]));
+    let outcomes = store.attempt_outcomes().await.unwrap();
+    let refused = provider.sends() - provider.received().len() as u64;
+    assert!(refused > 0, "the fault schedule refused nothing");
+    assert_eq!(outcomes["transient"] as u64, refused);
+    assert_eq!(outcomes["sent"], 60);
+    assert_eq!(provider.duplicates(), 0);
+    assert_eq!(dispatcher.counters().totals().retried, refused);
+}
+
+async fn duplicates_equal_the_attempts_in_doubt(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 30).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms, Channel::Push]));
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::new(Faults {
+        in_doubt: 0.3,
+        transient: 0.1,
+        seed: 5,
+        ..Faults::default()
+    });
+    let dispatcher = dispatcher(&store, &provider, config(3));
+    dispatcher.run_until_idle().await.unwrap();
+
+    let ids = delivery_ids(&message);
+    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Sent, 60)]));
+    let in_doubt = store.attempt_outcomes().await.unwrap()["in_doubt"];
+    assert!(in_doubt > 0);
+    // Each in-doubt attempt reached the provider and was repeated with the same key.
+    assert_eq!(provider.duplicates() as i64, in_doubt);
+    assert_eq!(dispatcher.counters().totals().in_doubt as i64, in_doubt);
+}
+
+async fn at_most_once_never_sends_twice(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 40).await;
+    let message = newsletter(&seed, DeliveryGuarantee::AtMostOnce);
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::new(Faults {
+        in_doubt: 0.2,
+        transient: 0.2,
+        seed: 9,
+        ..Faults::default()
+    });
+    let dispatcher = dispatcher(&store, &provider, config(4));
+    dispatcher.run_until_idle().await.unwrap();
+
+    let ids = delivery_ids(&message);
+    let counts = states(store.as_ref(), &ids).await;
+    let outcomes = store.attempt_outcomes().await.unwrap();
+    assert_eq!(provider.duplicates(), 0);
+    assert_eq!(provider.sends(), 80, "one call per delivery, never a second");
+    assert_eq!(counts[&DeliveryState::Sent] as i64, outcomes["sent"]);
+    assert_eq!(
+        counts[&DeliveryState::Failed] as i64,
+        outcomes["in_doubt"] + outcomes["transient"]
+    );
+    let totals = dispatcher.counters().totals();
+    assert_eq!(totals.lost_in_doubt as i64, outcomes["in_doubt"]);
+    for id in &ids {
+        let d = store.delivery(*id).await.unwrap().unwrap();
+        assert_eq!(d.attempts, 1);
+        if d.state == DeliveryState::Failed {
+            assert!(d.last_error.is_some());
+        }
+    }
+}
+
+async fn permanent_errors_fail_at_once_and_the_last_attempt_gives_up(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 10).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::new(Faults {
+        permanent: 1.0,
+        ..Faults::default()
+    });
+    dispatcher(&store, &provider, config(5)).run_until_idle().await.unwrap();
+    let ids = delivery_ids(&message);
+    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Failed, 10)]));
+    let failed = store.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!(failed.attempts, 1);
+    assert!(failed.last_error.unwrap().contains("invalid recipient"));
+
+    // Always transient, three attempts allowed: the third gives up.
+    let message = with_partitions(message_to(&seed, &[Channel::Email]));
+    store.create_message(&message, now()).await.unwrap();
+    provider.set_faults(Faults {
+        transient: 1.0,
+        ..Faults::default()
+    });
+    let three = Config {
+        retry: RetryPolicy {
+            schedule: vec![Duration::ZERO; 3],
+        },
+        ..config(6)
+    };
+    dispatcher(&store, &provider, three).run_until_idle().await.unwrap();
+    let ids = delivery_ids(&message);
+    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Failed, 10)]));
+    let failed = store.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!(failed.attempts, 3);
+    assert!(failed.last_error.unwrap().starts_with("gave up after 3 attempts"));
+}
+
+/// A dispatcher that started an attempt and died: its lease has expired.
+async fn die_mid_attempt(store: &dyn Store, message: &NewMessage) -> DeliveryId {
+    let id = delivery_ids(message)[0];
+    let delivery = store.delivery(id).await.unwrap().unwrap();
+    let partition = PartitionId::of(delivery.guardian_id, PARTITIONS);
+    let long_ago = now() - chrono::Duration::minutes(10);
+    let leases = store
+        .claim_leases("dead", &[(message.lane, partition)], chrono::Duration::seconds(15), long_ago)
+        .await
+        .unwrap();
+    let started = store
+        .start_attempt(&leases[0], &delivery, "sandbox", "dead", long_ago, long_ago)
+        .await
+        .unwrap();
+    assert!(matches!(started, AttemptStart::Started { attempt: 1, .. }));
+    id
+}
+
+async fn an_unfinished_attempt_is_taken_up_after_its_dispatcher_dies(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 3).await;
+    // At least once: taken up again with the same key, counted in doubt.
+    let alert = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&alert, now()).await.unwrap();
+    let alert_delivery = die_mid_attempt(store.as_ref(), &alert).await;
+    // At most once: never repeated, failed as in doubt.
+    let reminder = NewMessage {
+        kind: MessageKind::Attendance,
+        lane: Lane::Normal,
+        guarantee: DeliveryGuarantee::AtMostOnce,
+        ..with_partitions(message_to(&seed, &[Channel::Email]))
+    };
+    store.create_message(&reminder, now()).await.unwrap();
+    let reminder_delivery = die_mid_attempt(store.as_ref(), &reminder).await;
+
+    let provider = InProcessProvider::default();
+    let dispatcher = dispatcher(&store, &provider, config(7));
+    dispatcher.run_until_idle().await.unwrap();
+
+    let alert_delivery = store.delivery(alert_delivery).await.unwrap().unwrap();
+    assert_eq!(alert_delivery.state, DeliveryState::Sent);
+    assert_eq!(alert_delivery.attempts, 2);
+    let reminder_delivery = store.delivery(reminder_delivery).await.unwrap().unwrap();
+    assert_eq!(reminder_delivery.state, DeliveryState::Failed);
+    assert!(reminder_delivery.last_error.unwrap().starts_with("in_doubt"));
+    let keys: Vec<String> = provider.received().into_iter().map(|r| r.idempotency_key).collect();
+    assert!(keys.contains(&alert_delivery.idempotency_key));
+    assert!(!keys.contains(&reminder_delivery.idempotency_key));
+    assert_eq!(provider.received().len(), 3 + 3 - 1, "every other delivery once");
+    let totals = dispatcher.counters().totals();
+    assert_eq!((totals.in_doubt, totals.lost_in_doubt), (2, 1));
+}
+
+async fn a_stale_owner_is_fenced_out(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 1).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&message, now()).await.unwrap();
+    let delivery = store.delivery(delivery_ids(&message)[0]).await.unwrap().unwrap();
+    let key = (Lane::Emergency, PartitionId::of(delivery.guardian_id, PARTITIONS));
+    let ttl = chrono::Duration::seconds(15);
+    let t0 = now();
+
+    let a = store.claim_leases("a", &[key], ttl, t0).await.unwrap();
+    assert_eq!(a.len(), 1);
+    // While A's lease runs, B gets nothing; A renewing keeps its token.
+    assert!(store.claim_leases("b", &[key], ttl, t0).await.unwrap().is_empty());
+    let renewed = store.claim_leases("a", &[key], ttl, t0 + chrono::Duration::seconds(10)).await.unwrap();
+    assert_eq!(renewed, a);
+    // A stops renewing; after expiry B takes over with a higher token.
+    let later = t0 + chrono::Duration::seconds(30);
+    let b = store.claim_leases("b", &[key], ttl, later).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert!(b[0].fencing_token > a[0].fencing_token);
+
+    let stale: &Lease = &a[0];
+    let fenced = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Fenced { .. }));
+    assert!(fenced(store.commit_offset(CONSUMER_GROUP, stale, 0, later).await));
+    let start = store.start_attempt(stale, &delivery, "sandbox", "a", later, later).await;
+    assert!(matches!(start, Err(StoreError::Fenced { .. })));
+    assert_eq!(store.delivery(delivery.id).await.unwrap().unwrap().state, DeliveryState::Created);
+    // The new owner's writes go through, and offsets only move forward.
+    store.commit_offset(CONSUMER_GROUP, &b[0], 0, later).await.unwrap();
+    store.commit_offset(CONSUMER_GROUP, &b[0], -1, later).await.unwrap();
+    assert_eq!(store.committed_offset(CONSUMER_GROUP, key.0, key.1).await.unwrap(), Some(0));
+    // A graceful stop hands the partition over at once.
+    store.release_leases("b", later).await.unwrap();
+    let c = store.claim_leases("c", &[key], ttl, later).await.unwrap();
+    assert_eq!(c[0].fencing_token, b[0].fencing_token + 1);
+}
+
+async fn an_emergency_overtakes_a_draining_broadcast(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 200).await;
+    let bulk = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&bulk, now()).await.unwrap();
+    let provider = InProcessProvider::default().with_latency(Duration::from_millis(20));
+    let config = Config {
+        batch: 10,
+        ..config(8)
+    };
+    let dispatcher = Arc::new(dispatcher(&store, &provider, config));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run(stopped).await }
+    });
+    // Wait until the broadcast is draining, then send the alert.
+    while provider.received().len() < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mark = provider.received().len();
+    let alert = with_partitions(message_to(&seed, &[Channel::Push]));
+    let alert_ids = delivery_ids(&alert);
+    store.create_message(&alert, now()).await.unwrap();
+    while provider.received().len() < 400 + 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    let received = provider.received();
+    let last_alert = received
+        .iter()
+        .rposition(|r| alert_ids.contains(&r.delivery_id))
+        .unwrap();
+    let bulk_after_mark = received[mark..last_alert]
+        .iter()
+        .filter(|r| r.channel != Channel::Push)
+        .count();
+    // The alert waits for at most the batch in hand and one more per partition (never the
+    // rest of the broadcast).
+    assert!(last_alert < 400, "the alert went out after the broadcast: {last_alert}");
+    assert!(bulk_after_mark <= 10 * 2, "{bulk_after_mark} newsletter sends went first");
+    // A stopped dispatcher hands its partitions back.
+    let free = store
+        .claim_leases("next", &[(Lane::Bulk, PartitionId::new(0))], chrono::Duration::seconds(15), now())
+        .await
+        .unwrap();
+    assert_eq!(free.len(), 1);
+}
+
+async fn a_channel_without_a_provider_fails_visibly(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 5).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms, Channel::Push]));
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::default();
+    let sms_only = Adapters::default().with(Channel::Sms, provider.adapter(Channel::Sms));
+    Dispatcher::new(store.clone(), sms_only, config(9))
+        .run_until_idle()
+        .await
+        .unwrap();
+    let ids = delivery_ids(&message);
+    let counts = states(store.as_ref(), &ids).await;
+    assert_eq!(counts, BTreeMap::from([(DeliveryState::Sent, 5), (DeliveryState::Failed, 5)]));
+    for id in ids {
+        let d = store.delivery(id).await.unwrap().unwrap();
+        if d.channel == Channel::Push {
+            assert_eq!(d.last_error.as_deref(), Some("no provider is configured for push"));
+        }
+    }
+}

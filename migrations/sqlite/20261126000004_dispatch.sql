@@ -1,0 +1,6 @@
+-- The dispatcher finds deliveries whose time has come (retries, scheduled sends, quiet
+-- hours that ended, attempts left unfinished by a stopped dispatcher) through this index,
+-- never by scanning.
+DROP INDEX deliveries_retry_due;
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
+    WHERE state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL;
