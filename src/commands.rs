@@ -70,16 +70,97 @@ pub async fn serve(
     // Scripts and tests read this line to find the port when listening on port 0.
     println!("Tidings is listening on http://{address}");
 
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let dispatching = start_dispatcher(config, demo, &store, stopping.clone());
     let router = tidings_api::router(tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
         partitions: config.log_partitions,
     });
-    tidings_api::serve(listener, router, shutdown)
-        .await
-        .context("HTTP server failed")?;
+    let mut http_stopping = stopping;
+    let stop = Arc::new(stop);
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        }
+    });
+    let served = tidings_api::serve(listener, router, async move {
+        let _ = http_stopping.wait_for(|stop| *stop).await;
+    })
+    .await
+    .context("HTTP server failed");
+    let _ = stop.send(true);
+    // The dispatcher finishes the batch in hand and records its outcomes before exiting.
+    if let Some(dispatching) = dispatching {
+        dispatching
+            .await
+            .context("the dispatcher stopped abnormally")??;
+    }
+    served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `tidings dispatch`: only the dispatcher, until SIGTERM or Ctrl-C.
+pub async fn dispatch(
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(config, false).await?;
+    let readiness = store.readiness().await?;
+    if !readiness.is_ready() {
+        anyhow::bail!("the database is not migrated: run `tidings migrate` first");
+    }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let Some(dispatching) = start_dispatcher(config, false, &store, stopping) else {
+        anyhow::bail!("no channel provider is configured, so there is nothing to send with (set `sandbox = true` to try the pipeline)");
+    };
+    shutdown.await;
+    let _ = stop.send(true);
+    dispatching
+        .await
+        .context("the dispatcher stopped abnormally")??;
+    Ok(())
+}
+
+/// The providers this process sends through, per channel: the in-process sandbox for
+/// `--demo` or `sandbox = true`.
+fn adapters(config: &Config, demo: bool) -> Option<tidings_dispatcher::Adapters> {
+    if !(demo || config.sandbox) {
+        return None;
+    }
+    let sandbox = tidings_sandbox::InProcessProvider::default();
+    Some(
+        tidings_core::Channel::ALL
+            .iter()
+            .fold(tidings_dispatcher::Adapters::default(), |a, &c| {
+                a.with(c, sandbox.adapter(c))
+            }),
+    )
+}
+
+type Dispatching = tokio::task::JoinHandle<Result<(), tidings_dispatcher::DispatchError>>;
+
+/// Starts the dispatcher when there is a provider to send through; until then deliveries
+/// wait on the log, and are sent once one is configured.
+fn start_dispatcher(
+    config: &Config,
+    demo: bool,
+    store: &Arc<dyn Store>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Option<Dispatching> {
+    let Some(adapters) = adapters(config, demo) else {
+        tracing::warn!("no channel provider is configured: messages are accepted and wait on the log until one is");
+        return None;
+    };
+    if demo || config.sandbox {
+        tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
+    }
+    let dispatcher =
+        tidings_dispatcher::Dispatcher::new(store.clone(), adapters, config.dispatcher());
+    Some(tokio::spawn(async move { dispatcher.run(stopping).await }))
 }
 
 /// On an empty database: create the district and its first administrator, and print the

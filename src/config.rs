@@ -37,6 +37,20 @@ pub struct Config {
     /// Partitions per lane of the delivery log; deliveries of one guardian share one.
     /// Env: `TIDINGS_LOG_PARTITIONS`.
     pub log_partitions: u32,
+    /// Route every channel to the in-process provider sandbox: messages go through the
+    /// whole pipeline and reach no one. For demos, staging and load tests. Env:
+    /// `TIDINGS_SANDBOX`.
+    pub sandbox: bool,
+    /// Log entries a dispatcher reads and sends per partition at a time.
+    /// Env: `TIDINGS_DISPATCH_BATCH`.
+    pub dispatch_batch: u32,
+    /// Seconds a dispatcher's partition lease lasts without renewal: how soon the
+    /// partitions of a dispatcher that died move to the others. Env: `TIDINGS_LEASE_SECONDS`.
+    pub lease_seconds: u64,
+    /// Seconds to wait before each attempt of a delivery (the first is normally 0); its
+    /// length is the number of attempts. Each wait is jittered between zero and the value.
+    /// Env: `TIDINGS_RETRY_SCHEDULE`, e.g. `[0, 5, 300]`.
+    pub retry_schedule: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +72,10 @@ impl Default for Config {
             first_admin_email: "admin@tidings.local".into(),
             default_phone_region: "US".into(),
             log_partitions: tidings_core::log::DEFAULT_PARTITIONS,
+            sandbox: false,
+            dispatch_batch: 256,
+            lease_seconds: 15,
+            retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],
         }
     }
 }
@@ -80,10 +98,41 @@ impl Config {
         if config.log_partitions == 0 || config.log_partitions > 4096 {
             bail!("invalid configuration: log_partitions must be between 1 and 4096");
         }
+        if config.dispatch_batch == 0 || config.dispatch_batch > 10_000 {
+            bail!("invalid configuration: dispatch_batch must be between 1 and 10000");
+        }
+        if config.lease_seconds < 2 {
+            bail!("invalid configuration: lease_seconds must be at least 2");
+        }
+        if config.retry_schedule.is_empty()
+            || config
+                .retry_schedule
+                .iter()
+                .any(|s| !s.is_finite() || *s < 0.0)
+        {
+            bail!("invalid configuration: retry_schedule must list one or more delays in seconds, each 0 or more");
+        }
         if config.database_max_connections == 0 {
             bail!("invalid configuration: database_max_connections must be at least 1");
         }
         Ok(config)
+    }
+
+    /// How this process's dispatcher runs.
+    pub fn dispatcher(&self) -> tidings_dispatcher::Config {
+        tidings_dispatcher::Config {
+            partitions: self.log_partitions,
+            batch: self.dispatch_batch,
+            lease_ttl: std::time::Duration::from_secs(self.lease_seconds),
+            retry: tidings_dispatcher::RetryPolicy {
+                schedule: self
+                    .retry_schedule
+                    .iter()
+                    .map(|s| std::time::Duration::from_secs_f64(*s))
+                    .collect(),
+            },
+            ..tidings_dispatcher::Config::default()
+        }
     }
 
     pub fn database_url_redacted(&self) -> String {

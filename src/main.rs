@@ -29,6 +29,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Run only the dispatcher: send what is on the log. Several may share one PostgreSQL;
+    /// they divide the partitions between them.
+    Dispatch,
     /// Import a roster.
     Import {
         #[command(subcommand)]
@@ -182,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
             } => tidings::bench::fanout(students, channels, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
+            Command::Dispatch => commands::dispatch(&config, shutdown_signal()?).await,
             Command::School {
                 command:
                     SchoolCommand::QuietHours {

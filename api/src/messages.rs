@@ -226,7 +226,9 @@ async fn deliver(
         now(),
     );
     if draft.kind != MessageKind::Emergency {
-        message.hourly_quota = district.max_messages_per_hour;
+        message.hourly_quota = district
+            .max_messages_per_hour
+            .and_then(|m| u32::try_from(m).ok());
     }
     state.store.create_message(&message, now()).await?;
     let mut suppressed = BTreeMap::new();

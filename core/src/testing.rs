@@ -10,8 +10,8 @@ use std::sync::Arc;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::store::{
-    self, ConnectOptions, FirstAdmin, Guardian, NewDelivery, NewGuardian, NewMessage,
-    NewRecipient, PostgresStore, SqliteStore, Store,
+    self, ConnectOptions, FirstAdmin, Guardian, NewDelivery, NewGuardian, NewMessage, NewRecipient,
+    PostgresStore, SqliteStore, Store,
 };
 use crate::time::now;
 use crate::{
@@ -309,4 +309,3 @@ pub fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
         .flat_map(|r| r.deliveries.iter().map(|d| d.id))
         .collect()
 }
-

@@ -4,7 +4,8 @@
 //! does, and the store's compare-and-swap refuses anything stale.
 //!
 //! One pass of the loop:
-//! 1. renew the leases (and take free or expired partitions);
+//! 1. (alongside, every third of the lease time: renew the leases and take free or
+//!    expired partitions;)
 //! 2. for each owned partition with entries past its committed offset, emergency lane
 //!    first, read a batch, send it, record the outcomes, commit the offset — going back to
 //!    the emergency lane after every batch of a lower one;
@@ -159,12 +160,29 @@ pub struct Dispatcher {
     in_flight: Mutex<HashSet<DeliveryId>>,
 }
 
-/// The dispatcher's view of its partitions.
+/// The dispatcher's view of its partitions, shared by the work loop and the renewal
+/// loop (locks are never held across an await).
 #[derive(Default)]
 struct Partitions {
-    leases: BTreeMap<Key, Lease>,
+    leases: Mutex<BTreeMap<Key, Lease>>,
     /// Committed offset per owned partition (-1: nothing yet).
-    committed: HashMap<Key, i64>,
+    committed: Mutex<HashMap<Key, i64>>,
+}
+
+impl Partitions {
+    fn leases(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Lease>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn committed(&self) -> std::sync::MutexGuard<'_, HashMap<Key, i64>> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lease and committed offset of an owned partition whose offset is known.
+    fn get(&self, key: &Key) -> Option<(Lease, i64)> {
+        let lease = *self.leases().get(key)?;
+        Some((lease, *self.committed().get(key)?))
+    }
 }
 
 impl Dispatcher {
@@ -184,24 +202,42 @@ impl Dispatcher {
     }
 
     /// Runs until `stop` turns true, then finishes the batch in hand, records its
-    /// outcomes and hands its partitions back.
-    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<(), DispatchError> {
-        let mut partitions = Partitions::default();
-        let mut renewed: Option<tokio::time::Instant> = None;
+    /// outcomes and hands its partitions back. Leases are renewed alongside the work, so
+    /// a long batch never lets them lapse; a database error is logged and retried, never
+    /// fatal.
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), DispatchError> {
+        let partitions = Partitions::default();
         tracing::info!(owner = %self.config.owner, "dispatcher started");
-        while !*stop.borrow() {
-            if renewed.is_none_or(|at| at.elapsed() >= self.config.lease_ttl / 3) {
-                self.renew(&mut partitions).await?;
-                renewed = Some(tokio::time::Instant::now());
+        let renewing = async {
+            loop {
+                if let Err(error) = self.renew(&partitions).await {
+                    tracing::error!(owner = %self.config.owner, error = %tidings_core::store::error_chain(&error), "cannot renew partition leases");
+                }
+                tokio::time::sleep(self.config.lease_ttl / 3).await;
             }
-            let mut worked = self.drain_lanes(&mut partitions).await?;
-            worked |= self.send_due(&partitions).await? > 0;
-            if !worked {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.idle_wait) => {}
-                    _ = stop.changed() => {}
+        };
+        let working = async {
+            let mut stop = stop.clone();
+            while !*stop.borrow() {
+                let worked = match self.pass(&partitions).await {
+                    Ok(worked) => worked,
+                    Err(error) => {
+                        tracing::error!(owner = %self.config.owner, error = %tidings_core::store::error_chain(&error), "dispatch pass failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        false
+                    }
+                };
+                if !worked {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.idle_wait) => {}
+                        _ = stop.changed() => {}
+                    }
                 }
             }
+        };
+        tokio::select! {
+            () = working => {}
+            () = renewing => {}
         }
         self.store.release_leases(&self.config.owner, now()).await?;
         tracing::info!(owner = %self.config.owner, "dispatcher stopped; partitions released");
@@ -211,59 +247,84 @@ impl Dispatcher {
     /// Runs passes until the log is drained and nothing is due, then hands the partitions
     /// back (for tests and benches); returns the number of passes.
     pub async fn run_until_idle(&self) -> Result<usize, DispatchError> {
-        let mut partitions = Partitions::default();
-        self.renew(&mut partitions).await?;
+        let partitions = Partitions::default();
         let mut passes = 0;
         loop {
+            self.renew(&partitions).await?;
             passes += 1;
-            let mut worked = self.drain_lanes(&mut partitions).await?;
-            worked |= self.send_due(&partitions).await? > 0;
-            if !worked {
+            if !self.pass(&partitions).await? {
                 self.store.release_leases(&self.config.owner, now()).await?;
                 return Ok(passes);
             }
         }
     }
 
-    async fn renew(&self, partitions: &mut Partitions) -> Result<(), DispatchError> {
+    /// The log's backlog, then what has come due. Whether there was anything to do.
+    async fn pass(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
+        self.load_offsets(partitions).await?;
+        let drained = self.drain_lanes(partitions).await?;
+        Ok(self.send_due(partitions).await? > 0 || drained)
+    }
+
+    async fn renew(&self, partitions: &Partitions) -> Result<(), DispatchError> {
         let wanted: Vec<Key> = Lane::ALL
             .iter()
             .flat_map(|&lane| (0..self.config.partitions).map(move |p| (lane, PartitionId::new(p))))
             .collect();
-        let ttl = chrono::Duration::from_std(self.config.lease_ttl).unwrap_or(chrono::Duration::seconds(15));
+        let ttl = chrono::Duration::from_std(self.config.lease_ttl)
+            .unwrap_or(chrono::Duration::seconds(15));
         let held = self
             .store
             .claim_leases(&self.config.owner, &wanted, ttl, now())
             .await?;
-        let before = partitions.leases.len();
-        partitions.leases = held.into_iter().map(|l| ((l.lane, l.partition), l)).collect();
-        partitions.committed.retain(|key, _| partitions.leases.contains_key(key));
-        for key in partitions.leases.keys() {
-            if !partitions.committed.contains_key(key) {
-                let offset = self
-                    .store
-                    .committed_offset(CONSUMER_GROUP, key.0, key.1)
-                    .await?
-                    .unwrap_or(-1);
-                partitions.committed.insert(*key, offset);
-            }
+        let held: BTreeMap<Key, Lease> = held
+            .into_iter()
+            .map(|l| ((l.lane, l.partition), l))
+            .collect();
+        let mut leases = partitions.leases();
+        if leases.len() != held.len() {
+            tracing::info!(owner = %self.config.owner, held = held.len(), "partition leases changed");
         }
-        if partitions.leases.len() != before {
-            tracing::info!(owner = %self.config.owner, held = partitions.leases.len(), "partition leases changed");
+        // A partition held under a new token is a new hold: its offset is read again.
+        partitions.committed().retain(|key, _| {
+            held.get(key).map(|l| l.fencing_token) == leases.get(key).map(|l| l.fencing_token)
+        });
+        *leases = held;
+        Ok(())
+    }
+
+    /// Reads the committed offset of each newly held partition.
+    async fn load_offsets(&self, partitions: &Partitions) -> Result<(), DispatchError> {
+        let missing: Vec<Key> = {
+            let committed = partitions.committed();
+            partitions
+                .leases()
+                .keys()
+                .filter(|k| !committed.contains_key(k))
+                .copied()
+                .collect()
+        };
+        for key in missing {
+            let offset = self
+                .store
+                .committed_offset(CONSUMER_GROUP, key.0, key.1)
+                .await?
+                .unwrap_or(-1);
+            partitions.committed().insert(key, offset);
         }
         Ok(())
     }
 
     /// Owned partitions with unread entries, per lane.
-    async fn backlog(&self, partitions: &Partitions) -> Result<BTreeMap<Lane, Vec<Lease>>, DispatchError> {
+    async fn backlog(
+        &self,
+        partitions: &Partitions,
+    ) -> Result<BTreeMap<Lane, Vec<Lease>>, DispatchError> {
         let mut backlog: BTreeMap<Lane, Vec<Lease>> = BTreeMap::new();
         for (lane, partition, next) in self.store.log_heads().await? {
-            let key = (lane, partition);
-            if let (Some(lease), Some(&committed)) =
-                (partitions.leases.get(&key), partitions.committed.get(&key))
-            {
+            if let Some((lease, committed)) = partitions.get(&(lane, partition)) {
                 if next - 1 > committed {
-                    backlog.entry(lane).or_default().push(*lease);
+                    backlog.entry(lane).or_default().push(lease);
                 }
             }
         }
@@ -272,7 +333,7 @@ impl Dispatcher {
 
     /// One batch from every partition with a backlog, emergency lane first; whenever the
     /// emergency lane has nothing in hand, it is looked at again before the next batch.
-    async fn drain_lanes(&self, partitions: &mut Partitions) -> Result<bool, DispatchError> {
+    async fn drain_lanes(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
         let mut worked = false;
         let mut backlog = self.backlog(partitions).await?;
         while let Some(lane) = backlog.keys().next().copied() {
@@ -294,9 +355,15 @@ impl Dispatcher {
         Ok(worked)
     }
 
-    async fn drain_batch(&self, partitions: &mut Partitions, lease: Lease) -> Result<(), DispatchError> {
+    async fn drain_batch(
+        &self,
+        partitions: &Partitions,
+        lease: Lease,
+    ) -> Result<(), DispatchError> {
         let key = (lease.lane, lease.partition);
-        let after = partitions.committed.get(&key).copied().unwrap_or(-1);
+        let Some((_, after)) = partitions.get(&key) else {
+            return Ok(()); // lost since the backlog was read
+        };
         let mut entries = self
             .store
             .read_outbound(lease.lane, lease.partition, Some(after), self.config.batch)
@@ -317,9 +384,13 @@ impl Dispatcher {
         let ready: Vec<Outbound> = entries.into_iter().filter(|o| self.ready(o, at)).collect();
         let outcome = self.send(&lease, ready, Some(last)).await;
         match outcome {
-            Ok(()) => match self.store.commit_offset(CONSUMER_GROUP, &lease, last, now()).await {
+            Ok(()) => match self
+                .store
+                .commit_offset(CONSUMER_GROUP, &lease, last, now())
+                .await
+            {
                 Ok(()) => {
-                    partitions.committed.insert(key, last);
+                    partitions.committed().insert(key, last);
                     Ok(())
                 }
                 Err(StoreError::Fenced { .. }) => {
@@ -336,11 +407,11 @@ impl Dispatcher {
         }
     }
 
-    fn lose(&self, partitions: &mut Partitions, key: Key) {
+    fn lose(&self, partitions: &Partitions, key: Key) {
         Counters::add(&self.counters.fenced);
         tracing::warn!(owner = %self.config.owner, lane = %key.0, partition = %key.1, "partition taken over by another dispatcher");
-        partitions.leases.remove(&key);
-        partitions.committed.remove(&key);
+        partitions.leases().remove(&key);
+        partitions.committed().remove(&key);
     }
 
     /// Whether a delivery read off the log (or found due) is to be sent now.
@@ -365,17 +436,22 @@ impl Dispatcher {
     async fn send_due(&self, partitions: &Partitions) -> Result<usize, DispatchError> {
         let at = now();
         let due = self.store.due_outbound(at, self.config.batch).await?;
-        let mut per_lease: BTreeMap<Key, Vec<Outbound>> = BTreeMap::new();
+        let mut per_lease: BTreeMap<Key, (Lease, Vec<Outbound>)> = BTreeMap::new();
         for o in due {
             let key = (o.lane, o.partition);
-            if partitions.leases.contains_key(&key) && self.ready(&o, at) {
-                per_lease.entry(key).or_default().push(o);
+            let lease = partitions.leases().get(&key).copied();
+            if let Some(lease) = lease.filter(|_| self.ready(&o, at)) {
+                per_lease
+                    .entry(key)
+                    .or_insert((lease, Vec::new()))
+                    .1
+                    .push(o);
             }
         }
         let mut sent = 0;
-        for (key, batch) in per_lease {
+        for (lease, batch) in per_lease.into_values() {
             sent += batch.len();
-            match self.send(&partitions.leases[&key], batch, None).await {
+            match self.send(&lease, batch, None).await {
                 Ok(()) | Err(DispatchError::Store(StoreError::Fenced { .. })) => {}
                 Err(e) => return Err(e),
             }
@@ -386,10 +462,16 @@ impl Dispatcher {
     /// Records an attempt for each delivery, calls the providers, records the outcomes.
     /// `offset`: the batch's last log offset, committed before the calls when an
     /// at-most-once delivery is among them.
-    async fn send(&self, lease: &Lease, batch: Vec<Outbound>, offset: Option<i64>) -> Result<(), DispatchError> {
+    async fn send(
+        &self,
+        lease: &Lease,
+        batch: Vec<Outbound>,
+        offset: Option<i64>,
+    ) -> Result<(), DispatchError> {
         let owner = self.config.owner.as_str();
         let recover_at = now()
-            + chrono::Duration::from_std(self.config.in_doubt_after).unwrap_or(chrono::Duration::minutes(2));
+            + chrono::Duration::from_std(self.config.in_doubt_after)
+                .unwrap_or(chrono::Duration::minutes(2));
         // 1. Attempts recorded before any call.
         let started: Vec<Option<(Outbound, i32)>> = stream::iter(batch)
             .map(|o| async move { self.start(lease, o, owner, recover_at).await })
@@ -405,8 +487,13 @@ impl Dispatcher {
         // 2. At most once: the offset moves before the call, so a crash can lose the send
         //    but never repeat it.
         if let Some(offset) = offset {
-            if started.iter().any(|(o, _)| o.guarantee == DeliveryGuarantee::AtMostOnce) {
-                self.store.commit_offset(CONSUMER_GROUP, lease, offset, now()).await?;
+            if started
+                .iter()
+                .any(|(o, _)| o.guarantee == DeliveryGuarantee::AtMostOnce)
+            {
+                self.store
+                    .commit_offset(CONSUMER_GROUP, lease, offset, now())
+                    .await?;
             }
         }
         // 3. The calls, one batch per channel, channels side by side.
@@ -425,8 +512,11 @@ impl Dispatcher {
             });
             sends.into_iter().zip(outcomes).collect::<Vec<_>>()
         });
-        let answered: Vec<((Outbound, i32), SendOutcome)> =
-            futures_util::future::join_all(calls).await.into_iter().flatten().collect();
+        let answered: Vec<((Outbound, i32), SendOutcome)> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         // 4. Outcomes recorded.
         let results: Vec<Result<(), DispatchError>> = stream::iter(answered)
             .map(|((o, attempt), outcome)| async move {
@@ -451,7 +541,8 @@ impl Dispatcher {
     ) -> Result<Option<(Outbound, i32)>, DispatchError> {
         let at = now();
         // At most once: an attempt that may have reached the provider is never repeated.
-        if let (Some(attempt), DeliveryGuarantee::AtMostOnce) = (o.unfinished_attempt, o.guarantee) {
+        if let (Some(attempt), DeliveryGuarantee::AtMostOnce) = (o.unfinished_attempt, o.guarantee)
+        {
             let result = AttemptResult::Failed {
                 in_doubt: true,
                 permanent: false,
@@ -521,7 +612,11 @@ impl Dispatcher {
             SendOutcome::InDoubt { error } => (error, None, true),
         };
         if at_most_once {
-            let error = if in_doubt { format!("in_doubt: {error}") } else { error };
+            let error = if in_doubt {
+                format!("in_doubt: {error}")
+            } else {
+                error
+            };
             return AttemptResult::Failed {
                 in_doubt,
                 permanent: false,
@@ -530,7 +625,9 @@ impl Dispatcher {
         }
         let delay = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            self.config.retry.delay_after(attempt as u32, retry_after, &mut *rng)
+            self.config
+                .retry
+                .delay_after(attempt as u32, retry_after, &mut *rng)
         };
         match delay {
             Some(delay) => AttemptResult::Retry {
@@ -555,7 +652,14 @@ impl Dispatcher {
     ) -> Result<(), DispatchError> {
         let applied = self
             .store
-            .finish_attempt(lease, &o.delivery, attempt, result, &self.config.owner, now())
+            .finish_attempt(
+                lease,
+                &o.delivery,
+                attempt,
+                result,
+                &self.config.owner,
+                now(),
+            )
             .await;
         let applied = match applied {
             Ok(applied) => applied,
@@ -573,7 +677,9 @@ impl Dispatcher {
                 AttemptResult::Failed { .. } => &self.counters.failed,
             };
             Counters::add(counter);
-            if let AttemptResult::Retry { in_doubt: true, .. } | AttemptResult::Failed { in_doubt: true, .. } = result {
+            if let AttemptResult::Retry { in_doubt: true, .. }
+            | AttemptResult::Failed { in_doubt: true, .. } = result
+            {
                 Counters::add(&self.counters.in_doubt);
             }
             if let AttemptResult::Failed { in_doubt: true, .. } = result {

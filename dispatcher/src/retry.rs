@@ -61,9 +61,7 @@ mod seconds {
         secs.into_iter()
             .map(|s| {
                 Duration::try_from_secs_f64(s).map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "{s} is not a delay in seconds (0 or more)"
-                    ))
+                    serde::de::Error::custom(format!("{s} is not a delay in seconds (0 or more)"))
                 })
             })
             .collect()

@@ -48,6 +48,7 @@ on_both_stores! {
     a_stale_owner_is_fenced_out,
     an_emergency_overtakes_a_draining_broadcast,
     a_channel_without_a_provider_fails_visibly,
+    live_dispatchers_share_the_partitions_evenly,
 }
 
 const PARTITIONS: u32 = 4;
@@ -103,7 +104,10 @@ async fn every_delivery_is_sent_once_and_every_offset_committed(store: Arc<dyn S
     dispatcher.run_until_idle().await.unwrap();
 
     let ids = delivery_ids(&message);
-    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Sent, 80)]));
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Sent, 80)])
+    );
     assert_eq!(provider.received().len(), 80);
     assert_eq!(provider.duplicates(), 0);
     let sent = store.delivery(ids[0]).await.unwrap().unwrap();
@@ -111,16 +115,25 @@ async fn every_delivery_is_sent_once_and_every_offset_committed(store: Arc<dyn S
     assert_eq!(sent.attempts, 1);
     // Every partition's offset is committed up to its head.
     for (lane, partition, next) in store.log_heads().await.unwrap() {
-        let committed = store.committed_offset(CONSUMER_GROUP, lane, partition).await.unwrap();
+        let committed = store
+            .committed_offset(CONSUMER_GROUP, lane, partition)
+            .await
+            .unwrap();
         assert_eq!(committed, Some(next - 1), "{lane} {partition}");
     }
-    assert_eq!(store.attempt_outcomes().await.unwrap(), BTreeMap::from([("sent".into(), 80)]));
+    assert_eq!(
+        store.attempt_outcomes().await.unwrap(),
+        BTreeMap::from([("sent".into(), 80)])
+    );
     // The audit trail of a delivery shows the dispatcher's two steps.
     let events = store.delivery_events(ids[0]).await.unwrap();
     let steps: Vec<_> = events.iter().map(|e| (e.from, e.to)).collect();
     assert_eq!(
         steps,
-        [(DeliveryState::Created, DeliveryState::Queued), (DeliveryState::Queued, DeliveryState::Sent)]
+        [
+            (DeliveryState::Created, DeliveryState::Queued),
+            (DeliveryState::Queued, DeliveryState::Sent)
+        ]
     );
     // A second run finds nothing to do and sends nothing again.
     dispatcher.run_until_idle().await.unwrap();
@@ -140,7 +153,10 @@ async fn transient_failures_are_retried_until_sent(store: Arc<dyn Store>) {
     dispatcher.run_until_idle().await.unwrap();
 
     let ids = delivery_ids(&message);
-    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Sent, 60)]));
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Sent, 60)])
+    );
     let outcomes = store.attempt_outcomes().await.unwrap();
     let refused = provider.sends() - provider.received().len() as u64;
     assert!(refused > 0, "the fault schedule refused nothing");
@@ -164,7 +180,10 @@ async fn duplicates_equal_the_attempts_in_doubt(store: Arc<dyn Store>) {
     dispatcher.run_until_idle().await.unwrap();
 
     let ids = delivery_ids(&message);
-    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Sent, 60)]));
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Sent, 60)])
+    );
     let in_doubt = store.attempt_outcomes().await.unwrap()["in_doubt"];
     assert!(in_doubt > 0);
     // Each in-doubt attempt reached the provider and was repeated with the same key.
@@ -189,7 +208,11 @@ async fn at_most_once_never_sends_twice(store: Arc<dyn Store>) {
     let counts = states(store.as_ref(), &ids).await;
     let outcomes = store.attempt_outcomes().await.unwrap();
     assert_eq!(provider.duplicates(), 0);
-    assert_eq!(provider.sends(), 80, "one call per delivery, never a second");
+    assert_eq!(
+        provider.sends(),
+        80,
+        "one call per delivery, never a second"
+    );
     assert_eq!(counts[&DeliveryState::Sent] as i64, outcomes["sent"]);
     assert_eq!(
         counts[&DeliveryState::Failed] as i64,
@@ -214,9 +237,15 @@ async fn permanent_errors_fail_at_once_and_the_last_attempt_gives_up(store: Arc<
         permanent: 1.0,
         ..Faults::default()
     });
-    dispatcher(&store, &provider, config(5)).run_until_idle().await.unwrap();
+    dispatcher(&store, &provider, config(5))
+        .run_until_idle()
+        .await
+        .unwrap();
     let ids = delivery_ids(&message);
-    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Failed, 10)]));
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Failed, 10)])
+    );
     let failed = store.delivery(ids[0]).await.unwrap().unwrap();
     assert_eq!(failed.attempts, 1);
     assert!(failed.last_error.unwrap().contains("invalid recipient"));
@@ -234,12 +263,21 @@ async fn permanent_errors_fail_at_once_and_the_last_attempt_gives_up(store: Arc<
         },
         ..config(6)
     };
-    dispatcher(&store, &provider, three).run_until_idle().await.unwrap();
+    dispatcher(&store, &provider, three)
+        .run_until_idle()
+        .await
+        .unwrap();
     let ids = delivery_ids(&message);
-    assert_eq!(states(store.as_ref(), &ids).await, BTreeMap::from([(DeliveryState::Failed, 10)]));
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Failed, 10)])
+    );
     let failed = store.delivery(ids[0]).await.unwrap().unwrap();
     assert_eq!(failed.attempts, 3);
-    assert!(failed.last_error.unwrap().starts_with("gave up after 3 attempts"));
+    assert!(failed
+        .last_error
+        .unwrap()
+        .starts_with("gave up after 3 attempts"));
 }
 
 /// A dispatcher that started an attempt and died: its lease has expired.
@@ -249,9 +287,15 @@ async fn die_mid_attempt(store: &dyn Store, message: &NewMessage) -> DeliveryId 
     let partition = PartitionId::of(delivery.guardian_id, PARTITIONS);
     let long_ago = now() - chrono::Duration::minutes(10);
     let leases = store
-        .claim_leases("dead", &[(message.lane, partition)], chrono::Duration::seconds(15), long_ago)
+        .claim_leases(
+            "dead",
+            &[(message.lane, partition)],
+            chrono::Duration::seconds(15),
+            long_ago,
+        )
         .await
         .unwrap();
+    assert_eq!(leases.len(), 1);
     let started = store
         .start_attempt(&leases[0], &delivery, "sandbox", "dead", long_ago, long_ago)
         .await
@@ -285,11 +329,22 @@ async fn an_unfinished_attempt_is_taken_up_after_its_dispatcher_dies(store: Arc<
     assert_eq!(alert_delivery.attempts, 2);
     let reminder_delivery = store.delivery(reminder_delivery).await.unwrap().unwrap();
     assert_eq!(reminder_delivery.state, DeliveryState::Failed);
-    assert!(reminder_delivery.last_error.unwrap().starts_with("in_doubt"));
-    let keys: Vec<String> = provider.received().into_iter().map(|r| r.idempotency_key).collect();
+    assert!(reminder_delivery
+        .last_error
+        .unwrap()
+        .starts_with("in_doubt"));
+    let keys: Vec<String> = provider
+        .received()
+        .into_iter()
+        .map(|r| r.idempotency_key)
+        .collect();
     assert!(keys.contains(&alert_delivery.idempotency_key));
     assert!(!keys.contains(&reminder_delivery.idempotency_key));
-    assert_eq!(provider.received().len(), 3 + 3 - 1, "every other delivery once");
+    assert_eq!(
+        provider.received().len(),
+        3 + 3 - 1,
+        "every other delivery once"
+    );
     let totals = dispatcher.counters().totals();
     assert_eq!((totals.in_doubt, totals.lost_in_doubt), (2, 1));
 }
@@ -298,16 +353,30 @@ async fn a_stale_owner_is_fenced_out(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 1).await;
     let message = with_partitions(message_to(&seed, &[Channel::Sms]));
     store.create_message(&message, now()).await.unwrap();
-    let delivery = store.delivery(delivery_ids(&message)[0]).await.unwrap().unwrap();
-    let key = (Lane::Emergency, PartitionId::of(delivery.guardian_id, PARTITIONS));
+    let delivery = store
+        .delivery(delivery_ids(&message)[0])
+        .await
+        .unwrap()
+        .unwrap();
+    let key = (
+        Lane::Emergency,
+        PartitionId::of(delivery.guardian_id, PARTITIONS),
+    );
     let ttl = chrono::Duration::seconds(15);
     let t0 = now();
 
     let a = store.claim_leases("a", &[key], ttl, t0).await.unwrap();
     assert_eq!(a.len(), 1);
     // While A's lease runs, B gets nothing; A renewing keeps its token.
-    assert!(store.claim_leases("b", &[key], ttl, t0).await.unwrap().is_empty());
-    let renewed = store.claim_leases("a", &[key], ttl, t0 + chrono::Duration::seconds(10)).await.unwrap();
+    assert!(store
+        .claim_leases("b", &[key], ttl, t0)
+        .await
+        .unwrap()
+        .is_empty());
+    let renewed = store
+        .claim_leases("a", &[key], ttl, t0 + chrono::Duration::seconds(10))
+        .await
+        .unwrap();
     assert_eq!(renewed, a);
     // A stops renewing; after expiry B takes over with a higher token.
     let later = t0 + chrono::Duration::seconds(30);
@@ -317,14 +386,33 @@ async fn a_stale_owner_is_fenced_out(store: Arc<dyn Store>) {
 
     let stale: &Lease = &a[0];
     let fenced = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Fenced { .. }));
-    assert!(fenced(store.commit_offset(CONSUMER_GROUP, stale, 0, later).await));
-    let start = store.start_attempt(stale, &delivery, "sandbox", "a", later, later).await;
+    assert!(fenced(
+        store.commit_offset(CONSUMER_GROUP, stale, 0, later).await
+    ));
+    let start = store
+        .start_attempt(stale, &delivery, "sandbox", "a", later, later)
+        .await;
     assert!(matches!(start, Err(StoreError::Fenced { .. })));
-    assert_eq!(store.delivery(delivery.id).await.unwrap().unwrap().state, DeliveryState::Created);
+    assert_eq!(
+        store.delivery(delivery.id).await.unwrap().unwrap().state,
+        DeliveryState::Created
+    );
     // The new owner's writes go through, and offsets only move forward.
-    store.commit_offset(CONSUMER_GROUP, &b[0], 0, later).await.unwrap();
-    store.commit_offset(CONSUMER_GROUP, &b[0], -1, later).await.unwrap();
-    assert_eq!(store.committed_offset(CONSUMER_GROUP, key.0, key.1).await.unwrap(), Some(0));
+    store
+        .commit_offset(CONSUMER_GROUP, &b[0], 0, later)
+        .await
+        .unwrap();
+    store
+        .commit_offset(CONSUMER_GROUP, &b[0], -1, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .committed_offset(CONSUMER_GROUP, key.0, key.1)
+            .await
+            .unwrap(),
+        Some(0)
+    );
     // A graceful stop hands the partition over at once.
     store.release_leases("b", later).await.unwrap();
     let c = store.claim_leases("c", &[key], ttl, later).await.unwrap();
@@ -371,11 +459,22 @@ async fn an_emergency_overtakes_a_draining_broadcast(store: Arc<dyn Store>) {
         .count();
     // The alert waits for at most the batch in hand and one more per partition (never the
     // rest of the broadcast).
-    assert!(last_alert < 400, "the alert went out after the broadcast: {last_alert}");
-    assert!(bulk_after_mark <= 10 * 2, "{bulk_after_mark} newsletter sends went first");
+    assert!(
+        last_alert < 400,
+        "the alert went out after the broadcast: {last_alert}"
+    );
+    assert!(
+        bulk_after_mark <= 10 * 2,
+        "{bulk_after_mark} newsletter sends went first"
+    );
     // A stopped dispatcher hands its partitions back.
     let free = store
-        .claim_leases("next", &[(Lane::Bulk, PartitionId::new(0))], chrono::Duration::seconds(15), now())
+        .claim_leases(
+            "next",
+            &[(Lane::Bulk, PartitionId::new(0))],
+            chrono::Duration::seconds(15),
+            now(),
+        )
         .await
         .unwrap();
     assert_eq!(free.len(), 1);
@@ -393,11 +492,52 @@ async fn a_channel_without_a_provider_fails_visibly(store: Arc<dyn Store>) {
         .unwrap();
     let ids = delivery_ids(&message);
     let counts = states(store.as_ref(), &ids).await;
-    assert_eq!(counts, BTreeMap::from([(DeliveryState::Sent, 5), (DeliveryState::Failed, 5)]));
+    assert_eq!(
+        counts,
+        BTreeMap::from([(DeliveryState::Sent, 5), (DeliveryState::Failed, 5)])
+    );
     for id in ids {
         let d = store.delivery(id).await.unwrap().unwrap();
         if d.channel == Channel::Push {
-            assert_eq!(d.last_error.as_deref(), Some("no provider is configured for push"));
+            assert_eq!(
+                d.last_error.as_deref(),
+                Some("no provider is configured for push")
+            );
         }
     }
+}
+
+async fn live_dispatchers_share_the_partitions_evenly(store: Arc<dyn Store>) {
+    let wanted: Vec<_> = (0..12).map(|p| (Lane::Bulk, PartitionId::new(p))).collect();
+    let ttl = chrono::Duration::seconds(15);
+    let t0 = now();
+    let held = |owner: &'static str, at| {
+        let store = store.clone();
+        let wanted = wanted.clone();
+        async move { store.claim_leases(owner, &wanted, ttl, at).await.unwrap() }
+    };
+    assert_eq!(held("a", t0).await.len(), 12, "alone, it takes everything");
+    // Two more start: nothing is free until A, renewing, hands back what is over its share.
+    assert!(held("b", t0).await.is_empty());
+    assert!(held("c", t0).await.is_empty());
+    let t1 = t0 + chrono::Duration::seconds(5);
+    let a = held("a", t1).await;
+    assert_eq!(a.len(), 4);
+    let (b, c) = (held("b", t1).await, held("c", t1).await);
+    assert_eq!((b.len(), c.len()), (4, 4));
+    let mut all: Vec<_> = a.iter().chain(&b).chain(&c).map(|l| l.partition).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 12, "no partition held twice");
+    // C dies: once its presence and leases expire, A and B split its share.
+    let t2 = t1 + chrono::Duration::seconds(10);
+    let (a, b) = (held("a", t2).await, held("b", t2).await);
+    assert_eq!((a.len(), b.len()), (4, 4), "C's lease has not expired yet");
+    let t3 = t2 + chrono::Duration::seconds(10);
+    let a = held("a", t3).await;
+    let b = held("b", t3).await;
+    assert_eq!((a.len(), b.len()), (6, 6));
+    assert!(a.iter().chain(&b).all(|l| c
+        .iter()
+        .all(|old| old.partition != l.partition || l.fencing_token > old.fencing_token)));
 }

@@ -4,3 +4,10 @@
 DROP INDEX deliveries_retry_due;
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
     WHERE state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL;
+
+-- Live dispatchers, each renewing its row with its leases: every one of them takes a fair
+-- share of the partitions (and hands back what is over its share when another starts).
+CREATE TABLE dispatchers (
+    owner       text PRIMARY KEY,
+    expires_at  TEXT NOT NULL
+);

@@ -174,7 +174,16 @@ pub struct District {
 
 impl District {
     pub async fn start(db: tidings_core::testing::TestDatabase) -> Self {
-        let server = Server::start(tidings(&db.url).env("TIDINGS_FIRST_ADMIN_EMAIL", ADMIN)).await;
+        Self::start_env(db, &[]).await
+    }
+
+    /// Started with extra `TIDINGS_*` settings.
+    pub async fn start_env(db: tidings_core::testing::TestDatabase, env: &[(&str, &str)]) -> Self {
+        let mut command = tidings(&db.url);
+        command
+            .env("TIDINGS_FIRST_ADMIN_EMAIL", ADMIN)
+            .envs(env.iter().copied());
+        let server = Server::start(&mut command).await;
         let admin = token_for(&db.url, ADMIN).await;
         Self {
             db,
@@ -186,7 +195,14 @@ impl District {
 
     /// A district with the demo roster uploaded through the API.
     pub async fn with_demo(db: tidings_core::testing::TestDatabase) -> Self {
-        let district = Self::start(db).await;
+        Self::with_demo_env(db, &[]).await
+    }
+
+    pub async fn with_demo_env(
+        db: tidings_core::testing::TestDatabase,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let district = Self::start_env(db, env).await;
         let imported = district
             .client
             .post(district.server.url("/api/v1/imports/oneroster"))

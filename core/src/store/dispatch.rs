@@ -78,8 +78,9 @@ pub enum AttemptStart {
 /// The dispatcher's side of a store; every `Store` is one.
 #[async_trait]
 pub trait DispatchStore: Send + Sync {
-    /// Takes each (lane, partition) of `wanted` that is free, expired or already
-    /// `owner`'s (renewing it for `ttl`), and returns every lease `owner` holds now.
+    /// Renews `owner`'s presence and its leases for `ttl`, hands back what is over its
+    /// fair share of `wanted` (live dispatchers divide it evenly), and takes free or
+    /// expired partitions up to that share. Returns the leases of `wanted` it holds.
     async fn claim_leases(
         &self,
         owner: &str,
@@ -121,8 +122,7 @@ pub trait DispatchStore: Send + Sync {
     ) -> StoreResult<Vec<Outbound>>;
 
     /// Deliveries whose `next_attempt_at` has come, oldest first.
-    async fn due_outbound(&self, at: DateTime<Utc>, limit: u32)
-        -> StoreResult<Vec<Outbound>>;
+    async fn due_outbound(&self, at: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Outbound>>;
 
     /// Records a new attempt as in flight before the provider call (see `dispatch_sql`).
     async fn start_attempt(

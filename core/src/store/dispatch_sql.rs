@@ -22,9 +22,11 @@ macro_rules! dispatch_queries {
             raw.parse().map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
         }
 
-        /// Takes every (lane, partition) of `wanted` that is free, expired or already ours,
-        /// and returns what `owner` holds afterwards. A change of owner increments the
-        /// fencing token; a renewal keeps it.
+        /// Renews `owner`'s presence and leases, and balances: with `n` live dispatchers each
+        /// holds at most ⌈wanted / n⌉ partitions, handing back what is over (others take it
+        /// at once) and taking free or expired ones up to its share. A change of owner
+        /// increments the fencing token; a renewal keeps it. Returns the leases of `wanted`
+        /// that `owner` holds.
         pub async fn claim(
             pool: &sqlx::Pool<$db>,
             owner: &str,
@@ -33,7 +35,68 @@ macro_rules! dispatch_queries {
             at: DateTime<Utc>,
         ) -> StoreResult<Vec<Lease>> {
             let mut tx = pool.begin().await?;
-            for chunk in wanted.chunks(200) {
+            sqlx::query(
+                "INSERT INTO dispatchers (owner, expires_at) VALUES ($1, $2) \
+                 ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at",
+            )
+            .bind(owner)
+            .bind(at + ttl)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM dispatchers WHERE expires_at < $1")
+                .bind(at - chrono::Duration::hours(1))
+                .execute(&mut *tx)
+                .await?;
+            let live: i64 = sqlx::query_scalar("SELECT count(*) FROM dispatchers WHERE expires_at > $1")
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+            let share = wanted.len().div_ceil(live.max(1) as usize);
+            let rows = sqlx::query("SELECT lane, partition, owner, expires_at > $1 AS live FROM partition_leases")
+                .bind(at)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut mine = Vec::new();
+            let mut taken = std::collections::HashSet::new();
+            for row in &rows {
+                let key: (Lane, PartitionId) = (
+                    parse_col(row, "lane")?,
+                    PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
+                );
+                let row_owner: String = row.try_get("owner")?;
+                if row.try_get::<bool, _>("live")? {
+                    if row_owner == owner && wanted.contains(&key) {
+                        mine.push(key);
+                    } else {
+                        taken.insert(key);
+                    }
+                }
+            }
+            mine.sort();
+            // Over the share: the last ones go back.
+            for (lane, partition) in mine.split_off(share.min(mine.len())) {
+                sqlx::query(
+                    "UPDATE partition_leases SET expires_at = $1 WHERE lane = $2 AND partition = $3 AND owner = $4",
+                )
+                .bind(at)
+                .bind(lane.as_str())
+                .bind(partition.get() as i32)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+            }
+            // Up to the share: free ones, starting at a place of our own so that two
+            // dispatchers starting together mostly ask for different partitions.
+            let start = owner.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+            let free = (0..wanted.len())
+                .map(|i| wanted[(start + i) % wanted.len().max(1)])
+                .filter(|key| !taken.contains(key) && !mine.contains(key));
+            let claim: Vec<(Lane, PartitionId)> = mine
+                .iter()
+                .copied()
+                .chain(free.take(share.saturating_sub(mine.len())))
+                .collect();
+            for chunk in claim.chunks(200) {
                 let mut insert = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO partition_leases (lane, partition, owner, fencing_token, expires_at) ",
                 );
@@ -63,24 +126,33 @@ macro_rules! dispatch_queries {
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(Lease {
-                        lane: parse_col(row, "lane")?,
-                        partition: PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
-                        fencing_token: row.try_get("fencing_token")?,
-                    })
-                })
-                .collect()
+            let mut held = Vec::new();
+            for row in &rows {
+                let lease = Lease {
+                    lane: parse_col(row, "lane")?,
+                    partition: PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
+                    fencing_token: row.try_get("fencing_token")?,
+                };
+                if wanted.contains(&(lease.lane, lease.partition)) {
+                    held.push(lease);
+                }
+            }
+            Ok(held)
         }
 
         /// Lets `owner`'s leases expire now, so that others take them at once.
         pub async fn release(pool: &sqlx::Pool<$db>, owner: &str, at: DateTime<Utc>) -> StoreResult<()> {
+            let mut tx = pool.begin().await?;
             sqlx::query("UPDATE partition_leases SET expires_at = $1 WHERE owner = $2 AND expires_at > $1")
                 .bind(at)
                 .bind(owner)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM dispatchers WHERE owner = $1")
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             Ok(())
         }
 
@@ -453,88 +525,94 @@ macro_rules! dispatch_store_impl {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl crate::store::dispatch::DispatchStore for $store {
-        async fn claim_leases(
-            &self,
-            owner: &str,
-            wanted: &[(crate::Lane, crate::log::PartitionId)],
-            ttl: chrono::Duration,
-            at: DateTime<Utc>,
-        ) -> StoreResult<Vec<crate::store::dispatch::Lease>> {
-            dispatching::claim(&self.pool, owner, wanted, ttl, at).await
-        }
+            async fn claim_leases(
+                &self,
+                owner: &str,
+                wanted: &[(crate::Lane, crate::log::PartitionId)],
+                ttl: chrono::Duration,
+                at: DateTime<Utc>,
+            ) -> StoreResult<Vec<crate::store::dispatch::Lease>> {
+                dispatching::claim(&self.pool, owner, wanted, ttl, at).await
+            }
 
-        async fn release_leases(&self, owner: &str, at: DateTime<Utc>) -> StoreResult<()> {
-            dispatching::release(&self.pool, owner, at).await
-        }
+            async fn release_leases(&self, owner: &str, at: DateTime<Utc>) -> StoreResult<()> {
+                dispatching::release(&self.pool, owner, at).await
+            }
 
-        async fn committed_offset(
-            &self,
-            group: &str,
-            lane: crate::Lane,
-            partition: crate::log::PartitionId,
-        ) -> StoreResult<Option<i64>> {
-            dispatching::committed_offset(&self.pool, group, lane, partition).await
-        }
+            async fn committed_offset(
+                &self,
+                group: &str,
+                lane: crate::Lane,
+                partition: crate::log::PartitionId,
+            ) -> StoreResult<Option<i64>> {
+                dispatching::committed_offset(&self.pool, group, lane, partition).await
+            }
 
-        async fn commit_offset(
-            &self,
-            group: &str,
-            lease: &crate::store::dispatch::Lease,
-            offset: i64,
-            at: DateTime<Utc>,
-        ) -> StoreResult<()> {
-            dispatching::commit_offset(&self.pool, group, lease, offset, at).await
-        }
+            async fn commit_offset(
+                &self,
+                group: &str,
+                lease: &crate::store::dispatch::Lease,
+                offset: i64,
+                at: DateTime<Utc>,
+            ) -> StoreResult<()> {
+                dispatching::commit_offset(&self.pool, group, lease, offset, at).await
+            }
 
-        async fn log_heads(&self) -> StoreResult<Vec<(crate::Lane, crate::log::PartitionId, i64)>> {
-            dispatching::heads(&self.pool).await
-        }
+            async fn log_heads(
+                &self,
+            ) -> StoreResult<Vec<(crate::Lane, crate::log::PartitionId, i64)>> {
+                dispatching::heads(&self.pool).await
+            }
 
-        async fn read_outbound(
-            &self,
-            lane: crate::Lane,
-            partition: crate::log::PartitionId,
-            after: Option<i64>,
-            limit: u32,
-        ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
-            dispatching::read_outbound(&self.pool, lane, partition, after, limit).await
-        }
+            async fn read_outbound(
+                &self,
+                lane: crate::Lane,
+                partition: crate::log::PartitionId,
+                after: Option<i64>,
+                limit: u32,
+            ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
+                dispatching::read_outbound(&self.pool, lane, partition, after, limit).await
+            }
 
-        async fn due_outbound(
-            &self,
-            at: DateTime<Utc>,
-            limit: u32,
-        ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
-            dispatching::due(&self.pool, at, limit).await
-        }
+            async fn due_outbound(
+                &self,
+                at: DateTime<Utc>,
+                limit: u32,
+            ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
+                dispatching::due(&self.pool, at, limit).await
+            }
 
-        async fn start_attempt(
-            &self,
-            lease: &crate::store::dispatch::Lease,
-            seen: &Delivery,
-            provider: &str,
-            actor: &str,
-            recover_at: DateTime<Utc>,
-            at: DateTime<Utc>,
-        ) -> StoreResult<crate::store::dispatch::AttemptStart> {
-            dispatching::start_attempt(&self.pool, lease, seen, provider, actor, recover_at, at).await
-        }
+            async fn start_attempt(
+                &self,
+                lease: &crate::store::dispatch::Lease,
+                seen: &Delivery,
+                provider: &str,
+                actor: &str,
+                recover_at: DateTime<Utc>,
+                at: DateTime<Utc>,
+            ) -> StoreResult<crate::store::dispatch::AttemptStart> {
+                dispatching::start_attempt(&self.pool, lease, seen, provider, actor, recover_at, at)
+                    .await
+            }
 
-        async fn finish_attempt(
-            &self,
-            lease: &crate::store::dispatch::Lease,
-            seen: &Delivery,
-            attempt: i32,
-            result: &crate::store::dispatch::AttemptResult,
-            actor: &str,
-            at: DateTime<Utc>,
-        ) -> StoreResult<CasOutcome> {
-            dispatching::finish_attempt(&self.pool, lease, seen, attempt, result, actor, at).await
-        }
+            async fn finish_attempt(
+                &self,
+                lease: &crate::store::dispatch::Lease,
+                seen: &Delivery,
+                attempt: i32,
+                result: &crate::store::dispatch::AttemptResult,
+                actor: &str,
+                at: DateTime<Utc>,
+            ) -> StoreResult<CasOutcome> {
+                dispatching::finish_attempt(&self.pool, lease, seen, attempt, result, actor, at)
+                    .await
+            }
 
-        async fn attempt_outcomes(&self) -> StoreResult<std::collections::BTreeMap<String, i64>> {
-            dispatching::attempt_outcomes(&self.pool).await
-        }
+            async fn attempt_outcomes(
+                &self,
+            ) -> StoreResult<std::collections::BTreeMap<String, i64>> {
+                dispatching::attempt_outcomes(&self.pool).await
+            }
         }
     };
 }

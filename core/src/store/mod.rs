@@ -8,10 +8,10 @@
 //! compare-and-swap.
 
 mod audience_sql;
-pub mod dispatch;
-mod dispatch_sql;
 pub mod directory;
 mod directory_sql;
+pub mod dispatch;
+mod dispatch_sql;
 mod message_sql;
 pub mod postgres;
 pub mod roster;

@@ -345,7 +345,8 @@ impl Store for SqliteStore {
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         if let Some(max) = message.hourly_quota {
-            messages::reserve_hourly_quota(&mut tx, *message.district_id.as_uuid(), max, at).await?;
+            messages::reserve_hourly_quota(&mut tx, *message.district_id.as_uuid(), max, at)
+                .await?;
         }
         sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
@@ -718,7 +719,6 @@ impl Store for SqliteStore {
         )
         .await
     }
-
 
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
         directory::district(&self.pool, id.into()).await

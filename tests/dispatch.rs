@@ -1,0 +1,203 @@
+//! Sending for real: `tidings serve` with the sandbox delivers what it accepts, and
+//! several `tidings dispatch` processes on one PostgreSQL finish a broadcast even when one
+//! of them is killed mid-way.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::{tidings, District};
+use tidings_core::testing::TestDatabase;
+
+fn alert() -> Value {
+    json!({
+        "audience": {"district": true},
+        "channels": ["sms", "email"],
+        "kind": "emergency",
+        "subject": "Lockdown",
+        "body": "All schools are in lockdown. Students are safe. Do not come to the school.",
+        "requires_ack": true
+    })
+}
+
+/// Deliveries of a message by state, from its report.
+async fn counts(d: &District, id: &str) -> BTreeMap<String, u64> {
+    let (status, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    let mut counts = BTreeMap::new();
+    for c in summary["counts"].as_array().unwrap() {
+        *counts
+            .entry(c["state"].as_str().unwrap().to_owned())
+            .or_default() += c["count"].as_u64().unwrap();
+    }
+    counts
+}
+
+fn unfinished(counts: &BTreeMap<String, u64>) -> u64 {
+    ["CREATED", "QUEUED"]
+        .iter()
+        .filter_map(|s| counts.get(*s))
+        .sum()
+}
+
+/// Polls until `done` holds; a liveness bound, not a measurement.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1_200 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within two minutes");
+}
+
+#[tokio::test]
+async fn a_sandboxed_server_sends_every_delivery_it_accepts() {
+    let d = District::with_demo_env(TestDatabase::sqlite(), &[("TIDINGS_SANDBOX", "true")]).await;
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(alert()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    eventually("sending every delivery", || async {
+        unfinished(&counts(&d, &id).await) == 0
+    })
+    .await;
+    let counts = counts(&d, &id).await;
+    let suppressed = counts.get("SUPPRESSED").copied().unwrap_or(0);
+    assert_eq!(
+        counts.get("SENT").copied(),
+        Some(sent["deliveries"].as_u64().unwrap() - suppressed),
+        "{counts:?}"
+    );
+    // One delivery's trail shows the dispatcher's steps.
+    let store = tidings_core::store::connect(&d.db.url, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.attempt_outcomes().await.unwrap(),
+        BTreeMap::from([("sent".to_owned(), counts["SENT"] as i64)])
+    );
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn dispatchers_share_postgres_and_finish_a_broadcast_when_one_is_killed() {
+    // The server only accepts (no provider configured): three dispatchers do the sending.
+    let d = District::with_demo(TestDatabase::postgres().await).await;
+    let mut ids = Vec::new();
+    let mut expected = 0;
+    for _ in 0..5 {
+        let (status, sent) = d
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/messages",
+                &d.admin,
+                Some(alert()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{sent}");
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+        expected += sent["deliveries"].as_u64().unwrap()
+            - sent["suppressed"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>();
+    }
+    let store = tidings_core::store::connect(&d.db.url, &Default::default())
+        .await
+        .unwrap();
+    let sent_attempts = || async {
+        store
+            .attempt_outcomes()
+            .await
+            .unwrap()
+            .get("sent")
+            .copied()
+            .unwrap_or(0)
+    };
+
+    let mut dispatchers: Vec<_> = (0..3)
+        .map(|_| {
+            tidings(&d.db.url)
+                .env("TIDINGS_SANDBOX", "true")
+                .env("TIDINGS_LEASE_SECONDS", "2")
+                .env("TIDINGS_DISPATCH_BATCH", "20")
+                .arg("dispatch")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    eventually("the first sends", || async { sent_attempts().await >= 200 }).await;
+    let mut victim = dispatchers.remove(0);
+    victim.start_kill().unwrap(); // SIGKILL: no goodbye, leases left to expire
+    victim.wait().await.unwrap();
+    let at_kill = sent_attempts().await as u64;
+
+    eventually("the survivors finishing the broadcast", || async {
+        let mut left = 0;
+        for id in &ids {
+            left += unfinished(&counts(&d, id).await);
+        }
+        left == 0
+    })
+    .await;
+    let mut sent = 0;
+    for id in &ids {
+        let counts = counts(&d, id).await;
+        assert_eq!(counts.get("FAILED"), None, "{counts:?}");
+        sent += counts.get("SENT").copied().unwrap_or(0);
+    }
+    assert_eq!(sent, expected, "every delivery sent");
+    let outcomes = store.attempt_outcomes().await.unwrap();
+    assert_eq!(
+        outcomes["sent"] as u64, expected,
+        "each recorded sent exactly once: {outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.get("in_flight"),
+        None,
+        "no attempt left open: {outcomes:?}"
+    );
+    assert!(
+        at_kill < expected,
+        "the kill came after the broadcast was done"
+    );
+    // Every partition's offset reached its head: the victim's partitions were taken over.
+    for (lane, partition, next) in store.log_heads().await.unwrap() {
+        let committed = store
+            .committed_offset(tidings_dispatcher::CONSUMER_GROUP, lane, partition)
+            .await
+            .unwrap();
+        assert_eq!(committed, Some(next - 1), "{lane} {partition}");
+    }
+    for mut survivor in dispatchers {
+        let pid = survivor.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), survivor.wait())
+            .await
+            .expect("a dispatcher did not stop within 30 s of SIGTERM")
+            .unwrap();
+        assert!(status.success());
+    }
+    assert!(d.server.terminate().await.success());
+}
