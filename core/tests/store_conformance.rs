@@ -7,11 +7,8 @@ use chrono::Duration;
 use tidings_core::delivery::{self, Actor, ActorKind, Applied, Ignored, Transition};
 use tidings_core::log::PartitionId;
 use tidings_core::secret::ApiToken;
-use tidings_core::store::{
-    CasOutcome, FirstAdmin, Guardian, NewDelivery, NewGuardian, NewMessage, NewRecipient, NewStaff,
-    Store, StoreError,
-};
-use tidings_core::testing::{delivery_ids, message_to, seed, TestDatabase};
+use tidings_core::store::{CasOutcome, FirstAdmin, NewMessage, NewStaff, Store, StoreError};
+use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::*;
 use tokio::sync::Barrier;

@@ -213,11 +213,7 @@ mod tests {
             in_doubt: 0.1,
             seed: 7,
         };
-        let kinds = |o: &[SendOutcome]| {
-            o.iter()
-                .map(|o| std::mem::discriminant(o))
-                .collect::<Vec<_>>()
-        };
+        let kinds = |o: &[SendOutcome]| o.iter().map(std::mem::discriminant).collect::<Vec<_>>();
         assert_eq!(kinds(&outcomes(faults)), kinds(&outcomes(faults)));
         let other = kinds(&outcomes(Faults { seed: 8, ..faults }));
         assert_ne!(kinds(&outcomes(faults)), other);
