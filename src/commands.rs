@@ -131,7 +131,7 @@ fn adapters(config: &Config, demo: bool) -> Option<tidings_dispatcher::Adapters>
     if !(demo || config.sandbox) {
         return None;
     }
-    let sandbox = tidings_sandbox::InProcessProvider::default();
+    let sandbox = tidings_sandbox::InProcessProvider::new(config.sandbox_faults);
     Some(
         tidings_core::Channel::ALL
             .iter()

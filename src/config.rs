@@ -41,6 +41,10 @@ pub struct Config {
     /// whole pipeline and reach no one. For demos, staging and load tests. Env:
     /// `TIDINGS_SANDBOX`.
     pub sandbox: bool,
+    /// Failures the sandbox injects, as fractions of sends: `transient`, `permanent`,
+    /// `in_doubt`, and the `seed` of their schedule. Env: `TIDINGS_SANDBOX_FAULTS`, e.g.
+    /// `{transient=0.1,seed=7}`.
+    pub sandbox_faults: tidings_sandbox::Faults,
     /// Log entries a dispatcher reads and sends per partition at a time.
     /// Env: `TIDINGS_DISPATCH_BATCH`.
     pub dispatch_batch: u32,
@@ -73,6 +77,7 @@ impl Default for Config {
             default_phone_region: "US".into(),
             log_partitions: tidings_core::log::DEFAULT_PARTITIONS,
             sandbox: false,
+            sandbox_faults: tidings_sandbox::Faults::default(),
             dispatch_batch: 256,
             lease_seconds: 15,
             retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],
@@ -111,6 +116,9 @@ impl Config {
                 .any(|s| !s.is_finite() || *s < 0.0)
         {
             bail!("invalid configuration: retry_schedule must list one or more delays in seconds, each 0 or more");
+        }
+        if let Some(problem) = config.sandbox_faults.problem() {
+            bail!("invalid configuration: sandbox_faults: {problem}");
         }
         if config.database_max_connections == 0 {
             bail!("invalid configuration: database_max_connections must be at least 1");

@@ -201,3 +201,111 @@ async fn dispatchers_share_postgres_and_finish_a_broadcast_when_one_is_killed() 
     }
     assert!(d.server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn staff_see_dead_letters_with_their_trail_and_replay_them() {
+    let faults = "{permanent=0.5,seed=3}";
+    let d = District::with_demo_env(
+        TestDatabase::sqlite(),
+        &[
+            ("TIDINGS_SANDBOX", "true"),
+            ("TIDINGS_SANDBOX_FAULTS", faults),
+        ],
+    )
+    .await;
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(alert()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    eventually("every delivery ending", || async {
+        unfinished(&counts(&d, &id).await) == 0
+    })
+    .await;
+    let failed = counts(&d, &id).await["FAILED"];
+    assert!(failed > 0);
+
+    let (status, page) = d.get("/api/v1/dead-letters?limit=500", &d.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let dead = page["items"].as_array().unwrap();
+    assert_eq!(dead.len() as u64, failed);
+    let first = dead[0]["id"].as_str().unwrap();
+    assert_eq!(dead[0]["state"], "FAILED");
+    assert!(dead[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid recipient"));
+
+    let (status, detail) = d
+        .get(&format!("/api/v1/deliveries/{first}"), &d.admin)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let steps: Vec<(&str, &str)> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["from"].as_str().unwrap(), e["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("CREATED", "QUEUED"), ("QUEUED", "FAILED")]);
+    assert_eq!(detail["attempts"][0]["outcome"], "permanent");
+    assert_eq!(detail["attempts"][0]["provider"], "sandbox");
+
+    // Replay: back in the queue, audited; the sandbox decides its fate again.
+    let replay = format!("/api/v1/dead-letters/{first}/replay");
+    let (status, requeued) = d.call(reqwest::Method::POST, &replay, &d.admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{requeued}");
+    assert_eq!(requeued["state"], "QUEUED");
+    let path = format!("/api/v1/deliveries/{first}");
+    eventually("the replayed delivery ending", || async {
+        let (_, detail) = d.get(&path, &d.admin).await;
+        detail["state"] == "SENT"
+            || (detail["state"] == "FAILED" && detail["attempts"].as_array().unwrap().len() == 2)
+    })
+    .await;
+
+    // Replaying again: a delivery that was sent cannot be, one that failed again can.
+    let (_, detail) = d.get(&path, &d.admin).await;
+    let (status, _) = d.call(reqwest::Method::POST, &replay, &d.admin, None).await;
+    let expected = if detail["state"] == "SENT" {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
+    };
+    assert_eq!(status, expected, "{detail}");
+    let store = tidings_core::store::connect(&d.db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let replays = store
+        .audit_entries(district, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.action == "delivery.replay")
+        .count();
+    let replayed_twice = usize::from(status == StatusCode::OK);
+    assert_eq!(
+        replays,
+        1 + replayed_twice,
+        "each replay is in the audit log"
+    );
+    let (status, problem) = d
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/dead-letters/{}/replay", uuid_v7()),
+            &d.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert!(d.server.terminate().await.success());
+}
+
+fn uuid_v7() -> String {
+    tidings_core::DeliveryId::new().to_string()
+}

@@ -3,6 +3,7 @@
 //! `Result<_, ApiError>`; they hold no SQL and no provider logic.
 
 mod auth;
+mod deliveries;
 mod directory;
 pub mod error;
 mod extract;
@@ -93,6 +94,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/messages/{id}/renotify", post(messages::renotify))
         .route("/api/v1/messages/{id}", get(messages::get_message))
+        .route("/api/v1/deliveries/{id}", get(deliveries::get_delivery))
+        .route("/api/v1/dead-letters", get(deliveries::list_dead_letters))
+        .route(
+            "/api/v1/dead-letters/{id}/replay",
+            post(deliveries::replay_dead_letter),
+        )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -288,7 +288,7 @@ pub async fn send_message(
     .await
 }
 
-fn message_scope(staff: &Staff) -> MessageScope {
+pub(crate) fn message_scope(staff: &Staff) -> MessageScope {
     match staff.role {
         Role::DistrictAdmin => MessageScope::District(staff.district_id),
         _ => MessageScope::Author(staff.district_id, staff.id),

@@ -625,9 +625,10 @@ impl Dispatcher {
         }
         let delay = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            let counted = (attempt - o.attempt_base).max(1) as u32;
             self.config
                 .retry
-                .delay_after(attempt as u32, retry_after, &mut *rng)
+                .delay_after(counted, retry_after, &mut *rng)
         };
         match delay {
             Some(delay) => AttemptResult::Retry {
@@ -638,7 +639,10 @@ impl Dispatcher {
             None => AttemptResult::Failed {
                 in_doubt,
                 permanent: false,
-                error: format!("gave up after {attempt} attempts: {error}"),
+                error: format!(
+                    "gave up after {} attempts: {error}",
+                    attempt - o.attempt_base
+                ),
             },
         }
     }

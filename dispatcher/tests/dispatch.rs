@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tidings_core::delivery::Actor;
 use tidings_core::log::PartitionId;
-use tidings_core::store::dispatch::{AttemptStart, Lease};
-use tidings_core::store::{NewMessage, Store, StoreError};
+use tidings_core::store::dispatch::{AttemptStart, Lease, Replay};
+use tidings_core::store::{MessageScope, NewMessage, Store, StoreError};
 use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane, MessageKind};
@@ -49,6 +50,7 @@ on_both_stores! {
     an_emergency_overtakes_a_draining_broadcast,
     a_channel_without_a_provider_fails_visibly,
     live_dispatchers_share_the_partitions_evenly,
+    a_replayed_dead_letter_gets_the_whole_schedule_again,
 }
 
 const PARTITIONS: u32 = 4;
@@ -540,4 +542,102 @@ async fn live_dispatchers_share_the_partitions_evenly(store: Arc<dyn Store>) {
     assert!(a.iter().chain(&b).all(|l| c
         .iter()
         .all(|old| old.partition != l.partition || l.fencing_token > old.fencing_token)));
+}
+
+async fn a_replayed_dead_letter_gets_the_whole_schedule_again(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 4).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::new(Faults {
+        transient: 1.0,
+        ..Faults::default()
+    });
+    let three = || Config {
+        retry: RetryPolicy {
+            schedule: vec![Duration::ZERO; 3],
+        },
+        ..config(10)
+    };
+    dispatcher(&store, &provider, three())
+        .run_until_idle()
+        .await
+        .unwrap();
+    let scope = MessageScope::District(seed.staff.district_id);
+    let dead = store.dead_letters(&scope, None, 100).await.unwrap();
+    assert_eq!(dead.len(), 4);
+    assert!(dead.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let page = store
+        .dead_letters(&scope, Some(dead[1].id), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [dead[2].id, dead[3].id]
+    );
+
+    // Replayed while the provider still fails: three more attempts, then dead again.
+    let staff = Actor::staff(seed.staff.id);
+    let id = dead[0].id;
+    let replay = store
+        .replay_dead_letter(&scope, id, &staff, now())
+        .await
+        .unwrap();
+    assert!(matches!(replay, Replay::Requeued(ref d) if d.state == DeliveryState::Queued));
+    dispatcher(&store, &provider, three())
+        .run_until_idle()
+        .await
+        .unwrap();
+    let (again, attempts) = store.delivery_attempts(&scope, id).await.unwrap().unwrap();
+    assert_eq!((again.state, again.attempts), (DeliveryState::Failed, 6));
+    assert!(again
+        .last_error
+        .unwrap()
+        .starts_with("gave up after 3 attempts"));
+    assert_eq!(attempts.len(), 6);
+    assert!(attempts
+        .iter()
+        .all(|a| a.outcome == "transient" && a.finished_at.is_some()));
+
+    // Replayed once the provider is back: sent.
+    provider.set_faults(Faults::default());
+    store
+        .replay_dead_letter(&scope, id, &staff, now())
+        .await
+        .unwrap();
+    dispatcher(&store, &provider, three())
+        .run_until_idle()
+        .await
+        .unwrap();
+    let sent = store.delivery(id).await.unwrap().unwrap();
+    assert_eq!((sent.state, sent.attempts), (DeliveryState::Sent, 7));
+    let replays = store
+        .delivery_events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.from == DeliveryState::Failed && e.to == DeliveryState::Queued)
+        .count();
+    assert_eq!(replays, 2);
+    // Only failed deliveries are replayed, and only within the caller's scope.
+    assert!(matches!(
+        store.replay_dead_letter(&scope, id, &staff, now()).await.unwrap(),
+        Replay::NotFailed(ref d) if d.state == DeliveryState::Sent
+    ));
+    let elsewhere = MessageScope::District(tidings_core::DistrictId::new());
+    assert!(matches!(
+        store
+            .replay_dead_letter(&elsewhere, dead[1].id, &staff, now())
+            .await
+            .unwrap(),
+        Replay::NotFound
+    ));
+    assert!(store
+        .delivery_attempts(&elsewhere, id)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store.dead_letters(&scope, None, 100).await.unwrap().len(),
+        3
+    );
 }

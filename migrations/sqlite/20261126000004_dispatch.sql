@@ -11,3 +11,7 @@ CREATE TABLE dispatchers (
     owner       text PRIMARY KEY,
     expires_at  TEXT NOT NULL
 );
+
+-- Attempts made before the delivery was last replayed from the dead letters: a replay
+-- gets the whole retry schedule again.
+ALTER TABLE deliveries ADD COLUMN attempt_base integer NOT NULL DEFAULT 0;

@@ -13,12 +13,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
 use tidings_core::{Channel, DeliveryId};
 
 /// How often each kind of failure happens, as a fraction of sends (0.0–1.0).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Refused before sending, worth retrying (a 5xx or 429).
     pub transient: f64,
@@ -58,6 +59,17 @@ pub struct InProcessProvider {
 impl Default for InProcessProvider {
     fn default() -> Self {
         Self::new(Faults::default())
+    }
+}
+
+impl Faults {
+    /// Why these faults make no sense, if they do not.
+    pub fn problem(&self) -> Option<String> {
+        let rates = [self.transient, self.permanent, self.in_doubt];
+        if rates.iter().any(|r| !(0.0..=1.0).contains(r)) || rates.iter().sum::<f64>() > 1.0 {
+            return Some("each rate must be between 0 and 1, and together at most 1".into());
+        }
+        None
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::delivery::Delivery;
 use crate::log::PartitionId;
-use crate::store::{CasOutcome, StoreResult};
+use crate::store::{CasOutcome, MessageScope, StoreResult};
 use crate::{DeliveryGuarantee, Lane, MessageKind};
 
 /// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
@@ -38,6 +38,9 @@ pub struct Outbound {
     /// The latest attempt, if it was started and never finished: whoever made it may have
     /// reached the provider before it stopped.
     pub unfinished_attempt: Option<i32>,
+    /// Attempts made before the delivery was last replayed; the retry schedule counts
+    /// from here.
+    pub attempt_base: i32,
 }
 
 /// What a provider call came to, as the dispatcher records it.
@@ -73,6 +76,29 @@ pub enum AttemptStart {
     /// The delivery is no longer what the caller read (sent, cancelled, or retried by
     /// someone else): nothing was written.
     Moved(Delivery),
+}
+
+/// One provider call, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub provider: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `in_flight`, `sent`, `transient`, `permanent` or `in_doubt`.
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// What a replay of a dead letter did.
+#[derive(Debug, Clone)]
+pub enum Replay {
+    /// Back in the queue, due now, with the whole retry schedule ahead of it.
+    Requeued(Delivery),
+    /// Only failed deliveries are replayed; this one is in another state.
+    NotFailed(Delivery),
+    /// No such delivery in the caller's scope.
+    NotFound,
 }
 
 /// The dispatcher's side of a store; every `Store` is one.
@@ -148,4 +174,29 @@ pub trait DispatchStore: Send + Sync {
 
     /// Attempts recorded, by outcome (`sent`, `in_doubt`, …).
     async fn attempt_outcomes(&self) -> StoreResult<std::collections::BTreeMap<String, i64>>;
+
+    /// A delivery in the caller's scope with its attempts, oldest first.
+    async fn delivery_attempts(
+        &self,
+        scope: &MessageScope,
+        id: crate::DeliveryId,
+    ) -> StoreResult<Option<(Delivery, Vec<AttemptRecord>)>>;
+
+    /// Failed deliveries in the caller's scope, newest first, before the id `before`.
+    async fn dead_letters(
+        &self,
+        scope: &MessageScope,
+        before: Option<crate::DeliveryId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Puts a failed delivery back in the queue (compare and swap FAILED → QUEUED, with
+    /// an event naming `actor`).
+    async fn replay_dead_letter(
+        &self,
+        scope: &MessageScope,
+        id: crate::DeliveryId,
+        actor: &crate::delivery::Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Replay>;
 }

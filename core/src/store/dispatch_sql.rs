@@ -8,8 +8,8 @@ macro_rules! dispatch_queries {
         use sqlx::Row as _;
         use $crate::delivery::Delivery;
         use $crate::log::PartitionId;
-        use $crate::store::dispatch::{AttemptResult, AttemptStart, Lease, Outbound};
-        use $crate::store::{CasOutcome, StoreError, StoreResult};
+        use $crate::store::dispatch::{AttemptRecord, AttemptResult, AttemptStart, Lease, Outbound, Replay};
+        use $crate::store::{CasOutcome, MessageScope, StoreError, StoreResult};
         use $crate::{DeliveryId, Lane};
 
         type Tx<'c> = sqlx::Transaction<'c, $db>;
@@ -250,7 +250,7 @@ macro_rules! dispatch_queries {
                 .join(", ");
             format!(
                 "SELECT {delivery_columns}, l.lane, l.partition, l.\"offset\", m.kind, m.delivery_guarantee, \
-                        m.requires_ack, m.subject, m.body, m.translations, r.language, \
+                        m.requires_ack, m.subject, m.body, m.translations, r.language, d.attempt_base, \
                         (SELECT max(a.attempt) FROM delivery_attempts a \
                          WHERE a.delivery_id = d.id AND a.outcome = 'in_flight') AS unfinished_attempt \
                  FROM log_entries l \
@@ -281,6 +281,7 @@ macro_rules! dispatch_queries {
                 subject: translated("subject").map_or_else(|| row.try_get("subject"), Ok)?,
                 body: translated("body").map_or_else(|| row.try_get("body"), Ok)?,
                 unfinished_attempt: row.try_get("unfinished_attempt")?,
+                attempt_base: row.try_get("attempt_base")?,
             })
         }
 
@@ -509,6 +510,134 @@ macro_rules! dispatch_queries {
             Ok(CasOutcome::Applied(delivery))
         }
 
+        fn scope_parts(scope: &MessageScope) -> (uuid::Uuid, Option<uuid::Uuid>) {
+            match *scope {
+                MessageScope::District(d) => (*d.as_uuid(), None),
+                MessageScope::Author(d, s) => (*d.as_uuid(), Some(*s.as_uuid())),
+            }
+        }
+
+        fn scoped_deliveries() -> String {
+            let columns = super::DELIVERY_COLUMNS
+                .split(',')
+                .map(|c| format!("d.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "SELECT {columns} FROM deliveries d JOIN messages m ON m.id = d.message_id \
+                 WHERE d.district_id = $1 AND ($2 IS NULL OR m.author_id = $2)"
+            )
+        }
+
+        pub async fn delivery_attempts(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            id: DeliveryId,
+        ) -> StoreResult<Option<(Delivery, Vec<AttemptRecord>)>> {
+            let (district, author) = scope_parts(scope);
+            let Some(row) = sqlx::query(&format!("{} AND d.id = $3", scoped_deliveries()))
+                .bind($enc(district))
+                .bind(author.map($enc))
+                .bind($enc(*id.as_uuid()))
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let delivery = super::delivery_from_row(&row)?;
+            let attempts = sqlx::query(
+                "SELECT attempt, provider, started_at, finished_at, outcome, error FROM delivery_attempts \
+                 WHERE delivery_id = $1 ORDER BY attempt",
+            )
+            .bind($enc(*id.as_uuid()))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    attempt: row.try_get("attempt")?,
+                    provider: row.try_get("provider")?,
+                    started_at: row.try_get("started_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    outcome: row.try_get("outcome")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+            Ok(Some((delivery, attempts)))
+        }
+
+        pub async fn dead_letters(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            before: Option<DeliveryId>,
+            limit: u32,
+        ) -> StoreResult<Vec<Delivery>> {
+            let (district, author) = scope_parts(scope);
+            sqlx::query(&format!(
+                "{} AND d.state = 'FAILED' AND ($3 IS NULL OR d.id < $3) ORDER BY d.id DESC LIMIT $4",
+                scoped_deliveries()
+            ))
+            .bind($enc(district))
+            .bind(author.map($enc))
+            .bind(before.map(|b| $enc(*b.as_uuid())))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| super::delivery_from_row(row))
+            .collect()
+        }
+
+        pub async fn replay(
+            pool: &sqlx::Pool<$db>,
+            scope: &MessageScope,
+            id: DeliveryId,
+            actor: &$crate::delivery::Actor,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Replay> {
+            let Some((seen, _)) = delivery_attempts(pool, scope, id).await? else {
+                return Ok(Replay::NotFound);
+            };
+            if seen.state != $crate::DeliveryState::Failed {
+                return Ok(Replay::NotFailed(seen));
+            }
+            let mut tx = pool.begin().await?;
+            let moved = sqlx::query(&format!(
+                "UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempt_base = attempts, \
+                        next_attempt_at = $1, queued_at = $1, updated_at = $1 \
+                 WHERE id = $2 AND version = $3 AND state = 'FAILED' \
+                 RETURNING {}",
+                super::DELIVERY_COLUMNS
+            ))
+            .bind(at)
+            .bind($enc(*id.as_uuid()))
+            .bind(seen.version)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = moved else {
+                let now = current(&mut tx, id).await?;
+                tx.rollback().await?;
+                return Ok(Replay::NotFailed(now));
+            };
+            let delivery = super::delivery_from_row(&row)?;
+            sqlx::query(
+                "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                              actor_kind, actor_ref, detail) \
+                 VALUES ($1, $2, 'FAILED', 'QUEUED', $3, $4, $5, $6, 'replayed from the dead letters')",
+            )
+            .bind($enc(*delivery.district_id.as_uuid()))
+            .bind($enc(*delivery.id.as_uuid()))
+            .bind(delivery.version)
+            .bind(at)
+            .bind(actor.kind.as_str())
+            .bind(&actor.reference)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Replay::Requeued(delivery))
+        }
+
         pub async fn attempt_outcomes(pool: &sqlx::Pool<$db>) -> StoreResult<std::collections::BTreeMap<String, i64>> {
             let rows: Vec<(String, i64)> =
                 sqlx::query_as("SELECT outcome, count(*) FROM delivery_attempts GROUP BY outcome")
@@ -606,6 +735,33 @@ macro_rules! dispatch_store_impl {
             ) -> StoreResult<CasOutcome> {
                 dispatching::finish_attempt(&self.pool, lease, seen, attempt, result, actor, at)
                     .await
+            }
+
+            async fn delivery_attempts(
+                &self,
+                scope: &crate::store::MessageScope,
+                id: crate::DeliveryId,
+            ) -> StoreResult<Option<(Delivery, Vec<crate::store::dispatch::AttemptRecord>)>> {
+                dispatching::delivery_attempts(&self.pool, scope, id).await
+            }
+
+            async fn dead_letters(
+                &self,
+                scope: &crate::store::MessageScope,
+                before: Option<crate::DeliveryId>,
+                limit: u32,
+            ) -> StoreResult<Vec<Delivery>> {
+                dispatching::dead_letters(&self.pool, scope, before, limit).await
+            }
+
+            async fn replay_dead_letter(
+                &self,
+                scope: &crate::store::MessageScope,
+                id: crate::DeliveryId,
+                actor: &crate::delivery::Actor,
+                at: DateTime<Utc>,
+            ) -> StoreResult<crate::store::dispatch::Replay> {
+                dispatching::replay(&self.pool, scope, id, actor, at).await
             }
 
             async fn attempt_outcomes(
