@@ -205,3 +205,138 @@ pub async fn fanout(
     println!("{result}");
     Ok(())
 }
+
+/// `tidings bench dispatch --deliveries N [--processes K]`: a broadcast of N deliveries
+/// drained by K dispatchers into the in-process sandbox (zero latency), then 200 single
+/// alerts sent one at a time to the idle dispatchers, each timed from the commit of its
+/// fan-out to the provider call.
+pub async fn dispatch(
+    deliveries: usize,
+    processes: usize,
+    database_url: Option<&str>,
+) -> anyhow::Result<()> {
+    use std::collections::{BTreeSet, HashMap};
+    use tidings_core::fanout::{plan, Draft};
+    use tidings_core::store::Scope;
+    use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
+    use tidings_dispatcher::{Adapters, Config, Dispatcher};
+
+    let setup = Setup::new(deliveries.div_ceil(2), 3, database_url).await?;
+    setup.import("bench").await?;
+    let store = setup.store.clone();
+    let audience = tidings_core::audience::Audience {
+        district: true,
+        ..Default::default()
+    };
+    let members = store
+        .resolve_audience(&Scope::District(setup.district), &audience)
+        .await?
+        .map_err(|p| anyhow::anyhow!("audience: {p:?}"))?;
+    let draft = |members: usize| Draft {
+        district_id: setup.district,
+        author_id: setup.admin,
+        kind: MessageKind::Emergency,
+        channels: BTreeSet::from([Channel::Sms, Channel::Email]),
+        subject: "Bench".into(),
+        body: "Benchmark broadcast.".into(),
+        translations: Default::default(),
+        requires_ack: true,
+        guarantee: DeliveryGuarantee::AtLeastOnce,
+        audience: serde_json::json!({ "guardians": members }),
+        renotify_of: None,
+        scheduled_at: None,
+        ack_deadline: None,
+    };
+    let partitions = tidings_core::log::DEFAULT_PARTITIONS;
+    let broadcast = plan(&draft(members.len()), "en", &members, partitions, now());
+    let to_send: usize = broadcast
+        .recipients
+        .iter()
+        .flat_map(|r| &r.deliveries)
+        .filter(|d| d.suppressed_reason.is_none())
+        .count();
+    store.create_message(&broadcast, now()).await?;
+
+    let sandbox = tidings_sandbox::InProcessProvider::default();
+    let adapters = Channel::ALL
+        .iter()
+        .fold(Adapters::default(), |a, &c| a.with(c, sandbox.adapter(c)));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let running: Vec<_> = (0..processes.max(1))
+        .map(|_| {
+            let dispatcher = Dispatcher::new(store.clone(), adapters.clone(), Config::default());
+            let stopping = stopping.clone();
+            tokio::spawn(async move { dispatcher.run(stopping).await })
+        })
+        .collect();
+    while sandbox.received().len() < to_send {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    // Pickup on idle dispatchers: one alert to one guardian at a time.
+    let mut committed_at = HashMap::new();
+    for member in members.iter().filter(|m| !m.contacts.is_empty()).take(200) {
+        let alert = plan(
+            &draft(1),
+            "en",
+            std::slice::from_ref(member),
+            partitions,
+            now(),
+        );
+        let expected = sandbox.received().len()
+            + alert
+                .recipients
+                .iter()
+                .flat_map(|r| &r.deliveries)
+                .filter(|d| d.suppressed_reason.is_none())
+                .count();
+        store.create_message(&alert, now()).await?;
+        let at = now();
+        for d in alert.recipients.iter().flat_map(|r| &r.deliveries) {
+            committed_at.insert(d.id, at);
+        }
+        while sandbox.received().len() < expected {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.send(true)?;
+    for r in running {
+        r.await??;
+    }
+    let mut pickups: Vec<f64> = sandbox
+        .received()
+        .iter()
+        .filter_map(|r| {
+            let at = committed_at.get(&r.delivery_id)?;
+            Some((r.at - *at).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    pickups.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        pickups
+            .get(((pickups.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let outcomes = store.attempt_outcomes().await?;
+    let result = serde_json::json!({
+        "suite": "dispatch",
+        "store": store.backend(),
+        "processes": processes.max(1),
+        "deliveries": to_send,
+        "seconds": round(seconds),
+        "deliveries_per_s": (to_send as f64 / seconds).round(),
+        "idle_pickups": pickups.len(),
+        "pickup_ms_p50": round(percentile(0.50)),
+        "pickup_ms_p95": round(percentile(0.95)),
+        "pickup_ms_p99": round(percentile(0.99)),
+        "duplicates": sandbox.duplicates(),
+        "attempts": outcomes,
+        "peak_rss_mb": peak_rss_mb()?,
+    });
+    println!("{result}");
+    Ok(())
+}

@@ -92,6 +92,19 @@ enum BenchSuite {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Send a broadcast through the dispatcher to the in-process sandbox (no latency),
+    /// then time single alerts from commit to provider call on an idle dispatcher.
+    Dispatch {
+        /// Deliveries in the broadcast (two per guardian: SMS and email).
+        #[arg(long, default_value_t = 20_000)]
+        deliveries: usize,
+        /// Dispatchers sharing the database.
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        /// An empty database to use; a temporary SQLite file if not given.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +197,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         database_url,
                     },
             } => tidings::bench::fanout(students, channels, database_url.as_deref()).await,
+            Command::Bench {
+                suite:
+                    BenchSuite::Dispatch {
+                        deliveries,
+                        processes,
+                        database_url,
+                    },
+            } => tidings::bench::dispatch(deliveries, processes, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
             Command::Dispatch => commands::dispatch(&config, shutdown_signal()?).await,
             Command::School {

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -50,8 +49,6 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Entries read (and in flight) per partition at a time.
     pub batch: u32,
-    /// Store writes in flight at once.
-    pub write_concurrency: usize,
     /// How long to wait when there is nothing to do.
     pub idle_wait: Duration,
     pub retry: RetryPolicy,
@@ -73,7 +70,6 @@ impl Default for Config {
             partitions: tidings_core::log::DEFAULT_PARTITIONS,
             lease_ttl: Duration::from_secs(15),
             batch: 256,
-            write_concurrency: 8,
             idle_wait: Duration::from_millis(20),
             retry: RetryPolicy::default(),
             in_doubt_after: Duration::from_secs(120),
@@ -459,7 +455,8 @@ impl Dispatcher {
         Ok(sent)
     }
 
-    /// Records an attempt for each delivery, calls the providers, records the outcomes.
+    /// Records an attempt for each delivery, calls the providers, records the outcomes:
+    /// one store transaction before the calls and one after, for the whole batch.
     /// `offset`: the batch's last log offset, committed before the calls when an
     /// at-most-once delivery is among them.
     async fn send(
@@ -469,21 +466,76 @@ impl Dispatcher {
         offset: Option<i64>,
     ) -> Result<(), DispatchError> {
         let owner = self.config.owner.as_str();
-        let recover_at = now()
+        let at = now();
+        let recover_at = at
             + chrono::Duration::from_std(self.config.in_doubt_after)
                 .unwrap_or(chrono::Duration::minutes(2));
-        // 1. Attempts recorded before any call.
-        let started: Vec<Option<(Outbound, i32)>> = stream::iter(batch)
-            .map(|o| async move { self.start(lease, o, owner, recover_at).await })
-            .buffered(self.config.write_concurrency)
-            .collect::<Vec<_>>()
-            .await
+        // At most once: an attempt that may have reached the provider is never repeated.
+        let (abandoned, batch): (Vec<Outbound>, Vec<Outbound>) = batch.into_iter().partition(|o| {
+            o.unfinished_attempt.is_some() && o.guarantee == DeliveryGuarantee::AtMostOnce
+        });
+        let mut finishing: Vec<(Outbound, i32, AttemptResult)> = abandoned
             .into_iter()
-            .collect::<Result<_, _>>()?;
-        let started: Vec<(Outbound, i32)> = started.into_iter().flatten().collect();
-        if started.is_empty() {
-            return Ok(());
+            .map(|o| {
+                let attempt = o.unfinished_attempt.unwrap_or(o.delivery.attempts);
+                let result = AttemptResult::Failed {
+                    in_doubt: true,
+                    permanent: false,
+                    error: "in_doubt: the dispatcher stopped before the provider answered".into(),
+                };
+                (o, attempt, result)
+            })
+            .collect();
+
+        // 1. Attempts recorded before any call.
+        let items: Vec<(&tidings_core::delivery::Delivery, &str)> = batch
+            .iter()
+            .map(|o| {
+                let provider = self
+                    .adapters
+                    .get(o.delivery.channel)
+                    .map_or("unconfigured", |a| a.provider());
+                (&o.delivery, provider)
+            })
+            .collect();
+        let starts = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .start_attempts(lease, &items, owner, recover_at, at)
+                .await?
+        };
+        let mut started: Vec<(Outbound, i32)> = Vec::new();
+        for (mut o, start) in batch.into_iter().zip(starts) {
+            let AttemptStart::Started {
+                delivery,
+                attempt,
+                earlier_in_doubt,
+            } = start
+            else {
+                continue; // moved on meanwhile: sent, cancelled, or someone else's
+            };
+            if earlier_in_doubt {
+                Counters::add(&self.counters.in_doubt);
+            }
+            o.delivery = delivery;
+            if self.adapters.get(o.delivery.channel).is_none() {
+                // A dead letter staff can see and replay once the channel is configured,
+                // rather than a delivery that silently never goes.
+                tracing::error!(delivery_id = %o.delivery.id, channel = %o.delivery.channel, "no provider is configured for this channel");
+                let error = format!("no provider is configured for {}", o.delivery.channel);
+                let result = AttemptResult::Failed {
+                    in_doubt: false,
+                    permanent: false,
+                    error,
+                };
+                finishing.push((o, attempt, result));
+            } else {
+                self.lock_in_flight().insert(o.delivery.id);
+                started.push((o, attempt));
+            }
         }
+
         // 2. At most once: the offset moves before the call, so a crash can lose the send
         //    but never repeat it.
         if let Some(offset) = offset {
@@ -496,6 +548,7 @@ impl Dispatcher {
                     .await?;
             }
         }
+
         // 3. The calls, one batch per channel, channels side by side.
         let mut per_channel: BTreeMap<Channel, Vec<(Outbound, i32)>> = BTreeMap::new();
         for s in started {
@@ -505,96 +558,29 @@ impl Dispatcher {
             let outgoing: Vec<Outgoing> = sends.iter().map(|(o, _)| outgoing(o)).collect();
             let mut outcomes = match self.adapters.get(channel) {
                 Some(adapter) => adapter.send(&outgoing).await,
-                None => Vec::new(), // cannot happen: such attempts end when they start
+                None => Vec::new(),
             };
             outcomes.resize_with(sends.len(), || SendOutcome::InDoubt {
                 error: "the adapter answered fewer sends than it was given".into(),
             });
             sends.into_iter().zip(outcomes).collect::<Vec<_>>()
         });
-        let answered: Vec<((Outbound, i32), SendOutcome)> = futures_util::future::join_all(calls)
+        for ((o, attempt), outcome) in futures_util::future::join_all(calls)
             .await
             .into_iter()
             .flatten()
-            .collect();
-        // 4. Outcomes recorded.
-        let results: Vec<Result<(), DispatchError>> = stream::iter(answered)
-            .map(|((o, attempt), outcome)| async move {
-                let result = self.classify(&o, attempt, outcome);
-                let finished = self.finish(lease, &o, attempt, &result).await;
-                self.lock_in_flight().remove(&o.delivery.id);
-                finished
-            })
-            .buffer_unordered(self.config.write_concurrency)
-            .collect()
-            .await;
-        results.into_iter().collect()
-    }
+        {
+            let result = self.classify(&o, attempt, outcome);
+            finishing.push((o, attempt, result));
+        }
 
-    /// Starts an attempt; `None` when there is nothing to send after all.
-    async fn start(
-        &self,
-        lease: &Lease,
-        mut o: Outbound,
-        owner: &str,
-        recover_at: DateTime<Utc>,
-    ) -> Result<Option<(Outbound, i32)>, DispatchError> {
-        let at = now();
-        // At most once: an attempt that may have reached the provider is never repeated.
-        if let (Some(attempt), DeliveryGuarantee::AtMostOnce) = (o.unfinished_attempt, o.guarantee)
-        {
-            let result = AttemptResult::Failed {
-                in_doubt: true,
-                permanent: false,
-                error: "in_doubt: the dispatcher stopped before the provider answered".into(),
-            };
-            Counters::add(&self.counters.in_doubt);
-            if let CasOutcome::Applied(_) = self
-                .store
-                .finish_attempt(lease, &o.delivery, attempt, &result, owner, at)
-                .await?
-            {
-                Counters::add(&self.counters.lost_in_doubt);
-                Counters::add(&self.counters.failed);
-            }
-            return Ok(None);
+        // 4. Outcomes recorded.
+        let finished = self.finish(lease, &finishing).await;
+        let mut in_flight = self.lock_in_flight();
+        for (o, _, _) in &finishing {
+            in_flight.remove(&o.delivery.id);
         }
-        let adapter = self.adapters.get(o.delivery.channel);
-        let provider = adapter.map_or("unconfigured", |a| a.provider());
-        match self
-            .store
-            .start_attempt(lease, &o.delivery, provider, owner, recover_at, at)
-            .await?
-        {
-            AttemptStart::Started {
-                delivery, attempt, ..
-            } if adapter.is_none() => {
-                // A dead letter staff can see and replay once the channel is configured,
-                // rather than a delivery that silently never goes.
-                tracing::error!(delivery_id = %delivery.id, channel = %delivery.channel, "no provider is configured for this channel");
-                let result = AttemptResult::Failed {
-                    in_doubt: false,
-                    permanent: false,
-                    error: format!("no provider is configured for {}", delivery.channel),
-                };
-                o.delivery = delivery;
-                self.finish(lease, &o, attempt, &result).await?;
-                Ok(None)
-            }
-            AttemptStart::Started {
-                delivery,
-                attempt,
-                earlier_in_doubt,
-            } => {
-                if earlier_in_doubt {
-                    Counters::add(&self.counters.in_doubt);
-                }
-                self.lock_in_flight().insert(delivery.id);
-                o.delivery = delivery;
-                Ok(Some((o, attempt)))
-            }
-            AttemptStart::Moved(_) => Ok(None),
-        }
+        finished
     }
 
     fn classify(&self, o: &Outbound, attempt: i32, outcome: SendOutcome) -> AttemptResult {
@@ -647,34 +633,36 @@ impl Dispatcher {
         }
     }
 
+    /// Records the outcomes and counts what they did.
     async fn finish(
         &self,
         lease: &Lease,
-        o: &Outbound,
-        attempt: i32,
-        result: &AttemptResult,
+        finishing: &[(Outbound, i32, AttemptResult)],
     ) -> Result<(), DispatchError> {
-        let applied = self
+        if finishing.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<_> = finishing
+            .iter()
+            .map(|(o, attempt, result)| (&o.delivery, *attempt, result))
+            .collect();
+        let applied = match self
             .store
-            .finish_attempt(
-                lease,
-                &o.delivery,
-                attempt,
-                result,
-                &self.config.owner,
-                now(),
-            )
-            .await;
-        let applied = match applied {
+            .finish_attempts(lease, &items, &self.config.owner, now())
+            .await
+        {
             Ok(applied) => applied,
             Err(StoreError::Fenced { .. }) => {
-                // The new owner takes the attempt up as unfinished.
+                // The new owner takes these attempts up as unfinished.
                 Counters::add(&self.counters.fenced);
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
-        if let CasOutcome::Applied(_) = applied {
+        for ((o, _, result), applied) in finishing.iter().zip(applied) {
+            if !matches!(applied, CasOutcome::Applied(_)) {
+                continue;
+            }
             let counter = match result {
                 AttemptResult::Sent { .. } => &self.counters.sent,
                 AttemptResult::Retry { .. } => &self.counters.retried,
@@ -685,8 +673,6 @@ impl Dispatcher {
             | AttemptResult::Failed { in_doubt: true, .. } = result
             {
                 Counters::add(&self.counters.in_doubt);
-            }
-            if let AttemptResult::Failed { in_doubt: true, .. } = result {
                 if o.guarantee == DeliveryGuarantee::AtMostOnce {
                     Counters::add(&self.counters.lost_in_doubt);
                 }

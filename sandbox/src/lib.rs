@@ -39,6 +39,8 @@ pub struct Received {
     pub channel: Channel,
     pub address: String,
     pub provider_ref: String,
+    /// When the sandbox took it.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,7 @@ impl InProcessProvider {
                 channel: send.channel,
                 address: send.address.clone(),
                 provider_ref: provider_ref.clone(),
+                at: tidings_core::time::now(),
             });
             provider_ref
         };

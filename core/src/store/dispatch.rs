@@ -150,7 +150,32 @@ pub trait DispatchStore: Send + Sync {
     /// Deliveries whose `next_attempt_at` has come, oldest first.
     async fn due_outbound(&self, at: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Outbound>>;
 
-    /// Records a new attempt as in flight before the provider call (see `dispatch_sql`).
+    /// Records a new attempt as in flight for each of `items` (the delivery as read and
+    /// the provider to call), before the provider calls, in one transaction under the
+    /// lease: compare and swap to QUEUED on the version read, an unfinished earlier
+    /// attempt recorded as in doubt, `recover_at` as when the delivery comes due again
+    /// should its outcome never be recorded. `StoreError::Fenced` if the lease is stale.
+    async fn start_attempts(
+        &self,
+        lease: &Lease,
+        items: &[(&Delivery, &str)],
+        actor: &str,
+        recover_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<AttemptStart>>;
+
+    /// Records how each attempt of `items` ended and moves its delivery (compare and
+    /// swap on the version read), in one transaction under the lease. An attempt someone
+    /// else already closed changes nothing (`Conflict`).
+    async fn finish_attempts(
+        &self,
+        lease: &Lease,
+        items: &[(&Delivery, i32, &AttemptResult)],
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<CasOutcome>>;
+
+    /// [`DispatchStore::start_attempts`] for one delivery.
     async fn start_attempt(
         &self,
         lease: &Lease,
@@ -159,9 +184,14 @@ pub trait DispatchStore: Send + Sync {
         actor: &str,
         recover_at: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> StoreResult<AttemptStart>;
+    ) -> StoreResult<AttemptStart> {
+        let mut started = self
+            .start_attempts(lease, &[(seen, provider)], actor, recover_at, at)
+            .await?;
+        Ok(started.remove(0))
+    }
 
-    /// Records how an attempt ended and moves the delivery.
+    /// [`DispatchStore::finish_attempts`] for one delivery.
     async fn finish_attempt(
         &self,
         lease: &Lease,
@@ -170,7 +200,12 @@ pub trait DispatchStore: Send + Sync {
         result: &AttemptResult,
         actor: &str,
         at: DateTime<Utc>,
-    ) -> StoreResult<CasOutcome>;
+    ) -> StoreResult<CasOutcome> {
+        let mut finished = self
+            .finish_attempts(lease, &[(seen, attempt, result)], actor, at)
+            .await?;
+        Ok(finished.remove(0))
+    }
 
     /// Attempts recorded, by outcome (`sent`, `in_doubt`, …).
     async fn attempt_outcomes(&self) -> StoreResult<std::collections::BTreeMap<String, i64>>;

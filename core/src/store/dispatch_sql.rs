@@ -361,17 +361,14 @@ macro_rules! dispatch_queries {
         /// earlier attempt is recorded as in doubt. `recover_at` is when the delivery comes
         /// due again should its outcome never be recorded.
         #[allow(clippy::too_many_arguments)]
-        pub async fn start_attempt(
-            pool: &sqlx::Pool<$db>,
-            lease: &Lease,
+        async fn start_one(
+            tx: &mut Tx<'_>,
             seen: &Delivery,
             provider: &str,
             actor: &str,
             recover_at: DateTime<Utc>,
             at: DateTime<Utc>,
         ) -> StoreResult<AttemptStart> {
-            let mut tx = pool.begin().await?;
-            fence(&mut tx, lease).await?;
             let moved = sqlx::query(&format!(
                 "UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempts = attempts + 1, \
                         next_attempt_at = $1, provider = $2, queued_at = COALESCE(queued_at, $3), updated_at = $3 \
@@ -384,11 +381,10 @@ macro_rules! dispatch_queries {
             .bind(at)
             .bind($enc(*seen.id.as_uuid()))
             .bind(seen.version)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
             let Some(row) = moved else {
-                let now = current(&mut tx, seen.id).await?;
-                tx.rollback().await?;
+                let now = current(tx, seen.id).await?;
                 return Ok(AttemptStart::Moved(now));
             };
             let delivery = super::delivery_from_row(&row)?;
@@ -399,7 +395,7 @@ macro_rules! dispatch_queries {
             )
             .bind(at)
             .bind($enc(*seen.id.as_uuid()))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
             sqlx::query(
@@ -413,12 +409,11 @@ macro_rules! dispatch_queries {
             .bind(&delivery.idempotency_key)
             .bind(provider)
             .bind(at)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             if seen.state != delivery.state {
-                event(&mut tx, &delivery, seen.state.as_str(), actor, None, at).await?;
+                event(tx, &delivery, seen.state.as_str(), actor, None, at).await?;
             }
-            tx.commit().await?;
             Ok(AttemptStart::Started {
                 attempt: delivery.attempts,
                 delivery,
@@ -429,18 +424,14 @@ macro_rules! dispatch_queries {
         /// Records how attempt `attempt` ended and moves the delivery accordingly (compare
         /// and swap on `seen`). An attempt someone else already closed (recovered as in
         /// doubt) changes nothing: `Conflict` with the delivery as it is.
-        #[allow(clippy::too_many_arguments)]
-        pub async fn finish_attempt(
-            pool: &sqlx::Pool<$db>,
-            lease: &Lease,
+        async fn finish_one(
+            tx: &mut Tx<'_>,
             seen: &Delivery,
             attempt: i32,
             result: &AttemptResult,
             actor: &str,
             at: DateTime<Utc>,
         ) -> StoreResult<CasOutcome> {
-            let mut tx = pool.begin().await?;
-            fence(&mut tx, lease).await?;
             let (outcome, error) = match result {
                 AttemptResult::Sent { .. } => ("sent", None),
                 AttemptResult::Retry { in_doubt: true, error, .. }
@@ -458,12 +449,11 @@ macro_rules! dispatch_queries {
             .bind(at)
             .bind($enc(*seen.id.as_uuid()))
             .bind(attempt)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
             if closed == 0 {
-                let now = current(&mut tx, seen.id).await?;
-                tx.rollback().await?;
+                let now = current(tx, seen.id).await?;
                 return Ok(CasOutcome::Conflict(now));
             }
             let query = match result {
@@ -496,18 +486,55 @@ macro_rules! dispatch_queries {
             if retry_at.is_some() {
                 update = update.bind(retry_at);
             }
-            let Some(row) = update.fetch_optional(&mut *tx).await? else {
+            let Some(row) = update.fetch_optional(&mut **tx).await? else {
                 // Moved meanwhile (a callback or a recall): the attempt's record stands.
-                let now = current(&mut tx, seen.id).await?;
-                tx.commit().await?;
+                let now = current(tx, seen.id).await?;
                 return Ok(CasOutcome::Conflict(now));
             };
             let delivery = super::delivery_from_row(&row)?;
             if delivery.state != seen.state {
-                event(&mut tx, &delivery, seen.state.as_str(), actor, error, at).await?;
+                event(tx, &delivery, seen.state.as_str(), actor, error, at).await?;
+            }
+            Ok(CasOutcome::Applied(delivery))
+        }
+
+        /// Starts an attempt for each of `items` (delivery as read, provider) in one
+        /// transaction under the lease (see `start_one`).
+        pub async fn start_attempts(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            items: &[(&Delivery, &str)],
+            actor: &str,
+            recover_at: DateTime<Utc>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<AttemptStart>> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let mut started = Vec::with_capacity(items.len());
+            for (seen, provider) in items {
+                started.push(start_one(&mut tx, seen, provider, actor, recover_at, at).await?);
             }
             tx.commit().await?;
-            Ok(CasOutcome::Applied(delivery))
+            Ok(started)
+        }
+
+        /// Records how each of `items` (delivery as read, attempt, result) ended, in one
+        /// transaction under the lease (see `finish_one`).
+        pub async fn finish_attempts(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            items: &[(&Delivery, i32, &AttemptResult)],
+            actor: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<CasOutcome>> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let mut finished = Vec::with_capacity(items.len());
+            for (seen, attempt, result) in items {
+                finished.push(finish_one(&mut tx, seen, *attempt, result, actor, at).await?);
+            }
+            tx.commit().await?;
+            Ok(finished)
         }
 
         fn scope_parts(scope: &MessageScope) -> (uuid::Uuid, Option<uuid::Uuid>) {
@@ -711,30 +738,25 @@ macro_rules! dispatch_store_impl {
                 dispatching::due(&self.pool, at, limit).await
             }
 
-            async fn start_attempt(
+            async fn start_attempts(
                 &self,
                 lease: &crate::store::dispatch::Lease,
-                seen: &Delivery,
-                provider: &str,
+                items: &[(&Delivery, &str)],
                 actor: &str,
                 recover_at: DateTime<Utc>,
                 at: DateTime<Utc>,
-            ) -> StoreResult<crate::store::dispatch::AttemptStart> {
-                dispatching::start_attempt(&self.pool, lease, seen, provider, actor, recover_at, at)
-                    .await
+            ) -> StoreResult<Vec<crate::store::dispatch::AttemptStart>> {
+                dispatching::start_attempts(&self.pool, lease, items, actor, recover_at, at).await
             }
 
-            async fn finish_attempt(
+            async fn finish_attempts(
                 &self,
                 lease: &crate::store::dispatch::Lease,
-                seen: &Delivery,
-                attempt: i32,
-                result: &crate::store::dispatch::AttemptResult,
+                items: &[(&Delivery, i32, &crate::store::dispatch::AttemptResult)],
                 actor: &str,
                 at: DateTime<Utc>,
-            ) -> StoreResult<CasOutcome> {
-                dispatching::finish_attempt(&self.pool, lease, seen, attempt, result, actor, at)
-                    .await
+            ) -> StoreResult<Vec<CasOutcome>> {
+                dispatching::finish_attempts(&self.pool, lease, items, actor, at).await
             }
 
             async fn delivery_attempts(
