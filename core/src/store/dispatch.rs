@@ -175,6 +175,31 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<CasOutcome>>;
 
+    /// Moves each of `items` (delivery as read, new time) to a later `next_attempt_at`,
+    /// without an attempt, under the lease; whether each moved (compare and swap).
+    async fn defer_deliveries(
+        &self,
+        lease: &Lease,
+        items: &[(&Delivery, DateTime<Utc>)],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<bool>>;
+
+    /// For each (guardian, channel) of `pairs` with deliveries waiting for a retry: the
+    /// earliest creation time among them and when the last of those retries is due.
+    #[allow(clippy::type_complexity)]
+    async fn retrying(
+        &self,
+        pairs: &[(crate::GuardianId, crate::Channel)],
+        at: DateTime<Utc>,
+    ) -> StoreResult<
+        Vec<(
+            crate::GuardianId,
+            crate::Channel,
+            DateTime<Utc>,
+            DateTime<Utc>,
+        )>,
+    >;
+
     /// [`DispatchStore::start_attempts`] for one delivery.
     async fn start_attempt(
         &self,

@@ -322,32 +322,6 @@ macro_rules! dispatch_queries {
             rows.iter().map(|row| outbound_from_row(row, false)).collect()
         }
 
-        async fn event(
-            tx: &mut Tx<'_>,
-            delivery: &Delivery,
-            from: &str,
-            actor: &str,
-            detail: Option<&str>,
-            at: DateTime<Utc>,
-        ) -> StoreResult<()> {
-            sqlx::query(
-                "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                              actor_kind, actor_ref, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'dispatcher', $7, $8)",
-            )
-            .bind($enc(*delivery.district_id.as_uuid()))
-            .bind($enc(*delivery.id.as_uuid()))
-            .bind(from)
-            .bind(delivery.state.as_str())
-            .bind(delivery.version)
-            .bind(at)
-            .bind(actor)
-            .bind(detail)
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        }
-
         async fn current(tx: &mut Tx<'_>, id: DeliveryId) -> StoreResult<Delivery> {
             let row = sqlx::query(&format!("SELECT {} FROM deliveries WHERE id = $1", super::DELIVERY_COLUMNS))
                 .bind($enc(*id.as_uuid()))
@@ -356,185 +330,70 @@ macro_rules! dispatch_queries {
             super::delivery_from_row(&row)
         }
 
-        /// Records attempt `attempts + 1` as in flight and the delivery as QUEUED (compare
-        /// and swap on the version read), before the provider is called. An unfinished
-        /// earlier attempt is recorded as in doubt. `recover_at` is when the delivery comes
-        /// due again should its outcome never be recorded.
-        #[allow(clippy::too_many_arguments)]
-        async fn start_one(
-            tx: &mut Tx<'_>,
-            seen: &Delivery,
-            provider: &str,
-            actor: &str,
-            recover_at: DateTime<Utc>,
+        /// Moves each of `items` (delivery as read, new time) to a later `next_attempt_at`
+        /// without an attempt (compare and swap), under the lease: for a provider whose
+        /// circuit is open, or a guardian's earlier delivery still being retried.
+        pub async fn defer(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            items: &[(&Delivery, DateTime<Utc>)],
             at: DateTime<Utc>,
-        ) -> StoreResult<AttemptStart> {
-            let moved = sqlx::query(&format!(
-                "UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempts = attempts + 1, \
-                        next_attempt_at = $1, provider = $2, queued_at = COALESCE(queued_at, $3), updated_at = $3 \
-                 WHERE id = $4 AND version = $5 AND state IN ('CREATED', 'QUEUED') \
-                 RETURNING {}",
-                super::DELIVERY_COLUMNS
-            ))
-            .bind(recover_at)
-            .bind(provider)
-            .bind(at)
-            .bind($enc(*seen.id.as_uuid()))
-            .bind(seen.version)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = moved else {
-                let now = current(tx, seen.id).await?;
-                return Ok(AttemptStart::Moved(now));
-            };
-            let delivery = super::delivery_from_row(&row)?;
-            let in_doubt = sqlx::query(
-                "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
-                        error = 'unfinished: the dispatcher stopped before recording the outcome' \
-                 WHERE delivery_id = $2 AND outcome = 'in_flight'",
-            )
-            .bind(at)
-            .bind($enc(*seen.id.as_uuid()))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            sqlx::query(
-                "INSERT INTO delivery_attempts (district_id, delivery_id, attempt, idempotency_key, provider, \
-                                                started_at, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'in_flight')",
-            )
-            .bind($enc(*delivery.district_id.as_uuid()))
-            .bind($enc(*delivery.id.as_uuid()))
-            .bind(delivery.attempts)
-            .bind(&delivery.idempotency_key)
-            .bind(provider)
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-            if seen.state != delivery.state {
-                event(tx, &delivery, seen.state.as_str(), actor, None, at).await?;
-            }
-            Ok(AttemptStart::Started {
-                attempt: delivery.attempts,
-                delivery,
-                earlier_in_doubt: in_doubt > 0,
-            })
-        }
-
-        /// Records how attempt `attempt` ended and moves the delivery accordingly (compare
-        /// and swap on `seen`). An attempt someone else already closed (recovered as in
-        /// doubt) changes nothing: `Conflict` with the delivery as it is.
-        async fn finish_one(
-            tx: &mut Tx<'_>,
-            seen: &Delivery,
-            attempt: i32,
-            result: &AttemptResult,
-            actor: &str,
-            at: DateTime<Utc>,
-        ) -> StoreResult<CasOutcome> {
-            let (outcome, error) = match result {
-                AttemptResult::Sent { .. } => ("sent", None),
-                AttemptResult::Retry { in_doubt: true, error, .. }
-                | AttemptResult::Failed { in_doubt: true, error, .. } => ("in_doubt", Some(error.as_str())),
-                AttemptResult::Retry { error, .. } => ("transient", Some(error.as_str())),
-                AttemptResult::Failed { permanent: true, error, .. } => ("permanent", Some(error.as_str())),
-                AttemptResult::Failed { error, .. } => ("transient", Some(error.as_str())),
-            };
-            let closed = sqlx::query(
-                "UPDATE delivery_attempts SET outcome = $1, error = $2, finished_at = $3 \
-                 WHERE delivery_id = $4 AND attempt = $5 AND outcome = 'in_flight'",
-            )
-            .bind(outcome)
-            .bind(error)
-            .bind(at)
-            .bind($enc(*seen.id.as_uuid()))
-            .bind(attempt)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if closed == 0 {
-                let now = current(tx, seen.id).await?;
-                return Ok(CasOutcome::Conflict(now));
-            }
-            let query = match result {
-                AttemptResult::Sent { .. } => {
-                    "UPDATE deliveries SET state = 'SENT', version = version + 1, provider_ref = $1, \
-                            sent_at = $2, updated_at = $2, next_attempt_at = NULL \
-                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
-                }
-                AttemptResult::Retry { .. } => {
-                    "UPDATE deliveries SET version = version + 1, last_error = $1, next_attempt_at = $5, updated_at = $2 \
-                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
-                }
-                AttemptResult::Failed { .. } => {
-                    "UPDATE deliveries SET state = 'FAILED', version = version + 1, last_error = $1, \
-                            failed_at = $2, updated_at = $2, next_attempt_at = NULL \
-                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
-                }
-            };
-            let (text, retry_at) = match result {
-                AttemptResult::Sent { provider_ref } => (provider_ref.as_str(), None),
-                AttemptResult::Retry { at, error, .. } => (error.as_str(), Some(*at)),
-                AttemptResult::Failed { error, .. } => (error.as_str(), None),
-            };
-            let sql = format!("{query} RETURNING {}", super::DELIVERY_COLUMNS);
-            let mut update = sqlx::query(&sql)
-                .bind(text)
+        ) -> StoreResult<Vec<bool>> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let mut moved = Vec::with_capacity(items.len());
+            for (seen, until) in items {
+                let done = sqlx::query(
+                    "UPDATE deliveries SET next_attempt_at = $1, version = version + 1, updated_at = $2 \
+                     WHERE id = $3 AND version = $4 AND state IN ('CREATED', 'QUEUED')",
+                )
+                .bind(until)
                 .bind(at)
                 .bind($enc(*seen.id.as_uuid()))
-                .bind(seen.version);
-            if retry_at.is_some() {
-                update = update.bind(retry_at);
-            }
-            let Some(row) = update.fetch_optional(&mut **tx).await? else {
-                // Moved meanwhile (a callback or a recall): the attempt's record stands.
-                let now = current(tx, seen.id).await?;
-                return Ok(CasOutcome::Conflict(now));
-            };
-            let delivery = super::delivery_from_row(&row)?;
-            if delivery.state != seen.state {
-                event(tx, &delivery, seen.state.as_str(), actor, error, at).await?;
-            }
-            Ok(CasOutcome::Applied(delivery))
-        }
-
-        /// Starts an attempt for each of `items` (delivery as read, provider) in one
-        /// transaction under the lease (see `start_one`).
-        pub async fn start_attempts(
-            pool: &sqlx::Pool<$db>,
-            lease: &Lease,
-            items: &[(&Delivery, &str)],
-            actor: &str,
-            recover_at: DateTime<Utc>,
-            at: DateTime<Utc>,
-        ) -> StoreResult<Vec<AttemptStart>> {
-            let mut tx = pool.begin().await?;
-            fence(&mut tx, lease).await?;
-            let mut started = Vec::with_capacity(items.len());
-            for (seen, provider) in items {
-                started.push(start_one(&mut tx, seen, provider, actor, recover_at, at).await?);
+                .bind(seen.version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                moved.push(done == 1);
             }
             tx.commit().await?;
-            Ok(started)
+            Ok(moved)
         }
 
-        /// Records how each of `items` (delivery as read, attempt, result) ended, in one
-        /// transaction under the lease (see `finish_one`).
-        pub async fn finish_attempts(
+        /// For each (guardian, channel) of `pairs`, the earliest-created delivery that is
+        /// waiting for a retry, with when that retry is due.
+        pub async fn retrying(
             pool: &sqlx::Pool<$db>,
-            lease: &Lease,
-            items: &[(&Delivery, i32, &AttemptResult)],
-            actor: &str,
+            pairs: &[($crate::GuardianId, $crate::Channel)],
             at: DateTime<Utc>,
-        ) -> StoreResult<Vec<CasOutcome>> {
-            let mut tx = pool.begin().await?;
-            fence(&mut tx, lease).await?;
-            let mut finished = Vec::with_capacity(items.len());
-            for (seen, attempt, result) in items {
-                finished.push(finish_one(&mut tx, seen, *attempt, result, actor, at).await?);
+        ) -> StoreResult<Vec<($crate::GuardianId, $crate::Channel, DateTime<Utc>, DateTime<Utc>)>> {
+            let mut found = Vec::new();
+            for chunk in pairs.chunks(300) {
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT guardian_id, channel, min(created_at) AS created_at, max(next_attempt_at) AS due \
+                     FROM deliveries WHERE state = 'QUEUED' AND attempts > 0 AND next_attempt_at > ",
+                );
+                query.push_bind(at);
+                query.push(" AND (guardian_id, channel) IN (");
+                let mut separated = query.separated(", ");
+                for (guardian, channel) in chunk {
+                    separated.push("(");
+                    separated.push_bind_unseparated($enc(*guardian.as_uuid()));
+                    separated.push_unseparated(", ");
+                    separated.push_bind_unseparated(channel.as_str());
+                    separated.push_unseparated(")");
+                }
+                query.push(") GROUP BY guardian_id, channel");
+                for row in query.build().fetch_all(pool).await? {
+                    found.push((
+                        $crate::GuardianId::from_uuid(dec(&row, "guardian_id")?),
+                        parse_col(&row, "channel")?,
+                        row.try_get("created_at")?,
+                        row.try_get("due")?,
+                    ));
+                }
             }
-            tx.commit().await?;
-            Ok(finished)
+            Ok(found)
         }
 
         fn scope_parts(scope: &MessageScope) -> (uuid::Uuid, Option<uuid::Uuid>) {
@@ -749,6 +608,30 @@ macro_rules! dispatch_store_impl {
                 dispatching::start_attempts(&self.pool, lease, items, actor, recover_at, at).await
             }
 
+            async fn defer_deliveries(
+                &self,
+                lease: &crate::store::dispatch::Lease,
+                items: &[(&Delivery, DateTime<Utc>)],
+                at: DateTime<Utc>,
+            ) -> StoreResult<Vec<bool>> {
+                dispatching::defer(&self.pool, lease, items, at).await
+            }
+
+            async fn retrying(
+                &self,
+                pairs: &[(crate::GuardianId, crate::Channel)],
+                at: DateTime<Utc>,
+            ) -> StoreResult<
+                Vec<(
+                    crate::GuardianId,
+                    crate::Channel,
+                    DateTime<Utc>,
+                    DateTime<Utc>,
+                )>,
+            > {
+                dispatching::retrying(&self.pool, pairs, at).await
+            }
+
             async fn finish_attempts(
                 &self,
                 lease: &crate::store::dispatch::Lease,
@@ -795,4 +678,218 @@ macro_rules! dispatch_store_impl {
     };
 }
 
-pub(crate) use {dispatch_queries, dispatch_store_impl};
+/// Expands, inside a module made by `dispatch_queries!`, to the attempts written a
+/// statement per row inside one transaction: right for SQLite, which runs in-process.
+macro_rules! rowwise_attempts {
+    (db: $db:ty, enc: $enc:path) => {
+        async fn event(
+            tx: &mut Tx<'_>,
+            delivery: &Delivery,
+            from: &str,
+            actor: &str,
+            detail: Option<&str>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                              actor_kind, actor_ref, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'dispatcher', $7, $8)",
+            )
+            .bind($enc(*delivery.district_id.as_uuid()))
+            .bind($enc(*delivery.id.as_uuid()))
+            .bind(from)
+            .bind(delivery.state.as_str())
+            .bind(delivery.version)
+            .bind(at)
+            .bind(actor)
+            .bind(detail)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        /// Records attempt `attempts + 1` as in flight and the delivery as QUEUED (compare
+        /// and swap on the version read), before the provider is called. An unfinished
+        /// earlier attempt is recorded as in doubt. `recover_at` is when the delivery comes
+        /// due again should its outcome never be recorded.
+        #[allow(clippy::too_many_arguments)]
+        async fn start_one(
+            tx: &mut Tx<'_>,
+            seen: &Delivery,
+            provider: &str,
+            actor: &str,
+            recover_at: DateTime<Utc>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<AttemptStart> {
+            let moved = sqlx::query(&format!(
+                "UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempts = attempts + 1, \
+                        next_attempt_at = $1, provider = $2, queued_at = COALESCE(queued_at, $3), updated_at = $3 \
+                 WHERE id = $4 AND version = $5 AND state IN ('CREATED', 'QUEUED') \
+                 RETURNING {}",
+                super::DELIVERY_COLUMNS
+            ))
+            .bind(recover_at)
+            .bind(provider)
+            .bind(at)
+            .bind($enc(*seen.id.as_uuid()))
+            .bind(seen.version)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(row) = moved else {
+                let now = current(tx, seen.id).await?;
+                return Ok(AttemptStart::Moved(now));
+            };
+            let delivery = super::delivery_from_row(&row)?;
+            let in_doubt = sqlx::query(
+                "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
+                        error = 'unfinished: the dispatcher stopped before recording the outcome' \
+                 WHERE delivery_id = $2 AND outcome = 'in_flight'",
+            )
+            .bind(at)
+            .bind($enc(*seen.id.as_uuid()))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "INSERT INTO delivery_attempts (district_id, delivery_id, attempt, idempotency_key, provider, \
+                                                started_at, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'in_flight')",
+            )
+            .bind($enc(*delivery.district_id.as_uuid()))
+            .bind($enc(*delivery.id.as_uuid()))
+            .bind(delivery.attempts)
+            .bind(&delivery.idempotency_key)
+            .bind(provider)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+            if seen.state != delivery.state {
+                event(tx, &delivery, seen.state.as_str(), actor, None, at).await?;
+            }
+            Ok(AttemptStart::Started {
+                attempt: delivery.attempts,
+                delivery,
+                earlier_in_doubt: in_doubt > 0,
+            })
+        }
+
+        /// Records how attempt `attempt` ended and moves the delivery accordingly (compare
+        /// and swap on `seen`). An attempt someone else already closed (recovered as in
+        /// doubt) changes nothing: `Conflict` with the delivery as it is.
+        async fn finish_one(
+            tx: &mut Tx<'_>,
+            seen: &Delivery,
+            attempt: i32,
+            result: &AttemptResult,
+            actor: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<CasOutcome> {
+            let (outcome, error) = match result {
+                AttemptResult::Sent { .. } => ("sent", None),
+                AttemptResult::Retry { in_doubt: true, error, .. }
+                | AttemptResult::Failed { in_doubt: true, error, .. } => ("in_doubt", Some(error.as_str())),
+                AttemptResult::Retry { error, .. } => ("transient", Some(error.as_str())),
+                AttemptResult::Failed { permanent: true, error, .. } => ("permanent", Some(error.as_str())),
+                AttemptResult::Failed { error, .. } => ("transient", Some(error.as_str())),
+            };
+            let closed = sqlx::query(
+                "UPDATE delivery_attempts SET outcome = $1, error = $2, finished_at = $3 \
+                 WHERE delivery_id = $4 AND attempt = $5 AND outcome = 'in_flight'",
+            )
+            .bind(outcome)
+            .bind(error)
+            .bind(at)
+            .bind($enc(*seen.id.as_uuid()))
+            .bind(attempt)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if closed == 0 {
+                let now = current(tx, seen.id).await?;
+                return Ok(CasOutcome::Conflict(now));
+            }
+            let query = match result {
+                AttemptResult::Sent { .. } => {
+                    "UPDATE deliveries SET state = 'SENT', version = version + 1, provider_ref = $1, \
+                            sent_at = $2, updated_at = $2, next_attempt_at = NULL \
+                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
+                }
+                AttemptResult::Retry { .. } => {
+                    "UPDATE deliveries SET version = version + 1, last_error = $1, next_attempt_at = $5, updated_at = $2 \
+                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
+                }
+                AttemptResult::Failed { .. } => {
+                    "UPDATE deliveries SET state = 'FAILED', version = version + 1, last_error = $1, \
+                            failed_at = $2, updated_at = $2, next_attempt_at = NULL \
+                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
+                }
+            };
+            let (text, retry_at) = match result {
+                AttemptResult::Sent { provider_ref } => (provider_ref.as_str(), None),
+                AttemptResult::Retry { at, error, .. } => (error.as_str(), Some(*at)),
+                AttemptResult::Failed { error, .. } => (error.as_str(), None),
+            };
+            let sql = format!("{query} RETURNING {}", super::DELIVERY_COLUMNS);
+            let mut update = sqlx::query(&sql)
+                .bind(text)
+                .bind(at)
+                .bind($enc(*seen.id.as_uuid()))
+                .bind(seen.version);
+            if retry_at.is_some() {
+                update = update.bind(retry_at);
+            }
+            let Some(row) = update.fetch_optional(&mut **tx).await? else {
+                // Moved meanwhile (a callback or a recall): the attempt's record stands.
+                let now = current(tx, seen.id).await?;
+                return Ok(CasOutcome::Conflict(now));
+            };
+            let delivery = super::delivery_from_row(&row)?;
+            if delivery.state != seen.state {
+                event(tx, &delivery, seen.state.as_str(), actor, error, at).await?;
+            }
+            Ok(CasOutcome::Applied(delivery))
+        }
+
+        /// Starts an attempt for each of `items` (delivery as read, provider) in one
+        /// transaction under the lease (see `start_one`).
+        pub async fn start_attempts_rowwise(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            items: &[(&Delivery, &str)],
+            actor: &str,
+            recover_at: DateTime<Utc>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<AttemptStart>> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let mut started = Vec::with_capacity(items.len());
+            for (seen, provider) in items {
+                started.push(start_one(&mut tx, seen, provider, actor, recover_at, at).await?);
+            }
+            tx.commit().await?;
+            Ok(started)
+        }
+
+        /// Records how each of `items` (delivery as read, attempt, result) ended, in one
+        /// transaction under the lease (see `finish_one`).
+        pub async fn finish_attempts_rowwise(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            items: &[(&Delivery, i32, &AttemptResult)],
+            actor: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<CasOutcome>> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let mut finished = Vec::with_capacity(items.len());
+            for (seen, attempt, result) in items {
+                finished.push(finish_one(&mut tx, seen, *attempt, result, actor, at).await?);
+            }
+            tx.commit().await?;
+            Ok(finished)
+        }
+
+    };
+}
+
+pub(crate) use {dispatch_queries, dispatch_store_impl, rowwise_attempts};

@@ -1095,5 +1095,310 @@ mod dispatching {
         id
     }
 
+    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
+        Ok(sqlx::Row::try_get(row, column)?)
+    }
+
     crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Postgres, enc: enc);
+
+    // PostgreSQL: a batch's attempts in a handful of array statements, not a few per row.
+
+    fn delivery_columns(alias: &str) -> String {
+        super::DELIVERY_COLUMNS
+            .split(',')
+            .map(|c| format!("{alias}.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The current rows of `ids`, by id.
+    async fn current_rows(
+        tx: &mut Tx<'_>,
+        ids: &[uuid::Uuid],
+    ) -> StoreResult<std::collections::HashMap<uuid::Uuid, Delivery>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM deliveries WHERE id = ANY($1)",
+            super::DELIVERY_COLUMNS
+        ))
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let d = super::delivery_from_row(row)?;
+                Ok((*d.id.as_uuid(), d))
+            })
+            .collect()
+    }
+
+    async fn events(
+        tx: &mut Tx<'_>,
+        moved: &[(&Delivery, &str, Option<&str>)],
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let districts: Vec<uuid::Uuid> = moved
+            .iter()
+            .map(|(d, _, _)| *d.district_id.as_uuid())
+            .collect();
+        let ids: Vec<uuid::Uuid> = moved.iter().map(|(d, _, _)| *d.id.as_uuid()).collect();
+        let from: Vec<&str> = moved.iter().map(|(_, f, _)| *f).collect();
+        let to: Vec<&str> = moved.iter().map(|(d, _, _)| d.state.as_str()).collect();
+        let versions: Vec<i64> = moved.iter().map(|(d, _, _)| d.version).collect();
+        let details: Vec<Option<&str>> = moved.iter().map(|(_, _, e)| *e).collect();
+        sqlx::query(
+            "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                          actor_kind, actor_ref, detail) \
+             SELECT district_id, delivery_id, from_state, to_state, version, $1, 'dispatcher', $2, detail \
+             FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::bigint[], $8::text[]) \
+                  AS e(district_id, delivery_id, from_state, to_state, version, detail)",
+        )
+        .bind(at)
+        .bind(actor)
+        .bind(&districts)
+        .bind(&ids)
+        .bind(&from)
+        .bind(&to)
+        .bind(&versions)
+        .bind(&details)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn start_attempts(
+        pool: &sqlx::PgPool,
+        lease: &Lease,
+        items: &[(&Delivery, &str)],
+        actor: &str,
+        recover_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<AttemptStart>> {
+        let mut tx = pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        let ids: Vec<uuid::Uuid> = items.iter().map(|(d, _)| *d.id.as_uuid()).collect();
+        let versions: Vec<i64> = items.iter().map(|(d, _)| d.version).collect();
+        let providers: Vec<&str> = items.iter().map(|(_, p)| *p).collect();
+        let rows = sqlx::query(&format!(
+            "UPDATE deliveries d SET state = 'QUEUED', version = d.version + 1, attempts = d.attempts + 1, \
+                    next_attempt_at = $1, provider = x.provider, queued_at = COALESCE(d.queued_at, $2), \
+                    updated_at = $2 \
+             FROM unnest($3::uuid[], $4::bigint[], $5::text[]) AS x(id, version, provider) \
+             WHERE d.id = x.id AND d.version = x.version AND d.state IN ('CREATED', 'QUEUED') \
+             RETURNING {}",
+            delivery_columns("d")
+        ))
+        .bind(recover_at)
+        .bind(at)
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&providers)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut moved = std::collections::HashMap::new();
+        for row in &rows {
+            let d = super::delivery_from_row(row)?;
+            moved.insert(*d.id.as_uuid(), d);
+        }
+        let moved_ids: Vec<uuid::Uuid> = moved.keys().copied().collect();
+        let in_doubt: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(
+            "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
+                    error = 'unfinished: the dispatcher stopped before recording the outcome' \
+             WHERE delivery_id = ANY($2) AND outcome = 'in_flight' RETURNING delivery_id",
+        )
+        .bind(at)
+        .bind(&moved_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let new: Vec<(&Delivery, &str)> = items
+            .iter()
+            .filter_map(|(seen, provider)| Some((moved.get(seen.id.as_uuid())?, *provider)))
+            .collect();
+        let districts: Vec<uuid::Uuid> =
+            new.iter().map(|(d, _)| *d.district_id.as_uuid()).collect();
+        let delivery_ids: Vec<uuid::Uuid> = new.iter().map(|(d, _)| *d.id.as_uuid()).collect();
+        let attempts: Vec<i32> = new.iter().map(|(d, _)| d.attempts).collect();
+        let keys: Vec<&str> = new
+            .iter()
+            .map(|(d, _)| d.idempotency_key.as_str())
+            .collect();
+        let new_providers: Vec<&str> = new.iter().map(|(_, p)| *p).collect();
+        sqlx::query(
+            "INSERT INTO delivery_attempts (district_id, delivery_id, attempt, idempotency_key, provider, \
+                                            started_at, outcome) \
+             SELECT district_id, delivery_id, attempt, key, provider, $1, 'in_flight' \
+             FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::text[]) \
+                  AS a(district_id, delivery_id, attempt, key, provider)",
+        )
+        .bind(at)
+        .bind(&districts)
+        .bind(&delivery_ids)
+        .bind(&attempts)
+        .bind(&keys)
+        .bind(&new_providers)
+        .execute(&mut *tx)
+        .await?;
+        let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+            .iter()
+            .filter_map(|(seen, _)| {
+                let d = moved.get(seen.id.as_uuid())?;
+                (d.state != seen.state).then(|| (d, seen.state.as_str(), None))
+            })
+            .collect();
+        events(&mut tx, &changed, actor, at).await?;
+        let stale: Vec<uuid::Uuid> = ids
+            .iter()
+            .filter(|id| !moved.contains_key(*id))
+            .copied()
+            .collect();
+        let mut now_rows = current_rows(&mut tx, &stale).await?;
+        tx.commit().await?;
+        items
+            .iter()
+            .map(|(seen, _)| {
+                let id = *seen.id.as_uuid();
+                match moved.remove(&id) {
+                    Some(delivery) => Ok(AttemptStart::Started {
+                        attempt: delivery.attempts,
+                        earlier_in_doubt: in_doubt.contains(&id),
+                        delivery,
+                    }),
+                    None => now_rows
+                        .remove(&id)
+                        .map(AttemptStart::Moved)
+                        .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} vanished"))),
+                }
+            })
+            .collect()
+    }
+
+    pub async fn finish_attempts(
+        pool: &sqlx::PgPool,
+        lease: &Lease,
+        items: &[(&Delivery, i32, &AttemptResult)],
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<CasOutcome>> {
+        let mut tx = pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        let ids: Vec<uuid::Uuid> = items.iter().map(|(d, _, _)| *d.id.as_uuid()).collect();
+        let attempts: Vec<i32> = items.iter().map(|(_, a, _)| *a).collect();
+        // (attempt outcome, kind of delivery update, its text, the retry time)
+        let parts: Vec<(&str, &str, &str, Option<DateTime<Utc>>)> = items
+            .iter()
+            .map(|(_, _, result)| match result {
+                AttemptResult::Sent { provider_ref } => {
+                    ("sent", "sent", provider_ref.as_str(), None)
+                }
+                AttemptResult::Retry {
+                    at,
+                    in_doubt,
+                    error,
+                } => (
+                    if *in_doubt { "in_doubt" } else { "transient" },
+                    "retry",
+                    error.as_str(),
+                    Some(*at),
+                ),
+                AttemptResult::Failed {
+                    in_doubt,
+                    permanent,
+                    error,
+                } => {
+                    let outcome = match (in_doubt, permanent) {
+                        (true, _) => "in_doubt",
+                        (false, true) => "permanent",
+                        (false, false) => "transient",
+                    };
+                    (outcome, "failed", error.as_str(), None)
+                }
+            })
+            .collect();
+        let outcomes: Vec<&str> = parts.iter().map(|p| p.0).collect();
+        let errors: Vec<Option<&str>> = parts
+            .iter()
+            .map(|p| (p.1 != "sent").then_some(p.2))
+            .collect();
+        let closed: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(
+            "UPDATE delivery_attempts a SET outcome = x.outcome, error = x.error, finished_at = $1 \
+             FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[]) AS x(delivery_id, attempt, outcome, error) \
+             WHERE a.delivery_id = x.delivery_id AND a.attempt = x.attempt AND a.outcome = 'in_flight' \
+             RETURNING a.delivery_id",
+        )
+        .bind(at)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&outcomes)
+        .bind(&errors)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let open: Vec<usize> = (0..items.len())
+            .filter(|i| closed.contains(&ids[*i]))
+            .collect();
+        let u_ids: Vec<uuid::Uuid> = open.iter().map(|i| ids[*i]).collect();
+        let u_versions: Vec<i64> = open.iter().map(|i| items[*i].0.version).collect();
+        let u_kinds: Vec<&str> = open.iter().map(|i| parts[*i].1).collect();
+        let u_texts: Vec<&str> = open.iter().map(|i| parts[*i].2).collect();
+        let u_retry: Vec<Option<DateTime<Utc>>> = open.iter().map(|i| parts[*i].3).collect();
+        let rows = sqlx::query(&format!(
+            "UPDATE deliveries d SET \
+                state = CASE x.kind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' ELSE d.state END, \
+                version = d.version + 1, updated_at = $1, \
+                provider_ref = CASE WHEN x.kind = 'sent' THEN x.text ELSE d.provider_ref END, \
+                sent_at = CASE WHEN x.kind = 'sent' THEN $1 ELSE d.sent_at END, \
+                failed_at = CASE WHEN x.kind = 'failed' THEN $1 ELSE d.failed_at END, \
+                last_error = CASE WHEN x.kind = 'sent' THEN d.last_error ELSE x.text END, \
+                next_attempt_at = x.retry_at \
+             FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[]) \
+                  AS x(id, version, kind, text, retry_at) \
+             WHERE d.id = x.id AND d.version = x.version AND d.state = 'QUEUED' \
+             RETURNING {}",
+            delivery_columns("d")
+        ))
+        .bind(at)
+        .bind(&u_ids)
+        .bind(&u_versions)
+        .bind(&u_kinds)
+        .bind(&u_texts)
+        .bind(&u_retry)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut applied = std::collections::HashMap::new();
+        for row in &rows {
+            let d = super::delivery_from_row(row)?;
+            applied.insert(*d.id.as_uuid(), d);
+        }
+        let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+            .iter()
+            .zip(&errors)
+            .filter_map(|((seen, _, _), error)| {
+                let d = applied.get(seen.id.as_uuid())?;
+                (d.state != seen.state).then(|| (d, seen.state.as_str(), *error))
+            })
+            .collect();
+        events(&mut tx, &changed, actor, at).await?;
+        let stale: Vec<uuid::Uuid> = ids
+            .iter()
+            .filter(|id| !applied.contains_key(*id))
+            .copied()
+            .collect();
+        let mut now_rows = current_rows(&mut tx, &stale).await?;
+        tx.commit().await?;
+        ids.iter()
+            .map(|id| match applied.remove(id) {
+                Some(d) => Ok(CasOutcome::Applied(d)),
+                None => now_rows
+                    .remove(id)
+                    .map(CasOutcome::Conflict)
+                    .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} vanished"))),
+            })
+            .collect()
+    }
 }

@@ -1078,5 +1078,16 @@ mod dispatching {
         id.hyphenated().to_string()
     }
 
+    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
+        super::uuid(row, column)
+    }
+
     crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Sqlite, enc: enc);
+    crate::store::dispatch_sql::rowwise_attempts!(db: sqlx::Sqlite, enc: enc);
+
+    // SQLite runs in-process: a statement per row inside one transaction is as fast as
+    // anything bulk would be.
+    pub use self::{
+        finish_attempts_rowwise as finish_attempts, start_attempts_rowwise as start_attempts,
+    };
 }
