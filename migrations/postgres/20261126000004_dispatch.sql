@@ -15,3 +15,7 @@ CREATE TABLE dispatchers (
 -- Attempts made before the delivery was last replayed from the dead letters: a replay
 -- gets the whole retry schedule again.
 ALTER TABLE deliveries ADD COLUMN attempt_base integer NOT NULL DEFAULT 0;
+
+-- The idempotency key is the delivery's id as text: the primary key already makes it
+-- unique, and every index is written again on each state change.
+ALTER TABLE deliveries DROP CONSTRAINT deliveries_idempotency_key_key;
