@@ -107,10 +107,14 @@ impl TestDatabase {
                 .await
                 .expect("migrate the template database");
             store.pool().close().await;
-            admin
-                .execute(format!("ALTER DATABASE {building} RENAME TO {template}").as_str())
-                .await
-                .expect("publish the template database");
+            // The closed pool's last connection may take a moment to go away.
+            let rename = format!("ALTER DATABASE {building} RENAME TO {template}");
+            let mut tries = 0;
+            while let Err(error) = admin.execute(rename.as_str()).await {
+                tries += 1;
+                assert!(tries < 50, "publish the template database: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
         let name = format!("tidings_test_{}", uuid::Uuid::now_v7().simple());
         admin

@@ -15,6 +15,7 @@
 //! A batch ends before the second entry for the same guardian and channel, so a guardian's
 //! messages on one channel go out in the order they were written.
 
+pub mod breaker;
 pub mod retry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +33,7 @@ use tidings_core::store::{CasOutcome, Store, StoreError};
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane};
 
+pub use breaker::{BreakerPolicy, Breakers};
 pub use retry::RetryPolicy;
 pub use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
 
@@ -57,6 +59,11 @@ pub struct Config {
     pub in_doubt_after: Duration,
     /// Seed for retry jitter.
     pub seed: u64,
+    /// When a provider's circuit breaker opens, and for how long.
+    pub breaker: BreakerPolicy,
+    /// How long a guardian's later delivery on a channel waits behind an earlier one
+    /// that is being retried, before it goes anyway.
+    pub max_order_wait: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +81,8 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             in_doubt_after: Duration::from_secs(120),
             seed: rand::random(),
+            breaker: BreakerPolicy::default(),
+            max_order_wait: Duration::from_secs(600),
         }
     }
 }
@@ -106,6 +115,9 @@ pub struct Counters {
     pub lost_in_doubt: AtomicU64,
     /// Writes refused because another dispatcher had taken the partition over.
     pub fenced: AtomicU64,
+    /// Deliveries held back without an attempt: behind a guardian's retrying delivery, or
+    /// for a provider whose breaker is open.
+    pub deferred: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -117,6 +129,7 @@ pub struct Totals {
     pub in_doubt: u64,
     pub lost_in_doubt: u64,
     pub fenced: u64,
+    pub deferred: u64,
 }
 
 impl Counters {
@@ -129,6 +142,7 @@ impl Counters {
             in_doubt: get(&self.in_doubt),
             lost_in_doubt: get(&self.lost_in_doubt),
             fenced: get(&self.fenced),
+            deferred: get(&self.deferred),
         }
     }
 
@@ -154,6 +168,7 @@ pub struct Dispatcher {
     rng: Mutex<StdRng>,
     /// Deliveries this process is sending right now: never taken up as unfinished.
     in_flight: Mutex<HashSet<DeliveryId>>,
+    breakers: Breakers,
 }
 
 /// The dispatcher's view of its partitions, shared by the work loop and the renewal
@@ -185,6 +200,7 @@ impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, adapters: Adapters, config: Config) -> Self {
         Self {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            breakers: Breakers::new(config.breaker),
             store,
             adapters,
             config,
@@ -487,6 +503,8 @@ impl Dispatcher {
             })
             .collect();
 
+        let batch = self.hold_back(lease, batch, at).await?;
+
         // 1. Attempts recorded before any call.
         let items: Vec<(&tidings_core::delivery::Delivery, &str)> = batch
             .iter()
@@ -565,13 +583,29 @@ impl Dispatcher {
             });
             sends.into_iter().zip(outcomes).collect::<Vec<_>>()
         });
-        for ((o, attempt), outcome) in futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            let result = self.classify(&o, attempt, outcome);
-            finishing.push((o, attempt, result));
+        for answered in futures_util::future::join_all(calls).await {
+            if let Some(((o, _), _)) = answered.first() {
+                let provider = self.provider(o.delivery.channel);
+                let failed = answered
+                    .iter()
+                    .filter(|(_, outcome)| {
+                        matches!(
+                            outcome,
+                            SendOutcome::Transient { .. } | SendOutcome::InDoubt { .. }
+                        )
+                    })
+                    .count();
+                if let Some(until) = self
+                    .breakers
+                    .record(provider, answered.len(), failed, now())
+                {
+                    tracing::warn!(provider, %until, "provider keeps failing: its sends pause (circuit breaker open)");
+                }
+            }
+            for ((o, attempt), outcome) in answered {
+                let result = self.classify(&o, attempt, outcome);
+                finishing.push((o, attempt, result));
+            }
         }
 
         // 4. Outcomes recorded.
@@ -581,6 +615,67 @@ impl Dispatcher {
             in_flight.remove(&o.delivery.id);
         }
         finished
+    }
+
+    fn provider(&self, channel: Channel) -> &str {
+        self.adapters
+            .get(channel)
+            .map_or("unconfigured", |a| a.provider())
+    }
+
+    /// Holds back, without an attempt, what must not go yet: a guardian's delivery on a
+    /// channel where an earlier one is waiting for a retry (so a correction never
+    /// overtakes the alert it corrects; bounded by `max_order_wait`), and sends to a
+    /// provider whose circuit breaker is open. Returns the rest.
+    async fn hold_back(
+        &self,
+        lease: &Lease,
+        batch: Vec<Outbound>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Outbound>, DispatchError> {
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let pairs: Vec<_> = batch
+            .iter()
+            .map(|o| (o.delivery.guardian_id, o.delivery.channel))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let retrying: HashMap<_, _> = self
+            .store
+            .retrying(&pairs, at)
+            .await?
+            .into_iter()
+            .map(|(g, c, created, due)| ((g, c), (created, due)))
+            .collect();
+        let max_wait = chrono::Duration::from_std(self.config.max_order_wait)
+            .unwrap_or(chrono::Duration::minutes(10));
+        let mut go = Vec::with_capacity(batch.len());
+        let mut wait = Vec::new();
+        for o in batch {
+            let d = &o.delivery;
+            let behind = retrying
+                .get(&(d.guardian_id, d.channel))
+                .filter(|(created, _)| *created < d.created_at && at < d.created_at + max_wait)
+                .map(|(_, due)| (*due + chrono::Duration::seconds(1)).min(d.created_at + max_wait));
+            let paused = self.breakers.held_until(self.provider(d.channel), at);
+            match behind.max(paused) {
+                Some(until) => wait.push((o, until)),
+                None => go.push(o),
+            }
+        }
+        if !wait.is_empty() {
+            let items: Vec<_> = wait
+                .iter()
+                .map(|(o, until)| (&o.delivery, *until))
+                .collect();
+            let moved = self.store.defer_deliveries(lease, &items, at).await?;
+            for _ in moved.into_iter().filter(|m| *m) {
+                Counters::add(&self.counters.deferred);
+            }
+        }
+        Ok(go)
     }
 
     fn classify(&self, o: &Outbound, attempt: i32, outcome: SendOutcome) -> AttemptResult {

@@ -13,7 +13,9 @@ use tidings_core::store::{MessageScope, NewMessage, Store, StoreError};
 use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane, MessageKind};
-use tidings_dispatcher::{Adapters, Config, Dispatcher, RetryPolicy, CONSUMER_GROUP};
+use tidings_dispatcher::{
+    Adapters, BreakerPolicy, Config, Dispatcher, RetryPolicy, CONSUMER_GROUP,
+};
 use tidings_sandbox::{Faults, InProcessProvider};
 
 macro_rules! on_both_stores {
@@ -51,6 +53,8 @@ on_both_stores! {
     a_channel_without_a_provider_fails_visibly,
     live_dispatchers_share_the_partitions_evenly,
     a_replayed_dead_letter_gets_the_whole_schedule_again,
+    a_provider_that_keeps_failing_is_paused_while_others_send,
+    a_later_message_waits_behind_a_retrying_one,
 }
 
 const PARTITIONS: u32 = 4;
@@ -63,6 +67,11 @@ fn config(seed: u64) -> Config {
             schedule: vec![Duration::ZERO; 12],
         },
         seed,
+        // Failures are the point of most tests here: the breaker has its own.
+        breaker: BreakerPolicy {
+            failures: u32::MAX,
+            ..BreakerPolicy::default()
+        },
         ..Config::default()
     }
 }
@@ -640,4 +649,123 @@ async fn a_replayed_dead_letter_gets_the_whole_schedule_again(store: Arc<dyn Sto
         store.dead_letters(&scope, None, 100).await.unwrap().len(),
         3
     );
+}
+
+async fn a_provider_that_keeps_failing_is_paused_while_others_send(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 20).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms, Channel::Email]));
+    store.create_message(&message, now()).await.unwrap();
+    let down = InProcessProvider::new(Faults {
+        transient: 1.0,
+        ..Faults::default()
+    })
+    .named("sms-gateway");
+    let up = InProcessProvider::default().named("mail-relay");
+    let adapters = Adapters::default()
+        .with(Channel::Sms, down.adapter(Channel::Sms))
+        .with(Channel::Email, up.adapter(Channel::Email));
+    let config = Config {
+        breaker: BreakerPolicy {
+            failures: 3,
+            pause: Duration::from_secs(3_600),
+            max_pause: Duration::from_secs(3_600),
+        },
+        ..config(12)
+    };
+    let dispatcher = Dispatcher::new(store.clone(), adapters, config);
+    dispatcher.run_until_idle().await.unwrap();
+
+    let mut sms_attempts = 0;
+    let mut held = 0;
+    for id in delivery_ids(&message) {
+        let d = store.delivery(id).await.unwrap().unwrap();
+        match d.channel {
+            Channel::Email => assert_eq!(d.state, DeliveryState::Sent),
+            _ => {
+                assert!(matches!(
+                    d.state,
+                    DeliveryState::Created | DeliveryState::Queued
+                ));
+                let later = now() + chrono::Duration::minutes(30);
+                assert!(
+                    d.next_attempt_at.is_some_and(|t| t > later),
+                    "waits for the pause"
+                );
+                sms_attempts += d.attempts;
+                held += usize::from(d.attempts == 0);
+            }
+        }
+    }
+    // The breaker opened after the first batch of failures: the rest were held without
+    // spending an attempt, and the gateway was not called for them.
+    assert!(held > 0, "no SMS was held back");
+    assert_eq!(down.sends() as i32, sms_attempts);
+    assert!(sms_attempts < 20);
+    assert!(dispatcher.counters().totals().deferred as usize >= held);
+    assert_eq!(up.received().len(), 20);
+}
+
+async fn a_later_message_waits_behind_a_retrying_one(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 1).await;
+    let alert = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&alert, now()).await.unwrap();
+    let provider = InProcessProvider::new(Faults {
+        transient: 1.0,
+        ..Faults::default()
+    });
+    let hour = || Config {
+        retry: RetryPolicy {
+            schedule: vec![Duration::ZERO, Duration::from_secs(7_200)],
+        },
+        max_order_wait: Duration::from_secs(3 * 3_600),
+        ..config(13)
+    };
+    dispatcher(&store, &provider, hour())
+        .run_until_idle()
+        .await
+        .unwrap();
+    let first = store
+        .delivery(delivery_ids(&alert)[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.state, first.attempts), (DeliveryState::Queued, 1));
+    let retry_at = first.next_attempt_at.unwrap();
+
+    // The provider is back, and a correction follows: it waits behind the alert.
+    provider.set_faults(Faults::default());
+    let correction = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&correction, now()).await.unwrap();
+    let waiting = dispatcher(&store, &provider, hour());
+    waiting.run_until_idle().await.unwrap();
+    let second = store
+        .delivery(delivery_ids(&correction)[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((second.state, second.attempts), (DeliveryState::Created, 0));
+    assert!(
+        second.next_attempt_at.unwrap() > retry_at,
+        "goes after the alert's retry"
+    );
+    assert_eq!(waiting.counters().totals().deferred, 1);
+    assert!(provider.received().is_empty());
+
+    // The wait is bounded: with no wait allowed, it goes at once.
+    let impatient = Config {
+        max_order_wait: Duration::ZERO,
+        ..hour()
+    };
+    let later = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&later, now()).await.unwrap();
+    dispatcher(&store, &provider, impatient)
+        .run_until_idle()
+        .await
+        .unwrap();
+    let third = store
+        .delivery(delivery_ids(&later)[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.state, DeliveryState::Sent);
 }

@@ -56,6 +56,7 @@ struct State {
 pub struct InProcessProvider {
     state: Arc<Mutex<State>>,
     latency: Duration,
+    name: &'static str,
 }
 
 impl Default for InProcessProvider {
@@ -85,7 +86,15 @@ impl InProcessProvider {
                 sends: 0,
             })),
             latency: Duration::ZERO,
+            name: "sandbox",
         }
+    }
+
+    /// The provider name its adapters report ("sandbox" unless set), to stand in for
+    /// several providers at once.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
     }
 
     /// Every send waits this long before it is answered.
@@ -180,7 +189,7 @@ struct SandboxAdapter {
 #[async_trait]
 impl ChannelAdapter for SandboxAdapter {
     fn provider(&self) -> &str {
-        "sandbox"
+        self.provider.name
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
