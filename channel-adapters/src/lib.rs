@@ -60,6 +60,12 @@ pub trait ChannelAdapter: Send + Sync {
     /// The provider's name as recorded on deliveries and attempts ("twilio", "smtp", …).
     fn provider(&self) -> &str;
 
+    /// The account's sending rate limit, if it has one (a Twilio long code sends 1 SMS a
+    /// second, a short code 100): the dispatcher never calls faster.
+    fn max_per_second(&self) -> Option<std::num::NonZeroU32> {
+        None
+    }
+
     /// Sends each of `batch`; returns exactly one outcome per send, in order. Never
     /// panics on what a provider answers: garbage is classified, not trusted.
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome>;

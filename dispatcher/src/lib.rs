@@ -169,6 +169,9 @@ pub struct Dispatcher {
     /// Deliveries this process is sending right now: never taken up as unfinished.
     in_flight: Mutex<HashSet<DeliveryId>>,
     breakers: Breakers,
+    /// Per provider with a rate limit: sends are taken off the log only as fast as it
+    /// allows, so nothing waits in memory or burns an attempt on a 429.
+    limiters: HashMap<String, governor::DefaultDirectRateLimiter>,
 }
 
 /// The dispatcher's view of its partitions, shared by the work loop and the renewal
@@ -201,6 +204,15 @@ impl Dispatcher {
         Self {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             breakers: Breakers::new(config.breaker),
+            limiters: adapters
+                .0
+                .values()
+                .filter_map(|a| {
+                    let rate = a.max_per_second()?;
+                    let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
+                    Some((a.provider().to_owned(), limiter))
+                })
+                .collect(),
             store,
             adapters,
             config,
@@ -354,8 +366,7 @@ impl Dispatcher {
                 backlog.remove(&lane);
                 continue;
             };
-            worked = true;
-            self.drain_batch(partitions, lease).await?;
+            worked |= self.drain_batch(partitions, lease).await?;
             // Before any further batch of a lower lane, look for new emergencies.
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
                 let urgent = self.backlog(partitions).await?.remove(&Lane::Emergency);
@@ -367,14 +378,15 @@ impl Dispatcher {
         Ok(worked)
     }
 
+    /// One batch of a partition; whether any entry was taken off the log.
     async fn drain_batch(
         &self,
         partitions: &Partitions,
         lease: Lease,
-    ) -> Result<(), DispatchError> {
+    ) -> Result<bool, DispatchError> {
         let key = (lease.lane, lease.partition);
         let Some((_, after)) = partitions.get(&key) else {
-            return Ok(()); // lost since the backlog was read
+            return Ok(false); // lost since the backlog was read
         };
         let mut entries = self
             .store
@@ -389,10 +401,17 @@ impl Dispatcher {
         {
             entries.truncate(cut);
         }
-        let Some(last) = entries.last().and_then(|o| o.offset) else {
-            return Ok(());
-        };
+        // Stop where a provider's rate limit says "not yet": the rest stays on the log.
         let at = now();
+        if let Some(cut) = entries
+            .iter()
+            .position(|o| self.ready(o, at) && !self.may_send(o.delivery.channel))
+        {
+            entries.truncate(cut);
+        }
+        let Some(last) = entries.last().and_then(|o| o.offset) else {
+            return Ok(false);
+        };
         let ready: Vec<Outbound> = entries.into_iter().filter(|o| self.ready(o, at)).collect();
         let outcome = self.send(&lease, ready, Some(last)).await;
         match outcome {
@@ -403,20 +422,27 @@ impl Dispatcher {
             {
                 Ok(()) => {
                     partitions.committed().insert(key, last);
-                    Ok(())
+                    Ok(true)
                 }
                 Err(StoreError::Fenced { .. }) => {
                     self.lose(partitions, key);
-                    Ok(())
+                    Ok(true)
                 }
                 Err(e) => Err(e.into()),
             },
             Err(DispatchError::Store(StoreError::Fenced { .. })) => {
                 self.lose(partitions, key);
-                Ok(())
+                Ok(true)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Takes a token from the channel's provider's rate limiter, if it has one.
+    fn may_send(&self, channel: Channel) -> bool {
+        self.limiters
+            .get(self.provider(channel))
+            .is_none_or(|limiter| limiter.check().is_ok())
     }
 
     fn lose(&self, partitions: &Partitions, key: Key) {
@@ -452,7 +478,8 @@ impl Dispatcher {
         for o in due {
             let key = (o.lane, o.partition);
             let lease = partitions.leases().get(&key).copied();
-            if let Some(lease) = lease.filter(|_| self.ready(&o, at)) {
+            let ready = self.ready(&o, at) && self.may_send(o.delivery.channel);
+            if let Some(lease) = lease.filter(|_| ready) {
                 per_lease
                     .entry(key)
                     .or_insert((lease, Vec::new()))

@@ -55,6 +55,7 @@ on_both_stores! {
     a_replayed_dead_letter_gets_the_whole_schedule_again,
     a_provider_that_keeps_failing_is_paused_while_others_send,
     a_later_message_waits_behind_a_retrying_one,
+    sends_never_outrun_a_providers_rate_limit,
 }
 
 const PARTITIONS: u32 = 4;
@@ -768,4 +769,33 @@ async fn a_later_message_waits_behind_a_retrying_one(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_eq!(third.state, DeliveryState::Sent);
+}
+
+async fn sends_never_outrun_a_providers_rate_limit(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 60).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&message, now()).await.unwrap();
+    let rate = std::num::NonZeroU32::new(20).unwrap();
+    let provider = InProcessProvider::default().with_rate(rate);
+    let dispatcher = dispatcher(&store, &provider, config(14));
+    // What the limit does not allow yet stays on the log until it does.
+    while provider.received().len() < 60 {
+        dispatcher.run_until_idle().await.unwrap();
+    }
+    // Without the limit all 60 would go within milliseconds. In no second did more go out than the burst (20) plus what a second refills (20).
+    let times: Vec<_> = provider.received().into_iter().map(|r| r.at).collect();
+    for (i, start) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .filter(|t| **t < *start + chrono::Duration::seconds(1))
+            .count();
+        assert!(within <= 40, "{within} sends within a second of send {i}");
+    }
+    let ids = delivery_ids(&message);
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Sent, 60)])
+    );
+    assert_eq!(dispatcher.counters().totals().sent, 60);
+    assert_eq!(provider.duplicates(), 0);
 }

@@ -57,6 +57,7 @@ pub struct InProcessProvider {
     state: Arc<Mutex<State>>,
     latency: Duration,
     name: &'static str,
+    max_per_second: Option<std::num::NonZeroU32>,
 }
 
 impl Default for InProcessProvider {
@@ -87,7 +88,14 @@ impl InProcessProvider {
             })),
             latency: Duration::ZERO,
             name: "sandbox",
+            max_per_second: None,
         }
+    }
+
+    /// Declares a sending rate limit, as a provider account has.
+    pub fn with_rate(mut self, per_second: std::num::NonZeroU32) -> Self {
+        self.max_per_second = Some(per_second);
+        self
     }
 
     /// The provider name its adapters report ("sandbox" unless set), to stand in for
@@ -190,6 +198,10 @@ struct SandboxAdapter {
 impl ChannelAdapter for SandboxAdapter {
     fn provider(&self) -> &str {
         self.provider.name
+    }
+
+    fn max_per_second(&self) -> Option<std::num::NonZeroU32> {
+        self.provider.max_per_second
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
