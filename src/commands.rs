@@ -71,7 +71,7 @@ pub async fn serve(
     println!("Tidings is listening on http://{address}");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let dispatching = start_dispatcher(config, demo, &store, stopping.clone());
+    let dispatching = start_dispatcher(config, demo, &store, stopping.clone())?;
     let router = tidings_api::router(tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
@@ -114,7 +114,7 @@ pub async fn dispatch(
         anyhow::bail!("the database is not migrated: run `tidings migrate` first");
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let Some(dispatching) = start_dispatcher(config, false, &store, stopping) else {
+    let Some(dispatching) = start_dispatcher(config, false, &store, stopping)? else {
         anyhow::bail!("no channel provider is configured, so there is nothing to send with (set `sandbox = true` to try the pipeline)");
     };
     shutdown.await;
@@ -127,18 +127,23 @@ pub async fn dispatch(
 
 /// The providers this process sends through, per channel: the in-process sandbox for
 /// `--demo` or `sandbox = true`.
-fn adapters(config: &Config, demo: bool) -> Option<tidings_dispatcher::Adapters> {
+fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispatcher::Adapters>> {
     if !(demo || config.sandbox) {
-        return None;
+        return Ok(None);
     }
-    let sandbox = tidings_sandbox::InProcessProvider::new(config.sandbox_faults);
-    Some(
+    let mut sandbox = tidings_sandbox::InProcessProvider::new(config.sandbox_faults);
+    if let Some(path) = &config.sandbox_journal {
+        sandbox = sandbox
+            .with_journal(path)
+            .with_context(|| format!("cannot open the sandbox journal {}", path.display()))?;
+    }
+    Ok(Some(
         tidings_core::Channel::ALL
             .iter()
             .fold(tidings_dispatcher::Adapters::default(), |a, &c| {
                 a.with(c, sandbox.adapter(c))
             }),
-    )
+    ))
 }
 
 type Dispatching = tokio::task::JoinHandle<Result<(), tidings_dispatcher::DispatchError>>;
@@ -150,17 +155,19 @@ fn start_dispatcher(
     demo: bool,
     store: &Arc<dyn Store>,
     stopping: tokio::sync::watch::Receiver<bool>,
-) -> Option<Dispatching> {
-    let Some(adapters) = adapters(config, demo) else {
+) -> anyhow::Result<Option<Dispatching>> {
+    let Some(adapters) = adapters(config, demo)? else {
         tracing::warn!("no channel provider is configured: messages are accepted and wait on the log until one is");
-        return None;
+        return Ok(None);
     };
     if demo || config.sandbox {
         tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
     }
     let dispatcher =
         tidings_dispatcher::Dispatcher::new(store.clone(), adapters, config.dispatcher());
-    Some(tokio::spawn(async move { dispatcher.run(stopping).await }))
+    Ok(Some(tokio::spawn(
+        async move { dispatcher.run(stopping).await },
+    )))
 }
 
 /// On an empty database: create the district and its first administrator, and print the

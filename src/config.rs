@@ -45,6 +45,9 @@ pub struct Config {
     /// `in_doubt`, and the `seed` of their schedule. Env: `TIDINGS_SANDBOX_FAULTS`, e.g.
     /// `{transient=0.1,seed=7}`.
     pub sandbox_faults: tidings_sandbox::Faults,
+    /// A file the sandbox appends each accepted send's idempotency key to (for counting
+    /// duplicates across restarts). Env: `TIDINGS_SANDBOX_JOURNAL`.
+    pub sandbox_journal: Option<std::path::PathBuf>,
     /// Log entries a dispatcher reads and sends per partition at a time.
     /// Env: `TIDINGS_DISPATCH_BATCH`.
     pub dispatch_batch: u32,
@@ -78,6 +81,7 @@ impl Default for Config {
             log_partitions: tidings_core::log::DEFAULT_PARTITIONS,
             sandbox: false,
             sandbox_faults: tidings_sandbox::Faults::default(),
+            sandbox_journal: None,
             dispatch_batch: 256,
             lease_seconds: 15,
             retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],

@@ -309,3 +309,124 @@ async fn staff_see_dead_letters_with_their_trail_and_replay_them() {
 fn uuid_v7() -> String {
     tidings_core::DeliveryId::new().to_string()
 }
+
+/// A dispatcher is killed with SIGKILL mid-broadcast twenty times over; each time a new
+/// one takes its partitions over once the leases expire. Nothing is lost, each delivery
+/// is recorded sent once, and the provider saw a delivery twice only where an attempt was
+/// left in doubt.
+async fn kill_and_restart_twenty_times(db: TestDatabase) {
+    let d = District::with_demo(db).await;
+    let mut ids = Vec::new();
+    let mut expected = 0;
+    for _ in 0..4 {
+        let (status, sent) = d
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/messages",
+                &d.admin,
+                Some(alert()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{sent}");
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+        let suppressed: u64 = sent["suppressed"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        expected += sent["deliveries"].as_u64().unwrap() - suppressed;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let journal = scratch.path().join("received");
+    let received = || {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let dispatch = || {
+        tidings(&d.db.url)
+            .env("TIDINGS_SANDBOX", "true")
+            .env("TIDINGS_SANDBOX_JOURNAL", &journal)
+            .env("TIDINGS_LEASE_SECONDS", "2")
+            .env("TIDINGS_DISPATCH_BATCH", "10")
+            .arg("dispatch")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut kills = 0;
+    for _ in 0..20 {
+        let before = received().len();
+        let mut dispatcher = dispatch();
+        eventually("the new dispatcher sending", || async {
+            received().len() >= before + 25
+        })
+        .await;
+        dispatcher.start_kill().unwrap();
+        dispatcher.wait().await.unwrap();
+        kills += 1;
+    }
+    assert!(
+        (received().len() as u64) < expected,
+        "the broadcast ended before the last kill"
+    );
+    let mut last = dispatch();
+    eventually("the last dispatcher finishing the broadcast", || async {
+        let mut left = 0;
+        for id in &ids {
+            left += unfinished(&counts(&d, id).await);
+        }
+        left == 0
+    })
+    .await;
+    let pid = last.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(last.wait().await.unwrap().success());
+
+    let mut sent = 0;
+    for id in &ids {
+        let counts = counts(&d, id).await;
+        assert_eq!(counts.get("FAILED"), None, "{counts:?}");
+        sent += counts.get("SENT").copied().unwrap_or(0);
+    }
+    assert_eq!(sent, expected, "every delivery sent, after {kills} kills");
+    let store = tidings_core::store::connect(&d.db.url, &Default::default())
+        .await
+        .unwrap();
+    let outcomes = store.attempt_outcomes().await.unwrap();
+    assert_eq!(
+        outcomes["sent"] as u64, expected,
+        "recorded sent once each: {outcomes:?}"
+    );
+    assert_eq!(outcomes.get("in_flight"), None, "{outcomes:?}");
+    let lines = received();
+    let unique: std::collections::HashSet<&String> = lines.iter().collect();
+    assert_eq!(
+        unique.len() as u64,
+        expected,
+        "the provider got every delivery"
+    );
+    let duplicates = (lines.len() - unique.len()) as i64;
+    let in_doubt = outcomes.get("in_doubt").copied().unwrap_or(0);
+    assert!(
+        duplicates <= in_doubt,
+        "{duplicates} duplicates but only {in_doubt} attempts in doubt"
+    );
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn twenty_kills_lose_nothing_on_postgres() {
+    kill_and_restart_twenty_times(TestDatabase::postgres().await).await;
+}
+
+#[tokio::test]
+async fn twenty_kills_lose_nothing_on_sqlite() {
+    kill_and_restart_twenty_times(TestDatabase::sqlite()).await;
+}

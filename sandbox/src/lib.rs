@@ -55,6 +55,9 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct InProcessProvider {
     state: Arc<Mutex<State>>,
+    /// Every accepted send's idempotency key, a line each, written before the answer:
+    /// what the provider received survives the sender being killed.
+    journal: Option<Arc<Mutex<std::fs::File>>>,
     latency: Duration,
     name: &'static str,
     max_per_second: Option<std::num::NonZeroU32>,
@@ -86,10 +89,21 @@ impl InProcessProvider {
                 received: Vec::new(),
                 sends: 0,
             })),
+            journal: None,
             latency: Duration::ZERO,
             name: "sandbox",
             max_per_second: None,
         }
+    }
+
+    /// Appends each accepted send's idempotency key to the file at `path`.
+    pub fn with_journal(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        self.journal = Some(Arc::new(Mutex::new(file)));
+        Ok(self)
     }
 
     /// Declares a sending rate limit, as a provider account has.
@@ -158,8 +172,16 @@ impl InProcessProvider {
         state.sends += 1;
         let faults = state.faults;
         let roll: f64 = state.rng.gen();
+        let journal = self.journal.clone();
         let mut accept = || {
-            let provider_ref = format!("SB{:010}", state.received.len() + 1);
+            if let Some(journal) = &journal {
+                use std::io::Write as _;
+                let mut file = journal.lock().unwrap_or_else(|p| p.into_inner());
+                // Best effort, like any provider's own records: a full disk loses the line.
+                let _ = writeln!(file, "{}", send.idempotency_key);
+            }
+            // Unique across restarts, as a provider's message ids are.
+            let provider_ref = format!("SB{}", uuid::Uuid::now_v7().simple());
             state.received.push(Received {
                 delivery_id: send.delivery_id,
                 idempotency_key: send.idempotency_key.clone(),
