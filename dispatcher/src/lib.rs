@@ -602,7 +602,25 @@ impl Dispatcher {
         let calls = per_channel.into_iter().map(|(channel, sends)| async move {
             let outgoing: Vec<Outgoing> = sends.iter().map(|(o, _)| outgoing(o)).collect();
             let mut outcomes = match self.adapters.get(channel) {
-                Some(adapter) => adapter.send(&outgoing).await,
+                // An adapter that panics is a bug on our side, not the guardian's problem:
+                // the sends are in doubt (retried, or failed if at most once), and the
+                // dispatcher carries on.
+                Some(adapter) => {
+                    use futures_util::FutureExt as _;
+                    std::panic::AssertUnwindSafe(adapter.send(&outgoing))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            tracing::error!(provider = adapter.provider(), panic = %why, "channel adapter panicked");
+                            let error = format!("the {} adapter failed unexpectedly", adapter.provider());
+                            vec![SendOutcome::InDoubt { error }; outgoing.len()]
+                        })
+                }
                 None => Vec::new(),
             };
             outcomes.resize_with(sends.len(), || SendOutcome::InDoubt {

@@ -56,6 +56,7 @@ on_both_stores! {
     a_provider_that_keeps_failing_is_paused_while_others_send,
     a_later_message_waits_behind_a_retrying_one,
     sends_never_outrun_a_providers_rate_limit,
+    a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever,
 }
 
 const PARTITIONS: u32 = 4;
@@ -798,4 +799,50 @@ async fn sends_never_outrun_a_providers_rate_limit(store: Arc<dyn Store>) {
     );
     assert_eq!(dispatcher.counters().totals().sent, 60);
     assert_eq!(provider.duplicates(), 0);
+}
+
+/// An adapter with a bug: it panics on one address.
+struct Buggy(Arc<dyn tidings_dispatcher::ChannelAdapter>);
+
+#[async_trait::async_trait]
+impl tidings_dispatcher::ChannelAdapter for Buggy {
+    fn provider(&self) -> &str {
+        "buggy"
+    }
+
+    async fn send(&self, batch: &[tidings_dispatcher::Outgoing]) -> Vec<tidings_dispatcher::SendOutcome> {
+        if batch.iter().any(|s| s.address.starts_with("Guardian0-")) {
+            panic!("unexpected address");
+        }
+        self.0.send(batch).await
+    }
+}
+
+async fn a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 6).await;
+    let message = NewMessage {
+        guarantee: DeliveryGuarantee::AtLeastOnce,
+        ..with_partitions(message_to(&seed, &[Channel::Sms]))
+    };
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::default();
+    let adapters = Adapters::default().with(Channel::Sms, Arc::new(Buggy(provider.adapter(Channel::Sms))));
+    let three = Config {
+        retry: RetryPolicy {
+            schedule: vec![Duration::ZERO; 3],
+        },
+        batch: 1,
+        ..config(15)
+    };
+    Dispatcher::new(store.clone(), adapters, three).run_until_idle().await.unwrap();
+    let ids = delivery_ids(&message);
+    let counts = states(store.as_ref(), &ids).await;
+    // The one the adapter chokes on is tried three times, in doubt, then dead-lettered;
+    // everyone else's goes out.
+    assert_eq!(counts, BTreeMap::from([(DeliveryState::Sent, 5), (DeliveryState::Failed, 1)]));
+    let scope = MessageScope::District(seed.staff.district_id);
+    let dead = store.dead_letters(&scope, None, 10).await.unwrap();
+    assert_eq!(dead[0].attempts, 3);
+    assert!(dead[0].last_error.as_deref().unwrap().contains("failed unexpectedly"));
+    assert_eq!(store.attempt_outcomes().await.unwrap()["in_doubt"], 3);
 }
