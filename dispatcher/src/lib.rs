@@ -118,6 +118,9 @@ pub struct Counters {
     /// Deliveries held back without an attempt: behind a guardian's retrying delivery, or
     /// for a provider whose breaker is open.
     pub deferred: AtomicU64,
+    /// Log entries that kept failing the dispatcher itself, set aside (FAILED when their
+    /// delivery could be read) so that their partition goes on.
+    pub quarantined: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -130,6 +133,7 @@ pub struct Totals {
     pub lost_in_doubt: u64,
     pub fenced: u64,
     pub deferred: u64,
+    pub quarantined: u64,
 }
 
 impl Counters {
@@ -143,6 +147,7 @@ impl Counters {
             lost_in_doubt: get(&self.lost_in_doubt),
             fenced: get(&self.fenced),
             deferred: get(&self.deferred),
+            quarantined: get(&self.quarantined),
         }
     }
 
@@ -172,6 +177,9 @@ pub struct Dispatcher {
     /// Per provider with a rate limit: sends are taken off the log only as fast as it
     /// allows, so nothing waits in memory or burns an attempt on a 429.
     limiters: HashMap<String, governor::DefaultDirectRateLimiter>,
+    /// Consecutive failed batches per partition: a poison entry is isolated (batches of
+    /// one), then quarantined, instead of stopping its partition forever.
+    failures: Mutex<HashMap<Key, u32>>,
 }
 
 /// The dispatcher's view of its partitions, shared by the work loop and the renewal
@@ -204,6 +212,7 @@ impl Dispatcher {
         Self {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             breakers: Breakers::new(config.breaker),
+            failures: Mutex::default(),
             limiters: adapters
                 .0
                 .values()
@@ -366,7 +375,16 @@ impl Dispatcher {
                 backlog.remove(&lane);
                 continue;
             };
-            worked |= self.drain_batch(partitions, lease).await?;
+            match self.drain_batch(partitions, lease).await {
+                Ok(drained) => worked |= drained,
+                // One partition's trouble is not the others': they go on, and this one is
+                // tried again (and isolated, then quarantined, if it keeps failing).
+                Err(DispatchError::Store(error)) if !is_outage(&error) => {
+                    tracing::error!(owner = %self.config.owner, lane = %lease.lane, partition = %lease.partition, error = %tidings_core::store::error_chain(&error), "a batch failed");
+                    worked = true;
+                }
+                Err(error) => return Err(error),
+            }
             // Before any further batch of a lower lane, look for new emergencies.
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
                 let urgent = self.backlog(partitions).await?.remove(&Lane::Emergency);
@@ -378,11 +396,84 @@ impl Dispatcher {
         Ok(worked)
     }
 
-    /// One batch of a partition; whether any entry was taken off the log.
+    /// One batch of a partition; whether any entry was taken off the log. A partition
+    /// whose batches keep failing with errors that are not outages goes one entry at a
+    /// time, and an entry that still fails is quarantined.
     async fn drain_batch(
         &self,
         partitions: &Partitions,
         lease: Lease,
+    ) -> Result<bool, DispatchError> {
+        let key = (lease.lane, lease.partition);
+        let failures = self.failures().get(&key).copied().unwrap_or(0);
+        if failures >= 2 * POISON_TRIES {
+            self.quarantine(partitions, lease).await?;
+            self.failures().remove(&key);
+            return Ok(true);
+        }
+        let limit = if failures >= POISON_TRIES {
+            1
+        } else {
+            self.config.batch
+        };
+        match self.drain_batch_of(partitions, lease, limit).await {
+            Ok(worked) => {
+                self.failures().remove(&key);
+                Ok(worked)
+            }
+            Err(DispatchError::Store(error)) if !is_outage(&error) => {
+                *self.failures().entry(key).or_default() += 1;
+                Err(error.into())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<Key, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets aside the partition's next entry, which keeps failing on its own: its
+    /// delivery FAILED (when it can be read) with the reason, the offset moved past it.
+    async fn quarantine(&self, partitions: &Partitions, lease: Lease) -> Result<(), DispatchError> {
+        let key = (lease.lane, lease.partition);
+        let Some((_, after)) = partitions.get(&key) else {
+            return Ok(());
+        };
+        let Some(entry) = self
+            .store
+            .read_log(lease.lane, lease.partition, Some(after), 1)
+            .await?
+            .pop()
+        else {
+            return Ok(());
+        };
+        tracing::error!(delivery_id = %entry.delivery_id, lane = %key.0, partition = %key.1, offset = entry.offset, "quarantining a log entry that keeps failing the dispatcher");
+        let actor = tidings_core::delivery::Actor::dispatcher(self.config.owner.clone());
+        let failed = tidings_core::delivery::apply(
+            self.store.as_ref(),
+            entry.delivery_id,
+            tidings_core::DeliveryEvent::Failed,
+            &actor,
+            Some("quarantined: it failed the dispatcher repeatedly"),
+        )
+        .await;
+        if let Err(error) = failed {
+            tracing::error!(delivery_id = %entry.delivery_id, error = %error, "the quarantined delivery could not be marked FAILED");
+        }
+        self.store
+            .commit_offset(CONSUMER_GROUP, &lease, entry.offset, now())
+            .await?;
+        partitions.committed().insert(key, entry.offset);
+        Counters::add(&self.counters.quarantined);
+        Ok(())
+    }
+
+    async fn drain_batch_of(
+        &self,
+        partitions: &Partitions,
+        lease: Lease,
+        limit: u32,
     ) -> Result<bool, DispatchError> {
         let key = (lease.lane, lease.partition);
         let Some((_, after)) = partitions.get(&key) else {
@@ -390,7 +481,7 @@ impl Dispatcher {
         };
         let mut entries = self
             .store
-            .read_outbound(lease.lane, lease.partition, Some(after), self.config.batch)
+            .read_outbound(lease.lane, lease.partition, Some(after), limit)
             .await?;
         // Stop before a second entry for the same guardian and channel: it goes after the
         // first one's outcome is recorded.
@@ -819,6 +910,28 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+}
+
+/// Tries of a failing batch before its partition goes one entry at a time, and of a
+/// failing single entry before it is quarantined.
+const POISON_TRIES: u32 = 3;
+
+/// Whether a store error means the database is unreachable (wait for it), rather than
+/// something wrong with what was read or written.
+fn is_outage(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(e) | StoreError::Connect { source: e, .. } => matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed
+        ),
+        StoreError::Fenced { .. } => true,
+        _ => false,
     }
 }
 

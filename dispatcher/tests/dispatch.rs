@@ -810,7 +810,10 @@ impl tidings_dispatcher::ChannelAdapter for Buggy {
         "buggy"
     }
 
-    async fn send(&self, batch: &[tidings_dispatcher::Outgoing]) -> Vec<tidings_dispatcher::SendOutcome> {
+    async fn send(
+        &self,
+        batch: &[tidings_dispatcher::Outgoing],
+    ) -> Vec<tidings_dispatcher::SendOutcome> {
         if batch.iter().any(|s| s.address.starts_with("Guardian0-")) {
             panic!("unexpected address");
         }
@@ -826,7 +829,10 @@ async fn a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever(stor
     };
     store.create_message(&message, now()).await.unwrap();
     let provider = InProcessProvider::default();
-    let adapters = Adapters::default().with(Channel::Sms, Arc::new(Buggy(provider.adapter(Channel::Sms))));
+    let adapters = Adapters::default().with(
+        Channel::Sms,
+        Arc::new(Buggy(provider.adapter(Channel::Sms))),
+    );
     let three = Config {
         retry: RetryPolicy {
             schedule: vec![Duration::ZERO; 3],
@@ -834,15 +840,77 @@ async fn a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever(stor
         batch: 1,
         ..config(15)
     };
-    Dispatcher::new(store.clone(), adapters, three).run_until_idle().await.unwrap();
+    Dispatcher::new(store.clone(), adapters, three)
+        .run_until_idle()
+        .await
+        .unwrap();
     let ids = delivery_ids(&message);
     let counts = states(store.as_ref(), &ids).await;
     // The one the adapter chokes on is tried three times, in doubt, then dead-lettered;
     // everyone else's goes out.
-    assert_eq!(counts, BTreeMap::from([(DeliveryState::Sent, 5), (DeliveryState::Failed, 1)]));
+    assert_eq!(
+        counts,
+        BTreeMap::from([(DeliveryState::Sent, 5), (DeliveryState::Failed, 1)])
+    );
     let scope = MessageScope::District(seed.staff.district_id);
     let dead = store.dead_letters(&scope, None, 10).await.unwrap();
     assert_eq!(dead[0].attempts, 3);
-    assert!(dead[0].last_error.as_deref().unwrap().contains("failed unexpectedly"));
+    assert!(dead[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("failed unexpectedly"));
     assert_eq!(store.attempt_outcomes().await.unwrap()["in_doubt"], 3);
+}
+
+/// A log entry whose message cannot be read (here: a kind no version knows, written past
+/// the schema's checks) fails every batch it is in. It is isolated, quarantined as FAILED
+/// with the reason, and the partition goes on.
+#[tokio::test]
+async fn a_poison_entry_is_quarantined_and_its_partition_goes_on() {
+    let db = TestDatabase::sqlite();
+    let store = db.store().await;
+    let seed = seed(store.as_ref(), 8).await;
+    let one_partition = |channels: &[Channel]| NewMessage {
+        partitions: 1,
+        ..message_to(&seed, channels)
+    };
+    let before = one_partition(&[Channel::Sms]);
+    let poison = one_partition(&[Channel::Email]);
+    let after = one_partition(&[Channel::Push]);
+    for message in [&before, &poison, &after] {
+        store.create_message(message, now()).await.unwrap();
+    }
+    let raw = tidings_core::store::SqliteStore::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let mut connection = raw.pool().acquire().await.unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE messages SET kind = 'bogus' WHERE id = $1")
+        .bind(poison.id.to_string())
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    drop(connection);
+
+    let provider = InProcessProvider::default();
+    let dispatcher = dispatcher(&store, &provider, config(16));
+    dispatcher.run_until_idle().await.unwrap();
+
+    let sent = states(
+        store.as_ref(),
+        &[delivery_ids(&before), delivery_ids(&after)].concat(),
+    )
+    .await;
+    assert_eq!(sent, BTreeMap::from([(DeliveryState::Sent, 16)]));
+    let poisoned = delivery_ids(&poison);
+    let first = store.delivery(poisoned[0]).await.unwrap().unwrap();
+    assert_eq!(first.state, DeliveryState::Failed);
+    assert!(first.last_error.unwrap().starts_with("quarantined"));
+    // Each poisoned entry was set aside once, and nothing of it reached the provider.
+    assert_eq!(dispatcher.counters().totals().quarantined, 8);
+    assert_eq!(provider.received().len(), 16);
 }
