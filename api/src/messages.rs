@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tidings_core::audience::{Audience, MAX_REFERENCES};
 use tidings_core::delivery::Actor;
 use tidings_core::fanout::{self, Draft, Translation};
-use tidings_core::store::{MessageScope, MessageSummary, Scope};
+use tidings_core::store::{MessageScope, MessageSummary, Scope, SendRefusal};
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, MessageId, MessageKind, Role, Staff};
 use uuid::Uuid;
@@ -180,24 +180,13 @@ async fn send(
 }
 
 /// Resolves the audience, checks the district's quotas, and writes the message with its
-/// deliveries and log entries.
+/// deliveries and log entries, a chunk of guardians at a time in one transaction.
 async fn deliver(
     state: &AppState,
     staff: &Staff,
     draft: Draft,
     audience: &Audience,
 ) -> Result<(StatusCode, Sent), ApiError> {
-    let members = match state
-        .store
-        .resolve_audience(&Scope::of(staff), audience)
-        .await?
-    {
-        Ok(members) => members,
-        Err(problems) if !problems.forbidden.is_empty() => {
-            return Err(ApiError::ForbiddenAudience(problems.forbidden.join(", ")))
-        }
-        Err(problems) => return Err(ApiError::UnknownAudience(problems.unknown.join(", "))),
-    };
     let district = state
         .store
         .district(staff.district_id)
@@ -205,43 +194,51 @@ async fn deliver(
         .ok_or(ApiError::Forbidden)?;
     // Quotas keep one district's newsletters from swamping everyone's providers; they never
     // hold back an emergency.
-    if draft.kind != MessageKind::Emergency {
-        if let Some(max) = district
-            .max_recipients_per_message
-            .and_then(|m| usize::try_from(m).ok())
-        {
-            if members.len() > max {
-                return Err(ApiError::QuotaExceeded(format!(
-                    "this message would reach {} guardians; the district allows {max} per message",
-                    members.len()
-                )));
-            }
-        }
-    }
-    let mut message = fanout::plan(
-        &draft,
-        &district.default_language,
-        &members,
-        state.partitions,
-        now(),
-    );
-    if draft.kind != MessageKind::Emergency {
+    let limited = draft.kind != MessageKind::Emergency;
+    let mut message = fanout::header(&draft, state.partitions);
+    if limited {
         message.hourly_quota = district
             .max_messages_per_hour
             .and_then(|m| u32::try_from(m).ok());
     }
-    state.store.create_message(&message, now()).await?;
-    let mut suppressed = BTreeMap::new();
-    let (mut deliveries, mut deferred) = (0, 0);
-    for delivery in message.recipients.iter().flat_map(|r| &r.deliveries) {
-        deliveries += 1;
-        deferred += usize::from(delivery.not_before.is_some());
-        if let Some(reason) = &delivery.suppressed_reason {
-            *suppressed.entry(reason.clone()).or_insert(0) += 1;
+    let max_recipients = district
+        .max_recipients_per_message
+        .and_then(|m| usize::try_from(m).ok())
+        .filter(|_| limited);
+    let default_language = district.default_language.clone();
+    let started = now();
+    let plan = move |members: &[tidings_core::audience::AudienceMember]| {
+        fanout::recipients(&draft, &default_language, members, started)
+    };
+    let summary = match state
+        .store
+        .send_message(
+            &message,
+            &Scope::of(staff),
+            audience,
+            max_recipients,
+            &plan,
+            tidings_core::store::SEND_CHUNK,
+            now(),
+        )
+        .await?
+    {
+        Ok(summary) => summary,
+        Err(SendRefusal::Audience(problems)) if !problems.forbidden.is_empty() => {
+            return Err(ApiError::ForbiddenAudience(problems.forbidden.join(", ")))
         }
-    }
+        Err(SendRefusal::Audience(problems)) => {
+            return Err(ApiError::UnknownAudience(problems.unknown.join(", ")))
+        }
+        Err(SendRefusal::TooMany(reached)) => {
+            return Err(ApiError::QuotaExceeded(format!(
+                "this message would reach {reached} guardians; the district allows {} per message",
+                max_recipients.unwrap_or_default()
+            )))
+        }
+    };
     let detail = serde_json::json!({
-        "message_id": message.id, "kind": message.kind, "recipients": message.recipients.len(), "deliveries": deliveries,
+        "message_id": message.id, "kind": message.kind, "recipients": summary.recipients, "deliveries": summary.deliveries,
     });
     state
         .store
@@ -253,13 +250,13 @@ async fn deliver(
             now(),
         )
         .await?;
-    tracing::info!(message_id = %message.id, recipients = message.recipients.len(), deliveries, "message accepted");
+    tracing::info!(message_id = %message.id, recipients = summary.recipients, deliveries = summary.deliveries, "message accepted");
     let sent = Sent {
         id: message.id,
-        recipients: message.recipients.len(),
-        deliveries,
-        suppressed,
-        deferred,
+        recipients: summary.recipients,
+        deliveries: summary.deliveries,
+        suppressed: summary.suppressed,
+        deferred: summary.deferred,
     };
     Ok((StatusCode::CREATED, sent))
 }

@@ -69,9 +69,23 @@ pub fn plan(
     partitions: u32,
     now: DateTime<Utc>,
 ) -> NewMessage {
+    NewMessage {
+        recipients: recipients(draft, default_language, members, now),
+        ..header(draft, partitions)
+    }
+}
+
+/// The recipients and deliveries of `members` (see [`plan`]); a guardian listed twice is
+/// planned once. Planning an audience chunk by chunk gives the same as planning it whole.
+pub fn recipients(
+    draft: &Draft,
+    default_language: &str,
+    members: &[AudienceMember],
+    now: DateTime<Utc>,
+) -> Vec<NewRecipient> {
     let send_at = draft.scheduled_at.filter(|at| *at > now).unwrap_or(now);
     let mut seen = BTreeSet::new();
-    let recipients = members
+    members
         .iter()
         .filter(|m| seen.insert(m.guardian_id))
         .map(|member| {
@@ -122,7 +136,11 @@ pub fn plan(
                 deliveries,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The message itself, without recipients.
+pub fn header(draft: &Draft, partitions: u32) -> NewMessage {
     NewMessage {
         id: MessageId::new(),
         district_id: draft.district_id,
@@ -136,7 +154,7 @@ pub fn plan(
         channels: draft.channels.iter().copied().collect(),
         audience: draft.audience.clone(),
         requires_ack: draft.requires_ack,
-        recipients,
+        recipients: Vec::new(),
         renotify_of: draft.renotify_of,
         scheduled_at: draft.scheduled_at,
         ack_deadline: draft.ack_deadline,

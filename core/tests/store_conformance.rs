@@ -7,7 +7,10 @@ use chrono::Duration;
 use tidings_core::delivery::{self, Actor, ActorKind, Applied, Ignored, Transition};
 use tidings_core::log::PartitionId;
 use tidings_core::secret::ApiToken;
-use tidings_core::store::{CasOutcome, FirstAdmin, NewMessage, NewStaff, Store, StoreError};
+use tidings_core::store::{
+    CasOutcome, FirstAdmin, MessageScope, NewDelivery, NewMessage, NewRecipient, NewStaff, Store,
+    StoreError,
+};
 use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::*;
@@ -55,6 +58,7 @@ conformance! {
     maintenance_and_measurement_leave_nothing_behind,
     idempotency_keys_claim_replay_mismatch_and_expire,
     the_hourly_quota_is_reserved_by_concurrent_sends,
+    a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -885,4 +889,106 @@ async fn the_hourly_quota_is_reserved_by_concurrent_sends(store: Arc<dyn Store>)
         .create_message(&message_to(&seed, &[Channel::Sms]), now())
         .await
         .unwrap();
+}
+
+async fn a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log(store: Arc<dyn Store>) {
+    use tidings_core::audience::{Audience, AudienceMember};
+    use tidings_core::store::{Scope, SendRefusal};
+    let seed = seed(store.as_ref(), 10).await;
+    let district = seed.staff.district_id;
+    let scope = Scope::District(district);
+    let header = NewMessage {
+        recipients: Vec::new(),
+        ..message_to(&seed, &[Channel::Sms, Channel::Email])
+    };
+    // Every guardian gets an SMS and an email; chunks are never larger than asked.
+    let plan = |members: &[AudienceMember]| {
+        assert!(members.len() <= 3, "a chunk of {} guardians", members.len());
+        members
+            .iter()
+            .map(|m| NewRecipient {
+                id: RecipientId::new(),
+                guardian_id: GuardianId::from_uuid(m.guardian_id),
+                language: "en".into(),
+                deliveries: [Channel::Sms, Channel::Email]
+                    .into_iter()
+                    .map(|channel| NewDelivery {
+                        id: DeliveryId::new(),
+                        channel,
+                        address: Some(format!("{}-{channel}", m.guardian_id)),
+                        suppressed_reason: None,
+                        not_before: None,
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let everyone = Audience {
+        district: true,
+        ..Default::default()
+    };
+    // Over the recipient limit: refused, nothing written.
+    let refused = store
+        .send_message(&header, &scope, &everyone, Some(9), &plan, 3, now())
+        .await
+        .unwrap();
+    assert_eq!(refused, Err(SendRefusal::TooMany(10)));
+    let unknown = Audience {
+        guardians: vec!["g-999".into()],
+        ..Default::default()
+    };
+    let refused = store
+        .send_message(&header, &scope, &unknown, None, &plan, 3, now())
+        .await
+        .unwrap();
+    assert!(matches!(refused, Err(SendRefusal::Audience(p)) if p.unknown == ["guardians:g-999"]));
+    assert!(whole_log(store.as_ref(), Lane::Emergency, 4)
+        .await
+        .is_empty());
+
+    // Ten guardians in chunks of three, twice: a second send on the same connection pool
+    // finds no leftover of the first.
+    for round in 1..=2 {
+        let message = NewMessage {
+            id: MessageId::new(),
+            ..header.clone()
+        };
+        let summary = store
+            .send_message(&message, &scope, &everyone, Some(10), &plan, 3, now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((summary.recipients, summary.deliveries), (10, 20));
+        let log = whole_log(store.as_ref(), Lane::Emergency, 4).await;
+        assert_eq!(log.len(), 20 * round);
+        for p in 0..4 {
+            let offsets: Vec<i64> = log
+                .iter()
+                .filter(|e| e.partition == PartitionId::new(p))
+                .map(|e| e.offset)
+                .collect();
+            assert_eq!(
+                offsets,
+                (0..offsets.len() as i64).collect::<Vec<_>>(),
+                "partition {p}"
+            );
+        }
+        let mut guardians: Vec<_> = store
+            .recipients(
+                &MessageScope::District(district),
+                message.id,
+                None,
+                None,
+                100,
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.guardian_id)
+            .collect();
+        guardians.sort();
+        guardians.dedup();
+        assert_eq!(guardians.len(), 10, "each guardian once");
+    }
 }

@@ -17,10 +17,11 @@ macro_rules! audience_queries {
 
         const CHUNK: usize = 1_000;
 
+
         /// Resolves `references` (ids or sourcedIds) of `table` in the district: their ids,
         /// and the references that are unknown or outside the scope.
         async fn references(
-            pool: &sqlx::Pool<$db>,
+            tx: &mut sqlx::Transaction<'_, $db>,
             scope: &Scope,
             table: &str,
             visible: &str,
@@ -49,7 +50,7 @@ macro_rules! audience_queries {
                     list.push_bind(r.as_str());
                 }
                 q.push("))");
-                for row in q.build().fetch_all(pool).await? {
+                for row in q.build().fetch_all(&mut **tx).await? {
                     let id = $dec(&row, "id")?;
                     let visible: bool = row.try_get("visible")?;
                     let id_text: String = row.try_get("id_text")?;
@@ -77,31 +78,31 @@ macro_rules! audience_queries {
             }
         }
 
-        /// The guardians an audience reaches within `scope`, each once, with their active
-        /// contact points and opt-outs; or what is wrong with the audience.
-        pub async fn resolve(
-            pool: &sqlx::Pool<$db>,
+        /// Puts the guardians an audience reaches within `scope` into the transaction's
+        /// temporary table `audience_targets`, each once; or says what is wrong with the
+        /// audience. Returns how many there are.
+        pub async fn resolve_targets(
+            tx: &mut sqlx::Transaction<'_, $db>,
             scope: &Scope,
             audience: &Audience,
-        ) -> StoreResult<Result<Vec<AudienceMember>, AudienceProblems>> {
+        ) -> StoreResult<Result<usize, AudienceProblems>> {
             let mut problems = AudienceProblems::default();
             if audience.district && !matches!(scope, Scope::District(_)) {
                 problems.forbidden.push("district".into());
             }
-            let schools = references(pool, scope, "schools", school_filter(scope), "schools", &audience.schools, &mut problems).await?;
-            let classes = references(pool, scope, "classes", class_filter(scope), "classes", &audience.classes, &mut problems).await?;
-            let students = references(pool, scope, "students", &student_filter(scope, "x"), "students", &audience.students, &mut problems).await?;
-            let guardians = references(pool, scope, "guardians", &guardian_filter(scope), "guardians", &audience.guardians, &mut problems).await?;
+            let schools = references(tx, scope, "schools", school_filter(scope), "schools", &audience.schools, &mut problems).await?;
+            let classes = references(tx, scope, "classes", class_filter(scope), "classes", &audience.classes, &mut problems).await?;
+            let students = references(tx, scope, "students", &student_filter(scope, "x"), "students", &audience.students, &mut problems).await?;
+            let guardians = references(tx, scope, "guardians", &guardian_filter(scope), "guardians", &audience.guardians, &mut problems).await?;
             if !problems.is_empty() {
                 return Ok(Err(problems));
             }
 
-            // The reached guardians go into a temporary table on one connection, and the
-            // details are read by joining it: four statements whatever the audience size,
-            // instead of a lookup per thousand guardians.
-            let mut tx = pool.begin().await?;
+            // The reached guardians go into a temporary table on the transaction's
+            // connection, and the details are read by joining it, a chunk of guardians at
+            // a time: four statements per chunk whatever the audience size.
             sqlx::query(concat!("CREATE TEMP TABLE audience_targets (id ", $id_type, " PRIMARY KEY)"))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             let through_students = !schools.is_empty() || !classes.is_empty() || !students.is_empty() || !audience.grades.is_empty();
             if through_students {
@@ -138,7 +139,7 @@ macro_rules! audience_queries {
                     q.push(")");
                 }
                 q.push(") ON CONFLICT (id) DO NOTHING");
-                q.build().execute(&mut *tx).await?;
+                q.build().execute(&mut **tx).await?;
             }
             if audience.district {
                 sqlx::query(
@@ -146,7 +147,7 @@ macro_rules! audience_queries {
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind($enc(*scope.district().as_uuid()))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             for chunk in guardians.chunks(CHUNK) {
@@ -155,13 +156,30 @@ macro_rules! audience_queries {
                     row.push_bind($enc(*id));
                 });
                 q.push(" ON CONFLICT (id) DO NOTHING");
-                q.build().execute(&mut *tx).await?;
+                q.build().execute(&mut **tx).await?;
             }
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audience_targets")
+                .fetch_one(&mut **tx)
+                .await?;
+            Ok(Ok(count as usize))
+        }
 
+        /// The next `limit` guardians of `audience_targets` after `after` (in id order), with
+        /// their active contact points, opt-outs and quiet hours.
+        pub async fn members(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            after: Option<uuid::Uuid>,
+            limit: usize,
+        ) -> StoreResult<Vec<AudienceMember>> {
             let mut members: HashMap<uuid::Uuid, AudienceMember> = HashMap::new();
             // Rows are streamed, not collected: memory holds the members, not the result sets.
-            let mut rows = sqlx::query("SELECT g.id, g.preferred_language FROM guardians g JOIN audience_targets t ON t.id = g.id")
-                .fetch(&mut *tx);
+            let mut rows = sqlx::query(
+                "SELECT g.id, g.preferred_language FROM guardians g JOIN audience_targets t ON t.id = g.id \
+                 WHERE ($1 IS NULL OR t.id > $1) ORDER BY t.id LIMIT $2",
+            )
+            .bind(after.map($enc))
+            .bind(limit as i64)
+            .fetch(&mut **tx);
             while let Some(row) = rows.try_next().await? {
                 let id = $dec(&row, "id")?;
                 members.insert(id, AudienceMember {
@@ -173,11 +191,17 @@ macro_rules! audience_queries {
                 });
             }
             drop(rows);
+            let (Some(first), Some(last)) = (members.keys().min().copied(), members.keys().max().copied()) else {
+                return Ok(Vec::new());
+            };
             let mut rows = sqlx::query(
                 "SELECT c.id, c.guardian_id, c.kind, c.address FROM contact_points c \
-                 JOIN audience_targets t ON t.id = c.guardian_id WHERE c.active ORDER BY c.created_at, c.id",
+                 JOIN audience_targets t ON t.id = c.guardian_id WHERE c.active AND t.id >= $1 AND t.id <= $2 \
+                 ORDER BY c.created_at, c.id",
             )
-            .fetch(&mut *tx);
+            .bind($enc(first))
+            .bind($enc(last))
+            .fetch(&mut **tx);
             while let Some(row) = rows.try_next().await? {
                 let guardian = $dec(&row, "guardian_id")?;
                 let kind: String = row.try_get("kind")?;
@@ -188,9 +212,12 @@ macro_rules! audience_queries {
             drop(rows);
             let mut rows = sqlx::query(
                 "SELECT o.guardian_id, o.channel, o.source FROM opt_outs o \
-                 JOIN audience_targets t ON t.id = o.guardian_id WHERE o.revoked_at IS NULL",
+                 JOIN audience_targets t ON t.id = o.guardian_id WHERE o.revoked_at IS NULL \
+                 AND t.id >= $1 AND t.id <= $2",
             )
-            .fetch(&mut *tx);
+            .bind($enc(first))
+            .bind($enc(last))
+            .fetch(&mut **tx);
             while let Some(row) = rows.try_next().await? {
                 let guardian = $dec(&row, "guardian_id")?;
                 let channel: String = row.try_get("channel")?;
@@ -208,11 +235,13 @@ macro_rules! audience_queries {
                  FROM audience_targets t JOIN guardian_students gs ON gs.guardian_id = t.id \
                  JOIN students s ON s.id = gs.student_id JOIN schools sch ON sch.id = s.school_id \
                  JOIN guardians g ON g.id = gs.guardian_id \
-                 WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL \
+                 WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL AND t.id >= $1 AND t.id <= $2 \
                  AND (g.quiet_start_minute IS NOT NULL OR sch.quiet_start_minute IS NOT NULL) \
                  ORDER BY gs.guardian_id, sch.id",
             )
-            .fetch(&mut *tx);
+            .bind($enc(first))
+            .bind($enc(last))
+            .fetch(&mut **tx);
             while let Some(row) = rows.try_next().await? {
                 let guardian = $dec(&row, "guardian_id")?;
                 let Some(member) = members.get_mut(&guardian) else { continue };
@@ -228,11 +257,33 @@ macro_rules! audience_queries {
                     .or(window(row.try_get("s_start")?, row.try_get("s_end")?));
             }
             drop(rows);
-            // Nothing was written but the temporary table: rolling back discards it.
-            tx.rollback().await?;
             let mut members: Vec<AudienceMember> = members.into_values().collect();
             members.sort_by_key(|m| m.guardian_id);
-            Ok(Ok(members))
+            Ok(members)
+        }
+
+        /// The guardians an audience reaches within `scope`, each once, with their active
+        /// contact points and opt-outs; or what is wrong with the audience.
+        pub async fn resolve(
+            pool: &sqlx::Pool<$db>,
+            scope: &Scope,
+            audience: &Audience,
+        ) -> StoreResult<Result<Vec<AudienceMember>, AudienceProblems>> {
+            let mut tx = pool.begin().await?;
+            if let Err(problems) = resolve_targets(&mut tx, scope, audience).await? {
+                return Ok(Err(problems));
+            }
+            let mut all = Vec::new();
+            loop {
+                let chunk = members(&mut tx, all.last().map(|m: &AudienceMember| m.guardian_id), $crate::store::SEND_CHUNK).await?;
+                if chunk.is_empty() {
+                    break;
+                }
+                all.extend(chunk);
+            }
+            // Nothing was written but the temporary table: rolling back discards it.
+            tx.rollback().await?;
+            Ok(Ok(all))
         }
     };
 }

@@ -360,9 +360,17 @@ impl NewMessage {
     /// order they take offsets. Partitions come in ascending order, which is also the order
     /// their head rows are locked in, so two fan-outs can never deadlock.
     pub fn log_plan(&self) -> std::collections::BTreeMap<crate::log::PartitionId, Vec<DeliveryId>> {
+        Self::log_plan_of(&self.recipients, self.partitions)
+    }
+
+    /// [`NewMessage::log_plan`] of some of the message's recipients.
+    pub fn log_plan_of(
+        recipients: &[NewRecipient],
+        partitions: u32,
+    ) -> std::collections::BTreeMap<crate::log::PartitionId, Vec<DeliveryId>> {
         let mut plan: std::collections::BTreeMap<_, Vec<_>> = std::collections::BTreeMap::new();
-        for recipient in &self.recipients {
-            let partition = crate::log::PartitionId::of(recipient.guardian_id, self.partitions);
+        for recipient in recipients {
+            let partition = crate::log::PartitionId::of(recipient.guardian_id, partitions);
             for delivery in recipient
                 .deliveries
                 .iter()
@@ -403,6 +411,92 @@ pub enum CasOutcome {
     Conflict(Delivery),
     NotFound,
 }
+
+/// Guardians read, planned and written at a time when a message is sent: memory holds
+/// one chunk, whatever the audience.
+pub const SEND_CHUNK: usize = 10_000;
+
+/// Plans the recipients and deliveries of a chunk of an audience.
+pub type PlanChunk = dyn Fn(&[crate::audience::AudienceMember]) -> Vec<NewRecipient> + Send + Sync;
+
+/// What a sent message came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SendSummary {
+    pub recipients: usize,
+    pub deliveries: usize,
+    /// Deliveries not sent, by reason.
+    pub suppressed: std::collections::BTreeMap<String, usize>,
+    /// Deliveries that wait: for `scheduled_at`, or for the end of quiet hours.
+    pub deferred: usize,
+}
+
+impl SendSummary {
+    fn add(&mut self, recipients: &[NewRecipient]) {
+        self.recipients += recipients.len();
+        for delivery in recipients.iter().flat_map(|r| &r.deliveries) {
+            self.deliveries += 1;
+            self.deferred += usize::from(delivery.not_before.is_some());
+            if let Some(reason) = &delivery.suppressed_reason {
+                *self.suppressed.entry(reason.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+/// Why a message was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendRefusal {
+    Audience(crate::audience::AudienceProblems),
+    /// The audience reaches this many guardians, more than allowed.
+    TooMany(usize),
+}
+
+/// Expands, in a store module with `audience`, `write_message` and `write_recipients`,
+/// to `send_streamed`: the body of `Store::send_message`.
+macro_rules! streamed_send {
+    ($db:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        async fn send_streamed(
+            pool: &sqlx::Pool<$db>,
+            message: &NewMessage,
+            scope: &crate::store::Scope,
+            target: &crate::audience::Audience,
+            max_recipients: Option<usize>,
+            plan: &crate::store::PlanChunk,
+            chunk: usize,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
+            use crate::store::SendRefusal;
+            let mut tx = pool.begin().await?;
+            let reached = match audience::resolve_targets(&mut tx, scope, target).await? {
+                Ok(reached) => reached,
+                Err(problems) => return Ok(Err(SendRefusal::Audience(problems))),
+            };
+            if max_recipients.is_some_and(|max| reached > max) {
+                return Ok(Err(SendRefusal::TooMany(reached)));
+            }
+            write_message(&mut tx, message, at).await?;
+            let mut summary = crate::store::SendSummary::default();
+            let mut after = None;
+            loop {
+                let members = audience::members(&mut tx, after, chunk.max(1)).await?;
+                let Some(last) = members.last() else { break };
+                after = Some(last.guardian_id);
+                let recipients = plan(&members);
+                drop(members);
+                summary.add(&recipients);
+                write_recipients(&mut tx, message, &recipients, at).await?;
+            }
+            // Temporary tables outlive a commit on their connection.
+            sqlx::query("DROP TABLE audience_targets")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Ok(summary))
+        }
+    };
+}
+pub(crate) use streamed_send;
 
 /// Every durable operation. Implementations are cheap to clone handles on a pool.
 #[async_trait]
@@ -584,6 +678,22 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         scope: &Scope,
         audience: &crate::audience::Audience,
     ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>;
+
+    /// Sends `message` (its recipients ignored) to `audience` within `scope`, in one
+    /// transaction: the audience is resolved into the database, then read, planned with
+    /// `plan` and written a chunk of guardians at a time, so that memory does not grow
+    /// with the audience. Refused, with nothing written, when the audience names what does
+    /// not exist or may not be messaged, or reaches more than `max_recipients`.
+    async fn send_message(
+        &self,
+        message: &NewMessage,
+        scope: &Scope,
+        audience: &crate::audience::Audience,
+        max_recipients: Option<usize>,
+        plan: &PlanChunk,
+        chunk: usize,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Result<SendSummary, SendRefusal>>;
 
     /// Claims `(scope, key)` for a request with this hash, or says what the key already
     /// holds. Keys older than `keep` are forgotten and can be claimed again.

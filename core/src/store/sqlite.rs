@@ -344,134 +344,8 @@ impl Store for SqliteStore {
 
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        if let Some(max) = message.hourly_quota {
-            messages::reserve_hourly_quota(&mut tx, *message.district_id.as_uuid(), max, at)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
-                                   subject, body, channels, audience, requires_ack, created_at, translations, \
-                                   renotify_of, scheduled_at, ack_deadline) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(text_id(message.id))
-        .bind(text_id(message.district_id))
-        .bind(text_id(message.author_id))
-        .bind(message.kind.as_str())
-        .bind(message.lane.as_str())
-        .bind(message.guarantee.as_str())
-        .bind(&message.subject)
-        .bind(&message.body)
-        .bind(serde_json::to_string(&message.channels).map_err(corrupt)?)
-        .bind(message.audience.to_string())
-        .bind(message.requires_ack)
-        .bind(at)
-        .bind(message.translations.to_string())
-        .bind(message.renotify_of.map(text_id))
-        .bind(message.scheduled_at)
-        .bind(message.ack_deadline)
-        .execute(&mut *tx)
-        .await?;
-
-        // Multi-row INSERTs in chunks that stay under SQLite's bound-parameter limit.
-        let ack_state = if message.requires_ack {
-            "pending"
-        } else {
-            "not_required"
-        };
-        for chunk in message.recipients.chunks(BULK_ROWS) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) ",
-            );
-            insert.push_values(chunk, |mut row, recipient| {
-                row.push_bind(text_id(recipient.id))
-                    .push_bind(text_id(message.district_id))
-                    .push_bind(text_id(message.id))
-                    .push_bind(text_id(recipient.guardian_id))
-                    .push_bind(&recipient.language)
-                    .push_bind(ack_state);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        let deliveries: Vec<_> = message
-            .recipients
-            .iter()
-            .flat_map(|r| r.deliveries.iter().map(move |d| (r, d)))
-            .collect();
-        for chunk in deliveries.chunks(BULK_ROWS) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
-                                         address, state, idempotency_key, suppressed_reason, created_at, \
-                                         updated_at, suppressed_at, next_attempt_at) ",
-            );
-            insert.push_values(chunk, |mut row, (recipient, delivery)| {
-                let suppressed = delivery.suppressed_reason.is_some();
-                row.push_bind(text_id(delivery.id))
-                    .push_bind(text_id(message.district_id))
-                    .push_bind(text_id(message.id))
-                    .push_bind(text_id(recipient.id))
-                    .push_bind(text_id(recipient.guardian_id))
-                    .push_bind(delivery.channel.as_str())
-                    .push_bind(&delivery.address)
-                    .push_bind(if suppressed { "SUPPRESSED" } else { "CREATED" })
-                    .push_bind(text_id(delivery.id))
-                    .push_bind(&delivery.suppressed_reason)
-                    .push_bind(at)
-                    .push_bind(at)
-                    .push_bind(suppressed.then_some(at))
-                    .push_bind(delivery.not_before);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        // The log: SQLite has one writer at a time, so offsets are taken and entries written
-        // in the same order they become visible.
-        let plan = message.log_plan();
-        let mut heads =
-            QueryBuilder::<Sqlite>::new("INSERT INTO log_heads (lane, partition, next_offset) ");
-        heads.push_values(&plan, |mut row, (partition, deliveries)| {
-            row.push_bind(message.lane.as_str())
-                .push_bind(partition.get() as i64)
-                .push_bind(deliveries.len() as i64);
-        });
-        heads.push(
-            " ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
-             RETURNING partition, next_offset",
-        );
-        let next: std::collections::HashMap<i64, i64> = if plan.is_empty() {
-            std::collections::HashMap::new()
-        } else {
-            heads
-                .build_query_as::<(i64, i64)>()
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect()
-        };
-        let entries: Vec<(i64, i64, DeliveryId)> = plan
-            .iter()
-            .flat_map(|(partition, deliveries)| {
-                let p = partition.get() as i64;
-                let first = next[&p] - deliveries.len() as i64;
-                deliveries
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, d)| (p, first + i as i64, *d))
-            })
-            .collect();
-        for chunk in entries.chunks(BULK_ROWS) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, (partition, offset, delivery)| {
-                row.push_bind(message.lane.as_str())
-                    .push_bind(*partition)
-                    .push_bind(*offset)
-                    .push_bind(text_id(message.district_id))
-                    .push_bind(text_id(*delivery))
-                    .push_bind(at);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
+        write_message(&mut tx, message, at).await?;
+        write_recipients(&mut tx, message, &message.recipients, at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -816,6 +690,29 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn send_message(
+        &self,
+        message: &NewMessage,
+        scope: &crate::store::Scope,
+        audience: &crate::audience::Audience,
+        max_recipients: Option<usize>,
+        plan: &crate::store::PlanChunk,
+        chunk: usize,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
+        let send = send_streamed(
+            &self.pool,
+            message,
+            scope,
+            audience,
+            max_recipients,
+            plan,
+            chunk,
+            at,
+        );
+        send.await
+    }
+
     async fn resolve_audience(
         &self,
         scope: &super::Scope,
@@ -1068,6 +965,152 @@ mod messages {
     }
 
     crate::store::message_sql::message_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
+}
+
+crate::store::streamed_send!(sqlx::Sqlite);
+
+/// The message row (after reserving the hourly quota, when it has one).
+async fn write_message(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    message: &NewMessage,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    if let Some(max) = message.hourly_quota {
+        messages::reserve_hourly_quota(tx, *message.district_id.as_uuid(), max, at).await?;
+    }
+    sqlx::query(
+            "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
+                                   subject, body, channels, audience, requires_ack, created_at, translations, \
+                                   renotify_of, scheduled_at, ack_deadline) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(text_id(message.id))
+        .bind(text_id(message.district_id))
+        .bind(text_id(message.author_id))
+        .bind(message.kind.as_str())
+        .bind(message.lane.as_str())
+        .bind(message.guarantee.as_str())
+        .bind(&message.subject)
+        .bind(&message.body)
+        .bind(serde_json::to_string(&message.channels).map_err(corrupt)?)
+        .bind(message.audience.to_string())
+        .bind(message.requires_ack)
+        .bind(at)
+        .bind(message.translations.to_string())
+        .bind(message.renotify_of.map(text_id))
+        .bind(message.scheduled_at)
+        .bind(message.ack_deadline)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Recipients of a message, their deliveries and the deliveries' log entries, in bulk.
+async fn write_recipients(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    message: &NewMessage,
+    recipients: &[crate::store::NewRecipient],
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    // Multi-row INSERTs in chunks that stay under SQLite's bound-parameter limit.
+    let ack_state = if message.requires_ack {
+        "pending"
+    } else {
+        "not_required"
+    };
+    for chunk in recipients.chunks(BULK_ROWS) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) ",
+            );
+        insert.push_values(chunk, |mut row, recipient| {
+            row.push_bind(text_id(recipient.id))
+                .push_bind(text_id(message.district_id))
+                .push_bind(text_id(message.id))
+                .push_bind(text_id(recipient.guardian_id))
+                .push_bind(&recipient.language)
+                .push_bind(ack_state);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    let deliveries: Vec<_> = recipients
+        .iter()
+        .flat_map(|r| r.deliveries.iter().map(move |d| (r, d)))
+        .collect();
+    for chunk in deliveries.chunks(BULK_ROWS) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
+                                         address, state, idempotency_key, suppressed_reason, created_at, \
+                                         updated_at, suppressed_at, next_attempt_at) ",
+            );
+        insert.push_values(chunk, |mut row, (recipient, delivery)| {
+            let suppressed = delivery.suppressed_reason.is_some();
+            row.push_bind(text_id(delivery.id))
+                .push_bind(text_id(message.district_id))
+                .push_bind(text_id(message.id))
+                .push_bind(text_id(recipient.id))
+                .push_bind(text_id(recipient.guardian_id))
+                .push_bind(delivery.channel.as_str())
+                .push_bind(&delivery.address)
+                .push_bind(if suppressed { "SUPPRESSED" } else { "CREATED" })
+                .push_bind(text_id(delivery.id))
+                .push_bind(&delivery.suppressed_reason)
+                .push_bind(at)
+                .push_bind(at)
+                .push_bind(suppressed.then_some(at))
+                .push_bind(delivery.not_before);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    // The log: SQLite has one writer at a time, so offsets are taken and entries written
+    // in the same order they become visible.
+    let plan = NewMessage::log_plan_of(recipients, message.partitions);
+    let mut heads =
+        QueryBuilder::<Sqlite>::new("INSERT INTO log_heads (lane, partition, next_offset) ");
+    heads.push_values(&plan, |mut row, (partition, deliveries)| {
+        row.push_bind(message.lane.as_str())
+            .push_bind(partition.get() as i64)
+            .push_bind(deliveries.len() as i64);
+    });
+    heads.push(
+            " ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
+             RETURNING partition, next_offset",
+        );
+    let next: std::collections::HashMap<i64, i64> = if plan.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        heads
+            .build_query_as::<(i64, i64)>()
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let entries: Vec<(i64, i64, DeliveryId)> = plan
+        .iter()
+        .flat_map(|(partition, deliveries)| {
+            let p = partition.get() as i64;
+            let first = next[&p] - deliveries.len() as i64;
+            deliveries
+                .iter()
+                .enumerate()
+                .map(move |(i, d)| (p, first + i as i64, *d))
+        })
+        .collect();
+    for chunk in entries.chunks(BULK_ROWS) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) ",
+            );
+        insert.push_values(chunk, |mut row, (partition, offset, delivery)| {
+            row.push_bind(message.lane.as_str())
+                .push_bind(*partition)
+                .push_bind(*offset)
+                .push_bind(text_id(message.district_id))
+                .push_bind(text_id(*delivery))
+                .push_bind(at);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 crate::store::dispatch_sql::dispatch_store_impl!(SqliteStore);
