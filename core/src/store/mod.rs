@@ -684,6 +684,7 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
     /// `plan` and written a chunk of guardians at a time, so that memory does not grow
     /// with the audience. Refused, with nothing written, when the audience names what does
     /// not exist or may not be messaged, or reaches more than `max_recipients`.
+    #[allow(clippy::too_many_arguments)]
     async fn send_message(
         &self,
         message: &NewMessage,

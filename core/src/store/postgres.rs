@@ -674,6 +674,7 @@ impl Store for PostgresStore {
         }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_message(
         &self,
         message: &NewMessage,

@@ -690,6 +690,7 @@ impl Store for SqliteStore {
         }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_message(
         &self,
         message: &NewMessage,
