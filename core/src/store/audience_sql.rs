@@ -174,10 +174,12 @@ macro_rules! audience_queries {
             let mut members: HashMap<uuid::Uuid, AudienceMember> = HashMap::new();
             // Rows are streamed, not collected: memory holds the members, not the result sets.
             let mut rows = sqlx::query(
-                "SELECT g.id, g.preferred_language FROM guardians g JOIN audience_targets t ON t.id = g.id \
-                 WHERE ($1 IS NULL OR t.id > $1) ORDER BY t.id LIMIT $2",
+                "SELECT g.id, g.preferred_language FROM audience_targets t JOIN guardians g ON g.id = t.id \
+                 WHERE t.id > $1 ORDER BY t.id LIMIT $2",
             )
-            .bind(after.map($enc))
+            // A plain range from the nil id (below every real one): an index range scan,
+            // where an `IS NULL OR` would scan the whole table for every chunk.
+            .bind($enc(after.unwrap_or(uuid::Uuid::nil())))
             .bind(limit as i64)
             .fetch(&mut **tx);
             while let Some(row) = rows.try_next().await? {
