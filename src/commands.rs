@@ -160,9 +160,8 @@ fn start_dispatcher(
         tracing::warn!("no channel provider is configured: messages are accepted and wait on the log until one is");
         return Ok(None);
     };
-    if demo || config.sandbox {
-        tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
-    }
+    // Today the sandbox is the only provider there is.
+    tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
     let dispatcher =
         tidings_dispatcher::Dispatcher::new(store.clone(), adapters, config.dispatcher());
     Ok(Some(tokio::spawn(

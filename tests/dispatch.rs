@@ -24,6 +24,27 @@ fn alert() -> Value {
     })
 }
 
+/// Sends [`alert`]: its id, and how many of its deliveries are to be sent (not suppressed).
+async fn send_alert(d: &District) -> (String, u64) {
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(alert()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let suppressed: u64 = sent["suppressed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let to_send = sent["deliveries"].as_u64().unwrap() - suppressed;
+    (sent["id"].as_str().unwrap().to_owned(), to_send)
+}
+
 /// Deliveries of a message by state, from its report.
 async fn counts(d: &District, id: &str) -> BTreeMap<String, u64> {
     let (status, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
@@ -101,23 +122,9 @@ async fn dispatchers_share_postgres_and_finish_a_broadcast_when_one_is_killed() 
     let mut ids = Vec::new();
     let mut expected = 0;
     for _ in 0..5 {
-        let (status, sent) = d
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/messages",
-                &d.admin,
-                Some(alert()),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{sent}");
-        ids.push(sent["id"].as_str().unwrap().to_owned());
-        expected += sent["deliveries"].as_u64().unwrap()
-            - sent["suppressed"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum::<u64>();
+        let (id, to_send) = send_alert(&d).await;
+        ids.push(id);
+        expected += to_send;
     }
     let store = tidings_core::store::connect(&d.db.url, &Default::default())
         .await
@@ -319,23 +326,9 @@ async fn kill_and_restart_twenty_times(db: TestDatabase) {
     let mut ids = Vec::new();
     let mut expected = 0;
     for _ in 0..8 {
-        let (status, sent) = d
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/messages",
-                &d.admin,
-                Some(alert()),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{sent}");
-        ids.push(sent["id"].as_str().unwrap().to_owned());
-        let suppressed: u64 = sent["suppressed"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
-        expected += sent["deliveries"].as_u64().unwrap() - suppressed;
+        let (id, to_send) = send_alert(&d).await;
+        ids.push(id);
+        expected += to_send;
     }
     let scratch = tempfile::tempdir().unwrap();
     let journal = scratch.path().join("received");

@@ -208,6 +208,32 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Runs each `async fn name(store: Arc<dyn Store>)` of the calling module as a test on
+/// a fresh SQLite file (`mod sqlite`) and on a fresh PostgreSQL database (`mod postgres`).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = $crate::testing::TestDatabase::sqlite();
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = $crate::testing::TestDatabase::postgres().await;
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A district with its first admin and some guardians.
 pub struct Seed {
     pub staff: Staff,

@@ -16,31 +16,8 @@ use tidings_core::time::now;
 use tidings_core::*;
 use tokio::sync::Barrier;
 
-/// Generates one test per backend for each suite function.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let db = super::TestDatabase::sqlite();
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let db = super::TestDatabase::postgres().await;
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance! {
+// One test per backend for each suite function.
+tidings_core::on_both_stores! {
     a_migrated_store_is_ready,
     bootstrap_creates_the_first_admin_only_on_an_empty_database,
     staff_emails_are_unique,

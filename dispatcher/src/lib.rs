@@ -626,13 +626,7 @@ impl Dispatcher {
         // 1. Attempts recorded before any call.
         let items: Vec<(&tidings_core::delivery::Delivery, &str)> = batch
             .iter()
-            .map(|o| {
-                let provider = self
-                    .adapters
-                    .get(o.delivery.channel)
-                    .map_or("unconfigured", |a| a.provider());
-                (&o.delivery, provider)
-            })
+            .map(|o| (&o.delivery, self.provider(o.delivery.channel)))
             .collect();
         let starts = if items.is_empty() {
             Vec::new()

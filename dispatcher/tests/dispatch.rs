@@ -18,30 +18,7 @@ use tidings_dispatcher::{
 };
 use tidings_sandbox::{Faults, InProcessProvider};
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let db = super::TestDatabase::sqlite();
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let db = super::TestDatabase::postgres().await;
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores! {
+tidings_core::on_both_stores! {
     every_delivery_is_sent_once_and_every_offset_committed,
     transient_failures_are_retried_until_sent,
     duplicates_equal_the_attempts_in_doubt,

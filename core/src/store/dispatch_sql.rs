@@ -243,11 +243,7 @@ macro_rules! dispatch_queries {
         }
 
         fn outbound_select() -> String {
-            let delivery_columns = super::DELIVERY_COLUMNS
-                .split(',')
-                .map(|c| format!("d.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let delivery_columns = $crate::store::delivery_columns("d");
             format!(
                 "SELECT {delivery_columns}, l.lane, l.partition, l.\"offset\", m.kind, m.delivery_guarantee, \
                         m.requires_ack, m.subject, m.body, m.translations, r.language, d.attempt_base, \
@@ -404,11 +400,7 @@ macro_rules! dispatch_queries {
         }
 
         fn scoped_deliveries() -> String {
-            let columns = super::DELIVERY_COLUMNS
-                .split(',')
-                .map(|c| format!("d.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let columns = $crate::store::delivery_columns("d");
             format!(
                 "SELECT {columns} FROM deliveries d JOIN messages m ON m.id = d.message_id \
                  WHERE d.district_id = $1 AND ($2 IS NULL OR m.author_id = $2)"

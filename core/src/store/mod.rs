@@ -412,6 +412,20 @@ pub enum CasOutcome {
     NotFound,
 }
 
+/// The columns `delivery_from_row` reads, in both dialects.
+pub(crate) const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
+     address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
+     suppressed_reason, created_at, updated_at";
+
+/// [`DELIVERY_COLUMNS`] of the table aliased `alias` (for joins).
+pub(crate) fn delivery_columns(alias: &str) -> String {
+    DELIVERY_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Guardians read, planned and written at a time when a message is sent: memory holds
 /// one chunk, whatever the audience.
 pub const SEND_CHUNK: usize = 10_000;

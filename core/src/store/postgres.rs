@@ -95,9 +95,7 @@ fn district_from_row(row: &PgRow) -> StoreResult<District> {
     })
 }
 
-const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
-     address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
-     suppressed_reason, created_at, updated_at";
+use super::DELIVERY_COLUMNS;
 
 fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
     Ok(Delivery {
@@ -1146,14 +1144,6 @@ mod dispatching {
 
     // PostgreSQL: a batch's attempts in a handful of array statements, not a few per row.
 
-    fn delivery_columns(alias: &str) -> String {
-        super::DELIVERY_COLUMNS
-            .split(',')
-            .map(|c| format!("{alias}.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     /// The current rows of `ids`, by id.
     async fn current_rows(
         tx: &mut Tx<'_>,
@@ -1232,7 +1222,7 @@ mod dispatching {
              FROM unnest($3::uuid[], $4::bigint[], $5::text[]) AS x(id, version, provider) \
              WHERE d.id = x.id AND d.version = x.version AND d.state IN ('CREATED', 'QUEUED') \
              RETURNING {}",
-            delivery_columns("d")
+            crate::store::delivery_columns("d")
         ))
         .bind(recover_at)
         .bind(at)
@@ -1403,7 +1393,7 @@ mod dispatching {
                   AS x(id, version, kind, text, retry_at) \
              WHERE d.id = x.id AND d.version = x.version AND d.state = 'QUEUED' \
              RETURNING {}",
-            delivery_columns("d")
+            crate::store::delivery_columns("d")
         ))
         .bind(at)
         .bind(&u_ids)

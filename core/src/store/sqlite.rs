@@ -106,9 +106,7 @@ fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
     })
 }
 
-const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
-     address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
-     suppressed_reason, created_at, updated_at";
+use super::DELIVERY_COLUMNS;
 
 fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
     Ok(Delivery {
