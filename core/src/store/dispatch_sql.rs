@@ -392,13 +392,6 @@ macro_rules! dispatch_queries {
             Ok(found)
         }
 
-        fn scope_parts(scope: &MessageScope) -> (uuid::Uuid, Option<uuid::Uuid>) {
-            match *scope {
-                MessageScope::District(d) => (*d.as_uuid(), None),
-                MessageScope::Author(d, s) => (*d.as_uuid(), Some(*s.as_uuid())),
-            }
-        }
-
         fn scoped_deliveries() -> String {
             let columns = $crate::store::delivery_columns("d");
             format!(
@@ -412,7 +405,7 @@ macro_rules! dispatch_queries {
             scope: &MessageScope,
             id: DeliveryId,
         ) -> StoreResult<Option<(Delivery, Vec<AttemptRecord>)>> {
-            let (district, author) = scope_parts(scope);
+            let (district, author) = scope.parts();
             let Some(row) = sqlx::query(&format!("{} AND d.id = $3", scoped_deliveries()))
                 .bind($enc(district))
                 .bind(author.map($enc))
@@ -451,7 +444,7 @@ macro_rules! dispatch_queries {
             before: Option<DeliveryId>,
             limit: u32,
         ) -> StoreResult<Vec<Delivery>> {
-            let (district, author) = scope_parts(scope);
+            let (district, author) = scope.parts();
             sqlx::query(&format!(
                 "{} AND d.state = 'FAILED' AND ($3 IS NULL OR d.id < $3) ORDER BY d.id DESC LIMIT $4",
                 scoped_deliveries()

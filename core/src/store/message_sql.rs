@@ -7,13 +7,6 @@ macro_rules! message_queries {
         use $crate::store::{MessageListItem, MessageScope, RecipientView, StoreError, StoreResult};
         use $crate::{DeliveryEvent, DeliveryState};
 
-        fn scope_parts(scope: &MessageScope) -> (uuid::Uuid, Option<uuid::Uuid>) {
-            match *scope {
-                MessageScope::District(d) => (*d.as_uuid(), None),
-                MessageScope::Author(d, s) => (*d.as_uuid(), Some(*s.as_uuid())),
-            }
-        }
-
         fn parse_col<T: std::str::FromStr>(row: &<$db as sqlx::Database>::Row, column: &str) -> StoreResult<T>
         where
             T::Err: std::fmt::Display,
@@ -24,7 +17,7 @@ macro_rules! message_queries {
 
         /// Whether the scope may see the message.
         async fn visible(pool: &sqlx::Pool<$db>, scope: &MessageScope, message: uuid::Uuid) -> StoreResult<bool> {
-            let (district, author) = scope_parts(scope);
+            let (district, author) = scope.parts();
             let found: Option<String> = sqlx::query_scalar(
                 "SELECT 'yes' FROM messages WHERE id = $1 AND district_id = $2 AND ($3 IS NULL OR author_id = $3)",
             )
@@ -42,7 +35,7 @@ macro_rules! message_queries {
             before: Option<uuid::Uuid>,
             limit: u32,
         ) -> StoreResult<Vec<MessageListItem>> {
-            let (district, author) = scope_parts(scope);
+            let (district, author) = scope.parts();
             // Newest first: ids are time-ordered, so paging goes by id downward.
             sqlx::query(
                 "SELECT id, kind, subject, author_id, requires_ack, created_at, cancelled_at FROM messages \
@@ -117,7 +110,7 @@ macro_rules! message_queries {
             scope: &MessageScope,
             message: uuid::Uuid,
         ) -> StoreResult<Option<$crate::store::MessageContent>> {
-            let (district, author) = scope_parts(scope);
+            let (district, author) = scope.parts();
             let Some(row) = sqlx::query(
                 "SELECT kind, delivery_guarantee, subject, body, translations, channels, requires_ack FROM messages \
                  WHERE id = $1 AND district_id = $2 AND ($3 IS NULL OR author_id = $3)",
@@ -315,7 +308,7 @@ macro_rules! message_queries {
             scope: &MessageScope,
             id: uuid::Uuid,
         ) -> StoreResult<Option<$crate::store::MessageSummary>> {
-            let (district, author) = scope_parts(scope);
+            let (district, author) = scope.parts();
             let Some(row) = sqlx::query(
                 "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, \
                         (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \

@@ -194,6 +194,16 @@ pub enum MessageScope {
     Author(DistrictId, StaffId),
 }
 
+impl MessageScope {
+    /// The district, and the author the scope is limited to (if it is).
+    pub fn parts(&self) -> (uuid::Uuid, Option<uuid::Uuid>) {
+        match *self {
+            MessageScope::District(d) => (*d.as_uuid(), None),
+            MessageScope::Author(d, s) => (*d.as_uuid(), Some(*s.as_uuid())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageSummary {
     pub id: MessageId,
