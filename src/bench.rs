@@ -322,7 +322,7 @@ pub async fn dispatch(
         .received()
         .iter()
         .filter_map(|r| {
-            let at = committed_at.get(&r.delivery_id)?;
+            let at = committed_at.get(&r.delivery_id?)?;
             Some((r.at - *at).num_microseconds()? as f64 / 1000.0)
         })
         .collect();

@@ -126,11 +126,24 @@ pub async fn dispatch(
 }
 
 /// The providers this process sends through, per channel: the in-process sandbox for
-/// `--demo` or `sandbox = true`.
+/// `--demo` or `sandbox = true`, else the providers configured. `None` when there is none.
 fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispatcher::Adapters>> {
+    use tidings_core::Channel;
     if !(demo || config.sandbox) {
-        return Ok(None);
+        let mut adapters = tidings_dispatcher::Adapters::default();
+        let mut any = false;
+        if let Some(twilio) = config.twilio()? {
+            adapters = adapters.with(Channel::Sms, Arc::new(twilio));
+            any = true;
+        }
+        for &channel in Channel::ALL.iter() {
+            if !adapters.has(channel) {
+                tracing::warn!(%channel, "no provider is configured for this channel: its deliveries become dead letters, to replay once one is");
+            }
+        }
+        return Ok(any.then_some(adapters));
     }
+    tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
     let mut sandbox = tidings_sandbox::InProcessProvider::new(config.sandbox_faults);
     if let Some(path) = &config.sandbox_journal {
         sandbox = sandbox
@@ -160,8 +173,6 @@ fn start_dispatcher(
         tracing::warn!("no channel provider is configured: messages are accepted and wait on the log until one is");
         return Ok(None);
     };
-    // Today the sandbox is the only provider there is.
-    tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
     let dispatcher =
         tidings_dispatcher::Dispatcher::new(store.clone(), adapters, config.dispatcher());
     Ok(Some(tokio::spawn(
@@ -315,4 +326,37 @@ pub async fn quiet_hours(
         None => println!("{school}: no quiet hours"),
     }
     Ok(())
+}
+
+/// `tidings sandbox`: the provider sandbox over HTTP, until SIGTERM or Ctrl-C.
+pub async fn sandbox(
+    config: &Config,
+    listen: std::net::SocketAddr,
+    callback_base: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut provider = tidings_sandbox::InProcessProvider::new(config.sandbox_faults);
+    if let Some(path) = &config.sandbox_journal {
+        provider = provider
+            .with_journal(path)
+            .with_context(|| format!("cannot open the sandbox journal {}", path.display()))?;
+    }
+    let mut settings = tidings_sandbox::server::SandboxConfig {
+        callback_base,
+        ..Default::default()
+    };
+    if let Ok(token) = std::env::var("TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN") {
+        settings.twilio_auth_token = token;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    println!("Provider sandbox on http://{address} (nothing sent from here reaches anyone)");
+    println!("  Twilio API base:  http://{address} (any AC… account; auth token from TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN, default {:?})", tidings_sandbox::server::SandboxConfig::default().twilio_auth_token);
+    println!("  What it received: http://{address}/_sandbox/received");
+    println!("  Faults:           http://{address}/_sandbox/faults (GET, PUT)");
+    tidings_sandbox::server::serve(listener, provider, settings, shutdown)
+        .await
+        .context("the sandbox server failed")
 }

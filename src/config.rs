@@ -58,6 +58,69 @@ pub struct Config {
     /// length is the number of attempts. Each wait is jittered between zero and the value.
     /// Env: `TIDINGS_RETRY_SCHEDULE`, e.g. `[0, 5, 300]`.
     pub retry_schedule: Vec<f64>,
+    /// This service's address as providers and guardians reach it, e.g.
+    /// `https://tidings.example.org`: status-callback URLs and acknowledgment links are
+    /// built on it, and provider signatures are checked against it (proxies rewrite the
+    /// host a request arrives with). Without it providers report no delivery status.
+    /// Env: `TIDINGS_PUBLIC_URL`.
+    pub public_url: Option<String>,
+    /// The Twilio account SMS goes through (see the README). Each field can be set alone
+    /// with `TIDINGS_TWILIO__FIELD`; the auth token (or API key secret) comes from
+    /// `TIDINGS_TWILIO_AUTH_TOKEN` or the file named by `auth_token_file`, never from here.
+    pub twilio: Option<TwilioSettings>,
+}
+
+/// Twilio, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioSettings {
+    /// `AC…`.
+    pub account_sid: String,
+    /// `SK…`, when signing in with an API key rather than the account's auth token.
+    #[serde(default)]
+    pub api_key_sid: Option<String>,
+    /// A file holding the auth token (or the API key's secret), readable only by the service.
+    #[serde(default)]
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// The sending number (E.164) or alphanumeric sender id…
+    #[serde(default, deserialize_with = "phone_or_text")]
+    pub from: Option<String>,
+    /// …or a messaging service (`MG…`).
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// The account's sending rate in messages per second (a long code sends 1, a short
+    /// code 100); unset means no limit of ours.
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
+    /// Where Twilio's API is; a sandbox's address in tests and staging.
+    #[serde(default = "twilio_api_base")]
+    pub api_base: String,
+    /// Seconds to wait for Twilio's answer before the send is in doubt.
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: f64,
+}
+
+/// A sender: text, or a number, which is what `+15551234567` becomes when it arrives
+/// through an environment variable (figment reads it as an integer).
+fn phone_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Sender {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Sender>::deserialize(d)?.map(|s| match s {
+        Sender::Text(text) => text,
+        Sender::Number(n) => format!("+{n}"),
+    }))
+}
+
+fn twilio_api_base() -> String {
+    tidings_channel_adapters::twilio::API_BASE.into()
+}
+
+fn default_timeout_seconds() -> f64 {
+    15.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +148,8 @@ impl Default for Config {
             dispatch_batch: 256,
             lease_seconds: 15,
             retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],
+            public_url: None,
+            twilio: None,
         }
     }
 }
@@ -100,7 +165,7 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         let config: Config = figment
-            .merge(Env::prefixed("TIDINGS_"))
+            .merge(Env::prefixed("TIDINGS_").split("__"))
             .extract()
             .map_err(|e| anyhow::anyhow!(one_line(&e)))
             .context("invalid configuration")?;
@@ -123,6 +188,16 @@ impl Config {
         }
         if let Some(problem) = config.sandbox_faults.problem() {
             bail!("invalid configuration: sandbox_faults: {problem}");
+        }
+        if let Some(url) = &config.public_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains('?') {
+                bail!("invalid configuration: public_url must be an http(s) URL without a query, e.g. https://tidings.example.org");
+            }
+        }
+        if let Some(twilio) = &config.twilio {
+            if !(twilio.timeout_seconds.is_finite() && twilio.timeout_seconds > 0.0) {
+                bail!("invalid configuration: twilio.timeout_seconds must be more than 0");
+            }
         }
         if config.database_max_connections == 0 {
             bail!("invalid configuration: database_max_connections must be at least 1");
@@ -147,9 +222,67 @@ impl Config {
         }
     }
 
+    /// The Twilio adapter, when Twilio is configured.
+    pub fn twilio(&self) -> anyhow::Result<Option<tidings_channel_adapters::twilio::Twilio>> {
+        let Some(t) = &self.twilio else {
+            return Ok(None);
+        };
+        let secret = secret("TIDINGS_TWILIO_AUTH_TOKEN", t.auth_token_file.as_deref()).context(
+            "twilio: no auth token: set TIDINGS_TWILIO_AUTH_TOKEN or twilio.auth_token_file",
+        )?;
+        let status_callback = self
+            .public_url
+            .as_ref()
+            .map(|base| format!("{}/callbacks/twilio/status", base.trim_end_matches('/')));
+        if status_callback.is_none() {
+            tracing::warn!("public_url is not set: Twilio will not report delivery status");
+        }
+        let config = tidings_channel_adapters::twilio::TwilioConfig {
+            account_sid: t.account_sid.clone(),
+            api_key_sid: given(&t.api_key_sid),
+            secret,
+            from: given(&t.from),
+            messaging_service_sid: given(&t.messaging_service_sid),
+            api_base: t.api_base.clone(),
+            status_callback,
+            timeouts: tidings_channel_adapters::http::Timeouts {
+                request: std::time::Duration::from_secs_f64(t.timeout_seconds),
+                ..Default::default()
+            },
+            max_per_second: t.max_per_second.and_then(std::num::NonZeroU32::new),
+            concurrency: 8,
+        };
+        Ok(Some(tidings_channel_adapters::twilio::Twilio::new(config)?))
+    }
+
     pub fn database_url_redacted(&self) -> String {
         tidings_core::store::redact_url(&self.database_url)
     }
+}
+
+/// An optional setting, where an empty value (`TIDINGS_TWILIO__FROM=`) means unset.
+fn given(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.trim().is_empty())
+}
+
+/// A secret from the environment variable `env`, else from `file` (trailing newline
+/// removed). Never from the configuration file itself, never logged.
+fn secret(env: &str, file: Option<&Path>) -> anyhow::Result<String> {
+    if let Ok(value) = std::env::var(env) {
+        if !value.trim().is_empty() {
+            return Ok(value.trim().to_owned());
+        }
+    }
+    let Some(file) = file else {
+        bail!("{env} is not set and no file is configured");
+    };
+    let value = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the secret file {}", file.display()))?;
+    let value = value.trim_end_matches(['\n', '\r']).to_owned();
+    if value.is_empty() {
+        bail!("the secret file {} is empty", file.display());
+    }
+    Ok(value)
 }
 
 /// figment's errors can span lines when several keys are wrong; users get one line each.
@@ -176,6 +309,44 @@ mod tests {
             assert_eq!(config, Config::default());
             assert_eq!(config.database_url, "sqlite://tidings.db");
             assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn twilio_is_configured_by_table_or_by_field_and_its_secret_only_from_outside() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tidings.toml",
+                "public_url = \"https://tidings.example.org/\"\n[twilio]\naccount_sid = \"AC1\"\nmessaging_service_sid = \"MG1\"\n",
+            )?;
+            // A phone number in the environment arrives as a number; it stays a number.
+            jail.set_env("TIDINGS_TWILIO__FROM", "+15551234567");
+            let config = Config::load(Some(Path::new("tidings.toml"))).unwrap();
+            let twilio = config.twilio.clone().unwrap();
+            assert_eq!(twilio.account_sid, "AC1");
+            assert_eq!(twilio.from.as_deref(), Some("+15551234567"));
+            assert_eq!(twilio.api_base, "https://api.twilio.com");
+            // No secret anywhere: refused, saying where it goes.
+            let err = format!("{:#}", config.twilio().err().unwrap());
+            assert!(err.contains("TIDINGS_TWILIO_AUTH_TOKEN"), "{err}");
+            jail.create_file("token", "s3cret\n")?;
+            jail.set_env("TIDINGS_TWILIO__AUTH_TOKEN_FILE", "token");
+            let config = Config::load(Some(Path::new("tidings.toml"))).unwrap();
+            assert!(
+                config.twilio().is_err(),
+                "from and a messaging service both set"
+            );
+            jail.create_file(
+                "tidings.toml",
+                "public_url = \"https://tidings.example.org/\"\n[twilio]\naccount_sid = \"AC1\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("tidings.toml"))).unwrap();
+            assert!(config.twilio().unwrap().is_some());
+            // Misspelt fields are errors, not silently ignored.
+            jail.set_env("TIDINGS_TWILIO__FORM", "+15551234567");
+            let err = Config::load(Some(Path::new("tidings.toml"))).unwrap_err();
+            assert!(format!("{err:#}").contains("form"), "{err:#}");
             Ok(())
         });
     }

@@ -32,6 +32,18 @@ enum Command {
     /// Run only the dispatcher: send what is on the log. Several may share one PostgreSQL;
     /// they divide the partitions between them.
     Dispatch,
+    /// Run the provider sandbox: Twilio's API (and the other providers') on loopback,
+    /// with signed callbacks and fault injection, for demos, staging and load tests.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Post callbacks here (same path and query) instead of to the URLs the sends
+        /// name, e.g. http://127.0.0.1:8080 when public_url is a public name. They stay
+        /// signed for the URLs as named.
+        #[arg(long, value_name = "URL")]
+        callback_base: Option<String>,
+    },
     /// Import a roster.
     Import {
         #[command(subcommand)]
@@ -206,6 +218,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
             } => tidings::bench::dispatch(deliveries, processes, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
+            Command::Sandbox {
+                listen,
+                callback_base,
+            } => commands::sandbox(&config, listen, callback_base, shutdown_signal()?).await,
             Command::Dispatch => commands::dispatch(&config, shutdown_signal()?).await,
             Command::School {
                 command:

@@ -5,6 +5,9 @@
 //! The dispatcher sees every provider through [`ChannelAdapter`]: a batch of
 //! [`Outgoing`] sends in, one [`SendOutcome`] per send out, in the same order.
 
+pub mod http;
+pub mod twilio;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

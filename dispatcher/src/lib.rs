@@ -97,6 +97,11 @@ impl Adapters {
         self
     }
 
+    /// Whether `channel` has a provider.
+    pub fn has(&self, channel: Channel) -> bool {
+        self.0.contains_key(&channel)
+    }
+
     fn get(&self, channel: Channel) -> Option<&Arc<dyn ChannelAdapter>> {
         self.0.get(&channel)
     }

@@ -441,7 +441,7 @@ async fn an_emergency_overtakes_a_draining_broadcast(store: Arc<dyn Store>) {
     let received = provider.received();
     let last_alert = received
         .iter()
-        .rposition(|r| alert_ids.contains(&r.delivery_id))
+        .rposition(|r| r.delivery_id.is_some_and(|d| alert_ids.contains(&d)))
         .unwrap();
     let bulk_after_mark = received[mark..last_alert]
         .iter()

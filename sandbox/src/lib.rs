@@ -6,6 +6,8 @@
 //! sends like a provider that does *not* deduplicate (so every duplicate is visible),
 //! keeps what it accepted, and fails on a seeded schedule.
 
+pub mod server;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,27 +19,55 @@ use serde::{Deserialize, Serialize};
 use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
 use tidings_core::{Channel, DeliveryId};
 
-/// How often each kind of failure happens, as a fraction of sends (0.0–1.0).
+/// How often each kind of failure happens, as a fraction of sends (0.0–1.0), and how
+/// the provider behaves otherwise.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
-    /// Refused before sending, worth retrying (a 5xx or 429).
+    /// Refused before sending, worth retrying (a 5xx).
     pub transient: f64,
+    /// Refused before sending with 429 Too Many Requests and `Retry-After: 1`.
+    pub throttled: f64,
     /// Refused for good (invalid number, unregistered device).
     pub permanent: f64,
     /// Accepted, but the answer never arrives (a timeout after the provider took it).
     pub in_doubt: f64,
+    /// Accepted, then reported undelivered by the status callback (Twilio error 30003).
+    pub undelivered: f64,
+    /// Status callbacks sent twice.
+    pub callback_duplicate: f64,
+    /// Status callbacks sent in the wrong order (delivered before sent).
+    pub callback_reorder: f64,
+    /// Status callbacks (the first of each send's) never sent.
+    pub callback_drop: f64,
+    /// Milliseconds every answer waits.
+    pub latency_ms: u64,
     /// Seed of the schedule: the same seed and the same sequence of sends fail the same way.
     pub seed: u64,
+}
+
+/// What the sandbox does with one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Transient,
+    Throttled,
+    Permanent,
+    /// Taken (and received), but never answered.
+    InDoubt,
+    Accepted,
 }
 
 /// One send the sandbox accepted.
 #[derive(Debug, Clone, Serialize)]
 pub struct Received {
-    pub delivery_id: DeliveryId,
+    /// Which provider API took it ("sandbox" in process, "twilio", …).
+    pub provider: String,
+    /// The delivery, where the request names it.
+    pub delivery_id: Option<DeliveryId>,
     pub idempotency_key: String,
     pub channel: Channel,
     pub address: String,
+    pub body: String,
     pub provider_ref: String,
     /// When the sandbox took it.
     pub at: chrono::DateTime<chrono::Utc>,
@@ -72,9 +102,28 @@ impl Default for InProcessProvider {
 impl Faults {
     /// Why these faults make no sense, if they do not.
     pub fn problem(&self) -> Option<String> {
-        let rates = [self.transient, self.permanent, self.in_doubt];
-        if rates.iter().any(|r| !(0.0..=1.0).contains(r)) || rates.iter().sum::<f64>() > 1.0 {
-            return Some("each rate must be between 0 and 1, and together at most 1".into());
+        let rates = [
+            self.transient,
+            self.throttled,
+            self.permanent,
+            self.in_doubt,
+        ];
+        let callbacks = [
+            self.undelivered,
+            self.callback_duplicate,
+            self.callback_reorder,
+            self.callback_drop,
+        ];
+        if rates
+            .iter()
+            .chain(&callbacks)
+            .any(|r| !(0.0..=1.0).contains(r))
+            || rates.iter().sum::<f64>() > 1.0
+        {
+            return Some("each rate must be between 0 and 1, and transient, throttled, permanent and in_doubt together at most 1".into());
+        }
+        if self.latency_ms > 600_000 {
+            return Some("latency_ms must be at most 600000".into());
         }
         None
     }
@@ -167,46 +216,83 @@ impl InProcessProvider {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn take(&self, send: &Outgoing) -> SendOutcome {
+    /// Decides the fate of the next send from the seeded schedule.
+    pub fn roll(&self) -> Fate {
         let mut state = self.lock();
         state.sends += 1;
-        let faults = state.faults;
+        let f = state.faults;
         let roll: f64 = state.rng.gen();
-        let journal = self.journal.clone();
-        let mut accept = || {
-            if let Some(journal) = &journal {
-                use std::io::Write as _;
-                let mut file = journal.lock().unwrap_or_else(|p| p.into_inner());
-                // Best effort, like any provider's own records: a full disk loses the line.
-                let _ = writeln!(file, "{}", send.idempotency_key);
+        let mut bound = 0.0;
+        for (rate, fate) in [
+            (f.transient, Fate::Transient),
+            (f.throttled, Fate::Throttled),
+            (f.permanent, Fate::Permanent),
+            (f.in_doubt, Fate::InDoubt),
+        ] {
+            bound += rate;
+            if roll < bound {
+                return fate;
             }
+        }
+        Fate::Accepted
+    }
+
+    /// A fresh roll of the schedule against `rate` (for callback faults).
+    pub fn chance(&self, rate: f64) -> bool {
+        rate > 0.0 && self.lock().rng.gen::<f64>() < rate
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        self.lock().faults
+    }
+
+    /// Keeps `received` (journalled first, when there is a journal).
+    pub fn record(&self, received: Received) {
+        if let Some(journal) = &self.journal {
+            use std::io::Write as _;
+            let mut file = journal.lock().unwrap_or_else(|p| p.into_inner());
+            // Best effort, like any provider's own records: a full disk loses the line.
+            let _ = writeln!(file, "{}", received.idempotency_key);
+        }
+        self.lock().received.push(received);
+    }
+
+    fn take(&self, send: &Outgoing) -> SendOutcome {
+        let fate = self.roll();
+        let accept = || {
             // Unique across restarts, as a provider's message ids are.
             let provider_ref = format!("SB{}", uuid::Uuid::now_v7().simple());
-            state.received.push(Received {
-                delivery_id: send.delivery_id,
+            self.record(Received {
+                provider: self.name.to_owned(),
+                delivery_id: Some(send.delivery_id),
                 idempotency_key: send.idempotency_key.clone(),
                 channel: send.channel,
                 address: send.address.clone(),
+                body: send.body.clone(),
                 provider_ref: provider_ref.clone(),
                 at: tidings_core::time::now(),
             });
             provider_ref
         };
-        if roll < faults.transient {
-            SendOutcome::transient("sandbox: 503 Service Unavailable")
-        } else if roll < faults.transient + faults.permanent {
-            SendOutcome::Permanent {
+        match fate {
+            Fate::Transient => SendOutcome::transient("sandbox: 503 Service Unavailable"),
+            Fate::Throttled => SendOutcome::Transient {
+                error: "sandbox: 429 Too Many Requests".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            Fate::Permanent => SendOutcome::Permanent {
                 error: "sandbox: 400 invalid recipient".into(),
+            },
+            Fate::InDoubt => {
+                accept();
+                SendOutcome::InDoubt {
+                    error: "sandbox: timed out waiting for the answer".into(),
+                }
             }
-        } else if roll < faults.transient + faults.permanent + faults.in_doubt {
-            accept();
-            SendOutcome::InDoubt {
-                error: "sandbox: timed out waiting for the answer".into(),
-            }
-        } else {
-            SendOutcome::Sent {
+            Fate::Accepted => SendOutcome::Sent {
                 provider_ref: accept(),
-            }
+            },
         }
     }
 }
@@ -227,8 +313,12 @@ impl ChannelAdapter for SandboxAdapter {
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        if !self.provider.latency.is_zero() {
-            tokio::time::sleep(self.provider.latency).await;
+        let latency = self
+            .provider
+            .latency
+            .max(Duration::from_millis(self.provider.faults().latency_ms));
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
         batch
             .iter()
@@ -267,9 +357,11 @@ mod tests {
     fn the_same_seed_fails_the_same_sends() {
         let faults = Faults {
             transient: 0.2,
+            throttled: 0.1,
             permanent: 0.1,
             in_doubt: 0.1,
             seed: 7,
+            ..Faults::default()
         };
         let kinds = |o: &[SendOutcome]| o.iter().map(std::mem::discriminant).collect::<Vec<_>>();
         assert_eq!(kinds(&outcomes(faults)), kinds(&outcomes(faults)));

@@ -1,0 +1,379 @@
+//! The sandbox over HTTP (`tidings sandbox`): provider endpoints that validate requests
+//! as the real ones do and answer in their formats, status callbacks signed as the
+//! provider signs them, and the control endpoints
+//!
+//! - `GET /_sandbox/received`: what was accepted, and how many were duplicates;
+//! - `GET|PUT /_sandbox/faults`: the [`Faults`] in force (PUT a JSON object to change
+//!   them; the schedule restarts from its seed).
+//!
+//! Provider endpoints:
+//! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::Engine as _;
+use serde_json::json;
+use subtle::ConstantTimeEq as _;
+use tidings_channel_adapters::twilio;
+use tidings_core::{Channel, DeliveryId, PhoneNumber};
+
+use crate::{Fate, Faults, InProcessProvider, Received};
+
+/// How the sandbox presents itself.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The auth token of every Twilio account the sandbox plays (any `AC…` sid): requests
+    /// must authenticate with it, and status callbacks are signed with it.
+    pub twilio_auth_token: String,
+    /// Where callbacks really go, when the URLs our service names are public ones this
+    /// machine cannot reach (the sandbox then posts to this base with the same path and
+    /// query, and signs the URL as given, as a provider behind a proxy would be seen).
+    pub callback_base: Option<String>,
+    /// How long a send fated to be in doubt hangs before its connection is dropped.
+    pub hang: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            twilio_auth_token: "sandbox-auth-token".into(),
+            callback_base: None,
+            hang: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    provider: InProcessProvider,
+    config: Arc<SandboxConfig>,
+    callbacks: reqwest::Client,
+}
+
+/// The sandbox's routes, over `provider` (which holds its faults and what it received).
+pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
+    let shared = Shared {
+        provider,
+        config: Arc::new(config),
+        callbacks: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a plain HTTP client builds"),
+    };
+    Router::new()
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            post(twilio_messages),
+        )
+        .route("/_sandbox/received", get(received))
+        .route("/_sandbox/faults", get(faults).put(set_faults))
+        .with_state(shared)
+}
+
+/// Serves the sandbox on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    provider: InProcessProvider,
+    config: SandboxConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(provider, config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn received(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    Json(json!({
+        "items": shared.provider.received(),
+        "duplicates": shared.provider.duplicates(),
+        "sends": shared.provider.sends(),
+    }))
+}
+
+async fn faults(State(shared): State<Shared>) -> Json<Faults> {
+    Json(shared.provider.faults())
+}
+
+async fn set_faults(State(shared): State<Shared>, Json(faults): Json<Faults>) -> Response {
+    if let Some(problem) = faults.problem() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": problem })),
+        )
+            .into_response();
+    }
+    shared.provider.set_faults(faults);
+    Json(faults).into_response()
+}
+
+/// A Twilio REST error, in Twilio's body format.
+fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
+    (
+        status,
+        Json(json!({
+            "code": code,
+            "message": message,
+            "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+            "status": status.as_u16(),
+        })),
+    )
+        .into_response()
+}
+
+/// The HTTP Basic credentials of a request.
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Twilio's magic test numbers, answered as Twilio answers them for test credentials.
+fn magic_number(to: &str) -> Option<(u32, &'static str)> {
+    match to {
+        "+15005550001" => Some((21211, "The 'To' number is not a valid phone number.")),
+        "+15005550002" => Some((
+            21612,
+            "The 'To' phone number is not currently reachable via SMS.",
+        )),
+        "+15005550004" => Some((21610, "Attempt to send to unsubscribed recipient")),
+        "+15005550009" => Some((21614, "'To' number is not a valid mobile number")),
+        _ => None,
+    }
+}
+
+async fn twilio_messages(
+    State(shared): State<Shared>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let latency = Duration::from_millis(shared.provider.faults().latency_ms);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    // Authentication: the account SID (or an API key SID) with the auth token.
+    let authenticated = basic_auth(&headers).is_some_and(|(user, password)| {
+        (user == sid || user.starts_with("SK"))
+            && bool::from(
+                password
+                    .as_bytes()
+                    .ct_eq(shared.config.twilio_auth_token.as_bytes()),
+            )
+    });
+    if !sid.starts_with("AC") || !authenticated {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(to) = field("To") else {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21604,
+            "A 'To' phone number is required.",
+        );
+    };
+    if field("From").is_none() && field("MessagingServiceSid").is_none() {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21603,
+            "A 'From' phone number is required.",
+        );
+    }
+    let body = field("Body").unwrap_or_default();
+    if body.is_empty() {
+        return twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
+    }
+    if body.chars().count() > 1600 {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21617,
+            "The concatenated message body exceeds the 1600 character limit.",
+        );
+    }
+    if let Some((code, message)) = magic_number(to) {
+        return twilio_error(StatusCode::BAD_REQUEST, code, message);
+    }
+    if !to.starts_with('+') || PhoneNumber::parse(to).is_err() {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21211,
+            &format!("The 'To' number {to} is not a valid phone number."),
+        );
+    }
+    let callback = field("StatusCallback").map(str::to_owned);
+    let delivery_id = callback.as_deref().and_then(delivery_in);
+    let fate = shared.provider.roll();
+    match fate {
+        Fate::Transient => {
+            return twilio_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                20503,
+                "Service Unavailable",
+            )
+        }
+        Fate::Throttled => {
+            let mut response =
+                twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return response;
+        }
+        Fate::Permanent => {
+            return twilio_error(
+                StatusCode::BAD_REQUEST,
+                21211,
+                &format!("The 'To' number {to} is not a valid phone number."),
+            )
+        }
+        Fate::InDoubt | Fate::Accepted => {}
+    }
+    let message_sid = format!("SM{}", uuid::Uuid::now_v7().simple());
+    let from = field("From")
+        .or(field("MessagingServiceSid"))
+        .unwrap_or_default()
+        .to_owned();
+    shared.provider.record(Received {
+        provider: "twilio".into(),
+        delivery_id,
+        // Twilio keeps no idempotency key: the delivery named in the callback URL is what
+        // tells a second send of the same delivery apart from a new one.
+        idempotency_key: delivery_id.map_or_else(|| message_sid.clone(), |d| d.to_string()),
+        channel: Channel::Sms,
+        address: to.to_owned(),
+        body: body.to_owned(),
+        provider_ref: message_sid.clone(),
+        at: tidings_core::time::now(),
+    });
+    if let Some(callback) = callback {
+        let status = StatusReport {
+            account_sid: sid.clone(),
+            message_sid: message_sid.clone(),
+            from: from.clone(),
+            to: to.to_owned(),
+            callback,
+        };
+        tokio::spawn(report_status(shared.clone(), status));
+    }
+    if fate == Fate::InDoubt {
+        // Taken, but the answer never comes: the sender times out not knowing.
+        tokio::time::sleep(shared.config.hang).await;
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
+    }
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "account_sid": sid,
+            "api_version": "2010-04-01",
+            "body": body,
+            "date_created": chrono::Utc::now().to_rfc2822(),
+            "direction": "outbound-api",
+            "error_code": null,
+            "error_message": null,
+            "from": from,
+            "num_segments": "1",
+            "sid": message_sid,
+            "status": "queued",
+            "to": to,
+            "uri": format!("/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json"),
+        })),
+    )
+        .into_response()
+}
+
+/// The delivery id our adapter puts in the status-callback URL.
+fn delivery_in(callback: &str) -> Option<DeliveryId> {
+    let (_, query) = callback.split_once('?')?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "delivery")
+        .and_then(|(_, v)| v.parse::<uuid::Uuid>().ok())
+        .map(DeliveryId::from_uuid)
+}
+
+struct StatusReport {
+    account_sid: String,
+    message_sid: String,
+    from: String,
+    to: String,
+    callback: String,
+}
+
+/// Sends the status callbacks of one accepted message (`sent`, then `delivered` or
+/// `undelivered`), signed, with the callback faults in force.
+async fn report_status(shared: Shared, report: StatusReport) {
+    let faults = shared.provider.faults();
+    let undelivered = shared.provider.chance(faults.undelivered);
+    let mut statuses: Vec<&str> = vec![
+        "sent",
+        if undelivered {
+            "undelivered"
+        } else {
+            "delivered"
+        },
+    ];
+    if shared.provider.chance(faults.callback_reorder) {
+        statuses.reverse();
+    }
+    if shared.provider.chance(faults.callback_drop) {
+        statuses.remove(0);
+    }
+    if shared.provider.chance(faults.callback_duplicate) {
+        statuses.push(statuses[statuses.len() - 1]);
+    }
+    let target = match &shared.config.callback_base {
+        Some(base) => rebase(&report.callback, base),
+        None => report.callback.clone(),
+    };
+    for status in statuses {
+        let mut params: Vec<(String, String)> = vec![
+            ("AccountSid".into(), report.account_sid.clone()),
+            ("ApiVersion".into(), "2010-04-01".into()),
+            ("From".into(), report.from.clone()),
+            ("MessageSid".into(), report.message_sid.clone()),
+            ("MessageStatus".into(), status.into()),
+            ("SmsSid".into(), report.message_sid.clone()),
+            ("SmsStatus".into(), status.into()),
+            ("To".into(), report.to.clone()),
+        ];
+        if status == "undelivered" {
+            params.push(("ErrorCode".into(), "30003".into()));
+        }
+        let signature =
+            twilio::signature(&shared.config.twilio_auth_token, &report.callback, &params);
+        let sent = shared
+            .callbacks
+            .post(&target)
+            .header("X-Twilio-Signature", signature)
+            .form(&params)
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "sandbox: a status callback could not be delivered");
+        }
+    }
+}
+
+/// `url` with its scheme and host replaced by `base`'s.
+fn rebase(url: &str, base: &str) -> String {
+    let path = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("/");
+    format!("{}{path}", base.trim_end_matches('/'))
+}

@@ -1,0 +1,172 @@
+//! Providers configured as a district would: `tidings serve` sends SMS through the
+//! Twilio adapter to `tidings sandbox`, a separate process speaking Twilio's API.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::{tidings, District};
+use tidings_core::testing::TestDatabase;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+const ACCOUNT: &str = "AC00000000000000000000000000000042";
+const TOKEN: &str = "e2e-sandbox-token";
+
+/// `tidings sandbox` on a free port: its base URL and the process.
+async fn sandbox(faults: &str) -> (String, tokio::process::Child) {
+    let mut child = tidings("sqlite://unused.db")
+        .args(["sandbox", "--listen", "127.0.0.1:0"])
+        .env("TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN", TOKEN)
+        .env("TIDINGS_SANDBOX_FAULTS", faults)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("sandbox exited");
+            if let Some(rest) = line.strip_prefix("Provider sandbox on ") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    })
+    .await
+    .expect("the sandbox did not start within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (base, child)
+}
+
+fn twilio_env(api_base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TIDINGS_TWILIO__ACCOUNT_SID", ACCOUNT.into()),
+        ("TIDINGS_TWILIO__FROM", "+15005550006".into()),
+        ("TIDINGS_TWILIO__API_BASE", api_base.into()),
+        ("TIDINGS_TWILIO__TIMEOUT_SECONDS", "2".into()),
+        ("TIDINGS_TWILIO_AUTH_TOKEN", TOKEN.into()),
+        // Status callbacks name the delivery (nothing answers there yet in this test).
+        ("TIDINGS_PUBLIC_URL", "http://127.0.0.1:9".into()),
+        (
+            "TIDINGS_RETRY_SCHEDULE",
+            "[0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]".into(),
+        ),
+    ]
+}
+
+async fn counts(d: &District, id: &str) -> BTreeMap<String, u64> {
+    let (status, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    let mut counts = BTreeMap::new();
+    for c in summary["counts"].as_array().unwrap() {
+        *counts
+            .entry(c["state"].as_str().unwrap().to_owned())
+            .or_default() += c["count"].as_u64().unwrap();
+    }
+    counts
+}
+
+#[tokio::test]
+async fn sms_goes_through_twilio_to_the_sandbox_exactly_once_per_delivery() {
+    // One send in five fails with a 5xx or a 429: retried until every one is taken.
+    let (base, mut sandbox) = sandbox("{transient=0.1,throttled=0.1,seed=3}").await;
+    let env = twilio_env(&base);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(json!({
+                "audience": {"district": true},
+                "channels": ["sms"],
+                "kind": "emergency",
+                "subject": "Lockdown",
+                "body": "All schools are in lockdown. Students are safe.",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let mut done = BTreeMap::new();
+    for _ in 0..600 {
+        done = counts(&d, &id).await;
+        if ["CREATED", "QUEUED"].iter().all(|s| !done.contains_key(*s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let to_send =
+        sent["deliveries"].as_u64().unwrap() - done.get("SUPPRESSED").copied().unwrap_or(0);
+    assert!(to_send > 0);
+    assert_eq!(done.get("SENT").copied(), Some(to_send), "{done:?}");
+
+    let received: Value = reqwest::get(format!("{base}/_sandbox/received"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = received["items"].as_array().unwrap();
+    assert_eq!(
+        items.len() as u64,
+        to_send,
+        "each delivery reached Twilio once"
+    );
+    assert_eq!(received["duplicates"], 0);
+    assert!(
+        received["sends"].as_u64().unwrap() > to_send,
+        "faults were injected"
+    );
+    assert!(items.iter().all(|r| r["provider"] == "twilio"
+        && r["body"] == "All schools are in lockdown. Students are safe."));
+
+    // The delivery's record names Twilio's message sid.
+    let first = &items[0];
+    let (status, delivery) = d
+        .get(
+            &format!(
+                "/api/v1/deliveries/{}",
+                first["delivery_id"].as_str().unwrap()
+            ),
+            &d.admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{delivery}");
+    assert_eq!(
+        delivery["provider_ref"], first["provider_ref"],
+        "{delivery}"
+    );
+    assert!(first["provider_ref"].as_str().unwrap().starts_with("SM"));
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert!(
+        attempts.iter().all(|a| a["provider"] == "twilio"),
+        "{delivery}"
+    );
+    assert_eq!(attempts.last().unwrap()["outcome"], "sent");
+    assert!(d.server.terminate().await.success());
+    sandbox.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn twilio_without_its_auth_token_is_refused_at_start() {
+    let db = TestDatabase::sqlite();
+    let migrated = tidings(&db.url).arg("migrate").output().await.unwrap();
+    assert!(migrated.status.success());
+    let output = tidings(&db.url)
+        .arg("dispatch")
+        .env("TIDINGS_TWILIO__ACCOUNT_SID", ACCOUNT)
+        .env("TIDINGS_TWILIO__FROM", "+15005550006")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TIDINGS_TWILIO_AUTH_TOKEN"),
+        "the error says where the token goes: {stderr}"
+    );
+}
