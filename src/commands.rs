@@ -136,6 +136,10 @@ fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispat
             adapters = adapters.with(Channel::Sms, Arc::new(twilio));
             any = true;
         }
+        if let Some(smtp) = config.smtp()? {
+            adapters = adapters.with(Channel::Email, Arc::new(smtp));
+            any = true;
+        }
         for &channel in Channel::ALL.iter() {
             if !adapters.has(channel) {
                 tracing::warn!(%channel, "no provider is configured for this channel: its deliveries become dead letters, to replay once one is");

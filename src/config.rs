@@ -68,6 +68,61 @@ pub struct Config {
     /// with `TIDINGS_TWILIO__FIELD`; the auth token (or API key secret) comes from
     /// `TIDINGS_TWILIO_AUTH_TOKEN` or the file named by `auth_token_file`, never from here.
     pub twilio: Option<TwilioSettings>,
+    /// The SMTP relay email goes through (see the README). Each field can be set alone
+    /// with `TIDINGS_SMTP__FIELD`; the password comes from `TIDINGS_SMTP_PASSWORD` or the
+    /// file named by `password_file`, never from here.
+    pub smtp: Option<SmtpSettings>,
+}
+
+/// An SMTP relay, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    /// 587 for STARTTLS, 465 for implicit TLS, 25 for a local relay.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// `starttls` (required, not opportunistic), `implicit`, or `none` (only for a relay on
+    /// this machine or a trusted network).
+    #[serde(default = "default_smtp_security")]
+    pub security: String,
+    /// User for AUTH; unset: no AUTH.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// `From:`, e.g. `Lincoln District <alerts@district.example.org>`.
+    pub from: String,
+    /// The mailbox of `List-Unsubscribe: <mailto:…>`; the sender's address if unset.
+    #[serde(default)]
+    pub unsubscribe_mailto: Option<String>,
+    /// A PEM file with the CA certificate of a relay using a private CA.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Connections kept open to the relay.
+    #[serde(default = "default_smtp_pool")]
+    pub pool_size: u32,
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
+    /// Seconds a send may take, from connecting to the relay's answer, before it is in doubt.
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_smtp_security() -> String {
+    "starttls".into()
+}
+
+fn default_smtp_pool() -> u32 {
+    4
+}
+
+fn default_smtp_timeout() -> f64 {
+    30.0
 }
 
 /// Twilio, as configured.
@@ -150,6 +205,7 @@ impl Default for Config {
             retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],
             public_url: None,
             twilio: None,
+            smtp: None,
         }
     }
 }
@@ -197,6 +253,14 @@ impl Config {
         if let Some(twilio) = &config.twilio {
             if !(twilio.timeout_seconds.is_finite() && twilio.timeout_seconds > 0.0) {
                 bail!("invalid configuration: twilio.timeout_seconds must be more than 0");
+            }
+        }
+        if let Some(smtp) = &config.smtp {
+            if !(smtp.timeout_seconds.is_finite() && smtp.timeout_seconds > 0.0) {
+                bail!("invalid configuration: smtp.timeout_seconds must be more than 0");
+            }
+            if !["starttls", "implicit", "none"].contains(&smtp.security.as_str()) {
+                bail!("invalid configuration: smtp.security must be starttls, implicit or none");
             }
         }
         if config.database_max_connections == 0 {
@@ -253,6 +317,47 @@ impl Config {
             concurrency: 8,
         };
         Ok(Some(tidings_channel_adapters::twilio::Twilio::new(config)?))
+    }
+
+    /// The SMTP adapter, when an SMTP relay is configured.
+    pub fn smtp(&self) -> anyhow::Result<Option<tidings_channel_adapters::smtp::Smtp>> {
+        use tidings_channel_adapters::smtp::{Security, Smtp, SmtpConfig};
+        let Some(m) = &self.smtp else {
+            return Ok(None);
+        };
+        let credentials = match given(&m.username) {
+            Some(user) => {
+                let password = secret("TIDINGS_SMTP_PASSWORD", m.password_file.as_deref())
+                    .context("smtp: a username is set but no password: set TIDINGS_SMTP_PASSWORD or smtp.password_file")?;
+                Some((user, password))
+            }
+            None => None,
+        };
+        let ca_pem = match &m.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("smtp: cannot read ca_file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let security = match m.security.as_str() {
+            "implicit" => Security::Implicit,
+            "none" => Security::None,
+            _ => Security::StartTls,
+        };
+        let config = SmtpConfig {
+            host: m.host.clone(),
+            port: m.port,
+            security,
+            ca_pem,
+            credentials,
+            from: m.from.clone(),
+            unsubscribe_mailto: given(&m.unsubscribe_mailto),
+            timeout: std::time::Duration::from_secs_f64(m.timeout_seconds),
+            pool_size: m.pool_size,
+            max_per_second: m.max_per_second.and_then(std::num::NonZeroU32::new),
+        };
+        Ok(Some(Smtp::new(config)?))
     }
 
     pub fn database_url_redacted(&self) -> String {

@@ -152,6 +152,74 @@ async fn sms_goes_through_twilio_to_the_sandbox_exactly_once_per_delivery() {
 }
 
 #[tokio::test]
+async fn email_goes_through_the_smtp_relay_once_per_delivery() {
+    let relay = tidings_channel_adapters::testing::SmtpServer::start(&[]).await;
+    let port = relay.port.to_string();
+    let env = [
+        ("TIDINGS_SMTP__HOST", "127.0.0.1"),
+        ("TIDINGS_SMTP__PORT", port.as_str()),
+        ("TIDINGS_SMTP__SECURITY", "none"),
+        (
+            "TIDINGS_SMTP__FROM",
+            "Demo District <alerts@district.example.org>",
+        ),
+    ];
+    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(json!({
+                "audience": {"district": true},
+                "channels": ["email"],
+                "kind": "general",
+                "subject": "Snow day",
+                "body": "Schools are closed on Friday.",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let mut done = BTreeMap::new();
+    for _ in 0..600 {
+        done = counts(&d, &id).await;
+        if ["CREATED", "QUEUED"].iter().all(|s| !done.contains_key(*s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let to_send =
+        sent["deliveries"].as_u64().unwrap() - done.get("SUPPRESSED").copied().unwrap_or(0);
+    assert!(to_send > 0);
+    assert_eq!(done.get("SENT").copied(), Some(to_send), "{done:?}");
+    let messages = relay.messages();
+    assert_eq!(
+        messages.len() as u64,
+        to_send,
+        "each delivery reached the relay once"
+    );
+    // Each message carries its delivery's id as its Message-ID, and every id is distinct.
+    let ids: std::collections::BTreeSet<String> = messages
+        .iter()
+        .map(|m| {
+            let line = m.lines().find(|l| l.starts_with("Message-ID: <")).unwrap();
+            line["Message-ID: <".len()..line.find('@').unwrap()].to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len() as u64, to_send);
+    let one = ids.iter().next().unwrap();
+    let (status, delivery) = d.get(&format!("/api/v1/deliveries/{one}"), &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{delivery}");
+    assert_eq!(delivery["state"], "SENT");
+    assert_eq!(
+        delivery["provider_ref"],
+        format!("<{one}@district.example.org>")
+    );
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
 async fn twilio_without_its_auth_token_is_refused_at_start() {
     let db = TestDatabase::sqlite();
     let migrated = tidings(&db.url).arg("migrate").output().await.unwrap();

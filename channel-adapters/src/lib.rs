@@ -6,6 +6,9 @@
 //! [`Outgoing`] sends in, one [`SendOutcome`] per send out, in the same order.
 
 pub mod http;
+pub mod smtp;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod twilio;
 
 use std::time::Duration;
