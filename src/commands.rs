@@ -136,6 +136,10 @@ fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispat
             adapters = adapters.with(Channel::Sms, Arc::new(twilio));
             any = true;
         }
+        if let Some(kannel) = config.kannel()? {
+            adapters = adapters.with(Channel::Sms, Arc::new(kannel));
+            any = true;
+        }
         if let Some(smtp) = config.smtp()? {
             adapters = adapters.with(Channel::Email, Arc::new(smtp));
             any = true;

@@ -72,6 +72,35 @@ pub struct Config {
     /// with `TIDINGS_SMTP__FIELD`; the password comes from `TIDINGS_SMTP_PASSWORD` or the
     /// file named by `password_file`, never from here.
     pub smtp: Option<SmtpSettings>,
+    /// The Kannel gateway SMS goes through instead of Twilio (see the README). Each field
+    /// can be set alone with `TIDINGS_KANNEL__FIELD`; the sendsms password comes from
+    /// `TIDINGS_KANNEL_PASSWORD` or `password_file`, the delivery-report secret from
+    /// `TIDINGS_KANNEL_DLR_SECRET` or `dlr_secret_file`.
+    pub kannel: Option<KannelSettings>,
+}
+
+/// A Kannel gateway, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KannelSettings {
+    /// smsbox's sendsms URL, e.g. `http://127.0.0.1:13013/cgi-bin/sendsms`.
+    pub sendsms_url: String,
+    /// The `sendsms-user`.
+    pub username: String,
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub dlr_secret_file: Option<std::path::PathBuf>,
+    /// Sender number or id; the user's `default-sender` if unset.
+    #[serde(default, deserialize_with = "phone_or_text")]
+    pub from: Option<String>,
+    /// Send through this `smsc-id` only.
+    #[serde(default)]
+    pub smsc: Option<String>,
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: f64,
 }
 
 /// An SMTP relay, as configured.
@@ -206,6 +235,7 @@ impl Default for Config {
             public_url: None,
             twilio: None,
             smtp: None,
+            kannel: None,
         }
     }
 }
@@ -253,6 +283,14 @@ impl Config {
         if let Some(twilio) = &config.twilio {
             if !(twilio.timeout_seconds.is_finite() && twilio.timeout_seconds > 0.0) {
                 bail!("invalid configuration: twilio.timeout_seconds must be more than 0");
+            }
+        }
+        if config.twilio.is_some() && config.kannel.is_some() {
+            bail!("invalid configuration: SMS goes through one provider: configure twilio or kannel, not both");
+        }
+        if let Some(kannel) = &config.kannel {
+            if !(kannel.timeout_seconds.is_finite() && kannel.timeout_seconds > 0.0) {
+                bail!("invalid configuration: kannel.timeout_seconds must be more than 0");
             }
         }
         if let Some(smtp) = &config.smtp {
@@ -317,6 +355,44 @@ impl Config {
             concurrency: 8,
         };
         Ok(Some(tidings_channel_adapters::twilio::Twilio::new(config)?))
+    }
+
+    /// The Kannel adapter, when Kannel is configured.
+    pub fn kannel(&self) -> anyhow::Result<Option<tidings_channel_adapters::kannel::Kannel>> {
+        let Some(k) = &self.kannel else {
+            return Ok(None);
+        };
+        let password = secret("TIDINGS_KANNEL_PASSWORD", k.password_file.as_deref()).context(
+            "kannel: no sendsms password: set TIDINGS_KANNEL_PASSWORD or kannel.password_file",
+        )?;
+        let dlr_url = self
+            .public_url
+            .as_ref()
+            .map(|base| format!("{}/callbacks/kannel/dlr", base.trim_end_matches('/')));
+        let dlr_secret = match dlr_url {
+            Some(_) => secret("TIDINGS_KANNEL_DLR_SECRET", k.dlr_secret_file.as_deref())
+                .context("kannel: delivery reports need a secret: set TIDINGS_KANNEL_DLR_SECRET or kannel.dlr_secret_file (16 characters or more)")?,
+            None => {
+                tracing::warn!("public_url is not set: Kannel will not report delivery");
+                String::new()
+            }
+        };
+        let config = tidings_channel_adapters::kannel::KannelConfig {
+            sendsms_url: k.sendsms_url.clone(),
+            username: k.username.clone(),
+            password,
+            from: given(&k.from),
+            smsc: given(&k.smsc),
+            dlr_url,
+            dlr_secret,
+            timeouts: tidings_channel_adapters::http::Timeouts {
+                request: std::time::Duration::from_secs_f64(k.timeout_seconds),
+                ..Default::default()
+            },
+            max_per_second: k.max_per_second.and_then(std::num::NonZeroU32::new),
+            concurrency: 8,
+        };
+        Ok(Some(tidings_channel_adapters::kannel::Kannel::new(config)?))
     }
 
     /// The SMTP adapter, when an SMTP relay is configured.

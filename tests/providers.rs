@@ -220,6 +220,65 @@ async fn email_goes_through_the_smtp_relay_once_per_delivery() {
 }
 
 #[tokio::test]
+async fn sms_goes_through_kannel_and_smpp_once_per_delivery() {
+    let gateway = tidings_channel_adapters::testing::KannelGateway::start().await;
+    let env = [
+        ("TIDINGS_KANNEL__SENDSMS_URL", gateway.sendsms_url.as_str()),
+        ("TIDINGS_KANNEL__USERNAME", gateway.username.as_str()),
+        ("TIDINGS_KANNEL_PASSWORD", gateway.password.as_str()),
+        ("TIDINGS_PUBLIC_URL", "http://127.0.0.1:9"),
+        ("TIDINGS_KANNEL_DLR_SECRET", "a-long-enough-report-secret"),
+    ];
+    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(json!({
+                "audience": {"district": true},
+                "channels": ["sms"],
+                "kind": "emergency",
+                "subject": "Lockdown",
+                "body": "Lockdown: students are safe – do not come to school.",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let mut done = BTreeMap::new();
+    for _ in 0..600 {
+        done = counts(&d, &id).await;
+        if ["CREATED", "QUEUED"].iter().all(|s| !done.contains_key(*s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let to_send =
+        sent["deliveries"].as_u64().unwrap() - done.get("SUPPRESSED").copied().unwrap_or(0);
+    assert!(to_send > 0);
+    assert_eq!(done.get("SENT").copied(), Some(to_send), "{done:?}");
+    // Kannel queues before it submits: wait for the SMSC to have them all.
+    let mut submitted = Vec::new();
+    for _ in 0..300 {
+        submitted = gateway.submitted();
+        if submitted.len() as u64 >= to_send {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        submitted.len() as u64,
+        to_send,
+        "each delivery reached the SMSC once"
+    );
+    // The en dash is outside the GSM alphabet: sent as UCS-2, and arrived intact.
+    assert!(submitted.iter().all(|s| s["data_coding"] == 8
+        && s["text"] == "Lockdown: students are safe – do not come to school."));
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
 async fn twilio_without_its_auth_token_is_refused_at_start() {
     let db = TestDatabase::sqlite();
     let migrated = tidings(&db.url).arg("migrate").output().await.unwrap();

@@ -6,6 +6,7 @@
 //! [`Outgoing`] sends in, one [`SendOutcome`] per send out, in the same order.
 
 pub mod http;
+pub mod kannel;
 pub mod smtp;
 #[cfg(feature = "testing")]
 pub mod testing;
