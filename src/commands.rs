@@ -144,6 +144,10 @@ fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispat
             adapters = adapters.with(Channel::Email, Arc::new(smtp));
             any = true;
         }
+        if let Some(push) = config.push()? {
+            adapters = adapters.with(Channel::Push, Arc::new(push));
+            any = true;
+        }
         for &channel in Channel::ALL.iter() {
             if !adapters.has(channel) {
                 tracing::warn!(%channel, "no provider is configured for this channel: its deliveries become dead letters, to replay once one is");
@@ -356,12 +360,21 @@ pub async fn sandbox(
     if let Ok(token) = std::env::var("TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN") {
         settings.twilio_auth_token = token;
     }
+    if let Ok(key) = std::env::var("TIDINGS_SANDBOX_APNS_KEY") {
+        let point = tidings_channel_adapters::jwt::es256_public_point(&key)
+            .context("TIDINGS_SANDBOX_APNS_KEY is not an APNs signing key (.p8)")?;
+        settings.apns_public_key = Some(point);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     println!("Provider sandbox on http://{address} (nothing sent from here reaches anyone)");
     println!("  Twilio API base:  http://{address} (any AC… account; auth token from TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN, default {:?})", tidings_sandbox::server::SandboxConfig::default().twilio_auth_token);
+    println!("  APNs endpoint:    http://{address} (HTTP/2; provider tokens verified when TIDINGS_SANDBOX_APNS_KEY holds the .p8 key)");
+    println!(
+        "  FCM API base:     http://{address} (service-account token_uri: http://{address}/token)"
+    );
     println!("  What it received: http://{address}/_sandbox/received");
     println!("  Faults:           http://{address}/_sandbox/faults (GET, PUT)");
     tidings_sandbox::server::serve(listener, provider, settings, shutdown)

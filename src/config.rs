@@ -77,6 +77,56 @@ pub struct Config {
     /// `TIDINGS_KANNEL_PASSWORD` or `password_file`, the delivery-report secret from
     /// `TIDINGS_KANNEL_DLR_SECRET` or `dlr_secret_file`.
     pub kannel: Option<KannelSettings>,
+    /// Apple push (APNs) for the iOS app (see the README). The `.p8` signing key comes
+    /// from `TIDINGS_APNS_KEY` (its contents) or `key_file`.
+    pub apns: Option<ApnsSettings>,
+    /// Firebase Cloud Messaging for the Android app (see the README). The service-account
+    /// key file comes from `TIDINGS_FCM_SERVICE_ACCOUNT` (its contents) or
+    /// `service_account_file`.
+    pub fcm: Option<FcmSettings>,
+}
+
+/// APNs, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsSettings {
+    /// The signing key's id (10 characters).
+    pub key_id: String,
+    pub team_id: String,
+    /// The app's bundle id.
+    pub topic: String,
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// `https://api.push.apple.com` (production apps), `https://api.sandbox.push.apple.com`
+    /// (development builds), or a provider sandbox.
+    #[serde(default = "apns_endpoint")]
+    pub endpoint: String,
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: f64,
+}
+
+fn apns_endpoint() -> String {
+    tidings_channel_adapters::apns::PRODUCTION.into()
+}
+
+/// FCM, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmSettings {
+    #[serde(default)]
+    pub service_account_file: Option<std::path::PathBuf>,
+    #[serde(default = "fcm_api_base")]
+    pub api_base: String,
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: f64,
+}
+
+fn fcm_api_base() -> String {
+    tidings_channel_adapters::fcm::API_BASE.into()
 }
 
 /// A Kannel gateway, as configured.
@@ -236,6 +286,8 @@ impl Default for Config {
             twilio: None,
             smtp: None,
             kannel: None,
+            apns: None,
+            fcm: None,
         }
     }
 }
@@ -292,6 +344,17 @@ impl Config {
             if !(kannel.timeout_seconds.is_finite() && kannel.timeout_seconds > 0.0) {
                 bail!("invalid configuration: kannel.timeout_seconds must be more than 0");
             }
+        }
+        let push_timeouts = [
+            config.apns.as_ref().map(|a| a.timeout_seconds),
+            config.fcm.as_ref().map(|f| f.timeout_seconds),
+        ];
+        if push_timeouts
+            .into_iter()
+            .flatten()
+            .any(|t| !(t.is_finite() && t > 0.0))
+        {
+            bail!("invalid configuration: apns.timeout_seconds and fcm.timeout_seconds must be more than 0");
         }
         if let Some(smtp) = &config.smtp {
             if !(smtp.timeout_seconds.is_finite() && smtp.timeout_seconds > 0.0) {
@@ -393,6 +456,47 @@ impl Config {
             concurrency: 8,
         };
         Ok(Some(tidings_channel_adapters::kannel::Kannel::new(config)?))
+    }
+
+    /// The push adapter, when APNs or FCM (or both) are configured.
+    pub fn push(&self) -> anyhow::Result<Option<tidings_channel_adapters::push::Push>> {
+        use tidings_channel_adapters::{apns, fcm, http::Timeouts};
+        let timeouts = |seconds: f64| Timeouts {
+            request: std::time::Duration::from_secs_f64(seconds),
+            ..Default::default()
+        };
+        let apns = match &self.apns {
+            Some(a) => {
+                let key_pem = secret("TIDINGS_APNS_KEY", a.key_file.as_deref())
+                    .context("apns: no signing key: set TIDINGS_APNS_KEY or apns.key_file")?;
+                Some(apns::Apns::new(apns::ApnsConfig {
+                    key_pem,
+                    key_id: a.key_id.clone(),
+                    team_id: a.team_id.clone(),
+                    topic: a.topic.clone(),
+                    endpoint: a.endpoint.clone(),
+                    timeouts: timeouts(a.timeout_seconds),
+                    max_per_second: a.max_per_second.and_then(std::num::NonZeroU32::new),
+                    concurrency: 16,
+                })?)
+            }
+            None => None,
+        };
+        let fcm = match &self.fcm {
+            Some(f) => {
+                let json = secret("TIDINGS_FCM_SERVICE_ACCOUNT", f.service_account_file.as_deref())
+                    .context("fcm: no service account: set TIDINGS_FCM_SERVICE_ACCOUNT or fcm.service_account_file")?;
+                Some(fcm::Fcm::new(fcm::FcmConfig {
+                    account: fcm::Fcm::service_account(&json)?,
+                    api_base: f.api_base.clone(),
+                    timeouts: timeouts(f.timeout_seconds),
+                    max_per_second: f.max_per_second.and_then(std::num::NonZeroU32::new),
+                    concurrency: 16,
+                })?)
+            }
+            None => None,
+        };
+        Ok(tidings_channel_adapters::push::Push::new(apns, fcm))
     }
 
     /// The SMTP adapter, when an SMTP relay is configured.

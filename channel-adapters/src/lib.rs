@@ -5,8 +5,12 @@
 //! The dispatcher sees every provider through [`ChannelAdapter`]: a batch of
 //! [`Outgoing`] sends in, one [`SendOutcome`] per send out, in the same order.
 
+pub mod apns;
+pub mod fcm;
 pub mod http;
+pub mod jwt;
 pub mod kannel;
+pub mod push;
 pub mod smtp;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -7,7 +7,10 @@
 //!   them; the schedule restarts from its seed).
 //!
 //! Provider endpoints:
-//! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json`.
+//! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json`;
+//! - APNs: `POST /3/device/{token}` (HTTP/2 only, as Apple's);
+//! - FCM: `POST /v1/projects/{project}/messages:send`, with the OAuth2 token endpoint
+//!   `POST /token` its service-account files can point at.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,9 @@ pub struct SandboxConfig {
     pub callback_base: Option<String>,
     /// How long a send fated to be in doubt hangs before its connection is dropped.
     pub hang: Duration,
+    /// The APNs signing key's public point (65 bytes, uncompressed P-256): provider
+    /// tokens are verified with it. Without it only their form and age are checked.
+    pub apns_public_key: Option<Vec<u8>>,
 }
 
 impl Default for SandboxConfig {
@@ -45,6 +51,7 @@ impl Default for SandboxConfig {
             twilio_auth_token: "sandbox-auth-token".into(),
             callback_base: None,
             hang: Duration::from_secs(120),
+            apns_public_key: None,
         }
     }
 }
@@ -54,6 +61,8 @@ struct Shared {
     provider: InProcessProvider,
     config: Arc<SandboxConfig>,
     callbacks: reqwest::Client,
+    /// FCM access tokens handed out by `/token`.
+    access_tokens: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The sandbox's routes, over `provider` (which holds its faults and what it received).
@@ -65,12 +74,16 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("a plain HTTP client builds"),
+        access_tokens: Arc::default(),
     };
     Router::new()
         .route(
             "/2010-04-01/Accounts/{sid}/Messages.json",
             post(twilio_messages),
         )
+        .route("/3/device/{token}", post(apns_send))
+        .route("/token", post(oauth_token))
+        .route("/v1/projects/{project}/messages:send", post(fcm_send))
         .route("/_sandbox/received", get(received))
         .route("/_sandbox/faults", get(faults).put(set_faults))
         .with_state(shared)
@@ -158,10 +171,6 @@ async fn twilio_messages(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let latency = Duration::from_millis(shared.provider.faults().latency_ms);
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     // Authentication: the account SID (or an API key SID) with the auth token.
     let authenticated = basic_auth(&headers).is_some_and(|(user, password)| {
         (user == sid || user.starts_with("SK"))
@@ -216,7 +225,7 @@ async fn twilio_messages(
     }
     let callback = field("StatusCallback").map(str::to_owned);
     let delivery_id = callback.as_deref().and_then(delivery_in);
-    let fate = shared.provider.roll();
+    let fate = fate(&shared).await;
     match fate {
         Fate::Transient => {
             return twilio_error(
@@ -376,4 +385,351 @@ fn rebase(url: &str, base: &str) -> String {
         .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
         .unwrap_or("/");
     format!("{}{path}", base.trim_end_matches('/'))
+}
+
+/// An APNs error, in Apple's body format.
+fn apns_error(status: StatusCode, reason: &str) -> Response {
+    (status, Json(json!({ "reason": reason }))).into_response()
+}
+
+/// Waits out the configured latency, then rolls the fate of a send.
+async fn fate(shared: &Shared) -> Fate {
+    let latency = Duration::from_millis(shared.provider.faults().latency_ms);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    shared.provider.roll()
+}
+
+/// Why an APNs provider token is refused, if it is.
+fn apns_token_problem(shared: &Shared, headers: &HeaderMap) -> Option<&'static str> {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("bearer ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
+    else {
+        return Some("MissingProviderToken");
+    };
+    let Some(jwt) = tidings_channel_adapters::jwt::parse(token) else {
+        return Some("InvalidProviderToken");
+    };
+    let well_formed = jwt.header["alg"] == "ES256"
+        && jwt.header["kid"].is_string()
+        && jwt.claims["iss"].is_string();
+    if !well_formed {
+        return Some("InvalidProviderToken");
+    }
+    if let Some(point) = &shared.config.apns_public_key {
+        if !tidings_channel_adapters::jwt::es256_verifies(&jwt, point) {
+            return Some("InvalidProviderToken");
+        }
+    }
+    let issued = jwt.claims["iat"].as_i64().unwrap_or(0);
+    if tidings_core::time::now().timestamp() - issued > 3600 {
+        return Some("ExpiredProviderToken");
+    }
+    None
+}
+
+async fn apns_send(
+    State(shared): State<Shared>,
+    Path(token): Path<String>,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if version != axum::http::Version::HTTP_2 {
+        return (
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "APNs speaks HTTP/2 only",
+        )
+            .into_response();
+    }
+    if let Some(reason) = apns_token_problem(&shared, &headers) {
+        return apns_error(StatusCode::FORBIDDEN, reason);
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("apns-topic").is_none_or(str::is_empty) {
+        return apns_error(StatusCode::BAD_REQUEST, "MissingTopic");
+    }
+    let apns_id = match header("apns-id") {
+        Some(id) => match id.parse::<uuid::Uuid>() {
+            Ok(id) => id,
+            Err(_) => return apns_error(StatusCode::BAD_REQUEST, "BadMessageId"),
+        },
+        None => uuid::Uuid::now_v7(),
+    };
+    if header("apns-collapse-id").is_some_and(|c| c.len() > 64) {
+        return apns_error(StatusCode::BAD_REQUEST, "BadCollapseId");
+    }
+    if header("apns-priority").is_some_and(|p| !["1", "5", "10"].contains(&p)) {
+        return apns_error(StatusCode::BAD_REQUEST, "BadPriority");
+    }
+    let hex = token.len() >= 64
+        && token.len() <= 200
+        && token.len() % 2 == 0
+        && token.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex {
+        return apns_error(StatusCode::BAD_REQUEST, "BadDeviceToken");
+    }
+    if token.starts_with("dead") {
+        return (
+            StatusCode::GONE,
+            Json(json!({ "reason": "Unregistered", "timestamp": chrono::Utc::now().timestamp_millis() })),
+        )
+            .into_response();
+    }
+    if body.is_empty() {
+        return apns_error(StatusCode::BAD_REQUEST, "PayloadEmpty");
+    }
+    if body.len() > 4096 {
+        return apns_error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
+    }
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return apns_error(StatusCode::BAD_REQUEST, "BadPayload");
+    };
+    if !payload["aps"].is_object() {
+        return apns_error(StatusCode::BAD_REQUEST, "BadPayload");
+    }
+    let fate = fate(&shared).await;
+    match fate {
+        Fate::Transient => {
+            return apns_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        }
+        Fate::Throttled => {
+            let mut response = apns_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return response;
+        }
+        Fate::Permanent => return apns_error(StatusCode::BAD_REQUEST, "BadDeviceToken"),
+        Fate::InDoubt | Fate::Accepted => {}
+    }
+    let alert = &payload["aps"]["alert"];
+    let text = alert["body"]
+        .as_str()
+        .or(alert.as_str())
+        .unwrap_or_default();
+    shared.provider.record(Received {
+        provider: "apns".into(),
+        // APNs identifies a notification by its apns-id, which our adapter sets to the
+        // delivery id: a resend of a delivery carries the same one.
+        delivery_id: Some(DeliveryId::from_uuid(apns_id)),
+        idempotency_key: apns_id.to_string(),
+        channel: Channel::Push,
+        address: token,
+        body: text.to_owned(),
+        provider_ref: apns_id.to_string(),
+        at: tidings_core::time::now(),
+    });
+    if fate == Fate::InDoubt {
+        tokio::time::sleep(shared.config.hang).await;
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
+    }
+    let mut response = StatusCode::OK.into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&apns_id.to_string()) {
+        response.headers_mut().insert("apns-id", value.clone());
+        response.headers_mut().insert("apns-unique-id", value);
+    }
+    response
+}
+
+/// A Google API error, in its body format.
+fn google_error(
+    status: StatusCode,
+    state: &str,
+    fcm_code: Option<&str>,
+    message: &str,
+) -> Response {
+    let details = match fcm_code {
+        Some(code) => json!([{
+            "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+            "errorCode": code,
+        }]),
+        None => json!([]),
+    };
+    (
+        status,
+        Json(json!({ "error": {
+            "code": status.as_u16(),
+            "message": message,
+            "status": state,
+            "details": details,
+        }})),
+    )
+        .into_response()
+}
+
+/// Google's OAuth2 token endpoint for service accounts (the JWT-bearer grant). The
+/// assertion's form, algorithm, claims and lifetime are checked; its signature is not
+/// (the sandbox does not hold the service account's public key).
+async fn oauth_token(
+    State(shared): State<Shared>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let refuse = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "invalid_grant", "error_description": why })),
+        )
+            .into_response()
+    };
+    if field("grant_type") != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+        return refuse("unsupported grant_type");
+    }
+    let Some(jwt) = field("assertion").and_then(tidings_channel_adapters::jwt::parse) else {
+        return refuse("the assertion is not a JWT");
+    };
+    let now = tidings_core::time::now().timestamp();
+    let claims = &jwt.claims;
+    let valid = jwt.header["alg"] == "RS256"
+        && claims["iss"].as_str().is_some_and(|i| i.contains('@'))
+        && claims["scope"]
+            .as_str()
+            .is_some_and(|s| s.contains("firebase.messaging"))
+        && claims["aud"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("/token"))
+        && claims["exp"]
+            .as_i64()
+            .is_some_and(|exp| exp > now && exp <= now + 3600 + 60)
+        && jwt.signature.len() >= 128;
+    if !valid {
+        return refuse("Invalid JWT: the claims or algorithm are wrong, or it has expired");
+    }
+    let token = format!("ya29.sandbox-{}", uuid::Uuid::now_v7().simple());
+    shared
+        .access_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(token.clone());
+    Json(json!({ "access_token": token, "expires_in": 3599, "token_type": "Bearer" }))
+        .into_response()
+}
+
+async fn fcm_send(
+    State(shared): State<Shared>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| {
+            shared
+                .access_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(t)
+        });
+    if !authorized {
+        return google_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            None,
+            "Request had invalid authentication credentials.",
+        );
+    }
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("INVALID_ARGUMENT"),
+            "Invalid JSON payload received.",
+        );
+    };
+    let message = &request["message"];
+    let Some(token) = message["token"].as_str() else {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("INVALID_ARGUMENT"),
+            "Recipient of the message is not set.",
+        );
+    };
+    if token.len() < 20 {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("INVALID_ARGUMENT"),
+            "The registration token is not a valid FCM registration token",
+        );
+    }
+    if token.starts_with("dead") {
+        return google_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            Some("UNREGISTERED"),
+            "Requested entity was not found.",
+        );
+    }
+    let fate = fate(&shared).await;
+    match fate {
+        Fate::Transient => {
+            return google_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                Some("UNAVAILABLE"),
+                "The service is currently unavailable.",
+            )
+        }
+        Fate::Throttled => {
+            let mut response = google_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RESOURCE_EXHAUSTED",
+                Some("QUOTA_EXCEEDED"),
+                "Quota exceeded.",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return response;
+        }
+        Fate::Permanent => {
+            return google_error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                Some("UNREGISTERED"),
+                "Requested entity was not found.",
+            )
+        }
+        Fate::InDoubt | Fate::Accepted => {}
+    }
+    let delivery_id = message["data"]["delivery_id"]
+        .as_str()
+        .and_then(|d| d.parse::<uuid::Uuid>().ok())
+        .map(DeliveryId::from_uuid);
+    let name = format!(
+        "projects/{project}/messages/0:{}",
+        uuid::Uuid::now_v7().simple()
+    );
+    shared.provider.record(Received {
+        provider: "fcm".into(),
+        delivery_id,
+        idempotency_key: delivery_id.map_or_else(|| name.clone(), |d| d.to_string()),
+        channel: Channel::Push,
+        address: token.to_owned(),
+        body: message["notification"]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        provider_ref: name.clone(),
+        at: tidings_core::time::now(),
+    });
+    if fate == Fate::InDoubt {
+        tokio::time::sleep(shared.config.hang).await;
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
+    }
+    Json(json!({ "name": name })).into_response()
 }

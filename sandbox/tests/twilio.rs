@@ -30,6 +30,7 @@ async fn sandbox(faults: Faults, callback_base: Option<String>) -> Sandbox {
         twilio_auth_token: TOKEN.into(),
         callback_base,
         hang: Duration::from_secs(30),
+        ..SandboxConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

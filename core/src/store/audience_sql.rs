@@ -197,7 +197,11 @@ macro_rules! audience_queries {
                 return Ok(Vec::new());
             };
             let mut rows = sqlx::query(
-                "SELECT c.id, c.guardian_id, c.kind, c.address FROM contact_points c \
+                // A device is addressed as `platform:token`, so that push reaches the
+                // right provider (APNs or FCM).
+                "SELECT c.id, c.guardian_id, c.kind, \
+                 CASE WHEN c.kind = 'push' THEN c.push_platform || ':' || c.address ELSE c.address END AS address \
+                 FROM contact_points c \
                  JOIN audience_targets t ON t.id = c.guardian_id WHERE c.active AND t.id >= $1 AND t.id <= $2 \
                  ORDER BY c.created_at, c.id",
             )

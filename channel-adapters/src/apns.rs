@@ -1,0 +1,276 @@
+//! Push to iOS through Apple's APNs provider API, with token (ES256 JWT) authentication.
+//!
+//! The payload is built with a2's `DefaultNotificationBuilder`; it is sent with reqwest's
+//! HTTP/2 client and a cached provider token of our own, because a2's client only talks
+//! to Apple's two hosts and the same code must reach the sandbox in tests. One request per
+//! device: `apns-id` = the delivery id (Apple reports errors by it), `apns-collapse-id` =
+//! the message id (a resend replaces, not repeats, the notification on the phone),
+//! priority 10 for emergencies.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use a2::request::notification::{
+    CollapseId, DefaultNotificationBuilder, NotificationBuilder as _, NotificationOptions,
+    Priority, PushType,
+};
+use a2::request::payload::PayloadLike as _;
+use async_trait::async_trait;
+use futures_util::{stream, StreamExt as _};
+use serde::Deserialize;
+use tidings_core::MessageKind;
+
+use crate::http::{self, Timeouts};
+use crate::jwt::{KeyError, Signer};
+use crate::{ChannelAdapter, Outgoing, SendOutcome};
+
+pub const PRODUCTION: &str = "https://api.push.apple.com";
+pub const DEVELOPMENT: &str = "https://api.sandbox.push.apple.com";
+
+/// Apple accepts a provider token for an hour and refuses refreshes more often than every
+/// 20 minutes: a new one every 40.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(40 * 60);
+
+#[derive(Clone)]
+pub struct ApnsConfig {
+    /// The `.p8` key's contents (PKCS#8 PEM).
+    pub key_pem: String,
+    /// The key's id (10 characters, from the developer account).
+    pub key_id: String,
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// [`PRODUCTION`], [`DEVELOPMENT`], or a sandbox.
+    pub endpoint: String,
+    pub timeouts: Timeouts,
+    pub max_per_second: Option<NonZeroU32>,
+    pub concurrency: usize,
+}
+
+impl std::fmt::Debug for ApnsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApnsConfig")
+            .field("key_id", &self.key_id)
+            .field("team_id", &self.team_id)
+            .field("topic", &self.topic)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("apns: {0}")]
+pub struct InvalidConfig(String);
+
+impl From<KeyError> for InvalidConfig {
+    fn from(e: KeyError) -> Self {
+        InvalidConfig(format!("the signing key: {e}"))
+    }
+}
+
+pub struct Apns {
+    config: ApnsConfig,
+    signer: Signer,
+    client: reqwest::Client,
+    token: Mutex<Option<(String, Instant)>>,
+}
+
+impl Apns {
+    pub fn new(config: ApnsConfig) -> Result<Self, InvalidConfig> {
+        let signer = Signer::es256(&config.key_pem)?;
+        if config.key_id.is_empty() || config.team_id.is_empty() || config.topic.is_empty() {
+            return Err(InvalidConfig(
+                "key_id, team_id and topic are required".into(),
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .connect_timeout(config.timeouts.connect)
+            .timeout(config.timeouts.request)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| InvalidConfig(format!("HTTP/2 client: {e}")))?;
+        let apns = Self {
+            config,
+            signer,
+            client,
+            token: Mutex::new(None),
+        };
+        apns.provider_token()?;
+        Ok(apns)
+    }
+
+    /// The cached provider token, signed anew when it is 40 minutes old.
+    fn provider_token(&self) -> Result<String, KeyError> {
+        let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, at)) = cached.as_ref() {
+            if at.elapsed() < TOKEN_LIFETIME {
+                return Ok(token.clone());
+            }
+        }
+        let claims = serde_json::json!({
+            "iss": self.config.team_id,
+            "iat": tidings_core::time::now().timestamp(),
+        });
+        let token = self.signer.token(Some(&self.config.key_id), &claims)?;
+        *cached = Some((token.clone(), Instant::now()));
+        Ok(token)
+    }
+
+    /// Forgets the token (Apple said it expired or is invalid): the next send signs anew.
+    fn drop_token(&self) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The request body and headers for one send.
+    pub fn request(&self, send: &Outgoing) -> Result<(String, Headers), String> {
+        let apns_id = send.delivery_id.to_string();
+        let collapse = send.message_id.to_string();
+        let emergency = send.kind == MessageKind::Emergency;
+        let options = NotificationOptions {
+            apns_id: Some(&apns_id),
+            apns_push_type: Some(PushType::Alert),
+            apns_priority: Some(if emergency {
+                Priority::High
+            } else {
+                Priority::Normal
+            }),
+            apns_topic: Some(&self.config.topic),
+            apns_collapse_id: Some(CollapseId::new(&collapse).map_err(|e| e.to_string())?),
+            apns_expiration: None,
+        };
+        let mut builder = DefaultNotificationBuilder::new()
+            .set_body(&send.body)
+            .set_sound("default");
+        if !send.subject.is_empty() {
+            builder = builder.set_title(&send.subject);
+        }
+        let mut payload = builder.build(&send.address, options);
+        let ids = serde_json::json!({ "delivery_id": apns_id, "message_id": collapse });
+        payload
+            .add_custom_data("tidings", &ids)
+            .map_err(|e| e.to_string())?;
+        let body = payload.to_json_string().map_err(|e| e.to_string())?;
+        let headers = vec![
+            ("apns-id", apns_id.clone()),
+            ("apns-push-type", "alert".to_owned()),
+            (
+                "apns-priority",
+                if emergency { "10" } else { "5" }.to_owned(),
+            ),
+            ("apns-topic", self.config.topic.clone()),
+            ("apns-collapse-id", collapse.clone()),
+        ];
+        Ok((body, headers))
+    }
+
+    async fn send_one(&self, send: &Outgoing) -> SendOutcome {
+        let (body, headers) = match self.request(send) {
+            Ok(request) => request,
+            Err(e) => {
+                return SendOutcome::Permanent {
+                    error: format!("apns: the notification cannot be built: {e}"),
+                }
+            }
+        };
+        let token = match self.provider_token() {
+            Ok(token) => token,
+            Err(e) => return SendOutcome::transient(format!("apns: {e}")),
+        };
+        let url = format!(
+            "{}/3/device/{}",
+            self.config.endpoint.trim_end_matches('/'),
+            send.address
+        );
+        let mut request = self
+            .client
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return http::transport_failure("apns", &e),
+        };
+        let status = response.status();
+        let retry_after = http::retry_after(response.headers());
+        let apns_id = response
+            .headers()
+            .get("apns-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await.unwrap_or_default();
+        let outcome = classify(status, retry_after, apns_id, &text, send);
+        if matches!(&outcome, SendOutcome::Transient { error, .. } if error.contains("ProviderToken"))
+        {
+            self.drop_token();
+        }
+        outcome
+    }
+}
+
+/// Request headers: name and value.
+pub type Headers = Vec<(&'static str, String)>;
+
+#[derive(Deserialize)]
+struct Reason {
+    reason: String,
+}
+
+/// Classifies APNs' answer: 200 sent (by its `apns-id`); 410 `Unregistered` and 400
+/// `BadDeviceToken`/`DeviceTokenNotForTopic` are the device's end (permanent); 403 about
+/// our provider token or certificate, 429 and 5xx are retried; other 4xx refuse the
+/// notification itself.
+pub fn classify(
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    apns_id: Option<String>,
+    body: &str,
+    send: &Outgoing,
+) -> SendOutcome {
+    if status.is_success() {
+        return SendOutcome::Sent {
+            provider_ref: apns_id.unwrap_or_else(|| send.delivery_id.to_string()),
+        };
+    }
+    let reason = serde_json::from_str::<Reason>(body)
+        .map(|r| r.reason)
+        .unwrap_or_else(|_| http::excerpt(body, 120));
+    let error = format!("apns {}: {reason}", status.as_u16());
+    match (status.as_u16(), reason.as_str()) {
+        (429, _) | (500..=599, _) => SendOutcome::Transient { error, retry_after },
+        (403, _) | (400, "MissingTopic" | "TopicDisallowed" | "BadTopic") => {
+            SendOutcome::Transient {
+                error: format!("{error} (account or configuration problem)"),
+                retry_after: None,
+            }
+        }
+        (400..=499, _) => SendOutcome::Permanent { error },
+        _ => SendOutcome::InDoubt {
+            error: format!("{error} (unexpected status)"),
+        },
+    }
+}
+
+#[async_trait]
+impl ChannelAdapter for Apns {
+    fn provider(&self) -> &str {
+        "apns"
+    }
+
+    fn max_per_second(&self) -> Option<NonZeroU32> {
+        self.config.max_per_second
+    }
+
+    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
+        stream::iter(0..batch.len())
+            .map(|i| self.send_one(&batch[i]))
+            .buffered(self.config.concurrency.max(1))
+            .collect()
+            .await
+    }
+}
