@@ -10,3 +10,11 @@ stored_enum! {
         Push => "push",
     }
 }
+
+stored_enum! {
+    /// The push service of a guardian's device: its token is only good there.
+    PushPlatform("push_platform") {
+        Apns => "apns",
+        Fcm => "fcm",
+    }
+}

@@ -22,7 +22,7 @@ mod stored_enum;
 pub mod testing;
 pub mod time;
 
-pub use channel::Channel;
+pub use channel::{Channel, PushPlatform};
 pub use contact::{EmailAddress, InvalidEmailAddress, InvalidPhoneNumber, PhoneNumber};
 pub use delivery::{Decision, DeliveryEvent, DeliveryState};
 pub use id::*;

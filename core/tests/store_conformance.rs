@@ -36,6 +36,7 @@ tidings_core::on_both_stores! {
     idempotency_keys_claim_replay_mismatch_and_expire,
     the_hourly_quota_is_reserved_by_concurrent_sends,
     a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log,
+    registered_devices_are_addressed_by_platform,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -866,6 +867,71 @@ async fn the_hourly_quota_is_reserved_by_concurrent_sends(store: Arc<dyn Store>)
         .create_message(&message_to(&seed, &[Channel::Sms]), now())
         .await
         .unwrap();
+}
+
+async fn registered_devices_are_addressed_by_platform(store: Arc<dyn Store>) {
+    use tidings_core::audience::{Audience, AudienceMember};
+    use tidings_core::store::Scope;
+    use tidings_core::PushPlatform;
+    let seed = seed(store.as_ref(), 3).await;
+    let district = seed.staff.district_id;
+    let (g0, g1) = (seed.guardians[0].id, seed.guardians[1].id);
+    let iphone = store
+        .register_device(district, g0, PushPlatform::Apns, "a1b2c3", now())
+        .await
+        .unwrap();
+    assert_eq!(iphone.kind, Channel::Push);
+    store
+        .register_device(district, g1, PushPlatform::Fcm, "fGc4Kq", now())
+        .await
+        .unwrap();
+    // Registering again reactivates, never duplicates.
+    store
+        .register_device(district, g1, PushPlatform::Fcm, "fGc4Kq", now())
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let plan = move |members: &[AudienceMember]| {
+        for m in members {
+            for c in m.contacts.iter().filter(|c| c.kind == Channel::Push) {
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push((m.guardian_id, c.address.clone()));
+            }
+        }
+        Vec::new()
+    };
+    let header = NewMessage {
+        recipients: Vec::new(),
+        ..message_to(&seed, &[Channel::Push])
+    };
+    let everyone = Audience {
+        district: true,
+        ..Default::default()
+    };
+    store
+        .send_message(
+            &header,
+            &Scope::District(district),
+            &everyone,
+            None,
+            &plan,
+            10,
+            now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let mut expected = vec![
+        (*g0.as_uuid(), "apns:a1b2c3".to_owned()),
+        (*g1.as_uuid(), "fcm:fGc4Kq".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
 }
 
 async fn a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log(store: Arc<dyn Store>) {

@@ -305,6 +305,32 @@ macro_rules! directory_queries {
             contact(&row)
         }
 
+        pub async fn register_device(
+            pool: &sqlx::Pool<$db>,
+            district: uuid::Uuid,
+            guardian: uuid::Uuid,
+            platform: $crate::PushPlatform,
+            token: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<ContactPointView> {
+            let row = sqlx::query(
+                "INSERT INTO contact_points (id, district_id, guardian_id, kind, address, push_platform, \
+                 source, verified, created_at, updated_at) VALUES ($1, $2, $3, 'push', $4, $5, 'app', true, $6, $6) \
+                 ON CONFLICT (guardian_id, kind, address) DO UPDATE SET active = true, inactive_reason = NULL, \
+                 push_platform = excluded.push_platform, updated_at = excluded.updated_at \
+                 RETURNING id, kind, address, active, inactive_reason, source",
+            )
+            .bind($enc(uuid::Uuid::now_v7()))
+            .bind($enc(district))
+            .bind($enc(guardian))
+            .bind(token)
+            .bind(platform.as_str())
+            .bind(at)
+            .fetch_one(pool)
+            .await?;
+            contact(&row)
+        }
+
         pub async fn set_contact_point_active(
             pool: &sqlx::Pool<$db>,
             guardian: uuid::Uuid,

@@ -620,6 +620,17 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView>;
 
+    /// Registers (or reactivates) a guardian's device for push: its deliveries are
+    /// addressed `platform:token`.
+    async fn register_device(
+        &self,
+        district: DistrictId,
+        guardian: GuardianId,
+        platform: crate::PushPlatform,
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ContactPointView>;
+
     async fn set_contact_point_active(
         &self,
         guardian: GuardianId,

@@ -495,6 +495,25 @@ impl Store for PostgresStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
+    async fn register_device(
+        &self,
+        district: DistrictId,
+        guardian: crate::GuardianId,
+        platform: crate::PushPlatform,
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::ContactPointView> {
+        directory::register_device(
+            &self.pool,
+            district.into(),
+            guardian.into(),
+            platform,
+            token,
+            at,
+        )
+        .await
+    }
+
     async fn add_contact_point(
         &self,
         district: DistrictId,

@@ -504,6 +504,25 @@ impl Store for SqliteStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
+    async fn register_device(
+        &self,
+        district: DistrictId,
+        guardian: crate::GuardianId,
+        platform: crate::PushPlatform,
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::ContactPointView> {
+        directory::register_device(
+            &self.pool,
+            district.into(),
+            guardian.into(),
+            platform,
+            token,
+            at,
+        )
+        .await
+    }
+
     async fn add_contact_point(
         &self,
         district: DistrictId,
@@ -1063,6 +1082,10 @@ async fn write_recipients(
     // The log: SQLite has one writer at a time, so offsets are taken and entries written
     // in the same order they become visible.
     let plan = NewMessage::log_plan_of(recipients, message.partitions);
+    if plan.is_empty() {
+        // Nothing to send in this chunk (every delivery suppressed, or none planned).
+        return Ok(());
+    }
     let mut heads =
         QueryBuilder::<Sqlite>::new("INSERT INTO log_heads (lane, partition, next_offset) ");
     heads.push_values(&plan, |mut row, (partition, deliveries)| {
