@@ -355,3 +355,34 @@ async fn broken_servers_are_classified_and_never_panic() {
         matches!(one(proxy).await, SendOutcome::Transient { ref error, .. } if error.contains("502"))
     );
 }
+
+#[tokio::test]
+async fn faults_are_set_over_http_and_nonsense_is_refused() {
+    let sandbox = sandbox(Faults::default(), None).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/_sandbox/faults", sandbox.base);
+    let set = client
+        .put(&url)
+        .json(&serde_json::json!({"permanent": 1.0, "seed": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), reqwest::StatusCode::OK);
+    let now: Faults = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(now.permanent, 1.0);
+    assert_eq!(now.seed, 9);
+    let adapter = Twilio::new(config(&sandbox.base)).unwrap();
+    let outcome = adapter.send(&[sms("+12025550100")]).await;
+    assert!(matches!(&outcome[0], SendOutcome::Permanent { error } if error.contains("21211")));
+
+    for nonsense in [
+        serde_json::json!({"transient": 0.7, "permanent": 0.7}),
+        serde_json::json!({"transient": -1}),
+        serde_json::json!({"no_such_fault": 1}),
+    ] {
+        let refused = client.put(&url).json(&nonsense).send().await.unwrap();
+        assert!(refused.status().is_client_error(), "{nonsense}");
+    }
+    let unchanged: Faults = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(unchanged, now);
+}
