@@ -301,6 +301,151 @@ async fn sms_goes_through_kannel_and_smpp_once_per_delivery() {
     assert!(d.server.terminate().await.success());
 }
 
+/// Gives `guardian` only the SMS number `number`.
+async fn only_number(d: &District, guardian: &str, number: &str) {
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    for cp in detail["contact_points"].as_array().unwrap() {
+        if cp["kind"] == "sms" && cp["active"] == true {
+            let path = format!(
+                "/api/v1/guardians/{guardian}/contact-points/{}",
+                cp["id"].as_str().unwrap()
+            );
+            let (status, _) = d
+                .call(
+                    reqwest::Method::PATCH,
+                    &path,
+                    &d.admin,
+                    Some(json!({"active": false})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    let (status, added) = d
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/guardians/{guardian}/contact-points"),
+            &d.admin,
+            Some(json!({"kind": "sms", "address": number})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+}
+
+#[tokio::test]
+async fn a_carrier_stop_suppresses_and_an_invalid_number_is_retired() {
+    let (base, mut sandbox) = sandbox("{}").await;
+    let env = twilio_env(&base);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let guardians = d.all("/api/v1/guardians", &d.admin).await;
+    let (stopped, invalid) = (
+        guardians[0]["id"].as_str().unwrap().to_owned(),
+        guardians[1]["id"].as_str().unwrap().to_owned(),
+    );
+    // Twilio's test numbers: +15005550004 has replied STOP, +15005550001 is invalid.
+    only_number(&d, &stopped, "+15005550004").await;
+    only_number(&d, &invalid, "+15005550001").await;
+    let send = || async {
+        let (status, sent) = d
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/messages",
+                &d.admin,
+                Some(json!({
+                    "audience": {"guardians": [stopped, invalid]},
+                    "channels": ["sms"],
+                    "kind": "emergency",
+                    "subject": "Lockdown",
+                    "body": "Lockdown: students are safe.",
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{sent}");
+        sent["id"].as_str().unwrap().to_owned()
+    };
+    let first = send().await;
+    let mut done = BTreeMap::new();
+    for _ in 0..300 {
+        done = counts(&d, &first).await;
+        if done.get("SUPPRESSED") == Some(&1) && done.get("FAILED") == Some(&1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        done,
+        BTreeMap::from([("FAILED".to_owned(), 1), ("SUPPRESSED".to_owned(), 1)])
+    );
+    let (_, dead) = d.get("/api/v1/dead-letters", &d.admin).await;
+    let dead = dead["items"].as_array().unwrap();
+    assert_eq!(
+        dead.len(),
+        1,
+        "only the invalid number is a dead letter: {dead:?}"
+    );
+    assert!(dead[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid: twilio 400 error 21211"));
+    // The STOP is the guardian's opt-out now; the invalid number is out of use.
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{stopped}"), &d.admin)
+        .await;
+    let opt_outs = detail["opt_outs"].as_array().unwrap();
+    assert!(
+        opt_outs
+            .iter()
+            .any(|o| o["channel"] == "sms" && o["source"] == "carrier"),
+        "{detail}"
+    );
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{invalid}"), &d.admin)
+        .await;
+    let retired = detail["contact_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "+15005550001")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            retired["active"].as_bool(),
+            retired["inactive_reason"].as_str()
+        ),
+        (Some(false), Some("invalid")),
+        "{detail}"
+    );
+
+    // The next message does not try either again: both suppressed before sending.
+    let sends_before: Value = reqwest::get(format!("{base}/_sandbox/received"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = send().await;
+    let counts_now = counts(&d, &second).await;
+    assert_eq!(
+        counts_now,
+        BTreeMap::from([("SUPPRESSED".to_owned(), 2)]),
+        "suppressed at fan-out"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sends_after: Value = reqwest::get(format!("{base}/_sandbox/received"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sends_after["sends"], sends_before["sends"]);
+    assert!(d.server.terminate().await.success());
+    sandbox.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn twilio_without_its_auth_token_is_refused_at_start() {
     let db = TestDatabase::sqlite();

@@ -23,7 +23,7 @@ use tidings_core::MessageKind;
 
 use crate::http::{self, Timeouts};
 use crate::jwt::{KeyError, Signer};
-use crate::{ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 
 pub const PRODUCTION: &str = "https://api.push.apple.com";
 pub const DEVELOPMENT: &str = "https://api.sandbox.push.apple.com";
@@ -249,6 +249,14 @@ pub fn classify(
                 retry_after: None,
             }
         }
+        (410, _) => SendOutcome::Unreachable {
+            error,
+            fault: AddressFault::Gone,
+        },
+        (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => SendOutcome::Unreachable {
+            error,
+            fault: AddressFault::Invalid,
+        },
         (400..=499, _) => SendOutcome::Permanent { error },
         _ => SendOutcome::InDoubt {
             error: format!("{error} (unexpected status)"),

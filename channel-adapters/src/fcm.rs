@@ -13,7 +13,7 @@ use tidings_core::MessageKind;
 
 use crate::http::{self, Timeouts};
 use crate::jwt::Signer;
-use crate::{ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 
 pub const API_BASE: &str = "https://fcm.googleapis.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -246,6 +246,10 @@ pub fn classify(
         (401, _) | (_, "THIRD_PARTY_AUTH_ERROR") => SendOutcome::Transient {
             error: format!("{error} (account or configuration problem)"),
             retry_after: None,
+        },
+        (_, "UNREGISTERED") => SendOutcome::Unreachable {
+            error,
+            fault: AddressFault::Gone,
         },
         (400..=499, _) => SendOutcome::Permanent { error },
         _ => SendOutcome::InDoubt {

@@ -48,12 +48,39 @@ pub enum SendOutcome {
         error: String,
         retry_after: Option<Duration>,
     },
-    /// Not sent, and it never will be to this address (invalid number, unregistered
-    /// device, hard bounce).
+    /// Not sent, and it never will be (a message the provider refuses, an account that
+    /// may not send there).
     Permanent { error: String },
+    /// Not sent, and it never will be to this address: the contact point is retired
+    /// (invalid number, unregistered device, hard bounce), or the guardian has opted out
+    /// at the carrier (STOP).
+    Unreachable { error: String, fault: AddressFault },
     /// The request may or may not have reached the provider (connection lost after the
     /// request went out, timeout waiting for the answer).
     InDoubt { error: String },
+}
+
+/// Why an address cannot be used again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressFault {
+    /// It does not exist or cannot receive this channel (invalid number, not a mobile,
+    /// no such mailbox, a malformed device token).
+    Invalid,
+    /// It existed and is gone (an app uninstalled: unregistered device token).
+    Gone,
+    /// The guardian replied STOP at the carrier: nothing more may be sent until START.
+    OptedOut,
+}
+
+impl AddressFault {
+    /// The reason recorded on the contact point (or the delivery, for an opt-out).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressFault::Invalid => "invalid",
+            AddressFault::Gone => "unregistered",
+            AddressFault::OptedOut => "opted_out",
+        }
+    }
 }
 
 impl SendOutcome {

@@ -17,7 +17,7 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use tidings_core::MessageKind;
 
-use crate::{ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 
 /// How the connection to the relay is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,9 @@ fn escape_html(text: &str) -> String {
 /// - 4xx: the relay will not take it now (transient);
 /// - 5xx about authentication (530, 534, 535, 538): the account, not the guardian
 ///   (transient, so that a fixed password sends everything);
-/// - other 5xx (550 no such mailbox, 553 bad address, 554 rejected): permanent;
+/// - 550–553 with enhanced code 5.1.1, 5.1.2, 5.1.3 or 5.1.10 (no such mailbox or
+///   domain): the address is retired;
+/// - other 5xx (a policy rejection, 554): permanent;
 /// - the conversation broke or timed out mid-way: the relay may have the message (in
 ///   doubt).
 pub fn classify(error: &lettre::transport::smtp::Error) -> SendOutcome {
@@ -233,6 +235,17 @@ pub fn classify(error: &lettre::transport::smtp::Error) -> SendOutcome {
                 error: format!("{text} (account or configuration problem)"),
                 retry_after: None,
             },
+            // Enhanced codes for a mailbox or domain that does not exist.
+            550..=553
+                if [" 5.1.1 ", " 5.1.2 ", " 5.1.3 ", " 5.1.10 "]
+                    .iter()
+                    .any(|c| format!(" {text} ").contains(c)) =>
+            {
+                SendOutcome::Unreachable {
+                    error: text,
+                    fault: AddressFault::Invalid,
+                }
+            }
             500..=599 => SendOutcome::Permanent { error: text },
             _ => SendOutcome::transient(text),
         };

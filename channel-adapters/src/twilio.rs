@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac as _};
 use serde::Deserialize;
 
 use crate::http::{self, Timeouts};
-use crate::{ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 
 /// Twilio's production API.
 pub const API_BASE: &str = "https://api.twilio.com";
@@ -229,6 +229,14 @@ pub fn classify(
                 retry_after: None,
             }
         }
+        (_, Some(21211 | 21614)) => SendOutcome::Unreachable {
+            error,
+            fault: AddressFault::Invalid,
+        },
+        (_, Some(21610)) => SendOutcome::Unreachable {
+            error,
+            fault: AddressFault::OptedOut,
+        },
         (400..=499, _) => SendOutcome::Permanent { error },
         _ => SendOutcome::InDoubt {
             error: format!("{error} (unexpected status)"),
@@ -337,12 +345,17 @@ mod tests {
                 &format!(r#"{{"code":{code},"message":"m","status":{status}}}"#),
             )
         };
-        for code in [21211, 21614, 21610, 21617] {
+        for (code, fault) in [
+            (21211, AddressFault::Invalid),
+            (21614, AddressFault::Invalid),
+            (21610, AddressFault::OptedOut),
+        ] {
             assert!(
-                matches!(error(code, 400), SendOutcome::Permanent { ref error } if error.contains(&code.to_string())),
+                matches!(error(code, 400), SendOutcome::Unreachable { ref error, fault: f } if error.contains(&code.to_string()) && f == fault),
                 "{code}"
             );
         }
+        assert!(matches!(error(21617, 400), SendOutcome::Permanent { .. }));
         for (code, status) in [
             (20003, 401),
             (21606, 400),

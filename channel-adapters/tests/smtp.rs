@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tidings_channel_adapters::smtp::{Security, Smtp, SmtpConfig};
 use tidings_channel_adapters::testing::SmtpServer;
-use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
+use tidings_channel_adapters::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
 
 fn config(port: u16) -> SmtpConfig {
@@ -72,7 +72,7 @@ async fn each_recipient_gets_its_own_classified_outcome() {
         outcomes[1]
     );
     assert!(
-        matches!(&outcomes[2], SendOutcome::Permanent { error } if error.contains("550")),
+        matches!(&outcomes[2], SendOutcome::Unreachable { error, fault: AddressFault::Invalid } if error.contains("550")),
         "{:?}",
         outcomes[2]
     );

@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
+use tidings_core::delivery::Delivery;
 use tidings_core::log::PartitionId;
 use tidings_core::store::dispatch::{AttemptResult, AttemptStart, Lease, Outbound};
 use tidings_core::store::{CasOutcome, Store, StoreError};
@@ -35,7 +36,7 @@ use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane};
 
 pub use breaker::{BreakerPolicy, Breakers};
 pub use retry::RetryPolicy;
-pub use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
+pub use tidings_channel_adapters::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 
 /// The consumer group whose offsets the dispatcher commits.
 pub const CONSUMER_GROUP: &str = "dispatcher";
@@ -126,6 +127,10 @@ pub struct Counters {
     /// Log entries that kept failing the dispatcher itself, set aside (FAILED when their
     /// delivery could be read) so that their partition goes on.
     pub quarantined: AtomicU64,
+    /// Deliveries suppressed because the guardian had opted out at the carrier (STOP).
+    pub opted_out: AtomicU64,
+    /// Contact points taken out of use because a provider refused them for good.
+    pub retired: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -139,6 +144,8 @@ pub struct Totals {
     pub fenced: u64,
     pub deferred: u64,
     pub quarantined: u64,
+    pub opted_out: u64,
+    pub retired: u64,
 }
 
 impl Counters {
@@ -153,6 +160,8 @@ impl Counters {
             fenced: get(&self.fenced),
             deferred: get(&self.deferred),
             quarantined: get(&self.quarantined),
+            opted_out: get(&self.opted_out),
+            retired: get(&self.retired),
         }
     }
 
@@ -718,6 +727,7 @@ impl Dispatcher {
             });
             sends.into_iter().zip(outcomes).collect::<Vec<_>>()
         });
+        let mut retiring = Vec::new();
         for answered in futures_util::future::join_all(calls).await {
             if let Some(((o, _), _)) = answered.first() {
                 let provider = self.provider(o.delivery.channel);
@@ -738,13 +748,19 @@ impl Dispatcher {
                 }
             }
             for ((o, attempt), outcome) in answered {
+                if let SendOutcome::Unreachable { fault, .. } = &outcome {
+                    retiring.push((o.delivery.clone(), *fault));
+                }
                 let result = self.classify(&o, attempt, outcome);
                 finishing.push((o, attempt, result));
             }
         }
 
-        // 4. Outcomes recorded.
+        // 4. Outcomes recorded; addresses the providers refused for good taken out of use.
         let finished = self.finish(lease, &finishing).await;
+        if finished.is_ok() {
+            self.retire(&retiring).await;
+        }
         let mut in_flight = self.lock_in_flight();
         for (o, _, _) in &finishing {
             in_flight.remove(&o.delivery.id);
@@ -813,6 +829,57 @@ impl Dispatcher {
         Ok(go)
     }
 
+    /// Takes the addresses providers refused for good out of use: an invalid or gone one
+    /// is retired with the reason, a carrier STOP becomes the guardian's opt-out. Failures
+    /// here are logged, not fatal: the next send to the address would report it again.
+    async fn retire(&self, retiring: &[(Delivery, AddressFault)]) {
+        for (delivery, fault) in retiring {
+            let Some(address) = delivery.address.as_deref() else {
+                continue;
+            };
+            let done = match fault {
+                AddressFault::OptedOut => self
+                    .store
+                    .add_opt_out(
+                        delivery.district_id,
+                        delivery.guardian_id,
+                        delivery.channel,
+                        "carrier",
+                        now(),
+                    )
+                    .await
+                    .map(|_| ()),
+                AddressFault::Invalid | AddressFault::Gone => {
+                    // A device is addressed platform:token; its contact point holds the token.
+                    let stored = match delivery.channel {
+                        Channel::Push => tidings_channel_adapters::push::split(address)
+                            .map_or(address, |(_, token)| token),
+                        _ => address,
+                    };
+                    self.store
+                        .retire_address(
+                            delivery.guardian_id,
+                            delivery.channel,
+                            stored,
+                            fault.as_str(),
+                            now(),
+                        )
+                        .await
+                        .map(|_| ())
+                }
+            };
+            match done {
+                Ok(()) => {
+                    Counters::add(&self.counters.retired);
+                    tracing::info!(delivery_id = %delivery.id, guardian_id = %delivery.guardian_id, channel = %delivery.channel, reason = fault.as_str(), "address taken out of use");
+                }
+                Err(e) => {
+                    tracing::warn!(delivery_id = %delivery.id, error = %e, "could not take the address out of use")
+                }
+            }
+        }
+    }
+
     fn classify(&self, o: &Outbound, attempt: i32, outcome: SendOutcome) -> AttemptResult {
         let at_most_once = o.guarantee == DeliveryGuarantee::AtMostOnce;
         let (error, retry_after, in_doubt) = match outcome {
@@ -822,6 +889,17 @@ impl Dispatcher {
                     in_doubt: false,
                     permanent: true,
                     error,
+                }
+            }
+            SendOutcome::Unreachable {
+                error,
+                fault: AddressFault::OptedOut,
+            } => return AttemptResult::OptedOut { error },
+            SendOutcome::Unreachable { error, fault } => {
+                return AttemptResult::Failed {
+                    in_doubt: false,
+                    permanent: true,
+                    error: format!("{}: {error}", fault.as_str()),
                 }
             }
             SendOutcome::Transient { error, retry_after } => (error, retry_after, false),
@@ -895,6 +973,7 @@ impl Dispatcher {
             }
             let counter = match result {
                 AttemptResult::Sent { .. } => &self.counters.sent,
+                AttemptResult::OptedOut { .. } => &self.counters.opted_out,
                 AttemptResult::Retry { .. } => &self.counters.retried,
                 AttemptResult::Failed { .. } => &self.counters.failed,
             };

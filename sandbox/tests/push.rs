@@ -7,7 +7,7 @@ use tidings_channel_adapters::apns::{Apns, ApnsConfig};
 use tidings_channel_adapters::fcm::{Fcm, FcmConfig};
 use tidings_channel_adapters::http::Timeouts;
 use tidings_channel_adapters::push::Push;
-use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
+use tidings_channel_adapters::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
 use tidings_sandbox::server::SandboxConfig;
 use tidings_sandbox::{Faults, InProcessProvider};
@@ -88,11 +88,11 @@ async fn apns_sends_over_http2_with_a_verified_provider_token() {
         }
     );
     assert!(
-        matches!(&outcomes[1], SendOutcome::Permanent { error } if error.contains("410") && error.contains("Unregistered")),
+        matches!(&outcomes[1], SendOutcome::Unreachable { error, fault: AddressFault::Gone } if error.contains("410") && error.contains("Unregistered")),
         "{outcomes:?}"
     );
     assert!(
-        matches!(&outcomes[2], SendOutcome::Permanent { error } if error.contains("BadDeviceToken")),
+        matches!(&outcomes[2], SendOutcome::Unreachable { error, fault: AddressFault::Invalid } if error.contains("BadDeviceToken")),
         "{outcomes:?}"
     );
     let received = provider.received();
@@ -172,7 +172,7 @@ async fn fcm_exchanges_a_signed_assertion_for_a_token_and_sends() {
         "{outcomes:?}"
     );
     assert!(
-        matches!(&outcomes[1], SendOutcome::Permanent { error } if error.contains("UNREGISTERED")),
+        matches!(&outcomes[1], SendOutcome::Unreachable { error, fault: AddressFault::Gone } if error.contains("UNREGISTERED")),
         "{outcomes:?}"
     );
     assert!(
@@ -249,7 +249,7 @@ async fn push_goes_to_the_platform_of_each_device() {
         "{outcomes:?}"
     );
     assert!(
-        matches!(&outcomes[3], SendOutcome::Permanent { error } if error.contains("Unregistered")),
+        matches!(&outcomes[3], SendOutcome::Unreachable { error, fault: AddressFault::Gone } if error.contains("Unregistered")),
         "{outcomes:?}"
     );
     let providers: Vec<String> = provider

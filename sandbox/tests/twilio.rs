@@ -10,7 +10,7 @@ use axum::routing::post;
 use axum::{Form, Router};
 use tidings_channel_adapters::http::Timeouts;
 use tidings_channel_adapters::twilio::{self, Twilio, TwilioConfig};
-use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
+use tidings_channel_adapters::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
 use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
 use tidings_sandbox::server::SandboxConfig;
 use tidings_sandbox::{Faults, InProcessProvider};
@@ -169,16 +169,27 @@ async fn twilios_refusals_are_classified() {
         sms("+15005550004"),
         sms("+1555"),
         sms("not a number"),
+        sms("+15005550002"),
     ];
     let outcomes = adapter.send(&batch).await;
-    for (outcome, code) in outcomes
-        .iter()
-        .zip(["21211", "21614", "21610", "21211", "21211"])
-    {
-        assert!(
-            matches!(outcome, SendOutcome::Permanent { error } if error.contains(code)),
-            "{outcome:?} should be permanent {code}"
-        );
+    let expected = [
+        ("21211", Some(AddressFault::Invalid)),
+        ("21614", Some(AddressFault::Invalid)),
+        ("21610", Some(AddressFault::OptedOut)),
+        ("21211", Some(AddressFault::Invalid)),
+        ("21211", Some(AddressFault::Invalid)),
+        // Unreachable now is not a bad number: the delivery fails, the number stays.
+        ("21612", None),
+    ];
+    for (outcome, (code, fault)) in outcomes.iter().zip(expected) {
+        let ok = match (outcome, fault) {
+            (SendOutcome::Unreachable { error, fault: f }, Some(fault)) => {
+                error.contains(code) && *f == fault
+            }
+            (SendOutcome::Permanent { error }, None) => error.contains(code),
+            _ => false,
+        };
+        assert!(ok, "{outcome:?} should be {code} {fault:?}");
     }
     assert!(sandbox.provider.received().is_empty());
 
@@ -373,7 +384,9 @@ async fn faults_are_set_over_http_and_nonsense_is_refused() {
     assert_eq!(now.seed, 9);
     let adapter = Twilio::new(config(&sandbox.base)).unwrap();
     let outcome = adapter.send(&[sms("+12025550100")]).await;
-    assert!(matches!(&outcome[0], SendOutcome::Permanent { error } if error.contains("21211")));
+    assert!(
+        matches!(&outcome[0], SendOutcome::Unreachable { error, .. } if error.contains("21211"))
+    );
 
     for nonsense in [
         serde_json::json!({"transient": 0.7, "permanent": 0.7}),

@@ -305,6 +305,28 @@ macro_rules! directory_queries {
             contact(&row)
         }
 
+        pub async fn retire_address(
+            pool: &sqlx::Pool<$db>,
+            guardian: uuid::Uuid,
+            kind: $crate::Channel,
+            address: &str,
+            reason: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<u64> {
+            Ok(sqlx::query(
+                "UPDATE contact_points SET active = false, inactive_reason = $1, updated_at = $2 \
+                 WHERE guardian_id = $3 AND kind = $4 AND address = $5 AND active",
+            )
+            .bind(reason)
+            .bind(at)
+            .bind($enc(guardian))
+            .bind(kind.as_str())
+            .bind(address)
+            .execute(pool)
+            .await?
+            .rows_affected())
+        }
+
         pub async fn register_device(
             pool: &sqlx::Pool<$db>,
             district: uuid::Uuid,

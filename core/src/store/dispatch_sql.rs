@@ -774,7 +774,8 @@ macro_rules! rowwise_attempts {
                 AttemptResult::Retry { in_doubt: true, error, .. }
                 | AttemptResult::Failed { in_doubt: true, error, .. } => ("in_doubt", Some(error.as_str())),
                 AttemptResult::Retry { error, .. } => ("transient", Some(error.as_str())),
-                AttemptResult::Failed { permanent: true, error, .. } => ("permanent", Some(error.as_str())),
+                AttemptResult::Failed { permanent: true, error, .. }
+                | AttemptResult::OptedOut { error } => ("permanent", Some(error.as_str())),
                 AttemptResult::Failed { error, .. } => ("transient", Some(error.as_str())),
             };
             let closed = sqlx::query(
@@ -808,11 +809,18 @@ macro_rules! rowwise_attempts {
                             failed_at = $2, updated_at = $2, next_attempt_at = NULL \
                      WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
                 }
+                AttemptResult::OptedOut { .. } => {
+                    "UPDATE deliveries SET state = 'SUPPRESSED', version = version + 1, last_error = $1, \
+                            suppressed_reason = 'opted_out', updated_at = $2, next_attempt_at = NULL \
+                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
+                }
             };
             let (text, retry_at) = match result {
                 AttemptResult::Sent { provider_ref } => (provider_ref.as_str(), None),
                 AttemptResult::Retry { at, error, .. } => (error.as_str(), Some(*at)),
-                AttemptResult::Failed { error, .. } => (error.as_str(), None),
+                AttemptResult::Failed { error, .. } | AttemptResult::OptedOut { error } => {
+                    (error.as_str(), None)
+                }
             };
             let sql = format!("{query} RETURNING {}", super::DELIVERY_COLUMNS);
             let mut update = sqlx::query(&sql)

@@ -620,6 +620,18 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView>;
 
+    /// Takes a guardian's address out of use with `reason` (`invalid`, `unregistered`,
+    /// `bounced`), as a provider reported it: later messages suppress it as `no_address`
+    /// unless another one is active. Returns how many contact points it retired.
+    async fn retire_address(
+        &self,
+        guardian: GuardianId,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
     /// Registers (or reactivates) a guardian's device for push: its deliveries are
     /// addressed `platform:token`.
     async fn register_device(

@@ -495,6 +495,17 @@ impl Store for PostgresStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
+    async fn retire_address(
+        &self,
+        guardian: crate::GuardianId,
+        channel: crate::Channel,
+        address: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        directory::retire_address(&self.pool, guardian.into(), channel, address, reason, at).await
+    }
+
     async fn register_device(
         &self,
         district: DistrictId,
@@ -1369,6 +1380,9 @@ mod dispatching {
                     };
                     (outcome, "failed", error.as_str(), None)
                 }
+                AttemptResult::OptedOut { error } => {
+                    ("permanent", "opted_out", error.as_str(), None)
+                }
             })
             .collect();
         let outcomes: Vec<&str> = parts.iter().map(|p| p.0).collect();
@@ -1401,7 +1415,9 @@ mod dispatching {
         let u_retry: Vec<Option<DateTime<Utc>>> = open.iter().map(|i| parts[*i].3).collect();
         let rows = sqlx::query(&format!(
             "UPDATE deliveries d SET \
-                state = CASE x.kind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' ELSE d.state END, \
+                state = CASE x.kind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' \
+                        WHEN 'opted_out' THEN 'SUPPRESSED' ELSE d.state END, \
+                suppressed_reason = CASE WHEN x.kind = 'opted_out' THEN 'opted_out' ELSE d.suppressed_reason END, \
                 version = d.version + 1, updated_at = $1, \
                 provider_ref = CASE WHEN x.kind = 'sent' THEN x.text ELSE d.provider_ref END, \
                 sent_at = CASE WHEN x.kind = 'sent' THEN $1 ELSE d.sent_at END, \

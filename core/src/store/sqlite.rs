@@ -504,6 +504,17 @@ impl Store for SqliteStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
+    async fn retire_address(
+        &self,
+        guardian: crate::GuardianId,
+        channel: crate::Channel,
+        address: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        directory::retire_address(&self.pool, guardian.into(), channel, address, reason, at).await
+    }
+
     async fn register_device(
         &self,
         district: DistrictId,
