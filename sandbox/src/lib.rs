@@ -40,8 +40,10 @@ pub struct Faults {
     pub callback_reorder: f64,
     /// Status callbacks (the first of each send's) never sent.
     pub callback_drop: f64,
-    /// Milliseconds every answer waits.
+    /// Milliseconds every answer waits at least…
     pub latency_ms: u64,
+    /// …plus up to this many more, drawn uniformly per send from the seeded schedule.
+    pub latency_jitter_ms: u64,
     /// Seed of the schedule: the same seed and the same sequence of sends fail the same way.
     pub seed: u64,
 }
@@ -122,8 +124,8 @@ impl Faults {
         {
             return Some("each rate must be between 0 and 1, and transient, throttled, permanent and in_doubt together at most 1".into());
         }
-        if self.latency_ms > 600_000 {
-            return Some("latency_ms must be at most 600000".into());
+        if self.latency_ms.saturating_add(self.latency_jitter_ms) > 600_000 {
+            return Some("latency_ms and latency_jitter_ms must add up to at most 600000".into());
         }
         None
     }
@@ -242,6 +244,18 @@ impl InProcessProvider {
         rate > 0.0 && self.lock().rng.gen::<f64>() < rate
     }
 
+    /// How long the next answer waits: `latency_ms` plus a seeded draw of the jitter.
+    pub fn latency(&self) -> Duration {
+        let mut state = self.lock();
+        let f = state.faults;
+        let jitter = if f.latency_jitter_ms > 0 {
+            state.rng.gen_range(0..=f.latency_jitter_ms)
+        } else {
+            0
+        };
+        Duration::from_millis(f.latency_ms + jitter)
+    }
+
     /// The faults in force.
     pub fn faults(&self) -> Faults {
         self.lock().faults
@@ -313,10 +327,7 @@ impl ChannelAdapter for SandboxAdapter {
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        let latency = self
-            .provider
-            .latency
-            .max(Duration::from_millis(self.provider.faults().latency_ms));
+        let latency = self.provider.latency.max(self.provider.latency());
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -383,6 +394,31 @@ mod tests {
         assert_eq!(provider.received().len(), 3);
         assert_eq!(provider.duplicates(), 1);
         assert_eq!(provider.sends(), 3);
+    }
+
+    #[test]
+    fn latency_is_drawn_between_its_bounds_on_the_seeded_schedule() {
+        let faults = Faults {
+            latency_ms: 20,
+            latency_jitter_ms: 30,
+            seed: 4,
+            ..Faults::default()
+        };
+        let draws = |f: Faults| {
+            let provider = InProcessProvider::new(f);
+            (0..200).map(|_| provider.latency()).collect::<Vec<_>>()
+        };
+        let first = draws(faults);
+        assert!(first
+            .iter()
+            .all(|d| (Duration::from_millis(20)..=Duration::from_millis(50)).contains(d)));
+        assert!(first.iter().any(|d| *d > Duration::from_millis(40)));
+        assert!(first.iter().any(|d| *d < Duration::from_millis(30)));
+        assert_eq!(first, draws(faults));
+        assert_eq!(
+            InProcessProvider::new(Faults::default()).latency(),
+            Duration::ZERO
+        );
     }
 
     #[test]

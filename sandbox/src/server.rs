@@ -394,7 +394,7 @@ fn apns_error(status: StatusCode, reason: &str) -> Response {
 
 /// Waits out the configured latency, then rolls the fate of a send.
 async fn fate(shared: &Shared) -> Fate {
-    let latency = Duration::from_millis(shared.provider.faults().latency_ms);
+    let latency = shared.provider.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
