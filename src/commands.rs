@@ -360,6 +360,9 @@ pub async fn sandbox(
     if let Ok(token) = std::env::var("TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN") {
         settings.twilio_auth_token = token;
     }
+    if let Ok(key) = std::env::var("TIDINGS_SANDBOX_MAILGUN_KEY") {
+        settings.mailgun_signing_key = key;
+    }
     if let Ok(key) = std::env::var("TIDINGS_SANDBOX_APNS_KEY") {
         let point = tidings_channel_adapters::jwt::es256_public_point(&key)
             .context("TIDINGS_SANDBOX_APNS_KEY is not an APNs signing key (.p8)")?;
@@ -377,6 +380,7 @@ pub async fn sandbox(
     );
     println!("  What it received: http://{address}/_sandbox/received");
     println!("  Faults:           http://{address}/_sandbox/faults (GET, PUT)");
+    println!("  Email events:     POST http://{address}/_sandbox/email-events; verification keys at http://{address}/_sandbox/keys");
     tidings_sandbox::server::serve(listener, provider, settings, shutdown)
         .await
         .context("the sandbox server failed")

@@ -15,6 +15,7 @@ pub mod smtp;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod twilio;
+pub mod webhooks;
 
 use std::time::Duration;
 

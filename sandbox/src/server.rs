@@ -4,7 +4,10 @@
 //!
 //! - `GET /_sandbox/received`: what was accepted, and how many were duplicates;
 //! - `GET|PUT /_sandbox/faults`: the [`Faults`] in force (PUT a JSON object to change
-//!   them; the schedule restarts from its seed).
+//!   them; the schedule restarts from its seed);
+//! - `POST /_sandbox/email-events`: has an email provider report an event about a
+//!   message (SendGrid's or Mailgun's format and signature) to the callback base;
+//! - `GET /_sandbox/keys`: what receivers need to check the sandbox's signatures.
 //!
 //! Provider endpoints:
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json`;
@@ -43,6 +46,8 @@ pub struct SandboxConfig {
     /// The APNs signing key's public point (65 bytes, uncompressed P-256): provider
     /// tokens are verified with it. Without it only their form and age are checked.
     pub apns_public_key: Option<Vec<u8>>,
+    /// The Mailgun webhook signing key its email events are signed with.
+    pub mailgun_signing_key: String,
 }
 
 impl Default for SandboxConfig {
@@ -52,6 +57,7 @@ impl Default for SandboxConfig {
             callback_base: None,
             hang: Duration::from_secs(120),
             apns_public_key: None,
+            mailgun_signing_key: "sandbox-mailgun-signing-key".into(),
         }
     }
 }
@@ -63,6 +69,8 @@ struct Shared {
     callbacks: reqwest::Client,
     /// FCM access tokens handed out by `/token`.
     access_tokens: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Signs the SendGrid-style email events; its public key is at `/_sandbox/keys`.
+    sendgrid: Arc<tidings_channel_adapters::webhooks::SendgridKey>,
 }
 
 /// The sandbox's routes, over `provider` (which holds its faults and what it received).
@@ -75,6 +83,7 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
             .build()
             .expect("a plain HTTP client builds"),
         access_tokens: Arc::default(),
+        sendgrid: Arc::new(tidings_channel_adapters::webhooks::SendgridKey::generate()),
     };
     Router::new()
         .route(
@@ -86,6 +95,8 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
         .route("/v1/projects/{project}/messages:send", post(fcm_send))
         .route("/_sandbox/received", get(received))
         .route("/_sandbox/faults", get(faults).put(set_faults))
+        .route("/_sandbox/keys", get(keys))
+        .route("/_sandbox/email-events", post(email_event))
         .with_state(shared)
 }
 
@@ -732,4 +743,154 @@ async fn fcm_send(
         return StatusCode::GATEWAY_TIMEOUT.into_response();
     }
     Json(json!({ "name": name })).into_response()
+}
+
+async fn keys(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    Json(json!({
+        "sendgrid_public_key": shared.sendgrid.public_key(),
+        "mailgun_signing_key": shared.config.mailgun_signing_key,
+        "twilio_auth_token": shared.config.twilio_auth_token,
+    }))
+}
+
+/// What `POST /_sandbox/email-events` asks for.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailEvent {
+    /// `sendgrid` or `mailgun`.
+    provider: String,
+    /// The message's `Message-ID`, e.g. `<delivery-id@district.example.org>`.
+    message_id: String,
+    email: String,
+    /// `delivered`, `bounce` (hard), `complaint` or `deferred`.
+    event: String,
+}
+
+async fn email_event(State(shared): State<Shared>, Json(event): Json<EmailEvent>) -> Response {
+    let refuse = |why: String| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": why })),
+        )
+            .into_response()
+    };
+    let Some(base) = shared.config.callback_base.clone() else {
+        return refuse(
+            "the sandbox has no callback base (--callback-base) to send events to".into(),
+        );
+    };
+    if !["delivered", "bounce", "complaint", "deferred"].contains(&event.event.as_str()) {
+        return refuse(format!(
+            "unknown event {:?}: delivered, bounce, complaint or deferred",
+            event.event
+        ));
+    }
+    let now = chrono::Utc::now();
+    let timestamp = now.timestamp().to_string();
+    let url = format!(
+        "{}/callbacks/email/{}",
+        base.trim_end_matches('/'),
+        event.provider
+    );
+    let request = match event.provider.as_str() {
+        "sendgrid" => {
+            let mut body = json!({
+                "email": event.email,
+                "timestamp": now.timestamp(),
+                "smtp-id": event.message_id,
+                "sg_event_id": uuid::Uuid::now_v7().simple().to_string(),
+                "sg_message_id": format!("{}.filter0001", uuid::Uuid::now_v7().simple()),
+            });
+            let extra = match event.event.as_str() {
+                "delivered" => json!({"event": "delivered", "response": "250 2.0.0 OK"}),
+                "bounce" => {
+                    json!({"event": "bounce", "type": "bounce", "status": "5.1.1", "reason": "550 5.1.1 The email account that you tried to reach does not exist"})
+                }
+                "complaint" => json!({"event": "spamreport"}),
+                _ => {
+                    json!({"event": "deferred", "attempt": "1", "response": "451 4.3.0 Please try again later"})
+                }
+            };
+            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+                body.extend(extra.clone());
+            }
+            let raw = serde_json::to_vec(&json!([body])).unwrap_or_default();
+            shared
+                .callbacks
+                .post(&url)
+                .header("content-type", "application/json")
+                .header(
+                    tidings_channel_adapters::webhooks::SENDGRID_TIMESTAMP,
+                    &timestamp,
+                )
+                .header(
+                    tidings_channel_adapters::webhooks::SENDGRID_SIGNATURE,
+                    shared.sendgrid.sign(&timestamp, &raw),
+                )
+                .body(raw)
+        }
+        "mailgun" => {
+            let token: String = {
+                use rand::Rng as _;
+                let mut rng = rand::thread_rng();
+                (0..50)
+                    .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
+                    .collect()
+            };
+            let signature = tidings_channel_adapters::webhooks::mailgun_signature(
+                &shared.config.mailgun_signing_key,
+                &timestamp,
+                &token,
+            );
+            let (name, extra) = match event.event.as_str() {
+                "delivered" => (
+                    "delivered",
+                    json!({"delivery-status": {"code": 250, "message": "OK"}}),
+                ),
+                "bounce" => (
+                    "failed",
+                    json!({"severity": "permanent", "reason": "bounce", "delivery-status": {"code": 550, "message": "5.1.1 No such user"}}),
+                ),
+                "complaint" => ("complained", json!({})),
+                _ => (
+                    "failed",
+                    json!({"severity": "temporary", "reason": "generic", "delivery-status": {"code": 451, "message": "4.3.0 Try again later"}}),
+                ),
+            };
+            let mut data = json!({
+                "event": name,
+                "id": uuid::Uuid::now_v7().simple().to_string(),
+                "timestamp": now.timestamp_micros() as f64 / 1e6,
+                "recipient": event.email,
+                "message": {"headers": {"message-id": event.message_id.trim_matches(|c| c == '<' || c == '>')}},
+            });
+            if let (Some(data), Some(extra)) = (data.as_object_mut(), extra.as_object()) {
+                data.extend(extra.clone());
+            }
+            shared.callbacks.post(&url).json(&json!({
+                "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+                "event-data": data,
+            }))
+        }
+        other => return refuse(format!("unknown provider {other:?}: sendgrid or mailgun")),
+    };
+    let times = if shared
+        .provider
+        .chance(shared.provider.faults().callback_duplicate)
+    {
+        2
+    } else {
+        1
+    };
+    let mut status = None;
+    for _ in 0..times {
+        let Some(attempt) = request.try_clone() else {
+            break;
+        };
+        status = Some(match attempt.send().await {
+            Ok(response) => response.status().as_u16(),
+            Err(e) => return refuse(format!("the event could not be delivered to {url}: {e}")),
+        });
+    }
+    Json(json!({ "url": url, "status": status, "sent": times })).into_response()
 }
