@@ -72,11 +72,15 @@ pub async fn serve(
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let dispatching = start_dispatcher(config, demo, &store, stopping.clone())?;
+    // Provider callbacks are kept on arrival and applied by their own worker.
+    let callbacks = tidings_callbacks::Callbacks::new(store.clone(), config.callbacks()?);
+    let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
     let router = tidings_api::router(tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
         partitions: config.log_partitions,
-    });
+    })
+    .merge(callbacks.router());
     let mut http_stopping = stopping;
     let stop = Arc::new(stop);
     tokio::spawn({
@@ -98,6 +102,7 @@ pub async fn serve(
             .await
             .context("the dispatcher stopped abnormally")??;
     }
+    let _ = applying.await;
     served?;
     tracing::info!("stopped");
     Ok(())

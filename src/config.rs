@@ -84,6 +84,20 @@ pub struct Config {
     /// key file comes from `TIDINGS_FCM_SERVICE_ACCOUNT` (its contents) or
     /// `service_account_file`.
     pub fcm: Option<FcmSettings>,
+    /// How email providers' event webhooks (delivered, bounced, complaints) are checked:
+    /// `sendgrid_public_key` (the verification key from SendGrid's console) and the
+    /// Mailgun signing key from `TIDINGS_MAILGUN_SIGNING_KEY` or `mailgun_signing_key_file`.
+    pub email_events: Option<EmailEventSettings>,
+}
+
+/// Email event webhooks, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailEventSettings {
+    #[serde(default)]
+    pub sendgrid_public_key: Option<String>,
+    #[serde(default)]
+    pub mailgun_signing_key_file: Option<std::path::PathBuf>,
 }
 
 /// APNs, as configured.
@@ -288,6 +302,7 @@ impl Default for Config {
             kannel: None,
             apns: None,
             fcm: None,
+            email_events: None,
         }
     }
 }
@@ -456,6 +471,34 @@ impl Config {
             concurrency: 8,
         };
         Ok(Some(tidings_channel_adapters::kannel::Kannel::new(config)?))
+    }
+
+    /// How provider callbacks are checked: the secrets of the configured providers.
+    pub fn callbacks(&self) -> anyhow::Result<tidings_callbacks::CallbackConfig> {
+        let twilio_auth_token = match &self.twilio {
+            Some(t) => Some(secret(
+                "TIDINGS_TWILIO_AUTH_TOKEN",
+                t.auth_token_file.as_deref(),
+            )?),
+            None => None,
+        };
+        let kannel_dlr_secret = match (&self.kannel, &self.public_url) {
+            (Some(k), Some(_)) => Some(secret(
+                "TIDINGS_KANNEL_DLR_SECRET",
+                k.dlr_secret_file.as_deref(),
+            )?),
+            _ => None,
+        };
+        let events = self.email_events.as_ref();
+        let mailgun_file = events.and_then(|e| e.mailgun_signing_key_file.as_deref());
+        let mailgun_signing_key = secret("TIDINGS_MAILGUN_SIGNING_KEY", mailgun_file).ok();
+        Ok(tidings_callbacks::CallbackConfig {
+            public_url: self.public_url.clone(),
+            twilio_auth_token,
+            kannel_dlr_secret,
+            sendgrid_public_key: events.and_then(|e| given(&e.sendgrid_public_key)),
+            mailgun_signing_key,
+        })
     }
 
     /// The push adapter, when APNs or FCM (or both) are configured.

@@ -18,8 +18,20 @@ const TOKEN: &str = "e2e-sandbox-token";
 
 /// `tidings sandbox` on a free port: its base URL and the process.
 async fn sandbox(faults: &str) -> (String, tokio::process::Child) {
-    let mut child = tidings("sqlite://unused.db")
-        .args(["sandbox", "--listen", "127.0.0.1:0"])
+    sandbox_calling_back(faults, None).await
+}
+
+/// `tidings sandbox` sending its callbacks to `callback_base`.
+async fn sandbox_calling_back(
+    faults: &str,
+    callback_base: Option<&str>,
+) -> (String, tokio::process::Child) {
+    let mut command = tidings("sqlite://unused.db");
+    command.args(["sandbox", "--listen", "127.0.0.1:0"]);
+    if let Some(base) = callback_base {
+        command.args(["--callback-base", base]);
+    }
+    let mut child = command
         .env("TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN", TOKEN)
         .env("TIDINGS_SANDBOX_FAULTS", faults)
         .stdout(Stdio::piped())
@@ -299,6 +311,112 @@ async fn sms_goes_through_kannel_and_smpp_once_per_delivery() {
     assert!(submitted.iter().all(|s| s["data_coding"] == 8
         && s["text"] == "Lockdown: students are safe – do not come to school."));
     assert!(d.server.terminate().await.success());
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn twilio_status_callbacks_move_deliveries_to_delivered() {
+    // Callbacks arrive duplicated and out of order half the time; one in five reports
+    // the message undelivered.
+    let port = free_port();
+    let serve_at = format!("http://127.0.0.1:{port}");
+    let (base, mut sandbox) = sandbox_calling_back(
+        "{callback_duplicate=0.5,callback_reorder=0.5,undelivered=0.2,seed=11}",
+        Some(&serve_at),
+    )
+    .await;
+    let mut env = twilio_env(&base);
+    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
+    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
+    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(json!({
+                "audience": {"district": true},
+                "channels": ["sms"],
+                "kind": "emergency",
+                "subject": "Lockdown",
+                "body": "Lockdown: students are safe.",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let to_send = sent["deliveries"].as_u64().unwrap();
+    let mut done = BTreeMap::new();
+    for _ in 0..600 {
+        done = counts(&d, &id).await;
+        let settled: u64 = ["DELIVERED", "FAILED", "SUPPRESSED"]
+            .iter()
+            .filter_map(|s| done.get(*s))
+            .sum();
+        if settled == to_send {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = done.get("DELIVERED").copied().unwrap_or(0);
+    let failed = done.get("FAILED").copied().unwrap_or(0);
+    let suppressed = done.get("SUPPRESSED").copied().unwrap_or(0);
+    assert_eq!(delivered + failed + suppressed, to_send, "{done:?}");
+    assert!(
+        delivered > 0 && failed > 0,
+        "both reports were applied: {done:?}"
+    );
+
+    // Every report was kept before it was answered; duplicates were recognised, stale
+    // ones (sent after delivered) ignored.
+    let store = tidings_core::store::connect(&d.db.url, &Default::default())
+        .await
+        .unwrap();
+    let inbox = store.inbox_counts().await.unwrap();
+    assert_eq!(inbox.get("pending"), None, "{inbox:?}");
+    assert_eq!(inbox.get("rejected"), None, "{inbox:?}");
+    assert!(
+        inbox.get("applied").copied().unwrap_or(0) >= (to_send - suppressed) as i64,
+        "{inbox:?}"
+    );
+    assert!(
+        inbox.get("ignored").copied().unwrap_or(0) > 0,
+        "reordered reports are ignored: {inbox:?}"
+    );
+
+    // A forged report is refused with the reason, recorded, and changes nothing.
+    let forged = reqwest::Client::new()
+        .post(format!(
+            "{serve_at}/callbacks/twilio/status?delivery=00000000-0000-0000-0000-000000000000"
+        ))
+        .header("X-Twilio-Signature", "Zm9yZ2Vk")
+        .form(&[
+            ("MessageSid", "SM00000000000000000000000000000000"),
+            ("MessageStatus", "failed"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let body: Value = forged.json().await.unwrap();
+    assert_eq!(body["error"], "X-Twilio-Signature does not match");
+    assert_eq!(
+        store.inbox_counts().await.unwrap().get("rejected"),
+        Some(&1)
+    );
+    assert_eq!(counts(&d, &id).await, done);
+    assert!(d.server.terminate().await.success());
+    sandbox.kill().await.unwrap();
 }
 
 /// Gives `guardian` only the SMS number `number`.

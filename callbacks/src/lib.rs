@@ -1,2 +1,690 @@
-//! Provider webhooks and inbound SMS: verified, stored in the callback inbox before they
-//! are answered, then applied to deliveries through the state machine.
+//! Provider webhooks: verified, stored in the callback inbox before they are answered, then
+//! applied to deliveries through the state machine by a worker that survives restarts.
+//!
+//! - `POST /callbacks/twilio/status`: Twilio status callbacks (`X-Twilio-Signature` over
+//!   the public URL and the sorted form);
+//! - `GET|POST /callbacks/kannel/dlr`: Kannel delivery reports (the secret in the URL);
+//! - `POST /callbacks/email/sendgrid`, `POST /callbacks/email/mailgun`: email events
+//!   (SendGrid's ECDSA-signed event webhook, Mailgun's HMAC).
+//!
+//! A verified event is kept under its provider's event id (a duplicate is recognised
+//! there) and only then answered 2xx. Unsigned, mis-signed, malformed or unknown-reference
+//! requests are answered 4xx with the reason and kept as `rejected`, never applied.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq as _;
+use tidings_channel_adapters::{twilio, webhooks};
+use tidings_core::delivery::{next, Actor, Decision, Transition};
+use tidings_core::store::{CasOutcome, Store};
+use tidings_core::time::now;
+use tidings_core::{Channel, DeliveryEvent, DeliveryId};
+
+/// What the callbacks need to check each provider; a provider left unset is refused.
+#[derive(Clone, Default)]
+pub struct CallbackConfig {
+    /// This service's public base URL, as providers call it (signatures cover it).
+    pub public_url: Option<String>,
+    pub twilio_auth_token: Option<String>,
+    pub kannel_dlr_secret: Option<String>,
+    /// SendGrid's verification key (base64 SubjectPublicKeyInfo, from its console).
+    pub sendgrid_public_key: Option<String>,
+    pub mailgun_signing_key: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackConfig")
+            .field("public_url", &self.public_url)
+            .field("twilio", &self.twilio_auth_token.is_some())
+            .field("kannel", &self.kannel_dlr_secret.is_some())
+            .field("sendgrid", &self.sendgrid_public_key.is_some())
+            .field("mailgun", &self.mailgun_signing_key.is_some())
+            .finish()
+    }
+}
+
+/// What the callbacks have seen since start.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub applied: AtomicU64,
+    pub ignored: AtomicU64,
+}
+
+/// The callbacks of one process: the routes and the worker that applies what they keep.
+#[derive(Clone)]
+pub struct Callbacks {
+    store: Arc<dyn Store>,
+    config: Arc<CallbackConfig>,
+    wake: Arc<tokio::sync::Notify>,
+    pub counters: Arc<Counters>,
+}
+
+/// One event as kept in the inbox: which delivery, what happened, and what else it means.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Normalized {
+    pub delivery_id: DeliveryId,
+    /// `None`: nothing to apply (a "queued" or "buffered" report), kept for the record.
+    pub event: Option<DeliveryEvent>,
+    pub detail: Option<String>,
+    /// `bounced` (retire the address) or `complaint` (opt the guardian out of email).
+    pub effect: Option<String>,
+    /// The provider's own fields.
+    pub raw: Value,
+}
+
+/// Why a request is refused.
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+impl Callbacks {
+    pub fn new(store: Arc<dyn Store>, config: CallbackConfig) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+            wake: Arc::default(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The webhook routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/callbacks/twilio/status", post(twilio_status))
+            .route("/callbacks/kannel/dlr", get(kannel_dlr).post(kannel_dlr))
+            .route("/callbacks/email/{provider}", post(email_events))
+            .with_state(self.clone())
+    }
+
+    /// Keeps verified events and answers; a store failure is a 503 so the provider
+    /// retries (nothing was kept).
+    async fn keep(&self, provider: &str, events: Vec<(String, Normalized)>) -> Response {
+        for (event_id, event) in events {
+            let status = if event.event.is_some() {
+                "pending"
+            } else {
+                "ignored"
+            };
+            let outcome = (status == "ignored").then_some("nothing to apply");
+            let payload = match serde_json::to_value(&event) {
+                Ok(payload) => payload,
+                Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            };
+            match self
+                .store
+                .inbox_put(provider, &event_id, &payload, status, outcome, now())
+                .await
+            {
+                Ok(true) => Counters::add(&self.counters.received),
+                Ok(false) => Counters::add(&self.counters.duplicates),
+                Err(e) => {
+                    tracing::error!(provider, error = %e, "could not keep a provider event: asking the provider to retry");
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+            }
+        }
+        self.wake.notify_one();
+        StatusCode::NO_CONTENT.into_response()
+    }
+
+    /// Records a refused request (never applied) and answers with the reason.
+    async fn reject(&self, provider: &str, refusal: Refusal, raw: Value) -> Response {
+        Counters::add(&self.counters.rejected);
+        tracing::warn!(provider, reason = %refusal.reason, "provider callback refused");
+        let payload = json!({ "reason": refusal.reason, "raw": raw });
+        let id = format!("rejected:{}", uuid::Uuid::now_v7());
+        if let Err(e) = self
+            .store
+            .inbox_put(
+                provider,
+                &id,
+                &payload,
+                "rejected",
+                Some(&refusal.reason),
+                now(),
+            )
+            .await
+        {
+            tracing::error!(provider, error = %e, "could not record a refused callback");
+        }
+        (refusal.status, Json(json!({ "error": refusal.reason }))).into_response()
+    }
+
+    /// Applies pending inbox events until there are none; returns how many it handled.
+    pub async fn apply_pending(&self) -> Result<usize, tidings_core::store::StoreError> {
+        let mut handled = 0;
+        loop {
+            let items = self.store.inbox_pending(200).await?;
+            if items.is_empty() {
+                return Ok(handled);
+            }
+            for item in items {
+                let (status, outcome) = match serde_json::from_value::<Normalized>(item.payload) {
+                    Ok(event) => self.apply(&item.provider, &item.event_id, event).await?,
+                    Err(e) => ("ignored", format!("unreadable inbox payload: {e}")),
+                };
+                Counters::add(if status == "applied" {
+                    &self.counters.applied
+                } else {
+                    &self.counters.ignored
+                });
+                self.store
+                    .inbox_done(item.id, status, &outcome, now())
+                    .await?;
+                handled += 1;
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        provider: &str,
+        event_id: &str,
+        event: Normalized,
+    ) -> Result<(&'static str, String), tidings_core::store::StoreError> {
+        let Some(what) = event.event else {
+            return Ok(("ignored", "nothing to apply".into()));
+        };
+        // A compare-and-swap that lost a race re-reads and decides again.
+        for _ in 0..5 {
+            let Some(delivery) = self.store.delivery(event.delivery_id).await? else {
+                return Ok(("ignored", "no such delivery".into()));
+            };
+            if let Some(effect) = &event.effect {
+                self.side_effect(&delivery, effect).await;
+            }
+            let to = match next(delivery.state, what) {
+                Decision::Move(to) => to,
+                Decision::Ignore(why) => {
+                    return Ok(("ignored", format!("{why:?} in {}", delivery.state)));
+                }
+            };
+            let transition = Transition {
+                delivery_id: delivery.id,
+                from: delivery.state,
+                seen_version: delivery.version,
+                to,
+                actor: Actor::provider(provider, event_id),
+                detail: event.detail.clone(),
+                at: now(),
+            };
+            match self.store.transition(&transition).await? {
+                CasOutcome::Applied(_) => {
+                    return Ok(("applied", format!("{} -> {to}", delivery.state)));
+                }
+                _ => continue,
+            }
+        }
+        Ok(("ignored", "kept losing the race for the delivery".into()))
+    }
+
+    /// What a bounce or a complaint means beyond the delivery.
+    async fn side_effect(&self, delivery: &tidings_core::delivery::Delivery, effect: &str) {
+        let done = match (effect, delivery.address.as_deref()) {
+            ("bounced", Some(address)) => self
+                .store
+                .retire_address(
+                    delivery.guardian_id,
+                    delivery.channel,
+                    address,
+                    "bounced",
+                    now(),
+                )
+                .await
+                .map(|_| ()),
+            ("complaint", _) => self
+                .store
+                .add_opt_out(
+                    delivery.district_id,
+                    delivery.guardian_id,
+                    Channel::Email,
+                    "complaint",
+                    now(),
+                )
+                .await
+                .map(|_| ()),
+            _ => Ok(()),
+        };
+        if let Err(e) = done {
+            tracing::warn!(delivery_id = %delivery.id, error = %e, "could not record a bounce or complaint");
+        }
+    }
+
+    /// Applies what arrives until `stop` turns true; wakes on each kept event, and every
+    /// second in any case (events kept by another process, or before a restart).
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.apply_pending().await {
+                tracing::error!(error = %e, "applying provider events failed; trying again");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BTreeMap::from([
+            ("received", get(&self.received)),
+            ("duplicates", get(&self.duplicates)),
+            ("rejected", get(&self.rejected)),
+            ("applied", get(&self.applied)),
+            ("ignored", get(&self.ignored)),
+        ])
+    }
+}
+
+/// Secrets and signatures are compared in constant time.
+fn same(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn pairs_json(pairs: &[(String, String)]) -> Value {
+    Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// The delivery id named in a query or a Message-ID (`<id@domain>`).
+fn delivery_id(text: &str) -> Option<DeliveryId> {
+    let id = text.trim().trim_start_matches('<');
+    let id = id.split('@').next()?;
+    id.parse::<uuid::Uuid>().ok().map(DeliveryId::from_uuid)
+}
+
+/// Twilio's message statuses as delivery events.
+pub fn twilio_event(status: &str) -> Result<Option<DeliveryEvent>, String> {
+    Ok(match status {
+        "queued" | "accepted" | "scheduled" | "sending" => None,
+        "sent" => Some(DeliveryEvent::Accepted),
+        "delivered" | "read" => Some(DeliveryEvent::Delivered),
+        "undelivered" | "failed" | "canceled" => Some(DeliveryEvent::Failed),
+        other => return Err(format!("unknown MessageStatus {other:?}")),
+    })
+}
+
+async fn twilio_status(
+    State(cb): State<Callbacks>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let raw = pairs_json(&form);
+    let verdict = (|| {
+        let token = cb
+            .config
+            .twilio_auth_token
+            .as_deref()
+            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Twilio is not configured"))?;
+        let base = cb.config.public_url.as_deref().ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "public_url is not set: signatures cannot be checked",
+            )
+        })?;
+        let given = headers
+            .get("X-Twilio-Signature")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| refuse(StatusCode::FORBIDDEN, "missing X-Twilio-Signature"))?;
+        let url = format!("{}{uri}", base.trim_end_matches('/'));
+        if !same(&twilio::signature(token, &url, &form), given) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "X-Twilio-Signature does not match",
+            ));
+        }
+        let query: Vec<(String, String)> = uri.query().map(url_pairs).unwrap_or_default();
+        let delivery = field(&query, "delivery")
+            .and_then(delivery_id)
+            .ok_or_else(|| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the callback URL names no delivery",
+                )
+            })?;
+        let sid = field(&form, "MessageSid")
+            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageSid"))?;
+        let status = field(&form, "MessageStatus")
+            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageStatus"))?;
+        let event = twilio_event(status).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+        let event_id = headers
+            .get("I-Twilio-Idempotency-Token")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| format!("{sid}:{status}"), str::to_owned);
+        let detail = field(&form, "ErrorCode").map(|c| format!("twilio error {c}"));
+        Ok((
+            event_id,
+            Normalized {
+                delivery_id: delivery,
+                event,
+                detail,
+                effect: None,
+                raw: raw.clone(),
+            },
+        ))
+    })();
+    match verdict {
+        Ok(event) => cb.keep("twilio", vec![event]).await,
+        Err(refusal) => cb.reject("twilio", refusal, raw).await,
+    }
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(query).unwrap_or_default()
+}
+
+/// Kannel's report types as delivery events.
+pub fn kannel_event(kind: &str) -> Result<Option<DeliveryEvent>, String> {
+    Ok(match kind {
+        "1" => Some(DeliveryEvent::Delivered),
+        "2" | "16" => Some(DeliveryEvent::Failed),
+        "8" => Some(DeliveryEvent::Accepted),
+        "4" => None,
+        other => return Err(format!("unknown report type {other:?}")),
+    })
+}
+
+async fn kannel_dlr(
+    State(cb): State<Callbacks>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    // The secret is not kept with a refused report.
+    let raw = pairs_json(
+        &query
+            .iter()
+            .filter(|(k, _)| k != "secret")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let verdict = (|| {
+        let secret = cb
+            .config
+            .kannel_dlr_secret
+            .as_deref()
+            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Kannel is not configured"))?;
+        let given =
+            field(&query, "secret").ok_or_else(|| refuse(StatusCode::FORBIDDEN, "no secret"))?;
+        if !same(secret, given) {
+            return Err(refuse(StatusCode::FORBIDDEN, "wrong secret"));
+        }
+        let delivery = field(&query, "delivery")
+            .and_then(delivery_id)
+            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the report names no delivery"))?;
+        let kind =
+            field(&query, "type").ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no type"))?;
+        let event = kannel_event(kind).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+        let at = field(&query, "at").unwrap_or_default();
+        let answer = field(&query, "answer").map(str::to_owned);
+        Ok((
+            format!("{delivery}:{kind}:{at}"),
+            Normalized {
+                delivery_id: delivery,
+                event,
+                detail: answer,
+                effect: None,
+                raw: raw.clone(),
+            },
+        ))
+    })();
+    match verdict {
+        Ok(event) => cb.keep("kannel", vec![event]).await,
+        Err(refusal) => cb.reject("kannel", refusal, raw).await,
+    }
+}
+
+/// SendGrid's event names as delivery events and effects.
+pub fn sendgrid_event(event: &Value) -> (Option<DeliveryEvent>, Option<&'static str>) {
+    match event["event"].as_str().unwrap_or_default() {
+        "delivered" => (Some(DeliveryEvent::Delivered), None),
+        "bounce" if event["type"] == "blocked" => (Some(DeliveryEvent::Failed), None),
+        "bounce" => (Some(DeliveryEvent::Failed), Some("bounced")),
+        "dropped" => (Some(DeliveryEvent::Failed), None),
+        "spamreport" => (None, Some("complaint")),
+        _ => (None, None),
+    }
+}
+
+/// Mailgun's event names as delivery events and effects.
+pub fn mailgun_event(data: &Value) -> (Option<DeliveryEvent>, Option<&'static str>) {
+    match (
+        data["event"].as_str().unwrap_or_default(),
+        data["severity"].as_str(),
+    ) {
+        ("delivered", _) => (Some(DeliveryEvent::Delivered), None),
+        ("failed", Some("permanent")) => (Some(DeliveryEvent::Failed), Some("bounced")),
+        ("complained", _) => (None, Some("complaint")),
+        _ => (None, None),
+    }
+}
+
+async fn email_events(
+    State(cb): State<Callbacks>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let raw = serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| {
+        Value::String(String::from_utf8_lossy(&body).chars().take(2000).collect())
+    });
+    let verdict = match provider.as_str() {
+        "sendgrid" => sendgrid(&cb, &headers, &body),
+        "mailgun" => mailgun(&cb, &body),
+        _ => Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("unknown email provider {provider:?}"),
+        )),
+    };
+    match verdict {
+        Ok(events) => cb.keep(&provider, events).await,
+        Err(refusal) => cb.reject(&provider, refusal, raw).await,
+    }
+}
+
+type Kept = Vec<(String, Normalized)>;
+
+fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Refusal> {
+    let key = cb
+        .config
+        .sendgrid_public_key
+        .as_deref()
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "SendGrid is not configured"))?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(signature), Some(timestamp)) = (
+        header(webhooks::SENDGRID_SIGNATURE),
+        header(webhooks::SENDGRID_TIMESTAMP),
+    ) else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "unsigned: no signature or timestamp header",
+        ));
+    };
+    if !webhooks::sendgrid_verifies(key, timestamp, body, signature) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the signature does not verify",
+        ));
+    }
+    let events: Vec<Value> = serde_json::from_slice(body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("not a JSON array of events: {e}"),
+        )
+    })?;
+    events
+        .into_iter()
+        .map(|event| {
+            let delivery = event["smtp-id"]
+                .as_str()
+                .and_then(delivery_id)
+                .ok_or_else(|| {
+                    refuse(
+                        StatusCode::BAD_REQUEST,
+                        "an event names no message of ours (smtp-id)",
+                    )
+                })?;
+            let event_id = event["sg_event_id"]
+                .as_str()
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "an event has no sg_event_id"))?
+                .to_owned();
+            let (what, effect) = sendgrid_event(&event);
+            let detail = event["reason"]
+                .as_str()
+                .or(event["response"].as_str())
+                .map(str::to_owned);
+            Ok((
+                event_id,
+                Normalized {
+                    delivery_id: delivery,
+                    event: what,
+                    detail,
+                    effect: effect.map(str::to_owned),
+                    raw: event,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<Kept, Refusal> {
+    let key = cb
+        .config
+        .mailgun_signing_key
+        .as_deref()
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Mailgun is not configured"))?;
+    let payload: Value = serde_json::from_slice(body)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not JSON: {e}")))?;
+    let s = &payload["signature"];
+    let (Some(timestamp), Some(token), Some(signature)) = (
+        s["timestamp"].as_str(),
+        s["token"].as_str(),
+        s["signature"].as_str(),
+    ) else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "unsigned: no signature object",
+        ));
+    };
+    if !webhooks::mailgun_verifies(key, timestamp, token, signature) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the signature does not verify",
+        ));
+    }
+    let data = payload["event-data"].clone();
+    let delivery = data["message"]["headers"]["message-id"]
+        .as_str()
+        .and_then(delivery_id)
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "the event names no message of ours",
+            )
+        })?;
+    let event_id = data["id"]
+        .as_str()
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the event has no id"))?
+        .to_owned();
+    let (what, effect) = mailgun_event(&data);
+    let detail = data["delivery-status"]["message"]
+        .as_str()
+        .map(str::to_owned);
+    Ok(vec![(
+        event_id,
+        Normalized {
+            delivery_id: delivery,
+            event: what,
+            detail,
+            effect: effect.map(str::to_owned),
+            raw: data,
+        },
+    )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_vocabularies_map_to_delivery_events() {
+        assert_eq!(twilio_event("sent"), Ok(Some(DeliveryEvent::Accepted)));
+        assert_eq!(
+            twilio_event("delivered"),
+            Ok(Some(DeliveryEvent::Delivered))
+        );
+        assert_eq!(twilio_event("undelivered"), Ok(Some(DeliveryEvent::Failed)));
+        assert_eq!(twilio_event("queued"), Ok(None));
+        assert!(twilio_event("exploded").is_err());
+        assert_eq!(kannel_event("1"), Ok(Some(DeliveryEvent::Delivered)));
+        assert_eq!(kannel_event("16"), Ok(Some(DeliveryEvent::Failed)));
+        assert_eq!(kannel_event("4"), Ok(None));
+        assert!(kannel_event("3").is_err());
+        assert_eq!(
+            sendgrid_event(&json!({"event": "bounce", "type": "bounce"})),
+            (Some(DeliveryEvent::Failed), Some("bounced"))
+        );
+        assert_eq!(
+            sendgrid_event(&json!({"event": "bounce", "type": "blocked"})),
+            (Some(DeliveryEvent::Failed), None)
+        );
+        assert_eq!(
+            sendgrid_event(&json!({"event": "spamreport"})),
+            (None, Some("complaint"))
+        );
+        assert_eq!(
+            mailgun_event(&json!({"event": "failed", "severity": "temporary"})),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn delivery_ids_are_read_from_urls_and_message_ids() {
+        let id = DeliveryId::new();
+        assert_eq!(delivery_id(&id.to_string()), Some(id));
+        assert_eq!(
+            delivery_id(&format!("<{id}@district.example.org>")),
+            Some(id)
+        );
+        assert_eq!(delivery_id(&format!("{id}@district.example.org")), Some(id));
+        assert_eq!(delivery_id("<not-ours@elsewhere.example>"), None);
+    }
+}

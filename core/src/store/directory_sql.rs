@@ -523,6 +523,83 @@ macro_rules! directory_queries {
                 .await?;
             Ok(())
         }
+
+        // The callback inbox: provider events kept before they are answered, applied
+        // afterwards (kept beside the directory for its id encoding).
+
+        pub async fn inbox_put(
+            pool: &sqlx::Pool<$db>,
+            provider: &str,
+            event_id: &str,
+            payload: &serde_json::Value,
+            status: &str,
+            outcome: Option<&str>,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<bool> {
+            let done = (status != "pending").then_some(at);
+            Ok(sqlx::query(
+                "INSERT INTO callback_inbox (id, provider, event_id, received_at, payload, status, applied_at, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, event_id) DO NOTHING",
+            )
+            .bind($enc(uuid::Uuid::now_v7()))
+            .bind(provider)
+            .bind(event_id)
+            .bind(at)
+            .bind(payload)
+            .bind(status)
+            .bind(done)
+            .bind(outcome)
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1)
+        }
+
+        pub async fn inbox_pending(pool: &sqlx::Pool<$db>, limit: u32) -> StoreResult<Vec<$crate::store::InboxItem>> {
+            let rows = sqlx::query(
+                "SELECT id, provider, event_id, payload FROM callback_inbox WHERE status = 'pending' \
+                 ORDER BY received_at, id LIMIT $1",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok($crate::store::InboxItem {
+                        id: $dec(row, "id")?,
+                        provider: row.try_get("provider")?,
+                        event_id: row.try_get("event_id")?,
+                        payload: row.try_get("payload")?,
+                    })
+                })
+                .collect()
+        }
+
+        pub async fn inbox_done(
+            pool: &sqlx::Pool<$db>,
+            id: uuid::Uuid,
+            status: &str,
+            outcome: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<()> {
+            sqlx::query("UPDATE callback_inbox SET status = $1, outcome = $2, applied_at = $3 WHERE id = $4 AND status = 'pending'")
+                .bind(status)
+                .bind(outcome)
+                .bind(at)
+                .bind($enc(id))
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        pub async fn inbox_counts(pool: &sqlx::Pool<$db>) -> StoreResult<std::collections::BTreeMap<String, i64>> {
+            let rows = sqlx::query("SELECT status, count(*) AS n FROM callback_inbox GROUP BY status")
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get::<String, _>("status")?, row.try_get::<i64, _>("n")?)))
+                .collect()
+        }
     };
 }
 

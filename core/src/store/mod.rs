@@ -436,6 +436,15 @@ pub(crate) fn delivery_columns(alias: &str) -> String {
         .join(", ")
 }
 
+/// A provider event waiting in the callback inbox.
+#[derive(Debug, Clone)]
+pub struct InboxItem {
+    pub id: uuid::Uuid,
+    pub provider: String,
+    pub event_id: String,
+    pub payload: serde_json::Value,
+}
+
 /// Guardians read, planned and written at a time when a message is sent: memory holds
 /// one chunk, whatever the audience.
 pub const SEND_CHUNK: usize = 10_000;
@@ -619,6 +628,34 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         address: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView>;
+
+    /// Keeps a provider event in the callback inbox with `status` (`pending` to be
+    /// applied, `rejected` with the reason as `outcome`). False when the same
+    /// (provider, event id) was kept before: a duplicate.
+    async fn inbox_put(
+        &self,
+        provider: &str,
+        event_id: &str,
+        payload: &serde_json::Value,
+        status: &str,
+        outcome: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Pending inbox events, oldest first.
+    async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<InboxItem>>;
+
+    /// Marks a pending event `applied` or `ignored`, with what it did.
+    async fn inbox_done(
+        &self,
+        id: uuid::Uuid,
+        status: &str,
+        outcome: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Inbox events by status.
+    async fn inbox_counts(&self) -> StoreResult<std::collections::BTreeMap<String, i64>>;
 
     /// Takes a guardian's address out of use with `reason` (`invalid`, `unregistered`,
     /// `bounced`), as a provider reported it: later messages suppress it as `no_address`
