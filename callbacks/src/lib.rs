@@ -122,11 +122,8 @@ impl Callbacks {
     /// retries (nothing was kept).
     async fn keep(&self, provider: &str, events: Vec<(String, Normalized)>) -> Response {
         for (event_id, event) in events {
-            let status = if event.event.is_some() {
-                "pending"
-            } else {
-                "ignored"
-            };
+            let actionable = event.event.is_some() || event.effect.is_some();
+            let status = if actionable { "pending" } else { "ignored" };
             let outcome = (status == "ignored").then_some("nothing to apply");
             let payload = match serde_json::to_value(&event) {
                 Ok(payload) => payload,
@@ -204,17 +201,21 @@ impl Callbacks {
         event_id: &str,
         event: Normalized,
     ) -> Result<(&'static str, String), tidings_core::store::StoreError> {
+        let Some(delivery) = self.store.delivery(event.delivery_id).await? else {
+            return Ok(("ignored", "no such delivery".into()));
+        };
+        if let Some(effect) = &event.effect {
+            self.side_effect(&delivery, effect).await;
+        }
         let Some(what) = event.event else {
-            return Ok(("ignored", "nothing to apply".into()));
+            return Ok(match &event.effect {
+                Some(effect) => ("applied", format!("{effect} recorded")),
+                None => ("ignored", "nothing to apply".into()),
+            });
         };
         // A compare-and-swap that lost a race re-reads and decides again.
+        let mut delivery = delivery;
         for _ in 0..5 {
-            let Some(delivery) = self.store.delivery(event.delivery_id).await? else {
-                return Ok(("ignored", "no such delivery".into()));
-            };
-            if let Some(effect) = &event.effect {
-                self.side_effect(&delivery, effect).await;
-            }
             let to = match next(delivery.state, what) {
                 Decision::Move(to) => to,
                 Decision::Ignore(why) => {
@@ -234,7 +235,10 @@ impl Callbacks {
                 CasOutcome::Applied(_) => {
                     return Ok(("applied", format!("{} -> {to}", delivery.state)));
                 }
-                _ => continue,
+                _ => match self.store.delivery(event.delivery_id).await? {
+                    Some(now) => delivery = now,
+                    None => return Ok(("ignored", "no such delivery".into())),
+                },
             }
         }
         Ok(("ignored", "kept losing the race for the delivery".into()))
