@@ -179,7 +179,10 @@ impl Callbacks {
             }
             for item in items {
                 let (status, outcome) = match serde_json::from_value::<Normalized>(item.payload) {
-                    Ok(event) => self.apply(&item.provider, &item.event_id, event).await?,
+                    Ok(event) => {
+                        self.apply_event(&item.provider, &item.event_id, event)
+                            .await?
+                    }
                     Err(e) => ("ignored", format!("unreadable inbox payload: {e}")),
                 };
                 Counters::add(if status == "applied" {
@@ -195,7 +198,9 @@ impl Callbacks {
         }
     }
 
-    async fn apply(
+    /// Applies one event to its delivery (what the worker does with each kept event):
+    /// `applied` with the transition, or `ignored` with why.
+    pub async fn apply_event(
         &self,
         provider: &str,
         event_id: &str,
