@@ -104,6 +104,19 @@ enum BenchSuite {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Post every delivery's signed "delivered" status callback over HTTP and time until
+    /// all are kept and applied; compared with the raw CAS UPDATE rate of the database.
+    Callbacks {
+        /// District size in students (guardians, one SMS delivery each, are about as many).
+        #[arg(long, default_value_t = 10_000)]
+        students: usize,
+        /// Callbacks in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// An empty database to use; a temporary SQLite file if not given.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Send a broadcast through the dispatcher to the in-process sandbox (no latency),
     /// then time single alerts from commit to provider call on an idle dispatcher.
     Dispatch {
@@ -217,6 +230,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         database_url,
                     },
             } => tidings::bench::dispatch(deliveries, processes, database_url.as_deref()).await,
+            Command::Bench {
+                suite:
+                    BenchSuite::Callbacks {
+                        students,
+                        concurrency,
+                        database_url,
+                    },
+            } => tidings::bench::callbacks(students, concurrency, database_url.as_deref()).await,
             Command::Migrate => commands::migrate(&config).await,
             Command::Sandbox {
                 listen,

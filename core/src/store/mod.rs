@@ -859,6 +859,11 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
     /// speed of this database, which `tidings bench fanout` compares the fan-out against.
     async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64>;
 
+    /// Runs `rows` single-row compare-and-swap UPDATEs, one statement and one commit each,
+    /// on a scratch table of this database, and returns the seconds they took: the raw
+    /// rate `tidings bench callbacks` compares applying provider reports against.
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64>;
+
     /// The district's most recent audit entries, newest first.
     async fn audit_entries(&self, district: DistrictId, limit: u32)
         -> StoreResult<Vec<AuditEntry>>;

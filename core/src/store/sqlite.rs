@@ -898,6 +898,31 @@ impl Store for SqliteStore {
         Ok(seconds)
     }
 
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
+        sqlx::query("DROP TABLE IF EXISTS bench_cas")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) INSERT INTO bench_cas SELECT x, 'SENT', 0 FROM c")
+            .bind(rows as i64)
+            .execute(&self.pool)
+            .await?;
+        let started = std::time::Instant::now();
+        for id in 1..=rows as i64 {
+            sqlx::query("UPDATE bench_cas SET state = 'DELIVERED', version = version + 1 WHERE id = $1 AND version = 0 AND state = 'SENT'")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        sqlx::query("DROP TABLE bench_cas")
+            .execute(&self.pool)
+            .await?;
+        Ok(seconds)
+    }
+
     async fn audit_entries(
         &self,
         district: DistrictId,
