@@ -88,6 +88,10 @@ pub struct Config {
     /// `sendgrid_public_key` (the verification key from SendGrid's console) and the
     /// Mailgun signing key from `TIDINGS_MAILGUN_SIGNING_KEY` or `mailgun_signing_key_file`.
     pub email_events: Option<EmailEventSettings>,
+    /// The answer to a guardian's HELP by SMS; unset: "{district_name}: school
+    /// notifications. Reply STOP to stop, START to resume. Msg & data rates may apply."
+    /// Env: `TIDINGS_SMS_HELP_TEXT`.
+    pub sms_help_text: Option<String>,
 }
 
 /// Email event webhooks, as configured.
@@ -303,6 +307,7 @@ impl Default for Config {
             apns: None,
             fcm: None,
             email_events: None,
+            sms_help_text: None,
         }
     }
 }
@@ -498,6 +503,13 @@ impl Config {
             kannel_dlr_secret,
             sendgrid_public_key: events.and_then(|e| given(&e.sendgrid_public_key)),
             mailgun_signing_key,
+            help_text: given(&self.sms_help_text).unwrap_or_else(|| {
+                format!(
+                    "{}: school notifications. Reply STOP to stop, START to resume. Msg & data rates may apply.",
+                    self.district_name
+                )
+            }),
+            district_name: self.district_name.clone(),
         })
     }
 

@@ -419,6 +419,108 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered() {
     sandbox.kill().await.unwrap();
 }
 
+#[tokio::test]
+async fn stop_help_and_start_by_sms_are_honoured() {
+    let port = free_port();
+    let serve_at = format!("http://127.0.0.1:{port}");
+    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
+    let mut env = twilio_env(&base);
+    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
+    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
+    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
+    env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let guardian = d.all("/api/v1/guardians", &d.admin).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    let number = detail["contact_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "sms" && c["active"] == true)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text = |body: &str| {
+        let (base, number) = (base.clone(), number.clone());
+        let body = body.to_owned();
+        async move {
+            let answer: Value = reqwest::Client::new()
+                .post(format!("{base}/_sandbox/sms-replies"))
+                .json(&json!({
+                    "from": number, "to": "+15005550006", "body": body,
+                    "url": "https://tidings.example.org/callbacks/twilio/inbound",
+                }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["status"], 200, "{answer}");
+            answer["reply"].clone()
+        }
+    };
+    let carrier_opt_outs = || async {
+        let (_, detail) = d
+            .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+            .await;
+        detail["opt_outs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["channel"] == "sms" && o["source"] == "carrier")
+            .count()
+    };
+    // STOP, however typed, opts out at once (Twilio itself confirms it to the guardian).
+    assert_eq!(text("  Stop. ").await, Value::Null);
+    assert_eq!(carrier_opt_outs().await, 1);
+    let reply = text("help").await;
+    assert!(
+        reply
+            .as_str()
+            .unwrap()
+            .starts_with("Lincoln USD: school notifications."),
+        "{reply}"
+    );
+    let sms_to_guardian = || async {
+        let (status, sent) = d
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/messages",
+                &d.admin,
+                Some(json!({
+                    "audience": {"guardians": [guardian]},
+                    "channels": ["sms"],
+                    "kind": "emergency",
+                    "subject": "Lockdown",
+                    "body": "Lockdown: students are safe.",
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{sent}");
+        sent
+    };
+    // Even an emergency respects a carrier STOP.
+    let sent = sms_to_guardian().await;
+    assert_eq!(sent["suppressed"]["carrier_stop"], 1, "{sent}");
+    // START undoes it; a plain reply changes nothing.
+    assert_eq!(text("thanks, on my way").await, Value::Null);
+    assert_eq!(carrier_opt_outs().await, 1);
+    text("START").await;
+    assert_eq!(carrier_opt_outs().await, 0);
+    let sent = sms_to_guardian().await;
+    assert!(sent["suppressed"].get("carrier_stop").is_none(), "{sent}");
+    assert!(d.server.terminate().await.success());
+    sandbox.kill().await.unwrap();
+}
+
 /// Gives `guardian` only the SMS number `number`.
 async fn only_number(d: &District, guardian: &str, number: &str) {
     let (_, detail) = d

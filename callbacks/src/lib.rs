@@ -11,6 +11,8 @@
 //! there) and only then answered 2xx. Unsigned, mis-signed, malformed or unknown-reference
 //! requests are answered 4xx with the reason and kept as `rejected`, never applied.
 
+pub mod inbound;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +42,10 @@ pub struct CallbackConfig {
     /// SendGrid's verification key (base64 SubjectPublicKeyInfo, from its console).
     pub sendgrid_public_key: Option<String>,
     pub mailgun_signing_key: Option<String>,
+    /// The answer to HELP.
+    pub help_text: String,
+    /// Who the opt-out confirmations speak for.
+    pub district_name: String,
 }
 
 impl std::fmt::Debug for CallbackConfig {
@@ -114,6 +120,11 @@ impl Callbacks {
         Router::new()
             .route("/callbacks/twilio/status", post(twilio_status))
             .route("/callbacks/kannel/dlr", get(kannel_dlr).post(kannel_dlr))
+            .route("/callbacks/twilio/inbound", post(twilio_inbound))
+            .route(
+                "/callbacks/kannel/inbound",
+                get(kannel_inbound).post(kannel_inbound),
+            )
             .route("/callbacks/email/{provider}", post(email_events))
             .with_state(self.clone())
     }
@@ -311,6 +322,191 @@ impl Counters {
             ("applied", get(&self.applied)),
             ("ignored", get(&self.ignored)),
         ])
+    }
+}
+
+/// What an inbound SMS did: the reply to send back, if any.
+async fn take_inbound(
+    cb: &Callbacks,
+    provider: &str,
+    message_id: String,
+    from: &str,
+    to: &str,
+    body: &str,
+    replies_to_stop: bool,
+) -> Result<Option<String>, StatusCode> {
+    let keyword = inbound::keyword(body);
+    // Kannel passes numbers without the `+` of E.164, as the SMSC gave them.
+    let from =
+        if !from.starts_with('+') && !from.is_empty() && from.bytes().all(|b| b.is_ascii_digit()) {
+            format!("+{from}")
+        } else {
+            from.to_owned()
+        };
+    let sms = tidings_core::store::InboundSms {
+        provider: provider.to_owned(),
+        provider_message_id: message_id,
+        from,
+        to: to.to_owned(),
+        body: body.to_owned(),
+        keyword: keyword.map(inbound::Keyword::as_str),
+    };
+    let unavailable = |e: tidings_core::store::StoreError| {
+        tracing::error!(provider, error = %e, "could not record an inbound SMS: asking the provider to retry");
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // Recorded (and its opt-out or resubscription made) before the provider is answered.
+    let guardians = cb
+        .store
+        .record_inbound(&sms, now())
+        .await
+        .map_err(unavailable)?;
+    for (district, guardian) in guardians.iter().flatten() {
+        match keyword {
+            Some(inbound::Keyword::Stop) => {
+                cb.store
+                    .add_opt_out(*district, *guardian, Channel::Sms, "carrier", now())
+                    .await
+                    .map_err(unavailable)?;
+                tracing::info!(guardian_id = %guardian, "carrier STOP recorded");
+            }
+            Some(inbound::Keyword::Start) => {
+                cb.store
+                    .resubscribe(*guardian, Channel::Sms, now())
+                    .await
+                    .map_err(unavailable)?;
+                tracing::info!(guardian_id = %guardian, "carrier START recorded");
+            }
+            _ => {}
+        }
+    }
+    let name = &cb.config.district_name;
+    Ok(match keyword {
+        Some(inbound::Keyword::Help) => Some(cb.config.help_text.clone()),
+        Some(inbound::Keyword::Stop) if replies_to_stop => Some(format!(
+            "{name}: you will receive no more text messages. Reply START to receive them again."
+        )),
+        Some(inbound::Keyword::Start) if replies_to_stop => Some(format!(
+            "{name}: you will receive text messages again. Reply STOP to stop."
+        )),
+        _ => None,
+    })
+}
+
+/// A TwiML answer: Twilio sends `reply` back to the guardian.
+fn twiml(reply: Option<String>) -> Response {
+    let body = match reply {
+        Some(text) => format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
+            xml_escape(&text)
+        ),
+        None => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>".to_owned(),
+    };
+    ([("content-type", "application/xml")], body).into_response()
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn twilio_inbound(
+    State(cb): State<Callbacks>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let raw = pairs_json(&form);
+    let verdict = (|| {
+        let token = cb
+            .config
+            .twilio_auth_token
+            .as_deref()
+            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Twilio is not configured"))?;
+        let base = cb.config.public_url.as_deref().ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "public_url is not set: signatures cannot be checked",
+            )
+        })?;
+        let given = headers
+            .get("X-Twilio-Signature")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| refuse(StatusCode::FORBIDDEN, "missing X-Twilio-Signature"))?;
+        let url = format!("{}{uri}", base.trim_end_matches('/'));
+        if !same(&twilio::signature(token, &url, &form), given) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "X-Twilio-Signature does not match",
+            ));
+        }
+        let need = |name: &str| {
+            field(&form, name)
+                .map(str::to_owned)
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, format!("no {name}")))
+        };
+        Ok((
+            need("MessageSid")?,
+            need("From")?,
+            need("To")?,
+            need("Body")?,
+        ))
+    })();
+    match verdict {
+        // Twilio answers STOP and START itself (its own opt-out handling): only HELP and
+        // nothing else gets our reply.
+        Ok((sid, from, to, body)) => {
+            match take_inbound(&cb, "twilio", sid, &from, &to, &body, false).await {
+                Ok(reply) => twiml(reply),
+                Err(status) => status.into_response(),
+            }
+        }
+        Err(refusal) => cb.reject("twilio", refusal, raw).await,
+    }
+}
+
+/// Kannel's sms-service `get-url`, e.g.
+/// `{public_url}/callbacks/kannel/inbound?secret=…&id=%I&from=%p&to=%P&text=%a`. The
+/// answer's body is what Kannel sends back (nothing, when empty and `omit-empty`).
+async fn kannel_inbound(
+    State(cb): State<Callbacks>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let raw = pairs_json(
+        &query
+            .iter()
+            .filter(|(k, _)| k != "secret")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let verdict = (|| {
+        let secret = cb
+            .config
+            .kannel_dlr_secret
+            .as_deref()
+            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Kannel is not configured"))?;
+        let given =
+            field(&query, "secret").ok_or_else(|| refuse(StatusCode::FORBIDDEN, "no secret"))?;
+        if !same(secret, given) {
+            return Err(refuse(StatusCode::FORBIDDEN, "wrong secret"));
+        }
+        let need = |name: &str| {
+            field(&query, name)
+                .map(str::to_owned)
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, format!("no {name}")))
+        };
+        Ok((need("id")?, need("from")?, need("to")?, need("text")?))
+    })();
+    match verdict {
+        Ok((id, from, to, text)) => {
+            match take_inbound(&cb, "kannel", id, &from, &to, &text, true).await {
+                Ok(reply) => reply.unwrap_or_default().into_response(),
+                Err(status) => status.into_response(),
+            }
+        }
+        Err(refusal) => cb.reject("kannel", refusal, raw).await,
     }
 }
 

@@ -86,6 +86,7 @@ async fn setup(store: Arc<dyn Store>) -> Setup {
         kannel_dlr_secret: Some(KANNEL_SECRET.into()),
         sendgrid_public_key: Some(sendgrid.public_key()),
         mailgun_signing_key: Some(MAILGUN_KEY.into()),
+        ..CallbackConfig::default()
     };
     let callbacks = Callbacks::new(store.clone(), config);
     // message_to gives each guardian one delivery per channel, in channel order.

@@ -7,6 +7,8 @@
 //!   them; the schedule restarts from its seed);
 //! - `POST /_sandbox/email-events`: has an email provider report an event about a
 //!   message (SendGrid's or Mailgun's format and signature) to the callback base;
+//! - `POST /_sandbox/sms-replies`: a guardian's SMS to the district's number, posted as
+//!   Twilio's signed inbound webhook;
 //! - `GET /_sandbox/keys`: what receivers need to check the sandbox's signatures.
 //!
 //! Provider endpoints:
@@ -97,6 +99,7 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
         .route("/_sandbox/faults", get(faults).put(set_faults))
         .route("/_sandbox/keys", get(keys))
         .route("/_sandbox/email-events", post(email_event))
+        .route("/_sandbox/sms-replies", post(sms_reply))
         .with_state(shared)
 }
 
@@ -893,4 +896,75 @@ async fn email_event(State(shared): State<Shared>, Json(event): Json<EmailEvent>
         });
     }
     Json(json!({ "url": url, "status": status, "sent": times })).into_response()
+}
+
+/// What `POST /_sandbox/sms-replies` asks for.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmsReply {
+    from: String,
+    to: String,
+    body: String,
+    /// The inbound webhook as configured at Twilio (what it signs); posted to the
+    /// callback base with the same path. Default: `{callback-base}/callbacks/twilio/inbound`.
+    url: Option<String>,
+}
+
+async fn sms_reply(State(shared): State<Shared>, Json(reply): Json<SmsReply>) -> Response {
+    let refuse = |why: String| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": why })),
+        )
+            .into_response()
+    };
+    let Some(base) = shared.config.callback_base.clone() else {
+        return refuse(
+            "the sandbox has no callback base (--callback-base) to send replies to".into(),
+        );
+    };
+    let url = reply
+        .url
+        .unwrap_or_else(|| format!("{}/callbacks/twilio/inbound", base.trim_end_matches('/')));
+    let sid = format!("SM{}", uuid::Uuid::now_v7().simple());
+    let params: Vec<(String, String)> = vec![
+        (
+            "AccountSid".into(),
+            "AC00000000000000000000000000sandbox".into(),
+        ),
+        ("ApiVersion".into(), "2010-04-01".into()),
+        ("Body".into(), reply.body),
+        ("From".into(), reply.from),
+        ("MessageSid".into(), sid.clone()),
+        ("NumMedia".into(), "0".into()),
+        ("SmsMessageSid".into(), sid.clone()),
+        ("SmsSid".into(), sid),
+        ("To".into(), reply.to),
+    ];
+    let signature = twilio::signature(&shared.config.twilio_auth_token, &url, &params);
+    let answer = shared
+        .callbacks
+        .post(rebase(&url, &base))
+        .header("X-Twilio-Signature", signature)
+        .form(&params)
+        .send()
+        .await;
+    match answer {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            // What Twilio would text back: the TwiML <Message>, if any.
+            let message = body
+                .split_once("<Message>")
+                .and_then(|(_, rest)| rest.split_once("</Message>"))
+                .map(|(m, _)| {
+                    m.replace("&lt;", "<")
+                        .replace("&gt;", ">")
+                        .replace("&quot;", "\"")
+                        .replace("&amp;", "&")
+                });
+            Json(json!({ "status": status, "reply": message })).into_response()
+        }
+        Err(e) => refuse(format!("the reply could not be delivered to {url}: {e}")),
+    }
 }

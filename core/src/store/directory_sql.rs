@@ -524,6 +524,61 @@ macro_rules! directory_queries {
             Ok(())
         }
 
+        pub async fn record_inbound(
+            pool: &sqlx::Pool<$db>,
+            sms: &$crate::store::InboundSms,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<Option<Vec<(uuid::Uuid, uuid::Uuid)>>> {
+            let rows = sqlx::query(
+                "SELECT DISTINCT district_id, guardian_id FROM contact_points WHERE kind = 'sms' AND address = $1",
+            )
+            .bind(&sms.from)
+            .fetch_all(pool)
+            .await?;
+            let guardians = rows
+                .iter()
+                .map(|row| Ok(($dec(row, "district_id")?, $dec(row, "guardian_id")?)))
+                .collect::<StoreResult<Vec<_>>>()?;
+            let first = guardians.first().copied();
+            let inserted = sqlx::query(
+                "INSERT INTO inbound_messages (id, provider, provider_message_id, district_id, guardian_id, \
+                 from_address, to_address, body, keyword, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (provider, provider_message_id) DO NOTHING",
+            )
+            .bind($enc(uuid::Uuid::now_v7()))
+            .bind(&sms.provider)
+            .bind(&sms.provider_message_id)
+            .bind(first.map(|(d, _)| $enc(d)))
+            .bind(first.map(|(_, g)| $enc(g)))
+            .bind(&sms.from)
+            .bind(&sms.to)
+            .bind(&sms.body)
+            .bind(sms.keyword)
+            .bind(at)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok((inserted == 1).then_some(guardians))
+        }
+
+        pub async fn resubscribe(
+            pool: &sqlx::Pool<$db>,
+            guardian: uuid::Uuid,
+            channel: $crate::Channel,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<u64> {
+            Ok(sqlx::query(
+                "UPDATE opt_outs SET revoked_at = $1 WHERE guardian_id = $2 AND channel = $3 \
+                 AND source = 'carrier' AND revoked_at IS NULL",
+            )
+            .bind(at)
+            .bind($enc(guardian))
+            .bind(channel.as_str())
+            .execute(pool)
+            .await?
+            .rows_affected())
+        }
+
         // The callback inbox: provider events kept before they are answered, applied
         // afterwards (kept beside the directory for its id encoding).
 

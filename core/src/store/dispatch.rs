@@ -55,7 +55,7 @@ pub enum AttemptResult {
         error: String,
     },
     /// The guardian opted out at the carrier (STOP): the delivery is SUPPRESSED with
-    /// reason `opted_out`, not a failure to replay.
+    /// reason `carrier_stop`, not a failure to replay.
     OptedOut { error: String },
     /// No more attempts: a permanent error, the last attempt spent, or an in-doubt attempt
     /// of an at-most-once message.

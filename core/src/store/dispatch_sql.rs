@@ -811,7 +811,7 @@ macro_rules! rowwise_attempts {
                 }
                 AttemptResult::OptedOut { .. } => {
                     "UPDATE deliveries SET state = 'SUPPRESSED', version = version + 1, last_error = $1, \
-                            suppressed_reason = 'opted_out', updated_at = $2, next_attempt_at = NULL \
+                            suppressed_reason = 'carrier_stop', updated_at = $2, next_attempt_at = NULL \
                      WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
                 }
             };

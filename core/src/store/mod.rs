@@ -436,6 +436,19 @@ pub(crate) fn delivery_columns(alias: &str) -> String {
         .join(", ")
 }
 
+/// An SMS a guardian sent to one of the district's numbers.
+#[derive(Debug, Clone)]
+pub struct InboundSms {
+    pub provider: String,
+    pub provider_message_id: String,
+    /// The sender, E.164.
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    /// `stop`, `start` or `help`; `None` for a reply.
+    pub keyword: Option<&'static str>,
+}
+
 /// A provider event waiting in the callback inbox.
 #[derive(Debug, Clone)]
 pub struct InboxItem {
@@ -628,6 +641,23 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         address: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView>;
+
+    /// Keeps an inbound SMS; `None` when the provider's message id was kept before (a
+    /// repeat), else the guardians (district, guardian) whose SMS number sent it.
+    async fn record_inbound(
+        &self,
+        sms: &InboundSms,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<(DistrictId, GuardianId)>>>;
+
+    /// Undoes a guardian's carrier opt-out on `channel` (their START); returns how many
+    /// opt-outs it revoked.
+    async fn resubscribe(
+        &self,
+        guardian: GuardianId,
+        channel: Channel,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64>;
 
     /// Keeps a provider event in the callback inbox with `status` (`pending` to be
     /// applied, `rejected` with the reason as `outcome`). False when the same

@@ -495,6 +495,30 @@ impl Store for PostgresStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
+    async fn record_inbound(
+        &self,
+        sms: &super::InboundSms,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<(DistrictId, crate::GuardianId)>>> {
+        Ok(directory::record_inbound(&self.pool, sms, at)
+            .await?
+            .map(|found| {
+                found
+                    .into_iter()
+                    .map(|(d, g)| (DistrictId::from_uuid(d), crate::GuardianId::from_uuid(g)))
+                    .collect()
+            }))
+    }
+
+    async fn resubscribe(
+        &self,
+        guardian: crate::GuardianId,
+        channel: crate::Channel,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        directory::resubscribe(&self.pool, guardian.into(), channel, at).await
+    }
+
     async fn inbox_put(
         &self,
         provider: &str,
@@ -1472,7 +1496,7 @@ mod dispatching {
             "UPDATE deliveries d SET \
                 state = CASE x.kind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' \
                         WHEN 'opted_out' THEN 'SUPPRESSED' ELSE d.state END, \
-                suppressed_reason = CASE WHEN x.kind = 'opted_out' THEN 'opted_out' ELSE d.suppressed_reason END, \
+                suppressed_reason = CASE WHEN x.kind = 'opted_out' THEN 'carrier_stop' ELSE d.suppressed_reason END, \
                 version = d.version + 1, updated_at = $1, \
                 provider_ref = CASE WHEN x.kind = 'sent' THEN x.text ELSE d.provider_ref END, \
                 sent_at = CASE WHEN x.kind = 'sent' THEN $1 ELSE d.sent_at END, \

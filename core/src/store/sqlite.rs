@@ -504,6 +504,30 @@ impl Store for SqliteStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
+    async fn record_inbound(
+        &self,
+        sms: &super::InboundSms,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<(DistrictId, crate::GuardianId)>>> {
+        Ok(directory::record_inbound(&self.pool, sms, at)
+            .await?
+            .map(|found| {
+                found
+                    .into_iter()
+                    .map(|(d, g)| (DistrictId::from_uuid(d), crate::GuardianId::from_uuid(g)))
+                    .collect()
+            }))
+    }
+
+    async fn resubscribe(
+        &self,
+        guardian: crate::GuardianId,
+        channel: crate::Channel,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        directory::resubscribe(&self.pool, guardian.into(), channel, at).await
+    }
+
     async fn inbox_put(
         &self,
         provider: &str,
