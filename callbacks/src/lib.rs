@@ -181,30 +181,69 @@ impl Callbacks {
     }
 
     /// Applies pending inbox events until there are none; returns how many it handled.
+    /// A few hundred at a time: their deliveries read at once, decided in order in memory,
+    /// and written in one transaction; an event whose delivery moved meanwhile is decided
+    /// again in the next round.
     pub async fn apply_pending(&self) -> Result<usize, tidings_core::store::StoreError> {
+        use std::collections::HashMap;
+        use tidings_core::store::InboxApply;
         let mut handled = 0;
         loop {
-            let items = self.store.inbox_pending(200).await?;
+            let items = self.store.inbox_pending(500).await?;
             if items.is_empty() {
                 return Ok(handled);
             }
-            for item in items {
-                let (status, outcome) = match serde_json::from_value::<Normalized>(item.payload) {
-                    Ok(event) => {
-                        self.apply_event(&item.provider, &item.event_id, event)
-                            .await?
-                    }
-                    Err(e) => ("ignored", format!("unreadable inbox payload: {e}")),
+            let parsed: Vec<_> = items
+                .into_iter()
+                .map(|item| {
+                    let event = serde_json::from_value::<Normalized>(item.payload.clone());
+                    (item, event)
+                })
+                .collect();
+            let mut ids: Vec<DeliveryId> = parsed
+                .iter()
+                .filter_map(|(_, e)| e.as_ref().ok().map(|e| e.delivery_id))
+                .collect();
+            ids.sort_unstable_by_key(|id| *id.as_uuid());
+            ids.dedup();
+            let mut current: HashMap<DeliveryId, tidings_core::delivery::Delivery> = self
+                .store
+                .deliveries_by_ids(&ids)
+                .await?
+                .into_iter()
+                .map(|d| (d.id, d))
+                .collect();
+            let mut batch = Vec::with_capacity(parsed.len());
+            for (item, event) in parsed {
+                let (transition, status, outcome) = match event {
+                    Err(e) => (None, "ignored", format!("unreadable inbox payload: {e}")),
+                    Ok(event) => match current.get_mut(&event.delivery_id) {
+                        None => (None, "ignored", "no such delivery".to_owned()),
+                        Some(delivery) => {
+                            if let Some(effect) = &event.effect {
+                                self.side_effect(delivery, effect).await;
+                            }
+                            decide(&item.provider, &item.event_id, &event, delivery)
+                        }
+                    },
                 };
-                Counters::add(if status == "applied" {
-                    &self.counters.applied
-                } else {
-                    &self.counters.ignored
+                batch.push(InboxApply {
+                    inbox_id: item.id,
+                    transition,
+                    status,
+                    outcome,
                 });
-                self.store
-                    .inbox_done(item.id, status, &outcome, now())
-                    .await?;
-                handled += 1;
+            }
+            let marked = self.store.apply_inbox_batch(&batch).await?;
+            for (item, marked) in batch.iter().zip(&marked) {
+                if *marked {
+                    handled += 1;
+                    Counters::add(if item.status == "applied" {
+                        &self.counters.applied
+                    } else {
+                        &self.counters.ignored
+                    });
+                }
             }
         }
     }
@@ -322,6 +361,40 @@ impl Counters {
             ("applied", get(&self.applied)),
             ("ignored", get(&self.ignored)),
         ])
+    }
+}
+
+/// What one event does to `delivery` as last seen (updated in place when it moves it):
+/// the swap to make, and the inbox mark.
+fn decide(
+    provider: &str,
+    event_id: &str,
+    event: &Normalized,
+    delivery: &mut tidings_core::delivery::Delivery,
+) -> (Option<Transition>, &'static str, String) {
+    let Some(what) = event.event else {
+        return match &event.effect {
+            Some(effect) => (None, "applied", format!("{effect} recorded")),
+            None => (None, "ignored", "nothing to apply".into()),
+        };
+    };
+    match next(delivery.state, what) {
+        Decision::Ignore(why) => (None, "ignored", format!("{why:?} in {}", delivery.state)),
+        Decision::Move(to) => {
+            let transition = Transition {
+                delivery_id: delivery.id,
+                from: delivery.state,
+                seen_version: delivery.version,
+                to,
+                actor: Actor::provider(provider, event_id),
+                detail: event.detail.clone(),
+                at: now(),
+            };
+            let outcome = format!("{} -> {to}", delivery.state);
+            delivery.state = to;
+            delivery.version += 1;
+            (Some(transition), "applied", outcome)
+        }
     }
 }
 

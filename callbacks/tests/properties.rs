@@ -74,13 +74,17 @@ async fn random_event_sequences_applied_concurrently_never_go_backward() {
     all.shuffle(&mut rng);
 
     let callbacks = Callbacks::new(store.clone(), CallbackConfig::default());
+    // Two workers apply events one by one; two keep them in the inbox and apply what is
+    // pending in batches, as the server's worker does.
     let workers: Vec<_> = all
         .chunks(all.len().div_ceil(4))
-        .map(|chunk| {
+        .enumerate()
+        .map(|(worker, chunk)| {
             let callbacks = callbacks.clone();
+            let store = store.clone();
             let chunk = chunk.to_vec();
             tokio::spawn(async move {
-                for (delivery_id, event, event_id) in chunk {
+                for (n, (delivery_id, event, event_id)) in chunk.into_iter().enumerate() {
                     let normalized = Normalized {
                         delivery_id,
                         event: Some(event),
@@ -88,17 +92,31 @@ async fn random_event_sequences_applied_concurrently_never_go_backward() {
                         effect: None,
                         raw: serde_json::Value::Null,
                     };
-                    callbacks
-                        .apply_event("property", &event_id, normalized)
-                        .await
-                        .unwrap();
+                    if worker < 2 {
+                        callbacks
+                            .apply_event("property", &event_id, normalized)
+                            .await
+                            .unwrap();
+                    } else {
+                        let payload = serde_json::to_value(&normalized).unwrap();
+                        store
+                            .inbox_put("property", &event_id, &payload, "pending", None, now())
+                            .await
+                            .unwrap();
+                        if n % 50 == 49 {
+                            callbacks.apply_pending().await.unwrap();
+                        }
+                    }
                 }
+                callbacks.apply_pending().await.unwrap();
             })
         })
         .collect();
     for worker in workers {
         worker.await.unwrap();
     }
+    callbacks.apply_pending().await.unwrap();
+    assert_eq!(store.inbox_counts().await.unwrap().get("pending"), None);
 
     let mut mismatches = Vec::new();
     for (id, events) in &sequences {

@@ -610,6 +610,70 @@ macro_rules! directory_queries {
                 == 1)
         }
 
+        pub async fn apply_inbox_batch(
+            pool: &sqlx::Pool<$db>,
+            items: &[$crate::store::InboxApply],
+        ) -> StoreResult<Vec<bool>> {
+            let mut tx = pool.begin().await?;
+            let mut moved_meanwhile = std::collections::HashSet::new();
+            let mut marked = Vec::with_capacity(items.len());
+            for item in items {
+                if let Some(t) = &item.transition {
+                    if moved_meanwhile.contains(&t.delivery_id) {
+                        marked.push(false);
+                        continue;
+                    }
+                    let column = $crate::store::state_timestamp_column(t.to);
+                    let row = sqlx::query(&format!(
+                        "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
+                                last_error = CASE WHEN $1 = 'FAILED' THEN $3 ELSE last_error END \
+                         WHERE id = $4 AND version = $5 AND state = $6 RETURNING district_id, version"
+                    ))
+                    .bind(t.to.as_str())
+                    .bind(t.at)
+                    .bind(&t.detail)
+                    .bind($enc(*t.delivery_id.as_uuid()))
+                    .bind(t.seen_version)
+                    .bind(t.from.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = row else {
+                        moved_meanwhile.insert(t.delivery_id);
+                        marked.push(false);
+                        continue;
+                    };
+                    let district: uuid::Uuid = $dec(&row, "district_id")?;
+                    let version: i64 = row.try_get("version")?;
+                    sqlx::query(
+                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                                      actor_kind, actor_ref, detail) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind($enc(district))
+                    .bind($enc(*t.delivery_id.as_uuid()))
+                    .bind(t.from.as_str())
+                    .bind(t.to.as_str())
+                    .bind(version)
+                    .bind(t.at)
+                    .bind(t.actor.kind.as_str())
+                    .bind(&t.actor.reference)
+                    .bind(&t.detail)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query("UPDATE callback_inbox SET status = $1, outcome = $2, applied_at = $3 WHERE id = $4 AND status = 'pending'")
+                    .bind(item.status)
+                    .bind(&item.outcome)
+                    .bind(chrono::Utc::now())
+                    .bind($enc(item.inbox_id))
+                    .execute(&mut *tx)
+                    .await?;
+                marked.push(true);
+            }
+            tx.commit().await?;
+            Ok(marked)
+        }
+
         pub async fn inbox_pending(pool: &sqlx::Pool<$db>, limit: u32) -> StoreResult<Vec<$crate::store::InboxItem>> {
             let rows = sqlx::query(
                 "SELECT id, provider, event_id, payload FROM callback_inbox WHERE status = 'pending' \

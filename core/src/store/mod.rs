@@ -436,6 +436,31 @@ pub(crate) fn delivery_columns(alias: &str) -> String {
         .join(", ")
 }
 
+/// The column that records when a delivery entered `state`.
+pub(crate) const fn state_timestamp_column(state: crate::DeliveryState) -> &'static str {
+    match state {
+        crate::DeliveryState::Created => "created_at",
+        crate::DeliveryState::Queued => "queued_at",
+        crate::DeliveryState::Sent => "sent_at",
+        crate::DeliveryState::Delivered => "delivered_at",
+        crate::DeliveryState::Acked => "acked_at",
+        crate::DeliveryState::Failed => "failed_at",
+        crate::DeliveryState::Cancelled => "cancelled_at",
+        crate::DeliveryState::Suppressed => "suppressed_at",
+    }
+}
+
+/// One kept provider event to apply, as `apply_inbox_batch` takes it.
+#[derive(Debug, Clone)]
+pub struct InboxApply {
+    pub inbox_id: uuid::Uuid,
+    /// The compare-and-swap the event makes, if it makes one.
+    pub transition: Option<crate::delivery::Transition>,
+    /// `applied` or `ignored`, with what it did.
+    pub status: &'static str,
+    pub outcome: String,
+}
+
 /// An SMS a guardian sent to one of the district's numbers.
 #[derive(Debug, Clone)]
 pub struct InboundSms {
@@ -671,6 +696,15 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         outcome: Option<&str>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Applies kept events in one transaction, in order: each one's compare-and-swap (with
+    /// its audit row) and its inbox mark. An event whose swap finds the delivery moved,
+    /// and every later one about the same delivery, stays pending (to be decided again
+    /// on what the delivery is now). Returns, per item, whether it was marked.
+    async fn apply_inbox_batch(&self, items: &[InboxApply]) -> StoreResult<Vec<bool>>;
+
+    /// Deliveries by id (those that exist), in no particular order.
+    async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>>;
 
     /// Pending inbox events, oldest first.
     async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<InboxItem>>;

@@ -119,19 +119,7 @@ fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
     })
 }
 
-/// The column that records when a delivery entered `state`.
-const fn state_timestamp_column(state: DeliveryState) -> &'static str {
-    match state {
-        DeliveryState::Created => "created_at",
-        DeliveryState::Queued => "queued_at",
-        DeliveryState::Sent => "sent_at",
-        DeliveryState::Delivered => "delivered_at",
-        DeliveryState::Acked => "acked_at",
-        DeliveryState::Failed => "failed_at",
-        DeliveryState::Cancelled => "cancelled_at",
-        DeliveryState::Suppressed => "suppressed_at",
-    }
-}
+use super::state_timestamp_column;
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -529,6 +517,28 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         directory::inbox_put(&self.pool, provider, event_id, payload, status, outcome, at).await
+    }
+
+    async fn apply_inbox_batch(&self, items: &[super::InboxApply]) -> StoreResult<Vec<bool>> {
+        directory::apply_inbox_batch(&self.pool, items).await
+    }
+
+    async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut query = sqlx::QueryBuilder::new(format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
+            ));
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(Uuid::from(*id));
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.pool).await? {
+                found.push(delivery_from_row(&row)?);
+            }
+        }
+        Ok(found)
     }
 
     async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<super::InboxItem>> {
