@@ -77,6 +77,49 @@ pub struct Callbacks {
     config: Arc<CallbackConfig>,
     wake: Arc<tokio::sync::Notify>,
     pub counters: Arc<Counters>,
+    keeper: tokio::sync::mpsc::Sender<Keep>,
+}
+
+/// Events of one request to keep, and where to say whether each was new.
+type Keep = (
+    Vec<tidings_core::store::InboxPut>,
+    tokio::sync::oneshot::Sender<Result<Vec<bool>, String>>,
+);
+
+/// Keeps what concurrent requests bring in shared transactions (a group commit): each
+/// request is answered only once its events are committed.
+async fn keeper(store: Arc<dyn Store>, mut queue: tokio::sync::mpsc::Receiver<Keep>) {
+    const MOST: usize = 256;
+    while let Some(first) = queue.recv().await {
+        let mut requests = vec![first];
+        let mut count = requests[0].0.len();
+        while count < MOST {
+            match queue.try_recv() {
+                Ok(more) => {
+                    count += more.0.len();
+                    requests.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let events: Vec<_> = requests
+            .iter()
+            .flat_map(|(e, _)| e.iter().cloned())
+            .collect();
+        match store.inbox_put_many(&events, now()).await {
+            Ok(kept) => {
+                let mut kept = kept.into_iter();
+                for (events, answer) in requests {
+                    let _ = answer.send(Ok(kept.by_ref().take(events.len()).collect()));
+                }
+            }
+            Err(e) => {
+                for (_, answer) in requests {
+                    let _ = answer.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
 }
 
 /// One event as kept in the inbox: which delivery, what happened, and what else it means.
@@ -106,12 +149,16 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
 }
 
 impl Callbacks {
+    /// Must be called inside a Tokio runtime: it starts the task that keeps events.
     pub fn new(store: Arc<dyn Store>, config: CallbackConfig) -> Self {
+        let (keeper_queue, queue) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(keeper(store.clone(), queue));
         Self {
             store,
             config: Arc::new(config),
             wake: Arc::default(),
             counters: Arc::default(),
+            keeper: keeper_queue,
         }
     }
 
@@ -132,26 +179,40 @@ impl Callbacks {
     /// Keeps verified events and answers; a store failure is a 503 so the provider
     /// retries (nothing was kept).
     async fn keep(&self, provider: &str, events: Vec<(String, Normalized)>) -> Response {
+        let mut puts = Vec::with_capacity(events.len());
         for (event_id, event) in events {
             let actionable = event.event.is_some() || event.effect.is_some();
             let status = if actionable { "pending" } else { "ignored" };
-            let outcome = (status == "ignored").then_some("nothing to apply");
-            let payload = match serde_json::to_value(&event) {
-                Ok(payload) => payload,
-                Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            let Ok(payload) = serde_json::to_value(&event) else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             };
-            match self
-                .store
-                .inbox_put(provider, &event_id, &payload, status, outcome, now())
-                .await
-            {
-                Ok(true) => Counters::add(&self.counters.received),
-                Ok(false) => Counters::add(&self.counters.duplicates),
-                Err(e) => {
-                    tracing::error!(provider, error = %e, "could not keep a provider event: asking the provider to retry");
-                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            puts.push(tidings_core::store::InboxPut {
+                provider: provider.to_owned(),
+                event_id,
+                payload,
+                status,
+                outcome: (status == "ignored").then(|| "nothing to apply".to_owned()),
+            });
+        }
+        let (answer, kept) = tokio::sync::oneshot::channel();
+        if self.keeper.send((puts, answer)).await.is_err() {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        match kept.await {
+            Ok(Ok(kept)) => {
+                for new in kept {
+                    Counters::add(if new {
+                        &self.counters.received
+                    } else {
+                        &self.counters.duplicates
+                    });
                 }
             }
+            Ok(Err(e)) => {
+                tracing::error!(provider, error = %e, "could not keep a provider event: asking the provider to retry");
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
         }
         self.wake.notify_one();
         StatusCode::NO_CONTENT.into_response()

@@ -674,6 +674,36 @@ macro_rules! directory_queries {
             Ok(marked)
         }
 
+        pub async fn inbox_put_many(
+            pool: &sqlx::Pool<$db>,
+            events: &[$crate::store::InboxPut],
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<Vec<bool>> {
+            let mut tx = pool.begin().await?;
+            let mut kept = Vec::with_capacity(events.len());
+            for e in events {
+                let done = (e.status != "pending").then_some(at);
+                let inserted = sqlx::query(
+                    "INSERT INTO callback_inbox (id, provider, event_id, received_at, payload, status, applied_at, outcome) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, event_id) DO NOTHING",
+                )
+                .bind($enc(uuid::Uuid::now_v7()))
+                .bind(&e.provider)
+                .bind(&e.event_id)
+                .bind(at)
+                .bind(&e.payload)
+                .bind(e.status)
+                .bind(done)
+                .bind(&e.outcome)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                kept.push(inserted == 1);
+            }
+            tx.commit().await?;
+            Ok(kept)
+        }
+
         pub async fn inbox_pending(pool: &sqlx::Pool<$db>, limit: u32) -> StoreResult<Vec<$crate::store::InboxItem>> {
             let rows = sqlx::query(
                 "SELECT id, provider, event_id, payload FROM callback_inbox WHERE status = 'pending' \

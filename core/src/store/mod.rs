@@ -450,6 +450,17 @@ pub(crate) const fn state_timestamp_column(state: crate::DeliveryState) -> &'sta
     }
 }
 
+/// One provider event to keep, as `inbox_put_many` takes it.
+#[derive(Debug, Clone)]
+pub struct InboxPut {
+    pub provider: String,
+    pub event_id: String,
+    pub payload: serde_json::Value,
+    /// `pending`, `ignored` or `rejected`.
+    pub status: &'static str,
+    pub outcome: Option<String>,
+}
+
 /// One kept provider event to apply, as `apply_inbox_batch` takes it.
 #[derive(Debug, Clone)]
 pub struct InboxApply {
@@ -705,6 +716,14 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
 
     /// Deliveries by id (those that exist), in no particular order.
     async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>>;
+
+    /// Keeps several provider events in one transaction (one commit for many requests);
+    /// per event, false when it was kept before.
+    async fn inbox_put_many(
+        &self,
+        events: &[InboxPut],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<bool>>;
 
     /// Pending inbox events, oldest first.
     async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<InboxItem>>;

@@ -550,6 +550,14 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
+    async fn inbox_put_many(
+        &self,
+        events: &[super::InboxPut],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<bool>> {
+        directory::inbox_put_many(&self.pool, events, at).await
+    }
+
     async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<super::InboxItem>> {
         directory::inbox_pending(&self.pool, limit).await
     }
