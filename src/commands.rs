@@ -75,12 +75,18 @@ pub async fn serve(
     // Provider callbacks are kept on arrival and applied by their own worker.
     let callbacks = tidings_callbacks::Callbacks::new(store.clone(), config.callbacks()?);
     let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
+    let metrics = crate::metrics::router(
+        store.clone(),
+        dispatching.as_ref().map(|(_, counters)| counters.clone()),
+        callbacks.counters.clone(),
+    )?;
     let router = tidings_api::router(tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
         partitions: config.log_partitions,
     })
-    .merge(callbacks.router());
+    .merge(callbacks.router())
+    .merge(metrics);
     let mut http_stopping = stopping;
     let stop = Arc::new(stop);
     tokio::spawn({
@@ -97,7 +103,7 @@ pub async fn serve(
     .context("HTTP server failed");
     let _ = stop.send(true);
     // The dispatcher finishes the batch in hand and records its outcomes before exiting.
-    if let Some(dispatching) = dispatching {
+    if let Some((dispatching, _)) = dispatching {
         dispatching
             .await
             .context("the dispatcher stopped abnormally")??;
@@ -119,7 +125,7 @@ pub async fn dispatch(
         anyhow::bail!("the database is not migrated: run `tidings migrate` first");
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let Some(dispatching) = start_dispatcher(config, false, &store, stopping)? else {
+    let Some((dispatching, _)) = start_dispatcher(config, false, &store, stopping)? else {
         anyhow::bail!("no channel provider is configured, so there is nothing to send with (set `sandbox = true` to try the pipeline)");
     };
     shutdown.await;
@@ -176,7 +182,10 @@ fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispat
     ))
 }
 
-type Dispatching = tokio::task::JoinHandle<Result<(), tidings_dispatcher::DispatchError>>;
+type Dispatching = (
+    tokio::task::JoinHandle<Result<(), tidings_dispatcher::DispatchError>>,
+    Arc<tidings_dispatcher::Counters>,
+);
 
 /// Starts the dispatcher when there is a provider to send through; until then deliveries
 /// wait on the log, and are sent once one is configured.
@@ -192,8 +201,10 @@ fn start_dispatcher(
     };
     let dispatcher =
         tidings_dispatcher::Dispatcher::new(store.clone(), adapters, config.dispatcher());
-    Ok(Some(tokio::spawn(
-        async move { dispatcher.run(stopping).await },
+    let counters = dispatcher.counters();
+    Ok(Some((
+        tokio::spawn(async move { dispatcher.run(stopping).await }),
+        counters,
     )))
 }
 

@@ -7,3 +7,4 @@ pub mod config;
 pub mod import;
 
 pub use config::Config;
+pub mod metrics;

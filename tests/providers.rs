@@ -442,6 +442,29 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
         Some(&1)
     );
     assert_eq!(counts(&d, &id).await, done);
+    // And all of it is visible to monitoring.
+    let metrics = reqwest::get(format!("{serve_at}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tidings_callbacks_total{result=\"rejected\"} 1",
+        "tidings_callback_inbox{status=\"pending\"} 0",
+        "tidings_callback_inbox{status=\"rejected\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    // Sends the dispatcher recorded as SENT itself; a report that overtook the provider's
+    // answer already moved the others past SENT.
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidings_dispatch_total{outcome=\"sent\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent > 0 && sent <= to_send - suppressed, "{metrics}");
     assert!(d.server.terminate().await.success());
     sandbox.kill().await.unwrap();
 }
