@@ -576,6 +576,27 @@ async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
     assert_eq!(carrier_opt_outs().await, 0);
     let sent = sms_to_guardian().await;
     assert!(sent["suppressed"].get("carrier_stop").is_none(), "{sent}");
+    // Staff see every text, newest first, with what it was.
+    let (status, replies) = d.get("/api/v1/replies", &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{replies}");
+    let seen: Vec<(String, Value)> = replies["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["guardian_id"], guardian.as_str());
+            (r["body"].as_str().unwrap().to_owned(), r["keyword"].clone())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("START".to_owned(), json!("start")),
+            ("thanks, on my way".to_owned(), Value::Null),
+            ("help".to_owned(), json!("help")),
+            ("  Stop. ".to_owned(), json!("stop")),
+        ]
+    );
     assert!(d.server.terminate().await.success());
     sandbox.kill().await.unwrap();
 }

@@ -12,6 +12,7 @@ mod idempotency;
 mod imports;
 mod messages;
 mod openapi;
+mod replies;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -96,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/messages/{id}", get(messages::get_message))
         .route("/api/v1/deliveries/{id}", get(deliveries::get_delivery))
         .route("/api/v1/dead-letters", get(deliveries::list_dead_letters))
+        .route("/api/v1/replies", get(replies::list_replies))
         .route(
             "/api/v1/dead-letters/{id}/replay",
             post(deliveries::replay_dead_letter),

@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         crate::deliveries::get_delivery,
         crate::deliveries::list_dead_letters,
         crate::deliveries::replay_dead_letter,
+        crate::replies::list_replies,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&BearerAuth),

@@ -561,6 +561,47 @@ macro_rules! directory_queries {
             Ok((inserted == 1).then_some(guardians))
         }
 
+        pub async fn replies(
+            pool: &sqlx::Pool<$db>,
+            scope: &Scope,
+            before: Option<uuid::Uuid>,
+            limit: u32,
+        ) -> StoreResult<Vec<$crate::store::ReplyView>> {
+            let older = if before.is_some() { "AND m.id < $3" } else { "" };
+            let limit_param = if before.is_some() { "$4" } else { "$3" };
+            let sql = format!(
+                "SELECT m.id, m.guardian_id, x.given_name, x.family_name, m.from_address, m.body, m.keyword, m.received_at \
+                 FROM inbound_messages m JOIN guardians x ON x.id = m.guardian_id \
+                 WHERE m.district_id = $1 AND x.deleted_at IS NULL AND ({}) {older} \
+                 ORDER BY m.id DESC LIMIT {limit_param}",
+                guardian_filter(scope)
+            );
+            let mut query = sqlx::query(&sql)
+                .bind($enc(*scope.district().as_uuid()))
+                .bind($enc(scope.staff()));
+            if let Some(before) = before {
+                query = query.bind($enc(before));
+            }
+            let rows = query.bind(i64::from(limit)).fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok($crate::store::ReplyView {
+                        id: $dec(row, "id")?,
+                        guardian_id: $dec(row, "guardian_id")?,
+                        guardian_name: format!(
+                            "{} {}",
+                            row.try_get::<String, _>("given_name")?,
+                            row.try_get::<String, _>("family_name")?
+                        ),
+                        from: row.try_get("from_address")?,
+                        body: row.try_get("body")?,
+                        keyword: row.try_get("keyword")?,
+                        received_at: row.try_get("received_at")?,
+                    })
+                })
+                .collect()
+        }
+
         pub async fn resubscribe(
             pool: &sqlx::Pool<$db>,
             guardian: uuid::Uuid,

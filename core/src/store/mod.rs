@@ -472,6 +472,19 @@ pub struct InboxApply {
     pub outcome: String,
 }
 
+/// A text a guardian sent, as staff see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplyView {
+    pub id: uuid::Uuid,
+    pub guardian_id: uuid::Uuid,
+    pub guardian_name: String,
+    pub from: String,
+    pub body: String,
+    /// `stop`, `start` or `help` when it was one.
+    pub keyword: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
 /// An SMS a guardian sent to one of the district's numbers.
 #[derive(Debug, Clone)]
 pub struct InboundSms {
@@ -685,6 +698,14 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         sms: &InboundSms,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Vec<(DistrictId, GuardianId)>>>;
+
+    /// Texts from guardians the scope may see, newest first, older than `before`.
+    async fn replies(
+        &self,
+        scope: &Scope,
+        before: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<ReplyView>>;
 
     /// Undoes a guardian's carrier opt-out on `channel` (their START); returns how many
     /// opt-outs it revoked.

@@ -498,6 +498,15 @@ impl Store for PostgresStore {
             }))
     }
 
+    async fn replies(
+        &self,
+        scope: &super::Scope,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<super::ReplyView>> {
+        directory::replies(&self.pool, scope, before, limit).await
+    }
+
     async fn resubscribe(
         &self,
         guardian: crate::GuardianId,
