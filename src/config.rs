@@ -92,6 +92,10 @@ pub struct Config {
     /// notifications. Reply STOP to stop, START to resume. Msg & data rates may apply."
     /// Env: `TIDINGS_SMS_HELP_TEXT`.
     pub sms_help_text: Option<String>,
+    /// A text that acknowledges the guardian's latest message asking for it, e.g. `1` or
+    /// `OK`; unset: acknowledging by SMS is off. Env: `TIDINGS_SMS_ACK_KEYWORD`.
+    #[serde(default, deserialize_with = "text_or_number")]
+    pub sms_ack_keyword: Option<String>,
 }
 
 /// Email event webhooks, as configured.
@@ -267,6 +271,21 @@ fn phone_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String
     }))
 }
 
+/// A word that may be a number (`1`), which is what it becomes through an environment
+/// variable.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Word {
+        Text(String),
+        Number(i64),
+    }
+    Ok(Option::<Word>::deserialize(d)?.map(|w| match w {
+        Word::Text(text) => text,
+        Word::Number(n) => n.to_string(),
+    }))
+}
+
 fn twilio_api_base() -> String {
     tidings_channel_adapters::twilio::API_BASE.into()
 }
@@ -308,6 +327,7 @@ impl Default for Config {
             fcm: None,
             email_events: None,
             sms_help_text: None,
+            sms_ack_keyword: None,
         }
     }
 }
@@ -510,6 +530,7 @@ impl Config {
                 )
             }),
             district_name: self.district_name.clone(),
+            ack_keyword: given(&self.sms_ack_keyword),
         })
     }
 

@@ -601,6 +601,108 @@ async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
     sandbox.kill().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_guardian_acknowledges_by_texting_the_keyword() {
+    let port = free_port();
+    let serve_at = format!("http://127.0.0.1:{port}");
+    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
+    let mut env = twilio_env(&base);
+    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
+    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
+    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
+    env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
+    env.push(("TIDINGS_SMS_ACK_KEYWORD", "1".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let guardian = d.all("/api/v1/guardians", &d.admin).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    let number = detail["contact_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "sms" && c["active"] == true)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text = |body: &'static str| {
+        let (base, number) = (base.clone(), number.clone());
+        async move {
+            let answer: Value = reqwest::Client::new()
+                .post(format!("{base}/_sandbox/sms-replies"))
+                .json(&json!({
+                    "from": number, "to": "+15005550006", "body": body,
+                    "url": "https://tidings.example.org/callbacks/twilio/inbound",
+                }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["status"], 200, "{answer}");
+            answer["reply"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    // Nothing waits for an acknowledgment yet.
+    assert!(text("1").await.contains("no message is waiting"));
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(json!({
+                "audience": {"guardians": [guardian]},
+                "channels": ["sms"],
+                "kind": "emergency",
+                "subject": "Early dismissal",
+                "body": "Early dismissal at noon today. Reply 1 to confirm you have read this.",
+                "requires_ack": true,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    for _ in 0..300 {
+        if counts(&d, &id).await.get("DELIVERED") == Some(&1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Sent, and Twilio's report says delivered.
+    assert_eq!(
+        counts(&d, &id).await,
+        BTreeMap::from([("DELIVERED".to_owned(), 1)])
+    );
+    assert_eq!(
+        text(" 1 ").await,
+        "Lincoln USD: thank you, your acknowledgment is recorded."
+    );
+    assert_eq!(
+        counts(&d, &id).await,
+        BTreeMap::from([("ACKED".to_owned(), 1)])
+    );
+    let (_, acked) = d
+        .get(
+            &format!("/api/v1/messages/{id}/recipients?acked=true"),
+            &d.admin,
+        )
+        .await;
+    let acked = acked["items"].as_array().unwrap();
+    assert_eq!(acked.len(), 1);
+    assert_eq!(acked[0]["guardian_id"], guardian.as_str());
+    assert_eq!(acked[0]["ack_via"], "sms");
+    // Twice is once.
+    assert!(text("1").await.contains("no message is waiting"));
+    assert!(d.server.terminate().await.success());
+    sandbox.kill().await.unwrap();
+}
+
 /// Gives `guardian` only the SMS number `number`.
 async fn only_number(d: &District, guardian: &str, number: &str) {
     let (_, detail) = d

@@ -38,6 +38,19 @@ pub fn keyword(body: &str) -> Option<Keyword> {
     }
 }
 
+/// Whether `body` is the acknowledgment keyword (ignoring case, spacing and trailing
+/// punctuation, like the carrier keywords).
+pub fn is_ack(body: &str, keyword: &str) -> bool {
+    let normal = |text: &str| {
+        let words: Vec<String> = text.split_whitespace().map(str::to_uppercase).collect();
+        words
+            .join(" ")
+            .trim_end_matches(|c: char| c.is_whitespace() || ".!?,;".contains(c))
+            .to_owned()
+    };
+    !keyword.trim().is_empty() && normal(body) == normal(keyword)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +89,15 @@ mod tests {
         ] {
             assert_eq!(keyword(reply), None, "{reply:?}");
         }
+    }
+
+    #[test]
+    fn the_ack_keyword_is_matched_like_the_carrier_ones() {
+        assert!(is_ack(" 1 ", "1"));
+        assert!(is_ack("ok!", "OK"));
+        assert!(!is_ack("11", "1"));
+        assert!(!is_ack("ok thanks", "OK"));
+        assert!(!is_ack("anything", " "));
     }
 
     proptest::proptest! {

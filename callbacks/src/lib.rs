@@ -46,6 +46,8 @@ pub struct CallbackConfig {
     pub help_text: String,
     /// Who the opt-out confirmations speak for.
     pub district_name: String,
+    /// A text that acknowledges the guardian's latest message waiting for it ("1", "OK").
+    pub ack_keyword: Option<String>,
 }
 
 impl std::fmt::Debug for CallbackConfig {
@@ -470,6 +472,12 @@ async fn take_inbound(
     replies_to_stop: bool,
 ) -> Result<Option<String>, StatusCode> {
     let keyword = inbound::keyword(body);
+    let is_ack = keyword.is_none()
+        && cb
+            .config
+            .ack_keyword
+            .as_deref()
+            .is_some_and(|k| inbound::is_ack(body, k));
     // Kannel passes numbers without the `+` of E.164, as the SMSC gave them.
     let from =
         if !from.starts_with('+') && !from.is_empty() && from.bytes().all(|b| b.is_ascii_digit()) {
@@ -483,19 +491,55 @@ async fn take_inbound(
         from,
         to: to.to_owned(),
         body: body.to_owned(),
-        keyword: keyword.map(inbound::Keyword::as_str),
+        keyword: keyword
+            .map(inbound::Keyword::as_str)
+            .or(is_ack.then_some("ack")),
     };
     let unavailable = |e: tidings_core::store::StoreError| {
         tracing::error!(provider, error = %e, "could not record an inbound SMS: asking the provider to retry");
         StatusCode::SERVICE_UNAVAILABLE
     };
     // Recorded (and its opt-out or resubscription made) before the provider is answered.
-    let guardians = cb
+    let Some(guardians) = cb
         .store
         .record_inbound(&sms, now())
         .await
-        .map_err(unavailable)?;
-    for (district, guardian) in guardians.iter().flatten() {
+        .map_err(unavailable)?
+    else {
+        // A repeat of a text already taken: it already did what it does.
+        return Ok(None);
+    };
+    let name = &cb.config.district_name;
+    if is_ack {
+        let mut acknowledged = 0;
+        for (_, guardian) in &guardians {
+            let Some(recipient) = cb
+                .store
+                .open_ack(*guardian, now())
+                .await
+                .map_err(unavailable)?
+            else {
+                continue;
+            };
+            let actor =
+                tidings_core::delivery::Actor::guardian(format!("sms:{}", sms.provider_message_id));
+            let outcome = cb
+                .store
+                .acknowledge(recipient, Channel::Sms, &actor, now())
+                .await
+                .map_err(unavailable)?;
+            if matches!(outcome, tidings_core::store::AckOutcome::Acked { .. }) {
+                acknowledged += 1;
+                tracing::info!(guardian_id = %guardian, "acknowledged by SMS");
+            }
+        }
+        return Ok(Some(if acknowledged > 0 {
+            format!("{name}: thank you, your acknowledgment is recorded.")
+        } else {
+            format!("{name}: no message is waiting for your acknowledgment.")
+        }));
+    }
+    for (district, guardian) in &guardians {
         match keyword {
             Some(inbound::Keyword::Stop) => {
                 cb.store
@@ -514,7 +558,6 @@ async fn take_inbound(
             _ => {}
         }
     }
-    let name = &cb.config.district_name;
     Ok(match keyword {
         Some(inbound::Keyword::Help) => Some(cb.config.help_text.clone()),
         Some(inbound::Keyword::Stop) if replies_to_stop => Some(format!(

@@ -113,6 +113,17 @@ impl TestDatabase {
             while let Err(error) = admin.execute(rename.as_str()).await {
                 tries += 1;
                 assert!(tries < 50, "publish the template database: {error}");
+                // Whatever still holds a connection to it (our closed pool's last one,
+                // autovacuum) is let go of.
+                let _ = admin
+                    .execute(
+                        format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = '{building}' AND pid <> pg_backend_pid()"
+                        )
+                        .as_str(),
+                    )
+                    .await;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

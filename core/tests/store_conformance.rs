@@ -37,6 +37,7 @@ tidings_core::on_both_stores! {
     the_hourly_quota_is_reserved_by_concurrent_sends,
     a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log,
     registered_devices_are_addressed_by_platform,
+    an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -867,6 +868,121 @@ async fn the_hourly_quota_is_reserved_by_concurrent_sends(store: Arc<dyn Store>)
         .create_message(&message_to(&seed, &[Channel::Sms]), now())
         .await
         .unwrap();
+}
+
+async fn an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out(
+    store: Arc<dyn Store>,
+) {
+    use tidings_core::delivery::{Actor, Transition};
+    use tidings_core::store::AckOutcome;
+    use tidings_core::DeliveryState;
+    let seed = seed(store.as_ref(), 2).await;
+    let message = message_to(&seed, &[Channel::Sms, Channel::Email]);
+    store.create_message(&message, now()).await.unwrap();
+    let recipient = &message.recipients[0];
+    let (sms, email) = (recipient.deliveries[0].id, recipient.deliveries[1].id);
+    for (from, to) in [
+        (DeliveryState::Created, DeliveryState::Queued),
+        (DeliveryState::Queued, DeliveryState::Sent),
+    ] {
+        let d = store.delivery(sms).await.unwrap().unwrap();
+        store
+            .transition(&Transition {
+                delivery_id: sms,
+                from,
+                seen_version: d.version,
+                to,
+                actor: Actor::dispatcher("test"),
+                detail: None,
+                at: now(),
+            })
+            .await
+            .unwrap();
+    }
+    let guardian = seed.guardians[0].id;
+    assert_eq!(
+        store.open_ack(guardian, now()).await.unwrap(),
+        Some(*recipient.id.as_uuid())
+    );
+    let acked = store
+        .acknowledge(
+            *recipient.id.as_uuid(),
+            Channel::Sms,
+            &Actor::guardian("sms"),
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        acked,
+        AckOutcome::Acked {
+            delivery: Some(sms),
+            cancelled: 1,
+            untouched: 0
+        }
+    );
+    let state = |id| {
+        let store = store.clone();
+        async move { store.delivery(id).await.unwrap().unwrap().state }
+    };
+    assert_eq!(state(sms).await, DeliveryState::Acked);
+    assert_eq!(state(email).await, DeliveryState::Cancelled);
+    let trail = store.delivery_events(email).await.unwrap();
+    assert_eq!(trail.last().unwrap().to, DeliveryState::Cancelled);
+    // Twice is once.
+    assert_eq!(
+        store
+            .acknowledge(
+                *recipient.id.as_uuid(),
+                Channel::Email,
+                &Actor::guardian("email"),
+                now()
+            )
+            .await
+            .unwrap(),
+        AckOutcome::AlreadyAcked
+    );
+    assert_eq!(state(email).await, DeliveryState::Cancelled);
+    assert_eq!(store.open_ack(guardian, now()).await.unwrap(), None);
+    let listed = store
+        .recipients(
+            &MessageScope::District(seed.staff.district_id),
+            message.id,
+            Some(true),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.map(|l| l.len()), Some(1));
+
+    // A message that asks for no acknowledgment cannot be acknowledged.
+    let plain = NewMessage {
+        id: MessageId::new(),
+        requires_ack: false,
+        ..message_to(&seed, &[Channel::Sms])
+    };
+    store.create_message(&plain, now()).await.unwrap();
+    let other = *plain.recipients[1].id.as_uuid();
+    assert_eq!(
+        store
+            .acknowledge(other, Channel::Sms, &Actor::guardian("sms"), now())
+            .await
+            .unwrap(),
+        AckOutcome::NotRequired
+    );
+    assert_eq!(
+        store
+            .acknowledge(
+                uuid::Uuid::now_v7(),
+                Channel::Sms,
+                &Actor::guardian("sms"),
+                now()
+            )
+            .await
+            .unwrap(),
+        AckOutcome::NotFound
+    );
 }
 
 async fn registered_devices_are_addressed_by_platform(store: Arc<dyn Store>) {

@@ -9,8 +9,8 @@ CREATE TABLE inbound_messages (
     from_address        text NOT NULL,
     to_address          text NOT NULL,
     body                text NOT NULL,
-    -- stop, start, help, or NULL for a reply.
-    keyword             text CHECK (keyword IN ('stop', 'start', 'help')),
+    -- stop, start, help, ack, or NULL for a reply.
+    keyword             text CHECK (keyword IN ('stop', 'start', 'help', 'ack')),
     received_at         timestamptz NOT NULL,
     UNIQUE (provider, provider_message_id)
 );

@@ -9,8 +9,8 @@ CREATE TABLE inbound_messages (
     from_address        TEXT NOT NULL,
     to_address          TEXT NOT NULL,
     body                TEXT NOT NULL,
-    -- stop, start, help, or NULL for a reply.
-    keyword             TEXT CHECK (keyword IN ('stop', 'start', 'help')),
+    -- stop, start, help, ack, or NULL for a reply.
+    keyword             TEXT CHECK (keyword IN ('stop', 'start', 'help', 'ack')),
     received_at         TEXT NOT NULL,
     UNIQUE (provider, provider_message_id)
 );

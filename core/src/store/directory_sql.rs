@@ -561,6 +561,123 @@ macro_rules! directory_queries {
             Ok((inserted == 1).then_some(guardians))
         }
 
+        pub async fn acknowledge(
+            pool: &sqlx::Pool<$db>,
+            recipient: uuid::Uuid,
+            via: $crate::Channel,
+            actor: &$crate::delivery::Actor,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<$crate::store::AckOutcome> {
+            use $crate::delivery::{next, Decision};
+            use $crate::{DeliveryEvent, DeliveryState};
+            let mut tx = pool.begin().await?;
+            let acked = sqlx::query(
+                "UPDATE recipients SET ack_state = 'acked', acked_at = $1, ack_via = $2 \
+                 WHERE id = $3 AND ack_state = 'pending'",
+            )
+            .bind(at)
+            .bind(via.as_str())
+            .bind($enc(recipient))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if acked == 0 {
+                let state: Option<String> = sqlx::query_scalar("SELECT ack_state FROM recipients WHERE id = $1")
+                    .bind($enc(recipient))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                return Ok(match state.as_deref() {
+                    None => $crate::store::AckOutcome::NotFound,
+                    Some("acked") => $crate::store::AckOutcome::AlreadyAcked,
+                    Some(_) => $crate::store::AckOutcome::NotRequired,
+                });
+            }
+            let rows = sqlx::query(
+                "SELECT id, district_id, channel, state, version FROM deliveries WHERE recipient_id = $1",
+            )
+            .bind($enc(recipient))
+            .fetch_all(&mut *tx)
+            .await?;
+            let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
+            for row in &rows {
+                let id: uuid::Uuid = $dec(row, "id")?;
+                let district: uuid::Uuid = $dec(row, "district_id")?;
+                let channel: $crate::Channel = parse_col(row, "channel")?;
+                let state: DeliveryState = parse_col(row, "state")?;
+                let version: i64 = row.try_get("version")?;
+                // The delivery the acknowledgment came through is ACKED; the guardian's
+                // other deliveries of the message that have not gone out are cancelled.
+                let event = if channel == via { DeliveryEvent::Acknowledged } else { DeliveryEvent::Cancel };
+                let Decision::Move(to) = next(state, event) else {
+                    untouched += 1;
+                    continue;
+                };
+                let column = $crate::store::state_timestamp_column(to);
+                let moved = sqlx::query(&format!(
+                    "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
+                     next_attempt_at = NULL WHERE id = $3 AND version = $4"
+                ))
+                .bind(to.as_str())
+                .bind(at)
+                .bind($enc(id))
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if moved == 0 {
+                    untouched += 1;
+                    continue;
+                }
+                let detail = format!("acknowledged by {via}");
+                sqlx::query(
+                    "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                                  actor_kind, actor_ref, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind($enc(district))
+                .bind($enc(id))
+                .bind(state.as_str())
+                .bind(to.as_str())
+                .bind(version + 1)
+                .bind(at)
+                .bind(actor.kind.as_str())
+                .bind(&actor.reference)
+                .bind(&detail)
+                .execute(&mut *tx)
+                .await?;
+                if to == DeliveryState::Acked {
+                    acked_delivery = Some($crate::DeliveryId::from_uuid(id));
+                } else {
+                    cancelled += 1;
+                }
+            }
+            tx.commit().await?;
+            Ok($crate::store::AckOutcome::Acked {
+                delivery: acked_delivery,
+                cancelled,
+                untouched,
+            })
+        }
+
+        pub async fn open_ack(
+            pool: &sqlx::Pool<$db>,
+            guardian: uuid::Uuid,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<Option<uuid::Uuid>> {
+            let row = sqlx::query(
+                "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id \
+                 WHERE r.guardian_id = $1 AND r.ack_state = 'pending' AND m.requires_ack = $2 \
+                 AND (m.ack_deadline IS NULL OR m.ack_deadline > $3) \
+                 ORDER BY m.created_at DESC, m.id DESC LIMIT 1",
+            )
+            .bind($enc(guardian))
+            .bind(true)
+            .bind(at)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| $dec(&r, "id")).transpose()
+        }
+
         pub async fn replies(
             pool: &sqlx::Pool<$db>,
             scope: &Scope,

@@ -472,6 +472,23 @@ pub struct InboxApply {
     pub outcome: String,
 }
 
+/// What an acknowledgment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Recorded now: the delivery it came through is ACKED (if it could move), the
+    /// guardian's unsent deliveries of the message are cancelled, the rest left as they are.
+    Acked {
+        delivery: Option<DeliveryId>,
+        cancelled: usize,
+        untouched: usize,
+    },
+    /// Acknowledged before: nothing changes.
+    AlreadyAcked,
+    /// The message asks for no acknowledgment.
+    NotRequired,
+    NotFound,
+}
+
 /// A text a guardian sent, as staff see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplyView {
@@ -698,6 +715,26 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         sms: &InboundSms,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Vec<(DistrictId, GuardianId)>>>;
+
+    /// A guardian acknowledges a message (their recipient row) through `via`: in one
+    /// transaction the recipient is marked, the delivery on `via` moves to ACKED and the
+    /// guardian's other not-yet-sent deliveries of the message are cancelled (each a
+    /// compare-and-swap with its audit row). A second acknowledgment changes nothing.
+    async fn acknowledge(
+        &self,
+        recipient: uuid::Uuid,
+        via: Channel,
+        actor: &crate::delivery::Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<AckOutcome>;
+
+    /// The guardian's most recent message still waiting for their acknowledgment (its
+    /// recipient row), if any.
+    async fn open_ack(
+        &self,
+        guardian: GuardianId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<uuid::Uuid>>;
 
     /// Texts from guardians the scope may see, newest first, older than `before`.
     async fn replies(

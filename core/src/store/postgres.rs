@@ -498,6 +498,24 @@ impl Store for PostgresStore {
             }))
     }
 
+    async fn acknowledge(
+        &self,
+        recipient: Uuid,
+        via: crate::Channel,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::AckOutcome> {
+        directory::acknowledge(&self.pool, recipient, via, actor, at).await
+    }
+
+    async fn open_ack(
+        &self,
+        guardian: crate::GuardianId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Uuid>> {
+        directory::open_ack(&self.pool, guardian.into(), at).await
+    }
+
     async fn replies(
         &self,
         scope: &super::Scope,
