@@ -297,6 +297,9 @@ impl Callbacks {
                     outcome,
                 });
             }
+            // In delivery id order (stable: a delivery's events keep theirs), the order in
+            // which every writer of several deliveries locks them.
+            batch.sort_by_key(|item| item.transition.as_ref().map(|t| *t.delivery_id.as_uuid()));
             let marked = self.store.apply_inbox_batch(&batch).await?;
             for (item, marked) in batch.iter().zip(&marked) {
                 if *marked {

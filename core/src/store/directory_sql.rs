@@ -593,7 +593,7 @@ macro_rules! directory_queries {
                 });
             }
             let rows = sqlx::query(
-                "SELECT id, district_id, channel, state, version FROM deliveries WHERE recipient_id = $1",
+                "SELECT id, district_id, channel, state, version FROM deliveries WHERE recipient_id = $1 ORDER BY id",
             )
             .bind($enc(recipient))
             .fetch_all(&mut *tx)

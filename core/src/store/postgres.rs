@@ -1367,6 +1367,12 @@ mod dispatching {
         let mut tx = pool.begin().await?;
         fence(&mut tx, lease).await?;
         let ids: Vec<uuid::Uuid> = items.iter().map(|(d, _)| *d.id.as_uuid()).collect();
+        // Rows are locked in id order, as every other writer of several deliveries does,
+        // so that two such transactions never wait on each other.
+        sqlx::query("SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         let versions: Vec<i64> = items.iter().map(|(d, _)| d.version).collect();
         let providers: Vec<&str> = items.iter().map(|(_, p)| *p).collect();
         let rows = sqlx::query(&format!(
@@ -1474,6 +1480,12 @@ mod dispatching {
         let mut tx = pool.begin().await?;
         fence(&mut tx, lease).await?;
         let ids: Vec<uuid::Uuid> = items.iter().map(|(d, _, _)| *d.id.as_uuid()).collect();
+        // Rows are locked in id order, as every other writer of several deliveries does,
+        // so that two such transactions never wait on each other.
+        sqlx::query("SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         let attempts: Vec<i32> = items.iter().map(|(_, a, _)| *a).collect();
         // (attempt outcome, kind of delivery update, its text, the retry time)
         let parts: Vec<(&str, &str, &str, Option<DateTime<Utc>>)> = items
