@@ -91,11 +91,14 @@ macro_rules! dispatch_queries {
             let free = (0..wanted.len())
                 .map(|i| wanted[(start + i) % wanted.len().max(1)])
                 .filter(|key| !taken.contains(key) && !mine.contains(key));
-            let claim: Vec<(Lane, PartitionId)> = mine
+            let mut claim: Vec<(Lane, PartitionId)> = mine
                 .iter()
                 .copied()
                 .chain(free.take(share.saturating_sub(mine.len())))
                 .collect();
+            // Written in key order, as every dispatcher writes them, so that two claiming at
+            // once never wait on each other's rows until the deadlock detector steps in.
+            claim.sort_by_key(|(lane, partition)| (lane.as_str(), partition.get()));
             for chunk in claim.chunks(200) {
                 let mut insert = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO partition_leases (lane, partition, owner, fencing_token, expires_at) ",
