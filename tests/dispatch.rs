@@ -45,19 +45,6 @@ async fn send_alert(d: &District) -> (String, u64) {
     (sent["id"].as_str().unwrap().to_owned(), to_send)
 }
 
-/// Deliveries of a message by state, from its report.
-async fn counts(d: &District, id: &str) -> BTreeMap<String, u64> {
-    let (status, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
-    assert_eq!(status, StatusCode::OK, "{summary}");
-    let mut counts = BTreeMap::new();
-    for c in summary["counts"].as_array().unwrap() {
-        *counts
-            .entry(c["state"].as_str().unwrap().to_owned())
-            .or_default() += c["count"].as_u64().unwrap();
-    }
-    counts
-}
-
 fn unfinished(counts: &BTreeMap<String, u64>) -> u64 {
     ["CREATED", "QUEUED"]
         .iter()
@@ -94,10 +81,10 @@ async fn a_sandboxed_server_sends_every_delivery_it_accepts() {
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     let id = sent["id"].as_str().unwrap().to_owned();
     eventually("sending every delivery", || async {
-        unfinished(&counts(&d, &id).await) == 0
+        unfinished(&d.counts(&id).await) == 0
     })
     .await;
-    let counts = counts(&d, &id).await;
+    let counts = d.counts(&id).await;
     let suppressed = counts.get("SUPPRESSED").copied().unwrap_or(0);
     assert_eq!(
         counts.get("SENT").copied(),
@@ -160,14 +147,14 @@ async fn dispatchers_share_postgres_and_finish_a_broadcast_when_one_is_killed() 
     eventually("the survivors finishing the broadcast", || async {
         let mut left = 0;
         for id in &ids {
-            left += unfinished(&counts(&d, id).await);
+            left += unfinished(&d.counts(id).await);
         }
         left == 0
     })
     .await;
     let mut sent = 0;
     for id in &ids {
-        let counts = counts(&d, id).await;
+        let counts = d.counts(id).await;
         assert_eq!(counts.get("FAILED"), None, "{counts:?}");
         sent += counts.get("SENT").copied().unwrap_or(0);
     }
@@ -231,10 +218,10 @@ async fn staff_see_dead_letters_with_their_trail_and_replay_them() {
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     let id = sent["id"].as_str().unwrap().to_owned();
     eventually("every delivery ending", || async {
-        unfinished(&counts(&d, &id).await) == 0
+        unfinished(&d.counts(&id).await) == 0
     })
     .await;
-    let failed = counts(&d, &id).await["FAILED"];
+    let failed = d.counts(&id).await["FAILED"];
     assert!(failed > 0);
 
     let (status, page) = d.get("/api/v1/dead-letters?limit=500", &d.admin).await;
@@ -373,7 +360,7 @@ async fn kill_and_restart_twenty_times(db: TestDatabase) {
     eventually("the last dispatcher finishing the broadcast", || async {
         let mut left = 0;
         for id in &ids {
-            left += unfinished(&counts(&d, id).await);
+            left += unfinished(&d.counts(id).await);
         }
         left == 0
     })
@@ -387,7 +374,7 @@ async fn kill_and_restart_twenty_times(db: TestDatabase) {
 
     let mut sent = 0;
     for id in &ids {
-        let counts = counts(&d, id).await;
+        let counts = d.counts(id).await;
         assert_eq!(counts.get("FAILED"), None, "{counts:?}");
         sent += counts.get("SENT").copied().unwrap_or(0);
     }

@@ -68,16 +68,99 @@ fn twilio_env(api_base: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn counts(d: &District, id: &str) -> BTreeMap<String, u64> {
-    let (status, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
-    assert_eq!(status, StatusCode::OK, "{summary}");
-    let mut counts = BTreeMap::new();
-    for c in summary["counts"].as_array().unwrap() {
-        *counts
-            .entry(c["state"].as_str().unwrap().to_owned())
-            .or_default() += c["count"].as_u64().unwrap();
+/// Posts a message as the district's administrator; its answer (201 asserted).
+async fn post_message(d: &District, body: Value) -> Value {
+    let (status, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    sent
+}
+
+/// No delivery of the message is waiting to be sent.
+fn nothing_waiting(counts: &BTreeMap<String, u64>) -> bool {
+    ["CREATED", "QUEUED"]
+        .iter()
+        .all(|s| !counts.contains_key(*s))
+}
+
+/// The message's counts once `done` holds of them (polled; a liveness bound, not a
+/// measurement), or the last ones after a minute.
+async fn counts_when(
+    d: &District,
+    id: &str,
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> BTreeMap<String, u64> {
+    let mut now = d.counts(id).await;
+    for _ in 0..600 {
+        if done(&now) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = d.counts(id).await;
     }
-    counts
+    now
+}
+
+/// The demo district served with `env`.
+async fn demo_district(db: TestDatabase, env: &[(&'static str, String)]) -> District {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    District::with_demo_env(db, &env).await
+}
+
+/// Twilio through the sandbox at `base`, for a server on `port` that the sandbox calls
+/// back: Twilio signs for the public URL, the sandbox posts to the port.
+fn twilio_env_calling_back(base: &str, port: u16) -> Vec<(&'static str, String)> {
+    let mut env = twilio_env(base);
+    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
+    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
+    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
+    env
+}
+
+/// The demo district's first guardian and their active SMS number.
+async fn first_guardian_with_sms(d: &District) -> (String, String) {
+    let guardian = d.all("/api/v1/guardians", &d.admin).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    let number = detail["contact_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "sms" && c["active"] == true)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (guardian, number)
+}
+
+/// A guardian's text from `number` to the district, through the sandbox at `base` as
+/// Twilio's signed inbound webhook: what Tidings answered (null for nothing).
+async fn text(base: &str, number: &str, body: &str) -> Value {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/_sandbox/sms-replies"))
+        .json(&json!({
+            "from": number, "to": "+15005550006", "body": body,
+            "url": "https://tidings.example.org/callbacks/twilio/inbound",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    answer["reply"].clone()
 }
 
 #[tokio::test]
@@ -86,32 +169,20 @@ async fn sms_goes_through_twilio_and_every_duplicate_is_an_attempt_counted_in_do
     // retried until every one is taken.
     let (base, mut sandbox) = sandbox("{transient=0.1,throttled=0.1,in_doubt=0.1,seed=3}").await;
     let env = twilio_env(&base);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
-    let (status, sent) = d
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/messages",
-            &d.admin,
-            Some(json!({
-                "audience": {"district": true},
-                "channels": ["sms"],
-                "kind": "emergency",
-                "subject": "Lockdown",
-                "body": "All schools are in lockdown. Students are safe.",
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let d = demo_district(TestDatabase::sqlite(), &env).await;
+    let sent = post_message(
+        &d,
+        json!({
+            "audience": {"district": true},
+            "channels": ["sms"],
+            "kind": "emergency",
+            "subject": "Lockdown",
+            "body": "All schools are in lockdown. Students are safe.",
+        }),
+    )
+    .await;
     let id = sent["id"].as_str().unwrap().to_owned();
-    let mut done = BTreeMap::new();
-    for _ in 0..600 {
-        done = counts(&d, &id).await;
-        if ["CREATED", "QUEUED"].iter().all(|s| !done.contains_key(*s)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = counts_when(&d, &id, nothing_waiting).await;
     let to_send =
         sent["deliveries"].as_u64().unwrap() - done.get("SUPPRESSED").copied().unwrap_or(0);
     assert!(to_send > 0);
@@ -200,30 +271,19 @@ async fn email_goes_through_the_smtp_relay_once_per_delivery() {
         ),
     ];
     let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
-    let (status, sent) = d
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/messages",
-            &d.admin,
-            Some(json!({
-                "audience": {"district": true},
-                "channels": ["email"],
-                "kind": "general",
-                "subject": "Snow day",
-                "body": "Schools are closed on Friday.",
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let sent = post_message(
+        &d,
+        json!({
+            "audience": {"district": true},
+            "channels": ["email"],
+            "kind": "general",
+            "subject": "Snow day",
+            "body": "Schools are closed on Friday.",
+        }),
+    )
+    .await;
     let id = sent["id"].as_str().unwrap().to_owned();
-    let mut done = BTreeMap::new();
-    for _ in 0..600 {
-        done = counts(&d, &id).await;
-        if ["CREATED", "QUEUED"].iter().all(|s| !done.contains_key(*s)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = counts_when(&d, &id, nothing_waiting).await;
     let to_send =
         sent["deliveries"].as_u64().unwrap() - done.get("SUPPRESSED").copied().unwrap_or(0);
     assert!(to_send > 0);
@@ -270,30 +330,19 @@ async fn sms_goes_through_kannel_and_smpp_and_its_reports_come_back() {
         ("TIDINGS_KANNEL_DLR_SECRET", "a-long-enough-report-secret"),
     ];
     let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
-    let (status, sent) = d
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/messages",
-            &d.admin,
-            Some(json!({
-                "audience": {"district": true},
-                "channels": ["sms"],
-                "kind": "emergency",
-                "subject": "Lockdown",
-                "body": "Lockdown: students are safe – do not come to school.",
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let sent = post_message(
+        &d,
+        json!({
+            "audience": {"district": true},
+            "channels": ["sms"],
+            "kind": "emergency",
+            "subject": "Lockdown",
+            "body": "Lockdown: students are safe – do not come to school.",
+        }),
+    )
+    .await;
     let id = sent["id"].as_str().unwrap().to_owned();
-    let mut done = BTreeMap::new();
-    for _ in 0..600 {
-        done = counts(&d, &id).await;
-        if ["CREATED", "QUEUED"].iter().all(|s| !done.contains_key(*s)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = counts_when(&d, &id, nothing_waiting).await;
     let to_send =
         sent["deliveries"].as_u64().unwrap() - done.get("SUPPRESSED").copied().unwrap_or(0);
     assert!(to_send > 0);
@@ -320,13 +369,7 @@ async fn sms_goes_through_kannel_and_smpp_and_its_reports_come_back() {
     assert!(submitted.iter().all(|s| s["data_coding"] == 8
         && s["text"] == "Lockdown: students are safe – do not come to school."));
     // The SMSC's receipts come back through Kannel as delivery reports: all delivered.
-    for _ in 0..300 {
-        done = counts(&d, &id).await;
-        if done.get("DELIVERED") == Some(&to_send) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = counts_when(&d, &id, |c| c.get("DELIVERED") == Some(&to_send)).await;
     assert_eq!(done.get("DELIVERED"), Some(&to_send), "{done:?}");
     assert!(d.server.terminate().await.success());
 }
@@ -360,41 +403,29 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
         Some(&serve_at),
     )
     .await;
-    let mut env = twilio_env(&base);
-    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
-    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
-    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let d = District::with_demo_env(db, &env).await;
-    let (status, sent) = d
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/messages",
-            &d.admin,
-            Some(json!({
-                "audience": {"district": true},
-                "channels": ["sms"],
-                "kind": "emergency",
-                "subject": "Lockdown",
-                "body": "Lockdown: students are safe.",
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let env = twilio_env_calling_back(&base, port);
+    let d = demo_district(db, &env).await;
+    let sent = post_message(
+        &d,
+        json!({
+            "audience": {"district": true},
+            "channels": ["sms"],
+            "kind": "emergency",
+            "subject": "Lockdown",
+            "body": "Lockdown: students are safe.",
+        }),
+    )
+    .await;
     let id = sent["id"].as_str().unwrap().to_owned();
     let to_send = sent["deliveries"].as_u64().unwrap();
-    let mut done = BTreeMap::new();
-    for _ in 0..600 {
-        done = counts(&d, &id).await;
+    let done = counts_when(&d, &id, |c| {
         let settled: u64 = ["DELIVERED", "FAILED", "SUPPRESSED"]
             .iter()
-            .filter_map(|s| done.get(*s))
+            .filter_map(|s| c.get(*s))
             .sum();
-        if settled == to_send {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        settled == to_send
+    })
+    .await;
     let delivered = done.get("DELIVERED").copied().unwrap_or(0);
     let failed = done.get("FAILED").copied().unwrap_or(0);
     let suppressed = done.get("SUPPRESSED").copied().unwrap_or(0);
@@ -441,7 +472,7 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
         store.inbox_counts().await.unwrap().get("rejected"),
         Some(&1)
     );
-    assert_eq!(counts(&d, &id).await, done);
+    assert_eq!(d.counts(&id).await, done);
     // And all of it is visible to monitoring.
     let metrics = reqwest::get(format!("{serve_at}/metrics"))
         .await
@@ -483,48 +514,13 @@ async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
     let port = free_port();
     let serve_at = format!("http://127.0.0.1:{port}");
     let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
-    let mut env = twilio_env(&base);
-    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
-    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
-    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
+    let mut env = twilio_env_calling_back(&base, port);
     env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let d = District::with_demo_env(db, &env).await;
-    let guardian = d.all("/api/v1/guardians", &d.admin).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (_, detail) = d
-        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
-        .await;
-    let number = detail["contact_points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "sms" && c["active"] == true)
-        .unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let text = |body: &str| {
+    let d = demo_district(db, &env).await;
+    let (guardian, number) = first_guardian_with_sms(&d).await;
+    let text = |body: &'static str| {
         let (base, number) = (base.clone(), number.clone());
-        let body = body.to_owned();
-        async move {
-            let answer: Value = reqwest::Client::new()
-                .post(format!("{base}/_sandbox/sms-replies"))
-                .json(&json!({
-                    "from": number, "to": "+15005550006", "body": body,
-                    "url": "https://tidings.example.org/callbacks/twilio/inbound",
-                }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(answer["status"], 200, "{answer}");
-            answer["reply"].clone()
-        }
+        async move { text(&base, &number, body).await }
     };
     let carrier_opt_outs = || async {
         let (_, detail) = d
@@ -549,21 +545,17 @@ async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
         "{reply}"
     );
     let sms_to_guardian = || async {
-        let (status, sent) = d
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/messages",
-                &d.admin,
-                Some(json!({
-                    "audience": {"guardians": [guardian]},
-                    "channels": ["sms"],
-                    "kind": "emergency",
-                    "subject": "Lockdown",
-                    "body": "Lockdown: students are safe.",
-                })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{sent}");
+        let sent = post_message(
+            &d,
+            json!({
+                "audience": {"guardians": [guardian]},
+                "channels": ["sms"],
+                "kind": "emergency",
+                "subject": "Lockdown",
+                "body": "Lockdown: students are safe.",
+            }),
+        )
+        .await;
         sent
     };
     // Even an emergency respects a carrier STOP.
@@ -606,77 +598,39 @@ async fn a_guardian_acknowledges_by_texting_the_keyword() {
     let port = free_port();
     let serve_at = format!("http://127.0.0.1:{port}");
     let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
-    let mut env = twilio_env(&base);
-    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
-    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
-    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
+    let mut env = twilio_env_calling_back(&base, port);
     env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
     env.push(("TIDINGS_SMS_ACK_KEYWORD", "1".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
-    let guardian = d.all("/api/v1/guardians", &d.admin).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (_, detail) = d
-        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
-        .await;
-    let number = detail["contact_points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "sms" && c["active"] == true)
-        .unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let d = demo_district(TestDatabase::sqlite(), &env).await;
+    let (guardian, number) = first_guardian_with_sms(&d).await;
     let text = |body: &'static str| {
         let (base, number) = (base.clone(), number.clone());
         async move {
-            let answer: Value = reqwest::Client::new()
-                .post(format!("{base}/_sandbox/sms-replies"))
-                .json(&json!({
-                    "from": number, "to": "+15005550006", "body": body,
-                    "url": "https://tidings.example.org/callbacks/twilio/inbound",
-                }))
-                .send()
+            text(&base, &number, body)
                 .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(answer["status"], 200, "{answer}");
-            answer["reply"].as_str().unwrap_or_default().to_owned()
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
         }
     };
     // Nothing waits for an acknowledgment yet.
     assert!(text("1").await.contains("no message is waiting"));
-    let (status, sent) = d
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/messages",
-            &d.admin,
-            Some(json!({
-                "audience": {"guardians": [guardian]},
-                "channels": ["sms"],
-                "kind": "emergency",
-                "subject": "Early dismissal",
-                "body": "Early dismissal at noon today. Reply 1 to confirm you have read this.",
-                "requires_ack": true,
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let sent = post_message(
+        &d,
+        json!({
+            "audience": {"guardians": [guardian]},
+            "channels": ["sms"],
+            "kind": "emergency",
+            "subject": "Early dismissal",
+            "body": "Early dismissal at noon today. Reply 1 to confirm you have read this.",
+            "requires_ack": true,
+        }),
+    )
+    .await;
     let id = sent["id"].as_str().unwrap().to_owned();
-    for _ in 0..300 {
-        if counts(&d, &id).await.get("DELIVERED") == Some(&1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Sent, and Twilio's report says delivered.
     assert_eq!(
-        counts(&d, &id).await,
+        counts_when(&d, &id, |c| c.get("DELIVERED") == Some(&1)).await,
         BTreeMap::from([("DELIVERED".to_owned(), 1)])
     );
     assert_eq!(
@@ -684,7 +638,7 @@ async fn a_guardian_acknowledges_by_texting_the_keyword() {
         "Lincoln USD: thank you, your acknowledgment is recorded."
     );
     assert_eq!(
-        counts(&d, &id).await,
+        d.counts(&id).await,
         BTreeMap::from([("ACKED".to_owned(), 1)])
     );
     let (_, acked) = d
@@ -740,8 +694,7 @@ async fn only_number(d: &District, guardian: &str, number: &str) {
 async fn a_carrier_stop_suppresses_and_an_invalid_number_is_retired() {
     let (base, mut sandbox) = sandbox("{}").await;
     let env = twilio_env(&base);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let d = District::with_demo_env(TestDatabase::sqlite(), &env).await;
+    let d = demo_district(TestDatabase::sqlite(), &env).await;
     let guardians = d.all("/api/v1/guardians", &d.admin).await;
     let (stopped, invalid) = (
         guardians[0]["id"].as_str().unwrap().to_owned(),
@@ -751,32 +704,24 @@ async fn a_carrier_stop_suppresses_and_an_invalid_number_is_retired() {
     only_number(&d, &stopped, "+15005550004").await;
     only_number(&d, &invalid, "+15005550001").await;
     let send = || async {
-        let (status, sent) = d
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/messages",
-                &d.admin,
-                Some(json!({
-                    "audience": {"guardians": [stopped, invalid]},
-                    "channels": ["sms"],
-                    "kind": "emergency",
-                    "subject": "Lockdown",
-                    "body": "Lockdown: students are safe.",
-                })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{sent}");
+        let sent = post_message(
+            &d,
+            json!({
+                "audience": {"guardians": [stopped, invalid]},
+                "channels": ["sms"],
+                "kind": "emergency",
+                "subject": "Lockdown",
+                "body": "Lockdown: students are safe.",
+            }),
+        )
+        .await;
         sent["id"].as_str().unwrap().to_owned()
     };
     let first = send().await;
-    let mut done = BTreeMap::new();
-    for _ in 0..300 {
-        done = counts(&d, &first).await;
-        if done.get("SUPPRESSED") == Some(&1) && done.get("FAILED") == Some(&1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = counts_when(&d, &first, |c| {
+        c.get("SUPPRESSED") == Some(&1) && c.get("FAILED") == Some(&1)
+    })
+    .await;
     assert_eq!(
         done,
         BTreeMap::from([("FAILED".to_owned(), 1), ("SUPPRESSED".to_owned(), 1)])
@@ -830,7 +775,7 @@ async fn a_carrier_stop_suppresses_and_an_invalid_number_is_retired() {
         .await
         .unwrap();
     let second = send().await;
-    let counts_now = counts(&d, &second).await;
+    let counts_now = d.counts(&second).await;
     assert_eq!(
         counts_now,
         BTreeMap::from([("SUPPRESSED".to_owned(), 2)]),

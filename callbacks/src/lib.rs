@@ -322,40 +322,20 @@ impl Callbacks {
         event_id: &str,
         event: Normalized,
     ) -> Result<(&'static str, String), tidings_core::store::StoreError> {
-        let Some(delivery) = self.store.delivery(event.delivery_id).await? else {
+        let Some(mut delivery) = self.store.delivery(event.delivery_id).await? else {
             return Ok(("ignored", "no such delivery".into()));
         };
         if let Some(effect) = &event.effect {
             self.side_effect(&delivery, effect).await;
         }
-        let Some(what) = event.event else {
-            return Ok(match &event.effect {
-                Some(effect) => ("applied", format!("{effect} recorded")),
-                None => ("ignored", "nothing to apply".into()),
-            });
-        };
         // A compare-and-swap that lost a race re-reads and decides again.
-        let mut delivery = delivery;
         for _ in 0..5 {
-            let to = match next(delivery.state, what) {
-                Decision::Move(to) => to,
-                Decision::Ignore(why) => {
-                    return Ok(("ignored", format!("{why:?} in {}", delivery.state)));
-                }
-            };
-            let transition = Transition {
-                delivery_id: delivery.id,
-                from: delivery.state,
-                seen_version: delivery.version,
-                to,
-                actor: Actor::provider(provider, event_id),
-                detail: event.detail.clone(),
-                at: now(),
+            let (transition, status, outcome) = decide(provider, event_id, &event, &mut delivery);
+            let Some(transition) = transition else {
+                return Ok((status, outcome));
             };
             match self.store.transition(&transition).await? {
-                CasOutcome::Applied(_) => {
-                    return Ok(("applied", format!("{} -> {to}", delivery.state)));
-                }
+                CasOutcome::Applied(_) => return Ok((status, outcome)),
                 _ => match self.store.delivery(event.delivery_id).await? {
                     Some(now) => delivery = now,
                     None => return Ok(("ignored", "no such delivery".into())),
@@ -600,28 +580,7 @@ async fn twilio_inbound(
 ) -> Response {
     let raw = pairs_json(&form);
     let verdict = (|| {
-        let token = cb
-            .config
-            .twilio_auth_token
-            .as_deref()
-            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Twilio is not configured"))?;
-        let base = cb.config.public_url.as_deref().ok_or_else(|| {
-            refuse(
-                StatusCode::NOT_FOUND,
-                "public_url is not set: signatures cannot be checked",
-            )
-        })?;
-        let given = headers
-            .get("X-Twilio-Signature")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| refuse(StatusCode::FORBIDDEN, "missing X-Twilio-Signature"))?;
-        let url = format!("{}{uri}", base.trim_end_matches('/'));
-        if !same(&twilio::signature(token, &url, &form), given) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "X-Twilio-Signature does not match",
-            ));
-        }
+        verify_twilio(&cb, &uri, &headers, &form)?;
         let need = |name: &str| {
             field(&form, name)
                 .map(str::to_owned)
@@ -654,24 +613,9 @@ async fn kannel_inbound(
     State(cb): State<Callbacks>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    let raw = pairs_json(
-        &query
-            .iter()
-            .filter(|(k, _)| k != "secret")
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    let raw = without_secret(&query);
     let verdict = (|| {
-        let secret = cb
-            .config
-            .kannel_dlr_secret
-            .as_deref()
-            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Kannel is not configured"))?;
-        let given =
-            field(&query, "secret").ok_or_else(|| refuse(StatusCode::FORBIDDEN, "no secret"))?;
-        if !same(secret, given) {
-            return Err(refuse(StatusCode::FORBIDDEN, "wrong secret"));
-        }
+        verify_kannel(&cb, &query)?;
         let need = |name: &str| {
             field(&query, name)
                 .map(str::to_owned)
@@ -688,6 +632,64 @@ async fn kannel_inbound(
         }
         Err(refusal) => cb.reject("kannel", refusal, raw).await,
     }
+}
+
+/// A Twilio request's signature: HMAC-SHA1 with the auth token over the public URL the
+/// request was made to (path and query as received) and the sorted form.
+fn verify_twilio(
+    cb: &Callbacks,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Result<(), Refusal> {
+    let token = cb
+        .config
+        .twilio_auth_token
+        .as_deref()
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Twilio is not configured"))?;
+    let base = cb.config.public_url.as_deref().ok_or_else(|| {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "public_url is not set: signatures cannot be checked",
+        )
+    })?;
+    let given = headers
+        .get("X-Twilio-Signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refuse(StatusCode::FORBIDDEN, "missing X-Twilio-Signature"))?;
+    let url = format!("{}{uri}", base.trim_end_matches('/'));
+    if !same(&twilio::signature(token, &url, form), given) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "X-Twilio-Signature does not match",
+        ));
+    }
+    Ok(())
+}
+
+/// A Kannel request's secret (the one in the URLs we gave it).
+fn verify_kannel(cb: &Callbacks, query: &[(String, String)]) -> Result<(), Refusal> {
+    let secret = cb
+        .config
+        .kannel_dlr_secret
+        .as_deref()
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Kannel is not configured"))?;
+    let given = field(query, "secret").ok_or_else(|| refuse(StatusCode::FORBIDDEN, "no secret"))?;
+    if !same(secret, given) {
+        return Err(refuse(StatusCode::FORBIDDEN, "wrong secret"));
+    }
+    Ok(())
+}
+
+/// A Kannel request's parameters as kept with a refusal: never the secret.
+fn without_secret(query: &[(String, String)]) -> Value {
+    pairs_json(
+        &query
+            .iter()
+            .filter(|(k, _)| k != "secret")
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Secrets and signatures are compared in constant time.
@@ -736,28 +738,7 @@ async fn twilio_status(
 ) -> Response {
     let raw = pairs_json(&form);
     let verdict = (|| {
-        let token = cb
-            .config
-            .twilio_auth_token
-            .as_deref()
-            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Twilio is not configured"))?;
-        let base = cb.config.public_url.as_deref().ok_or_else(|| {
-            refuse(
-                StatusCode::NOT_FOUND,
-                "public_url is not set: signatures cannot be checked",
-            )
-        })?;
-        let given = headers
-            .get("X-Twilio-Signature")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| refuse(StatusCode::FORBIDDEN, "missing X-Twilio-Signature"))?;
-        let url = format!("{}{uri}", base.trim_end_matches('/'));
-        if !same(&twilio::signature(token, &url, &form), given) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "X-Twilio-Signature does not match",
-            ));
-        }
+        verify_twilio(&cb, &uri, &headers, &form)?;
         let query: Vec<(String, String)> = uri.query().map(url_pairs).unwrap_or_default();
         let delivery = field(&query, "delivery")
             .and_then(delivery_id)
@@ -813,25 +794,9 @@ async fn kannel_dlr(
     State(cb): State<Callbacks>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    // The secret is not kept with a refused report.
-    let raw = pairs_json(
-        &query
-            .iter()
-            .filter(|(k, _)| k != "secret")
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    let raw = without_secret(&query);
     let verdict = (|| {
-        let secret = cb
-            .config
-            .kannel_dlr_secret
-            .as_deref()
-            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "Kannel is not configured"))?;
-        let given =
-            field(&query, "secret").ok_or_else(|| refuse(StatusCode::FORBIDDEN, "no secret"))?;
-        if !same(secret, given) {
-            return Err(refuse(StatusCode::FORBIDDEN, "wrong secret"));
-        }
+        verify_kannel(&cb, &query)?;
         let delivery = field(&query, "delivery")
             .and_then(delivery_id)
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the report names no delivery"))?;

@@ -17,7 +17,6 @@ use a2::request::notification::{
 };
 use a2::request::payload::PayloadLike as _;
 use async_trait::async_trait;
-use futures_util::{stream, StreamExt as _};
 use serde::Deserialize;
 use tidings_core::MessageKind;
 
@@ -192,19 +191,16 @@ impl Apns {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return http::transport_failure("apns", &e),
+        let a = match http::answer("apns", request.send().await).await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers());
-        let apns_id = response
-            .headers()
+        let apns_id = a
+            .headers
             .get("apns-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let text = response.text().await.unwrap_or_default();
-        let outcome = classify(status, retry_after, apns_id, &text, send);
+        let outcome = classify(a.status, a.retry_after, apns_id, &a.text, send);
         if matches!(&outcome, SendOutcome::Transient { error, .. } if error.contains("ProviderToken"))
         {
             self.drop_token();
@@ -275,10 +271,9 @@ impl ChannelAdapter for Apns {
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        stream::iter(0..batch.len())
-            .map(|i| self.send_one(&batch[i]))
-            .buffered(self.config.concurrency.max(1))
-            .collect()
-            .await
+        crate::each(batch.len(), self.config.concurrency, |i| {
+            self.send_one(&batch[i])
+        })
+        .await
     }
 }

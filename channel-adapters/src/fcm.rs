@@ -7,7 +7,6 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::{stream, StreamExt as _};
 use serde::Deserialize;
 use tidings_core::MessageKind;
 
@@ -168,24 +167,21 @@ impl Fcm {
             self.config.api_base.trim_end_matches('/'),
             self.config.account.project_id
         );
-        let response = self
+        let sent = self
             .client
             .post(url)
             .bearer_auth(token)
             .json(&Self::body(send))
             .send()
             .await;
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => return http::transport_failure("fcm", &e),
+        let a = match http::answer("fcm", sent).await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
+        if a.status == reqwest::StatusCode::UNAUTHORIZED {
             self.forget_token().await;
         }
-        classify(status, retry_after, &text, send)
+        classify(a.status, a.retry_after, &a.text, send)
     }
 }
 
@@ -269,10 +265,9 @@ impl ChannelAdapter for Fcm {
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        stream::iter(0..batch.len())
-            .map(|i| self.send_one(&batch[i]))
-            .buffered(self.config.concurrency.max(1))
-            .collect()
-            .await
+        crate::each(batch.len(), self.config.concurrency, |i| {
+            self.send_one(&batch[i])
+        })
+        .await
     }
 }

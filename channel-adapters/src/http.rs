@@ -35,11 +35,39 @@ pub fn client(timeouts: Timeouts) -> reqwest::Client {
         .expect("the HTTP client's TLS configuration is valid")
 }
 
+/// What a provider answered: the status, its `Retry-After`, the headers, and the body
+/// (`<unreadable: …>` when it was cut off: the status alone then decides).
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub retry_after: Option<Duration>,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+/// Reads the answer to a send, or classifies why there is none.
+pub async fn answer(
+    provider: &str,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Answer, SendOutcome> {
+    let response = sent.map_err(|e| transport_failure(provider, &e))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = match response.text().await {
+        Ok(text) => text,
+        Err(e) => format!("<unreadable: {e}>"),
+    };
+    Ok(Answer {
+        status,
+        retry_after: retry_after(&headers),
+        headers,
+        text,
+    })
+}
+
 /// A transport failure of a send: before the request left (nothing sent, try again) or
 /// after (the provider may have it: in doubt).
 pub fn transport_failure(provider: &str, error: &reqwest::Error) -> SendOutcome {
-    // Without the URL: it can carry an account id, and the address is in the body.
-    let reason = error.without_url_ref();
+    let reason = describe(error);
     if error.is_connect() || error.is_builder() {
         SendOutcome::transient(format!("{provider}: cannot connect: {reason}"))
     } else if error.is_timeout() {
@@ -53,28 +81,23 @@ pub fn transport_failure(provider: &str, error: &reqwest::Error) -> SendOutcome 
     }
 }
 
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let mut text = self.to_string();
-        if let Some(url) = self.url() {
-            text = text.replace(&format!(" for url ({url})"), "");
-            text = text.replace(url.as_str(), "<url>");
-        }
-        // The innermost cause says what happened ("connection refused", "invalid peer
-        // certificate"); the outer ones only repeat that a request failed.
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            if cause.source().is_none() {
-                text = format!("{text} ({cause})");
-            }
-            source = cause.source();
-        }
-        text
+/// The error without its URL (it can carry an account id; the address is in the body),
+/// ending with the innermost cause ("connection refused", "invalid peer certificate"):
+/// the outer ones only repeat that a request failed.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(&format!(" for url ({url})"), "");
+        text = text.replace(url.as_str(), "<url>");
     }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.source().is_none() {
+            text = format!("{text} ({cause})");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by the providers we speak).

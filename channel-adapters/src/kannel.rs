@@ -10,7 +10,6 @@
 use std::num::NonZeroU32;
 
 use async_trait::async_trait;
-use futures_util::{stream, StreamExt as _};
 
 use crate::http::{self, Timeouts};
 use crate::{ChannelAdapter, Outgoing, SendOutcome};
@@ -114,21 +113,15 @@ impl Kannel {
     }
 
     async fn send_one(&self, send: &Outgoing) -> SendOutcome {
-        let response = self
+        let sent = self
             .client
             .get(&self.config.sendsms_url)
             .query(&self.query(send))
             .send()
             .await;
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => return http::transport_failure("kannel", &e),
-        };
-        let status = response.status();
-        match response.text().await {
-            Ok(body) => classify(status, &body, send),
-            Err(_) if status.is_success() => accepted(send),
-            Err(e) => classify(status, &format!("<unreadable: {e}>"), send),
+        match http::answer("kannel", sent).await {
+            Ok(a) => classify(a.status, &a.text, send),
+            Err(outcome) => outcome,
         }
     }
 }
@@ -182,11 +175,10 @@ impl ChannelAdapter for Kannel {
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        stream::iter(0..batch.len())
-            .map(|i| self.send_one(&batch[i]))
-            .buffered(self.config.concurrency.max(1))
-            .collect()
-            .await
+        crate::each(batch.len(), self.config.concurrency, |i| {
+            self.send_one(&batch[i])
+        })
+        .await
     }
 }
 

@@ -93,6 +93,22 @@ impl SendOutcome {
     }
 }
 
+/// Runs `send(0)` … `send(count - 1)`, up to `concurrency` at once; the outcomes in order.
+/// By index: a closure taking `&Outgoing` is not general enough for the `Send` future
+/// async_trait needs.
+pub(crate) async fn each<F, Fut>(count: usize, concurrency: usize, send: F) -> Vec<SendOutcome>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = SendOutcome>,
+{
+    use futures_util::StreamExt as _;
+    futures_util::stream::iter(0..count)
+        .map(send)
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
 /// A provider account able to send on one channel.
 #[async_trait]
 pub trait ChannelAdapter: Send + Sync {

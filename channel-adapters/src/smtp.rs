@@ -7,7 +7,6 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::{stream, StreamExt as _};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -271,10 +270,9 @@ impl ChannelAdapter for Smtp {
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        stream::iter(0..batch.len())
-            .map(|i| self.send_one(&batch[i]))
-            .buffered(self.pool_size as usize)
-            .collect()
-            .await
+        crate::each(batch.len(), self.pool_size as usize, |i| {
+            self.send_one(&batch[i])
+        })
+        .await
     }
 }

@@ -9,7 +9,6 @@ use std::num::NonZeroU32;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use futures_util::{stream, StreamExt as _};
 use hmac::{Hmac, Mac as _};
 use serde::Deserialize;
 
@@ -119,27 +118,17 @@ impl Twilio {
             .api_key_sid
             .as_deref()
             .unwrap_or(&self.config.account_sid);
-        let response = self
+        let sent = self
             .client
             .post(&self.messages_url)
             .basic_auth(user, Some(&self.config.secret))
             .form(&form)
             .send()
             .await;
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => return http::transport_failure("twilio", &e),
-        };
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers());
-        match response.text().await {
-            Ok(body) => classify(status, retry_after, &body, send),
-            // The status line arrived, the body did not: the status alone decides.
-            Err(e) if status.is_success() => {
-                tracing::warn!(delivery_id = %send.delivery_id, error = %e, "twilio accepted a send but its answer was cut off");
-                accepted_without_sid(send)
-            }
-            Err(e) => classify(status, retry_after, &format!("<unreadable: {e}>"), send),
+        match http::answer("twilio", sent).await {
+            // A 2xx whose body was cut off classifies as accepted without a sid.
+            Ok(a) => classify(a.status, a.retry_after, &a.text, send),
+            Err(outcome) => outcome,
         }
     }
 }
@@ -161,13 +150,10 @@ impl ChannelAdapter for Twilio {
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        // By index: a closure over `&Outgoing` would not be general enough for the
-        // `Send` future async_trait needs.
-        stream::iter(0..batch.len())
-            .map(|i| self.send_one(&batch[i]))
-            .buffered(self.config.concurrency.max(1))
-            .collect()
-            .await
+        crate::each(batch.len(), self.config.concurrency, |i| {
+            self.send_one(&batch[i])
+        })
+        .await
     }
 }
 
@@ -396,10 +382,18 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Whatever Twilio answers, one outcome comes back and nothing panics.
+        /// Whatever Twilio answers, nothing panics, and the status class decides what no
+        /// body can override: a 2xx is sent, a 5xx or 429 retried, a 1xx/3xx in doubt.
         #[test]
         fn any_answer_is_classified(status in 100u16..600, body in ".{0,300}") {
-            let _ = classified(status, &body);
+            let outcome = classified(status, &body);
+            let expected = match status {
+                200..=299 => matches!(outcome, SendOutcome::Sent { .. }),
+                429 | 500..=599 => matches!(outcome, SendOutcome::Transient { .. }),
+                400..=499 => !matches!(outcome, SendOutcome::Sent { .. } | SendOutcome::InDoubt { .. }),
+                _ => matches!(outcome, SendOutcome::InDoubt { .. }),
+            };
+            proptest::prop_assert!(expected, "{status} {body:?} -> {outcome:?}");
         }
     }
 

@@ -215,6 +215,21 @@ impl District {
         district
     }
 
+    /// A message's deliveries by state, from its report.
+    pub async fn counts(&self, message: &str) -> std::collections::BTreeMap<String, u64> {
+        let (status, summary) = self
+            .get(&format!("/api/v1/messages/{message}"), &self.admin)
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{summary}");
+        let mut counts = std::collections::BTreeMap::new();
+        for c in summary["counts"].as_array().unwrap() {
+            *counts
+                .entry(c["state"].as_str().unwrap().to_owned())
+                .or_default() += c["count"].as_u64().unwrap();
+        }
+        counts
+    }
+
     /// A JSON request; errors, and only errors, must come back as problem+json.
     pub async fn call_with(
         &self,

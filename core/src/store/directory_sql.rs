@@ -740,34 +740,6 @@ macro_rules! directory_queries {
         // The callback inbox: provider events kept before they are answered, applied
         // afterwards (kept beside the directory for its id encoding).
 
-        pub async fn inbox_put(
-            pool: &sqlx::Pool<$db>,
-            provider: &str,
-            event_id: &str,
-            payload: &serde_json::Value,
-            status: &str,
-            outcome: Option<&str>,
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> StoreResult<bool> {
-            let done = (status != "pending").then_some(at);
-            Ok(sqlx::query(
-                "INSERT INTO callback_inbox (id, provider, event_id, received_at, payload, status, applied_at, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, event_id) DO NOTHING",
-            )
-            .bind($enc(uuid::Uuid::now_v7()))
-            .bind(provider)
-            .bind(event_id)
-            .bind(at)
-            .bind(payload)
-            .bind(status)
-            .bind(done)
-            .bind(outcome)
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1)
-        }
-
         pub async fn apply_inbox_batch(
             pool: &sqlx::Pool<$db>,
             items: &[$crate::store::InboxApply],
@@ -880,23 +852,6 @@ macro_rules! directory_queries {
                     })
                 })
                 .collect()
-        }
-
-        pub async fn inbox_done(
-            pool: &sqlx::Pool<$db>,
-            id: uuid::Uuid,
-            status: &str,
-            outcome: &str,
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> StoreResult<()> {
-            sqlx::query("UPDATE callback_inbox SET status = $1, outcome = $2, applied_at = $3 WHERE id = $4 AND status = 'pending'")
-                .bind(status)
-                .bind(outcome)
-                .bind(at)
-                .bind($enc(id))
-                .execute(pool)
-                .await?;
-            Ok(())
         }
 
         pub async fn inbox_counts(pool: &sqlx::Pool<$db>) -> StoreResult<std::collections::BTreeMap<String, i64>> {

@@ -761,10 +761,19 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
         provider: &str,
         event_id: &str,
         payload: &serde_json::Value,
-        status: &str,
+        status: &'static str,
         outcome: Option<&str>,
         at: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<bool> {
+        let event = InboxPut {
+            provider: provider.to_owned(),
+            event_id: event_id.to_owned(),
+            payload: payload.clone(),
+            status,
+            outcome: outcome.map(str::to_owned),
+        };
+        Ok(self.inbox_put_many(&[event], at).await?.first() == Some(&true))
+    }
 
     /// Applies kept events in one transaction, in order: each one's compare-and-swap (with
     /// its audit row) and its inbox mark. An event whose swap finds the delivery moved,
@@ -785,15 +794,6 @@ pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
 
     /// Pending inbox events, oldest first.
     async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<InboxItem>>;
-
-    /// Marks a pending event `applied` or `ignored`, with what it did.
-    async fn inbox_done(
-        &self,
-        id: uuid::Uuid,
-        status: &str,
-        outcome: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()>;
 
     /// Inbox events by status.
     async fn inbox_counts(&self) -> StoreResult<std::collections::BTreeMap<String, i64>>;

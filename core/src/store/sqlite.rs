@@ -543,18 +543,6 @@ impl Store for SqliteStore {
         directory::resubscribe(&self.pool, guardian.into(), channel, at).await
     }
 
-    async fn inbox_put(
-        &self,
-        provider: &str,
-        event_id: &str,
-        payload: &serde_json::Value,
-        status: &str,
-        outcome: Option<&str>,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        directory::inbox_put(&self.pool, provider, event_id, payload, status, outcome, at).await
-    }
-
     async fn apply_inbox_batch(&self, items: &[super::InboxApply]) -> StoreResult<Vec<bool>> {
         directory::apply_inbox_batch(&self.pool, items).await
     }
@@ -587,16 +575,6 @@ impl Store for SqliteStore {
 
     async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<super::InboxItem>> {
         directory::inbox_pending(&self.pool, limit).await
-    }
-
-    async fn inbox_done(
-        &self,
-        id: uuid::Uuid,
-        status: &str,
-        outcome: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        directory::inbox_done(&self.pool, id, status, outcome, at).await
     }
 
     async fn inbox_counts(&self) -> StoreResult<std::collections::BTreeMap<String, i64>> {
