@@ -9,6 +9,7 @@ pub mod channel;
 pub mod contact;
 pub mod delivery;
 pub mod fanout;
+pub mod link;
 pub mod id;
 pub mod log;
 pub mod message;
