@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tidings_core::delivery::Actor;
+use tidings_core::link::LinkKeys;
 use tidings_core::secret::{self, ApiToken};
 use tidings_core::store::{self, ConnectOptions, FirstAdmin, Store};
 use tidings_core::time::now;
@@ -54,6 +55,7 @@ pub async fn serve(
         );
     }
     bootstrap(config, store.as_ref()).await?;
+    let link_keys = link_keys(config, store.as_ref()).await?;
     if demo {
         let district = crate::import::choose_district(store.as_ref(), None).await?;
         if let Some(report) = crate::import::load_demo(store.as_ref(), district).await? {
@@ -71,7 +73,7 @@ pub async fn serve(
     println!("Tidings is listening on http://{address}");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let dispatching = start_dispatcher(config, demo, &store, stopping.clone())?;
+    let dispatching = start_dispatcher(config, demo, &store, &link_keys, stopping.clone())?;
     // Provider callbacks are kept on arrival and applied by their own worker.
     let callbacks = tidings_callbacks::Callbacks::new(store.clone(), config.callbacks()?);
     let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
@@ -84,6 +86,7 @@ pub async fn serve(
         store,
         default_phone_region: config.default_phone_region.clone(),
         partitions: config.log_partitions,
+        link_keys,
     })
     .merge(callbacks.router())
     .merge(metrics);
@@ -125,7 +128,9 @@ pub async fn dispatch(
         anyhow::bail!("the database is not migrated: run `tidings migrate` first");
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let Some((dispatching, _)) = start_dispatcher(config, false, &store, stopping)? else {
+    let link_keys = link_keys(config, store.as_ref()).await?;
+    let Some((dispatching, _)) = start_dispatcher(config, false, &store, &link_keys, stopping)?
+    else {
         anyhow::bail!("no channel provider is configured, so there is nothing to send with (set `sandbox = true` to try the pipeline)");
     };
     shutdown.await;
@@ -193,19 +198,58 @@ fn start_dispatcher(
     config: &Config,
     demo: bool,
     store: &Arc<dyn Store>,
+    link_keys: &Arc<LinkKeys>,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Dispatching>> {
     let Some(adapters) = adapters(config, demo)? else {
         tracing::warn!("no channel provider is configured: messages are accepted and wait on the log until one is");
         return Ok(None);
     };
-    let dispatcher =
-        tidings_dispatcher::Dispatcher::new(store.clone(), adapters, config.dispatcher());
+    let dispatcher = tidings_dispatcher::Dispatcher::new(
+        store.clone(),
+        adapters,
+        config.dispatcher(config.links(link_keys)),
+    );
     let counters = dispatcher.counters();
     Ok(Some((
         tokio::spawn(async move { dispatcher.run(stopping).await }),
         counters,
     )))
+}
+
+/// The link keys, checked against the ones the other processes on this database use: a
+/// process with a different key of the same id would send links nobody can open.
+async fn link_keys(config: &Config, store: &dyn Store) -> anyhow::Result<Arc<LinkKeys>> {
+    let keys = config.link_keys()?;
+    let differing = store.check_link_keys(&keys.fingerprints(), now()).await?;
+    if !differing.is_empty() {
+        anyhow::bail!(
+            "link key {differing:?} differs from the key of that id other Tidings processes on this database sign with: \
+             give every process the same link keys (copy the link_keys_file, or set TIDINGS_LINK_KEYS)"
+        );
+    }
+    Ok(Arc::new(keys))
+}
+
+/// `tidings link-keys rotate`: a new signing key in `link_keys_file`, the old ones kept.
+pub fn rotate_link_keys(config: &Config) -> anyhow::Result<()> {
+    if std::env::var("TIDINGS_LINK_KEYS").is_ok_and(|v| !v.trim().is_empty()) {
+        anyhow::bail!("the link keys come from TIDINGS_LINK_KEYS: rotate them where that is set (add a line `<next id>:<32 random bytes, URL-safe base64>` at the top)");
+    }
+    let path = &config.link_keys_file;
+    let keys = config.link_keys()?.rotated()?;
+    // Written beside the old file and renamed over it: a reader never sees half a file.
+    let next = path.with_extension("next");
+    let _ = std::fs::remove_file(&next);
+    crate::config::create_private(&next, &keys.to_file_text())?;
+    std::fs::rename(&next, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    let newest = keys
+        .fingerprints()
+        .last()
+        .map(|(id, _)| *id)
+        .unwrap_or_default();
+    println!("Key {newest} signs links from the next start. Copy {} to every Tidings process and restart them; remove old keys only after their links have expired (ack_link_days, and a year for unsubscribe links).", path.display());
+    Ok(())
 }
 
 /// On an empty database: create the district and its first administrator, and print the

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use tidings_core::link::LinkKeys;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -96,6 +97,13 @@ pub struct Config {
     /// `OK`; unset: acknowledging by SMS is off. Env: `TIDINGS_SMS_ACK_KEYWORD`.
     #[serde(default, deserialize_with = "text_or_number")]
     pub sms_ack_keyword: Option<String>,
+    /// The file of keys acknowledgment and unsubscribe links are signed with, created
+    /// (readable by its owner only) when missing. `TIDINGS_LINK_KEYS` (the file's
+    /// contents) wins over it. Every Tidings process of a deployment needs the same keys.
+    /// Env: `TIDINGS_LINK_KEYS_FILE`.
+    pub link_keys_file: std::path::PathBuf,
+    /// Days an acknowledgment link keeps working. Env: `TIDINGS_ACK_LINK_DAYS`.
+    pub ack_link_days: u32,
 }
 
 /// Email event webhooks, as configured.
@@ -328,6 +336,8 @@ impl Default for Config {
             email_events: None,
             sms_help_text: None,
             sms_ack_keyword: None,
+            link_keys_file: "tidings-link-keys".into(),
+            ack_link_days: tidings_core::link::DEFAULT_ACK_LINK_DAYS,
         }
     }
 }
@@ -411,8 +421,56 @@ impl Config {
     }
 
     /// How this process's dispatcher runs.
-    pub fn dispatcher(&self) -> tidings_dispatcher::Config {
+    /// The link keys: from `TIDINGS_LINK_KEYS`, else `link_keys_file`, which is created
+    /// with one fresh key when it does not exist.
+    pub fn link_keys(&self) -> anyhow::Result<LinkKeys> {
+        if let Ok(value) = std::env::var("TIDINGS_LINK_KEYS") {
+            if !value.trim().is_empty() {
+                return LinkKeys::parse(&value).context("TIDINGS_LINK_KEYS");
+            }
+        }
+        let path = &self.link_keys_file;
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                LinkKeys::parse(&text).with_context(|| format!("link keys file {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let keys = LinkKeys::generate();
+                match create_private(path, &keys.to_file_text()) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "created a link signing key");
+                        Ok(keys)
+                    }
+                    // Another process created it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.link_keys(),
+                    Err(e) => Err(e).with_context(|| {
+                        format!("cannot create the link keys file {}", path.display())
+                    }),
+                }
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot read the link keys file {}", path.display()))
+            }
+        }
+    }
+
+    /// Where links point and what signs them; `None` without a `public_url`.
+    pub fn links(&self, keys: &std::sync::Arc<LinkKeys>) -> Option<tidings_core::link::Links> {
+        let base = given(&self.public_url)?;
+        Some(tidings_core::link::Links::new(
+            &base,
+            keys.clone(),
+            self.ack_link_days.max(1),
+        ))
+    }
+
+    pub fn dispatcher(
+        &self,
+        links: Option<tidings_core::link::Links>,
+    ) -> tidings_dispatcher::Config {
         tidings_dispatcher::Config {
+            links,
+            sms_ack_keyword: given(&self.sms_ack_keyword),
             partitions: self.log_partitions,
             batch: self.dispatch_batch,
             lease_ttl: std::time::Duration::from_secs(self.lease_seconds),
@@ -628,6 +686,22 @@ fn given(value: &Option<String>) -> Option<String> {
 
 /// A secret from the environment variable `env`, else from `file` (trailing newline
 /// removed). Never from the configuration file itself, never logged.
+/// Creates a file only its owner can read with `text`, whole or not at all: written
+/// beside it, then linked into place unless the path exists by then (`AlreadyExists`).
+pub fn create_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // tempfile creates its files readable by their owner only.
+    let mut file = tempfile::Builder::new()
+        .prefix(".tidings-")
+        .tempfile_in(dir)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist_noclobber(path).map(drop).map_err(|e| e.error)
+}
+
 fn secret(env: &str, file: Option<&Path>) -> anyhow::Result<String> {
     if let Ok(value) = std::env::var(env) {
         if !value.trim().is_empty() {

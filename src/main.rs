@@ -69,6 +69,19 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the keys acknowledgment and unsubscribe links are signed with.
+    LinkKeys {
+        #[command(subcommand)]
+        command: LinkKeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LinkKeysCommand {
+    /// Add a new key to the link keys file: it signs from the next start on, the older
+    /// ones keep verifying links already sent. Copy the file to every Tidings process and
+    /// restart them.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +290,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Token {
                 command: TokenCommand::Create { email, name },
             } => commands::create_token(&config, &email, &name).await,
+            Command::LinkKeys {
+                command: LinkKeysCommand::Rotate,
+            } => commands::rotate_link_keys(&config),
         }
     })
 }

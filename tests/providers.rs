@@ -812,3 +812,236 @@ async fn twilio_without_its_auth_token_is_refused_at_start() {
         "the error says where the token goes: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing_on_sqlite() {
+    guardians_acknowledge_and_unsubscribe_by_link(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing_on_postgres() {
+    guardians_acknowledge_and_unsubscribe_by_link(TestDatabase::postgres().await).await;
+}
+
+const PUBLIC: &str = "https://tidings.example.org";
+
+/// The first `{PUBLIC}{prefix}…` link in `text`: its path.
+fn link_path(text: &str, prefix: &str) -> String {
+    let start = text
+        .find(&format!("{PUBLIC}{prefix}"))
+        .unwrap_or_else(|| panic!("no {prefix} link in {text}"));
+    let rest = &text[start + PUBLIC.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "/-_".contains(c)))
+        .unwrap_or(rest.len());
+    rest[..end].to_owned()
+}
+
+async fn guardians_acknowledge_and_unsubscribe_by_link(db: TestDatabase) {
+    let port = free_port();
+    let serve_at = format!("http://127.0.0.1:{port}");
+    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
+    let relay = tidings_channel_adapters::testing::SmtpServer::start(&[]).await;
+    let mut env = twilio_env_calling_back(&base, port);
+    env.extend([
+        ("TIDINGS_SMS_ACK_KEYWORD", "1".to_owned()),
+        ("TIDINGS_SMTP__HOST", "127.0.0.1".to_owned()),
+        ("TIDINGS_SMTP__PORT", relay.port.to_string()),
+        ("TIDINGS_SMTP__SECURITY", "none".to_owned()),
+        (
+            "TIDINGS_SMTP__FROM",
+            "alerts@district.example.org".to_owned(),
+        ),
+    ]);
+    let d = demo_district(db, &env).await;
+    let (guardian, _) = first_guardian_with_sms(&d).await;
+    let sent = post_message(
+        &d,
+        json!({
+            "audience": {"guardians": [guardian]},
+            "channels": ["sms", "email"],
+            "kind": "general",
+            "subject": "Zoo trip",
+            "body": "Permission for the zoo trip on Friday.\nPlease bring a packed lunch.",
+            "requires_ack": true,
+        }),
+    )
+    .await;
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let delivered =
+        |c: &BTreeMap<String, u64>| c.get("DELIVERED") == Some(&1) && c.get("SENT") == Some(&1);
+    assert!(delivered(&counts_when(&d, &id, delivered).await));
+
+    // The SMS as the guardian got it: the body, how to reply, the link.
+    let received: Value = reqwest::get(format!("{base}/_sandbox/received"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sms = received["items"][0]["body"].as_str().unwrap();
+    let sms_link = link_path(sms, "/a/");
+    assert_eq!(
+        sms,
+        format!("Permission for the zoo trip on Friday.\nPlease bring a packed lunch.\nReply 1 to acknowledge.\nAcknowledge: {PUBLIC}{sms_link}")
+    );
+    // The email has its own link in both parts, and one-click unsubscribe.
+    // Headers unfolded, the quoted-printable parts' soft breaks and `=3D` undone.
+    let mail = relay.messages().pop().unwrap();
+    let mail = mail.replace("\r\n ", " ").replace("\n ", " ");
+    let mail = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    let email_link = link_path(&mail, "/a/");
+    assert_ne!(email_link, sms_link, "each link names its channel");
+    assert_eq!(
+        mail.matches(&format!("{PUBLIC}{email_link}")).count(),
+        2,
+        "{mail}"
+    );
+    assert!(
+        mail.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{mail}"
+    );
+    let unsubscribe_line = mail
+        .lines()
+        .find(|l| l.starts_with("List-Unsubscribe:"))
+        .unwrap();
+    let unsubscribe = link_path(unsubscribe_line, "/u/");
+    assert!(unsubscribe_line.contains("<mailto:alerts@district.example.org?subject=unsubscribe>"));
+
+    let client = reqwest::Client::new();
+    let at = |path: &str| format!("{serve_at}{path}");
+    // Scanners and link previews fetch every link: nothing changes.
+    for path in [&sms_link, &email_link, &unsubscribe] {
+        let page = client.get(at(path)).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(page.headers()["cache-control"], "no-store");
+        assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+        let html = page.text().await.unwrap();
+        assert!(html.contains("<form method=\"post\">"), "{html}");
+        let head = client.head(at(path)).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+    }
+    let page = client
+        .get(at(&sms_link))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h1>Zoo trip</h1><p>Permission for the zoo trip on Friday.<br>Please bring a packed lunch.</p>"), "{page}");
+    assert!(page.contains(">Acknowledge</button>"));
+    assert!(delivered(&d.counts(&id).await));
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    assert_eq!(detail["opt_outs"], json!([]));
+
+    // The guardian presses the button in the email.
+    let pressed = client.post(at(&email_link)).send().await.unwrap();
+    assert_eq!(pressed.status(), StatusCode::OK);
+    let html = pressed.text().await.unwrap();
+    assert!(
+        html.contains("Thank you. Your acknowledgment has been recorded."),
+        "{html}"
+    );
+    assert_eq!(
+        d.counts(&id).await,
+        BTreeMap::from([("ACKED".to_owned(), 1), ("DELIVERED".to_owned(), 1)]),
+        "the email is acknowledged; the SMS, delivered already, stays as it was"
+    );
+    let (_, acked) = d
+        .get(
+            &format!("/api/v1/messages/{id}/recipients?acked=true"),
+            &d.admin,
+        )
+        .await;
+    assert_eq!(acked["items"][0]["ack_via"], "email");
+    // Twice is once, from either link.
+    for path in [&email_link, &sms_link] {
+        let again = client
+            .post(at(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            again.contains("This message has already been acknowledged."),
+            "{again}"
+        );
+    }
+    assert_eq!(d.counts(&id).await.get("ACKED"), Some(&1));
+
+    // A garbled link, a link of the wrong kind and an expired one get a page that says so.
+    let mut garbled = sms_link.clone();
+    let last = garbled.pop().unwrap();
+    garbled.push(if last == 'A' { 'B' } else { 'A' });
+    let token = |path: &str| path.rsplit('/').next().unwrap().to_owned();
+    for (path, status, says) in [
+        (garbled, StatusCode::NOT_FOUND, "This link is not valid."),
+        (
+            format!("/u/{}", token(&sms_link)),
+            StatusCode::NOT_FOUND,
+            "This link is not valid.",
+        ),
+        (
+            "/a/nonsense".to_owned(),
+            StatusCode::NOT_FOUND,
+            "This link is not valid.",
+        ),
+    ] {
+        let page = client.post(at(&path)).send().await.unwrap();
+        assert_eq!(page.status(), status, "{path}");
+        assert!(page.text().await.unwrap().contains(says), "{path}");
+    }
+    let keys = support::link_keys();
+    let mut claims = keys
+        .verify(&token(&sms_link), tidings_core::time::now())
+        .unwrap();
+    claims.expires = tidings_core::time::now() - chrono::Duration::hours(1);
+    let expired = client
+        .get(at(&format!("/a/{}", keys.sign(&claims))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), StatusCode::GONE);
+    assert!(expired
+        .text()
+        .await
+        .unwrap()
+        .contains("This link has expired."));
+
+    // One click in the mail client stops email (RFC 8058).
+    let stopped = client
+        .post(at(&unsubscribe))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.status(), StatusCode::OK);
+    assert!(stopped
+        .text()
+        .await
+        .unwrap()
+        .contains("You will no longer receive email from"));
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    let opt_outs = detail["opt_outs"].as_array().unwrap();
+    assert_eq!(opt_outs.len(), 1, "{opt_outs:?}");
+    assert_eq!(
+        (
+            opt_outs[0]["channel"].as_str(),
+            opt_outs[0]["source"].as_str()
+        ),
+        (Some("email"), Some("guardian"))
+    );
+    assert!(d.server.terminate().await.success());
+    sandbox.kill().await.unwrap();
+}

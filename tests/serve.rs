@@ -213,3 +213,53 @@ async fn a_config_file_is_read_and_the_environment_overrides_it() {
     );
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn a_process_signing_links_with_another_key_is_refused_and_rotation_keeps_old_links() {
+    let db = TestDatabase::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("link-keys");
+    let file = file.to_str().unwrap();
+    // The first start creates the keys file, readable by its owner only, and records the
+    // key's fingerprint.
+    let first = Server::start(tidings(&db.url).env("TIDINGS_LINK_KEYS_FILE", file)).await;
+    assert!(first.terminate().await.success());
+    let created = std::fs::read_to_string(file).unwrap();
+    let keys = tidings_core::link::LinkKeys::parse(&created).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+    // A dispatcher given its own key of the same id would send links nobody can open.
+    let other = tidings_core::link::LinkKeys::generate().to_file_text();
+    let refused = tidings(&db.url)
+        .arg("dispatch")
+        .env("TIDINGS_LINK_KEYS", &other)
+        .env("TIDINGS_SANDBOX", "true")
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        one_line_error(&refused).contains("link key [1] differs"),
+        "{}",
+        one_line_error(&refused)
+    );
+    // Rotation adds key 2 and keeps key 1: links already sent still verify.
+    let rotated = tidings(&db.url)
+        .args(["link-keys", "rotate"])
+        .env("TIDINGS_LINK_KEYS_FILE", file)
+        .output()
+        .await
+        .unwrap();
+    assert!(rotated.status.success(), "{}", one_line_error(&rotated));
+    let after =
+        tidings_core::link::LinkKeys::parse(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let fingerprints = after.fingerprints();
+    assert_eq!(fingerprints.len(), 2);
+    assert_eq!(fingerprints[0], keys.fingerprints()[0]);
+    let again = Server::start(tidings(&db.url).env("TIDINGS_LINK_KEYS_FILE", file)).await;
+    assert!(again.terminate().await.success());
+}

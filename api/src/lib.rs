@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod idempotency;
 mod imports;
+mod links;
 mod messages;
 mod openapi;
 mod replies;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub default_phone_region: String,
     /// Partitions per lane of the delivery log.
     pub partitions: u32,
+    /// The keys acknowledgment and unsubscribe links are checked with.
+    pub link_keys: Arc<tidings_core::link::LinkKeys>,
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for
@@ -101,6 +104,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/dead-letters/{id}/replay",
             post(deliveries::replay_dead_letter),
+        )
+        .route("/a/{token}", get(links::ack_page).post(links::acknowledge))
+        .route(
+            "/u/{token}",
+            get(links::unsubscribe_page).post(links::unsubscribe),
         )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -80,15 +80,17 @@ impl Kannel {
     /// The query of the sendsms request for one send.
     pub fn query(&self, send: &Outgoing) -> Vec<(&'static str, String)> {
         let c = &self.config;
+        let text = send.sms_text();
+        // Outside the GSM alphabet the message goes as UCS-2 (70 characters a part).
+        let unicode = !is_gsm7(&text);
         let mut query = vec![
             ("username", c.username.clone()),
             ("password", c.password.clone()),
             ("to", send.address.clone()),
-            ("text", send.body.clone()),
+            ("text", text),
             ("charset", "UTF-8".into()),
         ];
-        // Outside the GSM alphabet the message goes as UCS-2 (70 characters a part).
-        if !is_gsm7(&send.body) {
+        if unicode {
             query.push(("coding", "2".into()));
         }
         if let Some(from) = &c.from {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
+use tidings_core::words::fill;
 use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
 
 /// One send, as a provider needs it.
@@ -36,6 +37,42 @@ pub struct Outgoing {
     pub kind: MessageKind,
     pub subject: String,
     pub body: String,
+    /// The guardian's language, for the words Tidings adds around the body.
+    pub language: String,
+    /// How the guardian can acknowledge, when the message asks them to.
+    pub ack: Option<AckInvite>,
+    /// The one-click unsubscribe link of an email (RFC 8058).
+    pub unsubscribe_url: Option<String>,
+}
+
+/// The ways a send offers its guardian to acknowledge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AckInvite {
+    /// The signed `/a/{token}` page, when the service has a public address.
+    pub url: Option<String>,
+    /// The SMS reply that acknowledges (`sms_ack_keyword`).
+    pub reply_keyword: Option<String>,
+}
+
+impl Outgoing {
+    /// An SMS: the body, then how to acknowledge, one line each, in the guardian's
+    /// language.
+    pub fn sms_text(&self) -> String {
+        let mut text = self.body.clone();
+        let Some(ack) = &self.ack else {
+            return text;
+        };
+        let words = tidings_core::words::words(&self.language);
+        if let Some(keyword) = &ack.reply_keyword {
+            text.push('\n');
+            text.push_str(&fill(words.reply_to_acknowledge, &[("keyword", keyword)]));
+        }
+        if let Some(url) = &ack.url {
+            text.push('\n');
+            text.push_str(&fill(words.acknowledge_link, &[("url", url)]));
+        }
+        text
+    }
 }
 
 /// How one send ended, as far as the caller can tell.

@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use html_escape::{encode_double_quoted_attribute, encode_text};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -134,33 +135,40 @@ impl Smtp {
             .address
             .parse()
             .map_err(|e| format!("smtp: {:?} is not an email address: {e}", send.address))?;
+        // RFC 8058: the HTTPS link unsubscribes with one POST; the mailto stays for
+        // clients that only know that.
+        let mailto = format!("<mailto:{}?subject=unsubscribe>", self.unsubscribe);
+        let list_unsubscribe = match &send.unsubscribe_url {
+            Some(url) => format!("<{url}>, {mailto}"),
+            None => mailto,
+        };
         let mut builder = Message::builder()
             .message_id(Some(message_id(send, &self.domain)))
             .from(self.from.clone())
             .to(to)
             .subject(send.subject.clone())
             .date_now()
-            .raw_header(raw(
-                "List-Unsubscribe",
-                format!("<mailto:{}?subject=unsubscribe>", self.unsubscribe),
-            ))
+            .raw_header(raw("List-Unsubscribe", list_unsubscribe))
             .raw_header(raw("Auto-Submitted", "auto-generated".into()));
+        if send.unsubscribe_url.is_some() {
+            builder = builder.raw_header(raw(
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe=One-Click".into(),
+            ));
+        }
         if send.kind == MessageKind::Emergency {
             builder = builder
                 .raw_header(raw("Importance", "high".into()))
                 .raw_header(raw("X-Priority", "1".into()));
         }
-        let html = format!(
-            "<!doctype html><html><body><p style=\"font-size:16px;line-height:1.5\">{}</p></body></html>",
-            escape_html(&send.body).replace('\n', "<br>")
-        );
+        let (text, html) = bodies(send);
         builder
             .multipart(
                 MultiPart::alternative()
                     .singlepart(
                         SinglePart::builder()
                             .header(ContentType::TEXT_PLAIN)
-                            .body(send.body.clone()),
+                            .body(text),
                     )
                     .singlepart(
                         SinglePart::builder()
@@ -199,19 +207,28 @@ fn raw(name: &'static str, value: String) -> HeaderValue {
     HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
 }
 
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+/// The text and HTML parts: the body, then the acknowledgment link when there is one.
+fn bodies(send: &Outgoing) -> (String, String) {
+    let paragraph = "font-size:16px;line-height:1.5";
+    let mut text = send.body.clone();
+    let mut html = format!(
+        "<!doctype html><html lang=\"{}\"><body><p style=\"{paragraph}\">{}</p>",
+        encode_double_quoted_attribute(&send.language),
+        encode_text(&send.body).replace('\n', "<br>")
+    );
+    if let Some(url) = send.ack.as_ref().and_then(|ack| ack.url.as_ref()) {
+        let words = tidings_core::words::words(&send.language);
+        text.push_str(&format!("\n\n{}\n{url}\n", words.please_acknowledge));
+        html.push_str(&format!(
+            "<p style=\"{paragraph}\">{}</p><p><a href=\"{}\" style=\"display:inline-block;padding:12px 20px;\
+             background:#1a56db;color:#ffffff;border-radius:6px;font-size:18px;text-decoration:none\">{}</a></p>",
+            encode_text(words.please_acknowledge),
+            encode_double_quoted_attribute(url),
+            encode_text(words.acknowledge_button),
+        ));
     }
-    out
+    html.push_str("</body></html>");
+    (text, html)
 }
 
 /// Classifies a failed SMTP send.

@@ -104,7 +104,7 @@ impl Twilio {
 
     async fn send_one(&self, send: &Outgoing) -> SendOutcome {
         let mut form: Vec<(&str, String)> =
-            vec![("To", send.address.clone()), ("Body", send.body.clone())];
+            vec![("To", send.address.clone()), ("Body", send.sms_text())];
         match (&self.config.from, &self.config.messaging_service_sid) {
             (_, Some(service)) => form.push(("MessagingServiceSid", service.clone())),
             (Some(from), None) => form.push(("From", from.clone())),
@@ -308,6 +308,9 @@ mod tests {
             kind: MessageKind::General,
             subject: String::new(),
             body: "School is closed today.".into(),
+            language: "en".into(),
+            ack: None,
+            unsubscribe_url: None,
         }
     }
 

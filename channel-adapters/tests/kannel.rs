@@ -69,6 +69,9 @@ fn sms(to: &str, body: &str) -> Outgoing {
         kind: MessageKind::Emergency,
         subject: String::new(),
         body: body.into(),
+        language: "en".into(),
+        ack: None,
+        unsubscribe_url: None,
     }
 }
 

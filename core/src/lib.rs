@@ -9,8 +9,8 @@ pub mod channel;
 pub mod contact;
 pub mod delivery;
 pub mod fanout;
-pub mod link;
 pub mod id;
+pub mod link;
 pub mod log;
 pub mod message;
 pub mod quiet_hours;
@@ -22,6 +22,7 @@ mod stored_enum;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+pub mod words;
 
 pub use channel::{Channel, PushPlatform};
 pub use contact::{EmailAddress, InvalidEmailAddress, InvalidPhoneNumber, PhoneNumber};

@@ -236,6 +236,53 @@ impl LinkKeys {
     }
 }
 
+/// How long acknowledgment links stay good unless configured.
+pub const DEFAULT_ACK_LINK_DAYS: u32 = 30;
+/// How long one-click unsubscribe links stay good: old emails keep working for a year.
+pub const UNSUBSCRIBE_LINK_DAYS: u32 = 365;
+
+/// The links of one Tidings service: its public address and keys.
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// `https://tidings.example.org`, without a trailing slash.
+    base_url: String,
+    pub keys: std::sync::Arc<LinkKeys>,
+    /// How long an acknowledgment link stays good.
+    pub ack_ttl: chrono::Duration,
+}
+
+impl Links {
+    pub fn new(base_url: &str, keys: std::sync::Arc<LinkKeys>, ack_days: u32) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            keys,
+            ack_ttl: chrono::Duration::days(i64::from(ack_days)),
+        }
+    }
+
+    /// `{base}/a/{token}`: the page where the guardian acknowledges what came on `channel`.
+    pub fn ack_url(&self, recipient: RecipientId, channel: Channel, now: DateTime<Utc>) -> String {
+        let token = self.keys.sign(&LinkClaims {
+            purpose: LinkPurpose::Acknowledge,
+            recipient,
+            channel,
+            expires: now + self.ack_ttl,
+        });
+        format!("{}/a/{token}", self.base_url)
+    }
+
+    /// `{base}/u/{token}`: one-click unsubscribe from email.
+    pub fn unsubscribe_url(&self, recipient: RecipientId, now: DateTime<Utc>) -> String {
+        let token = self.keys.sign(&LinkClaims {
+            purpose: LinkPurpose::Unsubscribe,
+            recipient,
+            channel: Channel::Email,
+            expires: now + chrono::Duration::days(i64::from(UNSUBSCRIBE_LINK_DAYS)),
+        });
+        format!("{}/u/{token}", self.base_url)
+    }
+}
+
 fn mac(key: &[u8; 32], signed: &[u8]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(CONTEXT);
@@ -285,7 +332,11 @@ mod tests {
     fn a_signed_token_verifies_to_its_claims_until_it_expires() {
         let keys = LinkKeys::generate();
         let now = Utc::now();
-        let c = claims(LinkPurpose::Acknowledge, Channel::Sms, now + Duration::days(30));
+        let c = claims(
+            LinkPurpose::Acknowledge,
+            Channel::Sms,
+            now + Duration::days(30),
+        );
         let token = keys.sign(&c);
         assert_eq!(token.len(), 46);
         assert_eq!(keys.verify(&token, now), Ok(c));
@@ -299,7 +350,11 @@ mod tests {
     fn other_keys_forged_bytes_and_garbage_are_refused() {
         let keys = LinkKeys::generate();
         let now = Utc::now();
-        let c = claims(LinkPurpose::Unsubscribe, Channel::Email, now + Duration::days(1));
+        let c = claims(
+            LinkPurpose::Unsubscribe,
+            Channel::Email,
+            now + Duration::days(1),
+        );
         let token = keys.sign(&c);
         // Another district's (or an attacker's) key with the same id.
         assert_eq!(
@@ -320,9 +375,18 @@ mod tests {
             keys.verify(&URL_SAFE_NO_PAD.encode(&bytes), now),
             Err(LinkError::Forged)
         );
-        for garbage in ["", "abc", &"A".repeat(46), &format!("{token}x"), "é".repeat(23).as_str()] {
+        for garbage in [
+            "",
+            "abc",
+            &"A".repeat(46),
+            &format!("{token}x"),
+            "é".repeat(23).as_str(),
+        ] {
             assert!(
-                matches!(keys.verify(garbage, now), Err(LinkError::Malformed | LinkError::UnknownKey)),
+                matches!(
+                    keys.verify(garbage, now),
+                    Err(LinkError::Malformed | LinkError::UnknownKey)
+                ),
                 "{garbage:?}"
             );
         }
@@ -332,7 +396,11 @@ mod tests {
     fn after_rotation_the_new_key_signs_and_old_links_still_verify() {
         let old = LinkKeys::generate();
         let now = Utc::now();
-        let c = claims(LinkPurpose::Acknowledge, Channel::Email, now + Duration::days(1));
+        let c = claims(
+            LinkPurpose::Acknowledge,
+            Channel::Email,
+            now + Duration::days(1),
+        );
         let sent_before = old.sign(&c);
         let rotated = old.rotated().unwrap();
         let sent_after = rotated.sign(&c);
@@ -352,7 +420,10 @@ mod tests {
     #[test]
     fn the_keys_file_reports_its_bad_lines() {
         let key = URL_SAFE_NO_PAD.encode([7u8; 32]);
-        assert_eq!(LinkKeys::parse("# only a comment\n\n"), Err(LinkKeyError::Empty));
+        assert_eq!(
+            LinkKeys::parse("# only a comment\n\n"),
+            Err(LinkKeyError::Empty)
+        );
         assert_eq!(
             LinkKeys::parse(&format!("1:{key}\nnonsense\n")),
             Err(LinkKeyError::BadLine { line: 2 })
@@ -371,7 +442,10 @@ mod tests {
         );
         let keys = LinkKeys::parse(&format!("  5 : {key} \n")).unwrap();
         assert_eq!(keys.signing().0, 5);
-        assert!(!format!("{keys:?}").contains(&key), "Debug must not show key bytes");
+        assert!(
+            !format!("{keys:?}").contains(&key),
+            "Debug must not show key bytes"
+        );
     }
 
     proptest! {

@@ -36,7 +36,9 @@ use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane};
 
 pub use breaker::{BreakerPolicy, Breakers};
 pub use retry::RetryPolicy;
-pub use tidings_channel_adapters::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
+pub use tidings_channel_adapters::{
+    AckInvite, AddressFault, ChannelAdapter, Outgoing, SendOutcome,
+};
 
 /// The consumer group whose offsets the dispatcher commits.
 pub const CONSUMER_GROUP: &str = "dispatcher";
@@ -65,6 +67,11 @@ pub struct Config {
     /// How long a guardian's later delivery on a channel waits behind an earlier one
     /// that is being retried, before it goes anyway.
     pub max_order_wait: Duration,
+    /// Signs the acknowledgment and unsubscribe links put in SMS and email; none without
+    /// a public address.
+    pub links: Option<tidings_core::link::Links>,
+    /// The SMS reply that acknowledges, offered in SMS asking for acknowledgment.
+    pub sms_ack_keyword: Option<String>,
 }
 
 impl Default for Config {
@@ -84,6 +91,8 @@ impl Default for Config {
             seed: rand::random(),
             breaker: BreakerPolicy::default(),
             max_order_wait: Duration::from_secs(600),
+            links: None,
+            sms_ack_keyword: None,
         }
     }
 }
@@ -699,7 +708,10 @@ impl Dispatcher {
             per_channel.entry(s.0.delivery.channel).or_default().push(s);
         }
         let calls = per_channel.into_iter().map(|(channel, sends)| async move {
-            let outgoing: Vec<Outgoing> = sends.iter().map(|(o, _)| outgoing(o)).collect();
+            let outgoing: Vec<Outgoing> = sends
+                .iter()
+                .map(|(o, _)| outgoing(o, &self.config, now()))
+                .collect();
             let mut outcomes = match self.adapters.get(channel) {
                 // An adapter that panics is a bug on our side, not the guardian's problem:
                 // the sends are in doubt (retried, or failed if at most once), and the
@@ -1013,8 +1025,23 @@ fn is_outage(error: &StoreError) -> bool {
     }
 }
 
-fn outgoing(o: &Outbound) -> Outgoing {
+fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Outgoing {
+    let recipient = o.delivery.recipient_id;
+    let channel = o.delivery.channel;
+    let links = config.links.as_ref();
+    let ack = (o.requires_ack && channel != Channel::Push).then(|| AckInvite {
+        url: links.map(|l| l.ack_url(recipient, channel, now)),
+        reply_keyword: config
+            .sms_ack_keyword
+            .clone()
+            .filter(|_| channel == Channel::Sms),
+    });
     Outgoing {
+        language: o.language.clone(),
+        ack,
+        unsubscribe_url: links
+            .filter(|_| channel == Channel::Email)
+            .map(|l| l.unsubscribe_url(recipient, now)),
         delivery_id: o.delivery.id,
         message_id: o.delivery.message_id,
         idempotency_key: o.delivery.idempotency_key.clone(),

@@ -283,7 +283,10 @@ impl InProcessProvider {
                 idempotency_key: send.idempotency_key.clone(),
                 channel: send.channel,
                 address: send.address.clone(),
-                body: send.body.clone(),
+                body: match send.channel {
+                    Channel::Sms => send.sms_text(),
+                    _ => send.body.clone(),
+                },
                 provider_ref: provider_ref.clone(),
                 at: tidings_core::time::now(),
             });
@@ -356,6 +359,9 @@ mod tests {
             kind: MessageKind::General,
             subject: String::new(),
             body: "Hello".into(),
+            language: "en".into(),
+            ack: None,
+            unsubscribe_url: None,
         }
     }
 

@@ -67,6 +67,9 @@ fn push(address: &str, kind: MessageKind) -> Outgoing {
         kind,
         subject: "Lockdown".into(),
         body: "All schools are in lockdown. Students are safe.".into(),
+        language: "en".into(),
+        ack: None,
+        unsubscribe_url: None,
     }
 }
 

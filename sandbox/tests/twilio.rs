@@ -68,6 +68,9 @@ fn sms(to: &str) -> Outgoing {
         kind: MessageKind::Emergency,
         subject: String::new(),
         body: "Lockdown at Lincoln Elementary. Students are safe.".into(),
+        language: "en".into(),
+        ack: None,
+        unsubscribe_url: None,
     }
 }
 

@@ -10,6 +10,14 @@ use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 
+/// The link keys test servers sign with (see `link_keys`).
+pub const LINK_KEYS_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/link-keys");
+
+/// The link keys test servers sign with, to forge (or age) links as a test needs.
+pub fn link_keys() -> tidings_core::link::LinkKeys {
+    tidings_core::link::LinkKeys::parse(&std::fs::read_to_string(LINK_KEYS_FILE).unwrap()).unwrap()
+}
+
 /// A `tidings` command with a clean `TIDINGS_*` environment.
 pub fn tidings(database_url: &str) -> Command {
     let mut command = Command::new(BIN);
@@ -22,6 +30,8 @@ pub fn tidings(database_url: &str) -> Command {
         .env("TIDINGS_DATABASE_URL", database_url)
         .env("TIDINGS_LISTEN", "127.0.0.1:0")
         .env("TIDINGS_LOG", "warn")
+        // One key file for every test server (created by the first), outside the source tree.
+        .env("TIDINGS_LINK_KEYS_FILE", LINK_KEYS_FILE)
         .kill_on_drop(true);
     command
 }

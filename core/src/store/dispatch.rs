@@ -35,6 +35,8 @@ pub struct Outbound {
     pub requires_ack: bool,
     pub subject: String,
     pub body: String,
+    /// The language `subject` and `body` are in (the guardian's, or the district's).
+    pub language: String,
     /// The latest attempt, if it was started and never finished: whoever made it may have
     /// reached the provider before it stopped.
     pub unfinished_attempt: Option<i32>,

@@ -279,6 +279,7 @@ macro_rules! dispatch_queries {
                 requires_ack: row.try_get("requires_ack")?,
                 subject: translated("subject").map_or_else(|| row.try_get("subject"), Ok)?,
                 body: translated("body").map_or_else(|| row.try_get("body"), Ok)?,
+                language: language.clone(),
                 unfinished_attempt: row.try_get("unfinished_attempt")?,
                 attempt_base: row.try_get("attempt_base")?,
             })

@@ -12,6 +12,8 @@ pub mod directory;
 mod directory_sql;
 pub mod dispatch;
 mod dispatch_sql;
+pub mod guardian;
+mod guardian_sql;
 mod message_sql;
 pub mod postgres;
 pub mod roster;
@@ -612,7 +614,9 @@ pub(crate) use streamed_send;
 
 /// Every durable operation. Implementations are cheap to clone handles on a pool.
 #[async_trait]
-pub trait Store: dispatch::DispatchStore + Send + Sync + 'static {
+pub trait Store:
+    dispatch::DispatchStore + guardian::GuardianAccess + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Applies the migrations this binary carries. Safe to run from several processes at

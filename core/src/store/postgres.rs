@@ -1584,3 +1584,18 @@ mod dispatching {
             .collect()
     }
 }
+
+/// Guardian access, bound the PostgreSQL way.
+mod guardian_access {
+    fn enc(id: uuid::Uuid) -> uuid::Uuid {
+        id
+    }
+
+    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
+        Ok(sqlx::Row::try_get(row, column)?)
+    }
+
+    crate::store::guardian_sql::guardian_queries!(db: sqlx::Postgres, enc: enc, dec: dec);
+}
+
+crate::store::guardian_sql::guardian_access!(PostgresStore, guardian_access);

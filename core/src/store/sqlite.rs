@@ -1269,3 +1269,18 @@ mod dispatching {
         finish_attempts_rowwise as finish_attempts, start_attempts_rowwise as start_attempts,
     };
 }
+
+/// Guardian access, bound the SQLite way.
+mod guardian_access {
+    fn enc(id: uuid::Uuid) -> String {
+        id.hyphenated().to_string()
+    }
+
+    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
+        super::uuid(row, column)
+    }
+
+    crate::store::guardian_sql::guardian_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
+}
+
+crate::store::guardian_sql::guardian_access!(SqliteStore, guardian_access);
