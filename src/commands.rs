@@ -73,7 +73,11 @@ pub async fn serve(
     println!("Tidings is listening on http://{address}");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let dispatching = start_dispatcher(config, demo, &store, &link_keys, stopping.clone())?;
+    let adapters = adapters(config, demo)?;
+    let codes = adapters
+        .clone()
+        .map(|a| Arc::new(SignInCodes(a)) as Arc<dyn tidings_api::guardian::CodeSender>);
+    let dispatching = start_dispatcher(config, adapters, &store, &link_keys, stopping.clone())?;
     // Provider callbacks are kept on arrival and applied by their own worker.
     let callbacks = tidings_callbacks::Callbacks::new(store.clone(), config.callbacks()?);
     let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
@@ -87,6 +91,7 @@ pub async fn serve(
         default_phone_region: config.default_phone_region.clone(),
         partitions: config.log_partitions,
         link_keys,
+        codes,
     })
     .merge(callbacks.router())
     .merge(metrics);
@@ -129,7 +134,8 @@ pub async fn dispatch(
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let link_keys = link_keys(config, store.as_ref()).await?;
-    let Some((dispatching, _)) = start_dispatcher(config, false, &store, &link_keys, stopping)?
+    let adapters = adapters(config, false)?;
+    let Some((dispatching, _)) = start_dispatcher(config, adapters, &store, &link_keys, stopping)?
     else {
         anyhow::bail!("no channel provider is configured, so there is nothing to send with (set `sandbox = true` to try the pipeline)");
     };
@@ -196,12 +202,12 @@ type Dispatching = (
 /// wait on the log, and are sent once one is configured.
 fn start_dispatcher(
     config: &Config,
-    demo: bool,
+    adapters: Option<tidings_dispatcher::Adapters>,
     store: &Arc<dyn Store>,
     link_keys: &Arc<LinkKeys>,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Dispatching>> {
-    let Some(adapters) = adapters(config, demo)? else {
+    let Some(adapters) = adapters else {
         tracing::warn!("no channel provider is configured: messages are accepted and wait on the log until one is");
         return Ok(None);
     };
@@ -215,6 +221,48 @@ fn start_dispatcher(
         tokio::spawn(async move { dispatcher.run(stopping).await }),
         counters,
     )))
+}
+
+/// Sends the guardian app's sign-in codes through the SMS and email providers.
+struct SignInCodes(tidings_dispatcher::Adapters);
+
+#[async_trait::async_trait]
+impl tidings_api::guardian::CodeSender for SignInCodes {
+    async fn send_code(
+        &self,
+        channel: tidings_core::Channel,
+        address: &str,
+        text: &str,
+    ) -> Result<(), String> {
+        use tidings_channel_adapters::{Outgoing, SendOutcome};
+        let adapter = self
+            .0
+            .get(channel)
+            .ok_or_else(|| format!("no {channel} provider"))?;
+        let id = tidings_core::DeliveryId::new();
+        let send = Outgoing {
+            delivery_id: id,
+            message_id: tidings_core::MessageId::new(),
+            idempotency_key: id.to_string(),
+            channel,
+            address: address.to_owned(),
+            kind: tidings_core::MessageKind::Emergency,
+            subject: "Your sign-in code".into(),
+            body: text.to_owned(),
+            language: "en".into(),
+            ack: None,
+            unsubscribe_url: None,
+        };
+        match adapter.send(std::slice::from_ref(&send)).await.pop() {
+            Some(SendOutcome::Sent { .. }) => Ok(()),
+            // Only the class: provider errors can quote the address.
+            Some(SendOutcome::Transient { .. }) => Err("transient provider failure".into()),
+            Some(SendOutcome::InDoubt { .. }) => Err("no answer from the provider".into()),
+            Some(SendOutcome::Permanent { .. }) => Err("refused by the provider".into()),
+            Some(SendOutcome::Unreachable { .. }) => Err("the address is unreachable".into()),
+            None => Err("the provider answered nothing".into()),
+        }
+    }
 }
 
 /// The link keys, checked against the ones the other processes on this database use: a

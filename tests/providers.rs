@@ -1045,3 +1045,311 @@ async fn guardians_acknowledge_and_unsubscribe_by_link(db: TestDatabase) {
     assert!(d.server.terminate().await.success());
     sandbox.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device_on_sqlite() {
+    the_guardian_app(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device_on_postgres() {
+    the_guardian_app(TestDatabase::postgres().await).await;
+}
+
+/// The sign-in codes the sandbox took for `number`, oldest first.
+async fn codes_sent_to(base: &str, number: &str) -> Vec<String> {
+    let received: Value = reqwest::get(format!("{base}/_sandbox/received"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    received["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["address"] == number)
+        .filter_map(|i| {
+            let body = i["body"].as_str()?;
+            let at = body.find("your sign-in code is ")? + "your sign-in code is ".len();
+            Some(body[at..at + 6].to_owned())
+        })
+        .collect()
+}
+
+async fn the_guardian_app(db: TestDatabase) {
+    let port = free_port();
+    let serve_at = format!("http://127.0.0.1:{port}");
+    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
+    let mut env = twilio_env_calling_back(&base, port);
+    env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
+    let d = demo_district(db, &env).await;
+    let (guardian, number) = first_guardian_with_sms(&d).await;
+    let sent = post_message(
+        &d,
+        json!({
+            "audience": {"guardians": [guardian]},
+            "channels": ["sms"],
+            "kind": "general",
+            "subject": "Picture day",
+            "body": "Picture day is on Tuesday.",
+            "requires_ack": true,
+        }),
+    )
+    .await;
+    let id = sent["id"].as_str().unwrap().to_owned();
+    counts_when(&d, &id, |c| c.get("DELIVERED") == Some(&1)).await;
+
+    let client = reqwest::Client::new();
+    let app = |path: &str| format!("{serve_at}/api/v1/guardian{path}");
+    let post = |path: &str, body: Value| client.post(app(path)).json(&body).send();
+    let problem = |r: reqwest::Response| async move {
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let status = r.status();
+        (
+            status,
+            r.json::<Value>().await.unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    };
+    let unauthorized = client.get(app("/messages")).send().await.unwrap();
+    assert_eq!(
+        problem(unauthorized).await,
+        (StatusCode::UNAUTHORIZED, "/problems/unauthorized".into())
+    );
+    let staff_token = client
+        .get(app("/messages"))
+        .bearer_auth(&d.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        staff_token.status(),
+        StatusCode::UNAUTHORIZED,
+        "a staff token is not a guardian's"
+    );
+
+    // A number on file and one that is not get the same answer; only the first gets a code.
+    let unknown = "+15005550199";
+    for address in [number.as_str(), unknown] {
+        let asked = post("/sign-in", json!({"address": address})).await.unwrap();
+        assert_eq!(asked.status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            asked.json::<Value>().await.unwrap(),
+            json!({"channel": "sms", "expires_in_seconds": 600})
+        );
+    }
+    let bad = post("/sign-in", json!({"address": "not a number"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(bad).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-body".into()
+        )
+    );
+    assert!(codes_sent_to(&base, unknown).await.is_empty());
+    let codes = codes_sent_to(&base, &number).await;
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    let code = codes[0].clone();
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let refused = post("/sessions", json!({"address": number, "code": wrong}))
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(refused).await,
+        (StatusCode::UNAUTHORIZED, "/problems/invalid-code".into())
+    );
+    let signed_in = post("/sessions", json!({"address": number, "code": code}))
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::CREATED);
+    let session: Value = signed_in.json().await.unwrap();
+    assert!(session["guardian_ids"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(guardian)));
+    let token = session["token"].as_str().unwrap().to_owned();
+    let again = post("/sessions", json!({"address": number, "code": code}))
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(again).await,
+        (StatusCode::UNAUTHORIZED, "/problems/invalid-code".into()),
+        "a code works once"
+    );
+
+    // My messages, in my language, and acknowledging one.
+    let mine: Value = client
+        .get(app("/messages"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["message_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (first["subject"].as_str(), first["ack_state"].as_str()),
+        (Some("Picture day"), Some("pending"))
+    );
+    assert_eq!(first["district_name"], "Lincoln USD");
+    let one = client
+        .get(app(&format!("/messages/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), StatusCode::OK);
+    let other = client
+        .get(app(&format!("/messages/{}", uuid_like())))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(other).await,
+        (StatusCode::NOT_FOUND, "/problems/not-found".into())
+    );
+    for expected in ["acked", "already_acked"] {
+        let acked: Value = client
+            .post(app(&format!("/messages/{id}/ack")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let results = acked["results"].as_array().unwrap();
+        assert!(
+            results.contains(&json!({"guardian_id": guardian, "result": expected})),
+            "{acked}"
+        );
+    }
+    let (_, staff_view) = d
+        .get(
+            &format!("/api/v1/messages/{id}/recipients?acked=true"),
+            &d.admin,
+        )
+        .await;
+    assert_eq!(staff_view["items"][0]["ack_via"], "push");
+    assert_eq!(
+        d.counts(&id).await,
+        BTreeMap::from([("DELIVERED".to_owned(), 1)]),
+        "the SMS had gone: it stays delivered"
+    );
+
+    // The app registers its device for push, and takes it back.
+    let device = "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2";
+    let registered = client
+        .post(app("/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"platform": "apns", "token": device}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let push_points = || async {
+        let (_, detail) = d
+            .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+            .await;
+        detail["contact_points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["kind"] == "push")
+            .map(|c| {
+                (
+                    c["address"].as_str().unwrap().to_owned(),
+                    c["active"].as_bool().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(push_points().await, vec![(device.to_owned(), true)]);
+    let bad_device = client
+        .post(app("/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"platform": "apns", "token": "a b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(bad_device).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-body".into()
+        )
+    );
+    let removed = client
+        .delete(app(&format!("/devices/apns/{device}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(push_points().await, vec![(device.to_owned(), false)]);
+
+    // Signing out ends the token.
+    let out = client
+        .delete(app("/sessions/current"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let after = client
+        .get(app("/messages"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+
+    // Five codes an hour per address, known or not; the sixth is refused alike.
+    for address in [number.as_str(), unknown] {
+        for _ in 0..4 {
+            let asked = post("/sign-in", json!({"address": address})).await.unwrap();
+            assert_eq!(asked.status(), StatusCode::ACCEPTED);
+        }
+        let sixth = post("/sign-in", json!({"address": address})).await.unwrap();
+        assert_eq!(
+            problem(sixth).await,
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/too-many-codes".into()
+            )
+        );
+    }
+    // Only the newest code works: each new one replaced the one before.
+    let codes = codes_sent_to(&base, &number).await;
+    assert_eq!(codes.len(), 5);
+    if codes[3] != codes[4] {
+        let older = post("/sessions", json!({"address": number, "code": codes[3]}))
+            .await
+            .unwrap();
+        assert_eq!(older.status(), StatusCode::UNAUTHORIZED);
+    }
+    let newest = post("/sessions", json!({"address": number, "code": codes[4]}))
+        .await
+        .unwrap();
+    assert_eq!(newest.status(), StatusCode::CREATED);
+    assert!(d.server.terminate().await.success());
+    sandbox.kill().await.unwrap();
+}
+
+/// A message id nobody sent.
+fn uuid_like() -> String {
+    tidings_core::MessageId::new().to_string()
+}

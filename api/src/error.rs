@@ -38,6 +38,10 @@ pub enum ApiError {
     QuotaExceeded(String),
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("the code is wrong, used or expired: ask for a new one")]
+    InvalidCode,
+    #[error("too many sign-in codes for this address in the past hour: try again later")]
+    TooManyCodes,
     /// Something failed on our side. The cause is logged with the request id, never
     /// returned: it may name tables, hosts or data.
     #[error("internal error")]
@@ -130,6 +134,16 @@ impl ApiError {
                 "/problems/not-ready",
                 "Not ready",
             ),
+            ApiError::InvalidCode => (
+                StatusCode::UNAUTHORIZED,
+                "/problems/invalid-code",
+                "Sign-in code not accepted",
+            ),
+            ApiError::TooManyCodes => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/too-many-codes",
+                "Too many sign-in codes",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -201,6 +215,8 @@ mod tests {
             ApiError::IdempotencyInFlight,
             ApiError::IdempotencyMismatch,
             ApiError::NotReady(String::new()),
+            ApiError::InvalidCode,
+            ApiError::TooManyCodes,
             ApiError::Internal(StoreError::Corrupt(String::new())),
         ];
         for error in every {

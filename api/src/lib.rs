@@ -7,6 +7,7 @@ mod deliveries;
 mod directory;
 pub mod error;
 mod extract;
+pub mod guardian;
 mod health;
 mod idempotency;
 mod imports;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub partitions: u32,
     /// The keys acknowledgment and unsubscribe links are checked with.
     pub link_keys: Arc<tidings_core::link::LinkKeys>,
+    /// Sends the guardian app's sign-in codes; none without an SMS or email provider.
+    pub codes: guardian::Codes,
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for
@@ -104,6 +107,23 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/dead-letters/{id}/replay",
             post(deliveries::replay_dead_letter),
+        )
+        .route("/api/v1/guardian/sign-in", post(guardian::sign_in))
+        .route("/api/v1/guardian/sessions", post(guardian::create_session))
+        .route(
+            "/api/v1/guardian/sessions/current",
+            delete(guardian::end_session),
+        )
+        .route("/api/v1/guardian/messages", get(guardian::list_messages))
+        .route("/api/v1/guardian/messages/{id}", get(guardian::get_message))
+        .route(
+            "/api/v1/guardian/messages/{id}/ack",
+            post(guardian::acknowledge),
+        )
+        .route("/api/v1/guardian/devices", post(guardian::register_device))
+        .route(
+            "/api/v1/guardian/devices/{platform}/{token}",
+            delete(guardian::unregister_device),
         )
         .route("/a/{token}", get(links::ack_page).post(links::acknowledge))
         .route(

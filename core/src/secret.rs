@@ -111,6 +111,103 @@ impl ApiToken {
     }
 }
 
+const GUARDIAN_PREFIX: &str = "tgs_";
+
+/// A guardian app session's bearer token: `tgs_<session id>_<secret>`. Like [`ApiToken`],
+/// the store keeps only a hash of the secret, compared in constant time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardianToken {
+    pub session: uuid::Uuid,
+    secret: String,
+}
+
+impl GuardianToken {
+    pub fn generate() -> Self {
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        Self {
+            session: uuid::Uuid::now_v7(),
+            secret: URL_SAFE_NO_PAD.encode(secret),
+        }
+    }
+
+    pub fn parse(bearer: &str) -> Result<Self, MalformedToken> {
+        let rest = bearer.strip_prefix(GUARDIAN_PREFIX).ok_or(MalformedToken)?;
+        let (id, secret) = rest.split_once('_').ok_or(MalformedToken)?;
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(MalformedToken);
+        }
+        if secret.len() != 43 || URL_SAFE_NO_PAD.decode(secret).is_err() {
+            return Err(MalformedToken);
+        }
+        Ok(Self {
+            session: id.parse().map_err(|_| MalformedToken)?,
+            secret: secret.to_owned(),
+        })
+    }
+
+    /// What the store keeps.
+    pub fn secret_hash(&self) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.secret.as_bytes()))
+    }
+
+    pub fn matches(&self, stored_hash: &str) -> bool {
+        self.secret_hash()
+            .as_bytes()
+            .ct_eq(stored_hash.as_bytes())
+            .into()
+    }
+
+    /// The string the app is given once.
+    pub fn reveal(&self) -> String {
+        format!("{GUARDIAN_PREFIX}{}_{}", self.session.simple(), self.secret)
+    }
+}
+
+/// A six-digit one-time code.
+pub fn generate_code() -> String {
+    // Rejection sampling keeps every code equally likely.
+    loop {
+        let n = OsRng.next_u32();
+        if n < 4_294_000_000 {
+            return format!("{:06}", n % 1_000_000);
+        }
+    }
+}
+
+/// What the store keeps of a one-time code: a random salt and SHA-256 of salt and code.
+/// A code lives minutes and allows a few tries; the hash keeps it from being read off
+/// the database (or a backup) while it does.
+pub fn hash_code(code: &str) -> String {
+    let mut salt = [0u8; 16];
+    OsRng.fill_bytes(&mut salt);
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(code.trim())
+        .finalize();
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(salt),
+        URL_SAFE_NO_PAD.encode(digest)
+    )
+}
+
+/// Whether `code` is the one `stored` was made from (constant time).
+pub fn code_matches(stored: &str, code: &str) -> bool {
+    let Some((salt, digest)) = stored.split_once('.') else {
+        return false;
+    };
+    let (Ok(salt), Ok(digest)) = (URL_SAFE_NO_PAD.decode(salt), URL_SAFE_NO_PAD.decode(digest))
+    else {
+        return false;
+    };
+    let candidate = Sha256::new()
+        .chain_update(salt)
+        .chain_update(code.trim())
+        .finalize();
+    candidate.as_slice().ct_eq(&digest).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +251,40 @@ mod tests {
         assert!(!forged.matches(&token.secret_hash()));
     }
 
+    #[test]
+    fn a_guardian_token_parses_back_and_only_its_secret_matches() {
+        let token = GuardianToken::generate();
+        let parsed = GuardianToken::parse(&token.reveal()).unwrap();
+        assert_eq!(parsed, token);
+        assert!(parsed.matches(&token.secret_hash()));
+        assert!(!GuardianToken::generate().matches(&token.secret_hash()));
+        // Staff tokens and guardian tokens are not interchangeable.
+        assert!(GuardianToken::parse(&ApiToken::generate().reveal()).is_err());
+        assert!(ApiToken::parse(&token.reveal()).is_err());
+    }
+
+    #[test]
+    fn a_code_matches_its_hash_only() {
+        let code = generate_code();
+        assert_eq!(code.len(), 6);
+        assert!(code.bytes().all(|b| b.is_ascii_digit()));
+        let stored = hash_code(&code);
+        assert!(code_matches(&stored, &code));
+        assert!(code_matches(&stored, &format!(" {code}\n")));
+        let other = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+        assert!(!code_matches(&stored, &other));
+        assert_ne!(hash_code(&code), stored, "salted");
+        assert!(!code_matches("garbage", &code));
+    }
+
     proptest! {
+        #[test]
+        fn guardian_token_parser_never_panics_and_round_trips(input in ".{0,90}") {
+            if let Ok(token) = GuardianToken::parse(&input) {
+                prop_assert_eq!(token.reveal(), input);
+            }
+        }
+
         #[test]
         fn token_parser_never_panics_and_rejects_what_it_did_not_issue(input in ".{0,90}") {
             if let Ok(token) = ApiToken::parse(&input) {

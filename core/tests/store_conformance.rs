@@ -38,6 +38,8 @@ tidings_core::on_both_stores! {
     a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log,
     registered_devices_are_addressed_by_platform,
     an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out,
+    a_sign_in_code_allows_few_tries_expires_and_is_redeemed_once,
+    link_key_fingerprints_are_recorded_once_and_differences_reported,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -1150,4 +1152,97 @@ async fn a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log(store
         guardians.dedup();
         assert_eq!(guardians.len(), 10, "each guardian once");
     }
+}
+
+async fn a_sign_in_code_allows_few_tries_expires_and_is_redeemed_once(store: Arc<dyn Store>) {
+    let at = now();
+    let address = "+15005550100";
+    let open = |at| {
+        let store = store.clone();
+        async move { store.open_sign_in(Channel::Sms, address, at).await.unwrap() }
+    };
+    let expires = at + Duration::minutes(10);
+    let first = store
+        .create_sign_in(Channel::Sms, address, "h1", expires, 5, at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(open(at).await.unwrap().id, first);
+    assert!(open(expires).await.is_none(), "expired");
+    assert!(store
+        .open_sign_in(Channel::Email, address, at)
+        .await
+        .unwrap()
+        .is_none());
+    // Four wrong tries leave it open; the right one then redeems it, once.
+    for _ in 0..4 {
+        assert!(!store.sign_in_attempt(first, false, 5, at).await.unwrap());
+    }
+    assert_eq!(open(at).await.unwrap().attempts, 4);
+    let racing =
+        futures_util::future::join_all((0..4).map(|_| store.sign_in_attempt(first, true, 5, at)))
+            .await;
+    let won: Vec<bool> = racing.into_iter().map(Result::unwrap).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    assert!(open(at).await.is_none(), "used up");
+    // Five wrong tries use a code up: the right code is refused after.
+    let second = store
+        .create_sign_in(Channel::Sms, address, "h2", expires, 5, at)
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..5 {
+        assert!(!store.sign_in_attempt(second, false, 5, at).await.unwrap());
+    }
+    assert!(!store.sign_in_attempt(second, true, 5, at).await.unwrap());
+    assert!(open(at).await.is_none());
+    // A new code replaces the open one; the hourly cap counts every code (2 so far).
+    let third = store
+        .create_sign_in(Channel::Sms, address, "h3", expires, 5, at)
+        .await
+        .unwrap()
+        .unwrap();
+    let fourth = store
+        .create_sign_in(Channel::Sms, address, "h4", expires, 5, at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(open(at).await.unwrap().id, fourth);
+    assert!(
+        !store.sign_in_attempt(third, true, 5, at).await.unwrap(),
+        "replaced"
+    );
+    assert!(store
+        .create_sign_in(Channel::Sms, address, "h5", expires, 4, at)
+        .await
+        .unwrap()
+        .is_none());
+    // An hour later the cap starts over.
+    assert!(store
+        .create_sign_in(
+            Channel::Sms,
+            address,
+            "h6",
+            expires,
+            4,
+            at + Duration::minutes(61)
+        )
+        .await
+        .unwrap()
+        .is_some());
+}
+
+async fn link_key_fingerprints_are_recorded_once_and_differences_reported(store: Arc<dyn Store>) {
+    let at = now();
+    let first = vec![(1u8, "fp-one".to_owned())];
+    assert!(store.check_link_keys(&first, at).await.unwrap().is_empty());
+    assert!(store.check_link_keys(&first, at).await.unwrap().is_empty());
+    let rotated = vec![(1u8, "fp-one".to_owned()), (2u8, "fp-two".to_owned())];
+    assert!(store
+        .check_link_keys(&rotated, at)
+        .await
+        .unwrap()
+        .is_empty());
+    let other = vec![(1u8, "fp-else".to_owned()), (2u8, "fp-two".to_owned())];
+    assert_eq!(store.check_link_keys(&other, at).await.unwrap(), vec![1]);
 }

@@ -112,7 +112,7 @@ impl Adapters {
         self.0.contains_key(&channel)
     }
 
-    fn get(&self, channel: Channel) -> Option<&Arc<dyn ChannelAdapter>> {
+    pub fn get(&self, channel: Channel) -> Option<&Arc<dyn ChannelAdapter>> {
         self.0.get(&channel)
     }
 }

@@ -170,6 +170,17 @@ macro_rules! guardian_queries {
             at: chrono::DateTime<chrono::Utc>,
         ) -> StoreResult<Option<uuid::Uuid>> {
             let mut tx = pool.begin().await?;
+            // A new code replaces any open one. Written first: the write takes SQLite's
+            // lock before the count is read, so concurrent requests queue instead of
+            // failing on a stale snapshot (nothing of it stays if the cap refuses).
+            sqlx::query(
+                "UPDATE guardian_sign_ins SET used_at = $1 WHERE channel = $2 AND address = $3 AND used_at IS NULL",
+            )
+            .bind(at)
+            .bind(channel.as_str())
+            .bind(address)
+            .execute(&mut *tx)
+            .await?;
             let recent: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM guardian_sign_ins WHERE channel = $1 AND address = $2 AND created_at > $3",
             )
@@ -182,15 +193,6 @@ macro_rules! guardian_queries {
                 return Ok(None);
             }
             let id = uuid::Uuid::now_v7();
-            // A new code replaces any open one.
-            sqlx::query(
-                "UPDATE guardian_sign_ins SET used_at = $1 WHERE channel = $2 AND address = $3 AND used_at IS NULL",
-            )
-            .bind(at)
-            .bind(channel.as_str())
-            .bind(address)
-            .execute(&mut *tx)
-            .await?;
             sqlx::query(
                 "INSERT INTO guardian_sign_ins (id, channel, address, code_hash, expires_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",

@@ -1,0 +1,441 @@
+//! The guardian app's API under `/api/v1/guardian/`: sign in with a one-time code sent to
+//! a phone number or email address on file, then list messages, acknowledge them, and
+//! register the device for push.
+//!
+//! A session belongs to the contact point that signed in: it sees the guardians that
+//! number or address belongs to (usually one; a shared family phone, several) for as long
+//! as staff keep it active. Sign-in answers the same whether or not the address is on
+//! file, so it cannot be used to find out who is.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use tidings_core::delivery::Actor;
+use tidings_core::secret::{code_matches, generate_code, hash_code, GuardianToken};
+use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef, GuardianSession};
+use tidings_core::store::AckOutcome;
+use tidings_core::time::now;
+use tidings_core::{
+    Channel, DistrictId, EmailAddress, GuardianId, MessageId, PhoneNumber, PushPlatform,
+};
+
+use crate::extract::{Json, Path, Query};
+use crate::{ApiError, AppState};
+
+/// How long a sign-in code works.
+pub const CODE_MINUTES: i64 = 10;
+/// Wrong tries before a code is used up.
+pub const CODE_ATTEMPTS: u32 = 5;
+/// Codes sent to one address per hour.
+pub const CODES_PER_HOUR: u32 = 5;
+/// How long an app session lasts.
+pub const SESSION_DAYS: i64 = 90;
+
+/// Sends sign-in codes: the binary wires it to the configured SMS and email providers.
+#[async_trait::async_trait]
+pub trait CodeSender: Send + Sync {
+    async fn send_code(&self, channel: Channel, address: &str, text: &str) -> Result<(), String>;
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SignInRequest {
+    /// A phone number (E.164, or national in the district's region) or an email address
+    /// on file for the guardian.
+    pub address: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignInAnswer {
+    /// `sms` or `email`: where the code went, if the address is on file.
+    #[schema(value_type = String)]
+    pub channel: Channel,
+    pub expires_in_seconds: i64,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SessionRequest {
+    pub address: String,
+    /// The six digits sent.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionAnswer {
+    /// `Authorization: Bearer <token>` for the other guardian endpoints; shown once.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    #[schema(value_type = Vec<String>)]
+    pub guardian_ids: Vec<GuardianId>,
+}
+
+/// An address as typed, as the directory keeps it.
+fn contact(state: &AppState, input: &str) -> Result<(Channel, String), ApiError> {
+    let input = input.trim();
+    if input.contains('@') {
+        let email = EmailAddress::parse(input).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        Ok((Channel::Email, email.as_str().to_owned()))
+    } else {
+        let phone = PhoneNumber::parse_in(input, &state.default_phone_region)
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        Ok((Channel::Sms, phone.as_str().to_owned()))
+    }
+}
+
+/// Sends a one-time code to a phone number or email address on file.
+#[utoipa::path(post, path = "/api/v1/guardian/sign-in", tag = "guardian app", request_body = SignInRequest,
+    responses(
+        (status = 202, description = "A code is on its way if the address is on file (the answer is the same if it is not)", body = SignInAnswer),
+        (status = 422, description = "Not a phone number or email address", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many codes for this address in the past hour", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn sign_in(
+    State(state): State<AppState>,
+    Json(request): Json<SignInRequest>,
+) -> Result<(StatusCode, axum::Json<SignInAnswer>), ApiError> {
+    let (channel, address) = contact(&state, &request.address)?;
+    let at = now();
+    let code = generate_code();
+    // A code is kept (and counted) for unknown addresses too: the answer, and when it
+    // says 429, are the same either way.
+    let kept = state
+        .store
+        .create_sign_in(
+            channel,
+            &address,
+            &hash_code(&code),
+            at + Duration::minutes(CODE_MINUTES),
+            CODES_PER_HOUR,
+            at,
+        )
+        .await?;
+    let Some(sign_in) = kept else {
+        return Err(ApiError::TooManyCodes);
+    };
+    let guardians = state.store.guardians_at(channel, &address).await?;
+    if let Some((district, _)) = guardians.first() {
+        let name = state
+            .store
+            .district(*district)
+            .await?
+            .map(|d| d.name)
+            .unwrap_or_default();
+        let text = format!(
+            "{name}: your sign-in code is {code}. It works for {CODE_MINUTES} minutes. If you did not ask for it, ignore this message."
+        );
+        match &state.codes {
+            Some(sender) => {
+                if let Err(error) = sender.send_code(channel, &address, &text).await {
+                    tracing::warn!(sign_in = %sign_in, %error, "sign-in code not sent");
+                }
+            }
+            None => tracing::warn!(sign_in = %sign_in, "no provider to send sign-in codes with"),
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(SignInAnswer {
+            channel,
+            expires_in_seconds: CODE_MINUTES * 60,
+        }),
+    ))
+}
+
+/// Trades a code for a session token.
+#[utoipa::path(post, path = "/api/v1/guardian/sessions", tag = "guardian app", request_body = SessionRequest,
+    responses(
+        (status = 201, description = "Signed in", body = SessionAnswer),
+        (status = 401, description = "Wrong, used or expired code", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    Json(request): Json<SessionRequest>,
+) -> Result<(StatusCode, axum::Json<SessionAnswer>), ApiError> {
+    let (channel, address) = contact(&state, &request.address)?;
+    let at = now();
+    let open = state
+        .store
+        .open_sign_in(channel, &address, at)
+        .await?
+        .ok_or(ApiError::InvalidCode)?;
+    let right = code_matches(&open.code_hash, &request.code);
+    if !state
+        .store
+        .sign_in_attempt(open.id, right, CODE_ATTEMPTS, at)
+        .await?
+    {
+        return Err(ApiError::InvalidCode);
+    }
+    let guardians = state.store.guardians_at(channel, &address).await?;
+    if guardians.is_empty() {
+        return Err(ApiError::InvalidCode);
+    }
+    let token = GuardianToken::generate();
+    let expires_at = at + Duration::days(SESSION_DAYS);
+    state
+        .store
+        .create_guardian_session(
+            &GuardianSession {
+                id: token.session,
+                channel,
+                address,
+                secret_hash: token.secret_hash(),
+                expires_at,
+                revoked_at: None,
+            },
+            at,
+        )
+        .await?;
+    tracing::info!(session = %token.session, guardians = guardians.len(), "guardian signed in");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(SessionAnswer {
+            token: token.reveal(),
+            expires_at,
+            guardian_ids: guardians.into_iter().map(|(_, g)| g).collect(),
+        }),
+    ))
+}
+
+/// The signed-in guardian(s) of a request.
+pub struct GuardianCaller {
+    pub session: uuid::Uuid,
+    pub guardians: Vec<(DistrictId, GuardianId)>,
+}
+
+impl GuardianCaller {
+    fn ids(&self) -> Vec<GuardianId> {
+        self.guardians.iter().map(|(_, g)| *g).collect()
+    }
+}
+
+impl FromRequestParts<AppState> for GuardianCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|bearer| GuardianToken::parse(bearer.trim()).ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let session = state
+            .store
+            .guardian_session(token.session)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        if !token.matches(&session.secret_hash)
+            || session.revoked_at.is_some()
+            || session.expires_at <= now()
+        {
+            return Err(ApiError::Unauthorized);
+        }
+        // A number or address staff took out of use signs its sessions out.
+        let guardians = state
+            .store
+            .guardians_at(session.channel, &session.address)
+            .await?;
+        if guardians.is_empty() {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(Self {
+            session: session.id,
+            guardians,
+        })
+    }
+}
+
+/// Signs this session out.
+#[utoipa::path(delete, path = "/api/v1/guardian/sessions/current", tag = "guardian app", security(("bearer" = [])),
+    responses((status = 204, description = "Signed out")))]
+pub async fn end_session(
+    State(state): State<AppState>,
+    caller: GuardianCaller,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .end_guardian_session(caller.session, now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct MessagesQuery {
+    /// The `next_before` of the previous page.
+    #[param(value_type = Option<String>)]
+    pub before: Option<MessageId>,
+    /// Messages per page (default 20, at most 100).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessagesPage {
+    pub items: Vec<GuardianMessage>,
+    pub next_before: Option<MessageId>,
+}
+
+/// The guardian's messages, newest first, in their language.
+#[utoipa::path(get, path = "/api/v1/guardian/messages", tag = "guardian app", params(MessagesQuery), security(("bearer" = [])),
+    responses((status = 200, description = "One page, newest first: recipient_id, message_id, district_id, district_name, guardian_id, kind, subject, body, language, sent_at, ack_state (not_required, pending, acked), acked_at, ack_via", body = serde_json::Value)))]
+pub async fn list_messages(
+    State(state): State<AppState>,
+    caller: GuardianCaller,
+    Query(query): Query<MessagesQuery>,
+) -> Result<axum::Json<MessagesPage>, ApiError> {
+    let limit = query.limit.unwrap_or(20).clamp(1, 100);
+    let items = state
+        .store
+        .guardian_messages(&caller.ids(), query.before, limit)
+        .await?;
+    let next_before = (items.len() == limit as usize)
+        .then(|| items.last().map(|m| m.message_id))
+        .flatten();
+    Ok(axum::Json(MessagesPage { items, next_before }))
+}
+
+/// One message (one entry per signed-in guardian it went to).
+#[utoipa::path(get, path = "/api/v1/guardian/messages/{id}", tag = "guardian app", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The message as in the list", body = serde_json::Value),
+        (status = 404, description = "Not a message to this guardian", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn get_message(
+    State(state): State<AppState>,
+    caller: GuardianCaller,
+    Path(id): Path<MessageId>,
+) -> Result<axum::Json<Vec<GuardianMessage>>, ApiError> {
+    let found = state
+        .store
+        .guardian_message(GuardianMessageRef::Message(id), &caller.ids())
+        .await?;
+    if found.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(axum::Json(found))
+}
+
+#[derive(Debug, Serialize)]
+pub struct AckAnswer {
+    pub message_id: MessageId,
+    /// Per guardian: `acked` now, `already_acked`, or `not_required`.
+    pub results: Vec<AckResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AckResult {
+    pub guardian_id: GuardianId,
+    pub result: &'static str,
+}
+
+/// Acknowledges a message from the app: the push delivery becomes ACKED, the guardian's
+/// deliveries of it not sent yet are cancelled. Twice is once.
+#[utoipa::path(post, path = "/api/v1/guardian/messages/{id}/ack", tag = "guardian app", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, description = "message_id, and per guardian the result: acked, already_acked or not_required", body = serde_json::Value),
+        (status = 404, description = "Not a message to this guardian", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn acknowledge(
+    State(state): State<AppState>,
+    caller: GuardianCaller,
+    Path(id): Path<MessageId>,
+) -> Result<axum::Json<AckAnswer>, ApiError> {
+    let found = state
+        .store
+        .guardian_message(GuardianMessageRef::Message(id), &caller.ids())
+        .await?;
+    if found.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    let actor = Actor::guardian(format!("app:{}", caller.session));
+    let mut results = Vec::new();
+    for message in found {
+        let outcome = state
+            .store
+            .acknowledge(
+                *message.recipient_id.as_uuid(),
+                Channel::Push,
+                &actor,
+                now(),
+            )
+            .await?;
+        let result = match outcome {
+            AckOutcome::Acked { .. } => "acked",
+            AckOutcome::AlreadyAcked => "already_acked",
+            AckOutcome::NotRequired => "not_required",
+            AckOutcome::NotFound => return Err(ApiError::NotFound),
+        };
+        results.push(AckResult {
+            guardian_id: message.guardian_id,
+            result,
+        });
+    }
+    Ok(axum::Json(AckAnswer {
+        message_id: id,
+        results,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct DeviceRequest {
+    /// `apns` or `fcm`.
+    #[schema(value_type = String)]
+    pub platform: PushPlatform,
+    /// The device token the platform gave the app.
+    pub token: String,
+}
+
+/// A device token as the platforms issue them: printable, no spaces, of sane length.
+fn device_token(token: &str) -> Result<&str, ApiError> {
+    let token = token.trim();
+    let printable = token.bytes().all(|b| b.is_ascii_graphic());
+    if !(8..=4096).contains(&token.len()) || !printable {
+        return Err(ApiError::InvalidBody(
+            "token: a device token is 8 to 4096 printable characters".into(),
+        ));
+    }
+    Ok(token)
+}
+
+/// Registers the app's device for push, for every signed-in guardian.
+#[utoipa::path(post, path = "/api/v1/guardian/devices", tag = "guardian app", request_body = DeviceRequest, security(("bearer" = [])),
+    responses((status = 201, description = "Registered (again, if it was)")))]
+pub async fn register_device(
+    State(state): State<AppState>,
+    caller: GuardianCaller,
+    Json(request): Json<DeviceRequest>,
+) -> Result<StatusCode, ApiError> {
+    let token = device_token(&request.token)?;
+    for (district, guardian) in &caller.guardians {
+        state
+            .store
+            .register_device(*district, *guardian, request.platform, token, now())
+            .await?;
+    }
+    Ok(StatusCode::CREATED)
+}
+
+/// Unregisters a device (the app signed out of push, or was removed).
+#[utoipa::path(delete, path = "/api/v1/guardian/devices/{platform}/{token}", tag = "guardian app", security(("bearer" = [])),
+    params(("platform" = String, Path), ("token" = String, Path)),
+    responses((status = 204, description = "No longer used")))]
+pub async fn unregister_device(
+    State(state): State<AppState>,
+    caller: GuardianCaller,
+    Path((_platform, token)): Path<(PushPlatform, String)>,
+) -> Result<StatusCode, ApiError> {
+    let token = device_token(&token)?;
+    for (_, guardian) in &caller.guardians {
+        state
+            .store
+            .retire_address(*guardian, Channel::Push, token, "unregistered", now())
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Shared handle on a sender, as `AppState` holds it.
+pub type Codes = Option<Arc<dyn CodeSender>>;
