@@ -152,6 +152,15 @@ pub trait ChannelAdapter: Send + Sync {
     /// The provider's name as recorded on deliveries and attempts ("twilio", "smtp", …).
     fn provider(&self) -> &str;
 
+    /// The provider a send to `address` goes to: the same as [`provider`](Self::provider)
+    /// unless the adapter fronts several (push: APNs or FCM by the device's platform).
+    /// The dispatcher keeps a circuit breaker per provider, so one that fails pauses only
+    /// its own sends.
+    fn provider_of(&self, address: &str) -> &str {
+        let _ = address;
+        self.provider()
+    }
+
     /// The account's sending rate limit, if it has one (a Twilio long code sends 1 SMS a
     /// second, a short code 100): the dispatcher never calls faster.
     fn max_per_second(&self) -> Option<std::num::NonZeroU32> {

@@ -38,6 +38,14 @@ impl ChannelAdapter for Push {
         }
     }
 
+    fn provider_of(&self, address: &str) -> &str {
+        match split(address) {
+            Some(("apns", _)) => "apns",
+            Some(("fcm", _)) => "fcm",
+            _ => self.provider(),
+        }
+    }
+
     /// The stricter of the two.
     fn max_per_second(&self) -> Option<NonZeroU32> {
         [

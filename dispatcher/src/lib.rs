@@ -741,21 +741,22 @@ impl Dispatcher {
         });
         let mut retiring = Vec::new();
         for answered in futures_util::future::join_all(calls).await {
-            if let Some(((o, _), _)) = answered.first() {
-                let provider = self.provider(o.delivery.channel);
-                let failed = answered
-                    .iter()
-                    .filter(|(_, outcome)| {
-                        matches!(
-                            outcome,
-                            SendOutcome::Transient { .. } | SendOutcome::InDoubt { .. }
-                        )
-                    })
-                    .count();
-                if let Some(until) = self
-                    .breakers
-                    .record(provider, answered.len(), failed, now())
-                {
+            // Sends and failures per provider (push fronts two), for their breakers.
+            let mut per_provider: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+            for ((o, _), outcome) in &answered {
+                let tally = per_provider
+                    .entry(self.provider_of(&o.delivery))
+                    .or_default();
+                tally.0 += 1;
+                if matches!(
+                    outcome,
+                    SendOutcome::Transient { .. } | SendOutcome::InDoubt { .. }
+                ) {
+                    tally.1 += 1;
+                }
+            }
+            for (provider, (sent, failed)) in per_provider {
+                if let Some(until) = self.breakers.record(provider, sent, failed, now()) {
                     tracing::warn!(provider, %until, "provider keeps failing: its sends pause (circuit breaker open)");
                 }
             }
@@ -784,6 +785,15 @@ impl Dispatcher {
         self.adapters
             .get(channel)
             .map_or("unconfigured", |a| a.provider())
+    }
+
+    /// The provider a delivery goes to, as its circuit breaker is keyed.
+    fn provider_of(&self, delivery: &Delivery) -> &str {
+        self.adapters
+            .get(delivery.channel)
+            .map_or("unconfigured", |a| {
+                a.provider_of(delivery.address.as_deref().unwrap_or_default())
+            })
     }
 
     /// Holds back, without an attempt, what must not go yet: a guardian's delivery on a
@@ -822,7 +832,7 @@ impl Dispatcher {
                 .get(&(d.guardian_id, d.channel))
                 .filter(|(created, _)| *created < d.created_at && at < d.created_at + max_wait)
                 .map(|(_, due)| (*due + chrono::Duration::seconds(1)).min(d.created_at + max_wait));
-            let paused = self.breakers.held_until(self.provider(d.channel), at);
+            let paused = self.breakers.held_until(self.provider_of(d), at);
             match behind.max(paused) {
                 Some(until) => wait.push((o, until)),
                 None => go.push(o),

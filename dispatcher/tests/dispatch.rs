@@ -31,6 +31,7 @@ tidings_core::on_both_stores! {
     live_dispatchers_share_the_partitions_evenly,
     a_replayed_dead_letter_gets_the_whole_schedule_again,
     a_provider_that_keeps_failing_is_paused_while_others_send,
+    one_failing_push_platform_pauses_only_its_own_devices,
     a_later_message_waits_behind_a_retrying_one,
     sends_never_outrun_a_providers_rate_limit,
     a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever,
@@ -682,6 +683,100 @@ async fn a_provider_that_keeps_failing_is_paused_while_others_send(store: Arc<dy
     assert!(sms_attempts < 20);
     assert!(dispatcher.counters().totals().deferred as usize >= held);
     assert_eq!(up.received().len(), 20);
+}
+
+/// Push as it is deployed with both platforms: one adapter, and the device's platform
+/// picks the provider (here each an in-process provider with its own faults).
+struct TwoPlatforms {
+    apns: Arc<dyn tidings_dispatcher::ChannelAdapter>,
+    fcm: Arc<dyn tidings_dispatcher::ChannelAdapter>,
+}
+
+impl TwoPlatforms {
+    fn of(&self, address: &str) -> &Arc<dyn tidings_dispatcher::ChannelAdapter> {
+        if address.starts_with("apns:") {
+            &self.apns
+        } else {
+            &self.fcm
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl tidings_dispatcher::ChannelAdapter for TwoPlatforms {
+    fn provider(&self) -> &str {
+        "push"
+    }
+
+    fn provider_of(&self, address: &str) -> &str {
+        self.of(address).provider()
+    }
+
+    async fn send(
+        &self,
+        batch: &[tidings_dispatcher::Outgoing],
+    ) -> Vec<tidings_dispatcher::SendOutcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for send in batch {
+            outcomes.extend(
+                self.of(&send.address)
+                    .send(std::slice::from_ref(send))
+                    .await,
+            );
+        }
+        outcomes
+    }
+}
+
+async fn one_failing_push_platform_pauses_only_its_own_devices(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 20).await;
+    let mut message = with_partitions(message_to(&seed, &[Channel::Push]));
+    for (i, recipient) in message.recipients.iter_mut().enumerate() {
+        let platform = if i % 2 == 0 { "apns" } else { "fcm" };
+        recipient.deliveries[0].address = Some(format!("{platform}:device-{i}"));
+    }
+    store.create_message(&message, now()).await.unwrap();
+    let apns = InProcessProvider::new(Faults {
+        transient: 1.0,
+        ..Faults::default()
+    })
+    .named("apns");
+    let fcm = InProcessProvider::default().named("fcm");
+    let push = TwoPlatforms {
+        apns: apns.adapter(Channel::Push),
+        fcm: fcm.adapter(Channel::Push),
+    };
+    let adapters = Adapters::default().with(Channel::Push, Arc::new(push));
+    let config = Config {
+        breaker: BreakerPolicy {
+            failures: 3,
+            pause: Duration::from_secs(3_600),
+            max_pause: Duration::from_secs(3_600),
+        },
+        ..config(14)
+    };
+    let dispatcher = Dispatcher::new(store.clone(), adapters, config);
+    dispatcher.run_until_idle().await.unwrap();
+
+    let mut waiting = 0;
+    for id in delivery_ids(&message) {
+        let d = store.delivery(id).await.unwrap().unwrap();
+        if d.address.as_deref().unwrap().starts_with("fcm:") {
+            assert_eq!(d.state, DeliveryState::Sent, "Android devices are not held");
+        } else {
+            assert!(matches!(
+                d.state,
+                DeliveryState::Created | DeliveryState::Queued
+            ));
+            waiting += 1;
+        }
+    }
+    assert_eq!(waiting, 10);
+    assert_eq!(fcm.received().len(), 10);
+    assert!(
+        apns.sends() < 10,
+        "the APNs breaker opened before every device was tried"
+    );
 }
 
 async fn a_later_message_waits_behind_a_retrying_one(store: Arc<dyn Store>) {

@@ -272,4 +272,10 @@ async fn push_goes_to_the_platform_of_each_device() {
         "{outcome:?}"
     );
     assert!(Push::new(None, None).is_none());
+    // Each platform has its own circuit breaker: the dispatcher keys it by provider_of.
+    assert_eq!(router.provider(), "push");
+    assert_eq!(router.provider_of(&format!("apns:{GOOD}")), "apns");
+    assert_eq!(router.provider_of("fcm:fGc4Kq9RTx2example"), "fcm");
+    assert_eq!(router.provider_of("webpush:xyz"), "push");
+    assert_eq!(apple_only.provider_of(&format!("apns:{GOOD}")), "apns");
 }
