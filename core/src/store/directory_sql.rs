@@ -744,61 +744,134 @@ macro_rules! directory_queries {
             pool: &sqlx::Pool<$db>,
             items: &[$crate::store::InboxApply],
         ) -> StoreResult<Vec<bool>> {
+            use std::collections::{HashMap, HashSet};
+            use $crate::DeliveryId;
+            // A few statements per batch, not per event: multi-row VALUES throughout.
+            const CHUNK: usize = 500;
             let mut tx = pool.begin().await?;
-            let mut moved_meanwhile = std::collections::HashSet::new();
-            let mut marked = Vec::with_capacity(items.len());
-            for item in items {
+            let mut marked = vec![true; items.len()];
+            // Transitions in rounds, each with at most one per delivery (its events in
+            // batch order): one UPDATE cannot move a row twice.
+            let mut rounds: Vec<Vec<usize>> = Vec::new();
+            let mut per_delivery: HashMap<DeliveryId, usize> = HashMap::new();
+            for (index, item) in items.iter().enumerate() {
                 if let Some(t) = &item.transition {
-                    if moved_meanwhile.contains(&t.delivery_id) {
-                        marked.push(false);
+                    let round = per_delivery.entry(t.delivery_id).or_insert(0);
+                    if rounds.len() <= *round {
+                        rounds.push(Vec::new());
+                    }
+                    rounds[*round].push(index);
+                    *round += 1;
+                }
+            }
+            if <$db as sqlx::Database>::NAME == "PostgreSQL" && !per_delivery.is_empty() {
+                // Row locks in id order, the order every writer of several deliveries
+                // takes them in, before the UPDATE takes them in whatever order it joins.
+                let mut ids: Vec<uuid::Uuid> = per_delivery.keys().map(|id| *id.as_uuid()).collect();
+                ids.sort_unstable();
+                for chunk in ids.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT id FROM deliveries WHERE id IN (");
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind($enc(*id));
+                    }
+                    q.push(") ORDER BY id FOR NO KEY UPDATE");
+                    q.build().fetch_all(&mut *tx).await?;
+                }
+            }
+            let mut lost: HashSet<DeliveryId> = HashSet::new();
+            for round in rounds {
+                let live: Vec<&$crate::delivery::Transition> = round
+                    .iter()
+                    .filter_map(|&index| {
+                        let t = items[index].transition.as_ref()?;
+                        if lost.contains(&t.delivery_id) {
+                            marked[index] = false;
+                            None
+                        } else {
+                            Some(t)
+                        }
+                    })
+                    .collect();
+                let mut moved: HashMap<uuid::Uuid, (uuid::Uuid, i64)> = HashMap::new();
+                for chunk in live.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "WITH v (vid, to_state, at, detail, seen, from_state) AS (",
+                    );
+                    q.push_values(chunk, |mut row, t| {
+                        row.push_bind($enc(*t.delivery_id.as_uuid()))
+                            .push_bind(t.to.as_str())
+                            .push_bind(t.at)
+                            .push_bind(t.detail.clone())
+                            .push_bind(t.seen_version)
+                            .push_bind(t.from.as_str());
+                    });
+                    q.push(") UPDATE deliveries SET state = v.to_state, version = version + 1, updated_at = v.at, ");
+                    for state in $crate::DeliveryState::ALL {
+                        let column = $crate::store::state_timestamp_column(state);
+                        if column != "created_at" {
+                            q.push(format!(
+                                "{column} = CASE WHEN v.to_state = '{}' THEN v.at ELSE {column} END, ",
+                                state.as_str()
+                            ));
+                        }
+                    }
+                    q.push(
+                        "last_error = CASE WHEN v.to_state = 'FAILED' THEN v.detail ELSE last_error END \
+                         FROM v WHERE id = v.vid AND version = v.seen AND state = v.from_state \
+                         RETURNING id, district_id, version",
+                    );
+                    for row in q.build().fetch_all(&mut *tx).await? {
+                        moved.insert($dec(&row, "id")?, ($dec(&row, "district_id")?, row.try_get("version")?));
+                    }
+                }
+                let mut applied = Vec::new();
+                for &index in &round {
+                    let Some(t) = items[index].transition.as_ref() else { continue };
+                    if !marked[index] {
                         continue;
                     }
-                    let column = $crate::store::state_timestamp_column(t.to);
-                    let row = sqlx::query(&format!(
-                        "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
-                                last_error = CASE WHEN $1 = 'FAILED' THEN $3 ELSE last_error END \
-                         WHERE id = $4 AND version = $5 AND state = $6 RETURNING district_id, version"
-                    ))
-                    .bind(t.to.as_str())
-                    .bind(t.at)
-                    .bind(&t.detail)
-                    .bind($enc(*t.delivery_id.as_uuid()))
-                    .bind(t.seen_version)
-                    .bind(t.from.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some(row) = row else {
-                        moved_meanwhile.insert(t.delivery_id);
-                        marked.push(false);
-                        continue;
-                    };
-                    let district: uuid::Uuid = $dec(&row, "district_id")?;
-                    let version: i64 = row.try_get("version")?;
-                    sqlx::query(
-                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                                      actor_kind, actor_ref, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind($enc(district))
-                    .bind($enc(*t.delivery_id.as_uuid()))
-                    .bind(t.from.as_str())
-                    .bind(t.to.as_str())
-                    .bind(version)
-                    .bind(t.at)
-                    .bind(t.actor.kind.as_str())
-                    .bind(&t.actor.reference)
-                    .bind(&t.detail)
-                    .execute(&mut *tx)
-                    .await?;
+                    match moved.get(t.delivery_id.as_uuid()) {
+                        Some(&(district, version)) => applied.push((t, district, version)),
+                        None => {
+                            lost.insert(t.delivery_id);
+                            marked[index] = false;
+                        }
+                    }
                 }
-                sqlx::query("UPDATE callback_inbox SET status = $1, outcome = $2, applied_at = $3 WHERE id = $4 AND status = 'pending'")
-                    .bind(item.status)
-                    .bind(&item.outcome)
-                    .bind(chrono::Utc::now())
-                    .bind($enc(item.inbox_id))
-                    .execute(&mut *tx)
-                    .await?;
-                marked.push(true);
+                for chunk in applied.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                                      actor_kind, actor_ref, detail) ",
+                    );
+                    q.push_values(chunk, |mut row, (t, district, version)| {
+                        row.push_bind($enc(*district))
+                            .push_bind($enc(*t.delivery_id.as_uuid()))
+                            .push_bind(t.from.as_str())
+                            .push_bind(t.to.as_str())
+                            .push_bind(*version)
+                            .push_bind(t.at)
+                            .push_bind(t.actor.kind.as_str())
+                            .push_bind(t.actor.reference.clone())
+                            .push_bind(t.detail.clone());
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+            }
+            let done: Vec<&$crate::store::InboxApply> =
+                items.iter().zip(&marked).filter(|(_, m)| **m).map(|(item, _)| item).collect();
+            let at = chrono::Utc::now();
+            for chunk in done.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("WITH v (iid, new_status, new_outcome) AS (");
+                q.push_values(chunk, |mut row, item| {
+                    row.push_bind($enc(item.inbox_id))
+                        .push_bind(item.status)
+                        .push_bind(item.outcome.clone());
+                });
+                q.push(") UPDATE callback_inbox SET status = v.new_status, outcome = v.new_outcome, applied_at = ");
+                q.push_bind(at);
+                q.push(" FROM v WHERE id = v.iid AND status = 'pending'");
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(marked)
@@ -810,28 +883,32 @@ macro_rules! directory_queries {
             at: chrono::DateTime<chrono::Utc>,
         ) -> StoreResult<Vec<bool>> {
             let mut tx = pool.begin().await?;
-            let mut kept = Vec::with_capacity(events.len());
-            for e in events {
-                let done = (e.status != "pending").then_some(at);
-                let inserted = sqlx::query(
-                    "INSERT INTO callback_inbox (id, provider, event_id, received_at, payload, status, applied_at, outcome) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, event_id) DO NOTHING",
-                )
-                .bind($enc(uuid::Uuid::now_v7()))
-                .bind(&e.provider)
-                .bind(&e.event_id)
-                .bind(at)
-                .bind(&e.payload)
-                .bind(e.status)
-                .bind(done)
-                .bind(&e.outcome)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                kept.push(inserted == 1);
+            let mut inserted: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+            for chunk in events.chunks(500) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO callback_inbox (id, provider, event_id, received_at, payload, status, applied_at, outcome) ",
+                );
+                q.push_values(chunk, |mut row, e| {
+                    row.push_bind($enc(uuid::Uuid::now_v7()))
+                        .push_bind(e.provider.clone())
+                        .push_bind(e.event_id.clone())
+                        .push_bind(at)
+                        .push_bind(e.payload.clone())
+                        .push_bind(e.status)
+                        .push_bind((e.status != "pending").then_some(at))
+                        .push_bind(e.outcome.clone());
+                });
+                q.push(" ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id");
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get("provider")?, row.try_get("event_id")?));
+                }
             }
             tx.commit().await?;
-            Ok(kept)
+            // The same event twice in one batch: the first is new, the second a duplicate.
+            Ok(events
+                .iter()
+                .map(|e| inserted.remove(&(e.provider.clone(), e.event_id.clone())))
+                .collect())
         }
 
         pub async fn inbox_pending(pool: &sqlx::Pool<$db>, limit: u32) -> StoreResult<Vec<$crate::store::InboxItem>> {
