@@ -40,6 +40,7 @@ tidings_core::on_both_stores! {
     an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out,
     a_sign_in_code_allows_few_tries_expires_and_is_redeemed_once,
     link_key_fingerprints_are_recorded_once_and_differences_reported,
+    an_acknowledgment_covers_the_message_and_its_re_notifications,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -1245,4 +1246,63 @@ async fn link_key_fingerprints_are_recorded_once_and_differences_reported(store:
         .is_empty());
     let other = vec![(1u8, "fp-else".to_owned()), (2u8, "fp-two".to_owned())];
     assert_eq!(store.check_link_keys(&other, at).await.unwrap(), vec![1]);
+}
+
+async fn an_acknowledgment_covers_the_message_and_its_re_notifications(store: Arc<dyn Store>) {
+    use tidings_core::store::AckOutcome;
+    let seed = seed(store.as_ref(), 2).await;
+    let original = message_to(&seed, &[Channel::Sms]);
+    store.create_message(&original, now()).await.unwrap();
+    // A reminder of it, and a reminder of the reminder, not sent yet.
+    let reminder = NewMessage {
+        renotify_of: Some(original.id),
+        ..message_to(&seed, &[Channel::Sms, Channel::Email])
+    };
+    store.create_message(&reminder, now()).await.unwrap();
+    let again = NewMessage {
+        renotify_of: Some(reminder.id),
+        ..message_to(&seed, &[Channel::Email])
+    };
+    store.create_message(&again, now()).await.unwrap();
+    // The guardian acknowledges the first reminder.
+    let acked = store
+        .acknowledge(
+            *reminder.recipients[0].id.as_uuid(),
+            Channel::Sms,
+            &Actor::guardian("link:sms"),
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(acked, AckOutcome::Acked { .. }), "{acked:?}");
+    // Every message of the family counts them as acknowledged, and nothing more goes to
+    // them; the other guardian is untouched.
+    let guardian = seed.guardians[0].id;
+    for message in [&original, &reminder, &again] {
+        let pending = store.pending_guardians(message.id).await.unwrap();
+        assert!(!pending.contains(guardian.as_uuid()), "{pending:?}");
+        assert!(pending.contains(seed.guardians[1].id.as_uuid()));
+        for d in &message.recipients[0].deliveries {
+            let state = store.delivery(d.id).await.unwrap().unwrap().state;
+            let expected = if message.id == reminder.id && d.channel == Channel::Sms {
+                DeliveryState::Acked
+            } else {
+                DeliveryState::Cancelled
+            };
+            assert_eq!(state, expected, "{:?} {:?}", message.id, d.channel);
+        }
+    }
+    // Pressing the original's link afterwards: already done.
+    assert_eq!(
+        store
+            .acknowledge(
+                *original.recipients[0].id.as_uuid(),
+                Channel::Sms,
+                &Actor::guardian("link:sms"),
+                now(),
+            )
+            .await
+            .unwrap(),
+        AckOutcome::AlreadyAcked
+    );
 }

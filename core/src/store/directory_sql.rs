@@ -592,22 +592,61 @@ macro_rules! directory_queries {
                     Some(_) => $crate::store::AckOutcome::NotRequired,
                 });
             }
-            let rows = sqlx::query(
-                "SELECT id, district_id, channel, state, version FROM deliveries WHERE recipient_id = $1 ORDER BY id",
-            )
+            // The same message re-sent (re-notifications of it, or the message a
+            // re-notification re-sends): acknowledged once is acknowledged for all of them.
+            let family = "WITH RECURSIVE up (id, parent) AS ( \
+                     SELECT m.id, m.renotify_of FROM messages m JOIN recipients r ON r.message_id = m.id WHERE r.id = $1 \
+                     UNION ALL SELECT m.id, m.renotify_of FROM messages m JOIN up ON m.id = up.parent), \
+                 down (id) AS ( \
+                     SELECT id FROM up WHERE parent IS NULL \
+                     UNION ALL SELECT m.id FROM messages m JOIN down ON m.renotify_of = down.id) ";
+            let related: Vec<uuid::Uuid> = sqlx::query(&format!(
+                "{family} SELECT r.id FROM recipients r \
+                 WHERE r.guardian_id = (SELECT guardian_id FROM recipients WHERE id = $1) \
+                 AND r.message_id IN (SELECT id FROM down) AND r.ack_state = 'pending' AND r.id <> $1"
+            ))
             .bind($enc(recipient))
             .fetch_all(&mut *tx)
-            .await?;
+            .await?
+            .iter()
+            .map(|row| $dec(row, "id"))
+            .collect::<StoreResult<_>>()?;
+            for other in &related {
+                sqlx::query(
+                    "UPDATE recipients SET ack_state = 'acked', acked_at = $1, ack_via = $2 \
+                     WHERE id = $3 AND ack_state = 'pending'",
+                )
+                .bind(at)
+                .bind(via.as_str())
+                .bind($enc(*other))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut deliveries_of = sqlx::QueryBuilder::<$db>::new(
+                "SELECT id, district_id, recipient_id, channel, state, version FROM deliveries WHERE recipient_id IN (",
+            );
+            let mut list = deliveries_of.separated(", ");
+            for r in std::iter::once(&recipient).chain(&related) {
+                list.push_bind($enc(*r));
+            }
+            deliveries_of.push(") ORDER BY id");
+            let rows = deliveries_of.build().fetch_all(&mut *tx).await?;
             let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
             for row in &rows {
                 let id: uuid::Uuid = $dec(row, "id")?;
                 let district: uuid::Uuid = $dec(row, "district_id")?;
+                let of: uuid::Uuid = $dec(row, "recipient_id")?;
                 let channel: $crate::Channel = parse_col(row, "channel")?;
                 let state: DeliveryState = parse_col(row, "state")?;
                 let version: i64 = row.try_get("version")?;
                 // The delivery the acknowledgment came through is ACKED; the guardian's
-                // other deliveries of the message that have not gone out are cancelled.
-                let event = if channel == via { DeliveryEvent::Acknowledged } else { DeliveryEvent::Cancel };
+                // other deliveries of the message (and of its re-sends) that have not gone
+                // out are cancelled.
+                let event = if of == recipient && channel == via {
+                    DeliveryEvent::Acknowledged
+                } else {
+                    DeliveryEvent::Cancel
+                };
                 let Decision::Move(to) = next(state, event) else {
                     untouched += 1;
                     continue;
