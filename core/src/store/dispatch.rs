@@ -68,6 +68,40 @@ pub enum AttemptResult {
     },
 }
 
+impl AttemptResult {
+    /// How it is written: the attempt's outcome (`sent`, `transient`, `permanent`,
+    /// `in_doubt`), the kind of delivery update (`sent`, `retry`, `failed`, `opted_out`),
+    /// its text (the provider reference, or the error) and the retry time.
+    pub(crate) fn parts(&self) -> (&'static str, &'static str, &str, Option<DateTime<Utc>>) {
+        match self {
+            AttemptResult::Sent { provider_ref } => ("sent", "sent", provider_ref.as_str(), None),
+            AttemptResult::Retry {
+                at,
+                in_doubt,
+                error,
+            } => (
+                if *in_doubt { "in_doubt" } else { "transient" },
+                "retry",
+                error.as_str(),
+                Some(*at),
+            ),
+            AttemptResult::Failed {
+                in_doubt,
+                permanent,
+                error,
+            } => {
+                let outcome = match (in_doubt, permanent) {
+                    (true, _) => "in_doubt",
+                    (false, true) => "permanent",
+                    (false, false) => "transient",
+                };
+                (outcome, "failed", error.as_str(), None)
+            }
+            AttemptResult::OptedOut { error } => ("permanent", "opted_out", error.as_str(), None),
+        }
+    }
+}
+
 /// What starting an attempt did.
 #[derive(Debug, Clone)]
 pub enum AttemptStart {

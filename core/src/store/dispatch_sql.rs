@@ -667,189 +667,74 @@ macro_rules! dispatch_store_impl {
     };
 }
 
-/// Expands, inside a module made by `dispatch_queries!`, to the attempts written a
-/// statement per row inside one transaction: right for SQLite, which runs in-process.
-macro_rules! rowwise_attempts {
-    (db: $db:ty, enc: $enc:path) => {
-        async fn event(
+/// Expands to `start_attempts_bulk` and `finish_attempts_bulk`: the attempt writers in
+/// a few multi-row statements per batch (`WITH x AS (VALUES …) UPDATE … FROM x`), not a
+/// statement per row. For a dialect without arrays (SQLite); in the `dispatch_queries!`
+/// module, with its `enc` and `dec`.
+macro_rules! bulk_attempts {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path) => {
+        /// Rows per statement: well under either dialect's limit on parameters.
+        const BULK: usize = 400;
+
+        /// The rows of `ids` as they are now.
+        async fn current_rows(
             tx: &mut Tx<'_>,
-            delivery: &Delivery,
-            from: &str,
+            ids: &[uuid::Uuid],
+        ) -> StoreResult<std::collections::HashMap<uuid::Uuid, Delivery>> {
+            let mut found = std::collections::HashMap::new();
+            for chunk in ids.chunks(BULK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM deliveries WHERE id IN (",
+                    super::DELIVERY_COLUMNS
+                ));
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind($enc(*id));
+                }
+                q.push(")");
+                for row in q.build().fetch_all(&mut **tx).await? {
+                    let d = super::delivery_from_row(&row)?;
+                    found.insert(*d.id.as_uuid(), d);
+                }
+            }
+            Ok(found)
+        }
+
+        /// The audit rows of deliveries that changed state: (delivery now, from, detail).
+        async fn events_bulk(
+            tx: &mut Tx<'_>,
+            moved: &[(&Delivery, &str, Option<&str>)],
             actor: &str,
-            detail: Option<&str>,
             at: DateTime<Utc>,
         ) -> StoreResult<()> {
-            sqlx::query(
-                "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                              actor_kind, actor_ref, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'dispatcher', $7, $8)",
-            )
-            .bind($enc(*delivery.district_id.as_uuid()))
-            .bind($enc(*delivery.id.as_uuid()))
-            .bind(from)
-            .bind(delivery.state.as_str())
-            .bind(delivery.version)
-            .bind(at)
-            .bind(actor)
-            .bind(detail)
-            .execute(&mut **tx)
-            .await?;
+            for chunk in moved.chunks(BULK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                                  actor_kind, actor_ref, detail) ",
+                );
+                q.push_values(chunk, |mut row, (d, from, detail)| {
+                    row.push_bind($enc(*d.district_id.as_uuid()))
+                        .push_bind($enc(*d.id.as_uuid()))
+                        .push_bind(from.to_string())
+                        .push_bind(d.state.as_str())
+                        .push_bind(d.version)
+                        .push_bind(at)
+                        .push_bind("dispatcher")
+                        .push_bind(actor.to_owned())
+                        .push_bind(detail.map(str::to_owned));
+                });
+                q.build().execute(&mut **tx).await?;
+            }
             Ok(())
         }
 
-        /// Records attempt `attempts + 1` as in flight and the delivery as QUEUED (compare
-        /// and swap on the version read), before the provider is called. An unfinished
-        /// earlier attempt is recorded as in doubt. `recover_at` is when the delivery comes
-        /// due again should its outcome never be recorded.
-        #[allow(clippy::too_many_arguments)]
-        async fn start_one(
-            tx: &mut Tx<'_>,
-            seen: &Delivery,
-            provider: &str,
-            actor: &str,
-            recover_at: DateTime<Utc>,
-            at: DateTime<Utc>,
-        ) -> StoreResult<AttemptStart> {
-            let moved = sqlx::query(&format!(
-                "UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempts = attempts + 1, \
-                        next_attempt_at = $1, provider = $2, queued_at = COALESCE(queued_at, $3), updated_at = $3 \
-                 WHERE id = $4 AND version = $5 AND state IN ('CREATED', 'QUEUED') \
-                 RETURNING {}",
-                super::DELIVERY_COLUMNS
-            ))
-            .bind(recover_at)
-            .bind(provider)
-            .bind(at)
-            .bind($enc(*seen.id.as_uuid()))
-            .bind(seen.version)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = moved else {
-                let now = current(tx, seen.id).await?;
-                return Ok(AttemptStart::Moved(now));
-            };
-            let delivery = super::delivery_from_row(&row)?;
-            let in_doubt = sqlx::query(
-                "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
-                        error = 'unfinished: the dispatcher stopped before recording the outcome' \
-                 WHERE delivery_id = $2 AND outcome = 'in_flight'",
-            )
-            .bind(at)
-            .bind($enc(*seen.id.as_uuid()))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            sqlx::query(
-                "INSERT INTO delivery_attempts (district_id, delivery_id, attempt, idempotency_key, provider, \
-                                                started_at, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'in_flight')",
-            )
-            .bind($enc(*delivery.district_id.as_uuid()))
-            .bind($enc(*delivery.id.as_uuid()))
-            .bind(delivery.attempts)
-            .bind(&delivery.idempotency_key)
-            .bind(provider)
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-            if seen.state != delivery.state {
-                event(tx, &delivery, seen.state.as_str(), actor, None, at).await?;
-            }
-            Ok(AttemptStart::Started {
-                attempt: delivery.attempts,
-                delivery,
-                earlier_in_doubt: in_doubt > 0,
-            })
-        }
-
-        /// Records how attempt `attempt` ended and moves the delivery accordingly (compare
-        /// and swap on `seen`). An attempt someone else already closed (recovered as in
-        /// doubt) changes nothing: `Conflict` with the delivery as it is.
-        async fn finish_one(
-            tx: &mut Tx<'_>,
-            seen: &Delivery,
-            attempt: i32,
-            result: &AttemptResult,
-            actor: &str,
-            at: DateTime<Utc>,
-        ) -> StoreResult<CasOutcome> {
-            let (outcome, error) = match result {
-                AttemptResult::Sent { .. } => ("sent", None),
-                AttemptResult::Retry { in_doubt: true, error, .. }
-                | AttemptResult::Failed { in_doubt: true, error, .. } => ("in_doubt", Some(error.as_str())),
-                AttemptResult::Retry { error, .. } => ("transient", Some(error.as_str())),
-                AttemptResult::Failed { permanent: true, error, .. }
-                | AttemptResult::OptedOut { error } => ("permanent", Some(error.as_str())),
-                AttemptResult::Failed { error, .. } => ("transient", Some(error.as_str())),
-            };
-            let closed = sqlx::query(
-                "UPDATE delivery_attempts SET outcome = $1, error = $2, finished_at = $3 \
-                 WHERE delivery_id = $4 AND attempt = $5 AND outcome = 'in_flight'",
-            )
-            .bind(outcome)
-            .bind(error)
-            .bind(at)
-            .bind($enc(*seen.id.as_uuid()))
-            .bind(attempt)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if closed == 0 {
-                let now = current(tx, seen.id).await?;
-                return Ok(CasOutcome::Conflict(now));
-            }
-            let query = match result {
-                AttemptResult::Sent { .. } => {
-                    "UPDATE deliveries SET state = 'SENT', version = version + 1, provider_ref = $1, \
-                            sent_at = $2, updated_at = $2, next_attempt_at = NULL \
-                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
-                }
-                AttemptResult::Retry { .. } => {
-                    "UPDATE deliveries SET version = version + 1, last_error = $1, next_attempt_at = $5, updated_at = $2 \
-                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
-                }
-                AttemptResult::Failed { .. } => {
-                    "UPDATE deliveries SET state = 'FAILED', version = version + 1, last_error = $1, \
-                            failed_at = $2, updated_at = $2, next_attempt_at = NULL \
-                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
-                }
-                AttemptResult::OptedOut { .. } => {
-                    "UPDATE deliveries SET state = 'SUPPRESSED', version = version + 1, last_error = $1, \
-                            suppressed_reason = 'carrier_stop', updated_at = $2, next_attempt_at = NULL \
-                     WHERE id = $3 AND version = $4 AND state = 'QUEUED'"
-                }
-            };
-            let (text, retry_at) = match result {
-                AttemptResult::Sent { provider_ref } => (provider_ref.as_str(), None),
-                AttemptResult::Retry { at, error, .. } => (error.as_str(), Some(*at)),
-                AttemptResult::Failed { error, .. } | AttemptResult::OptedOut { error } => {
-                    (error.as_str(), None)
-                }
-            };
-            let sql = format!("{query} RETURNING {}", super::DELIVERY_COLUMNS);
-            let mut update = sqlx::query(&sql)
-                .bind(text)
-                .bind(at)
-                .bind($enc(*seen.id.as_uuid()))
-                .bind(seen.version);
-            if retry_at.is_some() {
-                update = update.bind(retry_at);
-            }
-            let Some(row) = update.fetch_optional(&mut **tx).await? else {
-                // Moved meanwhile (a callback or a recall): the attempt's record stands.
-                let now = current(tx, seen.id).await?;
-                return Ok(CasOutcome::Conflict(now));
-            };
-            let delivery = super::delivery_from_row(&row)?;
-            if delivery.state != seen.state {
-                event(tx, &delivery, seen.state.as_str(), actor, error, at).await?;
-            }
-            Ok(CasOutcome::Applied(delivery))
-        }
-
         /// Starts an attempt for each of `items` (delivery as read, provider) in one
-        /// transaction under the lease (see `start_one`).
-        pub async fn start_attempts_rowwise(
+        /// transaction under the lease, before the provider is called: attempt
+        /// `attempts + 1` is recorded in flight and the delivery QUEUED (compare and swap on
+        /// the version read); an unfinished earlier attempt is recorded as in doubt.
+        /// `recover_at` is when the delivery comes due again should its outcome never be
+        /// recorded.
+        pub async fn start_attempts_bulk(
             pool: &sqlx::Pool<$db>,
             lease: &Lease,
             items: &[(&Delivery, &str)],
@@ -859,17 +744,107 @@ macro_rules! rowwise_attempts {
         ) -> StoreResult<Vec<AttemptStart>> {
             let mut tx = pool.begin().await?;
             fence(&mut tx, lease).await?;
-            let mut started = Vec::with_capacity(items.len());
-            for (seen, provider) in items {
-                started.push(start_one(&mut tx, seen, provider, actor, recover_at, at).await?);
+            let mut moved: std::collections::HashMap<uuid::Uuid, Delivery> = std::collections::HashMap::new();
+            for chunk in items.chunks(BULK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("WITH x (xid, seen, xprovider) AS (");
+                q.push_values(chunk, |mut row, (d, provider)| {
+                    row.push_bind($enc(*d.id.as_uuid()))
+                        .push_bind(d.version)
+                        .push_bind(provider.to_string());
+                });
+                q.push(
+                    ") UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempts = attempts + 1, \
+                     provider = x.xprovider, next_attempt_at = ",
+                );
+                q.push_bind(recover_at);
+                q.push(", queued_at = COALESCE(queued_at, ");
+                q.push_bind(at);
+                q.push("), updated_at = ");
+                q.push_bind(at);
+                q.push(" FROM x WHERE id = x.xid AND version = x.seen AND state IN ('CREATED', 'QUEUED') RETURNING ");
+                q.push(super::DELIVERY_COLUMNS);
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    let d = super::delivery_from_row(&row)?;
+                    moved.insert(*d.id.as_uuid(), d);
+                }
             }
+            let moved_ids: Vec<uuid::Uuid> = moved.keys().copied().collect();
+            let mut in_doubt = std::collections::HashSet::new();
+            for chunk in moved_ids.chunks(BULK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE delivery_attempts SET outcome = 'in_doubt', \
+                     error = 'unfinished: the dispatcher stopped before recording the outcome', finished_at = ",
+                );
+                q.push_bind(at);
+                q.push(" WHERE outcome = 'in_flight' AND delivery_id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind($enc(*id));
+                }
+                q.push(") RETURNING delivery_id");
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    in_doubt.insert($dec(&row, "delivery_id")?);
+                }
+            }
+            let new: Vec<(&Delivery, &str)> = items
+                .iter()
+                .filter_map(|(seen, provider)| Some((moved.get(seen.id.as_uuid())?, *provider)))
+                .collect();
+            for chunk in new.chunks(BULK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO delivery_attempts (district_id, delivery_id, attempt, idempotency_key, provider, \
+                                                    started_at, outcome) ",
+                );
+                q.push_values(chunk, |mut row, (d, provider)| {
+                    row.push_bind($enc(*d.district_id.as_uuid()))
+                        .push_bind($enc(*d.id.as_uuid()))
+                        .push_bind(d.attempts)
+                        .push_bind(d.idempotency_key.clone())
+                        .push_bind(provider.to_string())
+                        .push_bind(at)
+                        .push_bind("in_flight");
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+                .iter()
+                .filter_map(|(seen, _)| {
+                    let d = moved.get(seen.id.as_uuid())?;
+                    (d.state != seen.state).then(|| (d, seen.state.as_str(), None))
+                })
+                .collect();
+            events_bulk(&mut tx, &changed, actor, at).await?;
+            let stale: Vec<uuid::Uuid> = items
+                .iter()
+                .map(|(d, _)| *d.id.as_uuid())
+                .filter(|id| !moved.contains_key(id))
+                .collect();
+            let mut now_rows = current_rows(&mut tx, &stale).await?;
             tx.commit().await?;
-            Ok(started)
+            items
+                .iter()
+                .map(|(seen, _)| {
+                    let id = *seen.id.as_uuid();
+                    match moved.remove(&id) {
+                        Some(delivery) => Ok(AttemptStart::Started {
+                            attempt: delivery.attempts,
+                            earlier_in_doubt: in_doubt.contains(&id),
+                            delivery,
+                        }),
+                        None => now_rows
+                            .remove(&id)
+                            .map(AttemptStart::Moved)
+                            .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("delivery {id} vanished"))),
+                    }
+                })
+                .collect()
         }
 
-        /// Records how each of `items` (delivery as read, attempt, result) ended, in one
-        /// transaction under the lease (see `finish_one`).
-        pub async fn finish_attempts_rowwise(
+        /// Records how each of `items` (delivery as read, attempt, result) ended and moves
+        /// the delivery accordingly (compare and swap on the version read), in one
+        /// transaction under the lease. An attempt someone else already closed (recovered
+        /// as in doubt) changes nothing: `Conflict` with the delivery as it is.
+        pub async fn finish_attempts_bulk(
             pool: &sqlx::Pool<$db>,
             lease: &Lease,
             items: &[(&Delivery, i32, &AttemptResult)],
@@ -878,15 +853,96 @@ macro_rules! rowwise_attempts {
         ) -> StoreResult<Vec<CasOutcome>> {
             let mut tx = pool.begin().await?;
             fence(&mut tx, lease).await?;
-            let mut finished = Vec::with_capacity(items.len());
-            for (seen, attempt, result) in items {
-                finished.push(finish_one(&mut tx, seen, *attempt, result, actor, at).await?);
+            let parts: Vec<_> = items.iter().map(|(_, _, result)| result.parts()).collect();
+            let errors: Vec<Option<&str>> = parts.iter().map(|p| (p.1 != "sent").then_some(p.2)).collect();
+            let indexed: Vec<usize> = (0..items.len()).collect();
+            let mut closed = std::collections::HashSet::new();
+            for chunk in indexed.chunks(BULK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("WITH x (xid, xattempt, xoutcome, xerror) AS (");
+                q.push_values(chunk, |mut row, &i| {
+                    row.push_bind($enc(*items[i].0.id.as_uuid()))
+                        .push_bind(items[i].1)
+                        .push_bind(parts[i].0)
+                        .push_bind(errors[i].map(str::to_owned));
+                });
+                q.push(") UPDATE delivery_attempts SET outcome = x.xoutcome, error = x.xerror, finished_at = ");
+                q.push_bind(at);
+                q.push(
+                    " FROM x WHERE delivery_id = x.xid AND attempt = x.xattempt AND outcome = 'in_flight' \
+                     RETURNING delivery_id",
+                );
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    closed.insert($dec(&row, "delivery_id")?);
+                }
             }
+            let open: Vec<usize> = indexed
+                .iter()
+                .copied()
+                .filter(|&i| closed.contains(items[i].0.id.as_uuid()))
+                .collect();
+            let mut applied: std::collections::HashMap<uuid::Uuid, Delivery> = std::collections::HashMap::new();
+            for chunk in open.chunks(BULK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("WITH x (xid, seen, xkind, xtext, xretry) AS (");
+                q.push_values(chunk, |mut row, &i| {
+                    row.push_bind($enc(*items[i].0.id.as_uuid()))
+                        .push_bind(items[i].0.version)
+                        .push_bind(parts[i].1)
+                        .push_bind(parts[i].2.to_owned())
+                        .push_bind(parts[i].3);
+                });
+                q.push(
+                    ") UPDATE deliveries SET \
+                        state = CASE x.xkind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' \
+                                WHEN 'opted_out' THEN 'SUPPRESSED' ELSE state END, \
+                        suppressed_reason = CASE WHEN x.xkind = 'opted_out' THEN 'carrier_stop' ELSE suppressed_reason END, \
+                        version = version + 1, \
+                        provider_ref = CASE WHEN x.xkind = 'sent' THEN x.xtext ELSE provider_ref END, \
+                        last_error = CASE WHEN x.xkind = 'sent' THEN last_error ELSE x.xtext END, \
+                        next_attempt_at = x.xretry, updated_at = ",
+                );
+                q.push_bind(at);
+                q.push(", sent_at = CASE WHEN x.xkind = 'sent' THEN ");
+                q.push_bind(at);
+                q.push(" ELSE sent_at END, failed_at = CASE WHEN x.xkind = 'failed' THEN ");
+                q.push_bind(at);
+                q.push(" ELSE failed_at END FROM x WHERE id = x.xid AND version = x.seen AND state = 'QUEUED' RETURNING ");
+                q.push(super::DELIVERY_COLUMNS);
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    let d = super::delivery_from_row(&row)?;
+                    applied.insert(*d.id.as_uuid(), d);
+                }
+            }
+            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+                .iter()
+                .zip(&errors)
+                .filter_map(|((seen, _, _), error)| {
+                    let d = applied.get(seen.id.as_uuid())?;
+                    (d.state != seen.state).then(|| (d, seen.state.as_str(), *error))
+                })
+                .collect();
+            events_bulk(&mut tx, &changed, actor, at).await?;
+            let stale: Vec<uuid::Uuid> = items
+                .iter()
+                .map(|(d, _, _)| *d.id.as_uuid())
+                .filter(|id| !applied.contains_key(id))
+                .collect();
+            let mut now_rows = current_rows(&mut tx, &stale).await?;
             tx.commit().await?;
-            Ok(finished)
+            items
+                .iter()
+                .map(|(seen, _, _)| {
+                    let id = *seen.id.as_uuid();
+                    match applied.remove(&id) {
+                        Some(d) => Ok(CasOutcome::Applied(d)),
+                        None => now_rows
+                            .remove(&id)
+                            .map(CasOutcome::Conflict)
+                            .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("delivery {id} vanished"))),
+                    }
+                })
+                .collect()
         }
-
     };
 }
 
-pub(crate) use {dispatch_queries, dispatch_store_impl, rowwise_attempts};
+pub(crate) use {bulk_attempts, dispatch_queries, dispatch_store_impl};

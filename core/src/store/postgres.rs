@@ -1466,39 +1466,7 @@ mod dispatching {
             .await?;
         let attempts: Vec<i32> = items.iter().map(|(_, a, _)| *a).collect();
         // (attempt outcome, kind of delivery update, its text, the retry time)
-        let parts: Vec<(&str, &str, &str, Option<DateTime<Utc>>)> = items
-            .iter()
-            .map(|(_, _, result)| match result {
-                AttemptResult::Sent { provider_ref } => {
-                    ("sent", "sent", provider_ref.as_str(), None)
-                }
-                AttemptResult::Retry {
-                    at,
-                    in_doubt,
-                    error,
-                } => (
-                    if *in_doubt { "in_doubt" } else { "transient" },
-                    "retry",
-                    error.as_str(),
-                    Some(*at),
-                ),
-                AttemptResult::Failed {
-                    in_doubt,
-                    permanent,
-                    error,
-                } => {
-                    let outcome = match (in_doubt, permanent) {
-                        (true, _) => "in_doubt",
-                        (false, true) => "permanent",
-                        (false, false) => "transient",
-                    };
-                    (outcome, "failed", error.as_str(), None)
-                }
-                AttemptResult::OptedOut { error } => {
-                    ("permanent", "opted_out", error.as_str(), None)
-                }
-            })
-            .collect();
+        let parts: Vec<_> = items.iter().map(|(_, _, result)| result.parts()).collect();
         let outcomes: Vec<&str> = parts.iter().map(|p| p.0).collect();
         let errors: Vec<Option<&str>> = parts
             .iter()

@@ -1261,12 +1261,12 @@ mod dispatching {
     }
 
     crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Sqlite, enc: enc);
-    crate::store::dispatch_sql::rowwise_attempts!(db: sqlx::Sqlite, enc: enc);
+    crate::store::dispatch_sql::bulk_attempts!(db: sqlx::Sqlite, enc: enc, dec: dec);
 
-    // SQLite runs in-process: a statement per row inside one transaction is as fast as
-    // anything bulk would be.
+    // Even in-process, each statement costs a trip to SQLite's worker thread: a batch is
+    // written in a few multi-row statements.
     pub use self::{
-        finish_attempts_rowwise as finish_attempts, start_attempts_rowwise as start_attempts,
+        finish_attempts_bulk as finish_attempts, start_attempts_bulk as start_attempts,
     };
 }
 
