@@ -163,6 +163,63 @@ async fn text(base: &str, number: &str, body: &str) -> Value {
     answer["reply"].clone()
 }
 
+/// The demo district on a free port, its SMS through a `tidings sandbox` (with `faults`)
+/// that calls it back; `env` adds settings.
+struct CalledBack {
+    d: District,
+    /// The sandbox's base URL, and its process.
+    base: String,
+    sandbox: tokio::process::Child,
+    /// The server's own URL.
+    serve_at: String,
+}
+
+async fn called_back(db: TestDatabase, faults: &str, env: &[(&'static str, String)]) -> CalledBack {
+    let port = free_port();
+    let serve_at = format!("http://127.0.0.1:{port}");
+    let (base, sandbox) = sandbox_calling_back(faults, Some(&serve_at)).await;
+    let mut all = twilio_env_calling_back(&base, port);
+    all.extend(env.iter().cloned());
+    let d = demo_district(db, &all).await;
+    CalledBack {
+        d,
+        base,
+        sandbox,
+        serve_at,
+    }
+}
+
+impl CalledBack {
+    async fn stop(mut self) {
+        assert!(self.d.server.terminate().await.success());
+        self.sandbox.kill().await.unwrap();
+    }
+}
+
+/// Asks one guardian, on `channels`, to acknowledge `subject`/`body`: the message's id.
+async fn ask_ack(
+    d: &District,
+    guardian: &str,
+    channels: &[&str],
+    kind: &str,
+    subject: &str,
+    body: &str,
+) -> String {
+    let sent = post_message(
+        d,
+        json!({
+            "audience": {"guardians": [guardian]},
+            "channels": channels,
+            "kind": kind,
+            "subject": subject,
+            "body": body,
+            "requires_ack": true,
+        }),
+    )
+    .await;
+    sent["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn sms_goes_through_twilio_and_every_duplicate_is_an_attempt_counted_in_doubt() {
     // One send in five fails with a 5xx or a 429, one in ten is taken and never answered:
@@ -396,15 +453,13 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered_on_postgres() {
 async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) {
     // Callbacks arrive duplicated and out of order half the time; one in five reports
     // the message undelivered.
-    let port = free_port();
-    let serve_at = format!("http://127.0.0.1:{port}");
-    let (base, mut sandbox) = sandbox_calling_back(
+    let called = called_back(
+        db,
         "{callback_duplicate=0.5,callback_reorder=0.5,undelivered=0.2,seed=11}",
-        Some(&serve_at),
+        &[],
     )
     .await;
-    let env = twilio_env_calling_back(&base, port);
-    let d = demo_district(db, &env).await;
+    let (d, serve_at) = (&called.d, called.serve_at.clone());
     let sent = post_message(
         &d,
         json!({
@@ -496,8 +551,7 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
         .parse()
         .unwrap();
     assert!(sent > 0 && sent <= to_send - suppressed, "{metrics}");
-    assert!(d.server.terminate().await.success());
-    sandbox.kill().await.unwrap();
+    called.stop().await;
 }
 
 #[tokio::test]
@@ -511,12 +565,9 @@ async fn stop_help_and_start_by_sms_are_honoured_on_postgres() {
 }
 
 async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
-    let port = free_port();
-    let serve_at = format!("http://127.0.0.1:{port}");
-    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
-    let mut env = twilio_env_calling_back(&base, port);
-    env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
-    let d = demo_district(db, &env).await;
+    let env = [("TIDINGS_DISTRICT_NAME", "Lincoln USD".to_owned())];
+    let called = called_back(db, "{}", &env).await;
+    let (d, base) = (&called.d, called.base.clone());
     let (guardian, number) = first_guardian_with_sms(&d).await;
     let text = |body: &'static str| {
         let (base, number) = (base.clone(), number.clone());
@@ -589,20 +640,18 @@ async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
             ("  Stop. ".to_owned(), json!("stop")),
         ]
     );
-    assert!(d.server.terminate().await.success());
-    sandbox.kill().await.unwrap();
+    called.stop().await;
 }
 
 #[tokio::test]
 async fn a_guardian_acknowledges_by_texting_the_keyword() {
-    let port = free_port();
-    let serve_at = format!("http://127.0.0.1:{port}");
-    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
-    let mut env = twilio_env_calling_back(&base, port);
-    env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
-    env.push(("TIDINGS_SMS_ACK_KEYWORD", "1".into()));
-    let d = demo_district(TestDatabase::sqlite(), &env).await;
-    let (guardian, number) = first_guardian_with_sms(&d).await;
+    let env = [
+        ("TIDINGS_DISTRICT_NAME", "Lincoln USD".to_owned()),
+        ("TIDINGS_SMS_ACK_KEYWORD", "1".to_owned()),
+    ];
+    let called = called_back(TestDatabase::sqlite(), "{}", &env).await;
+    let (d, base) = (&called.d, called.base.clone());
+    let (guardian, number) = first_guardian_with_sms(d).await;
     let text = |body: &'static str| {
         let (base, number) = (base.clone(), number.clone());
         async move {
@@ -615,22 +664,18 @@ async fn a_guardian_acknowledges_by_texting_the_keyword() {
     };
     // Nothing waits for an acknowledgment yet.
     assert!(text("1").await.contains("no message is waiting"));
-    let sent = post_message(
-        &d,
-        json!({
-            "audience": {"guardians": [guardian]},
-            "channels": ["sms"],
-            "kind": "emergency",
-            "subject": "Early dismissal",
-            "body": "Early dismissal at noon today. Reply 1 to confirm you have read this.",
-            "requires_ack": true,
-        }),
+    let id = ask_ack(
+        d,
+        &guardian,
+        &["sms"],
+        "emergency",
+        "Early dismissal",
+        "Early dismissal at noon today. Reply 1 to confirm you have read this.",
     )
     .await;
-    let id = sent["id"].as_str().unwrap().to_owned();
     // Sent, and Twilio's report says delivered.
     assert_eq!(
-        counts_when(&d, &id, |c| c.get("DELIVERED") == Some(&1)).await,
+        counts_when(d, &id, |c| c.get("DELIVERED") == Some(&1)).await,
         BTreeMap::from([("DELIVERED".to_owned(), 1)])
     );
     assert_eq!(
@@ -653,8 +698,7 @@ async fn a_guardian_acknowledges_by_texting_the_keyword() {
     assert_eq!(acked[0]["ack_via"], "sms");
     // Twice is once.
     assert!(text("1").await.contains("no message is waiting"));
-    assert!(d.server.terminate().await.success());
-    sandbox.kill().await.unwrap();
+    called.stop().await;
 }
 
 /// Gives `guardian` only the SMS number `number`.
@@ -838,12 +882,8 @@ fn link_path(text: &str, prefix: &str) -> String {
 }
 
 async fn guardians_acknowledge_and_unsubscribe_by_link(db: TestDatabase) {
-    let port = free_port();
-    let serve_at = format!("http://127.0.0.1:{port}");
-    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
     let relay = tidings_channel_adapters::testing::SmtpServer::start(&[]).await;
-    let mut env = twilio_env_calling_back(&base, port);
-    env.extend([
+    let env = [
         ("TIDINGS_SMS_ACK_KEYWORD", "1".to_owned()),
         ("TIDINGS_SMTP__HOST", "127.0.0.1".to_owned()),
         ("TIDINGS_SMTP__PORT", relay.port.to_string()),
@@ -852,25 +892,22 @@ async fn guardians_acknowledge_and_unsubscribe_by_link(db: TestDatabase) {
             "TIDINGS_SMTP__FROM",
             "alerts@district.example.org".to_owned(),
         ),
-    ]);
-    let d = demo_district(db, &env).await;
-    let (guardian, _) = first_guardian_with_sms(&d).await;
-    let sent = post_message(
-        &d,
-        json!({
-            "audience": {"guardians": [guardian]},
-            "channels": ["sms", "email"],
-            "kind": "general",
-            "subject": "Zoo trip",
-            "body": "Permission for the zoo trip on Friday.\nPlease bring a packed lunch.",
-            "requires_ack": true,
-        }),
+    ];
+    let called = called_back(db, "{}", &env).await;
+    let (d, base, serve_at) = (&called.d, called.base.clone(), called.serve_at.clone());
+    let (guardian, _) = first_guardian_with_sms(d).await;
+    let id = ask_ack(
+        d,
+        &guardian,
+        &["sms", "email"],
+        "general",
+        "Zoo trip",
+        "Permission for the zoo trip on Friday.\nPlease bring a packed lunch.",
     )
     .await;
-    let id = sent["id"].as_str().unwrap().to_owned();
     let delivered =
         |c: &BTreeMap<String, u64>| c.get("DELIVERED") == Some(&1) && c.get("SENT") == Some(&1);
-    assert!(delivered(&counts_when(&d, &id, delivered).await));
+    assert!(delivered(&counts_when(d, &id, delivered).await));
 
     // The SMS as the guardian got it: the body, how to reply, the link.
     let received: Value = reqwest::get(format!("{base}/_sandbox/received"))
@@ -1042,8 +1079,7 @@ async fn guardians_acknowledge_and_unsubscribe_by_link(db: TestDatabase) {
         ),
         (Some("email"), Some("guardian"))
     );
-    assert!(d.server.terminate().await.success());
-    sandbox.kill().await.unwrap();
+    called.stop().await;
 }
 
 #[tokio::test]
@@ -1078,27 +1114,20 @@ async fn codes_sent_to(base: &str, number: &str) -> Vec<String> {
 }
 
 async fn the_guardian_app(db: TestDatabase) {
-    let port = free_port();
-    let serve_at = format!("http://127.0.0.1:{port}");
-    let (base, mut sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
-    let mut env = twilio_env_calling_back(&base, port);
-    env.push(("TIDINGS_DISTRICT_NAME", "Lincoln USD".into()));
-    let d = demo_district(db, &env).await;
-    let (guardian, number) = first_guardian_with_sms(&d).await;
-    let sent = post_message(
-        &d,
-        json!({
-            "audience": {"guardians": [guardian]},
-            "channels": ["sms"],
-            "kind": "general",
-            "subject": "Picture day",
-            "body": "Picture day is on Tuesday.",
-            "requires_ack": true,
-        }),
+    let env = [("TIDINGS_DISTRICT_NAME", "Lincoln USD".to_owned())];
+    let called = called_back(db, "{}", &env).await;
+    let (d, base, serve_at) = (&called.d, called.base.clone(), called.serve_at.clone());
+    let (guardian, number) = first_guardian_with_sms(d).await;
+    let id = ask_ack(
+        d,
+        &guardian,
+        &["sms"],
+        "general",
+        "Picture day",
+        "Picture day is on Tuesday.",
     )
     .await;
-    let id = sent["id"].as_str().unwrap().to_owned();
-    counts_when(&d, &id, |c| c.get("DELIVERED") == Some(&1)).await;
+    counts_when(d, &id, |c| c.get("DELIVERED") == Some(&1)).await;
 
     let client = reqwest::Client::new();
     let app = |path: &str| format!("{serve_at}/api/v1/guardian{path}");
@@ -1345,8 +1374,7 @@ async fn the_guardian_app(db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(newest.status(), StatusCode::CREATED);
-    assert!(d.server.terminate().await.success());
-    sandbox.kill().await.unwrap();
+    called.stop().await;
 }
 
 /// A message id nobody sent.

@@ -299,3 +299,42 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Replay>;
 }
+
+/// The result of each of a batch's attempt starts, in order: started (the delivery as
+/// moved), or moved by someone else (as it is now).
+pub(crate) fn starts_in_order(
+    ids: impl Iterator<Item = uuid::Uuid>,
+    mut moved: std::collections::HashMap<uuid::Uuid, Delivery>,
+    in_doubt: &std::collections::HashSet<uuid::Uuid>,
+    mut now: std::collections::HashMap<uuid::Uuid, Delivery>,
+) -> super::StoreResult<Vec<AttemptStart>> {
+    ids.map(|id| match moved.remove(&id) {
+        Some(delivery) => Ok(AttemptStart::Started {
+            attempt: delivery.attempts,
+            earlier_in_doubt: in_doubt.contains(&id),
+            delivery,
+        }),
+        None => now
+            .remove(&id)
+            .map(AttemptStart::Moved)
+            .ok_or_else(|| super::StoreError::Corrupt(format!("delivery {id} vanished"))),
+    })
+    .collect()
+}
+
+/// The result of each of a batch's attempt finishes, in order: applied (the delivery as
+/// moved), or a conflict (the delivery as it is now).
+pub(crate) fn finishes_in_order(
+    ids: impl Iterator<Item = uuid::Uuid>,
+    mut applied: std::collections::HashMap<uuid::Uuid, Delivery>,
+    mut now: std::collections::HashMap<uuid::Uuid, Delivery>,
+) -> super::StoreResult<Vec<CasOutcome>> {
+    ids.map(|id| match applied.remove(&id) {
+        Some(d) => Ok(CasOutcome::Applied(d)),
+        None => now
+            .remove(&id)
+            .map(CasOutcome::Conflict)
+            .ok_or_else(|| super::StoreError::Corrupt(format!("delivery {id} vanished"))),
+    })
+    .collect()
+}

@@ -819,25 +819,14 @@ macro_rules! bulk_attempts {
                 .map(|(d, _)| *d.id.as_uuid())
                 .filter(|id| !moved.contains_key(id))
                 .collect();
-            let mut now_rows = current_rows(&mut tx, &stale).await?;
+            let now_rows = current_rows(&mut tx, &stale).await?;
             tx.commit().await?;
-            items
-                .iter()
-                .map(|(seen, _)| {
-                    let id = *seen.id.as_uuid();
-                    match moved.remove(&id) {
-                        Some(delivery) => Ok(AttemptStart::Started {
-                            attempt: delivery.attempts,
-                            earlier_in_doubt: in_doubt.contains(&id),
-                            delivery,
-                        }),
-                        None => now_rows
-                            .remove(&id)
-                            .map(AttemptStart::Moved)
-                            .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("delivery {id} vanished"))),
-                    }
-                })
-                .collect()
+            $crate::store::dispatch::starts_in_order(
+                items.iter().map(|(seen, _)| *seen.id.as_uuid()),
+                moved,
+                &in_doubt,
+                now_rows,
+            )
         }
 
         /// Records how each of `items` (delivery as read, attempt, result) ended and moves
@@ -926,21 +915,13 @@ macro_rules! bulk_attempts {
                 .map(|(d, _, _)| *d.id.as_uuid())
                 .filter(|id| !applied.contains_key(id))
                 .collect();
-            let mut now_rows = current_rows(&mut tx, &stale).await?;
+            let now_rows = current_rows(&mut tx, &stale).await?;
             tx.commit().await?;
-            items
-                .iter()
-                .map(|(seen, _, _)| {
-                    let id = *seen.id.as_uuid();
-                    match applied.remove(&id) {
-                        Some(d) => Ok(CasOutcome::Applied(d)),
-                        None => now_rows
-                            .remove(&id)
-                            .map(CasOutcome::Conflict)
-                            .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("delivery {id} vanished"))),
-                    }
-                })
-                .collect()
+            $crate::store::dispatch::finishes_in_order(
+                items.iter().map(|(seen, _, _)| *seen.id.as_uuid()),
+                applied,
+                now_rows,
+            )
         }
     };
 }

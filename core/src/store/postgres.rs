@@ -1427,25 +1427,9 @@ mod dispatching {
             .filter(|id| !moved.contains_key(*id))
             .copied()
             .collect();
-        let mut now_rows = current_rows(&mut tx, &stale).await?;
+        let now_rows = current_rows(&mut tx, &stale).await?;
         tx.commit().await?;
-        items
-            .iter()
-            .map(|(seen, _)| {
-                let id = *seen.id.as_uuid();
-                match moved.remove(&id) {
-                    Some(delivery) => Ok(AttemptStart::Started {
-                        attempt: delivery.attempts,
-                        earlier_in_doubt: in_doubt.contains(&id),
-                        delivery,
-                    }),
-                    None => now_rows
-                        .remove(&id)
-                        .map(AttemptStart::Moved)
-                        .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} vanished"))),
-                }
-            })
-            .collect()
+        crate::store::dispatch::starts_in_order(ids.into_iter(), moved, &in_doubt, now_rows)
     }
 
     pub async fn finish_attempts(
@@ -1539,17 +1523,9 @@ mod dispatching {
             .filter(|id| !applied.contains_key(*id))
             .copied()
             .collect();
-        let mut now_rows = current_rows(&mut tx, &stale).await?;
+        let now_rows = current_rows(&mut tx, &stale).await?;
         tx.commit().await?;
-        ids.iter()
-            .map(|id| match applied.remove(id) {
-                Some(d) => Ok(CasOutcome::Applied(d)),
-                None => now_rows
-                    .remove(id)
-                    .map(CasOutcome::Conflict)
-                    .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} vanished"))),
-            })
-            .collect()
+        crate::store::dispatch::finishes_in_order(ids.into_iter(), applied, now_rows)
     }
 }
 
