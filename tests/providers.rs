@@ -461,7 +461,7 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
     .await;
     let (d, serve_at) = (&called.d, called.serve_at.clone());
     let sent = post_message(
-        &d,
+        d,
         json!({
             "audience": {"district": true},
             "channels": ["sms"],
@@ -473,7 +473,7 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
     .await;
     let id = sent["id"].as_str().unwrap().to_owned();
     let to_send = sent["deliveries"].as_u64().unwrap();
-    let done = counts_when(&d, &id, |c| {
+    let done = counts_when(d, &id, |c| {
         let settled: u64 = ["DELIVERED", "FAILED", "SUPPRESSED"]
             .iter()
             .filter_map(|s| c.get(*s))
@@ -568,7 +568,7 @@ async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
     let env = [("TIDINGS_DISTRICT_NAME", "Lincoln USD".to_owned())];
     let called = called_back(db, "{}", &env).await;
     let (d, base) = (&called.d, called.base.clone());
-    let (guardian, number) = first_guardian_with_sms(&d).await;
+    let (guardian, number) = first_guardian_with_sms(d).await;
     let text = |body: &'static str| {
         let (base, number) = (base.clone(), number.clone());
         async move { text(&base, &number, body).await }
@@ -597,7 +597,7 @@ async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
     );
     let sms_to_guardian = || async {
         let sent = post_message(
-            &d,
+            d,
             json!({
                 "audience": {"guardians": [guardian]},
                 "channels": ["sms"],
