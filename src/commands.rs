@@ -252,6 +252,8 @@ impl tidings_api::guardian::CodeSender for SignInCodes {
             language: "en".into(),
             ack: None,
             unsubscribe_url: None,
+            // A code is no delivery: a report of it would name nothing.
+            delivery_reports: false,
         };
         match adapter.send(std::slice::from_ref(&send)).await.pop() {
             Some(SendOutcome::Sent { .. }) => Ok(()),

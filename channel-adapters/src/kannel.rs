@@ -99,7 +99,7 @@ impl Kannel {
         if let Some(smsc) = &c.smsc {
             query.push(("smsc", smsc.clone()));
         }
-        if let Some(dlr_url) = &c.dlr_url {
+        if let Some(dlr_url) = c.dlr_url.as_ref().filter(|_| send.delivery_reports) {
             let separator = if dlr_url.contains('?') { '&' } else { '?' };
             // Kannel fills in %d (report type), %A (the SMSC's text) and %T (time).
             query.push(("dlr-mask", "31".into()));
@@ -198,6 +198,45 @@ mod tests {
         assert!(!is_gsm7("Escuela cerrada hoy ¿vale? á"));
         assert!(!is_gsm7("学校今天关闭"));
         assert!(!is_gsm7("Stay safe 🙏"));
+    }
+
+    #[test]
+    fn delivery_reports_are_asked_for_unless_the_send_is_no_delivery() {
+        let kannel = Kannel::new(KannelConfig {
+            sendsms_url: "http://127.0.0.1:13013/cgi-bin/sendsms".into(),
+            username: "tidings".into(),
+            password: "secret".into(),
+            from: None,
+            smsc: None,
+            dlr_url: Some("https://t.example/callbacks/kannel/dlr".into()),
+            dlr_secret: "0123456789abcdef".into(),
+            timeouts: Timeouts::default(),
+            max_per_second: None,
+            concurrency: 1,
+        })
+        .unwrap();
+        let id = tidings_core::DeliveryId::new();
+        let send = Outgoing {
+            delivery_id: id,
+            message_id: tidings_core::MessageId::new(),
+            idempotency_key: id.to_string(),
+            channel: tidings_core::Channel::Sms,
+            address: "+15005550006".into(),
+            kind: tidings_core::MessageKind::General,
+            subject: String::new(),
+            body: "Your sign-in code is 123456.".into(),
+            language: "en".into(),
+            ack: None,
+            unsubscribe_url: None,
+            delivery_reports: true,
+        };
+        let asks = |send: &Outgoing| kannel.query(send).iter().any(|(k, _)| *k == "dlr-url");
+        assert!(asks(&send));
+        let code = Outgoing {
+            delivery_reports: false,
+            ..send
+        };
+        assert!(!asks(&code));
     }
 
     proptest::proptest! {

@@ -43,6 +43,10 @@ pub struct Outgoing {
     pub ack: Option<AckInvite>,
     /// The one-click unsubscribe link of an email (RFC 8058).
     pub unsubscribe_url: Option<String>,
+    /// Ask the provider for delivery reports (status callbacks, DLRs). Off for sends that
+    /// are no delivery, such as the guardian app's sign-in codes: a report would name
+    /// nothing.
+    pub delivery_reports: bool,
 }
 
 /// The ways a send offers its guardian to acknowledge.

@@ -102,7 +102,8 @@ impl Twilio {
         })
     }
 
-    async fn send_one(&self, send: &Outgoing) -> SendOutcome {
+    /// The Messages API form for one send.
+    pub fn form(&self, send: &Outgoing) -> Vec<(&'static str, String)> {
         let mut form: Vec<(&str, String)> =
             vec![("To", send.address.clone()), ("Body", send.sms_text())];
         match (&self.config.from, &self.config.messaging_service_sid) {
@@ -110,9 +111,15 @@ impl Twilio {
             (Some(from), None) => form.push(("From", from.clone())),
             (None, None) => unreachable!("checked by Twilio::new"),
         }
-        if let Some(callback) = &self.config.status_callback {
+        let reports = self.config.status_callback.as_ref();
+        if let Some(callback) = reports.filter(|_| send.delivery_reports) {
             form.push(("StatusCallback", status_callback_url(callback, send)));
         }
+        form
+    }
+
+    async fn send_one(&self, send: &Outgoing) -> SendOutcome {
+        let form = self.form(send);
         let user = self
             .config
             .api_key_sid
@@ -311,6 +318,7 @@ mod tests {
             language: "en".into(),
             ack: None,
             unsubscribe_url: None,
+            delivery_reports: true,
         }
     }
 
@@ -442,5 +450,35 @@ mod tests {
         };
         assert!(Twilio::new(no_secret).is_err());
         assert!(!format!("{good:?}").contains("token"));
+    }
+
+    #[test]
+    fn delivery_reports_are_asked_for_unless_the_send_is_no_delivery() {
+        let twilio = Twilio::new(TwilioConfig {
+            account_sid: "AC0123".into(),
+            api_key_sid: None,
+            secret: "token".into(),
+            from: Some("+15005550006".into()),
+            messaging_service_sid: None,
+            api_base: API_BASE.into(),
+            status_callback: Some("https://t.example/callbacks/twilio/status".into()),
+            timeouts: Timeouts::default(),
+            max_per_second: None,
+            concurrency: 4,
+        })
+        .unwrap();
+        let send = outgoing();
+        let asks = |send: &Outgoing| {
+            twilio
+                .form(send)
+                .iter()
+                .any(|(k, _)| *k == "StatusCallback")
+        };
+        assert!(asks(&send));
+        let code = Outgoing {
+            delivery_reports: false,
+            ..send
+        };
+        assert!(!asks(&code));
     }
 }

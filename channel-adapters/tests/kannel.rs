@@ -72,6 +72,7 @@ fn sms(to: &str, body: &str) -> Outgoing {
         language: "en".into(),
         ack: None,
         unsubscribe_url: None,
+        delivery_reports: true,
     }
 }
 

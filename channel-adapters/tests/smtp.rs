@@ -39,6 +39,7 @@ fn email(to: &str, kind: MessageKind) -> Outgoing {
         language: "en".into(),
         ack: None,
         unsubscribe_url: None,
+        delivery_reports: true,
     }
 }
 

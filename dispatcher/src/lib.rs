@@ -1052,6 +1052,7 @@ fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Outgoing {
         unsubscribe_url: links
             .filter(|_| channel == Channel::Email)
             .map(|l| l.unsubscribe_url(recipient, now)),
+        delivery_reports: true,
         delivery_id: o.delivery.id,
         message_id: o.delivery.message_id,
         idempotency_key: o.delivery.idempotency_key.clone(),

@@ -362,6 +362,7 @@ mod tests {
             language: "en".into(),
             ack: None,
             unsubscribe_url: None,
+            delivery_reports: true,
         }
     }
 

@@ -70,6 +70,7 @@ fn push(address: &str, kind: MessageKind) -> Outgoing {
         language: "en".into(),
         ack: None,
         unsubscribe_url: None,
+        delivery_reports: true,
     }
 }
 

@@ -71,6 +71,7 @@ fn sms(to: &str) -> Outgoing {
         language: "en".into(),
         ack: None,
         unsubscribe_url: None,
+        delivery_reports: true,
     }
 }
 
