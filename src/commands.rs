@@ -92,6 +92,7 @@ pub async fn serve(
         partitions: config.log_partitions,
         link_keys,
         codes,
+        sign_ins: tidings_api::guardian::sign_in_limiter(),
     })
     .merge(callbacks.router())
     .merge(metrics);

@@ -1092,8 +1092,21 @@ async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device_o
     the_guardian_app(TestDatabase::postgres().await).await;
 }
 
-/// The sign-in codes the sandbox took for `number`, oldest first.
-async fn codes_sent_to(base: &str, number: &str) -> Vec<String> {
+/// The sign-in codes the sandbox took for `number`, oldest first, once there are `count`
+/// (codes are sent after the answer; polled, a liveness bound, not a measurement).
+async fn codes_sent_to(base: &str, number: &str, count: usize) -> Vec<String> {
+    let mut codes = codes_taken(base, number).await;
+    for _ in 0..300 {
+        if codes.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        codes = codes_taken(base, number).await;
+    }
+    codes
+}
+
+async fn codes_taken(base: &str, number: &str) -> Vec<String> {
     let received: Value = reqwest::get(format!("{base}/_sandbox/received"))
         .await
         .unwrap()
@@ -1180,8 +1193,8 @@ async fn the_guardian_app(db: TestDatabase) {
             "/problems/invalid-body".into()
         )
     );
-    assert!(codes_sent_to(&base, unknown).await.is_empty());
-    let codes = codes_sent_to(&base, &number).await;
+    let codes = codes_sent_to(&base, &number, 1).await;
+    assert!(codes_taken(&base, unknown).await.is_empty());
     assert_eq!(codes.len(), 1, "{codes:?}");
     let code = codes[0].clone();
     let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
@@ -1348,9 +1361,13 @@ async fn the_guardian_app(db: TestDatabase) {
 
     // Five codes an hour per address, known or not; the sixth is refused alike.
     for address in [number.as_str(), unknown] {
-        for _ in 0..4 {
+        for n in 2..=5 {
             let asked = post("/sign-in", json!({"address": address})).await.unwrap();
             assert_eq!(asked.status(), StatusCode::ACCEPTED);
+            if address == number {
+                // In order: the last code to arrive is the newest.
+                assert_eq!(codes_sent_to(&base, &number, n).await.len(), n);
+            }
         }
         let sixth = post("/sign-in", json!({"address": address})).await.unwrap();
         assert_eq!(
@@ -1362,7 +1379,7 @@ async fn the_guardian_app(db: TestDatabase) {
         );
     }
     // Only the newest code works: each new one replaced the one before.
-    let codes = codes_sent_to(&base, &number).await;
+    let codes = codes_sent_to(&base, &number, 5).await;
     assert_eq!(codes.len(), 5);
     if codes[3] != codes[4] {
         let older = post("/sessions", json!({"address": number, "code": codes[3]}))

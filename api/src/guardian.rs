@@ -36,6 +36,16 @@ pub const CODE_ATTEMPTS: u32 = 5;
 pub const CODES_PER_HOUR: u32 = 5;
 /// How long an app session lasts.
 pub const SESSION_DAYS: i64 = 90;
+/// Sign-in codes one process sends per second, whatever the addresses.
+pub const SIGN_INS_PER_SECOND: u32 = 20;
+
+/// The process-wide bound on sign-in codes.
+pub fn sign_in_limiter() -> Arc<governor::DefaultDirectRateLimiter> {
+    let rate = std::num::NonZeroU32::new(SIGN_INS_PER_SECOND).expect("not zero");
+    Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+        rate,
+    )))
+}
 
 /// Sends sign-in codes: the binary wires it to the configured SMS and email providers.
 #[async_trait::async_trait]
@@ -99,6 +109,11 @@ pub async fn sign_in(
     Json(request): Json<SignInRequest>,
 ) -> Result<(StatusCode, axum::Json<SignInAnswer>), ApiError> {
     let (channel, address) = contact(&state, &request.address)?;
+    // A bound on the whole process, whatever the addresses: codes cost money to send and
+    // must not be a way to message guardians in bulk.
+    if state.sign_ins.check().is_err() {
+        return Err(ApiError::TooManyCodes);
+    }
     let at = now();
     let code = generate_code();
     // A code is kept (and counted) for unknown addresses too: the answer, and when it
@@ -117,18 +132,27 @@ pub async fn sign_in(
     let Some(sign_in) = kept else {
         return Err(ApiError::TooManyCodes);
     };
-    let guardians = state.store.guardians_at(channel, &address).await?;
-    if let Some((district, _)) = guardians.first() {
-        let name = state
-            .store
-            .district(*district)
-            .await?
-            .map(|d| d.name)
-            .unwrap_or_default();
+    // Sent after answering: the time a send takes must not tell who is on file.
+    let (store, codes) = (state.store.clone(), state.codes.clone());
+    tokio::spawn(async move {
+        let guardians = match store.guardians_at(channel, &address).await {
+            Ok(guardians) => guardians,
+            Err(error) => {
+                tracing::error!(sign_in = %sign_in, %error, "sign-in code not sent");
+                return;
+            }
+        };
+        let Some((district, _)) = guardians.first() else {
+            return;
+        };
+        let name = match store.district(*district).await {
+            Ok(found) => found.map(|d| d.name).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         let text = format!(
             "{name}: your sign-in code is {code}. It works for {CODE_MINUTES} minutes. If you did not ask for it, ignore this message."
         );
-        match &state.codes {
+        match codes {
             Some(sender) => {
                 if let Err(error) = sender.send_code(channel, &address, &text).await {
                     tracing::warn!(sign_in = %sign_in, %error, "sign-in code not sent");
@@ -136,7 +160,7 @@ pub async fn sign_in(
             }
             None => tracing::warn!(sign_in = %sign_in, "no provider to send sign-in codes with"),
         }
-    }
+    });
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(SignInAnswer {
@@ -439,3 +463,19 @@ pub async fn unregister_device(
 
 /// Shared handle on a sender, as `AppState` holds it.
 pub type Codes = Option<Arc<dyn CodeSender>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_bound_lets_a_burst_through_and_refuses_a_flood() {
+        let limiter = sign_in_limiter();
+        let passed = (0..200).filter(|_| limiter.check().is_ok()).count();
+        // The burst is one second's worth; a few more may refill while the loop runs.
+        assert!(
+            (SIGN_INS_PER_SECOND as usize..SIGN_INS_PER_SECOND as usize + 20).contains(&passed),
+            "{passed}"
+        );
+    }
+}

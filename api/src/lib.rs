@@ -45,6 +45,8 @@ pub struct AppState {
     pub link_keys: Arc<tidings_core::link::LinkKeys>,
     /// Sends the guardian app's sign-in codes; none without an SMS or email provider.
     pub codes: guardian::Codes,
+    /// The process-wide bound on sign-in codes (`guardian::sign_in_limiter`).
+    pub sign_ins: Arc<governor::DefaultDirectRateLimiter>,
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for
