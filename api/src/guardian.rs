@@ -236,6 +236,23 @@ impl GuardianCaller {
     fn ids(&self) -> Vec<GuardianId> {
         self.guardians.iter().map(|(_, g)| *g).collect()
     }
+
+    /// Message `id` as it went to the signed-in guardians (one entry each); not found if
+    /// it went to none of them.
+    async fn message(
+        &self,
+        state: &AppState,
+        id: MessageId,
+    ) -> Result<Vec<GuardianMessage>, ApiError> {
+        let found = state
+            .store
+            .guardian_message(GuardianMessageRef::Message(id), &self.ids())
+            .await?;
+        if found.is_empty() {
+            return Err(ApiError::NotFound);
+        }
+        Ok(found)
+    }
 }
 
 impl FromRequestParts<AppState> for GuardianCaller {
@@ -333,14 +350,7 @@ pub async fn get_message(
     caller: GuardianCaller,
     Path(id): Path<MessageId>,
 ) -> Result<axum::Json<Vec<GuardianMessage>>, ApiError> {
-    let found = state
-        .store
-        .guardian_message(GuardianMessageRef::Message(id), &caller.ids())
-        .await?;
-    if found.is_empty() {
-        return Err(ApiError::NotFound);
-    }
-    Ok(axum::Json(found))
+    Ok(axum::Json(caller.message(&state, id).await?))
 }
 
 #[derive(Debug, Serialize)]
@@ -367,13 +377,7 @@ pub async fn acknowledge(
     caller: GuardianCaller,
     Path(id): Path<MessageId>,
 ) -> Result<axum::Json<AckAnswer>, ApiError> {
-    let found = state
-        .store
-        .guardian_message(GuardianMessageRef::Message(id), &caller.ids())
-        .await?;
-    if found.is_empty() {
-        return Err(ApiError::NotFound);
-    }
+    let found = caller.message(&state, id).await?;
     let actor = Actor::guardian(format!("app:{}", caller.session));
     let mut results = Vec::new();
     for message in found {

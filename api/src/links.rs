@@ -4,8 +4,9 @@
 //! unsubscribe anyone. Pages are small, server-rendered, script-free and in the guardian's
 //! language; a bad or expired link gets a page saying so, never an error dump.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use html_escape::{encode_double_quoted_attribute, encode_text};
@@ -17,19 +18,10 @@ use tidings_core::time::now;
 use tidings_core::words::{fill, words, Words};
 use tidings_core::Channel;
 
-use crate::extract::Path;
 use crate::AppState;
 
 /// `GET /a/{token}`: the message and, while it waits for one, an Acknowledge button.
-pub async fn ack_page(
-    State(state): State<AppState>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let (_, message) = match open(&state, &token, LinkPurpose::Acknowledge, &headers).await {
-        Ok(found) => found,
-        Err(page) => return page,
-    };
+pub async fn ack_page(Link { message, .. }: Link) -> Response {
     let w = words(&message.language);
     let action = match message.ack_state.as_str() {
         "pending" => format!(
@@ -45,14 +37,11 @@ pub async fn ack_page(
 /// `POST /a/{token}`: acknowledges, through the channel the link came by.
 pub async fn acknowledge(
     State(state): State<AppState>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
+    Link {
+        claims,
+        mut message,
+    }: Link,
 ) -> Response {
-    let (claims, mut message) = match open(&state, &token, LinkPurpose::Acknowledge, &headers).await
-    {
-        Ok(found) => found,
-        Err(page) => return page,
-    };
     let actor = Actor::guardian(format!("link:{}", claims.channel));
     let outcome = state
         .store
@@ -70,26 +59,14 @@ pub async fn acknowledge(
         Ok(AckOutcome::NotFound) => return problem_page(StatusCode::NOT_FOUND, w, w.link_invalid),
         Err(error) => {
             tracing::error!(%error, recipient_id = %claims.recipient, "acknowledgment not recorded");
-            return problem_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                w,
-                "Something went wrong on our side. Please try again in a minute.",
-            );
+            return unavailable(w);
         }
     };
     message_page(StatusCode::OK, &message, &notice(said))
 }
 
 /// `GET /u/{token}`: asks before stopping email.
-pub async fn unsubscribe_page(
-    State(state): State<AppState>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let (_, message) = match open(&state, &token, LinkPurpose::Unsubscribe, &headers).await {
-        Ok(found) => found,
-        Err(page) => return page,
-    };
+pub async fn unsubscribe_page(Link { message, .. }: Link) -> Response {
     let w = words(&message.language);
     let district = [("district", message.district_name.as_str())];
     let body = format!(
@@ -104,15 +81,7 @@ pub async fn unsubscribe_page(
 /// `POST /u/{token}`: stops email to the guardian, from the page's button or a mail
 /// client's one-click unsubscribe (RFC 8058). Emergencies still reach them: only a
 /// carrier STOP silences those.
-pub async fn unsubscribe(
-    State(state): State<AppState>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let (_, message) = match open(&state, &token, LinkPurpose::Unsubscribe, &headers).await {
-        Ok(found) => found,
-        Err(page) => return page,
-    };
+pub async fn unsubscribe(State(state): State<AppState>, Link { message, .. }: Link) -> Response {
     let w = words(&message.language);
     let recorded = state
         .store
@@ -126,11 +95,7 @@ pub async fn unsubscribe(
         .await;
     if let Err(error) = recorded {
         tracing::error!(%error, recipient_id = %message.recipient_id, "unsubscribe not recorded");
-        return problem_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            w,
-            "Something went wrong on our side. Please try again in a minute.",
-        );
+        return unavailable(w);
     }
     tracing::info!(guardian_id = %message.guardian_id, "unsubscribed from email by link");
     let district = [("district", message.district_name.as_str())];
@@ -139,6 +104,35 @@ pub async fn unsubscribe(
         encode_text(&fill(w.unsubscribed, &district))
     );
     page(StatusCode::OK, w, &message.district_name, &body)
+}
+
+/// A link as followed: its genuine, unexpired claims and the message it names. Its
+/// purpose is the path's (`/a/` acknowledges, `/u/` unsubscribes). A link that is not one
+/// is answered with a page saying so, never an error dump.
+pub struct Link {
+    claims: LinkClaims,
+    message: GuardianMessage,
+}
+
+impl FromRequestParts<AppState> for Link {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let purpose = if parts.uri.path().starts_with("/u/") {
+            LinkPurpose::Unsubscribe
+        } else {
+            LinkPurpose::Acknowledge
+        };
+        let token = parts
+            .uri
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let (claims, message) = open(state, &token, purpose, &parts.headers).await?;
+        Ok(Link { claims, message })
+    }
 }
 
 /// The claims and message of a link, or the page to answer instead.
@@ -190,11 +184,7 @@ async fn open(
         }
         Err(error) => {
             tracing::error!(%error, recipient_id = %claims.recipient, "link page unavailable");
-            return Err(problem_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                browser,
-                "Something went wrong on our side. Please try again in a minute.",
-            ));
+            return Err(unavailable(browser));
         }
     };
     if expired {
@@ -202,6 +192,15 @@ async fn open(
         return Err(problem_page(StatusCode::GONE, w, w.link_expired));
     }
     Ok((claims, message))
+}
+
+/// Our failure, said plainly.
+fn unavailable(w: &Words) -> Response {
+    problem_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        w,
+        "Something went wrong on our side. Please try again in a minute.",
+    )
 }
 
 fn notice(text: &str) -> String {

@@ -16,13 +16,12 @@ use a2::request::notification::{
     Priority, PushType,
 };
 use a2::request::payload::PayloadLike as _;
-use async_trait::async_trait;
 use serde::Deserialize;
 use tidings_core::MessageKind;
 
 use crate::http::{self, Timeouts};
 use crate::jwt::{KeyError, Signer};
-use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, Outgoing, SendOutcome};
 
 pub const PRODUCTION: &str = "https://api.push.apple.com";
 pub const DEVELOPMENT: &str = "https://api.sandbox.push.apple.com";
@@ -260,20 +259,4 @@ pub fn classify(
     }
 }
 
-#[async_trait]
-impl ChannelAdapter for Apns {
-    fn provider(&self) -> &str {
-        "apns"
-    }
-
-    fn max_per_second(&self) -> Option<NonZeroU32> {
-        self.config.max_per_second
-    }
-
-    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        crate::each(batch.len(), self.config.concurrency, |i| {
-            self.send_one(&batch[i])
-        })
-        .await
-    }
-}
+crate::one_by_one!(Apns, "apns", max_per_second: |a| a.config.max_per_second, concurrency: |a| a.config.concurrency);

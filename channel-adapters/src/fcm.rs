@@ -6,13 +6,12 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use serde::Deserialize;
 use tidings_core::MessageKind;
 
 use crate::http::{self, Timeouts};
 use crate::jwt::Signer;
-use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, Outgoing, SendOutcome};
 
 pub const API_BASE: &str = "https://fcm.googleapis.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -254,20 +253,4 @@ pub fn classify(
     }
 }
 
-#[async_trait]
-impl ChannelAdapter for Fcm {
-    fn provider(&self) -> &str {
-        "fcm"
-    }
-
-    fn max_per_second(&self) -> Option<NonZeroU32> {
-        self.config.max_per_second
-    }
-
-    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        crate::each(batch.len(), self.config.concurrency, |i| {
-            self.send_one(&batch[i])
-        })
-        .await
-    }
-}
+crate::one_by_one!(Fcm, "fcm", max_per_second: |a| a.config.max_per_second, concurrency: |a| a.config.concurrency);

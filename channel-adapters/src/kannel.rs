@@ -9,10 +9,8 @@
 
 use std::num::NonZeroU32;
 
-use async_trait::async_trait;
-
 use crate::http::{self, Timeouts};
-use crate::{ChannelAdapter, Outgoing, SendOutcome};
+use crate::{Outgoing, SendOutcome};
 
 /// A Kannel `sendsms-user` and where its smsbox listens.
 #[derive(Clone)]
@@ -166,23 +164,7 @@ pub fn is_gsm7(text: &str) -> bool {
         .all(|c| BASIC.contains(c) || EXTENSION.contains(c))
 }
 
-#[async_trait]
-impl ChannelAdapter for Kannel {
-    fn provider(&self) -> &str {
-        "kannel"
-    }
-
-    fn max_per_second(&self) -> Option<NonZeroU32> {
-        self.config.max_per_second
-    }
-
-    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        crate::each(batch.len(), self.config.concurrency, |i| {
-            self.send_one(&batch[i])
-        })
-        .await
-    }
-}
+crate::one_by_one!(Kannel, "kannel", max_per_second: |a| a.config.max_per_second, concurrency: |a| a.config.concurrency);
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,33 @@ use serde::Serialize;
 use tidings_core::words::fill;
 use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
 
+/// Implements [`ChannelAdapter`] for an adapter that sends a batch as its sends one by
+/// one (its own `send_one`), at most `concurrency` at a time. `|a| expr` names the adapter
+/// in the expressions for its rate limit and concurrency.
+macro_rules! one_by_one {
+    ($adapter:ty, $provider:literal,
+     max_per_second: |$a:ident| $max:expr,
+     concurrency: |$c:ident| $concurrency:expr $(,)?) => {
+        #[async_trait::async_trait]
+        impl $crate::ChannelAdapter for $adapter {
+            fn provider(&self) -> &str {
+                $provider
+            }
+
+            fn max_per_second(&self) -> Option<std::num::NonZeroU32> {
+                let $a = self;
+                $max
+            }
+
+            async fn send(&self, batch: &[$crate::Outgoing]) -> Vec<$crate::SendOutcome> {
+                let $c = self;
+                $crate::each(batch.len(), $concurrency, |i| self.send_one(&batch[i])).await
+            }
+        }
+    };
+}
+pub(crate) use one_by_one;
+
 /// One send, as a provider needs it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outgoing {

@@ -6,7 +6,6 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use html_escape::{encode_double_quoted_attribute, encode_text};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -17,7 +16,7 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use tidings_core::MessageKind;
 
-use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, Outgoing, SendOutcome};
 
 /// How the connection to the relay is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,20 +275,4 @@ pub fn classify(error: &lettre::transport::smtp::Error) -> SendOutcome {
     }
 }
 
-#[async_trait]
-impl ChannelAdapter for Smtp {
-    fn provider(&self) -> &str {
-        "smtp"
-    }
-
-    fn max_per_second(&self) -> Option<NonZeroU32> {
-        self.max_per_second
-    }
-
-    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        crate::each(batch.len(), self.pool_size as usize, |i| {
-            self.send_one(&batch[i])
-        })
-        .await
-    }
-}
+crate::one_by_one!(Smtp, "smtp", max_per_second: |a| a.max_per_second, concurrency: |a| a.pool_size as usize);

@@ -7,13 +7,12 @@
 
 use std::num::NonZeroU32;
 
-use async_trait::async_trait;
 use base64::Engine as _;
 use hmac::{Hmac, Mac as _};
 use serde::Deserialize;
 
 use crate::http::{self, Timeouts};
-use crate::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
+use crate::{AddressFault, Outgoing, SendOutcome};
 
 /// Twilio's production API.
 pub const API_BASE: &str = "https://api.twilio.com";
@@ -146,23 +145,7 @@ pub fn status_callback_url(callback: &str, send: &Outgoing) -> String {
     format!("{callback}{separator}delivery={}", send.delivery_id)
 }
 
-#[async_trait]
-impl ChannelAdapter for Twilio {
-    fn provider(&self) -> &str {
-        "twilio"
-    }
-
-    fn max_per_second(&self) -> Option<NonZeroU32> {
-        self.config.max_per_second
-    }
-
-    async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {
-        crate::each(batch.len(), self.config.concurrency, |i| {
-            self.send_one(&batch[i])
-        })
-        .await
-    }
-}
+crate::one_by_one!(Twilio, "twilio", max_per_second: |a| a.config.max_per_second, concurrency: |a| a.config.concurrency);
 
 /// Twilio's error body.
 #[derive(Debug, Deserialize)]

@@ -916,6 +916,42 @@ macro_rules! directory_queries {
             Ok(marked)
         }
 
+        /// Deliveries by id (those that exist), in no particular order.
+        pub async fn deliveries_by_ids(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            ids: &[$crate::DeliveryId],
+        ) -> StoreResult<Vec<$crate::delivery::Delivery>> {
+            let mut found = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(500) {
+                let mut query = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM deliveries WHERE id IN (",
+                    $crate::store::DELIVERY_COLUMNS
+                ));
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind($enc(*id.as_uuid()));
+                }
+                query.push(")");
+                for row in query.build().fetch_all(&mut *conn).await? {
+                    found.push(super::delivery_from_row(&row)?);
+                }
+            }
+            Ok(found)
+        }
+
+        /// The deliveries of `ids` that exist, as they are now, keyed by id.
+        pub async fn deliveries_now(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            ids: &[uuid::Uuid],
+        ) -> StoreResult<std::collections::HashMap<uuid::Uuid, $crate::delivery::Delivery>> {
+            let ids: Vec<$crate::DeliveryId> = ids.iter().copied().map($crate::DeliveryId::from_uuid).collect();
+            Ok(deliveries_by_ids(conn, &ids)
+                .await?
+                .into_iter()
+                .map(|d| (*d.id.as_uuid(), d))
+                .collect())
+        }
+
         pub async fn inbox_put_many(
             pool: &sqlx::Pool<$db>,
             events: &[$crate::store::InboxPut],

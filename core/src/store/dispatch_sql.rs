@@ -676,30 +676,6 @@ macro_rules! bulk_attempts {
         /// Rows per statement: well under either dialect's limit on parameters.
         const BULK: usize = 400;
 
-        /// The rows of `ids` as they are now.
-        async fn current_rows(
-            tx: &mut Tx<'_>,
-            ids: &[uuid::Uuid],
-        ) -> StoreResult<std::collections::HashMap<uuid::Uuid, Delivery>> {
-            let mut found = std::collections::HashMap::new();
-            for chunk in ids.chunks(BULK) {
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT {} FROM deliveries WHERE id IN (",
-                    super::DELIVERY_COLUMNS
-                ));
-                let mut list = q.separated(", ");
-                for id in chunk {
-                    list.push_bind($enc(*id));
-                }
-                q.push(")");
-                for row in q.build().fetch_all(&mut **tx).await? {
-                    let d = super::delivery_from_row(&row)?;
-                    found.insert(*d.id.as_uuid(), d);
-                }
-            }
-            Ok(found)
-        }
-
         /// The audit rows of deliveries that changed state: (delivery now, from, detail).
         async fn events_bulk(
             tx: &mut Tx<'_>,
@@ -819,7 +795,7 @@ macro_rules! bulk_attempts {
                 .map(|(d, _)| *d.id.as_uuid())
                 .filter(|id| !moved.contains_key(id))
                 .collect();
-            let now_rows = current_rows(&mut tx, &stale).await?;
+            let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
             tx.commit().await?;
             $crate::store::dispatch::starts_in_order(
                 items.iter().map(|(seen, _)| *seen.id.as_uuid()),
@@ -915,7 +891,7 @@ macro_rules! bulk_attempts {
                 .map(|(d, _, _)| *d.id.as_uuid())
                 .filter(|id| !applied.contains_key(id))
                 .collect();
-            let now_rows = current_rows(&mut tx, &stale).await?;
+            let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
             tx.commit().await?;
             $crate::store::dispatch::finishes_in_order(
                 items.iter().map(|(seen, _, _)| *seen.id.as_uuid()),

@@ -14,6 +14,7 @@ pub mod dispatch;
 mod dispatch_sql;
 pub mod guardian;
 mod guardian_sql;
+pub mod inbox;
 mod message_sql;
 pub mod postgres;
 pub mod roster;
@@ -615,7 +616,7 @@ pub(crate) use streamed_send;
 /// Every durable operation. Implementations are cheap to clone handles on a pool.
 #[async_trait]
 pub trait Store:
-    dispatch::DispatchStore + guardian::GuardianAccess + Send + Sync + 'static
+    dispatch::DispatchStore + guardian::GuardianAccess + inbox::Inbox + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
 
@@ -711,96 +712,6 @@ pub trait Store:
         address: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView>;
-
-    /// Keeps an inbound SMS; `None` when the provider's message id was kept before (a
-    /// repeat), else the guardians (district, guardian) whose SMS number sent it.
-    async fn record_inbound(
-        &self,
-        sms: &InboundSms,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<Vec<(DistrictId, GuardianId)>>>;
-
-    /// A guardian acknowledges a message (their recipient row) through `via`: in one
-    /// transaction the recipient is marked, the delivery on `via` moves to ACKED and the
-    /// guardian's other not-yet-sent deliveries of the message are cancelled (each a
-    /// compare-and-swap with its audit row). A second acknowledgment changes nothing.
-    async fn acknowledge(
-        &self,
-        recipient: uuid::Uuid,
-        via: Channel,
-        actor: &crate::delivery::Actor,
-        at: DateTime<Utc>,
-    ) -> StoreResult<AckOutcome>;
-
-    /// The guardian's most recent message still waiting for their acknowledgment (its
-    /// recipient row), if any.
-    async fn open_ack(
-        &self,
-        guardian: GuardianId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<uuid::Uuid>>;
-
-    /// Texts from guardians the scope may see, newest first, older than `before`.
-    async fn replies(
-        &self,
-        scope: &Scope,
-        before: Option<uuid::Uuid>,
-        limit: u32,
-    ) -> StoreResult<Vec<ReplyView>>;
-
-    /// Undoes a guardian's carrier opt-out on `channel` (their START); returns how many
-    /// opt-outs it revoked.
-    async fn resubscribe(
-        &self,
-        guardian: GuardianId,
-        channel: Channel,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64>;
-
-    /// Keeps a provider event in the callback inbox with `status` (`pending` to be
-    /// applied, `rejected` with the reason as `outcome`). False when the same
-    /// (provider, event id) was kept before: a duplicate.
-    async fn inbox_put(
-        &self,
-        provider: &str,
-        event_id: &str,
-        payload: &serde_json::Value,
-        status: &'static str,
-        outcome: Option<&str>,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let event = InboxPut {
-            provider: provider.to_owned(),
-            event_id: event_id.to_owned(),
-            payload: payload.clone(),
-            status,
-            outcome: outcome.map(str::to_owned),
-        };
-        Ok(self.inbox_put_many(&[event], at).await?.first() == Some(&true))
-    }
-
-    /// Applies kept events in one transaction, in order: each one's compare-and-swap (with
-    /// its audit row) and its inbox mark. An event whose swap finds the delivery moved,
-    /// and every later one about the same delivery, stays pending (to be decided again
-    /// on what the delivery is now). Returns, per item, whether it was marked.
-    async fn apply_inbox_batch(&self, items: &[InboxApply]) -> StoreResult<Vec<bool>>;
-
-    /// Deliveries by id (those that exist), in no particular order.
-    async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>>;
-
-    /// Keeps several provider events in one transaction (one commit for many requests);
-    /// per event, false when it was kept before.
-    async fn inbox_put_many(
-        &self,
-        events: &[InboxPut],
-        at: DateTime<Utc>,
-    ) -> StoreResult<Vec<bool>>;
-
-    /// Pending inbox events, oldest first.
-    async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<InboxItem>>;
-
-    /// Inbox events by status.
-    async fn inbox_counts(&self) -> StoreResult<std::collections::BTreeMap<String, i64>>;
 
     /// Takes a guardian's address out of use with `reason` (`invalid`, `unregistered`,
     /// `bounced`), as a provider reported it: later messages suppress it as `no_address`

@@ -483,95 +483,6 @@ impl Store for PostgresStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
-    async fn record_inbound(
-        &self,
-        sms: &super::InboundSms,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<Vec<(DistrictId, crate::GuardianId)>>> {
-        Ok(directory::record_inbound(&self.pool, sms, at)
-            .await?
-            .map(|found| {
-                found
-                    .into_iter()
-                    .map(|(d, g)| (DistrictId::from_uuid(d), crate::GuardianId::from_uuid(g)))
-                    .collect()
-            }))
-    }
-
-    async fn acknowledge(
-        &self,
-        recipient: Uuid,
-        via: crate::Channel,
-        actor: &Actor,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::AckOutcome> {
-        directory::acknowledge(&self.pool, recipient, via, actor, at).await
-    }
-
-    async fn open_ack(
-        &self,
-        guardian: crate::GuardianId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<Uuid>> {
-        directory::open_ack(&self.pool, guardian.into(), at).await
-    }
-
-    async fn replies(
-        &self,
-        scope: &super::Scope,
-        before: Option<Uuid>,
-        limit: u32,
-    ) -> StoreResult<Vec<super::ReplyView>> {
-        directory::replies(&self.pool, scope, before, limit).await
-    }
-
-    async fn resubscribe(
-        &self,
-        guardian: crate::GuardianId,
-        channel: crate::Channel,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        directory::resubscribe(&self.pool, guardian.into(), channel, at).await
-    }
-
-    async fn apply_inbox_batch(&self, items: &[super::InboxApply]) -> StoreResult<Vec<bool>> {
-        directory::apply_inbox_batch(&self.pool, items).await
-    }
-
-    async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>> {
-        let mut found = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let mut query = sqlx::QueryBuilder::new(format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
-            ));
-            let mut list = query.separated(", ");
-            for id in chunk {
-                list.push_bind(Uuid::from(*id));
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&self.pool).await? {
-                found.push(delivery_from_row(&row)?);
-            }
-        }
-        Ok(found)
-    }
-
-    async fn inbox_put_many(
-        &self,
-        events: &[super::InboxPut],
-        at: DateTime<Utc>,
-    ) -> StoreResult<Vec<bool>> {
-        directory::inbox_put_many(&self.pool, events, at).await
-    }
-
-    async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<super::InboxItem>> {
-        directory::inbox_pending(&self.pool, limit).await
-    }
-
-    async fn inbox_counts(&self) -> StoreResult<std::collections::BTreeMap<String, i64>> {
-        directory::inbox_counts(&self.pool).await
-    }
-
     async fn retire_address(
         &self,
         guardian: crate::GuardianId,
@@ -1276,26 +1187,6 @@ mod dispatching {
 
     // PostgreSQL: a batch's attempts in a handful of array statements, not a few per row.
 
-    /// The current rows of `ids`, by id.
-    async fn current_rows(
-        tx: &mut Tx<'_>,
-        ids: &[uuid::Uuid],
-    ) -> StoreResult<std::collections::HashMap<uuid::Uuid, Delivery>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {} FROM deliveries WHERE id = ANY($1)",
-            super::DELIVERY_COLUMNS
-        ))
-        .bind(ids)
-        .fetch_all(&mut **tx)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let d = super::delivery_from_row(row)?;
-                Ok((*d.id.as_uuid(), d))
-            })
-            .collect()
-    }
-
     async fn events(
         tx: &mut Tx<'_>,
         moved: &[(&Delivery, &str, Option<&str>)],
@@ -1427,7 +1318,7 @@ mod dispatching {
             .filter(|id| !moved.contains_key(*id))
             .copied()
             .collect();
-        let now_rows = current_rows(&mut tx, &stale).await?;
+        let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
         tx.commit().await?;
         crate::store::dispatch::starts_in_order(ids.into_iter(), moved, &in_doubt, now_rows)
     }
@@ -1523,7 +1414,7 @@ mod dispatching {
             .filter(|id| !applied.contains_key(*id))
             .copied()
             .collect();
-        let now_rows = current_rows(&mut tx, &stale).await?;
+        let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
         tx.commit().await?;
         crate::store::dispatch::finishes_in_order(ids.into_iter(), applied, now_rows)
     }
@@ -1543,3 +1434,5 @@ mod guardian_access {
 }
 
 crate::store::guardian_sql::guardian_access!(PostgresStore, guardian_access);
+
+crate::store::inbox::inbox_store!(PostgresStore, directory);

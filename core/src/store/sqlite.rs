@@ -492,95 +492,6 @@ impl Store for SqliteStore {
         directory::guardian_detail(&self.pool, scope, which).await
     }
 
-    async fn record_inbound(
-        &self,
-        sms: &super::InboundSms,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<Vec<(DistrictId, crate::GuardianId)>>> {
-        Ok(directory::record_inbound(&self.pool, sms, at)
-            .await?
-            .map(|found| {
-                found
-                    .into_iter()
-                    .map(|(d, g)| (DistrictId::from_uuid(d), crate::GuardianId::from_uuid(g)))
-                    .collect()
-            }))
-    }
-
-    async fn acknowledge(
-        &self,
-        recipient: Uuid,
-        via: crate::Channel,
-        actor: &Actor,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::AckOutcome> {
-        directory::acknowledge(&self.pool, recipient, via, actor, at).await
-    }
-
-    async fn open_ack(
-        &self,
-        guardian: crate::GuardianId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<Uuid>> {
-        directory::open_ack(&self.pool, guardian.into(), at).await
-    }
-
-    async fn replies(
-        &self,
-        scope: &super::Scope,
-        before: Option<Uuid>,
-        limit: u32,
-    ) -> StoreResult<Vec<super::ReplyView>> {
-        directory::replies(&self.pool, scope, before, limit).await
-    }
-
-    async fn resubscribe(
-        &self,
-        guardian: crate::GuardianId,
-        channel: crate::Channel,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        directory::resubscribe(&self.pool, guardian.into(), channel, at).await
-    }
-
-    async fn apply_inbox_batch(&self, items: &[super::InboxApply]) -> StoreResult<Vec<bool>> {
-        directory::apply_inbox_batch(&self.pool, items).await
-    }
-
-    async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>> {
-        let mut found = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let mut query = sqlx::QueryBuilder::new(format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
-            ));
-            let mut list = query.separated(", ");
-            for id in chunk {
-                list.push_bind(text_id(*id));
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&self.pool).await? {
-                found.push(delivery_from_row(&row)?);
-            }
-        }
-        Ok(found)
-    }
-
-    async fn inbox_put_many(
-        &self,
-        events: &[super::InboxPut],
-        at: DateTime<Utc>,
-    ) -> StoreResult<Vec<bool>> {
-        directory::inbox_put_many(&self.pool, events, at).await
-    }
-
-    async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<super::InboxItem>> {
-        directory::inbox_pending(&self.pool, limit).await
-    }
-
-    async fn inbox_counts(&self) -> StoreResult<std::collections::BTreeMap<String, i64>> {
-        directory::inbox_counts(&self.pool).await
-    }
-
     async fn retire_address(
         &self,
         guardian: crate::GuardianId,
@@ -1284,3 +1195,5 @@ mod guardian_access {
 }
 
 crate::store::guardian_sql::guardian_access!(SqliteStore, guardian_access);
+
+crate::store::inbox::inbox_store!(SqliteStore, directory);
