@@ -168,6 +168,7 @@ pub async fn fanout(
         renotify_of: None,
         scheduled_at: None,
         ack_deadline: None,
+        fallback_after: None,
     };
     let audience = tidings_core::audience::Audience {
         district: true,
@@ -258,6 +259,7 @@ pub async fn dispatch(
         renotify_of: None,
         scheduled_at: None,
         ack_deadline: None,
+        fallback_after: None,
     };
     let partitions = tidings_core::log::DEFAULT_PARTITIONS;
     let broadcast = plan(&draft(members.len()), "en", &members, partitions, now());
@@ -396,6 +398,7 @@ pub async fn callbacks(
         renotify_of: None,
         scheduled_at: None,
         ack_deadline: None,
+        fallback_after: None,
     };
     let broadcast = plan(
         &draft,

@@ -52,6 +52,16 @@ pub struct Config {
     /// Log entries a dispatcher reads and sends per partition at a time.
     /// Env: `TIDINGS_DISPATCH_BATCH`.
     pub dispatch_batch: u32,
+    /// Sends a dispatcher process has in flight at once, across partitions (it works on
+    /// `dispatch_in_flight / dispatch_batch` partitions side by side).
+    /// Env: `TIDINGS_DISPATCH_IN_FLIGHT`.
+    pub dispatch_in_flight: u32,
+    /// Sends a dispatcher process has in flight at once to one provider.
+    /// Env: `TIDINGS_PROVIDER_IN_FLIGHT`.
+    pub provider_in_flight: u32,
+    /// While a more urgent lane has work, a lower lane with work still gets one batch in
+    /// this many (1: emergencies strictly first). Env: `TIDINGS_LOWER_LANE_EVERY`.
+    pub lower_lane_every: u32,
     /// Seconds a dispatcher's partition lease lasts without renewal: how soon the
     /// partitions of a dispatcher that died move to the others. Env: `TIDINGS_LEASE_SECONDS`.
     pub lease_seconds: u64,
@@ -325,6 +335,9 @@ impl Default for Config {
             sandbox_faults: tidings_sandbox::Faults::default(),
             sandbox_journal: None,
             dispatch_batch: 256,
+            dispatch_in_flight: 1024,
+            provider_in_flight: 512,
+            lower_lane_every: 8,
             lease_seconds: 15,
             retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],
             public_url: None,
@@ -362,6 +375,12 @@ impl Config {
         }
         if config.dispatch_batch == 0 || config.dispatch_batch > 10_000 {
             bail!("invalid configuration: dispatch_batch must be between 1 and 10000");
+        }
+        if config.dispatch_in_flight == 0 || config.provider_in_flight == 0 {
+            bail!("invalid configuration: dispatch_in_flight and provider_in_flight must be at least 1");
+        }
+        if config.lower_lane_every == 0 {
+            bail!("invalid configuration: lower_lane_every must be at least 1");
         }
         if config.lease_seconds < 2 {
             bail!("invalid configuration: lease_seconds must be at least 2");
@@ -473,6 +492,9 @@ impl Config {
             sms_ack_keyword: given(&self.sms_ack_keyword),
             partitions: self.log_partitions,
             batch: self.dispatch_batch,
+            max_in_flight: self.dispatch_in_flight,
+            provider_in_flight: self.provider_in_flight,
+            lower_lane_every: self.lower_lane_every,
             lease_ttl: std::time::Duration::from_secs(self.lease_seconds),
             retry: tidings_dispatcher::RetryPolicy {
                 schedule: self

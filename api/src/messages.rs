@@ -26,6 +26,8 @@ use crate::{ApiError, AppState, Caller};
 pub const MAX_SUBJECT: usize = 200;
 /// Longest body, in characters (about ten SMS segments).
 pub const MAX_BODY: usize = 1_600;
+/// The longest a message may wait for a channel to reach a guardian before the next is tried.
+pub const MAX_FALLBACK_MINUTES: u32 = 24 * 60;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +54,10 @@ pub struct SendMessage {
     pub scheduled_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When acknowledgments are due (needs `requires_ack`).
     pub ack_deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// Fall back to the guardian's next channel — the app, then SMS, then email — when a
+    /// delivery fails, or has not reached them this many minutes after it went out
+    /// (1–1440). Not given: no fallback.
+    pub fallback_after_minutes: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +71,9 @@ pub struct Sent {
     pub suppressed: BTreeMap<String, usize>,
     /// Deliveries that wait: for `scheduled_at`, or for the end of quiet hours.
     pub deferred: usize,
+    /// Standby deliveries on guardians' next channels (with `fallback_after_minutes`):
+    /// sent only to those the channel before does not reach.
+    pub standby: usize,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -99,6 +108,14 @@ fn draft(staff: &Staff, request: SendMessage) -> Result<Draft, ApiError> {
         if deadline <= request.scheduled_at.unwrap_or(at) {
             return Err(invalid("ack_deadline is before the message goes out"));
         }
+    }
+    if request
+        .fallback_after_minutes
+        .is_some_and(|m| !(1..=MAX_FALLBACK_MINUTES).contains(&m))
+    {
+        return Err(invalid(format!(
+            "fallback_after_minutes must be between 1 and {MAX_FALLBACK_MINUTES}"
+        )));
     }
     let kind: MessageKind = request
         .kind
@@ -162,6 +179,9 @@ fn draft(staff: &Staff, request: SendMessage) -> Result<Draft, ApiError> {
         renotify_of: None,
         scheduled_at: request.scheduled_at,
         ack_deadline: request.ack_deadline,
+        fallback_after: request
+            .fallback_after_minutes
+            .map(|m| chrono::Duration::minutes(i64::from(m))),
     })
 }
 
@@ -257,6 +277,7 @@ async fn deliver(
         deliveries: summary.deliveries,
         suppressed: summary.suppressed,
         deferred: summary.deferred,
+        standby: summary.standby,
     };
     Ok((StatusCode::CREATED, sent))
 }
@@ -504,6 +525,7 @@ pub async fn renotify(
                 renotify_of: Some(original),
                 scheduled_at: None,
                 ack_deadline: None,
+                fallback_after: content.fallback_after,
             };
             let (status, sent) = deliver(&state, &staff, draft, &audience).await?;
             Ok((status, serde_json::to_vec(&sent).unwrap_or_default()))

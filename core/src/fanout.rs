@@ -42,6 +42,9 @@ pub struct Draft {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// When acknowledgments are due.
     pub ack_deadline: Option<DateTime<Utc>>,
+    /// Fall back to the guardian's next channel (see [`FALLBACK_ORDER`]) when a delivery
+    /// has not reached them this long after it went out, or fails sooner.
+    pub fallback_after: Option<chrono::Duration>,
 }
 
 /// Why a delivery is not sent.
@@ -52,6 +55,8 @@ pub mod reason {
     pub const OPTED_OUT: &str = "opted_out";
     /// No active address or device for this channel.
     pub const NO_ADDRESS: &str = "no_address";
+    /// A standby (a message with fallback) whose channel before it reached the guardian.
+    pub const FALLBACK_NOT_NEEDED: &str = "fallback_not_needed";
 }
 
 /// One recipient per guardian, one delivery per guardian and channel.
@@ -100,35 +105,52 @@ pub fn recipients(
                 _ => member.quiet.and_then(|q| q.ends_after(send_at)),
             };
             let not_before = quiet_end.or(draft.scheduled_at.filter(|at| *at > now));
-            let deliveries = draft
+            // Why a channel cannot be used for this guardian, if it cannot.
+            let blocked = |channel: Channel| {
+                let opted_out = |carrier: bool| {
+                    member
+                        .opt_outs
+                        .iter()
+                        .any(|(c, source)| *c == channel && (source == "carrier") == carrier)
+                };
+                if channel == Channel::Sms && opted_out(true) {
+                    Some(reason::CARRIER_STOP)
+                } else if draft.kind != MessageKind::Emergency && opted_out(false) {
+                    Some(reason::OPTED_OUT)
+                } else if !member.contacts.iter().any(|c| c.kind == channel) {
+                    Some(reason::NO_ADDRESS)
+                } else {
+                    None
+                }
+            };
+            let address = |channel: Channel| {
+                member
+                    .contacts
+                    .iter()
+                    .find(|c| c.kind == channel)
+                    .map(|c| c.address.clone())
+            };
+            let mut deliveries: Vec<NewDelivery> = draft
                 .channels
                 .iter()
                 .map(|&channel| {
-                    let opted_out = |carrier: bool| {
-                        member
-                            .opt_outs
-                            .iter()
-                            .any(|(c, source)| *c == channel && (source == "carrier") == carrier)
-                    };
-                    let contact = member.contacts.iter().find(|c| c.kind == channel);
-                    let suppressed = if channel == Channel::Sms && opted_out(true) {
-                        Some(reason::CARRIER_STOP)
-                    } else if draft.kind != MessageKind::Emergency && opted_out(false) {
-                        Some(reason::OPTED_OUT)
-                    } else if contact.is_none() {
-                        Some(reason::NO_ADDRESS)
-                    } else {
-                        None
-                    };
+                    let suppressed = blocked(channel);
                     NewDelivery {
                         id: DeliveryId::new(),
                         channel,
-                        address: contact.map(|c| c.address.clone()),
+                        address: address(channel),
                         suppressed_reason: suppressed.map(str::to_owned),
                         not_before: not_before.filter(|_| suppressed.is_none()),
+                        fallback_of: None,
                     }
                 })
                 .collect();
+            if let Some(after) = draft.fallback_after {
+                let standbys = standbys(&deliveries, after, not_before.unwrap_or(now), |c| {
+                    blocked(c).is_none().then(|| address(c)).flatten()
+                });
+                deliveries.extend(standbys);
+            }
             NewRecipient {
                 id: RecipientId::new(),
                 guardian_id: GuardianId::from_uuid(member.guardian_id),
@@ -137,6 +159,56 @@ pub fn recipients(
             }
         })
         .collect()
+}
+
+/// The order a guardian is tried in when a message asks for fallback: the app, then a
+/// text, then email.
+pub const FALLBACK_ORDER: [Channel; 3] = [Channel::Push, Channel::Sms, Channel::Email];
+
+/// The standby deliveries behind a guardian's `asked` ones: one for each channel after the
+/// last asked one in [`FALLBACK_ORDER`] that the guardian can be reached on (`usable`
+/// gives its address), each backing up the one before it. A standby is due `after` the
+/// one it backs up is (at once when that one is suppressed already), and goes only if
+/// that one has not reached the guardian by then (or fails sooner).
+fn standbys(
+    asked: &[NewDelivery],
+    after: chrono::Duration,
+    send_at: DateTime<Utc>,
+    usable: impl Fn(Channel) -> Option<String>,
+) -> Vec<NewDelivery> {
+    let rank = |c: Channel| FALLBACK_ORDER.iter().position(|f| *f == c);
+    let Some(last) = asked.iter().max_by_key(|d| rank(d.channel)) else {
+        return Vec::new();
+    };
+    let due = |d: &NewDelivery| {
+        let goes_at = d.not_before.unwrap_or(send_at);
+        if d.suppressed_reason.is_some() {
+            goes_at
+        } else {
+            goes_at + after
+        }
+    };
+    let (mut behind, mut at) = (last.id, due(last));
+    let mut standbys = Vec::new();
+    for channel in FALLBACK_ORDER
+        .into_iter()
+        .skip(rank(last.channel).map_or(FALLBACK_ORDER.len(), |r| r + 1))
+    {
+        let Some(address) = usable(channel) else {
+            continue;
+        };
+        let standby = NewDelivery {
+            id: DeliveryId::new(),
+            channel,
+            address: Some(address),
+            suppressed_reason: None,
+            not_before: Some(at),
+            fallback_of: Some(behind),
+        };
+        (behind, at) = (standby.id, due(&standby));
+        standbys.push(standby);
+    }
+    standbys
 }
 
 /// The message itself, without recipients.
@@ -158,6 +230,7 @@ pub fn header(draft: &Draft, partitions: u32) -> NewMessage {
         renotify_of: draft.renotify_of,
         scheduled_at: draft.scheduled_at,
         ack_deadline: draft.ack_deadline,
+        fallback_after: draft.fallback_after,
         hourly_quota: None,
         partitions,
     }
@@ -192,6 +265,7 @@ mod tests {
             renotify_of: None,
             scheduled_at: None,
             ack_deadline: None,
+            fallback_after: None,
         }
     }
 

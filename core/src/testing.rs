@@ -302,6 +302,7 @@ pub fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
         renotify_of: None,
         scheduled_at: None,
         ack_deadline: None,
+        fallback_after: None,
         recipients: seed
             .guardians
             .iter()
@@ -317,6 +318,7 @@ pub fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
                         address: Some(format!("{}-{channel}", g.given_name)),
                         suppressed_reason: None,
                         not_before: None,
+                        fallback_of: None,
                     })
                     .collect(),
             })

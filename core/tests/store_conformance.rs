@@ -1080,6 +1080,7 @@ async fn a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log(store
                         address: Some(format!("{}-{channel}", m.guardian_id)),
                         suppressed_reason: None,
                         not_before: None,
+                        fallback_of: None,
                     })
                     .collect(),
             })

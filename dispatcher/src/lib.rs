@@ -16,6 +16,7 @@
 //! messages on one channel go out in the order they were written.
 
 pub mod breaker;
+pub mod lanes;
 pub mod retry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -54,6 +55,14 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Entries read (and in flight) per partition at a time.
     pub batch: u32,
+    /// Sends in flight at once in this process: partitions are worked on side by side,
+    /// `max_in_flight / batch` batches at a time (at least one).
+    pub max_in_flight: u32,
+    /// Sends in flight at once to one provider (a push platform counts as its own).
+    pub provider_in_flight: u32,
+    /// While a more urgent lane has work, a lower lane with work still gets one batch in
+    /// this many (1: strict priority).
+    pub lower_lane_every: u32,
     /// How long to wait when there is nothing to do.
     pub idle_wait: Duration,
     pub retry: RetryPolicy,
@@ -85,6 +94,9 @@ impl Default for Config {
             partitions: tidings_core::log::DEFAULT_PARTITIONS,
             lease_ttl: Duration::from_secs(15),
             batch: 256,
+            max_in_flight: 1024,
+            provider_in_flight: 512,
+            lower_lane_every: 8,
             idle_wait: Duration::from_millis(20),
             retry: RetryPolicy::default(),
             in_doubt_after: Duration::from_secs(120),
@@ -140,6 +152,9 @@ pub struct Counters {
     pub opted_out: AtomicU64,
     /// Contact points taken out of use because a provider refused them for good.
     pub retired: AtomicU64,
+    /// Standby deliveries not sent because the guardian's channel before them reached
+    /// them (messages with fallback).
+    pub standbys_skipped: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -155,6 +170,7 @@ pub struct Totals {
     pub quarantined: u64,
     pub opted_out: u64,
     pub retired: u64,
+    pub standbys_skipped: u64,
 }
 
 impl Counters {
@@ -171,6 +187,7 @@ impl Counters {
             quarantined: get(&self.quarantined),
             opted_out: get(&self.opted_out),
             retired: get(&self.retired),
+            standbys_skipped: get(&self.standbys_skipped),
         }
     }
 
@@ -203,6 +220,10 @@ pub struct Dispatcher {
     /// Consecutive failed batches per partition: a poison entry is isolated (batches of
     /// one), then quarantined, instead of stopping its partition forever.
     failures: Mutex<HashMap<Key, u32>>,
+    /// Whose turn it is among the lanes.
+    shares: Mutex<lanes::LaneShares>,
+    /// Sends in flight per provider, bounded by `provider_in_flight`.
+    provider_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// The dispatcher's view of its partitions, shared by the work loop and the renewal
@@ -236,6 +257,8 @@ impl Dispatcher {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             breakers: Breakers::new(config.breaker),
             failures: Mutex::default(),
+            shares: Mutex::new(lanes::LaneShares::new(config.lower_lane_every)),
+            provider_slots: Mutex::default(),
             limiters: adapters
                 .0
                 .values()
@@ -387,18 +410,30 @@ impl Dispatcher {
         Ok(backlog)
     }
 
-    /// One batch from every partition with a backlog, emergency lane first; whenever the
-    /// emergency lane has nothing in hand, it is looked at again before the next batch.
+    /// One batch from every partition with a backlog, several partitions side by side
+    /// (as many batches as `max_in_flight` allows). The lane of each next batch is the
+    /// most urgent with work, but for the lower lanes' share; whenever a batch finishes,
+    /// the emergency lane is looked at again, so new emergencies go before the rest.
     async fn drain_lanes(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
+        use futures_util::StreamExt as _;
+        let slots = (self.config.max_in_flight / self.config.batch.max(1)).max(1) as usize;
         let mut worked = false;
         let mut backlog = self.backlog(partitions).await?;
-        while let Some(lane) = backlog.keys().next().copied() {
-            let lease = backlog.get_mut(&lane).and_then(Vec::pop);
-            let Some(lease) = lease else {
-                backlog.remove(&lane);
-                continue;
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut busy: HashSet<Key> = HashSet::new();
+        loop {
+            while running.len() < slots {
+                let Some(lease) = self.next_partition(&mut backlog, &busy) else {
+                    break;
+                };
+                busy.insert((lease.lane, lease.partition));
+                running.push(async move { (lease, self.drain_batch(partitions, lease).await) });
+            }
+            let Some((lease, result)) = running.next().await else {
+                return Ok(worked);
             };
-            match self.drain_batch(partitions, lease).await {
+            busy.remove(&(lease.lane, lease.partition));
+            match result {
                 Ok(drained) => worked |= drained,
                 // One partition's trouble is not the others': they go on, and this one is
                 // tried again (and isolated, then quarantined, if it keeps failing).
@@ -406,7 +441,11 @@ impl Dispatcher {
                     tracing::error!(owner = %self.config.owner, lane = %lease.lane, partition = %lease.partition, error = %tidings_core::store::error_chain(&error), "a batch failed");
                     worked = true;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // Let the batches in hand record their outcomes before giving up.
+                    while running.next().await.is_some() {}
+                    return Err(error);
+                }
             }
             // Before any further batch of a lower lane, look for new emergencies.
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
@@ -416,7 +455,26 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(worked)
+    }
+
+    /// The partition the next batch comes from: of the lane whose turn it is, one that
+    /// has no batch in hand.
+    fn next_partition(
+        &self,
+        backlog: &mut BTreeMap<Lane, Vec<Lease>>,
+        busy: &HashSet<Key>,
+    ) -> Option<Lease> {
+        backlog.retain(|_, leases| {
+            leases.retain(|l| !busy.contains(&(l.lane, l.partition)));
+            !leases.is_empty()
+        });
+        let waiting: Vec<Lane> = backlog.keys().copied().collect();
+        let lane = self
+            .shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pick(&waiting)?;
+        backlog.get_mut(&lane).and_then(Vec::pop)
     }
 
     /// One batch of a partition; whether any entry was taken off the log. A partition
@@ -644,6 +702,7 @@ impl Dispatcher {
             })
             .collect();
 
+        let batch = self.skip_standbys(lease, batch, at).await?;
         let batch = self.hold_back(lease, batch, at).await?;
 
         // 1. Attempts recorded before any call.
@@ -702,16 +761,24 @@ impl Dispatcher {
             }
         }
 
-        // 3. The calls, one batch per channel, channels side by side.
-        let mut per_channel: BTreeMap<Channel, Vec<(Outbound, i32)>> = BTreeMap::new();
+        // 3. The calls, one batch per provider, providers side by side, each within its
+        //    bound of sends in flight.
+        let mut per_provider: BTreeMap<(Channel, &str), Vec<(Outbound, i32)>> = BTreeMap::new();
         for s in started {
-            per_channel.entry(s.0.delivery.channel).or_default().push(s);
+            let provider = self.provider_of(&s.0.delivery);
+            per_provider
+                .entry((s.0.delivery.channel, provider))
+                .or_default()
+                .push(s);
         }
-        let calls = per_channel.into_iter().map(|(channel, sends)| async move {
+        let calls = per_provider.into_iter().map(|((channel, provider), sends)| async move {
             let outgoing: Vec<Outgoing> = sends
                 .iter()
                 .map(|(o, _)| outgoing(o, &self.config, now()))
                 .collect();
+            let slots = self.provider_slots(provider);
+            let wanted = (outgoing.len() as u32).clamp(1, self.config.provider_in_flight.max(1));
+            let _in_flight = slots.acquire_many(wanted).await;
             let mut outcomes = match self.adapters.get(channel) {
                 // An adapter that panics is a bug on our side, not the guardian's problem:
                 // the sends are in doubt (retried, or failed if at most once), and the
@@ -737,28 +804,24 @@ impl Dispatcher {
             outcomes.resize_with(sends.len(), || SendOutcome::InDoubt {
                 error: "the adapter answered fewer sends than it was given".into(),
             });
-            sends.into_iter().zip(outcomes).collect::<Vec<_>>()
+            (provider, sends.into_iter().zip(outcomes).collect::<Vec<_>>())
         });
         let mut retiring = Vec::new();
-        for answered in futures_util::future::join_all(calls).await {
-            // Sends and failures per provider (push fronts two), for their breakers.
-            let mut per_provider: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-            for ((o, _), outcome) in &answered {
-                let tally = per_provider
-                    .entry(self.provider_of(&o.delivery))
-                    .or_default();
-                tally.0 += 1;
-                if matches!(
-                    outcome,
-                    SendOutcome::Transient { .. } | SendOutcome::InDoubt { .. }
-                ) {
-                    tally.1 += 1;
-                }
-            }
-            for (provider, (sent, failed)) in per_provider {
-                if let Some(until) = self.breakers.record(provider, sent, failed, now()) {
-                    tracing::warn!(provider, %until, "provider keeps failing: its sends pause (circuit breaker open)");
-                }
+        for (provider, answered) in futures_util::future::join_all(calls).await {
+            let failed = answered
+                .iter()
+                .filter(|(_, outcome)| {
+                    matches!(
+                        outcome,
+                        SendOutcome::Transient { .. } | SendOutcome::InDoubt { .. }
+                    )
+                })
+                .count();
+            if let Some(until) = self
+                .breakers
+                .record(provider, answered.len(), failed, now())
+            {
+                tracing::warn!(provider, %until, "provider keeps failing: its sends pause (circuit breaker open)");
             }
             for ((o, attempt), outcome) in answered {
                 if let SendOutcome::Unreachable { fault, .. } = &outcome {
@@ -781,6 +844,21 @@ impl Dispatcher {
         finished
     }
 
+    /// The bound on sends in flight to `provider`.
+    fn provider_slots(&self, provider: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = self
+            .provider_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(provider.to_owned())
+            .or_insert_with(|| {
+                let permits = self.config.provider_in_flight.max(1) as usize;
+                Arc::new(tokio::sync::Semaphore::new(permits))
+            })
+            .clone()
+    }
+
     fn provider(&self, channel: Channel) -> &str {
         self.adapters
             .get(channel)
@@ -794,6 +872,29 @@ impl Dispatcher {
             .map_or("unconfigured", |a| {
                 a.provider_of(delivery.address.as_deref().unwrap_or_default())
             })
+    }
+
+    /// Suppresses the standbys (of messages with fallback) whose channel before them
+    /// reached the guardian; returns the rest.
+    async fn skip_standbys(
+        &self,
+        lease: &Lease,
+        batch: Vec<Outbound>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Outbound>, DispatchError> {
+        let (skipped, go): (Vec<Outbound>, Vec<Outbound>) =
+            batch.into_iter().partition(Outbound::fallback_not_needed);
+        if !skipped.is_empty() {
+            let items: Vec<&Delivery> = skipped.iter().map(|o| &o.delivery).collect();
+            let moved = self
+                .store
+                .skip_standbys(lease, &items, &self.config.owner, at)
+                .await?;
+            for _ in moved.into_iter().filter(|m| *m) {
+                Counters::add(&self.counters.standbys_skipped);
+            }
+        }
+        Ok(go)
     }
 
     /// Holds back, without an attempt, what must not go yet: a guardian's delivery on a

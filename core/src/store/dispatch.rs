@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::delivery::Delivery;
 use crate::log::PartitionId;
 use crate::store::{CasOutcome, MessageScope, StoreResult};
-use crate::{DeliveryGuarantee, Lane, MessageKind};
+use crate::{Channel, DeliveryGuarantee, DeliveryState, Lane, MessageKind};
 
 /// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
 /// token; once another process has taken the partition over they are refused.
@@ -43,6 +43,39 @@ pub struct Outbound {
     /// Attempts made before the delivery was last replayed; the retry schedule counts
     /// from here.
     pub attempt_base: i32,
+    /// For a standby delivery (a message with fallback): the delivery it backs up, as it
+    /// is now.
+    pub backs_up: Option<BackedUp>,
+}
+
+/// The delivery a standby backs up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackedUp {
+    pub channel: Channel,
+    pub state: DeliveryState,
+    pub suppressed_reason: Option<String>,
+}
+
+impl Outbound {
+    /// Whether this is a standby whose delivery before it reached the guardian, so it is
+    /// not to be sent: delivered or acknowledged; or, for push, which reports no delivery,
+    /// handed to APNs or FCM when no acknowledgment was asked for. (A cancelled one was
+    /// recalled or acknowledged elsewhere; a standby that was itself not needed means
+    /// the guardian was reached further up: nothing to fall back for either.)
+    pub fn fallback_not_needed(&self) -> bool {
+        let Some(before) = &self.backs_up else {
+            return false;
+        };
+        match before.state {
+            DeliveryState::Delivered | DeliveryState::Acked | DeliveryState::Cancelled => true,
+            DeliveryState::Sent => before.channel == Channel::Push && !self.requires_ack,
+            DeliveryState::Suppressed => {
+                before.suppressed_reason.as_deref()
+                    == Some(crate::fanout::reason::FALLBACK_NOT_NEEDED)
+            }
+            DeliveryState::Created | DeliveryState::Queued | DeliveryState::Failed => false,
+        }
+    }
 }
 
 /// What a provider call came to, as the dispatcher records it.
@@ -220,6 +253,16 @@ pub trait DispatchStore: Send + Sync {
         &self,
         lease: &Lease,
         items: &[(&Delivery, DateTime<Utc>)],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<bool>>;
+
+    /// Suppresses (reason `fallback_not_needed`) each standby of `items` (as read), under
+    /// the lease; whether each moved (compare and swap).
+    async fn skip_standbys(
+        &self,
+        lease: &Lease,
+        items: &[&Delivery],
+        actor: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<bool>>;
 

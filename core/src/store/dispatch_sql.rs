@@ -251,11 +251,13 @@ macro_rules! dispatch_queries {
                 "SELECT {delivery_columns}, l.lane, l.partition, l.\"offset\", m.kind, m.delivery_guarantee, \
                         m.requires_ack, m.subject, m.body, m.translations, r.language, d.attempt_base, \
                         (SELECT max(a.attempt) FROM delivery_attempts a \
-                         WHERE a.delivery_id = d.id AND a.outcome = 'in_flight') AS unfinished_attempt \
+                         WHERE a.delivery_id = d.id AND a.outcome = 'in_flight') AS unfinished_attempt, \
+                        b.channel AS backs_up_channel, b.state AS backs_up_state, b.suppressed_reason AS backs_up_reason \
                  FROM log_entries l \
                  JOIN deliveries d ON d.id = l.delivery_id \
                  JOIN messages m ON m.id = d.message_id \
-                 JOIN recipients r ON r.id = d.recipient_id "
+                 JOIN recipients r ON r.id = d.recipient_id \
+                 LEFT JOIN deliveries b ON b.id = d.fallback_of "
             )
         }
 
@@ -282,6 +284,14 @@ macro_rules! dispatch_queries {
                 language: language.clone(),
                 unfinished_attempt: row.try_get("unfinished_attempt")?,
                 attempt_base: row.try_get("attempt_base")?,
+                backs_up: match row.try_get::<Option<String>, _>("backs_up_channel")? {
+                    None => None,
+                    Some(channel) => Some($crate::store::dispatch::BackedUp {
+                        channel: channel.parse().map_err(|e| StoreError::Corrupt(format!("backs_up_channel: {e}")))?,
+                        state: parse_col(row, "backs_up_state")?,
+                        suppressed_reason: row.try_get("backs_up_reason")?,
+                    }),
+                },
             })
         }
 
@@ -355,6 +365,54 @@ macro_rules! dispatch_queries {
                 .await?
                 .rows_affected();
                 moved.push(done == 1);
+            }
+            tx.commit().await?;
+            Ok(moved)
+        }
+
+        /// Suppresses each standby of `items` (as read) whose delivery before it reached the
+        /// guardian (compare and swap, with its event), under the lease; whether each moved.
+        pub async fn skip_standbys(
+            pool: &sqlx::Pool<$db>,
+            lease: &Lease,
+            items: &[&Delivery],
+            actor: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<bool>> {
+            let mut tx = pool.begin().await?;
+            fence(&mut tx, lease).await?;
+            let mut moved = Vec::with_capacity(items.len());
+            for seen in items {
+                let done = sqlx::query(
+                    "UPDATE deliveries SET state = 'SUPPRESSED', suppressed_reason = $1, suppressed_at = $2, \
+                            next_attempt_at = NULL, version = version + 1, updated_at = $2 \
+                     WHERE id = $3 AND version = $4 AND state IN ('CREATED', 'QUEUED')",
+                )
+                .bind($crate::fanout::reason::FALLBACK_NOT_NEEDED)
+                .bind(at)
+                .bind($enc(*seen.id.as_uuid()))
+                .bind(seen.version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if done {
+                    sqlx::query(
+                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
+                                                      actor_kind, actor_ref, detail) \
+                         VALUES ($1, $2, $3, 'SUPPRESSED', $4, $5, 'dispatcher', $6, $7)",
+                    )
+                    .bind($enc(*seen.district_id.as_uuid()))
+                    .bind($enc(*seen.id.as_uuid()))
+                    .bind(seen.state.as_str())
+                    .bind(seen.version + 1)
+                    .bind(at)
+                    .bind(actor)
+                    .bind("fallback not needed: the channel before reached the guardian")
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                moved.push(done);
             }
             tx.commit().await?;
             Ok(moved)
@@ -604,6 +662,16 @@ macro_rules! dispatch_store_impl {
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<bool>> {
                 dispatching::defer(&self.pool, lease, items, at).await
+            }
+
+            async fn skip_standbys(
+                &self,
+                lease: &crate::store::dispatch::Lease,
+                items: &[&Delivery],
+                actor: &str,
+                at: DateTime<Utc>,
+            ) -> StoreResult<Vec<bool>> {
+                dispatching::skip_standbys(&self.pool, lease, items, actor, at).await
             }
 
             async fn retrying(

@@ -112,7 +112,8 @@ macro_rules! message_queries {
         ) -> StoreResult<Option<$crate::store::MessageContent>> {
             let (district, author) = scope.parts();
             let Some(row) = sqlx::query(
-                "SELECT kind, delivery_guarantee, subject, body, translations, channels, requires_ack FROM messages \
+                "SELECT kind, delivery_guarantee, subject, body, translations, channels, requires_ack, \
+                        fallback_after_seconds FROM messages \
                  WHERE id = $1 AND district_id = $2 AND ($3 IS NULL OR author_id = $3)",
             )
             .bind($enc(message))
@@ -141,6 +142,9 @@ macro_rules! message_queries {
                 translations: json("translations")?,
                 channels,
                 requires_ack: row.try_get("requires_ack")?,
+                fallback_after: row
+                    .try_get::<Option<i32>, _>("fallback_after_seconds")?
+                    .map(|s| chrono::Duration::seconds(i64::from(s))),
             }))
         }
 

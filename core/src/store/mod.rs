@@ -263,6 +263,8 @@ pub struct MessageContent {
     pub translations: serde_json::Value,
     pub channels: Vec<Channel>,
     pub requires_ack: bool,
+    /// See [`NewMessage::fallback_after`].
+    pub fallback_after: Option<chrono::Duration>,
 }
 
 /// What a recall did.
@@ -360,6 +362,9 @@ pub struct NewMessage {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// When acknowledgments are due.
     pub ack_deadline: Option<DateTime<Utc>>,
+    /// How long a delivery may go without reaching its guardian before their next channel
+    /// is tried; `None`: no fallback.
+    pub fallback_after: Option<chrono::Duration>,
     /// At most this many non-emergency messages of the district in the hour before the
     /// send; checked and reserved inside the send's transaction.
     pub hourly_quota: Option<u32>,
@@ -411,8 +416,10 @@ pub struct NewDelivery {
     pub channel: Channel,
     pub address: Option<String>,
     pub suppressed_reason: Option<String>,
-    /// Not to be sent before this (a scheduled message, quiet hours).
+    /// Not to be sent before this (a scheduled message, quiet hours, a standby's deadline).
     pub not_before: Option<DateTime<Utc>>,
+    /// A standby: the delivery of this guardian it backs up (see `fanout::FALLBACK_ORDER`).
+    pub fallback_of: Option<DeliveryId>,
 }
 
 /// The result of a compare-and-swap.
@@ -543,6 +550,9 @@ pub struct SendSummary {
     pub suppressed: std::collections::BTreeMap<String, usize>,
     /// Deliveries that wait: for `scheduled_at`, or for the end of quiet hours.
     pub deferred: usize,
+    /// Standby deliveries on a guardian's next channel, sent only if the one before does
+    /// not reach them (a message with fallback).
+    pub standby: usize,
 }
 
 impl SendSummary {
@@ -550,7 +560,11 @@ impl SendSummary {
         self.recipients += recipients.len();
         for delivery in recipients.iter().flat_map(|r| &r.deliveries) {
             self.deliveries += 1;
-            self.deferred += usize::from(delivery.not_before.is_some());
+            if delivery.fallback_of.is_some() {
+                self.standby += 1;
+            } else {
+                self.deferred += usize::from(delivery.not_before.is_some());
+            }
             if let Some(reason) = &delivery.suppressed_reason {
                 *self.suppressed.entry(reason.clone()).or_insert(0) += 1;
             }

@@ -1014,8 +1014,8 @@ async fn write_message(
     sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
                                    subject, body, channels, audience, requires_ack, created_at, translations, \
-                                   renotify_of, scheduled_at, ack_deadline) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                                   renotify_of, scheduled_at, ack_deadline, fallback_after_seconds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(Uuid::from(message.id))
         .bind(Uuid::from(message.district_id))
@@ -1033,6 +1033,7 @@ async fn write_message(
         .bind(message.renotify_of.map(Uuid::from))
         .bind(message.scheduled_at)
         .bind(message.ack_deadline)
+        .bind(message.fallback_after.map(|a| a.num_seconds().clamp(1, i64::from(i32::MAX)) as i32))
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -1091,6 +1092,7 @@ async fn write_recipients(
     let mut d_states = Vec::new();
     let mut d_reasons: Vec<Option<String>> = Vec::new();
     let mut d_not_before: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut d_fallback_of: Vec<Option<Uuid>> = Vec::new();
     for recipient in recipients {
         for delivery in &recipient.deliveries {
             d_ids.push(Uuid::from(delivery.id));
@@ -1104,17 +1106,18 @@ async fn write_recipients(
             });
             d_reasons.push(delivery.suppressed_reason.clone());
             d_not_before.push(delivery.not_before);
+            d_fallback_of.push(delivery.fallback_of.map(Uuid::from));
         }
     }
     sqlx::query(
             "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
                                      address, state, idempotency_key, suppressed_reason, created_at, \
-                                     updated_at, suppressed_at, next_attempt_at) \
+                                     updated_at, suppressed_at, next_attempt_at, fallback_of) \
              SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
-                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END, not_before \
+                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END, not_before, fallback_of \
              FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                         $11::timestamptz[]) \
-                  AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before)",
+                         $11::timestamptz[], $12::uuid[]) \
+                  AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before, fallback_of)",
         )
         .bind(Uuid::from(message.district_id))
         .bind(Uuid::from(message.id))
@@ -1127,6 +1130,7 @@ async fn write_recipients(
         .bind(&d_states)
         .bind(&d_reasons)
         .bind(&d_not_before)
+        .bind(&d_fallback_of)
         .execute(&mut **tx)
         .await?;
     // The log: take offsets from the partitions' head rows (ascending, locked until

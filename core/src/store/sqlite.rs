@@ -24,7 +24,7 @@ use super::{
 use crate::delivery::{Actor, Delivery, DeliveryEventRecord, Transition};
 use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
 
-/// Rows per multi-row INSERT: 13 columns × 2,000 stays under SQLite's 32,766 parameters.
+/// Rows per multi-row INSERT: 15 columns × 2,000 stays under SQLite's 32,766 parameters.
 const BULK_ROWS: usize = 2_000;
 
 /// The migrations of `migrations/sqlite/`, embedded in the binary.
@@ -1023,8 +1023,8 @@ async fn write_message(
     sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
                                    subject, body, channels, audience, requires_ack, created_at, translations, \
-                                   renotify_of, scheduled_at, ack_deadline) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                                   renotify_of, scheduled_at, ack_deadline, fallback_after_seconds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(text_id(message.id))
         .bind(text_id(message.district_id))
@@ -1042,6 +1042,7 @@ async fn write_message(
         .bind(message.renotify_of.map(text_id))
         .bind(message.scheduled_at)
         .bind(message.ack_deadline)
+        .bind(message.fallback_after.map(|a| a.num_seconds().clamp(1, i64::from(i32::MAX)) as i32))
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -1082,7 +1083,7 @@ async fn write_recipients(
         let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
                                          address, state, idempotency_key, suppressed_reason, created_at, \
-                                         updated_at, suppressed_at, next_attempt_at) ",
+                                         updated_at, suppressed_at, next_attempt_at, fallback_of) ",
             );
         insert.push_values(chunk, |mut row, (recipient, delivery)| {
             let suppressed = delivery.suppressed_reason.is_some();
@@ -1099,7 +1100,8 @@ async fn write_recipients(
                 .push_bind(at)
                 .push_bind(at)
                 .push_bind(suppressed.then_some(at))
-                .push_bind(delivery.not_before);
+                .push_bind(delivery.not_before)
+                .push_bind(delivery.fallback_of.map(text_id));
         });
         insert.build().execute(&mut **tx).await?;
     }
