@@ -279,6 +279,52 @@ async fn a_teacher_messages_their_class_and_nothing_beyond() {
 }
 
 #[tokio::test]
+async fn fallback_adds_a_standby_email_behind_each_text_that_can_have_one() {
+    let d = District::with_demo(TestDatabase::sqlite()).await;
+    let mut body = closure(json!({"schools": ["school-0"]}));
+    body["channels"] = json!(["sms"]);
+    body["fallback_after_minutes"] = json!(5);
+    let (status, sent) = d.send(&d.admin, None, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let recipients = sent["recipients"].as_u64().unwrap();
+    let standby = sent["standby"].as_u64().unwrap();
+    assert_eq!(sent["deliveries"].as_u64().unwrap(), recipients + standby);
+    // The demo has guardians without an email address: no standby for them.
+    assert!(standby > 0 && standby < recipients, "{sent}");
+    assert_eq!(sent["deferred"], 0, "standbys are not counted as deferred");
+    let id = sent["id"].as_str().unwrap();
+    let (_, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
+    let emails: u64 = summary["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["channel"] == "email")
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(emails, standby, "{summary}");
+    // A recall takes the standbys with it.
+    let response = d
+        .client
+        .post(d.server.url(&format!("/api/v1/messages/{id}/cancel")))
+        .bearer_auth(&d.admin)
+        .send()
+        .await
+        .unwrap();
+    let outcome: Value = response.json().await.unwrap();
+    let suppressed: u64 = sent["suppressed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        outcome["cancelled"].as_u64(),
+        Some(recipients + standby - suppressed)
+    );
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
 async fn invalid_messages_are_refused_with_the_reason() {
     let d = District::with_demo(TestDatabase::sqlite()).await;
     let cases = [
@@ -302,6 +348,10 @@ async fn invalid_messages_are_refused_with_the_reason() {
         (
             json!({"audience": {"clases": ["class-0"]}}),
             "unknown field",
+        ),
+        (
+            json!({"fallback_after_minutes": 0}),
+            "fallback_after_minutes must be between 1 and 1440",
         ),
     ];
     for (change, reason) in cases {

@@ -397,6 +397,113 @@ mod tests {
         assert_eq!(later.scheduled_at, Some(noon));
     }
 
+    fn contact(kind: Channel) -> MemberContact {
+        MemberContact {
+            id: Uuid::now_v7(),
+            kind,
+            address: format!("{kind}-address"),
+        }
+    }
+
+    #[test]
+    fn fallback_puts_standbys_on_the_next_channels_each_behind_the_one_before() {
+        let now: DateTime<Utc> = "2026-11-24T15:00:00Z".parse().unwrap();
+        let after = chrono::Duration::minutes(10);
+        let mut alert = draft(MessageKind::Emergency, &[Channel::Push]);
+        alert.fallback_after = Some(after);
+        let everything = AudienceMember {
+            guardian_id: Uuid::now_v7(),
+            preferred_language: None,
+            contacts: vec![
+                contact(Channel::Email),
+                contact(Channel::Sms),
+                contact(Channel::Push),
+            ],
+            opt_outs: vec![],
+            quiet: None,
+        };
+        let no_device = AudienceMember {
+            guardian_id: Uuid::now_v7(),
+            contacts: vec![contact(Channel::Sms), contact(Channel::Email)],
+            ..everything.clone()
+        };
+        let no_phone = AudienceMember {
+            guardian_id: Uuid::now_v7(),
+            contacts: vec![contact(Channel::Push), contact(Channel::Email)],
+            ..everything.clone()
+        };
+        let planned = plan(
+            &alert,
+            "en",
+            &[everything, no_device, no_phone.clone()],
+            64,
+            now,
+        );
+        let shape = |r: &NewRecipient| -> Vec<(Channel, Option<DateTime<Utc>>, Option<usize>)> {
+            r.deliveries
+                .iter()
+                .map(|d| {
+                    let behind = d
+                        .fallback_of
+                        .map(|id| r.deliveries.iter().position(|b| b.id == id).unwrap());
+                    (d.channel, d.not_before, behind)
+                })
+                .collect()
+        };
+        // Push now; SMS ten minutes on, behind the push; email ten more, behind the SMS.
+        assert_eq!(
+            shape(&planned.recipients[0]),
+            vec![
+                (Channel::Push, None, None),
+                (Channel::Sms, Some(now + after), Some(0)),
+                (Channel::Email, Some(now + after * 2), Some(1)),
+            ]
+        );
+        // No device: the push is suppressed, so the SMS goes at once.
+        assert_eq!(
+            planned.recipients[1].deliveries[0]
+                .suppressed_reason
+                .as_deref(),
+            Some(reason::NO_ADDRESS)
+        );
+        assert_eq!(
+            shape(&planned.recipients[1]),
+            vec![
+                (Channel::Push, None, None),
+                (Channel::Sms, Some(now), Some(0)),
+                (Channel::Email, Some(now + after), Some(1)),
+            ]
+        );
+        // No phone: email stands behind the push.
+        assert_eq!(
+            shape(&planned.recipients[2]),
+            vec![
+                (Channel::Push, None, None),
+                (Channel::Email, Some(now + after), Some(0))
+            ]
+        );
+        // Without fallback, or when the last channel is asked for already: no standbys.
+        alert.fallback_after = None;
+        let planned = plan(
+            &alert,
+            "en",
+            &[AudienceMember {
+                guardian_id: Uuid::now_v7(),
+                ..no_phone.clone()
+            }],
+            64,
+            now,
+        );
+        assert_eq!(planned.recipients[0].deliveries.len(), 1);
+        let mut both = draft(MessageKind::Emergency, &[Channel::Sms, Channel::Email]);
+        both.fallback_after = Some(after);
+        let planned = plan(&both, "en", &[no_phone], 64, now);
+        assert!(planned.recipients[0]
+            .deliveries
+            .iter()
+            .all(|d| d.fallback_of.is_none()));
+    }
+
     proptest! {
         /// Whatever the audience: one recipient per guardian, one delivery per channel,
         /// and a delivery is sent exactly when nothing forbids it.
@@ -405,17 +512,38 @@ mod tests {
             members in proptest::collection::vec(any_member(), 0..20),
             emergency in any::<bool>(),
             channels in proptest::collection::btree_set(proptest::sample::select(Channel::ALL.to_vec()), 1..4),
+            fallback in any::<bool>(),
         ) {
             let kind = if emergency { MessageKind::Emergency } else { MessageKind::Attendance };
             let channels: Vec<Channel> = channels.into_iter().collect();
-            let message = plan(&draft(kind, &channels), "en", &members, 64, chrono::Utc::now());
+            let mut asked = draft(kind, &channels);
+            asked.fallback_after = fallback.then(|| chrono::Duration::minutes(5));
+            let message = plan(&asked, "en", &members, 64, chrono::Utc::now());
             let distinct: BTreeSet<Uuid> = members.iter().map(|m| m.guardian_id).collect();
             prop_assert_eq!(message.recipients.len(), distinct.len());
             for recipient in &message.recipients {
                 let member = members.iter().find(|m| m.guardian_id == *recipient.guardian_id.as_uuid()).unwrap();
-                prop_assert_eq!(recipient.deliveries.len(), channels.len());
                 prop_assert!(recipient.language == "en" || recipient.language == "es");
-                for (delivery, channel) in recipient.deliveries.iter().zip(&channels) {
+                // Standbys come after the asked channels: each on a channel not asked for,
+                // later in the fallback order than every asked one, usable, and behind the
+                // delivery just before it.
+                let (asked_ones, standbys) = recipient.deliveries.split_at(channels.len());
+                prop_assert!(fallback || standbys.is_empty());
+                let rank = |c: Channel| FALLBACK_ORDER.iter().position(|f| *f == c).unwrap();
+                let last = channels.iter().map(|c| rank(*c)).max().unwrap();
+                for (i, standby) in standbys.iter().enumerate() {
+                    prop_assert!(rank(standby.channel) > last);
+                    prop_assert!(standby.suppressed_reason.is_none() && standby.address.is_some());
+                    let before = if i == 0 {
+                        asked_ones.iter().max_by_key(|d| rank(d.channel)).unwrap()
+                    } else {
+                        &standbys[i - 1]
+                    };
+                    prop_assert_eq!(standby.fallback_of, Some(before.id));
+                    prop_assert!(standby.not_before.is_some());
+                }
+                prop_assert!(asked_ones.iter().all(|d| d.fallback_of.is_none()));
+                for (delivery, channel) in asked_ones.iter().zip(&channels) {
                     prop_assert_eq!(delivery.channel, *channel);
                     let stop = member.opt_outs.iter().any(|(c, s)| c == channel && s == "carrier");
                     let opted = member.opt_outs.iter().any(|(c, s)| c == channel && s != "carrier");

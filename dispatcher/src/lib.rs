@@ -875,13 +875,21 @@ impl Dispatcher {
     }
 
     /// Suppresses the standbys (of messages with fallback) whose channel before them
-    /// reached the guardian; returns the rest.
+    /// reached the guardian, and puts off for a moment those behind a standby not decided
+    /// yet; returns the rest.
     async fn skip_standbys(
         &self,
         lease: &Lease,
         batch: Vec<Outbound>,
         at: DateTime<Utc>,
     ) -> Result<Vec<Outbound>, DispatchError> {
+        let (undecided, batch): (Vec<Outbound>, Vec<Outbound>) =
+            batch.into_iter().partition(Outbound::fallback_undecided);
+        if !undecided.is_empty() {
+            let later = at + chrono::Duration::seconds(1);
+            let items: Vec<_> = undecided.iter().map(|o| (&o.delivery, later)).collect();
+            self.store.defer_deliveries(lease, &items, at).await?;
+        }
         let (skipped, go): (Vec<Outbound>, Vec<Outbound>) =
             batch.into_iter().partition(Outbound::fallback_not_needed);
         if !skipped.is_empty() {

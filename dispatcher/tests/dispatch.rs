@@ -35,6 +35,7 @@ tidings_core::on_both_stores! {
     a_later_message_waits_behind_a_retrying_one,
     sends_never_outrun_a_providers_rate_limit,
     a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever,
+    fallback_tries_the_next_channel_only_for_guardians_not_reached,
 }
 
 const PARTITIONS: u32 = 4;
@@ -992,4 +993,169 @@ async fn a_poison_entry_is_quarantined_and_its_partition_goes_on() {
     // Each poisoned entry was set aside once, and nothing of it reached the provider.
     assert_eq!(dispatcher.counters().totals().quarantined, 8);
     assert_eq!(provider.received().len(), 16);
+}
+
+/// Push that refuses, for good, devices whose address starts with `gone:`.
+struct Refusing(Arc<dyn tidings_dispatcher::ChannelAdapter>);
+
+#[async_trait::async_trait]
+impl tidings_dispatcher::ChannelAdapter for Refusing {
+    fn provider(&self) -> &str {
+        self.0.provider()
+    }
+
+    async fn send(
+        &self,
+        batch: &[tidings_dispatcher::Outgoing],
+    ) -> Vec<tidings_dispatcher::SendOutcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for send in batch {
+            if send.address.starts_with("gone:") {
+                outcomes.push(tidings_dispatcher::SendOutcome::Permanent {
+                    error: "device is not registered".into(),
+                });
+            } else {
+                outcomes.extend(self.0.send(std::slice::from_ref(send)).await);
+            }
+        }
+        outcomes
+    }
+}
+
+/// A push message with fallback: a standby SMS one second behind the push and a standby
+/// email one second behind the SMS, for three kinds of guardian: (a) the device is gone,
+/// the SMS is delivered; (b) the push goes; (c) the device is gone, the SMS is sent but
+/// never reported delivered.
+async fn fallback_tries_the_next_channel_only_for_guardians_not_reached(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 15).await;
+    let mut message = NewMessage {
+        requires_ack: false,
+        channels: vec![Channel::Push],
+        fallback_after: Some(chrono::Duration::seconds(1)),
+        ..with_partitions(message_to(
+            &seed,
+            &[Channel::Push, Channel::Sms, Channel::Email],
+        ))
+    };
+    let at = now();
+    for (i, recipient) in message.recipients.iter_mut().enumerate() {
+        let [push, sms, email] = &mut recipient.deliveries[..] else {
+            unreachable!()
+        };
+        if i % 3 != 1 {
+            push.address = push.address.as_ref().map(|a| format!("gone:{a}"));
+        }
+        sms.fallback_of = Some(push.id);
+        sms.not_before = Some(at + chrono::Duration::seconds(1));
+        email.fallback_of = Some(sms.id);
+        email.not_before = Some(at + chrono::Duration::seconds(2));
+    }
+    store.create_message(&message, at).await.unwrap();
+    let provider = InProcessProvider::default();
+    let adapters = Adapters::default()
+        .with(
+            Channel::Push,
+            Arc::new(Refusing(provider.adapter(Channel::Push))),
+        )
+        .with(Channel::Sms, provider.adapter(Channel::Sms))
+        .with(Channel::Email, provider.adapter(Channel::Email));
+    let dispatcher = Dispatcher::new(store.clone(), adapters, config(15));
+    dispatcher.run_until_idle().await.unwrap();
+
+    let group = |i: usize| &message.recipients[i].deliveries;
+    let state = |id: DeliveryId| {
+        let store = store.clone();
+        async move { store.delivery(id).await.unwrap().unwrap() }
+    };
+    // A failed push brings its standby SMS forward at once; a sent one leaves it waiting.
+    for i in 0..15 {
+        let [push, sms, email] = &group(i)[..] else {
+            unreachable!()
+        };
+        let (push, sms, email) = (
+            state(push.id).await,
+            state(sms.id).await,
+            state(email.id).await,
+        );
+        if i % 3 == 1 {
+            assert_eq!(push.state, DeliveryState::Sent);
+            assert_eq!(
+                sms.state,
+                DeliveryState::Created,
+                "the push went: no SMS yet"
+            );
+        } else {
+            assert_eq!(push.state, DeliveryState::Failed);
+            assert_eq!(
+                sms.state,
+                DeliveryState::Sent,
+                "the SMS goes when the push fails"
+            );
+        }
+        assert_eq!(email.state, DeliveryState::Created);
+    }
+    // Group (a)'s SMS is reported delivered.
+    for i in (0..15).filter(|i| i % 3 == 0) {
+        tidings_core::delivery::apply(
+            store.as_ref(),
+            group(i)[1].id,
+            tidings_core::DeliveryEvent::Delivered,
+            &Actor::provider("sandbox", "report"),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // Past both deadlines.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    dispatcher.run_until_idle().await.unwrap();
+
+    let not_needed = Some(tidings_core::fanout::reason::FALLBACK_NOT_NEEDED);
+    for i in 0..15 {
+        let [_, sms, email] = &group(i)[..] else {
+            unreachable!()
+        };
+        let (sms, email) = (state(sms.id).await, state(email.id).await);
+        match i % 3 {
+            0 => {
+                assert_eq!(sms.state, DeliveryState::Delivered);
+                assert_eq!(
+                    email.state,
+                    DeliveryState::Suppressed,
+                    "the SMS reached them"
+                );
+                assert_eq!(email.suppressed_reason.as_deref(), not_needed);
+            }
+            1 => {
+                assert_eq!(
+                    sms.state,
+                    DeliveryState::Suppressed,
+                    "the push reached them"
+                );
+                assert_eq!(sms.suppressed_reason.as_deref(), not_needed);
+                assert_eq!(
+                    email.state,
+                    DeliveryState::Suppressed,
+                    "and so no email either"
+                );
+                assert_eq!(email.suppressed_reason.as_deref(), not_needed);
+            }
+            _ => {
+                assert_eq!(sms.state, DeliveryState::Sent);
+                assert_eq!(
+                    email.state,
+                    DeliveryState::Sent,
+                    "no SMS report by the deadline"
+                );
+            }
+        }
+    }
+    let received = provider.received();
+    let on = |channel| received.iter().filter(|r| r.channel == channel).count();
+    assert_eq!(
+        (on(Channel::Push), on(Channel::Sms), on(Channel::Email)),
+        (5, 10, 5)
+    );
+    assert_eq!(provider.duplicates(), 0);
+    assert_eq!(dispatcher.counters().totals().standbys_skipped, 5 + 5 + 5);
 }

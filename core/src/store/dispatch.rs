@@ -54,9 +54,19 @@ pub struct BackedUp {
     pub channel: Channel,
     pub state: DeliveryState,
     pub suppressed_reason: Option<String>,
+    /// Whether it is a standby itself.
+    pub standby: bool,
 }
 
 impl Outbound {
+    /// Whether this is a standby behind a standby that has not been decided yet: it waits
+    /// for that decision.
+    pub fn fallback_undecided(&self) -> bool {
+        self.backs_up.as_ref().is_some_and(|before| {
+            before.standby && matches!(before.state, DeliveryState::Created | DeliveryState::Queued)
+        })
+    }
+
     /// Whether this is a standby whose delivery before it reached the guardian, so it is
     /// not to be sent: delivered or acknowledged; or, for push, which reports no delivery,
     /// handed to APNs or FCM when no acknowledgment was asked for. (A cancelled one was

@@ -252,7 +252,8 @@ macro_rules! dispatch_queries {
                         m.requires_ack, m.subject, m.body, m.translations, r.language, d.attempt_base, \
                         (SELECT max(a.attempt) FROM delivery_attempts a \
                          WHERE a.delivery_id = d.id AND a.outcome = 'in_flight') AS unfinished_attempt, \
-                        b.channel AS backs_up_channel, b.state AS backs_up_state, b.suppressed_reason AS backs_up_reason \
+                        b.channel AS backs_up_channel, b.state AS backs_up_state, b.suppressed_reason AS backs_up_reason, \
+                        (b.fallback_of IS NOT NULL) AS backs_up_standby \
                  FROM log_entries l \
                  JOIN deliveries d ON d.id = l.delivery_id \
                  JOIN messages m ON m.id = d.message_id \
@@ -290,6 +291,7 @@ macro_rules! dispatch_queries {
                         channel: channel.parse().map_err(|e| StoreError::Corrupt(format!("backs_up_channel: {e}")))?,
                         state: parse_col(row, "backs_up_state")?,
                         suppressed_reason: row.try_get("backs_up_reason")?,
+                        standby: row.try_get("backs_up_standby")?,
                     }),
                 },
             })
