@@ -216,7 +216,8 @@ pub struct Dispatcher {
     breakers: Breakers,
     /// Per provider with a rate limit: sends are taken off the log only as fast as it
     /// allows, so nothing waits in memory or burns an attempt on a 429.
-    limiters: HashMap<String, governor::DefaultDirectRateLimiter>,
+    /// Each live dispatcher takes an equal share of every account's rate.
+    limiters: Mutex<RateShares>,
     /// Consecutive failed batches per partition: a poison entry is isolated (batches of
     /// one), then quarantined, instead of stopping its partition forever.
     failures: Mutex<HashMap<Key, u32>>,
@@ -259,15 +260,13 @@ impl Dispatcher {
             failures: Mutex::default(),
             shares: Mutex::new(lanes::LaneShares::new(config.lower_lane_every)),
             provider_slots: Mutex::default(),
-            limiters: adapters
-                .0
-                .values()
-                .filter_map(|a| {
-                    let rate = a.max_per_second()?;
-                    let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
-                    Some((a.provider().to_owned(), limiter))
-                })
-                .collect(),
+            limiters: Mutex::new(RateShares::new(
+                adapters
+                    .0
+                    .values()
+                    .filter_map(|a| Some((a.provider().to_owned(), a.max_per_second()?)))
+                    .collect(),
+            )),
             store,
             adapters,
             config,
@@ -356,6 +355,11 @@ impl Dispatcher {
             .store
             .claim_leases(&self.config.owner, &wanted, ttl, now())
             .await?;
+        let live = self.store.live_dispatchers(now()).await?;
+        self.limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .share_among(live);
         let held: BTreeMap<Key, Lease> = held
             .into_iter()
             .map(|l| ((l.lane, l.partition), l))
@@ -613,8 +617,9 @@ impl Dispatcher {
     /// Takes a token from the channel's provider's rate limiter, if it has one.
     fn may_send(&self, channel: Channel) -> bool {
         self.limiters
-            .get(self.provider(channel))
-            .is_none_or(|limiter| limiter.check().is_ok())
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .may_send(self.provider(channel))
     }
 
     fn lose(&self, partitions: &Partitions, key: Key) {
@@ -1119,6 +1124,57 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+}
+
+/// Provider accounts' rate limits, divided equally among the live dispatchers (each
+/// renews its share with its leases), so that together they stay within the account's.
+struct RateShares {
+    rates: HashMap<String, std::num::NonZeroU32>,
+    live: u64,
+    limiters: HashMap<String, governor::DefaultDirectRateLimiter>,
+}
+
+impl RateShares {
+    fn new(rates: HashMap<String, std::num::NonZeroU32>) -> Self {
+        let mut shares = Self {
+            rates,
+            live: 0,
+            limiters: HashMap::new(),
+        };
+        shares.share_among(1);
+        shares
+    }
+
+    /// One share of each rate for each of `live` dispatchers: a cell every `live / rate`
+    /// seconds, bursts of `rate / live` (at least one).
+    fn share_among(&mut self, live: u64) {
+        let live = live.max(1);
+        if live == self.live {
+            return;
+        }
+        self.live = live;
+        self.limiters = self
+            .rates
+            .iter()
+            .map(|(provider, rate)| {
+                let period = Duration::from_secs_f64(live as f64 / f64::from(rate.get()));
+                let burst = u32::try_from(u64::from(rate.get()) / live)
+                    .ok()
+                    .and_then(std::num::NonZeroU32::new)
+                    .unwrap_or(std::num::NonZeroU32::MIN);
+                let quota = governor::Quota::with_period(period)
+                    .unwrap_or(governor::Quota::per_second(*rate))
+                    .allow_burst(burst);
+                (provider.clone(), governor::RateLimiter::direct(quota))
+            })
+            .collect();
+    }
+
+    fn may_send(&self, provider: &str) -> bool {
+        self.limiters
+            .get(provider)
+            .is_none_or(|limiter| limiter.check().is_ok())
     }
 }
 

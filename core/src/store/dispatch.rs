@@ -197,6 +197,9 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>>;
 
+    /// Dispatchers whose presence has not expired at `at` (each renews it with its leases).
+    async fn live_dispatchers(&self, at: DateTime<Utc>) -> StoreResult<u64>;
+
     /// Ends `owner`'s leases now (a graceful stop), so others take them at once.
     async fn release_leases(&self, owner: &str, at: DateTime<Utc>) -> StoreResult<()>;
 

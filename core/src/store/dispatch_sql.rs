@@ -27,6 +27,14 @@ macro_rules! dispatch_queries {
         /// at once) and taking free or expired ones up to its share. A change of owner
         /// increments the fencing token; a renewal keeps it. Returns the leases of `wanted`
         /// that `owner` holds.
+        pub async fn live(pool: &sqlx::Pool<$db>, at: DateTime<Utc>) -> StoreResult<u64> {
+            let live: i64 = sqlx::query_scalar("SELECT count(*) FROM dispatchers WHERE expires_at > $1")
+                .bind(at)
+                .fetch_one(pool)
+                .await?;
+            Ok(live.max(0) as u64)
+        }
+
         pub async fn claim(
             pool: &sqlx::Pool<$db>,
             owner: &str,
@@ -664,6 +672,10 @@ macro_rules! dispatch_store_impl {
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<bool>> {
                 dispatching::defer(&self.pool, lease, items, at).await
+            }
+
+            async fn live_dispatchers(&self, at: DateTime<Utc>) -> StoreResult<u64> {
+                dispatching::live(&self.pool, at).await
             }
 
             async fn skip_standbys(
