@@ -10,11 +10,71 @@ use tidings_core::store::{self, ConnectOptions, FirstAdmin};
 use tidings_core::time::now;
 use tidings_core::EmailAddress;
 
+/// Which database a benchmark runs on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchDatabase {
+    /// `sqlite`: a temporary file; `postgres`: a scratch database created for the run on
+    /// the server of `TIDINGS_BENCH_POSTGRES_URL` (default
+    /// `postgres://postgres@127.0.0.1:5432/postgres`) and dropped after it.
+    #[arg(long, value_enum, default_value_t = BenchStore::Sqlite)]
+    pub store: BenchStore,
+    /// An empty database to use instead (`sqlite://…` or `postgres://…`); kept afterwards.
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchStore {
+    Sqlite,
+    Postgres,
+}
+
+/// A scratch PostgreSQL database: the server it is on and its name.
+struct ScratchDatabase {
+    server: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    async fn create() -> anyhow::Result<(Self, String)> {
+        use sqlx::Connection as _;
+        let server = std::env::var("TIDINGS_BENCH_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let name = format!("tidings_bench_{}_{nanos}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .with_context(|| {
+                format!("cannot reach PostgreSQL at {}", store::redact_url(&server))
+            })?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        let url = store::with_database(&server, &name);
+        Ok((Self { server, name }, url))
+    }
+
+    async fn drop_it(self) -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&self.server).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
 /// A scratch directory holding a synthetic district's bundle, and a migrated store with an
-/// empty district to import it into (a temporary SQLite file unless `database_url` is
-/// given, which must name an empty database).
+/// empty district to import it into (see [`BenchDatabase`]).
 struct Setup {
     scratch: tempfile::TempDir,
+    postgres: Option<ScratchDatabase>,
     store: std::sync::Arc<dyn store::Store>,
     district: tidings_core::DistrictId,
     admin: tidings_core::StaffId,
@@ -23,7 +83,7 @@ struct Setup {
 }
 
 impl Setup {
-    async fn new(students: usize, seed: u64, database_url: Option<&str>) -> anyhow::Result<Self> {
+    async fn new(students: usize, seed: u64, database: &BenchDatabase) -> anyhow::Result<Self> {
         let scratch = tempfile::tempdir()?;
         std::fs::create_dir(scratch.path().join("bundle"))?;
         let started = Instant::now();
@@ -34,9 +94,16 @@ impl Setup {
         };
         let stats = write_bundle(&scratch.path().join("bundle"), &spec)?;
         let generate_seconds = started.elapsed().as_secs_f64();
-        let url = match database_url {
-            Some(url) => url.to_owned(),
-            None => format!("sqlite://{}", scratch.path().join("bench.db").display()),
+        let (url, postgres) = match (&database.database_url, database.store) {
+            (Some(url), _) => (url.clone(), None),
+            (None, BenchStore::Sqlite) => (
+                format!("sqlite://{}", scratch.path().join("bench.db").display()),
+                None,
+            ),
+            (None, BenchStore::Postgres) => {
+                let (scratch, url) = ScratchDatabase::create().await?;
+                (url, Some(scratch))
+            }
         };
         let store = store::connect(&url, &ConnectOptions::default()).await?;
         store.migrate().await?;
@@ -52,6 +119,7 @@ impl Setup {
             .context("the benchmark needs an empty database")?;
         Ok(Self {
             scratch,
+            postgres,
             store,
             district: district.id,
             admin: admin.id,
@@ -62,6 +130,15 @@ impl Setup {
 
     fn bundle(&self) -> anyhow::Result<Bundle> {
         Ok(Bundle::open(&self.scratch.path().join("bundle"))?)
+    }
+
+    /// Closes the store and drops the scratch database, if there is one.
+    async fn finish(self) -> anyhow::Result<()> {
+        drop(self.store);
+        if let Some(postgres) = self.postgres {
+            postgres.drop_it().await?;
+        }
+        Ok(())
     }
 
     async fn import(&self, name: &str) -> anyhow::Result<tidings_core::roster::ImportReport> {
@@ -81,8 +158,8 @@ impl Setup {
 
 /// `tidings bench import --students N`: generates a synthetic district, imports it, then
 /// imports it again (the nightly re-import of an unchanged roster).
-pub async fn import(students: usize, database_url: Option<&str>) -> anyhow::Result<()> {
-    let setup = Setup::new(students, 1, database_url).await?;
+pub async fn import(students: usize, database: &BenchDatabase) -> anyhow::Result<()> {
+    let setup = Setup::new(students, 1, database).await?;
     let (store, stats, generate_seconds) = (&setup.store, &setup.stats, setup.generate_seconds);
     let started = Instant::now();
     let report = setup.import("bench").await?;
@@ -108,7 +185,7 @@ pub async fn import(students: usize, database_url: Option<&str>) -> anyhow::Resu
         "peak_rss_mb": peak_rss_mb().context("reading peak memory")?,
     });
     println!("{result}");
-    Ok(())
+    setup.finish().await
 }
 
 fn round(seconds: f64) -> f64 {
@@ -138,14 +215,14 @@ fn peak_rss_mb() -> anyhow::Result<f64> {
 pub async fn fanout(
     students: usize,
     channels: usize,
-    database_url: Option<&str>,
+    database: &BenchDatabase,
 ) -> anyhow::Result<()> {
     use std::collections::BTreeSet;
     use tidings_core::fanout::Draft;
     use tidings_core::store::Scope;
     use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
 
-    let setup = Setup::new(students, 2, database_url).await?;
+    let setup = Setup::new(students, 2, database).await?;
     setup.import("bench").await?;
     let store = &setup.store;
     let (district_id, admin_id) = (setup.district, setup.admin);
@@ -216,7 +293,7 @@ pub async fn fanout(
         "peak_rss_mb": peak_rss_mb()?,
     });
     println!("{result}");
-    Ok(())
+    setup.finish().await
 }
 
 /// `tidings bench dispatch --deliveries N [--processes K]`: a broadcast of N deliveries
@@ -226,7 +303,7 @@ pub async fn fanout(
 pub async fn dispatch(
     deliveries: usize,
     processes: usize,
-    database_url: Option<&str>,
+    database: &BenchDatabase,
 ) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};
     use tidings_core::fanout::{plan, Draft};
@@ -234,7 +311,7 @@ pub async fn dispatch(
     use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
     use tidings_dispatcher::{Adapters, Config, Dispatcher};
 
-    let setup = Setup::new(deliveries.div_ceil(2), 3, database_url).await?;
+    let setup = Setup::new(deliveries.div_ceil(2), 3, database).await?;
     setup.import("bench").await?;
     let store = setup.store.clone();
     let audience = tidings_core::audience::Audience {
@@ -284,8 +361,16 @@ pub async fn dispatch(
             tokio::spawn(async move { dispatcher.run(stopping).await })
         })
         .collect();
+    // Lag: entries on the log not yet committed, summed over partitions, every 100 ms.
+    let mut max_lag = 0;
+    let mut sampled = Instant::now();
     while sandbox.received().len() < to_send {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if sampled.elapsed() >= std::time::Duration::from_millis(100) {
+            let lag = total_lag(store.as_ref()).await?;
+            max_lag = max_lag.max(lag);
+            sampled = Instant::now();
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
 
@@ -320,6 +405,7 @@ pub async fn dispatch(
     for r in running {
         r.await??;
     }
+    let lag_after = total_lag(store.as_ref()).await?;
     let mut pickups: Vec<f64> = sandbox
         .received()
         .iter()
@@ -348,11 +434,21 @@ pub async fn dispatch(
         "pickup_ms_p95": round(percentile(0.95)),
         "pickup_ms_p99": round(percentile(0.99)),
         "duplicates": sandbox.duplicates(),
+        "max_lag": max_lag,
+        "lag_after": lag_after,
         "attempts": outcomes,
         "peak_rss_mb": peak_rss_mb()?,
     });
     println!("{result}");
-    Ok(())
+    setup.finish().await
+}
+
+/// Entries on the delivery log the dispatchers have not committed yet.
+async fn total_lag(store: &dyn tidings_core::store::Store) -> anyhow::Result<i64> {
+    let lags = store
+        .consumer_lag(tidings_dispatcher::CONSUMER_GROUP)
+        .await?;
+    Ok(lags.iter().map(|(_, _, lag)| lag).sum())
 }
 
 /// `tidings bench callbacks`: a synthetic district gets one SMS broadcast; then every
@@ -363,7 +459,7 @@ pub async fn dispatch(
 pub async fn callbacks(
     students: usize,
     concurrency: usize,
-    database_url: Option<&str>,
+    database: &BenchDatabase,
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt as _;
     use std::collections::BTreeSet;
@@ -373,7 +469,7 @@ pub async fn callbacks(
 
     const PUBLIC: &str = "https://tidings.bench.example";
     const TOKEN: &str = "bench-twilio-token";
-    let setup = Setup::new(students, 4, database_url).await?;
+    let setup = Setup::new(students, 4, database).await?;
     setup.import("bench").await?;
     let store = setup.store.clone();
     let audience = tidings_core::audience::Audience {
@@ -504,5 +600,5 @@ pub async fn callbacks(
         "ratio_to_raw": round(applied_per_s / raw_per_s),
     });
     println!("{report}");
-    Ok(())
+    setup.finish().await
 }

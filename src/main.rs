@@ -101,9 +101,8 @@ enum BenchSuite {
     Import {
         #[arg(long, default_value_t = 10_000)]
         students: usize,
-        /// Database to import into; a temporary SQLite file if not given.
-        #[arg(long)]
-        database_url: Option<String>,
+        #[command(flatten)]
+        database: tidings::bench::BenchDatabase,
     },
     /// Send one message to a whole synthetic district and time the fan-out.
     Fanout {
@@ -113,9 +112,8 @@ enum BenchSuite {
         /// Channels per guardian (1 to 3).
         #[arg(long, default_value_t = 2)]
         channels: usize,
-        /// An empty database to use; a temporary SQLite file if not given.
-        #[arg(long)]
-        database_url: Option<String>,
+        #[command(flatten)]
+        database: tidings::bench::BenchDatabase,
     },
     /// Post every delivery's signed "delivered" status callback over HTTP and time until
     /// all are kept and applied; compared with the raw CAS UPDATE rate of the database.
@@ -126,9 +124,8 @@ enum BenchSuite {
         /// Callbacks in flight at once.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
-        /// An empty database to use; a temporary SQLite file if not given.
-        #[arg(long)]
-        database_url: Option<String>,
+        #[command(flatten)]
+        database: tidings::bench::BenchDatabase,
     },
     /// Send a broadcast through the dispatcher to the in-process sandbox (no latency),
     /// then time single alerts from commit to provider call on an idle dispatcher.
@@ -139,9 +136,8 @@ enum BenchSuite {
         /// Dispatchers sharing the database.
         #[arg(long, default_value_t = 1)]
         processes: usize,
-        /// An empty database to use; a temporary SQLite file if not given.
-        #[arg(long)]
-        database_url: Option<String>,
+        #[command(flatten)]
+        database: tidings::bench::BenchDatabase,
     },
 }
 
@@ -221,36 +217,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 command: ImportCommand::Oneroster { path, district },
             } => tidings::import::oneroster(&config, &path, district).await,
             Command::Bench {
-                suite:
-                    BenchSuite::Import {
-                        students,
-                        database_url,
-                    },
-            } => tidings::bench::import(students, database_url.as_deref()).await,
+                suite: BenchSuite::Import { students, database },
+            } => tidings::bench::import(students, &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Fanout {
                         students,
                         channels,
-                        database_url,
+                        database,
                     },
-            } => tidings::bench::fanout(students, channels, database_url.as_deref()).await,
+            } => tidings::bench::fanout(students, channels, &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Dispatch {
                         deliveries,
                         processes,
-                        database_url,
+                        database,
                     },
-            } => tidings::bench::dispatch(deliveries, processes, database_url.as_deref()).await,
+            } => tidings::bench::dispatch(deliveries, processes, &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Callbacks {
                         students,
                         concurrency,
-                        database_url,
+                        database,
                     },
-            } => tidings::bench::callbacks(students, concurrency, database_url.as_deref()).await,
+            } => tidings::bench::callbacks(students, concurrency, &database).await,
             Command::Migrate => commands::migrate(&config).await,
             Command::Sandbox {
                 listen,

@@ -53,12 +53,26 @@ async fn scrape(State(s): State<Sources>) -> impl IntoResponse {
             ("quarantined", t.quarantined),
             ("opted_out", t.opted_out),
             ("retired", t.retired),
+            ("standby_skipped", t.standbys_skipped),
         ] {
             metrics::counter!("tidings_dispatch_total", "outcome" => outcome).absolute(value);
         }
     }
     for (result, value) in s.callbacks.snapshot() {
         metrics::counter!("tidings_callbacks_total", "result" => result).absolute(value);
+    }
+    match s
+        .store
+        .consumer_lag(tidings_dispatcher::CONSUMER_GROUP)
+        .await
+    {
+        Ok(lags) => {
+            for (lane, partition, lag) in lags {
+                metrics::gauge!("tidings_consumer_lag", "lane" => lane.as_str(), "partition" => partition.to_string())
+                    .set(lag as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the consumer lag"),
     }
     match s.store.inbox_counts().await {
         Ok(counts) => {

@@ -159,4 +159,45 @@ async fn the_benchmarks_print_their_figures_as_json() {
         fanout["deliveries"].as_u64().unwrap(),
         2 * fanout["guardians"].as_u64().unwrap()
     );
+
+    // `--store postgres` makes its own scratch database on the server, and drops it.
+    let server = std::env::var("TIDINGS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let scratch_databases = || async {
+        let pool = sqlx::PgPool::connect(&server).await.unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'tidings\\_bench\\_%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        n
+    };
+    let before = scratch_databases().await;
+    let dispatch = last_json(
+        support::tidings("sqlite://unused.db")
+            .env("TIDINGS_BENCH_POSTGRES_URL", &server)
+            .args([
+                "bench",
+                "dispatch",
+                "--deliveries",
+                "200",
+                "--store",
+                "postgres",
+            ])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(dispatch["store"], "postgres");
+    assert_eq!(dispatch["duplicates"], 0);
+    assert_eq!(dispatch["lag_after"], 0, "{dispatch}");
+    assert!(dispatch["deliveries_per_s"].as_f64().unwrap() > 0.0);
+    assert!(dispatch["pickup_ms_p99"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        scratch_databases().await,
+        before,
+        "the scratch database is dropped"
+    );
 }

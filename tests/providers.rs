@@ -551,6 +551,13 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
         .parse()
         .unwrap();
     assert!(sent > 0 && sent <= to_send - suppressed, "{metrics}");
+    // Everything on the log was taken: no partition lags.
+    let lags: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tidings_consumer_lag{"))
+        .collect();
+    assert!(!lags.is_empty(), "{metrics}");
+    assert!(lags.iter().all(|l| l.ends_with(" 0")), "{lags:?}");
     called.stop().await;
 }
 

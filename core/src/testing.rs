@@ -40,23 +40,6 @@ fn pg_admin_url() -> String {
     std::env::var("TIDINGS_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
 }
 
-/// `postgres://…/old` with the database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
 impl TestDatabase {
     /// A new, migrated PostgreSQL database.
     pub async fn postgres() -> Self {
@@ -97,7 +80,7 @@ impl TestDatabase {
                 .await
                 .expect("create the template database");
             let store = PostgresStore::connect(
-                &with_database(&admin_url, &building),
+                &store::with_database(&admin_url, &building),
                 &ConnectOptions { max_connections: 1 },
             )
             .await
@@ -139,7 +122,7 @@ impl TestDatabase {
             .expect("release the template lock");
         let _ = admin.close().await;
         Self {
-            url: with_database(&admin_url, &name),
+            url: store::with_database(&admin_url, &name),
             cleanup: Cleanup::Postgres { admin_url, name },
         }
     }
@@ -157,7 +140,7 @@ impl TestDatabase {
             .expect("create an empty database");
         let _ = admin.close().await;
         Self {
-            url: with_database(&admin_url, &name),
+            url: store::with_database(&admin_url, &name),
             cleanup: Cleanup::Postgres { admin_url, name },
         }
     }
@@ -337,17 +320,20 @@ pub fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use crate::store;
 
     #[test]
     fn database_names_are_replaced_in_urls() {
         assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            store::with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
             "postgres://postgres@127.0.0.1:5432/x"
         );
-        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
         assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "x"),
+            store::with_database("postgres://u@h", "x"),
+            "postgres://u@h/x"
+        );
+        assert_eq!(
+            store::with_database("postgres://u@h/db?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"
         );
     }

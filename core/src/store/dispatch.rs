@@ -197,6 +197,9 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>>;
 
+    /// Per (lane, partition) of the log: entries the group has not committed yet.
+    async fn consumer_lag(&self, group: &str) -> StoreResult<Vec<(Lane, PartitionId, i64)>>;
+
     /// Dispatchers whose presence has not expired at `at` (each renews it with its leases).
     async fn live_dispatchers(&self, at: DateTime<Utc>) -> StoreResult<u64>;
 

@@ -27,6 +27,28 @@ macro_rules! dispatch_queries {
         /// at once) and taking free or expired ones up to its share. A change of owner
         /// increments the fencing token; a renewal keeps it. Returns the leases of `wanted`
         /// that `owner` holds.
+        /// Per (lane, partition) with entries: how many the group has not committed yet.
+        pub async fn lag(pool: &sqlx::Pool<$db>, group: &str) -> StoreResult<Vec<(Lane, PartitionId, i64)>> {
+            let rows = sqlx::query(
+                "SELECT h.lane, h.partition, h.next_offset - 1 - COALESCE(o.committed_offset, -1) AS lag \
+                 FROM log_heads h LEFT JOIN consumer_offsets o \
+                   ON o.consumer_group = $1 AND o.lane = h.lane AND o.partition = h.partition \
+                 ORDER BY h.lane, h.partition",
+            )
+            .bind(group)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        parse_col(row, "lane")?,
+                        PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
+                        row.try_get::<i64, _>("lag")?.max(0),
+                    ))
+                })
+                .collect()
+        }
+
         pub async fn live(pool: &sqlx::Pool<$db>, at: DateTime<Utc>) -> StoreResult<u64> {
             let live: i64 = sqlx::query_scalar("SELECT count(*) FROM dispatchers WHERE expires_at > $1")
                 .bind(at)
@@ -672,6 +694,13 @@ macro_rules! dispatch_store_impl {
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<bool>> {
                 dispatching::defer(&self.pool, lease, items, at).await
+            }
+
+            async fn consumer_lag(
+                &self,
+                group: &str,
+            ) -> StoreResult<Vec<(crate::Lane, crate::log::PartitionId, i64)>> {
+                dispatching::lag(&self.pool, group).await
             }
 
             async fn live_dispatchers(&self, at: DateTime<Utc>) -> StoreResult<u64> {

@@ -433,6 +433,23 @@ pub enum CasOutcome {
 }
 
 /// The columns `delivery_from_row` reads, in both dialects.
+/// `postgres://…/old` with the database name replaced (options kept).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
 pub(crate) const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
      address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
      suppressed_reason, created_at, updated_at";
