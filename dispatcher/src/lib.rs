@@ -591,7 +591,12 @@ impl Dispatcher {
         let ready: Vec<Outbound> = entries.into_iter().filter(|o| self.ready(o, at)).collect();
         let outcome = self.send(&lease, ready, Some(last)).await;
         match outcome {
-            Ok(()) => match self
+            // Committed with the batch's outcomes.
+            Ok(true) => {
+                partitions.committed().insert(key, last);
+                Ok(true)
+            }
+            Ok(false) => match self
                 .store
                 .commit_offset(CONSUMER_GROUP, &lease, last, now())
                 .await
@@ -668,7 +673,7 @@ impl Dispatcher {
         for (lease, batch) in per_lease.into_values() {
             sent += batch.len();
             match self.send(&lease, batch, None).await {
-                Ok(()) | Err(DispatchError::Store(StoreError::Fenced { .. })) => {}
+                Ok(_) | Err(DispatchError::Store(StoreError::Fenced { .. })) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -684,7 +689,7 @@ impl Dispatcher {
         lease: &Lease,
         batch: Vec<Outbound>,
         offset: Option<i64>,
-    ) -> Result<(), DispatchError> {
+    ) -> Result<bool, DispatchError> {
         let owner = self.config.owner.as_str();
         let at = now();
         let recover_at = at
@@ -838,7 +843,7 @@ impl Dispatcher {
         }
 
         // 4. Outcomes recorded; addresses the providers refused for good taken out of use.
-        let finished = self.finish(lease, &finishing).await;
+        let finished = self.finish(lease, &finishing, offset).await;
         if finished.is_ok() {
             self.retire(&retiring).await;
         }
@@ -1077,29 +1082,32 @@ impl Dispatcher {
         }
     }
 
-    /// Records the outcomes and counts what they did.
+    /// Records the outcomes and counts what they did; with `offset`, commits the log
+    /// offset in the same transaction. Whether the offset was committed.
     async fn finish(
         &self,
         lease: &Lease,
         finishing: &[(Outbound, i32, AttemptResult)],
-    ) -> Result<(), DispatchError> {
+        offset: Option<i64>,
+    ) -> Result<bool, DispatchError> {
         if finishing.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let items: Vec<_> = finishing
             .iter()
             .map(|(o, attempt, result)| (&o.delivery, *attempt, result))
             .collect();
+        let commit = offset.map(|offset| (CONSUMER_GROUP, offset));
         let applied = match self
             .store
-            .finish_attempts(lease, &items, &self.config.owner, now())
+            .finish_attempts(lease, &items, &self.config.owner, commit, now())
             .await
         {
             Ok(applied) => applied,
             Err(StoreError::Fenced { .. }) => {
                 // The new owner takes these attempts up as unfinished.
                 Counters::add(&self.counters.fenced);
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(e.into()),
         };
@@ -1123,7 +1131,7 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(())
+        Ok(commit.is_some())
     }
 }
 

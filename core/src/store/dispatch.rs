@@ -253,13 +253,15 @@ pub trait DispatchStore: Send + Sync {
     ) -> StoreResult<Vec<AttemptStart>>;
 
     /// Records how each attempt of `items` ended and moves its delivery (compare and
-    /// swap on the version read), in one transaction under the lease. An attempt someone
-    /// else already closed changes nothing (`Conflict`).
+    /// swap on the version read), in one transaction under the lease, which also moves
+    /// the consumer offset `commit` (group, offset) when given. An attempt someone else
+    /// already closed changes nothing (`Conflict`).
     async fn finish_attempts(
         &self,
         lease: &Lease,
         items: &[(&Delivery, i32, &AttemptResult)],
         actor: &str,
+        commit: Option<(&str, i64)>,
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<CasOutcome>>;
 
@@ -325,7 +327,7 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<CasOutcome> {
         let mut finished = self
-            .finish_attempts(lease, &[(seen, attempt, result)], actor, at)
+            .finish_attempts(lease, &[(seen, attempt, result)], actor, None, at)
             .await?;
         Ok(finished.remove(0))
     }

@@ -238,6 +238,20 @@ macro_rules! dispatch_queries {
         ) -> StoreResult<()> {
             let mut tx = pool.begin().await?;
             fence(&mut tx, lease).await?;
+            write_offset(&mut tx, group, lease, offset, at).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// Moves the group's offset of the lease's partition forward to `offset` (never
+        /// back), in a transaction that has checked the lease's fencing token.
+        async fn write_offset(
+            tx: &mut Tx<'_>,
+            group: &str,
+            lease: &Lease,
+            offset: i64,
+            at: DateTime<Utc>,
+        ) -> StoreResult<()> {
             sqlx::query(
                 "INSERT INTO consumer_offsets (consumer_group, lane, partition, committed_offset, fencing_token, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
@@ -252,9 +266,8 @@ macro_rules! dispatch_queries {
             .bind(offset)
             .bind(lease.fencing_token)
             .bind(at)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-            tx.commit().await?;
             Ok(())
         }
 
@@ -737,9 +750,10 @@ macro_rules! dispatch_store_impl {
                 lease: &crate::store::dispatch::Lease,
                 items: &[(&Delivery, i32, &crate::store::dispatch::AttemptResult)],
                 actor: &str,
+                commit: Option<(&str, i64)>,
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<CasOutcome>> {
-                dispatching::finish_attempts(&self.pool, lease, items, actor, at).await
+                dispatching::finish_attempts(&self.pool, lease, items, actor, commit, at).await
             }
 
             async fn delivery_attempts(
@@ -925,6 +939,7 @@ macro_rules! bulk_attempts {
             lease: &Lease,
             items: &[(&Delivery, i32, &AttemptResult)],
             actor: &str,
+            commit: Option<(&str, i64)>,
             at: DateTime<Utc>,
         ) -> StoreResult<Vec<CasOutcome>> {
             let mut tx = pool.begin().await?;
@@ -1003,6 +1018,9 @@ macro_rules! bulk_attempts {
                 .filter(|id| !applied.contains_key(id))
                 .collect();
             let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
+            if let Some((group, offset)) = commit {
+                write_offset(&mut tx, group, lease, offset, at).await?;
+            }
             tx.commit().await?;
             $crate::store::dispatch::finishes_in_order(
                 items.iter().map(|(seen, _, _)| *seen.id.as_uuid()),

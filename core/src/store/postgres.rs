@@ -1332,6 +1332,7 @@ mod dispatching {
         lease: &Lease,
         items: &[(&Delivery, i32, &AttemptResult)],
         actor: &str,
+        commit: Option<(&str, i64)>,
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<CasOutcome>> {
         let mut tx = pool.begin().await?;
@@ -1419,6 +1420,9 @@ mod dispatching {
             .copied()
             .collect();
         let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
+        if let Some((group, offset)) = commit {
+            write_offset(&mut tx, group, lease, offset, at).await?;
+        }
         tx.commit().await?;
         crate::store::dispatch::finishes_in_order(ids.into_iter(), applied, now_rows)
     }
