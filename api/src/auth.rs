@@ -43,7 +43,7 @@ impl FromRequestParts<AppState> for Caller {
 #[utoipa::path(get, path = "/api/v1/me", tag = "staff",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The caller", body = serde_json::Value),
+        (status = 200, description = "The caller", body = tidings_core::Staff),
         (status = 401, description = "Missing or invalid credentials", body = crate::error::Problem,
          content_type = "application/problem+json"),
     ))]

@@ -14,7 +14,7 @@ use crate::messages::message_scope;
 use crate::{ApiError, AppState, Caller};
 
 /// A delivery with every transition it went through and every provider call made for it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryDetail {
     #[serde(flatten)]
     pub delivery: Delivery,
@@ -25,7 +25,7 @@ pub struct DeliveryDetail {
 /// A delivery, its transitions (who moved it, when, why) and its provider calls.
 #[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The delivery, its events and attempts", body = serde_json::Value),
+        (status = 200, description = "The delivery, its events and attempts", body = DeliveryDetail),
         (status = 404, description = "No such delivery the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_delivery(
@@ -55,7 +55,7 @@ pub struct DeadLettersQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterPage {
     pub items: Vec<Delivery>,
     pub next_before: Option<Uuid>,
@@ -65,7 +65,7 @@ pub struct DeadLetterPage {
 /// sends in doubt), newest first, with the last error. District administrators see the
 /// district's; other staff those of their own messages.
 #[utoipa::path(get, path = "/api/v1/dead-letters", tag = "deliveries", params(DeadLettersQuery), security(("bearer" = [])),
-    responses((status = 200, description = "One page, newest first", body = serde_json::Value)))]
+    responses((status = 200, description = "One page, newest first", body = DeadLetterPage)))]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
     Caller(staff): Caller,
@@ -90,7 +90,7 @@ pub async fn list_dead_letters(
 /// retry schedule ahead of it, and the replay is in the audit log.
 #[utoipa::path(post, path = "/api/v1/dead-letters/{id}/replay", tag = "deliveries", security(("bearer" = [])),
     responses(
-        (status = 200, description = "Requeued; the delivery as it is now", body = serde_json::Value),
+        (status = 200, description = "Requeued; the delivery as it is now", body = Delivery),
         (status = 404, description = "No such delivery the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The delivery is not failed", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]

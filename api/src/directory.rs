@@ -50,7 +50,7 @@ impl ListQuery {
 }
 
 /// One page of a listing; pass `next_after` back as `after` for the next one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_after: Option<Uuid>,
@@ -64,10 +64,10 @@ fn page<T>(items: Vec<T>, request: &PageRequest, id: impl Fn(&T) -> Uuid) -> axu
 }
 
 macro_rules! listing {
-    ($name:ident, $path:literal, $method:ident, $tag:literal) => {
+    ($name:ident, $path:literal, $method:ident, $row:ty, $tag:literal) => {
         #[utoipa::path(get, path = $path, tag = $tag, params(ListQuery), security(("bearer" = [])),
             responses(
-                (status = 200, description = "One page, scoped to what the caller may see", body = serde_json::Value),
+                (status = 200, description = "One page, scoped to what the caller may see", body = Page<$row>),
                 (status = 401, description = "No valid credentials", body = crate::error::Problem, content_type = "application/problem+json"),
             ))]
         pub async fn $name(
@@ -83,10 +83,10 @@ macro_rules! listing {
 }
 
 macro_rules! single {
-    ($name:ident, $path:literal, $method:ident, $tag:literal) => {
+    ($name:ident, $path:literal, $method:ident, $row:ty, $tag:literal) => {
         #[utoipa::path(get, path = $path, tag = $tag, security(("bearer" = [])),
             responses(
-                (status = 200, description = "The row", body = serde_json::Value),
+                (status = 200, description = "The row", body = $row),
                 (status = 404, description = "No such row, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
             ))]
         pub async fn $name(
@@ -101,14 +101,56 @@ macro_rules! single {
     };
 }
 
-single!(get_school, "/api/v1/schools/{id}", schools, "directory");
-single!(get_class, "/api/v1/classes/{id}", classes, "directory");
-single!(get_student, "/api/v1/students/{id}", students, "directory");
+single!(
+    get_school,
+    "/api/v1/schools/{id}",
+    schools,
+    tidings_core::store::SchoolView,
+    "directory"
+);
+single!(
+    get_class,
+    "/api/v1/classes/{id}",
+    classes,
+    tidings_core::store::ClassView,
+    "directory"
+);
+single!(
+    get_student,
+    "/api/v1/students/{id}",
+    students,
+    tidings_core::store::StudentView,
+    "directory"
+);
 
-listing!(list_schools, "/api/v1/schools", schools, "directory");
-listing!(list_classes, "/api/v1/classes", classes, "directory");
-listing!(list_students, "/api/v1/students", students, "directory");
-listing!(list_guardians, "/api/v1/guardians", guardians, "directory");
+listing!(
+    list_schools,
+    "/api/v1/schools",
+    schools,
+    tidings_core::store::SchoolView,
+    "directory"
+);
+listing!(
+    list_classes,
+    "/api/v1/classes",
+    classes,
+    tidings_core::store::ClassView,
+    "directory"
+);
+listing!(
+    list_students,
+    "/api/v1/students",
+    students,
+    tidings_core::store::StudentView,
+    "directory"
+);
+listing!(
+    list_guardians,
+    "/api/v1/guardians",
+    guardians,
+    tidings_core::store::GuardianView,
+    "directory"
+);
 
 async fn visible_guardian(
     state: &AppState,
@@ -125,7 +167,7 @@ async fn visible_guardian(
 /// A guardian with the students (that the caller may see), contact points and opt-outs.
 #[utoipa::path(get, path = "/api/v1/guardians/{id}", tag = "directory", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The guardian", body = serde_json::Value),
+        (status = 200, description = "The guardian", body = GuardianDetail),
         (status = 404, description = "No such guardian, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_guardian(
@@ -159,7 +201,7 @@ pub struct NewContactPoint {
 #[utoipa::path(post, path = "/api/v1/guardians/{id}/contact-points", tag = "directory", security(("bearer" = [])),
     request_body = NewContactPoint,
     responses(
-        (status = 201, description = "The contact point", body = serde_json::Value),
+        (status = 201, description = "The contact point", body = tidings_core::store::ContactPointView),
         (status = 422, description = "Not a valid number or address", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn add_contact_point(
@@ -214,7 +256,7 @@ pub struct ContactPointChange {
 /// Deactivates or reactivates a contact point.
 #[utoipa::path(patch, path = "/api/v1/guardians/{id}/contact-points/{contact_point}", tag = "directory",
     security(("bearer" = [])), request_body = ContactPointChange,
-    responses((status = 200, description = "The contact point", body = serde_json::Value)))]
+    responses((status = 200, description = "The contact point", body = tidings_core::store::ContactPointView)))]
 pub async fn change_contact_point(
     State(state): State<AppState>,
     Caller(staff): Caller,
@@ -258,7 +300,7 @@ pub struct NewOptOut {
 /// reach them, except by SMS after a carrier STOP).
 #[utoipa::path(post, path = "/api/v1/guardians/{id}/opt-outs", tag = "directory", security(("bearer" = [])),
     request_body = NewOptOut,
-    responses((status = 201, description = "The opt-out", body = serde_json::Value)))]
+    responses((status = 201, description = "The opt-out", body = tidings_core::store::OptOutView)))]
 pub async fn add_opt_out(
     State(state): State<AppState>,
     Caller(staff): Caller,

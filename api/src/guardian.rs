@@ -315,7 +315,7 @@ pub struct MessagesQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagesPage {
     pub items: Vec<GuardianMessage>,
     pub next_before: Option<MessageId>,
@@ -323,7 +323,7 @@ pub struct MessagesPage {
 
 /// The guardian's messages, newest first, in their language.
 #[utoipa::path(get, path = "/api/v1/guardian/messages", tag = "guardian app", params(MessagesQuery), security(("bearer" = [])),
-    responses((status = 200, description = "One page, newest first: recipient_id, message_id, district_id, district_name, guardian_id, kind, subject, body, language, sent_at, ack_state (not_required, pending, acked), acked_at, ack_via", body = serde_json::Value)))]
+    responses((status = 200, description = "One page, newest first: recipient_id, message_id, district_id, district_name, guardian_id, kind, subject, body, language, sent_at, ack_state (not_required, pending, acked), acked_at, ack_via", body = MessagesPage)))]
 pub async fn list_messages(
     State(state): State<AppState>,
     caller: GuardianCaller,
@@ -343,7 +343,7 @@ pub async fn list_messages(
 /// One message (one entry per signed-in guardian it went to).
 #[utoipa::path(get, path = "/api/v1/guardian/messages/{id}", tag = "guardian app", security(("bearer" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, description = "The message as in the list", body = serde_json::Value),
+    responses((status = 200, description = "The message as in the list", body = Vec<GuardianMessage>),
         (status = 404, description = "Not a message to this guardian", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn get_message(
     State(state): State<AppState>,
@@ -353,14 +353,14 @@ pub async fn get_message(
     Ok(axum::Json(caller.message(&state, id).await?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AckAnswer {
     pub message_id: MessageId,
     /// Per guardian: `acked` now, `already_acked`, or `not_required`.
     pub results: Vec<AckResult>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AckResult {
     pub guardian_id: GuardianId,
     pub result: &'static str,
@@ -370,7 +370,7 @@ pub struct AckResult {
 /// deliveries of it not sent yet are cancelled. Twice is once.
 #[utoipa::path(post, path = "/api/v1/guardian/messages/{id}/ack", tag = "guardian app", security(("bearer" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, description = "message_id, and per guardian the result: acked, already_acked or not_required", body = serde_json::Value),
+    responses((status = 200, description = "message_id, and per guardian the result: acked, already_acked or not_required", body = AckAnswer),
         (status = 404, description = "Not a message to this guardian", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn acknowledge(
     State(state): State<AppState>,

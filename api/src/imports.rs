@@ -52,7 +52,7 @@ async fn zip_of(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
 #[utoipa::path(post, path = "/api/v1/imports/oneroster", tag = "imports", security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/zip", description = "The bundle, or a multipart form with a `file` field"),
     responses(
-        (status = 201, description = "Imported; the report lists every rejected row", body = serde_json::Value),
+        (status = 201, description = "Imported; the report lists every rejected row", body = tidings_core::store::ImportRecord),
         (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a bundle, or the bundle cannot be imported; nothing changed", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -96,7 +96,7 @@ pub async fn import_oneroster(
 /// One import of the caller's district: status, report or error.
 #[utoipa::path(get, path = "/api/v1/imports/{id}", tag = "imports", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The import", body = serde_json::Value),
+        (status = 200, description = "The import", body = tidings_core::store::ImportRecord),
         (status = 404, description = "No such import in the caller's district", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_import(

@@ -60,7 +60,7 @@ pub struct SendMessage {
     pub fallback_after_minutes: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sent {
     pub id: MessageId,
     /// Guardians reached.
@@ -288,7 +288,7 @@ async fn deliver(
     request_body = SendMessage,
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body replay the first answer; kept 24 h, per staff member")),
     responses(
-        (status = 201, description = "Accepted: the message and every delivery are on the log", body = serde_json::Value),
+        (status = 201, description = "Accepted: the message and every delivery are on the log", body = Sent),
         (status = 403, description = "The audience reaches beyond what the sender may message", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still being handled", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body, unknown audience references, or an Idempotency-Key reused for a different body", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -321,7 +321,7 @@ pub struct MessagesQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagePage {
     pub items: Vec<tidings_core::store::MessageListItem>,
     pub next_before: Option<Uuid>,
@@ -329,7 +329,7 @@ pub struct MessagePage {
 
 /// Messages the caller may see, newest first.
 #[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(MessagesQuery), security(("bearer" = [])),
-    responses((status = 200, description = "One page, newest first", body = serde_json::Value)))]
+    responses((status = 200, description = "One page, newest first", body = MessagePage)))]
 pub async fn list_messages(
     State(state): State<AppState>,
     Caller(staff): Caller,
@@ -354,7 +354,7 @@ pub struct RecipientsQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RecipientPage {
     pub items: Vec<tidings_core::store::RecipientView>,
     pub next_after: Option<Uuid>,
@@ -363,7 +363,7 @@ pub struct RecipientPage {
 /// The guardians a message went to, e.g. `?acked=false` for who still has to acknowledge.
 #[utoipa::path(get, path = "/api/v1/messages/{id}/recipients", tag = "messages", params(RecipientsQuery), security(("bearer" = [])),
     responses(
-        (status = 200, description = "One page of recipients", body = serde_json::Value),
+        (status = 200, description = "One page of recipients", body = RecipientPage),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_recipients(
@@ -394,7 +394,7 @@ pub async fn list_recipients(
 /// already sent cannot be unsent and are counted in `already_sent`.
 #[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])),
     responses(
-        (status = 200, description = "What was cancelled and what had already gone", body = serde_json::Value),
+        (status = 200, description = "What was cancelled and what had already gone", body = tidings_core::store::CancelOutcome),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel_message(
@@ -428,7 +428,7 @@ pub async fn cancel_message(
 /// every message of the district; other staff the messages they sent.
 #[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The message and its counts", body = serde_json::Value),
+        (status = 200, description = "The message and its counts", body = MessageSummary),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_message(
@@ -460,7 +460,7 @@ pub struct Renotify {
     request_body = Renotify,
     params(("Idempotency-Key" = Option<String>, Header, description = "As for sending")),
     responses(
-        (status = 201, description = "The reminder", body = serde_json::Value),
+        (status = 201, description = "The reminder", body = Sent),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The message asked for no acknowledgment, or everyone acknowledged", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]

@@ -60,3 +60,70 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Every `$ref` in `value`.
+    fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    found.push(target);
+                }
+                map.values().for_each(|v| refs(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+
+    /// A successful JSON answer is described by a schema a client can be generated from:
+    /// a named component, or an array of one — never a bare object.
+    #[test]
+    fn every_json_answer_has_a_typed_schema_and_every_reference_resolves() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let components = &doc["components"]["schemas"];
+        let mut untyped = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    let Some(schema) = response["content"]["application/json"].get("schema") else {
+                        continue;
+                    };
+                    let named = |s: &Value| s.get("$ref").is_some();
+                    let typed = named(schema) || schema.get("items").is_some_and(named);
+                    if status.starts_with('2') && !typed {
+                        untyped.push(format!("{method} {path} {status}: {schema}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            untyped.is_empty(),
+            "untyped answers:\n{}",
+            untyped.join("\n")
+        );
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 30, "{} references", found.len());
+        for target in found {
+            let name = target.trim_start_matches("#/components/schemas/");
+            assert!(
+                components.get(name).is_some(),
+                "{target} is referenced but not in the document"
+            );
+        }
+        // Ids are UUIDs and states their stored names.
+        let delivery = &components["Delivery"]["properties"];
+        assert_eq!(delivery["id"]["$ref"], "#/components/schemas/DeliveryId");
+        assert_eq!(components["DeliveryId"]["format"], "uuid");
+        let states = &components["DeliveryState"]["enum"];
+        assert!(
+            states.as_array().unwrap().contains(&"SUPPRESSED".into()),
+            "{states}"
+        );
+    }
+}

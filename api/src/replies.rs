@@ -18,7 +18,7 @@ pub struct RepliesQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RepliesPage {
     pub items: Vec<ReplyView>,
     pub next_before: Option<Uuid>,
@@ -26,7 +26,7 @@ pub struct RepliesPage {
 
 /// Texts from the guardians the caller may see, newest first.
 #[utoipa::path(get, path = "/api/v1/replies", tag = "guardians", params(RepliesQuery), security(("bearer" = [])),
-    responses((status = 200, description = "One page, newest first: id, guardian_id, guardian_name, from, body, keyword (stop, start, help or null), received_at", body = serde_json::Value)))]
+    responses((status = 200, description = "One page, newest first: id, guardian_id, guardian_name, from, body, keyword (stop, start, help or null), received_at", body = RepliesPage)))]
 pub async fn list_replies(
     State(state): State<AppState>,
     Caller(staff): Caller,

@@ -96,6 +96,22 @@ pub struct InvalidEmailAddress(pub String);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EmailAddress(String);
 
+/// A string of email format in the OpenAPI document.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for EmailAddress {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::schema::SchemaFormat::Custom(
+                "email".into(),
+            )))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for EmailAddress {}
+
 impl EmailAddress {
     pub fn parse(input: &str) -> Result<Self, InvalidEmailAddress> {
         let normalized = input.trim().to_lowercase();

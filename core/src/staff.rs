@@ -22,6 +22,7 @@ stored_enum! {
 
 /// A staff member as stored (never with the password hash: that stays in the store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Staff {
     pub id: StaffId,
     pub district_id: DistrictId,

@@ -17,6 +17,7 @@ use crate::{Channel, DeliveryId, DistrictId, GuardianId, MessageId, RecipientId}
 
 /// A delivery as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     pub id: DeliveryId,
     pub district_id: DistrictId,
@@ -53,6 +54,7 @@ stored_enum! {
 /// Who moved a delivery, and the reference that proves it: a dispatcher process, a
 /// provider's event id, the guardian's link or app, a staff id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Actor {
     pub kind: ActorKind,
     pub reference: String,
@@ -111,6 +113,7 @@ pub struct Transition {
 
 /// One row of a delivery's audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryEventRecord {
     pub delivery_id: DeliveryId,
     pub from: DeliveryState,

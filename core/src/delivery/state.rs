@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Where a delivery is. The happy path is `Created → Queued → Sent → Delivered → Acked`;
 /// `Failed`, `Cancelled` and `Suppressed` are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeliveryState {
     Created,

@@ -80,6 +80,7 @@ impl PageRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SchoolView {
     pub id: Uuid,
     pub sourced_id: Option<String>,
@@ -88,6 +89,7 @@ pub struct SchoolView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClassView {
     pub id: Uuid,
     pub sourced_id: Option<String>,
@@ -96,6 +98,7 @@ pub struct ClassView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StudentView {
     pub id: Uuid,
     pub sourced_id: Option<String>,
@@ -106,6 +109,7 @@ pub struct StudentView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GuardianView {
     pub id: Uuid,
     pub sourced_id: Option<String>,
@@ -115,6 +119,7 @@ pub struct GuardianView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContactPointView {
     pub id: Uuid,
     pub kind: Channel,
@@ -126,6 +131,7 @@ pub struct ContactPointView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OptOutView {
     pub id: Uuid,
     pub channel: Channel,
@@ -136,6 +142,7 @@ pub struct OptOutView {
 
 /// A guardian with everything staff need to reach them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GuardianDetail {
     #[serde(flatten)]
     pub guardian: GuardianView,

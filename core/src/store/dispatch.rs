@@ -162,6 +162,7 @@ pub enum AttemptStart {
 
 /// One provider call, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRecord {
     pub attempt: i32,
     pub provider: String,

@@ -9,6 +9,7 @@ use crate::{Channel, DistrictId, GuardianId, MessageId, MessageKind, RecipientId
 
 /// One message as its guardian sees it, in their language.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GuardianMessage {
     pub recipient_id: RecipientId,
     pub message_id: MessageId,

@@ -208,6 +208,7 @@ impl MessageScope {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageSummary {
     pub id: MessageId,
     pub scheduled_at: Option<DateTime<Utc>>,
@@ -223,6 +224,7 @@ pub struct MessageSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryCount {
     pub channel: Channel,
     pub state: crate::DeliveryState,
@@ -230,6 +232,7 @@ pub struct DeliveryCount {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageListItem {
     pub id: MessageId,
     pub kind: MessageKind,
@@ -241,6 +244,7 @@ pub struct MessageListItem {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecipientView {
     pub id: uuid::Uuid,
     pub guardian_id: uuid::Uuid,
@@ -269,6 +273,7 @@ pub struct MessageContent {
 
 /// What a recall did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CancelOutcome {
     /// Deliveries moved to CANCELLED.
     pub cancelled: u64,
@@ -297,6 +302,7 @@ pub struct NewImport {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportRecord {
     pub id: ImportId,
     pub district_id: DistrictId,
@@ -518,6 +524,7 @@ pub enum AckOutcome {
 
 /// A text a guardian sent, as staff see it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplyView {
     pub id: uuid::Uuid,
     pub guardian_id: uuid::Uuid,
