@@ -303,6 +303,7 @@ pub async fn fanout(
 pub async fn dispatch(
     deliveries: usize,
     processes: usize,
+    in_flight: u32,
     database: &BenchDatabase,
 ) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};
@@ -356,7 +357,11 @@ pub async fn dispatch(
     let started = Instant::now();
     let running: Vec<_> = (0..processes.max(1))
         .map(|_| {
-            let dispatcher = Dispatcher::new(store.clone(), adapters.clone(), Config::default());
+            let config = Config {
+                max_in_flight: in_flight,
+                ..Config::default()
+            };
+            let dispatcher = Dispatcher::new(store.clone(), adapters.clone(), config);
             let stopping = stopping.clone();
             tokio::spawn(async move { dispatcher.run(stopping).await })
         })
@@ -426,6 +431,7 @@ pub async fn dispatch(
         "suite": "dispatch",
         "store": store.backend(),
         "processes": processes.max(1),
+        "in_flight": in_flight,
         "deliveries": to_send,
         "seconds": round(seconds),
         "deliveries_per_s": (to_send as f64 / seconds).round(),

@@ -493,6 +493,7 @@ impl Config {
             partitions: self.log_partitions,
             batch: self.dispatch_batch,
             max_in_flight: self.dispatch_in_flight,
+            connections: self.database_max_connections,
             provider_in_flight: self.provider_in_flight,
             lower_lane_every: self.lower_lane_every,
             lease_ttl: std::time::Duration::from_secs(self.lease_seconds),

@@ -136,6 +136,9 @@ enum BenchSuite {
         /// Dispatchers sharing the database.
         #[arg(long, default_value_t = 1)]
         processes: usize,
+        /// Sends each dispatcher has in flight at once (the `dispatch_in_flight` setting).
+        #[arg(long, default_value_t = tidings_dispatcher::Config::default().max_in_flight)]
+        in_flight: u32,
         #[command(flatten)]
         database: tidings::bench::BenchDatabase,
     },
@@ -232,9 +235,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BenchSuite::Dispatch {
                         deliveries,
                         processes,
+                        in_flight,
                         database,
                     },
-            } => tidings::bench::dispatch(deliveries, processes, &database).await,
+            } => tidings::bench::dispatch(deliveries, processes, in_flight, &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Callbacks {

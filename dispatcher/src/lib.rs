@@ -60,6 +60,9 @@ pub struct Config {
     pub max_in_flight: u32,
     /// Sends in flight at once to one provider (a push platform counts as its own).
     pub provider_in_flight: u32,
+    /// Database connections the process has: batches worked on side by side are at most
+    /// half of them, so that the others stay free for the rest (leases, the API).
+    pub connections: u32,
     /// While a more urgent lane has work, a lower lane with work still gets one batch in
     /// this many (1: strict priority).
     pub lower_lane_every: u32,
@@ -83,6 +86,15 @@ pub struct Config {
     pub sms_ack_keyword: Option<String>,
 }
 
+impl Config {
+    /// Batches worked on side by side: as many as `max_in_flight` holds, at most half the
+    /// database connections, at least one.
+    pub fn batches_at_once(&self) -> usize {
+        let wanted = self.max_in_flight / self.batch.max(1);
+        wanted.min(self.connections / 2).max(1) as usize
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -96,6 +108,7 @@ impl Default for Config {
             batch: 256,
             max_in_flight: 1024,
             provider_in_flight: 512,
+            connections: tidings_core::store::ConnectOptions::default().max_connections,
             lower_lane_every: 8,
             idle_wait: Duration::from_millis(20),
             retry: RetryPolicy::default(),
@@ -420,7 +433,7 @@ impl Dispatcher {
     /// the emergency lane is looked at again, so new emergencies go before the rest.
     async fn drain_lanes(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
         use futures_util::StreamExt as _;
-        let slots = (self.config.max_in_flight / self.config.batch.max(1)).max(1) as usize;
+        let slots = self.config.batches_at_once();
         let mut worked = false;
         let mut backlog = self.backlog(partitions).await?;
         let mut running = futures_util::stream::FuturesUnordered::new();
@@ -1234,5 +1247,25 @@ fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Outgoing {
         kind: o.kind,
         subject: o.subject.clone(),
         body: o.body.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_side_by_side_never_take_more_than_half_the_connections() {
+        let config = |max_in_flight, batch, connections| Config {
+            max_in_flight,
+            batch,
+            connections,
+            ..Config::default()
+        };
+        assert_eq!(config(1024, 256, 10).batches_at_once(), 4);
+        assert_eq!(config(4096, 256, 10).batches_at_once(), 5);
+        assert_eq!(config(4096, 256, 40).batches_at_once(), 16);
+        assert_eq!(config(100, 256, 10).batches_at_once(), 1);
+        assert_eq!(config(1024, 256, 1).batches_at_once(), 1);
     }
 }
