@@ -9,9 +9,11 @@
 /// - `enc`: `fn(Uuid) -> T` where `T` is how that dialect binds an id;
 /// - `dec`: `fn(&Row, &str) -> StoreResult<Uuid>`;
 /// - `as_text`: SQL suffix turning an id column into hyphenated text (`"::text"` or `""`);
-/// - `setup`: statements run first in the import's transaction.
+/// - `setup`: statements run first in the import's transaction;
+/// - `analyze`: whether to refresh a table's statistics inside the transaction each time
+///   the import has looked up twice as many of its rows as at the last refresh.
 macro_rules! roster_writer {
-    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal, setup: [$($setup:literal),*]) => {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path, as_text: $as_text:literal, setup: [$($setup:literal),*], analyze: $analyze:literal) => {
         use $crate::store::roster::{
             ClassRow, EnrollmentRow, ExistingRow, GuardianLink, GuardianRow,
             RosterContact, RosterTable, RosterWriter, SchoolRow, StaffByEmail, StaffRow,
@@ -25,6 +27,8 @@ macro_rules! roster_writer {
         pub struct RosterTx {
             tx: sqlx::Transaction<'static, $db>,
             district: uuid::Uuid,
+            /// Per table: rows looked up so far, and at the last statistics refresh.
+            looked_up: std::collections::HashMap<&'static str, (usize, usize)>,
         }
 
         impl RosterTx {
@@ -40,7 +44,7 @@ macro_rules! roster_writer {
                 )
                 .execute(&mut *tx)
                 .await?;
-                Ok(Self { tx, district })
+                Ok(Self { tx, district, looked_up: std::collections::HashMap::new() })
             }
 
             /// `UPDATE … SET deleted = now WHERE id IN (…)` for one chunk.
@@ -138,6 +142,18 @@ macro_rules! roster_writer {
                 sourced_ids: &[String],
             ) -> $crate::store::StoreResult<Vec<ExistingRow>> {
                 use sqlx::Row;
+                // The import fills the table it looks up in: statistics from before it
+                // make the planner scan the whole table for every batch of keys (the
+                // import then grows with the square of the roster). Refreshed at 10,000
+                // rows looked up and at every doubling after, they let it use the index.
+                let (seen, refreshed) = self.looked_up.entry(table.table()).or_insert((0, 0));
+                *seen += sourced_ids.len();
+                if $analyze && *seen >= 10_000 && *seen >= 2 * *refreshed {
+                    *refreshed = *seen;
+                    sqlx::query(&format!("ANALYZE {}", table.table()))
+                        .execute(&mut *self.tx)
+                        .await?;
+                }
                 let mut found = Vec::with_capacity(sourced_ids.len());
                 for chunk in sourced_ids.chunks(BATCH) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(format!(
