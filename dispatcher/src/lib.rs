@@ -4,13 +4,15 @@
 //! does, and the store's compare-and-swap refuses anything stale.
 //!
 //! One pass of the loop:
-//! 1. (alongside, every third of the lease time: renew the leases and take free or
-//!    expired partitions;)
-//! 2. for each owned partition with entries past its committed offset, emergency lane
-//!    first, read a batch, send it, record the outcomes, commit the offset — going back to
-//!    the emergency lane after every batch of a lower one;
-//! 3. send what has come due: retries, scheduled sends, unfinished attempts of a
-//!    dispatcher that stopped.
+//! 1. (alongside, every third of the lease time: renew the leases, take free or expired
+//!    partitions, and count the live dispatchers, who share each provider's rate;)
+//! 2. for each owned partition with entries past its committed offset, read a batch, send
+//!    it, record the outcomes and commit the offset in one transaction — several
+//!    partitions side by side, each next batch from the most urgent lane but for the
+//!    lower lanes' share ([`lanes`]), the emergency lane looked at again whenever a
+//!    batch finishes;
+//! 3. send what has come due: retries, scheduled sends, standbys of messages with
+//!    fallback, unfinished attempts of a dispatcher that stopped.
 //!
 //! A batch ends before the second entry for the same guardian and channel, so a guardian's
 //! messages on one channel go out in the order they were written.
