@@ -302,6 +302,11 @@ async fn fallback_adds_a_standby_email_behind_each_text_that_can_have_one() {
         .map(|c| c["count"].as_u64().unwrap())
         .sum();
     assert_eq!(emails, standby, "{summary}");
+    assert_eq!(summary["fallback_after_minutes"], 5);
+    assert_eq!(
+        summary["suppressed"], sent["suppressed"],
+        "the report gives the reasons"
+    );
     // A recall takes the standbys with it.
     let response = d
         .client

@@ -314,7 +314,7 @@ macro_rules! message_queries {
         ) -> StoreResult<Option<$crate::store::MessageSummary>> {
             let (district, author) = scope.parts();
             let Some(row) = sqlx::query(
-                "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, \
+                "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, fallback_after_seconds, \
                         (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
                         (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
                  FROM messages m WHERE id = $3 AND district_id = $1 AND ($2 IS NULL OR author_id = $2)",
@@ -343,6 +343,18 @@ macro_rules! message_queries {
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
+            let mut suppressed = std::collections::BTreeMap::new();
+            for row in sqlx::query(
+                "SELECT suppressed_reason, count(*) AS n FROM deliveries \
+                 WHERE message_id = $1 AND state = 'SUPPRESSED' GROUP BY suppressed_reason",
+            )
+            .bind($enc(id))
+            .fetch_all(pool)
+            .await?
+            {
+                let reason: Option<String> = row.try_get("suppressed_reason")?;
+                suppressed.insert(reason.unwrap_or_else(|| "unknown".into()), row.try_get::<i64, _>("n")?);
+            }
             Ok(Some($crate::store::MessageSummary {
                 id: $crate::MessageId::from_uuid(id),
                 scheduled_at: row.try_get("scheduled_at")?,
@@ -353,7 +365,11 @@ macro_rules! message_queries {
                 created_at: row.try_get("created_at")?,
                 recipients: row.try_get("recipients")?,
                 acknowledged: row.try_get("acknowledged")?,
+                fallback_after_minutes: row
+                    .try_get::<Option<i32>, _>("fallback_after_seconds")?
+                    .map(|s| s / 60),
                 counts,
+                suppressed,
             }))
         }
 

@@ -219,8 +219,14 @@ pub struct MessageSummary {
     pub created_at: DateTime<Utc>,
     pub recipients: i64,
     pub acknowledged: i64,
+    /// With fallback: how long a delivery may go without reaching its guardian before
+    /// their next channel is tried.
+    pub fallback_after_minutes: Option<i32>,
     /// Deliveries per channel and state.
     pub counts: Vec<DeliveryCount>,
+    /// Suppressed deliveries by reason (`no_address`, `opted_out`, `carrier_stop`,
+    /// `fallback_not_needed`).
+    pub suppressed: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
