@@ -303,7 +303,7 @@ pub async fn fanout(
 pub async fn dispatch(
     deliveries: usize,
     processes: usize,
-    in_flight: u32,
+    (in_flight, batch): (u32, u32),
     database: &BenchDatabase,
 ) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};
@@ -359,6 +359,7 @@ pub async fn dispatch(
         .map(|_| {
             let config = Config {
                 max_in_flight: in_flight,
+                batch,
                 ..Config::default()
             };
             let dispatcher = Dispatcher::new(store.clone(), adapters.clone(), config);
@@ -432,6 +433,7 @@ pub async fn dispatch(
         "store": store.backend(),
         "processes": processes.max(1),
         "in_flight": in_flight,
+        "batch": batch,
         "deliveries": to_send,
         "seconds": round(seconds),
         "deliveries_per_s": (to_send as f64 / seconds).round(),

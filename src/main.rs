@@ -139,6 +139,9 @@ enum BenchSuite {
         /// Sends each dispatcher has in flight at once (the `dispatch_in_flight` setting).
         #[arg(long, default_value_t = tidings_dispatcher::Config::default().max_in_flight)]
         in_flight: u32,
+        /// Log entries read per partition at a time (the `dispatch_batch` setting).
+        #[arg(long, default_value_t = tidings_dispatcher::Config::default().batch)]
+        batch: u32,
         #[command(flatten)]
         database: tidings::bench::BenchDatabase,
     },
@@ -236,9 +239,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         deliveries,
                         processes,
                         in_flight,
+                        batch,
                         database,
                     },
-            } => tidings::bench::dispatch(deliveries, processes, in_flight, &database).await,
+            } => {
+                tidings::bench::dispatch(deliveries, processes, (in_flight, batch), &database).await
+            }
             Command::Bench {
                 suite:
                     BenchSuite::Callbacks {
