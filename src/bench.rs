@@ -303,7 +303,8 @@ pub async fn fanout(
 pub async fn dispatch(
     deliveries: usize,
     processes: usize,
-    (in_flight, batch): (u32, u32),
+    in_flight: u32,
+    batch: u32,
     database: &BenchDatabase,
 ) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};

@@ -242,9 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         batch,
                         database,
                     },
-            } => {
-                tidings::bench::dispatch(deliveries, processes, (in_flight, batch), &database).await
-            }
+            } => tidings::bench::dispatch(deliveries, processes, in_flight, batch, &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Callbacks {

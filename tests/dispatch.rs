@@ -35,12 +35,7 @@ async fn send_alert(d: &District) -> (String, u64) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{sent}");
-    let suppressed: u64 = sent["suppressed"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let suppressed: u64 = support::suppressed_total(&sent);
     let to_send = sent["deliveries"].as_u64().unwrap() - suppressed;
     (sent["id"].as_str().unwrap().to_owned(), to_send)
 }

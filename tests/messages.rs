@@ -80,12 +80,7 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
         .filter(|c| c["state"] == "SUPPRESSED")
         .map(|c| c["count"].as_u64().unwrap())
         .sum();
-    let reported: u64 = sent["suppressed"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let reported: u64 = support::suppressed_total(&sent);
     assert_eq!(
         suppressed, reported,
         "the demo has guardians without a phone or email"
@@ -109,15 +104,15 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
         pending["items"].as_array().unwrap().len() as u64,
         recipients
     );
-    let response = d
-        .client
-        .post(d.server.url(&format!("/api/v1/messages/{id}/cancel")))
-        .bearer_auth(&d.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let outcome: Value = response.json().await.unwrap();
+    let (status, outcome) = d
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/messages/{id}/cancel"),
+            &d.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(outcome["cancelled"].as_u64(), Some(total - suppressed));
     assert_eq!(outcome["already_sent"].as_u64(), Some(0));
     let (_, summary) = d.get(&format!("/api/v1/messages/{id}"), &d.admin).await;
@@ -308,20 +303,16 @@ async fn fallback_adds_a_standby_email_behind_each_text_that_can_have_one() {
         "the report gives the reasons"
     );
     // A recall takes the standbys with it.
-    let response = d
-        .client
-        .post(d.server.url(&format!("/api/v1/messages/{id}/cancel")))
-        .bearer_auth(&d.admin)
-        .send()
-        .await
-        .unwrap();
-    let outcome: Value = response.json().await.unwrap();
-    let suppressed: u64 = sent["suppressed"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let (status, outcome) = d
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/messages/{id}/cancel"),
+            &d.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let suppressed: u64 = support::suppressed_total(&sent);
     assert_eq!(
         outcome["cancelled"].as_u64(),
         Some(recipients + standby - suppressed)
@@ -530,12 +521,7 @@ async fn quiet_hours_and_schedules_defer_deliveries_but_never_an_emergency() {
     general["kind"] = json!("general");
     let (status, sent) = d.send(&d.admin, None, &general).await;
     assert_eq!(status, StatusCode::CREATED);
-    let suppressed: u64 = sent["suppressed"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let suppressed: u64 = support::suppressed_total(&sent);
     assert_eq!(
         sent["deferred"].as_u64().unwrap(),
         sent["deliveries"].as_u64().unwrap() - suppressed,

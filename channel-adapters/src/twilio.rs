@@ -407,9 +407,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn configurations_that_cannot_work_are_refused() {
-        let good = TwilioConfig {
+    /// A working account sending from a number.
+    fn account() -> TwilioConfig {
+        TwilioConfig {
             account_sid: "AC0123".into(),
             api_key_sid: None,
             secret: "token".into(),
@@ -420,7 +420,12 @@ mod tests {
             timeouts: Timeouts::default(),
             max_per_second: None,
             concurrency: 4,
-        };
+        }
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused() {
+        let good = account();
         assert!(Twilio::new(good.clone()).is_ok());
         let both = TwilioConfig {
             messaging_service_sid: Some("MG1".into()),
@@ -438,16 +443,8 @@ mod tests {
     #[test]
     fn delivery_reports_are_asked_for_unless_the_send_is_no_delivery() {
         let twilio = Twilio::new(TwilioConfig {
-            account_sid: "AC0123".into(),
-            api_key_sid: None,
-            secret: "token".into(),
-            from: Some("+15005550006".into()),
-            messaging_service_sid: None,
-            api_base: API_BASE.into(),
             status_callback: Some("https://t.example/callbacks/twilio/status".into()),
-            timeouts: Timeouts::default(),
-            max_per_second: None,
-            concurrency: 4,
+            ..account()
         })
         .unwrap();
         let send = outgoing();

@@ -137,6 +137,13 @@ pub fn demo_zip_with(edit: Option<(&str, &str, &str)>) -> Vec<u8> {
 }
 
 /// The demo district's bundle, zipped as an SIS exports it.
+/// The deliveries a send's answer reports as not sent, over every reason.
+pub fn suppressed_total(sent: &serde_json::Value) -> u64 {
+    sent["suppressed"].as_object().map_or(0, |reasons| {
+        reasons.values().filter_map(|n| n.as_u64()).sum()
+    })
+}
+
 pub fn demo_zip() -> Vec<u8> {
     demo_zip_with(None)
 }

@@ -271,6 +271,47 @@ macro_rules! dispatch_queries {
             Ok(())
         }
 
+        /// The end of recording a batch's outcomes, the same on both dialects once the
+        /// deliveries are updated (`applied`: those that moved, by id): the event rows of
+        /// the ones whose state changed, the current rows of the ones that did not move,
+        /// the consumer offset when one is to be committed, the commit.
+        #[allow(clippy::too_many_arguments)]
+        async fn close_finish(
+            mut tx: Tx<'_>,
+            lease: &Lease,
+            items: &[(&Delivery, i32, &AttemptResult)],
+            errors: &[Option<&str>],
+            applied: std::collections::HashMap<uuid::Uuid, Delivery>,
+            actor: &str,
+            commit: Option<(&str, i64)>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<CasOutcome>> {
+            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+                .iter()
+                .zip(errors)
+                .filter_map(|((seen, _, _), error)| {
+                    let d = applied.get(seen.id.as_uuid())?;
+                    (d.state != seen.state).then(|| (d, seen.state.as_str(), *error))
+                })
+                .collect();
+            events(&mut tx, &changed, actor, at).await?;
+            let stale: Vec<uuid::Uuid> = items
+                .iter()
+                .map(|(d, _, _)| *d.id.as_uuid())
+                .filter(|id| !applied.contains_key(id))
+                .collect();
+            let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
+            if let Some((group, offset)) = commit {
+                write_offset(&mut tx, group, lease, offset, at).await?;
+            }
+            tx.commit().await?;
+            $crate::store::dispatch::finishes_in_order(
+                items.iter().map(|(seen, _, _)| *seen.id.as_uuid()),
+                applied,
+                now_rows,
+            )
+        }
+
         /// The next offset each (lane, partition) will hand out: a partition has entries
         /// to read while its head is past the committed offset + 1.
         pub async fn heads(pool: &sqlx::Pool<$db>) -> StoreResult<Vec<(Lane, PartitionId, i64)>> {
@@ -426,41 +467,33 @@ macro_rules! dispatch_queries {
         ) -> StoreResult<Vec<bool>> {
             let mut tx = pool.begin().await?;
             fence(&mut tx, lease).await?;
-            let mut moved = Vec::with_capacity(items.len());
-            for seen in items {
-                let done = sqlx::query(
-                    "UPDATE deliveries SET state = 'SUPPRESSED', suppressed_reason = $1, suppressed_at = $2, \
-                            next_attempt_at = NULL, version = version + 1, updated_at = $2 \
-                     WHERE id = $3 AND version = $4 AND state IN ('CREATED', 'QUEUED')",
-                )
-                .bind($crate::fanout::reason::FALLBACK_NOT_NEEDED)
-                .bind(at)
-                .bind($enc(*seen.id.as_uuid()))
-                .bind(seen.version)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1;
-                if done {
-                    sqlx::query(
-                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                                      actor_kind, actor_ref, detail) \
-                         VALUES ($1, $2, $3, 'SUPPRESSED', $4, $5, 'dispatcher', $6, $7)",
-                    )
-                    .bind($enc(*seen.district_id.as_uuid()))
-                    .bind($enc(*seen.id.as_uuid()))
-                    .bind(seen.state.as_str())
-                    .bind(seen.version + 1)
-                    .bind(at)
-                    .bind(actor)
-                    .bind("fallback not needed: the channel before reached the guardian")
-                    .execute(&mut *tx)
-                    .await?;
+            let mut moved = std::collections::HashMap::new();
+            for chunk in items.chunks(500) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("WITH x (xid, seen) AS (");
+                q.push_values(chunk, |mut row, seen| {
+                    row.push_bind($enc(*seen.id.as_uuid())).push_bind(seen.version);
+                });
+                q.push(") UPDATE deliveries SET state = 'SUPPRESSED', suppressed_reason = ");
+                q.push_bind($crate::fanout::reason::FALLBACK_NOT_NEEDED);
+                q.push(", suppressed_at = ");
+                q.push_bind(at);
+                q.push(", next_attempt_at = NULL, version = version + 1, updated_at = ");
+                q.push_bind(at);
+                q.push(" FROM x WHERE id = x.xid AND version = x.seen AND state IN ('CREATED', 'QUEUED') RETURNING ");
+                q.push(super::DELIVERY_COLUMNS);
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    let d = super::delivery_from_row(&row)?;
+                    moved.insert(*d.id.as_uuid(), d);
                 }
-                moved.push(done);
             }
+            let why = "fallback not needed: the channel before reached the guardian";
+            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+                .iter()
+                .filter_map(|seen| Some((moved.get(seen.id.as_uuid())?, seen.state.as_str(), Some(why))))
+                .collect();
+            events(&mut tx, &changed, actor, at).await?;
             tx.commit().await?;
-            Ok(moved)
+            Ok(items.iter().map(|seen| moved.contains_key(seen.id.as_uuid())).collect())
         }
 
         /// For each (guardian, channel) of `pairs`, the earliest-created delivery that is
@@ -802,7 +835,7 @@ macro_rules! bulk_attempts {
         const BULK: usize = 400;
 
         /// The audit rows of deliveries that changed state: (delivery now, from, detail).
-        async fn events_bulk(
+        async fn events(
             tx: &mut Tx<'_>,
             moved: &[(&Delivery, &str, Option<&str>)],
             actor: &str,
@@ -914,7 +947,7 @@ macro_rules! bulk_attempts {
                     (d.state != seen.state).then(|| (d, seen.state.as_str(), None))
                 })
                 .collect();
-            events_bulk(&mut tx, &changed, actor, at).await?;
+            events(&mut tx, &changed, actor, at).await?;
             let stale: Vec<uuid::Uuid> = items
                 .iter()
                 .map(|(d, _)| *d.id.as_uuid())
@@ -1003,30 +1036,7 @@ macro_rules! bulk_attempts {
                     applied.insert(*d.id.as_uuid(), d);
                 }
             }
-            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
-                .iter()
-                .zip(&errors)
-                .filter_map(|((seen, _, _), error)| {
-                    let d = applied.get(seen.id.as_uuid())?;
-                    (d.state != seen.state).then(|| (d, seen.state.as_str(), *error))
-                })
-                .collect();
-            events_bulk(&mut tx, &changed, actor, at).await?;
-            let stale: Vec<uuid::Uuid> = items
-                .iter()
-                .map(|(d, _, _)| *d.id.as_uuid())
-                .filter(|id| !applied.contains_key(id))
-                .collect();
-            let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
-            if let Some((group, offset)) = commit {
-                write_offset(&mut tx, group, lease, offset, at).await?;
-            }
-            tx.commit().await?;
-            $crate::store::dispatch::finishes_in_order(
-                items.iter().map(|(seen, _, _)| *seen.id.as_uuid()),
-                applied,
-                now_rows,
-            )
+            close_finish(tx, lease, items, &errors, applied, actor, commit, at).await
         }
     };
 }

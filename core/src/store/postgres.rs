@@ -1415,26 +1415,7 @@ mod dispatching {
             let d = super::delivery_from_row(row)?;
             applied.insert(*d.id.as_uuid(), d);
         }
-        let changed: Vec<(&Delivery, &str, Option<&str>)> = items
-            .iter()
-            .zip(&errors)
-            .filter_map(|((seen, _, _), error)| {
-                let d = applied.get(seen.id.as_uuid())?;
-                (d.state != seen.state).then(|| (d, seen.state.as_str(), *error))
-            })
-            .collect();
-        events(&mut tx, &changed, actor, at).await?;
-        let stale: Vec<uuid::Uuid> = ids
-            .iter()
-            .filter(|id| !applied.contains_key(*id))
-            .copied()
-            .collect();
-        let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
-        if let Some((group, offset)) = commit {
-            write_offset(&mut tx, group, lease, offset, at).await?;
-        }
-        tx.commit().await?;
-        crate::store::dispatch::finishes_in_order(ids.into_iter(), applied, now_rows)
+        close_finish(tx, lease, items, &errors, applied, actor, commit, at).await
     }
 }
 
