@@ -11,7 +11,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use crate::store::{
     self, ConnectOptions, FirstAdmin, Guardian, NewDelivery, NewGuardian, NewMessage, NewRecipient,
-    PostgresStore, SqliteStore, Store,
+    NewStaff, PostgresStore, SqliteStore, Store,
 };
 use crate::time::now;
 use crate::{
@@ -248,10 +248,40 @@ pub async fn seed(store: &dyn Store, guardians: usize) -> Seed {
         .await
         .unwrap()
         .expect("empty database");
+    Seed {
+        guardians: add_guardians(store, district.id, guardians).await,
+        staff,
+    }
+}
+
+/// Adds a further district with an administrator and `guardians` guardians (on a store
+/// seeded already).
+pub async fn seed_district(store: &dyn Store, name: &str, guardians: usize) -> Seed {
+    let at = now();
+    let district = store.create_district(name, at).await.unwrap();
+    let staff = NewStaff {
+        district_id: district.id,
+        email: EmailAddress::parse(&format!("admin@{}.example.org", district.id)).unwrap(),
+        display_name: "Administrator".into(),
+        role: crate::Role::DistrictAdmin,
+        password_hash: None,
+    };
+    Seed {
+        staff: store.create_staff(&staff, at).await.unwrap(),
+        guardians: add_guardians(store, district.id, guardians).await,
+    }
+}
+
+async fn add_guardians(
+    store: &dyn Store,
+    district_id: crate::DistrictId,
+    guardians: usize,
+) -> Vec<Guardian> {
+    let at = now();
     let mut created = Vec::new();
     for i in 0..guardians {
         let guardian = NewGuardian {
-            district_id: district.id,
+            district_id,
             given_name: format!("Guardian{i}"),
             family_name: "Example".into(),
             preferred_language: Some("en".into()),
@@ -259,10 +289,7 @@ pub async fn seed(store: &dyn Store, guardians: usize) -> Seed {
         };
         created.push(store.create_guardian(&guardian, at).await.unwrap());
     }
-    Seed {
-        staff,
-        guardians: created,
-    }
+    created
 }
 
 /// An emergency to every seeded guardian on `channels`, one address per channel.

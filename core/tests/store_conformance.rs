@@ -11,7 +11,7 @@ use tidings_core::store::{
     CasOutcome, FirstAdmin, MessageScope, NewDelivery, NewMessage, NewRecipient, NewStaff, Store,
     StoreError,
 };
-use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
+use tidings_core::testing::{delivery_ids, message_to, seed, seed_district, Seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::*;
 use tokio::sync::Barrier;
@@ -30,6 +30,7 @@ tidings_core::on_both_stores! {
     racing_writers_have_exactly_one_winner_per_step,
     audit_entries_must_belong_to_a_district,
     fan_out_puts_every_delivery_to_send_on_the_log_once,
+    a_partition_is_read_district_by_district,
     concurrent_fan_outs_never_let_a_reader_skip_an_entry,
     a_recall_cancels_what_was_not_sent_and_reports_the_rest,
     maintenance_and_measurement_leave_nothing_behind,
@@ -615,6 +616,109 @@ async fn fan_out_puts_every_delivery_to_send_on_the_log_once(store: Arc<dyn Stor
         whole_log(store.as_ref(), Lane::Bulk, 4).await.is_empty(),
         "lanes are separate"
     );
+}
+
+async fn a_partition_is_read_district_by_district(store: Arc<dyn Store>) {
+    let a = seed(store.as_ref(), 12).await;
+    let b = seed_district(store.as_ref(), "Hillcrest Schools", 8).await;
+    for message in [
+        message_to(&a, &[Channel::Sms]),
+        message_to(&b, &[Channel::Sms, Channel::Email]),
+        message_to(&a, &[Channel::Email]),
+    ] {
+        store.create_message(&message, now()).await.unwrap();
+    }
+    let (da, db) = (a.staff.district_id, b.staff.district_id);
+    let mut seen_b = 0;
+    for p in 0..4 {
+        let partition = PartitionId::new(p);
+        let entries = store
+            .read_log(Lane::Emergency, partition, None, 1_000)
+            .await
+            .unwrap();
+        let heads = store
+            .partition_heads(Some(Lane::Emergency))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(lane, p, _)| (*lane, *p) == (Lane::Emergency, partition))
+            .map(|(_, _, heads)| heads)
+            .unwrap_or_default();
+        assert_eq!(heads.last, entries.last().map_or(-1, |e| e.offset));
+        let of = |d: DistrictId| -> Vec<&tidings_core::log::LogEntry> {
+            entries.iter().filter(|e| e.district_id == d).collect()
+        };
+        let mut districts = heads.districts.clone();
+        districts.sort();
+        let mut expected: Vec<(DistrictId, i64)> = [da, db]
+            .into_iter()
+            .filter_map(|d| Some((d, of(d).last()?.offset)))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            districts, expected,
+            "partition {p}: each district's last entry"
+        );
+
+        // Two of each district's entries after its own offset, in offset order.
+        let b_after = of(db).first().map_or(-1, |e| e.offset);
+        let read = store
+            .read_outbound_of_districts(
+                Lane::Emergency,
+                partition,
+                heads.last,
+                &[(da, -1), (db, b_after)],
+                2,
+            )
+            .await
+            .unwrap();
+        let got = |d: DistrictId| -> Vec<(i64, DeliveryId)> {
+            read.iter()
+                .filter(|o| o.delivery.district_id == d)
+                .map(|o| (o.offset.unwrap(), o.delivery.id))
+                .collect()
+        };
+        let want = |d: DistrictId, after: i64| -> Vec<(i64, DeliveryId)> {
+            of(d)
+                .iter()
+                .filter(|e| e.offset > after)
+                .take(2)
+                .map(|e| (e.offset, e.delivery_id))
+                .collect()
+        };
+        assert_eq!(got(da), want(da, -1), "partition {p}: district A");
+        assert_eq!(got(db), want(db, b_after), "partition {p}: district B");
+        assert_eq!(read.len(), got(da).len() + got(db).len());
+        seen_b += of(db).len();
+
+        // Nothing past `through`.
+        let through = entries.get(entries.len() / 2).map_or(-1, |e| e.offset);
+        let read = store
+            .read_outbound_of_districts(
+                Lane::Emergency,
+                partition,
+                through,
+                &[(da, -1), (db, -1)],
+                1_000,
+            )
+            .await
+            .unwrap();
+        let mut offsets: Vec<i64> = read.iter().map(|o| o.offset.unwrap()).collect();
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            (0..=through).collect::<Vec<_>>(),
+            "partition {p}: up to {through}"
+        );
+    }
+    assert_eq!(seen_b, 16, "district B's 8 guardians × 2 channels");
+    let all = store.partition_heads(None).await.unwrap();
+    assert!(!all.is_empty() && all.iter().all(|(lane, _, _)| *lane == Lane::Emergency));
+    assert!(store
+        .partition_heads(Some(Lane::Bulk))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Writers fan out concurrently into the same two partitions while a reader follows each

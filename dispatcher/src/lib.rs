@@ -1,4 +1,4 @@
-//! The dispatcher: reads the partitioned delivery log in offset order, owns partitions by
+//! The dispatcher: reads the partitioned delivery log, owns partitions by
 //! lease, sends through the channel adapters, and records every attempt and outcome before
 //! committing an offset. It never decides a transition itself: `tidings_core::delivery::next`
 //! does, and the store's compare-and-swap refuses anything stale.
@@ -6,8 +6,9 @@
 //! One pass of the loop:
 //! 1. (alongside, every third of the lease time: renew the leases, take free or expired
 //!    partitions, and count the live dispatchers, who share each provider's rate;)
-//! 2. for each owned partition with entries past its committed offset, read a batch, send
-//!    it, record the outcomes and commit the offset in one transaction — several
+//! 2. for each owned partition with entries past its committed offset, read a batch (an
+//!    equal share for every district with entries waiting, [`districts`]), send it,
+//!    record the outcomes and commit the offset in one transaction — several
 //!    partitions side by side, each next batch from the most urgent lane but for the
 //!    lower lanes' share ([`lanes`]), the emergency lane looked at again whenever a
 //!    batch finishes;
@@ -18,6 +19,7 @@
 //! messages on one channel go out in the order they were written.
 
 pub mod breaker;
+pub mod districts;
 pub mod lanes;
 pub mod retry;
 
@@ -32,10 +34,12 @@ use rand::SeedableRng;
 use serde::Serialize;
 use tidings_core::delivery::Delivery;
 use tidings_core::log::PartitionId;
-use tidings_core::store::dispatch::{AttemptResult, AttemptStart, Lease, Outbound};
+use tidings_core::store::dispatch::{
+    AttemptResult, AttemptStart, Lease, Outbound, PartitionDistricts,
+};
 use tidings_core::store::{CasOutcome, Store, StoreError};
 use tidings_core::time::now;
-use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane};
+use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, DistrictId, Lane};
 
 pub use breaker::{BreakerPolicy, Breakers};
 pub use retry::RetryPolicy;
@@ -242,13 +246,17 @@ pub struct Dispatcher {
     provider_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
+/// Per lane, owned partitions with unread entries and where each district's end.
+type Backlog = BTreeMap<Lane, Vec<(Lease, PartitionDistricts)>>;
+
 /// The dispatcher's view of its partitions, shared by the work loop and the renewal
 /// loop (locks are never held across an await).
 #[derive(Default)]
 struct Partitions {
     leases: Mutex<BTreeMap<Key, Lease>>,
-    /// Committed offset per owned partition (-1: nothing yet).
-    committed: Mutex<HashMap<Key, i64>>,
+    /// Per owned partition: the committed offset (-1: nothing yet) and the districts read
+    /// further.
+    committed: Mutex<HashMap<Key, districts::Progress<DistrictId>>>,
 }
 
 impl Partitions {
@@ -256,14 +264,30 @@ impl Partitions {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn committed(&self) -> std::sync::MutexGuard<'_, HashMap<Key, i64>> {
+    fn committed(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Key, districts::Progress<DistrictId>>> {
         self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The lease and committed offset of an owned partition whose offset is known.
     fn get(&self, key: &Key) -> Option<(Lease, i64)> {
         let lease = *self.leases().get(key)?;
-        Some((lease, *self.committed().get(key)?))
+        Some((lease, self.committed().get(key)?.committed))
+    }
+
+    /// How far an owned partition has been consumed.
+    fn progress(&self, key: &Key) -> Option<(Lease, districts::Progress<DistrictId>)> {
+        let lease = *self.leases().get(key)?;
+        Some((lease, self.committed().get(key)?.clone()))
+    }
+
+    /// Moves a partition's committed offset to `offset` (after a single entry).
+    fn committed_to(&self, key: Key, offset: i64) {
+        if let Some(progress) = self.committed().get_mut(&key) {
+            progress.committed = progress.committed.max(offset);
+            progress.ahead.retain(|_, o| *o > offset);
+        }
     }
 }
 
@@ -408,21 +432,25 @@ impl Dispatcher {
                 .committed_offset(CONSUMER_GROUP, key.0, key.1)
                 .await?
                 .unwrap_or(-1);
-            partitions.committed().insert(key, offset);
+            partitions
+                .committed()
+                .insert(key, districts::Progress::new(offset));
         }
         Ok(())
     }
 
-    /// Owned partitions with unread entries, per lane.
+    /// Owned partitions with unread entries, per lane (of one lane, or all), with where
+    /// each district's entries in them end.
     async fn backlog(
         &self,
         partitions: &Partitions,
-    ) -> Result<BTreeMap<Lane, Vec<Lease>>, DispatchError> {
-        let mut backlog: BTreeMap<Lane, Vec<Lease>> = BTreeMap::new();
-        for (lane, partition, next) in self.store.log_heads().await? {
+        lane: Option<Lane>,
+    ) -> Result<Backlog, DispatchError> {
+        let mut backlog = Backlog::new();
+        for (lane, partition, heads) in self.store.partition_heads(lane).await? {
             if let Some((lease, committed)) = partitions.get(&(lane, partition)) {
-                if next - 1 > committed {
-                    backlog.entry(lane).or_default().push(lease);
+                if heads.last > committed {
+                    backlog.entry(lane).or_default().push((lease, heads));
                 }
             }
         }
@@ -437,16 +465,17 @@ impl Dispatcher {
         use futures_util::StreamExt as _;
         let slots = self.config.batches_at_once();
         let mut worked = false;
-        let mut backlog = self.backlog(partitions).await?;
+        let mut backlog = self.backlog(partitions, None).await?;
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut busy: HashSet<Key> = HashSet::new();
         loop {
             while running.len() < slots {
-                let Some(lease) = self.next_partition(&mut backlog, &busy) else {
+                let Some((lease, heads)) = self.next_partition(&mut backlog, &busy) else {
                     break;
                 };
                 busy.insert((lease.lane, lease.partition));
-                running.push(async move { (lease, self.drain_batch(partitions, lease).await) });
+                running
+                    .push(async move { (lease, self.drain_batch(partitions, lease, heads).await) });
             }
             let Some((lease, result)) = running.next().await else {
                 return Ok(worked);
@@ -468,7 +497,10 @@ impl Dispatcher {
             }
             // Before any further batch of a lower lane, look for new emergencies.
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
-                let urgent = self.backlog(partitions).await?.remove(&Lane::Emergency);
+                let urgent = self
+                    .backlog(partitions, Some(Lane::Emergency))
+                    .await?
+                    .remove(&Lane::Emergency);
                 if let Some(urgent) = urgent {
                     backlog.insert(Lane::Emergency, urgent);
                 }
@@ -480,11 +512,11 @@ impl Dispatcher {
     /// has no batch in hand.
     fn next_partition(
         &self,
-        backlog: &mut BTreeMap<Lane, Vec<Lease>>,
+        backlog: &mut Backlog,
         busy: &HashSet<Key>,
-    ) -> Option<Lease> {
+    ) -> Option<(Lease, PartitionDistricts)> {
         backlog.retain(|_, leases| {
-            leases.retain(|l| !busy.contains(&(l.lane, l.partition)));
+            leases.retain(|(l, _)| !busy.contains(&(l.lane, l.partition)));
             !leases.is_empty()
         });
         let waiting: Vec<Lane> = backlog.keys().copied().collect();
@@ -503,6 +535,7 @@ impl Dispatcher {
         &self,
         partitions: &Partitions,
         lease: Lease,
+        heads: PartitionDistricts,
     ) -> Result<bool, DispatchError> {
         let key = (lease.lane, lease.partition);
         let failures = self.failures().get(&key).copied().unwrap_or(0);
@@ -516,7 +549,7 @@ impl Dispatcher {
         } else {
             self.config.batch
         };
-        match self.drain_batch_of(partitions, lease, limit).await {
+        match self.drain_batch_of(partitions, lease, heads, limit).await {
             Ok(worked) => {
                 self.failures().remove(&key);
                 Ok(worked)
@@ -564,74 +597,162 @@ impl Dispatcher {
         self.store
             .commit_offset(CONSUMER_GROUP, &lease, entry.offset, now())
             .await?;
-        partitions.committed().insert(key, entry.offset);
+        partitions.committed_to(key, entry.offset);
         Counters::add(&self.counters.quarantined);
         Ok(())
     }
 
+    /// One batch of a partition, read district by district ([`districts`]): every
+    /// district with entries up to `heads` gets an equal share. `limit` 1 (a partition
+    /// isolating a poison entry) reads the next entry after the committed offset alone.
     async fn drain_batch_of(
         &self,
         partitions: &Partitions,
         lease: Lease,
+        heads: PartitionDistricts,
         limit: u32,
     ) -> Result<bool, DispatchError> {
         let key = (lease.lane, lease.partition);
-        let Some((_, after)) = partitions.get(&key) else {
+        let Some((_, mut progress)) = partitions.progress(&key) else {
             return Ok(false); // lost since the backlog was read
         };
-        let mut entries = self
-            .store
-            .read_outbound(lease.lane, lease.partition, Some(after), limit)
-            .await?;
-        // Stop before a second entry for the same guardian and channel: it goes after the
-        // first one's outcome is recorded.
-        let mut seen = HashSet::new();
-        if let Some(cut) = entries
-            .iter()
-            .position(|o| !seen.insert((o.delivery.guardian_id, o.delivery.channel)))
-        {
-            entries.truncate(cut);
-        }
-        // Stop where a provider's rate limit says "not yet": the rest stays on the log.
-        let at = now();
-        if let Some(cut) = entries
-            .iter()
-            .position(|o| self.ready(o, at) && !self.may_send(o.delivery.channel))
-        {
-            entries.truncate(cut);
-        }
-        let Some(last) = entries.last().and_then(|o| o.offset) else {
-            return Ok(false);
+        let (plan, read) = if limit == 1 {
+            let read = self
+                .store
+                .read_outbound(lease.lane, lease.partition, Some(progress.committed), 1)
+                .await?;
+            let plan = districts::Plan {
+                through: read
+                    .last()
+                    .and_then(|o| o.offset)
+                    .unwrap_or(progress.committed),
+                reads: read
+                    .iter()
+                    .map(|o| (o.delivery.district_id, progress.committed))
+                    .collect(),
+                each: 1,
+                unread_from: None,
+            };
+            (plan, read)
+        } else {
+            let plan = progress.plan(heads.last, &heads.districts, limit);
+            let read = self
+                .store
+                .read_outbound_of_districts(
+                    lease.lane,
+                    lease.partition,
+                    plan.through,
+                    &plan.reads,
+                    plan.each,
+                )
+                .await?;
+            (plan, read)
         };
-        let ready: Vec<Outbound> = entries.into_iter().filter(|o| self.ready(o, at)).collect();
-        let outcome = self.send(&lease, ready, Some(last)).await;
-        match outcome {
-            // Committed with the batch's outcomes.
-            Ok(true) => {
-                partitions.committed().insert(key, last);
+        let mut per_district: BTreeMap<DistrictId, Vec<Outbound>> = BTreeMap::new();
+        for o in read {
+            per_district
+                .entry(o.delivery.district_id)
+                .or_default()
+                .push(o);
+        }
+        for entries in per_district.values_mut() {
+            entries.sort_by_key(|o| o.offset);
+        }
+        let at = now();
+        let kept = self.cut(&mut per_district, at);
+        // How far each district got: all it read (and, with fewer than its share, all it
+        // has up to `through`), or up to where it was cut.
+        let reached: HashMap<DistrictId, Option<i64>> = plan
+            .reads
+            .iter()
+            .map(|&(district, after)| {
+                let entries = per_district.get(&district).map_or(&[][..], Vec::as_slice);
+                let kept = kept.get(&district).copied().unwrap_or(0);
+                let got = if kept == entries.len() && entries.len() < plan.each as usize {
+                    None
+                } else {
+                    Some(
+                        kept.checked_sub(1)
+                            .and_then(|i| entries[i].offset)
+                            .unwrap_or(after),
+                    )
+                };
+                (district, got)
+            })
+            .collect();
+        let before = progress.committed;
+        let committed = progress.advance(&plan, &reached);
+        let ready: Vec<Outbound> = per_district
+            .into_iter()
+            .flat_map(|(district, mut entries)| {
+                entries.truncate(kept.get(&district).copied().unwrap_or(0));
+                entries
+            })
+            .filter(|o| self.ready(o, at))
+            .collect();
+        if committed == before && kept.values().all(|&n| n == 0) {
+            return Ok(false); // held back: nothing taken off the log
+        }
+        let offset = (committed > before).then_some(committed);
+        let outcome = self.send(&lease, ready, offset).await;
+        let recorded = match outcome {
+            // Committed with the batch's outcomes (or nothing to commit).
+            Ok(true) => Ok(()),
+            Ok(false) => match offset {
+                Some(offset) => {
+                    self.store
+                        .commit_offset(CONSUMER_GROUP, &lease, offset, now())
+                        .await
+                }
+                None => Ok(()),
+            },
+            Err(DispatchError::Store(error)) => Err(error),
+        };
+        match recorded {
+            Ok(()) => {
+                if let Some(held) = partitions.committed().get_mut(&key) {
+                    *held = progress;
+                }
                 Ok(true)
             }
-            Ok(false) => match self
-                .store
-                .commit_offset(CONSUMER_GROUP, &lease, last, now())
-                .await
-            {
-                Ok(()) => {
-                    partitions.committed().insert(key, last);
-                    Ok(true)
-                }
-                Err(StoreError::Fenced { .. }) => {
-                    self.lose(partitions, key);
-                    Ok(true)
-                }
-                Err(e) => Err(e.into()),
-            },
-            Err(DispatchError::Store(StoreError::Fenced { .. })) => {
+            Err(StoreError::Fenced { .. }) => {
                 self.lose(partitions, key);
                 Ok(true)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Cuts each district's entries before a second one for the same guardian and channel
+    /// (it goes after the first one's outcome is recorded) and where a provider's rate
+    /// limit says "not yet" (the rest stays on the log). The districts take the rate
+    /// limit's tokens in turn, one entry each. Returns how many entries each keeps.
+    fn cut(
+        &self,
+        per_district: &mut BTreeMap<DistrictId, Vec<Outbound>>,
+        at: DateTime<Utc>,
+    ) -> HashMap<DistrictId, usize> {
+        let mut seen = HashSet::new();
+        let mut kept: HashMap<DistrictId, usize> = HashMap::new();
+        let mut open: Vec<DistrictId> = per_district.keys().copied().collect();
+        let mut i = 0;
+        while !open.is_empty() {
+            open.retain(|district| {
+                let entries = &per_district[district];
+                let Some(o) = entries.get(i) else {
+                    return false;
+                };
+                let first_for_guardian = seen.insert((o.delivery.guardian_id, o.delivery.channel));
+                if !first_for_guardian || (self.ready(o, at) && !self.may_send(o.delivery.channel))
+                {
+                    return false;
+                }
+                kept.insert(*district, i + 1);
+                true
+            });
+            i += 1;
+        }
+        kept
     }
 
     /// Takes a token from the channel's provider's rate limiter, if it has one.

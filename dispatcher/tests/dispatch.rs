@@ -10,7 +10,7 @@ use tidings_core::delivery::Actor;
 use tidings_core::log::PartitionId;
 use tidings_core::store::dispatch::{AttemptStart, Lease, Replay};
 use tidings_core::store::{MessageScope, NewMessage, Store, StoreError};
-use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
+use tidings_core::testing::{delivery_ids, message_to, seed, seed_district, Seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane, MessageKind};
 use tidings_dispatcher::{
@@ -37,6 +37,7 @@ tidings_core::on_both_stores! {
     a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever,
     fallback_tries_the_next_channel_only_for_guardians_not_reached,
     live_dispatchers_share_a_providers_rate,
+    a_small_districts_message_goes_out_alongside_a_large_districts_broadcast,
 }
 
 const PARTITIONS: u32 = 4;
@@ -1220,4 +1221,53 @@ async fn live_dispatchers_share_a_providers_rate(store: Arc<dyn Store>) {
         "both dispatchers sent: {sent:?}"
     );
     assert_eq!(provider.duplicates(), 0);
+}
+
+async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcast(
+    store: Arc<dyn Store>,
+) {
+    let large = seed(store.as_ref(), 400).await;
+    let small = seed_district(store.as_ref(), "Hillcrest Schools", 20).await;
+    let broadcast = newsletter(&large, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&broadcast, now()).await.unwrap();
+    // Written after the whole broadcast: in offset order it would go out last.
+    let notice = newsletter(&small, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&notice, now()).await.unwrap();
+    let provider = InProcessProvider::default();
+    let config = Config {
+        batch: 16,
+        ..config(12)
+    };
+    let dispatcher = dispatcher(&store, &provider, config);
+    dispatcher.run_until_idle().await.unwrap();
+
+    let received = provider.received();
+    assert_eq!(received.len(), 800 + 40);
+    assert_eq!(provider.duplicates(), 0);
+    let notice_ids = delivery_ids(&notice);
+    let last_notice = received
+        .iter()
+        .rposition(|r| r.delivery_id.is_some_and(|d| notice_ids.contains(&d)))
+        .unwrap();
+    // Each batch of 16 gives each district 8: the notice's 40 entries, however they
+    // fall into the 4 partitions, are out within 5 batches of every partition (320
+    // sends), long before the broadcast's 800 are.
+    assert!(
+        last_notice < 4 * 5 * 16,
+        "the small district's notice waited behind the broadcast: its last send was {last_notice} of 840"
+    );
+    // Every offset committed, nothing left over or sent twice on a second run.
+    for (lane, partition, next) in store.log_heads().await.unwrap() {
+        let committed = store
+            .committed_offset(CONSUMER_GROUP, lane, partition)
+            .await
+            .unwrap();
+        assert_eq!(committed, Some(next - 1), "{lane} {partition}");
+    }
+    assert_eq!(
+        states(store.as_ref(), &notice_ids).await,
+        BTreeMap::from([(DeliveryState::Sent, 40)])
+    );
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(provider.sends(), 840);
 }

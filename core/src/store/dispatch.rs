@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::delivery::Delivery;
 use crate::log::PartitionId;
 use crate::store::{CasOutcome, MessageScope, StoreResult};
-use crate::{Channel, DeliveryGuarantee, DeliveryState, Lane, MessageKind};
+use crate::{Channel, DeliveryGuarantee, DeliveryState, DistrictId, Lane, MessageKind};
 
 /// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
 /// token; once another process has taken the partition over they are refused.
@@ -18,6 +18,15 @@ pub struct Lease {
     pub lane: Lane,
     pub partition: PartitionId,
     pub fencing_token: i64,
+}
+
+/// A partition of the log as seen at one moment: the offset of its last visible entry
+/// (-1: none yet) and, per district with entries in it, the offset of that district's last
+/// one (never past `last`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionDistricts {
+    pub last: i64,
+    pub districts: Vec<(DistrictId, i64)>,
 }
 
 /// A delivery with everything a provider call needs: the address, the words in the
@@ -234,6 +243,25 @@ pub trait DispatchStore: Send + Sync {
         partition: PartitionId,
         after: Option<i64>,
         limit: u32,
+    ) -> StoreResult<Vec<Outbound>>;
+
+    /// Per partition of the log (of one lane, or all): where its entries end and, per
+    /// district with entries in it, the offset of its last one (as one consistent reading).
+    async fn partition_heads(
+        &self,
+        lane: Option<Lane>,
+    ) -> StoreResult<Vec<(Lane, PartitionId, PartitionDistricts)>>;
+
+    /// Per district of `after`, the partition's entries after that district's offset and
+    /// up to `through`: at most `limit_each` of each district, in offset order per
+    /// district.
+    async fn read_outbound_of_districts(
+        &self,
+        lane: Lane,
+        partition: PartitionId,
+        through: i64,
+        after: &[(DistrictId, i64)],
+        limit_each: u32,
     ) -> StoreResult<Vec<Outbound>>;
 
     /// Deliveries whose `next_attempt_at` has come, oldest first.

@@ -3,7 +3,7 @@
 
 /// Expands to the dispatcher queries of one dialect.
 macro_rules! dispatch_queries {
-    (db: $db:ty, enc: $enc:path) => {
+    (db: $db:ty, enc: $enc:path, dec: $dec:path) => {
         use chrono::{DateTime, Utc};
         use sqlx::Row as _;
         use $crate::delivery::Delivery;
@@ -402,6 +402,80 @@ macro_rules! dispatch_queries {
             rows.iter().map(|row| outbound_from_row(row, true)).collect()
         }
 
+        /// Per partition (of one lane, or all): where its visible entries end, and each
+        /// district's last entry in it. One statement, so every district's entries up to
+        /// a partition's `last` are visible.
+        pub async fn partition_heads(
+            pool: &sqlx::Pool<$db>,
+            lane: Option<Lane>,
+        ) -> StoreResult<Vec<(Lane, PartitionId, $crate::store::dispatch::PartitionDistricts)>> {
+            let sql = format!(
+                "SELECT h.lane, h.partition, h.next_offset, dh.district_id, dh.last_offset \
+                 FROM log_heads h \
+                 LEFT JOIN log_district_heads dh ON dh.lane = h.lane AND dh.partition = h.partition \
+                 {} ORDER BY h.lane, h.partition",
+                if lane.is_some() { "WHERE h.lane = $1" } else { "" }
+            );
+            let mut query = sqlx::query(&sql);
+            if let Some(lane) = lane {
+                query = query.bind(lane.as_str());
+            }
+            let rows = query.fetch_all(pool).await?;
+            let mut heads: Vec<(Lane, PartitionId, $crate::store::dispatch::PartitionDistricts)> = Vec::new();
+            for row in &rows {
+                let lane: Lane = parse_col(row, "lane")?;
+                let partition = PartitionId::new(row.try_get::<i32, _>("partition")? as u32);
+                let last = row.try_get::<i64, _>("next_offset")? - 1;
+                if heads.last().is_none_or(|(l, p, _)| (*l, *p) != (lane, partition)) {
+                    heads.push((lane, partition, $crate::store::dispatch::PartitionDistricts { last, districts: Vec::new() }));
+                }
+                if let (Some(district_last), Some((_, _, partition_heads))) =
+                    (row.try_get::<Option<i64>, _>("last_offset")?, heads.last_mut())
+                {
+                    let district = $crate::DistrictId::from_uuid($dec(row, "district_id")?);
+                    partition_heads.districts.push((district, district_last.min(last)));
+                }
+            }
+            Ok(heads)
+        }
+
+        /// Per district, the partition's entries after that district's offset and up to
+        /// `through`, at most `limit_each` of each, in offset order per district: one
+        /// statement with an index range per district.
+        pub async fn read_outbound_of_districts(
+            pool: &sqlx::Pool<$db>,
+            lane: Lane,
+            partition: PartitionId,
+            through: i64,
+            after: &[($crate::DistrictId, i64)],
+            limit_each: u32,
+        ) -> StoreResult<Vec<Outbound>> {
+            if after.is_empty() {
+                return Ok(Vec::new());
+            }
+            let select = outbound_select();
+            let parts: Vec<String> = (0..after.len())
+                .map(|i| {
+                    let (district, offset) = (5 + 2 * i, 6 + 2 * i);
+                    format!(
+                        "SELECT * FROM ({select} WHERE l.lane = $1 AND l.partition = $2 AND l.district_id = ${district} \
+                           AND l.\"offset\" > ${offset} AND l.\"offset\" <= $3 ORDER BY l.\"offset\" LIMIT $4) AS d{i}"
+                    )
+                })
+                .collect();
+            let sql = parts.join(" UNION ALL ");
+            let mut query = sqlx::query(&sql)
+                .bind(lane.as_str())
+                .bind(partition.get() as i32)
+                .bind(through)
+                .bind(i64::from(limit_each));
+            for (district, offset) in after {
+                query = query.bind($enc(*district.as_uuid())).bind(*offset);
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter().map(|row| outbound_from_row(row, true)).collect()
+        }
+
         /// Deliveries waiting for a time that has come: retries, scheduled sends, quiet
         /// hours that ended, and attempts whose dispatcher stopped before recording them.
         pub async fn due(pool: &sqlx::Pool<$db>, at: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Outbound>> {
@@ -712,6 +786,33 @@ macro_rules! dispatch_store_impl {
                 limit: u32,
             ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
                 dispatching::read_outbound(&self.pool, lane, partition, after, limit).await
+            }
+
+            async fn partition_heads(
+                &self,
+                lane: Option<crate::Lane>,
+            ) -> StoreResult<
+                Vec<(
+                    crate::Lane,
+                    crate::log::PartitionId,
+                    crate::store::dispatch::PartitionDistricts,
+                )>,
+            > {
+                dispatching::partition_heads(&self.pool, lane).await
+            }
+
+            async fn read_outbound_of_districts(
+                &self,
+                lane: crate::Lane,
+                partition: crate::log::PartitionId,
+                through: i64,
+                after: &[(crate::DistrictId, i64)],
+                limit_each: u32,
+            ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
+                dispatching::read_outbound_of_districts(
+                    &self.pool, lane, partition, through, after, limit_each,
+                )
+                .await
             }
 
             async fn due_outbound(

@@ -1159,6 +1159,21 @@ async fn write_recipients(
         .bind(&counts)
         .fetch_all(&mut **tx)
         .await?;
+    // Each district's last offset per partition, for reading a partition district by
+    // district (the head rows are ours until commit, so these only move forward).
+    let (h_partitions, h_next): (Vec<i32>, Vec<i64>) = heads.iter().copied().unzip();
+    sqlx::query(
+            "INSERT INTO log_district_heads (lane, partition, district_id, last_offset) \
+             SELECT $1, p, $2, n - 1 FROM unnest($3::int[], $4::bigint[]) AS h(p, n) ORDER BY p \
+             ON CONFLICT (lane, partition, district_id) \
+             DO UPDATE SET last_offset = greatest(log_district_heads.last_offset, excluded.last_offset)",
+        )
+        .bind(message.lane.as_str())
+        .bind(Uuid::from(message.district_id))
+        .bind(&h_partitions)
+        .bind(&h_next)
+        .execute(&mut **tx)
+        .await?;
     let next: std::collections::HashMap<i32, i64> = heads.into_iter().collect();
     let (mut e_partitions, mut e_offsets, mut e_deliveries) = (Vec::new(), Vec::new(), Vec::new());
     for (partition, deliveries) in &plan {
@@ -1197,7 +1212,7 @@ mod dispatching {
         Ok(sqlx::Row::try_get(row, column)?)
     }
 
-    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Postgres, enc: enc);
+    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Postgres, enc: enc, dec: dec);
 
     // PostgreSQL: a batch's attempts in a handful of array statements, not a few per row.
 

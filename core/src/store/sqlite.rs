@@ -1141,6 +1141,22 @@ async fn write_recipients(
             .into_iter()
             .collect()
     };
+    // Each district's last offset per partition, for reading a partition district by
+    // district.
+    let mut district_heads = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO log_district_heads (lane, partition, district_id, last_offset) ",
+    );
+    district_heads.push_values(&next, |mut row, (partition, next_offset)| {
+        row.push_bind(message.lane.as_str())
+            .push_bind(*partition)
+            .push_bind(text_id(message.district_id))
+            .push_bind(next_offset - 1);
+    });
+    district_heads.push(
+        " ON CONFLICT (lane, partition, district_id) \
+         DO UPDATE SET last_offset = max(last_offset, excluded.last_offset)",
+    );
+    district_heads.build().execute(&mut **tx).await?;
     let entries: Vec<(i64, i64, DeliveryId)> = plan
         .iter()
         .flat_map(|(partition, deliveries)| {
@@ -1181,7 +1197,7 @@ mod dispatching {
         super::uuid(row, column)
     }
 
-    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Sqlite, enc: enc);
+    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
     crate::store::dispatch_sql::bulk_attempts!(db: sqlx::Sqlite, enc: enc, dec: dec);
 
     // Even in-process, each statement costs a trip to SQLite's worker thread: a batch is
