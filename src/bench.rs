@@ -349,6 +349,15 @@ pub async fn dispatch(
         .filter(|d| d.suppressed_reason.is_none())
         .count();
     store.create_message(&broadcast, now()).await?;
+    // A neighbouring district's alert, written while the broadcast is going out: it is in
+    // the same lane, behind the whole broadcast on every partition.
+    let neighbour = neighbour_alert(store.as_ref(), NEIGHBOURS, partitions).await?;
+    let neighbour_ids: std::collections::HashSet<_> = neighbour
+        .recipients
+        .iter()
+        .flat_map(|r| r.deliveries.iter().map(|d| d.id))
+        .collect();
+    let mut neighbour_at = None;
 
     let sandbox = tidings_sandbox::InProcessProvider::default();
     let adapters = Channel::ALL
@@ -371,8 +380,12 @@ pub async fn dispatch(
     // Lag: entries on the log not yet committed, summed over partitions, every 100 ms.
     let mut max_lag = 0;
     let mut sampled = Instant::now();
-    while sandbox.received().len() < to_send {
+    while sandbox.received().len() < to_send + neighbour_ids.len() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if neighbour_at.is_none() && sandbox.received().len() >= to_send / 10 {
+            store.create_message(&neighbour, now()).await?;
+            neighbour_at = Some(now());
+        }
         if sampled.elapsed() >= std::time::Duration::from_millis(100) {
             let lag = total_lag(store.as_ref()).await?;
             max_lag = max_lag.max(lag);
@@ -413,6 +426,16 @@ pub async fn dispatch(
         r.await??;
     }
     let lag_after = total_lag(store.as_ref()).await?;
+    // When the neighbour's last text went, and how much of the broadcast had gone by then.
+    let received = sandbox.received();
+    let neighbour_last = received
+        .iter()
+        .rposition(|r| r.delivery_id.is_some_and(|d| neighbour_ids.contains(&d)));
+    let neighbour_ms = neighbour_last
+        .zip(neighbour_at)
+        .and_then(|(i, at)| (received[i].at - at).num_microseconds())
+        .map_or(f64::NAN, |us| us as f64 / 1000.0);
+    let broadcast_sent_by_then = neighbour_last.map_or(0, |i| i + 1 - neighbour_ids.len());
     let mut pickups: Vec<f64> = sandbox
         .received()
         .iter()
@@ -444,12 +467,86 @@ pub async fn dispatch(
         "pickup_ms_p99": round(percentile(0.99)),
         "duplicates": sandbox.duplicates(),
         "max_lag": max_lag,
+        "neighbour_alert": {
+            "guardians": neighbour_ids.len(),
+            "last_send_ms": round(neighbour_ms),
+            "broadcast_sent_by_then_pct": round(100.0 * broadcast_sent_by_then as f64 / to_send.max(1) as f64),
+        },
         "lag_after": lag_after,
         "attempts": outcomes,
         "peak_rss_mb": peak_rss_mb()?,
     });
     println!("{result}");
     setup.finish().await
+}
+
+/// Guardians of the neighbouring district in `bench dispatch`.
+const NEIGHBOURS: usize = 100;
+
+/// A second district with `guardians` guardians and an administrator, and an emergency
+/// text to all of them (written directly: the in-process sandbox takes any address).
+async fn neighbour_alert(
+    store: &dyn tidings_core::store::Store,
+    guardians: usize,
+    partitions: u32,
+) -> anyhow::Result<tidings_core::store::NewMessage> {
+    use tidings_core::store::{NewDelivery, NewGuardian, NewMessage, NewRecipient, NewStaff};
+    use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, Lane, MessageKind, RecipientId};
+    let at = now();
+    let district = store.create_district("Neighbour", at).await?;
+    let staff = NewStaff {
+        district_id: district.id,
+        email: EmailAddress::parse("admin@neighbour.example.org")?,
+        display_name: "Neighbour".into(),
+        role: tidings_core::Role::DistrictAdmin,
+        password_hash: None,
+    };
+    let author = store.create_staff(&staff, at).await?;
+    let mut recipients = Vec::with_capacity(guardians);
+    for i in 0..guardians {
+        let guardian = NewGuardian {
+            district_id: district.id,
+            given_name: format!("Neighbour{i}"),
+            family_name: "Bench".into(),
+            preferred_language: None,
+            sourced_id: None,
+        };
+        let guardian = store.create_guardian(&guardian, at).await?;
+        recipients.push(NewRecipient {
+            id: RecipientId::new(),
+            guardian_id: guardian.id,
+            language: "en".into(),
+            deliveries: vec![NewDelivery {
+                id: DeliveryId::new(),
+                channel: Channel::Sms,
+                address: Some(format!("+1555{i:07}")),
+                suppressed_reason: None,
+                not_before: None,
+                fallback_of: None,
+            }],
+        });
+    }
+    Ok(NewMessage {
+        id: tidings_core::MessageId::new(),
+        district_id: district.id,
+        author_id: author.id,
+        kind: MessageKind::Emergency,
+        lane: Lane::Emergency,
+        guarantee: DeliveryGuarantee::AtLeastOnce,
+        subject: "Shelter in place".into(),
+        body: "Neighbour bench alert.".into(),
+        channels: vec![Channel::Sms],
+        audience: serde_json::json!({ "district": true }),
+        translations: serde_json::json!({}),
+        requires_ack: true,
+        partitions,
+        hourly_quota: None,
+        renotify_of: None,
+        scheduled_at: None,
+        ack_deadline: None,
+        fallback_after: None,
+        recipients,
+    })
 }
 
 /// Entries on the delivery log the dispatchers have not committed yet.
