@@ -380,9 +380,9 @@ pub async fn dispatch(
     // Lag: entries on the log not yet committed, summed over partitions, every 100 ms.
     let mut max_lag = 0;
     let mut sampled = Instant::now();
-    while sandbox.received().len() < to_send + neighbour_ids.len() {
+    while sandbox.received_count() < to_send + neighbour_ids.len() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        if neighbour_at.is_none() && sandbox.received().len() >= to_send / 10 {
+        if neighbour_at.is_none() && sandbox.received_count() >= to_send / 10 {
             store.create_message(&neighbour, now()).await?;
             neighbour_at = Some(now());
         }
@@ -404,7 +404,7 @@ pub async fn dispatch(
             partitions,
             now(),
         );
-        let expected = sandbox.received().len()
+        let expected = sandbox.received_count()
             + alert
                 .recipients
                 .iter()
@@ -416,7 +416,7 @@ pub async fn dispatch(
         for d in alert.recipients.iter().flat_map(|r| &r.deliveries) {
             committed_at.insert(d.id, at);
         }
-        while sandbox.received().len() < expected {
+        while sandbox.received_count() < expected {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

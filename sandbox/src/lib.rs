@@ -196,6 +196,11 @@ impl InProcessProvider {
         self.lock().received.clone()
     }
 
+    /// How many sends were accepted so far (without copying them).
+    pub fn received_count(&self) -> usize {
+        self.lock().received.len()
+    }
+
     /// Sends accepted more than once for the same idempotency key.
     pub fn duplicates(&self) -> usize {
         let state = self.lock();
@@ -399,6 +404,7 @@ mod tests {
         assert!(matches!(provider.take(&first), SendOutcome::Sent { .. }));
         assert!(matches!(provider.take(&send(2)), SendOutcome::Sent { .. }));
         assert_eq!(provider.received().len(), 3);
+        assert_eq!(provider.received_count(), 3);
         assert_eq!(provider.duplicates(), 1);
         assert_eq!(provider.sends(), 3);
     }
@@ -439,5 +445,6 @@ mod tests {
             assert!(!matches!(provider.take(&send(n)), SendOutcome::Sent { .. }));
         }
         assert!(provider.received().is_empty());
+        assert_eq!(provider.received_count(), 0);
     }
 }
