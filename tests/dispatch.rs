@@ -385,10 +385,11 @@ async fn kill_and_restart_twenty_times(db: TestDatabase) {
     assert_eq!(outcomes.get("in_flight"), None, "{outcomes:?}");
     let lines = received();
     let unique: std::collections::HashSet<&String> = lines.iter().collect();
+    let odd: Vec<&String> = lines.iter().filter(|l| l.len() != lines[0].len()).collect();
     assert_eq!(
         unique.len() as u64,
         expected,
-        "the provider got every delivery"
+        "the provider got every delivery (lines unlike the first: {odd:?})"
     );
     let duplicates = (lines.len() - unique.len()) as i64;
     let in_doubt = outcomes.get("in_doubt").copied().unwrap_or(0);

@@ -38,6 +38,7 @@ tidings_core::on_both_stores! {
     fallback_tries_the_next_channel_only_for_guardians_not_reached,
     live_dispatchers_share_a_providers_rate,
     a_small_districts_message_goes_out_alongside_a_large_districts_broadcast,
+    what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
 }
 
 const PARTITIONS: u32 = 4;
@@ -1270,4 +1271,84 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
     );
     dispatcher.run_until_idle().await.unwrap();
     assert_eq!(provider.sends(), 840);
+}
+
+async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner(
+    store: Arc<dyn Store>,
+) {
+    let large = seed(store.as_ref(), 200).await;
+    let small = seed_district(store.as_ref(), "Hillcrest Schools", 40).await;
+    let broadcast = newsletter(&large, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&broadcast, now()).await.unwrap();
+    let notice = newsletter(&small, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&notice, now()).await.unwrap();
+    let provider = InProcessProvider::default().with_latency(Duration::from_millis(10));
+    let first = Arc::new(dispatcher(
+        &store,
+        &provider,
+        Config {
+            owner: "first".into(),
+            batch: 16,
+            ..config(13)
+        },
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let first = first.clone();
+        async move { first.run(stopped).await }
+    });
+    while provider.received_count() < 120 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    // The small district's entries sit after the whole broadcast on every partition: some
+    // of them went out while the offset stayed behind the broadcast's.
+    let mut sent_ahead = 0;
+    for p in 0..PARTITIONS {
+        let partition = PartitionId::new(p);
+        let committed = store
+            .committed_offset(CONSUMER_GROUP, Lane::Bulk, partition)
+            .await
+            .unwrap()
+            .unwrap_or(-1);
+        for entry in store
+            .read_log(Lane::Bulk, partition, Some(committed), 1_000)
+            .await
+            .unwrap()
+        {
+            let delivery = store.delivery(entry.delivery_id).await.unwrap().unwrap();
+            if entry.district_id == small.staff.district_id && delivery.state == DeliveryState::Sent
+            {
+                sent_ahead += 1;
+            }
+        }
+    }
+    assert!(
+        sent_ahead > 0,
+        "the stop came before the notice was read ahead"
+    );
+
+    // The next owner starts from the committed offsets: what was sent ahead is passed over.
+    let second = dispatcher(
+        &store,
+        &provider,
+        Config {
+            owner: "second".into(),
+            batch: 16,
+            ..config(14)
+        },
+    );
+    second.run_until_idle().await.unwrap();
+    assert_eq!(provider.received_count(), 400 + 80);
+    assert_eq!(provider.duplicates(), 0);
+    let ids: Vec<DeliveryId> = delivery_ids(&broadcast)
+        .into_iter()
+        .chain(delivery_ids(&notice))
+        .collect();
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Sent, 480)])
+    );
 }

@@ -271,8 +271,11 @@ impl InProcessProvider {
         if let Some(journal) = &self.journal {
             use std::io::Write as _;
             let mut file = journal.lock().unwrap_or_else(|p| p.into_inner());
-            // Best effort, like any provider's own records: a full disk loses the line.
-            let _ = writeln!(file, "{}", received.idempotency_key);
+            // One write per line, so a process killed mid-send never leaves half a line
+            // for the next one to append to. Best effort, like any provider's own
+            // records: a full disk loses the line.
+            let line = format!("{}\n", received.idempotency_key);
+            let _ = file.write_all(line.as_bytes());
         }
         self.lock().received.push(received);
     }
