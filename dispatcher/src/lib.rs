@@ -659,7 +659,7 @@ impl Dispatcher {
             entries.sort_by_key(|o| o.offset);
         }
         let at = now();
-        let kept = self.cut(&mut per_district, at);
+        let kept = self.cut(&per_district, at);
         // How far each district got: all it read (and, with fewer than its share, all it
         // has up to `through`), or up to where it was cut.
         let reached: HashMap<DistrictId, Option<i64>> = plan
@@ -729,7 +729,7 @@ impl Dispatcher {
     /// limit's tokens in turn, one entry each. Returns how many entries each keeps.
     fn cut(
         &self,
-        per_district: &mut BTreeMap<DistrictId, Vec<Outbound>>,
+        per_district: &BTreeMap<DistrictId, Vec<Outbound>>,
         at: DateTime<Utc>,
     ) -> HashMap<DistrictId, usize> {
         let mut seen = HashSet::new();
