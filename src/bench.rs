@@ -300,13 +300,28 @@ pub async fn fanout(
 /// drained by K dispatchers into the in-process sandbox (zero latency), then 200 single
 /// alerts sent one at a time to the idle dispatchers, each timed from the commit of its
 /// fan-out to the provider call.
-pub async fn dispatch(
-    deliveries: usize,
-    processes: usize,
-    in_flight: u32,
-    batch: u32,
-    database: &BenchDatabase,
-) -> anyhow::Result<()> {
+/// What `bench dispatch` sends, and with how many dispatchers.
+#[derive(Debug, Clone)]
+pub struct DispatchShape {
+    pub deliveries: usize,
+    pub processes: usize,
+    pub in_flight: u32,
+    pub batch: u32,
+    /// The broadcast is scheduled ahead: it goes out as deliveries coming due.
+    pub scheduled: bool,
+}
+
+/// How far ahead `bench dispatch --scheduled` schedules its broadcast.
+const SCHEDULED_AHEAD: std::time::Duration = std::time::Duration::from_secs(3);
+
+pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow::Result<()> {
+    let DispatchShape {
+        deliveries,
+        processes,
+        in_flight,
+        batch,
+        scheduled,
+    } = *shape;
     use std::collections::{BTreeSet, HashMap};
     use tidings_core::fanout::{plan, Draft};
     use tidings_core::store::Scope;
@@ -341,7 +356,17 @@ pub async fn dispatch(
         fallback_after: None,
     };
     let partitions = tidings_core::log::DEFAULT_PARTITIONS;
-    let broadcast = plan(&draft(members.len()), "en", &members, partitions, now());
+    let send_at = scheduled.then(|| now() + SCHEDULED_AHEAD);
+    let broadcast = plan(
+        &Draft {
+            scheduled_at: send_at,
+            ..draft(members.len())
+        },
+        "en",
+        &members,
+        partitions,
+        now(),
+    );
     let to_send: usize = broadcast
         .recipients
         .iter()
@@ -364,7 +389,11 @@ pub async fn dispatch(
         .iter()
         .fold(Adapters::default(), |a, &c| a.with(c, sandbox.adapter(c)));
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let started = Instant::now();
+    // Timed from when the broadcast may go.
+    let started = Instant::now()
+        + send_at
+            .and_then(|at| (at - now()).to_std().ok())
+            .unwrap_or_default();
     let running: Vec<_> = (0..processes.max(1))
         .map(|_| {
             let config = Config {
@@ -458,6 +487,7 @@ pub async fn dispatch(
         "processes": processes.max(1),
         "in_flight": in_flight,
         "batch": batch,
+        "scheduled": scheduled,
         "deliveries": to_send,
         "seconds": round(seconds),
         "deliveries_per_s": (to_send as f64 / seconds).round(),

@@ -143,6 +143,10 @@ enum BenchSuite {
         /// Log entries read per partition at a time (the `dispatch_batch` setting).
         #[arg(long, default_value_t = tidings_dispatcher::Config::default().batch)]
         batch: u32,
+        /// Schedule the broadcast a few seconds ahead, so it goes out as deliveries that
+        /// come due (as a message sent during quiet hours does when they end).
+        #[arg(long)]
+        scheduled: bool,
         #[command(flatten)]
         database: tidings::bench::BenchDatabase,
     },
@@ -241,9 +245,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         processes,
                         in_flight,
                         batch,
+                        scheduled,
                         database,
                     },
-            } => tidings::bench::dispatch(deliveries, processes, in_flight, batch, &database).await,
+            } => {
+                let shape = tidings::bench::DispatchShape {
+                    deliveries,
+                    processes,
+                    in_flight,
+                    batch,
+                    scheduled,
+                };
+                tidings::bench::dispatch(&shape, &database).await
+            }
             Command::Bench {
                 suite:
                     BenchSuite::Callbacks {
