@@ -47,6 +47,11 @@ pub use tidings_channel_adapters::{
     AckInvite, AddressFault, ChannelAdapter, Outgoing, SendOutcome,
 };
 
+/// Due deliveries read per pass, in multiples of `max_in_flight`: each partition's share
+/// is what one provider call per partition carries (at 4, 64 partitions get 64 each of
+/// the default 1,024 × 4); only `batches_at_once` partitions' sends are in flight at once.
+const DUE_READ_AHEAD: u32 = 4;
+
 /// The consumer group whose offsets the dispatcher commits.
 pub const CONSUMER_GROUP: &str = "dispatcher";
 
@@ -788,14 +793,16 @@ impl Dispatcher {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Deliveries whose time has come, in partitions this process owns: up to
-    /// `max_in_flight` at a time, sent per partition, several partitions side by side (a
-    /// newsletter held by quiet hours goes out at their end nearly as fast as one sent
-    /// straight away).
+    /// Deliveries whose time has come, in partitions this process owns: read
+    /// `DUE_READ_AHEAD` times `max_in_flight` at a time (they come in time order, spread
+    /// over every partition), sent per partition, as many partitions side by side as
+    /// batches of the log are — so a newsletter held by quiet hours goes out at their end
+    /// nearly as fast as one sent straight away.
     async fn send_due(&self, partitions: &Partitions) -> Result<usize, DispatchError> {
         use futures_util::StreamExt as _;
         let at = now();
-        let limit = self.config.max_in_flight.max(self.config.batch);
+        let limit =
+            (self.config.max_in_flight.max(self.config.batch)).saturating_mul(DUE_READ_AHEAD);
         let due = self.store.due_outbound(at, limit).await?;
         let mut per_lease: BTreeMap<Key, (Lease, Vec<Outbound>)> = BTreeMap::new();
         for o in due {
