@@ -296,10 +296,6 @@ pub async fn fanout(
     setup.finish().await
 }
 
-/// `tidings bench dispatch --deliveries N [--processes K]`: a broadcast of N deliveries
-/// drained by K dispatchers into the in-process sandbox (zero latency), then 200 single
-/// alerts sent one at a time to the idle dispatchers, each timed from the commit of its
-/// fan-out to the provider call.
 /// What `bench dispatch` sends, and with how many dispatchers.
 #[derive(Debug, Clone)]
 pub struct DispatchShape {
@@ -314,6 +310,11 @@ pub struct DispatchShape {
 /// How far ahead `bench dispatch --scheduled` schedules its broadcast.
 const SCHEDULED_AHEAD: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// `tidings bench dispatch --deliveries N [--processes K] [--scheduled]`: a broadcast of N
+/// deliveries drained by K dispatchers into the in-process sandbox (zero latency), with a
+/// neighbouring district's alert written a tenth of the way in; then 200 single alerts
+/// sent one at a time to the idle dispatchers, each timed from the commit of its fan-out
+/// to the provider call.
 pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow::Result<()> {
     let DispatchShape {
         deliveries,
@@ -376,11 +377,26 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
     store.create_message(&broadcast, now()).await?;
     // A neighbouring district's alert, written while the broadcast is going out: it is in
     // the same lane, behind the whole broadcast on every partition.
-    let neighbour = neighbour_alert(store.as_ref(), NEIGHBOURS, partitions).await?;
+    let (neighbour_district, neighbour_author, neighbours) =
+        neighbour_district(store.as_ref(), NEIGHBOURS).await?;
+    let neighbour = plan(
+        &Draft {
+            district_id: neighbour_district,
+            author_id: neighbour_author,
+            channels: BTreeSet::from([Channel::Sms]),
+            ..draft(neighbours.len())
+        },
+        "en",
+        &neighbours,
+        partitions,
+        now(),
+    );
     let neighbour_ids: std::collections::HashSet<_> = neighbour
         .recipients
         .iter()
-        .flat_map(|r| r.deliveries.iter().map(|d| d.id))
+        .flat_map(|r| &r.deliveries)
+        .filter(|d| d.suppressed_reason.is_none())
+        .map(|d| d.id)
         .collect();
     let mut neighbour_at = None;
 
@@ -465,8 +481,7 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
         .and_then(|(i, at)| (received[i].at - at).num_microseconds())
         .map_or(f64::NAN, |us| us as f64 / 1000.0);
     let broadcast_sent_by_then = neighbour_last.map_or(0, |i| i + 1 - neighbour_ids.len());
-    let mut pickups: Vec<f64> = sandbox
-        .received()
+    let mut pickups: Vec<f64> = received
         .iter()
         .filter_map(|r| {
             let at = committed_at.get(&r.delivery_id?)?;
@@ -513,15 +528,19 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
 /// Guardians of the neighbouring district in `bench dispatch`.
 const NEIGHBOURS: usize = 100;
 
-/// A second district with `guardians` guardians and an administrator, and an emergency
-/// text to all of them (written directly: the in-process sandbox takes any address).
-async fn neighbour_alert(
+/// A second district with an administrator and `guardians` guardians, each with a phone
+/// (the in-process sandbox takes any number): its id, the administrator's, the guardians
+/// as an audience.
+async fn neighbour_district(
     store: &dyn tidings_core::store::Store,
     guardians: usize,
-    partitions: u32,
-) -> anyhow::Result<tidings_core::store::NewMessage> {
-    use tidings_core::store::{NewDelivery, NewGuardian, NewMessage, NewRecipient, NewStaff};
-    use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, Lane, MessageKind, RecipientId};
+) -> anyhow::Result<(
+    tidings_core::DistrictId,
+    tidings_core::StaffId,
+    Vec<tidings_core::audience::AudienceMember>,
+)> {
+    use tidings_core::audience::{AudienceMember, MemberContact};
+    use tidings_core::store::{NewGuardian, NewStaff};
     let at = now();
     let district = store.create_district("Neighbour", at).await?;
     let staff = NewStaff {
@@ -532,7 +551,7 @@ async fn neighbour_alert(
         password_hash: None,
     };
     let author = store.create_staff(&staff, at).await?;
-    let mut recipients = Vec::with_capacity(guardians);
+    let mut members = Vec::with_capacity(guardians);
     for i in 0..guardians {
         let guardian = NewGuardian {
             district_id: district.id,
@@ -542,41 +561,19 @@ async fn neighbour_alert(
             sourced_id: None,
         };
         let guardian = store.create_guardian(&guardian, at).await?;
-        recipients.push(NewRecipient {
-            id: RecipientId::new(),
-            guardian_id: guardian.id,
-            language: "en".into(),
-            deliveries: vec![NewDelivery {
-                id: DeliveryId::new(),
-                channel: Channel::Sms,
-                address: Some(format!("+1555{i:07}")),
-                suppressed_reason: None,
-                not_before: None,
-                fallback_of: None,
+        members.push(AudienceMember {
+            guardian_id: *guardian.id.as_uuid(),
+            preferred_language: None,
+            contacts: vec![MemberContact {
+                id: *tidings_core::ContactPointId::new().as_uuid(),
+                kind: tidings_core::Channel::Sms,
+                address: format!("+1555{i:07}"),
             }],
+            opt_outs: Vec::new(),
+            quiet: None,
         });
     }
-    Ok(NewMessage {
-        id: tidings_core::MessageId::new(),
-        district_id: district.id,
-        author_id: author.id,
-        kind: MessageKind::Emergency,
-        lane: Lane::Emergency,
-        guarantee: DeliveryGuarantee::AtLeastOnce,
-        subject: "Shelter in place".into(),
-        body: "Neighbour bench alert.".into(),
-        channels: vec![Channel::Sms],
-        audience: serde_json::json!({ "district": true }),
-        translations: serde_json::json!({}),
-        requires_ack: true,
-        partitions,
-        hourly_quota: None,
-        renotify_of: None,
-        scheduled_at: None,
-        ack_deadline: None,
-        fallback_after: None,
-        recipients,
-    })
+    Ok((district.id, author.id, members))
 }
 
 /// Entries on the delivery log the dispatchers have not committed yet.

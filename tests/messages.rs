@@ -105,12 +105,7 @@ async fn a_school_wide_message_reaches_each_guardian_once_on_each_channel() {
         recipients
     );
     let (status, outcome) = d
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{id}/cancel"),
-            &d.admin,
-            None,
-        )
+        .post(&format!("/api/v1/messages/{id}/cancel"), &d.admin)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(outcome["cancelled"].as_u64(), Some(total - suppressed));
@@ -304,12 +299,7 @@ async fn fallback_adds_a_standby_email_behind_each_text_that_can_have_one() {
     );
     // A recall takes the standbys with it.
     let (status, outcome) = d
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{id}/cancel"),
-            &d.admin,
-            None,
-        )
+        .post(&format!("/api/v1/messages/{id}/cancel"), &d.admin)
         .await;
     assert_eq!(status, StatusCode::OK);
     let suppressed: u64 = support::suppressed_total(&sent);

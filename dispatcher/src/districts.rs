@@ -37,6 +37,20 @@ pub struct Plan<D> {
     pub unread_from: Option<i64>,
 }
 
+impl<D> Plan<D> {
+    /// How far one district of the plan got, for [`Progress::advance`]: of the entries it
+    /// read after `after` (their offsets, in order), the first `kept` have outcomes. `None`
+    /// when it kept all and they were fewer than its share: it has nothing more up to
+    /// `through`.
+    pub fn reached(&self, after: i64, read: &[i64], kept: usize) -> Option<i64> {
+        if kept == read.len() && read.len() < self.each as usize {
+            None
+        } else {
+            Some(kept.checked_sub(1).map_or(after, |i| read[i]))
+        }
+    }
+}
+
 impl<D: Copy + Eq + Hash + Ord> Progress<D> {
     pub fn new(committed: i64) -> Self {
         Self {
@@ -55,14 +69,15 @@ impl<D: Copy + Eq + Hash + Ord> Progress<D> {
     }
 
     /// The next batch of at most `limit` entries: every district whose last entry (from
-    /// `districts`, as seen with `through`) is past its cursor, furthest behind first, at
-    /// most `limit` of them, each with an equal share.
+    /// `districts`, read with `through`, none past it) is past its cursor, furthest behind
+    /// first, at most `limit` of them, each with an equal share.
     pub fn plan(&self, through: i64, districts: &[(D, i64)], limit: u32) -> Plan<D> {
         let mut waiting: Vec<(D, i64)> = districts
             .iter()
-            .map(|&(d, last)| (d, last.min(through), self.cursor(&d)))
-            .filter(|&(_, last, cursor)| last > cursor)
-            .map(|(d, _, cursor)| (d, cursor))
+            .filter_map(|&(d, last)| {
+                let cursor = self.cursor(&d);
+                (last > cursor).then_some((d, cursor))
+            })
             .collect();
         waiting.sort_by_key(|&(d, cursor)| (cursor, d));
         let room = (limit.max(1) as usize).min(waiting.len());
@@ -190,14 +205,8 @@ mod tests {
                 for &o in &entries[..keep] {
                     done[o] = true;
                 }
-                let got = if keep == entries.len() && entries.len() < plan.each as usize {
-                    None
-                } else if keep == 0 {
-                    Some(after)
-                } else {
-                    Some(entries[keep - 1] as i64)
-                };
-                reached.insert(district, got);
+                let read: Vec<i64> = entries.iter().map(|&o| o as i64).collect();
+                reached.insert(district, plan.reached(after, &read, keep));
             }
             let before = progress.committed;
             let committed = progress.advance(&plan, &reached);

@@ -671,17 +671,14 @@ impl Dispatcher {
             .reads
             .iter()
             .map(|&(district, after)| {
-                let entries = per_district.get(&district).map_or(&[][..], Vec::as_slice);
+                let read: Vec<i64> = per_district
+                    .get(&district)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o.offset)
+                    .collect();
                 let kept = kept.get(&district).copied().unwrap_or(0);
-                let got = if kept == entries.len() && entries.len() < plan.each as usize {
-                    None
-                } else {
-                    Some(
-                        kept.checked_sub(1)
-                            .and_then(|i| entries[i].offset)
-                            .unwrap_or(after),
-                    )
-                };
+                let got = plan.reached(after, &read, kept);
                 (district, got)
             })
             .collect();

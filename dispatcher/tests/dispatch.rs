@@ -90,6 +90,17 @@ async fn states(store: &dyn Store, ids: &[DeliveryId]) -> BTreeMap<DeliveryState
     counts
 }
 
+/// Every partition's offset is committed up to its last entry.
+async fn every_offset_committed(store: &dyn Store) {
+    for (lane, partition, heads) in store.partition_heads(None).await.unwrap() {
+        let committed = store
+            .committed_offset(CONSUMER_GROUP, lane, partition)
+            .await
+            .unwrap();
+        assert_eq!(committed, Some(heads.last), "{lane} {partition}");
+    }
+}
+
 async fn every_delivery_is_sent_once_and_every_offset_committed(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 40).await;
     let message = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
@@ -109,13 +120,7 @@ async fn every_delivery_is_sent_once_and_every_offset_committed(store: Arc<dyn S
     assert!(sent.provider_ref.is_some_and(|r| r.starts_with("SB")));
     assert_eq!(sent.attempts, 1);
     // Every partition's offset is committed up to its head.
-    for (lane, partition, next) in store.log_heads().await.unwrap() {
-        let committed = store
-            .committed_offset(CONSUMER_GROUP, lane, partition)
-            .await
-            .unwrap();
-        assert_eq!(committed, Some(next - 1), "{lane} {partition}");
-    }
+    every_offset_committed(store.as_ref()).await;
     assert_eq!(
         store.attempt_outcomes().await.unwrap(),
         BTreeMap::from([("sent".into(), 80)])
@@ -1224,16 +1229,26 @@ async fn live_dispatchers_share_a_providers_rate(store: Arc<dyn Store>) {
     assert_eq!(provider.duplicates(), 0);
 }
 
+/// A newsletter to a district of `large` guardians, then one to a second district of
+/// `small`: in offset order the second comes after the whole first on every partition.
+async fn broadcast_then_neighbour(
+    store: &dyn Store,
+    large: usize,
+    small: usize,
+) -> (NewMessage, NewMessage) {
+    let large = seed(store, large).await;
+    let small = seed_district(store, "Hillcrest Schools", small).await;
+    let broadcast = newsletter(&large, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&broadcast, now()).await.unwrap();
+    let notice = newsletter(&small, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&notice, now()).await.unwrap();
+    (broadcast, notice)
+}
+
 async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcast(
     store: Arc<dyn Store>,
 ) {
-    let large = seed(store.as_ref(), 400).await;
-    let small = seed_district(store.as_ref(), "Hillcrest Schools", 20).await;
-    let broadcast = newsletter(&large, DeliveryGuarantee::AtLeastOnce);
-    store.create_message(&broadcast, now()).await.unwrap();
-    // Written after the whole broadcast: in offset order it would go out last.
-    let notice = newsletter(&small, DeliveryGuarantee::AtLeastOnce);
-    store.create_message(&notice, now()).await.unwrap();
+    let (_, notice) = broadcast_then_neighbour(store.as_ref(), 400, 20).await;
     let provider = InProcessProvider::default();
     let config = Config {
         batch: 16,
@@ -1258,13 +1273,7 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
         "the small district's notice waited behind the broadcast: its last send was {last_notice} of 840"
     );
     // Every offset committed, nothing left over or sent twice on a second run.
-    for (lane, partition, next) in store.log_heads().await.unwrap() {
-        let committed = store
-            .committed_offset(CONSUMER_GROUP, lane, partition)
-            .await
-            .unwrap();
-        assert_eq!(committed, Some(next - 1), "{lane} {partition}");
-    }
+    every_offset_committed(store.as_ref()).await;
     assert_eq!(
         states(store.as_ref(), &notice_ids).await,
         BTreeMap::from([(DeliveryState::Sent, 40)])
@@ -1276,12 +1285,7 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
 async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner(
     store: Arc<dyn Store>,
 ) {
-    let large = seed(store.as_ref(), 200).await;
-    let small = seed_district(store.as_ref(), "Hillcrest Schools", 40).await;
-    let broadcast = newsletter(&large, DeliveryGuarantee::AtLeastOnce);
-    store.create_message(&broadcast, now()).await.unwrap();
-    let notice = newsletter(&small, DeliveryGuarantee::AtLeastOnce);
-    store.create_message(&notice, now()).await.unwrap();
+    let (broadcast, notice) = broadcast_then_neighbour(store.as_ref(), 200, 40).await;
     let provider = InProcessProvider::default().with_latency(Duration::from_millis(10));
     let first = Arc::new(dispatcher(
         &store,
@@ -1319,8 +1323,7 @@ async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_
             .unwrap()
         {
             let delivery = store.delivery(entry.delivery_id).await.unwrap().unwrap();
-            if entry.district_id == small.staff.district_id && delivery.state == DeliveryState::Sent
-            {
+            if entry.district_id == notice.district_id && delivery.state == DeliveryState::Sent {
                 sent_ahead += 1;
             }
         }

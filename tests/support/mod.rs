@@ -136,7 +136,6 @@ pub fn demo_zip_with(edit: Option<(&str, &str, &str)>) -> Vec<u8> {
     zip.finish().unwrap().into_inner()
 }
 
-/// The demo district's bundle, zipped as an SIS exports it.
 /// The deliveries a send's answer reports as not sent, over every reason.
 pub fn suppressed_total(sent: &serde_json::Value) -> u64 {
     sent["suppressed"].as_object().map_or(0, |reasons| {
@@ -144,6 +143,7 @@ pub fn suppressed_total(sent: &serde_json::Value) -> u64 {
     })
 }
 
+/// The demo district's bundle, zipped as an SIS exports it.
 pub fn demo_zip() -> Vec<u8> {
     demo_zip_with(None)
 }
@@ -298,6 +298,11 @@ impl District {
 
     pub async fn get(&self, path: &str, token: &str) -> (reqwest::StatusCode, serde_json::Value) {
         self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// A POST without a body (an action such as cancel or replay).
+    pub async fn post(&self, path: &str, token: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, token, None).await
     }
 
     /// Every item of a paged listing, following `next_after`.

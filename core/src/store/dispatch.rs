@@ -23,7 +23,7 @@ pub struct Lease {
 /// A partition of the log as seen at one moment: the offset of its last visible entry
 /// (-1: none yet) and, per district with entries in it, the offset of that district's last
 /// one (never past `last`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionDistricts {
     pub last: i64,
     pub districts: Vec<(DistrictId, i64)>,
@@ -232,9 +232,6 @@ pub trait DispatchStore: Send + Sync {
         offset: i64,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
-
-    /// The next offset every (lane, partition) will hand out.
-    async fn log_heads(&self) -> StoreResult<Vec<(Lane, PartitionId, i64)>>;
 
     /// A partition's entries after `after`, with their deliveries and content.
     async fn read_outbound(

@@ -271,6 +271,26 @@ macro_rules! dispatch_queries {
             Ok(())
         }
 
+        /// Ends a `WITH x (xid, seen, …) AS (…) UPDATE deliveries SET …` with the
+        /// compare-and-swap guard (same id and version, still in one of `states`), runs it
+        /// and keeps the rows it moved, by id.
+        async fn cas_returning(
+            tx: &mut Tx<'_>,
+            mut q: sqlx::QueryBuilder<'_, $db>,
+            states: &str,
+            moved: &mut std::collections::HashMap<uuid::Uuid, Delivery>,
+        ) -> StoreResult<()> {
+            q.push(" FROM x WHERE id = x.xid AND version = x.seen AND state IN (");
+            q.push(states);
+            q.push(") RETURNING ");
+            q.push(super::DELIVERY_COLUMNS);
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let d = super::delivery_from_row(&row)?;
+                moved.insert(*d.id.as_uuid(), d);
+            }
+            Ok(())
+        }
+
         /// The end of recording a batch's outcomes, the same on both dialects once the
         /// deliveries are updated (`applied`: those that moved, by id): the event rows of
         /// the ones whose state changed, the current rows of the ones that did not move,
@@ -310,23 +330,6 @@ macro_rules! dispatch_queries {
                 applied,
                 now_rows,
             )
-        }
-
-        /// The next offset each (lane, partition) will hand out: a partition has entries
-        /// to read while its head is past the committed offset + 1.
-        pub async fn heads(pool: &sqlx::Pool<$db>) -> StoreResult<Vec<(Lane, PartitionId, i64)>> {
-            let rows = sqlx::query("SELECT lane, partition, next_offset FROM log_heads")
-                .fetch_all(pool)
-                .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok((
-                        parse_col(row, "lane")?,
-                        PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
-                        row.try_get("next_offset")?,
-                    ))
-                })
-                .collect()
         }
 
         fn outbound_select() -> String {
@@ -553,12 +556,7 @@ macro_rules! dispatch_queries {
                 q.push_bind(at);
                 q.push(", next_attempt_at = NULL, version = version + 1, updated_at = ");
                 q.push_bind(at);
-                q.push(" FROM x WHERE id = x.xid AND version = x.seen AND state IN ('CREATED', 'QUEUED') RETURNING ");
-                q.push(super::DELIVERY_COLUMNS);
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    let d = super::delivery_from_row(&row)?;
-                    moved.insert(*d.id.as_uuid(), d);
-                }
+                cas_returning(&mut tx, q, "'CREATED', 'QUEUED'", &mut moved).await?;
             }
             let why = "fallback not needed: the channel before reached the guardian";
             let changed: Vec<(&Delivery, &str, Option<&str>)> = items
@@ -770,12 +768,6 @@ macro_rules! dispatch_store_impl {
                 at: DateTime<Utc>,
             ) -> StoreResult<()> {
                 dispatching::commit_offset(&self.pool, group, lease, offset, at).await
-            }
-
-            async fn log_heads(
-                &self,
-            ) -> StoreResult<Vec<(crate::Lane, crate::log::PartitionId, i64)>> {
-                dispatching::heads(&self.pool).await
             }
 
             async fn read_outbound(
@@ -996,12 +988,7 @@ macro_rules! bulk_attempts {
                 q.push_bind(at);
                 q.push("), updated_at = ");
                 q.push_bind(at);
-                q.push(" FROM x WHERE id = x.xid AND version = x.seen AND state IN ('CREATED', 'QUEUED') RETURNING ");
-                q.push(super::DELIVERY_COLUMNS);
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    let d = super::delivery_from_row(&row)?;
-                    moved.insert(*d.id.as_uuid(), d);
-                }
+                cas_returning(&mut tx, q, "'CREATED', 'QUEUED'", &mut moved).await?;
             }
             let moved_ids: Vec<uuid::Uuid> = moved.keys().copied().collect();
             let mut in_doubt = std::collections::HashSet::new();
@@ -1130,12 +1117,8 @@ macro_rules! bulk_attempts {
                 q.push_bind(at);
                 q.push(" ELSE sent_at END, failed_at = CASE WHEN x.xkind = 'failed' THEN ");
                 q.push_bind(at);
-                q.push(" ELSE failed_at END FROM x WHERE id = x.xid AND version = x.seen AND state = 'QUEUED' RETURNING ");
-                q.push(super::DELIVERY_COLUMNS);
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    let d = super::delivery_from_row(&row)?;
-                    applied.insert(*d.id.as_uuid(), d);
-                }
+                q.push(" ELSE failed_at END");
+                cas_returning(&mut tx, q, "'QUEUED'", &mut applied).await?;
             }
             close_finish(tx, lease, items, &errors, applied, actor, commit, at).await
         }
