@@ -1411,3 +1411,45 @@ async fn an_acknowledgment_covers_the_message_and_its_re_notifications(store: Ar
         AckOutcome::AlreadyAcked
     );
 }
+
+/// On PostgreSQL one foreign key ties a delivery to its recipient, its message and its
+/// guardian together: a delivery cannot be moved to another guardian or message of the
+/// district, even one that exists.
+#[tokio::test]
+async fn a_delivery_keeps_its_recipients_message_and_guardian_on_postgres() {
+    let db = TestDatabase::postgres().await;
+    let store = db.store().await;
+    let seed = seed(store.as_ref(), 2).await;
+    let message = message_to(&seed, &[Channel::Sms]);
+    store.create_message(&message, now()).await.unwrap();
+    let other = message_to(&seed, &[Channel::Sms]);
+    store.create_message(&other, now()).await.unwrap();
+    let delivery = *message.recipients[0].deliveries[0].id.as_uuid();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // (On a channel the guardian has no delivery on yet, so that only the key can object.)
+    let moves = [
+        ("guardian_id", *seed.guardians[1].id.as_uuid()),
+        ("message_id", *other.id.as_uuid()),
+        ("recipient_id", *message.recipients[1].id.as_uuid()),
+    ];
+    for (column, to) in moves {
+        let refused = sqlx::query(&format!(
+            "UPDATE deliveries SET {column} = $1, channel = 'email' WHERE id = $2"
+        ))
+        .bind(to)
+        .bind(delivery)
+        .execute(&pool)
+        .await
+        .unwrap_err();
+        let constraint = refused
+            .as_database_error()
+            .and_then(|e| e.constraint())
+            .map(str::to_owned);
+        assert_eq!(
+            constraint.as_deref(),
+            Some("deliveries_recipient"),
+            "{column}: {refused}"
+        );
+    }
+    pool.close().await;
+}
