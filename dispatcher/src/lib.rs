@@ -77,7 +77,9 @@ pub struct Config {
     /// While a more urgent lane has work, a lower lane with work still gets one batch in
     /// this many (1: strict priority).
     pub lower_lane_every: u32,
-    /// How long to wait when there is nothing to do.
+    /// How long to wait, when there is nothing to do, before looking again: for
+    /// deliveries coming due, and for log writes the store could not announce (a new
+    /// message wakes the dispatcher at once).
     pub idle_wait: Duration,
     pub retry: RetryPolicy,
     /// An attempt left unfinished this long (its dispatcher stopped mid-call) is taken up
@@ -121,7 +123,7 @@ impl Default for Config {
             provider_in_flight: 512,
             connections: tidings_core::store::ConnectOptions::default().max_connections,
             lower_lane_every: 8,
-            idle_wait: Duration::from_millis(20),
+            idle_wait: Duration::from_millis(100),
             retry: RetryPolicy::default(),
             in_doubt_after: Duration::from_secs(120),
             seed: rand::random(),
@@ -340,7 +342,10 @@ impl Dispatcher {
         };
         let working = async {
             let mut stop = stop.clone();
+            let mut written = self.store.log_writes();
             while !*stop.borrow() {
+                // Writes from here on wake the idle wait below.
+                written.borrow_and_update();
                 let worked = match self.pass(&partitions).await {
                     Ok(worked) => worked,
                     Err(error) => {
@@ -352,6 +357,7 @@ impl Dispatcher {
                 if !worked {
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.idle_wait) => {}
+                        Ok(()) = written.changed() => {}
                         _ = stop.changed() => {}
                     }
                 }

@@ -39,6 +39,7 @@ tidings_core::on_both_stores! {
     live_dispatchers_share_a_providers_rate,
     a_small_districts_message_goes_out_alongside_a_large_districts_broadcast,
     what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
+    an_idle_dispatcher_wakes_for_a_new_message,
 }
 
 const PARTITIONS: u32 = 4;
@@ -1354,4 +1355,60 @@ async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_
         states(store.as_ref(), &ids).await,
         BTreeMap::from([(DeliveryState::Sent, 480)])
     );
+}
+
+/// A dispatcher on `dispatching` that would look again only after an hour sends a message
+/// written through `writing` at once: the write wakes it.
+async fn wakes_for_a_new_message(dispatching: Arc<dyn Store>, writing: Arc<dyn Store>) {
+    let seed = seed(writing.as_ref(), 3).await;
+    let provider = InProcessProvider::default();
+    let config = Config {
+        idle_wait: Duration::from_secs(3600),
+        ..config(21)
+    };
+    let dispatcher = Arc::new(dispatcher(&dispatching, &provider, config));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run(stopped).await }
+    });
+    let received = |n: usize| {
+        let provider = provider.clone();
+        async move {
+            // Not a measure of speed: without the wake-up the wait would be an hour.
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while provider.received_count() < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    // The first message is found by the first look; then the dispatcher goes idle.
+    let first = with_partitions(message_to(&seed, &[Channel::Sms]));
+    writing.create_message(&first, now()).await.unwrap();
+    assert!(received(3).await, "the first message was not sent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = with_partitions(message_to(&seed, &[Channel::Email]));
+    writing.create_message(&second, now()).await.unwrap();
+    assert!(
+        received(6).await,
+        "the idle dispatcher did not wake for the second message"
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(provider.received_count(), 6);
+}
+
+async fn an_idle_dispatcher_wakes_for_a_new_message(store: Arc<dyn Store>) {
+    wakes_for_a_new_message(store.clone(), store).await;
+}
+
+/// On PostgreSQL the message may come from another process: the commit's notification
+/// wakes the dispatcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_dispatcher_wakes_for_another_process_message_on_postgres() {
+    let db = TestDatabase::postgres().await;
+    wakes_for_a_new_message(db.store().await, db.store().await).await;
 }

@@ -11,6 +11,33 @@ use crate::log::PartitionId;
 use crate::store::{CasOutcome, MessageScope, StoreResult};
 use crate::{Channel, DeliveryGuarantee, DeliveryState, DistrictId, Lane, MessageKind};
 
+/// Counts writes to the log that this process made or (on PostgreSQL) heard of, so that
+/// an idle dispatcher wakes at once instead of at its next look.
+#[derive(Debug, Clone)]
+pub struct LogWrites(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for LogWrites {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl LogWrites {
+    /// Entries may have been written: every subscriber's `changed()` resolves.
+    pub fn wrote(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+
+    /// Resolves once no subscriber is left.
+    pub async fn unwatched(&self) {
+        self.0.closed().await
+    }
+}
+
 /// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
 /// token; once another process has taken the partition over they are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -196,6 +223,12 @@ pub enum Replay {
 /// The dispatcher's side of a store; every `Store` is one.
 #[async_trait]
 pub trait DispatchStore: Send + Sync {
+    /// Changes whenever entries may have been written to the log: by this process, and
+    /// on PostgreSQL by any process on the database (a notification on commit). Writes
+    /// can be missed (a lost connection): it wakes a dispatcher early, it does not
+    /// replace looking.
+    fn log_writes(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// Renews `owner`'s presence and its leases for `ttl`, hands back what is over its
     /// fair share of `wanted` (live dispatchers divide it evenly), and takes free or
     /// expired partitions up to that share. Returns the leases of `wanted` it holds.

@@ -737,6 +737,10 @@ macro_rules! dispatch_store_impl {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl crate::store::dispatch::DispatchStore for $store {
+            fn log_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+                self.subscribe_log_writes()
+            }
+
             async fn claim_leases(
                 &self,
                 owner: &str,
@@ -906,7 +910,10 @@ macro_rules! dispatch_store_impl {
                 actor: &crate::delivery::Actor,
                 at: DateTime<Utc>,
             ) -> StoreResult<crate::store::dispatch::Replay> {
-                dispatching::replay(&self.pool, scope, id, actor, at).await
+                let replay = dispatching::replay(&self.pool, scope, id, actor, at).await?;
+                // Due at once: no need to wait for the dispatcher's next look.
+                self.written.wrote();
+                Ok(replay)
             }
 
             async fn attempt_outcomes(

@@ -2,6 +2,7 @@
 //! database.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +30,13 @@ const BOOTSTRAP_LOCK: i64 = 0x7469_6469_6e67_0001;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    written: super::dispatch::LogWrites,
+    /// Listens for other processes' writes to the log while anyone subscribes to them.
+    listener: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
+
+/// The channel a fan-out notifies on commit.
+const LOG_CHANNEL: &str = "tidings_log";
 
 impl PostgresStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
@@ -52,7 +59,30 @@ impl PostgresStore {
             .max_connections(options.max_connections)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(connect_options);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            written: Default::default(),
+            listener: Default::default(),
+        })
+    }
+
+    /// Writes to the log by this process at once, and those of other processes as their
+    /// notifications arrive (on a connection of its own, opened by the first subscriber
+    /// and closed when none is left).
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        let writes = self.written.subscribe();
+        let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        if listener.as_ref().is_none_or(|task| task.is_finished()) {
+            let options = (*self.pool.connect_options()).clone();
+            let written = self.written.clone();
+            *listener = Some(tokio::spawn(async move {
+                tokio::select! {
+                    () = listen_for_log_writes(options, &written) => {}
+                    () = written.unwatched() => {}
+                }
+            }));
+        }
+        writes
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -325,6 +355,7 @@ impl Store for PostgresStore {
         write_message(&mut tx, message, at).await?;
         write_recipients(&mut tx, message, &message.recipients, at).await?;
         tx.commit().await?;
+        self.written.wrote();
         Ok(())
     }
 
@@ -711,7 +742,9 @@ impl Store for PostgresStore {
             chunk,
             at,
         );
-        send.await
+        let sent = send.await?;
+        self.written.wrote();
+        Ok(sent)
     }
 
     async fn resolve_audience(
@@ -1013,11 +1046,41 @@ mod messages {
 crate::store::streamed_send!(sqlx::Postgres);
 
 /// The message row (after reserving the hourly quota, when it has one).
+/// Passes the log's commit notifications on to `written`, reconnecting after a lost
+/// connection (and counting that as a write: some may have been missed meanwhile).
+async fn listen_for_log_writes(options: PgConnectOptions, written: &super::dispatch::LogWrites) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options);
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(LOG_CHANNEL).await?;
+            written.wrote();
+            loop {
+                listener.recv().await?;
+                written.wrote();
+            }
+        };
+        let error: sqlx::Error = match listening.await {
+            Ok(()) => unreachable!("listening ends only with an error"),
+            Err(error) => error,
+        };
+        tracing::warn!(error = %error, "not hearing of other processes' log writes; retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn write_message(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     message: &NewMessage,
     at: DateTime<Utc>,
 ) -> StoreResult<()> {
+    // Delivered to listening dispatchers when (and only if) the message commits.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(LOG_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
     if let Some(max) = message.hourly_quota {
         messages::reserve_hourly_quota(tx, *message.district_id.as_uuid(), max, at).await?;
     }

@@ -33,6 +33,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sql
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    written: super::dispatch::LogWrites,
 }
 
 impl SqliteStore {
@@ -54,7 +55,15 @@ impl SqliteStore {
             .connect_with(connect_options)
             .await
             .map_err(connect_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            written: Default::default(),
+        })
+    }
+
+    /// Writes to the log: one process does all the writing on SQLite.
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -333,6 +342,7 @@ impl Store for SqliteStore {
         write_message(&mut tx, message, at).await?;
         write_recipients(&mut tx, message, &message.recipients, at).await?;
         tx.commit().await?;
+        self.written.wrote();
         Ok(())
     }
 
@@ -727,7 +737,9 @@ impl Store for SqliteStore {
             chunk,
             at,
         );
-        send.await
+        let sent = send.await?;
+        self.written.wrote();
+        Ok(sent)
     }
 
     async fn resolve_audience(
