@@ -332,10 +332,16 @@ impl Dispatcher {
     pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), DispatchError> {
         let partitions = Partitions::default();
         tracing::info!(owner = %self.config.owner, "dispatcher started");
+        // Partitions taken over are looked at at once, not at the next idle look.
+        let taken = tokio::sync::Notify::new();
         let renewing = async {
             loop {
-                if let Err(error) = self.renew(&partitions).await {
-                    tracing::error!(owner = %self.config.owner, error = %tidings_core::store::error_chain(&error), "cannot renew partition leases");
+                match self.renew(&partitions).await {
+                    Ok(true) => taken.notify_one(),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::error!(owner = %self.config.owner, error = %tidings_core::store::error_chain(&error), "cannot renew partition leases");
+                    }
                 }
                 tokio::time::sleep(self.config.lease_ttl / 3).await;
             }
@@ -358,6 +364,7 @@ impl Dispatcher {
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.idle_wait) => {}
                         Ok(()) = written.changed() => {}
+                        () = taken.notified() => {}
                         _ = stop.changed() => {}
                     }
                 }
@@ -394,7 +401,8 @@ impl Dispatcher {
         Ok(self.send_due(partitions).await? > 0 || drained)
     }
 
-    async fn renew(&self, partitions: &Partitions) -> Result<(), DispatchError> {
+    /// Renews and claims leases; whether a partition was newly taken.
+    async fn renew(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
         let wanted: Vec<Key> = Lane::ALL
             .iter()
             .flat_map(|&lane| (0..self.config.partitions).map(move |p| (lane, PartitionId::new(p))))
@@ -422,8 +430,11 @@ impl Dispatcher {
         partitions.committed().retain(|key, _| {
             held.get(key).map(|l| l.fencing_token) == leases.get(key).map(|l| l.fencing_token)
         });
+        let taken = held.iter().any(|(key, lease)| {
+            leases.get(key).map(|l| l.fencing_token) != Some(lease.fencing_token)
+        });
         *leases = held;
-        Ok(())
+        Ok(taken)
     }
 
     /// Reads the committed offset of each newly held partition.
@@ -470,13 +481,21 @@ impl Dispatcher {
 
     /// One batch from every partition with a backlog, several partitions side by side
     /// (as many batches as `max_in_flight` allows). The lane of each next batch is the
-    /// most urgent with work, but for the lower lanes' share; whenever a batch finishes,
-    /// the emergency lane is looked at again, so new emergencies go before the rest.
+    /// most urgent with work, but for the lower lanes' share. Whenever a batch finishes
+    /// the log is looked at again: new emergencies go before the rest, and a partition
+    /// where a district turned up that this pass has not planned for there (a small
+    /// district's message during a large one's broadcast) gets the next batch of its
+    /// lane, instead of waiting for the next pass.
     async fn drain_lanes(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
         use futures_util::StreamExt as _;
         let slots = self.config.batches_at_once();
         let mut worked = false;
         let mut backlog = self.backlog(partitions, None).await?;
+        let mut planned: HashMap<Key, Vec<DistrictId>> = backlog
+            .values()
+            .flatten()
+            .map(|(l, heads)| ((l.lane, l.partition), heads.district_ids().collect()))
+            .collect();
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut busy: HashSet<Key> = HashSet::new();
         loop {
@@ -506,15 +525,14 @@ impl Dispatcher {
                     return Err(error);
                 }
             }
-            // Before any further batch of a lower lane, look for new emergencies.
+            // Before any further batch of a lower lane, look for new emergencies and
+            // newcomers.
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
-                let urgent = self
-                    .backlog(partitions, Some(Lane::Emergency))
-                    .await?
-                    .remove(&Lane::Emergency);
-                if let Some(urgent) = urgent {
+                let mut fresh = self.backlog(partitions, None).await?;
+                if let Some(urgent) = fresh.remove(&Lane::Emergency) {
                     backlog.insert(Lane::Emergency, urgent);
                 }
+                newcomers_first(&mut backlog, fresh, &mut planned, &busy);
             }
         }
     }
@@ -1347,6 +1365,34 @@ impl RateShares {
     }
 }
 
+/// Moves to the front of their lane (the end: batches are popped) the partitions of
+/// `fresh` where a district has turned up that `planned` does not list for them, with
+/// the fresh heads, and notes them as planned. A partition with a batch in hand is left
+/// for the next look.
+fn newcomers_first(
+    backlog: &mut Backlog,
+    fresh: Backlog,
+    planned: &mut HashMap<Key, Vec<DistrictId>>,
+    busy: &HashSet<Key>,
+) {
+    for (lane, waiting) in fresh {
+        for (lease, heads) in waiting {
+            let key = (lease.lane, lease.partition);
+            if busy.contains(&key) {
+                continue;
+            }
+            let known = planned.entry(key).or_default();
+            if heads.district_ids().all(|d| known.contains(&d)) {
+                continue;
+            }
+            *known = heads.district_ids().collect();
+            let queue = backlog.entry(lane).or_default();
+            queue.retain(|(l, _)| (l.lane, l.partition) != key);
+            queue.push((lease, heads));
+        }
+    }
+}
+
 /// Tries of a failing batch before its partition goes one entry at a time, and of a
 /// failing single entry before it is quarantined.
 const POISON_TRIES: u32 = 3;
@@ -1415,5 +1461,59 @@ mod tests {
         assert_eq!(config(4096, 256, 40).batches_at_once(), 16);
         assert_eq!(config(100, 256, 10).batches_at_once(), 1);
         assert_eq!(config(1024, 256, 1).batches_at_once(), 1);
+    }
+
+    #[test]
+    fn a_partition_where_a_district_turned_up_is_next_in_its_lane() {
+        let (large, small) = (DistrictId::new(), DistrictId::new());
+        let lease = |p| Lease {
+            lane: Lane::Bulk,
+            partition: PartitionId::new(p),
+            fencing_token: 1,
+        };
+        let heads = |last, districts: &[DistrictId]| PartitionDistricts {
+            last,
+            districts: districts.iter().map(|&d| (d, last)).collect(),
+        };
+        // The pass planned partitions 0-3 for the large district; 3 and 2 are done,
+        // 1 and 0 wait (0 is last: batches are popped).
+        let mut backlog = Backlog::from([(
+            Lane::Bulk,
+            vec![
+                (lease(0), heads(9, &[large])),
+                (lease(1), heads(9, &[large])),
+            ],
+        )]);
+        let mut planned: HashMap<Key, Vec<DistrictId>> = (0..4)
+            .map(|p| ((Lane::Bulk, PartitionId::new(p)), vec![large]))
+            .collect();
+        // The small district writes to partitions 0, 2 and 3; 3 has a batch in hand.
+        let fresh = Backlog::from([(
+            Lane::Bulk,
+            vec![
+                (lease(0), heads(12, &[large, small])),
+                (lease(1), heads(9, &[large])),
+                (lease(2), heads(11, &[large, small])),
+                (lease(3), heads(11, &[large, small])),
+            ],
+        )]);
+        let busy = HashSet::from([(Lane::Bulk, PartitionId::new(3))]);
+        newcomers_first(&mut backlog, fresh.clone(), &mut planned, &busy);
+        let order: Vec<(u32, i64)> = backlog[&Lane::Bulk]
+            .iter()
+            .rev()
+            .map(|(l, h)| (l.partition.get(), h.last))
+            .collect();
+        // Popped first: 2 (done before, back for the newcomer), then 0 with its fresh
+        // heads, then 1 as planned; 3 waits until its batch is in.
+        assert_eq!(order, vec![(2, 11), (0, 12), (1, 9)]);
+        // Looking again changes nothing but for 3, now free.
+        newcomers_first(&mut backlog, fresh, &mut planned, &HashSet::new());
+        let order: Vec<u32> = backlog[&Lane::Bulk]
+            .iter()
+            .rev()
+            .map(|(l, _)| l.partition.get())
+            .collect();
+        assert_eq!(order, vec![3, 2, 0, 1]);
     }
 }

@@ -40,6 +40,7 @@ tidings_core::on_both_stores! {
     a_small_districts_message_goes_out_alongside_a_large_districts_broadcast,
     what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
     an_idle_dispatcher_wakes_for_a_new_message,
+    a_district_that_writes_during_a_pass_is_served_within_it,
 }
 
 const PARTITIONS: u32 = 4;
@@ -1411,4 +1412,64 @@ async fn an_idle_dispatcher_wakes_for_a_new_message(store: Arc<dyn Store>) {
 async fn an_idle_dispatcher_wakes_for_another_process_message_on_postgres() {
     let db = TestDatabase::postgres().await;
     wakes_for_a_new_message(db.store().await, db.store().await).await;
+}
+
+/// A district whose message is written while a dispatcher is half-way through a round of
+/// batches over a large broadcast's partitions is served in that round, not after it.
+async fn a_district_that_writes_during_a_pass_is_served_within_it(store: Arc<dyn Store>) {
+    const PARTITIONS: u32 = 16;
+    let large = seed(store.as_ref(), 400).await;
+    let small = seed_district(store.as_ref(), "Hillcrest Schools", 3).await;
+    let sms_newsletter = |seed: &Seed| NewMessage {
+        kind: MessageKind::General,
+        lane: Lane::Bulk,
+        partitions: PARTITIONS,
+        ..message_to(seed, &[Channel::Sms])
+    };
+    store
+        .create_message(&sms_newsletter(&large), now())
+        .await
+        .unwrap();
+    // One batch of 8 at a time, each answered after 10 ms: a round over the broadcast's
+    // 16 partitions is 128 sends.
+    let provider = InProcessProvider::default().with_latency(Duration::from_millis(10));
+    let config = Config {
+        partitions: PARTITIONS,
+        batch: 8,
+        max_in_flight: 8,
+        ..config(22)
+    };
+    let dispatcher = Arc::new(dispatcher(&store, &provider, config));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run(stopped).await }
+    });
+    while provider.received_count() < 8 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let notice = sms_newsletter(&small);
+    store.create_message(&notice, now()).await.unwrap();
+    let mark = provider.received_count();
+    while provider.received_count() < 403 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    let received = provider.received();
+    assert_eq!(provider.duplicates(), 0);
+    let notice_ids = delivery_ids(&notice);
+    let last_notice = received
+        .iter()
+        .rposition(|r| r.delivery_id.is_some_and(|d| notice_ids.contains(&d)))
+        .unwrap();
+    // Its three guardians are in at most three partitions: a batch each, after the one in
+    // hand (waiting for the next round, it would have gone after the rest of this one,
+    // more than 100 sends).
+    assert!(
+        last_notice < mark + 5 * 8,
+        "the notice went out {} sends after it was written (at {mark})",
+        last_notice - mark
+    );
 }

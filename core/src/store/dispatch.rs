@@ -56,6 +56,13 @@ pub struct PartitionDistricts {
     pub districts: Vec<(DistrictId, i64)>,
 }
 
+impl PartitionDistricts {
+    /// The districts with entries in the partition.
+    pub fn district_ids(&self) -> impl Iterator<Item = DistrictId> + '_ {
+        self.districts.iter().map(|(district, _)| *district)
+    }
+}
+
 /// A delivery with everything a provider call needs: the address, the words in the
 /// recipient's language, and how the message asked to be sent.
 #[derive(Debug, Clone)]
