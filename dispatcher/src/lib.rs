@@ -525,15 +525,20 @@ impl Dispatcher {
                     return Err(error);
                 }
             }
-            // Before any further batch of a lower lane, look for new emergencies and
-            // newcomers.
+            // Before any further batch, look for new emergencies and newcomers.
+            let mut fresh = self.backlog(partitions, None).await?;
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
-                let mut fresh = self.backlog(partitions, None).await?;
                 if let Some(urgent) = fresh.remove(&Lane::Emergency) {
+                    for (lease, heads) in &urgent {
+                        planned.insert(
+                            (lease.lane, lease.partition),
+                            heads.district_ids().collect(),
+                        );
+                    }
                     backlog.insert(Lane::Emergency, urgent);
                 }
-                newcomers_first(&mut backlog, fresh, &mut planned, &busy);
             }
+            newcomers_first(&mut backlog, fresh, &mut planned, &busy);
         }
     }
 
