@@ -333,6 +333,12 @@ macro_rules! dispatch_queries {
         }
 
         fn outbound_select() -> String {
+            outbound_select_of("deliveries")
+        }
+
+        /// `outbound_select` with the deliveries `d` taken from `deliveries` (a table or
+        /// a subquery).
+        fn outbound_select_of(deliveries: &str) -> String {
             let delivery_columns = $crate::store::delivery_columns("d");
             format!(
                 "SELECT {delivery_columns}, l.lane, l.partition, l.\"offset\", m.kind, m.delivery_guarantee, \
@@ -342,7 +348,7 @@ macro_rules! dispatch_queries {
                         b.channel AS backs_up_channel, b.state AS backs_up_state, b.suppressed_reason AS backs_up_reason, \
                         (b.fallback_of IS NOT NULL) AS backs_up_standby \
                  FROM log_entries l \
-                 JOIN deliveries d ON d.id = l.delivery_id \
+                 JOIN {deliveries} d ON d.id = l.delivery_id \
                  JOIN messages m ON m.id = d.message_id \
                  JOIN recipients r ON r.id = d.recipient_id \
                  LEFT JOIN deliveries b ON b.id = d.fallback_of "
@@ -482,11 +488,17 @@ macro_rules! dispatch_queries {
         /// Deliveries waiting for a time that has come: retries, scheduled sends, quiet
         /// hours that ended, and attempts whose dispatcher stopped before recording them.
         pub async fn due(pool: &sqlx::Pool<$db>, at: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Outbound>> {
+            // The due deliveries first, through their index, then their log entries by
+            // delivery: joined the other way round, the planner may scan the whole log
+            // (in parallel, on PostgreSQL) to find a handful of them.
             let rows = sqlx::query(&format!(
-                "{} WHERE d.state IN ('CREATED', 'QUEUED') AND d.next_attempt_at IS NOT NULL \
-                      AND d.next_attempt_at <= $1 \
-                 ORDER BY d.next_attempt_at LIMIT $2",
-                outbound_select()
+                "{} ORDER BY d.next_attempt_at",
+                outbound_select_of(
+                    "(SELECT * FROM deliveries \
+                      WHERE state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL \
+                        AND next_attempt_at <= $1 \
+                      ORDER BY next_attempt_at LIMIT $2)"
+                )
             ))
             .bind(at)
             .bind(i64::from(limit))

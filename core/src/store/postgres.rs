@@ -44,7 +44,12 @@ impl PostgresStore {
             url: super::redact_url(url),
             source,
         };
-        let connect_options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+        // No JIT compilation: Tidings' statements are short, and the server's cost
+        // estimates for them (stale just after a broadcast is written) can pass the JIT
+        // threshold, which then spent 55-400 ms compiling a query that runs in under 8.
+        let connect_options = PgConnectOptions::from_str(url)
+            .map_err(connect_error)?
+            .options([("jit", "off")]);
         // One direct connection first: a pool would retry until its timeout and then
         // report only "timed out", hiding "connection refused" or "password failed".
         let probe = tokio::time::timeout(
