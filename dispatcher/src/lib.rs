@@ -461,15 +461,11 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Owned partitions with unread entries, per lane (of one lane, or all), with where
-    /// each district's entries in them end.
-    async fn backlog(
-        &self,
-        partitions: &Partitions,
-        lane: Option<Lane>,
-    ) -> Result<Backlog, DispatchError> {
+    /// Owned partitions with unread entries, per lane, with where each district's entries
+    /// in them end.
+    async fn backlog(&self, partitions: &Partitions) -> Result<Backlog, DispatchError> {
         let mut backlog = Backlog::new();
-        for (lane, partition, heads) in self.store.partition_heads(lane).await? {
+        for (lane, partition, heads) in self.store.partition_heads(None).await? {
             if let Some((lease, committed)) = partitions.get(&(lane, partition)) {
                 if heads.last > committed {
                     backlog.entry(lane).or_default().push((lease, heads));
@@ -490,7 +486,7 @@ impl Dispatcher {
         use futures_util::StreamExt as _;
         let slots = self.config.batches_at_once();
         let mut worked = false;
-        let mut backlog = self.backlog(partitions, None).await?;
+        let mut backlog = self.backlog(partitions).await?;
         let mut planned: HashMap<Key, Vec<DistrictId>> = backlog
             .values()
             .flatten()
@@ -526,7 +522,7 @@ impl Dispatcher {
                 }
             }
             // Before any further batch, look for new emergencies and newcomers.
-            let mut fresh = self.backlog(partitions, None).await?;
+            let mut fresh = self.backlog(partitions).await?;
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
                 if let Some(urgent) = fresh.remove(&Lane::Emergency) {
                     for (lease, heads) in &urgent {

@@ -1050,7 +1050,6 @@ mod messages {
 
 crate::store::streamed_send!(sqlx::Postgres);
 
-/// The message row (after reserving the hourly quota, when it has one).
 /// Passes the log's commit notifications on to `written`, reconnecting after a lost
 /// connection (and counting that as a write: some may have been missed meanwhile).
 async fn listen_for_log_writes(options: PgConnectOptions, written: &super::dispatch::LogWrites) {
@@ -1067,15 +1066,13 @@ async fn listen_for_log_writes(options: PgConnectOptions, written: &super::dispa
                 written.wrote();
             }
         };
-        let error: sqlx::Error = match listening.await {
-            Ok(()) => unreachable!("listening ends only with an error"),
-            Err(error) => error,
-        };
+        let Err::<std::convert::Infallible, sqlx::Error>(error) = listening.await;
         tracing::warn!(error = %error, "not hearing of other processes' log writes; retrying in 1 s");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
+/// The message row (after reserving the hourly quota, when it has one).
 async fn write_message(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     message: &NewMessage,
