@@ -521,18 +521,11 @@ impl Dispatcher {
                     return Err(error);
                 }
             }
-            // Before any further batch, look for new emergencies and newcomers.
-            let mut fresh = self.backlog(partitions).await?;
+            // Before any further batch, look for newcomers; with no emergency waiting,
+            // every emergency on the log is one.
+            let fresh = self.backlog(partitions).await?;
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
-                if let Some(urgent) = fresh.remove(&Lane::Emergency) {
-                    for (lease, heads) in &urgent {
-                        planned.insert(
-                            (lease.lane, lease.partition),
-                            heads.district_ids().collect(),
-                        );
-                    }
-                    backlog.insert(Lane::Emergency, urgent);
-                }
+                planned.retain(|(lane, _), _| *lane != Lane::Emergency);
             }
             newcomers_first(&mut backlog, fresh, &mut planned, &busy);
         }

@@ -16,7 +16,7 @@ use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane, 
 use tidings_dispatcher::{
     Adapters, BreakerPolicy, Config, Dispatcher, RetryPolicy, CONSUMER_GROUP,
 };
-use tidings_sandbox::{Faults, InProcessProvider};
+use tidings_sandbox::{Faults, InProcessProvider, Received};
 
 tidings_core::on_both_stores! {
     every_delivery_is_sent_once_and_every_offset_committed,
@@ -101,6 +101,15 @@ async fn every_offset_committed(store: &dyn Store) {
             .unwrap();
         assert_eq!(committed, Some(heads.last), "{lane} {partition}");
     }
+}
+
+/// The place, in the order the provider received them, of the last send of `message`.
+fn last_send_of(received: &[Received], message: &NewMessage) -> usize {
+    let ids = delivery_ids(message);
+    received
+        .iter()
+        .rposition(|r| r.delivery_id.is_some_and(|d| ids.contains(&d)))
+        .expect("the message was sent")
 }
 
 async fn every_delivery_is_sent_once_and_every_offset_committed(store: Arc<dyn Store>) {
@@ -441,7 +450,6 @@ async fn an_emergency_overtakes_a_draining_broadcast(store: Arc<dyn Store>) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let alert = with_partitions(message_to(&seed, &[Channel::Push]));
-    let alert_ids = delivery_ids(&alert);
     store.create_message(&alert, now()).await.unwrap();
     // Counted from the alert's commit: the dispatcher cannot see it any sooner.
     let mark = provider.received().len();
@@ -452,10 +460,7 @@ async fn an_emergency_overtakes_a_draining_broadcast(store: Arc<dyn Store>) {
     running.await.unwrap().unwrap();
 
     let received = provider.received();
-    let last_alert = received
-        .iter()
-        .rposition(|r| r.delivery_id.is_some_and(|d| alert_ids.contains(&d)))
-        .unwrap();
+    let last_alert = last_send_of(&received, &alert);
     let bulk_after_mark = received[mark..last_alert]
         .iter()
         .filter(|r| r.channel != Channel::Push)
@@ -1262,11 +1267,7 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
     let received = provider.received();
     assert_eq!(received.len(), 800 + 40);
     assert_eq!(provider.duplicates(), 0);
-    let notice_ids = delivery_ids(&notice);
-    let last_notice = received
-        .iter()
-        .rposition(|r| r.delivery_id.is_some_and(|d| notice_ids.contains(&d)))
-        .unwrap();
+    let last_notice = last_send_of(&received, &notice);
     // Each batch of 16 gives each district 8: the notice's 40 entries, however they
     // fall into the 4 partitions, are out within 5 batches of every partition (320
     // sends), long before the broadcast's 800 are.
@@ -1277,7 +1278,7 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
     // Every offset committed, nothing left over or sent twice on a second run.
     every_offset_committed(store.as_ref()).await;
     assert_eq!(
-        states(store.as_ref(), &notice_ids).await,
+        states(store.as_ref(), &delivery_ids(&notice)).await,
         BTreeMap::from([(DeliveryState::Sent, 40)])
     );
     dispatcher.run_until_idle().await.unwrap();
@@ -1471,11 +1472,7 @@ async fn served_within_the_round(store: Arc<dyn Store>, n: usize, kind: MessageK
 
     let received = provider.received();
     assert_eq!(provider.duplicates(), 0);
-    let notice_ids = delivery_ids(&notice);
-    let last_notice = received
-        .iter()
-        .rposition(|r| r.delivery_id.is_some_and(|d| notice_ids.contains(&d)))
-        .unwrap();
+    let last_notice = last_send_of(&received, &notice);
     // Its three guardians are in at most three partitions: a batch each, after the one in
     // hand (waiting for the next round, it would have gone after the rest of this one,
     // more than 100 sends).

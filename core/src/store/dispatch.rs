@@ -11,24 +11,24 @@ use crate::log::PartitionId;
 use crate::store::{CasOutcome, MessageScope, StoreResult};
 use crate::{Channel, DeliveryGuarantee, DeliveryState, DistrictId, Lane, MessageKind};
 
-/// Counts writes to the log that this process made or (on PostgreSQL) heard of, so that
-/// an idle dispatcher wakes at once instead of at its next look.
+/// Tells of writes to the log that this process made or (on PostgreSQL) heard of, so
+/// that an idle dispatcher wakes at once instead of at its next look.
 #[derive(Debug, Clone)]
-pub struct LogWrites(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+pub struct LogWrites(std::sync::Arc<tokio::sync::watch::Sender<()>>);
 
 impl Default for LogWrites {
     fn default() -> Self {
-        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(())))
     }
 }
 
 impl LogWrites {
     /// Entries may have been written: every subscriber's `changed()` resolves.
     pub fn wrote(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.0.send_replace(());
     }
 
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
         self.0.subscribe()
     }
 
@@ -234,7 +234,7 @@ pub trait DispatchStore: Send + Sync {
     /// on PostgreSQL by any process on the database (a notification on commit). Writes
     /// can be missed (a lost connection): it wakes a dispatcher early, it does not
     /// replace looking.
-    fn log_writes(&self) -> tokio::sync::watch::Receiver<u64>;
+    fn log_writes(&self) -> tokio::sync::watch::Receiver<()>;
 
     /// Renews `owner`'s presence and its leases for `ttl`, hands back what is over its
     /// fair share of `wanted` (live dispatchers divide it evenly), and takes free or

@@ -749,7 +749,7 @@ macro_rules! dispatch_store_impl {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl crate::store::dispatch::DispatchStore for $store {
-            fn log_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+            fn log_writes(&self) -> tokio::sync::watch::Receiver<()> {
                 self.subscribe_log_writes()
             }
 

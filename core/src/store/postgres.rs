@@ -74,7 +74,7 @@ impl PostgresStore {
     /// Writes to the log by this process at once, and those of other processes as their
     /// notifications arrive (on a connection of its own, opened by the first subscriber
     /// and closed when none is left).
-    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
         let writes = self.written.subscribe();
         let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
         if listener.as_ref().is_none_or(|task| task.is_finished()) {

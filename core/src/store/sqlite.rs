@@ -62,7 +62,7 @@ impl SqliteStore {
     }
 
     /// Writes to the log: one process does all the writing on SQLite.
-    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
         self.written.subscribe()
     }
 
