@@ -622,14 +622,19 @@ macro_rules! directory_queries {
                 .execute(&mut *tx)
                 .await?;
             }
+            // Found by message and guardian, through the index that keeps them unique per
+            // channel: deliveries have no index of their own on the recipient.
             let mut deliveries_of = sqlx::QueryBuilder::<$db>::new(
-                "SELECT id, district_id, recipient_id, channel, state, version FROM deliveries WHERE recipient_id IN (",
+                "SELECT d.id, d.district_id, d.recipient_id, d.channel, d.state, d.version \
+                 FROM recipients r JOIN deliveries d \
+                      ON d.message_id = r.message_id AND d.guardian_id = r.guardian_id AND d.recipient_id = r.id \
+                 WHERE r.id IN (",
             );
             let mut list = deliveries_of.separated(", ");
             for r in std::iter::once(&recipient).chain(&related) {
                 list.push_bind($enc(*r));
             }
-            deliveries_of.push(") ORDER BY id");
+            deliveries_of.push(") ORDER BY d.id");
             let rows = deliveries_of.build().fetch_all(&mut *tx).await?;
             let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
             for row in &rows {

@@ -580,42 +580,6 @@ macro_rules! dispatch_queries {
             Ok(items.iter().map(|seen| moved.contains_key(seen.id.as_uuid())).collect())
         }
 
-        /// For each (guardian, channel) of `pairs`, the earliest-created delivery that is
-        /// waiting for a retry, with when that retry is due.
-        pub async fn retrying(
-            pool: &sqlx::Pool<$db>,
-            pairs: &[($crate::GuardianId, $crate::Channel)],
-            at: DateTime<Utc>,
-        ) -> StoreResult<Vec<($crate::GuardianId, $crate::Channel, DateTime<Utc>, DateTime<Utc>)>> {
-            let mut found = Vec::new();
-            for chunk in pairs.chunks(300) {
-                let mut query = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT guardian_id, channel, min(created_at) AS created_at, max(next_attempt_at) AS due \
-                     FROM deliveries WHERE state = 'QUEUED' AND attempts > 0 AND next_attempt_at > ",
-                );
-                query.push_bind(at);
-                query.push(" AND (guardian_id, channel) IN (");
-                let mut separated = query.separated(", ");
-                for (guardian, channel) in chunk {
-                    separated.push("(");
-                    separated.push_bind_unseparated($enc(*guardian.as_uuid()));
-                    separated.push_unseparated(", ");
-                    separated.push_bind_unseparated(channel.as_str());
-                    separated.push_unseparated(")");
-                }
-                query.push(") GROUP BY guardian_id, channel");
-                for row in query.build().fetch_all(pool).await? {
-                    found.push((
-                        $crate::GuardianId::from_uuid(dec(&row, "guardian_id")?),
-                        parse_col(&row, "channel")?,
-                        row.try_get("created_at")?,
-                        row.try_get("due")?,
-                    ));
-                }
-            }
-            Ok(found)
-        }
-
         fn scoped_deliveries() -> String {
             let columns = $crate::store::delivery_columns("d");
             format!(
@@ -972,6 +936,42 @@ macro_rules! bulk_attempts {
                 q.build().execute(&mut **tx).await?;
             }
             Ok(())
+        }
+
+        /// For each (guardian, channel) of `pairs`, the earliest-created delivery that is
+        /// waiting for a retry, with when that retry is due.
+        pub async fn retrying(
+            pool: &sqlx::Pool<$db>,
+            pairs: &[($crate::GuardianId, $crate::Channel)],
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<($crate::GuardianId, $crate::Channel, DateTime<Utc>, DateTime<Utc>)>> {
+            let mut found = Vec::new();
+            for chunk in pairs.chunks(300) {
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT guardian_id, channel, min(created_at) AS created_at, max(next_attempt_at) AS due \
+                     FROM deliveries WHERE state = 'QUEUED' AND attempts > 0 AND next_attempt_at > ",
+                );
+                query.push_bind(at);
+                query.push(" AND (guardian_id, channel) IN (");
+                let mut separated = query.separated(", ");
+                for (guardian, channel) in chunk {
+                    separated.push("(");
+                    separated.push_bind_unseparated($enc(*guardian.as_uuid()));
+                    separated.push_unseparated(", ");
+                    separated.push_bind_unseparated(channel.as_str());
+                    separated.push_unseparated(")");
+                }
+                query.push(") GROUP BY guardian_id, channel");
+                for row in query.build().fetch_all(pool).await? {
+                    found.push((
+                        $crate::GuardianId::from_uuid($dec(&row, "guardian_id")?),
+                        parse_col(&row, "channel")?,
+                        row.try_get("created_at")?,
+                        row.try_get("due")?,
+                    ));
+                }
+            }
+            Ok(found)
         }
 
         /// Starts an attempt for each of `items` (delivery as read, provider) in one

@@ -1417,6 +1417,50 @@ mod dispatching {
         crate::store::dispatch::starts_in_order(ids.into_iter(), moved, &in_doubt, now_rows)
     }
 
+    /// For each (guardian, channel) of `pairs`, the earliest-created delivery that is
+    /// waiting for a retry, with when that retry is due. One index probe per pair: the
+    /// QUEUED index also holds entries of rows that have moved on (until vacuum), so a
+    /// scan over all of it grows with the broadcast being sent.
+    pub async fn retrying(
+        pool: &sqlx::PgPool,
+        pairs: &[(crate::GuardianId, crate::Channel)],
+        at: DateTime<Utc>,
+    ) -> StoreResult<
+        Vec<(
+            crate::GuardianId,
+            crate::Channel,
+            DateTime<Utc>,
+            DateTime<Utc>,
+        )>,
+    > {
+        let guardians: Vec<uuid::Uuid> = pairs.iter().map(|(g, _)| *g.as_uuid()).collect();
+        let channels: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT p.guardian_id, p.channel, w.created_at, w.due \
+             FROM unnest($1::uuid[], $2::text[]) AS p(guardian_id, channel) \
+             CROSS JOIN LATERAL ( \
+                 SELECT min(d.created_at) AS created_at, max(d.next_attempt_at) AS due FROM deliveries d \
+                 WHERE d.guardian_id = p.guardian_id AND d.channel = p.channel AND d.state = 'QUEUED' \
+                   AND d.attempts > 0 AND d.next_attempt_at > $3) AS w \
+             WHERE w.due IS NOT NULL",
+        )
+        .bind(&guardians)
+        .bind(&channels)
+        .bind(at)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    crate::GuardianId::from_uuid(dec(row, "guardian_id")?),
+                    parse_col(row, "channel")?,
+                    sqlx::Row::try_get(row, "created_at")?,
+                    sqlx::Row::try_get(row, "due")?,
+                ))
+            })
+            .collect()
+    }
+
     pub async fn finish_attempts(
         pool: &sqlx::PgPool,
         lease: &Lease,
