@@ -18,3 +18,11 @@ ALTER TABLE delivery_attempts
     DROP CONSTRAINT delivery_attempts_district_id_delivery_id_fkey,
     ADD CONSTRAINT delivery_attempts_delivery FOREIGN KEY (delivery_id) REFERENCES deliveries (id);
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_district_id_id_key;
+
+-- An event is identified by its delivery and the version the delivery reached with it
+-- (already unique); the generated id beside it was read by nothing and cost every event
+-- a sequence step and an index entry.
+ALTER TABLE delivery_events DROP COLUMN id;
+ALTER TABLE delivery_events
+    DROP CONSTRAINT delivery_events_delivery_id_version_key,
+    ADD CONSTRAINT delivery_events_pkey PRIMARY KEY (delivery_id, version);
