@@ -112,6 +112,26 @@ impl<D: Copy + Eq + Hash + Ord> Progress<D> {
     }
 }
 
+/// Divides `limit` among districts by how much each has waiting (`counts`), max-min fair:
+/// a district with less than an equal share gets all of it, and what it leaves is shared
+/// equally among the others. Used for deliveries coming due, which are read across
+/// partitions: a district's scheduled broadcast no longer holds up another's retries.
+pub fn fair_shares<D: Copy>(counts: &[(D, u32)], limit: u32) -> Vec<(D, u32)> {
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by_key(|&i| counts[i].1);
+    let mut shares: Vec<(D, u32)> = counts.iter().map(|(d, _)| (*d, 0)).collect();
+    let mut left = limit;
+    for (placed, &i) in order.iter().enumerate() {
+        let others = (order.len() - placed) as u32;
+        // The first `left % others` of the rest get one more, so nothing is left over.
+        let equal = left / others + u32::from(left % others > 0);
+        let share = counts[i].1.min(equal);
+        shares[i].1 = share;
+        left -= share;
+    }
+    shares
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +252,43 @@ mod tests {
             cuts in proptest::collection::vec(any::<u8>(), 1..20),
         ) {
             consume(&log, limit, &cuts)?;
+        }
+    }
+    #[test]
+    fn districts_with_little_due_get_all_of_it_and_the_rest_is_shared() {
+        let shares = fair_shares(&[('a', 4096), ('b', 3), ('c', 900), ('d', 0)], 1024);
+        assert_eq!(shares, vec![('a', 510), ('b', 3), ('c', 511), ('d', 0)]);
+        assert_eq!(
+            fair_shares(&[('a', 10), ('b', 20)], 1024),
+            vec![('a', 10), ('b', 20)]
+        );
+        assert_eq!(fair_shares::<char>(&[], 1024), vec![]);
+    }
+
+    proptest! {
+        /// Never more than the limit nor more than a district has; the limit is used up
+        /// when there is enough waiting; a district held below what it has gets at least
+        /// as much as any other (max-min fairness).
+        #[test]
+        fn fair_shares_are_bounded_and_max_min_fair(
+            counts in proptest::collection::vec(0u32..5_000, 0..40),
+            limit in 0u32..10_000,
+        ) {
+            let named: Vec<(usize, u32)> = counts.iter().copied().enumerate().collect();
+            let shares = fair_shares(&named, limit);
+            let total: u64 = shares.iter().map(|(_, s)| u64::from(*s)).sum();
+            let waiting: u64 = counts.iter().map(|c| u64::from(*c)).sum();
+            prop_assert!(total <= u64::from(limit));
+            prop_assert_eq!(total, waiting.min(u64::from(limit)));
+            for (i, (d, share)) in shares.iter().enumerate() {
+                prop_assert_eq!(*d, i);
+                prop_assert!(*share <= counts[i]);
+                if *share < counts[i] {
+                    for (_, other) in &shares {
+                        prop_assert!(*share + 1 >= *other, "{} held to {} while another got {}", i, share, other);
+                    }
+                }
+            }
         }
     }
 }

@@ -818,7 +818,14 @@ impl Dispatcher {
         let at = now();
         let limit =
             (self.config.max_in_flight.max(self.config.batch)).saturating_mul(DUE_READ_AHEAD);
-        let due = self.store.due_outbound(at, limit).await?;
+        // Districts share the read: one district's scheduled broadcast coming due does not
+        // hold up another district's retries or scheduled notice.
+        let waiting = self.store.due_counts(at, limit).await?;
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let shares = districts::fair_shares(&waiting, limit);
+        let due = self.store.due_outbound(at, &shares).await?;
         let mut per_lease: BTreeMap<Key, (Lease, Vec<Outbound>)> = BTreeMap::new();
         for o in due {
             let key = (o.lane, o.partition);

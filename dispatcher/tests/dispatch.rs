@@ -38,6 +38,7 @@ tidings_core::on_both_stores! {
     fallback_tries_the_next_channel_only_for_guardians_not_reached,
     live_dispatchers_share_a_providers_rate,
     a_small_districts_message_goes_out_alongside_a_large_districts_broadcast,
+    a_small_districts_scheduled_notice_comes_due_alongside_a_large_districts_broadcast,
     what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
     an_idle_dispatcher_wakes_for_a_new_message,
     a_district_that_writes_during_a_pass_is_served_within_it,
@@ -1283,6 +1284,58 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
     );
     dispatcher.run_until_idle().await.unwrap();
     assert_eq!(provider.sends(), 840);
+}
+
+async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_districts_broadcast(
+    store: Arc<dyn Store>,
+) {
+    let large = seed(store.as_ref(), 400).await;
+    let small = seed_district(store.as_ref(), "Hillcrest Schools", 20).await;
+    // Both scheduled, the broadcast first: they go out as deliveries coming due, which
+    // are read across partitions by time.
+    let due_at = now() + chrono::Duration::milliseconds(1500);
+    let scheduled = |seed: &Seed, at: chrono::DateTime<chrono::Utc>| {
+        let mut message = newsletter(seed, DeliveryGuarantee::AtLeastOnce);
+        for recipient in &mut message.recipients {
+            for delivery in &mut recipient.deliveries {
+                delivery.not_before = Some(at);
+            }
+        }
+        message
+    };
+    let broadcast = scheduled(&large, due_at);
+    let notice = scheduled(&small, due_at + chrono::Duration::milliseconds(1));
+    store.create_message(&broadcast, now()).await.unwrap();
+    store.create_message(&notice, now()).await.unwrap();
+    let provider = InProcessProvider::default();
+    // 32 in flight: a look at what is due reads 128.
+    let config = Config {
+        batch: 8,
+        max_in_flight: 32,
+        ..config(17)
+    };
+    let dispatcher = dispatcher(&store, &provider, config);
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(provider.sends(), 0, "nothing is due yet");
+    while now() < due_at + chrono::Duration::milliseconds(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dispatcher.run_until_idle().await.unwrap();
+
+    let received = provider.received();
+    assert_eq!(received.len(), 800 + 40);
+    assert_eq!(provider.duplicates(), 0);
+    // The first look reads 128: the notice's 40 and 88 of the broadcast. Read oldest
+    // first instead, the notice comes after all 800.
+    let last_notice = last_send_of(&received, &notice);
+    assert!(
+        last_notice < 128,
+        "the small district's notice waited behind the broadcast: its last send was {last_notice} of 840"
+    );
+    assert_eq!(
+        states(store.as_ref(), &delivery_ids(&broadcast)).await,
+        BTreeMap::from([(DeliveryState::Sent, 800)])
+    );
 }
 
 async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner(

@@ -301,8 +301,17 @@ pub trait DispatchStore: Send + Sync {
         limit_each: u32,
     ) -> StoreResult<Vec<Outbound>>;
 
-    /// Deliveries whose `next_attempt_at` has come, oldest first.
-    async fn due_outbound(&self, at: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Outbound>>;
+    /// Per district with deliveries whose `next_attempt_at` has come by `at`: how many,
+    /// counted up to `cap`.
+    async fn due_counts(&self, at: DateTime<Utc>, cap: u32) -> StoreResult<Vec<(DistrictId, u32)>>;
+
+    /// Per district of `shares`, its deliveries whose `next_attempt_at` has come by `at`,
+    /// oldest first and at most its share; all of them oldest first.
+    async fn due_outbound(
+        &self,
+        at: DateTime<Utc>,
+        shares: &[(DistrictId, u32)],
+    ) -> StoreResult<Vec<Outbound>>;
 
     /// Records a new attempt as in flight for each of `items` (the delivery as read and
     /// the provider to call), before the provider calls, in one transaction under the

@@ -485,26 +485,87 @@ macro_rules! dispatch_queries {
             rows.iter().map(|row| outbound_from_row(row, true)).collect()
         }
 
-        /// Deliveries waiting for a time that has come: retries, scheduled sends, quiet
-        /// hours that ended, and attempts whose dispatcher stopped before recording them.
-        pub async fn due(pool: &sqlx::Pool<$db>, at: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Outbound>> {
-            // The due deliveries first, through their index, then their log entries by
-            // delivery: joined the other way round, the planner may scan the whole log
-            // (in parallel, on PostgreSQL) to find a handful of them.
-            let rows = sqlx::query(&format!(
-                "{} ORDER BY d.next_attempt_at",
-                outbound_select_of(
-                    "(SELECT * FROM deliveries \
-                      WHERE state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL \
-                        AND next_attempt_at <= $1 \
-                      ORDER BY next_attempt_at LIMIT $2)"
-                )
-            ))
-            .bind(at)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-            rows.iter().map(|row| outbound_from_row(row, false)).collect()
+        /// The condition of a delivery waiting for a time that has come by `$1`: a retry, a
+        /// scheduled send, quiet hours that ended, an attempt whose dispatcher stopped
+        /// before recording it. `deliveries_due` holds exactly these, by district and time.
+        const DUE: &str = "state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL AND next_attempt_at <= $1";
+
+        /// Districts read per statement: one index range each, well under SQLite's limit
+        /// of 500 terms in a compound select.
+        const DISTRICTS_AT_ONCE: usize = 100;
+
+        /// Per district with deliveries due by `at`, how many (up to `cap`): an index
+        /// range per district, each stopping at `cap`.
+        pub async fn due_counts(
+            pool: &sqlx::Pool<$db>,
+            at: DateTime<Utc>,
+            cap: u32,
+        ) -> StoreResult<Vec<($crate::DistrictId, u32)>> {
+            let districts: Vec<uuid::Uuid> = sqlx::query("SELECT id FROM districts ORDER BY id")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| $dec(row, "id"))
+                .collect::<StoreResult<_>>()?;
+            let mut counts = Vec::new();
+            for chunk in districts.chunks(DISTRICTS_AT_ONCE) {
+                let sql = (0..chunk.len())
+                    .map(|i| {
+                        format!(
+                            "SELECT district_id, count(*) AS n FROM (SELECT district_id FROM deliveries \
+                             WHERE district_id = ${} AND {DUE} LIMIT $2) AS c{i} GROUP BY district_id",
+                            3 + i
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ");
+                let mut query = sqlx::query(&sql).bind(at).bind(i64::from(cap));
+                for district in chunk {
+                    query = query.bind($enc(*district));
+                }
+                for row in query.fetch_all(pool).await? {
+                    let n: i64 = row.try_get("n")?;
+                    counts.push((
+                        $crate::DistrictId::from_uuid($dec(&row, "district_id")?),
+                        u32::try_from(n).unwrap_or(u32::MAX),
+                    ));
+                }
+            }
+            Ok(counts)
+        }
+
+        /// Per district of `shares`, its oldest deliveries due by `at`, at most its share:
+        /// the due deliveries first, through their index, then their log entries by
+        /// delivery (joined the other way round, the planner may scan the whole log to
+        /// find a handful of them). All of them oldest first.
+        pub async fn due(
+            pool: &sqlx::Pool<$db>,
+            at: DateTime<Utc>,
+            shares: &[($crate::DistrictId, u32)],
+        ) -> StoreResult<Vec<Outbound>> {
+            let mut due = Vec::new();
+            for chunk in shares.chunks(DISTRICTS_AT_ONCE) {
+                let sql = (0..chunk.len())
+                    .map(|i| {
+                        let (district, share) = (2 + 2 * i, 3 + 2 * i);
+                        let select = outbound_select_of(&format!(
+                            "(SELECT * FROM deliveries WHERE district_id = ${district} AND {DUE} \
+                              ORDER BY next_attempt_at LIMIT ${share})"
+                        ));
+                        format!("SELECT * FROM ({select}) AS d{i}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ");
+                let mut query = sqlx::query(&sql).bind(at);
+                for (district, share) in chunk {
+                    query = query.bind($enc(*district.as_uuid())).bind(i64::from(*share));
+                }
+                for row in query.fetch_all(pool).await? {
+                    due.push(outbound_from_row(&row, false)?);
+                }
+            }
+            due.sort_by_key(|o: &Outbound| o.delivery.next_attempt_at);
+            Ok(due)
         }
 
         async fn current(tx: &mut Tx<'_>, id: DeliveryId) -> StoreResult<Delivery> {
@@ -787,12 +848,20 @@ macro_rules! dispatch_store_impl {
                 .await
             }
 
+            async fn due_counts(
+                &self,
+                at: DateTime<Utc>,
+                cap: u32,
+            ) -> StoreResult<Vec<(crate::DistrictId, u32)>> {
+                dispatching::due_counts(&self.pool, at, cap).await
+            }
+
             async fn due_outbound(
                 &self,
                 at: DateTime<Utc>,
-                limit: u32,
+                shares: &[(crate::DistrictId, u32)],
             ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
-                dispatching::due(&self.pool, at, limit).await
+                dispatching::due(&self.pool, at, shares).await
             }
 
             async fn start_attempts(
