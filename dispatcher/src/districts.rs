@@ -254,6 +254,7 @@ mod tests {
             consume(&log, limit, &cuts)?;
         }
     }
+
     #[test]
     fn districts_with_little_due_get_all_of_it_and_the_rest_is_shared() {
         let shares = fair_shares(&[('a', 4096), ('b', 3), ('c', 900), ('d', 0)], 1024);

@@ -972,8 +972,9 @@ macro_rules! dispatch_store_impl {
 
 /// Expands to `start_attempts_bulk` and `finish_attempts_bulk`: the attempt writers in
 /// a few multi-row statements per batch (`WITH x AS (VALUES …) UPDATE … FROM x`), not a
-/// statement per row. For a dialect without arrays (SQLite); in the `dispatch_queries!`
-/// module, with its `enc` and `dec`.
+/// statement per row; and to `retrying`, with the pairs it looks for as row values. For a
+/// dialect without arrays (SQLite); in the `dispatch_queries!` module, with its `enc` and
+/// `dec`.
 macro_rules! bulk_attempts {
     (db: $db:ty, enc: $enc:path, dec: $dec:path) => {
         /// Rows per statement: well under either dialect's limit on parameters.
