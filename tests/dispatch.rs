@@ -169,7 +169,7 @@ async fn dispatchers_share_postgres_and_finish_a_broadcast_when_one_is_killed() 
         "the kill came after the broadcast was done"
     );
     // Every partition's offset reached its head: the victim's partitions were taken over.
-    for (lane, partition, heads) in store.partition_heads(None).await.unwrap() {
+    for (lane, partition, heads) in store.partition_heads().await.unwrap() {
         let committed = store
             .committed_offset(tidings_dispatcher::CONSUMER_GROUP, lane, partition)
             .await

@@ -465,7 +465,7 @@ impl Dispatcher {
     /// in them end.
     async fn backlog(&self, partitions: &Partitions) -> Result<Backlog, DispatchError> {
         let mut backlog = Backlog::new();
-        for (lane, partition, heads) in self.store.partition_heads(None).await? {
+        for (lane, partition, heads) in self.store.partition_heads().await? {
             if let Some((lease, committed)) = partitions.get(&(lane, partition)) {
                 if heads.last > committed {
                     backlog.entry(lane).or_default().push((lease, heads));
@@ -1119,7 +1119,7 @@ impl Dispatcher {
             .retrying(&pairs, at)
             .await?
             .into_iter()
-            .map(|(g, c, created, due)| ((g, c), (created, due)))
+            .map(|r| ((r.guardian_id, r.channel), (r.first_created_at, r.due)))
             .collect();
         let max_wait = chrono::Duration::from_std(self.config.max_order_wait)
             .unwrap_or(chrono::Duration::minutes(10));

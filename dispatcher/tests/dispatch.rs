@@ -95,7 +95,7 @@ async fn states(store: &dyn Store, ids: &[DeliveryId]) -> BTreeMap<DeliveryState
 
 /// Every partition's offset is committed up to its last entry.
 async fn every_offset_committed(store: &dyn Store) {
-    for (lane, partition, heads) in store.partition_heads(None).await.unwrap() {
+    for (lane, partition, heads) in store.partition_heads().await.unwrap() {
         let committed = store
             .committed_offset(CONSUMER_GROUP, lane, partition)
             .await
@@ -1239,24 +1239,55 @@ async fn live_dispatchers_share_a_providers_rate(store: Arc<dyn Store>) {
 
 /// A newsletter to a district of `large` guardians, then one to a second district of
 /// `small`: in offset order the second comes after the whole first on every partition.
+/// Scheduled `due_in` ahead of their writing (the second a millisecond later), they wait
+/// and go out as deliveries coming due, which are read across partitions.
 async fn broadcast_then_neighbour(
     store: &dyn Store,
     large: usize,
     small: usize,
+    due_in: Option<chrono::Duration>,
 ) -> (NewMessage, NewMessage) {
+    let newsletter_at = |seed: &Seed, at: Option<chrono::DateTime<chrono::Utc>>| {
+        let mut message = newsletter(seed, DeliveryGuarantee::AtLeastOnce);
+        for recipient in &mut message.recipients {
+            for delivery in &mut recipient.deliveries {
+                delivery.not_before = at;
+            }
+        }
+        message
+    };
     let large = seed(store, large).await;
     let small = seed_district(store, "Hillcrest Schools", small).await;
-    let broadcast = newsletter(&large, DeliveryGuarantee::AtLeastOnce);
+    let due = due_in.map(|ahead| now() + ahead);
+    let broadcast = newsletter_at(&large, due);
     store.create_message(&broadcast, now()).await.unwrap();
-    let notice = newsletter(&small, DeliveryGuarantee::AtLeastOnce);
+    let notice = newsletter_at(&small, due.map(|at| at + chrono::Duration::milliseconds(1)));
     store.create_message(&notice, now()).await.unwrap();
     (broadcast, notice)
+}
+
+/// Every one of `total` sends went once, and the small district's `notice` was out
+/// within the first `within`.
+fn notice_went_out_within(
+    provider: &InProcessProvider,
+    notice: &NewMessage,
+    total: usize,
+    within: usize,
+) {
+    let received = provider.received();
+    assert_eq!(received.len(), total);
+    assert_eq!(provider.duplicates(), 0);
+    let last_notice = last_send_of(&received, notice);
+    assert!(
+        last_notice < within,
+        "the small district's notice waited behind the broadcast: its last send was {last_notice} of {total}"
+    );
 }
 
 async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcast(
     store: Arc<dyn Store>,
 ) {
-    let (_, notice) = broadcast_then_neighbour(store.as_ref(), 400, 20).await;
+    let (_, notice) = broadcast_then_neighbour(store.as_ref(), 400, 20, None).await;
     let provider = InProcessProvider::default();
     let config = Config {
         batch: 16,
@@ -1265,17 +1296,10 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
     let dispatcher = dispatcher(&store, &provider, config);
     dispatcher.run_until_idle().await.unwrap();
 
-    let received = provider.received();
-    assert_eq!(received.len(), 800 + 40);
-    assert_eq!(provider.duplicates(), 0);
-    let last_notice = last_send_of(&received, &notice);
     // Each batch of 16 gives each district 8: the notice's 40 entries, however they
     // fall into the 4 partitions, are out within 5 batches of every partition (320
     // sends), long before the broadcast's 800 are.
-    assert!(
-        last_notice < 4 * 5 * 16,
-        "the small district's notice waited behind the broadcast: its last send was {last_notice} of 840"
-    );
+    notice_went_out_within(&provider, &notice, 800 + 40, 4 * 5 * 16);
     // Every offset committed, nothing left over or sent twice on a second run.
     every_offset_committed(store.as_ref()).await;
     assert_eq!(
@@ -1289,24 +1313,10 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
 async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_districts_broadcast(
     store: Arc<dyn Store>,
 ) {
-    let large = seed(store.as_ref(), 400).await;
-    let small = seed_district(store.as_ref(), "Hillcrest Schools", 20).await;
-    // Both scheduled, the broadcast first: they go out as deliveries coming due, which
-    // are read across partitions by time.
-    let due_at = now() + chrono::Duration::milliseconds(1500);
-    let scheduled = |seed: &Seed, at: chrono::DateTime<chrono::Utc>| {
-        let mut message = newsletter(seed, DeliveryGuarantee::AtLeastOnce);
-        for recipient in &mut message.recipients {
-            for delivery in &mut recipient.deliveries {
-                delivery.not_before = Some(at);
-            }
-        }
-        message
-    };
-    let broadcast = scheduled(&large, due_at);
-    let notice = scheduled(&small, due_at + chrono::Duration::milliseconds(1));
-    store.create_message(&broadcast, now()).await.unwrap();
-    store.create_message(&notice, now()).await.unwrap();
+    // Far enough ahead for the first look at the log to pass them over.
+    let ahead = chrono::Duration::seconds(3);
+    let (broadcast, notice) = broadcast_then_neighbour(store.as_ref(), 400, 20, Some(ahead)).await;
+    let due_at = broadcast.recipients[0].deliveries[0].not_before.unwrap();
     let provider = InProcessProvider::default();
     // 32 in flight: a look at what is due reads 128.
     let config = Config {
@@ -1322,16 +1332,9 @@ async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_district
     }
     dispatcher.run_until_idle().await.unwrap();
 
-    let received = provider.received();
-    assert_eq!(received.len(), 800 + 40);
-    assert_eq!(provider.duplicates(), 0);
     // The first look reads 128: the notice's 40 and 88 of the broadcast. Read oldest
     // first instead, the notice comes after all 800.
-    let last_notice = last_send_of(&received, &notice);
-    assert!(
-        last_notice < 128,
-        "the small district's notice waited behind the broadcast: its last send was {last_notice} of 840"
-    );
+    notice_went_out_within(&provider, &notice, 800 + 40, 128);
     assert_eq!(
         states(store.as_ref(), &delivery_ids(&broadcast)).await,
         BTreeMap::from([(DeliveryState::Sent, 800)])
@@ -1341,7 +1344,7 @@ async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_district
 async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner(
     store: Arc<dyn Store>,
 ) {
-    let (broadcast, notice) = broadcast_then_neighbour(store.as_ref(), 200, 40).await;
+    let (broadcast, notice) = broadcast_then_neighbour(store.as_ref(), 200, 40, None).await;
     let provider = InProcessProvider::default().with_latency(Duration::from_millis(10));
     let first = Arc::new(dispatcher(
         &store,

@@ -1,6 +1,7 @@
 -- Every change of a delivery's state writes a new entry into each of the deliveries'
--- indexes (a state change can never be a heap-only update): two such changes per send.
--- Two indexes are made smaller or dropped.
+-- indexes (a state change can never be a heap-only update): two such changes per send,
+-- each with two audit events. One index of deliveries is made smaller, one dropped, and
+-- the events lose an index.
 
 -- A guardian's deliveries on a channel are looked up only to find an earlier one waiting
 -- for a retry (QUEUED): the index holds only those, so a send no longer writes it.

@@ -38,6 +38,18 @@ impl LogWrites {
     }
 }
 
+/// A guardian's deliveries on one channel that wait for a retry: a later delivery to the
+/// guardian on that channel waits behind them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retrying {
+    pub guardian_id: crate::GuardianId,
+    pub channel: Channel,
+    /// When the earliest of them was created.
+    pub first_created_at: DateTime<Utc>,
+    /// When the last of their retries is due.
+    pub due: DateTime<Utc>,
+}
+
 /// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
 /// token; once another process has taken the partition over they are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -282,12 +294,9 @@ pub trait DispatchStore: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<Outbound>>;
 
-    /// Per partition of the log (of one lane, or all): where its entries end and, per
-    /// district with entries in it, the offset of its last one (as one consistent reading).
-    async fn partition_heads(
-        &self,
-        lane: Option<Lane>,
-    ) -> StoreResult<Vec<(Lane, PartitionId, PartitionDistricts)>>;
+    /// Per partition of the log: where its entries end and, per district with entries in
+    /// it, the offset of its last one (as one consistent reading).
+    async fn partition_heads(&self) -> StoreResult<Vec<(Lane, PartitionId, PartitionDistricts)>>;
 
     /// Per district of `after`, the partition's entries after that district's offset and
     /// up to `through`: at most `limit_each` of each district, in offset order per
@@ -359,21 +368,13 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<bool>>;
 
-    /// For each (guardian, channel) of `pairs` with deliveries waiting for a retry: the
-    /// earliest creation time among them and when the last of those retries is due.
-    #[allow(clippy::type_complexity)]
+    /// For each (guardian, channel) of `pairs` with deliveries waiting for a retry after
+    /// `at`: when the earliest of them was created and when the last retry is due.
     async fn retrying(
         &self,
-        pairs: &[(crate::GuardianId, crate::Channel)],
+        pairs: &[(crate::GuardianId, Channel)],
         at: DateTime<Utc>,
-    ) -> StoreResult<
-        Vec<(
-            crate::GuardianId,
-            crate::Channel,
-            DateTime<Utc>,
-            DateTime<Utc>,
-        )>,
-    >;
+    ) -> StoreResult<Vec<Retrying>>;
 
     /// [`DispatchStore::start_attempts`] for one delivery.
     async fn start_attempt(

@@ -332,6 +332,17 @@ macro_rules! dispatch_queries {
             )
         }
 
+        /// A row of `guardian_id`, `channel`, `created_at` (the earliest) and `due` (the
+        /// latest retry), as both dialects' retry checks answer.
+        fn retrying_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<$crate::store::dispatch::Retrying> {
+            Ok($crate::store::dispatch::Retrying {
+                guardian_id: $crate::GuardianId::from_uuid($dec(row, "guardian_id")?),
+                channel: parse_col(row, "channel")?,
+                first_created_at: row.try_get("created_at")?,
+                due: row.try_get("due")?,
+            })
+        }
+
         fn outbound_select() -> String {
             outbound_select_of("deliveries")
         }
@@ -411,25 +422,20 @@ macro_rules! dispatch_queries {
             rows.iter().map(|row| outbound_from_row(row, true)).collect()
         }
 
-        /// Per partition (of one lane, or all): where its visible entries end, and each
-        /// district's last entry in it. One statement, so every district's entries up to
-        /// a partition's `last` are visible.
+        /// Per partition: where its visible entries end, and each district's last entry in
+        /// it. One statement, so every district's entries up to a partition's `last` are
+        /// visible.
         pub async fn partition_heads(
             pool: &sqlx::Pool<$db>,
-            lane: Option<Lane>,
         ) -> StoreResult<Vec<(Lane, PartitionId, $crate::store::dispatch::PartitionDistricts)>> {
-            let sql = format!(
+            let rows = sqlx::query(
                 "SELECT h.lane, h.partition, h.next_offset, dh.district_id, dh.last_offset \
                  FROM log_heads h \
                  LEFT JOIN log_district_heads dh ON dh.lane = h.lane AND dh.partition = h.partition \
-                 {} ORDER BY h.lane, h.partition",
-                if lane.is_some() { "WHERE h.lane = $1" } else { "" }
-            );
-            let mut query = sqlx::query(&sql);
-            if let Some(lane) = lane {
-                query = query.bind(lane.as_str());
-            }
-            let rows = query.fetch_all(pool).await?;
+                 ORDER BY h.lane, h.partition",
+            )
+            .fetch_all(pool)
+            .await?;
             let mut heads: Vec<(Lane, PartitionId, $crate::store::dispatch::PartitionDistricts)> = Vec::new();
             for row in &rows {
                 let lane: Lane = parse_col(row, "lane")?;
@@ -494,41 +500,28 @@ macro_rules! dispatch_queries {
         /// of 500 terms in a compound select.
         const DISTRICTS_AT_ONCE: usize = 100;
 
-        /// Per district with deliveries due by `at`, how many (up to `cap`): an index
-        /// range per district, each stopping at `cap`.
+        /// Per district with deliveries due by `at`, how many (up to `cap`): one index
+        /// range per district, each stopping at `cap`, in one statement.
         pub async fn due_counts(
             pool: &sqlx::Pool<$db>,
             at: DateTime<Utc>,
             cap: u32,
         ) -> StoreResult<Vec<($crate::DistrictId, u32)>> {
-            let districts: Vec<uuid::Uuid> = sqlx::query("SELECT id FROM districts ORDER BY id")
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| $dec(row, "id"))
-                .collect::<StoreResult<_>>()?;
+            let rows = sqlx::query(&format!(
+                "SELECT t.id, (SELECT count(*) FROM (SELECT 1 FROM deliveries \
+                               WHERE district_id = t.id AND {DUE} LIMIT $2) AS c) AS n \
+                 FROM districts t"
+            ))
+            .bind(at)
+            .bind(i64::from(cap))
+            .fetch_all(pool)
+            .await?;
             let mut counts = Vec::new();
-            for chunk in districts.chunks(DISTRICTS_AT_ONCE) {
-                let sql = (0..chunk.len())
-                    .map(|i| {
-                        format!(
-                            "SELECT district_id, count(*) AS n FROM (SELECT district_id FROM deliveries \
-                             WHERE district_id = ${} AND {DUE} LIMIT $2) AS c{i} GROUP BY district_id",
-                            3 + i
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" UNION ALL ");
-                let mut query = sqlx::query(&sql).bind(at).bind(i64::from(cap));
-                for district in chunk {
-                    query = query.bind($enc(*district));
-                }
-                for row in query.fetch_all(pool).await? {
-                    let n: i64 = row.try_get("n")?;
-                    counts.push((
-                        $crate::DistrictId::from_uuid($dec(&row, "district_id")?),
-                        u32::try_from(n).unwrap_or(u32::MAX),
-                    ));
+            for row in &rows {
+                let n: i64 = row.try_get("n")?;
+                if n > 0 {
+                    let district = $crate::DistrictId::from_uuid($dec(row, "id")?);
+                    counts.push((district, u32::try_from(n).unwrap_or(u32::MAX)));
                 }
             }
             Ok(counts)
@@ -823,7 +816,6 @@ macro_rules! dispatch_store_impl {
 
             async fn partition_heads(
                 &self,
-                lane: Option<crate::Lane>,
             ) -> StoreResult<
                 Vec<(
                     crate::Lane,
@@ -831,7 +823,7 @@ macro_rules! dispatch_store_impl {
                     crate::store::dispatch::PartitionDistricts,
                 )>,
             > {
-                dispatching::partition_heads(&self.pool, lane).await
+                dispatching::partition_heads(&self.pool).await
             }
 
             async fn read_outbound_of_districts(
@@ -909,14 +901,7 @@ macro_rules! dispatch_store_impl {
                 &self,
                 pairs: &[(crate::GuardianId, crate::Channel)],
                 at: DateTime<Utc>,
-            ) -> StoreResult<
-                Vec<(
-                    crate::GuardianId,
-                    crate::Channel,
-                    DateTime<Utc>,
-                    DateTime<Utc>,
-                )>,
-            > {
+            ) -> StoreResult<Vec<crate::store::dispatch::Retrying>> {
                 dispatching::retrying(&self.pool, pairs, at).await
             }
 
@@ -1014,7 +999,7 @@ macro_rules! bulk_attempts {
             pool: &sqlx::Pool<$db>,
             pairs: &[($crate::GuardianId, $crate::Channel)],
             at: DateTime<Utc>,
-        ) -> StoreResult<Vec<($crate::GuardianId, $crate::Channel, DateTime<Utc>, DateTime<Utc>)>> {
+        ) -> StoreResult<Vec<$crate::store::dispatch::Retrying>> {
             let mut found = Vec::new();
             for chunk in pairs.chunks(300) {
                 let mut query = sqlx::QueryBuilder::<$db>::new(
@@ -1033,12 +1018,7 @@ macro_rules! bulk_attempts {
                 }
                 query.push(") GROUP BY guardian_id, channel");
                 for row in query.build().fetch_all(pool).await? {
-                    found.push((
-                        $crate::GuardianId::from_uuid($dec(&row, "guardian_id")?),
-                        parse_col(&row, "channel")?,
-                        row.try_get("created_at")?,
-                        row.try_get("due")?,
-                    ));
+                    found.push(retrying_from_row(&row)?);
                 }
             }
             Ok(found)

@@ -1425,14 +1425,7 @@ mod dispatching {
         pool: &sqlx::PgPool,
         pairs: &[(crate::GuardianId, crate::Channel)],
         at: DateTime<Utc>,
-    ) -> StoreResult<
-        Vec<(
-            crate::GuardianId,
-            crate::Channel,
-            DateTime<Utc>,
-            DateTime<Utc>,
-        )>,
-    > {
+    ) -> StoreResult<Vec<crate::store::dispatch::Retrying>> {
         let guardians: Vec<uuid::Uuid> = pairs.iter().map(|(g, _)| *g.as_uuid()).collect();
         let channels: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
         let rows = sqlx::query(
@@ -1449,16 +1442,7 @@ mod dispatching {
         .bind(at)
         .fetch_all(pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    crate::GuardianId::from_uuid(dec(row, "guardian_id")?),
-                    parse_col(row, "channel")?,
-                    sqlx::Row::try_get(row, "created_at")?,
-                    sqlx::Row::try_get(row, "due")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(retrying_from_row).collect()
     }
 
     pub async fn finish_attempts(
