@@ -3,6 +3,7 @@
 //! attempt was in doubt, and never for at-most-once messages; a stale owner is fenced out.
 
 use std::collections::BTreeMap;
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1536,5 +1537,51 @@ async fn served_within_the_round(store: Arc<dyn Store>, n: usize, kind: MessageK
         last_notice < mark + 5 * 8,
         "{lane}: the notice went out {} sends after it was written (at {mark})",
         last_notice - mark
+    );
+}
+
+/// On SQLite the dispatcher writes through a connection that leaves copying its
+/// transactions from the journal into the database file to a checkpointer: what it
+/// recorded reaches the file itself, read here without the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_the_dispatcher_recorded_reaches_the_sqlite_database_file() {
+    use sqlx::ConnectOptions as _;
+
+    let db = TestDatabase::sqlite();
+    let store = db.store().await;
+    let seed = seed(store.as_ref(), 40).await;
+    let message = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&message, now()).await.unwrap();
+    let provider = InProcessProvider::default();
+    dispatcher(&store, &provider, config(1))
+        .run_until_idle()
+        .await
+        .unwrap();
+    assert_eq!(provider.sends(), 80);
+
+    // `immutable` reads the file as it is, ignoring the journal beside it. A read in the
+    // middle of a checkpoint may see a half-copied file: that is "not yet" too.
+    let file = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)
+        .unwrap()
+        .immutable(true);
+    let sent_in_file = || async {
+        let mut conn = file.connect().await.ok()?;
+        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state = 'SENT'")
+            .fetch_one(&mut conn)
+            .await
+            .ok()?;
+        Some(sent)
+    };
+    // A bound against hanging, not a measure of speed: the checkpoint follows the
+    // dispatcher's last write by about 50 ms.
+    for _ in 0..600 {
+        if sent_in_file().await == Some(80) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the file still holds {:?} sent deliveries of 80",
+        sent_in_file().await
     );
 }

@@ -778,11 +778,11 @@ macro_rules! dispatch_store_impl {
                 ttl: chrono::Duration,
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<crate::store::dispatch::Lease>> {
-                dispatching::claim(&self.pool, owner, wanted, ttl, at).await
+                dispatching::claim(self.write_pool(), owner, wanted, ttl, at).await
             }
 
             async fn release_leases(&self, owner: &str, at: DateTime<Utc>) -> StoreResult<()> {
-                dispatching::release(&self.pool, owner, at).await
+                dispatching::release(self.write_pool(), owner, at).await
             }
 
             async fn committed_offset(
@@ -801,7 +801,7 @@ macro_rules! dispatch_store_impl {
                 offset: i64,
                 at: DateTime<Utc>,
             ) -> StoreResult<()> {
-                dispatching::commit_offset(&self.pool, group, lease, offset, at).await
+                dispatching::commit_offset(self.write_pool(), group, lease, offset, at).await
             }
 
             async fn read_outbound(
@@ -864,7 +864,8 @@ macro_rules! dispatch_store_impl {
                 recover_at: DateTime<Utc>,
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<crate::store::dispatch::AttemptStart>> {
-                dispatching::start_attempts(&self.pool, lease, items, actor, recover_at, at).await
+                dispatching::start_attempts(self.write_pool(), lease, items, actor, recover_at, at)
+                    .await
             }
 
             async fn defer_deliveries(
@@ -873,7 +874,7 @@ macro_rules! dispatch_store_impl {
                 items: &[(&Delivery, DateTime<Utc>)],
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<bool>> {
-                dispatching::defer(&self.pool, lease, items, at).await
+                dispatching::defer(self.write_pool(), lease, items, at).await
             }
 
             async fn consumer_lag(
@@ -894,7 +895,7 @@ macro_rules! dispatch_store_impl {
                 actor: &str,
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<bool>> {
-                dispatching::skip_standbys(&self.pool, lease, items, actor, at).await
+                dispatching::skip_standbys(self.write_pool(), lease, items, actor, at).await
             }
 
             async fn retrying(
@@ -913,7 +914,8 @@ macro_rules! dispatch_store_impl {
                 commit: Option<(&str, i64)>,
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<CasOutcome>> {
-                dispatching::finish_attempts(&self.pool, lease, items, actor, commit, at).await
+                dispatching::finish_attempts(self.write_pool(), lease, items, actor, commit, at)
+                    .await
             }
 
             async fn delivery_attempts(
@@ -940,7 +942,7 @@ macro_rules! dispatch_store_impl {
                 actor: &crate::delivery::Actor,
                 at: DateTime<Utc>,
             ) -> StoreResult<crate::store::dispatch::Replay> {
-                let replay = dispatching::replay(&self.pool, scope, id, actor, at).await?;
+                let replay = dispatching::replay(self.write_pool(), scope, id, actor, at).await?;
                 // Due at once: no need to wait for the dispatcher's next look.
                 self.written.wrote();
                 Ok(replay)

@@ -74,6 +74,11 @@ impl PostgresStore {
     /// Writes to the log by this process at once, and those of other processes as their
     /// notifications arrive (on a connection of its own, opened by the first subscriber
     /// and closed when none is left).
+    /// Where the dispatcher writes: the pool (PostgreSQL's writers do not share one lock).
+    fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
         let writes = self.written.subscribe();
         let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());

@@ -3,6 +3,14 @@
 //!
 //! Write transactions start with a write, so SQLite takes the write lock up front and a
 //! concurrent writer waits (busy timeout) instead of failing on a lock upgrade.
+//!
+//! The dispatcher's writes go through a connection of their own, one transaction after
+//! another in the order they asked. SQLite has one write lock per file: writers sharing
+//! it through the busy timeout sleep between looks at the lock (up to 100 ms), so the
+//! lock sat idle while a send's outcome waited a second or more; and each connection's
+//! page cache is thrown away whenever another connection has written. One writer keeps
+//! its cache and hands over at once. It leaves copying the journal into the database
+//! file (the checkpoint) to the other connections, so that no write waits behind it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -34,6 +42,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sql
 pub struct SqliteStore {
     pool: SqlitePool,
     written: super::dispatch::LogWrites,
+    /// The dispatcher's one write connection (see the module's doc).
+    writer: SqlitePool,
+    /// Wakes the checkpointer: the writer has written.
+    wrote: tokio::sync::mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -49,16 +61,41 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // No checkpoint on the writer (the checkpointer does it), and a statement's undo
+        // journal kept in memory rather than spilled to a temporary file: a batch's
+        // multi-row update outgrows the 64 KiB SQLite keeps in memory by default.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(
+                connect_options
+                    .clone()
+                    .pragma("wal_autocheckpoint", "0")
+                    .pragma("temp_store", "memory"),
+            )
+            .await
+            .map_err(connect_error)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect_options)
             .await
             .map_err(connect_error)?;
+        let (wrote, writes) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(checkpoint_after_writes(pool.clone(), writes));
         Ok(Self {
             pool,
             written: Default::default(),
+            writer,
+            wrote,
         })
+    }
+
+    /// The dispatcher's write connection, for a write about to be made.
+    fn write_pool(&self) -> &SqlitePool {
+        // Full means a checkpoint is already coming.
+        let _ = self.wrote.try_send(());
+        &self.writer
     }
 
     /// Writes to the log: one process does all the writing on SQLite.
@@ -68,6 +105,23 @@ impl SqliteStore {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// Copies the writer's transactions from the journal into the database file: a while
+/// after each write (time for it to commit, and for more to gather), never more than one
+/// at a time, and without blocking writers or readers (a passive checkpoint). Frames a
+/// checkpoint missed go with the next one; the last connection to close copies the rest.
+/// Ends when the store is dropped.
+async fn checkpoint_after_writes(pool: SqlitePool, mut writes: tokio::sync::mpsc::Receiver<()>) {
+    while writes.recv().await.is_some() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %super::error_chain(&error), "could not checkpoint the SQLite journal");
+        }
     }
 }
 
