@@ -9,8 +9,11 @@
 //! own offset here, in memory; after a restart its finished entries are read again and
 //! passed over (their deliveries are no longer waiting to be sent).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+
+use tidings_core::store::dispatch::DueCount;
+use tidings_core::{DistrictId, Lane};
 
 /// How far a partition has been consumed.
 #[derive(Debug, Clone)]
@@ -128,6 +131,39 @@ pub fn fair_shares<D: Copy>(counts: &[(D, u32)], limit: u32) -> Vec<(D, u32)> {
         let share = counts[i].1.min(equal);
         shares[i].1 = share;
         left -= share;
+    }
+    shares
+}
+
+/// What one look at due deliveries reads of each district and lane (`waiting`: how
+/// many each has due): `limit` shared fairly between districts ([`fair_shares`]), then
+/// each district's share split among its lanes, most urgent first
+/// ([`crate::lanes::split_share`], `every` as there).
+pub fn due_shares(waiting: &[DueCount], limit: u32, every: u32) -> Vec<DueCount> {
+    let mut by_district: BTreeMap<DistrictId, Vec<(Lane, u32)>> = BTreeMap::new();
+    for due in waiting {
+        by_district
+            .entry(due.district)
+            .or_default()
+            .push((due.lane, due.deliveries));
+    }
+    let totals: Vec<(DistrictId, u32)> = by_district
+        .iter()
+        .map(|(district, lanes)| (*district, lanes.iter().map(|(_, n)| n).sum()))
+        .collect();
+    let mut shares = Vec::new();
+    for (district, share) in fair_shares(&totals, limit) {
+        let mut lanes = by_district.remove(&district).unwrap_or_default();
+        lanes.sort();
+        for (lane, deliveries) in crate::lanes::split_share(share, &lanes, every) {
+            if deliveries > 0 {
+                shares.push(DueCount {
+                    district,
+                    lane,
+                    deliveries,
+                });
+            }
+        }
     }
     shares
 }
@@ -264,6 +300,34 @@ mod tests {
             vec![('a', 10), ('b', 20)]
         );
         assert_eq!(fair_shares::<char>(&[], 1024), vec![]);
+    }
+
+    #[test]
+    fn a_look_at_due_deliveries_is_shared_by_district_then_by_lane() {
+        let (large, small) = (DistrictId::new(), DistrictId::new());
+        let due = |district, lane, deliveries| DueCount {
+            district,
+            lane,
+            deliveries,
+        };
+        let mut shares = due_shares(
+            &[
+                due(large, Lane::Bulk, 4096),
+                due(large, Lane::Emergency, 10),
+                due(small, Lane::Normal, 20),
+            ],
+            1024,
+            8,
+        );
+        shares.sort_by_key(|d| (d.district == small, d.lane));
+        assert_eq!(
+            shares,
+            vec![
+                due(large, Lane::Emergency, 10),
+                due(large, Lane::Bulk, 994),
+                due(small, Lane::Normal, 20),
+            ]
+        );
     }
 
     proptest! {

@@ -56,6 +56,32 @@ impl LaneShares {
     }
 }
 
+/// Divides `share` (what one look at due deliveries reads of a district) among the
+/// lanes of `waiting` (how many each has due, most urgent first): the lower lanes with
+/// something due are first set aside `share / every` between them, most urgent first,
+/// so a run of emergency retries never holds a district's newsletter back entirely;
+/// the rest goes to the most urgent lane first. 1 or 0 for `every` is strict priority.
+pub fn split_share(share: u32, waiting: &[(Lane, u32)], every: u32) -> Vec<(Lane, u32)> {
+    let mut split: Vec<(Lane, u32)> = waiting.iter().map(|(lane, _)| (*lane, 0)).collect();
+    let mut left = share;
+    let urgent = waiting.iter().position(|(_, n)| *n > 0);
+    let mut set_aside = if every > 1 { share / every } else { 0 };
+    for (i, (_, n)) in waiting.iter().enumerate() {
+        if urgent.is_some_and(|u| i > u) {
+            let given = (*n).min(set_aside);
+            split[i].1 = given;
+            set_aside -= given;
+            left -= given;
+        }
+    }
+    for (i, (_, n)) in waiting.iter().enumerate() {
+        let given = (n - split[i].1).min(left);
+        split[i].1 += given;
+        left -= given;
+    }
+    split
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,7 +131,58 @@ mod tests {
         assert_eq!(served, BTreeMap::from([(Lane::Emergency, 3)]));
     }
 
+    #[test]
+    fn a_districts_share_goes_to_its_emergencies_first_but_for_a_little() {
+        let waiting = [(Lane::Emergency, 40), (Lane::Normal, 0), (Lane::Bulk, 800)];
+        assert_eq!(
+            split_share(128, &waiting, 8),
+            vec![(Lane::Emergency, 40), (Lane::Normal, 0), (Lane::Bulk, 88)]
+        );
+        let waiting = [(Lane::Emergency, 500), (Lane::Normal, 3), (Lane::Bulk, 800)];
+        assert_eq!(
+            split_share(128, &waiting, 8),
+            vec![(Lane::Emergency, 112), (Lane::Normal, 3), (Lane::Bulk, 13)]
+        );
+        assert_eq!(
+            split_share(128, &waiting, 1),
+            vec![(Lane::Emergency, 128), (Lane::Normal, 0), (Lane::Bulk, 0)]
+        );
+        // Only bulk due: all of the share is bulk's.
+        assert_eq!(
+            split_share(128, &[(Lane::Bulk, 800)], 8),
+            vec![(Lane::Bulk, 128)]
+        );
+    }
+
     proptest! {
+        /// Never more than the share nor more than a lane has; the share is used up when
+        /// there is enough due; the most urgent lane with something due gets all of it or
+        /// at least all but `share / every`; and the lanes below it get at least that
+        /// part between them, or everything they have.
+        #[test]
+        fn a_share_is_split_most_urgent_first_with_a_part_set_aside(
+            due in (0u32..600, 0u32..600, 0u32..600),
+            share in 0u32..2_000,
+            every in 0u32..12,
+        ) {
+            let waiting = [(Lane::Emergency, due.0), (Lane::Normal, due.1), (Lane::Bulk, due.2)];
+            let split = split_share(share, &waiting, every);
+            let given: Vec<u32> = split.iter().map(|(_, n)| *n).collect();
+            let total: u32 = given.iter().sum();
+            prop_assert_eq!(total, share.min(due.0 + due.1 + due.2));
+            for (i, (lane, n)) in split.iter().enumerate() {
+                prop_assert_eq!(*lane, waiting[i].0);
+                prop_assert!(*n <= waiting[i].1);
+            }
+            let aside = if every > 1 { share / every } else { 0 };
+            if let Some(u) = waiting.iter().position(|(_, n)| *n > 0) {
+                prop_assert!(given[u] >= waiting[u].1.min(share - aside.min(share)));
+                let below: u32 = given[u + 1..].iter().sum();
+                let below_due: u32 = waiting[u + 1..].iter().map(|(_, n)| n).sum();
+                prop_assert!(below >= below_due.min(aside).min(share - given[u]));
+            }
+        }
+
         /// Whatever has work when: every lane with work is served at least once in any
         /// `every` turns in which it had work all along, and the most urgent lane is never
         /// passed over twice in a row.

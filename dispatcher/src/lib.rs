@@ -819,12 +819,13 @@ impl Dispatcher {
         let limit =
             (self.config.max_in_flight.max(self.config.batch)).saturating_mul(DUE_READ_AHEAD);
         // Districts share the read: one district's scheduled broadcast coming due does not
-        // hold up another district's retries or scheduled notice.
+        // hold up another district's retries or scheduled notice; inside a district's
+        // share its emergencies go first.
         let waiting = self.store.due_counts(at, limit).await?;
         if waiting.is_empty() {
             return Ok(0);
         }
-        let shares = districts::fair_shares(&waiting, limit);
+        let shares = districts::due_shares(&waiting, limit, self.config.lower_lane_every);
         let due = self.store.due_outbound(at, &shares).await?;
         let mut per_lease: BTreeMap<Key, (Lease, Vec<Outbound>)> = BTreeMap::new();
         for o in due {

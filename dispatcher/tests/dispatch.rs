@@ -40,6 +40,7 @@ tidings_core::on_both_stores! {
     live_dispatchers_share_a_providers_rate,
     a_small_districts_message_goes_out_alongside_a_large_districts_broadcast,
     a_small_districts_scheduled_notice_comes_due_alongside_a_large_districts_broadcast,
+    a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter,
     what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
     an_idle_dispatcher_wakes_for_a_new_message,
     a_district_that_writes_during_a_pass_is_served_within_it,
@@ -1267,8 +1268,8 @@ async fn broadcast_then_neighbour(
     (broadcast, notice)
 }
 
-/// Every one of `total` sends went once, and the small district's `notice` was out
-/// within the first `within`.
+/// Every one of `total` sends went once, and `notice` (a small district's message, or an
+/// alert) was out within the first `within`.
 fn notice_went_out_within(
     provider: &InProcessProvider,
     notice: &NewMessage,
@@ -1281,7 +1282,7 @@ fn notice_went_out_within(
     let last_notice = last_send_of(&received, notice);
     assert!(
         last_notice < within,
-        "the small district's notice waited behind the broadcast: its last send was {last_notice} of {total}"
+        "the later message waited behind the broadcast: its last send was {last_notice} of {total}"
     );
 }
 
@@ -1336,6 +1337,51 @@ async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_district
     // The first look reads 128: the notice's 40 and 88 of the broadcast. Read oldest
     // first instead, the notice comes after all 800.
     notice_went_out_within(&provider, &notice, 800 + 40, 128);
+    assert_eq!(
+        states(store.as_ref(), &delivery_ids(&broadcast)).await,
+        BTreeMap::from([(DeliveryState::Sent, 800)])
+    );
+}
+
+/// Inside one district's share of what comes due, the most urgent lane goes first: an
+/// emergency coming due a moment after the district's own newsletter does not wait for
+/// all of it.
+async fn a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 400).await;
+    // Far enough ahead for the first look at the log to pass them over.
+    let due_at = now() + chrono::Duration::seconds(3);
+    let scheduled = |mut message: NewMessage, at| {
+        for recipient in &mut message.recipients {
+            for delivery in &mut recipient.deliveries {
+                delivery.not_before = Some(at);
+            }
+        }
+        message
+    };
+    let broadcast = scheduled(newsletter(&seed, DeliveryGuarantee::AtLeastOnce), due_at);
+    store.create_message(&broadcast, now()).await.unwrap();
+    let mut alert = with_partitions(message_to(&seed, &[Channel::Sms, Channel::Email]));
+    alert.recipients.truncate(20);
+    let alert = scheduled(alert, due_at + chrono::Duration::milliseconds(1));
+    store.create_message(&alert, now()).await.unwrap();
+    let provider = InProcessProvider::default();
+    // 32 in flight: a look at what is due reads 128.
+    let config = Config {
+        batch: 8,
+        max_in_flight: 32,
+        ..config(23)
+    };
+    let dispatcher = dispatcher(&store, &provider, config);
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(provider.sends(), 0, "nothing is due yet");
+    while now() < due_at + chrono::Duration::milliseconds(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dispatcher.run_until_idle().await.unwrap();
+
+    // The first look reads 128 of the district: the alert's 40 and 88 of the newsletter.
+    // Read oldest first instead, the alert comes after all 800.
+    notice_went_out_within(&provider, &alert, 800 + 40, 128);
     assert_eq!(
         states(store.as_ref(), &delivery_ids(&broadcast)).await,
         BTreeMap::from([(DeliveryState::Sent, 800)])

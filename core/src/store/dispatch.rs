@@ -50,6 +50,15 @@ pub struct Retrying {
     pub due: DateTime<Utc>,
 }
 
+/// Deliveries of one district and lane whose time has come: how many are waiting, or
+/// how many one look reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueCount {
+    pub district: DistrictId,
+    pub lane: Lane,
+    pub deliveries: u32,
+}
+
 /// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
 /// token; once another process has taken the partition over they are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -310,16 +319,17 @@ pub trait DispatchStore: Send + Sync {
         limit_each: u32,
     ) -> StoreResult<Vec<Outbound>>;
 
-    /// Per district with deliveries whose `next_attempt_at` has come by `at`: how many,
-    /// counted up to `cap`.
-    async fn due_counts(&self, at: DateTime<Utc>, cap: u32) -> StoreResult<Vec<(DistrictId, u32)>>;
+    /// Per district and lane with deliveries whose `next_attempt_at` has come by `at`:
+    /// how many, counted up to `cap`.
+    async fn due_counts(&self, at: DateTime<Utc>, cap: u32) -> StoreResult<Vec<DueCount>>;
 
-    /// Per district of `shares`, its deliveries whose `next_attempt_at` has come by `at`,
-    /// oldest first and at most its share; all of them oldest first.
+    /// Per district and lane of `shares`, its deliveries whose `next_attempt_at` has come
+    /// by `at`, oldest first and at most its share; all of them by lane, most urgent
+    /// first, then oldest first.
     async fn due_outbound(
         &self,
         at: DateTime<Utc>,
-        shares: &[(DistrictId, u32)],
+        shares: &[DueCount],
     ) -> StoreResult<Vec<Outbound>>;
 
     /// Records a new attempt as in flight for each of `items` (the delivery as read and

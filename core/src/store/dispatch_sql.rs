@@ -496,8 +496,8 @@ macro_rules! dispatch_queries {
         /// before recording it. `deliveries_due` holds exactly these, by district and time.
         const DUE: &str = "state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL AND next_attempt_at <= $1";
 
-        /// Districts read per statement: one index range each, well under SQLite's limit
-        /// of 500 terms in a compound select.
+        /// Districts' lanes read per statement: one index range each, well under SQLite's
+        /// limit of 500 terms in a compound select.
         const DISTRICTS_AT_ONCE: usize = 100;
 
         /// Per district with deliveries due by `at`, how many (up to `cap`): one index
@@ -506,11 +506,13 @@ macro_rules! dispatch_queries {
             pool: &sqlx::Pool<$db>,
             at: DateTime<Utc>,
             cap: u32,
-        ) -> StoreResult<Vec<($crate::DistrictId, u32)>> {
+        ) -> StoreResult<Vec<$crate::store::dispatch::DueCount>> {
             let rows = sqlx::query(&format!(
-                "SELECT t.id, (SELECT count(*) FROM (SELECT 1 FROM deliveries \
-                               WHERE district_id = t.id AND {DUE} LIMIT $2) AS c) AS n \
-                 FROM districts t"
+                "SELECT t.id, l.lane, \
+                        (SELECT count(*) FROM (SELECT 1 FROM deliveries \
+                                               WHERE district_id = t.id AND lane = l.lane AND {DUE} LIMIT $2) AS c) AS n \
+                 FROM districts t \
+                 CROSS JOIN (SELECT 'emergency' AS lane UNION ALL SELECT 'normal' UNION ALL SELECT 'bulk') AS l"
             ))
             .bind(at)
             .bind(i64::from(cap))
@@ -520,29 +522,32 @@ macro_rules! dispatch_queries {
             for row in &rows {
                 let n: i64 = row.try_get("n")?;
                 if n > 0 {
-                    let district = $crate::DistrictId::from_uuid($dec(row, "id")?);
-                    counts.push((district, u32::try_from(n).unwrap_or(u32::MAX)));
+                    counts.push($crate::store::dispatch::DueCount {
+                        district: $crate::DistrictId::from_uuid($dec(row, "id")?),
+                        lane: parse_col(row, "lane")?,
+                        deliveries: u32::try_from(n).unwrap_or(u32::MAX),
+                    });
                 }
             }
             Ok(counts)
         }
 
-        /// Per district of `shares`, its oldest deliveries due by `at`, at most its share:
-        /// the due deliveries first, through their index, then their log entries by
+        /// Per district and lane of `shares`, its oldest deliveries due by `at`, at most its
+        /// share: the due deliveries first, through their index, then their log entries by
         /// delivery (joined the other way round, the planner may scan the whole log to
-        /// find a handful of them). All of them oldest first.
+        /// find a handful of them). Most urgent lane first, then oldest first.
         pub async fn due(
             pool: &sqlx::Pool<$db>,
             at: DateTime<Utc>,
-            shares: &[($crate::DistrictId, u32)],
+            shares: &[$crate::store::dispatch::DueCount],
         ) -> StoreResult<Vec<Outbound>> {
             let mut due = Vec::new();
             for chunk in shares.chunks(DISTRICTS_AT_ONCE) {
                 let sql = (0..chunk.len())
                     .map(|i| {
-                        let (district, share) = (2 + 2 * i, 3 + 2 * i);
+                        let (district, lane, share) = (2 + 3 * i, 3 + 3 * i, 4 + 3 * i);
                         let select = outbound_select_of(&format!(
-                            "(SELECT * FROM deliveries WHERE district_id = ${district} AND {DUE} \
+                            "(SELECT * FROM deliveries WHERE district_id = ${district} AND lane = ${lane} AND {DUE} \
                               ORDER BY next_attempt_at LIMIT ${share})"
                         ));
                         format!("SELECT * FROM ({select}) AS d{i}")
@@ -550,14 +555,17 @@ macro_rules! dispatch_queries {
                     .collect::<Vec<_>>()
                     .join(" UNION ALL ");
                 let mut query = sqlx::query(&sql).bind(at);
-                for (district, share) in chunk {
-                    query = query.bind($enc(*district.as_uuid())).bind(i64::from(*share));
+                for share in chunk {
+                    query = query
+                        .bind($enc(*share.district.as_uuid()))
+                        .bind(share.lane.as_str())
+                        .bind(i64::from(share.deliveries));
                 }
                 for row in query.fetch_all(pool).await? {
                     due.push(outbound_from_row(&row, false)?);
                 }
             }
-            due.sort_by_key(|o: &Outbound| o.delivery.next_attempt_at);
+            due.sort_by_key(|o: &Outbound| (o.lane, o.delivery.next_attempt_at));
             Ok(due)
         }
 
@@ -844,14 +852,14 @@ macro_rules! dispatch_store_impl {
                 &self,
                 at: DateTime<Utc>,
                 cap: u32,
-            ) -> StoreResult<Vec<(crate::DistrictId, u32)>> {
+            ) -> StoreResult<Vec<crate::store::dispatch::DueCount>> {
                 dispatching::due_counts(&self.pool, at, cap).await
             }
 
             async fn due_outbound(
                 &self,
                 at: DateTime<Utc>,
-                shares: &[(crate::DistrictId, u32)],
+                shares: &[crate::store::dispatch::DueCount],
             ) -> StoreResult<Vec<crate::store::dispatch::Outbound>> {
                 dispatching::due(&self.pool, at, shares).await
             }

@@ -1192,9 +1192,9 @@ async fn write_recipients(
     sqlx::query(
             "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
                                      address, state, idempotency_key, suppressed_reason, created_at, \
-                                     updated_at, suppressed_at, next_attempt_at, fallback_of) \
+                                     updated_at, suppressed_at, next_attempt_at, fallback_of, lane) \
              SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
-                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END, not_before, fallback_of \
+                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END, not_before, fallback_of, $13 \
              FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
                          $11::timestamptz[], $12::uuid[]) \
                   AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before, fallback_of)",
@@ -1211,6 +1211,7 @@ async fn write_recipients(
         .bind(&d_reasons)
         .bind(&d_not_before)
         .bind(&d_fallback_of)
+        .bind(message.lane.as_str())
         .execute(&mut **tx)
         .await?;
     // The log: take offsets from the partitions' head rows (ascending, locked until

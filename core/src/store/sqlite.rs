@@ -1157,7 +1157,7 @@ async fn write_recipients(
         let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
                                          address, state, idempotency_key, suppressed_reason, created_at, \
-                                         updated_at, suppressed_at, next_attempt_at, fallback_of) ",
+                                         updated_at, suppressed_at, next_attempt_at, fallback_of, lane) ",
             );
         insert.push_values(chunk, |mut row, (recipient, delivery)| {
             let suppressed = delivery.suppressed_reason.is_some();
@@ -1175,7 +1175,8 @@ async fn write_recipients(
                 .push_bind(at)
                 .push_bind(suppressed.then_some(at))
                 .push_bind(delivery.not_before)
-                .push_bind(delivery.fallback_of.map(text_id));
+                .push_bind(delivery.fallback_of.map(text_id))
+                .push_bind(message.lane.as_str());
         });
         insert.build().execute(&mut **tx).await?;
     }
