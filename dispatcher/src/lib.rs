@@ -816,6 +816,8 @@ impl Dispatcher {
     async fn send_due(&self, partitions: &Partitions) -> Result<usize, DispatchError> {
         use futures_util::StreamExt as _;
         let at = now();
+        let mut written = self.store.log_writes();
+        written.borrow_and_update();
         let limit =
             (self.config.max_in_flight.max(self.config.batch)).saturating_mul(DUE_READ_AHEAD);
         // Districts share the read: one district's scheduled broadcast coming due does not
@@ -841,12 +843,13 @@ impl Dispatcher {
             }
         }
         let sent = per_lease.values().map(|(_, batch)| batch.len()).sum();
-        let mut sending = futures_util::stream::iter(
-            per_lease
-                .into_values()
-                .map(|(lease, batch)| async move { self.send(&lease, batch, None).await }),
-        )
-        .buffer_unordered(self.config.batches_at_once());
+        // A write to the log (an alert, say) does not wait for the rest of the look: no
+        // further partition's batch starts, and what was not sent is still due, to be
+        // read first next time.
+        let mut sending = futures_util::stream::iter(per_lease.into_values())
+            .take_while(|_| std::future::ready(!written.has_changed().unwrap_or(false)))
+            .map(|(lease, batch)| async move { self.send(&lease, batch, None).await })
+            .buffer_unordered(self.config.batches_at_once());
         let mut failed = None;
         while let Some(result) = sending.next().await {
             match result {

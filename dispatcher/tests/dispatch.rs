@@ -41,6 +41,7 @@ tidings_core::on_both_stores! {
     a_small_districts_message_goes_out_alongside_a_large_districts_broadcast,
     a_small_districts_scheduled_notice_comes_due_alongside_a_large_districts_broadcast,
     a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter,
+    an_alert_does_not_wait_for_the_rest_of_a_look_at_what_is_due,
     what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
     an_idle_dispatcher_wakes_for_a_new_message,
     a_district_that_writes_during_a_pass_is_served_within_it,
@@ -1386,6 +1387,65 @@ async fn a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter(store
         states(store.as_ref(), &delivery_ids(&broadcast)).await,
         BTreeMap::from([(DeliveryState::Sent, 800)])
     );
+}
+
+/// An alert written while a scheduled newsletter is going out as deliveries coming due
+/// goes out after the batches in hand, not after the rest of the look at what is due.
+async fn an_alert_does_not_wait_for_the_rest_of_a_look_at_what_is_due(store: Arc<dyn Store>) {
+    const SPREAD: u32 = 16;
+    let seed = seed(store.as_ref(), 400).await;
+    let mut broadcast = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    broadcast.partitions = SPREAD;
+    // Far enough ahead for the first look at the log to pass it over.
+    let due_at = now() + chrono::Duration::seconds(2);
+    for recipient in &mut broadcast.recipients {
+        for delivery in &mut recipient.deliveries {
+            delivery.not_before = Some(due_at);
+        }
+    }
+    store.create_message(&broadcast, now()).await.unwrap();
+    let provider = InProcessProvider::default().with_latency(Duration::from_millis(20));
+    // A look reads 4 × 64 = 256 due, in 16 partitions' batches of about 16, four at a time.
+    let config = Config {
+        partitions: SPREAD,
+        batch: 16,
+        max_in_flight: 64,
+        ..config(29)
+    };
+    let dispatcher = Arc::new(dispatcher(&store, &provider, config));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run(stopped).await }
+    });
+    while provider.received().len() < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut alert = message_to(&seed, &[Channel::Push]);
+    alert.partitions = SPREAD;
+    alert.recipients.truncate(20);
+    store.create_message(&alert, now()).await.unwrap();
+    let mark = provider.received().len();
+    while provider.received().len() < 800 + 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    let received = provider.received();
+    let last_alert = last_send_of(&received, &alert);
+    let newsletter_after_mark = received[mark..last_alert]
+        .iter()
+        .filter(|r| r.channel != Channel::Push)
+        .count();
+    // At most the four batches in hand when the alert was written (about 64 sends: a
+    // partition's share of a look is uneven, so half the look is the bound); sent after
+    // the whole look instead, it waits for the rest of the 256 (about 200).
+    assert!(
+        newsletter_after_mark <= 128,
+        "{newsletter_after_mark} newsletter sends went between the alert's commit and its last send"
+    );
+    assert_eq!(provider.duplicates(), 0);
 }
 
 async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner(
