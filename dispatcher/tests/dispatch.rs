@@ -42,6 +42,7 @@ tidings_core::on_both_stores! {
     a_small_districts_scheduled_notice_comes_due_alongside_a_large_districts_broadcast,
     a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter,
     an_alert_does_not_wait_for_the_rest_of_a_look_at_what_is_due,
+    staff_can_send_while_a_broadcast_goes_out,
     what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
     an_idle_dispatcher_wakes_for_a_new_message,
     a_district_that_writes_during_a_pass_is_served_within_it,
@@ -1446,6 +1447,65 @@ async fn an_alert_does_not_wait_for_the_rest_of_a_look_at_what_is_due(store: Arc
         "{newsletter_after_mark} newsletter sends went between the alert's commit and its last send"
     );
     assert_eq!(provider.duplicates(), 0);
+}
+
+/// Sending a message (what the API does: the audience read, then the message written)
+/// succeeds while the dispatcher records a broadcast's sends. On SQLite a transaction
+/// that read before another connection's commit cannot write afterwards: 27 of 30 such
+/// sends failed before the send took the write lock from its start.
+async fn staff_can_send_while_a_broadcast_goes_out(store: Arc<dyn Store>) {
+    use tidings_core::audience::{Audience, AudienceMember};
+    use tidings_core::store::Scope;
+    let seed = seed(store.as_ref(), 400).await;
+    store
+        .create_message(&newsletter(&seed, DeliveryGuarantee::AtLeastOnce), now())
+        .await
+        .unwrap();
+    let provider = InProcessProvider::default();
+    let config = Config {
+        batch: 16,
+        ..config(31)
+    };
+    let dispatcher = Arc::new(dispatcher(&store, &provider, config));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run(stopped).await }
+    });
+    while provider.received().len() < 50 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let everyone = Audience {
+        district: true,
+        ..Default::default()
+    };
+    let no_deliveries = |_: &[AudienceMember]| Vec::new();
+    let mut failed = Vec::new();
+    let mut during = 0;
+    for _ in 0..20 {
+        let header = NewMessage {
+            recipients: Vec::new(),
+            ..message_to(&seed, &[Channel::Push])
+        };
+        let scope = Scope::District(seed.staff.district_id);
+        let sent = store
+            .send_message(&header, &scope, &everyone, None, &no_deliveries, 100, now())
+            .await;
+        if provider.received().len() < 800 {
+            during += 1;
+        }
+        if let Err(error) = sent {
+            failed.push(error.to_string());
+        }
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 sends failed: {failed:?}",
+        failed.len()
+    );
+    assert!(during > 0, "the broadcast was over before the first send");
 }
 
 async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner(

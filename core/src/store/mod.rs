@@ -611,12 +611,15 @@ pub enum SendRefusal {
 }
 
 /// Expands, in a store module with `audience`, `write_message` and `write_recipients`,
-/// to `send_streamed`: the body of `Store::send_message`.
+/// to `send_streamed`: the body of `Store::send_message`, in `tx`. It reads the audience
+/// before it writes: on SQLite `tx` must hold the write lock from its start (`BEGIN
+/// IMMEDIATE`), or a commit by another connection after the first read would make the
+/// first write fail (a read snapshot cannot become a write).
 macro_rules! streamed_send {
     ($db:ty) => {
         #[allow(clippy::too_many_arguments)]
         async fn send_streamed(
-            pool: &sqlx::Pool<$db>,
+            mut tx: sqlx::Transaction<'_, $db>,
             message: &NewMessage,
             scope: &crate::store::Scope,
             target: &crate::audience::Audience,
@@ -626,7 +629,6 @@ macro_rules! streamed_send {
             at: DateTime<Utc>,
         ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
             use crate::store::SendRefusal;
-            let mut tx = pool.begin().await?;
             let reached = match audience::resolve_targets(&mut tx, scope, target).await? {
                 Ok(reached) => reached,
                 Err(problems) => return Ok(Err(SendRefusal::Audience(problems))),

@@ -743,7 +743,7 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
     ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
         let send = send_streamed(
-            &self.pool,
+            self.pool.begin().await?,
             message,
             scope,
             audience,

@@ -4,8 +4,8 @@
 //! Write transactions start with a write, so SQLite takes the write lock up front and a
 //! concurrent writer waits (busy timeout) instead of failing on a lock upgrade.
 //!
-//! The dispatcher's writes go through a connection of their own, one transaction after
-//! another in the order they asked. SQLite has one write lock per file: writers sharing
+//! The dispatcher's writes, and sending a message, go through a connection of their own,
+//! one transaction after another in the order they asked. SQLite has one write lock per file: writers sharing
 //! it through the busy timeout sleep between looks at the lock (up to 100 ms), so the
 //! lock sat idle while a send's outcome waited a second or more; and each connection's
 //! page cache is thrown away whenever another connection has written. One writer keeps
@@ -781,8 +781,10 @@ impl Store for SqliteStore {
         chunk: usize,
         at: DateTime<Utc>,
     ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
+        // Through the writer, in turn with the dispatcher's writes, holding the write lock
+        // from the start: see `streamed_send`.
         let send = send_streamed(
-            &self.pool,
+            self.write_pool().begin_with("BEGIN IMMEDIATE").await?,
             message,
             scope,
             audience,
