@@ -1241,6 +1241,38 @@ async fn live_dispatchers_share_a_providers_rate(store: Arc<dyn Store>) {
     assert_eq!(provider.duplicates(), 0);
 }
 
+/// `message` with every delivery held until `at`.
+fn scheduled(mut message: NewMessage, at: chrono::DateTime<chrono::Utc>) -> NewMessage {
+    for recipient in &mut message.recipients {
+        for delivery in &mut recipient.deliveries {
+            delivery.not_before = Some(at);
+        }
+    }
+    message
+}
+
+/// Runs a dispatcher reading 128 due deliveries per look (32 in flight) before `due_at`,
+/// when it must send nothing, and again once `due_at` has passed.
+async fn send_what_comes_due(
+    store: &Arc<dyn Store>,
+    provider: &InProcessProvider,
+    seed: u64,
+    due_at: chrono::DateTime<chrono::Utc>,
+) {
+    let config = Config {
+        batch: 8,
+        max_in_flight: 32,
+        ..config(seed)
+    };
+    let dispatcher = dispatcher(store, provider, config);
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(provider.sends(), 0, "nothing is due yet");
+    while now() < due_at + chrono::Duration::milliseconds(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dispatcher.run_until_idle().await.unwrap();
+}
+
 /// A newsletter to a district of `large` guardians, then one to a second district of
 /// `small`: in offset order the second comes after the whole first on every partition.
 /// Scheduled `due_in` ahead of their writing (the second a millisecond later), they wait
@@ -1252,13 +1284,11 @@ async fn broadcast_then_neighbour(
     due_in: Option<chrono::Duration>,
 ) -> (NewMessage, NewMessage) {
     let newsletter_at = |seed: &Seed, at: Option<chrono::DateTime<chrono::Utc>>| {
-        let mut message = newsletter(seed, DeliveryGuarantee::AtLeastOnce);
-        for recipient in &mut message.recipients {
-            for delivery in &mut recipient.deliveries {
-                delivery.not_before = at;
-            }
+        let message = newsletter(seed, DeliveryGuarantee::AtLeastOnce);
+        match at {
+            Some(at) => scheduled(message, at),
+            None => message,
         }
-        message
     };
     let large = seed(store, large).await;
     let small = seed_district(store, "Hillcrest Schools", small).await;
@@ -1322,19 +1352,7 @@ async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_district
     let (broadcast, notice) = broadcast_then_neighbour(store.as_ref(), 400, 20, Some(ahead)).await;
     let due_at = broadcast.recipients[0].deliveries[0].not_before.unwrap();
     let provider = InProcessProvider::default();
-    // 32 in flight: a look at what is due reads 128.
-    let config = Config {
-        batch: 8,
-        max_in_flight: 32,
-        ..config(17)
-    };
-    let dispatcher = dispatcher(&store, &provider, config);
-    dispatcher.run_until_idle().await.unwrap();
-    assert_eq!(provider.sends(), 0, "nothing is due yet");
-    while now() < due_at + chrono::Duration::milliseconds(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    dispatcher.run_until_idle().await.unwrap();
+    send_what_comes_due(&store, &provider, 17, due_at).await;
 
     // The first look reads 128: the notice's 40 and 88 of the broadcast. Read oldest
     // first instead, the notice comes after all 800.
@@ -1352,14 +1370,6 @@ async fn a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter(store
     let seed = seed(store.as_ref(), 400).await;
     // Far enough ahead for the first look at the log to pass them over.
     let due_at = now() + chrono::Duration::seconds(3);
-    let scheduled = |mut message: NewMessage, at| {
-        for recipient in &mut message.recipients {
-            for delivery in &mut recipient.deliveries {
-                delivery.not_before = Some(at);
-            }
-        }
-        message
-    };
     let broadcast = scheduled(newsletter(&seed, DeliveryGuarantee::AtLeastOnce), due_at);
     store.create_message(&broadcast, now()).await.unwrap();
     let mut alert = with_partitions(message_to(&seed, &[Channel::Sms, Channel::Email]));
@@ -1367,19 +1377,7 @@ async fn a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter(store
     let alert = scheduled(alert, due_at + chrono::Duration::milliseconds(1));
     store.create_message(&alert, now()).await.unwrap();
     let provider = InProcessProvider::default();
-    // 32 in flight: a look at what is due reads 128.
-    let config = Config {
-        batch: 8,
-        max_in_flight: 32,
-        ..config(23)
-    };
-    let dispatcher = dispatcher(&store, &provider, config);
-    dispatcher.run_until_idle().await.unwrap();
-    assert_eq!(provider.sends(), 0, "nothing is due yet");
-    while now() < due_at + chrono::Duration::milliseconds(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    dispatcher.run_until_idle().await.unwrap();
+    send_what_comes_due(&store, &provider, 23, due_at).await;
 
     // The first look reads 128 of the district: the alert's 40 and 88 of the newsletter.
     // Read oldest first instead, the alert comes after all 800.
@@ -1398,12 +1396,7 @@ async fn an_alert_does_not_wait_for_the_rest_of_a_look_at_what_is_due(store: Arc
     let mut broadcast = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
     broadcast.partitions = SPREAD;
     // Far enough ahead for the first look at the log to pass it over.
-    let due_at = now() + chrono::Duration::seconds(2);
-    for recipient in &mut broadcast.recipients {
-        for delivery in &mut recipient.deliveries {
-            delivery.not_before = Some(due_at);
-        }
-    }
+    let broadcast = scheduled(broadcast, now() + chrono::Duration::seconds(2));
     store.create_message(&broadcast, now()).await.unwrap();
     let provider = InProcessProvider::default().with_latency(Duration::from_millis(20));
     // A look reads 4 × 64 = 256 due, in 16 partitions' batches of about 16, four at a time.
