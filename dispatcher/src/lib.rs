@@ -352,7 +352,7 @@ impl Dispatcher {
             while !*stop.borrow() {
                 // Writes from here on wake the idle wait below.
                 written.borrow_and_update();
-                let worked = match self.pass(&partitions).await {
+                let worked = match self.pass(&partitions, &written).await {
                     Ok(worked) => worked,
                     Err(error) => {
                         tracing::error!(owner = %self.config.owner, error = %tidings_core::store::error_chain(&error), "dispatch pass failed; retrying");
@@ -383,11 +383,13 @@ impl Dispatcher {
     /// back (for tests and benches); returns the number of passes.
     pub async fn run_until_idle(&self) -> Result<usize, DispatchError> {
         let partitions = Partitions::default();
+        let mut written = self.store.log_writes();
         let mut passes = 0;
         loop {
             self.renew(&partitions).await?;
             passes += 1;
-            if !self.pass(&partitions).await? {
+            written.borrow_and_update();
+            if !self.pass(&partitions, &written).await? {
                 self.store.release_leases(&self.config.owner, now()).await?;
                 return Ok(passes);
             }
@@ -395,10 +397,15 @@ impl Dispatcher {
     }
 
     /// The log's backlog, then what has come due. Whether there was anything to do.
-    async fn pass(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
+    /// `written`: writes to the log since the pass began (see `send_due`).
+    async fn pass(
+        &self,
+        partitions: &Partitions,
+        written: &tokio::sync::watch::Receiver<()>,
+    ) -> Result<bool, DispatchError> {
         self.load_offsets(partitions).await?;
         let drained = self.drain_lanes(partitions).await?;
-        Ok(self.send_due(partitions).await? > 0 || drained)
+        Ok(self.send_due(partitions, written).await? > 0 || drained)
     }
 
     /// Renews and claims leases; whether a partition was newly taken.
@@ -813,11 +820,13 @@ impl Dispatcher {
     /// over every partition), sent per partition, as many partitions side by side as
     /// batches of the log are — so a newsletter held by quiet hours goes out at their end
     /// nearly as fast as one sent straight away.
-    async fn send_due(&self, partitions: &Partitions) -> Result<usize, DispatchError> {
+    async fn send_due(
+        &self,
+        partitions: &Partitions,
+        written: &tokio::sync::watch::Receiver<()>,
+    ) -> Result<usize, DispatchError> {
         use futures_util::StreamExt as _;
         let at = now();
-        let mut written = self.store.log_writes();
-        written.borrow_and_update();
         let limit =
             (self.config.max_in_flight.max(self.config.batch)).saturating_mul(DUE_READ_AHEAD);
         // Districts share the read: one district's scheduled broadcast coming due does not
@@ -842,13 +851,17 @@ impl Dispatcher {
                     .push(o);
             }
         }
-        let sent = per_lease.values().map(|(_, batch)| batch.len()).sum();
-        // A write to the log (an alert, say) does not wait for the rest of the look: no
-        // further partition's batch starts, and what was not sent is still due, to be
-        // read first next time.
-        let mut sending = futures_util::stream::iter(per_lease.into_values())
-            .take_while(|_| std::future::ready(!written.has_changed().unwrap_or(false)))
-            .map(|(lease, batch)| async move { self.send(&lease, batch, None).await })
+        let read = per_lease.values().map(|(_, batch)| batch.len()).sum();
+        // A write to the log (an alert, say) does not wait for the rest of the look: after
+        // the first round of batches (always sent, so a steady stream of messages cannot
+        // hold what is due back for ever) no further partition's batch starts, and what
+        // was not sent is still due, to be read first next time.
+        let first_round = self.config.batches_at_once();
+        let mut sending = futures_util::stream::iter(per_lease.into_values().enumerate())
+            .take_while(|(i, _)| {
+                std::future::ready(*i < first_round || !written.has_changed().unwrap_or(false))
+            })
+            .map(|(_, (lease, batch))| async move { self.send(&lease, batch, None).await })
             .buffer_unordered(self.config.batches_at_once());
         let mut failed = None;
         while let Some(result) = sending.next().await {
@@ -860,7 +873,7 @@ impl Dispatcher {
         }
         match failed {
             Some(e) => Err(e),
-            None => Ok(sent),
+            None => Ok(read),
         }
     }
 

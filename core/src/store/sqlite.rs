@@ -5,12 +5,13 @@
 //! concurrent writer waits (busy timeout) instead of failing on a lock upgrade.
 //!
 //! The dispatcher's writes, and sending a message, go through a connection of their own,
-//! one transaction after another in the order they asked. SQLite has one write lock per file: writers sharing
-//! it through the busy timeout sleep between looks at the lock (up to 100 ms), so the
-//! lock sat idle while a send's outcome waited a second or more; and each connection's
-//! page cache is thrown away whenever another connection has written. One writer keeps
-//! its cache and hands over at once. It leaves copying the journal into the database
-//! file (the checkpoint) to the other connections, so that no write waits behind it.
+//! one transaction after another in the order they asked. SQLite has one write lock per
+//! file: writers sharing it through the busy timeout sleep between looks at the lock (up
+//! to 100 ms), so the lock sat idle while a send's outcome waited a second or more; and
+//! each connection's page cache is thrown away whenever another connection has written.
+//! One writer keeps its cache and hands over at once. It leaves copying the journal into
+//! the database file (the checkpoint) to the other connections, so that no write waits
+//! behind it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -42,7 +43,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sql
 pub struct SqliteStore {
     pool: SqlitePool,
     written: super::dispatch::LogWrites,
-    /// The dispatcher's one write connection (see the module's doc).
+    /// The one write connection of the dispatcher and of sending (see the module's doc).
     writer: SqlitePool,
     /// Wakes the checkpointer: the writer has written.
     wrote: tokio::sync::mpsc::Sender<()>,
@@ -91,7 +92,7 @@ impl SqliteStore {
         })
     }
 
-    /// The dispatcher's write connection, for a write about to be made.
+    /// The write connection, for a write about to be made.
     fn write_pool(&self) -> &SqlitePool {
         // Full means a checkpoint is already coming.
         let _ = self.wrote.try_send(());
