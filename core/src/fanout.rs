@@ -74,8 +74,13 @@ pub fn plan(
     partitions: u32,
     now: DateTime<Utc>,
 ) -> NewMessage {
+    // Partition by partition, as a send plans each chunk (see `PartitionId::sort`).
+    let mut members = members.to_vec();
+    crate::log::PartitionId::sort(&mut members, partitions, |m| {
+        GuardianId::from_uuid(m.guardian_id)
+    });
     NewMessage {
-        recipients: recipients(draft, default_language, members, now),
+        recipients: recipients(draft, default_language, &members, now),
         ..header(draft, partitions)
     }
 }
@@ -240,6 +245,7 @@ pub fn header(draft: &Draft, partitions: u32) -> NewMessage {
 mod tests {
     use super::*;
     use crate::audience::MemberContact;
+    use crate::log::PartitionId;
     use proptest::prelude::*;
     use uuid::Uuid;
 
@@ -436,7 +442,8 @@ mod tests {
             &alert,
             "en",
             &[everything, no_device, no_phone.clone()],
-            64,
+            // One partition: the recipients come in the audience's order.
+            1,
             now,
         );
         let shape = |r: &NewRecipient| -> Vec<(Channel, Option<DateTime<Utc>>, Option<usize>)> {
@@ -521,6 +528,8 @@ mod tests {
             let message = plan(&asked, "en", &members, 64, chrono::Utc::now());
             let distinct: BTreeSet<Uuid> = members.iter().map(|m| m.guardian_id).collect();
             prop_assert_eq!(message.recipients.len(), distinct.len());
+            let partitions: Vec<_> = message.recipients.iter().map(|r| PartitionId::of(r.guardian_id, 64)).collect();
+            prop_assert!(partitions.is_sorted(), "recipients partition by partition");
             for recipient in &message.recipients {
                 let member = members.iter().find(|m| m.guardian_id == *recipient.guardian_id.as_uuid()).unwrap();
                 prop_assert!(recipient.language == "en" || recipient.language == "es");

@@ -1157,6 +1157,29 @@ async fn registered_devices_are_addressed_by_platform(store: Arc<dyn Store>) {
     assert_eq!(seen, expected);
 }
 
+/// Every guardian gets an SMS and an email (a plan for `Store::send_message`).
+fn sms_and_email(members: &[tidings_core::audience::AudienceMember]) -> Vec<NewRecipient> {
+    members
+        .iter()
+        .map(|m| NewRecipient {
+            id: RecipientId::new(),
+            guardian_id: GuardianId::from_uuid(m.guardian_id),
+            language: "en".into(),
+            deliveries: [Channel::Sms, Channel::Email]
+                .into_iter()
+                .map(|channel| NewDelivery {
+                    id: DeliveryId::new(),
+                    channel,
+                    address: Some(format!("{}-{channel}", m.guardian_id)),
+                    suppressed_reason: None,
+                    not_before: None,
+                    fallback_of: None,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 async fn a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log(store: Arc<dyn Store>) {
     use tidings_core::audience::{Audience, AudienceMember};
     use tidings_core::store::{Scope, SendRefusal};
@@ -1167,28 +1190,10 @@ async fn a_message_sent_in_chunks_reaches_everyone_once_with_a_gapless_log(store
         recipients: Vec::new(),
         ..message_to(&seed, &[Channel::Sms, Channel::Email])
     };
-    // Every guardian gets an SMS and an email; chunks are never larger than asked.
+    // Chunks are never larger than asked.
     let plan = |members: &[AudienceMember]| {
         assert!(members.len() <= 3, "a chunk of {} guardians", members.len());
-        members
-            .iter()
-            .map(|m| NewRecipient {
-                id: RecipientId::new(),
-                guardian_id: GuardianId::from_uuid(m.guardian_id),
-                language: "en".into(),
-                deliveries: [Channel::Sms, Channel::Email]
-                    .into_iter()
-                    .map(|channel| NewDelivery {
-                        id: DeliveryId::new(),
-                        channel,
-                        address: Some(format!("{}-{channel}", m.guardian_id)),
-                        suppressed_reason: None,
-                        not_before: None,
-                        fallback_of: None,
-                    })
-                    .collect(),
-            })
-            .collect()
+        sms_and_email(members)
     };
     let everyone = Audience {
         district: true,
@@ -1452,4 +1457,82 @@ async fn a_delivery_keeps_its_recipients_message_and_guardian_on_postgres() {
         );
     }
     pool.close().await;
+}
+
+/// A send writes its deliveries partition by partition within each chunk, in the table
+/// and in id order: a dispatcher sends a partition's deliveries together, so its batch
+/// then updates a few pages, not one per delivery.
+async fn a_send_writes_its_deliveries_partition_by_partition(db: TestDatabase) {
+    use tidings_core::audience::Audience;
+    use tidings_core::store::Scope;
+    let store = db.store().await;
+    let seed = seed(store.as_ref(), 60).await;
+    let message = NewMessage {
+        recipients: Vec::new(),
+        ..message_to(&seed, &[Channel::Sms, Channel::Email])
+    };
+    let everyone = Audience {
+        district: true,
+        ..Default::default()
+    };
+    let scope = Scope::District(seed.staff.district_id);
+    let plan = |members: &[tidings_core::audience::AudienceMember]| sms_and_email(members);
+    let summary = store
+        .send_message(&message, &scope, &everyone, None, &plan, 30, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.deliveries, 120);
+    // (id, guardian) in the order the table holds them.
+    let on_disk: Vec<(String, String)> = if db.url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        let rows = sqlx::query_as(
+            "SELECT id, guardian_id FROM deliveries WHERE message_id = $1 ORDER BY rowid",
+        )
+        .bind(message.id.as_uuid().hyphenated().to_string())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let rows = sqlx::query_as(
+            "SELECT id::text, guardian_id::text FROM deliveries WHERE message_id = $1 ORDER BY ctid",
+        )
+        .bind(message.id.as_uuid())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows
+    };
+    let partition = |guardian: &str| {
+        PartitionId::of(
+            GuardianId::from_uuid(guardian.parse().unwrap()),
+            message.partitions,
+        )
+    };
+    // Two chunks of 30 guardians, each at most one run per partition (written in the
+    // order they were planned, a partition's run would be one or two deliveries long).
+    let runs = |order: &[(String, String)]| {
+        1 + order
+            .windows(2)
+            .filter(|w| partition(&w[0].1) != partition(&w[1].1))
+            .count()
+    };
+    assert!(runs(&on_disk) <= 2 * 4, "{} runs on disk", runs(&on_disk));
+    let mut by_id = on_disk.clone();
+    by_id.sort();
+    assert_eq!(by_id, on_disk, "ids in the order of the table");
+}
+
+#[tokio::test]
+async fn a_send_writes_its_deliveries_partition_by_partition_on_sqlite() {
+    a_send_writes_its_deliveries_partition_by_partition(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_send_writes_its_deliveries_partition_by_partition_on_postgres() {
+    a_send_writes_its_deliveries_partition_by_partition(TestDatabase::postgres().await).await;
 }

@@ -394,8 +394,8 @@ impl NewMessage {
     }
 
     /// [`NewMessage::log_plan`] of some of the message's recipients.
-    pub fn log_plan_of(
-        recipients: &[NewRecipient],
+    pub fn log_plan_of<'a>(
+        recipients: impl IntoIterator<Item = &'a NewRecipient>,
         partitions: u32,
     ) -> std::collections::BTreeMap<crate::log::PartitionId, Vec<DeliveryId>> {
         let mut plan: std::collections::BTreeMap<_, Vec<_>> = std::collections::BTreeMap::new();
@@ -640,9 +640,14 @@ macro_rules! streamed_send {
             let mut summary = crate::store::SendSummary::default();
             let mut after = None;
             loop {
-                let members = audience::members(&mut tx, after, chunk.max(1)).await?;
+                let mut members = audience::members(&mut tx, after, chunk.max(1)).await?;
                 let Some(last) = members.last() else { break };
                 after = Some(last.guardian_id);
+                // Planned partition by partition, so that ids follow the order the
+                // deliveries are written in (see `PartitionId::sort`).
+                crate::log::PartitionId::sort(&mut members, message.partitions, |m| {
+                    crate::GuardianId::from_uuid(m.guardian_id)
+                });
                 let recipients = plan(&members);
                 drop(members);
                 summary.add(&recipients);

@@ -1126,6 +1126,9 @@ async fn write_recipients(
     recipients: &[crate::store::NewRecipient],
     at: DateTime<Utc>,
 ) -> StoreResult<()> {
+    // Partition by partition (see `PartitionId::sort`); already so when sent.
+    let mut recipients: Vec<_> = recipients.iter().collect();
+    crate::log::PartitionId::sort(&mut recipients, message.partitions, |r| r.guardian_id);
     // One statement per table, whatever the audience size: arrays in, unnest out.
     let ack_state = if message.requires_ack {
         "pending"
@@ -1173,7 +1176,7 @@ async fn write_recipients(
     let mut d_reasons: Vec<Option<String>> = Vec::new();
     let mut d_not_before: Vec<Option<DateTime<Utc>>> = Vec::new();
     let mut d_fallback_of: Vec<Option<Uuid>> = Vec::new();
-    for recipient in recipients {
+    for recipient in &recipients {
         for delivery in &recipient.deliveries {
             d_ids.push(Uuid::from(delivery.id));
             d_recipients.push(Uuid::from(recipient.id));
@@ -1216,7 +1219,7 @@ async fn write_recipients(
         .await?;
     // The log: take offsets from the partitions' head rows (ascending, locked until
     // commit), then write every entry in one statement.
-    let plan = NewMessage::log_plan_of(recipients, message.partitions);
+    let plan = NewMessage::log_plan_of(recipients.iter().copied(), message.partitions);
     let partitions: Vec<i32> = plan.keys().map(|p| p.get() as i32).collect();
     let counts: Vec<i64> = plan.values().map(|d| d.len() as i64).collect();
     let heads: Vec<(i32, i64)> = sqlx::query_as(
