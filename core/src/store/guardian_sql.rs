@@ -360,7 +360,7 @@ macro_rules! guardian_access {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<Vec<u8>> {
                 use $queries as q;
-                q::check_link_keys(&self.pool, keys, at).await
+                q::check_link_keys(self.write_pool(), keys, at).await
             }
 
             async fn create_sign_in(
@@ -374,7 +374,7 @@ macro_rules! guardian_access {
             ) -> $crate::store::StoreResult<Option<uuid::Uuid>> {
                 use $queries as q;
                 q::create_sign_in(
-                    &self.pool,
+                    self.write_pool(),
                     channel,
                     address,
                     code_hash,
@@ -403,7 +403,7 @@ macro_rules! guardian_access {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<bool> {
                 use $queries as q;
-                q::sign_in_attempt(&self.pool, id, right, max_attempts, at).await
+                q::sign_in_attempt(self.write_pool(), id, right, max_attempts, at).await
             }
 
             async fn create_guardian_session(
@@ -412,7 +412,7 @@ macro_rules! guardian_access {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<()> {
                 use $queries as q;
-                q::create_guardian_session(&self.pool, session, at).await
+                q::create_guardian_session(self.write_pool(), session, at).await
             }
 
             async fn guardian_session(
@@ -429,7 +429,7 @@ macro_rules! guardian_access {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<()> {
                 use $queries as q;
-                q::end_guardian_session(&self.pool, id, at).await
+                q::end_guardian_session(self.write_pool(), id, at).await
             }
         }
     };

@@ -117,17 +117,19 @@ macro_rules! inbox_store {
             ) -> $crate::store::StoreResult<Option<Vec<($crate::DistrictId, $crate::GuardianId)>>>
             {
                 use $queries as q;
-                Ok(q::record_inbound(&self.pool, sms, at).await?.map(|found| {
-                    found
-                        .into_iter()
-                        .map(|(d, g)| {
-                            (
-                                $crate::DistrictId::from_uuid(d),
-                                $crate::GuardianId::from_uuid(g),
-                            )
-                        })
-                        .collect()
-                }))
+                Ok(q::record_inbound(self.write_pool(), sms, at)
+                    .await?
+                    .map(|found| {
+                        found
+                            .into_iter()
+                            .map(|(d, g)| {
+                                (
+                                    $crate::DistrictId::from_uuid(d),
+                                    $crate::GuardianId::from_uuid(g),
+                                )
+                            })
+                            .collect()
+                    }))
             }
 
             async fn acknowledge(
@@ -138,7 +140,7 @@ macro_rules! inbox_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::AckOutcome> {
                 use $queries as q;
-                q::acknowledge(&self.pool, recipient, via, actor, at).await
+                q::acknowledge(self.write_pool(), recipient, via, actor, at).await
             }
 
             async fn open_ack(
@@ -167,7 +169,7 @@ macro_rules! inbox_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<u64> {
                 use $queries as q;
-                q::resubscribe(&self.pool, guardian.into(), channel, at).await
+                q::resubscribe(self.write_pool(), guardian.into(), channel, at).await
             }
 
             async fn apply_inbox_batch(
@@ -175,7 +177,7 @@ macro_rules! inbox_store {
                 items: &[$crate::store::InboxApply],
             ) -> $crate::store::StoreResult<Vec<bool>> {
                 use $queries as q;
-                q::apply_inbox_batch(&self.pool, items).await
+                q::apply_inbox_batch(self.write_pool(), items).await
             }
 
             async fn deliveries_by_ids(
@@ -192,7 +194,7 @@ macro_rules! inbox_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<Vec<bool>> {
                 use $queries as q;
-                q::inbox_put_many(&self.pool, events, at).await
+                q::inbox_put_many(self.write_pool(), events, at).await
             }
 
             async fn inbox_pending(

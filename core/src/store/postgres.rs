@@ -660,7 +660,7 @@ impl Store for PostgresStore {
         district: DistrictId,
     ) -> StoreResult<Box<dyn super::roster::RosterWriter>> {
         Ok(Box::new(
-            roster::RosterTx::begin(&self.pool, *district.as_uuid()).await?,
+            roster::RosterTx::begin(self.pool.begin().await?, *district.as_uuid()).await?,
         ))
     }
 

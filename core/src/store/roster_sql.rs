@@ -32,11 +32,12 @@ macro_rules! roster_writer {
         }
 
         impl RosterTx {
+            /// The import of `district`, in `tx`: on SQLite, one holding the write lock
+            /// from its start (the import reads before it writes).
             pub async fn begin(
-                pool: &sqlx::Pool<$db>,
+                mut tx: sqlx::Transaction<'static, $db>,
                 district: uuid::Uuid,
             ) -> $crate::store::StoreResult<Self> {
-                let mut tx = pool.begin().await?;
                 $(sqlx::query($setup).execute(&mut *tx).await?;)*
                 sqlx::query(
                     "CREATE TEMP TABLE roster_seen (entity TEXT NOT NULL, key TEXT NOT NULL, \

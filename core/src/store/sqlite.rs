@@ -1,17 +1,16 @@
 //! The SQLite store: the embedded default. One file, WAL journal, foreign keys on.
 //! Ids are stored as hyphenated text and timestamps as RFC 3339 text in UTC.
 //!
-//! Write transactions start with a write, so SQLite takes the write lock up front and a
-//! concurrent writer waits (busy timeout) instead of failing on a lock upgrade.
-//!
-//! The dispatcher's writes, and sending a message, go through a connection of their own,
-//! one transaction after another in the order they asked. SQLite has one write lock per
-//! file: writers sharing it through the busy timeout sleep between looks at the lock (up
-//! to 100 ms), so the lock sat idle while a send's outcome waited a second or more; and
-//! each connection's page cache is thrown away whenever another connection has written.
-//! One writer keeps its cache and hands over at once. It leaves copying the journal into
-//! the database file (the checkpoint) to the other connections, so that no write waits
-//! behind it.
+//! Every write goes through a connection of its own, one transaction after another in the
+//! order they asked; the other connections read, migrate and checkpoint. SQLite has one
+//! write lock per file: writers sharing it through the busy timeout sleep between looks at
+//! the lock (up to 100 ms), so the lock sat idle while a send's outcome waited a second or
+//! more; each connection's page cache is thrown away whenever another connection has
+//! written; and a transaction that read before another connection's commit cannot write
+//! after it. One writer keeps its cache and hands over at once. A transaction that reads
+//! before it writes begins `IMMEDIATE`, holding the lock from its start (against other
+//! processes). The writer leaves copying the journal into the database file (the
+//! checkpoint) to the other connections, so that no write waits behind it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,6 +35,12 @@ use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
 /// Rows per multi-row INSERT: 15 columns × 2,000 stays under SQLite's 32,766 parameters.
 const BULK_ROWS: usize = 2_000;
 
+/// How long a write waits for its turn: behind the writes queued before it in this
+/// process, and for another process's write lock. A roster import holds the turn for its
+/// whole transaction (about 10 s for 100,000 students); a dispatcher whose outcomes could
+/// not be written would send them again, so writes wait rather than fail.
+const WRITE_WAIT: Duration = Duration::from_secs(300);
+
 /// The migrations of `migrations/sqlite/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -43,7 +48,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sql
 pub struct SqliteStore {
     pool: SqlitePool,
     written: super::dispatch::LogWrites,
-    /// The one write connection of the dispatcher and of sending (see the module's doc).
+    /// The one write connection (see the module's doc).
     writer: SqlitePool,
     /// Wakes the checkpointer: the writer has written.
     wrote: tokio::sync::mpsc::Sender<()>,
@@ -67,10 +72,11 @@ impl SqliteStore {
         // multi-row update outgrows the 64 KiB SQLite keeps in memory by default.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(WRITE_WAIT)
             .connect_with(
                 connect_options
                     .clone()
+                    .busy_timeout(WRITE_WAIT)
                     .pragma("wal_autocheckpoint", "0")
                     .pragma("temp_store", "memory"),
             )
@@ -97,6 +103,14 @@ impl SqliteStore {
         // Full means a checkpoint is already coming.
         let _ = self.wrote.try_send(());
         &self.writer
+    }
+
+    /// A transaction on the write connection that holds SQLite's write lock from its
+    /// start: one that reads before it writes could otherwise not write once another
+    /// process has committed after its first read (a read snapshot cannot become a
+    /// write).
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.write_pool().begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Writes to the log: one process does all the writing on SQLite.
@@ -229,7 +243,7 @@ impl Store for SqliteStore {
         first: &FirstAdmin,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<(District, Staff)>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The insert is the transaction's first statement: it takes the write lock, so a
         // second process bootstrapping at the same moment waits and then finds the staff.
         let district = sqlx::query(
@@ -270,7 +284,7 @@ impl Store for SqliteStore {
         .bind(text_id(DistrictId::new()))
         .bind(name)
         .bind(at)
-        .fetch_one(&self.pool)
+        .fetch_one(self.write_pool())
         .await?;
         district_from_row(&row)
     }
@@ -287,7 +301,7 @@ impl Store for SqliteStore {
         .bind(&school.name)
         .bind(&school.timezone)
         .bind(at)
-        .execute(&self.pool)
+        .execute(self.write_pool())
         .await?;
         Ok(School {
             id,
@@ -299,7 +313,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let staff = insert_staff(&mut tx, staff, at).await?;
         tx.commit().await?;
         Ok(staff)
@@ -335,7 +349,7 @@ impl Store for SqliteStore {
         .bind(name)
         .bind(secret_hash)
         .bind(at)
-        .execute(&self.pool)
+        .execute(self.write_pool())
         .await?;
         Ok(())
     }
@@ -380,7 +394,7 @@ impl Store for SqliteStore {
         .bind(&guardian.family_name)
         .bind(&guardian.preferred_language)
         .bind(at)
-        .execute(&self.pool)
+        .execute(self.write_pool())
         .await?;
         Ok(Guardian {
             id,
@@ -393,7 +407,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         write_message(&mut tx, message, at).await?;
         write_recipients(&mut tx, message, &message.recipients, at).await?;
         tx.commit().await?;
@@ -443,7 +457,7 @@ impl Store for SqliteStore {
     }
 
     async fn transition(&self, t: &Transition) -> StoreResult<CasOutcome> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let column = state_timestamp_column(t.to);
         let moved = sqlx::query(&format!(
             "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
@@ -565,7 +579,15 @@ impl Store for SqliteStore {
         reason: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        directory::retire_address(&self.pool, guardian.into(), channel, address, reason, at).await
+        directory::retire_address(
+            self.write_pool(),
+            guardian.into(),
+            channel,
+            address,
+            reason,
+            at,
+        )
+        .await
     }
 
     async fn register_device(
@@ -577,7 +599,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> StoreResult<super::ContactPointView> {
         directory::register_device(
-            &self.pool,
+            self.write_pool(),
             district.into(),
             guardian.into(),
             platform,
@@ -596,7 +618,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> StoreResult<super::ContactPointView> {
         directory::add_contact_point(
-            &self.pool,
+            self.write_pool(),
             district.into(),
             guardian.into(),
             kind,
@@ -614,7 +636,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::ContactPointView>> {
         directory::set_contact_point_active(
-            &self.pool,
+            self.write_pool(),
             guardian.into(),
             contact_point.into(),
             active,
@@ -632,7 +654,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> StoreResult<super::OptOutView> {
         directory::add_opt_out(
-            &self.pool,
+            self.write_pool(),
             district.into(),
             guardian.into(),
             channel,
@@ -648,7 +670,7 @@ impl Store for SqliteStore {
         opt_out: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::OptOutView>> {
-        directory::revoke_opt_out(&self.pool, guardian.into(), opt_out, at).await
+        directory::revoke_opt_out(self.write_pool(), guardian.into(), opt_out, at).await
     }
 
     async fn set_school_quiet_hours(
@@ -657,7 +679,7 @@ impl Store for SqliteStore {
         school: &str,
         quiet: Option<crate::quiet_hours::QuietHours>,
     ) -> StoreResult<bool> {
-        directory::set_school_quiet_hours(&self.pool, district.into(), school, quiet).await
+        directory::set_school_quiet_hours(self.write_pool(), district.into(), school, quiet).await
     }
 
     async fn set_district_quotas(
@@ -667,7 +689,7 @@ impl Store for SqliteStore {
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()> {
         directory::set_district_quotas(
-            &self.pool,
+            self.write_pool(),
             district.into(),
             max_recipients_per_message,
             max_messages_per_hour,
@@ -693,7 +715,7 @@ impl Store for SqliteStore {
         district: DistrictId,
     ) -> StoreResult<Box<dyn super::roster::RosterWriter>> {
         Ok(Box::new(
-            roster::RosterTx::begin(&self.pool, *district.as_uuid()).await?,
+            roster::RosterTx::begin(self.begin_write().await?, *district.as_uuid()).await?,
         ))
     }
 
@@ -707,7 +729,7 @@ impl Store for SqliteStore {
         .bind(import.staff_id.map(text_id))
         .bind(&import.source_name)
         .bind(at)
-        .execute(&self.pool)
+        .execute(self.write_pool())
         .await?;
         Ok(())
     }
@@ -728,7 +750,7 @@ impl Store for SqliteStore {
             .bind(error)
             .bind(at)
             .bind(text_id(id))
-            .execute(&self.pool)
+            .execute(self.write_pool())
             .await?;
         Ok(())
     }
@@ -785,7 +807,7 @@ impl Store for SqliteStore {
         // Through the writer, in turn with the dispatcher's writes, holding the write lock
         // from the start: see `streamed_send`.
         let send = send_streamed(
-            self.write_pool().begin_with("BEGIN IMMEDIATE").await?,
+            self.begin_write().await?,
             message,
             scope,
             audience,
@@ -816,7 +838,7 @@ impl Store for SqliteStore {
         keep: chrono::Duration,
         at: DateTime<Utc>,
     ) -> StoreResult<super::IdempotencyClaim> {
-        messages::claim_idempotency_key(&self.pool, scope, key, request_hash, keep, at).await
+        messages::claim_idempotency_key(self.write_pool(), scope, key, request_hash, keep, at).await
     }
 
     async fn complete_idempotency_key(
@@ -826,11 +848,11 @@ impl Store for SqliteStore {
         status: u16,
         body: &[u8],
     ) -> StoreResult<()> {
-        messages::complete_idempotency_key(&self.pool, scope, key, status, body).await
+        messages::complete_idempotency_key(self.write_pool(), scope, key, status, body).await
     }
 
     async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
-        messages::release_idempotency_key(&self.pool, scope, key).await
+        messages::release_idempotency_key(self.write_pool(), scope, key).await
     }
 
     async fn message_summary(
@@ -881,7 +903,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::CancelOutcome>> {
         Ok(
-            messages::cancel(&self.pool, scope, message.into(), actor, at)
+            messages::cancel(self.write_pool(), scope, message.into(), actor, at)
                 .await?
                 .map(|(cancelled, already_sent)| super::CancelOutcome {
                     cancelled,
@@ -891,7 +913,7 @@ impl Store for SqliteStore {
     }
 
     async fn refresh_directory_statistics(&self) -> StoreResult<()> {
-        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        sqlx::query("ANALYZE").execute(self.write_pool()).await?;
         Ok(())
     }
 
@@ -999,7 +1021,7 @@ impl Store for SqliteStore {
         .bind(action)
         .bind(detail.to_string())
         .bind(at)
-        .execute(&self.pool)
+        .execute(self.write_pool())
         .await?;
         Ok(())
     }
