@@ -49,6 +49,7 @@ async fn scrape(State(s): State<Sources>) -> impl IntoResponse {
             ("in_doubt", t.in_doubt),
             ("lost_in_doubt", t.lost_in_doubt),
             ("fenced", t.fenced),
+            ("record_retried", t.record_retried),
             ("deferred", t.deferred),
             ("quarantined", t.quarantined),
             ("opted_out", t.opted_out),

@@ -168,6 +168,9 @@ pub struct Counters {
     pub lost_in_doubt: AtomicU64,
     /// Writes refused because another dispatcher had taken the partition over.
     pub fenced: AtomicU64,
+    /// Writes of sends' outcomes tried again after a passing database error (a dropped
+    /// connection, a lost race): the sends are not repeated, their record waits.
+    pub record_retried: AtomicU64,
     /// Deliveries held back without an attempt: behind a guardian's retrying delivery, or
     /// for a provider whose breaker is open.
     pub deferred: AtomicU64,
@@ -192,6 +195,7 @@ pub struct Totals {
     pub in_doubt: u64,
     pub lost_in_doubt: u64,
     pub fenced: u64,
+    pub record_retried: u64,
     pub deferred: u64,
     pub quarantined: u64,
     pub opted_out: u64,
@@ -209,6 +213,7 @@ impl Counters {
             in_doubt: get(&self.in_doubt),
             lost_in_doubt: get(&self.lost_in_doubt),
             fenced: get(&self.fenced),
+            record_retried: get(&self.record_retried),
             deferred: get(&self.deferred),
             quarantined: get(&self.quarantined),
             opted_out: get(&self.opted_out),
@@ -621,8 +626,16 @@ impl Dispatcher {
             Some("quarantined: it failed the dispatcher repeatedly"),
         )
         .await;
-        if let Err(error) = failed {
-            tracing::error!(delivery_id = %entry.delivery_id, error = %error, "the quarantined delivery could not be marked FAILED");
+        match failed {
+            // The database's trouble, not the entry's: it stays, to be tried again, rather
+            // than be passed with its delivery never sent nor marked.
+            Err(tidings_core::delivery::ApplyError::Store(error)) if is_outage(&error) => {
+                return Err(error.into());
+            }
+            Err(error) => {
+                tracing::error!(delivery_id = %entry.delivery_id, error = %error, "the quarantined delivery could not be marked FAILED");
+            }
+            Ok(_) => {}
         }
         self.store
             .commit_offset(CONSUMER_GROUP, &lease, entry.offset, now())
@@ -1295,18 +1308,32 @@ impl Dispatcher {
             .map(|(o, attempt, result)| (&o.delivery, *attempt, result))
             .collect();
         let commit = offset.map(|offset| (CONSUMER_GROUP, offset));
-        let applied = match self
-            .store
-            .finish_attempts(lease, &items, &self.config.owner, commit, now())
-            .await
-        {
-            Ok(applied) => applied,
-            Err(StoreError::Fenced { .. }) => {
-                // The new owner takes these attempts up as unfinished.
-                Counters::add(&self.counters.fenced);
-                return Ok(false);
+        // The sends have been made: left unrecorded, they would be taken up as in doubt and
+        // sent again. So a passing error is tried again (the write is a compare-and-swap:
+        // one that did commit before its answer was lost changes nothing the second time)
+        // for as long as the lease would have lasted; after that a new owner would take
+        // them up anyway.
+        let (started, mut pause) = (std::time::Instant::now(), Duration::from_millis(20));
+        let applied = loop {
+            match self
+                .store
+                .finish_attempts(lease, &items, &self.config.owner, commit, now())
+                .await
+            {
+                Ok(applied) => break applied,
+                Err(StoreError::Fenced { .. }) => {
+                    // The new owner takes these attempts up as unfinished.
+                    Counters::add(&self.counters.fenced);
+                    return Ok(false);
+                }
+                Err(error) if is_passing(&error) && started.elapsed() < self.config.lease_ttl => {
+                    Counters::add(&self.counters.record_retried);
+                    tracing::warn!(owner = %self.config.owner, lane = %lease.lane, partition = %lease.partition, error = %tidings_core::store::error_chain(&error), "could not record the outcomes of sends; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         for ((o, _, result), applied) in finishing.iter().zip(applied) {
             if !matches!(applied, CasOutcome::Applied(_)) {
@@ -1415,20 +1442,40 @@ fn newcomers_first(
 /// failing single entry before it is quarantined.
 const POISON_TRIES: u32 = 3;
 
-/// Whether a store error means the database is unreachable (wait for it), rather than
-/// something wrong with what was read or written.
+/// Whether a store error means the database is out of reach for now or the partition
+/// has passed to another dispatcher (wait), rather than something wrong with what was read
+/// or written. Never counted against a log entry.
 fn is_outage(error: &StoreError) -> bool {
-    match error {
-        StoreError::Database(e) | StoreError::Connect { source: e, .. } => matches!(
-            e,
-            sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::WorkerCrashed
-        ),
-        StoreError::Fenced { .. } => true,
+    matches!(error, StoreError::Fenced { .. }) || is_passing(error)
+}
+
+/// A store error that trying again may get past: the database unreachable or the
+/// connection lost, the server shutting down, or a write that lost a race (a deadlock, a
+/// serialization failure, a busy or locked SQLite file).
+fn is_passing(error: &StoreError) -> bool {
+    let (StoreError::Database(e) | StoreError::Connect { source: e, .. }) = error else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => match e.code().as_deref() {
+            // PostgreSQL's SQLSTATE: connection exceptions, shutdowns, lost races.
+            Some(code) if code.len() == 5 => {
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+            }
+            // SQLite's result code: busy or locked (an extended code keeps the primary
+            // one in its low byte).
+            Some(code) => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+            None => false,
+        },
         _ => false,
     }
 }

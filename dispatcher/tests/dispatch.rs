@@ -979,6 +979,65 @@ async fn a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever(stor
 /// A log entry whose message cannot be read (here: a kind no version knows, written past
 /// the schema's checks) fails every batch it is in. It is isolated, quarantined as FAILED
 /// with the reason, and the partition goes on.
+/// The database's connections dropped again and again during a broadcast (as in a
+/// failover): the outcomes of sends already made are written once the database answers
+/// again, and nothing is sent twice.
+#[tokio::test]
+async fn sends_are_recorded_through_dropped_database_connections() {
+    let db = TestDatabase::postgres().await;
+    let store = db.store().await;
+    let seed = seed(store.as_ref(), 500).await;
+    let broadcast = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&broadcast, now()).await.unwrap();
+    let provider = InProcessProvider::default().with_latency(Duration::from_millis(10));
+    let config = Config {
+        batch: 16,
+        // An attempt whose start was written but not answered is taken up again soon.
+        in_doubt_after: Duration::from_millis(200),
+        ..config(43)
+    };
+    let dispatcher = Arc::new(dispatcher(&store, &provider, config));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run(stopped).await }
+    });
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut cuts = 0;
+    // Until a cut has caught outcomes being written (or the broadcast is over).
+    while dispatcher.counters().totals().record_retried == 0 && provider.received_count() < 900 {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&admin)
+        .await
+        .unwrap();
+        cuts += 1;
+    }
+    admin.close().await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    let ids = delivery_ids(&broadcast);
+    let mut sent = BTreeMap::new();
+    for _ in 0..50 {
+        dispatcher.run_until_idle().await.unwrap();
+        sent = states(store.as_ref(), &ids).await;
+        if sent.get(&DeliveryState::Sent) == Some(&1000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent, BTreeMap::from([(DeliveryState::Sent, 1000)]));
+    let totals = dispatcher.counters().totals();
+    assert!(
+        totals.record_retried > 0,
+        "none of {cuts} cuts caught outcomes being written"
+    );
+    assert_eq!(provider.duplicates(), 0, "{totals:?}");
+}
+
 #[tokio::test]
 async fn a_poison_entry_is_quarantined_and_its_partition_goes_on() {
     let db = TestDatabase::sqlite();
