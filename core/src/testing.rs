@@ -254,6 +254,39 @@ pub async fn seed(store: &dyn Store, guardians: usize) -> Seed {
     }
 }
 
+/// Like [`seed`], with the guardians written in bulk, as a roster import writes them (and
+/// without a preferred language): for tests that need tens of thousands.
+pub async fn seed_many(store: &dyn Store, guardians: usize) -> Seed {
+    let seed = seed(store, 0).await;
+    let district = seed.staff.district_id;
+    let rows: Vec<crate::store::roster::GuardianRow> = (0..guardians)
+        .map(|i| crate::store::roster::GuardianRow {
+            id: uuid::Uuid::now_v7(),
+            sourced_id: format!("g-{i}"),
+            given_name: format!("Guardian{i}"),
+            family_name: "Example".into(),
+            hash: String::new(),
+        })
+        .collect();
+    let mut writer = store.begin_roster_import(district).await.unwrap();
+    for chunk in rows.chunks(1_000) {
+        writer.upsert_guardians(chunk, now()).await.unwrap();
+    }
+    writer.commit().await.unwrap();
+    let guardians = rows
+        .into_iter()
+        .map(|row| Guardian {
+            id: crate::GuardianId::from_uuid(row.id),
+            district_id: district,
+            given_name: row.given_name,
+            family_name: row.family_name,
+            preferred_language: None,
+            sourced_id: Some(row.sourced_id),
+        })
+        .collect();
+    Seed { guardians, ..seed }
+}
+
 /// Adds a further district with an administrator and `guardians` guardians (on a store
 /// seeded already).
 pub async fn seed_district(store: &dyn Store, name: &str, guardians: usize) -> Seed {
