@@ -375,6 +375,9 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
         .filter(|d| d.suppressed_reason.is_none())
         .count();
     store.create_message(&broadcast, now()).await?;
+    // The dispatcher's time, not the time to copy the broadcast's journal into the
+    // database file (SQLite), which a send leaves to the background.
+    store.settle().await?;
     // A neighbouring district's alert, written while the broadcast is going out: it is in
     // the same lane, behind the whole broadcast on every partition.
     let (neighbour_district, neighbour_author, neighbours) =

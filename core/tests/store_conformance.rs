@@ -893,6 +893,7 @@ async fn states_of(store: &dyn Store, ids: &[DeliveryId]) -> Vec<DeliveryState> 
 async fn maintenance_and_measurement_leave_nothing_behind(store: Arc<dyn Store>) {
     seed(store.as_ref(), 3).await;
     store.refresh_directory_statistics().await.unwrap();
+    store.settle().await.unwrap();
     // Twice: the scratch table of the first run must be gone for the second.
     for _ in 0..2 {
         let seconds = store.measure_raw_insert(500).await.unwrap();
@@ -1535,4 +1536,30 @@ async fn a_send_writes_its_deliveries_partition_by_partition_on_sqlite() {
 #[tokio::test]
 async fn a_send_writes_its_deliveries_partition_by_partition_on_postgres() {
     a_send_writes_its_deliveries_partition_by_partition(TestDatabase::postgres().await).await;
+}
+
+/// Settling puts everything written into the SQLite database file itself, at once (the
+/// background checkpoint would copy it some 50 ms after the write).
+#[tokio::test]
+async fn settling_puts_what_was_written_in_the_sqlite_database_file() {
+    use sqlx::ConnectOptions as _;
+    use std::str::FromStr as _;
+    let db = TestDatabase::sqlite();
+    let store = db.store().await;
+    let seed = seed(store.as_ref(), 20).await;
+    let message = message_to(&seed, &[Channel::Sms]);
+    store.create_message(&message, now()).await.unwrap();
+    store.settle().await.unwrap();
+    // `immutable` reads the file as it is, ignoring the journal beside it.
+    let mut file = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)
+        .unwrap()
+        .immutable(true)
+        .connect()
+        .await
+        .unwrap();
+    let in_file: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&mut file)
+        .await
+        .unwrap();
+    assert_eq!(in_file, 20);
 }

@@ -961,6 +961,11 @@ pub trait Store:
     /// import would be planned for a near-empty directory.
     async fn refresh_directory_statistics(&self) -> StoreResult<()>;
 
+    /// Brings the database file up to date with what was written, now rather than in the
+    /// background (SQLite copies its journal into the file; nothing to do on PostgreSQL):
+    /// a measurement then starts from a settled database, not alongside the copy.
+    async fn settle(&self) -> StoreResult<()>;
+
     /// Writes `rows` plain rows (an id, two short texts, a timestamp) into a temporary table
     /// the way the store writes in bulk, and returns the seconds it took: the raw write
     /// speed of this database, which `tidings bench fanout` compares the fan-out against.

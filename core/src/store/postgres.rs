@@ -660,7 +660,7 @@ impl Store for PostgresStore {
         district: DistrictId,
     ) -> StoreResult<Box<dyn super::roster::RosterWriter>> {
         Ok(Box::new(
-            roster::RosterTx::begin(self.pool.begin().await?, *district.as_uuid()).await?,
+            roster::RosterTx::begin(self.pool.begin().await?, None, *district.as_uuid()).await?,
         ))
     }
 
@@ -846,6 +846,10 @@ impl Store for PostgresStore {
                     already_sent,
                 }),
         )
+    }
+
+    async fn settle(&self) -> StoreResult<()> {
+        Ok(())
     }
 
     async fn refresh_directory_statistics(&self) -> StoreResult<()> {

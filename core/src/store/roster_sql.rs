@@ -26,16 +26,21 @@ macro_rules! roster_writer {
 
         pub struct RosterTx {
             tx: sqlx::Transaction<'static, $db>,
+            /// Held idle for the whole import where the store has one write connection
+            /// (SQLite): the other writes wait their turn behind the import.
+            _turn: Option<sqlx::pool::PoolConnection<$db>>,
             district: uuid::Uuid,
             /// Per table: rows looked up so far, and at the last statistics refresh.
             looked_up: std::collections::HashMap<&'static str, (usize, usize)>,
         }
 
         impl RosterTx {
-            /// The import of `district`, in `tx`: on SQLite, one holding the write lock
-            /// from its start (the import reads before it writes).
+            /// The import of `district`, in `tx` (on SQLite, one holding the write lock
+            /// from its start: the import reads before it writes), holding `turn` until
+            /// it ends.
             pub async fn begin(
                 mut tx: sqlx::Transaction<'static, $db>,
+                turn: Option<sqlx::pool::PoolConnection<$db>>,
                 district: uuid::Uuid,
             ) -> $crate::store::StoreResult<Self> {
                 $(sqlx::query($setup).execute(&mut *tx).await?;)*
@@ -45,7 +50,7 @@ macro_rules! roster_writer {
                 )
                 .execute(&mut *tx)
                 .await?;
-                Ok(Self { tx, district, looked_up: std::collections::HashMap::new() })
+                Ok(Self { tx, _turn: turn, district, looked_up: std::collections::HashMap::new() })
             }
 
             /// `UPDATE … SET deleted = now WHERE id IN (…)` for one chunk.
