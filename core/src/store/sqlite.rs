@@ -1,8 +1,9 @@
 //! The SQLite store: the embedded default. One file, WAL journal, foreign keys on.
 //! Ids are stored as hyphenated text and timestamps as RFC 3339 text in UTC.
 //!
-//! Every write goes through a connection of its own, one transaction after another in the
-//! order they asked; the other connections read, migrate and checkpoint. SQLite has one
+//! Every write takes its turn on a connection of its own, one transaction after another in
+//! the order they asked (a roster import holds the turn while it writes through another
+//! connection); the other connections read, migrate and checkpoint. SQLite has one
 //! write lock per file: writers sharing it through the busy timeout sleep between looks at
 //! the lock (up to 100 ms), so the lock sat idle while a send's outcome waited a second or
 //! more; each connection's page cache is thrown away whenever another connection has
