@@ -864,17 +864,31 @@ impl Dispatcher {
                     .push(o);
             }
         }
+        // Districts take turns inside a partition's share too, as they did in the look.
+        for (_, due) in per_lease.values_mut() {
+            *due = in_turn(std::mem::take(due), |o| o.delivery.district_id);
+        }
         let read = per_lease.values().map(|(_, batch)| batch.len()).sum();
         // A write to the log (an alert, say) does not wait for the rest of the look: after
         // the first round of batches (always sent, so a steady stream of messages cannot
-        // hold what is due back for ever) no further partition's batch starts, and what
-        // was not sent is still due, to be read first next time.
+        // hold what is due back for ever) no further batch starts, and what was not sent
+        // is still due, to be read first next time. A partition's share of a look goes in
+        // batches of `batch`, one after another: a broadcast is written partition by
+        // partition, so one look may hold a few partitions' hundreds.
         let first_round = self.config.batches_at_once();
+        let cut = || written.has_changed().unwrap_or(false);
         let mut sending = futures_util::stream::iter(per_lease.into_values().enumerate())
-            .take_while(|(i, _)| {
-                std::future::ready(*i < first_round || !written.has_changed().unwrap_or(false))
+            .take_while(|(i, _)| std::future::ready(*i < first_round || !cut()))
+            .map(|(_, (lease, mut due))| async move {
+                let mut sent = false;
+                while !(due.is_empty() || sent && cut()) {
+                    let rest = due.split_off(due.len().min(self.config.batch.max(1) as usize));
+                    self.send(&lease, std::mem::replace(&mut due, rest), None)
+                        .await?;
+                    sent = true;
+                }
+                Ok::<_, DispatchError>(())
             })
-            .map(|(_, (lease, batch))| async move { self.send(&lease, batch, None).await })
             .buffer_unordered(self.config.batches_at_once());
         let mut failed = None;
         while let Some(result) = sending.next().await {
@@ -1438,6 +1452,27 @@ fn newcomers_first(
     }
 }
 
+/// `items` with the groups `group` puts them in taking turns, one item each, in the order
+/// the groups first appear; each group's own items keep their order.
+fn in_turn<T, G: PartialEq>(items: Vec<T>, group: impl Fn(&T) -> G) -> Vec<T> {
+    let total = items.len();
+    let mut queues: Vec<(G, std::collections::VecDeque<T>)> = Vec::new();
+    for item in items {
+        let g = group(&item);
+        match queues.iter_mut().find(|(q, _)| *q == g) {
+            Some((_, queue)) => queue.push_back(item),
+            None => queues.push((g, std::collections::VecDeque::from([item]))),
+        }
+    }
+    let mut turns = Vec::with_capacity(total);
+    while turns.len() < total {
+        for (_, queue) in &mut queues {
+            turns.extend(queue.pop_front());
+        }
+    }
+    turns
+}
+
 /// Tries of a failing batch before its partition goes one entry at a time, and of a
 /// failing single entry before it is quarantined.
 const POISON_TRIES: u32 = 3;
@@ -1512,6 +1547,38 @@ fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every item once; each group's items in their order; and groups take turns:
+        /// up to any point, no group that still had items is more than one turn behind
+        /// another.
+        #[test]
+        fn groups_take_turns_and_keep_their_order(groups in proptest::collection::vec(0u8..5, 0..60)) {
+            let items: Vec<(usize, u8)> = groups.into_iter().enumerate().collect();
+            let turns = in_turn(items.clone(), |(_, g)| *g);
+            let mut sorted = turns.clone();
+            sorted.sort();
+            prop_assert_eq!(&sorted, &items);
+            for g in 0..5u8 {
+                let of = |list: &[(usize, u8)]| -> Vec<usize> {
+                    list.iter().filter(|(_, x)| *x == g).map(|(i, _)| *i).collect()
+                };
+                prop_assert_eq!(of(&turns), of(&items));
+            }
+            let total = |g: u8| items.iter().filter(|(_, x)| *x == g).count();
+            for end in 0..=turns.len() {
+                let taken = |g: u8| turns[..end].iter().filter(|(_, x)| *x == g).count();
+                for a in 0..5u8 {
+                    for b in 0..5u8 {
+                        if taken(a) < total(a) {
+                            prop_assert!(taken(b) <= taken(a) + 1, "{:?}", &turns[..end]);
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn batches_side_by_side_never_take_more_than_half_the_connections() {
