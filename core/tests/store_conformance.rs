@@ -42,6 +42,7 @@ tidings_core::on_both_stores! {
     a_sign_in_code_allows_few_tries_expires_and_is_redeemed_once,
     link_key_fingerprints_are_recorded_once_and_differences_reported,
     an_acknowledgment_covers_the_message_and_its_re_notifications,
+    due_counts_list_each_district_and_lane_with_deliveries_due,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -1562,4 +1563,78 @@ async fn settling_puts_what_was_written_in_the_sqlite_database_file() {
         .await
         .unwrap();
     assert_eq!(in_file, 20);
+}
+
+/// Only districts and lanes with deliveries whose time has come are counted, each up to
+/// the cap: not a district without deliveries waiting, nor one whose time is still ahead.
+async fn due_counts_list_each_district_and_lane_with_deliveries_due(store: Arc<dyn Store>) {
+    use tidings_core::store::dispatch::DueCount;
+    let at = now();
+    let scheduled = |mut message: NewMessage, due: chrono::DateTime<chrono::Utc>| {
+        for d in message
+            .recipients
+            .iter_mut()
+            .flat_map(|r| &mut r.deliveries)
+        {
+            d.not_before = Some(due);
+        }
+        message
+    };
+    let first = seed(store.as_ref(), 10).await;
+    let emergency = scheduled(message_to(&first, &[Channel::Sms]), at);
+    store.create_message(&emergency, at).await.unwrap();
+    let second = seed_district(store.as_ref(), "Second", 10).await;
+    let newsletter = NewMessage {
+        kind: MessageKind::General,
+        lane: Lane::Bulk,
+        ..scheduled(message_to(&second, &[Channel::Email]), at)
+    };
+    store.create_message(&newsletter, at).await.unwrap();
+    // Nothing waiting; and waiting for a later time.
+    seed_district(store.as_ref(), "Quiet", 3).await;
+    let later = seed_district(store.as_ref(), "Later", 5).await;
+    let ahead = scheduled(message_to(&later, &[Channel::Sms]), at + Duration::hours(1));
+    store.create_message(&ahead, at).await.unwrap();
+
+    let counts = |mut found: Vec<DueCount>| {
+        found.sort_by_key(|c| (c.district.to_string(), c.lane));
+        found
+    };
+    let due = |district, lane, deliveries| DueCount {
+        district,
+        lane,
+        deliveries,
+    };
+    let (a, b, d) = (
+        first.staff.district_id,
+        second.staff.district_id,
+        later.staff.district_id,
+    );
+    assert_eq!(
+        counts(
+            store
+                .due_counts(at + Duration::seconds(1), 4)
+                .await
+                .unwrap()
+        ),
+        counts(vec![due(a, Lane::Emergency, 4), due(b, Lane::Bulk, 4)])
+    );
+    assert_eq!(
+        counts(
+            store
+                .due_counts(at + Duration::hours(2), 100)
+                .await
+                .unwrap()
+        ),
+        counts(vec![
+            due(a, Lane::Emergency, 10),
+            due(b, Lane::Bulk, 10),
+            due(d, Lane::Emergency, 5)
+        ])
+    );
+    assert!(store
+        .due_counts(at - Duration::seconds(1), 100)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -496,23 +496,37 @@ macro_rules! dispatch_queries {
         /// before recording it. `deliveries_due` holds exactly these, by district and time.
         const DUE: &str = "state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL AND next_attempt_at <= $1";
 
+        /// A delivery waiting for a time, come or not: what `deliveries_due` holds.
+        const WAITING: &str = "state IN ('CREATED', 'QUEUED') AND next_attempt_at IS NOT NULL";
+
         /// Districts' lanes read per statement: one index range each, well under SQLite's
         /// limit of 500 terms in a compound select.
         const DISTRICTS_AT_ONCE: usize = 100;
 
-        /// Per district with deliveries due by `at`, how many (up to `cap`): one index
-        /// range per district, each stopping at `cap`, in one statement.
+        /// Per district and lane with deliveries due by `at`, how many (up to `cap`), in
+        /// one statement: the districts with anything waiting at all are found by
+        /// skipping through `deliveries_due` from one district to the next (one probe
+        /// each, however many districts the installation has), then each of their lanes'
+        /// index range is counted, stopping at `cap`.
         pub async fn due_counts(
             pool: &sqlx::Pool<$db>,
             at: DateTime<Utc>,
             cap: u32,
         ) -> StoreResult<Vec<$crate::store::dispatch::DueCount>> {
             let rows = sqlx::query(&format!(
-                "SELECT t.id, l.lane, \
+                "WITH RECURSIVE waiting (id) AS ( \
+                     SELECT (SELECT district_id FROM deliveries WHERE {WAITING} \
+                             ORDER BY district_id LIMIT 1) \
+                     UNION ALL \
+                     SELECT (SELECT d.district_id FROM deliveries d WHERE {WAITING} AND d.district_id > w.id \
+                             ORDER BY d.district_id LIMIT 1) \
+                     FROM waiting w WHERE w.id IS NOT NULL) \
+                 SELECT t.id, l.lane, \
                         (SELECT count(*) FROM (SELECT 1 FROM deliveries \
                                                WHERE district_id = t.id AND lane = l.lane AND {DUE} LIMIT $2) AS c) AS n \
-                 FROM districts t \
-                 CROSS JOIN (SELECT 'emergency' AS lane UNION ALL SELECT 'normal' UNION ALL SELECT 'bulk') AS l"
+                 FROM waiting t \
+                 CROSS JOIN (SELECT 'emergency' AS lane UNION ALL SELECT 'normal' UNION ALL SELECT 'bulk') AS l \
+                 WHERE t.id IS NOT NULL"
             ))
             .bind(at)
             .bind(i64::from(cap))
