@@ -369,6 +369,16 @@ pub fn message_to(seed: &Seed, channels: &[Channel]) -> NewMessage {
     }
 }
 
+/// `message` with every delivery held until `at`.
+pub fn scheduled(mut message: NewMessage, at: chrono::DateTime<chrono::Utc>) -> NewMessage {
+    for recipient in &mut message.recipients {
+        for delivery in &mut recipient.deliveries {
+            delivery.not_before = Some(at);
+        }
+    }
+    message
+}
+
 /// Every delivery of a message, in order.
 pub fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
     message

@@ -1454,19 +1454,21 @@ fn newcomers_first(
 
 /// `items` with the groups `group` puts them in taking turns, one item each, in the order
 /// the groups first appear; each group's own items keep their order.
-fn in_turn<T, G: PartialEq>(items: Vec<T>, group: impl Fn(&T) -> G) -> Vec<T> {
+fn in_turn<T, G: Eq + std::hash::Hash>(items: Vec<T>, group: impl Fn(&T) -> G) -> Vec<T> {
     let total = items.len();
-    let mut queues: Vec<(G, std::collections::VecDeque<T>)> = Vec::new();
+    let mut place: HashMap<G, usize> = HashMap::new();
+    let mut queues: Vec<std::collections::VecDeque<T>> = Vec::new();
     for item in items {
-        let g = group(&item);
-        match queues.iter_mut().find(|(q, _)| *q == g) {
-            Some((_, queue)) => queue.push_back(item),
-            None => queues.push((g, std::collections::VecDeque::from([item]))),
+        let next = queues.len();
+        let at = *place.entry(group(&item)).or_insert(next);
+        if at == next {
+            queues.push(std::collections::VecDeque::new());
         }
+        queues[at].push_back(item);
     }
     let mut turns = Vec::with_capacity(total);
     while turns.len() < total {
-        for (_, queue) in &mut queues {
+        for queue in &mut queues {
             turns.extend(queue.pop_front());
         }
     }

@@ -12,7 +12,7 @@ use tidings_core::log::PartitionId;
 use tidings_core::store::dispatch::{AttemptStart, Lease, Replay};
 use tidings_core::store::{MessageScope, NewMessage, Store, StoreError};
 use tidings_core::testing::{
-    delivery_ids, message_to, seed, seed_district, seed_many, Seed, TestDatabase,
+    delivery_ids, message_to, scheduled, seed, seed_district, seed_many, Seed, TestDatabase,
 };
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, Lane, MessageKind};
@@ -118,6 +118,67 @@ fn last_send_of(received: &[Received], message: &NewMessage) -> usize {
         .iter()
         .rposition(|r| r.delivery_id.is_some_and(|d| ids.contains(&d)))
         .expect("the message was sent")
+}
+
+/// Whether every delivery of `message` has reached the provider.
+fn sent_all(provider: &InProcessProvider, message: &NewMessage) -> bool {
+    let ids: std::collections::HashSet<DeliveryId> = delivery_ids(message).into_iter().collect();
+    let received = provider.received();
+    let sent = received
+        .iter()
+        .filter(|r| r.delivery_id.is_some_and(|d| ids.contains(&d)));
+    sent.count() >= ids.len()
+}
+
+/// What a push alert written during a broadcast met.
+struct AlertDuring {
+    /// Everything the provider received, in order.
+    received: Vec<Received>,
+    /// Sends before the alert's commit (the dispatcher cannot see it any sooner).
+    mark: usize,
+    /// The place of the alert's last send.
+    last: usize,
+    /// Sends of other channels between the alert's commit and its last send.
+    ahead: usize,
+}
+
+/// Runs `dispatcher` until `after` sends have gone, writes `alert` (push only), runs on
+/// until `done`, and stops it.
+async fn alert_during(
+    dispatcher: &Arc<Dispatcher>,
+    store: &dyn Store,
+    provider: &InProcessProvider,
+    after: usize,
+    alert: &NewMessage,
+    done: impl Fn(&InProcessProvider) -> bool,
+) -> AlertDuring {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run(stopped).await }
+    });
+    while provider.received_count() < after {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.create_message(alert, now()).await.unwrap();
+    let mark = provider.received_count();
+    while !done(provider) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    let received = provider.received();
+    let last = last_send_of(&received, alert);
+    let ahead = received[mark..last]
+        .iter()
+        .filter(|r| r.channel != Channel::Push)
+        .count();
+    AlertDuring {
+        received,
+        mark,
+        last,
+        ahead,
+    }
 }
 
 async fn every_delivery_is_sent_once_and_every_offset_committed(store: Arc<dyn Store>) {
@@ -448,43 +509,23 @@ async fn an_emergency_overtakes_a_draining_broadcast(store: Arc<dyn Store>) {
         ..config(8)
     };
     let dispatcher = Arc::new(dispatcher(&store, &provider, config));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
-    // Wait until the broadcast is draining, then send the alert.
-    while provider.received().len() < 20 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Written once the broadcast is draining.
     let alert = with_partitions(message_to(&seed, &[Channel::Push]));
-    store.create_message(&alert, now()).await.unwrap();
-    // Counted from the alert's commit: the dispatcher cannot see it any sooner.
-    let mark = provider.received().len();
-    while provider.received().len() < 400 + 200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
-
-    let received = provider.received();
-    let last_alert = last_send_of(&received, &alert);
-    let bulk_after_mark = received[mark..last_alert]
-        .iter()
-        .filter(|r| r.channel != Channel::Push)
-        .count();
+    let AlertDuring {
+        mark, last, ahead, ..
+    } = alert_during(&dispatcher, store.as_ref(), &provider, 20, &alert, |p| {
+        p.received_count() >= 400 + 200
+    })
+    .await;
     // The alert goes ahead of the rest of the broadcast (in arrival order, all of the
     // rest would go first). Newsletter sends go on only in the batches in hand when it
     // was committed, the bulk lane's share (one batch in `lower_lane_every`) and slots
     // its four partitions cannot use (one batch per partition at a time).
-    assert!(
-        last_alert < 400,
-        "the alert went out after the broadcast: {last_alert}"
-    );
+    assert!(last < 400, "the alert went out after the broadcast: {last}");
     let most = (400 - mark) / 2;
     assert!(
-        bulk_after_mark <= most,
-        "{bulk_after_mark} newsletter sends went first (at most {most} may)"
+        ahead <= most,
+        "{ahead} newsletter sends went first (at most {most} may)"
     );
     // A stopped dispatcher hands its partitions back.
     let free = store
@@ -508,14 +549,6 @@ async fn an_emergency_overtakes_a_draining_100k_broadcast(store: Arc<dyn Store>)
     store.create_message(&bulk, now()).await.unwrap();
     let provider = InProcessProvider::default();
     let dispatcher = Arc::new(dispatcher(&store, &provider, config(9)));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
-    while provider.received_count() < 1_000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     let alert = with_partitions(message_to(
         &Seed {
             guardians: seed.guardians[..100].to_vec(),
@@ -523,33 +556,17 @@ async fn an_emergency_overtakes_a_draining_100k_broadcast(store: Arc<dyn Store>)
         },
         &[Channel::Push],
     ));
-    store.create_message(&alert, now()).await.unwrap();
-    let mark = provider.received_count();
-    let alert_ids: std::collections::HashSet<DeliveryId> =
-        delivery_ids(&alert).into_iter().collect();
-    let out = |received: &[Received]| {
-        received
-            .iter()
-            .filter(|r| r.delivery_id.is_some_and(|d| alert_ids.contains(&d)))
-            .count()
-    };
-    while out(&provider.received()) < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
-
-    let received = provider.received();
-    let last_alert = last_send_of(&received, &alert);
-    let bulk_after_mark = received[mark..last_alert]
-        .iter()
-        .filter(|r| r.channel != Channel::Push)
-        .count();
+    let AlertDuring {
+        received, ahead, ..
+    } = alert_during(&dispatcher, store.as_ref(), &provider, 1_000, &alert, |p| {
+        sent_all(p, &alert)
+    })
+    .await;
     // In arrival order the alert would wait for the 99,000 newsletter sends still on the
     // log; it waits only for the batches in hand and the bulk lane's share.
     assert!(
-        bulk_after_mark <= 2_000,
-        "{bulk_after_mark} newsletter sends went ahead of the alert"
+        ahead <= 2_000,
+        "{ahead} newsletter sends went ahead of the alert"
     );
     assert!(received.len() < 50_000, "{} sent", received.len());
 }
@@ -1358,16 +1375,6 @@ async fn live_dispatchers_share_a_providers_rate(store: Arc<dyn Store>) {
     assert_eq!(provider.duplicates(), 0);
 }
 
-/// `message` with every delivery held until `at`.
-fn scheduled(mut message: NewMessage, at: chrono::DateTime<chrono::Utc>) -> NewMessage {
-    for recipient in &mut message.recipients {
-        for delivery in &mut recipient.deliveries {
-            delivery.not_before = Some(at);
-        }
-    }
-    message
-}
-
 /// Runs a dispatcher reading 128 due deliveries per look (32 in flight) before `due_at`,
 /// when it must send nothing, and again once `due_at` has passed.
 async fn send_what_comes_due(
@@ -1525,36 +1532,19 @@ async fn an_alert_does_not_wait_for_the_rest_of_a_look_at_what_is_due(store: Arc
         ..config(29)
     };
     let dispatcher = Arc::new(dispatcher(&store, &provider, config));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
-    while provider.received().len() < 20 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     let mut alert = message_to(&seed, &[Channel::Push]);
     alert.partitions = SPREAD;
     alert.recipients.truncate(20);
-    store.create_message(&alert, now()).await.unwrap();
-    let mark = provider.received().len();
-    while provider.received().len() < 800 + 20 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
-
-    let received = provider.received();
-    let last_alert = last_send_of(&received, &alert);
-    let newsletter_after_mark = received[mark..last_alert]
-        .iter()
-        .filter(|r| r.channel != Channel::Push)
-        .count();
+    let AlertDuring { ahead, .. } =
+        alert_during(&dispatcher, store.as_ref(), &provider, 20, &alert, |p| {
+            p.received_count() >= 800 + 20
+        })
+        .await;
     // At most the batches in hand when the alert was written (two or three of 16); sent
     // a partition's share at a time instead, it waits for most of the look.
     assert!(
-        newsletter_after_mark <= 64,
-        "{newsletter_after_mark} newsletter sends went between the alert's commit and its last send"
+        ahead <= 64,
+        "{ahead} newsletter sends went between the alert's commit and its last send"
     );
     assert_eq!(provider.duplicates(), 0);
 }

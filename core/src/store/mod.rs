@@ -394,8 +394,8 @@ impl NewMessage {
     }
 
     /// [`NewMessage::log_plan`] of some of the message's recipients.
-    pub fn log_plan_of<'a>(
-        recipients: impl IntoIterator<Item = &'a NewRecipient>,
+    pub fn log_plan_of(
+        recipients: &[NewRecipient],
         partitions: u32,
     ) -> std::collections::BTreeMap<crate::log::PartitionId, Vec<DeliveryId>> {
         let mut plan: std::collections::BTreeMap<_, Vec<_>> = std::collections::BTreeMap::new();

@@ -71,14 +71,14 @@ impl PostgresStore {
         })
     }
 
-    /// Writes to the log by this process at once, and those of other processes as their
-    /// notifications arrive (on a connection of its own, opened by the first subscriber
-    /// and closed when none is left).
-    /// Where the dispatcher writes: the pool (PostgreSQL's writers do not share one lock).
+    /// Where writes go: the pool (PostgreSQL's writers do not share one lock).
     fn write_pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// Writes to the log by this process at once, and those of other processes as their
+    /// notifications arrive (on a connection of its own, opened by the first subscriber
+    /// and closed when none is left).
     fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
         let writes = self.written.subscribe();
         let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
@@ -1130,9 +1130,6 @@ async fn write_recipients(
     recipients: &[crate::store::NewRecipient],
     at: DateTime<Utc>,
 ) -> StoreResult<()> {
-    // Partition by partition (see `PartitionId::sort`); already so when sent.
-    let mut recipients: Vec<_> = recipients.iter().collect();
-    crate::log::PartitionId::sort(&mut recipients, message.partitions, |r| r.guardian_id);
     // One statement per table, whatever the audience size: arrays in, unnest out.
     let ack_state = if message.requires_ack {
         "pending"
@@ -1180,7 +1177,7 @@ async fn write_recipients(
     let mut d_reasons: Vec<Option<String>> = Vec::new();
     let mut d_not_before: Vec<Option<DateTime<Utc>>> = Vec::new();
     let mut d_fallback_of: Vec<Option<Uuid>> = Vec::new();
-    for recipient in &recipients {
+    for recipient in recipients {
         for delivery in &recipient.deliveries {
             d_ids.push(Uuid::from(delivery.id));
             d_recipients.push(Uuid::from(recipient.id));
@@ -1223,7 +1220,7 @@ async fn write_recipients(
         .await?;
     // The log: take offsets from the partitions' head rows (ascending, locked until
     // commit), then write every entry in one statement.
-    let plan = NewMessage::log_plan_of(recipients.iter().copied(), message.partitions);
+    let plan = NewMessage::log_plan_of(recipients, message.partitions);
     let partitions: Vec<i32> = plan.keys().map(|p| p.get() as i32).collect();
     let counts: Vec<i64> = plan.values().map(|d| d.len() as i64).collect();
     let heads: Vec<(i32, i64)> = sqlx::query_as(

@@ -1171,9 +1171,6 @@ async fn write_recipients(
     recipients: &[crate::store::NewRecipient],
     at: DateTime<Utc>,
 ) -> StoreResult<()> {
-    // Partition by partition (see `PartitionId::sort`); already so when sent.
-    let mut recipients: Vec<_> = recipients.iter().collect();
-    crate::log::PartitionId::sort(&mut recipients, message.partitions, |r| r.guardian_id);
     // Multi-row INSERTs in chunks that stay under SQLite's bound-parameter limit.
     let ack_state = if message.requires_ack {
         "pending"
@@ -1227,7 +1224,7 @@ async fn write_recipients(
     }
     // The log: SQLite has one writer at a time, so offsets are taken and entries written
     // in the same order they become visible.
-    let plan = NewMessage::log_plan_of(recipients.iter().copied(), message.partitions);
+    let plan = NewMessage::log_plan_of(recipients, message.partitions);
     if plan.is_empty() {
         // Nothing to send in this chunk (every delivery suppressed, or none planned).
         return Ok(());
