@@ -256,6 +256,9 @@ pub struct Dispatcher {
     shares: Mutex<lanes::LaneShares>,
     /// Sends in flight per provider, bounded by `provider_in_flight`.
     provider_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Word of writes to the log, subscribed once for the dispatcher's life (see
+    /// [`Dispatcher::log_writes`]).
+    log_writes: std::sync::OnceLock<tokio::sync::watch::Receiver<()>>,
 }
 
 /// Per lane, owned partitions with unread entries and where each district's end.
@@ -323,7 +326,19 @@ impl Dispatcher {
             config,
             counters: Arc::default(),
             in_flight: Mutex::default(),
+            log_writes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Word of writes to the log, from one subscription kept while the dispatcher lives.
+    /// A store that hears of other processes' writes tells its subscribers when it
+    /// starts (or starts again) to listen, as writes may have gone unheard before: with
+    /// a subscription per run, that word would come in the middle of the run's first
+    /// look at what is due and cut it short as if an alert had been written.
+    fn log_writes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.log_writes
+            .get_or_init(|| self.store.log_writes())
+            .clone()
     }
 
     pub fn counters(&self) -> Arc<Counters> {
@@ -353,7 +368,7 @@ impl Dispatcher {
         };
         let working = async {
             let mut stop = stop.clone();
-            let mut written = self.store.log_writes();
+            let mut written = self.log_writes();
             while !*stop.borrow() {
                 // Writes from here on wake the idle wait below.
                 written.borrow_and_update();
@@ -388,7 +403,7 @@ impl Dispatcher {
     /// back (for tests and benches); returns the number of passes.
     pub async fn run_until_idle(&self) -> Result<usize, DispatchError> {
         let partitions = Partitions::default();
-        let mut written = self.store.log_writes();
+        let mut written = self.log_writes();
         let mut passes = 0;
         loop {
             self.renew(&partitions).await?;
