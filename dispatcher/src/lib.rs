@@ -1155,9 +1155,10 @@ impl Dispatcher {
     }
 
     /// Holds back, without an attempt, what must not go yet: a guardian's delivery on a
-    /// channel where an earlier one is waiting for a retry (so a correction never
-    /// overtakes the alert it corrects; bounded by `max_order_wait`), and sends to a
-    /// provider whose circuit breaker is open. Returns the rest.
+    /// channel where an earlier one of its lane or a more urgent one is waiting for a
+    /// retry or at the provider (so a correction never overtakes the alert it corrects;
+    /// bounded by `max_order_wait`; see [`wait_behind`]), and sends to a provider whose
+    /// circuit breaker is open. Returns the rest. A batch is one lane's.
     async fn hold_back(
         &self,
         lease: &Lease,
@@ -1175,10 +1176,10 @@ impl Dispatcher {
             .collect();
         let retrying: HashMap<_, _> = self
             .store
-            .retrying(&pairs, at)
+            .retrying(&pairs, lease.lane, at)
             .await?
             .into_iter()
-            .map(|r| ((r.guardian_id, r.channel), (r.first_created_at, r.due)))
+            .map(|r| ((r.guardian_id, r.channel), r))
             .collect();
         let max_wait = chrono::Duration::from_std(self.config.max_order_wait)
             .unwrap_or(chrono::Duration::minutes(10));
@@ -1186,10 +1187,8 @@ impl Dispatcher {
         let mut wait = Vec::new();
         for o in batch {
             let d = &o.delivery;
-            let behind = retrying
-                .get(&(d.guardian_id, d.channel))
-                .filter(|(created, _)| *created < d.created_at && at < d.created_at + max_wait)
-                .map(|(_, due)| (*due + chrono::Duration::seconds(1)).min(d.created_at + max_wait));
+            let earlier = retrying.get(&(d.guardian_id, d.channel));
+            let behind = wait_behind(earlier, d.created_at, at, max_wait);
             let paused = self.breakers.held_until(self.provider_of(d), at);
             match behind.max(paused) {
                 Some(until) => wait.push((o, until)),
@@ -1490,6 +1489,33 @@ fn in_turn<T, G: Eq + std::hash::Hash>(items: Vec<T>, group: impl Fn(&T) -> G) -
     turns
 }
 
+/// How long a delivery waits, at a time, behind the same guardian's earlier one on its
+/// channel while that one is at the provider: about as long as a call takes.
+const IN_FLIGHT_WAIT: chrono::Duration = chrono::Duration::seconds(1);
+
+/// Until when a delivery created at `created_at` waits behind `earlier` (the guardian's
+/// unfinished deliveries on its channel, of its lane or a more urgent one), looking at
+/// `at`: a second past the last retry due, or a moment when they are all at the provider
+/// (the call ends soon, and its outcome decides), never past `created_at + max_wait`.
+/// None: it goes now.
+fn wait_behind(
+    earlier: Option<&tidings_core::store::dispatch::Retrying>,
+    created_at: DateTime<Utc>,
+    at: DateTime<Utc>,
+    max_wait: chrono::Duration,
+) -> Option<DateTime<Utc>> {
+    let earlier = earlier.filter(|e| e.first_created_at < created_at)?;
+    let last = created_at + max_wait;
+    if at >= last {
+        return None;
+    }
+    let until = match earlier.due {
+        Some(due) => due + chrono::Duration::seconds(1),
+        None => at + IN_FLIGHT_WAIT,
+    };
+    Some(until.min(last))
+}
+
 /// Tries of a failing batch before its partition goes one entry at a time, and of a
 /// failing single entry before it is quarantined.
 const POISON_TRIES: u32 = 3;
@@ -1593,6 +1619,42 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// Behind an earlier unfinished delivery a later one waits: past the last retry
+        /// when one is waiting, only a moment when they are all at the provider, never
+        /// beyond its bounded wait, and not at all behind nothing, behind a later one, or
+        /// once the bound has passed.
+        #[test]
+        fn a_later_delivery_waits_behind_an_earlier_one_within_its_bound(
+            earlier_created in -100i64..100,
+            retry_due in proptest::option::of(1i64..10_000),
+            elapsed in 0i64..2_000,
+            max_wait in 0i64..1_000,
+            any_earlier in any::<bool>(),
+        ) {
+            let created_at = now();
+            let at = created_at + chrono::Duration::seconds(elapsed);
+            let max_wait = chrono::Duration::seconds(max_wait);
+            let earlier = tidings_core::store::dispatch::Retrying {
+                guardian_id: tidings_core::GuardianId::new(),
+                channel: tidings_core::Channel::Sms,
+                first_created_at: created_at + chrono::Duration::seconds(earlier_created),
+                due: retry_due.map(|s| at + chrono::Duration::seconds(s)),
+            };
+            let until = wait_behind(any_earlier.then_some(&earlier), created_at, at, max_wait);
+            let waits = any_earlier && earlier_created < 0 && at < created_at + max_wait;
+            prop_assert_eq!(until.is_some(), waits);
+            if let Some(until) = until {
+                prop_assert!(until > at && until <= created_at + max_wait);
+                let wanted = match earlier.due {
+                    Some(due) => due + chrono::Duration::seconds(1),
+                    None => at + IN_FLIGHT_WAIT,
+                };
+                prop_assert_eq!(until, wanted.min(created_at + max_wait));
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tidings_core::delivery::Actor;
 use tidings_core::log::PartitionId;
-use tidings_core::store::dispatch::{AttemptStart, Lease, Replay};
+use tidings_core::store::dispatch::{AttemptResult, AttemptStart, Lease, Replay};
 use tidings_core::store::{MessageScope, NewMessage, Store, StoreError};
 use tidings_core::testing::{
     delivery_ids, message_to, scheduled, seed, seed_district, seed_many, Seed, TestDatabase,
@@ -37,6 +37,8 @@ tidings_core::on_both_stores! {
     a_provider_that_keeps_failing_is_paused_while_others_send,
     one_failing_push_platform_pauses_only_its_own_devices,
     a_later_message_waits_behind_a_retrying_one,
+    an_alert_does_not_wait_for_a_newsletter_at_the_provider,
+    a_correction_waits_for_its_alert_at_the_provider_only_until_the_call_ends,
     sends_never_outrun_a_providers_rate_limit,
     a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever,
     fallback_tries_the_next_channel_only_for_guardians_not_reached,
@@ -947,6 +949,147 @@ async fn a_later_message_waits_behind_a_retrying_one(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_eq!(third.state, DeliveryState::Sent);
+}
+
+/// Another dispatcher, still alive, has `message`'s SMS (to the one guardian, partition
+/// 0) at the provider now: its attempt is started and not finished. Returns that
+/// dispatcher's lease and the delivery as it left it.
+async fn at_the_provider_of_another_dispatcher(
+    store: &dyn Store,
+    message: &NewMessage,
+) -> (Lease, tidings_core::delivery::Delivery) {
+    let id = delivery_ids(message)[0];
+    let delivery = store.delivery(id).await.unwrap().unwrap();
+    assert_eq!(delivery.channel, Channel::Sms);
+    let at = now();
+    let lease = store
+        .claim_leases(
+            "busy",
+            &[(message.lane, PartitionId::new(0))],
+            chrono::Duration::minutes(5),
+            at,
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    let recover_at = at + chrono::Duration::minutes(2);
+    let started = store
+        .start_attempt(&lease, &delivery, "sandbox", "busy", recover_at, at)
+        .await
+        .unwrap();
+    assert!(matches!(started, AttemptStart::Started { attempt: 1, .. }));
+    (lease, store.delivery(id).await.unwrap().unwrap())
+}
+
+/// One partition, so that a message's deliveries and another dispatcher's lease meet.
+fn one_partition(mut message: NewMessage) -> NewMessage {
+    message.partitions = 1;
+    message
+}
+
+/// A guardian's alert does not wait while that guardian's newsletter is at the provider
+/// (another dispatcher's call): a delivery waits only behind one of its own lane or a
+/// more urgent one.
+async fn an_alert_does_not_wait_for_a_newsletter_at_the_provider(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 1).await;
+    let newsletter = one_partition(NewMessage {
+        kind: MessageKind::General,
+        lane: Lane::Bulk,
+        ..message_to(&seed, &[Channel::Sms])
+    });
+    store.create_message(&newsletter, now()).await.unwrap();
+    at_the_provider_of_another_dispatcher(store.as_ref(), &newsletter).await;
+    let alert = one_partition(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&alert, now()).await.unwrap();
+
+    let provider = InProcessProvider::default();
+    let dispatcher = dispatcher(
+        &store,
+        &provider,
+        Config {
+            partitions: 1,
+            ..config(31)
+        },
+    );
+    dispatcher.run_until_idle().await.unwrap();
+    // Held back behind the newsletter, it would wait for the newsletter's recovery time
+    // (two minutes on).
+    assert_eq!(dispatcher.counters().totals().deferred, 0);
+    assert_eq!(
+        states(store.as_ref(), &delivery_ids(&alert)).await,
+        BTreeMap::from([(DeliveryState::Sent, 1)])
+    );
+}
+
+/// A correction written while its alert is at the provider waits for that call to end,
+/// not for the time the alert would be taken up again had the call never ended, and
+/// goes once the alert is sent.
+async fn a_correction_waits_for_its_alert_at_the_provider_only_until_the_call_ends(
+    store: Arc<dyn Store>,
+) {
+    let seed = seed(store.as_ref(), 1).await;
+    let alert = one_partition(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&alert, now()).await.unwrap();
+    let (lease, in_flight) = at_the_provider_of_another_dispatcher(store.as_ref(), &alert).await;
+    let alert_recovers_at = in_flight.next_attempt_at.unwrap();
+    // A follow-up in a less urgent lane: it is read alongside, by this dispatcher.
+    let correction = one_partition(NewMessage {
+        kind: MessageKind::Attendance,
+        lane: Lane::Normal,
+        ..message_to(&seed, &[Channel::Sms])
+    });
+    store.create_message(&correction, now()).await.unwrap();
+
+    let provider = InProcessProvider::default();
+    let dispatcher = dispatcher(
+        &store,
+        &provider,
+        Config {
+            partitions: 1,
+            ..config(37)
+        },
+    );
+    dispatcher.run_until_idle().await.unwrap();
+    let waiting = store
+        .delivery(delivery_ids(&correction)[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (waiting.state, waiting.attempts),
+        (DeliveryState::Created, 0)
+    );
+    assert_eq!(dispatcher.counters().totals().deferred, 1);
+    let put_off_to = waiting.next_attempt_at.unwrap();
+    assert!(
+        put_off_to < alert_recovers_at,
+        "put off to {put_off_to}, the alert's recovery time {alert_recovers_at}"
+    );
+    assert!(provider.received().is_empty());
+
+    // The other dispatcher's call ends: the correction goes when it comes due.
+    store
+        .finish_attempt(
+            &lease,
+            &in_flight,
+            1,
+            &AttemptResult::Sent {
+                provider_ref: "SM1".into(),
+            },
+            "busy",
+            now(),
+        )
+        .await
+        .unwrap();
+    while now() <= put_off_to {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(
+        states(store.as_ref(), &delivery_ids(&correction)).await,
+        BTreeMap::from([(DeliveryState::Sent, 1)])
+    );
+    assert_eq!(dispatcher.counters().totals().deferred, 1);
 }
 
 /// Sends the rate limiter lets through can reach the provider a little apart from when

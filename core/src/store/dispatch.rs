@@ -38,16 +38,18 @@ impl LogWrites {
     }
 }
 
-/// A guardian's deliveries on one channel that wait for a retry: a later delivery to the
-/// guardian on that channel waits behind them.
+/// A guardian's deliveries on one channel that are not finished with an attempt: waiting
+/// for a retry, or at the provider now. A later delivery to the guardian on that channel
+/// waits behind them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retrying {
     pub guardian_id: crate::GuardianId,
     pub channel: Channel,
     /// When the earliest of them was created.
     pub first_created_at: DateTime<Utc>,
-    /// When the last of their retries is due.
-    pub due: DateTime<Utc>,
+    /// When the last of those waiting for a retry is due; none when every one of them is
+    /// at the provider now (an attempt started and not finished).
+    pub due: Option<DateTime<Utc>>,
 }
 
 /// Deliveries of one district and lane whose time has come: how many are waiting, or
@@ -378,11 +380,14 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<bool>>;
 
-    /// For each (guardian, channel) of `pairs` with deliveries waiting for a retry after
-    /// `at`: when the earliest of them was created and when the last retry is due.
+    /// For each (guardian, channel) of `pairs` with deliveries in `lane` or a more urgent
+    /// one that wait for a retry after `at` or are at the provider now: when the earliest
+    /// of them was created and when the last retry is due. A delivery waits behind these
+    /// only: an alert never waits for the guardian's newsletter.
     async fn retrying(
         &self,
         pairs: &[(crate::GuardianId, Channel)],
+        lane: crate::Lane,
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Retrying>>;
 

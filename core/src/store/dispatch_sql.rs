@@ -923,9 +923,10 @@ macro_rules! dispatch_store_impl {
             async fn retrying(
                 &self,
                 pairs: &[(crate::GuardianId, crate::Channel)],
+                lane: crate::Lane,
                 at: DateTime<Utc>,
             ) -> StoreResult<Vec<crate::store::dispatch::Retrying>> {
-                dispatching::retrying(&self.pool, pairs, at).await
+                dispatching::retrying(&self.pool, pairs, lane, at).await
             }
 
             async fn finish_attempts(
@@ -1017,21 +1018,32 @@ macro_rules! bulk_attempts {
             Ok(())
         }
 
-        /// For each (guardian, channel) of `pairs`, the earliest-created delivery that is
-        /// waiting for a retry, with when that retry is due.
+        /// For each (guardian, channel) of `pairs`, its deliveries in `lane` or a more
+        /// urgent one that wait for a retry or are at the provider now: when the earliest
+        /// was created, and when the last retry is due (an attempt at the provider has no
+        /// outcome yet; its delivery's time is only when it would be taken up again).
         pub async fn retrying(
             pool: &sqlx::Pool<$db>,
             pairs: &[($crate::GuardianId, $crate::Channel)],
+            lane: $crate::Lane,
             at: DateTime<Utc>,
         ) -> StoreResult<Vec<$crate::store::dispatch::Retrying>> {
             let mut found = Vec::new();
             for chunk in pairs.chunks(300) {
                 let mut query = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT guardian_id, channel, min(created_at) AS created_at, max(next_attempt_at) AS due \
-                     FROM deliveries WHERE state = 'QUEUED' AND attempts > 0 AND next_attempt_at > ",
+                    "SELECT d.guardian_id, d.channel, min(d.created_at) AS created_at, \
+                            max(CASE WHEN a.outcome = 'in_flight' THEN NULL ELSE d.next_attempt_at END) AS due \
+                     FROM deliveries d \
+                     LEFT JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = d.attempts \
+                     WHERE d.state = 'QUEUED' AND d.attempts > 0 AND d.next_attempt_at > ",
                 );
                 query.push_bind(at);
-                query.push(" AND (guardian_id, channel) IN (");
+                query.push(" AND d.lane IN (");
+                let mut lanes = query.separated(", ");
+                for urgent in $crate::Lane::ALL.iter().filter(|l| **l <= lane) {
+                    lanes.push_bind(urgent.as_str());
+                }
+                query.push(") AND (d.guardian_id, d.channel) IN (");
                 let mut separated = query.separated(", ");
                 for (guardian, channel) in chunk {
                     separated.push("(");
@@ -1040,7 +1052,7 @@ macro_rules! bulk_attempts {
                     separated.push_bind_unseparated(channel.as_str());
                     separated.push_unseparated(")");
                 }
-                query.push(") GROUP BY guardian_id, channel");
+                query.push(") GROUP BY d.guardian_id, d.channel");
                 for row in query.build().fetch_all(pool).await? {
                     found.push(retrying_from_row(&row)?);
                 }

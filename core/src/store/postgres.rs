@@ -1427,29 +1427,41 @@ mod dispatching {
         crate::store::dispatch::starts_in_order(ids.into_iter(), moved, &in_doubt, now_rows)
     }
 
-    /// For each (guardian, channel) of `pairs`, the earliest-created delivery that is
-    /// waiting for a retry, with when that retry is due. One index probe per pair: the
-    /// QUEUED index also holds entries of rows that have moved on (until vacuum), so a
-    /// scan over all of it grows with the broadcast being sent.
+    /// For each (guardian, channel) of `pairs`, its deliveries in `lane` or a more urgent
+    /// one that wait for a retry or are at the provider now: when the earliest was
+    /// created, and when the last retry is due (an attempt at the provider has no outcome
+    /// yet; its delivery's time is only when it would be taken up again). One index probe
+    /// per pair: the QUEUED index also holds entries of rows that have moved on (until
+    /// vacuum), so a scan over all of it grows with the broadcast being sent.
     pub async fn retrying(
         pool: &sqlx::PgPool,
         pairs: &[(crate::GuardianId, crate::Channel)],
+        lane: crate::Lane,
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<crate::store::dispatch::Retrying>> {
         let guardians: Vec<uuid::Uuid> = pairs.iter().map(|(g, _)| *g.as_uuid()).collect();
         let channels: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
+        let lanes: Vec<&str> = crate::Lane::ALL
+            .iter()
+            .filter(|l| **l <= lane)
+            .map(|l| l.as_str())
+            .collect();
         let rows = sqlx::query(
             "SELECT p.guardian_id, p.channel, w.created_at, w.due \
              FROM unnest($1::uuid[], $2::text[]) AS p(guardian_id, channel) \
              CROSS JOIN LATERAL ( \
-                 SELECT min(d.created_at) AS created_at, max(d.next_attempt_at) AS due FROM deliveries d \
+                 SELECT min(d.created_at) AS created_at, \
+                        max(CASE WHEN a.outcome = 'in_flight' THEN NULL ELSE d.next_attempt_at END) AS due \
+                 FROM deliveries d \
+                 LEFT JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = d.attempts \
                  WHERE d.guardian_id = p.guardian_id AND d.channel = p.channel AND d.state = 'QUEUED' \
-                   AND d.attempts > 0 AND d.next_attempt_at > $3) AS w \
-             WHERE w.due IS NOT NULL",
+                   AND d.attempts > 0 AND d.next_attempt_at > $3 AND d.lane = ANY($4)) AS w \
+             WHERE w.created_at IS NOT NULL",
         )
         .bind(&guardians)
         .bind(&channels)
         .bind(at)
+        .bind(&lanes)
         .fetch_all(pool)
         .await?;
         rows.iter().map(retrying_from_row).collect()
