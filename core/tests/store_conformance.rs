@@ -43,6 +43,7 @@ tidings_core::on_both_stores! {
     link_key_fingerprints_are_recorded_once_and_differences_reported,
     an_acknowledgment_covers_the_message_and_its_re_notifications,
     due_counts_list_each_district_and_lane_with_deliveries_due,
+    retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_urgent_ones,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -1619,4 +1620,107 @@ async fn due_counts_list_each_district_and_lane_with_deliveries_due(store: Arc<d
         ])
     );
     assert!(found(at - Duration::seconds(1), 100).await.is_empty());
+}
+
+/// What a guardian's later delivery on a channel waits behind: earlier deliveries of its
+/// lane or a more urgent one that wait for a retry (with when) or are at the provider
+/// (no retry time: the call's outcome decides).
+async fn retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_urgent_ones(
+    store: Arc<dyn Store>,
+) {
+    use tidings_core::store::dispatch::{AttemptResult, Retrying};
+    let at = now();
+    let seed = seed(store.as_ref(), 1).await;
+    let guardian = seed.guardians[0].id;
+    // An emergency at the provider now, and a newsletter waiting for its retry.
+    let alert = message_to(&seed, &[Channel::Sms]);
+    store.create_message(&alert, at).await.unwrap();
+    let newsletter = NewMessage {
+        kind: MessageKind::General,
+        lane: Lane::Bulk,
+        ..message_to(&seed, &[Channel::Sms])
+    };
+    store
+        .create_message(&newsletter, at + Duration::seconds(1))
+        .await
+        .unwrap();
+    let partition = PartitionId::of(guardian, alert.partitions);
+    let leases = store
+        .claim_leases(
+            "one",
+            &[(Lane::Emergency, partition), (Lane::Bulk, partition)],
+            Duration::minutes(5),
+            at,
+        )
+        .await
+        .unwrap();
+    let lease = |lane| *leases.iter().find(|l| l.lane == lane).unwrap();
+    let start = |message: &NewMessage| {
+        let store = store.clone();
+        let (id, lease) = (delivery_ids(message)[0], lease(message.lane));
+        async move {
+            let seen = store.delivery(id).await.unwrap().unwrap();
+            store
+                .start_attempt(
+                    &lease,
+                    &seen,
+                    "sandbox",
+                    "one",
+                    at + Duration::minutes(2),
+                    at,
+                )
+                .await
+                .unwrap();
+            (lease, store.delivery(id).await.unwrap().unwrap())
+        }
+    };
+    start(&alert).await;
+    let (bulk, sending) = start(&newsletter).await;
+    let retry_at = at + Duration::minutes(5);
+    let retry = AttemptResult::Retry {
+        at: retry_at,
+        in_doubt: false,
+        error: "timeout".into(),
+    };
+    store
+        .finish_attempt(&bulk, &sending, 1, &retry, "one", at)
+        .await
+        .unwrap();
+
+    let retrying = |channel, lane, by| {
+        let store = store.clone();
+        async move {
+            store
+                .retrying(&[(guardian, channel)], lane, by)
+                .await
+                .unwrap()
+        }
+    };
+    let behind = |first_created_at, due| {
+        vec![Retrying {
+            guardian_id: guardian,
+            channel: Channel::Sms,
+            first_created_at,
+            due,
+        }]
+    };
+    // An emergency waits only behind the emergency, which is at the provider.
+    assert_eq!(
+        retrying(Channel::Sms, Lane::Emergency, at).await,
+        behind(at, None)
+    );
+    // A newsletter waits behind both: until the newsletter's retry.
+    assert_eq!(
+        retrying(Channel::Sms, Lane::Bulk, at).await,
+        behind(at, Some(retry_at))
+    );
+    assert_eq!(
+        retrying(Channel::Sms, Lane::Normal, at).await,
+        behind(at, None)
+    );
+    // Nothing on another channel; nothing once their times have passed.
+    assert!(retrying(Channel::Email, Lane::Bulk, at).await.is_empty());
+    assert!(retrying(Channel::Sms, Lane::Bulk, retry_at)
+        .await
+        .is_empty());
 }
