@@ -171,8 +171,8 @@ pub struct Counters {
     /// Writes of sends' outcomes tried again after a passing database error (a dropped
     /// connection, a lost race): the sends are not repeated, their record waits.
     pub record_retried: AtomicU64,
-    /// Deliveries held back without an attempt: behind a guardian's retrying delivery, or
-    /// for a provider whose breaker is open.
+    /// Deliveries held back without an attempt: behind a guardian's earlier delivery
+    /// being retried or at the provider, or for a provider whose breaker is open.
     pub deferred: AtomicU64,
     /// Log entries that kept failing the dispatcher itself, set aside (FAILED when their
     /// delivery could be read) so that their partition goes on.
