@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 use support::{tidings, District};
 use tidings_core::testing::TestDatabase;
 
+tidings_core::on_both_stores! {
+    databases: twenty_kills_lose_nothing,
+}
+
 fn alert() -> Value {
     json!({
         "audience": {"district": true},
@@ -301,7 +305,7 @@ fn uuid_v7() -> String {
 /// one takes its partitions over once the leases expire. Nothing is lost, each delivery
 /// is recorded sent once, and the provider saw a delivery twice only where an attempt was
 /// left in doubt.
-async fn kill_and_restart_twenty_times(db: TestDatabase) {
+async fn twenty_kills_lose_nothing(db: TestDatabase) {
     let d = District::with_demo(db).await;
     let mut ids = Vec::new();
     let mut expected = 0;
@@ -396,14 +400,4 @@ async fn kill_and_restart_twenty_times(db: TestDatabase) {
         "{duplicates} duplicates but only {in_doubt} attempts in doubt"
     );
     assert!(d.server.terminate().await.success());
-}
-
-#[tokio::test]
-async fn twenty_kills_lose_nothing_on_postgres() {
-    kill_and_restart_twenty_times(TestDatabase::postgres().await).await;
-}
-
-#[tokio::test]
-async fn twenty_kills_lose_nothing_on_sqlite() {
-    kill_and_restart_twenty_times(TestDatabase::sqlite()).await;
 }

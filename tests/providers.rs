@@ -13,6 +13,14 @@ use support::{tidings, District};
 use tidings_core::testing::TestDatabase;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+tidings_core::on_both_stores! {
+    databases:
+    twilio_status_callbacks_move_deliveries_to_delivered,
+    stop_help_and_start_by_sms_are_honoured,
+    guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing,
+    the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device,
+}
+
 const ACCOUNT: &str = "AC00000000000000000000000000000042";
 const TOKEN: &str = "e2e-sandbox-token";
 
@@ -440,16 +448,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test]
-async fn twilio_status_callbacks_move_deliveries_to_delivered_on_sqlite() {
-    twilio_status_callbacks_move_deliveries_to_delivered(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn twilio_status_callbacks_move_deliveries_to_delivered_on_postgres() {
-    twilio_status_callbacks_move_deliveries_to_delivered(TestDatabase::postgres().await).await;
-}
-
 async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) {
     // Callbacks arrive duplicated and out of order half the time; one in five reports
     // the message undelivered.
@@ -568,16 +566,6 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
     assert!(!lags.is_empty(), "{metrics}");
     assert!(lags.iter().all(|l| l.ends_with(" 0")), "{lags:?}");
     called.stop().await;
-}
-
-#[tokio::test]
-async fn stop_help_and_start_by_sms_are_honoured_on_sqlite() {
-    stop_help_and_start_by_sms_are_honoured(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn stop_help_and_start_by_sms_are_honoured_on_postgres() {
-    stop_help_and_start_by_sms_are_honoured(TestDatabase::postgres().await).await;
 }
 
 async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
@@ -873,16 +861,6 @@ async fn twilio_without_its_auth_token_is_refused_at_start() {
     );
 }
 
-#[tokio::test]
-async fn guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing_on_sqlite() {
-    guardians_acknowledge_and_unsubscribe_by_link(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing_on_postgres() {
-    guardians_acknowledge_and_unsubscribe_by_link(TestDatabase::postgres().await).await;
-}
-
 const PUBLIC: &str = "https://tidings.example.org";
 
 /// The first `{PUBLIC}{prefix}…` link in `text`: its path.
@@ -897,7 +875,9 @@ fn link_path(text: &str, prefix: &str) -> String {
     rest[..end].to_owned()
 }
 
-async fn guardians_acknowledge_and_unsubscribe_by_link(db: TestDatabase) {
+async fn guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing(
+    db: TestDatabase,
+) {
     let relay = tidings_channel_adapters::testing::SmtpServer::start(&[]).await;
     let env = [
         ("TIDINGS_SMS_ACK_KEYWORD", "1".to_owned()),
@@ -1098,16 +1078,6 @@ async fn guardians_acknowledge_and_unsubscribe_by_link(db: TestDatabase) {
     called.stop().await;
 }
 
-#[tokio::test]
-async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device_on_sqlite() {
-    the_guardian_app(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device_on_postgres() {
-    the_guardian_app(TestDatabase::postgres().await).await;
-}
-
 /// The sign-in codes the sandbox took for `number`, oldest first, once there are `count`
 /// (codes are sent after the answer; polled, a liveness bound, not a measurement).
 async fn codes_sent_to(base: &str, number: &str, count: usize) -> Vec<String> {
@@ -1142,7 +1112,7 @@ async fn codes_taken(base: &str, number: &str) -> Vec<String> {
         .collect()
 }
 
-async fn the_guardian_app(db: TestDatabase) {
+async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device(db: TestDatabase) {
     let env = [("TIDINGS_DISTRICT_NAME", "Lincoln USD".to_owned())];
     let called = called_back(db, "{}", &env).await;
     let (d, base, serve_at) = (&called.d, called.base.clone(), called.serve_at.clone());

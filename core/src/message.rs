@@ -46,6 +46,13 @@ impl MessageKind {
     }
 }
 
+impl Lane {
+    /// This lane and the more urgent ones (the declaration order is the order of urgency).
+    pub fn and_more_urgent(self) -> impl Iterator<Item = Lane> {
+        Lane::ALL.iter().copied().filter(move |lane| *lane <= self)
+    }
+}
+
 impl DeliveryGuarantee {
     /// The guarantee actually used: emergencies are always at-least-once, whatever was
     /// asked, because a missed lockdown alert is worse than a duplicate.
@@ -60,6 +67,14 @@ impl DeliveryGuarantee {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lane_and_the_more_urgent_ones() {
+        let of = |lane: Lane| lane.and_more_urgent().collect::<Vec<_>>();
+        assert_eq!(of(Lane::Emergency), [Lane::Emergency]);
+        assert_eq!(of(Lane::Normal), [Lane::Emergency, Lane::Normal]);
+        assert_eq!(of(Lane::Bulk), [Lane::Emergency, Lane::Normal, Lane::Bulk]);
+    }
 
     #[test]
     fn emergencies_travel_in_the_emergency_lane_at_least_once() {

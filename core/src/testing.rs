@@ -204,9 +204,15 @@ impl Drop for TestDatabase {
 
 /// Runs each `async fn name(store: Arc<dyn Store>)` of the calling module as a test on
 /// a fresh SQLite file (`mod sqlite`) and on a fresh PostgreSQL database (`mod postgres`).
+/// After `databases:` (following the stores' names and a `;`, or alone), each
+/// `async fn name(db: TestDatabase)` likewise, for tests that need the database itself
+/// (its URL, raw SQL, another process).
 #[macro_export]
 macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
+    (databases: $($db:ident),* $(,)?) => {
+        $crate::on_both_stores! { ; databases: $($db),* }
+    };
+    ($($name:ident),* $(,)? $(; databases: $($db:ident),* $(,)?)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,6 +221,12 @@ macro_rules! on_both_stores {
                     super::$name(db.store().await).await;
                 }
             )*
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $db() {
+                    super::$db($crate::testing::TestDatabase::sqlite()).await;
+                }
+            )*)?
         }
         mod postgres {
             $(
@@ -224,6 +236,12 @@ macro_rules! on_both_stores {
                     super::$name(db.store().await).await;
                 }
             )*
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $db() {
+                    super::$db($crate::testing::TestDatabase::postgres().await).await;
+                }
+            )*)?
         }
     };
 }

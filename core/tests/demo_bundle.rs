@@ -9,6 +9,10 @@ use tidings_core::store::FirstAdmin;
 use tidings_core::testing::TestDatabase;
 use tidings_core::{secret, EmailAddress};
 
+tidings_core::on_both_stores! {
+    databases: the_demo_bundle_imports_cleanly,
+}
+
 /// The demo district: 300 students over three schools.
 pub const DEMO: SyntheticDistrict = SyntheticDistrict {
     students: 300,
@@ -48,7 +52,7 @@ fn the_committed_demo_bundle_is_what_the_generator_makes() {
     }
 }
 
-async fn imports_cleanly(db: TestDatabase) {
+async fn the_demo_bundle_imports_cleanly(db: TestDatabase) {
     let store = db.store().await;
     let first = FirstAdmin {
         district_name: "Demo".into(),
@@ -83,14 +87,4 @@ async fn imports_cleanly(db: TestDatabase) {
         counts.guardian_links > counts.guardians,
         "siblings share guardians: {counts:?}"
     );
-}
-
-#[tokio::test]
-async fn the_demo_bundle_imports_cleanly_on_sqlite() {
-    imports_cleanly(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn the_demo_bundle_imports_cleanly_on_postgres() {
-    imports_cleanly(TestDatabase::postgres().await).await;
 }

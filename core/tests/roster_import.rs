@@ -7,34 +7,10 @@ use std::sync::Arc;
 
 use tidings_core::roster::{self, Bundle, EntityCounts, ImportError, ImportOptions, ImportReport};
 use tidings_core::store::{FirstAdmin, GuardianDetail, GuardianRef, PageRequest, Scope, Store};
-use tidings_core::testing::TestDatabase;
 use tidings_core::time::now;
 use tidings_core::{secret, Channel, DistrictId, EmailAddress, GuardianId};
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDatabase::sqlite();
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDatabase::postgres().await;
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores! {
+tidings_core::on_both_stores! {
     a_bundle_becomes_the_directory_with_every_bad_row_reported,
     importing_the_same_bundle_twice_changes_nothing,
     a_later_bundle_updates_deletes_and_deactivates,

@@ -43,7 +43,8 @@ tidings_core::on_both_stores! {
     link_key_fingerprints_are_recorded_once_and_differences_reported,
     an_acknowledgment_covers_the_message_and_its_re_notifications,
     due_counts_list_each_district_and_lane_with_deliveries_due,
-    retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_urgent_ones,
+    retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_urgent_ones;
+    databases: a_send_writes_its_deliveries_partition_by_partition,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -1528,16 +1529,6 @@ async fn a_send_writes_its_deliveries_partition_by_partition(db: TestDatabase) {
     let mut by_id = on_disk.clone();
     by_id.sort();
     assert_eq!(by_id, on_disk, "ids in the order of the table");
-}
-
-#[tokio::test]
-async fn a_send_writes_its_deliveries_partition_by_partition_on_sqlite() {
-    a_send_writes_its_deliveries_partition_by_partition(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn a_send_writes_its_deliveries_partition_by_partition_on_postgres() {
-    a_send_writes_its_deliveries_partition_by_partition(TestDatabase::postgres().await).await;
 }
 
 /// Settling puts everything written into the SQLite database file itself, at once (the

@@ -1621,9 +1621,7 @@ mod tests {
                 }
             }
         }
-    }
 
-    proptest! {
         /// Behind an earlier unfinished delivery a later one waits: past the last retry
         /// when one is waiting, only a moment when they are all at the provider, never
         /// beyond its bounded wait, and not at all behind nothing, behind a later one, or

@@ -983,21 +983,34 @@ async fn a_later_message_waits_behind_a_retrying_one(store: Arc<dyn Store>) {
     assert_eq!(third.state, DeliveryState::Sent);
 }
 
-/// Another dispatcher, still alive, has `message`'s SMS (to the one guardian, partition
-/// 0) at the provider now: its attempt is started and not finished. Returns that
-/// dispatcher's lease and the delivery as it left it.
-async fn at_the_provider_of_another_dispatcher(
-    store: &dyn Store,
-    message: &NewMessage,
-) -> (Lease, tidings_core::delivery::Delivery) {
-    let id = delivery_ids(message)[0];
+/// A dispatcher's run while another, still alive, has `first`'s SMS (to the one
+/// guardian) at the provider: its attempt started and not finished.
+struct WhileAnotherCalls {
+    dispatcher: Dispatcher,
+    provider: InProcessProvider,
+    /// The other dispatcher's lease, and `first`'s delivery as it left it.
+    lease: Lease,
+    in_flight: tidings_core::delivery::Delivery,
+}
+
+/// Writes `first` (SMS, one guardian), has another dispatcher start its attempt, writes
+/// `second`, and runs a dispatcher until idle. One partition, so that the messages and
+/// the other dispatcher's lease meet.
+async fn while_another_dispatcher_calls(
+    store: &Arc<dyn Store>,
+    first: &NewMessage,
+    second: &NewMessage,
+) -> WhileAnotherCalls {
+    assert_eq!((first.partitions, second.partitions), (1, 1));
+    store.create_message(first, now()).await.unwrap();
+    let id = delivery_ids(first)[0];
     let delivery = store.delivery(id).await.unwrap().unwrap();
     assert_eq!(delivery.channel, Channel::Sms);
     let at = now();
     let lease = store
         .claim_leases(
             "busy",
-            &[(message.lane, PartitionId::new(0))],
+            &[(first.lane, PartitionId::new(0))],
             chrono::Duration::minutes(5),
             at,
         )
@@ -1010,13 +1023,32 @@ async fn at_the_provider_of_another_dispatcher(
         .await
         .unwrap();
     assert!(matches!(started, AttemptStart::Started { attempt: 1, .. }));
-    (lease, store.delivery(id).await.unwrap().unwrap())
+    let in_flight = store.delivery(id).await.unwrap().unwrap();
+    store.create_message(second, now()).await.unwrap();
+
+    let provider = InProcessProvider::default();
+    let config = Config {
+        partitions: 1,
+        ..config(31)
+    };
+    let dispatcher = dispatcher(store, &provider, config);
+    dispatcher.run_until_idle().await.unwrap();
+    WhileAnotherCalls {
+        dispatcher,
+        provider,
+        lease,
+        in_flight,
+    }
 }
 
-/// One partition, so that a message's deliveries and another dispatcher's lease meet.
-fn one_partition(mut message: NewMessage) -> NewMessage {
-    message.partitions = 1;
-    message
+/// `message_to` in one partition, of `kind` (and its lane).
+fn in_one_partition(seed: &Seed, kind: MessageKind) -> NewMessage {
+    NewMessage {
+        kind,
+        lane: kind.lane(),
+        partitions: 1,
+        ..message_to(seed, &[Channel::Sms])
+    }
 }
 
 /// A guardian's alert does not wait while that guardian's newsletter is at the provider
@@ -1024,29 +1056,12 @@ fn one_partition(mut message: NewMessage) -> NewMessage {
 /// more urgent one.
 async fn an_alert_does_not_wait_for_a_newsletter_at_the_provider(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 1).await;
-    let newsletter = one_partition(NewMessage {
-        kind: MessageKind::General,
-        lane: Lane::Bulk,
-        ..message_to(&seed, &[Channel::Sms])
-    });
-    store.create_message(&newsletter, now()).await.unwrap();
-    at_the_provider_of_another_dispatcher(store.as_ref(), &newsletter).await;
-    let alert = one_partition(message_to(&seed, &[Channel::Sms]));
-    store.create_message(&alert, now()).await.unwrap();
-
-    let provider = InProcessProvider::default();
-    let dispatcher = dispatcher(
-        &store,
-        &provider,
-        Config {
-            partitions: 1,
-            ..config(31)
-        },
-    );
-    dispatcher.run_until_idle().await.unwrap();
+    let newsletter = in_one_partition(&seed, MessageKind::General);
+    let alert = in_one_partition(&seed, MessageKind::Emergency);
+    let run = while_another_dispatcher_calls(&store, &newsletter, &alert).await;
     // Held back behind the newsletter, it would wait for the newsletter's recovery time
     // (two minutes on).
-    assert_eq!(dispatcher.counters().totals().deferred, 0);
+    assert_eq!(run.dispatcher.counters().totals().deferred, 0);
     assert_eq!(
         states(store.as_ref(), &delivery_ids(&alert)).await,
         BTreeMap::from([(DeliveryState::Sent, 1)])
@@ -1060,28 +1075,11 @@ async fn a_correction_waits_for_its_alert_at_the_provider_only_until_the_call_en
     store: Arc<dyn Store>,
 ) {
     let seed = seed(store.as_ref(), 1).await;
-    let alert = one_partition(message_to(&seed, &[Channel::Sms]));
-    store.create_message(&alert, now()).await.unwrap();
-    let (lease, in_flight) = at_the_provider_of_another_dispatcher(store.as_ref(), &alert).await;
-    let alert_recovers_at = in_flight.next_attempt_at.unwrap();
+    let alert = in_one_partition(&seed, MessageKind::Emergency);
     // A follow-up in a less urgent lane: it is read alongside, by this dispatcher.
-    let correction = one_partition(NewMessage {
-        kind: MessageKind::Attendance,
-        lane: Lane::Normal,
-        ..message_to(&seed, &[Channel::Sms])
-    });
-    store.create_message(&correction, now()).await.unwrap();
-
-    let provider = InProcessProvider::default();
-    let dispatcher = dispatcher(
-        &store,
-        &provider,
-        Config {
-            partitions: 1,
-            ..config(37)
-        },
-    );
-    dispatcher.run_until_idle().await.unwrap();
+    let correction = in_one_partition(&seed, MessageKind::Attendance);
+    let run = while_another_dispatcher_calls(&store, &alert, &correction).await;
+    let alert_recovers_at = run.in_flight.next_attempt_at.unwrap();
     let waiting = store
         .delivery(delivery_ids(&correction)[0])
         .await
@@ -1091,19 +1089,19 @@ async fn a_correction_waits_for_its_alert_at_the_provider_only_until_the_call_en
         (waiting.state, waiting.attempts),
         (DeliveryState::Created, 0)
     );
-    assert_eq!(dispatcher.counters().totals().deferred, 1);
+    assert_eq!(run.dispatcher.counters().totals().deferred, 1);
     let put_off_to = waiting.next_attempt_at.unwrap();
     assert!(
         put_off_to < alert_recovers_at,
         "put off to {put_off_to}, the alert's recovery time {alert_recovers_at}"
     );
-    assert!(provider.received().is_empty());
+    assert!(run.provider.received().is_empty());
 
     // The other dispatcher's call ends: the correction goes when it comes due.
     store
         .finish_attempt(
-            &lease,
-            &in_flight,
+            &run.lease,
+            &run.in_flight,
             1,
             &AttemptResult::Sent {
                 provider_ref: "SM1".into(),
@@ -1116,12 +1114,12 @@ async fn a_correction_waits_for_its_alert_at_the_provider_only_until_the_call_en
     while now() <= put_off_to {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    dispatcher.run_until_idle().await.unwrap();
+    run.dispatcher.run_until_idle().await.unwrap();
     assert_eq!(
         states(store.as_ref(), &delivery_ids(&correction)).await,
         BTreeMap::from([(DeliveryState::Sent, 1)])
     );
-    assert_eq!(dispatcher.counters().totals().deferred, 1);
+    assert_eq!(run.dispatcher.counters().totals().deferred, 1);
 }
 
 /// Sends the rate limiter lets through can reach the provider a little apart from when

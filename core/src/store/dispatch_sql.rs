@@ -1040,7 +1040,7 @@ macro_rules! bulk_attempts {
                 query.push_bind(at);
                 query.push(" AND d.lane IN (");
                 let mut lanes = query.separated(", ");
-                for urgent in $crate::Lane::ALL.iter().filter(|l| **l <= lane) {
+                for urgent in lane.and_more_urgent() {
                     lanes.push_bind(urgent.as_str());
                 }
                 query.push(") AND (d.guardian_id, d.channel) IN (");

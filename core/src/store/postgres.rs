@@ -1441,11 +1441,7 @@ mod dispatching {
     ) -> StoreResult<Vec<crate::store::dispatch::Retrying>> {
         let guardians: Vec<uuid::Uuid> = pairs.iter().map(|(g, _)| *g.as_uuid()).collect();
         let channels: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
-        let lanes: Vec<&str> = crate::Lane::ALL
-            .iter()
-            .filter(|l| **l <= lane)
-            .map(|l| l.as_str())
-            .collect();
+        let lanes: Vec<&str> = lane.and_more_urgent().map(|l| l.as_str()).collect();
         let rows = sqlx::query(
             "SELECT p.guardian_id, p.channel, w.created_at, w.due \
              FROM unnest($1::uuid[], $2::text[]) AS p(guardian_id, channel) \
