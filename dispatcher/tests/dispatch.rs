@@ -133,6 +133,27 @@ fn sent_all(provider: &InProcessProvider, message: &NewMessage) -> bool {
     sent.count() >= ids.len()
 }
 
+/// A dispatcher running in the background until stopped.
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), tidings_dispatcher::DispatchError>>,
+}
+
+impl Running {
+    fn start(dispatcher: &Arc<Dispatcher>) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let dispatcher = dispatcher.clone();
+        let task = tokio::spawn(async move { dispatcher.run(stopped).await });
+        Self { stop, task }
+    }
+
+    /// Stops it gracefully; it must have run without an error.
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 /// What a push alert written during a broadcast met.
 struct AlertDuring {
     /// Everything the provider received, in order.
@@ -155,11 +176,7 @@ async fn alert_during(
     alert: &NewMessage,
     done: impl Fn(&InProcessProvider) -> bool,
 ) -> AlertDuring {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
+    let running = Running::start(dispatcher);
     while provider.received_count() < after {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -168,8 +185,7 @@ async fn alert_during(
     while !done(provider) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let received = provider.received();
     let last = last_send_of(&received, alert);
     let ahead = received[mark..last]
@@ -1245,11 +1261,7 @@ async fn sends_are_recorded_through_dropped_database_connections() {
         ..config(43)
     };
     let dispatcher = Arc::new(dispatcher(&store, &provider, config));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
+    let running = Running::start(&dispatcher);
     let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
     let mut cuts = 0;
     // Until a cut has caught outcomes being written (or the broadcast is over).
@@ -1265,8 +1277,7 @@ async fn sends_are_recorded_through_dropped_database_connections() {
         cuts += 1;
     }
     admin.close().await;
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let ids = delivery_ids(&broadcast);
     let mut sent = BTreeMap::new();
     for _ in 0..50 {
@@ -1743,11 +1754,7 @@ async fn staff_and_guardians_can_write_while_a_broadcast_goes_out(store: Arc<dyn
         ..config(31)
     };
     let dispatcher = Arc::new(dispatcher(&store, &provider, config));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
+    let running = Running::start(&dispatcher);
     while provider.received().len() < 50 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -1825,8 +1832,7 @@ async fn staff_and_guardians_can_write_while_a_broadcast_goes_out(store: Arc<dyn
             }
         }
     }
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
     dispatcher.run_until_idle().await.unwrap();
     assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
     assert!(during > 0, "the broadcast was over before the first round");
@@ -1847,16 +1853,11 @@ async fn what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_
             ..config(13)
         },
     ));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let first = first.clone();
-        async move { first.run(stopped).await }
-    });
+    let running = Running::start(&first);
     while provider.received_count() < 120 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     // The small district's entries sit after the whole broadcast on every partition: some
     // of them went out while the offset stayed behind the broadcast's.
@@ -1917,11 +1918,7 @@ async fn wakes_for_a_new_message(dispatching: Arc<dyn Store>, writing: Arc<dyn S
         ..config(21)
     };
     let dispatcher = Arc::new(dispatcher(&dispatching, &provider, config));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
+    let running = Running::start(&dispatcher);
     let received = |n: usize| {
         let provider = provider.clone();
         async move {
@@ -1946,8 +1943,7 @@ async fn wakes_for_a_new_message(dispatching: Arc<dyn Store>, writing: Arc<dyn S
         received(6).await,
         "the idle dispatcher did not wake for the second message"
     );
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
     assert_eq!(provider.received_count(), 6);
 }
 
@@ -2001,11 +1997,7 @@ async fn served_within_the_round(store: Arc<dyn Store>, n: usize, kind: MessageK
         ..config(22)
     };
     let dispatcher = Arc::new(dispatcher(&store, &provider, config));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn({
-        let dispatcher = dispatcher.clone();
-        async move { dispatcher.run(stopped).await }
-    });
+    let running = Running::start(&dispatcher);
     while provider.received_count() < 8 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -2015,8 +2007,7 @@ async fn served_within_the_round(store: Arc<dyn Store>, n: usize, kind: MessageK
     while provider.received_count() < 403 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     let received = provider.received();
     assert_eq!(provider.duplicates(), 0);
