@@ -93,6 +93,7 @@ pub async fn serve(
         link_keys,
         codes,
         sign_ins: tidings_api::guardian::sign_in_limiter(),
+        trusted_proxies: config.trusted_proxies.clone().into(),
     })
     .merge(callbacks.router())
     .merge(metrics);
@@ -105,11 +106,12 @@ pub async fn serve(
             let _ = stop.send(true);
         }
     });
-    let served = tidings_api::serve(listener, router, async move {
-        let _ = http_stopping.wait_for(|stop| *stop).await;
-    })
-    .await
-    .context("HTTP server failed");
+    let served =
+        tidings_api::server::serve_with(listener, router, config.serve_limits(), async move {
+            let _ = http_stopping.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("HTTP server failed");
     let _ = stop.send(true);
     // The dispatcher finishes the batch in hand and records its outcomes before exiting.
     if let Some((dispatching, _)) = dispatching {

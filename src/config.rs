@@ -20,6 +20,19 @@ pub struct Config {
     pub database_url: String,
     /// Address the HTTP server binds. Env: `TIDINGS_LISTEN`.
     pub listen: SocketAddr,
+    /// Addresses of the reverse proxies in front of Tidings: from these peers the client's
+    /// address is read from `X-Forwarded-For` (for per-client limits); from anyone else
+    /// that header is ignored. Env: `TIDINGS_TRUSTED_PROXIES`, e.g. `["127.0.0.1"]`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// HTTP connections served at once; further clients wait to be accepted.
+    /// Env: `TIDINGS_HTTP_MAX_CONNECTIONS`.
+    pub http_max_connections: usize,
+    /// Seconds a client has to send a request's header, and to start its next request on
+    /// a kept-alive connection. Env: `TIDINGS_HTTP_HEADER_TIMEOUT_SECONDS`.
+    pub http_header_timeout_seconds: u64,
+    /// Longest wait, in seconds, for the next piece of a request body.
+    /// Env: `TIDINGS_HTTP_BODY_TIMEOUT_SECONDS`.
+    pub http_body_timeout_seconds: u64,
     /// Connections kept open to the database. Env: `TIDINGS_DATABASE_MAX_CONNECTIONS`.
     pub database_max_connections: u32,
     /// Apply pending migrations when `serve` starts. Turn off where migrations are run as a
@@ -324,6 +337,10 @@ impl Default for Config {
         Self {
             database_url: "sqlite://tidings.db".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
+            http_max_connections: 1024,
+            http_header_timeout_seconds: 10,
+            http_body_timeout_seconds: 10,
             database_max_connections: 10,
             migrate_on_start: true,
             log_format: LogFormat::Text,
@@ -435,6 +452,12 @@ impl Config {
         }
         if config.database_max_connections == 0 {
             bail!("invalid configuration: database_max_connections must be at least 1");
+        }
+        if config.http_max_connections == 0
+            || config.http_header_timeout_seconds == 0
+            || config.http_body_timeout_seconds == 0
+        {
+            bail!("invalid configuration: http_max_connections, http_header_timeout_seconds and http_body_timeout_seconds must be at least 1");
         }
         Ok(config)
     }
@@ -580,6 +603,16 @@ impl Config {
     }
 
     /// How provider callbacks are checked: the secrets of the configured providers.
+    /// What each HTTP connection may cost (`tidings_api::server`).
+    pub fn serve_limits(&self) -> tidings_api::server::ServeLimits {
+        tidings_api::server::ServeLimits {
+            max_connections: self.http_max_connections,
+            header_read_timeout: std::time::Duration::from_secs(self.http_header_timeout_seconds),
+            body_read_timeout: std::time::Duration::from_secs(self.http_body_timeout_seconds),
+            ..tidings_api::server::ServeLimits::default()
+        }
+    }
+
     pub fn callbacks(&self) -> anyhow::Result<tidings_callbacks::CallbackConfig> {
         let twilio_auth_token = match &self.twilio {
             Some(t) => Some(secret(

@@ -20,6 +20,7 @@ const MAX_LIMIT: u32 = 500;
 
 /// `?after=<id>&limit=<n>&q=<search>`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// The `next_after` of the previous page.
     pub after: Option<Uuid>,
@@ -36,8 +37,18 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    fn page(&self) -> PageRequest {
-        PageRequest {
+    fn page(&self) -> Result<PageRequest, ApiError> {
+        if self
+            .q
+            .as_ref()
+            .is_some_and(|q| q.chars().count() > crate::extract::MAX_SEARCH_CHARS)
+        {
+            return Err(ApiError::InvalidQuery(format!(
+                "q is longer than {} characters",
+                crate::extract::MAX_SEARCH_CHARS
+            )));
+        }
+        Ok(PageRequest {
             after: self.after,
             limit: self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
             search: self.q.clone(),
@@ -45,7 +56,7 @@ impl ListQuery {
             school: self.school,
             class: self.class,
             student: self.student,
-        }
+        })
     }
 }
 
@@ -68,6 +79,7 @@ macro_rules! listing {
         #[utoipa::path(get, path = $path, tag = $tag, params(ListQuery), security(("bearer" = [])),
             responses(
                 (status = 200, description = "One page, scoped to what the caller may see", body = Page<$row>),
+                (status = 400, description = "Invalid query string", body = crate::error::Problem, content_type = "application/problem+json"),
                 (status = 401, description = "No valid credentials", body = crate::error::Problem, content_type = "application/problem+json"),
             ))]
         pub async fn $name(
@@ -75,7 +87,7 @@ macro_rules! listing {
             Caller(staff): Caller,
             Query(query): Query<ListQuery>,
         ) -> Result<impl IntoResponse, ApiError> {
-            let request = query.page();
+            let request = query.page()?;
             let items = state.store.$method(&Scope::of(&staff), &request).await?;
             Ok(page(items, &request, |item| item.id))
         }

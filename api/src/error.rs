@@ -42,6 +42,18 @@ pub enum ApiError {
     InvalidCode,
     #[error("too many sign-in codes for this address in the past hour: try again later")]
     TooManyCodes,
+    #[error("too many requests from your address: try again in a minute")]
+    TooManyRequests,
+    #[error("the audience reaches no guardian: {0}")]
+    EmptyAudience(String),
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
+    #[error("the request body's media type is not accepted here: {0}")]
+    UnsupportedMediaType(String),
+    #[error("the request is malformed: {0}")]
+    BadRequest(String),
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// Something failed on our side. The cause is logged with the request id, never
     /// returned: it may name tables, hosts or data.
     #[error("internal error")]
@@ -144,6 +156,36 @@ impl ApiError {
                 "/problems/too-many-codes",
                 "Too many sign-in codes",
             ),
+            ApiError::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/too-many-requests",
+                "Too many requests",
+            ),
+            ApiError::EmptyAudience(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/empty-audience",
+                "Audience reaches no one",
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/problems/method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "/problems/unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "/problems/bad-request",
+                "Bad request",
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "/problems/request-timeout",
+                "Request timeout",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -193,6 +235,54 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Errors that axum or a layer answered on its own (a body over the limit, a method the
+/// route does not have, a media type it does not read) become problem+json like every
+/// other error, with the same status. Pages (`text/html`) and problems pass unchanged.
+pub(crate) async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/problem+json") || content_type.starts_with("text/html")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's own rejections say what went wrong in a short text body.
+    let detail = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(detail),
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout,
+        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::UNAUTHORIZED => ApiError::Unauthorized,
+        StatusCode::FORBIDDEN => ApiError::Forbidden,
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::InvalidBody(detail),
+        status if status.is_server_error() => {
+            tracing::error!(%status, detail, "request failed outside a handler");
+            ApiError::Internal(StoreError::Corrupt(format!("{status}: {detail}")))
+        }
+        _ => ApiError::BadRequest(detail),
+    };
+    let mut problem = error.into_response();
+    // Keep what else the answer said (`Allow` on a 405, for one).
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    problem
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +307,12 @@ mod tests {
             ApiError::NotReady(String::new()),
             ApiError::InvalidCode,
             ApiError::TooManyCodes,
+            ApiError::TooManyRequests,
+            ApiError::EmptyAudience(String::new()),
+            ApiError::MethodNotAllowed,
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::BadRequest(String::new()),
+            ApiError::RequestTimeout,
             ApiError::Internal(StoreError::Corrupt(String::new())),
         ];
         for error in every {

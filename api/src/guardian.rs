@@ -25,7 +25,7 @@ use tidings_core::{
     Channel, DistrictId, EmailAddress, GuardianId, MessageId, PhoneNumber, PushPlatform,
 };
 
-use crate::extract::{Json, Path, Query};
+use crate::extract::{ClientAddress, Json, Path, Query};
 use crate::{ApiError, AppState};
 
 /// How long a sign-in code works.
@@ -38,13 +38,78 @@ pub const CODES_PER_HOUR: u32 = 5;
 pub const SESSION_DAYS: i64 = 90;
 /// Sign-in codes one process sends per second, whatever the addresses.
 pub const SIGN_INS_PER_SECOND: u32 = 20;
+/// Sign-in codes one client address may ask for per minute (a burst of this many, then
+/// one each `60 / n` seconds).
+pub const SIGN_INS_PER_CLIENT_PER_MINUTE: u32 = 6;
+/// Tries at a code one client address may make per minute.
+pub const CODE_TRIES_PER_CLIENT_PER_MINUTE: u32 = 20;
 
-/// The process-wide bound on sign-in codes.
-pub fn sign_in_limiter() -> Arc<governor::DefaultDirectRateLimiter> {
+type PerClient = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
+/// How fast guardians' sign-in may be used: per client address first, so that one script
+/// cannot use up the process-wide bound and keep every real guardian out; then the
+/// process-wide bound on codes sent (they cost money); the store counts codes per
+/// destination address (`CODES_PER_HOUR`), across processes.
+pub struct SignInLimits {
+    overall: governor::DefaultDirectRateLimiter,
+    codes_per_client: PerClient,
+    tries_per_client: PerClient,
+}
+
+/// The bounds above, fresh.
+pub fn sign_in_limiter() -> Arc<SignInLimits> {
+    let per_minute =
+        |n: u32| governor::Quota::per_minute(std::num::NonZeroU32::new(n).expect("not zero"));
     let rate = std::num::NonZeroU32::new(SIGN_INS_PER_SECOND).expect("not zero");
-    Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
-        rate,
-    )))
+    Arc::new(SignInLimits {
+        overall: governor::RateLimiter::direct(governor::Quota::per_second(rate)),
+        codes_per_client: governor::RateLimiter::keyed(per_minute(SIGN_INS_PER_CLIENT_PER_MINUTE)),
+        tries_per_client: governor::RateLimiter::keyed(per_minute(
+            CODE_TRIES_PER_CLIENT_PER_MINUTE,
+        )),
+    })
+}
+
+/// Clients are counted by address; an IPv6 client by its /64, which one subscriber
+/// usually holds whole.
+fn client_key(client: Option<std::net::IpAddr>) -> std::net::IpAddr {
+    match client {
+        Some(std::net::IpAddr::V6(v6)) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(segments))
+        }
+        Some(v4) => v4,
+        None => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+fn within(limiter: &PerClient, client: Option<std::net::IpAddr>) -> bool {
+    // Clients that have waited long enough are forgotten, so the map stays small.
+    if limiter.len() > 100_000 {
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
+    limiter.check_key(&client_key(client)).is_ok()
+}
+
+impl SignInLimits {
+    /// May this client have a code sent now? Counts against the client, then the process.
+    pub fn code(&self, client: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+        if !within(&self.codes_per_client, client) {
+            return Err(ApiError::TooManyRequests);
+        }
+        self.overall.check().map_err(|_| ApiError::TooManyCodes)
+    }
+
+    /// May this client try a code now?
+    pub fn try_code(&self, client: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+        if within(&self.tries_per_client, client) {
+            Ok(())
+        } else {
+            Err(ApiError::TooManyRequests)
+        }
+    }
 }
 
 /// Sends sign-in codes: the binary wires it to the configured SMS and email providers.
@@ -102,18 +167,16 @@ fn contact(state: &AppState, input: &str) -> Result<(Channel, String), ApiError>
     responses(
         (status = 202, description = "A code is on its way if the address is on file (the answer is the same if it is not)", body = SignInAnswer),
         (status = 422, description = "Not a phone number or email address", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many codes for this address in the past hour", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many codes for this address in the past hour (`too-many-codes`), or too many requests from this client (`too-many-requests`)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn sign_in(
     State(state): State<AppState>,
+    ClientAddress(client): ClientAddress,
     Json(request): Json<SignInRequest>,
 ) -> Result<(StatusCode, axum::Json<SignInAnswer>), ApiError> {
     let (channel, address) = contact(&state, &request.address)?;
-    // A bound on the whole process, whatever the addresses: codes cost money to send and
-    // must not be a way to message guardians in bulk.
-    if state.sign_ins.check().is_err() {
-        return Err(ApiError::TooManyCodes);
-    }
+    // Codes cost money to send and must not be a way to message guardians in bulk.
+    state.sign_ins.code(client)?;
     let at = now();
     let code = generate_code();
     // A code is kept (and counted) for unknown addresses too: the answer, and when it
@@ -175,11 +238,14 @@ pub async fn sign_in(
     responses(
         (status = 201, description = "Signed in", body = SessionAnswer),
         (status = 401, description = "Wrong, used or expired code", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many tries from this client", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_session(
     State(state): State<AppState>,
+    ClientAddress(client): ClientAddress,
     Json(request): Json<SessionRequest>,
 ) -> Result<(StatusCode, axum::Json<SessionAnswer>), ApiError> {
+    state.sign_ins.try_code(client)?;
     let (channel, address) = contact(&state, &request.address)?;
     let at = now();
     let open = state
@@ -474,12 +540,43 @@ mod tests {
 
     #[test]
     fn the_process_bound_lets_a_burst_through_and_refuses_a_flood() {
-        let limiter = sign_in_limiter();
-        let passed = (0..200).filter(|_| limiter.check().is_ok()).count();
+        let limits = sign_in_limiter();
+        // Each from its own address, so only the process-wide bound applies.
+        let passed = (0..200u32)
+            .filter(|i| {
+                limits
+                    .code(Some(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
+                    .is_ok()
+            })
+            .count();
         // The burst is one second's worth; a few more may refill while the loop runs.
         assert!(
             (SIGN_INS_PER_SECOND as usize..SIGN_INS_PER_SECOND as usize + 20).contains(&passed),
             "{passed}"
         );
+    }
+
+    #[test]
+    fn one_client_is_held_to_its_own_share_and_leaves_the_rest_to_others() {
+        let limits = sign_in_limiter();
+        let script: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        let refused: Vec<_> = (0..50).map(|_| limits.code(Some(script))).collect();
+        let passed = refused.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(passed, SIGN_INS_PER_CLIENT_PER_MINUTE as usize);
+        assert!(matches!(
+            refused.last(),
+            Some(Err(ApiError::TooManyRequests))
+        ));
+        // The process-wide bound is untouched by the refused ones: others still get codes.
+        let parent: std::net::IpAddr = "203.0.113.20".parse().unwrap();
+        assert!(limits.code(Some(parent)).is_ok());
+        // An IPv6 client cannot dodge the bound by moving inside its /64.
+        let v6 = |last: u16| -> std::net::IpAddr {
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last).into()
+        };
+        let passed = (0..50)
+            .filter(|i| limits.code(Some(v6(*i))).is_ok())
+            .count();
+        assert_eq!(passed, SIGN_INS_PER_CLIENT_PER_MINUTE as usize);
     }
 }

@@ -15,6 +15,7 @@ mod links;
 mod messages;
 mod openapi;
 mod replies;
+pub mod server;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,8 +46,10 @@ pub struct AppState {
     pub link_keys: Arc<tidings_core::link::LinkKeys>,
     /// Sends the guardian app's sign-in codes; none without an SMS or email provider.
     pub codes: guardian::Codes,
-    /// The process-wide bound on sign-in codes (`guardian::sign_in_limiter`).
-    pub sign_ins: Arc<governor::DefaultDirectRateLimiter>,
+    /// The bounds on guardians' sign-in (`guardian::sign_in_limiter`).
+    pub sign_ins: Arc<guardian::SignInLimits>,
+    /// Proxies whose `X-Forwarded-For` names the client (`server::client_address`).
+    pub trusted_proxies: Arc<[std::net::IpAddr]>,
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for
@@ -133,19 +136,18 @@ pub fn router(state: AppState) -> Router {
             get(links::unsubscribe_page).post(links::unsubscribe),
         )
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::map_response(error::as_problem))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish.
+/// Serves `router` on `listener` with the default `server::ServeLimits` until `shutdown`
+/// completes, then lets in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve_with(listener, router, server::ServeLimits::default(), shutdown).await
 }

@@ -193,7 +193,7 @@ async fn send(
     if staff.role == Role::Viewer {
         return Err(ApiError::Forbidden);
     }
-    let request: SendMessage = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let request: SendMessage = crate::extract::json_body(body)?;
     let audience = request.audience.clone();
     let draft = draft(staff, request)?;
     deliver(state, staff, draft, &audience).await
@@ -250,6 +250,10 @@ async fn deliver(
         Err(SendRefusal::Audience(problems)) => {
             return Err(ApiError::UnknownAudience(problems.unknown.join(", ")))
         }
+        Err(SendRefusal::NoOne) => return Err(ApiError::EmptyAudience(
+            "no guardian on file is linked to the students, classes, schools or guardians named"
+                .into(),
+        )),
         Err(SendRefusal::TooMany(reached)) => {
             return Err(ApiError::QuotaExceeded(format!(
                 "this message would reach {reached} guardians; the district allows {} per message",
@@ -291,7 +295,7 @@ async fn deliver(
         (status = 201, description = "Accepted: the message and every delivery are on the log", body = Sent),
         (status = 403, description = "The audience reaches beyond what the sender may message", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still being handled", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid body, unknown audience references, or an Idempotency-Key reused for a different body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid body, unknown audience references, an audience that reaches no guardian, or an Idempotency-Key reused for a different body", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn send_message(
     State(state): State<AppState>,

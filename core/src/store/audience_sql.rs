@@ -71,6 +71,60 @@ macro_rules! audience_queries {
             Ok(ids)
         }
 
+        /// Checks `grades` like the other references: a grade no student of the district is
+        /// in is unknown; one with a student outside the scope is forbidden (a teacher
+        /// naming a grade is refused, not narrowed to their own classes without a word).
+        async fn grades(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            scope: &Scope,
+            grades: &[String],
+            problems: &mut AudienceProblems,
+        ) -> StoreResult<()> {
+            if grades.is_empty() {
+                return Ok(());
+            }
+            let mut counted: HashMap<String, (i64, i64)> = HashMap::new();
+            for visible in [false, true] {
+                for chunk in grades.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT s.grade, count(*) AS n FROM students s WHERE s.deleted_at IS NULL AND s.district_id = ",
+                    );
+                    q.push_bind($enc(*scope.district().as_uuid()));
+                    // `$2` in the scope filter is the staff id: bound second, whatever the text.
+                    q.push(" AND (s.id IS NOT NULL OR s.id = ").push_bind($enc(scope.staff())).push(")");
+                    if visible {
+                        q.push(format!(" AND ({})", student_filter(scope, "s")));
+                    }
+                    q.push(" AND s.grade IN (");
+                    let mut list = q.separated(", ");
+                    for grade in chunk {
+                        list.push_bind(grade.as_str());
+                    }
+                    q.push(") GROUP BY s.grade");
+                    for row in q.build().fetch_all(&mut **tx).await? {
+                        let grade: String = row.try_get("grade")?;
+                        let n: i64 = row.try_get("n")?;
+                        let entry = counted.entry(grade).or_default();
+                        if visible {
+                            entry.1 = n;
+                        } else {
+                            entry.0 = n;
+                        }
+                    }
+                }
+            }
+            for grade in grades {
+                match counted.get(grade.as_str()) {
+                    None => problems.unknown.push(format!("grades:{grade}")),
+                    Some((total, visible)) if visible < total => {
+                        problems.forbidden.push(format!("grades:{grade}"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(())
+        }
+
         fn push_ids(q: &mut sqlx::QueryBuilder<'_, $db>, ids: &[uuid::Uuid]) {
             let mut list = q.separated(", ");
             for id in ids {
@@ -94,6 +148,7 @@ macro_rules! audience_queries {
             let classes = references(tx, scope, "classes", class_filter(scope), "classes", &audience.classes, &mut problems).await?;
             let students = references(tx, scope, "students", &student_filter(scope, "x"), "students", &audience.students, &mut problems).await?;
             let guardians = references(tx, scope, "guardians", &guardian_filter(scope), "guardians", &audience.guardians, &mut problems).await?;
+            grades(tx, scope, &audience.grades, &mut problems).await?;
             if !problems.is_empty() {
                 return Ok(Err(problems));
             }

@@ -608,6 +608,9 @@ pub enum SendRefusal {
     Audience(crate::audience::AudienceProblems),
     /// The audience reaches this many guardians, more than allowed.
     TooMany(usize),
+    /// The audience exists and is allowed but reaches no guardian (a class without
+    /// guardians on file, or a directory emptied by a failed import).
+    NoOne,
 }
 
 /// Expands, in a store module with `audience`, `write_message` and `write_recipients`,
@@ -633,6 +636,9 @@ macro_rules! streamed_send {
                 Ok(reached) => reached,
                 Err(problems) => return Ok(Err(SendRefusal::Audience(problems))),
             };
+            if reached == 0 {
+                return Ok(Err(SendRefusal::NoOne));
+            }
             if max_recipients.is_some_and(|max| reached > max) {
                 return Ok(Err(SendRefusal::TooMany(reached)));
             }
