@@ -23,7 +23,7 @@ pub struct DeliveryDetail {
 }
 
 /// A delivery, its transitions (who moved it, when, why) and its provider calls.
-#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The delivery")), 
     responses(
         (status = 200, description = "The delivery, its events and attempts", body = DeliveryDetail),
         (status = 404, description = "No such delivery the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -48,6 +48,7 @@ pub async fn get_delivery(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLettersQuery {
     /// The `next_before` of the previous page.
     pub before: Option<Uuid>,
@@ -88,7 +89,7 @@ pub async fn list_dead_letters(
 
 /// Puts a failed delivery back in the queue: it is sent again at once, with the whole
 /// retry schedule ahead of it, and the replay is in the audit log.
-#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/replay", tag = "deliveries", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/replay", tag = "deliveries", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The failed delivery")), 
     responses(
         (status = 200, description = "Requeued; the delivery as it is now", body = Delivery),
         (status = 404, description = "No such delivery the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -97,6 +97,7 @@ macro_rules! listing {
 macro_rules! single {
     ($name:ident, $path:literal, $method:ident, $row:ty, $tag:literal) => {
         #[utoipa::path(get, path = $path, tag = $tag, security(("bearer" = [])),
+            params(("id" = Uuid, Path, description = "Its id")),
             responses(
                 (status = 200, description = "The row", body = $row),
                 (status = 404, description = "No such row, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -177,7 +178,7 @@ async fn visible_guardian(
 }
 
 /// A guardian with the students (that the caller may see), contact points and opt-outs.
-#[utoipa::path(get, path = "/api/v1/guardians/{id}", tag = "directory", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/guardians/{id}", tag = "directory", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The guardian")), 
     responses(
         (status = 200, description = "The guardian", body = GuardianDetail),
         (status = 404, description = "No such guardian, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -210,7 +211,7 @@ pub struct NewContactPoint {
 }
 
 /// Adds a contact point (or reactivates it).
-#[utoipa::path(post, path = "/api/v1/guardians/{id}/contact-points", tag = "directory", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/guardians/{id}/contact-points", tag = "directory", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The guardian")), 
     request_body = NewContactPoint,
     responses(
         (status = 201, description = "The contact point", body = tidings_core::store::ContactPointView),
@@ -267,6 +268,7 @@ pub struct ContactPointChange {
 
 /// Deactivates or reactivates a contact point.
 #[utoipa::path(patch, path = "/api/v1/guardians/{id}/contact-points/{contact_point}", tag = "directory",
+    params(("id" = Uuid, Path, description = "The guardian"), ("contact_point" = Uuid, Path, description = "The contact point")),
     security(("bearer" = [])), request_body = ContactPointChange,
     responses((status = 200, description = "The contact point", body = tidings_core::store::ContactPointView)))]
 pub async fn change_contact_point(
@@ -310,7 +312,7 @@ pub struct NewOptOut {
 
 /// Records that the guardian asked not to be contacted on a channel (emergencies still
 /// reach them, except by SMS after a carrier STOP).
-#[utoipa::path(post, path = "/api/v1/guardians/{id}/opt-outs", tag = "directory", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/guardians/{id}/opt-outs", tag = "directory", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The guardian")), 
     request_body = NewOptOut,
     responses((status = 201, description = "The opt-out", body = tidings_core::store::OptOutView)))]
 pub async fn add_opt_out(
@@ -347,6 +349,7 @@ pub async fn add_opt_out(
 /// Revokes an opt-out. A carrier STOP cannot be revoked by staff: only the guardian's
 /// START does that (409).
 #[utoipa::path(delete, path = "/api/v1/guardians/{id}/opt-outs/{opt_out}", tag = "directory", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The guardian"), ("opt_out" = Uuid, Path, description = "The opt-out")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 409, description = "A carrier STOP", body = crate::error::Problem, content_type = "application/problem+json"),

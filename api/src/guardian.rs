@@ -373,6 +373,7 @@ pub async fn end_session(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// The `next_before` of the previous page.
     #[param(value_type = Option<String>)]
@@ -388,7 +389,7 @@ pub struct MessagesPage {
 }
 
 /// The guardian's messages, newest first, in their language.
-#[utoipa::path(get, path = "/api/v1/guardian/messages", tag = "guardian app", params(MessagesQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/guardian/messages", operation_id = "guardian_list_messages", tag = "guardian app", params(MessagesQuery), security(("bearer" = [])),
     responses((status = 200, description = "One page, newest first: recipient_id, message_id, district_id, district_name, guardian_id, kind, subject, body, language, sent_at, ack_state (not_required, pending, acked), acked_at, ack_via", body = MessagesPage)))]
 pub async fn list_messages(
     State(state): State<AppState>,
@@ -407,7 +408,7 @@ pub async fn list_messages(
 }
 
 /// One message (one entry per signed-in guardian it went to).
-#[utoipa::path(get, path = "/api/v1/guardian/messages/{id}", tag = "guardian app", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/guardian/messages/{id}", operation_id = "guardian_get_message", tag = "guardian app", security(("bearer" = [])),
     params(("id" = String, Path)),
     responses((status = 200, description = "The message as in the list", body = Vec<GuardianMessage>),
         (status = 404, description = "Not a message to this guardian", body = crate::error::Problem, content_type = "application/problem+json")))]

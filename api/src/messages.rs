@@ -318,6 +318,7 @@ pub(crate) fn message_scope(staff: &Staff) -> MessageScope {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// The `next_before` of the previous page.
     pub before: Option<Uuid>,
@@ -351,6 +352,7 @@ pub async fn list_messages(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecipientsQuery {
     /// `false`: only those who have not acknowledged; `true`: only those who have.
     pub acked: Option<bool>,
@@ -365,7 +367,7 @@ pub struct RecipientPage {
 }
 
 /// The guardians a message went to, e.g. `?acked=false` for who still has to acknowledge.
-#[utoipa::path(get, path = "/api/v1/messages/{id}/recipients", tag = "messages", params(RecipientsQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/messages/{id}/recipients", tag = "messages", params(("id" = Uuid, Path, description = "The message"), RecipientsQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "One page of recipients", body = RecipientPage),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -396,7 +398,7 @@ pub async fn list_recipients(
 
 /// Recalls a message: deliveries not yet handed to a provider are cancelled; those
 /// already sent cannot be unsent and are counted in `already_sent`.
-#[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The message")), 
     responses(
         (status = 200, description = "What was cancelled and what had already gone", body = tidings_core::store::CancelOutcome),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -430,7 +432,7 @@ pub async fn cancel_message(
 
 /// A message with its delivery counts by channel and state. District administrators see
 /// every message of the district; other staff the messages they sent.
-#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The message")), 
     responses(
         (status = 200, description = "The message and its counts", body = MessageSummary),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -462,7 +464,7 @@ pub struct Renotify {
 /// acknowledged it yet (only for messages that asked for acknowledgment).
 #[utoipa::path(post, path = "/api/v1/messages/{id}/renotify", tag = "messages", security(("bearer" = [])),
     request_body = Renotify,
-    params(("Idempotency-Key" = Option<String>, Header, description = "As for sending")),
+    params(("id" = Uuid, Path, description = "The message"), ("Idempotency-Key" = Option<String>, Header, description = "As for sending")),
     responses(
         (status = 201, description = "The reminder", body = Sent),
         (status = 404, description = "No such message the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -45,9 +45,72 @@ use utoipa::{Modify, OpenApi};
         crate::guardian::unregister_device,
     ),
     components(schemas(crate::error::Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &EveryError),
 )]
 pub struct ApiDoc;
+
+/// The errors an operation can answer whatever its own logic: 400 (a malformed request
+/// or query) and 500 everywhere; 401 and 403 where credentials are needed; 404 where the
+/// path names something; 408, 413 and 422 where there is a body. An operation that
+/// documents one itself keeps its own description.
+struct EveryError;
+
+impl Modify for EveryError {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names_something = path.contains('{');
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                let with_body = operation.request_body.is_some();
+                let mut errors = vec![
+                    (
+                        "400",
+                        "The request is malformed (`bad-request`, `invalid-query`)",
+                    ),
+                    ("500", "A failure on our side (`internal`)"),
+                ];
+                if secured {
+                    errors.push(("401", "No valid credentials (`unauthorized`)"));
+                    errors.push(("403", "The caller may not do this (`forbidden`)"));
+                }
+                if names_something {
+                    errors.push(("404", "No such resource the caller may see (`not-found`)"));
+                }
+                if with_body {
+                    errors.push(("408", "The body stopped arriving (`request-timeout`)"));
+                    errors.push(("413", "The body is too large (`payload-too-large`)"));
+                    errors.push(("422", "The body is not valid (`invalid-body`)"));
+                }
+                for (status, description) in errors {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -78,6 +141,75 @@ mod tests {
             Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
             _ => {}
         }
+    }
+
+    /// The document is one a client generator or an API fuzzer can use: every `{name}`
+    /// of a path is a declared path parameter of each of its operations, every declared
+    /// path parameter is in the path, and query structs are in the query.
+    #[test]
+    fn path_parameters_match_the_paths_and_queries_are_queries() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut wrong = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let mut named: Vec<&str> = path
+                .split('{')
+                .skip(1)
+                .filter_map(|rest| rest.split('}').next())
+                .collect();
+            named.sort_unstable();
+            for (method, operation) in item.as_object().unwrap() {
+                let parameters = operation["parameters"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let mut declared: Vec<&str> = parameters
+                    .iter()
+                    .filter(|p| p["in"] == "path")
+                    .map(|p| p["name"].as_str().unwrap())
+                    .collect();
+                declared.sort_unstable();
+                if declared != named {
+                    wrong.push(format!("{method} {path}: path parameters {declared:?}"));
+                }
+                for p in parameters.iter().filter(|p| p["in"] == "path") {
+                    if p["required"] != true {
+                        wrong.push(format!("{method} {path}: {} not required", p["name"]));
+                    }
+                }
+                let responses = operation["responses"].as_object().unwrap();
+                for status in ["400", "500"] {
+                    if !responses.contains_key(status) {
+                        wrong.push(format!("{method} {path}: no {status}"));
+                    }
+                }
+                if operation.get("security").is_some() && !responses.contains_key("401") {
+                    wrong.push(format!("{method} {path}: secured without 401"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// A validator that knows OpenAPI 3.1 (`openapi-spec-validator`, installed by
+    /// `scripts/test-services`) accepts the document.
+    #[test]
+    fn an_openapi_validator_accepts_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("openapi.json");
+        std::fs::write(&file, serde_json::to_vec(&ApiDoc::openapi()).unwrap()).unwrap();
+        let python = std::env::var("TIDINGS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let output = std::process::Command::new(&python)
+            .args(["-m", "openapi_spec_validator"])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {python} (scripts/test-services installs it): {e}")
+            });
+        let said =
+            String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{said}");
+        assert!(said.contains("OK"), "{said}");
     }
 
     /// A successful JSON answer is described by a schema a client can be generated from:

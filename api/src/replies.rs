@@ -11,6 +11,7 @@ use crate::extract::Query;
 use crate::{ApiError, AppState, Caller};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RepliesQuery {
     /// The `next_before` of the previous page.
     pub before: Option<Uuid>,
