@@ -198,14 +198,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("openapi.json");
         std::fs::write(&file, serde_json::to_vec(&ApiDoc::openapi()).unwrap()).unwrap();
-        let python = std::env::var("TIDINGS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = tidings_core::testing::test_tool("python");
         let output = std::process::Command::new(&python)
             .args(["-m", "openapi_spec_validator"])
             .arg(&file)
             .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {python} (scripts/test-services installs it): {e}")
-            });
+            .unwrap();
         let said =
             String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{said}");
