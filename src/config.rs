@@ -127,6 +127,19 @@ pub struct Config {
     pub link_keys_file: std::path::PathBuf,
     /// Days an acknowledgment link keeps working. Env: `TIDINGS_ACK_LINK_DAYS`.
     pub ack_link_days: u32,
+    /// How far a signed provider webhook's timestamp (Mailgun, SendGrid) may be from now,
+    /// either way, in seconds: a captured request is refused after this. Env:
+    /// `TIDINGS_CALLBACK_MAX_AGE_SECONDS`.
+    pub callback_max_age_seconds: u64,
+    /// Days the callback inbox keeps applied and ignored provider events (the deliveries'
+    /// own event trail stays). Env: `TIDINGS_CALLBACK_RETENTION_DAYS`.
+    pub callback_retention_days: u32,
+    /// Days the callback inbox keeps its sample of refused requests. Env:
+    /// `TIDINGS_CALLBACK_REJECTED_RETENTION_DAYS`.
+    pub callback_rejected_retention_days: u32,
+    /// Refused provider requests kept per provider and minute (each cut to 2 KB); the
+    /// rest are only counted. Env: `TIDINGS_CALLBACK_REJECTED_SAMPLES`.
+    pub callback_rejected_samples: u32,
 }
 
 /// Email event webhooks, as configured.
@@ -368,6 +381,10 @@ impl Default for Config {
             sms_ack_keyword: None,
             link_keys_file: "tidings-link-keys".into(),
             ack_link_days: tidings_core::link::DEFAULT_ACK_LINK_DAYS,
+            callback_max_age_seconds: tidings_callbacks::DEFAULT_MAX_AGE.as_secs(),
+            callback_retention_days: 30,
+            callback_rejected_retention_days: 7,
+            callback_rejected_samples: 20,
         }
     }
 }
@@ -614,6 +631,7 @@ impl Config {
     }
 
     pub fn callbacks(&self) -> anyhow::Result<tidings_callbacks::CallbackConfig> {
+        let days = |n: u32| std::time::Duration::from_secs(u64::from(n.max(1)) * 86_400);
         let twilio_auth_token = match &self.twilio {
             Some(t) => Some(secret(
                 "TIDINGS_TWILIO_AUTH_TOKEN",
@@ -645,6 +663,23 @@ impl Config {
             }),
             district_name: self.district_name.clone(),
             ack_keyword: given(&self.sms_ack_keyword),
+            max_age: std::time::Duration::from_secs(self.callback_max_age_seconds.max(1)),
+            // The in-process sandbox sends email as itself: reports on it are its.
+            email_adapters: if self.sandbox {
+                vec!["smtp".to_owned(), "sandbox".to_owned()]
+            } else {
+                vec!["smtp".to_owned()]
+            },
+            retention: tidings_callbacks::Retention {
+                finished: days(self.callback_retention_days),
+                rejected: days(self.callback_rejected_retention_days),
+                ..Default::default()
+            },
+            refused_samples: tidings_callbacks::sampling::SamplePolicy {
+                per_window: self.callback_rejected_samples,
+                ..Default::default()
+            },
+            body_caps: tidings_callbacks::BodyCaps::default(),
         })
     }
 

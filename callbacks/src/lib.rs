@@ -9,16 +9,27 @@
 //!
 //! A verified event is kept under its provider's event id (a duplicate is recognised
 //! there) and only then answered 2xx. Unsigned, mis-signed, malformed or unknown-reference
-//! requests are answered 4xx with the reason and kept as `rejected`, never applied.
+//! requests are answered 4xx with the reason and never applied; a bounded sample of them
+//! is kept as `rejected` (see [`sampling`]), the rest only counted.
+//!
+//! A signature proves who sent a request, not that it is new nor what it is about, so
+//! beyond it: a signed timestamp must be within [`CallbackConfig::max_age`] of now
+//! (Mailgun, SendGrid); a Mailgun token is good for one event (its signature does not
+//! cover the event); and an event must name a delivery on the provider's channel that
+//! was handed to that provider. Each route reads at most what its provider sends
+//! ([`BodyCaps`]); the worker prunes the inbox by age ([`Retention`]).
 
+pub mod freshness;
 pub mod inbound;
+pub mod sampling;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, FormRejection};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,7 +44,7 @@ use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryEvent, DeliveryId};
 
 /// What the callbacks need to check each provider; a provider left unset is refused.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct CallbackConfig {
     /// This service's public base URL, as providers call it (signatures cover it).
     pub public_url: Option<String>,
@@ -48,6 +59,91 @@ pub struct CallbackConfig {
     pub district_name: String,
     /// A text that acknowledges the guardian's latest message waiting for it ("1", "OK").
     pub ack_keyword: Option<String>,
+    /// How far a signed webhook's timestamp may be from now, either way (Mailgun,
+    /// SendGrid): a captured request is refused once this has passed.
+    pub max_age: Duration,
+    /// The adapters (as recorded on attempts) whose email the email webhooks report on:
+    /// `smtp`, and `sandbox` when the in-process sandbox sends.
+    pub email_adapters: Vec<String>,
+    /// How long finished inbox events are kept.
+    pub retention: Retention,
+    /// How many refused requests are kept, and how much of each.
+    pub refused_samples: sampling::SamplePolicy,
+    /// The most each route reads of a request.
+    pub body_caps: BodyCaps,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            twilio_auth_token: None,
+            kannel_dlr_secret: None,
+            sendgrid_public_key: None,
+            mailgun_signing_key: None,
+            help_text: String::new(),
+            district_name: String::new(),
+            ack_keyword: None,
+            max_age: DEFAULT_MAX_AGE,
+            email_adapters: vec!["smtp".to_owned()],
+            retention: Retention::default(),
+            refused_samples: sampling::SamplePolicy::default(),
+            body_caps: BodyCaps::default(),
+        }
+    }
+}
+
+/// Five minutes: what Stripe and Slack allow for the same check, well above the seconds a
+/// provider takes to post, well below a captured request being of use.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// How long the inbox keeps what it no longer needs; pending events are always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Applied and ignored events (the delivery's own events keep the audit trail).
+    pub finished: Duration,
+    /// The sample of refused requests.
+    pub rejected: Duration,
+    /// Rows of each kind one pruning round deletes at most.
+    pub batch: u32,
+    /// Time between pruning rounds (a full round is followed by another at once).
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            finished: Duration::from_secs(30 * 86_400),
+            rejected: Duration::from_secs(7 * 86_400),
+            batch: 1000,
+            every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The most each route reads: what its provider really sends, with room to spare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyCaps {
+    /// Twilio's form posts (status callbacks and inbound texts: a few KB at most, even a
+    /// 1,600-character text percent-encoded with its media fields).
+    pub twilio: usize,
+    /// Kannel's reports and texts come in the query string; a body is not read.
+    pub kannel_query: usize,
+    /// SendGrid posts events in batches (of up to some thousands).
+    pub sendgrid: usize,
+    /// Mailgun posts one event per request.
+    pub mailgun: usize,
+}
+
+impl Default for BodyCaps {
+    fn default() -> Self {
+        Self {
+            twilio: 32 * 1024,
+            kannel_query: 16 * 1024,
+            sendgrid: 4 * 1024 * 1024,
+            mailgun: 64 * 1024,
+        }
+    }
 }
 
 impl std::fmt::Debug for CallbackConfig {
@@ -58,6 +154,11 @@ impl std::fmt::Debug for CallbackConfig {
             .field("kannel", &self.kannel_dlr_secret.is_some())
             .field("sendgrid", &self.sendgrid_public_key.is_some())
             .field("mailgun", &self.mailgun_signing_key.is_some())
+            .field("max_age", &self.max_age)
+            .field("email_adapters", &self.email_adapters)
+            .field("retention", &self.retention)
+            .field("refused_samples", &self.refused_samples)
+            .field("body_caps", &self.body_caps)
             .finish()
     }
 }
@@ -70,6 +171,10 @@ pub struct Counters {
     pub rejected: AtomicU64,
     pub applied: AtomicU64,
     pub ignored: AtomicU64,
+    /// Refused requests beyond the sample: counted in `rejected`, not kept.
+    pub rejected_unkept: AtomicU64,
+    /// Inbox rows and webhook tokens deleted by age.
+    pub pruned: AtomicU64,
 }
 
 /// The callbacks of one process: the routes and the worker that applies what they keep.
@@ -80,6 +185,7 @@ pub struct Callbacks {
     wake: Arc<tokio::sync::Notify>,
     pub counters: Arc<Counters>,
     keeper: tokio::sync::mpsc::Sender<Keep>,
+    sampler: Arc<sampling::Sampler>,
 }
 
 /// Events of one request to keep, and where to say whether each was new.
@@ -143,6 +249,19 @@ struct Refusal {
     reason: String,
 }
 
+/// One event of a verified request, before it is kept.
+struct Incoming {
+    /// The provider's id of the event (the inbox's key).
+    event_id: String,
+    event: Normalized,
+    /// The provider's reference of the message it names (a message SID, a Message-ID),
+    /// to match the delivery's.
+    reference: Option<String>,
+}
+
+/// The events of one request.
+type Kept = Vec<Incoming>;
+
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
@@ -157,32 +276,55 @@ impl Callbacks {
         tokio::spawn(keeper(store.clone(), queue));
         Self {
             store,
-            config: Arc::new(config),
             wake: Arc::default(),
             counters: Arc::default(),
             keeper: keeper_queue,
+            sampler: Arc::new(sampling::Sampler::new(config.refused_samples)),
+            config: Arc::new(config),
         }
     }
 
     /// The webhook routes.
+    /// The webhook routes, each reading at most its [`BodyCaps`] (more is answered 413
+    /// before anything is kept).
     pub fn router(&self) -> Router {
+        let caps = self.config.body_caps;
+        let cap = DefaultBodyLimit::max;
         Router::new()
-            .route("/callbacks/twilio/status", post(twilio_status))
+            .route(
+                "/callbacks/twilio/status",
+                post(twilio_status).layer(cap(caps.twilio)),
+            )
             .route("/callbacks/kannel/dlr", get(kannel_dlr).post(kannel_dlr))
-            .route("/callbacks/twilio/inbound", post(twilio_inbound))
+            .route(
+                "/callbacks/twilio/inbound",
+                post(twilio_inbound).layer(cap(caps.twilio)),
+            )
             .route(
                 "/callbacks/kannel/inbound",
                 get(kannel_inbound).post(kannel_inbound),
             )
-            .route("/callbacks/email/{provider}", post(email_events))
+            .route(
+                "/callbacks/email/sendgrid",
+                post(sendgrid_events).layer(cap(caps.sendgrid)),
+            )
+            .route(
+                "/callbacks/email/mailgun",
+                post(mailgun_events).layer(cap(caps.mailgun)),
+            )
+            // Any other provider is refused; its body is never read.
+            .route("/callbacks/email/{provider}", post(unknown_email_provider))
             .with_state(self.clone())
     }
 
     /// Keeps verified events and answers; a store failure is a 503 so the provider
     /// retries (nothing was kept).
-    async fn keep(&self, provider: &str, events: Vec<(String, Normalized)>) -> Response {
+    async fn keep(&self, provider: &str, events: Kept) -> Response {
         let mut puts = Vec::with_capacity(events.len());
-        for (event_id, event) in events {
+        for Incoming {
+            event_id, event, ..
+        } in events
+        {
             let actionable = event.event.is_some() || event.effect.is_some();
             let status = if actionable { "pending" } else { "ignored" };
             let Ok(payload) = serde_json::to_value(&event) else {
@@ -220,11 +362,21 @@ impl Callbacks {
         StatusCode::NO_CONTENT.into_response()
     }
 
-    /// Records a refused request (never applied) and answers with the reason.
+    /// Answers a refused request (never applied) with the reason, and keeps it (cut to a
+    /// few KB) if the sample of its provider has room, else only counts it.
     async fn reject(&self, provider: &str, refusal: Refusal, raw: Value) -> Response {
+        if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Our failure, not the request's: the provider retries.
+            return (refusal.status, Json(json!({ "error": refusal.reason }))).into_response();
+        }
         Counters::add(&self.counters.rejected);
+        if !self.sampler.admit(provider) {
+            Counters::add(&self.counters.rejected_unkept);
+            tracing::debug!(provider, reason = %refusal.reason, "provider callback refused (not kept: sample full)");
+            return (refusal.status, Json(json!({ "error": refusal.reason }))).into_response();
+        }
         tracing::warn!(provider, reason = %refusal.reason, "provider callback refused");
-        let payload = json!({ "reason": refusal.reason, "raw": raw });
+        let payload = json!({ "reason": refusal.reason, "raw": self.sampler.trim(raw) });
         let id = format!("rejected:{}", uuid::Uuid::now_v7());
         if let Err(e) = self
             .store
@@ -241,6 +393,142 @@ impl Callbacks {
             tracing::error!(provider, error = %e, "could not record a refused callback");
         }
         (refusal.status, Json(json!({ "error": refusal.reason }))).into_response()
+    }
+
+    /// A request whose body could not be read (over its route's cap: 413; not a form):
+    /// refused before anything of it is kept.
+    async fn unreadable(&self, provider: &str, status: StatusCode, why: String) -> Response {
+        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the body is larger than {provider} sends ({why})")
+        } else {
+            why
+        };
+        self.reject(provider, refuse(status, reason), Value::Null)
+            .await
+    }
+
+    /// Refuses events about deliveries the provider was never given: each must name an
+    /// existing delivery on the provider's channel, handed to one of its adapters (for
+    /// SMS, whose callback URL is signed by the provider or carries our secret, a
+    /// delivery not attempted yet passes), with the provider's reference when known.
+    async fn check_sent(&self, provider: &str, events: &[Incoming]) -> Result<(), Refusal> {
+        let email = self.config.email_adapters.iter().map(String::as_str);
+        let (channel, adapters, attempted): (Channel, Vec<&str>, bool) = match provider {
+            "twilio" => (Channel::Sms, vec!["twilio"], false),
+            "kannel" => (Channel::Sms, vec!["kannel"], false),
+            _ => (Channel::Email, email.collect(), true),
+        };
+        let ids: Vec<DeliveryId> = events.iter().map(|e| e.event.delivery_id).collect();
+        let found = self.store.sent_through(&ids).await.map_err(|e| {
+            tracing::error!(provider, error = %e, "could not read deliveries: asking the provider to retry");
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "try again later")
+        })?;
+        let found: std::collections::HashMap<DeliveryId, _> =
+            found.into_iter().map(|s| (s.delivery_id, s)).collect();
+        for incoming in events {
+            let id = incoming.event.delivery_id;
+            let not_ours =
+                |why: &str| refuse(StatusCode::BAD_REQUEST, format!("delivery {id} {why}"));
+            let Some(sent) = found.get(&id) else {
+                return Err(not_ours("is not one of ours"));
+            };
+            if sent.channel != channel {
+                return Err(not_ours(&format!("is not an {channel} delivery")));
+            }
+            let handed = sent
+                .providers
+                .iter()
+                .any(|p| adapters.contains(&p.as_str()));
+            if (attempted || !sent.providers.is_empty()) && !handed {
+                return Err(not_ours(&format!("was never sent through {provider}")));
+            }
+            if let (Some(ours), Some(theirs)) = (&sent.provider_ref, &incoming.reference) {
+                let bare = |r: &str| {
+                    r.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_ascii_lowercase()
+                };
+                if bare(ours) != bare(theirs) {
+                    return Err(not_ours(&format!("was sent as {ours}, not {theirs}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `verdict`'s events if they pass [`Callbacks::check_sent`].
+    async fn checked(
+        &self,
+        provider: &str,
+        verdict: Result<Kept, Refusal>,
+    ) -> Result<Kept, Refusal> {
+        let events = verdict?;
+        self.check_sent(provider, &events).await?;
+        Ok(events)
+    }
+
+    /// Remembers a webhook token with a digest of its event: a token seen with another
+    /// event is a captured signature on forged content, refused; the same event again
+    /// (the provider retrying) goes on to the inbox, which knows it as a duplicate.
+    async fn claim_token(&self, provider: &str, token: &str, digest: &str) -> Result<(), Refusal> {
+        use tidings_core::store::inbox::TokenClaim;
+        match self
+            .store
+            .claim_webhook_token(provider, token, digest, now())
+            .await
+        {
+            Ok(TokenClaim::New | TokenClaim::Repeat) => Ok(()),
+            Ok(TokenClaim::Reused) => Err(refuse(
+                StatusCode::FORBIDDEN,
+                "replayed: the signature's token came before with another event",
+            )),
+            Err(e) => {
+                tracing::error!(provider, error = %e, "could not remember a webhook token: asking the provider to retry");
+                Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "try again later"))
+            }
+        }
+    }
+
+    /// A Kannel request whose query string is longer than Kannel sends: refused (414).
+    async fn query_over_cap(&self, uri: &axum::http::Uri) -> Option<Response> {
+        let length = uri.query().map_or(0, str::len);
+        let cap = self.config.body_caps.kannel_query;
+        if length <= cap {
+            return None;
+        }
+        let refusal = refuse(
+            StatusCode::URI_TOO_LONG,
+            format!("the query string ({length} bytes) is longer than Kannel sends ({cap})"),
+        );
+        Some(self.reject("kannel", refusal, Value::Null).await)
+    }
+
+    /// Deletes, in one bounded round, what the inbox keeps past its [`Retention`] (and
+    /// webhook tokens whose timestamps can no longer pass); returns what it deleted.
+    pub async fn prune_inbox(
+        &self,
+    ) -> Result<tidings_core::store::inbox::Pruned, tidings_core::store::StoreError> {
+        let at = now();
+        let ago =
+            |d: Duration| at - chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+        let retention = self.config.retention;
+        let pruned = self
+            .store
+            .prune_inbox(&tidings_core::store::inbox::InboxRetention {
+                finished_before: ago(retention.finished),
+                rejected_before: ago(retention.rejected),
+                // A token is needed while its timestamp can pass: up to max_age ahead of
+                // its arrival, then max_age old.
+                tokens_before: ago(2 * self.config.max_age + Duration::from_secs(60)),
+                limit: retention.batch,
+            })
+            .await?;
+        self.counters.pruned.fetch_add(
+            pruned.finished + pruned.rejected + pruned.tokens,
+            Ordering::Relaxed,
+        );
+        Ok(pruned)
     }
 
     /// Applies pending inbox events until there are none; returns how many it handled.
@@ -379,10 +667,31 @@ impl Callbacks {
 
     /// Applies what arrives until `stop` turns true; wakes on each kept event, and every
     /// second in any case (events kept by another process, or before a restart).
+    /// Between rounds it prunes the inbox every [`Retention::every`], at once again after
+    /// a round that hit its bound.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut prune_at = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.apply_pending().await {
                 tracing::error!(error = %e, "applying provider events failed; trying again");
+            }
+            if tokio::time::Instant::now() >= prune_at {
+                let every = self.config.retention.every;
+                prune_at = tokio::time::Instant::now()
+                    + match self.prune_inbox().await {
+                        Ok(p) => {
+                            let full = u64::from(self.config.retention.batch);
+                            if p.finished >= full || p.rejected >= full || p.tokens >= full {
+                                Duration::ZERO
+                            } else {
+                                every
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "pruning the callback inbox failed; trying again later");
+                            every
+                        }
+                    };
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -406,6 +715,8 @@ impl Counters {
             ("rejected", get(&self.rejected)),
             ("applied", get(&self.applied)),
             ("ignored", get(&self.ignored)),
+            ("rejected_unkept", get(&self.rejected_unkept)),
+            ("pruned", get(&self.pruned)),
         ])
     }
 }
@@ -576,8 +887,12 @@ async fn twilio_inbound(
     State(cb): State<Callbacks>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    Form(form): Form<Vec<(String, String)>>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => return cb.unreadable("twilio", e.status(), e.body_text()).await,
+    };
     let raw = pairs_json(&form);
     let verdict = (|| {
         verify_twilio(&cb, &uri, &headers, &form)?;
@@ -611,8 +926,12 @@ async fn twilio_inbound(
 /// answer's body is what Kannel sends back (nothing, when empty and `omit-empty`).
 async fn kannel_inbound(
     State(cb): State<Callbacks>,
+    OriginalUri(uri): OriginalUri,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
+    if let Some(refused) = cb.query_over_cap(&uri).await {
+        return refused;
+    }
     let raw = without_secret(&query);
     let verdict = (|| {
         verify_kannel(&cb, &query)?;
@@ -734,8 +1053,12 @@ async fn twilio_status(
     State(cb): State<Callbacks>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    Form(form): Form<Vec<(String, String)>>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => return cb.unreadable("twilio", e.status(), e.body_text()).await,
+    };
     let raw = pairs_json(&form);
     let verdict = (|| {
         verify_twilio(&cb, &uri, &headers, &form)?;
@@ -753,24 +1076,25 @@ async fn twilio_status(
         let status = field(&form, "MessageStatus")
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageStatus"))?;
         let event = twilio_event(status).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
-        let event_id = headers
-            .get("I-Twilio-Idempotency-Token")
-            .and_then(|v| v.to_str().ok())
-            .map_or_else(|| format!("{sid}:{status}"), str::to_owned);
+        // Keyed on what the signature covers (a message has each status once), not on
+        // the unsigned I-Twilio-Idempotency-Token header: a replay with that header
+        // changed is still the duplicate it is.
+        let event_id = format!("{sid}:{status}");
         let detail = field(&form, "ErrorCode").map(|c| format!("twilio error {c}"));
-        Ok((
+        Ok(vec![Incoming {
             event_id,
-            Normalized {
+            event: Normalized {
                 delivery_id: delivery,
                 event,
                 detail,
                 effect: None,
                 raw: raw.clone(),
             },
-        ))
+            reference: Some(sid.to_owned()),
+        }])
     })();
-    match verdict {
-        Ok(event) => cb.keep("twilio", vec![event]).await,
+    match cb.checked("twilio", verdict).await {
+        Ok(events) => cb.keep("twilio", events).await,
         Err(refusal) => cb.reject("twilio", refusal, raw).await,
     }
 }
@@ -792,8 +1116,12 @@ pub fn kannel_event(kind: &str) -> Result<Option<DeliveryEvent>, String> {
 
 async fn kannel_dlr(
     State(cb): State<Callbacks>,
+    OriginalUri(uri): OriginalUri,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
+    if let Some(refused) = cb.query_over_cap(&uri).await {
+        return refused;
+    }
     let raw = without_secret(&query);
     let verdict = (|| {
         verify_kannel(&cb, &query)?;
@@ -805,19 +1133,20 @@ async fn kannel_dlr(
         let event = kannel_event(kind).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
         let at = field(&query, "at").unwrap_or_default();
         let answer = field(&query, "answer").map(str::to_owned);
-        Ok((
-            format!("{delivery}:{kind}:{at}"),
-            Normalized {
+        Ok(vec![Incoming {
+            event_id: format!("{delivery}:{kind}:{at}"),
+            event: Normalized {
                 delivery_id: delivery,
                 event,
                 detail: answer,
                 effect: None,
                 raw: raw.clone(),
             },
-        ))
+            reference: None,
+        }])
     })();
-    match verdict {
-        Ok(event) => cb.keep("kannel", vec![event]).await,
+    match cb.checked("kannel", verdict).await {
+        Ok(events) => cb.keep("kannel", events).await,
         Err(refusal) => cb.reject("kannel", refusal, raw).await,
     }
 }
@@ -847,30 +1176,70 @@ pub fn mailgun_event(data: &Value) -> (Option<DeliveryEvent>, Option<&'static st
     }
 }
 
-async fn email_events(
+/// A refused email request's body as kept: its JSON, or the start of its text.
+fn email_raw(body: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(body).unwrap_or_else(|_| {
+        Value::String(String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned())
+    })
+}
+
+async fn sendgrid_events(
     State(cb): State<Callbacks>,
-    Path(provider): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
-    let raw = serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| {
-        Value::String(String::from_utf8_lossy(&body).chars().take(2000).collect())
-    });
-    let verdict = match provider.as_str() {
-        "sendgrid" => sendgrid(&cb, &headers, &body),
-        "mailgun" => mailgun(&cb, &body),
-        _ => Err(refuse(
-            StatusCode::NOT_FOUND,
-            format!("unknown email provider {provider:?}"),
-        )),
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return cb.unreadable("sendgrid", e.status(), e.body_text()).await,
     };
-    match verdict {
-        Ok(events) => cb.keep(&provider, events).await,
-        Err(refusal) => cb.reject(&provider, refusal, raw).await,
+    let verdict = sendgrid(&cb, &headers, &body);
+    match cb.checked("sendgrid", verdict).await {
+        Ok(events) => cb.keep("sendgrid", events).await,
+        Err(refusal) => cb.reject("sendgrid", refusal, email_raw(&body)).await,
     }
 }
 
-type Kept = Vec<(String, Normalized)>;
+async fn mailgun_events(
+    State(cb): State<Callbacks>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return cb.unreadable("mailgun", e.status(), e.body_text()).await,
+    };
+    let verdict = match mailgun(&cb, &body) {
+        Ok((events, token, digest)) => match cb.checked("mailgun", Ok(events)).await {
+            Ok(events) => cb
+                .claim_token("mailgun", &token, &digest)
+                .await
+                .map(|()| events),
+            Err(refusal) => Err(refusal),
+        },
+        Err(refusal) => Err(refusal),
+    };
+    match verdict {
+        Ok(events) => cb.keep("mailgun", events).await,
+        Err(refusal) => cb.reject("mailgun", refusal, email_raw(&body)).await,
+    }
+}
+
+/// Any other email provider: refused without reading the body, its refusals sampled
+/// under one name (the path is the caller's choice, the sample's names are not).
+async fn unknown_email_provider(
+    State(cb): State<Callbacks>,
+    Path(provider): Path<String>,
+) -> Response {
+    let shown: String = provider.chars().take(40).collect();
+    cb.reject(
+        "email",
+        refuse(
+            StatusCode::NOT_FOUND,
+            format!("unknown email provider {shown:?}"),
+        ),
+        json!({ "provider": shown }),
+    )
+    .await
+}
 
 fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Refusal> {
     let key = cb
@@ -894,6 +1263,11 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
             "the signature does not verify",
         ));
     }
+    // The signature covers the timestamp and the body: within the window a replay is
+    // byte for byte the request it copies, each event a duplicate by its sg_event_id;
+    // after it, refused.
+    freshness::check(timestamp, now(), cb.config.max_age)
+        .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
     let events: Vec<Value> = serde_json::from_slice(body).map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,
@@ -903,15 +1277,13 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
     events
         .into_iter()
         .map(|event| {
-            let delivery = event["smtp-id"]
-                .as_str()
-                .and_then(delivery_id)
-                .ok_or_else(|| {
-                    refuse(
-                        StatusCode::BAD_REQUEST,
-                        "an event names no message of ours (smtp-id)",
-                    )
-                })?;
+            let reference = event["smtp-id"].as_str().map(str::to_owned);
+            let delivery = reference.as_deref().and_then(delivery_id).ok_or_else(|| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "an event names no message of ours (smtp-id)",
+                )
+            })?;
             let event_id = event["sg_event_id"]
                 .as_str()
                 .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "an event has no sg_event_id"))?
@@ -921,21 +1293,24 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
                 .as_str()
                 .or(event["response"].as_str())
                 .map(str::to_owned);
-            Ok((
+            Ok(Incoming {
                 event_id,
-                Normalized {
+                event: Normalized {
                     delivery_id: delivery,
                     event: what,
                     detail,
                     effect: effect.map(str::to_owned),
                     raw: event,
                 },
-            ))
+                reference,
+            })
         })
         .collect()
 }
 
-fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<Kept, Refusal> {
+/// A Mailgun request's event, with the signature's token and the digest of the event
+/// (to remember them by). Its signature covers only the timestamp and the token.
+fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusal> {
     let key = cb
         .config
         .mailgun_signing_key
@@ -960,16 +1335,18 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<Kept, Refusal> {
             "the signature does not verify",
         ));
     }
+    freshness::check(timestamp, now(), cb.config.max_age)
+        .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
     let data = payload["event-data"].clone();
-    let delivery = data["message"]["headers"]["message-id"]
+    let reference = data["message"]["headers"]["message-id"]
         .as_str()
-        .and_then(delivery_id)
-        .ok_or_else(|| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                "the event names no message of ours",
-            )
-        })?;
+        .map(str::to_owned);
+    let delivery = reference.as_deref().and_then(delivery_id).ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "the event names no message of ours",
+        )
+    })?;
     let event_id = data["id"]
         .as_str()
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the event has no id"))?
@@ -978,16 +1355,22 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<Kept, Refusal> {
     let detail = data["delivery-status"]["message"]
         .as_str()
         .map(str::to_owned);
-    Ok(vec![(
-        event_id,
-        Normalized {
-            delivery_id: delivery,
-            event: what,
-            detail,
-            effect: effect.map(str::to_owned),
-            raw: data,
-        },
-    )])
+    let digest = webhooks::event_digest(data.to_string().as_bytes());
+    Ok((
+        vec![Incoming {
+            event_id,
+            event: Normalized {
+                delivery_id: delivery,
+                event: what,
+                detail,
+                effect: effect.map(str::to_owned),
+                raw: data,
+            },
+            reference,
+        }],
+        token.to_owned(),
+        digest,
+    ))
 }
 
 #[cfg(test)]

@@ -109,6 +109,16 @@ pub fn mailgun_verifies(
     mac.verify_slice(&given).is_ok()
 }
 
+/// A digest of a webhook's event (hex SHA-256): what a Mailgun token is remembered with,
+/// so that the same event again is told apart from another event under a reused token.
+pub fn event_digest(event: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(event)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;

@@ -43,7 +43,10 @@ tidings_core::on_both_stores! {
     link_key_fingerprints_are_recorded_once_and_differences_reported,
     an_acknowledgment_covers_the_message_and_its_re_notifications,
     due_counts_list_each_district_and_lane_with_deliveries_due,
-    retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_urgent_ones;
+    retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_urgent_ones,
+    the_callback_inbox_is_pruned_by_age_in_bounded_rounds,
+    a_webhook_token_is_good_for_one_event,
+    sent_through_lists_each_deliverys_channel_reference_and_providers;
     databases: a_send_writes_its_deliveries_partition_by_partition,
 }
 
@@ -1714,4 +1717,211 @@ async fn retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_u
     assert!(retrying(Channel::Sms, Lane::Bulk, retry_at)
         .await
         .is_empty());
+}
+
+async fn the_callback_inbox_is_pruned_by_age_in_bounded_rounds(store: Arc<dyn Store>) {
+    use tidings_core::store::inbox::{InboxRetention, Pruned};
+    use tidings_core::store::InboxPut;
+    let old = now() - Duration::days(40);
+    let recent = now() - Duration::days(2);
+    let put = |n: usize, status: &'static str| InboxPut {
+        provider: "twilio".into(),
+        event_id: format!("{status}-{n}"),
+        payload: serde_json::json!({ "n": n }),
+        status,
+        outcome: None,
+    };
+    // Old: 3 ignored, 3 rejected, 2 pending; recent: 1 ignored, 1 rejected.
+    let olds: Vec<_> = (0..3)
+        .flat_map(|n| [put(n, "ignored"), put(n, "rejected")])
+        .chain((0..2).map(|n| put(n, "pending")))
+        .collect();
+    store.inbox_put_many(&olds, old).await.unwrap();
+    store
+        .inbox_put_many(&[put(9, "ignored"), put(9, "rejected")], recent)
+        .await
+        .unwrap();
+    // Two of the old pending ones become applied.
+    let pending = store.inbox_pending(10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    let marks: Vec<_> = pending
+        .iter()
+        .map(|item| tidings_core::store::InboxApply {
+            inbox_id: item.id,
+            transition: None,
+            status: "applied",
+            outcome: "test".into(),
+        })
+        .collect();
+    store.apply_inbox_batch(&marks).await.unwrap();
+    store
+        .claim_webhook_token("mailgun", "old-token", "k", old)
+        .await
+        .unwrap();
+    store
+        .claim_webhook_token("mailgun", "new-token", "k", now())
+        .await
+        .unwrap();
+    store
+        .inbox_put_many(&[put(10, "pending")], old)
+        .await
+        .unwrap();
+
+    let retention = InboxRetention {
+        finished_before: now() - Duration::days(30),
+        rejected_before: now() - Duration::days(7),
+        tokens_before: now() - Duration::minutes(11),
+        limit: 2,
+    };
+    // Bounded: at most two of each kind a round.
+    let first = store.prune_inbox(&retention).await.unwrap();
+    assert_eq!(
+        first,
+        Pruned {
+            finished: 2,
+            rejected: 2,
+            tokens: 1
+        }
+    );
+    let second = store.prune_inbox(&retention).await.unwrap();
+    assert_eq!(
+        second,
+        Pruned {
+            finished: 2,
+            rejected: 1,
+            tokens: 0
+        }
+    );
+    let third = store.prune_inbox(&retention).await.unwrap();
+    assert_eq!(
+        third,
+        Pruned {
+            finished: 1,
+            rejected: 0,
+            tokens: 0
+        }
+    );
+    assert_eq!(store.prune_inbox(&retention).await.unwrap(), Pruned::default());
+    // What is left: the recent ones, and the old pending one (never pruned).
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.get("ignored"),
+            counts.get("rejected"),
+            counts.get("pending"),
+            counts.get("applied")
+        ),
+        (Some(&1), Some(&1), Some(&1), None),
+        "{counts:?}"
+    );
+    // The pruned token can be taken again; the recent one is still remembered.
+    use tidings_core::store::inbox::TokenClaim;
+    assert_eq!(
+        store
+            .claim_webhook_token("mailgun", "old-token", "other", now())
+            .await
+            .unwrap(),
+        TokenClaim::New
+    );
+    assert_eq!(
+        store
+            .claim_webhook_token("mailgun", "new-token", "other", now())
+            .await
+            .unwrap(),
+        TokenClaim::Reused
+    );
+}
+
+async fn a_webhook_token_is_good_for_one_event(store: Arc<dyn Store>) {
+    use tidings_core::store::inbox::TokenClaim;
+    let claim = |provider: &'static str, token: &'static str, key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_webhook_token(provider, token, key, now())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim("mailgun", "t1", "event-a").await, TokenClaim::New);
+    assert_eq!(claim("mailgun", "t1", "event-a").await, TokenClaim::Repeat);
+    assert_eq!(claim("mailgun", "t1", "event-b").await, TokenClaim::Reused);
+    // Another provider's tokens are its own.
+    assert_eq!(claim("other", "t1", "event-b").await, TokenClaim::New);
+    // Racing claims of one token with different events: exactly one is new.
+    let racers: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_webhook_token("mailgun", "raced", &format!("event-{n}"), now())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut new = 0;
+    for racer in racers {
+        if racer.await.unwrap() == TokenClaim::New {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1);
+}
+
+async fn sent_through_lists_each_deliverys_channel_reference_and_providers(
+    store: Arc<dyn Store>,
+) {
+    use tidings_core::store::dispatch::AttemptResult;
+    use tidings_core::store::inbox::SentThrough;
+    let seed = seed(store.as_ref(), 1).await;
+    let message = message_to(&seed, &[Channel::Sms, Channel::Email]);
+    store.create_message(&message, now()).await.unwrap();
+    let ids = delivery_ids(&message);
+    let (sms, email) = (ids[0], ids[1]);
+    let partition = PartitionId::of(seed.guardians[0].id, message.partitions);
+    let leases = store
+        .claim_leases("one", &[(message.lane, partition)], Duration::minutes(5), now())
+        .await
+        .unwrap();
+    // The SMS: tried through Kannel (no answer yet), then sent through Twilio.
+    let later = now() + Duration::minutes(2);
+    let seen = store.delivery(sms).await.unwrap().unwrap();
+    store
+        .start_attempt(&leases[0], &seen, "kannel", "one", later, now())
+        .await
+        .unwrap();
+    let seen = store.delivery(sms).await.unwrap().unwrap();
+    store
+        .start_attempt(&leases[0], &seen, "twilio", "one", later, now())
+        .await
+        .unwrap();
+    let seen = store.delivery(sms).await.unwrap().unwrap();
+    let sent = AttemptResult::Sent {
+        provider_ref: "SM1".into(),
+    };
+    store
+        .finish_attempt(&leases[0], &seen, 2, &sent, "one", now())
+        .await
+        .unwrap();
+    let unknown = DeliveryId::new();
+    let mut found = store.sent_through(&[sms, email, unknown]).await.unwrap();
+    found.sort_by_key(|s| s.channel.as_str());
+    assert_eq!(
+        found,
+        vec![
+            SentThrough {
+                delivery_id: email,
+                channel: Channel::Email,
+                provider_ref: None,
+                providers: vec![],
+            },
+            SentThrough {
+                delivery_id: sms,
+                channel: Channel::Sms,
+                provider_ref: Some("SM1".into()),
+                providers: vec!["kannel".into(), "twilio".into()],
+            },
+        ]
+    );
 }

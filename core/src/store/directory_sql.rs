@@ -1019,6 +1019,118 @@ macro_rules! directory_queries {
                 .map(|row| Ok((row.try_get::<String, _>("status")?, row.try_get::<i64, _>("n")?)))
                 .collect()
         }
+
+        pub async fn sent_through(
+            pool: &sqlx::Pool<$db>,
+            ids: &[$crate::DeliveryId],
+        ) -> StoreResult<Vec<$crate::store::inbox::SentThrough>> {
+            use $crate::store::inbox::SentThrough;
+            let mut found: std::collections::BTreeMap<uuid::Uuid, SentThrough> = Default::default();
+            for chunk in ids.chunks(500) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT d.id, d.channel, d.provider_ref, d.provider AS recorded, a.provider AS attempted \
+                     FROM deliveries d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id WHERE d.id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind($enc(*id.as_uuid()));
+                }
+                q.push(")");
+                for row in q.build().fetch_all(pool).await? {
+                    let id: uuid::Uuid = $dec(&row, "id")?;
+                    let entry = match found.entry(id) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => e.insert(SentThrough {
+                            delivery_id: $crate::DeliveryId::from_uuid(id),
+                            channel: parse_col(&row, "channel")?,
+                            provider_ref: row.try_get("provider_ref")?,
+                            providers: Vec::new(),
+                        }),
+                    };
+                    for column in ["recorded", "attempted"] {
+                        if let Some(provider) = row.try_get::<Option<String>, _>(column)? {
+                            entry.providers.push(provider);
+                        }
+                    }
+                }
+            }
+            Ok(found
+                .into_values()
+                .map(|mut s| {
+                    s.providers.sort_unstable();
+                    s.providers.dedup();
+                    s
+                })
+                .collect())
+        }
+
+        pub async fn claim_webhook_token(
+            pool: &sqlx::Pool<$db>,
+            provider: &str,
+            token: &str,
+            event_key: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<$crate::store::inbox::TokenClaim> {
+            use $crate::store::inbox::TokenClaim;
+            let inserted = sqlx::query(
+                "INSERT INTO webhook_tokens (provider, token, event_key, seen_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (provider, token) DO NOTHING",
+            )
+            .bind(provider)
+            .bind(token)
+            .bind(event_key)
+            .bind(at)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(TokenClaim::New);
+            }
+            let seen: Option<String> =
+                sqlx::query_scalar("SELECT event_key FROM webhook_tokens WHERE provider = $1 AND token = $2")
+                    .bind(provider)
+                    .bind(token)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(match seen {
+                Some(key) if key == event_key => TokenClaim::Repeat,
+                // Pruned between the two statements: it was stale anyway.
+                Some(_) | None => TokenClaim::Reused,
+            })
+        }
+
+        pub async fn prune_inbox(
+            pool: &sqlx::Pool<$db>,
+            retention: &$crate::store::inbox::InboxRetention,
+        ) -> StoreResult<$crate::store::inbox::Pruned> {
+            let limit = i64::from(retention.limit);
+            let events = |statuses: &'static str, before: chrono::DateTime<chrono::Utc>| async move {
+                Ok::<u64, $crate::store::StoreError>(
+                    sqlx::query(&format!(
+                        "DELETE FROM callback_inbox WHERE id IN (SELECT id FROM callback_inbox \
+                         WHERE status IN ({statuses}) AND received_at < $1 ORDER BY received_at LIMIT $2)"
+                    ))
+                    .bind(before)
+                    .bind(limit)
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+                )
+            };
+            let finished = events("'applied', 'ignored'", retention.finished_before).await?;
+            let rejected = events("'rejected'", retention.rejected_before).await?;
+            let tokens = sqlx::query(
+                "DELETE FROM webhook_tokens WHERE seen_at < $1 AND token IN \
+                 (SELECT token FROM webhook_tokens WHERE seen_at < $2 ORDER BY seen_at LIMIT $3)",
+            )
+            .bind(retention.tokens_before)
+            .bind(retention.tokens_before)
+            .bind(limit)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok($crate::store::inbox::Pruned { finished, rejected, tokens })
+        }
     };
 }
 

@@ -102,6 +102,69 @@ pub trait Inbox: Send + Sync {
 
     /// Inbox events by status.
     async fn inbox_counts(&self) -> StoreResult<std::collections::BTreeMap<String, i64>>;
+
+    /// What each delivery of `ids` that exists was sent as: its channel, the provider's
+    /// reference and every provider it was handed to (its attempts, recorded before each
+    /// provider call, so before any report about it can come). A provider's event is
+    /// believed only about a delivery that provider was given.
+    async fn sent_through(&self, ids: &[DeliveryId]) -> StoreResult<Vec<SentThrough>>;
+
+    /// Remembers a webhook token (Mailgun's `signature.token`) with a digest of the event
+    /// it came with: [`TokenClaim::New`] the first time, [`TokenClaim::Repeat`] for the same
+    /// event again (a provider's retry), [`TokenClaim::Reused`] for another event (a
+    /// captured signature on forged content).
+    async fn claim_webhook_token(
+        &self,
+        provider: &str,
+        token: &str,
+        event_key: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<TokenClaim>;
+
+    /// Deletes, oldest first and at most `retention.limit` of each kind, applied and
+    /// ignored events received before `finished_before`, rejected ones received before
+    /// `rejected_before`, and webhook tokens seen before `tokens_before`. Pending events
+    /// are never pruned.
+    async fn prune_inbox(&self, retention: &InboxRetention) -> StoreResult<Pruned>;
+}
+
+/// A delivery as a provider's event about it must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentThrough {
+    pub delivery_id: DeliveryId,
+    pub channel: Channel,
+    /// The provider's reference (Twilio's message SID, the email's Message-ID), once known.
+    pub provider_ref: Option<String>,
+    /// Every provider the delivery was handed to, sorted, without repeats.
+    pub providers: Vec<String>,
+}
+
+/// What remembering a webhook token found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenClaim {
+    New,
+    /// Seen before with the same event.
+    Repeat,
+    /// Seen before with another event.
+    Reused,
+}
+
+/// What [`Inbox::prune_inbox`] deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRetention {
+    pub finished_before: DateTime<Utc>,
+    pub rejected_before: DateTime<Utc>,
+    pub tokens_before: DateTime<Utc>,
+    /// Rows of each kind deleted at most in one call.
+    pub limit: u32,
+}
+
+/// What one [`Inbox::prune_inbox`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub finished: u64,
+    pub rejected: u64,
+    pub tokens: u64,
 }
 
 /// Expands to `impl Inbox for $store` (a store with a `pool`) over the `$queries` module
@@ -210,6 +273,33 @@ macro_rules! inbox_store {
             ) -> $crate::store::StoreResult<std::collections::BTreeMap<String, i64>> {
                 use $queries as q;
                 q::inbox_counts(&self.pool).await
+            }
+
+            async fn sent_through(
+                &self,
+                ids: &[$crate::DeliveryId],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::inbox::SentThrough>> {
+                use $queries as q;
+                q::sent_through(&self.pool, ids).await
+            }
+
+            async fn claim_webhook_token(
+                &self,
+                provider: &str,
+                token: &str,
+                event_key: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<$crate::store::inbox::TokenClaim> {
+                use $queries as q;
+                q::claim_webhook_token(self.write_pool(), provider, token, event_key, at).await
+            }
+
+            async fn prune_inbox(
+                &self,
+                retention: &$crate::store::inbox::InboxRetention,
+            ) -> $crate::store::StoreResult<$crate::store::inbox::Pruned> {
+                use $queries as q;
+                q::prune_inbox(self.write_pool(), retention).await
             }
         }
     };
