@@ -1801,7 +1801,10 @@ async fn the_callback_inbox_is_pruned_by_age_in_bounded_rounds(store: Arc<dyn St
             tokens: 0
         }
     );
-    assert_eq!(store.prune_inbox(&retention).await.unwrap(), Pruned::default());
+    assert_eq!(
+        store.prune_inbox(&retention).await.unwrap(),
+        Pruned::default()
+    );
     // What is left: the recent ones, and the old pending one (never pruned).
     let counts = store.inbox_counts().await.unwrap();
     assert_eq!(
@@ -1869,9 +1872,7 @@ async fn a_webhook_token_is_good_for_one_event(store: Arc<dyn Store>) {
     assert_eq!(new, 1);
 }
 
-async fn sent_through_lists_each_deliverys_channel_reference_and_providers(
-    store: Arc<dyn Store>,
-) {
+async fn sent_through_lists_each_deliverys_channel_reference_and_providers(store: Arc<dyn Store>) {
     use tidings_core::store::dispatch::AttemptResult;
     use tidings_core::store::inbox::SentThrough;
     let seed = seed(store.as_ref(), 1).await;
@@ -1881,7 +1882,12 @@ async fn sent_through_lists_each_deliverys_channel_reference_and_providers(
     let (sms, email) = (ids[0], ids[1]);
     let partition = PartitionId::of(seed.guardians[0].id, message.partitions);
     let leases = store
-        .claim_leases("one", &[(message.lane, partition)], Duration::minutes(5), now())
+        .claim_leases(
+            "one",
+            &[(message.lane, partition)],
+            Duration::minutes(5),
+            now(),
+        )
         .await
         .unwrap();
     // The SMS: tried through Kannel (no answer yet), then sent through Twilio.
