@@ -173,7 +173,9 @@ fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispat
             adapters = adapters.with(Channel::Push, Arc::new(push));
             any = true;
         }
-        for &channel in Channel::ALL.iter() {
+        // With no provider at all no dispatcher runs (see start_dispatcher): deliveries
+        // wait on the log, and a warning per channel would say otherwise.
+        for &channel in Channel::ALL.iter().filter(|_| any) {
             if !adapters.has(channel) {
                 tracing::warn!(%channel, "no provider is configured for this channel: its deliveries become dead letters, to replay once one is");
             }
@@ -211,7 +213,7 @@ fn start_dispatcher(
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Dispatching>> {
     let Some(adapters) = adapters else {
-        tracing::warn!("no channel provider is configured: messages are accepted and wait on the log until one is");
+        tracing::warn!("no channel provider is configured: no dispatcher runs, and messages are accepted and wait on the log (state CREATED) until one is");
         return Ok(None);
     };
     let dispatcher = tidings_dispatcher::Dispatcher::new(

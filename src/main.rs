@@ -99,6 +99,13 @@ enum ImportCommand {
         /// The district to import into (needed only when the database has several).
         #[arg(long)]
         district: Option<tidings_core::DistrictId>,
+        /// Do the whole import, print what it would do, and roll it back.
+        #[arg(long)]
+        dry_run: bool,
+        /// Go ahead even if the import deletes more of the directory than
+        /// `roster_max_delete_percent` allows.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -232,8 +239,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Serve { demo } => commands::serve(&config, demo, shutdown_signal()?).await,
             Command::Import {
-                command: ImportCommand::Oneroster { path, district },
-            } => tidings::import::oneroster(&config, &path, district).await,
+                command:
+                    ImportCommand::Oneroster {
+                        path,
+                        district,
+                        dry_run,
+                        force,
+                    },
+            } => {
+                let run = tidings::import::Run { dry_run, force };
+                tidings::import::oneroster(&config, &path, district, run).await
+            }
             Command::Bench {
                 suite: BenchSuite::Import { students, database },
             } => tidings::bench::import(students, &database).await,
@@ -322,8 +338,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    // Colours only for a person at a terminal: a log file or a collector gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

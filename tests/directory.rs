@@ -368,3 +368,81 @@ async fn send_oversized(server: &Server, path: &str, token: &str) -> String {
         .expect("an answer to an oversized body");
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// The roster's sourcedIds name rows everywhere the directory takes an id, as they do in
+/// message audiences: in paths and in the `school`, `class` and `student` filters.
+async fn sourced_ids_name_rows_wherever_ids_do(db: TestDatabase) {
+    let d = District::with_demo(db).await;
+    let (status, by_sid) = d.get("/api/v1/schools/school-0", &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{by_sid}");
+    let school = by_sid["id"].as_str().unwrap().to_owned();
+    let (_, by_id) = d.get(&format!("/api/v1/schools/{school}"), &d.admin).await;
+    assert_eq!(by_sid, by_id);
+    for (path, sid, id) in [
+        (
+            "/api/v1/guardians?school=",
+            "school-0".to_owned(),
+            school.clone(),
+        ),
+        (
+            "/api/v1/students?school=",
+            "school-0".to_owned(),
+            school.clone(),
+        ),
+    ] {
+        let by_sid = d.all(&format!("{path}{sid}"), &d.admin).await;
+        let by_id = d.all(&format!("{path}{id}"), &d.admin).await;
+        assert!(!by_sid.is_empty(), "{path}{sid}");
+        assert_eq!(by_sid, by_id, "{path}");
+    }
+    let (status, class) = d.get("/api/v1/classes/class-0", &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{class}");
+    let by_sid = d.all("/api/v1/students?class=class-0", &d.admin).await;
+    let by_id = d
+        .all(
+            &format!("/api/v1/students?class={}", class["id"].as_str().unwrap()),
+            &d.admin,
+        )
+        .await;
+    assert!(!by_sid.is_empty());
+    assert_eq!(by_sid, by_id);
+    let (status, student) = d.get("/api/v1/students/student-0", &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{student}");
+    let guardians = d.all("/api/v1/guardians?student=student-0", &d.admin).await;
+    assert_eq!(
+        guardians.len(),
+        2,
+        "student-0 has two guardians in the demo roster"
+    );
+    let (status, guardian) = d.get("/api/v1/guardians/guardian-0", &d.admin).await;
+    assert_eq!(status, StatusCode::OK, "{guardian}");
+    assert_eq!(guardian["sourced_id"], "guardian-0");
+    // A sourcedId of nothing is what an unknown id is: 404, or an empty page.
+    let (status, _) = d.get("/api/v1/schools/school-99", &d.admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(d
+        .all("/api/v1/guardians?school=school-99", &d.admin)
+        .await
+        .is_empty());
+    // A teacher is not shown another school's rows by their sourcedId either.
+    let (teacher, _) = a_teacher_and_their_students();
+    let teacher = token_for(&d.db.url, &teacher).await;
+    let (_, own) = d.get("/api/v1/schools", &teacher).await;
+    let own: Vec<&str> = own["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sourced_id"].as_str().unwrap())
+        .collect();
+    let other = ["school-0", "school-1", "school-2"]
+        .into_iter()
+        .find(|s| !own.contains(s))
+        .unwrap();
+    let (status, _) = d.get(&format!("/api/v1/schools/{other}"), &teacher).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(d.server.terminate().await.success());
+}
+
+tidings_core::on_both_stores! {
+    databases: sourced_ids_name_rows_wherever_ids_do,
+}

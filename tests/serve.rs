@@ -263,3 +263,22 @@ async fn a_process_signing_links_with_another_key_is_refused_and_rotation_keeps_
     let again = Server::start(tidings(&db.url).env("TIDINGS_LINK_KEYS_FILE", file)).await;
     assert!(again.terminate().await.success());
 }
+
+/// Without any provider no dispatcher runs: the log says that messages wait, not that
+/// they become dead letters, and a log written to a file has no colour codes.
+#[tokio::test]
+async fn without_providers_the_log_says_messages_wait_in_plain_text() {
+    let db = TestDatabase::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&path).unwrap();
+    let server = Server::start_logging_to(&mut tidings(&db.url), &[], log.into()).await;
+    assert!(server.terminate().await.success());
+    let said = std::fs::read_to_string(&path).unwrap();
+    assert!(said.contains("wait on the log"), "{said}");
+    assert!(!said.contains("dead letters"), "{said}");
+    assert!(
+        !said.contains('\x1b'),
+        "colour codes in a log file: {said:?}"
+    );
+}

@@ -28,16 +28,96 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// Case-insensitive search in names and sourcedIds.
     pub q: Option<String>,
-    /// Only rows of this school (guardians: of its students).
-    pub school: Option<Uuid>,
-    /// Only rows of this class (students enrolled, their guardians).
-    pub class: Option<Uuid>,
-    /// Only rows of this student (their guardians, their classes).
-    pub student: Option<Uuid>,
+    /// Only rows of this school, by id or sourcedId (guardians: of its students).
+    pub school: Option<String>,
+    /// Only rows of this class, by id or sourcedId (students enrolled, their guardians).
+    pub class: Option<String>,
+    /// Only rows of this student, by id or sourcedId (their guardians, their classes).
+    pub student: Option<String>,
+}
+
+/// The directory's tables, for finding a row by the sourcedId the SIS gave it.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Schools,
+    Classes,
+    Students,
+}
+
+/// The id of the row of `table` that staff named by `reference`: a Tidings id as it is,
+/// or a sourcedId, looked up among the rows the caller may see. `None`: no such row.
+async fn resolve(
+    state: &AppState,
+    scope: &Scope,
+    table: Table,
+    reference: &str,
+) -> Result<Option<Uuid>, ApiError> {
+    if let Ok(id) = reference.parse::<Uuid>() {
+        return Ok(Some(id));
+    }
+    // The search matches names and sourcedIds in part; the exact sourcedId is picked out.
+    let mut request = PageRequest {
+        limit: MAX_LIMIT,
+        search: Some(reference.to_owned()),
+        ..PageRequest::default()
+    };
+    loop {
+        let rows: Vec<(Uuid, Option<String>)> = match table {
+            Table::Schools => state
+                .store
+                .schools(scope, &request)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, r.sourced_id))
+                .collect(),
+            Table::Classes => state
+                .store
+                .classes(scope, &request)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, r.sourced_id))
+                .collect(),
+            Table::Students => state
+                .store
+                .students(scope, &request)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, r.sourced_id))
+                .collect(),
+        };
+        if let Some((id, _)) = rows
+            .iter()
+            .find(|(_, sid)| sid.as_deref() == Some(reference))
+        {
+            return Ok(Some(*id));
+        }
+        match rows.last() {
+            Some((last, _)) if rows.len() == request.limit as usize => request.after = Some(*last),
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// A filter's row: its id, or the nil id (which matches nothing) when there is no such
+/// row, so that the page is empty as for an unknown id.
+async fn filter(
+    state: &AppState,
+    scope: &Scope,
+    table: Table,
+    reference: Option<&str>,
+) -> Result<Option<Uuid>, ApiError> {
+    match reference {
+        None => Ok(None),
+        Some(reference) => Ok(Some(
+            resolve(state, scope, table, reference)
+                .await?
+                .unwrap_or(Uuid::nil()),
+        )),
+    }
 }
 
 impl ListQuery {
-    fn page(&self) -> Result<PageRequest, ApiError> {
+    async fn page(&self, state: &AppState, scope: &Scope) -> Result<PageRequest, ApiError> {
         if self
             .q
             .as_ref()
@@ -53,9 +133,9 @@ impl ListQuery {
             limit: self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
             search: self.q.clone(),
             only: None,
-            school: self.school,
-            class: self.class,
-            student: self.student,
+            school: filter(state, scope, Table::Schools, self.school.as_deref()).await?,
+            class: filter(state, scope, Table::Classes, self.class.as_deref()).await?,
+            student: filter(state, scope, Table::Students, self.student.as_deref()).await?,
         })
     }
 }
@@ -87,17 +167,18 @@ macro_rules! listing {
             Caller(staff): Caller,
             Query(query): Query<ListQuery>,
         ) -> Result<impl IntoResponse, ApiError> {
-            let request = query.page()?;
-            let items = state.store.$method(&Scope::of(&staff), &request).await?;
+            let scope = Scope::of(&staff);
+            let request = query.page(&state, &scope).await?;
+            let items = state.store.$method(&scope, &request).await?;
             Ok(page(items, &request, |item| item.id))
         }
     };
 }
 
 macro_rules! single {
-    ($name:ident, $path:literal, $method:ident, $row:ty, $tag:literal) => {
+    ($name:ident, $path:literal, $method:ident, $table:expr, $row:ty, $tag:literal) => {
         #[utoipa::path(get, path = $path, tag = $tag, security(("bearer" = [])),
-            params(("id" = Uuid, Path, description = "Its id")),
+            params(("id" = String, Path, description = "Its id, or the sourcedId of the roster")),
             responses(
                 (status = 200, description = "The row", body = $row),
                 (status = 404, description = "No such row, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -105,10 +186,12 @@ macro_rules! single {
         pub async fn $name(
             State(state): State<AppState>,
             Caller(staff): Caller,
-            Path(id): Path<Uuid>,
+            Path(reference): Path<String>,
         ) -> Result<impl IntoResponse, ApiError> {
+            let scope = Scope::of(&staff);
+            let id = resolve(&state, &scope, $table, &reference).await?.ok_or(ApiError::NotFound)?;
             let request = PageRequest { limit: 1, only: Some(id), ..PageRequest::default() };
-            let mut found = state.store.$method(&Scope::of(&staff), &request).await?;
+            let mut found = state.store.$method(&scope, &request).await?;
             found.pop().map(axum::Json).ok_or(ApiError::NotFound)
         }
     };
@@ -118,6 +201,7 @@ single!(
     get_school,
     "/api/v1/schools/{id}",
     schools,
+    Table::Schools,
     tidings_core::store::SchoolView,
     "directory"
 );
@@ -125,6 +209,7 @@ single!(
     get_class,
     "/api/v1/classes/{id}",
     classes,
+    Table::Classes,
     tidings_core::store::ClassView,
     "directory"
 );
@@ -132,6 +217,7 @@ single!(
     get_student,
     "/api/v1/students/{id}",
     students,
+    Table::Students,
     tidings_core::store::StudentView,
     "directory"
 );
@@ -165,20 +251,25 @@ listing!(
     "directory"
 );
 
+/// A guardian the caller may see, named by id or sourcedId.
 async fn visible_guardian(
     state: &AppState,
     scope: &Scope,
-    id: Uuid,
+    reference: &str,
 ) -> Result<GuardianDetail, ApiError> {
+    let reference = match reference.parse::<Uuid>() {
+        Ok(id) => GuardianRef::Id(id),
+        Err(_) => GuardianRef::SourcedId(reference.to_owned()),
+    };
     state
         .store
-        .guardian_detail(scope, &GuardianRef::Id(id))
+        .guardian_detail(scope, &reference)
         .await?
         .ok_or(ApiError::NotFound)
 }
 
 /// A guardian with the students (that the caller may see), contact points and opt-outs.
-#[utoipa::path(get, path = "/api/v1/guardians/{id}", tag = "directory", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The guardian")), 
+#[utoipa::path(get, path = "/api/v1/guardians/{id}", tag = "directory", security(("bearer" = [])), params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster")), 
     responses(
         (status = 200, description = "The guardian", body = GuardianDetail),
         (status = 404, description = "No such guardian, or not one the caller may see", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -186,10 +277,10 @@ async fn visible_guardian(
 pub async fn get_guardian(
     State(state): State<AppState>,
     Caller(staff): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
 ) -> Result<axum::Json<GuardianDetail>, ApiError> {
     Ok(axum::Json(
-        visible_guardian(&state, &Scope::of(&staff), id).await?,
+        visible_guardian(&state, &Scope::of(&staff), &id).await?,
     ))
 }
 
@@ -211,7 +302,7 @@ pub struct NewContactPoint {
 }
 
 /// Adds a contact point (or reactivates it).
-#[utoipa::path(post, path = "/api/v1/guardians/{id}/contact-points", tag = "directory", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The guardian")), 
+#[utoipa::path(post, path = "/api/v1/guardians/{id}/contact-points", tag = "directory", security(("bearer" = [])), params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster")), 
     request_body = NewContactPoint,
     responses(
         (status = 201, description = "The contact point", body = tidings_core::store::ContactPointView),
@@ -220,11 +311,11 @@ pub struct NewContactPoint {
 pub async fn add_contact_point(
     State(state): State<AppState>,
     Caller(staff): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
     Json(body): Json<NewContactPoint>,
 ) -> Result<impl IntoResponse, ApiError> {
     may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
     let kind: Channel = body
         .kind
         .parse()
@@ -268,17 +359,17 @@ pub struct ContactPointChange {
 
 /// Deactivates or reactivates a contact point.
 #[utoipa::path(patch, path = "/api/v1/guardians/{id}/contact-points/{contact_point}", tag = "directory",
-    params(("id" = Uuid, Path, description = "The guardian"), ("contact_point" = Uuid, Path, description = "The contact point")),
+    params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster"), ("contact_point" = Uuid, Path, description = "The contact point")),
     security(("bearer" = [])), request_body = ContactPointChange,
     responses((status = 200, description = "The contact point", body = tidings_core::store::ContactPointView)))]
 pub async fn change_contact_point(
     State(state): State<AppState>,
     Caller(staff): Caller,
-    Path((id, contact_point)): Path<(Uuid, Uuid)>,
+    Path((id, contact_point)): Path<(String, Uuid)>,
     Json(body): Json<ContactPointChange>,
 ) -> Result<impl IntoResponse, ApiError> {
     may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
     let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
     let changed = state
         .store
@@ -312,17 +403,17 @@ pub struct NewOptOut {
 
 /// Records that the guardian asked not to be contacted on a channel (emergencies still
 /// reach them, except by SMS after a carrier STOP).
-#[utoipa::path(post, path = "/api/v1/guardians/{id}/opt-outs", tag = "directory", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The guardian")), 
+#[utoipa::path(post, path = "/api/v1/guardians/{id}/opt-outs", tag = "directory", security(("bearer" = [])), params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster")), 
     request_body = NewOptOut,
     responses((status = 201, description = "The opt-out", body = tidings_core::store::OptOutView)))]
 pub async fn add_opt_out(
     State(state): State<AppState>,
     Caller(staff): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
     Json(body): Json<NewOptOut>,
 ) -> Result<impl IntoResponse, ApiError> {
     may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
     let channel: Channel = body
         .channel
         .parse()
@@ -349,7 +440,7 @@ pub async fn add_opt_out(
 /// Revokes an opt-out. A carrier STOP cannot be revoked by staff: only the guardian's
 /// START does that (409).
 #[utoipa::path(delete, path = "/api/v1/guardians/{id}/opt-outs/{opt_out}", tag = "directory", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "The guardian"), ("opt_out" = Uuid, Path, description = "The opt-out")),
+    params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster"), ("opt_out" = Uuid, Path, description = "The opt-out")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 409, description = "A carrier STOP", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -357,10 +448,10 @@ pub async fn add_opt_out(
 pub async fn revoke_opt_out(
     State(state): State<AppState>,
     Caller(staff): Caller,
-    Path((id, opt_out)): Path<(Uuid, Uuid)>,
+    Path((id, opt_out)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), id).await?;
+    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
     let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
     let found = state
         .store

@@ -52,11 +52,16 @@ impl Server {
 
     /// Starts `command serve ARGS…`.
     pub async fn start_with(command: &mut Command, args: &[&str]) -> Server {
+        Self::start_logging_to(command, args, Stdio::inherit()).await
+    }
+
+    /// Starts `command serve ARGS…` with its log (stderr) going to `log`.
+    pub async fn start_logging_to(command: &mut Command, args: &[&str], log: Stdio) -> Server {
         let mut child = command
             .arg("serve")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawn tidings serve");
         let stdout = child.stdout.take().unwrap();
