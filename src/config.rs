@@ -48,6 +48,11 @@ pub struct Config {
     /// Country (ISO 3166 code) for roster phone numbers written without a country code.
     /// Env: `TIDINGS_DEFAULT_PHONE_REGION`.
     pub default_phone_region: String,
+    /// A roster import that would delete (soft-delete) more than this percentage of any of
+    /// the district's schools, students, guardians, staff or classes is held back unless
+    /// forced (`--force`, `force=true`); 100 turns the check off. Env:
+    /// `TIDINGS_ROSTER_MAX_DELETE_PERCENT`.
+    pub roster_max_delete_percent: u8,
     /// Partitions per lane of the delivery log; deliveries of one guardian share one.
     /// Env: `TIDINGS_LOG_PARTITIONS`.
     pub log_partitions: u32,
@@ -360,6 +365,7 @@ impl Default for Config {
             district_name: "My District".into(),
             first_admin_email: "admin@tidings.local".into(),
             default_phone_region: "US".into(),
+            roster_max_delete_percent: tidings_core::roster::DEFAULT_MAX_DELETE_PERCENT,
             log_partitions: tidings_core::log::DEFAULT_PARTITIONS,
             sandbox: false,
             sandbox_faults: tidings_sandbox::Faults::default(),

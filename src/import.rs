@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tidings_core::roster::{self, Bundle, ImportOptions, ImportReport};
+use tidings_core::roster::{self, Bundle, ImportError, ImportOptions, ImportReport};
 use tidings_core::store::Store;
 use tidings_core::{DistrictId, ImportId};
 
@@ -38,7 +38,8 @@ pub async fn choose_district(
     }
 }
 
-/// Imports a bundle from the command line, recording the run in the import history.
+/// Imports a bundle from the command line, recording the run in the import history (a
+/// dry run has no id).
 pub async fn run_import(
     store: &dyn Store,
     district: DistrictId,
@@ -46,7 +47,7 @@ pub async fn run_import(
     source_name: &str,
     options: &ImportOptions,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> anyhow::Result<(ImportId, ImportReport)> {
+) -> anyhow::Result<(Option<ImportId>, ImportReport)> {
     roster::import_recorded(
         store,
         district,
@@ -60,11 +61,21 @@ pub async fn run_import(
     .context("the import was rolled back; the directory is as it was")
 }
 
+/// How `tidings import oneroster` was asked to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Run {
+    /// `--dry-run`: import, report, roll back.
+    pub dry_run: bool,
+    /// `--force`: go ahead whatever the import deletes.
+    pub force: bool,
+}
+
 /// `tidings import oneroster PATH`.
 pub async fn oneroster(
     config: &Config,
     path: &Path,
     district: Option<DistrictId>,
+    run: Run,
 ) -> anyhow::Result<()> {
     let store = open_store(config, config.migrate_on_start).await?;
     crate::commands::bootstrap(config, store.as_ref()).await?;
@@ -72,6 +83,9 @@ pub async fn oneroster(
     let bundle = Bundle::open(path)?;
     let options = ImportOptions {
         default_region: config.default_phone_region.clone(),
+        max_delete_percent: Some(config.roster_max_delete_percent),
+        force: run.force,
+        dry_run: run.dry_run,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
@@ -85,9 +99,10 @@ pub async fn oneroster(
         let bar = bar.clone();
         move |rows: u64| bar.set_position(rows)
     };
-    let result = run_import(
+    let result = roster::import_recorded(
         store.as_ref(),
         district,
+        None,
         &bundle,
         &path.display().to_string(),
         &options,
@@ -95,7 +110,50 @@ pub async fn oneroster(
     )
     .await;
     bar.finish_and_clear();
-    let (id, report) = result?;
+    let (id, report) = match result {
+        Ok(done) => done,
+        Err(ImportError::HeldBack { over, report }) => {
+            print_report(&report);
+            bail!(
+                "import held back, nothing was changed: {over}. Check the export; if these \
+                 deletions are right, run the import again with --force \
+                 (--dry-run shows what an import would do)"
+            );
+        }
+        Err(error) => {
+            return Err(anyhow::Error::new(error)
+                .context("the import was rolled back; the directory is as it was"))
+        }
+    };
+    print_report(&report);
+    match (id, &report.over_delete_limit) {
+        (None, Some(over)) => println!(
+            "dry run, nothing was changed: {} rejected rows, {} warnings; without --force \
+             this import would be held back: {over}",
+            report.rejected.len(),
+            report.warnings.len()
+        ),
+        (None, None) => println!(
+            "dry run, nothing was changed: {} rejected rows, {} warnings",
+            report.rejected.len(),
+            report.warnings.len()
+        ),
+        (Some(id), over) => {
+            if let Some(over) = over {
+                println!("forced: {over}");
+            }
+            println!(
+                "import {id}: {} rejected rows, {} warnings",
+                report.rejected.len(),
+                report.warnings.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The report's table and its first problems, on standard output.
+fn print_report(report: &ImportReport) {
     print!("{}", report.summary_table());
     for problem in report.rejected.iter().take(PRINTED) {
         println!(
@@ -126,12 +184,6 @@ pub async fn oneroster(
             listed - PRINTED
         );
     }
-    println!(
-        "import {id}: {} rejected rows, {} warnings",
-        report.rejected.len(),
-        report.warnings.len()
-    );
-    Ok(())
 }
 
 /// The demo district of `demo/`, compiled into the binary so that `serve --demo` works

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{demo_zip_with, one_line_error, tidings, Server};
+use support::{demo_zip, demo_zip_with, one_line_error, tidings, District, Server};
 use tidings_core::testing::TestDatabase;
 
 /// `tidings import oneroster PATH`: its stdout, after checking it succeeded.
@@ -45,7 +45,7 @@ async fn a_zip_with_a_bad_row_imports_the_rest_and_names_the_row() {
     let cells: Vec<&str> = students.split_whitespace().collect();
     assert_eq!(
         cells,
-        ["students", "299", "0", "0", "0", "1", "0"],
+        ["students", "299", "0", "0", "0", "1", "0", "0"],
         "{stdout}"
     );
     let rejected: Vec<&str> = stdout
@@ -69,7 +69,7 @@ async fn a_zip_with_a_bad_row_imports_the_rest_and_names_the_row() {
     let students = stdout.lines().find(|l| l.starts_with("students")).unwrap();
     assert_eq!(
         students.split_whitespace().collect::<Vec<_>>(),
-        ["students", "0", "0", "0", "299", "1", "0"]
+        ["students", "0", "0", "0", "299", "1", "0", "0"]
     );
 }
 
@@ -200,4 +200,197 @@ async fn the_benchmarks_print_their_figures_as_json() {
         before,
         "the scratch database is dropped"
     );
+}
+
+/// The demo bundle zipped, with `users.csv` replaced by `users`.
+fn demo_zip_with_users(users: &str) -> Vec<u8> {
+    use std::io::Write;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/demo");
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let body = if name == "users.csv" {
+            users.to_owned()
+        } else {
+            std::fs::read_to_string(entry.path()).unwrap()
+        };
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(body.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+/// What a failed SIS export looks like: users.csv with its header and no rows.
+fn header_only_users_zip() -> Vec<u8> {
+    let users = include_str!("../demo/users.csv");
+    demo_zip_with_users(&format!("{}\n", users.lines().next().unwrap()))
+}
+
+#[tokio::test]
+async fn a_header_only_users_export_is_held_back_until_forced() {
+    let db = TestDatabase::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.zip");
+    std::fs::write(&good, demo_zip()).unwrap();
+    import(&db, &good).await;
+    let store = db.store().await;
+    let district = store.districts().await.unwrap()[0].id;
+    let before = store.directory_counts(district).await.unwrap();
+    assert_eq!((before.students, before.guardians), (300, 297));
+
+    let bad = dir.path().join("bad.zip");
+    std::fs::write(&bad, header_only_users_zip()).unwrap();
+    let run = |args: &'static [&'static str]| {
+        let bad = bad.clone();
+        let url = db.url.clone();
+        async move {
+            tidings(&url)
+                .args(["import", "oneroster"])
+                .arg(&bad)
+                .args(args)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let held = run(&[]).await;
+    let stderr = one_line_error(&held);
+    assert!(
+        stderr.contains("import held back, nothing was changed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("300 of 300 students, 297 of 297 guardians, 14 of 15 staff"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("more than 10%"), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(store.directory_counts(district).await.unwrap(), before);
+
+    // A dry run says what would happen, succeeds, and changes nothing.
+    let dry = run(&["--dry-run"]).await;
+    let stdout = String::from_utf8(dry.stdout).unwrap();
+    assert!(dry.status.success(), "{stdout}");
+    let students = stdout.lines().find(|l| l.starts_with("students")).unwrap();
+    assert_eq!(
+        students.split_whitespace().collect::<Vec<_>>(),
+        ["students", "0", "0", "300", "0", "0", "0", "0"],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dry run, nothing was changed")
+            && stdout.contains("without --force this import would be held back"),
+        "{stdout}"
+    );
+    assert_eq!(store.directory_counts(district).await.unwrap(), before);
+
+    let forced = run(&["--force"]).await;
+    let stdout = String::from_utf8(forced.stdout).unwrap();
+    assert!(forced.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("forced: it would delete 300 of 300 students"),
+        "{stdout}"
+    );
+    assert_eq!(store.directory_counts(district).await.unwrap().students, 0);
+    let audit: Vec<String> = store
+        .audit_entries(district, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{} forced={}", e.action, e.detail["forced"]))
+        .collect();
+    assert_eq!(
+        &audit[..3],
+        [
+            "roster.import forced=true",
+            "roster.import.dry_run forced=null",
+            "roster.import.held_back forced=null"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_api_holds_back_a_wiping_upload_and_takes_force_and_dry_run() {
+    let api = District::with_demo(TestDatabase::sqlite()).await;
+    let upload = |query: &'static str, zip: Vec<u8>| {
+        api.client
+            .post(api.server.url(&format!("/api/v1/imports/oneroster{query}")))
+            .bearer_auth(&api.admin)
+            .header("content-type", "application/zip")
+            .body(zip)
+            .send()
+    };
+    let held = upload("", header_only_users_zip()).await.unwrap();
+    assert_eq!(held.status(), reqwest::StatusCode::CONFLICT);
+    assert_eq!(held.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = held.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/import-held-back");
+    assert_eq!(
+        problem["over_delete_limit"]["entities"][0],
+        serde_json::json!({"entity": "students", "before": 300, "deleted": 300})
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("force=true"),
+        "{problem}"
+    );
+
+    let dry = upload("?dry_run=true", header_only_users_zip())
+        .await
+        .unwrap();
+    assert_eq!(dry.status(), reqwest::StatusCode::OK);
+    let dry: serde_json::Value = dry.json().await.unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["report"]["entities"]["guardians"]["deleted"], 297);
+    assert_eq!(dry["report"]["over_delete_limit"]["max_delete_percent"], 10);
+    let (_, guardians) = api.get("/api/v1/guardians?limit=1", &api.admin).await;
+    assert_eq!(
+        guardians["items"].as_array().unwrap().len(),
+        1,
+        "nothing deleted"
+    );
+
+    let forced = upload("?force=true", header_only_users_zip())
+        .await
+        .unwrap();
+    assert_eq!(forced.status(), reqwest::StatusCode::CREATED);
+    let forced: serde_json::Value = forced.json().await.unwrap();
+    assert_eq!(forced["report"]["forced"], true);
+    assert_eq!(forced["report"]["entities"]["students"]["deleted"], 300);
+}
+
+/// A 400 MB field zips to about 400 KB: refused while unpacking, with the file and line,
+/// and a normal bundle still imports afterwards.
+#[tokio::test]
+async fn an_upload_that_unpacks_to_a_huge_field_is_refused_with_its_file_and_line() {
+    let api = District::start(TestDatabase::sqlite()).await;
+    let users = include_str!("../demo/users.csv");
+    let mut lines = users.lines();
+    let mut bomb = format!("{}\n{}\n", lines.next().unwrap(), lines.next().unwrap());
+    bomb.push_str("student-bomb,active,2026-08-01T00:00:00Z,true,school-0,student,,,");
+    bomb.push_str(&"A".repeat(40 * 1024 * 1024));
+    bomb.push_str(",Bomb,,,,,,,03,\n");
+    let zip = demo_zip_with_users(&bomb);
+    assert!(zip.len() < 200 * 1024, "{} bytes", zip.len());
+    let post = |zip: Vec<u8>| {
+        api.client
+            .post(api.server.url("/api/v1/imports/oneroster"))
+            .bearer_auth(&api.admin)
+            .header("content-type", "application/zip")
+            .body(zip)
+            .send()
+    };
+    let refused = post(zip).await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/invalid-roster");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("users.csv line 3: unpacks to more than 100 times its compressed size"),
+        "{detail}"
+    );
+
+    let imported = post(demo_zip()).await.unwrap();
+    assert_eq!(imported.status(), reqwest::StatusCode::CREATED);
 }

@@ -58,6 +58,10 @@ pub enum ApiError {
     /// returned: it may name tables, hosts or data.
     #[error("internal error")]
     Internal(#[source] StoreError),
+    /// A roster import that would delete more of the directory than allowed: nothing
+    /// changed. The problem lists the counts (`over_delete_limit`).
+    #[error("the roster import was held back and nothing was changed: {0}; if the export is right, send it again with force=true")]
+    ImportHeldBack(Box<tidings_core::roster::OverLimit>),
 }
 
 impl From<StoreError> for ApiError {
@@ -191,6 +195,11 @@ impl ApiError {
                 "/problems/internal",
                 "Internal error",
             ),
+            ApiError::ImportHeldBack(_) => (
+                StatusCode::CONFLICT,
+                "/problems/import-held-back",
+                "Roster import held back",
+            ),
         }
     }
 }
@@ -209,7 +218,12 @@ impl ApiError {
             status: status.as_u16(),
             detail,
         };
-        serde_json::to_vec(&problem).unwrap_or_default()
+        let mut body = serde_json::to_value(&problem).unwrap_or_default();
+        // An extension member (RFC 9457 §3.2): what the import would have deleted.
+        if let ApiError::ImportHeldBack(over) = self {
+            body["over_delete_limit"] = serde_json::to_value(over).unwrap_or_default();
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 }
 

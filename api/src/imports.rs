@@ -1,16 +1,19 @@
 //! Roster imports over HTTP: a district administrator uploads the SIS's OneRoster zip,
-//! and the import's report is kept and can be read back.
+//! and the import's report is kept and can be read back. An upload that would delete more
+//! of the directory than allowed is held back (409) unless forced; a dry run reports what
+//! the import would do and changes nothing.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use tidings_core::roster::{self, Bundle, ImportError, ImportOptions};
 use tidings_core::store::ImportRecord;
 use tidings_core::{ImportId, Role};
 use uuid::Uuid;
 
-use crate::extract::Path;
+use crate::extract::{Path, Query};
 use crate::{ApiError, AppState, Caller};
 
 /// Largest roster zip accepted: a 100,000-student district exports about 40 MB.
@@ -47,20 +50,46 @@ async fn zip_of(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
     Err(ApiError::InvalidBody("the form has no `file` field".into()))
 }
 
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// Go ahead even if the import deletes more than 10 % of the district's schools,
+    /// students, guardians, staff or classes (otherwise it is held back: 409).
+    #[serde(default)]
+    pub force: bool,
+    /// Do the whole import, answer with its report (200), and roll it back.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an import would do; nothing was changed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DryRun {
+    /// Always true.
+    pub dry_run: bool,
+    /// The report the import would have: counts per entity, rejected rows, warnings, and
+    /// `over_delete_limit` when it would be held back.
+    #[schema(value_type = Object)]
+    pub report: roster::ImportReport,
+}
+
 /// Imports a OneRoster 1.1 CSV bundle (zip) into the caller's district, in one
 /// transaction, and answers with the import's report. District administrators only.
-#[utoipa::path(post, path = "/api/v1/imports/oneroster", tag = "imports", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/imports/oneroster", tag = "imports", security(("bearer" = [])), params(ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/zip", description = "The bundle, or a multipart form with a `file` field"),
     responses(
         (status = 201, description = "Imported; the report lists every rejected row", body = tidings_core::store::ImportRecord),
+        (status = 200, description = "A dry run: what the import would do; nothing changed", body = DryRun),
         (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Held back: the import would delete more of the directory than allowed (`over_delete_limit` lists the counts); nothing changed; send it again with `force=true` if that is right", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a bundle, or the bundle cannot be imported; nothing changed", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn import_oneroster(
     State(state): State<AppState>,
     Caller(staff): Caller,
+    Query(query): Query<ImportQuery>,
     request: Request,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     if staff.role != Role::DistrictAdmin {
         return Err(ApiError::Forbidden);
     }
@@ -69,6 +98,9 @@ pub async fn import_oneroster(
         .map_err(|e| ApiError::InvalidRoster(e.to_string()))?;
     let options = ImportOptions {
         default_region: state.default_phone_region.clone(),
+        max_delete_percent: Some(roster::DEFAULT_MAX_DELETE_PERCENT),
+        force: query.force,
+        dry_run: query.dry_run,
     };
     let result = roster::import_recorded(
         state.store.as_ref(),
@@ -81,8 +113,18 @@ pub async fn import_oneroster(
     )
     .await;
     let id = match result {
-        Ok((id, _)) => id,
+        Ok((Some(id), _)) => id,
+        Ok((None, report)) => {
+            let dry_run = DryRun {
+                dry_run: true,
+                report,
+            };
+            return Ok((StatusCode::OK, axum::Json(dry_run)).into_response());
+        }
         Err(ImportError::Store(error)) => return Err(ApiError::Internal(error)),
+        Err(ImportError::HeldBack { over, .. }) => {
+            return Err(ApiError::ImportHeldBack(Box::new(over)))
+        }
         Err(other) => return Err(ApiError::InvalidRoster(other.to_string())),
     };
     let record = state
@@ -90,11 +132,11 @@ pub async fn import_oneroster(
         .import_record(staff.district_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok((StatusCode::CREATED, axum::Json(record)))
+    Ok((StatusCode::CREATED, axum::Json(record)).into_response())
 }
 
 /// One import of the caller's district: status, report or error.
-#[utoipa::path(get, path = "/api/v1/imports/{id}", tag = "imports", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/imports/{id}", tag = "imports", security(("bearer" = [])), params(("id" = Uuid, Path, description = "The import")),
     responses(
         (status = 200, description = "The import", body = tidings_core::store::ImportRecord),
         (status = 404, description = "No such import in the caller's district", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -112,5 +154,10 @@ pub async fn get_import(
         .import_record(staff.district_id, ImportId::from_uuid(id))
         .await?
         .ok_or(ApiError::NotFound)?;
+    // A report names the whole district's rows: a school administrator reads only the
+    // reports of imports they made.
+    if staff.role == Role::SchoolAdmin && record.staff_id != Some(staff.id) {
+        return Err(ApiError::NotFound);
+    }
     Ok(axum::Json(record))
 }

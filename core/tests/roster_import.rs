@@ -20,6 +20,11 @@ tidings_core::on_both_stores! {
     each_role_sees_only_its_part_of_the_directory,
     staff_edit_contact_points_and_opt_outs_but_not_a_carrier_stop,
     audiences_resolve_to_each_guardian_once_within_the_senders_scope,
+    a_header_only_users_file_is_held_back_and_audited_until_forced,
+    a_dry_run_reports_what_it_would_do_and_changes_nothing,
+    a_first_import_is_never_held_back_and_counts_tobedeleted_rows_it_never_had_as_skipped,
+    a_demographics_row_naming_an_unknown_user_is_reported,
+    a_field_or_row_too_long_is_rejected_with_its_line_and_deletes_nothing,
 }
 
 const MANIFEST: &str = "propertyName,value
@@ -157,7 +162,46 @@ fn counts(
         unchanged,
         rejected,
         ignored,
+        skipped: 0,
     }
+}
+
+/// The options of the CLI and the API: the default 10 % limit on deletions.
+fn guarded(force: bool, dry_run: bool) -> ImportOptions {
+    ImportOptions {
+        max_delete_percent: Some(roster::DEFAULT_MAX_DELETE_PERCENT),
+        force,
+        dry_run,
+        ..ImportOptions::default()
+    }
+}
+
+/// [`import_dir`] through the recorded import (history and audit log), as the CLI and API do.
+async fn import_recorded(
+    store: &dyn Store,
+    district: DistrictId,
+    files: &[(&str, String)],
+    options: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
+    let dir = tempfile::tempdir().unwrap();
+    write_dir(dir.path(), files);
+    let bundle = Bundle::open(dir.path()).unwrap();
+    roster::import_recorded(store, district, None, &bundle, "test", options, &|_| {})
+        .await
+        .map(|(_, report)| report)
+}
+
+async fn audit_actions(
+    store: &dyn Store,
+    district: DistrictId,
+) -> Vec<(String, serde_json::Value)> {
+    store
+        .audit_entries(district, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.detail))
+        .collect()
 }
 
 async fn guardian(store: &dyn Store, district: DistrictId, sourced_id: &str) -> GuardianDetail {
@@ -844,4 +888,285 @@ async fn audiences_resolve_to_each_guardian_once_within_the_senders_scope(store:
         .map(|c| c.kind.as_str())
         .collect();
     assert_eq!(kinds, ["email", "sms"]);
+}
+
+/// A failed SIS export: users.csv with its header and no rows. Imported, it would
+/// soft-delete every student, guardian and staff member.
+async fn a_header_only_users_file_is_held_back_and_audited_until_forced(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_recorded(
+        store.as_ref(),
+        district,
+        &files(USERS_ROWS),
+        &guarded(false, false),
+    )
+    .await
+    .unwrap();
+    let before = store.directory_counts(district).await.unwrap();
+    assert_eq!((before.students, before.guardians), (3, 4));
+
+    let empty = files("");
+    let held = import_recorded(store.as_ref(), district, &empty, &guarded(false, false)).await;
+    let Err(ImportError::HeldBack { over, report }) = held else {
+        panic!("held back, not {held:?}");
+    };
+    let counts: Vec<(&str, u64, u64)> = over
+        .entities
+        .iter()
+        .map(|d| (d.entity, d.deleted, d.before))
+        .collect();
+    assert_eq!(
+        counts,
+        [("students", 3, 3), ("guardians", 4, 4), ("staff", 2, 3)],
+        "the district administrator is live staff, and never deleted"
+    );
+    assert_eq!(over.max_delete_percent, 10);
+    assert_eq!(
+        report.entities["students"].deleted, 3,
+        "the report says what it would do"
+    );
+    let message = ImportError::HeldBack { over, report }.to_string();
+    assert!(message.contains("3 of 3 students"), "{message}");
+    assert!(message.contains("force"), "{message}");
+    assert_eq!(
+        store.directory_counts(district).await.unwrap(),
+        before,
+        "nothing changed"
+    );
+    let audit = audit_actions(store.as_ref(), district).await;
+    let (action, detail) = &audit[0];
+    assert_eq!(action, "roster.import.held_back");
+    assert_eq!(detail["over_delete_limit"]["entities"][0]["deleted"], 3);
+
+    // Forced, it goes ahead, and says so.
+    let forced = import_recorded(store.as_ref(), district, &empty, &guarded(true, false))
+        .await
+        .unwrap();
+    assert!(forced.forced);
+    assert_eq!(forced.entities["students"].deleted, 3);
+    assert!(forced.over_delete_limit.is_some());
+    assert_eq!(store.directory_counts(district).await.unwrap().students, 0);
+    let audit = audit_actions(store.as_ref(), district).await;
+    let (action, detail) = &audit[0];
+    assert_eq!(action, "roster.import");
+    assert_eq!(detail["forced"], true);
+    assert_eq!(
+        detail["over_delete_limit"]["entities"][0]["entity"],
+        "students"
+    );
+}
+
+async fn a_dry_run_reports_what_it_would_do_and_changes_nothing(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    let first = import_recorded(
+        store.as_ref(),
+        district,
+        &files(USERS_ROWS),
+        &guarded(false, true),
+    )
+    .await
+    .unwrap();
+    assert!(first.dry_run);
+    assert_eq!(first.entities["students"], counts(3, 0, 0, 0, 1, 0));
+    assert_eq!(first.rejected.len(), 7, "{:?}", first.rejected);
+    let empty = store.directory_counts(district).await.unwrap();
+    assert_eq!((empty.schools, empty.students, empty.guardians), (0, 0, 0));
+
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let before = store.directory_counts(district).await.unwrap();
+    // A dry run of the header-only export says it would be held back, and changes nothing.
+    let dry = import_recorded(store.as_ref(), district, &files(""), &guarded(false, true))
+        .await
+        .unwrap();
+    assert_eq!(dry.entities["students"].deleted, 3);
+    let over = dry.over_delete_limit.expect("would be held back");
+    assert_eq!(over.entities[0].entity, "students");
+    assert_eq!(store.directory_counts(district).await.unwrap(), before);
+    let audit = audit_actions(store.as_ref(), district).await;
+    assert_eq!(audit[0].0, "roster.import.dry_run");
+    // The import still works after a rolled-back one, and finds nothing to do.
+    let again = import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    assert_eq!(again.entities["students"].unchanged, 3);
+}
+
+async fn a_first_import_is_never_held_back_and_counts_tobedeleted_rows_it_never_had_as_skipped(
+    store: Arc<dyn Store>,
+) {
+    let district = district(store.as_ref()).await;
+    // An SIS that lists the year's leavers as tobedeleted, imported into an empty district.
+    let users = format!(
+        "{USERS_ROWS}gone1,tobedeleted,2026-08-01T00:00:00Z,true,sch1,student,,,Old,Leaver,,,,,,,05,
+gone2,tobedeleted,2026-08-01T00:00:00Z,true,sch1,parent,,,Old,Parent,,,,,,,,
+"
+    );
+    let mut bundle = files(&users);
+    bundle[1].1 = format!("{ORGS}sch9,tobedeleted,2026-08-01T00:00:00Z,Closed,school,109,d1\r\n");
+    let report = import_recorded(store.as_ref(), district, &bundle, &guarded(false, false))
+        .await
+        .unwrap();
+    let skipped = |entity: &str| {
+        let c = &report.entities[entity];
+        (c.deleted, c.unchanged, c.skipped)
+    };
+    assert_eq!(
+        skipped("students"),
+        (0, 0, 1),
+        "never stored, so not unchanged"
+    );
+    assert_eq!(skipped("guardians"), (0, 0, 1));
+    assert_eq!(skipped("schools"), (0, 0, 1));
+    assert!(report.over_delete_limit.is_none());
+}
+
+async fn a_demographics_row_naming_an_unknown_user_is_reported(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    let mut bundle = files(USERS_ROWS);
+    bundle[7].1 = format!(
+        "{DEMOGRAPHICS}nobody,active,2026-08-01T00:00:00Z,2018-01-01,male\np1,active,2026-08-01T00:00:00Z,1980-01-01,female\n"
+    );
+    let report = import_dir(store.as_ref(), district, &bundle).await.unwrap();
+    let demographics: Vec<(&str, u64, Option<&str>)> = report
+        .rejected
+        .iter()
+        .filter(|r| r.file == "demographics.csv")
+        .map(|r| (r.file, r.line, r.sourced_id.as_deref()))
+        .collect();
+    assert_eq!(demographics, [("demographics.csv", 3, Some("nobody"))]);
+    let c = &report.entities["demographics"];
+    assert_eq!((c.rejected, c.ignored), (1, 2), "checked, and not kept");
+}
+
+/// A generated value of `n` bytes that deflate cannot shrink much.
+fn noise(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+async fn a_field_or_row_too_long_is_rejected_with_its_line_and_deletes_nothing(
+    store: Arc<dyn Store>,
+) {
+    use tidings_core::roster::oneroster::{MAX_FIELD_BYTES, MAX_RECORD_BYTES};
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let before = store.directory_counts(district).await.unwrap();
+
+    // A given name over the field limit: that row is rejected, the rest go in.
+    let long_name = noise(MAX_FIELD_BYTES + 1);
+    let users = USERS_ROWS.replacen("Ben,Lee", &format!("{long_name},Lee"), 1);
+    let report = import_dir(store.as_ref(), district, &files(&users))
+        .await
+        .unwrap();
+    let problem = report
+        .rejected
+        .iter()
+        .find(|r| r.file == "users.csv" && r.line == 3)
+        .expect("stu2's row rejected");
+    assert!(
+        problem
+            .reason
+            .contains("\"givenName\" is longer than 64 KiB"),
+        "{problem:?}"
+    );
+    assert_eq!(
+        report.entities["students"].deleted, 0,
+        "a row not read whole deletes no one"
+    );
+
+    // A row over the record limit (as a field of hundreds of megabytes would be): the
+    // file stops there, with its line, and deletes nothing.
+    let huge = noise(MAX_RECORD_BYTES as usize + 10);
+    let users = USERS_ROWS.replacen("Maria,Lee", &format!("Maria,\"{huge}\""), 1);
+    let report = import_dir(store.as_ref(), district, &files(&users))
+        .await
+        .unwrap();
+    let problem = report
+        .rejected
+        .iter()
+        .find(|r| r.file == "users.csv" && r.line == 6)
+        .unwrap_or_else(|| panic!("p1's row rejected: {:?}", report.rejected));
+    assert!(
+        problem.reason.contains("longer than 1024 KiB"),
+        "{problem:?}"
+    );
+    assert_eq!(
+        report.rows_read["users.csv"], 4,
+        "three students, then the row too long: {report:?}"
+    );
+    let after = store.directory_counts(district).await.unwrap();
+    assert_eq!(
+        (after.students, after.guardians, after.staff),
+        (before.students, before.guardians, before.staff),
+        "a file not read to its end deletes nothing"
+    );
+}
+
+/// A zip bomb: one field of tens of megabytes of the same byte, a few kilobytes zipped.
+/// It is refused while unpacking, naming the file and line, and never unpacked whole.
+#[test]
+fn a_zip_that_unpacks_too_far_is_refused_with_its_file_and_line() {
+    let mut users = format!("{USERS_HEADER}{}", USERS_ROWS.lines().next().unwrap());
+    users.push('\n');
+    users.push_str("stu9,active,2026-08-01T00:00:00Z,true,sch1,student,,,");
+    users.push_str(&"A".repeat(20 * 1024 * 1024));
+    users.push_str(",Lee,,,,,,,03,\n");
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, body) in files("") {
+        let body = if name == "users.csv" {
+            users.clone()
+        } else {
+            body
+        };
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(body.as_bytes()).unwrap();
+    }
+    let bytes = zip.finish().unwrap().into_inner();
+    assert!(bytes.len() < 100 * 1024, "{} bytes zipped", bytes.len());
+    let error = Bundle::from_zip(std::io::Cursor::new(bytes))
+        .err()
+        .expect("refused");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("users.csv line 3: unpacks to more than 100 times its compressed size"),
+        "{message}"
+    );
+
+    // Each limit holds on its own, whatever the headers declare.
+    let normal = |limits: &tidings_core::roster::ZipLimits| {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, body) in files(USERS_ROWS) {
+            zip.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zip.write_all(body.as_bytes()).unwrap();
+        }
+        let bytes = zip.finish().unwrap().into_inner();
+        Bundle::from_zip_limited(std::io::Cursor::new(bytes), limits).map(|_| ())
+    };
+    let defaults = tidings_core::roster::ZipLimits::default();
+    assert!(normal(&defaults).is_ok(), "a normal bundle unpacks");
+    let small_entries = tidings_core::roster::ZipLimits {
+        entry_bytes: 1000,
+        ..defaults
+    };
+    let message = normal(&small_entries).err().unwrap().to_string();
+    assert!(message.contains("more than 1000 bytes"), "{message}");
+    let small_total = tidings_core::roster::ZipLimits {
+        total_bytes: 2000,
+        ..defaults
+    };
+    let message = normal(&small_total).err().unwrap().to_string();
+    assert!(message.contains("for the whole bundle"), "{message}");
 }

@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use bundle::Bundle;
-pub use report::{EntityCounts, ImportReport, RowProblem};
+pub use bundle::{Bundle, ZipLimits};
+pub use report::{Deletions, EntityCounts, ImportReport, OverLimit, RowProblem};
 
 use crate::store::roster::{
     contact_key, link_key, ClassRow, EnrollmentRow, ExistingRow, GuardianLink, GuardianRow,
@@ -39,7 +39,9 @@ use crate::{Channel, DistrictId, EmailAddress, PhoneNumber, Role};
 use oneroster::{list, status, CsvFile, Mode, Record, Status};
 
 /// Imports a bundle and keeps the run in the import history — its report, or the error
-/// that rolled it back — and in the audit log.
+/// that rolled it back — and in the audit log. A held-back import is audited with what
+/// it would have deleted; a forced one says so. A dry run changes nothing and is not in
+/// the import history (there is nothing to look back at), but it is audited, with no id.
 pub async fn import_recorded(
     store: &dyn crate::store::Store,
     district: DistrictId,
@@ -48,8 +50,27 @@ pub async fn import_recorded(
     source_name: &str,
     options: &ImportOptions,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<(crate::ImportId, ImportReport), ImportError> {
+) -> Result<(Option<crate::ImportId>, ImportReport), ImportError> {
     use crate::delivery::Actor;
+    let actor = staff.map_or_else(|| Actor::system("cli"), Actor::staff);
+    let audit = |action: &'static str, detail: serde_json::Value| {
+        let actor = actor.clone();
+        async move {
+            store
+                .audit(district, &actor, action, detail, crate::time::now())
+                .await
+        }
+    };
+    if options.dry_run {
+        let report = import(store, district, bundle, options, progress).await?;
+        let detail = serde_json::json!({
+            "source": source_name,
+            "entities": report.entities,
+            "over_delete_limit": report.over_delete_limit,
+        });
+        audit("roster.import.dry_run", detail).await?;
+        return Ok((None, report));
+    }
     let id = crate::ImportId::new();
     let record = crate::store::NewImport {
         id,
@@ -65,24 +86,30 @@ pub async fn import_recorded(
             store
                 .finish_import(id, Ok(&json), crate::time::now())
                 .await?;
-            let actor = staff.map_or_else(|| Actor::system("cli"), Actor::staff);
-            let detail = serde_json::json!({ "import_id": id, "source": source_name, "entities": json["entities"] });
-            store
-                .audit(
-                    district,
-                    &actor,
-                    "roster.import",
-                    detail,
-                    crate::time::now(),
-                )
-                .await?;
-            Ok((id, report))
+            let detail = serde_json::json!({
+                "import_id": id,
+                "source": source_name,
+                "entities": json["entities"],
+                "forced": options.force,
+                "over_delete_limit": report.over_delete_limit,
+            });
+            audit("roster.import", detail).await?;
+            Ok((Some(id), report))
         }
         Err(error) => {
             let message = crate::store::error_chain(&error);
             store
                 .finish_import(id, Err(&message), crate::time::now())
                 .await?;
+            if let ImportError::HeldBack { over, report } = &error {
+                let detail = serde_json::json!({
+                    "import_id": id,
+                    "source": source_name,
+                    "over_delete_limit": over,
+                    "entities": report.entities,
+                });
+                audit("roster.import.held_back", detail).await?;
+            }
             Err(error)
         }
     }
@@ -93,6 +120,13 @@ const BATCH: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// The import would delete more of the directory than the limit allows, and was not
+    /// forced: nothing was changed. The report says what it would have done.
+    #[error("import held back, nothing was changed: {over}; if the export is right, import it again forced (CLI: --force, API: force=true)")]
+    HeldBack {
+        over: OverLimit,
+        report: Box<ImportReport>,
+    },
     #[error("{0}")]
     Bundle(String),
     #[error("manifest.csv: {0}")]
@@ -105,16 +139,44 @@ pub enum ImportError {
     Store(#[from] StoreError),
 }
 
+/// The share of any kind of row (schools, students, guardians, staff, classes) an import
+/// may delete without being forced, unless configured otherwise.
+pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 10;
+
+/// The kinds of row whose deletion can hold an import back (enrollments and links follow
+/// from them).
+const GUARDED: [(&str, RosterTable); 5] = [
+    ("schools", RosterTable::Schools),
+    ("students", RosterTable::Students),
+    ("guardians", RosterTable::Guardians),
+    ("staff", RosterTable::Staff),
+    ("classes", RosterTable::Classes),
+];
+
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// Region for phone numbers written without a country code (ISO 3166, e.g. "US").
     pub default_region: String,
+    /// Hold the import back (roll it back and fail with [`ImportError::HeldBack`]) when it
+    /// would delete more than this percentage of the live rows of any kind that existed
+    /// before it; kinds with no live rows before (a first import) never hold it back.
+    /// `None`: no limit. The CLI and the API pass the configured limit (by default
+    /// [`DEFAULT_MAX_DELETE_PERCENT`]); the library default sets none, for tests and
+    /// benchmarks that replace whole synthetic rosters.
+    pub max_delete_percent: Option<u8>,
+    /// Go ahead whatever the import deletes (it is reported and audited as forced).
+    pub force: bool,
+    /// Do the whole import in its transaction, report it, and roll it back.
+    pub dry_run: bool,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
         Self {
             default_region: "US".into(),
+            max_delete_percent: None,
+            force: false,
+            dry_run: false,
         }
     }
 }
@@ -150,7 +212,13 @@ pub async fn import(
         modes.insert(*name, mode);
     }
 
-    let writer = store.begin_roster_import(district).await?;
+    let mut writer = store.begin_roster_import(district).await?;
+    let mut before = HashMap::new();
+    if options.max_delete_percent.is_some() {
+        for (entity, table) in GUARDED {
+            before.insert(entity, writer.live_count(table).await?);
+        }
+    }
     let mut run = Run {
         writer,
         district: *district.as_uuid(),
@@ -175,15 +243,59 @@ pub async fn import(
     if modes["enrollments.csv"] != Mode::Absent {
         run.enrollments(bundle).await?;
     }
-    for name in ["academicSessions.csv", "courses.csv", "demographics.csv"] {
+    for name in ["academicSessions.csv", "courses.csv"] {
         if modes[name] != Mode::Absent {
             run.count_only(bundle, name).await?;
         }
     }
+    if modes["demographics.csv"] != Mode::Absent {
+        run.demographics(bundle).await?;
+    }
     run.delete_missing(&modes).await?;
-    let Run { writer, report, .. } = run;
-    writer.commit().await?;
+    let Run {
+        writer, mut report, ..
+    } = run;
+    report.dry_run = options.dry_run;
+    report.forced = options.force;
+    report.over_delete_limit = options
+        .max_delete_percent
+        .and_then(|max| over_limit(&report, &before, max));
+    match (&report.over_delete_limit, options.force, options.dry_run) {
+        (_, _, true) => writer.rollback().await?,
+        (Some(over), false, false) => {
+            writer.rollback().await?;
+            return Err(ImportError::HeldBack {
+                over: over.clone(),
+                report: Box::new(report),
+            });
+        }
+        _ => writer.commit().await?,
+    }
     Ok(report)
+}
+
+/// The kinds of row `report` deletes more of than `max_percent` of what was live before.
+fn over_limit(
+    report: &ImportReport,
+    before: &HashMap<&'static str, u64>,
+    max_percent: u8,
+) -> Option<OverLimit> {
+    let entities: Vec<Deletions> = GUARDED
+        .iter()
+        .filter_map(|(entity, _)| {
+            let before = before.get(entity).copied().unwrap_or(0);
+            let deleted = report.entities.get(entity).map_or(0, |c| c.deleted);
+            (before > 0 && deleted * 100 > u64::from(max_percent) * before).then_some(Deletions {
+                entity,
+                before,
+                deleted,
+            })
+        })
+        .collect();
+    (!entities.is_empty()).then_some(OverLimit {
+        max_delete_percent: max_percent,
+        entities,
+    })
 }
 
 /// The state of one import.
@@ -207,13 +319,17 @@ enum Plan {
     Update(Uuid),
     Unchanged,
     Delete(Uuid),
+    /// `tobedeleted`, and already deleted.
     AlreadyGone,
+    /// `tobedeleted`, and never in the directory.
+    Absent,
 }
 
 fn plan(existing: Option<&ExistingRow>, status: Status, hash: &str) -> Plan {
     match (existing, status) {
         (Some(row), Status::ToBeDeleted) if !row.deleted => Plan::Delete(row.id),
-        (_, Status::ToBeDeleted) => Plan::AlreadyGone,
+        (Some(_), Status::ToBeDeleted) => Plan::AlreadyGone,
+        (None, Status::ToBeDeleted) => Plan::Absent,
         (Some(row), Status::Active) if !row.deleted && row.roster_hash.as_deref() == Some(hash) => {
             Plan::Unchanged
         }
@@ -386,6 +502,10 @@ impl Run<'_> {
                 counts.unchanged += 1;
                 None
             }
+            Plan::Absent => {
+                counts.skipped += 1;
+                None
+            }
             Plan::Delete(id) => {
                 counts.deleted += 1;
                 deletions.push(id);
@@ -469,7 +589,9 @@ impl Run<'_> {
                 .await?;
             self.advance(F, read);
         }
-        self.complete.insert(F);
+        if file.read_whole() {
+            self.complete.insert(F);
+        }
         Ok(())
     }
 
@@ -505,7 +627,9 @@ impl Run<'_> {
             self.users_batch(&file, records).await?;
             self.advance(F, read);
         }
-        self.complete.insert(F);
+        if file.read_whole() {
+            self.complete.insert(F);
+        }
         Ok(())
     }
 
@@ -973,7 +1097,9 @@ impl Run<'_> {
                 .await?;
             self.advance(F, read);
         }
-        self.complete.insert(F);
+        if file.read_whole() {
+            self.complete.insert(F);
+        }
         Ok(())
     }
 
@@ -1080,7 +1206,9 @@ impl Run<'_> {
                 .await?;
             self.advance(F, read);
         }
-        self.complete.insert(F);
+        if file.read_whole() {
+            self.complete.insert(F);
+        }
         Ok(())
     }
 
@@ -1102,6 +1230,63 @@ impl Run<'_> {
                 }
             }
             self.advance(name, read);
+        }
+        Ok(())
+    }
+
+    /// demographics.csv: Tidings keeps none of it, but each row must name a user of the
+    /// district (its sourcedId is the user's), or the export is not what it seems and
+    /// the row is reported like any other bad row.
+    async fn demographics(&mut self, bundle: &Bundle) -> Result<(), ImportError> {
+        const F: &str = "demographics.csv";
+        let Some(mut file) = self.open(bundle, F, "demographics", &["sourcedId"])? else {
+            return Ok(());
+        };
+        loop {
+            let batch = file.next_batch(BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            let read = batch.len();
+            let records = self
+                .first_sightings(&file, "demographics", "demographics", batch)
+                .await?;
+            let mut known = HashSet::new();
+            for table in [
+                RosterTable::Students,
+                RosterTable::Guardians,
+                RosterTable::Staff,
+            ] {
+                let found = self
+                    .lookup(
+                        table,
+                        records.iter().map(|r| file.get(r, "sourcedId").to_owned()),
+                    )
+                    .await?;
+                known.extend(
+                    found
+                        .into_values()
+                        .filter(|row| !row.deleted)
+                        .map(|row| row.sourced_id),
+                );
+            }
+            for record in records {
+                let sid = file.get(&record, "sourcedId");
+                match status(file.get(&record, "status")) {
+                    Err(reason) => self
+                        .report
+                        .reject("demographics", problem(F, record.line, sid, reason)),
+                    Ok(Status::Active) if !known.contains(sid) => {
+                        let reason = format!(
+                            "unknown reference: sourcedId {sid:?} is not a user of this district"
+                        );
+                        self.report
+                            .reject("demographics", problem(F, record.line, sid, reason));
+                    }
+                    Ok(_) => self.report.counts("demographics").ignored += 1,
+                }
+            }
+            self.advance(F, read);
         }
         Ok(())
     }

@@ -3,10 +3,21 @@
 //! quotes and line breaks inside fields), list fields as comma-separated values.
 //!
 //! Parsing is pure: a record becomes a typed row or a reason it cannot be one.
+//!
+//! Memory is bounded whatever the input: a field longer than [`MAX_FIELD_BYTES`] makes its
+//! row a rejection, and a record longer than [`MAX_RECORD_BYTES`] (a quote never closed, a
+//! 400 MB field) stops the file there — the reader is refused more bytes, so the record is
+//! never held whole — and the file counts as not read to the end (it deletes nothing).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// Longest field kept: no OneRoster value comes near it (names, lists of sourcedIds).
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// Longest record (row) read; beyond it the file is not read further.
+pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
 
 /// One CSV file of a bundle, read a record at a time.
 pub struct CsvFile<R: Read> {
@@ -14,7 +25,12 @@ pub struct CsvFile<R: Read> {
     reader: csv::Reader<Counting<R>>,
     lines: Arc<Mutex<Newlines>>,
     columns: HashMap<String, usize>,
+    headers: Vec<String>,
     width: usize,
+    /// A record over [`MAX_RECORD_BYTES`] was met: nothing more is read.
+    stopped: bool,
+    /// A field over [`MAX_FIELD_BYTES`] was met: its row is not known for sure.
+    cut: bool,
 }
 
 /// Where the line breaks are, for the bytes read ahead of the record being reported.
@@ -31,6 +47,8 @@ struct Newlines {
     pending: VecDeque<u64>,
     /// Bytes read so far.
     offset: u64,
+    /// Where the record being read starts.
+    record_start: u64,
 }
 
 impl Newlines {
@@ -50,7 +68,19 @@ struct Counting<R> {
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        // The csv reader asks for more only once it has used what it has, so everything
+        // read since the record started belongs to that record.
+        let unread_limit = {
+            let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+            (lines.record_start + MAX_RECORD_BYTES).saturating_sub(lines.offset)
+        };
+        if unread_limit == 0 {
+            return Err(std::io::Error::other(TooLong));
+        }
+        let wanted = buf
+            .len()
+            .min(usize::try_from(unread_limit).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..wanted])?;
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         let base = lines.offset;
         lines.pending.extend(
@@ -64,6 +94,18 @@ impl<R: Read> Read for Counting<R> {
         Ok(n)
     }
 }
+
+/// The error a [`Counting`] reader gives when a record exceeds [`MAX_RECORD_BYTES`].
+#[derive(Debug)]
+struct TooLong;
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a record longer than {MAX_RECORD_BYTES} bytes")
+    }
+}
+
+impl std::error::Error for TooLong {}
 
 /// A record with the line it starts on.
 pub struct Record {
@@ -84,10 +126,19 @@ impl<R: Read> CsvFile<R> {
             .flexible(true)
             .has_headers(true)
             .from_reader(counting);
-        let headers = reader
-            .headers()
-            .map_err(|e| format!("unreadable header: {e}"))?
-            .clone();
+        let headers = match reader.headers() {
+            Ok(headers) => headers.clone(),
+            Err(e) if is_too_long(&e) => {
+                return Err(format!(
+                    "unreadable header: longer than {MAX_RECORD_BYTES} bytes"
+                ))
+            }
+            Err(e) => return Err(format!("unreadable header: {e}")),
+        };
+        lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record_start = reader.position().byte();
         let columns: HashMap<String, usize> = headers
             .iter()
             .enumerate()
@@ -109,17 +160,63 @@ impl<R: Read> CsvFile<R> {
             reader,
             lines,
             columns,
+            headers: headers.iter().map(|h| h.trim().to_owned()).collect(),
             width: headers.len(),
+            stopped: false,
+            cut: false,
         })
+    }
+
+    /// Whether every row was read whole: no record too long to read stopped the file
+    /// before its end, and no field too long to keep was met. Only such a file may
+    /// delete the rows it does not list (the row not read may be the one missing).
+    pub fn read_whole(&self) -> bool {
+        !self.stopped && !self.cut
     }
 
     /// The next record, or the reason the next line is not one; `None` at the end.
     pub fn next_record(&mut self) -> Option<Result<Record, (u64, String)>> {
+        if self.stopped {
+            return None;
+        }
         let mut fields = csv::StringRecord::new();
-        match self.reader.read_record(&mut fields) {
+        let read = self.reader.read_record(&mut fields);
+        let next_start = self.reader.position().byte();
+        let record_start = std::mem::replace(
+            &mut self
+                .lines
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record_start,
+            next_start,
+        );
+        match read {
             Ok(false) => None,
+            Err(error) if is_too_long(&error) => {
+                self.stopped = true;
+                let line = self.line_at(record_start);
+                Some(Err((
+                    line,
+                    format!(
+                        "row longer than {} KiB: {} was not read from here on, and deletes no one",
+                        MAX_RECORD_BYTES / 1024,
+                        self.name
+                    ),
+                )))
+            }
             Ok(true) => {
                 let line = self.line_of(fields.position());
+                if let Some(i) = fields.iter().position(|f| f.len() > MAX_FIELD_BYTES) {
+                    self.cut = true;
+                    let column = self.headers.get(i).map_or("", String::as_str);
+                    return Some(Err((
+                        line,
+                        format!(
+                            "field {column:?} is longer than {} KiB",
+                            MAX_FIELD_BYTES / 1024
+                        ),
+                    )));
+                }
                 if fields.len() != self.width {
                     return Some(Err((
                         line,
@@ -140,7 +237,10 @@ impl<R: Read> CsvFile<R> {
     }
 
     fn line_of(&self, position: Option<&csv::Position>) -> u64 {
-        let byte = position.map_or(0, |p| p.byte());
+        self.line_at(position.map_or(0, |p| p.byte()))
+    }
+
+    fn line_at(&self, byte: u64) -> u64 {
         self.lines
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -159,6 +259,13 @@ impl<R: Read> CsvFile<R> {
             .and_then(|&i| record.fields.get(i))
             .map(str::trim)
             .unwrap_or("")
+    }
+}
+
+fn is_too_long(error: &csv::Error) -> bool {
+    match error.kind() {
+        csv::ErrorKind::Io(e) => e.get_ref().is_some_and(|inner| inner.is::<TooLong>()),
+        _ => false,
     }
 }
 

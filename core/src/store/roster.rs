@@ -217,7 +217,14 @@ pub trait RosterWriter: Send {
     /// Deactivates roster contact points of guardians in the bundle that it no longer lists.
     async fn deactivate_unseen_contacts(&mut self, at: DateTime<Utc>) -> StoreResult<u64>;
 
+    /// Live (not deleted, not disabled) rows of `table` in the district, as this
+    /// transaction sees them.
+    async fn live_count(&mut self, table: RosterTable) -> StoreResult<u64>;
+
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+
+    /// Undoes everything the import wrote (a dry run, or an import held back).
+    async fn rollback(self: Box<Self>) -> StoreResult<()>;
 }
 
 /// Keys under which links and contact points are marked seen.

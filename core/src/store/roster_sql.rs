@@ -413,6 +413,22 @@ macro_rules! roster_writer {
                 Ok(sqlx::query(&sql).bind($enc(self.district)).bind(at).execute(&mut *self.tx).await?.rows_affected())
             }
 
+            async fn live_count(&mut self, table: RosterTable) -> $crate::store::StoreResult<u64> {
+                let sql = format!(
+                    "SELECT count(*) FROM {} WHERE district_id = $1 AND {} IS NULL",
+                    table.table(),
+                    table.deleted_column()
+                );
+                let n: i64 = sqlx::query_scalar(&sql).bind($enc(self.district)).fetch_one(&mut *self.tx).await?;
+                Ok(n as u64)
+            }
+
+            async fn rollback(self: Box<Self>) -> $crate::store::StoreResult<()> {
+                // The temporary table goes with the transaction.
+                self.tx.rollback().await?;
+                Ok(())
+            }
+
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
                 sqlx::query("DROP TABLE roster_seen").execute(&mut *self.tx).await?;
                 self.tx.commit().await?;
