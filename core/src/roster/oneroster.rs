@@ -434,6 +434,72 @@ mod tests {
             prop_assert!(file.next_record().is_none());
         }
 
+        /// A field is kept up to [`MAX_FIELD_BYTES`]; one longer rejects its row, on its
+        /// line and naming its column, and the rows after it are still read.
+        #[test]
+        fn a_field_over_the_limit_rejects_its_row_only(
+            extra in -2i64..=2,
+            before in 0usize..3,
+            crlf in any::<bool>(),
+        ) {
+            let end = if crlf { "\r\n" } else { "\n" };
+            let long = "x".repeat((MAX_FIELD_BYTES as i64 + extra) as usize);
+            let mut csv = format!("sourcedId,name{end}");
+            for i in 0..before {
+                csv.push_str(&format!("a{i},\"two{end}lines\"{end}"));
+            }
+            csv.push_str(&format!("long,{long}{end}after,ok{end}"));
+            let mut file = CsvFile::open("orgs.csv", csv.as_bytes(), &[]).unwrap();
+            for _ in 0..before {
+                prop_assert!(file.next_record().unwrap().is_ok());
+            }
+            let line = 2 + 2 * before as u64;
+            match file.next_record().unwrap() {
+                Ok(record) => {
+                    prop_assert!(extra <= 0);
+                    prop_assert_eq!(record.line, line);
+                    prop_assert_eq!(file.get(&record, "name").len(), long.len());
+                }
+                Err((at, reason)) => {
+                    prop_assert!(extra > 0);
+                    prop_assert_eq!(at, line);
+                    prop_assert_eq!(reason, "field \"name\" is longer than 64 KiB");
+                }
+            }
+            let after = file.next_record().unwrap().unwrap();
+            prop_assert_eq!(after.line, line + 1);
+            prop_assert!(file.next_record().is_none());
+            prop_assert_eq!(file.read_whole(), extra <= 0);
+        }
+
+        /// A record past [`MAX_RECORD_BYTES`] (an unclosed quote, a huge field) stops the
+        /// file on the line it starts, and the reader is refused the rest.
+        #[test]
+        fn a_record_over_the_limit_stops_the_file_on_its_line(
+            rows in 0usize..4,
+            quoted in any::<bool>(),
+        ) {
+            let mut csv = String::from("sourcedId,name\n");
+            for i in 0..rows {
+                csv.push_str(&format!("r{i},n\n"));
+            }
+            let huge = "y".repeat(MAX_RECORD_BYTES as usize + 1);
+            if quoted {
+                csv.push_str(&format!("big,\"{huge}"));
+            } else {
+                csv.push_str(&format!("big,{huge}\nlater,row\n"));
+            }
+            let mut file = CsvFile::open("users.csv", csv.as_bytes(), &[]).unwrap();
+            for _ in 0..rows {
+                prop_assert!(file.next_record().unwrap().is_ok());
+            }
+            let (line, reason) = file.next_record().unwrap().err().unwrap();
+            prop_assert_eq!(line, 2 + rows as u64);
+            prop_assert!(reason.starts_with("row longer than 1024 KiB"), "{}", reason);
+            prop_assert!(file.next_record().is_none());
+            prop_assert!(!file.read_whole());
+        }
+
         /// Arbitrary bytes never panic the reader: every line is a record or a reason.
         #[test]
         fn the_reader_is_total(body in proptest::collection::vec(any::<u8>(), 0..200)) {
