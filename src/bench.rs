@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use tidings_core::roster::synthetic::{write_bundle, SyntheticDistrict};
+use tidings_core::roster::synthetic::{
+    write_bundle, write_bundle_with_guardians, SyntheticDistrict,
+};
 use tidings_core::roster::{Bundle, ImportOptions};
 use tidings_core::secret;
 use tidings_core::store::{self, ConnectOptions, FirstAdmin};
@@ -84,6 +86,16 @@ struct Setup {
 
 impl Setup {
     async fn new(students: usize, seed: u64, database: &BenchDatabase) -> anyhow::Result<Self> {
+        Self::sized(students, None, seed, database).await
+    }
+
+    /// A district of `students` students and, if given, exactly `guardians` guardians.
+    async fn sized(
+        students: usize,
+        guardians: Option<usize>,
+        seed: u64,
+        database: &BenchDatabase,
+    ) -> anyhow::Result<Self> {
         let scratch = tempfile::tempdir()?;
         std::fs::create_dir(scratch.path().join("bundle"))?;
         let started = Instant::now();
@@ -92,7 +104,12 @@ impl Setup {
             schools: (students / 500).clamp(1, 200),
             seed,
         };
-        let stats = write_bundle(&scratch.path().join("bundle"), &spec)?;
+        let stats = match guardians {
+            Some(guardians) => {
+                write_bundle_with_guardians(&scratch.path().join("bundle"), &spec, guardians)?
+            }
+            None => write_bundle(&scratch.path().join("bundle"), &spec)?,
+        };
         let generate_seconds = started.elapsed().as_secs_f64();
         let (url, postgres) = match (&database.database_url, database.store) {
             (Some(url), _) => (url.clone(), None),
@@ -209,7 +226,8 @@ fn peak_rss_mb() -> anyhow::Result<f64> {
     Ok((kib / 1024.0 * 10.0).round() / 10.0)
 }
 
-/// `tidings bench fanout --students N --channels C`: imports a synthetic district, then
+/// `tidings bench fanout --students N --channels C`: imports a synthetic district of N
+/// students and exactly N guardians (so `--guardians N` means what it says), then
 /// sends one message to the whole district and times the audience resolution and the
 /// atomic write of the message, its deliveries and their log entries.
 pub async fn fanout(
@@ -222,7 +240,8 @@ pub async fn fanout(
     use tidings_core::store::Scope;
     use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
 
-    let setup = Setup::new(students, 2, database).await?;
+    // `--guardians N` (the same flag as `--students N`) means N of each, exactly.
+    let setup = Setup::sized(students, Some(students), 2, database).await?;
     setup.import("bench").await?;
     let store = &setup.store;
     let (district_id, admin_id) = (setup.district, setup.admin);

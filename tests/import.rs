@@ -143,7 +143,7 @@ async fn the_benchmarks_print_their_figures_as_json() {
             .args([
                 "bench",
                 "fanout",
-                "--students",
+                "--guardians",
                 "200",
                 "--channels",
                 "2",
@@ -155,6 +155,7 @@ async fn the_benchmarks_print_their_figures_as_json() {
             .unwrap(),
     );
     assert_eq!(fanout["store"], "postgres");
+    assert_eq!(fanout["guardians"], 200, "--guardians N writes exactly N");
     assert_eq!(
         fanout["deliveries"].as_u64().unwrap(),
         2 * fanout["guardians"].as_u64().unwrap()

@@ -101,8 +101,50 @@ const DOMAINS: &[&str] = &["example.org", "example.net", "example.com"];
 
 const DATE: &str = "2026-08-01T00:00:00Z";
 
-/// Writes the bundle's CSV files into `dir`.
+/// Writes the bundle's CSV files into `dir`. Guardians number about as many as students
+/// (households of one to three children with one to three guardians).
 pub fn write_bundle(dir: &Path, spec: &SyntheticDistrict) -> io::Result<BundleStats> {
+    write(dir, spec, None)
+}
+
+/// [`write_bundle`] with exactly `guardians` guardians (and exactly `spec.students`
+/// students), for benchmarks sized in guardians: households keep their random make-up
+/// while the running total stays within two of the share asked for, and the last
+/// household takes up the rest.
+pub fn write_bundle_with_guardians(
+    dir: &Path,
+    spec: &SyntheticDistrict,
+    guardians: usize,
+) -> io::Result<BundleStats> {
+    write(dir, spec, Some(guardians))
+}
+
+/// How many guardians the household that brings the students to `students_after` gets,
+/// when `exact` guardians are asked for: the random draw unless the running total would
+/// stray more than two from its share, never more than are left, all that are left for
+/// the last household.
+fn steer(
+    drawn: usize,
+    guardian: usize,
+    students_after: usize,
+    spec_students: usize,
+    exact: usize,
+) -> usize {
+    let left = exact.saturating_sub(guardian);
+    if students_after >= spec_students {
+        return left;
+    }
+    let share = (students_after as u128 * exact as u128 / spec_students.max(1) as u128) as usize;
+    let stray = (guardian + drawn).abs_diff(share);
+    let wanted = if stray > 2 {
+        share.saturating_sub(guardian).clamp(1, 3)
+    } else {
+        drawn
+    };
+    wanted.min(left)
+}
+
+fn write(dir: &Path, spec: &SyntheticDistrict, exact: Option<usize>) -> io::Result<BundleStats> {
     let open = |name: &str| -> io::Result<csv::Writer<BufWriter<File>>> {
         Ok(csv::Writer::from_writer(BufWriter::with_capacity(
             256 * 1024,
@@ -291,6 +333,16 @@ pub fn write_bundle(dir: &Path, spec: &SyntheticDistrict) -> io::Result<BundleSt
         } else {
             2
         };
+        let guardians = match exact {
+            Some(exact) => steer(
+                guardians,
+                guardian,
+                student + children,
+                spec.students,
+                exact,
+            ),
+            None => guardians,
+        };
         let child_ids: Vec<String> = (student..student + children)
             .map(|i| format!("student-{i}"))
             .collect();
@@ -458,4 +510,58 @@ pub fn write_bundle(dir: &Path, spec: &SyntheticDistrict) -> io::Result<BundleSt
     classes.flush()?;
     enrollments.flush()?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roles(dir: &Path) -> (usize, usize) {
+        let mut users = csv::Reader::from_path(dir.join("users.csv")).unwrap();
+        let (mut students, mut guardians) = (0, 0);
+        for record in users.records() {
+            match &record.unwrap()[5] {
+                "student" => students += 1,
+                "parent" | "guardian" | "relative" => guardians += 1,
+                _ => {}
+            }
+        }
+        (students, guardians)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Asked for N guardians, the bundle has exactly N, and exactly the students asked.
+        #[test]
+        fn a_district_sized_in_guardians_has_exactly_that_many(
+            students in 1usize..400,
+            ratio in 0.5f64..1.5,
+            seed in any::<u64>(),
+        ) {
+            let guardians = ((students as f64 * ratio) as usize).max(1);
+            let dir = tempfile::tempdir().unwrap();
+            let spec = SyntheticDistrict { students, schools: 2, seed };
+            let stats = write_bundle_with_guardians(dir.path(), &spec, guardians).unwrap();
+            prop_assert_eq!(stats.guardians as usize, guardians);
+            prop_assert_eq!(roles(dir.path()), (students, guardians));
+        }
+    }
+
+    #[test]
+    fn a_hundred_thousand_guardians_are_a_hundred_thousand() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SyntheticDistrict {
+            students: 100_000,
+            schools: 200,
+            seed: 2,
+        };
+        let stats = write_bundle_with_guardians(dir.path(), &spec, 100_000).unwrap();
+        assert_eq!(stats.guardians, 100_000);
+        let plain = write_bundle(dir.path(), &spec).unwrap();
+        assert_eq!(
+            plain.guardians, 96_830,
+            "about as many, as the plain generator makes"
+        );
+    }
 }
