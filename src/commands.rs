@@ -72,8 +72,21 @@ pub async fn serve(
     // Scripts and tests read this line to find the port when listening on port 0.
     println!("Tidings is listening on http://{address}");
 
+    // In demo mode links must lead somewhere a newcomer can open: this server.
+    let demo_config;
+    let config = if demo && config.public_url.is_none() {
+        let mut with_url = config.clone();
+        let url = format!("http://{address}");
+        tracing::warn!(public_url = %url, "public_url is not set: acknowledgment links point at this server's listen address (set public_url for real use)");
+        with_url.public_url = Some(url);
+        demo_config = with_url;
+        &demo_config
+    } else {
+        config
+    };
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let adapters = adapters(config, demo)?;
+    let sandbox = in_process_sandbox(config, demo)?;
+    let adapters = adapters(config, sandbox.as_ref())?;
     let codes = adapters
         .clone()
         .map(|a| Arc::new(SignInCodes(a)) as Arc<dyn tidings_api::guardian::CodeSender>);
@@ -86,7 +99,7 @@ pub async fn serve(
         dispatching.as_ref().map(|(_, counters)| counters.clone()),
         callbacks.counters.clone(),
     )?;
-    let router = tidings_api::router(tidings_api::AppState {
+    let state = tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
         partitions: config.log_partitions,
@@ -94,9 +107,14 @@ pub async fn serve(
         codes,
         sign_ins: tidings_api::guardian::sign_in_limiter(),
         trusted_proxies: config.trusted_proxies.clone().into(),
-    })
-    .merge(callbacks.router())
-    .merge(metrics);
+        roster_max_delete_percent: config.roster_max_delete_percent,
+    };
+    let mut router = tidings_api::router(state.clone())
+        .merge(callbacks.router())
+        .merge(metrics);
+    if let Some(sandbox) = sandbox {
+        router = router.merge(crate::outbox::router(state, sandbox));
+    }
     let mut http_stopping = stopping;
     let stop = Arc::new(stop);
     tokio::spawn({
@@ -137,7 +155,8 @@ pub async fn dispatch(
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let link_keys = link_keys(config, store.as_ref()).await?;
-    let adapters = adapters(config, false)?;
+    let sandbox = in_process_sandbox(config, false)?;
+    let adapters = adapters(config, sandbox.as_ref())?;
     let Some((dispatching, _)) = start_dispatcher(config, adapters, &store, &link_keys, stopping)?
     else {
         anyhow::bail!("no channel provider is configured, so there is nothing to send with (set `sandbox = true` to try the pipeline)");
@@ -150,11 +169,32 @@ pub async fn dispatch(
     Ok(())
 }
 
-/// The providers this process sends through, per channel: the in-process sandbox for
-/// `--demo` or `sandbox = true`, else the providers configured. `None` when there is none.
-fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispatcher::Adapters>> {
-    use tidings_core::Channel;
+/// The in-process sandbox every channel goes to with `--demo` or `sandbox = true`.
+fn in_process_sandbox(
+    config: &Config,
+    demo: bool,
+) -> anyhow::Result<Option<tidings_sandbox::InProcessProvider>> {
     if !(demo || config.sandbox) {
+        return Ok(None);
+    }
+    tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
+    let mut sandbox = tidings_sandbox::InProcessProvider::new(config.sandbox_faults);
+    if let Some(path) = &config.sandbox_journal {
+        sandbox = sandbox
+            .with_journal(path)
+            .with_context(|| format!("cannot open the sandbox journal {}", path.display()))?;
+    }
+    Ok(Some(sandbox))
+}
+
+/// The providers this process sends through, per channel: `sandbox` when there is one,
+/// else the providers configured. `None` when there is none.
+fn adapters(
+    config: &Config,
+    sandbox: Option<&tidings_sandbox::InProcessProvider>,
+) -> anyhow::Result<Option<tidings_dispatcher::Adapters>> {
+    use tidings_core::Channel;
+    let Some(sandbox) = sandbox else {
         let mut adapters = tidings_dispatcher::Adapters::default();
         let mut any = false;
         if let Some(twilio) = config.twilio()? {
@@ -181,14 +221,7 @@ fn adapters(config: &Config, demo: bool) -> anyhow::Result<Option<tidings_dispat
             }
         }
         return Ok(any.then_some(adapters));
-    }
-    tracing::warn!("every channel goes to the in-process sandbox: no one is messaged");
-    let mut sandbox = tidings_sandbox::InProcessProvider::new(config.sandbox_faults);
-    if let Some(path) = &config.sandbox_journal {
-        sandbox = sandbox
-            .with_journal(path)
-            .with_context(|| format!("cannot open the sandbox journal {}", path.display()))?;
-    }
+    };
     Ok(Some(
         tidings_core::Channel::ALL
             .iter()

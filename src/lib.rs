@@ -5,6 +5,7 @@ pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod import;
+pub mod outbox;
 
 pub use config::Config;
 pub mod metrics;

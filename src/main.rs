@@ -120,8 +120,8 @@ enum BenchSuite {
     },
     /// Send one message to a whole synthetic district and time the fan-out.
     Fanout {
-        /// District size in students (guardians are about as many, so `--guardians N`
-        /// is the same).
+        /// District size: N students and exactly N guardians (`--guardians N` is the
+        /// same).
         #[arg(long, visible_alias = "guardians", default_value_t = 10_000)]
         students: usize,
         /// Channels per guardian (1 to 3).

@@ -395,3 +395,27 @@ async fn an_upload_that_unpacks_to_a_huge_field_is_refused_with_its_file_and_lin
     let imported = post(demo_zip()).await.unwrap();
     assert_eq!(imported.status(), reqwest::StatusCode::CREATED);
 }
+
+/// The API holds uploads to the configured share, like the command line.
+#[tokio::test]
+async fn the_api_holds_uploads_to_the_configured_share() {
+    let api = support::District::with_demo_env(
+        TestDatabase::sqlite(),
+        &[("TIDINGS_ROSTER_MAX_DELETE_PERCENT", "100")],
+    )
+    .await;
+    let answer = api
+        .client
+        .post(api.server.url("/api/v1/imports/oneroster?dry_run=true"))
+        .bearer_auth(&api.admin)
+        .header("content-type", "application/zip")
+        .body(header_only_users_zip())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    let dry: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(dry["report"]["entities"]["students"]["deleted"], 300);
+    assert!(dry["report"]["over_delete_limit"].is_null(), "{dry}");
+    assert!(api.server.terminate().await.success());
+}

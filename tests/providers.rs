@@ -1130,7 +1130,19 @@ async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device(d
 
     let client = reqwest::Client::new();
     let app = |path: &str| format!("{serve_at}/api/v1/guardian{path}");
-    let post = |path: &str, body: Value| client.post(app(path)).json(&body).send();
+    // Each sign-in request from an address of its own, so that the bound per client
+    // (tests/edges.rs) does not hide the bound per destination tested here.
+    let next_address = std::sync::atomic::AtomicU8::new(1);
+    let post = |path: &str, body: Value| {
+        let last = next_address.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 2, last]))
+            .build()
+            .unwrap()
+            .post(app(path))
+            .json(&body)
+            .send()
+    };
     let problem = |r: reqwest::Response| async move {
         assert_eq!(r.headers()["content-type"], "application/problem+json");
         let status = r.status();

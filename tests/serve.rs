@@ -282,3 +282,91 @@ async fn without_providers_the_log_says_messages_wait_in_plain_text() {
         "colour codes in a log file: {said:?}"
     );
 }
+
+/// `serve --demo` closes the loop with no provider: the acknowledgment link in a text the
+/// sandbox took points at this server, the sandbox outbox shows it to the district's
+/// administrator (and no one else), and opening it acknowledges.
+#[tokio::test]
+async fn in_demo_mode_the_outbox_shows_a_working_acknowledgment_link() {
+    let db = TestDatabase::sqlite();
+    let mut command = tidings(&db.url);
+    command.env("TIDINGS_FIRST_ADMIN_EMAIL", support::ADMIN);
+    let server = Server::start_with(&mut command, &["--demo"]).await;
+    let admin = support::token_for(&db.url, support::ADMIN).await;
+    let client = reqwest::Client::new();
+    let sent: Value = client
+        .post(server.url("/api/v1/messages"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({
+            "audience": {"classes": ["class-0"]}, "channels": ["sms"], "kind": "general",
+            "subject": "Field trip", "body": "Please confirm the field trip.", "requires_ack": true
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let message = sent["id"].as_str().unwrap().to_owned();
+    // Wait (with a deadline) until no delivery is left to send.
+    for _ in 0..600 {
+        let (_, _, report) = get(
+            &server.url(&format!("/api/v1/messages/{message}")),
+            Some(&admin),
+        )
+        .await;
+        let waiting = report["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["state"] == "CREATED" || c["state"] == "QUEUED");
+        if !waiting {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let outbox: Value = client
+        .get(server.url("/_sandbox/received"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = outbox["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "{outbox}");
+    let text = items[0]["body"].as_str().unwrap();
+    let at = format!("{}/a/", server.base);
+    let start = text
+        .find(&at)
+        .unwrap_or_else(|| panic!("no link to {at} in {text:?}"));
+    let link: String = text[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let page = client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let acked = client.post(&link).send().await.unwrap();
+    assert!(acked.status().is_success(), "{}", acked.status());
+    let (_, _, report) = get(
+        &server.url(&format!("/api/v1/messages/{message}")),
+        Some(&admin),
+    )
+    .await;
+    let acked: u64 = report["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "ACKED")
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(acked, 1, "{report}");
+    // Only the district's administrator sees the outbox.
+    let (status, _, _) = get(&server.url("/_sandbox/received"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let teacher = support::token_for(&db.url, "gabe.nakamura0@staff.example.org").await;
+    let (status, _, _) = get(&server.url("/_sandbox/received"), Some(&teacher)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(server.terminate().await.success());
+}

@@ -327,6 +327,10 @@ mod tests {
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::BadRequest(String::new()),
             ApiError::RequestTimeout,
+            ApiError::ImportHeldBack(Box::new(tidings_core::roster::OverLimit {
+                max_delete_percent: 10,
+                entities: Vec::new(),
+            })),
             ApiError::Internal(StoreError::Corrupt(String::new())),
         ];
         for error in every {

@@ -98,7 +98,7 @@ pub async fn import_oneroster(
         .map_err(|e| ApiError::InvalidRoster(e.to_string()))?;
     let options = ImportOptions {
         default_region: state.default_phone_region.clone(),
-        max_delete_percent: Some(roster::DEFAULT_MAX_DELETE_PERCENT),
+        max_delete_percent: Some(state.roster_max_delete_percent),
         force: query.force,
         dry_run: query.dry_run,
     };

@@ -50,6 +50,9 @@ pub struct AppState {
     pub sign_ins: Arc<guardian::SignInLimits>,
     /// Proxies whose `X-Forwarded-For` names the client (`server::client_address`).
     pub trusted_proxies: Arc<[std::net::IpAddr]>,
+    /// The share of the directory (percent of any kind of row) an upload may delete
+    /// before it is held back (`roster::ImportOptions::max_delete_percent`).
+    pub roster_max_delete_percent: u8,
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for

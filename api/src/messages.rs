@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -301,7 +300,7 @@ pub async fn send_message(
     State(state): State<AppState>,
     Caller(staff): Caller,
     headers: HeaderMap,
-    body: Bytes,
+    crate::extract::Body(body): crate::extract::Body,
 ) -> Result<Response, ApiError> {
     idempotent(&state, &staff, "", &headers, &body, async || {
         let (status, sent) = send(&state, &staff, &body).await?;

@@ -406,6 +406,22 @@ pub fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
         .collect()
 }
 
+/// A program of the test tools `scripts/test-services` installs in its own Python
+/// environment (`api-tools/bin/NAME` under `TIDINGS_TEST_SERVICES_DIR`, by default
+/// `$TMPDIR/tidings-test-services`).
+pub fn test_tool(name: &str) -> std::path::PathBuf {
+    let state = std::env::var_os("TIDINGS_TEST_SERVICES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("tidings-test-services"));
+    let tool = state.join("api-tools").join("bin").join(name);
+    assert!(
+        tool.exists(),
+        "{} is missing: run scripts/test-services first",
+        tool.display()
+    );
+    tool
+}
+
 #[cfg(test)]
 mod tests {
     use crate::store;
@@ -425,20 +441,4 @@ mod tests {
             "postgres://u@h/x?sslmode=disable"
         );
     }
-}
-
-/// A program of the test tools `scripts/test-services` installs in its own Python
-/// environment (`api-tools/bin/NAME` under `TIDINGS_TEST_SERVICES_DIR`, by default
-/// `$TMPDIR/tidings-test-services`).
-pub fn test_tool(name: &str) -> std::path::PathBuf {
-    let state = std::env::var_os("TIDINGS_TEST_SERVICES_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("tidings-test-services"));
-    let tool = state.join("api-tools").join("bin").join(name);
-    assert!(
-        tool.exists(),
-        "{} is missing: run scripts/test-services first",
-        tool.display()
-    );
-    tool
 }
