@@ -310,7 +310,7 @@ async fn bad_uploads_and_bad_requests_are_problems_that_change_nothing() {
     // still writing a large body when the answer comes may see the connection close
     // instead of the 413.)
     let path = format!("/api/v1/guardians/{some}/contact-points");
-    let response = send_oversized(&api.server, &path, &admin).await;
+    let response = support::send_oversized(&api.server, &path, &admin).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(
         response.contains("/problems/payload-too-large"),
@@ -332,41 +332,6 @@ async fn bad_uploads_and_bad_requests_are_problems_that_change_nothing() {
         )
     );
     assert!(api.server.terminate().await.success());
-}
-
-/// Announces a 2 MiB JSON body, sends just over 1 MiB of it, and returns the raw response.
-async fn send_oversized(server: &Server, path: &str, token: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = server.base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"kind\":",
-        2 * 1024 * 1024
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // More than the 1 MiB limit, less than announced: the server refuses once it has read
-    // past the limit, and we never send the rest.
-    stream
-        .write_all(&vec![b' '; 1024 * 1024 + 64 * 1024])
-        .await
-        .unwrap();
-    // The server answers and then waits for the rest of the body: read until the problem
-    // document is complete rather than until the connection closes.
-    let mut response = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        while !String::from_utf8_lossy(&response).trim_end().ends_with('}') {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => response.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), read)
-        .await
-        .expect("an answer to an oversized body");
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// The roster's sourcedIds name rows everywhere the directory takes an id, as they do in

@@ -146,22 +146,12 @@ async fn text_no_store_can_keep_is_refused_with_a_problem(db: TestDatabase) {
     .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 
-    // Over the body limit, on a JSON route and on the send (which reads raw bytes). Sent
-    // by hand: the server answers from the declared length, before the body, and closes,
-    // which an HTTP client still writing the body may report as a broken request.
-    let address = d.server.base.trim_start_matches("http://").to_owned();
+    // Over the body limit, on a JSON route and on the send (which reads raw bytes).
     for path in [
         "/api/v1/messages",
         "/api/v1/messages/0190a0a0-0000-7000-8000-000000000000/renotify",
     ] {
-        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"channels\": [\"",
-            d.admin,
-            2 * 1024 * 1024
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let answer = read_to_close(&mut stream).await;
+        let answer = support::send_oversized(&d.server, path, &d.admin).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
         assert!(
             answer.contains("content-type: application/problem+json")

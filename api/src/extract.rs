@@ -37,22 +37,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     }
 }
 
-/// A request body of at most `MAX_BODY_BYTES`. One that says it is longer is refused from
-/// its `Content-Length`, before any of it is read.
+/// A request body of at most the route's limit (`MAX_BODY_BYTES` unless it says
+/// otherwise), its rejections as problems.
 pub struct Body(pub axum::body::Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let declared = request
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > crate::MAX_BODY_BYTES as u64) {
-            return Err(ApiError::PayloadTooLarge);
-        }
         axum::body::Bytes::from_request(request, state)
             .await
             .map(Body)

@@ -25,6 +25,7 @@ tidings_core::on_both_stores! {
     a_first_import_is_never_held_back_and_counts_tobedeleted_rows_it_never_had_as_skipped,
     a_demographics_row_naming_an_unknown_user_is_reported,
     a_field_or_row_too_long_is_rejected_with_its_line_and_deletes_nothing,
+    a_nul_in_a_field_rejects_its_row_on_both_stores,
 }
 
 const MANIFEST: &str = "propertyName,value
@@ -1110,6 +1111,34 @@ async fn a_field_or_row_too_long_is_rejected_with_its_line_and_deletes_nothing(
         (after.students, after.guardians, after.staff),
         (before.students, before.guardians, before.staff),
         "a file not read to its end deletes nothing"
+    );
+}
+
+/// A NUL character, which PostgreSQL cannot store, rejects its row with file, line and
+/// column on both stores; the rest goes in and the file deletes no one.
+async fn a_nul_in_a_field_rejects_its_row_on_both_stores(store: Arc<dyn Store>) {
+    let district = district(store.as_ref()).await;
+    import_dir(store.as_ref(), district, &files(USERS_ROWS))
+        .await
+        .unwrap();
+    let before = store.directory_counts(district).await.unwrap();
+    let users = USERS_ROWS.replacen("Ben,Lee", "B\u{0}en,Lee", 1);
+    let report = import_dir(store.as_ref(), district, &files(&users))
+        .await
+        .unwrap();
+    let problem = report
+        .rejected
+        .iter()
+        .find(|r| r.file == "users.csv" && r.line == 3)
+        .unwrap_or_else(|| panic!("stu2's row rejected: {:?}", report.rejected));
+    assert!(
+        problem.reason.contains("\"givenName\" holds a NUL character"),
+        "{problem:?}"
+    );
+    let after = store.directory_counts(district).await.unwrap();
+    assert_eq!(
+        (after.students, after.guardians, after.staff),
+        (before.students, before.guardians, before.staff)
     );
 }
 

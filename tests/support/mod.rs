@@ -330,3 +330,36 @@ impl District {
         }
     }
 }
+
+/// Announces a 2 MiB JSON body, sends just over 1 MiB of it, and returns the raw response.
+pub async fn send_oversized(server: &Server, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"kind\":",
+        2 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // More than the 1 MiB limit, less than announced: the server refuses once it has read
+    // past the limit, and we never send the rest.
+    // (The server may answer and close before all of it is written.)
+    let _ = stream.write_all(&vec![b' '; 1024 * 1024 + 64 * 1024]).await;
+    // The server answers and then waits for the rest of the body: read until the problem
+    // document is complete rather than until the connection closes.
+    let mut response = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&response).trim_end().ends_with('}') {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("an answer to an oversized body");
+    String::from_utf8_lossy(&response).into_owned()
+}

@@ -217,6 +217,17 @@ impl<R: Read> CsvFile<R> {
                         ),
                     )));
                 }
+                // PostgreSQL's text holds no NUL: such a row could not be stored on one of
+                // the two stores, so it is refused on both, and (its person not known for
+                // sure) the file deletes no one.
+                if let Some(i) = fields.iter().position(|f| f.contains('\0')) {
+                    self.cut = true;
+                    let column = self.headers.get(i).map_or("", String::as_str);
+                    return Some(Err((
+                        line,
+                        format!("field {column:?} holds a NUL character"),
+                    )));
+                }
                 if fields.len() != self.width {
                     return Some(Err((
                         line,
