@@ -1132,7 +1132,9 @@ async fn a_nul_in_a_field_rejects_its_row_on_both_stores(store: Arc<dyn Store>) 
         .find(|r| r.file == "users.csv" && r.line == 3)
         .unwrap_or_else(|| panic!("stu2's row rejected: {:?}", report.rejected));
     assert!(
-        problem.reason.contains("\"givenName\" holds a NUL character"),
+        problem
+            .reason
+            .contains("\"givenName\" holds a NUL character"),
         "{problem:?}"
     );
     let after = store.directory_counts(district).await.unwrap();
