@@ -4,7 +4,7 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{demo_zip, token_for, District, Server};
+use support::{demo_zip, token_for, District};
 use tidings_core::testing::TestDatabase;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo");
