@@ -572,7 +572,9 @@ mod tests {
         // The process-wide bound is untouched by the refused ones: others still get codes.
         let parent: std::net::IpAddr = "203.0.113.20".parse().unwrap();
         assert!(limits.code(Some(parent)).is_ok());
-        // An IPv6 client cannot dodge the bound by moving inside its /64.
+        // An IPv6 client cannot dodge the bound by moving inside its /64 (fresh bounds:
+        // the process-wide 20 a second must not be what stops it).
+        let limits = sign_in_limiter();
         let v6 = |last: u16| -> std::net::IpAddr {
             std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last).into()
         };
