@@ -422,11 +422,12 @@ mod tests {
     }
 
     proptest! {
-        /// Any field values, quoted as RFC 4180 says, read back exactly (trimmed), on the
+        /// Any field values (but NUL), quoted as RFC 4180 says, read back exactly (trimmed), on the
         /// physical line where they start, whatever mix of line ends the file uses.
         #[test]
         fn quoted_fields_round_trip_on_their_lines(
-            rows in proptest::collection::vec(("[^\u{feff}]{0,12}", "[^\u{feff}]{0,12}", any::<bool>()), 1..8),
+            // No NUL: a row holding one is refused (its own test).
+            rows in proptest::collection::vec(("[^\u{feff}\u{0}]{0,12}", "[^\u{feff}\u{0}]{0,12}", any::<bool>()), 1..8),
             bom in any::<bool>(),
         ) {
             let mut csv = String::from(if bom { "\u{feff}sourcedId,name\n" } else { "sourcedId,name\n" });
