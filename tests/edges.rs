@@ -191,20 +191,10 @@ async fn text_no_store_can_keep_is_refused_with_a_problem(db: TestDatabase) {
     assert!(d.server.terminate().await.success());
 }
 
-/// The teacher of the demo's first class, and that class's sourcedId.
+/// The teacher of the demo's first class (a token), and that class's sourcedId.
 async fn first_teacher(d: &District) -> (String, String) {
-    let mut users =
-        csv::Reader::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/users.csv")).unwrap();
-    let headers = users.headers().unwrap().clone();
-    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
-    let (sid, role, email) = (column("sourcedId"), column("role"), column("email"));
-    let row = users
-        .records()
-        .map(|r| r.unwrap())
-        .find(|r| &r[role] == "teacher")
-        .unwrap();
-    let class = format!("class-{}", row[sid].trim_start_matches("teacher-"));
-    (token_for(&d.db.url, &row[email]).await, class)
+    let (email, class) = support::demo_teacher();
+    (token_for(&d.db.url, &email).await, class)
 }
 
 async fn a_teacher_naming_a_grade_is_refused_and_told_what_is_out_of_scope(db: TestDatabase) {

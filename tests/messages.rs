@@ -208,21 +208,8 @@ async fn concurrent_requests_with_one_key_send_one_message_on_postgres() {
 #[tokio::test]
 async fn a_teacher_messages_their_class_and_nothing_beyond() {
     let d = District::with_demo(TestDatabase::sqlite()).await;
-    let mut users =
-        csv::Reader::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/users.csv")).unwrap();
-    let headers = users.headers().unwrap().clone();
-    let (sid, role, email) = (
-        headers.iter().position(|h| h == "sourcedId").unwrap(),
-        headers.iter().position(|h| h == "role").unwrap(),
-        headers.iter().position(|h| h == "email").unwrap(),
-    );
-    let teacher_row = users
-        .records()
-        .map(|r| r.unwrap())
-        .find(|r| &r[role] == "teacher")
-        .unwrap();
-    let class = format!("class-{}", teacher_row[sid].trim_start_matches("teacher-"));
-    let teacher = token_for(&d.db.url, &teacher_row[email]).await;
+    let (email, class) = support::demo_teacher();
+    let teacher = token_for(&d.db.url, &email).await;
 
     let (status, sent) = d
         .send(&teacher, None, &closure(json!({"classes": [class]})))

@@ -363,3 +363,20 @@ pub async fn send_oversized(server: &Server, path: &str, token: &str) -> String 
         .expect("an answer to an oversized body");
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// The demo roster's first teacher: their sign-in email and the sourcedId of the class
+/// they teach (`class-N` for `teacher-N`).
+pub fn demo_teacher() -> (String, String) {
+    let mut users =
+        csv::Reader::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/users.csv")).unwrap();
+    let headers = users.headers().unwrap().clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (sid, role, email) = (column("sourcedId"), column("role"), column("email"));
+    let row = users
+        .records()
+        .map(|r| r.unwrap())
+        .find(|r| &r[role] == "teacher")
+        .unwrap();
+    let class = format!("class-{}", row[sid].trim_start_matches("teacher-"));
+    (row[email].to_owned(), class)
+}
