@@ -108,6 +108,7 @@ pub async fn serve(
         sign_ins: tidings_api::guardian::sign_in_limiter(),
         trusted_proxies: config.trusted_proxies.clone().into(),
         roster_max_delete_percent: config.roster_max_delete_percent,
+        clock: Arc::new(tidings_core::clock::SystemClock),
     };
     let mut router = tidings_api::router(state.clone())
         .merge(callbacks.router())

@@ -35,6 +35,23 @@ impl District {
             .filter(|e| e.action == "message.send")
             .count()
     }
+
+    /// Messages the district has, whoever sent them.
+    async fn messages_stored(&self) -> usize {
+        let store = tidings_core::store::connect(&self.db.url, &Default::default())
+            .await
+            .unwrap();
+        let district = store.districts().await.unwrap()[0].id;
+        store
+            .messages(
+                &tidings_core::store::MessageScope::District(district),
+                None,
+                1000,
+            )
+            .await
+            .unwrap()
+            .len()
+    }
 }
 
 fn closure(audience: Value) -> Value {
@@ -541,4 +558,58 @@ async fn quiet_hours_and_schedules_defer_deliveries_but_never_an_emergency() {
     assert!(!off.status.success());
     assert!(String::from_utf8_lossy(&off.stderr).contains("no school \"no-such-school\""));
     assert!(d.server.terminate().await.success());
+}
+
+/// A send fails after its deliveries were written — the audit row, then the idempotency
+/// record, cannot be written — and the client retries with the same key: the failed
+/// attempt left nothing (no message, no key stuck in flight), the retry sends exactly
+/// once, and a retry after a lost answer replays it.
+async fn a_failure_after_the_send_leaves_nothing_and_the_retry_sends_once(db: TestDatabase) {
+    let d = District::with_demo(db).await;
+    let body = closure(json!({"classes": ["class-0"]}));
+    for (table, operation) in [("audit_log", "INSERT"), ("idempotency_keys", "UPDATE")] {
+        let before = d.messages_stored().await;
+        let key = format!("broken-{table}");
+        d.db.break_writes(table, operation).await;
+        let (status, problem) = d.send(&d.admin, Some(&key), &body).await;
+        assert_eq!(
+            (status, problem["type"].as_str()),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some("/problems/internal")
+            ),
+            "{table}: {problem}"
+        );
+        assert_eq!(d.messages_stored().await, before, "{table}: no message");
+        d.db.heal(table, operation).await;
+
+        let (status, sent) = d.send(&d.admin, Some(&key), &body).await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{table}: the retry is not stuck: {sent}"
+        );
+        let (status, again) = d.send(&d.admin, Some(&key), &body).await;
+        assert_eq!(
+            (status, &again),
+            (StatusCode::CREATED, &sent),
+            "{table}: the answer, replayed"
+        );
+        assert_eq!(d.messages_stored().await, before + 1, "{table}: sent once");
+    }
+    assert_eq!(d.sends_recorded().await, 2, "each send audited once");
+    assert!(d.server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_failure_after_the_send_leaves_nothing_and_the_retry_sends_once_on_sqlite() {
+    a_failure_after_the_send_leaves_nothing_and_the_retry_sends_once(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_failure_after_the_send_leaves_nothing_and_the_retry_sends_once_on_postgres() {
+    a_failure_after_the_send_leaves_nothing_and_the_retry_sends_once(
+        TestDatabase::postgres().await,
+    )
+    .await;
 }

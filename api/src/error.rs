@@ -5,6 +5,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tidings_core::services::{Refusal, ServiceError};
 use tidings_core::store::StoreError;
 use utoipa::ToSchema;
 
@@ -69,6 +70,31 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::HourlyQuota { .. } => ApiError::QuotaExceeded(error.to_string()),
             error => ApiError::Internal(error),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Forbidden => ApiError::Forbidden,
+            Refusal::NotFound => ApiError::NotFound,
+            Refusal::Invalid(detail) => ApiError::InvalidBody(detail),
+            Refusal::ForbiddenAudience(references) => ApiError::ForbiddenAudience(references),
+            Refusal::UnknownAudience(references) => ApiError::UnknownAudience(references),
+            Refusal::EmptyAudience(detail) => ApiError::EmptyAudience(detail),
+            Refusal::QuotaExceeded(detail) => ApiError::QuotaExceeded(detail),
+            Refusal::IdempotencyInFlight => ApiError::IdempotencyInFlight,
+            Refusal::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::Refused(refusal) => refusal.into(),
+            ServiceError::Store(error) => error.into(),
         }
     }
 }

@@ -1,44 +1,26 @@
 //! `Idempotency-Key`, as payment APIs do it: a repeat of a request with the same key and
 //! body gets the first answer again instead of doing the work twice; the same key with a
 //! different body is refused; a repeat while the first is still running gets 409. Keys
-//! are scoped per staff member and endpoint, and kept 24 hours.
+//! are scoped per staff member and endpoint, and kept 24 hours. The services keep the key
+//! in the same transaction as the work (`tidings_core::services`); this module reads the
+//! header and words the answers that are kept.
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
-use tidings_core::store::IdempotencyClaim;
-use tidings_core::time::now;
-use tidings_core::Staff;
+use serde::Serialize;
+use tidings_core::services::{Answer, Once, Refusal, Reply};
 
-use crate::{ApiError, AppState};
+use crate::ApiError;
 
-/// Idempotency keys are kept at least this long.
-pub const KEEP_KEYS_HOURS: i64 = 24;
-
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let content_type = if status.is_success() {
-        "application/json"
-    } else {
-        "application/problem+json"
-    };
-    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
-}
-
-/// Runs `work` at most once per `Idempotency-Key` (when the request has one). `endpoint`
-/// separates the key spaces of different operations. `work` answers with a status and a
-/// JSON body; answers to bad requests are kept and replayed like successes, failures on
-/// our side release the key so that the client can retry.
-pub async fn idempotent(
-    state: &AppState,
-    staff: &Staff,
-    endpoint: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    work: impl AsyncFnOnce() -> Result<(StatusCode, Vec<u8>), ApiError>,
-) -> Result<Response, ApiError> {
+/// The request's `Idempotency-Key`, if it has one, for the operation `operation` of a
+/// request with body `body`.
+pub fn once<'a>(
+    headers: &'a HeaderMap,
+    operation: &'a str,
+    body: &'a [u8],
+) -> Result<Option<Once<'a>>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
-        let (status, answer) = work().await?;
-        return Ok(json_response(status, answer));
+        return Ok(None);
     };
     let key = value
         .to_str()
@@ -48,35 +30,42 @@ pub async fn idempotent(
             "Idempotency-Key must be 1 to 255 characters".into(),
         ));
     }
-    let scope = format!("staff:{}{endpoint}", staff.id);
-    let hash = Sha256::digest(body);
-    let keep = chrono::Duration::hours(KEEP_KEYS_HOURS);
-    match state
-        .store
-        .claim_idempotency_key(&scope, key, &hash, keep, now())
-        .await?
-    {
-        IdempotencyClaim::Replay { status, body } => {
-            return Ok(json_response(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                body,
-            ))
+    Ok(Some(Once {
+        key,
+        operation,
+        request: body,
+    }))
+}
+
+/// The answer kept with a key: `created` with the JSON of what was done, or the problem
+/// a refusal is answered with.
+pub fn words<T: Serialize>(created: StatusCode) -> impl Fn(Result<&T, &Refusal>) -> Answer {
+    move |outcome| match outcome {
+        Ok(done) => Answer {
+            status: created.as_u16(),
+            body: serde_json::to_vec(done).unwrap_or_default(),
+        },
+        Err(refusal) => {
+            let error = ApiError::from(refusal.clone());
+            Answer {
+                status: error.parts().0.as_u16(),
+                body: error.problem_body(),
+            }
         }
-        IdempotencyClaim::InFlight => return Err(ApiError::IdempotencyInFlight),
-        IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
-        IdempotencyClaim::Claimed => {}
     }
-    let (status, answer) = match work().await {
-        Ok(done) => done,
-        Err(error) if error.parts().0.is_server_error() => {
-            state.store.release_idempotency_key(&scope, key).await?;
-            return Err(error);
-        }
-        Err(error) => (error.parts().0, error.problem_body()),
+}
+
+/// The response to a service's reply.
+pub fn respond<T: Serialize>(created: StatusCode, reply: Reply<T>) -> Response {
+    let answer = match reply {
+        Reply::Done(done) => words(created)(Ok(&done)),
+        Reply::Replayed(answer) => answer,
     };
-    state
-        .store
-        .complete_idempotency_key(&scope, key, status.as_u16(), &answer)
-        .await?;
-    Ok(json_response(status, answer))
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    (status, [(header::CONTENT_TYPE, content_type)], answer.body).into_response()
 }

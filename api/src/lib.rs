@@ -53,6 +53,19 @@ pub struct AppState {
     /// The share of the directory (percent of any kind of row) an upload may delete
     /// before it is held back (`roster::ImportOptions::max_delete_percent`).
     pub roster_max_delete_percent: u8,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn tidings_core::clock::Clock>,
+}
+
+impl AppState {
+    /// The application services, on this state's store and clock.
+    pub fn services(&self) -> tidings_core::services::Services {
+        tidings_core::services::Services {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            partitions: self.partitions,
+        }
+    }
 }
 
 /// The whole router: operations endpoints, the staff API, and problem+json for

@@ -6,6 +6,7 @@
 
 pub mod audience;
 pub mod channel;
+pub mod clock;
 pub mod contact;
 pub mod delivery;
 pub mod fanout;
@@ -16,6 +17,7 @@ pub mod message;
 pub mod quiet_hours;
 pub mod roster;
 pub mod secret;
+pub mod services;
 pub mod staff;
 pub mod store;
 mod stored_enum;

@@ -172,6 +172,66 @@ impl TestDatabase {
         store.migrate().await.expect("migrate the test database");
         store
     }
+
+    /// From now on every `operation` (`INSERT` or `UPDATE`) on `table` fails, as a write
+    /// does when the disk fills or the database goes away mid-transaction, until
+    /// [`TestDatabase::heal`]. A database trigger does it, so the failure comes from the
+    /// database itself, wherever the write is made.
+    pub async fn break_writes(&self, table: &str, operation: &str) {
+        let name = fault_trigger(table, operation);
+        if self.is_postgres() {
+            self.execute(
+                "CREATE OR REPLACE FUNCTION tidings_injected_fault() RETURNS trigger \
+                 LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+            )
+            .await;
+            self.execute(&format!(
+                "CREATE TRIGGER {name} BEFORE {operation} ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION tidings_injected_fault()"
+            ))
+            .await;
+        } else {
+            self.execute(&format!(
+                "CREATE TRIGGER {name} BEFORE {operation} ON {table} \
+                 BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            ))
+            .await;
+        }
+    }
+
+    /// Undoes [`TestDatabase::break_writes`].
+    pub async fn heal(&self, table: &str, operation: &str) {
+        let name = fault_trigger(table, operation);
+        if self.is_postgres() {
+            self.execute(&format!("DROP TRIGGER {name} ON {table}"))
+                .await;
+        } else {
+            self.execute(&format!("DROP TRIGGER {name}")).await;
+        }
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(self.cleanup, Cleanup::Postgres { .. })
+    }
+
+    /// Runs one SQL statement on its own connection.
+    pub async fn execute(&self, sql: &str) {
+        if self.is_postgres() {
+            let mut conn = PgConnection::connect(&self.url).await.expect("connect");
+            conn.execute(sql).await.expect(sql);
+            let _ = conn.close().await;
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            conn.execute(sql).await.expect(sql);
+            let _ = conn.close().await;
+        }
+    }
+}
+
+fn fault_trigger(table: &str, operation: &str) -> String {
+    format!("tidings_fault_{table}_{}", operation.to_lowercase())
 }
 
 impl Drop for TestDatabase {

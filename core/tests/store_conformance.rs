@@ -910,46 +910,88 @@ async fn maintenance_and_measurement_leave_nothing_behind(store: Arc<dyn Store>)
 
 async fn idempotency_keys_claim_replay_mismatch_and_expire(store: Arc<dyn Store>) {
     use tidings_core::store::IdempotencyClaim;
-    let s = store.as_ref();
     let keep = Duration::hours(24);
     let at = now();
-    let claim = |hash: &'static [u8], at| async move {
-        s.claim_idempotency_key("staff:1", "k", hash, keep, at)
-            .await
-            .unwrap()
+    // Each claim in a transaction of its own, rolled back unless `then` completes it.
+    let claim = |scope: &'static str, hash: &'static [u8], at, complete: bool| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let claim = tx
+                .claim_idempotency_key(scope, "k", hash, keep, at)
+                .await
+                .unwrap();
+            if complete {
+                tx.complete_idempotency_key(scope, "k", 201, b"{\"id\":1}")
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+            claim
+        }
     };
-    assert_eq!(claim(b"one", at).await, IdempotencyClaim::Claimed);
-    assert_eq!(claim(b"one", at).await, IdempotencyClaim::InFlight);
-    assert_eq!(claim(b"two", at).await, IdempotencyClaim::Mismatch);
-    s.complete_idempotency_key("staff:1", "k", 201, b"{\"id\":1}")
-        .await
-        .unwrap();
-    s.release_idempotency_key("staff:1", "k").await.unwrap();
     assert_eq!(
-        claim(b"one", at).await,
+        claim("staff:1", b"one", at, false).await,
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        claim("staff:1", b"one", at, true).await,
+        IdempotencyClaim::Claimed,
+        "a claim rolled back with its transaction leaves the key free"
+    );
+    assert_eq!(
+        claim("staff:1", b"one", at, false).await,
         IdempotencyClaim::Replay {
             status: 201,
             body: b"{\"id\":1}".to_vec()
-        },
-        "a completed key is not released"
+        }
+    );
+    assert_eq!(
+        claim("staff:1", b"two", at, false).await,
+        IdempotencyClaim::Mismatch
     );
     // Another scope is another key space; a key older than `keep` is forgotten.
     assert_eq!(
-        s.claim_idempotency_key("staff:2", "k", b"one", keep, at)
+        claim("staff:2", b"one", at, false).await,
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        claim("staff:1", b"other", at + Duration::hours(25), false).await,
+        IdempotencyClaim::Claimed
+    );
+    if store.backend() == tidings_core::store::Backend::Postgres {
+        // Two transactions with one key: the second is told the first is in flight
+        // instead of waiting for its whole send (on SQLite one writer at a time).
+        let mut first = store.begin().await.unwrap();
+        assert_eq!(
+            first
+                .claim_idempotency_key("staff:3", "k", b"one", keep, at)
+                .await
+                .unwrap(),
+            IdempotencyClaim::Claimed
+        );
+        let mut second = store.begin().await.unwrap();
+        assert_eq!(
+            second
+                .claim_idempotency_key("staff:3", "k", b"one", keep, at)
+                .await
+                .unwrap(),
+            IdempotencyClaim::InFlight
+        );
+        drop(second);
+        first
+            .complete_idempotency_key("staff:3", "k", 201, b"{}")
             .await
-            .unwrap(),
-        IdempotencyClaim::Claimed
-    );
-    assert_eq!(
-        claim(b"other", at + Duration::hours(25)).await,
-        IdempotencyClaim::Claimed
-    );
-    s.release_idempotency_key("staff:1", "k").await.unwrap();
-    assert_eq!(
-        claim(b"other", at + Duration::hours(25)).await,
-        IdempotencyClaim::Claimed,
-        "a released key can be claimed again"
-    );
+            .unwrap();
+        first.commit().await.unwrap();
+        assert_eq!(
+            claim("staff:3", b"one", at, false).await,
+            IdempotencyClaim::Replay {
+                status: 201,
+                body: b"{}".to_vec()
+            }
+        );
+    }
 }
 
 async fn the_hourly_quota_is_reserved_by_concurrent_sends(store: Arc<dyn Store>) {

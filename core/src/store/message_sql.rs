@@ -224,9 +224,9 @@ macro_rules! message_queries {
             tx.commit().await?;
             Ok(Some((cancelled, left as u64)))
         }
-        /// Claims an idempotency key, or says what it already holds (see `Store`).
+        /// Claims an idempotency key, or says what it already holds (see `WriteTransaction`).
         pub async fn claim_idempotency_key(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             scope: &str,
             key: &str,
             request_hash: &[u8],
@@ -239,7 +239,7 @@ macro_rules! message_queries {
                 .bind(scope)
                 .bind(key)
                 .bind(at - keep)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             let claimed = sqlx::query(
                 "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
@@ -249,7 +249,7 @@ macro_rules! message_queries {
             .bind(key)
             .bind(request_hash)
             .bind(at)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
             if claimed == 1 {
@@ -261,10 +261,11 @@ macro_rules! message_queries {
             )
             .bind(scope)
             .bind(key)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?
             else {
-                // Released between our insert and read: the caller may simply try again.
+                // Forgotten (expired) between our insert and read: the caller may simply
+                // try again.
                 return Ok(IdempotencyClaim::InFlight);
             };
             let stored: Vec<u8> = row.try_get("request_hash")?;
@@ -282,7 +283,7 @@ macro_rules! message_queries {
         }
 
         pub async fn complete_idempotency_key(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             scope: &str,
             key: &str,
             status: u16,
@@ -293,16 +294,7 @@ macro_rules! message_queries {
                 .bind(body)
                 .bind(scope)
                 .bind(key)
-                .execute(pool)
-                .await?;
-            Ok(())
-        }
-
-        pub async fn release_idempotency_key(pool: &sqlx::Pool<$db>, scope: &str, key: &str) -> StoreResult<()> {
-            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL")
-                .bind(scope)
-                .bind(key)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         }

@@ -614,15 +614,15 @@ pub enum SendRefusal {
 }
 
 /// Expands, in a store module with `audience`, `write_message` and `write_recipients`,
-/// to `send_streamed`: the body of `Store::send_message`, in `tx`. It reads the audience
-/// before it writes: on SQLite `tx` must hold the write lock from its start (`BEGIN
-/// IMMEDIATE`), or a commit by another connection after the first read would make the
-/// first write fail (a read snapshot cannot become a write).
+/// to `send_streamed`: the body of [`WriteTransaction::send_message`], in `tx`, which it
+/// leaves open. It reads the audience before it writes: on SQLite `tx` must hold the write
+/// lock from its start (`BEGIN IMMEDIATE`), or a commit by another connection after the
+/// first read would make the first write fail (a read snapshot cannot become a write).
 macro_rules! streamed_send {
     ($db:ty) => {
         #[allow(clippy::too_many_arguments)]
         async fn send_streamed(
-            mut tx: sqlx::Transaction<'_, $db>,
+            tx: &mut sqlx::Transaction<'static, $db>,
             message: &NewMessage,
             scope: &crate::store::Scope,
             target: &crate::audience::Audience,
@@ -632,21 +632,49 @@ macro_rules! streamed_send {
             at: DateTime<Utc>,
         ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
             use crate::store::SendRefusal;
-            let reached = match audience::resolve_targets(&mut tx, scope, target).await? {
-                Ok(reached) => reached,
-                Err(problems) => return Ok(Err(SendRefusal::Audience(problems))),
+            let sent = match audience::resolve_targets(tx, scope, target).await? {
+                Err(problems) => Err(SendRefusal::Audience(problems)),
+                Ok(0) => Err(SendRefusal::NoOne),
+                Ok(reached) if max_recipients.is_some_and(|max| reached > max) => {
+                    Err(SendRefusal::TooMany(reached))
+                }
+                Ok(_) => match write_streamed(tx, message, plan, chunk, at).await {
+                    Ok(summary) => Ok(summary),
+                    // A refusal, with the transaction still usable: on to the cleanup.
+                    Err(quota @ StoreError::HourlyQuota { .. }) => {
+                        return finish(tx, Err(quota)).await
+                    }
+                    Err(error) => return Err(error),
+                },
             };
-            if reached == 0 {
-                return Ok(Err(SendRefusal::NoOne));
-            }
-            if max_recipients.is_some_and(|max| reached > max) {
-                return Ok(Err(SendRefusal::TooMany(reached)));
-            }
-            write_message(&mut tx, message, at).await?;
+            finish(tx, Ok(sent)).await
+        }
+
+        /// Temporary tables outlive a commit on their connection, and a refusal may be
+        /// committed too (with the idempotency record that remembers it).
+        async fn finish<T>(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            result: StoreResult<T>,
+        ) -> StoreResult<T> {
+            sqlx::query("DROP TABLE IF EXISTS audience_targets")
+                .execute(&mut **tx)
+                .await?;
+            result
+        }
+
+        /// The message, then its recipients a chunk of `audience_targets` at a time.
+        async fn write_streamed(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            message: &NewMessage,
+            plan: &crate::store::PlanChunk,
+            chunk: usize,
+            at: DateTime<Utc>,
+        ) -> StoreResult<crate::store::SendSummary> {
+            write_message(tx, message, at).await?;
             let mut summary = crate::store::SendSummary::default();
             let mut after = None;
             loop {
-                let mut members = audience::members(&mut tx, after, chunk.max(1)).await?;
+                let mut members = audience::members(tx, after, chunk.max(1)).await?;
                 let Some(last) = members.last() else { break };
                 after = Some(last.guardian_id);
                 // Planned partition by partition, so that ids follow the order the
@@ -657,18 +685,75 @@ macro_rules! streamed_send {
                 let recipients = plan(&members);
                 drop(members);
                 summary.add(&recipients);
-                write_recipients(&mut tx, message, &recipients, at).await?;
+                write_recipients(tx, message, &recipients, at).await?;
             }
-            // Temporary tables outlive a commit on their connection.
-            sqlx::query("DROP TABLE audience_targets")
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(Ok(summary))
+            Ok(summary)
         }
     };
 }
 pub(crate) use streamed_send;
+
+/// One write transaction of an application service: the idempotency record, the work
+/// and the audit row commit together or not at all, so a failure anywhere before the
+/// commit leaves neither a half-done request nor a key that blocks its retry.
+///
+/// On SQLite the transaction holds the write lock from its start; on PostgreSQL it is
+/// READ COMMITTED, and the uniqueness of `(scope, key)` makes two transactions with one
+/// idempotency key wait for each other.
+#[async_trait]
+pub trait WriteTransaction: Send {
+    /// Claims `(scope, key)` for a request with this hash, or says what the key already
+    /// holds. Keys older than `keep` are forgotten and can be claimed again. The claim
+    /// lasts as long as the transaction: rolled back, the key is free again.
+    async fn claim_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+        keep: chrono::Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<IdempotencyClaim>;
+
+    /// Stores the answer to a claimed key, to be replayed to repeats.
+    async fn complete_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &[u8],
+    ) -> StoreResult<()>;
+
+    /// Sends `message` (its recipients ignored) to `audience` within `scope`: the audience
+    /// is resolved into the database, then read, planned with `plan` and written a chunk
+    /// of guardians at a time, so that memory does not grow with the audience. Refused,
+    /// with nothing written, when the audience names what does not exist or may not be
+    /// messaged, reaches no one, or reaches more than `max_recipients`.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_message(
+        &mut self,
+        message: &NewMessage,
+        scope: &Scope,
+        audience: &crate::audience::Audience,
+        max_recipients: Option<usize>,
+        plan: &PlanChunk,
+        chunk: usize,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Result<SendSummary, SendRefusal>>;
+
+    /// Appends a staff or system action to the audit log.
+    async fn audit(
+        &mut self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Makes everything written durable and visible, and wakes the dispatchers if the log
+    /// grew.
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
 
 /// Every durable operation. Implementations are cheap to clone handles on a pool.
 #[async_trait]
@@ -876,11 +961,13 @@ pub trait Store:
         audience: &crate::audience::Audience,
     ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>;
 
-    /// Sends `message` (its recipients ignored) to `audience` within `scope`, in one
-    /// transaction: the audience is resolved into the database, then read, planned with
-    /// `plan` and written a chunk of guardians at a time, so that memory does not grow
-    /// with the audience. Refused, with nothing written, when the audience names what does
-    /// not exist or may not be messaged, or reaches more than `max_recipients`.
+    /// Starts a write transaction: what an application service does in one go (see
+    /// [`WriteTransaction`]). Nothing it writes is seen by anyone until it commits; dropped
+    /// without a commit, it leaves no trace.
+    async fn begin(&self) -> StoreResult<Box<dyn WriteTransaction>>;
+
+    /// [`WriteTransaction::send_message`] in a transaction of its own, committed unless
+    /// refused.
     #[allow(clippy::too_many_arguments)]
     async fn send_message(
         &self,
@@ -891,30 +978,16 @@ pub trait Store:
         plan: &PlanChunk,
         chunk: usize,
         at: DateTime<Utc>,
-    ) -> StoreResult<Result<SendSummary, SendRefusal>>;
-
-    /// Claims `(scope, key)` for a request with this hash, or says what the key already
-    /// holds. Keys older than `keep` are forgotten and can be claimed again.
-    async fn claim_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        request_hash: &[u8],
-        keep: chrono::Duration,
-        at: DateTime<Utc>,
-    ) -> StoreResult<IdempotencyClaim>;
-
-    /// Stores the response of a claimed key, to be replayed to repeats.
-    async fn complete_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        status: u16,
-        body: &[u8],
-    ) -> StoreResult<()>;
-
-    /// Forgets a claimed key whose request failed on our side, so that it can be retried.
-    async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()>;
+    ) -> StoreResult<Result<SendSummary, SendRefusal>> {
+        let mut tx = self.begin().await?;
+        let sent = tx
+            .send_message(message, scope, audience, max_recipients, plan, chunk, at)
+            .await?;
+        if sent.is_ok() {
+            tx.commit().await?;
+        }
+        Ok(sent)
+    }
 
     /// A message with its delivery counts by channel and state, if the scope may see it.
     async fn message_summary(

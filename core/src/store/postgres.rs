@@ -731,30 +731,11 @@ impl Store for PostgresStore {
         }))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn send_message(
-        &self,
-        message: &NewMessage,
-        scope: &crate::store::Scope,
-        audience: &crate::audience::Audience,
-        max_recipients: Option<usize>,
-        plan: &crate::store::PlanChunk,
-        chunk: usize,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
-        let send = send_streamed(
-            self.pool.begin().await?,
-            message,
-            scope,
-            audience,
-            max_recipients,
-            plan,
-            chunk,
-            at,
-        );
-        let sent = send.await?;
-        self.written.wrote();
-        Ok(sent)
+    async fn begin(&self) -> StoreResult<Box<dyn super::WriteTransaction>> {
+        Ok(Box::new(PostgresWrite {
+            tx: self.pool.begin().await?,
+            written: self.written.clone(),
+        }))
     }
 
     async fn resolve_audience(
@@ -764,31 +745,6 @@ impl Store for PostgresStore {
     ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>
     {
         audience::resolve(&self.pool, scope, audience).await
-    }
-
-    async fn claim_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        request_hash: &[u8],
-        keep: chrono::Duration,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::IdempotencyClaim> {
-        messages::claim_idempotency_key(&self.pool, scope, key, request_hash, keep, at).await
-    }
-
-    async fn complete_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        status: u16,
-        body: &[u8],
-    ) -> StoreResult<()> {
-        messages::complete_idempotency_key(&self.pool, scope, key, status, body).await
-    }
-
-    async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
-        messages::release_idempotency_key(&self.pool, scope, key).await
     }
 
     async fn message_summary(
@@ -940,23 +896,7 @@ impl Store for PostgresStore {
         detail: serde_json::Value,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let staff_id = match actor.kind {
-            crate::delivery::ActorKind::Staff => actor.reference.parse::<Uuid>().ok(),
-            _ => None,
-        };
-        sqlx::query(
-            "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(Uuid::from(district_id))
-        .bind(staff_id)
-        .bind(action)
-        .bind(detail)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_audit(&self.pool, district_id, actor, action, detail, at).await
     }
 }
 
@@ -1561,3 +1501,133 @@ mod guardian_access {
 crate::store::guardian_sql::guardian_access!(PostgresStore, guardian_access);
 
 crate::store::inbox::inbox_store!(PostgresStore, directory);
+
+async fn insert_audit<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    district_id: DistrictId,
+    actor: &Actor,
+    action: &str,
+    detail: serde_json::Value,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    let staff_id = match actor.kind {
+        crate::delivery::ActorKind::Staff => actor.reference.parse::<Uuid>().ok(),
+        _ => None,
+    };
+    sqlx::query(
+        "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(Uuid::from(district_id))
+    .bind(staff_id)
+    .bind(action)
+    .bind(detail)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How long a request waits for another transaction holding its idempotency key before
+/// it is told the key is in flight.
+const IDEMPOTENCY_WAIT: &str = "200ms";
+
+/// PostgreSQL's `lock_not_available`: a lock wait ran past `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// A write transaction (see [`super::WriteTransaction`]).
+struct PostgresWrite {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    written: super::dispatch::LogWrites,
+}
+
+#[async_trait]
+impl super::WriteTransaction for PostgresWrite {
+    async fn claim_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+        keep: chrono::Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::IdempotencyClaim> {
+        // A transaction that holds the same key has not committed yet: its insert would
+        // make ours wait for as long as its whole send takes. Wait briefly, then say so.
+        let previous: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
+            .fetch_one(&mut *self.tx)
+            .await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(IDEMPOTENCY_WAIT)
+            .execute(&mut *self.tx)
+            .await?;
+        let claim =
+            messages::claim_idempotency_key(&mut self.tx, scope, key, request_hash, keep, at).await;
+        match claim {
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+            {
+                // The transaction is aborted; the caller drops it.
+                Ok(super::IdempotencyClaim::InFlight)
+            }
+            Err(e) => Err(e),
+            Ok(claim) => {
+                sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+                    .bind(previous)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(claim)
+            }
+        }
+    }
+
+    async fn complete_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &[u8],
+    ) -> StoreResult<()> {
+        messages::complete_idempotency_key(&mut self.tx, scope, key, status, body).await
+    }
+
+    async fn send_message(
+        &mut self,
+        message: &NewMessage,
+        scope: &super::Scope,
+        audience: &crate::audience::Audience,
+        max_recipients: Option<usize>,
+        plan: &super::PlanChunk,
+        chunk: usize,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Result<super::SendSummary, super::SendRefusal>> {
+        send_streamed(
+            &mut self.tx,
+            message,
+            scope,
+            audience,
+            max_recipients,
+            plan,
+            chunk,
+            at,
+        )
+        .await
+    }
+
+    async fn audit(
+        &mut self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        insert_audit(&mut *self.tx, district_id, actor, action, detail, at).await
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.tx.commit().await?;
+        self.written.wrote();
+        Ok(())
+    }
+}

@@ -800,32 +800,11 @@ impl Store for SqliteStore {
         }))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn send_message(
-        &self,
-        message: &NewMessage,
-        scope: &crate::store::Scope,
-        audience: &crate::audience::Audience,
-        max_recipients: Option<usize>,
-        plan: &crate::store::PlanChunk,
-        chunk: usize,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
-        // Through the writer, in turn with the dispatcher's writes, holding the write lock
-        // from the start: see `streamed_send`.
-        let send = send_streamed(
-            self.begin_write().await?,
-            message,
-            scope,
-            audience,
-            max_recipients,
-            plan,
-            chunk,
-            at,
-        );
-        let sent = send.await?;
-        self.written.wrote();
-        Ok(sent)
+    async fn begin(&self) -> StoreResult<Box<dyn super::WriteTransaction>> {
+        Ok(Box::new(SqliteWrite {
+            tx: self.begin_write().await?,
+            written: self.written.clone(),
+        }))
     }
 
     async fn resolve_audience(
@@ -835,31 +814,6 @@ impl Store for SqliteStore {
     ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>
     {
         audience::resolve(&self.pool, scope, audience).await
-    }
-
-    async fn claim_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        request_hash: &[u8],
-        keep: chrono::Duration,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::IdempotencyClaim> {
-        messages::claim_idempotency_key(self.write_pool(), scope, key, request_hash, keep, at).await
-    }
-
-    async fn complete_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        status: u16,
-        body: &[u8],
-    ) -> StoreResult<()> {
-        messages::complete_idempotency_key(self.write_pool(), scope, key, status, body).await
-    }
-
-    async fn release_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
-        messages::release_idempotency_key(self.write_pool(), scope, key).await
     }
 
     async fn message_summary(
@@ -1019,22 +973,103 @@ impl Store for SqliteStore {
         detail: serde_json::Value,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let staff_id = match actor.kind {
-            crate::delivery::ActorKind::Staff => Some(actor.reference.clone()),
-            _ => None,
-        };
-        sqlx::query(
-            "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        insert_audit(self.write_pool(), district_id, actor, action, detail, at).await
+    }
+}
+
+async fn insert_audit<'c>(
+    conn: impl sqlx::SqliteExecutor<'c>,
+    district_id: DistrictId,
+    actor: &Actor,
+    action: &str,
+    detail: serde_json::Value,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    let staff_id = match actor.kind {
+        crate::delivery::ActorKind::Staff => Some(actor.reference.clone()),
+        _ => None,
+    };
+    sqlx::query(
+        "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(text_id(district_id))
+    .bind(staff_id)
+    .bind(action)
+    .bind(detail.to_string())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A write transaction on the write connection (see [`super::WriteTransaction`]).
+struct SqliteWrite {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    written: super::dispatch::LogWrites,
+}
+
+#[async_trait]
+impl super::WriteTransaction for SqliteWrite {
+    async fn claim_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+        keep: chrono::Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::IdempotencyClaim> {
+        messages::claim_idempotency_key(&mut self.tx, scope, key, request_hash, keep, at).await
+    }
+
+    async fn complete_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &[u8],
+    ) -> StoreResult<()> {
+        messages::complete_idempotency_key(&mut self.tx, scope, key, status, body).await
+    }
+
+    async fn send_message(
+        &mut self,
+        message: &NewMessage,
+        scope: &super::Scope,
+        audience: &crate::audience::Audience,
+        max_recipients: Option<usize>,
+        plan: &super::PlanChunk,
+        chunk: usize,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Result<super::SendSummary, super::SendRefusal>> {
+        send_streamed(
+            &mut self.tx,
+            message,
+            scope,
+            audience,
+            max_recipients,
+            plan,
+            chunk,
+            at,
         )
-        .bind(Uuid::now_v7().to_string())
-        .bind(text_id(district_id))
-        .bind(staff_id)
-        .bind(action)
-        .bind(detail.to_string())
-        .bind(at)
-        .execute(self.write_pool())
-        .await?;
+        .await
+    }
+
+    async fn audit(
+        &mut self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        insert_audit(&mut *self.tx, district_id, actor, action, detail, at).await
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.tx.commit().await?;
+        self.written.wrote();
         Ok(())
     }
 }

@@ -1,0 +1,161 @@
+//! Application services: one module per thing staff do (send a message, remind, recall),
+//! shared by every front end — the REST API and the web admin translate to and from them
+//! and hold no rules of their own.
+//!
+//! A service takes the caller and a typed request and runs as ONE write transaction
+//! ([`WriteTransaction`]): the idempotency record, the work and the audit row commit
+//! together or not at all. A failure anywhere before the commit leaves nothing behind —
+//! no half-sent broadcast, no key stuck "in flight" — so the caller's retry is safe; a
+//! failure after it (the answer lost on its way back) is answered by replaying what was
+//! stored with the key.
+
+pub mod renotify;
+pub mod send;
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::store::{IdempotencyClaim, Store, StoreError, WriteTransaction};
+use crate::Staff;
+
+/// Idempotency keys are kept at least this long.
+pub const KEEP_KEYS_HOURS: i64 = 24;
+
+/// What the services need: the store, the clock, and how the log is partitioned.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// Partitions per lane of the delivery log.
+    pub partitions: u32,
+}
+
+/// Why a service did not do what it was asked: the caller's mistake or the rules, never
+/// ours. Each has a stable meaning a front end maps to its own words (the API to a
+/// problem type).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the caller's role does not allow this")]
+    Forbidden,
+    #[error("no such thing the caller may see")]
+    NotFound,
+    /// The request is not valid; the text says which part and why.
+    #[error("{0}")]
+    Invalid(String),
+    /// The audience names what the caller may not message (the references).
+    #[error("outside what the caller may message: {0}")]
+    ForbiddenAudience(String),
+    /// The audience names what does not exist (the references).
+    #[error("unknown: {0}")]
+    UnknownAudience(String),
+    #[error("{0}")]
+    EmptyAudience(String),
+    /// A district quota would be exceeded.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Another request with the same idempotency key is still being handled.
+    #[error("a request with this idempotency key is still being handled")]
+    IdempotencyInFlight,
+    /// The idempotency key was used before for a different request.
+    #[error("this idempotency key was used for a different request")]
+    IdempotencyMismatch,
+}
+
+/// A service's failure: a refusal, or the store failing (ours: the caller may retry).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    /// A store failure that is really a refusal (the hourly quota, checked inside the
+    /// transaction) becomes one.
+    fn from_store(error: StoreError) -> Self {
+        match error {
+            StoreError::HourlyQuota { .. } => Refusal::QuotaExceeded(error.to_string()).into(),
+            error => ServiceError::Store(error),
+        }
+    }
+}
+
+/// A request that is to be done at most once: repeats with the same key (by the same
+/// staff member, for the same operation) get the first answer again.
+#[derive(Debug, Clone, Copy)]
+pub struct Once<'a> {
+    /// The client's `Idempotency-Key`, or a form's one-time token.
+    pub key: &'a str,
+    /// Separates the key spaces of different operations (e.g. `""` for sending,
+    /// `":renotify:<id>"` for a reminder of one message).
+    pub operation: &'a str,
+    /// The request as received: a repeat must match it byte for byte.
+    pub request: &'a [u8],
+}
+
+/// A front end's answer to a request, kept with its key and replayed to repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// What a service did with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<T> {
+    /// Done now.
+    Done(T),
+    /// Done (or refused) before, under the same key: the answer given then.
+    Replayed(Answer),
+}
+
+/// Claims `once` (when given) in `tx`: `Some(answer)` for a repeat of an answered request.
+async fn claim(
+    tx: &mut dyn WriteTransaction,
+    caller: &Staff,
+    once: Option<&Once<'_>>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Answer>, ServiceError> {
+    let Some(once) = once else { return Ok(None) };
+    let claim = tx
+        .claim_idempotency_key(
+            &key_scope(caller, once),
+            once.key,
+            &Sha256::digest(once.request),
+            chrono::Duration::hours(KEEP_KEYS_HOURS),
+            at,
+        )
+        .await?;
+    match claim {
+        IdempotencyClaim::Claimed => Ok(None),
+        IdempotencyClaim::Replay { status, body } => Ok(Some(Answer { status, body })),
+        IdempotencyClaim::InFlight => Err(Refusal::IdempotencyInFlight.into()),
+        IdempotencyClaim::Mismatch => Err(Refusal::IdempotencyMismatch.into()),
+    }
+}
+
+/// Stores `answer` with `once`'s key (when given), in `tx`.
+async fn remember(
+    tx: &mut dyn WriteTransaction,
+    caller: &Staff,
+    once: Option<&Once<'_>>,
+    answer: impl FnOnce() -> Answer,
+) -> Result<(), StoreError> {
+    let Some(once) = once else { return Ok(()) };
+    let answer = answer();
+    tx.complete_idempotency_key(
+        &key_scope(caller, once),
+        once.key,
+        answer.status,
+        &answer.body,
+    )
+    .await
+}
+
+/// Keys are per staff member and operation.
+fn key_scope(caller: &Staff, once: &Once<'_>) -> String {
+    format!("staff:{}{}", caller.id, once.operation)
+}
