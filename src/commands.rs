@@ -6,6 +6,7 @@ use anyhow::Context;
 use tidings_core::delivery::Actor;
 use tidings_core::link::LinkKeys;
 use tidings_core::secret::{self, ApiToken};
+use tidings_core::services::{Refusal, ServiceError, Services};
 use tidings_core::store::{self, ConnectOptions, FirstAdmin, Store};
 use tidings_core::time::now;
 use tidings_core::EmailAddress;
@@ -427,10 +428,8 @@ pub async fn quotas(
     )?;
     let hourly = limit(max_messages_per_hour, current.max_messages_per_hour)?;
     if max_recipients_per_message.is_some() || max_messages_per_hour.is_some() {
-        store.set_district_quotas(id, recipients, hourly).await?;
-        let detail = serde_json::json!({ "max_recipients_per_message": recipients, "max_messages_per_hour": hourly });
-        store
-            .audit(id, &Actor::system("cli"), "district.quotas", detail, now())
+        services(config, store.clone())
+            .set_district_quotas(&Actor::system("cli"), id, recipients, hourly)
             .await?;
     }
     let show = |v: Option<i32>| v.map_or_else(|| "no limit".to_owned(), |v| v.to_string());
@@ -459,22 +458,15 @@ pub async fn quiet_hours(
     };
     let store = open_store(config, config.migrate_on_start).await?;
     let id = crate::import::choose_district(store.as_ref(), district).await?;
-    if !store.set_school_quiet_hours(id, school, quiet).await? {
-        anyhow::bail!("no school {school:?} in this district");
+    match services(config, store)
+        .set_school_quiet_hours(&Actor::system("cli"), id, school, quiet)
+        .await
+    {
+        Err(ServiceError::Refused(Refusal::NotFound)) => {
+            anyhow::bail!("no school {school:?} in this district")
+        }
+        done => done?,
     }
-    let detail = serde_json::json!({
-        "school": school,
-        "quiet_hours": quiet.map(|q| serde_json::json!({"timezone": q.timezone.name(), "start_minute": q.start_minute, "end_minute": q.end_minute})),
-    });
-    store
-        .audit(
-            id,
-            &Actor::system("cli"),
-            "school.quiet_hours",
-            detail,
-            now(),
-        )
-        .await?;
     match quiet {
         Some(q) => println!(
             "{school}: non-urgent messages wait from {:02}:{:02} to {:02}:{:02} ({})",
@@ -533,4 +525,14 @@ pub async fn sandbox(
     tidings_sandbox::server::serve(listener, provider, settings, shutdown)
         .await
         .context("the sandbox server failed")
+}
+
+/// The application services, on `store` with this configuration.
+fn services(config: &Config, store: Arc<dyn Store>) -> Services {
+    Services {
+        store,
+        clock: Arc::new(tidings_core::clock::SystemClock),
+        partitions: config.log_partitions,
+        default_phone_region: config.default_phone_region.clone(),
+    }
 }

@@ -6,10 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
-use tidings_core::delivery::Actor;
-use tidings_core::store::{GuardianDetail, GuardianRef, PageRequest, Scope};
-use tidings_core::time::now;
-use tidings_core::{Channel, ContactPointId, EmailAddress, GuardianId, PhoneNumber, Role};
+use tidings_core::store::{GuardianDetail, PageRequest, Scope};
+use tidings_core::ContactPointId;
 use uuid::Uuid;
 
 use crate::extract::{Json, Path, Query};
@@ -251,23 +249,6 @@ listing!(
     "directory"
 );
 
-/// A guardian the caller may see, named by id or sourcedId.
-async fn visible_guardian(
-    state: &AppState,
-    scope: &Scope,
-    reference: &str,
-) -> Result<GuardianDetail, ApiError> {
-    let reference = match reference.parse::<Uuid>() {
-        Ok(id) => GuardianRef::Id(id),
-        Err(_) => GuardianRef::SourcedId(reference.to_owned()),
-    };
-    state
-        .store
-        .guardian_detail(scope, &reference)
-        .await?
-        .ok_or(ApiError::NotFound)
-}
-
 /// A guardian with the students (that the caller may see), contact points and opt-outs.
 #[utoipa::path(get, path = "/api/v1/guardians/{id}", tag = "directory", security(("bearer" = [])), params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster")), 
     responses(
@@ -280,16 +261,8 @@ pub async fn get_guardian(
     Path(id): Path<String>,
 ) -> Result<axum::Json<GuardianDetail>, ApiError> {
     Ok(axum::Json(
-        visible_guardian(&state, &Scope::of(&staff), &id).await?,
+        state.services().visible_guardian(&staff, &id).await?,
     ))
-}
-
-/// Administrators may edit how a guardian is reached; teachers and viewers may not.
-fn may_edit(staff: &tidings_core::Staff) -> Result<(), ApiError> {
-    match staff.role {
-        Role::DistrictAdmin | Role::SchoolAdmin => Ok(()),
-        Role::Teacher | Role::Viewer => Err(ApiError::Forbidden),
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -314,40 +287,9 @@ pub async fn add_contact_point(
     Path(id): Path<String>,
     Json(body): Json<NewContactPoint>,
 ) -> Result<impl IntoResponse, ApiError> {
-    may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
-    let kind: Channel = body
-        .kind
-        .parse()
-        .map_err(|e: tidings_core::UnknownName| ApiError::InvalidBody(e.to_string()))?;
-    let address = match kind {
-        Channel::Sms => PhoneNumber::parse_in(&body.address, &state.default_phone_region)
-            .map_err(|e| ApiError::InvalidBody(e.to_string()))?
-            .to_string(),
-        Channel::Email => EmailAddress::parse(&body.address)
-            .map_err(|e| ApiError::InvalidBody(e.to_string()))?
-            .to_string(),
-        Channel::Push => {
-            return Err(ApiError::InvalidBody(
-                "push devices are registered by the guardian app, not by staff".into(),
-            ))
-        }
-    };
-    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
     let contact = state
-        .store
-        .add_contact_point(staff.district_id, guardian_id, kind, &address, now())
-        .await?;
-    let detail = serde_json::json!({ "guardian_id": guardian_id, "contact_point_id": contact.id, "kind": kind });
-    state
-        .store
-        .audit(
-            staff.district_id,
-            &Actor::staff(staff.id),
-            "contact_point.add",
-            detail,
-            now(),
-        )
+        .services()
+        .add_contact_point(&staff, &id, &body.kind, &body.address)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(contact)))
 }
@@ -368,28 +310,13 @@ pub async fn change_contact_point(
     Path((id, contact_point)): Path<(String, Uuid)>,
     Json(body): Json<ContactPointChange>,
 ) -> Result<impl IntoResponse, ApiError> {
-    may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
-    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
     let changed = state
-        .store
-        .set_contact_point_active(
-            guardian_id,
+        .services()
+        .change_contact_point(
+            &staff,
+            &id,
             ContactPointId::from_uuid(contact_point),
             body.active,
-            now(),
-        )
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let detail = serde_json::json!({ "guardian_id": guardian_id, "contact_point_id": contact_point, "active": body.active });
-    state
-        .store
-        .audit(
-            staff.district_id,
-            &Actor::staff(staff.id),
-            "contact_point.change",
-            detail,
-            now(),
         )
         .await?;
     Ok(axum::Json(changed))
@@ -412,27 +339,9 @@ pub async fn add_opt_out(
     Path(id): Path<String>,
     Json(body): Json<NewOptOut>,
 ) -> Result<impl IntoResponse, ApiError> {
-    may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
-    let channel: Channel = body
-        .channel
-        .parse()
-        .map_err(|e: tidings_core::UnknownName| ApiError::InvalidBody(e.to_string()))?;
-    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
     let opt_out = state
-        .store
-        .add_opt_out(staff.district_id, guardian_id, channel, "staff", now())
-        .await?;
-    let detail = serde_json::json!({ "guardian_id": guardian_id, "opt_out_id": opt_out.id, "channel": channel });
-    state
-        .store
-        .audit(
-            staff.district_id,
-            &Actor::staff(staff.id),
-            "opt_out.add",
-            detail,
-            now(),
-        )
+        .services()
+        .add_opt_out(&staff, &id, &body.channel)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(opt_out)))
 }
@@ -450,29 +359,9 @@ pub async fn revoke_opt_out(
     Caller(staff): Caller,
     Path((id, opt_out)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    may_edit(&staff)?;
-    let guardian = visible_guardian(&state, &Scope::of(&staff), &id).await?;
-    let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
-    let found = state
-        .store
-        .revoke_opt_out(guardian_id, opt_out, now())
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if found.source == "carrier" {
-        return Err(ApiError::Conflict(
-            "this is a carrier STOP: only the guardian can undo it, by texting START".into(),
-        ));
-    }
-    let detail = serde_json::json!({ "guardian_id": guardian_id, "opt_out_id": opt_out });
     state
-        .store
-        .audit(
-            staff.district_id,
-            &Actor::staff(staff.id),
-            "opt_out.revoke",
-            detail,
-            now(),
-        )
+        .services()
+        .revoke_opt_out(&staff, &id, opt_out)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -83,6 +83,7 @@ impl From<Refusal> for ApiError {
             Refusal::ForbiddenAudience(references) => ApiError::ForbiddenAudience(references),
             Refusal::UnknownAudience(references) => ApiError::UnknownAudience(references),
             Refusal::EmptyAudience(detail) => ApiError::EmptyAudience(detail),
+            Refusal::Conflict(detail) => ApiError::Conflict(detail),
             Refusal::QuotaExceeded(detail) => ApiError::QuotaExceeded(detail),
             Refusal::IdempotencyInFlight => ApiError::IdempotencyInFlight,
             Refusal::IdempotencyMismatch => ApiError::IdempotencyMismatch,

@@ -64,6 +64,7 @@ impl AppState {
             store: self.store.clone(),
             clock: self.clock.clone(),
             partitions: self.partitions,
+            default_phone_region: self.default_phone_region.clone(),
         }
     }
 }

@@ -9,8 +9,10 @@
 //! failure after it (the answer lost on its way back) is answered by replaying what was
 //! stored with the key.
 
+pub mod directory;
 pub mod renotify;
 pub mod send;
+pub mod settings;
 
 use std::sync::Arc;
 
@@ -30,6 +32,8 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// Partitions per lane of the delivery log.
     pub partitions: u32,
+    /// Region for phone numbers staff type without a country code (ISO 3166, e.g. "US").
+    pub default_phone_region: String,
 }
 
 /// Why a service did not do what it was asked: the caller's mistake or the rules, never
@@ -52,6 +56,9 @@ pub enum Refusal {
     UnknownAudience(String),
     #[error("{0}")]
     EmptyAudience(String),
+    /// The request contradicts what is stored (the text says what).
+    #[error("{0}")]
+    Conflict(String),
     /// A district quota would be exceeded.
     #[error("{0}")]
     QuotaExceeded(String),

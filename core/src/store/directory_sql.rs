@@ -280,7 +280,7 @@ macro_rules! directory_queries {
         }
 
         pub async fn add_contact_point(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             district: uuid::Uuid,
             guardian: uuid::Uuid,
             kind: $crate::Channel,
@@ -300,7 +300,7 @@ macro_rules! directory_queries {
             .bind(kind.as_str())
             .bind(address)
             .bind(at)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
             contact(&row)
         }
@@ -354,7 +354,7 @@ macro_rules! directory_queries {
         }
 
         pub async fn set_contact_point_active(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             guardian: uuid::Uuid,
             contact_point: uuid::Uuid,
             active: bool,
@@ -370,13 +370,13 @@ macro_rules! directory_queries {
             .bind(at)
             .bind($enc(contact_point))
             .bind($enc(guardian))
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             row.as_ref().map(contact).transpose()
         }
 
         pub async fn add_opt_out(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             district: uuid::Uuid,
             guardian: uuid::Uuid,
             channel: $crate::Channel,
@@ -394,7 +394,7 @@ macro_rules! directory_queries {
             .bind(channel.as_str())
             .bind(source)
             .bind(at)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
             let row = sqlx::query(
                 "SELECT id, channel, source, created_at FROM opt_outs \
@@ -403,14 +403,14 @@ macro_rules! directory_queries {
             .bind($enc(guardian))
             .bind(channel.as_str())
             .bind(source)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
             opt_out(&row)
         }
 
         /// Revokes an opt-out that is not a carrier STOP; returns the opt-out as it was.
         pub async fn revoke_opt_out(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             guardian: uuid::Uuid,
             id: uuid::Uuid,
             at: chrono::DateTime<chrono::Utc>,
@@ -421,7 +421,7 @@ macro_rules! directory_queries {
             )
             .bind($enc(id))
             .bind($enc(guardian))
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             let Some(found) = row.as_ref().map(opt_out).transpose()? else {
                 return Ok(None);
@@ -430,7 +430,7 @@ macro_rules! directory_queries {
                 sqlx::query("UPDATE opt_outs SET revoked_at = $1 WHERE id = $2")
                     .bind(at)
                     .bind($enc(id))
-                    .execute(pool)
+                    .execute(&mut *conn)
                     .await?;
             }
             Ok(Some(found))
@@ -464,10 +464,11 @@ macro_rules! directory_queries {
 
         /// Sets a school's time zone and quiet hours; the school by id or sourcedId.
         pub async fn set_school_quiet_hours(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             district: uuid::Uuid,
             school: &str,
             quiet: Option<$crate::quiet_hours::QuietHours>,
+            at: chrono::DateTime<chrono::Utc>,
         ) -> StoreResult<bool> {
             let updated = sqlx::query(&format!(
                 "UPDATE schools SET timezone = COALESCE($1, timezone), quiet_start_minute = $2, quiet_end_minute = $3, \
@@ -477,11 +478,11 @@ macro_rules! directory_queries {
             .bind(quiet.map(|q| q.timezone.name().to_owned()))
             .bind(quiet.map(|q| q.start_minute as i16))
             .bind(quiet.map(|q| q.end_minute as i16))
-            .bind($crate::time::now())
+            .bind(at)
             .bind($enc(district))
             .bind(school.trim().to_lowercase())
             .bind(school.trim())
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
             Ok(updated > 0)
@@ -510,7 +511,7 @@ macro_rules! directory_queries {
         }
 
         pub async fn set_district_quotas(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             district: uuid::Uuid,
             max_recipients_per_message: Option<i32>,
             max_messages_per_hour: Option<i32>,
@@ -519,7 +520,7 @@ macro_rules! directory_queries {
                 .bind(max_recipients_per_message)
                 .bind(max_messages_per_hour)
                 .bind($enc(district))
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         }

@@ -750,6 +750,61 @@ pub trait WriteTransaction: Send {
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
 
+    /// Adds (or reactivates) a contact point entered by staff.
+    async fn add_contact_point(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        kind: Channel,
+        address: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ContactPointView>;
+
+    async fn set_contact_point_active(
+        &mut self,
+        guardian: GuardianId,
+        contact_point: ContactPointId,
+        active: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<ContactPointView>>;
+
+    /// Records an opt-out (idempotent: an active one of the same source is returned).
+    async fn add_opt_out(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        channel: Channel,
+        source: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<OptOutView>;
+
+    /// Revokes an opt-out unless it is a carrier STOP (which only the guardian's START
+    /// undoes); returns the opt-out found, revoked or not.
+    async fn revoke_opt_out(
+        &mut self,
+        guardian: GuardianId,
+        opt_out: uuid::Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<OptOutView>>;
+
+    /// Sets a school's time zone and quiet hours (`None` removes them); the school is named
+    /// by id or sourcedId. Returns whether such a school exists.
+    async fn set_school_quiet_hours(
+        &mut self,
+        district: DistrictId,
+        school: &str,
+        quiet: Option<crate::quiet_hours::QuietHours>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Sets a district's quotas (`None` removes a limit).
+    async fn set_district_quotas(
+        &mut self,
+        district: DistrictId,
+        max_recipients_per_message: Option<i32>,
+        max_messages_per_hour: Option<i32>,
+    ) -> StoreResult<()>;
+
     /// Makes everything written durable and visible, and wakes the dispatchers if the log
     /// grew.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
@@ -853,7 +908,14 @@ pub trait Store:
         kind: Channel,
         address: &str,
         at: DateTime<Utc>,
-    ) -> StoreResult<ContactPointView>;
+    ) -> StoreResult<ContactPointView> {
+        let mut tx = self.begin().await?;
+        let done = tx
+            .add_contact_point(district, guardian, kind, address, at)
+            .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 
     /// Takes a guardian's address out of use with `reason` (`invalid`, `unregistered`,
     /// `bounced`), as a provider reported it: later messages suppress it as `no_address`
@@ -884,7 +946,14 @@ pub trait Store:
         contact_point: ContactPointId,
         active: bool,
         at: DateTime<Utc>,
-    ) -> StoreResult<Option<ContactPointView>>;
+    ) -> StoreResult<Option<ContactPointView>> {
+        let mut tx = self.begin().await?;
+        let done = tx
+            .set_contact_point_active(guardian, contact_point, active, at)
+            .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 
     /// Records an opt-out (idempotent: an active one of the same source is returned).
     async fn add_opt_out(
@@ -894,7 +963,14 @@ pub trait Store:
         channel: Channel,
         source: &str,
         at: DateTime<Utc>,
-    ) -> StoreResult<OptOutView>;
+    ) -> StoreResult<OptOutView> {
+        let mut tx = self.begin().await?;
+        let done = tx
+            .add_opt_out(district, guardian, channel, source, at)
+            .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 
     /// Revokes an opt-out unless it is a carrier STOP (which only the guardian's START
     /// undoes); returns the opt-out found, revoked or not.
@@ -903,7 +979,12 @@ pub trait Store:
         guardian: GuardianId,
         opt_out: uuid::Uuid,
         at: DateTime<Utc>,
-    ) -> StoreResult<Option<OptOutView>>;
+    ) -> StoreResult<Option<OptOutView>> {
+        let mut tx = self.begin().await?;
+        let done = tx.revoke_opt_out(guardian, opt_out, at).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 
     /// Sets a school's time zone and quiet hours (`None` removes them); the school is named
     /// by id or sourcedId. Returns whether such a school exists.
@@ -912,7 +993,15 @@ pub trait Store:
         district: DistrictId,
         school: &str,
         quiet: Option<crate::quiet_hours::QuietHours>,
-    ) -> StoreResult<bool>;
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let done = tx
+            .set_school_quiet_hours(district, school, quiet, at)
+            .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 
     /// Sets a district's quotas (`None` removes a limit).
     async fn set_district_quotas(
@@ -920,7 +1009,14 @@ pub trait Store:
         district: DistrictId,
         max_recipients_per_message: Option<i32>,
         max_messages_per_hour: Option<i32>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let done = tx
+            .set_district_quotas(district, max_recipients_per_message, max_messages_per_hour)
+            .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 
     /// One district, with its settings.
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>>;

@@ -610,94 +610,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_contact_point(
-        &self,
-        district: DistrictId,
-        guardian: crate::GuardianId,
-        kind: crate::Channel,
-        address: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::ContactPointView> {
-        directory::add_contact_point(
-            self.write_pool(),
-            district.into(),
-            guardian.into(),
-            kind,
-            address,
-            at,
-        )
-        .await
-    }
-
-    async fn set_contact_point_active(
-        &self,
-        guardian: crate::GuardianId,
-        contact_point: crate::ContactPointId,
-        active: bool,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::ContactPointView>> {
-        directory::set_contact_point_active(
-            self.write_pool(),
-            guardian.into(),
-            contact_point.into(),
-            active,
-            at,
-        )
-        .await
-    }
-
-    async fn add_opt_out(
-        &self,
-        district: DistrictId,
-        guardian: crate::GuardianId,
-        channel: crate::Channel,
-        source: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::OptOutView> {
-        directory::add_opt_out(
-            self.write_pool(),
-            district.into(),
-            guardian.into(),
-            channel,
-            source,
-            at,
-        )
-        .await
-    }
-
-    async fn revoke_opt_out(
-        &self,
-        guardian: crate::GuardianId,
-        opt_out: Uuid,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::OptOutView>> {
-        directory::revoke_opt_out(self.write_pool(), guardian.into(), opt_out, at).await
-    }
-
-    async fn set_school_quiet_hours(
-        &self,
-        district: DistrictId,
-        school: &str,
-        quiet: Option<crate::quiet_hours::QuietHours>,
-    ) -> StoreResult<bool> {
-        directory::set_school_quiet_hours(self.write_pool(), district.into(), school, quiet).await
-    }
-
-    async fn set_district_quotas(
-        &self,
-        district: DistrictId,
-        max_recipients_per_message: Option<i32>,
-        max_messages_per_hour: Option<i32>,
-    ) -> StoreResult<()> {
-        directory::set_district_quotas(
-            self.write_pool(),
-            district.into(),
-            max_recipients_per_message,
-            max_messages_per_hour,
-        )
-        .await
-    }
-
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
         directory::district(&self.pool, id.into()).await
     }
@@ -1065,6 +977,95 @@ impl super::WriteTransaction for SqliteWrite {
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
         insert_audit(&mut *self.tx, district_id, actor, action, detail, at).await
+    }
+
+    async fn add_contact_point(
+        &mut self,
+        district: DistrictId,
+        guardian: crate::GuardianId,
+        kind: crate::Channel,
+        address: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::ContactPointView> {
+        directory::add_contact_point(
+            &mut self.tx,
+            district.into(),
+            guardian.into(),
+            kind,
+            address,
+            at,
+        )
+        .await
+    }
+
+    async fn set_contact_point_active(
+        &mut self,
+        guardian: crate::GuardianId,
+        contact_point: crate::ContactPointId,
+        active: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<super::ContactPointView>> {
+        directory::set_contact_point_active(
+            &mut self.tx,
+            guardian.into(),
+            contact_point.into(),
+            active,
+            at,
+        )
+        .await
+    }
+
+    async fn add_opt_out(
+        &mut self,
+        district: DistrictId,
+        guardian: crate::GuardianId,
+        channel: crate::Channel,
+        source: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::OptOutView> {
+        directory::add_opt_out(
+            &mut self.tx,
+            district.into(),
+            guardian.into(),
+            channel,
+            source,
+            at,
+        )
+        .await
+    }
+
+    async fn revoke_opt_out(
+        &mut self,
+        guardian: crate::GuardianId,
+        opt_out: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<super::OptOutView>> {
+        directory::revoke_opt_out(&mut self.tx, guardian.into(), opt_out, at).await
+    }
+
+    async fn set_school_quiet_hours(
+        &mut self,
+        district: DistrictId,
+        school: &str,
+        quiet: Option<crate::quiet_hours::QuietHours>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        directory::set_school_quiet_hours(&mut self.tx, district.into(), school, quiet, at).await
+    }
+
+    async fn set_district_quotas(
+        &mut self,
+        district: DistrictId,
+        max_recipients_per_message: Option<i32>,
+        max_messages_per_hour: Option<i32>,
+    ) -> StoreResult<()> {
+        directory::set_district_quotas(
+            &mut self.tx,
+            district.into(),
+            max_recipients_per_message,
+            max_messages_per_hour,
+        )
+        .await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
