@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tidings_core::services::{Refusal, ServiceError};
+use tidings_core::store::constraint::{describe, Rule};
 use tidings_core::store::StoreError;
 use utoipa::ToSchema;
 
@@ -69,6 +70,26 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::HourlyQuota { .. } => ApiError::QuotaExceeded(error.to_string()),
+            // A rule of the schema: the request conflicts with what is stored, or holds
+            // a value the schema does not allow. Never a server error.
+            StoreError::AlreadyExists(constraint) => ApiError::Conflict(
+                describe(&constraint)
+                    .unwrap_or("it already exists")
+                    .to_owned(),
+            ),
+            StoreError::Violates {
+                rule: Rule::ForeignKey,
+                constraint,
+            } => ApiError::Conflict(
+                describe(&constraint)
+                    .unwrap_or("it refers to something that no longer exists")
+                    .to_owned(),
+            ),
+            StoreError::Violates { constraint, .. } => ApiError::InvalidBody(
+                describe(&constraint)
+                    .unwrap_or("a value is not one this field allows")
+                    .to_owned(),
+            ),
             error => ApiError::Internal(error),
         }
     }
@@ -365,5 +386,31 @@ mod tests {
             let row = format!("| `{kind}` | {} |", status.as_u16());
             assert!(readme.contains(&row), "README.md lacks {row}");
         }
+    }
+
+    /// A schema rule broken by a request is the caller's conflict or invalid value, told
+    /// in words, never a server error.
+    #[test]
+    fn broken_schema_rules_are_conflicts_or_invalid_values() {
+        let duplicate = ApiError::from(StoreError::AlreadyExists("staff.email".into()));
+        assert_eq!(duplicate.parts().0, StatusCode::CONFLICT);
+        assert_eq!(
+            duplicate.to_string(),
+            "a staff member with this email address already exists"
+        );
+        let gone = ApiError::from(StoreError::Violates {
+            rule: Rule::ForeignKey,
+            constraint: String::new(),
+        });
+        assert_eq!(gone.parts().0, StatusCode::CONFLICT);
+        let lower = ApiError::from(StoreError::Violates {
+            rule: Rule::Check,
+            constraint: "staff_email_check".into(),
+        });
+        assert_eq!(lower.parts().0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(matches!(
+            ApiError::from(StoreError::Corrupt(String::new())),
+            ApiError::Internal(_)
+        ));
     }
 }

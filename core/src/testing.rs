@@ -216,17 +216,26 @@ impl TestDatabase {
 
     /// Runs one SQL statement on its own connection.
     pub async fn execute(&self, sql: &str) {
-        if self.is_postgres() {
-            let mut conn = PgConnection::connect(&self.url).await.expect("connect");
-            conn.execute(sql).await.expect(sql);
-            let _ = conn.close().await;
-        } else {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            conn.execute(sql).await.expect(sql);
-            let _ = conn.close().await;
+        if let Err(error) = self.try_execute(sql).await {
+            panic!("{sql}: {error:?}");
         }
+    }
+
+    /// Runs one SQL statement on its own connection, with the error as the store
+    /// classifies it.
+    pub async fn try_execute(&self, sql: &str) -> Result<(), store::StoreError> {
+        if self.is_postgres() {
+            let mut conn = PgConnection::connect(&self.url).await?;
+            let done = conn.execute(sql).await;
+            let _ = conn.close().await;
+            done?;
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
+            let done = conn.execute(sql).await;
+            let _ = conn.close().await;
+            done?;
+        }
+        Ok(())
     }
 }
 

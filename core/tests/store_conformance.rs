@@ -48,6 +48,7 @@ tidings_core::on_both_stores! {
     a_webhook_token_is_good_for_one_event,
     sent_through_lists_each_deliverys_channel_reference_and_providers;
     databases: a_send_writes_its_deliveries_partition_by_partition,
+    broken_schema_rules_are_classified_and_named_alike,
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -119,6 +120,15 @@ async fn staff_emails_are_unique(store: Arc<dyn Store>) {
     assert!(
         matches!(duplicate, StoreError::AlreadyExists(_)),
         "{duplicate:?}"
+    );
+    // Named alike on both stores, so that a front end can say what is wrong.
+    let StoreError::AlreadyExists(constraint) = duplicate else {
+        unreachable!()
+    };
+    assert_eq!(
+        tidings_core::store::constraint::describe(&constraint),
+        Some("a staff member with this email address already exists"),
+        "{constraint}"
     );
 }
 
@@ -1972,4 +1982,34 @@ async fn sent_through_lists_each_deliverys_channel_reference_and_providers(store
             },
         ]
     );
+}
+
+async fn broken_schema_rules_are_classified_and_named_alike(db: TestDatabase) {
+    use tidings_core::store::constraint::{describe, Rule};
+    let _migrated = db.store().await;
+    let staff = |email: &str| {
+        format!(
+            "INSERT INTO staff (id, district_id, email, display_name, role, created_at, updated_at) \
+             VALUES ('0193a000-0000-7000-8000-000000000001', '0193a000-0000-7000-8000-000000000002', \
+             '{email}', 'X', 'teacher', '2026-12-01T08:00:00Z', '2026-12-01T08:00:00Z')"
+        )
+    };
+    match db.try_execute(&staff("LOUD@riverside.example.org")).await {
+        Err(StoreError::Violates {
+            rule: Rule::Check,
+            constraint,
+        }) => assert_eq!(
+            describe(&constraint),
+            Some("a staff email address must be stored lower-cased"),
+            "{constraint}"
+        ),
+        other => panic!("not a CHECK violation: {other:?}"),
+    }
+    match db.try_execute(&staff("quiet@riverside.example.org")).await {
+        Err(StoreError::Violates {
+            rule: Rule::ForeignKey,
+            ..
+        }) => {}
+        other => panic!("no such district, yet: {other:?}"),
+    }
 }

@@ -8,6 +8,7 @@
 //! compare-and-swap.
 
 mod audience_sql;
+pub mod constraint;
 pub mod directory;
 mod directory_sql;
 pub mod dispatch;
@@ -62,9 +63,15 @@ pub enum StoreError {
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A uniqueness rule of the schema refused the write; the name is the constraint's
-    /// (or, on SQLite, the columns').
+    /// (or, on SQLite, the columns'): see [`constraint::describe`].
     #[error("already exists ({0})")]
     AlreadyExists(String),
+    /// Another rule of the schema (a foreign key, a CHECK, NOT NULL) refused the write.
+    #[error("the write breaks a rule of the schema ({constraint})")]
+    Violates {
+        rule: constraint::Rule,
+        constraint: String,
+    },
     /// The district's hourly message quota is used up (checked inside the send's
     /// transaction, so it is a reservation, not a race).
     #[error("the district has sent {sent} messages in the last hour and allows {max}; emergencies are not limited")]
@@ -84,15 +91,55 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &error {
-            if db.is_unique_violation() {
-                let name = db
-                    .constraint()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| db.message().to_owned());
-                return StoreError::AlreadyExists(name);
+            match constraint::rule(db.as_ref()) {
+                Some(constraint::Rule::Unique) => {
+                    return StoreError::AlreadyExists(constraint::name(db.as_ref()))
+                }
+                Some(rule) => {
+                    return StoreError::Violates {
+                        rule,
+                        constraint: constraint::name(db.as_ref()),
+                    }
+                }
+                None => {}
             }
         }
         StoreError::Database(error)
+    }
+}
+
+impl StoreError {
+    /// Whether trying again may get past this: the database unreachable or the
+    /// connection lost, the server shutting down, or a write that lost a race (a
+    /// deadlock, a serialization failure, a busy or locked SQLite file). Classified here,
+    /// from PostgreSQL's SQLSTATE and SQLite's result codes, so that no caller needs to
+    /// know either.
+    pub fn is_transient(&self) -> bool {
+        let (StoreError::Database(e) | StoreError::Connect { source: e, .. }) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(e) => match e.code().as_deref() {
+                // PostgreSQL's SQLSTATE: connection exceptions, shutdowns, lost races.
+                Some(code) if code.len() == 5 => {
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code == "40001"
+                        || code == "40P01"
+                }
+                // SQLite's result code: busy or locked (an extended code keeps the
+                // primary one in its low byte).
+                Some(code) => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+                None => false,
+            },
+            _ => false,
+        }
     }
 }
 
