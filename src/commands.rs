@@ -111,7 +111,13 @@ pub async fn serve(
         roster_max_delete_percent: config.roster_max_delete_percent,
         clock: Arc::new(tidings_core::clock::SystemClock),
     };
+    let secure_cookies = config
+        .public_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("https://"));
+    let web = tidings_web_admin::router(state.clone(), tidings_web_admin::Web::new(secure_cookies));
     let mut router = tidings_api::router(state.clone())
+        .merge(web)
         .merge(callbacks.router())
         .merge(metrics);
     if let Some(sandbox) = sandbox {

@@ -99,6 +99,7 @@ impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::Forbidden => ApiError::Forbidden,
+            Refusal::BadCredentials => ApiError::Unauthorized,
             Refusal::NotFound => ApiError::NotFound,
             Refusal::Invalid(detail) => ApiError::InvalidBody(detail),
             Refusal::ForbiddenAudience(references) => ApiError::ForbiddenAudience(references),

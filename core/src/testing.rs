@@ -479,10 +479,16 @@ pub fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
 /// environment (`api-tools/bin/NAME` under `TIDINGS_TEST_SERVICES_DIR`, by default
 /// `$TMPDIR/tidings-test-services`).
 pub fn test_tool(name: &str) -> std::path::PathBuf {
+    test_services_file(&std::path::Path::new("api-tools").join("bin").join(name))
+}
+
+/// A file `scripts/test-services` put in its state directory, e.g.
+/// `axe-core/axe.min.js`.
+pub fn test_services_file(relative: &std::path::Path) -> std::path::PathBuf {
     let state = std::env::var_os("TIDINGS_TEST_SERVICES_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("tidings-test-services"));
-    let tool = state.join("api-tools").join("bin").join(name);
+    let tool = state.join(relative);
     assert!(
         tool.exists(),
         "{} is missing: run scripts/test-services first",

@@ -1,2 +1,53 @@
-//! The staff web interface: server-rendered pages over the API crate's services, usable
-//! without a JavaScript build step.
+//! The staff web interface: server-rendered pages over the same application services as
+//! the REST API (`tidings_core::services`), plain HTML forms that work without
+//! JavaScript, templates and styles compiled into the binary.
+//!
+//! Pages: sign in and out (email and password), the list of messages, compose and send,
+//! and each message's report. A session is an expiring token of the staff member kept in
+//! an HttpOnly, SameSite=Lax cookie (Secure when Tidings is served over HTTPS); every form
+//! carries a CSRF token derived from it.
+
+mod assets;
+mod messages;
+mod session;
+mod sign_in;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use tidings_api::AppState;
+
+pub use session::SESSION_COOKIE;
+
+/// What the pages need beyond the API's state.
+#[derive(Debug)]
+pub struct Web {
+    /// Cookies get `Secure`: Tidings is reached over HTTPS.
+    pub secure_cookies: bool,
+    /// Bounds on sign-in attempts, per account and per client.
+    sign_ins: sign_in::Limits,
+}
+
+impl Web {
+    pub fn new(secure_cookies: bool) -> Self {
+        Self {
+            secure_cookies,
+            sign_ins: sign_in::Limits::default(),
+        }
+    }
+}
+
+/// The web admin's pages, to be merged into the server's router at `/`.
+pub fn router(state: AppState, web: Web) -> Router {
+    Router::new()
+        .route("/", get(messages::list))
+        .route("/sign-in", get(sign_in::page).post(sign_in::submit))
+        .route("/sign-out", post(sign_in::sign_out))
+        .route("/messages/new", get(messages::compose))
+        .route("/messages", post(messages::send))
+        .route("/messages/{id}", get(messages::report))
+        .route("/static/{name}", get(assets::serve))
+        .layer(Extension(Arc::new(web)))
+        .with_state(state)
+}

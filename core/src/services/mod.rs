@@ -9,6 +9,7 @@
 //! failure after it (the answer lost on its way back) is answered by replaying what was
 //! stored with the key.
 
+pub mod accounts;
 pub mod directory;
 pub mod renotify;
 pub mod send;
@@ -43,6 +44,9 @@ pub struct Services {
 pub enum Refusal {
     #[error("the caller's role does not allow this")]
     Forbidden,
+    /// The email and password do not match an account that may sign in.
+    #[error("the email address or password is wrong")]
+    BadCredentials,
     #[error("no such thing the caller may see")]
     NotFound,
     /// The request is not valid; the text says which part and why.

@@ -194,6 +194,58 @@ impl Services {
     }
 }
 
+/// Who a message would reach, before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Preview {
+    /// Unique guardians in the audience.
+    pub guardians: usize,
+    /// Of the deliveries it would make, the ones that would go out, per channel (not the
+    /// suppressed: no address, opted out, carrier STOP).
+    pub reachable: BTreeMap<Channel, usize>,
+}
+
+impl Services {
+    /// What sending `request` would reach now, without sending anything.
+    pub async fn preview(
+        &self,
+        caller: &Staff,
+        request: SendMessage,
+    ) -> Result<Preview, ServiceError> {
+        let audience = request.audience.clone();
+        let draft = draft(caller, request, self.clock.now())?;
+        let district = self
+            .store
+            .district(caller.district_id)
+            .await?
+            .ok_or(Refusal::Forbidden)?;
+        let members = match self
+            .store
+            .resolve_audience(&Scope::of(caller), &audience)
+            .await?
+        {
+            Ok(members) => members,
+            Err(problems) => return Err(refused(SendRefusal::Audience(problems), None).into()),
+        };
+        let planned = fanout::recipients(
+            &draft,
+            &district.default_language,
+            &members,
+            self.clock.now(),
+        );
+        let mut reachable: BTreeMap<Channel, usize> =
+            draft.channels.iter().map(|c| (*c, 0)).collect();
+        for delivery in planned.iter().flat_map(|r| &r.deliveries) {
+            if delivery.suppressed_reason.is_none() && delivery.fallback_of.is_none() {
+                *reachable.entry(delivery.channel).or_insert(0) += 1;
+            }
+        }
+        Ok(Preview {
+            guardians: members.len(),
+            reachable,
+        })
+    }
+}
+
 /// Ends a refused request: a keyed one keeps its refusal (so that a repeat is refused the
 /// same way, even after the directory changed); nothing else is written.
 pub(super) async fn refuse<T>(

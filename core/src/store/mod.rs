@@ -852,6 +852,25 @@ pub trait WriteTransaction: Send {
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()>;
 
+    /// Creates a token for `staff` that stops working at `expires_at` (a web session).
+    async fn create_expiring_token(
+        &mut self,
+        id: ApiTokenId,
+        staff: &Staff,
+        name: &str,
+        secret_hash: &[u8],
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Revokes one of `staff`'s tokens; whether there was such a token not yet revoked.
+    async fn revoke_api_token(
+        &mut self,
+        id: ApiTokenId,
+        staff: StaffId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
     /// Makes everything written durable and visible, and wakes the dispatchers if the log
     /// grew.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
@@ -887,6 +906,9 @@ pub trait Store:
 
     /// An enabled staff member by sign-in email.
     async fn staff_by_email(&self, email: &EmailAddress) -> StoreResult<Option<Staff>>;
+
+    /// The argon2id hash an enabled staff member signs in with, if they have one.
+    async fn password_hash(&self, staff: StaffId) -> StoreResult<Option<String>>;
 
     async fn create_api_token(
         &self,

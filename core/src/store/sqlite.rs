@@ -332,6 +332,16 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn password_hash(&self, staff: crate::StaffId) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT password_hash FROM staff WHERE id = $1 AND disabled_at IS NULL",
+        )
+        .bind(text_id(staff))
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
     async fn create_api_token(
         &self,
         id: ApiTokenId,
@@ -1066,6 +1076,49 @@ impl super::WriteTransaction for SqliteWrite {
             max_messages_per_hour,
         )
         .await
+    }
+
+    async fn create_expiring_token(
+        &mut self,
+        id: ApiTokenId,
+        staff: &Staff,
+        name: &str,
+        secret_hash: &[u8],
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(text_id(id))
+        .bind(text_id(staff.district_id))
+        .bind(text_id(staff.id))
+        .bind(name)
+        .bind(secret_hash)
+        .bind(at)
+        .bind(expires_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_api_token(
+        &mut self,
+        id: ApiTokenId,
+        staff: crate::StaffId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let revoked = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND staff_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(text_id(id))
+        .bind(text_id(staff))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(revoked == 1)
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

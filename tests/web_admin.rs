@@ -1,0 +1,410 @@
+//! The web admin as staff use it: in headless Chromium (Debian's, driven over WebDriver by
+//! its chromedriver), with the keyboard where people use it, an axe-core accessibility
+//! check on every page, and screenshots in `target/web-admin-screenshots/` to look at.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use support::{first_login, tidings, Server};
+use tidings_core::testing::{test_services_file, TestDatabase};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A chromedriver of our own on a free port, and a headless Chromium session on it.
+struct Browser {
+    client: Client,
+    _driver: Child,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn start(name: &str) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver is missing: run scripts/test-services first");
+        // It says when it listens.
+        let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("started successfully") {
+                    return;
+                }
+            }
+            panic!("chromedriver exited before it listened");
+        })
+        .await
+        .expect("chromedriver did not start within 30 s");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,900"],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a WebDriver session");
+        let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("web-admin-screenshots")
+            .join(name);
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            _driver: driver,
+            shots,
+        }
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn path(&self) -> String {
+        self.client.current_url().await.unwrap().path().to_owned()
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Runs axe-core on the page and fails on any serious or critical finding.
+    async fn accessible(&self, page: &str) {
+        let axe =
+            std::fs::read_to_string(test_services_file(Path::new("axe-core/axe.min.js"))).unwrap();
+        self.client.execute(&axe, vec![]).await.unwrap();
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document).then(r => done(r.violations
+                     .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                     .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                 nodes: v.nodes.map(n => n.html)}))));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(found, json!([]), "{page}: accessibility findings");
+    }
+
+    /// Clicks what `css` finds, then waits until `then` is on the page (the next page has
+    /// loaded).
+    async fn click(&self, css: &str, then: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+        self.arrive(then).await;
+    }
+
+    /// Waits until `css` finds an element (a page has loaded).
+    async fn arrive(&self, css: &str) {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+    }
+
+    /// Types into the focused element, as a person does.
+    async fn type_here(&self, text: &str) {
+        self.client
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+}
+
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
+async fn messages_in(db: &TestDatabase) -> Vec<Value> {
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    store
+        .messages(
+            &tidings_core::store::MessageScope::District(district),
+            None,
+            100,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| json!({"id": m.id.to_string(), "subject": m.subject, "kind": m.kind.as_str()}))
+        .collect()
+}
+
+#[tokio::test]
+async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let (email, password) = first_login(&server.banner).expect("a first login is printed");
+    let browser = Browser::start("send").await;
+    let b = &browser.client;
+
+    // Signed out, every page leads to sign-in.
+    b.goto(&server.url("/")).await.unwrap();
+    browser.arrive("[data-page=sign-in]").await;
+    assert_eq!(browser.path().await, "/sign-in");
+    browser.accessible("sign-in").await;
+
+    // A wrong password is refused in words, on the same page.
+    browser.type_here(&email).await;
+    browser.type_here(TAB).await;
+    browser.type_here("not the password").await;
+    browser.type_here(ENTER).await;
+    browser.arrive("[role=alert]").await;
+    assert!(
+        browser.text("[role=alert]").await.contains("wrong"),
+        "the refusal is announced"
+    );
+    browser.shot("sign-in-refused").await;
+
+    // With the keyboard only: the email is kept, Tab to the password, Enter to sign in.
+    let field = b.find(Locator::Id("password")).await.unwrap();
+    field.click().await.unwrap();
+    browser.type_here(&password).await;
+    browser.type_here(ENTER).await;
+    browser.arrive("[data-page=messages]").await;
+    assert_eq!(browser.path().await, "/", "signed in, on the messages");
+    assert!(browser.text("main").await.contains("No messages yet"));
+    browser.accessible("messages").await;
+    browser.shot("messages-empty").await;
+
+    // Compose to one class, review who it reaches, then send.
+    browser.click("a.button", "[data-page=compose]").await;
+    assert_eq!(browser.path().await, "/messages/new");
+    browser.accessible("compose").await;
+    b.find(Locator::Css("input[name=class]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find(Locator::Id("subject"))
+        .await
+        .unwrap()
+        .send_keys("Picture day")
+        .await
+        .unwrap();
+    b.find(Locator::Id("body"))
+        .await
+        .unwrap()
+        .send_keys("Picture day is on Friday. Please return the form.")
+        .await
+        .unwrap();
+    browser.click("button[value=review]", "[role=status]").await;
+    let preview = browser.text("[role=status]").await;
+    let guardians: u64 = preview
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("a guardian count");
+    assert!(guardians > 0, "{preview}");
+    assert!(
+        preview.contains("sms:") && preview.contains("email:"),
+        "{preview}"
+    );
+    browser.accessible("compose-review").await;
+    browser.shot("compose-review").await;
+    browser
+        .click("button[value=send]", "[data-page=report]")
+        .await;
+    let report = browser.path().await;
+    assert!(report.starts_with("/messages/"), "{report}");
+    assert_eq!(browser.text("h1").await, "Picture day");
+    assert!(browser.text("table").await.contains("sms"));
+    browser.accessible("report").await;
+    browser.shot("report").await;
+
+    // Back to the filled-in form and Send again: the same message, not a second one.
+    b.back().await.unwrap();
+    browser.arrive("[data-page=compose]").await;
+    browser
+        .click("button[value=send]", "[data-page=report]")
+        .await;
+    assert_eq!(browser.path().await, report, "the first message's report");
+    assert_eq!(messages_in(&db).await.len(), 1, "sent once");
+
+    // An emergency asks for confirmation, with the count, before it goes.
+    b.goto(&server.url("/messages/new")).await.unwrap();
+    browser.arrive("[data-page=compose]").await;
+    b.find(Locator::Css("input[name=class]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find(Locator::Id("kind"))
+        .await
+        .unwrap()
+        .select_by_value("emergency")
+        .await
+        .unwrap();
+    b.find(Locator::Id("subject"))
+        .await
+        .unwrap()
+        .send_keys("Lockdown")
+        .await
+        .unwrap();
+    b.find(Locator::Id("body"))
+        .await
+        .unwrap()
+        .send_keys("The school is in lockdown. Do not come to the school.")
+        .await
+        .unwrap();
+    browser.click("button[value=send]", "[role=status]").await;
+    assert_eq!(browser.path().await, "/messages", "not sent yet");
+    assert!(browser
+        .text("[role=status]")
+        .await
+        .contains("Confirm this emergency"));
+    assert_eq!(
+        messages_in(&db).await.len(),
+        1,
+        "nothing sent before the confirmation"
+    );
+    browser.accessible("emergency-confirm").await;
+    browser.shot("emergency-confirm").await;
+    browser.click("button.danger", "[data-page=report]").await;
+    assert_eq!(browser.text("h1").await, "Lockdown");
+    let sent = messages_in(&db).await;
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().any(|m| m["kind"] == "emergency"), "{sent:?}");
+
+    // Both on the list; then sign out, and the pages are closed again.
+    b.goto(&server.url("/")).await.unwrap();
+    browser.arrive("[data-page=messages]").await;
+    let list = browser.text("table").await;
+    assert!(
+        list.contains("Picture day") && list.contains("Lockdown"),
+        "{list}"
+    );
+    browser.shot("messages").await;
+    browser
+        .click(".signout button", "[data-page=sign-in]")
+        .await;
+    assert_eq!(browser.path().await, "/sign-in");
+    b.goto(&server.url("/messages/new")).await.unwrap();
+    browser.arrive("[data-page=sign-in]").await;
+    assert_eq!(browser.path().await, "/sign-in", "the session is over");
+
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}
+
+/// Forms posted without the session's CSRF token are refused (what another site's page
+/// would send with the staff member's cookie).
+#[tokio::test]
+async fn a_form_without_its_csrf_token_is_refused() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let (email, password) = first_login(&server.banner).unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Sign in as a browser would: the form's cookie, then the form with its token.
+    let page = client.get(server.url("/sign-in")).send().await.unwrap();
+    let form_cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let forged = client
+        .post(server.url("/sign-in"))
+        .header("cookie", &form_cookie)
+        .form(&[
+            ("email", email.as_str()),
+            ("password", password.as_str()),
+            ("csrf", "forged"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+    let signed_in = client
+        .post(server.url("/sign-in"))
+        .header("cookie", &form_cookie)
+        .form(&[
+            ("email", email.as_str()),
+            ("password", password.as_str()),
+            ("csrf", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), reqwest::StatusCode::SEE_OTHER);
+    let set = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    let session = set.split(';').next().unwrap().to_owned();
+
+    let sent = client
+        .post(server.url("/messages"))
+        .header("cookie", &session)
+        .form(&[
+            ("reach", "district"),
+            ("channel", "sms"),
+            ("kind", "general"),
+            ("subject", "Forged"),
+            ("body", "Sent from another site"),
+            ("once", "k1"),
+            ("action", "send"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(messages_in(&db).await.is_empty(), "nothing was sent");
+    assert!(server.terminate().await.success());
+}

@@ -1,0 +1,387 @@
+//! Messages: the list, composing and sending (with a review step, and a confirmation for
+//! emergencies), and each message's report.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use tidings_api::AppState;
+use tidings_core::audience::Audience;
+use tidings_core::services::renotify::message_scope;
+use tidings_core::services::send::{Preview, SendMessage, Sent};
+use tidings_core::services::{Once, Refusal, Reply, ServiceError};
+use tidings_core::store::{
+    ClassView, MessageListItem, MessageSummary, PageRequest, RecipientView, SchoolView, Scope,
+};
+use tidings_core::{Channel, MessageId, Role};
+use uuid::Uuid;
+
+use crate::session::SignedIn;
+
+/// Renders a page, or a plain 500 if the template fails.
+fn html(status: StatusCode, page: impl Template) -> Response {
+    match page.render() {
+        Ok(body) => (status, Html(body)).into_response(),
+        Err(error) => {
+            tracing::error!(error = %error, "rendering a page failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// A store or service failure on our side: logged with what it was, shown as a plain page.
+fn failed(error: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %error, "a page failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something failed on our side. Please try again.",
+    )
+        .into_response()
+}
+
+/// The parts every signed-in page shows.
+pub struct Frame {
+    pub styles: &'static str,
+    pub staff_name: String,
+    pub csrf: String,
+}
+
+impl Frame {
+    fn of(signed_in: &SignedIn) -> Self {
+        Frame {
+            styles: crate::assets::styles_url(),
+            staff_name: signed_in.staff.display_name.clone(),
+            csrf: signed_in.csrf.clone(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "messages.html")]
+struct ListPage {
+    frame: Frame,
+    may_send: bool,
+    messages: Vec<MessageListItem>,
+}
+
+pub async fn list(State(state): State<AppState>, signed_in: SignedIn) -> Response {
+    let scope = message_scope(&signed_in.staff);
+    match state.store.messages(&scope, None, 50).await {
+        Ok(messages) => html(
+            StatusCode::OK,
+            ListPage {
+                may_send: signed_in.staff.role != Role::Viewer,
+                frame: Frame::of(&signed_in),
+                messages,
+            },
+        ),
+        Err(error) => failed(error),
+    }
+}
+
+/// The compose form's fields, as submitted (and as shown again).
+#[derive(Debug, Clone, Default)]
+struct Draft {
+    /// `district`, `schools` or `classes`.
+    reach: String,
+    schools: Vec<String>,
+    classes: Vec<String>,
+    channels: Vec<String>,
+    kind: String,
+    subject: String,
+    body: String,
+    requires_ack: bool,
+    /// The one-time key of the rendered form: a resubmission sends once.
+    once: String,
+    confirmed: bool,
+    /// `review` or `send`.
+    action: String,
+}
+
+impl Draft {
+    fn parse(body: &[u8]) -> (Self, String) {
+        let mut draft = Draft::default();
+        let mut csrf = String::new();
+        for (key, value) in form_urlencoded::parse(body) {
+            let value = value.into_owned();
+            match key.as_ref() {
+                "reach" => draft.reach = value,
+                "school" => draft.schools.push(value),
+                "class" => draft.classes.push(value),
+                "channel" => draft.channels.push(value),
+                "kind" => draft.kind = value,
+                "subject" => draft.subject = value,
+                "body" => draft.body = value,
+                "requires_ack" => draft.requires_ack = true,
+                "once" => draft.once = value,
+                "confirmed" => draft.confirmed = value == "yes",
+                "action" => draft.action = value,
+                "csrf" => csrf = value,
+                _ => {}
+            }
+        }
+        (draft, csrf)
+    }
+
+    fn request(&self) -> SendMessage {
+        let audience = match self.reach.as_str() {
+            "district" => Audience {
+                district: true,
+                ..Audience::default()
+            },
+            "schools" => Audience {
+                schools: self.schools.clone(),
+                ..Audience::default()
+            },
+            _ => Audience {
+                classes: self.classes.clone(),
+                ..Audience::default()
+            },
+        };
+        SendMessage {
+            audience,
+            channels: self.channels.clone(),
+            kind: self.kind.clone(),
+            subject: self.subject.clone(),
+            body: self.body.clone(),
+            translations: BTreeMap::new(),
+            requires_ack: self.requires_ack,
+            delivery: None,
+            scheduled_at: None,
+            ack_deadline: None,
+            fallback_after_minutes: None,
+        }
+    }
+
+    fn has_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|c| c == channel)
+    }
+
+    fn has_school(&self, id: &Uuid) -> bool {
+        self.schools.contains(&id.to_string())
+    }
+
+    fn has_class(&self, id: &Uuid) -> bool {
+        self.classes.contains(&id.to_string())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "compose.html")]
+struct ComposePage {
+    frame: Frame,
+    draft: Draft,
+    district_wide: bool,
+    schools: Vec<SchoolView>,
+    classes: Vec<ClassView>,
+    error: Option<String>,
+    preview: Option<Preview>,
+    /// The preview is of an emergency: sending needs the confirmation button.
+    confirm: bool,
+}
+
+async fn compose_page(
+    state: &AppState,
+    signed_in: &SignedIn,
+    draft: Draft,
+    error: Option<String>,
+    preview: Option<Preview>,
+) -> Result<ComposePage, tidings_core::store::StoreError> {
+    let scope = Scope::of(&signed_in.staff);
+    let page = PageRequest {
+        limit: 500,
+        ..PageRequest::default()
+    };
+    let schools = state.store.schools(&scope, &page).await?;
+    let classes = state.store.classes(&scope, &page).await?;
+    let confirm = preview.is_some() && draft.kind == "emergency";
+    Ok(ComposePage {
+        frame: Frame::of(signed_in),
+        district_wide: signed_in.staff.role == Role::DistrictAdmin,
+        draft,
+        schools,
+        classes,
+        error,
+        preview,
+        confirm,
+    })
+}
+
+pub async fn compose(State(state): State<AppState>, signed_in: SignedIn) -> Response {
+    if signed_in.staff.role == Role::Viewer {
+        return (StatusCode::FORBIDDEN, "Viewers cannot send messages.").into_response();
+    }
+    let draft = Draft {
+        reach: "classes".into(),
+        channels: vec!["sms".into(), "email".into()],
+        kind: "general".into(),
+        requires_ack: true,
+        once: Uuid::now_v7().to_string(),
+        ..Draft::default()
+    };
+    match compose_page(&state, &signed_in, draft, None, None).await {
+        Ok(page) => html(StatusCode::OK, page),
+        Err(error) => failed(error),
+    }
+}
+
+/// Words of a refusal on the compose page.
+fn words(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Invalid(detail) => format!("Please check the message: {detail}."),
+        Refusal::ForbiddenAudience(_) => {
+            "You may not message some of the people chosen.".to_owned()
+        }
+        Refusal::UnknownAudience(_) => {
+            "Some of the schools or classes chosen no longer exist.".to_owned()
+        }
+        Refusal::EmptyAudience(_) => "No guardian on file is linked to who you chose.".to_owned(),
+        Refusal::QuotaExceeded(detail) => format!("The district's limit stops this: {detail}."),
+        Refusal::IdempotencyInFlight => {
+            "This message is being sent right now; its report appears in a moment.".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Bytes) -> Response {
+    let (draft, csrf) = Draft::parse(&body);
+    if !signed_in.csrf_ok(&csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "This form has expired. Please reload it.",
+        )
+            .into_response();
+    }
+    let services = state.services();
+    let again = async |draft: Draft, status: StatusCode, error: Option<String>, preview| {
+        match compose_page(&state, &signed_in, draft, error, preview).await {
+            Ok(page) => html(status, page),
+            Err(error) => failed(error),
+        }
+    };
+    let review = draft.action == "review" || (draft.kind == "emergency" && !draft.confirmed);
+    if review {
+        return match services.preview(&signed_in.staff, draft.request()).await {
+            Ok(preview) => again(draft, StatusCode::OK, None, Some(preview)).await,
+            Err(ServiceError::Refused(refusal)) => {
+                let error = words(&refusal);
+                again(draft, StatusCode::UNPROCESSABLE_ENTITY, Some(error), None).await
+            }
+            Err(error) => failed(error),
+        };
+    }
+    // One key per rendered form: a double click or a resubmitted page sends once, and
+    // shows the message sent the first time.
+    let once = Once {
+        key: &draft.once,
+        operation: ":web",
+        request: draft.once.as_bytes(),
+    };
+    let kept = tidings_api::idempotency::words::<Sent>(StatusCode::CREATED);
+    let reply = services
+        .send_message(&signed_in.staff, draft.request(), Some(once), &kept)
+        .await;
+    match reply {
+        Ok(Reply::Done(sent)) => Redirect::to(&format!("/messages/{}", sent.id)).into_response(),
+        Ok(Reply::Replayed(answer)) => {
+            match serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|sent| sent["id"].as_str().map(str::to_owned))
+            {
+                Some(id) if answer.status == 201 => {
+                    Redirect::to(&format!("/messages/{id}")).into_response()
+                }
+                _ => {
+                    let error = "This form was sent before and refused; please review it.";
+                    let fresh = Draft {
+                        once: Uuid::now_v7().to_string(),
+                        ..draft
+                    };
+                    again(
+                        fresh,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        Some(error.into()),
+                        None,
+                    )
+                    .await
+                }
+            }
+        }
+        Err(ServiceError::Refused(refusal)) => {
+            let error = words(&refusal);
+            let fresh = Draft {
+                once: Uuid::now_v7().to_string(),
+                ..draft
+            };
+            again(fresh, StatusCode::UNPROCESSABLE_ENTITY, Some(error), None).await
+        }
+        Err(error) => failed(error),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct ReportPage {
+    frame: Frame,
+    summary: MessageSummary,
+    channels: Vec<Channel>,
+    states: Vec<tidings_core::DeliveryState>,
+    waiting: Vec<RecipientView>,
+}
+
+impl ReportPage {
+    fn count(&self, channel: &Channel, state: &tidings_core::DeliveryState) -> i64 {
+        self.summary
+            .counts
+            .iter()
+            .filter(|c| c.channel == *channel && c.state == *state)
+            .map(|c| c.count)
+            .sum()
+    }
+}
+
+pub async fn report(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let scope = message_scope(&signed_in.staff);
+    let id = MessageId::from_uuid(id);
+    let summary = match state.store.message_summary(&scope, id).await {
+        Ok(Some(summary)) => summary,
+        Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
+        Err(error) => return failed(error),
+    };
+    let waiting = if summary.requires_ack {
+        match state
+            .store
+            .recipients(&scope, id, Some(false), None, 100)
+            .await
+        {
+            Ok(found) => found.unwrap_or_default(),
+            Err(error) => return failed(error),
+        }
+    } else {
+        Vec::new()
+    };
+    let mut channels: Vec<Channel> = summary.counts.iter().map(|c| c.channel).collect();
+    channels.dedup();
+    let states = tidings_core::DeliveryState::ALL
+        .into_iter()
+        .filter(|s| summary.counts.iter().any(|c| c.state == *s))
+        .collect();
+    html(
+        StatusCode::OK,
+        ReportPage {
+            frame: Frame::of(&signed_in),
+            summary,
+            channels,
+            states,
+            waiting,
+        },
+    )
+}
