@@ -117,6 +117,11 @@ impl Browser {
     /// Clicks what `css` finds, then waits until `then` is on the page (the next page has
     /// loaded).
     async fn click(&self, css: &str, then: &str) {
+        // Marks the page being left, so that `then` is looked for on the next one only.
+        self.client
+            .execute("document.documentElement.dataset.left = 'yes'", vec![])
+            .await
+            .unwrap();
         self.client
             .find(Locator::Css(css))
             .await
@@ -124,7 +129,7 @@ impl Browser {
             .click()
             .await
             .unwrap();
-        self.arrive(then).await;
+        self.arrive(&format!("html:not([data-left]) {then}")).await;
     }
 
     /// Waits until `css` finds an element (a page has loaded).
@@ -261,6 +266,42 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
     assert_eq!(browser.path().await, report, "the first message's report");
     assert_eq!(messages_in(&db).await.len(), 1, "sent once");
 
+    // Who has not acknowledged, as CSV (fetched as the page's link would be), and a
+    // reminder to them by email only.
+    let csv = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(document.querySelector('a[href$=\".csv\"]').href)
+                 .then(r => r.text()).then(done);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap();
+    assert!(
+        csv.starts_with("guardian_id,given_name,family_name,language"),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines().count() as u64,
+        guardians + 1,
+        "everyone, once: {csv}"
+    );
+    b.find(Locator::Css(".renotify input[value=sms]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .click(".renotify button", "[data-page=report]")
+        .await;
+    let reminder = browser.path().await;
+    assert_ne!(reminder, report, "the reminder is a message of its own");
+    assert!(browser.text("table").await.contains("email"));
+    assert!(!browser.text("table").await.contains("sms"), "email only");
+    assert_eq!(messages_in(&db).await.len(), 2);
+
     // An emergency asks for confirmation, with the count, before it goes.
     b.goto(&server.url("/messages/new")).await.unwrap();
     browser.arrive("[data-page=compose]").await;
@@ -296,7 +337,7 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
         .contains("Confirm this emergency"));
     assert_eq!(
         messages_in(&db).await.len(),
-        1,
+        2,
         "nothing sent before the confirmation"
     );
     browser.accessible("emergency-confirm").await;
@@ -304,7 +345,7 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
     browser.click("button.danger", "[data-page=report]").await;
     assert_eq!(browser.text("h1").await, "Lockdown");
     let sent = messages_in(&db).await;
-    assert_eq!(sent.len(), 2);
+    assert_eq!(sent.len(), 3);
     assert!(sent.iter().any(|m| m["kind"] == "emergency"), "{sent:?}");
 
     // Both on the list; then sign out, and the pages are closed again.

@@ -47,6 +47,11 @@ pub fn router(state: AppState, web: Web) -> Router {
         .route("/messages/new", get(messages::compose))
         .route("/messages", post(messages::send))
         .route("/messages/{id}", get(messages::report))
+        .route("/messages/{id}/renotify", post(messages::renotify))
+        .route(
+            "/messages/{id}/not-acknowledged.csv",
+            get(messages::not_acknowledged_csv),
+        )
         .route("/static/{name}", get(assets::serve))
         .layer(Extension(Arc::new(web)))
         .with_state(state)

@@ -327,6 +327,9 @@ pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Byte
 #[template(path = "message.html")]
 struct ReportPage {
     frame: Frame,
+    /// The one-time key of the re-notify form.
+    once: String,
+    may_send: bool,
     summary: MessageSummary,
     channels: Vec<Channel>,
     states: Vec<tidings_core::DeliveryState>,
@@ -378,10 +381,130 @@ pub async fn report(
         StatusCode::OK,
         ReportPage {
             frame: Frame::of(&signed_in),
+            once: Uuid::now_v7().to_string(),
+            may_send: signed_in.staff.role != Role::Viewer,
             summary,
             channels,
             states,
             waiting,
         },
     )
+}
+
+/// Reminds those who have not acknowledged, on the channels ticked.
+pub async fn renotify(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> Response {
+    let mut csrf = String::new();
+    let mut once = String::new();
+    let mut channels = Vec::new();
+    for (key, value) in form_urlencoded::parse(&body) {
+        match key.as_ref() {
+            "csrf" => csrf = value.into_owned(),
+            "once" => once = value.into_owned(),
+            "channel" => channels.push(value.into_owned()),
+            _ => {}
+        }
+    }
+    if !signed_in.csrf_ok(&csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "This form has expired. Please reload it.",
+        )
+            .into_response();
+    }
+    let operation = format!(":web:renotify:{id}");
+    let once = Once {
+        key: &once,
+        operation: &operation,
+        request: once.as_bytes(),
+    };
+    let kept = tidings_api::idempotency::words::<Sent>(StatusCode::CREATED);
+    let request = tidings_core::services::renotify::Renotify {
+        channels: Some(channels),
+    };
+    let reply = state
+        .services()
+        .renotify(
+            &signed_in.staff,
+            MessageId::from_uuid(id),
+            request,
+            Some(once),
+            &kept,
+        )
+        .await;
+    let sent_id = match reply {
+        Ok(Reply::Done(sent)) => Some(sent.id.to_string()),
+        Ok(Reply::Replayed(answer)) => serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|sent| sent["id"].as_str().map(str::to_owned))
+            .filter(|_| answer.status == 201),
+        Err(ServiceError::Refused(refusal)) => {
+            return (StatusCode::UNPROCESSABLE_ENTITY, words(&refusal)).into_response()
+        }
+        Err(error) => return failed(error),
+    };
+    match sent_id {
+        Some(sent) => Redirect::to(&format!("/messages/{sent}")).into_response(),
+        None => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "This reminder was refused before; reload the report.",
+        )
+            .into_response(),
+    }
+}
+
+/// Who has not acknowledged, as a CSV file (every one, not only the first page).
+pub async fn not_acknowledged_csv(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let scope = message_scope(&signed_in.staff);
+    let id = MessageId::from_uuid(id);
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let _ = out.write_record(["guardian_id", "given_name", "family_name", "language"]);
+    let mut after = None;
+    loop {
+        let page = match state
+            .store
+            .recipients(&scope, id, Some(false), after, 1000)
+            .await
+        {
+            Ok(Some(page)) => page,
+            Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
+            Err(error) => return failed(error),
+        };
+        for r in &page {
+            let guardian = r.guardian_id.to_string();
+            let _ = out.write_record([
+                guardian.as_str(),
+                &r.given_name,
+                &r.family_name,
+                &r.language,
+            ]);
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.id),
+            _ => break,
+        }
+    }
+    let body = out.into_inner().unwrap_or_default();
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/csv; charset=utf-8".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"not-acknowledged-{id}.csv\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
