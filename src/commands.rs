@@ -115,7 +115,13 @@ pub async fn serve(
         .public_url
         .as_deref()
         .is_some_and(|url| url.starts_with("https://"));
-    let web = tidings_web_admin::router(state.clone(), tidings_web_admin::Web::new(secure_cookies));
+    let outbox = sandbox.clone().map(|sandbox| {
+        Arc::new(crate::outbox::SandboxOutbox(sandbox)) as Arc<dyn tidings_web_admin::Outbox>
+    });
+    let web = tidings_web_admin::router(
+        state.clone(),
+        tidings_web_admin::Web::new(secure_cookies, outbox),
+    );
     let mut router = tidings_api::router(state.clone())
         .merge(web)
         .merge(callbacks.router())

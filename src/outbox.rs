@@ -53,3 +53,23 @@ async fn received(
         .collect();
     Ok(Json(json!({ "items": items })))
 }
+
+/// The in-process sandbox as the web admin's outbox page reads it.
+#[derive(Debug)]
+pub struct SandboxOutbox(pub InProcessProvider);
+
+impl tidings_web_admin::Outbox for SandboxOutbox {
+    fn received(&self) -> Vec<tidings_web_admin::OutboxItem> {
+        self.0
+            .received()
+            .into_iter()
+            .map(|r| tidings_web_admin::OutboxItem {
+                delivery_id: r.delivery_id,
+                channel: r.channel,
+                address: r.address,
+                body: r.body,
+                at: r.at,
+            })
+            .collect()
+    }
+}

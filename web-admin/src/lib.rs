@@ -9,6 +9,7 @@
 
 mod assets;
 mod messages;
+mod outbox;
 mod session;
 mod sign_in;
 
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tidings_api::AppState;
 
+pub use outbox::{Outbox, OutboxItem};
 pub use session::SESSION_COOKIE;
 
 /// What the pages need beyond the API's state.
@@ -27,13 +29,16 @@ pub struct Web {
     pub secure_cookies: bool,
     /// Bounds on sign-in attempts, per account and per client.
     sign_ins: sign_in::Limits,
+    /// In sandbox mode, what the sandbox took (the outbox page).
+    pub outbox: Option<Arc<dyn Outbox>>,
 }
 
 impl Web {
-    pub fn new(secure_cookies: bool) -> Self {
+    pub fn new(secure_cookies: bool, outbox: Option<Arc<dyn Outbox>>) -> Self {
         Self {
             secure_cookies,
             sign_ins: sign_in::Limits::default(),
+            outbox,
         }
     }
 }
@@ -52,6 +57,7 @@ pub fn router(state: AppState, web: Web) -> Router {
             "/messages/{id}/not-acknowledged.csv",
             get(messages::not_acknowledged_csv),
         )
+        .route("/outbox", get(outbox::page))
         .route("/static/{name}", get(assets::serve))
         .layer(Extension(Arc::new(web)))
         .with_state(state)

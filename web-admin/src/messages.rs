@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::session::SignedIn;
 
 /// Renders a page, or a plain 500 if the template fails.
-fn html(status: StatusCode, page: impl Template) -> Response {
+pub(crate) fn html(status: StatusCode, page: impl Template) -> Response {
     match page.render() {
         Ok(body) => (status, Html(body)).into_response(),
         Err(error) => {
@@ -33,7 +33,7 @@ fn html(status: StatusCode, page: impl Template) -> Response {
 }
 
 /// A store or service failure on our side: logged with what it was, shown as a plain page.
-fn failed(error: impl std::fmt::Display) -> Response {
+pub(crate) fn failed(error: impl std::fmt::Display) -> Response {
     tracing::error!(error = %error, "a page failed");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -50,7 +50,7 @@ pub struct Frame {
 }
 
 impl Frame {
-    fn of(signed_in: &SignedIn) -> Self {
+    pub(crate) fn of(signed_in: &SignedIn) -> Self {
         Frame {
             styles: crate::assets::styles_url(),
             staff_name: signed_in.staff.display_name.clone(),
@@ -64,16 +64,23 @@ impl Frame {
 struct ListPage {
     frame: Frame,
     may_send: bool,
+    /// The sandbox is on: link its outbox.
+    sandbox: bool,
     messages: Vec<MessageListItem>,
 }
 
-pub async fn list(State(state): State<AppState>, signed_in: SignedIn) -> Response {
+pub async fn list(
+    State(state): State<AppState>,
+    axum::Extension(web): axum::Extension<std::sync::Arc<crate::Web>>,
+    signed_in: SignedIn,
+) -> Response {
     let scope = message_scope(&signed_in.staff);
     match state.store.messages(&scope, None, 50).await {
         Ok(messages) => html(
             StatusCode::OK,
             ListPage {
                 may_send: signed_in.staff.role != Role::Viewer,
+                sandbox: web.outbox.is_some() && signed_in.staff.role == Role::DistrictAdmin,
                 frame: Frame::of(&signed_in),
                 messages,
             },
