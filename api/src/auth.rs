@@ -30,7 +30,7 @@ impl FromRequestParts<AppState> for Caller {
             .api_token(token.id)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        let now = tidings_core::time::now();
+        let now = state.clock.now();
         let expired = record.expires_at.is_some_and(|at| at <= now);
         if !token.matches(&record.secret_hash) || record.revoked_at.is_some() || expired {
             return Err(ApiError::Unauthorized);

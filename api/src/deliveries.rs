@@ -5,7 +5,6 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tidings_core::delivery::{Actor, Delivery, DeliveryEventRecord};
 use tidings_core::store::dispatch::{AttemptRecord, Replay};
-use tidings_core::time::now;
 use tidings_core::{DeliveryId, Role};
 use uuid::Uuid;
 
@@ -110,7 +109,7 @@ pub async fn replay_dead_letter(
             &message_scope(&staff),
             DeliveryId::from_uuid(id),
             &actor,
-            now(),
+            state.clock.now(),
         )
         .await?
     {
@@ -126,7 +125,13 @@ pub async fn replay_dead_letter(
     let detail = serde_json::json!({ "delivery_id": id, "message_id": delivery.message_id, "after_attempts": delivery.attempts });
     state
         .store
-        .audit(staff.district_id, &actor, "delivery.replay", detail, now())
+        .audit(
+            staff.district_id,
+            &actor,
+            "delivery.replay",
+            detail,
+            state.clock.now(),
+        )
         .await?;
     Ok(axum::Json(delivery))
 }

@@ -20,7 +20,6 @@ use tidings_core::delivery::Actor;
 use tidings_core::secret::{code_matches, generate_code, hash_code, GuardianToken};
 use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef, GuardianSession};
 use tidings_core::store::AckOutcome;
-use tidings_core::time::now;
 use tidings_core::{
     Channel, DistrictId, EmailAddress, GuardianId, MessageId, PhoneNumber, PushPlatform,
 };
@@ -178,7 +177,7 @@ pub async fn sign_in(
     let (channel, address) = contact(&state, &request.address)?;
     // Codes cost money to send and must not be a way to message guardians in bulk.
     state.sign_ins.code(client)?;
-    let at = now();
+    let at = state.clock.now();
     let code = generate_code();
     // A code is kept (and counted) for unknown addresses too: the answer, and when it
     // says 429, are the same either way.
@@ -248,7 +247,7 @@ pub async fn create_session(
 ) -> Result<(StatusCode, axum::Json<SessionAnswer>), ApiError> {
     state.sign_ins.try_code(client)?;
     let (channel, address) = contact(&state, &request.address)?;
-    let at = now();
+    let at = state.clock.now();
     let open = state
         .store
         .open_sign_in(channel, &address, at)
@@ -340,7 +339,7 @@ impl FromRequestParts<AppState> for GuardianCaller {
             .ok_or(ApiError::Unauthorized)?;
         if !token.matches(&session.secret_hash)
             || session.revoked_at.is_some()
-            || session.expires_at <= now()
+            || session.expires_at <= state.clock.now()
         {
             return Err(ApiError::Unauthorized);
         }
@@ -368,7 +367,7 @@ pub async fn end_session(
 ) -> Result<StatusCode, ApiError> {
     state
         .store
-        .end_guardian_session(caller.session, now())
+        .end_guardian_session(caller.session, state.clock.now())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -455,7 +454,7 @@ pub async fn acknowledge(
                 *message.recipient_id.as_uuid(),
                 Channel::Push,
                 &actor,
-                now(),
+                state.clock.now(),
             )
             .await?;
         let result = match outcome {
@@ -508,7 +507,13 @@ pub async fn register_device(
     for (district, guardian) in &caller.guardians {
         state
             .store
-            .register_device(*district, *guardian, request.platform, token, now())
+            .register_device(
+                *district,
+                *guardian,
+                request.platform,
+                token,
+                state.clock.now(),
+            )
             .await?;
     }
     Ok(StatusCode::CREATED)
@@ -527,7 +532,13 @@ pub async fn unregister_device(
     for (_, guardian) in &caller.guardians {
         state
             .store
-            .retire_address(*guardian, Channel::Push, token, "unregistered", now())
+            .retire_address(
+                *guardian,
+                Channel::Push,
+                token,
+                "unregistered",
+                state.clock.now(),
+            )
             .await?;
     }
     Ok(StatusCode::NO_CONTENT)

@@ -14,7 +14,6 @@ use tidings_core::delivery::Actor;
 use tidings_core::link::{LinkClaims, LinkError, LinkPurpose};
 use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef};
 use tidings_core::store::AckOutcome;
-use tidings_core::time::now;
 use tidings_core::words::{fill, words, Words};
 use tidings_core::Channel;
 
@@ -45,7 +44,12 @@ pub async fn acknowledge(
     let actor = Actor::guardian(format!("link:{}", claims.channel));
     let outcome = state
         .store
-        .acknowledge(*claims.recipient.as_uuid(), claims.channel, &actor, now())
+        .acknowledge(
+            *claims.recipient.as_uuid(),
+            claims.channel,
+            &actor,
+            state.clock.now(),
+        )
         .await;
     let w = words(&message.language);
     let said = match outcome {
@@ -90,7 +94,7 @@ pub async fn unsubscribe(State(state): State<AppState>, Link { message, .. }: Li
             message.guardian_id,
             Channel::Email,
             "guardian",
-            now(),
+            state.clock.now(),
         )
         .await;
     if let Err(error) = recorded {
@@ -149,7 +153,7 @@ async fn open(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default(),
     );
-    let (claims, expired) = match state.link_keys.verify(token, now()) {
+    let (claims, expired) = match state.link_keys.verify(token, state.clock.now()) {
         Ok(claims) => (claims, false),
         // Genuine but old: say so in the guardian's own language.
         Err(LinkError::Expired(claims)) => (claims, true),

@@ -12,7 +12,6 @@ pub use tidings_core::services::renotify::message_scope;
 use tidings_core::services::renotify::Renotify as RenotifyRequest;
 pub use tidings_core::services::send::{SendMessage, Sent};
 use tidings_core::store::{MessageScope, MessageSummary};
-use tidings_core::time::now;
 use tidings_core::{MessageId, Role};
 use uuid::Uuid;
 
@@ -147,14 +146,20 @@ pub async fn cancel_message(
             &message_scope(&staff),
             MessageId::from_uuid(id),
             &actor,
-            now(),
+            state.clock.now(),
         )
         .await?
         .ok_or(ApiError::NotFound)?;
     let detail = serde_json::json!({ "message_id": id, "cancelled": outcome.cancelled, "already_sent": outcome.already_sent });
     state
         .store
-        .audit(staff.district_id, &actor, "message.cancel", detail, now())
+        .audit(
+            staff.district_id,
+            &actor,
+            "message.cancel",
+            detail,
+            state.clock.now(),
+        )
         .await?;
     Ok(axum::Json(outcome))
 }
