@@ -254,6 +254,14 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
     assert!(report.starts_with("/messages/"), "{report}");
     assert_eq!(browser.text("h1").await, "Picture day");
     assert!(browser.text("table").await.contains("sms"));
+    // Live progress: the counts change on this very page as the dispatcher sends (Server-
+    // Sent Events; the mark shows the page was not reloaded).
+    b.execute("document.documentElement.dataset.stay = 'yes'", vec![])
+        .await
+        .unwrap();
+    browser
+        .arrive("html[data-stay] #counts tr[data-state=SENT], html[data-stay] #counts tr[data-state=DELIVERED]")
+        .await;
     browser.accessible("report").await;
     browser.shot("report").await;
 

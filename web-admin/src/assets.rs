@@ -9,28 +9,60 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-const STYLES: &str = include_str!("../static/tidings.css");
+/// Each asset: its name, content type and content.
+const ASSETS: [(&str, &str, &str); 2] = [
+    (
+        "tidings",
+        "text/css; charset=utf-8",
+        include_str!("../static/tidings.css"),
+    ),
+    (
+        "live",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/live.js"),
+    ),
+];
 
-/// The URL of the style sheet, e.g. `/static/tidings.3f2a9c1d0b.css`.
+/// The URL of an asset: its name, a digest of its content, its kind
+/// (e.g. `/static/tidings.3f2a9c1d0b.css`).
+fn url_of(name: &str, content_type: &str, content: &str) -> String {
+    let digest = Sha256::digest(content.as_bytes());
+    let short: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    let extension = if content_type.starts_with("text/css") {
+        "css"
+    } else {
+        "js"
+    };
+    format!("/static/{name}.{short}.{extension}")
+}
+
+fn urls() -> &'static [String; 2] {
+    static URLS: OnceLock<[String; 2]> = OnceLock::new();
+    URLS.get_or_init(|| ASSETS.map(|(name, kind, content)| url_of(name, kind, content)))
+}
+
+/// The style sheet's URL.
 pub fn styles_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let digest = Sha256::digest(STYLES.as_bytes());
-        let short: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-        format!("/static/tidings.{short}.css")
-    })
+    &urls()[0]
+}
+
+/// The live-progress script's URL.
+pub fn live_url() -> &'static str {
+    &urls()[1]
 }
 
 pub async fn serve(Path(name): Path<String>) -> Response {
-    if format!("/static/{name}") != styles_url() {
+    let asked = format!("/static/{name}");
+    let Some(index) = urls().iter().position(|url| *url == asked) else {
         return StatusCode::NOT_FOUND.into_response();
-    }
+    };
+    let (_, content_type, content) = ASSETS[index];
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
         ],
-        STYLES,
+        content,
     )
         .into_response()
 }

@@ -330,20 +330,41 @@ pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Byte
     }
 }
 
+/// A message's deliveries by state and channel: part of the report, and what the live
+/// progress sends again as it changes.
 #[derive(Template)]
-#[template(path = "message.html")]
-struct ReportPage {
-    frame: Frame,
-    /// The one-time key of the re-notify form.
-    once: String,
-    may_send: bool,
+#[template(path = "counts.html")]
+struct Counts {
     summary: MessageSummary,
     channels: Vec<Channel>,
     states: Vec<tidings_core::DeliveryState>,
-    waiting: Vec<RecipientView>,
+    /// Deliveries still waiting to go out.
+    in_flight: bool,
 }
 
-impl ReportPage {
+impl Counts {
+    fn of(summary: MessageSummary) -> Self {
+        let mut channels: Vec<Channel> = summary.counts.iter().map(|c| c.channel).collect();
+        channels.sort();
+        channels.dedup();
+        let states = tidings_core::DeliveryState::ALL
+            .into_iter()
+            .filter(|s| summary.counts.iter().any(|c| c.state == *s))
+            .collect();
+        let in_flight = summary.counts.iter().any(|c| {
+            matches!(
+                c.state,
+                tidings_core::DeliveryState::Created | tidings_core::DeliveryState::Queued
+            ) && c.count > 0
+        });
+        Counts {
+            summary,
+            channels,
+            states,
+            in_flight,
+        }
+    }
+
     fn count(&self, channel: &Channel, state: &tidings_core::DeliveryState) -> i64 {
         self.summary
             .counts
@@ -352,6 +373,20 @@ impl ReportPage {
             .map(|c| c.count)
             .sum()
     }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct ReportPage {
+    frame: Frame,
+    /// The one-time key of the re-notify form.
+    once: String,
+    may_send: bool,
+    summary: MessageSummary,
+    counts: String,
+    in_flight: bool,
+    live: &'static str,
+    waiting: Vec<RecipientView>,
 }
 
 pub async fn report(
@@ -378,12 +413,12 @@ pub async fn report(
     } else {
         Vec::new()
     };
-    let mut channels: Vec<Channel> = summary.counts.iter().map(|c| c.channel).collect();
-    channels.dedup();
-    let states = tidings_core::DeliveryState::ALL
-        .into_iter()
-        .filter(|s| summary.counts.iter().any(|c| c.state == *s))
-        .collect();
+    let counts = Counts::of(summary.clone());
+    let in_flight = counts.in_flight;
+    let counts = match counts.render() {
+        Ok(counts) => counts,
+        Err(error) => return failed(error),
+    };
     html(
         StatusCode::OK,
         ReportPage {
@@ -391,11 +426,80 @@ pub async fn report(
             once: Uuid::now_v7().to_string(),
             may_send: signed_in.staff.role != Role::Viewer,
             summary,
-            channels,
-            states,
+            counts,
+            in_flight,
+            live: crate::assets::live_url(),
             waiting,
         },
     )
+}
+
+/// How often the live progress looks at the counts.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Live progress of a message: Server-Sent Events `counts` (the counts table, rendered)
+/// whenever it changes, then `done` once nothing waits to go out.
+pub async fn progress(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<Uuid>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let scope = message_scope(&signed_in.staff);
+    let id = MessageId::from_uuid(id);
+    match state.store.message_summary(&scope, id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
+        Err(error) => return failed(error),
+    }
+    // (the last table sent, finished)
+    let events = futures_util::stream::unfold((String::new(), false), move |(last, finished)| {
+        let (state, scope) = (state.clone(), scope);
+        async move {
+            if finished {
+                return None;
+            }
+            loop {
+                let summary = match state.store.message_summary(&scope, id).await {
+                    Ok(Some(summary)) => summary,
+                    _ => return None,
+                };
+                let counts = Counts::of(summary);
+                let in_flight = counts.in_flight;
+                let table = counts.render().unwrap_or_default();
+                if !in_flight {
+                    let event = Event::default()
+                        .event("counts")
+                        .data(table.replace('\n', ""));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(vec![
+                            event,
+                            Event::default().event("done").data(""),
+                        ]),
+                        (String::new(), true),
+                    ));
+                }
+                if table != last {
+                    let event = Event::default()
+                        .event("counts")
+                        .data(table.replace('\n', ""));
+                    return Some((Ok(vec![event]), (table, false)));
+                }
+                tokio::time::sleep(PROGRESS_EVERY).await;
+            }
+        }
+    });
+    let events = futures_util::StreamExt::flat_map(events, |batch| {
+        futures_util::stream::iter(
+            batch
+                .unwrap_or_default()
+                .into_iter()
+                .map(Ok::<_, std::convert::Infallible>),
+        )
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Reminds those who have not acknowledged, on the channels ticked.
