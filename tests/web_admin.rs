@@ -234,6 +234,30 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
         .send_keys("Picture day is on Friday. Please return the form.")
         .await
         .unwrap();
+    b.execute(
+        "document.querySelectorAll('details').forEach(d => d.open = true)",
+        vec![],
+    )
+    .await
+    .unwrap();
+    b.find(Locator::Id("t_language"))
+        .await
+        .unwrap()
+        .select_by_value("es")
+        .await
+        .unwrap();
+    b.find(Locator::Id("t_subject"))
+        .await
+        .unwrap()
+        .send_keys("Día de fotos")
+        .await
+        .unwrap();
+    b.find(Locator::Id("t_body"))
+        .await
+        .unwrap()
+        .send_keys("El día de fotos es el viernes. Devuelva el formulario.")
+        .await
+        .unwrap();
     browser.click("button[value=review]", "[role=status]").await;
     let preview = browser.text("[role=status]").await;
     let guardians: u64 = preview
@@ -481,5 +505,71 @@ async fn a_form_without_its_csrf_token_is_refused() {
         .unwrap();
     assert_eq!(sent.status(), reqwest::StatusCode::FORBIDDEN);
     assert!(messages_in(&db).await.is_empty(), "nothing was sent");
+
+    // With the page's token it is sent; a time on the form is the district's local time.
+    let page = client
+        .get(server.url("/messages/new"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = &store.districts().await.unwrap()[0];
+    let zone: chrono_tz::Tz = district.timezone.parse().unwrap();
+    // A month from now at 07:30 local time, as the form's field holds it.
+    let day = (chrono::Utc::now() + chrono::Duration::days(30))
+        .with_timezone(&zone)
+        .date_naive();
+    let local = day.and_hms_opt(7, 30, 0).unwrap();
+    let send_at = local.format("%Y-%m-%dT%H:%M").to_string();
+    let sent = client
+        .post(server.url("/messages"))
+        .header("cookie", &session)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("reach", "district"),
+            ("channel", "email"),
+            ("kind", "general"),
+            ("subject", "Winter concert"),
+            ("body", "The winter concert is on January 15 at 7:30."),
+            ("send_at", send_at.as_str()),
+            ("once", "k2"),
+            ("action", "send"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), reqwest::StatusCode::SEE_OTHER);
+    let id = sent.headers()["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("/messages/")
+        .to_owned();
+    let summary = store
+        .message_summary(
+            &tidings_core::store::MessageScope::District(district.id),
+            tidings_core::MessageId::from_uuid(id.parse().unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    use chrono::TimeZone;
+    let expected = zone
+        .from_local_datetime(&local)
+        .earliest()
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert_eq!(summary.scheduled_at, Some(expected), "07:30 in {zone}");
     assert!(server.terminate().await.success());
 }

@@ -17,6 +17,7 @@ pub mod message;
 pub mod quiet_hours;
 pub mod roster;
 pub mod secret;
+pub mod segments;
 pub mod services;
 pub mod staff;
 pub mod store;

@@ -10,6 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use tidings_api::AppState;
 use tidings_core::audience::Audience;
+use tidings_core::fanout::Translation;
+use tidings_core::segments::Encoding;
 use tidings_core::services::renotify::message_scope;
 use tidings_core::services::send::{Preview, SendMessage, Sent};
 use tidings_core::services::{Once, Refusal, Reply, ServiceError};
@@ -101,6 +103,16 @@ struct Draft {
     subject: String,
     body: String,
     requires_ack: bool,
+    /// One translation: its language tag, subject and body (all empty: none).
+    t_language: String,
+    t_subject: String,
+    t_body: String,
+    /// When to send, in the district's time zone (`YYYY-MM-DDTHH:MM`); empty: now.
+    send_at: String,
+    /// When acknowledgments are due, likewise.
+    ack_by: String,
+    /// Minutes before the next channel is tried; empty: no fallback.
+    fallback: String,
     /// The one-time key of the rendered form: a resubmission sends once.
     once: String,
     confirmed: bool,
@@ -123,6 +135,12 @@ impl Draft {
                 "subject" => draft.subject = value,
                 "body" => draft.body = value,
                 "requires_ack" => draft.requires_ack = true,
+                "t_language" => draft.t_language = value,
+                "t_subject" => draft.t_subject = value,
+                "t_body" => draft.t_body = value,
+                "send_at" => draft.send_at = value,
+                "ack_by" => draft.ack_by = value,
+                "fallback" => draft.fallback = value,
                 "once" => draft.once = value,
                 "confirmed" => draft.confirmed = value == "yes",
                 "action" => draft.action = value,
@@ -133,7 +151,8 @@ impl Draft {
         (draft, csrf)
     }
 
-    fn request(&self) -> SendMessage {
+    /// The request to send, with times read in the district's time zone `zone`.
+    fn request(&self, zone: chrono_tz::Tz) -> Result<SendMessage, Refusal> {
         let audience = match self.reach.as_str() {
             "district" => Audience {
                 district: true,
@@ -148,19 +167,40 @@ impl Draft {
                 ..Audience::default()
             },
         };
-        SendMessage {
+        let mut translations = BTreeMap::new();
+        let language = self.t_language.trim();
+        if !language.is_empty()
+            && (!self.t_subject.trim().is_empty() || !self.t_body.trim().is_empty())
+        {
+            translations.insert(
+                language.to_owned(),
+                Translation {
+                    subject: self.t_subject.clone(),
+                    body: self.t_body.clone(),
+                },
+            );
+        }
+        let fallback_after_minutes = match self.fallback.trim() {
+            "" => None,
+            minutes => Some(minutes.parse().map_err(|_| {
+                Refusal::Invalid(format!(
+                    "the fallback {minutes:?} is not a number of minutes"
+                ))
+            })?),
+        };
+        Ok(SendMessage {
             audience,
             channels: self.channels.clone(),
             kind: self.kind.clone(),
             subject: self.subject.clone(),
             body: self.body.clone(),
-            translations: BTreeMap::new(),
+            translations,
             requires_ack: self.requires_ack,
             delivery: None,
-            scheduled_at: None,
-            ack_deadline: None,
-            fallback_after_minutes: None,
-        }
+            scheduled_at: local_time("the sending time", &self.send_at, zone)?,
+            ack_deadline: local_time("the acknowledgment deadline", &self.ack_by, zone)?,
+            fallback_after_minutes,
+        })
     }
 
     fn has_channel(&self, channel: &str) -> bool {
@@ -176,6 +216,47 @@ impl Draft {
     }
 }
 
+/// A `datetime-local` field's value in `zone`, as UTC; `None` when empty.
+fn local_time(
+    what: &str,
+    value: &str,
+    zone: chrono_tz::Tz,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, Refusal> {
+    use chrono::TimeZone;
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
+        .map_err(|_| Refusal::Invalid(format!("{what} {value:?} is not a date and time")))?;
+    // In a clock change's gap or overlap, the earlier reading.
+    zone.from_local_datetime(&naive)
+        .earliest()
+        .map(|at| Some(at.with_timezone(&chrono::Utc)))
+        .ok_or_else(|| Refusal::Invalid(format!("{what} {value:?} does not exist in {zone}")))
+}
+
+/// Languages offered for a translation: the ones most spoken at home by US families
+/// after English.
+pub const LANGUAGES: [(&str, &str); 10] = [
+    ("es", "Spanish"),
+    ("zh", "Chinese"),
+    ("vi", "Vietnamese"),
+    ("ar", "Arabic"),
+    ("ht", "Haitian Creole"),
+    ("pt", "Portuguese"),
+    ("ko", "Korean"),
+    ("ru", "Russian"),
+    ("so", "Somali"),
+    ("fr", "French"),
+];
+
+/// What the text of one language takes by SMS.
+pub struct SmsCost {
+    pub language: String,
+    pub segments: tidings_core::segments::Segments,
+}
+
 #[derive(Template)]
 #[template(path = "compose.html")]
 struct ComposePage {
@@ -188,6 +269,24 @@ struct ComposePage {
     preview: Option<Preview>,
     /// The preview is of an emergency: sending needs the confirmation button.
     confirm: bool,
+    /// With the preview: SMS segments per language.
+    sms: Vec<SmsCost>,
+    languages: &'static [(&'static str, &'static str)],
+    /// The district's time zone, in which the form's times are read.
+    zone: String,
+}
+
+/// The district's time zone (UTC if it names none Tidings knows).
+async fn district_zone(
+    state: &AppState,
+    staff: &tidings_core::Staff,
+) -> Result<chrono_tz::Tz, tidings_core::store::StoreError> {
+    Ok(state
+        .store
+        .district(staff.district_id)
+        .await?
+        .and_then(|d| d.timezone.parse().ok())
+        .unwrap_or(chrono_tz::UTC))
 }
 
 async fn compose_page(
@@ -205,7 +304,27 @@ async fn compose_page(
     let schools = state.store.schools(&scope, &page).await?;
     let classes = state.store.classes(&scope, &page).await?;
     let confirm = preview.is_some() && draft.kind == "emergency";
+    let mut sms = Vec::new();
+    if preview.is_some() && draft.has_channel("sms") {
+        sms.push(SmsCost {
+            language: "default".into(),
+            segments: tidings_core::segments::segments(&draft.body),
+        });
+        if !draft.t_body.trim().is_empty() {
+            sms.push(SmsCost {
+                language: draft.t_language.clone(),
+                segments: tidings_core::segments::segments(&draft.t_body),
+            });
+        }
+    }
+    let zone = district_zone(state, &signed_in.staff)
+        .await?
+        .name()
+        .to_owned();
     Ok(ComposePage {
+        sms,
+        languages: &LANGUAGES,
+        zone,
         frame: Frame::of(signed_in),
         district_wide: signed_in.staff.role == Role::DistrictAdmin,
         draft,
@@ -270,9 +389,20 @@ pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Byte
             Err(error) => failed(error),
         }
     };
+    let zone = match district_zone(&state, &signed_in.staff).await {
+        Ok(zone) => zone,
+        Err(error) => return failed(error),
+    };
+    let request = match draft.request(zone) {
+        Ok(request) => request,
+        Err(refusal) => {
+            let error = words(&refusal);
+            return again(draft, StatusCode::UNPROCESSABLE_ENTITY, Some(error), None).await;
+        }
+    };
     let review = draft.action == "review" || (draft.kind == "emergency" && !draft.confirmed);
     if review {
-        return match services.preview(&signed_in.staff, draft.request()).await {
+        return match services.preview(&signed_in.staff, request).await {
             Ok(preview) => again(draft, StatusCode::OK, None, Some(preview)).await,
             Err(ServiceError::Refused(refusal)) => {
                 let error = words(&refusal);
@@ -290,7 +420,7 @@ pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Byte
     };
     let kept = tidings_api::idempotency::words::<Sent>(StatusCode::CREATED);
     let reply = services
-        .send_message(&signed_in.staff, draft.request(), Some(once), &kept)
+        .send_message(&signed_in.staff, request, Some(once), &kept)
         .await;
     match reply {
         Ok(Reply::Done(sent)) => Redirect::to(&format!("/messages/{}", sent.id)).into_response(),
