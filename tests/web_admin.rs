@@ -134,12 +134,17 @@ impl Browser {
 
     /// Waits until `css` finds an element (a page has loaded).
     async fn arrive(&self, css: &str) {
-        self.client
+        let found = self
+            .client
             .wait()
-            .at_most(Duration::from_secs(30))
+            .at_most(Duration::from_secs(60))
             .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+            .await;
+        if let Err(error) = found {
+            self.shot("failure").await;
+            let url = self.client.current_url().await.map(|u| u.to_string());
+            panic!("{css} never appeared on {url:?}: {error} (see failure.png)");
+        }
     }
 
     /// Types into the focused element, as a person does.
@@ -571,5 +576,140 @@ async fn a_form_without_its_csrf_token_is_refused() {
         .unwrap()
         .with_timezone(&chrono::Utc);
     assert_eq!(summary.scheduled_at, Some(expected), "07:30 in {zone}");
+    assert!(server.terminate().await.success());
+}
+
+/// Signs in through the form, with the keyboard.
+async fn sign_in(browser: &Browser, server: &Server) {
+    let (email, password) = first_login(&server.banner).expect("a first login is printed");
+    browser.client.goto(&server.url("/sign-in")).await.unwrap();
+    browser.arrive("[data-page=sign-in]").await;
+    browser.type_here(&email).await;
+    browser.type_here(TAB).await;
+    browser.type_here(&password).await;
+    browser.type_here(ENTER).await;
+    browser.arrive("[data-page=messages]").await;
+}
+
+#[tokio::test]
+async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let browser = Browser::start("directory").await;
+    let b = &browser.client;
+    sign_in(&browser, &server).await;
+
+    // Find a guardian of the demo district by family name.
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let scope = tidings_core::store::Scope::District(district);
+    let first = store
+        .guardians(
+            &scope,
+            &tidings_core::store::PageRequest {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    browser
+        .click("nav a[href='/guardians']", "[data-page=guardians]")
+        .await;
+    browser.accessible("guardians").await;
+    b.find(Locator::Id("q"))
+        .await
+        .unwrap()
+        .send_keys(&first.family_name)
+        .await
+        .unwrap();
+    browser.type_here(ENTER).await;
+    browser
+        .arrive(&format!(
+            "html:not([data-left]) a[href='/guardians/{}']",
+            first.id
+        ))
+        .await;
+    browser.shot("guardians-search").await;
+    browser
+        .click(
+            &format!("a[href='/guardians/{}']", first.id),
+            "[data-page=guardian]",
+        )
+        .await;
+    browser.accessible("guardian").await;
+
+    // An address that is not one is refused in words; a good one is added.
+    b.find(Locator::Id("kind"))
+        .await
+        .unwrap()
+        .select_by_value("email")
+        .await
+        .unwrap();
+    b.find(Locator::Id("address"))
+        .await
+        .unwrap()
+        .send_keys("not an address")
+        .await
+        .unwrap();
+    browser.click("#add-contact", "[role=alert]").await;
+    assert!(browser.text("[role=alert]").await.contains("Please check"));
+    b.find(Locator::Id("kind"))
+        .await
+        .unwrap()
+        .select_by_value("email")
+        .await
+        .unwrap();
+    b.find(Locator::Id("address"))
+        .await
+        .unwrap()
+        .send_keys("New.Address@Example.org")
+        .await
+        .unwrap();
+    browser
+        .click("#add-contact", "tr[data-contact='new.address@example.org']")
+        .await;
+
+    // An opt-out from email, then revoked.
+    b.find(Locator::Id("channel"))
+        .await
+        .unwrap()
+        .select_by_value("email")
+        .await
+        .unwrap();
+    browser
+        .click("#add-opt-out", "tr[data-opt-out=email]")
+        .await;
+    browser.accessible("guardian-opted-out").await;
+    browser.shot("guardian").await;
+    browser
+        .click("tr[data-opt-out=email] button", "[data-page=guardian]")
+        .await;
+    assert!(
+        b.find(Locator::Css("tr[data-opt-out=email]"))
+            .await
+            .is_err(),
+        "revoked"
+    );
+
+    // Each change is in the audit log, as the staff member's.
+    let actions: Vec<String> = store
+        .audit_entries(district, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.staff_id.is_some())
+        .map(|e| e.action)
+        .collect();
+    for action in ["contact_point.add", "opt_out.add", "opt_out.revoke"] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} in {actions:?}"
+        );
+    }
+    browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
 }

@@ -8,6 +8,7 @@
 //! carries a CSRF token derived from it.
 
 mod assets;
+mod directory;
 mod messages;
 mod outbox;
 mod session;
@@ -59,6 +60,11 @@ pub fn router(state: AppState, web: Web) -> Router {
             get(messages::not_acknowledged_csv),
         )
         .route("/outbox", get(outbox::page))
+        .route("/guardians", get(directory::guardians))
+        .route(
+            "/guardians/{id}",
+            get(directory::guardian).post(directory::edit),
+        )
         .route("/static/{name}", get(assets::serve))
         .layer(Extension(Arc::new(web)))
         .with_state(state)
