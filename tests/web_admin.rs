@@ -710,6 +710,14 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
             "{action} in {actions:?}"
         );
     }
+    // … and on the audit log's page, with who did it.
+    browser
+        .click("nav a[href='/audit']", "[data-page=audit]")
+        .await;
+    browser.accessible("audit").await;
+    let revoked = browser.text("tr[data-action='opt_out.revoke']").await;
+    assert!(revoked.contains("admin@"), "{revoked}");
+    browser.shot("audit").await;
     browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
 }

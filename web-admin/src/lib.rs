@@ -8,6 +8,7 @@
 //! carries a CSRF token derived from it.
 
 mod assets;
+mod audit;
 mod directory;
 mod messages;
 mod outbox;
@@ -60,6 +61,7 @@ pub fn router(state: AppState, web: Web) -> Router {
             get(messages::not_acknowledged_csv),
         )
         .route("/outbox", get(outbox::page))
+        .route("/audit", get(audit::page))
         .route("/guardians", get(directory::guardians))
         .route(
             "/guardians/{id}",

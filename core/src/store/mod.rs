@@ -339,6 +339,8 @@ pub struct CancelOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEntry {
     pub staff_id: Option<StaffId>,
+    /// The staff member's sign-in email, for people reading the log.
+    pub staff_email: Option<String>,
     pub action: String,
     pub detail: serde_json::Value,
     pub at: DateTime<Utc>,

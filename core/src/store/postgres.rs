@@ -793,7 +793,8 @@ impl Store for PostgresStore {
         district: DistrictId,
         limit: u32,
     ) -> StoreResult<Vec<super::AuditEntry>> {
-        sqlx::query("SELECT staff_id, action, detail, at FROM audit_log WHERE district_id = $1 ORDER BY at DESC, id DESC LIMIT $2")
+        sqlx::query("SELECT a.staff_id, s.email AS staff_email, a.action, a.detail, a.at FROM audit_log a \
+             LEFT JOIN staff s ON s.id = a.staff_id WHERE a.district_id = $1 ORDER BY a.at DESC, a.id DESC LIMIT $2")
             .bind(Uuid::from(district))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -802,6 +803,7 @@ impl Store for PostgresStore {
             .map(|row| {
                 Ok(super::AuditEntry {
                     staff_id: row.try_get::<Option<Uuid>, _>("staff_id")?.map(crate::StaffId::from_uuid),
+                    staff_email: row.try_get("staff_email")?,
                     action: row.try_get("action")?,
                     detail: row.try_get("detail")?,
                     at: row.try_get("at")?,

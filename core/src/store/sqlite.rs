@@ -870,7 +870,8 @@ impl Store for SqliteStore {
         district: DistrictId,
         limit: u32,
     ) -> StoreResult<Vec<super::AuditEntry>> {
-        sqlx::query("SELECT staff_id, action, detail, at FROM audit_log WHERE district_id = $1 ORDER BY at DESC, id DESC LIMIT $2")
+        sqlx::query("SELECT a.staff_id, s.email AS staff_email, a.action, a.detail, a.at FROM audit_log a \
+             LEFT JOIN staff s ON s.id = a.staff_id WHERE a.district_id = $1 ORDER BY a.at DESC, a.id DESC LIMIT $2")
             .bind(text_id(district))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -879,6 +880,7 @@ impl Store for SqliteStore {
             .map(|row| {
                 Ok(super::AuditEntry {
                     staff_id: row.try_get::<Option<String>, _>("staff_id")?.map(|s| Uuid::parse_str(&s)).transpose().map_err(corrupt)?.map(crate::StaffId::from_uuid),
+                    staff_email: row.try_get("staff_email")?,
                     action: row.try_get("action")?,
                     detail: serde_json::from_str(&row.try_get::<String, _>("detail")?).map_err(corrupt)?,
                     at: row.try_get("at")?,
