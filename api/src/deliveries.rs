@@ -3,9 +3,9 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use tidings_core::delivery::{Actor, Delivery, DeliveryEventRecord};
-use tidings_core::store::dispatch::{AttemptRecord, Replay};
-use tidings_core::{DeliveryId, Role};
+use tidings_core::delivery::{Delivery, DeliveryEventRecord};
+use tidings_core::store::dispatch::AttemptRecord;
+use tidings_core::DeliveryId;
 use uuid::Uuid;
 
 use crate::extract::{Path, Query};
@@ -99,39 +99,9 @@ pub async fn replay_dead_letter(
     Caller(staff): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Delivery>, ApiError> {
-    if staff.role == Role::Viewer {
-        return Err(ApiError::Forbidden);
-    }
-    let actor = Actor::staff(staff.id);
-    let delivery = match state
-        .store
-        .replay_dead_letter(
-            &message_scope(&staff),
-            DeliveryId::from_uuid(id),
-            &actor,
-            state.clock.now(),
-        )
-        .await?
-    {
-        Replay::Requeued(delivery) => delivery,
-        Replay::NotFailed(delivery) => {
-            return Err(ApiError::Conflict(format!(
-                "the delivery is {}; only FAILED deliveries are replayed",
-                delivery.state
-            )))
-        }
-        Replay::NotFound => return Err(ApiError::NotFound),
-    };
-    let detail = serde_json::json!({ "delivery_id": id, "message_id": delivery.message_id, "after_attempts": delivery.attempts });
-    state
-        .store
-        .audit(
-            staff.district_id,
-            &actor,
-            "delivery.replay",
-            detail,
-            state.clock.now(),
-        )
+    let delivery = state
+        .services()
+        .replay_dead_letter(&staff, DeliveryId::from_uuid(id))
         .await?;
     Ok(axum::Json(delivery))
 }

@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod directory;
 pub mod renotify;
+pub mod replay;
 pub mod send;
 pub mod settings;
 
