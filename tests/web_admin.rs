@@ -721,3 +721,81 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
     browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn failed_deliveries_are_listed_and_replayed_from_the_dead_letters_page() {
+    let db = TestDatabase::sqlite();
+    let mut command = tidings(&db.url);
+    command.env("TIDINGS_SANDBOX_FAULTS", "{permanent=1.0,seed=3}");
+    let server = Server::start_with(&mut command, &["--demo"]).await;
+    let (email, _) = first_login(&server.banner).unwrap();
+    let token = support::token_for(&db.url, &email).await;
+    let (_, class) = support::demo_teacher();
+    let sent = reqwest::Client::new()
+        .post(server.url("/api/v1/messages"))
+        .bearer_auth(&token)
+        .json(
+            &json!({"audience": {"classes": [class]}, "channels": ["email"], "kind": "general",
+                      "subject": "Field trip", "body": "The field trip is on Monday."}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), reqwest::StatusCode::CREATED);
+
+    // Every send is refused for good: wait for the dead letters to appear.
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let scope = tidings_core::store::MessageScope::District(district);
+    let failed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let failed = store.dead_letters(&scope, None, 10).await.unwrap();
+            if !failed.is_empty() {
+                return failed;
+            }
+            // Looked at again shortly: what is awaited is the condition, not a time.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the refused sends reach the dead letters");
+
+    let browser = Browser::start("dead-letters").await;
+    sign_in(&browser, &server).await;
+    browser
+        .click("nav a[href='/dead-letters']", "[data-page=dead-letters]")
+        .await;
+    browser.arrive("tr[data-delivery]").await;
+    browser.accessible("dead-letters").await;
+    browser.shot("dead-letters").await;
+    let first = failed[0].id;
+    browser
+        .click(
+            &format!("tr[data-delivery='{first}'] button"),
+            "[data-page=dead-letters]",
+        )
+        .await;
+    let events = store.delivery_events(first).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.from == tidings_core::DeliveryState::Failed
+                && e.to == tidings_core::DeliveryState::Queued),
+        "replayed: {events:?}"
+    );
+    let actions: Vec<String> = store
+        .audit_entries(district, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(
+        actions.iter().any(|a| a == "delivery.replay"),
+        "{actions:?}"
+    );
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}

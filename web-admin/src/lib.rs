@@ -9,6 +9,7 @@
 
 mod assets;
 mod audit;
+mod dead_letters;
 mod directory;
 mod messages;
 mod outbox;
@@ -62,6 +63,8 @@ pub fn router(state: AppState, web: Web) -> Router {
         )
         .route("/outbox", get(outbox::page))
         .route("/audit", get(audit::page))
+        .route("/dead-letters", get(dead_letters::list))
+        .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/guardians", get(directory::guardians))
         .route(
             "/guardians/{id}",
