@@ -718,6 +718,44 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
     let revoked = browser.text("tr[data-action='opt_out.revoke']").await;
     assert!(revoked.contains("admin@"), "{revoked}");
     browser.shot("audit").await;
+
+    // Settings: a quota, a wrong time refused in words, quiet hours for a school.
+    browser
+        .click("nav a[href='/settings']", "[data-page=settings]")
+        .await;
+    browser.accessible("settings").await;
+    b.find(Locator::Id("max_recipients"))
+        .await
+        .unwrap()
+        .send_keys("5000")
+        .await
+        .unwrap();
+    browser.click("#save-quotas", "[role=status]").await;
+    let quotas = store.district(district).await.unwrap().unwrap();
+    assert_eq!(quotas.max_recipients_per_message, Some(5000));
+    assert_eq!(quotas.max_messages_per_hour, None);
+    let start = b.find(Locator::Id("start")).await.unwrap();
+    start.clear().await.unwrap();
+    start.send_keys("25:99").await.unwrap();
+    browser.click("#save-quiet", "[role=alert]").await;
+    assert!(browser.text("[role=alert]").await.contains("Please check"));
+    browser.click("#save-quiet", "[role=status]").await;
+    browser.shot("settings").await;
+    let actions: Vec<String> = store
+        .audit_entries(district, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(
+        actions.iter().any(|a| a == "district.quotas"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| a == "school.quiet_hours"),
+        "{actions:?}"
+    );
     browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
 }

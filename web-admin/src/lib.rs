@@ -14,6 +14,7 @@ mod directory;
 mod messages;
 mod outbox;
 mod session;
+mod settings;
 mod sign_in;
 
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub fn router(state: AppState, web: Web) -> Router {
         )
         .route("/outbox", get(outbox::page))
         .route("/audit", get(audit::page))
+        .route("/settings", get(settings::show).post(settings::save))
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/guardians", get(directory::guardians))
