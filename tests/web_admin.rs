@@ -837,3 +837,190 @@ async fn failed_deliveries_are_listed_and_replayed_from_the_dead_letters_page() 
     browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_disabled() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let (admin_email, admin_password) = first_login(&server.banner).unwrap();
+    let browser = Browser::start("staff").await;
+    let b = &browser.client;
+    sign_in(&browser, &server).await;
+
+    browser
+        .click("nav a[href='/staff']", "[data-page=staff]")
+        .await;
+    browser.accessible("staff").await;
+    b.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys("Ana Rivera")
+        .await
+        .unwrap();
+    b.find(Locator::Id("email"))
+        .await
+        .unwrap()
+        .send_keys("ana.rivera@district.example.org")
+        .await
+        .unwrap();
+    browser.click("#invite", "#invitation-link").await;
+    let link = browser.text("#invitation-link").await;
+    assert!(link.contains("/invitation/"), "{link}");
+    assert!(browser
+        .text("tr[data-staff='ana.rivera@district.example.org']")
+        .await
+        .contains("no password yet"));
+    browser.accessible("staff-invited").await;
+    browser.shot("staff-invited").await;
+    // The invitation's token is no API token.
+    let token = link.rsplit('/').next().unwrap();
+    let me = reqwest::Client::new()
+        .get(server.url("/api/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), reqwest::StatusCode::UNAUTHORIZED);
+
+    // The teacher opens the link (signed out), chooses a password, and is in.
+    browser
+        .click(".signout button", "[data-page=sign-in]")
+        .await;
+    b.goto(&link).await.unwrap();
+    browser.arrive("[data-page=invitation]").await;
+    browser.accessible("invitation").await;
+    // (Too short a password the browser refuses itself: `minlength`.)
+    browser.type_here("a long enough passphrase").await;
+    browser.type_here(TAB).await;
+    browser.type_here("a different passphrase").await;
+    browser.type_here(ENTER).await;
+    browser.arrive("[role=alert]").await;
+    assert!(browser.text("[role=alert]").await.contains("differ"));
+    let password = "a long enough passphrase";
+    b.find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    b.find(Locator::Id("again"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    browser.type_here(ENTER).await;
+    browser.arrive("[data-page=messages]").await;
+    assert_eq!(
+        browser.text(".signout .who").await,
+        "Ana Rivera",
+        "signed in as the teacher"
+    );
+    // A teacher manages no one; the link was good for one use.
+    b.goto(&server.url("/staff")).await.unwrap();
+    assert!(browser
+        .text("body")
+        .await
+        .contains("Only district administrators"));
+    b.goto(&link).await.unwrap();
+    assert!(browser.text("body").await.contains("used or has expired"));
+    b.goto(&server.url("/")).await.unwrap();
+    browser.arrive("[data-page=messages]").await;
+    browser
+        .click(".signout button", "[data-page=sign-in]")
+        .await;
+
+    // The administrator changes their own password, then disables the teacher.
+    sign_in(&browser, &server).await;
+    browser.click(".signout a.who", "[data-page=account]").await;
+    browser.accessible("account").await;
+    b.find(Locator::Id("current"))
+        .await
+        .unwrap()
+        .send_keys("not it")
+        .await
+        .unwrap();
+    for id in ["new", "again"] {
+        b.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .send_keys("the new admin passphrase")
+            .await
+            .unwrap();
+    }
+    browser.click("#change-password", "[role=alert]").await;
+    assert!(browser
+        .text("[role=alert]")
+        .await
+        .contains("current password is wrong"));
+    b.find(Locator::Id("current"))
+        .await
+        .unwrap()
+        .send_keys(&admin_password)
+        .await
+        .unwrap();
+    for id in ["new", "again"] {
+        b.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .send_keys("the new admin passphrase")
+            .await
+            .unwrap();
+    }
+    browser.click("#change-password", "[role=status]").await;
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let services = tidings_core::services::Services {
+        store: store.clone(),
+        clock: std::sync::Arc::new(tidings_core::clock::SystemClock),
+        partitions: 1,
+        default_phone_region: "US".into(),
+    };
+    assert!(services
+        .sign_in(&admin_email, "the new admin passphrase")
+        .await
+        .is_ok());
+    assert!(services
+        .sign_in(&admin_email, &admin_password)
+        .await
+        .is_err());
+
+    browser
+        .click("nav a[href='/staff']", "[data-page=staff]")
+        .await;
+    browser
+        .click(
+            "tr[data-staff='ana.rivera@district.example.org'] button[value=yes]",
+            "[data-page=staff]",
+        )
+        .await;
+    assert!(browser
+        .text("tr[data-staff='ana.rivera@district.example.org']")
+        .await
+        .contains("disabled"));
+    assert!(
+        services
+            .sign_in("ana.rivera@district.example.org", password)
+            .await
+            .is_err(),
+        "a disabled account cannot sign in"
+    );
+    let actions: Vec<String> = store
+        .audit_entries(store.districts().await.unwrap()[0].id, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for action in [
+        "staff.invite",
+        "staff.accept_invitation",
+        "staff.change_password",
+        "staff.change",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}

@@ -32,7 +32,13 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized)?;
         let now = state.clock.now();
         let expired = record.expires_at.is_some_and(|at| at <= now);
-        if !token.matches(&record.secret_hash) || record.revoked_at.is_some() || expired {
+        // An invitation's token only sets a password (`services::accounts`).
+        let invitation = record.name == tidings_core::services::accounts::INVITATION_NAME;
+        if !token.matches(&record.secret_hash)
+            || record.revoked_at.is_some()
+            || expired
+            || invitation
+        {
             return Err(ApiError::Unauthorized);
         }
         Ok(Caller(record.staff))

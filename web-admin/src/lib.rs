@@ -16,6 +16,7 @@ mod outbox;
 mod session;
 mod settings;
 mod sign_in;
+mod staff;
 
 use std::sync::Arc;
 
@@ -64,6 +65,12 @@ pub fn router(state: AppState, web: Web) -> Router {
         )
         .route("/outbox", get(outbox::page))
         .route("/audit", get(audit::page))
+        .route("/staff", get(staff::list).post(staff::change))
+        .route(
+            "/invitation/{token}",
+            get(staff::invitation).post(staff::accept),
+        )
+        .route("/account", get(staff::account).post(staff::change_password))
         .route("/settings", get(settings::show).post(settings::save))
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))

@@ -94,7 +94,9 @@ impl FromRequestParts<AppState> for SignedIn {
             }
         };
         let now = state.clock.now();
-        let live = record.revoked_at.is_none() && record.expires_at.is_some_and(|at| at > now);
+        let live = record.revoked_at.is_none()
+            && record.expires_at.is_some_and(|at| at > now)
+            && record.name == tidings_core::services::accounts::SESSION_NAME;
         if !token.matches(&record.secret_hash) || !live {
             return Err(to_sign_in());
         }

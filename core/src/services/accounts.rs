@@ -101,3 +101,285 @@ impl Services {
         Ok(())
     }
 }
+
+/// What an invitation's token is called; it is good for one password, for
+/// [`INVITATION_DAYS`].
+pub const INVITATION_NAME: &str = "invitation";
+
+/// How long an invitation can be accepted.
+pub const INVITATION_DAYS: i64 = 7;
+
+/// Shortest password staff may set.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// An invited staff member and the link's token (shown once to the administrator, who
+/// passes it on).
+#[derive(Debug)]
+pub struct Invitation {
+    pub staff: Staff,
+    pub token: ApiToken,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn administrator(caller: &Staff) -> Result<(), Refusal> {
+    if caller.role == crate::Role::DistrictAdmin {
+        Ok(())
+    } else {
+        Err(Refusal::Forbidden)
+    }
+}
+
+fn strong_enough(password: &str) -> Result<(), Refusal> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Refusal::Invalid(format!(
+            "a password needs at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+async fn hash(password: &str) -> Result<String, ServiceError> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || secret::hash_password(&password))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ServiceError::Store(crate::store::StoreError::Corrupt(
+                "the password could not be hashed".into(),
+            ))
+        })
+}
+
+impl Services {
+    /// Every staff member of the caller's district (district administrators).
+    pub async fn staff_members(
+        &self,
+        caller: &Staff,
+    ) -> Result<Vec<crate::store::StaffMember>, ServiceError> {
+        administrator(caller)?;
+        Ok(self.store.staff_members(caller.district_id).await?)
+    }
+
+    /// Invites someone to the caller's district with a role: their account exists at
+    /// once (without a password), and the invitation's link lets them choose one.
+    pub async fn invite(
+        &self,
+        caller: &Staff,
+        email: &str,
+        display_name: &str,
+        role: crate::Role,
+    ) -> Result<Invitation, ServiceError> {
+        administrator(caller)?;
+        let email = EmailAddress::parse(email).map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let display_name = display_name.trim();
+        if display_name.is_empty() || display_name.chars().count() > 200 {
+            return Err(Refusal::Invalid("a name of 1 to 200 characters is needed".into()).into());
+        }
+        let at = self.clock.now();
+        let expires_at = at + chrono::Duration::days(INVITATION_DAYS);
+        let token = ApiToken::generate();
+        let mut tx = self.store.begin().await?;
+        let staff = match tx
+            .create_staff(
+                &crate::store::NewStaff {
+                    district_id: caller.district_id,
+                    email: email.clone(),
+                    display_name: display_name.to_owned(),
+                    role,
+                    password_hash: None,
+                },
+                at,
+            )
+            .await
+        {
+            Ok(staff) => staff,
+            Err(crate::store::StoreError::AlreadyExists(_)) => {
+                return Err(Refusal::Conflict(format!("{email} already has an account")).into())
+            }
+            Err(error) => return Err(error.into()),
+        };
+        tx.create_expiring_token(
+            token.id,
+            &staff,
+            INVITATION_NAME,
+            &token.secret_hash(),
+            at,
+            expires_at,
+        )
+        .await?;
+        let detail =
+            serde_json::json!({ "staff_id": staff.id, "role": role, "invitation": token.id });
+        tx.audit(
+            caller.district_id,
+            &Actor::staff(caller.id),
+            "staff.invite",
+            detail,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Invitation {
+            staff,
+            token,
+            expires_at,
+        })
+    }
+
+    /// The staff member an invitation is for, if it can still be accepted.
+    pub async fn invitation(&self, token: &str) -> Result<Staff, ServiceError> {
+        let token = ApiToken::parse(token).map_err(|_| Refusal::NotFound)?;
+        let record = self
+            .store
+            .api_token(token.id)
+            .await?
+            .ok_or(Refusal::NotFound)?;
+        let live = record.name == INVITATION_NAME
+            && record.revoked_at.is_none()
+            && record.expires_at.is_some_and(|at| at > self.clock.now())
+            && token.matches(&record.secret_hash);
+        if !live {
+            return Err(Refusal::NotFound.into());
+        }
+        Ok(record.staff)
+    }
+
+    /// Accepts an invitation: sets the password, uses the invitation up, and signs in.
+    pub async fn accept_invitation(
+        &self,
+        token: &str,
+        password: &str,
+    ) -> Result<Session, ServiceError> {
+        let staff = self.invitation(token).await?;
+        strong_enough(password)?;
+        let hashed = hash(password).await?;
+        let at = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        tx.set_password_hash(staff.id, &hashed, at).await?;
+        tx.revoke_tokens_named(staff.id, INVITATION_NAME, None, at)
+            .await?;
+        tx.audit(
+            staff.district_id,
+            &Actor::staff(staff.id),
+            "staff.accept_invitation",
+            serde_json::json!({}),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        let email = staff.email.to_string();
+        self.sign_in(&email, password).await
+    }
+
+    /// Changes the caller's password, given the current one; their other web sessions
+    /// end.
+    pub async fn change_password(
+        &self,
+        caller: &Staff,
+        session: ApiTokenId,
+        current: &str,
+        new: &str,
+    ) -> Result<(), ServiceError> {
+        let stored = self
+            .store
+            .password_hash(caller.id)
+            .await?
+            .unwrap_or_default();
+        let candidate = current.to_owned();
+        let matches =
+            tokio::task::spawn_blocking(move || secret::verify_password(&stored, &candidate))
+                .await
+                .unwrap_or(false);
+        if !matches {
+            return Err(Refusal::BadCredentials.into());
+        }
+        strong_enough(new)?;
+        let hashed = hash(new).await?;
+        let at = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        tx.set_password_hash(caller.id, &hashed, at).await?;
+        let ended = tx
+            .revoke_tokens_named(caller.id, SESSION_NAME, Some(session), at)
+            .await?;
+        tx.audit(
+            caller.district_id,
+            &Actor::staff(caller.id),
+            "staff.change_password",
+            serde_json::json!({ "other_sessions_ended": ended }),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets a staff member's role, or disables or enables them (district
+    /// administrators; not themselves).
+    pub async fn change_staff(
+        &self,
+        caller: &Staff,
+        staff: crate::StaffId,
+        role: Option<crate::Role>,
+        disabled: Option<bool>,
+    ) -> Result<(), ServiceError> {
+        administrator(caller)?;
+        if staff == caller.id {
+            return Err(Refusal::Conflict(
+                "you cannot change your own role or disable yourself; ask another administrator"
+                    .into(),
+            )
+            .into());
+        }
+        let at = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(role) = role {
+            if !tx
+                .set_staff_role(caller.district_id, staff, role, at)
+                .await?
+            {
+                return Err(Refusal::NotFound.into());
+            }
+        }
+        if let Some(disabled) = disabled {
+            if !tx
+                .set_staff_disabled(caller.district_id, staff, disabled, at)
+                .await?
+            {
+                return Err(Refusal::NotFound.into());
+            }
+        }
+        let detail = serde_json::json!({ "staff_id": staff, "role": role, "disabled": disabled });
+        tx.audit(
+            caller.district_id,
+            &Actor::staff(caller.id),
+            "staff.change",
+            detail,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_needs_twelve_characters() {
+        assert!(matches!(
+            strong_enough("eleven char"),
+            Err(Refusal::Invalid(_))
+        ));
+        assert!(strong_enough("twelve chars").is_ok());
+        assert!(
+            strong_enough("ñandú ñandú ñ").is_ok(),
+            "characters, not bytes"
+        );
+        assert!(matches!(
+            strong_enough("ñandúñandú"),
+            Err(Refusal::Invalid(_))
+        ));
+    }
+}

@@ -201,6 +201,16 @@ pub struct NewStaff {
     pub password_hash: Option<String>,
 }
 
+/// A staff member as a district administrator manages them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaffMember {
+    pub staff: Staff,
+    /// Disabled: cannot sign in, and their tokens and sessions stop working.
+    pub disabled: bool,
+    /// Has set a password (an invited member has not, until they accept).
+    pub has_password: bool,
+}
+
 /// The district and administrator created on an empty database.
 #[derive(Debug, Clone)]
 pub struct FirstAdmin {
@@ -375,6 +385,9 @@ pub struct ImportRecord {
 #[derive(Debug, Clone)]
 pub struct ApiTokenRecord {
     pub id: ApiTokenId,
+    /// What the token is: a name its owner gave an API token, or a web session or an
+    /// invitation (see `services::accounts`).
+    pub name: String,
     pub staff: Staff,
     pub secret_hash: Vec<u8>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -873,6 +886,44 @@ pub trait WriteTransaction: Send {
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
 
+    async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff>;
+
+    /// Sets a staff member's role; whether they are of `district`.
+    async fn set_staff_role(
+        &mut self,
+        district: DistrictId,
+        staff: StaffId,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Disables or enables a staff member; whether they are of `district`.
+    async fn set_staff_disabled(
+        &mut self,
+        district: DistrictId,
+        staff: StaffId,
+        disabled: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Sets a staff member's argon2id password hash.
+    async fn set_password_hash(
+        &mut self,
+        staff: StaffId,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Revokes every token of a staff member named `name` (their web sessions, say),
+    /// but `keep`; how many.
+    async fn revoke_tokens_named(
+        &mut self,
+        staff: StaffId,
+        name: &str,
+        keep: Option<ApiTokenId>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
     /// Makes everything written durable and visible, and wakes the dispatchers if the log
     /// grew.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
@@ -911,6 +962,9 @@ pub trait Store:
 
     /// The argon2id hash an enabled staff member signs in with, if they have one.
     async fn password_hash(&self, staff: StaffId) -> StoreResult<Option<String>>;
+
+    /// Every staff member of a district, enabled or not, by email.
+    async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>>;
 
     async fn create_api_token(
         &self,

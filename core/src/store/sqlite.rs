@@ -342,6 +342,26 @@ impl Store for SqliteStore {
         .flatten())
     }
 
+    async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<super::StaffMember>> {
+        sqlx::query(
+            "SELECT id, district_id, email, display_name, role, created_at, \
+                    disabled_at IS NOT NULL AS disabled, password_hash IS NOT NULL AS has_password \
+             FROM staff WHERE district_id = $1 ORDER BY email",
+        )
+        .bind(text_id(district))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(super::StaffMember {
+                staff: staff_from_row(row)?,
+                disabled: row.try_get("disabled")?,
+                has_password: row.try_get("has_password")?,
+            })
+        })
+        .collect()
+    }
+
     async fn create_api_token(
         &self,
         id: ApiTokenId,
@@ -367,7 +387,7 @@ impl Store for SqliteStore {
 
     async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>> {
         let Some(row) = sqlx::query(
-            "SELECT t.id AS token_id, t.secret_hash, t.expires_at, t.revoked_at, \
+            "SELECT t.id AS token_id, t.name AS token_name, t.secret_hash, t.expires_at, t.revoked_at, \
                     s.id, s.district_id, s.email, s.display_name, s.role, s.created_at \
              FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
              WHERE t.id = $1 AND s.disabled_at IS NULL",
@@ -380,6 +400,7 @@ impl Store for SqliteStore {
         };
         Ok(Some(ApiTokenRecord {
             id: ApiTokenId::from_uuid(uuid(&row, "token_id")?),
+            name: row.try_get("token_name")?,
             staff: staff_from_row(&row)?,
             secret_hash: row.try_get("secret_hash")?,
             expires_at: row.try_get("expires_at")?,
@@ -1121,6 +1142,86 @@ impl super::WriteTransaction for SqliteWrite {
         .await?
         .rows_affected();
         Ok(revoked == 1)
+    }
+
+    async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
+        insert_staff(&mut self.tx, staff, at).await
+    }
+
+    async fn set_staff_role(
+        &mut self,
+        district: DistrictId,
+        staff: crate::StaffId,
+        role: crate::Role,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE staff SET role = $1, updated_at = $2 WHERE id = $3 AND district_id = $4",
+        )
+        .bind(role.as_str())
+        .bind(at)
+        .bind(text_id(staff))
+        .bind(text_id(district))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn set_staff_disabled(
+        &mut self,
+        district: DistrictId,
+        staff: crate::StaffId,
+        disabled: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE staff SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END, updated_at = $2 \
+             WHERE id = $3 AND district_id = $4",
+        )
+        .bind(disabled)
+        .bind(at)
+        .bind(text_id(staff))
+        .bind(text_id(district))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn set_password_hash(
+        &mut self,
+        staff: crate::StaffId,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE staff SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash)
+            .bind(at)
+            .bind(text_id(staff))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_tokens_named(
+        &mut self,
+        staff: crate::StaffId,
+        name: &str,
+        keep: Option<ApiTokenId>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 \
+             WHERE staff_id = $2 AND name = $3 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4)",
+        )
+        .bind(at)
+        .bind(text_id(staff))
+        .bind(name)
+        .bind(keep.map(text_id))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected())
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
