@@ -453,7 +453,7 @@ async fn a_form_without_its_csrf_token_is_refused() {
         .unwrap()
         .to_owned();
     let html = page.text().await.unwrap();
-    let csrf = html
+    let csrf_sign_in = html
         .split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
@@ -477,7 +477,7 @@ async fn a_form_without_its_csrf_token_is_refused() {
         .form(&[
             ("email", email.as_str()),
             ("password", password.as_str()),
-            ("csrf", csrf.as_str()),
+            ("csrf", csrf_sign_in.as_str()),
         ])
         .send()
         .await
@@ -576,6 +576,41 @@ async fn a_form_without_its_csrf_token_is_refused() {
         .unwrap()
         .with_timezone(&chrono::Utc);
     assert_eq!(summary.scheduled_at, Some(expected), "07:30 in {zone}");
+
+    // Guessing one account's password is stopped after 5 tries a minute; other accounts
+    // (from the same address, under its own bound of 20) are not held up by it.
+    let try_sign_in = |email: &'static str, password: String| {
+        let (client, url, cookie, csrf) = (
+            client.clone(),
+            server.url("/sign-in"),
+            form_cookie.clone(),
+            csrf_sign_in.clone(),
+        );
+        async move {
+            client
+                .post(url)
+                .header("cookie", cookie)
+                .form(&[("email", email), ("password", &password), ("csrf", &csrf)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            try_sign_in("ana@district.example.org", "guess".into()).await,
+            reqwest::StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        try_sign_in("ana@district.example.org", "guess".into()).await,
+        reqwest::StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        try_sign_in("admin@tidings.local", password.clone()).await,
+        reqwest::StatusCode::SEE_OTHER
+    );
     assert!(server.terminate().await.success());
 }
 
