@@ -111,6 +111,61 @@ pub struct Transition {
     pub at: DateTime<Utc>,
 }
 
+/// What a write of a delivery sets besides its state, version and the timestamp of the
+/// state it enters. Values are computed in Rust from the row as read: the compare-and-swap
+/// guarantees the row is still that one when they are written. `None`: left as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub attempts: Option<i32>,
+    pub attempt_base: Option<i32>,
+    pub provider: Option<String>,
+    pub provider_ref: Option<String>,
+    pub suppressed_reason: Option<String>,
+    /// `Some(None)` clears it.
+    pub last_error: Option<Option<String>>,
+    /// `Some(None)` clears it.
+    pub next_attempt_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// One write of a delivery, as the store applies it in a batch: a transition decided by
+/// [`next`], with the columns it sets. A change whose `to` is its `from` keeps the state
+/// (a new attempt of a QUEUED delivery, a deferral): the version still moves and guards
+/// it, but no state was entered, so no event row is written.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub transition: Transition,
+    pub effects: Effects,
+}
+
+impl Change {
+    /// The change a bare transition makes: a move to FAILED records its detail as the
+    /// delivery's last error.
+    pub fn new(transition: Transition) -> Self {
+        let effects = Effects {
+            last_error: (transition.to == DeliveryState::Failed
+                && transition.from != transition.to)
+                .then(|| transition.detail.clone()),
+            ..Effects::default()
+        };
+        Self {
+            transition,
+            effects,
+        }
+    }
+
+    pub fn with(transition: Transition, effects: Effects) -> Self {
+        Self {
+            transition,
+            effects,
+        }
+    }
+
+    /// Whether the change enters a new state (and so writes an event row).
+    pub fn moves(&self) -> bool {
+        self.transition.from != self.transition.to
+    }
+}
+
 /// One row of a delivery's audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
