@@ -944,19 +944,6 @@ macro_rules! directory_queries {
             Ok(found)
         }
 
-        /// The deliveries of `ids` that exist, as they are now, keyed by id.
-        pub async fn deliveries_now(
-            conn: &mut <$db as sqlx::Database>::Connection,
-            ids: &[uuid::Uuid],
-        ) -> StoreResult<std::collections::HashMap<uuid::Uuid, $crate::delivery::Delivery>> {
-            let ids: Vec<$crate::DeliveryId> = ids.iter().copied().map($crate::DeliveryId::from_uuid).collect();
-            Ok(deliveries_by_ids(conn, &ids)
-                .await?
-                .into_iter()
-                .map(|d| (*d.id.as_uuid(), d))
-                .collect())
-        }
-
         pub async fn inbox_put_many(
             pool: &sqlx::Pool<$db>,
             events: &[$crate::store::InboxPut],

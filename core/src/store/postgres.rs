@@ -1261,44 +1261,6 @@ mod dispatching {
 
     // PostgreSQL: a batch's attempts in a handful of array statements, not a few per row.
 
-    async fn events(
-        tx: &mut Tx<'_>,
-        moved: &[(&Delivery, &str, Option<&str>)],
-        actor: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        if moved.is_empty() {
-            return Ok(());
-        }
-        let districts: Vec<uuid::Uuid> = moved
-            .iter()
-            .map(|(d, _, _)| *d.district_id.as_uuid())
-            .collect();
-        let ids: Vec<uuid::Uuid> = moved.iter().map(|(d, _, _)| *d.id.as_uuid()).collect();
-        let from: Vec<&str> = moved.iter().map(|(_, f, _)| *f).collect();
-        let to: Vec<&str> = moved.iter().map(|(d, _, _)| d.state.as_str()).collect();
-        let versions: Vec<i64> = moved.iter().map(|(d, _, _)| d.version).collect();
-        let details: Vec<Option<&str>> = moved.iter().map(|(_, _, e)| *e).collect();
-        sqlx::query(
-            "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                          actor_kind, actor_ref, detail) \
-             SELECT district_id, delivery_id, from_state, to_state, version, $1, 'dispatcher', $2, detail \
-             FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::bigint[], $8::text[]) \
-                  AS e(district_id, delivery_id, from_state, to_state, version, detail)",
-        )
-        .bind(at)
-        .bind(actor)
-        .bind(&districts)
-        .bind(&ids)
-        .bind(&from)
-        .bind(&to)
-        .bind(&versions)
-        .bind(&details)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
     pub async fn start_attempts(
         pool: &sqlx::PgPool,
         lease: &Lease,
@@ -1316,29 +1278,7 @@ mod dispatching {
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
-        let versions: Vec<i64> = items.iter().map(|(d, _)| d.version).collect();
-        let providers: Vec<&str> = items.iter().map(|(_, p)| *p).collect();
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries d SET state = 'QUEUED', version = d.version + 1, attempts = d.attempts + 1, \
-                    next_attempt_at = $1, provider = x.provider, queued_at = COALESCE(d.queued_at, $2), \
-                    updated_at = $2 \
-             FROM unnest($3::uuid[], $4::bigint[], $5::text[]) AS x(id, version, provider) \
-             WHERE d.id = x.id AND d.version = x.version AND d.state IN ('CREATED', 'QUEUED') \
-             RETURNING {}",
-            crate::store::delivery_columns("d")
-        ))
-        .bind(recover_at)
-        .bind(at)
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&providers)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut moved = std::collections::HashMap::new();
-        for row in &rows {
-            let d = super::delivery_from_row(row)?;
-            moved.insert(*d.id.as_uuid(), d);
-        }
+        let (moved, now_rows) = start_changes(&mut tx, items, actor, recover_at, at).await?;
         let moved_ids: Vec<uuid::Uuid> = moved.keys().copied().collect();
         let in_doubt: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(
             "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
@@ -1379,20 +1319,6 @@ mod dispatching {
         .bind(&new_providers)
         .execute(&mut *tx)
         .await?;
-        let changed: Vec<(&Delivery, &str, Option<&str>)> = items
-            .iter()
-            .filter_map(|(seen, _)| {
-                let d = moved.get(seen.id.as_uuid())?;
-                (d.state != seen.state).then(|| (d, seen.state.as_str(), None))
-            })
-            .collect();
-        events(&mut tx, &changed, actor, at).await?;
-        let stale: Vec<uuid::Uuid> = ids
-            .iter()
-            .filter(|id| !moved.contains_key(*id))
-            .copied()
-            .collect();
-        let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
         tx.commit().await?;
         crate::store::dispatch::starts_in_order(ids.into_iter(), moved, &in_doubt, now_rows)
     }
@@ -1473,45 +1399,7 @@ mod dispatching {
         .await?
         .into_iter()
         .collect();
-        let open: Vec<usize> = (0..items.len())
-            .filter(|i| closed.contains(&ids[*i]))
-            .collect();
-        let u_ids: Vec<uuid::Uuid> = open.iter().map(|i| ids[*i]).collect();
-        let u_versions: Vec<i64> = open.iter().map(|i| items[*i].0.version).collect();
-        let u_kinds: Vec<&str> = open.iter().map(|i| parts[*i].1).collect();
-        let u_texts: Vec<&str> = open.iter().map(|i| parts[*i].2).collect();
-        let u_retry: Vec<Option<DateTime<Utc>>> = open.iter().map(|i| parts[*i].3).collect();
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries d SET \
-                state = CASE x.kind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' \
-                        WHEN 'opted_out' THEN 'SUPPRESSED' ELSE d.state END, \
-                suppressed_reason = CASE WHEN x.kind = 'opted_out' THEN 'carrier_stop' ELSE d.suppressed_reason END, \
-                version = d.version + 1, updated_at = $1, \
-                provider_ref = CASE WHEN x.kind = 'sent' THEN x.text ELSE d.provider_ref END, \
-                sent_at = CASE WHEN x.kind = 'sent' THEN $1 ELSE d.sent_at END, \
-                failed_at = CASE WHEN x.kind = 'failed' THEN $1 ELSE d.failed_at END, \
-                last_error = CASE WHEN x.kind = 'sent' THEN d.last_error ELSE x.text END, \
-                next_attempt_at = x.retry_at \
-             FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[]) \
-                  AS x(id, version, kind, text, retry_at) \
-             WHERE d.id = x.id AND d.version = x.version AND d.state = 'QUEUED' \
-             RETURNING {}",
-            crate::store::delivery_columns("d")
-        ))
-        .bind(at)
-        .bind(&u_ids)
-        .bind(&u_versions)
-        .bind(&u_kinds)
-        .bind(&u_texts)
-        .bind(&u_retry)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut applied = std::collections::HashMap::new();
-        for row in &rows {
-            let d = super::delivery_from_row(row)?;
-            applied.insert(*d.id.as_uuid(), d);
-        }
-        close_finish(tx, lease, items, &errors, applied, actor, commit, at).await
+        close_finish(tx, lease, items, &closed, actor, commit, at).await
     }
 }
 
