@@ -38,8 +38,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tidings_channel_adapters::{twilio, webhooks};
-use tidings_core::delivery::{next, Actor, Decision, Transition};
-use tidings_core::store::{CasOutcome, Store};
+use tidings_core::delivery::{
+    decide_and_apply, Actor, Applied, ApplyError, InStore, Request, Transition,
+};
+use tidings_core::store::Store;
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryEvent, DeliveryId};
 
@@ -610,27 +612,31 @@ impl Callbacks {
         event_id: &str,
         event: Normalized,
     ) -> Result<(&'static str, String), tidings_core::store::StoreError> {
-        let Some(mut delivery) = self.store.delivery(event.delivery_id).await? else {
+        let Some(delivery) = self.store.delivery(event.delivery_id).await? else {
             return Ok(("ignored", "no such delivery".into()));
         };
         if let Some(effect) = &event.effect {
             self.side_effect(&delivery, effect).await;
         }
-        // A compare-and-swap that lost a race re-reads and decides again.
-        for _ in 0..5 {
-            let (transition, status, outcome) = decide(provider, event_id, &event, &mut delivery);
-            let Some(transition) = transition else {
-                return Ok((status, outcome));
-            };
-            match self.store.transition(&transition).await? {
-                CasOutcome::Applied(_) => return Ok((status, outcome)),
-                _ => match self.store.delivery(event.delivery_id).await? {
-                    Some(now) => delivery = now,
-                    None => return Ok(("ignored", "no such delivery".into())),
-                },
+        let Some(request) = request(provider, event_id, &event) else {
+            return Ok(without_event(&event));
+        };
+        let applied = decide_and_apply(&mut InStore(&*self.store), vec![(delivery, request)])
+            .await?
+            .remove(0);
+        Ok(match applied {
+            Ok(Applied::Moved { from, delivery }) => {
+                ("applied", format!("{from} -> {}", delivery.state))
             }
-        }
-        Ok(("ignored", "kept losing the race for the delivery".into()))
+            Ok(Applied::Ignored { reason, delivery }) => {
+                ("ignored", format!("{reason:?} in {}", delivery.state))
+            }
+            Err(ApplyError::NotFound(_)) => ("ignored", "no such delivery".into()),
+            Err(ApplyError::Contended(..)) => {
+                ("ignored", "kept losing the race for the delivery".into())
+            }
+            Err(ApplyError::Store(e)) => return Err(e),
+        })
     }
 
     /// What a bounce or a complaint means beyond the delivery.
@@ -721,36 +727,46 @@ impl Counters {
     }
 }
 
+/// The request a provider's event makes of its delivery; `None` for an event that only
+/// has an effect beyond it (a complaint) or nothing at all.
+fn request(provider: &str, event_id: &str, event: &Normalized) -> Option<Request> {
+    let what = event.event?;
+    Some(Request::new(
+        what,
+        &Actor::provider(provider, event_id),
+        event.detail.as_deref(),
+        now(),
+    ))
+}
+
+/// The inbox mark of an event that moves no delivery.
+fn without_event(event: &Normalized) -> (&'static str, String) {
+    match &event.effect {
+        Some(effect) => ("applied", format!("{effect} recorded")),
+        None => ("ignored", "nothing to apply".into()),
+    }
+}
+
 /// What one event does to `delivery` as last seen (updated in place when it moves it):
-/// the swap to make, and the inbox mark.
+/// the swap to make, as [`Request::decide`] decides it, and the inbox mark.
 fn decide(
     provider: &str,
     event_id: &str,
     event: &Normalized,
     delivery: &mut tidings_core::delivery::Delivery,
 ) -> (Option<Transition>, &'static str, String) {
-    let Some(what) = event.event else {
-        return match &event.effect {
-            Some(effect) => (None, "applied", format!("{effect} recorded")),
-            None => (None, "ignored", "nothing to apply".into()),
-        };
+    let Some(request) = request(provider, event_id, event) else {
+        let (status, outcome) = without_event(event);
+        return (None, status, outcome);
     };
-    match next(delivery.state, what) {
-        Decision::Ignore(why) => (None, "ignored", format!("{why:?} in {}", delivery.state)),
-        Decision::Move(to) => {
-            let transition = Transition {
-                delivery_id: delivery.id,
-                from: delivery.state,
-                seen_version: delivery.version,
-                to,
-                actor: Actor::provider(provider, event_id),
-                detail: event.detail.clone(),
-                at: now(),
-            };
+    match request.decide(delivery) {
+        Err(why) => (None, "ignored", format!("{why:?} in {}", delivery.state)),
+        Ok(change) => {
+            let to = change.transition.to;
             let outcome = format!("{} -> {to}", delivery.state);
             delivery.state = to;
             delivery.version += 1;
-            (Some(transition), "applied", outcome)
+            (Some(change.transition), "applied", outcome)
         }
     }
 }

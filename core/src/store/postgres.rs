@@ -862,14 +862,17 @@ impl Store for PostgresStore {
         sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
             .execute(&self.pool)
             .await?;
-        sqlx::query("INSERT INTO bench_cas SELECT g, 'SENT', 0 FROM generate_series(1, $1) AS g")
+        sqlx::query("INSERT INTO bench_cas SELECT g, $2, 0 FROM generate_series(1, $1) AS g")
             .bind(rows as i64)
+            .bind(DeliveryState::Sent.as_str())
             .execute(&self.pool)
             .await?;
         let started = std::time::Instant::now();
         for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = 'DELIVERED', version = version + 1 WHERE id = $1 AND version = 0 AND state = 'SENT'")
+            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
                 .bind(id)
+                .bind(DeliveryState::Delivered.as_str())
+                .bind(DeliveryState::Sent.as_str())
                 .execute(&self.pool)
                 .await?;
         }
@@ -1168,7 +1171,7 @@ async fn write_recipients(
                                      address, state, idempotency_key, suppressed_reason, created_at, \
                                      updated_at, suppressed_at, next_attempt_at, fallback_of, lane) \
              SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
-                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END, not_before, fallback_of, $13 \
+                    $3, $3, CASE WHEN reason IS NOT NULL THEN $3::timestamptz END, not_before, fallback_of, $13 \
              FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
                          $11::timestamptz[], $12::uuid[]) \
                   AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before, fallback_of)",

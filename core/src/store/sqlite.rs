@@ -30,7 +30,7 @@ use super::{
     Guardian, NewGuardian, NewMessage, NewSchool, NewStaff, Readiness, School, Store, StoreError,
     StoreResult,
 };
-use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
+use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord, DeliveryState};
 use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
 
 /// Rows per multi-row INSERT: 15 columns × 2,000 stays under SQLite's 32,766 parameters.
@@ -940,14 +940,17 @@ impl Store for SqliteStore {
         sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
             .execute(&self.pool)
             .await?;
-        sqlx::query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) INSERT INTO bench_cas SELECT x, 'SENT', 0 FROM c")
+        sqlx::query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) INSERT INTO bench_cas SELECT x, $2, 0 FROM c")
             .bind(rows as i64)
+            .bind(DeliveryState::Sent.as_str())
             .execute(&self.pool)
             .await?;
         let started = std::time::Instant::now();
         for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = 'DELIVERED', version = version + 1 WHERE id = $1 AND version = 0 AND state = 'SENT'")
+            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
                 .bind(id)
+                .bind(DeliveryState::Delivered.as_str())
+                .bind(DeliveryState::Sent.as_str())
                 .execute(&self.pool)
                 .await?;
         }
@@ -1179,7 +1182,14 @@ async fn write_recipients(
                 .push_bind(text_id(recipient.guardian_id))
                 .push_bind(delivery.channel.as_str())
                 .push_bind(&delivery.address)
-                .push_bind(if suppressed { "SUPPRESSED" } else { "CREATED" })
+                .push_bind(
+                    if suppressed {
+                        DeliveryState::Suppressed
+                    } else {
+                        DeliveryState::Created
+                    }
+                    .as_str(),
+                )
                 .push_bind(text_id(delivery.id))
                 .push_bind(&delivery.suppressed_reason)
                 .push_bind(at)

@@ -543,3 +543,23 @@ impl Transitions for sqlx::Sqlite {
         Ok(found)
     }
 }
+
+/// Changes written in a transaction a store operation holds open (an acknowledgment, a
+/// recall): [`crate::delivery::decide_and_apply`] runs in it.
+pub(crate) struct InTx<'c, DB: sqlx::Database>(pub &'c mut DB::Connection);
+
+#[async_trait]
+impl<DB: Transitions> crate::delivery::WriteChanges for InTx<'_, DB> {
+    async fn write_changes(&mut self, batch: &[Change]) -> StoreResult<Vec<CasOutcome>> {
+        let mut ids: Vec<uuid::Uuid> = batch
+            .iter()
+            .map(|c| *c.transition.delivery_id.as_uuid())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            DB::lock_deliveries(&mut *self.0, &ids).await?;
+        }
+        apply::<DB>(&mut *self.0, batch).await
+    }
+}
