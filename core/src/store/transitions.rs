@@ -442,7 +442,7 @@ impl Transitions for sqlx::Sqlite {
         for chunk in round.chunks(SQLITE_CHUNK) {
             let plan = Plan::of(chunk);
             let rows: Vec<Row> = chunk.iter().map(|c| Row::of(&plan, c)).collect();
-            let mut columns = vec!["x_id", "x_seen", "x_from", "x_to", "x_at"].join(", ");
+            let mut columns = String::from("x_id, x_seen, x_from, x_to, x_at");
             for column in plan.columns() {
                 columns.push_str(", ");
                 columns.push_str(&column);
