@@ -38,9 +38,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tidings_channel_adapters::{twilio, webhooks};
-use tidings_core::delivery::{
-    decide_and_apply, Actor, Applied, ApplyError, InStore, Request, Transition,
-};
+use tidings_core::delivery::{decide_and_apply, Actor, InStore, Request};
+use tidings_core::store::inbox::inbox_mark;
 use tidings_core::store::Store;
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryEvent, DeliveryId};
@@ -559,7 +558,7 @@ impl Callbacks {
                 .collect();
             ids.sort_unstable_by_key(|id| *id.as_uuid());
             ids.dedup();
-            let mut current: HashMap<DeliveryId, tidings_core::delivery::Delivery> = self
+            let current: HashMap<DeliveryId, tidings_core::delivery::Delivery> = self
                 .store
                 .deliveries_by_ids(&ids)
                 .await?
@@ -568,38 +567,44 @@ impl Callbacks {
                 .collect();
             let mut batch = Vec::with_capacity(parsed.len());
             for (item, event) in parsed {
-                let (transition, status, outcome) = match event {
+                let (request, status, outcome) = match event {
                     Err(e) => (None, "ignored", format!("unreadable inbox payload: {e}")),
-                    Ok(event) => match current.get_mut(&event.delivery_id) {
+                    Ok(event) => match current.get(&event.delivery_id) {
                         None => (None, "ignored", "no such delivery".to_owned()),
                         Some(delivery) => {
                             if let Some(effect) = &event.effect {
                                 self.side_effect(delivery, effect).await;
                             }
-                            decide(&item.provider, &item.event_id, &event, delivery)
+                            match request(&item.provider, &item.event_id, &event) {
+                                Some(request) => {
+                                    (Some((delivery.clone(), request)), "", String::new())
+                                }
+                                None => {
+                                    let (status, outcome) = without_event(&event);
+                                    (None, status, outcome)
+                                }
+                            }
                         }
                     },
                 };
                 batch.push(InboxApply {
                     inbox_id: item.id,
-                    transition,
+                    request,
                     status,
                     outcome,
                 });
             }
             // In delivery id order (stable: a delivery's events keep theirs), the order in
             // which every writer of several deliveries locks them.
-            batch.sort_by_key(|item| item.transition.as_ref().map(|t| *t.delivery_id.as_uuid()));
+            batch.sort_by_key(|item| item.request.as_ref().map(|(d, _)| *d.id.as_uuid()));
             let marked = self.store.apply_inbox_batch(&batch).await?;
-            for (item, marked) in batch.iter().zip(&marked) {
-                if *marked {
-                    handled += 1;
-                    Counters::add(if item.status == "applied" {
-                        &self.counters.applied
-                    } else {
-                        &self.counters.ignored
-                    });
-                }
+            for status in marked.into_iter().flatten() {
+                handled += 1;
+                Counters::add(if status == "applied" {
+                    &self.counters.applied
+                } else {
+                    &self.counters.ignored
+                });
             }
         }
     }
@@ -624,19 +629,8 @@ impl Callbacks {
         let applied = decide_and_apply(&mut InStore(&*self.store), vec![(delivery, request)])
             .await?
             .remove(0);
-        Ok(match applied {
-            Ok(Applied::Moved { from, delivery }) => {
-                ("applied", format!("{from} -> {}", delivery.state))
-            }
-            Ok(Applied::Ignored { reason, delivery }) => {
-                ("ignored", format!("{reason:?} in {}", delivery.state))
-            }
-            Err(ApplyError::NotFound(_)) => ("ignored", "no such delivery".into()),
-            Err(ApplyError::Contended(..)) => {
-                ("ignored", "kept losing the race for the delivery".into())
-            }
-            Err(ApplyError::Store(e)) => return Err(e),
-        })
+        Ok(inbox_mark(&applied)
+            .unwrap_or(("ignored", "kept losing the race for the delivery".into())))
     }
 
     /// What a bounce or a complaint means beyond the delivery.
@@ -744,30 +738,6 @@ fn without_event(event: &Normalized) -> (&'static str, String) {
     match &event.effect {
         Some(effect) => ("applied", format!("{effect} recorded")),
         None => ("ignored", "nothing to apply".into()),
-    }
-}
-
-/// What one event does to `delivery` as last seen (updated in place when it moves it):
-/// the swap to make, as [`Request::decide`] decides it, and the inbox mark.
-fn decide(
-    provider: &str,
-    event_id: &str,
-    event: &Normalized,
-    delivery: &mut tidings_core::delivery::Delivery,
-) -> (Option<Transition>, &'static str, String) {
-    let Some(request) = request(provider, event_id, event) else {
-        let (status, outcome) = without_event(event);
-        return (None, status, outcome);
-    };
-    match request.decide(delivery) {
-        Err(why) => (None, "ignored", format!("{why:?} in {}", delivery.state)),
-        Ok(change) => {
-            let to = change.transition.to;
-            let outcome = format!("{} -> {to}", delivery.state);
-            delivery.state = to;
-            delivery.version += 1;
-            (Some(change.transition), "applied", outcome)
-        }
     }
 }
 

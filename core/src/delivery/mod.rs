@@ -253,8 +253,8 @@ impl Request {
             at: self.at,
         };
         let mut effects = self.effects.clone();
-        if effects.last_error.is_none() {
-            effects.last_error = Change::new(transition.clone()).effects.last_error;
+        if to == DeliveryState::Failed && effects.last_error.is_none() {
+            effects.last_error = Some(self.detail.clone());
         }
         Ok(Change::with(transition, effects))
     }

@@ -757,37 +757,34 @@ macro_rules! directory_queries {
         pub async fn apply_inbox_batch(
             pool: &sqlx::Pool<$db>,
             items: &[$crate::store::InboxApply],
-        ) -> StoreResult<Vec<bool>> {
+        ) -> StoreResult<Vec<Option<&'static str>>> {
             // A few statements per batch, not per event: multi-row VALUES throughout.
             const CHUNK: usize = 500;
             let mut tx = pool.begin().await?;
-            let mut marked = vec![true; items.len()];
-            let moving: Vec<usize> = (0..items.len()).filter(|&i| items[i].transition.is_some()).collect();
-            let changes: Vec<$crate::delivery::Change> = moving
+            let asking: Vec<usize> = (0..items.len()).filter(|&i| items[i].request.is_some()).collect();
+            let requests: Vec<_> = asking.iter().filter_map(|&i| items[i].request.clone()).collect();
+            let results = $crate::delivery::decide_and_apply(
+                &mut $crate::store::transitions::InTx::<$db>(&mut *tx),
+                requests,
+            )
+            .await?;
+            let mut marks: Vec<Option<(&'static str, String)>> =
+                items.iter().map(|item| Some((item.status, item.outcome.clone()))).collect();
+            for (&index, result) in asking.iter().zip(&results) {
+                marks[index] = $crate::store::inbox::inbox_mark(result);
+            }
+            let done: Vec<(uuid::Uuid, &'static str, &str)> = items
                 .iter()
-                .filter_map(|&i| items[i].transition.clone().map($crate::delivery::Change::new))
+                .zip(&marks)
+                .filter_map(|(item, mark)| mark.as_ref().map(|(status, outcome)| (item.inbox_id, *status, outcome.as_str())))
                 .collect();
-            let mut ids: Vec<uuid::Uuid> = changes.iter().map(|c| *c.transition.delivery_id.as_uuid()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            if ids.len() > 1 {
-                <$db as $crate::store::transitions::Transitions>::lock_deliveries(&mut *tx, &ids).await?;
-            }
-            let outcomes = $crate::store::transitions::apply::<$db>(&mut *tx, &changes).await?;
-            for (&index, outcome) in moving.iter().zip(&outcomes) {
-                // A transition that lost its race leaves its event pending, to be decided
-                // again from what the delivery is now.
-                marked[index] = matches!(outcome, $crate::store::CasOutcome::Applied(_));
-            }
-            let done: Vec<&$crate::store::InboxApply> =
-                items.iter().zip(&marked).filter(|(_, m)| **m).map(|(item, _)| item).collect();
             let at = chrono::Utc::now();
             for chunk in done.chunks(CHUNK) {
                 let mut q = sqlx::QueryBuilder::<$db>::new("WITH v (iid, new_status, new_outcome) AS (");
-                q.push_values(chunk, |mut row, item| {
-                    row.push_bind($enc(item.inbox_id))
-                        .push_bind(item.status)
-                        .push_bind(item.outcome.clone());
+                q.push_values(chunk, |mut row, (id, status, outcome)| {
+                    row.push_bind($enc(*id))
+                        .push_bind(*status)
+                        .push_bind(outcome.to_string());
                 });
                 q.push(") UPDATE callback_inbox SET status = v.new_status, outcome = v.new_outcome, applied_at = ");
                 q.push_bind(at);
@@ -795,7 +792,7 @@ macro_rules! directory_queries {
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(marked)
+            Ok(marks.into_iter().map(|mark| mark.map(|(status, _)| status)).collect())
         }
 
         /// Deliveries by id (those that exist), in no particular order.

@@ -505,9 +505,12 @@ pub struct InboxPut {
 #[derive(Debug, Clone)]
 pub struct InboxApply {
     pub inbox_id: uuid::Uuid,
-    /// The compare-and-swap the event makes, if it makes one.
-    pub transition: Option<crate::delivery::Transition>,
-    /// `applied` or `ignored`, with what it did.
+    /// The delivery as read and what the event asks of it, if it asks anything: decided
+    /// by `next()` in the batch's transaction (again, from what the delivery is then, if
+    /// it moved meanwhile), and the event marked with what it did.
+    pub request: Option<(Delivery, crate::delivery::Request)>,
+    /// The mark of an event that asks nothing of a delivery: `applied` or `ignored`,
+    /// with what it did.
     pub status: &'static str,
     pub outcome: String,
 }
