@@ -419,6 +419,102 @@ impl Transitions for sqlx::Postgres {
 
 // SQLite: multi-row VALUES, a chunk at a time; the events in a second statement.
 
+/// A value of one of `x`'s columns, as SQLite is given it.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Time(Option<DateTime<Utc>>),
+    Bool(bool),
+}
+
+/// One of `x`'s columns, with its value on each row.
+struct SqliteColumn {
+    name: &'static str,
+    values: Vec<Value>,
+}
+
+impl SqliteColumn {
+    fn is_uniform(&self) -> bool {
+        self.values.windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+/// `x`'s columns of a chunk: the five every change has, then the plan's.
+fn sqlite_columns(plan: &Plan, rows: &[Row<'_>]) -> Vec<SqliteColumn> {
+    let column = |name: &'static str, value: &dyn Fn(&Row<'_>) -> Value| SqliteColumn {
+        name,
+        values: rows.iter().map(value).collect(),
+    };
+    let text = |v: Option<&str>| Value::Text(v.map(str::to_owned));
+    let mut columns = vec![
+        column("x_id", &|r| {
+            Value::Text(Some(text_id(r.t().delivery_id.as_uuid())))
+        }),
+        column("x_seen", &|r| Value::Int(Some(r.t().seen_version))),
+        column("x_from", &|r| text(Some(r.t().from.as_str()))),
+        column("x_to", &|r| text(Some(r.t().to.as_str()))),
+        column("x_at", &|r| Value::Time(Some(r.t().at))),
+    ];
+    for (i, state) in plan.stamps.iter().enumerate() {
+        columns.push(column(stamp_name(*state), &|r| Value::Time(r.stamps[i])));
+    }
+    if plan.attempts {
+        columns.push(column("x_attempts", &|r| {
+            Value::Int(r.e().attempts.map(i64::from))
+        }));
+    }
+    if plan.attempt_base {
+        columns.push(column("x_attempt_base", &|r| {
+            Value::Int(r.e().attempt_base.map(i64::from))
+        }));
+    }
+    if plan.provider {
+        columns.push(column("x_provider", &|r| text(r.e().provider.as_deref())));
+    }
+    if plan.provider_ref {
+        columns.push(column("x_provider_ref", &|r| {
+            text(r.e().provider_ref.as_deref())
+        }));
+    }
+    if plan.suppressed_reason {
+        columns.push(column("x_suppressed_reason", &|r| {
+            text(r.e().suppressed_reason.as_deref())
+        }));
+    }
+    if plan.last_error {
+        columns.push(column("x_set_last_error", &|r| {
+            Value::Bool(r.e().last_error.is_some())
+        }));
+        columns.push(column("x_last_error", &|r| {
+            text(r.e().last_error.as_ref().and_then(|e| e.as_deref()))
+        }));
+    }
+    if plan.next_attempt_at {
+        columns.push(column("x_set_next", &|r| {
+            Value::Bool(r.e().next_attempt_at.is_some())
+        }));
+        columns.push(column("x_next", &|r| {
+            Value::Time(r.e().next_attempt_at.flatten())
+        }));
+    }
+    columns
+}
+
+/// The name of `x`'s column with the time `state` was entered.
+fn stamp_name(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Created => "x_created_at",
+        DeliveryState::Queued => "x_queued_at",
+        DeliveryState::Sent => "x_sent_at",
+        DeliveryState::Delivered => "x_delivered_at",
+        DeliveryState::Acked => "x_acked_at",
+        DeliveryState::Failed => "x_failed_at",
+        DeliveryState::Cancelled => "x_cancelled_at",
+        DeliveryState::Suppressed => "x_suppressed_at",
+    }
+}
+
 /// Changes per statement: with every optional column, well under SQLite's limit on
 /// parameters.
 const SQLITE_CHUNK: usize = 400;
@@ -442,47 +538,40 @@ impl Transitions for sqlx::Sqlite {
         for chunk in round.chunks(SQLITE_CHUNK) {
             let plan = Plan::of(chunk);
             let rows: Vec<Row> = chunk.iter().map(|c| Row::of(&plan, c)).collect();
-            let mut columns = String::from("x_id, x_seen, x_from, x_to, x_at");
-            for column in plan.columns() {
-                columns.push_str(", ");
-                columns.push_str(&column);
-            }
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("WITH x ({columns}) AS ("));
-            q.push_values(&rows, |mut b, r| {
-                let t = &r.change.transition;
-                let e = &r.change.effects;
-                b.push_bind(text_id(t.delivery_id.as_uuid()))
-                    .push_bind(t.seen_version)
-                    .push_bind(t.from.as_str())
-                    .push_bind(t.to.as_str())
-                    .push_bind(t.at);
-                for stamp in &r.stamps {
-                    b.push_bind(*stamp);
-                }
-                if plan.attempts {
-                    b.push_bind(e.attempts);
-                }
-                if plan.attempt_base {
-                    b.push_bind(e.attempt_base);
-                }
-                if plan.provider {
-                    b.push_bind(e.provider.clone());
-                }
-                if plan.provider_ref {
-                    b.push_bind(e.provider_ref.clone());
-                }
-                if plan.suppressed_reason {
-                    b.push_bind(e.suppressed_reason.clone());
-                }
-                if plan.last_error {
-                    b.push_bind(e.last_error.is_some())
-                        .push_bind(e.last_error.clone().flatten());
-                }
-                if plan.next_attempt_at {
-                    b.push_bind(e.next_attempt_at.is_some())
-                        .push_bind(e.next_attempt_at.flatten());
+            // Columns whose value is the same on every row (the time, the provider, the
+            // retry time of a batch of starts…) are bound once, not once per row: a bind
+            // is a good part of what a row costs here.
+            let columns = sqlite_columns(&plan, &rows);
+            let (same, varying): (Vec<&SqliteColumn>, Vec<&SqliteColumn>) = columns
+                .iter()
+                .partition(|c| c.is_uniform() && c.name != "x_id");
+            let names: Vec<&str> = varying.iter().map(|c| c.name).collect();
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                "WITH v ({}) AS (",
+                names.join(", ")
+            ));
+            q.push_values(0..rows.len(), |mut b, i| {
+                for column in &varying {
+                    match &column.values[i] {
+                        Value::Text(v) => b.push_bind(v.clone()),
+                        Value::Int(v) => b.push_bind(*v),
+                        Value::Time(v) => b.push_bind(*v),
+                        Value::Bool(v) => b.push_bind(*v),
+                    };
                 }
             });
+            q.push("), x AS (SELECT v.*");
+            for column in &same {
+                q.push(", ");
+                match &column.values[0] {
+                    Value::Text(v) => q.push_bind(v.clone()),
+                    Value::Int(v) => q.push_bind(*v),
+                    Value::Time(v) => q.push_bind(*v),
+                    Value::Bool(v) => q.push_bind(*v),
+                };
+                q.push(format!(" AS {}", column.name));
+            }
+            q.push(" FROM v");
             q.push(") ");
             q.push(plan.update());
             let mut applied = Vec::new();
