@@ -1,8 +1,12 @@
 //! Deliveries: one message to one guardian over one channel, and the only way they move.
 //!
-//! [`apply`] is what the dispatcher, the callbacks and the API call: it reads the delivery,
-//! asks [`next`] what the event means, and compare-and-swaps the answer into the store. A
-//! lost race is re-read and decided again, never overwritten.
+//! Every writer asks [`next`] what an event means and writes the answer as a [`Change`]
+//! through the store's one batch operation (`Store::apply_transitions`), a
+//! compare-and-swap per delivery. [`decide_and_apply`] is the one read-decide-swap loop:
+//! a lost race is decided again from what the delivery is now, never overwritten. [`apply`]
+//! is it for one event; acknowledgments, recalls and provider events in bulk run it in
+//! their store transaction. The dispatcher's attempts decide with [`next`] and report a
+//! lost race instead of re-deciding (the delivery moved on without them).
 
 mod state;
 
