@@ -38,8 +38,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tidings_channel_adapters::{twilio, webhooks};
-use tidings_core::delivery::{next, Actor, Decision, Transition};
-use tidings_core::store::{CasOutcome, Store};
+use tidings_core::delivery::{decide_and_apply, Actor, InStore, Request};
+use tidings_core::store::inbox::inbox_mark;
+use tidings_core::store::Store;
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryEvent, DeliveryId};
 
@@ -557,7 +558,7 @@ impl Callbacks {
                 .collect();
             ids.sort_unstable_by_key(|id| *id.as_uuid());
             ids.dedup();
-            let mut current: HashMap<DeliveryId, tidings_core::delivery::Delivery> = self
+            let current: HashMap<DeliveryId, tidings_core::delivery::Delivery> = self
                 .store
                 .deliveries_by_ids(&ids)
                 .await?
@@ -566,38 +567,44 @@ impl Callbacks {
                 .collect();
             let mut batch = Vec::with_capacity(parsed.len());
             for (item, event) in parsed {
-                let (transition, status, outcome) = match event {
+                let (request, status, outcome) = match event {
                     Err(e) => (None, "ignored", format!("unreadable inbox payload: {e}")),
-                    Ok(event) => match current.get_mut(&event.delivery_id) {
+                    Ok(event) => match current.get(&event.delivery_id) {
                         None => (None, "ignored", "no such delivery".to_owned()),
                         Some(delivery) => {
                             if let Some(effect) = &event.effect {
                                 self.side_effect(delivery, effect).await;
                             }
-                            decide(&item.provider, &item.event_id, &event, delivery)
+                            match request(&item.provider, &item.event_id, &event) {
+                                Some(request) => {
+                                    (Some((delivery.clone(), request)), "", String::new())
+                                }
+                                None => {
+                                    let (status, outcome) = without_event(&event);
+                                    (None, status, outcome)
+                                }
+                            }
                         }
                     },
                 };
                 batch.push(InboxApply {
                     inbox_id: item.id,
-                    transition,
+                    request,
                     status,
                     outcome,
                 });
             }
             // In delivery id order (stable: a delivery's events keep theirs), the order in
             // which every writer of several deliveries locks them.
-            batch.sort_by_key(|item| item.transition.as_ref().map(|t| *t.delivery_id.as_uuid()));
+            batch.sort_by_key(|item| item.request.as_ref().map(|(d, _)| *d.id.as_uuid()));
             let marked = self.store.apply_inbox_batch(&batch).await?;
-            for (item, marked) in batch.iter().zip(&marked) {
-                if *marked {
-                    handled += 1;
-                    Counters::add(if item.status == "applied" {
-                        &self.counters.applied
-                    } else {
-                        &self.counters.ignored
-                    });
-                }
+            for status in marked.into_iter().flatten() {
+                handled += 1;
+                Counters::add(if status == "applied" {
+                    &self.counters.applied
+                } else {
+                    &self.counters.ignored
+                });
             }
         }
     }
@@ -610,27 +617,20 @@ impl Callbacks {
         event_id: &str,
         event: Normalized,
     ) -> Result<(&'static str, String), tidings_core::store::StoreError> {
-        let Some(mut delivery) = self.store.delivery(event.delivery_id).await? else {
+        let Some(delivery) = self.store.delivery(event.delivery_id).await? else {
             return Ok(("ignored", "no such delivery".into()));
         };
         if let Some(effect) = &event.effect {
             self.side_effect(&delivery, effect).await;
         }
-        // A compare-and-swap that lost a race re-reads and decides again.
-        for _ in 0..5 {
-            let (transition, status, outcome) = decide(provider, event_id, &event, &mut delivery);
-            let Some(transition) = transition else {
-                return Ok((status, outcome));
-            };
-            match self.store.transition(&transition).await? {
-                CasOutcome::Applied(_) => return Ok((status, outcome)),
-                _ => match self.store.delivery(event.delivery_id).await? {
-                    Some(now) => delivery = now,
-                    None => return Ok(("ignored", "no such delivery".into())),
-                },
-            }
-        }
-        Ok(("ignored", "kept losing the race for the delivery".into()))
+        let Some(request) = request(provider, event_id, &event) else {
+            return Ok(without_event(&event));
+        };
+        let applied = decide_and_apply(&mut InStore(&*self.store), vec![(delivery, request)])
+            .await?
+            .remove(0);
+        Ok(inbox_mark(&applied)
+            .unwrap_or(("ignored", "kept losing the race for the delivery".into())))
     }
 
     /// What a bounce or a complaint means beyond the delivery.
@@ -721,37 +721,23 @@ impl Counters {
     }
 }
 
-/// What one event does to `delivery` as last seen (updated in place when it moves it):
-/// the swap to make, and the inbox mark.
-fn decide(
-    provider: &str,
-    event_id: &str,
-    event: &Normalized,
-    delivery: &mut tidings_core::delivery::Delivery,
-) -> (Option<Transition>, &'static str, String) {
-    let Some(what) = event.event else {
-        return match &event.effect {
-            Some(effect) => (None, "applied", format!("{effect} recorded")),
-            None => (None, "ignored", "nothing to apply".into()),
-        };
-    };
-    match next(delivery.state, what) {
-        Decision::Ignore(why) => (None, "ignored", format!("{why:?} in {}", delivery.state)),
-        Decision::Move(to) => {
-            let transition = Transition {
-                delivery_id: delivery.id,
-                from: delivery.state,
-                seen_version: delivery.version,
-                to,
-                actor: Actor::provider(provider, event_id),
-                detail: event.detail.clone(),
-                at: now(),
-            };
-            let outcome = format!("{} -> {to}", delivery.state);
-            delivery.state = to;
-            delivery.version += 1;
-            (Some(transition), "applied", outcome)
-        }
+/// The request a provider's event makes of its delivery; `None` for an event that only
+/// has an effect beyond it (a complaint) or nothing at all.
+fn request(provider: &str, event_id: &str, event: &Normalized) -> Option<Request> {
+    let what = event.event?;
+    Some(Request::new(
+        what,
+        &Actor::provider(provider, event_id),
+        event.detail.as_deref(),
+        now(),
+    ))
+}
+
+/// The inbox mark of an event that moves no delivery.
+fn without_event(event: &Normalized) -> (&'static str, String) {
+    match &event.effect {
+        Some(effect) => ("applied", format!("{effect} recorded")),
+        None => ("ignored", "nothing to apply".into()),
     }
 }
 

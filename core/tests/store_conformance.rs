@@ -1800,7 +1800,7 @@ async fn the_callback_inbox_is_pruned_by_age_in_bounded_rounds(store: Arc<dyn St
         .iter()
         .map(|item| tidings_core::store::InboxApply {
             inbox_id: item.id,
-            transition: None,
+            request: None,
             status: "applied",
             outcome: "test".into(),
         })

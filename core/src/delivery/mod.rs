@@ -1,8 +1,12 @@
 //! Deliveries: one message to one guardian over one channel, and the only way they move.
 //!
-//! [`apply`] is what the dispatcher, the callbacks and the API call: it reads the delivery,
-//! asks [`next`] what the event means, and compare-and-swaps the answer into the store. A
-//! lost race is re-read and decided again, never overwritten.
+//! Every writer asks [`next`] what an event means and writes the answer as a [`Change`]
+//! through the store's one batch operation (`Store::apply_transitions`), a
+//! compare-and-swap per delivery. [`decide_and_apply`] is the one read-decide-swap loop:
+//! a lost race is decided again from what the delivery is now, never overwritten. [`apply`]
+//! is it for one event; acknowledgments, recalls and provider events in bulk run it in
+//! their store transaction. The dispatcher's attempts decide with [`next`] and report a
+//! lost race instead of re-deciding (the delivery moved on without them).
 
 mod state;
 
@@ -111,6 +115,61 @@ pub struct Transition {
     pub at: DateTime<Utc>,
 }
 
+/// What a write of a delivery sets besides its state, version and the timestamp of the
+/// state it enters. Values are computed in Rust from the row as read: the compare-and-swap
+/// guarantees the row is still that one when they are written. `None`: left as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub attempts: Option<i32>,
+    pub attempt_base: Option<i32>,
+    pub provider: Option<String>,
+    pub provider_ref: Option<String>,
+    pub suppressed_reason: Option<String>,
+    /// `Some(None)` clears it.
+    pub last_error: Option<Option<String>>,
+    /// `Some(None)` clears it.
+    pub next_attempt_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// One write of a delivery, as the store applies it in a batch: a transition decided by
+/// [`next`], with the columns it sets. A change whose `to` is its `from` keeps the state
+/// (a new attempt of a QUEUED delivery, a deferral): the version still moves and guards
+/// it, but no state was entered, so no event row is written.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub transition: Transition,
+    pub effects: Effects,
+}
+
+impl Change {
+    /// The change a bare transition makes: a move to FAILED records its detail as the
+    /// delivery's last error.
+    pub fn new(transition: Transition) -> Self {
+        let effects = Effects {
+            last_error: (transition.to == DeliveryState::Failed
+                && transition.from != transition.to)
+                .then(|| transition.detail.clone()),
+            ..Effects::default()
+        };
+        Self {
+            transition,
+            effects,
+        }
+    }
+
+    pub fn with(transition: Transition, effects: Effects) -> Self {
+        Self {
+            transition,
+            effects,
+        }
+    }
+
+    /// Whether the change enters a new state (and so writes an event row).
+    pub fn moves(&self) -> bool {
+        self.transition.from != self.transition.to
+    }
+}
+
 /// One row of a delivery's audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -153,6 +212,148 @@ pub enum ApplyError {
 /// progress, and the happy path is short, so a real conflict ends well before this.
 const MAX_ROUNDS: u32 = 16;
 
+/// What a writer asks of one delivery: an event, who saw it, why, and the columns to set
+/// should [`next`] move the delivery.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub event: DeliveryEvent,
+    pub actor: Actor,
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+    pub effects: Effects,
+}
+
+impl Request {
+    pub fn new(
+        event: DeliveryEvent,
+        actor: &Actor,
+        detail: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            event,
+            actor: actor.clone(),
+            detail: detail.map(str::to_owned),
+            at,
+            effects: Effects::default(),
+        }
+    }
+
+    /// The change this request makes to `seen`, as [`next`] decides it, or why it makes
+    /// none. A move to FAILED records its detail as the last error unless the request
+    /// says otherwise.
+    pub fn decide(&self, seen: &Delivery) -> Result<Change, Ignored> {
+        let to = match next(seen.state, self.event) {
+            Decision::Ignore(reason) => return Err(reason),
+            Decision::Move(to) => to,
+        };
+        let transition = Transition {
+            delivery_id: seen.id,
+            from: seen.state,
+            seen_version: seen.version,
+            to,
+            actor: self.actor.clone(),
+            detail: self.detail.clone(),
+            at: self.at,
+        };
+        let mut effects = self.effects.clone();
+        if to == DeliveryState::Failed && effects.last_error.is_none() {
+            effects.last_error = Some(self.detail.clone());
+        }
+        Ok(Change::with(transition, effects))
+    }
+}
+
+/// Where a batch of changes is written: the store (a transaction per batch) or a
+/// transaction a store operation holds open.
+#[async_trait::async_trait]
+pub trait WriteChanges: Send {
+    async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, StoreError>;
+}
+
+/// Each batch in a transaction of its own.
+pub struct InStore<'a>(pub &'a dyn Store);
+
+#[async_trait::async_trait]
+impl WriteChanges for InStore<'_> {
+    async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, StoreError> {
+        self.0.apply_transitions(batch).await
+    }
+}
+
+/// The read-decide-swap loop, the only one: decides each request against its delivery
+/// (as read) with [`next`], writes the moves as one batch, and decides the ones that lost
+/// a race again from the delivery as it is now, until each has moved or is ignored.
+/// Several requests for one delivery are decided in order, each seeing the one before.
+pub async fn decide_and_apply(
+    writer: &mut dyn WriteChanges,
+    items: Vec<(Delivery, Request)>,
+) -> Result<Vec<Result<Applied, ApplyError>>, StoreError> {
+    use std::collections::HashMap;
+    let mut results: Vec<Option<Result<Applied, ApplyError>>> =
+        std::iter::repeat_with(|| None).take(items.len()).collect();
+    let mut seen: HashMap<DeliveryId, Delivery> = HashMap::new();
+    for (delivery, _) in &items {
+        seen.entry(delivery.id).or_insert_with(|| delivery.clone());
+    }
+    for _ in 0..MAX_ROUNDS {
+        let pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
+        if pending.is_empty() {
+            break;
+        }
+        // Decided in order, each against the delivery as the ones before leave it.
+        let mut view = seen.clone();
+        let mut batch = Vec::new();
+        let mut batched = Vec::new();
+        for &i in &pending {
+            let (delivery, request) = &items[i];
+            let current = view.get_mut(&delivery.id).expect("every delivery is seen");
+            match request.decide(current) {
+                Err(reason) => {
+                    results[i] = Some(Ok(Applied::Ignored {
+                        reason,
+                        delivery: current.clone(),
+                    }))
+                }
+                Ok(change) => {
+                    current.state = change.transition.to;
+                    current.version += 1;
+                    batch.push(change);
+                    batched.push(i);
+                }
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let outcomes = writer.write_changes(&batch).await?;
+        for ((&i, change), outcome) in batched.iter().zip(&batch).zip(outcomes) {
+            let id = change.transition.delivery_id;
+            match outcome {
+                CasOutcome::Applied(moved) => {
+                    seen.insert(id, moved.clone());
+                    results[i] = Some(Ok(Applied::Moved {
+                        from: change.transition.from,
+                        delivery: moved,
+                    }));
+                }
+                // Decided again next round, from what it is now.
+                CasOutcome::Conflict(now) => {
+                    seen.insert(id, now);
+                }
+                CasOutcome::NotFound => results[i] = Some(Err(ApplyError::NotFound(id))),
+            }
+        }
+    }
+    Ok(results
+        .into_iter()
+        .zip(&items)
+        .map(|(result, (delivery, _))| {
+            result.unwrap_or(Err(ApplyError::Contended(delivery.id, MAX_ROUNDS)))
+        })
+        .collect())
+}
+
 /// Reads the delivery, decides with [`next`], and compare-and-swaps the decision in.
 pub async fn apply(
     store: &dyn Store,
@@ -161,31 +362,9 @@ pub async fn apply(
     actor: &Actor,
     detail: Option<&str>,
 ) -> Result<Applied, ApplyError> {
-    let mut delivery = store.delivery(id).await?.ok_or(ApplyError::NotFound(id))?;
-    for _ in 0..MAX_ROUNDS {
-        let to = match next(delivery.state, event) {
-            Decision::Ignore(reason) => return Ok(Applied::Ignored { reason, delivery }),
-            Decision::Move(to) => to,
-        };
-        let transition = Transition {
-            delivery_id: id,
-            from: delivery.state,
-            seen_version: delivery.version,
-            to,
-            actor: actor.clone(),
-            detail: detail.map(str::to_owned),
-            at: crate::time::now(),
-        };
-        match store.transition(&transition).await? {
-            CasOutcome::Applied(moved) => {
-                return Ok(Applied::Moved {
-                    from: transition.from,
-                    delivery: moved,
-                })
-            }
-            CasOutcome::Conflict(current) => delivery = current,
-            CasOutcome::NotFound => return Err(ApplyError::NotFound(id)),
-        }
-    }
-    Err(ApplyError::Contended(id, MAX_ROUNDS))
+    let delivery = store.delivery(id).await?.ok_or(ApplyError::NotFound(id))?;
+    let request = Request::new(event, actor, detail, crate::time::now());
+    decide_and_apply(&mut InStore(store), vec![(delivery, request)])
+        .await?
+        .remove(0)
 }

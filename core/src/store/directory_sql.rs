@@ -569,7 +569,6 @@ macro_rules! directory_queries {
             actor: &$crate::delivery::Actor,
             at: chrono::DateTime<chrono::Utc>,
         ) -> StoreResult<$crate::store::AckOutcome> {
-            use $crate::delivery::{next, Decision};
             use $crate::{DeliveryEvent, DeliveryState};
             let mut tx = pool.begin().await?;
             let acked = sqlx::query(
@@ -625,75 +624,46 @@ macro_rules! directory_queries {
             }
             // Found by message and guardian, through the index that keeps them unique per
             // channel: deliveries have no index of their own on the recipient.
-            let mut deliveries_of = sqlx::QueryBuilder::<$db>::new(
-                "SELECT d.id, d.district_id, d.recipient_id, d.channel, d.state, d.version \
-                 FROM recipients r JOIN deliveries d \
+            let mut deliveries_of = sqlx::QueryBuilder::<$db>::new(format!(
+                "SELECT {} FROM recipients r JOIN deliveries d \
                       ON d.message_id = r.message_id AND d.guardian_id = r.guardian_id AND d.recipient_id = r.id \
                  WHERE r.id IN (",
-            );
+                $crate::store::delivery_columns("d")
+            ));
             let mut list = deliveries_of.separated(", ");
             for r in std::iter::once(&recipient).chain(&related) {
                 list.push_bind($enc(*r));
             }
             deliveries_of.push(") ORDER BY d.id");
             let rows = deliveries_of.build().fetch_all(&mut *tx).await?;
-            let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
+            let mut requests = Vec::with_capacity(rows.len());
             for row in &rows {
-                let id: uuid::Uuid = $dec(row, "id")?;
-                let district: uuid::Uuid = $dec(row, "district_id")?;
-                let of: uuid::Uuid = $dec(row, "recipient_id")?;
-                let channel: $crate::Channel = parse_col(row, "channel")?;
-                let state: DeliveryState = parse_col(row, "state")?;
-                let version: i64 = row.try_get("version")?;
+                let delivery = super::delivery_from_row(row)?;
                 // The delivery the acknowledgment came through is ACKED; the guardian's
                 // other deliveries of the message (and of its re-sends) that have not gone
                 // out are cancelled.
-                let event = if of == recipient && channel == via {
+                let event = if *delivery.recipient_id.as_uuid() == recipient && delivery.channel == via {
                     DeliveryEvent::Acknowledged
                 } else {
                     DeliveryEvent::Cancel
                 };
-                let Decision::Move(to) = next(state, event) else {
-                    untouched += 1;
-                    continue;
-                };
-                let column = $crate::store::state_timestamp_column(to);
-                let moved = sqlx::query(&format!(
-                    "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
-                     next_attempt_at = NULL WHERE id = $3 AND version = $4"
-                ))
-                .bind(to.as_str())
-                .bind(at)
-                .bind($enc(id))
-                .bind(version)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if moved == 0 {
-                    untouched += 1;
-                    continue;
-                }
-                let detail = format!("acknowledged by {via}");
-                sqlx::query(
-                    "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                                  actor_kind, actor_ref, detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind($enc(district))
-                .bind($enc(id))
-                .bind(state.as_str())
-                .bind(to.as_str())
-                .bind(version + 1)
-                .bind(at)
-                .bind(actor.kind.as_str())
-                .bind(&actor.reference)
-                .bind(&detail)
-                .execute(&mut *tx)
-                .await?;
-                if to == DeliveryState::Acked {
-                    acked_delivery = Some($crate::DeliveryId::from_uuid(id));
-                } else {
-                    cancelled += 1;
+                let mut request = $crate::delivery::Request::new(event, actor, Some(&format!("acknowledged by {via}")), at);
+                request.effects.next_attempt_at = Some(None);
+                requests.push((delivery, request));
+            }
+            let results = $crate::delivery::decide_and_apply(
+                &mut $crate::store::transitions::InTx::<$db>(&mut *tx),
+                requests,
+            )
+            .await?;
+            let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
+            for result in results {
+                match result {
+                    Ok($crate::delivery::Applied::Moved { delivery, .. }) if delivery.state == DeliveryState::Acked => {
+                        acked_delivery = Some(delivery.id);
+                    }
+                    Ok($crate::delivery::Applied::Moved { .. }) => cancelled += 1,
+                    Ok($crate::delivery::Applied::Ignored { .. }) | Err(_) => untouched += 1,
                 }
             }
             tx.commit().await?;
@@ -788,130 +758,34 @@ macro_rules! directory_queries {
         pub async fn apply_inbox_batch(
             pool: &sqlx::Pool<$db>,
             items: &[$crate::store::InboxApply],
-        ) -> StoreResult<Vec<bool>> {
-            use std::collections::{HashMap, HashSet};
-            use $crate::DeliveryId;
+        ) -> StoreResult<Vec<Option<&'static str>>> {
             // A few statements per batch, not per event: multi-row VALUES throughout.
             const CHUNK: usize = 500;
             let mut tx = pool.begin().await?;
-            let mut marked = vec![true; items.len()];
-            // Transitions in rounds, each with at most one per delivery (its events in
-            // batch order): one UPDATE cannot move a row twice.
-            let mut rounds: Vec<Vec<usize>> = Vec::new();
-            let mut per_delivery: HashMap<DeliveryId, usize> = HashMap::new();
-            for (index, item) in items.iter().enumerate() {
-                if let Some(t) = &item.transition {
-                    let round = per_delivery.entry(t.delivery_id).or_insert(0);
-                    if rounds.len() <= *round {
-                        rounds.push(Vec::new());
-                    }
-                    rounds[*round].push(index);
-                    *round += 1;
-                }
+            let asking: Vec<usize> = (0..items.len()).filter(|&i| items[i].request.is_some()).collect();
+            let requests: Vec<_> = asking.iter().filter_map(|&i| items[i].request.clone()).collect();
+            let results = $crate::delivery::decide_and_apply(
+                &mut $crate::store::transitions::InTx::<$db>(&mut *tx),
+                requests,
+            )
+            .await?;
+            let mut marks: Vec<Option<(&'static str, String)>> =
+                items.iter().map(|item| Some((item.status, item.outcome.clone()))).collect();
+            for (&index, result) in asking.iter().zip(&results) {
+                marks[index] = $crate::store::inbox::inbox_mark(result);
             }
-            if <$db as sqlx::Database>::NAME == "PostgreSQL" && !per_delivery.is_empty() {
-                // Row locks in id order, the order every writer of several deliveries
-                // takes them in, before the UPDATE takes them in whatever order it joins.
-                let mut ids: Vec<uuid::Uuid> = per_delivery.keys().map(|id| *id.as_uuid()).collect();
-                ids.sort_unstable();
-                for chunk in ids.chunks(CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT id FROM deliveries WHERE id IN (");
-                    let mut list = q.separated(", ");
-                    for id in chunk {
-                        list.push_bind($enc(*id));
-                    }
-                    q.push(") ORDER BY id FOR NO KEY UPDATE");
-                    q.build().fetch_all(&mut *tx).await?;
-                }
-            }
-            let mut lost: HashSet<DeliveryId> = HashSet::new();
-            for round in rounds {
-                let live: Vec<&$crate::delivery::Transition> = round
-                    .iter()
-                    .filter_map(|&index| {
-                        let t = items[index].transition.as_ref()?;
-                        if lost.contains(&t.delivery_id) {
-                            marked[index] = false;
-                            None
-                        } else {
-                            Some(t)
-                        }
-                    })
-                    .collect();
-                let mut moved: HashMap<uuid::Uuid, (uuid::Uuid, i64)> = HashMap::new();
-                for chunk in live.chunks(CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "WITH v (vid, to_state, at, detail, seen, from_state) AS (",
-                    );
-                    q.push_values(chunk, |mut row, t| {
-                        row.push_bind($enc(*t.delivery_id.as_uuid()))
-                            .push_bind(t.to.as_str())
-                            .push_bind(t.at)
-                            .push_bind(t.detail.clone())
-                            .push_bind(t.seen_version)
-                            .push_bind(t.from.as_str());
-                    });
-                    q.push(") UPDATE deliveries SET state = v.to_state, version = version + 1, updated_at = v.at, ");
-                    for state in $crate::DeliveryState::ALL {
-                        let column = $crate::store::state_timestamp_column(state);
-                        if column != "created_at" {
-                            q.push(format!(
-                                "{column} = CASE WHEN v.to_state = '{}' THEN v.at ELSE {column} END, ",
-                                state.as_str()
-                            ));
-                        }
-                    }
-                    q.push(
-                        "last_error = CASE WHEN v.to_state = 'FAILED' THEN v.detail ELSE last_error END \
-                         FROM v WHERE id = v.vid AND version = v.seen AND state = v.from_state \
-                         RETURNING id, district_id, version",
-                    );
-                    for row in q.build().fetch_all(&mut *tx).await? {
-                        moved.insert($dec(&row, "id")?, ($dec(&row, "district_id")?, row.try_get("version")?));
-                    }
-                }
-                let mut applied = Vec::new();
-                for &index in &round {
-                    let Some(t) = items[index].transition.as_ref() else { continue };
-                    if !marked[index] {
-                        continue;
-                    }
-                    match moved.get(t.delivery_id.as_uuid()) {
-                        Some(&(district, version)) => applied.push((t, district, version)),
-                        None => {
-                            lost.insert(t.delivery_id);
-                            marked[index] = false;
-                        }
-                    }
-                }
-                for chunk in applied.chunks(CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                                      actor_kind, actor_ref, detail) ",
-                    );
-                    q.push_values(chunk, |mut row, (t, district, version)| {
-                        row.push_bind($enc(*district))
-                            .push_bind($enc(*t.delivery_id.as_uuid()))
-                            .push_bind(t.from.as_str())
-                            .push_bind(t.to.as_str())
-                            .push_bind(*version)
-                            .push_bind(t.at)
-                            .push_bind(t.actor.kind.as_str())
-                            .push_bind(t.actor.reference.clone())
-                            .push_bind(t.detail.clone());
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
-            }
-            let done: Vec<&$crate::store::InboxApply> =
-                items.iter().zip(&marked).filter(|(_, m)| **m).map(|(item, _)| item).collect();
+            let done: Vec<(uuid::Uuid, &'static str, &str)> = items
+                .iter()
+                .zip(&marks)
+                .filter_map(|(item, mark)| mark.as_ref().map(|(status, outcome)| (item.inbox_id, *status, outcome.as_str())))
+                .collect();
             let at = chrono::Utc::now();
             for chunk in done.chunks(CHUNK) {
                 let mut q = sqlx::QueryBuilder::<$db>::new("WITH v (iid, new_status, new_outcome) AS (");
-                q.push_values(chunk, |mut row, item| {
-                    row.push_bind($enc(item.inbox_id))
-                        .push_bind(item.status)
-                        .push_bind(item.outcome.clone());
+                q.push_values(chunk, |mut row, (id, status, outcome)| {
+                    row.push_bind($enc(*id))
+                        .push_bind(*status)
+                        .push_bind(outcome.to_string());
                 });
                 q.push(") UPDATE callback_inbox SET status = v.new_status, outcome = v.new_outcome, applied_at = ");
                 q.push_bind(at);
@@ -919,7 +793,7 @@ macro_rules! directory_queries {
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(marked)
+            Ok(marks.into_iter().map(|mark| mark.map(|(status, _)| status)).collect())
         }
 
         /// Deliveries by id (those that exist), in no particular order.
@@ -943,19 +817,6 @@ macro_rules! directory_queries {
                 }
             }
             Ok(found)
-        }
-
-        /// The deliveries of `ids` that exist, as they are now, keyed by id.
-        pub async fn deliveries_now(
-            conn: &mut <$db as sqlx::Database>::Connection,
-            ids: &[uuid::Uuid],
-        ) -> StoreResult<std::collections::HashMap<uuid::Uuid, $crate::delivery::Delivery>> {
-            let ids: Vec<$crate::DeliveryId> = ids.iter().copied().map($crate::DeliveryId::from_uuid).collect();
-            Ok(deliveries_by_ids(conn, &ids)
-                .await?
-                .into_iter()
-                .map(|d| (*d.id.as_uuid(), d))
-                .collect())
         }
 
         pub async fn inbox_put_many(

@@ -6,10 +6,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::delivery::Delivery;
+use crate::delivery::{next, Actor, Change, Decision, Delivery, Effects, Ignored, Transition};
 use crate::log::PartitionId;
 use crate::store::{CasOutcome, MessageScope, StoreResult};
-use crate::{Channel, DeliveryGuarantee, DeliveryState, DistrictId, Lane, MessageKind};
+use crate::{
+    Channel, DeliveryEvent, DeliveryGuarantee, DeliveryState, DistrictId, Lane, MessageKind,
+};
 
 /// Tells of writes to the log that this process made or (on PostgreSQL) heard of, so
 /// that an idle dispatcher wakes at once instead of at its next look.
@@ -209,6 +211,190 @@ impl AttemptResult {
             AttemptResult::OptedOut { error } => ("permanent", "opted_out", error.as_str(), None),
         }
     }
+}
+
+impl AttemptResult {
+    /// What recording this outcome does to `seen`, a delivery QUEUED with the attempt in
+    /// flight, as [`next`] decides it: SENT with the provider's reference, FAILED, or
+    /// SUPPRESSED (`carrier_stop`) with the error; a retry keeps it QUEUED with the error
+    /// and the time it comes due again.
+    pub(crate) fn change(&self, seen: &Delivery, actor: &Actor, at: DateTime<Utc>) -> Change {
+        let event = match self {
+            AttemptResult::Sent { .. } => Some(DeliveryEvent::Accepted),
+            AttemptResult::Retry { .. } => None,
+            AttemptResult::OptedOut { .. } => Some(DeliveryEvent::Suppress),
+            AttemptResult::Failed { .. } => Some(DeliveryEvent::Failed),
+        };
+        // An attempt is finished from QUEUED only: a delivery in another state is no
+        // longer the one the attempt was made for, and the swap does not happen.
+        let from = DeliveryState::Queued;
+        let to = match event.map(|e| next(from, e)) {
+            Some(Decision::Move(to)) => to,
+            Some(Decision::Ignore(_)) | None => from,
+        };
+        let (_, _, text, retry) = self.parts();
+        let error = match self {
+            AttemptResult::Sent { .. } => None,
+            _ => Some(text.to_owned()),
+        };
+        let effects = Effects {
+            provider_ref: matches!(self, AttemptResult::Sent { .. }).then(|| text.to_owned()),
+            suppressed_reason: matches!(self, AttemptResult::OptedOut { .. })
+                .then(|| crate::fanout::reason::CARRIER_STOP.to_owned()),
+            last_error: error.clone().map(Some),
+            next_attempt_at: Some(retry),
+            ..Effects::default()
+        };
+        Change::with(
+            Transition {
+                delivery_id: seen.id,
+                from,
+                seen_version: seen.version,
+                to,
+                actor: actor.clone(),
+                detail: error,
+                at,
+            },
+            effects,
+        )
+    }
+}
+
+/// What starting an attempt on `seen` (as read) does, as [`next`] decides it: a CREATED
+/// delivery is QUEUED, a QUEUED one (a retry) stays so; either gets the attempt counted
+/// and `recover_at` as when it comes due again should the outcome never be recorded.
+/// `None` for a delivery past being sent.
+pub(crate) fn start_change(
+    seen: &Delivery,
+    provider: &str,
+    actor: &Actor,
+    recover_at: DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> Option<Change> {
+    let to = match next(seen.state, DeliveryEvent::Enqueue) {
+        Decision::Move(to) => to,
+        Decision::Ignore(Ignored::Duplicate) => seen.state,
+        Decision::Ignore(_) => return None,
+    };
+    Some(Change::with(
+        Transition {
+            delivery_id: seen.id,
+            from: seen.state,
+            seen_version: seen.version,
+            to,
+            actor: actor.clone(),
+            detail: None,
+            at,
+        },
+        Effects {
+            attempts: Some(seen.attempts + 1),
+            provider: Some(provider.to_owned()),
+            next_attempt_at: Some(Some(recover_at)),
+            ..Effects::default()
+        },
+    ))
+}
+
+/// What suppressing a standby (reason `fallback_not_needed`) does to `seen`, as [`next`]
+/// decides it; `None` when it cannot be suppressed any more.
+pub(crate) fn skip_change(seen: &Delivery, actor: &Actor, at: DateTime<Utc>) -> Option<Change> {
+    let Decision::Move(to) = next(seen.state, DeliveryEvent::Suppress) else {
+        return None;
+    };
+    Some(Change::with(
+        Transition {
+            delivery_id: seen.id,
+            from: seen.state,
+            seen_version: seen.version,
+            to,
+            actor: actor.clone(),
+            detail: Some("fallback not needed: the channel before reached the guardian".into()),
+            at,
+        },
+        Effects {
+            suppressed_reason: Some(crate::fanout::reason::FALLBACK_NOT_NEEDED.to_owned()),
+            next_attempt_at: Some(None),
+            ..Effects::default()
+        },
+    ))
+}
+
+/// What deferring `seen` to `until` does: the same state (CREATED or QUEUED) at a later
+/// `next_attempt_at`; `None` for a delivery in another state.
+pub(crate) fn defer_change(
+    seen: &Delivery,
+    until: DateTime<Utc>,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> Option<Change> {
+    if !matches!(seen.state, DeliveryState::Created | DeliveryState::Queued) {
+        return None;
+    }
+    Some(Change::with(
+        Transition {
+            delivery_id: seen.id,
+            from: seen.state,
+            seen_version: seen.version,
+            to: seen.state,
+            actor: actor.clone(),
+            detail: None,
+            at,
+        },
+        Effects {
+            next_attempt_at: Some(Some(until)),
+            ..Effects::default()
+        },
+    ))
+}
+
+/// What replaying a dead letter does to `seen`, as [`next`] decides it: back to QUEUED,
+/// due at `at`, with the retry schedule counted afresh from here; `None` when it is not
+/// a failed delivery.
+pub(crate) fn replay_change(seen: &Delivery, actor: &Actor, at: DateTime<Utc>) -> Option<Change> {
+    let Decision::Move(to) = next(seen.state, DeliveryEvent::Replay) else {
+        return None;
+    };
+    Some(Change::with(
+        Transition {
+            delivery_id: seen.id,
+            from: seen.state,
+            seen_version: seen.version,
+            to,
+            actor: actor.clone(),
+            detail: Some("replayed from the dead letters".into()),
+            at,
+        },
+        Effects {
+            attempt_base: Some(seen.attempts),
+            next_attempt_at: Some(Some(at)),
+            ..Effects::default()
+        },
+    ))
+}
+
+/// A batch's outcomes by id: the deliveries that moved, and the others as they are now.
+pub(crate) fn split_outcomes(
+    outcomes: Vec<CasOutcome>,
+) -> (
+    std::collections::HashMap<uuid::Uuid, Delivery>,
+    std::collections::HashMap<uuid::Uuid, Delivery>,
+) {
+    let (mut moved, mut now) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    for outcome in outcomes {
+        match outcome {
+            CasOutcome::Applied(d) => {
+                moved.insert(*d.id.as_uuid(), d);
+            }
+            CasOutcome::Conflict(d) => {
+                now.insert(*d.id.as_uuid(), d);
+            }
+            CasOutcome::NotFound => {}
+        }
+    }
+    (moved, now)
 }
 
 /// What starting an attempt did.

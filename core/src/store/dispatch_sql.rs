@@ -271,56 +271,70 @@ macro_rules! dispatch_queries {
             Ok(())
         }
 
-        /// Ends a `WITH x (xid, seen, …) AS (…) UPDATE deliveries SET …` with the
-        /// compare-and-swap guard (same id and version, still in one of `states`), runs it
-        /// and keeps the rows it moved, by id.
-        async fn cas_returning(
+        /// The deliveries of `ids` that exist, as they are now, by id.
+        async fn now_of(
             tx: &mut Tx<'_>,
-            mut q: sqlx::QueryBuilder<'_, $db>,
-            states: &str,
-            moved: &mut std::collections::HashMap<uuid::Uuid, Delivery>,
-        ) -> StoreResult<()> {
-            q.push(" FROM x WHERE id = x.xid AND version = x.seen AND state IN (");
-            q.push(states);
-            q.push(") RETURNING ");
-            q.push(super::DELIVERY_COLUMNS);
-            for row in q.build().fetch_all(&mut **tx).await? {
-                let d = super::delivery_from_row(&row)?;
-                moved.insert(*d.id.as_uuid(), d);
+            ids: &[uuid::Uuid],
+        ) -> StoreResult<std::collections::HashMap<uuid::Uuid, Delivery>> {
+            if ids.is_empty() {
+                return Ok(std::collections::HashMap::new());
             }
-            Ok(())
+            <$db as $crate::store::transitions::Transitions>::deliveries_now(&mut **tx, ids).await
+        }
+
+        /// Applies `changes` through the one write of delivery state; returns the
+        /// deliveries that moved and, for every other id of `ids`, the delivery as it is now.
+        async fn apply_changes(
+            tx: &mut Tx<'_>,
+            ids: impl Iterator<Item = uuid::Uuid>,
+            changes: &[$crate::delivery::Change],
+        ) -> StoreResult<(std::collections::HashMap<uuid::Uuid, Delivery>, std::collections::HashMap<uuid::Uuid, Delivery>)> {
+            let outcomes = $crate::store::transitions::apply::<$db>(&mut **tx, changes).await?;
+            let (moved, mut now) = $crate::store::dispatch::split_outcomes(outcomes);
+            let stale: Vec<uuid::Uuid> = ids.filter(|id| !moved.contains_key(id) && !now.contains_key(id)).collect();
+            now.extend(now_of(tx, &stale).await?);
+            Ok((moved, now))
+        }
+
+        /// Starting a batch's attempts, the same on both dialects: each delivery that may
+        /// still be sent is QUEUED with its attempt counted (see `start_change`). Returns
+        /// the deliveries that moved, and the others as they are now.
+        async fn start_changes(
+            tx: &mut Tx<'_>,
+            items: &[(&Delivery, &str)],
+            actor: &str,
+            recover_at: DateTime<Utc>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<(std::collections::HashMap<uuid::Uuid, Delivery>, std::collections::HashMap<uuid::Uuid, Delivery>)> {
+            let actor = $crate::delivery::Actor::dispatcher(actor);
+            let changes: Vec<$crate::delivery::Change> = items
+                .iter()
+                .filter_map(|(seen, provider)| $crate::store::dispatch::start_change(seen, provider, &actor, recover_at, at))
+                .collect();
+            apply_changes(tx, items.iter().map(|(seen, _)| *seen.id.as_uuid()), &changes).await
         }
 
         /// The end of recording a batch's outcomes, the same on both dialects once the
-        /// deliveries are updated (`applied`: those that moved, by id): the event rows of
-        /// the ones whose state changed, the current rows of the ones that did not move,
-        /// the consumer offset when one is to be committed, the commit.
-        #[allow(clippy::too_many_arguments)]
+        /// attempts are closed (`closed`: the deliveries whose attempt this batch closed):
+        /// their deliveries moved as each result decides, the current rows of the ones that
+        /// did not move, the consumer offset when one is to be committed, the commit.
         async fn close_finish(
             mut tx: Tx<'_>,
             lease: &Lease,
             items: &[(&Delivery, i32, &AttemptResult)],
-            errors: &[Option<&str>],
-            applied: std::collections::HashMap<uuid::Uuid, Delivery>,
+            closed: &std::collections::HashSet<uuid::Uuid>,
             actor: &str,
             commit: Option<(&str, i64)>,
             at: DateTime<Utc>,
         ) -> StoreResult<Vec<CasOutcome>> {
-            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+            let actor = $crate::delivery::Actor::dispatcher(actor);
+            let changes: Vec<$crate::delivery::Change> = items
                 .iter()
-                .zip(errors)
-                .filter_map(|((seen, _, _), error)| {
-                    let d = applied.get(seen.id.as_uuid())?;
-                    (d.state != seen.state).then(|| (d, seen.state.as_str(), *error))
-                })
+                .filter(|(seen, _, _)| closed.contains(seen.id.as_uuid()))
+                .map(|(seen, _, result)| result.change(seen, &actor, at))
                 .collect();
-            events(&mut tx, &changed, actor, at).await?;
-            let stale: Vec<uuid::Uuid> = items
-                .iter()
-                .map(|(d, _, _)| *d.id.as_uuid())
-                .filter(|id| !applied.contains_key(id))
-                .collect();
-            let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
+            let (applied, now_rows) =
+                apply_changes(&mut tx, items.iter().map(|(seen, _, _)| *seen.id.as_uuid()), &changes).await?;
             if let Some((group, offset)) = commit {
                 write_offset(&mut tx, group, lease, offset, at).await?;
             }
@@ -583,14 +597,6 @@ macro_rules! dispatch_queries {
             Ok(due)
         }
 
-        async fn current(tx: &mut Tx<'_>, id: DeliveryId) -> StoreResult<Delivery> {
-            let row = sqlx::query(&format!("SELECT {} FROM deliveries WHERE id = $1", super::DELIVERY_COLUMNS))
-                .bind($enc(*id.as_uuid()))
-                .fetch_one(&mut **tx)
-                .await?;
-            super::delivery_from_row(&row)
-        }
-
         /// Moves each of `items` (delivery as read, new time) to a later `next_attempt_at`
         /// without an attempt (compare and swap), under the lease: for a provider whose
         /// circuit is open, or a guardian's earlier delivery still being retried.
@@ -602,23 +608,15 @@ macro_rules! dispatch_queries {
         ) -> StoreResult<Vec<bool>> {
             let mut tx = pool.begin().await?;
             fence(&mut tx, lease).await?;
-            let mut moved = Vec::with_capacity(items.len());
-            for (seen, until) in items {
-                let done = sqlx::query(
-                    "UPDATE deliveries SET next_attempt_at = $1, version = version + 1, updated_at = $2 \
-                     WHERE id = $3 AND version = $4 AND state IN ('CREATED', 'QUEUED')",
-                )
-                .bind(until)
-                .bind(at)
-                .bind($enc(*seen.id.as_uuid()))
-                .bind(seen.version)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                moved.push(done == 1);
-            }
+            let actor = $crate::delivery::Actor::system("deferred");
+            let changes: Vec<$crate::delivery::Change> = items
+                .iter()
+                .filter_map(|(seen, until)| $crate::store::dispatch::defer_change(seen, *until, &actor, at))
+                .collect();
+            let outcomes = $crate::store::transitions::apply::<$db>(&mut *tx, &changes).await?;
             tx.commit().await?;
-            Ok(moved)
+            let (moved, _) = $crate::store::dispatch::split_outcomes(outcomes);
+            Ok(items.iter().map(|(seen, _)| moved.contains_key(seen.id.as_uuid())).collect())
         }
 
         /// Suppresses each standby of `items` (as read) whose delivery before it reached the
@@ -632,27 +630,14 @@ macro_rules! dispatch_queries {
         ) -> StoreResult<Vec<bool>> {
             let mut tx = pool.begin().await?;
             fence(&mut tx, lease).await?;
-            let mut moved = std::collections::HashMap::new();
-            for chunk in items.chunks(500) {
-                let mut q = sqlx::QueryBuilder::<$db>::new("WITH x (xid, seen) AS (");
-                q.push_values(chunk, |mut row, seen| {
-                    row.push_bind($enc(*seen.id.as_uuid())).push_bind(seen.version);
-                });
-                q.push(") UPDATE deliveries SET state = 'SUPPRESSED', suppressed_reason = ");
-                q.push_bind($crate::fanout::reason::FALLBACK_NOT_NEEDED);
-                q.push(", suppressed_at = ");
-                q.push_bind(at);
-                q.push(", next_attempt_at = NULL, version = version + 1, updated_at = ");
-                q.push_bind(at);
-                cas_returning(&mut tx, q, "'CREATED', 'QUEUED'", &mut moved).await?;
-            }
-            let why = "fallback not needed: the channel before reached the guardian";
-            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
+            let actor = $crate::delivery::Actor::dispatcher(actor);
+            let changes: Vec<$crate::delivery::Change> = items
                 .iter()
-                .filter_map(|seen| Some((moved.get(seen.id.as_uuid())?, seen.state.as_str(), Some(why))))
+                .filter_map(|seen| $crate::store::dispatch::skip_change(seen, &actor, at))
                 .collect();
-            events(&mut tx, &changed, actor, at).await?;
+            let outcomes = $crate::store::transitions::apply::<$db>(&mut *tx, &changes).await?;
             tx.commit().await?;
+            let (moved, _) = $crate::store::dispatch::split_outcomes(outcomes);
             Ok(items.iter().map(|seen| moved.contains_key(seen.id.as_uuid())).collect())
         }
 
@@ -734,43 +719,17 @@ macro_rules! dispatch_queries {
             let Some((seen, _)) = delivery_attempts(pool, scope, id).await? else {
                 return Ok(Replay::NotFound);
             };
-            if seen.state != $crate::DeliveryState::Failed {
+            let Some(change) = $crate::store::dispatch::replay_change(&seen, actor, at) else {
                 return Ok(Replay::NotFailed(seen));
-            }
-            let mut tx = pool.begin().await?;
-            let moved = sqlx::query(&format!(
-                "UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempt_base = attempts, \
-                        next_attempt_at = $1, queued_at = $1, updated_at = $1 \
-                 WHERE id = $2 AND version = $3 AND state = 'FAILED' \
-                 RETURNING {}",
-                super::DELIVERY_COLUMNS
-            ))
-            .bind(at)
-            .bind($enc(*id.as_uuid()))
-            .bind(seen.version)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = moved else {
-                let now = current(&mut tx, id).await?;
-                tx.rollback().await?;
-                return Ok(Replay::NotFailed(now));
             };
-            let delivery = super::delivery_from_row(&row)?;
-            sqlx::query(
-                "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                              actor_kind, actor_ref, detail) \
-                 VALUES ($1, $2, 'FAILED', 'QUEUED', $3, $4, $5, $6, 'replayed from the dead letters')",
-            )
-            .bind($enc(*delivery.district_id.as_uuid()))
-            .bind($enc(*delivery.id.as_uuid()))
-            .bind(delivery.version)
-            .bind(at)
-            .bind(actor.kind.as_str())
-            .bind(&actor.reference)
-            .execute(&mut *tx)
-            .await?;
+            let mut tx = pool.begin().await?;
+            let outcome = $crate::store::transitions::apply::<$db>(&mut *tx, &[change]).await?.remove(0);
             tx.commit().await?;
-            Ok(Replay::Requeued(delivery))
+            Ok(match outcome {
+                CasOutcome::Applied(delivery) => Replay::Requeued(delivery),
+                CasOutcome::Conflict(now) => Replay::NotFailed(now),
+                CasOutcome::NotFound => Replay::NotFound,
+            })
         }
 
         pub async fn attempt_outcomes(pool: &sqlx::Pool<$db>) -> StoreResult<std::collections::BTreeMap<String, i64>> {
@@ -990,34 +949,6 @@ macro_rules! bulk_attempts {
         /// Rows per statement: well under either dialect's limit on parameters.
         const BULK: usize = 400;
 
-        /// The audit rows of deliveries that changed state: (delivery now, from, detail).
-        async fn events(
-            tx: &mut Tx<'_>,
-            moved: &[(&Delivery, &str, Option<&str>)],
-            actor: &str,
-            at: DateTime<Utc>,
-        ) -> StoreResult<()> {
-            for chunk in moved.chunks(BULK) {
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                                  actor_kind, actor_ref, detail) ",
-                );
-                q.push_values(chunk, |mut row, (d, from, detail)| {
-                    row.push_bind($enc(*d.district_id.as_uuid()))
-                        .push_bind($enc(*d.id.as_uuid()))
-                        .push_bind(from.to_string())
-                        .push_bind(d.state.as_str())
-                        .push_bind(d.version)
-                        .push_bind(at)
-                        .push_bind("dispatcher")
-                        .push_bind(actor.to_owned())
-                        .push_bind(detail.map(str::to_owned));
-                });
-                q.build().execute(&mut **tx).await?;
-            }
-            Ok(())
-        }
-
         /// For each (guardian, channel) of `pairs`, its deliveries in `lane` or a more
         /// urgent one that wait for a retry or are at the provider now: when the earliest
         /// was created, and when the last retry is due (an attempt at the provider has no
@@ -1076,25 +1007,7 @@ macro_rules! bulk_attempts {
         ) -> StoreResult<Vec<AttemptStart>> {
             let mut tx = pool.begin().await?;
             fence(&mut tx, lease).await?;
-            let mut moved: std::collections::HashMap<uuid::Uuid, Delivery> = std::collections::HashMap::new();
-            for chunk in items.chunks(BULK) {
-                let mut q = sqlx::QueryBuilder::<$db>::new("WITH x (xid, seen, xprovider) AS (");
-                q.push_values(chunk, |mut row, (d, provider)| {
-                    row.push_bind($enc(*d.id.as_uuid()))
-                        .push_bind(d.version)
-                        .push_bind(provider.to_string());
-                });
-                q.push(
-                    ") UPDATE deliveries SET state = 'QUEUED', version = version + 1, attempts = attempts + 1, \
-                     provider = x.xprovider, next_attempt_at = ",
-                );
-                q.push_bind(recover_at);
-                q.push(", queued_at = COALESCE(queued_at, ");
-                q.push_bind(at);
-                q.push("), updated_at = ");
-                q.push_bind(at);
-                cas_returning(&mut tx, q, "'CREATED', 'QUEUED'", &mut moved).await?;
-            }
+            let (moved, now_rows) = start_changes(&mut tx, items, actor, recover_at, at).await?;
             let moved_ids: Vec<uuid::Uuid> = moved.keys().copied().collect();
             let mut in_doubt = std::collections::HashSet::new();
             for chunk in moved_ids.chunks(BULK) {
@@ -1133,20 +1046,6 @@ macro_rules! bulk_attempts {
                 });
                 q.build().execute(&mut *tx).await?;
             }
-            let changed: Vec<(&Delivery, &str, Option<&str>)> = items
-                .iter()
-                .filter_map(|(seen, _)| {
-                    let d = moved.get(seen.id.as_uuid())?;
-                    (d.state != seen.state).then(|| (d, seen.state.as_str(), None))
-                })
-                .collect();
-            events(&mut tx, &changed, actor, at).await?;
-            let stale: Vec<uuid::Uuid> = items
-                .iter()
-                .map(|(d, _)| *d.id.as_uuid())
-                .filter(|id| !moved.contains_key(id))
-                .collect();
-            let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
             tx.commit().await?;
             $crate::store::dispatch::starts_in_order(
                 items.iter().map(|(seen, _)| *seen.id.as_uuid()),
@@ -1192,40 +1091,7 @@ macro_rules! bulk_attempts {
                     closed.insert($dec(&row, "delivery_id")?);
                 }
             }
-            let open: Vec<usize> = indexed
-                .iter()
-                .copied()
-                .filter(|&i| closed.contains(items[i].0.id.as_uuid()))
-                .collect();
-            let mut applied: std::collections::HashMap<uuid::Uuid, Delivery> = std::collections::HashMap::new();
-            for chunk in open.chunks(BULK) {
-                let mut q = sqlx::QueryBuilder::<$db>::new("WITH x (xid, seen, xkind, xtext, xretry) AS (");
-                q.push_values(chunk, |mut row, &i| {
-                    row.push_bind($enc(*items[i].0.id.as_uuid()))
-                        .push_bind(items[i].0.version)
-                        .push_bind(parts[i].1)
-                        .push_bind(parts[i].2.to_owned())
-                        .push_bind(parts[i].3);
-                });
-                q.push(
-                    ") UPDATE deliveries SET \
-                        state = CASE x.xkind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' \
-                                WHEN 'opted_out' THEN 'SUPPRESSED' ELSE state END, \
-                        suppressed_reason = CASE WHEN x.xkind = 'opted_out' THEN 'carrier_stop' ELSE suppressed_reason END, \
-                        version = version + 1, \
-                        provider_ref = CASE WHEN x.xkind = 'sent' THEN x.xtext ELSE provider_ref END, \
-                        last_error = CASE WHEN x.xkind = 'sent' THEN last_error ELSE x.xtext END, \
-                        next_attempt_at = x.xretry, updated_at = ",
-                );
-                q.push_bind(at);
-                q.push(", sent_at = CASE WHEN x.xkind = 'sent' THEN ");
-                q.push_bind(at);
-                q.push(" ELSE sent_at END, failed_at = CASE WHEN x.xkind = 'failed' THEN ");
-                q.push_bind(at);
-                q.push(" ELSE failed_at END");
-                cas_returning(&mut tx, q, "'QUEUED'", &mut applied).await?;
-            }
-            close_finish(tx, lease, items, &errors, applied, actor, commit, at).await
+            close_finish(tx, lease, items, &closed, actor, commit, at).await
         }
     };
 }

@@ -11,6 +11,24 @@ use super::{
 use crate::delivery::Delivery;
 use crate::{Channel, DeliveryId, DistrictId, GuardianId};
 
+/// How a provider event's request ended, as its inbox mark (`applied` or `ignored`, with
+/// what it did); `None` leaves it pending, to be decided again.
+pub fn inbox_mark(
+    result: &Result<crate::delivery::Applied, crate::delivery::ApplyError>,
+) -> Option<(&'static str, String)> {
+    use crate::delivery::{Applied, ApplyError};
+    match result {
+        Ok(Applied::Moved { from, delivery }) => {
+            Some(("applied", format!("{from} -> {}", delivery.state)))
+        }
+        Ok(Applied::Ignored { reason, delivery }) => {
+            Some(("ignored", format!("{reason:?} in {}", delivery.state)))
+        }
+        Err(ApplyError::NotFound(_)) => Some(("ignored", "no such delivery".into())),
+        Err(ApplyError::Contended(..) | ApplyError::Store(_)) => None,
+    }
+}
+
 #[async_trait]
 pub trait Inbox: Send + Sync {
     /// Keeps an inbound SMS; `None` when the provider's message id was kept before (a
@@ -80,11 +98,14 @@ pub trait Inbox: Send + Sync {
         Ok(self.inbox_put_many(&[event], at).await?.first() == Some(&true))
     }
 
-    /// Applies kept events in one transaction, in order: each one's compare-and-swap (with
-    /// its audit row) and its inbox mark. An event whose swap finds the delivery moved,
-    /// and every later one about the same delivery, stays pending (to be decided again
-    /// on what the delivery is now). Returns, per item, whether it was marked.
-    async fn apply_inbox_batch(&self, items: &[InboxApply]) -> StoreResult<Vec<bool>>;
+    /// Applies kept events in one transaction, in order: each one's request decided and
+    /// written through [`crate::delivery::decide_and_apply`] (compare-and-swap, audit
+    /// row), and its inbox mark ([`inbox_mark`]). An event whose delivery kept moving
+    /// under it stays pending. Returns, per item, the status it was marked with.
+    async fn apply_inbox_batch(
+        &self,
+        items: &[InboxApply],
+    ) -> StoreResult<Vec<Option<&'static str>>>;
 
     /// Deliveries by id (those that exist), in no particular order.
     async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>>;
@@ -238,7 +259,7 @@ macro_rules! inbox_store {
             async fn apply_inbox_batch(
                 &self,
                 items: &[$crate::store::InboxApply],
-            ) -> $crate::store::StoreResult<Vec<bool>> {
+            ) -> $crate::store::StoreResult<Vec<Option<&'static str>>> {
                 use $queries as q;
                 q::apply_inbox_batch(self.write_pool(), items).await
             }

@@ -178,43 +178,36 @@ macro_rules! message_queries {
                 .bind($enc(message))
                 .execute(&mut *tx)
                 .await?;
-            let mut cancelled = 0;
-            for from in DeliveryState::ALL {
-                if $crate::delivery::next(from, DeliveryEvent::Cancel) != $crate::Decision::Move(DeliveryState::Cancelled) {
-                    continue;
-                }
-                let moved = sqlx::query(
-                    "UPDATE deliveries SET state = 'CANCELLED', version = version + 1, updated_at = $1, cancelled_at = $1 \
-                     WHERE message_id = $2 AND state = $3 RETURNING id, district_id, version",
-                )
-                .bind(at)
-                .bind($enc(message))
-                .bind(from.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-                for chunk in moved.chunks(1_000) {
-                    let mut events = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                         actor_kind, actor_ref) ",
-                    );
-                    let mut values = Vec::with_capacity(chunk.len());
-                    for row in chunk {
-                        values.push(($dec(row, "district_id")?, $dec(row, "id")?, row.try_get::<i64, _>("version")?));
-                    }
-                    events.push_values(values, |mut b, (district, delivery, version)| {
-                        b.push_bind($enc(district))
-                            .push_bind($enc(delivery))
-                            .push_bind(from.as_str())
-                            .push_bind("CANCELLED")
-                            .push_bind(version)
-                            .push_bind(at)
-                            .push_bind(actor.kind.as_str())
-                            .push_bind(actor.reference.clone());
-                    });
-                    events.build().execute(&mut *tx).await?;
-                }
-                cancelled += moved.len() as u64;
+            // Only the deliveries a cancel can move, by the states `next` lets it move
+            // (bound as names, not spelled here); each is then decided by `next` itself.
+            let movable = DeliveryState::ALL.into_iter().filter(|from| {
+                matches!($crate::delivery::next(*from, DeliveryEvent::Cancel), $crate::Decision::Move(_))
+            });
+            let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                "SELECT {} FROM deliveries WHERE message_id = ",
+                $crate::store::DELIVERY_COLUMNS
+            ));
+            q.push_bind($enc(message));
+            q.push(" AND state IN (");
+            let mut states = q.separated(", ");
+            for state in movable {
+                states.push_bind(state.as_str());
             }
+            q.push(") ORDER BY id");
+            let mut requests = Vec::new();
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let delivery = super::delivery_from_row(&row)?;
+                requests.push((delivery, $crate::delivery::Request::new(DeliveryEvent::Cancel, actor, None, at)));
+            }
+            let results = $crate::delivery::decide_and_apply(
+                &mut $crate::store::transitions::InTx::<$db>(&mut *tx),
+                requests,
+            )
+            .await?;
+            let cancelled = results
+                .iter()
+                .filter(|r| matches!(r, Ok($crate::delivery::Applied::Moved { .. })))
+                .count() as u64;
             let left: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM deliveries WHERE message_id = $1 AND state NOT IN ('CANCELLED', 'SUPPRESSED')",
             )

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod roster;
 mod roster_sql;
 pub mod sqlite;
+mod transitions;
 
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ pub use directory::{
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use crate::delivery::{Actor, Delivery, DeliveryEventRecord, Transition};
+use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord, Transition};
 use crate::{
     ApiTokenId, Channel, ContactPointId, DeliveryGuarantee, DeliveryId, DistrictId, EmailAddress,
     GuardianId, ImportId, Lane, MessageId, MessageKind, RecipientId, Role, SchoolId, Staff,
@@ -566,9 +567,12 @@ pub struct InboxPut {
 #[derive(Debug, Clone)]
 pub struct InboxApply {
     pub inbox_id: uuid::Uuid,
-    /// The compare-and-swap the event makes, if it makes one.
-    pub transition: Option<crate::delivery::Transition>,
-    /// `applied` or `ignored`, with what it did.
+    /// The delivery as read and what the event asks of it, if it asks anything: decided
+    /// by `next()` in the batch's transaction (again, from what the delivery is then, if
+    /// it moved meanwhile), and the event marked with what it did.
+    pub request: Option<(Delivery, crate::delivery::Request)>,
+    /// The mark of an event that asks nothing of a delivery: `applied` or `ignored`,
+    /// with what it did.
     pub status: &'static str,
     pub outcome: String,
 }
@@ -1003,8 +1007,20 @@ pub trait Store:
 
     /// Compare-and-swap: moves the delivery from `transition.from` at `transition.seen_version`
     /// to `transition.to` and appends the event row, in one transaction — or changes nothing
-    /// and reports what the delivery is now.
-    async fn transition(&self, transition: &Transition) -> StoreResult<CasOutcome>;
+    /// and reports what the delivery is now. A batch of one for
+    /// [`Store::apply_transitions`].
+    async fn transition(&self, transition: &Transition) -> StoreResult<CasOutcome> {
+        let mut outcomes = self
+            .apply_transitions(&[Change::new(transition.clone())])
+            .await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// The one write of delivery state: applies `batch` in one transaction, each change a
+    /// compare-and-swap on the version and state it was decided on, with the columns it
+    /// sets and the event row of each state entered. Reports, per change, the delivery
+    /// after it, or as it is now when someone moved it first.
+    async fn apply_transitions(&self, batch: &[Change]) -> StoreResult<Vec<CasOutcome>>;
 
     /// The audit trail of one delivery, oldest first.
     async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>>;

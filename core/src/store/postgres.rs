@@ -16,7 +16,7 @@ use super::{
     Guardian, NewGuardian, NewMessage, NewSchool, NewStaff, Readiness, School, Store, StoreError,
     StoreResult,
 };
-use crate::delivery::{Actor, Delivery, DeliveryEventRecord, DeliveryState, Transition};
+use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord, DeliveryState};
 use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
 
 /// The migrations of `migrations/postgres/`, embedded in the binary.
@@ -137,7 +137,7 @@ fn district_from_row(row: &PgRow) -> StoreResult<District> {
 
 use super::DELIVERY_COLUMNS;
 
-fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
+pub(super) fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
     Ok(Delivery {
         id: DeliveryId::from_uuid(row.try_get("id")?),
         district_id: DistrictId::from_uuid(row.try_get("district_id")?),
@@ -158,8 +158,6 @@ fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
         updated_at: row.try_get("updated_at")?,
     })
 }
-
-use super::state_timestamp_column;
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -440,49 +438,21 @@ impl Store for PostgresStore {
         .transpose()
     }
 
-    async fn transition(&self, t: &Transition) -> StoreResult<CasOutcome> {
+    async fn apply_transitions(&self, batch: &[Change]) -> StoreResult<Vec<CasOutcome>> {
         let mut tx = self.pool.begin().await?;
-        let column = state_timestamp_column(t.to);
-        let moved = sqlx::query(&format!(
-            "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
-                    last_error = CASE WHEN $1 = 'FAILED' THEN $3 ELSE last_error END \
-             WHERE id = $4 AND version = $5 AND state = $6 \
-             RETURNING {DELIVERY_COLUMNS}"
-        ))
-        .bind(t.to.as_str())
-        .bind(t.at)
-        .bind(&t.detail)
-        .bind(Uuid::from(t.delivery_id))
-        .bind(t.seen_version)
-        .bind(t.from.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = moved else {
-            tx.rollback().await?;
-            return Ok(match self.delivery(t.delivery_id).await? {
-                Some(current) => CasOutcome::Conflict(current),
-                None => CasOutcome::NotFound,
-            });
-        };
-        let delivery = delivery_from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                          actor_kind, actor_ref, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(Uuid::from(delivery.district_id))
-        .bind(Uuid::from(delivery.id))
-        .bind(t.from.as_str())
-        .bind(t.to.as_str())
-        .bind(delivery.version)
-        .bind(t.at)
-        .bind(t.actor.kind.as_str())
-        .bind(&t.actor.reference)
-        .bind(&t.detail)
-        .execute(&mut *tx)
-        .await?;
+        let mut ids: Vec<Uuid> = batch
+            .iter()
+            .map(|c| *c.transition.delivery_id.as_uuid())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            <sqlx::Postgres as super::transitions::Transitions>::lock_deliveries(&mut tx, &ids)
+                .await?;
+        }
+        let outcomes = super::transitions::apply::<sqlx::Postgres>(&mut tx, batch).await?;
         tx.commit().await?;
-        Ok(CasOutcome::Applied(delivery))
+        Ok(outcomes)
     }
 
     async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>> {
@@ -791,14 +761,17 @@ impl Store for PostgresStore {
         sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
             .execute(&self.pool)
             .await?;
-        sqlx::query("INSERT INTO bench_cas SELECT g, 'SENT', 0 FROM generate_series(1, $1) AS g")
+        sqlx::query("INSERT INTO bench_cas SELECT g, $2, 0 FROM generate_series(1, $1) AS g")
             .bind(rows as i64)
+            .bind(DeliveryState::Sent.as_str())
             .execute(&self.pool)
             .await?;
         let started = std::time::Instant::now();
         for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = 'DELIVERED', version = version + 1 WHERE id = $1 AND version = 0 AND state = 'SENT'")
+            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
                 .bind(id)
+                .bind(DeliveryState::Delivered.as_str())
+                .bind(DeliveryState::Sent.as_str())
                 .execute(&self.pool)
                 .await?;
         }
@@ -1083,7 +1056,7 @@ async fn write_recipients(
                                      address, state, idempotency_key, suppressed_reason, created_at, \
                                      updated_at, suppressed_at, next_attempt_at, fallback_of, lane) \
              SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
-                    $3, $3, CASE WHEN state = 'SUPPRESSED' THEN $3::timestamptz END, not_before, fallback_of, $13 \
+                    $3, $3, CASE WHEN reason IS NOT NULL THEN $3::timestamptz END, not_before, fallback_of, $13 \
              FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
                          $11::timestamptz[], $12::uuid[]) \
                   AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before, fallback_of)",
@@ -1176,44 +1149,6 @@ mod dispatching {
 
     // PostgreSQL: a batch's attempts in a handful of array statements, not a few per row.
 
-    async fn events(
-        tx: &mut Tx<'_>,
-        moved: &[(&Delivery, &str, Option<&str>)],
-        actor: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        if moved.is_empty() {
-            return Ok(());
-        }
-        let districts: Vec<uuid::Uuid> = moved
-            .iter()
-            .map(|(d, _, _)| *d.district_id.as_uuid())
-            .collect();
-        let ids: Vec<uuid::Uuid> = moved.iter().map(|(d, _, _)| *d.id.as_uuid()).collect();
-        let from: Vec<&str> = moved.iter().map(|(_, f, _)| *f).collect();
-        let to: Vec<&str> = moved.iter().map(|(d, _, _)| d.state.as_str()).collect();
-        let versions: Vec<i64> = moved.iter().map(|(d, _, _)| d.version).collect();
-        let details: Vec<Option<&str>> = moved.iter().map(|(_, _, e)| *e).collect();
-        sqlx::query(
-            "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                          actor_kind, actor_ref, detail) \
-             SELECT district_id, delivery_id, from_state, to_state, version, $1, 'dispatcher', $2, detail \
-             FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::bigint[], $8::text[]) \
-                  AS e(district_id, delivery_id, from_state, to_state, version, detail)",
-        )
-        .bind(at)
-        .bind(actor)
-        .bind(&districts)
-        .bind(&ids)
-        .bind(&from)
-        .bind(&to)
-        .bind(&versions)
-        .bind(&details)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
     pub async fn start_attempts(
         pool: &sqlx::PgPool,
         lease: &Lease,
@@ -1231,29 +1166,7 @@ mod dispatching {
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
-        let versions: Vec<i64> = items.iter().map(|(d, _)| d.version).collect();
-        let providers: Vec<&str> = items.iter().map(|(_, p)| *p).collect();
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries d SET state = 'QUEUED', version = d.version + 1, attempts = d.attempts + 1, \
-                    next_attempt_at = $1, provider = x.provider, queued_at = COALESCE(d.queued_at, $2), \
-                    updated_at = $2 \
-             FROM unnest($3::uuid[], $4::bigint[], $5::text[]) AS x(id, version, provider) \
-             WHERE d.id = x.id AND d.version = x.version AND d.state IN ('CREATED', 'QUEUED') \
-             RETURNING {}",
-            crate::store::delivery_columns("d")
-        ))
-        .bind(recover_at)
-        .bind(at)
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&providers)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut moved = std::collections::HashMap::new();
-        for row in &rows {
-            let d = super::delivery_from_row(row)?;
-            moved.insert(*d.id.as_uuid(), d);
-        }
+        let (moved, now_rows) = start_changes(&mut tx, items, actor, recover_at, at).await?;
         let moved_ids: Vec<uuid::Uuid> = moved.keys().copied().collect();
         let in_doubt: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(
             "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
@@ -1294,20 +1207,6 @@ mod dispatching {
         .bind(&new_providers)
         .execute(&mut *tx)
         .await?;
-        let changed: Vec<(&Delivery, &str, Option<&str>)> = items
-            .iter()
-            .filter_map(|(seen, _)| {
-                let d = moved.get(seen.id.as_uuid())?;
-                (d.state != seen.state).then(|| (d, seen.state.as_str(), None))
-            })
-            .collect();
-        events(&mut tx, &changed, actor, at).await?;
-        let stale: Vec<uuid::Uuid> = ids
-            .iter()
-            .filter(|id| !moved.contains_key(*id))
-            .copied()
-            .collect();
-        let now_rows = super::directory::deliveries_now(&mut tx, &stale).await?;
         tx.commit().await?;
         crate::store::dispatch::starts_in_order(ids.into_iter(), moved, &in_doubt, now_rows)
     }
@@ -1388,45 +1287,7 @@ mod dispatching {
         .await?
         .into_iter()
         .collect();
-        let open: Vec<usize> = (0..items.len())
-            .filter(|i| closed.contains(&ids[*i]))
-            .collect();
-        let u_ids: Vec<uuid::Uuid> = open.iter().map(|i| ids[*i]).collect();
-        let u_versions: Vec<i64> = open.iter().map(|i| items[*i].0.version).collect();
-        let u_kinds: Vec<&str> = open.iter().map(|i| parts[*i].1).collect();
-        let u_texts: Vec<&str> = open.iter().map(|i| parts[*i].2).collect();
-        let u_retry: Vec<Option<DateTime<Utc>>> = open.iter().map(|i| parts[*i].3).collect();
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries d SET \
-                state = CASE x.kind WHEN 'sent' THEN 'SENT' WHEN 'failed' THEN 'FAILED' \
-                        WHEN 'opted_out' THEN 'SUPPRESSED' ELSE d.state END, \
-                suppressed_reason = CASE WHEN x.kind = 'opted_out' THEN 'carrier_stop' ELSE d.suppressed_reason END, \
-                version = d.version + 1, updated_at = $1, \
-                provider_ref = CASE WHEN x.kind = 'sent' THEN x.text ELSE d.provider_ref END, \
-                sent_at = CASE WHEN x.kind = 'sent' THEN $1 ELSE d.sent_at END, \
-                failed_at = CASE WHEN x.kind = 'failed' THEN $1 ELSE d.failed_at END, \
-                last_error = CASE WHEN x.kind = 'sent' THEN d.last_error ELSE x.text END, \
-                next_attempt_at = x.retry_at \
-             FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[]) \
-                  AS x(id, version, kind, text, retry_at) \
-             WHERE d.id = x.id AND d.version = x.version AND d.state = 'QUEUED' \
-             RETURNING {}",
-            crate::store::delivery_columns("d")
-        ))
-        .bind(at)
-        .bind(&u_ids)
-        .bind(&u_versions)
-        .bind(&u_kinds)
-        .bind(&u_texts)
-        .bind(&u_retry)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut applied = std::collections::HashMap::new();
-        for row in &rows {
-            let d = super::delivery_from_row(row)?;
-            applied.insert(*d.id.as_uuid(), d);
-        }
-        close_finish(tx, lease, items, &errors, applied, actor, commit, at).await
+        close_finish(tx, lease, items, &closed, actor, commit, at).await
     }
 }
 

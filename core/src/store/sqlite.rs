@@ -30,7 +30,7 @@ use super::{
     Guardian, NewGuardian, NewMessage, NewSchool, NewStaff, Readiness, School, Store, StoreError,
     StoreResult,
 };
-use crate::delivery::{Actor, Delivery, DeliveryEventRecord, Transition};
+use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord, DeliveryState};
 use crate::{ApiTokenId, DeliveryId, DistrictId, EmailAddress, Staff};
 
 /// Rows per multi-row INSERT: 15 columns × 2,000 stays under SQLite's 32,766 parameters.
@@ -187,7 +187,7 @@ fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
 
 use super::DELIVERY_COLUMNS;
 
-fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
+pub(super) fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
     Ok(Delivery {
         id: DeliveryId::from_uuid(uuid(row, "id")?),
         district_id: DistrictId::from_uuid(uuid(row, "district_id")?),
@@ -208,8 +208,6 @@ fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
         updated_at: row.try_get("updated_at")?,
     })
 }
-
-use super::state_timestamp_column;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -488,49 +486,20 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn transition(&self, t: &Transition) -> StoreResult<CasOutcome> {
+    async fn apply_transitions(&self, batch: &[Change]) -> StoreResult<Vec<CasOutcome>> {
         let mut tx = self.begin_write().await?;
-        let column = state_timestamp_column(t.to);
-        let moved = sqlx::query(&format!(
-            "UPDATE deliveries SET state = $1, version = version + 1, updated_at = $2, {column} = $2, \
-                    last_error = CASE WHEN $1 = 'FAILED' THEN $3 ELSE last_error END \
-             WHERE id = $4 AND version = $5 AND state = $6 \
-             RETURNING {DELIVERY_COLUMNS}"
-        ))
-        .bind(t.to.as_str())
-        .bind(t.at)
-        .bind(&t.detail)
-        .bind(text_id(t.delivery_id))
-        .bind(t.seen_version)
-        .bind(t.from.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = moved else {
-            tx.rollback().await?;
-            return Ok(match self.delivery(t.delivery_id).await? {
-                Some(current) => CasOutcome::Conflict(current),
-                None => CasOutcome::NotFound,
-            });
-        };
-        let delivery = delivery_from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO delivery_events (district_id, delivery_id, from_state, to_state, version, at, \
-                                          actor_kind, actor_ref, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(text_id(delivery.district_id))
-        .bind(text_id(delivery.id))
-        .bind(t.from.as_str())
-        .bind(t.to.as_str())
-        .bind(delivery.version)
-        .bind(t.at)
-        .bind(t.actor.kind.as_str())
-        .bind(&t.actor.reference)
-        .bind(&t.detail)
-        .execute(&mut *tx)
-        .await?;
+        let mut ids: Vec<Uuid> = batch
+            .iter()
+            .map(|c| *c.transition.delivery_id.as_uuid())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            <Sqlite as super::transitions::Transitions>::lock_deliveries(&mut tx, &ids).await?;
+        }
+        let outcomes = super::transitions::apply::<Sqlite>(&mut tx, batch).await?;
         tx.commit().await?;
-        Ok(CasOutcome::Applied(delivery))
+        Ok(outcomes)
     }
 
     async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>> {
@@ -868,14 +837,17 @@ impl Store for SqliteStore {
         sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
             .execute(&self.pool)
             .await?;
-        sqlx::query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) INSERT INTO bench_cas SELECT x, 'SENT', 0 FROM c")
+        sqlx::query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) INSERT INTO bench_cas SELECT x, $2, 0 FROM c")
             .bind(rows as i64)
+            .bind(DeliveryState::Sent.as_str())
             .execute(&self.pool)
             .await?;
         let started = std::time::Instant::now();
         for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = 'DELIVERED', version = version + 1 WHERE id = $1 AND version = 0 AND state = 'SENT'")
+            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
                 .bind(id)
+                .bind(DeliveryState::Delivered.as_str())
+                .bind(DeliveryState::Sent.as_str())
                 .execute(&self.pool)
                 .await?;
         }
@@ -1402,7 +1374,14 @@ async fn write_recipients(
                 .push_bind(text_id(recipient.guardian_id))
                 .push_bind(delivery.channel.as_str())
                 .push_bind(&delivery.address)
-                .push_bind(if suppressed { "SUPPRESSED" } else { "CREATED" })
+                .push_bind(
+                    if suppressed {
+                        DeliveryState::Suppressed
+                    } else {
+                        DeliveryState::Created
+                    }
+                    .as_str(),
+                )
                 .push_bind(text_id(delivery.id))
                 .push_bind(&delivery.suppressed_reason)
                 .push_bind(at)
