@@ -577,6 +577,44 @@ async fn a_form_without_its_csrf_token_is_refused() {
         .with_timezone(&chrono::Utc);
     assert_eq!(summary.scheduled_at, Some(expected), "07:30 in {zone}");
 
+    // It waits until then, so it can still be recalled from its report.
+    let report = client
+        .get(server.url(&format!("/messages/{id}")))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(report.contains("id=\"cancel\""), "a Cancel button");
+    let recalled = client
+        .post(server.url(&format!("/messages/{id}/cancel")))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recalled.status(), reqwest::StatusCode::SEE_OTHER);
+    let summary = store
+        .message_summary(
+            &tidings_core::store::MessageScope::District(district.id),
+            tidings_core::MessageId::from_uuid(id.parse().unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        summary.counts.iter().all(|c| matches!(
+            c.state,
+            tidings_core::DeliveryState::Cancelled | tidings_core::DeliveryState::Suppressed
+        )),
+        "{:?}",
+        summary.counts
+    );
+    let audited = store.audit_entries(district.id, 20).await.unwrap();
+    assert!(audited.iter().any(|e| e.action == "message.cancel"));
+
     // Guessing one account's password is stopped after 5 tries a minute; other accounts
     // (from the same address, under its own bound of 20) are not held up by it.
     let try_sign_in = |email: &'static str, password: String| {

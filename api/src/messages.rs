@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use tidings_core::delivery::Actor;
 pub use tidings_core::services::renotify::message_scope;
 use tidings_core::services::renotify::Renotify as RenotifyRequest;
 pub use tidings_core::services::send::{SendMessage, Sent};
@@ -136,30 +135,9 @@ pub async fn cancel_message(
     Caller(staff): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<tidings_core::store::CancelOutcome>, ApiError> {
-    if staff.role == Role::Viewer {
-        return Err(ApiError::Forbidden);
-    }
-    let actor = Actor::staff(staff.id);
     let outcome = state
-        .store
-        .cancel_message(
-            &message_scope(&staff),
-            MessageId::from_uuid(id),
-            &actor,
-            state.clock.now(),
-        )
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let detail = serde_json::json!({ "message_id": id, "cancelled": outcome.cancelled, "already_sent": outcome.already_sent });
-    state
-        .store
-        .audit(
-            staff.district_id,
-            &actor,
-            "message.cancel",
-            detail,
-            state.clock.now(),
-        )
+        .services()
+        .cancel(&staff, MessageId::from_uuid(id))
         .await?;
     Ok(axum::Json(outcome))
 }

@@ -58,6 +58,7 @@ pub fn router(state: AppState, web: Web) -> Router {
         .route("/messages", post(messages::send))
         .route("/messages/{id}", get(messages::report))
         .route("/messages/{id}/renotify", post(messages::renotify))
+        .route("/messages/{id}/cancel", post(messages::cancel))
         .route("/messages/{id}/progress", get(messages::progress))
         .route(
             "/messages/{id}/not-acknowledged.csv",

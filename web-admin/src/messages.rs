@@ -749,3 +749,34 @@ pub async fn not_acknowledged_csv(
     )
         .into_response()
 }
+
+/// Recalls a message: what has not gone to a provider yet is cancelled.
+pub async fn cancel(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> Response {
+    let csrf = form_urlencoded::parse(&body)
+        .find(|(key, _)| key == "csrf")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    if !signed_in.csrf_ok(&csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "This form has expired. Please reload it.",
+        )
+            .into_response();
+    }
+    match state
+        .services()
+        .cancel(&signed_in.staff, MessageId::from_uuid(id))
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/messages/{id}")).into_response(),
+        Err(ServiceError::Refused(refusal)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, words(&refusal)).into_response()
+        }
+        Err(error) => failed(error),
+    }
+}

@@ -350,7 +350,7 @@ pub(crate) fn defer_change(
 /// What replaying a dead letter does to `seen`, as [`next`] decides it: back to QUEUED,
 /// due at `at`, with the retry schedule counted afresh from here; `None` when it is not
 /// a failed delivery.
-pub(crate) fn replay_change(seen: &Delivery, actor: &Actor, at: DateTime<Utc>) -> Option<Change> {
+pub fn replay_change(seen: &Delivery, actor: &Actor, at: DateTime<Utc>) -> Option<Change> {
     let Decision::Move(to) = next(seen.state, DeliveryEvent::Replay) else {
         return None;
     };

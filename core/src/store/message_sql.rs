@@ -163,20 +163,28 @@ macro_rules! message_queries {
         /// row, in one transaction. Returns `None` if the scope may not see the message,
         /// else (cancelled, left as they were) counts.
         pub async fn cancel(
-            pool: &sqlx::Pool<$db>,
+            tx: &mut sqlx::Transaction<'static, $db>,
             scope: &MessageScope,
             message: uuid::Uuid,
             actor: &$crate::delivery::Actor,
             at: chrono::DateTime<chrono::Utc>,
         ) -> StoreResult<Option<(u64, u64)>> {
-            if !visible(pool, scope, message).await? {
+            let (district, author) = scope.parts();
+            let found: Option<String> = sqlx::query_scalar(
+                "SELECT 'yes' FROM messages WHERE id = $1 AND district_id = $2 AND ($3 IS NULL OR author_id = $3)",
+            )
+            .bind($enc(message))
+            .bind($enc(district))
+            .bind(author.map($enc))
+            .fetch_optional(&mut **tx)
+            .await?;
+            if found.is_none() {
                 return Ok(None);
             }
-            let mut tx = pool.begin().await?;
             sqlx::query("UPDATE messages SET cancelled_at = COALESCE(cancelled_at, $1) WHERE id = $2")
                 .bind(at)
                 .bind($enc(message))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             // Only the deliveries a cancel can move, by the states `next` lets it move
             // (bound as names, not spelled here); each is then decided by `next` itself.
@@ -195,12 +203,12 @@ macro_rules! message_queries {
             }
             q.push(") ORDER BY id");
             let mut requests = Vec::new();
-            for row in q.build().fetch_all(&mut *tx).await? {
+            for row in q.build().fetch_all(&mut **tx).await? {
                 let delivery = super::delivery_from_row(&row)?;
                 requests.push((delivery, $crate::delivery::Request::new(DeliveryEvent::Cancel, actor, None, at)));
             }
             let results = $crate::delivery::decide_and_apply(
-                &mut $crate::store::transitions::InTx::<$db>(&mut *tx),
+                &mut $crate::store::transitions::InTx::<$db>(&mut **tx),
                 requests,
             )
             .await?;
@@ -212,9 +220,8 @@ macro_rules! message_queries {
                 "SELECT count(*) FROM deliveries WHERE message_id = $1 AND state NOT IN ('CANCELLED', 'SUPPRESSED')",
             )
             .bind($enc(message))
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
-            tx.commit().await?;
             Ok(Some((cancelled, left as u64)))
         }
         /// Claims an idempotency key, or says what it already holds (see `WriteTransaction`).

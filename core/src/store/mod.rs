@@ -928,6 +928,22 @@ pub trait WriteTransaction: Send {
         at: DateTime<Utc>,
     ) -> StoreResult<u64>;
 
+    /// [`Store::apply_transitions`] in this transaction.
+    async fn apply_transitions(
+        &mut self,
+        batch: &[crate::delivery::Change],
+    ) -> StoreResult<Vec<CasOutcome>>;
+
+    /// Recalls a message the scope may see (`None` if it may not): every delivery the
+    /// state machine lets a cancel move is cancelled, the rest counted.
+    async fn cancel_message(
+        &mut self,
+        scope: &MessageScope,
+        message: MessageId,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<CancelOutcome>>;
+
     /// Makes everything written durable and visible, and wakes the dispatchers if the log
     /// grew.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
@@ -1270,7 +1286,12 @@ pub trait Store:
         message: MessageId,
         actor: &Actor,
         at: DateTime<Utc>,
-    ) -> StoreResult<Option<CancelOutcome>>;
+    ) -> StoreResult<Option<CancelOutcome>> {
+        let mut tx = self.begin().await?;
+        let done = tx.cancel_message(scope, message, actor, at).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 
     /// Refreshes the query planner's statistics of the directory tables: after a bulk
     /// import they describe the tables as they were, and the first broadcast after an

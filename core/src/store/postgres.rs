@@ -700,23 +700,6 @@ impl Store for PostgresStore {
         messages::pending_guardians(&self.pool, id.into()).await
     }
 
-    async fn cancel_message(
-        &self,
-        scope: &super::MessageScope,
-        message: crate::MessageId,
-        actor: &Actor,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::CancelOutcome>> {
-        Ok(
-            messages::cancel(&self.pool, scope, message.into(), actor, at)
-                .await?
-                .map(|(cancelled, already_sent)| super::CancelOutcome {
-                    cancelled,
-                    already_sent,
-                }),
-        )
-    }
-
     async fn settle(&self) -> StoreResult<()> {
         Ok(())
     }
@@ -1641,6 +1624,30 @@ impl super::WriteTransaction for PostgresWrite {
         .execute(&mut *self.tx)
         .await?
         .rows_affected())
+    }
+
+    async fn cancel_message(
+        &mut self,
+        scope: &super::MessageScope,
+        message: crate::MessageId,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<super::CancelOutcome>> {
+        Ok(
+            messages::cancel(&mut self.tx, scope, message.into(), actor, at)
+                .await?
+                .map(|(cancelled, already_sent)| super::CancelOutcome {
+                    cancelled,
+                    already_sent,
+                }),
+        )
+    }
+
+    async fn apply_transitions(
+        &mut self,
+        batch: &[crate::delivery::Change],
+    ) -> StoreResult<Vec<CasOutcome>> {
+        super::transitions::apply::<sqlx::Postgres>(&mut self.tx, batch).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

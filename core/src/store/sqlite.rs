@@ -768,23 +768,6 @@ impl Store for SqliteStore {
         messages::pending_guardians(&self.pool, id.into()).await
     }
 
-    async fn cancel_message(
-        &self,
-        scope: &super::MessageScope,
-        message: crate::MessageId,
-        actor: &Actor,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::CancelOutcome>> {
-        Ok(
-            messages::cancel(self.write_pool(), scope, message.into(), actor, at)
-                .await?
-                .map(|(cancelled, already_sent)| super::CancelOutcome {
-                    cancelled,
-                    already_sent,
-                }),
-        )
-    }
-
     async fn refresh_directory_statistics(&self) -> StoreResult<()> {
         sqlx::query("ANALYZE").execute(self.write_pool()).await?;
         Ok(())
@@ -1194,6 +1177,30 @@ impl super::WriteTransaction for SqliteWrite {
         .execute(&mut *self.tx)
         .await?
         .rows_affected())
+    }
+
+    async fn cancel_message(
+        &mut self,
+        scope: &super::MessageScope,
+        message: crate::MessageId,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<super::CancelOutcome>> {
+        Ok(
+            messages::cancel(&mut self.tx, scope, message.into(), actor, at)
+                .await?
+                .map(|(cancelled, already_sent)| super::CancelOutcome {
+                    cancelled,
+                    already_sent,
+                }),
+        )
+    }
+
+    async fn apply_transitions(
+        &mut self,
+        batch: &[crate::delivery::Change],
+    ) -> StoreResult<Vec<CasOutcome>> {
+        super::transitions::apply::<sqlx::Sqlite>(&mut self.tx, batch).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
