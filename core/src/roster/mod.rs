@@ -1189,9 +1189,35 @@ impl Entity for Guardians<'_> {
         }
     }
 
+    /// A live guardian's contact points from their users.csv row. `sms` is preferred for
+    /// text messages; `phone` is used when `sms` is blank (most systems put mobiles there).
     fn live(&mut self, report: &mut ImportReport, id: Uuid, user: &User) {
-        let contacts = contacts_of(report, self.default_region, id, user);
-        self.contacts.extend(contacts);
+        let warn = |what: String| problem(USERS, user.line, &user.sid, what);
+        if !user.email.is_empty() {
+            match EmailAddress::parse(&user.email) {
+                Ok(address) => self.contacts.push(RosterContact {
+                    guardian_id: id,
+                    kind: Channel::Email,
+                    address: address.to_string(),
+                }),
+                Err(e) => report.warn(warn(format!("email not stored: {e}"))),
+            }
+        }
+        let (column, number) = if user.sms.is_empty() {
+            ("phone", &user.phone)
+        } else {
+            ("sms", &user.sms)
+        };
+        if !number.is_empty() {
+            match PhoneNumber::parse_in(number, self.default_region) {
+                Ok(number) => self.contacts.push(RosterContact {
+                    guardian_id: id,
+                    kind: Channel::Sms,
+                    address: number.to_string(),
+                }),
+                Err(e) => report.warn(warn(format!("{column} not stored: {e}"))),
+            }
+        }
     }
 
     fn row(id: Uuid, sourced_id: String, hash: String, user: User) -> GuardianRow {
@@ -1211,44 +1237,6 @@ impl Entity for Guardians<'_> {
     ) -> StoreResult<()> {
         writer.upsert_guardians(rows, at).await
     }
-}
-
-/// A guardian's contact points from their users.csv row. `sms` is preferred for text
-/// messages; `phone` is used when `sms` is blank (most systems put mobiles there).
-fn contacts_of(
-    report: &mut ImportReport,
-    default_region: &str,
-    guardian: Uuid,
-    user: &User,
-) -> Vec<RosterContact> {
-    let warn = |what: String| problem(USERS, user.line, &user.sid, what);
-    let mut contacts = Vec::new();
-    if !user.email.is_empty() {
-        match EmailAddress::parse(&user.email) {
-            Ok(address) => contacts.push(RosterContact {
-                guardian_id: guardian,
-                kind: Channel::Email,
-                address: address.to_string(),
-            }),
-            Err(e) => report.warn(warn(format!("email not stored: {e}"))),
-        }
-    }
-    let (column, number) = if user.sms.is_empty() {
-        ("phone", &user.phone)
-    } else {
-        ("sms", &user.sms)
-    };
-    if !number.is_empty() {
-        match PhoneNumber::parse_in(number, default_region) {
-            Ok(number) => contacts.push(RosterContact {
-                guardian_id: guardian,
-                kind: Channel::Sms,
-                address: number.to_string(),
-            }),
-            Err(e) => report.warn(warn(format!("{column} not stored: {e}"))),
-        }
-    }
-    contacts
 }
 
 /// Staff sign in by email: matched by sourcedId, else by adopting an account with that
