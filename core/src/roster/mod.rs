@@ -21,7 +21,8 @@ mod report;
 pub mod synthetic;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::fs::File;
+use std::io::BufReader;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -32,9 +33,9 @@ pub use report::{Deletions, EntityCounts, ImportReport, OverLimit, RowProblem};
 
 use crate::store::roster::{
     contact_key, link_key, ClassRow, EnrollmentRow, ExistingRow, GuardianLink, GuardianRow,
-    RosterContact, RosterTable, RosterWriter, SchoolRow, StaffRow, StudentRow,
+    RosterContact, RosterTable, RosterWriter, SchoolRow, StaffByEmail, StaffRow, StudentRow,
 };
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreResult};
 use crate::{Channel, DistrictId, EmailAddress, PhoneNumber, Role};
 use oneroster::{list, status, CsvFile, Mode, Record, Status};
 
@@ -231,17 +232,17 @@ pub async fn import(
         rejected_user_lines: HashSet::new(),
     };
     if modes["orgs.csv"] != Mode::Absent {
-        run.orgs(bundle).await?;
+        run.read(bundle, Source::Orgs).await?;
     }
     if modes["users.csv"] != Mode::Absent {
-        run.users(bundle).await?;
+        run.read(bundle, Source::Users).await?;
         run.links(bundle).await?;
     }
     if modes["classes.csv"] != Mode::Absent {
-        run.classes(bundle).await?;
+        run.read(bundle, Source::Classes).await?;
     }
     if modes["enrollments.csv"] != Mode::Absent {
-        run.enrollments(bundle).await?;
+        run.read(bundle, Source::Enrollments).await?;
     }
     for name in ["academicSessions.csv", "courses.csv"] {
         if modes[name] != Mode::Absent {
@@ -249,7 +250,7 @@ pub async fn import(
         }
     }
     if modes["demographics.csv"] != Mode::Absent {
-        run.demographics(bundle).await?;
+        run.read(bundle, Source::Demographics).await?;
     }
     run.delete_missing(&modes).await?;
     let Run {
@@ -298,6 +299,54 @@ fn over_limit(
     })
 }
 
+/// The file whose rows are read twice: for people, then for the links between them.
+const USERS: &str = "users.csv";
+
+/// A file of the bundle whose rows are read one by one into the directory (or, for
+/// demographics, only checked against it).
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Orgs,
+    Users,
+    Classes,
+    Enrollments,
+    Demographics,
+}
+
+impl Source {
+    /// The file, the report's name for its rows, and the columns it cannot be read without.
+    fn file(self) -> (&'static str, &'static str, &'static [&'static str]) {
+        match self {
+            Source::Orgs => ("orgs.csv", "schools", &["sourcedId", "name", "type"]),
+            Source::Users => (
+                USERS,
+                "users",
+                &[
+                    "sourcedId",
+                    "role",
+                    "givenName",
+                    "familyName",
+                    "orgSourcedIds",
+                ],
+            ),
+            Source::Classes => (
+                "classes.csv",
+                "classes",
+                &["sourcedId", "title", "schoolSourcedId"],
+            ),
+            Source::Enrollments => (
+                "enrollments.csv",
+                "enrollments",
+                &["sourcedId", "classSourcedId", "userSourcedId", "role"],
+            ),
+            Source::Demographics => ("demographics.csv", "demographics", &["sourcedId"]),
+        }
+    }
+}
+
+/// A file of the bundle, as [`Bundle::file`] opens it.
+type Csv = CsvFile<BufReader<File>>;
+
 /// The state of one import.
 struct Run<'a> {
     writer: Box<dyn RosterWriter>,
@@ -317,7 +366,7 @@ struct Run<'a> {
 enum Plan {
     Create(Uuid),
     Update(Uuid),
-    Unchanged,
+    Unchanged(Uuid),
     Delete(Uuid),
     /// `tobedeleted`, and already deleted.
     AlreadyGone,
@@ -331,7 +380,7 @@ fn plan(existing: Option<&ExistingRow>, status: Status, hash: &str) -> Plan {
         (Some(_), Status::ToBeDeleted) => Plan::AlreadyGone,
         (None, Status::ToBeDeleted) => Plan::Absent,
         (Some(row), Status::Active) if !row.deleted && row.roster_hash.as_deref() == Some(hash) => {
-            Plan::Unchanged
+            Plan::Unchanged(row.id)
         }
         (Some(row), Status::Active) => Plan::Update(row.id),
         (None, Status::Active) => Plan::Create(Uuid::now_v7()),
@@ -365,11 +414,72 @@ fn problem(
     }
 }
 
+/// What one row of a file is to the directory.
+enum Decision<D> {
+    /// A live row: the fingerprint of its imported fields, and what it is made of.
+    Keep { hash: String, draft: D },
+    /// A live row that takes over a directory row no import owns yet (a staff account
+    /// made before the first import, matched by email): an update of that row.
+    Adopt { id: Uuid, hash: String, draft: D },
+    /// `tobedeleted`: the row goes, if the directory has it.
+    Delete,
+    /// A row of a kind Tidings does not use: only counted.
+    Ignore,
+    /// Not imported, for this reason (reported with its file, line and sourcedId).
+    Reject(String),
+}
+
+/// One kind of directory row (schools, students, guardians, staff, classes, enrollments),
+/// as far as it differs from the others: how a row of its file is checked against what
+/// the batch refers to, fingerprinted, and written. The rest — planning each row against
+/// the directory, counting it, upserting and soft-deleting the batch — is [`Run::sync`].
+/// A value of the kind holds what one batch refers to (the schools of its classes, …).
+trait Entity {
+    /// The report's name for these rows.
+    const NAME: &'static str;
+    /// The file its rows come from, for rejections.
+    const FILE: &'static str;
+    const TABLE: RosterTable;
+    /// One row as the batch has it: a CSV record, or a user already sorted by role.
+    type Item;
+    /// A live row waiting for the id its plan gives it.
+    type Draft;
+    type Row;
+
+    /// The item's line and sourcedId.
+    fn key(&self, item: &Self::Item) -> (u64, String);
+
+    /// What the item is, given the row the directory has under its sourcedId.
+    fn decide(&mut self, item: Self::Item, existing: Option<&ExistingRow>)
+        -> Decision<Self::Draft>;
+
+    /// Sees every row that is live after the import (created, updated or unchanged).
+    fn live(&mut self, _report: &mut ImportReport, _id: Uuid, _draft: &Self::Draft) {}
+
+    fn row(id: Uuid, sourced_id: String, hash: String, draft: Self::Draft) -> Self::Row;
+
+    /// Inserts or updates the batch's rows.
+    async fn upsert(
+        writer: &mut dyn RosterWriter,
+        rows: &[Self::Row],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+}
+
 impl Run<'_> {
     fn advance(&mut self, file: &'static str, rows: usize) {
         *self.report.rows_read.entry(file).or_default() += rows as u64;
         self.rows += rows as u64;
         (self.progress)(self.rows);
+    }
+
+    /// Reports a row that is not imported. users.csv is read a second time for its
+    /// links, which skip the rows rejected in the first.
+    fn reject(&mut self, entity: &'static str, problem: RowProblem) {
+        if problem.file == USERS {
+            self.rejected_user_lines.insert(problem.line);
+        }
+        self.report.reject(entity, problem);
     }
 
     /// Opens a file and checks its header; a bad header is one rejection for the file.
@@ -379,55 +489,71 @@ impl Run<'_> {
         name: &'static str,
         entity: &'static str,
         required: &[&str],
-    ) -> Result<Option<CsvFile<impl Read>>, ImportError> {
+    ) -> Result<Option<Csv>, ImportError> {
         let Some(input) = bundle.file(name)? else {
             return Ok(None);
         };
         match CsvFile::open(name, input, required) {
             Ok(file) => Ok(Some(file)),
             Err(reason) => {
-                self.report.reject(
-                    entity,
-                    problem(
-                        name,
-                        1,
-                        "",
-                        format!("{reason}; no row of this file was imported"),
-                    ),
-                );
+                let reason = format!("{reason}; no row of this file was imported");
+                self.reject(entity, problem(name, 1, "", reason));
                 Ok(None)
             }
         }
     }
 
+    /// Reads a file in batches: rows without a sourcedId, or with one seen before, are
+    /// rejected, and the rest of each batch goes to the step of its file.
+    async fn read(&mut self, bundle: &Bundle, source: Source) -> Result<(), ImportError> {
+        let (name, entity, required) = source.file();
+        let Some(mut file) = self.open(bundle, name, entity, required)? else {
+            return Ok(());
+        };
+        loop {
+            let batch = file.next_batch(BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            let read = batch.len();
+            let records = self.first_sightings(&file, entity, batch).await?;
+            match source {
+                Source::Orgs => self.orgs(&file, records).await?,
+                Source::Users => self.users(&file, records).await?,
+                Source::Classes => self.classes(&file, records).await?,
+                Source::Enrollments => self.enrollments(&file, records).await?,
+                Source::Demographics => self.demographics(&file, records).await?,
+            }
+            self.advance(name, read);
+        }
+        if file.read_whole() {
+            self.complete.insert(name);
+        }
+        Ok(())
+    }
+
     /// Splits a batch into records with a non-empty sourcedId seen for the first time,
     /// reporting the rest. Duplicates are found through the database, so memory stays
     /// bounded whatever the file size.
-    async fn first_sightings<R: Read>(
+    async fn first_sightings(
         &mut self,
-        file: &CsvFile<R>,
+        file: &Csv,
         entity: &'static str,
-        seen_as: &str,
         batch: Vec<Result<Record, (u64, String)>>,
     ) -> Result<Vec<Record>, ImportError> {
         let mut records = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<String, u64> = HashMap::new();
         for item in batch {
             match item {
-                Err((line, reason)) => self
-                    .report
-                    .reject(entity, problem(file.name, line, "", reason)),
+                Err((line, reason)) => self.reject(entity, problem(file.name, line, "", reason)),
                 Ok(record) => {
                     let sid = file.get(&record, "sourcedId").to_owned();
                     if sid.is_empty() {
-                        self.report.reject(
-                            entity,
-                            problem(file.name, record.line, "", "missing sourcedId"),
-                        );
+                        let missing = problem(file.name, record.line, "", "missing sourcedId");
+                        self.reject(entity, missing);
                     } else if let Some(first) = in_batch.get(&sid) {
                         let reason = format!("duplicate sourcedId (first on line {first})");
-                        self.report
-                            .reject(entity, problem(file.name, record.line, &sid, reason));
+                        self.reject(entity, problem(file.name, record.line, &sid, reason));
                     } else {
                         in_batch.insert(sid, record.line);
                         records.push(record);
@@ -441,7 +567,7 @@ impl Run<'_> {
             .collect();
         let repeated: HashMap<String, u64> = self
             .writer
-            .mark_seen(seen_as, &keys)
+            .mark_seen(entity, &keys)
             .await?
             .into_iter()
             .collect();
@@ -452,8 +578,7 @@ impl Run<'_> {
                 match repeated.get(sid) {
                     Some(first) => {
                         let reason = format!("duplicate sourcedId (first on line {first})");
-                        self.report
-                            .reject(entity, problem(file.name, record.line, sid, reason));
+                        self.reject(entity, problem(file.name, record.line, sid, reason));
                         false
                     }
                     None => true,
@@ -498,7 +623,7 @@ impl Run<'_> {
                 counts.updated += 1;
                 Some(id)
             }
-            Plan::Unchanged | Plan::AlreadyGone => {
+            Plan::Unchanged(_) | Plan::AlreadyGone => {
                 counts.unchanged += 1;
                 None
             }
@@ -514,143 +639,100 @@ impl Run<'_> {
         }
     }
 
-    async fn orgs(&mut self, bundle: &Bundle) -> Result<(), ImportError> {
-        const F: &str = "orgs.csv";
-        let Some(mut file) = self.open(bundle, F, "schools", &["sourcedId", "name", "type"])?
-        else {
-            return Ok(());
-        };
-        loop {
-            let batch = file.next_batch(BATCH);
-            if batch.is_empty() {
-                break;
-            }
-            let read = batch.len();
-            let records = self
-                .first_sightings(&file, "schools", "schools", batch)
-                .await?;
-            let mut schools = Vec::new();
-            for record in records {
-                let sid = file.get(&record, "sourcedId").to_owned();
-                let kind = file.get(&record, "type").to_ascii_lowercase();
-                let parsed = status(file.get(&record, "status"));
-                let name = file.get(&record, "name").to_owned();
-                match (kind.as_str(), parsed) {
-                    (_, Err(reason)) => self
-                        .report
-                        .reject("schools", problem(F, record.line, &sid, reason)),
-                    ("district", Ok(_)) => {
-                        match self.writer.district_sourced_id().await? {
-                            None => self.writer.set_district_sourced_id(&sid).await?,
-                            Some(stored) if stored == sid => {}
-                            Some(stored) => {
-                                return Err(ImportError::WrongDistrict {
-                                    bundle: sid,
-                                    stored,
-                                })
-                            }
-                        }
-                        self.report.counts("districts").unchanged += 1;
-                    }
-                    ("school", Ok(_)) if name.is_empty() => self
-                        .report
-                        .reject("schools", problem(F, record.line, &sid, "missing name")),
-                    ("school", Ok(st)) => schools.push((record.line, sid, name, st)),
-                    ("department" | "local" | "state" | "national", Ok(_)) => {
-                        self.report.counts("schools").ignored += 1
-                    }
-                    (other, Ok(_)) => {
-                        let reason = format!("invalid type {other:?} (expected district, school, department, local, state or national)");
-                        self.report
-                            .reject("schools", problem(F, record.line, &sid, reason));
-                    }
-                }
-            }
-            let existing = self
-                .lookup(RosterTable::Schools, schools.iter().map(|s| s.1.clone()))
-                .await?;
-            let mut rows = Vec::new();
-            let mut deletions = Vec::new();
-            for (_, sid, name, st) in schools {
-                let hash = fingerprint(&[&name]);
-                let plan = plan(existing.get(&sid), st, &hash);
-                if let Some(id) = self.tally("schools", &plan, &mut deletions) {
-                    rows.push(SchoolRow {
-                        id,
-                        sourced_id: sid,
-                        name,
-                        hash,
-                    });
-                }
-            }
-            self.writer.upsert_schools(&rows, self.at).await?;
-            self.writer
-                .soft_delete(RosterTable::Schools, &deletions, self.at)
-                .await?;
-            self.advance(F, read);
-        }
-        if file.read_whole() {
-            self.complete.insert(F);
-        }
-        Ok(())
-    }
-
-    async fn users(&mut self, bundle: &Bundle) -> Result<(), ImportError> {
-        const F: &str = "users.csv";
-        let required = [
-            "sourcedId",
-            "role",
-            "givenName",
-            "familyName",
-            "orgSourcedIds",
-        ];
-        let Some(mut file) = self.open(bundle, F, "users", &required)? else {
-            return Ok(());
-        };
-        loop {
-            let batch = file.next_batch(BATCH);
-            if batch.is_empty() {
-                break;
-            }
-            let read = batch.len();
-            let before: Vec<u64> = batch
-                .iter()
-                .map(|r| match r {
-                    Ok(rec) => rec.line,
-                    Err((l, _)) => *l,
-                })
-                .collect();
-            let records = self.first_sightings(&file, "users", "users", batch).await?;
-            let kept: HashSet<u64> = records.iter().map(|r| r.line).collect();
-            self.rejected_user_lines
-                .extend(before.into_iter().filter(|l| !kept.contains(l)));
-            self.users_batch(&file, records).await?;
-            self.advance(F, read);
-        }
-        if file.read_whole() {
-            self.complete.insert(F);
-        }
-        Ok(())
-    }
-
-    async fn users_batch<R: Read>(
+    /// One batch of one kind of row: plans each item against the row the directory has
+    /// under its sourcedId, counts it, and writes the batch — upserts, then soft-deletes.
+    async fn sync<E: Entity>(
         &mut self,
-        file: &CsvFile<R>,
-        records: Vec<Record>,
+        entity: &mut E,
+        items: Vec<E::Item>,
     ) -> Result<(), ImportError> {
-        const F: &str = "users.csv";
-        struct User {
-            line: u64,
-            sid: String,
-            status: Status,
-            given: String,
-            family: String,
-            orgs: Vec<String>,
-            email: String,
-            sms: String,
-            phone: String,
-            grade: Option<String>,
+        let keys: Vec<(u64, String)> = items.iter().map(|item| entity.key(item)).collect();
+        let existing = self
+            .lookup(E::TABLE, keys.iter().map(|(_, sid)| sid.clone()))
+            .await?;
+        let (mut rows, mut deletions) = (Vec::new(), Vec::new());
+        for (item, (line, sid)) in items.into_iter().zip(keys) {
+            let found = existing.get(&sid);
+            let (plan, hash, draft) = match entity.decide(item, found) {
+                Decision::Keep { hash, draft } => (plan(found, Status::Active, &hash), hash, draft),
+                Decision::Adopt { id, hash, draft } => (Plan::Update(id), hash, draft),
+                Decision::Delete => {
+                    let plan = plan(found, Status::ToBeDeleted, "");
+                    self.tally(E::NAME, &plan, &mut deletions);
+                    continue;
+                }
+                Decision::Ignore => {
+                    self.report.counts(E::NAME).ignored += 1;
+                    continue;
+                }
+                Decision::Reject(reason) => {
+                    self.reject(E::NAME, problem(E::FILE, line, &sid, reason));
+                    continue;
+                }
+            };
+            if let Plan::Create(id) | Plan::Update(id) | Plan::Unchanged(id) = plan {
+                entity.live(&mut self.report, id, &draft);
+            }
+            if let Some(id) = self.tally(E::NAME, &plan, &mut deletions) {
+                rows.push(E::row(id, sid, hash, draft));
+            }
         }
+        E::upsert(&mut *self.writer, &rows, self.at).await?;
+        self.writer
+            .soft_delete(E::TABLE, &deletions, self.at)
+            .await?;
+        Ok(())
+    }
+
+    /// A batch of orgs.csv: the district's own row, schools, and kinds of org Tidings
+    /// does not use.
+    async fn orgs(&mut self, file: &Csv, records: Vec<Record>) -> Result<(), ImportError> {
+        const F: &str = "orgs.csv";
+        let mut schools = Vec::new();
+        for record in records {
+            let sid = file.get(&record, "sourcedId").to_owned();
+            let kind = file.get(&record, "type").to_ascii_lowercase();
+            let parsed = status(file.get(&record, "status"));
+            let name = file.get(&record, "name").to_owned();
+            match (kind.as_str(), parsed) {
+                (_, Err(reason)) => self.reject("schools", problem(F, record.line, &sid, reason)),
+                ("district", Ok(_)) => {
+                    match self.writer.district_sourced_id().await? {
+                        None => self.writer.set_district_sourced_id(&sid).await?,
+                        Some(stored) if stored == sid => {}
+                        Some(stored) => {
+                            return Err(ImportError::WrongDistrict {
+                                bundle: sid,
+                                stored,
+                            })
+                        }
+                    }
+                    self.report.counts("districts").unchanged += 1;
+                }
+                ("school", Ok(_)) if name.is_empty() => {
+                    self.reject("schools", problem(F, record.line, &sid, "missing name"))
+                }
+                ("school", Ok(status)) => schools.push(School {
+                    line: record.line,
+                    sid,
+                    name,
+                    status,
+                }),
+                ("department" | "local" | "state" | "national", Ok(_)) => {
+                    self.report.counts("schools").ignored += 1
+                }
+                (other, Ok(_)) => {
+                    let reason = format!("invalid type {other:?} (expected district, school, department, local, state or national)");
+                    self.reject("schools", problem(F, record.line, &sid, reason));
+                }
+            }
+        }
+        self.sync(&mut Schools, schools).await
+    }
+
+    /// A batch of users.csv: each row sorted by role, then students, guardians (with the
+    /// contact points they are reached at) and staff synced in turn.
+    async fn users(&mut self, file: &Csv, records: Vec<Record>) -> Result<(), ImportError> {
         let (mut students, mut guardians, mut staff) = (Vec::new(), Vec::new(), Vec::new());
         let mut seen: HashMap<&'static str, Vec<(String, u64)>> = HashMap::new();
         for record in records {
@@ -666,9 +748,7 @@ impl Run<'_> {
                 }
                 _ => {
                     let reason = format!("invalid role {role:?}");
-                    self.report
-                        .reject("users", problem(F, record.line, &sid, reason));
-                    self.rejected_user_lines.insert(record.line);
+                    self.reject("users", problem(USERS, record.line, &sid, reason));
                     continue;
                 }
             };
@@ -677,12 +757,10 @@ impl Run<'_> {
             seen.entry(entity)
                 .or_default()
                 .push((sid.clone(), record.line));
-            let st = match status(file.get(&record, "status")) {
-                Ok(st) => st,
+            let status = match status(file.get(&record, "status")) {
+                Ok(status) => status,
                 Err(reason) => {
-                    self.report
-                        .reject(entity, problem(F, record.line, &sid, reason));
-                    self.rejected_user_lines.insert(record.line);
+                    self.reject(entity, problem(USERS, record.line, &sid, reason));
                     continue;
                 }
             };
@@ -695,21 +773,19 @@ impl Run<'_> {
                 sms: file.get(&record, "sms").to_owned(),
                 phone: file.get(&record, "phone").to_owned(),
                 grade: list(file.get(&record, "grades")).into_iter().next(),
+                administrator: role == "administrator",
                 sid,
-                status: st,
+                status,
             };
-            if st == Status::Active && (user.given.is_empty() || user.family.is_empty()) {
-                self.report.reject(
-                    entity,
-                    problem(F, user.line, &user.sid, "missing givenName or familyName"),
-                );
-                self.rejected_user_lines.insert(user.line);
+            if status == Status::Active && (user.given.is_empty() || user.family.is_empty()) {
+                let reason = "missing givenName or familyName";
+                self.reject(entity, problem(USERS, user.line, &user.sid, reason));
                 continue;
             }
             match entity {
-                "students" => students.push((user, false)),
+                "students" => students.push(user),
                 "guardians" => guardians.push(user),
-                _ => staff.push((user, role == "administrator")),
+                _ => staff.push(user),
             }
         }
 
@@ -718,248 +794,55 @@ impl Run<'_> {
             self.writer.mark_seen(entity, &keys).await?;
         }
 
-        // Students: their school is the first of their orgs that is a school.
         let schools = self
             .lookup(
                 RosterTable::Schools,
-                students
-                    .iter()
-                    .chain(staff.iter())
-                    .flat_map(|(u, _)| u.orgs.clone()),
+                students.iter().chain(&staff).flat_map(|u| u.orgs.clone()),
             )
             .await?;
-        let existing = self
-            .lookup(
-                RosterTable::Students,
-                students.iter().map(|(u, _)| u.sid.clone()),
-            )
-            .await?;
-        let (mut rows, mut deletions) = (Vec::new(), Vec::new());
-        for (user, _) in students {
-            let school = user
-                .orgs
-                .iter()
-                .find_map(|o| schools.get(o).filter(|s| !s.deleted));
-            let school = match (school, user.status) {
-                (Some(school), _) => school.id,
-                (None, Status::ToBeDeleted) => Uuid::nil(),
-                (None, Status::Active) => {
-                    let reason = format!("unknown reference: none of orgSourcedIds {:?} is a school of this district", user.orgs.join(","));
-                    self.report
-                        .reject("students", problem(F, user.line, &user.sid, reason));
-                    self.rejected_user_lines.insert(user.line);
-                    continue;
-                }
-            };
-            let grade = user.grade.clone().unwrap_or_default();
-            let hash = fingerprint(&[&school.to_string(), &user.given, &user.family, &grade]);
-            let plan = plan(existing.get(&user.sid), user.status, &hash);
-            if let Some(id) = self.tally("students", &plan, &mut deletions) {
-                rows.push(StudentRow {
-                    id,
-                    sourced_id: user.sid,
-                    school_id: school,
-                    given_name: user.given,
-                    family_name: user.family,
-                    grade: user.grade,
-                    hash,
-                });
-            }
-        }
-        self.writer.upsert_students(&rows, self.at).await?;
-        self.writer
-            .soft_delete(RosterTable::Students, &deletions, self.at)
+        self.sync(&mut Students { schools: &schools }, students)
             .await?;
 
-        // Guardians, and the contact points they are reached at.
-        let existing = self
-            .lookup(
-                RosterTable::Guardians,
-                guardians.iter().map(|u| u.sid.clone()),
-            )
-            .await?;
-        let (mut rows, mut deletions, mut contacts) = (Vec::new(), Vec::new(), Vec::new());
-        for user in guardians {
-            let hash = fingerprint(&[&user.given, &user.family]);
-            let plan = plan(existing.get(&user.sid), user.status, &hash);
-            let upsert = self.tally("guardians", &plan, &mut deletions);
-            let id = match (upsert, &plan) {
-                (Some(id), _) => id,
-                (None, Plan::Unchanged) => existing[&user.sid].id,
-                (None, _) => continue,
-            };
-            contacts.extend(self.contacts_of(
-                id,
-                &user.sid,
-                user.line,
-                &user.email,
-                &user.sms,
-                &user.phone,
-            ));
-            if upsert.is_some() {
-                rows.push(GuardianRow {
-                    id,
-                    sourced_id: user.sid,
-                    given_name: user.given,
-                    family_name: user.family,
-                    hash,
-                });
-            }
-        }
-        self.writer.upsert_guardians(&rows, self.at).await?;
-        self.writer
-            .soft_delete(RosterTable::Guardians, &deletions, self.at)
-            .await?;
+        let options = self.options;
+        let mut reached = Guardians {
+            default_region: &options.default_region,
+            contacts: Vec::new(),
+        };
+        self.sync(&mut reached, guardians).await?;
+        let contacts = reached.contacts;
         let keys: Vec<(String, u64)> = contacts.iter().map(|c| (contact_key(c), 0)).collect();
         self.writer.mark_seen("contacts", &keys).await?;
         self.writer.upsert_contacts(&contacts, self.at).await?;
 
-        // Staff sign in by email: match by sourcedId, else adopt an account with that email
-        // that no import owns yet.
-        let existing = self
-            .lookup(RosterTable::Staff, staff.iter().map(|(u, _)| u.sid.clone()))
-            .await?;
         let emails: Vec<String> = staff
             .iter()
-            .filter_map(|(u, _)| EmailAddress::parse(&u.email).ok())
+            .filter_map(|u| EmailAddress::parse(&u.email).ok())
             .map(|e| e.to_string())
             .collect();
-        let by_email: HashMap<String, _> = self
+        let by_email = self
             .writer
             .staff_by_emails(&emails)
             .await?
             .into_iter()
             .map(|s| (s.email.clone(), s))
             .collect();
-        let district = self.district;
-        let (mut rows, mut deletions, mut assignments) = (Vec::new(), Vec::new(), Vec::new());
-        for (user, administrator) in staff {
-            if user.status == Status::ToBeDeleted {
-                let plan = plan(existing.get(&user.sid), Status::ToBeDeleted, "");
-                self.tally("staff", &plan, &mut deletions);
-                continue;
-            }
-            let Ok(email) = EmailAddress::parse(&user.email) else {
-                let reason = format!(
-                    "staff sign in by email, and {:?} is not a usable email address",
-                    user.email
-                );
-                self.report
-                    .reject("staff", problem(F, user.line, &user.sid, reason));
-                continue;
-            };
-            let role = if administrator {
-                Role::SchoolAdmin
-            } else {
-                Role::Teacher
-            };
-            let hash = fingerprint(&[email.as_str(), &user.given, &user.family, role.as_str()]);
-            let mut existing_row = existing.get(&user.sid).cloned();
-            if let Some(owner) = by_email.get(email.as_str()) {
-                let same = existing_row.as_ref().is_some_and(|e| e.id == owner.id);
-                let adoptable = owner.sourced_id.is_none() && owner.district_id == district;
-                if !same && !adoptable {
-                    let reason = format!("email {email} is already used by another staff member");
-                    self.report
-                        .reject("staff", problem(F, user.line, &user.sid, reason));
-                    continue;
-                }
-                if existing_row.is_none() {
-                    existing_row = Some(ExistingRow {
-                        sourced_id: user.sid.clone(),
-                        id: owner.id,
-                        roster_hash: None,
-                        deleted: false,
-                    });
-                }
-            }
-            let plan = plan(existing_row.as_ref(), Status::Active, &hash);
-            let id = match plan {
-                Plan::Create(id) | Plan::Update(id) => id,
-                _ => existing_row.as_ref().map(|e| e.id).unwrap_or_default(),
-            };
-            if administrator {
-                assignments.extend(
-                    user.orgs
-                        .iter()
-                        .filter_map(|o| schools.get(o))
-                        .filter(|s| !s.deleted)
-                        .map(|s| (id, s.id)),
-                );
-            }
-            if self.tally("staff", &plan, &mut deletions).is_some() {
-                let display_name = format!("{} {}", user.given, user.family);
-                rows.push(StaffRow {
-                    id,
-                    sourced_id: user.sid,
-                    email: email.to_string(),
-                    display_name,
-                    role,
-                    hash,
-                });
-            }
-        }
-        self.writer.upsert_staff(&rows, self.at).await?;
-        self.writer
-            .soft_delete(RosterTable::Staff, &deletions, self.at)
-            .await?;
-        self.writer.add_staff_schools(&assignments).await?;
-        Ok(())
-    }
-
-    /// A guardian's contact points from their users.csv row. `sms` is preferred for text
-    /// messages; `phone` is used when `sms` is blank (most systems put mobiles there).
-    fn contacts_of(
-        &mut self,
-        guardian: Uuid,
-        sid: &str,
-        line: u64,
-        email: &str,
-        sms: &str,
-        phone: &str,
-    ) -> Vec<RosterContact> {
-        const F: &str = "users.csv";
-        let mut contacts = Vec::new();
-        if !email.is_empty() {
-            match EmailAddress::parse(email) {
-                Ok(address) => contacts.push(RosterContact {
-                    guardian_id: guardian,
-                    kind: Channel::Email,
-                    address: address.to_string(),
-                }),
-                Err(e) => self
-                    .report
-                    .warn(problem(F, line, sid, format!("email not stored: {e}"))),
-            }
-        }
-        let (column, number) = if sms.is_empty() {
-            ("phone", phone)
-        } else {
-            ("sms", sms)
+        let mut members = Staff {
+            district: self.district,
+            by_email,
+            schools: &schools,
+            assignments: Vec::new(),
         };
-        if !number.is_empty() {
-            match PhoneNumber::parse_in(number, &self.options.default_region) {
-                Ok(number) => contacts.push(RosterContact {
-                    guardian_id: guardian,
-                    kind: Channel::Sms,
-                    address: number.to_string(),
-                }),
-                Err(e) => {
-                    self.report
-                        .warn(problem(F, line, sid, format!("{column} not stored: {e}")))
-                }
-            }
-        }
-        contacts
+        self.sync(&mut members, staff).await?;
+        self.writer.add_staff_schools(&members.assignments).await?;
+        Ok(())
     }
 
     /// Second pass over users.csv: `agentSourcedIds` link guardians and students, written
     /// on either side (a student lists their guardians, or a guardian their students).
     async fn links(&mut self, bundle: &Bundle) -> Result<(), ImportError> {
-        const F: &str = "users.csv";
         let Some(mut file) = bundle
-            .file(F)?
-            .and_then(|input| CsvFile::open(F, input, &["sourcedId", "role"]).ok())
+            .file(USERS)?
+            .and_then(|input| CsvFile::open(USERS, input, &["sourcedId", "role"]).ok())
         else {
             return Ok(());
         };
@@ -1003,8 +886,8 @@ impl Run<'_> {
                 let s = students.get(&student).filter(|s| !s.deleted);
                 match (g, s) {
                     (Some(g), Some(s)) => links.push(GuardianLink { guardian_id: g.id, student_id: s.id }),
-                    (None, _) => self.report.warn(problem(F, line, &row_sid, format!("agentSourcedIds: {guardian:?} is not a guardian in this district; link not made"))),
-                    (_, None) => self.report.warn(problem(F, line, &row_sid, format!("agentSourcedIds: {student:?} is not a student in this district; link not made"))),
+                    (None, _) => self.report.warn(problem(USERS, line, &row_sid, format!("agentSourcedIds: {guardian:?} is not a guardian in this district; link not made"))),
+                    (_, None) => self.report.warn(problem(USERS, line, &row_sid, format!("agentSourcedIds: {student:?} is not a student in this district; link not made"))),
                 }
             }
             let unique: HashSet<GuardianLink> = links.into_iter().collect();
@@ -1016,200 +899,42 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn classes(&mut self, bundle: &Bundle) -> Result<(), ImportError> {
-        const F: &str = "classes.csv";
-        let Some(mut file) = self.open(
-            bundle,
-            F,
-            "classes",
-            &["sourcedId", "title", "schoolSourcedId"],
-        )?
-        else {
-            return Ok(());
-        };
-        loop {
-            let batch = file.next_batch(BATCH);
-            if batch.is_empty() {
-                break;
-            }
-            let read = batch.len();
-            let records = self
-                .first_sightings(&file, "classes", "classes", batch)
-                .await?;
-            let schools = self
-                .lookup(
-                    RosterTable::Schools,
-                    records
-                        .iter()
-                        .map(|r| file.get(r, "schoolSourcedId").to_owned()),
-                )
-                .await?;
-            let existing = self
-                .lookup(
-                    RosterTable::Classes,
-                    records.iter().map(|r| file.get(r, "sourcedId").to_owned()),
-                )
-                .await?;
-            let (mut rows, mut deletions) = (Vec::new(), Vec::new());
-            for record in records {
-                let sid = file.get(&record, "sourcedId").to_owned();
-                let st = match status(file.get(&record, "status")) {
-                    Ok(st) => st,
-                    Err(reason) => {
-                        self.report
-                            .reject("classes", problem(F, record.line, &sid, reason));
-                        continue;
-                    }
-                };
-                let title = file.get(&record, "title").to_owned();
-                let school_sid = file.get(&record, "schoolSourcedId");
-                let school = schools.get(school_sid).filter(|s| !s.deleted);
-                let school_id = match (school, st) {
-                    (Some(school), _) => school.id,
-                    (None, Status::ToBeDeleted) => Uuid::nil(),
-                    (None, Status::Active) => {
-                        let reason = format!("unknown reference: schoolSourcedId {school_sid:?} is not a school of this district");
-                        self.report
-                            .reject("classes", problem(F, record.line, &sid, reason));
-                        continue;
-                    }
-                };
-                if st == Status::Active && title.is_empty() {
-                    self.report
-                        .reject("classes", problem(F, record.line, &sid, "missing title"));
-                    continue;
-                }
-                let hash = fingerprint(&[&title, &school_id.to_string()]);
-                let plan = plan(existing.get(&sid), st, &hash);
-                if let Some(id) = self.tally("classes", &plan, &mut deletions) {
-                    rows.push(ClassRow {
-                        id,
-                        sourced_id: sid,
-                        school_id,
-                        title,
-                        hash,
-                    });
-                }
-            }
-            self.writer.upsert_classes(&rows, self.at).await?;
-            self.writer
-                .soft_delete(RosterTable::Classes, &deletions, self.at)
-                .await?;
-            self.advance(F, read);
-        }
-        if file.read_whole() {
-            self.complete.insert(F);
-        }
-        Ok(())
+    /// A batch of classes.csv: each class belongs to a school of the district.
+    async fn classes(&mut self, file: &Csv, records: Vec<Record>) -> Result<(), ImportError> {
+        let schools = self
+            .lookup(
+                RosterTable::Schools,
+                records
+                    .iter()
+                    .map(|r| file.get(r, "schoolSourcedId").to_owned()),
+            )
+            .await?;
+        self.sync(&mut Classes { file, schools }, records).await
     }
 
-    async fn enrollments(&mut self, bundle: &Bundle) -> Result<(), ImportError> {
-        const F: &str = "enrollments.csv";
-        let required = ["sourcedId", "classSourcedId", "userSourcedId", "role"];
-        let Some(mut file) = self.open(bundle, F, "enrollments", &required)? else {
-            return Ok(());
+    /// A batch of enrollments.csv: a student or a teacher in a class.
+    async fn enrollments(&mut self, file: &Csv, records: Vec<Record>) -> Result<(), ImportError> {
+        let classes = self
+            .lookup(
+                RosterTable::Classes,
+                records
+                    .iter()
+                    .map(|r| file.get(r, "classSourcedId").to_owned()),
+            )
+            .await?;
+        let users: Vec<String> = records
+            .iter()
+            .map(|r| file.get(r, "userSourcedId").to_owned())
+            .collect();
+        let students = self.lookup(RosterTable::Students, users.clone()).await?;
+        let staff = self.lookup(RosterTable::Staff, users).await?;
+        let mut enrollments = Enrollments {
+            file,
+            classes,
+            students,
+            staff,
         };
-        loop {
-            let batch = file.next_batch(BATCH);
-            if batch.is_empty() {
-                break;
-            }
-            let read = batch.len();
-            let records = self
-                .first_sightings(&file, "enrollments", "enrollments", batch)
-                .await?;
-            let classes = self
-                .lookup(
-                    RosterTable::Classes,
-                    records
-                        .iter()
-                        .map(|r| file.get(r, "classSourcedId").to_owned()),
-                )
-                .await?;
-            let users: Vec<String> = records
-                .iter()
-                .map(|r| file.get(r, "userSourcedId").to_owned())
-                .collect();
-            let students = self.lookup(RosterTable::Students, users.clone()).await?;
-            let staff = self.lookup(RosterTable::Staff, users).await?;
-            let existing = self
-                .lookup(
-                    RosterTable::Enrollments,
-                    records.iter().map(|r| file.get(r, "sourcedId").to_owned()),
-                )
-                .await?;
-            let (mut rows, mut deletions) = (Vec::new(), Vec::new());
-            for record in records {
-                let sid = file.get(&record, "sourcedId").to_owned();
-                let role = file.get(&record, "role").to_ascii_lowercase();
-                let st = match (status(file.get(&record, "status")), role.as_str()) {
-                    (Err(reason), _) => {
-                        self.report
-                            .reject("enrollments", problem(F, record.line, &sid, reason));
-                        continue;
-                    }
-                    (Ok(_), "administrator" | "proctor" | "aide") => {
-                        self.report.counts("enrollments").ignored += 1;
-                        continue;
-                    }
-                    (Ok(st), "student" | "teacher") => st,
-                    (Ok(_), other) => {
-                        self.report.reject(
-                            "enrollments",
-                            problem(F, record.line, &sid, format!("invalid role {other:?}")),
-                        );
-                        continue;
-                    }
-                };
-                let class_sid = file.get(&record, "classSourcedId");
-                let user_sid = file.get(&record, "userSourcedId");
-                let class = classes.get(class_sid).filter(|c| !c.deleted);
-                let people = if role == "student" { &students } else { &staff };
-                let user = people.get(user_sid).filter(|u| !u.deleted);
-                let (class_id, user_id) = match (class, user, st) {
-                    (Some(c), Some(u), _) => (c.id, u.id),
-                    (_, _, Status::ToBeDeleted) => (Uuid::nil(), Uuid::nil()),
-                    (None, _, Status::Active) => {
-                        let reason = format!("unknown reference: classSourcedId {class_sid:?} is not a class of this district");
-                        self.report
-                            .reject("enrollments", problem(F, record.line, &sid, reason));
-                        continue;
-                    }
-                    (_, None, Status::Active) => {
-                        let reason = format!("unknown reference: userSourcedId {user_sid:?} is not a {role} of this district");
-                        self.report
-                            .reject("enrollments", problem(F, record.line, &sid, reason));
-                        continue;
-                    }
-                };
-                let hash = fingerprint(&[&class_id.to_string(), &user_id.to_string(), &role]);
-                let plan = plan(existing.get(&sid), st, &hash);
-                if let Some(id) = self.tally("enrollments", &plan, &mut deletions) {
-                    let (student_id, staff_id) = if role == "student" {
-                        (Some(user_id), None)
-                    } else {
-                        (None, Some(user_id))
-                    };
-                    rows.push(EnrollmentRow {
-                        id,
-                        sourced_id: sid,
-                        class_id,
-                        student_id,
-                        staff_id,
-                        hash,
-                    });
-                }
-            }
-            self.writer.upsert_enrollments(&rows, self.at).await?;
-            self.writer
-                .soft_delete(RosterTable::Enrollments, &deletions, self.at)
-                .await?;
-            self.advance(F, read);
-        }
-        if file.read_whole() {
-            self.complete.insert(F);
-        }
-        Ok(())
+        self.sync(&mut enrollments, records).await
     }
 
     /// Files Tidings reads but keeps nothing of: terms and courses are not needed to
@@ -1226,7 +951,7 @@ impl Run<'_> {
             let read = batch.len();
             for item in batch {
                 if let Err((line, reason)) = item {
-                    self.report.reject("other", problem(name, line, "", reason));
+                    self.reject("other", problem(name, line, "", reason));
                 }
             }
             self.advance(name, read);
@@ -1234,59 +959,42 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// demographics.csv: Tidings keeps none of it, but each row must name a user of the
-    /// district (its sourcedId is the user's), or the export is not what it seems and
-    /// the row is reported like any other bad row.
-    async fn demographics(&mut self, bundle: &Bundle) -> Result<(), ImportError> {
+    /// A batch of demographics.csv: Tidings keeps none of it, but each row must name a
+    /// user of the district (its sourcedId is the user's), or the export is not what it
+    /// seems and the row is reported like any other bad row.
+    async fn demographics(&mut self, file: &Csv, records: Vec<Record>) -> Result<(), ImportError> {
         const F: &str = "demographics.csv";
-        let Some(mut file) = self.open(bundle, F, "demographics", &["sourcedId"])? else {
-            return Ok(());
-        };
-        loop {
-            let batch = file.next_batch(BATCH);
-            if batch.is_empty() {
-                break;
-            }
-            let read = batch.len();
-            let records = self
-                .first_sightings(&file, "demographics", "demographics", batch)
+        let mut known = HashSet::new();
+        for table in [
+            RosterTable::Students,
+            RosterTable::Guardians,
+            RosterTable::Staff,
+        ] {
+            let found = self
+                .lookup(
+                    table,
+                    records.iter().map(|r| file.get(r, "sourcedId").to_owned()),
+                )
                 .await?;
-            let mut known = HashSet::new();
-            for table in [
-                RosterTable::Students,
-                RosterTable::Guardians,
-                RosterTable::Staff,
-            ] {
-                let found = self
-                    .lookup(
-                        table,
-                        records.iter().map(|r| file.get(r, "sourcedId").to_owned()),
-                    )
-                    .await?;
-                known.extend(
-                    found
-                        .into_values()
-                        .filter(|row| !row.deleted)
-                        .map(|row| row.sourced_id),
-                );
-            }
-            for record in records {
-                let sid = file.get(&record, "sourcedId");
-                match status(file.get(&record, "status")) {
-                    Err(reason) => self
-                        .report
-                        .reject("demographics", problem(F, record.line, sid, reason)),
-                    Ok(Status::Active) if !known.contains(sid) => {
-                        let reason = format!(
-                            "unknown reference: sourcedId {sid:?} is not a user of this district"
-                        );
-                        self.report
-                            .reject("demographics", problem(F, record.line, sid, reason));
-                    }
-                    Ok(_) => self.report.counts("demographics").ignored += 1,
+            known.extend(
+                found
+                    .into_values()
+                    .filter(|row| !row.deleted)
+                    .map(|row| row.sourced_id),
+            );
+        }
+        for record in records {
+            let sid = file.get(&record, "sourcedId");
+            match status(file.get(&record, "status")) {
+                Err(reason) => self.reject("demographics", problem(F, record.line, sid, reason)),
+                Ok(Status::Active) if !known.contains(sid) => {
+                    let reason = format!(
+                        "unknown reference: sourcedId {sid:?} is not a user of this district"
+                    );
+                    self.reject("demographics", problem(F, record.line, sid, reason));
                 }
+                Ok(_) => self.report.counts("demographics").ignored += 1,
             }
-            self.advance(F, read);
         }
         Ok(())
     }
@@ -1299,7 +1007,7 @@ impl Run<'_> {
         if bulk("orgs.csv") {
             plan.push(("schools", RosterTable::Schools));
         }
-        if bulk("users.csv") {
+        if bulk(USERS) {
             plan.extend([
                 ("students", RosterTable::Students),
                 ("guardians", RosterTable::Guardians),
@@ -1312,7 +1020,7 @@ impl Run<'_> {
         if bulk("enrollments.csv") {
             plan.push(("enrollments", RosterTable::Enrollments));
         }
-        let users_bulk = bulk("users.csv");
+        let users_bulk = bulk(USERS);
         for (entity, table) in plan {
             let deleted = self.writer.delete_unseen(table, self.at).await?;
             self.report.counts(entity).deleted += deleted;
@@ -1320,9 +1028,452 @@ impl Run<'_> {
         if users_bulk {
             self.writer.delete_unseen_links(self.at).await?;
         }
-        if self.complete.contains("users.csv") {
+        if self.complete.contains(USERS) {
             self.writer.deactivate_unseen_contacts(self.at).await?;
         }
         Ok(())
+    }
+}
+
+/// A school of orgs.csv.
+struct School {
+    line: u64,
+    sid: String,
+    name: String,
+    status: Status,
+}
+
+struct Schools;
+
+impl Entity for Schools {
+    const NAME: &'static str = "schools";
+    const FILE: &'static str = "orgs.csv";
+    const TABLE: RosterTable = RosterTable::Schools;
+    type Item = School;
+    type Draft = String;
+    type Row = SchoolRow;
+
+    fn key(&self, school: &School) -> (u64, String) {
+        (school.line, school.sid.clone())
+    }
+
+    fn decide(&mut self, school: School, _: Option<&ExistingRow>) -> Decision<String> {
+        match school.status {
+            Status::ToBeDeleted => Decision::Delete,
+            Status::Active => Decision::Keep {
+                hash: fingerprint(&[&school.name]),
+                draft: school.name,
+            },
+        }
+    }
+
+    fn row(id: Uuid, sourced_id: String, hash: String, name: String) -> SchoolRow {
+        SchoolRow {
+            id,
+            sourced_id,
+            name,
+            hash,
+        }
+    }
+
+    async fn upsert(
+        writer: &mut dyn RosterWriter,
+        rows: &[SchoolRow],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        writer.upsert_schools(rows, at).await
+    }
+}
+
+/// A person of users.csv, sorted by role.
+struct User {
+    line: u64,
+    sid: String,
+    status: Status,
+    given: String,
+    family: String,
+    orgs: Vec<String>,
+    email: String,
+    sms: String,
+    phone: String,
+    grade: Option<String>,
+    /// Staff with the `administrator` role administer their schools.
+    administrator: bool,
+}
+
+/// Students: their school is the first of their orgs that is a school.
+struct Students<'b> {
+    schools: &'b HashMap<String, ExistingRow>,
+}
+
+impl Entity for Students<'_> {
+    const NAME: &'static str = "students";
+    const FILE: &'static str = USERS;
+    const TABLE: RosterTable = RosterTable::Students;
+    type Item = User;
+    /// The student's school, and the student.
+    type Draft = (Uuid, User);
+    type Row = StudentRow;
+
+    fn key(&self, user: &User) -> (u64, String) {
+        (user.line, user.sid.clone())
+    }
+
+    fn decide(&mut self, user: User, _: Option<&ExistingRow>) -> Decision<(Uuid, User)> {
+        if user.status == Status::ToBeDeleted {
+            return Decision::Delete;
+        }
+        let school = user
+            .orgs
+            .iter()
+            .find_map(|o| self.schools.get(o).filter(|s| !s.deleted));
+        let Some(school) = school else {
+            return Decision::Reject(format!(
+                "unknown reference: none of orgSourcedIds {:?} is a school of this district",
+                user.orgs.join(",")
+            ));
+        };
+        let grade = user.grade.clone().unwrap_or_default();
+        Decision::Keep {
+            hash: fingerprint(&[&school.id.to_string(), &user.given, &user.family, &grade]),
+            draft: (school.id, user),
+        }
+    }
+
+    fn row(id: Uuid, sourced_id: String, hash: String, (school, user): (Uuid, User)) -> StudentRow {
+        StudentRow {
+            id,
+            sourced_id,
+            school_id: school,
+            given_name: user.given,
+            family_name: user.family,
+            grade: user.grade,
+            hash,
+        }
+    }
+
+    async fn upsert(
+        writer: &mut dyn RosterWriter,
+        rows: &[StudentRow],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        writer.upsert_students(rows, at).await
+    }
+}
+
+/// Guardians, and the contact points they are reached at (kept for the live ones).
+struct Guardians<'b> {
+    default_region: &'b str,
+    contacts: Vec<RosterContact>,
+}
+
+impl Entity for Guardians<'_> {
+    const NAME: &'static str = "guardians";
+    const FILE: &'static str = USERS;
+    const TABLE: RosterTable = RosterTable::Guardians;
+    type Item = User;
+    type Draft = User;
+    type Row = GuardianRow;
+
+    fn key(&self, user: &User) -> (u64, String) {
+        (user.line, user.sid.clone())
+    }
+
+    fn decide(&mut self, user: User, _: Option<&ExistingRow>) -> Decision<User> {
+        match user.status {
+            Status::ToBeDeleted => Decision::Delete,
+            Status::Active => Decision::Keep {
+                hash: fingerprint(&[&user.given, &user.family]),
+                draft: user,
+            },
+        }
+    }
+
+    /// A live guardian's contact points from their users.csv row. `sms` is preferred for
+    /// text messages; `phone` is used when `sms` is blank (most systems put mobiles there).
+    fn live(&mut self, report: &mut ImportReport, id: Uuid, user: &User) {
+        let warn = |what: String| problem(USERS, user.line, &user.sid, what);
+        if !user.email.is_empty() {
+            match EmailAddress::parse(&user.email) {
+                Ok(address) => self.contacts.push(RosterContact {
+                    guardian_id: id,
+                    kind: Channel::Email,
+                    address: address.to_string(),
+                }),
+                Err(e) => report.warn(warn(format!("email not stored: {e}"))),
+            }
+        }
+        let (column, number) = if user.sms.is_empty() {
+            ("phone", &user.phone)
+        } else {
+            ("sms", &user.sms)
+        };
+        if !number.is_empty() {
+            match PhoneNumber::parse_in(number, self.default_region) {
+                Ok(number) => self.contacts.push(RosterContact {
+                    guardian_id: id,
+                    kind: Channel::Sms,
+                    address: number.to_string(),
+                }),
+                Err(e) => report.warn(warn(format!("{column} not stored: {e}"))),
+            }
+        }
+    }
+
+    fn row(id: Uuid, sourced_id: String, hash: String, user: User) -> GuardianRow {
+        GuardianRow {
+            id,
+            sourced_id,
+            given_name: user.given,
+            family_name: user.family,
+            hash,
+        }
+    }
+
+    async fn upsert(
+        writer: &mut dyn RosterWriter,
+        rows: &[GuardianRow],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        writer.upsert_guardians(rows, at).await
+    }
+}
+
+/// Staff sign in by email: matched by sourcedId, else by adopting an account with that
+/// email that no import owns yet. Administrators are assigned to their schools.
+struct Staff<'b> {
+    district: Uuid,
+    by_email: HashMap<String, StaffByEmail>,
+    schools: &'b HashMap<String, ExistingRow>,
+    /// (staff, school) pairs of administrators.
+    assignments: Vec<(Uuid, Uuid)>,
+}
+
+impl Entity for Staff<'_> {
+    const NAME: &'static str = "staff";
+    const FILE: &'static str = USERS;
+    const TABLE: RosterTable = RosterTable::Staff;
+    type Item = User;
+    type Draft = (EmailAddress, Role, User);
+    type Row = StaffRow;
+
+    fn key(&self, user: &User) -> (u64, String) {
+        (user.line, user.sid.clone())
+    }
+
+    fn decide(&mut self, user: User, existing: Option<&ExistingRow>) -> Decision<Self::Draft> {
+        if user.status == Status::ToBeDeleted {
+            return Decision::Delete;
+        }
+        let Ok(email) = EmailAddress::parse(&user.email) else {
+            return Decision::Reject(format!(
+                "staff sign in by email, and {:?} is not a usable email address",
+                user.email
+            ));
+        };
+        let role = if user.administrator {
+            Role::SchoolAdmin
+        } else {
+            Role::Teacher
+        };
+        let hash = fingerprint(&[email.as_str(), &user.given, &user.family, role.as_str()]);
+        let Some(owner) = self.by_email.get(email.as_str()) else {
+            let draft = (email, role, user);
+            return Decision::Keep { hash, draft };
+        };
+        let same = existing.is_some_and(|e| e.id == owner.id);
+        let adoptable = owner.sourced_id.is_none() && owner.district_id == self.district;
+        if !same && !adoptable {
+            return Decision::Reject(format!(
+                "email {email} is already used by another staff member"
+            ));
+        }
+        let (id, draft) = (owner.id, (email, role, user));
+        match existing {
+            Some(_) => Decision::Keep { hash, draft },
+            None => Decision::Adopt { id, hash, draft },
+        }
+    }
+
+    fn live(&mut self, _: &mut ImportReport, id: Uuid, (_, _, user): &Self::Draft) {
+        if user.administrator {
+            self.assignments.extend(
+                user.orgs
+                    .iter()
+                    .filter_map(|o| self.schools.get(o))
+                    .filter(|s| !s.deleted)
+                    .map(|s| (id, s.id)),
+            );
+        }
+    }
+
+    fn row(id: Uuid, sourced_id: String, hash: String, draft: Self::Draft) -> StaffRow {
+        let (email, role, user) = draft;
+        StaffRow {
+            id,
+            sourced_id,
+            email: email.to_string(),
+            display_name: format!("{} {}", user.given, user.family),
+            role,
+            hash,
+        }
+    }
+
+    async fn upsert(
+        writer: &mut dyn RosterWriter,
+        rows: &[StaffRow],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        writer.upsert_staff(rows, at).await
+    }
+}
+
+/// Classes: each belongs to a school of the district.
+struct Classes<'f> {
+    file: &'f Csv,
+    schools: HashMap<String, ExistingRow>,
+}
+
+impl Entity for Classes<'_> {
+    const NAME: &'static str = "classes";
+    const FILE: &'static str = "classes.csv";
+    const TABLE: RosterTable = RosterTable::Classes;
+    type Item = Record;
+    /// The class's school, and its title.
+    type Draft = (Uuid, String);
+    type Row = ClassRow;
+
+    fn key(&self, record: &Record) -> (u64, String) {
+        (record.line, self.file.get(record, "sourcedId").to_owned())
+    }
+
+    fn decide(&mut self, record: Record, _: Option<&ExistingRow>) -> Decision<(Uuid, String)> {
+        let file = self.file;
+        match status(file.get(&record, "status")) {
+            Err(reason) => return Decision::Reject(reason),
+            Ok(Status::ToBeDeleted) => return Decision::Delete,
+            Ok(Status::Active) => {}
+        }
+        let school_sid = file.get(&record, "schoolSourcedId");
+        let Some(school) = self.schools.get(school_sid).filter(|s| !s.deleted) else {
+            return Decision::Reject(format!(
+                "unknown reference: schoolSourcedId {school_sid:?} is not a school of this district"
+            ));
+        };
+        let title = file.get(&record, "title").to_owned();
+        if title.is_empty() {
+            return Decision::Reject("missing title".into());
+        }
+        Decision::Keep {
+            hash: fingerprint(&[&title, &school.id.to_string()]),
+            draft: (school.id, title),
+        }
+    }
+
+    fn row(
+        id: Uuid,
+        sourced_id: String,
+        hash: String,
+        (school, title): (Uuid, String),
+    ) -> ClassRow {
+        ClassRow {
+            id,
+            sourced_id,
+            school_id: school,
+            title,
+            hash,
+        }
+    }
+
+    async fn upsert(
+        writer: &mut dyn RosterWriter,
+        rows: &[ClassRow],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        writer.upsert_classes(rows, at).await
+    }
+}
+
+/// Enrollments: a student or a teacher in a class of the district. Other roles
+/// (administrators, proctors, aides) are not kept.
+struct Enrollments<'f> {
+    file: &'f Csv,
+    classes: HashMap<String, ExistingRow>,
+    students: HashMap<String, ExistingRow>,
+    staff: HashMap<String, ExistingRow>,
+}
+
+impl Entity for Enrollments<'_> {
+    const NAME: &'static str = "enrollments";
+    const FILE: &'static str = "enrollments.csv";
+    const TABLE: RosterTable = RosterTable::Enrollments;
+    type Item = Record;
+    /// The class, and the student or the teacher.
+    type Draft = (Uuid, Option<Uuid>, Option<Uuid>);
+    type Row = EnrollmentRow;
+
+    fn key(&self, record: &Record) -> (u64, String) {
+        (record.line, self.file.get(record, "sourcedId").to_owned())
+    }
+
+    fn decide(&mut self, record: Record, _: Option<&ExistingRow>) -> Decision<Self::Draft> {
+        let file = self.file;
+        let role = file.get(&record, "role").to_ascii_lowercase();
+        match (status(file.get(&record, "status")), role.as_str()) {
+            (Err(reason), _) => return Decision::Reject(reason),
+            (Ok(_), "administrator" | "proctor" | "aide") => return Decision::Ignore,
+            (Ok(Status::ToBeDeleted), "student" | "teacher") => return Decision::Delete,
+            (Ok(Status::Active), "student" | "teacher") => {}
+            (Ok(_), other) => return Decision::Reject(format!("invalid role {other:?}")),
+        }
+        let class_sid = file.get(&record, "classSourcedId");
+        let user_sid = file.get(&record, "userSourcedId");
+        let people = if role == "student" {
+            &self.students
+        } else {
+            &self.staff
+        };
+        let class = self.classes.get(class_sid).filter(|c| !c.deleted);
+        let user = people.get(user_sid).filter(|u| !u.deleted);
+        let (class_id, user_id) = match (class, user) {
+            (Some(c), Some(u)) => (c.id, u.id),
+            (None, _) => {
+                return Decision::Reject(format!(
+                "unknown reference: classSourcedId {class_sid:?} is not a class of this district"
+            ))
+            }
+            (_, None) => {
+                return Decision::Reject(format!(
+                "unknown reference: userSourcedId {user_sid:?} is not a {role} of this district"
+            ))
+            }
+        };
+        let hash = fingerprint(&[&class_id.to_string(), &user_id.to_string(), &role]);
+        let draft = if role == "student" {
+            (class_id, Some(user_id), None)
+        } else {
+            (class_id, None, Some(user_id))
+        };
+        Decision::Keep { hash, draft }
+    }
+
+    fn row(id: Uuid, sourced_id: String, hash: String, draft: Self::Draft) -> EnrollmentRow {
+        let (class_id, student_id, staff_id) = draft;
+        EnrollmentRow {
+            id,
+            sourced_id,
+            class_id,
+            student_id,
+            staff_id,
+            hash,
+        }
+    }
+
+    async fn upsert(
+        writer: &mut dyn RosterWriter,
+        rows: &[EnrollmentRow],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        writer.upsert_enrollments(rows, at).await
     }
 }
