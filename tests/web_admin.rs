@@ -147,6 +147,39 @@ impl Browser {
         }
     }
 
+    /// Types into the field with id `id`.
+    async fn fill(&self, id: &str, text: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no #{id}: {e}"))
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+
+    /// Chooses `value` in the select with id `id`.
+    async fn choose(&self, id: &str, value: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no #{id}: {e}"))
+            .select_by_value(value)
+            .await
+            .unwrap();
+    }
+
+    /// Clicks what `css` finds where no page change follows (a checkbox).
+    async fn tick(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
     /// Types into the focused element, as a person does.
     async fn type_here(&self, text: &str) {
         self.client
@@ -221,48 +254,25 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
     browser.click("a.button", "[data-page=compose]").await;
     assert_eq!(browser.path().await, "/messages/new");
     browser.accessible("compose").await;
-    b.find(Locator::Css("input[name=class]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.find(Locator::Id("subject"))
-        .await
-        .unwrap()
-        .send_keys("Picture day")
-        .await
-        .unwrap();
-    b.find(Locator::Id("body"))
-        .await
-        .unwrap()
-        .send_keys("Picture day is on Friday. Please return the form.")
-        .await
-        .unwrap();
+    browser.tick("input[name=class]").await;
+    browser.fill("subject", "Picture day").await;
+    browser
+        .fill("body", "Picture day is on Friday. Please return the form.")
+        .await;
     b.execute(
         "document.querySelectorAll('details').forEach(d => d.open = true)",
         vec![],
     )
     .await
     .unwrap();
-    b.find(Locator::Id("t_language"))
-        .await
-        .unwrap()
-        .select_by_value("es")
-        .await
-        .unwrap();
-    b.find(Locator::Id("t_subject"))
-        .await
-        .unwrap()
-        .send_keys("Día de fotos")
-        .await
-        .unwrap();
-    b.find(Locator::Id("t_body"))
-        .await
-        .unwrap()
-        .send_keys("El día de fotos es el viernes. Devuelva el formulario.")
-        .await
-        .unwrap();
+    browser.choose("t_language", "es").await;
+    browser.fill("t_subject", "Día de fotos").await;
+    browser
+        .fill(
+            "t_body",
+            "El día de fotos es el viernes. Devuelva el formulario.",
+        )
+        .await;
     browser.click("button[value=review]", "[role=status]").await;
     let preview = browser.text("[role=status]").await;
     let guardians: u64 = preview
@@ -315,12 +325,7 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
     browser.shot("outbox").await;
     browser.click("td.sent a[href*='/a/']", "form button").await;
     browser.shot("guardian-link").await;
-    b.find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.tick("form button").await;
     b.goto(&server.url(&report)).await.unwrap();
     browser.arrive("[data-page=report]").await;
     assert!(
@@ -350,12 +355,7 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
         guardians,
         "everyone but the one who acknowledged, once, and the header: {csv}"
     );
-    b.find(Locator::Css(".renotify input[value=sms]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.tick(".renotify input[value=sms]").await;
     browser
         .click(".renotify button", "[data-page=report]")
         .await;
@@ -368,30 +368,15 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
     // An emergency asks for confirmation, with the count, before it goes.
     b.goto(&server.url("/messages/new")).await.unwrap();
     browser.arrive("[data-page=compose]").await;
-    b.find(Locator::Css("input[name=class]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.find(Locator::Id("kind"))
-        .await
-        .unwrap()
-        .select_by_value("emergency")
-        .await
-        .unwrap();
-    b.find(Locator::Id("subject"))
-        .await
-        .unwrap()
-        .send_keys("Lockdown")
-        .await
-        .unwrap();
-    b.find(Locator::Id("body"))
-        .await
-        .unwrap()
-        .send_keys("The school is in lockdown. Do not come to the school.")
-        .await
-        .unwrap();
+    browser.tick("input[name=class]").await;
+    browser.choose("kind", "emergency").await;
+    browser.fill("subject", "Lockdown").await;
+    browser
+        .fill(
+            "body",
+            "The school is in lockdown. Do not come to the school.",
+        )
+        .await;
     browser.click("button[value=send]", "[role=status]").await;
     assert_eq!(browser.path().await, "/messages", "not sent yet");
     assert!(browser
@@ -420,6 +405,19 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
         "{list}"
     );
     browser.shot("messages").await;
+    // The same pages on a phone's screen, to look at.
+    b.set_window_size(390, 844).await.unwrap();
+    for (path, name) in [
+        ("/", "phone-messages"),
+        ("/messages/new", "phone-compose"),
+        (report.as_str(), "phone-report"),
+    ] {
+        b.goto(&server.url(path)).await.unwrap();
+        browser.arrive("main[data-page]").await;
+        browser.accessible(name).await;
+        browser.shot(name).await;
+    }
+    b.set_window_size(1280, 900).await.unwrap();
     browser
         .click(".signout button", "[data-page=sign-in]")
         .await;
@@ -693,12 +691,7 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
         .click("nav a[href='/guardians']", "[data-page=guardians]")
         .await;
     browser.accessible("guardians").await;
-    b.find(Locator::Id("q"))
-        .await
-        .unwrap()
-        .send_keys(&first.family_name)
-        .await
-        .unwrap();
+    browser.fill("q", &first.family_name).await;
     browser.type_here(ENTER).await;
     browser
         .arrive(&format!(
@@ -716,43 +709,18 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
     browser.accessible("guardian").await;
 
     // An address that is not one is refused in words; a good one is added.
-    b.find(Locator::Id("kind"))
-        .await
-        .unwrap()
-        .select_by_value("email")
-        .await
-        .unwrap();
-    b.find(Locator::Id("address"))
-        .await
-        .unwrap()
-        .send_keys("not an address")
-        .await
-        .unwrap();
+    browser.choose("kind", "email").await;
+    browser.fill("address", "not an address").await;
     browser.click("#add-contact", "[role=alert]").await;
     assert!(browser.text("[role=alert]").await.contains("Please check"));
-    b.find(Locator::Id("kind"))
-        .await
-        .unwrap()
-        .select_by_value("email")
-        .await
-        .unwrap();
-    b.find(Locator::Id("address"))
-        .await
-        .unwrap()
-        .send_keys("New.Address@Example.org")
-        .await
-        .unwrap();
+    browser.choose("kind", "email").await;
+    browser.fill("address", "New.Address@Example.org").await;
     browser
         .click("#add-contact", "tr[data-contact='new.address@example.org']")
         .await;
 
     // An opt-out from email, then revoked.
-    b.find(Locator::Id("channel"))
-        .await
-        .unwrap()
-        .select_by_value("email")
-        .await
-        .unwrap();
+    browser.choose("channel", "email").await;
     browser
         .click("#add-opt-out", "tr[data-opt-out=email]")
         .await;
@@ -797,12 +765,7 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
         .click("nav a[href='/settings']", "[data-page=settings]")
         .await;
     browser.accessible("settings").await;
-    b.find(Locator::Id("max_recipients"))
-        .await
-        .unwrap()
-        .send_keys("5000")
-        .await
-        .unwrap();
+    browser.fill("max_recipients", "5000").await;
     browser.click("#save-quotas", "[role=status]").await;
     let quotas = store.district(district).await.unwrap().unwrap();
     assert_eq!(quotas.max_recipients_per_message, Some(5000));
@@ -924,18 +887,10 @@ async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_dis
         .click("nav a[href='/staff']", "[data-page=staff]")
         .await;
     browser.accessible("staff").await;
-    b.find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys("Ana Rivera")
-        .await
-        .unwrap();
-    b.find(Locator::Id("email"))
-        .await
-        .unwrap()
-        .send_keys("ana.rivera@district.example.org")
-        .await
-        .unwrap();
+    browser.fill("name", "Ana Rivera").await;
+    browser
+        .fill("email", "ana.rivera@district.example.org")
+        .await;
     browser.click("#invite", "#invitation-link").await;
     let link = browser.text("#invitation-link").await;
     assert!(link.contains("/invitation/"), "{link}");
@@ -970,18 +925,8 @@ async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_dis
     browser.arrive("[role=alert]").await;
     assert!(browser.text("[role=alert]").await.contains("differ"));
     let password = "a long enough passphrase";
-    b.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(password)
-        .await
-        .unwrap();
-    b.find(Locator::Id("again"))
-        .await
-        .unwrap()
-        .send_keys(password)
-        .await
-        .unwrap();
+    browser.fill("password", password).await;
+    browser.fill("again", password).await;
     browser.type_here(ENTER).await;
     browser.arrive("[data-page=messages]").await;
     assert_eq!(
@@ -1007,38 +952,18 @@ async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_dis
     sign_in(&browser, &server).await;
     browser.click(".signout a.who", "[data-page=account]").await;
     browser.accessible("account").await;
-    b.find(Locator::Id("current"))
-        .await
-        .unwrap()
-        .send_keys("not it")
-        .await
-        .unwrap();
+    browser.fill("current", "not it").await;
     for id in ["new", "again"] {
-        b.find(Locator::Id(id))
-            .await
-            .unwrap()
-            .send_keys("the new admin passphrase")
-            .await
-            .unwrap();
+        browser.fill(id, "the new admin passphrase").await;
     }
     browser.click("#change-password", "[role=alert]").await;
     assert!(browser
         .text("[role=alert]")
         .await
         .contains("current password is wrong"));
-    b.find(Locator::Id("current"))
-        .await
-        .unwrap()
-        .send_keys(&admin_password)
-        .await
-        .unwrap();
+    browser.fill("current", &admin_password).await;
     for id in ["new", "again"] {
-        b.find(Locator::Id(id))
-            .await
-            .unwrap()
-            .send_keys("the new admin passphrase")
-            .await
-            .unwrap();
+        browser.fill(id, "the new admin passphrase").await;
     }
     browser.click("#change-password", "[role=status]").await;
     let store = tidings_core::store::connect(&db.url, &Default::default())

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-pub use tidings_core::services::renotify::message_scope;
+pub use tidings_core::services::message_scope;
 use tidings_core::services::renotify::Renotify as RenotifyRequest;
 pub use tidings_core::services::send::{SendMessage, Sent};
 use tidings_core::store::{MessageScope, MessageSummary};

@@ -1354,7 +1354,7 @@ impl Dispatcher {
                     Counters::add(&self.counters.fenced);
                     return Ok(false);
                 }
-                Err(error) if is_passing(&error) && started.elapsed() < self.config.lease_ttl => {
+                Err(error) if error.is_transient() && started.elapsed() < self.config.lease_ttl => {
                     Counters::add(&self.counters.record_retried);
                     tracing::warn!(owner = %self.config.owner, lane = %lease.lane, partition = %lease.partition, error = %tidings_core::store::error_chain(&error), "could not record the outcomes of sends; trying again");
                     tokio::time::sleep(pause).await;
@@ -1524,38 +1524,7 @@ const POISON_TRIES: u32 = 3;
 /// has passed to another dispatcher (wait), rather than something wrong with what was read
 /// or written. Never counted against a log entry.
 fn is_outage(error: &StoreError) -> bool {
-    matches!(error, StoreError::Fenced { .. }) || is_passing(error)
-}
-
-/// A store error that trying again may get past: the database unreachable or the
-/// connection lost, the server shutting down, or a write that lost a race (a deadlock, a
-/// serialization failure, a busy or locked SQLite file).
-fn is_passing(error: &StoreError) -> bool {
-    let (StoreError::Database(e) | StoreError::Connect { source: e, .. }) = error else {
-        return false;
-    };
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(e) => match e.code().as_deref() {
-            // PostgreSQL's SQLSTATE: connection exceptions, shutdowns, lost races.
-            Some(code) if code.len() == 5 => {
-                code.starts_with("08")
-                    || code.starts_with("57P")
-                    || code == "40001"
-                    || code == "40P01"
-            }
-            // SQLite's result code: busy or locked (an extended code keeps the primary
-            // one in its low byte).
-            Some(code) => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
-            None => false,
-        },
-        _ => false,
-    }
+    matches!(error, StoreError::Fenced { .. }) || error.is_transient()
 }
 
 fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Outgoing {

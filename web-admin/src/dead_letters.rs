@@ -2,17 +2,17 @@
 //! spent, at-most-once sends in doubt), newest first, each with a Replay button.
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use tidings_api::AppState;
 use tidings_core::delivery::Delivery;
-use tidings_core::services::renotify::message_scope;
+use tidings_core::services::message_scope;
 use tidings_core::services::ServiceError;
 use tidings_core::{DeliveryId, Role};
 use uuid::Uuid;
 
+use crate::form::{said, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 
@@ -58,21 +58,9 @@ pub async fn list(State(state): State<AppState>, signed_in: SignedIn) -> Respons
 
 pub async fn replay(
     State(state): State<AppState>,
-    signed_in: SignedIn,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Posted { signed_in, .. }: Posted,
 ) -> Response {
-    let csrf = form_urlencoded::parse(&body)
-        .find(|(key, _)| key == "csrf")
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
-    if !signed_in.csrf_ok(&csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
     match state
         .services()
         .replay_dead_letter(&signed_in.staff, DeliveryId::from_uuid(id))
@@ -80,13 +68,8 @@ pub async fn replay(
     {
         Ok(_) => Redirect::to("/dead-letters").into_response(),
         Err(ServiceError::Refused(refusal)) => {
-            page(
-                &state,
-                &signed_in,
-                StatusCode::CONFLICT,
-                Some(refusal.to_string()),
-            )
-            .await
+            let (status, error) = said(&refusal);
+            page(&state, &signed_in, status, Some(error)).await
         }
         Err(error) => failed(error),
     }

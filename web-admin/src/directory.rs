@@ -3,7 +3,6 @@
 //! an opt-out — the same services, and the same audit, as the API's.
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -14,6 +13,7 @@ use tidings_core::store::{GuardianDetail, GuardianView, PageRequest, Scope};
 use tidings_core::{ContactPointId, Role};
 use uuid::Uuid;
 
+use crate::form::{said, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 
@@ -121,48 +121,34 @@ pub async fn guardian(
 /// One edit of a guardian, from the forms of their page.
 pub async fn edit(
     State(state): State<AppState>,
-    signed_in: SignedIn,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Posted { signed_in, fields }: Posted,
 ) -> Response {
-    let field = |name: &str| {
-        form_urlencoded::parse(&body)
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.into_owned())
-            .unwrap_or_default()
-    };
-    if !signed_in.csrf_ok(&field("csrf")) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
     let services = state.services();
     let staff = &signed_in.staff;
     let guardian = id.to_string();
-    let done = match field("edit").as_str() {
+    let done = match fields.get("edit") {
         "add_contact" => services
-            .add_contact_point(staff, &guardian, &field("kind"), &field("address"))
+            .add_contact_point(staff, &guardian, fields.get("kind"), fields.get("address"))
             .await
             .map(drop),
-        "contact_active" => match field("contact").parse() {
+        "contact_active" => match fields.get("contact").parse() {
             Ok(contact) => services
                 .change_contact_point(
                     staff,
                     &guardian,
                     ContactPointId::from_uuid(contact),
-                    field("active") == "yes",
+                    fields.get("active") == "yes",
                 )
                 .await
                 .map(drop),
             Err(_) => Err(Refusal::NotFound.into()),
         },
         "add_opt_out" => services
-            .add_opt_out(staff, &guardian, &field("channel"))
+            .add_opt_out(staff, &guardian, fields.get("channel"))
             .await
             .map(drop),
-        "revoke_opt_out" => match field("opt_out").parse() {
+        "revoke_opt_out" => match fields.get("opt_out").parse() {
             Ok(opt_out) => services.revoke_opt_out(staff, &guardian, opt_out).await,
             Err(_) => Err(Refusal::NotFound.into()),
         },
@@ -171,18 +157,7 @@ pub async fn edit(
     match done {
         Ok(()) => Redirect::to(&format!("/guardians/{id}")).into_response(),
         Err(ServiceError::Refused(refusal)) => {
-            let (status, error) = match &refusal {
-                Refusal::Forbidden => (
-                    StatusCode::FORBIDDEN,
-                    "Only administrators may change how a guardian is reached.".to_owned(),
-                ),
-                Refusal::Invalid(detail) => (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("Please check: {detail}."),
-                ),
-                Refusal::Conflict(detail) => (StatusCode::CONFLICT, format!("{detail}.")),
-                other => (StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
-            };
+            let (status, error) = said(&refusal);
             guardian_page(&state, &signed_in, id, status, Some(error)).await
         }
         Err(error) => failed(error),

@@ -11,6 +11,7 @@ mod assets;
 mod audit;
 mod dead_letters;
 mod directory;
+mod form;
 mod messages;
 mod outbox;
 mod session;

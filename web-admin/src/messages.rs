@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -12,7 +11,7 @@ use tidings_api::AppState;
 use tidings_core::audience::Audience;
 use tidings_core::fanout::Translation;
 use tidings_core::segments::Encoding;
-use tidings_core::services::renotify::message_scope;
+use tidings_core::services::message_scope;
 use tidings_core::services::send::{Preview, SendMessage, Sent};
 use tidings_core::services::{Once, Refusal, Reply, ServiceError};
 use tidings_core::store::{
@@ -21,6 +20,7 @@ use tidings_core::store::{
 use tidings_core::{Channel, MessageId, Role};
 use uuid::Uuid;
 
+use crate::form::{said, Fields, Posted};
 use crate::session::SignedIn;
 
 /// Renders a page, or a plain 500 if the template fails.
@@ -121,34 +121,28 @@ struct Draft {
 }
 
 impl Draft {
-    fn parse(body: &[u8]) -> (Self, String) {
-        let mut draft = Draft::default();
-        let mut csrf = String::new();
-        for (key, value) in form_urlencoded::parse(body) {
-            let value = value.into_owned();
-            match key.as_ref() {
-                "reach" => draft.reach = value,
-                "school" => draft.schools.push(value),
-                "class" => draft.classes.push(value),
-                "channel" => draft.channels.push(value),
-                "kind" => draft.kind = value,
-                "subject" => draft.subject = value,
-                "body" => draft.body = value,
-                "requires_ack" => draft.requires_ack = true,
-                "t_language" => draft.t_language = value,
-                "t_subject" => draft.t_subject = value,
-                "t_body" => draft.t_body = value,
-                "send_at" => draft.send_at = value,
-                "ack_by" => draft.ack_by = value,
-                "fallback" => draft.fallback = value,
-                "once" => draft.once = value,
-                "confirmed" => draft.confirmed = value == "yes",
-                "action" => draft.action = value,
-                "csrf" => csrf = value,
-                _ => {}
-            }
+    fn from(fields: &Fields) -> Self {
+        let text = |name: &str| fields.get(name).to_owned();
+        let list = |name: &str| fields.all(name).map(str::to_owned).collect();
+        Draft {
+            reach: text("reach"),
+            schools: list("school"),
+            classes: list("class"),
+            channels: list("channel"),
+            kind: text("kind"),
+            subject: text("subject"),
+            body: text("body"),
+            requires_ack: !fields.get("requires_ack").is_empty(),
+            t_language: text("t_language"),
+            t_subject: text("t_subject"),
+            t_body: text("t_body"),
+            send_at: text("send_at"),
+            ack_by: text("ack_by"),
+            fallback: text("fallback"),
+            once: text("once"),
+            confirmed: fields.get("confirmed") == "yes",
+            action: text("action"),
         }
-        (draft, csrf)
     }
 
     /// The request to send, with times read in the district's time zone `zone`.
@@ -354,34 +348,8 @@ pub async fn compose(State(state): State<AppState>, signed_in: SignedIn) -> Resp
     }
 }
 
-/// Words of a refusal on the compose page.
-fn words(refusal: &Refusal) -> String {
-    match refusal {
-        Refusal::Invalid(detail) => format!("Please check the message: {detail}."),
-        Refusal::ForbiddenAudience(_) => {
-            "You may not message some of the people chosen.".to_owned()
-        }
-        Refusal::UnknownAudience(_) => {
-            "Some of the schools or classes chosen no longer exist.".to_owned()
-        }
-        Refusal::EmptyAudience(_) => "No guardian on file is linked to who you chose.".to_owned(),
-        Refusal::QuotaExceeded(detail) => format!("The district's limit stops this: {detail}."),
-        Refusal::IdempotencyInFlight => {
-            "This message is being sent right now; its report appears in a moment.".to_owned()
-        }
-        other => other.to_string(),
-    }
-}
-
-pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Bytes) -> Response {
-    let (draft, csrf) = Draft::parse(&body);
-    if !signed_in.csrf_ok(&csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
+pub async fn send(State(state): State<AppState>, Posted { signed_in, fields }: Posted) -> Response {
+    let draft = Draft::from(&fields);
     let services = state.services();
     let again = async |draft: Draft, status: StatusCode, error: Option<String>, preview| {
         match compose_page(&state, &signed_in, draft, error, preview).await {
@@ -396,8 +364,8 @@ pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Byte
     let request = match draft.request(zone) {
         Ok(request) => request,
         Err(refusal) => {
-            let error = words(&refusal);
-            return again(draft, StatusCode::UNPROCESSABLE_ENTITY, Some(error), None).await;
+            let (status, error) = said(&refusal);
+            return again(draft, status, Some(error), None).await;
         }
     };
     let review = draft.action == "review" || (draft.kind == "emergency" && !draft.confirmed);
@@ -405,8 +373,8 @@ pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Byte
         return match services.preview(&signed_in.staff, request).await {
             Ok(preview) => again(draft, StatusCode::OK, None, Some(preview)).await,
             Err(ServiceError::Refused(refusal)) => {
-                let error = words(&refusal);
-                again(draft, StatusCode::UNPROCESSABLE_ENTITY, Some(error), None).await
+                let (status, error) = said(&refusal);
+                again(draft, status, Some(error), None).await
             }
             Err(error) => failed(error),
         };
@@ -449,7 +417,7 @@ pub async fn send(State(state): State<AppState>, signed_in: SignedIn, body: Byte
             }
         }
         Err(ServiceError::Refused(refusal)) => {
-            let error = words(&refusal);
+            let error = said(&refusal).1;
             let fresh = Draft {
                 once: Uuid::now_v7().to_string(),
                 ..draft
@@ -635,31 +603,14 @@ pub async fn progress(
 /// Reminds those who have not acknowledged, on the channels ticked.
 pub async fn renotify(
     State(state): State<AppState>,
-    signed_in: SignedIn,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Posted { signed_in, fields }: Posted,
 ) -> Response {
-    let mut csrf = String::new();
-    let mut once = String::new();
-    let mut channels = Vec::new();
-    for (key, value) in form_urlencoded::parse(&body) {
-        match key.as_ref() {
-            "csrf" => csrf = value.into_owned(),
-            "once" => once = value.into_owned(),
-            "channel" => channels.push(value.into_owned()),
-            _ => {}
-        }
-    }
-    if !signed_in.csrf_ok(&csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
+    let once = fields.get("once");
+    let channels = fields.all("channel").map(str::to_owned).collect();
     let operation = format!(":web:renotify:{id}");
     let once = Once {
-        key: &once,
+        key: once,
         operation: &operation,
         request: once.as_bytes(),
     };
@@ -683,9 +634,7 @@ pub async fn renotify(
             .ok()
             .and_then(|sent| sent["id"].as_str().map(str::to_owned))
             .filter(|_| answer.status == 201),
-        Err(ServiceError::Refused(refusal)) => {
-            return (StatusCode::UNPROCESSABLE_ENTITY, words(&refusal)).into_response()
-        }
+        Err(ServiceError::Refused(refusal)) => return said(&refusal).into_response(),
         Err(error) => return failed(error),
     };
     match sent_id {
@@ -753,30 +702,16 @@ pub async fn not_acknowledged_csv(
 /// Recalls a message: what has not gone to a provider yet is cancelled.
 pub async fn cancel(
     State(state): State<AppState>,
-    signed_in: SignedIn,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Posted { signed_in, .. }: Posted,
 ) -> Response {
-    let csrf = form_urlencoded::parse(&body)
-        .find(|(key, _)| key == "csrf")
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
-    if !signed_in.csrf_ok(&csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
     match state
         .services()
         .cancel(&signed_in.staff, MessageId::from_uuid(id))
         .await
     {
         Ok(_) => Redirect::to(&format!("/messages/{id}")).into_response(),
-        Err(ServiceError::Refused(refusal)) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, words(&refusal)).into_response()
-        }
+        Err(ServiceError::Refused(refusal)) => said(&refusal).into_response(),
         Err(error) => failed(error),
     }
 }

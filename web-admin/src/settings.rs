@@ -1,7 +1,6 @@
 //! District settings (district administrators): quotas, and each school's quiet hours.
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -12,6 +11,7 @@ use tidings_core::services::{Refusal, ServiceError};
 use tidings_core::store::{District, PageRequest, SchoolView, Scope};
 use tidings_core::Role;
 
+use crate::form::{said, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 
@@ -102,30 +102,18 @@ fn limit(what: &str, value: &str) -> Result<Option<i32>, Refusal> {
     }
 }
 
-pub async fn save(State(state): State<AppState>, signed_in: SignedIn, body: Bytes) -> Response {
+pub async fn save(State(state): State<AppState>, Posted { signed_in, fields }: Posted) -> Response {
     if let Some(refused) = admin_only(&signed_in) {
         return refused;
     }
-    let field = |name: &str| {
-        form_urlencoded::parse(&body)
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.into_owned())
-            .unwrap_or_default()
-    };
-    if !signed_in.csrf_ok(&field("csrf")) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
+    let field = |name: &str| fields.get(name);
     let services = state.services();
     let by = Actor::staff(signed_in.staff.id);
     let district = signed_in.staff.district_id;
-    let done: Result<(), ServiceError> = match field("form").as_str() {
+    let done: Result<(), ServiceError> = match field("form") {
         "quotas" => match (
-            limit("the recipients per message", &field("max_recipients")),
-            limit("the messages per hour", &field("max_per_hour")),
+            limit("the recipients per message", field("max_recipients")),
+            limit("the messages per hour", field("max_per_hour")),
         ) {
             (Ok(recipients), Ok(hourly)) => {
                 services
@@ -138,10 +126,10 @@ pub async fn save(State(state): State<AppState>, signed_in: SignedIn, body: Byte
             let quiet = if field("off") == "yes" {
                 Ok(None)
             } else {
-                QuietHours::parse_time(&field("start"))
+                QuietHours::parse_time(field("start"))
                     .and_then(|start| {
-                        QuietHours::parse_time(&field("end"))
-                            .and_then(|end| QuietHours::new(&field("timezone"), start, end))
+                        QuietHours::parse_time(field("end"))
+                            .and_then(|end| QuietHours::new(field("timezone"), start, end))
                     })
                     .map(Some)
                     .map_err(|e| Refusal::Invalid(e.to_string()))
@@ -149,7 +137,7 @@ pub async fn save(State(state): State<AppState>, signed_in: SignedIn, body: Byte
             match quiet {
                 Ok(quiet) => {
                     services
-                        .set_school_quiet_hours(&by, district, &field("school"), quiet)
+                        .set_school_quiet_hours(&by, district, field("school"), quiet)
                         .await
                 }
                 Err(refusal) => Err(refusal.into()),
@@ -160,19 +148,8 @@ pub async fn save(State(state): State<AppState>, signed_in: SignedIn, body: Byte
     match done {
         Ok(()) => Redirect::to("/settings?saved").into_response(),
         Err(ServiceError::Refused(refusal)) => {
-            let error = match refusal {
-                Refusal::Invalid(detail) => format!("Please check: {detail}."),
-                Refusal::NotFound => "No such school.".to_owned(),
-                other => other.to_string(),
-            };
-            page(
-                &state,
-                &signed_in,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some(error),
-                false,
-            )
-            .await
+            let (status, error) = said(&refusal);
+            page(&state, &signed_in, status, Some(error), false).await
         }
         Err(error) => failed(error),
     }

@@ -17,7 +17,8 @@ use tidings_api::AppState;
 use tidings_core::services::accounts::SESSION_HOURS;
 use tidings_core::services::{Refusal, ServiceError};
 
-use crate::session::{self, cookie, csrf_for, csrf_matches, set_cookie, SignedIn};
+use crate::form::Posted;
+use crate::session::{self, cookie, csrf_for, csrf_matches, set_cookie};
 use crate::Web;
 
 type Keyed<K> = governor::DefaultKeyedRateLimiter<K>;
@@ -159,20 +160,11 @@ pub async fn submit(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    csrf: String,
-}
-
 pub async fn sign_out(
     State(state): State<AppState>,
     Extension(web): Extension<Arc<Web>>,
-    signed_in: SignedIn,
-    Form(form): Form<CsrfForm>,
+    Posted { signed_in, .. }: Posted,
 ) -> Response {
-    if !signed_in.csrf_ok(&form.csrf) {
-        return (StatusCode::FORBIDDEN, "This form has expired.").into_response();
-    }
     if let Err(error) = state
         .services()
         .sign_out(&signed_in.staff, signed_in.token.id)

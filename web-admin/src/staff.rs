@@ -15,35 +15,24 @@ use tidings_core::store::StaffMember;
 use tidings_core::{Role, Staff, StaffId};
 use uuid::Uuid;
 
+use crate::form::{Fields, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::{self, set_cookie, SignedIn};
 use crate::Web;
 
-fn field(body: &[u8], name: &str) -> String {
-    form_urlencoded::parse(body)
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default()
-}
-
-/// A refusal in words for a page.
+/// A refusal on the staff and account pages, which say who may manage staff and which
+/// password was wrong; the rest as every page says it.
 fn said(refusal: &Refusal) -> (StatusCode, String) {
     match refusal {
         Refusal::Forbidden => (
             StatusCode::FORBIDDEN,
             "Only district administrators manage staff.".to_owned(),
         ),
-        Refusal::Invalid(detail) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("Please check: {detail}."),
-        ),
-        Refusal::Conflict(detail) => (StatusCode::CONFLICT, format!("{detail}.")),
         Refusal::BadCredentials => (
             StatusCode::UNAUTHORIZED,
             "The current password is wrong.".to_owned(),
         ),
-        Refusal::NotFound => (StatusCode::NOT_FOUND, "No such staff member.".to_owned()),
-        other => (StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+        other => crate::form::said(other),
     }
 }
 
@@ -117,32 +106,20 @@ fn invitation_link(headers: &axum::http::HeaderMap, invitation: &Invitation) -> 
 
 pub async fn change(
     State(state): State<AppState>,
-    signed_in: SignedIn,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    Posted { signed_in, fields }: Posted,
 ) -> Response {
-    if !signed_in.csrf_ok(&field(&body, "csrf")) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
+    let field = |name: &str| fields.get(name).to_owned();
     let services = state.services();
     let role = |value: String| {
         value
             .parse::<Role>()
             .map_err(|e| Refusal::Invalid(e.to_string()))
     };
-    let outcome = match field(&body, "form").as_str() {
-        "invite" => match role(field(&body, "role")) {
+    let outcome = match field("form").as_str() {
+        "invite" => match role(field("role")) {
             Ok(role) => services
-                .invite(
-                    &signed_in.staff,
-                    &field(&body, "email"),
-                    &field(&body, "name"),
-                    role,
-                )
+                .invite(&signed_in.staff, &field("email"), &field("name"), role)
                 .await
                 .map(|invitation| {
                     Some((
@@ -153,14 +130,12 @@ pub async fn change(
             Err(refusal) => Err(refusal.into()),
         },
         "change" => {
-            let staff = field(&body, "staff")
-                .parse::<Uuid>()
-                .map(StaffId::from_uuid);
-            let new_role = match field(&body, "role").as_str() {
+            let staff = field("staff").parse::<Uuid>().map(StaffId::from_uuid);
+            let new_role = match field("role").as_str() {
                 "" => Ok(None),
                 value => role(value.to_owned()).map(Some),
             };
-            let disabled = match field(&body, "disabled").as_str() {
+            let disabled = match field("disabled").as_str() {
                 "yes" => Some(true),
                 "no" => Some(false),
                 _ => None,
@@ -225,15 +200,19 @@ pub async fn accept(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    if !session::csrf_matches(&token, &field(&body, "csrf")) {
+    // Not a signed-in form: the invitation's token is the secret its CSRF token derives
+    // from.
+    let fields = Fields::parse(&body);
+    let field = |name: &str| fields.get(name).to_owned();
+    if !session::csrf_matches(&token, &field("csrf")) {
         return (
             StatusCode::FORBIDDEN,
             "This form has expired. Please reload it.",
         )
             .into_response();
     }
-    let password = field(&body, "password");
-    if password != field(&body, "again") {
+    let password = field("password");
+    if password != field("again") {
         return again(&state, &token, "The two passwords differ.".into()).await;
     }
     match state.services().accept_invitation(&token, &password).await {
@@ -307,16 +286,9 @@ pub async fn account(State(_state): State<AppState>, signed_in: SignedIn) -> Res
 
 pub async fn change_password(
     State(state): State<AppState>,
-    signed_in: SignedIn,
-    body: Bytes,
+    Posted { signed_in, fields }: Posted,
 ) -> Response {
-    if !signed_in.csrf_ok(&field(&body, "csrf")) {
-        return (
-            StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
-        )
-            .into_response();
-    }
+    let field = |name: &str| fields.get(name).to_owned();
     let page = |status, error, saved| {
         html(
             status,
@@ -329,8 +301,8 @@ pub async fn change_password(
             },
         )
     };
-    let new = field(&body, "new");
-    if new != field(&body, "again") {
+    let new = field("new");
+    if new != field("again") {
         return page(
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("The two new passwords differ.".to_owned()),
@@ -342,7 +314,7 @@ pub async fn change_password(
         .change_password(
             &signed_in.staff,
             signed_in.token.id,
-            &field(&body, "current"),
+            &field("current"),
             &new,
         )
         .await

@@ -170,6 +170,27 @@ impl Change {
     }
 }
 
+impl Transition {
+    /// The swap of `seen`, as read, to `to`.
+    pub fn of(
+        seen: &Delivery,
+        to: DeliveryState,
+        actor: &Actor,
+        detail: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Transition {
+            delivery_id: seen.id,
+            from: seen.state,
+            seen_version: seen.version,
+            to,
+            actor: actor.clone(),
+            detail,
+            at,
+        }
+    }
+}
+
 /// One row of a delivery's audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -247,15 +268,7 @@ impl Request {
             Decision::Ignore(reason) => return Err(reason),
             Decision::Move(to) => to,
         };
-        let transition = Transition {
-            delivery_id: seen.id,
-            from: seen.state,
-            seen_version: seen.version,
-            to,
-            actor: self.actor.clone(),
-            detail: self.detail.clone(),
-            at: self.at,
-        };
+        let transition = Transition::of(seen, to, &self.actor, self.detail.clone(), self.at);
         let mut effects = self.effects.clone();
         if to == DeliveryState::Failed && effects.last_error.is_none() {
             effects.last_error = Some(self.detail.clone());

@@ -1,8 +1,7 @@
 //! Recalling a message: deliveries not yet handed to a provider are cancelled, those
 //! already sent are counted; the recall and its audit row commit together.
 
-use super::renotify::message_scope;
-use super::{Refusal, ServiceError, Services};
+use super::{message_scope, Refusal, ServiceError, Services};
 use crate::delivery::Actor;
 use crate::store::CancelOutcome;
 use crate::{MessageId, Role, Staff};

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::store::{IdempotencyClaim, Store, StoreError, WriteTransaction};
-use crate::Staff;
+use crate::store::{IdempotencyClaim, MessageScope, Store, StoreError, WriteTransaction};
+use crate::{Role, Staff};
 
 /// Idempotency keys are kept at least this long.
 pub const KEEP_KEYS_HOURS: i64 = 24;
@@ -123,6 +123,15 @@ pub enum Reply<T> {
     Done(T),
     /// Done (or refused) before, under the same key: the answer given then.
     Replayed(Answer),
+}
+
+/// The messages a staff member may see and act on: the whole district's for district
+/// administrators, their own for everyone else.
+pub fn message_scope(staff: &Staff) -> MessageScope {
+    match staff.role {
+        Role::DistrictAdmin => MessageScope::District(staff.district_id),
+        _ => MessageScope::Author(staff.district_id, staff.id),
+    }
 }
 
 /// Claims `once` (when given) in `tx`: `Some(answer)` for a repeat of an answered request.

@@ -2,10 +2,9 @@
 //! linked to it, to the guardians who have not acknowledged it yet.
 
 use super::send::{channels, refuse, Sent, Words};
-use super::{claim, Once, Refusal, Reply, ServiceError, Services};
+use super::{claim, message_scope, Once, Refusal, Reply, ServiceError, Services};
 use crate::audience::Audience;
 use crate::fanout::Draft;
-use crate::store::MessageScope;
 use crate::{MessageId, Role, Staff};
 
 /// A reminder of one message.
@@ -13,15 +12,6 @@ use crate::{MessageId, Role, Staff};
 pub struct Renotify {
     /// Channels for the reminder; the original message's when not given.
     pub channels: Option<Vec<String>>,
-}
-
-/// The messages a staff member may see and act on: the whole district's for district
-/// administrators, their own for everyone else.
-pub fn message_scope(staff: &Staff) -> MessageScope {
-    match staff.role {
-        Role::DistrictAdmin => MessageScope::District(staff.district_id),
-        _ => MessageScope::Author(staff.district_id, staff.id),
-    }
 }
 
 impl Services {

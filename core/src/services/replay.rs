@@ -1,9 +1,8 @@
 //! Replaying a dead letter: a failed delivery goes back in the queue, due now, with the
 //! whole retry schedule ahead of it; the move and its audit row commit together.
 
-use super::{Refusal, ServiceError, Services};
+use super::{message_scope, Refusal, ServiceError, Services};
 use crate::delivery::{Actor, Delivery};
-use crate::services::renotify::message_scope;
 use crate::store::dispatch::replay_change;
 use crate::store::CasOutcome;
 use crate::{DeliveryId, Role, Staff};

@@ -277,15 +277,7 @@ pub(crate) fn start_change(
         Decision::Ignore(_) => return None,
     };
     Some(Change::with(
-        Transition {
-            delivery_id: seen.id,
-            from: seen.state,
-            seen_version: seen.version,
-            to,
-            actor: actor.clone(),
-            detail: None,
-            at,
-        },
+        Transition::of(seen, to, actor, None, at),
         Effects {
             attempts: Some(seen.attempts + 1),
             provider: Some(provider.to_owned()),
@@ -302,15 +294,13 @@ pub(crate) fn skip_change(seen: &Delivery, actor: &Actor, at: DateTime<Utc>) -> 
         return None;
     };
     Some(Change::with(
-        Transition {
-            delivery_id: seen.id,
-            from: seen.state,
-            seen_version: seen.version,
+        Transition::of(
+            seen,
             to,
-            actor: actor.clone(),
-            detail: Some("fallback not needed: the channel before reached the guardian".into()),
+            actor,
+            Some("fallback not needed: the channel before reached the guardian".into()),
             at,
-        },
+        ),
         Effects {
             suppressed_reason: Some(crate::fanout::reason::FALLBACK_NOT_NEEDED.to_owned()),
             next_attempt_at: Some(None),
@@ -331,15 +321,7 @@ pub(crate) fn defer_change(
         return None;
     }
     Some(Change::with(
-        Transition {
-            delivery_id: seen.id,
-            from: seen.state,
-            seen_version: seen.version,
-            to: seen.state,
-            actor: actor.clone(),
-            detail: None,
-            at,
-        },
+        Transition::of(seen, seen.state, actor, None, at),
         Effects {
             next_attempt_at: Some(Some(until)),
             ..Effects::default()
@@ -355,15 +337,13 @@ pub fn replay_change(seen: &Delivery, actor: &Actor, at: DateTime<Utc>) -> Optio
         return None;
     };
     Some(Change::with(
-        Transition {
-            delivery_id: seen.id,
-            from: seen.state,
-            seen_version: seen.version,
+        Transition::of(
+            seen,
             to,
-            actor: actor.clone(),
-            detail: Some("replayed from the dead letters".into()),
+            actor,
+            Some("replayed from the dead letters".into()),
             at,
-        },
+        ),
         Effects {
             attempt_base: Some(seen.attempts),
             next_attempt_at: Some(Some(at)),
