@@ -638,7 +638,7 @@ macro_rules! directory_queries {
             let rows = deliveries_of.build().fetch_all(&mut *tx).await?;
             let mut requests = Vec::with_capacity(rows.len());
             for row in &rows {
-                let delivery = super::delivery_from_row(row)?;
+                let delivery = crate::store::deliveries::from_row(row)?;
                 // The delivery the acknowledgment came through is ACKED; the guardian's
                 // other deliveries of the message (and of its re-sends) that have not gone
                 // out are cancelled.
@@ -813,7 +813,7 @@ macro_rules! directory_queries {
                 }
                 query.push(")");
                 for row in query.build().fetch_all(&mut *conn).await? {
-                    found.push(super::delivery_from_row(&row)?);
+                    found.push(crate::store::deliveries::from_row(&row)?);
                 }
             }
             Ok(found)

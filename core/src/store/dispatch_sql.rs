@@ -1,5 +1,5 @@
 //! The dispatcher's queries, written once for both dialects (see `roster_sql`). The
-//! invoking module's parent provides `DELIVERY_COLUMNS` and `delivery_from_row`.
+//! invoking module's parent provides `DELIVERY_COLUMNS`; rows are read by `deliveries::from_row`.
 
 /// Expands to the dispatcher queries of one dialect.
 macro_rules! dispatch_queries {
@@ -391,7 +391,7 @@ macro_rules! dispatch_queries {
                     .map(str::to_owned)
             };
             Ok(Outbound {
-                delivery: super::delivery_from_row(row)?,
+                delivery: crate::store::deliveries::from_row(row)?,
                 lane: parse_col(row, "lane")?,
                 partition: PartitionId::new(row.try_get::<i32, _>("partition")? as u32),
                 offset: if from_log { Some(row.try_get("offset")?) } else { None },
@@ -664,7 +664,7 @@ macro_rules! dispatch_queries {
             else {
                 return Ok(None);
             };
-            let delivery = super::delivery_from_row(&row)?;
+            let delivery = crate::store::deliveries::from_row(&row)?;
             let attempts = sqlx::query(
                 "SELECT attempt, provider, started_at, finished_at, outcome, error FROM delivery_attempts \
                  WHERE delivery_id = $1 ORDER BY attempt",
@@ -705,7 +705,7 @@ macro_rules! dispatch_queries {
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|row| super::delivery_from_row(row))
+            .map(|row| crate::store::deliveries::from_row(row))
             .collect()
         }
 

@@ -9,6 +9,8 @@
 
 mod audience_sql;
 pub mod constraint;
+mod deliveries;
+mod dialect;
 pub mod directory;
 mod directory_sql;
 pub mod dispatch;
@@ -16,7 +18,7 @@ mod dispatch_sql;
 pub mod guardian;
 mod guardian_sql;
 pub mod inbox;
-mod message_sql;
+mod messages;
 pub mod postgres;
 pub mod roster;
 mod roster_sql;
@@ -507,7 +509,7 @@ pub enum CasOutcome {
     NotFound,
 }
 
-/// The columns `delivery_from_row` reads, in both dialects.
+/// The columns `deliveries::from_row` reads, in both dialects.
 /// `postgres://…/old` with the database name replaced (options kept).
 pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = url

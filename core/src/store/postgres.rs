@@ -135,29 +135,7 @@ fn district_from_row(row: &PgRow) -> StoreResult<District> {
     })
 }
 
-use super::DELIVERY_COLUMNS;
-
-pub(super) fn delivery_from_row(row: &PgRow) -> StoreResult<Delivery> {
-    Ok(Delivery {
-        id: DeliveryId::from_uuid(row.try_get("id")?),
-        district_id: DistrictId::from_uuid(row.try_get("district_id")?),
-        message_id: crate::MessageId::from_uuid(row.try_get("message_id")?),
-        recipient_id: crate::RecipientId::from_uuid(row.try_get("recipient_id")?),
-        guardian_id: crate::GuardianId::from_uuid(row.try_get("guardian_id")?),
-        channel: parse(row, "channel")?,
-        address: row.try_get("address")?,
-        state: parse(row, "state")?,
-        version: row.try_get("version")?,
-        attempts: row.try_get("attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        provider_ref: row.try_get("provider_ref")?,
-        last_error: row.try_get("last_error")?,
-        suppressed_reason: row.try_get("suppressed_reason")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
+use super::{messages, DELIVERY_COLUMNS};
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -434,7 +412,7 @@ impl Store for PostgresStore {
         .bind(Uuid::from(id))
         .fetch_optional(&self.pool)
         .await?
-        .map(|row| delivery_from_row(&row))
+        .map(|row| crate::store::deliveries::from_row(&row))
         .transpose()
     }
 
@@ -665,7 +643,8 @@ impl Store for PostgresStore {
         scope: &super::MessageScope,
         id: crate::MessageId,
     ) -> StoreResult<Option<super::MessageSummary>> {
-        messages::summary(&self.pool, scope, id.into()).await
+        messages::summary::<sqlx::Postgres>(&mut *self.pool.acquire().await?, scope, id.into())
+            .await
     }
 
     async fn messages(
@@ -674,7 +653,8 @@ impl Store for PostgresStore {
         before: Option<Uuid>,
         limit: u32,
     ) -> StoreResult<Vec<super::MessageListItem>> {
-        messages::list(&self.pool, scope, before, limit).await
+        messages::list::<sqlx::Postgres>(&mut *self.pool.acquire().await?, scope, before, limit)
+            .await
     }
 
     async fn recipients(
@@ -685,7 +665,15 @@ impl Store for PostgresStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> StoreResult<Option<Vec<super::RecipientView>>> {
-        messages::recipients(&self.pool, scope, message.into(), acked, after, limit).await
+        messages::recipients::<sqlx::Postgres>(
+            &mut *self.pool.acquire().await?,
+            scope,
+            message.into(),
+            acked,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn message_content(
@@ -693,11 +681,13 @@ impl Store for PostgresStore {
         scope: &super::MessageScope,
         id: crate::MessageId,
     ) -> StoreResult<Option<super::MessageContent>> {
-        messages::content(&self.pool, scope, id.into()).await
+        messages::content::<sqlx::Postgres>(&mut *self.pool.acquire().await?, scope, id.into())
+            .await
     }
 
     async fn pending_guardians(&self, id: crate::MessageId) -> StoreResult<Vec<Uuid>> {
-        messages::pending_guardians(&self.pool, id.into()).await
+        messages::pending_guardians::<sqlx::Postgres>(&mut *self.pool.acquire().await?, id.into())
+            .await
     }
 
     async fn settle(&self) -> StoreResult<()> {
@@ -885,19 +875,6 @@ mod audience {
     crate::store::audience_sql::audience_queries!(db: sqlx::Postgres, enc: enc, dec: dec, as_text: "::text", id_type: "uuid");
 }
 
-/// Messages, bound the PostgreSQL way.
-mod messages {
-    fn enc(id: uuid::Uuid) -> uuid::Uuid {
-        id
-    }
-
-    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    crate::store::message_sql::message_queries!(db: sqlx::Postgres, enc: enc, dec: dec);
-}
-
 crate::store::streamed_send!(sqlx::Postgres);
 
 /// Passes the log's commit notifications on to `written`, reconnecting after a lost
@@ -934,7 +911,13 @@ async fn write_message(
         .execute(&mut **tx)
         .await?;
     if let Some(max) = message.hourly_quota {
-        messages::reserve_hourly_quota(tx, *message.district_id.as_uuid(), max, at).await?;
+        messages::reserve_hourly_quota::<sqlx::Postgres>(
+            &mut **tx,
+            *message.district_id.as_uuid(),
+            max,
+            at,
+        )
+        .await?;
     }
     sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
@@ -1350,8 +1333,15 @@ impl super::WriteTransaction for PostgresWrite {
             .bind(IDEMPOTENCY_WAIT)
             .execute(&mut *self.tx)
             .await?;
-        let claim =
-            messages::claim_idempotency_key(&mut self.tx, scope, key, request_hash, keep, at).await;
+        let claim = messages::claim_idempotency_key::<sqlx::Postgres>(
+            &mut self.tx,
+            scope,
+            key,
+            request_hash,
+            keep,
+            at,
+        )
+        .await;
         match claim {
             Err(StoreError::Database(sqlx::Error::Database(e)))
                 if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
@@ -1377,7 +1367,8 @@ impl super::WriteTransaction for PostgresWrite {
         status: u16,
         body: &[u8],
     ) -> StoreResult<()> {
-        messages::complete_idempotency_key(&mut self.tx, scope, key, status, body).await
+        messages::complete_idempotency_key::<sqlx::Postgres>(&mut self.tx, scope, key, status, body)
+            .await
     }
 
     async fn send_message(
@@ -1634,7 +1625,7 @@ impl super::WriteTransaction for PostgresWrite {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::CancelOutcome>> {
         Ok(
-            messages::cancel(&mut self.tx, scope, message.into(), actor, at)
+            messages::cancel::<sqlx::Postgres>(&mut self.tx, scope, message.into(), actor, at)
                 .await?
                 .map(|(cancelled, already_sent)| super::CancelOutcome {
                     cancelled,

@@ -185,29 +185,7 @@ fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
     })
 }
 
-use super::DELIVERY_COLUMNS;
-
-pub(super) fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
-    Ok(Delivery {
-        id: DeliveryId::from_uuid(uuid(row, "id")?),
-        district_id: DistrictId::from_uuid(uuid(row, "district_id")?),
-        message_id: crate::MessageId::from_uuid(uuid(row, "message_id")?),
-        recipient_id: crate::RecipientId::from_uuid(uuid(row, "recipient_id")?),
-        guardian_id: crate::GuardianId::from_uuid(uuid(row, "guardian_id")?),
-        channel: parse(row, "channel")?,
-        address: row.try_get("address")?,
-        state: parse(row, "state")?,
-        version: row.try_get("version")?,
-        attempts: row.try_get("attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        provider_ref: row.try_get("provider_ref")?,
-        last_error: row.try_get("last_error")?,
-        suppressed_reason: row.try_get("suppressed_reason")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
+use super::{messages, DELIVERY_COLUMNS};
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -482,7 +460,7 @@ impl Store for SqliteStore {
         .bind(text_id(id))
         .fetch_optional(&self.pool)
         .await?
-        .map(|row| delivery_from_row(&row))
+        .map(|row| crate::store::deliveries::from_row(&row))
         .transpose()
     }
 
@@ -733,7 +711,7 @@ impl Store for SqliteStore {
         scope: &super::MessageScope,
         id: crate::MessageId,
     ) -> StoreResult<Option<super::MessageSummary>> {
-        messages::summary(&self.pool, scope, id.into()).await
+        messages::summary::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, scope, id.into()).await
     }
 
     async fn messages(
@@ -742,7 +720,7 @@ impl Store for SqliteStore {
         before: Option<Uuid>,
         limit: u32,
     ) -> StoreResult<Vec<super::MessageListItem>> {
-        messages::list(&self.pool, scope, before, limit).await
+        messages::list::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, scope, before, limit).await
     }
 
     async fn recipients(
@@ -753,7 +731,15 @@ impl Store for SqliteStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> StoreResult<Option<Vec<super::RecipientView>>> {
-        messages::recipients(&self.pool, scope, message.into(), acked, after, limit).await
+        messages::recipients::<sqlx::Sqlite>(
+            &mut *self.pool.acquire().await?,
+            scope,
+            message.into(),
+            acked,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn message_content(
@@ -761,11 +747,12 @@ impl Store for SqliteStore {
         scope: &super::MessageScope,
         id: crate::MessageId,
     ) -> StoreResult<Option<super::MessageContent>> {
-        messages::content(&self.pool, scope, id.into()).await
+        messages::content::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, scope, id.into()).await
     }
 
     async fn pending_guardians(&self, id: crate::MessageId) -> StoreResult<Vec<Uuid>> {
-        messages::pending_guardians(&self.pool, id.into()).await
+        messages::pending_guardians::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, id.into())
+            .await
     }
 
     async fn refresh_directory_statistics(&self) -> StoreResult<()> {
@@ -920,7 +907,15 @@ impl super::WriteTransaction for SqliteWrite {
         keep: chrono::Duration,
         at: DateTime<Utc>,
     ) -> StoreResult<super::IdempotencyClaim> {
-        messages::claim_idempotency_key(&mut self.tx, scope, key, request_hash, keep, at).await
+        messages::claim_idempotency_key::<sqlx::Sqlite>(
+            &mut self.tx,
+            scope,
+            key,
+            request_hash,
+            keep,
+            at,
+        )
+        .await
     }
 
     async fn complete_idempotency_key(
@@ -930,7 +925,8 @@ impl super::WriteTransaction for SqliteWrite {
         status: u16,
         body: &[u8],
     ) -> StoreResult<()> {
-        messages::complete_idempotency_key(&mut self.tx, scope, key, status, body).await
+        messages::complete_idempotency_key::<sqlx::Sqlite>(&mut self.tx, scope, key, status, body)
+            .await
     }
 
     async fn send_message(
@@ -1187,7 +1183,7 @@ impl super::WriteTransaction for SqliteWrite {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::CancelOutcome>> {
         Ok(
-            messages::cancel(&mut self.tx, scope, message.into(), actor, at)
+            messages::cancel::<sqlx::Sqlite>(&mut self.tx, scope, message.into(), actor, at)
                 .await?
                 .map(|(cancelled, already_sent)| super::CancelOutcome {
                     cancelled,
@@ -1283,19 +1279,6 @@ mod audience {
     crate::store::audience_sql::audience_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "", id_type: "TEXT");
 }
 
-/// Messages, bound the SQLite way.
-mod messages {
-    fn enc(id: uuid::Uuid) -> String {
-        id.hyphenated().to_string()
-    }
-
-    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        super::uuid(row, column)
-    }
-
-    crate::store::message_sql::message_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
-}
-
 crate::store::streamed_send!(sqlx::Sqlite);
 
 /// The message row (after reserving the hourly quota, when it has one).
@@ -1305,7 +1288,13 @@ async fn write_message(
     at: DateTime<Utc>,
 ) -> StoreResult<()> {
     if let Some(max) = message.hourly_quota {
-        messages::reserve_hourly_quota(tx, *message.district_id.as_uuid(), max, at).await?;
+        messages::reserve_hourly_quota::<sqlx::Sqlite>(
+            &mut **tx,
+            *message.district_id.as_uuid(),
+            max,
+            at,
+        )
+        .await?;
     }
     sqlx::query(
             "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \

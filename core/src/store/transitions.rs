@@ -392,7 +392,7 @@ impl Transitions for sqlx::Postgres {
             );
         let mut moved = HashMap::with_capacity(round.len());
         for row in query.fetch_all(conn).await? {
-            let d = super::postgres::delivery_from_row(&row)?;
+            let d = crate::store::deliveries::from_row(&row)?;
             moved.insert(*d.id.as_uuid(), d);
         }
         Ok(moved)
@@ -410,7 +410,7 @@ impl Transitions for sqlx::Postgres {
         .await?;
         rows.iter()
             .map(|row| {
-                let d = super::postgres::delivery_from_row(row)?;
+                let d = crate::store::deliveries::from_row(row)?;
                 Ok((*d.id.as_uuid(), d))
             })
             .collect()
@@ -576,7 +576,7 @@ impl Transitions for sqlx::Sqlite {
             q.push(plan.update());
             let mut applied = Vec::new();
             for row in q.build().fetch_all(&mut *conn).await? {
-                let d = super::sqlite::delivery_from_row(&row)?;
+                let d = crate::store::deliveries::from_row(&row)?;
                 applied.push(*d.id.as_uuid());
                 moved.insert(*d.id.as_uuid(), d);
             }
@@ -625,7 +625,7 @@ impl Transitions for sqlx::Sqlite {
             }
             q.push(")");
             for row in q.build().fetch_all(&mut *conn).await? {
-                let d = super::sqlite::delivery_from_row(&row)?;
+                let d = crate::store::deliveries::from_row(&row)?;
                 found.insert(*d.id.as_uuid(), d);
             }
         }

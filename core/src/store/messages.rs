@@ -1,0 +1,376 @@
+//! The messages repository: a district's messages as staff read them (list, summary,
+//! content, recipients), their recall, the hourly quota and idempotency keys. Written
+//! once for both databases over [`Dialect`].
+
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+use super::dialect::{Args, Columns, Dialect};
+use super::transitions::{InTx, Transitions};
+use super::{
+    DeliveryCount, IdempotencyClaim, MessageContent, MessageListItem, MessageScope, MessageSummary,
+    RecipientView, StoreError, StoreResult, DELIVERY_COLUMNS,
+};
+use crate::delivery::{self, Actor, Applied, Request};
+use crate::{Channel, Decision, DeliveryEvent, DeliveryState, MessageId, StaffId};
+
+/// The scope's filter on `messages`, with the message id as `$1`.
+const IN_SCOPE: &str = "id = $1 AND district_id = $2 AND ($3 IS NULL OR author_id = $3)";
+
+fn scoped(message: Uuid, scope: &MessageScope) -> Args {
+    let (district, author) = scope.parts();
+    Args::new().id(message).id(district).opt_id(author)
+}
+
+/// Whether the scope may see the message.
+async fn visible<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+) -> StoreResult<bool> {
+    let sql = format!("SELECT id FROM messages WHERE {IN_SCOPE}");
+    Ok(D::fetch_optional(conn, &sql, scoped(message, scope))
+        .await?
+        .is_some())
+}
+
+/// The scope's messages, newest first, before `before` (ids are time-ordered).
+pub(crate) async fn list<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    before: Option<Uuid>,
+    limit: u32,
+) -> StoreResult<Vec<MessageListItem>> {
+    let (district, author) = scope.parts();
+    let rows = D::fetch_all(
+        conn,
+        "SELECT id, kind, subject, author_id, requires_ack, created_at, cancelled_at FROM messages \
+         WHERE district_id = $1 AND ($2 IS NULL OR author_id = $2) AND ($3 IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4",
+        Args::new()
+            .id(district)
+            .opt_id(author)
+            .opt_id(before)
+            .int(limit),
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(MessageListItem {
+                id: MessageId::from_uuid(row.id("id")?),
+                kind: row.parsed("kind")?,
+                subject: row.text("subject")?,
+                author_id: StaffId::from_uuid(row.id("author_id")?),
+                requires_ack: row.flag("requires_ack")?,
+                created_at: row.time("created_at")?,
+                cancelled_at: row.opt_time("cancelled_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Recipients of a message the scope may see (`None` otherwise), optionally only the
+/// acknowledged (`Some(true)`) or not yet acknowledged (`Some(false)`) ones.
+pub(crate) async fn recipients<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+    acked: Option<bool>,
+    after: Option<Uuid>,
+    limit: u32,
+) -> StoreResult<Option<Vec<RecipientView>>> {
+    if !visible::<D>(conn, scope, message).await? {
+        return Ok(None);
+    }
+    let rows = D::fetch_all(
+        conn,
+        "SELECT r.id, r.guardian_id, g.given_name, g.family_name, r.language, r.ack_state, r.acked_at, r.ack_via \
+         FROM recipients r JOIN guardians g ON g.id = r.guardian_id \
+         WHERE r.message_id = $1 AND ($2 IS NULL OR (r.ack_state = 'acked') = $2) \
+         AND ($3 IS NULL OR r.id > $3) ORDER BY r.id LIMIT $4",
+        Args::new()
+            .id(message)
+            .opt_flag(acked)
+            .opt_id(after)
+            .int(limit),
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(RecipientView {
+                id: row.id("id")?,
+                guardian_id: row.id("guardian_id")?,
+                given_name: row.text("given_name")?,
+                family_name: row.text("family_name")?,
+                language: row.text("language")?,
+                ack_state: row.text("ack_state")?,
+                acked_at: row.opt_time("acked_at")?,
+                ack_via: row.opt_text("ack_via")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()
+        .map(Some)
+}
+
+/// What a message the scope may see said and how it was to be sent.
+pub(crate) async fn content<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+) -> StoreResult<Option<MessageContent>> {
+    let sql = format!(
+        "SELECT kind, delivery_guarantee, subject, body, translations, channels, requires_ack, \
+                fallback_after_seconds FROM messages WHERE {IN_SCOPE}"
+    );
+    let Some(row) = D::fetch_optional(conn, &sql, scoped(message, scope)).await? else {
+        return Ok(None);
+    };
+    let channels: Vec<Channel> = serde_json::from_value(row.json("channels")?)
+        .map_err(|e| StoreError::Corrupt(format!("channels: {e}")))?;
+    Ok(Some(MessageContent {
+        kind: row.parsed("kind")?,
+        guarantee: row.parsed("delivery_guarantee")?,
+        subject: row.text("subject")?,
+        body: row.text("body")?,
+        translations: row.json("translations")?,
+        channels,
+        requires_ack: row.flag("requires_ack")?,
+        fallback_after: row
+            .opt_i32("fallback_after_seconds")?
+            .map(|s| Duration::seconds(i64::from(s))),
+    }))
+}
+
+/// The guardians who still owe an acknowledgment, by id.
+pub(crate) async fn pending_guardians<D: Dialect>(
+    conn: &mut D::Connection,
+    message: Uuid,
+) -> StoreResult<Vec<Uuid>> {
+    D::fetch_all(
+        conn,
+        "SELECT guardian_id FROM recipients WHERE message_id = $1 AND ack_state = 'pending' \
+         ORDER BY guardian_id",
+        Args::new().id(message),
+    )
+    .await?
+    .iter()
+    .map(|row| row.id("guardian_id"))
+    .collect()
+}
+
+/// Recalls a message in the caller's transaction: every delivery the state machine lets a
+/// cancel move is moved to CANCELLED through the one transition path, with its event
+/// row. Returns `None` if the scope may not see the message, else the (cancelled, left as
+/// they were) counts.
+pub(crate) async fn cancel<D: Dialect + Transitions>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<Option<(u64, u64)>> {
+    if !visible::<D>(conn, scope, message).await? {
+        return Ok(None);
+    }
+    D::execute(
+        conn,
+        "UPDATE messages SET cancelled_at = COALESCE(cancelled_at, $1) WHERE id = $2",
+        Args::new().time(at).id(message),
+    )
+    .await?;
+    // Only the deliveries a cancel can move, by the states `next` lets it move (bound as
+    // names, not spelled here); each is then decided by `next` itself.
+    let mut args = Args::new().id(message);
+    let mut placeholders = Vec::new();
+    for state in DeliveryState::ALL.into_iter().filter(|from| {
+        matches!(
+            delivery::next(*from, DeliveryEvent::Cancel),
+            Decision::Move(_)
+        )
+    }) {
+        args = args.text(state.as_str());
+        placeholders.push(format!("${}", args.len()));
+    }
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1 AND state IN ({}) ORDER BY id",
+        placeholders.join(", ")
+    );
+    let mut requests = Vec::new();
+    for row in D::fetch_all(conn, &sql, args).await? {
+        let delivery = super::deliveries::from_row(&row)?;
+        requests.push((
+            delivery,
+            Request::new(DeliveryEvent::Cancel, actor, None, at),
+        ));
+    }
+    let results = delivery::decide_and_apply(&mut InTx::<D>(conn), requests).await?;
+    let cancelled = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Applied::Moved { .. })))
+        .count() as u64;
+    let left = D::fetch_one(
+        conn,
+        "SELECT count(*) AS n FROM deliveries WHERE message_id = $1 \
+         AND state NOT IN ('CANCELLED', 'SUPPRESSED')",
+        Args::new().id(message),
+    )
+    .await?
+    .i64("n")?;
+    Ok(Some((cancelled, left as u64)))
+}
+
+/// Claims an idempotency key, or says what it already holds (see `WriteTransaction`).
+pub(crate) async fn claim_idempotency_key<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &str,
+    key: &str,
+    request_hash: &[u8],
+    keep: Duration,
+    at: DateTime<Utc>,
+) -> StoreResult<IdempotencyClaim> {
+    // A key older than `keep` is forgotten: the next request with it is a new one.
+    D::execute(
+        conn,
+        "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3",
+        Args::new().text(scope).text(key).time(at - keep),
+    )
+    .await?;
+    let claimed = D::execute(
+        conn,
+        "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (scope, key) DO NOTHING",
+        Args::new().text(scope).text(key).bytes(request_hash).time(at),
+    )
+    .await?;
+    if claimed == 1 {
+        return Ok(IdempotencyClaim::Claimed);
+    }
+    let Some(row) = D::fetch_optional(
+        conn,
+        "SELECT request_hash, CAST(response_status AS INTEGER) AS response_status, response_body \
+         FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        Args::new().text(scope).text(key),
+    )
+    .await?
+    else {
+        // Forgotten (expired) between our insert and read: the caller may simply try again.
+        return Ok(IdempotencyClaim::InFlight);
+    };
+    if row.opt_bytes("request_hash")?.as_deref() != Some(request_hash) {
+        return Ok(IdempotencyClaim::Mismatch);
+    }
+    Ok(match row.opt_i32("response_status")? {
+        None => IdempotencyClaim::InFlight,
+        Some(status) => IdempotencyClaim::Replay {
+            status: status as u16,
+            body: row.opt_bytes("response_body")?.unwrap_or_default(),
+        },
+    })
+}
+
+/// Stores the answer a claimed key replays from now on.
+pub(crate) async fn complete_idempotency_key<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &str,
+    key: &str,
+    status: u16,
+    body: &[u8],
+) -> StoreResult<()> {
+    D::execute(
+        conn,
+        "UPDATE idempotency_keys SET response_status = $1, response_body = $2 \
+         WHERE scope = $3 AND key = $4",
+        Args::new().int(status).bytes(body).text(scope).text(key),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A message the scope may see, with its recipients' acknowledgments and its deliveries
+/// counted by channel and state.
+pub(crate) async fn summary<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+) -> StoreResult<Option<MessageSummary>> {
+    let sql = format!(
+        "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, fallback_after_seconds, \
+                (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
+                (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
+         FROM messages m WHERE {IN_SCOPE}"
+    );
+    let Some(row) = D::fetch_optional(conn, &sql, scoped(message, scope)).await? else {
+        return Ok(None);
+    };
+    let counts = D::fetch_all(
+        conn,
+        "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
+         GROUP BY channel, state ORDER BY channel, state",
+        Args::new().id(message),
+    )
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(DeliveryCount {
+            channel: row.parsed("channel")?,
+            state: row.parsed("state")?,
+            count: row.i64("n")?,
+        })
+    })
+    .collect::<StoreResult<Vec<_>>>()?;
+    let mut suppressed = std::collections::BTreeMap::new();
+    for reason in D::fetch_all(
+        conn,
+        "SELECT suppressed_reason, count(*) AS n FROM deliveries \
+         WHERE message_id = $1 AND state = 'SUPPRESSED' GROUP BY suppressed_reason",
+        Args::new().id(message),
+    )
+    .await?
+    {
+        let why = reason.opt_text("suppressed_reason")?;
+        suppressed.insert(why.unwrap_or_else(|| "unknown".into()), reason.i64("n")?);
+    }
+    Ok(Some(MessageSummary {
+        id: MessageId::from_uuid(message),
+        scheduled_at: row.opt_time("scheduled_at")?,
+        kind: row.parsed("kind")?,
+        subject: row.text("subject")?,
+        author_id: StaffId::from_uuid(row.id("author_id")?),
+        requires_ack: row.flag("requires_ack")?,
+        created_at: row.time("created_at")?,
+        recipients: row.i64("recipients")?,
+        acknowledged: row.i64("acknowledged")?,
+        fallback_after_minutes: row.opt_i32("fallback_after_seconds")?.map(|s| s / 60),
+        counts,
+        suppressed,
+    }))
+}
+
+/// Takes the district's row lock (held to commit) and refuses the send when the district
+/// already has `max` non-emergency messages in the hour before `at`: two concurrent sends
+/// at the limit cannot both pass.
+pub(crate) async fn reserve_hourly_quota<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    max: u32,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    D::execute(
+        conn,
+        "UPDATE districts SET name = name WHERE id = $1",
+        Args::new().id(district),
+    )
+    .await?;
+    let sent = D::fetch_one(
+        conn,
+        "SELECT count(*) AS n FROM messages WHERE district_id = $1 AND created_at >= $2 \
+         AND kind <> 'emergency'",
+        Args::new().id(district).time(at - Duration::hours(1)),
+    )
+    .await?
+    .i64("n")?;
+    if sent >= i64::from(max) {
+        return Err(StoreError::HourlyQuota { sent, max });
+    }
+    Ok(())
+}
