@@ -80,10 +80,35 @@ impl Args {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// Binds `ids` and returns their placeholders (`$4, $5, $6`) for an `IN (…)` list.
+    pub fn ids(&mut self, ids: &[Uuid]) -> String {
+        self.list(ids.iter().map(|id| Value::Id(Some(*id))))
+    }
+
+    /// Binds `texts` and returns their placeholders for an `IN (…)` list.
+    pub fn texts<T: Into<String>>(&mut self, texts: impl IntoIterator<Item = T>) -> String {
+        self.list(texts.into_iter().map(|t| Value::Text(Some(t.into()))))
+    }
+
+    fn list(&mut self, values: impl Iterator<Item = Value>) -> String {
+        let mut placeholders = Vec::new();
+        for value in values {
+            self.0.push(value);
+            placeholders.push(format!("${}", self.0.len()));
+        }
+        placeholders.join(", ")
+    }
 }
 
 /// Where the two databases differ. Implemented for `sqlx::Sqlite` and `sqlx::Postgres`.
 pub(crate) trait Binder: Database {
+    /// The column type of ids (`uuid`, `TEXT`).
+    const ID_TYPE: &'static str;
+
+    /// Turns an id column into its hyphenated text (`::text`, nothing).
+    const AS_TEXT: &'static str;
+
     /// Binds an id (or a NULL id).
     fn bind_id<'q>(
         query: Query<'q, Self, Self::Arguments<'q>>,
@@ -101,6 +126,9 @@ pub(crate) trait Binder: Database {
 }
 
 impl Binder for sqlx::Sqlite {
+    const ID_TYPE: &'static str = "TEXT";
+    const AS_TEXT: &'static str = "";
+
     fn bind_id<'q>(
         query: Query<'q, Self, Self::Arguments<'q>>,
         id: Option<Uuid>,
@@ -126,6 +154,9 @@ impl Binder for sqlx::Sqlite {
 }
 
 impl Binder for sqlx::Postgres {
+    const ID_TYPE: &'static str = "uuid";
+    const AS_TEXT: &'static str = "::text";
+
     fn bind_id<'q>(
         query: Query<'q, Self, Self::Arguments<'q>>,
         id: Option<Uuid>,

@@ -181,19 +181,19 @@ pub(crate) async fn cancel<D: Dialect + Transitions>(
     // Only the deliveries a cancel can move, by the states `next` lets it move (bound as
     // names, not spelled here); each is then decided by `next` itself.
     let mut args = Args::new().id(message);
-    let mut placeholders = Vec::new();
-    for state in DeliveryState::ALL.into_iter().filter(|from| {
-        matches!(
-            delivery::next(*from, DeliveryEvent::Cancel),
-            Decision::Move(_)
-        )
-    }) {
-        args = args.text(state.as_str());
-        placeholders.push(format!("${}", args.len()));
-    }
+    let movable = args.texts(
+        DeliveryState::ALL
+            .into_iter()
+            .filter(|from| {
+                matches!(
+                    delivery::next(*from, DeliveryEvent::Cancel),
+                    Decision::Move(_)
+                )
+            })
+            .map(DeliveryState::as_str),
+    );
     let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1 AND state IN ({}) ORDER BY id",
-        placeholders.join(", ")
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1 AND state IN ({movable}) ORDER BY id"
     );
     let mut requests = Vec::new();
     for row in D::fetch_all(conn, &sql, args).await? {

@@ -7,7 +7,7 @@
 //! what a transition means — that is [`crate::delivery::next`] — it only applies one with a
 //! compare-and-swap.
 
-mod audience_sql;
+mod audiences;
 pub mod constraint;
 mod deliveries;
 mod dialect;
@@ -22,6 +22,7 @@ mod messages;
 pub mod postgres;
 pub mod roster;
 mod roster_sql;
+mod sending;
 pub mod sqlite;
 mod transitions;
 
@@ -680,86 +681,6 @@ pub enum SendRefusal {
     /// guardians on file, or a directory emptied by a failed import).
     NoOne,
 }
-
-/// Expands, in a store module with `audience`, `write_message` and `write_recipients`,
-/// to `send_streamed`: the body of [`WriteTransaction::send_message`], in `tx`, which it
-/// leaves open. It reads the audience before it writes: on SQLite `tx` must hold the write
-/// lock from its start (`BEGIN IMMEDIATE`), or a commit by another connection after the
-/// first read would make the first write fail (a read snapshot cannot become a write).
-macro_rules! streamed_send {
-    ($db:ty) => {
-        #[allow(clippy::too_many_arguments)]
-        async fn send_streamed(
-            tx: &mut sqlx::Transaction<'static, $db>,
-            message: &NewMessage,
-            scope: &crate::store::Scope,
-            target: &crate::audience::Audience,
-            max_recipients: Option<usize>,
-            plan: &crate::store::PlanChunk,
-            chunk: usize,
-            at: DateTime<Utc>,
-        ) -> StoreResult<Result<crate::store::SendSummary, crate::store::SendRefusal>> {
-            use crate::store::SendRefusal;
-            let sent = match audience::resolve_targets(tx, scope, target).await? {
-                Err(problems) => Err(SendRefusal::Audience(problems)),
-                Ok(0) => Err(SendRefusal::NoOne),
-                Ok(reached) if max_recipients.is_some_and(|max| reached > max) => {
-                    Err(SendRefusal::TooMany(reached))
-                }
-                Ok(_) => match write_streamed(tx, message, plan, chunk, at).await {
-                    Ok(summary) => Ok(summary),
-                    // A refusal, with the transaction still usable: on to the cleanup.
-                    Err(quota @ StoreError::HourlyQuota { .. }) => {
-                        return finish(tx, Err(quota)).await
-                    }
-                    Err(error) => return Err(error),
-                },
-            };
-            finish(tx, Ok(sent)).await
-        }
-
-        /// Temporary tables outlive a commit on their connection, and a refusal may be
-        /// committed too (with the idempotency record that remembers it).
-        async fn finish<T>(
-            tx: &mut sqlx::Transaction<'static, $db>,
-            result: StoreResult<T>,
-        ) -> StoreResult<T> {
-            sqlx::query("DROP TABLE IF EXISTS audience_targets")
-                .execute(&mut **tx)
-                .await?;
-            result
-        }
-
-        /// The message, then its recipients a chunk of `audience_targets` at a time.
-        async fn write_streamed(
-            tx: &mut sqlx::Transaction<'static, $db>,
-            message: &NewMessage,
-            plan: &crate::store::PlanChunk,
-            chunk: usize,
-            at: DateTime<Utc>,
-        ) -> StoreResult<crate::store::SendSummary> {
-            write_message(tx, message, at).await?;
-            let mut summary = crate::store::SendSummary::default();
-            let mut after = None;
-            loop {
-                let mut members = audience::members(tx, after, chunk.max(1)).await?;
-                let Some(last) = members.last() else { break };
-                after = Some(last.guardian_id);
-                // Planned partition by partition, so that ids follow the order the
-                // deliveries are written in (see `PartitionId::sort`).
-                crate::log::PartitionId::sort(&mut members, message.partitions, |m| {
-                    crate::GuardianId::from_uuid(m.guardian_id)
-                });
-                let recipients = plan(&members);
-                drop(members);
-                summary.add(&recipients);
-                write_recipients(tx, message, &recipients, at).await?;
-            }
-            Ok(summary)
-        }
-    };
-}
-pub(crate) use streamed_send;
 
 /// One write transaction of an application service: the idempotency record, the work
 /// and the audit row commit together or not at all, so a failure anywhere before the

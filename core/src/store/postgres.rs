@@ -135,6 +135,7 @@ fn district_from_row(row: &PgRow) -> StoreResult<District> {
     })
 }
 
+use super::sending::Sending;
 use super::{messages, DELIVERY_COLUMNS};
 
 #[async_trait]
@@ -369,8 +370,9 @@ impl Store for PostgresStore {
 
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        write_message(&mut tx, message, at).await?;
-        write_recipients(&mut tx, message, &message.recipients, at).await?;
+        <sqlx::Postgres as Sending>::write_message(&mut tx, message, at).await?;
+        <sqlx::Postgres as Sending>::write_recipients(&mut tx, message, &message.recipients, at)
+            .await?;
         tx.commit().await?;
         self.written.wrote();
         Ok(())
@@ -635,7 +637,7 @@ impl Store for PostgresStore {
         audience: &crate::audience::Audience,
     ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>
     {
-        audience::resolve(&self.pool, scope, audience).await
+        super::audiences::resolve::<sqlx::Postgres>(&self.pool, scope, audience).await
     }
 
     async fn message_summary(
@@ -862,21 +864,6 @@ mod directory {
     crate::store::directory_sql::directory_queries!(db: sqlx::Postgres, enc: enc, dec: dec, as_text: "::text");
 }
 
-/// Audiences, bound the PostgreSQL way.
-mod audience {
-    fn enc(id: uuid::Uuid) -> uuid::Uuid {
-        id
-    }
-
-    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    crate::store::audience_sql::audience_queries!(db: sqlx::Postgres, enc: enc, dec: dec, as_text: "::text", id_type: "uuid");
-}
-
-crate::store::streamed_send!(sqlx::Postgres);
-
 /// Passes the log's commit notifications on to `written`, reconnecting after a lost
 /// connection (and counting that as a write: some may have been missed meanwhile).
 async fn listen_for_log_writes(options: PgConnectOptions, written: &super::dispatch::LogWrites) {
@@ -899,204 +886,209 @@ async fn listen_for_log_writes(options: PgConnectOptions, written: &super::dispa
     }
 }
 
-/// The message row (after reserving the hourly quota, when it has one).
-async fn write_message(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    message: &NewMessage,
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    // Delivered to listening dispatchers when (and only if) the message commits.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(LOG_CHANNEL)
-        .execute(&mut **tx)
-        .await?;
-    if let Some(max) = message.hourly_quota {
-        messages::reserve_hourly_quota::<sqlx::Postgres>(
-            &mut **tx,
-            *message.district_id.as_uuid(),
-            max,
-            at,
-        )
-        .await?;
-    }
-    sqlx::query(
-            "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
-                                   subject, body, channels, audience, requires_ack, created_at, translations, \
-                                   renotify_of, scheduled_at, ack_deadline, fallback_after_seconds) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .bind(Uuid::from(message.id))
-        .bind(Uuid::from(message.district_id))
-        .bind(Uuid::from(message.author_id))
-        .bind(message.kind.as_str())
-        .bind(message.lane.as_str())
-        .bind(message.guarantee.as_str())
-        .bind(&message.subject)
-        .bind(&message.body)
-        .bind(sqlx::types::Json(&message.channels))
-        .bind(&message.audience)
-        .bind(message.requires_ack)
-        .bind(at)
-        .bind(&message.translations)
-        .bind(message.renotify_of.map(Uuid::from))
-        .bind(message.scheduled_at)
-        .bind(message.ack_deadline)
-        .bind(message.fallback_after.map(|a| a.num_seconds().clamp(1, i64::from(i32::MAX)) as i32))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Recipients of a message, their deliveries and the deliveries' log entries, in bulk.
-async fn write_recipients(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    message: &NewMessage,
-    recipients: &[crate::store::NewRecipient],
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    // One statement per table, whatever the audience size: arrays in, unnest out.
-    let ack_state = if message.requires_ack {
-        "pending"
-    } else {
-        "not_required"
-    };
-    let (ids, guardians, languages): (Vec<Uuid>, Vec<Uuid>, Vec<&str>) = recipients
-        .iter()
-        .map(|r| {
-            (
-                Uuid::from(r.id),
-                Uuid::from(r.guardian_id),
-                r.language.as_str(),
+/// The send's fast paths the Postgres way: arrays bound once and `unnest`ed, one statement per table.
+#[async_trait]
+impl Sending for sqlx::Postgres {
+    /// The message row (after reserving the hourly quota, when it has one).
+    async fn write_message(
+        conn: &mut sqlx::PgConnection,
+        message: &NewMessage,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        // Delivered to listening dispatchers when (and only if) the message commits.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(LOG_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+        if let Some(max) = message.hourly_quota {
+            messages::reserve_hourly_quota::<sqlx::Postgres>(
+                &mut *conn,
+                *message.district_id.as_uuid(),
+                max,
+                at,
             )
-        })
-        .fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |mut acc, (a, b, c)| {
-                acc.0.push(a);
-                acc.1.push(b);
-                acc.2.push(c);
-                acc
-            },
-        );
-    sqlx::query(
-        "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) \
-             SELECT id, $1, $2, guardian_id, language, $3 \
-             FROM unnest($4::uuid[], $5::uuid[], $6::text[]) AS r(id, guardian_id, language)",
-    )
-    .bind(Uuid::from(message.district_id))
-    .bind(Uuid::from(message.id))
-    .bind(ack_state)
-    .bind(&ids)
-    .bind(&guardians)
-    .bind(&languages)
-    .execute(&mut **tx)
-    .await?;
-
-    let mut d_ids = Vec::new();
-    let mut d_recipients = Vec::new();
-    let mut d_guardians = Vec::new();
-    let mut d_channels = Vec::new();
-    let mut d_addresses: Vec<Option<String>> = Vec::new();
-    let mut d_states = Vec::new();
-    let mut d_reasons: Vec<Option<String>> = Vec::new();
-    let mut d_not_before: Vec<Option<DateTime<Utc>>> = Vec::new();
-    let mut d_fallback_of: Vec<Option<Uuid>> = Vec::new();
-    for recipient in recipients {
-        for delivery in &recipient.deliveries {
-            d_ids.push(Uuid::from(delivery.id));
-            d_recipients.push(Uuid::from(recipient.id));
-            d_guardians.push(Uuid::from(recipient.guardian_id));
-            d_channels.push(delivery.channel.as_str());
-            d_addresses.push(delivery.address.clone());
-            d_states.push(match delivery.suppressed_reason {
-                Some(_) => DeliveryState::Suppressed.as_str(),
-                None => DeliveryState::Created.as_str(),
-            });
-            d_reasons.push(delivery.suppressed_reason.clone());
-            d_not_before.push(delivery.not_before);
-            d_fallback_of.push(delivery.fallback_of.map(Uuid::from));
+            .await?;
         }
+        sqlx::query(
+                "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
+                                       subject, body, channels, audience, requires_ack, created_at, translations, \
+                                       renotify_of, scheduled_at, ack_deadline, fallback_after_seconds) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(Uuid::from(message.id))
+            .bind(Uuid::from(message.district_id))
+            .bind(Uuid::from(message.author_id))
+            .bind(message.kind.as_str())
+            .bind(message.lane.as_str())
+            .bind(message.guarantee.as_str())
+            .bind(&message.subject)
+            .bind(&message.body)
+            .bind(sqlx::types::Json(&message.channels))
+            .bind(&message.audience)
+            .bind(message.requires_ack)
+            .bind(at)
+            .bind(&message.translations)
+            .bind(message.renotify_of.map(Uuid::from))
+            .bind(message.scheduled_at)
+            .bind(message.ack_deadline)
+            .bind(message.fallback_after.map(|a| a.num_seconds().clamp(1, i64::from(i32::MAX)) as i32))
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
-    sqlx::query(
-            "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
-                                     address, state, idempotency_key, suppressed_reason, created_at, \
-                                     updated_at, suppressed_at, next_attempt_at, fallback_of, lane) \
-             SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
-                    $3, $3, CASE WHEN reason IS NOT NULL THEN $3::timestamptz END, not_before, fallback_of, $13 \
-             FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                         $11::timestamptz[], $12::uuid[]) \
-                  AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before, fallback_of)",
+
+    /// Recipients of a message, their deliveries and the deliveries' log entries, in bulk.
+    async fn write_recipients(
+        conn: &mut sqlx::PgConnection,
+        message: &NewMessage,
+        recipients: &[crate::store::NewRecipient],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        // One statement per table, whatever the audience size: arrays in, unnest out.
+        let ack_state = if message.requires_ack {
+            "pending"
+        } else {
+            "not_required"
+        };
+        let (ids, guardians, languages): (Vec<Uuid>, Vec<Uuid>, Vec<&str>) = recipients
+            .iter()
+            .map(|r| {
+                (
+                    Uuid::from(r.id),
+                    Uuid::from(r.guardian_id),
+                    r.language.as_str(),
+                )
+            })
+            .fold(
+                (Vec::new(), Vec::new(), Vec::new()),
+                |mut acc, (a, b, c)| {
+                    acc.0.push(a);
+                    acc.1.push(b);
+                    acc.2.push(c);
+                    acc
+                },
+            );
+        sqlx::query(
+            "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) \
+                 SELECT id, $1, $2, guardian_id, language, $3 \
+                 FROM unnest($4::uuid[], $5::uuid[], $6::text[]) AS r(id, guardian_id, language)",
         )
         .bind(Uuid::from(message.district_id))
         .bind(Uuid::from(message.id))
-        .bind(at)
-        .bind(&d_ids)
-        .bind(&d_recipients)
-        .bind(&d_guardians)
-        .bind(&d_channels)
-        .bind(&d_addresses)
-        .bind(&d_states)
-        .bind(&d_reasons)
-        .bind(&d_not_before)
-        .bind(&d_fallback_of)
-        .bind(message.lane.as_str())
-        .execute(&mut **tx)
+        .bind(ack_state)
+        .bind(&ids)
+        .bind(&guardians)
+        .bind(&languages)
+        .execute(&mut *conn)
         .await?;
-    // The log: take offsets from the partitions' head rows (ascending, locked until
-    // commit), then write every entry in one statement.
-    let plan = NewMessage::log_plan_of(recipients, message.partitions);
-    let partitions: Vec<i32> = plan.keys().map(|p| p.get() as i32).collect();
-    let counts: Vec<i64> = plan.values().map(|d| d.len() as i64).collect();
-    let heads: Vec<(i32, i64)> = sqlx::query_as(
-            "INSERT INTO log_heads (lane, partition, next_offset) \
-             SELECT $1, p, n FROM unnest($2::int[], $3::bigint[]) AS h(p, n) ORDER BY p \
-             ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
-             RETURNING partition, next_offset",
-        )
-        .bind(message.lane.as_str())
-        .bind(&partitions)
-        .bind(&counts)
-        .fetch_all(&mut **tx)
-        .await?;
-    // Each district's last offset per partition, for reading a partition district by
-    // district (the head rows are ours until commit, so these only move forward).
-    let (h_partitions, h_next): (Vec<i32>, Vec<i64>) = heads.iter().copied().unzip();
-    sqlx::query(
-            "INSERT INTO log_district_heads (lane, partition, district_id, last_offset) \
-             SELECT $1, p, $2, n - 1 FROM unnest($3::int[], $4::bigint[]) AS h(p, n) ORDER BY p \
-             ON CONFLICT (lane, partition, district_id) \
-             DO UPDATE SET last_offset = greatest(log_district_heads.last_offset, excluded.last_offset)",
-        )
-        .bind(message.lane.as_str())
-        .bind(Uuid::from(message.district_id))
-        .bind(&h_partitions)
-        .bind(&h_next)
-        .execute(&mut **tx)
-        .await?;
-    let next: std::collections::HashMap<i32, i64> = heads.into_iter().collect();
-    let (mut e_partitions, mut e_offsets, mut e_deliveries) = (Vec::new(), Vec::new(), Vec::new());
-    for (partition, deliveries) in &plan {
-        let p = partition.get() as i32;
-        let first = next[&p] - deliveries.len() as i64;
-        for (i, delivery) in deliveries.iter().enumerate() {
-            e_partitions.push(p);
-            e_offsets.push(first + i as i64);
-            e_deliveries.push(Uuid::from(*delivery));
+
+        let mut d_ids = Vec::new();
+        let mut d_recipients = Vec::new();
+        let mut d_guardians = Vec::new();
+        let mut d_channels = Vec::new();
+        let mut d_addresses: Vec<Option<String>> = Vec::new();
+        let mut d_states = Vec::new();
+        let mut d_reasons: Vec<Option<String>> = Vec::new();
+        let mut d_not_before: Vec<Option<DateTime<Utc>>> = Vec::new();
+        let mut d_fallback_of: Vec<Option<Uuid>> = Vec::new();
+        for recipient in recipients {
+            for delivery in &recipient.deliveries {
+                d_ids.push(Uuid::from(delivery.id));
+                d_recipients.push(Uuid::from(recipient.id));
+                d_guardians.push(Uuid::from(recipient.guardian_id));
+                d_channels.push(delivery.channel.as_str());
+                d_addresses.push(delivery.address.clone());
+                d_states.push(match delivery.suppressed_reason {
+                    Some(_) => DeliveryState::Suppressed.as_str(),
+                    None => DeliveryState::Created.as_str(),
+                });
+                d_reasons.push(delivery.suppressed_reason.clone());
+                d_not_before.push(delivery.not_before);
+                d_fallback_of.push(delivery.fallback_of.map(Uuid::from));
+            }
         }
+        sqlx::query(
+                "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
+                                         address, state, idempotency_key, suppressed_reason, created_at, \
+                                         updated_at, suppressed_at, next_attempt_at, fallback_of, lane) \
+                 SELECT id, $1, $2, recipient_id, guardian_id, channel, address, state, id::text, reason, \
+                        $3, $3, CASE WHEN reason IS NOT NULL THEN $3::timestamptz END, not_before, fallback_of, $13 \
+                 FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                             $11::timestamptz[], $12::uuid[]) \
+                      AS d(id, recipient_id, guardian_id, channel, address, state, reason, not_before, fallback_of)",
+            )
+            .bind(Uuid::from(message.district_id))
+            .bind(Uuid::from(message.id))
+            .bind(at)
+            .bind(&d_ids)
+            .bind(&d_recipients)
+            .bind(&d_guardians)
+            .bind(&d_channels)
+            .bind(&d_addresses)
+            .bind(&d_states)
+            .bind(&d_reasons)
+            .bind(&d_not_before)
+            .bind(&d_fallback_of)
+            .bind(message.lane.as_str())
+            .execute(&mut *conn)
+            .await?;
+        // The log: take offsets from the partitions' head rows (ascending, locked until
+        // commit), then write every entry in one statement.
+        let plan = NewMessage::log_plan_of(recipients, message.partitions);
+        let partitions: Vec<i32> = plan.keys().map(|p| p.get() as i32).collect();
+        let counts: Vec<i64> = plan.values().map(|d| d.len() as i64).collect();
+        let heads: Vec<(i32, i64)> = sqlx::query_as(
+                "INSERT INTO log_heads (lane, partition, next_offset) \
+                 SELECT $1, p, n FROM unnest($2::int[], $3::bigint[]) AS h(p, n) ORDER BY p \
+                 ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
+                 RETURNING partition, next_offset",
+            )
+            .bind(message.lane.as_str())
+            .bind(&partitions)
+            .bind(&counts)
+            .fetch_all(&mut *conn)
+            .await?;
+        // Each district's last offset per partition, for reading a partition district by
+        // district (the head rows are ours until commit, so these only move forward).
+        let (h_partitions, h_next): (Vec<i32>, Vec<i64>) = heads.iter().copied().unzip();
+        sqlx::query(
+                "INSERT INTO log_district_heads (lane, partition, district_id, last_offset) \
+                 SELECT $1, p, $2, n - 1 FROM unnest($3::int[], $4::bigint[]) AS h(p, n) ORDER BY p \
+                 ON CONFLICT (lane, partition, district_id) \
+                 DO UPDATE SET last_offset = greatest(log_district_heads.last_offset, excluded.last_offset)",
+            )
+            .bind(message.lane.as_str())
+            .bind(Uuid::from(message.district_id))
+            .bind(&h_partitions)
+            .bind(&h_next)
+            .execute(&mut *conn)
+            .await?;
+        let next: std::collections::HashMap<i32, i64> = heads.into_iter().collect();
+        let (mut e_partitions, mut e_offsets, mut e_deliveries) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for (partition, deliveries) in &plan {
+            let p = partition.get() as i32;
+            let first = next[&p] - deliveries.len() as i64;
+            for (i, delivery) in deliveries.iter().enumerate() {
+                e_partitions.push(p);
+                e_offsets.push(first + i as i64);
+                e_deliveries.push(Uuid::from(*delivery));
+            }
+        }
+        sqlx::query(
+                "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) \
+                 SELECT $1, p, o, $2, d, $3 FROM unnest($4::int[], $5::bigint[], $6::uuid[]) AS e(p, o, d)",
+            )
+            .bind(message.lane.as_str())
+            .bind(Uuid::from(message.district_id))
+            .bind(at)
+            .bind(&e_partitions)
+            .bind(&e_offsets)
+            .bind(&e_deliveries)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
-    sqlx::query(
-            "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) \
-             SELECT $1, p, o, $2, d, $3 FROM unnest($4::int[], $5::bigint[], $6::uuid[]) AS e(p, o, d)",
-        )
-        .bind(message.lane.as_str())
-        .bind(Uuid::from(message.district_id))
-        .bind(at)
-        .bind(&e_partitions)
-        .bind(&e_offsets)
-        .bind(&e_deliveries)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 crate::store::dispatch_sql::dispatch_store_impl!(PostgresStore);
@@ -1381,7 +1373,7 @@ impl super::WriteTransaction for PostgresWrite {
         chunk: usize,
         at: DateTime<Utc>,
     ) -> StoreResult<Result<super::SendSummary, super::SendRefusal>> {
-        send_streamed(
+        super::sending::send_streamed::<sqlx::Postgres>(
             &mut self.tx,
             message,
             scope,

@@ -185,6 +185,7 @@ fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
     })
 }
 
+use super::sending::Sending;
 use super::{messages, DELIVERY_COLUMNS};
 
 #[async_trait]
@@ -416,8 +417,9 @@ impl Store for SqliteStore {
 
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        write_message(&mut tx, message, at).await?;
-        write_recipients(&mut tx, message, &message.recipients, at).await?;
+        <sqlx::Sqlite as Sending>::write_message(&mut tx, message, at).await?;
+        <sqlx::Sqlite as Sending>::write_recipients(&mut tx, message, &message.recipients, at)
+            .await?;
         tx.commit().await?;
         self.written.wrote();
         Ok(())
@@ -703,7 +705,7 @@ impl Store for SqliteStore {
         audience: &crate::audience::Audience,
     ) -> StoreResult<Result<Vec<crate::audience::AudienceMember>, crate::audience::AudienceProblems>>
     {
-        audience::resolve(&self.pool, scope, audience).await
+        super::audiences::resolve::<sqlx::Sqlite>(&self.pool, scope, audience).await
     }
 
     async fn message_summary(
@@ -939,7 +941,7 @@ impl super::WriteTransaction for SqliteWrite {
         chunk: usize,
         at: DateTime<Utc>,
     ) -> StoreResult<Result<super::SendSummary, super::SendRefusal>> {
-        send_streamed(
+        super::sending::send_streamed::<sqlx::Sqlite>(
             &mut self.tx,
             message,
             scope,
@@ -1266,199 +1268,188 @@ mod directory {
     crate::store::directory_sql::directory_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "");
 }
 
-/// Audiences, bound the SQLite way.
-mod audience {
-    fn enc(id: uuid::Uuid) -> String {
-        id.hyphenated().to_string()
+/// The send's fast paths the Sqlite way: multi-row `VALUES` in chunks under the bound-parameter limit.
+#[async_trait]
+impl Sending for sqlx::Sqlite {
+    /// The message row (after reserving the hourly quota, when it has one).
+    async fn write_message(
+        conn: &mut sqlx::SqliteConnection,
+        message: &NewMessage,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        if let Some(max) = message.hourly_quota {
+            messages::reserve_hourly_quota::<sqlx::Sqlite>(
+                &mut *conn,
+                *message.district_id.as_uuid(),
+                max,
+                at,
+            )
+            .await?;
+        }
+        sqlx::query(
+                "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
+                                       subject, body, channels, audience, requires_ack, created_at, translations, \
+                                       renotify_of, scheduled_at, ack_deadline, fallback_after_seconds) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(text_id(message.id))
+            .bind(text_id(message.district_id))
+            .bind(text_id(message.author_id))
+            .bind(message.kind.as_str())
+            .bind(message.lane.as_str())
+            .bind(message.guarantee.as_str())
+            .bind(&message.subject)
+            .bind(&message.body)
+            .bind(serde_json::to_string(&message.channels).map_err(corrupt)?)
+            .bind(message.audience.to_string())
+            .bind(message.requires_ack)
+            .bind(at)
+            .bind(message.translations.to_string())
+            .bind(message.renotify_of.map(text_id))
+            .bind(message.scheduled_at)
+            .bind(message.ack_deadline)
+            .bind(message.fallback_after.map(|a| a.num_seconds().clamp(1, i64::from(i32::MAX)) as i32))
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
-    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        super::uuid(row, column)
-    }
-
-    crate::store::audience_sql::audience_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "", id_type: "TEXT");
-}
-
-crate::store::streamed_send!(sqlx::Sqlite);
-
-/// The message row (after reserving the hourly quota, when it has one).
-async fn write_message(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    message: &NewMessage,
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    if let Some(max) = message.hourly_quota {
-        messages::reserve_hourly_quota::<sqlx::Sqlite>(
-            &mut **tx,
-            *message.district_id.as_uuid(),
-            max,
-            at,
-        )
-        .await?;
-    }
-    sqlx::query(
-            "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
-                                   subject, body, channels, audience, requires_ack, created_at, translations, \
-                                   renotify_of, scheduled_at, ack_deadline, fallback_after_seconds) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .bind(text_id(message.id))
-        .bind(text_id(message.district_id))
-        .bind(text_id(message.author_id))
-        .bind(message.kind.as_str())
-        .bind(message.lane.as_str())
-        .bind(message.guarantee.as_str())
-        .bind(&message.subject)
-        .bind(&message.body)
-        .bind(serde_json::to_string(&message.channels).map_err(corrupt)?)
-        .bind(message.audience.to_string())
-        .bind(message.requires_ack)
-        .bind(at)
-        .bind(message.translations.to_string())
-        .bind(message.renotify_of.map(text_id))
-        .bind(message.scheduled_at)
-        .bind(message.ack_deadline)
-        .bind(message.fallback_after.map(|a| a.num_seconds().clamp(1, i64::from(i32::MAX)) as i32))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Recipients of a message, their deliveries and the deliveries' log entries, in bulk.
-async fn write_recipients(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    message: &NewMessage,
-    recipients: &[crate::store::NewRecipient],
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    // Multi-row INSERTs in chunks that stay under SQLite's bound-parameter limit.
-    let ack_state = if message.requires_ack {
-        "pending"
-    } else {
-        "not_required"
-    };
-    for chunk in recipients.chunks(BULK_ROWS) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) ",
-            );
-        insert.push_values(chunk, |mut row, recipient| {
-            row.push_bind(text_id(recipient.id))
-                .push_bind(text_id(message.district_id))
-                .push_bind(text_id(message.id))
-                .push_bind(text_id(recipient.guardian_id))
-                .push_bind(&recipient.language)
-                .push_bind(ack_state);
+    /// Recipients of a message, their deliveries and the deliveries' log entries, in bulk.
+    async fn write_recipients(
+        conn: &mut sqlx::SqliteConnection,
+        message: &NewMessage,
+        recipients: &[crate::store::NewRecipient],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        // Multi-row INSERTs in chunks that stay under SQLite's bound-parameter limit.
+        let ack_state = if message.requires_ack {
+            "pending"
+        } else {
+            "not_required"
+        };
+        for chunk in recipients.chunks(BULK_ROWS) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO recipients (id, district_id, message_id, guardian_id, language, ack_state) ",
+                );
+            insert.push_values(chunk, |mut row, recipient| {
+                row.push_bind(text_id(recipient.id))
+                    .push_bind(text_id(message.district_id))
+                    .push_bind(text_id(message.id))
+                    .push_bind(text_id(recipient.guardian_id))
+                    .push_bind(&recipient.language)
+                    .push_bind(ack_state);
+            });
+            insert.build().execute(&mut *conn).await?;
+        }
+        let deliveries: Vec<_> = recipients
+            .iter()
+            .flat_map(|r| r.deliveries.iter().map(move |d| (r, d)))
+            .collect();
+        for chunk in deliveries.chunks(BULK_ROWS) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
+                                             address, state, idempotency_key, suppressed_reason, created_at, \
+                                             updated_at, suppressed_at, next_attempt_at, fallback_of, lane) ",
+                );
+            insert.push_values(chunk, |mut row, (recipient, delivery)| {
+                let suppressed = delivery.suppressed_reason.is_some();
+                row.push_bind(text_id(delivery.id))
+                    .push_bind(text_id(message.district_id))
+                    .push_bind(text_id(message.id))
+                    .push_bind(text_id(recipient.id))
+                    .push_bind(text_id(recipient.guardian_id))
+                    .push_bind(delivery.channel.as_str())
+                    .push_bind(&delivery.address)
+                    .push_bind(
+                        if suppressed {
+                            DeliveryState::Suppressed
+                        } else {
+                            DeliveryState::Created
+                        }
+                        .as_str(),
+                    )
+                    .push_bind(text_id(delivery.id))
+                    .push_bind(&delivery.suppressed_reason)
+                    .push_bind(at)
+                    .push_bind(at)
+                    .push_bind(suppressed.then_some(at))
+                    .push_bind(delivery.not_before)
+                    .push_bind(delivery.fallback_of.map(text_id))
+                    .push_bind(message.lane.as_str());
+            });
+            insert.build().execute(&mut *conn).await?;
+        }
+        // The log: SQLite has one writer at a time, so offsets are taken and entries written
+        // in the same order they become visible.
+        let plan = NewMessage::log_plan_of(recipients, message.partitions);
+        if plan.is_empty() {
+            // Nothing to send in this chunk (every delivery suppressed, or none planned).
+            return Ok(());
+        }
+        let mut heads =
+            QueryBuilder::<Sqlite>::new("INSERT INTO log_heads (lane, partition, next_offset) ");
+        heads.push_values(&plan, |mut row, (partition, deliveries)| {
+            row.push_bind(message.lane.as_str())
+                .push_bind(partition.get() as i64)
+                .push_bind(deliveries.len() as i64);
         });
-        insert.build().execute(&mut **tx).await?;
-    }
-    let deliveries: Vec<_> = recipients
-        .iter()
-        .flat_map(|r| r.deliveries.iter().map(move |d| (r, d)))
-        .collect();
-    for chunk in deliveries.chunks(BULK_ROWS) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (id, district_id, message_id, recipient_id, guardian_id, channel, \
-                                         address, state, idempotency_key, suppressed_reason, created_at, \
-                                         updated_at, suppressed_at, next_attempt_at, fallback_of, lane) ",
+        heads.push(
+                " ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
+                 RETURNING partition, next_offset",
             );
-        insert.push_values(chunk, |mut row, (recipient, delivery)| {
-            let suppressed = delivery.suppressed_reason.is_some();
-            row.push_bind(text_id(delivery.id))
-                .push_bind(text_id(message.district_id))
-                .push_bind(text_id(message.id))
-                .push_bind(text_id(recipient.id))
-                .push_bind(text_id(recipient.guardian_id))
-                .push_bind(delivery.channel.as_str())
-                .push_bind(&delivery.address)
-                .push_bind(
-                    if suppressed {
-                        DeliveryState::Suppressed
-                    } else {
-                        DeliveryState::Created
-                    }
-                    .as_str(),
-                )
-                .push_bind(text_id(delivery.id))
-                .push_bind(&delivery.suppressed_reason)
-                .push_bind(at)
-                .push_bind(at)
-                .push_bind(suppressed.then_some(at))
-                .push_bind(delivery.not_before)
-                .push_bind(delivery.fallback_of.map(text_id))
-                .push_bind(message.lane.as_str());
-        });
-        insert.build().execute(&mut **tx).await?;
-    }
-    // The log: SQLite has one writer at a time, so offsets are taken and entries written
-    // in the same order they become visible.
-    let plan = NewMessage::log_plan_of(recipients, message.partitions);
-    if plan.is_empty() {
-        // Nothing to send in this chunk (every delivery suppressed, or none planned).
-        return Ok(());
-    }
-    let mut heads =
-        QueryBuilder::<Sqlite>::new("INSERT INTO log_heads (lane, partition, next_offset) ");
-    heads.push_values(&plan, |mut row, (partition, deliveries)| {
-        row.push_bind(message.lane.as_str())
-            .push_bind(partition.get() as i64)
-            .push_bind(deliveries.len() as i64);
-    });
-    heads.push(
-            " ON CONFLICT (lane, partition) DO UPDATE SET next_offset = log_heads.next_offset + excluded.next_offset \
-             RETURNING partition, next_offset",
+        let next: std::collections::HashMap<i64, i64> = if plan.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            heads
+                .build_query_as::<(i64, i64)>()
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        // Each district's last offset per partition, for reading a partition district by
+        // district.
+        let mut district_heads = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO log_district_heads (lane, partition, district_id, last_offset) ",
         );
-    let next: std::collections::HashMap<i64, i64> = if plan.is_empty() {
-        std::collections::HashMap::new()
-    } else {
-        heads
-            .build_query_as::<(i64, i64)>()
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .collect()
-    };
-    // Each district's last offset per partition, for reading a partition district by
-    // district.
-    let mut district_heads = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO log_district_heads (lane, partition, district_id, last_offset) ",
-    );
-    district_heads.push_values(&next, |mut row, (partition, next_offset)| {
-        row.push_bind(message.lane.as_str())
-            .push_bind(*partition)
-            .push_bind(text_id(message.district_id))
-            .push_bind(next_offset - 1);
-    });
-    district_heads.push(
-        " ON CONFLICT (lane, partition, district_id) \
-         DO UPDATE SET last_offset = max(last_offset, excluded.last_offset)",
-    );
-    district_heads.build().execute(&mut **tx).await?;
-    let entries: Vec<(i64, i64, DeliveryId)> = plan
-        .iter()
-        .flat_map(|(partition, deliveries)| {
-            let p = partition.get() as i64;
-            let first = next[&p] - deliveries.len() as i64;
-            deliveries
-                .iter()
-                .enumerate()
-                .map(move |(i, d)| (p, first + i as i64, *d))
-        })
-        .collect();
-    for chunk in entries.chunks(BULK_ROWS) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) ",
-            );
-        insert.push_values(chunk, |mut row, (partition, offset, delivery)| {
+        district_heads.push_values(&next, |mut row, (partition, next_offset)| {
             row.push_bind(message.lane.as_str())
                 .push_bind(*partition)
-                .push_bind(*offset)
                 .push_bind(text_id(message.district_id))
-                .push_bind(text_id(*delivery))
-                .push_bind(at);
+                .push_bind(next_offset - 1);
         });
-        insert.build().execute(&mut **tx).await?;
+        district_heads.push(
+            " ON CONFLICT (lane, partition, district_id) \
+             DO UPDATE SET last_offset = max(last_offset, excluded.last_offset)",
+        );
+        district_heads.build().execute(&mut *conn).await?;
+        let entries: Vec<(i64, i64, DeliveryId)> = plan
+            .iter()
+            .flat_map(|(partition, deliveries)| {
+                let p = partition.get() as i64;
+                let first = next[&p] - deliveries.len() as i64;
+                deliveries
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, d)| (p, first + i as i64, *d))
+            })
+            .collect();
+        for chunk in entries.chunks(BULK_ROWS) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO log_entries (lane, partition, \"offset\", district_id, delivery_id, created_at) ",
+                );
+            insert.push_values(chunk, |mut row, (partition, offset, delivery)| {
+                row.push_bind(message.lane.as_str())
+                    .push_bind(*partition)
+                    .push_bind(*offset)
+                    .push_bind(text_id(message.district_id))
+                    .push_bind(text_id(*delivery))
+                    .push_bind(at);
+            });
+            insert.build().execute(&mut *conn).await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 crate::store::dispatch_sql::dispatch_store_impl!(SqliteStore);
