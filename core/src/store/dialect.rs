@@ -362,3 +362,19 @@ where
         Ok(self.try_get(column)?)
     }
 }
+
+/// A store's connections, for the repositories implemented once for both stores: reads
+/// go to the pool, writes to the write pool (SQLite's one writer; PostgreSQL's pool).
+#[async_trait]
+pub(crate) trait Pools: Send + Sync {
+    type Db: Dialect;
+
+    fn reads(&self) -> &sqlx::Pool<Self::Db>;
+
+    /// Where a write about to be made goes.
+    fn writes(&self) -> &sqlx::Pool<Self::Db>;
+
+    /// A transaction for work that reads before it writes (on SQLite it holds the write
+    /// lock from its start).
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Self::Db>>;
+}

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::dialect::{Args, Columns, Dialect, Pools};
 use super::StoreResult;
 use crate::{Channel, DistrictId, GuardianId, MessageId, MessageKind, RecipientId};
 
@@ -132,4 +133,305 @@ pub trait GuardianAccess: Send + Sync {
     async fn guardian_session(&self, id: uuid::Uuid) -> StoreResult<Option<GuardianSession>>;
 
     async fn end_guardian_session(&self, id: uuid::Uuid, at: DateTime<Utc>) -> StoreResult<()>;
+}
+
+/// The one implementation, for both stores.
+#[async_trait::async_trait]
+impl<S: Pools> GuardianAccess for S {
+    async fn guardians_at(
+        &self,
+        channel: Channel,
+        address: &str,
+    ) -> StoreResult<Vec<(DistrictId, GuardianId)>> {
+        let mut conn = self.reads().acquire().await?;
+        S::Db::fetch_all(
+            &mut conn,
+            "SELECT c.district_id, c.guardian_id FROM contact_points c \
+             JOIN guardians g ON g.id = c.guardian_id \
+             WHERE c.kind = $1 AND c.address = $2 AND c.active = $3 AND g.deleted_at IS NULL \
+             ORDER BY c.guardian_id",
+            Args::new().text(channel.as_str()).text(address).flag(true),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                DistrictId::from_uuid(row.id("district_id")?),
+                GuardianId::from_uuid(row.id("guardian_id")?),
+            ))
+        })
+        .collect()
+    }
+
+    async fn guardian_message(
+        &self,
+        which: GuardianMessageRef,
+        guardians: &[GuardianId],
+    ) -> StoreResult<Vec<GuardianMessage>> {
+        let mut conn = self.reads().acquire().await?;
+        let rows = match which {
+            GuardianMessageRef::Recipient(id) => {
+                let sql = format!("{MESSAGE_SELECT} WHERE r.id = $1");
+                S::Db::fetch_all(&mut conn, &sql, Args::new().id(id)).await?
+            }
+            GuardianMessageRef::Message(id) => {
+                let sql =
+                    format!("{MESSAGE_SELECT} WHERE r.message_id = $1 AND r.guardian_id = $2");
+                let mut rows = Vec::new();
+                for guardian in guardians {
+                    let args = Args::new().id(id).id(*guardian);
+                    rows.extend(S::Db::fetch_optional(&mut conn, &sql, args).await?);
+                }
+                rows
+            }
+        };
+        rows.iter().map(message).collect()
+    }
+
+    async fn guardian_messages(
+        &self,
+        guardians: &[GuardianId],
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreResult<Vec<GuardianMessage>> {
+        let mut conn = self.reads().acquire().await?;
+        let sql = format!(
+            "{MESSAGE_SELECT} WHERE r.guardian_id = $1 AND ($2 IS NULL OR r.message_id < $2) \
+             AND m.cancelled_at IS NULL ORDER BY r.message_id DESC LIMIT $3"
+        );
+        // Few guardians per session (usually one): a query each, merged.
+        let mut all = Vec::new();
+        for guardian in guardians {
+            let args = Args::new().id(*guardian).opt_id(before).int(limit);
+            for row in S::Db::fetch_all(&mut conn, &sql, args).await? {
+                all.push(message(&row)?);
+            }
+        }
+        all.sort_by(|a, b| {
+            b.message_id
+                .cmp(&a.message_id)
+                .then(a.guardian_id.cmp(&b.guardian_id))
+        });
+        all.truncate(limit as usize);
+        Ok(all)
+    }
+
+    async fn check_link_keys(
+        &self,
+        keys: &[(u8, String)],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<u8>> {
+        let mut conn = self.writes().acquire().await?;
+        let mut differing = Vec::new();
+        for (id, fingerprint) in keys {
+            S::Db::execute(
+                &mut conn,
+                "INSERT INTO link_keys (key_id, fingerprint, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key_id) DO NOTHING",
+                Args::new().int(*id).text(fingerprint).time(at),
+            )
+            .await?;
+            let recorded = S::Db::fetch_one(
+                &mut conn,
+                "SELECT fingerprint FROM link_keys WHERE key_id = $1",
+                Args::new().int(*id),
+            )
+            .await?
+            .text("fingerprint")?;
+            if &recorded != fingerprint {
+                differing.push(*id);
+            }
+        }
+        Ok(differing)
+    }
+
+    async fn create_sign_in(
+        &self,
+        channel: Channel,
+        address: &str,
+        code_hash: &str,
+        expires_at: DateTime<Utc>,
+        max_per_hour: u32,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<uuid::Uuid>> {
+        let mut tx = self.begin_write().await?;
+        // A new code replaces any open one. Written first: the write takes SQLite's lock
+        // before the count is read, so concurrent requests queue instead of failing on a
+        // stale snapshot (nothing of it stays if the cap refuses).
+        S::Db::execute(
+            &mut tx,
+            "UPDATE guardian_sign_ins SET used_at = $1 \
+             WHERE channel = $2 AND address = $3 AND used_at IS NULL",
+            Args::new().time(at).text(channel.as_str()).text(address),
+        )
+        .await?;
+        let recent = S::Db::fetch_one(
+            &mut tx,
+            "SELECT count(*) AS n FROM guardian_sign_ins \
+             WHERE channel = $1 AND address = $2 AND created_at > $3",
+            Args::new()
+                .text(channel.as_str())
+                .text(address)
+                .time(at - chrono::Duration::hours(1)),
+        )
+        .await?
+        .i64("n")?;
+        if recent >= i64::from(max_per_hour) {
+            return Ok(None);
+        }
+        let id = uuid::Uuid::now_v7();
+        S::Db::execute(
+            &mut tx,
+            "INSERT INTO guardian_sign_ins (id, channel, address, code_hash, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            Args::new()
+                .id(id)
+                .text(channel.as_str())
+                .text(address)
+                .text(code_hash)
+                .time(expires_at)
+                .time(at),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    async fn open_sign_in(
+        &self,
+        channel: Channel,
+        address: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<SignIn>> {
+        let mut conn = self.reads().acquire().await?;
+        let row = S::Db::fetch_optional(
+            &mut conn,
+            "SELECT id, code_hash, attempts FROM guardian_sign_ins \
+             WHERE channel = $1 AND address = $2 AND used_at IS NULL AND expires_at > $3 \
+             ORDER BY created_at DESC LIMIT 1",
+            Args::new().text(channel.as_str()).text(address).time(at),
+        )
+        .await?;
+        row.map(|row| {
+            Ok(SignIn {
+                id: row.id("id")?,
+                code_hash: row.text("code_hash")?,
+                attempts: row.i32("attempts")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn sign_in_attempt(
+        &self,
+        id: uuid::Uuid,
+        right: bool,
+        max_attempts: u32,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let sql = if right {
+            "UPDATE guardian_sign_ins SET used_at = $1, attempts = attempts + 1 \
+             WHERE id = $2 AND used_at IS NULL AND attempts < $3"
+        } else {
+            "UPDATE guardian_sign_ins SET attempts = attempts + 1, \
+             used_at = CASE WHEN attempts + 1 >= $3 THEN $1 ELSE used_at END \
+             WHERE id = $2 AND used_at IS NULL"
+        };
+        let mut conn = self.writes().acquire().await?;
+        let args = Args::new().time(at).id(id).int(max_attempts);
+        let changed = S::Db::execute(&mut conn, sql, args).await?;
+        Ok(right && changed == 1)
+    }
+
+    async fn create_guardian_session(
+        &self,
+        session: &GuardianSession,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut conn = self.writes().acquire().await?;
+        S::Db::execute(
+            &mut conn,
+            "INSERT INTO guardian_sessions (id, channel, address, secret_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            Args::new()
+                .id(session.id)
+                .text(session.channel.as_str())
+                .text(&session.address)
+                .text(&session.secret_hash)
+                .time(at)
+                .time(session.expires_at),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn guardian_session(&self, id: uuid::Uuid) -> StoreResult<Option<GuardianSession>> {
+        let mut conn = self.reads().acquire().await?;
+        let row = S::Db::fetch_optional(
+            &mut conn,
+            "SELECT id, channel, address, secret_hash, expires_at, revoked_at \
+             FROM guardian_sessions WHERE id = $1",
+            Args::new().id(id),
+        )
+        .await?;
+        row.map(|row| {
+            Ok(GuardianSession {
+                id: row.id("id")?,
+                channel: row.parsed("channel")?,
+                address: row.text("address")?,
+                secret_hash: row.text("secret_hash")?,
+                expires_at: row.time("expires_at")?,
+                revoked_at: row.opt_time("revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn end_guardian_session(&self, id: uuid::Uuid, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut conn = self.writes().acquire().await?;
+        S::Db::execute(
+            &mut conn,
+            "UPDATE guardian_sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            Args::new().time(at).id(id),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+const MESSAGE_SELECT: &str =
+    "SELECT r.id AS recipient_id, r.message_id, r.district_id, x.name AS district_name, r.guardian_id, \
+            m.kind, m.subject, m.body, m.translations, r.language, m.created_at, r.ack_state, r.acked_at, r.ack_via \
+     FROM recipients r JOIN messages m ON m.id = r.message_id JOIN districts x ON x.id = r.district_id ";
+
+/// A message row of [`MESSAGE_SELECT`], in the recipient's language where it has a
+/// translation.
+fn message(row: &impl Columns) -> StoreResult<GuardianMessage> {
+    let language = row.text("language")?;
+    let translations = row.json("translations")?;
+    let translated = |field: &str| -> StoreResult<String> {
+        match translations
+            .get(&language)
+            .and_then(|t| t.get(field))
+            .and_then(|v| v.as_str())
+        {
+            Some(text) => Ok(text.to_owned()),
+            None => row.text(field),
+        }
+    };
+    Ok(GuardianMessage {
+        recipient_id: RecipientId::from_uuid(row.id("recipient_id")?),
+        message_id: MessageId::from_uuid(row.id("message_id")?),
+        district_id: DistrictId::from_uuid(row.id("district_id")?),
+        district_name: row.text("district_name")?,
+        guardian_id: GuardianId::from_uuid(row.id("guardian_id")?),
+        kind: row.parsed("kind")?,
+        subject: translated("subject")?,
+        body: translated("body")?,
+        sent_at: row.time("created_at")?,
+        ack_state: row.text("ack_state")?,
+        acked_at: row.opt_time("acked_at")?,
+        ack_via: row.opt_text("ack_via")?,
+        language,
+    })
 }

@@ -16,7 +16,6 @@ mod directory_sql;
 pub mod dispatch;
 mod dispatch_sql;
 pub mod guardian;
-mod guardian_sql;
 pub mod inbox;
 mod messages;
 pub mod postgres;

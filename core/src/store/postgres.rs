@@ -1249,20 +1249,22 @@ mod dispatching {
     }
 }
 
-/// Guardian access, bound the PostgreSQL way.
-mod guardian_access {
-    fn enc(id: uuid::Uuid) -> uuid::Uuid {
-        id
+#[async_trait]
+impl super::dialect::Pools for PostgresStore {
+    type Db = sqlx::Postgres;
+
+    fn reads(&self) -> &PgPool {
+        &self.pool
     }
 
-    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        Ok(sqlx::Row::try_get(row, column)?)
+    fn writes(&self) -> &PgPool {
+        self.write_pool()
     }
 
-    crate::store::guardian_sql::guardian_queries!(db: sqlx::Postgres, enc: enc, dec: dec);
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
 }
-
-crate::store::guardian_sql::guardian_access!(PostgresStore, guardian_access);
 
 crate::store::inbox::inbox_store!(PostgresStore, directory);
 

@@ -1474,19 +1474,21 @@ mod dispatching {
     };
 }
 
-/// Guardian access, bound the SQLite way.
-mod guardian_access {
-    fn enc(id: uuid::Uuid) -> String {
-        id.hyphenated().to_string()
+#[async_trait]
+impl super::dialect::Pools for SqliteStore {
+    type Db = sqlx::Sqlite;
+
+    fn reads(&self) -> &SqlitePool {
+        &self.pool
     }
 
-    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        super::uuid(row, column)
+    fn writes(&self) -> &SqlitePool {
+        self.write_pool()
     }
 
-    crate::store::guardian_sql::guardian_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        SqliteStore::begin_write(self).await
+    }
 }
-
-crate::store::guardian_sql::guardian_access!(SqliteStore, guardian_access);
 
 crate::store::inbox::inbox_store!(SqliteStore, directory);
