@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
-use super::directory::Scope;
-use super::directory_sql::{class_filter, guardian_filter, school_filter, student_filter};
+use super::directory::{class_filter, guardian_filter, school_filter, student_filter, Scope};
 use super::StoreResult;
 use crate::audience::{Audience, AudienceMember, AudienceProblems, MemberContact};
 use crate::quiet_hours::QuietHours;

@@ -24,6 +24,7 @@ pub(crate) enum Value {
     Flag(Option<bool>),
     Time(Option<DateTime<Utc>>),
     Bytes(Option<Vec<u8>>),
+    Json(Option<serde_json::Value>),
 }
 
 /// The parameters of one statement, in `$1, $2, …` order.
@@ -55,6 +56,10 @@ impl Args {
         self.with(Value::Int(Some(n.into())))
     }
 
+    pub fn opt_int(self, n: Option<i64>) -> Self {
+        self.with(Value::Int(n))
+    }
+
     pub fn flag(self, flag: bool) -> Self {
         self.with(Value::Flag(Some(flag)))
     }
@@ -71,9 +76,18 @@ impl Args {
         self.with(Value::Bytes(Some(bytes.into())))
     }
 
+    pub fn json(self, value: serde_json::Value) -> Self {
+        self.with(Value::Json(Some(value)))
+    }
+
     fn with(mut self, value: Value) -> Self {
-        self.0.push(value);
+        self.push(value);
         self
+    }
+
+    /// Binds one more parameter (`$len` after).
+    pub fn push(&mut self, value: Value) {
+        self.0.push(value);
     }
 
     /// How many parameters are bound so far: the next one is `$len+1`.
@@ -225,6 +239,8 @@ where
     DateTime<Utc>: Type<DB>,
     for<'q> Option<Vec<u8>>: Encode<'q, DB>,
     Vec<u8>: Type<DB>,
+    for<'q> Option<serde_json::Value>: Encode<'q, DB>,
+    serde_json::Value: Type<DB>,
 {
     async fn fetch_all(
         conn: &mut DB::Connection,
@@ -268,6 +284,8 @@ where
     DateTime<Utc>: Type<DB>,
     Option<Vec<u8>>: Encode<'q, DB>,
     Vec<u8>: Type<DB>,
+    Option<serde_json::Value>: Encode<'q, DB>,
+    serde_json::Value: Type<DB>,
 {
     args.0
         .into_iter()
@@ -278,6 +296,7 @@ where
             Value::Flag(flag) => query.bind(flag),
             Value::Time(at) => query.bind(at),
             Value::Bytes(bytes) => query.bind(bytes),
+            Value::Json(value) => query.bind(value),
         })
 }
 
@@ -367,7 +386,7 @@ where
 /// go to the pool, writes to the write pool (SQLite's one writer; PostgreSQL's pool).
 #[async_trait]
 pub(crate) trait Pools: Send + Sync {
-    type Db: Dialect;
+    type Db: Dialect + super::transitions::Transitions;
 
     fn reads(&self) -> &sqlx::Pool<Self::Db>;
 

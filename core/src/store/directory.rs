@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{Channel, DistrictId, Role, Staff, StaffId};
+use super::dialect::{Args, Columns, Dialect};
+use super::{DirectoryCounts, District, StoreResult};
+use crate::quiet_hours::QuietHours;
+use crate::{Channel, DistrictId, PushPlatform, Role, Staff, StaffId};
 
 /// What part of a district a staff member may see (DESIGN.md §7). Every directory query
 /// takes one; none can be run without.
@@ -156,4 +159,582 @@ pub struct GuardianDetail {
 pub enum GuardianRef {
     Id(Uuid),
     SourcedId(String),
+}
+
+// The directory's SQL, written once for both databases: the scope of the caller is a
+// fragment of the WHERE clause, chosen here, never by a handler.
+
+/// Students (aliased `alias`) the scope may see. Uses `$2` for the staff id.
+pub(crate) fn student_filter(scope: &Scope, alias: &str) -> String {
+    match scope {
+        Scope::District(_) => "TRUE".to_owned(),
+        Scope::Schools(..) => format!("{alias}.school_id IN (SELECT school_id FROM staff_schools WHERE staff_id = $2)"),
+        Scope::Teacher(..) => format!(
+            "{alias}.id IN (SELECT e.student_id FROM enrollments e JOIN enrollments t ON t.class_id = e.class_id \
+             WHERE t.staff_id = $2 AND t.role = 'teacher' AND t.deleted_at IS NULL \
+             AND e.role = 'student' AND e.deleted_at IS NULL)"
+        ),
+    }
+}
+
+pub(crate) fn school_filter(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::District(_) => "TRUE",
+        Scope::Schools(..) => "x.id IN (SELECT school_id FROM staff_schools WHERE staff_id = $2)",
+        Scope::Teacher(..) => {
+            "x.id IN (SELECT c.school_id FROM classes c JOIN enrollments t ON t.class_id = c.id \
+             WHERE t.staff_id = $2 AND t.role = 'teacher' AND t.deleted_at IS NULL AND c.deleted_at IS NULL)"
+        }
+    }
+}
+
+pub(crate) fn class_filter(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::District(_) => "TRUE",
+        Scope::Schools(..) => "x.school_id IN (SELECT school_id FROM staff_schools WHERE staff_id = $2)",
+        Scope::Teacher(..) => {
+            "x.id IN (SELECT class_id FROM enrollments WHERE staff_id = $2 AND role = 'teacher' AND deleted_at IS NULL)"
+        }
+    }
+}
+
+pub(crate) fn guardian_filter(scope: &Scope) -> String {
+    match scope {
+        Scope::District(_) => "TRUE".to_owned(),
+        other => format!(
+            "x.id IN (SELECT gs.guardian_id FROM guardian_students gs JOIN students s ON s.id = gs.student_id \
+             WHERE gs.deleted_at IS NULL AND s.deleted_at IS NULL AND {})",
+            student_filter(other, "s")
+        ),
+    }
+}
+
+/// How one table is narrowed by the optional filters `$6` id, `$7` school, `$8` class and
+/// `$9` student: the condition each imposes on a row `x` when given.
+pub(crate) struct Related {
+    pub school: &'static str,
+    pub class: &'static str,
+    pub student: &'static str,
+}
+
+pub(crate) const SCHOOLS: Related = Related {
+    school: "x.id = $7",
+    class: "x.id IN (SELECT school_id FROM classes WHERE id = $8)",
+    student: "x.id IN (SELECT school_id FROM students WHERE id = $9)",
+};
+
+pub(crate) const CLASSES: Related = Related {
+    school: "x.school_id = $7",
+    class: "x.id = $8",
+    student:
+        "x.id IN (SELECT class_id FROM enrollments WHERE student_id = $9 AND deleted_at IS NULL)",
+};
+
+pub(crate) const STUDENTS: Related = Related {
+    school: "x.school_id = $7",
+    class: "x.id IN (SELECT student_id FROM enrollments WHERE class_id = $8 AND role = 'student' AND deleted_at IS NULL)",
+    student: "x.id = $9",
+};
+
+pub(crate) const GUARDIANS: Related = Related {
+    school: "x.id IN (SELECT gs.guardian_id FROM guardian_students gs JOIN students s7 ON s7.id = gs.student_id \
+             WHERE s7.school_id = $7 AND gs.deleted_at IS NULL AND s7.deleted_at IS NULL)",
+    class: "x.id IN (SELECT gs.guardian_id FROM guardian_students gs JOIN enrollments e8 ON e8.student_id = gs.student_id \
+            WHERE e8.class_id = $8 AND e8.role = 'student' AND e8.deleted_at IS NULL AND gs.deleted_at IS NULL)",
+    student: "x.id IN (SELECT guardian_id FROM guardian_students WHERE student_id = $9 AND deleted_at IS NULL)",
+};
+
+/// `SELECT … FROM table x` scoped, filtered and paged: `$1` district, `$2` staff, `$3`
+/// after, `$4` search pattern, `$5` limit, `$6`–`$9` the filters of [`Related`].
+pub(crate) fn page_query(
+    columns: &str,
+    table: &str,
+    filter: &str,
+    name: &str,
+    related: &Related,
+) -> String {
+    format!(
+        "SELECT {columns} FROM {table} x WHERE x.district_id = $1 AND x.deleted_at IS NULL AND ({filter}) \
+         AND ($3 IS NULL OR x.id > $3) \
+         AND ($4 IS NULL OR lower({name}) LIKE $4 ESCAPE '\\' OR lower(x.sourced_id) LIKE $4 ESCAPE '\\') \
+         AND ($6 IS NULL OR x.id = $6) AND ($7 IS NULL OR {}) AND ($8 IS NULL OR {}) AND ($9 IS NULL OR {}) \
+         ORDER BY x.id LIMIT $5",
+        related.school, related.class, related.student
+    )
+}
+
+const STUDENT_COLUMNS: &str =
+    "x.id, x.sourced_id, x.school_id, x.given_name, x.family_name, x.grade";
+const GUARDIAN_COLUMNS: &str =
+    "x.id, x.sourced_id, x.given_name, x.family_name, x.preferred_language";
+const CONTACT_COLUMNS: &str = "id, kind, address, active, inactive_reason, source";
+const OPT_OUT_COLUMNS: &str = "id, channel, source, created_at";
+
+fn student(row: &impl Columns) -> StoreResult<StudentView> {
+    Ok(StudentView {
+        id: row.id("id")?,
+        sourced_id: row.opt_text("sourced_id")?,
+        school_id: row.id("school_id")?,
+        given_name: row.text("given_name")?,
+        family_name: row.text("family_name")?,
+        grade: row.opt_text("grade")?,
+    })
+}
+
+fn guardian(row: &impl Columns) -> StoreResult<GuardianView> {
+    Ok(GuardianView {
+        id: row.id("id")?,
+        sourced_id: row.opt_text("sourced_id")?,
+        given_name: row.text("given_name")?,
+        family_name: row.text("family_name")?,
+        preferred_language: row.opt_text("preferred_language")?,
+    })
+}
+
+fn contact(row: &impl Columns) -> StoreResult<ContactPointView> {
+    Ok(ContactPointView {
+        id: row.id("id")?,
+        kind: row.parsed("kind")?,
+        address: row.text("address")?,
+        active: row.flag("active")?,
+        inactive_reason: row.opt_text("inactive_reason")?,
+        source: row.text("source")?,
+    })
+}
+
+fn opt_out(row: &impl Columns) -> StoreResult<OptOutView> {
+    Ok(OptOutView {
+        id: row.id("id")?,
+        channel: row.parsed("channel")?,
+        source: row.text("source")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// A page of [`page_query`] with its nine parameters bound.
+async fn page<D: Dialect>(
+    conn: &mut D::Connection,
+    sql: &str,
+    scope: &Scope,
+    page: &PageRequest,
+) -> StoreResult<Vec<D::Row>> {
+    let args = Args::new()
+        .id(*scope.district().as_uuid())
+        .id(scope.staff())
+        .opt_id(page.after)
+        .opt_text(page.pattern())
+        .int(page.limit)
+        .opt_id(page.only)
+        .opt_id(page.school)
+        .opt_id(page.class)
+        .opt_id(page.student);
+    D::fetch_all(conn, sql, args).await
+}
+
+pub(crate) async fn schools<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &Scope,
+    request: &PageRequest,
+) -> StoreResult<Vec<SchoolView>> {
+    let sql = page_query(
+        "x.id, x.sourced_id, x.name, x.timezone",
+        "schools",
+        school_filter(scope),
+        "x.name",
+        &SCHOOLS,
+    );
+    page::<D>(conn, &sql, scope, request)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(SchoolView {
+                id: row.id("id")?,
+                sourced_id: row.opt_text("sourced_id")?,
+                name: row.text("name")?,
+                timezone: row.text("timezone")?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn classes<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &Scope,
+    request: &PageRequest,
+) -> StoreResult<Vec<ClassView>> {
+    let sql = page_query(
+        "x.id, x.sourced_id, x.school_id, x.title",
+        "classes",
+        class_filter(scope),
+        "x.title",
+        &CLASSES,
+    );
+    page::<D>(conn, &sql, scope, request)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(ClassView {
+                id: row.id("id")?,
+                sourced_id: row.opt_text("sourced_id")?,
+                school_id: row.id("school_id")?,
+                title: row.text("title")?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn students<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &Scope,
+    request: &PageRequest,
+) -> StoreResult<Vec<StudentView>> {
+    let sql = page_query(
+        STUDENT_COLUMNS,
+        "students",
+        &student_filter(scope, "x"),
+        "x.given_name || ' ' || x.family_name",
+        &STUDENTS,
+    );
+    page::<D>(conn, &sql, scope, request)
+        .await?
+        .iter()
+        .map(student)
+        .collect()
+}
+
+pub(crate) async fn guardians<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &Scope,
+    request: &PageRequest,
+) -> StoreResult<Vec<GuardianView>> {
+    let sql = page_query(
+        GUARDIAN_COLUMNS,
+        "guardians",
+        &guardian_filter(scope),
+        "x.given_name || ' ' || x.family_name",
+        &GUARDIANS,
+    );
+    page::<D>(conn, &sql, scope, request)
+        .await?
+        .iter()
+        .map(guardian)
+        .collect()
+}
+
+/// A guardian the scope may see, with the students the scope may see among theirs.
+pub(crate) async fn guardian_detail<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &Scope,
+    which: &GuardianRef,
+) -> StoreResult<Option<GuardianDetail>> {
+    let in_scope = || {
+        Args::new()
+            .id(*scope.district().as_uuid())
+            .id(scope.staff())
+    };
+    let (key, args) = match which {
+        GuardianRef::Id(id) => ("x.id = $3", in_scope().id(*id)),
+        GuardianRef::SourcedId(sid) => ("x.sourced_id = $3", in_scope().text(sid.as_str())),
+    };
+    let sql = format!(
+        "SELECT {GUARDIAN_COLUMNS} FROM guardians x WHERE x.district_id = $1 AND x.deleted_at IS NULL \
+         AND ({}) AND {key}",
+        guardian_filter(scope)
+    );
+    let Some(row) = D::fetch_optional(conn, &sql, args).await? else {
+        return Ok(None);
+    };
+    let found = guardian(&row)?;
+    let students_sql = format!(
+        "SELECT {STUDENT_COLUMNS} FROM students x JOIN guardian_students gs ON gs.student_id = x.id \
+         WHERE x.district_id = $1 AND gs.guardian_id = $3 AND gs.deleted_at IS NULL AND x.deleted_at IS NULL \
+         AND ({}) ORDER BY x.family_name, x.given_name, x.id",
+        student_filter(scope, "x")
+    );
+    let students = D::fetch_all(conn, &students_sql, in_scope().id(found.id))
+        .await?
+        .iter()
+        .map(student)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let contacts_sql = format!(
+        "SELECT {CONTACT_COLUMNS} FROM contact_points WHERE guardian_id = $1 ORDER BY kind, address"
+    );
+    let contact_points = D::fetch_all(conn, &contacts_sql, Args::new().id(found.id))
+        .await?
+        .iter()
+        .map(contact)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let opt_outs_sql = format!(
+        "SELECT {OPT_OUT_COLUMNS} FROM opt_outs WHERE guardian_id = $1 AND revoked_at IS NULL \
+         ORDER BY created_at"
+    );
+    let opt_outs = D::fetch_all(conn, &opt_outs_sql, Args::new().id(found.id))
+        .await?
+        .iter()
+        .map(opt_out)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Some(GuardianDetail {
+        guardian: found,
+        students,
+        contact_points,
+        opt_outs,
+    }))
+}
+
+/// Adds a contact point staff entered (or reactivates the same one).
+pub(crate) async fn add_contact_point<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    guardian: Uuid,
+    kind: Channel,
+    address: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<ContactPointView> {
+    let sql = format!(
+        "INSERT INTO contact_points (id, district_id, guardian_id, kind, address, source, verified, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'staff', false, $6, $6) \
+         ON CONFLICT (guardian_id, kind, address) DO UPDATE SET active = true, inactive_reason = NULL, \
+         updated_at = excluded.updated_at RETURNING {CONTACT_COLUMNS}"
+    );
+    let args = Args::new()
+        .id(Uuid::now_v7())
+        .id(district)
+        .id(guardian)
+        .text(kind.as_str())
+        .text(address)
+        .time(at);
+    contact(&D::fetch_one(conn, &sql, args).await?)
+}
+
+/// Retires an address a provider said is dead; returns how many contact points it was.
+pub(crate) async fn retire_address<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: Uuid,
+    kind: Channel,
+    address: &str,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<u64> {
+    D::execute(
+        conn,
+        "UPDATE contact_points SET active = false, inactive_reason = $1, updated_at = $2 \
+         WHERE guardian_id = $3 AND kind = $4 AND address = $5 AND active",
+        Args::new()
+            .text(reason)
+            .time(at)
+            .id(guardian)
+            .text(kind.as_str())
+            .text(address),
+    )
+    .await
+}
+
+/// Registers (or reactivates) a guardian's device for push.
+pub(crate) async fn register_device<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    guardian: Uuid,
+    platform: PushPlatform,
+    token: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<ContactPointView> {
+    let sql = format!(
+        "INSERT INTO contact_points (id, district_id, guardian_id, kind, address, push_platform, \
+         source, verified, created_at, updated_at) VALUES ($1, $2, $3, 'push', $4, $5, 'app', true, $6, $6) \
+         ON CONFLICT (guardian_id, kind, address) DO UPDATE SET active = true, inactive_reason = NULL, \
+         push_platform = excluded.push_platform, updated_at = excluded.updated_at \
+         RETURNING {CONTACT_COLUMNS}"
+    );
+    let args = Args::new()
+        .id(Uuid::now_v7())
+        .id(district)
+        .id(guardian)
+        .text(token)
+        .text(platform.as_str())
+        .time(at);
+    contact(&D::fetch_one(conn, &sql, args).await?)
+}
+
+/// Turns a guardian's contact point on or off (staff's edit).
+pub(crate) async fn set_contact_point_active<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: Uuid,
+    contact_point: Uuid,
+    active: bool,
+    at: DateTime<Utc>,
+) -> StoreResult<Option<ContactPointView>> {
+    let sql = format!(
+        "UPDATE contact_points SET active = $1, \
+         inactive_reason = CASE WHEN $1 THEN NULL ELSE 'deactivated by staff' END, updated_at = $2 \
+         WHERE id = $3 AND guardian_id = $4 RETURNING {CONTACT_COLUMNS}"
+    );
+    let args = Args::new()
+        .flag(active)
+        .time(at)
+        .id(contact_point)
+        .id(guardian);
+    D::fetch_optional(conn, &sql, args)
+        .await?
+        .as_ref()
+        .map(contact)
+        .transpose()
+}
+
+/// Records an opt-out (once per guardian, channel and source) and returns it.
+pub(crate) async fn add_opt_out<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    guardian: Uuid,
+    channel: Channel,
+    source: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<OptOutView> {
+    D::execute(
+        conn,
+        "INSERT INTO opt_outs (id, district_id, guardian_id, channel, source, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (guardian_id, channel, source) WHERE revoked_at IS NULL DO NOTHING",
+        Args::new()
+            .id(Uuid::now_v7())
+            .id(district)
+            .id(guardian)
+            .text(channel.as_str())
+            .text(source)
+            .time(at),
+    )
+    .await?;
+    let sql = format!(
+        "SELECT {OPT_OUT_COLUMNS} FROM opt_outs \
+         WHERE guardian_id = $1 AND channel = $2 AND source = $3 AND revoked_at IS NULL"
+    );
+    let args = Args::new().id(guardian).text(channel.as_str()).text(source);
+    opt_out(&D::fetch_one(conn, &sql, args).await?)
+}
+
+/// Revokes an opt-out that is not a carrier STOP; returns the opt-out as it was.
+pub(crate) async fn revoke_opt_out<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: Uuid,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> StoreResult<Option<OptOutView>> {
+    let sql = format!(
+        "SELECT {OPT_OUT_COLUMNS} FROM opt_outs WHERE id = $1 AND guardian_id = $2 AND revoked_at IS NULL"
+    );
+    let row = D::fetch_optional(conn, &sql, Args::new().id(id).id(guardian)).await?;
+    let Some(found) = row.as_ref().map(opt_out).transpose()? else {
+        return Ok(None);
+    };
+    if found.source != "carrier" {
+        D::execute(
+            conn,
+            "UPDATE opt_outs SET revoked_at = $1 WHERE id = $2",
+            Args::new().time(at).id(id),
+        )
+        .await?;
+    }
+    Ok(Some(found))
+}
+
+/// How much of each kind the district's directory holds.
+pub(crate) async fn counts<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+) -> StoreResult<DirectoryCounts> {
+    let row = D::fetch_one(
+        conn,
+        "SELECT \
+           (SELECT count(*) FROM schools WHERE district_id = $1 AND deleted_at IS NULL) AS schools, \
+           (SELECT count(*) FROM students WHERE district_id = $1 AND deleted_at IS NULL) AS students, \
+           (SELECT count(*) FROM guardians WHERE district_id = $1 AND deleted_at IS NULL) AS guardians, \
+           (SELECT count(*) FROM staff WHERE district_id = $1 AND disabled_at IS NULL) AS staff, \
+           (SELECT count(*) FROM classes WHERE district_id = $1 AND deleted_at IS NULL) AS classes, \
+           (SELECT count(*) FROM enrollments WHERE district_id = $1 AND deleted_at IS NULL) AS enrollments, \
+           (SELECT count(*) FROM guardian_students WHERE district_id = $1 AND deleted_at IS NULL) AS guardian_links, \
+           (SELECT count(*) FROM contact_points WHERE district_id = $1 AND active) AS active_contact_points",
+        Args::new().id(district),
+    )
+    .await?;
+    Ok(DirectoryCounts {
+        schools: row.i64("schools")?,
+        students: row.i64("students")?,
+        guardians: row.i64("guardians")?,
+        staff: row.i64("staff")?,
+        classes: row.i64("classes")?,
+        enrollments: row.i64("enrollments")?,
+        guardian_links: row.i64("guardian_links")?,
+        active_contact_points: row.i64("active_contact_points")?,
+    })
+}
+
+/// Sets a school's time zone and quiet hours; the school by id or sourcedId.
+pub(crate) async fn set_school_quiet_hours<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    school: &str,
+    quiet: Option<QuietHours>,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let sql = format!(
+        "UPDATE schools SET timezone = COALESCE($1, timezone), quiet_start_minute = $2, \
+         quiet_end_minute = $3, updated_at = $4 \
+         WHERE district_id = $5 AND deleted_at IS NULL AND (id{} = $6 OR sourced_id = $7)",
+        D::AS_TEXT
+    );
+    let args = Args::new()
+        .opt_text(quiet.map(|q| q.timezone.name().to_owned()))
+        .opt_int(quiet.map(|q| i64::from(q.start_minute)))
+        .opt_int(quiet.map(|q| i64::from(q.end_minute)))
+        .time(at)
+        .id(district)
+        .text(school.trim().to_lowercase())
+        .text(school.trim());
+    Ok(D::execute(conn, &sql, args).await? > 0)
+}
+
+/// The columns [`district_from_row`] reads.
+pub(crate) const DISTRICT_COLUMNS: &str = "id, name, default_language, timezone, created_at, \
+     max_recipients_per_message, max_messages_per_hour";
+
+pub(crate) fn district_from_row(row: &impl Columns) -> StoreResult<District> {
+    Ok(District {
+        id: DistrictId::from_uuid(row.id("id")?),
+        name: row.text("name")?,
+        default_language: row.text("default_language")?,
+        timezone: row.text("timezone")?,
+        created_at: row.time("created_at")?,
+        max_recipients_per_message: row.opt_i32("max_recipients_per_message")?,
+        max_messages_per_hour: row.opt_i32("max_messages_per_hour")?,
+    })
+}
+
+pub(crate) async fn district<D: Dialect>(
+    conn: &mut D::Connection,
+    id: Uuid,
+) -> StoreResult<Option<District>> {
+    let sql = format!("SELECT {DISTRICT_COLUMNS} FROM districts WHERE id = $1");
+    D::fetch_optional(conn, &sql, Args::new().id(id))
+        .await?
+        .as_ref()
+        .map(district_from_row)
+        .transpose()
+}
+
+pub(crate) async fn set_district_quotas<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    max_recipients_per_message: Option<i32>,
+    max_messages_per_hour: Option<i32>,
+) -> StoreResult<()> {
+    D::execute(
+        conn,
+        "UPDATE districts SET max_recipients_per_message = $1, max_messages_per_hour = $2 \
+         WHERE id = $3",
+        Args::new()
+            .opt_int(max_recipients_per_message.map(i64::from))
+            .opt_int(max_messages_per_hour.map(i64::from))
+            .id(district),
+    )
+    .await?;
+    Ok(())
 }

@@ -1,15 +1,21 @@
 //! Where providers' events and guardians' texts land: the callback inbox, inbound SMS,
-//! acknowledgment. Its SQL is in `directory_sql` (written once for both dialects); the
-//! `inbox_store!` macro implements the trait for a store from it.
+//! acknowledgment, implemented once for both stores over [`Pools`].
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::dialect::{Args, Columns, Dialect, Pools, Value};
+use super::directory::guardian_filter;
+use super::transitions::InTx;
 use super::{
     AckOutcome, InboundSms, InboxApply, InboxItem, InboxPut, ReplyView, Scope, StoreResult,
+    DELIVERY_COLUMNS,
 };
-use crate::delivery::Delivery;
-use crate::{Channel, DeliveryId, DistrictId, GuardianId};
+use crate::delivery::{decide_and_apply, Actor, Applied, Delivery, Request};
+use crate::{Channel, DeliveryEvent, DeliveryId, DeliveryState, DistrictId, GuardianId};
 
 /// How a provider event's request ended, as its inbox mark (`applied` or `ignored`, with
 /// what it did); `None` leaves it pending, to be decided again.
@@ -188,142 +194,490 @@ pub struct Pruned {
     pub tokens: u64,
 }
 
-/// Expands to `impl Inbox for $store` (a store with a `pool`) over the `$queries` module
-/// of `directory_queries!`.
-macro_rules! inbox_store {
-    ($store:ty, $queries:path) => {
-        #[async_trait::async_trait]
-        impl $crate::store::inbox::Inbox for $store {
-            async fn record_inbound(
-                &self,
-                sms: &$crate::store::InboundSms,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<Option<Vec<($crate::DistrictId, $crate::GuardianId)>>>
+/// The one implementation, for both stores.
+#[async_trait]
+impl<S: Pools> Inbox for S {
+    async fn record_inbound(
+        &self,
+        sms: &InboundSms,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<(DistrictId, GuardianId)>>> {
+        let mut conn = self.writes().acquire().await?;
+        let guardians = S::Db::fetch_all(
+            &mut conn,
+            "SELECT DISTINCT district_id, guardian_id FROM contact_points \
+             WHERE kind = 'sms' AND address = $1",
+            Args::new().text(&sms.from),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                DistrictId::from_uuid(row.id("district_id")?),
+                GuardianId::from_uuid(row.id("guardian_id")?),
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let first = guardians.first().copied();
+        let inserted = S::Db::execute(
+            &mut conn,
+            "INSERT INTO inbound_messages (id, provider, provider_message_id, district_id, guardian_id, \
+             from_address, to_address, body, keyword, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (provider, provider_message_id) DO NOTHING",
+            Args::new()
+                .id(uuid::Uuid::now_v7())
+                .text(&sms.provider)
+                .text(&sms.provider_message_id)
+                .opt_id(first.map(|(d, _)| d))
+                .opt_id(first.map(|(_, g)| g))
+                .text(&sms.from)
+                .text(&sms.to)
+                .text(&sms.body)
+                .opt_text(sms.keyword)
+                .time(at),
+        )
+        .await?;
+        Ok((inserted == 1).then_some(guardians))
+    }
+
+    async fn acknowledge(
+        &self,
+        recipient: uuid::Uuid,
+        via: Channel,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<AckOutcome> {
+        let mut tx = self.writes().begin().await?;
+        let mark = "UPDATE recipients SET ack_state = 'acked', acked_at = $1, ack_via = $2 \
+                    WHERE id = $3 AND ack_state = 'pending'";
+        let marked = S::Db::execute(
+            &mut tx,
+            mark,
+            Args::new().time(at).text(via.as_str()).id(recipient),
+        )
+        .await?;
+        if marked == 0 {
+            let state = S::Db::fetch_optional(
+                &mut tx,
+                "SELECT ack_state FROM recipients WHERE id = $1",
+                Args::new().id(recipient),
+            )
+            .await?
+            .map(|row| row.text("ack_state"))
+            .transpose()?;
+            return Ok(match state.as_deref() {
+                None => AckOutcome::NotFound,
+                Some("acked") => AckOutcome::AlreadyAcked,
+                Some(_) => AckOutcome::NotRequired,
+            });
+        }
+        // The same message re-sent (re-notifications of it, or the message a
+        // re-notification re-sends): acknowledged once is acknowledged for all of them.
+        let related: Vec<uuid::Uuid> = S::Db::fetch_all(
+            &mut tx,
+            "WITH RECURSIVE up (id, parent) AS ( \
+                 SELECT m.id, m.renotify_of FROM messages m JOIN recipients r ON r.message_id = m.id \
+                 WHERE r.id = $1 \
+                 UNION ALL SELECT m.id, m.renotify_of FROM messages m JOIN up ON m.id = up.parent), \
+             down (id) AS ( \
+                 SELECT id FROM up WHERE parent IS NULL \
+                 UNION ALL SELECT m.id FROM messages m JOIN down ON m.renotify_of = down.id) \
+             SELECT r.id FROM recipients r \
+             WHERE r.guardian_id = (SELECT guardian_id FROM recipients WHERE id = $1) \
+             AND r.message_id IN (SELECT id FROM down) AND r.ack_state = 'pending' AND r.id <> $1",
+            Args::new().id(recipient),
+        )
+        .await?
+        .iter()
+        .map(|row| row.id("id"))
+        .collect::<StoreResult<_>>()?;
+        for other in &related {
+            let args = Args::new().time(at).text(via.as_str()).id(*other);
+            S::Db::execute(&mut tx, mark, args).await?;
+        }
+        // Found by message and guardian, through the index that keeps them unique per
+        // channel: deliveries have no index of their own on the recipient.
+        let mut args = Args::new();
+        let recipients = args.ids(&[&[recipient][..], &related].concat());
+        let sql = format!(
+            "SELECT {} FROM recipients r JOIN deliveries d \
+                  ON d.message_id = r.message_id AND d.guardian_id = r.guardian_id AND d.recipient_id = r.id \
+             WHERE r.id IN ({recipients}) ORDER BY d.id",
+            super::delivery_columns("d")
+        );
+        let mut requests = Vec::new();
+        for row in S::Db::fetch_all(&mut tx, &sql, args).await? {
+            let delivery = super::deliveries::from_row(&row)?;
+            // The delivery the acknowledgment came through is ACKED; the guardian's other
+            // deliveries of the message (and of its re-sends) that have not gone out are
+            // cancelled.
+            let event = if *delivery.recipient_id.as_uuid() == recipient && delivery.channel == via
             {
-                use $queries as q;
-                Ok(q::record_inbound(self.write_pool(), sms, at)
-                    .await?
-                    .map(|found| {
-                        found
-                            .into_iter()
-                            .map(|(d, g)| {
-                                (
-                                    $crate::DistrictId::from_uuid(d),
-                                    $crate::GuardianId::from_uuid(g),
-                                )
-                            })
-                            .collect()
-                    }))
-            }
-
-            async fn acknowledge(
-                &self,
-                recipient: uuid::Uuid,
-                via: $crate::Channel,
-                actor: &$crate::delivery::Actor,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<$crate::store::AckOutcome> {
-                use $queries as q;
-                q::acknowledge(self.write_pool(), recipient, via, actor, at).await
-            }
-
-            async fn open_ack(
-                &self,
-                guardian: $crate::GuardianId,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<Option<uuid::Uuid>> {
-                use $queries as q;
-                q::open_ack(&self.pool, guardian.into(), at).await
-            }
-
-            async fn replies(
-                &self,
-                scope: &$crate::store::Scope,
-                before: Option<uuid::Uuid>,
-                limit: u32,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::ReplyView>> {
-                use $queries as q;
-                q::replies(&self.pool, scope, before, limit).await
-            }
-
-            async fn resubscribe(
-                &self,
-                guardian: $crate::GuardianId,
-                channel: $crate::Channel,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<u64> {
-                use $queries as q;
-                q::resubscribe(self.write_pool(), guardian.into(), channel, at).await
-            }
-
-            async fn apply_inbox_batch(
-                &self,
-                items: &[$crate::store::InboxApply],
-            ) -> $crate::store::StoreResult<Vec<Option<&'static str>>> {
-                use $queries as q;
-                q::apply_inbox_batch(self.write_pool(), items).await
-            }
-
-            async fn deliveries_by_ids(
-                &self,
-                ids: &[$crate::DeliveryId],
-            ) -> $crate::store::StoreResult<Vec<$crate::delivery::Delivery>> {
-                use $queries as q;
-                q::deliveries_by_ids(&mut *self.pool.acquire().await?, ids).await
-            }
-
-            async fn inbox_put_many(
-                &self,
-                events: &[$crate::store::InboxPut],
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<Vec<bool>> {
-                use $queries as q;
-                q::inbox_put_many(self.write_pool(), events, at).await
-            }
-
-            async fn inbox_pending(
-                &self,
-                limit: u32,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::InboxItem>> {
-                use $queries as q;
-                q::inbox_pending(&self.pool, limit).await
-            }
-
-            async fn inbox_counts(
-                &self,
-            ) -> $crate::store::StoreResult<std::collections::BTreeMap<String, i64>> {
-                use $queries as q;
-                q::inbox_counts(&self.pool).await
-            }
-
-            async fn sent_through(
-                &self,
-                ids: &[$crate::DeliveryId],
-            ) -> $crate::store::StoreResult<Vec<$crate::store::inbox::SentThrough>> {
-                use $queries as q;
-                q::sent_through(&self.pool, ids).await
-            }
-
-            async fn claim_webhook_token(
-                &self,
-                provider: &str,
-                token: &str,
-                event_key: &str,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<$crate::store::inbox::TokenClaim> {
-                use $queries as q;
-                q::claim_webhook_token(self.write_pool(), provider, token, event_key, at).await
-            }
-
-            async fn prune_inbox(
-                &self,
-                retention: &$crate::store::inbox::InboxRetention,
-            ) -> $crate::store::StoreResult<$crate::store::inbox::Pruned> {
-                use $queries as q;
-                q::prune_inbox(self.write_pool(), retention).await
+                DeliveryEvent::Acknowledged
+            } else {
+                DeliveryEvent::Cancel
+            };
+            let why = format!("acknowledged by {via}");
+            let mut request = Request::new(event, actor, Some(&why), at);
+            request.effects.next_attempt_at = Some(None);
+            requests.push((delivery, request));
+        }
+        let results = decide_and_apply(&mut InTx::<S::Db>(&mut tx), requests).await?;
+        let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
+        for result in results {
+            match result {
+                Ok(Applied::Moved { delivery, .. }) if delivery.state == DeliveryState::Acked => {
+                    acked_delivery = Some(delivery.id);
+                }
+                Ok(Applied::Moved { .. }) => cancelled += 1,
+                Ok(Applied::Ignored { .. }) | Err(_) => untouched += 1,
             }
         }
-    };
+        tx.commit().await?;
+        Ok(AckOutcome::Acked {
+            delivery: acked_delivery,
+            cancelled,
+            untouched,
+        })
+    }
+
+    async fn open_ack(
+        &self,
+        guardian: GuardianId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<uuid::Uuid>> {
+        let mut conn = self.reads().acquire().await?;
+        S::Db::fetch_optional(
+            &mut conn,
+            "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id \
+             WHERE r.guardian_id = $1 AND r.ack_state = 'pending' AND m.requires_ack = $2 \
+             AND (m.ack_deadline IS NULL OR m.ack_deadline > $3) \
+             ORDER BY m.created_at DESC, m.id DESC LIMIT 1",
+            Args::new().id(guardian).flag(true).time(at),
+        )
+        .await?
+        .map(|row| row.id("id"))
+        .transpose()
+    }
+
+    async fn replies(
+        &self,
+        scope: &Scope,
+        before: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<ReplyView>> {
+        let mut conn = self.reads().acquire().await?;
+        let sql = format!(
+            "SELECT m.id, m.guardian_id, x.given_name, x.family_name, m.from_address, m.body, \
+                    m.keyword, m.received_at \
+             FROM inbound_messages m JOIN guardians x ON x.id = m.guardian_id \
+             WHERE m.district_id = $1 AND x.deleted_at IS NULL AND ({}) \
+             AND ($3 IS NULL OR m.id < $3) ORDER BY m.id DESC LIMIT $4",
+            guardian_filter(scope)
+        );
+        let args = Args::new()
+            .id(*scope.district().as_uuid())
+            .id(scope.staff())
+            .opt_id(before)
+            .int(limit);
+        S::Db::fetch_all(&mut conn, &sql, args)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(ReplyView {
+                    id: row.id("id")?,
+                    guardian_id: row.id("guardian_id")?,
+                    guardian_name: format!(
+                        "{} {}",
+                        row.text("given_name")?,
+                        row.text("family_name")?
+                    ),
+                    from: row.text("from_address")?,
+                    body: row.text("body")?,
+                    keyword: row.opt_text("keyword")?,
+                    received_at: row.time("received_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn resubscribe(
+        &self,
+        guardian: GuardianId,
+        channel: Channel,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut conn = self.writes().acquire().await?;
+        S::Db::execute(
+            &mut conn,
+            "UPDATE opt_outs SET revoked_at = $1 WHERE guardian_id = $2 AND channel = $3 \
+             AND source = 'carrier' AND revoked_at IS NULL",
+            Args::new().time(at).id(guardian).text(channel.as_str()),
+        )
+        .await
+    }
+
+    async fn apply_inbox_batch(
+        &self,
+        items: &[InboxApply],
+    ) -> StoreResult<Vec<Option<&'static str>>> {
+        let mut tx = self.writes().begin().await?;
+        let asking: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].request.is_some())
+            .collect();
+        let requests: Vec<_> = asking
+            .iter()
+            .filter_map(|&i| items[i].request.clone())
+            .collect();
+        let results = decide_and_apply(&mut InTx::<S::Db>(&mut tx), requests).await?;
+        let mut marks: Vec<Option<(&'static str, String)>> = items
+            .iter()
+            .map(|item| Some((item.status, item.outcome.clone())))
+            .collect();
+        for (&index, result) in asking.iter().zip(&results) {
+            marks[index] = inbox_mark(result);
+        }
+        let done: Vec<(uuid::Uuid, &'static str, &str)> = items
+            .iter()
+            .zip(&marks)
+            .filter_map(|(item, mark)| {
+                mark.as_ref()
+                    .map(|(status, outcome)| (item.inbox_id, *status, outcome.as_str()))
+            })
+            .collect();
+        let at = Utc::now();
+        // A statement per chunk, not per event.
+        for chunk in done.chunks(CHUNK) {
+            let mut args = Args::new().time(at);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|(id, status, outcome)| {
+                    let id = args.ids(&[*id]);
+                    let texts = args.texts([*status, *outcome]);
+                    format!("({id}, {texts})")
+                })
+                .collect();
+            let sql = format!(
+                "WITH v (iid, new_status, new_outcome) AS (VALUES {}) \
+                 UPDATE callback_inbox SET status = v.new_status, outcome = v.new_outcome, applied_at = $1 \
+                 FROM v WHERE id = v.iid AND status = 'pending'",
+                rows.join(", ")
+            );
+            S::Db::execute(&mut tx, &sql, args).await?;
+        }
+        tx.commit().await?;
+        Ok(marks
+            .into_iter()
+            .map(|mark| mark.map(|(status, _)| status))
+            .collect())
+    }
+
+    async fn deliveries_by_ids(&self, ids: &[DeliveryId]) -> StoreResult<Vec<Delivery>> {
+        let mut conn = self.reads().acquire().await?;
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let mut args = Args::new();
+            let listed = args.ids(&chunk.iter().map(|id| *id.as_uuid()).collect::<Vec<_>>());
+            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id IN ({listed})");
+            for row in S::Db::fetch_all(&mut conn, &sql, args).await? {
+                found.push(super::deliveries::from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn inbox_put_many(
+        &self,
+        events: &[InboxPut],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<bool>> {
+        let mut tx = self.writes().begin().await?;
+        let mut inserted: HashSet<(String, String)> = HashSet::new();
+        for chunk in events.chunks(CHUNK) {
+            let mut args = Args::new().time(at);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|e| {
+                    let id = args.ids(&[uuid::Uuid::now_v7()]);
+                    let names = args.texts([e.provider.as_str(), e.event_id.as_str()]);
+                    args.push(Value::Json(Some(e.payload.clone())));
+                    let payload = args.len();
+                    args.push(Value::Text(Some(e.status.to_owned())));
+                    args.push(Value::Time((e.status != "pending").then_some(at)));
+                    args.push(Value::Text(e.outcome.clone()));
+                    let n = args.len();
+                    format!(
+                        "({id}, {names}, $1, ${payload}, ${}, ${}, ${n})",
+                        n - 2,
+                        n - 1
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO callback_inbox (id, provider, event_id, received_at, payload, status, \
+                 applied_at, outcome) VALUES {} \
+                 ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id",
+                rows.join(", ")
+            );
+            for row in S::Db::fetch_all(&mut tx, &sql, args).await? {
+                inserted.insert((row.text("provider")?, row.text("event_id")?));
+            }
+        }
+        tx.commit().await?;
+        // The same event twice in one batch: the first is new, the second a duplicate.
+        Ok(events
+            .iter()
+            .map(|e| inserted.remove(&(e.provider.clone(), e.event_id.clone())))
+            .collect())
+    }
+
+    async fn inbox_pending(&self, limit: u32) -> StoreResult<Vec<InboxItem>> {
+        let mut conn = self.reads().acquire().await?;
+        S::Db::fetch_all(
+            &mut conn,
+            "SELECT id, provider, event_id, payload FROM callback_inbox WHERE status = 'pending' \
+             ORDER BY received_at, id LIMIT $1",
+            Args::new().int(limit),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(InboxItem {
+                id: row.id("id")?,
+                provider: row.text("provider")?,
+                event_id: row.text("event_id")?,
+                payload: row.json("payload")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn inbox_counts(&self) -> StoreResult<BTreeMap<String, i64>> {
+        let mut conn = self.reads().acquire().await?;
+        S::Db::fetch_all(
+            &mut conn,
+            "SELECT status, count(*) AS n FROM callback_inbox GROUP BY status",
+            Args::new(),
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.text("status")?, row.i64("n")?)))
+        .collect()
+    }
+
+    async fn sent_through(&self, ids: &[DeliveryId]) -> StoreResult<Vec<SentThrough>> {
+        let mut conn = self.reads().acquire().await?;
+        let mut found: BTreeMap<uuid::Uuid, SentThrough> = BTreeMap::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut args = Args::new();
+            let listed = args.ids(&chunk.iter().map(|id| *id.as_uuid()).collect::<Vec<_>>());
+            let sql = format!(
+                "SELECT d.id, d.channel, d.provider_ref, d.provider AS recorded, a.provider AS attempted \
+                 FROM deliveries d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id \
+                 WHERE d.id IN ({listed})"
+            );
+            for row in S::Db::fetch_all(&mut conn, &sql, args).await? {
+                let id = row.id("id")?;
+                let entry = match found.entry(id) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(SentThrough {
+                        delivery_id: DeliveryId::from_uuid(id),
+                        channel: row.parsed("channel")?,
+                        provider_ref: row.opt_text("provider_ref")?,
+                        providers: Vec::new(),
+                    }),
+                };
+                for column in ["recorded", "attempted"] {
+                    entry.providers.extend(row.opt_text(column)?);
+                }
+            }
+        }
+        Ok(found
+            .into_values()
+            .map(|mut s| {
+                s.providers.sort_unstable();
+                s.providers.dedup();
+                s
+            })
+            .collect())
+    }
+
+    async fn claim_webhook_token(
+        &self,
+        provider: &str,
+        token: &str,
+        event_key: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<TokenClaim> {
+        let mut conn = self.writes().acquire().await?;
+        let inserted = S::Db::execute(
+            &mut conn,
+            "INSERT INTO webhook_tokens (provider, token, event_key, seen_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (provider, token) DO NOTHING",
+            Args::new()
+                .text(provider)
+                .text(token)
+                .text(event_key)
+                .time(at),
+        )
+        .await?;
+        if inserted == 1 {
+            return Ok(TokenClaim::New);
+        }
+        let seen = S::Db::fetch_optional(
+            &mut conn,
+            "SELECT event_key FROM webhook_tokens WHERE provider = $1 AND token = $2",
+            Args::new().text(provider).text(token),
+        )
+        .await?
+        .map(|row| row.text("event_key"))
+        .transpose()?;
+        Ok(match seen {
+            Some(key) if key == event_key => TokenClaim::Repeat,
+            // Pruned between the two statements: it was stale anyway.
+            Some(_) | None => TokenClaim::Reused,
+        })
+    }
+
+    async fn prune_inbox(&self, retention: &InboxRetention) -> StoreResult<Pruned> {
+        let mut conn = self.writes().acquire().await?;
+        let limit = i64::from(retention.limit);
+        let events = |statuses: &str| {
+            format!(
+                "DELETE FROM callback_inbox WHERE id IN (SELECT id FROM callback_inbox \
+                 WHERE status IN ({statuses}) AND received_at < $1 ORDER BY received_at LIMIT $2)"
+            )
+        };
+        let finished = S::Db::execute(
+            &mut conn,
+            &events("'applied', 'ignored'"),
+            Args::new().time(retention.finished_before).int(limit),
+        )
+        .await?;
+        let rejected = S::Db::execute(
+            &mut conn,
+            &events("'rejected'"),
+            Args::new().time(retention.rejected_before).int(limit),
+        )
+        .await?;
+        let tokens = S::Db::execute(
+            &mut conn,
+            "DELETE FROM webhook_tokens WHERE seen_at < $1 AND token IN \
+             (SELECT token FROM webhook_tokens WHERE seen_at < $2 ORDER BY seen_at LIMIT $3)",
+            Args::new()
+                .time(retention.tokens_before)
+                .time(retention.tokens_before)
+                .int(limit),
+        )
+        .await?;
+        Ok(Pruned {
+            finished,
+            rejected,
+            tokens,
+        })
+    }
 }
 
-pub(crate) use inbox_store;
+/// Rows per multi-row statement.
+const CHUNK: usize = 500;

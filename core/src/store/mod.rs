@@ -12,7 +12,6 @@ pub mod constraint;
 mod deliveries;
 mod dialect;
 pub mod directory;
-mod directory_sql;
 pub mod dispatch;
 mod dispatch_sql;
 pub mod guardian;

@@ -462,7 +462,11 @@ impl Store for PostgresStore {
     }
 
     async fn directory_counts(&self, district: DistrictId) -> StoreResult<super::DirectoryCounts> {
-        directory::counts(&self.pool, district.into()).await
+        super::directory::counts::<sqlx::Postgres>(
+            &mut *self.pool.acquire().await?,
+            district.into(),
+        )
+        .await
     }
 
     async fn schools(
@@ -470,7 +474,8 @@ impl Store for PostgresStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::SchoolView>> {
-        directory::schools(&self.pool, scope, page).await
+        super::directory::schools::<sqlx::Postgres>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn classes(
@@ -478,7 +483,8 @@ impl Store for PostgresStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::ClassView>> {
-        directory::classes(&self.pool, scope, page).await
+        super::directory::classes::<sqlx::Postgres>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn students(
@@ -486,7 +492,8 @@ impl Store for PostgresStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::StudentView>> {
-        directory::students(&self.pool, scope, page).await
+        super::directory::students::<sqlx::Postgres>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn guardians(
@@ -494,7 +501,8 @@ impl Store for PostgresStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::GuardianView>> {
-        directory::guardians(&self.pool, scope, page).await
+        super::directory::guardians::<sqlx::Postgres>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn guardian_detail(
@@ -502,7 +510,12 @@ impl Store for PostgresStore {
         scope: &super::Scope,
         which: &super::GuardianRef,
     ) -> StoreResult<Option<super::GuardianDetail>> {
-        directory::guardian_detail(&self.pool, scope, which).await
+        super::directory::guardian_detail::<sqlx::Postgres>(
+            &mut *self.pool.acquire().await?,
+            scope,
+            which,
+        )
+        .await
     }
 
     async fn retire_address(
@@ -513,7 +526,15 @@ impl Store for PostgresStore {
         reason: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        directory::retire_address(&self.pool, guardian.into(), channel, address, reason, at).await
+        super::directory::retire_address::<sqlx::Postgres>(
+            &mut *self.pool.acquire().await?,
+            guardian.into(),
+            channel,
+            address,
+            reason,
+            at,
+        )
+        .await
     }
 
     async fn register_device(
@@ -524,8 +545,8 @@ impl Store for PostgresStore {
         token: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<super::ContactPointView> {
-        directory::register_device(
-            &self.pool,
+        super::directory::register_device::<sqlx::Postgres>(
+            &mut *self.pool.acquire().await?,
             district.into(),
             guardian.into(),
             platform,
@@ -536,7 +557,8 @@ impl Store for PostgresStore {
     }
 
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
-        directory::district(&self.pool, id.into()).await
+        super::directory::district::<sqlx::Postgres>(&mut *self.pool.acquire().await?, id.into())
+            .await
     }
 
     async fn districts(&self) -> StoreResult<Vec<District>> {
@@ -849,19 +871,6 @@ mod roster {
         ],
         analyze: true
     );
-}
-
-/// The directory's SQL, bound the PostgreSQL way.
-mod directory {
-    fn enc(id: uuid::Uuid) -> uuid::Uuid {
-        id
-    }
-
-    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    crate::store::directory_sql::directory_queries!(db: sqlx::Postgres, enc: enc, dec: dec, as_text: "::text");
 }
 
 /// Passes the log's commit notifications on to `written`, reconnecting after a lost
@@ -1266,8 +1275,6 @@ impl super::dialect::Pools for PostgresStore {
     }
 }
 
-crate::store::inbox::inbox_store!(PostgresStore, directory);
-
 async fn insert_audit<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     district_id: DistrictId,
@@ -1407,7 +1414,7 @@ impl super::WriteTransaction for PostgresWrite {
         address: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<super::ContactPointView> {
-        directory::add_contact_point(
+        super::directory::add_contact_point::<sqlx::Postgres>(
             &mut self.tx,
             district.into(),
             guardian.into(),
@@ -1425,7 +1432,7 @@ impl super::WriteTransaction for PostgresWrite {
         active: bool,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::ContactPointView>> {
-        directory::set_contact_point_active(
+        super::directory::set_contact_point_active::<sqlx::Postgres>(
             &mut self.tx,
             guardian.into(),
             contact_point.into(),
@@ -1443,7 +1450,7 @@ impl super::WriteTransaction for PostgresWrite {
         source: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<super::OptOutView> {
-        directory::add_opt_out(
+        super::directory::add_opt_out::<sqlx::Postgres>(
             &mut self.tx,
             district.into(),
             guardian.into(),
@@ -1460,7 +1467,13 @@ impl super::WriteTransaction for PostgresWrite {
         opt_out: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::OptOutView>> {
-        directory::revoke_opt_out(&mut self.tx, guardian.into(), opt_out, at).await
+        super::directory::revoke_opt_out::<sqlx::Postgres>(
+            &mut self.tx,
+            guardian.into(),
+            opt_out,
+            at,
+        )
+        .await
     }
 
     async fn set_school_quiet_hours(
@@ -1470,7 +1483,14 @@ impl super::WriteTransaction for PostgresWrite {
         quiet: Option<crate::quiet_hours::QuietHours>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        directory::set_school_quiet_hours(&mut self.tx, district.into(), school, quiet, at).await
+        super::directory::set_school_quiet_hours::<sqlx::Postgres>(
+            &mut self.tx,
+            district.into(),
+            school,
+            quiet,
+            at,
+        )
+        .await
     }
 
     async fn set_district_quotas(
@@ -1479,7 +1499,7 @@ impl super::WriteTransaction for PostgresWrite {
         max_recipients_per_message: Option<i32>,
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()> {
-        directory::set_district_quotas(
+        super::directory::set_district_quotas::<sqlx::Postgres>(
             &mut self.tx,
             district.into(),
             max_recipients_per_message,

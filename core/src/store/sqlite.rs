@@ -509,7 +509,8 @@ impl Store for SqliteStore {
     }
 
     async fn directory_counts(&self, district: DistrictId) -> StoreResult<super::DirectoryCounts> {
-        directory::counts(&self.pool, district.into()).await
+        super::directory::counts::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, district.into())
+            .await
     }
 
     async fn schools(
@@ -517,7 +518,8 @@ impl Store for SqliteStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::SchoolView>> {
-        directory::schools(&self.pool, scope, page).await
+        super::directory::schools::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn classes(
@@ -525,7 +527,8 @@ impl Store for SqliteStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::ClassView>> {
-        directory::classes(&self.pool, scope, page).await
+        super::directory::classes::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn students(
@@ -533,7 +536,8 @@ impl Store for SqliteStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::StudentView>> {
-        directory::students(&self.pool, scope, page).await
+        super::directory::students::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn guardians(
@@ -541,7 +545,8 @@ impl Store for SqliteStore {
         scope: &super::Scope,
         page: &super::PageRequest,
     ) -> StoreResult<Vec<super::GuardianView>> {
-        directory::guardians(&self.pool, scope, page).await
+        super::directory::guardians::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, scope, page)
+            .await
     }
 
     async fn guardian_detail(
@@ -549,7 +554,12 @@ impl Store for SqliteStore {
         scope: &super::Scope,
         which: &super::GuardianRef,
     ) -> StoreResult<Option<super::GuardianDetail>> {
-        directory::guardian_detail(&self.pool, scope, which).await
+        super::directory::guardian_detail::<sqlx::Sqlite>(
+            &mut *self.pool.acquire().await?,
+            scope,
+            which,
+        )
+        .await
     }
 
     async fn retire_address(
@@ -560,8 +570,8 @@ impl Store for SqliteStore {
         reason: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        directory::retire_address(
-            self.write_pool(),
+        super::directory::retire_address::<sqlx::Sqlite>(
+            &mut *self.write_pool().acquire().await?,
             guardian.into(),
             channel,
             address,
@@ -579,8 +589,8 @@ impl Store for SqliteStore {
         token: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<super::ContactPointView> {
-        directory::register_device(
-            self.write_pool(),
+        super::directory::register_device::<sqlx::Sqlite>(
+            &mut *self.write_pool().acquire().await?,
             district.into(),
             guardian.into(),
             platform,
@@ -591,7 +601,8 @@ impl Store for SqliteStore {
     }
 
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
-        directory::district(&self.pool, id.into()).await
+        super::directory::district::<sqlx::Sqlite>(&mut *self.pool.acquire().await?, id.into())
+            .await
     }
 
     async fn districts(&self) -> StoreResult<Vec<District>> {
@@ -973,7 +984,7 @@ impl super::WriteTransaction for SqliteWrite {
         address: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<super::ContactPointView> {
-        directory::add_contact_point(
+        super::directory::add_contact_point::<sqlx::Sqlite>(
             &mut self.tx,
             district.into(),
             guardian.into(),
@@ -991,7 +1002,7 @@ impl super::WriteTransaction for SqliteWrite {
         active: bool,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::ContactPointView>> {
-        directory::set_contact_point_active(
+        super::directory::set_contact_point_active::<sqlx::Sqlite>(
             &mut self.tx,
             guardian.into(),
             contact_point.into(),
@@ -1009,7 +1020,7 @@ impl super::WriteTransaction for SqliteWrite {
         source: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<super::OptOutView> {
-        directory::add_opt_out(
+        super::directory::add_opt_out::<sqlx::Sqlite>(
             &mut self.tx,
             district.into(),
             guardian.into(),
@@ -1026,7 +1037,8 @@ impl super::WriteTransaction for SqliteWrite {
         opt_out: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<super::OptOutView>> {
-        directory::revoke_opt_out(&mut self.tx, guardian.into(), opt_out, at).await
+        super::directory::revoke_opt_out::<sqlx::Sqlite>(&mut self.tx, guardian.into(), opt_out, at)
+            .await
     }
 
     async fn set_school_quiet_hours(
@@ -1036,7 +1048,14 @@ impl super::WriteTransaction for SqliteWrite {
         quiet: Option<crate::quiet_hours::QuietHours>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        directory::set_school_quiet_hours(&mut self.tx, district.into(), school, quiet, at).await
+        super::directory::set_school_quiet_hours::<sqlx::Sqlite>(
+            &mut self.tx,
+            district.into(),
+            school,
+            quiet,
+            at,
+        )
+        .await
     }
 
     async fn set_district_quotas(
@@ -1045,7 +1064,7 @@ impl super::WriteTransaction for SqliteWrite {
         max_recipients_per_message: Option<i32>,
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()> {
-        directory::set_district_quotas(
+        super::directory::set_district_quotas::<sqlx::Sqlite>(
             &mut self.tx,
             district.into(),
             max_recipients_per_message,
@@ -1251,21 +1270,6 @@ mod roster {
         // SQLite picks the index without statistics, and its ANALYZE reads whole tables.
         analyze: false
     );
-}
-
-/// The directory's SQL, bound the SQLite way.
-mod directory {
-    use super::uuid as read_uuid;
-
-    fn enc(id: uuid::Uuid) -> String {
-        id.hyphenated().to_string()
-    }
-
-    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        read_uuid(row, column)
-    }
-
-    crate::store::directory_sql::directory_queries!(db: sqlx::Sqlite, enc: enc, dec: dec, as_text: "");
 }
 
 /// The send's fast paths the Sqlite way: multi-row `VALUES` in chunks under the bound-parameter limit.
@@ -1490,5 +1494,3 @@ impl super::dialect::Pools for SqliteStore {
         SqliteStore::begin_write(self).await
     }
 }
-
-crate::store::inbox::inbox_store!(SqliteStore, directory);
