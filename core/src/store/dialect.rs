@@ -85,6 +85,17 @@ impl Args {
         self
     }
 
+    /// Binds the values `build` adds and returns their placeholders as one row of a
+    /// multi-row `VALUES`: `($4, $5, $6)`.
+    pub fn row(&mut self, build: impl FnOnce(Args) -> Args) -> String {
+        let start = self.0.len();
+        self.0.extend(build(Args::new()).0);
+        let placeholders: Vec<String> = (start + 1..=self.0.len())
+            .map(|i| format!("${i}"))
+            .collect();
+        format!("({})", placeholders.join(", "))
+    }
+
     /// Binds one more parameter (`$len` after).
     pub fn push(&mut self, value: Value) {
         self.0.push(value);

@@ -19,7 +19,6 @@ pub mod inbox;
 mod messages;
 pub mod postgres;
 pub mod roster;
-mod roster_sql;
 mod sending;
 pub mod sqlite;
 mod transitions;

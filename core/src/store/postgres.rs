@@ -135,6 +135,7 @@ fn district_from_row(row: &PgRow) -> StoreResult<District> {
     })
 }
 
+use super::roster::{ImportSettings, RosterTx};
 use super::sending::Sending;
 use super::{messages, DELIVERY_COLUMNS};
 
@@ -575,7 +576,7 @@ impl Store for PostgresStore {
         district: DistrictId,
     ) -> StoreResult<Box<dyn super::roster::RosterWriter>> {
         Ok(Box::new(
-            roster::RosterTx::begin(self.pool.begin().await?, None, *district.as_uuid()).await?,
+            RosterTx::begin(self.pool.begin().await?, None, *district.as_uuid(), IMPORT).await?,
         ))
     }
 
@@ -837,41 +838,23 @@ async fn insert_staff(
     staff_from_row(&row)
 }
 
-/// The roster import's SQL, bound the PostgreSQL way: ids as `uuid`.
-mod roster {
-    use super::{PgRow, StoreResult};
-    use sqlx::Row;
-
-    fn enc(id: uuid::Uuid) -> uuid::Uuid {
-        id
-    }
-
-    fn dec(row: &PgRow, column: &str) -> StoreResult<uuid::Uuid> {
-        Ok(row.try_get(column)?)
-    }
-
-    // The import fills tables inside one transaction, where statistics still describe the
-    // tables as they were before it: a cached generic plan chosen for a near-empty table
-    // turns every batched lookup into a sequential scan (measured: 122 s instead of ~20 s
-    // for 100,000 students). Custom plans see the tables' current size.
-    // Even so, with the default random_page_cost of 4 a lookup of 1,000 sourcedIds
-    // scans the whole table (25 ms at 100,000 students, ten times that at a million: the
-    // import grew with the square of the roster) rather than probing the
-    // (district_id, sourced_id) index (4-15 ms, whatever the size). Lookups by key in a
-    // table the import itself keeps in cache cost what 1.1 says; the writer also refreshes
-    // the statistics of the tables it fills as they grow.
-    crate::store::roster_sql::roster_writer!(
-        db: sqlx::Postgres,
-        enc: enc,
-        dec: dec,
-        as_text: "::text",
-        setup: [
-            "SET LOCAL plan_cache_mode = force_custom_plan",
-            "SET LOCAL random_page_cost = 1.1"
-        ],
-        analyze: true
-    );
-}
+// The import fills tables inside one transaction, where statistics still describe the
+// tables as they were before it: a cached generic plan chosen for a near-empty table
+// turns every batched lookup into a sequential scan (measured: 122 s instead of ~20 s
+// for 100,000 students). Custom plans see the tables' current size.
+// Even so, with the default random_page_cost of 4 a lookup of 1,000 sourcedIds
+// scans the whole table (25 ms at 100,000 students, ten times that at a million: the
+// import grew with the square of the roster) rather than probing the
+// (district_id, sourced_id) index (4-15 ms, whatever the size). Lookups by key in a
+// table the import itself keeps in cache cost what 1.1 says; the writer also refreshes
+// the statistics of the tables it fills as they grow.
+const IMPORT: ImportSettings = ImportSettings {
+    setup: &[
+        "SET LOCAL plan_cache_mode = force_custom_plan",
+        "SET LOCAL random_page_cost = 1.1",
+    ],
+    analyze: true,
+};
 
 /// Passes the log's commit notifications on to `written`, reconnecting after a lost
 /// connection (and counting that as a write: some may have been missed meanwhile).

@@ -185,6 +185,7 @@ fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
     })
 }
 
+use super::roster::{ImportSettings, RosterTx};
 use super::sending::Sending;
 use super::{messages, DELIVERY_COLUMNS};
 
@@ -625,7 +626,7 @@ impl Store for SqliteStore {
         let turn = self.write_pool().acquire().await?;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(
-            roster::RosterTx::begin(tx, Some(turn), *district.as_uuid()).await?,
+            RosterTx::begin(tx, Some(turn), *district.as_uuid(), IMPORT).await?,
         ))
     }
 
@@ -1249,28 +1250,11 @@ async fn insert_staff(
     staff_from_row(&row)
 }
 
-/// The roster import's SQL, bound the SQLite way: ids as hyphenated text.
-mod roster {
-    use super::{uuid, SqliteRow, StoreResult};
-
-    fn enc(id: uuid::Uuid) -> String {
-        id.hyphenated().to_string()
-    }
-
-    fn dec(row: &SqliteRow, column: &str) -> StoreResult<uuid::Uuid> {
-        uuid(row, column)
-    }
-
-    crate::store::roster_sql::roster_writer!(
-        db: sqlx::Sqlite,
-        enc: enc,
-        dec: dec,
-        as_text: "",
-        setup: [],
-        // SQLite picks the index without statistics, and its ANALYZE reads whole tables.
-        analyze: false
-    );
-}
+/// SQLite picks the index without statistics, and its ANALYZE reads whole tables.
+const IMPORT: ImportSettings = ImportSettings {
+    setup: &[],
+    analyze: false,
+};
 
 /// The send's fast paths the Sqlite way: multi-row `VALUES` in chunks under the bound-parameter limit.
 #[async_trait]
