@@ -22,6 +22,7 @@ pub mod roster;
 mod sending;
 pub mod sqlite;
 mod transitions;
+mod writes;
 
 use std::sync::Arc;
 

@@ -112,31 +112,10 @@ where
     raw.parse().map_err(|e| corrupt(format!("{column}: {e}")))
 }
 
-fn staff_from_row(row: &PgRow) -> StoreResult<Staff> {
-    Ok(Staff {
-        id: crate::StaffId::from_uuid(row.try_get("id")?),
-        district_id: DistrictId::from_uuid(row.try_get("district_id")?),
-        email: parse::<EmailAddress>(row, "email")?,
-        display_name: row.try_get("display_name")?,
-        role: parse(row, "role")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn district_from_row(row: &PgRow) -> StoreResult<District> {
-    Ok(District {
-        id: DistrictId::from_uuid(row.try_get("id")?),
-        name: row.try_get("name")?,
-        default_language: row.try_get("default_language")?,
-        timezone: row.try_get("timezone")?,
-        created_at: row.try_get("created_at")?,
-        max_recipients_per_message: row.try_get("max_recipients_per_message")?,
-        max_messages_per_hour: row.try_get("max_messages_per_hour")?,
-    })
-}
-
+use super::directory::district_from_row;
 use super::roster::{ImportSettings, RosterTx};
 use super::sending::Sending;
+use super::writes::{insert_audit, insert_staff, staff_from_row, Write, WriteDialect};
 use super::{messages, DELIVERY_COLUMNS};
 
 #[async_trait]
@@ -192,7 +171,7 @@ impl Store for PostgresStore {
         .fetch_one(&mut *tx)
         .await?;
         let district = district_from_row(&district)?;
-        let staff = insert_staff(
+        let staff = insert_staff::<sqlx::Postgres>(
             &mut tx,
             &NewStaff {
                 district_id: district.id,
@@ -246,7 +225,7 @@ impl Store for PostgresStore {
 
     async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
         let mut tx = self.pool.begin().await?;
-        let staff = insert_staff(&mut tx, staff, at).await?;
+        let staff = insert_staff::<sqlx::Postgres>(&mut tx, staff, at).await?;
         tx.commit().await?;
         Ok(staff)
     }
@@ -648,10 +627,10 @@ impl Store for PostgresStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn super::WriteTransaction>> {
-        Ok(Box::new(PostgresWrite {
-            tx: self.pool.begin().await?,
-            written: self.written.clone(),
-        }))
+        Ok(Box::new(Write::new(
+            self.pool.begin().await?,
+            self.written.clone(),
+        )))
     }
 
     async fn resolve_audience(
@@ -812,30 +791,16 @@ impl Store for PostgresStore {
         detail: serde_json::Value,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        insert_audit(&self.pool, district_id, actor, action, detail, at).await
+        insert_audit::<sqlx::Postgres>(
+            &mut *self.pool.acquire().await?,
+            district_id,
+            actor,
+            action,
+            detail,
+            at,
+        )
+        .await
     }
-}
-
-async fn insert_staff(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    staff: &NewStaff,
-    at: DateTime<Utc>,
-) -> StoreResult<Staff> {
-    let row = sqlx::query(
-        "INSERT INTO staff (id, district_id, email, display_name, role, password_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-         RETURNING id, district_id, email, display_name, role, created_at",
-    )
-    .bind(Uuid::from(crate::StaffId::new()))
-    .bind(Uuid::from(staff.district_id))
-    .bind(staff.email.as_str())
-    .bind(&staff.display_name)
-    .bind(staff.role.as_str())
-    .bind(&staff.password_hash)
-    .bind(at)
-    .fetch_one(&mut **tx)
-    .await?;
-    staff_from_row(&row)
 }
 
 // The import fills tables inside one transaction, where statistics still describe the
@@ -1258,33 +1223,6 @@ impl super::dialect::Pools for PostgresStore {
     }
 }
 
-async fn insert_audit<'c>(
-    conn: impl sqlx::PgExecutor<'c>,
-    district_id: DistrictId,
-    actor: &Actor,
-    action: &str,
-    detail: serde_json::Value,
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    let staff_id = match actor.kind {
-        crate::delivery::ActorKind::Staff => actor.reference.parse::<Uuid>().ok(),
-        _ => None,
-    };
-    sqlx::query(
-        "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(Uuid::from(district_id))
-    .bind(staff_id)
-    .bind(action)
-    .bind(detail)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// How long a request waits for another transaction holding its idempotency key before
 /// it is told the key is in flight.
 const IDEMPOTENCY_WAIT: &str = "200ms";
@@ -1292,16 +1230,12 @@ const IDEMPOTENCY_WAIT: &str = "200ms";
 /// PostgreSQL's `lock_not_available`: a lock wait ran past `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
-/// A write transaction (see [`super::WriteTransaction`]).
-struct PostgresWrite {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    written: super::dispatch::LogWrites,
-}
-
+/// A transaction that holds the same idempotency key has not committed yet: its insert
+/// would make ours wait for as long as its whole send takes. Waits briefly, then says so.
 #[async_trait]
-impl super::WriteTransaction for PostgresWrite {
+impl WriteDialect for sqlx::Postgres {
     async fn claim_idempotency_key(
-        &mut self,
+        conn: &mut sqlx::PgConnection,
         scope: &str,
         key: &str,
         request_hash: &[u8],
@@ -1311,14 +1245,14 @@ impl super::WriteTransaction for PostgresWrite {
         // A transaction that holds the same key has not committed yet: its insert would
         // make ours wait for as long as its whole send takes. Wait briefly, then say so.
         let previous: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
-            .fetch_one(&mut *self.tx)
+            .fetch_one(&mut *conn)
             .await?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(IDEMPOTENCY_WAIT)
-            .execute(&mut *self.tx)
+            .execute(&mut *conn)
             .await?;
         let claim = messages::claim_idempotency_key::<sqlx::Postgres>(
-            &mut self.tx,
+            conn,
             scope,
             key,
             request_hash,
@@ -1337,310 +1271,10 @@ impl super::WriteTransaction for PostgresWrite {
             Ok(claim) => {
                 sqlx::query("SELECT set_config('lock_timeout', $1, true)")
                     .bind(previous)
-                    .execute(&mut *self.tx)
+                    .execute(&mut *conn)
                     .await?;
                 Ok(claim)
             }
         }
-    }
-
-    async fn complete_idempotency_key(
-        &mut self,
-        scope: &str,
-        key: &str,
-        status: u16,
-        body: &[u8],
-    ) -> StoreResult<()> {
-        messages::complete_idempotency_key::<sqlx::Postgres>(&mut self.tx, scope, key, status, body)
-            .await
-    }
-
-    async fn send_message(
-        &mut self,
-        message: &NewMessage,
-        scope: &super::Scope,
-        audience: &crate::audience::Audience,
-        max_recipients: Option<usize>,
-        plan: &super::PlanChunk,
-        chunk: usize,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Result<super::SendSummary, super::SendRefusal>> {
-        super::sending::send_streamed::<sqlx::Postgres>(
-            &mut self.tx,
-            message,
-            scope,
-            audience,
-            max_recipients,
-            plan,
-            chunk,
-            at,
-        )
-        .await
-    }
-
-    async fn audit(
-        &mut self,
-        district_id: DistrictId,
-        actor: &Actor,
-        action: &str,
-        detail: serde_json::Value,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        insert_audit(&mut *self.tx, district_id, actor, action, detail, at).await
-    }
-
-    async fn add_contact_point(
-        &mut self,
-        district: DistrictId,
-        guardian: crate::GuardianId,
-        kind: crate::Channel,
-        address: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::ContactPointView> {
-        super::directory::add_contact_point::<sqlx::Postgres>(
-            &mut self.tx,
-            district.into(),
-            guardian.into(),
-            kind,
-            address,
-            at,
-        )
-        .await
-    }
-
-    async fn set_contact_point_active(
-        &mut self,
-        guardian: crate::GuardianId,
-        contact_point: crate::ContactPointId,
-        active: bool,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::ContactPointView>> {
-        super::directory::set_contact_point_active::<sqlx::Postgres>(
-            &mut self.tx,
-            guardian.into(),
-            contact_point.into(),
-            active,
-            at,
-        )
-        .await
-    }
-
-    async fn add_opt_out(
-        &mut self,
-        district: DistrictId,
-        guardian: crate::GuardianId,
-        channel: crate::Channel,
-        source: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::OptOutView> {
-        super::directory::add_opt_out::<sqlx::Postgres>(
-            &mut self.tx,
-            district.into(),
-            guardian.into(),
-            channel,
-            source,
-            at,
-        )
-        .await
-    }
-
-    async fn revoke_opt_out(
-        &mut self,
-        guardian: crate::GuardianId,
-        opt_out: Uuid,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::OptOutView>> {
-        super::directory::revoke_opt_out::<sqlx::Postgres>(
-            &mut self.tx,
-            guardian.into(),
-            opt_out,
-            at,
-        )
-        .await
-    }
-
-    async fn set_school_quiet_hours(
-        &mut self,
-        district: DistrictId,
-        school: &str,
-        quiet: Option<crate::quiet_hours::QuietHours>,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        super::directory::set_school_quiet_hours::<sqlx::Postgres>(
-            &mut self.tx,
-            district.into(),
-            school,
-            quiet,
-            at,
-        )
-        .await
-    }
-
-    async fn set_district_quotas(
-        &mut self,
-        district: DistrictId,
-        max_recipients_per_message: Option<i32>,
-        max_messages_per_hour: Option<i32>,
-    ) -> StoreResult<()> {
-        super::directory::set_district_quotas::<sqlx::Postgres>(
-            &mut self.tx,
-            district.into(),
-            max_recipients_per_message,
-            max_messages_per_hour,
-        )
-        .await
-    }
-
-    async fn create_expiring_token(
-        &mut self,
-        id: ApiTokenId,
-        staff: &Staff,
-        name: &str,
-        secret_hash: &[u8],
-        at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(Uuid::from(id))
-        .bind(Uuid::from(staff.district_id))
-        .bind(Uuid::from(staff.id))
-        .bind(name)
-        .bind(secret_hash)
-        .bind(at)
-        .bind(expires_at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn revoke_api_token(
-        &mut self,
-        id: ApiTokenId,
-        staff: crate::StaffId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let revoked = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND staff_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(at)
-        .bind(Uuid::from(id))
-        .bind(Uuid::from(staff))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(revoked == 1)
-    }
-
-    async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
-        insert_staff(&mut self.tx, staff, at).await
-    }
-
-    async fn set_staff_role(
-        &mut self,
-        district: DistrictId,
-        staff: crate::StaffId,
-        role: crate::Role,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE staff SET role = $1, updated_at = $2 WHERE id = $3 AND district_id = $4",
-        )
-        .bind(role.as_str())
-        .bind(at)
-        .bind(Uuid::from(staff))
-        .bind(Uuid::from(district))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
-    }
-
-    async fn set_staff_disabled(
-        &mut self,
-        district: DistrictId,
-        staff: crate::StaffId,
-        disabled: bool,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE staff SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END, updated_at = $2 \
-             WHERE id = $3 AND district_id = $4",
-        )
-        .bind(disabled)
-        .bind(at)
-        .bind(Uuid::from(staff))
-        .bind(Uuid::from(district))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
-    }
-
-    async fn set_password_hash(
-        &mut self,
-        staff: crate::StaffId,
-        hash: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        sqlx::query("UPDATE staff SET password_hash = $1, updated_at = $2 WHERE id = $3")
-            .bind(hash)
-            .bind(at)
-            .bind(Uuid::from(staff))
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn revoke_tokens_named(
-        &mut self,
-        staff: crate::StaffId,
-        name: &str,
-        keep: Option<ApiTokenId>,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 \
-             WHERE staff_id = $2 AND name = $3 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4)",
-        )
-        .bind(at)
-        .bind(Uuid::from(staff))
-        .bind(name)
-        .bind(keep.map(Uuid::from))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected())
-    }
-
-    async fn cancel_message(
-        &mut self,
-        scope: &super::MessageScope,
-        message: crate::MessageId,
-        actor: &Actor,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::CancelOutcome>> {
-        Ok(
-            messages::cancel::<sqlx::Postgres>(&mut self.tx, scope, message.into(), actor, at)
-                .await?
-                .map(|(cancelled, already_sent)| super::CancelOutcome {
-                    cancelled,
-                    already_sent,
-                }),
-        )
-    }
-
-    async fn apply_transitions(
-        &mut self,
-        batch: &[crate::delivery::Change],
-    ) -> StoreResult<Vec<CasOutcome>> {
-        super::transitions::apply::<sqlx::Postgres>(&mut self.tx, batch).await
-    }
-
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.tx.commit().await?;
-        self.written.wrote();
-        Ok(())
     }
 }

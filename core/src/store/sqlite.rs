@@ -162,31 +162,10 @@ where
     raw.parse().map_err(|e| corrupt(format!("{column}: {e}")))
 }
 
-fn staff_from_row(row: &SqliteRow) -> StoreResult<Staff> {
-    Ok(Staff {
-        id: crate::StaffId::from_uuid(uuid(row, "id")?),
-        district_id: DistrictId::from_uuid(uuid(row, "district_id")?),
-        email: parse::<EmailAddress>(row, "email")?,
-        display_name: row.try_get("display_name")?,
-        role: parse(row, "role")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn district_from_row(row: &SqliteRow) -> StoreResult<District> {
-    Ok(District {
-        id: DistrictId::from_uuid(uuid(row, "id")?),
-        name: row.try_get("name")?,
-        default_language: row.try_get("default_language")?,
-        timezone: row.try_get("timezone")?,
-        created_at: row.try_get("created_at")?,
-        max_recipients_per_message: row.try_get("max_recipients_per_message")?,
-        max_messages_per_hour: row.try_get("max_messages_per_hour")?,
-    })
-}
-
+use super::directory::district_from_row;
 use super::roster::{ImportSettings, RosterTx};
 use super::sending::Sending;
+use super::writes::{insert_audit, insert_staff, staff_from_row, Write, WriteDialect};
 use super::{messages, DELIVERY_COLUMNS};
 
 #[async_trait]
@@ -239,7 +218,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let district = district_from_row(&district)?;
-        let staff = insert_staff(
+        let staff = insert_staff::<sqlx::Sqlite>(
             &mut tx,
             &NewStaff {
                 district_id: district.id,
@@ -293,7 +272,7 @@ impl Store for SqliteStore {
 
     async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
         let mut tx = self.begin_write().await?;
-        let staff = insert_staff(&mut tx, staff, at).await?;
+        let staff = insert_staff::<sqlx::Sqlite>(&mut tx, staff, at).await?;
         tx.commit().await?;
         Ok(staff)
     }
@@ -705,10 +684,10 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn super::WriteTransaction>> {
-        Ok(Box::new(SqliteWrite {
-            tx: self.begin_write().await?,
-            written: self.written.clone(),
-        }))
+        Ok(Box::new(Write::new(
+            self.begin_write().await?,
+            self.written.clone(),
+        )))
     }
 
     async fn resolve_audience(
@@ -874,381 +853,19 @@ impl Store for SqliteStore {
         detail: serde_json::Value,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        insert_audit(self.write_pool(), district_id, actor, action, detail, at).await
+        insert_audit::<sqlx::Sqlite>(
+            &mut *self.write_pool().acquire().await?,
+            district_id,
+            actor,
+            action,
+            detail,
+            at,
+        )
+        .await
     }
 }
 
-async fn insert_audit<'c>(
-    conn: impl sqlx::SqliteExecutor<'c>,
-    district_id: DistrictId,
-    actor: &Actor,
-    action: &str,
-    detail: serde_json::Value,
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    let staff_id = match actor.kind {
-        crate::delivery::ActorKind::Staff => Some(actor.reference.clone()),
-        _ => None,
-    };
-    sqlx::query(
-        "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(Uuid::now_v7().to_string())
-    .bind(text_id(district_id))
-    .bind(staff_id)
-    .bind(action)
-    .bind(detail.to_string())
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A write transaction on the write connection (see [`super::WriteTransaction`]).
-struct SqliteWrite {
-    tx: sqlx::Transaction<'static, Sqlite>,
-    written: super::dispatch::LogWrites,
-}
-
-#[async_trait]
-impl super::WriteTransaction for SqliteWrite {
-    async fn claim_idempotency_key(
-        &mut self,
-        scope: &str,
-        key: &str,
-        request_hash: &[u8],
-        keep: chrono::Duration,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::IdempotencyClaim> {
-        messages::claim_idempotency_key::<sqlx::Sqlite>(
-            &mut self.tx,
-            scope,
-            key,
-            request_hash,
-            keep,
-            at,
-        )
-        .await
-    }
-
-    async fn complete_idempotency_key(
-        &mut self,
-        scope: &str,
-        key: &str,
-        status: u16,
-        body: &[u8],
-    ) -> StoreResult<()> {
-        messages::complete_idempotency_key::<sqlx::Sqlite>(&mut self.tx, scope, key, status, body)
-            .await
-    }
-
-    async fn send_message(
-        &mut self,
-        message: &NewMessage,
-        scope: &super::Scope,
-        audience: &crate::audience::Audience,
-        max_recipients: Option<usize>,
-        plan: &super::PlanChunk,
-        chunk: usize,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Result<super::SendSummary, super::SendRefusal>> {
-        super::sending::send_streamed::<sqlx::Sqlite>(
-            &mut self.tx,
-            message,
-            scope,
-            audience,
-            max_recipients,
-            plan,
-            chunk,
-            at,
-        )
-        .await
-    }
-
-    async fn audit(
-        &mut self,
-        district_id: DistrictId,
-        actor: &Actor,
-        action: &str,
-        detail: serde_json::Value,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        insert_audit(&mut *self.tx, district_id, actor, action, detail, at).await
-    }
-
-    async fn add_contact_point(
-        &mut self,
-        district: DistrictId,
-        guardian: crate::GuardianId,
-        kind: crate::Channel,
-        address: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::ContactPointView> {
-        super::directory::add_contact_point::<sqlx::Sqlite>(
-            &mut self.tx,
-            district.into(),
-            guardian.into(),
-            kind,
-            address,
-            at,
-        )
-        .await
-    }
-
-    async fn set_contact_point_active(
-        &mut self,
-        guardian: crate::GuardianId,
-        contact_point: crate::ContactPointId,
-        active: bool,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::ContactPointView>> {
-        super::directory::set_contact_point_active::<sqlx::Sqlite>(
-            &mut self.tx,
-            guardian.into(),
-            contact_point.into(),
-            active,
-            at,
-        )
-        .await
-    }
-
-    async fn add_opt_out(
-        &mut self,
-        district: DistrictId,
-        guardian: crate::GuardianId,
-        channel: crate::Channel,
-        source: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<super::OptOutView> {
-        super::directory::add_opt_out::<sqlx::Sqlite>(
-            &mut self.tx,
-            district.into(),
-            guardian.into(),
-            channel,
-            source,
-            at,
-        )
-        .await
-    }
-
-    async fn revoke_opt_out(
-        &mut self,
-        guardian: crate::GuardianId,
-        opt_out: Uuid,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::OptOutView>> {
-        super::directory::revoke_opt_out::<sqlx::Sqlite>(&mut self.tx, guardian.into(), opt_out, at)
-            .await
-    }
-
-    async fn set_school_quiet_hours(
-        &mut self,
-        district: DistrictId,
-        school: &str,
-        quiet: Option<crate::quiet_hours::QuietHours>,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        super::directory::set_school_quiet_hours::<sqlx::Sqlite>(
-            &mut self.tx,
-            district.into(),
-            school,
-            quiet,
-            at,
-        )
-        .await
-    }
-
-    async fn set_district_quotas(
-        &mut self,
-        district: DistrictId,
-        max_recipients_per_message: Option<i32>,
-        max_messages_per_hour: Option<i32>,
-    ) -> StoreResult<()> {
-        super::directory::set_district_quotas::<sqlx::Sqlite>(
-            &mut self.tx,
-            district.into(),
-            max_recipients_per_message,
-            max_messages_per_hour,
-        )
-        .await
-    }
-
-    async fn create_expiring_token(
-        &mut self,
-        id: ApiTokenId,
-        staff: &Staff,
-        name: &str,
-        secret_hash: &[u8],
-        at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(text_id(id))
-        .bind(text_id(staff.district_id))
-        .bind(text_id(staff.id))
-        .bind(name)
-        .bind(secret_hash)
-        .bind(at)
-        .bind(expires_at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn revoke_api_token(
-        &mut self,
-        id: ApiTokenId,
-        staff: crate::StaffId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let revoked = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND staff_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(at)
-        .bind(text_id(id))
-        .bind(text_id(staff))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(revoked == 1)
-    }
-
-    async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
-        insert_staff(&mut self.tx, staff, at).await
-    }
-
-    async fn set_staff_role(
-        &mut self,
-        district: DistrictId,
-        staff: crate::StaffId,
-        role: crate::Role,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE staff SET role = $1, updated_at = $2 WHERE id = $3 AND district_id = $4",
-        )
-        .bind(role.as_str())
-        .bind(at)
-        .bind(text_id(staff))
-        .bind(text_id(district))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
-    }
-
-    async fn set_staff_disabled(
-        &mut self,
-        district: DistrictId,
-        staff: crate::StaffId,
-        disabled: bool,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE staff SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END, updated_at = $2 \
-             WHERE id = $3 AND district_id = $4",
-        )
-        .bind(disabled)
-        .bind(at)
-        .bind(text_id(staff))
-        .bind(text_id(district))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
-    }
-
-    async fn set_password_hash(
-        &mut self,
-        staff: crate::StaffId,
-        hash: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        sqlx::query("UPDATE staff SET password_hash = $1, updated_at = $2 WHERE id = $3")
-            .bind(hash)
-            .bind(at)
-            .bind(text_id(staff))
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn revoke_tokens_named(
-        &mut self,
-        staff: crate::StaffId,
-        name: &str,
-        keep: Option<ApiTokenId>,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 \
-             WHERE staff_id = $2 AND name = $3 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4)",
-        )
-        .bind(at)
-        .bind(text_id(staff))
-        .bind(name)
-        .bind(keep.map(text_id))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected())
-    }
-
-    async fn cancel_message(
-        &mut self,
-        scope: &super::MessageScope,
-        message: crate::MessageId,
-        actor: &Actor,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<super::CancelOutcome>> {
-        Ok(
-            messages::cancel::<sqlx::Sqlite>(&mut self.tx, scope, message.into(), actor, at)
-                .await?
-                .map(|(cancelled, already_sent)| super::CancelOutcome {
-                    cancelled,
-                    already_sent,
-                }),
-        )
-    }
-
-    async fn apply_transitions(
-        &mut self,
-        batch: &[crate::delivery::Change],
-    ) -> StoreResult<Vec<CasOutcome>> {
-        super::transitions::apply::<sqlx::Sqlite>(&mut self.tx, batch).await
-    }
-
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.tx.commit().await?;
-        self.written.wrote();
-        Ok(())
-    }
-}
-
-async fn insert_staff(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    staff: &NewStaff,
-    at: DateTime<Utc>,
-) -> StoreResult<Staff> {
-    let row = sqlx::query(
-        "INSERT INTO staff (id, district_id, email, display_name, role, password_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-         RETURNING id, district_id, email, display_name, role, created_at",
-    )
-    .bind(text_id(crate::StaffId::new()))
-    .bind(text_id(staff.district_id))
-    .bind(staff.email.as_str())
-    .bind(&staff.display_name)
-    .bind(staff.role.as_str())
-    .bind(&staff.password_hash)
-    .bind(at)
-    .fetch_one(&mut **tx)
-    .await?;
-    staff_from_row(&row)
-}
+impl WriteDialect for sqlx::Sqlite {}
 
 /// SQLite picks the index without statistics, and its ANALYZE reads whole tables.
 const IMPORT: ImportSettings = ImportSettings {

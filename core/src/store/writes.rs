@@ -1,0 +1,386 @@
+//! The write transaction of an application service ([`WriteTransaction`]), implemented
+//! once for both stores over the Dialect: every write a service makes, its audit row and
+//! its idempotency record commit together or not at all.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+use super::dialect::{Args, Columns, Dialect};
+use super::dispatch::LogWrites;
+use super::sending::Sending;
+use super::transitions::Transitions;
+use super::{
+    directory, messages, CancelOutcome, CasOutcome, ContactPointView, IdempotencyClaim,
+    MessageScope, NewMessage, NewStaff, OptOutView, PlanChunk, Scope, SendRefusal, SendSummary,
+    StoreResult, WriteTransaction,
+};
+use crate::audience::Audience;
+use crate::delivery::{Actor, ActorKind, Change};
+use crate::quiet_hours::QuietHours;
+use crate::{
+    ApiTokenId, Channel, ContactPointId, DistrictId, EmailAddress, GuardianId, MessageId, Role,
+    Staff, StaffId,
+};
+
+/// What a database must do for a write transaction, with what only some do differently.
+#[async_trait]
+pub(crate) trait WriteDialect: Dialect + Sending + Transitions {
+    /// Claims an idempotency key (see [`WriteTransaction::claim_idempotency_key`]).
+    async fn claim_idempotency_key(
+        conn: &mut Self::Connection,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+        keep: Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<IdempotencyClaim> {
+        messages::claim_idempotency_key::<Self>(conn, scope, key, request_hash, keep, at).await
+    }
+}
+
+/// A write transaction, and the log's subscribers to tell when it commits.
+pub(crate) struct Write<D: sqlx::Database> {
+    tx: sqlx::Transaction<'static, D>,
+    written: LogWrites,
+}
+
+impl<D: WriteDialect> Write<D> {
+    pub fn new(tx: sqlx::Transaction<'static, D>, written: LogWrites) -> Self {
+        Self { tx, written }
+    }
+}
+
+/// The columns [`staff_from_row`] reads.
+pub(crate) const STAFF_COLUMNS: &str = "id, district_id, email, display_name, role, created_at";
+
+pub(crate) fn staff_from_row(row: &impl Columns) -> StoreResult<Staff> {
+    Ok(Staff {
+        id: StaffId::from_uuid(row.id("id")?),
+        district_id: DistrictId::from_uuid(row.id("district_id")?),
+        email: row.parsed::<EmailAddress>("email")?,
+        display_name: row.text("display_name")?,
+        role: row.parsed("role")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// Writes an audit row on `conn`.
+pub(crate) async fn insert_audit<D: Dialect>(
+    conn: &mut D::Connection,
+    district_id: DistrictId,
+    actor: &Actor,
+    action: &str,
+    detail: serde_json::Value,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    let staff_id = match actor.kind {
+        ActorKind::Staff => actor.reference.parse::<Uuid>().ok(),
+        _ => None,
+    };
+    D::execute(
+        conn,
+        "INSERT INTO audit_log (id, district_id, staff_id, action, detail, at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        Args::new()
+            .id(Uuid::now_v7())
+            .id(district_id)
+            .opt_id(staff_id)
+            .text(action)
+            .json(detail)
+            .time(at),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates a staff account on `conn`.
+pub(crate) async fn insert_staff<D: Dialect>(
+    conn: &mut D::Connection,
+    staff: &NewStaff,
+    at: DateTime<Utc>,
+) -> StoreResult<Staff> {
+    let sql = format!(
+        "INSERT INTO staff (id, district_id, email, display_name, role, password_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {STAFF_COLUMNS}"
+    );
+    let args = Args::new()
+        .id(StaffId::new())
+        .id(staff.district_id)
+        .text(staff.email.as_str())
+        .text(&staff.display_name)
+        .text(staff.role.as_str())
+        .opt_text(staff.password_hash.as_deref())
+        .time(at);
+    staff_from_row(&D::fetch_one(conn, &sql, args).await?)
+}
+
+#[async_trait]
+impl<D: WriteDialect> WriteTransaction for Write<D> {
+    async fn claim_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+        keep: Duration,
+        at: DateTime<Utc>,
+    ) -> StoreResult<IdempotencyClaim> {
+        D::claim_idempotency_key(&mut self.tx, scope, key, request_hash, keep, at).await
+    }
+
+    async fn complete_idempotency_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &[u8],
+    ) -> StoreResult<()> {
+        messages::complete_idempotency_key::<D>(&mut self.tx, scope, key, status, body).await
+    }
+
+    async fn send_message(
+        &mut self,
+        message: &NewMessage,
+        scope: &Scope,
+        audience: &Audience,
+        max_recipients: Option<usize>,
+        plan: &PlanChunk,
+        chunk: usize,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Result<SendSummary, SendRefusal>> {
+        super::sending::send_streamed::<D>(
+            &mut self.tx,
+            message,
+            scope,
+            audience,
+            max_recipients,
+            plan,
+            chunk,
+            at,
+        )
+        .await
+    }
+
+    async fn audit(
+        &mut self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        insert_audit::<D>(&mut self.tx, district_id, actor, action, detail, at).await
+    }
+
+    async fn add_contact_point(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        kind: Channel,
+        address: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ContactPointView> {
+        let (district, guardian) = (district.into(), guardian.into());
+        directory::add_contact_point::<D>(&mut self.tx, district, guardian, kind, address, at).await
+    }
+
+    async fn set_contact_point_active(
+        &mut self,
+        guardian: GuardianId,
+        contact_point: ContactPointId,
+        active: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<ContactPointView>> {
+        let (guardian, contact_point) = (guardian.into(), contact_point.into());
+        directory::set_contact_point_active::<D>(&mut self.tx, guardian, contact_point, active, at)
+            .await
+    }
+
+    async fn add_opt_out(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        channel: Channel,
+        source: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<OptOutView> {
+        let (district, guardian) = (district.into(), guardian.into());
+        directory::add_opt_out::<D>(&mut self.tx, district, guardian, channel, source, at).await
+    }
+
+    async fn revoke_opt_out(
+        &mut self,
+        guardian: GuardianId,
+        opt_out: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<OptOutView>> {
+        directory::revoke_opt_out::<D>(&mut self.tx, guardian.into(), opt_out, at).await
+    }
+
+    async fn set_school_quiet_hours(
+        &mut self,
+        district: DistrictId,
+        school: &str,
+        quiet: Option<QuietHours>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        directory::set_school_quiet_hours::<D>(&mut self.tx, district.into(), school, quiet, at)
+            .await
+    }
+
+    async fn set_district_quotas(
+        &mut self,
+        district: DistrictId,
+        max_recipients_per_message: Option<i32>,
+        max_messages_per_hour: Option<i32>,
+    ) -> StoreResult<()> {
+        directory::set_district_quotas::<D>(
+            &mut self.tx,
+            district.into(),
+            max_recipients_per_message,
+            max_messages_per_hour,
+        )
+        .await
+    }
+
+    async fn create_expiring_token(
+        &mut self,
+        id: ApiTokenId,
+        staff: &Staff,
+        name: &str,
+        secret_hash: &[u8],
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        D::execute(
+            &mut self.tx,
+            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            Args::new()
+                .id(id)
+                .id(staff.district_id)
+                .id(staff.id)
+                .text(name)
+                .bytes(secret_hash)
+                .time(at)
+                .time(expires_at),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_api_token(
+        &mut self,
+        id: ApiTokenId,
+        staff: StaffId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let revoked = D::execute(
+            &mut self.tx,
+            "UPDATE api_tokens SET revoked_at = $1 \
+             WHERE id = $2 AND staff_id = $3 AND revoked_at IS NULL",
+            Args::new().time(at).id(id).id(staff),
+        )
+        .await?;
+        Ok(revoked == 1)
+    }
+
+    async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
+        insert_staff::<D>(&mut self.tx, staff, at).await
+    }
+
+    async fn set_staff_role(
+        &mut self,
+        district: DistrictId,
+        staff: StaffId,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let changed = D::execute(
+            &mut self.tx,
+            "UPDATE staff SET role = $1, updated_at = $2 WHERE id = $3 AND district_id = $4",
+            Args::new()
+                .text(role.as_str())
+                .time(at)
+                .id(staff)
+                .id(district),
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+
+    async fn set_staff_disabled(
+        &mut self,
+        district: DistrictId,
+        staff: StaffId,
+        disabled: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let changed = D::execute(
+            &mut self.tx,
+            "UPDATE staff SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END, \
+             updated_at = $2 WHERE id = $3 AND district_id = $4",
+            Args::new().flag(disabled).time(at).id(staff).id(district),
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+
+    async fn set_password_hash(
+        &mut self,
+        staff: StaffId,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        D::execute(
+            &mut self.tx,
+            "UPDATE staff SET password_hash = $1, updated_at = $2 WHERE id = $3",
+            Args::new().text(hash).time(at).id(staff),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_tokens_named(
+        &mut self,
+        staff: StaffId,
+        name: &str,
+        keep: Option<ApiTokenId>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        D::execute(
+            &mut self.tx,
+            "UPDATE api_tokens SET revoked_at = $1 \
+             WHERE staff_id = $2 AND name = $3 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4)",
+            Args::new().time(at).id(staff).text(name).opt_id(keep),
+        )
+        .await
+    }
+
+    async fn cancel_message(
+        &mut self,
+        scope: &MessageScope,
+        message: MessageId,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<CancelOutcome>> {
+        Ok(
+            messages::cancel::<D>(&mut self.tx, scope, message.into(), actor, at)
+                .await?
+                .map(|(cancelled, already_sent)| CancelOutcome {
+                    cancelled,
+                    already_sent,
+                }),
+        )
+    }
+
+    async fn apply_transitions(&mut self, batch: &[Change]) -> StoreResult<Vec<CasOutcome>> {
+        super::transitions::apply::<D>(&mut self.tx, batch).await
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.tx.commit().await?;
+        self.written.wrote();
+        Ok(())
+    }
+}
