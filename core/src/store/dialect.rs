@@ -80,6 +80,10 @@ impl Args {
         self.with(Value::Json(Some(value)))
     }
 
+    pub fn opt_json(self, value: Option<serde_json::Value>) -> Self {
+        self.with(Value::Json(value))
+    }
+
     fn with(mut self, value: Value) -> Self {
         self.push(value);
         self
@@ -326,7 +330,6 @@ pub(crate) trait Columns {
     fn opt_text(&self, column: &str) -> StoreResult<Option<String>>;
     /// A `BIGINT` (or SQLite INTEGER) column, such as a `count(*)`.
     fn i64(&self, column: &str) -> StoreResult<i64>;
-    fn opt_i64(&self, column: &str) -> StoreResult<Option<i64>>;
     /// An `INTEGER` column.
     fn i32(&self, column: &str) -> StoreResult<i32>;
     fn opt_i32(&self, column: &str) -> StoreResult<Option<i32>>;
@@ -368,9 +371,6 @@ where
         Ok(self.try_get(column)?)
     }
     fn i64(&self, column: &str) -> StoreResult<i64> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_i64(&self, column: &str) -> StoreResult<Option<i64>> {
         Ok(self.try_get(column)?)
     }
     fn i32(&self, column: &str) -> StoreResult<i32> {

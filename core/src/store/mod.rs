@@ -14,6 +14,7 @@ mod dialect;
 pub mod directory;
 pub mod dispatch;
 mod dispatch_sql;
+mod engine;
 pub mod guardian;
 pub mod inbox;
 mod messages;

@@ -1,0 +1,628 @@
+//! The [`Store`] of both databases, written once: everything but how a database starts,
+//! migrates, imports, settles and measures itself ([`Engine`], implemented by
+//! `SqliteStore` and `PostgresStore`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::dialect::{Args, Columns, Dialect, Pools};
+use super::directory::{district_from_row, DISTRICT_COLUMNS};
+use super::dispatch::LogWrites;
+use super::roster::RosterWriter;
+use super::sending::Sending;
+use super::transitions::Transitions;
+use super::writes::{
+    insert_audit, insert_staff, staff_from_row, Write, WriteDialect, STAFF_COLUMNS,
+};
+use super::{
+    audiences, directory, messages, ApiTokenRecord, AuditEntry, Backend, CasOutcome, ClassView,
+    ContactPointView, DirectoryCounts, District, FirstAdmin, Guardian, GuardianDetail, GuardianRef,
+    GuardianView, ImportRecord, MessageContent, MessageListItem, MessageScope, MessageSummary,
+    NewGuardian, NewImport, NewMessage, NewSchool, NewStaff, PageRequest, Readiness, RecipientView,
+    School, SchoolView, Scope, StaffMember, Store, StoreResult, StudentView, WriteTransaction,
+    DELIVERY_COLUMNS,
+};
+use crate::audience::{Audience, AudienceMember, AudienceProblems};
+use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
+use crate::log::{LogEntry, PartitionId};
+use crate::{
+    ApiTokenId, Channel, DeliveryId, DistrictId, EmailAddress, GuardianId, ImportId, Lane,
+    MessageId, PushPlatform, Role, SchoolId, Staff, StaffId,
+};
+
+/// What a store does its own way.
+#[async_trait]
+pub(crate) trait Engine: Pools<Db: WriteDialect> {
+    fn backend(&self) -> Backend;
+
+    /// Subscribers to the log's writes, told when a write transaction commits.
+    fn written(&self) -> &LogWrites;
+
+    async fn migrate(&self) -> StoreResult<()>;
+
+    async fn readiness(&self) -> StoreResult<Readiness>;
+
+    /// Serializes first-start bootstraps of several processes, in `conn`'s transaction.
+    async fn lock_bootstrap(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+    ) -> StoreResult<()>;
+
+    async fn begin_roster_import(&self, district: DistrictId)
+        -> StoreResult<Box<dyn RosterWriter>>;
+
+    async fn refresh_directory_statistics(&self) -> StoreResult<()>;
+
+    async fn settle(&self) -> StoreResult<()>;
+
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64>;
+
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64>;
+}
+
+#[async_trait]
+impl<S: Engine + 'static> Store for S
+where
+    S: super::dispatch::DispatchStore,
+{
+    fn backend(&self) -> Backend {
+        Engine::backend(self)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        Engine::migrate(self).await
+    }
+
+    async fn readiness(&self) -> StoreResult<Readiness> {
+        Engine::readiness(self).await
+    }
+
+    async fn bootstrap(
+        &self,
+        first: &FirstAdmin,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<(District, Staff)>> {
+        let mut tx = self.begin_write().await?;
+        self.lock_bootstrap(&mut tx).await?;
+        let staff =
+            S::Db::fetch_optional(&mut tx, "SELECT id FROM staff LIMIT 1", Args::new()).await?;
+        if staff.is_some() {
+            return Ok(None);
+        }
+        let district = insert_district::<S::Db>(&mut tx, &first.district_name, at).await?;
+        let admin = NewStaff {
+            district_id: district.id,
+            email: first.email.clone(),
+            display_name: first.display_name.clone(),
+            role: Role::DistrictAdmin,
+            password_hash: Some(first.password_hash.clone()),
+        };
+        let staff = insert_staff::<S::Db>(&mut tx, &admin, at).await?;
+        tx.commit().await?;
+        Ok(Some((district, staff)))
+    }
+
+    async fn create_district(&self, name: &str, at: DateTime<Utc>) -> StoreResult<District> {
+        insert_district::<S::Db>(&mut *self.writes().acquire().await?, name, at).await
+    }
+
+    async fn create_school(&self, school: &NewSchool, at: DateTime<Utc>) -> StoreResult<School> {
+        let id = SchoolId::new();
+        S::Db::execute(
+            &mut *self.writes().acquire().await?,
+            "INSERT INTO schools (id, district_id, sourced_id, name, timezone, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            Args::new()
+                .id(id)
+                .id(school.district_id)
+                .opt_text(school.sourced_id.as_deref())
+                .text(&school.name)
+                .text(&school.timezone)
+                .time(at),
+        )
+        .await?;
+        Ok(School {
+            id,
+            district_id: school.district_id,
+            name: school.name.clone(),
+            timezone: school.timezone.clone(),
+            sourced_id: school.sourced_id.clone(),
+        })
+    }
+
+    async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
+        let mut tx = self.begin_write().await?;
+        let staff = insert_staff::<S::Db>(&mut tx, staff, at).await?;
+        tx.commit().await?;
+        Ok(staff)
+    }
+
+    async fn staff_by_email(&self, email: &EmailAddress) -> StoreResult<Option<Staff>> {
+        let sql =
+            format!("SELECT {STAFF_COLUMNS} FROM staff WHERE email = $1 AND disabled_at IS NULL");
+        S::Db::fetch_optional(
+            &mut *self.reads().acquire().await?,
+            &sql,
+            Args::new().text(email.as_str()),
+        )
+        .await?
+        .as_ref()
+        .map(staff_from_row)
+        .transpose()
+    }
+
+    async fn password_hash(&self, staff: StaffId) -> StoreResult<Option<String>> {
+        Ok(S::Db::fetch_optional(
+            &mut *self.reads().acquire().await?,
+            "SELECT password_hash FROM staff WHERE id = $1 AND disabled_at IS NULL",
+            Args::new().id(staff),
+        )
+        .await?
+        .map(|row| row.opt_text("password_hash"))
+        .transpose()?
+        .flatten())
+    }
+
+    async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>> {
+        let sql = format!(
+            "SELECT {STAFF_COLUMNS}, disabled_at IS NOT NULL AS disabled, \
+                    password_hash IS NOT NULL AS has_password \
+             FROM staff WHERE district_id = $1 ORDER BY email"
+        );
+        S::Db::fetch_all(
+            &mut *self.reads().acquire().await?,
+            &sql,
+            Args::new().id(district),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StaffMember {
+                staff: staff_from_row(row)?,
+                disabled: row.flag("disabled")?,
+                has_password: row.flag("has_password")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn create_api_token(
+        &self,
+        id: ApiTokenId,
+        staff: &Staff,
+        name: &str,
+        secret_hash: &[u8],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        S::Db::execute(
+            &mut *self.writes().acquire().await?,
+            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            Args::new()
+                .id(id)
+                .id(staff.district_id)
+                .id(staff.id)
+                .text(name)
+                .bytes(secret_hash)
+                .time(at),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>> {
+        let Some(row) = S::Db::fetch_optional(
+            &mut *self.reads().acquire().await?,
+            "SELECT t.id AS token_id, t.name AS token_name, t.secret_hash, t.expires_at, t.revoked_at, \
+                    s.id, s.district_id, s.email, s.display_name, s.role, s.created_at \
+             FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
+             WHERE t.id = $1 AND s.disabled_at IS NULL",
+            Args::new().id(id),
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ApiTokenRecord {
+            id: ApiTokenId::from_uuid(row.id("token_id")?),
+            name: row.text("token_name")?,
+            staff: staff_from_row(&row)?,
+            secret_hash: row.opt_bytes("secret_hash")?.unwrap_or_default(),
+            expires_at: row.opt_time("expires_at")?,
+            revoked_at: row.opt_time("revoked_at")?,
+        }))
+    }
+
+    async fn create_guardian(
+        &self,
+        guardian: &NewGuardian,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Guardian> {
+        let id = GuardianId::new();
+        S::Db::execute(
+            &mut *self.writes().acquire().await?,
+            "INSERT INTO guardians (id, district_id, sourced_id, given_name, family_name, \
+                                    preferred_language, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            Args::new()
+                .id(id)
+                .id(guardian.district_id)
+                .opt_text(guardian.sourced_id.as_deref())
+                .text(&guardian.given_name)
+                .text(&guardian.family_name)
+                .opt_text(guardian.preferred_language.as_deref())
+                .time(at),
+        )
+        .await?;
+        Ok(Guardian {
+            id,
+            district_id: guardian.district_id,
+            given_name: guardian.given_name.clone(),
+            family_name: guardian.family_name.clone(),
+            preferred_language: guardian.preferred_language.clone(),
+            sourced_id: guardian.sourced_id.clone(),
+        })
+    }
+
+    async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        S::Db::write_message(&mut tx, message, at).await?;
+        S::Db::write_recipients(&mut tx, message, &message.recipients, at).await?;
+        tx.commit().await?;
+        self.written().wrote();
+        Ok(())
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1");
+        S::Db::fetch_optional(
+            &mut *self.reads().acquire().await?,
+            &sql,
+            Args::new().id(id),
+        )
+        .await?
+        .as_ref()
+        .map(super::deliveries::from_row)
+        .transpose()
+    }
+
+    async fn read_log(
+        &self,
+        lane: Lane,
+        partition: PartitionId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<LogEntry>> {
+        S::Db::fetch_all(
+            &mut *self.reads().acquire().await?,
+            "SELECT \"offset\", district_id, delivery_id FROM log_entries \
+             WHERE lane = $1 AND partition = $2 AND \"offset\" > $3 ORDER BY \"offset\" LIMIT $4",
+            Args::new()
+                .text(lane.as_str())
+                .int(partition.get() as i64)
+                .int(after.unwrap_or(-1))
+                .int(limit),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(LogEntry {
+                lane,
+                partition,
+                offset: row.i64("offset")?,
+                district_id: DistrictId::from_uuid(row.id("district_id")?),
+                delivery_id: DeliveryId::from_uuid(row.id("delivery_id")?),
+            })
+        })
+        .collect()
+    }
+
+    async fn apply_transitions(&self, batch: &[Change]) -> StoreResult<Vec<CasOutcome>> {
+        let mut tx = self.begin_write().await?;
+        let mut ids: Vec<Uuid> = batch
+            .iter()
+            .map(|c| *c.transition.delivery_id.as_uuid())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            <S::Db as Transitions>::lock_deliveries(&mut tx, &ids).await?;
+        }
+        let outcomes = super::transitions::apply::<S::Db>(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>> {
+        S::Db::fetch_all(
+            &mut *self.reads().acquire().await?,
+            "SELECT delivery_id, from_state, to_state, version, at, actor_kind, actor_ref, detail \
+             FROM delivery_events WHERE delivery_id = $1 ORDER BY version",
+            Args::new().id(id),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(DeliveryEventRecord {
+                delivery_id: DeliveryId::from_uuid(row.id("delivery_id")?),
+                from: row.parsed("from_state")?,
+                to: row.parsed("to_state")?,
+                version: row.i64("version")?,
+                at: row.time("at")?,
+                actor: Actor {
+                    kind: row.parsed("actor_kind")?,
+                    reference: row.text("actor_ref")?,
+                },
+                detail: row.opt_text("detail")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn directory_counts(&self, district: DistrictId) -> StoreResult<DirectoryCounts> {
+        directory::counts::<S::Db>(&mut *self.reads().acquire().await?, district.into()).await
+    }
+
+    async fn schools(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<SchoolView>> {
+        directory::schools::<S::Db>(&mut *self.reads().acquire().await?, scope, page).await
+    }
+
+    async fn classes(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<ClassView>> {
+        directory::classes::<S::Db>(&mut *self.reads().acquire().await?, scope, page).await
+    }
+
+    async fn students(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<StudentView>> {
+        directory::students::<S::Db>(&mut *self.reads().acquire().await?, scope, page).await
+    }
+
+    async fn guardians(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<GuardianView>> {
+        directory::guardians::<S::Db>(&mut *self.reads().acquire().await?, scope, page).await
+    }
+
+    async fn guardian_detail(
+        &self,
+        scope: &Scope,
+        which: &GuardianRef,
+    ) -> StoreResult<Option<GuardianDetail>> {
+        directory::guardian_detail::<S::Db>(&mut *self.reads().acquire().await?, scope, which).await
+    }
+
+    async fn retire_address(
+        &self,
+        guardian: GuardianId,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut conn = self.writes().acquire().await?;
+        directory::retire_address::<S::Db>(&mut conn, guardian.into(), channel, address, reason, at)
+            .await
+    }
+
+    async fn register_device(
+        &self,
+        district: DistrictId,
+        guardian: GuardianId,
+        platform: PushPlatform,
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ContactPointView> {
+        let mut conn = self.writes().acquire().await?;
+        let (district, guardian) = (district.into(), guardian.into());
+        directory::register_device::<S::Db>(&mut conn, district, guardian, platform, token, at)
+            .await
+    }
+
+    async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
+        directory::district::<S::Db>(&mut *self.reads().acquire().await?, id.into()).await
+    }
+
+    async fn districts(&self) -> StoreResult<Vec<District>> {
+        let sql = format!("SELECT {DISTRICT_COLUMNS} FROM districts ORDER BY created_at, id");
+        S::Db::fetch_all(&mut *self.reads().acquire().await?, &sql, Args::new())
+            .await?
+            .iter()
+            .map(district_from_row)
+            .collect()
+    }
+
+    async fn begin_roster_import(
+        &self,
+        district: DistrictId,
+    ) -> StoreResult<Box<dyn RosterWriter>> {
+        Engine::begin_roster_import(self, district).await
+    }
+
+    async fn start_import(&self, import: &NewImport, at: DateTime<Utc>) -> StoreResult<()> {
+        S::Db::execute(
+            &mut *self.writes().acquire().await?,
+            "INSERT INTO imports (id, district_id, staff_id, format, source_name, status, started_at) \
+             VALUES ($1, $2, $3, 'oneroster', $4, 'running', $5)",
+            Args::new()
+                .id(import.id)
+                .id(import.district_id)
+                .opt_id(import.staff_id)
+                .text(&import.source_name)
+                .time(at),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_import(
+        &self,
+        id: ImportId,
+        outcome: Result<&serde_json::Value, &str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (status, report, error) = match outcome {
+            Ok(report) => ("succeeded", Some(report.clone()), None),
+            Err(error) => ("failed", None, Some(error)),
+        };
+        S::Db::execute(
+            &mut *self.writes().acquire().await?,
+            "UPDATE imports SET status = $1, report = $2, error = $3, finished_at = $4 WHERE id = $5",
+            Args::new()
+                .text(status)
+                .opt_json(report)
+                .opt_text(error)
+                .time(at)
+                .id(id),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn import_record(
+        &self,
+        district: DistrictId,
+        id: ImportId,
+    ) -> StoreResult<Option<ImportRecord>> {
+        let Some(row) = S::Db::fetch_optional(
+            &mut *self.reads().acquire().await?,
+            "SELECT id, district_id, staff_id, source_name, status, started_at, finished_at, report, error \
+             FROM imports WHERE id = $1 AND district_id = $2",
+            Args::new().id(id).id(district),
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ImportRecord {
+            id: ImportId::from_uuid(row.id("id")?),
+            district_id: DistrictId::from_uuid(row.id("district_id")?),
+            staff_id: row.opt_id("staff_id")?.map(StaffId::from_uuid),
+            source_name: row.text("source_name")?,
+            status: row.text("status")?,
+            started_at: row.time("started_at")?,
+            finished_at: row.opt_time("finished_at")?,
+            report: row.opt_json("report")?,
+            error: row.opt_text("error")?,
+        }))
+    }
+
+    async fn resolve_audience(
+        &self,
+        scope: &Scope,
+        audience: &Audience,
+    ) -> StoreResult<Result<Vec<AudienceMember>, AudienceProblems>> {
+        audiences::resolve::<S::Db>(self.reads(), scope, audience).await
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn WriteTransaction>> {
+        Ok(Box::new(Write::new(
+            self.begin_write().await?,
+            self.written().clone(),
+        )))
+    }
+
+    async fn message_summary(
+        &self,
+        scope: &MessageScope,
+        id: MessageId,
+    ) -> StoreResult<Option<MessageSummary>> {
+        messages::summary::<S::Db>(&mut *self.reads().acquire().await?, scope, id.into()).await
+    }
+
+    async fn messages(
+        &self,
+        scope: &MessageScope,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<MessageListItem>> {
+        messages::list::<S::Db>(&mut *self.reads().acquire().await?, scope, before, limit).await
+    }
+
+    async fn recipients(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        acked: Option<bool>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<RecipientView>>> {
+        let mut conn = self.reads().acquire().await?;
+        messages::recipients::<S::Db>(&mut conn, scope, message.into(), acked, after, limit).await
+    }
+
+    async fn message_content(
+        &self,
+        scope: &MessageScope,
+        id: MessageId,
+    ) -> StoreResult<Option<MessageContent>> {
+        messages::content::<S::Db>(&mut *self.reads().acquire().await?, scope, id.into()).await
+    }
+
+    async fn pending_guardians(&self, id: MessageId) -> StoreResult<Vec<Uuid>> {
+        messages::pending_guardians::<S::Db>(&mut *self.reads().acquire().await?, id.into()).await
+    }
+
+    async fn refresh_directory_statistics(&self) -> StoreResult<()> {
+        Engine::refresh_directory_statistics(self).await
+    }
+
+    async fn settle(&self) -> StoreResult<()> {
+        Engine::settle(self).await
+    }
+
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
+        Engine::measure_raw_insert(self, rows).await
+    }
+
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
+        Engine::measure_raw_cas(self, rows).await
+    }
+
+    async fn audit_entries(
+        &self,
+        district: DistrictId,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        S::Db::fetch_all(
+            &mut *self.reads().acquire().await?,
+            "SELECT a.staff_id, s.email AS staff_email, a.action, a.detail, a.at FROM audit_log a \
+             LEFT JOIN staff s ON s.id = a.staff_id WHERE a.district_id = $1 \
+             ORDER BY a.at DESC, a.id DESC LIMIT $2",
+            Args::new().id(district).int(limit),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                staff_id: row.opt_id("staff_id")?.map(StaffId::from_uuid),
+                staff_email: row.opt_text("staff_email")?,
+                action: row.text("action")?,
+                detail: row.json("detail")?,
+                at: row.time("at")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn audit(
+        &self,
+        district_id: DistrictId,
+        actor: &Actor,
+        action: &str,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut conn = self.writes().acquire().await?;
+        insert_audit::<S::Db>(&mut conn, district_id, actor, action, detail, at).await
+    }
+}
+
+/// A new district, on `conn`.
+async fn insert_district<D: Dialect>(
+    conn: &mut D::Connection,
+    name: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<District> {
+    let sql = format!(
+        "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) RETURNING {DISTRICT_COLUMNS}"
+    );
+    let args = Args::new().id(DistrictId::new()).text(name).time(at);
+    district_from_row(&D::fetch_one(conn, &sql, args).await?)
+}
