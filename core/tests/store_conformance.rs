@@ -1122,6 +1122,88 @@ async fn an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out(
         .unwrap();
     assert_eq!(listed.map(|l| l.len()), Some(1));
 
+    // The recipient's timeline: each delivery with every state it went through, and who
+    // moved it; nothing for a scope that may not see the message.
+    let district = MessageScope::District(seed.staff.district_id);
+    let timeline = store
+        .recipient_timeline(&district, message.id, recipient.id)
+        .await
+        .unwrap()
+        .expect("the administrator sees the recipient");
+    assert_eq!(timeline.recipient.ack_state, "acked");
+    assert_eq!(timeline.deliveries.len(), 2);
+    let of = |id| {
+        timeline
+            .deliveries
+            .iter()
+            .find(|d| d.delivery.id == id)
+            .expect("both deliveries")
+    };
+    let moves: Vec<_> = of(sms).events.iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(
+        moves[moves.len() - 3..],
+        [
+            (DeliveryState::Created, DeliveryState::Queued),
+            (DeliveryState::Queued, DeliveryState::Sent),
+            (DeliveryState::Sent, DeliveryState::Acked)
+        ]
+    );
+    assert_eq!(of(sms).events.last().unwrap().actor, Actor::guardian("sms"));
+    assert_eq!(of(email).delivery.state, DeliveryState::Cancelled);
+    let stranger = MessageScope::Author(seed.staff.district_id, tidings_core::StaffId::new());
+    assert!(store
+        .recipient_timeline(&stranger, message.id, recipient.id)
+        .await
+        .unwrap()
+        .is_none());
+    let other = message.recipients[1].id;
+    assert!(store
+        .recipient_timeline(&district, MessageId::new(), other)
+        .await
+        .unwrap()
+        .is_none());
+
+    // What the recipients texted back since the message went out.
+    let mut tx = store.begin().await.unwrap();
+    tx.add_contact_point(
+        seed.staff.district_id,
+        guardian,
+        Channel::Sms,
+        "+15555550123",
+        now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    store
+        .record_inbound(
+            &tidings_core::store::InboundSms {
+                provider: "twilio".into(),
+                provider_message_id: "SM-reply-1".into(),
+                from: "+15555550123".into(),
+                to: "+15555550100".into(),
+                body: "We are on our way".into(),
+                keyword: None,
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    let replies = store
+        .message_replies(&district, message.id, 10)
+        .await
+        .unwrap()
+        .expect("the administrator sees the message");
+    assert_eq!(
+        replies.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(),
+        ["We are on our way"]
+    );
+    assert!(store
+        .message_replies(&stranger, message.id, 10)
+        .await
+        .unwrap()
+        .is_none());
+
     // A message that asks for no acknowledgment cannot be acknowledged.
     let plain = NewMessage {
         id: MessageId::new(),

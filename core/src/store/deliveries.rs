@@ -1,9 +1,9 @@
-//! The deliveries repository: reading a delivery row, the same on both databases. (Its
-//! writes are the batched transitions of `store::transitions`.)
+//! The deliveries repository: reading a delivery and its state changes, the same on both
+//! databases. (Its writes are the batched transitions of `store::transitions`.)
 
-use super::dialect::Columns;
+use super::dialect::{Args, Columns, Dialect};
 use super::StoreResult;
-use crate::delivery::Delivery;
+use crate::delivery::{Actor, Delivery, DeliveryEventRecord};
 use crate::{DeliveryId, DistrictId, GuardianId, MessageId, RecipientId};
 
 /// A delivery from a row of [`super::DELIVERY_COLUMNS`].
@@ -27,4 +27,34 @@ pub(crate) fn from_row(row: &impl Columns) -> StoreResult<Delivery> {
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
     })
+}
+
+/// Every state change of a delivery, in order.
+pub(crate) async fn events<D: Dialect>(
+    conn: &mut D::Connection,
+    id: uuid::Uuid,
+) -> StoreResult<Vec<DeliveryEventRecord>> {
+    D::fetch_all(
+        conn,
+        "SELECT delivery_id, from_state, to_state, version, at, actor_kind, actor_ref, detail \
+         FROM delivery_events WHERE delivery_id = $1 ORDER BY version",
+        Args::new().id(id),
+    )
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(DeliveryEventRecord {
+            delivery_id: DeliveryId::from_uuid(row.id("delivery_id")?),
+            from: row.parsed("from_state")?,
+            to: row.parsed("to_state")?,
+            version: row.i64("version")?,
+            at: row.time("at")?,
+            actor: Actor {
+                kind: row.parsed("actor_kind")?,
+                reference: row.text("actor_ref")?,
+            },
+            detail: row.opt_text("detail")?,
+        })
+    })
+    .collect()
 }

@@ -23,12 +23,13 @@ use super::{
     School, SchoolView, Scope, StaffMember, Store, StoreResult, StudentView, WriteTransaction,
     DELIVERY_COLUMNS,
 };
+use super::{RecipientTimeline, ReplyView};
 use crate::audience::{Audience, AudienceMember, AudienceProblems};
 use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
 use crate::log::{LogEntry, PartitionId};
 use crate::{
     ApiTokenId, Channel, DeliveryId, DistrictId, EmailAddress, GuardianId, ImportId, Lane,
-    MessageId, PushPlatform, Role, SchoolId, Staff, StaffId,
+    MessageId, PushPlatform, RecipientId, Role, SchoolId, Staff, StaffId,
 };
 
 /// What a store does its own way.
@@ -335,29 +336,7 @@ where
     }
 
     async fn delivery_events(&self, id: DeliveryId) -> StoreResult<Vec<DeliveryEventRecord>> {
-        S::Db::fetch_all(
-            &mut *self.reads().acquire().await?,
-            "SELECT delivery_id, from_state, to_state, version, at, actor_kind, actor_ref, detail \
-             FROM delivery_events WHERE delivery_id = $1 ORDER BY version",
-            Args::new().id(id),
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(DeliveryEventRecord {
-                delivery_id: DeliveryId::from_uuid(row.id("delivery_id")?),
-                from: row.parsed("from_state")?,
-                to: row.parsed("to_state")?,
-                version: row.i64("version")?,
-                at: row.time("at")?,
-                actor: Actor {
-                    kind: row.parsed("actor_kind")?,
-                    reference: row.text("actor_ref")?,
-                },
-                detail: row.opt_text("detail")?,
-            })
-        })
-        .collect()
+        super::deliveries::events::<S::Db>(&mut *self.reads().acquire().await?, id.into()).await
     }
 
     async fn directory_counts(&self, district: DistrictId) -> StoreResult<DirectoryCounts> {
@@ -557,6 +536,32 @@ where
 
     async fn pending_guardians(&self, id: MessageId) -> StoreResult<Vec<Uuid>> {
         messages::pending_guardians::<S::Db>(&mut *self.reads().acquire().await?, id.into()).await
+    }
+
+    async fn recipient_timeline(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        recipient: RecipientId,
+    ) -> StoreResult<Option<RecipientTimeline>> {
+        let mut conn = self.reads().acquire().await?;
+        messages::recipient_timeline::<S::Db>(&mut conn, scope, message.into(), recipient.into())
+            .await
+    }
+
+    async fn message_replies(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<ReplyView>>> {
+        messages::replies::<S::Db>(
+            &mut *self.reads().acquire().await?,
+            scope,
+            message.into(),
+            limit,
+        )
+        .await
     }
 
     async fn refresh_directory_statistics(&self) -> StoreResult<()> {

@@ -11,6 +11,7 @@ use super::{
     DeliveryCount, IdempotencyClaim, MessageContent, MessageListItem, MessageScope, MessageSummary,
     RecipientView, StoreError, StoreResult, DELIVERY_COLUMNS,
 };
+use super::{DeliveryTimeline, RecipientTimeline, ReplyView};
 use crate::delivery::{self, Actor, Applied, Request};
 use crate::{Channel, Decision, DeliveryEvent, DeliveryState, MessageId, StaffId};
 
@@ -69,6 +70,23 @@ pub(crate) async fn list<D: Dialect>(
         .collect()
 }
 
+const RECIPIENT_SELECT: &str =
+    "SELECT r.id, r.guardian_id, g.given_name, g.family_name, r.language, \
+     r.ack_state, r.acked_at, r.ack_via FROM recipients r JOIN guardians g ON g.id = r.guardian_id";
+
+fn recipient(row: &impl Columns) -> StoreResult<RecipientView> {
+    Ok(RecipientView {
+        id: row.id("id")?,
+        guardian_id: row.id("guardian_id")?,
+        given_name: row.text("given_name")?,
+        family_name: row.text("family_name")?,
+        language: row.text("language")?,
+        ack_state: row.text("ack_state")?,
+        acked_at: row.opt_time("acked_at")?,
+        ack_via: row.opt_text("ack_via")?,
+    })
+}
+
 /// Recipients of a message the scope may see (`None` otherwise), optionally only the
 /// acknowledged (`Some(true)`) or not yet acknowledged (`Some(false)`) ones.
 pub(crate) async fn recipients<D: Dialect>(
@@ -82,34 +100,94 @@ pub(crate) async fn recipients<D: Dialect>(
     if !visible::<D>(conn, scope, message).await? {
         return Ok(None);
     }
-    let rows = D::fetch_all(
-        conn,
-        "SELECT r.id, r.guardian_id, g.given_name, g.family_name, r.language, r.ack_state, r.acked_at, r.ack_via \
-         FROM recipients r JOIN guardians g ON g.id = r.guardian_id \
-         WHERE r.message_id = $1 AND ($2 IS NULL OR (r.ack_state = 'acked') = $2) \
-         AND ($3 IS NULL OR r.id > $3) ORDER BY r.id LIMIT $4",
-        Args::new()
-            .id(message)
-            .opt_flag(acked)
-            .opt_id(after)
-            .int(limit),
-    )
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(RecipientView {
-                id: row.id("id")?,
-                guardian_id: row.id("guardian_id")?,
-                given_name: row.text("given_name")?,
-                family_name: row.text("family_name")?,
-                language: row.text("language")?,
-                ack_state: row.text("ack_state")?,
-                acked_at: row.opt_time("acked_at")?,
-                ack_via: row.opt_text("ack_via")?,
-            })
-        })
+    let sql = format!(
+        "{RECIPIENT_SELECT} WHERE r.message_id = $1 AND ($2 IS NULL OR (r.ack_state = 'acked') = $2) \
+         AND ($3 IS NULL OR r.id > $3) ORDER BY r.id LIMIT $4"
+    );
+    let args = Args::new()
+        .id(message)
+        .opt_flag(acked)
+        .opt_id(after)
+        .int(limit);
+    D::fetch_all(conn, &sql, args)
+        .await?
+        .iter()
+        .map(recipient)
         .collect::<StoreResult<Vec<_>>>()
         .map(Some)
+}
+
+/// One recipient of a message the scope may see, with each delivery's state changes.
+pub(crate) async fn recipient_timeline<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+    recipient_id: Uuid,
+) -> StoreResult<Option<RecipientTimeline>> {
+    if !visible::<D>(conn, scope, message).await? {
+        return Ok(None);
+    }
+    let sql = format!("{RECIPIENT_SELECT} WHERE r.message_id = $1 AND r.id = $2");
+    let Some(row) = D::fetch_optional(conn, &sql, Args::new().id(message).id(recipient_id)).await?
+    else {
+        return Ok(None);
+    };
+    let found = recipient(&row)?;
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1 AND recipient_id = $2 \
+         ORDER BY created_at, id"
+    );
+    let deliveries = D::fetch_all(conn, &sql, Args::new().id(message).id(recipient_id))
+        .await?
+        .iter()
+        .map(super::deliveries::from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let mut timelines = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let events = super::deliveries::events::<D>(conn, *delivery.id.as_uuid()).await?;
+        timelines.push(DeliveryTimeline { delivery, events });
+    }
+    Ok(Some(RecipientTimeline {
+        recipient: found,
+        deliveries: timelines,
+    }))
+}
+
+/// Texts the recipients of a message the scope may see sent since it was sent.
+pub(crate) async fn replies<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+    limit: u32,
+) -> StoreResult<Option<Vec<ReplyView>>> {
+    if !visible::<D>(conn, scope, message).await? {
+        return Ok(None);
+    }
+    D::fetch_all(
+        conn,
+        "SELECT i.id, i.guardian_id, g.given_name, g.family_name, i.from_address, i.body, i.keyword, \
+                i.received_at \
+         FROM inbound_messages i JOIN guardians g ON g.id = i.guardian_id \
+         JOIN messages m ON m.id = $1 \
+         WHERE i.guardian_id IN (SELECT guardian_id FROM recipients WHERE message_id = $1) \
+         AND i.received_at >= m.created_at ORDER BY i.received_at DESC, i.id DESC LIMIT $2",
+        Args::new().id(message).int(limit),
+    )
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(ReplyView {
+            id: row.id("id")?,
+            guardian_id: row.id("guardian_id")?,
+            guardian_name: format!("{} {}", row.text("given_name")?, row.text("family_name")?),
+            from: row.text("from_address")?,
+            body: row.text("body")?,
+            keyword: row.opt_text("keyword")?,
+            received_at: row.time("received_at")?,
+        })
+    })
+    .collect::<StoreResult<Vec<_>>>()
+    .map(Some)
 }
 
 /// What a message the scope may see said and how it was to be sent.

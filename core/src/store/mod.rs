@@ -596,6 +596,21 @@ pub enum AckOutcome {
     NotFound,
 }
 
+/// One recipient of a message and what happened to each of their deliveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipientTimeline {
+    pub recipient: RecipientView,
+    /// Oldest first, each with its state changes in order.
+    pub deliveries: Vec<DeliveryTimeline>,
+}
+
+/// A delivery and every state it went through: when, and who or what moved it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryTimeline {
+    pub delivery: Delivery,
+    pub events: Vec<DeliveryEventRecord>,
+}
+
 /// A text a guardian sent, as staff see it.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -1199,6 +1214,24 @@ pub trait Store:
 
     /// Guardians of a message who have not acknowledged it yet.
     async fn pending_guardians(&self, id: MessageId) -> StoreResult<Vec<uuid::Uuid>>;
+
+    /// One recipient of a message the scope may see, with each delivery's state changes
+    /// (`None` when the scope may not see the message or it has no such recipient).
+    async fn recipient_timeline(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        recipient: RecipientId,
+    ) -> StoreResult<Option<RecipientTimeline>>;
+
+    /// Texts the message's recipients sent since it was sent, newest first (`None` when
+    /// the scope may not see the message).
+    async fn message_replies(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<ReplyView>>>;
 
     /// Recalls a message: deliveries not yet handed to a provider become CANCELLED (each
     /// with its event row); the others are left as they are and counted.
