@@ -334,6 +334,35 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
         browser.text("main > p").await
     );
 
+    // Who acknowledged, and what happened to each of their deliveries: every state, when,
+    // and who or what moved it.
+    browser
+        .click("a[href*='show=acked']", "[data-page=report]")
+        .await;
+    let acked = browser.text("table.people tbody").await;
+    assert_eq!(acked.lines().count(), 1, "one acknowledged: {acked}");
+    browser
+        .click(
+            "table.people a[href*='/recipients/']",
+            "[data-page=recipient]",
+        )
+        .await;
+    let timeline = browser.text("main").await;
+    for seen in [
+        "acknowledged",
+        "QUEUED",
+        "SENT",
+        "ACKED",
+        "the dispatcher",
+        "the guardian",
+    ] {
+        assert!(timeline.contains(seen), "{seen:?} in {timeline}");
+    }
+    browser.accessible("recipient").await;
+    browser.shot("recipient").await;
+    b.goto(&server.url(&report)).await.unwrap();
+    browser.arrive("[data-page=report]").await;
+
     // Who has not acknowledged, as CSV (fetched as the page's link would be), and a
     // reminder to them by email only.
     let csv = b

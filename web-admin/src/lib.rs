@@ -62,6 +62,10 @@ pub fn router(state: AppState, web: Web) -> Router {
         .route("/messages/{id}/cancel", post(messages::cancel))
         .route("/messages/{id}/progress", get(messages::progress))
         .route(
+            "/messages/{id}/recipients/{recipient}",
+            get(messages::recipient),
+        )
+        .route(
             "/messages/{id}/not-acknowledged.csv",
             get(messages::not_acknowledged_csv),
         )

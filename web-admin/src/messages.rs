@@ -4,20 +4,22 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use tidings_api::AppState;
 use tidings_core::audience::Audience;
+use tidings_core::delivery::{Actor, ActorKind};
 use tidings_core::fanout::Translation;
 use tidings_core::segments::Encoding;
 use tidings_core::services::message_scope;
 use tidings_core::services::send::{Preview, SendMessage, Sent};
 use tidings_core::services::{Once, Refusal, Reply, ServiceError};
 use tidings_core::store::{
-    ClassView, MessageListItem, MessageSummary, PageRequest, RecipientView, SchoolView, Scope,
+    ClassView, MessageListItem, MessageSummary, PageRequest, RecipientTimeline, RecipientView,
+    ReplyView, SchoolView, Scope,
 };
-use tidings_core::{Channel, MessageId, Role};
+use tidings_core::{Channel, MessageId, RecipientId, Role};
 use uuid::Uuid;
 
 use crate::form::{said, Fields, Posted};
@@ -484,13 +486,67 @@ struct ReportPage {
     counts: String,
     in_flight: bool,
     live: &'static str,
-    waiting: Vec<RecipientView>,
+    /// Whose names the list shows.
+    show: Show,
+    people: Vec<RecipientView>,
+    /// The next page of the list, when there is one.
+    more: Option<Uuid>,
+    replies: Vec<ReplyView>,
+}
+
+/// Recipients a report lists per page.
+const PEOPLE_PER_PAGE: u32 = 100;
+
+/// Which recipients a report lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Show {
+    Waiting,
+    Acked,
+    All,
+}
+
+impl Show {
+    const ALL: [Show; 3] = [Show::Waiting, Show::Acked, Show::All];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Show::Waiting => "waiting",
+            Show::Acked => "acked",
+            Show::All => "all",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Show::Waiting => "Not acknowledged",
+            Show::Acked => "Acknowledged",
+            Show::All => "Everyone",
+        }
+    }
+
+    /// The store's acknowledgment filter.
+    fn acked(self) -> Option<bool> {
+        match self {
+            Show::Waiting => Some(false),
+            Show::Acked => Some(true),
+            Show::All => None,
+        }
+    }
+}
+
+/// A report's list: which recipients, from where.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ListQuery {
+    show: Option<Show>,
+    after: Option<Uuid>,
 }
 
 pub async fn report(
     State(state): State<AppState>,
     signed_in: SignedIn,
     Path(id): Path<Uuid>,
+    Query(query): Query<ListQuery>,
 ) -> Response {
     let scope = message_scope(&signed_in.staff);
     let id = MessageId::from_uuid(id);
@@ -499,17 +555,26 @@ pub async fn report(
         Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
         Err(error) => return failed(error),
     };
-    let waiting = if summary.requires_ack {
-        match state
-            .store
-            .recipients(&scope, id, Some(false), None, 100)
-            .await
-        {
-            Ok(found) => found.unwrap_or_default(),
-            Err(error) => return failed(error),
-        }
-    } else {
-        Vec::new()
+    let show = match query.show {
+        Some(show) if summary.requires_ack || show == Show::All => show,
+        _ if summary.requires_ack => Show::Waiting,
+        _ => Show::All,
+    };
+    let mut people = match state
+        .store
+        .recipients(&scope, id, show.acked(), query.after, PEOPLE_PER_PAGE + 1)
+        .await
+    {
+        Ok(found) => found.unwrap_or_default(),
+        Err(error) => return failed(error),
+    };
+    let more = (people.len() > PEOPLE_PER_PAGE as usize).then(|| {
+        people.truncate(PEOPLE_PER_PAGE as usize);
+        people.last().map(|p| p.id)
+    });
+    let replies = match state.store.message_replies(&scope, id, 50).await {
+        Ok(found) => found.unwrap_or_default(),
+        Err(error) => return failed(error),
     };
     let counts = Counts::of(summary.clone());
     let in_flight = counts.in_flight;
@@ -527,9 +592,60 @@ pub async fn report(
             counts,
             in_flight,
             live: crate::assets::live_url(),
-            waiting,
+            show,
+            people,
+            more: more.flatten(),
+            replies,
         },
     )
+}
+
+#[derive(Template)]
+#[template(path = "recipient.html")]
+struct RecipientPage {
+    frame: Frame,
+    message: MessageSummary,
+    timeline: RecipientTimeline,
+}
+
+/// One recipient of a message: each delivery with every state it went through, when, and
+/// who or what moved it.
+pub async fn recipient(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path((id, recipient)): Path<(Uuid, Uuid)>,
+) -> Response {
+    let scope = message_scope(&signed_in.staff);
+    let id = MessageId::from_uuid(id);
+    let recipient = RecipientId::from_uuid(recipient);
+    let message = match state.store.message_summary(&scope, id).await {
+        Ok(Some(summary)) => summary,
+        Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
+        Err(error) => return failed(error),
+    };
+    match state.store.recipient_timeline(&scope, id, recipient).await {
+        Ok(Some(timeline)) => html(
+            StatusCode::OK,
+            RecipientPage {
+                frame: Frame::of(&signed_in),
+                message,
+                timeline,
+            },
+        ),
+        Ok(None) => (StatusCode::NOT_FOUND, "No such recipient of this message.").into_response(),
+        Err(error) => failed(error),
+    }
+}
+
+/// Who or what made a state change, in words.
+pub(crate) fn moved_by(actor: &Actor) -> String {
+    match actor.kind {
+        ActorKind::Staff => "staff".to_owned(),
+        ActorKind::Guardian => format!("the guardian ({})", actor.reference),
+        ActorKind::Dispatcher => "the dispatcher".to_owned(),
+        ActorKind::Provider => format!("the provider ({})", actor.reference),
+        ActorKind::System => format!("Tidings ({})", actor.reference),
+    }
 }
 
 /// How often the live progress looks at the counts.
