@@ -334,6 +334,18 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
         browser.text("main > p").await
     );
 
+    // The chart of states over time, per channel, kept live with the counts: the SMS
+    // acknowledged is on it, and once all went out none is left CREATED.
+    let acked_line = b
+        .find(Locator::Css(
+            "figure.chart[data-channel=sms] polyline[data-state=ACKED]",
+        ))
+        .await;
+    assert!(acked_line.is_ok(), "an ACKED line on the SMS chart");
+    let legend = browser.text("figure.chart[data-channel=sms] .legend").await;
+    assert!(legend.contains("ACKED: 1"), "{legend}");
+    assert!(legend.contains("CREATED: 0"), "{legend}");
+
     // Who acknowledged, and what happened to each of their deliveries: every state, when,
     // and who or what moved it.
     browser

@@ -1163,6 +1163,35 @@ async fn an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out(
         .unwrap()
         .is_none());
 
+    // Its deliveries per state over time, per channel: everyone starts CREATED; at the
+    // end one SMS is ACKED and one email CANCELLED.
+    let series = store
+        .state_series(&district, message.id, 60)
+        .await
+        .unwrap()
+        .expect("the administrator sees the message");
+    let last = |channel| {
+        let found = series.channels.iter().find(|c| c.channel == channel);
+        found
+            .and_then(|c| c.steps.last())
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        last(Channel::Sms).into_iter().collect::<Vec<_>>(),
+        [(DeliveryState::Created, 1), (DeliveryState::Acked, 1)]
+    );
+    assert_eq!(
+        last(Channel::Email).into_iter().collect::<Vec<_>>(),
+        [(DeliveryState::Created, 1), (DeliveryState::Cancelled, 1)]
+    );
+    assert!(series.channels.iter().all(|c| c.steps.len() <= 60));
+    assert!(store
+        .state_series(&stranger, message.id, 60)
+        .await
+        .unwrap()
+        .is_none());
+
     // What the recipients texted back since the message went out.
     let mut tx = store.begin().await.unwrap();
     tx.add_contact_point(

@@ -9,6 +9,7 @@
 
 mod assets;
 mod audit;
+mod chart;
 mod dead_letters;
 mod directory;
 mod form;

@@ -486,6 +486,8 @@ struct ReportPage {
     counts: String,
     in_flight: bool,
     live: &'static str,
+    /// The deliveries per state over time, per channel (SVG figures).
+    chart: String,
     /// Whose names the list shows.
     show: Show,
     people: Vec<RecipientView>,
@@ -493,6 +495,9 @@ struct ReportPage {
     more: Option<Uuid>,
     replies: Vec<ReplyView>,
 }
+
+/// Steps of the chart of states over time.
+const CHART_STEPS: u32 = 60;
 
 /// Recipients a report lists per page.
 const PEOPLE_PER_PAGE: u32 = 100;
@@ -572,6 +577,12 @@ pub async fn report(
         people.truncate(PEOPLE_PER_PAGE as usize);
         people.last().map(|p| p.id)
     });
+    let chart = match state.store.state_series(&scope, id, CHART_STEPS).await {
+        Ok(series) => series
+            .map(|s| crate::chart::figures(&s))
+            .unwrap_or_default(),
+        Err(error) => return failed(error),
+    };
     let replies = match state.store.message_replies(&scope, id, 50).await {
         Ok(found) => found.unwrap_or_default(),
         Err(error) => return failed(error),
@@ -592,6 +603,7 @@ pub async fn report(
             counts,
             in_flight,
             live: crate::assets::live_url(),
+            chart,
             show,
             people,
             more: more.flatten(),
@@ -681,23 +693,26 @@ pub async fn progress(
                 let counts = Counts::of(summary);
                 let in_flight = counts.in_flight;
                 let table = counts.render().unwrap_or_default();
-                if !in_flight {
-                    let event = Event::default()
-                        .event("counts")
-                        .data(table.replace('\n', ""));
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(vec![
-                            event,
-                            Event::default().event("done").data(""),
-                        ]),
-                        (String::new(), true),
-                    ));
-                }
-                if table != last {
-                    let event = Event::default()
-                        .event("counts")
-                        .data(table.replace('\n', ""));
-                    return Some((Ok(vec![event]), (table, false)));
+                if !in_flight || table != last {
+                    // The chart moves with the counts.
+                    let chart = match state.store.state_series(&scope, id, CHART_STEPS).await {
+                        Ok(Some(series)) => crate::chart::figures(&series),
+                        _ => String::new(),
+                    };
+                    let mut events = vec![
+                        Event::default()
+                            .event("counts")
+                            .data(table.replace('\n', "")),
+                        Event::default().event("chart").data(chart),
+                    ];
+                    if !in_flight {
+                        events.push(Event::default().event("done").data(""));
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(events),
+                            (String::new(), true),
+                        ));
+                    }
+                    return Some((Ok(events), (table, false)));
                 }
                 tokio::time::sleep(PROGRESS_EVERY).await;
             }

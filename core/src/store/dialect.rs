@@ -152,6 +152,9 @@ pub(crate) trait Binder: Database {
 
     /// How many rows a statement changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
+
+    /// SQL for the whole seconds since the Unix epoch of the time column `column`.
+    fn epoch_seconds(column: &str) -> String;
 }
 
 impl Binder for sqlx::Sqlite {
@@ -180,6 +183,10 @@ impl Binder for sqlx::Sqlite {
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()
     }
+
+    fn epoch_seconds(column: &str) -> String {
+        format!("CAST(strftime('%s', {column}) AS INTEGER)")
+    }
 }
 
 impl Binder for sqlx::Postgres {
@@ -203,6 +210,10 @@ impl Binder for sqlx::Postgres {
 
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    fn epoch_seconds(column: &str) -> String {
+        format!("CAST(floor(extract(epoch FROM {column})) AS BIGINT)")
     }
 }
 
@@ -330,6 +341,7 @@ pub(crate) trait Columns {
     fn opt_text(&self, column: &str) -> StoreResult<Option<String>>;
     /// A `BIGINT` (or SQLite INTEGER) column, such as a `count(*)`.
     fn i64(&self, column: &str) -> StoreResult<i64>;
+    fn opt_i64(&self, column: &str) -> StoreResult<Option<i64>>;
     /// An `INTEGER` column.
     fn i32(&self, column: &str) -> StoreResult<i32>;
     fn opt_i32(&self, column: &str) -> StoreResult<Option<i32>>;
@@ -371,6 +383,9 @@ where
         Ok(self.try_get(column)?)
     }
     fn i64(&self, column: &str) -> StoreResult<i64> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_i64(&self, column: &str) -> StoreResult<Option<i64>> {
         Ok(self.try_get(column)?)
     }
     fn i32(&self, column: &str) -> StoreResult<i32> {

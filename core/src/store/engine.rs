@@ -23,7 +23,7 @@ use super::{
     School, SchoolView, Scope, StaffMember, Store, StoreResult, StudentView, WriteTransaction,
     DELIVERY_COLUMNS,
 };
-use super::{RecipientTimeline, ReplyView};
+use super::{RecipientTimeline, ReplyView, StateSeries};
 use crate::audience::{Audience, AudienceMember, AudienceProblems};
 use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
 use crate::log::{LogEntry, PartitionId};
@@ -547,6 +547,16 @@ where
         let mut conn = self.reads().acquire().await?;
         messages::recipient_timeline::<S::Db>(&mut conn, scope, message.into(), recipient.into())
             .await
+    }
+
+    async fn state_series(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        steps: u32,
+    ) -> StoreResult<Option<StateSeries>> {
+        let mut conn = self.reads().acquire().await?;
+        messages::state_series::<S::Db>(&mut conn, scope, message.into(), steps).await
     }
 
     async fn message_replies(

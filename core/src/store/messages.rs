@@ -2,16 +2,18 @@
 //! content, recipients), their recall, the hourly quota and idempotency keys. Written
 //! once for both databases over [`Dialect`].
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
 use super::transitions::{InTx, Transitions};
+use super::{ChannelSeries, DeliveryTimeline, RecipientTimeline, ReplyView, StateSeries};
 use super::{
     DeliveryCount, IdempotencyClaim, MessageContent, MessageListItem, MessageScope, MessageSummary,
     RecipientView, StoreError, StoreResult, DELIVERY_COLUMNS,
 };
-use super::{DeliveryTimeline, RecipientTimeline, ReplyView};
 use crate::delivery::{self, Actor, Applied, Request};
 use crate::{Channel, Decision, DeliveryEvent, DeliveryState, MessageId, StaffId};
 
@@ -451,4 +453,110 @@ pub(crate) async fn reserve_hourly_quota<D: Dialect>(
         return Err(StoreError::HourlyQuota { sent, max });
     }
     Ok(())
+}
+
+/// The deliveries of a message the scope may see in each state over time, per channel, in
+/// at most `steps` equal steps from its first state change to its last: every delivery
+/// starts CREATED, and each event moves one from its `from` state to its `to` state.
+pub(crate) async fn state_series<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &MessageScope,
+    message: Uuid,
+    steps: u32,
+) -> StoreResult<Option<StateSeries>> {
+    if !visible::<D>(conn, scope, message).await? {
+        return Ok(None);
+    }
+    let span = format!(
+        "SELECT min({first}) AS first, max({first}) AS last FROM delivery_events e \
+         JOIN deliveries d ON d.id = e.delivery_id WHERE d.message_id = $1",
+        first = D::epoch_seconds("e.at")
+    );
+    let row = D::fetch_one(conn, &span, Args::new().id(message)).await?;
+    let now = D::fetch_all(
+        conn,
+        "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
+         GROUP BY channel, state ORDER BY channel, state",
+        Args::new().id(message),
+    )
+    .await?;
+    let (first, last) = match (row.opt_i64("first")?, row.opt_i64("last")?) {
+        (Some(first), Some(last)) => (first, last),
+        // Nothing has moved yet: one step, everything CREATED.
+        _ => (0, 0),
+    };
+    let steps = i64::from(steps.max(1));
+    let step_seconds = ((last - first) / steps + 1).max(1);
+    let count = ((last - first) / step_seconds + 1) as usize;
+    // Per channel: the counts now, then (below) the change in each step; the counts at
+    // the start are those now less every change (a delivery need not start CREATED: one
+    // nobody could be reached by is written SUPPRESSED).
+    type Counts = BTreeMap<DeliveryState, i64>;
+    let mut channels: Vec<(Channel, Vec<Counts>, Counts)> = Vec::new();
+    for row in &now {
+        let channel: Channel = row.parsed("channel")?;
+        let at = match channels.iter().position(|(c, ..)| *c == channel) {
+            Some(at) => at,
+            None => {
+                channels.push((channel, vec![BTreeMap::new(); count], BTreeMap::new()));
+                channels.len() - 1
+            }
+        };
+        channels[at].2.insert(row.parsed("state")?, row.i64("n")?);
+    }
+    let moves = format!(
+        "SELECT d.channel, e.from_state, e.to_state, ({at} - $2) / $3 AS step, count(*) AS n \
+         FROM delivery_events e JOIN deliveries d ON d.id = e.delivery_id \
+         WHERE d.message_id = $1 GROUP BY d.channel, e.from_state, e.to_state, step",
+        at = D::epoch_seconds("e.at")
+    );
+    let args = Args::new().id(message).int(first).int(step_seconds);
+    // Per channel and step: the net change of each state in that step.
+    let rows = D::fetch_all(conn, &moves, args).await?;
+    for row in rows {
+        let channel: Channel = row.parsed("channel")?;
+        let Some((_, deltas, _)) = channels.iter_mut().find(|(c, ..)| *c == channel) else {
+            continue;
+        };
+        let step = (row.i64("step")?.max(0) as usize).min(count - 1);
+        let n = row.i64("n")?;
+        *deltas[step]
+            .entry(row.parsed::<DeliveryState>("from_state")?)
+            .or_insert(0) -= n;
+        *deltas[step]
+            .entry(row.parsed::<DeliveryState>("to_state")?)
+            .or_insert(0) += n;
+    }
+    let began = chrono::DateTime::from_timestamp(first, 0).unwrap_or_default();
+    let channels = channels
+        .into_iter()
+        .map(|(channel, deltas, now)| {
+            let mut start = now;
+            for (state, n) in deltas.iter().flatten() {
+                *start.entry(*state).or_insert(0) -= n;
+            }
+            start.retain(|_, n| *n != 0);
+            let mut then = start.clone();
+            let steps = deltas
+                .into_iter()
+                .map(|delta| {
+                    for (state, n) in delta {
+                        *then.entry(state).or_insert(0) += n;
+                    }
+                    then.retain(|_, n| *n != 0);
+                    then.clone()
+                })
+                .collect();
+            ChannelSeries {
+                channel,
+                start,
+                steps,
+            }
+        })
+        .collect();
+    Ok(Some(StateSeries {
+        start: began,
+        step_seconds,
+        channels,
+    }))
 }

@@ -611,6 +611,24 @@ pub struct DeliveryTimeline {
     pub events: Vec<DeliveryEventRecord>,
 }
 
+/// How many of a message's deliveries were in each state over time, per channel: the
+/// counts at the end of each of equal time steps from `start`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateSeries {
+    pub start: DateTime<Utc>,
+    pub step_seconds: i64,
+    pub channels: Vec<ChannelSeries>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelSeries {
+    pub channel: Channel,
+    /// The deliveries in each state before the first change.
+    pub start: std::collections::BTreeMap<crate::DeliveryState, i64>,
+    /// One entry per step: the deliveries in each state then (states with none left out).
+    pub steps: Vec<std::collections::BTreeMap<crate::DeliveryState, i64>>,
+}
+
 /// A text a guardian sent, as staff see it.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -1223,6 +1241,15 @@ pub trait Store:
         message: MessageId,
         recipient: RecipientId,
     ) -> StoreResult<Option<RecipientTimeline>>;
+
+    /// The message's deliveries per state over time, per channel, in at most `steps`
+    /// equal steps (`None` when the scope may not see the message).
+    async fn state_series(
+        &self,
+        scope: &MessageScope,
+        message: MessageId,
+        steps: u32,
+    ) -> StoreResult<Option<StateSeries>>;
 
     /// Texts the message's recipients sent since it was sent, newest first (`None` when
     /// the scope may not see the message).
