@@ -118,16 +118,34 @@ pub async fn serve(
     let outbox = sandbox.clone().map(|sandbox| {
         Arc::new(crate::outbox::SandboxOutbox(sandbox)) as Arc<dyn tidings_web_admin::Outbox>
     });
-    let web = tidings_web_admin::router(
-        state.clone(),
-        tidings_web_admin::Web::new(secure_cookies, outbox),
-    );
+    let mut web = tidings_web_admin::Web::new(secure_cookies, config.public_url.clone(), outbox);
+    // In sandbox mode the sandbox's identity provider is here too, to try single sign-on.
+    let identity_provider = match (&sandbox, &config.public_url) {
+        (Some(_), Some(base)) => Some(sandbox_identity_provider(base).await?),
+        _ => None,
+    };
+    if let Some(idp) = &identity_provider {
+        let provider = idp.config();
+        println!(
+            "Sandbox identity provider: issuer {}, client id {}, client secret {}",
+            provider.issuer, provider.client_id, provider.client_secret
+        );
+        web = web.with_sandbox_identity_provider(tidings_web_admin::SandboxIdentityProvider {
+            issuer: provider.issuer.clone(),
+            client_id: provider.client_id.clone(),
+            client_secret: provider.client_secret.clone(),
+        });
+    }
+    let web = tidings_web_admin::router(state.clone(), web);
     let mut router = tidings_api::router(state.clone())
         .merge(web)
         .merge(callbacks.router())
         .merge(metrics);
     if let Some(sandbox) = sandbox {
         router = router.merge(crate::outbox::router(state, sandbox));
+    }
+    if let Some(idp) = identity_provider {
+        router = router.merge(idp.router());
     }
     let mut http_stopping = stopping;
     let stop = Arc::new(stop);
@@ -440,7 +458,7 @@ pub async fn quotas(
     )?;
     let hourly = limit(max_messages_per_hour, current.max_messages_per_hour)?;
     if max_recipients_per_message.is_some() || max_messages_per_hour.is_some() {
-        services(config, store.clone())
+        services(config, store.clone())?
             .set_district_quotas(&Actor::system("cli"), id, recipients, hourly)
             .await?;
     }
@@ -470,7 +488,7 @@ pub async fn quiet_hours(
     };
     let store = open_store(config, config.migrate_on_start).await?;
     let id = crate::import::choose_district(store.as_ref(), district).await?;
-    match services(config, store)
+    match services(config, store)?
         .set_school_quiet_hours(&Actor::system("cli"), id, school, quiet)
         .await
     {
@@ -491,6 +509,26 @@ pub async fn quiet_hours(
         None => println!("{school}: no quiet hours"),
     }
     Ok(())
+}
+
+/// The sandbox's OpenID Connect provider on the server at `base`; its client from
+/// `TIDINGS_SANDBOX_OIDC_CLIENT_ID` and `TIDINGS_SANDBOX_OIDC_CLIENT_SECRET` when set.
+async fn sandbox_identity_provider(
+    base: &str,
+) -> anyhow::Result<Arc<tidings_sandbox::oidc::IdentityProvider>> {
+    let mut provider = tidings_sandbox::oidc::ProviderConfig::at(base);
+    if let Ok(id) = std::env::var("TIDINGS_SANDBOX_OIDC_CLIENT_ID") {
+        provider.client_id = id;
+    }
+    if let Ok(secret) = std::env::var("TIDINGS_SANDBOX_OIDC_CLIENT_SECRET") {
+        provider.client_secret = secret;
+    }
+    // Making its RSA key takes a moment of CPU.
+    let provider =
+        tokio::task::spawn_blocking(move || tidings_sandbox::oidc::IdentityProvider::new(provider))
+            .await
+            .context("making the sandbox identity provider's key")?;
+    Ok(Arc::new(provider))
 }
 
 /// `tidings sandbox`: the provider sandbox over HTTP, until SIGTERM or Ctrl-C.
@@ -525,6 +563,9 @@ pub async fn sandbox(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
+    let idp = sandbox_identity_provider(&format!("http://{address}")).await?;
+    let oidc = idp.config().clone();
+    settings.identity_provider = Some(idp);
     println!("Provider sandbox on http://{address} (nothing sent from here reaches anyone)");
     println!("  Twilio API base:  http://{address} (any AC… account; auth token from TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN, default {:?})", tidings_sandbox::server::SandboxConfig::default().twilio_auth_token);
     println!("  APNs endpoint:    http://{address} (HTTP/2; provider tokens verified when TIDINGS_SANDBOX_APNS_KEY holds the .p8 key)");
@@ -534,17 +575,22 @@ pub async fn sandbox(
     println!("  What it received: http://{address}/_sandbox/received");
     println!("  Faults:           http://{address}/_sandbox/faults (GET, PUT)");
     println!("  Email events:     POST http://{address}/_sandbox/email-events; verification keys at http://{address}/_sandbox/keys");
+    println!(
+        "  OpenID Connect:   issuer {} (client id {}, client secret {}; TIDINGS_SANDBOX_OIDC_CLIENT_ID/_SECRET)",
+        oidc.issuer, oidc.client_id, oidc.client_secret
+    );
     tidings_sandbox::server::serve(listener, provider, settings, shutdown)
         .await
         .context("the sandbox server failed")
 }
 
 /// The application services, on `store` with this configuration.
-fn services(config: &Config, store: Arc<dyn Store>) -> Services {
-    Services {
+fn services(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Services> {
+    Ok(Services {
         store,
         clock: Arc::new(tidings_core::clock::SystemClock),
         partitions: config.log_partitions,
         default_phone_region: config.default_phone_region.clone(),
-    }
+        link_keys: Arc::new(config.link_keys()?),
+    })
 }

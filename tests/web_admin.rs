@@ -1015,6 +1015,7 @@ async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_dis
         clock: std::sync::Arc::new(tidings_core::clock::SystemClock),
         partitions: 1,
         default_phone_region: "US".into(),
+        link_keys: std::sync::Arc::new(support::link_keys()),
     };
     assert!(services
         .sign_in(&admin_email, "the new admin passphrase")

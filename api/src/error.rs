@@ -105,6 +105,8 @@ impl From<Refusal> for ApiError {
             Refusal::ForbiddenAudience(references) => ApiError::ForbiddenAudience(references),
             Refusal::UnknownAudience(references) => ApiError::UnknownAudience(references),
             Refusal::EmptyAudience(detail) => ApiError::EmptyAudience(detail),
+            Refusal::NoAccount => ApiError::Unauthorized,
+            Refusal::AccountDisabled => ApiError::Forbidden,
             Refusal::Conflict(detail) => ApiError::Conflict(detail),
             Refusal::QuotaExceeded(detail) => ApiError::QuotaExceeded(detail),
             Refusal::IdempotencyInFlight => ApiError::IdempotencyInFlight,

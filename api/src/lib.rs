@@ -16,6 +16,7 @@ mod messages;
 mod openapi;
 mod replies;
 pub mod server;
+mod settings;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ impl AppState {
             clock: self.clock.clone(),
             partitions: self.partitions,
             default_phone_region: self.default_phone_region.clone(),
+            link_keys: self.link_keys.clone(),
         }
     }
 }
@@ -129,6 +131,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/dead-letters/{id}/replay",
             post(deliveries::replay_dead_letter),
+        )
+        .route(
+            "/api/v1/settings/sso",
+            get(settings::get_sso)
+                .put(settings::put_sso)
+                .delete(settings::delete_sso),
         )
         .route("/api/v1/guardian/sign-in", post(guardian::sign_in))
         .route("/api/v1/guardian/sessions", post(guardian::create_session))

@@ -187,6 +187,17 @@ impl LinkKeys {
         self.keys.last().expect("LinkKeys holds at least one key")
     }
 
+    /// The newest key and its id: what new secrets are sealed under (`crate::sealed`).
+    pub(crate) fn newest(&self) -> (u8, &[u8; 32]) {
+        let (id, key) = self.signing();
+        (*id, key)
+    }
+
+    /// The key of id `id`, while it is kept.
+    pub(crate) fn key(&self, id: u8) -> Option<&[u8; 32]> {
+        self.keys.iter().find(|(k, _)| *k == id).map(|(_, key)| key)
+    }
+
     /// A token for `claims`, signed with the newest key.
     pub fn sign(&self, claims: &LinkClaims) -> String {
         let (id, key) = self.signing();

@@ -22,6 +22,7 @@ fn services(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Services {
         clock,
         partitions: 4,
         default_phone_region: "US".into(),
+        link_keys: Arc::new(tidings_core::link::LinkKeys::generate()),
     }
 }
 

@@ -1,11 +1,13 @@
 //! The provider sandbox: stands in for Twilio, APNs, FCM and email providers on loopback,
 //! sends their callbacks signed as they do, and injects faults on demand, so that demos,
-//! staging and tests exercise every path without a provider account.
+//! staging and tests exercise every path without a provider account. It also plays a
+//! district's OpenID Connect identity provider ([`oidc`]), for single sign-on.
 //!
 //! This module is the in-process provider: a [`ChannelAdapter`] per channel that accepts
 //! sends like a provider that does *not* deduplicate (so every duplicate is visible),
 //! keeps what it accepted, and fails on a seeded schedule.
 
+pub mod oidc;
 pub mod server;
 
 use std::collections::HashMap;

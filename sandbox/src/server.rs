@@ -9,7 +9,9 @@
 //!   message (SendGrid's or Mailgun's format and signature) to the callback base;
 //! - `POST /_sandbox/sms-replies`: a guardian's SMS to the district's number, posted as
 //!   Twilio's signed inbound webhook;
-//! - `GET /_sandbox/keys`: what receivers need to check the sandbox's signatures.
+//! - `GET /_sandbox/keys`: what receivers need to check the sandbox's signatures;
+//! - `/_sandbox/oidc/…`: an OpenID Connect identity provider ([`crate::oidc`]), when
+//!   [`SandboxConfig::identity_provider`] is set.
 //!
 //! Provider endpoints:
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json`;
@@ -50,6 +52,8 @@ pub struct SandboxConfig {
     pub apns_public_key: Option<Vec<u8>>,
     /// The Mailgun webhook signing key its email events are signed with.
     pub mailgun_signing_key: String,
+    /// The identity provider to serve under `/_sandbox/oidc`, if any.
+    pub identity_provider: Option<Arc<crate::oidc::IdentityProvider>>,
 }
 
 impl Default for SandboxConfig {
@@ -60,6 +64,7 @@ impl Default for SandboxConfig {
             hang: Duration::from_secs(120),
             apns_public_key: None,
             mailgun_signing_key: "sandbox-mailgun-signing-key".into(),
+            identity_provider: None,
         }
     }
 }
@@ -77,6 +82,11 @@ struct Shared {
 
 /// The sandbox's routes, over `provider` (which holds its faults and what it received).
 pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
+    let identity = config
+        .identity_provider
+        .clone()
+        .map(|idp| idp.router())
+        .unwrap_or_default();
     let shared = Shared {
         provider,
         config: Arc::new(config),
@@ -101,6 +111,7 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
         .route("/_sandbox/email-events", post(email_event))
         .route("/_sandbox/sms-replies", post(sms_reply))
         .with_state(shared)
+        .merge(identity)
 }
 
 /// Serves the sandbox on `listener` until `shutdown` completes.

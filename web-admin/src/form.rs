@@ -99,6 +99,14 @@ pub fn said(refusal: &Refusal) -> (StatusCode, String) {
             StatusCode::UNPROCESSABLE_ENTITY,
             "No guardian on file is linked to who you chose.".to_owned(),
         ),
+        Refusal::NoAccount => (
+            StatusCode::FORBIDDEN,
+            "No staff account of your district has this email address. Ask your district's administrator to invite you.".to_owned(),
+        ),
+        Refusal::AccountDisabled => (
+            StatusCode::FORBIDDEN,
+            "Your staff account is disabled. Ask your district's administrator.".to_owned(),
+        ),
         Refusal::Conflict(detail) => (StatusCode::CONFLICT, format!("{detail}.")),
         Refusal::QuotaExceeded(detail) => (
             StatusCode::TOO_MANY_REQUESTS,

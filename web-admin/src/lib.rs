@@ -2,10 +2,11 @@
 //! the REST API (`tidings_core::services`), plain HTML forms that work without
 //! JavaScript, templates and styles compiled into the binary.
 //!
-//! Pages: sign in and out (email and password), the list of messages, compose and send,
-//! and each message's report. A session is an expiring token of the staff member kept in
-//! an HttpOnly, SameSite=Lax cookie (Secure when Tidings is served over HTTPS); every form
-//! carries a CSRF token derived from it.
+//! Pages: sign in and out (email and password, or the district's account with single
+//! sign-on), the list of messages, compose and send, each message's report, the
+//! directory, staff and settings. A session is an expiring token of the staff member
+//! kept in an HttpOnly, SameSite=Lax cookie (Secure when Tidings is served over HTTPS);
+//! every form carries a CSRF token derived from it.
 
 mod assets;
 mod audit;
@@ -14,6 +15,7 @@ mod dead_letters;
 mod directory;
 mod form;
 mod messages;
+mod oidc;
 mod outbox;
 mod session;
 mod settings;
@@ -34,19 +36,48 @@ pub use session::SESSION_COOKIE;
 pub struct Web {
     /// Cookies get `Secure`: Tidings is reached over HTTPS.
     pub secure_cookies: bool,
+    /// Where browsers reach Tidings (`https://tidings.example.org`): the base of the
+    /// single sign-on redirect URI. Without it, the address the browser used.
+    pub public_url: Option<String>,
     /// Bounds on sign-in attempts, per account and per client.
     sign_ins: sign_in::Limits,
+    /// Identity providers, their discovery documents and keys cached.
+    oidc: oidc::Client,
     /// In sandbox mode, what the sandbox took (the outbox page).
     pub outbox: Option<Arc<dyn Outbox>>,
+    /// In sandbox mode, the sandbox's identity provider, offered on the settings page.
+    pub sandbox_identity_provider: Option<SandboxIdentityProvider>,
+}
+
+/// The sandbox's OpenID Connect provider as a district administrator would configure it.
+#[derive(Debug, Clone)]
+pub struct SandboxIdentityProvider {
+    pub issuer: String,
+    pub client_id: String,
+    /// The sandbox's own well-known secret, shown on the settings page (a sandbox only).
+    pub client_secret: String,
 }
 
 impl Web {
-    pub fn new(secure_cookies: bool, outbox: Option<Arc<dyn Outbox>>) -> Self {
+    pub fn new(
+        secure_cookies: bool,
+        public_url: Option<String>,
+        outbox: Option<Arc<dyn Outbox>>,
+    ) -> Self {
         Self {
             secure_cookies,
+            public_url,
             sign_ins: sign_in::Limits::default(),
+            oidc: oidc::Client::default(),
             outbox,
+            sandbox_identity_provider: None,
         }
+    }
+
+    /// Offers the sandbox's identity provider on the settings page.
+    pub fn with_sandbox_identity_provider(mut self, provider: SandboxIdentityProvider) -> Self {
+        self.sandbox_identity_provider = Some(provider);
+        self
     }
 }
 
@@ -55,6 +86,8 @@ pub fn router(state: AppState, web: Web) -> Router {
     Router::new()
         .route("/", get(messages::list))
         .route("/sign-in", get(sign_in::page).post(sign_in::submit))
+        .route("/sign-in/oidc", get(sign_in::start_sso))
+        .route(sign_in::CALLBACK_PATH, get(sign_in::sso_callback))
         .route("/sign-out", post(sign_in::sign_out))
         .route("/messages/new", get(messages::compose))
         .route("/messages", post(messages::send))

@@ -1,19 +1,27 @@
-//! District settings (district administrators): quotas, and each school's quiet hours.
+//! District settings (district administrators): quotas, each school's quiet hours, and
+//! single sign-on (whose client secret goes in and is never shown again: the page says
+//! only that one is set).
+
+use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::Extension;
 use tidings_api::AppState;
 use tidings_core::delivery::Actor;
 use tidings_core::quiet_hours::QuietHours;
+use tidings_core::services::settings::SsoChange;
 use tidings_core::services::{Refusal, ServiceError};
+use tidings_core::sso::SsoSettings;
 use tidings_core::store::{District, PageRequest, SchoolView, Scope};
 use tidings_core::Role;
 
 use crate::form::{said, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
+use crate::{SandboxIdentityProvider, Web};
 
 #[derive(Template)]
 #[template(path = "settings.html")]
@@ -23,6 +31,22 @@ struct SettingsPage {
     schools: Vec<SchoolView>,
     error: Option<String>,
     saved: bool,
+    sso: Option<SsoSettings>,
+    /// The single sign-on fields as the form shows them (what was typed, after a refusal).
+    issuer: String,
+    client_id: String,
+    /// What to register at the identity provider.
+    redirect_uri: String,
+    sandbox: Option<SandboxIdentityProvider>,
+}
+
+/// What the page shows besides the stored settings.
+struct Shown<'a> {
+    status: StatusCode,
+    error: Option<String>,
+    saved: bool,
+    /// Single sign-on fields typed but not saved: (issuer, client id).
+    typed: Option<(&'a str, &'a str)>,
 }
 
 impl SettingsPage {
@@ -33,10 +57,10 @@ impl SettingsPage {
 
 async fn page(
     state: &AppState,
+    web: &Web,
+    headers: &HeaderMap,
     signed_in: &SignedIn,
-    status: StatusCode,
-    error: Option<String>,
-    saved: bool,
+    shown: Shown<'_>,
 ) -> Response {
     let district = match state.store.district(signed_in.staff.district_id).await {
         Ok(Some(district)) => district,
@@ -55,14 +79,28 @@ async fn page(
         Ok(schools) => schools,
         Err(error) => return failed(error),
     };
+    let sso = match state.services().district_sso(&signed_in.staff).await {
+        Ok(sso) => sso,
+        Err(error) => return failed(error),
+    };
+    let (issuer, client_id) = match (shown.typed, &sso) {
+        (Some((issuer, client_id)), _) => (issuer.to_owned(), client_id.to_owned()),
+        (None, Some(sso)) => (sso.issuer.clone(), sso.client_id.clone()),
+        (None, None) => Default::default(),
+    };
     html(
-        status,
+        shown.status,
         SettingsPage {
             frame: Frame::of(signed_in),
             district,
             schools,
-            error,
-            saved,
+            error: shown.error,
+            saved: shown.saved,
+            sso,
+            issuer,
+            client_id,
+            redirect_uri: crate::sign_in::redirect_uri(web, headers),
+            sandbox: web.sandbox_identity_provider.clone(),
         },
     )
 }
@@ -79,14 +117,21 @@ fn admin_only(signed_in: &SignedIn) -> Option<Response> {
 
 pub async fn show(
     State(state): State<AppState>,
+    Extension(web): Extension<Arc<Web>>,
+    headers: HeaderMap,
     signed_in: SignedIn,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     if let Some(refused) = admin_only(&signed_in) {
         return refused;
     }
-    let saved = query.contains_key("saved");
-    page(&state, &signed_in, StatusCode::OK, None, saved).await
+    let shown = Shown {
+        status: StatusCode::OK,
+        error: None,
+        saved: query.contains_key("saved"),
+        typed: None,
+    };
+    page(&state, &web, &headers, &signed_in, shown).await
 }
 
 /// A limit field: empty or 0 is no limit.
@@ -102,7 +147,12 @@ fn limit(what: &str, value: &str) -> Result<Option<i32>, Refusal> {
     }
 }
 
-pub async fn save(State(state): State<AppState>, Posted { signed_in, fields }: Posted) -> Response {
+pub async fn save(
+    State(state): State<AppState>,
+    Extension(web): Extension<Arc<Web>>,
+    headers: HeaderMap,
+    Posted { signed_in, fields }: Posted,
+) -> Response {
     if let Some(refused) = admin_only(&signed_in) {
         return refused;
     }
@@ -143,13 +193,33 @@ pub async fn save(State(state): State<AppState>, Posted { signed_in, fields }: P
                 Err(refusal) => Err(refusal.into()),
             }
         }
+        "sso" => {
+            let change = SsoChange {
+                issuer: field("issuer"),
+                client_id: field("client_id"),
+                client_secret: Some(field("client_secret")),
+            };
+            services
+                .set_district_sso(&signed_in.staff, &change)
+                .await
+                .map(drop)
+        }
+        "sso-remove" => services.remove_district_sso(&signed_in.staff).await,
         _ => Err(Refusal::Invalid("unknown form".into()).into()),
     };
     match done {
         Ok(()) => Redirect::to("/settings?saved").into_response(),
         Err(ServiceError::Refused(refusal)) => {
             let (status, error) = said(&refusal);
-            page(&state, &signed_in, status, Some(error), false).await
+            // What was typed stays in the form, but never the secret.
+            let typed = (field("form") == "sso").then(|| (field("issuer"), field("client_id")));
+            let shown = Shown {
+                status,
+                error: Some(error),
+                saved: false,
+                typed,
+            };
+            page(&state, &web, &headers, &signed_in, shown).await
         }
         Err(error) => failed(error),
     }

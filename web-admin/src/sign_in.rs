@@ -1,10 +1,12 @@
-//! Signing in and out.
+//! Signing in and out: with email and password, or with the district's account through
+//! its identity provider (single sign-on with OpenID Connect, `crate::oidc`). Both end in
+//! the same kind of session, and both are bounded per account and per client.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
@@ -14,10 +16,13 @@ use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
 use tidings_api::extract::ClientAddress;
 use tidings_api::AppState;
-use tidings_core::services::accounts::SESSION_HOURS;
+use tidings_core::services::accounts::{Session, SESSION_HOURS};
 use tidings_core::services::{Refusal, ServiceError};
+use tidings_core::store::District;
+use tidings_core::DistrictId;
 
 use crate::form::Posted;
+use crate::oidc::{self, Flow, OidcError};
 use crate::session::{self, cookie, csrf_for, csrf_matches, set_cookie};
 use crate::Web;
 
@@ -50,6 +55,8 @@ struct SignInPage<'a> {
     csrf: String,
     email: String,
     error: Option<&'a str>,
+    /// Districts whose staff may sign in with their district account.
+    sso: Vec<District>,
 }
 
 /// A random value for the sign-in form's cookie.
@@ -59,23 +66,26 @@ fn form_secret() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn render(status: StatusCode, page: SignInPage<'_>, set: Option<String>) -> Response {
-    let body = match page.render() {
-        Ok(body) => body,
-        Err(error) => {
-            tracing::error!(error = %error, "rendering the sign-in page failed");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+fn with_cookies(mut response: Response, cookies: impl IntoIterator<Item = String>) -> Response {
+    for cookie in cookies {
+        if let Ok(value) = cookie.parse() {
+            response.headers_mut().append(header::SET_COOKIE, value);
         }
-    };
-    let mut response = (status, Html(body)).into_response();
-    if let Some(set) = set.and_then(|s| s.parse().ok()) {
-        response.headers_mut().append(header::SET_COOKIE, set);
     }
     response
 }
 
-pub async fn page(Extension(web): Extension<Arc<Web>>, headers: HeaderMap) -> Response {
-    let (secret, set) = match cookie(&headers, session::FORM_COOKIE) {
+/// The sign-in page, with `error` said when there is one: its form's cookie is set when
+/// the browser has none yet.
+async fn sign_in_page(
+    state: &AppState,
+    web: &Web,
+    headers: &HeaderMap,
+    status: StatusCode,
+    email: &str,
+    error: Option<&str>,
+) -> Response {
+    let (secret, set) = match cookie(headers, session::FORM_COOKIE) {
         Some(secret) => (secret.to_owned(), None),
         None => {
             let secret = form_secret();
@@ -83,13 +93,37 @@ pub async fn page(Extension(web): Extension<Arc<Web>>, headers: HeaderMap) -> Re
             (secret, Some(set))
         }
     };
+    let sso = match state.store.sso_districts().await {
+        Ok(districts) => districts,
+        Err(error) => {
+            // The password form still works without them.
+            tracing::error!(error = %error, "reading the districts with single sign-on failed");
+            Vec::new()
+        }
+    };
     let page = SignInPage {
         styles: crate::assets::styles_url(),
         csrf: csrf_for(&secret),
-        email: String::new(),
-        error: None,
+        email: email.to_owned(),
+        error,
+        sso,
     };
-    render(StatusCode::OK, page, set)
+    let body = match page.render() {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(error = %error, "rendering the sign-in page failed");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    with_cookies((status, Html(body)).into_response(), set)
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    Extension(web): Extension<Arc<Web>>,
+    headers: HeaderMap,
+) -> Response {
+    sign_in_page(&state, &web, &headers, StatusCode::OK, "", None).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +133,34 @@ pub struct SignInForm {
     csrf: String,
 }
 
+/// The answer to a successful sign-in: the session's cookie, and on to the messages.
+fn signed_in(web: &Web, session: &Session, also: Option<String>) -> Response {
+    let set = set_cookie(
+        session::SESSION_COOKIE,
+        &session.token.reveal(),
+        SESSION_HOURS * 3600,
+        web.secure_cookies,
+    );
+    with_cookies(
+        Redirect::to("/").into_response(),
+        std::iter::once(set).chain(also),
+    )
+}
+
+/// Whether this client, or this account, tried too often in the past minute (each try
+/// counts, for either).
+fn too_many(web: &Web, client: Option<std::net::IpAddr>, account: Option<&str>) -> bool {
+    web.sign_ins.per_client.check_key(&client).is_err()
+        || account.is_some_and(|account| {
+            web.sign_ins
+                .per_account
+                .check_key(&account.trim().to_lowercase())
+                .is_err()
+        })
+}
+
+const TOO_MANY: &str = "Too many attempts. Please wait a minute and try again.";
+
 pub async fn submit(
     State(state): State<AppState>,
     Extension(web): Extension<Arc<Web>>,
@@ -107,55 +169,226 @@ pub async fn submit(
     Form(form): Form<SignInForm>,
 ) -> Response {
     let secret = cookie(&headers, session::FORM_COOKIE).unwrap_or_default();
-    let again = |status, error| {
-        let page = SignInPage {
-            styles: crate::assets::styles_url(),
-            csrf: csrf_for(secret),
-            email: form.email.clone(),
-            error: Some(error),
-        };
-        render(status, page, None)
-    };
+    let again =
+        |status, error| sign_in_page(&state, &web, &headers, status, &form.email, Some(error));
     if secret.is_empty() || !csrf_matches(secret, &form.csrf) {
         return again(
             StatusCode::FORBIDDEN,
             "This form has expired. Please sign in again.",
-        );
+        )
+        .await;
     }
-    let account = form.email.trim().to_lowercase();
-    if web.sign_ins.per_client.check_key(&client).is_err()
-        || web.sign_ins.per_account.check_key(&account).is_err()
-    {
-        return again(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many attempts. Please wait a minute and try again.",
-        );
+    if too_many(&web, client, Some(&form.email)) {
+        return again(StatusCode::TOO_MANY_REQUESTS, TOO_MANY).await;
     }
     match state.services().sign_in(&form.email, &form.password).await {
-        Ok(session) => {
-            let max_age = SESSION_HOURS * 3600;
-            let set = set_cookie(
-                session::SESSION_COOKIE,
-                &session.token.reveal(),
-                max_age,
-                web.secure_cookies,
-            );
-            let mut response = Redirect::to("/").into_response();
-            if let Ok(value) = set.parse() {
-                response.headers_mut().append(header::SET_COOKIE, value);
-            }
-            response
+        Ok(session) => signed_in(&web, &session, None),
+        Err(ServiceError::Refused(Refusal::BadCredentials)) => {
+            again(
+                StatusCode::UNAUTHORIZED,
+                "The email address or password is wrong.",
+            )
+            .await
         }
-        Err(ServiceError::Refused(Refusal::BadCredentials)) => again(
-            StatusCode::UNAUTHORIZED,
-            "The email address or password is wrong.",
-        ),
         Err(error) => {
             tracing::error!(error = %error, "signing in failed");
             again(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Signing in failed on our side. Please try again.",
             )
+            .await
+        }
+    }
+}
+
+/// The cookie that holds a single sign-on in progress (`oidc::Flow`).
+pub const FLOW_COOKIE: &str = "tidings_oidc";
+
+/// Where the identity provider sends the browser back to.
+pub const CALLBACK_PATH: &str = "/sign-in/oidc/callback";
+
+/// `https://tidings.example.org/sign-in/oidc/callback`: from `public_url`, else from the
+/// address the browser used (fine on this machine; set `public_url` behind a proxy).
+pub fn redirect_uri(web: &Web, headers: &HeaderMap) -> String {
+    match &web.public_url {
+        Some(base) => format!("{}{CALLBACK_PATH}", base.trim_end_matches('/')),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}{CALLBACK_PATH}")
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StartQuery {
+    district: String,
+}
+
+/// "Sign in with your district account": off to the district's identity provider, the
+/// flow's state, nonce and PKCE verifier kept in a cookie for the way back.
+pub async fn start_sso(
+    State(state): State<AppState>,
+    Extension(web): Extension<Arc<Web>>,
+    headers: HeaderMap,
+    Query(query): Query<StartQuery>,
+) -> Response {
+    let refuse = |status, error| sign_in_page(&state, &web, &headers, status, "", Some(error));
+    let Ok(district) = query.district.parse().map(DistrictId::from_uuid) else {
+        return refuse(StatusCode::NOT_FOUND, NO_SSO).await;
+    };
+    let client = match state.services().sso_client(district).await {
+        Ok(Some(client)) => client,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, NO_SSO).await,
+        Err(error) => {
+            tracing::error!(error = %error, %district, "reading a district's single sign-on failed");
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, BROKEN).await;
+        }
+    };
+    let discovery = match web.oidc.discovery(&client.issuer).await {
+        Ok(discovery) => discovery,
+        Err(error) => {
+            tracing::warn!(error = %error, %district, issuer = %client.issuer, "single sign-on: the provider is not usable");
+            return refuse(StatusCode::BAD_GATEWAY, UNREACHABLE).await;
+        }
+    };
+    let flow = Flow::start(district, state.clock.now().timestamp());
+    let to = match flow.authorization_url(
+        &discovery,
+        client.client_id.as_str(),
+        &redirect_uri(&web, &headers),
+    ) {
+        Ok(to) => to,
+        Err(error) => {
+            tracing::warn!(error = %error, %district, "single sign-on: the provider is not usable");
+            return refuse(StatusCode::BAD_GATEWAY, UNREACHABLE).await;
+        }
+    };
+    let keep = set_cookie(
+        FLOW_COOKIE,
+        &flow.to_cookie(),
+        oidc::FLOW_SECONDS,
+        web.secure_cookies,
+    );
+    with_cookies(Redirect::to(&to).into_response(), [keep])
+}
+
+const NO_SSO: &str =
+    "This district does not use single sign-on. Please sign in with your password.";
+const BROKEN: &str = "Single sign-on is not working for your district right now. Please tell your district's administrator, or sign in with your password.";
+const UNREACHABLE: &str = "Your district's sign-in service cannot be reached right now. Please try again, or sign in with your password.";
+const STALE: &str = "This sign-in did not start here, or took too long. Please start again.";
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    /// RFC 9207: the provider that answers, when it says.
+    iss: Option<String>,
+}
+
+/// The identity provider's answer: the code exchanged for an ID token, the token checked,
+/// and the staff member of that district with that email signed in (never created).
+pub async fn sso_callback(
+    State(state): State<AppState>,
+    Extension(web): Extension<Arc<Web>>,
+    ClientAddress(client_address): ClientAddress,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    // The flow is good for one answer, whatever it is.
+    let forget = set_cookie(FLOW_COOKIE, "", 0, web.secure_cookies);
+    let refuse = |status, error: &str| {
+        let error = error.to_owned();
+        let forget = forget.clone();
+        let (state, web, headers) = (&state, &web, &headers);
+        async move {
+            let page = sign_in_page(state, web, headers, status, "", Some(&error)).await;
+            with_cookies(page, [forget])
+        }
+    };
+    let now = state.clock.now().timestamp();
+    let flow = cookie(&headers, FLOW_COOKIE).and_then(Flow::from_cookie);
+    let Some(flow) = flow.filter(|f| f.answers(query.state.as_deref().unwrap_or_default(), now))
+    else {
+        return refuse(StatusCode::BAD_REQUEST, STALE).await;
+    };
+    let district = flow.district;
+    if let Some(error) = &query.error {
+        tracing::info!(%district, error = %error.chars().take(100).collect::<String>(), "single sign-on: the provider did not sign in");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Your district's sign-in service did not sign you in. Please try again.",
+        )
+        .await;
+    }
+    let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
+        return refuse(StatusCode::BAD_REQUEST, STALE).await;
+    };
+    if too_many(&web, client_address, None) {
+        return refuse(StatusCode::TOO_MANY_REQUESTS, TOO_MANY).await;
+    }
+    let client = match state.services().sso_client(district).await {
+        Ok(Some(client)) => client,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, NO_SSO).await,
+        Err(error) => {
+            tracing::error!(error = %error, %district, "reading a district's single sign-on failed");
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, BROKEN).await;
+        }
+    };
+    if query
+        .iss
+        .as_deref()
+        .is_some_and(|iss| iss != client.issuer.as_str())
+    {
+        tracing::warn!(%district, "single sign-on: the answer names another issuer");
+        return refuse(StatusCode::BAD_REQUEST, STALE).await;
+    }
+    let redirect_uri = redirect_uri(&web, &headers);
+    let identity = match web
+        .oidc
+        .exchange(&client, code, &redirect_uri, &flow.verifier)
+        .await
+    {
+        Ok(id_token) => web.oidc.verify(&client, &id_token, &flow.nonce).await,
+        Err(error) => Err(error),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::warn!(error = %error, %district, issuer = %client.issuer, "single sign-on failed");
+            let said = match error {
+                OidcError::Unverified(_) => "Your district's sign-in service did not confirm your email address, so Tidings cannot tell who you are.",
+                OidcError::Unreachable { .. } | OidcError::Status { .. } => UNREACHABLE,
+                _ => BROKEN,
+            };
+            return refuse(StatusCode::FORBIDDEN, said).await;
+        }
+    };
+    if too_many(&web, None, Some(&identity.email)) {
+        return refuse(StatusCode::TOO_MANY_REQUESTS, TOO_MANY).await;
+    }
+    match state
+        .services()
+        .sign_in_sso(district, &identity.email)
+        .await
+    {
+        Ok(session) => signed_in(&web, &session, Some(forget)),
+        Err(ServiceError::Refused(refusal)) => {
+            tracing::info!(%district, refusal = %refusal, "single sign-on: refused");
+            let (status, said) = crate::form::said(&refusal);
+            refuse(status, &said).await
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "signing in failed");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Signing in failed on our side. Please try again.",
+            )
+            .await
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Services {
     pub partitions: u32,
     /// Region for phone numbers staff type without a country code (ISO 3166, e.g. "US").
     pub default_phone_region: String,
+    /// The link keys: the keys secrets kept in the database are sealed under derive from
+    /// them (`crate::sealed`).
+    pub link_keys: Arc<crate::link::LinkKeys>,
 }
 
 /// Why a service did not do what it was asked: the caller's mistake or the rules, never
@@ -62,6 +65,12 @@ pub enum Refusal {
     UnknownAudience(String),
     #[error("{0}")]
     EmptyAudience(String),
+    /// Single sign-on named an email address no staff account of the district has.
+    #[error("no staff account of the district has this email address")]
+    NoAccount,
+    /// The staff account exists but is disabled.
+    #[error("this staff account is disabled")]
+    AccountDisabled,
     /// The request contradicts what is stored (the text says what).
     #[error("{0}")]
     Conflict(String),

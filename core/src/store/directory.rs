@@ -6,7 +6,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
-use super::{DirectoryCounts, District, StoreResult};
+use super::{DirectoryCounts, District, DistrictSso, StoreResult};
 use crate::quiet_hours::QuietHours;
 use crate::{Channel, DistrictId, PushPlatform, Role, Staff, StaffId};
 
@@ -737,4 +737,89 @@ pub(crate) async fn set_district_quotas<D: Dialect>(
     )
     .await?;
     Ok(())
+}
+
+/// A district's single sign-on settings, the client secret sealed (`crate::sealed`).
+pub(crate) async fn district_sso<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+) -> StoreResult<Option<DistrictSso>> {
+    let Some(row) = D::fetch_optional(
+        conn,
+        "SELECT district_id, issuer, client_id, client_secret_sealed, updated_at \
+         FROM district_sso WHERE district_id = $1",
+        Args::new().id(district),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(DistrictSso {
+        district_id: DistrictId::from_uuid(row.id("district_id")?),
+        issuer: row.text("issuer")?,
+        client_id: row.text("client_id")?,
+        client_secret_sealed: row.opt_bytes("client_secret_sealed")?.unwrap_or_default(),
+        updated_at: row.time("updated_at")?,
+    }))
+}
+
+/// The districts whose staff may sign in with single sign-on, by name.
+pub(crate) async fn sso_districts<D: Dialect>(
+    conn: &mut D::Connection,
+) -> StoreResult<Vec<District>> {
+    let columns = DISTRICT_COLUMNS
+        .split(", ")
+        .map(|c| format!("d.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns} FROM districts d JOIN district_sso s ON s.district_id = d.id \
+         WHERE d.deleted_at IS NULL ORDER BY d.name, d.id"
+    );
+    D::fetch_all(conn, &sql, Args::new())
+        .await?
+        .iter()
+        .map(district_from_row)
+        .collect()
+}
+
+/// Sets (or replaces) a district's single sign-on settings.
+pub(crate) async fn set_district_sso<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    issuer: &str,
+    client_id: &str,
+    client_secret_sealed: &[u8],
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    D::execute(
+        conn,
+        "INSERT INTO district_sso (district_id, issuer, client_id, client_secret_sealed, updated_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (district_id) DO UPDATE SET issuer = excluded.issuer, \
+           client_id = excluded.client_id, client_secret_sealed = excluded.client_secret_sealed, \
+           updated_at = excluded.updated_at",
+        Args::new()
+            .id(district)
+            .text(issuer)
+            .text(client_id)
+            .bytes(client_secret_sealed)
+            .time(at),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes a district's single sign-on settings; whether there were any.
+pub(crate) async fn remove_district_sso<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+) -> StoreResult<bool> {
+    Ok(D::execute(
+        conn,
+        "DELETE FROM district_sso WHERE district_id = $1",
+        Args::new().id(district),
+    )
+    .await?
+        > 0)
 }

@@ -17,11 +17,11 @@ use super::writes::{
 };
 use super::{
     audiences, directory, messages, ApiTokenRecord, AuditEntry, Backend, CasOutcome, ClassView,
-    ContactPointView, DirectoryCounts, District, FirstAdmin, Guardian, GuardianDetail, GuardianRef,
-    GuardianView, ImportRecord, MessageContent, MessageListItem, MessageScope, MessageSummary,
-    NewGuardian, NewImport, NewMessage, NewSchool, NewStaff, PageRequest, Readiness, RecipientView,
-    School, SchoolView, Scope, StaffMember, Store, StoreResult, StudentView, WriteTransaction,
-    DELIVERY_COLUMNS,
+    ContactPointView, DirectoryCounts, District, DistrictSso, FirstAdmin, Guardian, GuardianDetail,
+    GuardianRef, GuardianView, ImportRecord, MessageContent, MessageListItem, MessageScope,
+    MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool, NewStaff, PageRequest,
+    Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store, StoreResult,
+    StudentView, WriteTransaction, DELIVERY_COLUMNS,
 };
 use super::{RecipientTimeline, ReplyView, StateSeries};
 use crate::audience::{Audience, AudienceMember, AudienceProblems};
@@ -166,11 +166,7 @@ where
     }
 
     async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>> {
-        let sql = format!(
-            "SELECT {STAFF_COLUMNS}, disabled_at IS NOT NULL AS disabled, \
-                    password_hash IS NOT NULL AS has_password \
-             FROM staff WHERE district_id = $1 ORDER BY email"
-        );
+        let sql = staff_members_where("district_id = $1 ORDER BY email");
         S::Db::fetch_all(
             &mut *self.reads().acquire().await?,
             &sql,
@@ -178,14 +174,25 @@ where
         )
         .await?
         .iter()
-        .map(|row| {
-            Ok(StaffMember {
-                staff: staff_from_row(row)?,
-                disabled: row.flag("disabled")?,
-                has_password: row.flag("has_password")?,
-            })
-        })
+        .map(staff_member_from_row)
         .collect()
+    }
+
+    async fn staff_member_by_email(
+        &self,
+        district: DistrictId,
+        email: &EmailAddress,
+    ) -> StoreResult<Option<StaffMember>> {
+        let sql = staff_members_where("district_id = $1 AND email = $2");
+        S::Db::fetch_optional(
+            &mut *self.reads().acquire().await?,
+            &sql,
+            Args::new().id(district).text(email.as_str()),
+        )
+        .await?
+        .as_ref()
+        .map(staff_member_from_row)
+        .transpose()
     }
 
     async fn create_api_token(
@@ -405,6 +412,14 @@ where
             .iter()
             .map(district_from_row)
             .collect()
+    }
+
+    async fn district_sso(&self, district: DistrictId) -> StoreResult<Option<DistrictSso>> {
+        directory::district_sso::<S::Db>(&mut *self.reads().acquire().await?, district.into()).await
+    }
+
+    async fn sso_districts(&self) -> StoreResult<Vec<District>> {
+        directory::sso_districts::<S::Db>(&mut *self.reads().acquire().await?).await
     }
 
     async fn begin_roster_import(
@@ -630,6 +645,24 @@ where
 }
 
 /// A new district, on `conn`.
+/// Staff members as administrators see them, `condition` choosing which
+/// ([`staff_member_from_row`] reads them).
+fn staff_members_where(condition: &str) -> String {
+    format!(
+        "SELECT {STAFF_COLUMNS}, disabled_at IS NOT NULL AS disabled, \
+                password_hash IS NOT NULL AS has_password \
+         FROM staff WHERE {condition}"
+    )
+}
+
+fn staff_member_from_row(row: &impl Columns) -> StoreResult<StaffMember> {
+    Ok(StaffMember {
+        staff: staff_from_row(row)?,
+        disabled: row.flag("disabled")?,
+        has_password: row.flag("has_password")?,
+    })
+}
+
 async fn insert_district<D: Dialect>(
     conn: &mut D::Connection,
     name: &str,

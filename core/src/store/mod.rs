@@ -177,6 +177,29 @@ pub struct District {
     pub max_messages_per_hour: Option<i32>,
 }
 
+/// A district's single sign-on with OpenID Connect as stored: the identity provider, the
+/// client Tidings is registered as there, and its secret sealed (`crate::sealed`; only
+/// `services::settings` opens it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DistrictSso {
+    pub district_id: DistrictId,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_sealed: Vec<u8>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for DistrictSso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistrictSso")
+            .field("district_id", &self.district_id)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("updated_at", &self.updated_at)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewSchool {
     pub district_id: DistrictId,
@@ -827,6 +850,19 @@ pub trait WriteTransaction: Send {
     ) -> StoreResult<()>;
 
     /// Creates a token for `staff` that stops working at `expires_at` (a web session).
+    /// Sets (or replaces) a district's single sign-on settings, the secret sealed.
+    async fn set_district_sso(
+        &mut self,
+        district: DistrictId,
+        issuer: &str,
+        client_id: &str,
+        client_secret_sealed: &[u8],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Removes a district's single sign-on settings; whether it had any.
+    async fn remove_district_sso(&mut self, district: DistrictId) -> StoreResult<bool>;
+
     async fn create_expiring_token(
         &mut self,
         id: ApiTokenId,
@@ -940,6 +976,13 @@ pub trait Store:
 
     /// Every staff member of a district, enabled or not, by email.
     async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>>;
+
+    /// The staff member of a district with this email, enabled or not.
+    async fn staff_member_by_email(
+        &self,
+        district: DistrictId,
+        email: &EmailAddress,
+    ) -> StoreResult<Option<StaffMember>>;
 
     async fn create_api_token(
         &self,
@@ -1135,6 +1178,12 @@ pub trait Store:
 
     /// Every district, oldest first.
     async fn districts(&self) -> StoreResult<Vec<District>>;
+
+    /// A district's single sign-on settings, if it has any.
+    async fn district_sso(&self, district: DistrictId) -> StoreResult<Option<DistrictSso>>;
+
+    /// The districts with single sign-on, by name.
+    async fn sso_districts(&self) -> StoreResult<Vec<District>>;
 
     /// Opens the one transaction a roster import runs in.
     async fn begin_roster_import(

@@ -243,6 +243,29 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         .await
     }
 
+    async fn set_district_sso(
+        &mut self,
+        district: DistrictId,
+        issuer: &str,
+        client_id: &str,
+        client_secret_sealed: &[u8],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        directory::set_district_sso::<D>(
+            &mut self.tx,
+            district.into(),
+            issuer,
+            client_id,
+            client_secret_sealed,
+            at,
+        )
+        .await
+    }
+
+    async fn remove_district_sso(&mut self, district: DistrictId) -> StoreResult<bool> {
+        directory::remove_district_sso::<D>(&mut self.tx, district.into()).await
+    }
+
     async fn create_expiring_token(
         &mut self,
         id: ApiTokenId,
