@@ -1064,3 +1064,164 @@ async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_dis
     browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
 }
+
+impl Browser {
+    /// Types `keys` into the focused element (ending in Enter), then waits until `then`
+    /// is on the next page.
+    async fn press(&self, keys: &str, then: &str) {
+        self.client
+            .execute("document.documentElement.dataset.left = 'yes'", vec![])
+            .await
+            .unwrap();
+        self.type_here(keys).await;
+        self.arrive(&format!("html:not([data-left]) {then}")).await;
+    }
+
+    /// From the sign-in page, with the keyboard: past the email, the password and its
+    /// button to "Sign in with your district account", on to the sandbox's provider.
+    async fn to_district_account(&self) {
+        self.arrive("[data-page=sign-in]").await;
+        self.press(
+            &format!("{TAB}{TAB}{TAB}{ENTER}"),
+            "[data-page=sandbox-idp]",
+        )
+        .await;
+    }
+
+    /// At the sandbox's provider (its email field focused), signs in as `email`.
+    async fn sign_in_at_provider(&self, email: &str, then: &str) {
+        self.press(&format!("{email}{ENTER}"), then).await;
+    }
+}
+
+#[tokio::test]
+async fn an_administrator_turns_on_single_sign_on_and_staff_sign_in_with_their_district_account() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let (admin_email, _) = first_login(&server.banner).unwrap();
+    let browser = Browser::start("sso").await;
+    let b = &browser.client;
+    sign_in(&browser, &server).await;
+
+    // Settings: the sandbox's provider is offered in sandbox mode, with the redirect URI
+    // to register; the secret is taken and never shown again.
+    browser
+        .click("nav a[href='/settings']", "[data-page=settings]")
+        .await;
+    assert!(browser.text("#sso-state").await.contains("off"));
+    let offered = browser.text("#sandbox-idp").await;
+    assert!(offered.contains("/_sandbox/oidc"), "{offered}");
+    assert_eq!(
+        browser.text("#redirect-uri").await,
+        server.url("/sign-in/oidc/callback")
+    );
+    browser.fill("issuer", &server.url("/_sandbox/oidc")).await;
+    browser.fill("client_id", "tidings-sandbox").await;
+    browser.fill("client_secret", "sandbox-oidc-secret").await;
+    browser.click("#save-sso", "[role=status]").await;
+    assert!(browser.text("#sso-state").await.contains("on"));
+    assert!(browser
+        .text("#secret-state")
+        .await
+        .contains("Client secret: set"));
+    let secret_field = b.find(Locator::Id("client_secret")).await.unwrap();
+    assert_eq!(
+        secret_field.prop("value").await.unwrap().as_deref(),
+        Some(""),
+        "the secret is not rendered back"
+    );
+    browser.accessible("settings-sso").await;
+    b.execute("document.getElementById('sso').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    browser.shot("settings-sso").await;
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let kept = store.district_sso(district).await.unwrap().unwrap();
+    assert!(!kept
+        .client_secret_sealed
+        .windows(b"sandbox-oidc-secret".len())
+        .any(|w| w == b"sandbox-oidc-secret"));
+
+    // Signed out, the administrator signs in with the district account, keyboard only.
+    browser
+        .click(".signout button", "[data-page=sign-in]")
+        .await;
+    browser.accessible("sign-in-with-sso").await;
+    browser.shot("sign-in-with-sso").await;
+    browser.to_district_account().await;
+    browser.accessible("sandbox-provider").await;
+    browser.shot("sandbox-provider").await;
+    browser
+        .sign_in_at_provider(&admin_email, "[data-page=messages]")
+        .await;
+    assert_eq!(browser.path().await, "/", "signed in, on the messages");
+    browser.shot("signed-in-with-sso").await;
+    let audit = store.audit_entries(district, 50).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "staff.sign_in" && e.detail["method"] == "sso"));
+
+    // An address with no staff account is refused in words, and no one is signed in.
+    browser
+        .click(".signout button", "[data-page=sign-in]")
+        .await;
+    browser.to_district_account().await;
+    browser
+        .sign_in_at_provider("stranger@example.org", "[role=alert]")
+        .await;
+    assert_eq!(browser.path().await, "/sign-in/oidc/callback");
+    assert!(browser
+        .text("[role=alert]")
+        .await
+        .contains("No staff account"));
+    browser.accessible("sso-no-account").await;
+    browser.shot("sso-no-account").await;
+    b.goto(&server.url("/")).await.unwrap();
+    browser.arrive("[data-page=sign-in]").await;
+
+    // A state changed on the way back is refused.
+    b.goto(&server.url("/sign-in")).await.unwrap();
+    browser.to_district_account().await;
+    b.execute(
+        "document.querySelector('input[name=state]').value = 'forged-state'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    browser
+        .sign_in_at_provider(&admin_email, "[role=alert]")
+        .await;
+    assert!(browser
+        .text("[role=alert]")
+        .await
+        .contains("did not start here"));
+
+    // A disabled account is refused, and says so.
+    let (teacher_email, _) = support::demo_teacher();
+    let teacher = store
+        .staff_by_email(&tidings_core::EmailAddress::parse(&teacher_email).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.set_staff_disabled(district, teacher.id, true, chrono::Utc::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    b.goto(&server.url("/sign-in")).await.unwrap();
+    browser.to_district_account().await;
+    browser
+        .sign_in_at_provider(&teacher_email, "[role=alert]")
+        .await;
+    assert!(browser.text("[role=alert]").await.contains("disabled"));
+    browser.shot("sso-disabled").await;
+    b.goto(&server.url("/")).await.unwrap();
+    browser.arrive("[data-page=sign-in]").await;
+    assert_eq!(browser.path().await, "/sign-in", "nobody is signed in");
+
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}
