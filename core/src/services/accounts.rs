@@ -1,7 +1,8 @@
 //! Staff accounts: signing in to the web admin with email and password, or with the
 //! district's single sign-on (the identity provider vouching for the email; no account is
-//! ever created by it), and signing out. A web session is an expiring token of the staff member (the same kind an API
-//! client holds), created and audited in one transaction, revoked on sign-out.
+//! ever created by it), and signing out. A web session is an expiring token of the staff
+//! member (the same kind an API client holds), created and audited in one transaction,
+//! revoked on sign-out.
 
 use std::sync::OnceLock;
 
