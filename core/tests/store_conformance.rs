@@ -1916,7 +1916,7 @@ async fn the_callback_inbox_is_pruned_by_age_in_bounded_rounds(store: Arc<dyn St
             outcome: "test".into(),
         })
         .collect();
-    store.apply_inbox_batch(&marks).await.unwrap();
+    store.apply_inbox_batch(&marks, now()).await.unwrap();
     store
         .claim_webhook_token("mailgun", "old-token", "k", old)
         .await

@@ -32,13 +32,13 @@ use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
+use tidings_core::clock::{Clock, SystemClock};
 use tidings_core::delivery::Delivery;
 use tidings_core::log::PartitionId;
 use tidings_core::store::dispatch::{
     AttemptResult, AttemptStart, Lease, Outbound, PartitionDistricts,
 };
 use tidings_core::store::{CasOutcome, Store, StoreError};
-use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, DistrictId, Lane};
 
 pub use breaker::{BreakerPolicy, Breakers};
@@ -97,6 +97,8 @@ pub struct Config {
     pub links: Option<tidings_core::link::Links>,
     /// The SMS reply that acknowledges, offered in SMS asking for acknowledgment.
     pub sms_ack_keyword: Option<String>,
+    /// Where "now" comes from: the wall clock, or a test's hand-moved clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -131,6 +133,7 @@ impl Default for Config {
             max_order_wait: Duration::from_secs(600),
             links: None,
             sms_ack_keyword: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -184,6 +187,9 @@ pub struct Counters {
     /// Standby deliveries not sent because the guardian's channel before them reached
     /// them (messages with fallback).
     pub standbys_skipped: AtomicU64,
+    /// Looks that found nothing to do, after which the dispatcher waited for a write, a
+    /// partition taken over, or `idle_wait`.
+    pub idle_looks: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -201,6 +207,7 @@ pub struct Totals {
     pub opted_out: u64,
     pub retired: u64,
     pub standbys_skipped: u64,
+    pub idle_looks: u64,
 }
 
 impl Counters {
@@ -219,6 +226,7 @@ impl Counters {
             opted_out: get(&self.opted_out),
             retired: get(&self.retired),
             standbys_skipped: get(&self.standbys_skipped),
+            idle_looks: get(&self.idle_looks),
         }
     }
 
@@ -307,6 +315,11 @@ impl Partitions {
 }
 
 impl Dispatcher {
+    /// The time by the configured clock.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.config.clock.now()
+    }
+
     pub fn new(store: Arc<dyn Store>, adapters: Adapters, config: Config) -> Self {
         Self {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
@@ -381,6 +394,7 @@ impl Dispatcher {
                     }
                 };
                 if !worked {
+                    Counters::add(&self.counters.idle_looks);
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.idle_wait) => {}
                         Ok(()) = written.changed() => {}
@@ -394,7 +408,9 @@ impl Dispatcher {
             () = working => {}
             () = renewing => {}
         }
-        self.store.release_leases(&self.config.owner, now()).await?;
+        self.store
+            .release_leases(&self.config.owner, self.now())
+            .await?;
         tracing::info!(owner = %self.config.owner, "dispatcher stopped; partitions released");
         Ok(())
     }
@@ -410,7 +426,9 @@ impl Dispatcher {
             passes += 1;
             written.borrow_and_update();
             if !self.pass(&partitions, &written).await? {
-                self.store.release_leases(&self.config.owner, now()).await?;
+                self.store
+                    .release_leases(&self.config.owner, self.now())
+                    .await?;
                 return Ok(passes);
             }
         }
@@ -438,9 +456,9 @@ impl Dispatcher {
             .unwrap_or(chrono::Duration::seconds(15));
         let held = self
             .store
-            .claim_leases(&self.config.owner, &wanted, ttl, now())
+            .claim_leases(&self.config.owner, &wanted, ttl, self.now())
             .await?;
-        let live = self.store.live_dispatchers(now()).await?;
+        let live = self.store.live_dispatchers(self.now()).await?;
         self.limiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -653,7 +671,7 @@ impl Dispatcher {
             Ok(_) => {}
         }
         self.store
-            .commit_offset(CONSUMER_GROUP, &lease, entry.offset, now())
+            .commit_offset(CONSUMER_GROUP, &lease, entry.offset, self.now())
             .await?;
         partitions.committed_to(key, entry.offset);
         Counters::add(&self.counters.quarantined);
@@ -716,7 +734,7 @@ impl Dispatcher {
         for entries in per_district.values_mut() {
             entries.sort_by_key(|o| o.offset);
         }
-        let at = now();
+        let at = self.now();
         let kept = self.cut(&per_district, at);
         // How far each district got: all it read (and, with fewer than its share, all it
         // has up to `through`), or up to where it was cut.
@@ -756,7 +774,7 @@ impl Dispatcher {
             Ok(false) => match offset {
                 Some(offset) => {
                     self.store
-                        .commit_offset(CONSUMER_GROUP, &lease, offset, now())
+                        .commit_offset(CONSUMER_GROUP, &lease, offset, self.now())
                         .await
                 }
                 None => Ok(()),
@@ -854,7 +872,7 @@ impl Dispatcher {
         written: &tokio::sync::watch::Receiver<()>,
     ) -> Result<usize, DispatchError> {
         use futures_util::StreamExt as _;
-        let at = now();
+        let at = self.now();
         let limit =
             (self.config.max_in_flight.max(self.config.batch)).saturating_mul(DUE_READ_AHEAD);
         // Districts share the read: one district's scheduled broadcast coming due does not
@@ -930,7 +948,7 @@ impl Dispatcher {
         offset: Option<i64>,
     ) -> Result<bool, DispatchError> {
         let owner = self.config.owner.as_str();
-        let at = now();
+        let at = self.now();
         let recover_at = at
             + chrono::Duration::from_std(self.config.in_doubt_after)
                 .unwrap_or(chrono::Duration::minutes(2));
@@ -1005,7 +1023,7 @@ impl Dispatcher {
                 .any(|(o, _)| o.guarantee == DeliveryGuarantee::AtMostOnce)
             {
                 self.store
-                    .commit_offset(CONSUMER_GROUP, lease, offset, now())
+                    .commit_offset(CONSUMER_GROUP, lease, offset, self.now())
                     .await?;
             }
         }
@@ -1023,7 +1041,7 @@ impl Dispatcher {
         let calls = per_provider.into_iter().map(|((channel, provider), sends)| async move {
             let outgoing: Vec<Outgoing> = sends
                 .iter()
-                .map(|(o, _)| outgoing(o, &self.config, now()))
+                .map(|(o, _)| outgoing(o, &self.config, self.now()))
                 .collect();
             let slots = self.provider_slots(provider);
             let wanted = (outgoing.len() as u32).clamp(1, self.config.provider_in_flight.max(1));
@@ -1068,7 +1086,7 @@ impl Dispatcher {
                 .count();
             if let Some(until) = self
                 .breakers
-                .record(provider, answered.len(), failed, now())
+                .record(provider, answered.len(), failed, self.now())
             {
                 tracing::warn!(provider, %until, "provider keeps failing: its sends pause (circuit breaker open)");
             }
@@ -1224,7 +1242,7 @@ impl Dispatcher {
                         delivery.guardian_id,
                         delivery.channel,
                         "carrier",
-                        now(),
+                        self.now(),
                     )
                     .await
                     .map(|_| ()),
@@ -1241,7 +1259,7 @@ impl Dispatcher {
                             delivery.channel,
                             stored,
                             fault.as_str(),
-                            now(),
+                            self.now(),
                         )
                         .await
                         .map(|_| ())
@@ -1305,7 +1323,8 @@ impl Dispatcher {
         };
         match delay {
             Some(delay) => AttemptResult::Retry {
-                at: now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(5)),
+                at: self.now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(5)),
                 in_doubt,
                 error,
             },
@@ -1345,7 +1364,7 @@ impl Dispatcher {
         let applied = loop {
             match self
                 .store
-                .finish_attempts(lease, &items, &self.config.owner, commit, now())
+                .finish_attempts(lease, &items, &self.config.owner, commit, self.now())
                 .await
             {
                 Ok(applied) => break applied,
@@ -1560,6 +1579,7 @@ fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Outgoing {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tidings_core::time::now;
 
     proptest! {
         /// Every item once; each group's items in their order; and groups take turns:

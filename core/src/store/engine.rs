@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::dialect::{Args, Columns, Dialect, Pools};
 use super::directory::{district_from_row, DISTRICT_COLUMNS};
 use super::dispatch::LogWrites;
+use super::dispatching::Dispatching;
 use super::roster::RosterWriter;
 use super::sending::Sending;
 use super::transitions::Transitions;
@@ -34,11 +35,15 @@ use crate::{
 
 /// What a store does its own way.
 #[async_trait]
-pub(crate) trait Engine: Pools<Db: WriteDialect> {
+pub(crate) trait Engine: Pools<Db: WriteDialect + Dispatching> {
     fn backend(&self) -> Backend;
 
     /// Subscribers to the log's writes, told when a write transaction commits.
     fn written(&self) -> &LogWrites;
+
+    /// A new subscription to the log's writes: this process's, and (on PostgreSQL) other
+    /// processes' as their notifications arrive.
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()>;
 
     async fn migrate(&self) -> StoreResult<()>;
 

@@ -13,7 +13,7 @@ mod deliveries;
 mod dialect;
 pub mod directory;
 pub mod dispatch;
-mod dispatch_sql;
+mod dispatching;
 mod engine;
 pub mod guardian;
 pub mod inbox;

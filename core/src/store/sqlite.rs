@@ -19,17 +19,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    readiness_from, Backend, CasOutcome, ConnectOptions, NewMessage, Readiness, StoreError,
-    StoreResult,
+    readiness_from, Backend, ConnectOptions, NewMessage, Readiness, StoreError, StoreResult,
 };
-use crate::delivery::{Delivery, DeliveryState};
+use crate::delivery::DeliveryState;
 use crate::{DeliveryId, DistrictId};
 
 /// Rows per multi-row INSERT: 15 columns × 2,000 stays under SQLite's 32,766 parameters.
@@ -113,11 +111,6 @@ impl SqliteStore {
         Ok(self.write_pool().begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// Writes to the log: one process does all the writing on SQLite.
-    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
-        self.written.subscribe()
-    }
-
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -142,11 +135,6 @@ async fn checkpoint_after_writes(pool: SqlitePool, mut writes: tokio::sync::mpsc
 
 fn text_id(id: impl Into<Uuid>) -> String {
     id.into().hyphenated().to_string()
-}
-
-fn uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
-    let raw: String = row.try_get(column)?;
-    Uuid::parse_str(&raw).map_err(|e| corrupt(format!("{column}: {e}")))
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -277,6 +265,11 @@ impl Engine for SqliteStore {
 
     fn written(&self) -> &super::dispatch::LogWrites {
         &self.written
+    }
+
+    /// Writes to the log: one process does all the writing on SQLite.
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.written.subscribe()
     }
 
     async fn lock_bootstrap(&self, _conn: &mut sqlx::SqliteConnection) -> StoreResult<()> {
@@ -477,27 +470,8 @@ impl Sending for sqlx::Sqlite {
     }
 }
 
-crate::store::dispatch_sql::dispatch_store_impl!(SqliteStore);
-
-/// The dispatcher's queries, bound this dialect's way.
-mod dispatching {
-    fn enc(id: uuid::Uuid) -> String {
-        id.hyphenated().to_string()
-    }
-
-    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        super::uuid(row, column)
-    }
-
-    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
-    crate::store::dispatch_sql::bulk_attempts!(db: sqlx::Sqlite, enc: enc, dec: dec);
-
-    // Even in-process, each statement costs a trip to SQLite's worker thread: a batch is
-    // written in a few multi-row statements.
-    pub use self::{
-        finish_attempts_bulk as finish_attempts, start_attempts_bulk as start_attempts,
-    };
-}
+/// SQLite takes a batch of attempts as multi-row `VALUES`: the defaults.
+impl super::dispatching::Dispatching for sqlx::Sqlite {}
 
 #[async_trait]
 impl super::dialect::Pools for SqliteStore {
