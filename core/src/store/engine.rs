@@ -61,10 +61,6 @@ pub(crate) trait Engine: Pools<Db: WriteDialect + Dispatching> {
     async fn refresh_directory_statistics(&self) -> StoreResult<()>;
 
     async fn settle(&self) -> StoreResult<()>;
-
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64>;
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64>;
 }
 
 #[async_trait]
@@ -585,14 +581,6 @@ where
 
     async fn settle(&self) -> StoreResult<()> {
         Engine::settle(self).await
-    }
-
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
-        Engine::measure_raw_insert(self, rows).await
-    }
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
-        Engine::measure_raw_cas(self, rows).await
     }
 
     async fn audit_entries(

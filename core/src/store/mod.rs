@@ -19,6 +19,7 @@ pub mod guardian;
 pub mod inbox;
 mod messages;
 pub mod postgres;
+pub mod raw_speed;
 pub mod roster;
 mod sending;
 pub mod sqlite;
@@ -1284,16 +1285,6 @@ pub trait Store:
     /// background (SQLite copies its journal into the file; nothing to do on PostgreSQL):
     /// a measurement then starts from a settled database, not alongside the copy.
     async fn settle(&self) -> StoreResult<()>;
-
-    /// Writes `rows` plain rows (an id, two short texts, a timestamp) into a temporary table
-    /// the way the store writes in bulk, and returns the seconds it took: the raw write
-    /// speed of this database, which `tidings bench fanout` compares the fan-out against.
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64>;
-
-    /// Runs `rows` single-row compare-and-swap UPDATEs, one statement and one commit each,
-    /// on a scratch table of this database, and returns the seconds they took: the raw
-    /// rate `tidings bench callbacks` compares applying provider reports against.
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64>;
 
     /// The district's most recent audit entries, newest first.
     async fn audit_entries(&self, district: DistrictId, limit: u32)

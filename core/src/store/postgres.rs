@@ -133,62 +133,6 @@ impl Engine for PostgresStore {
         Ok(())
     }
 
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
-        let mut tx = self.pool.begin().await?;
-        // A real (logged) table, like the ones the fan-out writes; dropped with the test.
-        sqlx::query(
-            "CREATE TABLE bench_raw_rows (id uuid PRIMARY KEY, a text, b text, at timestamptz)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
-        let a: Vec<String> = (0..rows).map(|i| format!("row-{i}")).collect();
-        let started = std::time::Instant::now();
-        // Same shape as the fan-out: arrays in, one statement per 100,000 rows.
-        for ((ids, a), _) in ids.chunks(100_000).zip(a.chunks(100_000)).zip(0..) {
-            sqlx::query("INSERT INTO bench_raw_rows SELECT id, a, 'sms', $3 FROM unnest($1::uuid[], $2::text[]) AS r(id, a)")
-                .bind(ids)
-                .bind(a)
-                .bind(crate::time::now())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_raw_rows")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
-        sqlx::query("DROP TABLE IF EXISTS bench_cas")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("INSERT INTO bench_cas SELECT g, $2, 0 FROM generate_series(1, $1) AS g")
-            .bind(rows as i64)
-            .bind(DeliveryState::Sent.as_str())
-            .execute(&self.pool)
-            .await?;
-        let started = std::time::Instant::now();
-        for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
-                .bind(id)
-                .bind(DeliveryState::Delivered.as_str())
-                .bind(DeliveryState::Sent.as_str())
-                .execute(&self.pool)
-                .await?;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_cas")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
     fn written(&self) -> &super::dispatch::LogWrites {
         &self.written
     }
@@ -651,5 +595,40 @@ impl WriteDialect for sqlx::Postgres {
                 Ok(claim)
             }
         }
+    }
+}
+
+#[async_trait]
+impl super::raw_speed::RawSpeed for PostgresStore {
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
+        let mut tx = self.pool.begin().await?;
+        // A real (logged) table, like the ones the fan-out writes; dropped with the test.
+        sqlx::query(
+            "CREATE TABLE bench_raw_rows (id uuid PRIMARY KEY, a text, b text, at timestamptz)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
+        let a: Vec<String> = (0..rows).map(|i| format!("row-{i}")).collect();
+        let started = std::time::Instant::now();
+        // Same shape as the fan-out: arrays in, one statement per 100,000 rows.
+        for ((ids, a), _) in ids.chunks(100_000).zip(a.chunks(100_000)).zip(0..) {
+            sqlx::query("INSERT INTO bench_raw_rows SELECT id, a, 'sms', $3 FROM unnest($1::uuid[], $2::text[]) AS r(id, a)")
+                .bind(ids)
+                .bind(a)
+                .bind(crate::time::now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        sqlx::query("DROP TABLE bench_raw_rows")
+            .execute(&self.pool)
+            .await?;
+        Ok(seconds)
+    }
+
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
+        super::raw_speed::measure_cas::<sqlx::Postgres>(&self.pool, rows).await
     }
 }

@@ -202,67 +202,6 @@ impl Engine for SqliteStore {
         Ok(())
     }
 
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
-        // From an empty journal: copying what an earlier write left in it (a send, whose
-        // journal the checkpointer copies after it) is not the insert's time.
-        Engine::settle(self).await?;
-        let mut tx = self.pool.begin().await?;
-        // A table in the database file, like the ones the fan-out writes.
-        sqlx::query("CREATE TABLE bench_raw_rows (id TEXT PRIMARY KEY, a TEXT, b TEXT, at TEXT)")
-            .execute(&mut *tx)
-            .await?;
-        let items: Vec<(String, String)> = (0..rows)
-            .map(|i| (Uuid::now_v7().to_string(), format!("row-{i}")))
-            .collect();
-        let at = crate::time::now();
-        let started = std::time::Instant::now();
-        for chunk in items.chunks(BULK_ROWS) {
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO bench_raw_rows (id, a, b, at) ");
-            insert.push_values(chunk, |mut row, (id, a)| {
-                row.push_bind(id)
-                    .push_bind(a)
-                    .push_bind("sms")
-                    .push_bind(at);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_raw_rows")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
-        sqlx::query("DROP TABLE IF EXISTS bench_cas")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) INSERT INTO bench_cas SELECT x, $2, 0 FROM c")
-            .bind(rows as i64)
-            .bind(DeliveryState::Sent.as_str())
-            .execute(&self.pool)
-            .await?;
-        let started = std::time::Instant::now();
-        for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
-                .bind(id)
-                .bind(DeliveryState::Delivered.as_str())
-                .bind(DeliveryState::Sent.as_str())
-                .execute(&self.pool)
-                .await?;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_cas")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
     fn written(&self) -> &super::dispatch::LogWrites {
         &self.written
     }
@@ -487,5 +426,45 @@ impl super::dialect::Pools for SqliteStore {
 
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
         SqliteStore::begin_write(self).await
+    }
+}
+
+#[async_trait]
+impl super::raw_speed::RawSpeed for SqliteStore {
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
+        // From an empty journal: copying what an earlier write left in it (a send, whose
+        // journal the checkpointer copies after it) is not the insert's time.
+        Engine::settle(self).await?;
+        let mut tx = self.pool.begin().await?;
+        // A table in the database file, like the ones the fan-out writes.
+        sqlx::query("CREATE TABLE bench_raw_rows (id TEXT PRIMARY KEY, a TEXT, b TEXT, at TEXT)")
+            .execute(&mut *tx)
+            .await?;
+        let items: Vec<(String, String)> = (0..rows)
+            .map(|i| (Uuid::now_v7().to_string(), format!("row-{i}")))
+            .collect();
+        let at = crate::time::now();
+        let started = std::time::Instant::now();
+        for chunk in items.chunks(BULK_ROWS) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO bench_raw_rows (id, a, b, at) ");
+            insert.push_values(chunk, |mut row, (id, a)| {
+                row.push_bind(id)
+                    .push_bind(a)
+                    .push_bind("sms")
+                    .push_bind(at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        sqlx::query("DROP TABLE bench_raw_rows")
+            .execute(&self.pool)
+            .await?;
+        Ok(seconds)
+    }
+
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
+        super::raw_speed::measure_cas::<Sqlite>(&self.pool, rows).await
     }
 }
