@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
 use tidings_callbacks::{CallbackConfig, Callbacks};
 use tidings_channel_adapters::{twilio, webhooks};
+use tidings_core::clock::ManualClock;
 use tidings_core::log::PartitionId;
 use tidings_core::store::dispatch::AttemptResult;
 use tidings_core::store::Store;
@@ -890,7 +891,11 @@ async fn refused_requests_are_sampled_then_only_counted(store: Arc<dyn Store>) {
 /// The worker's pruning round deletes what is past its retention, by age, and nothing
 /// pending.
 async fn the_worker_prunes_the_inbox_by_age(store: Arc<dyn Store>) {
-    let s = setup_with(store, |c| {
+    // Ages pass by moving this clock.
+    let clock = Arc::new(ManualClock::at(now()));
+    let callbacks_clock = clock.clone();
+    let s = setup_with(store, move |c| {
+        c.clock = callbacks_clock;
         c.retention.finished = std::time::Duration::ZERO;
         c.retention.rejected = std::time::Duration::from_secs(3600);
     })
@@ -919,7 +924,7 @@ async fn the_worker_prunes_the_inbox_by_age(store: Arc<dyn Store>) {
             .0,
         StatusCode::FORBIDDEN
     );
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    clock.advance(chrono::Duration::seconds(1));
     let pruned = s.callbacks.prune_inbox().await.unwrap();
     assert_eq!((pruned.finished, pruned.rejected), (1, 0));
     let inbox = s.store.inbox_counts().await.unwrap();
