@@ -1939,13 +1939,13 @@ async fn wakes_for_a_new_message(dispatching: Arc<dyn Store>, writing: Arc<dyn S
             .is_ok()
         }
     };
-    // The first message is found by the first look; then the dispatcher goes idle.
+    // The first message is found by the first look; then the dispatcher goes idle (a
+    // look that finds nothing, after the first message was written).
+    let counters = dispatcher.counters();
+    let idle = counters.totals().idle_looks;
     let first = with_partitions(message_to(&seed, &[Channel::Sms]));
     writing.create_message(&first, now()).await.unwrap();
     assert!(received(3).await, "the first message was not sent");
-    // Then it finds nothing more and waits.
-    let counters = dispatcher.counters();
-    let idle = counters.totals().idle_looks;
     let went_idle = tokio::time::timeout(Duration::from_secs(60), async {
         while counters.totals().idle_looks == idle {
             tokio::time::sleep(Duration::from_millis(5)).await;
