@@ -37,7 +37,7 @@ use axum::{Form, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
-use tidings_channel_adapters::{twilio, webhooks};
+use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
 use tidings_core::clock::{Clock, SystemClock};
 use tidings_core::delivery::{decide_and_apply, Actor, InStore, Request};
 use tidings_core::store::inbox::inbox_mark;
@@ -1041,17 +1041,6 @@ fn delivery_id(text: &str) -> Option<DeliveryId> {
     id.parse::<uuid::Uuid>().ok().map(DeliveryId::from_uuid)
 }
 
-/// Twilio's message statuses as delivery events.
-pub fn twilio_event(status: &str) -> Result<Option<DeliveryEvent>, String> {
-    Ok(match status {
-        "queued" | "accepted" | "scheduled" | "sending" => None,
-        "sent" => Some(DeliveryEvent::Accepted),
-        "delivered" | "read" => Some(DeliveryEvent::Delivered),
-        "undelivered" | "failed" | "canceled" => Some(DeliveryEvent::Failed),
-        other => return Err(format!("unknown MessageStatus {other:?}")),
-    })
-}
-
 async fn twilio_status(
     State(cb): State<Callbacks>,
     OriginalUri(uri): OriginalUri,
@@ -1078,7 +1067,7 @@ async fn twilio_status(
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageSid"))?;
         let status = field(&form, "MessageStatus")
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageStatus"))?;
-        let event = twilio_event(status).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+        let event = twilio::event(status).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
         // Keyed on what the signature covers (a message has each status once), not on
         // the unsigned I-Twilio-Idempotency-Token header: a replay with that header
         // changed is still the duplicate it is.
@@ -1106,17 +1095,6 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
     serde_urlencoded::from_str(query).unwrap_or_default()
 }
 
-/// Kannel's report types as delivery events.
-pub fn kannel_event(kind: &str) -> Result<Option<DeliveryEvent>, String> {
-    Ok(match kind {
-        "1" => Some(DeliveryEvent::Delivered),
-        "2" | "16" => Some(DeliveryEvent::Failed),
-        "8" => Some(DeliveryEvent::Accepted),
-        "4" => None,
-        other => return Err(format!("unknown report type {other:?}")),
-    })
-}
-
 async fn kannel_dlr(
     State(cb): State<Callbacks>,
     OriginalUri(uri): OriginalUri,
@@ -1133,7 +1111,7 @@ async fn kannel_dlr(
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the report names no delivery"))?;
         let kind =
             field(&query, "type").ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no type"))?;
-        let event = kannel_event(kind).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+        let event = kannel::event(kind).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
         let at = field(&query, "at").unwrap_or_default();
         let answer = field(&query, "answer").map(str::to_owned);
         Ok(vec![Incoming {
@@ -1151,31 +1129,6 @@ async fn kannel_dlr(
     match cb.checked("kannel", verdict).await {
         Ok(events) => cb.keep("kannel", events).await,
         Err(refusal) => cb.reject("kannel", refusal, raw).await,
-    }
-}
-
-/// SendGrid's event names as delivery events and effects.
-pub fn sendgrid_event(event: &Value) -> (Option<DeliveryEvent>, Option<&'static str>) {
-    match event["event"].as_str().unwrap_or_default() {
-        "delivered" => (Some(DeliveryEvent::Delivered), None),
-        "bounce" if event["type"] == "blocked" => (Some(DeliveryEvent::Failed), None),
-        "bounce" => (Some(DeliveryEvent::Failed), Some("bounced")),
-        "dropped" => (Some(DeliveryEvent::Failed), None),
-        "spamreport" => (None, Some("complaint")),
-        _ => (None, None),
-    }
-}
-
-/// Mailgun's event names as delivery events and effects.
-pub fn mailgun_event(data: &Value) -> (Option<DeliveryEvent>, Option<&'static str>) {
-    match (
-        data["event"].as_str().unwrap_or_default(),
-        data["severity"].as_str(),
-    ) {
-        ("delivered", _) => (Some(DeliveryEvent::Delivered), None),
-        ("failed", Some("permanent")) => (Some(DeliveryEvent::Failed), Some("bounced")),
-        ("complained", _) => (None, Some("complaint")),
-        _ => (None, None),
     }
 }
 
@@ -1252,15 +1205,15 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
         .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "SendGrid is not configured"))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(signature), Some(timestamp)) = (
-        header(webhooks::SENDGRID_SIGNATURE),
-        header(webhooks::SENDGRID_TIMESTAMP),
+        header(sendgrid::SIGNATURE_HEADER),
+        header(sendgrid::TIMESTAMP_HEADER),
     ) else {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "unsigned: no signature or timestamp header",
         ));
     };
-    if !webhooks::sendgrid_verifies(key, timestamp, body, signature) {
+    if !sendgrid::verifies(key, timestamp, body, signature) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "the signature does not verify",
@@ -1291,7 +1244,7 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
                 .as_str()
                 .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "an event has no sg_event_id"))?
                 .to_owned();
-            let (what, effect) = sendgrid_event(&event);
+            let (what, effect) = sendgrid::event(&event);
             let detail = event["reason"]
                 .as_str()
                 .or(event["response"].as_str())
@@ -1332,7 +1285,7 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
             "unsigned: no signature object",
         ));
     };
-    if !webhooks::mailgun_verifies(key, timestamp, token, signature) {
+    if !mailgun::verifies(key, timestamp, token, signature) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "the signature does not verify",
@@ -1354,11 +1307,11 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
         .as_str()
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the event has no id"))?
         .to_owned();
-    let (what, effect) = mailgun_event(&data);
+    let (what, effect) = mailgun::event(&data);
     let detail = data["delivery-status"]["message"]
         .as_str()
         .map(str::to_owned);
-    let digest = webhooks::event_digest(data.to_string().as_bytes());
+    let digest = mailgun::event_digest(data.to_string().as_bytes());
     Ok((
         vec![Incoming {
             event_id,
@@ -1379,38 +1332,6 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn provider_vocabularies_map_to_delivery_events() {
-        assert_eq!(twilio_event("sent"), Ok(Some(DeliveryEvent::Accepted)));
-        assert_eq!(
-            twilio_event("delivered"),
-            Ok(Some(DeliveryEvent::Delivered))
-        );
-        assert_eq!(twilio_event("undelivered"), Ok(Some(DeliveryEvent::Failed)));
-        assert_eq!(twilio_event("queued"), Ok(None));
-        assert!(twilio_event("exploded").is_err());
-        assert_eq!(kannel_event("1"), Ok(Some(DeliveryEvent::Delivered)));
-        assert_eq!(kannel_event("16"), Ok(Some(DeliveryEvent::Failed)));
-        assert_eq!(kannel_event("4"), Ok(None));
-        assert!(kannel_event("3").is_err());
-        assert_eq!(
-            sendgrid_event(&json!({"event": "bounce", "type": "bounce"})),
-            (Some(DeliveryEvent::Failed), Some("bounced"))
-        );
-        assert_eq!(
-            sendgrid_event(&json!({"event": "bounce", "type": "blocked"})),
-            (Some(DeliveryEvent::Failed), None)
-        );
-        assert_eq!(
-            sendgrid_event(&json!({"event": "spamreport"})),
-            (None, Some("complaint"))
-        );
-        assert_eq!(
-            mailgun_event(&json!({"event": "failed", "severity": "temporary"})),
-            (None, None)
-        );
-    }
 
     #[test]
     fn delivery_ids_are_read_from_urls_and_message_ids() {
