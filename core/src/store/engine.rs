@@ -17,12 +17,12 @@ use super::writes::{
     insert_audit, insert_staff, staff_from_row, Write, WriteDialect, STAFF_COLUMNS,
 };
 use super::{
-    audiences, directory, messages, ApiTokenRecord, AuditEntry, Backend, CasOutcome, ClassView,
-    ContactPointView, DirectoryCounts, District, FirstAdmin, Guardian, GuardianDetail, GuardianRef,
-    GuardianView, ImportRecord, MessageContent, MessageListItem, MessageScope, MessageSummary,
-    NewGuardian, NewImport, NewMessage, NewSchool, NewStaff, PageRequest, Readiness, RecipientView,
-    School, SchoolView, Scope, StaffMember, Store, StoreResult, StudentView, WriteTransaction,
-    DELIVERY_COLUMNS,
+    audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
+    ClassView, ContactPointView, DirectoryCounts, District, FirstAdmin, Guardian, GuardianDetail,
+    GuardianRef, GuardianView, ImportRecord, MessageContent, MessageListItem, MessageScope,
+    MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool, NewStaff, PageRequest,
+    Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store, StoreResult,
+    StudentView, WriteTransaction, DELIVERY_COLUMNS,
 };
 use super::{RecipientTimeline, ReplyView, StateSeries};
 use crate::audience::{Audience, AudienceMember, AudienceProblems};
@@ -234,6 +234,46 @@ where
             expires_at: row.opt_time("expires_at")?,
             revoked_at: row.opt_time("revoked_at")?,
         }))
+    }
+
+    async fn api_tokens(
+        &self,
+        district: DistrictId,
+        owner: Option<StaffId>,
+        excluding: &[&str],
+    ) -> StoreResult<Vec<ApiTokenView>> {
+        let mut args = Args::new().id(district).opt_id(owner);
+        let excluded = if excluding.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " AND t.name NOT IN ({})",
+                args.texts(excluding.iter().copied())
+            )
+        };
+        let sql = format!(
+            "SELECT t.id, t.name, t.staff_id, s.email, t.created_at, t.last_used_at, t.expires_at, \
+                    t.revoked_at \
+             FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
+             WHERE t.district_id = $1 AND ($2 IS NULL OR t.staff_id = $2){excluded} \
+             ORDER BY t.created_at DESC, t.id DESC"
+        );
+        S::Db::fetch_all(&mut *self.reads().acquire().await?, &sql, args)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(ApiTokenView {
+                    id: ApiTokenId::from_uuid(row.id("id")?),
+                    name: row.text("name")?,
+                    owner_id: StaffId::from_uuid(row.id("staff_id")?),
+                    owner_email: row.text("email")?,
+                    created_at: row.time("created_at")?,
+                    last_used_at: row.opt_time("last_used_at")?,
+                    expires_at: row.opt_time("expires_at")?,
+                    revoked_at: row.opt_time("revoked_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn create_guardian(

@@ -385,6 +385,20 @@ pub struct ImportRecord {
     pub error: Option<String>,
 }
 
+/// An API token as its owner and the district's administrators see it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiTokenView {
+    pub id: ApiTokenId,
+    pub name: String,
+    pub owner_id: StaffId,
+    pub owner_email: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// A stored API token with its owner, for authenticating a bearer.
 #[derive(Debug, Clone)]
 pub struct ApiTokenRecord {
@@ -827,15 +841,16 @@ pub trait WriteTransaction: Send {
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()>;
 
-    /// Creates a token for `staff` that stops working at `expires_at` (a web session).
-    async fn create_expiring_token(
+    /// Creates a token for `staff` (an API token, a web session, an invitation) that
+    /// stops working at `expires_at`, if given.
+    async fn create_token(
         &mut self,
         id: ApiTokenId,
         staff: &Staff,
         name: &str,
         secret_hash: &[u8],
         at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
     ) -> StoreResult<()>;
 
     /// Revokes one of `staff`'s tokens; whether there was such a token not yet revoked.
@@ -954,6 +969,16 @@ pub trait Store:
     /// A token and its owner, if the owner is still enabled. The caller checks the secret,
     /// expiry and revocation.
     async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>>;
+
+    /// A district's tokens, revoked and expired ones too, but those named one of
+    /// `excluding` (web sessions and invitations are not API tokens), newest first; only
+    /// `owner`'s when given.
+    async fn api_tokens(
+        &self,
+        district: DistrictId,
+        owner: Option<StaffId>,
+        excluding: &[&str],
+    ) -> StoreResult<Vec<ApiTokenView>>;
 
     async fn create_guardian(
         &self,
