@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tidings_core::delivery::Actor;
 use tidings_core::link::LinkKeys;
-use tidings_core::secret::{self, ApiToken};
+use tidings_core::secret;
 use tidings_core::services::{Refusal, ServiceError, Services};
 use tidings_core::store::{self, ConnectOptions, FirstAdmin, Store};
 use tidings_core::time::now;
@@ -407,31 +407,81 @@ pub async fn bootstrap(config: &Config, store: &dyn Store) -> anyhow::Result<()>
 }
 
 /// `tidings token create --email EMAIL`: prints a new bearer token as its last line.
-pub async fn create_token(config: &Config, email: &str, name: &str) -> anyhow::Result<()> {
+pub async fn create_token(
+    config: &Config,
+    email: &str,
+    name: &str,
+    expires_days: Option<u32>,
+) -> anyhow::Result<()> {
     let email = EmailAddress::parse(email)?;
     let store = open_store(config, config.migrate_on_start).await?;
     let staff = store
         .staff_by_email(&email)
         .await?
         .with_context(|| format!("no enabled staff member signs in as {email}"))?;
-    let token = ApiToken::generate();
-    store
-        .create_api_token(token.id, &staff, name, &token.secret_hash(), now())
-        .await?;
-    store
-        .audit(
-            staff.district_id,
-            &Actor::staff(staff.id),
-            "api_token.create",
-            serde_json::json!({ "token_id": token.id, "name": name }),
-            now(),
-        )
+    let expires_at = expires_days.map(|days| now() + chrono::Duration::days(i64::from(days)));
+    let created = services(config, store)?
+        .create_api_token(&Actor::system("cli"), &staff, name, expires_at)
         .await?;
     eprintln!(
-        "API token {:?} for {email} (shown once; send it as `Authorization: Bearer …`):",
-        name
+        "API token {:?} ({}) for {email} (shown once; send it as `Authorization: Bearer …`):",
+        created.view.name, created.view.id
     );
-    println!("{}", token.reveal());
+    println!("{}", created.token.reveal());
+    Ok(())
+}
+
+/// `tidings token list`: a district's API tokens, one line each.
+pub async fn list_tokens(
+    config: &Config,
+    district: Option<tidings_core::DistrictId>,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    let district = crate::import::choose_district(store.as_ref(), district).await?;
+    let tokens = store
+        .api_tokens(
+            district,
+            None,
+            &[
+                tidings_core::services::accounts::SESSION_NAME,
+                tidings_core::services::accounts::INVITATION_NAME,
+            ],
+        )
+        .await?;
+    let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(
+            || "-".to_owned(),
+            |at| at.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    println!("id\tname\towner\tcreated\tlast used\texpires\trevoked");
+    for t in tokens {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            t.id,
+            t.name,
+            t.owner_email,
+            when(Some(t.created_at)),
+            when(t.last_used_at),
+            when(t.expires_at),
+            when(t.revoked_at)
+        );
+    }
+    Ok(())
+}
+
+/// `tidings token revoke ID`: the token stops working at once; audited.
+pub async fn revoke_token(
+    config: &Config,
+    district: Option<tidings_core::DistrictId>,
+    id: tidings_core::ApiTokenId,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    let district = crate::import::choose_district(store.as_ref(), district).await?;
+    services(config, store)?
+        .revoke_api_token_as_operator(district, id)
+        .await?;
+    eprintln!("API token {id} revoked");
     Ok(())
 }
 

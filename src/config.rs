@@ -686,6 +686,7 @@ impl Config {
                 ..Default::default()
             },
             body_caps: tidings_callbacks::BodyCaps::default(),
+            clock: std::sync::Arc::new(tidings_core::clock::SystemClock),
         })
     }
 

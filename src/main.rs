@@ -212,6 +212,22 @@ enum TokenCommand {
         /// A label to recognise the token by later.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Days until the token stops working (no expiry when left out).
+        #[arg(long)]
+        expires_days: Option<u32>,
+    },
+    /// List a district's API tokens: name, owner, created, last used, expiry, revocation.
+    List {
+        /// The district (needed only when there are several).
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
+    },
+    /// Revoke an API token by its id (from `tidings token list`); it stops working at once.
+    Revoke {
+        /// The token's id.
+        id: tidings_core::ApiTokenId,
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
     },
 }
 
@@ -326,8 +342,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
             }
             Command::Token {
-                command: TokenCommand::Create { email, name },
-            } => commands::create_token(&config, &email, &name).await,
+                command:
+                    TokenCommand::Create {
+                        email,
+                        name,
+                        expires_days,
+                    },
+            } => commands::create_token(&config, &email, &name, expires_days).await,
+            Command::Token {
+                command: TokenCommand::List { district },
+            } => commands::list_tokens(&config, district).await,
+            Command::Token {
+                command: TokenCommand::Revoke { id, district },
+            } => commands::revoke_token(&config, district, id).await,
             Command::LinkKeys {
                 command: LinkKeysCommand::Rotate,
             } => commands::rotate_link_keys(&config),

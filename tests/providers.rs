@@ -829,7 +829,8 @@ async fn a_carrier_stop_suppresses_and_an_invalid_number_is_retired() {
         BTreeMap::from([("SUPPRESSED".to_owned(), 2)]),
         "suppressed at fan-out"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the dispatcher has read past the message, whatever it would send is sent.
+    dispatched_all(&d.server.base).await;
     let sends_after: Value = reqwest::get(format!("{base}/_sandbox/received"))
         .await
         .unwrap()
@@ -1395,4 +1396,26 @@ async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device(d
 /// A message id nobody sent.
 fn uuid_like() -> String {
     tidings_core::MessageId::new().to_string()
+}
+
+/// Waits until the dispatcher has committed every entry of the log (each partition's
+/// consumer lag, as `/metrics` reads it at the scrape, is 0).
+async fn dispatched_all(serve_at: &str) {
+    for _ in 0..1_200 {
+        let metrics = reqwest::get(format!("{serve_at}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lags: Vec<&str> = metrics
+            .lines()
+            .filter(|line| line.starts_with("tidings_consumer_lag{"))
+            .collect();
+        if !lags.is_empty() && lags.iter().all(|line| line.ends_with(" 0")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the dispatcher did not catch up with the log within a minute");
 }

@@ -37,11 +37,11 @@ use axum::{Form, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
-use tidings_channel_adapters::{twilio, webhooks};
+use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
+use tidings_core::clock::{Clock, SystemClock};
 use tidings_core::delivery::{decide_and_apply, Actor, InStore, Request};
 use tidings_core::store::inbox::inbox_mark;
 use tidings_core::store::Store;
-use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryEvent, DeliveryId};
 
 /// What the callbacks need to check each provider; a provider left unset is refused.
@@ -72,6 +72,8 @@ pub struct CallbackConfig {
     pub refused_samples: sampling::SamplePolicy,
     /// The most each route reads of a request.
     pub body_caps: BodyCaps,
+    /// Where "now" comes from: the wall clock, or a test's hand-moved clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for CallbackConfig {
@@ -90,6 +92,7 @@ impl Default for CallbackConfig {
             retention: Retention::default(),
             refused_samples: sampling::SamplePolicy::default(),
             body_caps: BodyCaps::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -197,7 +200,11 @@ type Keep = (
 
 /// Keeps what concurrent requests bring in shared transactions (a group commit): each
 /// request is answered only once its events are committed.
-async fn keeper(store: Arc<dyn Store>, mut queue: tokio::sync::mpsc::Receiver<Keep>) {
+async fn keeper(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    mut queue: tokio::sync::mpsc::Receiver<Keep>,
+) {
     const MOST: usize = 256;
     while let Some(first) = queue.recv().await {
         let mut requests = vec![first];
@@ -215,7 +222,7 @@ async fn keeper(store: Arc<dyn Store>, mut queue: tokio::sync::mpsc::Receiver<Ke
             .iter()
             .flat_map(|(e, _)| e.iter().cloned())
             .collect();
-        match store.inbox_put_many(&events, now()).await {
+        match store.inbox_put_many(&events, clock.now()).await {
             Ok(kept) => {
                 let mut kept = kept.into_iter();
                 for (events, answer) in requests {
@@ -271,10 +278,15 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
 }
 
 impl Callbacks {
+    /// The time by the configured clock.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.config.clock.now()
+    }
+
     /// Must be called inside a Tokio runtime: it starts the task that keeps events.
     pub fn new(store: Arc<dyn Store>, config: CallbackConfig) -> Self {
         let (keeper_queue, queue) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(keeper(store.clone(), queue));
+        tokio::spawn(keeper(store.clone(), config.clock.clone(), queue));
         Self {
             store,
             wake: Arc::default(),
@@ -387,7 +399,7 @@ impl Callbacks {
                 &payload,
                 "rejected",
                 Some(&refusal.reason),
-                now(),
+                self.now(),
             )
             .await
         {
@@ -476,7 +488,7 @@ impl Callbacks {
         use tidings_core::store::inbox::TokenClaim;
         match self
             .store
-            .claim_webhook_token(provider, token, digest, now())
+            .claim_webhook_token(provider, token, digest, self.now())
             .await
         {
             Ok(TokenClaim::New | TokenClaim::Repeat) => Ok(()),
@@ -510,7 +522,7 @@ impl Callbacks {
     pub async fn prune_inbox(
         &self,
     ) -> Result<tidings_core::store::inbox::Pruned, tidings_core::store::StoreError> {
-        let at = now();
+        let at = self.now();
         let ago =
             |d: Duration| at - chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
         let retention = self.config.retention;
@@ -575,7 +587,7 @@ impl Callbacks {
                             if let Some(effect) = &event.effect {
                                 self.side_effect(delivery, effect).await;
                             }
-                            match request(&item.provider, &item.event_id, &event) {
+                            match request(&item.provider, &item.event_id, &event, self.now()) {
                                 Some(request) => {
                                     (Some((delivery.clone(), request)), "", String::new())
                                 }
@@ -597,7 +609,7 @@ impl Callbacks {
             // In delivery id order (stable: a delivery's events keep theirs), the order in
             // which every writer of several deliveries locks them.
             batch.sort_by_key(|item| item.request.as_ref().map(|(d, _)| *d.id.as_uuid()));
-            let marked = self.store.apply_inbox_batch(&batch).await?;
+            let marked = self.store.apply_inbox_batch(&batch, self.now()).await?;
             for status in marked.into_iter().flatten() {
                 handled += 1;
                 Counters::add(if status == "applied" {
@@ -623,7 +635,7 @@ impl Callbacks {
         if let Some(effect) = &event.effect {
             self.side_effect(&delivery, effect).await;
         }
-        let Some(request) = request(provider, event_id, &event) else {
+        let Some(request) = request(provider, event_id, &event, self.now()) else {
             return Ok(without_event(&event));
         };
         let applied = decide_and_apply(&mut InStore(&*self.store), vec![(delivery, request)])
@@ -643,7 +655,7 @@ impl Callbacks {
                     delivery.channel,
                     address,
                     "bounced",
-                    now(),
+                    self.now(),
                 )
                 .await
                 .map(|_| ()),
@@ -654,7 +666,7 @@ impl Callbacks {
                     delivery.guardian_id,
                     Channel::Email,
                     "complaint",
-                    now(),
+                    self.now(),
                 )
                 .await
                 .map(|_| ()),
@@ -723,13 +735,18 @@ impl Counters {
 
 /// The request a provider's event makes of its delivery; `None` for an event that only
 /// has an effect beyond it (a complaint) or nothing at all.
-fn request(provider: &str, event_id: &str, event: &Normalized) -> Option<Request> {
+fn request(
+    provider: &str,
+    event_id: &str,
+    event: &Normalized,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Option<Request> {
     let what = event.event?;
     Some(Request::new(
         what,
         &Actor::provider(provider, event_id),
         event.detail.as_deref(),
-        now(),
+        at,
     ))
 }
 
@@ -782,7 +799,7 @@ async fn take_inbound(
     // Recorded (and its opt-out or resubscription made) before the provider is answered.
     let Some(guardians) = cb
         .store
-        .record_inbound(&sms, now())
+        .record_inbound(&sms, cb.now())
         .await
         .map_err(unavailable)?
     else {
@@ -795,7 +812,7 @@ async fn take_inbound(
         for (_, guardian) in &guardians {
             let Some(recipient) = cb
                 .store
-                .open_ack(*guardian, now())
+                .open_ack(*guardian, cb.now())
                 .await
                 .map_err(unavailable)?
             else {
@@ -805,7 +822,7 @@ async fn take_inbound(
                 tidings_core::delivery::Actor::guardian(format!("sms:{}", sms.provider_message_id));
             let outcome = cb
                 .store
-                .acknowledge(recipient, Channel::Sms, &actor, now())
+                .acknowledge(recipient, Channel::Sms, &actor, cb.now())
                 .await
                 .map_err(unavailable)?;
             if matches!(outcome, tidings_core::store::AckOutcome::Acked { .. }) {
@@ -823,14 +840,14 @@ async fn take_inbound(
         match keyword {
             Some(inbound::Keyword::Stop) => {
                 cb.store
-                    .add_opt_out(*district, *guardian, Channel::Sms, "carrier", now())
+                    .add_opt_out(*district, *guardian, Channel::Sms, "carrier", cb.now())
                     .await
                     .map_err(unavailable)?;
                 tracing::info!(guardian_id = %guardian, "carrier STOP recorded");
             }
             Some(inbound::Keyword::Start) => {
                 cb.store
-                    .resubscribe(*guardian, Channel::Sms, now())
+                    .resubscribe(*guardian, Channel::Sms, cb.now())
                     .await
                     .map_err(unavailable)?;
                 tracing::info!(guardian_id = %guardian, "carrier START recorded");
@@ -1024,17 +1041,6 @@ fn delivery_id(text: &str) -> Option<DeliveryId> {
     id.parse::<uuid::Uuid>().ok().map(DeliveryId::from_uuid)
 }
 
-/// Twilio's message statuses as delivery events.
-pub fn twilio_event(status: &str) -> Result<Option<DeliveryEvent>, String> {
-    Ok(match status {
-        "queued" | "accepted" | "scheduled" | "sending" => None,
-        "sent" => Some(DeliveryEvent::Accepted),
-        "delivered" | "read" => Some(DeliveryEvent::Delivered),
-        "undelivered" | "failed" | "canceled" => Some(DeliveryEvent::Failed),
-        other => return Err(format!("unknown MessageStatus {other:?}")),
-    })
-}
-
 async fn twilio_status(
     State(cb): State<Callbacks>,
     OriginalUri(uri): OriginalUri,
@@ -1061,7 +1067,7 @@ async fn twilio_status(
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageSid"))?;
         let status = field(&form, "MessageStatus")
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageStatus"))?;
-        let event = twilio_event(status).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+        let event = twilio::event(status).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
         // Keyed on what the signature covers (a message has each status once), not on
         // the unsigned I-Twilio-Idempotency-Token header: a replay with that header
         // changed is still the duplicate it is.
@@ -1089,17 +1095,6 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
     serde_urlencoded::from_str(query).unwrap_or_default()
 }
 
-/// Kannel's report types as delivery events.
-pub fn kannel_event(kind: &str) -> Result<Option<DeliveryEvent>, String> {
-    Ok(match kind {
-        "1" => Some(DeliveryEvent::Delivered),
-        "2" | "16" => Some(DeliveryEvent::Failed),
-        "8" => Some(DeliveryEvent::Accepted),
-        "4" => None,
-        other => return Err(format!("unknown report type {other:?}")),
-    })
-}
-
 async fn kannel_dlr(
     State(cb): State<Callbacks>,
     OriginalUri(uri): OriginalUri,
@@ -1116,7 +1111,7 @@ async fn kannel_dlr(
             .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the report names no delivery"))?;
         let kind =
             field(&query, "type").ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no type"))?;
-        let event = kannel_event(kind).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+        let event = kannel::event(kind).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
         let at = field(&query, "at").unwrap_or_default();
         let answer = field(&query, "answer").map(str::to_owned);
         Ok(vec![Incoming {
@@ -1134,31 +1129,6 @@ async fn kannel_dlr(
     match cb.checked("kannel", verdict).await {
         Ok(events) => cb.keep("kannel", events).await,
         Err(refusal) => cb.reject("kannel", refusal, raw).await,
-    }
-}
-
-/// SendGrid's event names as delivery events and effects.
-pub fn sendgrid_event(event: &Value) -> (Option<DeliveryEvent>, Option<&'static str>) {
-    match event["event"].as_str().unwrap_or_default() {
-        "delivered" => (Some(DeliveryEvent::Delivered), None),
-        "bounce" if event["type"] == "blocked" => (Some(DeliveryEvent::Failed), None),
-        "bounce" => (Some(DeliveryEvent::Failed), Some("bounced")),
-        "dropped" => (Some(DeliveryEvent::Failed), None),
-        "spamreport" => (None, Some("complaint")),
-        _ => (None, None),
-    }
-}
-
-/// Mailgun's event names as delivery events and effects.
-pub fn mailgun_event(data: &Value) -> (Option<DeliveryEvent>, Option<&'static str>) {
-    match (
-        data["event"].as_str().unwrap_or_default(),
-        data["severity"].as_str(),
-    ) {
-        ("delivered", _) => (Some(DeliveryEvent::Delivered), None),
-        ("failed", Some("permanent")) => (Some(DeliveryEvent::Failed), Some("bounced")),
-        ("complained", _) => (None, Some("complaint")),
-        _ => (None, None),
     }
 }
 
@@ -1235,15 +1205,15 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
         .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "SendGrid is not configured"))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(signature), Some(timestamp)) = (
-        header(webhooks::SENDGRID_SIGNATURE),
-        header(webhooks::SENDGRID_TIMESTAMP),
+        header(sendgrid::SIGNATURE_HEADER),
+        header(sendgrid::TIMESTAMP_HEADER),
     ) else {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "unsigned: no signature or timestamp header",
         ));
     };
-    if !webhooks::sendgrid_verifies(key, timestamp, body, signature) {
+    if !sendgrid::verifies(key, timestamp, body, signature) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "the signature does not verify",
@@ -1252,7 +1222,7 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
     // The signature covers the timestamp and the body: within the window a replay is
     // byte for byte the request it copies, each event a duplicate by its sg_event_id;
     // after it, refused.
-    freshness::check(timestamp, now(), cb.config.max_age)
+    freshness::check(timestamp, cb.now(), cb.config.max_age)
         .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
     let events: Vec<Value> = serde_json::from_slice(body).map_err(|e| {
         refuse(
@@ -1274,7 +1244,7 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
                 .as_str()
                 .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "an event has no sg_event_id"))?
                 .to_owned();
-            let (what, effect) = sendgrid_event(&event);
+            let (what, effect) = sendgrid::event(&event);
             let detail = event["reason"]
                 .as_str()
                 .or(event["response"].as_str())
@@ -1315,13 +1285,13 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
             "unsigned: no signature object",
         ));
     };
-    if !webhooks::mailgun_verifies(key, timestamp, token, signature) {
+    if !mailgun::verifies(key, timestamp, token, signature) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "the signature does not verify",
         ));
     }
-    freshness::check(timestamp, now(), cb.config.max_age)
+    freshness::check(timestamp, cb.now(), cb.config.max_age)
         .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
     let data = payload["event-data"].clone();
     let reference = data["message"]["headers"]["message-id"]
@@ -1337,11 +1307,11 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
         .as_str()
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the event has no id"))?
         .to_owned();
-    let (what, effect) = mailgun_event(&data);
+    let (what, effect) = mailgun::event(&data);
     let detail = data["delivery-status"]["message"]
         .as_str()
         .map(str::to_owned);
-    let digest = webhooks::event_digest(data.to_string().as_bytes());
+    let digest = mailgun::event_digest(data.to_string().as_bytes());
     Ok((
         vec![Incoming {
             event_id,
@@ -1362,38 +1332,6 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn provider_vocabularies_map_to_delivery_events() {
-        assert_eq!(twilio_event("sent"), Ok(Some(DeliveryEvent::Accepted)));
-        assert_eq!(
-            twilio_event("delivered"),
-            Ok(Some(DeliveryEvent::Delivered))
-        );
-        assert_eq!(twilio_event("undelivered"), Ok(Some(DeliveryEvent::Failed)));
-        assert_eq!(twilio_event("queued"), Ok(None));
-        assert!(twilio_event("exploded").is_err());
-        assert_eq!(kannel_event("1"), Ok(Some(DeliveryEvent::Delivered)));
-        assert_eq!(kannel_event("16"), Ok(Some(DeliveryEvent::Failed)));
-        assert_eq!(kannel_event("4"), Ok(None));
-        assert!(kannel_event("3").is_err());
-        assert_eq!(
-            sendgrid_event(&json!({"event": "bounce", "type": "bounce"})),
-            (Some(DeliveryEvent::Failed), Some("bounced"))
-        );
-        assert_eq!(
-            sendgrid_event(&json!({"event": "bounce", "type": "blocked"})),
-            (Some(DeliveryEvent::Failed), None)
-        );
-        assert_eq!(
-            sendgrid_event(&json!({"event": "spamreport"})),
-            (None, Some("complaint"))
-        );
-        assert_eq!(
-            mailgun_event(&json!({"event": "failed", "severity": "temporary"})),
-            (None, None)
-        );
-    }
 
     #[test]
     fn delivery_ids_are_read_from_urls_and_message_ids() {

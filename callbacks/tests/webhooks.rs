@@ -9,7 +9,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
 use tidings_callbacks::{CallbackConfig, Callbacks};
-use tidings_channel_adapters::{twilio, webhooks};
+use tidings_channel_adapters::{mailgun, sendgrid, twilio};
+use tidings_core::clock::ManualClock;
 use tidings_core::log::PartitionId;
 use tidings_core::store::dispatch::AttemptResult;
 use tidings_core::store::Store;
@@ -39,7 +40,7 @@ tidings_core::on_both_stores! {
 struct Setup {
     store: Arc<dyn Store>,
     callbacks: Callbacks,
-    sendgrid: webhooks::SendgridKey,
+    sendgrid: sendgrid::SigningKey,
     seed: Seed,
     /// Two SMS deliveries (through Twilio, message SIDs [`sid`] 10 and 11) and two email
     /// deliveries (through SMTP, Message-IDs [`message_id`]), all SENT.
@@ -118,7 +119,7 @@ async fn setup_through(
                 .unwrap();
         }
     }
-    let sendgrid = webhooks::SendgridKey::generate();
+    let sendgrid = sendgrid::SigningKey::generate();
     let mut config = CallbackConfig {
         public_url: Some(PUBLIC.into()),
         twilio_auth_token: Some(TWILIO_TOKEN.into()),
@@ -369,20 +370,20 @@ async fn email_events_apply_with_their_side_effects(store: Arc<dyn Store>) {
     let s = setup(store).await;
     let (bounced, complained) = (s.email[0], s.email[1]);
     let now = fresh();
-    let sendgrid = |events: Value, sign_with: Option<&webhooks::SendgridKey>| {
+    let sendgrid = |events: Value, sign_with: Option<&sendgrid::SigningKey>| {
         let body = serde_json::to_vec(&events).unwrap();
         let key = sign_with.unwrap_or(&s.sendgrid);
         Request::post("/callbacks/email/sendgrid")
             .header("content-type", "application/json")
-            .header(webhooks::SENDGRID_TIMESTAMP, &now)
-            .header(webhooks::SENDGRID_SIGNATURE, key.sign(&now, &body))
+            .header(sendgrid::TIMESTAMP_HEADER, &now)
+            .header(sendgrid::SIGNATURE_HEADER, key.sign(&now, &body))
             .body(Body::from(body))
             .unwrap()
     };
     let bounce = json!([{"event": "bounce", "type": "bounce", "email": "g0@example.org",
         "smtp-id": message_id(bounced), "sg_event_id": "ev-1", "reason": "550 5.1.1 no such user"}]);
     // Signed with a key that is not SendGrid's: refused.
-    let stranger = webhooks::SendgridKey::generate();
+    let stranger = sendgrid::SigningKey::generate();
     let (status, body) = call(&s, sendgrid(bounce.clone(), Some(&stranger))).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(
@@ -405,11 +406,11 @@ async fn email_events_apply_with_their_side_effects(store: Arc<dyn Store>) {
     };
     let (status, _) = call(
         &s,
-        mailgun(webhooks::mailgun_signature("not-the-key", timestamp, token)),
+        mailgun(mailgun::signature("not-the-key", timestamp, token)),
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let good = webhooks::mailgun_signature(MAILGUN_KEY, timestamp, token);
+    let good = mailgun::signature(MAILGUN_KEY, timestamp, token);
     assert_eq!(call(&s, mailgun(good)).await.0, StatusCode::NO_CONTENT);
     let (status, _) = call(
         &s,
@@ -466,7 +467,7 @@ async fn email_events_apply_with_their_side_effects(store: Arc<dyn Store>) {
 /// A Mailgun webhook: `event-data` under a signature object signed (with `key`) for
 /// `timestamp` and `token`.
 fn mailgun_request(key: &str, timestamp: &str, token: &str, data: Value) -> Request<Body> {
-    let signature = webhooks::mailgun_signature(key, timestamp, token);
+    let signature = mailgun::signature(key, timestamp, token);
     let payload = json!({
         "signature": {"timestamp": timestamp, "token": token, "signature": signature},
         "event-data": data,
@@ -674,9 +675,9 @@ async fn sendgrid_requests_must_be_fresh_and_a_replay_changes_nothing(store: Arc
     let signed = |timestamp: &str| {
         Request::post("/callbacks/email/sendgrid")
             .header("content-type", "application/json")
-            .header(webhooks::SENDGRID_TIMESTAMP, timestamp)
+            .header(sendgrid::TIMESTAMP_HEADER, timestamp)
             .header(
-                webhooks::SENDGRID_SIGNATURE,
+                sendgrid::SIGNATURE_HEADER,
                 s.sendgrid.sign(timestamp, &body),
             )
             .body(Body::from(body.clone()))
@@ -704,8 +705,8 @@ async fn sendgrid_requests_must_be_fresh_and_a_replay_changes_nothing(store: Arc
         "smtp-id": format!("<{}@district.example.org>", s.sms[0]), "sg_event_id": "sg-2"}]))
     .unwrap();
     let request = Request::post("/callbacks/email/sendgrid")
-        .header(webhooks::SENDGRID_TIMESTAMP, &now)
-        .header(webhooks::SENDGRID_SIGNATURE, s.sendgrid.sign(&now, &sms))
+        .header(sendgrid::TIMESTAMP_HEADER, &now)
+        .header(sendgrid::SIGNATURE_HEADER, s.sendgrid.sign(&now, &sms))
         .body(Body::from(sms))
         .unwrap();
     assert_eq!(call(&s, request).await.0, StatusCode::BAD_REQUEST);
@@ -890,7 +891,11 @@ async fn refused_requests_are_sampled_then_only_counted(store: Arc<dyn Store>) {
 /// The worker's pruning round deletes what is past its retention, by age, and nothing
 /// pending.
 async fn the_worker_prunes_the_inbox_by_age(store: Arc<dyn Store>) {
-    let s = setup_with(store, |c| {
+    // Ages pass by moving this clock.
+    let clock = Arc::new(ManualClock::at(now()));
+    let callbacks_clock = clock.clone();
+    let s = setup_with(store, move |c| {
+        c.clock = callbacks_clock;
         c.retention.finished = std::time::Duration::ZERO;
         c.retention.rejected = std::time::Duration::from_secs(3600);
     })
@@ -919,7 +924,7 @@ async fn the_worker_prunes_the_inbox_by_age(store: Arc<dyn Store>) {
             .0,
         StatusCode::FORBIDDEN
     );
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    clock.advance(chrono::Duration::seconds(1));
     let pruned = s.callbacks.prune_inbox().await.unwrap();
     assert_eq!((pruned.finished, pruned.rejected), (1, 0));
     let inbox = s.store.inbox_counts().await.unwrap();

@@ -11,6 +11,7 @@ use std::num::NonZeroU32;
 
 use crate::http::{self, Timeouts};
 use crate::{Outgoing, SendOutcome};
+use tidings_core::DeliveryEvent;
 
 /// A Kannel `sendsms-user` and where its smsbox listens.
 #[derive(Clone)]
@@ -166,9 +167,29 @@ pub fn is_gsm7(text: &str) -> bool {
 
 crate::one_by_one!(Kannel, "kannel", max_per_second: |a| a.config.max_per_second, concurrency: |a| a.config.concurrency);
 
+/// Kannel's report types as delivery events.
+pub fn event(kind: &str) -> Result<Option<DeliveryEvent>, String> {
+    Ok(match kind {
+        "1" => Some(DeliveryEvent::Delivered),
+        "2" | "16" => Some(DeliveryEvent::Failed),
+        "8" => Some(DeliveryEvent::Accepted),
+        "4" => None,
+        other => return Err(format!("unknown report type {other:?}")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn its_report_types_map_to_delivery_events() {
+        assert_eq!(event("1"), Ok(Some(DeliveryEvent::Delivered)));
+        assert_eq!(event("8"), Ok(Some(DeliveryEvent::Accepted)));
+        assert_eq!(event("16"), Ok(Some(DeliveryEvent::Failed)));
+        assert_eq!(event("4"), Ok(None));
+        assert!(event("3").is_err());
+    }
 
     #[test]
     fn the_gsm_alphabet_is_recognised() {

@@ -10,12 +10,13 @@ pub mod fcm;
 pub mod http;
 pub mod jwt;
 pub mod kannel;
+pub mod mailgun;
 pub mod push;
+pub mod sendgrid;
 pub mod smtp;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod twilio;
-pub mod webhooks;
 
 use std::time::Duration;
 

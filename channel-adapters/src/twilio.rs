@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 use base64::Engine as _;
 use hmac::{Hmac, Mac as _};
 use serde::Deserialize;
+use tidings_core::DeliveryEvent;
 
 use crate::http::{self, Timeouts};
 use crate::{AddressFault, Outgoing, SendOutcome};
@@ -242,9 +243,30 @@ pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> St
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// Twilio's message statuses as delivery events.
+pub fn event(status: &str) -> Result<Option<DeliveryEvent>, String> {
+    Ok(match status {
+        "queued" | "accepted" | "scheduled" | "sending" => None,
+        "sent" => Some(DeliveryEvent::Accepted),
+        "delivered" | "read" => Some(DeliveryEvent::Delivered),
+        "undelivered" | "failed" | "canceled" => Some(DeliveryEvent::Failed),
+        other => return Err(format!("unknown MessageStatus {other:?}")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn its_message_statuses_map_to_delivery_events() {
+        assert_eq!(event("sent"), Ok(Some(DeliveryEvent::Accepted)));
+        assert_eq!(event("delivered"), Ok(Some(DeliveryEvent::Delivered)));
+        assert_eq!(event("read"), Ok(Some(DeliveryEvent::Delivered)));
+        assert_eq!(event("undelivered"), Ok(Some(DeliveryEvent::Failed)));
+        assert_eq!(event("queued"), Ok(None));
+        assert!(event("exploded").is_err());
+    }
     use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Duration, Utc};
 
 /// A source of the current time (UTC, microsecond precision: see [`crate::time::now`]).
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn now(&self) -> DateTime<Utc>;
 }
 

@@ -25,7 +25,8 @@ tidings_core::on_both_stores! {
     a_first_import_is_never_held_back_and_counts_tobedeleted_rows_it_never_had_as_skipped,
     a_demographics_row_naming_an_unknown_user_is_reported,
     a_field_or_row_too_long_is_rejected_with_its_line_and_deletes_nothing,
-    a_nul_in_a_field_rejects_its_row_on_both_stores,
+    a_nul_in_a_field_rejects_its_row_on_both_stores;
+    databases: an_import_commits_with_its_history_and_audit_row_or_not_at_all,
 }
 
 const MANIFEST: &str = "propertyName,value
@@ -1200,4 +1201,53 @@ fn a_zip_that_unpacks_too_far_is_refused_with_its_file_and_line() {
     };
     let message = normal(&small_total).err().unwrap().to_string();
     assert!(message.contains("for the whole bundle"), "{message}");
+}
+
+/// The import, its history entry's success and its audit row are one transaction: when
+/// the audit row cannot be written, nothing of the import is kept and its history says it
+/// failed; once it can, the same bundle imports with its audit row.
+async fn an_import_commits_with_its_history_and_audit_row_or_not_at_all(
+    db: tidings_core::testing::TestDatabase,
+) {
+    let store = db.store().await;
+    let district = district(store.as_ref()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_dir(dir.path(), &files(USERS_ROWS));
+    let bundle = Bundle::open(dir.path()).unwrap();
+    let options = ImportOptions::default();
+    let import = || {
+        roster::import_recorded(
+            store.as_ref(),
+            district,
+            None,
+            &bundle,
+            "test",
+            &options,
+            &|_| {},
+        )
+    };
+    db.break_writes("audit_log", "INSERT").await;
+    let error = import()
+        .await
+        .expect_err("the audit row could not be written");
+    assert!(matches!(error, ImportError::Store(_)), "{error:?}");
+    let directory = store.directory_counts(district).await.unwrap();
+    assert_eq!(
+        (directory.schools, directory.students, directory.guardians),
+        (0, 0, 0),
+        "nothing of the import was kept"
+    );
+    db.heal("audit_log", "INSERT").await;
+    assert!(audit_actions(store.as_ref(), district).await.is_empty());
+
+    let (id, report) = import().await.unwrap();
+    let id = id.expect("a recorded import has an id");
+    assert_eq!(report.entities["students"], counts(3, 0, 0, 0, 1, 0));
+    let record = store.import_record(district, id).await.unwrap().unwrap();
+    assert_eq!(record.status, "succeeded");
+    assert!(record.report.is_some());
+    let audit = audit_actions(store.as_ref(), district).await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "roster.import");
+    assert_eq!(audit[0].1["import_id"], serde_json::json!(id));
 }

@@ -14,6 +14,7 @@ use tidings_core::Role;
 
 tidings_core::on_both_stores! {
     an_invitation_is_good_once_and_for_seven_days,
+    api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once,
 }
 
 fn services(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Services {
@@ -86,4 +87,110 @@ async fn an_invitation_is_good_once_and_for_seven_days(store: Arc<dyn Store>) {
         Err(ServiceError::Refused(Refusal::Invalid(_)))
     ));
     assert!(services.invitation(&short.token.reveal()).await.is_ok());
+}
+
+/// A teacher sees and revokes only their own tokens; a district admin sees every API
+/// token of the district (never sessions or invitations) and revokes any; expiry and
+/// revocation show in the list and in the stored record the API checks; each creation and
+/// revocation is audited.
+async fn api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once(store: Arc<dyn Store>) {
+    use tidings_core::delivery::Actor;
+    let admin = seed(store.as_ref(), 0).await.staff;
+    let clock = Arc::new(ManualClock::at(now()));
+    let services = services(store.clone(), clock.clone());
+    let invited = services
+        .invite(
+            &admin,
+            "teacher@riverside.example.org",
+            "Teacher",
+            Role::Teacher,
+        )
+        .await
+        .unwrap();
+    let teacher = services
+        .accept_invitation(&invited.token.reveal(), "a long enough passphrase")
+        .await
+        .unwrap()
+        .staff;
+
+    let in_a_week = clock.now() + Duration::days(7);
+    let teachers = services
+        .create_api_token(
+            &Actor::staff(teacher.id),
+            &teacher,
+            "gradebook",
+            Some(in_a_week),
+        )
+        .await
+        .unwrap();
+    clock.advance(Duration::minutes(1));
+    let admins = services
+        .create_api_token(&Actor::staff(admin.id), &admin, "sis sync", None)
+        .await
+        .unwrap();
+    for (name, expires) in [
+        ("web session", None),
+        ("  ", None),
+        ("late", Some(clock.now())),
+    ] {
+        let refused = services
+            .create_api_token(&Actor::staff(admin.id), &admin, name, expires)
+            .await;
+        assert!(
+            matches!(refused, Err(ServiceError::Refused(Refusal::Invalid(_)))),
+            "{name:?} {expires:?}: {refused:?}"
+        );
+    }
+
+    let names = |tokens: Vec<tidings_core::store::ApiTokenView>| -> Vec<String> {
+        tokens.into_iter().map(|t| t.name).collect()
+    };
+    // The teacher signed in (a web session) and accepted an invitation: neither is listed.
+    assert_eq!(
+        names(services.api_tokens(&teacher).await.unwrap()),
+        ["gradebook"]
+    );
+    assert_eq!(
+        names(services.api_tokens(&admin).await.unwrap()),
+        ["sis sync", "gradebook"]
+    );
+    let listed = services.api_tokens(&teacher).await.unwrap();
+    assert_eq!(listed[0].expires_at, Some(in_a_week));
+    assert_eq!(listed[0].owner_email, "teacher@riverside.example.org");
+
+    // The teacher may not revoke the admin's token, and is told it does not exist.
+    let refused = services.revoke_api_token(&teacher, admins.view.id).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Refused(Refusal::NotFound))),
+        "{refused:?}"
+    );
+    assert!(store
+        .api_token(admins.view.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+
+    // The admin revokes the teacher's token: it stops at once; twice changes nothing.
+    clock.advance(Duration::minutes(5));
+    services
+        .revoke_api_token(&admin, teachers.view.id)
+        .await
+        .unwrap();
+    services
+        .revoke_api_token(&admin, teachers.view.id)
+        .await
+        .unwrap();
+    let record = store.api_token(teachers.view.id).await.unwrap().unwrap();
+    assert_eq!(record.revoked_at, Some(clock.now()));
+    assert!(teachers.token.matches(&record.secret_hash));
+    assert_eq!(
+        services.api_tokens(&teacher).await.unwrap()[0].revoked_at,
+        Some(clock.now())
+    );
+
+    let audit = store.audit_entries(admin.district_id, 50).await.unwrap();
+    let of = |action: &str| audit.iter().filter(|e| e.action == action).count();
+    assert_eq!((of("api_token.create"), of("api_token.revoke")), (2, 1));
 }

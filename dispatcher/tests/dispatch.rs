@@ -7,6 +7,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tidings_core::clock::{Clock as _, ManualClock};
 use tidings_core::delivery::Actor;
 use tidings_core::log::PartitionId;
 use tidings_core::store::dispatch::{AttemptResult, AttemptStart, Lease, Replay};
@@ -1388,7 +1389,9 @@ async fn fallback_tries_the_next_channel_only_for_guardians_not_reached(store: A
             &[Channel::Push, Channel::Sms, Channel::Email],
         ))
     };
-    let at = now();
+    // The deadlines pass by moving this clock, not by waiting.
+    let clock = Arc::new(ManualClock::at(now()));
+    let at = clock.now();
     for (i, recipient) in message.recipients.iter_mut().enumerate() {
         let [push, sms, email] = &mut recipient.deliveries[..] else {
             unreachable!()
@@ -1410,7 +1413,11 @@ async fn fallback_tries_the_next_channel_only_for_guardians_not_reached(store: A
         )
         .with(Channel::Sms, provider.adapter(Channel::Sms))
         .with(Channel::Email, provider.adapter(Channel::Email));
-    let dispatcher = Dispatcher::new(store.clone(), adapters, config(15));
+    let config = Config {
+        clock: clock.clone(),
+        ..config(15)
+    };
+    let dispatcher = Dispatcher::new(store.clone(), adapters, config);
     dispatcher.run_until_idle().await.unwrap();
 
     let group = |i: usize| &message.recipients[i].deliveries;
@@ -1458,7 +1465,7 @@ async fn fallback_tries_the_next_channel_only_for_guardians_not_reached(store: A
         .unwrap();
     }
     // Past both deadlines.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    clock.advance(chrono::Duration::milliseconds(2_200));
     dispatcher.run_until_idle().await.unwrap();
 
     let not_needed = Some(tidings_core::fanout::reason::FALLBACK_NOT_NEEDED);
@@ -1932,11 +1939,19 @@ async fn wakes_for_a_new_message(dispatching: Arc<dyn Store>, writing: Arc<dyn S
             .is_ok()
         }
     };
-    // The first message is found by the first look; then the dispatcher goes idle.
+    // The first message is found by the first look; then the dispatcher goes idle (a
+    // look that finds nothing, after the first message was written).
+    let counters = dispatcher.counters();
+    let idle = counters.totals().idle_looks;
     let first = with_partitions(message_to(&seed, &[Channel::Sms]));
     writing.create_message(&first, now()).await.unwrap();
     assert!(received(3).await, "the first message was not sent");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let went_idle = tokio::time::timeout(Duration::from_secs(60), async {
+        while counters.totals().idle_looks == idle {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(went_idle.await.is_ok(), "the dispatcher never went idle");
     let second = with_partitions(message_to(&seed, &[Channel::Email]));
     writing.create_message(&second, now()).await.unwrap();
     assert!(

@@ -77,7 +77,7 @@ struct Shared {
     /// FCM access tokens handed out by `/token`.
     access_tokens: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Signs the SendGrid-style email events; its public key is at `/_sandbox/keys`.
-    sendgrid: Arc<tidings_channel_adapters::webhooks::SendgridKey>,
+    sendgrid: Arc<tidings_channel_adapters::sendgrid::SigningKey>,
 }
 
 /// The sandbox's routes, over `provider` (which holds its faults and what it received).
@@ -95,7 +95,7 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
             .build()
             .expect("a plain HTTP client builds"),
         access_tokens: Arc::default(),
-        sendgrid: Arc::new(tidings_channel_adapters::webhooks::SendgridKey::generate()),
+        sendgrid: Arc::new(tidings_channel_adapters::sendgrid::SigningKey::generate()),
     };
     Router::new()
         .route(
@@ -834,11 +834,11 @@ async fn email_event(State(shared): State<Shared>, Json(event): Json<EmailEvent>
                 .post(&url)
                 .header("content-type", "application/json")
                 .header(
-                    tidings_channel_adapters::webhooks::SENDGRID_TIMESTAMP,
+                    tidings_channel_adapters::sendgrid::TIMESTAMP_HEADER,
                     &timestamp,
                 )
                 .header(
-                    tidings_channel_adapters::webhooks::SENDGRID_SIGNATURE,
+                    tidings_channel_adapters::sendgrid::SIGNATURE_HEADER,
                     shared.sendgrid.sign(&timestamp, &raw),
                 )
                 .body(raw)
@@ -851,7 +851,7 @@ async fn email_event(State(shared): State<Shared>, Json(event): Json<EmailEvent>
                     .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
                     .collect()
             };
-            let signature = tidings_channel_adapters::webhooks::mailgun_signature(
+            let signature = tidings_channel_adapters::mailgun::signature(
                 &shared.config.mailgun_signing_key,
                 &timestamp,
                 &token,

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
-use tidings_channel_adapters::webhooks;
+use tidings_channel_adapters::{mailgun, sendgrid};
 use tidings_sandbox::server::SandboxConfig;
 use tidings_sandbox::{Faults, InProcessProvider};
 
@@ -90,15 +90,13 @@ async fn sendgrid_events_are_signed_with_the_published_key() {
         assert_eq!(provider, "sendgrid");
         let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
         let (timestamp, signature) = (
-            header(webhooks::SENDGRID_TIMESTAMP),
-            header(webhooks::SENDGRID_SIGNATURE),
+            header(sendgrid::TIMESTAMP_HEADER),
+            header(sendgrid::SIGNATURE_HEADER),
         );
-        assert!(webhooks::sendgrid_verifies(
-            public, &timestamp, &body, &signature
-        ));
+        assert!(sendgrid::verifies(public, &timestamp, &body, &signature));
         let mut tampered = body.clone();
         tampered[1] ^= 1;
-        assert!(!webhooks::sendgrid_verifies(
+        assert!(!sendgrid::verifies(
             public, &timestamp, &tampered, &signature
         ));
         let events: Value = serde_json::from_slice(&body).unwrap();
@@ -129,7 +127,7 @@ async fn mailgun_events_carry_a_valid_signature() {
     assert_eq!(seen.len(), 2, "the duplicate fault sends it twice");
     let body: Value = serde_json::from_slice(&seen[0].2).unwrap();
     let s = &body["signature"];
-    assert!(webhooks::mailgun_verifies(
+    assert!(mailgun::verifies(
         "mg-signing-key",
         s["timestamp"].as_str().unwrap(),
         s["token"].as_str().unwrap(),

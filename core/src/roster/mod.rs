@@ -80,23 +80,14 @@ pub async fn import_recorded(
         source_name: source_name.to_owned(),
     };
     store.start_import(&record, crate::time::now()).await?;
-    match import(store, district, bundle, options, progress).await {
-        Ok(report) => {
-            let json = serde_json::to_value(&report)
-                .map_err(|e| ImportError::Bundle(format!("report: {e}")))?;
-            store
-                .finish_import(id, Ok(&json), crate::time::now())
-                .await?;
-            let detail = serde_json::json!({
-                "import_id": id,
-                "source": source_name,
-                "entities": json["entities"],
-                "forced": options.force,
-                "over_delete_limit": report.over_delete_limit,
-            });
-            audit("roster.import", detail).await?;
-            Ok((Some(id), report))
-        }
+    let recorded = Recorded {
+        id,
+        actor: &actor,
+        source_name,
+    };
+    match import_with(store, district, bundle, options, progress, Some(recorded)).await {
+        // Its history entry and audit row committed with it.
+        Ok(report) => Ok((Some(id), report)),
         Err(error) => {
             let message = crate::store::error_chain(&error);
             store
@@ -191,6 +182,25 @@ pub async fn import(
     options: &ImportOptions,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ImportReport, ImportError> {
+    import_with(store, district, bundle, options, progress, None).await
+}
+
+/// What a recorded import writes in its own transaction when it commits: the history
+/// entry's success and the audit row.
+struct Recorded<'a> {
+    id: crate::ImportId,
+    actor: &'a crate::delivery::Actor,
+    source_name: &'a str,
+}
+
+async fn import_with(
+    store: &dyn crate::store::Store,
+    district: DistrictId,
+    bundle: &Bundle,
+    options: &ImportOptions,
+    progress: &(dyn Fn(u64) + Send + Sync),
+    recorded: Option<Recorded<'_>>,
+) -> Result<ImportReport, ImportError> {
     let manifest = match bundle.file("manifest.csv")? {
         Some(file) => oneroster::read_manifest(file).map_err(ImportError::Manifest)?,
         None => return Err(ImportError::Manifest("not found in the bundle".into())),
@@ -270,7 +280,28 @@ pub async fn import(
                 report: Box::new(report),
             });
         }
-        _ => writer.commit().await?,
+        _ => {
+            let mut writer = writer;
+            if let Some(recorded) = recorded {
+                let json = serde_json::to_value(&report)
+                    .map_err(|e| ImportError::Bundle(format!("report: {e}")))?;
+                let audit = crate::store::roster::AuditRow {
+                    actor: recorded.actor,
+                    action: "roster.import",
+                    detail: serde_json::json!({
+                        "import_id": recorded.id,
+                        "source": recorded.source_name,
+                        "entities": json["entities"],
+                        "forced": options.force,
+                        "over_delete_limit": report.over_delete_limit,
+                    }),
+                };
+                writer
+                    .record_success(recorded.id, &json, &audit, crate::time::now())
+                    .await?;
+            }
+            writer.commit().await?
+        }
     }
     Ok(report)
 }

@@ -85,13 +85,13 @@ impl Services {
         let expires_at = at + chrono::Duration::hours(SESSION_HOURS);
         let token = ApiToken::generate();
         let mut tx = self.store.begin().await?;
-        tx.create_expiring_token(
+        tx.create_token(
             token.id,
             &staff,
             SESSION_NAME,
             &token.secret_hash(),
             at,
-            expires_at,
+            Some(expires_at),
         )
         .await?;
         tx.audit(
@@ -226,13 +226,13 @@ impl Services {
             }
             Err(error) => return Err(error.into()),
         };
-        tx.create_expiring_token(
+        tx.create_token(
             token.id,
             &staff,
             INVITATION_NAME,
             &token.secret_hash(),
             at,
-            expires_at,
+            Some(expires_at),
         )
         .await?;
         let detail =

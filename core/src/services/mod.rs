@@ -16,6 +16,7 @@ pub mod renotify;
 pub mod replay;
 pub mod send;
 pub mod settings;
+pub mod tokens;
 
 use std::sync::Arc;
 

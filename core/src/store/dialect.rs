@@ -72,6 +72,10 @@ impl Args {
         self.with(Value::Time(Some(at)))
     }
 
+    pub fn opt_time(self, at: Option<DateTime<Utc>>) -> Self {
+        self.with(Value::Time(at))
+    }
+
     pub fn bytes(self, bytes: impl Into<Vec<u8>>) -> Self {
         self.with(Value::Bytes(Some(bytes.into())))
     }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::dialect::{Args, Columns, Dialect, Pools};
 use super::directory::{district_from_row, DISTRICT_COLUMNS};
 use super::dispatch::LogWrites;
+use super::dispatching::Dispatching;
 use super::roster::RosterWriter;
 use super::sending::Sending;
 use super::transitions::Transitions;
@@ -16,12 +17,12 @@ use super::writes::{
     insert_audit, insert_staff, staff_from_row, Write, WriteDialect, STAFF_COLUMNS,
 };
 use super::{
-    audiences, directory, messages, ApiTokenRecord, AuditEntry, Backend, CasOutcome, ClassView,
-    ContactPointView, DirectoryCounts, District, DistrictSso, FirstAdmin, Guardian, GuardianDetail,
-    GuardianRef, GuardianView, ImportRecord, MessageContent, MessageListItem, MessageScope,
-    MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool, NewStaff, PageRequest,
-    Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store, StoreResult,
-    StudentView, WriteTransaction, DELIVERY_COLUMNS,
+    audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
+    ClassView, ContactPointView, DirectoryCounts, District, DistrictSso, FirstAdmin, Guardian,
+    GuardianDetail, GuardianRef, GuardianView, ImportRecord, MessageContent, MessageListItem,
+    MessageScope, MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool, NewStaff,
+    PageRequest, Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store,
+    StoreResult, StudentView, WriteTransaction, DELIVERY_COLUMNS,
 };
 use super::{RecipientTimeline, ReplyView, StateSeries};
 use crate::audience::{Audience, AudienceMember, AudienceProblems};
@@ -34,11 +35,15 @@ use crate::{
 
 /// What a store does its own way.
 #[async_trait]
-pub(crate) trait Engine: Pools<Db: WriteDialect> {
+pub(crate) trait Engine: Pools<Db: WriteDialect + Dispatching> {
     fn backend(&self) -> Backend;
 
     /// Subscribers to the log's writes, told when a write transaction commits.
     fn written(&self) -> &LogWrites;
+
+    /// A new subscription to the log's writes: this process's, and (on PostgreSQL) other
+    /// processes' as their notifications arrive.
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()>;
 
     async fn migrate(&self) -> StoreResult<()>;
 
@@ -56,10 +61,6 @@ pub(crate) trait Engine: Pools<Db: WriteDialect> {
     async fn refresh_directory_statistics(&self) -> StoreResult<()>;
 
     async fn settle(&self) -> StoreResult<()>;
-
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64>;
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64>;
 }
 
 #[async_trait]
@@ -240,6 +241,46 @@ where
             expires_at: row.opt_time("expires_at")?,
             revoked_at: row.opt_time("revoked_at")?,
         }))
+    }
+
+    async fn api_tokens(
+        &self,
+        district: DistrictId,
+        owner: Option<StaffId>,
+        excluding: &[&str],
+    ) -> StoreResult<Vec<ApiTokenView>> {
+        let mut args = Args::new().id(district).opt_id(owner);
+        let excluded = if excluding.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " AND t.name NOT IN ({})",
+                args.texts(excluding.iter().copied())
+            )
+        };
+        let sql = format!(
+            "SELECT t.id, t.name, t.staff_id, s.email, t.created_at, t.last_used_at, t.expires_at, \
+                    t.revoked_at \
+             FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
+             WHERE t.district_id = $1 AND ($2 IS NULL OR t.staff_id = $2){excluded} \
+             ORDER BY t.created_at DESC, t.id DESC"
+        );
+        S::Db::fetch_all(&mut *self.reads().acquire().await?, &sql, args)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(ApiTokenView {
+                    id: ApiTokenId::from_uuid(row.id("id")?),
+                    name: row.text("name")?,
+                    owner_id: StaffId::from_uuid(row.id("staff_id")?),
+                    owner_email: row.text("email")?,
+                    created_at: row.time("created_at")?,
+                    last_used_at: row.opt_time("last_used_at")?,
+                    expires_at: row.opt_time("expires_at")?,
+                    revoked_at: row.opt_time("revoked_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn create_guardian(
@@ -595,14 +636,6 @@ where
 
     async fn settle(&self) -> StoreResult<()> {
         Engine::settle(self).await
-    }
-
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
-        Engine::measure_raw_insert(self, rows).await
-    }
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
-        Engine::measure_raw_cas(self, rows).await
     }
 
     async fn audit_entries(

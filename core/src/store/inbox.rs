@@ -111,6 +111,7 @@ pub trait Inbox: Send + Sync {
     async fn apply_inbox_batch(
         &self,
         items: &[InboxApply],
+        at: DateTime<Utc>,
     ) -> StoreResult<Vec<Option<&'static str>>>;
 
     /// Deliveries by id (those that exist), in no particular order.
@@ -421,6 +422,7 @@ impl<S: Pools> Inbox for S {
     async fn apply_inbox_batch(
         &self,
         items: &[InboxApply],
+        at: DateTime<Utc>,
     ) -> StoreResult<Vec<Option<&'static str>>> {
         let mut tx = self.writes().begin().await?;
         let asking: Vec<usize> = (0..items.len())
@@ -446,7 +448,6 @@ impl<S: Pools> Inbox for S {
                     .map(|(status, outcome)| (item.inbox_id, *status, outcome.as_str()))
             })
             .collect();
-        let at = Utc::now();
         // A statement per chunk, not per event.
         for chunk in done.chunks(CHUNK) {
             let mut args = Args::new().time(at);

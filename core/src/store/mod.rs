@@ -13,12 +13,13 @@ mod deliveries;
 mod dialect;
 pub mod directory;
 pub mod dispatch;
-mod dispatch_sql;
+mod dispatching;
 mod engine;
 pub mod guardian;
 pub mod inbox;
 mod messages;
 pub mod postgres;
+pub mod raw_speed;
 pub mod roster;
 mod sending;
 pub mod sqlite;
@@ -405,6 +406,20 @@ pub struct ImportRecord {
     pub finished_at: Option<DateTime<Utc>>,
     pub report: Option<serde_json::Value>,
     pub error: Option<String>,
+}
+
+/// An API token as its owner and the district's administrators see it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiTokenView {
+    pub id: ApiTokenId,
+    pub name: String,
+    pub owner_id: StaffId,
+    pub owner_email: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A stored API token with its owner, for authenticating a bearer.
@@ -849,7 +864,6 @@ pub trait WriteTransaction: Send {
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()>;
 
-    /// Creates a token for `staff` that stops working at `expires_at` (a web session).
     /// Sets (or replaces) a district's single sign-on settings, the secret sealed.
     async fn set_district_sso(
         &mut self,
@@ -863,14 +877,16 @@ pub trait WriteTransaction: Send {
     /// Removes a district's single sign-on settings; whether it had any.
     async fn remove_district_sso(&mut self, district: DistrictId) -> StoreResult<bool>;
 
-    async fn create_expiring_token(
+    /// Creates a token for `staff` (an API token, a web session, an invitation) that
+    /// stops working at `expires_at`, if given.
+    async fn create_token(
         &mut self,
         id: ApiTokenId,
         staff: &Staff,
         name: &str,
         secret_hash: &[u8],
         at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
     ) -> StoreResult<()>;
 
     /// Revokes one of `staff`'s tokens; whether there was such a token not yet revoked.
@@ -996,6 +1012,16 @@ pub trait Store:
     /// A token and its owner, if the owner is still enabled. The caller checks the secret,
     /// expiry and revocation.
     async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>>;
+
+    /// A district's tokens, revoked and expired ones too, but those named one of
+    /// `excluding` (web sessions and invitations are not API tokens), newest first; only
+    /// `owner`'s when given.
+    async fn api_tokens(
+        &self,
+        district: DistrictId,
+        owner: Option<StaffId>,
+        excluding: &[&str],
+    ) -> StoreResult<Vec<ApiTokenView>>;
 
     async fn create_guardian(
         &self,
@@ -1333,16 +1359,6 @@ pub trait Store:
     /// background (SQLite copies its journal into the file; nothing to do on PostgreSQL):
     /// a measurement then starts from a settled database, not alongside the copy.
     async fn settle(&self) -> StoreResult<()>;
-
-    /// Writes `rows` plain rows (an id, two short texts, a timestamp) into a temporary table
-    /// the way the store writes in bulk, and returns the seconds it took: the raw write
-    /// speed of this database, which `tidings bench fanout` compares the fan-out against.
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64>;
-
-    /// Runs `rows` single-row compare-and-swap UPDATEs, one statement and one commit each,
-    /// on a scratch table of this database, and returns the seconds they took: the raw
-    /// rate `tidings bench callbacks` compares applying provider reports against.
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64>;
 
     /// The district's most recent audit entries, newest first.
     async fn audit_entries(&self, district: DistrictId, limit: u32)

@@ -1,6 +1,7 @@
 //! The PostgreSQL store: production, and several dispatcher processes sharing one
 //! database.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +12,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use super::dispatch::Retrying;
+use super::dispatching::{retrying_from_row, Closing, Dispatching, UNFINISHED};
 use super::{
-    readiness_from, Backend, CasOutcome, ConnectOptions, NewMessage, Readiness, StoreError,
-    StoreResult,
+    readiness_from, Backend, ConnectOptions, NewMessage, Readiness, StoreError, StoreResult,
 };
 use crate::delivery::{Delivery, DeliveryState};
-use crate::DistrictId;
+use crate::{Channel, DistrictId, GuardianId, Lane};
 
 /// The migrations of `migrations/postgres/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -75,25 +77,6 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Writes to the log by this process at once, and those of other processes as their
-    /// notifications arrive (on a connection of its own, opened by the first subscriber
-    /// and closed when none is left).
-    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
-        let writes = self.written.subscribe();
-        let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
-        if listener.as_ref().is_none_or(|task| task.is_finished()) {
-            let options = (*self.pool.connect_options()).clone();
-            let written = self.written.clone();
-            *listener = Some(tokio::spawn(async move {
-                tokio::select! {
-                    () = listen_for_log_writes(options, &written) => {}
-                    () = written.unwatched() => {}
-                }
-            }));
-        }
-        writes
-    }
-
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -150,64 +133,27 @@ impl Engine for PostgresStore {
         Ok(())
     }
 
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
-        let mut tx = self.pool.begin().await?;
-        // A real (logged) table, like the ones the fan-out writes; dropped with the test.
-        sqlx::query(
-            "CREATE TABLE bench_raw_rows (id uuid PRIMARY KEY, a text, b text, at timestamptz)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
-        let a: Vec<String> = (0..rows).map(|i| format!("row-{i}")).collect();
-        let started = std::time::Instant::now();
-        // Same shape as the fan-out: arrays in, one statement per 100,000 rows.
-        for ((ids, a), _) in ids.chunks(100_000).zip(a.chunks(100_000)).zip(0..) {
-            sqlx::query("INSERT INTO bench_raw_rows SELECT id, a, 'sms', $3 FROM unnest($1::uuid[], $2::text[]) AS r(id, a)")
-                .bind(ids)
-                .bind(a)
-                .bind(crate::time::now())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_raw_rows")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
-        sqlx::query("DROP TABLE IF EXISTS bench_cas")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("INSERT INTO bench_cas SELECT g, $2, 0 FROM generate_series(1, $1) AS g")
-            .bind(rows as i64)
-            .bind(DeliveryState::Sent.as_str())
-            .execute(&self.pool)
-            .await?;
-        let started = std::time::Instant::now();
-        for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
-                .bind(id)
-                .bind(DeliveryState::Delivered.as_str())
-                .bind(DeliveryState::Sent.as_str())
-                .execute(&self.pool)
-                .await?;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_cas")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
     fn written(&self) -> &super::dispatch::LogWrites {
         &self.written
+    }
+
+    /// Writes to the log by this process at once, and those of other processes as their
+    /// notifications arrive (on a connection of its own, opened by the first subscriber
+    /// and closed when none is left).
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
+        let writes = self.written.subscribe();
+        let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        if listener.as_ref().is_none_or(|task| task.is_finished()) {
+            let options = (*self.pool.connect_options()).clone();
+            let written = self.written.clone();
+            *listener = Some(tokio::spawn(async move {
+                tokio::select! {
+                    () = listen_for_log_writes(options, &written) => {}
+                    () = written.unwatched() => {}
+                }
+            }));
+        }
+        writes
     }
 
     async fn lock_bootstrap(&self, conn: &mut sqlx::PgConnection) -> StoreResult<()> {
@@ -464,65 +410,43 @@ impl Sending for sqlx::Postgres {
     }
 }
 
-crate::store::dispatch_sql::dispatch_store_impl!(PostgresStore);
-
-/// The dispatcher's queries, bound this dialect's way.
-mod dispatching {
-    fn enc(id: uuid::Uuid) -> uuid::Uuid {
-        id
-    }
-
-    fn dec(row: &sqlx::postgres::PgRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Postgres, enc: enc, dec: dec);
-
-    // PostgreSQL: a batch's attempts in a handful of array statements, not a few per row.
-
-    pub async fn start_attempts(
-        pool: &sqlx::PgPool,
-        lease: &Lease,
-        items: &[(&Delivery, &str)],
-        actor: &str,
-        recover_at: DateTime<Utc>,
+/// PostgreSQL takes a batch of attempts as arrays: one statement each, whatever its size.
+#[async_trait]
+impl Dispatching for sqlx::Postgres {
+    async fn abandon_unfinished(
+        conn: &mut PgConnection,
+        ids: &[Uuid],
         at: DateTime<Utc>,
-    ) -> StoreResult<Vec<AttemptStart>> {
-        let mut tx = pool.begin().await?;
-        fence(&mut tx, lease).await?;
-        let ids: Vec<uuid::Uuid> = items.iter().map(|(d, _)| *d.id.as_uuid()).collect();
-        // Rows are locked in id order, as every other writer of several deliveries does,
-        // so that two such transactions never wait on each other.
-        sqlx::query("SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        let (moved, now_rows) = start_changes(&mut tx, items, actor, recover_at, at).await?;
-        let moved_ids: Vec<uuid::Uuid> = moved.keys().copied().collect();
-        let in_doubt: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(
-            "UPDATE delivery_attempts SET outcome = 'in_doubt', finished_at = $1, \
-                    error = 'unfinished: the dispatcher stopped before recording the outcome' \
-             WHERE delivery_id = ANY($2) AND outcome = 'in_flight' RETURNING delivery_id",
+    ) -> StoreResult<HashSet<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE delivery_attempts SET outcome = 'in_doubt', error = $1, finished_at = $2 \
+             WHERE delivery_id = ANY($3) AND outcome = 'in_flight' RETURNING delivery_id",
         )
+        .bind(UNFINISHED)
         .bind(at)
-        .bind(&moved_ids)
-        .fetch_all(&mut *tx)
+        .bind(ids)
+        .fetch_all(&mut *conn)
         .await?
         .into_iter()
-        .collect();
-        let new: Vec<(&Delivery, &str)> = items
+        .collect())
+    }
+
+    async fn insert_attempts(
+        conn: &mut PgConnection,
+        started: &[(&Delivery, &str)],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let districts: Vec<Uuid> = started
             .iter()
-            .filter_map(|(seen, provider)| Some((moved.get(seen.id.as_uuid())?, *provider)))
+            .map(|(d, _)| *d.district_id.as_uuid())
             .collect();
-        let districts: Vec<uuid::Uuid> =
-            new.iter().map(|(d, _)| *d.district_id.as_uuid()).collect();
-        let delivery_ids: Vec<uuid::Uuid> = new.iter().map(|(d, _)| *d.id.as_uuid()).collect();
-        let attempts: Vec<i32> = new.iter().map(|(d, _)| d.attempts).collect();
-        let keys: Vec<&str> = new
+        let deliveries: Vec<Uuid> = started.iter().map(|(d, _)| *d.id.as_uuid()).collect();
+        let attempts: Vec<i32> = started.iter().map(|(d, _)| d.attempts).collect();
+        let keys: Vec<&str> = started
             .iter()
             .map(|(d, _)| d.idempotency_key.as_str())
             .collect();
-        let new_providers: Vec<&str> = new.iter().map(|(_, p)| *p).collect();
+        let providers: Vec<&str> = started.iter().map(|(_, p)| *p).collect();
         sqlx::query(
             "INSERT INTO delivery_attempts (district_id, delivery_id, attempt, idempotency_key, provider, \
                                             started_at, outcome) \
@@ -532,29 +456,51 @@ mod dispatching {
         )
         .bind(at)
         .bind(&districts)
-        .bind(&delivery_ids)
+        .bind(&deliveries)
         .bind(&attempts)
         .bind(&keys)
-        .bind(&new_providers)
-        .execute(&mut *tx)
+        .bind(&providers)
+        .execute(&mut *conn)
         .await?;
-        tx.commit().await?;
-        crate::store::dispatch::starts_in_order(ids.into_iter(), moved, &in_doubt, now_rows)
+        Ok(())
     }
 
-    /// For each (guardian, channel) of `pairs`, its deliveries in `lane` or a more urgent
-    /// one that wait for a retry or are at the provider now: when the earliest was
-    /// created, and when the last retry is due (an attempt at the provider has no outcome
-    /// yet; its delivery's time is only when it would be taken up again). One index probe
-    /// per pair: the QUEUED index also holds entries of rows that have moved on (until
-    /// vacuum), so a scan over all of it grows with the broadcast being sent.
-    pub async fn retrying(
-        pool: &sqlx::PgPool,
-        pairs: &[(crate::GuardianId, crate::Channel)],
-        lane: crate::Lane,
+    async fn close_attempts(
+        conn: &mut PgConnection,
+        closing: &[Closing<'_>],
         at: DateTime<Utc>,
-    ) -> StoreResult<Vec<crate::store::dispatch::Retrying>> {
-        let guardians: Vec<uuid::Uuid> = pairs.iter().map(|(g, _)| *g.as_uuid()).collect();
+    ) -> StoreResult<HashSet<Uuid>> {
+        let ids: Vec<Uuid> = closing.iter().map(|c| c.delivery).collect();
+        let attempts: Vec<i32> = closing.iter().map(|c| c.attempt).collect();
+        let outcomes: Vec<&str> = closing.iter().map(|c| c.outcome).collect();
+        let errors: Vec<Option<&str>> = closing.iter().map(|c| c.error).collect();
+        Ok(sqlx::query_scalar(
+            "UPDATE delivery_attempts a SET outcome = x.outcome, error = x.error, finished_at = $1 \
+             FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[]) AS x(delivery_id, attempt, outcome, error) \
+             WHERE a.delivery_id = x.delivery_id AND a.attempt = x.attempt AND a.outcome = 'in_flight' \
+             RETURNING a.delivery_id",
+        )
+        .bind(at)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&outcomes)
+        .bind(&errors)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect())
+    }
+
+    /// One index probe per pair: the QUEUED index also holds entries of rows that have
+    /// moved on (until vacuum), so a scan over all of it grows with the broadcast being
+    /// sent.
+    async fn retrying(
+        conn: &mut PgConnection,
+        pairs: &[(GuardianId, Channel)],
+        lane: Lane,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<Retrying>> {
+        let guardians: Vec<Uuid> = pairs.iter().map(|(g, _)| *g.as_uuid()).collect();
         let channels: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
         let lanes: Vec<&str> = lane.and_more_urgent().map(|l| l.as_str()).collect();
         let rows = sqlx::query(
@@ -573,52 +519,9 @@ mod dispatching {
         .bind(&channels)
         .bind(at)
         .bind(&lanes)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         rows.iter().map(retrying_from_row).collect()
-    }
-
-    pub async fn finish_attempts(
-        pool: &sqlx::PgPool,
-        lease: &Lease,
-        items: &[(&Delivery, i32, &AttemptResult)],
-        actor: &str,
-        commit: Option<(&str, i64)>,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Vec<CasOutcome>> {
-        let mut tx = pool.begin().await?;
-        fence(&mut tx, lease).await?;
-        let ids: Vec<uuid::Uuid> = items.iter().map(|(d, _, _)| *d.id.as_uuid()).collect();
-        // Rows are locked in id order, as every other writer of several deliveries does,
-        // so that two such transactions never wait on each other.
-        sqlx::query("SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        let attempts: Vec<i32> = items.iter().map(|(_, a, _)| *a).collect();
-        // (attempt outcome, kind of delivery update, its text, the retry time)
-        let parts: Vec<_> = items.iter().map(|(_, _, result)| result.parts()).collect();
-        let outcomes: Vec<&str> = parts.iter().map(|p| p.0).collect();
-        let errors: Vec<Option<&str>> = parts
-            .iter()
-            .map(|p| (p.1 != "sent").then_some(p.2))
-            .collect();
-        let closed: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(
-            "UPDATE delivery_attempts a SET outcome = x.outcome, error = x.error, finished_at = $1 \
-             FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[]) AS x(delivery_id, attempt, outcome, error) \
-             WHERE a.delivery_id = x.delivery_id AND a.attempt = x.attempt AND a.outcome = 'in_flight' \
-             RETURNING a.delivery_id",
-        )
-        .bind(at)
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&outcomes)
-        .bind(&errors)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        close_finish(tx, lease, items, &closed, actor, commit, at).await
     }
 }
 
@@ -692,5 +595,40 @@ impl WriteDialect for sqlx::Postgres {
                 Ok(claim)
             }
         }
+    }
+}
+
+#[async_trait]
+impl super::raw_speed::RawSpeed for PostgresStore {
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
+        let mut tx = self.pool.begin().await?;
+        // A real (logged) table, like the ones the fan-out writes; dropped with the test.
+        sqlx::query(
+            "CREATE TABLE bench_raw_rows (id uuid PRIMARY KEY, a text, b text, at timestamptz)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
+        let a: Vec<String> = (0..rows).map(|i| format!("row-{i}")).collect();
+        let started = std::time::Instant::now();
+        // Same shape as the fan-out: arrays in, one statement per 100,000 rows.
+        for ((ids, a), _) in ids.chunks(100_000).zip(a.chunks(100_000)).zip(0..) {
+            sqlx::query("INSERT INTO bench_raw_rows SELECT id, a, 'sms', $3 FROM unnest($1::uuid[], $2::text[]) AS r(id, a)")
+                .bind(ids)
+                .bind(a)
+                .bind(crate::time::now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        sqlx::query("DROP TABLE bench_raw_rows")
+            .execute(&self.pool)
+            .await?;
+        Ok(seconds)
+    }
+
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
+        super::raw_speed::measure_cas::<sqlx::Postgres>(&self.pool, rows).await
     }
 }

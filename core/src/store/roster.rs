@@ -224,10 +224,28 @@ pub trait RosterWriter: Send {
     /// transaction sees them.
     async fn live_count(&mut self, table: RosterTable) -> StoreResult<u64>;
 
+    /// Records, in the import's own transaction, that the import `id` succeeded with
+    /// `report`, and its audit row: both commit with the import or not at all.
+    async fn record_success(
+        &mut self,
+        id: crate::ImportId,
+        report: &serde_json::Value,
+        audit: &AuditRow<'_>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 
     /// Undoes everything the import wrote (a dry run, or an import held back).
     async fn rollback(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// An audit row an import writes with itself.
+#[derive(Debug, Clone)]
+pub struct AuditRow<'a> {
+    pub actor: &'a crate::delivery::Actor,
+    pub action: &'a str,
+    pub detail: serde_json::Value,
 }
 
 /// Keys under which links and contact points are marked seen.
@@ -726,6 +744,34 @@ impl<D: Dialect> RosterWriter for RosterTx<D> {
         // The temporary table goes with the transaction.
         self.tx.rollback().await?;
         Ok(())
+    }
+
+    async fn record_success(
+        &mut self,
+        id: crate::ImportId,
+        report: &serde_json::Value,
+        audit: &AuditRow<'_>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        D::execute(
+            &mut self.tx,
+            "UPDATE imports SET status = $1, report = $2, finished_at = $3 WHERE id = $4",
+            Args::new()
+                .text("succeeded")
+                .json(report.clone())
+                .time(at)
+                .id(id),
+        )
+        .await?;
+        super::writes::insert_audit::<D>(
+            &mut self.tx,
+            crate::DistrictId::from_uuid(self.district),
+            audit.actor,
+            audit.action,
+            audit.detail.clone(),
+            at,
+        )
+        .await
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {

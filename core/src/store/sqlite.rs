@@ -19,17 +19,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    readiness_from, Backend, CasOutcome, ConnectOptions, NewMessage, Readiness, StoreError,
-    StoreResult,
+    readiness_from, Backend, ConnectOptions, NewMessage, Readiness, StoreError, StoreResult,
 };
-use crate::delivery::{Delivery, DeliveryState};
+use crate::delivery::DeliveryState;
 use crate::{DeliveryId, DistrictId};
 
 /// Rows per multi-row INSERT: 15 columns × 2,000 stays under SQLite's 32,766 parameters.
@@ -113,11 +111,6 @@ impl SqliteStore {
         Ok(self.write_pool().begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// Writes to the log: one process does all the writing on SQLite.
-    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
-        self.written.subscribe()
-    }
-
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -142,11 +135,6 @@ async fn checkpoint_after_writes(pool: SqlitePool, mut writes: tokio::sync::mpsc
 
 fn text_id(id: impl Into<Uuid>) -> String {
     id.into().hyphenated().to_string()
-}
-
-fn uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
-    let raw: String = row.try_get(column)?;
-    Uuid::parse_str(&raw).map_err(|e| corrupt(format!("{column}: {e}")))
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -214,69 +202,13 @@ impl Engine for SqliteStore {
         Ok(())
     }
 
-    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
-        // From an empty journal: copying what an earlier write left in it (a send, whose
-        // journal the checkpointer copies after it) is not the insert's time.
-        Engine::settle(self).await?;
-        let mut tx = self.pool.begin().await?;
-        // A table in the database file, like the ones the fan-out writes.
-        sqlx::query("CREATE TABLE bench_raw_rows (id TEXT PRIMARY KEY, a TEXT, b TEXT, at TEXT)")
-            .execute(&mut *tx)
-            .await?;
-        let items: Vec<(String, String)> = (0..rows)
-            .map(|i| (Uuid::now_v7().to_string(), format!("row-{i}")))
-            .collect();
-        let at = crate::time::now();
-        let started = std::time::Instant::now();
-        for chunk in items.chunks(BULK_ROWS) {
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO bench_raw_rows (id, a, b, at) ");
-            insert.push_values(chunk, |mut row, (id, a)| {
-                row.push_bind(id)
-                    .push_bind(a)
-                    .push_bind("sms")
-                    .push_bind(at);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_raw_rows")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
-    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
-        sqlx::query("DROP TABLE IF EXISTS bench_cas")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("CREATE TABLE bench_cas (id BIGINT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) INSERT INTO bench_cas SELECT x, $2, 0 FROM c")
-            .bind(rows as i64)
-            .bind(DeliveryState::Sent.as_str())
-            .execute(&self.pool)
-            .await?;
-        let started = std::time::Instant::now();
-        for id in 1..=rows as i64 {
-            sqlx::query("UPDATE bench_cas SET state = $2, version = version + 1 WHERE id = $1 AND version = 0 AND state = $3")
-                .bind(id)
-                .bind(DeliveryState::Delivered.as_str())
-                .bind(DeliveryState::Sent.as_str())
-                .execute(&self.pool)
-                .await?;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        sqlx::query("DROP TABLE bench_cas")
-            .execute(&self.pool)
-            .await?;
-        Ok(seconds)
-    }
-
     fn written(&self) -> &super::dispatch::LogWrites {
         &self.written
+    }
+
+    /// Writes to the log: one process does all the writing on SQLite.
+    fn subscribe_log_writes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.written.subscribe()
     }
 
     async fn lock_bootstrap(&self, _conn: &mut sqlx::SqliteConnection) -> StoreResult<()> {
@@ -477,27 +409,8 @@ impl Sending for sqlx::Sqlite {
     }
 }
 
-crate::store::dispatch_sql::dispatch_store_impl!(SqliteStore);
-
-/// The dispatcher's queries, bound this dialect's way.
-mod dispatching {
-    fn enc(id: uuid::Uuid) -> String {
-        id.hyphenated().to_string()
-    }
-
-    fn dec(row: &sqlx::sqlite::SqliteRow, column: &str) -> crate::store::StoreResult<uuid::Uuid> {
-        super::uuid(row, column)
-    }
-
-    crate::store::dispatch_sql::dispatch_queries!(db: sqlx::Sqlite, enc: enc, dec: dec);
-    crate::store::dispatch_sql::bulk_attempts!(db: sqlx::Sqlite, enc: enc, dec: dec);
-
-    // Even in-process, each statement costs a trip to SQLite's worker thread: a batch is
-    // written in a few multi-row statements.
-    pub use self::{
-        finish_attempts_bulk as finish_attempts, start_attempts_bulk as start_attempts,
-    };
-}
+/// SQLite takes a batch of attempts as multi-row `VALUES`: the defaults.
+impl super::dispatching::Dispatching for sqlx::Sqlite {}
 
 #[async_trait]
 impl super::dialect::Pools for SqliteStore {
@@ -513,5 +426,45 @@ impl super::dialect::Pools for SqliteStore {
 
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
         SqliteStore::begin_write(self).await
+    }
+}
+
+#[async_trait]
+impl super::raw_speed::RawSpeed for SqliteStore {
+    async fn measure_raw_insert(&self, rows: usize) -> StoreResult<f64> {
+        // From an empty journal: copying what an earlier write left in it (a send, whose
+        // journal the checkpointer copies after it) is not the insert's time.
+        Engine::settle(self).await?;
+        let mut tx = self.pool.begin().await?;
+        // A table in the database file, like the ones the fan-out writes.
+        sqlx::query("CREATE TABLE bench_raw_rows (id TEXT PRIMARY KEY, a TEXT, b TEXT, at TEXT)")
+            .execute(&mut *tx)
+            .await?;
+        let items: Vec<(String, String)> = (0..rows)
+            .map(|i| (Uuid::now_v7().to_string(), format!("row-{i}")))
+            .collect();
+        let at = crate::time::now();
+        let started = std::time::Instant::now();
+        for chunk in items.chunks(BULK_ROWS) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO bench_raw_rows (id, a, b, at) ");
+            insert.push_values(chunk, |mut row, (id, a)| {
+                row.push_bind(id)
+                    .push_bind(a)
+                    .push_bind("sms")
+                    .push_bind(at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        sqlx::query("DROP TABLE bench_raw_rows")
+            .execute(&self.pool)
+            .await?;
+        Ok(seconds)
+    }
+
+    async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
+        super::raw_speed::measure_cas::<Sqlite>(&self.pool, rows).await
     }
 }

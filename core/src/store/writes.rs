@@ -266,14 +266,14 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         directory::remove_district_sso::<D>(&mut self.tx, district.into()).await
     }
 
-    async fn create_expiring_token(
+    async fn create_token(
         &mut self,
         id: ApiTokenId,
         staff: &Staff,
         name: &str,
         secret_hash: &[u8],
         at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
     ) -> StoreResult<()> {
         D::execute(
             &mut self.tx,
@@ -286,7 +286,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
                 .text(name)
                 .bytes(secret_hash)
                 .time(at)
-                .time(expires_at),
+                .opt_time(expires_at),
         )
         .await?;
         Ok(())

@@ -1,0 +1,54 @@
+//! Rates: each provider account's rate, shared evenly among the live dispatchers.
+
+use super::*;
+
+/// Provider accounts' rate limits, divided equally among the live dispatchers (each
+/// renews its share with its leases), so that together they stay within the account's.
+pub(crate) struct RateShares {
+    rates: HashMap<String, std::num::NonZeroU32>,
+    live: u64,
+    limiters: HashMap<String, governor::DefaultDirectRateLimiter>,
+}
+
+impl RateShares {
+    pub(crate) fn new(rates: HashMap<String, std::num::NonZeroU32>) -> Self {
+        let mut shares = Self {
+            rates,
+            live: 0,
+            limiters: HashMap::new(),
+        };
+        shares.share_among(1);
+        shares
+    }
+
+    /// One share of each rate for each of `live` dispatchers: a cell every `live / rate`
+    /// seconds, bursts of `rate / live` (at least one).
+    pub(crate) fn share_among(&mut self, live: u64) {
+        let live = live.max(1);
+        if live == self.live {
+            return;
+        }
+        self.live = live;
+        self.limiters = self
+            .rates
+            .iter()
+            .map(|(provider, rate)| {
+                let period = Duration::from_secs_f64(live as f64 / f64::from(rate.get()));
+                let burst = u32::try_from(u64::from(rate.get()) / live)
+                    .ok()
+                    .and_then(std::num::NonZeroU32::new)
+                    .unwrap_or(std::num::NonZeroU32::MIN);
+                let quota = governor::Quota::with_period(period)
+                    .unwrap_or(governor::Quota::per_second(*rate))
+                    .allow_burst(burst);
+                (provider.clone(), governor::RateLimiter::direct(quota))
+            })
+            .collect();
+    }
+
+    pub(crate) fn may_send(&self, provider: &str) -> bool {
+        self.limiters
+            .get(provider)
+            .is_none_or(|limiter| limiter.check().is_ok())
+    }
+}
