@@ -421,7 +421,7 @@ pub async fn create_token(
         .with_context(|| format!("no enabled staff member signs in as {email}"))?;
     let expires_at = expires_days.map(|days| now() + chrono::Duration::days(i64::from(days)));
     let created = services(config, store)?
-        .create_api_token(&Actor::system("cli"), &staff, name, expires_at)
+        .create_api_token(&Actor::staff(staff.id), &staff, name, expires_at)
         .await?;
     eprintln!(
         "API token {:?} ({}) for {email} (shown once; send it as `Authorization: Bearer …`):",
