@@ -202,6 +202,12 @@ async fn an_uploaded_roster_becomes_a_directory_each_role_sees_its_part_of() {
         .await
         .unwrap();
     let district = store.districts().await.unwrap()[0].id;
+    // The admin's token was used for these requests, and that is kept.
+    let tokens = store.api_tokens(district, None, &[]).await.unwrap();
+    assert!(
+        tokens.iter().any(|t| t.last_used_at.is_some()),
+        "no token's use was recorded: {tokens:?}"
+    );
     let mut actions: Vec<String> = store
         .audit_entries(district, 20)
         .await

@@ -10,6 +10,9 @@ use tidings_core::Staff;
 
 use crate::{ApiError, AppState};
 
+/// How precisely a token's last use is kept: one write a minute at most per token.
+const LAST_USED_GRANULARITY: chrono::Duration = chrono::Duration::minutes(1);
+
 /// The authenticated staff member of a request.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Staff);
@@ -40,6 +43,20 @@ impl FromRequestParts<AppState> for Caller {
             || invitation
         {
             return Err(ApiError::Unauthorized);
+        }
+        // When the token was last used, to the minute: bookkeeping, never a reason to
+        // refuse a request that is otherwise good.
+        if record
+            .last_used_at
+            .is_none_or(|used| used <= now - LAST_USED_GRANULARITY)
+        {
+            if let Err(error) = state
+                .store
+                .token_used(record.id, now, LAST_USED_GRANULARITY)
+                .await
+            {
+                tracing::warn!(token = %record.id, error = %error, "cannot record a token's use");
+            }
         }
         Ok(Caller(record.staff))
     }

@@ -193,4 +193,26 @@ async fn api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once(store: Ar
     let audit = store.audit_entries(admin.district_id, 50).await.unwrap();
     let of = |action: &str| audit.iter().filter(|e| e.action == action).count();
     assert_eq!((of("api_token.create"), of("api_token.revoke")), (2, 1));
+
+    // Its last use is kept to the minute: a use within a minute of the last writes nothing.
+    let minute = Duration::minutes(1);
+    let used = clock.now();
+    let last_used = || async { services.api_tokens(&admin).await.unwrap()[0].last_used_at };
+    assert_eq!(last_used().await, None);
+    store
+        .token_used(admins.view.id, used, minute)
+        .await
+        .unwrap();
+    assert_eq!(last_used().await, Some(used));
+    store
+        .token_used(admins.view.id, used + Duration::seconds(30), minute)
+        .await
+        .unwrap();
+    assert_eq!(last_used().await, Some(used));
+    let later = used + Duration::minutes(2);
+    store
+        .token_used(admins.view.id, later, minute)
+        .await
+        .unwrap();
+    assert_eq!(last_used().await, Some(later));
 }

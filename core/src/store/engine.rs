@@ -224,6 +224,7 @@ where
         let Some(row) = S::Db::fetch_optional(
             &mut *self.reads().acquire().await?,
             "SELECT t.id AS token_id, t.name AS token_name, t.secret_hash, t.expires_at, t.revoked_at, \
+                    t.last_used_at, \
                     s.id, s.district_id, s.email, s.display_name, s.role, s.created_at \
              FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
              WHERE t.id = $1 AND s.disabled_at IS NULL",
@@ -240,7 +241,24 @@ where
             secret_hash: row.opt_bytes("secret_hash")?.unwrap_or_default(),
             expires_at: row.opt_time("expires_at")?,
             revoked_at: row.opt_time("revoked_at")?,
+            last_used_at: row.opt_time("last_used_at")?,
         }))
+    }
+
+    async fn token_used(
+        &self,
+        id: ApiTokenId,
+        at: DateTime<Utc>,
+        granularity: chrono::Duration,
+    ) -> StoreResult<()> {
+        S::Db::execute(
+            &mut *self.writes().acquire().await?,
+            "UPDATE api_tokens SET last_used_at = $1 \
+             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)",
+            Args::new().time(at).id(id).time(at - granularity),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn api_tokens(

@@ -433,6 +433,7 @@ pub struct ApiTokenRecord {
     pub secret_hash: Vec<u8>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -1012,6 +1013,15 @@ pub trait Store:
     /// A token and its owner, if the owner is still enabled. The caller checks the secret,
     /// expiry and revocation.
     async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>>;
+
+    /// Records that a token was used at `at`: written at most once a `granularity`, so
+    /// that a busy script does not write on every request.
+    async fn token_used(
+        &self,
+        id: ApiTokenId,
+        at: DateTime<Utc>,
+        granularity: chrono::Duration,
+    ) -> StoreResult<()>;
 
     /// A district's tokens, revoked and expired ones too, but those named one of
     /// `excluding` (web sessions and invitations are not API tokens), newest first; only
