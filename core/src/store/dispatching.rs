@@ -22,7 +22,9 @@ use super::dispatch::{
 };
 use super::engine::Engine;
 use super::transitions::{self, Transitions};
-use super::{deliveries, delivery_columns, CasOutcome, MessageScope, StoreError, StoreResult};
+use super::{
+    deliveries, delivery_columns, messages, CasOutcome, MessageScope, StoreError, StoreResult,
+};
 use crate::delivery::{Actor, Change, Delivery};
 use crate::log::PartitionId;
 use crate::{Channel, DeliveryId, DistrictId, GuardianId, Lane};
@@ -293,19 +295,7 @@ fn outbound_select(deliveries: &str) -> String {
 }
 
 fn outbound_from_row(row: &impl Columns, from_log: bool) -> StoreResult<Outbound> {
-    let language = row.text("language")?;
-    let translations = row.json("translations")?;
-    // The recipient's language when the message has it, else the message's own words.
-    let translated = |field: &str| -> StoreResult<String> {
-        match translations
-            .get(&language)
-            .and_then(|t| t.get(field))
-            .and_then(|v| v.as_str())
-        {
-            Some(text) => Ok(text.to_owned()),
-            None => row.text(field),
-        }
-    };
+    let words = messages::words(row)?;
     Ok(Outbound {
         delivery: deliveries::from_row(row)?,
         lane: row.parsed("lane")?,
@@ -318,8 +308,8 @@ fn outbound_from_row(row: &impl Columns, from_log: bool) -> StoreResult<Outbound
         kind: row.parsed("kind")?,
         guarantee: row.parsed("delivery_guarantee")?,
         requires_ack: row.flag("requires_ack")?,
-        subject: translated("subject")?,
-        body: translated("body")?,
+        subject: words.subject,
+        body: words.body,
         unfinished_attempt: row.opt_i32("unfinished_attempt")?,
         attempt_base: row.i32("attempt_base")?,
         backs_up: match row.opt_text("backs_up_channel")? {
@@ -333,7 +323,7 @@ fn outbound_from_row(row: &impl Columns, from_log: bool) -> StoreResult<Outbound
                 standby: row.flag("backs_up_standby")?,
             }),
         },
-        language,
+        language: words.language,
     })
 }
 

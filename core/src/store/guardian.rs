@@ -407,18 +407,7 @@ const MESSAGE_SELECT: &str =
 /// A message row of [`MESSAGE_SELECT`], in the recipient's language where it has a
 /// translation.
 fn message(row: &impl Columns) -> StoreResult<GuardianMessage> {
-    let language = row.text("language")?;
-    let translations = row.json("translations")?;
-    let translated = |field: &str| -> StoreResult<String> {
-        match translations
-            .get(&language)
-            .and_then(|t| t.get(field))
-            .and_then(|v| v.as_str())
-        {
-            Some(text) => Ok(text.to_owned()),
-            None => row.text(field),
-        }
-    };
+    let words = super::messages::words(row)?;
     Ok(GuardianMessage {
         recipient_id: RecipientId::from_uuid(row.id("recipient_id")?),
         message_id: MessageId::from_uuid(row.id("message_id")?),
@@ -426,12 +415,12 @@ fn message(row: &impl Columns) -> StoreResult<GuardianMessage> {
         district_name: row.text("district_name")?,
         guardian_id: GuardianId::from_uuid(row.id("guardian_id")?),
         kind: row.parsed("kind")?,
-        subject: translated("subject")?,
-        body: translated("body")?,
+        subject: words.subject,
+        body: words.body,
         sent_at: row.time("created_at")?,
         ack_state: row.text("ack_state")?,
         acked_at: row.opt_time("acked_at")?,
         ack_via: row.opt_text("ack_via")?,
-        language,
+        language: words.language,
     })
 }

@@ -560,3 +560,33 @@ pub(crate) async fn state_series<D: Dialect>(
         channels,
     }))
 }
+
+/// A message's words as one recipient reads them.
+pub(crate) struct Words {
+    pub language: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// From a row with the recipient's `language` and the message's `translations`, `subject`
+/// and `body`: the translation into that language where the message has one, else the
+/// message's own words.
+pub(crate) fn words(row: &impl Columns) -> StoreResult<Words> {
+    let language = row.text("language")?;
+    let translations = row.json("translations")?;
+    let translated = |field: &str| -> StoreResult<String> {
+        match translations
+            .get(&language)
+            .and_then(|t| t.get(field))
+            .and_then(|v| v.as_str())
+        {
+            Some(text) => Ok(text.to_owned()),
+            None => row.text(field),
+        }
+    };
+    Ok(Words {
+        subject: translated("subject")?,
+        body: translated("body")?,
+        language,
+    })
+}
