@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::dialect::{Args, Dialect};
-use super::{redact_url, ConnectOptions, PostgresStore, SqliteStore, StoreError, StoreResult};
+use super::{Backend, ConnectOptions, PostgresStore, SqliteStore, StoreResult};
 use crate::DeliveryState;
 
 /// The raw speed of one database.
@@ -28,13 +28,10 @@ pub trait RawSpeed: Send + Sync {
 /// The database at `url`, to measure.
 pub async fn connect(url: &str) -> StoreResult<Arc<dyn RawSpeed>> {
     let options = ConnectOptions::default();
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, &options).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, &options).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl(redact_url(url)))
-    }
+    Ok(match Backend::of_url(url)? {
+        Backend::Sqlite => Arc::new(SqliteStore::connect(url, &options).await?),
+        Backend::Postgres => Arc::new(PostgresStore::connect(url, &options).await?),
+    })
 }
 
 /// [`RawSpeed::measure_raw_cas`], the same SQL on both databases.
