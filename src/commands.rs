@@ -438,15 +438,8 @@ pub async fn list_tokens(
 ) -> anyhow::Result<()> {
     let store = open_store(config, config.migrate_on_start).await?;
     let district = crate::import::choose_district(store.as_ref(), district).await?;
-    let tokens = store
-        .api_tokens(
-            district,
-            None,
-            &[
-                tidings_core::services::accounts::SESSION_NAME,
-                tidings_core::services::accounts::INVITATION_NAME,
-            ],
-        )
+    let tokens = services(config, store)?
+        .district_api_tokens(district)
         .await?;
     let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map_or_else(

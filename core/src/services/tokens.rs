@@ -10,7 +10,7 @@ use super::accounts::{INVITATION_NAME, SESSION_NAME};
 use super::{Refusal, ServiceError, Services};
 use crate::delivery::Actor;
 use crate::secret::ApiToken;
-use crate::store::ApiTokenView;
+use crate::store::{ApiTokenRecord, ApiTokenView};
 use crate::{ApiTokenId, Role, Staff};
 
 /// The longest name a token may have.
@@ -34,6 +34,17 @@ impl Services {
         Ok(self
             .store
             .api_tokens(caller.district_id, owner, &NOT_API_TOKENS)
+            .await?)
+    }
+
+    /// Every API token of `district`, for the command line.
+    pub async fn district_api_tokens(
+        &self,
+        district: crate::DistrictId,
+    ) -> Result<Vec<ApiTokenView>, ServiceError> {
+        Ok(self
+            .store
+            .api_tokens(district, None, &NOT_API_TOKENS)
             .await?)
     }
 
@@ -97,12 +108,11 @@ impl Services {
         caller: &Staff,
         id: ApiTokenId,
     ) -> Result<(), ServiceError> {
-        let visible = self.api_tokens(caller).await?;
-        let Some(token) = visible.iter().find(|t| t.id == id) else {
+        let token = self.api_token_of(caller.district_id, id).await?;
+        if caller.role != Role::DistrictAdmin && token.staff.id != caller.id {
             return Err(Refusal::NotFound.into());
-        };
-        self.revoke(&Actor::staff(caller.id), caller.district_id, token)
-            .await
+        }
+        self.revoke(&Actor::staff(caller.id), &token).await
     }
 
     /// Revokes any API token of `district` on behalf of the command line.
@@ -111,35 +121,42 @@ impl Services {
         district: crate::DistrictId,
         id: ApiTokenId,
     ) -> Result<(), ServiceError> {
-        let tokens = self
-            .store
-            .api_tokens(district, None, &NOT_API_TOKENS)
-            .await?;
-        let Some(token) = tokens.iter().find(|t| t.id == id) else {
-            return Err(Refusal::NotFound.into());
-        };
-        self.revoke(&Actor::system("cli"), district, token).await
+        let token = self.api_token_of(district, id).await?;
+        self.revoke(&Actor::system("cli"), &token).await
     }
 
-    async fn revoke(
+    /// The API token `id` of `district` (a session or an invitation is not one). A
+    /// disabled owner's tokens have stopped already: not found.
+    async fn api_token_of(
         &self,
-        actor: &Actor,
         district: crate::DistrictId,
-        token: &ApiTokenView,
-    ) -> Result<(), ServiceError> {
+        id: ApiTokenId,
+    ) -> Result<ApiTokenRecord, ServiceError> {
+        match self.store.api_token(id).await? {
+            Some(token)
+                if token.staff.district_id == district
+                    && !NOT_API_TOKENS.contains(&token.name.as_str()) =>
+            {
+                Ok(token)
+            }
+            _ => Err(Refusal::NotFound.into()),
+        }
+    }
+
+    async fn revoke(&self, actor: &Actor, token: &ApiTokenRecord) -> Result<(), ServiceError> {
         if token.revoked_at.is_some() {
             return Ok(());
         }
         let at = self.clock.now();
         let mut tx = self.store.begin().await?;
-        if tx.revoke_api_token(token.id, token.owner_id, at).await? {
+        if tx.revoke_api_token(token.id, token.staff.id, at).await? {
             tx.audit(
-                district,
+                token.staff.district_id,
                 actor,
                 "api_token.revoke",
                 serde_json::json!({
                     "token_id": token.id,
-                    "owner": token.owner_id,
+                    "owner": token.staff.id,
                     "name": token.name,
                 }),
                 at,
