@@ -239,13 +239,9 @@ pub async fn start_sso(
     let Ok(district) = query.district.parse().map(DistrictId::from_uuid) else {
         return refuse(StatusCode::NOT_FOUND, NO_SSO).await;
     };
-    let client = match state.services().sso_client(district).await {
-        Ok(Some(client)) => client,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, NO_SSO).await,
-        Err(error) => {
-            tracing::error!(error = %error, %district, "reading a district's single sign-on failed");
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, BROKEN).await;
-        }
+    let client = match district_client(&state, district).await {
+        Ok(client) => client,
+        Err((status, said)) => return refuse(status, said).await,
     };
     let discovery = match web.oidc.discovery(&client.issuer).await {
         Ok(discovery) => discovery,
@@ -273,6 +269,21 @@ pub async fn start_sso(
         web.secure_cookies,
     );
     with_cookies(Redirect::to(&to).into_response(), [keep])
+}
+
+/// The district's single sign-on, or how to refuse: it has none, or it cannot be read.
+async fn district_client(
+    state: &AppState,
+    district: DistrictId,
+) -> Result<tidings_core::sso::SsoClient, (StatusCode, &'static str)> {
+    match state.services().sso_client(district).await {
+        Ok(Some(client)) => Ok(client),
+        Ok(None) => Err((StatusCode::NOT_FOUND, NO_SSO)),
+        Err(error) => {
+            tracing::error!(error = %error, %district, "reading a district's single sign-on failed");
+            Err((StatusCode::INTERNAL_SERVER_ERROR, BROKEN))
+        }
+    }
 }
 
 const NO_SSO: &str =
@@ -331,13 +342,9 @@ pub async fn sso_callback(
     if too_many(&web, client_address, None) {
         return refuse(StatusCode::TOO_MANY_REQUESTS, TOO_MANY).await;
     }
-    let client = match state.services().sso_client(district).await {
-        Ok(Some(client)) => client,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, NO_SSO).await,
-        Err(error) => {
-            tracing::error!(error = %error, %district, "reading a district's single sign-on failed");
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, BROKEN).await;
-        }
+    let client = match district_client(&state, district).await {
+        Ok(client) => client,
+        Err((status, said)) => return refuse(status, said).await,
     };
     if query
         .iss
