@@ -3,7 +3,18 @@
 //! suppressions; standbys skipped, deliveries held back behind a guardian's earlier one or
 //! an open breaker, contact points retired when a provider refuses them for good.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tidings_channel_adapters::{AckInvite, AddressFault, Outgoing, SendOutcome};
+use tidings_core::delivery::Delivery;
+use tidings_core::store::dispatch::{AttemptResult, AttemptStart, Lease, Outbound};
+use tidings_core::store::{CasOutcome, StoreError};
+use tidings_core::{Channel, DeliveryGuarantee, DeliveryId};
+
+use crate::{Config, Counters, DispatchError, Dispatcher, CONSUMER_GROUP};
 
 /// How long a delivery waits, at a time, behind the same guardian's earlier one on its
 /// channel while that one is at the provider: about as long as a call takes.

@@ -1,7 +1,15 @@
 //! How a dispatcher runs ([`Config`]) and the provider account of each channel
 //! ([`Adapters`]).
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidings_channel_adapters::ChannelAdapter;
+use tidings_core::clock::{Clock, SystemClock};
+use tidings_core::Channel;
+
+use crate::{BreakerPolicy, RetryPolicy};
 
 /// How a dispatcher runs.
 #[derive(Debug, Clone)]

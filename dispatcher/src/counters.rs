@@ -1,6 +1,8 @@
 //! What a dispatcher has done since it started, counted as it happens.
 
-use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
 
 /// What a dispatcher has done since it started.
 #[derive(Debug, Default)]

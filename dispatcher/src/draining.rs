@@ -2,7 +2,15 @@
 //! most urgent lane first) and the deliveries that have come due, and cutting a batch so
 //! that a guardian's messages on one channel go out in order.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use tidings_core::store::dispatch::{Lease, Outbound, PartitionDistricts};
+use tidings_core::store::StoreError;
+use tidings_core::{DeliveryState, DistrictId, Lane};
+
+use crate::partitions::{Backlog, Partitions, POISON_TRIES};
+use crate::{districts, DispatchError, Dispatcher, Key, CONSUMER_GROUP};
 
 /// Due deliveries read per pass, in multiples of `max_in_flight`: each partition's share
 /// is what one provider call per partition carries (at 4, 64 partitions get 64 each of

@@ -29,25 +29,18 @@ mod partitions;
 mod rates;
 pub mod retry;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::Serialize;
-use tidings_core::clock::{Clock, SystemClock};
-use tidings_core::delivery::Delivery;
 use tidings_core::log::PartitionId;
-use tidings_core::store::dispatch::{
-    AttemptResult, AttemptStart, Lease, Outbound, PartitionDistricts,
-};
-use tidings_core::store::{CasOutcome, Store, StoreError};
-use tidings_core::{Channel, DeliveryGuarantee, DeliveryId, DeliveryState, DistrictId, Lane};
+use tidings_core::store::{Store, StoreError};
+use tidings_core::{DeliveryId, Lane};
 
-use self::{draining::*, partitions::*, rates::*};
+use self::partitions::Partitions;
+use self::rates::RateShares;
 pub use breaker::{BreakerPolicy, Breakers};
 pub use config::{Adapters, Config};
 pub use counters::{Counters, Totals};
@@ -229,9 +222,13 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::attempts::{wait_behind, IN_FLIGHT_WAIT};
+    use super::draining::{in_turn, newcomers_first};
+    use super::partitions::Backlog;
     use super::*;
     use proptest::prelude::*;
+    use tidings_core::store::dispatch::{Lease, PartitionDistricts};
     use tidings_core::time::now;
+    use tidings_core::DistrictId;
 
     proptest! {
         /// Every item once; each group's items in their order; and groups take turns:

@@ -2,7 +2,15 @@
 //! balancing them among the live dispatchers, the offsets committed in each, and the
 //! poison entries a partition sets aside instead of stopping.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use tidings_core::log::PartitionId;
+use tidings_core::store::dispatch::{Lease, PartitionDistricts};
+use tidings_core::{DistrictId, Lane};
+
+use crate::draining::is_outage;
+use crate::{districts, Counters, DispatchError, Dispatcher, Key, CONSUMER_GROUP};
 
 /// Per lane, owned partitions with unread entries and where each district's end.
 pub(crate) type Backlog = BTreeMap<Lane, Vec<(Lease, PartitionDistricts)>>;

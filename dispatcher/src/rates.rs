@@ -1,6 +1,7 @@
 //! Rates: each provider account's rate, shared evenly among the live dispatchers.
 
-use super::*;
+use std::collections::HashMap;
+use std::time::Duration;
 
 /// Provider accounts' rate limits, divided equally among the live dispatchers (each
 /// renews its share with its leases), so that together they stay within the account's.
