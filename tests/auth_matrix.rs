@@ -182,6 +182,8 @@ struct Ids {
     school: String,
     class: String,
     student: String,
+    /// District A's administrator's API token.
+    token: String,
 }
 
 impl Ids {
@@ -204,6 +206,8 @@ impl Ids {
             &self.class
         } else if path.starts_with("/api/v1/students/") {
             &self.student
+        } else if path.starts_with("/api/v1/tokens/") {
+            &self.token
         } else {
             "none"
         };
@@ -254,6 +258,7 @@ fn body_for(method: &Method, path: &str, zip: &[u8]) -> Option<reqwest::Body> {
         ("POST", "/api/v1/guardian/sessions") => {
             json!({"address": "+12025550199", "code": "000000"})
         }
+        ("POST", "/api/v1/tokens") => json!({"name": "matrix"}),
         ("POST", "/api/v1/imports/oneroster") => return Some(zip.to_vec().into()),
         _ => return None,
     };
@@ -466,6 +471,15 @@ async fn every_operation_refuses_whoever_may_not_call_it(db: TestDatabase) {
             .to_owned(),
         class: class["items"][0]["id"].as_str().unwrap().to_owned(),
         student: student["items"][0]["id"].as_str().unwrap().to_owned(),
+        token: store
+            .api_tokens(district_a, None, &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.owner_email == support::ADMIN)
+            .expect("the administrator's token")
+            .id
+            .to_string(),
     };
 
     // The operations, from the document.
@@ -561,12 +575,15 @@ async fn every_operation_refuses_whoever_may_not_call_it(db: TestDatabase) {
             let authored = under("/api/v1/messages/")
                 || under("/api/v1/deliveries/")
                 || under("/api/v1/dead-letters/")
-                || under("/api/v1/imports/");
+                || under("/api/v1/imports/")
+                || under("/api/v1/tokens/");
+            // Everyone makes API tokens of their own, with their own role.
+            let own_token = op.path == "/api/v1/tokens";
             // District settings are the district administrators' alone.
             let settings = op.path.starts_with("/api/v1/settings/");
             let refused = settings
                 || match *role {
-                    "viewer" => writes || authored,
+                    "viewer" => (writes && !own_token) || authored,
                     _ => {
                         authored
                             || under("/api/v1/guardians/")

@@ -417,3 +417,120 @@ async fn sourced_ids_name_rows_wherever_ids_do(db: TestDatabase) {
 tidings_core::on_both_stores! {
     databases: sourced_ids_name_rows_wherever_ids_do,
 }
+
+#[tokio::test]
+async fn staff_make_list_and_revoke_their_api_tokens_over_the_api() {
+    let api = District::with_demo(TestDatabase::sqlite()).await;
+    let admin = api.admin.clone();
+    let (teacher_email, _) = a_teacher_and_their_students();
+    let teacher = token_for(&api.db.url, &teacher_email).await;
+    let post = |token: &str, body: Value| {
+        let token = token.to_owned();
+        let api = &api;
+        async move {
+            api.call(reqwest::Method::POST, "/api/v1/tokens", &token, Some(body))
+                .await
+        }
+    };
+
+    // A teacher makes a token; its secret is in this answer and it works at once.
+    let (status, made) = post(&teacher, json!({"name": "gradebook"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let gradebook = made["token"].as_str().unwrap().to_owned();
+    assert_eq!(made["name"], "gradebook");
+    assert_eq!(made["owner_email"], teacher_email.to_lowercase());
+    let (status, me) = api.get("/api/v1/me", &gradebook).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["email"], teacher_email.to_lowercase());
+
+    // Names empty, too long or reserved, and expiries in the past are refused.
+    for bad in [
+        json!({"name": "  "}),
+        json!({"name": "x".repeat(101)}),
+        json!({"name": "web session"}),
+        json!({"name": "old", "expires_at": "2001-01-01T00:00:00Z"}),
+        json!({"name": "n", "scopes": ["all"]}),
+    ] {
+        let (status, problem) = post(&teacher, bad.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+    }
+    let (status, dated) = post(
+        &teacher,
+        json!({"name": "term", "expires_at": "2099-06-30T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{dated}");
+    assert_eq!(dated["expires_at"], "2099-06-30T00:00:00Z");
+
+    // The teacher lists their own tokens, never a secret; the admin lists everyone's.
+    let (status, mine) = api.get("/api/v1/tokens", &teacher).await;
+    assert_eq!(status, StatusCode::OK);
+    let mine = mine.as_array().unwrap();
+    assert_eq!(mine.len(), 3, "the first, gradebook and term: {mine:?}");
+    assert!(mine
+        .iter()
+        .all(|t| t["owner_email"] == teacher_email.to_lowercase() && t.get("token").is_none()));
+    let (_, all) = api.get("/api/v1/tokens", &admin).await;
+    let all = all.as_array().unwrap();
+    assert!(all.len() > mine.len());
+    let admins = all
+        .iter()
+        .find(|t| t["owner_email"] == support::ADMIN)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A teacher cannot revoke the admin's token, nor tell it exists.
+    let (status, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{admins}"),
+            &teacher,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The admin revokes the teacher's gradebook token: it stops working at once; doing
+    // it again changes nothing.
+    let gradebook_id = made["id"].as_str().unwrap();
+    for _ in 0..2 {
+        let (status, _) = api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/tokens/{gradebook_id}"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let (status, _) = api.get("/api/v1/me", &gradebook).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, mine) = api.get("/api/v1/tokens", &teacher).await;
+    let revoked = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == gradebook_id)
+        .unwrap();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+
+    // Each creation and the one revocation are audited, as the staff who did them.
+    let store = tidings_core::store::connect(&api.db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let entries = store.audit_entries(district, 100).await.unwrap();
+    let by = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e.action == action && e.staff_id.is_some())
+            .count()
+    };
+    assert_eq!(by("api_token.revoke"), 1);
+    assert!(
+        by("api_token.create") >= 4,
+        "two by the API, two by the CLI"
+    );
+}

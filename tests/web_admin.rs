@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use support::{first_login, tidings, Server};
+use support::{demo_zip_with, first_login, tidings, Server};
 use tidings_core::testing::{test_services_file, TestDatabase};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -265,11 +265,11 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
     )
     .await
     .unwrap();
-    browser.choose("t_language", "es").await;
-    browser.fill("t_subject", "Día de fotos").await;
+    browser.choose("t_language-0", "es").await;
+    browser.fill("t_subject-0", "Día de fotos").await;
     browser
         .fill(
-            "t_body",
+            "t_body-0",
             "El día de fotos es el viernes. Devuelva el formulario.",
         )
         .await;
@@ -728,8 +728,132 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
         .await
         .unwrap()
         .remove(0);
+    // The directory: a school, one of its classes, a student of it, their guardians.
     browser
-        .click("nav a[href='/guardians']", "[data-page=guardians]")
+        .click("nav a[href='/schools']", "[data-page=schools]")
+        .await;
+    browser.accessible("schools").await;
+    browser.shot("schools").await;
+    let schools = store
+        .schools(
+            &scope,
+            &tidings_core::store::PageRequest {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for school in &schools {
+        assert!(browser.text("table").await.contains(&school.name));
+    }
+    let school = &schools[0];
+    browser
+        .click(
+            &format!("a[href='/schools/{}']", school.id),
+            "[data-page=school]",
+        )
+        .await;
+    browser.accessible("school").await;
+    let class = store
+        .classes(
+            &scope,
+            &tidings_core::store::PageRequest {
+                limit: 1,
+                school: Some(school.id),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    browser
+        .click(
+            &format!("a[href='/classes/{}']", class.id),
+            "[data-page=class]",
+        )
+        .await;
+    browser.accessible("class").await;
+    browser.shot("class").await;
+    let enrolled = store
+        .students(
+            &scope,
+            &tidings_core::store::PageRequest {
+                limit: 500,
+                class: Some(class.id),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!enrolled.is_empty());
+    assert!(
+        browser
+            .text("caption")
+            .await
+            .contains(&format!("({})", enrolled.len())),
+        "the class page lists its {} students",
+        enrolled.len()
+    );
+    let pupil = &enrolled[0];
+    browser
+        .click(
+            &format!("a[href='/students/{}']", pupil.id),
+            "[data-page=student]",
+        )
+        .await;
+    browser.accessible("student").await;
+    browser.shot("student").await;
+    let theirs = store
+        .guardians(
+            &scope,
+            &tidings_core::store::PageRequest {
+                limit: 100,
+                student: Some(pupil.id),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for guardian in &theirs {
+        b.find(Locator::Css(&format!(
+            "a[href='/guardians/{}']",
+            guardian.id
+        )))
+        .await
+        .expect("each of the student's guardians is linked");
+    }
+    // "Message this student's guardians" opens compose with the student chosen.
+    browser
+        .click("a[href^='/messages/new?student=']", "[data-page=compose]")
+        .await;
+    b.find(Locator::Css(&format!(
+        "input[name=student][value='{}']:checked",
+        pupil.id
+    )))
+    .await
+    .expect("the student is chosen");
+    b.find(Locator::Css("input[name=reach][value=people]:checked"))
+        .await
+        .expect("reach is chosen people");
+    // The students tab searches by name.
+    b.goto(&server.url("/students")).await.unwrap();
+    browser.arrive("[data-page=students]").await;
+    browser.accessible("students").await;
+    browser.fill("q", &pupil.family_name).await;
+    b.execute("document.documentElement.dataset.left = 'yes'", vec![])
+        .await
+        .unwrap();
+    browser.type_here(ENTER).await;
+    browser
+        .arrive(&format!(
+            "html:not([data-left]) a[href='/students/{}']",
+            pupil.id
+        ))
+        .await;
+
+    browser
+        .click(".filters a[href='/guardians']", "[data-page=guardians]")
         .await;
     browser.accessible("guardians").await;
     browser.fill("q", &first.family_name).await;
@@ -1224,4 +1348,413 @@ async fn an_administrator_turns_on_single_sign_on_and_staff_sign_in_with_their_d
 
     browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
+}
+
+/// The guardians `audience` reaches in the demo district, by the store's own resolution.
+async fn reached(db: &TestDatabase, audience: tidings_core::audience::Audience) -> usize {
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    store
+        .resolve_audience(&tidings_core::store::Scope::District(district), &audience)
+        .await
+        .unwrap()
+        .expect("the audience resolves")
+        .len()
+}
+
+/// The number of guardians a review shows.
+async fn previewed(browser: &Browser) -> usize {
+    let preview = browser.text("section.preview").await;
+    preview
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("a guardian count in {preview:?}"))
+}
+
+#[tokio::test]
+async fn staff_message_a_grade_in_two_more_languages_and_then_chosen_students_and_guardians() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let browser = Browser::start("compose-audiences").await;
+    let b = &browser.client;
+    sign_in(&browser, &server).await;
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let scope = tidings_core::store::Scope::District(district);
+
+    // A grade, chosen from the grades the district has, in grade order.
+    browser
+        .click("nav a[href='/messages/new']", "[data-page=compose]")
+        .await;
+    let grades: Vec<String> = {
+        let mut found = Vec::new();
+        for input in b.find_all(Locator::Css("input[name=grade]")).await.unwrap() {
+            found.push(input.attr("value").await.unwrap().unwrap());
+        }
+        found
+    };
+    assert_eq!(grades.first().map(String::as_str), Some("01"), "{grades:?}");
+    assert_eq!(grades.last().map(String::as_str), Some("12"), "{grades:?}");
+    browser.tick("input[name=reach][value=grades]").await;
+    b.execute(
+        "document.querySelectorAll('details').forEach(d => d.open = true)",
+        vec![],
+    )
+    .await
+    .unwrap();
+    browser.tick("input[name=grade][value='07']").await;
+    browser.fill("subject", "Field trip").await;
+    browser
+        .fill("body", "Grade 7 visits the science museum on Tuesday.")
+        .await;
+
+    // Two translations: the second slot appears when asked for, the first is kept.
+    browser.choose("t_language-0", "es").await;
+    browser.fill("t_subject-0", "Excursión").await;
+    browser
+        .fill(
+            "t_body-0",
+            "El grado 7 visita el museo de ciencias el martes.",
+        )
+        .await;
+    browser.click("#add-translation", "#t_body-1").await;
+    assert_eq!(
+        b.find(Locator::Id("t_subject-0"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Excursión"),
+        "the first translation is kept"
+    );
+    browser.choose("t_language-1", "vi").await;
+    browser.fill("t_subject-1", "Chuyến đi thực tế").await;
+    browser
+        .fill("t_body-1", "Lớp 7 tham quan bảo tàng khoa học vào thứ Ba.")
+        .await;
+    browser.accessible("compose-translations").await;
+    browser
+        .click("button[value=review]", "section.preview")
+        .await;
+    let grade_seven = tidings_core::audience::Audience {
+        grades: vec!["07".into()],
+        ..Default::default()
+    };
+    assert_eq!(previewed(&browser).await, reached(&db, grade_seven).await);
+    let preview = browser.text("section.preview").await;
+    assert!(
+        preview.contains("Spanish") && preview.contains("Vietnamese"),
+        "segments per language: {preview}"
+    );
+    assert!(
+        preview.contains("Unicode"),
+        "Vietnamese needs Unicode: {preview}"
+    );
+    browser.shot("compose-grade-review").await;
+    browser
+        .click("button[value=send]", "[data-page=report]")
+        .await;
+    let sent = messages_in(&db).await;
+    assert_eq!(sent.len(), 1);
+    let id: tidings_core::MessageId = sent[0]["id"].as_str().unwrap().parse().unwrap();
+    let content = store
+        .message_content(&tidings_core::store::MessageScope::District(district), id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(content.translations["es"]["subject"], "Excursión");
+    assert_eq!(content.translations["vi"]["subject"], "Chuyến đi thực tế");
+
+    // Chosen people: a student found by name, and a guardian found by name.
+    let student = store
+        .students(
+            &scope,
+            &tidings_core::store::PageRequest {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    let guardian = store
+        .guardians(
+            &scope,
+            &tidings_core::store::PageRequest {
+                limit: 1,
+                search: Some("guardian-200".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let guardian = guardian
+        .into_iter()
+        .next()
+        .expect("guardian-200 in the demo");
+    b.goto(&server.url("/messages/new")).await.unwrap();
+    browser.arrive("[data-page=compose]").await;
+    browser.tick("input[name=reach][value=people]").await;
+    b.execute(
+        "document.querySelectorAll('details').forEach(d => d.open = true)",
+        vec![],
+    )
+    .await
+    .unwrap();
+    browser.fill("find", &student.given_name).await;
+    browser
+        .click(
+            "#find-people",
+            &format!("input[name=student][value='{}']", student.id),
+        )
+        .await;
+    browser.accessible("compose-found").await;
+    browser
+        .tick(&format!("input[name=student][value='{}']", student.id))
+        .await;
+    // Enter in the search field finds; it never sends.
+    let find = b.find(Locator::Id("find")).await.unwrap();
+    find.clear().await.unwrap();
+    find.send_keys("guardian-200").await.unwrap();
+    b.execute("document.documentElement.dataset.left = 'yes'", vec![])
+        .await
+        .unwrap();
+    find.send_keys(ENTER).await.unwrap();
+    browser
+        .arrive(&format!(
+            "html:not([data-left]) input[name=guardian][value='{}']",
+            guardian.id
+        ))
+        .await;
+    // The student ticked before is still chosen, shown ticked.
+    assert!(b
+        .find(Locator::Css(&format!(
+            "input[name=student][value='{}']:checked",
+            student.id
+        )))
+        .await
+        .is_ok());
+    browser
+        .tick(&format!("input[name=guardian][value='{}']", guardian.id))
+        .await;
+    assert_eq!(messages_in(&db).await.len(), 1, "searching sends nothing");
+    browser.fill("subject", "Library books").await;
+    browser
+        .fill("body", "Please return the library books.")
+        .await;
+    browser
+        .click("button[value=review]", "section.preview")
+        .await;
+    let people = tidings_core::audience::Audience {
+        students: vec![student.id.to_string()],
+        guardians: vec![guardian.id.to_string()],
+        ..Default::default()
+    };
+    let expected = reached(&db, people).await;
+    assert!(expected >= 1);
+    assert_eq!(previewed(&browser).await, expected);
+    browser.accessible("compose-people-review").await;
+    browser.shot("compose-people-review").await;
+    browser
+        .click("button[value=send]", "[data-page=report]")
+        .await;
+    assert_eq!(messages_in(&db).await.len(), 2);
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn staff_make_an_api_token_in_the_browser_use_it_and_revoke_it() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let browser = Browser::start("tokens").await;
+    let b = &browser.client;
+    sign_in(&browser, &server).await;
+    browser.click("a.who", "[data-page=account]").await;
+    browser
+        .click("a[href='/tokens']", "[data-page=tokens]")
+        .await;
+    browser.accessible("tokens").await;
+
+    // A token needs a name; with one, its secret is shown once and works at once.
+    browser.choose("days", "30").await;
+    browser.fill("name", "Student information system").await;
+    browser.click("#make-token", "#new-token").await;
+    browser.accessible("token-made").await;
+    browser.shot("token-made").await;
+    let secret = browser.text("#new-token").await;
+    let http = reqwest::Client::new();
+    let me = http
+        .get(server.url("/api/v1/me"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), reqwest::StatusCode::OK);
+    let row = browser.text("tbody tr:first-child").await;
+    assert!(
+        row.contains("Student information system") && row.contains("active"),
+        "{row}"
+    );
+    // Used just now: the list says when (to the minute).
+    b.goto(&server.url("/tokens")).await.unwrap();
+    browser.arrive("[data-page=tokens]").await;
+    assert!(
+        b.find(Locator::Id("new-token")).await.is_err(),
+        "the secret is shown only once"
+    );
+    let row = browser.text("tbody tr:first-child").await;
+    assert!(row.contains("UTC"), "last used: {row}");
+    let expires = store_token_expiry(&db).await;
+    let days = (expires - chrono::Utc::now()).num_days();
+    assert!((29..=30).contains(&days), "expires in {days} days");
+
+    // Revoked, it stops working.
+    browser
+        .click(
+            "tbody tr:first-child button[aria-label^='Revoke']",
+            "[data-page=tokens]",
+        )
+        .await;
+    assert!(browser
+        .text("tbody tr:first-child")
+        .await
+        .contains("revoked"));
+    browser.shot("token-revoked").await;
+    let me = http
+        .get(server.url("/api/v1/me"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), reqwest::StatusCode::UNAUTHORIZED);
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}
+
+/// When the newest API token of the demo district expires.
+async fn store_token_expiry(db: &TestDatabase) -> chrono::DateTime<chrono::Utc> {
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    store
+        .api_tokens(district, None, &["web session", "invitation"])
+        .await
+        .unwrap()
+        .into_iter()
+        .max_by_key(|t| t.created_at)
+        .and_then(|t| t.expires_at)
+        .expect("the new token expires")
+}
+
+#[tokio::test]
+async fn an_administrator_tries_a_roster_then_imports_it_and_reads_the_rejected_row() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let browser = Browser::start("imports").await;
+    let b = &browser.client;
+    sign_in(&browser, &server).await;
+    // The demo roster with one student at a school that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("district-roster.zip");
+    std::fs::write(
+        &zip,
+        demo_zip_with(Some(("users.csv", "school-0,student", "school-99,student"))),
+    )
+    .unwrap();
+
+    browser
+        .click("nav a[href='/schools']", "[data-page=schools]")
+        .await;
+    browser
+        .click("a[href='/imports']", "[data-page=imports]")
+        .await;
+    browser.accessible("imports").await;
+    // Without a file, the browser asks for one; the server would refuse in words too.
+    b.find(Locator::Id("file"))
+        .await
+        .unwrap()
+        .send_keys(zip.to_str().unwrap())
+        .await
+        .unwrap();
+    // A dry run first (ticked by default): it reports and changes nothing.
+    let imports_before = import_count(&db).await;
+    browser.click("#import", "#done").await;
+    assert!(browser.path().await.starts_with("/imports/running/"));
+    browser.accessible("import-dry-run").await;
+    browser.shot("import-dry-run").await;
+    let students = browser.text("#entities tr[data-entity=students]").await;
+    assert!(
+        students.contains("299"),
+        "299 students unchanged: {students}"
+    );
+    let rejected = browser.text("#rejected").await;
+    assert!(
+        rejected.contains("users.csv") && rejected.contains("school-99"),
+        "{rejected}"
+    );
+    assert_eq!(
+        import_count(&db).await,
+        imports_before,
+        "a dry run records no import"
+    );
+
+    // Now for real: the report is the import's own page, kept in its history.
+    b.goto(&server.url("/imports")).await.unwrap();
+    browser.arrive("[data-page=imports]").await;
+    assert!(browser.text("table").await.contains("tried (dry run)"));
+    browser.tick("input[name=dry_run]").await;
+    b.find(Locator::Id("file"))
+        .await
+        .unwrap()
+        .send_keys(zip.to_str().unwrap())
+        .await
+        .unwrap();
+    browser.click("#import", "[data-page=import] #done").await;
+    let report = browser.path().await;
+    let id = report.strip_prefix("/imports/").unwrap();
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let record = store
+        .import_record(district, id.parse().unwrap())
+        .await
+        .unwrap()
+        .expect("the import is recorded");
+    assert_eq!(record.status, "succeeded");
+    assert!(record.source_name.contains("district-roster.zip"));
+    assert!(browser.text("#rejected").await.contains("school-99"));
+    browser.accessible("import-report").await;
+    browser.shot("import-report").await;
+    assert!(store
+        .audit_entries(district, 50)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.action == "roster.import" && e.staff_id.is_some()));
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}
+
+/// How many imports the demo district has recorded, by the audit log.
+async fn import_count(db: &TestDatabase) -> usize {
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    store
+        .audit_entries(district, 500)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.action == "roster.import")
+        .count()
 }

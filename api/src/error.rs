@@ -111,6 +111,8 @@ impl From<Refusal> for ApiError {
             Refusal::QuotaExceeded(detail) => ApiError::QuotaExceeded(detail),
             Refusal::IdempotencyInFlight => ApiError::IdempotencyInFlight,
             Refusal::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            Refusal::InvalidRoster(detail) => ApiError::InvalidRoster(detail),
+            Refusal::ImportHeldBack { over, .. } => ApiError::ImportHeldBack(over),
         }
     }
 }

@@ -8,7 +8,8 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tidings_core::roster::{self, Bundle, ImportError, ImportOptions};
+use tidings_core::roster::{self, Bundle};
+use tidings_core::services::roster::{Imported, RosterUpload};
 use tidings_core::store::ImportRecord;
 use tidings_core::{ImportId, Role};
 use uuid::Uuid;
@@ -96,36 +97,26 @@ pub async fn import_oneroster(
     let zip = zip_of(request, &state).await?;
     let bundle = Bundle::from_zip(std::io::Cursor::new(zip))
         .map_err(|e| ApiError::InvalidRoster(e.to_string()))?;
-    let options = ImportOptions {
-        default_region: state.default_phone_region.clone(),
-        max_delete_percent: Some(state.roster_max_delete_percent),
-        force: query.force,
+    let upload = RosterUpload {
+        bundle: &bundle,
+        source_name: "upload",
         dry_run: query.dry_run,
+        force: query.force,
+        max_delete_percent: state.roster_max_delete_percent,
     };
-    let result = roster::import_recorded(
-        state.store.as_ref(),
-        staff.district_id,
-        Some(staff.id),
-        &bundle,
-        "upload",
-        &options,
-        &|_| {},
-    )
-    .await;
-    let id = match result {
-        Ok((Some(id), _)) => id,
-        Ok((None, report)) => {
+    let id = match state
+        .services()
+        .import_roster(&staff, upload, &|_| {})
+        .await?
+    {
+        Imported::Recorded(id, _) => id,
+        Imported::DryRun(report) => {
             let dry_run = DryRun {
                 dry_run: true,
                 report,
             };
             return Ok((StatusCode::OK, axum::Json(dry_run)).into_response());
         }
-        Err(ImportError::Store(error)) => return Err(ApiError::Internal(error)),
-        Err(ImportError::HeldBack { over, .. }) => {
-            return Err(ApiError::ImportHeldBack(Box::new(over)))
-        }
-        Err(other) => return Err(ApiError::InvalidRoster(other.to_string())),
     };
     let record = state
         .store

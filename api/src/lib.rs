@@ -17,6 +17,9 @@ mod openapi;
 mod replies;
 pub mod server;
 mod settings;
+mod tokens;
+
+pub use imports::MAX_ROSTER_BYTES;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -138,6 +141,11 @@ pub fn router(state: AppState) -> Router {
                 .put(settings::put_sso)
                 .delete(settings::delete_sso),
         )
+        .route(
+            "/api/v1/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke_token))
         .route("/api/v1/guardian/sign-in", post(guardian::sign_in))
         .route("/api/v1/guardian/sessions", post(guardian::create_session))
         .route(

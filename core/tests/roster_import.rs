@@ -1167,9 +1167,7 @@ fn a_zip_that_unpacks_too_far_is_refused_with_its_file_and_line() {
     }
     let bytes = zip.finish().unwrap().into_inner();
     assert!(bytes.len() < 100 * 1024, "{} bytes zipped", bytes.len());
-    let error = Bundle::from_zip(std::io::Cursor::new(bytes))
-        .err()
-        .expect("refused");
+    let error = Bundle::from_zip(std::io::Cursor::new(bytes)).expect_err("refused");
     let message = error.to_string();
     assert!(
         message.starts_with("users.csv line 3: unpacks to more than 100 times its compressed size"),

@@ -93,7 +93,7 @@ pub fn said(refusal: &Refusal) -> (StatusCode, String) {
         ),
         Refusal::UnknownAudience(_) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            "Some of the schools or classes chosen no longer exist.".to_owned(),
+            "Some of the schools, grades, classes or people chosen no longer exist.".to_owned(),
         ),
         Refusal::EmptyAudience(_) => (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -119,6 +119,14 @@ pub fn said(refusal: &Refusal) -> (StatusCode, String) {
         Refusal::IdempotencyMismatch => (
             StatusCode::UNPROCESSABLE_ENTITY,
             "This form was already used for something else; please reload it.".to_owned(),
+        ),
+        Refusal::InvalidRoster(detail) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("This roster cannot be imported: {detail}."),
+        ),
+        Refusal::ImportHeldBack { over, .. } => (
+            StatusCode::CONFLICT,
+            format!("The import was held back and nothing was changed: {over}."),
         ),
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Pages: sign in and out (email and password, or the district's account with single
 //! sign-on), the list of messages, compose and send, each message's report, the
-//! directory, staff and settings. A session is an expiring token of the staff member
+//! directory (schools, classes, students, guardians), staff, API tokens and settings. A session is an expiring token of the staff member
 //! kept in an HttpOnly, SameSite=Lax cookie (Secure when Tidings is served over HTTPS);
 //! every form carries a CSRF token derived from it.
 
@@ -14,6 +14,7 @@ mod chart;
 mod dead_letters;
 mod directory;
 mod form;
+mod imports;
 mod messages;
 mod oidc;
 mod outbox;
@@ -21,6 +22,7 @@ mod session;
 mod settings;
 mod sign_in;
 mod staff;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -43,6 +45,8 @@ pub struct Web {
     sign_ins: sign_in::Limits,
     /// Identity providers, their discovery documents and keys cached.
     oidc: oidc::Client,
+    /// Roster uploads being imported, for their progress pages.
+    imports: imports::Jobs,
     /// In sandbox mode, what the sandbox took (the outbox page).
     pub outbox: Option<Arc<dyn Outbox>>,
     /// In sandbox mode, the sandbox's identity provider, offered on the settings page.
@@ -69,6 +73,7 @@ impl Web {
             public_url,
             sign_ins: sign_in::Limits::default(),
             oidc: oidc::Client::default(),
+            imports: imports::Jobs::default(),
             outbox,
             sandbox_identity_provider: None,
         }
@@ -111,14 +116,30 @@ pub fn router(state: AppState, web: Web) -> Router {
             get(staff::invitation).post(staff::accept),
         )
         .route("/account", get(staff::account).post(staff::change_password))
+        .route("/tokens", get(tokens::list).post(tokens::change))
         .route("/settings", get(settings::show).post(settings::save))
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
+        .route("/schools", get(directory::schools))
+        .route("/schools/{id}", get(directory::school))
+        .route("/classes/{id}", get(directory::class))
+        .route("/students", get(directory::students))
+        .route("/students/{id}", get(directory::student))
         .route("/guardians", get(directory::guardians))
         .route(
             "/guardians/{id}",
             get(directory::guardian).post(directory::edit),
         )
+        .route(
+            "/imports",
+            get(imports::page)
+                .post(imports::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    tidings_api::MAX_ROSTER_BYTES,
+                )),
+        )
+        .route("/imports/running/{id}", get(imports::running))
+        .route("/imports/{id}", get(imports::report))
         .route("/static/{name}", get(assets::serve))
         .layer(Extension(Arc::new(web)))
         .with_state(state)

@@ -16,8 +16,8 @@ use tidings_core::services::message_scope;
 use tidings_core::services::send::{Preview, SendMessage, Sent};
 use tidings_core::services::{Once, Refusal, Reply, ServiceError};
 use tidings_core::store::{
-    ClassView, MessageListItem, MessageSummary, PageRequest, RecipientTimeline, RecipientView,
-    ReplyView, SchoolView, Scope,
+    ClassView, GradeView, GuardianView, MessageListItem, MessageSummary, PageRequest,
+    RecipientTimeline, RecipientView, ReplyView, SchoolView, Scope, StudentView,
 };
 use tidings_core::{Channel, MessageId, RecipientId, Role};
 use uuid::Uuid;
@@ -96,19 +96,24 @@ pub async fn list(
 /// The compose form's fields, as submitted (and as shown again).
 #[derive(Debug, Clone, Default)]
 struct Draft {
-    /// `district`, `schools` or `classes`.
+    /// `district`, `schools`, `grades`, `classes` or `people` (chosen students and
+    /// guardians).
     reach: String,
     schools: Vec<String>,
+    grades: Vec<String>,
     classes: Vec<String>,
+    /// Chosen students and guardians, by id.
+    students: Vec<String>,
+    guardians: Vec<String>,
+    /// What to look for among students and guardians (the `find` action).
+    find: String,
     channels: Vec<String>,
     kind: String,
     subject: String,
     body: String,
     requires_ack: bool,
-    /// One translation: its language tag, subject and body (all empty: none).
-    t_language: String,
-    t_subject: String,
-    t_body: String,
+    /// Translations as filled in, in order; the last may be an empty slot.
+    translations: Vec<TranslationDraft>,
     /// When to send, in the district's time zone (`YYYY-MM-DDTHH:MM`); empty: now.
     send_at: String,
     /// When acknowledgments are due, likewise.
@@ -118,26 +123,63 @@ struct Draft {
     /// The one-time key of the rendered form: a resubmission sends once.
     once: String,
     confirmed: bool,
-    /// `review` or `send`.
+    /// `review`, `send`, `find` (students and guardians) or `translate` (one more
+    /// language).
     action: String,
 }
+
+/// One translation's fields: its language tag, subject and body.
+#[derive(Debug, Clone, Default)]
+struct TranslationDraft {
+    language: String,
+    subject: String,
+    body: String,
+}
+
+impl TranslationDraft {
+    fn is_blank(&self) -> bool {
+        self.subject.trim().is_empty() && self.body.trim().is_empty()
+    }
+}
+
+/// Students and guardians a compose form may choose at most (each is looked up to show
+/// its name again).
+const MAX_CHOSEN: usize = 200;
 
 impl Draft {
     fn from(fields: &Fields) -> Self {
         let text = |name: &str| fields.get(name).to_owned();
-        let list = |name: &str| fields.all(name).map(str::to_owned).collect();
+        let list = |name: &str| {
+            let mut values: Vec<String> = fields.all(name).map(str::to_owned).collect();
+            values.dedup();
+            values
+        };
+        let languages = fields.all("t_language");
+        let subjects = fields.all("t_subject");
+        let bodies = fields.all("t_body");
+        let translations = languages
+            .zip(subjects)
+            .zip(bodies)
+            .map(|((language, subject), body)| TranslationDraft {
+                language: language.to_owned(),
+                subject: subject.to_owned(),
+                body: body.to_owned(),
+            })
+            .collect();
         Draft {
             reach: text("reach"),
             schools: list("school"),
+            grades: list("grade"),
             classes: list("class"),
+            students: list("student"),
+            guardians: list("guardian"),
+            find: text("find"),
             channels: list("channel"),
             kind: text("kind"),
             subject: text("subject"),
             body: text("body"),
             requires_ack: !fields.get("requires_ack").is_empty(),
-            t_language: text("t_language"),
-            t_subject: text("t_subject"),
-            t_body: text("t_body"),
+            translations,
             send_at: text("send_at"),
             ack_by: text("ack_by"),
             fallback: text("fallback"),
@@ -158,23 +200,46 @@ impl Draft {
                 schools: self.schools.clone(),
                 ..Audience::default()
             },
+            "grades" => Audience {
+                grades: self.grades.clone(),
+                ..Audience::default()
+            },
+            "people" => Audience {
+                students: self.students.clone(),
+                guardians: self.guardians.clone(),
+                ..Audience::default()
+            },
             _ => Audience {
                 classes: self.classes.clone(),
                 ..Audience::default()
             },
         };
+        if self.students.len() + self.guardians.len() > MAX_CHOSEN {
+            return Err(Refusal::Invalid(format!(
+                "choose at most {MAX_CHOSEN} students and guardians; for more, choose their classes, grades or schools"
+            )));
+        }
         let mut translations = BTreeMap::new();
-        let language = self.t_language.trim();
-        if !language.is_empty()
-            && (!self.t_subject.trim().is_empty() || !self.t_body.trim().is_empty())
-        {
-            translations.insert(
-                language.to_owned(),
-                Translation {
-                    subject: self.t_subject.clone(),
-                    body: self.t_body.clone(),
-                },
-            );
+        for t in self.translations.iter().filter(|t| !t.is_blank()) {
+            let language = t.language.trim();
+            if language.is_empty() {
+                return Err(Refusal::Invalid(
+                    "a translation needs its language".to_owned(),
+                ));
+            }
+            let translation = Translation {
+                subject: t.subject.clone(),
+                body: t.body.clone(),
+            };
+            if translations
+                .insert(language.to_owned(), translation)
+                .is_some()
+            {
+                return Err(Refusal::Invalid(format!(
+                    "there are two translations into {}; keep one",
+                    language_name(language)
+                )));
+            }
         }
         let fallback_after_minutes = match self.fallback.trim() {
             "" => None,
@@ -199,6 +264,32 @@ impl Draft {
         })
     }
 
+    /// The translations to show: those filled in, and one empty slot to add another
+    /// (two when asked for one more).
+    fn translation_slots(&self) -> Vec<TranslationDraft> {
+        let mut slots: Vec<TranslationDraft> = self
+            .translations
+            .iter()
+            .filter(|t| !t.is_blank())
+            .cloned()
+            .collect();
+        let blank = if self.action == "translate" { 1 } else { 0 };
+        if slots.is_empty() || blank == 1 {
+            // The next language not yet used, so that a new slot is ready to fill.
+            let used: Vec<&str> = slots.iter().map(|t| t.language.as_str()).collect();
+            let language = LANGUAGES
+                .iter()
+                .map(|(tag, _)| *tag)
+                .find(|tag| !used.contains(tag))
+                .unwrap_or("es");
+            slots.push(TranslationDraft {
+                language: language.to_owned(),
+                ..TranslationDraft::default()
+            });
+        }
+        slots
+    }
+
     fn has_channel(&self, channel: &str) -> bool {
         self.channels.iter().any(|c| c == channel)
     }
@@ -207,9 +298,38 @@ impl Draft {
         self.schools.contains(&id.to_string())
     }
 
+    fn has_grade(&self, grade: &str) -> bool {
+        self.grades.iter().any(|g| g == grade)
+    }
+
     fn has_class(&self, id: &Uuid) -> bool {
         self.classes.contains(&id.to_string())
     }
+
+    fn has_student(&self, id: &Uuid) -> bool {
+        self.students.contains(&id.to_string())
+    }
+
+    fn has_guardian(&self, id: &Uuid) -> bool {
+        self.guardians.contains(&id.to_string())
+    }
+
+    /// The details of the form that hold more are open when they hold something.
+    fn times_open(&self) -> bool {
+        !self.send_at.is_empty() || !self.ack_by.is_empty() || !self.fallback.is_empty()
+    }
+
+    fn translations_open(&self) -> bool {
+        self.action == "translate" || self.translations.iter().any(|t| !t.is_blank())
+    }
+}
+
+/// The English name of a language tag Tidings offers, or the tag itself.
+fn language_name(tag: &str) -> &str {
+    LANGUAGES
+        .iter()
+        .find(|(t, _)| *t == tag)
+        .map_or(tag, |(_, name)| name)
 }
 
 /// A `datetime-local` field's value in `zone`, as UTC; `None` when empty.
@@ -260,7 +380,19 @@ struct ComposePage {
     draft: Draft,
     district_wide: bool,
     schools: Vec<SchoolView>,
+    /// Grades the sender may name whole.
+    grades: Vec<GradeView>,
+    /// Grades the sender sees only part of (a teacher, or a school administrator when
+    /// other schools have the grade too): not offered.
+    partial_grades: usize,
     classes: Vec<ClassView>,
+    /// The students and guardians chosen so far, and those the search found besides.
+    chosen_students: Vec<StudentView>,
+    chosen_guardians: Vec<GuardianView>,
+    found_students: Vec<StudentView>,
+    found_guardians: Vec<GuardianView>,
+    /// Translations to show, the last one possibly empty.
+    translations: Vec<TranslationDraft>,
     error: Option<String>,
     preview: Option<Preview>,
     /// The preview is of an emergency: sending needs the confirmation button.
@@ -271,6 +403,9 @@ struct ComposePage {
     /// The district's time zone, in which the form's times are read.
     zone: String,
 }
+
+/// Students and guardians a search on the compose page shows, of each.
+const FOUND: u32 = 20;
 
 /// The district's time zone (UTC if it names none Tidings knows).
 async fn district_zone(
@@ -285,6 +420,14 @@ async fn district_zone(
         .unwrap_or(chrono_tz::UTC))
 }
 
+/// The ids among `ids` (at most [`MAX_CHOSEN`]); what is not an id is left out (sending
+/// names it as unknown).
+fn chosen_ids(ids: &[String]) -> impl Iterator<Item = Uuid> + '_ {
+    ids.iter()
+        .take(MAX_CHOSEN)
+        .filter_map(|id| id.parse::<Uuid>().ok())
+}
+
 async fn compose_page(
     state: &AppState,
     signed_in: &SignedIn,
@@ -292,24 +435,56 @@ async fn compose_page(
     error: Option<String>,
     preview: Option<Preview>,
 ) -> Result<ComposePage, tidings_core::store::StoreError> {
+    let store = &state.store;
     let scope = Scope::of(&signed_in.staff);
     let page = PageRequest {
         limit: 500,
         ..PageRequest::default()
     };
-    let schools = state.store.schools(&scope, &page).await?;
-    let classes = state.store.classes(&scope, &page).await?;
+    let schools = store.schools(&scope, &page).await?;
+    let classes = store.classes(&scope, &page).await?;
+    let (grades, partial): (Vec<GradeView>, Vec<GradeView>) = store
+        .grades(&scope)
+        .await?
+        .into_iter()
+        .partition(GradeView::whole);
+    // The chosen, in the order chosen, each looked up within the scope.
+    let mut chosen_students = Vec::new();
+    for id in chosen_ids(&draft.students) {
+        chosen_students.extend(store.students(&scope, &PageRequest::only(id)).await?);
+    }
+    let mut chosen_guardians = Vec::new();
+    for id in chosen_ids(&draft.guardians) {
+        chosen_guardians.extend(store.guardians(&scope, &PageRequest::only(id)).await?);
+    }
+    let (mut found_students, mut found_guardians) = (Vec::new(), Vec::new());
+    let find = draft.find.trim();
+    if !find.is_empty() {
+        let search = PageRequest {
+            search: Some(find.to_owned()),
+            limit: FOUND,
+            ..PageRequest::default()
+        };
+        found_students = store.students(&scope, &search).await?;
+        found_students.retain(|s| !draft.has_student(&s.id));
+        found_guardians = store.guardians(&scope, &search).await?;
+        found_guardians.retain(|g| !draft.has_guardian(&g.id));
+    }
     let confirm = preview.is_some() && draft.kind == "emergency";
     let mut sms = Vec::new();
     if preview.is_some() && draft.has_channel("sms") {
         sms.push(SmsCost {
-            language: "default".into(),
+            language: "Default".into(),
             segments: tidings_core::segments::segments(&draft.body),
         });
-        if !draft.t_body.trim().is_empty() {
+        for t in draft
+            .translations
+            .iter()
+            .filter(|t| !t.body.trim().is_empty())
+        {
             sms.push(SmsCost {
-                language: draft.t_language.clone(),
-                segments: tidings_core::segments::segments(&draft.t_body),
+                language: language_name(&t.language).to_owned(),
+                segments: tidings_core::segments::segments(&t.body),
             });
         }
     }
@@ -323,21 +498,58 @@ async fn compose_page(
         zone,
         frame: Frame::of(signed_in),
         district_wide: signed_in.staff.role == Role::DistrictAdmin,
+        translations: draft.translation_slots(),
         draft,
         schools,
+        grades,
+        partial_grades: partial.len(),
         classes,
+        chosen_students,
+        chosen_guardians,
+        found_students,
+        found_guardians,
         error,
         preview,
         confirm,
     })
 }
 
-pub async fn compose(State(state): State<AppState>, signed_in: SignedIn) -> Response {
+/// What a link to the compose page may choose already: "Message this class" on a class
+/// page, and the like.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Prefill {
+    school: Option<Uuid>,
+    grade: Option<String>,
+    class: Option<Uuid>,
+    student: Option<Uuid>,
+    guardian: Option<Uuid>,
+}
+
+pub async fn compose(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Query(prefill): Query<Prefill>,
+) -> Response {
     if signed_in.staff.role == Role::Viewer {
         return (StatusCode::FORBIDDEN, "Viewers cannot send messages.").into_response();
     }
+    let ids = |id: Option<Uuid>| id.map(|id| id.to_string()).into_iter().collect();
+    let reach = if prefill.school.is_some() {
+        "schools"
+    } else if prefill.grade.is_some() {
+        "grades"
+    } else if prefill.student.is_some() || prefill.guardian.is_some() {
+        "people"
+    } else {
+        "classes"
+    };
     let draft = Draft {
-        reach: "classes".into(),
+        reach: reach.into(),
+        schools: ids(prefill.school),
+        grades: prefill.grade.into_iter().collect(),
+        classes: ids(prefill.class),
+        students: ids(prefill.student),
+        guardians: ids(prefill.guardian),
         channels: vec!["sms".into(), "email".into()],
         kind: "general".into(),
         requires_ack: true,
@@ -359,6 +571,10 @@ pub async fn send(State(state): State<AppState>, Posted { signed_in, fields }: P
             Err(error) => failed(error),
         }
     };
+    if draft.action == "find" || draft.action == "translate" {
+        // Only the form again: with what the search found, or one more language.
+        return again(draft, StatusCode::OK, None, None).await;
+    }
     let zone = match district_zone(&state, &signed_in.staff).await {
         Ok(zone) => zone,
         Err(error) => return failed(error),

@@ -50,6 +50,7 @@ impl Default for ZipLimits {
 }
 
 /// An opened bundle.
+#[derive(Debug)]
 pub struct Bundle {
     dir: PathBuf,
     /// Keeps an unpacked zip alive for as long as the bundle.

@@ -14,6 +14,7 @@ pub mod cancel;
 pub mod directory;
 pub mod renotify;
 pub mod replay;
+pub mod roster;
 pub mod send;
 pub mod settings;
 pub mod tokens;
@@ -84,6 +85,17 @@ pub enum Refusal {
     /// The idempotency key was used before for a different request.
     #[error("this idempotency key was used for a different request")]
     IdempotencyMismatch,
+    /// A roster that cannot be imported: not a bundle, a bad manifest, another
+    /// district's export (the text says which).
+    #[error("{0}")]
+    InvalidRoster(String),
+    /// The import would delete more of the directory than allowed: nothing changed.
+    /// The report says what it would have done.
+    #[error("the import was held back and nothing was changed: {over}")]
+    ImportHeldBack {
+        over: Box<crate::roster::OverLimit>,
+        report: Box<crate::roster::ImportReport>,
+    },
 }
 
 /// A service's failure: a refusal, or the store failing (ours: the caller may retry).

@@ -65,6 +65,15 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
+    /// The one row with this id, if the scope sees it.
+    pub fn only(id: Uuid) -> Self {
+        PageRequest {
+            only: Some(id),
+            limit: 1,
+            ..PageRequest::default()
+        }
+    }
+
     /// `%search%`, lower-cased, with LIKE's wildcards escaped.
     pub fn pattern(&self) -> Option<String> {
         self.search
@@ -109,6 +118,25 @@ pub struct StudentView {
     pub given_name: String,
     pub family_name: String,
     pub grade: Option<String>,
+}
+
+/// A grade level of the district, with how many of its students the caller may see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GradeView {
+    pub grade: String,
+    /// Students of the district in this grade.
+    pub students: i64,
+    /// Of those, the ones the caller may see. An audience may name the grade only when
+    /// the caller sees them all.
+    pub visible: i64,
+}
+
+impl GradeView {
+    /// The caller may message the whole grade.
+    pub fn whole(&self) -> bool {
+        self.visible == self.students
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -400,6 +428,50 @@ pub(crate) async fn students<D: Dialect>(
         .iter()
         .map(student)
         .collect()
+}
+
+/// The grades of the district that the scope sees students in, in grade order (numbers
+/// as numbers: "2" before "10"), each with its students counted.
+pub(crate) async fn grades<D: Dialect>(
+    conn: &mut D::Connection,
+    scope: &Scope,
+) -> StoreResult<Vec<GradeView>> {
+    let sql = format!(
+        "SELECT x.grade, count(*) AS students, \
+         sum(CASE WHEN {0} THEN 1 ELSE 0 END) AS visible \
+         FROM students x WHERE x.district_id = $1 AND x.deleted_at IS NULL AND x.grade IS NOT NULL \
+         GROUP BY x.grade HAVING sum(CASE WHEN {0} THEN 1 ELSE 0 END) > 0",
+        student_filter(scope, "x")
+    );
+    let args = Args::new()
+        .id(*scope.district().as_uuid())
+        .id(scope.staff());
+    let mut grades = D::fetch_all(conn, &sql, args)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(GradeView {
+                grade: row.text("grade")?,
+                students: row.i64("students")?,
+                visible: row.i64("visible")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    grades.sort_by_key(|g| grade_order(&g.grade));
+    Ok(grades)
+}
+
+/// Sorts grades as a school does: pre-kindergarten and kindergarten first, then numbers
+/// by value, then anything else by name.
+fn grade_order(grade: &str) -> (u8, u32, String) {
+    match grade.trim().to_ascii_uppercase().as_str() {
+        "PK" | "PREK" | "PRE-K" => (0, 0, String::new()),
+        "K" | "KG" | "KINDERGARTEN" => (1, 0, String::new()),
+        other => match other.parse::<u32>() {
+            Ok(n) => (2, n, String::new()),
+            Err(_) => (3, 0, other.to_owned()),
+        },
+    }
 }
 
 pub(crate) async fn guardians<D: Dialect>(

@@ -18,10 +18,10 @@ use super::writes::{
 };
 use super::{
     audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
-    ClassView, ContactPointView, DirectoryCounts, District, DistrictSso, FirstAdmin, Guardian,
-    GuardianDetail, GuardianRef, GuardianView, ImportRecord, MessageContent, MessageListItem,
-    MessageScope, MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool, NewStaff,
-    PageRequest, Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store,
+    ClassView, ContactPointView, DirectoryCounts, District, DistrictSso, FirstAdmin, GradeView,
+    Guardian, GuardianDetail, GuardianRef, GuardianView, ImportRecord, MessageContent,
+    MessageListItem, MessageScope, MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool,
+    NewStaff, PageRequest, Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store,
     StoreResult, StudentView, WriteTransaction, DELIVERY_COLUMNS,
 };
 use super::{RecipientTimeline, ReplyView, StateSeries};
@@ -423,6 +423,10 @@ where
 
     async fn guardians(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<GuardianView>> {
         directory::guardians::<S::Db>(&mut *self.reads().acquire().await?, scope, page).await
+    }
+
+    async fn grades(&self, scope: &Scope) -> StoreResult<Vec<GradeView>> {
+        directory::grades::<S::Db>(&mut *self.reads().acquire().await?, scope).await
     }
 
     async fn guardian_detail(

@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use directory::{
-    ClassView, ContactPointView, GuardianDetail, GuardianRef, GuardianView, OptOutView,
+    ClassView, ContactPointView, GradeView, GuardianDetail, GuardianRef, GuardianView, OptOutView,
     PageRequest, SchoolView, Scope, StudentView,
 };
 pub use postgres::PostgresStore;
@@ -1082,6 +1082,8 @@ pub trait Store:
     async fn classes(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<ClassView>>;
     async fn students(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<StudentView>>;
     async fn guardians(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<GuardianView>>;
+    /// The grades the scope sees students in, with their students counted.
+    async fn grades(&self, scope: &Scope) -> StoreResult<Vec<GradeView>>;
 
     /// A guardian the scope may see, with the students the scope may see among theirs,
     /// their contact points and their active opt-outs.
