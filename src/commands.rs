@@ -6,6 +6,7 @@ use anyhow::Context;
 use tidings_core::delivery::Actor;
 use tidings_core::link::LinkKeys;
 use tidings_core::secret;
+use tidings_core::services::districts::Operator;
 use tidings_core::services::{Refusal, ServiceError, Services};
 use tidings_core::store::{self, ConnectOptions, FirstAdmin, Store};
 use tidings_core::time::now;
@@ -509,6 +510,102 @@ pub async fn quotas(
     println!("district {} {:?}", id, current.name);
     println!("  max recipients per message: {}", show(recipients));
     println!("  max messages per hour:      {}", show(hourly));
+    Ok(())
+}
+
+/// `tidings district list`.
+pub async fn districts(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    bootstrap(config, store.as_ref()).await?;
+    let lines = services(config, store)?
+        .districts(Operator::CommandLine)
+        .await?;
+    for line in lines {
+        let d = &line.district;
+        let state = match d.suspended_at {
+            Some(at) => format!("suspended since {}", at.format("%Y-%m-%d %H:%M UTC")),
+            None => "active".to_owned(),
+        };
+        println!(
+            "{}  {:?}  {}  {}  {} schools, {} students, {} guardians, {} staff",
+            d.id,
+            d.name,
+            d.timezone,
+            state,
+            line.counts.schools,
+            line.counts.students,
+            line.counts.guardians,
+            line.counts.staff
+        );
+    }
+    Ok(())
+}
+
+/// `tidings district create --name NAME --admin-email EMAIL`: prints the first
+/// administrator's invitation link as its last line.
+pub async fn create_district(
+    config: &Config,
+    new: tidings_core::services::districts::NewDistrict<'_>,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    bootstrap(config, store.as_ref()).await?;
+    let created = services(config, store)?
+        .create_district(Operator::CommandLine, new)
+        .await?;
+    let base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    eprintln!(
+        "Created district {:?} ({}). Pass this link to {}, once: it lets them choose a \
+         password within 7 days.",
+        created.district.name, created.district.id, created.invitation.staff.email
+    );
+    println!(
+        "{}/invitation/{}",
+        base.trim_end_matches('/'),
+        created.invitation.token.reveal()
+    );
+    Ok(())
+}
+
+/// `tidings district rename DISTRICT NAME`.
+pub async fn rename_district(
+    config: &Config,
+    district: tidings_core::DistrictId,
+    name: &str,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    services(config, store)?
+        .rename_district(Operator::CommandLine, district, name)
+        .await?;
+    println!("district {district} is now {:?}", name.trim());
+    Ok(())
+}
+
+/// `tidings district suspend DISTRICT` and `tidings district resume DISTRICT`.
+pub async fn suspend_district(
+    config: &Config,
+    district: tidings_core::DistrictId,
+    suspend: bool,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    services(config, store)?
+        .suspend_district(Operator::CommandLine, district, suspend)
+        .await?;
+    let now = if suspend { "suspended" } else { "active" };
+    println!("district {district} is {now}");
+    Ok(())
+}
+
+/// `tidings district operator --email EMAIL [--revoke]`.
+pub async fn set_operator(config: &Config, email: &str, operator: bool) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    let staff = services(config, store)?
+        .set_operator(email, operator)
+        .await?;
+    let is = if staff.operator { "is" } else { "is not" };
+    println!("{} {is} an operator of this Tidings", staff.email);
     Ok(())
 }
 

@@ -66,7 +66,7 @@ enum Command {
         #[command(subcommand)]
         command: SchoolCommand,
     },
-    /// District settings.
+    /// Districts of the install (operators), and each district's settings.
     District {
         #[command(subcommand)]
         command: DistrictCommand,
@@ -191,6 +191,39 @@ enum SchoolCommand {
 
 #[derive(Debug, Subcommand)]
 enum DistrictCommand {
+    /// List the districts: id, name, time zone, whether suspended, directory size.
+    List,
+    /// Create a district and invite its first district administrator (prints the
+    /// invitation link, once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// IANA time zone, e.g. America/Chicago.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// The first district administrator's email.
+        #[arg(long)]
+        admin_email: String,
+        #[arg(long, default_value = "District administrator")]
+        admin_name: String,
+    },
+    /// Rename a district.
+    Rename {
+        district: tidings_core::DistrictId,
+        name: String,
+    },
+    /// Suspend a district: its staff cannot sign in or use the API until it is resumed.
+    Suspend { district: tidings_core::DistrictId },
+    /// Resume a suspended district.
+    Resume { district: tidings_core::DistrictId },
+    /// Make a staff member an operator of the install (manages districts in the web
+    /// admin), or with --revoke no longer one.
+    Operator {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        revoke: bool,
+    },
     /// Show or set the quotas on non-emergency messages (0 removes a limit).
     Quotas {
         #[arg(long)]
@@ -325,6 +358,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let window = (!off).then_some((start, end, timezone));
                 commands::quiet_hours(&config, district, &school, window).await
             }
+            Command::District {
+                command: DistrictCommand::List,
+            } => commands::districts(&config).await,
+            Command::District {
+                command:
+                    DistrictCommand::Create {
+                        name,
+                        timezone,
+                        admin_email,
+                        admin_name,
+                    },
+            } => {
+                let new = tidings_core::services::districts::NewDistrict {
+                    name: &name,
+                    timezone: &timezone,
+                    admin_email: &admin_email,
+                    admin_name: &admin_name,
+                };
+                commands::create_district(&config, new).await
+            }
+            Command::District {
+                command: DistrictCommand::Rename { district, name },
+            } => commands::rename_district(&config, district, &name).await,
+            Command::District {
+                command: DistrictCommand::Suspend { district },
+            } => commands::suspend_district(&config, district, true).await,
+            Command::District {
+                command: DistrictCommand::Resume { district },
+            } => commands::suspend_district(&config, district, false).await,
+            Command::District {
+                command: DistrictCommand::Operator { email, revoke },
+            } => commands::set_operator(&config, &email, !revoke).await,
             Command::District {
                 command:
                     DistrictCommand::Quotas {

@@ -1758,3 +1758,160 @@ async fn import_count(db: &TestDatabase) -> usize {
         .filter(|e| e.action == "roster.import")
         .count()
 }
+
+#[tokio::test]
+async fn an_operator_adds_a_district_whose_administrator_joins_and_suspends_it() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let browser = Browser::start("districts").await;
+    let b = &browser.client;
+    sign_in(&browser, &server).await;
+
+    // The first administrator operates the install: the districts page is theirs.
+    browser
+        .click("nav a[href='/districts']", "[data-page=districts]")
+        .await;
+    browser.accessible("districts").await;
+    browser.fill("name", "Lakeside Unified").await;
+    let zone = b.find(Locator::Id("timezone")).await.unwrap();
+    zone.clear().await.unwrap();
+    zone.send_keys("Mars/Olympus").await.unwrap();
+    browser
+        .fill("admin_email", "head@lakeside.example.org")
+        .await;
+    browser.click("#create-district", "[role=alert]").await;
+    assert!(browser.text("[role=alert]").await.contains("time zone"));
+    browser.fill("name", "Lakeside Unified").await;
+    let zone = b.find(Locator::Id("timezone")).await.unwrap();
+    zone.clear().await.unwrap();
+    zone.send_keys("America/Denver").await.unwrap();
+    browser
+        .fill("admin_email", "head@lakeside.example.org")
+        .await;
+    browser.fill("admin_name", "Head of IT").await;
+    browser.click("#create-district", "#invitation-link").await;
+    browser.accessible("district-created").await;
+    browser.shot("district-created").await;
+    let link = browser.text("#invitation-link").await;
+    assert!(link.contains("/invitation/"), "{link}");
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let lakeside = store
+        .districts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == "Lakeside Unified")
+        .expect("created");
+    assert_eq!(lakeside.timezone, "America/Denver");
+
+    // The new district's administrator accepts: signed in to their own, empty district,
+    // without the districts page.
+    b.goto(&link).await.unwrap();
+    browser.arrive("[data-page=invitation]").await;
+    browser.fill("password", "lakeside passphrase").await;
+    browser.fill("again", "lakeside passphrase").await;
+    browser
+        .click("[data-page=invitation] button", "[data-page=messages]")
+        .await;
+    assert!(b
+        .find(Locator::Css("nav a[href='/districts']"))
+        .await
+        .is_err());
+    b.goto(&server.url("/districts")).await.unwrap();
+    assert!(browser.text("body").await.contains("Only operators"));
+    b.goto(&server.url("/")).await.unwrap();
+    browser.arrive("[data-page=messages]").await;
+    browser
+        .click("form.signout button", "[data-page=sign-in]")
+        .await;
+    sign_in(&browser, &server).await;
+    b.goto(&server.url("/districts")).await.unwrap();
+    browser.arrive("[data-page=districts]").await;
+    let token = support::token_for(&db.url, "head@lakeside.example.org").await;
+    let http = reqwest::Client::new();
+    let schools = http
+        .get(server.url("/api/v1/schools"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(schools.status(), reqwest::StatusCode::OK);
+    let schools: Value = schools.json().await.unwrap();
+    assert_eq!(schools["items"], json!([]), "a new district has no school");
+
+    // Suspended from the districts page: its staff are refused, with a reason.
+    browser
+        .click(
+            &format!("tr[data-district='{}'] button.danger", lakeside.id),
+            "[data-page=districts]",
+        )
+        .await;
+    assert!(browser
+        .text(&format!("tr[data-district='{}'] .state", lakeside.id))
+        .await
+        .contains("suspended"));
+    browser.shot("district-suspended").await;
+    let refused = http
+        .get(server.url("/api/v1/schools"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/district-suspended");
+    // The operator's own district cannot be suspended from here.
+    let own = store.districts().await.unwrap()[0].id;
+    assert!(b
+        .find(Locator::Css(&format!(
+            "tr[data-district='{own}'] button.danger"
+        )))
+        .await
+        .is_err());
+
+    // The command line lists it as suspended and resumes it.
+    let list = tidings(&db.url)
+        .args(["district", "list"])
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("Lakeside Unified") && l.contains("suspended since")),
+        "{listed}"
+    );
+    let resumed = tidings(&db.url)
+        .args(["district", "resume", &lakeside.id.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(resumed.status.success());
+    let again = http
+        .get(server.url("/api/v1/schools"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::OK);
+    let created = tidings(&db.url)
+        .args([
+            "district",
+            "create",
+            "--name",
+            "Hillcrest",
+            "--admin-email",
+            "it@hillcrest.example.org",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(created.status.success());
+    let link = String::from_utf8(created.stdout).unwrap();
+    assert!(link.trim().contains("/invitation/tid_"), "{link}");
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}

@@ -44,6 +44,9 @@ impl FromRequestParts<AppState> for Caller {
         {
             return Err(ApiError::Unauthorized);
         }
+        if record.district_suspended_at.is_some() {
+            return Err(ApiError::DistrictSuspended);
+        }
         // When the token was last used, to the minute: bookkeeping, never a reason to
         // refuse a request that is otherwise good.
         if record

@@ -64,6 +64,11 @@ pub enum ApiError {
     /// changed. The problem lists the counts (`over_delete_limit`).
     #[error("the roster import was held back and nothing was changed: {0}; if the export is right, send it again with force=true")]
     ImportHeldBack(Box<tidings_core::roster::OverLimit>),
+    /// The caller's district is suspended by an operator of the install.
+    #[error(
+        "this district is suspended; its staff cannot use Tidings until an operator resumes it"
+    )]
+    DistrictSuspended,
 }
 
 impl From<StoreError> for ApiError {
@@ -111,6 +116,7 @@ impl From<Refusal> for ApiError {
             Refusal::QuotaExceeded(detail) => ApiError::QuotaExceeded(detail),
             Refusal::IdempotencyInFlight => ApiError::IdempotencyInFlight,
             Refusal::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            Refusal::DistrictSuspended => ApiError::DistrictSuspended,
             Refusal::InvalidRoster(detail) => ApiError::InvalidRoster(detail),
             Refusal::ImportHeldBack { over, .. } => ApiError::ImportHeldBack(over),
         }
@@ -253,6 +259,11 @@ impl ApiError {
                 "/problems/import-held-back",
                 "Roster import held back",
             ),
+            ApiError::DistrictSuspended => (
+                StatusCode::FORBIDDEN,
+                "/problems/district-suspended",
+                "District suspended",
+            ),
         }
     }
 }
@@ -384,6 +395,7 @@ mod tests {
                 max_delete_percent: 10,
                 entities: Vec::new(),
             })),
+            ApiError::DistrictSuspended,
             ApiError::Internal(StoreError::Corrupt(String::new())),
         ];
         for error in every {

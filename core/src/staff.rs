@@ -30,4 +30,7 @@ pub struct Staff {
     pub display_name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Manages the districts of the install (creates, renames, suspends them), besides
+    /// their role in their own district.
+    pub operator: bool,
 }

@@ -15,6 +15,7 @@ use tidings_core::Role;
 tidings_core::on_both_stores! {
     an_invitation_is_good_once_and_for_seven_days,
     api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once,
+    operators_create_rename_suspend_and_resume_districts,
 }
 
 fn services(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Services {
@@ -215,4 +216,179 @@ async fn api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once(store: Ar
         .await
         .unwrap();
     assert_eq!(last_used().await, Some(later));
+}
+
+async fn operators_create_rename_suspend_and_resume_districts(store: Arc<dyn Store>) {
+    use tidings_core::services::districts::{NewDistrict, Operator};
+    let admin = seed(store.as_ref(), 0).await.staff;
+    let clock = Arc::new(ManualClock::at(now()));
+    let services = services(store.clone(), clock.clone());
+    let refusal = |outcome: Result<(), ServiceError>| match outcome {
+        Err(ServiceError::Refused(refusal)) => Some(refusal),
+        _ => None,
+    };
+
+    // The install's first administrator operates it; another district administrator
+    // does not until the command line makes them one.
+    assert!(
+        admin.operator,
+        "the first administrator operates the install"
+    );
+    let colleague = services
+        .invite(
+            &admin,
+            "it2@riverside.example.org",
+            "IT",
+            Role::DistrictAdmin,
+        )
+        .await
+        .unwrap()
+        .staff;
+    assert!(!colleague.operator);
+    assert_eq!(
+        refusal(
+            services
+                .districts(Operator::Staff(&colleague))
+                .await
+                .map(drop)
+        ),
+        Some(Refusal::Forbidden)
+    );
+    let granted = services
+        .set_operator(colleague.email.as_str(), true)
+        .await
+        .unwrap();
+    assert!(granted.operator);
+    assert!(services.districts(Operator::Staff(&granted)).await.is_ok());
+    let operator = admin.clone();
+    let op = Operator::Staff(&operator);
+
+    // Creating: bad names, time zones and emails are refused; a good one invites its
+    // first administrator, whose invitation works.
+    let lakeside = NewDistrict {
+        name: "Lakeside Schools",
+        timezone: "America/Denver",
+        admin_email: "head@lakeside.example.org",
+        admin_name: "Head of IT",
+    };
+    for bad in [
+        NewDistrict {
+            name: " ",
+            ..lakeside
+        },
+        NewDistrict {
+            timezone: "Mars/Olympus",
+            ..lakeside
+        },
+        NewDistrict {
+            admin_email: "not an email",
+            ..lakeside
+        },
+        NewDistrict {
+            admin_email: admin.email.as_str(),
+            ..lakeside
+        },
+    ] {
+        let outcome = services.create_district(op, bad).await.map(drop);
+        assert!(
+            matches!(
+                refusal(outcome),
+                Some(Refusal::Invalid(_) | Refusal::Conflict(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let created = services.create_district(op, lakeside).await.unwrap();
+    let district = created.district.id;
+    assert_eq!(created.district.timezone, "America/Denver");
+    assert_eq!(created.invitation.staff.role, Role::DistrictAdmin);
+    assert!(!created.invitation.staff.operator);
+    let session = services
+        .accept_invitation(&created.invitation.token.reveal(), "lakeside passphrase")
+        .await
+        .unwrap();
+    assert_eq!(session.staff.district_id, district);
+    let listed = services.districts(op).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].district.id, district);
+    assert_eq!(listed[1].counts.staff, 1);
+    // Their own district's administrator is not an operator: they see no district list.
+    assert_eq!(
+        refusal(
+            services
+                .districts(Operator::Staff(&session.staff))
+                .await
+                .map(drop)
+        ),
+        Some(Refusal::Forbidden)
+    );
+
+    services
+        .rename_district(op, district, "  Lakeside Unified  ")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.district(district).await.unwrap().unwrap().name,
+        "Lakeside Unified"
+    );
+
+    // Suspending: never one's own district; another's stops its sign-ins and tokens,
+    // and resuming brings them back. Twice is once.
+    assert!(matches!(
+        refusal(
+            services
+                .suspend_district(op, operator.district_id, true)
+                .await
+        ),
+        Some(Refusal::Conflict(_))
+    ));
+    for _ in 0..2 {
+        services.suspend_district(op, district, true).await.unwrap();
+    }
+    assert_eq!(
+        refusal(
+            services
+                .sign_in("head@lakeside.example.org", "lakeside passphrase")
+                .await
+                .map(drop)
+        ),
+        Some(Refusal::DistrictSuspended)
+    );
+    let record = store.api_token(session.token.id).await.unwrap().unwrap();
+    assert!(
+        record.district_suspended_at.is_some(),
+        "its session stops too"
+    );
+    services
+        .suspend_district(Operator::CommandLine, district, false)
+        .await
+        .unwrap();
+    services
+        .sign_in("head@lakeside.example.org", "lakeside passphrase")
+        .await
+        .expect("resumed, its staff sign in again");
+    let record = store.api_token(session.token.id).await.unwrap().unwrap();
+    assert!(record.district_suspended_at.is_none());
+
+    // Each change is audited once, in the district it changed.
+    let actions: Vec<String> = store
+        .audit_entries(district, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .filter(|a| a.starts_with("district."))
+        .collect();
+    let mut sorted = actions.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "district.create",
+            "district.rename",
+            "district.resume",
+            "district.suspend"
+        ],
+        "{actions:?}"
+    );
 }

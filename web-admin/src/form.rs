@@ -120,6 +120,11 @@ pub fn said(refusal: &Refusal) -> (StatusCode, String) {
             StatusCode::UNPROCESSABLE_ENTITY,
             "This form was already used for something else; please reload it.".to_owned(),
         ),
+        Refusal::DistrictSuspended => (
+            StatusCode::FORBIDDEN,
+            "Your district's Tidings is suspended. Ask the people who run this Tidings server."
+                .to_owned(),
+        ),
         Refusal::InvalidRoster(detail) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("This roster cannot be imported: {detail}."),

@@ -13,6 +13,7 @@ mod audit;
 mod chart;
 mod dead_letters;
 mod directory;
+mod districts;
 mod form;
 mod imports;
 mod messages;
@@ -118,6 +119,7 @@ pub fn router(state: AppState, web: Web) -> Router {
         .route("/account", get(staff::account).post(staff::change_password))
         .route("/tokens", get(tokens::list).post(tokens::change))
         .route("/settings", get(settings::show).post(settings::save))
+        .route("/districts", get(districts::list).post(districts::change))
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/schools", get(directory::schools))

@@ -51,6 +51,8 @@ pub struct Frame {
     pub styles: &'static str,
     pub staff_name: String,
     pub csrf: String,
+    /// An operator of the install: the districts page is linked.
+    pub operator: bool,
 }
 
 impl Frame {
@@ -59,6 +61,7 @@ impl Frame {
             styles: crate::assets::styles_url(),
             staff_name: signed_in.staff.display_name.clone(),
             csrf: signed_in.csrf.clone(),
+            operator: signed_in.staff.operator,
         }
     }
 }

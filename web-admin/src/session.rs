@@ -100,6 +100,13 @@ impl FromRequestParts<AppState> for SignedIn {
         if !token.matches(&record.secret_hash) || !live {
             return Err(to_sign_in());
         }
+        if record.district_suspended_at.is_some() {
+            return Err((
+                axum::http::StatusCode::FORBIDDEN,
+                "Your district's Tidings is suspended. Ask the people who run this Tidings server.",
+            )
+                .into_response());
+        }
         Ok(SignedIn {
             staff: record.staff,
             csrf: csrf_for(&token.reveal()),

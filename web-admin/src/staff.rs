@@ -87,7 +87,12 @@ pub async fn list(State(state): State<AppState>, signed_in: SignedIn) -> Respons
 }
 
 /// The address of an invitation's page, from the request's own origin.
-fn invitation_link(headers: &axum::http::HeaderMap, invitation: &Invitation) -> String {
+/// Where browsers reach Tidings: the configured public URL, or else the address this
+/// request came to.
+pub(crate) fn base_url(web: &Web, headers: &axum::http::HeaderMap) -> String {
+    if let Some(url) = &web.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -101,11 +106,20 @@ fn invitation_link(headers: &axum::http::HeaderMap, invitation: &Invitation) -> 
     } else {
         "http"
     };
-    format!("{scheme}://{host}/invitation/{}", invitation.token.reveal())
+    format!("{scheme}://{host}")
+}
+
+fn invitation_link(web: &Web, headers: &axum::http::HeaderMap, invitation: &Invitation) -> String {
+    format!(
+        "{}/invitation/{}",
+        base_url(web, headers),
+        invitation.token.reveal()
+    )
 }
 
 pub async fn change(
     State(state): State<AppState>,
+    axum::Extension(web): axum::Extension<Arc<Web>>,
     headers: axum::http::HeaderMap,
     Posted { signed_in, fields }: Posted,
 ) -> Response {
@@ -124,7 +138,7 @@ pub async fn change(
                 .map(|invitation| {
                     Some((
                         invitation.staff.email.to_string(),
-                        invitation_link(&headers, &invitation),
+                        invitation_link(&web, &headers, &invitation),
                     ))
                 }),
             Err(refusal) => Err(refusal.into()),

@@ -81,6 +81,10 @@ impl Services {
 
     /// A new web session of `staff`, audited as a sign-in by `method`.
     async fn start_session(&self, staff: Staff, method: &str) -> Result<Session, ServiceError> {
+        let district = self.store.district(staff.district_id).await?;
+        if district.is_none_or(|d| d.suspended_at.is_some()) {
+            return Err(Refusal::DistrictSuspended.into());
+        }
         let at = self.clock.now();
         let expires_at = at + chrono::Duration::hours(SESSION_HOURS);
         let token = ApiToken::generate();

@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod cancel;
 pub mod directory;
+pub mod districts;
 pub mod renotify;
 pub mod replay;
 pub mod roster;
@@ -85,6 +86,9 @@ pub enum Refusal {
     /// The idempotency key was used before for a different request.
     #[error("this idempotency key was used for a different request")]
     IdempotencyMismatch,
+    /// The caller's district is suspended by an operator.
+    #[error("the district is suspended")]
+    DistrictSuspended,
     /// A roster that cannot be imported: not a bundle, a bad manifest, another
     /// district's export (the text says which).
     #[error("{0}")]

@@ -766,7 +766,7 @@ pub(crate) async fn set_school_quiet_hours<D: Dialect>(
 
 /// The columns [`district_from_row`] reads.
 pub(crate) const DISTRICT_COLUMNS: &str = "id, name, default_language, timezone, created_at, \
-     max_recipients_per_message, max_messages_per_hour";
+     max_recipients_per_message, max_messages_per_hour, suspended_at";
 
 pub(crate) fn district_from_row(row: &impl Columns) -> StoreResult<District> {
     Ok(District {
@@ -777,6 +777,7 @@ pub(crate) fn district_from_row(row: &impl Columns) -> StoreResult<District> {
         created_at: row.time("created_at")?,
         max_recipients_per_message: row.opt_i32("max_recipients_per_message")?,
         max_messages_per_hour: row.opt_i32("max_messages_per_hour")?,
+        suspended_at: row.opt_time("suspended_at")?,
     })
 }
 
@@ -846,7 +847,7 @@ pub(crate) async fn sso_districts<D: Dialect>(
         .join(", ");
     let sql = format!(
         "SELECT {columns} FROM districts d JOIN district_sso s ON s.district_id = d.id \
-         WHERE d.deleted_at IS NULL ORDER BY d.name, d.id"
+         WHERE d.deleted_at IS NULL AND d.suspended_at IS NULL ORDER BY d.name, d.id"
     );
     D::fetch_all(conn, &sql, Args::new())
         .await?

@@ -100,7 +100,15 @@ where
             role: Role::DistrictAdmin,
             password_hash: Some(first.password_hash.clone()),
         };
-        let staff = insert_staff::<S::Db>(&mut tx, &admin, at).await?;
+        let mut staff = insert_staff::<S::Db>(&mut tx, &admin, at).await?;
+        // The install's first administrator operates it (creates the other districts).
+        S::Db::execute(
+            &mut tx,
+            "UPDATE staff SET operator = $2 WHERE id = $1",
+            Args::new().id(staff.id).flag(true),
+        )
+        .await?;
+        staff.operator = true;
         tx.commit().await?;
         Ok(Some((district, staff)))
     }
@@ -225,8 +233,9 @@ where
             &mut *self.reads().acquire().await?,
             "SELECT t.id AS token_id, t.name AS token_name, t.secret_hash, t.expires_at, t.revoked_at, \
                     t.last_used_at, \
-                    s.id, s.district_id, s.email, s.display_name, s.role, s.created_at \
-             FROM api_tokens t JOIN staff s ON s.id = t.staff_id \
+                    s.id, s.district_id, s.email, s.display_name, s.role, s.created_at, s.operator, \
+                    d.suspended_at AS district_suspended_at \
+             FROM api_tokens t JOIN staff s ON s.id = t.staff_id JOIN districts d ON d.id = s.district_id \
              WHERE t.id = $1 AND s.disabled_at IS NULL",
             Args::new().id(id),
         )
@@ -242,6 +251,7 @@ where
             expires_at: row.opt_time("expires_at")?,
             revoked_at: row.opt_time("revoked_at")?,
             last_used_at: row.opt_time("last_used_at")?,
+            district_suspended_at: row.opt_time("district_suspended_at")?,
         }))
     }
 

@@ -176,6 +176,8 @@ pub struct District {
     pub max_recipients_per_message: Option<i32>,
     /// Non-emergency messages per rolling hour; `None`: no limit.
     pub max_messages_per_hour: Option<i32>,
+    /// Suspended by an operator: its staff cannot sign in or use the API.
+    pub suspended_at: Option<DateTime<Utc>>,
 }
 
 /// A district's single sign-on with OpenID Connect as stored: the identity provider, the
@@ -434,6 +436,8 @@ pub struct ApiTokenRecord {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The owner's district is suspended: the token does not work until it is resumed.
+    pub district_suspended_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -856,6 +860,28 @@ pub trait WriteTransaction: Send {
         quiet: Option<crate::quiet_hours::QuietHours>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// A new district named `name` in time zone `timezone`.
+    async fn create_district(
+        &mut self,
+        name: &str,
+        timezone: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<District>;
+
+    /// Renames a district; whether it exists.
+    async fn rename_district(&mut self, district: DistrictId, name: &str) -> StoreResult<bool>;
+
+    /// Suspends a district (`Some(at)`) or resumes it (`None`); whether that changed it.
+    async fn set_district_suspended(
+        &mut self,
+        district: DistrictId,
+        suspended_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<bool>;
+
+    /// Makes a staff member an operator of the install, or no longer one; whether that
+    /// changed them.
+    async fn set_operator(&mut self, staff: StaffId, operator: bool) -> StoreResult<bool>;
 
     /// Sets a district's quotas (`None` removes a limit).
     async fn set_district_quotas(

@@ -7,11 +7,12 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
+use super::directory::{district_from_row, DISTRICT_COLUMNS};
 use super::dispatch::LogWrites;
 use super::sending::Sending;
 use super::transitions::Transitions;
 use super::{
-    directory, messages, CancelOutcome, CasOutcome, ContactPointView, IdempotencyClaim,
+    directory, messages, CancelOutcome, CasOutcome, ContactPointView, District, IdempotencyClaim,
     MessageScope, NewMessage, NewStaff, OptOutView, PlanChunk, Scope, SendRefusal, SendSummary,
     StoreResult, WriteTransaction,
 };
@@ -52,7 +53,8 @@ impl<D: WriteDialect> Write<D> {
 }
 
 /// The columns [`staff_from_row`] reads.
-pub(crate) const STAFF_COLUMNS: &str = "id, district_id, email, display_name, role, created_at";
+pub(crate) const STAFF_COLUMNS: &str =
+    "id, district_id, email, display_name, role, created_at, operator";
 
 pub(crate) fn staff_from_row(row: &impl Columns) -> StoreResult<Staff> {
     Ok(Staff {
@@ -62,6 +64,7 @@ pub(crate) fn staff_from_row(row: &impl Columns) -> StoreResult<Staff> {
         display_name: row.text("display_name")?,
         role: row.parsed("role")?,
         created_at: row.time("created_at")?,
+        operator: row.flag("operator")?,
     })
 }
 
@@ -226,6 +229,65 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
     ) -> StoreResult<bool> {
         directory::set_school_quiet_hours::<D>(&mut self.tx, district.into(), school, quiet, at)
             .await
+    }
+
+    async fn create_district(
+        &mut self,
+        name: &str,
+        timezone: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<District> {
+        let sql = format!(
+            "INSERT INTO districts (id, name, timezone, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING {DISTRICT_COLUMNS}"
+        );
+        let args = Args::new()
+            .id(DistrictId::new())
+            .text(name)
+            .text(timezone)
+            .time(at);
+        district_from_row(&D::fetch_one(&mut self.tx, &sql, args).await?)
+    }
+
+    async fn rename_district(&mut self, district: DistrictId, name: &str) -> StoreResult<bool> {
+        let changed = D::execute(
+            &mut self.tx,
+            "UPDATE districts SET name = $2 WHERE id = $1 AND deleted_at IS NULL",
+            Args::new().id(district).text(name),
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+
+    async fn set_district_suspended(
+        &mut self,
+        district: DistrictId,
+        suspended_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<bool> {
+        let sql = if suspended_at.is_some() {
+            "UPDATE districts SET suspended_at = $2 WHERE id = $1 AND deleted_at IS NULL \
+             AND suspended_at IS NULL"
+        } else {
+            "UPDATE districts SET suspended_at = $2 WHERE id = $1 AND deleted_at IS NULL \
+             AND suspended_at IS NOT NULL"
+        };
+        let changed = D::execute(
+            &mut self.tx,
+            sql,
+            Args::new().id(district).opt_time(suspended_at),
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+
+    async fn set_operator(&mut self, staff: StaffId, operator: bool) -> StoreResult<bool> {
+        let changed = D::execute(
+            &mut self.tx,
+            "UPDATE staff SET operator = $2 WHERE id = $1 AND operator <> $2",
+            Args::new().id(staff).flag(operator),
+        )
+        .await?;
+        Ok(changed == 1)
     }
 
     async fn set_district_quotas(
