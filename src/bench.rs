@@ -761,3 +761,181 @@ pub async fn callbacks(
     println!("{report}");
     setup.finish().await
 }
+
+/// `tidings bench pages --students N`: the web admin's server time per page (request
+/// sent to response read, over loopback) for a district of N students with one message
+/// to all of it, as a district administrator sees it.
+pub async fn pages(
+    students: usize,
+    samples: usize,
+    database: &BenchDatabase,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use tidings_core::services::accounts::SESSION_NAME;
+    use tidings_core::services::send::SendMessage;
+    use tidings_core::store::{PageRequest, Scope};
+
+    let setup = Setup::new(students, 5, database).await?;
+    setup.import("bench").await?;
+    let store = setup.store.clone();
+    let state = tidings_api::AppState {
+        store: store.clone(),
+        default_phone_region: "US".into(),
+        partitions: tidings_core::log::DEFAULT_PARTITIONS,
+        link_keys: Arc::new(tidings_core::link::LinkKeys::generate()),
+        codes: None,
+        sign_ins: tidings_api::guardian::sign_in_limiter(),
+        trusted_proxies: Arc::from(Vec::new()),
+        roster_max_delete_percent: 10,
+        clock: Arc::new(tidings_core::clock::SystemClock),
+    };
+    let admin = store
+        .staff_by_email(&EmailAddress::parse("bench@bench.example.org")?)
+        .await?
+        .context("the benchmark's administrator")?;
+    // One message to the whole district, as the report pages show it.
+    let request = SendMessage {
+        audience: tidings_core::audience::Audience {
+            district: true,
+            ..Default::default()
+        },
+        channels: vec!["sms".into(), "email".into()],
+        kind: "general".into(),
+        subject: "Bench".into(),
+        body: "The web admin's benchmark message.".into(),
+        translations: Default::default(),
+        requires_ack: true,
+        delivery: None,
+        scheduled_at: None,
+        ack_deadline: None,
+        fallback_after_minutes: None,
+    };
+    let kept = tidings_api::idempotency::words::<tidings_core::services::send::Sent>(
+        axum::http::StatusCode::CREATED,
+    );
+    let message = match state
+        .services()
+        .send_message(&admin, request, None, &kept)
+        .await?
+    {
+        tidings_core::services::Reply::Done(sent) => sent.id,
+        tidings_core::services::Reply::Replayed(_) => anyhow::bail!("a fresh send replayed"),
+    };
+    // A web session, as signing in makes.
+    let session = secret::ApiToken::generate();
+    let mut tx = store.begin().await?;
+    tx.create_token(
+        session.id,
+        &admin,
+        SESSION_NAME,
+        &session.secret_hash(),
+        now(),
+        Some(now() + chrono::Duration::hours(1)),
+    )
+    .await?;
+    tx.commit().await?;
+    let cookie = format!("{}={}", tidings_web_admin::SESSION_COOKIE, session.reveal());
+
+    // Rows to open: the first school, class, student and guardian, and one recipient.
+    let scope = Scope::District(setup.district);
+    let first = PageRequest {
+        limit: 1,
+        ..PageRequest::default()
+    };
+    let school = store.schools(&scope, &first).await?.remove(0);
+    let class = store.classes(&scope, &first).await?.remove(0);
+    let student = store.students(&scope, &first).await?.remove(0);
+    let guardian = store.guardians(&scope, &first).await?.remove(0);
+    let recipient = store
+        .recipients(
+            &tidings_core::store::MessageScope::District(setup.district),
+            message,
+            None,
+            None,
+            1,
+        )
+        .await?
+        .and_then(|r| r.into_iter().next())
+        .context("a recipient")?;
+    let pages = [
+        ("messages", "/".to_owned()),
+        ("compose", "/messages/new".to_owned()),
+        ("report", format!("/messages/{message}")),
+        ("report, everyone", format!("/messages/{message}?show=all")),
+        (
+            "recipient timeline",
+            format!("/messages/{message}/recipients/{}", recipient.id),
+        ),
+        ("schools", "/schools".to_owned()),
+        ("school", format!("/schools/{}", school.id)),
+        ("class", format!("/classes/{}", class.id)),
+        ("students", "/students".to_owned()),
+        ("students, searched", "/students?q=an".to_owned()),
+        ("student", format!("/students/{}", student.id)),
+        ("guardians", "/guardians".to_owned()),
+        ("guardians, searched", "/guardians?q=an".to_owned()),
+        ("guardian", format!("/guardians/{}", guardian.id)),
+        ("dead letters", "/dead-letters".to_owned()),
+        ("audit log", "/audit".to_owned()),
+        ("staff", "/staff".to_owned()),
+        ("settings", "/settings".to_owned()),
+        ("API tokens", "/tokens".to_owned()),
+        ("imports", "/imports".to_owned()),
+        ("districts", "/districts".to_owned()),
+    ];
+
+    let web = tidings_web_admin::Web::new(false, None, None);
+    let router = tidings_api::router(state.clone()).merge(tidings_web_admin::router(state, web));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let mut figures = Vec::new();
+    let mut slow = Vec::new();
+    for (name, path) in pages {
+        let mut times = Vec::with_capacity(samples);
+        let mut status = 0;
+        let mut bytes = 0;
+        // Two unmeasured requests first: connections and caches warm, as in use.
+        for round in 0..samples + 2 {
+            let timer = Instant::now();
+            let response = client
+                .get(format!("{base}{path}"))
+                .header("cookie", &cookie)
+                .send()
+                .await?;
+            status = response.status().as_u16();
+            bytes = response.bytes().await?.len();
+            if round >= 2 {
+                times.push(timer.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        let (p50, p95) = (at(0.5), at(0.95));
+        if p95 >= 200.0 || status != 200 {
+            slow.push(name);
+        }
+        figures.push(serde_json::json!({
+            "page": name,
+            "status": status,
+            "bytes": bytes,
+            "p50_ms": (p50 * 10.0).round() / 10.0,
+            "p95_ms": (p95 * 10.0).round() / 10.0,
+            "max_ms": (times[times.len() - 1] * 10.0).round() / 10.0,
+        }));
+    }
+    server.abort();
+    let result = serde_json::json!({
+        "suite": "pages",
+        "store": store.backend(),
+        "students": students,
+        "guardians": setup.stats.guardians,
+        "samples": samples,
+        "pages": figures,
+        "over_200ms_or_failed": slow,
+        "peak_rss_mb": peak_rss_mb()?,
+    });
+    println!("{result}");
+    setup.finish().await
+}

@@ -142,6 +142,17 @@ enum BenchSuite {
         #[command(flatten)]
         database: tidings::bench::BenchDatabase,
     },
+    /// Time the web admin's pages (server time per page, p50 and p95 of several
+    /// requests) for a district of N students with one message to all of it.
+    Pages {
+        #[arg(long, default_value_t = 10_000)]
+        students: usize,
+        /// Measured requests per page.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        #[command(flatten)]
+        database: tidings::bench::BenchDatabase,
+    },
     /// Send a broadcast through the dispatcher to the in-process sandbox (no latency),
     /// then time single alerts from commit to provider call on an idle dispatcher.
     Dispatch {
@@ -330,6 +341,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 tidings::bench::dispatch(&shape, &database).await
             }
+            Command::Bench {
+                suite:
+                    BenchSuite::Pages {
+                        students,
+                        samples,
+                        database,
+                    },
+            } => tidings::bench::pages(students, samples.max(1), &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Callbacks {

@@ -201,6 +201,34 @@ async fn the_benchmarks_print_their_figures_as_json() {
         before,
         "the scratch database is dropped"
     );
+
+    // Every web admin page renders for a district administrator of a synthetic district,
+    // on PostgreSQL, and its server time is reported.
+    let pages = last_json(
+        support::tidings("sqlite://unused.db")
+            .env("TIDINGS_BENCH_POSTGRES_URL", &server)
+            .args([
+                "bench",
+                "pages",
+                "--students",
+                "100",
+                "--samples",
+                "2",
+                "--store",
+                "postgres",
+            ])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(pages["suite"], "pages");
+    let listed = pages["pages"].as_array().unwrap();
+    assert!(listed.len() >= 20, "{pages}");
+    for page in listed {
+        assert_eq!(page["status"], 200, "{page}");
+        assert!(page["bytes"].as_u64().unwrap() > 500, "{page}");
+        assert!(page["p95_ms"].as_f64().unwrap() > 0.0, "{page}");
+    }
 }
 
 /// The demo bundle zipped, with `users.csv` replaced by `users`.

@@ -1303,6 +1303,26 @@ async fn an_administrator_turns_on_single_sign_on_and_staff_sign_in_with_their_d
         .contains("No staff account"));
     browser.accessible("sso-no-account").await;
     browser.shot("sso-no-account").await;
+    // The same pages on a phone: nothing cut off, nothing overlapping.
+    b.set_window_size(390, 844).await.unwrap();
+    browser.shot("phone-sso-no-account").await;
+    browser.accessible("phone-sso-no-account").await;
+    b.goto(&server.url("/sign-in")).await.unwrap();
+    browser.arrive("[data-page=sign-in]").await;
+    let fits: bool = b
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_bool()
+        .unwrap();
+    assert!(fits, "the sign-in page scrolls sideways on a phone");
+    browser.shot("phone-sign-in-with-sso").await;
+    browser.to_district_account().await;
+    browser.shot("phone-sandbox-provider").await;
+    b.set_window_size(1280, 900).await.unwrap();
     b.goto(&server.url("/")).await.unwrap();
     browser.arrive("[data-page=sign-in]").await;
 

@@ -16,8 +16,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use tidings_core::delivery::Actor;
 use tidings_core::secret::{code_matches, generate_code, hash_code, GuardianToken};
+use tidings_core::services::acknowledge::AckVia;
 use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef, GuardianSession};
 use tidings_core::store::AckOutcome;
 use tidings_core::{
@@ -445,17 +445,11 @@ pub async fn acknowledge(
     Path(id): Path<MessageId>,
 ) -> Result<axum::Json<AckAnswer>, ApiError> {
     let found = caller.message(&state, id).await?;
-    let actor = Actor::guardian(format!("app:{}", caller.session));
     let mut results = Vec::new();
     for message in found {
         let outcome = state
-            .store
-            .acknowledge(
-                *message.recipient_id.as_uuid(),
-                Channel::Push,
-                &actor,
-                state.clock.now(),
-            )
+            .services()
+            .acknowledge(message.recipient_id, AckVia::App(caller.session))
             .await?;
         let result = match outcome {
             AckOutcome::Acked { .. } => "acked",

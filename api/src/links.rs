@@ -10,8 +10,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use html_escape::{encode_double_quoted_attribute, encode_text};
-use tidings_core::delivery::Actor;
 use tidings_core::link::{LinkClaims, LinkError, LinkPurpose};
+use tidings_core::services::acknowledge::AckVia;
 use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef};
 use tidings_core::store::AckOutcome;
 use tidings_core::words::{fill, words, Words};
@@ -41,15 +41,9 @@ pub async fn acknowledge(
         mut message,
     }: Link,
 ) -> Response {
-    let actor = Actor::guardian(format!("link:{}", claims.channel));
     let outcome = state
-        .store
-        .acknowledge(
-            *claims.recipient.as_uuid(),
-            claims.channel,
-            &actor,
-            state.clock.now(),
-        )
+        .services()
+        .acknowledge(claims.recipient, AckVia::Link(claims.channel))
         .await;
     let w = words(&message.language);
     let said = match outcome {

@@ -40,9 +40,10 @@ use subtle::ConstantTimeEq as _;
 use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
 use tidings_core::clock::{Clock, SystemClock};
 use tidings_core::delivery::{decide_and_apply, Actor, InStore, Request};
+use tidings_core::services::acknowledge::{acknowledge, AckVia};
 use tidings_core::store::inbox::inbox_mark;
 use tidings_core::store::Store;
-use tidings_core::{Channel, DeliveryEvent, DeliveryId};
+use tidings_core::{Channel, DeliveryEvent, DeliveryId, RecipientId};
 
 /// What the callbacks need to check each provider; a provider left unset is refused.
 #[derive(Clone)]
@@ -818,13 +819,15 @@ async fn take_inbound(
             else {
                 continue;
             };
-            let actor =
-                tidings_core::delivery::Actor::guardian(format!("sms:{}", sms.provider_message_id));
-            let outcome = cb
-                .store
-                .acknowledge(recipient, Channel::Sms, &actor, cb.now())
-                .await
-                .map_err(unavailable)?;
+            let via = AckVia::SmsReply(&sms.provider_message_id);
+            let outcome = acknowledge(
+                cb.store.as_ref(),
+                RecipientId::from_uuid(recipient),
+                via,
+                cb.now(),
+            )
+            .await
+            .map_err(unavailable)?;
             if matches!(outcome, tidings_core::store::AckOutcome::Acked { .. }) {
                 acknowledged += 1;
                 tracing::info!(guardian_id = %guardian, "acknowledged by SMS");

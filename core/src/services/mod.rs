@@ -10,6 +10,7 @@
 //! stored with the key.
 
 pub mod accounts;
+pub mod acknowledge;
 pub mod cancel;
 pub mod directory;
 pub mod districts;
