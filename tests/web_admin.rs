@@ -930,6 +930,23 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
         .click("nav a[href='/settings']", "[data-page=settings]")
         .await;
     browser.accessible("settings").await;
+    // The district's language and time zone: a zone that is none is refused in words.
+    browser.choose("language", "es").await;
+    let zone = b.find(Locator::Id("district_timezone")).await.unwrap();
+    zone.clear().await.unwrap();
+    zone.send_keys("Central Time").await.unwrap();
+    browser.click("#save-locale", "[role=alert]").await;
+    assert!(browser.text("[role=alert]").await.contains("time zone"));
+    browser.choose("language", "es").await;
+    let zone = b.find(Locator::Id("district_timezone")).await.unwrap();
+    zone.clear().await.unwrap();
+    zone.send_keys("America/Chicago").await.unwrap();
+    browser.click("#save-locale", "[role=status]").await;
+    let located = store.district(district).await.unwrap().unwrap();
+    assert_eq!(
+        (located.default_language.as_str(), located.timezone.as_str()),
+        ("es", "America/Chicago")
+    );
     browser.fill("max_recipients", "5000").await;
     browser.click("#save-quotas", "[role=status]").await;
     let quotas = store.district(district).await.unwrap().unwrap();
@@ -955,6 +972,10 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
     );
     assert!(
         actions.iter().any(|a| a == "school.quiet_hours"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| a == "district.locale"),
         "{actions:?}"
     );
     browser.client.close().await.unwrap();

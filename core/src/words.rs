@@ -106,6 +106,16 @@ pub fn words(language: &str) -> &'static Words {
     ALL.into_iter().find(|w| w.lang == primary).unwrap_or(&EN)
 }
 
+/// Whether `tag` is a plain BCP 47 language tag: a primary language of two or three
+/// letters, then subtags of two to eight letters or digits (`en`, `es-MX`, `zh-Hant`).
+pub fn is_language_tag(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let primary = parts.next().unwrap_or_default();
+    (2..=3).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_lowercase())
+        && parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// `phrase` with each `{name}` replaced by its value.
 pub fn fill(phrase: &str, values: &[(&str, &str)]) -> String {
     values
@@ -118,6 +128,34 @@ pub fn fill(phrase: &str, values: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn language_tags_are_told_from_other_text() {
+        for tag in ["en", "es", "haw", "pt-BR", "zh-Hant", "es-419"] {
+            assert!(is_language_tag(tag), "{tag}");
+        }
+        for not in [
+            "", "e", "English", "EN", "en-", "en_US", "es-MX-", "fr;q=0.9", "en us",
+        ] {
+            assert!(!is_language_tag(not), "{not}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn well_formed_tags_are_accepted(tag in "[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}") {
+            prop_assert!(is_language_tag(&tag));
+        }
+
+        #[test]
+        fn text_with_anything_but_letters_digits_and_hyphens_is_refused(
+            head in "[a-z]{2}", odd in "[^A-Za-z0-9-]", tail in "[a-z]{0,3}"
+        ) {
+            let tag = format!("{head}{odd}{tail}");
+            prop_assert!(!is_language_tag(&tag));
+        }
+    }
 
     #[test]
     fn regional_tags_find_their_language_and_unknown_ones_get_english() {

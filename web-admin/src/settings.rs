@@ -1,5 +1,5 @@
-//! District settings (district administrators): quotas, each school's quiet hours, and
-//! single sign-on (whose client secret goes in and is never shown again: the page says
+//! District settings (district administrators): the default language and time zone,
+//! quotas, each school's quiet hours, and single sign-on (whose client secret goes in and is never shown again: the page says
 //! only that one is set).
 
 use std::sync::Arc;
@@ -38,6 +38,8 @@ struct SettingsPage {
     /// What to register at the identity provider.
     redirect_uri: String,
     sandbox: Option<SandboxIdentityProvider>,
+    /// Languages a district may default to: English and those compose offers.
+    languages: Vec<(&'static str, &'static str)>,
 }
 
 /// What the page shows besides the stored settings.
@@ -101,6 +103,9 @@ async fn page(
             client_id,
             redirect_uri: crate::sign_in::redirect_uri(web, headers),
             sandbox: web.sandbox_identity_provider.clone(),
+            languages: std::iter::once(("en", "English"))
+                .chain(crate::messages::LANGUAGES)
+                .collect(),
         },
     )
 }
@@ -172,6 +177,11 @@ pub async fn save(
             }
             (Err(refusal), _) | (_, Err(refusal)) => Err(refusal.into()),
         },
+        "locale" => {
+            services
+                .set_district_locale(&signed_in.staff, field("language"), field("timezone"))
+                .await
+        }
         "quiet" => {
             let quiet = if field("off") == "yes" {
                 Ok(None)

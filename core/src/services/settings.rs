@@ -32,6 +32,50 @@ impl Services {
         Ok(())
     }
 
+    /// Sets the caller's district's default language (for guardians who have none) and
+    /// its time zone (in which staff read and type times); district administrators.
+    pub async fn set_district_locale(
+        &self,
+        caller: &Staff,
+        default_language: &str,
+        timezone: &str,
+    ) -> Result<(), ServiceError> {
+        administrator(caller)?;
+        let language = default_language.trim();
+        if !crate::words::is_language_tag(language) {
+            return Err(Refusal::Invalid(format!(
+                "the language {language:?} is not a language tag such as en, es or pt-BR"
+            ))
+            .into());
+        }
+        let timezone = timezone.trim();
+        if timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(Refusal::Invalid(format!(
+                "the time zone {timezone:?} is not an IANA time zone such as America/Chicago"
+            ))
+            .into());
+        }
+        let at = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if !tx
+            .set_district_locale(caller.district_id, language, timezone)
+            .await?
+        {
+            return Err(Refusal::NotFound.into());
+        }
+        let detail = serde_json::json!({ "default_language": language, "timezone": timezone });
+        tx.audit(
+            caller.district_id,
+            &Actor::staff(caller.id),
+            "district.locale",
+            detail,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Sets a school's time zone and quiet hours (`None` removes them); the school named
     /// by id or sourcedId.
     pub async fn set_school_quiet_hours(

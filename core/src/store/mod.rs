@@ -869,6 +869,15 @@ pub trait WriteTransaction: Send {
         at: DateTime<Utc>,
     ) -> StoreResult<District>;
 
+    /// Sets the language of guardians who have none, and the time zone staff's times are
+    /// read in; whether the district exists.
+    async fn set_district_locale(
+        &mut self,
+        district: DistrictId,
+        default_language: &str,
+        timezone: &str,
+    ) -> StoreResult<bool>;
+
     /// Renames a district; whether it exists.
     async fn rename_district(&mut self, district: DistrictId, name: &str) -> StoreResult<bool>;
 

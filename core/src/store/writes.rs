@@ -249,6 +249,25 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         district_from_row(&D::fetch_one(&mut self.tx, &sql, args).await?)
     }
 
+    async fn set_district_locale(
+        &mut self,
+        district: DistrictId,
+        default_language: &str,
+        timezone: &str,
+    ) -> StoreResult<bool> {
+        let changed = D::execute(
+            &mut self.tx,
+            "UPDATE districts SET default_language = $2, timezone = $3 WHERE id = $1 \
+             AND deleted_at IS NULL",
+            Args::new()
+                .id(district)
+                .text(default_language)
+                .text(timezone),
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+
     async fn rename_district(&mut self, district: DistrictId, name: &str) -> StoreResult<bool> {
         let changed = D::execute(
             &mut self.tx,
