@@ -775,6 +775,9 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
         .await;
     browser.accessible("class").await;
     browser.shot("class").await;
+    b.set_window_size(390, 844).await.unwrap();
+    browser.shot("phone-class").await;
+    b.set_window_size(1280, 900).await.unwrap();
     let enrolled = store
         .students(
             &scope,
@@ -1629,6 +1632,9 @@ async fn staff_make_an_api_token_in_the_browser_use_it_and_revoke_it() {
     browser.click("#make-token", "#new-token").await;
     browser.accessible("token-made").await;
     browser.shot("token-made").await;
+    b.set_window_size(390, 844).await.unwrap();
+    browser.shot("phone-token-made").await;
+    b.set_window_size(1280, 900).await.unwrap();
     let secret = browser.text("#new-token").await;
     let http = reqwest::Client::new();
     let me = http
@@ -1718,7 +1724,6 @@ async fn an_administrator_tries_a_roster_then_imports_it_and_reads_the_rejected_
         .click("a[href='/imports']", "[data-page=imports]")
         .await;
     browser.accessible("imports").await;
-    // Without a file, the browser asks for one; the server would refuse in words too.
     b.find(Locator::Id("file"))
         .await
         .unwrap()
@@ -1775,6 +1780,9 @@ async fn an_administrator_tries_a_roster_then_imports_it_and_reads_the_rejected_
     assert!(browser.text("#rejected").await.contains("school-99"));
     browser.accessible("import-report").await;
     browser.shot("import-report").await;
+    b.set_window_size(390, 844).await.unwrap();
+    browser.shot("phone-import-report").await;
+    b.set_window_size(1280, 900).await.unwrap();
     assert!(store
         .audit_entries(district, 50)
         .await
@@ -1894,6 +1902,9 @@ async fn an_operator_adds_a_district_whose_administrator_joins_and_suspends_it()
         .await
         .contains("suspended"));
     browser.shot("district-suspended").await;
+    b.set_window_size(390, 844).await.unwrap();
+    browser.shot("phone-districts").await;
+    b.set_window_size(1280, 900).await.unwrap();
     let refused = http
         .get(server.url("/api/v1/schools"))
         .bearer_auth(&token)

@@ -40,6 +40,8 @@ struct TokensPage {
     tokens: Vec<ApiTokenView>,
     lifetimes: &'static [(u32, &'static str)],
     usual_days: u32,
+    /// Now, by the server's clock: which tokens have expired.
+    now: chrono::DateTime<Utc>,
     error: Option<String>,
     /// Just made: the token's name and its secret, shown this once.
     made: Option<(String, String)>,
@@ -49,7 +51,7 @@ impl TokensPage {
     fn state(&self, token: &ApiTokenView) -> &'static str {
         if token.revoked_at.is_some() {
             "revoked"
-        } else if token.expires_at.is_some_and(|at| at <= Utc::now()) {
+        } else if token.expires_at.is_some_and(|at| at <= self.now) {
             "expired"
         } else {
             "active"
@@ -74,6 +76,7 @@ async fn tokens_page(
                 tokens,
                 lifetimes: &LIFETIMES,
                 usual_days: USUAL_DAYS,
+                now: state.clock.now(),
                 error,
                 made,
             },
@@ -105,7 +108,7 @@ pub async fn change(
     match fields.get("change") {
         "make" => {
             let days: i64 = fields.get("days").parse().unwrap_or(0);
-            let expires_at = (days > 0).then(|| Utc::now() + Duration::days(days));
+            let expires_at = (days > 0).then(|| state.clock.now() + Duration::days(days));
             let name = fields.get("name");
             match services
                 .create_api_token(&Actor::staff(staff.id), staff, name, expires_at)
