@@ -184,6 +184,9 @@ struct Ids {
     student: String,
     /// District A's administrator's API token.
     token: String,
+    /// A teacher of district A.
+    staff: String,
+    district: String,
 }
 
 impl Ids {
@@ -208,6 +211,10 @@ impl Ids {
             &self.student
         } else if path.starts_with("/api/v1/tokens/") {
             &self.token
+        } else if path.starts_with("/api/v1/staff/") {
+            &self.staff
+        } else if path.starts_with("/api/v1/districts/") {
+            &self.district
         } else {
             "none"
         };
@@ -259,10 +266,24 @@ fn body_for(method: &Method, path: &str, zip: &[u8]) -> Option<reqwest::Body> {
             json!({"address": "+12025550199", "code": "000000"})
         }
         ("POST", "/api/v1/tokens") => json!({"name": "matrix"}),
+        ("POST", "/api/v1/staff") => json!({
+            "email": "invited@district.example.org", "display_name": "Invited", "role": "teacher"
+        }),
+        ("PATCH", "/api/v1/staff/{id}") => json!({"disabled": false}),
+        ("POST", "/api/v1/districts") => json!({
+            "name": "Matrix District", "timezone": "America/Chicago",
+            "admin_email": "admin@matrix.example.org", "admin_name": "Matrix"
+        }),
+        ("PATCH", "/api/v1/districts/{id}") => json!({"name": "Renamed"}),
         ("POST", "/api/v1/imports/oneroster") => return Some(zip.to_vec().into()),
         _ => return None,
     };
     Some(value.to_string().into())
+}
+
+/// Operations only the install's operators may call.
+fn operators_only(op: &Operation) -> bool {
+    op.path.starts_with("/api/v1/districts")
 }
 
 struct Operation {
@@ -480,6 +501,8 @@ async fn every_operation_refuses_whoever_may_not_call_it(db: TestDatabase) {
             .expect("the administrator's token")
             .id
             .to_string(),
+        staff: teacher.id.to_string(),
+        district: district_a.to_string(),
     };
 
     // The operations, from the document.
@@ -551,6 +574,9 @@ async fn every_operation_refuses_whoever_may_not_call_it(db: TestDatabase) {
                 "{} by another district's administrator: {status} {body}",
                 op.name()
             );
+        } else if operators_only(op) {
+            let (status, body) = call(&d, op, &ids, Some(&other), &zip).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{}: {body}", op.name());
         } else if op.method == Method::GET {
             let (status, body) = call(&d, op, &ids, Some(&other), &zip).await;
             assert_eq!(status, StatusCode::OK, "{}", op.name());
@@ -579,8 +605,11 @@ async fn every_operation_refuses_whoever_may_not_call_it(db: TestDatabase) {
                 || under("/api/v1/tokens/");
             // Everyone makes API tokens of their own, with their own role.
             let own_token = op.path == "/api/v1/tokens";
-            // District settings are the district administrators' alone.
-            let settings = op.path.starts_with("/api/v1/settings/");
+            // District settings and staff are the district administrators' alone;
+            // districts the install's operators'.
+            let settings = op.path.starts_with("/api/v1/settings/")
+                || op.path.starts_with("/api/v1/staff")
+                || operators_only(op);
             let refused = settings
                 || match *role {
                     "viewer" => (writes && !own_token) || authored,

@@ -17,6 +17,7 @@ mod openapi;
 mod replies;
 pub mod server;
 mod settings;
+mod staff;
 mod tokens;
 
 pub use imports::MAX_ROSTER_BYTES;
@@ -146,6 +147,17 @@ pub fn router(state: AppState) -> Router {
             get(tokens::list_tokens).post(tokens::create_token),
         )
         .route("/api/v1/tokens/{id}", delete(tokens::revoke_token))
+        .route("/api/v1/staff", get(staff::list_staff).post(staff::invite))
+        .route("/api/v1/staff/{id}", patch(staff::change_staff))
+        .route(
+            "/api/v1/staff/{id}/password-reset",
+            post(staff::password_reset),
+        )
+        .route(
+            "/api/v1/districts",
+            get(staff::list_districts).post(staff::create_district),
+        )
+        .route("/api/v1/districts/{id}", patch(staff::change_district))
         .route("/api/v1/guardian/sign-in", post(guardian::sign_in))
         .route("/api/v1/guardian/sessions", post(guardian::create_session))
         .route(

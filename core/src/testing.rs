@@ -517,3 +517,13 @@ mod tests {
         );
     }
 }
+
+/// Someone to invite, with no schools.
+pub fn member(email: &str, name: &str, role: crate::Role) -> crate::services::accounts::NewMember {
+    crate::services::accounts::NewMember {
+        email: email.into(),
+        display_name: name.into(),
+        role,
+        schools: Vec::new(),
+    }
+}

@@ -8,7 +8,7 @@ use tidings_core::clock::{Clock, ManualClock};
 use tidings_core::services::accounts::{INVITATION_DAYS, SESSION_HOURS};
 use tidings_core::services::{Refusal, ServiceError, Services};
 use tidings_core::store::Store;
-use tidings_core::testing::seed;
+use tidings_core::testing::{member, seed};
 use tidings_core::time::now;
 use tidings_core::Role;
 
@@ -16,6 +16,7 @@ tidings_core::on_both_stores! {
     an_invitation_is_good_once_and_for_seven_days,
     api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once,
     operators_create_rename_suspend_and_resume_districts,
+    school_staff_are_assigned_schools_and_a_reset_link_replaces_a_lost_password,
 }
 
 fn services(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Services {
@@ -37,7 +38,10 @@ async fn an_invitation_is_good_once_and_for_seven_days(store: Arc<dyn Store>) {
     };
 
     let late = services
-        .invite(&admin, "late@riverside.example.org", "Late", Role::Teacher)
+        .invite(
+            &admin,
+            &member("late@riverside.example.org", "Late", Role::Teacher),
+        )
         .await
         .unwrap();
     clock.advance(Duration::days(INVITATION_DAYS) - Duration::minutes(1));
@@ -51,9 +55,7 @@ async fn an_invitation_is_good_once_and_for_seven_days(store: Arc<dyn Store>) {
     let prompt = services
         .invite(
             &admin,
-            "prompt@riverside.example.org",
-            "Prompt",
-            Role::Viewer,
+            &member("prompt@riverside.example.org", "Prompt", Role::Teacher),
         )
         .await
         .unwrap();
@@ -78,7 +80,10 @@ async fn an_invitation_is_good_once_and_for_seven_days(store: Arc<dyn Store>) {
     );
     // A password shorter than twelve characters is refused before anything changes.
     let short = services
-        .invite(&admin, "short@riverside.example.org", "Short", Role::Viewer)
+        .invite(
+            &admin,
+            &member("short@riverside.example.org", "Short", Role::Teacher),
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -102,9 +107,7 @@ async fn api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once(store: Ar
     let invited = services
         .invite(
             &admin,
-            "teacher@riverside.example.org",
-            "Teacher",
-            Role::Teacher,
+            &member("teacher@riverside.example.org", "Teacher", Role::Teacher),
         )
         .await
         .unwrap();
@@ -237,9 +240,7 @@ async fn operators_create_rename_suspend_and_resume_districts(store: Arc<dyn Sto
     let colleague = services
         .invite(
             &admin,
-            "it2@riverside.example.org",
-            "IT",
-            Role::DistrictAdmin,
+            &member("it2@riverside.example.org", "IT", Role::DistrictAdmin),
         )
         .await
         .unwrap()
@@ -391,4 +392,230 @@ async fn operators_create_rename_suspend_and_resume_districts(store: Arc<dyn Sto
         ],
         "{actions:?}"
     );
+}
+
+/// School administrators and viewers are invited with the schools they see (at least
+/// one, of the district); a teacher takes none; a role change keeps or drops them. A
+/// reset link works once, only the newest works, and using it ends the member's sessions.
+/// The staff list shows each member's last sign-in.
+async fn school_staff_are_assigned_schools_and_a_reset_link_replaces_a_lost_password(
+    store: Arc<dyn Store>,
+) {
+    use tidings_core::services::accounts::{LinkKind, MemberChange, NewMember, RESET_HOURS};
+    use tidings_core::store::NewSchool;
+    let admin = seed(store.as_ref(), 0).await.staff;
+    let clock = Arc::new(ManualClock::at(now()));
+    let services = services(store.clone(), clock.clone());
+    let mut schools = Vec::new();
+    for name in ["North Elementary", "South Middle"] {
+        let school = store
+            .create_school(
+                &NewSchool {
+                    district_id: admin.district_id,
+                    name: name.into(),
+                    timezone: "America/Chicago".into(),
+                    sourced_id: None,
+                },
+                clock.now(),
+            )
+            .await
+            .unwrap();
+        schools.push(school.id);
+    }
+    let elsewhere = tidings_core::testing::seed_district(store.as_ref(), "Lakeside", 0).await;
+    let other_school = store
+        .create_school(
+            &NewSchool {
+                district_id: elsewhere.staff.district_id,
+                name: "Lakeside High".into(),
+                timezone: "America/Chicago".into(),
+                sourced_id: None,
+            },
+            clock.now(),
+        )
+        .await
+        .unwrap()
+        .id;
+    fn invalid<T>(outcome: Result<T, ServiceError>) -> bool {
+        matches!(outcome, Err(ServiceError::Refused(Refusal::Invalid(_))))
+    }
+    let principal = |schools: Vec<_>| NewMember {
+        schools,
+        ..member(
+            "principal@riverside.example.org",
+            "Principal",
+            Role::SchoolAdmin,
+        )
+    };
+    assert!(
+        invalid(services.invite(&admin, &principal(vec![])).await),
+        "no school"
+    );
+    assert!(
+        invalid(
+            services
+                .invite(&admin, &principal(vec![other_school]))
+                .await
+        ),
+        "another district's school"
+    );
+    let teacher_with_school = NewMember {
+        schools: vec![schools[0]],
+        ..member("t@riverside.example.org", "T", Role::Teacher)
+    };
+    assert!(invalid(services.invite(&admin, &teacher_with_school).await));
+    let invited = services
+        .invite(&admin, &principal(vec![schools[1]]))
+        .await
+        .unwrap();
+    let listed = |email: &'static str| {
+        let store = store.clone();
+        let district = admin.district_id;
+        async move {
+            store
+                .staff_members(district)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|m| m.staff.email.as_str() == email)
+                .unwrap()
+        }
+    };
+    let principal_id = invited.staff.id;
+    let before = listed("principal@riverside.example.org").await;
+    assert_eq!(before.schools, vec![schools[1]]);
+    assert_eq!(before.last_sign_in, None, "never signed in");
+
+    // Moving to both schools; to teacher drops them; back to viewer needs them again.
+    let change = |change: MemberChange| {
+        let services = &services;
+        let admin = &admin;
+        async move { services.change_staff(admin, principal_id, &change).await }
+    };
+    change(MemberChange {
+        schools: Some(schools.clone()),
+        ..MemberChange::default()
+    })
+    .await
+    .unwrap();
+    let mut both = listed("principal@riverside.example.org").await.schools;
+    both.sort();
+    let mut expected = schools.clone();
+    expected.sort();
+    assert_eq!(both, expected);
+    change(MemberChange {
+        role: Some(Role::Teacher),
+        ..MemberChange::default()
+    })
+    .await
+    .unwrap();
+    assert!(listed("principal@riverside.example.org")
+        .await
+        .schools
+        .is_empty());
+    assert!(invalid(
+        change(MemberChange {
+            role: Some(Role::Viewer),
+            ..MemberChange::default()
+        })
+        .await
+    ));
+    change(MemberChange {
+        role: Some(Role::Viewer),
+        schools: Some(vec![schools[0]]),
+        ..MemberChange::default()
+    })
+    .await
+    .unwrap();
+    let viewer = listed("principal@riverside.example.org").await;
+    assert_eq!(
+        (viewer.staff.role, viewer.schools),
+        (Role::Viewer, vec![schools[0]])
+    );
+
+    // They accept, sign in (the list shows when), lose their password; two reset links
+    // are made, only the newest works, and using it ends their sessions.
+    let session = services
+        .accept_invitation(&invited.token.reveal(), "the first passphrase")
+        .await
+        .unwrap();
+    assert_eq!(
+        listed("principal@riverside.example.org").await.last_sign_in,
+        Some(clock.now())
+    );
+    clock.advance(Duration::minutes(5));
+    let first = services.password_reset(&admin, principal_id).await.unwrap();
+    let second = services.password_reset(&admin, principal_id).await.unwrap();
+    assert_eq!(second.kind, LinkKind::Reset);
+    assert_eq!(
+        second.expires_at,
+        clock.now() + Duration::hours(RESET_HOURS)
+    );
+    fn refused<T>(outcome: Result<T, ServiceError>) -> bool {
+        matches!(outcome, Err(ServiceError::Refused(Refusal::NotFound)))
+    }
+    assert!(
+        refused(services.invitation(&first.token.reveal()).await),
+        "replaced"
+    );
+    assert_eq!(
+        services.invitation(&second.token.reveal()).await.unwrap().1,
+        LinkKind::Reset
+    );
+    let old_session = store.api_token(session.token.id).await.unwrap().unwrap();
+    assert!(old_session.revoked_at.is_none());
+    services
+        .accept_invitation(&second.token.reveal(), "the second passphrase")
+        .await
+        .unwrap();
+    let old_session = store.api_token(session.token.id).await.unwrap().unwrap();
+    assert!(
+        old_session.revoked_at.is_some(),
+        "a reset ends their sessions"
+    );
+    assert!(refused(
+        services
+            .accept_invitation(&second.token.reveal(), "a third passphrase!")
+            .await
+            .map(drop)
+    ));
+    assert!(matches!(
+        services
+            .sign_in("principal@riverside.example.org", "the first passphrase")
+            .await,
+        Err(ServiceError::Refused(Refusal::BadCredentials))
+    ));
+    assert!(services
+        .sign_in("principal@riverside.example.org", "the second passphrase")
+        .await
+        .is_ok());
+
+    // Only district administrators make reset links; a disabled account gets none.
+    assert!(matches!(
+        services.password_reset(&viewer.staff, admin.id).await,
+        Err(ServiceError::Refused(Refusal::Forbidden))
+    ));
+    change(MemberChange {
+        disabled: Some(true),
+        ..MemberChange::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        services.password_reset(&admin, principal_id).await,
+        Err(ServiceError::Refused(Refusal::Conflict(_)))
+    ));
+    let actions: Vec<String> = store
+        .audit_entries(admin.district_id, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect();
+    for action in ["staff.password_reset", "staff.reset_password"] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} audited: {actions:?}"
+        );
+    }
 }

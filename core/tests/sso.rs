@@ -7,10 +7,11 @@ use std::sync::Arc;
 use sqlx::Row;
 use tidings_core::clock::ManualClock;
 use tidings_core::link::LinkKeys;
+use tidings_core::services::accounts::MemberChange;
 use tidings_core::services::settings::SsoChange;
 use tidings_core::services::{Refusal, ServiceError, Services};
 use tidings_core::store::{NewStaff, Store};
-use tidings_core::testing::{seed, seed_district, TestDatabase};
+use tidings_core::testing::{member, seed, seed_district, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::{EmailAddress, Role};
 
@@ -241,9 +242,7 @@ async fn sso_signs_in_only_enabled_staff_of_the_district_and_creates_no_one(stor
     let teacher = services
         .invite(
             &admin,
-            "teacher@riverside.example.org",
-            "Teacher",
-            Role::Teacher,
+            &member("teacher@riverside.example.org", "Teacher", Role::Teacher),
         )
         .await
         .unwrap()
@@ -253,7 +252,14 @@ async fn sso_signs_in_only_enabled_staff_of_the_district_and_creates_no_one(stor
         .await
         .is_ok());
     services
-        .change_staff(&admin, teacher.id, None, Some(true))
+        .change_staff(
+            &admin,
+            teacher.id,
+            &MemberChange {
+                disabled: Some(true),
+                ..MemberChange::default()
+            },
+        )
         .await
         .unwrap();
     refused_with(

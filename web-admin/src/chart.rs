@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use tidings_core::store::{ChannelSeries, StateSeries};
 use tidings_core::DeliveryState;
 
+use crate::i18n::Lang;
+
 /// The drawing's size, in SVG units; it scales to the page's width.
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 200.0;
@@ -39,17 +41,18 @@ fn elapsed(seconds: i64) -> String {
     }
 }
 
-/// The figures of every channel of `series`, as HTML.
-pub fn figures(series: &StateSeries) -> String {
+/// The figures of every channel of `series`, as HTML in `lang`.
+pub fn figures(series: &StateSeries, lang: Lang) -> String {
     let mut html = String::new();
     for channel in &series.channels {
-        figure(&mut html, series, channel);
+        figure(&mut html, series, channel, lang);
     }
     html
 }
 
-fn figure(html: &mut String, series: &StateSeries, channel: &ChannelSeries) {
+fn figure(html: &mut String, series: &StateSeries, channel: &ChannelSeries, lang: Lang) {
     let name = channel.channel.as_str();
+    let said = lang.channel(&channel.channel);
     let states: BTreeSet<DeliveryState> = std::iter::once(&channel.start)
         .chain(&channel.steps)
         .flat_map(|step| step.keys().copied())
@@ -66,16 +69,20 @@ fn figure(html: &mut String, series: &StateSeries, channel: &ChannelSeries) {
     let y = |n: i64| TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - n as f64 / most as f64);
     let _ = write!(
         html,
-        "<figure class=\"chart\" data-channel=\"{name}\"><figcaption>{name}: deliveries in each state over time</figcaption>\
+        "<figure class=\"chart\" data-channel=\"{name}\"><figcaption>{}</figcaption>\
          <svg viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" aria-labelledby=\"chart-{name}\">\
-         <title id=\"chart-{name}\">{name} deliveries per state, from the first change to {}</title>\
+         <title id=\"chart-{name}\">{}</title>\
          <line x1=\"{LEFT}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" class=\"axis\"/>\
          <line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{bottom}\" class=\"axis\"/>\
          <text x=\"{label}\" y=\"{top_label}\" text-anchor=\"end\">{most}</text>\
          <text x=\"{label}\" y=\"{bottom}\" text-anchor=\"end\">0</text>\
          <text x=\"{LEFT}\" y=\"{HEIGHT}\">0 s</text>\
          <text x=\"{right}\" y=\"{HEIGHT}\" text-anchor=\"end\">{}</text>",
-        elapsed(span),
+        lang.tf("{}: deliveries in each state over time", &[&said]),
+        lang.tf(
+            "{} deliveries per state, from the first change to {}",
+            &[&said, &elapsed(span)]
+        ),
         elapsed(span),
         bottom = HEIGHT - BOTTOM,
         right = WIDTH - 8.0,
@@ -101,8 +108,9 @@ fn figure(html: &mut String, series: &StateSeries, channel: &ChannelSeries) {
         let n = last.and_then(|step| step.get(state)).copied().unwrap_or(0);
         let _ = write!(
             html,
-            "<li><span class=\"swatch\" style=\"background:{}\"></span>{state}: {n}</li>",
-            colour(*state)
+            "<li><span class=\"swatch\" style=\"background:{}\"></span>{}: {n}</li>",
+            colour(*state),
+            lang.state(state)
         );
     }
     html.push_str("</ul></figure>");
@@ -133,7 +141,7 @@ mod tests {
                 ],
             }],
         };
-        let html = figures(&series);
+        let html = figures(&series, Lang::En);
         assert_eq!(html.matches("<polyline").count(), 3, "{html}");
         assert!(html.contains("DELIVERED: 7"), "{html}");
         assert!(html.contains("CREATED: 0"), "{html}");

@@ -12,7 +12,7 @@ use tidings_core::services::ServiceError;
 use tidings_core::{DeliveryId, Role};
 use uuid::Uuid;
 
-use crate::form::{said, Posted};
+use crate::form::{said_in, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 
@@ -68,7 +68,7 @@ pub async fn replay(
     {
         Ok(_) => Redirect::to("/dead-letters").into_response(),
         Err(ServiceError::Refused(refusal)) => {
-            let (status, error) = said(&refusal);
+            let (status, error) = said_in(&refusal, signed_in.lang);
             page(&state, &signed_in, status, Some(error)).await
         }
         Err(error) => failed(error),

@@ -17,7 +17,7 @@ use tidings_core::store::{
 use tidings_core::{ContactPointId, Role};
 use uuid::Uuid;
 
-use crate::form::{said, Posted};
+use crate::form::{said_in, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 
@@ -158,12 +158,12 @@ pub async fn edit(
             Ok(opt_out) => services.revoke_opt_out(staff, &guardian, opt_out).await,
             Err(_) => Err(Refusal::NotFound.into()),
         },
-        _ => Err(Refusal::Invalid("unknown change".into()).into()),
+        _ => Err(Refusal::Invalid(signed_in.lang.t("unknown change").into()).into()),
     };
     match done {
         Ok(()) => Redirect::to(&format!("/guardians/{id}")).into_response(),
         Err(ServiceError::Refused(refusal)) => {
-            let (status, error) = said(&refusal);
+            let (status, error) = said_in(&refusal, signed_in.lang);
             guardian_page(&state, &signed_in, id, status, Some(error)).await
         }
         Err(error) => failed(error),

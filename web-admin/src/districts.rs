@@ -14,7 +14,7 @@ use tidings_core::services::districts::{DistrictLine, NewDistrict, Operator};
 use tidings_core::services::ServiceError;
 use tidings_core::DistrictId;
 
-use crate::form::{said, Posted};
+use crate::form::{said_in, Posted};
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 use crate::Web;
@@ -54,7 +54,7 @@ async fn districts_page(
             },
         ),
         Err(ServiceError::Refused(refusal)) => {
-            let (status, _) = said(&refusal);
+            let (status, _) = said_in(&refusal, signed_in.lang);
             (
                 status,
                 "Only operators of this Tidings manage its districts.",
@@ -133,7 +133,7 @@ pub async fn change(
     match done {
         Ok(()) => Redirect::to("/districts").into_response(),
         Err(ServiceError::Refused(refusal)) => {
-            let (status, words) = said(&refusal);
+            let (status, words) = said_in(&refusal, signed_in.lang);
             districts_page(&state, &signed_in, status, Some(words), None).await
         }
         Err(error) => failed(error),

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use tidings_api::AppState;
 use tidings_core::services::Refusal;
 
+use crate::i18n::Lang;
 use crate::session::SignedIn;
 
 /// The largest form a page posts (a message with a translation is a few KiB).
@@ -68,70 +69,76 @@ impl FromRequest<AppState> for Posted {
     }
 }
 
-/// A refusal as a page says it, with the status to answer with.
+/// A refusal as a page says it in English, with the status to answer with.
 pub fn said(refusal: &Refusal) -> (StatusCode, String) {
+    said_in(refusal, Lang::En)
+}
+
+/// A refusal as a page says it in `lang`, with the status to answer with. The details
+/// some refusals carry are the services' words, in English unless this crate made them.
+pub fn said_in(refusal: &Refusal, lang: Lang) -> (StatusCode, String) {
     match refusal {
         Refusal::Forbidden => (
             StatusCode::FORBIDDEN,
-            "Your role does not allow this.".to_owned(),
+            lang.t("Your role does not allow this.").to_owned(),
         ),
         Refusal::BadCredentials => (
             StatusCode::UNAUTHORIZED,
-            "The password is wrong.".to_owned(),
+            lang.t("The password is wrong.").to_owned(),
         ),
         Refusal::NotFound => (
             StatusCode::NOT_FOUND,
-            "It is not there (any more), or not yours to see.".to_owned(),
+            lang.t("It is not there (any more), or not yours to see.").to_owned(),
         ),
         Refusal::Invalid(detail) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("Please check: {detail}."),
+            lang.tf("Please check: {}.", &[detail]),
         ),
         Refusal::ForbiddenAudience(_) => (
             StatusCode::FORBIDDEN,
-            "You may not message some of the people chosen.".to_owned(),
+            lang.t("You may not message some of the people chosen.").to_owned(),
         ),
         Refusal::UnknownAudience(_) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            "Some of the schools, grades, classes or people chosen no longer exist.".to_owned(),
+            lang.t("Some of the schools, grades, classes or people chosen no longer exist.").to_owned(),
         ),
         Refusal::EmptyAudience(_) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            "No guardian on file is linked to who you chose.".to_owned(),
+            lang.t("No guardian on file is linked to who you chose.").to_owned(),
         ),
         Refusal::NoAccount => (
             StatusCode::FORBIDDEN,
-            "No staff account of your district has this email address. Ask your district's administrator to invite you.".to_owned(),
+            lang.t("No staff account of your district has this email address. Ask your district's administrator to invite you.").to_owned(),
         ),
         Refusal::AccountDisabled => (
             StatusCode::FORBIDDEN,
-            "Your staff account is disabled. Ask your district's administrator.".to_owned(),
+            lang.t("Your staff account is disabled. Ask your district's administrator.").to_owned(),
         ),
         Refusal::Conflict(detail) => (StatusCode::CONFLICT, format!("{detail}.")),
         Refusal::QuotaExceeded(detail) => (
             StatusCode::TOO_MANY_REQUESTS,
-            format!("The district's limit stops this: {detail}."),
+            lang.tf("The district's limit stops this: {}.", &[detail]),
         ),
         Refusal::IdempotencyInFlight => (
             StatusCode::CONFLICT,
-            "This is being sent right now; its report appears in a moment.".to_owned(),
+            lang.t("This is being sent right now; its report appears in a moment.").to_owned(),
         ),
         Refusal::IdempotencyMismatch => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            "This form was already used for something else; please reload it.".to_owned(),
+            lang.t("This form was already used for something else; please reload it.").to_owned(),
         ),
         Refusal::DistrictSuspended => (
             StatusCode::FORBIDDEN,
-            "Your district's Tidings is suspended. Ask the people who run this Tidings server."
+            lang.t("Your district's Tidings is suspended. Ask the people who run this Tidings server.")
                 .to_owned(),
         ),
         Refusal::InvalidRoster(detail) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("This roster cannot be imported: {detail}."),
+            lang.tf("This roster cannot be imported: {}.", &[detail]),
         ),
         Refusal::ImportHeldBack { over, .. } => (
             StatusCode::CONFLICT,
-            format!("The import was held back and nothing was changed: {over}."),
+            lang.tf("The import was held back and nothing was changed: {}.", &[over]),
         ),
     }
 }

@@ -21,7 +21,8 @@ use tidings_core::services::{Refusal, ServiceError};
 use tidings_core::{DistrictId, ImportId, Role};
 use uuid::Uuid;
 
-use crate::form::said;
+use crate::form::said_in;
+use crate::i18n::Lang;
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 use crate::Web;
@@ -163,14 +164,15 @@ struct JobLine {
     state: &'static str,
 }
 
-fn state_of(job: &Job) -> &'static str {
+/// Where a job is, in `lang`.
+fn state_of(job: &Job, lang: Lang) -> &'static str {
     match job.finished() {
-        None => "running",
-        Some((_, Outcome::Recorded(_))) => "imported",
-        Some((_, Outcome::DryRun(_))) => "tried (dry run)",
-        Some((_, Outcome::HeldBack(..))) => "held back",
-        Some((_, Outcome::Refused(_))) => "refused",
-        Some((_, Outcome::Failed)) => "failed",
+        None => lang.t("running"),
+        Some((_, Outcome::Recorded(_))) => lang.t("imported"),
+        Some((_, Outcome::DryRun(_))) => lang.t("tried (dry run)"),
+        Some((_, Outcome::HeldBack(..))) => lang.t("held back"),
+        Some((_, Outcome::Refused(_))) => lang.t("refused"),
+        Some((_, Outcome::Failed)) => lang.t("failed"),
     }
 }
 
@@ -200,7 +202,7 @@ fn imports_page(
             file_name: job.file_name.clone(),
             dry_run: job.dry_run,
             started_at: job.started_at,
-            state: state_of(job),
+            state: state_of(job, signed_in.lang),
         })
         .collect();
     html(
@@ -265,13 +267,14 @@ pub async fn upload(
     if let Some(refused) = only_district_admins(&signed_in) {
         return refused;
     }
+    let lang = signed_in.lang;
     let again = |status, error: String| imports_page(&state, &web, &signed_in, status, Some(error));
     let upload = match read_upload(request, &state).await {
         Ok(upload) => upload,
         Err(error) => {
             return again(
                 StatusCode::BAD_REQUEST,
-                format!("The upload could not be read: {error}"),
+                lang.tf("The upload could not be read: {}", &[&error]),
             )
         }
     };
@@ -285,7 +288,7 @@ pub async fn upload(
     let Some(zip) = upload.zip.filter(|zip| !zip.is_empty()) else {
         return again(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "Choose the roster's zip file.".into(),
+            lang.t("Choose the roster's zip file.").into(),
         );
     };
     let bundle = match Bundle::from_zip(std::io::Cursor::new(zip)) {
@@ -293,7 +296,10 @@ pub async fn upload(
         Err(error) => {
             return again(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("This is not a OneRoster zip Tidings can read: {error}"),
+                lang.tf(
+                    "This is not a OneRoster zip Tidings can read: {}",
+                    &[&error],
+                ),
             )
         }
     };
@@ -325,7 +331,7 @@ pub async fn upload(
             Err(ServiceError::Refused(Refusal::ImportHeldBack { over, report })) => {
                 Outcome::HeldBack(over.to_string(), ReportView::of(&report))
             }
-            Err(ServiceError::Refused(refusal)) => Outcome::Refused(said(&refusal).1),
+            Err(ServiceError::Refused(refusal)) => Outcome::Refused(said_in(&refusal, lang).1),
             Err(error) => {
                 tracing::error!(error = %error, import = %running.id, "a roster import failed");
                 Outcome::Failed

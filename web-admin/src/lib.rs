@@ -15,6 +15,7 @@ mod dead_letters;
 mod directory;
 mod districts;
 mod form;
+mod i18n;
 mod imports;
 mod messages;
 mod oidc;
@@ -95,6 +96,7 @@ pub fn router(state: AppState, web: Web) -> Router {
         .route("/sign-in/oidc", get(sign_in::start_sso))
         .route(sign_in::CALLBACK_PATH, get(sign_in::sso_callback))
         .route("/sign-out", post(sign_in::sign_out))
+        .route("/language/{tag}", get(i18n::choose))
         .route("/messages/new", get(messages::compose))
         .route("/messages", post(messages::send))
         .route("/messages/{id}", get(messages::report))

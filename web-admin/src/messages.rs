@@ -22,7 +22,8 @@ use tidings_core::store::{
 use tidings_core::{Channel, MessageId, RecipientId, Role};
 use uuid::Uuid;
 
-use crate::form::{said, Fields, Posted};
+use crate::form::{said_in, Fields, Posted};
+use crate::i18n::Lang;
 use crate::session::SignedIn;
 
 /// Renders a page, or a plain 500 if the template fails.
@@ -53,6 +54,9 @@ pub struct Frame {
     pub csrf: String,
     /// An operator of the install: the districts page is linked.
     pub operator: bool,
+    pub lang: Lang,
+    /// This page (path and query), for the language switcher to come back to.
+    pub here: String,
 }
 
 impl Frame {
@@ -62,7 +66,24 @@ impl Frame {
             staff_name: signed_in.staff.display_name.clone(),
             csrf: signed_in.csrf.clone(),
             operator: signed_in.staff.operator,
+            lang: signed_in.lang,
+            here: signed_in.here.clone(),
         }
+    }
+
+    /// A phrase in the page's language.
+    pub fn t<'a>(&self, english: &'a str) -> &'a str {
+        self.lang.t(english)
+    }
+
+    /// A phrase with values in the page's language.
+    pub fn tf(&self, english: &str, values: &[&dyn std::fmt::Display]) -> String {
+        self.lang.tf(english, values)
+    }
+
+    /// The languages to switch to, with their links.
+    pub fn other_languages(&self) -> Vec<(Lang, String)> {
+        self.lang.others(&self.here)
     }
 }
 
@@ -192,8 +213,9 @@ impl Draft {
         }
     }
 
-    /// The request to send, with times read in the district's time zone `zone`.
-    fn request(&self, zone: chrono_tz::Tz) -> Result<SendMessage, Refusal> {
+    /// The request to send, with times read in the district's time zone `zone`; what is
+    /// wrong with it is said in `lang`.
+    fn request(&self, zone: chrono_tz::Tz, lang: Lang) -> Result<SendMessage, Refusal> {
         let audience = match self.reach.as_str() {
             "district" => Audience {
                 district: true,
@@ -218,8 +240,9 @@ impl Draft {
             },
         };
         if self.students.len() + self.guardians.len() > MAX_CHOSEN {
-            return Err(Refusal::Invalid(format!(
-                "choose at most {MAX_CHOSEN} students and guardians; for more, choose their classes, grades or schools"
+            return Err(Refusal::Invalid(lang.tf(
+                "choose at most {} students and guardians; for more, choose their classes, grades or schools",
+                &[&MAX_CHOSEN],
             )));
         }
         let mut translations = BTreeMap::new();
@@ -227,7 +250,7 @@ impl Draft {
             let language = t.language.trim();
             if language.is_empty() {
                 return Err(Refusal::Invalid(
-                    "a translation needs its language".to_owned(),
+                    lang.t("a translation needs its language").to_owned(),
                 ));
             }
             let translation = Translation {
@@ -238,17 +261,18 @@ impl Draft {
                 .insert(language.to_owned(), translation)
                 .is_some()
             {
-                return Err(Refusal::Invalid(format!(
+                return Err(Refusal::Invalid(lang.tf(
                     "there are two translations into {}; keep one",
-                    language_name(language)
+                    &[&language_name(lang, language)],
                 )));
             }
         }
         let fallback_after_minutes = match self.fallback.trim() {
             "" => None,
             minutes => Some(minutes.parse().map_err(|_| {
-                Refusal::Invalid(format!(
-                    "the fallback {minutes:?} is not a number of minutes"
+                Refusal::Invalid(lang.tf(
+                    "the fallback {} is not a number of minutes",
+                    &[&format!("{minutes:?}")],
                 ))
             })?),
         };
@@ -261,8 +285,13 @@ impl Draft {
             translations,
             requires_ack: self.requires_ack,
             delivery: None,
-            scheduled_at: local_time("the sending time", &self.send_at, zone)?,
-            ack_deadline: local_time("the acknowledgment deadline", &self.ack_by, zone)?,
+            scheduled_at: local_time(lang.t("the sending time"), &self.send_at, zone, lang)?,
+            ack_deadline: local_time(
+                lang.t("the acknowledgment deadline"),
+                &self.ack_by,
+                zone,
+                lang,
+            )?,
             fallback_after_minutes,
         })
     }
@@ -281,8 +310,7 @@ impl Draft {
             // The next language not yet used, so that a new slot is ready to fill.
             let used: Vec<&str> = slots.iter().map(|t| t.language.as_str()).collect();
             let language = LANGUAGES
-                .iter()
-                .map(|(tag, _)| *tag)
+                .into_iter()
                 .find(|tag| !used.contains(tag))
                 .unwrap_or("es");
             slots.push(TranslationDraft {
@@ -327,53 +355,81 @@ impl Draft {
     }
 }
 
-/// The English name of a language tag Tidings offers, or the tag itself.
-fn language_name(tag: &str) -> &str {
-    LANGUAGES
-        .iter()
-        .find(|(t, _)| *t == tag)
-        .map_or(tag, |(_, name)| name)
+/// The name in `lang` of a language tag Tidings offers (or English), or the tag itself.
+pub fn language_name(lang: Lang, tag: &str) -> &str {
+    match tag {
+        "en" => lang.t("English"),
+        "es" => lang.t("Spanish"),
+        "zh" => lang.t("Chinese"),
+        "vi" => lang.t("Vietnamese"),
+        "ar" => lang.t("Arabic"),
+        "ht" => lang.t("Haitian Creole"),
+        "pt" => lang.t("Portuguese"),
+        "ko" => lang.t("Korean"),
+        "ru" => lang.t("Russian"),
+        "so" => lang.t("Somali"),
+        "fr" => lang.t("French"),
+        other => other,
+    }
 }
 
-/// A `datetime-local` field's value in `zone`, as UTC; `None` when empty.
+/// A `datetime-local` field's value in `zone`, as UTC; `None` when empty. `what` names
+/// the field in `lang`.
 fn local_time(
     what: &str,
     value: &str,
     zone: chrono_tz::Tz,
+    lang: Lang,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, Refusal> {
     use chrono::TimeZone;
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);
     }
-    let naive = chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
-        .map_err(|_| Refusal::Invalid(format!("{what} {value:?} is not a date and time")))?;
+    let naive = chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M").map_err(|_| {
+        Refusal::Invalid(lang.tf(
+            "{} {} is not a date and time",
+            &[&what, &format!("{value:?}")],
+        ))
+    })?;
     // In a clock change's gap or overlap, the earlier reading.
     zone.from_local_datetime(&naive)
         .earliest()
         .map(|at| Some(at.with_timezone(&chrono::Utc)))
-        .ok_or_else(|| Refusal::Invalid(format!("{what} {value:?} does not exist in {zone}")))
+        .ok_or_else(|| {
+            Refusal::Invalid(lang.tf(
+                "{} {} does not exist in {}",
+                &[&what, &format!("{value:?}"), &zone],
+            ))
+        })
 }
 
-/// Languages offered for a translation: the ones most spoken at home by US families
-/// after English.
-pub const LANGUAGES: [(&str, &str); 10] = [
-    ("es", "Spanish"),
-    ("zh", "Chinese"),
-    ("vi", "Vietnamese"),
-    ("ar", "Arabic"),
-    ("ht", "Haitian Creole"),
-    ("pt", "Portuguese"),
-    ("ko", "Korean"),
-    ("ru", "Russian"),
-    ("so", "Somali"),
-    ("fr", "French"),
-];
+/// Languages offered for a translation, by tag: the ones most spoken at home by US
+/// families after English. Each has a name in [`language_name`].
+pub const LANGUAGES: [&str; 10] = ["es", "zh", "vi", "ar", "ht", "pt", "ko", "ru", "so", "fr"];
 
 /// What the text of one language takes by SMS.
 pub struct SmsCost {
+    /// The language's name, in the page's language.
     pub language: String,
     pub segments: tidings_core::segments::Segments,
+    /// The alphabet the text is sent in, in the page's language.
+    pub alphabet: &'static str,
+}
+
+impl SmsCost {
+    fn of(language: String, text: &str, lang: Lang) -> Self {
+        let segments = tidings_core::segments::segments(text);
+        let alphabet = match segments.encoding {
+            Encoding::Gsm7 => lang.t("plain alphabet"),
+            Encoding::Ucs2 => lang.t("Unicode"),
+        };
+        SmsCost {
+            language,
+            segments,
+            alphabet,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -402,9 +458,16 @@ struct ComposePage {
     confirm: bool,
     /// With the preview: SMS segments per language.
     sms: Vec<SmsCost>,
-    languages: &'static [(&'static str, &'static str)],
+    /// The tags of the languages a translation may be in.
+    languages: &'static [&'static str],
     /// The district's time zone, in which the form's times are read.
     zone: String,
+}
+
+impl ComposePage {
+    fn language_name<'a>(&self, tag: &'a str) -> &'a str {
+        language_name(self.frame.lang, tag)
+    }
 }
 
 /// Students and guardians a search on the compose page shows, of each.
@@ -474,21 +537,17 @@ async fn compose_page(
         found_guardians.retain(|g| !draft.has_guardian(&g.id));
     }
     let confirm = preview.is_some() && draft.kind == "emergency";
+    let lang = signed_in.lang;
     let mut sms = Vec::new();
     if preview.is_some() && draft.has_channel("sms") {
-        sms.push(SmsCost {
-            language: "Default".into(),
-            segments: tidings_core::segments::segments(&draft.body),
-        });
+        sms.push(SmsCost::of(lang.t("Default").to_owned(), &draft.body, lang));
         for t in draft
             .translations
             .iter()
             .filter(|t| !t.body.trim().is_empty())
         {
-            sms.push(SmsCost {
-                language: language_name(&t.language).to_owned(),
-                segments: tidings_core::segments::segments(&t.body),
-            });
+            let language = language_name(lang, &t.language).to_owned();
+            sms.push(SmsCost::of(language, &t.body, lang));
         }
     }
     let zone = district_zone(state, &signed_in.staff)
@@ -582,10 +641,11 @@ pub async fn send(State(state): State<AppState>, Posted { signed_in, fields }: P
         Ok(zone) => zone,
         Err(error) => return failed(error),
     };
-    let request = match draft.request(zone) {
+    let lang = signed_in.lang;
+    let request = match draft.request(zone, lang) {
         Ok(request) => request,
         Err(refusal) => {
-            let (status, error) = said(&refusal);
+            let (status, error) = said_in(&refusal, lang);
             return again(draft, status, Some(error), None).await;
         }
     };
@@ -594,7 +654,7 @@ pub async fn send(State(state): State<AppState>, Posted { signed_in, fields }: P
         return match services.preview(&signed_in.staff, request).await {
             Ok(preview) => again(draft, StatusCode::OK, None, Some(preview)).await,
             Err(ServiceError::Refused(refusal)) => {
-                let (status, error) = said(&refusal);
+                let (status, error) = said_in(&refusal, lang);
                 again(draft, status, Some(error), None).await
             }
             Err(error) => failed(error),
@@ -622,7 +682,7 @@ pub async fn send(State(state): State<AppState>, Posted { signed_in, fields }: P
                     Redirect::to(&format!("/messages/{id}")).into_response()
                 }
                 _ => {
-                    let error = "This form was sent before and refused; please review it.";
+                    let error = lang.t("This form was sent before and refused; please review it.");
                     let fresh = Draft {
                         once: Uuid::now_v7().to_string(),
                         ..draft
@@ -638,7 +698,7 @@ pub async fn send(State(state): State<AppState>, Posted { signed_in, fields }: P
             }
         }
         Err(ServiceError::Refused(refusal)) => {
-            let error = said(&refusal).1;
+            let error = said_in(&refusal, lang).1;
             let fresh = Draft {
                 once: Uuid::now_v7().to_string(),
                 ..draft
@@ -654,6 +714,7 @@ pub async fn send(State(state): State<AppState>, Posted { signed_in, fields }: P
 #[derive(Template)]
 #[template(path = "counts.html")]
 struct Counts {
+    lang: Lang,
     summary: MessageSummary,
     channels: Vec<Channel>,
     states: Vec<tidings_core::DeliveryState>,
@@ -662,7 +723,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn of(summary: MessageSummary) -> Self {
+    fn of(summary: MessageSummary, lang: Lang) -> Self {
         let mut channels: Vec<Channel> = summary.counts.iter().map(|c| c.channel).collect();
         channels.sort();
         channels.dedup();
@@ -677,6 +738,7 @@ impl Counts {
             ) && c.count > 0
         });
         Counts {
+            lang,
             summary,
             channels,
             states,
@@ -715,6 +777,12 @@ struct ReportPage {
     replies: Vec<ReplyView>,
 }
 
+impl ReportPage {
+    fn show_label(&self, show: &Show) -> &'static str {
+        show.label(self.frame.lang)
+    }
+}
+
 /// Steps of the chart of states over time.
 const CHART_STEPS: u32 = 60;
 
@@ -741,11 +809,11 @@ impl Show {
         }
     }
 
-    fn label(self) -> &'static str {
+    fn label(self, lang: Lang) -> &'static str {
         match self {
-            Show::Waiting => "Not acknowledged",
-            Show::Acked => "Acknowledged",
-            Show::All => "Everyone",
+            Show::Waiting => lang.t("Not acknowledged"),
+            Show::Acked => lang.t("Acknowledged"),
+            Show::All => lang.t("Everyone"),
         }
     }
 
@@ -798,7 +866,7 @@ pub async fn report(
     });
     let chart = match state.store.state_series(&scope, id, CHART_STEPS).await {
         Ok(series) => series
-            .map(|s| crate::chart::figures(&s))
+            .map(|s| crate::chart::figures(&s, signed_in.lang))
             .unwrap_or_default(),
         Err(error) => return failed(error),
     };
@@ -806,7 +874,7 @@ pub async fn report(
         Ok(found) => found.unwrap_or_default(),
         Err(error) => return failed(error),
     };
-    let counts = Counts::of(summary.clone());
+    let counts = Counts::of(summary.clone(), signed_in.lang);
     let in_flight = counts.in_flight;
     let counts = match counts.render() {
         Ok(counts) => counts,
@@ -839,6 +907,12 @@ struct RecipientPage {
     timeline: RecipientTimeline,
 }
 
+impl RecipientPage {
+    fn moved_by(&self, actor: &Actor) -> String {
+        moved_by(actor, self.frame.lang)
+    }
+}
+
 /// One recipient of a message: each delivery with every state it went through, when, and
 /// who or what moved it.
 pub async fn recipient(
@@ -868,13 +942,13 @@ pub async fn recipient(
     }
 }
 
-/// Who or what made a state change, in words.
-pub(crate) fn moved_by(actor: &Actor) -> String {
+/// Who or what made a state change, in words of `lang`.
+fn moved_by(actor: &Actor, lang: Lang) -> String {
     match actor.kind {
-        ActorKind::Staff => "staff".to_owned(),
-        ActorKind::Guardian => format!("the guardian ({})", actor.reference),
-        ActorKind::Dispatcher => "the dispatcher".to_owned(),
-        ActorKind::Provider => format!("the provider ({})", actor.reference),
+        ActorKind::Staff => lang.t("staff").to_owned(),
+        ActorKind::Guardian => lang.tf("the guardian ({})", &[&actor.reference]),
+        ActorKind::Dispatcher => lang.t("the dispatcher").to_owned(),
+        ActorKind::Provider => lang.tf("the provider ({})", &[&actor.reference]),
         ActorKind::System => format!("Tidings ({})", actor.reference),
     }
 }
@@ -892,6 +966,7 @@ pub async fn progress(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let scope = message_scope(&signed_in.staff);
     let id = MessageId::from_uuid(id);
+    let lang = signed_in.lang;
     match state.store.message_summary(&scope, id).await {
         Ok(Some(_)) => {}
         Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
@@ -909,13 +984,13 @@ pub async fn progress(
                     Ok(Some(summary)) => summary,
                     _ => return None,
                 };
-                let counts = Counts::of(summary);
+                let counts = Counts::of(summary, lang);
                 let in_flight = counts.in_flight;
                 let table = counts.render().unwrap_or_default();
                 if !in_flight || table != last {
                     // The chart moves with the counts.
                     let chart = match state.store.state_series(&scope, id, CHART_STEPS).await {
-                        Ok(Some(series)) => crate::chart::figures(&series),
+                        Ok(Some(series)) => crate::chart::figures(&series, lang),
                         _ => String::new(),
                     };
                     let mut events = vec![
@@ -984,7 +1059,9 @@ pub async fn renotify(
             .ok()
             .and_then(|sent| sent["id"].as_str().map(str::to_owned))
             .filter(|_| answer.status == 201),
-        Err(ServiceError::Refused(refusal)) => return said(&refusal).into_response(),
+        Err(ServiceError::Refused(refusal)) => {
+            return said_in(&refusal, signed_in.lang).into_response()
+        }
         Err(error) => return failed(error),
     };
     match sent_id {
@@ -1061,7 +1138,7 @@ pub async fn cancel(
         .await
     {
         Ok(_) => Redirect::to(&format!("/messages/{id}")).into_response(),
-        Err(ServiceError::Refused(refusal)) => said(&refusal).into_response(),
+        Err(ServiceError::Refused(refusal)) => said_in(&refusal, signed_in.lang).into_response(),
         Err(error) => failed(error),
     }
 }

@@ -66,6 +66,10 @@ pub struct SignedIn {
     pub token: ApiToken,
     /// The CSRF token every form of the page carries.
     pub csrf: String,
+    /// The language the pages speak to them.
+    pub lang: crate::i18n::Lang,
+    /// The page asked for (path and query), to come back to after choosing a language.
+    pub here: String,
 }
 
 impl SignedIn {
@@ -111,6 +115,11 @@ impl FromRequestParts<AppState> for SignedIn {
             staff: record.staff,
             csrf: csrf_for(&token.reveal()),
             token,
+            lang: crate::i18n::Lang::of(&parts.headers),
+            here: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), ToString::to_string),
         })
     }
 }

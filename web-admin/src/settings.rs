@@ -18,7 +18,8 @@ use tidings_core::sso::SsoSettings;
 use tidings_core::store::{District, PageRequest, SchoolView, Scope};
 use tidings_core::Role;
 
-use crate::form::{said, Posted};
+use crate::form::{said_in, Posted};
+use crate::i18n::Lang;
 use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 use crate::{SandboxIdentityProvider, Web};
@@ -38,8 +39,8 @@ struct SettingsPage {
     /// What to register at the identity provider.
     redirect_uri: String,
     sandbox: Option<SandboxIdentityProvider>,
-    /// Languages a district may default to: English and those compose offers.
-    languages: Vec<(&'static str, &'static str)>,
+    /// Languages a district may default to, by tag: English and those compose offers.
+    languages: Vec<&'static str>,
 }
 
 /// What the page shows besides the stored settings.
@@ -54,6 +55,10 @@ struct Shown<'a> {
 impl SettingsPage {
     fn limit(value: &Option<i32>) -> String {
         value.map(|v| v.to_string()).unwrap_or_default()
+    }
+
+    fn language_name<'a>(&self, tag: &'a str) -> &'a str {
+        crate::messages::language_name(self.frame.lang, tag)
     }
 }
 
@@ -103,7 +108,7 @@ async fn page(
             client_id,
             redirect_uri: crate::sign_in::redirect_uri(web, headers),
             sandbox: web.sandbox_identity_provider.clone(),
-            languages: std::iter::once(("en", "English"))
+            languages: std::iter::once("en")
                 .chain(crate::messages::LANGUAGES)
                 .collect(),
         },
@@ -139,8 +144,8 @@ pub async fn show(
     page(&state, &web, &headers, &signed_in, shown).await
 }
 
-/// A limit field: empty or 0 is no limit.
-fn limit(what: &str, value: &str) -> Result<Option<i32>, Refusal> {
+/// A limit field: empty or 0 is no limit. `what` names it in `lang`.
+fn limit(what: &str, value: &str, lang: Lang) -> Result<Option<i32>, Refusal> {
     match value.trim() {
         "" | "0" => Ok(None),
         n => n
@@ -148,7 +153,7 @@ fn limit(what: &str, value: &str) -> Result<Option<i32>, Refusal> {
             .ok()
             .filter(|n| *n > 0)
             .map(Some)
-            .ok_or_else(|| Refusal::Invalid(format!("{what} must be a whole number"))),
+            .ok_or_else(|| Refusal::Invalid(lang.tf("{} must be a whole number", &[&what]))),
     }
 }
 
@@ -165,10 +170,15 @@ pub async fn save(
     let services = state.services();
     let by = Actor::staff(signed_in.staff.id);
     let district = signed_in.staff.district_id;
+    let lang = signed_in.lang;
     let done: Result<(), ServiceError> = match field("form") {
         "quotas" => match (
-            limit("the recipients per message", field("max_recipients")),
-            limit("the messages per hour", field("max_per_hour")),
+            limit(
+                lang.t("the recipients per message"),
+                field("max_recipients"),
+                lang,
+            ),
+            limit(lang.t("the messages per hour"), field("max_per_hour"), lang),
         ) {
             (Ok(recipients), Ok(hourly)) => {
                 services
@@ -215,12 +225,12 @@ pub async fn save(
                 .map(drop)
         }
         "sso-remove" => services.remove_district_sso(&signed_in.staff).await,
-        _ => Err(Refusal::Invalid("unknown form".into()).into()),
+        _ => Err(Refusal::Invalid(lang.t("unknown form").into()).into()),
     };
     match done {
         Ok(()) => Redirect::to("/settings?saved").into_response(),
         Err(ServiceError::Refused(refusal)) => {
-            let (status, error) = said(&refusal);
+            let (status, error) = said_in(&refusal, lang);
             // What was typed stays in the form, but never the secret.
             let typed = (field("form") == "sso").then(|| (field("issuer"), field("client_id")));
             let shown = Shown {

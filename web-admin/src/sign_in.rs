@@ -22,6 +22,7 @@ use tidings_core::store::District;
 use tidings_core::DistrictId;
 
 use crate::form::Posted;
+use crate::i18n::Lang;
 use crate::oidc::{self, Flow, OidcError};
 use crate::session::{self, cookie, csrf_for, csrf_matches, set_cookie};
 use crate::Web;
@@ -51,12 +52,20 @@ impl Default for Limits {
 #[derive(Template)]
 #[template(path = "sign_in.html")]
 struct SignInPage<'a> {
+    lang: Lang,
     styles: &'a str,
     csrf: String,
     email: String,
     error: Option<&'a str>,
     /// Districts whose staff may sign in with their district account.
     sso: Vec<District>,
+}
+
+impl SignInPage<'_> {
+    /// The languages to switch to, with their links back to this page.
+    fn other_languages(&self) -> Vec<(Lang, String)> {
+        self.lang.others("/sign-in")
+    }
 }
 
 /// A random value for the sign-in form's cookie.
@@ -75,8 +84,8 @@ fn with_cookies(mut response: Response, cookies: impl IntoIterator<Item = String
     response
 }
 
-/// The sign-in page, with `error` said when there is one: its form's cookie is set when
-/// the browser has none yet.
+/// The sign-in page, in the request's language, with `error` said when there is one
+/// (already in that language): its form's cookie is set when the browser has none yet.
 async fn sign_in_page(
     state: &AppState,
     web: &Web,
@@ -102,6 +111,7 @@ async fn sign_in_page(
         }
     };
     let page = SignInPage {
+        lang: Lang::of(headers),
         styles: crate::assets::styles_url(),
         csrf: csrf_for(&secret),
         email: email.to_owned(),
@@ -159,7 +169,9 @@ fn too_many(web: &Web, client: Option<std::net::IpAddr>, account: Option<&str>) 
         })
 }
 
-const TOO_MANY: &str = "Too many attempts. Please wait a minute and try again.";
+fn too_many_tries(lang: Lang) -> &'static str {
+    lang.t("Too many attempts. Please wait a minute and try again.")
+}
 
 pub async fn submit(
     State(state): State<AppState>,
@@ -169,24 +181,25 @@ pub async fn submit(
     Form(form): Form<SignInForm>,
 ) -> Response {
     let secret = cookie(&headers, session::FORM_COOKIE).unwrap_or_default();
+    let lang = Lang::of(&headers);
     let again =
         |status, error| sign_in_page(&state, &web, &headers, status, &form.email, Some(error));
     if secret.is_empty() || !csrf_matches(secret, &form.csrf) {
         return again(
             StatusCode::FORBIDDEN,
-            "This form has expired. Please sign in again.",
+            lang.t("This form has expired. Please sign in again."),
         )
         .await;
     }
     if too_many(&web, client, Some(&form.email)) {
-        return again(StatusCode::TOO_MANY_REQUESTS, TOO_MANY).await;
+        return again(StatusCode::TOO_MANY_REQUESTS, too_many_tries(lang)).await;
     }
     match state.services().sign_in(&form.email, &form.password).await {
         Ok(session) => signed_in(&web, &session, None),
         Err(ServiceError::Refused(Refusal::BadCredentials)) => {
             again(
                 StatusCode::UNAUTHORIZED,
-                "The email address or password is wrong.",
+                lang.t("The email address or password is wrong."),
             )
             .await
         }
@@ -194,7 +207,7 @@ pub async fn submit(
             tracing::error!(error = %error, "signing in failed");
             again(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "Signing in failed on our side. Please try again.",
+                lang.t("Signing in failed on our side. Please try again."),
             )
             .await
         }
@@ -235,11 +248,12 @@ pub async fn start_sso(
     headers: HeaderMap,
     Query(query): Query<StartQuery>,
 ) -> Response {
+    let lang = Lang::of(&headers);
     let refuse = |status, error| sign_in_page(&state, &web, &headers, status, "", Some(error));
     let Ok(district) = query.district.parse().map(DistrictId::from_uuid) else {
-        return refuse(StatusCode::NOT_FOUND, NO_SSO).await;
+        return refuse(StatusCode::NOT_FOUND, no_sso(lang)).await;
     };
-    let client = match district_client(&state, district).await {
+    let client = match district_client(&state, district, lang).await {
         Ok(client) => client,
         Err((status, said)) => return refuse(status, said).await,
     };
@@ -247,7 +261,7 @@ pub async fn start_sso(
         Ok(discovery) => discovery,
         Err(error) => {
             tracing::warn!(error = %error, %district, issuer = %client.issuer, "single sign-on: the provider is not usable");
-            return refuse(StatusCode::BAD_GATEWAY, UNREACHABLE).await;
+            return refuse(StatusCode::BAD_GATEWAY, out_of_reach(lang)).await;
         }
     };
     let flow = Flow::start(district, state.clock.now().timestamp());
@@ -259,7 +273,7 @@ pub async fn start_sso(
         Ok(to) => to,
         Err(error) => {
             tracing::warn!(error = %error, %district, "single sign-on: the provider is not usable");
-            return refuse(StatusCode::BAD_GATEWAY, UNREACHABLE).await;
+            return refuse(StatusCode::BAD_GATEWAY, out_of_reach(lang)).await;
         }
     };
     let keep = set_cookie(
@@ -275,22 +289,35 @@ pub async fn start_sso(
 async fn district_client(
     state: &AppState,
     district: DistrictId,
+    lang: Lang,
 ) -> Result<tidings_core::sso::SsoClient, (StatusCode, &'static str)> {
     match state.services().sso_client(district).await {
         Ok(Some(client)) => Ok(client),
-        Ok(None) => Err((StatusCode::NOT_FOUND, NO_SSO)),
+        Ok(None) => Err((StatusCode::NOT_FOUND, no_sso(lang))),
         Err(error) => {
             tracing::error!(error = %error, %district, "reading a district's single sign-on failed");
-            Err((StatusCode::INTERNAL_SERVER_ERROR, BROKEN))
+            Err((StatusCode::INTERNAL_SERVER_ERROR, broken(lang)))
         }
     }
 }
 
-const NO_SSO: &str =
-    "This district does not use single sign-on. Please sign in with your password.";
-const BROKEN: &str = "Single sign-on is not working for your district right now. Please tell your district's administrator, or sign in with your password.";
-const UNREACHABLE: &str = "Your district's sign-in service cannot be reached right now. Please try again, or sign in with your password.";
-const STALE: &str = "This sign-in did not start here, or took too long. Please start again.";
+// Why single sign-on cannot go on, as the sign-in page says it in `lang`.
+
+fn no_sso(lang: Lang) -> &'static str {
+    lang.t("This district does not use single sign-on. Please sign in with your password.")
+}
+
+fn broken(lang: Lang) -> &'static str {
+    lang.t("Single sign-on is not working for your district right now. Please tell your district's administrator, or sign in with your password.")
+}
+
+fn out_of_reach(lang: Lang) -> &'static str {
+    lang.t("Your district's sign-in service cannot be reached right now. Please try again, or sign in with your password.")
+}
+
+fn stale(lang: Lang) -> &'static str {
+    lang.t("This sign-in did not start here, or took too long. Please start again.")
+}
 
 #[derive(Debug, Deserialize)]
 pub struct CallbackQuery {
@@ -310,6 +337,7 @@ pub async fn sso_callback(
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
+    let lang = Lang::of(&headers);
     // The flow is good for one answer, whatever it is.
     let forget = set_cookie(FLOW_COOKIE, "", 0, web.secure_cookies);
     let refuse = |status, error: &str| {
@@ -325,24 +353,24 @@ pub async fn sso_callback(
     let flow = cookie(&headers, FLOW_COOKIE).and_then(Flow::from_cookie);
     let Some(flow) = flow.filter(|f| f.answers(query.state.as_deref().unwrap_or_default(), now))
     else {
-        return refuse(StatusCode::BAD_REQUEST, STALE).await;
+        return refuse(StatusCode::BAD_REQUEST, stale(lang)).await;
     };
     let district = flow.district;
     if let Some(error) = &query.error {
         tracing::info!(%district, error = %error.chars().take(100).collect::<String>(), "single sign-on: the provider did not sign in");
         return refuse(
             StatusCode::FORBIDDEN,
-            "Your district's sign-in service did not sign you in. Please try again.",
+            lang.t("Your district's sign-in service did not sign you in. Please try again."),
         )
         .await;
     }
     let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
-        return refuse(StatusCode::BAD_REQUEST, STALE).await;
+        return refuse(StatusCode::BAD_REQUEST, stale(lang)).await;
     };
     if too_many(&web, client_address, None) {
-        return refuse(StatusCode::TOO_MANY_REQUESTS, TOO_MANY).await;
+        return refuse(StatusCode::TOO_MANY_REQUESTS, too_many_tries(lang)).await;
     }
-    let client = match district_client(&state, district).await {
+    let client = match district_client(&state, district, lang).await {
         Ok(client) => client,
         Err((status, said)) => return refuse(status, said).await,
     };
@@ -352,7 +380,7 @@ pub async fn sso_callback(
         .is_some_and(|iss| iss != client.issuer.as_str())
     {
         tracing::warn!(%district, "single sign-on: the answer names another issuer");
-        return refuse(StatusCode::BAD_REQUEST, STALE).await;
+        return refuse(StatusCode::BAD_REQUEST, stale(lang)).await;
     }
     let redirect_uri = redirect_uri(&web, &headers);
     let identity = match web
@@ -368,15 +396,15 @@ pub async fn sso_callback(
         Err(error) => {
             tracing::warn!(error = %error, %district, issuer = %client.issuer, "single sign-on failed");
             let said = match error {
-                OidcError::Unverified(_) => "Your district's sign-in service did not confirm your email address, so Tidings cannot tell who you are.",
-                OidcError::Unreachable { .. } | OidcError::Status { .. } => UNREACHABLE,
-                _ => BROKEN,
+                OidcError::Unverified(_) => lang.t("Your district's sign-in service did not confirm your email address, so Tidings cannot tell who you are."),
+                OidcError::Unreachable { .. } | OidcError::Status { .. } => out_of_reach(lang),
+                _ => broken(lang),
             };
             return refuse(StatusCode::FORBIDDEN, said).await;
         }
     };
     if too_many(&web, None, Some(&identity.email)) {
-        return refuse(StatusCode::TOO_MANY_REQUESTS, TOO_MANY).await;
+        return refuse(StatusCode::TOO_MANY_REQUESTS, too_many_tries(lang)).await;
     }
     match state
         .services()
@@ -386,14 +414,14 @@ pub async fn sso_callback(
         Ok(session) => signed_in(&web, &session, Some(forget)),
         Err(ServiceError::Refused(refusal)) => {
             tracing::info!(%district, refusal = %refusal, "single sign-on: refused");
-            let (status, said) = crate::form::said(&refusal);
+            let (status, said) = crate::form::said_in(&refusal, lang);
             refuse(status, &said).await
         }
         Err(error) => {
             tracing::error!(error = %error, "signing in failed");
             refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "Signing in failed on our side. Please try again.",
+                lang.t("Signing in failed on our side. Please try again."),
             )
             .await
         }

@@ -9,13 +9,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use std::sync::Arc;
 use tidings_api::AppState;
-use tidings_core::services::accounts::{Invitation, MIN_PASSWORD_CHARS, SESSION_HOURS};
+use tidings_core::services::accounts::{
+    Invitation, LinkKind, MemberChange, NewMember, MIN_PASSWORD_CHARS, SESSION_HOURS,
+};
 use tidings_core::services::{Refusal, ServiceError};
-use tidings_core::store::StaffMember;
-use tidings_core::{Role, Staff, StaffId};
+use tidings_core::store::{PageRequest, SchoolView, Scope, StaffMember};
+use tidings_core::{Role, SchoolId, Staff, StaffId};
 use uuid::Uuid;
 
 use crate::form::{Fields, Posted};
+use crate::i18n::Lang;
 use crate::messages::{failed, html, Frame};
 use crate::session::{self, set_cookie, SignedIn};
 use crate::Web;
@@ -36,12 +39,31 @@ fn said(refusal: &Refusal) -> (StatusCode, String) {
     }
 }
 
-pub const ROLES: [(Role, &str); 4] = [
-    (Role::DistrictAdmin, "District administrator"),
-    (Role::SchoolAdmin, "School administrator"),
-    (Role::Teacher, "Teacher"),
-    (Role::Viewer, "Viewer (reports only)"),
+/// The roles, most powerful first.
+pub const ROLES: [Role; 4] = [
+    Role::DistrictAdmin,
+    Role::SchoolAdmin,
+    Role::Teacher,
+    Role::Viewer,
 ];
+
+/// A role's name in `lang`.
+pub fn role_name(lang: Lang, role: Role) -> &'static str {
+    match role {
+        Role::DistrictAdmin => lang.t("District administrator"),
+        Role::SchoolAdmin => lang.t("School administrator"),
+        Role::Teacher => lang.t("Teacher"),
+        Role::Viewer => lang.t("Viewer (reports only)"),
+    }
+}
+
+/// A one-time password link just made, shown once: for whom, the link, and whether it
+/// invites them or resets their password.
+pub struct NewLink {
+    email: String,
+    link: String,
+    kind: LinkKind,
+}
 
 #[derive(Template)]
 #[template(path = "staff.html")]
@@ -49,10 +71,45 @@ struct StaffPage {
     frame: Frame,
     me: StaffId,
     members: Vec<StaffMember>,
-    roles: &'static [(Role, &'static str)],
+    /// The district's schools, for school administrators and viewers.
+    schools: Vec<SchoolView>,
+    roles: &'static [Role],
     error: Option<String>,
-    /// Just invited: the link to pass on, shown once.
-    invited: Option<(String, String)>,
+    link: Option<NewLink>,
+}
+
+impl StaffPage {
+    fn role_name(&self, role: &Role) -> &'static str {
+        role_name(self.frame.lang, *role)
+    }
+
+    /// When a member last signed in, or that they have not.
+    fn last_sign_in(&self, member: &StaffMember) -> String {
+        member.last_sign_in.map_or_else(
+            || self.frame.t("never").to_owned(),
+            |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        )
+    }
+
+    /// Whether a role is assigned schools (its form shows them).
+    fn takes_schools(&self, role: &Role) -> bool {
+        matches!(role, Role::SchoolAdmin | Role::Viewer)
+    }
+
+    /// The names of a member's schools, in the order of the district's list.
+    fn school_names(&self, member: &StaffMember) -> String {
+        let names: Vec<&str> = self
+            .schools
+            .iter()
+            .filter(|school| member.schools.iter().any(|id| id.as_uuid() == &school.id))
+            .map(|school| school.name.as_str())
+            .collect();
+        names.join(", ")
+    }
+
+    fn assigned(&self, member: &StaffMember, school: &SchoolView) -> bool {
+        member.schools.iter().any(|id| id.as_uuid() == &school.id)
+    }
 }
 
 async fn staff_page(
@@ -60,24 +117,34 @@ async fn staff_page(
     signed_in: &SignedIn,
     status: StatusCode,
     error: Option<String>,
-    invited: Option<(String, String)>,
+    link: Option<NewLink>,
 ) -> Response {
-    match state.services().staff_members(&signed_in.staff).await {
-        Ok(members) => html(
+    let members = match state.services().staff_members(&signed_in.staff).await {
+        Ok(members) => members,
+        Err(ServiceError::Refused(refusal)) => {
+            let (status, words) = said(&refusal);
+            return (status, words).into_response();
+        }
+        Err(error) => return failed(error),
+    };
+    let page = PageRequest {
+        limit: 1000,
+        ..PageRequest::default()
+    };
+    let scope = Scope::District(signed_in.staff.district_id);
+    match state.store.schools(&scope, &page).await {
+        Ok(schools) => html(
             status,
             StaffPage {
                 frame: Frame::of(signed_in),
                 me: signed_in.staff.id,
                 members,
+                schools,
                 roles: &ROLES,
                 error,
-                invited,
+                link,
             },
         ),
-        Err(ServiceError::Refused(refusal)) => {
-            let (status, words) = said(&refusal);
-            (status, words).into_response()
-        }
         Err(error) => failed(error),
     }
 }
@@ -109,12 +176,28 @@ pub(crate) fn base_url(web: &Web, headers: &axum::http::HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-fn invitation_link(web: &Web, headers: &axum::http::HeaderMap, invitation: &Invitation) -> String {
-    format!(
-        "{}/invitation/{}",
-        base_url(web, headers),
-        invitation.token.reveal()
-    )
+fn invitation_link(web: &Web, headers: &axum::http::HeaderMap, invitation: &Invitation) -> NewLink {
+    NewLink {
+        email: invitation.staff.email.to_string(),
+        link: format!(
+            "{}/invitation/{}",
+            base_url(web, headers),
+            invitation.token.reveal()
+        ),
+        kind: invitation.kind,
+    }
+}
+
+/// The schools ticked in a form.
+fn ticked_schools(fields: &Fields) -> Result<Vec<SchoolId>, Refusal> {
+    fields
+        .all("schools")
+        .map(|id| {
+            id.parse::<Uuid>()
+                .map(SchoolId::from_uuid)
+                .map_err(|_| Refusal::Invalid(format!("{id:?} is not a school")))
+        })
+        .collect()
 }
 
 pub async fn change(
@@ -130,21 +213,36 @@ pub async fn change(
             .parse::<Role>()
             .map_err(|e| Refusal::Invalid(e.to_string()))
     };
+    let staff = || {
+        field("staff")
+            .parse::<Uuid>()
+            .map(StaffId::from_uuid)
+            .map_err(|_| ServiceError::from(Refusal::NotFound))
+    };
     let outcome = match field("form").as_str() {
-        "invite" => match role(field("role")) {
-            Ok(role) => services
-                .invite(&signed_in.staff, &field("email"), &field("name"), role)
+        "invite" => match (role(field("role")), ticked_schools(&fields)) {
+            (Ok(role), Ok(schools)) => {
+                let new = NewMember {
+                    email: field("email"),
+                    display_name: field("name"),
+                    role,
+                    schools,
+                };
+                services
+                    .invite(&signed_in.staff, &new)
+                    .await
+                    .map(|invitation| Some(invitation_link(&web, &headers, &invitation)))
+            }
+            (Err(refusal), _) | (_, Err(refusal)) => Err(refusal.into()),
+        },
+        "reset" => match staff() {
+            Ok(staff) => services
+                .password_reset(&signed_in.staff, staff)
                 .await
-                .map(|invitation| {
-                    Some((
-                        invitation.staff.email.to_string(),
-                        invitation_link(&web, &headers, &invitation),
-                    ))
-                }),
-            Err(refusal) => Err(refusal.into()),
+                .map(|reset| Some(invitation_link(&web, &headers, &reset))),
+            Err(error) => Err(error),
         },
         "change" => {
-            let staff = field("staff").parse::<Uuid>().map(StaffId::from_uuid);
             let new_role = match field("role").as_str() {
                 "" => Ok(None),
                 value => role(value.to_owned()).map(Some),
@@ -154,20 +252,33 @@ pub async fn change(
                 "no" => Some(false),
                 _ => None,
             };
-            match (staff, new_role) {
-                (Ok(staff), Ok(new_role)) => services
-                    .change_staff(&signed_in.staff, staff, new_role, disabled)
-                    .await
-                    .map(|()| None),
-                (Err(_), _) => Err(Refusal::NotFound.into()),
-                (_, Err(refusal)) => Err(refusal.into()),
+            // The schools' boxes are sent only where the form shows them.
+            let schools = if field("schools_shown") == "yes" {
+                ticked_schools(&fields).map(Some)
+            } else {
+                Ok(None)
+            };
+            match (staff(), new_role, schools) {
+                (Ok(staff), Ok(role), Ok(schools)) => {
+                    let change = MemberChange {
+                        role,
+                        disabled,
+                        schools,
+                    };
+                    services
+                        .change_staff(&signed_in.staff, staff, &change)
+                        .await
+                        .map(|()| None)
+                }
+                (Err(error), _, _) => Err(error),
+                (_, Err(refusal), _) | (_, _, Err(refusal)) => Err(refusal.into()),
             }
         }
         _ => Err(Refusal::Invalid("unknown form".into()).into()),
     };
     match outcome {
         Ok(None) => Redirect::to("/staff").into_response(),
-        Ok(invited) => staff_page(&state, &signed_in, StatusCode::CREATED, None, invited).await,
+        Ok(link) => staff_page(&state, &signed_in, StatusCode::CREATED, None, link).await,
         Err(ServiceError::Refused(refusal)) => {
             let (status, words) = said(&refusal);
             staff_page(&state, &signed_in, status, Some(words), None).await
@@ -180,40 +291,57 @@ pub async fn change(
 #[template(path = "invitation.html")]
 struct InvitationPage<'a> {
     styles: &'a str,
+    lang: Lang,
     staff: Staff,
+    kind: LinkKind,
     csrf: String,
     min: usize,
     error: Option<String>,
 }
 
 /// The invitation's own token is the secret its form's CSRF token derives from.
-pub async fn invitation(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+pub async fn invitation(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let lang = Lang::of(&headers);
     match state.services().invitation(&token).await {
-        Ok(staff) => html(
+        Ok((staff, kind)) => html(
             StatusCode::OK,
             InvitationPage {
                 styles: crate::assets::styles_url(),
+                lang,
                 staff,
+                kind,
                 csrf: session::csrf_for(&token),
                 min: MIN_PASSWORD_CHARS,
                 error: None,
             },
         ),
-        Err(ServiceError::Refused(_)) => (
-            StatusCode::NOT_FOUND,
-            "This invitation has been used or has expired. Ask your district administrator for a new one.",
-        )
-            .into_response(),
+        Err(ServiceError::Refused(_)) => used_up(lang),
         Err(error) => failed(error),
     }
+}
+
+/// A link that was used, replaced or has expired.
+fn used_up(lang: Lang) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        lang.t("This link has been used or has expired. Ask your district administrator for a new one.")
+            .to_owned(),
+    )
+        .into_response()
 }
 
 pub async fn accept(
     State(state): State<AppState>,
     axum::Extension(web): axum::Extension<Arc<Web>>,
+    headers: axum::http::HeaderMap,
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
+    let lang = Lang::of(&headers);
     // Not a signed-in form: the invitation's token is the secret its CSRF token derives
     // from.
     let fields = Fields::parse(&body);
@@ -221,13 +349,15 @@ pub async fn accept(
     if !session::csrf_matches(&token, &field("csrf")) {
         return (
             StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
+            lang.t("This form has expired. Please reload it.")
+                .to_owned(),
         )
             .into_response();
     }
     let password = field("password");
     if password != field("again") {
-        return again(&state, &token, "The two passwords differ.".into()).await;
+        let error = lang.t("The two passwords differ.").to_owned();
+        return again(&state, lang, &token, error).await;
     }
     match state.services().accept_invitation(&token, &password).await {
         Ok(session) => {
@@ -244,34 +374,29 @@ pub async fn accept(
             response
         }
         Err(ServiceError::Refused(Refusal::Invalid(detail))) => {
-            again(&state, &token, format!("Please check: {detail}.")).await
+            let error = lang.tf("Please check: {}.", &[&detail]);
+            again(&state, lang, &token, error).await
         }
-        Err(ServiceError::Refused(_)) => (
-            StatusCode::NOT_FOUND,
-            "This invitation has been used or has expired.",
-        )
-            .into_response(),
+        Err(ServiceError::Refused(_)) => used_up(lang),
         Err(error) => failed(error),
     }
 }
 
-async fn again(state: &AppState, token: &str, error: String) -> Response {
+async fn again(state: &AppState, lang: Lang, token: &str, error: String) -> Response {
     match state.services().invitation(token).await {
-        Ok(staff) => html(
+        Ok((staff, kind)) => html(
             StatusCode::UNPROCESSABLE_ENTITY,
             InvitationPage {
                 styles: crate::assets::styles_url(),
+                lang,
                 staff,
+                kind,
                 csrf: session::csrf_for(token),
                 min: MIN_PASSWORD_CHARS,
                 error: Some(error),
             },
         ),
-        Err(_) => (
-            StatusCode::NOT_FOUND,
-            "This invitation has been used or has expired.",
-        )
-            .into_response(),
+        Err(_) => used_up(lang),
     }
 }
 

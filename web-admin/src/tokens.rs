@@ -19,13 +19,7 @@ use crate::messages::{failed, html, Frame};
 use crate::session::SignedIn;
 
 /// How long a new token may be good for, in days (0: until revoked).
-pub const LIFETIMES: [(u32, &str); 5] = [
-    (7, "7 days"),
-    (30, "30 days"),
-    (90, "90 days"),
-    (365, "a year"),
-    (0, "until revoked"),
-];
+pub const LIFETIMES: [u32; 5] = [7, 30, 90, 365, 0];
 
 /// The lifetime the form offers first.
 const USUAL_DAYS: u32 = 90;
@@ -38,7 +32,7 @@ struct TokensPage {
     /// The caller sees the whole district's tokens.
     everyone: bool,
     tokens: Vec<ApiTokenView>,
-    lifetimes: &'static [(u32, &'static str)],
+    lifetimes: &'static [u32],
     usual_days: u32,
     /// Now, by the server's clock: which tokens have expired.
     now: chrono::DateTime<Utc>,
@@ -50,11 +44,20 @@ struct TokensPage {
 impl TokensPage {
     fn state(&self, token: &ApiTokenView) -> &'static str {
         if token.revoked_at.is_some() {
-            "revoked"
+            self.frame.t("revoked")
         } else if token.expires_at.is_some_and(|at| at <= self.now) {
-            "expired"
+            self.frame.t("expired")
         } else {
-            "active"
+            self.frame.t("active")
+        }
+    }
+
+    /// A lifetime in words.
+    fn lifetime(&self, days: &u32) -> String {
+        match days {
+            0 => self.frame.t("until revoked").to_owned(),
+            365 => self.frame.t("a year").to_owned(),
+            days => self.frame.tf("{} days", &[days]),
         }
     }
 }

@@ -143,13 +143,55 @@ pub const INVITATION_DAYS: i64 = 7;
 /// Shortest password staff may set.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 
-/// An invited staff member and the link's token (shown once to the administrator, who
-/// passes it on).
+/// What a password reset link's token is called; it is good for one password, for
+/// [`RESET_HOURS`].
+pub const RESET_NAME: &str = "password reset";
+
+/// How long a password reset link works.
+pub const RESET_HOURS: i64 = 24;
+
+/// What a one-time password link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A new account's first password.
+    Invitation,
+    /// A new password chosen for someone who lost theirs; their sessions end when it is
+    /// used.
+    Reset,
+}
+
+/// A one-time link with which a staff member chooses a password (an invitation or a
+/// password reset) and its token, shown once to the administrator, who passes it on.
 #[derive(Debug)]
 pub struct Invitation {
     pub staff: Staff,
     pub token: ApiToken,
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub kind: LinkKind,
+}
+
+/// Someone to invite: their email, name, role and, for school administrators and
+/// viewers, the schools they see.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NewMember {
+    pub email: String,
+    pub display_name: String,
+    pub role: crate::Role,
+    #[serde(default)]
+    pub schools: Vec<crate::SchoolId>,
+}
+
+/// What changes about a staff member; `None` leaves it as it is.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MemberChange {
+    pub role: Option<crate::Role>,
+    pub disabled: Option<bool>,
+    pub schools: Option<Vec<crate::SchoolId>>,
+}
+
+/// Whether a role sees schools by assignment (and so needs at least one).
+fn assigned_to_schools(role: crate::Role) -> bool {
+    matches!(role, crate::Role::SchoolAdmin | crate::Role::Viewer)
 }
 
 pub(super) fn administrator(caller: &Staff) -> Result<(), Refusal> {
@@ -197,13 +239,14 @@ impl Services {
     pub async fn invite(
         &self,
         caller: &Staff,
-        email: &str,
-        display_name: &str,
-        role: crate::Role,
+        new: &NewMember,
     ) -> Result<Invitation, ServiceError> {
         administrator(caller)?;
-        let email = EmailAddress::parse(email).map_err(|e| Refusal::Invalid(e.to_string()))?;
-        let display_name = display_name.trim();
+        let role = new.role;
+        let email = EmailAddress::parse(&new.email).map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.check_schools(caller.district_id, role, &new.schools)
+            .await?;
+        let display_name = new.display_name.trim();
         if display_name.is_empty() || display_name.chars().count() > 200 {
             return Err(Refusal::Invalid("a name of 1 to 200 characters is needed".into()).into());
         }
@@ -230,6 +273,10 @@ impl Services {
             }
             Err(error) => return Err(error.into()),
         };
+        if !new.schools.is_empty() {
+            tx.set_staff_schools(caller.district_id, staff.id, &new.schools)
+                .await?;
+        }
         tx.create_token(
             token.id,
             &staff,
@@ -239,8 +286,9 @@ impl Services {
             Some(expires_at),
         )
         .await?;
-        let detail =
-            serde_json::json!({ "staff_id": staff.id, "role": role, "invitation": token.id });
+        let detail = serde_json::json!({
+            "staff_id": staff.id, "role": role, "schools": new.schools, "invitation": token.id,
+        });
         tx.audit(
             caller.district_id,
             &Actor::staff(caller.id),
@@ -254,46 +302,150 @@ impl Services {
             staff,
             token,
             expires_at,
+            kind: LinkKind::Invitation,
         })
     }
 
-    /// The staff member an invitation is for, if it can still be accepted.
-    pub async fn invitation(&self, token: &str) -> Result<Staff, ServiceError> {
+    /// Refuses schools that a role does not take, a school administrator or viewer
+    /// without any, and schools not of the district.
+    async fn check_schools(
+        &self,
+        district: DistrictId,
+        role: crate::Role,
+        schools: &[crate::SchoolId],
+    ) -> Result<(), ServiceError> {
+        if assigned_to_schools(role) && schools.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "a {} sees the schools they are assigned to: choose at least one",
+                role.as_str().replace('_', " ")
+            ))
+            .into());
+        }
+        if !assigned_to_schools(role) && !schools.is_empty() {
+            return Err(Refusal::Invalid(
+                "only school administrators and viewers are assigned to schools".into(),
+            )
+            .into());
+        }
+        let scope = crate::store::Scope::District(district);
+        for school in schools {
+            let page = crate::store::PageRequest::only(*school.as_uuid());
+            if self.store.schools(&scope, &page).await?.is_empty() {
+                return Err(Refusal::Invalid(format!("no school {school} in the district")).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A one-time link with which a staff member of the caller's district chooses a new
+    /// password (district administrators). Earlier reset links of theirs stop working;
+    /// when it is used, their sessions end.
+    pub async fn password_reset(
+        &self,
+        caller: &Staff,
+        staff: crate::StaffId,
+    ) -> Result<Invitation, ServiceError> {
+        administrator(caller)?;
+        let member = self
+            .store
+            .staff_members(caller.district_id)
+            .await?
+            .into_iter()
+            .find(|member| member.staff.id == staff)
+            .ok_or(Refusal::NotFound)?;
+        if member.disabled {
+            return Err(Refusal::Conflict(
+                "the account is disabled: enable it before resetting its password".into(),
+            )
+            .into());
+        }
+        let at = self.clock.now();
+        let expires_at = at + chrono::Duration::hours(RESET_HOURS);
+        let token = ApiToken::generate();
+        let mut tx = self.store.begin().await?;
+        tx.revoke_tokens_named(staff, RESET_NAME, None, at).await?;
+        tx.create_token(
+            token.id,
+            &member.staff,
+            RESET_NAME,
+            &token.secret_hash(),
+            at,
+            Some(expires_at),
+        )
+        .await?;
+        tx.audit(
+            caller.district_id,
+            &Actor::staff(caller.id),
+            "staff.password_reset",
+            serde_json::json!({ "staff_id": staff, "link": token.id }),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Invitation {
+            staff: member.staff,
+            token,
+            expires_at,
+            kind: LinkKind::Reset,
+        })
+    }
+
+    /// The staff member a one-time password link (an invitation or a reset) is for, and
+    /// which it is, if it can still be used.
+    pub async fn invitation(&self, token: &str) -> Result<(Staff, LinkKind), ServiceError> {
         let token = ApiToken::parse(token).map_err(|_| Refusal::NotFound)?;
         let record = self
             .store
             .api_token(token.id)
             .await?
             .ok_or(Refusal::NotFound)?;
-        let live = record.name == INVITATION_NAME
-            && record.revoked_at.is_none()
+        let kind = match record.name.as_str() {
+            INVITATION_NAME => LinkKind::Invitation,
+            RESET_NAME => LinkKind::Reset,
+            _ => return Err(Refusal::NotFound.into()),
+        };
+        let live = record.revoked_at.is_none()
             && record.expires_at.is_some_and(|at| at > self.clock.now())
             && token.matches(&record.secret_hash);
         if !live {
             return Err(Refusal::NotFound.into());
         }
-        Ok(record.staff)
+        Ok((record.staff, kind))
     }
 
-    /// Accepts an invitation: sets the password, uses the invitation up, and signs in.
+    /// Uses a one-time password link: sets the password, uses the link up (and any other
+    /// of theirs), ends their sessions after a reset, and signs in.
     pub async fn accept_invitation(
         &self,
         token: &str,
         password: &str,
     ) -> Result<Session, ServiceError> {
-        let staff = self.invitation(token).await?;
+        let (staff, kind) = self.invitation(token).await?;
         strong_enough(password)?;
         let hashed = hash(password).await?;
         let at = self.clock.now();
         let mut tx = self.store.begin().await?;
         tx.set_password_hash(staff.id, &hashed, at).await?;
-        tx.revoke_tokens_named(staff.id, INVITATION_NAME, None, at)
-            .await?;
+        for name in [INVITATION_NAME, RESET_NAME] {
+            tx.revoke_tokens_named(staff.id, name, None, at).await?;
+        }
+        let (action, detail) = match kind {
+            LinkKind::Invitation => ("staff.accept_invitation", serde_json::json!({})),
+            LinkKind::Reset => {
+                let ended = tx
+                    .revoke_tokens_named(staff.id, SESSION_NAME, None, at)
+                    .await?;
+                (
+                    "staff.reset_password",
+                    serde_json::json!({ "sessions_ended": ended }),
+                )
+            }
+        };
         tx.audit(
             staff.district_id,
             &Actor::staff(staff.id),
-            "staff.accept_invitation",
-            serde_json::json!({}),
+            action,
+            detail,
             at,
         )
         .await?;
@@ -344,16 +496,20 @@ impl Services {
         Ok(())
     }
 
-    /// Sets a staff member's role, or disables or enables them (district
+    /// Sets a staff member's role or schools, or disables or enables them (district
     /// administrators; not themselves).
     pub async fn change_staff(
         &self,
         caller: &Staff,
         staff: crate::StaffId,
-        role: Option<crate::Role>,
-        disabled: Option<bool>,
+        change: &MemberChange,
     ) -> Result<(), ServiceError> {
         administrator(caller)?;
+        let MemberChange {
+            role,
+            disabled,
+            schools,
+        } = change.clone();
         if staff == caller.id {
             return Err(Refusal::Conflict(
                 "you cannot change your own role or disable yourself; ask another administrator"
@@ -361,6 +517,25 @@ impl Services {
             )
             .into());
         }
+        let member = self
+            .store
+            .staff_members(caller.district_id)
+            .await?
+            .into_iter()
+            .find(|member| member.staff.id == staff)
+            .ok_or(Refusal::NotFound)?;
+        let new_role = role.unwrap_or(member.staff.role);
+        // The schools they keep: those given, their own if the role still takes schools,
+        // none for a role that does not.
+        let schools = match schools {
+            Some(schools) => Some(schools),
+            None if assigned_to_schools(new_role) => None,
+            None if member.schools.is_empty() => None,
+            None => Some(Vec::new()),
+        };
+        let kept = schools.as_deref().unwrap_or(&member.schools);
+        self.check_schools(caller.district_id, new_role, kept)
+            .await?;
         let at = self.clock.now();
         let mut tx = self.store.begin().await?;
         if let Some(role) = role {
@@ -371,6 +546,10 @@ impl Services {
                 return Err(Refusal::NotFound.into());
             }
         }
+        if let Some(schools) = &schools {
+            tx.set_staff_schools(caller.district_id, staff, schools)
+                .await?;
+        }
         if let Some(disabled) = disabled {
             if !tx
                 .set_staff_disabled(caller.district_id, staff, disabled, at)
@@ -379,7 +558,9 @@ impl Services {
                 return Err(Refusal::NotFound.into());
             }
         }
-        let detail = serde_json::json!({ "staff_id": staff, "role": role, "disabled": disabled });
+        let detail = serde_json::json!({
+            "staff_id": staff, "role": role, "disabled": disabled, "schools": schools,
+        });
         tx.audit(
             caller.district_id,
             &Actor::staff(caller.id),

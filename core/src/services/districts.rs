@@ -151,6 +151,7 @@ impl Services {
                 staff,
                 token,
                 expires_at,
+                kind: super::accounts::LinkKind::Invitation,
             },
         })
     }

@@ -175,16 +175,32 @@ where
     }
 
     async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>> {
+        let mut conn = self.reads().acquire().await?;
         let sql = staff_members_where("district_id = $1 ORDER BY email");
-        S::Db::fetch_all(
-            &mut *self.reads().acquire().await?,
-            &sql,
+        let mut members = S::Db::fetch_all(&mut conn, &sql, Args::new().id(district))
+            .await?
+            .iter()
+            .map(staff_member_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let assigned = S::Db::fetch_all(
+            &mut conn,
+            "SELECT staff_id, school_id FROM staff_schools WHERE district_id = $1",
             Args::new().id(district),
         )
-        .await?
-        .iter()
-        .map(staff_member_from_row)
-        .collect()
+        .await?;
+        let mut schools = std::collections::HashMap::<Uuid, Vec<SchoolId>>::new();
+        for row in &assigned {
+            schools
+                .entry(row.id("staff_id")?)
+                .or_default()
+                .push(SchoolId::from_uuid(row.id("school_id")?));
+        }
+        for member in &mut members {
+            member.schools = schools
+                .remove(member.staff.id.as_uuid())
+                .unwrap_or_default();
+        }
+        Ok(members)
     }
 
     async fn staff_member_by_email(
@@ -192,16 +208,30 @@ where
         district: DistrictId,
         email: &EmailAddress,
     ) -> StoreResult<Option<StaffMember>> {
+        let mut conn = self.reads().acquire().await?;
         let sql = staff_members_where("district_id = $1 AND email = $2");
-        S::Db::fetch_optional(
-            &mut *self.reads().acquire().await?,
+        let Some(mut member) = S::Db::fetch_optional(
+            &mut conn,
             &sql,
             Args::new().id(district).text(email.as_str()),
         )
         .await?
         .as_ref()
         .map(staff_member_from_row)
-        .transpose()
+        .transpose()?
+        else {
+            return Ok(None);
+        };
+        member.schools = S::Db::fetch_all(
+            &mut conn,
+            "SELECT school_id FROM staff_schools WHERE staff_id = $1 ORDER BY school_id",
+            Args::new().id(member.staff.id),
+        )
+        .await?
+        .iter()
+        .map(|row| Ok(SchoolId::from_uuid(row.id("school_id")?)))
+        .collect::<StoreResult<_>>()?;
+        Ok(Some(member))
     }
 
     async fn create_api_token(
@@ -715,8 +745,11 @@ where
 fn staff_members_where(condition: &str) -> String {
     format!(
         "SELECT {STAFF_COLUMNS}, disabled_at IS NOT NULL AS disabled, \
-                password_hash IS NOT NULL AS has_password \
-         FROM staff WHERE {condition}"
+                password_hash IS NOT NULL AS has_password, \
+                (SELECT max(t.created_at) FROM api_tokens t \
+                 WHERE t.staff_id = staff.id AND t.name = '{session}') AS last_sign_in \
+         FROM staff WHERE {condition}",
+        session = crate::services::accounts::SESSION_NAME
     )
 }
 
@@ -725,6 +758,8 @@ fn staff_member_from_row(row: &impl Columns) -> StoreResult<StaffMember> {
         staff: staff_from_row(row)?,
         disabled: row.flag("disabled")?,
         has_password: row.flag("has_password")?,
+        last_sign_in: row.opt_time("last_sign_in")?,
+        schools: Vec::new(),
     })
 }
 

@@ -238,6 +238,10 @@ pub struct StaffMember {
     pub disabled: bool,
     /// Has set a password (an invited member has not, until they accept).
     pub has_password: bool,
+    /// When they last signed in to the web admin (by password or single sign-on).
+    pub last_sign_in: Option<DateTime<Utc>>,
+    /// The schools they are assigned to (school administrators and viewers see these).
+    pub schools: Vec<SchoolId>,
 }
 
 /// The district and administrator created on an empty database.
@@ -934,6 +938,14 @@ pub trait WriteTransaction: Send {
     ) -> StoreResult<bool>;
 
     async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff>;
+
+    /// Assigns a staff member of `district` to exactly these schools of the district.
+    async fn set_staff_schools(
+        &mut self,
+        district: DistrictId,
+        staff: StaffId,
+        schools: &[SchoolId],
+    ) -> StoreResult<()>;
 
     /// Sets a staff member's role; whether they are of `district`.
     async fn set_staff_role(

@@ -21,7 +21,7 @@ use crate::delivery::{Actor, ActorKind, Change};
 use crate::quiet_hours::QuietHours;
 use crate::{
     ApiTokenId, Channel, ContactPointId, DistrictId, EmailAddress, GuardianId, MessageId, Role,
-    Staff, StaffId,
+    SchoolId, Staff, StaffId,
 };
 
 /// What a database must do for a write transaction, with what only some do differently.
@@ -391,6 +391,30 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
 
     async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
         insert_staff::<D>(&mut self.tx, staff, at).await
+    }
+
+    async fn set_staff_schools(
+        &mut self,
+        district: DistrictId,
+        staff: StaffId,
+        schools: &[SchoolId],
+    ) -> StoreResult<()> {
+        D::execute(
+            &mut self.tx,
+            "DELETE FROM staff_schools WHERE staff_id = $1 AND district_id = $2",
+            Args::new().id(staff).id(district),
+        )
+        .await?;
+        for school in schools {
+            D::execute(
+                &mut self.tx,
+                "INSERT INTO staff_schools (district_id, staff_id, school_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+                Args::new().id(district).id(staff).id(*school),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn set_staff_role(
