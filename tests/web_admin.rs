@@ -1967,3 +1967,181 @@ async fn an_operator_adds_a_district_whose_administrator_joins_and_suspends_it()
     browser.client.close().await.unwrap();
     assert!(server.terminate().await.success());
 }
+
+/// The ids of the demo district's class with this roster id.
+async fn class_id(db: &TestDatabase, sourced_id: &str) -> String {
+    use tidings_core::store::{PageRequest, Scope};
+    let store = tidings_core::store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let district = store.districts().await.unwrap()[0].id;
+    let page = PageRequest {
+        limit: 10,
+        search: Some(sourced_id.to_owned()),
+        ..PageRequest::default()
+    };
+    store
+        .classes(&Scope::District(district), &page)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.sourced_id.as_deref() == Some(sourced_id))
+        .unwrap_or_else(|| panic!("no class {sourced_id}"))
+        .id
+        .to_string()
+}
+
+/// Whether the page is wider than the window (something would scroll the whole page
+/// sideways on a phone).
+async fn overflows(browser: &Browser) -> bool {
+    browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_bool()
+        .unwrap()
+}
+
+/// A roster teacher (no password of their own) gets a password link from the
+/// administrator, opens it in Spanish, works in Spanish on a 360-px phone, sees their
+/// class and not another, and cannot message another class by altering the form.
+#[tokio::test]
+async fn a_teacher_given_a_password_link_works_in_spanish_on_a_phone_within_their_class() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
+    let browser = Browser::start("spanish").await;
+    let b = &browser.client;
+    let (teacher_email, own_class) = support::demo_teacher();
+    let own = class_id(&db, &own_class).await;
+    let other_class = if own_class == "class-0" {
+        "class-1"
+    } else {
+        "class-0"
+    };
+    let other = class_id(&db, other_class).await;
+
+    // The administrator makes a password link for the teacher from the staff page; the
+    // list says when each member last signed in.
+    sign_in(&browser, &server).await;
+    browser
+        .click("nav a[href='/staff']", "[data-page=staff]")
+        .await;
+    let row = format!("tr[data-staff='{teacher_email}']");
+    assert!(browser
+        .text(&format!("{row} .last-sign-in"))
+        .await
+        .contains("never"));
+    browser
+        .click(&format!("{row} button.reset"), "#invitation-link")
+        .await;
+    assert!(browser
+        .text("#link-title")
+        .await
+        .starts_with("Password reset for"));
+    let link = browser.text("#invitation-link").await;
+    browser
+        .click(".signout button", "[data-page=sign-in]")
+        .await;
+
+    // Signed out, the sign-in page offers Spanish; the choice is kept for the link.
+    browser
+        .click("footer a[hreflang=es]", "[data-page=sign-in]")
+        .await;
+    browser.arrive("html[lang=es]").await;
+    assert!(
+        browser.text("h1").await.contains("Iniciar sesión"),
+        "{}",
+        browser.text("h1").await
+    );
+    browser.accessible("sign-in-es").await;
+    b.goto(&link).await.unwrap();
+    browser.arrive("html[lang=es] [data-page=invitation]").await;
+    assert!(browser.text("h1").await.starts_with("Una contraseña nueva"));
+    browser.accessible("password-link-es").await;
+    let password = "la clase de la maestra";
+    browser.fill("password", password).await;
+    browser.fill("again", password).await;
+    browser.type_here(ENTER).await;
+    browser.arrive("html[lang=es] [data-page=messages]").await;
+    assert_eq!(
+        browser.text("nav[aria-label=Principal] a[href='/']").await,
+        "Mensajes"
+    );
+    for admins_only in ["/staff", "/audit", "/settings"] {
+        let link = format!("nav a[href='{admins_only}']");
+        assert!(
+            b.find(Locator::Css(&link)).await.is_err(),
+            "a teacher's menu has no {admins_only}"
+        );
+    }
+    browser.accessible("messages-es").await;
+    browser.shot("messages-es").await;
+
+    // On a 360-px phone no page scrolls sideways; tables scroll inside themselves.
+    b.set_window_size(360, 740).await.unwrap();
+    for (path, name) in [
+        ("/".to_owned(), "phone-messages-es"),
+        ("/messages/new".to_owned(), "phone-compose-es"),
+        (format!("/classes/{own}"), "phone-class-es"),
+        ("/students".to_owned(), "phone-students-es"),
+        ("/tokens".to_owned(), "phone-tokens-es"),
+    ] {
+        b.goto(&server.url(&path)).await.unwrap();
+        browser.arrive("main[data-page]").await;
+        browser.accessible(name).await;
+        browser.shot(name).await;
+        assert!(
+            !overflows(&browser).await,
+            "{path} is wider than a 360-px phone"
+        );
+    }
+    b.set_window_size(1280, 900).await.unwrap();
+
+    // Their class opens; another class does not, and its page shows nothing of it.
+    b.goto(&server.url(&format!("/classes/{own}")))
+        .await
+        .unwrap();
+    browser.arrive("[data-page=class]").await;
+    b.goto(&server.url(&format!("/classes/{other}")))
+        .await
+        .unwrap();
+    let refused = browser.text("body").await;
+    assert!(!refused.contains(other_class), "{refused}");
+    assert!(
+        b.find(Locator::Css("[data-page=class]")).await.is_err(),
+        "another class's page is not shown: {refused}"
+    );
+    // Compose offers only their own class; altering a box to another class's id is
+    // refused and sends nothing.
+    b.goto(&server.url("/messages/new")).await.unwrap();
+    browser.arrive("[data-page=compose]").await;
+    let offered: Vec<String> = {
+        let mut values = Vec::new();
+        for input in b.find_all(Locator::Css("input[name=class]")).await.unwrap() {
+            values.push(input.attr("value").await.unwrap().unwrap());
+        }
+        values
+    };
+    assert_eq!(offered, vec![own.clone()], "only the teacher's class");
+    b.execute(
+        "document.querySelector('input[name=class]').value = arguments[0]",
+        vec![json!(other)],
+    )
+    .await
+    .unwrap();
+    browser.tick("input[name=class]").await;
+    browser.fill("subject", "No").await;
+    browser.fill("body", "Not my class.").await;
+    browser.click("button[value=review]", "[role=alert]").await;
+    assert!(messages_in(&db).await.is_empty(), "nothing was sent");
+
+    // The reset link worked once; the teacher's new password is theirs.
+    b.goto(&link).await.unwrap();
+    assert!(browser.text("body").await.contains("ya se usó o venció"));
+    browser.client.close().await.unwrap();
+    assert!(server.terminate().await.success());
+}

@@ -55,6 +55,10 @@ pub struct Frame {
     /// An operator of the install: the districts page is linked.
     pub operator: bool,
     pub lang: Lang,
+    /// A district administrator: the staff, audit and settings pages are linked.
+    pub administrator: bool,
+    /// May send messages (not a viewer): compose is linked.
+    pub may_send: bool,
     /// This page (path and query), for the language switcher to come back to.
     pub here: String,
 }
@@ -67,6 +71,8 @@ impl Frame {
             csrf: signed_in.csrf.clone(),
             operator: signed_in.staff.operator,
             lang: signed_in.lang,
+            administrator: signed_in.staff.role == Role::DistrictAdmin,
+            may_send: signed_in.staff.role != Role::Viewer,
             here: signed_in.here.clone(),
         }
     }
