@@ -1179,9 +1179,14 @@ async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_dis
         .await;
     browser
         .click(
-            "tr[data-staff='ana.rivera@district.example.org'] button[value=yes]",
-            "[data-page=staff]",
+            "tr[data-staff='ana.rivera@district.example.org'] a.change",
+            "[data-page=staff-member]",
         )
+        .await;
+    browser.accessible("staff-member").await;
+    browser.shot("staff-member").await;
+    browser
+        .click("button[value=yes]", "[data-page=staff]")
         .await;
     assert!(browser
         .text("tr[data-staff='ana.rivera@district.example.org']")
@@ -2036,8 +2041,9 @@ async fn a_teacher_given_a_password_link_works_in_spanish_on_a_phone_within_thei
         .await
         .contains("never"));
     browser
-        .click(&format!("{row} button.reset"), "#invitation-link")
+        .click(&format!("{row} a.change"), "[data-page=staff-member]")
         .await;
+    browser.click("button.reset", "#invitation-link").await;
     assert!(browser
         .text("#link-title")
         .await

@@ -114,6 +114,7 @@ pub fn router(state: AppState, web: Web) -> Router {
         .route("/outbox", get(outbox::page))
         .route("/audit", get(audit::page))
         .route("/staff", get(staff::list).post(staff::change))
+        .route("/staff/{id}", get(staff::member))
         .route(
             "/invitation/{token}",
             get(staff::invitation).post(staff::accept),

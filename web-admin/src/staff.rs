@@ -91,11 +91,6 @@ impl StaffPage {
         )
     }
 
-    /// Whether a role is assigned schools (its form shows them).
-    fn takes_schools(&self, role: &Role) -> bool {
-        matches!(role, Role::SchoolAdmin | Role::Viewer)
-    }
-
     /// The names of a member's schools, in the order of the district's list.
     fn school_names(&self, member: &StaffMember) -> String {
         let names: Vec<&str> = self
@@ -105,10 +100,6 @@ impl StaffPage {
             .map(|school| school.name.as_str())
             .collect();
         names.join(", ")
-    }
-
-    fn assigned(&self, member: &StaffMember, school: &SchoolView) -> bool {
-        member.schools.iter().any(|id| id.as_uuid() == &school.id)
     }
 }
 
@@ -151,6 +142,89 @@ async fn staff_page(
 
 pub async fn list(State(state): State<AppState>, signed_in: SignedIn) -> Response {
     staff_page(&state, &signed_in, StatusCode::OK, None, None).await
+}
+
+#[derive(Template)]
+#[template(path = "staff_member.html")]
+struct MemberPage {
+    frame: Frame,
+    member: StaffMember,
+    schools: Vec<SchoolView>,
+    roles: &'static [Role],
+}
+
+impl MemberPage {
+    fn role_name(&self, role: &Role) -> &'static str {
+        role_name(self.frame.lang, *role)
+    }
+
+    fn school_names(&self) -> String {
+        let names: Vec<&str> = self
+            .schools
+            .iter()
+            .filter(|school| self.assigned(school))
+            .map(|school| school.name.as_str())
+            .collect();
+        names.join(", ")
+    }
+
+    fn assigned(&self, school: &SchoolView) -> bool {
+        self.member
+            .schools
+            .iter()
+            .any(|id| id.as_uuid() == &school.id)
+    }
+
+    fn last_sign_in(&self) -> String {
+        self.member.last_sign_in.map_or_else(
+            || self.frame.t("never").to_owned(),
+            |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        )
+    }
+}
+
+/// One staff member's page (district administrators): their role and schools, enabling
+/// and disabling, and a password reset link.
+pub async fn member(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let members = match state.services().staff_members(&signed_in.staff).await {
+        Ok(members) => members,
+        Err(ServiceError::Refused(refusal)) => {
+            let (status, words) = said(&refusal);
+            return (status, words).into_response();
+        }
+        Err(error) => return failed(error),
+    };
+    let Some(member) = members
+        .into_iter()
+        .find(|member| member.staff.id.as_uuid() == &id && member.staff.id != signed_in.staff.id)
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            signed_in.lang.t("No such staff member.").to_owned(),
+        )
+            .into_response();
+    };
+    let page = PageRequest {
+        limit: 1000,
+        ..PageRequest::default()
+    };
+    let scope = Scope::District(signed_in.staff.district_id);
+    match state.store.schools(&scope, &page).await {
+        Ok(schools) => html(
+            StatusCode::OK,
+            MemberPage {
+                frame: Frame::of(&signed_in),
+                member,
+                schools,
+                roles: &ROLES,
+            },
+        ),
+        Err(error) => failed(error),
+    }
 }
 
 /// The address of an invitation's page, from the request's own origin.
