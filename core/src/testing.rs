@@ -497,6 +497,16 @@ pub fn test_services_file(relative: &std::path::Path) -> std::path::PathBuf {
     tool
 }
 
+/// Someone to invite, with no schools.
+pub fn member(email: &str, name: &str, role: crate::Role) -> crate::services::accounts::NewMember {
+    crate::services::accounts::NewMember {
+        email: email.into(),
+        display_name: name.into(),
+        role,
+        schools: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::store;
@@ -515,15 +525,5 @@ mod tests {
             store::with_database("postgres://u@h/db?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"
         );
-    }
-}
-
-/// Someone to invite, with no schools.
-pub fn member(email: &str, name: &str, role: crate::Role) -> crate::services::accounts::NewMember {
-    crate::services::accounts::NewMember {
-        email: email.into(),
-        display_name: name.into(),
-        role,
-        schools: Vec::new(),
     }
 }

@@ -16,8 +16,8 @@ use tidings_core::services::message_scope;
 use tidings_core::services::send::{Preview, SendMessage, Sent};
 use tidings_core::services::{Once, Refusal, Reply, ServiceError};
 use tidings_core::store::{
-    ClassView, GradeView, GuardianView, MessageListItem, MessageSummary, PageRequest,
-    RecipientTimeline, RecipientView, ReplyView, SchoolView, Scope, StudentView,
+    ClassView, GradeView, GuardianView, MessageContent, MessageListItem, MessageSummary,
+    PageRequest, RecipientTimeline, RecipientView, ReplyView, SchoolView, Scope, StudentView,
 };
 use tidings_core::{Channel, MessageId, RecipientId, Role};
 use uuid::Uuid;
@@ -909,7 +909,9 @@ pub async fn report(
 #[template(path = "recipient.html")]
 struct RecipientPage {
     frame: Frame,
-    message: MessageSummary,
+    message_id: MessageId,
+    /// What the message said (not its counts: a broadcast's take time to count).
+    message: MessageContent,
     timeline: RecipientTimeline,
 }
 
@@ -929,8 +931,8 @@ pub async fn recipient(
     let scope = message_scope(&signed_in.staff);
     let id = MessageId::from_uuid(id);
     let recipient = RecipientId::from_uuid(recipient);
-    let message = match state.store.message_summary(&scope, id).await {
-        Ok(Some(summary)) => summary,
+    let message = match state.store.message_content(&scope, id).await {
+        Ok(Some(content)) => content,
         Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
         Err(error) => return failed(error),
     };
@@ -939,6 +941,7 @@ pub async fn recipient(
             StatusCode::OK,
             RecipientPage {
                 frame: Frame::of(&signed_in),
+                message_id: id,
                 message,
                 timeline,
             },

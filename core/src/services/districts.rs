@@ -8,7 +8,7 @@ use super::accounts::{Invitation, INVITATION_DAYS, INVITATION_NAME};
 use super::{Refusal, ServiceError, Services};
 use crate::delivery::Actor;
 use crate::secret::ApiToken;
-use crate::store::{DirectoryCounts, District, NewStaff, StoreError};
+use crate::store::{District, DistrictSize, NewStaff, StoreError};
 use crate::{DistrictId, EmailAddress, Role, Staff};
 
 /// Who manages districts: a staff member with the operator flag, or the command line
@@ -34,7 +34,7 @@ impl Operator<'_> {
 #[derive(Debug, Clone)]
 pub struct DistrictLine {
     pub district: District,
-    pub counts: DirectoryCounts,
+    pub counts: DistrictSize,
 }
 
 /// A new district to create.
@@ -76,12 +76,17 @@ impl Services {
         operator: Operator<'_>,
     ) -> Result<Vec<DistrictLine>, ServiceError> {
         operator.actor()?;
-        let mut lines = Vec::new();
-        for district in self.store.districts().await? {
-            let counts = self.store.directory_counts(district.id).await?;
-            lines.push(DistrictLine { district, counts });
-        }
-        Ok(lines)
+        let mut sizes = self.store.district_sizes().await?;
+        Ok(self
+            .store
+            .districts()
+            .await?
+            .into_iter()
+            .map(|district| {
+                let counts = sizes.remove(&district.id).unwrap_or_default();
+                DistrictLine { district, counts }
+            })
+            .collect())
     }
 
     /// Creates a district and invites its first district administrator, in one

@@ -64,10 +64,6 @@ impl Args {
         self.with(Value::Flag(Some(flag)))
     }
 
-    pub fn opt_flag(self, flag: Option<bool>) -> Self {
-        self.with(Value::Flag(flag))
-    }
-
     pub fn time(self, at: DateTime<Utc>) -> Self {
         self.with(Value::Time(Some(at)))
     }

@@ -739,6 +739,28 @@ pub(crate) async fn counts<D: Dialect>(
     })
 }
 
+/// Every district's live schools, students and guardians and enabled staff.
+pub(crate) async fn sizes<D: Dialect>(
+    conn: &mut D::Connection,
+) -> StoreResult<std::collections::HashMap<crate::DistrictId, super::DistrictSize>> {
+    let mut sizes = std::collections::HashMap::<crate::DistrictId, super::DistrictSize>::new();
+    type Field = fn(&mut super::DistrictSize) -> &mut i64;
+    let tables: [(&str, Field); 4] = [
+        ("schools WHERE deleted_at IS NULL", |s| &mut s.schools),
+        ("students WHERE deleted_at IS NULL", |s| &mut s.students),
+        ("guardians WHERE deleted_at IS NULL", |s| &mut s.guardians),
+        ("staff WHERE disabled_at IS NULL", |s| &mut s.staff),
+    ];
+    for (rows, field) in tables {
+        let sql = format!("SELECT district_id, count(*) AS n FROM {rows} GROUP BY district_id");
+        for row in D::fetch_all(conn, &sql, Args::new()).await? {
+            let district = crate::DistrictId::from_uuid(row.id("district_id")?);
+            *field(sizes.entry(district).or_default()) = row.i64("n")?;
+        }
+    }
+    Ok(sizes)
+}
+
 /// Sets a school's time zone and quiet hours; the school by id or sourcedId.
 pub(crate) async fn set_school_quiet_hours<D: Dialect>(
     conn: &mut D::Connection,

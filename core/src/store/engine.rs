@@ -449,6 +449,12 @@ where
         directory::counts::<S::Db>(&mut *self.reads().acquire().await?, district.into()).await
     }
 
+    async fn district_sizes(
+        &self,
+    ) -> StoreResult<std::collections::HashMap<DistrictId, super::DistrictSize>> {
+        directory::sizes::<S::Db>(&mut *self.reads().acquire().await?).await
+    }
+
     async fn schools(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<SchoolView>> {
         directory::schools::<S::Db>(&mut *self.reads().acquire().await?, scope, page).await
     }

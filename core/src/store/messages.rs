@@ -99,18 +99,23 @@ pub(crate) async fn recipients<D: Dialect>(
     after: Option<Uuid>,
     limit: u32,
 ) -> StoreResult<Option<Vec<RecipientView>>> {
-    if !visible::<D>(conn, scope, message).await? {
+    let sql = format!("SELECT requires_ack FROM messages WHERE {IN_SCOPE}");
+    let Some(row) = D::fetch_optional(conn, &sql, scoped(message, scope)).await? else {
         return Ok(None);
-    }
+    };
+    // Each filter spelled so that an index in id order serves it: of a message asking
+    // for acknowledgment, the not yet acknowledged are the pending (`recipients_open`);
+    // of one that does not, nobody is acknowledged.
+    let which = match (acked, row.flag("requires_ack")?) {
+        (None, _) | (Some(false), false) => "",
+        (Some(true), _) => "AND r.ack_state = 'acked'",
+        (Some(false), true) => "AND r.ack_state = 'pending'",
+    };
     let sql = format!(
-        "{RECIPIENT_SELECT} WHERE r.message_id = $1 AND ($2 IS NULL OR (r.ack_state = 'acked') = $2) \
-         AND ($3 IS NULL OR r.id > $3) ORDER BY r.id LIMIT $4"
+        "{RECIPIENT_SELECT} WHERE r.message_id = $1 {which} \
+         AND ($2 IS NULL OR r.id > $2) ORDER BY r.id LIMIT $3"
     );
-    let args = Args::new()
-        .id(message)
-        .opt_flag(acked)
-        .opt_id(after)
-        .int(limit);
+    let args = Args::new().id(message).opt_id(after).int(limit);
     D::fetch_all(conn, &sql, args)
         .await?
         .iter()
@@ -135,11 +140,17 @@ pub(crate) async fn recipient_timeline<D: Dialect>(
         return Ok(None);
     };
     let found = recipient(&row)?;
+    // By the guardian's deliveries (indexed), not the message's (a broadcast has
+    // hundreds of thousands).
     let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1 AND recipient_id = $2 \
-         ORDER BY created_at, id"
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries \
+         WHERE guardian_id = $3 AND message_id = $1 AND recipient_id = $2 ORDER BY created_at, id"
     );
-    let deliveries = D::fetch_all(conn, &sql, Args::new().id(message).id(recipient_id))
+    let args = Args::new()
+        .id(message)
+        .id(recipient_id)
+        .id(found.guardian_id);
+    let deliveries = D::fetch_all(conn, &sql, args)
         .await?
         .iter()
         .map(super::deliveries::from_row)
@@ -171,8 +182,9 @@ pub(crate) async fn replies<D: Dialect>(
                 i.received_at \
          FROM inbound_messages i JOIN guardians g ON g.id = i.guardian_id \
          JOIN messages m ON m.id = $1 \
-         WHERE i.guardian_id IN (SELECT guardian_id FROM recipients WHERE message_id = $1) \
-         AND i.received_at >= m.created_at ORDER BY i.received_at DESC, i.id DESC LIMIT $2",
+         WHERE i.district_id = m.district_id AND i.received_at >= m.created_at \
+         AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = $1 AND r.guardian_id = i.guardian_id) \
+         ORDER BY i.received_at DESC, i.id DESC LIMIT $2",
         Args::new().id(message).int(limit),
     )
     .await?
@@ -376,9 +388,12 @@ pub(crate) async fn summary<D: Dialect>(
     let sql = format!(
         "SELECT id, kind, subject, author_id, requires_ack, created_at, scheduled_at, fallback_after_seconds, \
                 (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipients, \
-                (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'acked') AS acknowledged \
+                (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.ack_state = 'pending') AS pending \
          FROM messages m WHERE {IN_SCOPE}"
     );
+    // Both counts read indexes only; only a pending recipient is ever acknowledged
+    // (`ack_state` moves pending → acked and nothing else), so the acknowledged are the
+    // rest of a message that asks for acknowledgment.
     let Some(row) = D::fetch_optional(conn, &sql, scoped(message, scope)).await? else {
         return Ok(None);
     };
@@ -419,7 +434,11 @@ pub(crate) async fn summary<D: Dialect>(
         requires_ack: row.flag("requires_ack")?,
         created_at: row.time("created_at")?,
         recipients: row.i64("recipients")?,
-        acknowledged: row.i64("acknowledged")?,
+        acknowledged: if row.flag("requires_ack")? {
+            row.i64("recipients")? - row.i64("pending")?
+        } else {
+            0
+        },
         fallback_after_minutes: row.opt_i32("fallback_after_seconds")?.map(|s| s / 60),
         counts,
         suppressed,
@@ -467,12 +486,26 @@ pub(crate) async fn state_series<D: Dialect>(
     if !visible::<D>(conn, scope, message).await? {
         return Ok(None);
     }
-    let span = format!(
-        "SELECT min({first}) AS first, max({first}) AS last FROM delivery_events e \
-         JOIN deliveries d ON d.id = e.delivery_id WHERE d.message_id = $1",
-        first = D::epoch_seconds("e.at")
+    // One pass over the message's events: the moves of each second, per channel.
+    let moves = format!(
+        "SELECT d.channel, e.from_state, e.to_state, {at} AS second, count(*) AS n \
+         FROM delivery_events e JOIN deliveries d ON d.id = e.delivery_id \
+         WHERE d.message_id = $1 GROUP BY d.channel, e.from_state, e.to_state, second",
+        at = D::epoch_seconds("e.at")
     );
-    let row = D::fetch_one(conn, &span, Args::new().id(message)).await?;
+    let moved = D::fetch_all(conn, &moves, Args::new().id(message))
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.parsed::<Channel>("channel")?,
+                row.parsed::<DeliveryState>("from_state")?,
+                row.parsed::<DeliveryState>("to_state")?,
+                row.i64("second")?,
+                row.i64("n")?,
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
     let now = D::fetch_all(
         conn,
         "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
@@ -480,7 +513,8 @@ pub(crate) async fn state_series<D: Dialect>(
         Args::new().id(message),
     )
     .await?;
-    let (first, last) = match (row.opt_i64("first")?, row.opt_i64("last")?) {
+    let seconds = moved.iter().map(|(_, _, _, second, _)| *second);
+    let (first, last) = match (seconds.clone().min(), seconds.max()) {
         (Some(first), Some(last)) => (first, last),
         // Nothing has moved yet: one step, everything CREATED.
         _ => (0, 0),
@@ -504,28 +538,14 @@ pub(crate) async fn state_series<D: Dialect>(
         };
         channels[at].2.insert(row.parsed("state")?, row.i64("n")?);
     }
-    let moves = format!(
-        "SELECT d.channel, e.from_state, e.to_state, ({at} - $2) / $3 AS step, count(*) AS n \
-         FROM delivery_events e JOIN deliveries d ON d.id = e.delivery_id \
-         WHERE d.message_id = $1 GROUP BY d.channel, e.from_state, e.to_state, step",
-        at = D::epoch_seconds("e.at")
-    );
-    let args = Args::new().id(message).int(first).int(step_seconds);
     // Per channel and step: the net change of each state in that step.
-    let rows = D::fetch_all(conn, &moves, args).await?;
-    for row in rows {
-        let channel: Channel = row.parsed("channel")?;
+    for (channel, from, to, second, n) in moved {
         let Some((_, deltas, _)) = channels.iter_mut().find(|(c, ..)| *c == channel) else {
             continue;
         };
-        let step = (row.i64("step")?.max(0) as usize).min(count - 1);
-        let n = row.i64("n")?;
-        *deltas[step]
-            .entry(row.parsed::<DeliveryState>("from_state")?)
-            .or_insert(0) -= n;
-        *deltas[step]
-            .entry(row.parsed::<DeliveryState>("to_state")?)
-            .or_insert(0) += n;
+        let step = (((second - first) / step_seconds).max(0) as usize).min(count - 1);
+        *deltas[step].entry(from).or_insert(0) -= n;
+        *deltas[step].entry(to).or_insert(0) += n;
     }
     let began = chrono::DateTime::from_timestamp(first, 0).unwrap_or_default();
     let channels = channels

@@ -253,6 +253,15 @@ pub struct FirstAdmin {
     pub password_hash: String,
 }
 
+/// A district's size as its operators see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DistrictSize {
+    pub schools: i64,
+    pub students: i64,
+    pub guardians: i64,
+    pub staff: i64,
+}
+
 /// Live (not deleted or disabled) rows of a district's directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DirectoryCounts {
@@ -1124,6 +1133,12 @@ pub trait Store:
 
     /// How many live rows the district's directory has, per table.
     async fn directory_counts(&self, district: DistrictId) -> StoreResult<DirectoryCounts>;
+
+    /// Every district's size (live schools, students, guardians, enabled staff), in one
+    /// pass per table.
+    async fn district_sizes(
+        &self,
+    ) -> StoreResult<std::collections::HashMap<DistrictId, DistrictSize>>;
 
     async fn schools(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<SchoolView>>;
     async fn classes(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Vec<ClassView>>;
