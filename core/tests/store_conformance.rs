@@ -1198,6 +1198,16 @@ async fn an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out(
         [(DeliveryState::Created, 1), (DeliveryState::Cancelled, 1)]
     );
     assert!(series.channels.iter().all(|c| c.steps.len() <= 60));
+    // Before the first change both of each channel were CREATED: what the moves recorded
+    // with the transitions undo from the counts now.
+    for channel in [Channel::Sms, Channel::Email] {
+        let found = series.channels.iter().find(|c| c.channel == channel);
+        assert_eq!(
+            found.map(|c| c.start.clone().into_iter().collect::<Vec<_>>()),
+            Some(vec![(DeliveryState::Created, 2)]),
+            "{channel:?}"
+        );
+    }
     assert!(store
         .state_series(&stranger, message.id, 60)
         .await

@@ -152,9 +152,6 @@ pub(crate) trait Binder: Database {
 
     /// How many rows a statement changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
-
-    /// SQL for the whole seconds since the Unix epoch of the time column `column`.
-    fn epoch_seconds(column: &str) -> String;
 }
 
 impl Binder for sqlx::Sqlite {
@@ -183,10 +180,6 @@ impl Binder for sqlx::Sqlite {
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()
     }
-
-    fn epoch_seconds(column: &str) -> String {
-        format!("CAST(strftime('%s', {column}) AS INTEGER)")
-    }
 }
 
 impl Binder for sqlx::Postgres {
@@ -210,10 +203,6 @@ impl Binder for sqlx::Postgres {
 
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()
-    }
-
-    fn epoch_seconds(column: &str) -> String {
-        format!("CAST(floor(extract(epoch FROM {column})) AS BIGINT)")
     }
 }
 

@@ -13,19 +13,20 @@
 //! data-modifying `WITH`); SQLite takes multi-row `VALUES` and writes the events in a
 //! second statement.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::delivery::{Change, Delivery};
+use crate::store::dialect::{Args, Dialect};
 use crate::store::{state_timestamp_column, CasOutcome, StoreResult, DELIVERY_COLUMNS};
-use crate::DeliveryState;
+use crate::{Channel, DeliveryState};
 
 /// How one dialect applies a round of changes (at most one per delivery) and reads
 /// deliveries back. [`apply`] is the same on both on top of these.
 #[async_trait]
-pub(crate) trait Transitions: sqlx::Database {
+pub(crate) trait Transitions: Dialect {
     /// Takes the row locks of `ids` in id order, the order every writer of several
     /// deliveries takes them in, so that two such transactions never wait on each other
     /// (nothing to do where writers are serialized).
@@ -93,6 +94,7 @@ pub(crate) async fn apply<DB: Transitions>(
             }
         }
     }
+    record_moves::<DB>(conn, batch, &outcomes).await?;
     let lost: Vec<uuid::Uuid> = lost.into_iter().collect();
     let now = if lost.is_empty() {
         HashMap::new()
@@ -110,6 +112,73 @@ pub(crate) async fn apply<DB: Transitions>(
             },
         })
         .collect())
+}
+
+/// Adds the batch's applied moves to `message_moves`, counted per message, channel,
+/// states and second: the few rows the report's chart of states over time reads instead
+/// of every event. Insert-only, so concurrent batches never wait on each other here.
+async fn record_moves<D: Dialect>(
+    conn: &mut D::Connection,
+    batch: &[Change],
+    outcomes: &[Option<Delivery>],
+) -> StoreResult<()> {
+    type Key = (
+        uuid::Uuid,
+        uuid::Uuid,
+        Channel,
+        DeliveryState,
+        DeliveryState,
+        i64,
+    );
+    let mut counts: BTreeMap<Key, i64> = BTreeMap::new();
+    for (change, outcome) in batch.iter().zip(outcomes) {
+        let (Some(delivery), true) = (outcome, change.moves()) else {
+            continue;
+        };
+        let t = &change.transition;
+        let key = (
+            *delivery.message_id.as_uuid(),
+            *delivery.district_id.as_uuid(),
+            delivery.channel,
+            t.from,
+            t.to,
+            t.at.timestamp(),
+        );
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    let counts: Vec<(Key, i64)> = counts.into_iter().collect();
+    for chunk in counts.chunks(100) {
+        let mut args = Args::new();
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (i, ((message, district, channel, from, to, second), n)) in chunk.iter().enumerate() {
+            let p = i * 7;
+            rows.push(format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7
+            ));
+            args = args
+                .id(*message)
+                .id(*district)
+                .text(channel.as_str())
+                .text(from.as_str())
+                .text(to.as_str())
+                .int(*second)
+                .int(*n);
+        }
+        let sql = format!(
+            "INSERT INTO message_moves (message_id, district_id, channel, from_state, to_state, \
+             second, n) VALUES {}",
+            rows.join(", ")
+        );
+        D::execute(conn, &sql, args).await?;
+    }
+    Ok(())
 }
 
 /// The columns a round writes besides state, version and `updated_at`: only those some
