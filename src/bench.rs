@@ -551,6 +551,55 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
     setup.finish().await
 }
 
+/// Sends `message` as it would go out — a dispatcher hands every delivery to the
+/// in-process sandbox — and has one recipient in ten acknowledge it, so that the pages
+/// read a broadcast with its events rather than an untouched one. How many were sent and
+/// acknowledged.
+async fn go_out(
+    state: &tidings_api::AppState,
+    district: tidings_core::DistrictId,
+    message: tidings_core::MessageId,
+) -> anyhow::Result<(usize, usize)> {
+    use tidings_core::services::acknowledge::AckVia;
+    use tidings_core::Channel;
+    use tidings_dispatcher::{Adapters, Config, Dispatcher};
+
+    let sandbox = tidings_sandbox::InProcessProvider::default();
+    let adapters = Channel::ALL
+        .iter()
+        .fold(Adapters::default(), |a, &c| a.with(c, sandbox.adapter(c)));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let dispatcher = Dispatcher::new(state.store.clone(), adapters, Config::default());
+    let running = tokio::spawn(async move { dispatcher.run(stopping).await });
+    while total_lag(state.store.as_ref()).await? > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    stop.send(true)?;
+    running.await??;
+    let scope = tidings_core::store::MessageScope::District(district);
+    let (mut after, mut acknowledged) = (None, 0);
+    loop {
+        let page = state
+            .store
+            .recipients(&scope, message, None, after, 500)
+            .await?
+            .context("the benchmark's message")?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for recipient in page.iter().step_by(10) {
+            state
+                .services()
+                .acknowledge(
+                    tidings_core::RecipientId::from_uuid(recipient.id),
+                    AckVia::Link(Channel::Sms),
+                )
+                .await?;
+            acknowledged += 1;
+        }
+    }
+    Ok((sandbox.received_count(), acknowledged))
+}
+
 /// Guardians of the neighbouring district in `bench dispatch`.
 const NEIGHBOURS: usize = 100;
 
@@ -821,6 +870,7 @@ pub async fn pages(
         tidings_core::services::Reply::Done(sent) => sent.id,
         tidings_core::services::Reply::Replayed(_) => anyhow::bail!("a fresh send replayed"),
     };
+    let (sent, acknowledged) = go_out(&state, setup.district, message).await?;
     // A web session, as signing in makes.
     let session = secret::ApiToken::generate();
     let mut tx = store.begin().await?;
@@ -932,6 +982,7 @@ pub async fn pages(
         "students": students,
         "guardians": setup.stats.guardians,
         "samples": samples,
+        "message": { "sent": sent, "acknowledged": acknowledged },
         "pages": figures,
         "over_200ms_or_failed": slow,
         "peak_rss_mb": peak_rss_mb()?,

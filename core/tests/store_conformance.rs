@@ -8,8 +8,8 @@ use tidings_core::delivery::{self, Actor, ActorKind, Applied, Ignored, Transitio
 use tidings_core::log::PartitionId;
 use tidings_core::secret::ApiToken;
 use tidings_core::store::{
-    CasOutcome, FirstAdmin, MessageScope, NewDelivery, NewMessage, NewRecipient, NewStaff, Store,
-    StoreError,
+    CasOutcome, FirstAdmin, MessageScope, NewDelivery, NewMessage, NewRecipient, NewStaff,
+    PageRequest, Store, StoreError,
 };
 use tidings_core::testing::{delivery_ids, message_to, seed, seed_district, Seed, TestDatabase};
 use tidings_core::time::now;
@@ -21,6 +21,7 @@ tidings_core::on_both_stores! {
     a_migrated_store_is_ready,
     bootstrap_creates_the_first_admin_only_on_an_empty_database,
     staff_emails_are_unique,
+    staff_are_listed_a_page_at_a_time_by_email_and_searched,
     api_tokens_resolve_to_their_enabled_owner,
     a_message_is_written_with_every_delivery_exactly_once,
     a_failed_fan_out_leaves_nothing_behind,
@@ -130,6 +131,88 @@ async fn staff_emails_are_unique(store: Arc<dyn Store>) {
         Some("a staff member with this email address already exists"),
         "{constraint}"
     );
+}
+
+async fn staff_are_listed_a_page_at_a_time_by_email_and_searched(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 0).await;
+    let district = seed.staff.district_id;
+    for (email, name) in [
+        ("b.teacher@riverside.example.org", "Bea Teacher"),
+        ("c.viewer@riverside.example.org", "Cal 100% Viewer"),
+        ("a.teacher@riverside.example.org", "Ana Teacher"),
+    ] {
+        let member = NewStaff {
+            district_id: district,
+            email: EmailAddress::parse(email).unwrap(),
+            display_name: name.into(),
+            role: Role::Teacher,
+            password_hash: None,
+        };
+        store.create_staff(&member, now()).await.unwrap();
+    }
+    let all: Vec<String> = store
+        .staff_members(district)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.staff.email.as_str().to_owned())
+        .collect();
+    assert_eq!(all.len(), 4, "{all:?}");
+    // Two at a time, in email order, each page after the last member of the one before.
+    let mut paged = Vec::new();
+    let mut request = PageRequest {
+        limit: 2,
+        ..PageRequest::default()
+    };
+    loop {
+        let page = store.staff_page(district, &request).await.unwrap();
+        paged.extend(page.iter().map(|m| m.staff.email.as_str().to_owned()));
+        match page.last() {
+            Some(last) if page.len() == 2 => request.after = Some(*last.staff.id.as_uuid()),
+            _ => break,
+        }
+    }
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(paged, sorted);
+    assert_eq!(all, sorted, "all of them by email too");
+    // Searched by name or email, case aside; LIKE's wildcards are plain characters.
+    let found = |search: &str| {
+        let request = PageRequest {
+            limit: 10,
+            search: Some(search.into()),
+            ..PageRequest::default()
+        };
+        let store = store.clone();
+        async move {
+            store
+                .staff_page(district, &request)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.staff.display_name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("TEACHER").await, ["Ana Teacher", "Bea Teacher"]);
+    assert_eq!(found("c.viewer@").await, ["Cal 100% Viewer"]);
+    assert_eq!(found("100%").await, ["Cal 100% Viewer"]);
+    assert!(found("1%0").await.is_empty());
+    // One member by id; none of another district.
+    let only = store
+        .staff_page(district, &PageRequest::only(*seed.staff.id.as_uuid()))
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].staff.id, seed.staff.id);
+    let elsewhere = store
+        .staff_page(
+            DistrictId::new(),
+            &PageRequest::only(*seed.staff.id.as_uuid()),
+        )
+        .await
+        .unwrap();
+    assert!(elsewhere.is_empty());
 }
 
 async fn api_tokens_resolve_to_their_enabled_owner(store: Arc<dyn Store>) {

@@ -4,7 +4,7 @@
 
 use askama::Template;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use std::sync::Arc;
@@ -71,11 +71,25 @@ struct StaffPage {
     frame: Frame,
     me: StaffId,
     members: Vec<StaffMember>,
+    /// What the list is searched for.
+    q: String,
+    /// The last member shown, when there may be more.
+    next: Option<StaffId>,
     /// The district's schools, for school administrators and viewers.
     schools: Vec<SchoolView>,
     roles: &'static [Role],
     error: Option<String>,
     link: Option<NewLink>,
+}
+
+/// Staff listed per page.
+const STAFF_PER_PAGE: u32 = 100;
+
+/// `?q=` searches names and emails; `?after=` is the last member of the previous page.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StaffSearch {
+    q: Option<String>,
+    after: Option<Uuid>,
 }
 
 impl StaffPage {
@@ -106,11 +120,23 @@ impl StaffPage {
 async fn staff_page(
     state: &AppState,
     signed_in: &SignedIn,
+    search: StaffSearch,
     status: StatusCode,
     error: Option<String>,
     link: Option<NewLink>,
 ) -> Response {
-    let members = match state.services().staff_members(&signed_in.staff).await {
+    let q = search.q.unwrap_or_default().trim().to_owned();
+    let request = PageRequest {
+        after: search.after,
+        limit: STAFF_PER_PAGE,
+        search: (!q.is_empty()).then(|| q.clone()),
+        ..PageRequest::default()
+    };
+    let members = match state
+        .services()
+        .staff_page(&signed_in.staff, &request)
+        .await
+    {
         Ok(members) => members,
         Err(ServiceError::Refused(refusal)) => {
             let (status, words) = said(&refusal);
@@ -118,6 +144,9 @@ async fn staff_page(
         }
         Err(error) => return failed(error),
     };
+    let next = (members.len() == STAFF_PER_PAGE as usize)
+        .then(|| members.last().map(|m| m.staff.id))
+        .flatten();
     let page = PageRequest {
         limit: 1000,
         ..PageRequest::default()
@@ -130,6 +159,8 @@ async fn staff_page(
                 frame: Frame::of(signed_in),
                 me: signed_in.staff.id,
                 members,
+                q,
+                next,
                 schools,
                 roles: &ROLES,
                 error,
@@ -140,8 +171,13 @@ async fn staff_page(
     }
 }
 
-pub async fn list(State(state): State<AppState>, signed_in: SignedIn) -> Response {
-    staff_page(&state, &signed_in, StatusCode::OK, None, None).await
+/// The district's staff, a page at a time, searched by name or email.
+pub async fn list(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Query(search): Query<StaffSearch>,
+) -> Response {
+    staff_page(&state, &signed_in, search, StatusCode::OK, None, None).await
 }
 
 #[derive(Template)]
@@ -190,23 +226,21 @@ pub async fn member(
     signed_in: SignedIn,
     Path(id): Path<Uuid>,
 ) -> Response {
-    let members = match state.services().staff_members(&signed_in.staff).await {
-        Ok(members) => members,
+    let id = StaffId::from_uuid(id);
+    let member = match state.services().staff_member(&signed_in.staff, id).await {
+        Ok(member) if member.staff.id != signed_in.staff.id => member,
+        Ok(_) | Err(ServiceError::Refused(Refusal::NotFound)) => {
+            return (
+                StatusCode::NOT_FOUND,
+                signed_in.lang.t("No such staff member.").to_owned(),
+            )
+                .into_response()
+        }
         Err(ServiceError::Refused(refusal)) => {
             let (status, words) = said(&refusal);
             return (status, words).into_response();
         }
         Err(error) => return failed(error),
-    };
-    let Some(member) = members
-        .into_iter()
-        .find(|member| member.staff.id.as_uuid() == &id && member.staff.id != signed_in.staff.id)
-    else {
-        return (
-            StatusCode::NOT_FOUND,
-            signed_in.lang.t("No such staff member.").to_owned(),
-        )
-            .into_response();
     };
     let page = PageRequest {
         limit: 1000,
@@ -352,10 +386,28 @@ pub async fn change(
     };
     match outcome {
         Ok(None) => Redirect::to("/staff").into_response(),
-        Ok(link) => staff_page(&state, &signed_in, StatusCode::CREATED, None, link).await,
+        Ok(link) => {
+            staff_page(
+                &state,
+                &signed_in,
+                StaffSearch::default(),
+                StatusCode::CREATED,
+                None,
+                link,
+            )
+            .await
+        }
         Err(ServiceError::Refused(refusal)) => {
             let (status, words) = said(&refusal);
-            staff_page(&state, &signed_in, status, Some(words), None).await
+            staff_page(
+                &state,
+                &signed_in,
+                StaffSearch::default(),
+                status,
+                Some(words),
+                None,
+            )
+            .await
         }
         Err(error) => failed(error),
     }

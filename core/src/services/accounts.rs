@@ -234,6 +234,29 @@ impl Services {
         Ok(self.store.staff_members(caller.district_id).await?)
     }
 
+    /// A page of the caller's district's staff by email, searched by name or email
+    /// (district administrators).
+    pub async fn staff_page(
+        &self,
+        caller: &Staff,
+        page: &crate::store::PageRequest,
+    ) -> Result<Vec<crate::store::StaffMember>, ServiceError> {
+        administrator(caller)?;
+        Ok(self.store.staff_page(caller.district_id, page).await?)
+    }
+
+    /// One staff member of the caller's district (district administrators).
+    pub async fn staff_member(
+        &self,
+        caller: &Staff,
+        staff: crate::StaffId,
+    ) -> Result<crate::store::StaffMember, ServiceError> {
+        administrator(caller)?;
+        let only = crate::store::PageRequest::only(*staff.as_uuid());
+        let found = self.store.staff_page(caller.district_id, &only).await?;
+        Ok(found.into_iter().next().ok_or(Refusal::NotFound)?)
+    }
+
     /// Invites someone to the caller's district with a role: their account exists at
     /// once (without a password), and the invitation's link lets them choose one.
     pub async fn invite(
@@ -346,13 +369,7 @@ impl Services {
         staff: crate::StaffId,
     ) -> Result<Invitation, ServiceError> {
         administrator(caller)?;
-        let member = self
-            .store
-            .staff_members(caller.district_id)
-            .await?
-            .into_iter()
-            .find(|member| member.staff.id == staff)
-            .ok_or(Refusal::NotFound)?;
+        let member = self.staff_member(caller, staff).await?;
         if member.disabled {
             return Err(Refusal::Conflict(
                 "the account is disabled: enable it before resetting its password".into(),
@@ -517,13 +534,7 @@ impl Services {
             )
             .into());
         }
-        let member = self
-            .store
-            .staff_members(caller.district_id)
-            .await?
-            .into_iter()
-            .find(|member| member.staff.id == staff)
-            .ok_or(Refusal::NotFound)?;
+        let member = self.staff_member(caller, staff).await?;
         let new_role = role.unwrap_or(member.staff.role);
         // The schools they keep: those given, their own if the role still takes schools,
         // none for a role that does not.

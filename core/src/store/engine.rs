@@ -176,31 +176,16 @@ where
 
     async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>> {
         let mut conn = self.reads().acquire().await?;
-        let sql = staff_members_where("district_id = $1 ORDER BY email");
-        let mut members = S::Db::fetch_all(&mut conn, &sql, Args::new().id(district))
-            .await?
-            .iter()
-            .map(staff_member_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let assigned = S::Db::fetch_all(
-            &mut conn,
-            "SELECT staff_id, school_id FROM staff_schools WHERE district_id = $1",
-            Args::new().id(district),
-        )
-        .await?;
-        let mut schools = std::collections::HashMap::<Uuid, Vec<SchoolId>>::new();
-        for row in &assigned {
-            schools
-                .entry(row.id("staff_id")?)
-                .or_default()
-                .push(SchoolId::from_uuid(row.id("school_id")?));
-        }
-        for member in &mut members {
-            member.schools = schools
-                .remove(member.staff.id.as_uuid())
-                .unwrap_or_default();
-        }
-        Ok(members)
+        staff_members::<S::Db>(&mut conn, district, None).await
+    }
+
+    async fn staff_page(
+        &self,
+        district: DistrictId,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<StaffMember>> {
+        let mut conn = self.reads().acquire().await?;
+        staff_members::<S::Db>(&mut conn, district, Some(page)).await
     }
 
     async fn staff_member_by_email(
@@ -210,7 +195,7 @@ where
     ) -> StoreResult<Option<StaffMember>> {
         let mut conn = self.reads().acquire().await?;
         let sql = staff_members_where("district_id = $1 AND email = $2");
-        let Some(mut member) = S::Db::fetch_optional(
+        let found = S::Db::fetch_optional(
             &mut conn,
             &sql,
             Args::new().id(district).text(email.as_str()),
@@ -218,20 +203,10 @@ where
         .await?
         .as_ref()
         .map(staff_member_from_row)
-        .transpose()?
-        else {
-            return Ok(None);
-        };
-        member.schools = S::Db::fetch_all(
-            &mut conn,
-            "SELECT school_id FROM staff_schools WHERE staff_id = $1 ORDER BY school_id",
-            Args::new().id(member.staff.id),
-        )
-        .await?
-        .iter()
-        .map(|row| Ok(SchoolId::from_uuid(row.id("school_id")?)))
-        .collect::<StoreResult<_>>()?;
-        Ok(Some(member))
+        .transpose()?;
+        let mut members: Vec<StaffMember> = found.into_iter().collect();
+        assign_schools::<S::Db>(&mut conn, &mut members).await?;
+        Ok(members.pop())
     }
 
     async fn create_api_token(
@@ -757,6 +732,77 @@ fn staff_members_where(condition: &str) -> String {
          FROM staff WHERE {condition}",
         session = crate::services::accounts::SESSION_NAME
     )
+}
+
+/// A district's staff members in email order: all of them, or a page — those after the
+/// member `page.after`, whose name or email contains `page.search`, or only `page.only`.
+async fn staff_members<D: Dialect>(
+    conn: &mut D::Connection,
+    district: DistrictId,
+    page: Option<&PageRequest>,
+) -> StoreResult<Vec<StaffMember>> {
+    let mut members = match page {
+        None => {
+            let sql = staff_members_where("district_id = $1 ORDER BY email");
+            D::fetch_all(conn, &sql, Args::new().id(district)).await?
+        }
+        Some(page) => {
+            let sql = staff_members_where(&format!(
+                "district_id = $1 \
+                 AND ($2 IS NULL OR email > (SELECT email FROM staff WHERE id{text} = $2)) \
+                 AND ($3 IS NULL OR lower(display_name) LIKE $3 ESCAPE '\\' OR email LIKE $3 ESCAPE '\\') \
+                 AND ($4 IS NULL OR id{text} = $4) \
+                 ORDER BY email LIMIT $5",
+                text = D::AS_TEXT
+            ));
+            let args = Args::new()
+                .id(district)
+                .opt_text(page.after.map(|id| id.to_string()))
+                .opt_text(page.pattern())
+                .opt_text(page.only.map(|id| id.to_string()))
+                .int(i64::from(page.limit));
+            D::fetch_all(conn, &sql, args).await?
+        }
+    }
+    .iter()
+    .map(staff_member_from_row)
+    .collect::<StoreResult<Vec<_>>>()?;
+    assign_schools::<D>(conn, &mut members).await?;
+    Ok(members)
+}
+
+/// Fills in the schools each of `members` is assigned to.
+async fn assign_schools<D: Dialect>(
+    conn: &mut D::Connection,
+    members: &mut [StaffMember],
+) -> StoreResult<()> {
+    let Some(first) = members.first() else {
+        return Ok(());
+    };
+    let mut args = Args::new().id(first.staff.district_id);
+    let ids = args.ids(
+        &members
+            .iter()
+            .map(|m| *m.staff.id.as_uuid())
+            .collect::<Vec<_>>(),
+    );
+    let sql = format!(
+        "SELECT staff_id, school_id FROM staff_schools WHERE district_id = $1 AND staff_id IN ({ids}) \
+         ORDER BY school_id"
+    );
+    let mut schools = std::collections::HashMap::<Uuid, Vec<SchoolId>>::new();
+    for row in &D::fetch_all(conn, &sql, args).await? {
+        schools
+            .entry(row.id("staff_id")?)
+            .or_default()
+            .push(SchoolId::from_uuid(row.id("school_id")?));
+    }
+    for member in members {
+        member.schools = schools
+            .remove(member.staff.id.as_uuid())
+            .unwrap_or_default();
+    }
+    Ok(())
 }
 
 fn staff_member_from_row(row: &impl Columns) -> StoreResult<StaffMember> {

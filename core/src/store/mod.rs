@@ -1050,6 +1050,15 @@ pub trait Store:
     /// Every staff member of a district, enabled or not, by email.
     async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>>;
 
+    /// A page of a district's staff members by email: at most `page.limit` after the
+    /// member `page.after`, those whose name or email contains `page.search`, or only
+    /// `page.only`.
+    async fn staff_page(
+        &self,
+        district: DistrictId,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<StaffMember>>;
+
     /// The staff member of a district with this email, enabled or not.
     async fn staff_member_by_email(
         &self,
