@@ -853,6 +853,7 @@ pub async fn report(
         Ok(None) => return (StatusCode::NOT_FOUND, "No such message.").into_response(),
         Err(error) => return failed(error),
     };
+    let now = summary.counts.clone();
     let show = match query.show {
         Some(show) if summary.requires_ack || show == Show::All => show,
         _ if summary.requires_ack => Show::Waiting,
@@ -870,7 +871,11 @@ pub async fn report(
         people.truncate(PEOPLE_PER_PAGE as usize);
         people.last().map(|p| p.id)
     });
-    let chart = match state.store.state_series(&scope, id, CHART_STEPS).await {
+    let chart = match state
+        .store
+        .state_series(&scope, id, &now, CHART_STEPS)
+        .await
+    {
         Ok(series) => series
             .map(|s| crate::chart::figures(&s, signed_in.lang))
             .unwrap_or_default(),
@@ -993,12 +998,17 @@ pub async fn progress(
                     Ok(Some(summary)) => summary,
                     _ => return None,
                 };
+                let now = summary.counts.clone();
                 let counts = Counts::of(summary, lang);
                 let in_flight = counts.in_flight;
                 let table = counts.render().unwrap_or_default();
                 if !in_flight || table != last {
                     // The chart moves with the counts.
-                    let chart = match state.store.state_series(&scope, id, CHART_STEPS).await {
+                    let chart = match state
+                        .store
+                        .state_series(&scope, id, &now, CHART_STEPS)
+                        .await
+                    {
                         Ok(Some(series)) => crate::chart::figures(&series, lang),
                         _ => String::new(),
                     };

@@ -24,7 +24,7 @@ use super::{
     NewStaff, PageRequest, Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store,
     StoreResult, StudentView, WriteTransaction, DELIVERY_COLUMNS,
 };
-use super::{RecipientTimeline, ReplyView, StateSeries};
+use super::{DeliveryCount, RecipientTimeline, ReplyView, StateSeries};
 use crate::audience::{Audience, AudienceMember, AudienceProblems};
 use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
 use crate::log::{LogEntry, PartitionId};
@@ -652,10 +652,11 @@ where
         &self,
         scope: &MessageScope,
         message: MessageId,
+        now: &[DeliveryCount],
         steps: u32,
     ) -> StoreResult<Option<StateSeries>> {
         let mut conn = self.reads().acquire().await?;
-        messages::state_series::<S::Db>(&mut conn, scope, message.into(), steps).await
+        messages::state_series::<S::Db>(&mut conn, scope, message.into(), now, steps).await
     }
 
     async fn message_replies(

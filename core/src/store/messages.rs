@@ -475,12 +475,14 @@ pub(crate) async fn reserve_hourly_quota<D: Dialect>(
 }
 
 /// The deliveries of a message the scope may see in each state over time, per channel, in
-/// at most `steps` equal steps from its first state change to its last: every delivery
-/// starts CREATED, and each event moves one from its `from` state to its `to` state.
+/// at most `steps` equal steps from its first state change to its last, going back from
+/// the counts `now` (its summary's, so that a page counts the deliveries once) by each
+/// recorded move from its `from` state to its `to` state.
 pub(crate) async fn state_series<D: Dialect>(
     conn: &mut D::Connection,
     scope: &MessageScope,
     message: Uuid,
+    now: &[DeliveryCount],
     steps: u32,
 ) -> StoreResult<Option<StateSeries>> {
     if !visible::<D>(conn, scope, message).await? {
@@ -503,13 +505,6 @@ pub(crate) async fn state_series<D: Dialect>(
             ))
         })
         .collect::<StoreResult<Vec<_>>>()?;
-    let now = D::fetch_all(
-        conn,
-        "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
-         GROUP BY channel, state ORDER BY channel, state",
-        Args::new().id(message),
-    )
-    .await?;
     let seconds = moved.iter().map(|(_, _, _, second, _)| *second);
     let (first, last) = match (seconds.clone().min(), seconds.max()) {
         (Some(first), Some(last)) => (first, last),
@@ -524,8 +519,8 @@ pub(crate) async fn state_series<D: Dialect>(
     // nobody could be reached by is written SUPPRESSED).
     type Counts = BTreeMap<DeliveryState, i64>;
     let mut channels: Vec<(Channel, Vec<Counts>, Counts)> = Vec::new();
-    for row in &now {
-        let channel: Channel = row.parsed("channel")?;
+    for current in now {
+        let channel = current.channel;
         let at = match channels.iter().position(|(c, ..)| *c == channel) {
             Some(at) => at,
             None => {
@@ -533,7 +528,7 @@ pub(crate) async fn state_series<D: Dialect>(
                 channels.len() - 1
             }
         };
-        channels[at].2.insert(row.parsed("state")?, row.i64("n")?);
+        *channels[at].2.entry(current.state).or_insert(0) += current.count;
     }
     // Per channel and step: the net change of each state in that step.
     for (channel, from, to, second, n) in moved {

@@ -1401,11 +1401,13 @@ pub trait Store:
     ) -> StoreResult<Option<RecipientTimeline>>;
 
     /// The message's deliveries per state over time, per channel, in at most `steps`
-    /// equal steps (`None` when the scope may not see the message).
+    /// equal steps, back from `now` — the counts of its summary, read once per page —
+    /// (`None` when the scope may not see the message).
     async fn state_series(
         &self,
         scope: &MessageScope,
         message: MessageId,
+        now: &[DeliveryCount],
         steps: u32,
     ) -> StoreResult<Option<StateSeries>>;
 
