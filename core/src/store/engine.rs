@@ -175,8 +175,12 @@ where
     }
 
     async fn staff_members(&self, district: DistrictId) -> StoreResult<Vec<StaffMember>> {
+        let all = PageRequest {
+            limit: u32::MAX,
+            ..PageRequest::default()
+        };
         let mut conn = self.reads().acquire().await?;
-        staff_members::<S::Db>(&mut conn, district, None).await
+        staff_members::<S::Db>(&mut conn, district, &all).await
     }
 
     async fn staff_page(
@@ -185,7 +189,7 @@ where
         page: &PageRequest,
     ) -> StoreResult<Vec<StaffMember>> {
         let mut conn = self.reads().acquire().await?;
-        staff_members::<S::Db>(&mut conn, district, Some(page)).await
+        staff_members::<S::Db>(&mut conn, district, page).await
     }
 
     async fn staff_member_by_email(
@@ -735,39 +739,32 @@ fn staff_members_where(condition: &str) -> String {
     )
 }
 
-/// A district's staff members in email order: all of them, or a page — those after the
-/// member `page.after`, whose name or email contains `page.search`, or only `page.only`.
+/// A page of a district's staff members in email order: those after the member
+/// `page.after`, whose name or email contains `page.search`, or only `page.only`.
 async fn staff_members<D: Dialect>(
     conn: &mut D::Connection,
     district: DistrictId,
-    page: Option<&PageRequest>,
+    page: &PageRequest,
 ) -> StoreResult<Vec<StaffMember>> {
-    let mut members = match page {
-        None => {
-            let sql = staff_members_where("district_id = $1 ORDER BY email");
-            D::fetch_all(conn, &sql, Args::new().id(district)).await?
-        }
-        Some(page) => {
-            let sql = staff_members_where(&format!(
-                "district_id = $1 \
-                 AND ($2 IS NULL OR email > (SELECT email FROM staff WHERE id{text} = $2)) \
-                 AND ($3 IS NULL OR lower(display_name) LIKE $3 ESCAPE '\\' OR email LIKE $3 ESCAPE '\\') \
-                 AND ($4 IS NULL OR id{text} = $4) \
-                 ORDER BY email LIMIT $5",
-                text = D::AS_TEXT
-            ));
-            let args = Args::new()
-                .id(district)
-                .opt_text(page.after.map(|id| id.to_string()))
-                .opt_text(page.pattern())
-                .opt_text(page.only.map(|id| id.to_string()))
-                .int(i64::from(page.limit));
-            D::fetch_all(conn, &sql, args).await?
-        }
-    }
-    .iter()
-    .map(staff_member_from_row)
-    .collect::<StoreResult<Vec<_>>>()?;
+    let sql = staff_members_where(&format!(
+        "district_id = $1 \
+         AND ($2 IS NULL OR email > (SELECT email FROM staff WHERE id{text} = $2)) \
+         AND ($3 IS NULL OR lower(display_name) LIKE $3 ESCAPE '\\' OR email LIKE $3 ESCAPE '\\') \
+         AND ($4 IS NULL OR id{text} = $4) \
+         ORDER BY email LIMIT $5",
+        text = D::AS_TEXT
+    ));
+    let args = Args::new()
+        .id(district)
+        .opt_text(page.after.map(|id| id.to_string()))
+        .opt_text(page.pattern())
+        .opt_text(page.only.map(|id| id.to_string()))
+        .int(i64::from(page.limit));
+    let mut members = D::fetch_all(conn, &sql, args)
+        .await?
+        .iter()
+        .map(staff_member_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
     assign_schools::<D>(conn, &mut members).await?;
     Ok(members)
 }

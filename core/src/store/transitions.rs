@@ -149,28 +149,20 @@ async fn record_moves<D: Dialect>(
     let counts: Vec<(Key, i64)> = counts.into_iter().collect();
     for chunk in counts.chunks(100) {
         let mut args = Args::new();
-        let mut rows = Vec::with_capacity(chunk.len());
-        for (i, ((message, district, channel, from, to, second), n)) in chunk.iter().enumerate() {
-            let p = i * 7;
-            rows.push(format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7
-            ));
-            args = args
-                .id(*message)
-                .id(*district)
-                .text(channel.as_str())
-                .text(from.as_str())
-                .text(to.as_str())
-                .int(*second)
-                .int(*n);
-        }
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|((message, district, channel, from, to, second), n)| {
+                args.row(|a| {
+                    a.id(*message)
+                        .id(*district)
+                        .text(channel.as_str())
+                        .text(from.as_str())
+                        .text(to.as_str())
+                        .int(*second)
+                        .int(*n)
+                })
+            })
+            .collect();
         let sql = format!(
             "INSERT INTO message_moves (message_id, district_id, channel, from_state, to_state, \
              second, n) VALUES {}",
