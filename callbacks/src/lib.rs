@@ -34,16 +34,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
 use tidings_core::clock::{Clock, SystemClock};
-use tidings_core::delivery::{decide_and_apply, Actor, InStore, Request};
 use tidings_core::services::acknowledge::{acknowledge, AckVia};
-use tidings_core::store::inbox::inbox_mark;
+use tidings_core::services::provider_events::{apply_provider_events, ProviderEvent};
 use tidings_core::store::Store;
-use tidings_core::{Channel, DeliveryEvent, DeliveryId, RecipientId};
+use tidings_core::{Channel, DeliveryId, RecipientId};
 
 /// What the callbacks need to check each provider; a provider left unset is refused.
 #[derive(Clone)]
@@ -239,19 +237,6 @@ async fn keeper(
     }
 }
 
-/// One event as kept in the inbox: which delivery, what happened, and what else it means.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Normalized {
-    pub delivery_id: DeliveryId,
-    /// `None`: nothing to apply (a "queued" or "buffered" report), kept for the record.
-    pub event: Option<DeliveryEvent>,
-    pub detail: Option<String>,
-    /// `bounced` (retire the address) or `complaint` (opt the guardian out of email).
-    pub effect: Option<String>,
-    /// The provider's own fields.
-    pub raw: Value,
-}
-
 /// Why a request is refused.
 struct Refusal {
     status: StatusCode,
@@ -262,7 +247,7 @@ struct Refusal {
 struct Incoming {
     /// The provider's id of the event (the inbox's key).
     event_id: String,
-    event: Normalized,
+    event: ProviderEvent,
     /// The provider's reference of the message it names (a message SID, a Message-ID),
     /// to match the delivery's.
     reference: Option<String>,
@@ -339,7 +324,7 @@ impl Callbacks {
             event_id, event, ..
         } in events
         {
-            let actionable = event.event.is_some() || event.effect.is_some();
+            let actionable = event.is_actionable();
             let status = if actionable { "pending" } else { "ignored" };
             let Ok(payload) = serde_json::to_value(&event) else {
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -546,135 +531,23 @@ impl Callbacks {
     }
 
     /// Applies pending inbox events until there are none; returns how many it handled.
-    /// A few hundred at a time: their deliveries read at once, decided in order in memory,
-    /// and written in one transaction; an event whose delivery moved meanwhile is decided
+    /// A few hundred at a time, each round one transaction
+    /// ([`apply_provider_events`]); an event whose delivery moved meanwhile is decided
     /// again in the next round.
     pub async fn apply_pending(&self) -> Result<usize, tidings_core::store::StoreError> {
-        use std::collections::HashMap;
-        use tidings_core::store::InboxApply;
         let mut handled = 0;
         loop {
-            let items = self.store.inbox_pending(500).await?;
-            if items.is_empty() {
+            let round = apply_provider_events(&*self.store, self.now(), 500).await?;
+            if round.read == 0 {
                 return Ok(handled);
             }
-            let parsed: Vec<_> = items
-                .into_iter()
-                .map(|item| {
-                    let event = serde_json::from_value::<Normalized>(item.payload.clone());
-                    (item, event)
-                })
-                .collect();
-            let mut ids: Vec<DeliveryId> = parsed
-                .iter()
-                .filter_map(|(_, e)| e.as_ref().ok().map(|e| e.delivery_id))
-                .collect();
-            ids.sort_unstable_by_key(|id| *id.as_uuid());
-            ids.dedup();
-            let current: HashMap<DeliveryId, tidings_core::delivery::Delivery> = self
-                .store
-                .deliveries_by_ids(&ids)
-                .await?
-                .into_iter()
-                .map(|d| (d.id, d))
-                .collect();
-            let mut batch = Vec::with_capacity(parsed.len());
-            for (item, event) in parsed {
-                let (request, status, outcome) = match event {
-                    Err(e) => (None, "ignored", format!("unreadable inbox payload: {e}")),
-                    Ok(event) => match current.get(&event.delivery_id) {
-                        None => (None, "ignored", "no such delivery".to_owned()),
-                        Some(delivery) => {
-                            if let Some(effect) = &event.effect {
-                                self.side_effect(delivery, effect).await;
-                            }
-                            match request(&item.provider, &item.event_id, &event, self.now()) {
-                                Some(request) => {
-                                    (Some((delivery.clone(), request)), "", String::new())
-                                }
-                                None => {
-                                    let (status, outcome) = without_event(&event);
-                                    (None, status, outcome)
-                                }
-                            }
-                        }
-                    },
-                };
-                batch.push(InboxApply {
-                    inbox_id: item.id,
-                    request,
-                    status,
-                    outcome,
-                });
-            }
-            // In delivery id order (stable: a delivery's events keep theirs), the order in
-            // which every writer of several deliveries locks them.
-            batch.sort_by_key(|item| item.request.as_ref().map(|(d, _)| *d.id.as_uuid()));
-            let marked = self.store.apply_inbox_batch(&batch, self.now()).await?;
-            for status in marked.into_iter().flatten() {
-                handled += 1;
-                Counters::add(if status == "applied" {
-                    &self.counters.applied
-                } else {
-                    &self.counters.ignored
-                });
-            }
-        }
-    }
-
-    /// Applies one event to its delivery (what the worker does with each kept event):
-    /// `applied` with the transition, or `ignored` with why.
-    pub async fn apply_event(
-        &self,
-        provider: &str,
-        event_id: &str,
-        event: Normalized,
-    ) -> Result<(&'static str, String), tidings_core::store::StoreError> {
-        let Some(delivery) = self.store.delivery(event.delivery_id).await? else {
-            return Ok(("ignored", "no such delivery".into()));
-        };
-        if let Some(effect) = &event.effect {
-            self.side_effect(&delivery, effect).await;
-        }
-        let Some(request) = request(provider, event_id, &event, self.now()) else {
-            return Ok(without_event(&event));
-        };
-        let applied = decide_and_apply(&mut InStore(&*self.store), vec![(delivery, request)])
-            .await?
-            .remove(0);
-        Ok(inbox_mark(&applied)
-            .unwrap_or(("ignored", "kept losing the race for the delivery".into())))
-    }
-
-    /// What a bounce or a complaint means beyond the delivery.
-    async fn side_effect(&self, delivery: &tidings_core::delivery::Delivery, effect: &str) {
-        let done = match (effect, delivery.address.as_deref()) {
-            ("bounced", Some(address)) => self
-                .store
-                .retire_address(
-                    delivery.guardian_id,
-                    delivery.channel,
-                    address,
-                    "bounced",
-                    self.now(),
-                )
-                .await
-                .map(|_| ()),
-            ("complaint", _) => self
-                .store
-                .add_opt_out(
-                    delivery.district_id,
-                    delivery.guardian_id,
-                    Channel::Email,
-                    "complaint",
-                    self.now(),
-                )
-                .await
-                .map(|_| ()),
-            _ => Ok(()),
-        };
-        if let Err(e) = done {
-            tracing::warn!(delivery_id = %delivery.id, error = %e, "could not record a bounce or complaint");
+            handled += round.applied + round.ignored;
+            self.counters
+                .applied
+                .fetch_add(round.applied as u64, Ordering::Relaxed);
+            self.counters
+                .ignored
+                .fetch_add(round.ignored as u64, Ordering::Relaxed);
         }
     }
 
@@ -731,31 +604,6 @@ impl Counters {
             ("rejected_unkept", get(&self.rejected_unkept)),
             ("pruned", get(&self.pruned)),
         ])
-    }
-}
-
-/// The request a provider's event makes of its delivery; `None` for an event that only
-/// has an effect beyond it (a complaint) or nothing at all.
-fn request(
-    provider: &str,
-    event_id: &str,
-    event: &Normalized,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Option<Request> {
-    let what = event.event?;
-    Some(Request::new(
-        what,
-        &Actor::provider(provider, event_id),
-        event.detail.as_deref(),
-        at,
-    ))
-}
-
-/// The inbox mark of an event that moves no delivery.
-fn without_event(event: &Normalized) -> (&'static str, String) {
-    match &event.effect {
-        Some(effect) => ("applied", format!("{effect} recorded")),
-        None => ("ignored", "nothing to apply".into()),
     }
 }
 
@@ -1078,7 +926,7 @@ async fn twilio_status(
         let detail = field(&form, "ErrorCode").map(|c| format!("twilio error {c}"));
         Ok(vec![Incoming {
             event_id,
-            event: Normalized {
+            event: ProviderEvent {
                 delivery_id: delivery,
                 event,
                 detail,
@@ -1119,7 +967,7 @@ async fn kannel_dlr(
         let answer = field(&query, "answer").map(str::to_owned);
         Ok(vec![Incoming {
             event_id: format!("{delivery}:{kind}:{at}"),
-            event: Normalized {
+            event: ProviderEvent {
                 delivery_id: delivery,
                 event,
                 detail: answer,
@@ -1254,7 +1102,7 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
                 .map(str::to_owned);
             Ok(Incoming {
                 event_id,
-                event: Normalized {
+                event: ProviderEvent {
                     delivery_id: delivery,
                     event: what,
                     detail,
@@ -1318,7 +1166,7 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
     Ok((
         vec![Incoming {
             event_id,
-            event: Normalized {
+            event: ProviderEvent {
                 delivery_id: delivery,
                 event: what,
                 detail,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
-use tidings_callbacks::{CallbackConfig, Callbacks, Normalized};
+use tidings_callbacks::{CallbackConfig, Callbacks};
 use tidings_core::delivery::{next, Decision};
+use tidings_core::services::provider_events::ProviderEvent;
 use tidings_core::store::Store;
 use tidings_core::testing::{delivery_ids, message_to, seed, TestDatabase};
 use tidings_core::time::now;
@@ -74,8 +75,8 @@ async fn random_event_sequences_applied_concurrently_never_go_backward() {
     all.shuffle(&mut rng);
 
     let callbacks = Callbacks::new(store.clone(), CallbackConfig::default());
-    // Two workers apply events one by one; two keep them in the inbox and apply what is
-    // pending in batches, as the server's worker does.
+    // Four workers keep events in the inbox, as the routes do, and apply what is pending:
+    // two after each event, two in batches of 50, as the server's worker does.
     let workers: Vec<_> = all
         .chunks(all.len().div_ceil(4))
         .enumerate()
@@ -85,27 +86,20 @@ async fn random_event_sequences_applied_concurrently_never_go_backward() {
             let chunk = chunk.to_vec();
             tokio::spawn(async move {
                 for (n, (delivery_id, event, event_id)) in chunk.into_iter().enumerate() {
-                    let normalized = Normalized {
+                    let kept = ProviderEvent {
                         delivery_id,
                         event: Some(event),
                         detail: None,
                         effect: None,
                         raw: serde_json::Value::Null,
                     };
-                    if worker < 2 {
-                        callbacks
-                            .apply_event("property", &event_id, normalized)
-                            .await
-                            .unwrap();
-                    } else {
-                        let payload = serde_json::to_value(&normalized).unwrap();
-                        store
-                            .inbox_put("property", &event_id, &payload, "pending", None, now())
-                            .await
-                            .unwrap();
-                        if n % 50 == 49 {
-                            callbacks.apply_pending().await.unwrap();
-                        }
+                    let payload = serde_json::to_value(&kept).unwrap();
+                    store
+                        .inbox_put("property", &event_id, &payload, "pending", None, now())
+                        .await
+                        .unwrap();
+                    if worker < 2 || n % 50 == 49 {
+                        callbacks.apply_pending().await.unwrap();
                     }
                 }
                 callbacks.apply_pending().await.unwrap();

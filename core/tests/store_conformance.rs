@@ -46,7 +46,8 @@ tidings_core::on_both_stores! {
     retrying_lists_a_guardians_unfinished_deliveries_of_the_lane_and_more_urgent_ones,
     the_callback_inbox_is_pruned_by_age_in_bounded_rounds,
     a_webhook_token_is_good_for_one_event,
-    sent_through_lists_each_deliverys_channel_reference_and_providers;
+    sent_through_lists_each_deliverys_channel_reference_and_providers,
+    provider_events_apply_with_their_effects_and_are_marked_in_one_round;
     databases: a_send_writes_its_deliveries_partition_by_partition,
     broken_schema_rules_are_classified_and_named_alike,
     maintenance_and_measurement_leave_nothing_behind,
@@ -2023,6 +2024,7 @@ async fn the_callback_inbox_is_pruned_by_age_in_bounded_rounds(store: Arc<dyn St
         .map(|item| tidings_core::store::InboxApply {
             inbox_id: item.id,
             request: None,
+            effect: None,
             status: "applied",
             outcome: "test".into(),
         })
@@ -2234,4 +2236,143 @@ async fn broken_schema_rules_are_classified_and_named_alike(db: TestDatabase) {
         }) => {}
         other => panic!("no such district, yet: {other:?}"),
     }
+}
+
+async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
+    store: Arc<dyn Store>,
+) {
+    use tidings_core::services::provider_events::{apply_provider_events, ProviderEvent, Round};
+    use tidings_core::store::{GuardianRef, InboxPut, Scope};
+    let s = store.as_ref();
+    let seed = seed(s, 2).await;
+    let district = seed.staff.district_id;
+    let message = message_to(&seed, &[Channel::Email]);
+    s.create_message(&message, now()).await.unwrap();
+    let (bouncing, complaining) = (&message.recipients[0], &message.recipients[1]);
+    let bounced_address = bouncing.deliveries[0].address.clone().unwrap();
+    let mut tx = s.begin().await.unwrap();
+    tx.add_contact_point(
+        district,
+        bouncing.guardian_id,
+        Channel::Email,
+        &bounced_address,
+        now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let dispatcher = Actor::dispatcher("d1");
+    for recipient in [bouncing, complaining] {
+        let id = recipient.deliveries[0].id;
+        for event in [DeliveryEvent::Enqueue, DeliveryEvent::Accepted] {
+            delivery::apply(s, id, event, &dispatcher, None)
+                .await
+                .unwrap();
+        }
+    }
+    let event = |delivery_id, event, effect: Option<&str>| {
+        serde_json::to_value(ProviderEvent {
+            delivery_id,
+            event,
+            detail: None,
+            effect: effect.map(str::to_owned),
+            raw: serde_json::Value::Null,
+        })
+        .unwrap()
+    };
+    let put = |event_id: &str, payload| InboxPut {
+        provider: "sendgrid".into(),
+        event_id: event_id.into(),
+        payload,
+        status: "pending",
+        outcome: None,
+    };
+    let bounce = event(
+        bouncing.deliveries[0].id,
+        Some(DeliveryEvent::Failed),
+        Some("bounced"),
+    );
+    let complaint = event(complaining.deliveries[0].id, None, Some("complaint"));
+    s.inbox_put_many(
+        &[
+            put("bounce", bounce),
+            put("complaint", complaint.clone()),
+            put("queued", event(complaining.deliveries[0].id, None, None)),
+            put(
+                "stranger",
+                event(DeliveryId::new(), Some(DeliveryEvent::Delivered), None),
+            ),
+            put("unreadable", serde_json::json!({ "n": 1 })),
+        ],
+        now(),
+    )
+    .await
+    .unwrap();
+
+    let round = apply_provider_events(s, now(), 100).await.unwrap();
+    assert_eq!(
+        round,
+        Round {
+            read: 5,
+            applied: 2,
+            ignored: 3
+        }
+    );
+    let bounced = s
+        .delivery(bouncing.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bounced.state, DeliveryState::Failed);
+    let events = s.delivery_events(bounced.id).await.unwrap();
+    assert_eq!(events.last().unwrap().actor.reference, "sendgrid:bounce");
+    let detail = |guardian: GuardianId| async move {
+        s.guardian_detail(
+            &Scope::District(district),
+            &GuardianRef::Id(*guardian.as_uuid()),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    let retired = detail(bouncing.guardian_id).await.contact_points;
+    assert_eq!(retired.len(), 1);
+    assert!(!retired[0].active);
+    assert_eq!(retired[0].inactive_reason.as_deref(), Some("bounced"));
+    let opted_out = |guardian| async move {
+        detail(guardian)
+            .await
+            .opt_outs
+            .iter()
+            .map(|o| (o.channel, o.source.clone()))
+            .collect::<Vec<_>>()
+    };
+    let complained = vec![(Channel::Email, "complaint".to_owned())];
+    assert_eq!(opted_out(complaining.guardian_id).await, complained);
+    // The complaint moved nothing: its delivery is where it was.
+    let untouched = s
+        .delivery(complaining.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untouched.state, DeliveryState::Sent);
+
+    // Everything is marked: another round finds nothing, and a second complaint about
+    // the guardian is recorded once.
+    assert_eq!(apply_provider_events(s, now(), 100).await.unwrap().read, 0);
+    s.inbox_put_many(&[put("complaint-again", complaint)], now())
+        .await
+        .unwrap();
+    let again = apply_provider_events(s, now(), 100).await.unwrap();
+    assert_eq!((again.read, again.applied), (1, 1));
+    assert_eq!(opted_out(complaining.guardian_id).await, complained);
+    let counts = s.inbox_counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.get("applied"),
+            counts.get("ignored"),
+            counts.get("pending")
+        ),
+        (Some(&3), Some(&3), None)
+    );
 }

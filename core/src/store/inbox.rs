@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::dialect::{Args, Columns, Dialect, Pools, Value};
-use super::directory::guardian_filter;
+use super::directory::{self, guardian_filter};
 use super::transitions::InTx;
 use super::{
-    AckOutcome, InboundSms, InboxApply, InboxItem, InboxPut, ReplyView, Scope, StoreResult,
-    DELIVERY_COLUMNS,
+    AckOutcome, InboundSms, InboxApply, InboxEffect, InboxItem, InboxPut, ReplyView, Scope,
+    StoreResult, DELIVERY_COLUMNS,
 };
 use crate::delivery::{decide_and_apply, Actor, Applied, Delivery, Request};
 use crate::{Channel, DeliveryEvent, DeliveryId, DeliveryState, DistrictId, GuardianId};
@@ -425,6 +425,42 @@ impl<S: Pools> Inbox for S {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Option<&'static str>>> {
         let mut tx = self.writes().begin().await?;
+        for effect in items.iter().filter_map(|item| item.effect.as_ref()) {
+            match effect {
+                InboxEffect::RetireAddress {
+                    guardian,
+                    channel,
+                    address,
+                    reason,
+                } => {
+                    directory::retire_address::<S::Db>(
+                        &mut tx,
+                        (*guardian).into(),
+                        *channel,
+                        address,
+                        reason,
+                        at,
+                    )
+                    .await?;
+                }
+                InboxEffect::OptOut {
+                    district,
+                    guardian,
+                    channel,
+                    source,
+                } => {
+                    directory::add_opt_out::<S::Db>(
+                        &mut tx,
+                        (*district).into(),
+                        (*guardian).into(),
+                        *channel,
+                        source,
+                        at,
+                    )
+                    .await?;
+                }
+            }
+        }
         let asking: Vec<usize> = (0..items.len())
             .filter(|&i| items[i].request.is_some())
             .collect();

@@ -629,10 +629,31 @@ pub struct InboxApply {
     /// by `next()` in the batch's transaction (again, from what the delivery is then, if
     /// it moved meanwhile), and the event marked with what it did.
     pub request: Option<(Delivery, crate::delivery::Request)>,
+    /// What the event means beyond its delivery, written in the same transaction.
+    pub effect: Option<InboxEffect>,
     /// The mark of an event that asks nothing of a delivery: `applied` or `ignored`,
     /// with what it did.
     pub status: &'static str,
     pub outcome: String,
+}
+
+/// What a provider event means beyond its delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxEffect {
+    /// The address is dead (a hard bounce): its contact points are retired with `reason`.
+    RetireAddress {
+        guardian: GuardianId,
+        channel: Channel,
+        address: String,
+        reason: &'static str,
+    },
+    /// The guardian does not want the channel (a spam complaint): an opt-out of `source`.
+    OptOut {
+        district: DistrictId,
+        guardian: GuardianId,
+        channel: Channel,
+        source: &'static str,
+    },
 }
 
 /// What an acknowledgment did.
