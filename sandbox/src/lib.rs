@@ -83,6 +83,8 @@ struct State {
     rng: StdRng,
     received: Vec<Received>,
     sends: u64,
+    /// Status reports whose callbacks have all been posted or dropped.
+    reports_finished: u64,
 }
 
 /// The in-process provider; clones share what it received.
@@ -141,6 +143,7 @@ impl InProcessProvider {
                 rng: StdRng::seed_from_u64(faults.seed),
                 received: Vec::new(),
                 sends: 0,
+                reports_finished: 0,
             })),
             journal: None,
             latency: Duration::ZERO,
@@ -216,6 +219,17 @@ impl InProcessProvider {
     /// Sends asked of the sandbox, accepted or not.
     pub fn sends(&self) -> u64 {
         self.lock().sends
+    }
+
+    /// Status reports (the callbacks of one accepted SMS) that are over: every callback
+    /// the faults left in was posted, and the dropped ones will never come. A test waits
+    /// for this instead of waiting for time to pass before saying nothing more arrives.
+    pub fn reports_finished(&self) -> u64 {
+        self.lock().reports_finished
+    }
+
+    pub(crate) fn report_finished(&self) {
+        self.lock().reports_finished += 1;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

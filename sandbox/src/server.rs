@@ -131,6 +131,7 @@ async fn received(State(shared): State<Shared>) -> Json<serde_json::Value> {
         "items": shared.provider.received(),
         "duplicates": shared.provider.duplicates(),
         "sends": shared.provider.sends(),
+        "status_reports_finished": shared.provider.reports_finished(),
     }))
 }
 
@@ -401,6 +402,7 @@ async fn report_status(shared: Shared, report: StatusReport) {
             tracing::debug!(error = %e, "sandbox: a status callback could not be delivered");
         }
     }
+    shared.provider.report_finished();
 }
 
 /// `url` with its scheme and host replaced by `base`'s.

@@ -289,9 +289,11 @@ async fn callback_faults_duplicate_reorder_and_drop() {
         undelivered: 1.0,
         ..Faults::default()
     });
+    let finished = sandbox.provider.reports_finished();
     adapter.send(&[sms("+12025550100")]).await;
-    until(|| !callbacks.lock().unwrap().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The sandbox says when this message's report is over: everything not dropped
+    // has been posted by then, so nothing more can arrive.
+    until(|| sandbox.provider.reports_finished() == finished + 1).await;
     let seen = callbacks.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(field(&seen[0].0, "MessageStatus"), "undelivered");
