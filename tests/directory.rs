@@ -534,3 +534,91 @@ async fn staff_make_list_and_revoke_their_api_tokens_over_the_api() {
         "two by the API, two by the CLI"
     );
 }
+
+#[tokio::test]
+async fn staff_are_listed_whole_or_a_page_at_a_time_following_link_headers() {
+    let api = District::start(TestDatabase::sqlite()).await;
+    let admin = api.admin.clone();
+    let response = api
+        .client
+        .post(api.server.url("/api/v1/imports/oneroster"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/zip")
+        .body(demo_zip())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // Without paging: every member in one array, by email, and no Link header.
+    let response = api
+        .client
+        .get(api.server.url("/api/v1/staff"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("link").is_none());
+    let everyone: Vec<Value> = response.json().await.unwrap();
+    let emails = |members: &[Value]| -> Vec<String> {
+        members
+            .iter()
+            .map(|m| m["email"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all_emails = emails(&everyone);
+    assert!(
+        all_emails.len() > 7,
+        "the demo has {} staff",
+        all_emails.len()
+    );
+    assert!(all_emails.windows(2).all(|w| w[0] < w[1]));
+
+    // Seven at a time, following each page's Link header to the end.
+    let mut paged = Vec::new();
+    let mut next = Some("/api/v1/staff?limit=7".to_owned());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let response = api
+            .client
+            .get(api.server.url(&path))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        next = response
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned())
+            .map(|l| {
+                assert!(l.ends_with(">; rel=\"next\""), "{l}");
+                l.trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            });
+        let page: Vec<Value> = response.json().await.unwrap();
+        assert!(page.len() <= 7);
+        paged.extend(page);
+        pages += 1;
+    }
+    assert_eq!(emails(&paged), all_emails);
+    assert_eq!(pages, all_emails.len() / 7 + 1);
+
+    // A search by part of an email finds that member; an overlong one is refused.
+    let wanted = &all_emails[all_emails.len() / 2];
+    let part = &wanted[..wanted.find('@').unwrap()];
+    let (status, found) = api.get(&format!("/api/v1/staff?q={part}"), &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        emails(found.as_array().unwrap()).contains(wanted),
+        "{found}"
+    );
+    let (status, problem) = api
+        .get(&format!("/api/v1/staff?q={}", "x".repeat(201)), &admin)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+}

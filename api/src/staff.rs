@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidings_core::services::accounts::{Invitation, MemberChange, NewMember};
 use tidings_core::services::districts::{NewDistrict, Operator};
-use tidings_core::store::StaffMember;
+use tidings_core::store::{PageRequest, StaffMember};
 use tidings_core::{DistrictId, Role, SchoolId, StaffId};
 
-use crate::extract::Json;
+use crate::extract::{Json, Query};
 use crate::{ApiError, AppState, Caller};
 
 /// A staff member as district administrators see them.
@@ -94,20 +94,86 @@ pub struct StaffChange {
     pub schools: Option<Vec<SchoolId>>,
 }
 
-/// Every staff member of the caller's district (district administrators).
+/// `?limit=<n>&after=<id>&q=<search>`: all optional.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StaffQuery {
+    /// Members per page (at most 500). Without it (and without `after` and `q`) the
+    /// answer lists every member.
+    pub limit: Option<u32>,
+    /// The id of the last member of the previous page (from the `Link` header).
+    pub after: Option<uuid::Uuid>,
+    /// Case-insensitive search in names and email addresses.
+    pub q: Option<String>,
+}
+
+/// Members per page when `after` or `q` is given without `limit`.
+const STAFF_PAGE: u32 = 100;
+const MAX_STAFF_PAGE: u32 = 500;
+
+/// The district's staff by email (district administrators): every member, or one page
+/// with `limit`/`after`/`q`, the next page named by a `Link: <…>; rel="next"` header.
 #[utoipa::path(get, path = "/api/v1/staff", tag = "staff", security(("bearer" = [])),
+    params(StaffQuery),
     responses(
-        (status = 200, description = "The district's staff, by email", body = [StaffView]),
+        (status = 200, description = "The district's staff, by email; when paged and more follow, a `Link` header with `rel=\"next\"`", body = [StaffView]),
+        (status = 400, description = "Invalid query string", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_staff(
     State(state): State<AppState>,
     Caller(caller): Caller,
-) -> Result<axum::Json<Vec<StaffView>>, ApiError> {
-    let members = state.services().staff_members(&caller).await?;
-    Ok(axum::Json(
-        members.into_iter().map(StaffView::from).collect(),
-    ))
+    Query(query): Query<StaffQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    if query.limit.is_none() && query.after.is_none() && query.q.is_none() {
+        let members = state.services().staff_members(&caller).await?;
+        let all: Vec<StaffView> = members.into_iter().map(StaffView::from).collect();
+        return Ok(axum::Json(all).into_response());
+    }
+    if query
+        .q
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > crate::extract::MAX_SEARCH_CHARS)
+    {
+        return Err(ApiError::InvalidQuery(format!(
+            "q is longer than {} characters",
+            crate::extract::MAX_SEARCH_CHARS
+        )));
+    }
+    let request = PageRequest {
+        after: query.after,
+        limit: query.limit.unwrap_or(STAFF_PAGE).clamp(1, MAX_STAFF_PAGE),
+        search: query.q.clone().filter(|q| !q.trim().is_empty()),
+        ..PageRequest::default()
+    };
+    let members = state.services().staff_page(&caller, &request).await?;
+    let next = (members.len() == request.limit as usize)
+        .then(|| {
+            members
+                .last()
+                .map(|m| next_link(&request, *m.staff.id.as_uuid()))
+        })
+        .flatten();
+    let page: Vec<StaffView> = members.into_iter().map(StaffView::from).collect();
+    let mut response = axum::Json(page).into_response();
+    if let Some(link) = next.and_then(|l| axum::http::HeaderValue::try_from(l).ok()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LINK, link);
+    }
+    Ok(response)
+}
+
+/// The `Link` header naming the page after the one that ends with `last`.
+fn next_link(request: &PageRequest, last: uuid::Uuid) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &request.limit.to_string());
+    query.append_pair("after", &last.to_string());
+    if let Some(q) = &request.search {
+        query.append_pair("q", q);
+    }
+    format!("</api/v1/staff?{}>; rel=\"next\"", query.finish())
 }
 
 /// Invites someone to the caller's district with a role: the account exists at once,
