@@ -6,7 +6,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tidings_core::services::{Refusal, ServiceError};
-use tidings_core::store::constraint::{describe, Rule};
 use tidings_core::store::StoreError;
 use utoipa::ToSchema;
 
@@ -72,31 +71,10 @@ pub enum ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// As the services classify it: a schema rule the request broke or the hourly quota
+    /// is the caller's problem (409, 422, 429), anything else ours.
     fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::HourlyQuota { .. } => ApiError::QuotaExceeded(error.to_string()),
-            // A rule of the schema: the request conflicts with what is stored, or holds
-            // a value the schema does not allow. Never a server error.
-            StoreError::AlreadyExists(constraint) => ApiError::Conflict(
-                describe(&constraint)
-                    .unwrap_or("it already exists")
-                    .to_owned(),
-            ),
-            StoreError::Violates {
-                rule: Rule::ForeignKey,
-                constraint,
-            } => ApiError::Conflict(
-                describe(&constraint)
-                    .unwrap_or("it refers to something that no longer exists")
-                    .to_owned(),
-            ),
-            StoreError::Violates { constraint, .. } => ApiError::InvalidBody(
-                describe(&constraint)
-                    .unwrap_or("a value is not one this field allows")
-                    .to_owned(),
-            ),
-            error => ApiError::Internal(error),
-        }
+        ServiceError::from(error).into()
     }
 }
 
@@ -127,7 +105,7 @@ impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
             ServiceError::Refused(refusal) => refusal.into(),
-            ServiceError::Store(error) => error.into(),
+            ServiceError::Store(error) => ApiError::Internal(error),
         }
     }
 }
@@ -364,6 +342,7 @@ pub(crate) async fn as_problem(response: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_core::store::constraint::Rule;
 
     /// Every problem type is documented in the README's errors table, with its status.
     #[test]

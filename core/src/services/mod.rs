@@ -110,15 +110,38 @@ pub enum ServiceError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
 }
 
-impl ServiceError {
-    /// A store failure that is really a refusal (the hourly quota, checked inside the
-    /// transaction) becomes one.
-    fn from_store(error: StoreError) -> Self {
+impl From<StoreError> for ServiceError {
+    /// A store failure that is really a refusal becomes one, for every front end alike:
+    /// the hourly quota (checked inside the transaction), and a schema rule the request
+    /// broke — a duplicate, a row that went away meanwhile, a value the schema does not
+    /// allow — named in words ([`describe`](crate::store::constraint::describe)), never
+    /// a server error.
+    fn from(error: StoreError) -> Self {
+        use crate::store::constraint::{describe, Rule};
+        let described = |constraint: &str, otherwise: &str| {
+            describe(constraint).unwrap_or(otherwise).to_owned()
+        };
         match error {
             StoreError::HourlyQuota { .. } => Refusal::QuotaExceeded(error.to_string()).into(),
+            StoreError::AlreadyExists(constraint) => {
+                Refusal::Conflict(described(&constraint, "it already exists")).into()
+            }
+            StoreError::Violates {
+                rule: Rule::ForeignKey,
+                constraint,
+            } => Refusal::Conflict(described(
+                &constraint,
+                "it refers to something that no longer exists",
+            ))
+            .into(),
+            StoreError::Violates { constraint, .. } => Refusal::Invalid(described(
+                &constraint,
+                "a value is not one this field allows",
+            ))
+            .into(),
             error => ServiceError::Store(error),
         }
     }
@@ -208,4 +231,42 @@ async fn remember(
 /// Keys are per staff member and operation.
 fn key_scope(caller: &Staff, once: &Once<'_>) -> String {
     format!("staff:{}{}", caller.id, once.operation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::constraint::Rule;
+
+    /// Every front end gets a broken schema rule as the caller's refusal, in words.
+    #[test]
+    fn broken_schema_rules_are_refusals_and_other_store_failures_are_not() {
+        let refusal = |error| match ServiceError::from(error) {
+            ServiceError::Refused(refusal) => Some(refusal),
+            ServiceError::Store(_) => None,
+        };
+        assert_eq!(
+            refusal(StoreError::AlreadyExists("staff_email_key".into())),
+            Some(Refusal::Conflict(
+                "a staff member with this email address already exists".into()
+            ))
+        );
+        assert_eq!(
+            refusal(StoreError::Violates {
+                rule: Rule::ForeignKey,
+                constraint: String::new(),
+            }),
+            Some(Refusal::Conflict(
+                "it refers to something that no longer exists".into()
+            ))
+        );
+        assert!(matches!(
+            refusal(StoreError::Violates {
+                rule: Rule::NotNull,
+                constraint: "staff.email".into(),
+            }),
+            Some(Refusal::Invalid(_))
+        ));
+        assert_eq!(refusal(StoreError::Corrupt("a bad row".into())), None);
+    }
 }

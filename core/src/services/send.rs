@@ -155,7 +155,7 @@ impl Services {
                 started,
             )
             .await
-            .map_err(ServiceError::from_store);
+            .map_err(ServiceError::from);
         let summary = match sent {
             Ok(Ok(summary)) => summary,
             Ok(Err(refusal)) => {
