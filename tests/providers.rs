@@ -1076,6 +1076,14 @@ async fn guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothi
         ),
         (Some("email"), Some("guardian"))
     );
+    // Audited as the guardian's, with the opt-out it made.
+    let store = d.db.store().await;
+    let district = store.districts().await.unwrap()[0].id;
+    let audit = store.audit_entries(district, 20).await.unwrap();
+    let by_link: Vec<_> = audit.iter().filter(|e| e.action == "opt_out.add").collect();
+    assert_eq!(by_link.len(), 1, "{audit:?}");
+    assert_eq!(by_link[0].staff_id, None);
+    assert_eq!(by_link[0].detail["opt_out_id"], opt_outs[0]["id"]);
     called.stop().await;
 }
 

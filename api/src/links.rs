@@ -15,7 +15,6 @@ use tidings_core::services::acknowledge::AckVia;
 use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef};
 use tidings_core::store::AckOutcome;
 use tidings_core::words::{fill, words, Words};
-use tidings_core::Channel;
 
 use crate::AppState;
 
@@ -82,13 +81,11 @@ pub async fn unsubscribe_page(Link { message, .. }: Link) -> Response {
 pub async fn unsubscribe(State(state): State<AppState>, Link { message, .. }: Link) -> Response {
     let w = words(&message.language);
     let recorded = state
-        .store
-        .add_opt_out(
+        .services()
+        .unsubscribe_by_link(
             message.district_id,
             message.guardian_id,
-            Channel::Email,
-            "guardian",
-            state.clock.now(),
+            message.recipient_id,
         )
         .await;
     if let Err(error) = recorded {

@@ -139,6 +139,38 @@ impl Services {
         Ok(opt_out)
     }
 
+    /// A guardian stops email by the unsubscribe link of one (the page's button or a
+    /// mail client's one-click unsubscribe): an opt-out of source `guardian` and its
+    /// audit row, the guardian's by the link, in one transaction. Twice is once.
+    pub async fn unsubscribe_by_link(
+        &self,
+        district: crate::DistrictId,
+        guardian: GuardianId,
+        recipient: crate::RecipientId,
+    ) -> Result<OptOutView, ServiceError> {
+        let at = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let opt_out = tx
+            .add_opt_out(district, guardian, Channel::Email, "guardian", at)
+            .await?;
+        let detail = serde_json::json!({
+            "guardian_id": guardian,
+            "opt_out_id": opt_out.id,
+            "channel": Channel::Email,
+            "recipient_id": recipient,
+        });
+        tx.audit(
+            district,
+            &Actor::guardian("link:unsubscribe"),
+            "opt_out.add",
+            detail,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(opt_out)
+    }
+
     /// Revokes an opt-out. A carrier STOP cannot be revoked by staff: only the guardian's
     /// START does that.
     pub async fn revoke_opt_out(
