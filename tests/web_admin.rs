@@ -1507,6 +1507,33 @@ async fn staff_message_a_grade_in_two_more_languages_and_then_chosen_students_an
         preview.contains("Unicode"),
         "Vietnamese needs Unicode: {preview}"
     );
+    // Each language's text as guardians read it: the district's own shown, the others
+    // one summary away, each marked with its language.
+    let texts = b
+        .find_all(Locator::Css("details.text-preview"))
+        .await
+        .unwrap();
+    assert_eq!(texts.len(), 3);
+    assert!(browser
+        .text("details.text-preview[open]")
+        .await
+        .contains("Grade 7 visits the science museum on Tuesday."));
+    let vietnamese = "details.text-preview div[lang=vi]";
+    let hidden = b.find(Locator::Css(vietnamese)).await.unwrap();
+    assert!(!hidden.is_displayed().await.unwrap(), "closed until opened");
+    // Opened from the keyboard: its summary focused, then Enter.
+    b.execute(
+        "document.querySelectorAll('details.text-preview summary')[2].focus()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    browser.type_here(ENTER).await;
+    assert_eq!(
+        browser.text(vietnamese).await,
+        "Chuyến đi thực tế\nLớp 7 tham quan bảo tàng khoa học vào thứ Ba."
+    );
+    browser.accessible("compose-grade-review").await;
     browser.shot("compose-grade-review").await;
     browser
         .click("button[value=send]", "[data-page=report]")

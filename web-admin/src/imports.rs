@@ -35,10 +35,10 @@ pub struct Jobs(Mutex<HashMap<Uuid, Arc<Job>>>);
 const KEEP_FINISHED: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 impl Jobs {
-    fn add(&self, job: Job) -> Arc<Job> {
+    /// Adds `job`, forgetting the jobs that finished [`KEEP_FINISHED`] before `now`.
+    fn add(&self, job: Job, now: DateTime<Utc>) -> Arc<Job> {
         let job = Arc::new(job);
         let mut jobs = self.0.lock().expect("import jobs lock");
-        let now = Utc::now();
         jobs.retain(|_, j| j.finished().is_none_or(|(at, _)| now - at < KEEP_FINISHED));
         jobs.insert(job.id, job.clone());
         job
@@ -303,15 +303,20 @@ pub async fn upload(
             )
         }
     };
-    let job = web.imports.add(Job {
-        id: Uuid::now_v7(),
-        district: signed_in.staff.district_id,
-        file_name: upload.file_name,
-        dry_run: upload.dry_run,
-        started_at: Utc::now(),
-        rows: AtomicU64::new(0),
-        outcome: Mutex::new(None),
-    });
+    let started_at = state.clock.now();
+    let job = web.imports.add(
+        Job {
+            id: Uuid::now_v7(),
+            district: signed_in.staff.district_id,
+            file_name: upload.file_name,
+            dry_run: upload.dry_run,
+            started_at,
+            rows: AtomicU64::new(0),
+            outcome: Mutex::new(None),
+        },
+        started_at,
+    );
+    let clock = state.clock.clone();
     let (services, staff) = (state.services(), signed_in.staff.clone());
     let (running, max_delete_percent) = (job.clone(), state.roster_max_delete_percent);
     let force = upload.force;
@@ -337,7 +342,7 @@ pub async fn upload(
                 Outcome::Failed
             }
         };
-        *running.outcome.lock().expect("import job lock") = Some((Utc::now(), outcome));
+        *running.outcome.lock().expect("import job lock") = Some((clock.now(), outcome));
     });
     Redirect::to(&format!("/imports/running/{}", job.id)).into_response()
 }
@@ -357,6 +362,7 @@ struct JobPage {
 
 /// A running import's progress (the page looks again every second), or how it ended.
 pub async fn running(
+    State(state): State<AppState>,
     axum::Extension(web): axum::Extension<Arc<Web>>,
     signed_in: SignedIn,
     Path(id): Path<Uuid>,
@@ -375,7 +381,9 @@ pub async fn running(
     if let Some((_, Outcome::Recorded(import))) = &outcome {
         return Redirect::to(&format!("/imports/{import}")).into_response();
     }
-    let until = outcome.as_ref().map_or_else(Utc::now, |(at, _)| *at);
+    let until = outcome
+        .as_ref()
+        .map_or_else(|| state.clock.now(), |(at, _)| *at);
     html(
         StatusCode::OK,
         JobPage {

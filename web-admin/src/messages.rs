@@ -438,6 +438,16 @@ impl SmsCost {
     }
 }
 
+/// One language's text as guardians will read it, for the review before sending.
+pub struct TextPreview {
+    /// The language's name, in the page's language.
+    pub language: String,
+    /// Its tag, for the text's `lang` (none for the district's own).
+    pub tag: Option<String>,
+    pub subject: String,
+    pub body: String,
+}
+
 #[derive(Template)]
 #[template(path = "compose.html")]
 struct ComposePage {
@@ -464,6 +474,8 @@ struct ComposePage {
     confirm: bool,
     /// With the preview: SMS segments per language.
     sms: Vec<SmsCost>,
+    /// With the preview: each language's text, the district's own first.
+    texts: Vec<TextPreview>,
     /// The tags of the languages a translation may be in.
     languages: &'static [&'static str],
     /// The district's time zone, in which the form's times are read.
@@ -545,15 +557,31 @@ async fn compose_page(
     let confirm = preview.is_some() && draft.kind == "emergency";
     let lang = signed_in.lang;
     let mut sms = Vec::new();
-    if preview.is_some() && draft.has_channel("sms") {
-        sms.push(SmsCost::of(lang.t("Default").to_owned(), &draft.body, lang));
+    let mut texts = Vec::new();
+    if preview.is_some() {
+        texts.push(TextPreview {
+            language: lang.t("Default").to_owned(),
+            tag: None,
+            subject: draft.subject.clone(),
+            body: draft.body.clone(),
+        });
         for t in draft
             .translations
             .iter()
             .filter(|t| !t.body.trim().is_empty())
         {
-            let language = language_name(lang, &t.language).to_owned();
-            sms.push(SmsCost::of(language, &t.body, lang));
+            texts.push(TextPreview {
+                language: language_name(lang, &t.language).to_owned(),
+                tag: Some(t.language.clone()),
+                subject: t.subject.clone(),
+                body: t.body.clone(),
+            });
+        }
+        if draft.has_channel("sms") {
+            sms = texts
+                .iter()
+                .map(|t| SmsCost::of(t.language.clone(), &t.body, lang))
+                .collect();
         }
     }
     let zone = district_zone(state, &signed_in.staff)
@@ -562,6 +590,7 @@ async fn compose_page(
         .to_owned();
     Ok(ComposePage {
         sms,
+        texts,
         languages: &LANGUAGES,
         zone,
         frame: Frame::of(signed_in),
