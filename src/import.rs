@@ -86,6 +86,7 @@ pub async fn oneroster(
         max_delete_percent: Some(config.roster_max_delete_percent),
         force: run.force,
         dry_run: run.dry_run,
+        ..ImportOptions::default()
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(

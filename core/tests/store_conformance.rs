@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::Duration;
-use tidings_core::delivery::{self, Actor, ActorKind, Applied, Ignored, Transition};
+use tidings_core::delivery::{Actor, ActorKind, Applied, Ignored, Transition};
 use tidings_core::log::PartitionId;
 use tidings_core::secret::ApiToken;
 use tidings_core::store::{
@@ -51,6 +51,29 @@ tidings_core::on_both_stores! {
     databases: a_send_writes_its_deliveries_partition_by_partition,
     broken_schema_rules_are_classified_and_named_alike,
     maintenance_and_measurement_leave_nothing_behind,
+}
+
+/// A summary's counts by channel and state.
+fn tally(
+    counts: &[tidings_core::store::DeliveryCount],
+) -> std::collections::BTreeMap<(Channel, DeliveryState), i64> {
+    counts
+        .iter()
+        .map(|c| ((c.channel, c.state), c.count))
+        .collect()
+}
+
+/// The deliveries of `message` by channel and state, each one read.
+async fn tally_by_reading(
+    store: &dyn Store,
+    message: &NewMessage,
+) -> std::collections::BTreeMap<(Channel, DeliveryState), i64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for id in delivery_ids(message) {
+        let d = store.delivery(id).await.unwrap().unwrap();
+        *counts.entry((d.channel, d.state)).or_insert(0) += 1;
+    }
+    counts
 }
 
 async fn one_delivery(store: &dyn Store) -> (Seed, DeliveryId) {
@@ -269,6 +292,21 @@ async fn a_message_is_written_with_every_delivery_exactly_once(store: Arc<dyn St
         }
     }
 
+    // Its summary counts what was written, the suppressed one apart.
+    let summary = store
+        .message_summary(&MessageScope::District(seed.staff.district_id), message.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        tally(&summary.counts),
+        std::collections::BTreeMap::from([
+            ((Channel::Email, DeliveryState::Created), 2),
+            ((Channel::Email, DeliveryState::Suppressed), 1),
+            ((Channel::Sms, DeliveryState::Created), 3),
+        ])
+    );
+
     // The same message again is refused by the database, not duplicated.
     let again = store.create_message(&message, now()).await.unwrap_err();
     assert!(matches!(again, StoreError::AlreadyExists(_)), "{again:?}");
@@ -359,36 +397,46 @@ async fn apply_follows_the_state_machine_and_records_the_actor(store: Arc<dyn St
     let (seed, id) = one_delivery(store.as_ref()).await;
     let s = store.as_ref();
     let twilio = Actor::provider("twilio", "SM123:delivered");
-    delivery::apply(
+    tidings_core::store::apply_event(
         s,
         id,
         DeliveryEvent::Enqueue,
         &Actor::dispatcher("d1"),
         None,
+        now(),
     )
     .await
     .unwrap();
     // DELIVERED before SENT was recorded: the delivery moves forward, skipping SENT.
-    let delivered = delivery::apply(s, id, DeliveryEvent::Delivered, &twilio, None)
-        .await
-        .unwrap();
+    let delivered =
+        tidings_core::store::apply_event(s, id, DeliveryEvent::Delivered, &twilio, None, now())
+            .await
+            .unwrap();
     assert!(matches!(
         delivered,
         Applied::Moved { from: DeliveryState::Queued, ref delivery } if delivery.state == DeliveryState::Delivered
     ));
-    delivery::apply(
+    tidings_core::store::apply_event(
         s,
         id,
         DeliveryEvent::Acknowledged,
         &Actor::guardian("link"),
         None,
+        now(),
     )
     .await
     .unwrap();
     let staff = Actor::staff(seed.staff.id);
-    let late = delivery::apply(s, id, DeliveryEvent::Failed, &staff, Some("late bounce"))
-        .await
-        .unwrap();
+    let late = tidings_core::store::apply_event(
+        s,
+        id,
+        DeliveryEvent::Failed,
+        &staff,
+        Some("late bounce"),
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         late,
         Applied::Ignored {
@@ -439,13 +487,14 @@ async fn stale_and_duplicate_events_are_ignored_without_a_write(store: Arc<dyn S
         DeliveryEvent::Accepted,
         DeliveryEvent::Delivered,
     ] {
-        delivery::apply(s, id, event, &provider, None)
+        tidings_core::store::apply_event(s, id, event, &provider, None, now())
             .await
             .unwrap();
     }
-    let stale = delivery::apply(s, id, DeliveryEvent::Accepted, &provider, None)
-        .await
-        .unwrap();
+    let stale =
+        tidings_core::store::apply_event(s, id, DeliveryEvent::Accepted, &provider, None, now())
+            .await
+            .unwrap();
     assert!(matches!(
         stale,
         Applied::Ignored {
@@ -453,9 +502,10 @@ async fn stale_and_duplicate_events_are_ignored_without_a_write(store: Arc<dyn S
             ..
         }
     ));
-    let duplicate = delivery::apply(s, id, DeliveryEvent::Delivered, &provider, None)
-        .await
-        .unwrap();
+    let duplicate =
+        tidings_core::store::apply_event(s, id, DeliveryEvent::Delivered, &provider, None, now())
+            .await
+            .unwrap();
     assert!(matches!(
         duplicate,
         Applied::Ignored {
@@ -463,9 +513,10 @@ async fn stale_and_duplicate_events_are_ignored_without_a_write(store: Arc<dyn S
             ..
         }
     ));
-    let too_late = delivery::apply(s, id, DeliveryEvent::Cancel, &provider, None)
-        .await
-        .unwrap();
+    let too_late =
+        tidings_core::store::apply_event(s, id, DeliveryEvent::Cancel, &provider, None, now())
+            .await
+            .unwrap();
     assert!(matches!(
         too_late,
         Applied::Ignored {
@@ -900,13 +951,13 @@ async fn a_recall_cancels_what_was_not_sent_and_reports_the_rest(store: Arc<dyn 
     let ids = delivery_ids(&message);
     let s = store.as_ref();
     let provider = Actor::provider("twilio", "x");
-    delivery::apply(s, ids[0], DeliveryEvent::Enqueue, &provider, None)
+    tidings_core::store::apply_event(s, ids[0], DeliveryEvent::Enqueue, &provider, None, now())
         .await
         .unwrap();
-    delivery::apply(s, ids[1], DeliveryEvent::Accepted, &provider, None)
+    tidings_core::store::apply_event(s, ids[1], DeliveryEvent::Accepted, &provider, None, now())
         .await
         .unwrap();
-    delivery::apply(s, ids[2], DeliveryEvent::Delivered, &provider, None)
+    tidings_core::store::apply_event(s, ids[2], DeliveryEvent::Delivered, &provider, None, now())
         .await
         .unwrap();
 
@@ -1267,6 +1318,11 @@ async fn an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out(
         .unwrap()
         .expect("the administrator sees the message")
         .counts;
+    assert_eq!(
+        tally(&counts_now),
+        tally_by_reading(store.as_ref(), &message).await,
+        "the summary counts what the deliveries are"
+    );
     let series = store
         .state_series(&district, message.id, &counts_now, 60)
         .await
@@ -2265,7 +2321,7 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
     for recipient in [bouncing, complaining] {
         let id = recipient.deliveries[0].id;
         for event in [DeliveryEvent::Enqueue, DeliveryEvent::Accepted] {
-            delivery::apply(s, id, event, &dispatcher, None)
+            tidings_core::store::apply_event(s, id, event, &dispatcher, None, now())
                 .await
                 .unwrap();
         }
@@ -2375,4 +2431,13 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
         ),
         (Some(&3), Some(&3), None)
     );
+    let summary = s
+        .message_summary(
+            &tidings_core::store::MessageScope::District(district),
+            message.id,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tally(&summary.counts), tally_by_reading(s, &message).await);
 }

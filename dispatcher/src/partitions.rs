@@ -161,12 +161,13 @@ impl Dispatcher {
         };
         tracing::error!(delivery_id = %entry.delivery_id, lane = %key.0, partition = %key.1, offset = entry.offset, "quarantining a log entry that keeps failing the dispatcher");
         let actor = tidings_core::delivery::Actor::dispatcher(self.config.owner.clone());
-        let failed = tidings_core::delivery::apply(
+        let failed = tidings_core::store::apply_event(
             self.store.as_ref(),
             entry.delivery_id,
             tidings_core::DeliveryEvent::Failed,
             &actor,
             Some("quarantined: it failed the dispatcher repeatedly"),
+            self.now(),
         )
         .await;
         match failed {

@@ -1008,6 +1008,8 @@ struct WhileAnotherCalls {
     /// The other dispatcher's lease, and `first`'s delivery as it left it.
     lease: Lease,
     in_flight: tidings_core::delivery::Delivery,
+    /// The dispatcher's clock, moved by hand.
+    clock: Arc<ManualClock>,
 }
 
 /// Writes `first` (SMS, one guardian), has another dispatcher start its attempt, writes
@@ -1044,8 +1046,10 @@ async fn while_another_dispatcher_calls(
     store.create_message(second, now()).await.unwrap();
 
     let provider = InProcessProvider::default();
+    let clock = Arc::new(ManualClock::at(now()));
     let config = Config {
         partitions: 1,
+        clock: clock.clone(),
         ..config(31)
     };
     let dispatcher = dispatcher(store, &provider, config);
@@ -1055,6 +1059,7 @@ async fn while_another_dispatcher_calls(
         provider,
         lease,
         in_flight,
+        clock,
     }
 }
 
@@ -1128,9 +1133,12 @@ async fn a_correction_waits_for_its_alert_at_the_provider_only_until_the_call_en
         )
         .await
         .unwrap();
-    while now() <= put_off_to {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Not due a moment before the time it was put off to; due at it.
+    run.clock
+        .advance(put_off_to - run.clock.now() - chrono::Duration::milliseconds(1));
+    run.dispatcher.run_until_idle().await.unwrap();
+    assert!(run.provider.received().is_empty());
+    run.clock.advance(chrono::Duration::milliseconds(1));
     run.dispatcher.run_until_idle().await.unwrap();
     assert_eq!(
         states(store.as_ref(), &delivery_ids(&correction)).await,
@@ -1454,12 +1462,13 @@ async fn fallback_tries_the_next_channel_only_for_guardians_not_reached(store: A
     }
     // Group (a)'s SMS is reported delivered.
     for i in (0..15).filter(|i| i % 3 == 0) {
-        tidings_core::delivery::apply(
+        tidings_core::store::apply_event(
             store.as_ref(),
             group(i)[1].id,
             tidings_core::DeliveryEvent::Delivered,
             &Actor::provider("sandbox", "report"),
             None,
+            clock.now(),
         )
         .await
         .unwrap();
@@ -1574,17 +1583,17 @@ async fn send_what_comes_due(
     seed: u64,
     due_at: chrono::DateTime<chrono::Utc>,
 ) {
+    let clock = Arc::new(ManualClock::at(now()));
     let config = Config {
         batch: 8,
         max_in_flight: 32,
+        clock: clock.clone(),
         ..config(seed)
     };
     let dispatcher = dispatcher(store, provider, config);
     dispatcher.run_until_idle().await.unwrap();
     assert_eq!(provider.sends(), 0, "nothing is due yet");
-    while now() < due_at + chrono::Duration::milliseconds(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    clock.advance(due_at + chrono::Duration::milliseconds(10) - clock.now());
     dispatcher.run_until_idle().await.unwrap();
 }
 
@@ -1662,7 +1671,7 @@ async fn a_small_districts_message_goes_out_alongside_a_large_districts_broadcas
 async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_districts_broadcast(
     store: Arc<dyn Store>,
 ) {
-    // Far enough ahead for the first look at the log to pass them over.
+    // Ahead of the dispatcher's clock, which is moved past it by hand, not waited for.
     let ahead = chrono::Duration::seconds(3);
     let (broadcast, notice) = broadcast_then_neighbour(store.as_ref(), 400, 20, Some(ahead)).await;
     let due_at = broadcast.recipients[0].deliveries[0].not_before.unwrap();
@@ -1683,7 +1692,7 @@ async fn a_small_districts_scheduled_notice_comes_due_alongside_a_large_district
 /// all of it.
 async fn a_districts_emergency_coming_due_goes_ahead_of_its_own_newsletter(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 400).await;
-    // Far enough ahead for the first look at the log to pass them over.
+    // Ahead of the dispatcher's clock, which is moved past it by hand, not waited for.
     let due_at = now() + chrono::Duration::seconds(3);
     let broadcast = scheduled(newsletter(&seed, DeliveryGuarantee::AtLeastOnce), due_at);
     store.create_message(&broadcast, now()).await.unwrap();
@@ -1710,19 +1719,26 @@ async fn an_alert_does_not_wait_for_the_rest_of_a_look_at_what_is_due(store: Arc
     let seed = seed(store.as_ref(), 400).await;
     let mut broadcast = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
     broadcast.partitions = SPREAD;
-    // Far enough ahead for the first look at the log to pass it over.
-    let broadcast = scheduled(broadcast, now() + chrono::Duration::seconds(2));
+    // Ahead of the dispatcher's clock: the first look at the log passes it over, and it
+    // comes due when the clock is moved past it.
+    let due_in = chrono::Duration::seconds(2);
+    let broadcast = scheduled(broadcast, now() + due_in);
     store.create_message(&broadcast, now()).await.unwrap();
     let provider = InProcessProvider::default().with_latency(Duration::from_millis(20));
     // A look reads 4 × 64 = 256 due: a broadcast is written partition by partition, so
     // that is about 200 of one partition and 56 of the next, each sent in batches of 16.
+    let clock = Arc::new(ManualClock::at(now()));
     let config = Config {
         partitions: SPREAD,
         batch: 16,
         max_in_flight: 64,
+        clock: clock.clone(),
         ..config(29)
     };
     let dispatcher = Arc::new(dispatcher(&store, &provider, config));
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(provider.sends(), 0, "nothing is due yet");
+    clock.advance(due_in);
     let mut alert = message_to(&seed, &[Channel::Push]);
     alert.partitions = SPREAD;
     alert.recipients.truncate(20);

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 pub use state::{next, Decision, DeliveryEvent, DeliveryState, Ignored, UnknownState};
 
-use crate::store::{CasOutcome, Store, StoreError};
+use crate::store::StoreError;
 use crate::stored_enum::stored_enum;
 use crate::{Channel, DeliveryId, DistrictId, GuardianId, MessageId, RecipientId};
 
@@ -277,21 +277,21 @@ impl Request {
     }
 }
 
+/// The result of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The delivery moved; this is it afterwards.
+    Applied(Delivery),
+    /// Someone moved it first (or it is not in the expected state): this is what it is now.
+    Conflict(Delivery),
+    NotFound,
+}
+
 /// Where a batch of changes is written: the store (a transaction per batch) or a
 /// transaction a store operation holds open.
 #[async_trait::async_trait]
 pub trait WriteChanges: Send {
     async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, StoreError>;
-}
-
-/// Each batch in a transaction of its own.
-pub struct InStore<'a>(pub &'a dyn Store);
-
-#[async_trait::async_trait]
-impl WriteChanges for InStore<'_> {
-    async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, StoreError> {
-        self.0.apply_transitions(batch).await
-    }
 }
 
 /// The read-decide-swap loop, the only one: decides each request against its delivery
@@ -365,19 +365,4 @@ pub async fn decide_and_apply(
             result.unwrap_or(Err(ApplyError::Contended(delivery.id, MAX_ROUNDS)))
         })
         .collect())
-}
-
-/// Reads the delivery, decides with [`next`], and compare-and-swaps the decision in.
-pub async fn apply(
-    store: &dyn Store,
-    id: DeliveryId,
-    event: DeliveryEvent,
-    actor: &Actor,
-    detail: Option<&str>,
-) -> Result<Applied, ApplyError> {
-    let delivery = store.delivery(id).await?.ok_or(ApplyError::NotFound(id))?;
-    let request = Request::new(event, actor, detail, crate::time::now());
-    decide_and_apply(&mut InStore(store), vec![(delivery, request)])
-        .await?
-        .remove(0)
 }

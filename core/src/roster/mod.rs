@@ -58,7 +58,7 @@ pub async fn import_recorded(
         let actor = actor.clone();
         async move {
             store
-                .audit(district, &actor, action, detail, crate::time::now())
+                .audit(district, &actor, action, detail, options.clock.now())
                 .await
         }
     };
@@ -79,7 +79,7 @@ pub async fn import_recorded(
         staff_id: staff,
         source_name: source_name.to_owned(),
     };
-    store.start_import(&record, crate::time::now()).await?;
+    store.start_import(&record, options.clock.now()).await?;
     let recorded = Recorded {
         id,
         actor: &actor,
@@ -91,7 +91,7 @@ pub async fn import_recorded(
         Err(error) => {
             let message = crate::store::error_chain(&error);
             store
-                .finish_import(id, Err(&message), crate::time::now())
+                .finish_import(id, Err(&message), options.clock.now())
                 .await?;
             if let ImportError::HeldBack { over, report } = &error {
                 let detail = serde_json::json!({
@@ -160,6 +160,9 @@ pub struct ImportOptions {
     pub force: bool,
     /// Do the whole import in its transaction, report it, and roll it back.
     pub dry_run: bool,
+    /// Where the times it records come from (when it started and finished, the rows'
+    /// changes, the audit rows).
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 impl Default for ImportOptions {
@@ -169,6 +172,7 @@ impl Default for ImportOptions {
             max_delete_percent: None,
             force: false,
             dry_run: false,
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
     }
 }
@@ -235,7 +239,7 @@ async fn import_with(
         district: *district.as_uuid(),
         options,
         report: ImportReport::default(),
-        at: crate::time::now(),
+        at: options.clock.now(),
         rows: 0,
         progress,
         complete: HashSet::new(),
@@ -297,7 +301,7 @@ async fn import_with(
                     }),
                 };
                 writer
-                    .record_success(recorded.id, &json, &audit, crate::time::now())
+                    .record_success(recorded.id, &json, &audit, options.clock.now())
                     .await?;
             }
             writer.commit().await?

@@ -46,6 +46,7 @@ impl Services {
             max_delete_percent: Some(upload.max_delete_percent),
             force: upload.force,
             dry_run: upload.dry_run,
+            clock: self.clock.clone(),
         };
         let result = roster::import_recorded(
             self.store.as_ref(),

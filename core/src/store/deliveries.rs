@@ -2,9 +2,39 @@
 //! databases. (Its writes are the batched transitions of `store::transitions`.)
 
 use super::dialect::{Args, Columns, Dialect};
-use super::StoreResult;
-use crate::delivery::{Actor, Delivery, DeliveryEventRecord};
+use super::{CasOutcome, Store, StoreError, StoreResult};
+use crate::delivery::{
+    decide_and_apply, Actor, Applied, ApplyError, Change, Delivery, DeliveryEvent,
+    DeliveryEventRecord, Request, WriteChanges,
+};
 use crate::{DeliveryId, DistrictId, GuardianId, MessageId, RecipientId};
+
+/// Each batch in a transaction of its own.
+pub struct InStore<'a>(pub &'a dyn Store);
+
+#[async_trait::async_trait]
+impl WriteChanges for InStore<'_> {
+    async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, StoreError> {
+        self.0.apply_transitions(batch).await
+    }
+}
+
+/// Applies one event to a delivery, as happened `at`: reads it, decides with
+/// [`crate::delivery::next`], and compare-and-swaps the decision in.
+pub async fn apply_event(
+    store: &dyn Store,
+    id: DeliveryId,
+    event: DeliveryEvent,
+    actor: &Actor,
+    detail: Option<&str>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Applied, ApplyError> {
+    let delivery = store.delivery(id).await?.ok_or(ApplyError::NotFound(id))?;
+    let request = Request::new(event, actor, detail, at);
+    decide_and_apply(&mut InStore(store), vec![(delivery, request)])
+        .await?
+        .remove(0)
+}
 
 /// A delivery from a row of [`super::DELIVERY_COLUMNS`].
 pub(crate) fn from_row(row: &impl Columns) -> StoreResult<Delivery> {

@@ -354,7 +354,7 @@ where
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         S::Db::write_message(&mut tx, message, at).await?;
-        S::Db::write_recipients(&mut tx, message, &message.recipients, at).await?;
+        super::sending::write_chunk::<S::Db>(&mut tx, message, &message.recipients, at).await?;
         tx.commit().await?;
         self.written().wrote();
         Ok(())

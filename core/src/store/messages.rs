@@ -397,10 +397,16 @@ pub(crate) async fn summary<D: Dialect>(
     let Some(row) = D::fetch_optional(conn, &sql, scoped(message, scope)).await? else {
         return Ok(None);
     };
+    // The deliveries per channel and state: what the message started with, plus every
+    // recorded move in, less every move out — a few rows per batch of the dispatcher,
+    // never the deliveries of a broadcast themselves.
     let counts = D::fetch_all(
         conn,
-        "SELECT channel, state, count(*) AS n FROM deliveries WHERE message_id = $1 \
-         GROUP BY channel, state ORDER BY channel, state",
+        "SELECT channel, state, CAST(sum(n) AS BIGINT) AS n FROM ( \
+           SELECT channel, state, n FROM message_starts WHERE message_id = $1 \
+           UNION ALL SELECT channel, to_state, n FROM message_moves WHERE message_id = $1 \
+           UNION ALL SELECT channel, from_state, -n FROM message_moves WHERE message_id = $1 \
+         ) AS changes GROUP BY channel, state HAVING sum(n) <> 0 ORDER BY channel, state",
         Args::new().id(message),
     )
     .await?

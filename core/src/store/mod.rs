@@ -32,6 +32,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use crate::delivery::CasOutcome;
+pub use crate::fanout::{NewDelivery, NewMessage, NewRecipient};
+pub use deliveries::{apply_event, InStore};
 pub use directory::{
     ClassView, ContactPointView, GradeView, GuardianDetail, GuardianRef, GuardianView, OptOutView,
     PageRequest, SchoolView, Scope, StudentView,
@@ -470,99 +473,6 @@ pub struct Guardian {
     pub family_name: String,
     pub preferred_language: Option<String>,
     pub sourced_id: Option<String>,
-}
-
-/// A message with its recipients and deliveries, written in one transaction.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub id: MessageId,
-    pub district_id: DistrictId,
-    pub author_id: StaffId,
-    pub kind: MessageKind,
-    pub lane: Lane,
-    pub guarantee: DeliveryGuarantee,
-    pub subject: String,
-    pub body: String,
-    pub channels: Vec<Channel>,
-    /// `{"es": {"subject": …, "body": …}}`.
-    pub translations: serde_json::Value,
-    pub audience: serde_json::Value,
-    pub requires_ack: bool,
-    pub recipients: Vec<NewRecipient>,
-    /// The message this one re-notifies the non-acknowledgers of.
-    pub renotify_of: Option<MessageId>,
-    /// When it is to go out; `None`: now.
-    pub scheduled_at: Option<DateTime<Utc>>,
-    /// When acknowledgments are due.
-    pub ack_deadline: Option<DateTime<Utc>>,
-    /// How long a delivery may go without reaching its guardian before their next channel
-    /// is tried; `None`: no fallback.
-    pub fallback_after: Option<chrono::Duration>,
-    /// At most this many non-emergency messages of the district in the hour before the
-    /// send; checked and reserved inside the send's transaction.
-    pub hourly_quota: Option<u32>,
-    /// Partitions of the log's lanes: each delivery to send gets an entry in partition
-    /// `PartitionId::of(guardian, partitions)` of the message's lane.
-    pub partitions: u32,
-}
-
-impl NewMessage {
-    /// The deliveries to put on the log (not the suppressed ones), per partition, in the
-    /// order they take offsets. Partitions come in ascending order, which is also the order
-    /// their head rows are locked in, so two fan-outs can never deadlock.
-    pub fn log_plan(&self) -> std::collections::BTreeMap<crate::log::PartitionId, Vec<DeliveryId>> {
-        Self::log_plan_of(&self.recipients, self.partitions)
-    }
-
-    /// [`NewMessage::log_plan`] of some of the message's recipients.
-    pub fn log_plan_of(
-        recipients: &[NewRecipient],
-        partitions: u32,
-    ) -> std::collections::BTreeMap<crate::log::PartitionId, Vec<DeliveryId>> {
-        let mut plan: std::collections::BTreeMap<_, Vec<_>> = std::collections::BTreeMap::new();
-        for recipient in recipients {
-            let partition = crate::log::PartitionId::of(recipient.guardian_id, partitions);
-            for delivery in recipient
-                .deliveries
-                .iter()
-                .filter(|d| d.suppressed_reason.is_none())
-            {
-                plan.entry(partition).or_default().push(delivery.id);
-            }
-        }
-        plan
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct NewRecipient {
-    pub id: RecipientId,
-    pub guardian_id: GuardianId,
-    pub language: String,
-    pub deliveries: Vec<NewDelivery>,
-}
-
-/// One delivery to create. It starts CREATED, or SUPPRESSED when a reason is given.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    pub id: DeliveryId,
-    pub channel: Channel,
-    pub address: Option<String>,
-    pub suppressed_reason: Option<String>,
-    /// Not to be sent before this (a scheduled message, quiet hours, a standby's deadline).
-    pub not_before: Option<DateTime<Utc>>,
-    /// A standby: the delivery of this guardian it backs up (see `fanout::FALLBACK_ORDER`).
-    pub fallback_of: Option<DeliveryId>,
-}
-
-/// The result of a compare-and-swap.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CasOutcome {
-    /// The delivery moved; this is it afterwards.
-    Applied(Delivery),
-    /// Someone moved it first (or it is not in the expected state): this is what it is now.
-    Conflict(Delivery),
-    NotFound,
 }
 
 /// The columns `deliveries::from_row` reads, in both dialects.

@@ -7,14 +7,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::dialect::Dialect;
+use super::dialect::{Args, Dialect};
 use super::{
     audiences, NewMessage, NewRecipient, PlanChunk, Scope, SendRefusal, SendSummary, StoreError,
     StoreResult,
 };
 use crate::audience::Audience;
 use crate::log::PartitionId;
-use crate::GuardianId;
+use crate::{Channel, DeliveryState, GuardianId};
 
 /// The bulk writes of a send, each database its fastest way.
 #[async_trait]
@@ -96,7 +96,51 @@ async fn write_streamed<D: Sending>(
         let recipients = plan(&members);
         drop(members);
         summary.add(&recipients);
-        D::write_recipients(conn, message, &recipients, at).await?;
+        write_chunk::<D>(conn, message, &recipients, at).await?;
     }
     Ok(summary)
+}
+
+/// A chunk of recipients with their deliveries and log entries ([`Sending::write_recipients`]),
+/// and how many deliveries it wrote per channel and state (`message_starts`): the report
+/// counts a message's deliveries from these and the recorded moves, not by reading them.
+pub(crate) async fn write_chunk<D: Sending>(
+    conn: &mut D::Connection,
+    message: &NewMessage,
+    recipients: &[NewRecipient],
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    D::write_recipients(conn, message, recipients, at).await?;
+    let mut starts: std::collections::BTreeMap<(Channel, DeliveryState), i64> =
+        std::collections::BTreeMap::new();
+    for delivery in recipients.iter().flat_map(|r| &r.deliveries) {
+        let state = if delivery.suppressed_reason.is_some() {
+            DeliveryState::Suppressed
+        } else {
+            DeliveryState::Created
+        };
+        *starts.entry((delivery.channel, state)).or_insert(0) += 1;
+    }
+    if starts.is_empty() {
+        return Ok(());
+    }
+    let mut args = Args::new();
+    let rows: Vec<String> = starts
+        .iter()
+        .map(|((channel, state), n)| {
+            args.row(|a| {
+                a.id(*message.id.as_uuid())
+                    .id(*message.district_id.as_uuid())
+                    .text(channel.as_str())
+                    .text(state.as_str())
+                    .int(*n)
+            })
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO message_starts (message_id, district_id, channel, state, n) VALUES {}",
+        rows.join(", ")
+    );
+    D::execute(conn, &sql, args).await?;
+    Ok(())
 }
