@@ -38,10 +38,10 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
 use tidings_core::clock::{Clock, SystemClock};
-use tidings_core::services::acknowledge::{acknowledge, AckVia};
+use tidings_core::services::inbound::take_inbound_sms;
 use tidings_core::services::provider_events::{apply_provider_events, ProviderEvent};
 use tidings_core::store::Store;
-use tidings_core::{Channel, DeliveryId, RecipientId};
+use tidings_core::{Channel, DeliveryId};
 
 /// What the callbacks need to check each provider; a provider left unset is refused.
 #[derive(Clone)]
@@ -645,10 +645,9 @@ async fn take_inbound(
         tracing::error!(provider, error = %e, "could not record an inbound SMS: asking the provider to retry");
         StatusCode::SERVICE_UNAVAILABLE
     };
-    // Recorded (and its opt-out or resubscription made) before the provider is answered.
-    let Some(guardians) = cb
-        .store
-        .record_inbound(&sms, cb.now())
+    // Taken, with the opt-out, resubscription or acknowledgment it asks for, in one
+    // transaction before the provider is answered.
+    let Some(taken) = take_inbound_sms(cb.store.as_ref(), &sms, cb.now())
         .await
         .map_err(unavailable)?
     else {
@@ -657,50 +656,21 @@ async fn take_inbound(
     };
     let name = &cb.config.district_name;
     if is_ack {
-        let mut acknowledged = 0;
-        for (_, guardian) in &guardians {
-            let Some(recipient) = cb
-                .store
-                .open_ack(*guardian, cb.now())
-                .await
-                .map_err(unavailable)?
-            else {
-                continue;
-            };
-            let via = AckVia::SmsReply(&sms.provider_message_id);
-            let outcome = acknowledge(
-                cb.store.as_ref(),
-                RecipientId::from_uuid(recipient),
-                via,
-                cb.now(),
-            )
-            .await
-            .map_err(unavailable)?;
-            if matches!(outcome, tidings_core::store::AckOutcome::Acked { .. }) {
-                acknowledged += 1;
-                tracing::info!(guardian_id = %guardian, "acknowledged by SMS");
-            }
+        for guardian in &taken.acknowledged {
+            tracing::info!(guardian_id = %guardian, "acknowledged by SMS");
         }
-        return Ok(Some(if acknowledged > 0 {
-            format!("{name}: thank you, your acknowledgment is recorded.")
-        } else {
+        return Ok(Some(if taken.acknowledged.is_empty() {
             format!("{name}: no message is waiting for your acknowledgment.")
+        } else {
+            format!("{name}: thank you, your acknowledgment is recorded.")
         }));
     }
-    for (district, guardian) in &guardians {
+    for (_, guardian) in &taken.guardians {
         match keyword {
             Some(inbound::Keyword::Stop) => {
-                cb.store
-                    .add_opt_out(*district, *guardian, Channel::Sms, "carrier", cb.now())
-                    .await
-                    .map_err(unavailable)?;
                 tracing::info!(guardian_id = %guardian, "carrier STOP recorded");
             }
             Some(inbound::Keyword::Start) => {
-                cb.store
-                    .resubscribe(*guardian, Channel::Sms, cb.now())
-                    .await
-                    .map_err(unavailable)?;
                 tracing::info!(guardian_id = %guardian, "carrier START recorded");
             }
             _ => {}

@@ -47,7 +47,8 @@ tidings_core::on_both_stores! {
     the_callback_inbox_is_pruned_by_age_in_bounded_rounds,
     a_webhook_token_is_good_for_one_event,
     sent_through_lists_each_deliverys_channel_reference_and_providers,
-    provider_events_apply_with_their_effects_and_are_marked_in_one_round;
+    provider_events_apply_with_their_effects_and_are_marked_in_one_round,
+    a_guardians_text_is_taken_with_what_it_asks_once;
     databases: a_send_writes_its_deliveries_partition_by_partition,
     broken_schema_rules_are_classified_and_named_alike,
     maintenance_and_measurement_leave_nothing_behind,
@@ -2440,4 +2441,88 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
         .unwrap()
         .unwrap();
     assert_eq!(tally(&summary.counts), tally_by_reading(s, &message).await);
+}
+
+async fn a_guardians_text_is_taken_with_what_it_asks_once(store: Arc<dyn Store>) {
+    use tidings_core::store::{GuardianRef, InboundSms, Scope};
+    let s = store.as_ref();
+    let seed = seed(s, 1).await;
+    let district = seed.staff.district_id;
+    let guardian = seed.guardians[0].id;
+    let number = "+12025550142";
+    let mut tx = s.begin().await.unwrap();
+    tx.add_contact_point(district, guardian, Channel::Sms, number, now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let message = message_to(&seed, &[Channel::Sms]);
+    s.create_message(&message, now()).await.unwrap();
+    let sent = message.recipients[0].deliveries[0].id;
+    for event in [DeliveryEvent::Enqueue, DeliveryEvent::Accepted] {
+        let dispatcher = Actor::dispatcher("d1");
+        tidings_core::store::apply_event(s, sent, event, &dispatcher, None, now())
+            .await
+            .unwrap();
+    }
+    let text = |id: &str, keyword| InboundSms {
+        provider: "twilio".into(),
+        provider_message_id: id.into(),
+        from: number.into(),
+        to: "+12025550100".into(),
+        body: "whatever".into(),
+        keyword,
+    };
+    let actor = Actor::guardian("sms:SM-ack");
+    let carrier_opt_outs = || async {
+        s.guardian_detail(
+            &Scope::District(district),
+            &GuardianRef::Id(*guardian.as_uuid()),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .opt_outs
+        .iter()
+        .filter(|o| o.source == "carrier")
+        .count()
+    };
+
+    // STOP: kept with its carrier opt-out; the provider's retry of it changes nothing.
+    let taken = s
+        .take_inbound(&text("SM-stop", Some("stop")), &actor, now())
+        .await
+        .unwrap()
+        .expect("a new text");
+    assert_eq!(taken.guardians, vec![(district, guardian)]);
+    assert_eq!(carrier_opt_outs().await, 1);
+    assert_eq!(
+        s.take_inbound(&text("SM-stop", Some("stop")), &actor, now())
+            .await
+            .unwrap(),
+        None
+    );
+    // START revokes it.
+    s.take_inbound(&text("SM-start", Some("start")), &actor, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(carrier_opt_outs().await, 0);
+
+    // The acknowledgment keyword acknowledges the waiting message, once.
+    let taken = s
+        .take_inbound(&text("SM-ack", Some("ack")), &actor, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.acknowledged, vec![guardian]);
+    let acked = s.delivery(sent).await.unwrap().unwrap();
+    assert_eq!(acked.state, DeliveryState::Acked);
+    let events = s.delivery_events(sent).await.unwrap();
+    assert_eq!(events.last().map(|e| &e.actor), Some(&actor));
+    let again = s
+        .take_inbound(&text("SM-ack-2", Some("ack")), &actor, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.acknowledged.is_empty(), "nothing is waiting any more");
 }

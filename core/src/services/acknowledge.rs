@@ -5,11 +5,9 @@
 //! transaction, each move decided by the state machine and audited as the guardian's
 //! through the way they used. Twice is once.
 
-use chrono::{DateTime, Utc};
-
 use super::{ServiceError, Services};
 use crate::delivery::Actor;
-use crate::store::{AckOutcome, Store, StoreResult};
+use crate::store::AckOutcome;
 use crate::{Channel, RecipientId};
 
 /// The way a guardian acknowledged.
@@ -45,27 +43,19 @@ impl AckVia<'_> {
     }
 }
 
-/// Records the acknowledgment of `recipient` (a guardian's row of a message) at `at`:
-/// the one path every front end takes (the callbacks worker, which has no `Services`,
-/// calls it directly).
-pub async fn acknowledge(
-    store: &dyn Store,
-    recipient: RecipientId,
-    via: AckVia<'_>,
-    at: DateTime<Utc>,
-) -> StoreResult<AckOutcome> {
-    store
-        .acknowledge(*recipient.as_uuid(), via.channel(), &via.actor(), at)
-        .await
-}
-
 impl Services {
-    /// A guardian acknowledges a message now (see [`acknowledge`]).
+    /// Records, now, the acknowledgment of `recipient` (a guardian's row of a message):
+    /// the one path the link pages and the guardian app take (a text with the keyword is
+    /// taken with its acknowledgment by [`super::inbound`]).
     pub async fn acknowledge(
         &self,
         recipient: RecipientId,
         via: AckVia<'_>,
     ) -> Result<AckOutcome, ServiceError> {
-        Ok(acknowledge(self.store.as_ref(), recipient, via, self.clock.now()).await?)
+        let at = self.clock.now();
+        Ok(self
+            .store
+            .acknowledge(*recipient.as_uuid(), via.channel(), &via.actor(), at)
+            .await?)
     }
 }

@@ -14,6 +14,7 @@ pub mod acknowledge;
 pub mod cancel;
 pub mod directory;
 pub mod districts;
+pub mod inbound;
 pub mod provider_events;
 pub mod renotify;
 pub mod replay;

@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 
 use super::dialect::{Args, Columns, Dialect, Pools, Value};
 use super::directory::{self, guardian_filter};
-use super::transitions::InTx;
+use super::transitions::{InTx, Transitions};
 use super::{
-    AckOutcome, InboundSms, InboxApply, InboxEffect, InboxItem, InboxPut, ReplyView, Scope,
-    StoreResult, DELIVERY_COLUMNS,
+    AckOutcome, InboundSms, InboundTaken, InboxApply, InboxEffect, InboxItem, InboxPut, ReplyView,
+    Scope, StoreResult, DELIVERY_COLUMNS,
 };
 use crate::delivery::{decide_and_apply, Actor, Applied, Delivery, Request};
 use crate::{Channel, DeliveryEvent, DeliveryId, DeliveryState, DistrictId, GuardianId};
@@ -81,6 +81,19 @@ pub trait Inbox: Send + Sync {
         channel: Channel,
         at: DateTime<Utc>,
     ) -> StoreResult<u64>;
+
+    /// Takes a guardian's text in ONE transaction: keeps it, and unless it repeats one
+    /// kept before (`None`: it already did what it does), does what its keyword asks for
+    /// each guardian whose SMS number sent it — `stop`: a carrier opt-out of SMS; `start`:
+    /// that opt-out revoked; `ack`: their most recent message waiting for acknowledgment
+    /// acknowledged by `ack_actor`. A failure leaves nothing behind, so the provider's
+    /// retry is taken afresh: a STOP is never kept without its opt-out.
+    async fn take_inbound(
+        &self,
+        sms: &InboundSms,
+        ack_actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<InboundTaken>>;
 
     /// Keeps a provider event in the callback inbox with `status` (`pending` to be
     /// applied, `rejected` with the reason as `outcome`). False when the same
@@ -198,48 +211,62 @@ pub struct Pruned {
 /// The one implementation, for both stores.
 #[async_trait]
 impl<S: Pools> Inbox for S {
+    async fn take_inbound(
+        &self,
+        sms: &InboundSms,
+        ack_actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<InboundTaken>> {
+        let mut tx = self.writes().begin().await?;
+        let Some(guardians) = record_inbound::<S::Db>(&mut tx, sms, at).await? else {
+            return Ok(None);
+        };
+        let mut acknowledged = Vec::new();
+        for &(district, guardian) in &guardians {
+            match sms.keyword {
+                Some("stop") => {
+                    let (district, guardian) = (district.into(), guardian.into());
+                    directory::add_opt_out::<S::Db>(
+                        &mut tx,
+                        district,
+                        guardian,
+                        Channel::Sms,
+                        "carrier",
+                        at,
+                    )
+                    .await?;
+                }
+                Some("start") => {
+                    resubscribe::<S::Db>(&mut tx, guardian, Channel::Sms, at).await?;
+                }
+                Some("ack") => {
+                    let Some(recipient) = open_ack::<S::Db>(&mut tx, guardian, at).await? else {
+                        continue;
+                    };
+                    let outcome =
+                        acknowledge::<S::Db>(&mut tx, recipient, Channel::Sms, ack_actor, at)
+                            .await?;
+                    if matches!(outcome, AckOutcome::Acked { .. }) {
+                        acknowledged.push(guardian);
+                    }
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(InboundTaken {
+            guardians,
+            acknowledged,
+        }))
+    }
+
     async fn record_inbound(
         &self,
         sms: &InboundSms,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Vec<(DistrictId, GuardianId)>>> {
         let mut conn = self.writes().acquire().await?;
-        let guardians = S::Db::fetch_all(
-            &mut conn,
-            "SELECT DISTINCT district_id, guardian_id FROM contact_points \
-             WHERE kind = 'sms' AND address = $1",
-            Args::new().text(&sms.from),
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            Ok((
-                DistrictId::from_uuid(row.id("district_id")?),
-                GuardianId::from_uuid(row.id("guardian_id")?),
-            ))
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let first = guardians.first().copied();
-        let inserted = S::Db::execute(
-            &mut conn,
-            "INSERT INTO inbound_messages (id, provider, provider_message_id, district_id, guardian_id, \
-             from_address, to_address, body, keyword, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (provider, provider_message_id) DO NOTHING",
-            Args::new()
-                .id(uuid::Uuid::now_v7())
-                .text(&sms.provider)
-                .text(&sms.provider_message_id)
-                .opt_id(first.map(|(d, _)| d))
-                .opt_id(first.map(|(_, g)| g))
-                .text(&sms.from)
-                .text(&sms.to)
-                .text(&sms.body)
-                .opt_text(sms.keyword)
-                .time(at),
-        )
-        .await?;
-        Ok((inserted == 1).then_some(guardians))
+        record_inbound::<S::Db>(&mut conn, sms, at).await
     }
 
     async fn acknowledge(
@@ -250,97 +277,9 @@ impl<S: Pools> Inbox for S {
         at: DateTime<Utc>,
     ) -> StoreResult<AckOutcome> {
         let mut tx = self.writes().begin().await?;
-        let mark = "UPDATE recipients SET ack_state = 'acked', acked_at = $1, ack_via = $2 \
-                    WHERE id = $3 AND ack_state = 'pending'";
-        let marked = S::Db::execute(
-            &mut tx,
-            mark,
-            Args::new().time(at).text(via.as_str()).id(recipient),
-        )
-        .await?;
-        if marked == 0 {
-            let state = S::Db::fetch_optional(
-                &mut tx,
-                "SELECT ack_state FROM recipients WHERE id = $1",
-                Args::new().id(recipient),
-            )
-            .await?
-            .map(|row| row.text("ack_state"))
-            .transpose()?;
-            return Ok(match state.as_deref() {
-                None => AckOutcome::NotFound,
-                Some("acked") => AckOutcome::AlreadyAcked,
-                Some(_) => AckOutcome::NotRequired,
-            });
-        }
-        // The same message re-sent (re-notifications of it, or the message a
-        // re-notification re-sends): acknowledged once is acknowledged for all of them.
-        let related: Vec<uuid::Uuid> = S::Db::fetch_all(
-            &mut tx,
-            "WITH RECURSIVE up (id, parent) AS ( \
-                 SELECT m.id, m.renotify_of FROM messages m JOIN recipients r ON r.message_id = m.id \
-                 WHERE r.id = $1 \
-                 UNION ALL SELECT m.id, m.renotify_of FROM messages m JOIN up ON m.id = up.parent), \
-             down (id) AS ( \
-                 SELECT id FROM up WHERE parent IS NULL \
-                 UNION ALL SELECT m.id FROM messages m JOIN down ON m.renotify_of = down.id) \
-             SELECT r.id FROM recipients r \
-             WHERE r.guardian_id = (SELECT guardian_id FROM recipients WHERE id = $1) \
-             AND r.message_id IN (SELECT id FROM down) AND r.ack_state = 'pending' AND r.id <> $1",
-            Args::new().id(recipient),
-        )
-        .await?
-        .iter()
-        .map(|row| row.id("id"))
-        .collect::<StoreResult<_>>()?;
-        for other in &related {
-            let args = Args::new().time(at).text(via.as_str()).id(*other);
-            S::Db::execute(&mut tx, mark, args).await?;
-        }
-        // Found by message and guardian, through the index that keeps them unique per
-        // channel: deliveries have no index of their own on the recipient.
-        let mut args = Args::new();
-        let recipients = args.ids(&[&[recipient][..], &related].concat());
-        let sql = format!(
-            "SELECT {} FROM recipients r JOIN deliveries d \
-                  ON d.message_id = r.message_id AND d.guardian_id = r.guardian_id AND d.recipient_id = r.id \
-             WHERE r.id IN ({recipients}) ORDER BY d.id",
-            super::delivery_columns("d")
-        );
-        let mut requests = Vec::new();
-        for row in S::Db::fetch_all(&mut tx, &sql, args).await? {
-            let delivery = super::deliveries::from_row(&row)?;
-            // The delivery the acknowledgment came through is ACKED; the guardian's other
-            // deliveries of the message (and of its re-sends) that have not gone out are
-            // cancelled.
-            let event = if *delivery.recipient_id.as_uuid() == recipient && delivery.channel == via
-            {
-                DeliveryEvent::Acknowledged
-            } else {
-                DeliveryEvent::Cancel
-            };
-            let why = format!("acknowledged by {via}");
-            let mut request = Request::new(event, actor, Some(&why), at);
-            request.effects.next_attempt_at = Some(None);
-            requests.push((delivery, request));
-        }
-        let results = decide_and_apply(&mut InTx::<S::Db>(&mut tx), requests).await?;
-        let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
-        for result in results {
-            match result {
-                Ok(Applied::Moved { delivery, .. }) if delivery.state == DeliveryState::Acked => {
-                    acked_delivery = Some(delivery.id);
-                }
-                Ok(Applied::Moved { .. }) => cancelled += 1,
-                Ok(Applied::Ignored { .. }) | Err(_) => untouched += 1,
-            }
-        }
+        let outcome = acknowledge::<S::Db>(&mut tx, recipient, via, actor, at).await?;
         tx.commit().await?;
-        Ok(AckOutcome::Acked {
-            delivery: acked_delivery,
-            cancelled,
-            untouched,
-        })
+        Ok(outcome)
     }
 
     async fn open_ack(
@@ -349,17 +288,7 @@ impl<S: Pools> Inbox for S {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<uuid::Uuid>> {
         let mut conn = self.reads().acquire().await?;
-        S::Db::fetch_optional(
-            &mut conn,
-            "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id \
-             WHERE r.guardian_id = $1 AND r.ack_state = 'pending' AND m.requires_ack = $2 \
-             AND (m.ack_deadline IS NULL OR m.ack_deadline > $3) \
-             ORDER BY m.created_at DESC, m.id DESC LIMIT 1",
-            Args::new().id(guardian).flag(true).time(at),
-        )
-        .await?
-        .map(|row| row.id("id"))
-        .transpose()
+        open_ack::<S::Db>(&mut conn, guardian, at).await
     }
 
     async fn replies(
@@ -410,13 +339,7 @@ impl<S: Pools> Inbox for S {
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
         let mut conn = self.writes().acquire().await?;
-        S::Db::execute(
-            &mut conn,
-            "UPDATE opt_outs SET revoked_at = $1 WHERE guardian_id = $2 AND channel = $3 \
-             AND source = 'carrier' AND revoked_at IS NULL",
-            Args::new().time(at).id(guardian).text(channel.as_str()),
-        )
-        .await
+        resubscribe::<S::Db>(&mut conn, guardian, channel, at).await
     }
 
     async fn apply_inbox_batch(
@@ -718,3 +641,183 @@ impl<S: Pools> Inbox for S {
 
 /// Rows per multi-row statement.
 const CHUNK: usize = 500;
+
+/// Keeps an inbound SMS, in the caller's connection (see [`Inbox::record_inbound`]).
+async fn record_inbound<D: Dialect>(
+    conn: &mut D::Connection,
+    sms: &InboundSms,
+    at: DateTime<Utc>,
+) -> StoreResult<Option<Vec<(DistrictId, GuardianId)>>> {
+    let guardians = D::fetch_all(
+        &mut *conn,
+        "SELECT DISTINCT district_id, guardian_id FROM contact_points \
+         WHERE kind = 'sms' AND address = $1",
+        Args::new().text(&sms.from),
+    )
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            DistrictId::from_uuid(row.id("district_id")?),
+            GuardianId::from_uuid(row.id("guardian_id")?),
+        ))
+    })
+    .collect::<StoreResult<Vec<_>>>()?;
+    let first = guardians.first().copied();
+    let inserted = D::execute(
+        &mut *conn,
+        "INSERT INTO inbound_messages (id, provider, provider_message_id, district_id, guardian_id, \
+         from_address, to_address, body, keyword, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (provider, provider_message_id) DO NOTHING",
+        Args::new()
+            .id(uuid::Uuid::now_v7())
+            .text(&sms.provider)
+            .text(&sms.provider_message_id)
+            .opt_id(first.map(|(d, _)| d))
+            .opt_id(first.map(|(_, g)| g))
+            .text(&sms.from)
+            .text(&sms.to)
+            .text(&sms.body)
+            .opt_text(sms.keyword)
+            .time(at),
+    )
+    .await?;
+    Ok((inserted == 1).then_some(guardians))
+}
+
+/// Records an acknowledgment in the caller's transaction (see [`Inbox::acknowledge`]).
+async fn acknowledge<D: Transitions>(
+    conn: &mut D::Connection,
+    recipient: uuid::Uuid,
+    via: Channel,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<AckOutcome> {
+    let mark = "UPDATE recipients SET ack_state = 'acked', acked_at = $1, ack_via = $2 \
+                WHERE id = $3 AND ack_state = 'pending'";
+    let marked = D::execute(
+        &mut *conn,
+        mark,
+        Args::new().time(at).text(via.as_str()).id(recipient),
+    )
+    .await?;
+    if marked == 0 {
+        let state = D::fetch_optional(
+            &mut *conn,
+            "SELECT ack_state FROM recipients WHERE id = $1",
+            Args::new().id(recipient),
+        )
+        .await?
+        .map(|row| row.text("ack_state"))
+        .transpose()?;
+        return Ok(match state.as_deref() {
+            None => AckOutcome::NotFound,
+            Some("acked") => AckOutcome::AlreadyAcked,
+            Some(_) => AckOutcome::NotRequired,
+        });
+    }
+    // The same message re-sent (re-notifications of it, or the message a
+    // re-notification re-sends): acknowledged once is acknowledged for all of them.
+    let related: Vec<uuid::Uuid> = D::fetch_all(
+        &mut *conn,
+        "WITH RECURSIVE up (id, parent) AS ( \
+             SELECT m.id, m.renotify_of FROM messages m JOIN recipients r ON r.message_id = m.id \
+             WHERE r.id = $1 \
+             UNION ALL SELECT m.id, m.renotify_of FROM messages m JOIN up ON m.id = up.parent), \
+         down (id) AS ( \
+             SELECT id FROM up WHERE parent IS NULL \
+             UNION ALL SELECT m.id FROM messages m JOIN down ON m.renotify_of = down.id) \
+         SELECT r.id FROM recipients r \
+         WHERE r.guardian_id = (SELECT guardian_id FROM recipients WHERE id = $1) \
+         AND r.message_id IN (SELECT id FROM down) AND r.ack_state = 'pending' AND r.id <> $1",
+        Args::new().id(recipient),
+    )
+    .await?
+    .iter()
+    .map(|row| row.id("id"))
+    .collect::<StoreResult<_>>()?;
+    for other in &related {
+        let args = Args::new().time(at).text(via.as_str()).id(*other);
+        D::execute(&mut *conn, mark, args).await?;
+    }
+    // Found by message and guardian, through the index that keeps them unique per
+    // channel: deliveries have no index of their own on the recipient.
+    let mut args = Args::new();
+    let recipients = args.ids(&[&[recipient][..], &related].concat());
+    let sql = format!(
+        "SELECT {} FROM recipients r JOIN deliveries d \
+              ON d.message_id = r.message_id AND d.guardian_id = r.guardian_id AND d.recipient_id = r.id \
+         WHERE r.id IN ({recipients}) ORDER BY d.id",
+        super::delivery_columns("d")
+    );
+    let mut requests = Vec::new();
+    for row in D::fetch_all(&mut *conn, &sql, args).await? {
+        let delivery = super::deliveries::from_row(&row)?;
+        // The delivery the acknowledgment came through is ACKED; the guardian's other
+        // deliveries of the message (and of its re-sends) that have not gone out are
+        // cancelled.
+        let event = if *delivery.recipient_id.as_uuid() == recipient && delivery.channel == via {
+            DeliveryEvent::Acknowledged
+        } else {
+            DeliveryEvent::Cancel
+        };
+        let why = format!("acknowledged by {via}");
+        let mut request = Request::new(event, actor, Some(&why), at);
+        request.effects.next_attempt_at = Some(None);
+        requests.push((delivery, request));
+    }
+    let results = decide_and_apply(&mut InTx::<D>(&mut *conn), requests).await?;
+    let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
+    for result in results {
+        match result {
+            Ok(Applied::Moved { delivery, .. }) if delivery.state == DeliveryState::Acked => {
+                acked_delivery = Some(delivery.id);
+            }
+            Ok(Applied::Moved { .. }) => cancelled += 1,
+            Ok(Applied::Ignored { .. }) | Err(_) => untouched += 1,
+        }
+    }
+    Ok(AckOutcome::Acked {
+        delivery: acked_delivery,
+        cancelled,
+        untouched,
+    })
+}
+
+/// The guardian's most recent message waiting for their acknowledgment, read in the
+/// caller's connection (see [`Inbox::open_ack`]).
+async fn open_ack<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: GuardianId,
+    at: DateTime<Utc>,
+) -> StoreResult<Option<uuid::Uuid>> {
+    D::fetch_optional(
+        &mut *conn,
+        "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id \
+         WHERE r.guardian_id = $1 AND r.ack_state = 'pending' AND m.requires_ack = $2 \
+         AND (m.ack_deadline IS NULL OR m.ack_deadline > $3) \
+         ORDER BY m.created_at DESC, m.id DESC LIMIT 1",
+        Args::new().id(guardian).flag(true).time(at),
+    )
+    .await?
+    .map(|row| row.id("id"))
+    .transpose()
+}
+
+/// Undoes a guardian's carrier opt-out, in the caller's connection (see
+/// [`Inbox::resubscribe`]).
+async fn resubscribe<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: GuardianId,
+    channel: Channel,
+    at: DateTime<Utc>,
+) -> StoreResult<u64> {
+    D::execute(
+        &mut *conn,
+        "UPDATE opt_outs SET revoked_at = $1 WHERE guardian_id = $2 AND channel = $3 \
+         AND source = 'carrier' AND revoked_at IS NULL",
+        Args::new().time(at).id(guardian).text(channel.as_str()),
+    )
+    .await
+}

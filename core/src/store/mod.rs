@@ -643,6 +643,15 @@ pub struct InboundSms {
     pub keyword: Option<&'static str>,
 }
 
+/// What taking a guardian's text did ([`inbox::Inbox::take_inbound`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundTaken {
+    /// The guardians (of any district) whose SMS number sent it.
+    pub guardians: Vec<(DistrictId, GuardianId)>,
+    /// Those of them whose waiting message it acknowledged.
+    pub acknowledged: Vec<GuardianId>,
+}
+
 /// A provider event waiting in the callback inbox.
 #[derive(Debug, Clone)]
 pub struct InboxItem {
