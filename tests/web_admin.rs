@@ -2150,6 +2150,13 @@ async fn a_teacher_given_a_password_link_works_in_spanish_on_a_phone_within_thei
         b.find(Locator::Css("[data-page=class]")).await.is_err(),
         "another class's page is not shown: {refused}"
     );
+    // Pages for administrators refuse them in their language.
+    b.goto(&server.url("/audit")).await.unwrap();
+    let refused = browser.text("body").await;
+    assert!(
+        refused.contains("El registro de auditoría es para los administradores del distrito."),
+        "{refused}"
+    );
     // Compose offers only their own class; altering a box to another class's id is
     // refused and sends nothing.
     b.goto(&server.url("/messages/new")).await.unwrap();

@@ -26,7 +26,9 @@ pub async fn page(State(state): State<AppState>, signed_in: SignedIn) -> Respons
     if signed_in.staff.role != Role::DistrictAdmin {
         return (
             StatusCode::FORBIDDEN,
-            "The audit log is for district administrators.",
+            signed_in
+                .lang
+                .t("The audit log is for district administrators."),
         )
             .into_response();
     }

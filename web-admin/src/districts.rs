@@ -57,7 +57,9 @@ async fn districts_page(
             let (status, _) = said_in(&refusal, signed_in.lang);
             (
                 status,
-                "Only operators of this Tidings manage its districts.",
+                signed_in
+                    .lang
+                    .t("Only operators of this Tidings manage its districts."),
             )
                 .into_response()
         }

@@ -55,13 +55,17 @@ impl FromRequest<AppState> for Posted {
         let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
             .await
             .map_err(|_| {
-                (StatusCode::PAYLOAD_TOO_LARGE, "This form is too large.").into_response()
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    signed_in.lang.t("This form is too large."),
+                )
+                    .into_response()
             })?;
         let fields = Fields::parse(&body);
         if !signed_in.csrf_ok(fields.get("csrf")) {
             return Err((
                 StatusCode::FORBIDDEN,
-                "This form has expired. Please reload it.",
+                signed_in.lang.t("This form has expired. Please reload it."),
             )
                 .into_response());
         }

@@ -180,7 +180,9 @@ fn only_district_admins(signed_in: &SignedIn) -> Option<Response> {
     (signed_in.staff.role != Role::DistrictAdmin).then(|| {
         (
             StatusCode::FORBIDDEN,
-            "Only district administrators import rosters.",
+            signed_in
+                .lang
+                .t("Only district administrators import rosters."),
         )
             .into_response()
     })
@@ -281,7 +283,7 @@ pub async fn upload(
     if !signed_in.csrf_ok(&upload.csrf) {
         return (
             StatusCode::FORBIDDEN,
-            "This form has expired. Please reload it.",
+            signed_in.lang.t("This form has expired. Please reload it."),
         )
             .into_response();
     }
@@ -373,7 +375,9 @@ pub async fn running(
     let Some(job) = web.imports.get(id, signed_in.staff.district_id) else {
         return (
             StatusCode::NOT_FOUND,
-            "No such import running here (finished imports are under Imports).",
+            signed_in
+                .lang
+                .t("No such import running here (finished imports are under Imports)."),
         )
             .into_response();
     };

@@ -1116,7 +1116,9 @@ pub async fn renotify(
         Some(sent) => Redirect::to(&format!("/messages/{sent}")).into_response(),
         None => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            "This reminder was refused before; reload the report.",
+            signed_in
+                .lang
+                .t("This reminder was refused before; reload the report."),
         )
             .into_response(),
     }

@@ -85,14 +85,18 @@ pub async fn page(
     let Some(outbox) = &web.outbox else {
         return (
             StatusCode::NOT_FOUND,
-            "The sandbox is off: messages go to real providers.",
+            signed_in
+                .lang
+                .t("The sandbox is off: messages go to real providers."),
         )
             .into_response();
     };
     if signed_in.staff.role != Role::DistrictAdmin {
         return (
             StatusCode::FORBIDDEN,
-            "The outbox is for district administrators.",
+            signed_in
+                .lang
+                .t("The outbox is for district administrators."),
         )
             .into_response();
     }

@@ -119,7 +119,9 @@ fn admin_only(signed_in: &SignedIn) -> Option<Response> {
     (signed_in.staff.role != Role::DistrictAdmin).then(|| {
         (
             StatusCode::FORBIDDEN,
-            "District settings are for district administrators.",
+            signed_in
+                .lang
+                .t("District settings are for district administrators."),
         )
             .into_response()
     })
