@@ -939,6 +939,24 @@ async fn a_header_only_users_file_is_held_back_and_audited_until_forced(store: A
     let (action, detail) = &audit[0];
     assert_eq!(action, "roster.import.held_back");
     assert_eq!(detail["over_delete_limit"]["entities"][0]["deleted"], 3);
+    // Its history entry says it failed, and why (written after its rollback).
+    let held_id: tidings_core::ImportId =
+        serde_json::from_value(detail["import_id"].clone()).unwrap();
+    let record = store
+        .import_record(district, held_id)
+        .await
+        .unwrap()
+        .expect("a failed import is in the history");
+    assert_eq!(record.status, "failed");
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("3 of 3 students")),
+        "{:?}",
+        record.error
+    );
+    assert!(record.finished_at.is_some());
 
     // Forced, it goes ahead, and says so.
     let forced = import_recorded(store.as_ref(), district, &empty, &guarded(true, false))

@@ -79,11 +79,13 @@ pub async fn import_recorded(
         staff_id: staff,
         source_name: source_name.to_owned(),
     };
-    store.start_import(&record, options.clock.now()).await?;
+    // Its history entry is written with it, or after its rollback if it fails: never
+    // left "running" by a failure or a crash.
+    let started_at = options.clock.now();
     let recorded = Recorded {
-        id,
+        import: &record,
+        started_at,
         actor: &actor,
-        source_name,
     };
     match import_with(store, district, bundle, options, progress, Some(recorded)).await {
         // Its history entry and audit row committed with it.
@@ -91,7 +93,7 @@ pub async fn import_recorded(
         Err(error) => {
             let message = crate::store::error_chain(&error);
             store
-                .finish_import(id, Err(&message), options.clock.now())
+                .record_failed_import(&record, started_at, &message, options.clock.now())
                 .await?;
             if let ImportError::HeldBack { over, report } = &error {
                 let detail = serde_json::json!({
@@ -192,9 +194,9 @@ pub async fn import(
 /// What a recorded import writes in its own transaction when it commits: the history
 /// entry's success and the audit row.
 struct Recorded<'a> {
-    id: crate::ImportId,
+    import: &'a crate::store::NewImport,
+    started_at: chrono::DateTime<chrono::Utc>,
     actor: &'a crate::delivery::Actor,
-    source_name: &'a str,
 }
 
 async fn import_with(
@@ -293,15 +295,21 @@ async fn import_with(
                     actor: recorded.actor,
                     action: "roster.import",
                     detail: serde_json::json!({
-                        "import_id": recorded.id,
-                        "source": recorded.source_name,
+                        "import_id": recorded.import.id,
+                        "source": recorded.import.source_name,
                         "entities": json["entities"],
                         "forced": options.force,
                         "over_delete_limit": report.over_delete_limit,
                     }),
                 };
                 writer
-                    .record_success(recorded.id, &json, &audit, options.clock.now())
+                    .record_success(
+                        recorded.import,
+                        recorded.started_at,
+                        &json,
+                        &audit,
+                        options.clock.now(),
+                    )
                     .await?;
             }
             writer.commit().await?

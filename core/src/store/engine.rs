@@ -517,44 +517,15 @@ where
         Engine::begin_roster_import(self, district).await
     }
 
-    async fn start_import(&self, import: &NewImport, at: DateTime<Utc>) -> StoreResult<()> {
-        S::Db::execute(
-            &mut *self.writes().acquire().await?,
-            "INSERT INTO imports (id, district_id, staff_id, format, source_name, status, started_at) \
-             VALUES ($1, $2, $3, 'oneroster', $4, 'running', $5)",
-            Args::new()
-                .id(import.id)
-                .id(import.district_id)
-                .opt_id(import.staff_id)
-                .text(&import.source_name)
-                .time(at),
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn finish_import(
+    async fn record_failed_import(
         &self,
-        id: ImportId,
-        outcome: Result<&serde_json::Value, &str>,
+        import: &NewImport,
+        started_at: DateTime<Utc>,
+        error: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let (status, report, error) = match outcome {
-            Ok(report) => ("succeeded", Some(report.clone()), None),
-            Err(error) => ("failed", None, Some(error)),
-        };
-        S::Db::execute(
-            &mut *self.writes().acquire().await?,
-            "UPDATE imports SET status = $1, report = $2, error = $3, finished_at = $4 WHERE id = $5",
-            Args::new()
-                .text(status)
-                .opt_json(report)
-                .opt_text(error)
-                .time(at)
-                .id(id),
-        )
-        .await?;
-        Ok(())
+        let mut conn = self.writes().acquire().await?;
+        super::roster::insert_import::<S::Db>(&mut conn, import, started_at, Err(error), at).await
     }
 
     async fn import_record(

@@ -1240,14 +1240,15 @@ pub trait Store:
         district: DistrictId,
     ) -> StoreResult<Box<dyn roster::RosterWriter>>;
 
-    /// Records that an import started (outside its transaction, so a failure is kept too).
-    async fn start_import(&self, import: &NewImport, at: DateTime<Utc>) -> StoreResult<()>;
-
-    /// Records how an import ended: its report, or the error that stopped it.
-    async fn finish_import(
+    /// Records an import that failed (its own transaction rolled back): its history
+    /// entry, with the error that stopped it. A successful import records itself in its
+    /// transaction ([`roster::RosterWriter::record_success`]), so no entry is ever left
+    /// "running" by a failure or a crash.
+    async fn record_failed_import(
         &self,
-        id: ImportId,
-        outcome: Result<&serde_json::Value, &str>,
+        import: &NewImport,
+        started_at: DateTime<Utc>,
+        error: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
 

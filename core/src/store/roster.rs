@@ -226,9 +226,12 @@ pub trait RosterWriter: Send {
 
     /// Records, in the import's own transaction, that the import `id` succeeded with
     /// `report`, and its audit row: both commit with the import or not at all.
+    /// Records the import in the import history as succeeded, with its report and audit
+    /// row, in its transaction: committed with what it imported or not at all.
     async fn record_success(
         &mut self,
-        id: crate::ImportId,
+        import: &super::NewImport,
+        started_at: DateTime<Utc>,
         report: &serde_json::Value,
         audit: &AuditRow<'_>,
         at: DateTime<Utc>,
@@ -748,21 +751,13 @@ impl<D: Dialect> RosterWriter for RosterTx<D> {
 
     async fn record_success(
         &mut self,
-        id: crate::ImportId,
+        import: &super::NewImport,
+        started_at: DateTime<Utc>,
         report: &serde_json::Value,
         audit: &AuditRow<'_>,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        D::execute(
-            &mut self.tx,
-            "UPDATE imports SET status = $1, report = $2, finished_at = $3 WHERE id = $4",
-            Args::new()
-                .text("succeeded")
-                .json(report.clone())
-                .time(at)
-                .id(id),
-        )
-        .await?;
+        insert_import::<D>(&mut self.tx, import, started_at, Ok(report), at).await?;
         super::writes::insert_audit::<D>(
             &mut self.tx,
             crate::DistrictId::from_uuid(self.district),
@@ -779,4 +774,36 @@ impl<D: Dialect> RosterWriter for RosterTx<D> {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// An import's entry in the import history, as it ended: `succeeded` with its report, or
+/// `failed` with the error that stopped it.
+pub(crate) async fn insert_import<D: Dialect>(
+    conn: &mut D::Connection,
+    import: &super::NewImport,
+    started_at: DateTime<Utc>,
+    outcome: Result<&serde_json::Value, &str>,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    let (status, report, error) = match outcome {
+        Ok(report) => ("succeeded", Some(report.clone()), None),
+        Err(error) => ("failed", None, Some(error)),
+    };
+    D::execute(
+        conn,
+        "INSERT INTO imports (id, district_id, staff_id, format, source_name, status, started_at, \
+         finished_at, report, error) VALUES ($1, $2, $3, 'oneroster', $4, $5, $6, $7, $8, $9)",
+        Args::new()
+            .id(import.id)
+            .id(import.district_id)
+            .opt_id(import.staff_id)
+            .text(&import.source_name)
+            .text(status)
+            .time(started_at)
+            .time(at)
+            .opt_json(report)
+            .opt_text(error),
+    )
+    .await?;
+    Ok(())
 }
