@@ -95,6 +95,8 @@ impl From<Refusal> for ApiError {
             Refusal::IdempotencyInFlight => ApiError::IdempotencyInFlight,
             Refusal::IdempotencyMismatch => ApiError::IdempotencyMismatch,
             Refusal::DistrictSuspended => ApiError::DistrictSuspended,
+            Refusal::TooManyCodes => ApiError::TooManyCodes,
+            Refusal::InvalidCode => ApiError::InvalidCode,
             Refusal::InvalidRoster(detail) => ApiError::InvalidRoster(detail),
             Refusal::ImportHeldBack { over, .. } => ApiError::ImportHeldBack(over),
         }

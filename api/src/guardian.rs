@@ -14,11 +14,12 @@ use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tidings_core::secret::{code_matches, generate_code, hash_code, GuardianToken};
+use tidings_core::secret::GuardianToken;
 use tidings_core::services::acknowledge::AckVia;
-use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef, GuardianSession};
+use tidings_core::services::guardian_access::GuardianAccess;
+use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef};
 use tidings_core::store::AckOutcome;
 use tidings_core::{
     Channel, DistrictId, EmailAddress, GuardianId, MessageId, PhoneNumber, PushPlatform,
@@ -27,14 +28,9 @@ use tidings_core::{
 use crate::extract::{ClientAddress, Json, Path, Query};
 use crate::{ApiError, AppState};
 
-/// How long a sign-in code works.
-pub const CODE_MINUTES: i64 = 10;
-/// Wrong tries before a code is used up.
-pub const CODE_ATTEMPTS: u32 = 5;
-/// Codes sent to one address per hour.
-pub const CODES_PER_HOUR: u32 = 5;
-/// How long an app session lasts.
-pub const SESSION_DAYS: i64 = 90;
+pub use tidings_core::services::guardian_access::{
+    CODES_PER_HOUR, CODE_ATTEMPTS, CODE_MINUTES, SESSION_DAYS,
+};
 /// Sign-in codes one process sends per second, whatever the addresses.
 pub const SIGN_INS_PER_SECOND: u32 = 20;
 /// Sign-in codes one client address may ask for per minute (a burst of this many, then
@@ -177,24 +173,13 @@ pub async fn sign_in(
     let (channel, address) = contact(&state, &request.address)?;
     // Codes cost money to send and must not be a way to message guardians in bulk.
     state.sign_ins.code(client)?;
-    let at = state.clock.now();
-    let code = generate_code();
     // A code is kept (and counted) for unknown addresses too: the answer, and when it
     // says 429, are the same either way.
-    let kept = state
-        .store
-        .create_sign_in(
-            channel,
-            &address,
-            &hash_code(&code),
-            at + Duration::minutes(CODE_MINUTES),
-            CODES_PER_HOUR,
-            at,
-        )
+    let issued = state
+        .services()
+        .issue_sign_in_code(channel, &address)
         .await?;
-    let Some(sign_in) = kept else {
-        return Err(ApiError::TooManyCodes);
-    };
+    let (sign_in, code) = (issued.sign_in, issued.code);
     // Sent after answering: the time a send takes must not tell who is on file.
     let (store, codes) = (state.store.clone(), state.codes.clone());
     tokio::spawn(async move {
@@ -247,40 +232,11 @@ pub async fn create_session(
 ) -> Result<(StatusCode, axum::Json<SessionAnswer>), ApiError> {
     state.sign_ins.try_code(client)?;
     let (channel, address) = contact(&state, &request.address)?;
-    let at = state.clock.now();
-    let open = state
-        .store
-        .open_sign_in(channel, &address, at)
-        .await?
-        .ok_or(ApiError::InvalidCode)?;
-    let right = code_matches(&open.code_hash, &request.code);
-    if !state
-        .store
-        .sign_in_attempt(open.id, right, CODE_ATTEMPTS, at)
-        .await?
-    {
-        return Err(ApiError::InvalidCode);
-    }
-    let guardians = state.store.guardians_at(channel, &address).await?;
-    if guardians.is_empty() {
-        return Err(ApiError::InvalidCode);
-    }
-    let token = GuardianToken::generate();
-    let expires_at = at + Duration::days(SESSION_DAYS);
-    state
-        .store
-        .create_guardian_session(
-            &GuardianSession {
-                id: token.session,
-                channel,
-                address,
-                secret_hash: token.secret_hash(),
-                expires_at,
-                revoked_at: None,
-            },
-            at,
-        )
+    let opened = state
+        .services()
+        .redeem_sign_in_code(channel, &address, &request.code)
         .await?;
+    let (token, expires_at, guardians) = (opened.token, opened.expires_at, opened.guardians);
     tracing::info!(session = %token.session, guardians = guardians.len(), "guardian signed in");
     Ok((
         StatusCode::CREATED,
@@ -299,6 +255,14 @@ pub struct GuardianCaller {
 }
 
 impl GuardianCaller {
+    /// The session as the services take it.
+    fn access(&self) -> GuardianAccess {
+        GuardianAccess {
+            session: self.session,
+            guardians: self.guardians.clone(),
+        }
+    }
+
     fn ids(&self) -> Vec<GuardianId> {
         self.guardians.iter().map(|(_, g)| *g).collect()
     }
@@ -332,28 +296,10 @@ impl FromRequestParts<AppState> for GuardianCaller {
             .and_then(|value| value.strip_prefix("Bearer "))
             .and_then(|bearer| GuardianToken::parse(bearer.trim()).ok())
             .ok_or(ApiError::Unauthorized)?;
-        let session = state
-            .store
-            .guardian_session(token.session)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        if !token.matches(&session.secret_hash)
-            || session.revoked_at.is_some()
-            || session.expires_at <= state.clock.now()
-        {
-            return Err(ApiError::Unauthorized);
-        }
-        // A number or address staff took out of use signs its sessions out.
-        let guardians = state
-            .store
-            .guardians_at(session.channel, &session.address)
-            .await?;
-        if guardians.is_empty() {
-            return Err(ApiError::Unauthorized);
-        }
+        let access = state.services().guardian_access(&token).await?;
         Ok(Self {
-            session: session.id,
-            guardians,
+            session: access.session,
+            guardians: access.guardians,
         })
     }
 }
@@ -366,8 +312,8 @@ pub async fn end_session(
     caller: GuardianCaller,
 ) -> Result<StatusCode, ApiError> {
     state
-        .store
-        .end_guardian_session(caller.session, state.clock.now())
+        .services()
+        .end_guardian_session(&caller.access())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -498,18 +444,10 @@ pub async fn register_device(
     Json(request): Json<DeviceRequest>,
 ) -> Result<StatusCode, ApiError> {
     let token = device_token(&request.token)?;
-    for (district, guardian) in &caller.guardians {
-        state
-            .store
-            .register_device(
-                *district,
-                *guardian,
-                request.platform,
-                token,
-                state.clock.now(),
-            )
-            .await?;
-    }
+    state
+        .services()
+        .register_guardian_device(&caller.access(), request.platform, token)
+        .await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -523,18 +461,10 @@ pub async fn unregister_device(
     Path((_platform, token)): Path<(PushPlatform, String)>,
 ) -> Result<StatusCode, ApiError> {
     let token = device_token(&token)?;
-    for (_, guardian) in &caller.guardians {
-        state
-            .store
-            .retire_address(
-                *guardian,
-                Channel::Push,
-                token,
-                "unregistered",
-                state.clock.now(),
-            )
-            .await?;
-    }
+    state
+        .services()
+        .unregister_guardian_device(&caller.access(), token)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

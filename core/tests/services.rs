@@ -17,6 +17,7 @@ tidings_core::on_both_stores! {
     api_tokens_are_listed_to_whom_they_belong_and_revoked_at_once,
     operators_create_rename_suspend_and_resume_districts,
     school_staff_are_assigned_schools_and_a_reset_link_replaces_a_lost_password,
+    a_guardians_code_opens_a_session_until_either_runs_out,
 }
 
 fn services(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Services {
@@ -618,4 +619,103 @@ async fn school_staff_are_assigned_schools_and_a_reset_link_replaces_a_lost_pass
             "{action} audited: {actions:?}"
         );
     }
+}
+
+async fn a_guardians_code_opens_a_session_until_either_runs_out(store: Arc<dyn Store>) {
+    use tidings_core::services::guardian_access::{CODES_PER_HOUR, CODE_MINUTES, SESSION_DAYS};
+    use tidings_core::Channel;
+    let seed = seed(store.as_ref(), 1).await;
+    let (district, guardian) = (seed.staff.district_id, seed.guardians[0].id);
+    let number = "+12025550177";
+    let mut tx = store.begin().await.unwrap();
+    tx.add_contact_point(district, guardian, Channel::Sms, number, now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let clock = Arc::new(ManualClock::at(now()));
+    let services = services(store.clone(), clock.clone());
+    fn refused<T: std::fmt::Debug>(result: Result<T, ServiceError>) -> Refusal {
+        match result {
+            Err(ServiceError::Refused(refusal)) => refusal,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    // A code runs out after CODE_MINUTES by the clock.
+    let stale = services
+        .issue_sign_in_code(Channel::Sms, number)
+        .await
+        .unwrap();
+    clock.advance(Duration::minutes(CODE_MINUTES) + Duration::seconds(1));
+    assert_eq!(
+        refused(
+            services
+                .redeem_sign_in_code(Channel::Sms, number, &stale.code)
+                .await
+        ),
+        Refusal::InvalidCode
+    );
+
+    // A fresh one opens a session that sees the guardian, once.
+    let issued = services
+        .issue_sign_in_code(Channel::Sms, number)
+        .await
+        .unwrap();
+    let opened = services
+        .redeem_sign_in_code(Channel::Sms, number, &issued.code)
+        .await
+        .unwrap();
+    assert_eq!(opened.guardians, vec![(district, guardian)]);
+    assert_eq!(
+        refused(
+            services
+                .redeem_sign_in_code(Channel::Sms, number, &issued.code)
+                .await
+        ),
+        Refusal::InvalidCode,
+        "a code is good once"
+    );
+    let access = services.guardian_access(&opened.token).await.unwrap();
+    assert_eq!(access.guardians, vec![(district, guardian)]);
+
+    // The session lasts SESSION_DAYS by the clock; signing out ends it at once.
+    clock.advance(Duration::days(SESSION_DAYS) - Duration::minutes(1));
+    assert!(services.guardian_access(&opened.token).await.is_ok());
+    clock.advance(Duration::minutes(2));
+    assert_eq!(
+        refused(services.guardian_access(&opened.token).await),
+        Refusal::BadCredentials
+    );
+    let again = services
+        .issue_sign_in_code(Channel::Sms, number)
+        .await
+        .unwrap();
+    let second = services
+        .redeem_sign_in_code(Channel::Sms, number, &again.code)
+        .await
+        .unwrap();
+    let access = services.guardian_access(&second.token).await.unwrap();
+    services.end_guardian_session(&access).await.unwrap();
+    assert_eq!(
+        refused(services.guardian_access(&second.token).await),
+        Refusal::BadCredentials
+    );
+
+    // At most CODES_PER_HOUR codes an hour for an address, known or not.
+    let stranger = "+12025550999";
+    for _ in 0..CODES_PER_HOUR {
+        services
+            .issue_sign_in_code(Channel::Sms, stranger)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        refused(services.issue_sign_in_code(Channel::Sms, stranger).await),
+        Refusal::TooManyCodes
+    );
+    clock.advance(Duration::hours(1) + Duration::minutes(1));
+    assert!(services
+        .issue_sign_in_code(Channel::Sms, stranger)
+        .await
+        .is_ok());
 }

@@ -118,6 +118,14 @@ pub fn said_in(refusal: &Refusal, lang: Lang) -> (StatusCode, String) {
             StatusCode::FORBIDDEN,
             lang.t("Your staff account is disabled. Ask your district's administrator.").to_owned(),
         ),
+        Refusal::TooManyCodes => (
+            StatusCode::TOO_MANY_REQUESTS,
+            lang.t("Too many codes were asked for. Please try again later.").to_owned(),
+        ),
+        Refusal::InvalidCode => (
+            StatusCode::UNAUTHORIZED,
+            lang.t("The code is wrong, used up or expired.").to_owned(),
+        ),
         Refusal::Conflict(detail) => (StatusCode::CONFLICT, format!("{detail}.")),
         Refusal::QuotaExceeded(detail) => (
             StatusCode::TOO_MANY_REQUESTS,

@@ -14,6 +14,7 @@ pub mod acknowledge;
 pub mod cancel;
 pub mod directory;
 pub mod districts;
+pub mod guardian_access;
 pub mod inbound;
 pub mod provider_events;
 pub mod renotify;
@@ -92,6 +93,13 @@ pub enum Refusal {
     /// The caller's district is suspended by an operator.
     #[error("the district is suspended")]
     DistrictSuspended,
+    /// Too many sign-in codes were asked for this address in the past hour.
+    #[error("too many sign-in codes for this address in the past hour")]
+    TooManyCodes,
+    /// A guardian's sign-in code is wrong, used up or expired (or the address is no
+    /// guardian's): one answer for all, so that it tells nothing.
+    #[error("the code is wrong, used up or expired")]
+    InvalidCode,
     /// A roster that cannot be imported: not a bundle, a bad manifest, another
     /// district's export (the text says which).
     #[error("{0}")]
