@@ -42,7 +42,9 @@ pub(crate) fn failed(error: impl std::fmt::Display) -> Response {
     tracing::error!(error = %error, "a page failed");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
-        "Something failed on our side. Please try again.",
+        // No language is at hand here (it may be the session that failed): both.
+        "Something failed on our side. Please try again.\n\
+         Algo falló de nuestro lado. Vuelva a intentarlo.",
     )
         .into_response()
 }

@@ -107,7 +107,9 @@ impl FromRequestParts<AppState> for SignedIn {
         if record.district_suspended_at.is_some() {
             return Err((
                 axum::http::StatusCode::FORBIDDEN,
-                "Your district's Tidings is suspended. Ask the people who run this Tidings server.",
+                crate::i18n::Lang::of(&parts.headers).t(
+                    "Your district's Tidings is suspended. Ask the people who run this Tidings server.",
+                ),
             )
                 .into_response());
         }
