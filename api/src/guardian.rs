@@ -21,9 +21,7 @@ use tidings_core::services::acknowledge::AckVia;
 use tidings_core::services::guardian_access::GuardianAccess;
 use tidings_core::store::guardian::{GuardianMessage, GuardianMessageRef};
 use tidings_core::store::AckOutcome;
-use tidings_core::{
-    Channel, DistrictId, EmailAddress, GuardianId, MessageId, PhoneNumber, PushPlatform,
-};
+use tidings_core::{Channel, EmailAddress, GuardianId, MessageId, PhoneNumber, PushPlatform};
 
 use crate::extract::{ClientAddress, Json, Path, Query};
 use crate::{ApiError, AppState};
@@ -248,21 +246,18 @@ pub async fn create_session(
     ))
 }
 
-/// The signed-in guardian(s) of a request.
-pub struct GuardianCaller {
-    pub session: uuid::Uuid,
-    pub guardians: Vec<(DistrictId, GuardianId)>,
+/// The signed-in guardian(s) of a request: the session as the services checked it.
+pub struct GuardianCaller(pub GuardianAccess);
+
+impl std::ops::Deref for GuardianCaller {
+    type Target = GuardianAccess;
+
+    fn deref(&self) -> &GuardianAccess {
+        &self.0
+    }
 }
 
 impl GuardianCaller {
-    /// The session as the services take it.
-    fn access(&self) -> GuardianAccess {
-        GuardianAccess {
-            session: self.session,
-            guardians: self.guardians.clone(),
-        }
-    }
-
     fn ids(&self) -> Vec<GuardianId> {
         self.guardians.iter().map(|(_, g)| *g).collect()
     }
@@ -297,10 +292,7 @@ impl FromRequestParts<AppState> for GuardianCaller {
             .and_then(|bearer| GuardianToken::parse(bearer.trim()).ok())
             .ok_or(ApiError::Unauthorized)?;
         let access = state.services().guardian_access(&token).await?;
-        Ok(Self {
-            session: access.session,
-            guardians: access.guardians,
-        })
+        Ok(Self(access))
     }
 }
 
@@ -311,10 +303,7 @@ pub async fn end_session(
     State(state): State<AppState>,
     caller: GuardianCaller,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .services()
-        .end_guardian_session(&caller.access())
-        .await?;
+    state.services().end_guardian_session(&caller.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -446,7 +435,7 @@ pub async fn register_device(
     let token = device_token(&request.token)?;
     state
         .services()
-        .register_guardian_device(&caller.access(), request.platform, token)
+        .register_guardian_device(&caller.0, request.platform, token)
         .await?;
     Ok(StatusCode::CREATED)
 }
@@ -463,7 +452,7 @@ pub async fn unregister_device(
     let token = device_token(&token)?;
     state
         .services()
-        .unregister_guardian_device(&caller.access(), token)
+        .unregister_guardian_device(&caller.0, token)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -96,6 +96,17 @@ pub struct NewDelivery {
     pub fallback_of: Option<DeliveryId>,
 }
 
+impl NewDelivery {
+    /// The state it is written in: SUPPRESSED when it has a reason, else CREATED.
+    pub fn initial_state(&self) -> crate::DeliveryState {
+        if self.suppressed_reason.is_some() {
+            crate::DeliveryState::Suppressed
+        } else {
+            crate::DeliveryState::Created
+        }
+    }
+}
+
 /// The subject and body in one language.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Translation {

@@ -54,6 +54,37 @@ tidings_core::on_both_stores! {
     maintenance_and_measurement_leave_nothing_behind,
 }
 
+/// Gives `guardian` an active contact point entered by staff.
+async fn add_contact(
+    store: &dyn Store,
+    district: DistrictId,
+    guardian: GuardianId,
+    channel: Channel,
+    address: &str,
+) {
+    let mut tx = store.begin().await.unwrap();
+    tx.add_contact_point(district, guardian, channel, address, now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// The guardian as the district's administrators see them.
+async fn detail_of(
+    store: &dyn Store,
+    district: DistrictId,
+    guardian: GuardianId,
+) -> tidings_core::store::GuardianDetail {
+    store
+        .guardian_detail(
+            &tidings_core::store::Scope::District(district),
+            &tidings_core::store::GuardianRef::Id(*guardian.as_uuid()),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// A summary's counts by channel and state.
 fn tally(
     counts: &[tidings_core::store::DeliveryCount],
@@ -2299,7 +2330,7 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
     store: Arc<dyn Store>,
 ) {
     use tidings_core::services::provider_events::{apply_provider_events, ProviderEvent, Round};
-    use tidings_core::store::{GuardianRef, InboxPut, Scope};
+    use tidings_core::store::InboxPut;
     let s = store.as_ref();
     let seed = seed(s, 2).await;
     let district = seed.staff.district_id;
@@ -2307,17 +2338,14 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
     s.create_message(&message, now()).await.unwrap();
     let (bouncing, complaining) = (&message.recipients[0], &message.recipients[1]);
     let bounced_address = bouncing.deliveries[0].address.clone().unwrap();
-    let mut tx = s.begin().await.unwrap();
-    tx.add_contact_point(
+    add_contact(
+        s,
         district,
         bouncing.guardian_id,
         Channel::Email,
         &bounced_address,
-        now(),
     )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    .await;
     let dispatcher = Actor::dispatcher("d1");
     for recipient in [bouncing, complaining] {
         let id = recipient.deliveries[0].id;
@@ -2383,21 +2411,15 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
     assert_eq!(bounced.state, DeliveryState::Failed);
     let events = s.delivery_events(bounced.id).await.unwrap();
     assert_eq!(events.last().unwrap().actor.reference, "sendgrid:bounce");
-    let detail = |guardian: GuardianId| async move {
-        s.guardian_detail(
-            &Scope::District(district),
-            &GuardianRef::Id(*guardian.as_uuid()),
-        )
+
+    let retired = detail_of(s, district, bouncing.guardian_id)
         .await
-        .unwrap()
-        .unwrap()
-    };
-    let retired = detail(bouncing.guardian_id).await.contact_points;
+        .contact_points;
     assert_eq!(retired.len(), 1);
     assert!(!retired[0].active);
     assert_eq!(retired[0].inactive_reason.as_deref(), Some("bounced"));
     let opted_out = |guardian| async move {
-        detail(guardian)
+        detail_of(s, district, guardian)
             .await
             .opt_outs
             .iter()
@@ -2444,17 +2466,13 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
 }
 
 async fn a_guardians_text_is_taken_with_what_it_asks_once(store: Arc<dyn Store>) {
-    use tidings_core::store::{GuardianRef, InboundSms, Scope};
+    use tidings_core::store::InboundSms;
     let s = store.as_ref();
     let seed = seed(s, 1).await;
     let district = seed.staff.district_id;
     let guardian = seed.guardians[0].id;
     let number = "+12025550142";
-    let mut tx = s.begin().await.unwrap();
-    tx.add_contact_point(district, guardian, Channel::Sms, number, now())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    add_contact(s, district, guardian, Channel::Sms, number).await;
     let message = message_to(&seed, &[Channel::Sms]);
     s.create_message(&message, now()).await.unwrap();
     let sent = message.recipients[0].deliveries[0].id;
@@ -2474,17 +2492,12 @@ async fn a_guardians_text_is_taken_with_what_it_asks_once(store: Arc<dyn Store>)
     };
     let actor = Actor::guardian("sms:SM-ack");
     let carrier_opt_outs = || async {
-        s.guardian_detail(
-            &Scope::District(district),
-            &GuardianRef::Id(*guardian.as_uuid()),
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .opt_outs
-        .iter()
-        .filter(|o| o.source == "carrier")
-        .count()
+        detail_of(s, district, guardian)
+            .await
+            .opt_outs
+            .iter()
+            .filter(|o| o.source == "carrier")
+            .count()
     };
 
     // STOP: kept with its carrier opt-out; the provider's retry of it changes nothing.

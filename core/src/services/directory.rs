@@ -121,22 +121,16 @@ impl Services {
         let guardian = self.visible_guardian(caller, guardian).await?;
         let channel: Channel = channel.parse().map_err(invalid)?;
         let guardian_id = GuardianId::from_uuid(guardian.guardian.id);
-        let at = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        let opt_out = tx
-            .add_opt_out(caller.district_id, guardian_id, channel, "staff", at)
-            .await?;
-        let detail = serde_json::json!({ "guardian_id": guardian_id, "opt_out_id": opt_out.id, "channel": channel });
-        tx.audit(
+        let actor = Actor::staff(caller.id);
+        self.record_opt_out(
             caller.district_id,
-            &Actor::staff(caller.id),
-            "opt_out.add",
-            detail,
-            at,
+            guardian_id,
+            channel,
+            "staff",
+            &actor,
+            None,
         )
-        .await?;
-        tx.commit().await?;
-        Ok(opt_out)
+        .await
     }
 
     /// A guardian stops email by the unsubscribe link of one (the page's button or a
@@ -148,25 +142,43 @@ impl Services {
         guardian: GuardianId,
         recipient: crate::RecipientId,
     ) -> Result<OptOutView, ServiceError> {
+        let actor = Actor::guardian("link:unsubscribe");
+        self.record_opt_out(
+            district,
+            guardian,
+            Channel::Email,
+            "guardian",
+            &actor,
+            Some(recipient),
+        )
+        .await
+    }
+
+    /// An opt-out of `source` and its `opt_out.add` audit row by `actor` (naming the
+    /// message's recipient it came from, if any), in one transaction.
+    async fn record_opt_out(
+        &self,
+        district: crate::DistrictId,
+        guardian: GuardianId,
+        channel: Channel,
+        source: &str,
+        actor: &Actor,
+        recipient: Option<crate::RecipientId>,
+    ) -> Result<OptOutView, ServiceError> {
         let at = self.clock.now();
         let mut tx = self.store.begin().await?;
         let opt_out = tx
-            .add_opt_out(district, guardian, Channel::Email, "guardian", at)
+            .add_opt_out(district, guardian, channel, source, at)
             .await?;
-        let detail = serde_json::json!({
+        let mut detail = serde_json::json!({
             "guardian_id": guardian,
             "opt_out_id": opt_out.id,
-            "channel": Channel::Email,
-            "recipient_id": recipient,
+            "channel": channel,
         });
-        tx.audit(
-            district,
-            &Actor::guardian("link:unsubscribe"),
-            "opt_out.add",
-            detail,
-            at,
-        )
-        .await?;
+        if let Some(recipient) = recipient {
+            detail["recipient_id"] = serde_json::json!(recipient);
+        }
+        tx.audit(district, actor, "opt_out.add", detail, at).await?;
         tx.commit().await?;
         Ok(opt_out)
     }

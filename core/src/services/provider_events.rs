@@ -123,10 +123,12 @@ fn plan(
             at,
         )
     });
-    let (status, outcome) = match (&request, &event.effect) {
-        (Some(_), _) => ("", String::new()),
-        (None, Some(effect)) => ("applied", format!("{effect} recorded")),
-        (None, None) => ("ignored", "nothing to apply".into()),
+    // Marked by what is written, not by what the provider said: a bounce of a delivery
+    // that had no address records nothing.
+    let (status, outcome) = match (&request, &effect, &event.effect) {
+        (Some(_), ..) => ("", String::new()),
+        (None, Some(_), Some(said)) => ("applied", format!("{said} recorded")),
+        (None, ..) => ("ignored", "nothing to apply".into()),
     };
     InboxApply {
         inbox_id: item.id,

@@ -61,7 +61,7 @@ impl Services {
         match result {
             Ok((Some(id), report)) => Ok(Imported::Recorded(id, report)),
             Ok((None, report)) => Ok(Imported::DryRun(report)),
-            Err(ImportError::Store(error)) => Err(ServiceError::Store(error)),
+            Err(ImportError::Store(error)) => Err(ServiceError::from(error)),
             Err(ImportError::HeldBack { over, report }) => Err(Refusal::ImportHeldBack {
                 over: Box::new(over),
                 report,

@@ -10,7 +10,7 @@ use crate::delivery::{
 use crate::{DeliveryId, DistrictId, GuardianId, MessageId, RecipientId};
 
 /// Each batch in a transaction of its own.
-pub struct InStore<'a>(pub &'a dyn Store);
+struct InStore<'a>(pub &'a dyn Store);
 
 #[async_trait::async_trait]
 impl WriteChanges for InStore<'_> {

@@ -717,19 +717,20 @@ async fn staff_members<D: Dialect>(
     district: DistrictId,
     page: &PageRequest,
 ) -> StoreResult<Vec<StaffMember>> {
-    let sql = staff_members_where(&format!(
+    // Ids bound as ids, as the directory's pages do: the primary key finds the row
+    // after which the page starts.
+    let sql = staff_members_where(
         "district_id = $1 \
-         AND ($2 IS NULL OR email > (SELECT email FROM staff WHERE id{text} = $2)) \
+         AND ($2 IS NULL OR email > (SELECT email FROM staff WHERE id = $2)) \
          AND ($3 IS NULL OR lower(display_name) LIKE $3 ESCAPE '\\' OR email LIKE $3 ESCAPE '\\') \
-         AND ($4 IS NULL OR id{text} = $4) \
+         AND ($4 IS NULL OR id = $4) \
          ORDER BY email LIMIT $5",
-        text = D::AS_TEXT
-    ));
+    );
     let args = Args::new()
         .id(district)
-        .opt_text(page.after.map(|id| id.to_string()))
+        .opt_id(page.after)
         .opt_text(page.pattern())
-        .opt_text(page.only.map(|id| id.to_string()))
+        .opt_id(page.only)
         .int(i64::from(page.limit));
     let mut members = D::fetch_all(conn, &sql, args)
         .await?

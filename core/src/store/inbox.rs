@@ -73,15 +73,6 @@ pub trait Inbox: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<ReplyView>>;
 
-    /// Undoes a guardian's carrier opt-out on `channel` (their START); returns how many
-    /// opt-outs it revoked.
-    async fn resubscribe(
-        &self,
-        guardian: GuardianId,
-        channel: Channel,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64>;
-
     /// Takes a guardian's text in ONE transaction: keeps it, and unless it repeats one
     /// kept before (`None`: it already did what it does), does what its keyword asks for
     /// each guardian whose SMS number sent it — `stop`: a carrier opt-out of SMS; `start`:
@@ -330,16 +321,6 @@ impl<S: Pools> Inbox for S {
                 })
             })
             .collect()
-    }
-
-    async fn resubscribe(
-        &self,
-        guardian: GuardianId,
-        channel: Channel,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let mut conn = self.writes().acquire().await?;
-        resubscribe::<S::Db>(&mut conn, guardian, channel, at).await
     }
 
     async fn apply_inbox_batch(
@@ -805,8 +786,8 @@ async fn open_ack<D: Dialect>(
     .transpose()
 }
 
-/// Undoes a guardian's carrier opt-out, in the caller's connection (see
-/// [`Inbox::resubscribe`]).
+/// Undoes a guardian's carrier opt-out on `channel` (their START), in the caller's
+/// connection; returns how many opt-outs it revoked.
 async fn resubscribe<D: Dialect>(
     conn: &mut D::Connection,
     guardian: GuardianId,

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 pub use crate::delivery::CasOutcome;
 pub use crate::fanout::{NewDelivery, NewMessage, NewRecipient};
-pub use deliveries::{apply_event, InStore};
+pub use deliveries::apply_event;
 pub use directory::{
     ClassView, ContactPointView, GradeView, GuardianDetail, GuardianRef, GuardianView, OptOutView,
     PageRequest, SchoolView, Scope, StudentView,

@@ -17,7 +17,7 @@ use super::dispatching::{retrying_from_row, Closing, Dispatching, UNFINISHED};
 use super::{
     readiness_from, Backend, ConnectOptions, NewMessage, Readiness, StoreError, StoreResult,
 };
-use crate::delivery::{Delivery, DeliveryState};
+use crate::delivery::Delivery;
 use crate::{Channel, DistrictId, GuardianId, Lane};
 
 /// The migrations of `migrations/postgres/`, embedded in the binary.
@@ -317,10 +317,7 @@ impl Sending for sqlx::Postgres {
                 d_guardians.push(Uuid::from(recipient.guardian_id));
                 d_channels.push(delivery.channel.as_str());
                 d_addresses.push(delivery.address.clone());
-                d_states.push(match delivery.suppressed_reason {
-                    Some(_) => DeliveryState::Suppressed.as_str(),
-                    None => DeliveryState::Created.as_str(),
-                });
+                d_states.push(delivery.initial_state().as_str());
                 d_reasons.push(delivery.suppressed_reason.clone());
                 d_not_before.push(delivery.not_before);
                 d_fallback_of.push(delivery.fallback_of.map(Uuid::from));

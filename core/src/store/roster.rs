@@ -224,8 +224,6 @@ pub trait RosterWriter: Send {
     /// transaction sees them.
     async fn live_count(&mut self, table: RosterTable) -> StoreResult<u64>;
 
-    /// Records, in the import's own transaction, that the import `id` succeeded with
-    /// `report`, and its audit row: both commit with the import or not at all.
     /// Records the import in the import history as succeeded, with its report and audit
     /// row, in its transaction: committed with what it imported or not at all.
     async fn record_success(

@@ -114,12 +114,9 @@ pub(crate) async fn write_chunk<D: Sending>(
     let mut starts: std::collections::BTreeMap<(Channel, DeliveryState), i64> =
         std::collections::BTreeMap::new();
     for delivery in recipients.iter().flat_map(|r| &r.deliveries) {
-        let state = if delivery.suppressed_reason.is_some() {
-            DeliveryState::Suppressed
-        } else {
-            DeliveryState::Created
-        };
-        *starts.entry((delivery.channel, state)).or_insert(0) += 1;
+        *starts
+            .entry((delivery.channel, delivery.initial_state()))
+            .or_insert(0) += 1;
     }
     if starts.is_empty() {
         return Ok(());

@@ -27,7 +27,6 @@ use uuid::Uuid;
 use super::{
     readiness_from, Backend, ConnectOptions, NewMessage, Readiness, StoreError, StoreResult,
 };
-use crate::delivery::DeliveryState;
 use crate::{DeliveryId, DistrictId};
 
 /// Rows per multi-row INSERT: 15 columns × 2,000 stays under SQLite's 32,766 parameters.
@@ -317,14 +316,7 @@ impl Sending for sqlx::Sqlite {
                     .push_bind(text_id(recipient.guardian_id))
                     .push_bind(delivery.channel.as_str())
                     .push_bind(&delivery.address)
-                    .push_bind(
-                        if suppressed {
-                            DeliveryState::Suppressed
-                        } else {
-                            DeliveryState::Created
-                        }
-                        .as_str(),
-                    )
+                    .push_bind(delivery.initial_state().as_str())
                     .push_bind(text_id(delivery.id))
                     .push_bind(&delivery.suppressed_reason)
                     .push_bind(at)
