@@ -473,7 +473,71 @@ async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
             "{path} is wider than a 360-px phone"
         );
     }
+    // A guardian's, a student's and a recipient's timeline, reached by their lists' first
+    // links, fit too.
+    for (list, link, name) in [
+        (
+            "/guardians",
+            "main a[href^='/guardians/']",
+            "phone-guardian",
+        ),
+        ("/students", "main a[href^='/students/']", "phone-student"),
+        (
+            report.as_str(),
+            "main a[href*='/recipients/']",
+            "phone-recipient",
+        ),
+    ] {
+        b.goto(&server.url(list)).await.unwrap();
+        browser.arrive("main[data-page]").await;
+        browser.click(link, "main[data-page]").await;
+        browser.accessible(name).await;
+        browser.shot(name).await;
+        assert!(
+            !overflows(&browser).await,
+            "{} (from {list}) is wider than a 360-px phone",
+            browser.path().await
+        );
+    }
+    // On a phone the menu is one button at the top: its links stay hidden until it is
+    // opened with the keyboard, then they lie over the page and take the member there.
+    b.goto(&server.url("/")).await.unwrap();
+    browser.arrive("main[data-page=messages]").await;
+    let staff_link = ".menu-narrow a[href='/staff']";
+    assert!(!shown(&browser, staff_link).await, "the menu starts closed");
+    assert!(!shown(&browser, ".menu-wide a[href='/staff']").await);
+    b.execute("document.querySelector('.brand').focus()", vec![])
+        .await
+        .unwrap();
+    browser.type_here(TAB).await;
+    browser.type_here(ENTER).await;
+    assert!(shown(&browser, staff_link).await, "Enter opens the menu");
+    assert!(
+        shown(&browser, ".menu-narrow a[href='/account']").await,
+        "the member's own account is in the menu (the bar has no room for the name)"
+    );
+    browser.shot("phone-menu-open").await;
+    browser.accessible("phone-menu-open").await;
+    browser.click(staff_link, "main[data-page=staff]").await;
+    let current = b
+        .execute(
+            "return [...document.querySelectorAll('.menu-narrow a[aria-current=page]')]
+                 .map(a => a.getAttribute('href'))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        current,
+        json!(["/staff"]),
+        "the staff page's entry is marked"
+    );
     b.set_window_size(1280, 900).await.unwrap();
+    assert!(
+        shown(&browser, ".menu-wide a[href='/staff']").await
+            && !shown(&browser, ".menu-narrow summary").await,
+        "on a laptop the menu is in the bar"
+    );
     browser
         .click(".signout button", "[data-page=sign-in]")
         .await;
@@ -2040,6 +2104,18 @@ async fn class_id(db: &TestDatabase, sourced_id: &str) -> String {
 
 /// Whether the page is wider than the window (something would scroll the whole page
 /// sideways on a phone).
+/// Whether what `css` finds is shown on the page.
+async fn shown(browser: &Browser, css: &str) -> bool {
+    browser
+        .client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .is_displayed()
+        .await
+        .unwrap()
+}
+
 async fn overflows(browser: &Browser) -> bool {
     browser
         .client

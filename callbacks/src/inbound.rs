@@ -2,26 +2,7 @@
 //! it, and emergencies respect it too), START and its equivalents undo that, HELP gets the
 //! district's help text; anything else is kept as a reply for staff.
 
-use serde::Serialize;
-
-/// A carrier keyword.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Keyword {
-    Stop,
-    Start,
-    Help,
-}
-
-impl Keyword {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Keyword::Stop => "stop",
-            Keyword::Start => "start",
-            Keyword::Help => "help",
-        }
-    }
-}
+pub use tidings_core::store::SmsKeyword as Keyword;
 
 /// The keyword an SMS body is, if it is one: the whole message, ignoring case, spacing
 /// and trailing punctuation ("Stop.", "  opt   out ", "UNSUBSCRIBE!").

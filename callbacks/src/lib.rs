@@ -637,9 +637,7 @@ async fn take_inbound(
         from,
         to: to.to_owned(),
         body: body.to_owned(),
-        keyword: keyword
-            .map(inbound::Keyword::as_str)
-            .or(is_ack.then_some("ack")),
+        keyword: keyword.or(is_ack.then_some(inbound::Keyword::Ack)),
     };
     let unavailable = |e: tidings_core::store::StoreError| {
         tracing::error!(provider, error = %e, "could not record an inbound SMS: asking the provider to retry");

@@ -9,7 +9,7 @@ use tidings_core::log::PartitionId;
 use tidings_core::secret::ApiToken;
 use tidings_core::store::{
     CasOutcome, FirstAdmin, MessageScope, NewDelivery, NewMessage, NewRecipient, NewStaff,
-    PageRequest, Store, StoreError,
+    PageRequest, SmsKeyword, Store, StoreError,
 };
 use tidings_core::testing::{delivery_ids, message_to, seed, seed_district, Seed, TestDatabase};
 use tidings_core::time::now;
@@ -2329,7 +2329,9 @@ async fn broken_schema_rules_are_classified_and_named_alike(db: TestDatabase) {
 async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
     store: Arc<dyn Store>,
 ) {
-    use tidings_core::services::provider_events::{apply_provider_events, ProviderEvent, Round};
+    use tidings_core::services::provider_events::{
+        apply_provider_events, apply_read_events, ProviderEvent, Round,
+    };
     use tidings_core::store::InboxPut;
     let s = store.as_ref();
     let seed = seed(s, 2).await;
@@ -2394,6 +2396,7 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
     .await
     .unwrap();
 
+    let read_early = s.inbox_pending(100).await.unwrap();
     let round = apply_provider_events(s, now(), 100).await.unwrap();
     assert_eq!(
         round,
@@ -2436,6 +2439,20 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
         .unwrap();
     assert_eq!(untouched.state, DeliveryState::Sent);
 
+    // A worker that read the same events before they were marked applies nothing of
+    // them: no second event row on the bounced delivery, no mark changed, none counted.
+    let marks_before = s.inbox_counts().await.unwrap();
+    assert_eq!(
+        apply_read_events(s, read_early, now()).await.unwrap(),
+        Round {
+            read: 5,
+            applied: 0,
+            ignored: 0
+        }
+    );
+    assert_eq!(s.delivery_events(bounced.id).await.unwrap(), events);
+    assert_eq!(s.inbox_counts().await.unwrap(), marks_before);
+
     // Everything is marked: another round finds nothing, and a second complaint about
     // the guardian is recorded once.
     assert_eq!(apply_provider_events(s, now(), 100).await.unwrap().read, 0);
@@ -2468,19 +2485,28 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
 async fn a_guardians_text_is_taken_with_what_it_asks_once(store: Arc<dyn Store>) {
     use tidings_core::store::InboundSms;
     let s = store.as_ref();
-    let seed = seed(s, 1).await;
+    // Two guardians of one family share a phone: its texts speak for both.
+    let seed = seed(s, 2).await;
     let district = seed.staff.district_id;
-    let guardian = seed.guardians[0].id;
+    let family: Vec<GuardianId> = seed.guardians.iter().map(|g| g.id).collect();
     let number = "+12025550142";
-    add_contact(s, district, guardian, Channel::Sms, number).await;
+    for &guardian in &family {
+        add_contact(s, district, guardian, Channel::Sms, number).await;
+    }
     let message = message_to(&seed, &[Channel::Sms]);
     s.create_message(&message, now()).await.unwrap();
-    let sent = message.recipients[0].deliveries[0].id;
-    for event in [DeliveryEvent::Enqueue, DeliveryEvent::Accepted] {
-        let dispatcher = Actor::dispatcher("d1");
-        tidings_core::store::apply_event(s, sent, event, &dispatcher, None, now())
-            .await
-            .unwrap();
+    let sent: Vec<DeliveryId> = message
+        .recipients
+        .iter()
+        .map(|r| r.deliveries[0].id)
+        .collect();
+    let dispatcher = Actor::dispatcher("d1");
+    for &delivery in &sent {
+        for event in [DeliveryEvent::Enqueue, DeliveryEvent::Accepted] {
+            tidings_core::store::apply_event(s, delivery, event, &dispatcher, None, now())
+                .await
+                .unwrap();
+        }
     }
     let text = |id: &str, keyword| InboundSms {
         provider: "twilio".into(),
@@ -2492,48 +2518,63 @@ async fn a_guardians_text_is_taken_with_what_it_asks_once(store: Arc<dyn Store>)
     };
     let actor = Actor::guardian("sms:SM-ack");
     let carrier_opt_outs = || async {
-        detail_of(s, district, guardian)
-            .await
-            .opt_outs
-            .iter()
-            .filter(|o| o.source == "carrier")
-            .count()
+        let mut n = 0;
+        for &guardian in &family {
+            n += detail_of(s, district, guardian)
+                .await
+                .opt_outs
+                .iter()
+                .filter(|o| o.source == "carrier")
+                .count();
+        }
+        n
+    };
+    let sorted = |mut guardians: Vec<GuardianId>| {
+        guardians.sort_by_key(|g| *g.as_uuid());
+        guardians
     };
 
-    // STOP: kept with its carrier opt-out; the provider's retry of it changes nothing.
+    // STOP: kept with both guardians' carrier opt-outs; the provider's retry of it
+    // changes nothing.
     let taken = s
-        .take_inbound(&text("SM-stop", Some("stop")), &actor, now())
+        .take_inbound(&text("SM-stop", Some(SmsKeyword::Stop)), &actor, now())
         .await
         .unwrap()
         .expect("a new text");
-    assert_eq!(taken.guardians, vec![(district, guardian)]);
-    assert_eq!(carrier_opt_outs().await, 1);
     assert_eq!(
-        s.take_inbound(&text("SM-stop", Some("stop")), &actor, now())
+        sorted(taken.guardians.iter().map(|(_, g)| *g).collect()),
+        sorted(family.clone())
+    );
+    assert!(taken.guardians.iter().all(|(d, _)| *d == district));
+    assert_eq!(carrier_opt_outs().await, 2);
+    assert_eq!(
+        s.take_inbound(&text("SM-stop", Some(SmsKeyword::Stop)), &actor, now())
             .await
             .unwrap(),
         None
     );
-    // START revokes it.
-    s.take_inbound(&text("SM-start", Some("start")), &actor, now())
+    // START revokes them.
+    s.take_inbound(&text("SM-start", Some(SmsKeyword::Start)), &actor, now())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(carrier_opt_outs().await, 0);
 
-    // The acknowledgment keyword acknowledges the waiting message, once.
+    // The acknowledgment keyword acknowledges each one's waiting message, once.
     let taken = s
-        .take_inbound(&text("SM-ack", Some("ack")), &actor, now())
+        .take_inbound(&text("SM-ack", Some(SmsKeyword::Ack)), &actor, now())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(taken.acknowledged, vec![guardian]);
-    let acked = s.delivery(sent).await.unwrap().unwrap();
-    assert_eq!(acked.state, DeliveryState::Acked);
-    let events = s.delivery_events(sent).await.unwrap();
-    assert_eq!(events.last().map(|e| &e.actor), Some(&actor));
+    assert_eq!(sorted(taken.acknowledged), sorted(family.clone()));
+    for &delivery in &sent {
+        let acked = s.delivery(delivery).await.unwrap().unwrap();
+        assert_eq!(acked.state, DeliveryState::Acked);
+        let events = s.delivery_events(delivery).await.unwrap();
+        assert_eq!(events.last().map(|e| &e.actor), Some(&actor));
+    }
     let again = s
-        .take_inbound(&text("SM-ack-2", Some("ack")), &actor, now())
+        .take_inbound(&text("SM-ack-2", Some(SmsKeyword::Ack)), &actor, now())
         .await
         .unwrap()
         .unwrap();

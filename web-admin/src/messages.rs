@@ -93,6 +93,62 @@ impl Frame {
     pub fn other_languages(&self) -> Vec<(Lang, String)> {
         self.lang.others(&self.here)
     }
+
+    /// The main menu's entries this member may use, the one holding this page marked.
+    pub fn menu(&self) -> Vec<MenuEntry> {
+        let path = self.here.split('?').next().unwrap_or_default();
+        let under = |prefixes: &[&str]| {
+            prefixes
+                .iter()
+                .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        };
+        let mut entries = Vec::with_capacity(8);
+        let mut add = |href: &'static str, label: &'static str, current: bool| {
+            entries.push(MenuEntry {
+                href,
+                label: self.t(label),
+                current,
+            })
+        };
+        let composing = path == "/messages/new";
+        add(
+            "/",
+            "Messages",
+            !composing && (path == "/" || under(&["/messages", "/outbox"])),
+        );
+        if self.may_send {
+            add("/messages/new", "New message", composing);
+        }
+        add(
+            "/schools",
+            "Directory",
+            under(&[
+                "/schools",
+                "/classes",
+                "/students",
+                "/guardians",
+                "/imports",
+            ]),
+        );
+        add("/dead-letters", "Dead letters", under(&["/dead-letters"]));
+        if self.administrator {
+            add("/audit", "Audit log", under(&["/audit"]));
+            add("/staff", "Staff", under(&["/staff"]));
+            add("/settings", "Settings", under(&["/settings"]));
+        }
+        if self.operator {
+            add("/districts", "Districts", under(&["/districts"]));
+        }
+        entries
+    }
+}
+
+/// One link of the main menu.
+pub struct MenuEntry {
+    pub href: &'static str,
+    pub label: &'static str,
+    /// The page shown is in this part of the admin (`aria-current`).
+    pub current: bool,
 }
 
 #[derive(Template)]

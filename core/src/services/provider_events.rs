@@ -56,6 +56,16 @@ pub async fn apply_provider_events(
     limit: u32,
 ) -> StoreResult<Round> {
     let items = store.inbox_pending(limit).await?;
+    apply_read_events(store, items, at).await
+}
+
+/// Applies inbox events as [`apply_provider_events`] read them. One another worker has
+/// marked since it was read is neither applied nor counted again.
+pub async fn apply_read_events(
+    store: &dyn Store,
+    items: Vec<InboxItem>,
+    at: DateTime<Utc>,
+) -> StoreResult<Round> {
     let read = items.len();
     if items.is_empty() {
         return Ok(Round::default());

@@ -12,7 +12,7 @@ use super::directory::{self, guardian_filter};
 use super::transitions::{InTx, Transitions};
 use super::{
     AckOutcome, InboundSms, InboundTaken, InboxApply, InboxEffect, InboxItem, InboxPut, ReplyView,
-    Scope, StoreResult, DELIVERY_COLUMNS,
+    Scope, SmsKeyword, StoreResult, DELIVERY_COLUMNS,
 };
 use crate::delivery::{decide_and_apply, Actor, Applied, Delivery, Request};
 use crate::{Channel, DeliveryEvent, DeliveryId, DeliveryState, DistrictId, GuardianId};
@@ -111,7 +111,9 @@ pub trait Inbox: Send + Sync {
     /// Applies kept events in one transaction, in order: each one's request decided and
     /// written through [`crate::delivery::decide_and_apply`] (compare-and-swap, audit
     /// row), and its inbox mark ([`inbox_mark`]). An event whose delivery kept moving
-    /// under it stays pending. Returns, per item, the status it was marked with.
+    /// under it stays pending; one no longer pending (another worker marked it) is left
+    /// alone, nothing of it written again. Returns, per item, the status it was marked
+    /// with by this call.
     async fn apply_inbox_batch(
         &self,
         items: &[InboxApply],
@@ -213,9 +215,13 @@ impl<S: Pools> Inbox for S {
             return Ok(None);
         };
         let mut acknowledged = Vec::new();
+        // An acknowledgment from a number several guardians share (a family phone)
+        // acknowledges each one's waiting message; their deliveries are then decided and
+        // written together, in delivery id order like every writer of several deliveries.
+        let mut requests = Vec::new();
         for &(district, guardian) in &guardians {
             match sms.keyword {
-                Some("stop") => {
+                Some(SmsKeyword::Stop) => {
                     let (district, guardian) = (district.into(), guardian.into());
                     directory::add_opt_out::<S::Db>(
                         &mut tx,
@@ -227,23 +233,26 @@ impl<S: Pools> Inbox for S {
                     )
                     .await?;
                 }
-                Some("start") => {
+                Some(SmsKeyword::Start) => {
                     resubscribe::<S::Db>(&mut tx, guardian, Channel::Sms, at).await?;
                 }
-                Some("ack") => {
+                Some(SmsKeyword::Ack) => {
                     let Some(recipient) = open_ack::<S::Db>(&mut tx, guardian, at).await? else {
                         continue;
                     };
-                    let outcome =
-                        acknowledge::<S::Db>(&mut tx, recipient, Channel::Sms, ack_actor, at)
+                    let marked =
+                        mark_acknowledged::<S::Db>(&mut tx, recipient, Channel::Sms, ack_actor, at)
                             .await?;
-                    if matches!(outcome, AckOutcome::Acked { .. }) {
+                    if let Ok(asked) = marked {
+                        requests.extend(asked);
                         acknowledged.push(guardian);
                     }
                 }
                 _ => {}
             }
         }
+        requests.sort_by_key(|(delivery, _)| *delivery.id.as_uuid());
+        decide_and_apply(&mut InTx::<S::Db>(&mut tx), requests).await?;
         tx.commit().await?;
         Ok(Some(InboundTaken {
             guardians,
@@ -325,10 +334,31 @@ impl<S: Pools> Inbox for S {
 
     async fn apply_inbox_batch(
         &self,
-        items: &[InboxApply],
+        all: &[InboxApply],
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Option<&'static str>>> {
         let mut tx = self.writes().begin().await?;
+        // First the events are claimed: each still pending is locked to commit (in id
+        // order, as the primary key is scanned, so two workers cannot deadlock), and an
+        // event another worker has marked meanwhile is left to it. Its effects and its
+        // delivery's move are then written once, not only idempotently twice.
+        let mut claimed = HashSet::with_capacity(all.len());
+        let ids: Vec<uuid::Uuid> = all.iter().map(|item| item.inbox_id).collect();
+        for chunk in ids.chunks(CHUNK) {
+            let mut args = Args::new();
+            let listed = args.ids(chunk);
+            let sql = format!(
+                "UPDATE callback_inbox SET status = status \
+                 WHERE id IN ({listed}) AND status = 'pending' RETURNING id"
+            );
+            for row in S::Db::fetch_all(&mut tx, &sql, args).await? {
+                claimed.insert(row.id("id")?);
+            }
+        }
+        let items: Vec<&InboxApply> = all
+            .iter()
+            .filter(|item| claimed.contains(&item.inbox_id))
+            .collect();
         for effect in items.iter().filter_map(|item| item.effect.as_ref()) {
             match effect {
                 InboxEffect::RetireAddress {
@@ -408,9 +438,14 @@ impl<S: Pools> Inbox for S {
             S::Db::execute(&mut tx, &sql, args).await?;
         }
         tx.commit().await?;
-        Ok(marks
-            .into_iter()
-            .map(|mark| mark.map(|(status, _)| status))
+        let mut by_id: std::collections::HashMap<uuid::Uuid, &'static str> = items
+            .iter()
+            .zip(marks)
+            .filter_map(|(item, mark)| mark.map(|(status, _)| (item.inbox_id, status)))
+            .collect();
+        Ok(all
+            .iter()
+            .map(|item| by_id.remove(&item.inbox_id))
             .collect())
     }
 
@@ -660,7 +695,7 @@ async fn record_inbound<D: Dialect>(
             .text(&sms.from)
             .text(&sms.to)
             .text(&sms.body)
-            .opt_text(sms.keyword)
+            .opt_text(sms.keyword.map(SmsKeyword::as_str))
             .time(at),
     )
     .await?;
@@ -675,6 +710,25 @@ async fn acknowledge<D: Transitions>(
     actor: &Actor,
     at: DateTime<Utc>,
 ) -> StoreResult<AckOutcome> {
+    match mark_acknowledged::<D>(&mut *conn, recipient, via, actor, at).await? {
+        Err(outcome) => Ok(outcome),
+        Ok(requests) => {
+            let results = decide_and_apply(&mut InTx::<D>(&mut *conn), requests).await?;
+            Ok(acknowledged(results))
+        }
+    }
+}
+
+/// Marks `recipient` acknowledged (with the same message's re-sendings to the guardian)
+/// and returns what that asks of their deliveries, in delivery id order, for the caller
+/// to decide and write; `Err` with why when there was nothing to acknowledge.
+async fn mark_acknowledged<D: Dialect>(
+    conn: &mut D::Connection,
+    recipient: uuid::Uuid,
+    via: Channel,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<Result<Vec<(Delivery, Request)>, AckOutcome>> {
     let mark = "UPDATE recipients SET ack_state = 'acked', acked_at = $1, ack_via = $2 \
                 WHERE id = $3 AND ack_state = 'pending'";
     let marked = D::execute(
@@ -692,11 +746,11 @@ async fn acknowledge<D: Transitions>(
         .await?
         .map(|row| row.text("ack_state"))
         .transpose()?;
-        return Ok(match state.as_deref() {
+        return Ok(Err(match state.as_deref() {
             None => AckOutcome::NotFound,
             Some("acked") => AckOutcome::AlreadyAcked,
             Some(_) => AckOutcome::NotRequired,
-        });
+        }));
     }
     // The same message re-sent (re-notifications of it, or the message a
     // re-notification re-sends): acknowledged once is acknowledged for all of them.
@@ -748,7 +802,11 @@ async fn acknowledge<D: Transitions>(
         request.effects.next_attempt_at = Some(None);
         requests.push((delivery, request));
     }
-    let results = decide_and_apply(&mut InTx::<D>(&mut *conn), requests).await?;
+    Ok(Ok(requests))
+}
+
+/// What deciding and writing an acknowledgment's requests did.
+fn acknowledged(results: Vec<Result<Applied, crate::delivery::ApplyError>>) -> AckOutcome {
     let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
     for result in results {
         match result {
@@ -759,11 +817,11 @@ async fn acknowledge<D: Transitions>(
             Ok(Applied::Ignored { .. }) | Err(_) => untouched += 1,
         }
     }
-    Ok(AckOutcome::Acked {
+    AckOutcome::Acked {
         delivery: acked_delivery,
         cancelled,
         untouched,
-    })
+    }
 }
 
 /// The guardian's most recent message waiting for their acknowledgment, read in the

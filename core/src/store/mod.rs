@@ -639,8 +639,31 @@ pub struct InboundSms {
     pub from: String,
     pub to: String,
     pub body: String,
-    /// `stop`, `start` or `help`; `None` for a reply.
-    pub keyword: Option<&'static str>,
+    /// What it asks for, when it is a keyword; `None` for a reply.
+    pub keyword: Option<SmsKeyword>,
+}
+
+/// A text that is a keyword: the carriers' STOP, START and HELP (and their equivalents),
+/// or the district's acknowledgment keyword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsKeyword {
+    Stop,
+    Start,
+    Help,
+    Ack,
+}
+
+impl SmsKeyword {
+    /// As kept with the text (`inbound_messages.keyword`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmsKeyword::Stop => "stop",
+            SmsKeyword::Start => "start",
+            SmsKeyword::Help => "help",
+            SmsKeyword::Ack => "ack",
+        }
+    }
 }
 
 /// What taking a guardian's text did ([`inbox::Inbox::take_inbound`]).
