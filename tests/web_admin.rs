@@ -20,6 +20,8 @@ struct Browser {
     client: Client,
     _driver: Child,
     shots: PathBuf,
+    /// The browser's own profile, removed when the test ends.
+    _profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -49,13 +51,15 @@ impl Browser {
         .await
         .expect("chromedriver did not start within 30 s");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let profile = tempfile::tempdir().unwrap();
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,900"],
+                         "--disable-dev-shm-usage", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.path().display())],
             }),
         );
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -72,6 +76,7 @@ impl Browser {
             client,
             _driver: driver,
             shots,
+            _profile: profile,
         }
     }
 
