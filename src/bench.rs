@@ -571,7 +571,27 @@ async fn go_out(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(state.store.clone(), adapters, Config::default());
     let running = tokio::spawn(async move { dispatcher.run(stopping).await });
-    while total_lag(state.store.as_ref()).await? > 0 {
+    // Waits while the log drains; a dispatcher that stopped, or sent nothing for a
+    // minute, ends the benchmark with why rather than leaving it waiting for ever.
+    const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+    let mut least = (i64::MAX, Instant::now());
+    loop {
+        let lag = total_lag(state.store.as_ref()).await?;
+        if lag == 0 {
+            break;
+        }
+        if running.is_finished() {
+            running.await??;
+            anyhow::bail!("the dispatcher stopped with {lag} entries left on the log");
+        }
+        if lag < least.0 {
+            least = (lag, Instant::now());
+        } else if least.1.elapsed() > STALLED {
+            anyhow::bail!(
+                "the dispatcher sent nothing for {} s with {lag} entries left on the log",
+                STALLED.as_secs()
+            );
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     stop.send(true)?;

@@ -1469,20 +1469,23 @@ async fn registered_devices_are_addressed_by_platform(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 3).await;
     let district = seed.staff.district_id;
     let (g0, g1) = (seed.guardians[0].id, seed.guardians[1].id);
-    let iphone = store
-        .register_device(district, g0, PushPlatform::Apns, "a1b2c3", now())
-        .await
-        .unwrap();
+    let register = |guardian, platform, token: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let device = tx
+                .register_device(district, guardian, platform, token, now())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            device
+        }
+    };
+    let iphone = register(g0, PushPlatform::Apns, "a1b2c3").await;
     assert_eq!(iphone.kind, Channel::Push);
-    store
-        .register_device(district, g1, PushPlatform::Fcm, "fGc4Kq", now())
-        .await
-        .unwrap();
+    register(g1, PushPlatform::Fcm, "fGc4Kq").await;
     // Registering again reactivates, never duplicates.
-    store
-        .register_device(district, g1, PushPlatform::Fcm, "fGc4Kq", now())
-        .await
-        .unwrap();
+    register(g1, PushPlatform::Fcm, "fGc4Kq").await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorded = seen.clone();
     let plan = move |members: &[AudienceMember]| {

@@ -157,7 +157,8 @@ impl Services {
         Ok(())
     }
 
-    /// Registers (again, if it was) a device for push for every guardian the session sees.
+    /// Registers (again, if it was) a device for push for every guardian the session
+    /// sees, for all of them or none.
     pub async fn register_guardian_device(
         &self,
         access: &GuardianAccess,
@@ -165,26 +166,29 @@ impl Services {
         token: &str,
     ) -> Result<(), ServiceError> {
         let at = self.clock.now();
+        let mut tx = self.store.begin().await?;
         for &(district, guardian) in &access.guardians {
-            self.store
-                .register_device(district, guardian, platform, token, at)
+            tx.register_device(district, guardian, platform, token, at)
                 .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Stops pushing to a device (the app signed out of push, or was removed).
+    /// Stops pushing to a device (the app signed out of push, or was removed), for every
+    /// guardian of the session at once.
     pub async fn unregister_guardian_device(
         &self,
         access: &GuardianAccess,
         token: &str,
     ) -> Result<(), ServiceError> {
         let at = self.clock.now();
+        let mut tx = self.store.begin().await?;
         for &(_, guardian) in &access.guardians {
-            self.store
-                .retire_address(guardian, Channel::Push, token, "unregistered", at)
+            tx.retire_address(guardian, Channel::Push, token, "unregistered", at)
                 .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 }

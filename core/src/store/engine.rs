@@ -18,10 +18,10 @@ use super::writes::{
 };
 use super::{
     audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
-    ClassView, ContactPointView, DirectoryCounts, District, DistrictSso, FirstAdmin, GradeView,
-    Guardian, GuardianDetail, GuardianRef, GuardianView, ImportRecord, MessageContent,
-    MessageListItem, MessageScope, MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool,
-    NewStaff, PageRequest, Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store,
+    ClassView, DirectoryCounts, District, DistrictSso, FirstAdmin, GradeView, Guardian,
+    GuardianDetail, GuardianRef, GuardianView, ImportRecord, MessageContent, MessageListItem,
+    MessageScope, MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool, NewStaff,
+    PageRequest, Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store,
     StoreResult, StudentView, WriteTransaction, DELIVERY_COLUMNS,
 };
 use super::{DeliveryCount, RecipientTimeline, ReplyView, StateSeries};
@@ -30,7 +30,7 @@ use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
 use crate::log::{LogEntry, PartitionId};
 use crate::{
     ApiTokenId, Channel, DeliveryId, DistrictId, EmailAddress, GuardianId, ImportId, Lane,
-    MessageId, PushPlatform, RecipientId, Role, SchoolId, Staff, StaffId,
+    MessageId, RecipientId, Role, SchoolId, Staff, StaffId,
 };
 
 /// What a store does its own way.
@@ -472,20 +472,6 @@ where
     ) -> StoreResult<u64> {
         let mut conn = self.writes().acquire().await?;
         directory::retire_address::<S::Db>(&mut conn, guardian.into(), channel, address, reason, at)
-            .await
-    }
-
-    async fn register_device(
-        &self,
-        district: DistrictId,
-        guardian: GuardianId,
-        platform: PushPlatform,
-        token: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<ContactPointView> {
-        let mut conn = self.writes().acquire().await?;
-        let (district, guardian) = (district.into(), guardian.into());
-        directory::register_device::<S::Db>(&mut conn, district, guardian, platform, token, at)
             .await
     }
 

@@ -800,6 +800,28 @@ pub trait WriteTransaction: Send {
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView>;
 
+    /// Registers (or reactivates) a guardian's device for push: its deliveries are
+    /// addressed `platform:token`.
+    async fn register_device(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        platform: crate::PushPlatform,
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ContactPointView>;
+
+    /// Takes a guardian's address out of use with `reason`, as
+    /// [`Store::retire_address`] does, in this transaction.
+    async fn retire_address(
+        &mut self,
+        guardian: GuardianId,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
     async fn set_contact_point_active(
         &mut self,
         guardian: GuardianId,
@@ -1155,17 +1177,6 @@ pub trait Store:
         reason: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<u64>;
-
-    /// Registers (or reactivates) a guardian's device for push: its deliveries are
-    /// addressed `platform:token`.
-    async fn register_device(
-        &self,
-        district: DistrictId,
-        guardian: GuardianId,
-        platform: crate::PushPlatform,
-        token: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<ContactPointView>;
 
     async fn set_contact_point_active(
         &self,

@@ -187,6 +187,30 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         directory::add_contact_point::<D>(&mut self.tx, district, guardian, kind, address, at).await
     }
 
+    async fn register_device(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        platform: crate::PushPlatform,
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ContactPointView> {
+        let (district, guardian) = (district.into(), guardian.into());
+        directory::register_device::<D>(&mut self.tx, district, guardian, platform, token, at).await
+    }
+
+    async fn retire_address(
+        &mut self,
+        guardian: GuardianId,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        directory::retire_address::<D>(&mut self.tx, guardian.into(), channel, address, reason, at)
+            .await
+    }
+
     async fn set_contact_point_active(
         &mut self,
         guardian: GuardianId,
