@@ -162,20 +162,26 @@ impl SendOutcome {
     }
 }
 
-/// Runs `send(0)` … `send(count - 1)`, up to `concurrency` at once; the outcomes in order.
-/// By index: a closure taking `&Outgoing` is not general enough for the `Send` future
-/// async_trait needs.
+/// Runs `send(0)` … `send(count - 1)`, started in order and `concurrency` at a time
+/// (one ends, the next starts, whichever it was: a slow answer holds only its own slot);
+/// the outcomes in order. By index: a closure taking `&Outgoing` is not general enough for
+/// the `Send` future async_trait needs.
 pub(crate) async fn each<F, Fut>(count: usize, concurrency: usize, send: F) -> Vec<SendOutcome>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = SendOutcome>,
 {
     use futures_util::StreamExt as _;
-    futures_util::stream::iter(0..count)
-        .map(send)
-        .buffered(concurrency.max(1))
+    let mut answered: Vec<(usize, SendOutcome)> = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let sending = send(i);
+            async move { (i, sending.await) }
+        })
+        .buffer_unordered(concurrency.max(1))
         .collect()
-        .await
+        .await;
+    answered.sort_unstable_by_key(|(i, _)| *i);
+    answered.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
 /// A provider account able to send on one channel.
@@ -202,4 +208,53 @@ pub trait ChannelAdapter: Send + Sync {
     /// Sends each of `batch`; returns exactly one outcome per send, in order. Never
     /// panics on what a provider answers: garbage is classified, not trusted.
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A send that is slow to answer keeps only its own slot: the ones after it go on
+    /// (here the first answers only once every other has, which never happens if the
+    /// finished ones wait behind it for their turn), and the outcomes come back in order.
+    #[tokio::test]
+    async fn a_slow_answer_holds_only_its_own_slot_and_outcomes_keep_their_order() {
+        let others_done = AtomicUsize::new(0);
+        let wake = tokio::sync::Notify::new();
+        let count = 20;
+        let sending = each(count, 4, |i| {
+            let (others_done, wake) = (&others_done, &wake);
+            async move {
+                if i == 0 {
+                    while others_done.load(Ordering::SeqCst) < count - 1 {
+                        let woken = wake.notified();
+                        if others_done.load(Ordering::SeqCst) >= count - 1 {
+                            break;
+                        }
+                        woken.await;
+                    }
+                } else {
+                    others_done.fetch_add(1, Ordering::SeqCst);
+                    wake.notify_waiters();
+                }
+                SendOutcome::Sent {
+                    provider_ref: format!("ref-{i}"),
+                }
+            }
+        });
+        // A hang guard only: a correct run ends as soon as the sends do.
+        let outcomes = tokio::time::timeout(Duration::from_secs(60), sending)
+            .await
+            .expect("the sends behind the slow one never started");
+        let refs: Vec<String> = outcomes
+            .into_iter()
+            .map(|o| match o {
+                SendOutcome::Sent { provider_ref } => provider_ref,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let expected: Vec<String> = (0..count).map(|i| format!("ref-{i}")).collect();
+        assert_eq!(refs, expected);
+    }
 }
