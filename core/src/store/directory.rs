@@ -708,6 +708,23 @@ pub(crate) async fn revoke_opt_out<D: Dialect>(
     Ok(Some(found))
 }
 
+/// Undoes a guardian's carrier opt-out on `channel` (their START: the one way a carrier
+/// STOP is revoked, as [`revoke_opt_out`] refuses to); returns how many it revoked.
+pub(crate) async fn resubscribe<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: Uuid,
+    channel: Channel,
+    at: DateTime<Utc>,
+) -> StoreResult<u64> {
+    D::execute(
+        conn,
+        "UPDATE opt_outs SET revoked_at = $1 WHERE guardian_id = $2 AND channel = $3 \
+         AND source = 'carrier' AND revoked_at IS NULL",
+        Args::new().time(at).id(guardian).text(channel.as_str()),
+    )
+    .await
+}
+
 /// How much of each kind the district's directory holds.
 pub(crate) async fn counts<D: Dialect>(
     conn: &mut D::Connection,

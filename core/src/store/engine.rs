@@ -14,7 +14,8 @@ use super::roster::RosterWriter;
 use super::sending::Sending;
 use super::transitions::Transitions;
 use super::writes::{
-    insert_audit, insert_staff, staff_from_row, Write, WriteDialect, STAFF_COLUMNS,
+    insert_audit, insert_district, insert_staff, set_operator, staff_from_row, Write, WriteDialect,
+    STAFF_COLUMNS,
 };
 use super::{
     audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
@@ -92,7 +93,7 @@ where
         if staff.is_some() {
             return Ok(None);
         }
-        let district = insert_district::<S::Db>(&mut tx, &first.district_name, at).await?;
+        let district = insert_district::<S::Db>(&mut tx, &first.district_name, None, at).await?;
         let admin = NewStaff {
             district_id: district.id,
             email: first.email.clone(),
@@ -102,19 +103,14 @@ where
         };
         let mut staff = insert_staff::<S::Db>(&mut tx, &admin, at).await?;
         // The install's first administrator operates it (creates the other districts).
-        S::Db::execute(
-            &mut tx,
-            "UPDATE staff SET operator = $2 WHERE id = $1",
-            Args::new().id(staff.id).flag(true),
-        )
-        .await?;
+        set_operator::<S::Db>(&mut tx, staff.id, true).await?;
         staff.operator = true;
         tx.commit().await?;
         Ok(Some((district, staff)))
     }
 
     async fn create_district(&self, name: &str, at: DateTime<Utc>) -> StoreResult<District> {
-        insert_district::<S::Db>(&mut *self.writes().acquire().await?, name, at).await
+        insert_district::<S::Db>(&mut *self.writes().acquire().await?, name, None, at).await
     }
 
     async fn create_school(&self, school: &NewSchool, at: DateTime<Utc>) -> StoreResult<School> {
@@ -769,16 +765,4 @@ fn staff_member_from_row(row: &impl Columns) -> StoreResult<StaffMember> {
         last_sign_in: row.opt_time("last_sign_in")?,
         schools: Vec::new(),
     })
-}
-
-async fn insert_district<D: Dialect>(
-    conn: &mut D::Connection,
-    name: &str,
-    at: DateTime<Utc>,
-) -> StoreResult<District> {
-    let sql = format!(
-        "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) RETURNING {DISTRICT_COLUMNS}"
-    );
-    let args = Args::new().id(DistrictId::new()).text(name).time(at);
-    district_from_row(&D::fetch_one(conn, &sql, args).await?)
 }

@@ -234,7 +234,8 @@ impl<S: Pools> Inbox for S {
                     .await?;
                 }
                 Some(SmsKeyword::Start) => {
-                    resubscribe::<S::Db>(&mut tx, guardian, Channel::Sms, at).await?;
+                    directory::resubscribe::<S::Db>(&mut tx, guardian.into(), Channel::Sms, at)
+                        .await?;
                 }
                 Some(SmsKeyword::Ack) => {
                     let Some(recipient) = open_ack::<S::Db>(&mut tx, guardian, at).await? else {
@@ -842,21 +843,4 @@ async fn open_ack<D: Dialect>(
     .await?
     .map(|row| row.id("id"))
     .transpose()
-}
-
-/// Undoes a guardian's carrier opt-out on `channel` (their START), in the caller's
-/// connection; returns how many opt-outs it revoked.
-async fn resubscribe<D: Dialect>(
-    conn: &mut D::Connection,
-    guardian: GuardianId,
-    channel: Channel,
-    at: DateTime<Utc>,
-) -> StoreResult<u64> {
-    D::execute(
-        &mut *conn,
-        "UPDATE opt_outs SET revoked_at = $1 WHERE guardian_id = $2 AND channel = $3 \
-         AND source = 'carrier' AND revoked_at IS NULL",
-        Args::new().time(at).id(guardian).text(channel.as_str()),
-    )
-    .await
 }

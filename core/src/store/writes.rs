@@ -98,6 +98,49 @@ pub(crate) async fn insert_audit<D: Dialect>(
 }
 
 /// Creates a staff account on `conn`.
+/// A new district, in `timezone` (else the schema's default).
+pub(crate) async fn insert_district<D: Dialect>(
+    conn: &mut D::Connection,
+    name: &str,
+    timezone: Option<&str>,
+    at: DateTime<Utc>,
+) -> StoreResult<District> {
+    let args = Args::new().id(DistrictId::new()).text(name).time(at);
+    let (sql, args) = match timezone {
+        Some(timezone) => (
+            format!(
+                "INSERT INTO districts (id, name, created_at, timezone) VALUES ($1, $2, $3, $4) \
+                 RETURNING {DISTRICT_COLUMNS}"
+            ),
+            args.text(timezone),
+        ),
+        None => (
+            format!(
+                "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) \
+                 RETURNING {DISTRICT_COLUMNS}"
+            ),
+            args,
+        ),
+    };
+    district_from_row(&D::fetch_one(conn, &sql, args).await?)
+}
+
+/// Makes a member an operator of the install (or no longer one); false when they already
+/// were (or were not).
+pub(crate) async fn set_operator<D: Dialect>(
+    conn: &mut D::Connection,
+    staff: StaffId,
+    operator: bool,
+) -> StoreResult<bool> {
+    let changed = D::execute(
+        conn,
+        "UPDATE staff SET operator = $2 WHERE id = $1 AND operator <> $2",
+        Args::new().id(staff).flag(operator),
+    )
+    .await?;
+    Ok(changed == 1)
+}
+
 pub(crate) async fn insert_staff<D: Dialect>(
     conn: &mut D::Connection,
     staff: &NewStaff,
@@ -261,16 +304,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         timezone: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<District> {
-        let sql = format!(
-            "INSERT INTO districts (id, name, timezone, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING {DISTRICT_COLUMNS}"
-        );
-        let args = Args::new()
-            .id(DistrictId::new())
-            .text(name)
-            .text(timezone)
-            .time(at);
-        district_from_row(&D::fetch_one(&mut self.tx, &sql, args).await?)
+        insert_district::<D>(&mut self.tx, name, Some(timezone), at).await
     }
 
     async fn set_district_locale(
@@ -324,13 +358,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
     }
 
     async fn set_operator(&mut self, staff: StaffId, operator: bool) -> StoreResult<bool> {
-        let changed = D::execute(
-            &mut self.tx,
-            "UPDATE staff SET operator = $2 WHERE id = $1 AND operator <> $2",
-            Args::new().id(staff).flag(operator),
-        )
-        .await?;
-        Ok(changed == 1)
+        set_operator::<D>(&mut self.tx, staff, operator).await
     }
 
     async fn set_district_quotas(
