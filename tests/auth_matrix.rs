@@ -111,19 +111,22 @@ fn cast() -> Cast {
     }
 }
 
-/// A new API token for `staff`, made through the store (as `tidings token create` does).
+/// A new API token for `staff`, written straight to the store (no audit row: the test's
+/// own setup, not a staff action).
 async fn token_of(store: &dyn Store, staff: &tidings_core::Staff, name: &str) -> String {
     let token = ApiToken::generate();
-    store
-        .create_api_token(
-            token.id,
-            staff,
-            name,
-            &token.secret_hash(),
-            chrono::Utc::now(),
-        )
-        .await
-        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.create_token(
+        token.id,
+        staff,
+        name,
+        &token.secret_hash(),
+        chrono::Utc::now(),
+        None,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     token.reveal()
 }
 

@@ -274,10 +274,18 @@ async fn staff_are_listed_a_page_at_a_time_by_email_and_searched(store: Arc<dyn 
 async fn api_tokens_resolve_to_their_enabled_owner(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 0).await;
     let token = ApiToken::generate();
-    store
-        .create_api_token(token.id, &seed.staff, "cli", &token.secret_hash(), now())
-        .await
-        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.create_token(
+        token.id,
+        &seed.staff,
+        "cli",
+        &token.secret_hash(),
+        now(),
+        None,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let record = store.api_token(token.id).await.unwrap().expect("stored");
     assert_eq!(record.staff, seed.staff);
     assert!(token.matches(&record.secret_hash));

@@ -209,30 +209,6 @@ where
         Ok(members.pop())
     }
 
-    async fn create_api_token(
-        &self,
-        id: ApiTokenId,
-        staff: &Staff,
-        name: &str,
-        secret_hash: &[u8],
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        S::Db::execute(
-            &mut *self.writes().acquire().await?,
-            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            Args::new()
-                .id(id)
-                .id(staff.district_id)
-                .id(staff.id)
-                .text(name)
-                .bytes(secret_hash)
-                .time(at),
-        )
-        .await?;
-        Ok(())
-    }
-
     async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>> {
         let Some(row) = S::Db::fetch_optional(
             &mut *self.reads().acquire().await?,

@@ -1051,15 +1051,6 @@ pub trait Store:
         email: &EmailAddress,
     ) -> StoreResult<Option<StaffMember>>;
 
-    async fn create_api_token(
-        &self,
-        id: ApiTokenId,
-        staff: &Staff,
-        name: &str,
-        secret_hash: &[u8],
-        at: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
     /// A token and its owner, if the owner is still enabled. The caller checks the secret,
     /// expiry and revocation.
     async fn api_token(&self, id: ApiTokenId) -> StoreResult<Option<ApiTokenRecord>>;
