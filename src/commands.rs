@@ -138,6 +138,26 @@ pub async fn serve(
         });
     }
     let web = tidings_web_admin::router(state.clone(), web);
+    // `/metrics` on an operator listener of its own when one is set, else on this one for
+    // a scraper on this machine only.
+    let (metrics, operator) = match config.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (metrics_listen)"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics served on the operator listener");
+            let mut stopping = stopping.clone();
+            let limits = config.serve_limits();
+            let serving = tokio::spawn(async move {
+                tidings_api::server::serve_with(listener, metrics, limits, async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                })
+                .await
+            });
+            (axum::Router::new(), Some(serving))
+        }
+        None => (crate::metrics::local_only(metrics), None),
+    };
     let mut router = tidings_api::router(state.clone())
         .merge(web)
         .merge(callbacks.router())
@@ -171,6 +191,12 @@ pub async fn serve(
             .context("the dispatcher stopped abnormally")??;
     }
     let _ = applying.await;
+    if let Some(operator) = operator {
+        operator
+            .await
+            .context("the metrics listener stopped abnormally")?
+            .context("metrics listener failed")?;
+    }
     served?;
     tracing::info!("stopped");
     Ok(())

@@ -20,6 +20,13 @@ pub struct Config {
     pub database_url: String,
     /// Address the HTTP server binds. Env: `TIDINGS_LISTEN`.
     pub listen: SocketAddr,
+    /// An operator address of its own for `/metrics` (e.g. `127.0.0.1:9464`, or a
+    /// management network's address), where Prometheus scrapes it; `/metrics` is then not
+    /// served on `listen` at all. Unset: `/metrics` is on `listen` but answers only a
+    /// scraper on this machine connecting directly (from loopback, with no proxy's
+    /// forwarding header), never a client through the internet. Env:
+    /// `TIDINGS_METRICS_LISTEN`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Addresses of the reverse proxies in front of Tidings: from these peers the client's
     /// address is read from `X-Forwarded-For` (for per-client limits); from anyone else
     /// that header is ignored. Env: `TIDINGS_TRUSTED_PROXIES`, e.g. `["127.0.0.1"]`.
@@ -355,6 +362,7 @@ impl Default for Config {
         Self {
             database_url: "sqlite://tidings.db".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             trusted_proxies: Vec::new(),
             http_max_connections: 1024,
             http_header_timeout_seconds: 10,

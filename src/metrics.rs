@@ -39,6 +39,28 @@ pub fn router(
         .with_state(sources))
 }
 
+/// `/metrics` on the public listener: answered only to a client on this machine that
+/// connects directly — from a loopback address and without a proxy's `Forwarded` or
+/// `X-Forwarded-For` header (a reverse proxy on the same machine connects from loopback
+/// too, on behalf of anyone). Anyone else finds no such page.
+pub fn local_only(metrics: Router) -> Router {
+    metrics.layer(axum::middleware::from_fn(
+        |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            let direct = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .is_some_and(|peer| peer.0.ip().is_loopback())
+                && !request.headers().contains_key("forwarded")
+                && !request.headers().contains_key("x-forwarded-for");
+            if direct {
+                next.run(request).await
+            } else {
+                tidings_api::ApiError::NotFound.into_response()
+            }
+        },
+    ))
+}
+
 async fn scrape(State(s): State<Sources>) -> impl IntoResponse {
     if let Some(dispatcher) = &s.dispatcher {
         let t = dispatcher.totals();

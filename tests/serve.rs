@@ -370,3 +370,41 @@ async fn in_demo_mode_the_outbox_shows_a_working_acknowledgment_link() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(server.terminate().await.success());
 }
+
+/// `/metrics` is not open to the internet: on the public listener it answers only a
+/// scraper on this machine connecting directly (not a request a proxy forwards), and with
+/// `metrics_listen` it moves to an operator listener of its own.
+#[tokio::test]
+async fn metrics_answer_only_a_local_scraper_or_the_operator_listener() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start(&mut tidings(&db.url)).await;
+    let scrape = |url: String, forwarded: bool| async move {
+        let mut request = reqwest::Client::new().get(url);
+        if forwarded {
+            request = request.header("X-Forwarded-For", "203.0.113.9");
+        }
+        let response = request.send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    let (status, body) = scrape(server.url("/metrics"), false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("tidings_callback_inbox"), "{body}");
+    let (status, body) = scrape(server.url("/metrics"), true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "through a proxy: {body}");
+    assert!(!body.contains("tidings_"), "{body}");
+    assert!(server.terminate().await.success());
+
+    let operator = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut command = tidings(&db.url);
+    command.env("TIDINGS_METRICS_LISTEN", operator.to_string());
+    let server = Server::start(&mut command).await;
+    let (status, _) = scrape(server.url("/metrics"), false).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not on the public listener");
+    let (status, body) = scrape(format!("http://{operator}/metrics"), false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("tidings_callback_inbox"), "{body}");
+    assert!(server.terminate().await.success(), "both listeners stop");
+}
