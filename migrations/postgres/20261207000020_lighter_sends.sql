@@ -17,5 +17,6 @@ ALTER TABLE message_moves DROP CONSTRAINT message_moves_message_id_fkey;
 DROP INDEX deliveries_provider_ref;
 
 -- An attempt is written before its provider call and closed after it: room left on each
--- page lets the closing update stay on the page (heap-only), writing no index entry.
+-- page written from now on lets the closing update stay on the page (heap-only), writing
+-- no index entry. Pages already full stay so until the table is rewritten.
 ALTER TABLE delivery_attempts SET (fillfactor = 80);

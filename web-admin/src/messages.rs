@@ -96,21 +96,22 @@ impl Frame {
 
     /// The main menu's entries this member may use, the one holding this page marked.
     pub fn menu(&self) -> Vec<MenuEntry> {
-        let path = self.here.split('?').next().unwrap_or_default();
+        let path = self.path();
         let under = |prefixes: &[&str]| {
             prefixes
                 .iter()
                 .any(|p| path == *p || path.starts_with(&format!("{p}/")))
         };
+        // The compose form is shown again by its own post (review, translate, find).
+        let composing = path == "/messages/new" || path == "/messages";
         let mut entries = Vec::with_capacity(8);
-        let mut add = |href: &'static str, label: &'static str, current: bool| {
+        let mut add = |href: &'static str, label: &'static str, holds_this_page: bool| {
             entries.push(MenuEntry {
                 href,
                 label: self.t(label),
-                current,
+                current: Current::of(holds_this_page, path == href),
             })
         };
-        let composing = path == "/messages/new";
         add(
             "/",
             "Messages",
@@ -141,14 +142,38 @@ impl Frame {
         }
         entries
     }
+
+    /// How the member's own account link is marked (its page, or its tokens).
+    pub fn account_current(&self) -> Option<&'static str> {
+        let path = self.path();
+        Current::of(path == "/account" || path == "/tokens", path == "/account")
+    }
+
+    fn path(&self) -> &str {
+        self.here.split('?').next().unwrap_or_default()
+    }
+}
+
+/// An `aria-current` value: `page` for the link to the page shown, `true` for the link
+/// to the part of the admin the page belongs to.
+struct Current;
+
+impl Current {
+    fn of(holds_this_page: bool, is_this_page: bool) -> Option<&'static str> {
+        match (holds_this_page, is_this_page) {
+            (_, true) => Some("page"),
+            (true, false) => Some("true"),
+            (false, false) => None,
+        }
+    }
 }
 
 /// One link of the main menu.
 pub struct MenuEntry {
     pub href: &'static str,
     pub label: &'static str,
-    /// The page shown is in this part of the admin (`aria-current`).
-    pub current: bool,
+    /// `aria-current`: `page` on the page's own link, `true` on its section's.
+    pub current: Option<&'static str>,
 }
 
 #[derive(Template)]
@@ -1248,5 +1273,57 @@ pub async fn cancel(
         Ok(_) => Redirect::to(&format!("/messages/{id}")).into_response(),
         Err(ServiceError::Refused(refusal)) => said_in(&refusal, signed_in.lang).into_response(),
         Err(error) => failed(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_at(here: &str) -> Frame {
+        Frame {
+            styles: "",
+            staff_name: "Dana".into(),
+            csrf: String::new(),
+            operator: false,
+            lang: Lang::En,
+            administrator: true,
+            may_send: true,
+            here: here.into(),
+        }
+    }
+
+    /// Each entry's `aria-current`, by link.
+    fn marked(here: &str) -> Vec<(&'static str, &'static str)> {
+        frame_at(here)
+            .menu()
+            .into_iter()
+            .filter_map(|e| e.current.map(|c| (e.href, c)))
+            .collect()
+    }
+
+    #[test]
+    fn the_menu_marks_the_page_itself_and_otherwise_the_part_of_the_admin_it_is_in() {
+        assert_eq!(marked("/"), [("/", "page")]);
+        assert_eq!(marked("/staff?after=x"), [("/staff", "page")]);
+        // Compose, also when its own post shows it again (review, translate, find).
+        assert_eq!(marked("/messages/new"), [("/messages/new", "page")]);
+        assert_eq!(marked("/messages"), [("/messages/new", "true")]);
+        let report = "/messages/01a24dd9-02b3-72b7-860b-6b2f339dd112";
+        assert_eq!(marked(report), [("/", "true")]);
+        assert_eq!(marked("/outbox"), [("/", "true")]);
+        for directory in [
+            "/schools/1",
+            "/classes/2",
+            "/students",
+            "/guardians/3",
+            "/imports",
+        ] {
+            assert_eq!(marked(directory), [("/schools", "true")], "{directory}");
+        }
+        assert_eq!(marked("/account"), []);
+        assert_eq!(frame_at("/account").account_current(), Some("page"));
+        assert_eq!(frame_at("/tokens").account_current(), Some("true"));
+        assert_eq!(frame_at("/staff").account_current(), None);
     }
 }

@@ -138,6 +138,11 @@ pub(crate) trait Binder: Database {
     /// Turns an id column into its hyphenated text (`::text`, nothing).
     const AS_TEXT: &'static str;
 
+    /// Ends a SELECT whose rows the transaction takes for itself: each row locked to
+    /// commit, and one another transaction holds skipped, not waited for (`FOR UPDATE SKIP
+    /// LOCKED`; nothing on SQLite, whose one writer at a time holds them all).
+    const CLAIM: &'static str;
+
     /// Binds an id (or a NULL id).
     fn bind_id<'q>(
         query: Query<'q, Self, Self::Arguments<'q>>,
@@ -157,6 +162,7 @@ pub(crate) trait Binder: Database {
 impl Binder for sqlx::Sqlite {
     const ID_TYPE: &'static str = "TEXT";
     const AS_TEXT: &'static str = "";
+    const CLAIM: &'static str = "";
 
     fn bind_id<'q>(
         query: Query<'q, Self, Self::Arguments<'q>>,
@@ -185,6 +191,7 @@ impl Binder for sqlx::Sqlite {
 impl Binder for sqlx::Postgres {
     const ID_TYPE: &'static str = "uuid";
     const AS_TEXT: &'static str = "::text";
+    const CLAIM: &'static str = "FOR UPDATE SKIP LOCKED";
 
     fn bind_id<'q>(
         query: Query<'q, Self, Self::Arguments<'q>>,

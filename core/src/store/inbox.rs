@@ -339,18 +339,20 @@ impl<S: Pools> Inbox for S {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Option<&'static str>>> {
         let mut tx = self.writes().begin().await?;
-        // First the events are claimed: each still pending is locked to commit (in id
-        // order, as the primary key is scanned, so two workers cannot deadlock), and an
-        // event another worker has marked meanwhile is left to it. Its effects and its
+        // First the events are claimed: each still pending is locked to commit, and one
+        // another worker holds or has marked meanwhile is left to it (skipped, not waited
+        // for: two workers never deadlock on a shared round). Its effects and its
         // delivery's move are then written once, not only idempotently twice.
         let mut claimed = HashSet::with_capacity(all.len());
-        let ids: Vec<uuid::Uuid> = all.iter().map(|item| item.inbox_id).collect();
+        let mut ids: Vec<uuid::Uuid> = all.iter().map(|item| item.inbox_id).collect();
+        ids.sort_unstable();
         for chunk in ids.chunks(CHUNK) {
             let mut args = Args::new();
             let listed = args.ids(chunk);
             let sql = format!(
-                "UPDATE callback_inbox SET status = status \
-                 WHERE id IN ({listed}) AND status = 'pending' RETURNING id"
+                "SELECT id FROM callback_inbox WHERE id IN ({listed}) AND status = 'pending' \
+                 ORDER BY id {}",
+                <S::Db as super::dialect::Binder>::CLAIM
             );
             for row in S::Db::fetch_all(&mut tx, &sql, args).await? {
                 claimed.insert(row.id("id")?);

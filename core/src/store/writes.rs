@@ -97,7 +97,6 @@ pub(crate) async fn insert_audit<D: Dialect>(
     Ok(())
 }
 
-/// Creates a staff account on `conn`.
 /// A new district, in `timezone` (else the schema's default).
 pub(crate) async fn insert_district<D: Dialect>(
     conn: &mut D::Connection,
@@ -141,6 +140,7 @@ pub(crate) async fn set_operator<D: Dialect>(
     Ok(changed == 1)
 }
 
+/// Creates a staff account on `conn`.
 pub(crate) async fn insert_staff<D: Dialect>(
     conn: &mut D::Connection,
     staff: &NewStaff,
