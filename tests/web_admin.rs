@@ -220,10 +220,19 @@ async fn messages_in(db: &TestDatabase) -> Vec<Value> {
 
 #[tokio::test]
 async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser() {
-    let db = TestDatabase::sqlite();
+    sign_in_compose_send_and_report(TestDatabase::sqlite(), "send").await;
+}
+
+/// The same on PostgreSQL (screenshots in `send-postgres/`).
+#[tokio::test]
+async fn staff_sign_in_compose_review_send_and_read_the_report_in_a_browser_on_postgres() {
+    sign_in_compose_send_and_report(TestDatabase::postgres_empty().await, "send-postgres").await;
+}
+
+async fn sign_in_compose_send_and_report(db: TestDatabase, shots: &str) {
     let server = Server::start_with(&mut tidings(&db.url), &["--demo"]).await;
     let (email, password) = first_login(&server.banner).expect("a first login is printed");
-    let browser = Browser::start("send").await;
+    let browser = Browser::start(shots).await;
     let b = &browser.client;
 
     // Signed out, every page leads to sign-in.
