@@ -423,19 +423,7 @@ async fn email_events_apply_with_their_side_effects(store: Arc<dyn Store>) {
 
     s.callbacks.apply_pending().await.unwrap();
     let district = s.seed.staff.district_id;
-    let detail = |guardian: tidings_core::GuardianId| {
-        let store = s.store.clone();
-        async move {
-            store
-                .guardian_detail(
-                    &tidings_core::store::Scope::District(district),
-                    &tidings_core::store::GuardianRef::Id(*guardian.as_uuid()),
-                )
-                .await
-                .unwrap()
-                .unwrap()
-        }
-    };
+    let detail = |guardian| tidings_core::testing::detail_of(s.store.as_ref(), district, guardian);
     // The hard bounce failed the delivery and retired the address.
     assert_eq!(state(&s, bounced).await, DeliveryState::Failed);
     let g0 = detail(s.seed.guardians[0].id).await;

@@ -478,6 +478,37 @@ pub fn delivery_ids(message: &NewMessage) -> Vec<DeliveryId> {
 /// A program of the test tools `scripts/test-services` installs in its own Python
 /// environment (`api-tools/bin/NAME` under `TIDINGS_TEST_SERVICES_DIR`, by default
 /// `$TMPDIR/tidings-test-services`).
+/// Adds (or reactivates) a contact point for `guardian`, as staff would.
+pub async fn add_contact(
+    store: &dyn Store,
+    district: crate::DistrictId,
+    guardian: crate::GuardianId,
+    channel: Channel,
+    address: &str,
+) {
+    let mut tx = store.begin().await.unwrap();
+    tx.add_contact_point(district, guardian, channel, address, now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// The guardian as the district's administrators see them.
+pub async fn detail_of(
+    store: &dyn Store,
+    district: crate::DistrictId,
+    guardian: crate::GuardianId,
+) -> store::GuardianDetail {
+    store
+        .guardian_detail(
+            &store::Scope::District(district),
+            &store::GuardianRef::Id(*guardian.as_uuid()),
+        )
+        .await
+        .unwrap()
+        .expect("the guardian")
+}
+
 pub fn test_tool(name: &str) -> std::path::PathBuf {
     test_services_file(&std::path::Path::new("api-tools").join("bin").join(name))
 }

@@ -11,7 +11,9 @@ use tidings_core::store::{
     CasOutcome, FirstAdmin, MessageScope, NewDelivery, NewMessage, NewRecipient, NewStaff,
     PageRequest, SmsKeyword, Store, StoreError,
 };
-use tidings_core::testing::{delivery_ids, message_to, seed, seed_district, Seed, TestDatabase};
+use tidings_core::testing::{
+    add_contact, delivery_ids, detail_of, message_to, seed, seed_district, Seed, TestDatabase,
+};
 use tidings_core::time::now;
 use tidings_core::*;
 use tokio::sync::Barrier;
@@ -52,37 +54,6 @@ tidings_core::on_both_stores! {
     databases: a_send_writes_its_deliveries_partition_by_partition,
     broken_schema_rules_are_classified_and_named_alike,
     maintenance_and_measurement_leave_nothing_behind,
-}
-
-/// Gives `guardian` an active contact point entered by staff.
-async fn add_contact(
-    store: &dyn Store,
-    district: DistrictId,
-    guardian: GuardianId,
-    channel: Channel,
-    address: &str,
-) {
-    let mut tx = store.begin().await.unwrap();
-    tx.add_contact_point(district, guardian, channel, address, now())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-}
-
-/// The guardian as the district's administrators see them.
-async fn detail_of(
-    store: &dyn Store,
-    district: DistrictId,
-    guardian: GuardianId,
-) -> tidings_core::store::GuardianDetail {
-    store
-        .guardian_detail(
-            &tidings_core::store::Scope::District(district),
-            &tidings_core::store::GuardianRef::Id(*guardian.as_uuid()),
-        )
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 /// A summary's counts by channel and state.
@@ -1401,17 +1372,14 @@ async fn an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out(
         .is_none());
 
     // What the recipients texted back since the message went out.
-    let mut tx = store.begin().await.unwrap();
-    tx.add_contact_point(
+    add_contact(
+        store.as_ref(),
         seed.staff.district_id,
         guardian,
         Channel::Sms,
         "+15555550123",
-        now(),
     )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    .await;
     store
         .record_inbound(
             &tidings_core::store::InboundSms {

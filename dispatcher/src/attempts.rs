@@ -375,54 +375,53 @@ impl Dispatcher {
     }
 
     /// Takes the addresses providers refused for good out of use: an invalid or gone one
-    /// is retired with the reason, a carrier STOP becomes the guardian's opt-out. Failures
-    /// here are logged, not fatal: the next send to the address would report it again.
+    /// is retired with the reason, a carrier STOP becomes the guardian's opt-out, all in one
+    /// transaction. A failure here is logged, not fatal: the next send to the address
+    /// would report it again.
     pub(crate) async fn retire(&self, retiring: &[(Delivery, AddressFault)]) {
-        for (delivery, fault) in retiring {
-            let Some(address) = delivery.address.as_deref() else {
-                continue;
-            };
-            let done = match fault {
-                AddressFault::OptedOut => self
-                    .store
-                    .add_opt_out(
-                        delivery.district_id,
-                        delivery.guardian_id,
-                        delivery.channel,
-                        "carrier",
-                        self.now(),
-                    )
-                    .await
-                    .map(|_| ()),
+        let retiring: Vec<(&Delivery, &str, AddressFault)> = retiring
+            .iter()
+            .filter_map(|(d, fault)| Some((d, d.address.as_deref()?, *fault)))
+            .collect();
+        if retiring.is_empty() {
+            return;
+        }
+        if let Err(e) = self.retire_in_one(&retiring).await {
+            tracing::warn!(addresses = retiring.len(), error = %e, "could not take addresses out of use");
+            return;
+        }
+        for (delivery, _, fault) in retiring {
+            Counters::add(&self.counters.retired);
+            tracing::info!(delivery_id = %delivery.id, guardian_id = %delivery.guardian_id, channel = %delivery.channel, reason = fault.as_str(), "address taken out of use");
+        }
+    }
+
+    async fn retire_in_one(
+        &self,
+        retiring: &[(&Delivery, &str, AddressFault)],
+    ) -> Result<(), StoreError> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        for &(delivery, address, fault) in retiring {
+            let (guardian, channel) = (delivery.guardian_id, delivery.channel);
+            match fault {
+                AddressFault::OptedOut => {
+                    tx.add_opt_out(delivery.district_id, guardian, channel, "carrier", at)
+                        .await?;
+                }
                 AddressFault::Invalid | AddressFault::Gone => {
                     // A device is addressed platform:token; its contact point holds the token.
-                    let stored = match delivery.channel {
+                    let stored = match channel {
                         Channel::Push => tidings_channel_adapters::push::split(address)
                             .map_or(address, |(_, token)| token),
                         _ => address,
                     };
-                    self.store
-                        .retire_address(
-                            delivery.guardian_id,
-                            delivery.channel,
-                            stored,
-                            fault.as_str(),
-                            self.now(),
-                        )
-                        .await
-                        .map(|_| ())
-                }
-            };
-            match done {
-                Ok(()) => {
-                    Counters::add(&self.counters.retired);
-                    tracing::info!(delivery_id = %delivery.id, guardian_id = %delivery.guardian_id, channel = %delivery.channel, reason = fault.as_str(), "address taken out of use");
-                }
-                Err(e) => {
-                    tracing::warn!(delivery_id = %delivery.id, error = %e, "could not take the address out of use")
+                    tx.retire_address(guardian, channel, stored, fault.as_str(), at)
+                        .await?;
                 }
             }
         }
+        tx.commit().await
     }
 
     pub(crate) fn classify(

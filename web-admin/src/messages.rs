@@ -109,7 +109,7 @@ impl Frame {
             entries.push(MenuEntry {
                 href,
                 label: self.t(label),
-                current: Current::of(holds_this_page, path == href),
+                current: aria_current(holds_this_page, path == href),
             })
         };
         add(
@@ -146,7 +146,7 @@ impl Frame {
     /// How the member's own account link is marked (its page, or its tokens).
     pub fn account_current(&self) -> Option<&'static str> {
         let path = self.path();
-        Current::of(path == "/account" || path == "/tokens", path == "/account")
+        aria_current(path == "/account" || path == "/tokens", path == "/account")
     }
 
     fn path(&self) -> &str {
@@ -154,17 +154,13 @@ impl Frame {
     }
 }
 
-/// An `aria-current` value: `page` for the link to the page shown, `true` for the link
-/// to the part of the admin the page belongs to.
-struct Current;
-
-impl Current {
-    fn of(holds_this_page: bool, is_this_page: bool) -> Option<&'static str> {
-        match (holds_this_page, is_this_page) {
-            (_, true) => Some("page"),
-            (true, false) => Some("true"),
-            (false, false) => None,
-        }
+/// An `aria-current` value: `page` on the link to the page shown, `true` on the link to
+/// the part of the admin it belongs to.
+fn aria_current(holds_this_page: bool, is_this_page: bool) -> Option<&'static str> {
+    match (holds_this_page, is_this_page) {
+        (_, true) => Some("page"),
+        (true, false) => Some("true"),
+        (false, false) => None,
     }
 }
 

@@ -30,8 +30,8 @@ use crate::audience::{Audience, AudienceMember, AudienceProblems};
 use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
 use crate::log::{LogEntry, PartitionId};
 use crate::{
-    ApiTokenId, Channel, DeliveryId, DistrictId, EmailAddress, GuardianId, ImportId, Lane,
-    MessageId, RecipientId, Role, SchoolId, Staff, StaffId,
+    ApiTokenId, DeliveryId, DistrictId, EmailAddress, GuardianId, ImportId, Lane, MessageId,
+    RecipientId, Role, SchoolId, Staff, StaffId,
 };
 
 /// What a store does its own way.
@@ -432,19 +432,6 @@ where
         which: &GuardianRef,
     ) -> StoreResult<Option<GuardianDetail>> {
         directory::guardian_detail::<S::Db>(&mut *self.reads().acquire().await?, scope, which).await
-    }
-
-    async fn retire_address(
-        &self,
-        guardian: GuardianId,
-        channel: Channel,
-        address: &str,
-        reason: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let mut conn = self.writes().acquire().await?;
-        directory::retire_address::<S::Db>(&mut conn, guardian.into(), channel, address, reason, at)
-            .await
     }
 
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {

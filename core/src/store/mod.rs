@@ -811,8 +811,9 @@ pub trait WriteTransaction: Send {
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView>;
 
-    /// Takes a guardian's address out of use with `reason`, as
-    /// [`Store::retire_address`] does, in this transaction.
+    /// Takes a guardian's address out of use with `reason` (`invalid`, `unregistered`,
+    /// `bounced`), as a provider reported it: later messages suppress it as `no_address`
+    /// unless another one is active. Returns how many contact points it retired.
     async fn retire_address(
         &mut self,
         guardian: GuardianId,
@@ -1156,18 +1157,6 @@ pub trait Store:
         tx.commit().await?;
         Ok(done)
     }
-
-    /// Takes a guardian's address out of use with `reason` (`invalid`, `unregistered`,
-    /// `bounced`), as a provider reported it: later messages suppress it as `no_address`
-    /// unless another one is active. Returns how many contact points it retired.
-    async fn retire_address(
-        &self,
-        guardian: GuardianId,
-        channel: Channel,
-        address: &str,
-        reason: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<u64>;
 
     async fn set_contact_point_active(
         &self,
