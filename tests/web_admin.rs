@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use fantoccini::error::{CmdError, ErrorStatus};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use support::{demo_zip_with, first_login, tidings, Server};
@@ -89,14 +90,21 @@ impl Browser {
         self.client.current_url().await.unwrap().path().to_owned()
     }
 
+    /// The text of what `css` finds. A live page (the report's Server-Sent Events) may
+    /// replace the element between finding and reading it; then it is found again.
     async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        loop {
+            let found = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            match found.text().await {
+                Ok(text) => return text,
+                Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("the text of {css}: {e}"),
+            }
+        }
     }
 
     /// Runs axe-core on the page and fails on any serious or critical finding.
