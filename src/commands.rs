@@ -86,6 +86,7 @@ pub async fn serve(
     } else {
         config
     };
+    crate::metrics::install()?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let sandbox = in_process_sandbox(config, demo)?;
     let adapters = adapters(config, sandbox.as_ref())?;
@@ -96,11 +97,7 @@ pub async fn serve(
     // Provider callbacks are kept on arrival and applied by their own worker.
     let callbacks = tidings_callbacks::Callbacks::new(store.clone(), config.callbacks()?);
     let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
-    let metrics = crate::metrics::router(
-        store.clone(),
-        dispatching.as_ref().map(|(_, counters)| counters.clone()),
-        callbacks.counters.clone(),
-    )?;
+    let metrics = crate::metrics::router(store.clone())?;
     let state = tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
@@ -140,22 +137,8 @@ pub async fn serve(
     let web = tidings_web_admin::router(state.clone(), web);
     // `/metrics` on an operator listener of its own when one is set, else on this one for
     // a scraper on this machine only.
-    let (metrics, operator) = match config.metrics_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (metrics_listen)"))?;
-            tracing::info!(address = %listener.local_addr()?, "metrics served on the operator listener");
-            let mut stopping = stopping.clone();
-            let limits = config.serve_limits();
-            let serving = tokio::spawn(async move {
-                tidings_api::server::serve_with(listener, metrics, limits, async move {
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                })
-                .await
-            });
-            (axum::Router::new(), Some(serving))
-        }
+    let (metrics, operator) = match operator_listener(config, metrics.clone(), &stopping).await? {
+        Some(serving) => (axum::Router::new(), Some(serving)),
         None => (crate::metrics::local_only(metrics), None),
     };
     let mut router = tidings_api::router(state.clone())
@@ -168,6 +151,7 @@ pub async fn serve(
     if let Some(idp) = identity_provider {
         router = router.merge(idp.router());
     }
+    let router = router.layer(axum::middleware::from_fn(crate::metrics::timed));
     let mut http_stopping = stopping;
     let stop = Arc::new(stop);
     tokio::spawn({
@@ -202,6 +186,29 @@ pub async fn serve(
     Ok(())
 }
 
+/// `/metrics` on an operator listener of its own (`metrics_listen`), when one is set.
+async fn operator_listener(
+    config: &Config,
+    metrics: axum::Router,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let Some(address) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (metrics_listen)"))?;
+    tracing::info!(address = %listener.local_addr()?, "metrics served on the operator listener");
+    let mut stopping = stopping.clone();
+    let limits = config.serve_limits();
+    Ok(Some(tokio::spawn(async move {
+        tidings_api::server::serve_with(listener, metrics, limits, async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        })
+        .await
+    })))
+}
+
 /// `tidings dispatch`: only the dispatcher, until SIGTERM or Ctrl-C.
 pub async fn dispatch(
     config: &Config,
@@ -212,7 +219,10 @@ pub async fn dispatch(
     if !readiness.is_ready() {
         anyhow::bail!("the database is not migrated: run `tidings migrate` first");
     }
+    crate::metrics::install()?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let metrics = crate::metrics::router(store.clone())?;
+    let operator = operator_listener(config, metrics, &stopping).await?;
     let link_keys = link_keys(config, store.as_ref()).await?;
     let sandbox = in_process_sandbox(config, false)?;
     let adapters = adapters(config, sandbox.as_ref())?;
@@ -225,6 +235,12 @@ pub async fn dispatch(
     dispatching
         .await
         .context("the dispatcher stopped abnormally")??;
+    if let Some(operator) = operator {
+        operator
+            .await
+            .context("the metrics listener stopped abnormally")?
+            .context("metrics listener failed")?;
+    }
     Ok(())
 }
 
@@ -351,6 +367,7 @@ impl tidings_api::guardian::CodeSender for SignInCodes {
             unsubscribe_url: None,
             // A code is no delivery: a report of it would name nothing.
             delivery_reports: false,
+            span: tracing::Span::none(),
         };
         match adapter.send(std::slice::from_ref(&send)).await.pop() {
             Some(SendOutcome::Sent { .. }) => Ok(()),

@@ -27,6 +27,12 @@ pub struct Config {
     /// forwarding header), never a client through the internet. Env:
     /// `TIDINGS_METRICS_LISTEN`.
     pub metrics_listen: Option<SocketAddr>,
+    /// An OpenTelemetry collector's OTLP/HTTP address (e.g. `http://127.0.0.1:4318`):
+    /// traces of requests, sends and provider reports are exported there. Unset: no
+    /// traces. Env: `TIDINGS_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` traces carry. Env: `TIDINGS_OTLP_SERVICE_NAME`.
+    pub otlp_service_name: String,
     /// Addresses of the reverse proxies in front of Tidings: from these peers the client's
     /// address is read from `X-Forwarded-For` (for per-client limits); from anyone else
     /// that header is ignored. Env: `TIDINGS_TRUSTED_PROXIES`, e.g. `["127.0.0.1"]`.
@@ -363,6 +369,8 @@ impl Default for Config {
             database_url: "sqlite://tidings.db".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_listen: None,
+            otlp_endpoint: None,
+            otlp_service_name: "tidings".into(),
             trusted_proxies: Vec::new(),
             http_max_connections: 1024,
             http_header_timeout_seconds: 10,

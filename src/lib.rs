@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod import;
 pub mod outbox;
+pub mod traces;
 
 pub use config::Config;
 pub mod metrics;

@@ -291,7 +291,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
-    init_tracing(config.log_format);
+    // Kept until the end of the run: dropping it sends the spans still buffered.
+    let _traces = init_tracing(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -446,19 +447,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+/// Logs to stderr, as text or JSON; with `otlp_endpoint`, spans to the collector too.
+fn init_tracing(config: &Config) -> anyhow::Result<Option<tidings::traces::Traces>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+    };
     // Colours only for a person at a terminal: a log file or a collector gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logs = match config.log_format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    let (spans, traces) = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let (layer, traces) = tidings::traces::layer(endpoint, &config.otlp_service_name)?;
+            // Spans at info and above whatever TIDINGS_LOG says: a quiet log still
+            // exports every request's and send's span.
+            let spans = tracing_subscriber::EnvFilter::new("info,sqlx=warn");
+            (Some(layer.with_filter(spans)), Some(traces))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter()))
+        .with(spans)
+        .init();
+    Ok(traces)
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed here, before the

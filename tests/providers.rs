@@ -19,6 +19,7 @@ tidings_core::on_both_stores! {
     stop_help_and_start_by_sms_are_honoured,
     guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing,
     the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device,
+    one_message_is_traced_from_the_request_to_delivered,
 }
 
 const ACCOUNT: &str = "AC00000000000000000000000000000042";
@@ -565,7 +566,99 @@ async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) 
         .collect();
     assert!(!lags.is_empty(), "{metrics}");
     assert!(lags.iter().all(|l| l.ends_with(" 0")), "{lags:?}");
+    // Recorded where they happened: the moves into each state, the stages' times, the
+    // provider calls, what the callbacks refused and recognised, the requests.
+    let district = store.districts().await.unwrap()[0].id.to_string();
+    let moved = |state| {
+        sample(
+            &metrics,
+            "tidings_delivery_moves_total",
+            &[
+                ("state", state),
+                ("channel", "sms"),
+                ("district", &district),
+            ],
+        )
+    };
+    assert_eq!(moved("DELIVERED"), delivered as f64, "{metrics}");
+    assert_eq!(moved("FAILED"), failed as f64, "{metrics}");
+    let stage = |name| {
+        sample(
+            &metrics,
+            "tidings_delivery_stage_seconds_count",
+            &[("stage", name), ("channel", "sms")],
+        )
+    };
+    assert!(stage("created_to_sent") >= sent as f64, "{metrics}");
+    // A report that overtook the provider's answer moved its delivery from QUEUED, with
+    // no time sent to time.
+    let timed = stage("sent_to_delivered");
+    assert!(timed > 0.0 && timed <= delivered as f64, "{metrics}");
+    let calls = sample(
+        &metrics,
+        "tidings_attempts_total",
+        &[
+            ("channel", "sms"),
+            ("lane", "emergency"),
+            ("outcome", "sent"),
+        ],
+    );
+    assert_eq!(calls, (to_send - suppressed) as f64, "{metrics}");
+    let unverified = [("provider", "twilio"), ("reason", "unverified")];
+    assert_eq!(
+        sample(&metrics, "tidings_callback_rejects_total", &unverified),
+        1.0
+    );
+    for kind in ["provider_event", "stale_event"] {
+        let n = sample(
+            &metrics,
+            "tidings_duplicates_suppressed_total",
+            &[("kind", kind)],
+        );
+        assert!(n > 0.0, "{kind}: {metrics}");
+    }
+    let posted = [
+        ("route", "/api/v1/messages"),
+        ("method", "POST"),
+        ("status", "201"),
+    ];
+    assert_eq!(
+        sample(&metrics, "tidings_http_request_seconds_count", &posted),
+        1.0,
+        "{metrics}"
+    );
+    // Read at the scrape: the report's failures are dead letters of the district, no
+    // partition waits, and none is left without a dispatcher.
+    assert_eq!(
+        sample(&metrics, "tidings_dead_letters", &[("district", &district)]),
+        failed as f64
+    );
+    assert_eq!(
+        sample(&metrics, "tidings_consumer_lag_seconds", &[]),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "tidings_partitions_unheld", &[]),
+        0.0,
+        "{metrics}"
+    );
     called.stop().await;
+}
+
+/// The sum of the samples of `name` (exactly) carrying every label of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (metric == name && all).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 async fn stop_help_and_start_by_sms_are_honoured(db: TestDatabase) {
@@ -1426,4 +1519,170 @@ async fn dispatched_all(serve_at: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the dispatcher did not catch up with the log within a minute");
+}
+
+/// A local OpenTelemetry collector: it takes OTLP/HTTP (protobuf) exports and keeps their
+/// spans.
+struct Collector {
+    endpoint: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let export = ExportTraceServiceRequest::decode(body).expect("an OTLP export");
+                let mut kept = kept.lock().unwrap();
+                for resource in export.resource_spans {
+                    for scope in resource.scope_spans {
+                        kept.extend(scope.spans);
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { endpoint, spans }
+    }
+
+    fn spans(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// A span's attribute, as text.
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// With a collector configured, one message's spans run from the staff's request (the
+/// child of the caller's own span, by its `traceparent`) through the service call and the
+/// fan-out, to each delivery's provider call (inside its dispatch batch, linked to the
+/// request) and each provider report that moved it to DELIVERED.
+async fn one_message_is_traced_from_the_request_to_delivered(db: TestDatabase) {
+    let collector = Collector::start().await;
+    let env = [
+        ("TIDINGS_OTLP_ENDPOINT", collector.endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let called = called_back(db, "{}", &env).await;
+    let d = &called.d;
+    let (caller_trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let answer = d
+        .client
+        .post(d.server.url("/api/v1/messages"))
+        .bearer_auth(&d.admin)
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .json(&json!({
+            "audience": {"district": true},
+            "channels": ["sms"],
+            "kind": "emergency",
+            "subject": "Early dismissal",
+            "body": "School closes at noon today.",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let sent: Value = answer.json().await.unwrap();
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let to_send = sent["deliveries"].as_u64().unwrap();
+    // Guardians without a number are suppressed at the fan-out; the others delivered.
+    let settled = |c: &BTreeMap<String, u64>| {
+        c.get("DELIVERED").unwrap_or(&0) + c.get("SUPPRESSED").unwrap_or(&0) == to_send
+    };
+    let done = counts_when(d, &id, settled).await;
+    assert!(settled(&done), "{done:?}");
+    let to_send = done["DELIVERED"];
+    // The last spans leave with the process.
+    called.stop().await;
+
+    let spans = collector.spans();
+    let named = |name: &str| -> Vec<_> { spans.iter().filter(|s| s.name == name).collect() };
+    let of_message = |name: &str| -> Vec<_> {
+        named(name)
+            .into_iter()
+            .filter(|s| attribute(s, "message_id").as_deref() == Some(id.as_str()))
+            .collect()
+    };
+    // The request, continuing the caller's trace.
+    let requests: Vec<_> = named("POST /api/v1/messages");
+    assert_eq!(
+        requests.len(),
+        1,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let request = requests[0];
+    assert_eq!(hex(&request.trace_id), caller_trace);
+    assert_eq!(hex(&request.parent_span_id), caller_span);
+    assert_eq!(
+        attribute(request, "http.response.status_code").as_deref(),
+        Some("201")
+    );
+    // The service call inside it, and the fan-out inside that.
+    let service = of_message("send_message");
+    assert_eq!(service.len(), 1);
+    assert_eq!(service[0].parent_span_id, request.span_id);
+    let chunks = of_message("fanout_chunk");
+    assert!(!chunks.is_empty());
+    assert!(chunks
+        .iter()
+        .all(|c| c.parent_span_id == service[0].span_id));
+    // Each delivery's provider call, inside a dispatch batch, linked to the service call
+    // that wrote the message.
+    let calls = of_message("provider_call");
+    let delivered: std::collections::BTreeSet<String> = calls
+        .iter()
+        .map(|c| attribute(c, "delivery_id").unwrap())
+        .collect();
+    assert_eq!(delivered.len() as u64, to_send);
+    for call in &calls {
+        assert!(
+            call.links
+                .iter()
+                .any(|l| hex(&l.trace_id) == caller_trace && l.span_id == service[0].span_id),
+            "{call:?}"
+        );
+        let batch = spans
+            .iter()
+            .find(|s| s.span_id == call.parent_span_id)
+            .expect("the call's batch span");
+        assert_eq!(batch.name, "dispatch_batch");
+        assert_eq!(attribute(batch, "lane").as_deref(), Some("emergency"));
+    }
+    // Each report that moved a delivery to DELIVERED, named by delivery and message.
+    let reports = of_message("provider_event");
+    let reported: std::collections::BTreeSet<String> = reports
+        .iter()
+        .filter(|r| attribute(r, "event").as_deref() == Some("Delivered"))
+        .map(|r| attribute(r, "delivery_id").unwrap())
+        .collect();
+    assert_eq!(reported, delivered);
+    // And the provider's callbacks themselves, as requests.
+    assert!(!named("POST /callbacks/twilio/status").is_empty());
 }

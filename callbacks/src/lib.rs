@@ -241,6 +241,8 @@ async fn keeper(
 struct Refusal {
     status: StatusCode,
     reason: String,
+    /// The reason's class, as `tidings_callback_rejects_total` counts it.
+    class: &'static str,
 }
 
 /// One event of a verified request, before it is kept.
@@ -257,9 +259,17 @@ struct Incoming {
 type Kept = Vec<Incoming>;
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    let class = match status {
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => "unverified",
+        StatusCode::NOT_FOUND => "not_configured",
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG => "too_large",
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "malformed",
+        _ => "other",
+    };
     Refusal {
         status,
         reason: reason.into(),
+        class,
     }
 }
 
@@ -344,11 +354,13 @@ impl Callbacks {
         match kept.await {
             Ok(Ok(kept)) => {
                 for new in kept {
-                    Counters::add(if new {
-                        &self.counters.received
+                    if new {
+                        Counters::add(&self.counters.received, "received");
                     } else {
-                        &self.counters.duplicates
-                    });
+                        Counters::add(&self.counters.duplicates, "duplicates");
+                        metrics::counter!(tidings_core::telemetry::DUPLICATES_SUPPRESSED, "kind" => "provider_event")
+                            .increment(1);
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -368,9 +380,15 @@ impl Callbacks {
             // Our failure, not the request's: the provider retries.
             return (refusal.status, Json(json!({ "error": refusal.reason }))).into_response();
         }
-        Counters::add(&self.counters.rejected);
+        Counters::add(&self.counters.rejected, "rejected");
+        metrics::counter!(
+            tidings_core::telemetry::CALLBACK_REJECTS,
+            "provider" => provider.to_owned(),
+            "reason" => refusal.class,
+        )
+        .increment(1);
         if !self.sampler.admit(provider) {
-            Counters::add(&self.counters.rejected_unkept);
+            Counters::add(&self.counters.rejected_unkept, "rejected_unkept");
             tracing::debug!(provider, reason = %refusal.reason, "provider callback refused (not kept: sample full)");
             return (refusal.status, Json(json!({ "error": refusal.reason }))).into_response();
         }
@@ -426,8 +444,10 @@ impl Callbacks {
             found.into_iter().map(|s| (s.delivery_id, s)).collect();
         for incoming in events {
             let id = incoming.event.delivery_id;
-            let not_ours =
-                |why: &str| refuse(StatusCode::BAD_REQUEST, format!("delivery {id} {why}"));
+            let not_ours = |why: &str| Refusal {
+                class: "unknown_delivery",
+                ..refuse(StatusCode::BAD_REQUEST, format!("delivery {id} {why}"))
+            };
             let Some(sent) = found.get(&id) else {
                 return Err(not_ours("is not one of ours"));
             };
@@ -523,9 +543,10 @@ impl Callbacks {
                 limit: retention.batch,
             })
             .await?;
-        self.counters.pruned.fetch_add(
+        Counters::add_many(
+            &self.counters.pruned,
+            "pruned",
             pruned.finished + pruned.rejected + pruned.tokens,
-            Ordering::Relaxed,
         );
         Ok(pruned)
     }
@@ -542,12 +563,12 @@ impl Callbacks {
                 return Ok(handled);
             }
             handled += round.applied + round.ignored;
-            self.counters
-                .applied
-                .fetch_add(round.applied as u64, Ordering::Relaxed);
-            self.counters
-                .ignored
-                .fetch_add(round.ignored as u64, Ordering::Relaxed);
+            Counters::add_many(&self.counters.applied, "applied", round.applied as u64);
+            Counters::add_many(&self.counters.ignored, "ignored", round.ignored as u64);
+            // An event that changes nothing: its delivery is already past it (a late
+            // or repeated report).
+            metrics::counter!(tidings_core::telemetry::DUPLICATES_SUPPRESSED, "kind" => "stale_event")
+                .increment(round.ignored as u64);
         }
     }
 
@@ -589,8 +610,14 @@ impl Callbacks {
 }
 
 impl Counters {
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts one `result` here and in the process's metrics (`tidings_callbacks_total`).
+    fn add(counter: &AtomicU64, result: &'static str) {
+        Self::add_many(counter, result, 1);
+    }
+
+    fn add_many(counter: &AtomicU64, result: &'static str, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(tidings_core::telemetry::CALLBACKS, "result" => result).increment(n);
     }
 
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {

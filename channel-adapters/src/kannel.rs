@@ -232,6 +232,7 @@ mod tests {
             ack: None,
             unsubscribe_url: None,
             delivery_reports: true,
+            span: tracing::Span::none(),
         };
         let asks = |send: &Outgoing| kannel.query(send).iter().any(|(k, _)| *k == "dlr-url");
         assert!(asks(&send));

@@ -45,7 +45,11 @@ macro_rules! one_by_one {
 
             async fn send(&self, batch: &[$crate::Outgoing]) -> Vec<$crate::SendOutcome> {
                 let $c = self;
-                $crate::each(batch.len(), $concurrency, |i| self.send_one(&batch[i])).await
+                use tracing::Instrument as _;
+                $crate::each(batch.len(), $concurrency, |i| {
+                    self.send_one(&batch[i]).instrument(batch[i].span.clone())
+                })
+                .await
             }
         }
     };
@@ -75,6 +79,10 @@ pub struct Outgoing {
     /// are no delivery, such as the guardian app's sign-in codes: a report would name
     /// nothing.
     pub delivery_reports: bool,
+    /// The span the call is made in: the dispatcher's span of this send, carrying its
+    /// delivery and message ids (none for a send that is no delivery).
+    #[serde(skip)]
+    pub span: tracing::Span,
 }
 
 /// The ways a send offers its guardian to acknowledge.

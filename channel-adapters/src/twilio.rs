@@ -324,6 +324,7 @@ mod tests {
             ack: None,
             unsubscribe_url: None,
             delivery_reports: true,
+            span: tracing::Span::none(),
         }
     }
 

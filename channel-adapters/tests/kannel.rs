@@ -73,6 +73,7 @@ fn sms(to: &str, body: &str) -> Outgoing {
         ack: None,
         unsubscribe_url: None,
         delivery_reports: true,
+        span: tracing::Span::none(),
     }
 }
 

@@ -40,6 +40,7 @@ fn email(to: &str, kind: MessageKind) -> Outgoing {
         ack: None,
         unsubscribe_url: None,
         delivery_reports: true,
+        span: tracing::Span::none(),
     }
 }
 

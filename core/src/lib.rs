@@ -24,6 +24,7 @@ pub mod sso;
 pub mod staff;
 pub mod store;
 mod stored_enum;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -360,6 +360,7 @@ async fn a_transition_is_a_compare_and_swap_with_an_event_row(store: Arc<dyn Sto
         actor: Actor::dispatcher("dispatcher-1"),
         detail: None,
         at,
+        since: at,
     };
     let CasOutcome::Applied(moved) = store.transition(&queue).await.unwrap() else {
         panic!("first swap applies");
@@ -578,6 +579,7 @@ async fn racing_writers_have_exactly_one_winner_per_step(store: Arc<dyn Store>) 
                         actor: Actor::dispatcher(format!("writer-{writer}")),
                         detail: None,
                         at: now(),
+                        since: seen.updated_at,
                     };
                     match store.transition(&attempt).await.unwrap() {
                         CasOutcome::Applied(_) => wins.push((id, to)),
@@ -1219,6 +1221,7 @@ async fn an_acknowledgment_acks_its_channel_and_cancels_what_has_not_gone_out(
                 actor: Actor::dispatcher("test"),
                 detail: None,
                 at: now(),
+                since: d.updated_at,
             })
             .await
             .unwrap();

@@ -69,7 +69,24 @@ pub(crate) fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Out
         kind: o.kind,
         subject: o.subject.clone(),
         body: o.body.clone(),
+        span: send_span(o),
     }
+}
+
+/// The span of one send: inside the batch's, joined to the delivery and its message, and
+/// linked to the request that wrote the message.
+fn send_span(o: &Outbound) -> tracing::Span {
+    let span = tracing::info_span!(
+        "provider_call",
+        delivery_id = %o.delivery.id,
+        message_id = %o.delivery.message_id,
+        channel = %o.delivery.channel,
+        attempt = o.delivery.attempts,
+    );
+    if let Some(request) = &o.traceparent {
+        tidings_core::telemetry::link(&span, request);
+    }
+    span
 }
 
 impl Dispatcher {
@@ -89,6 +106,7 @@ impl Dispatcher {
     /// one store transaction before the calls and one after, for the whole batch.
     /// `offset`: the batch's last log offset, committed before the calls when an
     /// at-most-once delivery is among them.
+    #[tracing::instrument(name = "dispatch_batch", skip_all, fields(lane = %lease.lane, partition = %lease.partition, deliveries = batch.len()))]
     pub(crate) async fn send(
         &self,
         lease: &Lease,
@@ -143,7 +161,7 @@ impl Dispatcher {
                 continue; // moved on meanwhile: sent, cancelled, or someone else's
             };
             if earlier_in_doubt {
-                Counters::add(&self.counters.in_doubt);
+                Counters::add(&self.counters.in_doubt, "in_doubt");
             }
             o.delivery = delivery;
             if self.adapters.get(o.delivery.channel).is_none() {
@@ -314,7 +332,7 @@ impl Dispatcher {
                 .skip_standbys(lease, &items, &self.config.owner, at)
                 .await?;
             for _ in moved.into_iter().filter(|m| *m) {
-                Counters::add(&self.counters.standbys_skipped);
+                Counters::add(&self.counters.standbys_skipped, "standby_skipped");
             }
         }
         Ok(go)
@@ -368,7 +386,7 @@ impl Dispatcher {
                 .collect();
             let moved = self.store.defer_deliveries(lease, &items, at).await?;
             for _ in moved.into_iter().filter(|m| *m) {
-                Counters::add(&self.counters.deferred);
+                Counters::add(&self.counters.deferred, "deferred");
             }
         }
         Ok(go)
@@ -391,7 +409,7 @@ impl Dispatcher {
             return;
         }
         for (delivery, _, fault) in retiring {
-            Counters::add(&self.counters.retired);
+            Counters::add(&self.counters.retired, "retired");
             tracing::info!(delivery_id = %delivery.id, guardian_id = %delivery.guardian_id, channel = %delivery.channel, reason = fault.as_str(), "address taken out of use");
         }
     }
@@ -522,11 +540,11 @@ impl Dispatcher {
                 Ok(applied) => break applied,
                 Err(StoreError::Fenced { .. }) => {
                     // The new owner takes these attempts up as unfinished.
-                    Counters::add(&self.counters.fenced);
+                    Counters::add(&self.counters.fenced, "fenced");
                     return Ok(false);
                 }
                 Err(error) if error.is_transient() && started.elapsed() < self.config.lease_ttl => {
-                    Counters::add(&self.counters.record_retried);
+                    Counters::add(&self.counters.record_retried, "record_retried");
                     tracing::warn!(owner = %self.config.owner, lane = %lease.lane, partition = %lease.partition, error = %tidings_core::store::error_chain(&error), "could not record the outcomes of sends; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
@@ -535,22 +553,35 @@ impl Dispatcher {
             }
         };
         for ((o, _, result), applied) in finishing.iter().zip(applied) {
+            let (counter, outcome) = match result {
+                AttemptResult::Sent { .. } => (&self.counters.sent, "sent"),
+                AttemptResult::OptedOut { .. } => (&self.counters.opted_out, "opted_out"),
+                AttemptResult::Retry { .. } => (&self.counters.retried, "retried"),
+                AttemptResult::Failed { .. } => (&self.counters.failed, "failed"),
+            };
+            let in_doubt = matches!(
+                result,
+                AttemptResult::Retry { in_doubt: true, .. }
+                    | AttemptResult::Failed { in_doubt: true, .. }
+            );
+            // Every call made, whether or not its outcome still moved the delivery (a
+            // provider's report may have overtaken the answer).
+            metrics::counter!(
+                tidings_core::telemetry::ATTEMPTS,
+                "channel" => o.delivery.channel.as_str(),
+                "lane" => o.lane.as_str(),
+                "outcome" => outcome,
+                "in_doubt" => if in_doubt { "true" } else { "false" },
+            )
+            .increment(1);
             if !matches!(applied, CasOutcome::Applied(_)) {
                 continue;
             }
-            let counter = match result {
-                AttemptResult::Sent { .. } => &self.counters.sent,
-                AttemptResult::OptedOut { .. } => &self.counters.opted_out,
-                AttemptResult::Retry { .. } => &self.counters.retried,
-                AttemptResult::Failed { .. } => &self.counters.failed,
-            };
-            Counters::add(counter);
-            if let AttemptResult::Retry { in_doubt: true, .. }
-            | AttemptResult::Failed { in_doubt: true, .. } = result
-            {
-                Counters::add(&self.counters.in_doubt);
+            Counters::add(counter, outcome);
+            if in_doubt {
+                Counters::add(&self.counters.in_doubt, "in_doubt");
                 if o.guarantee == DeliveryGuarantee::AtMostOnce {
-                    Counters::add(&self.counters.lost_in_doubt);
+                    Counters::add(&self.counters.lost_in_doubt, "lost_in_doubt");
                 }
             }
         }

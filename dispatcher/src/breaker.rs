@@ -125,6 +125,10 @@ impl Breakers {
             open_state @ State::Open { .. } => (open_state, None),
         };
         *state = next;
+        // Open until a probe succeeds.
+        let open = !matches!(next, State::Closed { .. });
+        metrics::gauge!(tidings_core::telemetry::BREAKER_OPEN, "provider" => provider.to_owned())
+            .set(if open { 1.0 } else { 0.0 });
         opened
     }
 }

@@ -1,4 +1,5 @@
-//! What a dispatcher has done since it started, counted as it happens.
+//! What a dispatcher has done since it started, counted as it happens (and recorded in
+//! the process's metrics at the same moment).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,7 +77,9 @@ impl Counters {
         }
     }
 
-    pub(crate) fn add(counter: &AtomicU64) {
+    /// Counts one `outcome` here and in the process's metrics (`tidings_dispatch_total`).
+    pub(crate) fn add(counter: &AtomicU64, outcome: &'static str) {
         counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(tidings_core::telemetry::DISPATCH, "outcome" => outcome).increment(1);
     }
 }

@@ -166,7 +166,7 @@ impl Dispatcher {
                     }
                 };
                 if !worked {
-                    Counters::add(&self.counters.idle_looks);
+                    Counters::add(&self.counters.idle_looks, "idle_look");
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.idle_wait) => {}
                         Ok(()) = written.changed() => {}

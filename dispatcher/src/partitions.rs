@@ -185,12 +185,12 @@ impl Dispatcher {
             .commit_offset(CONSUMER_GROUP, &lease, entry.offset, self.now())
             .await?;
         partitions.committed_to(key, entry.offset);
-        Counters::add(&self.counters.quarantined);
+        Counters::add(&self.counters.quarantined, "quarantined");
         Ok(())
     }
 
     pub(crate) fn lose(&self, partitions: &Partitions, key: Key) {
-        Counters::add(&self.counters.fenced);
+        Counters::add(&self.counters.fenced, "fenced");
         tracing::warn!(owner = %self.config.owner, lane = %key.0, partition = %key.1, "partition taken over by another dispatcher");
         partitions.leases().remove(&key);
         partitions.committed().remove(&key);

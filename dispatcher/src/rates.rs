@@ -48,8 +48,14 @@ impl RateShares {
     }
 
     pub(crate) fn may_send(&self, provider: &str) -> bool {
-        self.limiters
+        let may = self
+            .limiters
             .get(provider)
-            .is_none_or(|limiter| limiter.check().is_ok())
+            .is_none_or(|limiter| limiter.check().is_ok());
+        if !may {
+            metrics::counter!(tidings_core::telemetry::RATE_LIMIT_WAITS, "provider" => provider.to_owned())
+                .increment(1);
+        }
+        may
     }
 }

@@ -387,6 +387,7 @@ mod tests {
             ack: None,
             unsubscribe_url: None,
             delivery_reports: true,
+            span: tracing::Span::none(),
         }
     }
 

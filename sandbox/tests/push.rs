@@ -71,6 +71,7 @@ fn push(address: &str, kind: MessageKind) -> Outgoing {
         ack: None,
         unsubscribe_url: None,
         delivery_reports: true,
+        span: tracing::Span::none(),
     }
 }
 

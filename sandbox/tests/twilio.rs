@@ -72,6 +72,7 @@ fn sms(to: &str) -> Outgoing {
         ack: None,
         unsubscribe_url: None,
         delivery_reports: true,
+        span: tracing::Span::none(),
     }
 }
 

@@ -113,6 +113,9 @@ pub struct Transition {
     /// Why, for the audit trail (a provider error, a suppression reason).
     pub detail: Option<String>,
     pub at: DateTime<Utc>,
+    /// When the delivery was last written, as read (its `updated_at`): where the stage
+    /// this transition ends began, for the stage-time histograms on `/metrics`.
+    pub since: DateTime<Utc>,
 }
 
 /// What a write of a delivery sets besides its state, version and the timestamp of the
@@ -187,6 +190,7 @@ impl Transition {
             actor: actor.clone(),
             detail,
             at,
+            since: seen.updated_at,
         }
     }
 }

@@ -213,7 +213,11 @@ async fn claim(
         .await?;
     match claim {
         IdempotencyClaim::Claimed => Ok(None),
-        IdempotencyClaim::Replay { status, body } => Ok(Some(Answer { status, body })),
+        IdempotencyClaim::Replay { status, body } => {
+            metrics::counter!(crate::telemetry::DUPLICATES_SUPPRESSED, "kind" => "idempotency_replay")
+                .increment(1);
+            Ok(Some(Answer { status, body }))
+        }
         IdempotencyClaim::InFlight => Err(Refusal::IdempotencyInFlight.into()),
         IdempotencyClaim::Mismatch => Err(Refusal::IdempotencyMismatch.into()),
     }

@@ -61,6 +61,7 @@ pub async fn apply_provider_events(
 
 /// Applies inbox events as [`apply_provider_events`] read them. One another worker has
 /// marked since it was read is neither applied nor counted again.
+#[tracing::instrument(name = "apply_provider_events", skip_all, fields(events = items.len()))]
 pub async fn apply_read_events(
     store: &dyn Store,
     items: Vec<InboxItem>,
@@ -103,6 +104,19 @@ pub async fn apply_read_events(
     // every writer of several deliveries locks them.
     batch.sort_by_key(|item| item.request.as_ref().map(|(d, _)| *d.id.as_uuid()));
     let marked = store.apply_inbox_batch(&batch, at).await?;
+    // A span per event applied, joined to its delivery and message.
+    for (item, status) in batch.iter().zip(&marked) {
+        if let (Some((delivery, request)), Some("applied")) = (&item.request, status) {
+            let _applied = tracing::info_span!(
+                "provider_event",
+                delivery_id = %delivery.id,
+                message_id = %delivery.message_id,
+                provider = %request.actor.reference,
+                event = ?request.event,
+            )
+            .entered();
+        }
+    }
     let mut round = Round {
         read,
         ..Round::default()

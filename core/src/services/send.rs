@@ -77,6 +77,7 @@ pub type Words<'a> = &'a (dyn Fn(Result<&Sent, &Refusal>) -> Answer + Send + Syn
 
 impl Services {
     /// Sends `request` from `caller`, at most once per `once` key.
+    #[tracing::instrument(name = "send_message", skip_all, fields(district_id = %caller.district_id, message_id = tracing::field::Empty))]
     pub async fn send_message(
         &self,
         caller: &Staff,
@@ -130,6 +131,7 @@ impl Services {
         // never hold back an emergency.
         let limited = draft.kind != MessageKind::Emergency;
         let mut message = fanout::header(&draft, self.partitions);
+        tracing::Span::current().record("message_id", tracing::field::display(message.id));
         if limited {
             message.hourly_quota = district
                 .max_messages_per_hour

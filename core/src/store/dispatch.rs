@@ -63,6 +63,19 @@ pub struct DueCount {
     pub deliveries: u32,
 }
 
+/// One partition of the log as an operator watches it (`/metrics`): entries the group has
+/// not committed, when the oldest of them was written, and whether a lease on it is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionWatch {
+    pub lane: Lane,
+    pub partition: PartitionId,
+    pub waiting: i64,
+    /// When the first entry past the committed offset was written; none when nothing waits.
+    pub oldest: Option<DateTime<Utc>>,
+    /// Whether a dispatcher's lease on it has not expired.
+    pub held: bool,
+}
+
 /// A dispatcher's hold on one (lane, partition). Writes made under it carry the fencing
 /// token; once another process has taken the partition over they are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -114,6 +127,9 @@ pub struct Outbound {
     /// For a standby delivery (a message with fallback): the delivery it backs up, as it
     /// is now.
     pub backs_up: Option<BackedUp>,
+    /// The trace context of the request that wrote the message, when traces were
+    /// exported then: the send's span links to it.
+    pub traceparent: Option<String>,
 }
 
 /// The delivery a standby backs up.
@@ -254,6 +270,7 @@ impl AttemptResult {
                 actor: actor.clone(),
                 detail: error,
                 at,
+                since: seen.updated_at,
             },
             effects,
         )
@@ -438,6 +455,16 @@ pub trait DispatchStore: Send + Sync {
 
     /// Per (lane, partition) of the log: entries the group has not committed yet.
     async fn consumer_lag(&self, group: &str) -> StoreResult<Vec<(Lane, PartitionId, i64)>>;
+
+    /// Every partition of the log as of `at`, for the group (see [`PartitionWatch`]).
+    async fn watch_partitions(
+        &self,
+        group: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<PartitionWatch>>;
+
+    /// Deliveries FAILED for good, per district with any: the dead letters' depth.
+    async fn dead_letter_counts(&self) -> StoreResult<Vec<(DistrictId, u64)>>;
 
     /// Dispatchers whose presence has not expired at `at` (each renews it with its leases).
     async fn live_dispatchers(&self, at: DateTime<Utc>) -> StoreResult<u64>;

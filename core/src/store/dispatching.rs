@@ -18,7 +18,7 @@ use super::dialect::{Args, Columns, Dialect, Pools};
 use super::dispatch::{
     defer_change, finishes_in_order, replay_change, skip_change, split_outcomes, start_change,
     starts_in_order, AttemptRecord, AttemptResult, AttemptStart, BackedUp, DispatchStore, DueCount,
-    Lease, Outbound, PartitionDistricts, Replay, Retrying,
+    Lease, Outbound, PartitionDistricts, PartitionWatch, Replay, Retrying,
 };
 use super::engine::Engine;
 use super::transitions::{self, Transitions};
@@ -281,8 +281,8 @@ fn outbound_select(deliveries: &str) -> String {
     let delivery_columns = delivery_columns("d");
     format!(
         "SELECT {delivery_columns}, l.lane, l.partition, l.\"offset\", m.kind, m.delivery_guarantee, \
-                m.requires_ack, m.subject, m.body, m.translations, r.language, d.attempt_base, \
-                (SELECT max(a.attempt) FROM delivery_attempts a \
+                m.requires_ack, m.subject, m.body, m.translations, m.traceparent, r.language, \
+                d.attempt_base, (SELECT max(a.attempt) FROM delivery_attempts a \
                  WHERE a.delivery_id = d.id AND a.outcome = 'in_flight') AS unfinished_attempt, \
                 b.channel AS backs_up_channel, b.state AS backs_up_state, b.suppressed_reason AS backs_up_reason, \
                 (b.fallback_of IS NOT NULL) AS backs_up_standby \
@@ -324,6 +324,7 @@ fn outbound_from_row(row: &impl Columns, from_log: bool) -> StoreResult<Outbound
             }),
         },
         language: words.language,
+        traceparent: row.opt_text("traceparent")?,
     })
 }
 
@@ -494,6 +495,65 @@ where
         .map(|row| {
             let (lane, partition) = lane_partition(row)?;
             Ok((lane, partition, row.i64("lag")?.max(0)))
+        })
+        .collect()
+    }
+
+    async fn watch_partitions(
+        &self,
+        group: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<PartitionWatch>> {
+        let mut conn = self.reads().acquire().await?;
+        S::Db::fetch_all(
+            &mut conn,
+            "SELECT h.lane, h.partition, \
+                    h.next_offset - 1 - COALESCE(o.committed_offset, -1) AS waiting, \
+                    e.created_at AS oldest, l.expires_at AS lease_expires_at \
+             FROM log_heads h \
+             LEFT JOIN consumer_offsets o \
+               ON o.consumer_group = $1 AND o.lane = h.lane AND o.partition = h.partition \
+             LEFT JOIN log_entries e ON e.lane = h.lane AND e.partition = h.partition \
+               AND e.\"offset\" = COALESCE(o.committed_offset, -1) + 1 \
+             LEFT JOIN partition_leases l ON l.lane = h.lane AND l.partition = h.partition \
+             ORDER BY h.lane, h.partition",
+            Args::new().text(group),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let (lane, partition) = lane_partition(row)?;
+            let waiting = row.i64("waiting")?.max(0);
+            Ok(PartitionWatch {
+                lane,
+                partition,
+                waiting,
+                oldest: if waiting > 0 {
+                    row.opt_time("oldest")?
+                } else {
+                    None
+                },
+                held: row
+                    .opt_time("lease_expires_at")?
+                    .is_some_and(|expires| expires > at),
+            })
+        })
+        .collect()
+    }
+
+    async fn dead_letter_counts(&self) -> StoreResult<Vec<(DistrictId, u64)>> {
+        let mut conn = self.reads().acquire().await?;
+        S::Db::fetch_all(
+            &mut conn,
+            "SELECT district_id, count(*) AS n FROM deliveries WHERE state = 'FAILED' \
+             GROUP BY district_id ORDER BY district_id",
+            Args::new(),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let district = DistrictId::from_uuid(row.id("district_id")?);
+            Ok((district, row.i64("n")?.max(0) as u64))
         })
         .collect()
     }

@@ -96,7 +96,9 @@ async fn write_streamed<D: Sending>(
         let recipients = plan(&members);
         drop(members);
         summary.add(&recipients);
-        write_chunk::<D>(conn, message, &recipients, at).await?;
+        let span = tracing::info_span!("fanout_chunk", message_id = %message.id, recipients = recipients.len());
+        tracing::Instrument::instrument(write_chunk::<D>(conn, message, &recipients, at), span)
+            .await?;
     }
     Ok(summary)
 }

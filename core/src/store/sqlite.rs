@@ -245,8 +245,9 @@ impl Sending for sqlx::Sqlite {
         sqlx::query(
                 "INSERT INTO messages (id, district_id, author_id, kind, lane, delivery_guarantee, \
                                        subject, body, channels, audience, requires_ack, created_at, translations, \
-                                       renotify_of, scheduled_at, ack_deadline, fallback_after_seconds) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                                       renotify_of, scheduled_at, ack_deadline, fallback_after_seconds, \
+                                       traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             )
             .bind(text_id(message.id))
             .bind(text_id(message.district_id))
@@ -265,6 +266,8 @@ impl Sending for sqlx::Sqlite {
             .bind(message.scheduled_at)
             .bind(message.ack_deadline)
             .bind(message.fallback_after.map(|a| a.num_seconds().clamp(1, i64::from(i32::MAX)) as i32))
+            // The span writing it: the request's, when traces are exported.
+            .bind(crate::telemetry::traceparent())
             .execute(&mut *conn)
             .await?;
         Ok(())

@@ -95,6 +95,13 @@ pub(crate) async fn apply<DB: Transitions>(
         }
     }
     record_moves::<DB>(conn, batch, &outcomes).await?;
+    // Counted as written: a transaction that fails after this (rare) and is tried again
+    // counts its moves twice.
+    for (change, outcome) in batch.iter().zip(&outcomes) {
+        if let Some(after) = outcome {
+            crate::telemetry::moved(change, after);
+        }
+    }
     let lost: Vec<uuid::Uuid> = lost.into_iter().collect();
     let now = if lost.is_empty() {
         HashMap::new()
