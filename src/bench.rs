@@ -1010,3 +1010,383 @@ pub async fn pages(
     println!("{result}");
     setup.finish().await
 }
+
+/// What `bench pipeline` sends, and how.
+#[derive(Debug, Clone)]
+pub struct PipelineShape {
+    pub guardians: usize,
+    pub channels: usize,
+    pub processes: usize,
+    /// The provider sandbox's faults: `none`, `flaky`, or a JSON object of
+    /// `tidings_sandbox::Faults`.
+    pub faults: String,
+    /// The Twilio account's rate, enforced by the sandbox (429 above it) and configured
+    /// on the adapter; none: unlimited.
+    pub provider_rate: Option<u32>,
+    /// Share of the delivered recipients who acknowledge.
+    pub ack_share: f64,
+}
+
+/// `bench pipeline`'s retry schedule, in seconds after each failed attempt.
+const PIPELINE_RETRIES_S: [u64; 6] = [0, 1, 2, 4, 8, 16];
+
+/// The sandbox faults a `--faults` profile names.
+fn pipeline_faults(profile: &str) -> anyhow::Result<tidings_sandbox::Faults> {
+    let faults = match profile {
+        "none" => tidings_sandbox::Faults::default(),
+        // Sends refused now and then, a few never answered, reports repeated and out of
+        // order, some messages undelivered, and answers taking their time.
+        "flaky" => tidings_sandbox::Faults {
+            transient: 0.02,
+            in_doubt: 0.005,
+            undelivered: 0.02,
+            callback_duplicate: 0.1,
+            callback_reorder: 0.1,
+            latency_ms: 5,
+            latency_jitter_ms: 20,
+            seed: 7,
+            ..Default::default()
+        },
+        json => serde_json::from_str(json).with_context(|| {
+            format!("--faults: none, flaky, or a JSON object of faults, not {json}")
+        })?,
+    };
+    if let Some(problem) = faults.problem() {
+        anyhow::bail!("--faults: {problem}");
+    }
+    Ok(faults)
+}
+
+/// p50, p95 and p99 of `values` (milliseconds), sorted here.
+fn percentiles(mut values: Vec<f64>) -> serde_json::Value {
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        values
+            .get(((values.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .map_or(serde_json::Value::Null, |v| round(v).into())
+    };
+    serde_json::json!({ "n": values.len(), "p50": at(0.50), "p95": at(0.95), "p99": at(0.99) })
+}
+
+/// `tidings bench pipeline --guardians N`: the whole path over HTTP. A synthetic district
+/// of N guardians gets one SMS broadcast (fan-out timed); K dispatchers send it through
+/// the Twilio adapter to the provider sandbox (Twilio's API on loopback, with `--faults`
+/// and `--provider-rate` enforced as a provider would, 429 above it); the sandbox posts
+/// its signed status callbacks back to this process's callbacks, which keep and apply
+/// them; then a share of the recipients acknowledge. Prints the time to all SENT and to
+/// all DELIVERED, deliveries per second, p50/p95/p99 of each stage (from the deliveries'
+/// events), duplicates at the provider, deliveries lost (never sent: must be 0), the
+/// share of the provider's rate achieved with its 429s, and the peak resident set.
+pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow::Result<()> {
+    use std::collections::{BTreeSet, HashMap};
+    use tidings_core::fanout::{plan, Draft};
+    use tidings_core::store::Scope;
+    use tidings_core::{Channel, DeliveryGuarantee, DeliveryState, MessageKind};
+    use tidings_dispatcher::{Adapters, Config, Dispatcher};
+
+    const PUBLIC: &str = "https://tidings.bench.example";
+    const TOKEN: &str = "bench-twilio-token";
+    anyhow::ensure!(
+        shape.channels == 1,
+        "bench pipeline sends SMS through the HTTP sandbox: --channels 1 only for now"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&shape.ack_share),
+        "--ack-share is between 0 and 1"
+    );
+    let faults = pipeline_faults(&shape.faults)?;
+    reset_peak_rss();
+    let setup = Setup::sized(shape.guardians, Some(shape.guardians), 5, database).await?;
+    setup.import("bench").await?;
+    let store = setup.store.clone();
+
+    // The callbacks of this process, where the sandbox posts its reports.
+    let callbacks = tidings_callbacks::Callbacks::new(
+        store.clone(),
+        tidings_callbacks::CallbackConfig {
+            public_url: Some(PUBLIC.into()),
+            twilio_auth_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+    );
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
+    let callbacks_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let callbacks_at = format!("http://{}", callbacks_listener.local_addr()?);
+    let mut http_stopping = stopping.clone();
+    let serving = tokio::spawn(tidings_api::serve(
+        callbacks_listener,
+        callbacks.router(),
+        async move {
+            let _ = http_stopping.wait_for(|s| *s).await;
+        },
+    ));
+    // The provider: Twilio's API on loopback, calling back to the callbacks above.
+    let mut provider = tidings_sandbox::InProcessProvider::new(faults);
+    if let Some(rate) = shape.provider_rate.and_then(std::num::NonZeroU32::new) {
+        provider = provider.with_account_rate(rate);
+    }
+    let sandbox_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sandbox_at = format!("http://{}", sandbox_listener.local_addr()?);
+    let sandbox_config = tidings_sandbox::server::SandboxConfig {
+        twilio_auth_token: TOKEN.into(),
+        callback_base: Some(callbacks_at),
+        hang: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut sandbox_stopping = stopping.clone();
+    let sandbox = tokio::spawn(tidings_sandbox::server::serve(
+        sandbox_listener,
+        provider.clone(),
+        sandbox_config,
+        async move {
+            let _ = sandbox_stopping.wait_for(|s| *s).await;
+        },
+    ));
+    let twilio = tidings_channel_adapters::twilio::Twilio::new(
+        tidings_channel_adapters::twilio::TwilioConfig {
+            account_sid: "AC00000000000000000000000000bench".into(),
+            api_key_sid: None,
+            secret: TOKEN.into(),
+            from: Some("+15005550006".into()),
+            messaging_service_sid: None,
+            api_base: sandbox_at,
+            status_callback: Some(format!("{PUBLIC}/callbacks/twilio/status")),
+            timeouts: tidings_channel_adapters::http::Timeouts {
+                request: std::time::Duration::from_secs(1),
+                ..Default::default()
+            },
+            max_per_second: shape.provider_rate.and_then(std::num::NonZeroU32::new),
+            concurrency: 8,
+        },
+    )?;
+    let adapters = Adapters::default().with(Channel::Sms, std::sync::Arc::new(twilio));
+
+    // The broadcast, as a send writes it.
+    let members = store
+        .resolve_audience(
+            &Scope::District(setup.district),
+            &tidings_core::audience::Audience {
+                district: true,
+                ..Default::default()
+            },
+        )
+        .await?
+        .map_err(|p| anyhow::anyhow!("audience: {p:?}"))?;
+    let draft = Draft {
+        district_id: setup.district,
+        author_id: setup.admin,
+        kind: MessageKind::General,
+        channels: BTreeSet::from([Channel::Sms]),
+        subject: "Bench".into(),
+        body: "Benchmark broadcast: the whole pipeline.".into(),
+        translations: Default::default(),
+        requires_ack: true,
+        guarantee: DeliveryGuarantee::AtLeastOnce,
+        audience: serde_json::json!({"district": true}),
+        renotify_of: None,
+        scheduled_at: None,
+        ack_deadline: None,
+        fallback_after: None,
+    };
+    let started = Instant::now();
+    let broadcast = plan(
+        &draft,
+        "en",
+        &members,
+        tidings_core::log::DEFAULT_PARTITIONS,
+        now(),
+    );
+    store.create_message(&broadcast, now()).await?;
+    let fanout_seconds = started.elapsed().as_secs_f64();
+    let ids: Vec<tidings_core::DeliveryId> = broadcast
+        .recipients
+        .iter()
+        .flat_map(|r| &r.deliveries)
+        .filter(|d| d.suppressed_reason.is_none())
+        .map(|d| d.id)
+        .collect();
+    let message = broadcast.id;
+
+    // Retries within seconds rather than the production schedule's minutes, so that a
+    // run measures the pipeline, not the waits of its retry schedule.
+    let retry = tidings_dispatcher::RetryPolicy {
+        schedule: PIPELINE_RETRIES_S
+            .iter()
+            .map(|&s| std::time::Duration::from_secs(s))
+            .collect(),
+    };
+    let running: Vec<_> = (0..shape.processes.max(1))
+        .map(|_| {
+            let config = Config {
+                retry: retry.clone(),
+                ..Config::default()
+            };
+            let dispatcher = Dispatcher::new(store.clone(), adapters.clone(), config);
+            let stopping = stopping.clone();
+            tokio::spawn(async move { dispatcher.run(stopping).await })
+        })
+        .collect();
+
+    // Until every delivery is past SENT, then until every report the provider will send
+    // has been sent and applied; a stall of a minute ends the run with why.
+    const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+    let scope = tidings_core::store::MessageScope::District(setup.district);
+    let counts = |counts: &[tidings_core::store::DeliveryCount]| {
+        let mut by: HashMap<DeliveryState, u64> = HashMap::new();
+        for c in counts {
+            *by.entry(c.state).or_default() += c.count.max(0) as u64;
+        }
+        by
+    };
+    let (mut all_sent, mut progress) = (None, (0u64, Instant::now()));
+    let all_reported = loop {
+        let report = store
+            .message_summary(&scope, message)
+            .await?
+            .context("the benchmark's message")?;
+        let by = counts(&report.counts);
+        let waiting = by.get(&DeliveryState::Created).copied().unwrap_or(0)
+            + by.get(&DeliveryState::Queued).copied().unwrap_or(0);
+        let settled = ids.len() as u64 - waiting;
+        if waiting == 0 && all_sent.is_none() {
+            all_sent = Some(started.elapsed().as_secs_f64());
+        }
+        let accepted = provider.received_count() as u64;
+        let inbox = store.inbox_counts().await?;
+        if all_sent.is_some()
+            && provider.reports_finished() >= accepted
+            && inbox.get("pending").copied().unwrap_or(0) == 0
+        {
+            break started.elapsed().as_secs_f64();
+        }
+        let moved = settled + provider.reports_finished();
+        if moved > progress.0 {
+            progress = (moved, Instant::now());
+        } else if progress.1.elapsed() > STALLED {
+            anyhow::bail!(
+                "nothing moved for {} s: {waiting} deliveries not sent, {} of {accepted} reports sent",
+                STALLED.as_secs(),
+                provider.reports_finished()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let all_sent = all_sent.unwrap_or(all_reported);
+
+    // A share of the recipients acknowledge, as the link page records it.
+    let acking = Instant::now();
+    let (mut after, mut acknowledged) = (None, 0usize);
+    let via = tidings_core::services::acknowledge::AckVia::Link(Channel::Sms);
+    if shape.ack_share > 0.0 {
+        let every = (1.0 / shape.ack_share).round().max(1.0) as usize;
+        loop {
+            let page = store
+                .recipients(&scope, message, None, after, 500)
+                .await?
+                .context("the benchmark's message")?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for recipient in page.iter().step_by(every) {
+                store
+                    .acknowledge(recipient.id, via.channel(), &via.actor(), now())
+                    .await?;
+                acknowledged += 1;
+            }
+        }
+    }
+    let ack_seconds = acking.elapsed().as_secs_f64();
+    stop.send(true)?;
+    for r in running {
+        r.await??;
+    }
+    let _ = applying.await;
+    serving.await??;
+    sandbox.await??;
+
+    // Stages, from the events of a sample of the deliveries.
+    let received = provider.received();
+    let sent_ids: std::collections::HashSet<_> =
+        received.iter().filter_map(|r| r.delivery_id).collect();
+    let lost = ids.iter().filter(|id| !sent_ids.contains(id)).count();
+    let step = (ids.len() / 2_000).max(1);
+    let (mut to_sent, mut to_delivered, mut to_acked) = (Vec::new(), Vec::new(), Vec::new());
+    let sample: Vec<_> = ids.iter().step_by(step).copied().collect();
+    let created: HashMap<_, _> = store
+        .deliveries_by_ids(&sample)
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.created_at))
+        .collect();
+    for id in &sample {
+        let events = store.delivery_events(*id).await?;
+        let entered = |state| events.iter().find(|e| e.to == state).map(|e| e.at);
+        let ms = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+            (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
+        };
+        let (sent, delivered, acked) = (
+            entered(DeliveryState::Sent),
+            entered(DeliveryState::Delivered),
+            entered(DeliveryState::Acked),
+        );
+        if let (Some(created), Some(sent)) = (created.get(id), sent) {
+            to_sent.push(ms(*created, sent));
+        }
+        if let (Some(sent), Some(delivered)) = (sent, delivered) {
+            to_delivered.push(ms(sent, delivered));
+        }
+        if let (Some(delivered), Some(acked)) = (delivered, acked) {
+            to_acked.push(ms(delivered, acked));
+        }
+    }
+    let report = store
+        .message_summary(&scope, message)
+        .await?
+        .context("the benchmark's message")?;
+    let by = counts(&report.counts);
+    let first_send = received.first().map(|r| r.at);
+    let last_send = received.last().map(|r| r.at);
+    let send_seconds = first_send
+        .zip(last_send)
+        .map_or(0.0, |(a, b)| (b - a).num_milliseconds() as f64 / 1000.0);
+    let achieved = received.len() as f64 / send_seconds.max(0.001);
+    let result = serde_json::json!({
+        "suite": "pipeline",
+        "store": store.backend(),
+        "guardians": shape.guardians,
+        "channels": shape.channels,
+        "processes": shape.processes.max(1),
+        "faults": faults,
+        "provider_rate": shape.provider_rate,
+        "retry_schedule_s": PIPELINE_RETRIES_S,
+        "deliveries": ids.len(),
+        "fanout_seconds": round(fanout_seconds),
+        "seconds_to_all_sent": round(all_sent),
+        "seconds_to_all_reported": round(all_reported),
+        "deliveries_per_s": (ids.len() as f64 / all_sent).round(),
+        "states": {
+            "SENT": by.get(&DeliveryState::Sent).copied().unwrap_or(0),
+            "DELIVERED": by.get(&DeliveryState::Delivered).copied().unwrap_or(0),
+            "ACKED": by.get(&DeliveryState::Acked).copied().unwrap_or(0),
+            "FAILED": by.get(&DeliveryState::Failed).copied().unwrap_or(0),
+        },
+        "stage_ms": {
+            "created_to_sent": percentiles(to_sent),
+            "sent_to_delivered": percentiles(to_delivered),
+            "delivered_to_acked": percentiles(to_acked),
+        },
+        "acknowledged": acknowledged,
+        "ack_seconds": round(ack_seconds),
+        "provider_sends": provider.sends(),
+        "provider_accepted": received.len(),
+        "duplicates": provider.duplicates(),
+        "lost": lost,
+        "provider_rate_achieved_per_s": achieved.round(),
+        "provider_rate_share": shape.provider_rate.map(|r| round(achieved / f64::from(r.max(1)))),
+        "provider_429s": provider.over_rate(),
+        "peak_rss_mb": peak_rss_mb()?,
+    });
+    println!("{result}");
+    setup.finish().await
+}

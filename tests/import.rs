@@ -221,6 +221,43 @@ async fn the_benchmarks_print_their_figures_as_json() {
             .await
             .unwrap(),
     );
+    // The whole pipeline over HTTP, with a flaky provider that enforces its rate: every
+    // delivery reaches the provider, none goes over the rate, every report is applied.
+    let pipeline = last_json(
+        support::tidings("sqlite://unused.db")
+            .args([
+                "bench",
+                "pipeline",
+                "--guardians",
+                "300",
+                "--faults",
+                "flaky",
+                "--provider-rate",
+                "200",
+            ])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(pipeline["suite"], "pipeline");
+    assert_eq!(pipeline["lost"], 0, "{pipeline}");
+    assert_eq!(pipeline["provider_429s"], 0, "{pipeline}");
+    let deliveries = pipeline["deliveries"].as_u64().unwrap();
+    let state = |s: &str| pipeline["states"][s].as_u64().unwrap();
+    assert_eq!(state("SENT"), 0, "every report applied: {pipeline}");
+    assert_eq!(
+        state("DELIVERED") + state("ACKED") + state("FAILED"),
+        deliveries,
+        "{pipeline}"
+    );
+    assert!(state("ACKED") > 0 && state("FAILED") > 0, "{pipeline}");
+    for stage in ["created_to_sent", "sent_to_delivered", "delivered_to_acked"] {
+        assert!(
+            pipeline["stage_ms"][stage]["n"].as_u64().unwrap() > 0,
+            "{pipeline}"
+        );
+    }
+
     assert_eq!(pages["suite"], "pages");
     let listed = pages["pages"].as_array().unwrap();
     assert!(listed.len() >= 20, "{pages}");

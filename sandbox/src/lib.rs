@@ -85,6 +85,8 @@ struct State {
     sends: u64,
     /// Status reports whose callbacks have all been posted or dropped.
     reports_finished: u64,
+    /// Requests refused (429) for going over the account's rate.
+    over_rate: u64,
 }
 
 /// The in-process provider; clones share what it received.
@@ -97,6 +99,9 @@ pub struct InProcessProvider {
     latency: Duration,
     name: &'static str,
     max_per_second: Option<std::num::NonZeroU32>,
+    /// The account's rate as the HTTP sandbox enforces it: a request over it is refused
+    /// with 429, as a provider does.
+    account_rate: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 impl Default for InProcessProvider {
@@ -144,11 +149,13 @@ impl InProcessProvider {
                 received: Vec::new(),
                 sends: 0,
                 reports_finished: 0,
+                over_rate: 0,
             })),
             journal: None,
             latency: Duration::ZERO,
             name: "sandbox",
             max_per_second: None,
+            account_rate: None,
         }
     }
 
@@ -166,6 +173,34 @@ impl InProcessProvider {
     pub fn with_rate(mut self, per_second: std::num::NonZeroU32) -> Self {
         self.max_per_second = Some(per_second);
         self
+    }
+
+    /// Enforces an account rate on the HTTP sandbox's send endpoints: up to `per_second`
+    /// requests a second, with bursts of one second's worth; more are refused with 429
+    /// and counted ([`InProcessProvider::over_rate`]).
+    pub fn with_account_rate(mut self, per_second: std::num::NonZeroU32) -> Self {
+        let quota = governor::Quota::per_second(per_second);
+        self.account_rate = Some(Arc::new(governor::RateLimiter::direct(quota)));
+        self
+    }
+
+    /// Whether a request now goes over the account rate (counted when it does).
+    pub(crate) fn over_account_rate(&self) -> bool {
+        let over = self
+            .account_rate
+            .as_ref()
+            .is_some_and(|limiter| limiter.check().is_err());
+        if over {
+            let mut state = self.lock();
+            state.over_rate += 1;
+            state.sends += 1;
+        }
+        over
+    }
+
+    /// Requests refused so far for going over the account rate.
+    pub fn over_rate(&self) -> u64 {
+        self.lock().over_rate
     }
 
     /// The provider name its adapters report ("sandbox" unless set), to stand in for

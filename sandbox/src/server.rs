@@ -132,6 +132,7 @@ async fn received(State(shared): State<Shared>) -> Json<serde_json::Value> {
         "duplicates": shared.provider.duplicates(),
         "sends": shared.provider.sends(),
         "status_reports_finished": shared.provider.reports_finished(),
+        "over_rate": shared.provider.over_rate(),
     }))
 }
 
@@ -424,6 +425,9 @@ async fn fate(shared: &Shared) -> Fate {
     let latency = shared.provider.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if shared.provider.over_account_rate() {
+        return Fate::Throttled;
     }
     shared.provider.roll()
 }
