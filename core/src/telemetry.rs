@@ -21,7 +21,8 @@ pub const DELIVERY_STAGE_SECONDS: &str = "tidings_delivery_stage_seconds";
 pub const ATTEMPTS: &str = "tidings_attempts_total";
 /// What the dispatchers did, by `outcome` (see the runbooks).
 pub const DISPATCH: &str = "tidings_dispatch_total";
-/// Deliveries a provider's rate limit held back for a moment: `provider`.
+/// Times a provider's rate held sends back for a moment (a batch read off the log cut
+/// short, a due delivery left for the next look): `provider`.
 pub const RATE_LIMIT_WAITS: &str = "tidings_rate_limit_waits_total";
 /// 1 while a provider's circuit breaker is open (its sends paused), else 0: `provider`.
 pub const BREAKER_OPEN: &str = "tidings_provider_breaker_open";

@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// A burst is this fraction of a second's share (see [`RateShares::share_among`]).
+const BURST_PARTS: u64 = 10;
+
 /// Provider accounts' rate limits, divided equally among the live dispatchers (each
 /// renews its share with its leases), so that together they stay within the account's.
 pub(crate) struct RateShares {
@@ -23,7 +26,11 @@ impl RateShares {
     }
 
     /// One share of each rate for each of `live` dispatchers: a cell every `live / rate`
-    /// seconds, bursts of `rate / live` (at least one).
+    /// seconds, bursts of a tenth of a second's share (at least one). Sends are let
+    /// through when they are read off the log and reach the provider a little later, some
+    /// batches later than others (a slower database write between); a small burst keeps
+    /// sends bunched that way within the provider's own allowance, which is commonly a
+    /// second's worth.
     pub(crate) fn share_among(&mut self, live: u64) {
         let live = live.max(1);
         if live == self.live {
@@ -35,7 +42,7 @@ impl RateShares {
             .iter()
             .map(|(provider, rate)| {
                 let period = Duration::from_secs_f64(live as f64 / f64::from(rate.get()));
-                let burst = u32::try_from(u64::from(rate.get()) / live)
+                let burst = u32::try_from(u64::from(rate.get()) / live / BURST_PARTS)
                     .ok()
                     .and_then(std::num::NonZeroU32::new)
                     .unwrap_or(std::num::NonZeroU32::MIN);
