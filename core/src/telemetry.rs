@@ -233,6 +233,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any valid trace and span ids with any flags read back as written.
+        #[test]
+        fn a_traceparent_reads_back_as_written(
+            trace in 1u128..,
+            span in 1u64..,
+            flags in proptest::num::u8::ANY,
+        ) {
+            let text = format!("00-{trace:032x}-{span:016x}-{flags:02x}");
+            let context = span_context(&text).unwrap();
+            proptest::prop_assert_eq!(context.trace_id().to_string(), format!("{trace:032x}"));
+            proptest::prop_assert_eq!(context.span_id().to_string(), format!("{span:016x}"));
+            proptest::prop_assert_eq!(context.trace_flags().to_u8(), flags);
+        }
+
+        /// Whatever a caller sends, reading it never panics, and what is read names the
+        /// ids the text holds.
+        #[test]
+        fn any_header_is_read_without_panic(text in "\\PC{0,80}|00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}") {
+            if let Some(context) = span_context(&text) {
+                let trace = context.trace_id().to_string();
+                let span = context.span_id().to_string();
+                let ids = format!("{trace}-{span}");
+                proptest::prop_assert!(text.to_lowercase().contains(&ids), "{} not in {}", ids, text);
+            }
+        }
+    }
+
     #[test]
     fn every_name_is_a_prometheus_name_listed_once() {
         let mut names: Vec<&str> = METRICS.iter().map(|(n, _)| *n).collect();

@@ -167,7 +167,7 @@ impl Dispatcher {
             if self.adapters.get(o.delivery.channel).is_none() {
                 // A dead letter staff can see and replay once the channel is configured,
                 // rather than a delivery that silently never goes.
-                tracing::error!(delivery_id = %o.delivery.id, channel = %o.delivery.channel, "no provider is configured for this channel");
+                tracing::error!(delivery_id = %o.delivery.id, message_id = %o.delivery.message_id, channel = %o.delivery.channel, "no provider is configured for this channel");
                 let error = format!("no provider is configured for {}", o.delivery.channel);
                 let result = AttemptResult::Failed {
                     in_doubt: false,
@@ -410,7 +410,7 @@ impl Dispatcher {
         }
         for (delivery, _, fault) in retiring {
             Counters::add(&self.counters.retired, "retired");
-            tracing::info!(delivery_id = %delivery.id, guardian_id = %delivery.guardian_id, channel = %delivery.channel, reason = fault.as_str(), "address taken out of use");
+            tracing::info!(delivery_id = %delivery.id, message_id = %delivery.message_id, guardian_id = %delivery.guardian_id, channel = %delivery.channel, reason = fault.as_str(), "address taken out of use");
         }
     }
 
