@@ -1076,7 +1076,8 @@ fn percentiles(mut values: Vec<f64>) -> serde_json::Value {
 /// its signed status callbacks back to this process's callbacks, which keep and apply
 /// them; then a share of the recipients acknowledge. Prints the time to all SENT and to
 /// all DELIVERED, deliveries per second, p50/p95/p99 of each stage (from the deliveries'
-/// events), duplicates at the provider, deliveries lost (never sent: must be 0), the
+/// events), duplicates at the provider, deliveries lost (never taken by the provider nor
+/// failed visibly as a dead letter: must be 0), the
 /// share of the provider's rate achieved with its 429s, and the peak resident set.
 pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};
@@ -1309,7 +1310,19 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     let received = provider.received();
     let sent_ids: std::collections::HashSet<_> =
         received.iter().filter_map(|r| r.delivery_id).collect();
-    let lost = ids.iter().filter(|id| !sent_ids.contains(id)).count();
+    // Lost: never taken by the provider, and not a dead letter staff can see either.
+    let never_sent: Vec<_> = ids
+        .iter()
+        .filter(|id| !sent_ids.contains(id))
+        .copied()
+        .collect();
+    let dead = store
+        .deliveries_by_ids(&never_sent)
+        .await?
+        .iter()
+        .filter(|d| d.state == DeliveryState::Failed)
+        .count();
+    let lost = never_sent.len() - dead;
     let step = (ids.len() / 2_000).max(1);
     let (mut to_sent, mut to_delivered, mut to_acked) = (Vec::new(), Vec::new(), Vec::new());
     let sample: Vec<_> = ids.iter().step_by(step).copied().collect();
@@ -1345,6 +1358,13 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         .await?
         .context("the benchmark's message")?;
     let by = counts(&report.counts);
+    let attempts = store.attempt_outcomes().await?;
+    let dead_letters: u64 = store
+        .dead_letter_counts()
+        .await?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     let first_send = received.first().map(|r| r.at);
     let last_send = received.last().map(|r| r.at);
     let send_seconds = first_send
@@ -1378,6 +1398,8 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         "seconds_to_all_reported": round(all_reported),
         "deliveries_per_s": (ids.len() as f64 / all_sent).round(),
         "states": {
+            "CREATED": by.get(&DeliveryState::Created).copied().unwrap_or(0),
+            "QUEUED": by.get(&DeliveryState::Queued).copied().unwrap_or(0),
             "SENT": by.get(&DeliveryState::Sent).copied().unwrap_or(0),
             "DELIVERED": by.get(&DeliveryState::Delivered).copied().unwrap_or(0),
             "ACKED": by.get(&DeliveryState::Acked).copied().unwrap_or(0),
@@ -1394,6 +1416,8 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         "provider_accepted": received.len(),
         "duplicates": provider.duplicates(),
         "lost": lost,
+        "attempts": attempts,
+        "dead_letters": dead_letters,
         "provider_rate_achieved_per_s": achieved.round(),
         "provider_rate_sustained_per_s": sustained.round(),
         "provider_rate_share": shape.provider_rate.map(|r| round(sustained / f64::from(r.max(1)))),
