@@ -177,6 +177,101 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// Every guardian of the district, as a send to the whole district resolves them.
+    async fn whole_district(&self) -> anyhow::Result<Vec<tidings_core::audience::AudienceMember>> {
+        let audience = tidings_core::audience::Audience {
+            district: true,
+            ..Default::default()
+        };
+        self.store
+            .resolve_audience(&store::Scope::District(self.district), &audience)
+            .await?
+            .map_err(|p| anyhow::anyhow!("audience: {p:?}"))
+    }
+
+    /// A broadcast by the district's administrator to the whole district.
+    fn draft(
+        &self,
+        kind: tidings_core::MessageKind,
+        channels: std::collections::BTreeSet<tidings_core::Channel>,
+        requires_ack: bool,
+    ) -> tidings_core::fanout::Draft {
+        tidings_core::fanout::Draft {
+            district_id: self.district,
+            author_id: self.admin,
+            kind,
+            channels,
+            subject: "Bench".into(),
+            body: "Benchmark broadcast.".into(),
+            translations: Default::default(),
+            requires_ack,
+            guarantee: tidings_core::DeliveryGuarantee::AtLeastOnce,
+            audience: serde_json::json!({"district": true}),
+            renotify_of: None,
+            scheduled_at: None,
+            ack_deadline: None,
+            fallback_after: None,
+        }
+    }
+}
+
+/// The deliveries of `message` that go to a provider (not suppressed at the fan-out).
+fn sendable(
+    message: &tidings_core::store::NewMessage,
+) -> impl Iterator<Item = &tidings_core::fanout::NewDelivery> {
+    message
+        .recipients
+        .iter()
+        .flat_map(|r| &r.deliveries)
+        .filter(|d| d.suppressed_reason.is_none())
+}
+
+/// The public address Twilio's status callbacks are signed for in the benchmarks, and the
+/// auth token they are signed with.
+const BENCH_PUBLIC_URL: &str = "https://tidings.bench.example";
+const BENCH_TWILIO_TOKEN: &str = "bench-twilio-token";
+
+/// The callbacks of a benchmark's process, on loopback until `stopping`: their address,
+/// the worker applying what they keep, and the server.
+async fn serve_callbacks(
+    store: std::sync::Arc<dyn store::Store>,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let callbacks = tidings_callbacks::Callbacks::new(
+        store,
+        tidings_callbacks::CallbackConfig {
+            public_url: Some(BENCH_PUBLIC_URL.into()),
+            twilio_auth_token: Some(BENCH_TWILIO_TOKEN.into()),
+            ..Default::default()
+        },
+    );
+    let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let mut http_stopping = stopping.clone();
+    let serving = tokio::spawn(tidings_api::serve(
+        listener,
+        callbacks.router(),
+        async move {
+            let _ = http_stopping.wait_for(|s| *s).await;
+        },
+    ));
+    Ok((address, applying, serving))
+}
+
+/// The value at percentile `p` (0 to 1) of `sorted`, NaN when it is empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// `tidings bench import --students N`: generates a synthetic district, imports it, then
 /// imports it again (the nightly re-import of an unchanged roster).
 pub async fn import(students: usize, database: &BenchDatabase) -> anyhow::Result<()> {
@@ -240,36 +335,20 @@ pub async fn fanout(
     database: &BenchDatabase,
 ) -> anyhow::Result<()> {
     use std::collections::BTreeSet;
-    use tidings_core::fanout::Draft;
     use tidings_core::store::Scope;
-    use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
+    use tidings_core::{Channel, MessageKind};
 
     // `--guardians N` (the same flag as `--students N`) means N of each, exactly.
     let setup = Setup::sized(students, Some(students), 2, database).await?;
     setup.import("bench").await?;
     let store = &setup.store;
-    let (district_id, admin_id) = (setup.district, setup.admin);
+    let district_id = setup.district;
     let channels: BTreeSet<Channel> = Channel::ALL
         .iter()
         .copied()
         .take(channels.clamp(1, 3))
         .collect();
-    let draft = Draft {
-        district_id,
-        author_id: admin_id,
-        kind: MessageKind::Emergency,
-        channels,
-        subject: "Bench".into(),
-        body: "Benchmark broadcast.".into(),
-        translations: Default::default(),
-        requires_ack: true,
-        guarantee: DeliveryGuarantee::AtLeastOnce,
-        audience: serde_json::json!({"district": true}),
-        renotify_of: None,
-        scheduled_at: None,
-        ack_deadline: None,
-        fallback_after: None,
-    };
+    let draft = setup.draft(MessageKind::Emergency, channels, true);
     let audience = tidings_core::audience::Audience {
         district: true,
         ..Default::default()
@@ -348,36 +427,20 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
     } = *shape;
     use std::collections::{BTreeSet, HashMap};
     use tidings_core::fanout::{plan, Draft};
-    use tidings_core::store::Scope;
-    use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
+    use tidings_core::{Channel, MessageKind};
     use tidings_dispatcher::{Adapters, Config, Dispatcher};
 
     let setup = Setup::new(deliveries.div_ceil(2), 3, database).await?;
     setup.import("bench").await?;
     let store = setup.store.clone();
-    let audience = tidings_core::audience::Audience {
-        district: true,
-        ..Default::default()
-    };
-    let members = store
-        .resolve_audience(&Scope::District(setup.district), &audience)
-        .await?
-        .map_err(|p| anyhow::anyhow!("audience: {p:?}"))?;
+    let members = setup.whole_district().await?;
     let draft = |members: usize| Draft {
-        district_id: setup.district,
-        author_id: setup.admin,
-        kind: MessageKind::Emergency,
-        channels: BTreeSet::from([Channel::Sms, Channel::Email]),
-        subject: "Bench".into(),
-        body: "Benchmark broadcast.".into(),
-        translations: Default::default(),
-        requires_ack: true,
-        guarantee: DeliveryGuarantee::AtLeastOnce,
         audience: serde_json::json!({ "guardians": members }),
-        renotify_of: None,
-        scheduled_at: None,
-        ack_deadline: None,
-        fallback_after: None,
+        ..setup.draft(
+            MessageKind::Emergency,
+            BTreeSet::from([Channel::Sms, Channel::Email]),
+            true,
+        )
     };
     let partitions = tidings_core::log::DEFAULT_PARTITIONS;
     let send_at = scheduled.then(|| now() + SCHEDULED_AHEAD);
@@ -391,12 +454,7 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
         partitions,
         now(),
     );
-    let to_send: usize = broadcast
-        .recipients
-        .iter()
-        .flat_map(|r| &r.deliveries)
-        .filter(|d| d.suppressed_reason.is_none())
-        .count();
+    let to_send = sendable(&broadcast).count();
     store.create_message(&broadcast, now()).await?;
     // The dispatcher's time, not the time to copy the broadcast's journal into the
     // database file (SQLite), which a send leaves to the background.
@@ -417,13 +475,7 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
         partitions,
         now(),
     );
-    let neighbour_ids: std::collections::HashSet<_> = neighbour
-        .recipients
-        .iter()
-        .flat_map(|r| &r.deliveries)
-        .filter(|d| d.suppressed_reason.is_none())
-        .map(|d| d.id)
-        .collect();
+    let neighbour_ids: std::collections::HashSet<_> = sendable(&neighbour).map(|d| d.id).collect();
     let mut neighbour_at = None;
 
     let sandbox = tidings_sandbox::InProcessProvider::default();
@@ -475,13 +527,7 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
             partitions,
             now(),
         );
-        let expected = sandbox.received_count()
-            + alert
-                .recipients
-                .iter()
-                .flat_map(|r| &r.deliveries)
-                .filter(|d| d.suppressed_reason.is_none())
-                .count();
+        let expected = sandbox.received_count() + sendable(&alert).count();
         store.create_message(&alert, now()).await?;
         let at = now();
         for d in alert.recipients.iter().flat_map(|r| &r.deliveries) {
@@ -515,12 +561,7 @@ pub async fn dispatch(shape: &DispatchShape, database: &BenchDatabase) -> anyhow
         })
         .collect();
     pickups.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        pickups
-            .get(((pickups.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let percentile = |p: f64| percentile(&pickups, p);
     let outcomes = store.attempt_outcomes().await?;
     let result = serde_json::json!({
         "suite": "dispatch",
@@ -673,10 +714,10 @@ async fn neighbour_district(
 
 /// Entries on the delivery log the dispatchers have not committed yet.
 async fn total_lag(store: &dyn tidings_core::store::Store) -> anyhow::Result<i64> {
-    let lags = store
-        .consumer_lag(tidings_dispatcher::CONSUMER_GROUP)
+    let partitions = store
+        .watch_partitions(tidings_dispatcher::CONSUMER_GROUP, now())
         .await?;
-    Ok(lags.iter().map(|(_, _, lag)| lag).sum())
+    Ok(partitions.iter().map(|p| p.waiting).sum())
 }
 
 /// `tidings bench callbacks`: a synthetic district gets one SMS broadcast; then every
@@ -691,39 +732,18 @@ pub async fn callbacks(
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt as _;
     use std::collections::BTreeSet;
-    use tidings_core::fanout::{plan, Draft};
-    use tidings_core::store::Scope;
-    use tidings_core::{Channel, DeliveryGuarantee, MessageKind};
+    use tidings_core::fanout::plan;
+    use tidings_core::{Channel, MessageKind};
 
-    const PUBLIC: &str = "https://tidings.bench.example";
-    const TOKEN: &str = "bench-twilio-token";
     let setup = Setup::new(students, 4, database).await?;
     setup.import("bench").await?;
     let store = setup.store.clone();
-    let audience = tidings_core::audience::Audience {
-        district: true,
-        ..Default::default()
-    };
-    let members = store
-        .resolve_audience(&Scope::District(setup.district), &audience)
-        .await?
-        .map_err(|p| anyhow::anyhow!("audience: {p:?}"))?;
-    let draft = Draft {
-        district_id: setup.district,
-        author_id: setup.admin,
-        kind: MessageKind::Emergency,
-        channels: BTreeSet::from([Channel::Sms]),
-        subject: "Bench".into(),
-        body: "Benchmark broadcast.".into(),
-        translations: Default::default(),
-        requires_ack: false,
-        guarantee: DeliveryGuarantee::AtLeastOnce,
-        audience: serde_json::json!({"district": true}),
-        renotify_of: None,
-        scheduled_at: None,
-        ack_deadline: None,
-        fallback_after: None,
-    };
+    let members = setup.whole_district().await?;
+    let draft = setup.draft(
+        MessageKind::Emergency,
+        BTreeSet::from([Channel::Sms]),
+        false,
+    );
     let broadcast = plan(
         &draft,
         "en",
@@ -732,34 +752,10 @@ pub async fn callbacks(
         now(),
     );
     store.create_message(&broadcast, now()).await?;
-    let ids: Vec<String> = broadcast
-        .recipients
-        .iter()
-        .flat_map(|r| &r.deliveries)
-        .filter(|d| d.suppressed_reason.is_none())
-        .map(|d| d.id.to_string())
-        .collect();
+    let ids: Vec<String> = sendable(&broadcast).map(|d| d.id.to_string()).collect();
 
-    let callbacks = tidings_callbacks::Callbacks::new(
-        store.clone(),
-        tidings_callbacks::CallbackConfig {
-            public_url: Some(PUBLIC.into()),
-            twilio_auth_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-    );
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let mut http_stopping = stopping;
-    let serving = tokio::spawn(tidings_api::serve(
-        listener,
-        callbacks.router(),
-        async move {
-            let _ = http_stopping.wait_for(|s| *s).await;
-        },
-    ));
+    let (address, applying, serving) = serve_callbacks(store.clone(), &stopping).await?;
 
     let client = reqwest::Client::new();
     let started = Instant::now();
@@ -777,8 +773,8 @@ pub async fn callbacks(
                     ("MessageStatus".to_owned(), "delivered".to_owned()),
                 ];
                 let signature = tidings_channel_adapters::twilio::signature(
-                    TOKEN,
-                    &format!("{PUBLIC}{path}"),
+                    BENCH_TWILIO_TOKEN,
+                    &format!("{BENCH_PUBLIC_URL}{path}"),
                     &form,
                 );
                 client
@@ -1012,18 +1008,29 @@ pub async fn pages(
 }
 
 /// What `bench pipeline` sends, and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PipelineShape {
+    /// District size in guardians (one SMS delivery each, but for those without a
+    /// number).
+    #[arg(long, default_value_t = 10_000)]
     pub guardians: usize,
+    /// Channels per guardian (1: SMS, the channel the HTTP sandbox reports on).
+    #[arg(long, default_value_t = 1)]
     pub channels: usize,
+    /// Dispatchers side by side in this process.
+    #[arg(long, default_value_t = 1)]
     pub processes: usize,
-    /// The provider sandbox's faults: `none`, `flaky`, or a JSON object of
-    /// `tidings_sandbox::Faults`.
+    /// The provider's faults: `none`, `flaky` (refusals, sends never answered, repeated
+    /// and reordered reports, undelivered messages, slow answers) or a JSON object of the
+    /// sandbox's faults.
+    #[arg(long, default_value = "none")]
     pub faults: String,
-    /// The Twilio account's rate, enforced by the sandbox (429 above it) and configured
-    /// on the adapter; none: unlimited.
+    /// The Twilio account's rate in sends a second, enforced by the sandbox (429 above
+    /// it) and configured on the adapter; unset: unlimited.
+    #[arg(long)]
     pub provider_rate: Option<u32>,
-    /// Share of the delivered recipients who acknowledge.
+    /// Share of the recipients the provider reached who acknowledge (0 to 1).
+    #[arg(long, default_value_t = 0.1)]
     pub ack_share: f64,
 }
 
@@ -1060,11 +1067,9 @@ fn pipeline_faults(profile: &str) -> anyhow::Result<tidings_sandbox::Faults> {
 /// p50, p95 and p99 of `values` (milliseconds), sorted here.
 fn percentiles(mut values: Vec<f64>) -> serde_json::Value {
     values.sort_by(f64::total_cmp);
-    let at = |p: f64| {
-        values
-            .get(((values.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .map_or(serde_json::Value::Null, |v| round(v).into())
+    let at = |p: f64| match percentile(&values, p) {
+        v if v.is_nan() => serde_json::Value::Null,
+        v => round(v).into(),
     };
     serde_json::json!({ "n": values.len(), "p50": at(0.50), "p95": at(0.95), "p99": at(0.99) })
 }
@@ -1081,13 +1086,10 @@ fn percentiles(mut values: Vec<f64>) -> serde_json::Value {
 /// share of the provider's rate achieved with its 429s, and the peak resident set.
 pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};
-    use tidings_core::fanout::{plan, Draft};
-    use tidings_core::store::Scope;
-    use tidings_core::{Channel, DeliveryGuarantee, DeliveryState, MessageKind};
+    use tidings_core::fanout::plan;
+    use tidings_core::{Channel, DeliveryState, MessageKind};
     use tidings_dispatcher::{Adapters, Config, Dispatcher};
 
-    const PUBLIC: &str = "https://tidings.bench.example";
-    const TOKEN: &str = "bench-twilio-token";
     anyhow::ensure!(
         shape.channels == 1,
         "bench pipeline sends SMS through the HTTP sandbox: --channels 1 only for now"
@@ -1103,26 +1105,8 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     let store = setup.store.clone();
 
     // The callbacks of this process, where the sandbox posts its reports.
-    let callbacks = tidings_callbacks::Callbacks::new(
-        store.clone(),
-        tidings_callbacks::CallbackConfig {
-            public_url: Some(PUBLIC.into()),
-            twilio_auth_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-    );
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
-    let callbacks_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let callbacks_at = format!("http://{}", callbacks_listener.local_addr()?);
-    let mut http_stopping = stopping.clone();
-    let serving = tokio::spawn(tidings_api::serve(
-        callbacks_listener,
-        callbacks.router(),
-        async move {
-            let _ = http_stopping.wait_for(|s| *s).await;
-        },
-    ));
+    let (callbacks_at, applying, serving) = serve_callbacks(store.clone(), &stopping).await?;
     // The provider: Twilio's API on loopback, calling back to the callbacks above.
     let mut provider = tidings_sandbox::InProcessProvider::new(faults);
     if let Some(rate) = shape.provider_rate.and_then(std::num::NonZeroU32::new) {
@@ -1131,8 +1115,8 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     let sandbox_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sandbox_at = format!("http://{}", sandbox_listener.local_addr()?);
     let sandbox_config = tidings_sandbox::server::SandboxConfig {
-        twilio_auth_token: TOKEN.into(),
-        callback_base: Some(callbacks_at),
+        twilio_auth_token: BENCH_TWILIO_TOKEN.into(),
+        callback_base: Some(format!("http://{callbacks_at}")),
         hang: std::time::Duration::from_secs(2),
         ..Default::default()
     };
@@ -1149,11 +1133,11 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         tidings_channel_adapters::twilio::TwilioConfig {
             account_sid: "AC00000000000000000000000000bench".into(),
             api_key_sid: None,
-            secret: TOKEN.into(),
+            secret: BENCH_TWILIO_TOKEN.into(),
             from: Some("+15005550006".into()),
             messaging_service_sid: None,
             api_base: sandbox_at,
-            status_callback: Some(format!("{PUBLIC}/callbacks/twilio/status")),
+            status_callback: Some(format!("{BENCH_PUBLIC_URL}/callbacks/twilio/status")),
             timeouts: tidings_channel_adapters::http::Timeouts {
                 request: std::time::Duration::from_secs(1),
                 ..Default::default()
@@ -1165,32 +1149,8 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     let adapters = Adapters::default().with(Channel::Sms, std::sync::Arc::new(twilio));
 
     // The broadcast, as a send writes it.
-    let members = store
-        .resolve_audience(
-            &Scope::District(setup.district),
-            &tidings_core::audience::Audience {
-                district: true,
-                ..Default::default()
-            },
-        )
-        .await?
-        .map_err(|p| anyhow::anyhow!("audience: {p:?}"))?;
-    let draft = Draft {
-        district_id: setup.district,
-        author_id: setup.admin,
-        kind: MessageKind::General,
-        channels: BTreeSet::from([Channel::Sms]),
-        subject: "Bench".into(),
-        body: "Benchmark broadcast: the whole pipeline.".into(),
-        translations: Default::default(),
-        requires_ack: true,
-        guarantee: DeliveryGuarantee::AtLeastOnce,
-        audience: serde_json::json!({"district": true}),
-        renotify_of: None,
-        scheduled_at: None,
-        ack_deadline: None,
-        fallback_after: None,
-    };
+    let members = setup.whole_district().await?;
+    let draft = setup.draft(MessageKind::General, BTreeSet::from([Channel::Sms]), true);
     let started = Instant::now();
     let broadcast = plan(
         &draft,
@@ -1201,13 +1161,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     );
     store.create_message(&broadcast, now()).await?;
     let fanout_seconds = started.elapsed().as_secs_f64();
-    let ids: Vec<tidings_core::DeliveryId> = broadcast
-        .recipients
-        .iter()
-        .flat_map(|r| &r.deliveries)
-        .filter(|d| d.suppressed_reason.is_none())
-        .map(|d| d.id)
-        .collect();
+    let ids: Vec<tidings_core::DeliveryId> = sendable(&broadcast).map(|d| d.id).collect();
     let message = broadcast.id;
 
     // Retries within seconds rather than the production schedule's minutes, so that a

@@ -133,28 +133,8 @@ enum BenchSuite {
     /// The whole path over HTTP: fan-out, dispatch through the Twilio adapter to the
     /// provider sandbox, signed status callbacks back, acknowledgments; times each stage.
     Pipeline {
-        /// District size in guardians (one SMS delivery each, but for those without a
-        /// number).
-        #[arg(long, default_value_t = 10_000)]
-        guardians: usize,
-        /// Channels per guardian (1: SMS, the channel the HTTP sandbox reports on).
-        #[arg(long, default_value_t = 1)]
-        channels: usize,
-        /// Dispatchers side by side in this process.
-        #[arg(long, default_value_t = 1)]
-        processes: usize,
-        /// The provider's faults: `none`, `flaky` (refusals, sends never answered,
-        /// repeated and reordered reports, undelivered messages, slow answers) or a JSON
-        /// object of the sandbox's faults.
-        #[arg(long, default_value = "none")]
-        faults: String,
-        /// The Twilio account's rate in sends a second, enforced by the sandbox (429
-        /// above it) and configured on the adapter.
-        #[arg(long)]
-        provider_rate: Option<u32>,
-        /// Share of the recipients who acknowledge (0 to 1).
-        #[arg(long, default_value_t = 0.1)]
-        ack_share: f64,
+        #[command(flatten)]
+        shape: tidings::bench::PipelineShape,
         #[command(flatten)]
         database: tidings::bench::BenchDatabase,
     },
@@ -343,27 +323,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 suite: BenchSuite::Import { students, database },
             } => tidings::bench::import(students, &database).await,
             Command::Bench {
-                suite:
-                    BenchSuite::Pipeline {
-                        guardians,
-                        channels,
-                        processes,
-                        faults,
-                        provider_rate,
-                        ack_share,
-                        database,
-                    },
-            } => {
-                let shape = tidings::bench::PipelineShape {
-                    guardians,
-                    channels,
-                    processes,
-                    faults,
-                    provider_rate,
-                    ack_share,
-                };
-                tidings::bench::pipeline(&shape, &database).await
-            }
+                suite: BenchSuite::Pipeline { shape, database },
+            } => tidings::bench::pipeline(&shape, &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Fanout {

@@ -16,23 +16,17 @@ const FAULTS: &str = r#"{"transient":0.3,"in_doubt":0.05,"undelivered":0.05,
 
 #[tokio::test]
 async fn a_broadcast_survives_a_failing_provider_and_its_unreliable_reports() {
-    let server = std::env::var("TIDINGS_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     for store in ["sqlite", "postgres"] {
-        let output = support::tidings("sqlite://unused.db")
-            .env("TIDINGS_BENCH_POSTGRES_URL", &server)
-            .args(["bench", "pipeline", "--guardians", "400", "--store", store])
-            .args(["--faults", FAULTS])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{store}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let run: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let run = support::bench(&[
+            "pipeline",
+            "--guardians",
+            "400",
+            "--store",
+            store,
+            "--faults",
+            FAULTS,
+        ])
+        .await;
         let n = |path: &[&str]| {
             path.iter()
                 .fold(&run, |v, k| &v[*k])

@@ -113,22 +113,7 @@ async fn serve_demo_loads_the_demo_district_once() {
 /// The benchmarks run end to end and their last line is the JSON object they promise.
 #[tokio::test]
 async fn the_benchmarks_print_their_figures_as_json() {
-    let last_json = |output: std::process::Output| -> serde_json::Value {
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-    };
-    let import = last_json(
-        support::tidings("sqlite://unused.db")
-            .args(["bench", "import", "--students", "200"])
-            .output()
-            .await
-            .unwrap(),
-    );
+    let import = support::bench(&["import", "--students", "200"]).await;
     assert_eq!(import["suite"], "import");
     assert_eq!(import["rejected"], 0);
     assert_eq!(
@@ -138,22 +123,16 @@ async fn the_benchmarks_print_their_figures_as_json() {
     assert!(import["rows_per_s"].as_f64().unwrap() > 0.0);
 
     let db = TestDatabase::postgres_empty().await;
-    let fanout = last_json(
-        support::tidings("sqlite://unused.db")
-            .args([
-                "bench",
-                "fanout",
-                "--guardians",
-                "200",
-                "--channels",
-                "2",
-                "--database-url",
-                &db.url,
-            ])
-            .output()
-            .await
-            .unwrap(),
-    );
+    let fanout = support::bench(&[
+        "fanout",
+        "--guardians",
+        "200",
+        "--channels",
+        "2",
+        "--database-url",
+        &db.url,
+    ])
+    .await;
     assert_eq!(fanout["store"], "postgres");
     assert_eq!(fanout["guardians"], 200, "--guardians N writes exactly N");
     assert_eq!(
@@ -176,21 +155,8 @@ async fn the_benchmarks_print_their_figures_as_json() {
         n
     };
     let before = scratch_databases().await;
-    let dispatch = last_json(
-        support::tidings("sqlite://unused.db")
-            .env("TIDINGS_BENCH_POSTGRES_URL", &server)
-            .args([
-                "bench",
-                "dispatch",
-                "--deliveries",
-                "200",
-                "--store",
-                "postgres",
-            ])
-            .output()
-            .await
-            .unwrap(),
-    );
+    let dispatch =
+        support::bench(&["dispatch", "--deliveries", "200", "--store", "postgres"]).await;
     assert_eq!(dispatch["store"], "postgres");
     assert_eq!(dispatch["duplicates"], 0);
     assert_eq!(dispatch["lag_after"], 0, "{dispatch}");
@@ -204,41 +170,28 @@ async fn the_benchmarks_print_their_figures_as_json() {
 
     // Every web admin page renders for a district administrator of a synthetic district,
     // on PostgreSQL, and its server time is reported.
-    let pages = last_json(
-        support::tidings("sqlite://unused.db")
-            .env("TIDINGS_BENCH_POSTGRES_URL", &server)
-            .args([
-                "bench",
-                "pages",
-                "--students",
-                "100",
-                "--samples",
-                "2",
-                "--store",
-                "postgres",
-            ])
-            .output()
-            .await
-            .unwrap(),
-    );
+    let pages = support::bench(&[
+        "pages",
+        "--students",
+        "100",
+        "--samples",
+        "2",
+        "--store",
+        "postgres",
+    ])
+    .await;
     // The whole pipeline over HTTP, with a flaky provider that enforces its rate: every
     // delivery reaches the provider, none goes over the rate, every report is applied.
-    let pipeline = last_json(
-        support::tidings("sqlite://unused.db")
-            .args([
-                "bench",
-                "pipeline",
-                "--guardians",
-                "300",
-                "--faults",
-                "flaky",
-                "--provider-rate",
-                "200",
-            ])
-            .output()
-            .await
-            .unwrap(),
-    );
+    let pipeline = support::bench(&[
+        "pipeline",
+        "--guardians",
+        "300",
+        "--faults",
+        "flaky",
+        "--provider-rate",
+        "200",
+    ])
+    .await;
     assert_eq!(pipeline["suite"], "pipeline");
     assert_eq!(pipeline["lost"], 0, "{pipeline}");
     assert_eq!(pipeline["provider_429s"], 0, "{pipeline}");

@@ -380,3 +380,24 @@ pub fn demo_teacher() -> (String, String) {
     let class = format!("class-{}", row[sid].trim_start_matches("teacher-"));
     (row[email].to_owned(), class)
 }
+
+/// Runs `tidings bench ARGS` (a `--store postgres` scratch database on the test server)
+/// and returns the JSON object it prints last; fails the test if the run fails.
+pub async fn bench(args: &[&str]) -> serde_json::Value {
+    let server = std::env::var("TIDINGS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let output = tidings("sqlite://unused.db")
+        .env("TIDINGS_BENCH_POSTGRES_URL", server)
+        .arg("bench")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}

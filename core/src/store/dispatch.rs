@@ -453,9 +453,6 @@ pub trait DispatchStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>>;
 
-    /// Per (lane, partition) of the log: entries the group has not committed yet.
-    async fn consumer_lag(&self, group: &str) -> StoreResult<Vec<(Lane, PartitionId, i64)>>;
-
     /// Every partition of the log as of `at`, for the group (see [`PartitionWatch`]).
     async fn watch_partitions(
         &self,

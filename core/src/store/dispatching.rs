@@ -480,25 +480,6 @@ where
         Ok(held)
     }
 
-    async fn consumer_lag(&self, group: &str) -> StoreResult<Vec<(Lane, PartitionId, i64)>> {
-        let mut conn = self.reads().acquire().await?;
-        S::Db::fetch_all(
-            &mut conn,
-            "SELECT h.lane, h.partition, h.next_offset - 1 - COALESCE(o.committed_offset, -1) AS lag \
-             FROM log_heads h LEFT JOIN consumer_offsets o \
-               ON o.consumer_group = $1 AND o.lane = h.lane AND o.partition = h.partition \
-             ORDER BY h.lane, h.partition",
-            Args::new().text(group),
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            let (lane, partition) = lane_partition(row)?;
-            Ok((lane, partition, row.i64("lag")?.max(0)))
-        })
-        .collect()
-    }
-
     async fn watch_partitions(
         &self,
         group: &str,
