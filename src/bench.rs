@@ -264,6 +264,26 @@ async fn serve_callbacks(
     Ok((address, applying, serving))
 }
 
+/// A provider sandbox over HTTP on loopback until `stopping`: its address and the server.
+async fn serve_sandbox(
+    provider: &tidings_sandbox::InProcessProvider,
+    config: tidings_sandbox::server::SandboxConfig,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let mut stopping = stopping.clone();
+    let serving = tokio::spawn(tidings_sandbox::server::serve(
+        listener,
+        provider.clone(),
+        config,
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        },
+    ));
+    Ok((address, serving))
+}
+
 /// The value at percentile `p` (0 to 1) of `sorted`, NaN when it is empty.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted
@@ -1014,9 +1034,10 @@ pub struct PipelineShape {
     /// number).
     #[arg(long, default_value_t = 10_000)]
     pub guardians: usize,
-    /// Channels per guardian (1: SMS, the channel the HTTP sandbox reports on).
-    #[arg(long, default_value_t = 1)]
-    pub channels: usize,
+    /// Channels per guardian: 1, SMS through Twilio's API; 2, SMS and push (every
+    /// guardian's phone has the app) through FCM's API, each on its own sandbox.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub channels: u8,
     /// Dispatchers side by side in this process.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
@@ -1029,6 +1050,11 @@ pub struct PipelineShape {
     /// it) and configured on the adapter; unset: unlimited.
     #[arg(long)]
     pub provider_rate: Option<u32>,
+    /// A rate in sends a second above which the sandbox refuses SMS with 429 and
+    /// `Retry-After: 1`, not configured on the adapter: a provider throttling an account
+    /// whose rate Tidings was not told.
+    #[arg(long)]
+    pub throttle_at: Option<u32>,
     /// Share of the recipients the provider reached who acknowledge (0 to 1).
     #[arg(long, default_value_t = 0.1)]
     pub ack_share: f64,
@@ -1064,6 +1090,25 @@ fn pipeline_faults(profile: &str) -> anyhow::Result<tidings_sandbox::Faults> {
     Ok(faults)
 }
 
+/// The rate at which a provider took `received` (in order): over all of it, and
+/// sustained — between the tenth and the ninetieth percentile of send times, leaving out
+/// the first burst and the tail of retries waiting for their time.
+fn send_rates(received: &[tidings_sandbox::Received]) -> (f64, f64) {
+    let seconds = |a: &tidings_sandbox::Received, b: &tidings_sandbox::Received| {
+        ((b.at - a.at).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.001)
+    };
+    let achieved = match (received.first(), received.last()) {
+        (Some(a), Some(b)) => received.len() as f64 / seconds(a, b),
+        _ => 0.0,
+    };
+    let (from, to) = (received.len() / 10, received.len() * 9 / 10);
+    let sustained = match (received.get(from), received.get(to)) {
+        (Some(a), Some(b)) if to > from => (to - from) as f64 / seconds(a, b),
+        _ => achieved,
+    };
+    (achieved, sustained)
+}
+
 /// p50, p95 and p99 of `values` (milliseconds), sorted here.
 fn percentiles(mut values: Vec<f64>) -> serde_json::Value {
     values.sort_by(f64::total_cmp);
@@ -1091,10 +1136,6 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     use tidings_dispatcher::{Adapters, Config, Dispatcher};
 
     anyhow::ensure!(
-        shape.channels == 1,
-        "bench pipeline sends SMS through the HTTP sandbox: --channels 1 only for now"
-    );
-    anyhow::ensure!(
         (0.0..=1.0).contains(&shape.ack_share),
         "--ack-share is between 0 and 1"
     );
@@ -1109,26 +1150,57 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     let (callbacks_at, applying, serving) = serve_callbacks(store.clone(), &stopping).await?;
     // The provider: Twilio's API on loopback, calling back to the callbacks above.
     let mut provider = tidings_sandbox::InProcessProvider::new(faults);
-    if let Some(rate) = shape.provider_rate.and_then(std::num::NonZeroU32::new) {
+    let account_rate = shape.throttle_at.or(shape.provider_rate);
+    if let Some(rate) = account_rate.and_then(std::num::NonZeroU32::new) {
         provider = provider.with_account_rate(rate);
     }
-    let sandbox_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sandbox_at = format!("http://{}", sandbox_listener.local_addr()?);
     let sandbox_config = tidings_sandbox::server::SandboxConfig {
         twilio_auth_token: BENCH_TWILIO_TOKEN.into(),
         callback_base: Some(format!("http://{callbacks_at}")),
         hang: std::time::Duration::from_secs(2),
         ..Default::default()
     };
-    let mut sandbox_stopping = stopping.clone();
-    let sandbox = tokio::spawn(tidings_sandbox::server::serve(
-        sandbox_listener,
-        provider.clone(),
-        sandbox_config,
-        async move {
-            let _ = sandbox_stopping.wait_for(|s| *s).await;
-        },
-    ));
+    let (sandbox_at, sandbox) = serve_sandbox(&provider, sandbox_config.clone(), &stopping).await?;
+    // Push: FCM's API on a sandbox of its own (its faults, no account rate), every
+    // guardian's phone registered as the app does it.
+    let push_provider = tidings_sandbox::InProcessProvider::new(faults);
+    let push = if shape.channels >= 2 {
+        let at = now();
+        let mut tx = store.begin().await?;
+        for member in setup.whole_district().await? {
+            let guardian = tidings_core::GuardianId::from_uuid(member.guardian_id);
+            let token = format!("bench-device-{}", member.guardian_id.simple());
+            tx.register_device(
+                setup.district,
+                guardian,
+                tidings_core::PushPlatform::Fcm,
+                &token,
+                at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let (push_at, serving) = serve_sandbox(&push_provider, sandbox_config, &stopping).await?;
+        let fcm =
+            tidings_channel_adapters::fcm::Fcm::new(tidings_channel_adapters::fcm::FcmConfig {
+                account: tidings_channel_adapters::fcm::Fcm::service_account(
+                    &tidings_sandbox::server::fcm_service_account(&push_at),
+                )?,
+                api_base: push_at,
+                timeouts: tidings_channel_adapters::http::Timeouts {
+                    request: std::time::Duration::from_secs(1),
+                    ..Default::default()
+                },
+                max_per_second: None,
+                concurrency: 16,
+            })?;
+        Some((
+            tidings_channel_adapters::push::Push::new(None, Some(fcm)),
+            serving,
+        ))
+    } else {
+        None
+    };
     let twilio = tidings_channel_adapters::twilio::Twilio::new(
         tidings_channel_adapters::twilio::TwilioConfig {
             account_sid: "AC00000000000000000000000000bench".into(),
@@ -1146,11 +1218,20 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
             concurrency: 8,
         },
     )?;
-    let adapters = Adapters::default().with(Channel::Sms, std::sync::Arc::new(twilio));
+    let mut adapters = Adapters::default().with(Channel::Sms, std::sync::Arc::new(twilio));
+    let mut channels = BTreeSet::from([Channel::Sms]);
+    let push_serving = match push {
+        Some((Some(adapter), serving)) => {
+            adapters = adapters.with(Channel::Push, std::sync::Arc::new(adapter));
+            channels.insert(Channel::Push);
+            Some(serving)
+        }
+        _ => None,
+    };
 
     // The broadcast, as a send writes it.
     let members = setup.whole_district().await?;
-    let draft = setup.draft(MessageKind::General, BTreeSet::from([Channel::Sms]), true);
+    let draft = setup.draft(MessageKind::General, channels, true);
     let started = Instant::now();
     let broadcast = plan(
         &draft,
@@ -1230,10 +1311,14 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     };
     let all_sent = all_sent.unwrap_or(all_reported);
 
-    // What the provider took, and what it never took that did not fail visibly either.
+    // What the providers took, and what they never took that did not fail visibly either.
     let received = provider.received();
-    let sent_ids: std::collections::HashSet<_> =
-        received.iter().filter_map(|r| r.delivery_id).collect();
+    let pushed = push_provider.received();
+    let sent_ids: std::collections::HashSet<_> = received
+        .iter()
+        .chain(&pushed)
+        .filter_map(|r| r.delivery_id)
+        .collect();
     // Lost: never taken by the provider, and not a dead letter staff can see either.
     let never_sent: Vec<_> = ids
         .iter()
@@ -1275,6 +1360,9 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     let _ = applying.await;
     serving.await??;
     sandbox.await??;
+    if let Some(serving) = push_serving {
+        serving.await??;
+    }
 
     // Stages, from the events of a sample of the deliveries.
     let step = (ids.len() / 2_000).max(1);
@@ -1319,24 +1407,17 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         .iter()
         .map(|(_, n)| n)
         .sum();
-    let first_send = received.first().map(|r| r.at);
-    let last_send = received.last().map(|r| r.at);
-    let send_seconds = first_send
-        .zip(last_send)
-        .map_or(0.0, |(a, b)| (b - a).num_milliseconds() as f64 / 1000.0);
-    let achieved = received.len() as f64 / send_seconds.max(0.001);
-    // Sustained: the sends between the tenth and the ninetieth percentile of send times,
-    // leaving out the first burst and the tail of retries waiting for their time.
-    let sustained = {
-        let (from, to) = (received.len() / 10, received.len() * 9 / 10);
-        match (received.get(from), received.get(to)) {
-            (Some(a), Some(b)) if to > from => {
-                let seconds = (b.at - a.at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                (to - from) as f64 / seconds.max(0.001)
-            }
-            _ => achieved,
-        }
-    };
+    let (achieved, sustained) = send_rates(&received);
+    let push = (shape.channels >= 2).then(|| {
+        let (achieved, sustained) = send_rates(&pushed);
+        serde_json::json!({
+            "provider_sends": push_provider.sends(),
+            "provider_accepted": pushed.len(),
+            "duplicates": push_provider.duplicates(),
+            "achieved_per_s": achieved.round(),
+            "sustained_per_s": sustained.round(),
+        })
+    });
     let result = serde_json::json!({
         "suite": "pipeline",
         "store": store.backend(),
@@ -1374,8 +1455,10 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         "dead_letters": dead_letters,
         "provider_rate_achieved_per_s": achieved.round(),
         "provider_rate_sustained_per_s": sustained.round(),
-        "provider_rate_share": shape.provider_rate.map(|r| round(sustained / f64::from(r.max(1)))),
+        "throttle_at": shape.throttle_at,
+        "provider_rate_share": account_rate.map(|r| round(sustained / f64::from(r.max(1)))),
         "provider_429s": provider.over_rate(),
+        "push": push,
         "peak_rss_mb": peak_rss_mb()?,
     });
     println!("{result}");

@@ -373,6 +373,7 @@ impl tidings_api::guardian::CodeSender for SignInCodes {
             Some(SendOutcome::Sent { .. }) => Ok(()),
             // Only the class: provider errors can quote the address.
             Some(SendOutcome::Transient { .. }) => Err("transient provider failure".into()),
+            Some(SendOutcome::Throttled { .. }) => Err("the provider asks to slow down".into()),
             Some(SendOutcome::InDoubt { .. }) => Err("no answer from the provider".into()),
             Some(SendOutcome::Permanent { .. }) => Err("refused by the provider".into()),
             Some(SendOutcome::Unreachable { .. }) => Err("the address is unreachable".into()),

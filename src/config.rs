@@ -387,8 +387,8 @@ impl Default for Config {
             sandbox_faults: tidings_sandbox::Faults::default(),
             sandbox_journal: None,
             dispatch_batch: 256,
-            dispatch_in_flight: 1024,
-            provider_in_flight: 512,
+            dispatch_in_flight: 4096,
+            provider_in_flight: 2048,
             lower_lane_every: 8,
             lease_seconds: 15,
             retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],
@@ -556,7 +556,10 @@ impl Config {
             batch: self.dispatch_batch,
             max_in_flight: self.dispatch_in_flight,
             connections: self.database_max_connections,
-            provider_in_flight: self.provider_in_flight,
+            concurrency: tidings_dispatcher::ConcurrencyPolicy {
+                max: self.provider_in_flight,
+                ..Default::default()
+            },
             lower_lane_every: self.lower_lane_every,
             lease_ttl: std::time::Duration::from_secs(self.lease_seconds),
             retry: tidings_dispatcher::RetryPolicy {

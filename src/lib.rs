@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod commands;
 pub mod config;
+pub mod fuzzing;
 pub mod import;
 pub mod outbox;
 pub mod traces;

@@ -21,6 +21,7 @@
 
 pub mod freshness;
 pub mod inbound;
+pub mod reading;
 pub mod sampling;
 
 use std::collections::BTreeMap;
@@ -36,7 +37,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
-use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
+use tidings_channel_adapters::{mailgun, sendgrid, twilio};
 use tidings_core::clock::{Clock, SystemClock};
 use tidings_core::services::inbound::take_inbound_sms;
 use tidings_core::services::provider_events::{apply_provider_events, ProviderEvent};
@@ -238,7 +239,8 @@ async fn keeper(
 }
 
 /// Why a request is refused.
-struct Refusal {
+#[derive(Debug)]
+pub struct Refusal {
     status: StatusCode,
     reason: String,
     /// The reason's class, as `tidings_callback_rejects_total` counts it.
@@ -246,7 +248,8 @@ struct Refusal {
 }
 
 /// One event of a verified request, before it is kept.
-struct Incoming {
+#[derive(Debug)]
+pub struct Incoming {
     /// The provider's id of the event (the inbox's key).
     event_id: String,
     event: ProviderEvent,
@@ -255,10 +258,17 @@ struct Incoming {
     reference: Option<String>,
 }
 
+impl Incoming {
+    /// The provider's id of the event.
+    pub fn event_id(&self) -> &str {
+        &self.event_id
+    }
+}
+
 /// The events of one request.
 type Kept = Vec<Incoming>;
 
-fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
     let class = match status {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => "unverified",
         StatusCode::NOT_FOUND => "not_configured",
@@ -781,7 +791,7 @@ async fn kannel_inbound(
     if let Some(refused) = cb.query_over_cap(&uri).await {
         return refused;
     }
-    let raw = without_secret(&query);
+    let raw = reading::without_secret(&query);
     let verdict = (|| {
         verify_kannel(&cb, &query)?;
         let need = |name: &str| {
@@ -849,42 +859,24 @@ fn verify_kannel(cb: &Callbacks, query: &[(String, String)]) -> Result<(), Refus
     Ok(())
 }
 
-/// A Kannel request's parameters as kept with a refusal: never the secret.
-fn without_secret(query: &[(String, String)]) -> Value {
-    pairs_json(
-        &query
-            .iter()
-            .filter(|(k, _)| k != "secret")
-            .cloned()
-            .collect::<Vec<_>>(),
-    )
-}
-
 /// Secrets and signatures are compared in constant time.
 fn same(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-fn pairs_json(pairs: &[(String, String)]) -> Value {
+pub(crate) fn pairs_json(pairs: &[(String, String)]) -> Value {
     Value::Object(
         pairs
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect(),
     )
-}
-
-/// The delivery id named in a query or a Message-ID (`<id@domain>`).
-fn delivery_id(text: &str) -> Option<DeliveryId> {
-    let id = text.trim().trim_start_matches('<');
-    let id = id.split('@').next()?;
-    id.parse::<uuid::Uuid>().ok().map(DeliveryId::from_uuid)
 }
 
 async fn twilio_status(
@@ -900,45 +892,12 @@ async fn twilio_status(
     let raw = pairs_json(&form);
     let verdict = (|| {
         verify_twilio(&cb, &uri, &headers, &form)?;
-        let query: Vec<(String, String)> = uri.query().map(url_pairs).unwrap_or_default();
-        let delivery = field(&query, "delivery")
-            .and_then(delivery_id)
-            .ok_or_else(|| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "the callback URL names no delivery",
-                )
-            })?;
-        let sid = field(&form, "MessageSid")
-            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageSid"))?;
-        let status = field(&form, "MessageStatus")
-            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no MessageStatus"))?;
-        let event = twilio::event(status).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
-        // Keyed on what the signature covers (a message has each status once), not on
-        // the unsigned I-Twilio-Idempotency-Token header: a replay with that header
-        // changed is still the duplicate it is.
-        let event_id = format!("{sid}:{status}");
-        let detail = field(&form, "ErrorCode").map(|c| format!("twilio error {c}"));
-        Ok(vec![Incoming {
-            event_id,
-            event: ProviderEvent {
-                delivery_id: delivery,
-                event,
-                detail,
-                effect: None,
-                raw: raw.clone(),
-            },
-            reference: Some(sid.to_owned()),
-        }])
+        reading::twilio_status(uri.query().unwrap_or_default(), &form)
     })();
     match cb.checked("twilio", verdict).await {
         Ok(events) => cb.keep("twilio", events).await,
         Err(refusal) => cb.reject("twilio", refusal, raw).await,
     }
-}
-
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    serde_urlencoded::from_str(query).unwrap_or_default()
 }
 
 async fn kannel_dlr(
@@ -949,28 +908,10 @@ async fn kannel_dlr(
     if let Some(refused) = cb.query_over_cap(&uri).await {
         return refused;
     }
-    let raw = without_secret(&query);
+    let raw = reading::without_secret(&query);
     let verdict = (|| {
         verify_kannel(&cb, &query)?;
-        let delivery = field(&query, "delivery")
-            .and_then(delivery_id)
-            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the report names no delivery"))?;
-        let kind =
-            field(&query, "type").ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "no type"))?;
-        let event = kannel::event(kind).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
-        let at = field(&query, "at").unwrap_or_default();
-        let answer = field(&query, "answer").map(str::to_owned);
-        Ok(vec![Incoming {
-            event_id: format!("{delivery}:{kind}:{at}"),
-            event: ProviderEvent {
-                delivery_id: delivery,
-                event,
-                detail: answer,
-                effect: None,
-                raw: raw.clone(),
-            },
-            reference: None,
-        }])
+        reading::kannel_dlr(&query)
     })();
     match cb.checked("kannel", verdict).await {
         Ok(events) => cb.keep("kannel", events).await,
@@ -1070,44 +1011,7 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
     // after it, refused.
     freshness::check(timestamp, cb.now(), cb.config.max_age)
         .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
-    let events: Vec<Value> = serde_json::from_slice(body).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            format!("not a JSON array of events: {e}"),
-        )
-    })?;
-    events
-        .into_iter()
-        .map(|event| {
-            let reference = event["smtp-id"].as_str().map(str::to_owned);
-            let delivery = reference.as_deref().and_then(delivery_id).ok_or_else(|| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "an event names no message of ours (smtp-id)",
-                )
-            })?;
-            let event_id = event["sg_event_id"]
-                .as_str()
-                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "an event has no sg_event_id"))?
-                .to_owned();
-            let (what, effect) = sendgrid::event(&event);
-            let detail = event["reason"]
-                .as_str()
-                .or(event["response"].as_str())
-                .map(str::to_owned);
-            Ok(Incoming {
-                event_id,
-                event: ProviderEvent {
-                    delivery_id: delivery,
-                    event: what,
-                    detail,
-                    effect: effect.map(str::to_owned),
-                    raw: event,
-                },
-                reference,
-            })
-        })
-        .collect()
+    reading::sendgrid_events(body)
 }
 
 /// A Mailgun request's event, with the signature's token and the digest of the event
@@ -1139,55 +1043,6 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
     }
     freshness::check(timestamp, cb.now(), cb.config.max_age)
         .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
-    let data = payload["event-data"].clone();
-    let reference = data["message"]["headers"]["message-id"]
-        .as_str()
-        .map(str::to_owned);
-    let delivery = reference.as_deref().and_then(delivery_id).ok_or_else(|| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "the event names no message of ours",
-        )
-    })?;
-    let event_id = data["id"]
-        .as_str()
-        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "the event has no id"))?
-        .to_owned();
-    let (what, effect) = mailgun::event(&data);
-    let detail = data["delivery-status"]["message"]
-        .as_str()
-        .map(str::to_owned);
-    let digest = mailgun::event_digest(data.to_string().as_bytes());
-    Ok((
-        vec![Incoming {
-            event_id,
-            event: ProviderEvent {
-                delivery_id: delivery,
-                event: what,
-                detail,
-                effect: effect.map(str::to_owned),
-                raw: data,
-            },
-            reference,
-        }],
-        token.to_owned(),
-        digest,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delivery_ids_are_read_from_urls_and_message_ids() {
-        let id = DeliveryId::new();
-        assert_eq!(delivery_id(&id.to_string()), Some(id));
-        assert_eq!(
-            delivery_id(&format!("<{id}@district.example.org>")),
-            Some(id)
-        );
-        assert_eq!(delivery_id(&format!("{id}@district.example.org")), Some(id));
-        assert_eq!(delivery_id("<not-ours@elsewhere.example>"), None);
-    }
+    let (event, digest) = reading::mailgun_event(&payload)?;
+    Ok((vec![event], token.to_owned(), digest))
 }

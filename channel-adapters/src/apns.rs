@@ -237,7 +237,8 @@ pub fn classify(
         .unwrap_or_else(|_| http::excerpt(body, 120));
     let error = format!("apns {}: {reason}", status.as_u16());
     match (status.as_u16(), reason.as_str()) {
-        (429, _) | (500..=599, _) => SendOutcome::Transient { error, retry_after },
+        (429 | 503, _) => SendOutcome::Throttled { error, retry_after },
+        (500..=599, _) => SendOutcome::Transient { error, retry_after },
         (403, _) | (400, "MissingTopic" | "TopicDisallowed" | "BadTopic") => {
             SendOutcome::Transient {
                 error: format!("{error} (account or configuration problem)"),

@@ -235,9 +235,10 @@ pub fn classify(
     };
     let error = format!("fcm {} {code}: {message}", status.as_u16());
     match (status.as_u16(), code.as_str()) {
-        (429, _) | (500..=599, _) | (_, "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL") => {
-            SendOutcome::Transient { error, retry_after }
+        (429 | 503, _) | (_, "QUOTA_EXCEEDED" | "UNAVAILABLE") => {
+            SendOutcome::Throttled { error, retry_after }
         }
+        (500..=599, _) | (_, "INTERNAL") => SendOutcome::Transient { error, retry_after },
         (401, _) | (_, "THIRD_PARTY_AUTH_ERROR") => SendOutcome::Transient {
             error: format!("{error} (account or configuration problem)"),
             retry_after: None,

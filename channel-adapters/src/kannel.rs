@@ -149,6 +149,10 @@ pub fn classify(status: reqwest::StatusCode, body: &str, send: &Outgoing) -> Sen
             error: format!("{error} (account or configuration problem)"),
             retry_after: None,
         },
+        503 => SendOutcome::Throttled {
+            error,
+            retry_after: None,
+        },
         500..=599 => SendOutcome::transient(error),
         400..=499 => SendOutcome::Permanent { error },
         _ => SendOutcome::InDoubt {

@@ -126,6 +126,12 @@ pub enum SendOutcome {
         error: String,
         retry_after: Option<Duration>,
     },
+    /// Not sent: the provider asks to slow down (429, 503, a quota). Retried like
+    /// [`SendOutcome::Transient`]; the dispatcher also keeps fewer sends in flight to it.
+    Throttled {
+        error: String,
+        retry_after: Option<Duration>,
+    },
     /// Not sent, and it never will be (a message the provider refuses, an account that
     /// may not send there).
     Permanent { error: String },

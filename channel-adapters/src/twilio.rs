@@ -195,7 +195,8 @@ pub fn classify(
         None => format!("twilio {}: {message}", status.as_u16()),
     };
     match (status.as_u16(), code) {
-        (429, _) | (500..=599, _) => SendOutcome::Transient { error, retry_after },
+        (429 | 503, _) => SendOutcome::Throttled { error, retry_after },
+        (500..=599, _) => SendOutcome::Transient { error, retry_after },
         // The account, not the guardian: wrong credentials, a sender that is not ours, a
         // suspended account. Retried (and the breaker opens) until someone fixes it,
         // rather than failing every guardian's delivery for good.
@@ -359,18 +360,14 @@ mod tests {
             );
         }
         assert!(matches!(error(21617, 400), SendOutcome::Permanent { .. }));
-        for (code, status) in [
-            (20003, 401),
-            (21606, 400),
-            (21659, 400),
-            (20429, 429),
-            (20500, 500),
-        ] {
+        for (code, status) in [(20003, 401), (21606, 400), (21659, 400), (20500, 500)] {
             assert!(
                 matches!(error(code, status), SendOutcome::Transient { .. }),
                 "{code}"
             );
         }
+        // Too many requests: retried, and the dispatcher slows down.
+        assert!(matches!(error(20429, 429), SendOutcome::Throttled { .. }));
     }
 
     #[test]
@@ -400,13 +397,15 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever Twilio answers, nothing panics, and the status class decides what no
-        /// body can override: a 2xx is sent, a 5xx or 429 retried, a 1xx/3xx in doubt.
+        /// body can override: a 2xx is sent, a 429 or 503 throttled, another 5xx retried, a
+        /// 1xx/3xx in doubt.
         #[test]
         fn any_answer_is_classified(status in 100u16..600, body in ".{0,300}") {
             let outcome = classified(status, &body);
             let expected = match status {
                 200..=299 => matches!(outcome, SendOutcome::Sent { .. }),
-                429 | 500..=599 => matches!(outcome, SendOutcome::Transient { .. }),
+                429 | 503 => matches!(outcome, SendOutcome::Throttled { .. }),
+                500..=599 => matches!(outcome, SendOutcome::Transient { .. }),
                 400..=499 => !matches!(outcome, SendOutcome::Sent { .. } | SendOutcome::InDoubt { .. }),
                 _ => matches!(outcome, SendOutcome::InDoubt { .. }),
             };

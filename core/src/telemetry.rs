@@ -26,6 +26,9 @@ pub const DISPATCH: &str = "tidings_dispatch_total";
 pub const RATE_LIMIT_WAITS: &str = "tidings_rate_limit_waits_total";
 /// 1 while a provider's circuit breaker is open (its sends paused), else 0: `provider`.
 pub const BREAKER_OPEN: &str = "tidings_provider_breaker_open";
+/// Sends a dispatcher lets be in flight to a provider at once, as it adapts to the
+/// provider's answers: `provider`.
+pub const PROVIDER_CONCURRENCY: &str = "tidings_provider_concurrency";
 /// Requests and events the callbacks handled, by `result`.
 pub const CALLBACKS: &str = "tidings_callbacks_total";
 /// Callback requests refused: `provider`, `reason`.
@@ -58,6 +61,7 @@ pub const METRICS: &[(&str, &str)] = &[
     (DISPATCH, "counter"),
     (RATE_LIMIT_WAITS, "counter"),
     (BREAKER_OPEN, "gauge"),
+    (PROVIDER_CONCURRENCY, "gauge"),
     (CALLBACKS, "counter"),
     (CALLBACK_REJECTS, "counter"),
     (DUPLICATES_SUPPRESSED, "counter"),

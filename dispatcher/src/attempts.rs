@@ -14,6 +14,7 @@ use tidings_core::store::dispatch::{AttemptResult, AttemptStart, Lease, Outbound
 use tidings_core::store::{CasOutcome, StoreError};
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId};
 
+use crate::concurrency::{self, Concurrency};
 use crate::{Config, Counters, DispatchError, Dispatcher, CONSUMER_GROUP};
 
 /// How long a delivery waits, at a time, behind the same guardian's earlier one on its
@@ -41,6 +42,34 @@ pub(crate) fn wait_behind(
         None => at + IN_FLIGHT_WAIT,
     };
     Some(until.min(last))
+}
+
+/// One send through `adapter`. An adapter that panics is a bug on our side, not the
+/// guardian's problem: the send is in doubt (retried, or failed if at most once), and the
+/// dispatcher carries on.
+async fn call(
+    adapter: &dyn tidings_channel_adapters::ChannelAdapter,
+    one: &Outgoing,
+) -> SendOutcome {
+    use futures_util::FutureExt as _;
+    let answered = std::panic::AssertUnwindSafe(adapter.send(std::slice::from_ref(one)))
+        .catch_unwind()
+        .await;
+    match answered {
+        Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| SendOutcome::InDoubt {
+            error: "the adapter answered nothing".into(),
+        }),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(provider = adapter.provider(), panic = %why, "channel adapter panicked");
+            let error = format!("the {} adapter failed unexpectedly", adapter.provider());
+            SendOutcome::InDoubt { error }
+        }
+    }
 }
 
 pub(crate) fn outgoing(o: &Outbound, config: &Config, now: DateTime<Utc>) -> Outgoing {
@@ -135,6 +164,8 @@ impl Dispatcher {
             })
             .collect();
 
+        // The database's turn for the writes before the calls; none while they are out.
+        let turn = self.database_turn().await;
         let batch = self.skip_standbys(lease, batch, at).await?;
         let batch = self.hold_back(lease, batch, at).await?;
 
@@ -194,6 +225,8 @@ impl Dispatcher {
             }
         }
 
+        drop(turn);
+
         // 3. The calls, one batch per provider, providers side by side, each within its
         //    bound of sends in flight.
         let mut per_provider: BTreeMap<(Channel, &str), Vec<(Outbound, i32)>> = BTreeMap::new();
@@ -204,43 +237,37 @@ impl Dispatcher {
                 .or_default()
                 .push(s);
         }
-        let calls = per_provider.into_iter().map(|((channel, provider), sends)| async move {
-            let outgoing: Vec<Outgoing> = sends
-                .iter()
-                .map(|(o, _)| outgoing(o, &self.config, self.now()))
-                .collect();
-            let slots = self.provider_slots(provider);
-            let wanted = (outgoing.len() as u32).clamp(1, self.config.provider_in_flight.max(1));
-            let _in_flight = slots.acquire_many(wanted).await;
-            let mut outcomes = match self.adapters.get(channel) {
-                // An adapter that panics is a bug on our side, not the guardian's problem:
-                // the sends are in doubt (retried, or failed if at most once), and the
-                // dispatcher carries on.
-                Some(adapter) => {
-                    use futures_util::FutureExt as _;
-                    std::panic::AssertUnwindSafe(adapter.send(&outgoing))
-                        .catch_unwind()
+        let calls = per_provider
+            .into_iter()
+            .map(|((channel, provider), sends)| async move {
+                let outgoing: Vec<Outgoing> = sends
+                    .iter()
+                    .map(|(o, _)| outgoing(o, &self.config, self.now()))
+                    .collect();
+                let slots = self.provider_slots(provider, channel);
+                let outcomes = match self.adapters.get(channel) {
+                    // One call per send, each in its own place among the provider's sends in
+                    // flight: a slow answer holds only its own.
+                    Some(adapter) => {
+                        futures_util::future::join_all(outgoing.iter().map(|one| async {
+                            let slot = slots.acquire().await;
+                            let outcome = call(adapter.as_ref(), one).await;
+                            slot.answered(concurrency::Signal::of(&outcome));
+                            outcome
+                        }))
                         .await
-                        .unwrap_or_else(|panic| {
-                            let why = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| (*s).to_owned())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            tracing::error!(provider = adapter.provider(), panic = %why, "channel adapter panicked");
-                            let error = format!("the {} adapter failed unexpectedly", adapter.provider());
-                            vec![SendOutcome::InDoubt { error }; outgoing.len()]
-                        })
-                }
-                None => Vec::new(),
-            };
-            outcomes.resize_with(sends.len(), || SendOutcome::InDoubt {
-                error: "the adapter answered fewer sends than it was given".into(),
+                    }
+                    None => Vec::new(),
+                };
+                (
+                    provider,
+                    sends.into_iter().zip(outcomes).collect::<Vec<_>>(),
+                )
             });
-            (provider, sends.into_iter().zip(outcomes).collect::<Vec<_>>())
-        });
         let mut retiring = Vec::new();
         for (provider, answered) in futures_util::future::join_all(calls).await {
+            // A provider asking to slow down is up: fewer sends in flight answer that, not
+            // the breaker.
             let failed = answered
                 .iter()
                 .filter(|(_, outcome)| {
@@ -266,10 +293,12 @@ impl Dispatcher {
         }
 
         // 4. Outcomes recorded; addresses the providers refused for good taken out of use.
+        let turn = self.database_turn().await;
         let finished = self.finish(lease, &finishing, offset).await;
         if finished.is_ok() {
             self.retire(&retiring).await;
         }
+        drop(turn);
         let mut in_flight = self.lock_in_flight();
         for (o, _, _) in &finishing {
             in_flight.remove(&o.delivery.id);
@@ -277,8 +306,9 @@ impl Dispatcher {
         finished
     }
 
-    /// The bound on sends in flight to `provider`.
-    pub(crate) fn provider_slots(&self, provider: &str) -> Arc<tokio::sync::Semaphore> {
+    /// The bound on sends in flight to `provider`, which `channel`'s adapter reaches:
+    /// adapting to its answers, within the account's rate.
+    pub(crate) fn provider_slots(&self, provider: &str, channel: Channel) -> Arc<Concurrency> {
         let mut slots = self
             .provider_slots
             .lock()
@@ -286,8 +316,8 @@ impl Dispatcher {
         slots
             .entry(provider.to_owned())
             .or_insert_with(|| {
-                let permits = self.config.provider_in_flight.max(1) as usize;
-                Arc::new(tokio::sync::Semaphore::new(permits))
+                let rate = self.adapters.get(channel).and_then(|a| a.max_per_second());
+                Arc::new(Concurrency::new(provider, self.config.concurrency, rate))
             })
             .clone()
     }
@@ -469,7 +499,8 @@ impl Dispatcher {
                     error: format!("{}: {error}", fault.as_str()),
                 }
             }
-            SendOutcome::Transient { error, retry_after } => (error, retry_after, false),
+            SendOutcome::Transient { error, retry_after }
+            | SendOutcome::Throttled { error, retry_after } => (error, retry_after, false),
             SendOutcome::InDoubt { error } => (error, None, true),
         };
         if at_most_once {

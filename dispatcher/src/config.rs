@@ -22,13 +22,15 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Entries read (and in flight) per partition at a time.
     pub batch: u32,
-    /// Sends in flight at once in this process: partitions are worked on side by side,
-    /// `max_in_flight / batch` batches at a time (at least one).
+    /// Sends in hand at once in this process: partitions are worked on side by side,
+    /// `max_in_flight / batch` batches at a time (at least one). How many of them are out
+    /// at a provider at once is each provider's own limit (`concurrency`).
     pub max_in_flight: u32,
-    /// Sends in flight at once to one provider (a push platform counts as its own).
-    pub provider_in_flight: u32,
-    /// Database connections the process has: batches worked on side by side are at most
-    /// half of them, so that the others stay free for the rest (leases, the API).
+    /// Sends in flight at once to one provider (a push platform counts as its own): how
+    /// the number adapts to the provider's answers, and its ceiling.
+    pub concurrency: crate::ConcurrencyPolicy,
+    /// Database connections the process has: batches read and write with at most half of
+    /// them at once, so that the others stay free for the rest (leases, the API).
     pub connections: u32,
     /// While a more urgent lane has work, a lower lane with work still gets one batch in
     /// this many (1: strict priority).
@@ -58,11 +60,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Batches worked on side by side: as many as `max_in_flight` holds, at most half the
-    /// database connections, at least one.
+    /// Batches worked on side by side: as many as `max_in_flight` holds, at least one.
     pub fn batches_at_once(&self) -> usize {
-        let wanted = self.max_in_flight / self.batch.max(1);
-        wanted.min(self.connections / 2).max(1) as usize
+        (self.max_in_flight / self.batch.max(1)).max(1) as usize
     }
 }
 
@@ -77,8 +77,8 @@ impl Default for Config {
             partitions: tidings_core::log::DEFAULT_PARTITIONS,
             lease_ttl: Duration::from_secs(15),
             batch: 256,
-            max_in_flight: 1024,
-            provider_in_flight: 512,
+            max_in_flight: 4096,
+            concurrency: crate::ConcurrencyPolicy::default(),
             connections: tidings_core::store::ConnectOptions::default().max_connections,
             lower_lane_every: 8,
             idle_wait: Duration::from_millis(100),

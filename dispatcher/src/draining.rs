@@ -203,6 +203,7 @@ impl Dispatcher {
         let Some((_, mut progress)) = partitions.progress(&key) else {
             return Ok(false); // lost since the backlog was read
         };
+        let turn = self.database_turn().await;
         let (plan, read) = if limit == 1 {
             let read = self
                 .store
@@ -235,6 +236,7 @@ impl Dispatcher {
                 .await?;
             (plan, read)
         };
+        drop(turn);
         let mut per_district: BTreeMap<DistrictId, Vec<Outbound>> = BTreeMap::new();
         for o in read {
             per_district
@@ -284,6 +286,7 @@ impl Dispatcher {
             Ok(true) => Ok(()),
             Ok(false) => match offset {
                 Some(offset) => {
+                    let _turn = self.database_turn().await;
                     self.store
                         .commit_offset(CONSUMER_GROUP, &lease, offset, self.now())
                         .await

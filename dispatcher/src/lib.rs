@@ -20,6 +20,7 @@
 
 mod attempts;
 pub mod breaker;
+pub mod concurrency;
 mod config;
 mod counters;
 pub mod districts;
@@ -42,6 +43,7 @@ use tidings_core::{DeliveryId, Lane};
 use self::partitions::Partitions;
 use self::rates::RateShares;
 pub use breaker::{BreakerPolicy, Breakers};
+pub use concurrency::ConcurrencyPolicy;
 pub use config::{Adapters, Config};
 pub use counters::{Counters, Totals};
 pub use retry::RetryPolicy;
@@ -79,8 +81,11 @@ pub struct Dispatcher {
     failures: Mutex<HashMap<Key, u32>>,
     /// Whose turn it is among the lanes.
     shares: Mutex<lanes::LaneShares>,
-    /// Sends in flight per provider, bounded by `provider_in_flight`.
-    provider_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Sends in flight per provider, as many as it allows ([`concurrency`]).
+    provider_slots: Mutex<HashMap<String, Arc<concurrency::Concurrency>>>,
+    /// Batches' turns at the database: half its connections (see
+    /// [`Dispatcher::database_turn`]).
+    database_turns: tokio::sync::Semaphore,
     /// Word of writes to the log, subscribed once for the dispatcher's life (see
     /// [`Dispatcher::log_writes`]).
     log_writes: std::sync::OnceLock<tokio::sync::watch::Receiver<()>>,
@@ -99,6 +104,7 @@ impl Dispatcher {
             failures: Mutex::default(),
             shares: Mutex::new(lanes::LaneShares::new(config.lower_lane_every)),
             provider_slots: Mutex::default(),
+            database_turns: tokio::sync::Semaphore::new((config.connections / 2).max(1) as usize),
             limiters: Mutex::new(RateShares::new(
                 adapters
                     .0
@@ -113,6 +119,16 @@ impl Dispatcher {
             in_flight: Mutex::default(),
             log_writes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A batch's turn to read or write: at most half the database connections are
+    /// batches' at once, so that the rest stay free for leases and the API. A batch whose
+    /// sends are out at the providers holds none, so that many can be.
+    pub(crate) async fn database_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.database_turns
+            .acquire()
+            .await
+            .expect("the database turns are never closed")
     }
 
     /// Word of writes to the log, from one subscription kept while the dispatcher lives.
@@ -296,18 +312,16 @@ mod tests {
     }
 
     #[test]
-    fn batches_side_by_side_never_take_more_than_half_the_connections() {
-        let config = |max_in_flight, batch, connections| Config {
+    fn batches_side_by_side_are_as_many_as_the_sends_in_hand_hold() {
+        let config = |max_in_flight, batch| Config {
             max_in_flight,
             batch,
-            connections,
+            connections: 2,
             ..Config::default()
         };
-        assert_eq!(config(1024, 256, 10).batches_at_once(), 4);
-        assert_eq!(config(4096, 256, 10).batches_at_once(), 5);
-        assert_eq!(config(4096, 256, 40).batches_at_once(), 16);
-        assert_eq!(config(100, 256, 10).batches_at_once(), 1);
-        assert_eq!(config(1024, 256, 1).batches_at_once(), 1);
+        assert_eq!(config(1024, 256).batches_at_once(), 4);
+        assert_eq!(config(4096, 256).batches_at_once(), 16);
+        assert_eq!(config(100, 256).batches_at_once(), 1);
     }
 
     #[test]

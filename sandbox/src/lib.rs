@@ -352,8 +352,8 @@ impl InProcessProvider {
             provider_ref
         };
         match fate {
-            Fate::Transient => SendOutcome::transient("sandbox: 503 Service Unavailable"),
-            Fate::Throttled => SendOutcome::Transient {
+            Fate::Transient => SendOutcome::transient("sandbox: 500 Internal Server Error"),
+            Fate::Throttled => SendOutcome::Throttled {
                 error: "sandbox: 429 Too Many Requests".into(),
                 retry_after: Some(Duration::from_secs(1)),
             },

@@ -256,9 +256,9 @@ async fn twilio_messages(
     match fate {
         Fate::Transient => {
             return twilio_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                20503,
-                "Service Unavailable",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                20500,
+                "Internal Server Error",
             )
         }
         Fate::Throttled => {
@@ -528,7 +528,7 @@ async fn apns_send(
     let fate = fate(&shared).await;
     match fate {
         Fate::Transient => {
-            return apns_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            return apns_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
         }
         Fate::Throttled => {
             let mut response = apns_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests");
@@ -647,6 +647,27 @@ async fn oauth_token(
         .into_response()
 }
 
+/// An FCM service-account key file (JSON) whose token endpoint is the sandbox's at
+/// `base`, with a fresh RSA key: what `fcm.service_account_file` holds, for tests and
+/// benchmarks.
+pub fn fcm_service_account(base: &str) -> String {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+        .expect("a 2048-bit RSA key can be generated");
+    let pem = key
+        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .expect("an RSA key encodes as PKCS#8");
+    json!({
+        "type": "service_account",
+        "project_id": "tidings-test",
+        "private_key_id": "0123",
+        "private_key": pem.as_str(),
+        "client_email": "push@tidings-test.iam.gserviceaccount.com",
+        "token_uri": format!("{base}/token"),
+    })
+    .to_string()
+}
+
 async fn fcm_send(
     State(shared): State<Shared>,
     Path(project): Path<String>,
@@ -709,10 +730,10 @@ async fn fcm_send(
     match fate {
         Fate::Transient => {
             return google_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                Some("UNAVAILABLE"),
-                "The service is currently unavailable.",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                Some("INTERNAL"),
+                "An internal error occurred.",
             )
         }
         Fate::Throttled => {

@@ -136,18 +136,7 @@ async fn apns_refuses_a_token_signed_with_another_key_and_http1() {
 
 /// A service-account key file whose token endpoint is the sandbox's.
 fn service_account(base: &str) -> tidings_channel_adapters::fcm::ServiceAccount {
-    use rsa::pkcs8::EncodePrivateKey as _;
-    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-    let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
-    let json = serde_json::json!({
-        "type": "service_account",
-        "project_id": "tidings-test",
-        "private_key_id": "0123",
-        "private_key": pem.as_str(),
-        "client_email": "push@tidings-test.iam.gserviceaccount.com",
-        "token_uri": format!("{base}/token"),
-    });
-    Fcm::service_account(&json.to_string()).unwrap()
+    Fcm::service_account(&tidings_sandbox::server::fcm_service_account(base)).unwrap()
 }
 
 fn fcm(base: &str) -> Fcm {
@@ -194,7 +183,7 @@ async fn fcm_exchanges_a_signed_assertion_for_a_token_and_sends() {
     });
     let outcome = adapter.send(&[push(device, MessageKind::General)]).await;
     assert!(
-        matches!(&outcome[0], SendOutcome::Transient { error, retry_after: Some(after) } if error.contains("QUOTA_EXCEEDED") && *after == Duration::from_secs(1)),
+        matches!(&outcome[0], SendOutcome::Throttled { error, retry_after: Some(after) } if error.contains("QUOTA_EXCEEDED") && *after == Duration::from_secs(1)),
         "{outcome:?}"
     );
 }

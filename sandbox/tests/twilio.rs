@@ -224,7 +224,7 @@ async fn provider_faults_are_transient_throttled_or_in_doubt() {
     let adapter = Twilio::new(config(&sandbox.base)).unwrap();
     let outcome = adapter.send(&[sms("+12025550100")]).await;
     assert!(
-        matches!(&outcome[0], SendOutcome::Transient { error, retry_after: None } if error.contains("503")),
+        matches!(&outcome[0], SendOutcome::Transient { error, retry_after: None } if error.contains("500")),
         "{outcome:?}"
     );
 
@@ -235,7 +235,7 @@ async fn provider_faults_are_transient_throttled_or_in_doubt() {
     let outcome = adapter.send(&[sms("+12025550100")]).await;
     assert_eq!(
         outcome[0],
-        SendOutcome::Transient {
+        SendOutcome::Throttled {
             error: "twilio 429 error 20429: Too Many Requests".into(),
             retry_after: Some(Duration::from_secs(1)),
         }

@@ -308,8 +308,8 @@ pub(super) fn channels(names: &[String]) -> Result<BTreeSet<Channel>, Refusal> {
     Ok(channels)
 }
 
-/// Checks a request and turns it into a [`Draft`].
-fn draft(
+/// Checks a request and turns it into a [`Draft`] by `staff`, at `at`.
+pub fn draft(
     staff: &Staff,
     request: SendMessage,
     at: chrono::DateTime<chrono::Utc>,
