@@ -1038,6 +1038,9 @@ pub struct PipelineShape {
     /// guardian's phone has the app) through FCM's API, each on its own sandbox.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub channels: u8,
+    /// Push alone: every guardian's phone has the app, and the broadcast goes to it only.
+    #[arg(long, conflicts_with = "channels")]
+    pub push_only: bool,
     /// Dispatchers side by side in this process.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
@@ -1164,7 +1167,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     // Push: FCM's API on a sandbox of its own (its faults, no account rate), every
     // guardian's phone registered as the app does it.
     let push_provider = tidings_sandbox::InProcessProvider::new(faults);
-    let push = if shape.channels >= 2 {
+    let push = if shape.channels >= 2 || shape.push_only {
         let at = now();
         let mut tx = store.begin().await?;
         for member in setup.whole_district().await? {
@@ -1219,7 +1222,11 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         },
     )?;
     let mut adapters = Adapters::default().with(Channel::Sms, std::sync::Arc::new(twilio));
-    let mut channels = BTreeSet::from([Channel::Sms]);
+    let mut channels = if shape.push_only {
+        BTreeSet::new()
+    } else {
+        BTreeSet::from([Channel::Sms])
+    };
     let push_serving = match push {
         Some((Some(adapter), serving)) => {
             adapters = adapters.with(Channel::Push, std::sync::Arc::new(adapter));
@@ -1408,7 +1415,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         .map(|(_, n)| n)
         .sum();
     let (achieved, sustained) = send_rates(&received);
-    let push = (shape.channels >= 2).then(|| {
+    let push = (shape.channels >= 2 || shape.push_only).then(|| {
         let (achieved, sustained) = send_rates(&pushed);
         serde_json::json!({
             "provider_sends": push_provider.sends(),
@@ -1422,7 +1429,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         "suite": "pipeline",
         "store": store.backend(),
         "guardians": shape.guardians,
-        "channels": shape.channels,
+        "channels": if shape.push_only { serde_json::json!("push") } else { shape.channels.into() },
         "processes": shape.processes.max(1),
         "faults": faults,
         "provider_rate": shape.provider_rate,

@@ -25,8 +25,11 @@ pub struct ConcurrencyPolicy {
     pub slow_factor: f64,
     /// The cut when answers slow down.
     pub slow_cut: f64,
-    /// The cut when the provider asks to slow down or stops answering in time.
+    /// The cut when the provider asks to slow down (it has a rate: a little less will
+    /// do).
     pub throttle_cut: f64,
+    /// The cut when it stops answering in time (it may be drowning).
+    pub timeout_cut: f64,
     /// Share of a window's sends that may go unanswered in time before that counts as the
     /// provider struggling (a few lost answers are the provider's faults, not load).
     pub timeout_share: f64,
@@ -40,7 +43,8 @@ impl Default for ConcurrencyPolicy {
             max: 2048,
             slow_factor: 2.0,
             slow_cut: 0.9,
-            throttle_cut: 0.5,
+            throttle_cut: 0.8,
+            timeout_cut: 0.5,
             timeout_share: 0.1,
         }
     }
@@ -123,18 +127,19 @@ impl Limit {
         self.limit.floor() as u32
     }
 
-    /// The limit after a window: halved (throttle_cut) when the provider asked to slow
-    /// down or left too many sends unanswered, cut a little (slow_cut) when answers came
+    /// The limit after a window: halved (timeout_cut) when the provider left too many
+    /// sends unanswered, cut by a fifth (throttle_cut) when it asked to slow down, cut a
+    /// tenth (slow_cut) when answers came
     /// markedly slower than the fastest, otherwise raised — doubled until the first
     /// trouble, one more after — if the window used at least half of it. Never below
     /// `min` nor above `max`, nor above twice what `rate` sends a second can keep busy at
-    /// the window's latency.
+    /// the window's latency. Whether it was cut for trouble (not only held by a bound).
     pub fn adjust(
         &mut self,
         window: &Window,
         policy: &ConcurrencyPolicy,
         rate: Option<NonZeroU32>,
-    ) {
+    ) -> bool {
         let mean = window.mean_latency();
         if let Some(mean) = mean {
             // The fastest mean seen, drifting towards slower ones by a twentieth a window,
@@ -149,7 +154,11 @@ impl Limit {
             matches!((mean, self.baseline), (Some(m), Some(b)) if m > b * policy.slow_factor);
         let unanswered =
             f64::from(window.no_answer) > f64::from(window.sends) * policy.timeout_share;
-        if window.throttled > 0 || unanswered {
+        let trouble = window.throttled > 0 || unanswered || slow;
+        if unanswered {
+            self.limit *= policy.timeout_cut;
+            self.slow_start = false;
+        } else if window.throttled > 0 {
             self.limit *= policy.throttle_cut;
             self.slow_start = false;
         } else if slow {
@@ -168,6 +177,7 @@ impl Limit {
             max = max.min((f64::from(rate.get()) * latency * 2.0).ceil().max(min));
         }
         self.limit = self.limit.clamp(min, max.max(min));
+        trouble
     }
 }
 
@@ -183,6 +193,9 @@ pub(crate) struct Concurrency {
 
 struct State {
     limit: Limit,
+    /// When the limit was last cut: sends started before it were sent at the old limit
+    /// and say nothing about the new one (one cut a round trip, as TCP does).
+    cut_at: Option<Instant>,
     /// Permits to take away as sends return (the limit came down below those in hand).
     owed: u32,
     in_flight: u32,
@@ -206,6 +219,7 @@ impl Concurrency {
             slots: Arc::new(tokio::sync::Semaphore::new(limit.current() as usize)),
             state: Mutex::new(State {
                 limit,
+                cut_at: None,
                 owed: 0,
                 in_flight: 0,
                 window: Window::default(),
@@ -243,15 +257,21 @@ impl Concurrency {
         self.state().limit.current()
     }
 
-    fn record(&self, latency: Duration, signal: Signal) {
+    fn record(&self, started: Instant, signal: Signal) {
         let mut state = self.state();
-        state.window.add(latency, signal);
+        if state.cut_at.is_some_and(|cut| started < cut) {
+            return;
+        }
+        state.window.add(started.elapsed(), signal);
         if state.window.sends < state.limit.current().max(1) {
             return;
         }
         let before = state.limit.current();
         let window = std::mem::take(&mut state.window);
-        state.limit.adjust(&window, &self.policy, self.rate);
+        let trouble = state.limit.adjust(&window, &self.policy, self.rate);
+        if trouble {
+            state.cut_at = Some(Instant::now());
+        }
         state.window.busiest = state.in_flight;
         let after = state.limit.current();
         if after > before {
@@ -265,7 +285,7 @@ impl Concurrency {
             state.owed += shrink - taken;
         }
         if after != before {
-            if after < before {
+            if trouble {
                 tracing::info!(provider = %self.provider, limit = after, "provider is slower or asks to slow down: fewer sends in flight");
             }
             self.publish(after);
@@ -281,7 +301,7 @@ impl Concurrency {
 impl Slot {
     /// The send ended this way: counted in the provider's window.
     pub(crate) fn answered(self, signal: Signal) {
-        self.owner.record(self.started.elapsed(), signal);
+        self.owner.record(self.started, signal);
     }
 }
 
@@ -320,21 +340,21 @@ mod tests {
         assert_eq!(limit.current(), 16);
         for expected in [32, 64, 128] {
             let busy = limit.current();
-            limit.adjust(&window(busy, 200.0, 0, 0, busy), &policy, None);
+            assert!(!limit.adjust(&window(busy, 200.0, 0, 0, busy), &policy, None));
             assert_eq!(limit.current(), expected);
         }
-        limit.adjust(&window(128, 200.0, 3, 0, 128), &policy, None);
-        assert_eq!(limit.current(), 64, "a 429 halves it");
+        assert!(limit.adjust(&window(128, 200.0, 3, 0, 128), &policy, None));
+        assert_eq!(limit.current(), 102, "a 429 cuts a fifth");
         assert!(!limit.slow_start);
-        limit.adjust(&window(64, 200.0, 0, 0, 64), &policy, None);
-        assert_eq!(limit.current(), 65, "then one more a window");
+        assert!(!limit.adjust(&window(102, 200.0, 0, 0, 102), &policy, None));
+        assert_eq!(limit.current(), 103, "then one more a window");
     }
 
     #[test]
     fn a_limit_not_used_does_not_grow() {
         let policy = ConcurrencyPolicy::default();
         let mut limit = Limit::new(&policy);
-        limit.adjust(&window(16, 200.0, 0, 0, 7), &policy, None);
+        let _ = limit.adjust(&window(16, 200.0, 0, 0, 7), &policy, None);
         assert_eq!(limit.current(), 16);
     }
 
@@ -342,17 +362,17 @@ mod tests {
     fn slower_answers_bring_it_down_a_little_and_a_few_timeouts_do_not() {
         let policy = ConcurrencyPolicy::default();
         let mut limit = Limit::new(&policy);
-        limit.adjust(&window(16, 100.0, 0, 0, 16), &policy, None);
+        let _ = limit.adjust(&window(16, 100.0, 0, 0, 16), &policy, None);
         assert_eq!(limit.current(), 32);
-        limit.adjust(&window(32, 250.0, 0, 0, 32), &policy, None);
+        let _ = limit.adjust(&window(32, 250.0, 0, 0, 32), &policy, None);
         assert_eq!(limit.current(), 28, "2.5 times the fastest: cut by a tenth");
-        limit.adjust(&window(28, 100.0, 0, 1, 28), &policy, None);
+        let _ = limit.adjust(&window(28, 100.0, 0, 1, 28), &policy, None);
         assert_eq!(
             limit.current(),
             29,
             "one timeout in 28 is the provider's fault"
         );
-        limit.adjust(&window(29, 100.0, 0, 5, 29), &policy, None);
+        let _ = limit.adjust(&window(29, 100.0, 0, 5, 29), &policy, None);
         assert_eq!(limit.current(), 14, "one in six unanswered: halved");
     }
 
@@ -363,7 +383,7 @@ mod tests {
         let rate = NonZeroU32::new(100);
         for _ in 0..10 {
             let busy = limit.current();
-            limit.adjust(&window(busy, 200.0, 0, 0, busy), &policy, rate);
+            let _ = limit.adjust(&window(busy, 200.0, 0, 0, busy), &policy, rate);
         }
         // 100 a second at 200 ms keeps 20 busy; twice that at most.
         assert_eq!(limit.current(), 40);
@@ -389,21 +409,54 @@ mod tests {
         for _ in 0..8 {
             slots.push(limit.acquire().await);
         }
-        // Half of them answer (throttled), four more go out in their place, then the
+        // Half of them go unanswered, four more go out in their place, then the
         // rest answer: the window closes halved to 4 while the four new ones are out, so
         // no permit is left over until they return.
         let rest = slots.split_off(4);
         for slot in slots.drain(..) {
-            slot.answered(Signal::Throttled);
+            slot.answered(Signal::NoAnswer);
         }
         let again: Vec<_> = futures_util::future::join_all((0..4).map(|_| limit.acquire())).await;
         for slot in rest {
-            slot.answered(Signal::Throttled);
+            slot.answered(Signal::NoAnswer);
         }
         assert_eq!(limit.limit(), 4);
         assert_eq!(limit.slots.available_permits(), 0);
         drop(again);
         assert_eq!(limit.slots.available_permits(), 4);
+    }
+
+    #[tokio::test]
+    async fn sends_started_before_a_cut_do_not_cut_it_again() {
+        let policy = ConcurrencyPolicy {
+            initial: 10,
+            ..ConcurrencyPolicy::default()
+        };
+        let limit = Arc::new(Concurrency::new("p", policy, None));
+        let mut first: Vec<_> =
+            futures_util::future::join_all((0..10).map(|_| limit.acquire())).await;
+        let rest = first.split_off(5);
+        for slot in first {
+            slot.answered(Signal::Throttled);
+        }
+        let older: Vec<_> = futures_util::future::join_all((0..5).map(|_| limit.acquire())).await;
+        for slot in rest {
+            slot.answered(Signal::Throttled);
+        }
+        assert_eq!(
+            limit.limit(),
+            8,
+            "ten throttled answers: one cut of a fifth"
+        );
+        for slot in older {
+            slot.answered(Signal::Throttled);
+        }
+        assert_eq!(limit.limit(), 8, "sent at the old limit: no second cut");
+        let after: Vec<_> = futures_util::future::join_all((0..8).map(|_| limit.acquire())).await;
+        for slot in after {
+            slot.answered(Signal::Answered);
+        }
+        assert_eq!(limit.limit(), 9, "then one more a round trip");
     }
 
     proptest! {
@@ -423,7 +476,7 @@ mod tests {
                 let w = window(sends, latency, throttled, no_answer, busiest);
                 let before = limit.limit;
                 let baseline = limit.baseline;
-                limit.adjust(&w, &policy, rate);
+                let _ = limit.adjust(&w, &policy, rate);
                 prop_assert!(limit.limit >= f64::from(policy.min) && limit.limit <= f64::from(policy.max));
                 if throttled > 0 {
                     prop_assert!(limit.limit <= before);

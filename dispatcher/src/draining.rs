@@ -17,6 +17,23 @@ use crate::{districts, DispatchError, Dispatcher, Key, CONSUMER_GROUP};
 /// the default 1,024 × 4); only `batches_at_once` partitions' sends are in flight at once.
 pub(crate) const DUE_READ_AHEAD: u32 = 4;
 
+/// What a batch of a partition came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Drained {
+    /// Entries were taken off the log.
+    pub(crate) worked: bool,
+    /// A provider's rate limit held entries back: worth another look as soon as it lets
+    /// more through, while the pass's other batches are still out.
+    pub(crate) rate_held: bool,
+}
+
+/// How soon a partition a rate limit held back is looked at again during a pass: a
+/// quarter of the time a burst's worth of the rate takes to come back (a tenth of a
+/// second, see `rates::BURST_PARTS`), so that what comes back is taken before the
+/// bucket is full and none of the rate goes unused (measured at 500/s with 200 ms
+/// answers: 84 % of the rate used looking again after 100 ms, 99 % after 25 ms).
+const RATE_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Moves to the front of their lane (the end: batches are popped) the partitions of
 /// `fresh` where a district has turned up that `planned` does not list for them, with
 /// the fresh heads, and notes them as planned. A partition with a batch in hand is left
@@ -98,21 +115,47 @@ impl Dispatcher {
             .collect();
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut busy: HashSet<Key> = HashSet::new();
+        // Partitions a rate limit held back, looked at again while other batches are out
+        // (a pass with none out ends, and the next starts after what has come due).
+        let mut rate_held: Vec<(Lease, PartitionDistricts)> = Vec::new();
         loop {
             while running.len() < slots {
                 let Some((lease, heads)) = self.next_partition(&mut backlog, &busy) else {
                     break;
                 };
                 busy.insert((lease.lane, lease.partition));
-                running
-                    .push(async move { (lease, self.drain_batch(partitions, lease, heads).await) });
+                running.push(async move {
+                    let drained = self.drain_batch(partitions, lease, heads.clone()).await;
+                    (lease, heads, drained)
+                });
             }
-            let Some((lease, result)) = running.next().await else {
+            let next = if rate_held.is_empty() || running.is_empty() {
+                running.next().await
+            } else {
+                tokio::select! {
+                    next = running.next() => next,
+                    () = tokio::time::sleep(RATE_LOOK_AGAIN) => {
+                        for (lease, heads) in rate_held.drain(..) {
+                            let key = (lease.lane, lease.partition);
+                            let queue = backlog.entry(lease.lane).or_default();
+                            queue.retain(|(l, _)| (l.lane, l.partition) != key);
+                            queue.push((lease, heads));
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some((lease, heads, result)) = next else {
                 return Ok(worked);
             };
             busy.remove(&(lease.lane, lease.partition));
             match result {
-                Ok(drained) => worked |= drained,
+                Ok(drained) => {
+                    worked |= drained.worked;
+                    if drained.rate_held {
+                        rate_held.push((lease, heads));
+                    }
+                }
                 // One partition's trouble is not the others': they go on, and this one is
                 // tried again (and isolated, then quarantined, if it keeps failing).
                 Err(DispatchError::Store(error)) if !is_outage(&error) => {
@@ -155,7 +198,8 @@ impl Dispatcher {
         backlog.get_mut(&lane).and_then(Vec::pop)
     }
 
-    /// One batch of a partition; whether any entry was taken off the log. A partition
+    /// One batch of a partition: whether any entry was taken off the log, and whether a
+    /// rate limit held some back. A partition
     /// whose batches keep failing with errors that are not outages goes one entry at a
     /// time, and an entry that still fails is quarantined.
     pub(crate) async fn drain_batch(
@@ -163,13 +207,16 @@ impl Dispatcher {
         partitions: &Partitions,
         lease: Lease,
         heads: PartitionDistricts,
-    ) -> Result<bool, DispatchError> {
+    ) -> Result<Drained, DispatchError> {
         let key = (lease.lane, lease.partition);
         let failures = self.failures().get(&key).copied().unwrap_or(0);
         if failures >= 2 * POISON_TRIES {
             self.quarantine(partitions, lease).await?;
             self.failures().remove(&key);
-            return Ok(true);
+            return Ok(Drained {
+                worked: true,
+                rate_held: false,
+            });
         }
         let limit = if failures >= POISON_TRIES {
             1
@@ -198,10 +245,10 @@ impl Dispatcher {
         lease: Lease,
         heads: PartitionDistricts,
         limit: u32,
-    ) -> Result<bool, DispatchError> {
+    ) -> Result<Drained, DispatchError> {
         let key = (lease.lane, lease.partition);
         let Some((_, mut progress)) = partitions.progress(&key) else {
-            return Ok(false); // lost since the backlog was read
+            return Ok(Drained::default()); // lost since the backlog was read
         };
         let turn = self.database_turn().await;
         let (plan, read) = if limit == 1 {
@@ -248,7 +295,7 @@ impl Dispatcher {
             entries.sort_by_key(|o| o.offset);
         }
         let at = self.now();
-        let kept = self.cut(&per_district, at);
+        let (kept, rate_held) = self.cut(&per_district, at);
         // How far each district got: all it read (and, with fewer than its share, all it
         // has up to `through`), or up to where it was cut.
         let reached: HashMap<DistrictId, Option<i64>> = plan
@@ -277,7 +324,11 @@ impl Dispatcher {
             .filter(|o| self.ready(o, at))
             .collect();
         if committed == before && kept.values().all(|&n| n == 0) {
-            return Ok(false); // held back: nothing taken off the log
+            // Held back: nothing taken off the log.
+            return Ok(Drained {
+                worked: false,
+                rate_held,
+            });
         }
         let offset = (committed > before).then_some(committed);
         let outcome = self.send(&lease, ready, offset).await;
@@ -300,11 +351,17 @@ impl Dispatcher {
                 if let Some(held) = partitions.committed().get_mut(&key) {
                     *held = progress;
                 }
-                Ok(true)
+                Ok(Drained {
+                    worked: true,
+                    rate_held,
+                })
             }
             Err(StoreError::Fenced { .. }) => {
                 self.lose(partitions, key);
-                Ok(true)
+                Ok(Drained {
+                    worked: true,
+                    rate_held: false,
+                })
             }
             Err(e) => Err(e.into()),
         }
@@ -313,12 +370,14 @@ impl Dispatcher {
     /// Cuts each district's entries before a second one for the same guardian and channel
     /// (it goes after the first one's outcome is recorded) and where a provider's rate
     /// limit says "not yet" (the rest stays on the log). The districts take the rate
-    /// limit's tokens in turn, one entry each. Returns how many entries each keeps.
+    /// limit's tokens in turn, one entry each. Returns how many entries each keeps, and
+    /// whether a rate limit cut any.
     pub(crate) fn cut(
         &self,
         per_district: &BTreeMap<DistrictId, Vec<Outbound>>,
         at: DateTime<Utc>,
-    ) -> HashMap<DistrictId, usize> {
+    ) -> (HashMap<DistrictId, usize>, bool) {
+        let mut rate_held = false;
         let mut seen = HashSet::new();
         let mut kept: HashMap<DistrictId, usize> = HashMap::new();
         let mut open: Vec<DistrictId> = per_district.keys().copied().collect();
@@ -330,8 +389,11 @@ impl Dispatcher {
                     return false;
                 };
                 let first_for_guardian = seen.insert((o.delivery.guardian_id, o.delivery.channel));
-                if !first_for_guardian || (self.ready(o, at) && !self.may_send(o.delivery.channel))
-                {
+                if !first_for_guardian {
+                    return false;
+                }
+                if self.ready(o, at) && !self.may_send(o.delivery.channel) {
+                    rate_held = true;
                     return false;
                 }
                 kept.insert(*district, i + 1);
@@ -339,7 +401,7 @@ impl Dispatcher {
             });
             i += 1;
         }
-        kept
+        (kept, rate_held)
     }
 
     /// Whether a delivery read off the log (or found due) is to be sent now.
