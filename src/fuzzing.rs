@@ -14,8 +14,11 @@ use tidings_core::contact::{EmailAddress, PhoneNumber};
 use tidings_core::link::{LinkClaims, LinkKeys, LinkPurpose};
 use tidings_core::roster::oneroster::{self, CsvFile};
 
+/// A target: reads the bytes, says whether it accepted them.
+pub type Target = fn(&[u8]) -> bool;
+
 /// Every target, by the name of its folder under `fuzz/corpus/`.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("twilio_status", twilio_status),
     ("kannel_dlr", kannel_dlr),
     ("sendgrid_events", sendgrid_events),
