@@ -297,10 +297,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Open files wanted: sends in flight to every provider at their ceiling, the sockets
+/// served and the database's, with room to spare.
+const OPEN_FILES: u64 = 65_536;
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     // Kept until the end of the run: dropping it sends the spans still buffered.
     let _traces = init_tracing(&config)?;
+    // Each send in flight to a provider, each connection served and each database
+    // connection is an open file: a dispatcher keeping a thousand sends out needs more
+    // than the 1,024 a session often starts with. Raised to what the system allows.
+    match rlimit::increase_nofile_limit(OPEN_FILES) {
+        Ok(limit) if limit < 8_192 => tracing::warn!(
+            limit,
+            "few open files allowed: sends in flight are bounded by it (raise the hard limit, `ulimit -Hn` or LimitNOFILE=)"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

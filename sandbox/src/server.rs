@@ -74,6 +74,9 @@ struct Shared {
     provider: InProcessProvider,
     config: Arc<SandboxConfig>,
     callbacks: reqwest::Client,
+    /// Status callbacks being posted at once, at most [`CALLBACKS_AT_ONCE`]: a provider's
+    /// webhook sender keeps a bounded number of requests open, and so does this one.
+    callback_slots: Arc<tokio::sync::Semaphore>,
     /// FCM access tokens handed out by `/token`.
     access_tokens: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Signs the SendGrid-style email events; its public key is at `/_sandbox/keys`.
@@ -94,6 +97,7 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("a plain HTTP client builds"),
+        callback_slots: Arc::new(tokio::sync::Semaphore::new(CALLBACKS_AT_ONCE)),
         access_tokens: Arc::default(),
         sendgrid: Arc::new(tidings_channel_adapters::sendgrid::SigningKey::generate()),
     };
@@ -353,6 +357,7 @@ struct StatusReport {
 /// Sends the status callbacks of one accepted message (`sent`, then `delivered` or
 /// `undelivered`), signed, with the callback faults in force.
 async fn report_status(shared: Shared, report: StatusReport) {
+    let _slot = shared.callback_slots.clone().acquire_owned().await;
     let faults = shared.provider.faults();
     let undelivered = shared.provider.chance(faults.undelivered);
     let mut statuses: Vec<&str> = vec![
@@ -414,6 +419,9 @@ fn rebase(url: &str, base: &str) -> String {
         .unwrap_or("/");
     format!("{}{path}", base.trim_end_matches('/'))
 }
+
+/// Status callbacks the sandbox posts at once; the rest wait their turn.
+const CALLBACKS_AT_ONCE: usize = 64;
 
 /// An APNs error, in Apple's body format.
 fn apns_error(status: StatusCode, reason: &str) -> Response {
