@@ -49,6 +49,9 @@ struct Newlines {
     offset: u64,
     /// Where the record being read starts.
     record_start: u64,
+    /// The last byte read was a carriage return (its line feed, if one follows, ends the
+    /// same line).
+    after_cr: bool,
 }
 
 impl Newlines {
@@ -83,13 +86,14 @@ impl<R: Read> Read for Counting<R> {
         let n = self.inner.read(&mut buf[..wanted])?;
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         let base = lines.offset;
-        lines.pending.extend(
-            buf[..n]
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'\n')
-                .map(|(i, _)| base + i as u64),
-        );
+        // A line ends with CR LF, LF, or a CR alone (as the csv reader ends records).
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let ends = b == b'\r' || (b == b'\n' && !lines.after_cr);
+            if ends {
+                lines.pending.push_back(base + i as u64);
+            }
+            lines.after_cr = b == b'\r';
+        }
         lines.offset += n as u64;
         Ok(n)
     }
@@ -370,6 +374,10 @@ mod tests {
             "a,b\nx,\"y\nq\"\nz,w\nk,l\n",
             "a,b\r\nx,\"y\r\nq\"\r\nz,w\r\nk,l\r\n",
             "\u{feff}a,b\r\nx,\"y\r\nq\"\nz,w\r\nk,l",
+            // Carriage returns alone end lines too (found by fuzzing: every row was
+            // reported on the same line).
+            "a,b\rx,\"y\rq\"\rz,w\rk,l\r",
+            "a,b\rx,\"y\r\nq\"\nz,w\rk,l",
         ] {
             let mut file = CsvFile::open("t.csv", input.as_bytes(), &[]).unwrap();
             let lines: Vec<u64> = std::iter::from_fn(|| file.next_record())
@@ -417,6 +425,12 @@ mod tests {
         assert_eq!(mode(&manifest, "classes.csv"), Ok(Mode::Absent));
     }
 
+    /// Line breaks in `text`: CR LF, LF, or CR alone.
+    fn breaks(text: &str) -> u64 {
+        (text.matches('\r').count() + text.matches('\n').count() - text.matches("\r\n").count())
+            as u64
+    }
+
     fn quote(field: &str) -> String {
         format!("\"{}\"", field.replace('"', "\"\""))
     }
@@ -441,7 +455,7 @@ mod tests {
                 prop_assert_eq!(file.get(&record, "sourcedId"), a.trim());
                 prop_assert_eq!(file.get(&record, "name"), b.trim());
                 prop_assert_eq!(record.line, line);
-                line += 1 + (a.matches('\n').count() + b.matches('\n').count()) as u64;
+                line += 1 + breaks(a) + breaks(b);
             }
             prop_assert!(file.next_record().is_none());
         }
