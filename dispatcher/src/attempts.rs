@@ -257,7 +257,11 @@ impl Dispatcher {
                         }))
                         .await
                     }
-                    None => Vec::new(),
+                    // Taken out above (a dead letter); one outcome per send all the same.
+                    None => {
+                        let error = format!("no provider is configured for {channel}");
+                        vec![SendOutcome::InDoubt { error }; outgoing.len()]
+                    }
                 };
                 (
                     provider,
