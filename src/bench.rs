@@ -76,6 +76,8 @@ impl ScratchDatabase {
 /// empty district to import it into (see [`BenchDatabase`]).
 struct Setup {
     scratch: tempfile::TempDir,
+    /// Where the database is.
+    url: String,
     postgres: Option<ScratchDatabase>,
     store: std::sync::Arc<dyn store::Store>,
     /// The same database, for the raw speed the figures are compared against.
@@ -139,6 +141,7 @@ impl Setup {
             .context("the benchmark needs an empty database")?;
         Ok(Self {
             scratch,
+            url,
             postgres,
             store,
             raw,
@@ -231,6 +234,8 @@ fn sendable(
 /// auth token they are signed with.
 const BENCH_PUBLIC_URL: &str = "https://tidings.bench.example";
 const BENCH_TWILIO_TOKEN: &str = "bench-twilio-token";
+const BENCH_TWILIO_SID: &str = "AC00000000000000000000000000bench";
+const BENCH_TWILIO_FROM: &str = "+15005550006";
 
 /// The callbacks of a benchmark's process, on loopback until `stopping`: their address,
 /// the worker applying what they keep, and the server.
@@ -1041,9 +1046,22 @@ pub struct PipelineShape {
     /// Push alone: every guardian's phone has the app, and the broadcast goes to it only.
     #[arg(long, conflicts_with = "channels")]
     pub push_only: bool,
-    /// Dispatchers side by side in this process.
-    #[arg(long, default_value_t = 1)]
-    pub processes: usize,
+    /// Dispatchers as `tidings dispatch` processes of their own on the same database, as
+    /// a district scaling out runs them; unset: one dispatcher inside this process.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub processes: Option<u32>,
+    /// Kill a dispatcher process with SIGKILL this many times, evenly through the
+    /// broadcast (each time another 1/(N+1) of it is past the queue), each process in
+    /// turn, and start it again at once: a crash in the middle of sends, over and over.
+    /// Their leases last 2 s, so a killed process's partitions go to the others soon.
+    #[arg(long, default_value_t = 0, requires = "processes")]
+    pub cycles: u32,
+    /// The SMS provider is down for this many seconds from the start of the broadcast:
+    /// every send is answered 500. Push (with `--channels 2`) goes on; SMS's circuit
+    /// breaker opens and holds its sends without spending their attempts until the
+    /// provider answers again.
+    #[arg(long)]
+    pub outage_seconds: Option<f64>,
     /// The provider's faults: `none`, `flaky` (refusals, sends never answered, repeated
     /// and reordered reports, undelivered messages, slow answers) or a JSON object of the
     /// sandbox's faults.
@@ -1122,6 +1140,137 @@ fn percentiles(mut values: Vec<f64>) -> serde_json::Value {
     serde_json::json!({ "n": values.len(), "p50": at(0.50), "p95": at(0.95), "p99": at(0.99) })
 }
 
+/// The dispatchers of a `bench pipeline` run.
+enum Dispatching {
+    InProcess(tokio::task::JoinHandle<Result<(), tidings_dispatcher::DispatchError>>),
+    Processes(DispatchProcesses),
+}
+
+impl Dispatching {
+    /// An error if a dispatcher stopped by itself.
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self {
+            Dispatching::InProcess(running) => {
+                anyhow::ensure!(!running.is_finished(), "the dispatcher stopped");
+                Ok(())
+            }
+            Dispatching::Processes(processes) => processes.check(),
+        }
+    }
+
+    /// Waits for the dispatchers to stop (`stop` has been sent to one in this process;
+    /// processes are sent SIGTERM).
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Dispatching::InProcess(running) => Ok(running.await??),
+            Dispatching::Processes(processes) => processes.stop().await,
+        }
+    }
+}
+
+/// `tidings dispatch` processes on the benchmark's database, configured by environment,
+/// their logs (stderr) appended to one file.
+struct DispatchProcesses {
+    env: Vec<(&'static str, String)>,
+    log: std::path::PathBuf,
+    children: Vec<tokio::process::Child>,
+    /// The next to be killed.
+    next: usize,
+}
+
+impl DispatchProcesses {
+    fn start(
+        count: u32,
+        env: Vec<(&'static str, String)>,
+        log: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        let mut processes = Self {
+            env,
+            log,
+            children: Vec::new(),
+            next: 0,
+        };
+        for _ in 0..count {
+            let child = processes.spawn()?;
+            processes.children.push(child);
+        }
+        Ok(processes)
+    }
+
+    fn spawn(&self) -> anyhow::Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TIDINGS_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("dispatch")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        command
+            .spawn()
+            .context("cannot start a `tidings dispatch` process")
+    }
+
+    /// SIGKILL to the next process in turn, and a new one in its place.
+    async fn kill_next(&mut self) -> anyhow::Result<()> {
+        let at = self.next % self.children.len();
+        self.next += 1;
+        let child = &mut self.children[at];
+        child.start_kill()?;
+        child.wait().await?;
+        self.children[at] = self.spawn()?;
+        Ok(())
+    }
+
+    /// An error, with the end of their log, if a process exited by itself.
+    fn check(&mut self) -> anyhow::Result<()> {
+        for child in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "a dispatcher process exited ({status}); the end of their log:\n{}",
+                    self.log_tail()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM to each, and each must stop cleanly.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        for child in &self.children {
+            if let Some(pid) = child.id() {
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()?;
+            }
+        }
+        for child in &mut self.children {
+            let status = child.wait().await?;
+            anyhow::ensure!(
+                status.success(),
+                "a dispatcher process stopped with {status}; the end of their log:\n{}",
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `tidings bench pipeline --guardians N`: the whole path over HTTP. A synthetic district
 /// of N guardians gets one SMS broadcast (fan-out timed); K dispatchers send it through
 /// the Twilio adapter to the provider sandbox (Twilio's API on loopback, with `--faults`
@@ -1184,12 +1333,11 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         }
         tx.commit().await?;
         let (push_at, serving) = serve_sandbox(&push_provider, sandbox_config, &stopping).await?;
+        let service_account = tidings_sandbox::server::fcm_service_account(&push_at);
         let fcm =
             tidings_channel_adapters::fcm::Fcm::new(tidings_channel_adapters::fcm::FcmConfig {
-                account: tidings_channel_adapters::fcm::Fcm::service_account(
-                    &tidings_sandbox::server::fcm_service_account(&push_at),
-                )?,
-                api_base: push_at,
+                account: tidings_channel_adapters::fcm::Fcm::service_account(&service_account)?,
+                api_base: push_at.clone(),
                 timeouts: tidings_channel_adapters::http::Timeouts {
                     request: std::time::Duration::from_secs(1),
                     ..Default::default()
@@ -1200,18 +1348,19 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         Some((
             tidings_channel_adapters::push::Push::new(None, Some(fcm)),
             serving,
+            (push_at, service_account),
         ))
     } else {
         None
     };
     let twilio = tidings_channel_adapters::twilio::Twilio::new(
         tidings_channel_adapters::twilio::TwilioConfig {
-            account_sid: "AC00000000000000000000000000bench".into(),
+            account_sid: BENCH_TWILIO_SID.into(),
             api_key_sid: None,
             secret: BENCH_TWILIO_TOKEN.into(),
-            from: Some("+15005550006".into()),
+            from: Some(BENCH_TWILIO_FROM.into()),
             messaging_service_sid: None,
-            api_base: sandbox_at,
+            api_base: sandbox_at.clone(),
             status_callback: Some(format!("{BENCH_PUBLIC_URL}/callbacks/twilio/status")),
             timeouts: tidings_channel_adapters::http::Timeouts {
                 request: std::time::Duration::from_secs(1),
@@ -1227,13 +1376,13 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     } else {
         BTreeSet::from([Channel::Sms])
     };
-    let push_serving = match push {
-        Some((Some(adapter), serving)) => {
+    let (push_serving, fcm_at) = match push {
+        Some((Some(adapter), serving, fcm_at)) => {
             adapters = adapters.with(Channel::Push, std::sync::Arc::new(adapter));
             channels.insert(Channel::Push);
-            Some(serving)
+            (Some(serving), Some(fcm_at))
         }
-        _ => None,
+        _ => (None, None),
     };
 
     // The broadcast, as a send writes it.
@@ -1260,17 +1409,74 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
             .map(|&s| std::time::Duration::from_secs(s))
             .collect(),
     };
-    let running: Vec<_> = (0..shape.processes.max(1))
-        .map(|_| {
+    let mut dispatching = match shape.processes {
+        None => {
+            // The breaker's pauses in seconds too (production: 30 s, doubling to 5 min).
+            let breaker = tidings_dispatcher::BreakerPolicy {
+                pause: std::time::Duration::from_secs(1),
+                max_pause: std::time::Duration::from_secs(8),
+                ..Default::default()
+            };
             let config = Config {
-                retry: retry.clone(),
+                retry,
+                breaker,
                 ..Config::default()
             };
             let dispatcher = Dispatcher::new(store.clone(), adapters.clone(), config);
             let stopping = stopping.clone();
-            tokio::spawn(async move { dispatcher.run(stopping).await })
-        })
-        .collect();
+            Dispatching::InProcess(tokio::spawn(async move { dispatcher.run(stopping).await }))
+        }
+        Some(count) => {
+            let mut env = vec![
+                ("TIDINGS_DATABASE_URL", setup.url.clone()),
+                ("TIDINGS_LOG", "warn".into()),
+                (
+                    "TIDINGS_LINK_KEYS",
+                    tidings_core::link::LinkKeys::generate().to_file_text(),
+                ),
+                ("TIDINGS_PUBLIC_URL", BENCH_PUBLIC_URL.into()),
+                ("TIDINGS_RETRY_SCHEDULE", format!("{PIPELINE_RETRIES_S:?}")),
+                ("TIDINGS_TWILIO__ACCOUNT_SID", BENCH_TWILIO_SID.into()),
+                ("TIDINGS_TWILIO__FROM", BENCH_TWILIO_FROM.into()),
+                ("TIDINGS_TWILIO__API_BASE", sandbox_at.clone()),
+                ("TIDINGS_TWILIO__TIMEOUT_SECONDS", "1".into()),
+                ("TIDINGS_TWILIO_AUTH_TOKEN", BENCH_TWILIO_TOKEN.into()),
+            ];
+            if let Some(rate) = shape.provider_rate {
+                env.push(("TIDINGS_TWILIO__MAX_PER_SECOND", rate.to_string()));
+            }
+            if let Some((api_base, service_account)) = &fcm_at {
+                env.push(("TIDINGS_FCM__API_BASE", api_base.clone()));
+                env.push(("TIDINGS_FCM__TIMEOUT_SECONDS", "1".into()));
+                env.push(("TIDINGS_FCM_SERVICE_ACCOUNT", service_account.clone()));
+            }
+            if shape.cycles > 0 {
+                // A killed process's partitions move on after 2 s, and its retries in
+                // flight are taken up again after 5 s (the calls time out after 1 s).
+                env.push(("TIDINGS_LEASE_SECONDS", "2".into()));
+                env.push(("TIDINGS_IN_DOUBT_SECONDS", "5".into()));
+            }
+            let log = setup.scratch.path().join("dispatchers.log");
+            Dispatching::Processes(DispatchProcesses::start(count, env, log)?)
+        }
+    };
+    // The SMS provider down from the start, for `--outage-seconds`.
+    let outage = shape
+        .outage_seconds
+        .map(std::time::Duration::try_from_secs_f64)
+        .transpose()
+        .context("--outage-seconds: a number of seconds")?;
+    if outage.is_some() {
+        provider.set_faults(tidings_sandbox::Faults {
+            transient: 1.0,
+            ..faults
+        });
+    }
+    let (mut outage_refused, mut push_all_sent) = (None, None);
+    let push_deliveries = sendable(&broadcast)
+        .filter(|d| d.channel == Channel::Push)
+        .count();
+    let (mut kills, mut kills_before_all_sent) = (0u32, 0u32);
 
     // Until every delivery is past SENT, then until every report the provider will send
     // has been sent and applied; a stall of a minute ends the run with why.
@@ -1284,21 +1490,54 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         by
     };
     let (mut all_sent, mut progress) = (None, (0u64, Instant::now()));
+    let mut database_errors = 0u64;
     let all_reported = loop {
-        let report = store
-            .message_summary(&scope, message)
-            .await?
-            .context("the benchmark's message")?;
+        dispatching.check()?;
+        if outage.is_some_and(|o| started.elapsed() >= o) && outage_refused.is_none() {
+            outage_refused = Some(provider.sends());
+            provider.set_faults(faults);
+        }
+        if push_all_sent.is_none() && push_provider.received_count() >= push_deliveries {
+            push_all_sent = Some(started.elapsed().as_secs_f64());
+        }
+        // The database may be away for a while (restarted, full, read-only): the run
+        // waits for it as the dispatchers do, within the stall limit below.
+        let looked = async {
+            let report = store.message_summary(&scope, message).await?;
+            let inbox = store.inbox_counts().await?;
+            Ok::<_, tidings_core::store::StoreError>((report, inbox))
+        }
+        .await;
+        let (report, inbox) = match looked {
+            Ok((report, inbox)) => (report.context("the benchmark's message")?, inbox),
+            Err(error) => {
+                database_errors += 1;
+                if progress.1.elapsed() > STALLED {
+                    return Err(error).context("the database stayed unreachable");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let by = counts(&report.counts);
         let waiting = by.get(&DeliveryState::Created).copied().unwrap_or(0)
             + by.get(&DeliveryState::Queued).copied().unwrap_or(0);
         let settled = ids.len() as u64 - waiting;
+        if let Dispatching::Processes(processes) = &mut dispatching {
+            let due = (u64::from(kills) + 1) * ids.len() as u64 / (u64::from(shape.cycles) + 1);
+            if kills < shape.cycles && settled >= due {
+                processes.kill_next().await?;
+                kills += 1;
+                kills_before_all_sent += u32::from(waiting > 0);
+            }
+        }
         if waiting == 0 && all_sent.is_none() {
             all_sent = Some(started.elapsed().as_secs_f64());
         }
         let accepted = provider.received_count() as u64;
-        let inbox = store.inbox_counts().await?;
         if all_sent.is_some()
+            && kills >= shape.cycles
+            && outage_refused.is_some() == outage.is_some()
             && provider.reports_finished() >= accepted
             && inbox.get("pending").copied().unwrap_or(0) == 0
         {
@@ -1361,9 +1600,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     }
     let ack_seconds = acking.elapsed().as_secs_f64();
     stop.send(true)?;
-    for r in running {
-        r.await??;
-    }
+    dispatching.stop().await?;
     let _ = applying.await;
     serving.await??;
     sandbox.await??;
@@ -1430,7 +1667,15 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         "store": store.backend(),
         "guardians": shape.guardians,
         "channels": if shape.push_only { serde_json::json!("push") } else { shape.channels.into() },
-        "processes": shape.processes.max(1),
+        "processes": shape.processes,
+        "kills": kills,
+        "kills_before_all_sent": kills_before_all_sent,
+        "outage": outage.map(|o| serde_json::json!({
+            "seconds": o.as_secs_f64(),
+            "sms_sends_refused": outage_refused,
+            "push_seconds_to_all_sent": push_all_sent.map(round),
+        })),
+        "database_errors_seen": database_errors,
         "faults": faults,
         "provider_rate": shape.provider_rate,
         "retry_schedule_s": PIPELINE_RETRIES_S,
@@ -1456,6 +1701,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         "ack_seconds": round(ack_seconds),
         "provider_sends": provider.sends(),
         "provider_accepted": received.len(),
+        "provider_unanswered": provider.unanswered(),
         "duplicates": provider.duplicates(),
         "lost": lost,
         "attempts": attempts,

@@ -96,6 +96,12 @@ pub struct Config {
     /// Seconds a dispatcher's partition lease lasts without renewal: how soon the
     /// partitions of a dispatcher that died move to the others. Env: `TIDINGS_LEASE_SECONDS`.
     pub lease_seconds: u64,
+    /// Seconds after which a send whose dispatcher never recorded the provider's answer
+    /// (it died during the call) is taken up again as in doubt, when nothing else has
+    /// settled it (a first send is taken up at once by whoever takes its partition over;
+    /// a retry waits this long). Keep it well above the providers' `timeout_seconds`.
+    /// Env: `TIDINGS_IN_DOUBT_SECONDS`.
+    pub in_doubt_seconds: u64,
     /// Seconds to wait before each attempt of a delivery (the first is normally 0); its
     /// length is the number of attempts. Each wait is jittered between zero and the value.
     /// Env: `TIDINGS_RETRY_SCHEDULE`, e.g. `[0, 5, 300]`.
@@ -391,6 +397,7 @@ impl Default for Config {
             provider_in_flight: 2048,
             lower_lane_every: 8,
             lease_seconds: 15,
+            in_doubt_seconds: 120,
             retry_schedule: vec![0.0, 5.0, 300.0, 1_800.0, 7_200.0, 18_000.0],
             public_url: None,
             twilio: None,
@@ -440,6 +447,9 @@ impl Config {
         }
         if config.lease_seconds < 2 {
             bail!("invalid configuration: lease_seconds must be at least 2");
+        }
+        if config.in_doubt_seconds < 2 {
+            bail!("invalid configuration: in_doubt_seconds must be at least 2");
         }
         if config.retry_schedule.is_empty()
             || config
@@ -562,6 +572,7 @@ impl Config {
             },
             lower_lane_every: self.lower_lane_every,
             lease_ttl: std::time::Duration::from_secs(self.lease_seconds),
+            in_doubt_after: std::time::Duration::from_secs(self.in_doubt_seconds),
             retry: tidings_dispatcher::RetryPolicy {
                 schedule: self
                     .retry_schedule

@@ -87,6 +87,8 @@ struct State {
     reports_finished: u64,
     /// Requests refused (429) for going over the account's rate.
     over_rate: u64,
+    /// Sends taken and never answered (the `in_doubt` fault).
+    unanswered: u64,
 }
 
 /// The in-process provider; clones share what it received.
@@ -150,6 +152,7 @@ impl InProcessProvider {
                 sends: 0,
                 reports_finished: 0,
                 over_rate: 0,
+                unanswered: 0,
             })),
             journal: None,
             latency: Duration::ZERO,
@@ -196,6 +199,11 @@ impl InProcessProvider {
             state.sends += 1;
         }
         over
+    }
+
+    /// Sends taken and never answered so far (the `in_doubt` fault).
+    pub fn unanswered(&self) -> u64 {
+        self.lock().unanswered
     }
 
     /// Requests refused so far for going over the account rate.
@@ -289,6 +297,9 @@ impl InProcessProvider {
         ] {
             bound += rate;
             if roll < bound {
+                if fate == Fate::InDoubt {
+                    state.unanswered += 1;
+                }
                 return fate;
             }
         }

@@ -384,20 +384,199 @@ pub fn demo_teacher() -> (String, String) {
 /// Runs `tidings bench ARGS` (a `--store postgres` scratch database on the test server)
 /// and returns the JSON object it prints last; fails the test if the run fails.
 pub async fn bench(args: &[&str]) -> serde_json::Value {
-    let server = std::env::var("TIDINGS_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let output = tidings("sqlite://unused.db")
-        .env("TIDINGS_BENCH_POSTGRES_URL", server)
-        .arg("bench")
-        .args(args)
-        .output()
-        .await
+    BenchRun::start(args).finish().await
+}
+
+/// A `tidings bench ARGS` running, its log (stderr) followed line by line.
+pub struct BenchRun {
+    child: Child,
+    args: Vec<String>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reading: tokio::task::JoinHandle<()>,
+}
+
+impl BenchRun {
+    pub fn start(args: &[&str]) -> Self {
+        let server = std::env::var("TIDINGS_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut child = tidings("sqlite://unused.db")
+            .env("TIDINGS_BENCH_POSTGRES_URL", server)
+            .arg("bench")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let keeping = log.clone();
+        let reading = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keeping.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log,
+            reading,
+        }
+    }
+
+    /// Waits until the run has logged a line containing `text`, and returns it.
+    pub async fn logged(&mut self, text: &str) -> String {
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "bench {:?} ended ({status}) without logging {text:?}: {}",
+                    self.args,
+                    self.log.lock().unwrap().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The JSON object the run prints last; fails the test if the run fails.
+    pub async fn finish(self) -> serde_json::Value {
+        let output = self.child.wait_with_output().await.unwrap();
+        let _ = self.reading.await;
+        assert!(
+            output.status.success(),
+            "bench {:?}: {}",
+            self.args,
+            self.log.lock().unwrap().join("\n")
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    }
+}
+
+/// A PostgreSQL server of the test's own, in a temporary directory on a free loopback
+/// port (from Debian's binaries, as `scripts/test-services` installs them), to crash,
+/// restart or make read-only without touching the server the other tests share. Stopped
+/// when dropped.
+pub struct OwnPostgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl OwnPostgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries in /usr/lib/postgresql (scripts/test-services installs them)")
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
+            .max()
+            .map(|(_, path)| path.join("bin"))
+            .expect("a PostgreSQL version in /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = Self { dir, bin, port };
+        if Self::as_root() {
+            // PostgreSQL refuses to run as root: it runs as `postgres`, in a directory
+            // that user owns.
+            let owner = std::process::Command::new("chown")
+                .args(["postgres"])
+                .arg(server.dir.path())
+                .status()
+                .unwrap();
+            assert!(owner.success(), "chown postgres {:?}", server.dir.path());
+        }
+        let data = server.data();
+        server.run(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8"],
+        );
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200",
+            server.dir.path().display()
+        );
+        let log = format!("{data}/server.log");
+        server.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-o", &options, "start"],
+        );
+        server
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let output = if Self::as_root() {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&path).args(args).output()
+        }
         .unwrap();
-    assert!(
-        output.status.success(),
-        "bench {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The URL of database `name` on this server.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs `sql` in database `postgres`.
+    pub async fn sql(&self, sql: &str) {
+        use sqlx::Connection as _;
+        let mut connection = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .unwrap();
+        sqlx::raw_sql(sql).execute(&mut connection).await.unwrap();
+    }
+
+    /// Kills the server as a crash does (every process at once, nothing flushed in
+    /// order) and starts it again: it recovers from its write-ahead log.
+    pub fn crash_and_restart(&self) {
+        let (data, log) = (self.data(), format!("{}/server.log", self.data()));
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-m", "immediate", "-w", "restart"],
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let path = self.bin.join("pg_ctl");
+        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
+        let _ = if Self::as_root() {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&path).args(args).output()
+        };
+    }
 }

@@ -406,6 +406,31 @@ impl<S: Pools> Inbox for S {
             .filter_map(|&i| items[i].request.clone())
             .collect();
         let results = decide_and_apply(&mut InTx::<S::Db>(&mut tx), requests).await?;
+        // A report that moves a delivery still queued: the provider took a send whose
+        // outcome its dispatcher never recorded (killed at the provider, or the database
+        // away when the answer came), and nothing sends the delivery again. Its attempt
+        // left open is closed as sent, or the delivery's history would show it at the
+        // provider for ever. (A dispatcher whose answer comes after this finds its
+        // attempt closed and changes nothing: the report has moved the delivery on.)
+        let reported: Vec<uuid::Uuid> = results
+            .iter()
+            .filter_map(|result| match result {
+                Ok(Applied::Moved {
+                    from: DeliveryState::Queued,
+                    delivery,
+                }) => Some(*delivery.id.as_uuid()),
+                _ => None,
+            })
+            .collect();
+        for chunk in reported.chunks(CHUNK) {
+            let mut args = Args::new().time(at);
+            let listed = args.ids(chunk);
+            let sql = format!(
+                "UPDATE delivery_attempts SET outcome = 'sent', finished_at = $1 \
+                 WHERE outcome = 'in_flight' AND delivery_id IN ({listed})"
+            );
+            S::Db::execute(&mut tx, &sql, args).await?;
+        }
         let mut marks: Vec<Option<(&'static str, String)>> = items
             .iter()
             .map(|item| Some((item.status, item.outcome.clone())))
