@@ -15,6 +15,7 @@ pub mod link;
 pub mod log;
 pub mod message;
 pub mod quiet_hours;
+pub mod retention;
 pub mod roster;
 pub mod sealed;
 pub mod secret;

@@ -50,7 +50,9 @@ tidings_core::on_both_stores! {
     a_webhook_token_is_good_for_one_event,
     sent_through_lists_each_deliverys_channel_reference_and_providers,
     provider_events_apply_with_their_effects_and_are_marked_in_one_round,
-    a_guardians_text_is_taken_with_what_it_asks_once;
+    a_guardians_text_is_taken_with_what_it_asks_once,
+    a_purge_takes_what_is_past_retention_in_bounded_batches,
+    the_log_keeps_what_a_dispatcher_has_not_finished_with;
     databases: a_send_writes_its_deliveries_partition_by_partition,
     broken_schema_rules_are_classified_and_named_alike,
     maintenance_and_measurement_leave_nothing_behind,
@@ -2561,4 +2563,187 @@ async fn a_guardians_text_is_taken_with_what_it_asks_once(store: Arc<dyn Store>)
         .unwrap()
         .unwrap();
     assert!(again.acknowledged.is_empty(), "nothing is waiting any more");
+}
+
+/// Retention as set is read back; a purge's plan counts what is past it; the purge takes
+/// a finished old message with everything about its deliveries a bounded batch at a
+/// time, old texts and old audit entries past their own retention, and leaves a message
+/// still waiting to be sent, recent ones, and what is within retention.
+async fn a_purge_takes_what_is_past_retention_in_bounded_batches(store: Arc<dyn Store>) {
+    use tidings_core::retention::{Purged, Retention};
+    let seed = seed(store.as_ref(), 3).await;
+    let district = seed.staff.district_id;
+    let s = store.as_ref();
+    let long_ago = now() - Duration::days(100);
+    let provider = Actor::provider("twilio", "x");
+    // An old message all delivered (6 deliveries), an old one still waiting, a recent one.
+    let old = message_to(&seed, &[Channel::Sms, Channel::Email]);
+    s.create_message(&old, long_ago).await.unwrap();
+    for id in delivery_ids(&old) {
+        tidings_core::store::apply_event(
+            s,
+            id,
+            DeliveryEvent::Delivered,
+            &provider,
+            None,
+            long_ago,
+        )
+        .await
+        .unwrap();
+    }
+    let waiting = message_to(&seed, &[Channel::Sms]);
+    s.create_message(&waiting, long_ago).await.unwrap();
+    let recent = message_to(&seed, &[Channel::Sms]);
+    s.create_message(&recent, now()).await.unwrap();
+    // A guardian's old text and a recent one; an old audit entry.
+    let guardian = seed.guardians[0].id;
+    add_contact(s, district, guardian, Channel::Sms, "+15550100777").await;
+    for (n, at) in [(1, long_ago), (2, now())] {
+        let sms = tidings_core::store::InboundSms {
+            provider: "twilio".into(),
+            provider_message_id: format!("SM-purge-{n}"),
+            from: "+15550100777".into(),
+            to: "+15005550006".into(),
+            body: "See you at pickup".into(),
+            keyword: None,
+        };
+        s.record_inbound(&sms, at).await.unwrap();
+    }
+    let mut tx = s.begin().await.unwrap();
+    tx.audit(
+        district,
+        &Actor::staff(seed.staff.id),
+        "test.old",
+        serde_json::json!({}),
+        long_ago,
+    )
+    .await
+    .unwrap();
+    let retention = Retention {
+        messages_days: Some(30),
+        replies_days: Some(30),
+        audit_days: None,
+    };
+    assert!(tx
+        .set_district_retention(district, &retention)
+        .await
+        .unwrap());
+    assert!(!tx
+        .set_district_retention(DistrictId::new(), &retention)
+        .await
+        .unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(s.retention(district).await.unwrap(), Some(retention));
+    assert_eq!(s.retention(DistrictId::new()).await.unwrap(), None);
+
+    // The audit log keeps its default 730 days: the 100-day-old entry stays.
+    let cutoffs = retention.cutoffs(now());
+    let planned = Purged {
+        messages: 1,
+        deliveries: 6,
+        replies: 1,
+        audit_entries: 0,
+    };
+    assert_eq!(s.purge_plan(district, &cutoffs).await.unwrap(), planned);
+
+    // Four deliveries a batch: the message goes in the batch that takes its last ones.
+    let first = s.purge_batch(district, &cutoffs, 4).await.unwrap();
+    assert_eq!((first.deliveries, first.messages, first.replies), (4, 0, 1));
+    let second = s.purge_batch(district, &cutoffs, 4).await.unwrap();
+    assert_eq!((second.deliveries, second.messages), (2, 1));
+    assert!(s
+        .purge_batch(district, &cutoffs, 4)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.purge_plan(district, &cutoffs).await.unwrap().is_empty());
+
+    for id in delivery_ids(&old) {
+        assert_eq!(s.delivery(id).await.unwrap(), None);
+        assert!(s.delivery_events(id).await.unwrap().is_empty());
+    }
+    let scope = MessageScope::District(district);
+    assert!(s.message_summary(&scope, old.id).await.unwrap().is_none());
+    for message in [&waiting, &recent] {
+        assert!(s
+            .message_summary(&scope, message.id)
+            .await
+            .unwrap()
+            .is_some());
+        for id in delivery_ids(message) {
+            assert!(s.delivery(id).await.unwrap().is_some());
+        }
+    }
+    let texts = s
+        .replies(&tidings_core::store::Scope::District(district), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(texts.len(), 1, "the recent text stays");
+    let audit = s.audit_entries(district, 100).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "test.old"));
+}
+
+/// The purge of the delivery log takes, a bounded batch at a time, only entries older
+/// than its retention that the dispatchers have committed past; the rest stays readable.
+async fn the_log_keeps_what_a_dispatcher_has_not_finished_with(store: Arc<dyn Store>) {
+    let seed = seed(store.as_ref(), 6).await;
+    let s = store.as_ref();
+    let message = message_to(&seed, &[Channel::Sms]);
+    s.create_message(&message, now()).await.unwrap();
+    let lane = Lane::Emergency;
+    let wanted: Vec<_> = (0..message.partitions)
+        .map(|p| (lane, PartitionId::new(p)))
+        .collect();
+    let leases = s
+        .claim_leases("purger", &wanted, Duration::seconds(30), now())
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), wanted.len());
+    // Every partition's entries read; all but the last partition with entries committed.
+    let mut entries = Vec::new();
+    for lease in &leases {
+        let read = s
+            .read_outbound(lane, lease.partition, None, 100)
+            .await
+            .unwrap();
+        if let Some(last) = read.iter().filter_map(|o| o.offset).max() {
+            entries.push((lease.clone(), last, read.len()));
+        }
+    }
+    assert!(entries.len() >= 2, "the guardians spread over partitions");
+    let (kept_partition, _, kept) = entries.pop().unwrap();
+    let mut committed = 0;
+    for (lease, last, count) in &entries {
+        s.commit_offset("dispatcher", lease, *last, now())
+            .await
+            .unwrap();
+        committed += count;
+    }
+    // Nothing is old enough yet.
+    assert_eq!(
+        s.purge_log(now() - Duration::hours(1), 100).await.unwrap(),
+        0
+    );
+    let mut purged = 0;
+    loop {
+        let batch = s.purge_log(now() + Duration::seconds(1), 2).await.unwrap();
+        assert!(batch <= 2);
+        if batch == 0 {
+            break;
+        }
+        purged += batch as usize;
+    }
+    assert_eq!(purged, committed);
+    for (lease, _, _) in &entries {
+        let left = s
+            .read_outbound(lane, lease.partition, None, 100)
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+    }
+    let left = s
+        .read_outbound(lane, kept_partition.partition, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), kept, "not committed past: kept");
 }

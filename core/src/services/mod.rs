@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod provider_events;
 pub mod renotify;
 pub mod replay;
+pub mod retention;
 pub mod roster;
 pub mod send;
 pub mod settings;

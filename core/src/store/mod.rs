@@ -20,6 +20,7 @@ pub mod inbox;
 mod messages;
 pub mod postgres;
 pub mod raw_speed;
+pub mod retention;
 pub mod roster;
 mod sending;
 pub mod sqlite;
@@ -899,6 +900,14 @@ pub trait WriteTransaction: Send {
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()>;
 
+    /// Sets how long a district keeps its records (`None`: the default); whether the
+    /// district exists.
+    async fn set_district_retention(
+        &mut self,
+        district: DistrictId,
+        retention: &crate::retention::Retention,
+    ) -> StoreResult<bool>;
+
     /// Sets (or replaces) a district's single sign-on settings, the secret sealed.
     async fn set_district_sso(
         &mut self,
@@ -1002,7 +1011,13 @@ pub trait WriteTransaction: Send {
 /// Every durable operation. Implementations are cheap to clone handles on a pool.
 #[async_trait]
 pub trait Store:
-    dispatch::DispatchStore + guardian::GuardianAccess + inbox::Inbox + Send + Sync + 'static
+    dispatch::DispatchStore
+    + guardian::GuardianAccess
+    + inbox::Inbox
+    + retention::Purging
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
 

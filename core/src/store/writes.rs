@@ -376,6 +376,14 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         .await
     }
 
+    async fn set_district_retention(
+        &mut self,
+        district: DistrictId,
+        retention: &crate::retention::Retention,
+    ) -> StoreResult<bool> {
+        super::retention::set_retention::<D>(&mut self.tx, district.into(), retention).await
+    }
+
     async fn set_district_sso(
         &mut self,
         district: DistrictId,

@@ -1,0 +1,267 @@
+//! Purging what a district keeps past its retention (`crate::retention`): old messages
+//! with everything about their deliveries, guardians' old texts, old audit entries, and
+//! the delivery log's consumed entries. Each call deletes one bounded batch in one short
+//! transaction, so that a purge of millions of rows never holds a lock for long nor takes
+//! the write path from live sending for more than a moment; the caller loops.
+//!
+//! A message goes only once none of its deliveries is still waiting to be sent (created
+//! or queued): its deliveries first, with their events, attempts and log entries, a
+//! batch at a time; then its recipients; then the message with its report counts.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::dialect::{Args, Columns, Dialect, Pools};
+use super::StoreResult;
+use crate::retention::{Cutoffs, Purged, Retention};
+use crate::DistrictId;
+
+/// Rows per statement listing ids.
+const CHUNK: usize = 500;
+
+/// Old messages of the district none of whose deliveries waits to be sent (a read).
+const FINISHED_OLD_MESSAGES: &str = "m.district_id = $1 AND m.created_at < $2 \
+     AND NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.message_id = m.id \
+                     AND w.state IN ('CREATED', 'QUEUED'))";
+
+#[async_trait]
+pub trait Purging: Send + Sync {
+    /// A district's retention as set; `None` when there is no such district.
+    async fn retention(&self, district: DistrictId) -> StoreResult<Option<Retention>>;
+
+    /// What a purge at `cutoffs` would take from `district` now.
+    async fn purge_plan(&self, district: DistrictId, cutoffs: &Cutoffs) -> StoreResult<Purged>;
+
+    /// Deletes at most about `limit` rows of each kind older than `cutoffs` from
+    /// `district`, in one transaction; returns what went. Nothing left when it returns
+    /// an empty [`Purged`].
+    async fn purge_batch(
+        &self,
+        district: DistrictId,
+        cutoffs: &Cutoffs,
+        limit: u32,
+    ) -> StoreResult<Purged>;
+
+    /// Deletes at most `limit` entries of the delivery log written before `before` that
+    /// every dispatcher has consumed; returns how many.
+    async fn purge_log(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<u64>;
+}
+
+/// Sets a district's retention, in the caller's transaction; whether it exists.
+pub(crate) async fn set_retention<D: Dialect>(
+    conn: &mut D::Connection,
+    district: Uuid,
+    retention: &Retention,
+) -> StoreResult<bool> {
+    let days = |d: Option<u32>| d.map(i64::from);
+    let changed = D::execute(
+        conn,
+        "UPDATE districts SET retain_messages_days = $1, retain_replies_days = $2, \
+         retain_audit_days = $3 WHERE id = $4",
+        Args::new()
+            .opt_int(days(retention.messages_days))
+            .opt_int(days(retention.replies_days))
+            .opt_int(days(retention.audit_days))
+            .id(district),
+    )
+    .await?;
+    Ok(changed == 1)
+}
+
+#[async_trait]
+impl<S: Pools> Purging for S {
+    async fn retention(&self, district: DistrictId) -> StoreResult<Option<Retention>> {
+        let mut conn = self.reads().acquire().await?;
+        let row = S::Db::fetch_optional(
+            &mut conn,
+            "SELECT retain_messages_days, retain_replies_days, retain_audit_days \
+             FROM districts WHERE id = $1",
+            Args::new().id(district),
+        )
+        .await?;
+        row.map(|row| {
+            Ok(Retention {
+                messages_days: days(&row, "retain_messages_days")?,
+                replies_days: days(&row, "retain_replies_days")?,
+                audit_days: days(&row, "retain_audit_days")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn purge_plan(&self, district: DistrictId, cutoffs: &Cutoffs) -> StoreResult<Purged> {
+        let mut conn = self.reads().acquire().await?;
+        let count =
+            |sql: String, before: DateTime<Utc>| (sql, Args::new().id(district).time(before));
+        let queries = [
+            count(
+                format!("SELECT count(*) AS n FROM messages m WHERE {FINISHED_OLD_MESSAGES}"),
+                cutoffs.messages,
+            ),
+            count(
+                format!(
+                    "SELECT count(*) AS n FROM deliveries d JOIN messages m ON m.id = d.message_id \
+                     WHERE {FINISHED_OLD_MESSAGES}"
+                ),
+                cutoffs.messages,
+            ),
+            count(
+                "SELECT count(*) AS n FROM inbound_messages WHERE district_id = $1 AND received_at < $2"
+                    .into(),
+                cutoffs.replies,
+            ),
+            count(
+                "SELECT count(*) AS n FROM audit_log WHERE district_id = $1 AND at < $2".into(),
+                cutoffs.audit,
+            ),
+        ];
+        let mut counts = [0u64; 4];
+        for (n, (sql, args)) in counts.iter_mut().zip(queries) {
+            *n = S::Db::fetch_one(&mut conn, &sql, args)
+                .await?
+                .i64("n")?
+                .max(0) as u64;
+        }
+        Ok(Purged {
+            messages: counts[0],
+            deliveries: counts[1],
+            replies: counts[2],
+            audit_entries: counts[3],
+        })
+    }
+
+    async fn purge_batch(
+        &self,
+        district: DistrictId,
+        cutoffs: &Cutoffs,
+        limit: u32,
+    ) -> StoreResult<Purged> {
+        let limit = i64::from(limit.max(1));
+        let mut tx = self.writes().begin().await?;
+        let mut purged = Purged::default();
+
+        // Deliveries of finished old messages, with what hangs on each.
+        let sql = format!(
+            "SELECT d.id FROM deliveries d JOIN messages m ON m.id = d.message_id \
+             WHERE {FINISHED_OLD_MESSAGES} LIMIT $3"
+        );
+        let args = Args::new().id(district).time(cutoffs.messages).int(limit);
+        let deliveries = ids::<S::Db>(&mut tx, &sql, args, "id").await?;
+        for chunk in deliveries.chunks(CHUNK) {
+            for table in ["delivery_events", "delivery_attempts", "log_entries"] {
+                let mut args = Args::new();
+                let listed = args.ids(chunk);
+                let sql = format!("DELETE FROM {table} WHERE delivery_id IN ({listed})");
+                S::Db::execute(&mut tx, &sql, args).await?;
+            }
+            let mut args = Args::new();
+            let listed = args.ids(chunk);
+            purged.deliveries += S::Db::execute(
+                &mut tx,
+                &format!("DELETE FROM deliveries WHERE id IN ({listed})"),
+                args,
+            )
+            .await?;
+        }
+
+        // Recipients of old messages whose deliveries are all gone.
+        let emptied = "m.district_id = $1 AND m.created_at < $2 \
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)";
+        let sql = format!(
+            "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id \
+             WHERE {emptied} LIMIT $3"
+        );
+        let args = Args::new().id(district).time(cutoffs.messages).int(limit);
+        let recipients = ids::<S::Db>(&mut tx, &sql, args, "id").await?;
+        for chunk in recipients.chunks(CHUNK) {
+            let mut args = Args::new();
+            let listed = args.ids(chunk);
+            let sql = format!("DELETE FROM recipients WHERE id IN ({listed})");
+            S::Db::execute(&mut tx, &sql, args).await?;
+        }
+
+        // Then the messages left with neither, with their report counts; a newer message
+        // that re-notified one of them no longer points at it.
+        let sql = format!(
+            "SELECT m.id FROM messages m WHERE {emptied} \
+             AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id) LIMIT $3"
+        );
+        let args = Args::new().id(district).time(cutoffs.messages).int(limit);
+        let messages = ids::<S::Db>(&mut tx, &sql, args, "id").await?;
+        for chunk in messages.chunks(CHUNK) {
+            let mut args = Args::new();
+            let listed = args.ids(chunk);
+            let sql =
+                format!("UPDATE messages SET renotify_of = NULL WHERE renotify_of IN ({listed})");
+            S::Db::execute(&mut tx, &sql, args).await?;
+            for table in ["message_moves", "message_starts"] {
+                let mut args = Args::new();
+                let listed = args.ids(chunk);
+                let sql = format!("DELETE FROM {table} WHERE message_id IN ({listed})");
+                S::Db::execute(&mut tx, &sql, args).await?;
+            }
+            let mut args = Args::new();
+            let listed = args.ids(chunk);
+            purged.messages += S::Db::execute(
+                &mut tx,
+                &format!("DELETE FROM messages WHERE id IN ({listed})"),
+                args,
+            )
+            .await?;
+        }
+
+        purged.replies = S::Db::execute(
+            &mut tx,
+            "DELETE FROM inbound_messages WHERE id IN (SELECT id FROM inbound_messages \
+             WHERE district_id = $1 AND received_at < $2 LIMIT $3)",
+            Args::new().id(district).time(cutoffs.replies).int(limit),
+        )
+        .await?;
+        purged.audit_entries = S::Db::execute(
+            &mut tx,
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+             WHERE district_id = $1 AND at < $2 LIMIT $3)",
+            Args::new().id(district).time(cutoffs.audit).int(limit),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(purged)
+    }
+
+    async fn purge_log(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        let mut conn = self.writes().acquire().await?;
+        S::Db::execute(
+            &mut conn,
+            "DELETE FROM log_entries WHERE (lane, partition, \"offset\") IN ( \
+                 SELECT e.lane, e.partition, e.\"offset\" FROM log_entries e \
+                 JOIN consumer_offsets c ON c.lane = e.lane AND c.partition = e.partition \
+                 WHERE e.created_at < $1 AND e.\"offset\" <= c.committed_offset \
+                   AND NOT EXISTS (SELECT 1 FROM consumer_offsets o \
+                                   WHERE o.lane = e.lane AND o.partition = e.partition \
+                                     AND o.committed_offset < e.\"offset\") \
+                 LIMIT $2)",
+            Args::new().time(before).int(i64::from(limit.max(1))),
+        )
+        .await
+    }
+}
+
+/// Days in `column`, if set.
+fn days(row: &impl Columns, column: &str) -> StoreResult<Option<u32>> {
+    Ok(row.opt_i32(column)?.map(|d| d.max(0) as u32))
+}
+
+/// The ids in `column` of what `sql` reads, in the caller's transaction.
+async fn ids<D: Dialect>(
+    conn: &mut D::Connection,
+    sql: &str,
+    args: Args,
+    column: &str,
+) -> StoreResult<Vec<Uuid>> {
+    D::fetch_all(conn, sql, args)
+        .await?
+        .iter()
+        .map(|row| row.id(column))
+        .collect()
+}
