@@ -97,6 +97,7 @@ pub async fn serve(
     // Provider callbacks are kept on arrival and applied by their own worker.
     let callbacks = tidings_callbacks::Callbacks::new(store.clone(), config.callbacks()?);
     let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
+    let purging = start_purging(config, services(config, store.clone())?, stopping.clone());
     let metrics = crate::metrics::router(store.clone())?;
     let state = tidings_api::AppState {
         store,
@@ -175,6 +176,9 @@ pub async fn serve(
             .context("the dispatcher stopped abnormally")??;
     }
     let _ = applying.await;
+    if let Some(purging) = purging {
+        let _ = purging.await;
+    }
     if let Some(operator) = operator {
         operator
             .await
@@ -183,6 +187,149 @@ pub async fn serve(
     }
     served?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The scheduled purge (`purge_every_minutes`; none at 0): at start and then every so
+/// often, each district's records past its retention, then the log's consumed entries,
+/// in short batches with a pause after each so that live sending keeps the database.
+fn start_purging(
+    config: &Config,
+    services: Services,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if config.purge_every_minutes == 0 {
+        return None;
+    }
+    let every = std::time::Duration::from_secs(config.purge_every_minutes.saturating_mul(60));
+    let log_retention = chrono::Duration::hours(i64::from(config.log_retention_hours));
+    Some(tokio::spawn(async move {
+        loop {
+            let purging = purge_all(&services, log_retention);
+            tokio::select! {
+                result = purging => if let Err(error) = result {
+                    tracing::error!(error = %tidings_core::store::error_chain(error.as_ref()), "the scheduled purge failed; it runs again later");
+                },
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+        }
+    }))
+}
+
+/// One round of the scheduled purge.
+async fn purge_all(services: &Services, log_retention: chrono::Duration) -> anyhow::Result<()> {
+    use tidings_core::services::retention::PurgePace;
+    let pace = PurgePace::default();
+    for district in services.store.districts().await? {
+        let report = services
+            .purge(&Actor::system("retention"), district.id, false, pace)
+            .await?;
+        if !report.purged.is_empty() {
+            tracing::info!(district = %district.id, purged = ?report.purged, batches = report.batches, "purged what the district keeps past its retention");
+        }
+    }
+    let before = services.clock.now() - log_retention;
+    let mut entries = 0;
+    loop {
+        let purged = services.store.purge_log(before, pace.batch).await?;
+        entries += purged;
+        if purged < u64::from(pace.batch) {
+            break;
+        }
+        tokio::time::sleep(pace.pause).await;
+    }
+    if entries > 0 {
+        tracing::info!(entries, "purged the delivery log's consumed entries");
+    }
+    Ok(())
+}
+
+/// `tidings district retention`: shows a district's retention, or sets part of it (0
+/// returns a kind to its default).
+pub async fn retention(
+    config: &Config,
+    district: Option<tidings_core::DistrictId>,
+    change: RetentionChange,
+) -> anyhow::Result<()> {
+    use tidings_core::retention::{Retention, KINDS};
+    let store = open_store(config, config.migrate_on_start).await?;
+    let id = crate::import::choose_district(store.as_ref(), district).await?;
+    let services = services(config, store)?;
+    let mut retention: Retention = services.retention(id).await?;
+    let set = |given: Option<u32>, now: Option<u32>| match given {
+        None => now,
+        Some(0) => None,
+        Some(days) => Some(days),
+    };
+    if change
+        .messages_days
+        .or(change.replies_days)
+        .or(change.audit_days)
+        .is_some()
+    {
+        retention = Retention {
+            messages_days: set(change.messages_days, retention.messages_days),
+            replies_days: set(change.replies_days, retention.replies_days),
+            audit_days: set(change.audit_days, retention.audit_days),
+        };
+        services
+            .set_retention(&Actor::system("cli"), id, retention)
+            .await?;
+    }
+    println!("district {id}");
+    for kind in KINDS {
+        let days = retention.days(kind);
+        let default = if days == kind.default_days {
+            " (the default)"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<14} {days} days{default}; at least {}: {}",
+            kind.setting, kind.minimum_days, kind.what
+        );
+    }
+    Ok(())
+}
+
+/// What `tidings district retention` changes.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct RetentionChange {
+    /// Days to keep messages with their deliveries, events and attempts (0: the default).
+    #[arg(long)]
+    pub messages_days: Option<u32>,
+    /// Days to keep guardians' texts (0: the default).
+    #[arg(long)]
+    pub replies_days: Option<u32>,
+    /// Days to keep the audit log (0: the default).
+    #[arg(long)]
+    pub audit_days: Option<u32>,
+}
+
+/// `tidings purge`: purges one district, or every one, of what it keeps past its
+/// retention (with `--dry-run` only counts); prints a JSON line per district.
+pub async fn purge(
+    config: &Config,
+    district: Option<tidings_core::DistrictId>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use tidings_core::services::retention::PurgePace;
+    let store = open_store(config, config.migrate_on_start).await?;
+    let districts = match district {
+        Some(id) => vec![id],
+        None => store.districts().await?.into_iter().map(|d| d.id).collect(),
+    };
+    let services = services(config, store)?;
+    for id in districts {
+        let report = services
+            .purge(&Actor::system("cli"), id, dry_run, PurgePace::default())
+            .await?;
+        println!("{}", serde_json::to_string(&report)?);
+    }
     Ok(())
 }
 

@@ -161,6 +161,14 @@ pub struct Config {
     /// Days the callback inbox keeps its sample of refused requests. Env:
     /// `TIDINGS_CALLBACK_REJECTED_RETENTION_DAYS`.
     pub callback_rejected_retention_days: u32,
+    /// Minutes between two purges of what each district keeps past its retention
+    /// (`tidings district retention`) and of the delivery log's consumed entries; the
+    /// first runs at start. 0 turns the scheduled purge off (`tidings purge` still
+    /// works). Env: `TIDINGS_PURGE_EVERY_MINUTES`.
+    pub purge_every_minutes: u64,
+    /// Hours the delivery log keeps an entry every dispatcher has finished with. Env:
+    /// `TIDINGS_LOG_RETENTION_HOURS`.
+    pub log_retention_hours: u32,
     /// Refused provider requests kept per provider and minute (each cut to 2 KB); the
     /// rest are only counted. Env: `TIDINGS_CALLBACK_REJECTED_SAMPLES`.
     pub callback_rejected_samples: u32,
@@ -413,6 +421,8 @@ impl Default for Config {
             callback_max_age_seconds: tidings_callbacks::DEFAULT_MAX_AGE.as_secs(),
             callback_retention_days: 30,
             callback_rejected_retention_days: 7,
+            purge_every_minutes: 60,
+            log_retention_hours: tidings_core::retention::LOG_DEFAULT_HOURS,
             callback_rejected_samples: 20,
         }
     }
@@ -447,6 +457,9 @@ impl Config {
         }
         if config.lease_seconds < 2 {
             bail!("invalid configuration: lease_seconds must be at least 2");
+        }
+        if config.log_retention_hours == 0 {
+            bail!("invalid configuration: log_retention_hours must be at least 1");
         }
         if config.in_doubt_seconds < 2 {
             bail!("invalid configuration: in_doubt_seconds must be at least 2");

@@ -56,6 +56,15 @@ enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// Purge what each district (or one) keeps past its retention now; prints a JSON line
+    /// per district. `serve` also purges on its own every `purge_every_minutes`.
+    Purge {
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
+        /// Only count what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Measure performance; prints a JSON object as its last line.
     Bench {
         #[command(subcommand)]
@@ -251,6 +260,13 @@ enum DistrictCommand {
         max_recipients_per_message: Option<u32>,
         #[arg(long)]
         max_messages_per_hour: Option<u32>,
+    },
+    /// Show or set how long the district keeps its records (older ones are purged).
+    Retention {
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
+        #[command(flatten)]
+        change: commands::RetentionChange,
     },
 }
 
@@ -451,6 +467,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_messages_per_hour,
                 )
                 .await
+            }
+            Command::District {
+                command: DistrictCommand::Retention { district, change },
+            } => commands::retention(&config, district, change).await,
+            Command::Purge { district, dry_run } => {
+                commands::purge(&config, district, dry_run).await
             }
             Command::Token {
                 command:

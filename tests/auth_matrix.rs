@@ -264,6 +264,8 @@ fn body_for(method: &Method, path: &str, zip: &[u8]) -> Option<reqwest::Body> {
             "issuer": "https://accounts.google.com", "client_id": "matrix",
             "client_secret": "matrix-secret"
         }),
+        ("PUT", "/api/v1/settings/retention") => json!({"messages_days": 400}),
+        ("POST", "/api/v1/settings/retention/purge") => json!({"dry_run": true}),
         ("POST", "/api/v1/guardian/sign-in") => json!({"address": "+12025550199"}),
         ("POST", "/api/v1/guardian/sessions") => {
             json!({"address": "+12025550199", "code": "000000"})

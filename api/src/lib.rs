@@ -143,6 +143,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(settings::delete_sso),
         )
         .route(
+            "/api/v1/settings/retention",
+            get(settings::get_retention).put(settings::put_retention),
+        )
+        .route("/api/v1/settings/retention/purge", post(settings::purge))
+        .route(
             "/api/v1/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
         )

@@ -5,6 +5,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use tidings_core::retention::{self, Retention};
 use tidings_core::services::settings::SsoChange;
 use tidings_core::sso::SsoSettings;
 
@@ -82,4 +83,150 @@ pub async fn delete_sso(
 ) -> Result<StatusCode, ApiError> {
     state.services().remove_district_sso(&staff).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// One kind of record the district keeps for a while.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeptView {
+    /// Days kept now: as set, or the default.
+    pub days: u32,
+    /// As the district set it; `null` keeps the default.
+    pub set: Option<u32>,
+    pub default_days: u32,
+    pub minimum_days: u32,
+    /// What it covers.
+    pub covers: &'static str,
+}
+
+/// How long the district keeps its records; older ones are purged (every hour, and on
+/// request).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RetentionView {
+    pub messages_days: KeptView,
+    pub replies_days: KeptView,
+    pub audit_days: KeptView,
+}
+
+impl From<Retention> for RetentionView {
+    fn from(r: Retention) -> Self {
+        let view = |kind: retention::Kept, set: Option<u32>| KeptView {
+            days: r.days(kind),
+            set,
+            default_days: kind.default_days,
+            minimum_days: kind.minimum_days,
+            covers: kind.what,
+        };
+        Self {
+            messages_days: view(retention::MESSAGES, r.messages_days),
+            replies_days: view(retention::REPLIES, r.replies_days),
+            audit_days: view(retention::AUDIT, r.audit_days),
+        }
+    }
+}
+
+/// Days to keep each kind of record; `null` (or left out) keeps the default.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    /// Messages, with their recipients, deliveries, delivery events and attempts (at
+    /// least 30).
+    #[serde(default)]
+    pub messages_days: Option<u32>,
+    /// Guardians' texts; their opt-outs stay (at least 30).
+    #[serde(default)]
+    pub replies_days: Option<u32>,
+    /// The audit log (at least 180).
+    #[serde(default)]
+    pub audit_days: Option<u32>,
+}
+
+/// The district's retention.
+#[utoipa::path(get, path = "/api/v1/settings/retention", tag = "settings", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Days kept of each kind of record, with defaults and minimums", body = RetentionView),
+        (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_retention(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+) -> Result<axum::Json<RetentionView>, ApiError> {
+    let retention = state.services().own_retention(&staff).await?;
+    Ok(axum::Json(retention.into()))
+}
+
+/// Sets the district's retention (audited); what is older goes at the next purge.
+#[utoipa::path(put, path = "/api/v1/settings/retention", tag = "settings", security(("bearer" = [])),
+    request_body = RetentionRequest,
+    responses(
+        (status = 200, description = "Saved", body = RetentionView),
+        (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A value under its minimum", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_retention(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Json(body): Json<RetentionRequest>,
+) -> Result<axum::Json<RetentionView>, ApiError> {
+    let retention = Retention {
+        messages_days: body.messages_days,
+        replies_days: body.replies_days,
+        audit_days: body.audit_days,
+    };
+    let services = state.services();
+    services.set_own_retention(&staff, retention).await?;
+    Ok(axum::Json(services.own_retention(&staff).await?.into()))
+}
+
+/// What to purge.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Only count what would go.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Records taken away (or, in a dry run, that would be).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PurgedView {
+    pub messages: u64,
+    pub deliveries: u64,
+    pub replies: u64,
+    pub audit_entries: u64,
+}
+
+/// What a purge did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PurgeView {
+    pub dry_run: bool,
+    pub purged: PurgedView,
+    /// Transactions it took, each short (0 in a dry run).
+    pub batches: u32,
+}
+
+/// Purges now what the district keeps past its retention, in short batches (audited as
+/// `district.purge`), or with `dry_run` counts what would go.
+#[utoipa::path(post, path = "/api/v1/settings/retention/purge", tag = "settings", security(("bearer" = [])),
+    request_body = PurgeRequest,
+    responses(
+        (status = 200, description = "What went, or would go", body = PurgeView),
+        (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn purge(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Json(body): Json<PurgeRequest>,
+) -> Result<axum::Json<PurgeView>, ApiError> {
+    let report = state.services().purge_own(&staff, body.dry_run).await?;
+    let p = report.purged;
+    Ok(axum::Json(PurgeView {
+        dry_run: report.dry_run,
+        purged: PurgedView {
+            messages: p.messages,
+            deliveries: p.deliveries,
+            replies: p.replies,
+            audit_entries: p.audit_entries,
+        },
+        batches: report.batches,
+    }))
 }

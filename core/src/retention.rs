@@ -44,6 +44,9 @@ pub const AUDIT: Kept = Kept {
     minimum_days: 180,
 };
 
+/// The longest any kind can be kept: a century.
+pub const MAXIMUM_DAYS: u32 = 36_500;
+
 /// Every kind, in the order they are shown.
 pub const KINDS: [Kept; 3] = [MESSAGES, REPLIES, AUDIT];
 
@@ -65,7 +68,9 @@ pub struct Retention {
 
 /// Why a retention cannot be set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting} must be at least {minimum} days ({what}), not {given}")]
+#[error(
+    "{setting} must be at least {minimum} days ({what}) and at most {MAXIMUM_DAYS}, not {given}"
+)]
 pub struct TooShort {
     pub setting: &'static str,
     pub what: &'static str,
@@ -90,10 +95,10 @@ impl Retention {
         ]
     }
 
-    /// An error for the first setting under its minimum.
+    /// An error for the first setting under its minimum (or over [`MAXIMUM_DAYS`]).
     pub fn check(&self) -> Result<(), TooShort> {
         for (kind, days) in self.each() {
-            if let Some(given) = days.filter(|d| *d < kind.minimum_days) {
+            if let Some(given) = days.filter(|d| !(kind.minimum_days..=MAXIMUM_DAYS).contains(d)) {
                 return Err(TooShort {
                     setting: kind.setting,
                     what: kind.what,
@@ -113,7 +118,8 @@ impl Retention {
             .into_iter()
             .find(|(k, _)| *k == kind)
             .and_then(|(_, days)| days);
-        set.unwrap_or(kind.default_days).max(kind.minimum_days)
+        set.unwrap_or(kind.default_days)
+            .clamp(kind.minimum_days, MAXIMUM_DAYS)
     }
 
     /// What is older than it should be kept, looking at `now`.
@@ -192,16 +198,19 @@ mod tests {
         /// when allowed, and a setting passes the check exactly when it is allowed.
         #[test]
         fn kept_days_never_go_under_a_minimum(
-            messages in proptest::option::of(0u32..2_000),
-            replies in proptest::option::of(0u32..2_000),
-            audit in proptest::option::of(0u32..2_000),
+            messages in proptest::option::of(0u32..40_000),
+            replies in proptest::option::of(0u32..40_000),
+            audit in proptest::option::of(any::<u32>()),
         ) {
             let r = Retention { messages_days: messages, replies_days: replies, audit_days: audit };
-            let allowed = r.each().iter().all(|(k, d)| d.is_none_or(|d| d >= k.minimum_days));
+            let allowed = r
+                .each()
+                .iter()
+                .all(|(k, d)| d.is_none_or(|d| (k.minimum_days..=MAXIMUM_DAYS).contains(&d)));
             prop_assert_eq!(r.check().is_ok(), allowed);
             for (kind, set) in r.each() {
-                prop_assert!(r.days(kind) >= kind.minimum_days);
-                if let Some(days) = set.filter(|d| *d >= kind.minimum_days) {
+                prop_assert!((kind.minimum_days..=MAXIMUM_DAYS).contains(&r.days(kind)));
+                if let Some(days) = set.filter(|d| (kind.minimum_days..=MAXIMUM_DAYS).contains(d)) {
                     prop_assert_eq!(r.days(kind), days);
                 }
             }

@@ -2707,7 +2707,7 @@ async fn the_log_keeps_what_a_dispatcher_has_not_finished_with(store: Arc<dyn St
             .await
             .unwrap();
         if let Some(last) = read.iter().filter_map(|o| o.offset).max() {
-            entries.push((lease.clone(), last, read.len()));
+            entries.push((*lease, last, read.len()));
         }
     }
     assert!(entries.len() >= 2, "the guardians spread over partitions");

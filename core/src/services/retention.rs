@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use super::accounts::administrator;
 use super::{Refusal, ServiceError, Services};
 use crate::delivery::Actor;
 use crate::retention::{Purged, Retention};
-use crate::DistrictId;
+use crate::{DistrictId, Staff};
 
 /// How a purge goes: rows of each kind per batch, and the pause after each batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,40 @@ impl From<&Retention> for RetentionDays {
 }
 
 impl Services {
+    /// The caller's district's retention as set; district administrators.
+    pub async fn own_retention(&self, caller: &Staff) -> Result<Retention, ServiceError> {
+        administrator(caller)?;
+        self.retention(caller.district_id).await
+    }
+
+    /// Sets the caller's district's retention; district administrators.
+    pub async fn set_own_retention(
+        &self,
+        caller: &Staff,
+        retention: Retention,
+    ) -> Result<(), ServiceError> {
+        administrator(caller)?;
+        self.set_retention(&Actor::staff(caller.id), caller.district_id, retention)
+            .await
+    }
+
+    /// Purges the caller's district now (or counts what would go); district
+    /// administrators.
+    pub async fn purge_own(
+        &self,
+        caller: &Staff,
+        dry_run: bool,
+    ) -> Result<PurgeReport, ServiceError> {
+        administrator(caller)?;
+        self.purge(
+            &Actor::staff(caller.id),
+            caller.district_id,
+            dry_run,
+            PurgePace::default(),
+        )
+        .await
+    }
+
     /// A district's retention as set (`None` where the default holds).
     pub async fn retention(&self, district: DistrictId) -> Result<Retention, ServiceError> {
         self.store
