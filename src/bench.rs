@@ -1717,3 +1717,162 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
     println!("{result}");
     setup.finish().await
 }
+
+/// What `bench purge` measures.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PurgeShape {
+    /// District size in guardians: each broadcast goes to every one (an SMS each, but for
+    /// those without a number).
+    #[arg(long, default_value_t = 100_000)]
+    pub guardians: usize,
+    /// Broadcasts to the whole district written 100 days ago (and recalled, so finished),
+    /// past a retention of 30 days: what the purge takes away.
+    #[arg(long, default_value_t = 10)]
+    pub old_broadcasts: usize,
+}
+
+/// `tidings bench purge --guardians N --old-broadcasts K`: a district whose retention is
+/// 30 days holds K finished broadcasts of 100 days ago (about K × N deliveries). A new
+/// broadcast to the district is sent alone (one dispatcher, the in-process sandbox),
+/// then another while the purge (the product's, as `tidings purge` runs it) takes the
+/// old ones away. Prints both broadcasts' deliveries per second, the purge's deliveries
+/// per second over its whole run and while the broadcast drained, and what it took.
+pub async fn purge(shape: &PurgeShape, database: &BenchDatabase) -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+    use tidings_core::delivery::Actor;
+    use tidings_core::fanout::plan;
+    use tidings_core::retention::Retention;
+    use tidings_core::services::retention::PurgePace;
+    use tidings_core::{Channel, MessageKind};
+    use tidings_dispatcher::{Adapters, Config, Dispatcher};
+
+    reset_peak_rss();
+    let setup = Setup::sized(shape.guardians, Some(shape.guardians), 11, database).await?;
+    setup.import("bench").await?;
+    let store = setup.store.clone();
+    let members = setup.whole_district().await?;
+    let draft = setup.draft(MessageKind::General, BTreeSet::from([Channel::Sms]), true);
+    let partitions = tidings_core::log::DEFAULT_PARTITIONS;
+    let long_ago = now() - chrono::Duration::days(100);
+    let staff = Actor::staff(setup.admin);
+    let scope = tidings_core::store::MessageScope::District(setup.district);
+    let writing = Instant::now();
+    let mut old_deliveries = 0;
+    for _ in 0..shape.old_broadcasts {
+        let old = plan(&draft, "en", &members, partitions, long_ago);
+        old_deliveries += old
+            .recipients
+            .iter()
+            .map(|r| r.deliveries.len())
+            .sum::<usize>();
+        store.create_message(&old, long_ago).await?;
+        store
+            .cancel_message(&scope, old.id, &staff, long_ago)
+            .await?;
+    }
+    let write_seconds = writing.elapsed().as_secs_f64();
+    let mut tx = store.begin().await?;
+    let retention = Retention {
+        messages_days: Some(30),
+        ..Default::default()
+    };
+    tx.set_district_retention(setup.district, &retention)
+        .await?;
+    tx.commit().await?;
+
+    let sandbox = tidings_sandbox::InProcessProvider::default();
+    let adapters = Adapters::default().with(Channel::Sms, sandbox.adapter(Channel::Sms));
+    // The old broadcasts' log entries read off (recalled: nothing to send), untimed.
+    Dispatcher::new(store.clone(), adapters.clone(), Config::default())
+        .run_until_idle()
+        .await?;
+    store.settle().await?;
+
+    // One broadcast to the district, drained by one dispatcher; its seconds.
+    let broadcast = |sandbox: tidings_sandbox::InProcessProvider| {
+        let (store, adapters, members, draft) = (
+            store.clone(),
+            adapters.clone(),
+            members.clone(),
+            draft.clone(),
+        );
+        async move {
+            let message = plan(&draft, "en", &members, partitions, now());
+            let to_send = sendable(&message).count() + sandbox.received_count();
+            let started = Instant::now();
+            store.create_message(&message, now()).await?;
+            let (stop, stopping) = tokio::sync::watch::channel(false);
+            let dispatcher = Dispatcher::new(store.clone(), adapters, Config::default());
+            let running = tokio::spawn(async move { dispatcher.run(stopping).await });
+            while sandbox.received_count() < to_send {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            stop.send(true)?;
+            running.await??;
+            anyhow::Ok((sendable(&message).count(), seconds))
+        }
+    };
+    let (sent_alone, alone_seconds) = broadcast(sandbox.clone()).await?;
+
+    let services = tidings_core::services::Services {
+        store: store.clone(),
+        clock: std::sync::Arc::new(tidings_core::clock::SystemClock),
+        partitions,
+        default_phone_region: "US".into(),
+        link_keys: std::sync::Arc::new(tidings_core::link::LinkKeys::generate()),
+    };
+    let district = setup.district;
+    let purging = tokio::spawn(async move {
+        let started = Instant::now();
+        let report = services
+            .purge(
+                &Actor::system("bench"),
+                district,
+                false,
+                PurgePace::default(),
+            )
+            .await?;
+        anyhow::Ok((report, started.elapsed().as_secs_f64()))
+    });
+    let (sent_beside, beside_seconds) = broadcast(sandbox.clone()).await?;
+    // What the purge had taken when the broadcast was out.
+    let left = store
+        .purge_plan(district, &retention.cutoffs(now()))
+        .await?;
+    let (report, purge_seconds) = purging.await??;
+    let purged_while_sending = old_deliveries as u64 - left.deliveries;
+
+    let result = serde_json::json!({
+        "suite": "purge",
+        "store": store.backend(),
+        "guardians": shape.guardians,
+        "old_broadcasts": shape.old_broadcasts,
+        "old_deliveries": old_deliveries,
+        "old_write_seconds": round(write_seconds),
+        "broadcast_alone": {
+            "deliveries": sent_alone,
+            "seconds": round(alone_seconds),
+            "deliveries_per_s": (sent_alone as f64 / alone_seconds).round(),
+        },
+        "broadcast_beside_purge": {
+            "deliveries": sent_beside,
+            "seconds": round(beside_seconds),
+            "deliveries_per_s": (sent_beside as f64 / beside_seconds).round(),
+        },
+        "broadcast_rate_share": round(alone_seconds / beside_seconds),
+        "purge": {
+            "purged": report.purged,
+            "batches": report.batches,
+            "seconds": round(purge_seconds),
+            "deliveries_per_s": (report.purged.deliveries as f64 / purge_seconds).round(),
+            "deliveries_while_the_broadcast_drained": purged_while_sending,
+            "deliveries_per_s_while_the_broadcast_drained":
+                (purged_while_sending as f64 / beside_seconds).round(),
+        },
+        "duplicates": sandbox.duplicates(),
+        "peak_rss_mb": peak_rss_mb()?,
+    });
+    println!("{result}");
+    setup.finish().await
+}

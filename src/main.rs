@@ -147,6 +147,14 @@ enum BenchSuite {
         #[command(flatten)]
         database: tidings::bench::BenchDatabase,
     },
+    /// A purge of K old broadcasts (about K × N deliveries) while a broadcast to the
+    /// district drains, beside the same broadcast alone.
+    Purge {
+        #[command(flatten)]
+        shape: tidings::bench::PurgeShape,
+        #[command(flatten)]
+        database: tidings::bench::BenchDatabase,
+    },
     /// Post every delivery's signed "delivered" status callback over HTTP and time until
     /// all are kept and applied; compared with the raw CAS UPDATE rate of the database.
     Callbacks {
@@ -356,6 +364,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench {
                 suite: BenchSuite::Pipeline { shape, database },
             } => tidings::bench::pipeline(&shape, &database).await,
+            Command::Bench {
+                suite: BenchSuite::Purge { shape, database },
+            } => tidings::bench::purge(&shape, &database).await,
             Command::Bench {
                 suite:
                     BenchSuite::Fanout {

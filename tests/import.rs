@@ -211,6 +211,33 @@ async fn the_benchmarks_print_their_figures_as_json() {
         );
     }
 
+    // A purge of old broadcasts while a new one drains: all of them taken, the new one
+    // sent whole and once, on both stores.
+    for store in ["sqlite", "postgres"] {
+        let purge = support::bench(&[
+            "purge",
+            "--guardians",
+            "300",
+            "--old-broadcasts",
+            "2",
+            "--store",
+            store,
+        ])
+        .await;
+        assert_eq!(purge["suite"], "purge");
+        assert_eq!(
+            purge["purge"]["purged"]["deliveries"], purge["old_deliveries"],
+            "{purge}"
+        );
+        assert_eq!(purge["purge"]["purged"]["messages"], 2, "{purge}");
+        assert_eq!(purge["duplicates"], 0, "{purge}");
+        assert_eq!(
+            purge["broadcast_beside_purge"]["deliveries"], purge["broadcast_alone"]["deliveries"],
+            "{purge}"
+        );
+        assert!(purge["broadcast_alone"]["deliveries"].as_u64() > Some(0));
+    }
+
     assert_eq!(pages["suite"], "pages");
     let listed = pages["pages"].as_array().unwrap();
     assert!(listed.len() >= 20, "{pages}");

@@ -190,6 +190,7 @@ pub struct PurgeRequest {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PurgedView {
     pub messages: u64,
+    pub recipients: u64,
     pub deliveries: u64,
     pub replies: u64,
     pub audit_entries: u64,
@@ -223,6 +224,7 @@ pub async fn purge(
         dry_run: report.dry_run,
         purged: PurgedView {
             messages: p.messages,
+            recipients: p.recipients,
             deliveries: p.deliveries,
             replies: p.replies,
             audit_entries: p.audit_entries,

@@ -137,6 +137,7 @@ impl Retention {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Purged {
     pub messages: u64,
+    pub recipients: u64,
     pub deliveries: u64,
     pub replies: u64,
     pub audit_entries: u64,
@@ -145,6 +146,7 @@ pub struct Purged {
 impl Purged {
     pub fn add(&mut self, other: Purged) {
         self.messages += other.messages;
+        self.recipients += other.recipients;
         self.deliveries += other.deliveries;
         self.replies += other.replies;
         self.audit_entries += other.audit_entries;

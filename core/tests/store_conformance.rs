@@ -2640,17 +2640,27 @@ async fn a_purge_takes_what_is_past_retention_in_bounded_batches(store: Arc<dyn 
     let cutoffs = retention.cutoffs(now());
     let planned = Purged {
         messages: 1,
+        recipients: 3,
         deliveries: 6,
         replies: 1,
         audit_entries: 0,
     };
     assert_eq!(s.purge_plan(district, &cutoffs).await.unwrap(), planned);
 
-    // Four deliveries a batch: the message goes in the batch that takes its last ones.
+    // Four rows of deliveries and recipients a batch: its deliveries first, then its
+    // recipients, and the message once nothing is left under it.
     let first = s.purge_batch(district, &cutoffs, 4).await.unwrap();
     assert_eq!((first.deliveries, first.messages, first.replies), (4, 0, 1));
     let second = s.purge_batch(district, &cutoffs, 4).await.unwrap();
-    assert_eq!((second.deliveries, second.messages), (2, 1));
+    assert_eq!(
+        (second.deliveries, second.recipients, second.messages),
+        (2, 2, 0)
+    );
+    let third = s.purge_batch(district, &cutoffs, 4).await.unwrap();
+    assert_eq!(
+        (third.deliveries, third.recipients, third.messages),
+        (0, 1, 1)
+    );
     assert!(s
         .purge_batch(district, &cutoffs, 4)
         .await

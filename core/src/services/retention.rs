@@ -10,7 +10,9 @@ use crate::delivery::Actor;
 use crate::retention::{Purged, Retention};
 use crate::{DistrictId, Staff};
 
-/// How a purge goes: rows of each kind per batch, and the pause after each batch.
+/// How a purge goes: rows of each kind per batch, and the least pause after each batch.
+/// The pause is at least as long as the batch took, so that a purge has the database
+/// (SQLite's one writer above all) at most half the time while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PurgePace {
     pub batch: u32,
@@ -144,6 +146,7 @@ impl Services {
             return Ok(report);
         }
         loop {
+            let started = std::time::Instant::now();
             let batch = self
                 .store
                 .purge_batch(district, &cutoffs, pace.batch)
@@ -153,7 +156,7 @@ impl Services {
             }
             report.batches += 1;
             report.purged.add(batch);
-            tokio::time::sleep(pace.pause).await;
+            tokio::time::sleep(pace.pause.max(started.elapsed())).await;
         }
         if !report.purged.is_empty() {
             let detail = serde_json::to_value(report.purged).unwrap_or_default();

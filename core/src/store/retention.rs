@@ -101,6 +101,13 @@ impl<S: Pools> Purging for S {
             ),
             count(
                 format!(
+                    "SELECT count(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id \
+                     WHERE {FINISHED_OLD_MESSAGES}"
+                ),
+                cutoffs.messages,
+            ),
+            count(
+                format!(
                     "SELECT count(*) AS n FROM deliveries d JOIN messages m ON m.id = d.message_id \
                      WHERE {FINISHED_OLD_MESSAGES}"
                 ),
@@ -116,7 +123,7 @@ impl<S: Pools> Purging for S {
                 cutoffs.audit,
             ),
         ];
-        let mut counts = [0u64; 4];
+        let mut counts = [0u64; 5];
         for (n, (sql, args)) in counts.iter_mut().zip(queries) {
             *n = S::Db::fetch_one(&mut conn, &sql, args)
                 .await?
@@ -125,9 +132,10 @@ impl<S: Pools> Purging for S {
         }
         Ok(Purged {
             messages: counts[0],
-            deliveries: counts[1],
-            replies: counts[2],
-            audit_entries: counts[3],
+            recipients: counts[1],
+            deliveries: counts[2],
+            replies: counts[3],
+            audit_entries: counts[4],
         })
     }
 
@@ -141,72 +149,79 @@ impl<S: Pools> Purging for S {
         let mut tx = self.writes().begin().await?;
         let mut purged = Purged::default();
 
-        // Deliveries of finished old messages, with what hangs on each.
-        let sql = format!(
-            "SELECT d.id FROM deliveries d JOIN messages m ON m.id = d.message_id \
-             WHERE {FINISHED_OLD_MESSAGES} LIMIT $3"
-        );
-        let args = Args::new().id(district).time(cutoffs.messages).int(limit);
-        let deliveries = ids::<S::Db>(&mut tx, &sql, args, "id").await?;
-        for chunk in deliveries.chunks(CHUNK) {
-            for table in ["delivery_events", "delivery_attempts", "log_entries"] {
-                let mut args = Args::new();
-                let listed = args.ids(chunk);
-                let sql = format!("DELETE FROM {table} WHERE delivery_id IN ({listed})");
-                S::Db::execute(&mut tx, &sql, args).await?;
+        // Finished old messages one after the other, oldest first, each taken apart
+        // through its own indexes: its deliveries with what hangs on each, then its
+        // recipients, then the message with its report counts; at most `limit` rows of
+        // deliveries and recipients in all.
+        let mut budget = limit;
+        let mut seen = std::collections::HashSet::new();
+        while budget > 0 {
+            let sql = format!(
+                "SELECT m.id FROM messages m WHERE {FINISHED_OLD_MESSAGES} \
+                 ORDER BY m.created_at, m.id LIMIT 1"
+            );
+            let args = Args::new().id(district).time(cutoffs.messages);
+            let Some(message) = ids::<S::Db>(&mut tx, &sql, args, "id").await?.pop() else {
+                break;
+            };
+            if !seen.insert(message) {
+                break; // not taken apart in this transaction: left for the next batch
             }
-            let mut args = Args::new();
-            let listed = args.ids(chunk);
-            purged.deliveries += S::Db::execute(
+            let deliveries = ids::<S::Db>(
                 &mut tx,
-                &format!("DELETE FROM deliveries WHERE id IN ({listed})"),
-                args,
+                "SELECT id FROM deliveries WHERE message_id = $1 LIMIT $2",
+                Args::new().id(message).int(budget),
+                "id",
             )
             .await?;
-        }
-
-        // Recipients of old messages whose deliveries are all gone.
-        let emptied = "m.district_id = $1 AND m.created_at < $2 \
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)";
-        let sql = format!(
-            "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id \
-             WHERE {emptied} LIMIT $3"
-        );
-        let args = Args::new().id(district).time(cutoffs.messages).int(limit);
-        let recipients = ids::<S::Db>(&mut tx, &sql, args, "id").await?;
-        for chunk in recipients.chunks(CHUNK) {
-            let mut args = Args::new();
-            let listed = args.ids(chunk);
-            let sql = format!("DELETE FROM recipients WHERE id IN ({listed})");
-            S::Db::execute(&mut tx, &sql, args).await?;
-        }
-
-        // Then the messages left with neither, with their report counts; a newer message
-        // that re-notified one of them no longer points at it.
-        let sql = format!(
-            "SELECT m.id FROM messages m WHERE {emptied} \
-             AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id) LIMIT $3"
-        );
-        let args = Args::new().id(district).time(cutoffs.messages).int(limit);
-        let messages = ids::<S::Db>(&mut tx, &sql, args, "id").await?;
-        for chunk in messages.chunks(CHUNK) {
-            let mut args = Args::new();
-            let listed = args.ids(chunk);
-            let sql =
-                format!("UPDATE messages SET renotify_of = NULL WHERE renotify_of IN ({listed})");
-            S::Db::execute(&mut tx, &sql, args).await?;
-            for table in ["message_moves", "message_starts"] {
+            budget -= deliveries.len() as i64;
+            for chunk in deliveries.chunks(CHUNK) {
+                for table in ["delivery_events", "delivery_attempts", "log_entries"] {
+                    let mut args = Args::new();
+                    let listed = args.ids(chunk);
+                    let sql = format!("DELETE FROM {table} WHERE delivery_id IN ({listed})");
+                    S::Db::execute(&mut tx, &sql, args).await?;
+                }
                 let mut args = Args::new();
                 let listed = args.ids(chunk);
-                let sql = format!("DELETE FROM {table} WHERE message_id IN ({listed})");
-                S::Db::execute(&mut tx, &sql, args).await?;
+                purged.deliveries += S::Db::execute(
+                    &mut tx,
+                    &format!("DELETE FROM deliveries WHERE id IN ({listed})"),
+                    args,
+                )
+                .await?;
             }
-            let mut args = Args::new();
-            let listed = args.ids(chunk);
+            if budget == 0 {
+                break;
+            }
+            let recipients = S::Db::execute(
+                &mut tx,
+                "DELETE FROM recipients WHERE id IN \
+                 (SELECT id FROM recipients WHERE message_id = $1 LIMIT $2)",
+                Args::new().id(message).int(budget),
+            )
+            .await?;
+            purged.recipients += recipients;
+            budget -= recipients as i64;
+            if budget == 0 {
+                break;
+            }
+            // Nothing left under it: the message goes, and a newer message that
+            // re-notified it no longer points at it.
+            S::Db::execute(
+                &mut tx,
+                "UPDATE messages SET renotify_of = NULL WHERE renotify_of = $1",
+                Args::new().id(message),
+            )
+            .await?;
+            for table in ["message_moves", "message_starts"] {
+                let sql = format!("DELETE FROM {table} WHERE message_id = $1");
+                S::Db::execute(&mut tx, &sql, Args::new().id(message)).await?;
+            }
             purged.messages += S::Db::execute(
                 &mut tx,
-                &format!("DELETE FROM messages WHERE id IN ({listed})"),
-                args,
+                "DELETE FROM messages WHERE id = $1",
+                Args::new().id(message),
             )
             .await?;
         }
