@@ -118,10 +118,12 @@ impl From<sqlx::Error> for StoreError {
 
 impl StoreError {
     /// Whether trying again may get past this: the database unreachable or the
-    /// connection lost, the server shutting down, or a write that lost a race (a
-    /// deadlock, a serialization failure, a busy or locked SQLite file). Classified here,
-    /// from PostgreSQL's SQLSTATE and SQLite's result codes, so that no caller needs to
-    /// know either.
+    /// connection lost, the server shutting down, a write that lost a race (a deadlock, a
+    /// serialization failure, a busy or locked SQLite file), or a database that cannot
+    /// write for now (its disk full or failing, turned read-only, out of memory or
+    /// connections) — trouble of the database, never of what was written, so no log entry
+    /// is set aside for it. Classified here, from PostgreSQL's SQLSTATE and SQLite's
+    /// result codes, so that no caller needs to know either.
     pub fn is_transient(&self) -> bool {
         let (StoreError::Database(e) | StoreError::Connect { source: e, .. }) = self else {
             return false;
@@ -135,15 +137,22 @@ impl StoreError {
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(e) => match e.code().as_deref() {
                 // PostgreSQL's SQLSTATE: connection exceptions, shutdowns, lost races.
+                // (53: insufficient resources, 58: system errors, 25006: a read-only
+                // transaction.)
                 Some(code) if code.len() == 5 => {
                     code.starts_with("08")
                         || code.starts_with("57P")
+                        || code.starts_with("53")
+                        || code.starts_with("58")
+                        || code == "25006"
                         || code == "40001"
                         || code == "40P01"
                 }
-                // SQLite's result code: busy or locked (an extended code keeps the
-                // primary one in its low byte).
-                Some(code) => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+                // SQLite's result code: busy, locked, read-only, I/O error or full (an
+                // extended code keeps the primary one in its low byte).
+                Some(code) => code
+                    .parse::<i32>()
+                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13)),
                 None => false,
             },
             _ => false,

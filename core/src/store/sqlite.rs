@@ -70,6 +70,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
+            .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(
                 connect_options
                     .clone()
@@ -82,6 +83,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(connect_options)
             .await
             .map_err(connect_error)?;
@@ -113,6 +115,26 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// Whether a connection given back is out of any transaction, and so fit to be used
+/// again (the rollback of a transaction dropped uncommitted is carried out first).
+/// SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error);
+/// the rollback sent after it then fails, and the connection would count itself still in
+/// the transaction: its next transaction would be a savepoint inside one that never
+/// ends, holding the write lock while each of its commits only released a savepoint —
+/// writes that seem to succeed, seen by no one, until the process stops. Such a
+/// connection is closed instead (closing rolls back whatever is open).
+async fn out_of_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "closing an SQLite connection left in a transaction that could not be rolled back"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Copies the writer's transactions from the journal into the database file: a while
@@ -461,5 +483,58 @@ impl super::raw_speed::RawSpeed for SqliteStore {
 
     async fn measure_raw_cas(&self, rows: usize) -> StoreResult<f64> {
         super::raw_speed::measure_cas::<Sqlite>(&self.pool, rows).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection as _;
+
+    /// SQLite ends a transaction by itself on a full disk; the transactions after it on
+    /// the write connection still commit, and other connections see what they wrote.
+    #[tokio::test]
+    async fn a_transaction_sqlite_ended_by_itself_does_not_swallow_the_next_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        {
+            let mut tx = store.writer.begin().await.unwrap();
+            // As SQLite does on SQLITE_FULL: the transaction is gone, and the rollback
+            // sent when `tx` is dropped fails.
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        }
+        {
+            let mut tx = store.writer.begin().await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // Dropped uncommitted, as a batch that failed.
+        }
+        let mut tx = store.writer.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut reader = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let seen: Vec<i64> = sqlx::query_scalar("SELECT x FROM t")
+            .fetch_all(&mut reader)
+            .await
+            .unwrap();
+        assert_eq!(seen, vec![2]);
+        // And the write lock is free.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut reader)
+            .await
+            .unwrap();
+        sqlx::query("ROLLBACK").execute(&mut reader).await.unwrap();
     }
 }
