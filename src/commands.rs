@@ -333,6 +333,26 @@ pub async fn purge(
     Ok(())
 }
 
+/// `tidings guardian export|erase`: a guardian's data request, printed as JSON.
+pub async fn guardian_request(
+    config: &Config,
+    district: Option<tidings_core::DistrictId>,
+    guardian: &str,
+    erase: bool,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    let id = crate::import::choose_district(store.as_ref(), district).await?;
+    let services = services(config, store)?;
+    let by = Actor::system("cli");
+    let printed = if erase {
+        serde_json::to_string(&services.erase_guardian(&by, id, guardian).await?)?
+    } else {
+        serde_json::to_string_pretty(&services.export_guardian(&by, id, guardian).await?)?
+    };
+    println!("{printed}");
+    Ok(())
+}
+
 /// `/metrics` on an operator listener of its own (`metrics_listen`), when one is set.
 async fn operator_listener(
     config: &Config,

@@ -65,6 +65,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A guardian's data requests: export everything held about them, or erase them.
+    Guardian {
+        #[command(subcommand)]
+        command: GuardianCommand,
+    },
     /// Measure performance; prints a JSON object as its last line.
     Bench {
         #[command(subcommand)]
@@ -89,6 +94,30 @@ enum Command {
     LinkKeys {
         #[command(subcommand)]
         command: LinkKeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GuardianCommand {
+    /// Print everything held about a guardian as JSON: contact points, children, opt-outs,
+    /// messages with their deliveries and events, texts and app sessions (audited).
+    Export {
+        /// The guardian: its id, or the roster's sourcedId.
+        guardian: String,
+        /// The district (needed only when there are several).
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
+    },
+    /// Erase a guardian: contact points, links to children, opt-outs, messages received,
+    /// texts and app sessions. A carrier STOP is kept as a one-way hash of the number.
+    /// Refused while deliveries to them wait to be sent. Prints what went as JSON
+    /// (audited).
+    Erase {
+        /// The guardian: its id, or the roster's sourcedId.
+        guardian: String,
+        /// The district (needed only when there are several).
+        #[arg(long)]
+        district: Option<tidings_core::DistrictId>,
     },
 }
 
@@ -482,6 +511,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::District {
                 command: DistrictCommand::Retention { district, change },
             } => commands::retention(&config, district, change).await,
+            Command::Guardian {
+                command: GuardianCommand::Export { guardian, district },
+            } => commands::guardian_request(&config, district, &guardian, false).await,
+            Command::Guardian {
+                command: GuardianCommand::Erase { guardian, district },
+            } => commands::guardian_request(&config, district, &guardian, true).await,
             Command::Purge { district, dry_run } => {
                 commands::purge(&config, district, dry_run).await
             }

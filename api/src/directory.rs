@@ -265,6 +265,48 @@ pub async fn get_guardian(
     ))
 }
 
+/// Everything Tidings holds about a guardian, for their data request: the guardian with
+/// children, contact points and opt-outs (with the revoked ones), every message sent to
+/// them with its deliveries, events and provider calls, their texts and their app
+/// sessions. District administrators; audited.
+#[utoipa::path(get, path = "/api/v1/guardians/{id}/export", tag = "directory", security(("bearer" = [])), params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster")),
+    responses(
+        (status = 200, description = "Everything held about the guardian", body = tidings_core::store::guardian_data::GuardianExport),
+        (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such guardian in the district", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn export_guardian(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<tidings_core::store::guardian_data::GuardianExport>, ApiError> {
+    Ok(axum::Json(
+        state.services().export_own_guardian(&staff, &id).await?,
+    ))
+}
+
+/// Erases a guardian on their request: contact points, links to children, opt-outs,
+/// the messages they received with every delivery, their texts and app sessions. A
+/// carrier STOP is kept as a one-way hash of the number, so that the number is never
+/// texted again even if a roster brings it back. Refused (409) while deliveries to them
+/// still wait to be sent. District administrators; audited with the counts.
+#[utoipa::path(post, path = "/api/v1/guardians/{id}/erase", tag = "directory", security(("bearer" = [])), params(("id" = String, Path, description = "The guardian: its id, or the sourcedId of the roster")),
+    responses(
+        (status = 200, description = "What was erased", body = tidings_core::store::guardian_data::Erased),
+        (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such guardian in the district", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Deliveries to the guardian still wait to be sent", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn erase_guardian(
+    State(state): State<AppState>,
+    Caller(staff): Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<tidings_core::store::guardian_data::Erased>, ApiError> {
+    Ok(axum::Json(
+        state.services().erase_own_guardian(&staff, &id).await?,
+    ))
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewContactPoint {
     /// `sms` or `email` (devices are registered by the guardian app).

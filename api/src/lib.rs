@@ -95,6 +95,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/students/{id}", get(directory::get_student))
         .route("/api/v1/guardians/{id}", get(directory::get_guardian))
         .route(
+            "/api/v1/guardians/{id}/export",
+            get(directory::export_guardian),
+        )
+        .route(
+            "/api/v1/guardians/{id}/erase",
+            post(directory::erase_guardian),
+        )
+        .route(
             "/api/v1/guardians/{id}/contact-points",
             post(directory::add_contact_point),
         )

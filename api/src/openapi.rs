@@ -16,6 +16,8 @@ use utoipa::{Modify, OpenApi};
         crate::directory::list_students,
         crate::directory::list_guardians,
         crate::directory::get_guardian,
+        crate::directory::export_guardian,
+        crate::directory::erase_guardian,
         crate::directory::get_school,
         crate::directory::get_class,
         crate::directory::get_student,

@@ -15,6 +15,7 @@ pub mod cancel;
 pub mod directory;
 pub mod districts;
 pub mod guardian_access;
+pub mod guardian_data;
 pub mod inbound;
 pub mod provider_events;
 pub mod renotify;

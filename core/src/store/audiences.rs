@@ -12,6 +12,7 @@ use super::directory::{class_filter, guardian_filter, school_filter, student_fil
 use super::StoreResult;
 use crate::audience::{Audience, AudienceMember, AudienceProblems, MemberContact};
 use crate::quiet_hours::QuietHours;
+use crate::Channel;
 
 /// References resolved per statement.
 const CHUNK: usize = 1_000;
@@ -334,6 +335,22 @@ pub(crate) async fn members<D: Dialect>(
         };
         member.quiet = window(row.opt_i32("g_start")?, row.opt_i32("g_end")?)
             .or(window(row.opt_i32("s_start")?, row.opt_i32("s_end")?));
+    }
+    // A number whose guardian was erased after a carrier STOP is never texted: it is
+    // left out, and a guardian left with no other number has the STOP as their own.
+    let (district, stops) = super::guardian_data::erased_stops::<D>(conn, first).await?;
+    if let (Some(district), false) = (district, stops.is_empty()) {
+        for member in members.values_mut() {
+            let before = member.contacts.len();
+            member.contacts.retain(|c| {
+                c.kind != Channel::Sms
+                    || !stops.contains(&super::guardian_data::stop_hash(district, &c.address)[..])
+            });
+            let stopped = member.contacts.len() < before;
+            if stopped && !member.contacts.iter().any(|c| c.kind == Channel::Sms) {
+                member.opt_outs.push((Channel::Sms, "carrier".to_owned()));
+            }
+        }
     }
     let mut members: Vec<AudienceMember> = members.into_values().collect();
     members.sort_by_key(|m| m.guardian_id);

@@ -210,7 +210,8 @@ impl<S: Pools> Inbox for S {
         ack_actor: &Actor,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<InboundTaken>> {
-        let mut tx = self.writes().begin().await?;
+        // It reads before it writes: on SQLite, with the write lock from its start.
+        let mut tx = self.begin_write().await?;
         let Some(guardians) = record_inbound::<S::Db>(&mut tx, sms, at).await? else {
             return Ok(None);
         };
@@ -235,6 +236,8 @@ impl<S: Pools> Inbox for S {
                 }
                 Some(SmsKeyword::Start) => {
                     directory::resubscribe::<S::Db>(&mut tx, guardian.into(), Channel::Sms, at)
+                        .await?;
+                    super::guardian_data::forget_stop::<S::Db>(&mut tx, district, &sms.from)
                         .await?;
                 }
                 Some(SmsKeyword::Ack) => {
@@ -277,7 +280,7 @@ impl<S: Pools> Inbox for S {
         actor: &Actor,
         at: DateTime<Utc>,
     ) -> StoreResult<AckOutcome> {
-        let mut tx = self.writes().begin().await?;
+        let mut tx = self.begin_write().await?;
         let outcome = acknowledge::<S::Db>(&mut tx, recipient, via, actor, at).await?;
         tx.commit().await?;
         Ok(outcome)

@@ -16,6 +16,7 @@ pub mod dispatch;
 mod dispatching;
 mod engine;
 pub mod guardian;
+pub mod guardian_data;
 pub mod inbox;
 mod messages;
 pub mod postgres;
@@ -909,6 +910,15 @@ pub trait WriteTransaction: Send {
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()>;
 
+    /// Erases a guardian of `district` on request (see [`guardian_data`]), unless
+    /// deliveries to them still wait to be sent.
+    async fn erase_guardian(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<guardian_data::EraseOutcome>;
+
     /// Sets how long a district keeps its records (`None`: the default); whether the
     /// district exists.
     async fn set_district_retention(
@@ -1024,6 +1034,7 @@ pub trait Store:
     + guardian::GuardianAccess
     + inbox::Inbox
     + retention::Purging
+    + guardian_data::GuardianData
     + Send
     + Sync
     + 'static

@@ -146,7 +146,9 @@ impl<S: Pools> Purging for S {
         limit: u32,
     ) -> StoreResult<Purged> {
         let limit = i64::from(limit.max(1));
-        let mut tx = self.writes().begin().await?;
+        // It reads before it writes: on SQLite, with the write lock from its start (a
+        // snapshot read before another process's commit could not write after it).
+        let mut tx = self.begin_write().await?;
         let mut purged = Purged::default();
 
         // Finished old messages one after the other, oldest first, each taken apart

@@ -376,6 +376,15 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         .await
     }
 
+    async fn erase_guardian(
+        &mut self,
+        district: DistrictId,
+        guardian: GuardianId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::guardian_data::EraseOutcome> {
+        super::guardian_data::erase::<D>(&mut self.tx, district, guardian, at).await
+    }
+
     async fn set_district_retention(
         &mut self,
         district: DistrictId,
