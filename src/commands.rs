@@ -41,6 +41,47 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tidings backup FILE`: an online backup of the SQLite database (`VACUUM INTO`: one read
+/// transaction, so writers go on and the copy is a consistent snapshot, compacted).
+pub async fn backup(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    use std::str::FromStr as _;
+    if tidings_core::store::Backend::of_url(&config.database_url)?
+        != tidings_core::store::Backend::Sqlite
+    {
+        anyhow::bail!(
+            "tidings backup copies an SQLite database; back PostgreSQL up with pg_dump \
+             (see the README's Backups and restore)"
+        );
+    }
+    if file.exists() {
+        anyhow::bail!(
+            "{} exists already: a backup never overwrites",
+            file.display()
+        );
+    }
+    let target = file
+        .to_str()
+        .context("the backup's path is not valid UTF-8")?;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&config.database_url)?
+        .busy_timeout(std::time::Duration::from_secs(30));
+    let mut db = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot open {}", config.database_url_redacted()))?;
+    sqlx::query("VACUUM INTO $1")
+        .bind(target)
+        .execute(&mut db)
+        .await
+        .with_context(|| format!("cannot back up to {}", file.display()))?;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backed up {} to {} ({size} bytes)",
+        config.database_url_redacted(),
+        file.display()
+    );
+    Ok(())
+}
+
 /// `tidings serve`: everything in one process, until SIGTERM or Ctrl-C.
 pub async fn serve(
     config: &Config,

@@ -36,6 +36,12 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Copy the SQLite database to FILE while Tidings runs: a consistent snapshot, ready
+    /// to be restored by putting it in the database's place. (On PostgreSQL use pg_dump.)
+    Backup {
+        /// Where the copy goes; it must not exist yet.
+        file: std::path::PathBuf,
+    },
     /// Run only the dispatcher: send what is on the log. Several may share one PostgreSQL;
     /// they divide the partitions between them.
     Dispatch,
@@ -441,6 +447,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
             } => tidings::bench::callbacks(students, concurrency, &database).await,
             Command::Migrate => commands::migrate(&config).await,
+            Command::Backup { file } => commands::backup(&config, &file).await,
             Command::Sandbox {
                 listen,
                 callback_base,

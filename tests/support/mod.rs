@@ -455,6 +455,20 @@ impl BenchRun {
     }
 }
 
+/// The directory of Debian's PostgreSQL binaries (initdb, pg_ctl, pg_dump, pg_restore),
+/// of the newest version installed.
+pub fn pg_bin() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .expect(
+            "PostgreSQL's binaries in /usr/lib/postgresql (scripts/test-services installs them)",
+        )
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
+        .max()
+        .map(|(_, path)| path.join("bin"))
+        .expect("a PostgreSQL version in /usr/lib/postgresql")
+}
+
 /// A PostgreSQL server of the test's own, in a temporary directory on a free loopback
 /// port (from Debian's binaries, as `scripts/test-services` installs them), to crash,
 /// restart or make read-only without touching the server the other tests share. Stopped
@@ -467,13 +481,7 @@ pub struct OwnPostgres {
 
 impl OwnPostgres {
     pub fn start() -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL's server binaries in /usr/lib/postgresql (scripts/test-services installs them)")
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
-            .max()
-            .map(|(_, path)| path.join("bin"))
-            .expect("a PostgreSQL version in /usr/lib/postgresql");
+        let bin = pg_bin();
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
