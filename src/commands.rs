@@ -374,6 +374,41 @@ pub async fn purge(
     Ok(())
 }
 
+/// `tidings log status`: each partition's last offset and committed offset.
+pub async fn log_status(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    for (lane, partition, heads) in store.partition_heads().await? {
+        let committed = store
+            .committed_offset(tidings_core::log::CONSUMER_GROUP, lane, partition)
+            .await?;
+        let line = serde_json::json!({
+            "lane": lane.as_str(),
+            "partition": partition.get(),
+            "last_offset": heads.last,
+            "committed_offset": committed,
+            "unread": heads.last - committed.unwrap_or(-1),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `tidings log rewind`: a partition read again from an offset; prints what it did.
+pub async fn rewind(
+    config: &Config,
+    lane: tidings_core::Lane,
+    partition: u32,
+    from_offset: i64,
+) -> anyhow::Result<()> {
+    let store = open_store(config, config.migrate_on_start).await?;
+    let services = services(config, store)?;
+    let rewound = services
+        .rewind_partition(Operator::CommandLine, lane, partition, from_offset)
+        .await?;
+    println!("{}", serde_json::to_string(&rewound)?);
+    Ok(())
+}
+
 /// `tidings guardian export|erase`: a guardian's data request, printed as JSON.
 pub async fn guardian_request(
     config: &Config,

@@ -71,6 +71,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The delivery log: where the dispatchers are in each partition, and rewinding one.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// A guardian's data requests: export everything held about them, or erase them.
     Guardian {
         #[command(subcommand)]
@@ -100,6 +105,27 @@ enum Command {
     LinkKeys {
         #[command(subcommand)]
         command: LinkKeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Each partition with entries: its last offset and the offset the dispatchers have
+    /// committed (a JSON line each).
+    Status,
+    /// Move a partition's committed offset back so that its entries from --from on are
+    /// read again: what still waits among them is sent, what was sent is left alone.
+    /// Refused over an at-most-once delivery already attempted, past the oldest entry
+    /// left, and within 10 minutes of the partition's last rewind (audited).
+    Rewind {
+        /// emergency, normal or bulk.
+        #[arg(long)]
+        lane: tidings_core::Lane,
+        #[arg(long)]
+        partition: u32,
+        /// The first offset to read again.
+        #[arg(long = "from")]
+        from_offset: i64,
     },
 }
 
@@ -518,6 +544,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::District {
                 command: DistrictCommand::Retention { district, change },
             } => commands::retention(&config, district, change).await,
+            Command::Log {
+                command: LogCommand::Status,
+            } => commands::log_status(&config).await,
+            Command::Log {
+                command:
+                    LogCommand::Rewind {
+                        lane,
+                        partition,
+                        from_offset,
+                    },
+            } => commands::rewind(&config, lane, partition, from_offset).await,
             Command::Guardian {
                 command: GuardianCommand::Export { guardian, district },
             } => commands::guardian_request(&config, district, &guardian, false).await,

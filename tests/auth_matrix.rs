@@ -266,6 +266,9 @@ fn body_for(method: &Method, path: &str, zip: &[u8]) -> Option<reqwest::Body> {
         }),
         ("PUT", "/api/v1/settings/retention") => json!({"messages_days": 400}),
         ("POST", "/api/v1/settings/retention/purge") => json!({"dry_run": true}),
+        ("POST", "/api/v1/log/rewind") => {
+            json!({"lane": "bulk", "partition": 0, "from_offset": 0})
+        }
         ("POST", "/api/v1/guardian/sign-in") => json!({"address": "+12025550199"}),
         ("POST", "/api/v1/guardian/sessions") => {
             json!({"address": "+12025550199", "code": "000000"})
@@ -288,7 +291,7 @@ fn body_for(method: &Method, path: &str, zip: &[u8]) -> Option<reqwest::Body> {
 
 /// Operations only the install's operators may call.
 fn operators_only(op: &Operation) -> bool {
-    op.path.starts_with("/api/v1/districts")
+    op.path.starts_with("/api/v1/districts") || op.path.starts_with("/api/v1/log/")
 }
 
 struct Operation {

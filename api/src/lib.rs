@@ -12,6 +12,7 @@ mod health;
 pub mod idempotency;
 mod imports;
 mod links;
+mod log;
 mod messages;
 mod openapi;
 mod replies;
@@ -123,6 +124,7 @@ pub fn router(state: AppState) -> Router {
             post(imports::import_oneroster).layer(DefaultBodyLimit::max(imports::MAX_ROSTER_BYTES)),
         )
         .route("/api/v1/imports/{id}", get(imports::get_import))
+        .route("/api/v1/log/rewind", post(log::rewind))
         .route(
             "/api/v1/messages",
             post(messages::send_message).get(messages::list_messages),

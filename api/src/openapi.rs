@@ -43,6 +43,7 @@ use utoipa::{Modify, OpenApi};
         crate::settings::get_retention,
         crate::settings::put_retention,
         crate::settings::purge,
+        crate::log::rewind,
         crate::tokens::list_tokens,
         crate::tokens::create_token,
         crate::tokens::revoke_token,

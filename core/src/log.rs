@@ -16,6 +16,9 @@ use crate::{DeliveryId, DistrictId, GuardianId, Lane};
 /// Partitions per lane unless configured otherwise.
 pub const DEFAULT_PARTITIONS: u32 = 64;
 
+/// The consumer group whose offsets the dispatchers commit.
+pub const CONSUMER_GROUP: &str = "dispatcher";
+
 /// A partition of a lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]

@@ -51,8 +51,7 @@ pub use tidings_channel_adapters::{
     AckInvite, AddressFault, ChannelAdapter, Outgoing, SendOutcome,
 };
 
-/// The consumer group whose offsets the dispatcher commits.
-pub const CONSUMER_GROUP: &str = "dispatcher";
+pub use tidings_core::log::CONSUMER_GROUP;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {

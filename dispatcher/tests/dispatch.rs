@@ -53,6 +53,7 @@ tidings_core::on_both_stores! {
     what_a_district_sent_ahead_of_the_offset_is_not_sent_again_by_the_next_owner,
     an_idle_dispatcher_wakes_for_a_new_message,
     a_district_that_writes_during_a_pass_is_served_within_it,
+    a_rewound_partition_sends_what_was_passed_over_and_nothing_twice,
 }
 
 const PARTITIONS: u32 = 4;
@@ -2097,5 +2098,171 @@ async fn what_the_dispatcher_recorded_reaches_the_sqlite_database_file() {
     panic!(
         "the file still holds {:?} sent deliveries of 80",
         sent_in_file().await
+    );
+}
+
+/// A skipper that commits every partition of `lane` to its last entry without sending
+/// anything (as a fault that passed entries over would), then hands its leases back.
+async fn pass_over(store: &dyn Store, lane: Lane) {
+    let keys: Vec<(Lane, PartitionId)> = (0..PARTITIONS)
+        .map(|p| (lane, PartitionId::new(p)))
+        .collect();
+    let at = now();
+    let leases = store
+        .claim_leases("skipper", &keys, chrono::Duration::seconds(15), at)
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), keys.len());
+    let heads = store.partition_heads().await.unwrap();
+    for lease in &leases {
+        if let Some((_, _, h)) = heads
+            .iter()
+            .find(|(l, p, _)| (*l, *p) == (lease.lane, lease.partition))
+        {
+            store
+                .commit_offset(CONSUMER_GROUP, lease, h.last, at)
+                .await
+                .unwrap();
+        }
+    }
+    store.release_leases("skipper", at).await.unwrap();
+}
+
+async fn a_rewound_partition_sends_what_was_passed_over_and_nothing_twice(store: Arc<dyn Store>) {
+    use tidings_core::services::districts::Operator;
+    use tidings_core::services::{Refusal, ServiceError, Services};
+    let seed = seed(store.as_ref(), 8).await;
+    let clock = Arc::new(ManualClock::at(now()));
+    let services = Services {
+        store: store.clone(),
+        clock: clock.clone(),
+        partitions: PARTITIONS,
+        default_phone_region: "US".into(),
+        link_keys: Arc::new(tidings_core::link::LinkKeys::generate()),
+    };
+    let provider = InProcessProvider::default();
+    let live = Arc::new(dispatcher(
+        &store,
+        &provider,
+        Config {
+            lease_ttl: Duration::from_secs(1),
+            ..config(12)
+        },
+    ));
+    let dispatcher = dispatcher(&store, &provider, config(11));
+    // A first newsletter goes out; a second one's entries are passed over.
+    let first = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&first, now()).await.unwrap();
+    dispatcher.run_until_idle().await.unwrap();
+    let second = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&second, now()).await.unwrap();
+    pass_over(store.as_ref(), Lane::Bulk).await;
+    dispatcher.run_until_idle().await.unwrap();
+    let sent_first = provider.received_count();
+    assert_eq!(sent_first, delivery_ids(&first).len());
+    assert_eq!(
+        states(store.as_ref(), &delivery_ids(&second)).await,
+        BTreeMap::from([(DeliveryState::Created, delivery_ids(&second).len())]),
+        "passed over"
+    );
+
+    // A dispatcher holds the partitions (it reads their offsets as it takes them) while
+    // each is read again from its start: the first newsletter's entries are read and
+    // left alone, the second's are sent.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let live = live.clone();
+        async move { live.run(stopping).await }
+    });
+    while store.live_dispatchers(now()).await.unwrap() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let mut waiting = 0;
+    let with_entries: Vec<u32> = store
+        .partition_heads()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(lane, _, _)| *lane == Lane::Bulk)
+        .map(|(_, p, _)| p.get())
+        .collect();
+    for &p in &with_entries {
+        let rewound = services
+            .rewind_partition(Operator::CommandLine, Lane::Bulk, p, 0)
+            .await
+            .unwrap();
+        assert_eq!(rewound.from_offset, 0);
+        let entries = store
+            .read_log(Lane::Bulk, PartitionId::new(p), None, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(rewound.entries, entries.len() as u64);
+        assert_eq!(rewound.was_committed, entries.last().unwrap().offset);
+        waiting += rewound.waiting;
+    }
+    assert_eq!(waiting, delivery_ids(&second).len() as u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while provider.received_count() < sent_first + delivery_ids(&second).len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never read the rewound partitions again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    let received = provider.received();
+    assert_eq!(received.len(), sent_first + delivery_ids(&second).len());
+    assert_eq!(provider.duplicates(), 0, "nothing sent twice");
+    let second_ids = delivery_ids(&second);
+    for r in &received[sent_first..] {
+        let id = r.delivery_id.unwrap();
+        assert!(second_ids.contains(&id));
+        // Sent under the delivery's own idempotency key, as a first send would be.
+        let delivery = store.delivery(id).await.unwrap().unwrap();
+        assert!(
+            r.idempotency_key.starts_with(&delivery.idempotency_key),
+            "{r:?}"
+        );
+    }
+    every_offset_committed(store.as_ref()).await;
+
+    // Rate limited: not again within ten minutes.
+    let refused = services
+        .rewind_partition(Operator::CommandLine, Lane::Bulk, with_entries[0], 0)
+        .await;
+    assert!(
+        matches!(&refused, Err(ServiceError::Refused(Refusal::Conflict(why))) if why.contains("rewound less than 10 minutes ago")),
+        "{refused:?}"
+    );
+    // At most once: a message attempted in the range is never read again.
+    clock.advance(chrono::Duration::minutes(11));
+    let reminder = newsletter(&seed, DeliveryGuarantee::AtMostOnce);
+    store.create_message(&reminder, now()).await.unwrap();
+    dispatcher.run_until_idle().await.unwrap();
+    let partition = PartitionId::of(seed.guardians[0].id, PARTITIONS).get();
+    let refused = services
+        .rewind_partition(Operator::CommandLine, Lane::Bulk, partition, 0)
+        .await;
+    assert!(
+        matches!(&refused, Err(ServiceError::Refused(Refusal::Conflict(why))) if why.contains("at-most-once")),
+        "{refused:?}"
+    );
+    // Past the last committed offset there is nothing to rewind.
+    let refused = services
+        .rewind_partition(Operator::CommandLine, Lane::Bulk, partition, 1_000_000)
+        .await;
+    assert!(
+        matches!(&refused, Err(ServiceError::Refused(Refusal::Invalid(_)))),
+        "{refused:?}"
+    );
+    // Audited in the district.
+    let audit = store
+        .audit_entries(seed.staff.district_id, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.iter().filter(|e| e.action == "log.rewind").count(),
+        with_entries.len()
     );
 }

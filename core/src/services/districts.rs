@@ -21,7 +21,7 @@ pub enum Operator<'a> {
 
 impl Operator<'_> {
     /// The actor its changes are audited as, if it may manage districts.
-    fn actor(&self) -> Result<Actor, Refusal> {
+    pub(crate) fn actor(&self) -> Result<Actor, Refusal> {
         match self {
             Operator::Staff(staff) if staff.operator => Ok(Actor::staff(staff.id)),
             Operator::Staff(_) => Err(Refusal::Forbidden),

@@ -21,6 +21,7 @@ pub mod provider_events;
 pub mod renotify;
 pub mod replay;
 pub mod retention;
+pub mod rewind;
 pub mod roster;
 pub mod send;
 pub mod settings;

@@ -22,6 +22,7 @@ mod messages;
 pub mod postgres;
 pub mod raw_speed;
 pub mod retention;
+pub mod rewind;
 pub mod roster;
 mod sending;
 pub mod sqlite;
@@ -909,6 +910,16 @@ pub trait WriteTransaction: Send {
         max_recipients_per_message: Option<i32>,
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()>;
+
+    /// Moves the dispatchers' offset of a partition back so that `from_offset` is read
+    /// again (see [`rewind`]).
+    async fn rewind_partition(
+        &mut self,
+        lane: crate::Lane,
+        partition: crate::log::PartitionId,
+        from_offset: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<rewind::RewindOutcome>;
 
     /// Erases a guardian of `district` on request (see [`guardian_data`]), unless
     /// deliveries to them still wait to be sent.

@@ -376,6 +376,16 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         .await
     }
 
+    async fn rewind_partition(
+        &mut self,
+        lane: crate::Lane,
+        partition: crate::log::PartitionId,
+        from_offset: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<super::rewind::RewindOutcome> {
+        super::rewind::rewind::<D>(&mut self.tx, lane, partition, from_offset, at).await
+    }
+
     async fn erase_guardian(
         &mut self,
         district: DistrictId,

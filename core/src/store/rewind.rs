@@ -1,0 +1,181 @@
+//! Rewinding a partition of the delivery log: its consumer offset moved back, so that the
+//! dispatchers read its entries from an earlier offset again — to rebuild after an entry
+//! was passed over without being sent. Reading again sends only what still waits
+//! (created or queued, an unfinished attempt taken up under its idempotency key);
+//! deliveries already sent, failed or cancelled are read and left alone.
+//!
+//! Refused when the range holds an at-most-once delivery that was already attempted (it
+//! must never go twice), when entries of the range are no longer on the log (purged),
+//! and when the partition was rewound less than [`REWIND_EVERY`] ago. The holder of the
+//! partition is fenced (its lease's token moves on), so it reads the offset again
+//! instead of committing over the rewind.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::dialect::{Args, Columns, Dialect};
+use super::StoreResult;
+use crate::log::{PartitionId, CONSUMER_GROUP};
+use crate::Lane;
+
+/// How long after a rewind the same partition may be rewound again.
+pub const REWIND_EVERY: chrono::Duration = chrono::Duration::minutes(10);
+
+/// A rewind done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Rewound {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lane: Lane,
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
+    pub partition: PartitionId,
+    /// The first offset read again.
+    pub from_offset: i64,
+    /// The offset committed before the rewind.
+    pub was_committed: i64,
+    /// Entries read again.
+    pub entries: u64,
+    /// Of their deliveries, those still waiting to be sent (sent now).
+    pub waiting: u64,
+    /// Districts with entries in the range (each has the rewind in its audit log).
+    #[serde(skip)]
+    pub districts: Vec<Uuid>,
+}
+
+/// How a rewind went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewindOutcome {
+    Rewound(Rewound),
+    /// Nothing consumed at or after the offset (the committed offset, if any).
+    NothingConsumed(Option<i64>),
+    /// Entries of the range are no longer on the log (the oldest left, if any).
+    Purged(Option<i64>),
+    /// At-most-once deliveries already attempted in the range (how many).
+    AtMostOnceAttempted(u64),
+    /// Rewound too recently: again from this time.
+    TooSoon(DateTime<Utc>),
+}
+
+/// Moves the dispatchers' offset of `(lane, partition)` back so that `from_offset` is read
+/// again, in the caller's transaction (see the module's doc).
+pub(crate) async fn rewind<D: Dialect>(
+    conn: &mut D::Connection,
+    lane: Lane,
+    partition: PartitionId,
+    from_offset: i64,
+    at: DateTime<Utc>,
+) -> StoreResult<RewindOutcome> {
+    let key = || {
+        Args::new()
+            .text(CONSUMER_GROUP)
+            .text(lane.as_str())
+            .int(partition.get())
+    };
+    let Some(row) = D::fetch_optional(
+        &mut *conn,
+        "SELECT committed_offset, rewound_at FROM consumer_offsets \
+         WHERE consumer_group = $1 AND lane = $2 AND partition = $3",
+        key(),
+    )
+    .await?
+    else {
+        return Ok(RewindOutcome::NothingConsumed(None));
+    };
+    let committed = row.i64("committed_offset")?;
+    if from_offset > committed || from_offset < 0 {
+        return Ok(RewindOutcome::NothingConsumed(Some(committed)));
+    }
+    if let Some(last) = row.opt_time("rewound_at")? {
+        if last + REWIND_EVERY > at {
+            return Ok(RewindOutcome::TooSoon(last + REWIND_EVERY));
+        }
+    }
+    let range = || {
+        Args::new()
+            .text(lane.as_str())
+            .int(partition.get())
+            .int(from_offset)
+            .int(committed)
+    };
+    // Entries are taken off the log once consumed and old (`purge_log`): a rewind reaches
+    // back only as far as the oldest left. (An erased guardian's entries leave holes,
+    // which are no obstacle.)
+    let oldest = D::fetch_one(
+        &mut *conn,
+        "SELECT min(\"offset\") AS oldest FROM log_entries WHERE lane = $1 AND partition = $2",
+        Args::new().text(lane.as_str()).int(partition.get()),
+    )
+    .await?
+    .opt_i64("oldest")?;
+    if oldest.is_none_or(|oldest| oldest > from_offset) {
+        return Ok(RewindOutcome::Purged(oldest));
+    }
+    let entries = D::fetch_one(
+        &mut *conn,
+        "SELECT count(*) AS n FROM log_entries \
+         WHERE lane = $1 AND partition = $2 AND \"offset\" >= $3 AND \"offset\" <= $4",
+        range(),
+    )
+    .await?
+    .i64("n")?
+    .max(0) as u64;
+    let in_range = "FROM log_entries l JOIN deliveries d ON d.id = l.delivery_id \
+         JOIN messages m ON m.id = d.message_id \
+         WHERE l.lane = $1 AND l.partition = $2 AND l.\"offset\" >= $3 AND l.\"offset\" <= $4";
+    let attempted = D::fetch_one(
+        &mut *conn,
+        &format!(
+            "SELECT count(*) AS n {in_range} AND m.delivery_guarantee = 'at_most_once' \
+             AND EXISTS (SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id)"
+        ),
+        range(),
+    )
+    .await?
+    .i64("n")?;
+    if attempted > 0 {
+        return Ok(RewindOutcome::AtMostOnceAttempted(attempted as u64));
+    }
+    let waiting = D::fetch_one(
+        &mut *conn,
+        &format!("SELECT count(*) AS n {in_range} AND d.state IN ('CREATED', 'QUEUED')"),
+        range(),
+    )
+    .await?
+    .i64("n")?
+    .max(0) as u64;
+    let districts = D::fetch_all(
+        &mut *conn,
+        "SELECT DISTINCT district_id FROM log_entries \
+         WHERE lane = $1 AND partition = $2 AND \"offset\" >= $3 AND \"offset\" <= $4",
+        range(),
+    )
+    .await?
+    .iter()
+    .map(|row| row.id("district_id"))
+    .collect::<StoreResult<Vec<Uuid>>>()?;
+    D::execute(
+        &mut *conn,
+        "UPDATE consumer_offsets SET committed_offset = $4, rewound_at = $5, updated_at = $5 \
+         WHERE consumer_group = $1 AND lane = $2 AND partition = $3",
+        key().int(from_offset - 1).time(at),
+    )
+    .await?;
+    // Whoever holds the partition is fenced, and reads the rewound offset on renewal.
+    D::execute(
+        &mut *conn,
+        "UPDATE partition_leases SET fencing_token = fencing_token + 1 \
+         WHERE lane = $1 AND partition = $2",
+        Args::new().text(lane.as_str()).int(partition.get()),
+    )
+    .await?;
+    Ok(RewindOutcome::Rewound(Rewound {
+        lane,
+        partition,
+        from_offset,
+        was_committed: committed,
+        entries,
+        waiting,
+        districts,
+    }))
+}
