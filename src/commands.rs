@@ -309,12 +309,14 @@ pub async fn retention(
     if change
         .messages_days
         .or(change.replies_days)
+        .or(change.callbacks_days)
         .or(change.audit_days)
         .is_some()
     {
         retention = Retention {
             messages_days: set(change.messages_days, retention.messages_days),
             replies_days: set(change.replies_days, retention.replies_days),
+            callbacks_days: set(change.callbacks_days, retention.callbacks_days),
             audit_days: set(change.audit_days, retention.audit_days),
         };
         services
@@ -346,6 +348,9 @@ pub struct RetentionChange {
     /// Days to keep guardians' texts (0: the default).
     #[arg(long)]
     pub replies_days: Option<u32>,
+    /// Days to keep providers' delivery reports in the callback inbox (0: the default).
+    #[arg(long)]
+    pub callbacks_days: Option<u32>,
     /// Days to keep the audit log (0: the default).
     #[arg(long)]
     pub audit_days: Option<u32>,

@@ -74,6 +74,13 @@ async fn retention_is_set_and_what_is_older_is_purged_by_the_cli_the_schedule_an
         .await
         .unwrap();
     assert!(set.contains("messages_days  60 days;"), "{set}");
+    let refused = cli(&db.url, &["district", "retention", "--callbacks-days", "3"])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("callbacks_days must be at least 7 days"),
+        "{refused}"
+    );
     // A dry run counts the old message and its deliveries and takes nothing.
     let planned = cli(&db.url, &["purge", "--dry-run"]).await.unwrap();
     let planned: serde_json::Value = serde_json::from_str(planned.trim()).unwrap();
@@ -106,6 +113,8 @@ async fn retention_is_set_and_what_is_older_is_purged_by_the_cli_the_schedule_an
     assert_eq!(view["messages_days"]["set"], 60);
     assert_eq!(view["audit_days"]["days"], 730);
     assert_eq!(view["audit_days"]["minimum_days"], 180);
+    assert_eq!(view["callbacks_days"]["days"], 30);
+    assert_eq!(view["callbacks_days"]["minimum_days"], 7);
     let path = "/api/v1/settings/retention";
     let (status, problem) = d
         .call(Method::PUT, path, &d.admin, Some(json!({"audit_days": 90})))

@@ -104,6 +104,7 @@ pub struct KeptView {
 pub struct RetentionView {
     pub messages_days: KeptView,
     pub replies_days: KeptView,
+    pub callbacks_days: KeptView,
     pub audit_days: KeptView,
 }
 
@@ -119,6 +120,7 @@ impl From<Retention> for RetentionView {
         Self {
             messages_days: view(retention::MESSAGES, r.messages_days),
             replies_days: view(retention::REPLIES, r.replies_days),
+            callbacks_days: view(retention::CALLBACKS, r.callbacks_days),
             audit_days: view(retention::AUDIT, r.audit_days),
         }
     }
@@ -135,6 +137,9 @@ pub struct RetentionRequest {
     /// Guardians' texts; their opt-outs stay (at least 30).
     #[serde(default)]
     pub replies_days: Option<u32>,
+    /// Providers' reports on the district's deliveries, as received (at least 7).
+    #[serde(default)]
+    pub callbacks_days: Option<u32>,
     /// The audit log (at least 180).
     #[serde(default)]
     pub audit_days: Option<u32>,
@@ -170,6 +175,7 @@ pub async fn put_retention(
     let retention = Retention {
         messages_days: body.messages_days,
         replies_days: body.replies_days,
+        callbacks_days: body.callbacks_days,
         audit_days: body.audit_days,
     };
     let services = state.services();

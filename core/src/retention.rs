@@ -36,6 +36,16 @@ pub const REPLIES: Kept = Kept {
     minimum_days: 30,
 };
 
+/// Providers' reports on the district's deliveries, kept in the callback inbox once
+/// applied. (A refused request belongs to no district: the install keeps those, for less
+/// time, under `callback_rejected_retention_days`.)
+pub const CALLBACKS: Kept = Kept {
+    setting: "callbacks_days",
+    what: "providers' delivery reports on its deliveries, as received",
+    default_days: 30,
+    minimum_days: 7,
+};
+
 /// The audit log of what staff and guardians did.
 pub const AUDIT: Kept = Kept {
     setting: "audit_days",
@@ -48,7 +58,7 @@ pub const AUDIT: Kept = Kept {
 pub const MAXIMUM_DAYS: u32 = 36_500;
 
 /// Every kind, in the order they are shown.
-pub const KINDS: [Kept; 3] = [MESSAGES, REPLIES, AUDIT];
+pub const KINDS: [Kept; 4] = [MESSAGES, REPLIES, CALLBACKS, AUDIT];
 
 /// Hours a consumed entry of the delivery log is kept by default (install-wide): how far
 /// back a partition's offset can be moved to send again.
@@ -62,6 +72,8 @@ pub struct Retention {
     pub messages_days: Option<u32>,
     #[serde(default)]
     pub replies_days: Option<u32>,
+    #[serde(default)]
+    pub callbacks_days: Option<u32>,
     #[serde(default)]
     pub audit_days: Option<u32>,
 }
@@ -83,14 +95,16 @@ pub struct TooShort {
 pub struct Cutoffs {
     pub messages: DateTime<Utc>,
     pub replies: DateTime<Utc>,
+    pub callbacks: DateTime<Utc>,
     pub audit: DateTime<Utc>,
 }
 
 impl Retention {
-    fn each(&self) -> [(Kept, Option<u32>); 3] {
+    fn each(&self) -> [(Kept, Option<u32>); 4] {
         [
             (MESSAGES, self.messages_days),
             (REPLIES, self.replies_days),
+            (CALLBACKS, self.callbacks_days),
             (AUDIT, self.audit_days),
         ]
     }
@@ -128,6 +142,7 @@ impl Retention {
         Cutoffs {
             messages: before(MESSAGES),
             replies: before(REPLIES),
+            callbacks: before(CALLBACKS),
             audit: before(AUDIT),
         }
     }
@@ -140,6 +155,8 @@ pub struct Purged {
     pub recipients: u64,
     pub deliveries: u64,
     pub replies: u64,
+    /// Provider reports of the callback inbox.
+    pub callbacks: u64,
     pub audit_entries: u64,
 }
 
@@ -149,6 +166,7 @@ impl Purged {
         self.recipients += other.recipients;
         self.deliveries += other.deliveries;
         self.replies += other.replies;
+        self.callbacks += other.callbacks;
         self.audit_entries += other.audit_entries;
     }
 
@@ -168,6 +186,8 @@ mod tests {
         let default = Retention::default();
         assert_eq!(default.days(MESSAGES), 400);
         assert_eq!(default.days(AUDIT), 730);
+        assert_eq!(default.days(CALLBACKS), 30);
+        assert_eq!(default.cutoffs(now).callbacks, now - Duration::days(30));
         assert_eq!(default.cutoffs(now).replies, now - Duration::days(400));
         let set = Retention {
             messages_days: Some(90),
@@ -202,9 +222,15 @@ mod tests {
         fn kept_days_never_go_under_a_minimum(
             messages in proptest::option::of(0u32..40_000),
             replies in proptest::option::of(0u32..40_000),
+            callbacks in proptest::option::of(0u32..100),
             audit in proptest::option::of(any::<u32>()),
         ) {
-            let r = Retention { messages_days: messages, replies_days: replies, audit_days: audit };
+            let r = Retention {
+                messages_days: messages,
+                replies_days: replies,
+                callbacks_days: callbacks,
+                audit_days: audit,
+            };
             let allowed = r
                 .each()
                 .iter()

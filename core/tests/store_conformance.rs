@@ -2097,6 +2097,7 @@ async fn the_callback_inbox_is_pruned_by_age_in_bounded_rounds(store: Arc<dyn St
             inbox_id: item.id,
             request: None,
             effect: None,
+            district: None,
             status: "applied",
             outcome: "test".into(),
         })
@@ -2422,6 +2423,18 @@ async fn provider_events_apply_with_their_effects_and_are_marked_in_one_round(
         .unwrap()
         .unwrap();
     assert_eq!(untouched.state, DeliveryState::Sent);
+    // The events about the district's deliveries (the bounce, the complaint and the
+    // no-op) are the district's to keep: its purge counts them; the unknown delivery's
+    // and the unreadable one are not.
+    let everything = tidings_core::retention::Retention {
+        callbacks_days: Some(7),
+        ..Default::default()
+    }
+    .cutoffs(now() + Duration::days(8));
+    assert_eq!(
+        s.purge_plan(district, &everything).await.unwrap().callbacks,
+        3
+    );
 
     // A worker that read the same events before they were marked applies nothing of
     // them: no second event row on the bounced delivery, no mark changed, none counted.
@@ -2609,6 +2622,55 @@ async fn a_purge_takes_what_is_past_retention_in_bounded_batches(store: Arc<dyn 
         };
         s.record_inbound(&sms, at).await.unwrap();
     }
+    // Provider reports on the district's deliveries, as the inbox keeps them once
+    // applied: two old ones, one recent. The install-wide prune leaves them to the
+    // district's retention.
+    {
+        use tidings_core::store::{InboxApply, InboxEffect, InboxPut};
+        let put = |n: usize| InboxPut {
+            provider: "sendgrid".into(),
+            event_id: format!("report-{n}"),
+            payload: serde_json::json!({ "n": n }),
+            status: "pending",
+            outcome: None,
+        };
+        s.inbox_put_many(&[put(0), put(1)], long_ago).await.unwrap();
+        s.inbox_put_many(&[put(2)], now()).await.unwrap();
+        let marks: Vec<_> = s
+            .inbox_pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|item| InboxApply {
+                inbox_id: item.id,
+                request: None,
+                effect: Some(InboxEffect::OptOut {
+                    district,
+                    guardian: seed.guardians[0].id,
+                    channel: Channel::Email,
+                    source: "complaint",
+                }),
+                district: Some(district),
+                status: "applied",
+                outcome: "complaint".into(),
+            })
+            .collect();
+        assert_eq!(marks.len(), 3);
+        s.apply_inbox_batch(&marks, now()).await.unwrap();
+        let pruned = s
+            .prune_inbox(&tidings_core::store::inbox::InboxRetention {
+                finished_before: now() + Duration::seconds(1),
+                rejected_before: now(),
+                tokens_before: now(),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            pruned.finished, 0,
+            "the district's reports are its own to keep"
+        );
+    }
     let mut tx = s.begin().await.unwrap();
     tx.audit(
         district,
@@ -2622,6 +2684,7 @@ async fn a_purge_takes_what_is_past_retention_in_bounded_batches(store: Arc<dyn 
     let retention = Retention {
         messages_days: Some(30),
         replies_days: Some(30),
+        callbacks_days: Some(7),
         audit_days: None,
     };
     assert!(tx
@@ -2643,6 +2706,7 @@ async fn a_purge_takes_what_is_past_retention_in_bounded_batches(store: Arc<dyn 
         recipients: 3,
         deliveries: 6,
         replies: 1,
+        callbacks: 2,
         audit_entries: 0,
     };
     assert_eq!(s.purge_plan(district, &cutoffs).await.unwrap(), planned);
@@ -2650,7 +2714,15 @@ async fn a_purge_takes_what_is_past_retention_in_bounded_batches(store: Arc<dyn 
     // Four rows of deliveries and recipients a batch: its deliveries first, then its
     // recipients, and the message once nothing is left under it.
     let first = s.purge_batch(district, &cutoffs, 4).await.unwrap();
-    assert_eq!((first.deliveries, first.messages, first.replies), (4, 0, 1));
+    assert_eq!(
+        (
+            first.deliveries,
+            first.messages,
+            first.replies,
+            first.callbacks
+        ),
+        (4, 0, 1, 2)
+    );
     let second = s.purge_batch(district, &cutoffs, 4).await.unwrap();
     assert_eq!(
         (second.deliveries, second.recipients, second.messages),

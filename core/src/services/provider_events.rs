@@ -158,6 +158,7 @@ fn plan(
         inbox_id: item.id,
         request: request.map(|r| (delivery.clone(), r)),
         effect,
+        district: Some(delivery.district_id),
         status,
         outcome,
     }
@@ -191,6 +192,7 @@ fn unapplied(inbox_id: uuid::Uuid, status: &'static str, outcome: String) -> Inb
         inbox_id,
         request: None,
         effect: None,
+        district: None,
         status,
         outcome,
     }

@@ -44,15 +44,17 @@ pub struct PurgeReport {
 pub struct RetentionDays {
     pub messages_days: u32,
     pub replies_days: u32,
+    pub callbacks_days: u32,
     pub audit_days: u32,
 }
 
 impl From<&Retention> for RetentionDays {
     fn from(r: &Retention) -> Self {
-        use crate::retention::{AUDIT, MESSAGES, REPLIES};
+        use crate::retention::{AUDIT, CALLBACKS, MESSAGES, REPLIES};
         Self {
             messages_days: r.days(MESSAGES),
             replies_days: r.days(REPLIES),
+            callbacks_days: r.days(CALLBACKS),
             audit_days: r.days(AUDIT),
         }
     }

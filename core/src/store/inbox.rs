@@ -441,12 +441,14 @@ impl<S: Pools> Inbox for S {
         for (&index, result) in asking.iter().zip(&results) {
             marks[index] = inbox_mark(result);
         }
-        let done: Vec<(uuid::Uuid, &'static str, &str)> = items
+        // Each event marked with its delivery's district, whose retention then keeps it.
+        let done: Vec<(uuid::Uuid, &'static str, &str, Option<uuid::Uuid>)> = items
             .iter()
             .zip(&marks)
             .filter_map(|(item, mark)| {
+                let district = item.district.map(|d| *d.as_uuid());
                 mark.as_ref()
-                    .map(|(status, outcome)| (item.inbox_id, *status, outcome.as_str()))
+                    .map(|(status, outcome)| (item.inbox_id, *status, outcome.as_str(), district))
             })
             .collect();
         // A statement per chunk, not per event.
@@ -454,15 +456,17 @@ impl<S: Pools> Inbox for S {
             let mut args = Args::new().time(at);
             let rows: Vec<String> = chunk
                 .iter()
-                .map(|(id, status, outcome)| {
+                .map(|(id, status, outcome, district)| {
                     let id = args.ids(&[*id]);
                     let texts = args.texts([*status, *outcome]);
-                    format!("({id}, {texts})")
+                    args.push(super::dialect::Value::Id(*district));
+                    format!("({id}, {texts}, ${})", args.len())
                 })
                 .collect();
             let sql = format!(
-                "WITH v (iid, new_status, new_outcome) AS (VALUES {}) \
-                 UPDATE callback_inbox SET status = v.new_status, outcome = v.new_outcome, applied_at = $1 \
+                "WITH v (iid, new_status, new_outcome, new_district) AS (VALUES {}) \
+                 UPDATE callback_inbox SET status = v.new_status, outcome = v.new_outcome, \
+                 applied_at = $1, district_id = v.new_district \
                  FROM v WHERE id = v.iid AND status = 'pending'",
                 rows.join(", ")
             );
@@ -650,21 +654,23 @@ impl<S: Pools> Inbox for S {
     async fn prune_inbox(&self, retention: &InboxRetention) -> StoreResult<Pruned> {
         let mut conn = self.writes().acquire().await?;
         let limit = i64::from(retention.limit);
-        let events = |statuses: &str| {
+        let events = |which: &str| {
             format!(
                 "DELETE FROM callback_inbox WHERE id IN (SELECT id FROM callback_inbox \
-                 WHERE status IN ({statuses}) AND received_at < $1 ORDER BY received_at LIMIT $2)"
+                 WHERE {which} AND received_at < $1 ORDER BY received_at LIMIT $2)"
             )
         };
+        // A report applied to a district's delivery is the district's to keep (its
+        // `callbacks_days`, purged with its other records).
         let finished = S::Db::execute(
             &mut conn,
-            &events("'applied', 'ignored'"),
+            &events("status IN ('applied', 'ignored') AND district_id IS NULL"),
             Args::new().time(retention.finished_before).int(limit),
         )
         .await?;
         let rejected = S::Db::execute(
             &mut conn,
-            &events("'rejected'"),
+            &events("status = 'rejected'"),
             Args::new().time(retention.rejected_before).int(limit),
         )
         .await?;

@@ -553,6 +553,9 @@ pub struct InboxApply {
     pub request: Option<(Delivery, crate::delivery::Request)>,
     /// What the event means beyond its delivery, written in the same transaction.
     pub effect: Option<InboxEffect>,
+    /// The district of the delivery it is about, if known: kept with the event, whose
+    /// retention is then the district's (`callbacks_days`).
+    pub district: Option<DistrictId>,
     /// The mark of an event that asks nothing of a delivery: `applied` or `ignored`,
     /// with what it did.
     pub status: &'static str,

@@ -58,11 +58,12 @@ pub(crate) async fn set_retention<D: Dialect>(
     let changed = D::execute(
         conn,
         "UPDATE districts SET retain_messages_days = $1, retain_replies_days = $2, \
-         retain_audit_days = $3 WHERE id = $4",
+         retain_audit_days = $3, retain_callbacks_days = $4 WHERE id = $5",
         Args::new()
             .opt_int(days(retention.messages_days))
             .opt_int(days(retention.replies_days))
             .opt_int(days(retention.audit_days))
+            .opt_int(days(retention.callbacks_days))
             .id(district),
     )
     .await?;
@@ -75,8 +76,8 @@ impl<S: Pools> Purging for S {
         let mut conn = self.reads().acquire().await?;
         let row = S::Db::fetch_optional(
             &mut conn,
-            "SELECT retain_messages_days, retain_replies_days, retain_audit_days \
-             FROM districts WHERE id = $1",
+            "SELECT retain_messages_days, retain_replies_days, retain_audit_days, \
+             retain_callbacks_days FROM districts WHERE id = $1",
             Args::new().id(district),
         )
         .await?;
@@ -84,6 +85,7 @@ impl<S: Pools> Purging for S {
             Ok(Retention {
                 messages_days: days(&row, "retain_messages_days")?,
                 replies_days: days(&row, "retain_replies_days")?,
+                callbacks_days: days(&row, "retain_callbacks_days")?,
                 audit_days: days(&row, "retain_audit_days")?,
             })
         })
@@ -122,8 +124,14 @@ impl<S: Pools> Purging for S {
                 "SELECT count(*) AS n FROM audit_log WHERE district_id = $1 AND at < $2".into(),
                 cutoffs.audit,
             ),
+            count(
+                "SELECT count(*) AS n FROM callback_inbox WHERE district_id = $1 \
+                 AND received_at < $2 AND status <> 'pending'"
+                    .into(),
+                cutoffs.callbacks,
+            ),
         ];
-        let mut counts = [0u64; 5];
+        let mut counts = [0u64; 6];
         for (n, (sql, args)) in counts.iter_mut().zip(queries) {
             *n = S::Db::fetch_one(&mut conn, &sql, args)
                 .await?
@@ -136,6 +144,7 @@ impl<S: Pools> Purging for S {
             deliveries: counts[2],
             replies: counts[3],
             audit_entries: counts[4],
+            callbacks: counts[5],
         })
     }
 
@@ -233,6 +242,13 @@ impl<S: Pools> Purging for S {
             "DELETE FROM inbound_messages WHERE id IN (SELECT id FROM inbound_messages \
              WHERE district_id = $1 AND received_at < $2 LIMIT $3)",
             Args::new().id(district).time(cutoffs.replies).int(limit),
+        )
+        .await?;
+        purged.callbacks = S::Db::execute(
+            &mut tx,
+            "DELETE FROM callback_inbox WHERE id IN (SELECT id FROM callback_inbox \
+             WHERE district_id = $1 AND received_at < $2 AND status <> 'pending' LIMIT $3)",
+            Args::new().id(district).time(cutoffs.callbacks).int(limit),
         )
         .await?;
         purged.audit_entries = S::Db::execute(
