@@ -877,7 +877,8 @@ async fn refused_requests_are_sampled_then_only_counted(store: Arc<dyn Store>) {
 }
 
 /// The worker's pruning round deletes what is past its retention, by age, and nothing
-/// pending.
+/// pending; a report on one of a district's deliveries is the district's, kept by its
+/// own retention and purged with its records.
 async fn the_worker_prunes_the_inbox_by_age(store: Arc<dyn Store>) {
     // Ages pass by moving this clock.
     let clock = Arc::new(ManualClock::at(now()));
@@ -914,7 +915,8 @@ async fn the_worker_prunes_the_inbox_by_age(store: Arc<dyn Store>) {
     );
     clock.advance(chrono::Duration::seconds(1));
     let pruned = s.callbacks.prune_inbox().await.unwrap();
-    assert_eq!((pruned.finished, pruned.rejected), (1, 0));
+    // The applied report is about a district's delivery: the district's to keep.
+    assert_eq!((pruned.finished, pruned.rejected), (0, 0));
     let inbox = s.store.inbox_counts().await.unwrap();
     assert_eq!(
         (
@@ -922,7 +924,14 @@ async fn the_worker_prunes_the_inbox_by_age(store: Arc<dyn Store>) {
             inbox.get("pending"),
             inbox.get("rejected")
         ),
-        (None, Some(&1), Some(&1)),
+        (Some(&1), Some(&1), Some(&1)),
         "{inbox:?}"
     );
+    // Past the district's retention, its purge takes it.
+    let district = s.store.districts().await.unwrap()[0].id;
+    let later =
+        tidings_core::retention::Retention::default().cutoffs(now() + chrono::Duration::days(31));
+    let purged = s.store.purge_batch(district, &later, 100).await.unwrap();
+    assert_eq!(purged.callbacks, 1);
+    assert_eq!(s.store.inbox_counts().await.unwrap().get("applied"), None);
 }
