@@ -23,6 +23,10 @@ pub struct ConcurrencyPolicy {
     /// Answers this many times slower than the fastest seen mean the provider (or the
     /// way to it) is queueing: the limit comes down a little.
     pub slow_factor: f64,
+    /// …and only when they are also at least this much slower, in seconds: a provider
+    /// answering in microseconds (a gateway on the same machine) varies by multiples
+    /// with the scheduler alone, and was cut to one send in flight for it.
+    pub slow_margin: f64,
     /// The cut when answers slow down.
     pub slow_cut: f64,
     /// The cut when the provider asks to slow down (it has a rate: a little less will
@@ -42,6 +46,7 @@ impl Default for ConcurrencyPolicy {
             min: 1,
             max: 2048,
             slow_factor: 2.0,
+            slow_margin: 0.005,
             slow_cut: 0.9,
             throttle_cut: 0.8,
             timeout_cut: 0.5,
@@ -150,8 +155,10 @@ impl Limit {
                 None => mean,
             });
         }
-        let slow =
-            matches!((mean, self.baseline), (Some(m), Some(b)) if m > b * policy.slow_factor);
+        let slow = matches!(
+            (mean, self.baseline),
+            (Some(m), Some(b)) if m > b * policy.slow_factor && m - b > policy.slow_margin
+        );
         let unanswered =
             f64::from(window.no_answer) > f64::from(window.sends) * policy.timeout_share;
         let trouble = window.throttled > 0 || unanswered || slow;
@@ -374,6 +381,17 @@ mod tests {
         );
         let _ = limit.adjust(&window(29, 100.0, 0, 5, 29), &policy, None);
         assert_eq!(limit.current(), 14, "one in six unanswered: halved");
+    }
+
+    #[test]
+    fn jitter_of_a_provider_answering_in_microseconds_is_not_slowness() {
+        let policy = ConcurrencyPolicy::default();
+        let mut limit = Limit::new(&policy);
+        let _ = limit.adjust(&window(16, 0.01, 0, 0, 16), &policy, None);
+        assert_eq!(limit.current(), 32);
+        // Twenty times slower, yet a fifth of a millisecond: still growing.
+        assert!(!limit.adjust(&window(32, 0.2, 0, 0, 32), &policy, None));
+        assert_eq!(limit.current(), 64);
     }
 
     #[test]
