@@ -89,13 +89,7 @@ async fn an_sqlite_backup_made_while_serving_restores() {
     assert_eq!(looked_at(&restored, &message).await, before);
     send(&restored).await;
     assert!(restored.server.terminate().await.success());
-    use sqlx::Connection as _;
-    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(check, "ok");
+    assert_eq!(support::sqlite_integrity(&url).await, "ok");
 }
 
 #[tokio::test]

@@ -162,15 +162,7 @@ async fn postgres_crashing_mid_broadcast_loses_nothing() {
     let server = support::OwnPostgres::start();
     server.sql("CREATE DATABASE tidings").await;
     let url = server.url("tidings");
-    let run = support::BenchRun::start(&[
-        "pipeline",
-        "--guardians",
-        "2000",
-        "--database-url",
-        &url,
-        "--provider-rate",
-        "300",
-    ]);
+    let run = broadcast(&url, "300");
     // Once some of the broadcast has gone out.
     wait_until_sent(&url, 200).await;
     server.crash_and_restart();
@@ -189,15 +181,7 @@ async fn postgres_read_only_for_a_while_loses_nothing() {
     let server = support::OwnPostgres::start();
     server.sql("CREATE DATABASE tidings").await;
     let url = server.url("tidings");
-    let mut run = support::BenchRun::start(&[
-        "pipeline",
-        "--guardians",
-        "2000",
-        "--database-url",
-        &url,
-        "--provider-rate",
-        "400",
-    ]);
+    let mut run = broadcast(&url, "400");
     wait_until_sent(&url, 200).await;
     server
         .sql("ALTER SYSTEM SET default_transaction_read_only = on")
@@ -230,15 +214,7 @@ async fn a_full_disk_under_sqlite_loses_nothing() {
     let unmount = Unmount(disk.path().to_owned());
     let database = disk.path().join("tidings.db");
     let url = format!("sqlite://{}", database.display());
-    let mut run = support::BenchRun::start(&[
-        "pipeline",
-        "--guardians",
-        "2000",
-        "--database-url",
-        &url,
-        "--provider-rate",
-        "400",
-    ]);
+    let mut run = broadcast(&url, "400");
     wait_until_sent(&url, 200).await;
     // Fill the disk.
     let filler = disk.path().join("filler");
@@ -255,14 +231,7 @@ async fn a_full_disk_under_sqlite_loses_nothing() {
     let run = run.finish().await;
     assert_survived("disk full", &run);
     assert_eq!(run["states"]["FAILED"], 0, "{run}");
-    use sqlx::Connection as _;
-    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(check, "ok");
-    drop(db);
+    assert_eq!(support::sqlite_integrity(&url).await, "ok");
     drop(unmount);
 }
 
@@ -278,6 +247,20 @@ impl Drop for Unmount {
     }
 }
 
+/// A broadcast to 2,000 guardians through `bench pipeline` on the database at `url`,
+/// the SMS provider taking `rate` a second.
+fn broadcast(url: &str, rate: &str) -> support::BenchRun {
+    support::BenchRun::start(&[
+        "pipeline",
+        "--guardians",
+        "2000",
+        "--database-url",
+        url,
+        "--provider-rate",
+        rate,
+    ])
+}
+
 /// Waits until `count` deliveries of the database at `url` have gone to the provider (the
 /// benchmark creates its tables meanwhile: until then the query fails and is asked again).
 async fn wait_until_sent(url: &str, count: i64) {
@@ -288,14 +271,9 @@ async fn wait_until_sent(url: &str, count: i64) {
 
 /// How many deliveries of the database at `url` have gone to the provider.
 async fn sent(url: &str) -> Result<i64, sqlx::Error> {
-    use sqlx::Connection as _;
-    const SENT: &str =
-        "SELECT count(*) FROM deliveries WHERE state IN ('SENT', 'DELIVERED', 'ACKED')";
-    if url.starts_with("sqlite:") {
-        let mut db = sqlx::SqliteConnection::connect(&format!("{url}?mode=ro")).await?;
-        sqlx::query_scalar(SENT).fetch_one(&mut db).await
-    } else {
-        let mut db = sqlx::PgConnection::connect(url).await?;
-        sqlx::query_scalar(SENT).fetch_one(&mut db).await
-    }
+    support::count(
+        url,
+        "SELECT count(*) FROM deliveries WHERE state IN ('SENT', 'DELIVERED', 'ACKED')",
+    )
+    .await
 }

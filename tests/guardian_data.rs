@@ -13,7 +13,7 @@ use tidings_core::store::{InboundSms, SmsKeyword};
 use tidings_core::testing::TestDatabase;
 use tidings_core::time::now;
 
-use support::{demo_zip, tidings, District};
+use support::{cli, demo_zip, District};
 
 tidings_core::on_both_stores! {
     databases: a_guardian_is_exported_and_erased_and_their_stop_outlives_them,
@@ -73,28 +73,6 @@ async fn text(
         .take_inbound(&sms, &Actor::guardian("sms"), now())
         .await
         .unwrap();
-}
-
-/// The count `sql` reads from the database at `url`.
-async fn count(url: &str, sql: &str) -> i64 {
-    use sqlx::Connection as _;
-    if url.starts_with("sqlite:") {
-        let mut db = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap()
-    } else {
-        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap()
-    }
-}
-
-/// `tidings ARGS`: stdout, or the stderr of a failure.
-async fn cli(url: &str, args: &[&str]) -> Result<String, String> {
-    let output = tidings(url).args(args).output().await.unwrap();
-    if output.status.success() {
-        Ok(String::from_utf8(output.stdout).unwrap())
-    } else {
-        Err(String::from_utf8(output.stderr).unwrap())
-    }
 }
 
 async fn a_guardian_is_exported_and_erased_and_their_stop_outlives_them(db: TestDatabase) {
@@ -219,7 +197,7 @@ async fn a_guardian_is_exported_and_erased_and_their_stop_outlives_them(db: Test
         ("opt_outs", "address"),
     ] {
         let sql = format!("SELECT count(*) AS n FROM {table} WHERE {column} = '{NUMBER}'");
-        assert_eq!(count(&d.db.url, &sql).await, 0, "{table}");
+        assert_eq!(support::count(&d.db.url, &sql).await.unwrap(), 0, "{table}");
     }
     // The audit has the requests, with ids and counts only.
     let district = store.districts().await.unwrap()[0].id;

@@ -13,7 +13,7 @@ use tidings_core::testing::{delivery_ids, message_to, seed, Seed, TestDatabase};
 use tidings_core::time::now;
 use tidings_core::{Channel, DeliveryEvent, DeliveryId};
 
-use support::{tidings, District, Server};
+use support::{cli, tidings, District, Server};
 
 tidings_core::on_both_stores! {
     databases: retention_is_set_and_what_is_older_is_purged_by_the_cli_the_schedule_and_the_api,
@@ -38,16 +38,6 @@ async fn old_message(store: &dyn tidings_core::store::Store, seed: &Seed) -> Vec
         .unwrap();
     }
     delivery_ids(&message)
-}
-
-/// `tidings ARGS` on the database; its stdout, or its stderr if it failed.
-async fn cli(url: &str, args: &[&str]) -> Result<String, String> {
-    let output = tidings(url).args(args).output().await.unwrap();
-    if output.status.success() {
-        Ok(String::from_utf8(output.stdout).unwrap())
-    } else {
-        Err(String::from_utf8(output.stderr).unwrap())
-    }
 }
 
 async fn retention_is_set_and_what_is_older_is_purged_by_the_cli_the_schedule_and_the_api(

@@ -126,25 +126,6 @@ impl From<Retention> for RetentionView {
     }
 }
 
-/// Days to keep each kind of record; `null` (or left out) keeps the default.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionRequest {
-    /// Messages, with their recipients, deliveries, delivery events and attempts (at
-    /// least 30).
-    #[serde(default)]
-    pub messages_days: Option<u32>,
-    /// Guardians' texts; their opt-outs stay (at least 30).
-    #[serde(default)]
-    pub replies_days: Option<u32>,
-    /// Providers' reports on the district's deliveries, as received (at least 7).
-    #[serde(default)]
-    pub callbacks_days: Option<u32>,
-    /// The audit log (at least 180).
-    #[serde(default)]
-    pub audit_days: Option<u32>,
-}
-
 /// The district's retention.
 #[utoipa::path(get, path = "/api/v1/settings/retention", tag = "settings", security(("bearer" = [])),
     responses(
@@ -161,7 +142,7 @@ pub async fn get_retention(
 
 /// Sets the district's retention (audited); what is older goes at the next purge.
 #[utoipa::path(put, path = "/api/v1/settings/retention", tag = "settings", security(("bearer" = [])),
-    request_body = RetentionRequest,
+    request_body = Retention,
     responses(
         (status = 200, description = "Saved", body = RetentionView),
         (status = 403, description = "Not a district administrator", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -170,14 +151,8 @@ pub async fn get_retention(
 pub async fn put_retention(
     State(state): State<AppState>,
     Caller(staff): Caller,
-    Json(body): Json<RetentionRequest>,
+    Json(retention): Json<Retention>,
 ) -> Result<axum::Json<RetentionView>, ApiError> {
-    let retention = Retention {
-        messages_days: body.messages_days,
-        replies_days: body.replies_days,
-        callbacks_days: body.callbacks_days,
-        audit_days: body.audit_days,
-    };
     let services = state.services();
     services.set_own_retention(&staff, retention).await?;
     Ok(axum::Json(services.own_retention(&staff).await?.into()))

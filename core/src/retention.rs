@@ -64,16 +64,23 @@ pub const KINDS: [Kept; 4] = [MESSAGES, REPLIES, CALLBACKS, AUDIT];
 /// back a partition's offset can be moved to send again.
 pub const LOG_DEFAULT_HOURS: u32 = 168;
 
-/// A district's retention as set: `None` keeps the default.
+/// A district's retention as set, in days of each kind: `None` (`null`, or left out)
+/// keeps the default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
+    /// Messages, with their recipients, deliveries, delivery events and attempts (at
+    /// least 30).
     #[serde(default)]
     pub messages_days: Option<u32>,
+    /// Guardians' texts; their opt-outs stay (at least 30).
     #[serde(default)]
     pub replies_days: Option<u32>,
+    /// Providers' reports on the district's deliveries, as received (at least 7).
     #[serde(default)]
     pub callbacks_days: Option<u32>,
+    /// The audit log (at least 180).
     #[serde(default)]
     pub audit_days: Option<u32>,
 }

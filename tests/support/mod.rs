@@ -455,6 +455,39 @@ impl BenchRun {
     }
 }
 
+/// `tidings ARGS` on the database at `url`: its stdout, or its stderr if it failed.
+pub async fn cli(url: &str, args: &[&str]) -> Result<String, String> {
+    let output = tidings(url).args(args).output().await.unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8(output.stderr).unwrap())
+    }
+}
+
+/// What SQLite's `PRAGMA integrity_check` says of the database at `url` ("ok").
+pub async fn sqlite_integrity(url: &str) -> String {
+    use sqlx::Connection as _;
+    let mut db = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+/// A count (`sql`, a `count(*)` or like) from the database at `url`, SQLite (opened
+/// read-only) or PostgreSQL, on a connection of its own.
+pub async fn count(url: &str, sql: &str) -> Result<i64, sqlx::Error> {
+    use sqlx::Connection as _;
+    if url.starts_with("sqlite:") {
+        let mut db = sqlx::SqliteConnection::connect(&format!("{url}?mode=ro")).await?;
+        sqlx::query_scalar(sql).fetch_one(&mut db).await
+    } else {
+        let mut db = sqlx::PgConnection::connect(url).await?;
+        sqlx::query_scalar(sql).fetch_one(&mut db).await
+    }
+}
+
 /// The directory of Debian's PostgreSQL binaries (initdb, pg_ctl, pg_dump, pg_restore),
 /// of the newest version installed.
 pub fn pg_bin() -> std::path::PathBuf {
@@ -527,18 +560,22 @@ impl OwnPostgres {
         format!("{}/data", self.dir.path().display())
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// `program` of the server's binaries with `args`, as the user the server runs as.
+    fn command(&self, program: &str, args: &[&str]) -> std::process::Command {
         let path = self.bin.join(program);
-        let output = if Self::as_root() {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
+        let mut command = if Self::as_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&path);
+            command
         } else {
-            std::process::Command::new(&path).args(args).output()
-        }
-        .unwrap();
+            std::process::Command::new(&path)
+        };
+        command.args(args);
+        command
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self.command(program, args).output().unwrap();
         assert!(
             output.status.success(),
             "{program} {args:?}: {}{}",
@@ -575,16 +612,8 @@ impl OwnPostgres {
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         let data = self.data();
-        let path = self.bin.join("pg_ctl");
-        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
-        let _ = if Self::as_root() {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
-        } else {
-            std::process::Command::new(&path).args(args).output()
-        };
+        let _ = self
+            .command("pg_ctl", &["-D", &data, "-m", "immediate", "stop"])
+            .output();
     }
 }

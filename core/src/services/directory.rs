@@ -25,13 +25,9 @@ impl Services {
         caller: &Staff,
         reference: &str,
     ) -> Result<GuardianDetail, ServiceError> {
-        let reference = match reference.parse::<uuid::Uuid>() {
-            Ok(id) => GuardianRef::Id(id),
-            Err(_) => GuardianRef::SourcedId(reference.to_owned()),
-        };
         Ok(self
             .store
-            .guardian_detail(&Scope::of(caller), &reference)
+            .guardian_detail(&Scope::of(caller), &GuardianRef::parse(reference))
             .await?
             .ok_or(Refusal::NotFound)?)
     }

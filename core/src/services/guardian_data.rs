@@ -19,14 +19,6 @@ fn data_officer(caller: &Staff) -> Result<Actor, Refusal> {
     }
 }
 
-/// A guardian by id or sourcedId.
-fn reference(text: &str) -> GuardianRef {
-    match text.parse::<uuid::Uuid>() {
-        Ok(id) => GuardianRef::Id(id),
-        Err(_) => GuardianRef::SourcedId(text.to_owned()),
-    }
-}
-
 impl Services {
     /// Everything held about a guardian of the caller's district.
     pub async fn export_own_guardian(
@@ -60,7 +52,7 @@ impl Services {
         let now = self.clock.now();
         let export = self
             .store
-            .guardian_export(district, &reference(guardian), now)
+            .guardian_export(district, &GuardianRef::parse(guardian), now)
             .await?
             .ok_or(Refusal::NotFound)?;
         let detail = serde_json::json!({ "guardian_id": export.guardian.guardian.id });
@@ -81,7 +73,7 @@ impl Services {
         guardian: &str,
     ) -> Result<Erased, ServiceError> {
         let now = self.clock.now();
-        let id = match reference(guardian) {
+        let id = match GuardianRef::parse(guardian) {
             GuardianRef::Id(id) => id,
             sourced => {
                 self.store

@@ -2,6 +2,7 @@
 //! databases. (Its writes are the batched transitions of `store::transitions`.)
 
 use super::dialect::{Args, Columns, Dialect};
+use super::dispatch::AttemptRecord;
 use super::{CasOutcome, Store, StoreError, StoreResult};
 use crate::delivery::{
     decide_and_apply, Actor, Applied, ApplyError, Change, Delivery, DeliveryEvent,
@@ -66,25 +67,47 @@ pub(crate) async fn events<D: Dialect>(
 ) -> StoreResult<Vec<DeliveryEventRecord>> {
     D::fetch_all(
         conn,
-        "SELECT delivery_id, from_state, to_state, version, at, actor_kind, actor_ref, detail \
-         FROM delivery_events WHERE delivery_id = $1 ORDER BY version",
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM delivery_events WHERE delivery_id = $1 ORDER BY version"
+        ),
         Args::new().id(id),
     )
     .await?
     .iter()
-    .map(|row| {
-        Ok(DeliveryEventRecord {
-            delivery_id: DeliveryId::from_uuid(row.id("delivery_id")?),
-            from: row.parsed("from_state")?,
-            to: row.parsed("to_state")?,
-            version: row.i64("version")?,
-            at: row.time("at")?,
-            actor: Actor {
-                kind: row.parsed("actor_kind")?,
-                reference: row.text("actor_ref")?,
-            },
-            detail: row.opt_text("detail")?,
-        })
-    })
+    .map(event_from_row)
     .collect()
+}
+
+/// The columns of `delivery_events` [`event_from_row`] reads.
+pub(crate) const EVENT_COLUMNS: &str =
+    "delivery_id, from_state, to_state, version, at, actor_kind, actor_ref, detail";
+
+pub(crate) fn event_from_row(row: &impl Columns) -> StoreResult<DeliveryEventRecord> {
+    Ok(DeliveryEventRecord {
+        delivery_id: DeliveryId::from_uuid(row.id("delivery_id")?),
+        from: row.parsed("from_state")?,
+        to: row.parsed("to_state")?,
+        version: row.i64("version")?,
+        at: row.time("at")?,
+        actor: Actor {
+            kind: row.parsed("actor_kind")?,
+            reference: row.text("actor_ref")?,
+        },
+        detail: row.opt_text("detail")?,
+    })
+}
+
+/// The columns of `delivery_attempts` [`attempt_from_row`] reads.
+pub(crate) const ATTEMPT_COLUMNS: &str =
+    "delivery_id, attempt, provider, started_at, finished_at, outcome, error";
+
+pub(crate) fn attempt_from_row(row: &impl Columns) -> StoreResult<AttemptRecord> {
+    Ok(AttemptRecord {
+        attempt: row.i32("attempt")?,
+        provider: row.text("provider")?,
+        started_at: row.time("started_at")?,
+        finished_at: row.opt_time("finished_at")?,
+        outcome: row.text("outcome")?,
+        error: row.opt_text("error")?,
+    })
 }

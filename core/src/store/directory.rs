@@ -189,6 +189,16 @@ pub enum GuardianRef {
     SourcedId(String),
 }
 
+impl GuardianRef {
+    /// A guardian as people name one: its id, or else the roster's sourcedId.
+    pub fn parse(text: &str) -> Self {
+        match text.parse::<Uuid>() {
+            Ok(id) => GuardianRef::Id(id),
+            Err(_) => GuardianRef::SourcedId(text.to_owned()),
+        }
+    }
+}
+
 // The directory's SQL, written once for both databases: the scope of the caller is a
 // fragment of the WHERE clause, chosen here, never by a handler.
 

@@ -947,22 +947,15 @@ where
         let delivery = deliveries::from_row(&row)?;
         let attempts = S::Db::fetch_all(
             &mut conn,
-            "SELECT attempt, provider, started_at, finished_at, outcome, error FROM delivery_attempts \
-             WHERE delivery_id = $1 ORDER BY attempt",
+            &format!(
+                "SELECT {} FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+                deliveries::ATTEMPT_COLUMNS
+            ),
             Args::new().id(id),
         )
         .await?
         .iter()
-        .map(|row| {
-            Ok(AttemptRecord {
-                attempt: row.i32("attempt")?,
-                provider: row.text("provider")?,
-                started_at: row.time("started_at")?,
-                finished_at: row.opt_time("finished_at")?,
-                outcome: row.text("outcome")?,
-                error: row.opt_text("error")?,
-            })
-        })
+        .map(deliveries::attempt_from_row)
         .collect::<StoreResult<_>>()?;
         Ok(Some((delivery, attempts)))
     }

@@ -6,7 +6,7 @@
 //! again, even when the next roster import brings it back (the audience reads it as a
 //! carrier opt-out: [`erased_stops`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,10 +14,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::deliveries::{self, attempt_from_row, event_from_row, ATTEMPT_COLUMNS, EVENT_COLUMNS};
 use super::dialect::{Args, Columns, Dialect, Pools};
 use super::directory::{self, GuardianDetail, GuardianRef};
-use super::{Scope, StoreResult};
-use crate::{DistrictId, GuardianId};
+use super::dispatch::AttemptRecord;
+use super::{Scope, StoreResult, DELIVERY_COLUMNS};
+use crate::delivery::{Delivery, DeliveryEventRecord};
+use crate::{DeliveryId, DistrictId, GuardianId};
 
 /// The one-way hash an erased guardian's STOP is kept as: SHA-256 of the district and
 /// the E.164 number, so that the same number in another district does not match.
@@ -73,41 +76,14 @@ pub struct ExportedMessage {
     pub deliveries: Vec<ExportedDelivery>,
 }
 
+/// A delivery as stored, with every transition (oldest first) and every provider call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportedDelivery {
-    pub id: Uuid,
-    pub channel: String,
-    pub address: Option<String>,
-    pub state: String,
-    pub suppressed_reason: Option<String>,
-    pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    /// Every transition, oldest first.
-    pub events: Vec<ExportedEvent>,
-    /// Every provider call.
-    pub attempts: Vec<ExportedAttempt>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ExportedEvent {
-    pub from_state: String,
-    pub to_state: String,
-    pub at: DateTime<Utc>,
-    pub actor_kind: String,
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ExportedAttempt {
-    pub attempt: i32,
-    pub provider: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub outcome: String,
-    pub error: Option<String>,
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    pub events: Vec<DeliveryEventRecord>,
+    pub attempts: Vec<AttemptRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -202,7 +178,7 @@ impl<S: Pools> GuardianData for S {
         .collect::<StoreResult<_>>()?;
 
         let mut messages: Vec<ExportedMessage> = Vec::new();
-        let mut at_index: BTreeMap<Uuid, usize> = BTreeMap::new();
+        let mut at_index: HashMap<Uuid, usize> = HashMap::new();
         for row in S::Db::fetch_all(
             &mut conn,
             "SELECT m.id, m.kind, m.subject, m.body, m.translations, m.created_at, \
@@ -238,72 +214,52 @@ impl<S: Pools> GuardianData for S {
             });
         }
 
-        let mut deliveries: BTreeMap<Uuid, (Uuid, ExportedDelivery)> = BTreeMap::new();
-        for row in S::Db::fetch_all(
+        // Their deliveries in the order they were made, then each one's events and calls.
+        let mut deliveries: Vec<ExportedDelivery> = S::Db::fetch_all(
             &mut conn,
-            "SELECT id, message_id, channel, address, state, suppressed_reason, last_error, \
-                    created_at FROM deliveries WHERE guardian_id = $1 ORDER BY created_at, id",
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE guardian_id = $1 \
+                 ORDER BY created_at, id"
+            ),
             Args::new().id(id),
         )
         .await?
-        {
-            let delivery = ExportedDelivery {
-                id: row.id("id")?,
-                channel: row.text("channel")?,
-                address: row.opt_text("address")?,
-                state: row.text("state")?,
-                suppressed_reason: row.opt_text("suppressed_reason")?,
-                last_error: row.opt_text("last_error")?,
-                created_at: row.time("created_at")?,
+        .iter()
+        .map(|row| {
+            Ok(ExportedDelivery {
+                delivery: deliveries::from_row(row)?,
                 events: Vec::new(),
                 attempts: Vec::new(),
-            };
-            deliveries.insert(delivery.id, (row.id("message_id")?, delivery));
-        }
-        for row in S::Db::fetch_all(
-            &mut conn,
-            "SELECT e.delivery_id, e.from_state, e.to_state, e.at, e.actor_kind, e.detail \
-             FROM delivery_events e JOIN deliveries d ON d.id = e.delivery_id \
-             WHERE d.guardian_id = $1 ORDER BY e.delivery_id, e.version",
-            Args::new().id(id),
-        )
-        .await?
-        {
-            if let Some((_, delivery)) = deliveries.get_mut(&row.id("delivery_id")?) {
-                delivery.events.push(ExportedEvent {
-                    from_state: row.text("from_state")?,
-                    to_state: row.text("to_state")?,
-                    at: row.time("at")?,
-                    actor_kind: row.text("actor_kind")?,
-                    detail: row.opt_text("detail")?,
-                });
+            })
+        })
+        .collect::<StoreResult<_>>()?;
+        let place: HashMap<DeliveryId, usize> = deliveries
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.delivery.id, i))
+            .collect();
+        let of_guardian = |table: &str, columns: &str, order: &str| {
+            format!(
+                "SELECT {columns} FROM {table} WHERE delivery_id IN \
+                 (SELECT id FROM deliveries WHERE guardian_id = $1) ORDER BY delivery_id, {order}"
+            )
+        };
+        let sql = of_guardian("delivery_events", EVENT_COLUMNS, "version");
+        for row in S::Db::fetch_all(&mut conn, &sql, Args::new().id(id)).await? {
+            let event = event_from_row(&row)?;
+            if let Some(&i) = place.get(&event.delivery_id) {
+                deliveries[i].events.push(event);
             }
         }
-        for row in S::Db::fetch_all(
-            &mut conn,
-            "SELECT a.delivery_id, a.attempt, a.provider, a.started_at, a.finished_at, \
-                    a.outcome, a.error \
-             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
-             WHERE d.guardian_id = $1 ORDER BY a.delivery_id, a.attempt",
-            Args::new().id(id),
-        )
-        .await?
-        {
-            if let Some((_, delivery)) = deliveries.get_mut(&row.id("delivery_id")?) {
-                delivery.attempts.push(ExportedAttempt {
-                    attempt: row.i32("attempt")?,
-                    provider: row.text("provider")?,
-                    started_at: row.time("started_at")?,
-                    finished_at: row.opt_time("finished_at")?,
-                    outcome: row.text("outcome")?,
-                    error: row.opt_text("error")?,
-                });
+        let sql = of_guardian("delivery_attempts", ATTEMPT_COLUMNS, "attempt");
+        for row in S::Db::fetch_all(&mut conn, &sql, Args::new().id(id)).await? {
+            let delivery = DeliveryId::from_uuid(row.id("delivery_id")?);
+            if let Some(&i) = place.get(&delivery) {
+                deliveries[i].attempts.push(attempt_from_row(&row)?);
             }
         }
-        let mut by_time: Vec<(Uuid, ExportedDelivery)> = deliveries.into_values().collect();
-        by_time.sort_by_key(|(_, d)| (d.created_at, d.id));
-        for (message, delivery) in by_time {
-            if let Some(&i) = at_index.get(&message) {
+        for delivery in deliveries {
+            if let Some(&i) = at_index.get(delivery.delivery.message_id.as_uuid()) {
                 messages[i].deliveries.push(delivery);
             }
         }

@@ -25,6 +25,54 @@ const FINISHED_OLD_MESSAGES: &str = "m.district_id = $1 AND m.created_at < $2 \
      AND NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.message_id = m.id \
                      AND w.state IN ('CREATED', 'QUEUED'))";
 
+/// A kind of record that goes by its age alone: a district's rows of `table` whose `at`
+/// column is before `$2` (and that meet `also`, if given), `$1` the district.
+struct ByAge {
+    table: &'static str,
+    at: &'static str,
+    also: &'static str,
+}
+
+/// Guardians' texts.
+const REPLIES: ByAge = ByAge {
+    table: "inbound_messages",
+    at: "received_at",
+    also: "",
+};
+/// Provider reports on the district's deliveries, once applied.
+const CALLBACKS: ByAge = ByAge {
+    table: "callback_inbox",
+    at: "received_at",
+    also: " AND status <> 'pending'",
+};
+/// The audit log.
+const AUDIT: ByAge = ByAge {
+    table: "audit_log",
+    at: "at",
+    also: "",
+};
+
+impl ByAge {
+    fn filter(&self) -> String {
+        format!("district_id = $1 AND {} < $2{}", self.at, self.also)
+    }
+
+    /// How many are old enough.
+    fn count(&self) -> String {
+        format!(
+            "SELECT count(*) AS n FROM {} WHERE {}",
+            self.table,
+            self.filter()
+        )
+    }
+
+    /// Deletes at most `$3` of those old enough.
+    fn delete(&self) -> String {
+        let (table, filter) = (self.table, self.filter());
+        format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {filter} LIMIT $3)")
+    }
+}
+
 #[async_trait]
 pub trait Purging: Send + Sync {
     /// A district's retention as set; `None` when there is no such district.
@@ -115,21 +163,9 @@ impl<S: Pools> Purging for S {
                 ),
                 cutoffs.messages,
             ),
-            count(
-                "SELECT count(*) AS n FROM inbound_messages WHERE district_id = $1 AND received_at < $2"
-                    .into(),
-                cutoffs.replies,
-            ),
-            count(
-                "SELECT count(*) AS n FROM audit_log WHERE district_id = $1 AND at < $2".into(),
-                cutoffs.audit,
-            ),
-            count(
-                "SELECT count(*) AS n FROM callback_inbox WHERE district_id = $1 \
-                 AND received_at < $2 AND status <> 'pending'"
-                    .into(),
-                cutoffs.callbacks,
-            ),
+            count(REPLIES.count(), cutoffs.replies),
+            count(AUDIT.count(), cutoffs.audit),
+            count(CALLBACKS.count(), cutoffs.callbacks),
         ];
         let mut counts = [0u64; 6];
         for (n, (sql, args)) in counts.iter_mut().zip(queries) {
@@ -237,27 +273,14 @@ impl<S: Pools> Purging for S {
             .await?;
         }
 
-        purged.replies = S::Db::execute(
-            &mut tx,
-            "DELETE FROM inbound_messages WHERE id IN (SELECT id FROM inbound_messages \
-             WHERE district_id = $1 AND received_at < $2 LIMIT $3)",
-            Args::new().id(district).time(cutoffs.replies).int(limit),
-        )
-        .await?;
-        purged.callbacks = S::Db::execute(
-            &mut tx,
-            "DELETE FROM callback_inbox WHERE id IN (SELECT id FROM callback_inbox \
-             WHERE district_id = $1 AND received_at < $2 AND status <> 'pending' LIMIT $3)",
-            Args::new().id(district).time(cutoffs.callbacks).int(limit),
-        )
-        .await?;
-        purged.audit_entries = S::Db::execute(
-            &mut tx,
-            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
-             WHERE district_id = $1 AND at < $2 LIMIT $3)",
-            Args::new().id(district).time(cutoffs.audit).int(limit),
-        )
-        .await?;
+        for (kind, before, purged) in [
+            (REPLIES, cutoffs.replies, &mut purged.replies),
+            (CALLBACKS, cutoffs.callbacks, &mut purged.callbacks),
+            (AUDIT, cutoffs.audit, &mut purged.audit_entries),
+        ] {
+            let args = Args::new().id(district).time(before).int(limit);
+            *purged = S::Db::execute(&mut tx, &kind.delete(), args).await?;
+        }
         tx.commit().await?;
         Ok(purged)
     }

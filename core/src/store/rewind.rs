@@ -111,49 +111,32 @@ pub(crate) async fn rewind<D: Dialect>(
     if oldest.is_none_or(|oldest| oldest > from_offset) {
         return Ok(RewindOutcome::Purged(oldest));
     }
-    let entries = D::fetch_one(
+    // The range, per district: its entries, how many of their deliveries still wait, and
+    // how many are at-most-once deliveries already attempted.
+    let (mut entries, mut waiting, mut attempted, mut districts) = (0, 0, 0, Vec::new());
+    for row in D::fetch_all(
         &mut *conn,
-        "SELECT count(*) AS n FROM log_entries \
-         WHERE lane = $1 AND partition = $2 AND \"offset\" >= $3 AND \"offset\" <= $4",
-        range(),
-    )
-    .await?
-    .i64("n")?
-    .max(0) as u64;
-    let in_range = "FROM log_entries l JOIN deliveries d ON d.id = l.delivery_id \
+        "SELECT l.district_id, count(*) AS n, \
+                sum(CASE WHEN d.state IN ('CREATED', 'QUEUED') THEN 1 ELSE 0 END) AS waiting, \
+                sum(CASE WHEN m.delivery_guarantee = 'at_most_once' AND EXISTS \
+                    (SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id) \
+                    THEN 1 ELSE 0 END) AS attempted \
+         FROM log_entries l JOIN deliveries d ON d.id = l.delivery_id \
          JOIN messages m ON m.id = d.message_id \
-         WHERE l.lane = $1 AND l.partition = $2 AND l.\"offset\" >= $3 AND l.\"offset\" <= $4";
-    let attempted = D::fetch_one(
-        &mut *conn,
-        &format!(
-            "SELECT count(*) AS n {in_range} AND m.delivery_guarantee = 'at_most_once' \
-             AND EXISTS (SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id)"
-        ),
+         WHERE l.lane = $1 AND l.partition = $2 AND l.\"offset\" >= $3 AND l.\"offset\" <= $4 \
+         GROUP BY l.district_id",
         range(),
     )
     .await?
-    .i64("n")?;
-    if attempted > 0 {
-        return Ok(RewindOutcome::AtMostOnceAttempted(attempted as u64));
+    {
+        districts.push(row.id("district_id")?);
+        entries += row.i64("n")?.max(0) as u64;
+        waiting += row.i64("waiting")?.max(0) as u64;
+        attempted += row.i64("attempted")?.max(0) as u64;
     }
-    let waiting = D::fetch_one(
-        &mut *conn,
-        &format!("SELECT count(*) AS n {in_range} AND d.state IN ('CREATED', 'QUEUED')"),
-        range(),
-    )
-    .await?
-    .i64("n")?
-    .max(0) as u64;
-    let districts = D::fetch_all(
-        &mut *conn,
-        "SELECT DISTINCT district_id FROM log_entries \
-         WHERE lane = $1 AND partition = $2 AND \"offset\" >= $3 AND \"offset\" <= $4",
-        range(),
-    )
-    .await?
-    .iter()
-    .map(|row| row.id("district_id"))
-    .collect::<StoreResult<Vec<Uuid>>>()?;
+    if attempted > 0 {
+        return Ok(RewindOutcome::AtMostOnceAttempted(attempted));
+    }
     D::execute(
         &mut *conn,
         "UPDATE consumer_offsets SET committed_offset = $4, rewound_at = $5, updated_at = $5 \

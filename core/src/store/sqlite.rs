@@ -70,7 +70,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(WRITE_WAIT)
-            .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
+            .before_acquire(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(
                 connect_options
                     .clone()
@@ -83,7 +83,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
+            .before_acquire(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(connect_options)
             .await
             .map_err(connect_error)?;
@@ -117,17 +117,17 @@ impl SqliteStore {
     }
 }
 
-/// Whether a connection given back is out of any transaction, and so fit to be used
-/// again (the rollback of a transaction dropped uncommitted is carried out first).
+/// Whether an idle connection is out of any transaction, and so fit to be used again.
 /// SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error);
 /// the rollback sent after it then fails, and the connection would count itself still in
 /// the transaction: its next transaction would be a savepoint inside one that never
 /// ends, holding the write lock while each of its commits only released a savepoint —
 /// writes that seem to succeed, seen by no one, until the process stops. Such a
-/// connection is closed instead (closing rolls back whatever is open).
+/// connection is closed instead (closing rolls back whatever is open). Asked as a
+/// connection leaves the idle pool: the pool's own check when it was given back has
+/// carried out the rollback of a transaction dropped uncommitted by then.
 async fn out_of_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
     use sqlx::Connection as _;
-    conn.ping().await?;
     if conn.is_in_transaction() {
         tracing::warn!(
             "closing an SQLite connection left in a transaction that could not be rolled back"
