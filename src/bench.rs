@@ -878,6 +878,7 @@ pub async fn pages(
         trusted_proxies: Arc::from(Vec::new()),
         roster_max_delete_percent: 10,
         clock: Arc::new(tidings_core::clock::SystemClock),
+        web_push_key: None,
     };
     let admin = store
         .staff_by_email(&EmailAddress::parse("bench@bench.example.org")?)
@@ -1346,7 +1347,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
                 concurrency: 16,
             })?;
         Some((
-            tidings_channel_adapters::push::Push::new(None, Some(fcm)),
+            tidings_channel_adapters::push::Push::new(None, Some(fcm), None),
             serving,
             (push_at, service_account),
         ))

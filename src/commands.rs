@@ -150,6 +150,7 @@ pub async fn serve(
         trusted_proxies: config.trusted_proxies.clone().into(),
         roster_max_delete_percent: config.roster_max_delete_percent,
         clock: Arc::new(tidings_core::clock::SystemClock),
+        web_push_key: config.vapid_key()?.map(|key| key.public_key()),
     };
     let secure_cookies = config
         .public_url

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -132,6 +133,11 @@ pub struct Config {
     /// key file comes from `TIDINGS_FCM_SERVICE_ACCOUNT` (its contents) or
     /// `service_account_file`.
     pub fcm: Option<FcmSettings>,
+    /// Web Push to the guardian app in browsers (see the README): on unless `enabled` is
+    /// false, with a VAPID key of the install's own, created on first start. Each field
+    /// can be set alone with `TIDINGS_WEB_PUSH__FIELD`; the key comes from
+    /// `TIDINGS_VAPID_KEY` (its PEM) or `key_file`.
+    pub web_push: WebPushSettings,
     /// How email providers' event webhooks (delivered, bounced, complaints) are checked:
     /// `sendgrid_public_key` (the verification key from SendGrid's console) and the
     /// Mailgun signing key from `TIDINGS_MAILGUN_SIGNING_KEY` or `mailgun_signing_key_file`.
@@ -225,6 +231,43 @@ pub struct FcmSettings {
 
 fn fcm_api_base() -> String {
     tidings_channel_adapters::fcm::API_BASE.into()
+}
+
+/// Web Push, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebPushSettings {
+    pub enabled: bool,
+    /// Who the push services contact about these sends (RFC 8292): `mailto:ADDRESS` or
+    /// an `https://` URL. Unset: `public_url`, when it is https (Web Push stays off
+    /// otherwise: browsers push only to an app served over https).
+    pub subject: Option<String>,
+    /// The VAPID private key (PKCS#8 PEM), created readable by its owner only when
+    /// missing. Every process of a deployment needs the same key: browsers subscribed
+    /// with its public half.
+    pub key_file: std::path::PathBuf,
+    /// The push services that may be called (`https://host`, `https://*.domain`): the
+    /// browsers' own by default. A subscription elsewhere is refused and retired.
+    pub allowed_origins: Vec<String>,
+    /// Sends a second to each push service.
+    pub max_per_second: Option<u32>,
+    pub timeout_seconds: f64,
+}
+
+impl Default for WebPushSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            subject: None,
+            key_file: "tidings-vapid-key".into(),
+            allowed_origins: tidings_channel_adapters::webpush::KNOWN_PUSH_SERVICES
+                .iter()
+                .map(|o| (*o).to_owned())
+                .collect(),
+            max_per_second: None,
+            timeout_seconds: default_timeout_seconds(),
+        }
+    }
 }
 
 /// A Kannel gateway, as configured.
@@ -413,6 +456,7 @@ impl Default for Config {
             kannel: None,
             apns: None,
             fcm: None,
+            web_push: WebPushSettings::default(),
             email_events: None,
             sms_help_text: None,
             sms_ack_keyword: None,
@@ -771,7 +815,87 @@ impl Config {
             }
             None => None,
         };
-        Ok(tidings_channel_adapters::push::Push::new(apns, fcm))
+        let web_push = self.web_push(self.vapid_key()?)?;
+        Ok(tidings_channel_adapters::push::Push::new(
+            apns, fcm, web_push,
+        ))
+    }
+
+    /// The VAPID key, when Web Push is on: from `TIDINGS_VAPID_KEY`, else `key_file`,
+    /// created with a fresh key when it does not exist.
+    pub fn vapid_key(
+        &self,
+    ) -> anyhow::Result<Option<Arc<tidings_channel_adapters::webpush::VapidKey>>> {
+        use tidings_channel_adapters::webpush::VapidKey;
+        if !self.web_push.enabled || self.web_push_subject().is_none() {
+            return Ok(None);
+        }
+        let pem = match std::env::var("TIDINGS_VAPID_KEY") {
+            Ok(pem) if !pem.trim().is_empty() => pem,
+            _ => {
+                let path = &self.web_push.key_file;
+                match std::fs::read_to_string(path) {
+                    Ok(pem) => pem,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let pem = VapidKey::generate_pem();
+                        match create_private(path, &pem) {
+                            Ok(()) => {
+                                tracing::info!(path = %path.display(), "created a Web Push (VAPID) key");
+                                pem
+                            }
+                            // Another process created it first: use theirs.
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                                return self.vapid_key()
+                            }
+                            Err(e) => {
+                                return Err(e).with_context(|| {
+                                    format!("cannot create the VAPID key file {}", path.display())
+                                })
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("cannot read the VAPID key file {}", path.display())
+                        })
+                    }
+                }
+            }
+        };
+        let key = VapidKey::from_pem(&pem)
+            .context("the VAPID key (TIDINGS_VAPID_KEY or web_push.key_file)")?;
+        Ok(Some(Arc::new(key)))
+    }
+
+    /// Who push services contact: `web_push.subject`, else an https `public_url`.
+    fn web_push_subject(&self) -> Option<String> {
+        given(&self.web_push.subject)
+            .or_else(|| given(&self.public_url).filter(|url| url.starts_with("https://")))
+    }
+
+    /// The Web Push adapter, with `key` when Web Push is on.
+    pub fn web_push(
+        &self,
+        key: Option<Arc<tidings_channel_adapters::webpush::VapidKey>>,
+    ) -> anyhow::Result<Option<tidings_channel_adapters::webpush::WebPush>> {
+        use tidings_channel_adapters::webpush::{WebPush, WebPushConfig};
+        let (Some(key), Some(subject)) = (key, self.web_push_subject()) else {
+            return Ok(None);
+        };
+        let w = &self.web_push;
+        Ok(Some(WebPush::new(WebPushConfig {
+            key,
+            subject,
+            allowed_origins: w.allowed_origins.clone(),
+            app_url: given(&self.public_url),
+            timeouts: tidings_channel_adapters::http::Timeouts {
+                request: std::time::Duration::from_secs_f64(w.timeout_seconds),
+                ..Default::default()
+            },
+            max_per_second: w.max_per_second.and_then(std::num::NonZeroU32::new),
+            concurrency: 16,
+            clock: Arc::new(tidings_core::clock::SystemClock),
+        })?))
     }
 
     /// The SMTP adapter, when an SMTP relay is configured.
@@ -825,8 +949,6 @@ fn given(value: &Option<String>) -> Option<String> {
     value.clone().filter(|v| !v.trim().is_empty())
 }
 
-/// A secret from the environment variable `env`, else from `file` (trailing newline
-/// removed). Never from the configuration file itself, never logged.
 /// Creates a file only its owner can read with `text`, whole or not at all: written
 /// beside it, then linked into place unless the path exists by then (`AlreadyExists`).
 pub fn create_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -843,6 +965,8 @@ pub fn create_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.persist_noclobber(path).map(drop).map_err(|e| e.error)
 }
 
+/// A secret from the environment variable `env`, else from `file` (trailing newline
+/// removed). Never from the configuration file itself, never logged.
 fn secret(env: &str, file: Option<&Path>) -> anyhow::Result<String> {
     if let Ok(value) = std::env::var(env) {
         if !value.trim().is_empty() {

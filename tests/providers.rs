@@ -19,6 +19,7 @@ tidings_core::on_both_stores! {
     stop_help_and_start_by_sms_are_honoured,
     guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothing,
     the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device,
+    the_guardian_app_is_pushed_to_by_web_push_until_its_subscription_is_gone,
     one_message_is_traced_from_the_request_to_delivered,
 }
 
@@ -1491,6 +1492,171 @@ async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device(d
         .await
         .unwrap();
     assert_eq!(newest.status(), StatusCode::CREATED);
+    called.stop().await;
+}
+
+/// A browser subscribed at the sandbox's Web Push service: the app registers the
+/// subscription, an emergency reaches it encrypted and decrypts to the message (urgent),
+/// and once the browser unsubscribes the push service's 410 retires it.
+async fn the_guardian_app_is_pushed_to_by_web_push_until_its_subscription_is_gone(
+    db: TestDatabase,
+) {
+    let port = free_port();
+    let serve_at = format!("http://127.0.0.1:{port}");
+    let (base, sandbox) = sandbox_calling_back("{}", Some(&serve_at)).await;
+    let mut env = twilio_env_calling_back(&base, port);
+    env.push(("TIDINGS_WEB_PUSH__ALLOWED_ORIGINS", format!("[\"{base}\"]")));
+    let d = demo_district(db, &env).await;
+    let called = CalledBack {
+        d,
+        base: base.clone(),
+        sandbox,
+        serve_at: serve_at.clone(),
+    };
+    let d = &called.d;
+    let (guardian, number) = first_guardian_with_sms(d).await;
+    let client = reqwest::Client::new();
+    let app = |path: &str| format!("{serve_at}/api/v1/guardian{path}");
+
+    let asked = client
+        .post(app("/sign-in"))
+        .json(&json!({"address": number}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), StatusCode::ACCEPTED);
+    let code = codes_sent_to(&base, &number, 1)
+        .await
+        .pop()
+        .expect("a code");
+    let session: Value = client
+        .post(app("/sessions"))
+        .json(&json!({"address": number, "code": code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+
+    // The app asks for the key to subscribe with, and the browser subscribes with it.
+    let key: Value = client
+        .get(app("/web-push"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let public_key = key["public_key"].as_str().unwrap();
+    assert_eq!(
+        public_key.len(),
+        87,
+        "a P-256 point in URL-safe base64: {key}"
+    );
+    let subscription: Value = client
+        .post(format!("{base}/_sandbox/web-push/subscriptions"))
+        .json(&json!({"application_server_key": public_key}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut broken = subscription.clone();
+    broken["keys"]["auth"] = json!("c2hvcnQ");
+    let refused = client
+        .post(app("/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"platform": "webpush", "subscription": broken}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused.text().await.unwrap().contains("keys.auth"));
+    let registered = client
+        .post(app("/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"platform": "webpush", "subscription": subscription}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let device: Value = registered.json().await.unwrap();
+    let device_token = device["token"].as_str().unwrap().to_owned();
+    assert!(device_token.starts_with(&format!(
+        "{}#p256dh=",
+        subscription["endpoint"].as_str().unwrap()
+    )));
+
+    let id = ask_ack(
+        d,
+        &guardian,
+        &["push"],
+        "emergency",
+        "Lockdown",
+        "All schools are in lockdown. Students are safe.",
+    )
+    .await;
+    counts_when(d, &id, |c| c.get("SENT") == Some(&1)).await;
+    let service: Value = reqwest::get(format!("{base}/_sandbox/web-push"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pushed = service["pushed"].as_array().unwrap();
+    assert_eq!(pushed.len(), 1, "{service}");
+    assert_eq!(pushed[0]["subscription"], subscription["id"]);
+    assert_eq!(pushed[0]["urgency"], "high");
+    assert_eq!(pushed[0]["subject"], "https://tidings.example.org");
+    let payload: Value = serde_json::from_str(pushed[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["title"], "Lockdown");
+    assert_eq!(
+        payload["body"],
+        "All schools are in lockdown. Students are safe."
+    );
+    assert_eq!(payload["message_id"], id.as_str());
+    assert_eq!(
+        payload["url"],
+        format!("https://tidings.example.org/app/messages/{id}")
+    );
+
+    // The browser unsubscribes; the next push is answered 410 and the device retired.
+    let gone = client
+        .delete(format!(
+            "{base}/_sandbox/web-push/subscriptions/{}",
+            subscription["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    let second = ask_ack(
+        d,
+        &guardian,
+        &["push"],
+        "general",
+        "Picture day",
+        "Tuesday.",
+    )
+    .await;
+    let counts = counts_when(d, &second, |c| c.get("FAILED") == Some(&1)).await;
+    assert_eq!(counts, BTreeMap::from([("FAILED".to_owned(), 1)]));
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    let points: Vec<&Value> = detail["contact_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "push")
+        .collect();
+    assert_eq!(points.len(), 1, "{detail}");
+    assert_eq!(points[0]["address"], device_token.as_str());
+    assert_eq!(points[0]["active"], false);
+    assert_eq!(points[0]["inactive_reason"], "unregistered");
     called.stop().await;
 }
 

@@ -405,10 +405,40 @@ pub async fn acknowledge(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DeviceRequest {
-    /// `apns` or `fcm`.
+    /// `apns`, `fcm` or `webpush`.
     #[schema(value_type = String)]
     pub platform: PushPlatform,
-    /// The device token the platform gave the app.
+    /// The device token the platform gave the app (`apns`, `fcm`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The browser's subscription (`webpush`): `PushSubscription.toJSON()`.
+    #[serde(default)]
+    pub subscription: Option<SubscriptionRequest>,
+}
+
+/// A browser's push subscription as `PushSubscription.toJSON()` gives it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SubscriptionRequest {
+    pub endpoint: String,
+    pub keys: SubscriptionKeys,
+    /// Ignored: browsers renew a subscription before it lapses.
+    #[serde(default, rename = "expirationTime")]
+    #[schema(value_type = Option<f64>)]
+    pub expiration_time: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SubscriptionKeys {
+    pub p256dh: String,
+    pub auth: String,
+}
+
+/// What a registration answers: the token the device is known by, which unregistering
+/// takes (for Web Push, `ENDPOINT#p256dh=…&auth=…`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeviceAnswer {
+    #[schema(value_type = String)]
+    pub platform: PushPlatform,
     pub token: String,
 }
 
@@ -424,20 +454,67 @@ fn device_token(token: &str) -> Result<&str, ApiError> {
     Ok(token)
 }
 
+/// The token of a registration: the platform's token, or the browser's subscription as
+/// one.
+fn registration_token(request: &DeviceRequest) -> Result<String, ApiError> {
+    match (request.platform, &request.token, &request.subscription) {
+        (PushPlatform::WebPush, None, Some(s)) => {
+            tidings_core::WebPushSubscription::new(&s.endpoint, &s.keys.p256dh, &s.keys.auth)
+                .map(|s| s.token())
+                .map_err(|e| ApiError::InvalidBody(format!("subscription: {e}")))
+        }
+        (PushPlatform::WebPush, Some(token), None) => {
+            tidings_core::WebPushSubscription::parse_token(token)
+                .map(|s| s.token())
+                .map_err(|e| ApiError::InvalidBody(format!("token: {e}")))
+        }
+        (PushPlatform::WebPush, _, _) => Err(ApiError::InvalidBody(
+            "webpush: give the browser's subscription (or its token), not both".into(),
+        )),
+        (_, Some(token), None) => device_token(token).map(str::to_owned),
+        (platform, _, _) => Err(ApiError::InvalidBody(format!(
+            "{platform}: give the device token alone"
+        ))),
+    }
+}
+
 /// Registers the app's device for push, for every signed-in guardian.
 #[utoipa::path(post, path = "/api/v1/guardian/devices", tag = "guardian app", request_body = DeviceRequest, security(("bearer" = [])),
-    responses((status = 201, description = "Registered (again, if it was)")))]
+    responses((status = 201, description = "Registered (again, if it was)", body = DeviceAnswer)))]
 pub async fn register_device(
     State(state): State<AppState>,
     caller: GuardianCaller,
     Json(request): Json<DeviceRequest>,
-) -> Result<StatusCode, ApiError> {
-    let token = device_token(&request.token)?;
+) -> Result<(StatusCode, axum::Json<DeviceAnswer>), ApiError> {
+    let token = registration_token(&request)?;
     state
         .services()
-        .register_guardian_device(&caller.0, request.platform, token)
+        .register_guardian_device(&caller.0, request.platform, &token)
         .await?;
-    Ok(StatusCode::CREATED)
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(DeviceAnswer {
+            platform: request.platform,
+            token,
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebPushKey {
+    /// The `applicationServerKey` to subscribe with: the install's VAPID public key, an
+    /// uncompressed P-256 point in URL-safe base64.
+    pub public_key: String,
+}
+
+/// The key the app subscribes to Web Push with; 404 when Web Push is off.
+#[utoipa::path(get, path = "/api/v1/guardian/web-push", tag = "guardian app",
+    responses((status = 200, body = WebPushKey), (status = 404, description = "Web Push is off")))]
+pub async fn web_push_key(
+    State(state): State<AppState>,
+) -> Result<axum::Json<WebPushKey>, ApiError> {
+    let public_key = state.web_push_key.clone().ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(WebPushKey { public_key }))
 }
 
 /// Unregisters a device (the app signed out of push, or was removed).
@@ -447,12 +524,17 @@ pub async fn register_device(
 pub async fn unregister_device(
     State(state): State<AppState>,
     caller: GuardianCaller,
-    Path((_platform, token)): Path<(PushPlatform, String)>,
+    Path((platform, token)): Path<(PushPlatform, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let token = device_token(&token)?;
+    let token = match platform {
+        PushPlatform::WebPush => tidings_core::WebPushSubscription::parse_token(&token)
+            .map(|s| s.token())
+            .map_err(|e| ApiError::InvalidBody(format!("token: {e}")))?,
+        _ => device_token(&token)?.to_owned(),
+    };
     state
         .services()
-        .unregister_guardian_device(&caller.0, token)
+        .unregister_guardian_device(&caller.0, &token)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -61,6 +61,9 @@ pub struct AppState {
     pub roster_max_delete_percent: u8,
     /// Where "now" comes from.
     pub clock: Arc<dyn tidings_core::clock::Clock>,
+    /// The VAPID public key browsers subscribe to Web Push with (URL-safe base64); none
+    /// when Web Push is off.
+    pub web_push_key: Option<String>,
 }
 
 impl AppState {
@@ -186,6 +189,7 @@ pub fn router(state: AppState) -> Router {
             post(guardian::acknowledge),
         )
         .route("/api/v1/guardian/devices", post(guardian::register_device))
+        .route("/api/v1/guardian/web-push", get(guardian::web_push_key))
         .route(
             "/api/v1/guardian/devices/{platform}/{token}",
             delete(guardian::unregister_device),

@@ -61,6 +61,7 @@ use utoipa::{Modify, OpenApi};
         crate::guardian::get_message,
         crate::guardian::acknowledge,
         crate::guardian::register_device,
+        crate::guardian::web_push_key,
         crate::guardian::unregister_device,
     ),
     components(schemas(crate::error::Problem)),

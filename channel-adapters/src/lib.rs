@@ -1,4 +1,4 @@
-//! Channel adapters: one module per provider (Twilio, Kannel, SMTP, APNs, FCM), each
+//! Channel adapters: one module per provider (Twilio, Kannel, SMTP, APNs, FCM, Web Push), each
 //! carrying the delivery's idempotency key the way that provider deduplicates, and
 //! classifying every outcome. Adapters know nothing about the log or the store.
 //!
@@ -17,6 +17,7 @@ pub mod smtp;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod twilio;
+pub mod webpush;
 
 use std::time::Duration;
 

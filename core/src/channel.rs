@@ -16,5 +16,7 @@ stored_enum! {
     PushPlatform("push_platform") {
         Apns => "apns",
         Fcm => "fcm",
+        /// A browser's (the guardian app's) Web Push subscription.
+        WebPush => "webpush",
     }
 }

@@ -1,5 +1,7 @@
 //! Addresses that messages go to, parsed at the edge. Once you hold a [`PhoneNumber`] it
-//! is E.164; once you hold an [`EmailAddress`] it is a syntactically valid address.
+//! is E.164; once you hold an [`EmailAddress`] it is a syntactically valid address; once
+//! you hold a [`WebPushSubscription`] its endpoint is a URL and its keys have the sizes
+//! RFC 8291 gives them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -161,6 +163,120 @@ impl<'de> Deserialize<'de> for EmailAddress {
     }
 }
 
+/// Why a browser's push subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a Web Push subscription: {0}")]
+pub struct InvalidWebPushSubscription(pub &'static str);
+
+/// A browser's Web Push subscription (`PushSubscription.toJSON()` in the guardian app):
+/// the push service's endpoint to POST to, and the keys the payload is encrypted for
+/// (RFC 8291): `p256dh`, the browser's P-256 public key (65 bytes, uncompressed), and
+/// `auth`, its 16-byte secret, both URL-safe base64.
+///
+/// Kept as one device token, `ENDPOINT#p256dh=KEY&auth=SECRET` ([`token`](Self::token)):
+/// the endpoint stays readable first, and a fragment is never sent to the push service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebPushSubscription {
+    pub endpoint: url::Url,
+    pub p256dh: String,
+    pub auth: String,
+}
+
+impl WebPushSubscription {
+    /// The longest endpoint taken (browsers' are under 600 characters).
+    pub const MAX_ENDPOINT: usize = 2048;
+
+    pub fn new(
+        endpoint: &str,
+        p256dh: &str,
+        auth: &str,
+    ) -> Result<Self, InvalidWebPushSubscription> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let endpoint = endpoint.trim();
+        if endpoint.len() > Self::MAX_ENDPOINT {
+            return Err(InvalidWebPushSubscription(
+                "the endpoint is longer than 2048 characters",
+            ));
+        }
+        let url = url::Url::parse(endpoint)
+            .map_err(|_| InvalidWebPushSubscription("the endpoint is not a URL"))?;
+        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+            return Err(InvalidWebPushSubscription(
+                "the endpoint is not an http(s) URL",
+            ));
+        }
+        if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(InvalidWebPushSubscription(
+                "the endpoint has a fragment or credentials",
+            ));
+        }
+        // Browsers give the keys URL-safe and unpadded; padding is forgiven.
+        let decode = |key: &str| URL_SAFE_NO_PAD.decode(key.trim().trim_end_matches('='));
+        let p256dh = p256dh.trim().trim_end_matches('=');
+        match decode(p256dh) {
+            Ok(key) if key.len() == 65 && key[0] == 4 => {}
+            _ => {
+                return Err(InvalidWebPushSubscription(
+                    "keys.p256dh is not an uncompressed P-256 public key in URL-safe base64",
+                ))
+            }
+        }
+        let auth = auth.trim().trim_end_matches('=');
+        match decode(auth) {
+            Ok(secret) if secret.len() == 16 => {}
+            _ => {
+                return Err(InvalidWebPushSubscription(
+                    "keys.auth is not a 16-byte secret in URL-safe base64",
+                ))
+            }
+        }
+        Ok(Self {
+            endpoint: url,
+            p256dh: p256dh.to_owned(),
+            auth: auth.to_owned(),
+        })
+    }
+
+    /// Reads a device token written by [`token`](Self::token).
+    pub fn parse_token(token: &str) -> Result<Self, InvalidWebPushSubscription> {
+        let (endpoint, keys) = token
+            .split_once('#')
+            .ok_or(InvalidWebPushSubscription("the token has no keys"))?;
+        let mut p256dh = None;
+        let mut auth = None;
+        for pair in keys.split('&') {
+            match pair.split_once('=') {
+                Some(("p256dh", key)) => p256dh = Some(key),
+                Some(("auth", secret)) => auth = Some(secret),
+                _ => {
+                    return Err(InvalidWebPushSubscription(
+                        "the token's keys are unreadable",
+                    ))
+                }
+            }
+        }
+        match (p256dh, auth) {
+            (Some(p256dh), Some(auth)) => Self::new(endpoint, p256dh, auth),
+            _ => Err(InvalidWebPushSubscription("the token lacks p256dh or auth")),
+        }
+    }
+
+    /// The device token a contact point keeps.
+    pub fn token(&self) -> String {
+        format!(
+            "{}#p256dh={}&auth={}",
+            self.endpoint, self.p256dh, self.auth
+        )
+    }
+
+    /// The push service this subscription belongs to, `scheme://host[:port]`: its rate
+    /// limit and circuit breaker are this origin's.
+    pub fn origin(&self) -> String {
+        self.endpoint.origin().ascii_serialization()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +340,50 @@ mod tests {
         }
     }
 
+    const P256DH: &str =
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+    const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+
+    #[test]
+    fn a_web_push_subscription_round_trips_through_its_token() {
+        let s = WebPushSubscription::new(
+            "https://push.example.net/push/JzLQ3raZJfFBR0aqvOMsLrt54w4rJUsV",
+            P256DH,
+            AUTH,
+        )
+        .unwrap();
+        let token = s.token();
+        assert!(token
+            .starts_with("https://push.example.net/push/JzLQ3raZJfFBR0aqvOMsLrt54w4rJUsV#p256dh="));
+        assert_eq!(WebPushSubscription::parse_token(&token), Ok(s.clone()));
+        assert_eq!(s.origin(), "https://push.example.net");
+        // Padding is forgiven and dropped, so one subscription has one token.
+        let padded =
+            WebPushSubscription::new(s.endpoint.as_str(), P256DH, &format!("{AUTH}==")).unwrap();
+        assert_eq!(padded.token(), token);
+    }
+
+    #[test]
+    fn a_web_push_subscription_with_bad_parts_is_refused_with_the_reason() {
+        let refused = |endpoint: &str, p256dh: &str, auth: &str| {
+            WebPushSubscription::new(endpoint, p256dh, auth)
+                .unwrap_err()
+                .0
+        };
+        assert!(refused("ftp://push.example.net/x", P256DH, AUTH).contains("http(s)"));
+        assert!(refused("https://push.example.net/x#frag", P256DH, AUTH).contains("fragment"));
+        assert!(refused("https://user:pw@push.example.net/x", P256DH, AUTH).contains("credentials"));
+        assert!(refused("not a url", P256DH, AUTH).contains("not a URL"));
+        assert!(refused("https://push.example.net/x", &P256DH[..40], AUTH).contains("p256dh"));
+        assert!(refused("https://push.example.net/x", P256DH, "c2hvcnQ").contains("auth"));
+        let long = format!("https://push.example.net/{}", "a".repeat(2048));
+        assert!(refused(&long, P256DH, AUTH).contains("2048"));
+        assert!(WebPushSubscription::parse_token("https://push.example.net/x").is_err());
+        assert!(
+            WebPushSubscription::parse_token("https://push.example.net/x#p256dh=AAAA").is_err()
+        );
+    }
+
     proptest! {
         /// The parser never panics, and whatever it accepts is canonical: E.164 that
         /// parses back to itself.
@@ -249,6 +409,12 @@ mod tests {
             if let Ok(e) = EmailAddress::parse(&input) {
                 prop_assert_eq!(EmailAddress::parse(e.as_str()), Ok(e.clone()));
                 prop_assert!(!e.domain().is_empty());
+            }
+        }
+        #[test]
+        fn web_push_token_parser_is_total_and_its_output_is_a_fixed_point(input in "[ -~]{0,120}") {
+            if let Ok(s) = WebPushSubscription::parse_token(&input) {
+                prop_assert_eq!(WebPushSubscription::parse_token(&s.token()), Ok(s.clone()));
             }
         }
     }

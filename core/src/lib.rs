@@ -32,7 +32,10 @@ pub mod time;
 pub mod words;
 
 pub use channel::{Channel, PushPlatform};
-pub use contact::{EmailAddress, InvalidEmailAddress, InvalidPhoneNumber, PhoneNumber};
+pub use contact::{
+    EmailAddress, InvalidEmailAddress, InvalidPhoneNumber, InvalidWebPushSubscription, PhoneNumber,
+    WebPushSubscription,
+};
 pub use delivery::{Decision, DeliveryEvent, DeliveryState};
 pub use id::*;
 pub use message::{DeliveryGuarantee, Lane, MessageKind};

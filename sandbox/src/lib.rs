@@ -1,7 +1,8 @@
-//! The provider sandbox: stands in for Twilio, APNs, FCM and email providers on loopback,
-//! sends their callbacks signed as they do, and injects faults on demand, so that demos,
-//! staging and tests exercise every path without a provider account. It also plays a
-//! district's OpenID Connect identity provider ([`oidc`]), for single sign-on.
+//! The provider sandbox: stands in for Twilio, APNs, FCM, browsers' Web Push services
+//! and email providers on loopback, sends their callbacks signed as they do, and injects
+//! faults on demand, so that demos, staging and tests exercise every path without a
+//! provider account. It also plays a district's OpenID Connect identity provider
+//! ([`oidc`]), for single sign-on.
 //!
 //! This module is the in-process provider: a [`ChannelAdapter`] per channel that accepts
 //! sends like a provider that does *not* deduplicate (so every duplicate is visible),
@@ -9,6 +10,7 @@
 
 pub mod oidc;
 pub mod server;
+pub mod web_push;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -11,13 +11,16 @@
 //!   Twilio's signed inbound webhook;
 //! - `GET /_sandbox/keys`: what receivers need to check the sandbox's signatures;
 //! - `/_sandbox/oidc/…`: an OpenID Connect identity provider ([`crate::oidc`]), when
-//!   [`SandboxConfig::identity_provider`] is set.
+//!   [`SandboxConfig::identity_provider`] is set;
+//! - `/_sandbox/web-push/…`: browsers' subscriptions to its Web Push service
+//!   ([`crate::web_push`]).
 //!
 //! Provider endpoints:
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json`;
 //! - APNs: `POST /3/device/{token}` (HTTP/2 only, as Apple's);
 //! - FCM: `POST /v1/projects/{project}/messages:send`, with the OAuth2 token endpoint
-//!   `POST /token` its service-account files can point at.
+//!   `POST /token` its service-account files can point at;
+//! - Web Push: `POST /push/{subscription}` (RFC 8030, VAPID, RFC 8291 payloads).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +93,7 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
         .clone()
         .map(|idp| idp.router())
         .unwrap_or_default();
+    let web_push = crate::web_push::router(provider.clone(), config.hang);
     let shared = Shared {
         provider,
         config: Arc::new(config),
@@ -116,6 +120,7 @@ pub fn router(provider: InProcessProvider, config: SandboxConfig) -> Router {
         .route("/_sandbox/sms-replies", post(sms_reply))
         .with_state(shared)
         .merge(identity)
+        .merge(web_push)
 }
 
 /// Serves the sandbox on `listener` until `shutdown` completes.
@@ -430,14 +435,19 @@ fn apns_error(status: StatusCode, reason: &str) -> Response {
 
 /// Waits out the configured latency, then rolls the fate of a send.
 async fn fate(shared: &Shared) -> Fate {
-    let latency = shared.provider.latency();
+    fate_of(&shared.provider).await
+}
+
+/// Waits out `provider`'s latency, then rolls the fate of a send to it.
+pub(crate) async fn fate_of(provider: &InProcessProvider) -> Fate {
+    let latency = provider.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if shared.provider.over_account_rate() {
+    if provider.over_account_rate() {
         return Fate::Throttled;
     }
-    shared.provider.roll()
+    provider.roll()
 }
 
 /// Why an APNs provider token is refused, if it is.

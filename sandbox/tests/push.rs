@@ -217,7 +217,7 @@ async fn an_fcm_token_endpoint_that_refuses_is_the_accounts_problem() {
 async fn push_goes_to_the_platform_of_each_device() {
     let (key, public) = apple_key();
     let (base, provider) = sandbox(Some(public)).await;
-    let router = Push::new(Some(apns(&base, key)), Some(fcm(&base))).unwrap();
+    let router = Push::new(Some(apns(&base, key)), Some(fcm(&base)), None).unwrap();
     let batch = [
         push(
             &format!("fcm:{}", "fGc4Kq9RTx2examplefcmregistrationtoken"),
@@ -256,13 +256,13 @@ async fn push_goes_to_the_platform_of_each_device() {
 
     // Only APNs configured: Android devices are refused with the reason.
     let (key, _) = apple_key();
-    let apple_only = Push::new(Some(apns(&base, key)), None).unwrap();
+    let apple_only = Push::new(Some(apns(&base, key)), None, None).unwrap();
     let outcome = apple_only.send(&batch[..1]).await;
     assert!(
         matches!(&outcome[0], SendOutcome::Permanent { error } if error.contains("fcm")),
         "{outcome:?}"
     );
-    assert!(Push::new(None, None).is_none());
+    assert!(Push::new(None, None, None).is_none());
     // Each platform has its own circuit breaker: the dispatcher keys it by provider_of.
     assert_eq!(router.provider(), "push");
     assert_eq!(router.provider_of(&format!("apns:{GOOD}")), "apns");

@@ -13,6 +13,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 /// The link keys test servers sign with (see `link_keys`).
 pub const LINK_KEYS_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/link-keys");
 
+/// The VAPID key test servers push to browsers with.
+pub const VAPID_KEY_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/vapid-key");
+
 /// The link keys test servers sign with, to forge (or age) links as a test needs.
 pub fn link_keys() -> tidings_core::link::LinkKeys {
     tidings_core::link::LinkKeys::parse(&std::fs::read_to_string(LINK_KEYS_FILE).unwrap()).unwrap()
@@ -32,6 +35,7 @@ pub fn tidings(database_url: &str) -> Command {
         .env("TIDINGS_LOG", "warn")
         // One key file for every test server (created by the first), outside the source tree.
         .env("TIDINGS_LINK_KEYS_FILE", LINK_KEYS_FILE)
+        .env("TIDINGS_WEB_PUSH__KEY_FILE", VAPID_KEY_FILE)
         .kill_on_drop(true);
     command
 }
@@ -485,6 +489,19 @@ pub async fn count(url: &str, sql: &str) -> Result<i64, sqlx::Error> {
     } else {
         let mut db = sqlx::PgConnection::connect(url).await?;
         sqlx::query_scalar(sql).fetch_one(&mut db).await
+    }
+}
+
+/// Runs one writing statement on the test's database (SQLite or PostgreSQL): what a
+/// test does behind the server's back, such as ageing a row; the rows it changed.
+pub async fn execute(url: &str, sql: &str) -> Result<u64, sqlx::Error> {
+    use sqlx::Connection as _;
+    if url.starts_with("sqlite:") {
+        let mut db = sqlx::SqliteConnection::connect(url).await?;
+        Ok(sqlx::query(sql).execute(&mut db).await?.rows_affected())
+    } else {
+        let mut db = sqlx::PgConnection::connect(url).await?;
+        Ok(sqlx::query(sql).execute(&mut db).await?.rows_affected())
     }
 }
 
