@@ -4,14 +4,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{tidings, District};
+use support::{
+    codes_sent_to, codes_taken, first_guardian_with_sms, free_port, sandbox, sandbox_calling_back,
+    tidings, twilio_env, twilio_env_calling_back, District, ACCOUNT,
+};
 use tidings_core::testing::TestDatabase;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 tidings_core::on_both_stores! {
     databases:
@@ -21,61 +22,6 @@ tidings_core::on_both_stores! {
     the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device,
     the_guardian_app_is_pushed_to_by_web_push_until_its_subscription_is_gone,
     one_message_is_traced_from_the_request_to_delivered,
-}
-
-const ACCOUNT: &str = "AC00000000000000000000000000000042";
-const TOKEN: &str = "e2e-sandbox-token";
-
-/// `tidings sandbox` on a free port: its base URL and the process.
-async fn sandbox(faults: &str) -> (String, tokio::process::Child) {
-    sandbox_calling_back(faults, None).await
-}
-
-/// `tidings sandbox` sending its callbacks to `callback_base`.
-async fn sandbox_calling_back(
-    faults: &str,
-    callback_base: Option<&str>,
-) -> (String, tokio::process::Child) {
-    let mut command = tidings("sqlite://unused.db");
-    command.args(["sandbox", "--listen", "127.0.0.1:0"]);
-    if let Some(base) = callback_base {
-        command.args(["--callback-base", base]);
-    }
-    let mut child = command
-        .env("TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN", TOKEN)
-        .env("TIDINGS_SANDBOX_FAULTS", faults)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("sandbox exited");
-            if let Some(rest) = line.strip_prefix("Provider sandbox on ") {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-    })
-    .await
-    .expect("the sandbox did not start within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (base, child)
-}
-
-fn twilio_env(api_base: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("TIDINGS_TWILIO__ACCOUNT_SID", ACCOUNT.into()),
-        ("TIDINGS_TWILIO__FROM", "+15005550006".into()),
-        ("TIDINGS_TWILIO__API_BASE", api_base.into()),
-        ("TIDINGS_TWILIO__TIMEOUT_SECONDS", "1".into()),
-        ("TIDINGS_TWILIO_AUTH_TOKEN", TOKEN.into()),
-        // Status callbacks name the delivery (nothing answers there yet in this test).
-        ("TIDINGS_PUBLIC_URL", "http://127.0.0.1:9".into()),
-        (
-            "TIDINGS_RETRY_SCHEDULE",
-            "[0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]".into(),
-        ),
-    ]
 }
 
 /// Posts a message as the district's administrator; its answer (201 asserted).
@@ -121,37 +67,6 @@ async fn counts_when(
 async fn demo_district(db: TestDatabase, env: &[(&'static str, String)]) -> District {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     District::with_demo_env(db, &env).await
-}
-
-/// Twilio through the sandbox at `base`, for a server on `port` that the sandbox calls
-/// back: Twilio signs for the public URL, the sandbox posts to the port.
-fn twilio_env_calling_back(base: &str, port: u16) -> Vec<(&'static str, String)> {
-    let mut env = twilio_env(base);
-    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
-    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
-    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
-    env
-}
-
-/// The demo district's first guardian and their active SMS number.
-async fn first_guardian_with_sms(d: &District) -> (String, String) {
-    let guardian = d.all("/api/v1/guardians", &d.admin).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (_, detail) = d
-        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
-        .await;
-    let number = detail["contact_points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "sms" && c["active"] == true)
-        .unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (guardian, number)
 }
 
 /// A guardian's text from `number` to the district, through the sandbox at `base` as
@@ -439,15 +354,6 @@ async fn sms_goes_through_kannel_and_smpp_and_its_reports_come_back() {
     let done = counts_when(&d, &id, |c| c.get("DELIVERED") == Some(&to_send)).await;
     assert_eq!(done.get("DELIVERED"), Some(&to_send), "{done:?}");
     assert!(d.server.terminate().await.success());
-}
-
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn twilio_status_callbacks_move_deliveries_to_delivered(db: TestDatabase) {
@@ -1179,40 +1085,6 @@ async fn guardians_acknowledge_and_unsubscribe_by_link_and_scanners_change_nothi
     assert_eq!(by_link[0].staff_id, None);
     assert_eq!(by_link[0].detail["opt_out_id"], opt_outs[0]["id"]);
     called.stop().await;
-}
-
-/// The sign-in codes the sandbox took for `number`, oldest first, once there are `count`
-/// (codes are sent after the answer; polled, a liveness bound, not a measurement).
-async fn codes_sent_to(base: &str, number: &str, count: usize) -> Vec<String> {
-    let mut codes = codes_taken(base, number).await;
-    for _ in 0..300 {
-        if codes.len() >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        codes = codes_taken(base, number).await;
-    }
-    codes
-}
-
-async fn codes_taken(base: &str, number: &str) -> Vec<String> {
-    let received: Value = reqwest::get(format!("{base}/_sandbox/received"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    received["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["address"] == number)
-        .filter_map(|i| {
-            let body = i["body"].as_str()?;
-            let at = body.find("your sign-in code is ")? + "your sign-in code is ".len();
-            Some(body[at..at + 6].to_owned())
-        })
-        .collect()
 }
 
 async fn the_guardian_app_signs_in_by_code_acknowledges_and_registers_a_device(db: TestDatabase) {

@@ -168,7 +168,25 @@ pub async fn sign_in(
     ClientAddress(client): ClientAddress,
     Json(request): Json<SignInRequest>,
 ) -> Result<(StatusCode, axum::Json<SignInAnswer>), ApiError> {
-    let (channel, address) = contact(&state, &request.address)?;
+    let channel = send_sign_in_code(&state, client, &request.address).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(SignInAnswer {
+            channel,
+            expires_in_seconds: CODE_MINUTES * 60,
+        }),
+    ))
+}
+
+/// Sends a one-time code to `input` (a phone number or email address) if it is on file,
+/// within the client's and the process's bounds: where it would go. The API and the
+/// guardian web app both sign in through here.
+pub async fn send_sign_in_code(
+    state: &AppState,
+    client: Option<std::net::IpAddr>,
+    input: &str,
+) -> Result<Channel, ApiError> {
+    let (channel, address) = contact(state, input)?;
     // Codes cost money to send and must not be a way to message guardians in bulk.
     state.sign_ins.code(client)?;
     // A code is kept (and counted) for unknown addresses too: the answer, and when it
@@ -207,13 +225,24 @@ pub async fn sign_in(
             None => tracing::warn!(sign_in = %sign_in, "no provider to send sign-in codes with"),
         }
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(SignInAnswer {
-            channel,
-            expires_in_seconds: CODE_MINUTES * 60,
-        }),
-    ))
+    Ok(channel)
+}
+
+/// Trades the code sent to `input` for a session, within the client's bound on tries.
+pub async fn open_session(
+    state: &AppState,
+    client: Option<std::net::IpAddr>,
+    input: &str,
+    code: &str,
+) -> Result<tidings_core::services::guardian_access::OpenedSession, ApiError> {
+    state.sign_ins.try_code(client)?;
+    let (channel, address) = contact(state, input)?;
+    let opened = state
+        .services()
+        .redeem_sign_in_code(channel, &address, code)
+        .await?;
+    tracing::info!(session = %opened.token.session, guardians = opened.guardians.len(), "guardian signed in");
+    Ok(opened)
 }
 
 /// Trades a code for a session token.
@@ -228,14 +257,8 @@ pub async fn create_session(
     ClientAddress(client): ClientAddress,
     Json(request): Json<SessionRequest>,
 ) -> Result<(StatusCode, axum::Json<SessionAnswer>), ApiError> {
-    state.sign_ins.try_code(client)?;
-    let (channel, address) = contact(&state, &request.address)?;
-    let opened = state
-        .services()
-        .redeem_sign_in_code(channel, &address, &request.code)
-        .await?;
+    let opened = open_session(&state, client, &request.address, &request.code).await?;
     let (token, expires_at, guardians) = (opened.token, opened.expires_at, opened.guardians);
-    tracing::info!(session = %token.session, guardians = guardians.len(), "guardian signed in");
     Ok((
         StatusCode::CREATED,
         axum::Json(SessionAnswer {
@@ -257,27 +280,65 @@ impl std::ops::Deref for GuardianCaller {
     }
 }
 
-impl GuardianCaller {
-    fn ids(&self) -> Vec<GuardianId> {
-        self.guardians.iter().map(|(_, g)| *g).collect()
-    }
+fn guardian_ids(access: &GuardianAccess) -> Vec<GuardianId> {
+    access.guardians.iter().map(|(_, g)| *g).collect()
+}
 
-    /// Message `id` as it went to the signed-in guardians (one entry each); not found if
-    /// it went to none of them.
-    async fn message(
-        &self,
-        state: &AppState,
-        id: MessageId,
-    ) -> Result<Vec<GuardianMessage>, ApiError> {
-        let found = state
-            .store
-            .guardian_message(GuardianMessageRef::Message(id), &self.ids())
-            .await?;
-        if found.is_empty() {
-            return Err(ApiError::NotFound);
-        }
-        Ok(found)
+/// The signed-in guardians' messages, newest first, `limit` before `before`.
+pub async fn messages_of(
+    state: &AppState,
+    access: &GuardianAccess,
+    before: Option<MessageId>,
+    limit: u32,
+) -> Result<Vec<GuardianMessage>, ApiError> {
+    Ok(state
+        .store
+        .guardian_messages(&guardian_ids(access), before, limit)
+        .await?)
+}
+
+/// Message `id` as it went to the signed-in guardians (one entry each); not found if it
+/// went to none of them.
+pub async fn message_of(
+    state: &AppState,
+    access: &GuardianAccess,
+    id: MessageId,
+) -> Result<Vec<GuardianMessage>, ApiError> {
+    let found = state
+        .store
+        .guardian_message(GuardianMessageRef::Message(id), &guardian_ids(access))
+        .await?;
+    if found.is_empty() {
+        return Err(ApiError::NotFound);
     }
+    Ok(found)
+}
+
+/// Acknowledges message `id` for each signed-in guardian it went to, from the app.
+pub async fn acknowledge_as(
+    state: &AppState,
+    access: &GuardianAccess,
+    id: MessageId,
+) -> Result<Vec<AckResult>, ApiError> {
+    let found = message_of(state, access, id).await?;
+    let mut results = Vec::new();
+    for message in found {
+        let outcome = state
+            .services()
+            .acknowledge(message.recipient_id, AckVia::App(access.session))
+            .await?;
+        let result = match outcome {
+            AckOutcome::Acked { .. } => "acked",
+            AckOutcome::AlreadyAcked => "already_acked",
+            AckOutcome::NotRequired => "not_required",
+            AckOutcome::NotFound => return Err(ApiError::NotFound),
+        };
+        results.push(AckResult {
+            guardian_id: message.guardian_id,
+            result,
+        });
+    }
+    Ok(results)
 }
 
 impl FromRequestParts<AppState> for GuardianCaller {
@@ -332,10 +393,7 @@ pub async fn list_messages(
     Query(query): Query<MessagesQuery>,
 ) -> Result<axum::Json<MessagesPage>, ApiError> {
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
-    let items = state
-        .store
-        .guardian_messages(&caller.ids(), query.before, limit)
-        .await?;
+    let items = messages_of(&state, &caller.0, query.before, limit).await?;
     let next_before = (items.len() == limit as usize)
         .then(|| items.last().map(|m| m.message_id))
         .flatten();
@@ -352,7 +410,7 @@ pub async fn get_message(
     caller: GuardianCaller,
     Path(id): Path<MessageId>,
 ) -> Result<axum::Json<Vec<GuardianMessage>>, ApiError> {
-    Ok(axum::Json(caller.message(&state, id).await?))
+    Ok(axum::Json(message_of(&state, &caller.0, id).await?))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -379,24 +437,7 @@ pub async fn acknowledge(
     caller: GuardianCaller,
     Path(id): Path<MessageId>,
 ) -> Result<axum::Json<AckAnswer>, ApiError> {
-    let found = caller.message(&state, id).await?;
-    let mut results = Vec::new();
-    for message in found {
-        let outcome = state
-            .services()
-            .acknowledge(message.recipient_id, AckVia::App(caller.session))
-            .await?;
-        let result = match outcome {
-            AckOutcome::Acked { .. } => "acked",
-            AckOutcome::AlreadyAcked => "already_acked",
-            AckOutcome::NotRequired => "not_required",
-            AckOutcome::NotFound => return Err(ApiError::NotFound),
-        };
-        results.push(AckResult {
-            guardian_id: message.guardian_id,
-            result,
-        });
-    }
+    let results = acknowledge_as(&state, &caller.0, id).await?;
     Ok(axum::Json(AckAnswer {
         message_id: id,
         results,

@@ -267,6 +267,8 @@ async fn push_goes_to_the_platform_of_each_device() {
     assert_eq!(router.provider(), "push");
     assert_eq!(router.provider_of(&format!("apns:{GOOD}")), "apns");
     assert_eq!(router.provider_of("fcm:fGc4Kq9RTx2example"), "fcm");
-    assert_eq!(router.provider_of("webpush:xyz"), "push");
+    // A browser's subscription is a platform of its own, configured or not.
+    assert_eq!(router.provider_of("webpush:xyz"), "webpush");
+    assert_eq!(router.provider_of("mqtt:xyz"), "push");
     assert_eq!(apple_only.provider_of(&format!("apns:{GOOD}")), "apns");
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -633,4 +635,136 @@ impl Drop for OwnPostgres {
             .command("pg_ctl", &["-D", &data, "-m", "immediate", "stop"])
             .output();
     }
+}
+
+// `tidings sandbox` as a separate process, Twilio pointed at it, and the sign-in codes
+// it took: what tests of providers and of the guardian app share.
+
+pub const ACCOUNT: &str = "AC00000000000000000000000000000042";
+pub const TOKEN: &str = "e2e-sandbox-token";
+
+/// `tidings sandbox` on a free port: its base URL and the process.
+pub async fn sandbox(faults: &str) -> (String, tokio::process::Child) {
+    sandbox_calling_back(faults, None).await
+}
+
+/// `tidings sandbox` sending its callbacks to `callback_base`.
+pub async fn sandbox_calling_back(
+    faults: &str,
+    callback_base: Option<&str>,
+) -> (String, tokio::process::Child) {
+    let mut command = tidings("sqlite://unused.db");
+    command.args(["sandbox", "--listen", "127.0.0.1:0"]);
+    if let Some(base) = callback_base {
+        command.args(["--callback-base", base]);
+    }
+    let mut child = command
+        .env("TIDINGS_SANDBOX_TWILIO_AUTH_TOKEN", TOKEN)
+        .env("TIDINGS_SANDBOX_FAULTS", faults)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("sandbox exited");
+            if let Some(rest) = line.strip_prefix("Provider sandbox on ") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    })
+    .await
+    .expect("the sandbox did not start within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (base, child)
+}
+
+pub fn twilio_env(api_base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TIDINGS_TWILIO__ACCOUNT_SID", ACCOUNT.into()),
+        ("TIDINGS_TWILIO__FROM", "+15005550006".into()),
+        ("TIDINGS_TWILIO__API_BASE", api_base.into()),
+        ("TIDINGS_TWILIO__TIMEOUT_SECONDS", "1".into()),
+        ("TIDINGS_TWILIO_AUTH_TOKEN", TOKEN.into()),
+        // Status callbacks name the delivery (nothing answers there yet in this test).
+        ("TIDINGS_PUBLIC_URL", "http://127.0.0.1:9".into()),
+        (
+            "TIDINGS_RETRY_SCHEDULE",
+            "[0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]".into(),
+        ),
+    ]
+}
+
+/// Twilio through the sandbox at `base`, for a server on `port` that the sandbox calls
+/// back: Twilio signs for the public URL, the sandbox posts to the port.
+pub fn twilio_env_calling_back(base: &str, port: u16) -> Vec<(&'static str, String)> {
+    let mut env = twilio_env(base);
+    env.retain(|(k, _)| *k != "TIDINGS_PUBLIC_URL");
+    env.push(("TIDINGS_PUBLIC_URL", "https://tidings.example.org".into()));
+    env.push(("TIDINGS_LISTEN", format!("127.0.0.1:{port}")));
+    env
+}
+
+/// The demo district's first guardian and their active SMS number.
+pub async fn first_guardian_with_sms(d: &District) -> (String, String) {
+    let guardian = d.all("/api/v1/guardians", &d.admin).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    let number = detail["contact_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "sms" && c["active"] == true)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (guardian, number)
+}
+
+/// The sign-in codes the sandbox took for `number`, oldest first, once there are `count`
+/// (codes are sent after the answer; polled, a liveness bound, not a measurement).
+pub async fn codes_sent_to(base: &str, number: &str, count: usize) -> Vec<String> {
+    let mut codes = codes_taken(base, number).await;
+    for _ in 0..300 {
+        if codes.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        codes = codes_taken(base, number).await;
+    }
+    codes
+}
+
+pub async fn codes_taken(base: &str, number: &str) -> Vec<String> {
+    let received: serde_json::Value = reqwest::get(format!("{base}/_sandbox/received"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    received["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["address"] == number)
+        .filter_map(|i| {
+            let body = i["body"].as_str()?;
+            let at = body.find("your sign-in code is ")? + "your sign-in code is ".len();
+            Some(body[at..at + 6].to_owned())
+        })
+        .collect()
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

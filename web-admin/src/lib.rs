@@ -4,10 +4,12 @@
 //!
 //! Pages: sign in and out (email and password, or the district's account with single
 //! sign-on), the list of messages, compose and send, each message's report, the
-//! directory (schools, classes, students, guardians), staff, API tokens and settings. A session is an expiring token of the staff member
+//! directory (schools, classes, students, guardians), staff, API tokens and settings; and
+//! the guardian app under `/app/` ([`app`]). A session is an expiring token of the staff member
 //! kept in an HttpOnly, SameSite=Lax cookie (Secure when Tidings is served over HTTPS);
 //! every form carries a CSRF token derived from it.
 
+mod app;
 mod assets;
 mod audit;
 mod chart;
@@ -146,6 +148,7 @@ pub fn router(state: AppState, web: Web) -> Router {
         .route("/imports/running/{id}", get(imports::running))
         .route("/imports/{id}", get(imports::report))
         .route("/static/{name}", get(assets::serve))
+        .merge(app::routes())
         .layer(Extension(Arc::new(web)))
         .with_state(state)
 }
