@@ -203,8 +203,135 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     browser.accessible("inbox-es").await;
     browser.shot("inbox-es").await;
 
-    // Installable: the manifest the page links, its icons, the offline page.
+    // Settings, from the keyboard where it matters: messages in Spanish, no texts for
+    // what is not an emergency, quiet hours of their own.
+    browser.click("#settings", "[data-page=app-settings]").await;
+    browser.accessible("settings").await;
+    browser.choose("language-1", "es").await;
+    browser.tick("#channel-sms-1").await;
+    // A time field as Chromium's en-US locale shows it: hours, minutes, AM/PM.
+    browser.fill("quiet-start-1", "0900P").await;
+    browser.fill("quiet-end-1", "0700A").await;
+    browser.click("#save-1", "#saved").await;
+    browser.shot("settings").await;
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    assert_eq!(detail["preferred_language"], "es", "{detail}");
+    let opt_outs: Vec<(&str, &str)> = detail["opt_outs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["revoked_at"].is_null())
+        .map(|o| {
+            (
+                o["channel"].as_str().unwrap(),
+                o["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(opt_outs, vec![("sms", "guardian")], "{detail}");
+    // A newsletter by SMS is now held back for this guardian; an emergency is not.
+    let (_, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(
+                json!({"audience": {"guardians": [guardian]}, "channels": ["sms"],
+                        "kind": "general", "subject": "Newsletter", "body": "This week"}),
+            ),
+        )
+        .await;
+    assert_eq!(sent["suppressed"]["opted_out"], 1, "{sent}");
+    let (_, sent) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(
+                json!({"audience": {"guardians": [guardian]}, "channels": ["sms"],
+                        "kind": "emergency", "subject": "Closure", "body": "Closed today"}),
+            ),
+        )
+        .await;
+    assert_eq!(support::suppressed_total(&sent), 0, "{sent}");
+    // The form shows what was saved; turning texts back on revokes the guardian's own
+    // opt-out.
+    assert_eq!(
+        b.find(Locator::Id("quiet-start-1"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("21:00")
+    );
+    browser.tick("#channel-sms-1").await;
+    browser.click("#save-1", "#saved").await;
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    assert!(
+        detail["opt_outs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| !o["revoked_at"].is_null()),
+        "{detail}"
+    );
+    // Another device signed in as the same number shows, and is signed out from here.
     let client = reqwest::Client::new();
+    let asked = client
+        .post(format!("{serve_at}/api/v1/guardian/sign-in"))
+        .json(&json!({"address": number}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), reqwest::StatusCode::ACCEPTED);
+    let second_code = codes_sent_to(&base, &number, 2).await.pop().unwrap();
+    let other: Value = client
+        .post(format!("{serve_at}/api/v1/guardian/sessions"))
+        .json(&json!({"address": number, "code": second_code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_token = other["token"].as_str().unwrap().to_owned();
+    b.refresh().await.unwrap();
+    browser
+        .arrive("[data-page=app-settings] button[data-session]")
+        .await;
+    browser.shot("settings-devices").await;
+    browser
+        .click("button[data-session]", "[data-page=app-settings]")
+        .await;
+    assert!(b
+        .find_all(Locator::Css("button[data-session]"))
+        .await
+        .unwrap()
+        .is_empty());
+    let refused = client
+        .get(format!("{serve_at}/api/v1/guardian/messages"))
+        .bearer_auth(&other_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    for (action, times) in [("guardian.preferences", 2), ("guardian.sign_out", 1)] {
+        let sql = format!("SELECT count(*) FROM audit_log WHERE action = '{action}'");
+        assert_eq!(
+            support::count(&d.db.url, &sql).await.unwrap(),
+            times,
+            "{action}"
+        );
+    }
+    browser.click("#back", "[data-page=app-inbox]").await;
+
+    // Installable: the manifest the page links, its icons, the offline page.
     let manifest: Value = client
         .get(format!("{serve_at}/app/manifest.webmanifest"))
         .send()

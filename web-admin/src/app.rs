@@ -26,8 +26,11 @@ use tidings_api::guardian::{self, SubscriptionRequest};
 use tidings_api::{ApiError, AppState};
 use tidings_core::secret::GuardianToken;
 use tidings_core::services::guardian_access::{GuardianAccess, SESSION_DAYS};
-use tidings_core::store::guardian::GuardianMessage;
-use tidings_core::{MessageId, MessageKind, PushPlatform, WebPushSubscription};
+use tidings_core::services::guardian_settings::Preferences;
+use tidings_core::store::guardian::{GuardianMessage, GuardianPreferences};
+use tidings_core::{
+    Channel, GuardianId, MessageId, MessageKind, PushPlatform, WebPushSubscription,
+};
 
 use crate::form::Fields;
 use crate::i18n::Lang;
@@ -98,6 +101,9 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/app/messages/{id}", get(message))
         .route("/app/messages/{id}/ack", post(acknowledge))
         .route("/app/devices", post(register_device))
+        .route("/app/devices/{id}/remove", post(remove_device))
+        .route("/app/settings", get(settings).post(save_settings))
+        .route("/app/sessions/{id}/end", post(end_session))
         .route("/app/offline", get(offline))
         .route("/app/manifest.webmanifest", get(manifest))
         .route("/app/sw.js", get(service_worker))
@@ -571,6 +577,374 @@ async fn register_device(
         .await
     {
         Ok(()) => StatusCode::CREATED.into_response(),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+/// The languages a guardian may ask their messages in, by their own names: those most
+/// spoken in US schools' families. A district's translations decide what arrives; a
+/// message without one in the language comes in the district's own.
+const LANGUAGES: &[(&str, &str)] = &[
+    ("en", "English"),
+    ("es", "Español"),
+    ("vi", "Tiếng Việt"),
+    ("zh", "中文"),
+    ("ar", "العربية"),
+    ("ht", "Kreyòl ayisyen"),
+    ("pt", "Português"),
+    ("fr", "Français"),
+    ("ko", "한국어"),
+    ("ru", "Русский"),
+    ("so", "Soomaali"),
+    ("tl", "Tagalog"),
+];
+
+/// One channel's switch on the settings page.
+struct ChannelChoice {
+    channel: Channel,
+    label: &'static str,
+    on: bool,
+    /// Why the guardian cannot turn it on here (a STOP, the school), if so.
+    locked: Option<&'static str>,
+}
+
+/// One guardian's settings form.
+struct GuardianForm {
+    id: GuardianId,
+    name: String,
+    district: String,
+    language: String,
+    /// The languages offered, the guardian's own first if it is not among them.
+    languages: Vec<(String, String)>,
+    channels: Vec<ChannelChoice>,
+    quiet_start: String,
+    quiet_end: String,
+}
+
+/// A device signed in or registered for notifications.
+struct DeviceRow {
+    id: String,
+    label: String,
+    since: String,
+    since_iso: String,
+    current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "app_settings.html")]
+struct SettingsPage {
+    frame: Frame,
+    guardians: Vec<GuardianForm>,
+    sessions: Vec<DeviceRow>,
+    devices: Vec<DeviceRow>,
+    saved: bool,
+    error: Option<String>,
+}
+
+fn hhmm(minute: Option<i64>) -> String {
+    minute.map_or_else(String::new, |m| format!("{:02}:{:02}", m / 60, m % 60))
+}
+
+fn minute_of(hhmm: &str) -> Option<Option<i64>> {
+    let hhmm = hhmm.trim();
+    if hhmm.is_empty() {
+        return Some(None);
+    }
+    let (h, m) = hhmm.split_once(':')?;
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.get(..2)?.parse().ok()?);
+    ((0..24).contains(&h) && (0..60).contains(&m)).then_some(Some(h * 60 + m))
+}
+
+fn guardian_form(lang: Lang, p: &GuardianPreferences) -> GuardianForm {
+    let language = p.preferred_language.clone().unwrap_or_default();
+    let mut languages: Vec<(String, String)> = LANGUAGES
+        .iter()
+        .map(|(tag, name)| ((*tag).to_owned(), (*name).to_owned()))
+        .collect();
+    if !language.is_empty() && !LANGUAGES.iter().any(|(tag, _)| *tag == language) {
+        languages.insert(0, (language.clone(), language.clone()));
+    }
+    let channels = Channel::ALL
+        .iter()
+        .copied()
+        .filter(|c| p.reachable.contains(c))
+        .map(|channel| {
+            let sources: Vec<&str> = p
+                .opt_outs
+                .iter()
+                .filter(|o| o.channel == channel)
+                .map(|o| o.source.as_str())
+                .collect();
+            let locked = if sources.contains(&"carrier") {
+                Some(lang.t("You replied STOP to a text: reply START to get texts again."))
+            } else if sources.iter().any(|s| *s == "staff" || *s == "complaint") {
+                Some(lang.t("Turned off by your school."))
+            } else {
+                None
+            };
+            ChannelChoice {
+                channel,
+                label: match channel {
+                    Channel::Sms => lang.t("Text messages (SMS)"),
+                    Channel::Email => lang.t("Email"),
+                    Channel::Push => lang.t("Notifications"),
+                },
+                on: sources.is_empty(),
+                locked,
+            }
+        })
+        .collect();
+    GuardianForm {
+        id: p.guardian_id,
+        name: format!("{} {}", p.given_name, p.family_name),
+        district: p.district_name.clone(),
+        language,
+        languages,
+        channels,
+        quiet_start: hhmm(p.quiet_start_minute),
+        quiet_end: hhmm(p.quiet_end_minute),
+    }
+}
+
+fn when(at: chrono::DateTime<chrono::Utc>) -> (String, String) {
+    (at.format("%Y-%m-%d %H:%M UTC").to_string(), at.to_rfc3339())
+}
+
+async fn settings_page(
+    state: &AppState,
+    guardian: &Guardian,
+    status: StatusCode,
+    saved: bool,
+    error: Option<String>,
+) -> Response {
+    let services = state.services();
+    let (preferences, sessions) = match tokio::try_join!(
+        services.guardian_preferences(&guardian.access),
+        services.guardian_sessions(&guardian.access),
+    ) {
+        Ok(found) => found,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let lang = guardian.lang;
+    let mut devices = Vec::new();
+    for p in &preferences {
+        for d in &p.devices {
+            let (since, since_iso) = when(d.registered_at);
+            let label = match d.platform {
+                PushPlatform::WebPush => WebPushSubscription::parse_token(&d.token)
+                    .map(|s| {
+                        format!(
+                            "{} ({})",
+                            lang.t("Browser"),
+                            s.endpoint.host_str().unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_else(|_| lang.t("Browser").to_owned()),
+                PushPlatform::Apns => "iPhone".to_owned(),
+                PushPlatform::Fcm => "Android".to_owned(),
+            };
+            let id = d.contact_point_id.to_string();
+            if !devices.iter().any(|r: &DeviceRow| r.id == id) {
+                devices.push(DeviceRow {
+                    id,
+                    label,
+                    since,
+                    since_iso,
+                    current: false,
+                });
+            }
+        }
+    }
+    let sessions = sessions
+        .iter()
+        .map(|s| {
+            let (since, since_iso) = when(s.created_at);
+            DeviceRow {
+                id: s.id.to_string(),
+                label: String::new(),
+                since,
+                since_iso,
+                current: s.id == guardian.access.session,
+            }
+        })
+        .collect();
+    let page = SettingsPage {
+        frame: frame(lang, guardian.csrf(), true, "/app/settings"),
+        guardians: preferences.iter().map(|p| guardian_form(lang, p)).collect(),
+        sessions,
+        devices,
+        saved,
+        error,
+    };
+    render(status, &page)
+}
+
+#[derive(serde::Deserialize)]
+struct SettingsQuery {
+    #[serde(default)]
+    saved: Option<String>,
+}
+
+async fn settings(
+    State(state): State<AppState>,
+    guardian: Guardian,
+    axum::extract::Query(query): axum::extract::Query<SettingsQuery>,
+) -> Response {
+    let saved = query.saved.is_some();
+    settings_page(&state, &guardian, StatusCode::OK, saved, None).await
+}
+
+/// The fields of a form posted by the signed-in guardian, once its CSRF token is checked.
+async fn posted(guardian: &Guardian, body: axum::body::Body) -> Option<Fields> {
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.ok()?;
+    let fields = Fields::parse(&body);
+    guardian.csrf_ok(fields.get("csrf")).then_some(fields)
+}
+
+async fn save_settings(
+    State(state): State<AppState>,
+    guardian: Guardian,
+    body: axum::body::Body,
+) -> Response {
+    let lang = guardian.lang;
+    let Some(fields) = posted(&guardian, body).await else {
+        return Redirect::to("/app/settings").into_response();
+    };
+    let Ok(id) = fields.get("guardian").parse::<GuardianId>() else {
+        return not_found(lang);
+    };
+    let (Some(start), Some(end)) = (
+        minute_of(fields.get("quiet_start")),
+        minute_of(fields.get("quiet_end")),
+    ) else {
+        let said = lang.t("Quiet hours need a start and an end, such as 21:00 and 07:00.");
+        return settings_page(
+            &state,
+            &guardian,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            false,
+            Some(said.into()),
+        )
+        .await;
+    };
+    let quiet = match (start, end) {
+        (Some(s), Some(e)) => Some((s, e)),
+        (None, None) => None,
+        _ => {
+            let said = lang.t("Quiet hours need a start and an end, such as 21:00 and 07:00.");
+            return settings_page(
+                &state,
+                &guardian,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                false,
+                Some(said.into()),
+            )
+            .await;
+        }
+    };
+    // A channel the form offered is off unless ticked; one it did not offer (locked, or
+    // no address on it) keeps the guardian's own choice as it is.
+    let current = match state
+        .services()
+        .guardian_preferences(&guardian.access)
+        .await
+    {
+        Ok(found) => found.into_iter().find(|p| p.guardian_id == id),
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let Some(current) = current else {
+        return not_found(lang);
+    };
+    let offered: Vec<&str> = fields.all("offered").collect();
+    let ticked: Vec<&str> = fields.all("channel").collect();
+    let channels_off = Channel::ALL
+        .iter()
+        .copied()
+        .filter(|c| {
+            if offered.contains(&c.as_str()) {
+                !ticked.contains(&c.as_str())
+            } else {
+                current
+                    .opt_outs
+                    .iter()
+                    .any(|o| o.channel == *c && o.source == "guardian")
+            }
+        })
+        .collect();
+    let language = Some(fields.get("language").trim().to_owned()).filter(|l| !l.is_empty());
+    let preferences = Preferences {
+        language,
+        quiet,
+        channels_off,
+    };
+    match state
+        .services()
+        .set_guardian_preferences(&guardian.access, id, &preferences)
+        .await
+    {
+        // Back to the page by GET: reloading it posts nothing again.
+        Ok(()) => Redirect::to("/app/settings?saved=1").into_response(),
+        Err(tidings_core::services::ServiceError::Refused(refusal)) => {
+            let (status, said) = crate::form::said_in(&refusal, lang);
+            settings_page(&state, &guardian, status, false, Some(said)).await
+        }
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    guardian: Guardian,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    if posted(&guardian, body).await.is_none() {
+        return Redirect::to("/app/settings").into_response();
+    }
+    let Ok(other) = id.parse::<uuid::Uuid>() else {
+        return not_found(guardian.lang);
+    };
+    match state
+        .services()
+        .end_other_guardian_session(&guardian.access, other)
+        .await
+    {
+        Ok(()) => Redirect::to("/app/settings").into_response(),
+        Err(tidings_core::services::ServiceError::Refused(_)) => not_found(guardian.lang),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+async fn remove_device(
+    State(state): State<AppState>,
+    guardian: Guardian,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    if posted(&guardian, body).await.is_none() {
+        return Redirect::to("/app/settings").into_response();
+    }
+    let preferences = match state
+        .services()
+        .guardian_preferences(&guardian.access)
+        .await
+    {
+        Ok(found) => found,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let Some(device) = preferences
+        .iter()
+        .flat_map(|p| &p.devices)
+        .find(|d| d.contact_point_id.to_string() == id)
+    else {
+        return not_found(guardian.lang);
+    };
+    match state
+        .services()
+        .unregister_guardian_device(&guardian.access, &device.token)
+        .await
+    {
+        Ok(()) => Redirect::to("/app/settings").into_response(),
         Err(error) => ApiError::from(error).into_response(),
     }
 }

@@ -16,6 +16,7 @@ pub mod directory;
 pub mod districts;
 pub mod guardian_access;
 pub mod guardian_data;
+pub mod guardian_settings;
 pub mod inbound;
 pub mod provider_events;
 pub mod renotify;

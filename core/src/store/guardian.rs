@@ -30,6 +30,54 @@ pub struct GuardianMessage {
     pub ack_via: Option<String>,
 }
 
+/// What a guardian sets alone in the app, with what it applies to.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardianPreferences {
+    pub guardian_id: GuardianId,
+    pub district_id: DistrictId,
+    pub district_name: String,
+    pub given_name: String,
+    pub family_name: String,
+    /// The language messages go in (a BCP 47 tag); none: the district's.
+    pub preferred_language: Option<String>,
+    /// The guardian's own quiet hours, minutes after midnight in the school's time zone;
+    /// none: the school's.
+    pub quiet_start_minute: Option<i64>,
+    pub quiet_end_minute: Option<i64>,
+    /// Active opt-outs.
+    pub opt_outs: Vec<ActiveOptOut>,
+    /// The channels the guardian has a contact point in use on.
+    pub reachable: Vec<Channel>,
+    /// Push devices in use (apps and browsers).
+    pub devices: Vec<Device>,
+}
+
+/// An opt-out in force: the channel and who asked (`guardian`, `staff`, `carrier`,
+/// `complaint`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveOptOut {
+    pub id: uuid::Uuid,
+    pub channel: Channel,
+    pub source: String,
+}
+
+/// A push device of a guardian.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub contact_point_id: uuid::Uuid,
+    pub platform: crate::PushPlatform,
+    pub token: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// A live session of the address a session signed in with.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: uuid::Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Which guardian message to read.
 #[derive(Debug, Clone, Copy)]
 pub enum GuardianMessageRef {
@@ -133,6 +181,20 @@ pub trait GuardianAccess: Send + Sync {
     async fn guardian_session(&self, id: uuid::Uuid) -> StoreResult<Option<GuardianSession>>;
 
     async fn end_guardian_session(&self, id: uuid::Uuid, at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// What each of `guardians` sets alone, and what it applies to.
+    async fn guardian_preferences(
+        &self,
+        guardians: &[GuardianId],
+    ) -> StoreResult<Vec<GuardianPreferences>>;
+
+    /// The live sessions (`session` among them) of the address `session` signed in with:
+    /// the devices signed in as that phone number or email address.
+    async fn sibling_sessions(
+        &self,
+        session: uuid::Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionView>>;
 }
 
 /// The one implementation, for both stores.
@@ -397,6 +459,151 @@ impl<S: Pools> GuardianAccess for S {
         .await?;
         Ok(())
     }
+
+    async fn guardian_preferences(
+        &self,
+        guardians: &[GuardianId],
+    ) -> StoreResult<Vec<GuardianPreferences>> {
+        let mut conn = self.reads().acquire().await?;
+        let mut all = Vec::new();
+        // Few guardians per session (usually one): a few queries each.
+        for guardian in guardians {
+            let Some(row) = S::Db::fetch_optional(
+                &mut conn,
+                "SELECT g.id, g.district_id, x.name AS district_name, g.given_name, g.family_name, \
+                        g.preferred_language, CAST(g.quiet_start_minute AS INTEGER) AS quiet_start, \
+                        CAST(g.quiet_end_minute AS INTEGER) AS quiet_end \
+                 FROM guardians g JOIN districts x ON x.id = g.district_id \
+                 WHERE g.id = $1 AND g.deleted_at IS NULL",
+                Args::new().id(*guardian),
+            )
+            .await?
+            else {
+                continue;
+            };
+            let opt_outs = S::Db::fetch_all(
+                &mut conn,
+                "SELECT id, channel, source FROM opt_outs WHERE guardian_id = $1 \
+                 AND revoked_at IS NULL ORDER BY channel, source",
+                Args::new().id(*guardian),
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ActiveOptOut {
+                    id: r.id("id")?,
+                    channel: r.parsed("channel")?,
+                    source: r.text("source")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+            let points = S::Db::fetch_all(
+                &mut conn,
+                "SELECT id, kind, address, push_platform, created_at FROM contact_points \
+                 WHERE guardian_id = $1 AND active = $2 ORDER BY created_at, id",
+                Args::new().id(*guardian).flag(true),
+            )
+            .await?;
+            let mut reachable = Vec::new();
+            let mut devices = Vec::new();
+            for point in &points {
+                let kind: Channel = point.parsed("kind")?;
+                if !reachable.contains(&kind) {
+                    reachable.push(kind);
+                }
+                if kind == Channel::Push {
+                    devices.push(Device {
+                        contact_point_id: point.id("id")?,
+                        platform: point.parsed("push_platform")?,
+                        token: point.text("address")?,
+                        registered_at: point.time("created_at")?,
+                    });
+                }
+            }
+            all.push(GuardianPreferences {
+                guardian_id: GuardianId::from_uuid(row.id("id")?),
+                district_id: DistrictId::from_uuid(row.id("district_id")?),
+                district_name: row.text("district_name")?,
+                given_name: row.text("given_name")?,
+                family_name: row.text("family_name")?,
+                preferred_language: row.opt_text("preferred_language")?,
+                quiet_start_minute: row.opt_i32("quiet_start")?.map(i64::from),
+                quiet_end_minute: row.opt_i32("quiet_end")?.map(i64::from),
+                opt_outs,
+                reachable,
+                devices,
+            });
+        }
+        Ok(all)
+    }
+
+    async fn sibling_sessions(
+        &self,
+        session: uuid::Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionView>> {
+        let mut conn = self.reads().acquire().await?;
+        S::Db::fetch_all(
+            &mut conn,
+            "SELECT s.id, s.created_at, s.expires_at FROM guardian_sessions s \
+             JOIN guardian_sessions me ON me.channel = s.channel AND me.address = s.address \
+             WHERE me.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
+             ORDER BY s.created_at DESC, s.id",
+            Args::new().id(session).time(at),
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SessionView {
+                id: r.id("id")?,
+                created_at: r.time("created_at")?,
+                expires_at: r.time("expires_at")?,
+            })
+        })
+        .collect()
+    }
+}
+
+/// Sets a guardian's language and quiet hours (none: the district's language, the
+/// school's hours); whether the guardian was there to change.
+pub(crate) async fn set_preferences<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: uuid::Uuid,
+    language: Option<&str>,
+    quiet: Option<(i64, i64)>,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let changed = D::execute(
+        conn,
+        "UPDATE guardians SET preferred_language = $1, quiet_start_minute = $2, \
+         quiet_end_minute = $3, updated_at = $4 WHERE id = $5 AND deleted_at IS NULL",
+        Args::new()
+            .opt_text(language)
+            .opt_int(quiet.map(|q| q.0))
+            .opt_int(quiet.map(|q| q.1))
+            .time(at)
+            .id(guardian),
+    )
+    .await?;
+    Ok(changed == 1)
+}
+
+/// Ends `other`, a session of the same address as `session`; whether it was live.
+pub(crate) async fn end_sibling_session<D: Dialect>(
+    conn: &mut D::Connection,
+    session: uuid::Uuid,
+    other: uuid::Uuid,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let changed = D::execute(
+        conn,
+        "UPDATE guardian_sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+         AND EXISTS (SELECT 1 FROM guardian_sessions me WHERE me.id = $3 \
+                     AND me.channel = guardian_sessions.channel AND me.address = guardian_sessions.address)",
+        Args::new().time(at).id(other).id(session),
+    )
+    .await?;
+    Ok(changed == 1)
 }
 
 const MESSAGE_SELECT: &str =

@@ -805,6 +805,25 @@ pub trait WriteTransaction: Send {
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
 
+    /// Sets a guardian's language and quiet hours (none: the district's language, the
+    /// school's hours), as the guardian chose them; whether the guardian was there.
+    async fn set_guardian_preferences(
+        &mut self,
+        guardian: GuardianId,
+        language: Option<&str>,
+        quiet: Option<(i64, i64)>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Ends session `other` of the same address as `session` (a guardian signing out a
+    /// device from another); whether it was live.
+    async fn end_sibling_session(
+        &mut self,
+        session: uuid::Uuid,
+        other: uuid::Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
     /// Adds (or reactivates) a contact point entered by staff.
     async fn add_contact_point(
         &mut self,

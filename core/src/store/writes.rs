@@ -278,6 +278,26 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         directory::add_opt_out::<D>(&mut self.tx, district, guardian, channel, source, at).await
     }
 
+    async fn set_guardian_preferences(
+        &mut self,
+        guardian: GuardianId,
+        language: Option<&str>,
+        quiet: Option<(i64, i64)>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        super::guardian::set_preferences::<D>(&mut self.tx, guardian.into(), language, quiet, at)
+            .await
+    }
+
+    async fn end_sibling_session(
+        &mut self,
+        session: Uuid,
+        other: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        super::guardian::end_sibling_session::<D>(&mut self.tx, session, other, at).await
+    }
+
     async fn revoke_opt_out(
         &mut self,
         guardian: GuardianId,
