@@ -1552,8 +1552,33 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
         if moved > progress.0 {
             progress = (moved, Instant::now());
         } else if progress.1.elapsed() > STALLED {
+            // What the log looked like when it stopped: entries waiting per partition and
+            // whether a live lease holds it, and the deliveries due by district and lane.
+            let now = tidings_core::time::now();
+            let partitions = store
+                .watch_partitions(tidings_core::log::CONSUMER_GROUP, now)
+                .await
+                .map(|all| {
+                    all.iter()
+                        .filter(|p| p.waiting > 0 || !p.held)
+                        .map(|p| {
+                            format!(
+                                "{}/{}: {} waiting, held {}",
+                                p.lane, p.partition, p.waiting, p.held
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_else(|e| e.to_string());
+            let due = store
+                .due_counts(now, 10_000)
+                .await
+                .map(|all| format!("{all:?}"))
+                .unwrap_or_else(|e| e.to_string());
             anyhow::bail!(
-                "nothing moved for {} s: {waiting} deliveries not sent, {} of {accepted} reports sent",
+                "nothing moved for {} s: {waiting} deliveries not sent ({by:?}), {} of {accepted} reports sent; \
+                 partitions waiting or unheld: [{partitions}]; due now: {due}",
                 STALLED.as_secs(),
                 provider.reports_finished()
             );

@@ -20,15 +20,15 @@ tidings_core::on_both_stores! {
     databases: a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app,
 }
 
-/// Sends `kind` to one guardian by SMS, asking them to acknowledge: the message's id.
-async fn send(d: &District, guardian: &str, kind: &str, subject: &str, body: &str) -> String {
+/// Sends `kind` to `audience` by SMS, asking them to acknowledge: the message's id.
+async fn send(d: &District, audience: Value, kind: &str, subject: &str, body: &str) -> String {
     let (status, sent) = d
         .call(
             reqwest::Method::POST,
             "/api/v1/messages",
             &d.admin,
             Some(json!({
-                "audience": {"guardians": [guardian]},
+                "audience": audience,
                 "channels": ["sms"],
                 "kind": kind,
                 "subject": subject,
@@ -55,9 +55,19 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let d = District::with_demo_env(db, &env).await;
     let (guardian, number) = first_guardian_with_sms(&d).await;
+    let (_, detail) = d
+        .get(&format!("/api/v1/guardians/{guardian}"), &d.admin)
+        .await;
+    let child = detail["students"][0].clone();
+    let (_, school) = d
+        .get(
+            &format!("/api/v1/schools/{}", child["school_id"].as_str().unwrap()),
+            &d.admin,
+        )
+        .await;
     let general = send(
         &d,
-        &guardian,
+        json!({"guardians": [guardian]}),
         "general",
         "Picture day",
         "Picture day is on Tuesday. Please send the form back.",
@@ -65,7 +75,7 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     .await;
     let emergency = send(
         &d,
-        &guardian,
+        json!({"students": [child["id"]]}),
         "emergency",
         "Lockdown",
         "All schools are in lockdown. Students are safe.\nWait for the next message.",
@@ -114,7 +124,27 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
         .await;
 
     // The inbox: both messages, newest first, the emergency marked and both waiting for
-    // an acknowledgment.
+    // an acknowledgment; the one about the child under the child and their school, the
+    // one to the guardian by name under "For you".
+    let headings: Vec<String> = {
+        let mut found = Vec::new();
+        for h in b.find_all(Locator::Css("main section h2")).await.unwrap() {
+            found.push(h.text().await.unwrap());
+        }
+        found
+    };
+    assert_eq!(
+        headings[..2],
+        [
+            format!(
+                "{} · {}",
+                child["given_name"].as_str().unwrap(),
+                school["name"].as_str().unwrap()
+            ),
+            "For you".to_owned()
+        ],
+        "{headings:?}"
+    );
     let listed: Vec<String> = {
         let mut ids = Vec::new();
         for link in b.find_all(Locator::Css("ul.inbox a")).await.unwrap() {

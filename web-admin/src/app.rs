@@ -27,7 +27,7 @@ use tidings_api::{ApiError, AppState};
 use tidings_core::secret::GuardianToken;
 use tidings_core::services::guardian_access::{GuardianAccess, SESSION_DAYS};
 use tidings_core::services::guardian_settings::Preferences;
-use tidings_core::store::guardian::{GuardianMessage, GuardianPreferences};
+use tidings_core::store::guardian::{Child, GuardianMessage, GuardianPreferences};
 use tidings_core::{
     Channel, GuardianId, MessageId, MessageKind, PushPlatform, WebPushSubscription,
 };
@@ -426,9 +426,10 @@ impl Shown {
     }
 }
 
-/// Messages of one district (a guardian with children in two districts sees both).
+/// Messages about the same children.
 struct Group {
-    district: String,
+    /// The children and their schools, as the section's heading.
+    label: String,
     messages: Vec<Shown>,
 }
 
@@ -449,25 +450,82 @@ async fn inbox(State(state): State<AppState>, guardian: Guardian) -> Response {
         Ok(messages) => messages,
         Err(error) => return error.into_response(),
     };
-    // A message that went to two guardians of a shared phone is listed once.
+    let ids: Vec<GuardianId> = guardian.access.guardians.iter().map(|(_, g)| *g).collect();
+    let children = match state.store.guardian_children(&ids).await {
+        Ok(children) => children,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let page = InboxPage {
+        frame: frame(guardian.lang, guardian.csrf(), true, "/app/"),
+        groups: grouped(guardian.lang, &messages, &children),
+        push_key: state.web_push_key.clone(),
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// The messages in sections by the children (and their schools) they concern, each
+/// section where its newest message falls: a class's message under that child, a school's
+/// under the children there, the district's under all of them, one to the guardian by
+/// name under "For you". A message that went to two guardians of a shared phone is
+/// listed once.
+fn grouped(lang: Lang, messages: &[GuardianMessage], children: &[Child]) -> Vec<Group> {
+    let mut everyone: Vec<uuid::Uuid> = children.iter().map(|c| c.student_id).collect();
+    everyone.sort_unstable();
+    everyone.dedup();
+    let districts: std::collections::HashSet<_> = messages.iter().map(|m| m.district_id).collect();
     let mut seen = std::collections::HashSet::new();
     let mut groups: Vec<Group> = Vec::new();
-    for m in messages.iter().filter(|m| seen.insert(m.message_id)) {
+    for m in messages {
+        if !seen.insert(m.message_id) {
+            continue;
+        }
+        // Every guardian of the session this message went to, and their children in it.
+        let mut concerned: Vec<&Child> = Vec::new();
+        for entry in messages.iter().filter(|e| e.message_id == m.message_id) {
+            for child in children
+                .iter()
+                .filter(|c| c.guardian_id == entry.guardian_id && c.is_in(&entry.audience))
+            {
+                if !concerned.iter().any(|c| c.student_id == child.student_id) {
+                    concerned.push(child);
+                }
+            }
+        }
+        let mut label = if concerned.is_empty() {
+            lang.t("For you").to_owned()
+        } else if concerned.len() == everyone.len() && everyone.len() > 1 {
+            lang.t("All your children").to_owned()
+        } else {
+            // "Ana, Luis · Lincoln Elementary; Sam · Roosevelt Middle"
+            let mut schools: Vec<(&str, Vec<&str>)> = Vec::new();
+            for child in &concerned {
+                match schools
+                    .iter_mut()
+                    .find(|(school, _)| *school == child.school_name)
+                {
+                    Some((_, names)) => names.push(&child.given_name),
+                    None => schools.push((&child.school_name, vec![&child.given_name])),
+                }
+            }
+            schools
+                .iter()
+                .map(|(school, names)| format!("{} · {school}", names.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if districts.len() > 1 {
+            label = format!("{label} ({})", m.district_name);
+        }
         let shown = Shown::of(m);
-        match groups.iter_mut().find(|g| g.district == shown.district) {
+        match groups.iter_mut().find(|g| g.label == label) {
             Some(group) => group.messages.push(shown),
             None => groups.push(Group {
-                district: shown.district.clone(),
+                label,
                 messages: vec![shown],
             }),
         }
     }
-    let page = InboxPage {
-        frame: frame(guardian.lang, guardian.csrf(), true, "/app/"),
-        groups,
-        push_key: state.web_push_key.clone(),
-    };
-    render(StatusCode::OK, &page)
+    groups
 }
 
 #[derive(Template)]
