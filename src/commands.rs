@@ -99,6 +99,7 @@ pub async fn serve(
     }
     bootstrap(config, store.as_ref()).await?;
     let link_keys = link_keys(config, store.as_ref()).await?;
+    let web_push_key = web_push_key(config, store.as_ref()).await?;
     if demo {
         let district = crate::import::choose_district(store.as_ref(), None).await?;
         if let Some(report) = crate::import::load_demo(store.as_ref(), district).await? {
@@ -150,7 +151,7 @@ pub async fn serve(
         trusted_proxies: config.trusted_proxies.clone().into(),
         roster_max_delete_percent: config.roster_max_delete_percent,
         clock: Arc::new(tidings_core::clock::SystemClock),
-        web_push_key: config.vapid_key()?.map(|key| key.public_key()),
+        web_push_key,
     };
     let secure_cookies = config
         .public_url
@@ -473,6 +474,7 @@ pub async fn dispatch(
     let metrics = crate::metrics::router(store.clone())?;
     let operator = operator_listener(config, metrics, &stopping).await?;
     let link_keys = link_keys(config, store.as_ref()).await?;
+    web_push_key(config, store.as_ref()).await?;
     let sandbox = in_process_sandbox(config, false)?;
     let adapters = adapters(config, sandbox.as_ref())?;
     let Some((dispatching, _)) = start_dispatcher(config, adapters, &store, &link_keys, stopping)?
@@ -643,6 +645,26 @@ async fn link_keys(config: &Config, store: &dyn Store) -> anyhow::Result<Arc<Lin
         );
     }
     Ok(Arc::new(keys))
+}
+
+/// The Web Push key's public half, when Web Push is on, checked against the one the other
+/// processes on this database push with: browsers subscribed with one key, and a
+/// process pushing with another would have every push refused.
+async fn web_push_key(config: &Config, store: &dyn Store) -> anyhow::Result<Option<String>> {
+    let Some(key) = config.vapid_key()? else {
+        return Ok(None);
+    };
+    if let Some(recorded) = store
+        .check_install_key("vapid", &key.fingerprint(), now())
+        .await?
+    {
+        anyhow::bail!(
+            "the Web Push key (fingerprint {}) differs from the one other Tidings processes on this database push with ({recorded}): \
+             give every process the same key (copy web_push.key_file, or set TIDINGS_VAPID_KEY)",
+            key.fingerprint()
+        );
+    }
+    Ok(Some(key.public_key()))
 }
 
 /// `tidings link-keys rotate`: a new signing key in `link_keys_file`, the old ones kept.

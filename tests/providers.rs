@@ -1529,6 +1529,24 @@ async fn the_guardian_app_is_pushed_to_by_web_push_until_its_subscription_is_gon
     assert_eq!(points[0]["address"], device_token.as_str());
     assert_eq!(points[0]["active"], false);
     assert_eq!(points[0]["inactive_reason"], "unregistered");
+
+    // Another process of the install with another Web Push key refuses to start: the
+    // browsers subscribed with this one, and would refuse its pushes.
+    let starting = tidings(&d.db.url)
+        .envs(twilio_env_calling_back(&base, free_port()))
+        .env(
+            "TIDINGS_VAPID_KEY",
+            tidings_channel_adapters::webpush::VapidKey::generate_pem(),
+        )
+        .arg("dispatch")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("a dispatcher with another Web Push key started")
+        .unwrap();
+    assert!(!output.status.success());
+    let said = support::one_line_error(&output);
+    assert!(said.contains("Web Push key"), "{said}");
     called.stop().await;
 }
 

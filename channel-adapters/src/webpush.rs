@@ -82,6 +82,17 @@ impl VapidKey {
         URL_SAFE_NO_PAD.encode(&self.public)
     }
 
+    /// A short fingerprint of the public key, to check that every process of an install
+    /// pushes with the same key.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&self.public)
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The `Authorization` header for a request to `origin` (RFC 8292 §3): a JWT for the
     /// origin, valid 12 hours, naming who to contact about the sends.
     pub fn authorization(

@@ -182,6 +182,15 @@ pub trait GuardianAccess: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<u8>>;
 
+    /// Records the fingerprint of install key `name` if none is yet; returns the one
+    /// recorded when it differs (another process of the install uses another key).
+    async fn check_install_key(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<String>>;
+
     /// Keeps a new sign-in code for the address (replacing an open one), unless
     /// `max_per_hour` were issued to it in the past hour: then `None`.
     async fn create_sign_in(
@@ -349,6 +358,30 @@ impl<S: Pools> GuardianAccess for S {
             }
         }
         Ok(differing)
+    }
+
+    async fn check_install_key(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<String>> {
+        let mut conn = self.writes().acquire().await?;
+        S::Db::execute(
+            &mut conn,
+            "INSERT INTO install_keys (name, fingerprint, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+            Args::new().text(name).text(fingerprint).time(at),
+        )
+        .await?;
+        let recorded = S::Db::fetch_one(
+            &mut conn,
+            "SELECT fingerprint FROM install_keys WHERE name = $1",
+            Args::new().text(name),
+        )
+        .await?
+        .text("fingerprint")?;
+        Ok((recorded != fingerprint).then_some(recorded))
     }
 
     async fn create_sign_in(
