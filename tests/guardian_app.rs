@@ -409,6 +409,119 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     println!("guardian app inbox page weights: {weights} = {total} bytes");
     assert!(total > 0 && total < 100 * 1024, "{weights}");
 
+    // A push to this browser. The app registers the browser's subscription (one the
+    // sandbox's push service made: Chromium cannot reach Google's offline), an emergency
+    // goes out to it, and the payload the push service decrypted, handed to the service
+    // worker as its push (DevTools), shows the notification that opens the message.
+    let key: Value = client
+        .get(format!("{serve_at}/api/v1/guardian/web-push"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let subscription: Value = client
+        .post(format!("{base}/_sandbox/web-push/subscriptions"))
+        .json(&json!({"application_server_key": key["public_key"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let registered = b
+        .execute_async(
+            "const [subscription, done] = [arguments[0], arguments[arguments.length - 1]];
+             fetch('/app/devices', {method: 'POST', headers: {'content-type': 'application/json',
+                 'x-csrf-token': document.getElementById('push').dataset.csrf},
+                 body: JSON.stringify(subscription)}).then(r => done(r.status));",
+            vec![subscription],
+        )
+        .await
+        .unwrap();
+    assert_eq!(registered, json!(201));
+    let (_, alert) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/messages",
+            &d.admin,
+            Some(
+                json!({"audience": {"guardians": [guardian]}, "channels": ["push"],
+                        "kind": "emergency", "subject": "Shelter in place",
+                        "body": "Stay inside until the all-clear."}),
+            ),
+        )
+        .await;
+    let alert = alert["id"].as_str().unwrap().to_owned();
+    let mut payload = None;
+    for _ in 0..600 {
+        let service: Value = client
+            .get(format!("{base}/_sandbox/web-push"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(pushed) = service["pushed"].as_array().and_then(|p| p.first()) {
+            payload = Some(pushed["payload"].as_str().unwrap().to_owned());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let payload = payload.expect("the push reached the push service");
+    let registration = browser
+        .service_worker_registration(&format!("{serve_at}/app/"))
+        .await;
+    b.goto(&format!("{serve_at}/app/")).await.unwrap();
+    browser.arrive("[data-page=app-inbox]").await;
+    browser
+        .devtools(
+            "Browser.grantPermissions",
+            json!({"permissions": ["notifications"], "origin": serve_at}),
+        )
+        .await;
+    browser.devtools("ServiceWorker.enable", json!({})).await;
+    // A push handed over right after the grant sometimes shows nothing (seen on every
+    // PostgreSQL run and no SQLite one before this retry; not understood — the grant
+    // reaching the worker's process late is the guess): it is handed over again until
+    // the notification shows. One notification, by its tag, whatever the tries.
+    let mut shown = Value::Null;
+    for _ in 0..60 {
+        browser
+            .devtools(
+                "ServiceWorker.deliverPushMessage",
+                json!({"origin": serve_at, "registrationId": registration, "data": payload}),
+            )
+            .await;
+        for _ in 0..10 {
+            shown = b
+                .execute_async(
+                    "const done = arguments[arguments.length - 1];
+                     navigator.serviceWorker.ready.then(r => r.getNotifications()).then(all => done(all.map(n =>
+                         ({title: n.title, body: n.body, tag: n.tag, url: n.data && n.data.url,
+                           stays: n.requireInteraction}))));",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            if shown.as_array().is_some_and(|a| !a.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if shown.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+    }
+    assert_eq!(
+        shown,
+        json!([{"title": "Shelter in place", "body": "Stay inside until the all-clear.",
+                "tag": alert, "url": format!("https://tidings.example.org/app/messages/{alert}"),
+                "stays": true}])
+    );
+
     // Signing out ends the session: the app asks to sign in again.
     browser
         .click("#sign-out", "[data-page=app-sign-in] #address")

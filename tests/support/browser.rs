@@ -213,5 +213,64 @@ impl Browser {
     }
 }
 
+/// A Chrome DevTools Protocol command, sent through chromedriver's
+/// `/session/{id}/goog/cdp/execute`.
+#[derive(Debug)]
+struct Cdp {
+    cmd: String,
+    params: serde_json::Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+impl Browser {
+    /// Runs a DevTools command (`ServiceWorker.deliverPushMessage`, …): its result.
+    pub async fn devtools(&self, cmd: &str, params: serde_json::Value) -> serde_json::Value {
+        self.client
+            .issue_cmd(Cdp {
+                cmd: cmd.to_owned(),
+                params,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    }
+
+    /// The registration id Chromium gives the service worker of `scope` (its
+    /// `chrome://serviceworker-internals` page says it); the page is left for it.
+    pub async fn service_worker_registration(&self, scope: &str) -> String {
+        self.client
+            .goto("chrome://serviceworker-internals")
+            .await
+            .unwrap();
+        let text = self.text("body").await;
+        let from_scope = text
+            .split(&format!("Scope: {scope}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no service worker for {scope}: {text}"));
+        from_scope
+            .lines()
+            .find_map(|line| line.strip_prefix("Registration ID: "))
+            .unwrap_or_else(|| panic!("no registration id: {text}"))
+            .trim()
+            .to_owned()
+    }
+}
+
 pub const TAB: &str = "\u{E004}";
 pub const ENTER: &str = "\u{E007}";
