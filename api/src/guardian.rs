@@ -495,15 +495,19 @@ fn device_token(token: &str) -> Result<&str, ApiError> {
     Ok(token)
 }
 
+/// A browser's subscription as the device token it is kept by (the guardian app posts
+/// the same).
+pub fn subscription_token(s: &SubscriptionRequest) -> Result<String, ApiError> {
+    tidings_core::WebPushSubscription::new(&s.endpoint, &s.keys.p256dh, &s.keys.auth)
+        .map(|s| s.token())
+        .map_err(|e| ApiError::InvalidBody(format!("subscription: {e}")))
+}
+
 /// The token of a registration: the platform's token, or the browser's subscription as
 /// one.
 fn registration_token(request: &DeviceRequest) -> Result<String, ApiError> {
     match (request.platform, &request.token, &request.subscription) {
-        (PushPlatform::WebPush, None, Some(s)) => {
-            tidings_core::WebPushSubscription::new(&s.endpoint, &s.keys.p256dh, &s.keys.auth)
-                .map(|s| s.token())
-                .map_err(|e| ApiError::InvalidBody(format!("subscription: {e}")))
-        }
+        (PushPlatform::WebPush, None, Some(s)) => subscription_token(s),
         (PushPlatform::WebPush, Some(token), None) => {
             tidings_core::WebPushSubscription::parse_token(token)
                 .map(|s| s.token())

@@ -621,13 +621,9 @@ async fn register_device(
         Ok(s) => s,
         Err(e) => return ApiError::InvalidBody(e.to_string()).into_response(),
     };
-    let token = match WebPushSubscription::new(
-        &subscription.endpoint,
-        &subscription.keys.p256dh,
-        &subscription.keys.auth,
-    ) {
-        Ok(s) => s.token(),
-        Err(e) => return ApiError::InvalidBody(e.to_string()).into_response(),
+    let token = match guardian::subscription_token(&subscription) {
+        Ok(token) => token,
+        Err(error) => return error.into_response(),
     };
     match state
         .services()
