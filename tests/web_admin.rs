@@ -372,7 +372,7 @@ async fn sign_in_compose_send_and_report(db: TestDatabase, shots: &str) {
     browser.arrive("[data-page=sign-in]").await;
     assert_eq!(browser.path().await, "/sign-in", "the session is over");
 
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -886,7 +886,7 @@ async fn an_administrator_finds_a_guardian_and_changes_how_they_are_reached() {
         actions.iter().any(|a| a == "district.locale"),
         "{actions:?}"
     );
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -964,7 +964,7 @@ async fn failed_deliveries_are_listed_and_replayed_from_the_dead_letters_page() 
         actions.iter().any(|a| a == "delivery.replay"),
         "{actions:?}"
     );
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -1119,7 +1119,7 @@ async fn an_administrator_invites_a_teacher_who_sets_a_password_and_is_later_dis
     ] {
         assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
     }
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -1289,7 +1289,7 @@ async fn an_administrator_turns_on_single_sign_on_and_staff_sign_in_with_their_d
     browser.arrive("[data-page=sign-in]").await;
     assert_eq!(browser.path().await, "/sign-in", "nobody is signed in");
 
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -1535,7 +1535,7 @@ async fn staff_message_a_grade_in_two_more_languages_and_then_chosen_students_an
         .click("button[value=send]", "[data-page=report]")
         .await;
     assert_eq!(messages_in(&db).await.len(), 2);
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -1607,7 +1607,7 @@ async fn staff_make_an_api_token_in_the_browser_use_it_and_revoke_it() {
         .await
         .unwrap();
     assert_eq!(me.status(), reqwest::StatusCode::UNAUTHORIZED);
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -1715,7 +1715,7 @@ async fn an_administrator_tries_a_roster_then_imports_it_and_reads_the_rejected_
         .unwrap()
         .iter()
         .any(|e| e.action == "roster.import" && e.staff_id.is_some()));
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -1890,7 +1890,7 @@ async fn an_operator_adds_a_district_whose_administrator_joins_and_suspends_it()
     assert!(created.status.success());
     let link = String::from_utf8(created.stdout).unwrap();
     assert!(link.trim().contains("/invitation/tid_"), "{link}");
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }
 
@@ -2088,6 +2088,6 @@ async fn a_teacher_given_a_password_link_works_in_spanish_on_a_phone_within_thei
     // The reset link worked once; the teacher's new password is theirs.
     b.goto(&link).await.unwrap();
     assert!(browser.text("body").await.contains("ya se usó o venció"));
-    browser.client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     assert!(server.terminate().await.success());
 }

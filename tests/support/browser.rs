@@ -272,5 +272,20 @@ impl Browser {
     }
 }
 
+/// A test that fails leaves its session open: chromedriver is killed with the test, but
+/// the Chromium it started is not its child to take along. Every process of this
+/// browser names its own profile directory; they end with it.
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let profile = self._profile.path().display().to_string();
+        // Best effort: without pkill the processes outlive the test, as before.
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", &format!("--user-data-dir={profile}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 pub const TAB: &str = "\u{E004}";
 pub const ENTER: &str = "\u{E007}";
