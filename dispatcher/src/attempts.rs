@@ -182,6 +182,10 @@ impl Dispatcher {
                 .await?
         };
         let mut started: Vec<(Outbound, i32)> = Vec::new();
+        let mut in_flight = InFlight {
+            set: &self.in_flight,
+            ids: Vec::new(),
+        };
         for (mut o, start) in batch.into_iter().zip(starts) {
             let AttemptStart::Started {
                 delivery,
@@ -207,7 +211,7 @@ impl Dispatcher {
                 };
                 finishing.push((o, attempt, result));
             } else {
-                self.lock_in_flight().insert(o.delivery.id);
+                in_flight.add(o.delivery.id);
                 started.push((o, attempt));
             }
         }
@@ -303,10 +307,7 @@ impl Dispatcher {
             self.retire(&retiring).await;
         }
         drop(turn);
-        let mut in_flight = self.lock_in_flight();
-        for (o, _, _) in &finishing {
-            in_flight.remove(&o.delivery.id);
-        }
+        drop(in_flight);
         finished
     }
 
@@ -621,5 +622,34 @@ impl Dispatcher {
             }
         }
         Ok(commit.is_some())
+    }
+}
+
+/// The deliveries of a batch this process has at a provider: not read again as due while
+/// their calls are out, and let go however the batch ends — its outcomes recorded, an
+/// error returned, or the batch's future dropped half way (a pass that gave up on a
+/// failed read). Were they kept, this process would pass them over for good, and only
+/// another process would ever send them.
+struct InFlight<'a> {
+    set: &'a std::sync::Mutex<HashSet<DeliveryId>>,
+    ids: Vec<DeliveryId>,
+}
+
+impl InFlight<'_> {
+    fn add(&mut self, id: DeliveryId) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        self.ids.push(id);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &self.ids {
+            set.remove(id);
+        }
     }
 }

@@ -169,8 +169,15 @@ impl Dispatcher {
                 }
             }
             // Before any further batch, look for newcomers; with no emergency waiting,
-            // every emergency on the log is one.
-            let fresh = self.backlog(partitions).await?;
+            // every emergency on the log is one. Should the look fail, the batches in hand
+            // still record their outcomes before the pass gives up.
+            let fresh = match self.backlog(partitions).await {
+                Ok(fresh) => fresh,
+                Err(error) => {
+                    while running.next().await.is_some() {}
+                    return Err(error);
+                }
+            };
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
                 planned.retain(|(lane, _), _| *lane != Lane::Emergency);
             }

@@ -54,6 +54,7 @@ tidings_core::on_both_stores! {
     an_idle_dispatcher_wakes_for_a_new_message,
     a_district_that_writes_during_a_pass_is_served_within_it,
     a_rewound_partition_sends_what_was_passed_over_and_nothing_twice,
+    a_pass_given_up_while_its_calls_are_out_leaves_them_to_be_sent_again,
 }
 
 const PARTITIONS: u32 = 4;
@@ -1254,6 +1255,59 @@ async fn a_panicking_adapter_neither_stops_the_dispatcher_nor_loops_forever(stor
 /// A log entry whose message cannot be read (here: a kind no version knows, written past
 /// the schema's checks) fails every batch it is in. It is isolated, quarantined as FAILED
 /// with the reason, and the partition goes on.
+/// A pass given up while its calls are at the provider (its future dropped, as when a
+/// look at the log failed with batches in hand) leaves nothing marked as in flight in the
+/// dispatcher: once their time in doubt has passed, the same process sends them. (A
+/// dispatcher that kept them marked passed them over for good: CI's PostgreSQL crash test
+/// found 19 such deliveries due and never sent.)
+async fn a_pass_given_up_while_its_calls_are_out_leaves_them_to_be_sent_again(
+    store: Arc<dyn Store>,
+) {
+    let seed = seed(store.as_ref(), 20).await;
+    let broadcast = newsletter(&seed, DeliveryGuarantee::AtLeastOnce);
+    store.create_message(&broadcast, now()).await.unwrap();
+    let ids = delivery_ids(&broadcast);
+    // A provider that answers after a minute: the calls stay out.
+    let provider = InProcessProvider::new(Faults {
+        latency_ms: 60_000,
+        ..Faults::default()
+    });
+    let clock = Arc::new(ManualClock::at(now()));
+    let config = Config {
+        in_doubt_after: Duration::from_secs(120),
+        clock: clock.clone(),
+        ..config(44)
+    };
+    let dispatcher = dispatcher(&store, &provider, config);
+    // Given up once every delivery's attempt is recorded (the calls follow at once).
+    let started = async {
+        loop {
+            let mut all = true;
+            for id in &ids {
+                all &= store.delivery(*id).await.unwrap().unwrap().attempts > 0;
+            }
+            if all {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::select! {
+        ended = dispatcher.run_until_idle() => panic!("the pass ended with its calls out: {ended:?}"),
+        () = started => {}
+    }
+    assert_eq!(provider.received_count(), 0, "no call was answered");
+    // The provider answers at once now; the attempts come due after their time in doubt.
+    provider.set_faults(Faults::default());
+    clock.advance(chrono::Duration::seconds(121));
+    dispatcher.run_until_idle().await.unwrap();
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Sent, ids.len())])
+    );
+    assert_eq!(provider.duplicates(), 0);
+}
+
 /// The database's connections dropped again and again during a broadcast (as in a
 /// failover): the outcomes of sends already made are written once the database answers
 /// again, and nothing is sent twice.
