@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use tidings_channel_adapters::webpush::VapidKey;
 use tidings_core::delivery::Actor;
 use tidings_core::link::LinkKeys;
 use tidings_core::secret;
@@ -131,7 +132,7 @@ pub async fn serve(
     crate::metrics::install()?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let sandbox = in_process_sandbox(config, demo)?;
-    let adapters = adapters(config, sandbox.as_ref())?;
+    let adapters = adapters(config, sandbox.as_ref(), web_push_key.clone())?;
     let codes = adapters
         .clone()
         .map(|a| Arc::new(SignInCodes(a)) as Arc<dyn tidings_api::guardian::CodeSender>);
@@ -151,7 +152,7 @@ pub async fn serve(
         trusted_proxies: config.trusted_proxies.clone().into(),
         roster_max_delete_percent: config.roster_max_delete_percent,
         clock: Arc::new(tidings_core::clock::SystemClock),
-        web_push_key,
+        web_push_key: web_push_key.as_ref().map(|key| key.public_key()),
     };
     let secure_cookies = config
         .public_url
@@ -474,9 +475,9 @@ pub async fn dispatch(
     let metrics = crate::metrics::router(store.clone())?;
     let operator = operator_listener(config, metrics, &stopping).await?;
     let link_keys = link_keys(config, store.as_ref()).await?;
-    web_push_key(config, store.as_ref()).await?;
+    let web_push_key = web_push_key(config, store.as_ref()).await?;
     let sandbox = in_process_sandbox(config, false)?;
-    let adapters = adapters(config, sandbox.as_ref())?;
+    let adapters = adapters(config, sandbox.as_ref(), web_push_key)?;
     let Some((dispatching, _)) = start_dispatcher(config, adapters, &store, &link_keys, stopping)?
     else {
         anyhow::bail!("no channel provider is configured, so there is nothing to send with (set `sandbox = true` to try the pipeline)");
@@ -515,9 +516,11 @@ fn in_process_sandbox(
 
 /// The providers this process sends through, per channel: `sandbox` when there is one,
 /// else the providers configured. `None` when there is none.
+/// `web_push_key`: the install's Web Push key as read and checked at start, when it is on.
 fn adapters(
     config: &Config,
     sandbox: Option<&tidings_sandbox::InProcessProvider>,
+    web_push_key: Option<Arc<VapidKey>>,
 ) -> anyhow::Result<Option<tidings_dispatcher::Adapters>> {
     use tidings_core::Channel;
     let Some(sandbox) = sandbox else {
@@ -535,7 +538,7 @@ fn adapters(
             adapters = adapters.with(Channel::Email, Arc::new(smtp));
             any = true;
         }
-        if let Some(push) = config.push()? {
+        if let Some(push) = config.push(web_push_key)? {
             adapters = adapters.with(Channel::Push, Arc::new(push));
             any = true;
         }
@@ -647,10 +650,10 @@ async fn link_keys(config: &Config, store: &dyn Store) -> anyhow::Result<Arc<Lin
     Ok(Arc::new(keys))
 }
 
-/// The Web Push key's public half, when Web Push is on, checked against the one the other
+/// The Web Push key, when Web Push is on, checked against the one the other
 /// processes on this database push with: browsers subscribed with one key, and a
 /// process pushing with another would have every push refused.
-async fn web_push_key(config: &Config, store: &dyn Store) -> anyhow::Result<Option<String>> {
+async fn web_push_key(config: &Config, store: &dyn Store) -> anyhow::Result<Option<Arc<VapidKey>>> {
     let Some(key) = config.vapid_key()? else {
         return Ok(None);
     };
@@ -664,7 +667,7 @@ async fn web_push_key(config: &Config, store: &dyn Store) -> anyhow::Result<Opti
             key.fingerprint()
         );
     }
-    Ok(Some(key.public_key()))
+    Ok(Some(key))
 }
 
 /// `tidings link-keys rotate`: a new signing key in `link_keys_file`, the old ones kept.

@@ -777,8 +777,12 @@ impl Config {
         })
     }
 
-    /// The push adapter, when APNs or FCM (or both) are configured.
-    pub fn push(&self) -> anyhow::Result<Option<tidings_channel_adapters::push::Push>> {
+    /// The push adapter, when APNs, FCM or Web Push is on.
+    /// `web_push_key`: the Web Push key as read at start (`vapid_key`), when it is on.
+    pub fn push(
+        &self,
+        web_push_key: Option<Arc<tidings_channel_adapters::webpush::VapidKey>>,
+    ) -> anyhow::Result<Option<tidings_channel_adapters::push::Push>> {
         use tidings_channel_adapters::{apns, fcm, http::Timeouts};
         let timeouts = |seconds: f64| Timeouts {
             request: std::time::Duration::from_secs_f64(seconds),
@@ -815,7 +819,7 @@ impl Config {
             }
             None => None,
         };
-        let web_push = self.web_push(self.vapid_key()?)?;
+        let web_push = self.web_push(web_push_key)?;
         Ok(tidings_channel_adapters::push::Push::new(
             apns, fcm, web_push,
         ))

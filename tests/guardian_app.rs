@@ -231,6 +231,7 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     assert_eq!(browser.text("h1").await, "Mensajes");
     assert_eq!(browser.text(".tag.emergency").await, "Emergencia");
     browser.accessible("inbox-es").await;
+    assert!(!browser.overflows().await, "the inbox wider than a phone");
     browser.shot("inbox-es").await;
 
     // Settings, from the keyboard where it matters: messages in Spanish, no texts for
@@ -335,7 +336,14 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     browser
         .arrive("[data-page=app-settings] button[data-session]")
         .await;
+    b.execute(
+        "document.getElementById('sessions-heading').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
     browser.shot("settings-devices").await;
+    assert!(!browser.overflows().await, "settings wider than a phone");
     browser
         .click("button[data-session]", "[data-page=app-settings]")
         .await;

@@ -295,7 +295,7 @@ async fn sign_in_compose_send_and_report(db: TestDatabase, shots: &str) {
         browser.accessible(name).await;
         browser.shot(name).await;
         assert!(
-            !overflows(&browser).await,
+            !browser.overflows().await,
             "{path} is wider than a 360-px phone"
         );
     }
@@ -320,7 +320,7 @@ async fn sign_in_compose_send_and_report(db: TestDatabase, shots: &str) {
         browser.accessible(name).await;
         browser.shot(name).await;
         assert!(
-            !overflows(&browser).await,
+            !browser.overflows().await,
             "{} (from {list}) is wider than a 360-px phone",
             browser.path().await
         );
@@ -1917,8 +1917,6 @@ async fn class_id(db: &TestDatabase, sourced_id: &str) -> String {
         .to_string()
 }
 
-/// Whether the page is wider than the window (something would scroll the whole page
-/// sideways on a phone).
 /// Whether what `css` finds is shown on the page.
 async fn shown(browser: &Browser, css: &str) -> bool {
     browser
@@ -1928,19 +1926,6 @@ async fn shown(browser: &Browser, css: &str) -> bool {
         .unwrap_or_else(|e| panic!("no {css}: {e}"))
         .is_displayed()
         .await
-        .unwrap()
-}
-
-async fn overflows(browser: &Browser) -> bool {
-    browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth > window.innerWidth",
-            vec![],
-        )
-        .await
-        .unwrap()
-        .as_bool()
         .unwrap()
 }
 
@@ -2034,7 +2019,7 @@ async fn a_teacher_given_a_password_link_works_in_spanish_on_a_phone_within_thei
         browser.accessible(name).await;
         browser.shot(name).await;
         assert!(
-            !overflows(&browser).await,
+            !browser.overflows().await,
             "{path} is wider than a 360-px phone"
         );
     }

@@ -280,10 +280,6 @@ impl std::ops::Deref for GuardianCaller {
     }
 }
 
-fn guardian_ids(access: &GuardianAccess) -> Vec<GuardianId> {
-    access.guardians.iter().map(|(_, g)| *g).collect()
-}
-
 /// The signed-in guardians' messages, newest first, `limit` before `before`.
 pub async fn messages_of(
     state: &AppState,
@@ -293,7 +289,7 @@ pub async fn messages_of(
 ) -> Result<Vec<GuardianMessage>, ApiError> {
     Ok(state
         .store
-        .guardian_messages(&guardian_ids(access), before, limit)
+        .guardian_messages(&access.guardian_ids(), before, limit)
         .await?)
 }
 
@@ -306,7 +302,7 @@ pub async fn message_of(
 ) -> Result<Vec<GuardianMessage>, ApiError> {
     let found = state
         .store
-        .guardian_message(GuardianMessageRef::Message(id), &guardian_ids(access))
+        .guardian_message(GuardianMessageRef::Message(id), &access.guardian_ids())
         .await?;
     if found.is_empty() {
         return Err(ApiError::NotFound);

@@ -195,9 +195,8 @@ impl WebPush {
 
     /// The provider a device token goes to: its push service, as allowed.
     pub fn provider_of(&self, token: &str) -> &str {
-        WebPushSubscription::parse_token(token)
-            .ok()
-            .and_then(|s| self.allowed_origin(&s.origin()).map(|(_, name)| name))
+        WebPushSubscription::origin_of_token(token)
+            .and_then(|origin| self.allowed_origin(origin).map(|(_, name)| name))
             .unwrap_or("webpush")
     }
 

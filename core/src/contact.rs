@@ -275,6 +275,18 @@ impl WebPushSubscription {
     pub fn origin(&self) -> String {
         self.endpoint.origin().ascii_serialization()
     }
+
+    /// The origin of a token [`token`](Self::token) wrote, read off its text without
+    /// parsing the subscription (the dispatcher asks for it on every send): the token's
+    /// endpoint is a normalised URL, so this is [`origin`](Self::origin).
+    pub fn origin_of_token(token: &str) -> Option<&str> {
+        let endpoint = token.split('#').next()?;
+        let host_at = endpoint.find("://")? + 3;
+        let end = endpoint[host_at..]
+            .find('/')
+            .map_or(endpoint.len(), |i| host_at + i);
+        Some(&endpoint[..end])
+    }
 }
 
 #[cfg(test)]
@@ -357,6 +369,16 @@ mod tests {
             .starts_with("https://push.example.net/push/JzLQ3raZJfFBR0aqvOMsLrt54w4rJUsV#p256dh="));
         assert_eq!(WebPushSubscription::parse_token(&token), Ok(s.clone()));
         assert_eq!(s.origin(), "https://push.example.net");
+        assert_eq!(
+            WebPushSubscription::origin_of_token(&token),
+            Some("https://push.example.net")
+        );
+        let with_port =
+            WebPushSubscription::new("HTTP://127.0.0.1:8090/push/x", P256DH, AUTH).unwrap();
+        assert_eq!(
+            WebPushSubscription::origin_of_token(&with_port.token()),
+            Some(with_port.origin().as_str())
+        );
         // Padding is forgiven and dropped, so one subscription has one token.
         let padded =
             WebPushSubscription::new(s.endpoint.as_str(), P256DH, &format!("{AUTH}==")).unwrap();
@@ -411,6 +433,24 @@ mod tests {
                 prop_assert!(!e.domain().is_empty());
             }
         }
+        /// Any subscription's token reads back as itself, and its origin read off the
+        /// text is the one the URL parser gives.
+        #[test]
+        fn a_subscriptions_token_gives_back_it_and_its_origin(
+            scheme in "(https|http|HTTPS)",
+            host in "[a-zA-Z][a-z0-9-]{0,11}(\\.[a-z]{2,6}){0,2}",
+            port in proptest::option::of(1u16..),
+            path in "(/[A-Za-z0-9_-]{0,20}){0,3}",
+        ) {
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let endpoint = format!("{scheme}://{host}{port}{path}");
+            let s = WebPushSubscription::new(&endpoint, P256DH, AUTH).unwrap();
+            let token = s.token();
+            prop_assert_eq!(WebPushSubscription::parse_token(&token), Ok(s.clone()));
+            let origin = s.origin();
+            prop_assert_eq!(WebPushSubscription::origin_of_token(&token), Some(origin.as_str()));
+        }
+
         #[test]
         fn web_push_token_parser_is_total_and_its_output_is_a_fixed_point(input in "[ -~]{0,120}") {
             if let Ok(s) = WebPushSubscription::parse_token(&input) {

@@ -34,6 +34,17 @@ impl QuietHours {
         let timezone = timezone
             .parse::<Tz>()
             .map_err(|_| InvalidQuietHours::TimeZone(timezone.to_owned()))?;
+        Self::check_window(start_minute, end_minute)?;
+        Ok(Self {
+            timezone,
+            start_minute,
+            end_minute,
+        })
+    }
+
+    /// Whether `[start, end)`, in minutes after midnight, is a window: both times of day,
+    /// and not the same.
+    pub fn check_window(start_minute: u16, end_minute: u16) -> Result<(), InvalidQuietHours> {
         if start_minute >= 1440 || end_minute >= 1440 {
             return Err(InvalidQuietHours::Time(format!(
                 "{start_minute}/{end_minute} minutes"
@@ -42,11 +53,12 @@ impl QuietHours {
         if start_minute == end_minute {
             return Err(InvalidQuietHours::Empty);
         }
-        Ok(Self {
-            timezone,
-            start_minute,
-            end_minute,
-        })
+        Ok(())
+    }
+
+    /// `HH:MM` of minutes after midnight (what [`parse_time`](Self::parse_time) reads).
+    pub fn format_time(minute: u16) -> String {
+        format!("{:02}:{:02}", minute / 60, minute % 60)
     }
 
     /// Minutes after midnight of an `HH:MM` time.

@@ -240,6 +240,19 @@ impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
 }
 
 impl Browser {
+    /// Whether the page is wider than the window (a phone would scroll sideways).
+    pub async fn overflows(&self) -> bool {
+        self.client
+            .execute(
+                "return document.documentElement.scrollWidth > window.innerWidth",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_bool()
+            .unwrap()
+    }
+
     /// Runs a DevTools command (`ServiceWorker.deliverPushMessage`, …): its result.
     pub async fn devtools(&self, cmd: &str, params: serde_json::Value) -> serde_json::Value {
         self.client

@@ -17,13 +17,11 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tidings_api::extract::ClientAddress;
 use tidings_api::guardian::{self, SubscriptionRequest};
 use tidings_api::{ApiError, AppState};
+use tidings_core::quiet_hours::QuietHours;
 use tidings_core::secret::GuardianToken;
 use tidings_core::services::guardian_access::{GuardianAccess, SESSION_DAYS};
 use tidings_core::services::guardian_settings::Preferences;
@@ -35,12 +33,11 @@ use tidings_core::{
 use crate::form::Fields;
 use crate::i18n::Lang;
 use crate::session::{cookie, csrf_for, csrf_matches, set_cookie};
+use crate::sign_in::with_cookies;
 use crate::Web;
 
 /// The cookie that holds a guardian's session token.
 pub const APP_COOKIE: &str = "tidings_app";
-/// The cookie that holds the sign-in forms' CSRF secret before there is a session.
-const APP_FORM_COOKIE: &str = "tidings_app_form";
 /// The largest form or subscription the app posts.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
@@ -149,13 +146,6 @@ fn render(status: StatusCode, page: &impl Template) -> Response {
     }
 }
 
-fn with_cookie(mut response: Response, cookie: Option<String>) -> Response {
-    if let Some(value) = cookie.and_then(|c| c.parse().ok()) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    response
-}
-
 /// A cookie for the app's paths only.
 fn app_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
     set_cookie(name, value, max_age, secure).replacen("Path=/;", "Path=/app;", 1)
@@ -201,6 +191,33 @@ impl FromRequestParts<AppState> for Guardian {
     }
 }
 
+/// A form posted by the signed-in guardian, its CSRF token checked (as `form::Posted` is
+/// for staff); a stale one goes back to the app's first page.
+pub struct GuardianPosted {
+    guardian: Guardian,
+    fields: Fields,
+}
+
+impl axum::extract::FromRequest<AppState> for GuardianPosted {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let guardian = Guardian::from_request_parts(&mut parts, state).await?;
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
+        let fields = Fields::parse(&body);
+        if !guardian.csrf_ok(fields.get("csrf")) {
+            return Err(Redirect::to("/app/").into_response());
+        }
+        Ok(Self { guardian, fields })
+    }
+}
+
 #[derive(Template)]
 #[template(path = "app_sign_in.html")]
 struct SignInPage {
@@ -212,20 +229,6 @@ struct SignInPage {
     error: Option<String>,
 }
 
-/// The sign-in forms' CSRF secret: the browser's cookie, or a new one to set.
-fn form_secret(headers: &HeaderMap, web: &Web) -> (String, Option<String>) {
-    match cookie(headers, APP_FORM_COOKIE) {
-        Some(secret) => (secret.to_owned(), None),
-        None => {
-            let mut bytes = [0u8; 32];
-            OsRng.fill_bytes(&mut bytes);
-            let secret = URL_SAFE_NO_PAD.encode(bytes);
-            let set = app_cookie(APP_FORM_COOKIE, &secret, 3600, web.secure_cookies);
-            (secret, Some(set))
-        }
-    }
-}
-
 fn sign_in_form(
     web: &Web,
     headers: &HeaderMap,
@@ -234,14 +237,15 @@ fn sign_in_form(
     code_step: bool,
     error: Option<String>,
 ) -> Response {
-    let (secret, set) = form_secret(headers, web);
+    // The staff sign-in form's cookie: one secret for every form before sign-in.
+    let (secret, set) = crate::sign_in::form_cookie(headers, web.secure_cookies);
     let page = SignInPage {
         frame: frame(Lang::of(headers), csrf_for(&secret), false, "/app/sign-in"),
         address: address.to_owned(),
         code_step,
         error,
     };
-    with_cookie(render(status, &page), set)
+    with_cookies(render(status, &page), set)
 }
 
 async fn sign_in_page(Extension(web): Extension<Arc<Web>>, headers: HeaderMap) -> Response {
@@ -259,9 +263,7 @@ async fn sign_in_fields(
         .await
         .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
     let fields = Fields::parse(&body);
-    let fresh = cookie(headers, APP_FORM_COOKIE)
-        .is_some_and(|secret| csrf_matches(secret, fields.get("csrf")));
-    if !fresh {
+    if !crate::sign_in::form_fresh(headers, fields.get("csrf")) {
         let said = Lang::of(headers).t("This form had expired. Please try again.");
         return Err(sign_in_form(
             web,
@@ -348,7 +350,7 @@ async fn open_session(
                 max_age,
                 web.secure_cookies,
             );
-            with_cookie(Redirect::to("/app/").into_response(), Some(set))
+            with_cookies(Redirect::to("/app/").into_response(), Some(set))
         }
         Err(error) => {
             let (status, said) = sign_in_error(Lang::of(&headers), &error);
@@ -360,24 +362,14 @@ async fn open_session(
 async fn sign_out(
     State(state): State<AppState>,
     Extension(web): Extension<Arc<Web>>,
-    guardian: Guardian,
-    body: axum::body::Body,
+    posted: GuardianPosted,
 ) -> Response {
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
-    };
-    if !guardian.csrf_ok(Fields::parse(&body).get("csrf")) {
-        return Redirect::to("/app/").into_response();
-    }
-    if let Err(error) = state
-        .services()
-        .end_guardian_session(&guardian.access)
-        .await
-    {
+    let access = &posted.guardian.access;
+    if let Err(error) = state.services().end_guardian_session(access).await {
         return ApiError::from(error).into_response();
     }
     let gone = app_cookie(APP_COOKIE, "", 0, web.secure_cookies);
-    with_cookie(Redirect::to("/app/sign-in").into_response(), Some(gone))
+    with_cookies(Redirect::to("/app/sign-in").into_response(), Some(gone))
 }
 
 /// A message as a list or page shows it.
@@ -450,7 +442,7 @@ async fn inbox(State(state): State<AppState>, guardian: Guardian) -> Response {
         Ok(messages) => messages,
         Err(error) => return error.into_response(),
     };
-    let ids: Vec<GuardianId> = guardian.access.guardians.iter().map(|(_, g)| *g).collect();
+    let ids = guardian.access.guardian_ids();
     let children = match state.store.guardian_children(&ids).await {
         Ok(children) => children,
         Err(error) => return ApiError::from(error).into_response(),
@@ -578,19 +570,13 @@ fn not_found(lang: Lang) -> Response {
 
 async fn acknowledge(
     State(state): State<AppState>,
-    guardian: Guardian,
     Path(id): Path<String>,
-    body: axum::body::Body,
+    posted: GuardianPosted,
 ) -> Response {
+    let guardian = &posted.guardian;
     let Ok(id) = id.parse::<MessageId>() else {
         return not_found(guardian.lang);
     };
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
-    };
-    if !guardian.csrf_ok(Fields::parse(&body).get("csrf")) {
-        return Redirect::to(&format!("/app/messages/{id}")).into_response();
-    }
     match guardian::acknowledge_as(&state, &guardian.access, id).await {
         // Back to the message, which now says it is acknowledged (a reload posts nothing).
         Ok(_) => Redirect::to(&format!("/app/messages/{id}")).into_response(),
@@ -695,18 +681,16 @@ struct SettingsPage {
     error: Option<String>,
 }
 
-fn hhmm(minute: Option<i64>) -> String {
-    minute.map_or_else(String::new, |m| format!("{:02}:{:02}", m / 60, m % 60))
+fn hhmm(minute: Option<u16>) -> String {
+    minute.map(QuietHours::format_time).unwrap_or_default()
 }
 
-fn minute_of(hhmm: &str) -> Option<Option<i64>> {
-    let hhmm = hhmm.trim();
-    if hhmm.is_empty() {
-        return Some(None);
+/// An optional `HH:MM` field: none when left empty, an error when it is not a time.
+fn minute_of(field: &str) -> Result<Option<u16>, ()> {
+    match field.trim() {
+        "" => Ok(None),
+        time => QuietHours::parse_time(time).map(Some).map_err(|_| ()),
     }
-    let (h, m) = hhmm.split_once(':')?;
-    let (h, m): (i64, i64) = (h.parse().ok()?, m.get(..2)?.parse().ok()?);
-    ((0..24).contains(&h) && (0..60).contains(&m)).then_some(Some(h * 60 + m))
 }
 
 fn guardian_form(lang: Lang, p: &GuardianPreferences) -> GuardianForm {
@@ -848,26 +832,13 @@ async fn settings(
     settings_page(&state, &guardian, StatusCode::OK, saved, None).await
 }
 
-/// The fields of a form posted by the signed-in guardian, once its CSRF token is checked.
-async fn posted(guardian: &Guardian, body: axum::body::Body) -> Option<Fields> {
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.ok()?;
-    let fields = Fields::parse(&body);
-    guardian.csrf_ok(fields.get("csrf")).then_some(fields)
-}
-
-async fn save_settings(
-    State(state): State<AppState>,
-    guardian: Guardian,
-    body: axum::body::Body,
-) -> Response {
+async fn save_settings(State(state): State<AppState>, posted: GuardianPosted) -> Response {
+    let GuardianPosted { guardian, fields } = posted;
     let lang = guardian.lang;
-    let Some(fields) = posted(&guardian, body).await else {
-        return Redirect::to("/app/settings").into_response();
-    };
     let Ok(id) = fields.get("guardian").parse::<GuardianId>() else {
         return not_found(lang);
     };
-    let (Some(start), Some(end)) = (
+    let (Ok(start), Ok(end)) = (
         minute_of(fields.get("quiet_start")),
         minute_of(fields.get("quiet_end")),
     ) else {
@@ -948,13 +919,10 @@ async fn save_settings(
 
 async fn end_session(
     State(state): State<AppState>,
-    guardian: Guardian,
     Path(id): Path<String>,
-    body: axum::body::Body,
+    posted: GuardianPosted,
 ) -> Response {
-    if posted(&guardian, body).await.is_none() {
-        return Redirect::to("/app/settings").into_response();
-    }
+    let guardian = posted.guardian;
     let Ok(other) = id.parse::<uuid::Uuid>() else {
         return not_found(guardian.lang);
     };
@@ -971,13 +939,10 @@ async fn end_session(
 
 async fn remove_device(
     State(state): State<AppState>,
-    guardian: Guardian,
     Path(id): Path<String>,
-    body: axum::body::Body,
+    posted: GuardianPosted,
 ) -> Response {
-    if posted(&guardian, body).await.is_none() {
-        return Redirect::to("/app/settings").into_response();
-    }
+    let guardian = posted.guardian;
     let preferences = match state
         .services()
         .guardian_preferences(&guardian.access)

@@ -75,7 +75,28 @@ fn form_secret() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn with_cookies(mut response: Response, cookies: impl IntoIterator<Item = String>) -> Response {
+/// The CSRF secret of a form shown before sign-in (staff's, and the guardian app's): the
+/// browser's form cookie, or a new one with the `Set-Cookie` that keeps it.
+pub(crate) fn form_cookie(headers: &HeaderMap, secure: bool) -> (String, Option<String>) {
+    match cookie(headers, session::FORM_COOKIE) {
+        Some(secret) => (secret.to_owned(), None),
+        None => {
+            let secret = form_secret();
+            let set = set_cookie(session::FORM_COOKIE, &secret, 3600, secure);
+            (secret, Some(set))
+        }
+    }
+}
+
+/// Whether a form posted before sign-in carries the CSRF token of its form cookie.
+pub(crate) fn form_fresh(headers: &HeaderMap, submitted: &str) -> bool {
+    cookie(headers, session::FORM_COOKIE).is_some_and(|secret| csrf_matches(secret, submitted))
+}
+
+pub(crate) fn with_cookies(
+    mut response: Response,
+    cookies: impl IntoIterator<Item = String>,
+) -> Response {
     for cookie in cookies {
         if let Ok(value) = cookie.parse() {
             response.headers_mut().append(header::SET_COOKIE, value);
@@ -94,14 +115,7 @@ async fn sign_in_page(
     email: &str,
     error: Option<&str>,
 ) -> Response {
-    let (secret, set) = match cookie(headers, session::FORM_COOKIE) {
-        Some(secret) => (secret.to_owned(), None),
-        None => {
-            let secret = form_secret();
-            let set = set_cookie(session::FORM_COOKIE, &secret, 3600, web.secure_cookies);
-            (secret, Some(set))
-        }
-    };
+    let (secret, set) = form_cookie(headers, web.secure_cookies);
     let sso = match state.store.sso_districts().await {
         Ok(districts) => districts,
         Err(error) => {
@@ -180,11 +194,10 @@ pub async fn submit(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
-    let secret = cookie(&headers, session::FORM_COOKIE).unwrap_or_default();
     let lang = Lang::of(&headers);
     let again =
         |status, error| sign_in_page(&state, &web, &headers, status, &form.email, Some(error));
-    if secret.is_empty() || !csrf_matches(secret, &form.csrf) {
+    if !form_fresh(&headers, &form.csrf) {
         return again(
             StatusCode::FORBIDDEN,
             lang.t("This form has expired. Please sign in again."),

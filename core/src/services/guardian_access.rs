@@ -45,6 +45,13 @@ pub struct GuardianAccess {
     pub guardians: Vec<(DistrictId, GuardianId)>,
 }
 
+impl GuardianAccess {
+    /// The guardians the session sees.
+    pub fn guardian_ids(&self) -> Vec<GuardianId> {
+        self.guardians.iter().map(|(_, g)| *g).collect()
+    }
+}
+
 impl Services {
     /// Keeps a new code for `address` — for unknown addresses too, so that the answer
     /// (and when it is "too many") is the same either way. Refused as

@@ -83,8 +83,8 @@ pub struct GuardianPreferences {
     pub preferred_language: Option<String>,
     /// The guardian's own quiet hours, minutes after midnight in the school's time zone;
     /// none: the school's.
-    pub quiet_start_minute: Option<i64>,
-    pub quiet_end_minute: Option<i64>,
+    pub quiet_start_minute: Option<u16>,
+    pub quiet_end_minute: Option<u16>,
     /// Active opt-outs.
     pub opt_outs: Vec<ActiveOptOut>,
     /// The channels the guardian has a contact point in use on.
@@ -604,8 +604,8 @@ impl<S: Pools> GuardianAccess for S {
                 given_name: row.text("given_name")?,
                 family_name: row.text("family_name")?,
                 preferred_language: row.opt_text("preferred_language")?,
-                quiet_start_minute: row.opt_i32("quiet_start")?.map(i64::from),
-                quiet_end_minute: row.opt_i32("quiet_end")?.map(i64::from),
+                quiet_start_minute: minute(row.opt_i32("quiet_start")?),
+                quiet_end_minute: minute(row.opt_i32("quiet_end")?),
                 opt_outs,
                 reachable,
                 devices,
@@ -685,13 +685,18 @@ impl<S: Pools> GuardianAccess for S {
     }
 }
 
+/// A minute of the day as the schema keeps it (its CHECK holds it to 0–1439).
+fn minute(column: Option<i32>) -> Option<u16> {
+    column.and_then(|m| u16::try_from(m).ok())
+}
+
 /// Sets a guardian's language and quiet hours (none: the district's language, the
 /// school's hours); whether the guardian was there to change.
 pub(crate) async fn set_preferences<D: Dialect>(
     conn: &mut D::Connection,
     guardian: uuid::Uuid,
     language: Option<&str>,
-    quiet: Option<(i64, i64)>,
+    quiet: Option<(u16, u16)>,
     at: DateTime<Utc>,
 ) -> StoreResult<bool> {
     let changed = D::execute(
@@ -700,8 +705,8 @@ pub(crate) async fn set_preferences<D: Dialect>(
          quiet_end_minute = $3, updated_at = $4 WHERE id = $5 AND deleted_at IS NULL",
         Args::new()
             .opt_text(language)
-            .opt_int(quiet.map(|q| q.0))
-            .opt_int(quiet.map(|q| q.1))
+            .opt_int(quiet.map(|q| i64::from(q.0)))
+            .opt_int(quiet.map(|q| i64::from(q.1)))
             .time(at)
             .id(guardian),
     )

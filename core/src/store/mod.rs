@@ -811,7 +811,7 @@ pub trait WriteTransaction: Send {
         &mut self,
         guardian: GuardianId,
         language: Option<&str>,
-        quiet: Option<(i64, i64)>,
+        quiet: Option<(u16, u16)>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
 

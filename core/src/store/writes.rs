@@ -282,7 +282,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         &mut self,
         guardian: GuardianId,
         language: Option<&str>,
-        quiet: Option<(i64, i64)>,
+        quiet: Option<(u16, u16)>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         super::guardian::set_preferences::<D>(&mut self.tx, guardian.into(), language, quiet, at)
