@@ -874,7 +874,9 @@ pub async fn pages(
         partitions: tidings_core::log::DEFAULT_PARTITIONS,
         link_keys: Arc::new(tidings_core::link::LinkKeys::generate()),
         codes: None,
-        sign_ins: tidings_api::guardian::sign_in_limiter(),
+        sign_ins: tidings_api::guardian::sign_in_limiter(Arc::new(
+            tidings_core::clock::SystemClock,
+        )),
         trusted_proxies: Arc::from(Vec::new()),
         roster_max_delete_percent: 10,
         clock: Arc::new(tidings_core::clock::SystemClock),
@@ -976,7 +978,7 @@ pub async fn pages(
         ("districts", "/districts".to_owned()),
     ];
 
-    let web = tidings_web_admin::Web::new(false, None, None);
+    let web = tidings_web_admin::Web::new(false, None, None, state.clock.clone());
     let router = tidings_api::router(state.clone()).merge(tidings_web_admin::router(state, web));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -1345,6 +1347,7 @@ pub async fn pipeline(shape: &PipelineShape, database: &BenchDatabase) -> anyhow
                 },
                 max_per_second: None,
                 concurrency: 16,
+                clock: std::sync::Arc::new(tidings_core::clock::SystemClock),
             })?;
         Some((
             tidings_channel_adapters::push::Push::new(None, Some(fcm), None),

@@ -148,7 +148,9 @@ pub async fn serve(
         partitions: config.log_partitions,
         link_keys,
         codes,
-        sign_ins: tidings_api::guardian::sign_in_limiter(),
+        sign_ins: tidings_api::guardian::sign_in_limiter(Arc::new(
+            tidings_core::clock::SystemClock,
+        )),
         trusted_proxies: config.trusted_proxies.clone().into(),
         roster_max_delete_percent: config.roster_max_delete_percent,
         clock: Arc::new(tidings_core::clock::SystemClock),
@@ -161,7 +163,12 @@ pub async fn serve(
     let outbox = sandbox.clone().map(|sandbox| {
         Arc::new(crate::outbox::SandboxOutbox(sandbox)) as Arc<dyn tidings_web_admin::Outbox>
     });
-    let mut web = tidings_web_admin::Web::new(secure_cookies, config.public_url.clone(), outbox);
+    let mut web = tidings_web_admin::Web::new(
+        secure_cookies,
+        config.public_url.clone(),
+        outbox,
+        state.clock.clone(),
+    );
     // In sandbox mode the sandbox's identity provider is here too, to try single sign-on.
     let identity_provider = match (&sandbox, &config.public_url) {
         (Some(_), Some(base)) => Some(sandbox_identity_provider(base).await?),

@@ -801,6 +801,7 @@ impl Config {
                     timeouts: timeouts(a.timeout_seconds),
                     max_per_second: a.max_per_second.and_then(std::num::NonZeroU32::new),
                     concurrency: 16,
+                    clock: Arc::new(tidings_core::clock::SystemClock),
                 })?)
             }
             None => None,
@@ -815,6 +816,7 @@ impl Config {
                     timeouts: timeouts(f.timeout_seconds),
                     max_per_second: f.max_per_second.and_then(std::num::NonZeroU32::new),
                     concurrency: 16,
+                    clock: Arc::new(tidings_core::clock::SystemClock),
                 })?)
             }
             None => None,

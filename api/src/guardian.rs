@@ -16,6 +16,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tidings_core::clock::{Clock, DirectLimiter, KeyedLimiter, RateClock};
 use tidings_core::secret::GuardianToken;
 use tidings_core::services::acknowledge::AckVia;
 use tidings_core::services::guardian_access::GuardianAccess;
@@ -38,29 +39,34 @@ pub const SIGN_INS_PER_CLIENT_PER_MINUTE: u32 = 10;
 /// Tries at a code one client address may make per minute.
 pub const CODE_TRIES_PER_CLIENT_PER_MINUTE: u32 = 20;
 
-type PerClient = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+type PerClient = KeyedLimiter<std::net::IpAddr>;
 
 /// How fast guardians' sign-in may be used: per client address first, so that one script
 /// cannot use up the process-wide bound and keep every real guardian out; then the
 /// process-wide bound on codes sent (they cost money); the store counts codes per
 /// destination address (`CODES_PER_HOUR`), across processes.
 pub struct SignInLimits {
-    overall: governor::DefaultDirectRateLimiter,
+    overall: DirectLimiter,
     codes_per_client: PerClient,
     tries_per_client: PerClient,
 }
 
-/// The bounds above, fresh.
-pub fn sign_in_limiter() -> Arc<SignInLimits> {
+/// The bounds above, fresh, refilled as `clock` moves.
+pub fn sign_in_limiter(clock: Arc<dyn Clock>) -> Arc<SignInLimits> {
     let per_minute =
         |n: u32| governor::Quota::per_minute(std::num::NonZeroU32::new(n).expect("not zero"));
     let rate = std::num::NonZeroU32::new(SIGN_INS_PER_SECOND).expect("not zero");
+    let clock = RateClock(clock);
     Arc::new(SignInLimits {
-        overall: governor::RateLimiter::direct(governor::Quota::per_second(rate)),
-        codes_per_client: governor::RateLimiter::keyed(per_minute(SIGN_INS_PER_CLIENT_PER_MINUTE)),
-        tries_per_client: governor::RateLimiter::keyed(per_minute(
-            CODE_TRIES_PER_CLIENT_PER_MINUTE,
-        )),
+        overall: DirectLimiter::direct_with_clock(governor::Quota::per_second(rate), clock.clone()),
+        codes_per_client: PerClient::hashmap_with_clock(
+            per_minute(SIGN_INS_PER_CLIENT_PER_MINUTE),
+            clock.clone(),
+        ),
+        tries_per_client: PerClient::hashmap_with_clock(
+            per_minute(CODE_TRIES_PER_CLIENT_PER_MINUTE),
+            clock,
+        ),
     })
 }
 
@@ -587,27 +593,37 @@ pub type Codes = Option<Arc<dyn CodeSender>>;
 mod tests {
     use super::*;
 
+    use tidings_core::clock::ManualClock;
+
+    fn clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::at(tidings_core::time::now()))
+    }
+
     #[test]
     fn the_process_bound_lets_a_burst_through_and_refuses_a_flood() {
-        let limits = sign_in_limiter();
+        let clock = clock();
+        let limits = sign_in_limiter(clock.clone());
         // Each from its own address, so only the process-wide bound applies.
-        let passed = (0..200u32)
-            .filter(|i| {
-                limits
-                    .code(Some(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
-                    .is_ok()
-            })
-            .count();
-        // The burst is one second's worth; a few more may refill while the loop runs.
-        assert!(
-            (SIGN_INS_PER_SECOND as usize..SIGN_INS_PER_SECOND as usize + 20).contains(&passed),
-            "{passed}"
-        );
+        let flood = |from: u32| {
+            (from..from + 200)
+                .filter(|i| {
+                    limits
+                        .code(Some(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
+                        .is_ok()
+                })
+                .count()
+        };
+        // The burst is one second's worth, and then nothing until time passes.
+        assert_eq!(flood(0), SIGN_INS_PER_SECOND as usize);
+        assert_eq!(flood(200), 0);
+        clock.advance(chrono::Duration::milliseconds(500));
+        assert_eq!(flood(400), SIGN_INS_PER_SECOND as usize / 2);
     }
 
     #[test]
     fn one_client_is_held_to_its_own_share_and_leaves_the_rest_to_others() {
-        let limits = sign_in_limiter();
+        let clock = clock();
+        let limits = sign_in_limiter(clock.clone());
         let script: std::net::IpAddr = "198.51.100.7".parse().unwrap();
         let refused: Vec<_> = (0..50).map(|_| limits.code(Some(script))).collect();
         let passed = refused.iter().filter(|r| r.is_ok()).count();
@@ -619,9 +635,15 @@ mod tests {
         // The process-wide bound is untouched by the refused ones: others still get codes.
         let parent: std::net::IpAddr = "203.0.113.20".parse().unwrap();
         assert!(limits.code(Some(parent)).is_ok());
+        // The script gets one more code each 60 / 10 seconds.
+        clock.advance(chrono::Duration::seconds(5));
+        assert!(limits.code(Some(script)).is_err());
+        clock.advance(chrono::Duration::seconds(1));
+        assert!(limits.code(Some(script)).is_ok());
+        assert!(limits.code(Some(script)).is_err());
         // An IPv6 client cannot dodge the bound by moving inside its /64 (fresh bounds:
         // the process-wide 20 a second must not be what stops it).
-        let limits = sign_in_limiter();
+        let limits = sign_in_limiter(clock);
         let v6 = |last: u16| -> std::net::IpAddr {
             std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last).into()
         };

@@ -70,11 +70,29 @@ pub async fn serve_with(
     let graceful = GracefulShutdown::new();
     let mut served = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
+    // Said once when the cap is reached, and again only after half the connections have
+    // come free: a server kept at its cap says it once, not once per connection.
+    let mut said_full = false;
     loop {
         // A permit first: at the cap, clients wait in the accept queue, not in memory.
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                said_full &= connections.available_permits() < limits.max_connections / 2;
+                permit
+            }
+            Err(_) => {
+                if !said_full {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "every connection is in use: new clients wait to be accepted until one closes (http_max_connections)"
+                    );
+                    said_full = true;
+                }
+                tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

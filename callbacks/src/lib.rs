@@ -298,7 +298,10 @@ impl Callbacks {
             wake: Arc::default(),
             counters: Arc::default(),
             keeper: keeper_queue,
-            sampler: Arc::new(sampling::Sampler::new(config.refused_samples)),
+            sampler: Arc::new(sampling::Sampler::new(
+                config.refused_samples,
+                config.clock.clone(),
+            )),
             config: Arc::new(config),
         }
     }

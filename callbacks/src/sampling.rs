@@ -3,10 +3,11 @@
 //! rest. Whoever can reach a public route must not be able to fill the database.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use tidings_core::clock::Clock;
 
 /// How many refused requests are kept, and how much of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,23 +34,26 @@ impl Default for SamplePolicy {
 #[derive(Debug)]
 pub struct Sampler {
     policy: SamplePolicy,
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Per provider: when its window started ([`Clock::elapsed`]) and how many it kept.
+    windows: Mutex<HashMap<String, (Duration, u32)>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Sampler {
-    pub fn new(policy: SamplePolicy) -> Self {
+    pub fn new(policy: SamplePolicy, clock: Arc<dyn Clock>) -> Self {
         Self {
             policy,
             windows: Mutex::default(),
+            clock,
         }
     }
 
     /// Whether a refused request of `provider` is to be kept now.
     pub fn admit(&self, provider: &str) -> bool {
-        let now = Instant::now();
+        let now = self.clock.elapsed();
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let (started, taken) = windows.entry(provider.to_owned()).or_insert((now, 0));
-        if now.duration_since(*started) >= self.policy.window {
+        if now.saturating_sub(*started) >= self.policy.window {
             (*started, *taken) = (now, 0);
         }
         if *taken < self.policy.per_window {
@@ -85,13 +89,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[test]
-    fn a_provider_gets_so_many_per_window_and_others_are_apart() {
-        let sampler = Sampler::new(SamplePolicy {
-            per_window: 3,
+    use tidings_core::clock::ManualClock;
+
+    fn sampler(per_window: u32) -> (Sampler, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::at(tidings_core::time::now()));
+        let policy = SamplePolicy {
+            per_window,
             window: Duration::from_secs(3600),
             payload_bytes: 100,
-        });
+        };
+        (Sampler::new(policy, clock.clone()), clock)
+    }
+
+    #[test]
+    fn a_provider_gets_so_many_per_window_and_others_are_apart() {
+        let (sampler, _) = sampler(3);
         let kept = (0..10).filter(|_| sampler.admit("twilio")).count();
         assert_eq!(kept, 3);
         assert!(sampler.admit("mailgun"));
@@ -99,13 +111,13 @@ mod tests {
 
     #[test]
     fn a_new_window_keeps_again() {
-        let sampler = Sampler::new(SamplePolicy {
-            per_window: 1,
-            window: Duration::ZERO,
-            payload_bytes: 100,
-        });
+        let (sampler, clock) = sampler(1);
         assert!(sampler.admit("twilio"));
+        clock.advance(chrono::Duration::minutes(59));
+        assert!(!sampler.admit("twilio"));
+        clock.advance(chrono::Duration::minutes(1));
         assert!(sampler.admit("twilio"));
+        assert!(!sampler.admit("twilio"));
     }
 
     proptest! {

@@ -8,15 +8,17 @@
 //! priority 10 for emergencies.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use a2::request::notification::{
     CollapseId, DefaultNotificationBuilder, NotificationBuilder as _, NotificationOptions,
     Priority, PushType,
 };
 use a2::request::payload::PayloadLike as _;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use tidings_core::clock::Clock;
 use tidings_core::MessageKind;
 
 use crate::http::{self, Timeouts};
@@ -28,7 +30,7 @@ pub const DEVELOPMENT: &str = "https://api.sandbox.push.apple.com";
 
 /// Apple accepts a provider token for an hour and refuses refreshes more often than every
 /// 20 minutes: a new one every 40.
-const TOKEN_LIFETIME: Duration = Duration::from_secs(40 * 60);
+const TOKEN_LIFETIME: chrono::Duration = chrono::Duration::minutes(40);
 
 #[derive(Clone)]
 pub struct ApnsConfig {
@@ -44,6 +46,8 @@ pub struct ApnsConfig {
     pub timeouts: Timeouts,
     pub max_per_second: Option<NonZeroU32>,
     pub concurrency: usize,
+    /// When provider tokens are issued (`iat`) and renewed.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for ApnsConfig {
@@ -71,7 +75,8 @@ pub struct Apns {
     config: ApnsConfig,
     signer: Signer,
     client: reqwest::Client,
-    token: Mutex<Option<(String, Instant)>>,
+    /// The provider token and when it was signed.
+    token: Mutex<Option<(String, DateTime<Utc>)>>,
 }
 
 impl Apns {
@@ -102,17 +107,18 @@ impl Apns {
     /// The cached provider token, signed anew when it is 40 minutes old.
     fn provider_token(&self) -> Result<String, KeyError> {
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.config.clock.now();
         if let Some((token, at)) = cached.as_ref() {
-            if at.elapsed() < TOKEN_LIFETIME {
+            if now - *at < TOKEN_LIFETIME {
                 return Ok(token.clone());
             }
         }
         let claims = serde_json::json!({
             "iss": self.config.team_id,
-            "iat": tidings_core::time::now().timestamp(),
+            "iat": now.timestamp(),
         });
         let token = self.signer.token(Some(&self.config.key_id), &claims)?;
-        *cached = Some((token.clone(), Instant::now()));
+        *cached = Some((token.clone(), now));
         Ok(token)
     }
 
@@ -261,3 +267,48 @@ pub fn classify(
 }
 
 crate::one_by_one!(Apns, "apns", max_per_second: |a| a.config.max_per_second, concurrency: |a| a.config.concurrency);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_core::clock::ManualClock;
+
+    fn claims(token: &str) -> serde_json::Value {
+        crate::jwt::parse(token).expect("a compact JWT").claims
+    }
+
+    #[test]
+    fn a_provider_token_is_kept_forty_minutes_and_then_signed_anew() {
+        let start = tidings_core::time::now();
+        let clock = Arc::new(ManualClock::at(start));
+        let apns = Apns::new(ApnsConfig {
+            key_pem: crate::webpush::VapidKey::generate_pem(),
+            key_id: "ABC123DEFG".into(),
+            team_id: "DEF123GHIJ".into(),
+            topic: "org.example.tidings".into(),
+            endpoint: DEVELOPMENT.into(),
+            timeouts: crate::http::Timeouts::default(),
+            max_per_second: None,
+            concurrency: 1,
+            clock: clock.clone(),
+        })
+        .unwrap();
+        let first = apns.provider_token().unwrap();
+        assert_eq!(claims(&first)["iat"], start.timestamp());
+        assert_eq!(claims(&first)["iss"], "DEF123GHIJ");
+        // Apple refuses a refresh sooner than 20 minutes: the same token until 40.
+        clock.advance(chrono::Duration::minutes(39));
+        assert_eq!(apns.provider_token().unwrap(), first);
+        clock.advance(chrono::Duration::minutes(1));
+        let second = apns.provider_token().unwrap();
+        assert_ne!(second, first);
+        assert_eq!(claims(&second)["iat"], clock.now().timestamp());
+        // Apple said it is no good: the next send signs one at once.
+        apns.drop_token();
+        clock.advance(chrono::Duration::seconds(1));
+        assert_eq!(
+            claims(&apns.provider_token().unwrap())["iat"],
+            clock.now().timestamp()
+        );
+    }
+}

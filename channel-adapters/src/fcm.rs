@@ -4,9 +4,12 @@
 //! before it expires.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use tidings_core::clock::Clock;
 use tidings_core::MessageKind;
 
 use crate::http::{self, Timeouts};
@@ -44,6 +47,8 @@ pub struct FcmConfig {
     pub timeouts: Timeouts,
     pub max_per_second: Option<NonZeroU32>,
     pub concurrency: usize,
+    /// When token requests are issued (`iat`, `exp`) and access tokens run out.
+    pub clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +60,7 @@ pub struct Fcm {
     signer: Signer,
     client: reqwest::Client,
     /// The access token and when to stop using it; one refresh at a time.
-    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+    token: tokio::sync::Mutex<Option<(String, DateTime<Utc>)>>,
 }
 
 #[derive(Deserialize)]
@@ -85,12 +90,13 @@ impl Fcm {
     /// A valid access token: the cached one, or a new one from the token endpoint.
     async fn access_token(&self) -> Result<String, SendOutcome> {
         let mut cached = self.token.lock().await;
+        let at = self.config.clock.now();
         if let Some((token, until)) = cached.as_ref() {
-            if Instant::now() < *until {
+            if at < *until {
                 return Ok(token.clone());
             }
         }
-        let now = tidings_core::time::now().timestamp();
+        let now = at.timestamp();
         let account = &self.config.account;
         let claims = serde_json::json!({
             "iss": account.client_email,
@@ -127,7 +133,8 @@ impl Fcm {
             }
         };
         // Renewed a minute early, so that no request carries one that just expired.
-        let until = Instant::now() + Duration::from_secs(token.expires_in.saturating_sub(60));
+        let lifetime = i64::try_from(token.expires_in.saturating_sub(60)).unwrap_or(i64::MAX);
+        let until = at + chrono::Duration::seconds(lifetime.min(86_400));
         *cached = Some((token.access_token.clone(), until));
         Ok(token.access_token)
     }

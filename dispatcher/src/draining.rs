@@ -36,8 +36,8 @@ const RATE_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25
 
 /// Moves to the front of their lane (the end: batches are popped) the partitions of
 /// `fresh` where a district has turned up that `planned` does not list for them, with
-/// the fresh heads, and notes them as planned. A partition with a batch in hand is left
-/// for the next look.
+/// the fresh heads, and notes them as planned. A partition in `busy` (a batch in hand,
+/// or held by a rate limit) is left for the next look.
 pub(crate) fn newcomers_first(
     backlog: &mut Backlog,
     fresh: Backlog,
@@ -153,6 +153,9 @@ impl Dispatcher {
                 Ok(drained) => {
                     worked |= drained.worked;
                     if drained.rate_held {
+                        rate_held.retain(|(l, _)| {
+                            (l.lane, l.partition) != (lease.lane, lease.partition)
+                        });
                         rate_held.push((lease, heads));
                     }
                 }
@@ -181,7 +184,15 @@ impl Dispatcher {
             if backlog.get(&Lane::Emergency).is_none_or(Vec::is_empty) {
                 planned.retain(|(lane, _), _| *lane != Lane::Emergency);
             }
-            newcomers_first(&mut backlog, fresh, &mut planned, &busy);
+            // A partition a rate limit holds is not a newcomer: it is looked at again
+            // after `RATE_LOOK_AGAIN`, not at once (that would read it again and again,
+            // as fast as the database answers, until the limit lets a send through).
+            let waiting: HashSet<Key> = busy
+                .iter()
+                .copied()
+                .chain(rate_held.iter().map(|(l, _)| (l.lane, l.partition)))
+                .collect();
+            newcomers_first(&mut backlog, fresh, &mut planned, &waiting);
         }
     }
 

@@ -110,6 +110,7 @@ impl Dispatcher {
                     .values()
                     .filter_map(|a| Some((a.provider().to_owned(), a.max_per_second()?)))
                     .collect(),
+                config.clock.clone(),
             )),
             store,
             adapters,

@@ -1,7 +1,10 @@
 //! Rates: each provider account's rate, shared evenly among the live dispatchers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tidings_core::clock::{Clock, DirectLimiter, RateClock};
 
 /// A burst is this fraction of a second's share (see [`RateShares::share_among`]).
 const BURST_PARTS: u64 = 10;
@@ -11,15 +14,18 @@ const BURST_PARTS: u64 = 10;
 pub(crate) struct RateShares {
     rates: HashMap<String, std::num::NonZeroU32>,
     live: u64,
-    limiters: HashMap<String, governor::DefaultDirectRateLimiter>,
+    limiters: HashMap<String, DirectLimiter>,
+    /// What the limiters measure time by: the dispatcher's clock.
+    clock: Arc<dyn Clock>,
 }
 
 impl RateShares {
-    pub(crate) fn new(rates: HashMap<String, std::num::NonZeroU32>) -> Self {
+    pub(crate) fn new(rates: HashMap<String, std::num::NonZeroU32>, clock: Arc<dyn Clock>) -> Self {
         let mut shares = Self {
             rates,
             live: 0,
             limiters: HashMap::new(),
+            clock,
         };
         shares.share_among(1);
         shares
@@ -49,7 +55,9 @@ impl RateShares {
                 let quota = governor::Quota::with_period(period)
                     .unwrap_or(governor::Quota::per_second(*rate))
                     .allow_burst(burst);
-                (provider.clone(), governor::RateLimiter::direct(quota))
+                let limiter =
+                    DirectLimiter::direct_with_clock(quota, RateClock(self.clock.clone()));
+                (provider.clone(), limiter)
             })
             .collect();
     }

@@ -1149,12 +1149,7 @@ async fn a_correction_waits_for_its_alert_at_the_provider_only_until_the_call_en
     assert_eq!(run.dispatcher.counters().totals().deferred, 1);
 }
 
-/// Sends the rate limiter lets through can reach the provider a little apart from when
-/// they were let through (a batch's database write lies between), so a window of send
-/// times may hold a few more than the limit lets through in a window.
-const JITTER: usize = 5;
-
-/// The most sends the provider received within any `window`.
+/// The most sends the provider received within any `window` (by the provider's clock).
 fn most_within(provider: &InProcessProvider, window: Duration) -> usize {
     let mut times: Vec<_> = provider.received().into_iter().map(|r| r.at).collect();
     times.sort();
@@ -1165,22 +1160,43 @@ fn most_within(provider: &InProcessProvider, window: Duration) -> usize {
         .unwrap_or(0)
 }
 
+/// A tenth of a second: how far the rate tests move their clock between looks.
+fn step() -> chrono::Duration {
+    chrono::Duration::milliseconds(100)
+}
+
 async fn sends_never_outrun_a_providers_rate_limit(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 60).await;
     let message = with_partitions(message_to(&seed, &[Channel::Sms]));
     store.create_message(&message, now()).await.unwrap();
+    let clock = Arc::new(ManualClock::at(now()));
     let rate = std::num::NonZeroU32::new(20).unwrap();
-    let provider = InProcessProvider::default().with_rate(rate);
-    let dispatcher = dispatcher(&store, &provider, config(14));
-    // What the limit does not allow yet stays on the log until it does.
-    while provider.received().len() < 60 {
+    let provider = InProcessProvider::default()
+        .with_rate(rate)
+        .with_clock(clock.clone());
+    let config = Config {
+        clock: clock.clone(),
+        ..config(14)
+    };
+    let dispatcher = dispatcher(&store, &provider, config);
+    // What the limit does not allow yet stays on the log until it does: the clock moves
+    // a tenth of a second between looks, and only then is there more to send.
+    let mut steps = 0;
+    while provider.received_count() < 60 {
         dispatcher.run_until_idle().await.unwrap();
+        clock.advance(step());
+        steps += 1;
+        assert!(steps <= 100, "{} sent in 10 s", provider.received_count());
     }
-    // Without the limit all 60 would go within milliseconds. In no second did more go out
-    // than a second's refill (20) and the burst (2), give or take the jitter; the bound
-    // is kept at a whole second's burst, what providers commonly allow.
+    // Without the limit all 60 would go at the first look. In no second did more go out
+    // than a second's refill (20) and the burst (2); and the limit lets them go at its
+    // rate: 58 after the burst take 2.9 s, a look or two more for the batches' turns.
     let most = most_within(&provider, Duration::from_secs(1));
-    assert!(most <= 40 + JITTER, "{most} sends within a second");
+    assert!(most <= 22, "{most} sends within a second");
+    assert!(
+        (29..=32).contains(&steps),
+        "60 sends took {steps} tenths of a second"
+    );
     let ids = delivery_ids(&message);
     assert_eq!(
         states(store.as_ref(), &ids).await,
@@ -1596,18 +1612,25 @@ async fn live_dispatchers_share_a_providers_rate(store: Arc<dyn Store>) {
     let seed = seed(store.as_ref(), 100).await;
     let message = with_partitions(message_to(&seed, &[Channel::Sms]));
     store.create_message(&message, now()).await.unwrap();
-    let provider = InProcessProvider::default().with_rate(std::num::NonZeroU32::new(20).unwrap());
+    let clock = Arc::new(ManualClock::at(now()));
+    let provider = InProcessProvider::default()
+        .with_rate(std::num::NonZeroU32::new(20).unwrap())
+        .with_clock(clock.clone());
     let ttl = chrono::Duration::seconds(60);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut running = Vec::new();
     for owner in ["a", "b"] {
         // Both are present before either sends.
-        store.claim_leases(owner, &[], ttl, now()).await.unwrap();
+        store
+            .claim_leases(owner, &[], ttl, clock.now())
+            .await
+            .unwrap();
     }
     let mut dispatchers = Vec::new();
     for owner in ["a", "b"] {
         let config = Config {
             owner: owner.into(),
+            clock: clock.clone(),
             ..config(16)
         };
         let d = Arc::new(dispatcher(&store, &provider, config));
@@ -1615,17 +1638,28 @@ async fn live_dispatchers_share_a_providers_rate(store: Arc<dyn Store>) {
         let stopped = stopped.clone();
         running.push(tokio::spawn(async move { d.run(stopped).await }));
     }
-    while provider.received().len() < 100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The clock moves a tenth of a second once the dispatchers have had their turn.
+    let mut steps = 0;
+    while provider.received_count() < 100 {
+        let before = provider.received_count();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if provider.received_count() > before {
+                break;
+            }
+        }
+        clock.advance(step());
+        steps += 1;
+        assert!(steps <= 200, "{} sent in 20 s", provider.received_count());
     }
     stop.send(true).unwrap();
     for r in running {
         r.await.unwrap().unwrap();
     }
-    // Within two seconds: the account's burst (20) and two seconds' refill (40), give or
-    // take the jitter; each with the whole rate, the two would send all 100 in that time.
+    // Within two seconds each sends its burst (1) and its share's refill (20): 42 in
+    // all. Each with the whole rate, they would send twice that (2 × (2 + 40)).
     let most = most_within(&provider, Duration::from_secs(2));
-    assert!(most <= 60 + JITTER, "{most} sends within two seconds");
+    assert!(most <= 42, "{most} sends within two seconds");
     let sent: Vec<u64> = dispatchers
         .iter()
         .map(|d| d.counters().totals().sent)

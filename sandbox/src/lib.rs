@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tidings_channel_adapters::{ChannelAdapter, Outgoing, SendOutcome};
+use tidings_core::clock::{Clock, DirectLimiter, RateClock, SystemClock};
 use tidings_core::{Channel, DeliveryId};
 
 /// How often each kind of failure happens, as a fraction of sends (0.0–1.0), and how
@@ -105,7 +106,9 @@ pub struct InProcessProvider {
     max_per_second: Option<std::num::NonZeroU32>,
     /// The account's rate as the HTTP sandbox enforces it: a request over it is refused
     /// with 429, as a provider does.
-    account_rate: Option<Arc<governor::DefaultDirectRateLimiter>>,
+    account_rate: Option<Arc<DirectLimiter>>,
+    /// When sends are taken ([`Received::at`]) and the account's rate is measured.
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for InProcessProvider {
@@ -161,7 +164,20 @@ impl InProcessProvider {
             name: "sandbox",
             max_per_second: None,
             account_rate: None,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Takes the time of sends (and measures the account's rate, if set after this) by
+    /// `clock` instead of the wall clock: a test moves it with its dispatcher's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time by the provider's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
     }
 
     /// Appends each accepted send's idempotency key to the file at `path`.
@@ -185,7 +201,8 @@ impl InProcessProvider {
     /// and counted ([`InProcessProvider::over_rate`]).
     pub fn with_account_rate(mut self, per_second: std::num::NonZeroU32) -> Self {
         let quota = governor::Quota::per_second(per_second);
-        self.account_rate = Some(Arc::new(governor::RateLimiter::direct(quota)));
+        let limiter = DirectLimiter::direct_with_clock(quota, RateClock(self.clock.clone()));
+        self.account_rate = Some(Arc::new(limiter));
         self
     }
 
@@ -360,7 +377,7 @@ impl InProcessProvider {
                     _ => send.body.clone(),
                 },
                 provider_ref: provider_ref.clone(),
-                at: tidings_core::time::now(),
+                at: self.now(),
             });
             provider_ref
         };

@@ -302,7 +302,7 @@ async fn twilio_messages(
         address: to.to_owned(),
         body: body.to_owned(),
         provider_ref: message_sid.clone(),
-        at: tidings_core::time::now(),
+        at: shared.provider.now(),
     });
     if let Some(callback) = callback {
         let status = StatusReport {
@@ -573,7 +573,7 @@ async fn apns_send(
         address: token,
         body: text.to_owned(),
         provider_ref: apns_id.to_string(),
-        at: tidings_core::time::now(),
+        at: shared.provider.now(),
     });
     if fate == Fate::InDoubt {
         tokio::time::sleep(shared.config.hang).await;
@@ -795,7 +795,7 @@ async fn fcm_send(
             .unwrap_or_default()
             .to_owned(),
         provider_ref: name.clone(),
-        at: tidings_core::time::now(),
+        at: shared.provider.now(),
     });
     if fate == Fate::InDoubt {
         tokio::time::sleep(shared.config.hang).await;

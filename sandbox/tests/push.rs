@@ -1,6 +1,7 @@
 //! The APNs and FCM adapters against the sandbox's APNs (HTTP/2) and FCM endpoints: the
 //! same code paths as production, with real signed tokens.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidings_channel_adapters::apns::{Apns, ApnsConfig};
@@ -8,6 +9,7 @@ use tidings_channel_adapters::fcm::{Fcm, FcmConfig};
 use tidings_channel_adapters::http::Timeouts;
 use tidings_channel_adapters::push::Push;
 use tidings_channel_adapters::{AddressFault, ChannelAdapter, Outgoing, SendOutcome};
+use tidings_core::clock::SystemClock;
 use tidings_core::{Channel, DeliveryId, MessageId, MessageKind};
 use tidings_sandbox::server::SandboxConfig;
 use tidings_sandbox::{Faults, InProcessProvider};
@@ -52,6 +54,7 @@ fn apns(base: &str, key_pem: String) -> Apns {
         timeouts: timeouts(),
         max_per_second: None,
         concurrency: 4,
+        clock: Arc::new(SystemClock),
     })
     .unwrap()
 }
@@ -146,6 +149,7 @@ fn fcm(base: &str) -> Fcm {
         timeouts: timeouts(),
         max_per_second: None,
         concurrency: 4,
+        clock: Arc::new(SystemClock),
     })
     .unwrap()
 }
@@ -199,6 +203,7 @@ async fn an_fcm_token_endpoint_that_refuses_is_the_accounts_problem() {
         timeouts: timeouts(),
         max_per_second: None,
         concurrency: 1,
+        clock: Arc::new(SystemClock),
     })
     .unwrap();
     let outcome = adapter

@@ -159,6 +159,21 @@ pub fn demo_zip() -> Vec<u8> {
     demo_zip_with(None)
 }
 
+/// The log at `path` once it says `needle` (looked at every 20 ms, for a minute at most).
+pub async fn logged(path: &std::path::Path, needle: &str) -> String {
+    for _ in 0..3000 {
+        let said = std::fs::read_to_string(path).unwrap_or_default();
+        if said.contains(needle) {
+            return said;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the log never said {needle:?}: {}",
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
 /// The stderr of a command that must fail with exit status 1 and one line of error.
 pub fn one_line_error(output: &std::process::Output) -> String {
     let stderr = String::from_utf8(output.stderr.clone()).unwrap();

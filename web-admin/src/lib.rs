@@ -67,15 +67,17 @@ pub struct SandboxIdentityProvider {
 }
 
 impl Web {
+    /// `clock` is the server's ([`AppState::clock`]): sign-in bounds refill by it.
     pub fn new(
         secure_cookies: bool,
         public_url: Option<String>,
         outbox: Option<Arc<dyn Outbox>>,
+        clock: Arc<dyn tidings_core::clock::Clock>,
     ) -> Self {
         Self {
             secure_cookies,
             public_url,
-            sign_ins: sign_in::Limits::default(),
+            sign_ins: sign_in::Limits::new(clock),
             oidc: oidc::Client::default(),
             imports: imports::Jobs::default(),
             outbox,

@@ -38,7 +38,7 @@ pub const FLOW_SECONDS: i64 = 600;
 /// How long a request to the provider may take.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clock difference allowed with the provider when checking `exp`, `nbf` and `iat`.
-const LEEWAY_SECONDS: u64 = 60;
+const LEEWAY_SECONDS: i64 = 60;
 /// The signature algorithms an ID token may use: asymmetric only, so that a published
 /// key can never be used as an HMAC secret.
 const ALGORITHMS: [Algorithm; 8] = [
@@ -290,12 +290,13 @@ impl Client {
         client: &SsoClient,
         id_token: &str,
         nonce: &str,
+        now: i64,
     ) -> Result<Identity, OidcError> {
         let cached = self.cached(&client.issuer, false).await?;
-        match verify_id_token(id_token, &cached.keys, client, nonce) {
+        match verify_id_token(id_token, &cached.keys, client, nonce, now) {
             Err(OidcError::InvalidToken(why)) if why == UNKNOWN_KEY => {
                 let fresh = self.cached(&client.issuer, true).await?;
-                verify_id_token(id_token, &fresh.keys, client, nonce)
+                verify_id_token(id_token, &fresh.keys, client, nonce, now)
             }
             verified => verified,
         }
@@ -326,6 +327,9 @@ pub struct Identity {
 /// The claims of an ID token we read beyond those `jsonwebtoken` checks.
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// Required, and a number: a token whose `exp` is anything else does not decode.
+    exp: i64,
+    nbf: Option<i64>,
     nonce: Option<String>,
     aud: serde_json::Value,
     azp: Option<String>,
@@ -347,12 +351,14 @@ fn says_true(value: &serde_json::Value) -> bool {
 }
 
 /// Checks an ID token against the provider's keys and our client and nonce (OpenID
-/// Connect Core §3.1.3.7), and returns the verified email address it names.
+/// Connect Core §3.1.3.7), and its lifetime against `now` (Unix seconds, the server's
+/// clock), and returns the verified email address it names.
 pub fn verify_id_token(
     id_token: &str,
     keys: &[Jwk],
     client: &SsoClient,
     nonce: &str,
+    now: i64,
 ) -> Result<Identity, OidcError> {
     let invalid = |why: &str| OidcError::InvalidToken(why.to_owned());
     let header = jsonwebtoken::decode_header(id_token).map_err(|_| invalid("it is not a JWT"))?;
@@ -372,15 +378,14 @@ pub fn verify_id_token(
     validation.set_issuer(&[client.issuer.as_str()]);
     validation.set_audience(&[client.client_id.as_str()]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    validation.validate_nbf = true;
-    validation.leeway = LEEWAY_SECONDS;
+    // The lifetime is checked below against the server's clock, not the library's.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     let claims = jsonwebtoken::decode::<Claims>(id_token, &key, &validation)
         .map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::InvalidSignature => invalid("its signature does not verify"),
-                ErrorKind::ExpiredSignature => invalid("it has expired"),
-                ErrorKind::ImmatureSignature => invalid("it is not valid yet"),
                 ErrorKind::InvalidIssuer => invalid("it is from another issuer"),
                 ErrorKind::InvalidAudience => invalid("it is for another client"),
                 ErrorKind::MissingRequiredClaim(_) => invalid("it lacks a required claim"),
@@ -388,6 +393,15 @@ pub fn verify_id_token(
             }
         })?
         .claims;
+    if now > claims.exp.saturating_add(LEEWAY_SECONDS) {
+        return Err(invalid("it has expired"));
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECONDS))
+    {
+        return Err(invalid("it is not valid yet"));
+    }
     // Several audiences: the authorized party must be us (Core §3.1.3.7, 4 and 5).
     if claims.aud.as_array().is_some_and(|a| a.len() > 1)
         && claims.azp.as_deref() != Some(client.client_id.as_str())
@@ -685,8 +699,11 @@ mod tests {
         }
     }
 
+    /// When the tests' tokens are issued and checked.
+    const NOW: i64 = 1_800_000_000;
+
     fn claims(change: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
-        let now = chrono::Utc::now().timestamp();
+        let now = NOW;
         let mut claims = json!({
             "iss": "https://idp.example", "aud": "tidings", "sub": "1234",
             "iat": now, "exp": now + 300, "nonce": "n-1",
@@ -703,7 +720,28 @@ mod tests {
     }
 
     fn check(p: &Provider, token: &str) -> Result<Identity, OidcError> {
-        verify_id_token(token, std::slice::from_ref(&p.jwk), &p.client, "n-1")
+        check_at(p, token, NOW)
+    }
+
+    fn check_at(p: &Provider, token: &str, now: i64) -> Result<Identity, OidcError> {
+        verify_id_token(token, std::slice::from_ref(&p.jwk), &p.client, "n-1", now)
+    }
+
+    #[test]
+    fn a_token_is_good_from_nbf_to_exp_give_or_take_a_minute() {
+        let p = provider();
+        let token = signed(&p, Some("k1"), &claims(|c| c["nbf"] = json!(NOW + 120)));
+        let why = |now| match check_at(&p, &token, now) {
+            Ok(_) => "good".to_owned(),
+            Err(OidcError::InvalidToken(why)) => why,
+            Err(e) => format!("{e:?}"),
+        };
+        // Issued now, usable from two minutes on, expiring in five: the provider's
+        // clock may be a minute off ours either way.
+        assert_eq!(why(NOW + 59), "it is not valid yet");
+        assert_eq!(why(NOW + 60), "good");
+        assert_eq!(why(NOW + 300 + 60), "good");
+        assert_eq!(why(NOW + 300 + 61), "it has expired");
     }
 
     #[test]
@@ -780,9 +818,8 @@ mod tests {
             ),
             "several clients",
         );
-        let now = chrono::Utc::now().timestamp();
         refused(
-            &signed(&p, Some("k1"), &claims(|c| c["exp"] = json!(now - 3600))),
+            &signed(&p, Some("k1"), &claims(|c| c["exp"] = json!(NOW - 3600))),
             "expired",
         );
         // `exp` of the wrong type is not "no exp" (CVE-2026-25537).

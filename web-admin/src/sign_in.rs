@@ -27,7 +27,7 @@ use crate::oidc::{self, Flow, OidcError};
 use crate::session::{self, cookie, csrf_for, csrf_matches, set_cookie};
 use crate::Web;
 
-type Keyed<K> = governor::DefaultKeyedRateLimiter<K>;
+type Keyed<K> = tidings_core::clock::KeyedLimiter<K>;
 
 /// Sign-in attempts allowed per account and per client address, each a minute.
 pub const TRIES_PER_ACCOUNT_PER_MINUTE: u32 = 5;
@@ -39,12 +39,17 @@ pub struct Limits {
     per_client: Keyed<Option<std::net::IpAddr>>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+impl Limits {
+    /// Fresh bounds, refilled as `clock` moves.
+    pub fn new(clock: std::sync::Arc<dyn tidings_core::clock::Clock>) -> Self {
         let per_minute = |n| governor::Quota::per_minute(NonZeroU32::new(n).expect("not zero"));
+        let clock = tidings_core::clock::RateClock(clock);
         Self {
-            per_account: governor::RateLimiter::keyed(per_minute(TRIES_PER_ACCOUNT_PER_MINUTE)),
-            per_client: governor::RateLimiter::keyed(per_minute(TRIES_PER_CLIENT_PER_MINUTE)),
+            per_account: Keyed::hashmap_with_clock(
+                per_minute(TRIES_PER_ACCOUNT_PER_MINUTE),
+                clock.clone(),
+            ),
+            per_client: Keyed::hashmap_with_clock(per_minute(TRIES_PER_CLIENT_PER_MINUTE), clock),
         }
     }
 }
@@ -401,7 +406,10 @@ pub async fn sso_callback(
         .exchange(&client, code, &redirect_uri, &flow.verifier)
         .await
     {
-        Ok(id_token) => web.oidc.verify(&client, &id_token, &flow.nonce).await,
+        Ok(id_token) => {
+            let now = state.clock.now().timestamp();
+            web.oidc.verify(&client, &id_token, &flow.nonce, now).await
+        }
         Err(error) => Err(error),
     };
     let identity = match identity {
