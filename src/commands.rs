@@ -141,19 +141,18 @@ pub async fn serve(
     let callbacks = tidings_callbacks::Callbacks::new(store.clone(), config.callbacks()?);
     let applying = tokio::spawn(callbacks.clone().run(stopping.clone()));
     let purging = start_purging(config, services(config, store.clone())?, stopping.clone());
-    let metrics = crate::metrics::router(store.clone())?;
+    let clock: Arc<dyn tidings_core::clock::Clock> = Arc::new(tidings_core::clock::SystemClock);
+    let metrics = crate::metrics::router(store.clone(), clock.clone())?;
     let state = tidings_api::AppState {
         store,
         default_phone_region: config.default_phone_region.clone(),
         partitions: config.log_partitions,
         link_keys,
         codes,
-        sign_ins: tidings_api::guardian::sign_in_limiter(Arc::new(
-            tidings_core::clock::SystemClock,
-        )),
+        sign_ins: tidings_api::guardian::sign_in_limiter(clock.clone()),
         trusted_proxies: config.trusted_proxies.clone().into(),
         roster_max_delete_percent: config.roster_max_delete_percent,
-        clock: Arc::new(tidings_core::clock::SystemClock),
+        clock,
         web_push_key: web_push_key.as_ref().map(|key| key.public_key()),
     };
     let secure_cookies = config
@@ -479,7 +478,8 @@ pub async fn dispatch(
     }
     crate::metrics::install()?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let metrics = crate::metrics::router(store.clone())?;
+    let clock = Arc::new(tidings_core::clock::SystemClock);
+    let metrics = crate::metrics::router(store.clone(), clock)?;
     let operator = operator_listener(config, metrics, &stopping).await?;
     let link_keys = link_keys(config, store.as_ref()).await?;
     let web_push_key = web_push_key(config, store.as_ref()).await?;

@@ -18,6 +18,8 @@ use tidings_core::telemetry as names;
 struct Sources {
     handle: PrometheusHandle,
     store: Arc<dyn Store>,
+    /// What leases are judged live by at a scrape.
+    clock: Arc<dyn tidings_core::clock::Clock>,
     /// Districts with dead letters at an earlier scrape: set to 0 once they have none.
     dead_letter_districts: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
@@ -52,10 +54,14 @@ pub fn install() -> anyhow::Result<()> {
 }
 
 /// The `/metrics` route.
-pub fn router(store: Arc<dyn Store>) -> anyhow::Result<Router> {
+pub fn router(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn tidings_core::clock::Clock>,
+) -> anyhow::Result<Router> {
     let sources = Sources {
         handle: recorder()?,
         store,
+        clock,
         dead_letter_districts: Arc::default(),
     };
     Ok(Router::new()
@@ -136,7 +142,7 @@ pub fn local_only(metrics: Router) -> Router {
 }
 
 async fn scrape(State(s): State<Sources>) -> impl IntoResponse {
-    let at = tidings_core::time::now();
+    let at = s.clock.now();
     match s
         .store
         .watch_partitions(tidings_dispatcher::CONSUMER_GROUP, at)

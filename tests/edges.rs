@@ -544,5 +544,9 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
     assert!(server.terminate().await.success());
     // Said once for the time it was full.
     let said = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(said.matches("every connection is in use").count(), 1, "{said}");
+    assert_eq!(
+        said.matches("every connection is in use").count(),
+        1,
+        "{said}"
+    );
 }

@@ -530,6 +530,62 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
                 "stays": true}])
     );
 
+    // The guardian taps the notification: the app (open on the inbox) shows the message.
+    // Headless Chromium shows no notification to tap; the click is the service worker's
+    // own `notificationclick` event, given the notification it shows.
+    let click = |tag: &str| {
+        format!(
+            "self.registration.getNotifications({{tag: {tag:?}}}).then(function (shown) {{
+                 shown.forEach(function (n) {{
+                     self.dispatchEvent(new NotificationEvent('notificationclick', {{notification: n}}));
+                 }});
+                 return shown.length;
+             }})"
+        )
+    };
+    b.execute("document.documentElement.dataset.left = 'yes'", vec![])
+        .await
+        .unwrap();
+    let clicked = browser
+        .in_service_worker("/app/sw.js", &click(&alert))
+        .await;
+    assert_eq!(clicked, json!(1));
+    browser
+        .arrive("html:not([data-left]) [data-page=app-message]")
+        .await;
+    assert_eq!(browser.path().await, format!("/app/messages/{alert}"));
+    assert!(browser
+        .text("main")
+        .await
+        .contains("Stay inside until the all-clear."));
+    // Tapped, it is gone from the tray.
+    let left = browser
+        .in_service_worker(
+            "/app/sw.js",
+            "self.registration.getNotifications().then(function (n) { return n.length; })",
+        )
+        .await;
+    assert_eq!(left, json!(0));
+    // A payload naming a page elsewhere opens the app, not that page.
+    browser
+        .in_service_worker(
+            "/app/sw.js",
+            "self.registration.showNotification('Elsewhere', {tag: 'elsewhere',
+                 data: {url: 'https://attacker.example/app/../steal'}})",
+        )
+        .await;
+    b.execute("document.documentElement.dataset.left = 'yes'", vec![])
+        .await
+        .unwrap();
+    let clicked = browser
+        .in_service_worker("/app/sw.js", &click("elsewhere"))
+        .await;
+    assert_eq!(clicked, json!(1));
+    browser
+        .arrive("html:not([data-left]) [data-page=app-inbox]")
+        .await;
+    assert_eq!(browser.path().await, "/app/");
+
     // Signing out ends the session: the app asks to sign in again.
     browser
         .click("#sign-out", "[data-page=app-sign-in] #address")

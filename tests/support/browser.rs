@@ -20,6 +20,8 @@ pub struct Browser {
     pub shots: PathBuf,
     /// The browser's own profile, removed when the test ends.
     _profile: tempfile::TempDir,
+    /// Where Chromium's DevTools listen (loopback).
+    devtools_port: u16,
 }
 
 impl Browser {
@@ -50,6 +52,11 @@ impl Browser {
         .expect("chromedriver did not start within 30 s");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let profile = tempfile::tempdir().unwrap();
+        let devtools_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
@@ -57,6 +64,7 @@ impl Browser {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--window-size=1280,900",
+                         format!("--remote-debugging-port={devtools_port}"),
                          format!("--user-data-dir={}", profile.path().display())],
             }),
         );
@@ -75,6 +83,7 @@ impl Browser {
             _driver: driver,
             shots,
             _profile: profile,
+            devtools_port,
         }
     }
 
@@ -282,6 +291,76 @@ impl Browser {
             .unwrap_or_else(|| panic!("no registration id: {text}"))
             .trim()
             .to_owned()
+    }
+}
+
+impl Browser {
+    /// Evaluates `expression` (awaiting a promise) inside the service worker whose script
+    /// URL contains `script`: its value. Chromedriver passes DevTools commands to the
+    /// page only, so this talks to Chromium's own DevTools socket and attaches to the
+    /// worker.
+    pub async fn in_service_worker(&self, script: &str, expression: &str) -> serde_json::Value {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message;
+        let version: serde_json::Value = reqwest::get(format!(
+            "http://127.0.0.1:{}/json/version",
+            self.devtools_port
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let socket = version["webSocketDebuggerUrl"].as_str().unwrap();
+        let (mut devtools, _) = tokio_tungstenite::connect_async(socket).await.unwrap();
+        let mut last = 0;
+        let mut call = async |method: &str, params: serde_json::Value, session: Option<&str>| {
+            last += 1;
+            let mut command = json!({"id": last, "method": method, "params": params});
+            if let Some(session) = session {
+                command["sessionId"] = json!(session);
+            }
+            devtools
+                .send(Message::text(command.to_string()))
+                .await
+                .unwrap();
+            loop {
+                let Some(Ok(Message::Text(text))) = devtools.next().await else {
+                    panic!("DevTools closed while waiting for {method}");
+                };
+                let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if answer["id"] == json!(last) {
+                    assert!(answer["error"].is_null(), "{method}: {answer}");
+                    return answer["result"].clone();
+                }
+            }
+        };
+        let targets = call("Target.getTargets", json!({}), None).await;
+        let worker = targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "service_worker" && t["url"].as_str().unwrap().contains(script))
+            .unwrap_or_else(|| panic!("no service worker {script}: {targets}"))["targetId"]
+            .clone();
+        let attached = call(
+            "Target.attachToTarget",
+            json!({"targetId": worker, "flatten": true}),
+            None,
+        )
+        .await;
+        let session = attached["sessionId"].as_str().unwrap().to_owned();
+        let evaluated = call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+            Some(&session),
+        )
+        .await;
+        assert!(
+            evaluated["exceptionDetails"].is_null(),
+            "in the service worker: {evaluated}"
+        );
+        evaluated["result"]["value"].clone()
     }
 }
 

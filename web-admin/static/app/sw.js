@@ -51,12 +51,19 @@ self.addEventListener('push', function (event) {
 
 self.addEventListener('notificationclick', function (event) {
   event.notification.close();
-  var target = new URL(event.notification.data && event.notification.data.url || '/app/', self.location.origin);
-  // Only this app's own pages are opened, whatever a payload says.
-  var url = target.origin === self.location.origin ? target.href : '/app/';
-  event.waitUntil(self.clients.matchAll({ type: 'window', includeUncontrolled: true }).then(function (windows) {
+  // The app's page the payload names, on this origin whatever host the payload says
+  // (the server may be reached by more than one name), and only a page of the app.
+  var named = new URL((event.notification.data && event.notification.data.url) || '/app/', self.location.origin);
+  var url = new URL(named.pathname.indexOf('/app/') === 0 ? named.pathname : '/app/', self.location.origin).href;
+  event.waitUntil(self.clients.matchAll({ type: 'window' }).then(function (windows) {
+    // The app open already (in the background, say): its window shows the message.
     for (var i = 0; i < windows.length; i++) {
-      if (windows[i].url === url && 'focus' in windows[i]) return windows[i].focus();
+      if (windows[i].url === url) return windows[i].focus();
+    }
+    if (windows.length && 'navigate' in windows[0]) {
+      return windows[0].navigate(url).then(function (opened) {
+        return opened ? opened.focus() : self.clients.openWindow(url);
+      });
     }
     return self.clients.openWindow(url);
   }));
