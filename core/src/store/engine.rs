@@ -7,15 +7,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect, Pools};
-use super::directory::{district_from_row, DISTRICT_COLUMNS};
 use super::dispatch::LogWrites;
 use super::dispatching::Dispatching;
+use super::districts;
 use super::roster::RosterWriter;
 use super::sending::Sending;
 use super::transitions::Transitions;
 use super::writes::{
-    insert_audit, insert_district, insert_staff, set_operator, staff_from_row, Write, WriteDialect,
-    STAFF_COLUMNS,
+    insert_audit, insert_staff, set_operator, staff_from_row, Write, WriteDialect, STAFF_COLUMNS,
 };
 use super::{
     audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
@@ -93,7 +92,7 @@ where
         if staff.is_some() {
             return Ok(None);
         }
-        let district = insert_district::<S::Db>(&mut tx, &first.district_name, None, at).await?;
+        let district = districts::insert::<S::Db>(&mut tx, &first.district_name, None, at).await?;
         let admin = NewStaff {
             district_id: district.id,
             email: first.email.clone(),
@@ -110,7 +109,7 @@ where
     }
 
     async fn create_district(&self, name: &str, at: DateTime<Utc>) -> StoreResult<District> {
-        insert_district::<S::Db>(&mut *self.writes().acquire().await?, name, None, at).await
+        districts::insert::<S::Db>(&mut *self.writes().acquire().await?, name, None, at).await
     }
 
     async fn create_school(&self, school: &NewSchool, at: DateTime<Utc>) -> StoreResult<School> {
@@ -435,24 +434,19 @@ where
     }
 
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
-        directory::district::<S::Db>(&mut *self.reads().acquire().await?, id.into()).await
+        districts::get::<S::Db>(&mut *self.reads().acquire().await?, id.into()).await
     }
 
     async fn districts(&self) -> StoreResult<Vec<District>> {
-        let sql = format!("SELECT {DISTRICT_COLUMNS} FROM districts ORDER BY created_at, id");
-        S::Db::fetch_all(&mut *self.reads().acquire().await?, &sql, Args::new())
-            .await?
-            .iter()
-            .map(district_from_row)
-            .collect()
+        districts::all::<S::Db>(&mut *self.reads().acquire().await?).await
     }
 
     async fn district_sso(&self, district: DistrictId) -> StoreResult<Option<DistrictSso>> {
-        directory::district_sso::<S::Db>(&mut *self.reads().acquire().await?, district.into()).await
+        districts::sso::<S::Db>(&mut *self.reads().acquire().await?, district.into()).await
     }
 
     async fn sso_districts(&self) -> StoreResult<Vec<District>> {
-        directory::sso_districts::<S::Db>(&mut *self.reads().acquire().await?).await
+        districts::sso_districts::<S::Db>(&mut *self.reads().acquire().await?).await
     }
 
     async fn begin_roster_import(

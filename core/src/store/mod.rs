@@ -14,6 +14,7 @@ mod dialect;
 pub mod directory;
 pub mod dispatch;
 mod dispatching;
+mod districts;
 mod engine;
 pub mod guardian;
 pub mod guardian_data;

@@ -96,28 +96,6 @@ pub trait Purging: Send + Sync {
     async fn purge_log(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<u64>;
 }
 
-/// Sets a district's retention, in the caller's transaction; whether it exists.
-pub(crate) async fn set_retention<D: Dialect>(
-    conn: &mut D::Connection,
-    district: Uuid,
-    retention: &Retention,
-) -> StoreResult<bool> {
-    let days = |d: Option<u32>| d.map(i64::from);
-    let changed = D::execute(
-        conn,
-        "UPDATE districts SET retain_messages_days = $1, retain_replies_days = $2, \
-         retain_audit_days = $3, retain_callbacks_days = $4 WHERE id = $5",
-        Args::new()
-            .opt_int(days(retention.messages_days))
-            .opt_int(days(retention.replies_days))
-            .opt_int(days(retention.audit_days))
-            .opt_int(days(retention.callbacks_days))
-            .id(district),
-    )
-    .await?;
-    Ok(changed == 1)
-}
-
 #[async_trait]
 impl<S: Pools> Purging for S {
     async fn retention(&self, district: DistrictId) -> StoreResult<Option<Retention>> {

@@ -350,23 +350,11 @@ impl<D: Dialect> RosterTx<D> {
 #[async_trait]
 impl<D: Dialect> RosterWriter for RosterTx<D> {
     async fn district_sourced_id(&mut self) -> StoreResult<Option<String>> {
-        D::fetch_one(
-            &mut self.tx,
-            "SELECT sourced_id FROM districts WHERE id = $1",
-            Args::new().id(self.district),
-        )
-        .await?
-        .opt_text("sourced_id")
+        super::districts::sourced_id::<D>(&mut self.tx, self.district).await
     }
 
     async fn set_district_sourced_id(&mut self, sourced_id: &str) -> StoreResult<()> {
-        D::execute(
-            &mut self.tx,
-            "UPDATE districts SET sourced_id = $1 WHERE id = $2",
-            Args::new().text(sourced_id).id(self.district),
-        )
-        .await?;
-        Ok(())
+        super::districts::set_sourced_id::<D>(&mut self.tx, self.district, sourced_id).await
     }
 
     async fn mark_seen(

@@ -7,8 +7,8 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
-use super::directory::{district_from_row, DISTRICT_COLUMNS};
 use super::dispatch::LogWrites;
+use super::districts;
 use super::sending::Sending;
 use super::transitions::Transitions;
 use super::{
@@ -95,33 +95,6 @@ pub(crate) async fn insert_audit<D: Dialect>(
     )
     .await?;
     Ok(())
-}
-
-/// A new district, in `timezone` (else the schema's default).
-pub(crate) async fn insert_district<D: Dialect>(
-    conn: &mut D::Connection,
-    name: &str,
-    timezone: Option<&str>,
-    at: DateTime<Utc>,
-) -> StoreResult<District> {
-    let args = Args::new().id(DistrictId::new()).text(name).time(at);
-    let (sql, args) = match timezone {
-        Some(timezone) => (
-            format!(
-                "INSERT INTO districts (id, name, created_at, timezone) VALUES ($1, $2, $3, $4) \
-                 RETURNING {DISTRICT_COLUMNS}"
-            ),
-            args.text(timezone),
-        ),
-        None => (
-            format!(
-                "INSERT INTO districts (id, name, created_at) VALUES ($1, $2, $3) \
-                 RETURNING {DISTRICT_COLUMNS}"
-            ),
-            args,
-        ),
-    };
-    district_from_row(&D::fetch_one(conn, &sql, args).await?)
 }
 
 /// Makes a member an operator of the install (or no longer one); false when they already
@@ -324,7 +297,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         timezone: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<District> {
-        insert_district::<D>(&mut self.tx, name, Some(timezone), at).await
+        districts::insert::<D>(&mut self.tx, name, Some(timezone), at).await
     }
 
     async fn set_district_locale(
@@ -333,27 +306,11 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         default_language: &str,
         timezone: &str,
     ) -> StoreResult<bool> {
-        let changed = D::execute(
-            &mut self.tx,
-            "UPDATE districts SET default_language = $2, timezone = $3 WHERE id = $1 \
-             AND deleted_at IS NULL",
-            Args::new()
-                .id(district)
-                .text(default_language)
-                .text(timezone),
-        )
-        .await?;
-        Ok(changed == 1)
+        districts::set_locale::<D>(&mut self.tx, district, default_language, timezone).await
     }
 
     async fn rename_district(&mut self, district: DistrictId, name: &str) -> StoreResult<bool> {
-        let changed = D::execute(
-            &mut self.tx,
-            "UPDATE districts SET name = $2 WHERE id = $1 AND deleted_at IS NULL",
-            Args::new().id(district).text(name),
-        )
-        .await?;
-        Ok(changed == 1)
+        districts::rename::<D>(&mut self.tx, district, name).await
     }
 
     async fn set_district_suspended(
@@ -361,20 +318,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         district: DistrictId,
         suspended_at: Option<DateTime<Utc>>,
     ) -> StoreResult<bool> {
-        let sql = if suspended_at.is_some() {
-            "UPDATE districts SET suspended_at = $2 WHERE id = $1 AND deleted_at IS NULL \
-             AND suspended_at IS NULL"
-        } else {
-            "UPDATE districts SET suspended_at = $2 WHERE id = $1 AND deleted_at IS NULL \
-             AND suspended_at IS NOT NULL"
-        };
-        let changed = D::execute(
-            &mut self.tx,
-            sql,
-            Args::new().id(district).opt_time(suspended_at),
-        )
-        .await?;
-        Ok(changed == 1)
+        districts::set_suspended::<D>(&mut self.tx, district, suspended_at).await
     }
 
     async fn set_operator(&mut self, staff: StaffId, operator: bool) -> StoreResult<bool> {
@@ -387,7 +331,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         max_recipients_per_message: Option<i32>,
         max_messages_per_hour: Option<i32>,
     ) -> StoreResult<()> {
-        directory::set_district_quotas::<D>(
+        districts::set_quotas::<D>(
             &mut self.tx,
             district.into(),
             max_recipients_per_message,
@@ -420,7 +364,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         district: DistrictId,
         retention: &crate::retention::Retention,
     ) -> StoreResult<bool> {
-        super::retention::set_retention::<D>(&mut self.tx, district.into(), retention).await
+        districts::set_retention::<D>(&mut self.tx, district.into(), retention).await
     }
 
     async fn set_district_sso(
@@ -431,7 +375,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         client_secret_sealed: &[u8],
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        directory::set_district_sso::<D>(
+        districts::set_sso::<D>(
             &mut self.tx,
             district.into(),
             issuer,
@@ -443,7 +387,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
     }
 
     async fn remove_district_sso(&mut self, district: DistrictId) -> StoreResult<bool> {
-        directory::remove_district_sso::<D>(&mut self.tx, district.into()).await
+        districts::remove_sso::<D>(&mut self.tx, district.into()).await
     }
 
     async fn create_token(
