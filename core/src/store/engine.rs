@@ -12,10 +12,10 @@ use super::dispatching::Dispatching;
 use super::districts;
 use super::roster::RosterWriter;
 use super::sending::Sending;
+use super::staff::{staff_from_row, STAFF_COLUMNS};
 use super::transitions::Transitions;
-use super::writes::{
-    insert_audit, insert_staff, set_operator, staff_from_row, Write, WriteDialect, STAFF_COLUMNS,
-};
+use super::writes::{insert_audit, Write, WriteDialect};
+use super::{api_tokens, staff};
 use super::{
     audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
     ClassView, DirectoryCounts, District, DistrictSso, FirstAdmin, GradeView, Guardian,
@@ -100,9 +100,9 @@ where
             role: Role::DistrictAdmin,
             password_hash: Some(first.password_hash.clone()),
         };
-        let mut staff = insert_staff::<S::Db>(&mut tx, &admin, at).await?;
+        let mut staff = staff::insert::<S::Db>(&mut tx, &admin, at).await?;
         // The install's first administrator operates it (creates the other districts).
-        set_operator::<S::Db>(&mut tx, staff.id, true).await?;
+        staff::set_operator::<S::Db>(&mut tx, staff.id, true).await?;
         staff.operator = true;
         tx.commit().await?;
         Ok(Some((district, staff)))
@@ -138,7 +138,7 @@ where
 
     async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
         let mut tx = self.begin_write().await?;
-        let staff = insert_staff::<S::Db>(&mut tx, staff, at).await?;
+        let staff = staff::insert::<S::Db>(&mut tx, staff, at).await?;
         tx.commit().await?;
         Ok(staff)
     }
@@ -241,14 +241,8 @@ where
         at: DateTime<Utc>,
         granularity: chrono::Duration,
     ) -> StoreResult<()> {
-        S::Db::execute(
-            &mut *self.writes().acquire().await?,
-            "UPDATE api_tokens SET last_used_at = $1 \
-             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)",
-            Args::new().time(at).id(id).time(at - granularity),
-        )
-        .await?;
-        Ok(())
+        api_tokens::mark_used::<S::Db>(&mut *self.writes().acquire().await?, id, at, granularity)
+            .await
     }
 
     async fn api_tokens(

@@ -7,6 +7,7 @@
 //! what a transition means — that is [`crate::delivery::next`] — it only applies one with a
 //! compare-and-swap.
 
+mod api_tokens;
 mod audiences;
 pub mod constraint;
 mod deliveries;
@@ -27,6 +28,7 @@ pub mod rewind;
 pub mod roster;
 mod sending;
 pub mod sqlite;
+mod staff;
 mod transitions;
 mod writes;
 

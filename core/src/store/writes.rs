@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use super::dialect::{Args, Columns, Dialect};
+use super::dialect::{Args, Dialect};
 use super::dispatch::LogWrites;
-use super::districts;
 use super::sending::Sending;
 use super::transitions::Transitions;
+use super::{api_tokens, districts, staff};
 use super::{
     directory, messages, CancelOutcome, CasOutcome, ContactPointView, District, IdempotencyClaim,
     MessageScope, NewMessage, NewStaff, OptOutView, PlanChunk, Scope, SendRefusal, SendSummary,
@@ -20,8 +20,8 @@ use crate::audience::Audience;
 use crate::delivery::{Actor, ActorKind, Change};
 use crate::quiet_hours::QuietHours;
 use crate::{
-    ApiTokenId, Channel, ContactPointId, DistrictId, EmailAddress, GuardianId, MessageId, Role,
-    SchoolId, Staff, StaffId,
+    ApiTokenId, Channel, ContactPointId, DistrictId, GuardianId, MessageId, Role, SchoolId, Staff,
+    StaffId,
 };
 
 /// What a database must do for a write transaction, with what only some do differently.
@@ -52,22 +52,6 @@ impl<D: WriteDialect> Write<D> {
     }
 }
 
-/// The columns [`staff_from_row`] reads.
-pub(crate) const STAFF_COLUMNS: &str =
-    "id, district_id, email, display_name, role, created_at, operator";
-
-pub(crate) fn staff_from_row(row: &impl Columns) -> StoreResult<Staff> {
-    Ok(Staff {
-        id: StaffId::from_uuid(row.id("id")?),
-        district_id: DistrictId::from_uuid(row.id("district_id")?),
-        email: row.parsed::<EmailAddress>("email")?,
-        display_name: row.text("display_name")?,
-        role: row.parsed("role")?,
-        created_at: row.time("created_at")?,
-        operator: row.flag("operator")?,
-    })
-}
-
 /// Writes an audit row on `conn`.
 pub(crate) async fn insert_audit<D: Dialect>(
     conn: &mut D::Connection,
@@ -95,43 +79,6 @@ pub(crate) async fn insert_audit<D: Dialect>(
     )
     .await?;
     Ok(())
-}
-
-/// Makes a member an operator of the install (or no longer one); false when they already
-/// were (or were not).
-pub(crate) async fn set_operator<D: Dialect>(
-    conn: &mut D::Connection,
-    staff: StaffId,
-    operator: bool,
-) -> StoreResult<bool> {
-    let changed = D::execute(
-        conn,
-        "UPDATE staff SET operator = $2 WHERE id = $1 AND operator <> $2",
-        Args::new().id(staff).flag(operator),
-    )
-    .await?;
-    Ok(changed == 1)
-}
-
-/// Creates a staff account on `conn`.
-pub(crate) async fn insert_staff<D: Dialect>(
-    conn: &mut D::Connection,
-    staff: &NewStaff,
-    at: DateTime<Utc>,
-) -> StoreResult<Staff> {
-    let sql = format!(
-        "INSERT INTO staff (id, district_id, email, display_name, role, password_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {STAFF_COLUMNS}"
-    );
-    let args = Args::new()
-        .id(StaffId::new())
-        .id(staff.district_id)
-        .text(staff.email.as_str())
-        .text(&staff.display_name)
-        .text(staff.role.as_str())
-        .opt_text(staff.password_hash.as_deref())
-        .time(at);
-    staff_from_row(&D::fetch_one(conn, &sql, args).await?)
 }
 
 #[async_trait]
@@ -322,7 +269,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
     }
 
     async fn set_operator(&mut self, staff: StaffId, operator: bool) -> StoreResult<bool> {
-        set_operator::<D>(&mut self.tx, staff, operator).await
+        staff::set_operator::<D>(&mut self.tx, staff, operator).await
     }
 
     async fn set_district_quotas(
@@ -399,21 +346,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         at: DateTime<Utc>,
         expires_at: Option<DateTime<Utc>>,
     ) -> StoreResult<()> {
-        D::execute(
-            &mut self.tx,
-            "INSERT INTO api_tokens (id, district_id, staff_id, name, secret_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            Args::new()
-                .id(id)
-                .id(staff.district_id)
-                .id(staff.id)
-                .text(name)
-                .bytes(secret_hash)
-                .time(at)
-                .opt_time(expires_at),
-        )
-        .await?;
-        Ok(())
+        api_tokens::insert::<D>(&mut self.tx, id, staff, name, secret_hash, at, expires_at).await
     }
 
     async fn revoke_api_token(
@@ -422,18 +355,11 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         staff: StaffId,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let revoked = D::execute(
-            &mut self.tx,
-            "UPDATE api_tokens SET revoked_at = $1 \
-             WHERE id = $2 AND staff_id = $3 AND revoked_at IS NULL",
-            Args::new().time(at).id(id).id(staff),
-        )
-        .await?;
-        Ok(revoked == 1)
+        api_tokens::revoke::<D>(&mut self.tx, id, staff, at).await
     }
 
     async fn create_staff(&mut self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
-        insert_staff::<D>(&mut self.tx, staff, at).await
+        staff::insert::<D>(&mut self.tx, staff, at).await
     }
 
     async fn set_staff_schools(
@@ -442,22 +368,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         staff: StaffId,
         schools: &[SchoolId],
     ) -> StoreResult<()> {
-        D::execute(
-            &mut self.tx,
-            "DELETE FROM staff_schools WHERE staff_id = $1 AND district_id = $2",
-            Args::new().id(staff).id(district),
-        )
-        .await?;
-        for school in schools {
-            D::execute(
-                &mut self.tx,
-                "INSERT INTO staff_schools (district_id, staff_id, school_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-                Args::new().id(district).id(staff).id(*school),
-            )
-            .await?;
-        }
-        Ok(())
+        staff::set_schools::<D>(&mut self.tx, district, staff, schools).await
     }
 
     async fn set_staff_role(
@@ -467,17 +378,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         role: Role,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let changed = D::execute(
-            &mut self.tx,
-            "UPDATE staff SET role = $1, updated_at = $2 WHERE id = $3 AND district_id = $4",
-            Args::new()
-                .text(role.as_str())
-                .time(at)
-                .id(staff)
-                .id(district),
-        )
-        .await?;
-        Ok(changed == 1)
+        staff::set_role::<D>(&mut self.tx, district, staff, role, at).await
     }
 
     async fn set_staff_disabled(
@@ -487,14 +388,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         disabled: bool,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let changed = D::execute(
-            &mut self.tx,
-            "UPDATE staff SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END, \
-             updated_at = $2 WHERE id = $3 AND district_id = $4",
-            Args::new().flag(disabled).time(at).id(staff).id(district),
-        )
-        .await?;
-        Ok(changed == 1)
+        staff::set_disabled::<D>(&mut self.tx, district, staff, disabled, at).await
     }
 
     async fn set_password_hash(
@@ -503,13 +397,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         hash: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        D::execute(
-            &mut self.tx,
-            "UPDATE staff SET password_hash = $1, updated_at = $2 WHERE id = $3",
-            Args::new().text(hash).time(at).id(staff),
-        )
-        .await?;
-        Ok(())
+        staff::set_password_hash::<D>(&mut self.tx, staff, hash, at).await
     }
 
     async fn revoke_tokens_named(
@@ -519,13 +407,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         keep: Option<ApiTokenId>,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        D::execute(
-            &mut self.tx,
-            "UPDATE api_tokens SET revoked_at = $1 \
-             WHERE staff_id = $2 AND name = $3 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4)",
-            Args::new().time(at).id(staff).text(name).opt_id(keep),
-        )
-        .await
+        api_tokens::revoke_named::<D>(&mut self.tx, staff, name, keep, at).await
     }
 
     async fn cancel_message(
