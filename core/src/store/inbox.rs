@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::contacts;
 use super::dialect::{Args, Columns, Dialect, Pools, Value};
-use super::directory::{self, guardian_filter};
+use super::directory::guardian_filter;
 use super::transitions::{InTx, Transitions};
 use super::{
     AckOutcome, InboundSms, InboundTaken, InboxApply, InboxEffect, InboxItem, InboxPut, ReplyView,
@@ -224,7 +225,7 @@ impl<S: Pools> Inbox for S {
             match sms.keyword {
                 Some(SmsKeyword::Stop) => {
                     let (district, guardian) = (district.into(), guardian.into());
-                    directory::add_opt_out::<S::Db>(
+                    contacts::add_opt_out::<S::Db>(
                         &mut tx,
                         district,
                         guardian,
@@ -235,7 +236,7 @@ impl<S: Pools> Inbox for S {
                     .await?;
                 }
                 Some(SmsKeyword::Start) => {
-                    directory::resubscribe::<S::Db>(&mut tx, guardian.into(), Channel::Sms, at)
+                    contacts::resubscribe::<S::Db>(&mut tx, guardian.into(), Channel::Sms, at)
                         .await?;
                     super::guardian_data::forget_stop::<S::Db>(&mut tx, district, &sms.from)
                         .await?;
@@ -373,7 +374,7 @@ impl<S: Pools> Inbox for S {
                     address,
                     reason,
                 } => {
-                    directory::retire_address::<S::Db>(
+                    contacts::retire_address::<S::Db>(
                         &mut tx,
                         (*guardian).into(),
                         *channel,
@@ -389,7 +390,7 @@ impl<S: Pools> Inbox for S {
                     channel,
                     source,
                 } => {
-                    directory::add_opt_out::<S::Db>(
+                    contacts::add_opt_out::<S::Db>(
                         &mut tx,
                         (*district).into(),
                         (*guardian).into(),

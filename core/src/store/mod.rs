@@ -10,6 +10,7 @@
 mod api_tokens;
 mod audiences;
 pub mod constraint;
+mod contacts;
 mod deliveries;
 mod dialect;
 pub mod directory;

@@ -10,7 +10,7 @@ use super::dialect::{Args, Dialect};
 use super::dispatch::LogWrites;
 use super::sending::Sending;
 use super::transitions::Transitions;
-use super::{api_tokens, districts, staff};
+use super::{api_tokens, contacts, districts, staff};
 use super::{
     directory, messages, CancelOutcome, CasOutcome, ContactPointView, District, IdempotencyClaim,
     MessageScope, NewMessage, NewStaff, OptOutView, PlanChunk, Scope, SendRefusal, SendSummary,
@@ -147,7 +147,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView> {
         let (district, guardian) = (district.into(), guardian.into());
-        directory::add_contact_point::<D>(&mut self.tx, district, guardian, kind, address, at).await
+        contacts::add_contact_point::<D>(&mut self.tx, district, guardian, kind, address, at).await
     }
 
     async fn register_device(
@@ -159,7 +159,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         at: DateTime<Utc>,
     ) -> StoreResult<ContactPointView> {
         let (district, guardian) = (district.into(), guardian.into());
-        directory::register_device::<D>(&mut self.tx, district, guardian, platform, token, at).await
+        contacts::register_device::<D>(&mut self.tx, district, guardian, platform, token, at).await
     }
 
     async fn retire_address(
@@ -170,7 +170,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         reason: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        directory::retire_address::<D>(&mut self.tx, guardian.into(), channel, address, reason, at)
+        contacts::retire_address::<D>(&mut self.tx, guardian.into(), channel, address, reason, at)
             .await
     }
 
@@ -182,7 +182,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<ContactPointView>> {
         let (guardian, contact_point) = (guardian.into(), contact_point.into());
-        directory::set_contact_point_active::<D>(&mut self.tx, guardian, contact_point, active, at)
+        contacts::set_contact_point_active::<D>(&mut self.tx, guardian, contact_point, active, at)
             .await
     }
 
@@ -195,7 +195,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         at: DateTime<Utc>,
     ) -> StoreResult<OptOutView> {
         let (district, guardian) = (district.into(), guardian.into());
-        directory::add_opt_out::<D>(&mut self.tx, district, guardian, channel, source, at).await
+        contacts::add_opt_out::<D>(&mut self.tx, district, guardian, channel, source, at).await
     }
 
     async fn set_guardian_preferences(
@@ -224,7 +224,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         opt_out: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<OptOutView>> {
-        directory::revoke_opt_out::<D>(&mut self.tx, guardian.into(), opt_out, at).await
+        contacts::revoke_opt_out::<D>(&mut self.tx, guardian.into(), opt_out, at).await
     }
 
     async fn set_school_quiet_hours(
