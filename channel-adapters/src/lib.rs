@@ -220,6 +220,17 @@ pub trait ChannelAdapter: Send + Sync {
         None
     }
 
+    /// Each provider this adapter sends to that has a rate limit, named as
+    /// [`ChannelAdapter::provider_of`] names it, with its rate: the dispatchers take
+    /// sends off the log no faster, sharing each among them. By default the one
+    /// account's [`ChannelAdapter::max_per_second`].
+    fn rate_limits(&self) -> Vec<(String, std::num::NonZeroU32)> {
+        self.max_per_second()
+            .map(|rate| (self.provider().to_owned(), rate))
+            .into_iter()
+            .collect()
+    }
+
     /// Sends each of `batch`; returns exactly one outcome per send, in order. Never
     /// panics on what a provider answers: garbage is classified, not trusted.
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome>;

@@ -9,14 +9,12 @@
 //! `allowed_origins` are ever called: a subscription is what a browser (or whoever holds
 //! a guardian session) says it is, and must not make the server POST anywhere it likes.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tidings_core::clock::Clock;
 use tidings_core::{MessageKind, WebPushSubscription};
 use web_push_native::p256;
@@ -131,7 +129,7 @@ pub struct WebPushConfig {
     /// The public address of the guardian app, for the link a notification opens.
     pub app_url: Option<String>,
     pub timeouts: Timeouts,
-    /// Sends a second to each push service.
+    /// Sends a second to each push service (all dispatchers together).
     pub max_per_second: Option<NonZeroU32>,
     pub concurrency: usize,
     pub clock: Arc<dyn Clock>,
@@ -146,8 +144,6 @@ pub struct WebPush {
     /// Each allowed origin with its provider name (`webpush:HOST`), in config order.
     origins: Vec<(String, String)>,
     client: reqwest::Client,
-    /// Each push service's share of `max_per_second`.
-    limiters: std::sync::Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
 }
 
 impl WebPush {
@@ -176,7 +172,6 @@ impl WebPush {
             origins,
             client: http::client(config.timeouts),
             config,
-            limiters: std::sync::Mutex::default(),
         })
     }
 
@@ -238,15 +233,18 @@ impl WebPush {
         bytes
     }
 
-    fn limiter(&self, origin: &str) -> Option<Arc<DefaultDirectRateLimiter>> {
-        let rate = self.config.max_per_second?;
-        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-        Some(
-            limiters
-                .entry(origin.to_owned())
-                .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_second(rate))))
-                .clone(),
-        )
+    /// `max_per_second` for each allowed push service, by its provider name: the
+    /// dispatchers share each among them.
+    pub fn rate_limits(&self) -> Vec<(String, NonZeroU32)> {
+        self.config
+            .max_per_second
+            .map(|rate| {
+                self.origins
+                    .iter()
+                    .map(|(_, name)| (name.clone(), rate))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     async fn send_one(&self, send: &Outgoing) -> SendOutcome {
@@ -260,7 +258,7 @@ impl WebPush {
             }
         };
         let origin = subscription.origin();
-        let Some((allowed, _)) = self.allowed_origin(&origin) else {
+        let Some(_) = self.allowed_origin(&origin) else {
             return SendOutcome::Unreachable {
                 error: format!(
                     "webpush: the push service {origin} is not among web_push.allowed_origins"
@@ -297,9 +295,6 @@ impl WebPush {
             Ok(value) => value,
             Err(e) => return SendOutcome::transient(format!("webpush: {e}")),
         };
-        if let Some(limiter) = self.limiter(allowed) {
-            limiter.until_ready().await;
-        }
         let emergency = send.kind == MessageKind::Emergency;
         let ttl = if emergency { EMERGENCY_TTL } else { TTL };
         let sent = self

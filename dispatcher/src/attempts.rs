@@ -119,12 +119,13 @@ fn send_span(o: &Outbound) -> tracing::Span {
 }
 
 impl Dispatcher {
-    /// Takes a token from the channel's provider's rate limiter, if it has one.
-    pub(crate) fn may_send(&self, channel: Channel) -> bool {
+    /// Takes a token from the rate limiter of the provider the delivery goes to, if it
+    /// has one.
+    pub(crate) fn may_send(&self, delivery: &Delivery) -> bool {
         self.limiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .may_send(self.provider(channel))
+            .may_send(self.provider_of(delivery))
     }
 
     pub(crate) fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<DeliveryId>> {
@@ -312,7 +313,7 @@ impl Dispatcher {
     }
 
     /// The bound on sends in flight to `provider`, which `channel`'s adapter reaches:
-    /// adapting to its answers, within the account's rate.
+    /// adapting to its answers, within the provider's rate.
     pub(crate) fn provider_slots(&self, provider: &str, channel: Channel) -> Arc<Concurrency> {
         let mut slots = self
             .provider_slots
@@ -321,7 +322,11 @@ impl Dispatcher {
         slots
             .entry(provider.to_owned())
             .or_insert_with(|| {
-                let rate = self.adapters.get(channel).and_then(|a| a.max_per_second());
+                let rate = self
+                    .adapters
+                    .get(channel)
+                    .and_then(|a| a.rate_limits().into_iter().find(|(p, _)| p == provider))
+                    .map(|(_, rate)| rate);
                 Arc::new(Concurrency::new(provider, self.config.concurrency, rate))
             })
             .clone()

@@ -410,7 +410,7 @@ impl Dispatcher {
                 if !first_for_guardian {
                     return false;
                 }
-                if self.ready(o, at) && !self.may_send(o.delivery.channel) {
+                if self.ready(o, at) && !self.may_send(&o.delivery) {
                     rate_held = true;
                     return false;
                 }
@@ -463,7 +463,7 @@ impl Dispatcher {
         for o in due {
             let key = (o.lane, o.partition);
             let lease = partitions.leases().get(&key).copied();
-            let ready = self.ready(&o, at) && self.may_send(o.delivery.channel);
+            let ready = self.ready(&o, at) && self.may_send(&o.delivery);
             if let Some(lease) = lease.filter(|_| ready) {
                 per_lease
                     .entry(key)

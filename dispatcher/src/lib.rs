@@ -105,11 +105,7 @@ impl Dispatcher {
             provider_slots: Mutex::default(),
             database_turns: tokio::sync::Semaphore::new((config.connections / 2).max(1) as usize),
             limiters: Mutex::new(RateShares::new(
-                adapters
-                    .0
-                    .values()
-                    .filter_map(|a| Some((a.provider().to_owned(), a.max_per_second()?)))
-                    .collect(),
+                adapters.0.values().flat_map(|a| a.rate_limits()).collect(),
                 config.clock.clone(),
             )),
             store,

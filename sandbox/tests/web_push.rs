@@ -396,3 +396,43 @@ async fn the_push_service_refuses_requests_that_break_rfc_8030_or_8292() {
     assert_eq!(unknown.status(), 404);
     assert_eq!(pushed(&base).await["refused"], 8);
 }
+
+/// A push service's rate is given under the name its sends go by (`provider_of`), so the
+/// dispatchers hold each service to its own rate, shared among them.
+#[tokio::test]
+async fn each_push_service_has_its_rate_under_the_name_its_sends_go_by() {
+    let (base, _) = sandbox().await;
+    let fifty = std::num::NonZeroU32::new(50).unwrap();
+    let web_push = WebPush::new(WebPushConfig {
+        key: key(),
+        subject: "mailto:it@district.example".into(),
+        allowed_origins: vec![base.clone(), "https://*.notify.windows.com".into()],
+        app_url: None,
+        timeouts: Timeouts::default(),
+        max_per_second: Some(fifty),
+        concurrency: 4,
+        clock: Arc::new(tidings_core::clock::SystemClock),
+    })
+    .unwrap();
+    let (_, token) = subscribe(&base, None).await;
+    let keys = token.split_once('#').unwrap().1;
+    let windows = format!("https://wns2-par02p.notify.windows.com/w/?token=abc#{keys}");
+    let host = base.trim_start_matches("http://");
+    assert_eq!(web_push.provider_of(&token), format!("webpush:{host}"));
+    assert_eq!(
+        web_push.provider_of(&windows),
+        "webpush:*.notify.windows.com"
+    );
+    let push = Push::new(None, None, Some(web_push)).unwrap();
+    assert_eq!(
+        push.rate_limits(),
+        vec![
+            (format!("webpush:{host}"), fifty),
+            ("webpush:*.notify.windows.com".to_owned(), fifty)
+        ]
+    );
+    assert_eq!(
+        push.provider_of(&format!("webpush:{windows}")),
+        "webpush:*.notify.windows.com"
+    );
+}
