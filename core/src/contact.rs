@@ -442,6 +442,8 @@ mod tests {
             port in proptest::option::of(1u16..),
             path in "(/[A-Za-z0-9_-]{0,20}){0,3}",
         ) {
+            // A label starting "xn--" is punycode, which these hosts are not (CI drew "Xn--").
+            prop_assume!(!host.to_ascii_lowercase().split('.').any(|l| l.starts_with("xn--")));
             let port = port.map(|p| format!(":{p}")).unwrap_or_default();
             let endpoint = format!("{scheme}://{host}{port}{path}");
             let s = WebPushSubscription::new(&endpoint, P256DH, AUTH).unwrap();
