@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
 use super::{DirectoryCounts, StoreResult};
-use crate::quiet_hours::QuietHours;
 use crate::{Channel, DistrictId, Role, Staff, StaffId};
 
 /// What part of a district a staff member may see (DESIGN.md §7). Every directory query
@@ -614,29 +613,4 @@ pub(crate) async fn sizes<D: Dialect>(
         }
     }
     Ok(sizes)
-}
-
-/// Sets a school's time zone and quiet hours; the school by id or sourcedId.
-pub(crate) async fn set_school_quiet_hours<D: Dialect>(
-    conn: &mut D::Connection,
-    district: Uuid,
-    school: &str,
-    quiet: Option<QuietHours>,
-    at: DateTime<Utc>,
-) -> StoreResult<bool> {
-    let sql = format!(
-        "UPDATE schools SET timezone = COALESCE($1, timezone), quiet_start_minute = $2, \
-         quiet_end_minute = $3, updated_at = $4 \
-         WHERE district_id = $5 AND deleted_at IS NULL AND (id{} = $6 OR sourced_id = $7)",
-        D::AS_TEXT
-    );
-    let args = Args::new()
-        .opt_text(quiet.map(|q| q.timezone.name().to_owned()))
-        .opt_int(quiet.map(|q| i64::from(q.start_minute)))
-        .opt_int(quiet.map(|q| i64::from(q.end_minute)))
-        .time(at)
-        .id(district)
-        .text(school.trim().to_lowercase())
-        .text(school.trim());
-    Ok(D::execute(conn, &sql, args).await? > 0)
 }

@@ -15,7 +15,7 @@ use super::sending::Sending;
 use super::staff::{staff_from_row, STAFF_COLUMNS};
 use super::transitions::Transitions;
 use super::writes::{insert_audit, Write, WriteDialect};
-use super::{api_tokens, staff};
+use super::{api_tokens, schools, staff};
 use super::{
     audiences, directory, messages, ApiTokenRecord, ApiTokenView, AuditEntry, Backend, CasOutcome,
     ClassView, DirectoryCounts, District, DistrictSso, FirstAdmin, GradeView, Guardian,
@@ -29,8 +29,8 @@ use crate::audience::{Audience, AudienceMember, AudienceProblems};
 use crate::delivery::{Actor, Change, Delivery, DeliveryEventRecord};
 use crate::log::{LogEntry, PartitionId};
 use crate::{
-    ApiTokenId, DeliveryId, DistrictId, EmailAddress, GuardianId, ImportId, Lane, MessageId,
-    RecipientId, Role, SchoolId, Staff, StaffId,
+    ApiTokenId, DeliveryId, DistrictId, EmailAddress, ImportId, Lane, MessageId, RecipientId, Role,
+    SchoolId, Staff, StaffId,
 };
 
 /// What a store does its own way.
@@ -113,27 +113,7 @@ where
     }
 
     async fn create_school(&self, school: &NewSchool, at: DateTime<Utc>) -> StoreResult<School> {
-        let id = SchoolId::new();
-        S::Db::execute(
-            &mut *self.writes().acquire().await?,
-            "INSERT INTO schools (id, district_id, sourced_id, name, timezone, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-            Args::new()
-                .id(id)
-                .id(school.district_id)
-                .opt_text(school.sourced_id.as_deref())
-                .text(&school.name)
-                .text(&school.timezone)
-                .time(at),
-        )
-        .await?;
-        Ok(School {
-            id,
-            district_id: school.district_id,
-            name: school.name.clone(),
-            timezone: school.timezone.clone(),
-            sourced_id: school.sourced_id.clone(),
-        })
+        schools::insert::<S::Db>(&mut *self.writes().acquire().await?, school, at).await
     }
 
     async fn create_staff(&self, staff: &NewStaff, at: DateTime<Utc>) -> StoreResult<Staff> {
@@ -290,30 +270,7 @@ where
         guardian: &NewGuardian,
         at: DateTime<Utc>,
     ) -> StoreResult<Guardian> {
-        let id = GuardianId::new();
-        S::Db::execute(
-            &mut *self.writes().acquire().await?,
-            "INSERT INTO guardians (id, district_id, sourced_id, given_name, family_name, \
-                                    preferred_language, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            Args::new()
-                .id(id)
-                .id(guardian.district_id)
-                .opt_text(guardian.sourced_id.as_deref())
-                .text(&guardian.given_name)
-                .text(&guardian.family_name)
-                .opt_text(guardian.preferred_language.as_deref())
-                .time(at),
-        )
-        .await?;
-        Ok(Guardian {
-            id,
-            district_id: guardian.district_id,
-            given_name: guardian.given_name.clone(),
-            family_name: guardian.family_name.clone(),
-            preferred_language: guardian.preferred_language.clone(),
-            sourced_id: guardian.sourced_id.clone(),
-        })
+        super::guardian::insert::<S::Db>(&mut *self.writes().acquire().await?, guardian, at).await
     }
 
     async fn create_message(&self, message: &NewMessage, at: DateTime<Utc>) -> StoreResult<()> {

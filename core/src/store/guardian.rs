@@ -690,6 +690,38 @@ fn minute(column: Option<i32>) -> Option<u16> {
     column.and_then(|m| u16::try_from(m).ok())
 }
 
+/// A guardian created one at a time (the API's and tests'; the roster syncs its own).
+pub(crate) async fn insert<D: Dialect>(
+    conn: &mut D::Connection,
+    guardian: &super::NewGuardian,
+    at: DateTime<Utc>,
+) -> StoreResult<super::Guardian> {
+    let id = crate::GuardianId::new();
+    D::execute(
+        conn,
+        "INSERT INTO guardians (id, district_id, sourced_id, given_name, family_name, \
+                                preferred_language, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        Args::new()
+            .id(id)
+            .id(guardian.district_id)
+            .opt_text(guardian.sourced_id.as_deref())
+            .text(&guardian.given_name)
+            .text(&guardian.family_name)
+            .opt_text(guardian.preferred_language.as_deref())
+            .time(at),
+    )
+    .await?;
+    Ok(super::Guardian {
+        id,
+        district_id: guardian.district_id,
+        given_name: guardian.given_name.clone(),
+        family_name: guardian.family_name.clone(),
+        preferred_language: guardian.preferred_language.clone(),
+        sourced_id: guardian.sourced_id.clone(),
+    })
+}
+
 /// Sets a guardian's language and quiet hours (none: the district's language, the
 /// school's hours); whether the guardian was there to change.
 pub(crate) async fn set_preferences<D: Dialect>(

@@ -27,6 +27,7 @@ pub mod raw_speed;
 pub mod retention;
 pub mod rewind;
 pub mod roster;
+mod schools;
 mod sending;
 pub mod sqlite;
 mod staff;

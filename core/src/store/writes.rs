@@ -10,9 +10,9 @@ use super::dialect::{Args, Dialect};
 use super::dispatch::LogWrites;
 use super::sending::Sending;
 use super::transitions::Transitions;
-use super::{api_tokens, contacts, districts, staff};
+use super::{api_tokens, contacts, districts, schools, staff};
 use super::{
-    directory, messages, CancelOutcome, CasOutcome, ContactPointView, District, IdempotencyClaim,
+    messages, CancelOutcome, CasOutcome, ContactPointView, District, IdempotencyClaim,
     MessageScope, NewMessage, NewStaff, OptOutView, PlanChunk, Scope, SendRefusal, SendSummary,
     StoreResult, WriteTransaction,
 };
@@ -234,8 +234,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         quiet: Option<QuietHours>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        directory::set_school_quiet_hours::<D>(&mut self.tx, district.into(), school, quiet, at)
-            .await
+        schools::set_quiet_hours::<D>(&mut self.tx, district.into(), school, quiet, at).await
     }
 
     async fn create_district(
