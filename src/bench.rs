@@ -868,18 +868,17 @@ pub async fn pages(
     let setup = Setup::new(students, 5, database).await?;
     setup.import("bench").await?;
     let store = setup.store.clone();
+    let clock: Arc<dyn tidings_core::clock::Clock> = Arc::new(tidings_core::clock::SystemClock);
     let state = tidings_api::AppState {
         store: store.clone(),
         default_phone_region: "US".into(),
         partitions: tidings_core::log::DEFAULT_PARTITIONS,
         link_keys: Arc::new(tidings_core::link::LinkKeys::generate()),
         codes: None,
-        sign_ins: tidings_api::guardian::sign_in_limiter(Arc::new(
-            tidings_core::clock::SystemClock,
-        )),
+        sign_ins: tidings_api::guardian::sign_in_limiter(clock.clone()),
         trusted_proxies: Arc::from(Vec::new()),
         roster_max_delete_percent: 10,
-        clock: Arc::new(tidings_core::clock::SystemClock),
+        clock,
         web_push_key: None,
     };
     let admin = store

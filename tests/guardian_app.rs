@@ -232,6 +232,11 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     assert_eq!(browser.text(".tag.emergency").await, "Emergencia");
     browser.accessible("inbox-es").await;
     assert!(!browser.overflows().await, "the inbox wider than a phone");
+    assert_eq!(
+        browser.sticking_out().await,
+        Vec::<String>::new(),
+        "the inbox"
+    );
     browser.shot("inbox-es").await;
 
     // Settings, from the keyboard where it matters: messages in Spanish, no texts for
@@ -322,15 +327,12 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
         .unwrap();
     assert_eq!(asked.status(), reqwest::StatusCode::ACCEPTED);
     let second_code = codes_sent_to(&base, &number, 2).await.pop().unwrap();
-    let other: Value = client
-        .post(format!("{serve_at}/api/v1/guardian/sessions"))
-        .json(&json!({"address": number, "code": second_code}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = support::json_of(
+        client
+            .post(format!("{serve_at}/api/v1/guardian/sessions"))
+            .json(&json!({"address": number, "code": second_code})),
+    )
+    .await;
     let other_token = other["token"].as_str().unwrap().to_owned();
     b.refresh().await.unwrap();
     browser
@@ -344,6 +346,11 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     .unwrap();
     browser.shot("settings-devices").await;
     assert!(!browser.overflows().await, "settings wider than a phone");
+    assert_eq!(
+        browser.sticking_out().await,
+        Vec::<String>::new(),
+        "settings"
+    );
     browser
         .click("button[data-session]", "[data-page=app-settings]")
         .await;
@@ -370,14 +377,8 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     browser.click("#back", "[data-page=app-inbox]").await;
 
     // Installable: the manifest the page links, its icons, the offline page.
-    let manifest: Value = client
-        .get(format!("{serve_at}/app/manifest.webmanifest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let manifest =
+        support::json_of(client.get(format!("{serve_at}/app/manifest.webmanifest"))).await;
     assert_eq!(manifest["start_url"], "/app/");
     assert_eq!(manifest["scope"], "/app/");
     assert_eq!(manifest["display"], "standalone");
@@ -421,23 +422,13 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     // sandbox's push service made: Chromium cannot reach Google's offline), an emergency
     // goes out to it, and the payload the push service decrypted, handed to the service
     // worker as its push (DevTools), shows the notification that opens the message.
-    let key: Value = client
-        .get(format!("{serve_at}/api/v1/guardian/web-push"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let subscription: Value = client
-        .post(format!("{base}/_sandbox/web-push/subscriptions"))
-        .json(&json!({"application_server_key": key["public_key"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = support::json_of(client.get(format!("{serve_at}/api/v1/guardian/web-push"))).await;
+    let subscription = support::json_of(
+        client
+            .post(format!("{base}/_sandbox/web-push/subscriptions"))
+            .json(&json!({"application_server_key": key["public_key"]})),
+    )
+    .await;
     let registered = b
         .execute_async(
             "const [subscription, done] = [arguments[0], arguments[arguments.length - 1]];
@@ -464,14 +455,7 @@ async fn a_guardian_signs_in_with_a_code_reads_and_acknowledges_in_the_app(db: T
     let alert = alert["id"].as_str().unwrap().to_owned();
     let mut payload = None;
     for _ in 0..600 {
-        let service: Value = client
-            .get(format!("{base}/_sandbox/web-push"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let service = support::json_of(client.get(format!("{base}/_sandbox/web-push"))).await;
         if let Some(pushed) = service["pushed"].as_array().and_then(|p| p.first()) {
             payload = Some(pushed["payload"].as_str().unwrap().to_owned());
             break;

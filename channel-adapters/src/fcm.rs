@@ -132,7 +132,8 @@ impl Fcm {
                 )))
             }
         };
-        // Renewed a minute early, so that no request carries one that just expired.
+        // Renewed a minute early, so that no request carries one that just expired; and
+        // at least daily, whatever a token endpoint says (Google's last an hour).
         let lifetime = i64::try_from(token.expires_in.saturating_sub(60)).unwrap_or(i64::MAX);
         let until = at + chrono::Duration::seconds(lifetime.min(86_400));
         *cached = Some((token.access_token.clone(), until));

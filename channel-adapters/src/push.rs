@@ -67,27 +67,10 @@ impl ChannelAdapter for Push {
     /// Each platform's, and each allowed push service's, under the names `provider_of`
     /// gives them.
     fn rate_limits(&self) -> Vec<(String, NonZeroU32)> {
-        let apns = self.apns.as_ref().and_then(|a| a.max_per_second());
-        let fcm = self.fcm.as_ref().and_then(|f| f.max_per_second());
-        let mut limits: Vec<(String, NonZeroU32)> = [("apns", apns), ("fcm", fcm)]
-            .into_iter()
-            .filter_map(|(name, rate)| Some((name.to_owned(), rate?)))
-            .collect();
-        if let Some(web_push) = &self.web_push {
-            limits.extend(web_push.rate_limits());
-        }
-        limits
-    }
-
-    /// The stricter of the two.
-    fn max_per_second(&self) -> Option<NonZeroU32> {
-        [
-            self.apns.as_ref().and_then(|a| a.max_per_second()),
-            self.fcm.as_ref().and_then(|f| f.max_per_second()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let apns = self.apns.iter().flat_map(|a| a.rate_limits());
+        let fcm = self.fcm.iter().flat_map(|f| f.rate_limits());
+        let web_push = self.web_push.iter().flat_map(|w| w.rate_limits());
+        apns.chain(fcm).chain(web_push).collect()
     }
 
     async fn send(&self, batch: &[Outgoing]) -> Vec<SendOutcome> {

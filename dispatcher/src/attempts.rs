@@ -15,6 +15,7 @@ use tidings_core::store::{CasOutcome, StoreError};
 use tidings_core::{Channel, DeliveryGuarantee, DeliveryId};
 
 use crate::concurrency::{self, Concurrency};
+use crate::rates::RateShares;
 use crate::{Config, Counters, DispatchError, Dispatcher, CONSUMER_GROUP};
 
 /// How long a delivery waits, at a time, behind the same guardian's earlier one on its
@@ -122,10 +123,11 @@ impl Dispatcher {
     /// Takes a token from the rate limiter of the provider the delivery goes to, if it
     /// has one.
     pub(crate) fn may_send(&self, delivery: &Delivery) -> bool {
-        self.limiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .may_send(self.provider_of(delivery))
+        self.rate_shares().may_send(self.provider_of(delivery))
+    }
+
+    pub(crate) fn rate_shares(&self) -> std::sync::MutexGuard<'_, RateShares> {
+        self.limiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<DeliveryId>> {
@@ -249,7 +251,7 @@ impl Dispatcher {
                     .iter()
                     .map(|(o, _)| outgoing(o, &self.config, self.now()))
                     .collect();
-                let slots = self.provider_slots(provider, channel);
+                let slots = self.provider_slots(provider);
                 let outcomes = match self.adapters.get(channel) {
                     // One call per send, each in its own place among the provider's sends in
                     // flight: a slow answer holds only its own.
@@ -312,9 +314,9 @@ impl Dispatcher {
         finished
     }
 
-    /// The bound on sends in flight to `provider`, which `channel`'s adapter reaches:
-    /// adapting to its answers, within the provider's rate.
-    pub(crate) fn provider_slots(&self, provider: &str, channel: Channel) -> Arc<Concurrency> {
+    /// The bound on sends in flight to `provider`: adapting to its answers, within its
+    /// rate.
+    pub(crate) fn provider_slots(&self, provider: &str) -> Arc<Concurrency> {
         let mut slots = self
             .provider_slots
             .lock()
@@ -322,11 +324,7 @@ impl Dispatcher {
         slots
             .entry(provider.to_owned())
             .or_insert_with(|| {
-                let rate = self
-                    .adapters
-                    .get(channel)
-                    .and_then(|a| a.rate_limits().into_iter().find(|(p, _)| p == provider))
-                    .map(|(_, rate)| rate);
+                let rate = self.rate_shares().rate(provider);
                 Arc::new(Concurrency::new(provider, self.config.concurrency, rate))
             })
             .clone()

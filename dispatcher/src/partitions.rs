@@ -75,10 +75,7 @@ impl Dispatcher {
             .claim_leases(&self.config.owner, &wanted, ttl, self.now())
             .await?;
         let live = self.store.live_dispatchers(self.now()).await?;
-        self.limiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .share_among(live);
+        self.rate_shares().share_among(live);
         let held: BTreeMap<Key, Lease> = held
             .into_iter()
             .map(|l| ((l.lane, l.partition), l))

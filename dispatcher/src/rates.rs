@@ -62,6 +62,11 @@ impl RateShares {
             .collect();
     }
 
+    /// The whole rate of `provider` (every dispatcher's share together), if it has one.
+    pub(crate) fn rate(&self, provider: &str) -> Option<std::num::NonZeroU32> {
+        self.rates.get(provider).copied()
+    }
+
     pub(crate) fn may_send(&self, provider: &str) -> bool {
         let may = self
             .limiters

@@ -262,6 +262,27 @@ impl Browser {
             .unwrap()
     }
 
+    /// The elements of `main` that reach past its column (its content box, 1 px given),
+    /// as `tag#id.class`: a box wider than the rest of the page, though the page itself
+    /// may still fit the window.
+    pub async fn sticking_out(&self) -> Vec<String> {
+        let found = self
+            .client
+            .execute(
+                "const main = document.querySelector('main');
+                 const edge = main.getBoundingClientRect().right
+                     - parseFloat(getComputedStyle(main).paddingRight) + 1;
+                 return [...main.querySelectorAll('*')]
+                     .filter(e => e.getClientRects().length && e.getBoundingClientRect().right > edge)
+                     .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+                         + (e.className ? '.' + e.className : ''));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        serde_json::from_value(found).unwrap()
+    }
+
     /// Runs a DevTools command (`ServiceWorker.deliverPushMessage`, …): its result.
     pub async fn devtools(&self, cmd: &str, params: serde_json::Value) -> serde_json::Value {
         self.client

@@ -159,6 +159,11 @@ pub fn demo_zip() -> Vec<u8> {
     demo_zip_with(None)
 }
 
+/// The JSON a request is answered with (any error fails the test).
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// The log at `path` once it says `needle` (looked at every 20 ms, for a minute at most).
 pub async fn logged(path: &std::path::Path, needle: &str) -> String {
     for _ in 0..3000 {

@@ -37,7 +37,7 @@ const REFETCH_KEYS_AFTER: Duration = Duration::from_secs(30);
 pub const FLOW_SECONDS: i64 = 600;
 /// How long a request to the provider may take.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clock difference allowed with the provider when checking `exp`, `nbf` and `iat`.
+/// Clock difference allowed with the provider when checking `exp` and `nbf`.
 const LEEWAY_SECONDS: i64 = 60;
 /// The signature algorithms an ID token may use: asymmetric only, so that a published
 /// key can never be used as an HMAC secret.

@@ -3,7 +3,6 @@
 //! those two tables is here; the services decide what to write, in their transaction.
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
 use super::{District, DistrictSso, StoreResult};
@@ -56,7 +55,7 @@ pub(crate) fn district_from_row(row: &impl Columns) -> StoreResult<District> {
 
 pub(crate) async fn get<D: Dialect>(
     conn: &mut D::Connection,
-    id: Uuid,
+    id: DistrictId,
 ) -> StoreResult<Option<District>> {
     let sql = format!("SELECT {DISTRICT_COLUMNS} FROM districts WHERE id = $1");
     D::fetch_optional(conn, &sql, Args::new().id(id))
@@ -68,7 +67,7 @@ pub(crate) async fn get<D: Dialect>(
 
 pub(crate) async fn set_quotas<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
     max_recipients_per_message: Option<i32>,
     max_messages_per_hour: Option<i32>,
 ) -> StoreResult<()> {
@@ -88,7 +87,7 @@ pub(crate) async fn set_quotas<D: Dialect>(
 /// A district's single sign-on settings, the client secret sealed (`crate::sealed`).
 pub(crate) async fn sso<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
 ) -> StoreResult<Option<DistrictSso>> {
     let Some(row) = D::fetch_optional(
         conn,
@@ -132,7 +131,7 @@ pub(crate) async fn sso_districts<D: Dialect>(
 /// Sets (or replaces) a district's single sign-on settings.
 pub(crate) async fn set_sso<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
     issuer: &str,
     client_id: &str,
     client_secret_sealed: &[u8],
@@ -159,7 +158,7 @@ pub(crate) async fn set_sso<D: Dialect>(
 /// Removes a district's single sign-on settings; whether there were any.
 pub(crate) async fn remove_sso<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
 ) -> StoreResult<bool> {
     Ok(D::execute(
         conn,
@@ -236,7 +235,7 @@ pub(crate) async fn set_suspended<D: Dialect>(
 /// Sets a district's retention, in the caller's transaction; whether it exists.
 pub(crate) async fn set_retention<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
     retention: &Retention,
 ) -> StoreResult<bool> {
     let days = |d: Option<u32>| d.map(i64::from);
@@ -258,7 +257,7 @@ pub(crate) async fn set_retention<D: Dialect>(
 /// The district's sourcedId in its roster, once an import has named it.
 pub(crate) async fn sourced_id<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
 ) -> StoreResult<Option<String>> {
     D::fetch_one(
         conn,
@@ -271,7 +270,7 @@ pub(crate) async fn sourced_id<D: Dialect>(
 
 pub(crate) async fn set_sourced_id<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
     sourced_id: &str,
 ) -> StoreResult<()> {
     D::execute(
@@ -285,7 +284,10 @@ pub(crate) async fn set_sourced_id<D: Dialect>(
 
 /// Locks the district's row until the transaction ends: what a district does one at a
 /// time (checking and taking its hourly quota) waits here for the one before.
-pub(crate) async fn lock<D: Dialect>(conn: &mut D::Connection, district: Uuid) -> StoreResult<()> {
+pub(crate) async fn lock<D: Dialect>(
+    conn: &mut D::Connection,
+    district: DistrictId,
+) -> StoreResult<()> {
     D::execute(
         conn,
         "UPDATE districts SET name = name WHERE id = $1",

@@ -385,7 +385,7 @@ where
     }
 
     async fn district(&self, id: DistrictId) -> StoreResult<Option<District>> {
-        districts::get::<S::Db>(&mut *self.reads().acquire().await?, id.into()).await
+        districts::get::<S::Db>(&mut *self.reads().acquire().await?, id).await
     }
 
     async fn districts(&self) -> StoreResult<Vec<District>> {
@@ -393,7 +393,7 @@ where
     }
 
     async fn district_sso(&self, district: DistrictId) -> StoreResult<Option<DistrictSso>> {
-        districts::sso::<S::Db>(&mut *self.reads().acquire().await?, district.into()).await
+        districts::sso::<S::Db>(&mut *self.reads().acquire().await?, district).await
     }
 
     async fn sso_districts(&self) -> StoreResult<Vec<District>> {

@@ -460,7 +460,7 @@ pub(crate) async fn reserve_hourly_quota<D: Dialect>(
     max: u32,
     at: DateTime<Utc>,
 ) -> StoreResult<()> {
-    super::districts::lock::<D>(conn, district).await?;
+    super::districts::lock::<D>(conn, crate::DistrictId::from_uuid(district)).await?;
     let sent = D::fetch_one(
         conn,
         "SELECT count(*) AS n FROM messages WHERE district_id = $1 AND created_at >= $2 \

@@ -350,11 +350,17 @@ impl<D: Dialect> RosterTx<D> {
 #[async_trait]
 impl<D: Dialect> RosterWriter for RosterTx<D> {
     async fn district_sourced_id(&mut self) -> StoreResult<Option<String>> {
-        super::districts::sourced_id::<D>(&mut self.tx, self.district).await
+        super::districts::sourced_id::<D>(&mut self.tx, crate::DistrictId::from_uuid(self.district))
+            .await
     }
 
     async fn set_district_sourced_id(&mut self, sourced_id: &str) -> StoreResult<()> {
-        super::districts::set_sourced_id::<D>(&mut self.tx, self.district, sourced_id).await
+        super::districts::set_sourced_id::<D>(
+            &mut self.tx,
+            crate::DistrictId::from_uuid(self.district),
+            sourced_id,
+        )
+        .await
     }
 
     async fn mark_seen(

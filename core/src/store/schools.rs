@@ -3,12 +3,11 @@
 //! roster's (`roster.rs`).
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::dialect::{Args, Dialect};
 use super::{NewSchool, School, StoreResult};
 use crate::quiet_hours::QuietHours;
-use crate::SchoolId;
+use crate::{DistrictId, SchoolId};
 
 pub(crate) async fn insert<D: Dialect>(
     conn: &mut D::Connection,
@@ -41,7 +40,7 @@ pub(crate) async fn insert<D: Dialect>(
 /// Sets a school's time zone and quiet hours; the school by id or sourcedId.
 pub(crate) async fn set_quiet_hours<D: Dialect>(
     conn: &mut D::Connection,
-    district: Uuid,
+    district: DistrictId,
     school: &str,
     quiet: Option<QuietHours>,
     at: DateTime<Utc>,

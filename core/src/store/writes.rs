@@ -234,7 +234,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         quiet: Option<QuietHours>,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        schools::set_quiet_hours::<D>(&mut self.tx, district.into(), school, quiet, at).await
+        schools::set_quiet_hours::<D>(&mut self.tx, district, school, quiet, at).await
     }
 
     async fn create_district(
@@ -279,7 +279,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
     ) -> StoreResult<()> {
         districts::set_quotas::<D>(
             &mut self.tx,
-            district.into(),
+            district,
             max_recipients_per_message,
             max_messages_per_hour,
         )
@@ -310,7 +310,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
         district: DistrictId,
         retention: &crate::retention::Retention,
     ) -> StoreResult<bool> {
-        districts::set_retention::<D>(&mut self.tx, district.into(), retention).await
+        districts::set_retention::<D>(&mut self.tx, district, retention).await
     }
 
     async fn set_district_sso(
@@ -323,7 +323,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
     ) -> StoreResult<()> {
         districts::set_sso::<D>(
             &mut self.tx,
-            district.into(),
+            district,
             issuer,
             client_id,
             client_secret_sealed,
@@ -333,7 +333,7 @@ impl<D: WriteDialect> WriteTransaction for Write<D> {
     }
 
     async fn remove_district_sso(&mut self, district: DistrictId) -> StoreResult<bool> {
-        districts::remove_sso::<D>(&mut self.tx, district.into()).await
+        districts::remove_sso::<D>(&mut self.tx, district).await
     }
 
     async fn create_token(
