@@ -137,13 +137,15 @@ impl Dispatcher {
     /// Records an attempt for each delivery, calls the providers, records the outcomes:
     /// one store transaction before the calls and one after, for the whole batch.
     /// `offset`: the batch's last log offset, committed before the calls when an
-    /// at-most-once delivery is among them.
+    /// at-most-once delivery is among them. `calls_ended` is called once every call has
+    /// been answered, before the outcomes are recorded.
     #[tracing::instrument(name = "dispatch_batch", skip_all, fields(lane = %lease.lane, partition = %lease.partition, deliveries = batch.len()))]
     pub(crate) async fn send(
         &self,
         lease: &Lease,
         batch: Vec<Outbound>,
         offset: Option<i64>,
+        calls_ended: &(dyn Fn() + Sync),
     ) -> Result<bool, DispatchError> {
         let owner = self.config.owner.as_str();
         let at = self.now();
@@ -275,8 +277,10 @@ impl Dispatcher {
                     sends.into_iter().zip(outcomes).collect::<Vec<_>>(),
                 )
             });
+        let answers = futures_util::future::join_all(calls).await;
+        calls_ended();
         let mut retiring = Vec::new();
-        for (provider, answered) in futures_util::future::join_all(calls).await {
+        for (provider, answered) in answers {
             // A provider asking to slow down is up: fewer sends in flight answer that, not
             // the breaker.
             let failed = answered

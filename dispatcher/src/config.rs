@@ -23,8 +23,10 @@ pub struct Config {
     /// Entries read (and in flight) per partition at a time.
     pub batch: u32,
     /// Sends in hand at once in this process: partitions are worked on side by side,
-    /// `max_in_flight / batch` batches at a time (at least one). How many of them are out
-    /// at a provider at once is each provider's own limit (`concurrency`).
+    /// `max_in_flight / batch` batches at a time (at least one). A batch whose calls have
+    /// all been answered leaves its place to the next while it records their outcomes, so
+    /// that the providers do not wait on the database. How many of a batch's sends are
+    /// out at a provider at once is each provider's own limit (`concurrency`).
     pub max_in_flight: u32,
     /// Sends in flight at once to one provider (a push platform counts as its own): how
     /// the number adapts to the provider's answers, and its ceiling.

@@ -97,9 +97,10 @@ pub(crate) fn is_outage(error: &StoreError) -> bool {
 
 impl Dispatcher {
     /// One batch from every partition with a backlog, several partitions side by side
-    /// (as many batches as `max_in_flight` allows). The lane of each next batch is the
-    /// most urgent with work, but for the lower lanes' share. Whenever a batch finishes
-    /// the log is looked at again: new emergencies go before the rest, and a partition
+    /// (as many batches at the providers as `max_in_flight` allows; a batch whose calls
+    /// have all been answered records their outcomes while the next one goes out). The
+    /// lane of each next batch is the most urgent with work, but for the lower lanes'
+    /// share. Whenever a batch's place comes free the log is looked at again: new emergencies go before the rest, and a partition
     /// where a district turned up that this pass has not planned for there (a small
     /// district's message during a large one's broadcast) gets the next batch of its
     /// lane, instead of waiting for the next pass.
@@ -115,65 +116,90 @@ impl Dispatcher {
             .collect();
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut busy: HashSet<Key> = HashSet::new();
+        // The batches (by number) whose sends are not all answered yet: `slots` at a time.
+        // A batch whose calls have ended frees its slot while it records their outcomes,
+        // so that the next batch is read, started and sent meanwhile.
+        let mut calling: HashSet<u64> = HashSet::new();
+        let mut numbered = 0u64;
+        let (calls_ended, mut ended_calls) = tokio::sync::mpsc::unbounded_channel::<u64>();
         // Partitions a rate limit held back, looked at again while other batches are out
         // (a pass with none out ends, and the next starts after what has come due).
         let mut rate_held: Vec<(Lease, PartitionDistricts)> = Vec::new();
         loop {
-            while running.len() < slots {
+            while calling.len() < slots {
                 let Some((lease, heads)) = self.next_partition(&mut backlog, &busy) else {
                     break;
                 };
                 busy.insert((lease.lane, lease.partition));
+                numbered += 1;
+                let number = numbered;
+                calling.insert(number);
+                let calls_ended = calls_ended.clone();
                 running.push(async move {
-                    let drained = self.drain_batch(partitions, lease, heads.clone()).await;
-                    (lease, heads, drained)
+                    let ended = move || {
+                        let _ = calls_ended.send(number);
+                    };
+                    let drained = self
+                        .drain_batch(partitions, lease, heads.clone(), &ended)
+                        .await;
+                    (number, lease, heads, drained)
                 });
             }
-            let next = if rate_held.is_empty() || running.is_empty() {
-                running.next().await
-            } else {
-                tokio::select! {
-                    next = running.next() => next,
-                    () = tokio::time::sleep(RATE_LOOK_AGAIN) => {
-                        for (lease, heads) in rate_held.drain(..) {
-                            let key = (lease.lane, lease.partition);
-                            let queue = backlog.entry(lease.lane).or_default();
-                            queue.retain(|(l, _)| (l.lane, l.partition) != key);
-                            queue.push((lease, heads));
-                        }
+            if running.is_empty() {
+                return Ok(worked);
+            }
+            let look_again = !rate_held.is_empty();
+            tokio::select! {
+                Some(number) = ended_calls.recv() => {
+                    // Its slot is free (if the batch has not ended and freed it already).
+                    if !calling.remove(&number) {
                         continue;
                     }
                 }
-            };
-            let Some((lease, heads, result)) = next else {
-                return Ok(worked);
-            };
-            busy.remove(&(lease.lane, lease.partition));
-            match result {
-                Ok(drained) => {
-                    worked |= drained.worked;
-                    if drained.rate_held {
-                        rate_held.retain(|(l, _)| {
-                            (l.lane, l.partition) != (lease.lane, lease.partition)
-                        });
-                        rate_held.push((lease, heads));
+                () = tokio::time::sleep(RATE_LOOK_AGAIN), if look_again => {
+                    for (lease, heads) in rate_held.drain(..) {
+                        let key = (lease.lane, lease.partition);
+                        let queue = backlog.entry(lease.lane).or_default();
+                        queue.retain(|(l, _)| (l.lane, l.partition) != key);
+                        queue.push((lease, heads));
+                    }
+                    continue;
+                }
+                Some((number, lease, heads, result)) = running.next() => {
+                    busy.remove(&(lease.lane, lease.partition));
+                    match result {
+                        Ok(drained) => {
+                            worked |= drained.worked;
+                            if drained.rate_held {
+                                rate_held.retain(|(l, _)| {
+                                    (l.lane, l.partition) != (lease.lane, lease.partition)
+                                });
+                                rate_held.push((lease, heads));
+                            }
+                        }
+                        // One partition's trouble is not the others': they go on, and this
+                        // one is tried again (and isolated, then quarantined, if it keeps
+                        // failing).
+                        Err(DispatchError::Store(error)) if !is_outage(&error) => {
+                            tracing::error!(owner = %self.config.owner, lane = %lease.lane, partition = %lease.partition, error = %tidings_core::store::error_chain(&error), "a batch failed");
+                            worked = true;
+                        }
+                        Err(error) => {
+                            // Let the batches in hand record their outcomes before giving up.
+                            while running.next().await.is_some() {}
+                            return Err(error);
+                        }
+                    }
+                    // A batch whose calls ended freed its slot then, and the log was
+                    // looked at then.
+                    if !calling.remove(&number) {
+                        continue;
                     }
                 }
-                // One partition's trouble is not the others': they go on, and this one is
-                // tried again (and isolated, then quarantined, if it keeps failing).
-                Err(DispatchError::Store(error)) if !is_outage(&error) => {
-                    tracing::error!(owner = %self.config.owner, lane = %lease.lane, partition = %lease.partition, error = %tidings_core::store::error_chain(&error), "a batch failed");
-                    worked = true;
-                }
-                Err(error) => {
-                    // Let the batches in hand record their outcomes before giving up.
-                    while running.next().await.is_some() {}
-                    return Err(error);
-                }
             }
-            // Before any further batch, look for newcomers; with no emergency waiting,
-            // every emergency on the log is one. Should the look fail, the batches in hand
-            // still record their outcomes before the pass gives up.
+            // A slot is free. Before any further batch, look for newcomers; with no
+            // emergency waiting, every emergency on the log is one. Should the look fail,
+            // the batches in hand still record their outcomes before the pass gives up.
             let fresh = match self.backlog(partitions).await {
                 Ok(fresh) => fresh,
                 Err(error) => {
@@ -225,6 +251,7 @@ impl Dispatcher {
         partitions: &Partitions,
         lease: Lease,
         heads: PartitionDistricts,
+        calls_ended: &(dyn Fn() + Sync),
     ) -> Result<Drained, DispatchError> {
         let key = (lease.lane, lease.partition);
         let failures = self.failures().get(&key).copied().unwrap_or(0);
@@ -241,7 +268,10 @@ impl Dispatcher {
         } else {
             self.config.batch
         };
-        match self.drain_batch_of(partitions, lease, heads, limit).await {
+        match self
+            .drain_batch_of(partitions, lease, heads, limit, calls_ended)
+            .await
+        {
             Ok(worked) => {
                 self.failures().remove(&key);
                 Ok(worked)
@@ -263,6 +293,7 @@ impl Dispatcher {
         lease: Lease,
         heads: PartitionDistricts,
         limit: u32,
+        calls_ended: &(dyn Fn() + Sync),
     ) -> Result<Drained, DispatchError> {
         let key = (lease.lane, lease.partition);
         let Some((_, mut progress)) = partitions.progress(&key) else {
@@ -349,7 +380,7 @@ impl Dispatcher {
             });
         }
         let offset = (committed > before).then_some(committed);
-        let outcome = self.send(&lease, ready, offset).await;
+        let outcome = self.send(&lease, ready, offset, calls_ended).await;
         let recorded = match outcome {
             // Committed with the batch's outcomes (or nothing to commit).
             Ok(true) => Ok(()),
@@ -491,7 +522,7 @@ impl Dispatcher {
                 let mut sent = false;
                 while !(due.is_empty() || sent && cut()) {
                     let rest = due.split_off(due.len().min(self.config.batch.max(1) as usize));
-                    self.send(&lease, std::mem::replace(&mut due, rest), None)
+                    self.send(&lease, std::mem::replace(&mut due, rest), None, &|| {})
                         .await?;
                     sent = true;
                 }

@@ -2446,3 +2446,128 @@ async fn a_rewound_partition_sends_what_was_passed_over_and_nothing_twice(store:
         with_entries.len()
     );
 }
+
+/// An adapter whose calls wait at a gate until the test lets them through, one call a
+/// permit; it keeps the deliveries that came, the number waiting, and the most that ever
+/// waited at once.
+struct Gated {
+    inner: Arc<dyn tidings_dispatcher::ChannelAdapter>,
+    permits: tokio::sync::Semaphore,
+    came: std::sync::Mutex<Vec<DeliveryId>>,
+    waiting: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl tidings_dispatcher::ChannelAdapter for Gated {
+    fn provider(&self) -> &str {
+        "gated"
+    }
+
+    async fn send(
+        &self,
+        batch: &[tidings_dispatcher::Outgoing],
+    ) -> Vec<tidings_dispatcher::SendOutcome> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let came: Vec<DeliveryId> = batch.iter().map(|s| s.delivery_id).collect();
+        self.came.lock().unwrap().extend(came);
+        let waiting = self.waiting.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(waiting, SeqCst);
+        self.permits.acquire().await.unwrap().forget();
+        self.waiting.fetch_sub(1, SeqCst);
+        self.inner.send(batch).await
+    }
+}
+
+/// With room for one batch at the provider (`max_in_flight` = `batch`), a batch whose
+/// calls have all been answered records their outcomes while the next batch is read,
+/// started and sent: the provider does not wait on the database. Here the first batch's
+/// recording is held up (another transaction has its partition's lease row locked), and
+/// the next batch's sends reach the provider all the same; never more than one batch's
+/// sends are out. (SQLite has one writer at a time: one batch's writes cannot be held up
+/// alone there.)
+#[tokio::test]
+async fn a_batch_records_its_outcomes_while_the_next_one_goes_out() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let db = TestDatabase::postgres().await;
+    let store = db.store().await;
+    let seed = seed(store.as_ref(), 200).await;
+    let message = with_partitions(message_to(&seed, &[Channel::Sms]));
+    store.create_message(&message, now()).await.unwrap();
+    let ids = delivery_ids(&message);
+    let provider = InProcessProvider::default();
+    let gated = Arc::new(Gated {
+        inner: provider.adapter(Channel::Sms),
+        permits: tokio::sync::Semaphore::new(0),
+        came: Default::default(),
+        waiting: Default::default(),
+        most: Default::default(),
+    });
+    let config = Config {
+        batch: 8,
+        max_in_flight: 8,
+        ..config(45)
+    };
+    let adapters = Adapters::default().with(Channel::Sms, gated.clone());
+    let dispatcher = Arc::new(Dispatcher::new(store.clone(), adapters, config));
+    let running = Running::start(&dispatcher);
+    // Bounds against hanging, not measures of speed.
+    let came = |n: usize| {
+        let gated = gated.clone();
+        tokio::time::timeout(Duration::from_secs(60), async move {
+            while gated.came.lock().unwrap().len() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    came(8)
+        .await
+        .expect("the first batch never reached the provider");
+    let first: Vec<DeliveryId> = gated.came.lock().unwrap().clone();
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut holding = admin.begin().await.unwrap();
+    sqlx::query(
+        "SELECT 1 FROM partition_leases WHERE (lane, partition) = \
+         (SELECT lane, partition FROM log_entries WHERE delivery_id = $1) FOR UPDATE",
+    )
+    .bind(first[0].as_uuid())
+    .execute(&mut *holding)
+    .await
+    .unwrap();
+    gated.permits.add_permits(8);
+    came(16)
+        .await
+        .expect("the next batch did not go out while the first one's outcomes waited");
+    let next: Vec<DeliveryId> = gated.came.lock().unwrap()[8..].to_vec();
+    assert!(next.iter().all(|id| !first.contains(id)));
+    let mut first_states = BTreeMap::new();
+    for id in &first {
+        let state = store.delivery(*id).await.unwrap().unwrap().state;
+        *first_states.entry(state).or_insert(0) += 1;
+    }
+    assert_eq!(
+        first_states,
+        BTreeMap::from([(DeliveryState::Queued, 8)]),
+        "the first batch's outcomes were recorded"
+    );
+    holding.rollback().await.unwrap();
+    gated.permits.add_permits(ids.len());
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while provider.received_count() < ids.len() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the broadcast was never sent");
+    running.stop().await;
+    assert_eq!(
+        states(store.as_ref(), &ids).await,
+        BTreeMap::from([(DeliveryState::Sent, ids.len())])
+    );
+    assert_eq!(provider.duplicates(), 0);
+    assert_eq!(
+        gated.most.load(SeqCst),
+        8,
+        "more than one batch's sends were out"
+    );
+}
