@@ -9,7 +9,7 @@
 
 use std::io::Cursor;
 
-use tidings_callbacks::reading;
+use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
 use tidings_core::contact::{EmailAddress, PhoneNumber};
 use tidings_core::link::{LinkClaims, LinkKeys, LinkPurpose};
 use tidings_core::roster::oneroster::{self, CsvFile};
@@ -47,7 +47,7 @@ pub fn twilio_status(data: &[u8]) -> bool {
     let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) else {
         return false;
     };
-    match reading::twilio_status(query, &form) {
+    match twilio::status_callback(query, &form) {
         Ok(events) => {
             assert_eq!(events.len(), 1);
             assert!(events[0].event_id().contains(':'));
@@ -62,16 +62,16 @@ pub fn kannel_dlr(data: &[u8]) -> bool {
     let Ok(query) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(data) else {
         return false;
     };
-    let read = reading::kannel_dlr(&query);
+    let read = kannel::delivery_report(&query);
     // Whatever it says, the secret is never kept with it.
-    let kept = reading::without_secret(&query);
+    let kept = kannel::without_secret(&query);
     assert!(kept.get("secret").is_none());
     read.is_ok()
 }
 
 /// A SendGrid event webhook's body.
 pub fn sendgrid_events(data: &[u8]) -> bool {
-    reading::sendgrid_events(data).is_ok()
+    sendgrid::events(data).is_ok()
 }
 
 /// A Mailgun webhook's body.
@@ -79,7 +79,7 @@ pub fn mailgun_event(data: &[u8]) -> bool {
     let Ok(payload) = serde_json::from_slice::<serde_json::Value>(data) else {
         return false;
     };
-    match reading::mailgun_event(&payload) {
+    match mailgun::webhook_event(&payload) {
         Ok((_, digest)) => {
             assert_eq!(digest.len(), 64, "a SHA-256 digest in hex");
             true

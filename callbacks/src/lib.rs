@@ -21,7 +21,6 @@
 
 pub mod freshness;
 pub mod inbound;
-pub mod reading;
 pub mod sampling;
 
 use std::collections::BTreeMap;
@@ -37,10 +36,11 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
-use tidings_channel_adapters::{mailgun, sendgrid, twilio};
+use tidings_channel_adapters::reports::{field, pairs_json, Report, Unreadable};
+use tidings_channel_adapters::{kannel, mailgun, sendgrid, twilio};
 use tidings_core::clock::{Clock, SystemClock};
 use tidings_core::services::inbound::take_inbound_sms;
-use tidings_core::services::provider_events::{apply_provider_events, ProviderEvent};
+use tidings_core::services::provider_events::apply_provider_events;
 use tidings_core::store::Store;
 use tidings_core::{Channel, DeliveryId};
 
@@ -247,26 +247,8 @@ pub struct Refusal {
     class: &'static str,
 }
 
-/// One event of a verified request, before it is kept.
-#[derive(Debug)]
-pub struct Incoming {
-    /// The provider's id of the event (the inbox's key).
-    event_id: String,
-    event: ProviderEvent,
-    /// The provider's reference of the message it names (a message SID, a Message-ID),
-    /// to match the delivery's.
-    reference: Option<String>,
-}
-
-impl Incoming {
-    /// The provider's id of the event.
-    pub fn event_id(&self) -> &str {
-        &self.event_id
-    }
-}
-
 /// The events of one request.
-type Kept = Vec<Incoming>;
+type Kept = Vec<Report>;
 
 pub(crate) fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
     let class = match status {
@@ -281,6 +263,11 @@ pub(crate) fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
         reason: reason.into(),
         class,
     }
+}
+
+/// A verified request that cannot be read as the report it claims to be.
+fn unreadable(why: Unreadable) -> Refusal {
+    refuse(StatusCode::BAD_REQUEST, why.0)
 }
 
 impl Callbacks {
@@ -343,7 +330,7 @@ impl Callbacks {
     /// retries (nothing was kept).
     async fn keep(&self, provider: &str, events: Kept) -> Response {
         let mut puts = Vec::with_capacity(events.len());
-        for Incoming {
+        for Report {
             event_id, event, ..
         } in events
         {
@@ -441,7 +428,7 @@ impl Callbacks {
     /// existing delivery on the provider's channel, handed to one of its adapters (for
     /// SMS, whose callback URL is signed by the provider or carries our secret, a
     /// delivery not attempted yet passes), with the provider's reference when known.
-    async fn check_sent(&self, provider: &str, events: &[Incoming]) -> Result<(), Refusal> {
+    async fn check_sent(&self, provider: &str, events: &[Report]) -> Result<(), Refusal> {
         let email = self.config.email_adapters.iter().map(String::as_str);
         let (channel, adapters, attempted): (Channel, Vec<&str>, bool) = match provider {
             "twilio" => (Channel::Sms, vec!["twilio"], false),
@@ -794,7 +781,7 @@ async fn kannel_inbound(
     if let Some(refused) = cb.query_over_cap(&uri).await {
         return refused;
     }
-    let raw = reading::without_secret(&query);
+    let raw = kannel::without_secret(&query);
     let verdict = (|| {
         verify_kannel(&cb, &query)?;
         let need = |name: &str| {
@@ -867,21 +854,6 @@ fn same(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-pub(crate) fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    form.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-pub(crate) fn pairs_json(pairs: &[(String, String)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
-
 async fn twilio_status(
     State(cb): State<Callbacks>,
     OriginalUri(uri): OriginalUri,
@@ -895,7 +867,7 @@ async fn twilio_status(
     let raw = pairs_json(&form);
     let verdict = (|| {
         verify_twilio(&cb, &uri, &headers, &form)?;
-        reading::twilio_status(uri.query().unwrap_or_default(), &form)
+        twilio::status_callback(uri.query().unwrap_or_default(), &form).map_err(unreadable)
     })();
     match cb.checked("twilio", verdict).await {
         Ok(events) => cb.keep("twilio", events).await,
@@ -911,10 +883,10 @@ async fn kannel_dlr(
     if let Some(refused) = cb.query_over_cap(&uri).await {
         return refused;
     }
-    let raw = reading::without_secret(&query);
+    let raw = kannel::without_secret(&query);
     let verdict = (|| {
         verify_kannel(&cb, &query)?;
-        reading::kannel_dlr(&query)
+        kannel::delivery_report(&query).map_err(unreadable)
     })();
     match cb.checked("kannel", verdict).await {
         Ok(events) => cb.keep("kannel", events).await,
@@ -1014,7 +986,7 @@ fn sendgrid(cb: &Callbacks, headers: &HeaderMap, body: &[u8]) -> Result<Kept, Re
     // after it, refused.
     freshness::check(timestamp, cb.now(), cb.config.max_age)
         .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
-    reading::sendgrid_events(body)
+    sendgrid::events(body).map_err(unreadable)
 }
 
 /// A Mailgun request's event, with the signature's token and the digest of the event
@@ -1046,6 +1018,6 @@ fn mailgun(cb: &Callbacks, body: &[u8]) -> Result<(Kept, String, String), Refusa
     }
     freshness::check(timestamp, cb.now(), cb.config.max_age)
         .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
-    let (event, digest) = reading::mailgun_event(&payload)?;
+    let (event, digest) = mailgun::webhook_event(&payload).map_err(unreadable)?;
     Ok((vec![event], token.to_owned(), digest))
 }

@@ -10,6 +10,7 @@
 use std::num::NonZeroU32;
 
 use crate::http::{self, Timeouts};
+use crate::reports::{delivery_id, field, pairs_json, unreadable, Report, Unreadable};
 use crate::{Outgoing, SendOutcome};
 use tidings_core::DeliveryEvent;
 
@@ -180,6 +181,39 @@ pub fn event(kind: &str) -> Result<Option<DeliveryEvent>, String> {
         "4" => None,
         other => return Err(format!("unknown report type {other:?}")),
     })
+}
+
+/// A delivery report: all of it in the query of the URL we gave Kannel.
+pub fn delivery_report(query: &[(String, String)]) -> Result<Vec<Report>, Unreadable> {
+    let delivery = field(query, "delivery")
+        .and_then(delivery_id)
+        .ok_or_else(|| unreadable("the report names no delivery"))?;
+    let kind = field(query, "type").ok_or_else(|| unreadable("no type"))?;
+    let event = event(kind).map_err(unreadable)?;
+    let at = field(query, "at").unwrap_or_default();
+    let answer = field(query, "answer").map(str::to_owned);
+    Ok(vec![Report {
+        event_id: format!("{delivery}:{kind}:{at}"),
+        event: tidings_core::services::provider_events::ProviderEvent {
+            delivery_id: delivery,
+            event,
+            detail: answer,
+            effect: None,
+            raw: without_secret(query),
+        },
+        reference: None,
+    }])
+}
+
+/// A request's parameters as kept: never the secret.
+pub fn without_secret(query: &[(String, String)]) -> serde_json::Value {
+    pairs_json(
+        &query
+            .iter()
+            .filter(|(k, _)| k != "secret")
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
 }
 
 #[cfg(test)]

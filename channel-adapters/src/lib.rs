@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod kannel;
 pub mod mailgun;
 pub mod push;
+pub mod reports;
 pub mod sendgrid;
 pub mod smtp;
 #[cfg(feature = "testing")]

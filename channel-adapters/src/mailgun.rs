@@ -6,6 +6,8 @@
 use hmac::{Hmac, Mac as _};
 use tidings_core::DeliveryEvent;
 
+use crate::reports::{delivery_id, unreadable, Report, Unreadable};
+
 /// Mailgun's signature of a webhook: hex HMAC-SHA256 of `timestamp` + `token`.
 pub fn signature(signing_key: &str, timestamp: &str, token: &str) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(signing_key.as_bytes())
@@ -62,6 +64,39 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// A webhook's event (its `event-data`), with the digest it is remembered by.
+pub fn webhook_event(payload: &serde_json::Value) -> Result<(Report, String), Unreadable> {
+    let data = payload["event-data"].clone();
+    let reference = data["message"]["headers"]["message-id"]
+        .as_str()
+        .map(str::to_owned);
+    let delivery = reference
+        .as_deref()
+        .and_then(delivery_id)
+        .ok_or_else(|| unreadable("the event names no message of ours"))?;
+    let event_id = data["id"]
+        .as_str()
+        .ok_or_else(|| unreadable("the event has no id"))?
+        .to_owned();
+    let (what, effect) = event(&data);
+    let detail = data["delivery-status"]["message"]
+        .as_str()
+        .map(str::to_owned);
+    let digest = event_digest(data.to_string().as_bytes());
+    let report = Report {
+        event_id,
+        event: tidings_core::services::provider_events::ProviderEvent {
+            delivery_id: delivery,
+            event: what,
+            detail,
+            effect: effect.map(str::to_owned),
+            raw: data,
+        },
+        reference,
+    };
+    Ok((report, digest))
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use tidings_core::DeliveryEvent;
 
+use crate::reports::{delivery_id, unreadable, Report, Unreadable};
+
 pub const SIGNATURE_HEADER: &str = "X-Twilio-Email-Event-Webhook-Signature";
 pub const TIMESTAMP_HEADER: &str = "X-Twilio-Email-Event-Webhook-Timestamp";
 
@@ -80,6 +82,43 @@ pub fn event(event: &serde_json::Value) -> (Option<DeliveryEvent>, Option<&'stat
         "spamreport" => (None, Some("complaint")),
         _ => (None, None),
     }
+}
+
+/// An event webhook's body: a JSON array of events, each naming our message by its
+/// `smtp-id` and itself by `sg_event_id`.
+pub fn events(body: &[u8]) -> Result<Vec<Report>, Unreadable> {
+    let events: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| unreadable(format!("not a JSON array of events: {e}")))?;
+    events
+        .into_iter()
+        .map(|data| {
+            let reference = data["smtp-id"].as_str().map(str::to_owned);
+            let delivery = reference
+                .as_deref()
+                .and_then(delivery_id)
+                .ok_or_else(|| unreadable("an event names no message of ours (smtp-id)"))?;
+            let event_id = data["sg_event_id"]
+                .as_str()
+                .ok_or_else(|| unreadable("an event has no sg_event_id"))?
+                .to_owned();
+            let (what, effect) = event(&data);
+            let detail = data["reason"]
+                .as_str()
+                .or(data["response"].as_str())
+                .map(str::to_owned);
+            Ok(Report {
+                event_id,
+                event: tidings_core::services::provider_events::ProviderEvent {
+                    delivery_id: delivery,
+                    event: what,
+                    detail,
+                    effect: effect.map(str::to_owned),
+                    raw: data,
+                },
+                reference,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tidings_core::DeliveryEvent;
 
 use crate::http::{self, Timeouts};
+use crate::reports::{delivery_id, field, pairs_json, unreadable, Report, Unreadable};
 use crate::{AddressFault, Outgoing, SendOutcome};
 
 /// Twilio's production API.
@@ -255,6 +256,34 @@ pub fn event(status: &str) -> Result<Option<DeliveryEvent>, String> {
     })
 }
 
+/// A status callback: the delivery from the callback URL's `query` (we put it there),
+/// the status from the `form`.
+pub fn status_callback(query: &str, form: &[(String, String)]) -> Result<Vec<Report>, Unreadable> {
+    let query: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    let delivery = field(&query, "delivery")
+        .and_then(delivery_id)
+        .ok_or_else(|| unreadable("the callback URL names no delivery"))?;
+    let sid = field(form, "MessageSid").ok_or_else(|| unreadable("no MessageSid"))?;
+    let status = field(form, "MessageStatus").ok_or_else(|| unreadable("no MessageStatus"))?;
+    let event = event(status).map_err(unreadable)?;
+    // Keyed on what the signature covers (a message has each status once), not on the
+    // unsigned I-Twilio-Idempotency-Token header: a replay with that header changed is
+    // still the duplicate it is.
+    let event_id = format!("{sid}:{status}");
+    let detail = field(form, "ErrorCode").map(|c| format!("twilio error {c}"));
+    Ok(vec![Report {
+        event_id,
+        event: tidings_core::services::provider_events::ProviderEvent {
+            delivery_id: delivery,
+            event,
+            detail,
+            effect: None,
+            raw: pairs_json(form),
+        },
+        reference: Some(sid.to_owned()),
+    }])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +511,35 @@ mod tests {
             ..send
         };
         assert!(!asks(&code));
+    }
+
+    #[test]
+    fn a_status_callback_is_read_from_its_url_and_form() {
+        let id = tidings_core::DeliveryId::new();
+        let form = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let read = status_callback(
+            &format!("delivery={id}"),
+            &form(&[("MessageSid", "SM1"), ("MessageStatus", "delivered")]),
+        )
+        .unwrap();
+        assert_eq!(read[0].event.delivery_id, id);
+        assert_eq!(read[0].event_id, "SM1:delivered");
+        let refused = status_callback(
+            "",
+            &form(&[("MessageSid", "SM1"), ("MessageStatus", "delivered")]),
+        )
+        .unwrap_err();
+        assert!(refused.0.contains("names no delivery"), "{refused:?}");
+        let refused = status_callback(
+            &format!("delivery={id}"),
+            &form(&[("MessageSid", "SM1"), ("MessageStatus", "lost")]),
+        )
+        .unwrap_err();
+        assert!(refused.0.contains("lost"), "{refused:?}");
     }
 }

@@ -10,6 +10,34 @@ use crate::delivery::{
 };
 use crate::{DeliveryId, DistrictId, GuardianId, MessageId, RecipientId};
 
+/// The columns a [`Delivery`] is read from.
+pub(crate) const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
+     address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
+     suppressed_reason, created_at, updated_at";
+
+/// [`DELIVERY_COLUMNS`] of the table aliased `alias` (for joins).
+pub(crate) fn delivery_columns(alias: &str) -> String {
+    DELIVERY_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The column that records when a delivery entered `state`.
+pub(crate) const fn state_timestamp_column(state: crate::DeliveryState) -> &'static str {
+    match state {
+        crate::DeliveryState::Created => "created_at",
+        crate::DeliveryState::Queued => "queued_at",
+        crate::DeliveryState::Sent => "sent_at",
+        crate::DeliveryState::Delivered => "delivered_at",
+        crate::DeliveryState::Acked => "acked_at",
+        crate::DeliveryState::Failed => "failed_at",
+        crate::DeliveryState::Cancelled => "cancelled_at",
+        crate::DeliveryState::Suppressed => "suppressed_at",
+    }
+}
+
 /// Each batch in a transaction of its own.
 struct InStore<'a>(pub &'a dyn Store);
 
@@ -37,7 +65,7 @@ pub async fn apply_event(
         .remove(0)
 }
 
-/// A delivery from a row of [`super::DELIVERY_COLUMNS`].
+/// A delivery from a row of [`DELIVERY_COLUMNS`].
 pub(crate) fn from_row(row: &impl Columns) -> StoreResult<Delivery> {
     Ok(Delivery {
         id: DeliveryId::from_uuid(row.id("id")?),

@@ -1,8 +1,8 @@
-//! The dispatcher's repository, written once for both databases: partition leases and
-//! dispatcher presence (`partition_leases`, `dispatchers`), consumer offsets
-//! (`consumer_offsets`), attempts (`delivery_attempts`), and the reads that turn log
-//! entries and due deliveries into [`Outbound`] sends. Delivery state is written only
-//! through [`transitions::apply`], as every other writer does.
+//! The dispatcher's repository, written once for both databases: attempts
+//! (`delivery_attempts`, every write of them), and the reads that turn log entries and due
+//! deliveries into [`Outbound`] sends; the leases and offsets it works under are
+//! [`leases`]'. Delivery state is written only through [`transitions::apply`], as every
+//! other writer does.
 //!
 //! A batch's attempts are written in a few statements whatever its size; how a batch
 //! reaches the database is [`Dispatching`]'s: multi-row `VALUES` by default (SQLite),
@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::deliveries::delivery_columns;
 use super::dialect::{Args, Columns, Dialect, Pools};
 use super::dispatch::{
     defer_change, finishes_in_order, replay_change, skip_change, split_outcomes, start_change,
@@ -21,10 +22,9 @@ use super::dispatch::{
     Lease, Outbound, PartitionDistricts, PartitionWatch, Replay, Retrying,
 };
 use super::engine::Engine;
+use super::leases;
 use super::transitions::{self, Transitions};
-use super::{
-    deliveries, delivery_columns, messages, CasOutcome, MessageScope, StoreError, StoreResult,
-};
+use super::{deliveries, messages, CasOutcome, MessageScope, StoreError, StoreResult};
 use crate::delivery::{Actor, Change, Delivery};
 use crate::log::PartitionId;
 use crate::{Channel, DeliveryId, DistrictId, GuardianId, Lane};
@@ -187,6 +187,25 @@ pub(crate) trait Dispatching: Dialect + Transitions {
     }
 }
 
+/// Closes as sent the attempts of `ids` still in flight: deliveries a provider's report
+/// has moved on from QUEUED, whose dispatcher never recorded the provider's answer.
+pub(crate) async fn close_as_sent<D: Dialect>(
+    conn: &mut D::Connection,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    for chunk in ids.chunks(BULK) {
+        let mut args = Args::new().time(at);
+        let listed = args.ids(chunk);
+        let sql = format!(
+            "UPDATE delivery_attempts SET outcome = 'sent', finished_at = $1 \
+             WHERE outcome = 'in_flight' AND delivery_id IN ({listed})"
+        );
+        D::execute(conn, &sql, args).await?;
+    }
+    Ok(())
+}
+
 /// A row of `guardian_id`, `channel`, `created_at` (the earliest) and `due` (the latest
 /// retry), as every retry check answers.
 pub(crate) fn retrying_from_row(row: &impl Columns) -> StoreResult<Retrying> {
@@ -196,65 +215,6 @@ pub(crate) fn retrying_from_row(row: &impl Columns) -> StoreResult<Retrying> {
         first_created_at: row.time("created_at")?,
         due: row.opt_time("due")?,
     })
-}
-
-/// A lease's lane and partition as a row reads them.
-fn lane_partition(row: &impl Columns) -> StoreResult<(Lane, PartitionId)> {
-    Ok((
-        row.parsed("lane")?,
-        PartitionId::new(row.i32("partition")? as u32),
-    ))
-}
-
-/// Refuses the transaction's writes unless `lease` is still the partition's current one;
-/// holds the lease row until commit so no takeover slips in between.
-async fn fence<D: Dialect>(conn: &mut D::Connection, lease: &Lease) -> StoreResult<()> {
-    let held = D::execute(
-        conn,
-        "UPDATE partition_leases SET fencing_token = fencing_token \
-         WHERE lane = $1 AND partition = $2 AND fencing_token = $3",
-        Args::new()
-            .text(lease.lane.as_str())
-            .int(lease.partition.get())
-            .int(lease.fencing_token),
-    )
-    .await?;
-    if held == 0 {
-        return Err(StoreError::Fenced {
-            lane: lease.lane,
-            partition: lease.partition,
-        });
-    }
-    Ok(())
-}
-
-/// Moves the group's offset of the lease's partition forward to `offset` (never back),
-/// in a transaction that has checked the lease's fencing token.
-async fn write_offset<D: Dialect>(
-    conn: &mut D::Connection,
-    group: &str,
-    lease: &Lease,
-    offset: i64,
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    D::execute(
-        conn,
-        "INSERT INTO consumer_offsets (consumer_group, lane, partition, committed_offset, fencing_token, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (consumer_group, lane, partition) DO UPDATE SET \
-            committed_offset = excluded.committed_offset, fencing_token = excluded.fencing_token, \
-            updated_at = excluded.updated_at \
-         WHERE consumer_offsets.committed_offset < excluded.committed_offset",
-        Args::new()
-            .text(group)
-            .text(lease.lane.as_str())
-            .int(lease.partition.get())
-            .int(offset)
-            .int(lease.fencing_token)
-            .time(at),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Applies `changes` through the one write of delivery state; returns the deliveries
@@ -351,10 +311,7 @@ where
         self.subscribe_log_writes()
     }
 
-    /// Renews `owner`'s presence and leases, and balances: with `n` live dispatchers each
-    /// holds at most ⌈wanted / n⌉ partitions, handing back what is over (others take it at
-    /// once) and taking free or expired ones up to its share. A change of owner increments
-    /// the fencing token; a renewal keeps it.
+    /// See [`leases::claim`]: in one transaction.
     async fn claim_leases(
         &self,
         owner: &str,
@@ -363,120 +320,8 @@ where
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>> {
         let mut tx = self.writes().begin().await?;
-        S::Db::execute(
-            &mut tx,
-            "INSERT INTO dispatchers (owner, expires_at) VALUES ($1, $2) \
-             ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at",
-            Args::new().text(owner).time(at + ttl),
-        )
-        .await?;
-        S::Db::execute(
-            &mut tx,
-            "DELETE FROM dispatchers WHERE expires_at < $1",
-            Args::new().time(at - chrono::Duration::hours(1)),
-        )
-        .await?;
-        let live = S::Db::fetch_one(
-            &mut tx,
-            "SELECT count(*) AS n FROM dispatchers WHERE expires_at > $1",
-            Args::new().time(at),
-        )
-        .await?
-        .i64("n")?;
-        let share = wanted.len().div_ceil(live.max(1) as usize);
-        let rows = S::Db::fetch_all(
-            &mut tx,
-            "SELECT lane, partition, owner, expires_at > $1 AS live FROM partition_leases",
-            Args::new().time(at),
-        )
-        .await?;
-        let mut mine = Vec::new();
-        let mut taken = HashSet::new();
-        for row in &rows {
-            let key = lane_partition(row)?;
-            if row.flag("live")? {
-                if row.text("owner")? == owner && wanted.contains(&key) {
-                    mine.push(key);
-                } else {
-                    taken.insert(key);
-                }
-            }
-        }
-        mine.sort();
-        // Over the share: the last ones go back.
-        for (lane, partition) in mine.split_off(share.min(mine.len())) {
-            S::Db::execute(
-                &mut tx,
-                "UPDATE partition_leases SET expires_at = $1 \
-                 WHERE lane = $2 AND partition = $3 AND owner = $4",
-                Args::new()
-                    .time(at)
-                    .text(lane.as_str())
-                    .int(partition.get())
-                    .text(owner),
-            )
-            .await?;
-        }
-        // Up to the share: free ones, starting at a place of our own so that two
-        // dispatchers starting together mostly ask for different partitions.
-        let start = owner
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        let free = (0..wanted.len())
-            .map(|i| wanted[(start + i) % wanted.len().max(1)])
-            .filter(|key| !taken.contains(key) && !mine.contains(key));
-        let mut claim: Vec<(Lane, PartitionId)> = mine
-            .iter()
-            .copied()
-            .chain(free.take(share.saturating_sub(mine.len())))
-            .collect();
-        // Written in key order, as every dispatcher writes them, so that two claiming at
-        // once never wait on each other's rows until the deadlock detector steps in.
-        claim.sort_by_key(|(lane, partition)| (lane.as_str(), partition.get()));
-        for chunk in claim.chunks(200) {
-            let mut args = Args::new().time(at);
-            let rows: Vec<String> = chunk
-                .iter()
-                .map(|(lane, partition)| {
-                    args.row(|a| {
-                        a.text(lane.as_str())
-                            .int(partition.get())
-                            .text(owner)
-                            .int(1)
-                            .time(at + ttl)
-                    })
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO partition_leases (lane, partition, owner, fencing_token, expires_at) VALUES {} \
-                 ON CONFLICT (lane, partition) DO UPDATE SET \
-                   fencing_token = partition_leases.fencing_token \
-                       + CASE WHEN partition_leases.owner = excluded.owner THEN 0 ELSE 1 END, \
-                   owner = excluded.owner, expires_at = excluded.expires_at \
-                 WHERE partition_leases.owner = excluded.owner OR partition_leases.expires_at <= $1",
-                rows.join(", ")
-            );
-            S::Db::execute(&mut tx, &sql, args).await?;
-        }
-        let rows = S::Db::fetch_all(
-            &mut tx,
-            "SELECT lane, partition, fencing_token FROM partition_leases \
-             WHERE owner = $1 AND expires_at > $2 ORDER BY lane, partition",
-            Args::new().text(owner).time(at),
-        )
-        .await?;
+        let held = leases::claim::<S::Db>(&mut tx, owner, wanted, ttl, at).await?;
         tx.commit().await?;
-        let mut held = Vec::new();
-        for row in &rows {
-            let (lane, partition) = lane_partition(row)?;
-            if wanted.contains(&(lane, partition)) {
-                held.push(Lease {
-                    lane,
-                    partition,
-                    fencing_token: row.i64("fencing_token")?,
-                });
-            }
-        }
         Ok(held)
     }
 
@@ -486,40 +331,7 @@ where
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<PartitionWatch>> {
         let mut conn = self.reads().acquire().await?;
-        S::Db::fetch_all(
-            &mut conn,
-            "SELECT h.lane, h.partition, \
-                    h.next_offset - 1 - COALESCE(o.committed_offset, -1) AS waiting, \
-                    e.created_at AS oldest, l.expires_at AS lease_expires_at \
-             FROM log_heads h \
-             LEFT JOIN consumer_offsets o \
-               ON o.consumer_group = $1 AND o.lane = h.lane AND o.partition = h.partition \
-             LEFT JOIN log_entries e ON e.lane = h.lane AND e.partition = h.partition \
-               AND e.\"offset\" = COALESCE(o.committed_offset, -1) + 1 \
-             LEFT JOIN partition_leases l ON l.lane = h.lane AND l.partition = h.partition \
-             ORDER BY h.lane, h.partition",
-            Args::new().text(group),
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            let (lane, partition) = lane_partition(row)?;
-            let waiting = row.i64("waiting")?.max(0);
-            Ok(PartitionWatch {
-                lane,
-                partition,
-                waiting,
-                oldest: if waiting > 0 {
-                    row.opt_time("oldest")?
-                } else {
-                    None
-                },
-                held: row
-                    .opt_time("lease_expires_at")?
-                    .is_some_and(|expires| expires > at),
-            })
-        })
-        .collect()
+        leases::watch::<S::Db>(&mut conn, group, at).await
     }
 
     async fn dead_letter_counts(&self) -> StoreResult<Vec<(DistrictId, u64)>> {
@@ -541,31 +353,13 @@ where
 
     async fn live_dispatchers(&self, at: DateTime<Utc>) -> StoreResult<u64> {
         let mut conn = self.reads().acquire().await?;
-        let live = S::Db::fetch_one(
-            &mut conn,
-            "SELECT count(*) AS n FROM dispatchers WHERE expires_at > $1",
-            Args::new().time(at),
-        )
-        .await?
-        .i64("n")?;
-        Ok(live.max(0) as u64)
+        leases::live::<S::Db>(&mut conn, at).await
     }
 
-    /// Lets `owner`'s leases expire now, so that others take them at once.
+    /// See [`leases::release`]: in one transaction.
     async fn release_leases(&self, owner: &str, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.writes().begin().await?;
-        S::Db::execute(
-            &mut tx,
-            "UPDATE partition_leases SET expires_at = $1 WHERE owner = $2 AND expires_at > $1",
-            Args::new().time(at).text(owner),
-        )
-        .await?;
-        S::Db::execute(
-            &mut tx,
-            "DELETE FROM dispatchers WHERE owner = $1",
-            Args::new().text(owner),
-        )
-        .await?;
+        leases::release::<S::Db>(&mut tx, owner, at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -577,18 +371,7 @@ where
         partition: PartitionId,
     ) -> StoreResult<Option<i64>> {
         let mut conn = self.reads().acquire().await?;
-        S::Db::fetch_optional(
-            &mut conn,
-            "SELECT committed_offset FROM consumer_offsets \
-             WHERE consumer_group = $1 AND lane = $2 AND partition = $3",
-            Args::new()
-                .text(group)
-                .text(lane.as_str())
-                .int(partition.get()),
-        )
-        .await?
-        .map(|row| row.i64("committed_offset"))
-        .transpose()
+        leases::committed_offset::<S::Db>(&mut conn, group, lane, partition).await
     }
 
     async fn commit_offset(
@@ -599,8 +382,8 @@ where
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut tx = self.writes().begin().await?;
-        fence::<S::Db>(&mut tx, lease).await?;
-        write_offset::<S::Db>(&mut tx, group, lease, offset, at).await?;
+        leases::fence::<S::Db>(&mut tx, lease).await?;
+        leases::write_offset::<S::Db>(&mut tx, group, lease, offset, at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -646,7 +429,7 @@ where
         .await?;
         let mut heads: Vec<(Lane, PartitionId, PartitionDistricts)> = Vec::new();
         for row in &rows {
-            let (lane, partition) = lane_partition(row)?;
+            let (lane, partition) = leases::lane_partition(row)?;
             let last = row.i64("next_offset")? - 1;
             if heads
                 .last()
@@ -792,7 +575,7 @@ where
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<AttemptStart>> {
         let mut tx = self.writes().begin().await?;
-        fence::<S::Db>(&mut tx, lease).await?;
+        leases::fence::<S::Db>(&mut tx, lease).await?;
         let ids: Vec<Uuid> = items.iter().map(|(d, _)| *d.id.as_uuid()).collect();
         S::Db::lock_deliveries(&mut tx, &ids).await?;
         let actor = Actor::dispatcher(actor);
@@ -830,7 +613,7 @@ where
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<CasOutcome>> {
         let mut tx = self.writes().begin().await?;
-        fence::<S::Db>(&mut tx, lease).await?;
+        leases::fence::<S::Db>(&mut tx, lease).await?;
         let ids: Vec<Uuid> = items.iter().map(|(d, _, _)| *d.id.as_uuid()).collect();
         S::Db::lock_deliveries(&mut tx, &ids).await?;
         let closing: Vec<Closing> = items
@@ -858,7 +641,7 @@ where
             .collect();
         let (applied, now) = apply_changes::<S::Db>(&mut tx, ids.iter().copied(), &changes).await?;
         if let Some((group, offset)) = commit {
-            write_offset::<S::Db>(&mut tx, group, lease, offset, at).await?;
+            leases::write_offset::<S::Db>(&mut tx, group, lease, offset, at).await?;
         }
         tx.commit().await?;
         finishes_in_order(ids.into_iter(), applied, now)
@@ -1017,7 +800,7 @@ async fn apply_under_lease<S: Pools>(
     changes: &[Change],
 ) -> StoreResult<HashMap<Uuid, Delivery>> {
     let mut tx = store.writes().begin().await?;
-    fence::<S::Db>(&mut tx, lease).await?;
+    leases::fence::<S::Db>(&mut tx, lease).await?;
     let outcomes = transitions::apply::<S::Db>(&mut tx, changes).await?;
     tx.commit().await?;
     Ok(split_outcomes(outcomes).0)

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::deliveries::DELIVERY_COLUMNS;
 use super::dialect::{Args, Columns, Dialect, Pools};
 use super::dispatch::LogWrites;
 use super::dispatching::Dispatching;
@@ -22,7 +23,7 @@ use super::{
     GuardianDetail, GuardianRef, GuardianView, ImportRecord, MessageContent, MessageListItem,
     MessageScope, MessageSummary, NewGuardian, NewImport, NewMessage, NewSchool, NewStaff,
     PageRequest, Readiness, RecipientView, School, SchoolView, Scope, StaffMember, Store,
-    StoreResult, StudentView, WriteTransaction, DELIVERY_COLUMNS,
+    StoreResult, StudentView, WriteTransaction,
 };
 use super::{DeliveryCount, RecipientTimeline, ReplyView, StateSeries};
 use crate::audience::{Audience, AudienceMember, AudienceProblems};

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::dialect::{Args, Columns, Dialect, Pools};
-use super::StoreResult;
+use super::{keys, StoreResult};
 use crate::{Channel, DistrictId, GuardianId, MessageId, MessageKind, RecipientId};
 
 /// One message as its guardian sees it, in their language.
@@ -337,27 +337,7 @@ impl<S: Pools> GuardianAccess for S {
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<u8>> {
         let mut conn = self.writes().acquire().await?;
-        let mut differing = Vec::new();
-        for (id, fingerprint) in keys {
-            S::Db::execute(
-                &mut conn,
-                "INSERT INTO link_keys (key_id, fingerprint, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (key_id) DO NOTHING",
-                Args::new().int(*id).text(fingerprint).time(at),
-            )
-            .await?;
-            let recorded = S::Db::fetch_one(
-                &mut conn,
-                "SELECT fingerprint FROM link_keys WHERE key_id = $1",
-                Args::new().int(*id),
-            )
-            .await?
-            .text("fingerprint")?;
-            if &recorded != fingerprint {
-                differing.push(*id);
-            }
-        }
-        Ok(differing)
+        keys::check_link_keys::<S::Db>(&mut conn, keys, at).await
     }
 
     async fn check_install_key(
@@ -367,21 +347,7 @@ impl<S: Pools> GuardianAccess for S {
         at: DateTime<Utc>,
     ) -> StoreResult<Option<String>> {
         let mut conn = self.writes().acquire().await?;
-        S::Db::execute(
-            &mut conn,
-            "INSERT INTO install_keys (name, fingerprint, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
-            Args::new().text(name).text(fingerprint).time(at),
-        )
-        .await?;
-        let recorded = S::Db::fetch_one(
-            &mut conn,
-            "SELECT fingerprint FROM install_keys WHERE name = $1",
-            Args::new().text(name),
-        )
-        .await?
-        .text("fingerprint")?;
-        Ok((recorded != fingerprint).then_some(recorded))
+        keys::check_install_key::<S::Db>(&mut conn, name, fingerprint, at).await
     }
 
     async fn create_sign_in(

@@ -14,11 +14,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::deliveries::DELIVERY_COLUMNS;
 use super::deliveries::{self, attempt_from_row, event_from_row, ATTEMPT_COLUMNS, EVENT_COLUMNS};
 use super::dialect::{Args, Columns, Dialect, Pools};
 use super::directory::{self, GuardianDetail, GuardianRef};
 use super::dispatch::AttemptRecord;
-use super::{Scope, StoreResult, DELIVERY_COLUMNS};
+use super::{Scope, StoreResult};
 use crate::delivery::{Delivery, DeliveryEventRecord};
 use crate::{DeliveryId, DistrictId, GuardianId};
 

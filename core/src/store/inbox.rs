@@ -8,12 +8,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::contacts;
+use super::deliveries::{delivery_columns, DELIVERY_COLUMNS};
 use super::dialect::{Args, Columns, Dialect, Pools, Value};
 use super::directory::guardian_filter;
+use super::dispatching;
 use super::transitions::{InTx, Transitions};
 use super::{
     AckOutcome, InboundSms, InboundTaken, InboxApply, InboxEffect, InboxItem, InboxPut, ReplyView,
-    Scope, SmsKeyword, StoreResult, DELIVERY_COLUMNS,
+    Scope, SmsKeyword, StoreResult,
 };
 use crate::delivery::{decide_and_apply, Actor, Applied, Delivery, Request};
 use crate::{Channel, DeliveryEvent, DeliveryId, DeliveryState, DistrictId, GuardianId};
@@ -426,15 +428,7 @@ impl<S: Pools> Inbox for S {
                 _ => None,
             })
             .collect();
-        for chunk in reported.chunks(CHUNK) {
-            let mut args = Args::new().time(at);
-            let listed = args.ids(chunk);
-            let sql = format!(
-                "UPDATE delivery_attempts SET outcome = 'sent', finished_at = $1 \
-                 WHERE outcome = 'in_flight' AND delivery_id IN ({listed})"
-            );
-            S::Db::execute(&mut tx, &sql, args).await?;
-        }
+        dispatching::close_as_sent::<S::Db>(&mut tx, &reported, at).await?;
         let mut marks: Vec<Option<(&'static str, String)>> = items
             .iter()
             .map(|item| Some((item.status, item.outcome.clone())))
@@ -822,7 +816,7 @@ async fn mark_acknowledged<D: Dialect>(
         "SELECT {} FROM recipients r JOIN deliveries d \
               ON d.message_id = r.message_id AND d.guardian_id = r.guardian_id AND d.recipient_id = r.id \
          WHERE r.id IN ({recipients}) ORDER BY d.id",
-        super::delivery_columns("d")
+        delivery_columns("d")
     );
     let mut requests = Vec::new();
     for row in D::fetch_all(&mut *conn, &sql, args).await? {

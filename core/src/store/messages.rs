@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
+use super::deliveries::DELIVERY_COLUMNS;
 use super::dialect::{Args, Columns, Dialect};
 use super::transitions::{InTx, Transitions};
 use super::{ChannelSeries, DeliveryTimeline, RecipientTimeline, ReplyView, StateSeries};
 use super::{
     DeliveryCount, IdempotencyClaim, MessageContent, MessageListItem, MessageScope, MessageSummary,
-    RecipientView, StoreError, StoreResult, DELIVERY_COLUMNS,
+    RecipientView, StoreError, StoreResult,
 };
 use crate::delivery::{self, Actor, Applied, Request};
 use crate::{Channel, Decision, DeliveryEvent, DeliveryState, MessageId, StaffId};

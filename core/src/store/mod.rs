@@ -21,6 +21,8 @@ mod engine;
 pub mod guardian;
 pub mod guardian_data;
 pub mod inbox;
+mod keys;
+mod leases;
 mod messages;
 pub mod postgres;
 pub mod raw_speed;
@@ -508,33 +510,6 @@ pub fn with_database(url: &str, name: &str) -> String {
         out.push_str(query);
     }
     out
-}
-
-pub(crate) const DELIVERY_COLUMNS: &str = "id, district_id, message_id, recipient_id, guardian_id, channel, \
-     address, state, version, attempts, next_attempt_at, idempotency_key, provider_ref, last_error, \
-     suppressed_reason, created_at, updated_at";
-
-/// [`DELIVERY_COLUMNS`] of the table aliased `alias` (for joins).
-pub(crate) fn delivery_columns(alias: &str) -> String {
-    DELIVERY_COLUMNS
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The column that records when a delivery entered `state`.
-pub(crate) const fn state_timestamp_column(state: crate::DeliveryState) -> &'static str {
-    match state {
-        crate::DeliveryState::Created => "created_at",
-        crate::DeliveryState::Queued => "queued_at",
-        crate::DeliveryState::Sent => "sent_at",
-        crate::DeliveryState::Delivered => "delivered_at",
-        crate::DeliveryState::Acked => "acked_at",
-        crate::DeliveryState::Failed => "failed_at",
-        crate::DeliveryState::Cancelled => "cancelled_at",
-        crate::DeliveryState::Suppressed => "suppressed_at",
-    }
 }
 
 /// One provider event to keep, as `inbox_put_many` takes it.

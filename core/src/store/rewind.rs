@@ -15,7 +15,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::dialect::{Args, Columns, Dialect};
-use super::StoreResult;
+use super::{leases, StoreResult};
 use crate::log::{PartitionId, CONSUMER_GROUP};
 use crate::Lane;
 
@@ -137,21 +137,9 @@ pub(crate) async fn rewind<D: Dialect>(
     if attempted > 0 {
         return Ok(RewindOutcome::AtMostOnceAttempted(attempted));
     }
-    D::execute(
-        &mut *conn,
-        "UPDATE consumer_offsets SET committed_offset = $4, rewound_at = $5, updated_at = $5 \
-         WHERE consumer_group = $1 AND lane = $2 AND partition = $3",
-        key().int(from_offset - 1).time(at),
-    )
-    .await?;
+    leases::rewind_offset::<D>(conn, CONSUMER_GROUP, lane, partition, from_offset - 1, at).await?;
     // Whoever holds the partition is fenced, and reads the rewound offset on renewal.
-    D::execute(
-        &mut *conn,
-        "UPDATE partition_leases SET fencing_token = fencing_token + 1 \
-         WHERE lane = $1 AND partition = $2",
-        Args::new().text(lane.as_str()).int(partition.get()),
-    )
-    .await?;
+    leases::fence_out::<D>(conn, lane, partition).await?;
     Ok(RewindOutcome::Rewound(Rewound {
         lane,
         partition,

@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::delivery::{Change, Delivery};
+use crate::store::deliveries::{state_timestamp_column, DELIVERY_COLUMNS};
 use crate::store::dialect::{Args, Dialect};
-use crate::store::{state_timestamp_column, CasOutcome, StoreResult, DELIVERY_COLUMNS};
+use crate::store::{CasOutcome, StoreResult};
 use crate::{Channel, DeliveryState};
 
 /// How one dialect applies a round of changes (at most one per delivery) and reads
