@@ -170,7 +170,7 @@ impl Dispatcher {
         match failed {
             // The database's trouble, not the entry's: it stays, to be tried again, rather
             // than be passed with its delivery never sent nor marked.
-            Err(tidings_core::delivery::ApplyError::Store(error)) if is_outage(&error) => {
+            Err(tidings_core::delivery::ApplyError::Write(error)) if is_outage(&error) => {
                 return Err(error.into());
             }
             Err(error) => {

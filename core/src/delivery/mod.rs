@@ -15,7 +15,6 @@ use serde::Serialize;
 
 pub use state::{next, Decision, DeliveryEvent, DeliveryState, Ignored, UnknownState};
 
-use crate::store::StoreError;
 use crate::stored_enum::stored_enum;
 use crate::{Channel, DeliveryId, DistrictId, GuardianId, MessageId, RecipientId};
 
@@ -222,15 +221,21 @@ pub enum Applied {
     },
 }
 
+/// Why a request did not move its delivery: `E` is the error of where the changes are
+/// written ([`WriteChanges::Error`]).
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub enum ApplyError<E>
+where
+    E: std::error::Error + 'static,
+{
     #[error("delivery {0} not found")]
     NotFound(DeliveryId),
     /// Other writers kept winning: something is moving this delivery in a loop.
     #[error("delivery {0} kept changing under us; gave up after {1} rounds")]
     Contended(DeliveryId, u32),
+    /// Writing failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Write(#[from] E),
 }
 
 /// Races are re-decided this many times; each lost race means another writer made
@@ -295,19 +300,22 @@ pub enum CasOutcome {
 /// transaction a store operation holds open.
 #[async_trait::async_trait]
 pub trait WriteChanges: Send {
-    async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, StoreError>;
+    /// Why a batch could not be written.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, Self::Error>;
 }
 
 /// The read-decide-swap loop, the only one: decides each request against its delivery
 /// (as read) with [`next`], writes the moves as one batch, and decides the ones that lost
 /// a race again from the delivery as it is now, until each has moved or is ignored.
 /// Several requests for one delivery are decided in order, each seeing the one before.
-pub async fn decide_and_apply(
-    writer: &mut dyn WriteChanges,
+pub async fn decide_and_apply<W: WriteChanges + ?Sized>(
+    writer: &mut W,
     items: Vec<(Delivery, Request)>,
-) -> Result<Vec<Result<Applied, ApplyError>>, StoreError> {
+) -> Result<Vec<Result<Applied, ApplyError<W::Error>>>, W::Error> {
     use std::collections::HashMap;
-    let mut results: Vec<Option<Result<Applied, ApplyError>>> =
+    let mut results: Vec<Option<Result<Applied, ApplyError<W::Error>>>> =
         std::iter::repeat_with(|| None).take(items.len()).collect();
     let mut seen: HashMap<DeliveryId, Delivery> = HashMap::new();
     for (delivery, _) in &items {

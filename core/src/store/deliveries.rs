@@ -43,6 +43,8 @@ struct InStore<'a>(pub &'a dyn Store);
 
 #[async_trait::async_trait]
 impl WriteChanges for InStore<'_> {
+    type Error = StoreError;
+
     async fn write_changes(&mut self, batch: &[Change]) -> Result<Vec<CasOutcome>, StoreError> {
         self.0.apply_transitions(batch).await
     }
@@ -57,7 +59,7 @@ pub async fn apply_event(
     actor: &Actor,
     detail: Option<&str>,
     at: chrono::DateTime<chrono::Utc>,
-) -> Result<Applied, ApplyError> {
+) -> Result<Applied, ApplyError<StoreError>> {
     let delivery = store.delivery(id).await?.ok_or(ApplyError::NotFound(id))?;
     let request = Request::new(event, actor, detail, at);
     decide_and_apply(&mut InStore(store), vec![(delivery, request)])

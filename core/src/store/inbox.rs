@@ -23,7 +23,7 @@ use crate::{Channel, DeliveryEvent, DeliveryId, DeliveryState, DistrictId, Guard
 /// How a provider event's request ended, as its inbox mark (`applied` or `ignored`, with
 /// what it did); `None` leaves it pending, to be decided again.
 pub fn inbox_mark(
-    result: &Result<crate::delivery::Applied, crate::delivery::ApplyError>,
+    result: &Result<crate::delivery::Applied, crate::delivery::ApplyError<super::StoreError>>,
 ) -> Option<(&'static str, String)> {
     use crate::delivery::{Applied, ApplyError};
     match result {
@@ -34,7 +34,7 @@ pub fn inbox_mark(
             Some(("ignored", format!("{reason:?} in {}", delivery.state)))
         }
         Err(ApplyError::NotFound(_)) => Some(("ignored", "no such delivery".into())),
-        Err(ApplyError::Contended(..) | ApplyError::Store(_)) => None,
+        Err(ApplyError::Contended(..) | ApplyError::Write(_)) => None,
     }
 }
 
@@ -838,7 +838,9 @@ async fn mark_acknowledged<D: Dialect>(
 }
 
 /// What deciding and writing an acknowledgment's requests did.
-fn acknowledged(results: Vec<Result<Applied, crate::delivery::ApplyError>>) -> AckOutcome {
+fn acknowledged(
+    results: Vec<Result<Applied, crate::delivery::ApplyError<super::StoreError>>>,
+) -> AckOutcome {
     let (mut acked_delivery, mut cancelled, mut untouched) = (None, 0, 0);
     for result in results {
         match result {

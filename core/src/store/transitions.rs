@@ -708,6 +708,8 @@ pub(crate) struct InTx<'c, DB: sqlx::Database>(pub &'c mut DB::Connection);
 
 #[async_trait]
 impl<DB: Transitions> crate::delivery::WriteChanges for InTx<'_, DB> {
+    type Error = crate::store::StoreError;
+
     async fn write_changes(&mut self, batch: &[Change]) -> StoreResult<Vec<CasOutcome>> {
         let mut ids: Vec<uuid::Uuid> = batch
             .iter()
