@@ -95,13 +95,7 @@ pub(crate) async fn claim<D: Dialect>(
         Args::new().time(at - chrono::Duration::hours(1)),
     )
     .await?;
-    let live = D::fetch_one(
-        conn,
-        "SELECT count(*) AS n FROM dispatchers WHERE expires_at > $1",
-        Args::new().time(at),
-    )
-    .await?
-    .i64("n")?;
+    let live = live::<D>(conn, at).await?;
     let share = wanted.len().div_ceil(live.max(1) as usize);
     let rows = D::fetch_all(
         conn,
