@@ -100,10 +100,11 @@ impl Dispatcher {
     /// (as many batches at the providers as `max_in_flight` allows; a batch whose calls
     /// have all been answered records their outcomes while the next one goes out). The
     /// lane of each next batch is the most urgent with work, but for the lower lanes'
-    /// share. Whenever a batch's place comes free the log is looked at again: new emergencies go before the rest, and a partition
-    /// where a district turned up that this pass has not planned for there (a small
-    /// district's message during a large one's broadcast) gets the next batch of its
-    /// lane, instead of waiting for the next pass.
+    /// share. Whenever a batch's place comes free the log is looked at again: new
+    /// emergencies go before the rest, and a partition where a district turned up that
+    /// this pass has not planned for there (a small district's message during a large
+    /// one's broadcast) gets the next batch of its lane, instead of waiting for the next
+    /// pass.
     pub(crate) async fn drain_lanes(&self, partitions: &Partitions) -> Result<bool, DispatchError> {
         use futures_util::StreamExt as _;
         let slots = self.config.batches_at_once();
